@@ -1,0 +1,217 @@
+//! Configuration from flags and environment variables (12-factor). Every
+//! knob has both; `image-service --help` documents them.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::telemetry::LogFormat;
+
+/// image-service: stores users' images (bytes in S3 or local files, metadata
+/// in DynamoDB or an embedded store) behind a gRPC API.
+///
+/// With no subcommand it serves. Every flag can also be set through the
+/// environment variable shown beside it.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "image-service", version, about, long_about = None)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address of the gRPC listener (ImageService, health, reflection).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP listener: presigned downloads of the embedded
+    /// backend and `/metrics`.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http_addr: SocketAddr,
+
+    /// Base URL that callers use to reach the HTTP listener, for the
+    /// presigned URLs of the embedded backend (e.g. `https://img.example.com`).
+    /// Default: `http://` + the HTTP listener's address.
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_PUBLIC_URL", global = true)]
+    pub http_public_url: Option<String>,
+
+    /// Storage backend: `embedded` (local files + an embedded database, no
+    /// server needed) or `aws` (S3 + DynamoDB, or compatible stores).
+    #[arg(long, env = "IMAGE_SERVICE_BACKEND", value_enum, default_value_t = Backend::Embedded, global = true)]
+    pub backend: Backend,
+
+    /// Directory of the embedded backend's files and database.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// How callers are identified: `trusted-header` (the `x-user-id`
+    /// metadata, set by an authenticating gateway or mesh) or `jwt`
+    /// (`authorization: Bearer <token>`; the `sub` claim is the user).
+    #[arg(long, env = "IMAGE_SERVICE_AUTH", value_enum, default_value_t = AuthMode::TrustedHeader, global = true)]
+    pub auth: AuthMode,
+
+    /// JWT mode: the HS256 shared secret. Exactly one of this and
+    /// `--jwt-rs256-public-key-file` is required with `--auth jwt`.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_JWT_HS256_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_hs256_secret: Option<String>,
+
+    /// JWT mode: a PEM file with the RS256 public key that verifies tokens.
+    #[arg(long, env = "IMAGE_SERVICE_JWT_RS256_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_rs256_public_key_file: Option<PathBuf>,
+
+    /// JWT mode: when set, tokens must carry this `iss`.
+    #[arg(long, env = "IMAGE_SERVICE_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// JWT mode: when set, tokens must carry this `aud`.
+    #[arg(long, env = "IMAGE_SERVICE_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Largest image accepted, in bytes (suffixes such as `MiB` allowed).
+    #[arg(long, env = "IMAGE_SERVICE_MAX_IMAGE_BYTES", default_value = "50MiB", value_parser = parse_byte_size, global = true)]
+    pub max_image_bytes: u64,
+
+    /// Largest image accepted, in pixels (width × height, read from the header).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_IMAGE_PIXELS",
+        default_value_t = 100_000_000,
+        global = true
+    )]
+    pub max_image_pixels: u64,
+
+    /// Secret that signs page tokens and the embedded backend's download URLs
+    /// (at least 32 bytes). Replicas must share it. When unset, the embedded
+    /// backend keeps a generated one in its data directory; the aws backend
+    /// generates one per process (fine for a single replica only).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_SIGNING_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub signing_key: Option<String>,
+
+    /// Longest validity a caller may ask of a download URL (e.g. `1h`, `7d`).
+    #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub download_url_max_expiry: Duration,
+
+    /// How long in-flight calls may run on after SIGTERM or Ctrl-C.
+    #[arg(long, env = "IMAGE_SERVICE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+
+    /// S3 bucket of the image bytes (aws backend).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_S3_BUCKET",
+        default_value = "images",
+        global = true
+    )]
+    pub s3_bucket: String,
+
+    /// S3 endpoint URL, for S3-compatible stores (path-style addressing is
+    /// used). Default: AWS.
+    #[arg(long, env = "IMAGE_SERVICE_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 endpoint that callers reach, used in presigned URLs when it differs
+    /// from `--s3-endpoint`.
+    #[arg(long, env = "IMAGE_SERVICE_S3_PUBLIC_ENDPOINT", global = true)]
+    pub s3_public_endpoint: Option<String>,
+
+    /// DynamoDB table of the image metadata (aws backend).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_DYNAMODB_TABLE",
+        default_value = "images",
+        global = true
+    )]
+    pub dynamodb_table: String,
+
+    /// DynamoDB endpoint URL, for DynamoDB-compatible stores. Default: AWS.
+    #[arg(long, env = "IMAGE_SERVICE_DYNAMODB_ENDPOINT", global = true)]
+    pub dynamodb_endpoint: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "IMAGE_SERVICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Subcommands besides serving.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Create the storage the configured backend needs (the bucket and the
+    /// table with its indexes, or the data directory). Idempotent.
+    Init,
+}
+
+/// Where images and metadata are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Local files and an embedded database under `--data-dir`.
+    Embedded,
+    /// S3 and DynamoDB (or compatible stores).
+    Aws,
+}
+
+/// How callers are identified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// `x-user-id` metadata, trusted as is: only behind an authenticating proxy.
+    TrustedHeader,
+    /// `authorization: Bearer <JWT>`, verified with the configured key.
+    Jwt,
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    if let Ok(n) = text.trim().parse::<u64>() {
+        return Ok(n);
+    }
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("not a byte size ({e}); use e.g. 52428800 or 50MiB"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_accept_plain_numbers_and_binary_suffixes() {
+        assert_eq!(parse_byte_size("1024").unwrap(), 1024);
+        assert_eq!(parse_byte_size("50MiB").unwrap(), 50 * 1024 * 1024);
+        assert!(parse_byte_size("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::try_parse_from(["image-service"]).unwrap();
+        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.backend, Backend::Embedded);
+        assert_eq!(config.auth, AuthMode::TrustedHeader);
+        assert_eq!(config.max_image_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.s3_bucket, "images");
+        assert_eq!(config.dynamodb_table, "images");
+    }
+}

@@ -1,0 +1,452 @@
+//! Inspection of an image's bytes as they stream in: type sniffing, header
+//! dimensions, size limits and checksums, without decoding pixels.
+use sha2::{Digest, Sha256};
+
+use super::DomainError;
+
+/// Bytes of the stream kept to find the type and dimensions. JPEG headers
+/// can sit behind large EXIF and ICC segments (64 KiB each), so this is
+/// generous; it bounds the memory an upload holds for inspection.
+const HEADER_LIMIT: usize = 1024 * 1024;
+/// Bytes needed before the type is sniffed (a HEIF `ftyp` box with its brands).
+const SNIFF_LEN: usize = 64;
+
+/// The media types the service accepts.
+pub const ACCEPTED_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/heic",
+    "image/heif",
+    "image/bmp",
+    "image/tiff",
+];
+
+/// What the server allows for any upload.
+#[derive(Clone, Copy, Debug)]
+pub struct ContentLimits {
+    pub max_bytes: u64,
+    pub max_pixels: u64,
+}
+
+/// What the caller declared about the bytes; each is checked when set.
+#[derive(Clone, Debug, Default)]
+pub struct Declared {
+    pub content_type: Option<String>,
+    pub size: Option<u64>,
+    pub sha256_hex: Option<String>,
+    pub crc32c: Option<u32>,
+}
+
+/// What the service learned from the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentFacts {
+    pub content_type: &'static str,
+    pub size_bytes: u64,
+    pub sha256_hex: String,
+    pub crc32c: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Checks an upload's bytes chunk by chunk, failing as soon as a rule is
+/// broken rather than after the whole image has been received.
+pub struct ContentInspector {
+    limits: ContentLimits,
+    declared: Declared,
+    size: u64,
+    sha256: Sha256,
+    crc32c: u32,
+    header: Vec<u8>,
+    content_type: Option<&'static str>,
+    dimensions: Option<(u32, u32)>,
+    next_probe_at: usize,
+}
+
+impl ContentInspector {
+    /// Fails at once when the declared size alone breaks the limits.
+    pub fn new(limits: ContentLimits, declared: Declared) -> Result<Self, DomainError> {
+        if let Some(size) = declared.size {
+            if size == 0 {
+                return Err(DomainError::invalid("expected_size must be positive"));
+            }
+            if size > limits.max_bytes {
+                return Err(too_large(limits.max_bytes));
+            }
+        }
+        if let Some(declared_type) = &declared.content_type
+            && canonical_type(declared_type).is_none()
+        {
+            return Err(DomainError::invalid(format!(
+                "content_type {declared_type:?} is not an accepted image type"
+            )));
+        }
+        Ok(Self {
+            limits,
+            declared,
+            size: 0,
+            sha256: Sha256::new(),
+            crc32c: 0,
+            header: Vec::new(),
+            content_type: None,
+            dimensions: None,
+            next_probe_at: SNIFF_LEN,
+        })
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Takes the next chunk of the image, with its optional CRC32C.
+    pub fn feed(&mut self, chunk: &[u8], chunk_crc32c: Option<u32>) -> Result<(), DomainError> {
+        if let Some(expected) = chunk_crc32c
+            && crc32c::crc32c(chunk) != expected
+        {
+            return Err(DomainError::DataLoss(format!(
+                "chunk_crc32c does not match the chunk at offset {}",
+                self.size
+            )));
+        }
+        let size = self.size + chunk.len() as u64;
+        if size > self.limits.max_bytes {
+            return Err(too_large(self.limits.max_bytes));
+        }
+        if let Some(expected) = self.declared.size
+            && size > expected
+        {
+            return Err(DomainError::OutOfRange(format!(
+                "received more than the {expected} bytes of expected_size"
+            )));
+        }
+        self.size = size;
+        self.sha256.update(chunk);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, chunk);
+
+        if self.dimensions.is_none() {
+            let room = HEADER_LIMIT - self.header.len();
+            self.header
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if self.header.len() >= self.next_probe_at || self.header.len() == HEADER_LIMIT {
+                self.inspect_header(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: checks declared size and checksums, and that the
+    /// type and dimensions were found.
+    pub fn finish(mut self) -> Result<ContentFacts, DomainError> {
+        if self.size == 0 {
+            return Err(DomainError::invalid("the image is empty"));
+        }
+        if let Some(expected) = self.declared.size
+            && self.size != expected
+        {
+            return Err(DomainError::OutOfRange(format!(
+                "received {} bytes but expected_size is {expected}",
+                self.size
+            )));
+        }
+        let sha256_hex = hex::encode(self.sha256.finalize_reset());
+        if let Some(expected) = &self.declared.sha256_hex
+            && *expected != sha256_hex
+        {
+            return Err(DomainError::DataLoss(
+                "sha256 does not match the received bytes".into(),
+            ));
+        }
+        if let Some(expected) = self.declared.crc32c
+            && expected != self.crc32c
+        {
+            return Err(DomainError::DataLoss(
+                "crc32c does not match the received bytes".into(),
+            ));
+        }
+        if self.dimensions.is_none() {
+            self.inspect_header(true)?;
+        }
+        let (Some(content_type), Some((width, height))) = (self.content_type, self.dimensions)
+        else {
+            return Err(DomainError::invalid(
+                "could not read the image's type and dimensions",
+            ));
+        };
+        Ok(ContentFacts {
+            content_type,
+            size_bytes: self.size,
+            sha256_hex,
+            crc32c: self.crc32c,
+            width,
+            height,
+        })
+    }
+
+    /// Sniffs the type, then reads the dimensions once the header holds them.
+    /// `complete` means no more bytes will come.
+    fn inspect_header(&mut self, complete: bool) -> Result<(), DomainError> {
+        if self.content_type.is_none() {
+            if self.header.len() < SNIFF_LEN && !complete {
+                return Ok(());
+            }
+            let sniffed = sniff(&self.header).ok_or_else(|| {
+                DomainError::invalid(
+                    "the bytes are not an image of an accepted type (JPEG, PNG, GIF, WebP, AVIF, HEIC, BMP, TIFF)",
+                )
+            })?;
+            if let Some(declared) = &self.declared.content_type
+                && !types_agree(declared, sniffed)
+            {
+                return Err(DomainError::invalid(format!(
+                    "content_type {declared:?} disagrees with the bytes, which are {sniffed}"
+                )));
+            }
+            self.content_type = Some(sniffed);
+        }
+        match imagesize::blob_size(&self.header) {
+            Ok(size) => {
+                let width = u32::try_from(size.width).unwrap_or(u32::MAX);
+                let height = u32::try_from(size.height).unwrap_or(u32::MAX);
+                if width == 0 || height == 0 {
+                    return Err(DomainError::invalid(
+                        "the image header gives a zero dimension",
+                    ));
+                }
+                let pixels = u64::from(width) * u64::from(height);
+                if pixels > self.limits.max_pixels {
+                    return Err(DomainError::ResourceExhausted(format!(
+                        "the image has {pixels} pixels ({width}x{height}); the limit is {}",
+                        self.limits.max_pixels
+                    )));
+                }
+                self.dimensions = Some((width, height));
+                self.header = Vec::new();
+                Ok(())
+            }
+            Err(_) if complete || self.header.len() == HEADER_LIMIT => Err(DomainError::invalid(
+                "could not read the image's dimensions from its header",
+            )),
+            // Most likely the header is not complete yet: probe again when
+            // twice as many bytes are in.
+            Err(_) => {
+                self.next_probe_at = (self.header.len() * 2).min(HEADER_LIMIT);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn too_large(max_bytes: u64) -> DomainError {
+    DomainError::ResourceExhausted(format!(
+        "the image is larger than the limit of {max_bytes} bytes"
+    ))
+}
+
+/// The media type of an image, from its first bytes.
+pub fn sniff(header: &[u8]) -> Option<&'static str> {
+    use imagesize::ImageType;
+    let kind = imagesize::image_type(header).ok()?;
+    Some(match kind {
+        ImageType::Jpeg => "image/jpeg",
+        ImageType::Png => "image/png",
+        ImageType::Gif => "image/gif",
+        ImageType::Webp => "image/webp",
+        ImageType::Bmp => "image/bmp",
+        ImageType::Tiff => "image/tiff",
+        ImageType::Heif(imagesize::Compression::Av1) => "image/avif",
+        ImageType::Heif(imagesize::Compression::Hevc) => "image/heic",
+        ImageType::Heif(_) => "image/heif",
+        _ => return None,
+    })
+}
+
+/// The canonical name of a declared media type, accepting common aliases
+/// and parameters; `None` when it is not an accepted image type.
+/// `application/octet-stream` says nothing and is treated as undeclared.
+fn canonical_type(declared: &str) -> Option<&'static str> {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let canonical = match essence.as_str() {
+        "image/jpg" | "image/pjpeg" => "image/jpeg",
+        "image/x-ms-bmp" | "image/x-bmp" => "image/bmp",
+        "image/heic-sequence" => "image/heic",
+        "image/heif-sequence" => "image/heif",
+        "application/octet-stream" => "application/octet-stream",
+        other => ACCEPTED_TYPES.iter().find(|t| **t == other).copied()?,
+    };
+    Some(canonical)
+}
+
+fn types_agree(declared: &str, sniffed: &'static str) -> bool {
+    match canonical_type(declared) {
+        Some("application/octet-stream") => true,
+        // HEIC and AVIF are both HEIF containers.
+        Some("image/heif") => matches!(sniffed, "image/heif" | "image/heic" | "image/avif"),
+        Some(canonical) => canonical == sniffed,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid PNG header: signature and IHDR.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13];
+        bytes.extend_from_slice(b"IHDR");
+        bytes.extend_from_slice(&width.to_be_bytes());
+        bytes.extend_from_slice(&height.to_be_bytes());
+        bytes.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.resize(100, 0);
+        bytes
+    }
+
+    fn limits() -> ContentLimits {
+        ContentLimits {
+            max_bytes: 10_000,
+            max_pixels: 1_000_000,
+        }
+    }
+
+    fn inspect(bytes: &[u8], declared: Declared) -> Result<ContentFacts, DomainError> {
+        let mut inspector = ContentInspector::new(limits(), declared)?;
+        for chunk in bytes.chunks(7) {
+            inspector.feed(chunk, None)?;
+        }
+        inspector.finish()
+    }
+
+    #[test]
+    fn a_png_header_gives_type_and_dimensions() {
+        let facts = inspect(&png_header(640, 480), Declared::default()).unwrap();
+        assert_eq!(facts.content_type, "image/png");
+        assert_eq!((facts.width, facts.height), (640, 480));
+        assert_eq!(facts.size_bytes, 100);
+        assert_eq!(facts.crc32c, crc32c::crc32c(&png_header(640, 480)));
+    }
+
+    #[test]
+    fn text_is_not_an_image() {
+        let err = inspect(&[b'x'; 200], Declared::default()).unwrap_err();
+        assert!(matches!(err, DomainError::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn non_images_fail_before_the_whole_stream_arrives() {
+        let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
+        assert!(inspector.feed(&[b'x'; SNIFF_LEN], None).is_err());
+    }
+
+    #[test]
+    fn a_declared_type_must_agree_with_the_bytes() {
+        let declared = |t: &str| Declared {
+            content_type: Some(t.into()),
+            ..Declared::default()
+        };
+        assert!(inspect(&png_header(1, 1), declared("image/png")).is_ok());
+        assert!(inspect(&png_header(1, 1), declared("IMAGE/PNG; q=1")).is_ok());
+        assert!(inspect(&png_header(1, 1), declared("application/octet-stream")).is_ok());
+        assert!(matches!(
+            inspect(&png_header(1, 1), declared("image/jpeg")),
+            Err(DomainError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            ContentInspector::new(limits(), declared("text/html")),
+            Err(DomainError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn too_many_pixels_are_refused_from_the_header_alone() {
+        let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
+        let err = inspector
+            .feed(&png_header(40_000, 40_000), None)
+            .unwrap_err();
+        assert!(matches!(err, DomainError::ResourceExhausted(_)));
+    }
+
+    #[test]
+    fn crossing_the_byte_limit_fails_at_that_chunk() {
+        let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
+        inspector.feed(&png_header(10, 10), None).unwrap();
+        inspector.feed(&[0; 9_900], None).unwrap();
+        let err = inspector.feed(&[0; 1], None).unwrap_err();
+        assert!(matches!(err, DomainError::ResourceExhausted(_)));
+    }
+
+    #[test]
+    fn declared_sizes_are_enforced_both_ways() {
+        let declared = |n| Declared {
+            size: Some(n),
+            ..Declared::default()
+        };
+        assert!(inspect(&png_header(2, 2), declared(100)).is_ok());
+        assert!(matches!(
+            inspect(&png_header(2, 2), declared(99)),
+            Err(DomainError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            inspect(&png_header(2, 2), declared(101)),
+            Err(DomainError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            ContentInspector::new(limits(), declared(10_001)),
+            Err(DomainError::ResourceExhausted(_))
+        ));
+    }
+
+    #[test]
+    fn checksum_mismatches_are_data_loss() {
+        let bytes = png_header(3, 3);
+        let good_sha = hex::encode(Sha256::digest(&bytes));
+        let sha = |s: String| Declared {
+            sha256_hex: Some(s),
+            ..Declared::default()
+        };
+        assert!(inspect(&bytes, sha(good_sha)).is_ok());
+        assert!(matches!(
+            inspect(&bytes, sha("0".repeat(64))),
+            Err(DomainError::DataLoss(_))
+        ));
+        let crc = Declared {
+            crc32c: Some(crc32c::crc32c(&bytes) ^ 1),
+            ..Declared::default()
+        };
+        assert!(matches!(
+            inspect(&bytes, crc),
+            Err(DomainError::DataLoss(_))
+        ));
+
+        let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
+        let err = inspector
+            .feed(&bytes, Some(crc32c::crc32c(&bytes) ^ 1))
+            .unwrap_err();
+        assert!(matches!(err, DomainError::DataLoss(_)));
+    }
+
+    #[test]
+    fn an_empty_stream_is_not_an_image() {
+        let inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
+        assert!(matches!(
+            inspector.finish(),
+            Err(DomainError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_truncated_header_is_rejected() {
+        let bytes = &png_header(5, 5)[..20];
+        assert!(matches!(
+            inspect(bytes, Declared::default()),
+            Err(DomainError::InvalidArgument(_))
+        ));
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors the use cases return. Each variant means one thing to a caller;
+//! the transports map them to status codes exhaustively.
+use crate::storage::StorageError;
+
+/// A boxed error kept for logs (never shown to callers).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a use case failed. Messages of the client-facing variants are safe to
+/// show to callers; `Unavailable` and `Internal` carry causes for logs only.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// The request is malformed or the bytes are not an accepted image.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// More or fewer bytes than declared, or a read outside the object.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A declared checksum does not match the bytes.
+    #[error("{0}")]
+    DataLoss(String),
+    /// No such image (or variant).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller is not allowed to do this to this image.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A size, pixel or rate limit was exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// An idempotency key was reused with other content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A conditional update lost against a concurrent change.
+    #[error("{0}")]
+    Aborted(String),
+    /// The caller cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// A backend could not be reached; retrying later may succeed.
+    #[error("a storage backend is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// A bug or an unexpected backend answer.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl DomainError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+
+    pub fn image_not_found() -> Self {
+        Self::NotFound("image not found".into())
+    }
+}
+
+impl From<StorageError> for DomainError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::NotFound => DomainError::image_not_found(),
+            StorageError::Unavailable(source) => DomainError::Unavailable(source),
+            // Conditions and collisions that reach this conversion were not
+            // expected by the use case: they are bugs, not caller errors.
+            StorageError::AlreadyExists | StorageError::ConditionFailed => {
+                DomainError::Internal(Box::new(error))
+            }
+            StorageError::Internal(source) => DomainError::Internal(source),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The use cases: what callers can do with images.
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::content::ContentLimits;
+use super::image::{ImageRecord, Timestamp};
+use super::listing::{self, ListFilter, ListRequest};
+use super::page_token::PageTokens;
+use super::signing::SigningKey;
+use super::{DomainError, ImageId, UserId, VariantName, validation};
+use crate::storage::{
+    BlobStore, Disposition, MetadataStore, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+};
+
+/// Largest chunk of a download message.
+pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
+/// Validity of a download URL when the caller does not say.
+pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
+/// Attempts of an unconditional update that keeps losing to concurrent ones.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Limits the server enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub content: ContentLimits,
+    /// Longest validity of a download URL a caller may ask for.
+    pub max_url_expiry: Duration,
+}
+
+/// The image use cases over a blob store and a metadata store.
+#[derive(Clone)]
+pub struct Images {
+    pub(super) blobs: Arc<dyn BlobStore>,
+    pub(super) metadata: Arc<dyn MetadataStore>,
+    pub(super) limits: Limits,
+    tokens: PageTokens,
+}
+
+/// A page of a listing.
+#[derive(Debug)]
+pub struct ListResult {
+    pub images: Vec<ImageRecord>,
+    /// Empty when there are no more images.
+    pub next_page_token: String,
+}
+
+/// A download in progress: what is being read, and the bytes.
+pub struct Download {
+    pub image: ImageRecord,
+    pub offset: u64,
+    pub length: u64,
+    pub total_size: u64,
+    /// At most [`MAX_DOWNLOAD_CHUNK`] bytes an item; fails rather than ends
+    /// early if the store delivers fewer bytes than announced.
+    pub chunks: BoxStream<'static, Result<Bytes, DomainError>>,
+}
+
+/// A change to an image's metadata: `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct ImageUpdate {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub location: Option<String>,
+    /// Apply only if the image's etag is still this one.
+    pub expected_etag: Option<String>,
+}
+
+impl Images {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        metadata: Arc<dyn MetadataStore>,
+        signing_key: SigningKey,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            blobs,
+            metadata,
+            limits,
+            tokens: PageTokens::new(signing_key),
+        }
+    }
+
+    /// Any identified caller may read any image's metadata.
+    pub async fn get(&self, image_id: &str) -> Result<ImageRecord, DomainError> {
+        let id = ImageId::parse(image_id)?;
+        self.metadata
+            .get(&id)
+            .await?
+            .ok_or_else(DomainError::image_not_found)
+    }
+
+    /// A page of images matching the request's filters, newest first.
+    pub async fn list(&self, request: &ListRequest) -> Result<ListResult, DomainError> {
+        let filter = ListFilter::parse(request)?;
+        let limit = listing::page_size(request.page_size)?;
+        let fingerprint = filter.fingerprint();
+        let cursor = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(self.tokens.open(&fingerprint, &request.page_token)?)
+        };
+        let page = self
+            .metadata
+            .list(&filter, cursor.as_deref(), limit)
+            .await?;
+        Ok(ListResult {
+            images: page.records,
+            next_page_token: page
+                .next_cursor
+                .map(|cursor| self.tokens.seal(&fingerprint, &cursor))
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the end).
+    pub async fn download(
+        &self,
+        image_id: &str,
+        variant: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Download, DomainError> {
+        let image = self.get(image_id).await?;
+        let variant = VariantName::parse(variant)?;
+        let (total_size, _) = image
+            .rendition(&variant)
+            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        let offset = u64::try_from(offset)
+            .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
+        let limit = u64::try_from(limit)
+            .map_err(|_| DomainError::invalid("read_limit must not be negative"))?;
+        if offset > total_size {
+            return Err(DomainError::OutOfRange(format!(
+                "read_offset {offset} is beyond the end of the image ({total_size} bytes)"
+            )));
+        }
+        let remaining = total_size - offset;
+        let length = if limit == 0 {
+            remaining
+        } else {
+            limit.min(remaining)
+        };
+        let chunks = if length == 0 {
+            futures::stream::empty().boxed()
+        } else {
+            let key = ObjectKey::new(&image.id, &variant);
+            let stream = self
+                .blobs
+                .read(&key, offset, length)
+                .await
+                .map_err(|e| match e {
+                    // Metadata without bytes: deleted meanwhile.
+                    StorageError::NotFound => DomainError::image_not_found(),
+                    other => other.into(),
+                })?;
+            exact_chunks(stream, length)
+        };
+        Ok(Download {
+            image,
+            offset,
+            length,
+            total_size,
+            chunks,
+        })
+    }
+
+    /// A presigned URL for a rendition.
+    pub async fn download_url(
+        &self,
+        image_id: &str,
+        variant: &str,
+        expires_in: Option<Duration>,
+        disposition: Disposition,
+    ) -> Result<PresignedUrl, DomainError> {
+        let image = self.get(image_id).await?;
+        let variant = VariantName::parse(variant)?;
+        let (_, content_type) = image
+            .rendition(&variant)
+            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        let requested = match expires_in {
+            None => DEFAULT_URL_EXPIRY,
+            Some(d) if d.is_zero() => DEFAULT_URL_EXPIRY,
+            Some(d) => d,
+        };
+        let expires_in = requested
+            .min(self.limits.max_url_expiry)
+            .min(self.blobs.max_presign_expiry());
+        let request = PresignRequest {
+            key: ObjectKey::new(&image.id, &variant),
+            expires_in,
+            content_type: content_type.to_owned(),
+            disposition,
+            filename: image.filename.clone(),
+        };
+        Ok(self.blobs.presign_read(&request).await?)
+    }
+
+    /// Changes an image's descriptive metadata; only its owner may.
+    pub async fn update(
+        &self,
+        caller: &UserId,
+        image_id: &str,
+        update: ImageUpdate,
+    ) -> Result<ImageRecord, DomainError> {
+        let id = ImageId::parse(image_id)?;
+        let title = update.title.as_deref().map(validation::title).transpose()?;
+        let description = update
+            .description
+            .as_deref()
+            .map(validation::description)
+            .transpose()?;
+        let tags = update.tags.as_deref().map(validation::tags).transpose()?;
+        let location = update
+            .location
+            .as_deref()
+            .map(validation::location)
+            .transpose()?;
+        if title.is_none() && description.is_none() && tags.is_none() && location.is_none() {
+            return Err(DomainError::invalid("the update changes nothing"));
+        }
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self
+                .metadata
+                .get(&id)
+                .await?
+                .ok_or_else(DomainError::image_not_found)?;
+            ensure_owner(caller, &current)?;
+            if let Some(etag) = &update.expected_etag
+                && *etag != current.etag()
+            {
+                return Err(stale_etag());
+            }
+            let mut next = current.clone();
+            if let Some(v) = &title {
+                next.title.clone_from(v);
+            }
+            if let Some(v) = &description {
+                next.description.clone_from(v);
+            }
+            if let Some(v) = &tags {
+                next.tags.clone_from(v);
+            }
+            if let Some(v) = &location {
+                next.location.clone_from(v);
+            }
+            next.revision = current.revision + 1;
+            next.update_time = Timestamp::now().max(current.update_time);
+            match self.metadata.replace(&next, current.revision).await {
+                Ok(()) => return Ok(next),
+                Err(StorageError::ConditionFailed) if update.expected_etag.is_some() => {
+                    return Err(stale_etag());
+                }
+                // Someone else's update won; re-apply ours on top of it.
+                Err(StorageError::ConditionFailed) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(DomainError::Aborted(
+            "the image is being changed concurrently; retry".into(),
+        ))
+    }
+
+    /// Deletes an image: its metadata first (so no caller ever sees metadata
+    /// without bytes), then the bytes of every rendition. Only the owner may.
+    pub async fn delete(&self, caller: &UserId, image_id: &str) -> Result<(), DomainError> {
+        let id = ImageId::parse(image_id)?;
+        let current = self
+            .metadata
+            .get(&id)
+            .await?
+            .ok_or_else(DomainError::image_not_found)?;
+        ensure_owner(caller, &current)?;
+        let deleted = match self.metadata.delete(&id, caller).await {
+            Ok(record) => record,
+            Err(StorageError::ConditionFailed) => return Err(not_owner()),
+            Err(other) => return Err(other.into()),
+        };
+        for variant in deleted.rendition_names() {
+            self.delete_blob_logged(&ObjectKey::new(&id, &variant))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Deletes bytes whose metadata is gone or was never written. A failure
+    /// leaves an orphan object, invisible to callers; it is logged.
+    pub(super) async fn delete_blob_logged(&self, key: &ObjectKey) {
+        if let Err(error) = self.blobs.delete(key).await {
+            tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete image bytes; the object is orphaned");
+        }
+    }
+}
+
+fn ensure_owner(caller: &UserId, image: &ImageRecord) -> Result<(), DomainError> {
+    if image.owner == *caller {
+        Ok(())
+    } else {
+        Err(not_owner())
+    }
+}
+
+fn not_owner() -> DomainError {
+    DomainError::PermissionDenied("only the owner of an image may change or delete it".into())
+}
+
+fn stale_etag() -> DomainError {
+    DomainError::Aborted("the image changed since the given etag; read it again and retry".into())
+}
+
+/// Splits a store's stream into messages of at most [`MAX_DOWNLOAD_CHUNK`]
+/// bytes (zero-copy) and fails if it delivers more or fewer bytes than
+/// `length`, so a truncated read never looks complete.
+fn exact_chunks(
+    stream: crate::storage::ByteStream,
+    length: u64,
+) -> BoxStream<'static, Result<Bytes, DomainError>> {
+    let state = (stream, length, Bytes::new(), false);
+    futures::stream::unfold(
+        state,
+        |(mut stream, mut left, mut pending, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if !pending.is_empty() {
+                    let take = pending.len().min(MAX_DOWNLOAD_CHUNK);
+                    let chunk = pending.split_to(take);
+                    return Some((Ok(chunk), (stream, left, pending, false)));
+                }
+                match stream.next().await {
+                    Some(Ok(bytes)) => {
+                        if bytes.len() as u64 > left {
+                            let error = DomainError::Internal(
+                                "the store returned more bytes than asked".into(),
+                            );
+                            return Some((Err(error), (stream, 0, Bytes::new(), true)));
+                        }
+                        left -= bytes.len() as u64;
+                        pending = bytes;
+                    }
+                    Some(Err(error)) => {
+                        let error = match error {
+                            StorageError::NotFound => DomainError::image_not_found(),
+                            other => other.into(),
+                        };
+                        return Some((Err(error), (stream, 0, Bytes::new(), true)));
+                    }
+                    None if left > 0 => {
+                        let error = DomainError::Internal(
+                            "the stored object is shorter than its metadata".into(),
+                        );
+                        return Some((Err(error), (stream, 0, Bytes::new(), true)));
+                    }
+                    None => return None,
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// An error and its causes on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,19 @@
+//! The rules of the service, independent of transport and storage: what an
+//! image is, what a valid request is, how an upload is checked as its bytes
+//! arrive, and the use cases the transports call.
+
+pub mod content;
+pub mod error;
+pub mod identity;
+pub mod image;
+pub mod images;
+pub mod listing;
+pub mod page_token;
+pub mod signing;
+pub mod upload;
+pub mod validation;
+
+pub use error::DomainError;
+pub use identity::UserId;
+pub use image::{ImageId, ImageRecord, VariantName};
+pub use images::{Images, Limits};

@@ -1,0 +1,218 @@
+//! Protobuf messages to domain values and back.
+use std::time::Duration;
+
+use crate::domain::DomainError;
+use crate::domain::image::{ImageRecord, Timestamp};
+use crate::domain::images::ImageUpdate;
+use crate::domain::listing::ListRequest;
+use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
+use crate::pb;
+use crate::storage::Disposition;
+
+pub fn timestamp(time: Timestamp) -> prost_types::Timestamp {
+    let micros = time.as_micros();
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+pub fn from_timestamp(
+    field: &str,
+    time: &prost_types::Timestamp,
+) -> Result<Timestamp, DomainError> {
+    if !(0..1_000_000_000).contains(&time.nanos) {
+        return Err(DomainError::invalid(format!("{field} has invalid nanos")));
+    }
+    time.seconds
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(i64::from(time.nanos / 1_000)))
+        .map(Timestamp::from_micros)
+        .ok_or_else(|| DomainError::invalid(format!("{field} is out of range")))
+}
+
+pub fn image(record: &ImageRecord) -> pb::Image {
+    pb::Image {
+        image_id: record.id.to_string(),
+        owner_id: record.owner.to_string(),
+        filename: record.filename.clone(),
+        content_type: record.content_type.clone(),
+        size_bytes: record.size_bytes as i64,
+        sha256: record.sha256.clone(),
+        width: record.width,
+        height: record.height,
+        title: record.title.clone(),
+        description: record.description.clone(),
+        tags: record.tags.clone(),
+        location: record.location.clone(),
+        attributes: record
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        create_time: Some(timestamp(record.create_time)),
+        update_time: Some(timestamp(record.update_time)),
+        variants: record
+            .variants
+            .iter()
+            .map(|v| pb::ImageVariant {
+                name: v.name.to_string(),
+                content_type: v.content_type.clone(),
+                size_bytes: v.size_bytes as i64,
+                width: v.width,
+                height: v.height,
+            })
+            .collect(),
+        etag: record.etag(),
+        crc32c: record.crc32c,
+    }
+}
+
+pub fn upload_frame(message: pb::UploadImageRequest) -> UploadFrame {
+    let payload = match message.data {
+        Some(pb::upload_image_request::Data::Spec(spec)) => {
+            FramePayload::Spec(Box::new(NewImage {
+                filename: spec.filename,
+                content_type: spec.content_type,
+                title: spec.title,
+                description: spec.description,
+                tags: spec.tags,
+                location: spec.location,
+                attributes: spec.attributes.into_iter().collect(),
+                expected_size: spec.expected_size,
+                sha256: spec.sha256,
+                crc32c: spec.crc32c,
+                idempotency_key: spec.idempotency_key,
+            }))
+        }
+        Some(pb::upload_image_request::Data::Chunk(data)) => FramePayload::Chunk {
+            data,
+            crc32c: message.chunk_crc32c,
+        },
+        None => FramePayload::Nothing,
+    };
+    UploadFrame {
+        payload,
+        finish: message.finish_write,
+    }
+}
+
+pub fn list_request(message: pb::ListImagesRequest) -> Result<ListRequest, DomainError> {
+    Ok(ListRequest {
+        owner: message.owner_id,
+        tag: message.tag,
+        location: message.location,
+        content_type: message.content_type,
+        created_after: message
+            .created_after
+            .as_ref()
+            .map(|t| from_timestamp("created_after", t))
+            .transpose()?,
+        created_before: message
+            .created_before
+            .as_ref()
+            .map(|t| from_timestamp("created_before", t))
+            .transpose()?,
+        page_size: message.page_size,
+        page_token: message.page_token,
+    })
+}
+
+pub fn expires_in(
+    duration: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, DomainError> {
+    let Some(duration) = duration else {
+        return Ok(None);
+    };
+    if duration.seconds < 0 || duration.nanos < 0 {
+        return Err(DomainError::invalid("expires_in must not be negative"));
+    }
+    Ok(Some(Duration::new(
+        duration.seconds as u64,
+        duration.nanos.clamp(0, 999_999_999) as u32,
+    )))
+}
+
+pub fn disposition(value: i32) -> Result<Disposition, DomainError> {
+    match pb::Disposition::try_from(value) {
+        Ok(pb::Disposition::Unspecified | pb::Disposition::Inline) => Ok(Disposition::Inline),
+        Ok(pb::Disposition::Attachment) => Ok(Disposition::Attachment),
+        Err(_) => Err(DomainError::invalid("disposition is not a known value")),
+    }
+}
+
+/// The fields to change: those named by the mask (empty values clear), or
+/// without a mask every field given a non-empty value.
+pub fn image_update(message: pb::UpdateImageRequest) -> Result<ImageUpdate, DomainError> {
+    let paths = message
+        .update_mask
+        .map(|mask| mask.paths)
+        .unwrap_or_default();
+    let expected_etag = (!message.etag.is_empty()).then_some(message.etag);
+    if paths.is_empty() {
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        return Ok(ImageUpdate {
+            title: non_empty(message.title),
+            description: non_empty(message.description),
+            tags: (!message.tags.is_empty()).then_some(message.tags),
+            location: non_empty(message.location),
+            expected_etag,
+        });
+    }
+    let mut update = ImageUpdate {
+        expected_etag,
+        ..ImageUpdate::default()
+    };
+    for path in paths {
+        match path.as_str() {
+            "title" => update.title = Some(message.title.clone()),
+            "description" => update.description = Some(message.description.clone()),
+            "tags" => update.tags = Some(message.tags.clone()),
+            "location" => update.location = Some(message.location.clone()),
+            other => {
+                return Err(DomainError::invalid(format!(
+                    "update_mask path {other:?} is not one of title, description, tags, location"
+                )));
+            }
+        }
+    }
+    Ok(update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for micros in [0, 1, 1_700_000_000_123_456, -1, -1_500_000] {
+            let time = Timestamp::from_micros(micros);
+            assert_eq!(from_timestamp("t", &timestamp(time)).unwrap(), time);
+        }
+    }
+
+    #[test]
+    fn unknown_mask_paths_are_rejected() {
+        let message = pb::UpdateImageRequest {
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["owner_id".into()],
+            }),
+            ..Default::default()
+        };
+        assert!(image_update(message).is_err());
+    }
+
+    #[test]
+    fn a_mask_can_clear_a_field() {
+        let message = pb::UpdateImageRequest {
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["title".into()],
+            }),
+            description: "ignored".into(),
+            ..Default::default()
+        };
+        let update = image_update(message).unwrap();
+        assert_eq!(update.title.as_deref(), Some(""));
+        assert_eq!(update.description, None);
+    }
+}

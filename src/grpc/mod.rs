@@ -1,0 +1,9 @@
+//! The gRPC transport: protobuf in, domain calls, protobuf out. Handlers are
+//! thin: authenticate, convert, call the domain, convert back.
+
+pub mod auth;
+mod convert;
+mod service;
+mod status;
+
+pub use service::ImageApi;

@@ -1,0 +1,18 @@
+//! image-service: a gRPC service that stores users' images and their metadata.
+//!
+//! The code is layered so that dependencies point inward:
+//! - [`grpc`] and [`http`] are transports: protobuf and HTTP in, domain calls out.
+//! - [`domain`] holds the rules: validation, the upload pipeline, the use cases.
+//!   It knows nothing of tonic or of any storage SDK.
+//! - [`storage`] holds the adapters that implement the domain's storage traits.
+//!
+//! [`startup`] wires them together.
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod pb;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,16 @@
+use clap::Parser;
+use image_service::config::{Command, Config};
+use image_service::startup::{Application, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    image_service::telemetry::init(config.log_format);
+    match config.command {
+        Some(Command::Init) => image_service::startup::init_backend(&config).await,
+        None => {
+            let app = Application::build(config).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+    }
+}

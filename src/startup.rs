@@ -1,0 +1,214 @@
+//! Wiring: storage adapters into the domain, the domain into the gRPC and
+//! HTTP listeners, and the server's lifecycle (ready, drain, stop).
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::config::{Backend, Config};
+use crate::domain::content::ContentLimits;
+use crate::domain::signing::SigningKey;
+use crate::domain::{Images, Limits};
+use crate::grpc::ImageApi;
+use crate::grpc::auth::Authenticator;
+use crate::pb;
+use crate::pb::image_service_server::ImageServiceServer;
+use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
+use crate::storage::{BlobStore, MetadataStore};
+
+/// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
+
+/// A built server, listening but not yet serving.
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    images: Images,
+    auth: Arc<Authenticator>,
+    http_blobs: Option<Arc<EmbeddedBlobStore>>,
+    backend: Backend,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds the listeners (port 0 picks a free port) and opens the backend.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let auth = Arc::new(Authenticator::from_config(&config)?);
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+        let http_base = config.http_public_url.clone().unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                http_listener.local_addr().expect("bound listener")
+            )
+        });
+
+        let limits = Limits {
+            content: ContentLimits {
+                max_bytes: config.max_image_bytes,
+                max_pixels: config.max_image_pixels,
+            },
+            max_url_expiry: config.download_url_max_expiry,
+        };
+        let (images, http_blobs) = match config.backend {
+            Backend::Embedded => {
+                let key = match &config.signing_key {
+                    Some(secret) => configured_key(secret)?,
+                    None => embedded::load_or_create_signing_key(&config.data_dir)
+                        .context("reading the signing key in the data directory")?,
+                };
+                let (blobs, metadata) =
+                    embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
+                        .with_context(|| {
+                            format!("opening the data directory {}", config.data_dir.display())
+                        })?;
+                let blobs = Arc::new(blobs);
+                let metadata: Arc<dyn MetadataStore> = Arc::new(metadata);
+                let blob_store: Arc<dyn BlobStore> = blobs.clone();
+                (Images::new(blob_store, metadata, key, limits), Some(blobs))
+            }
+            Backend::Aws => {
+                bail!("the aws backend is not available in this build yet; use --backend embedded")
+            }
+        };
+        Ok(Self {
+            grpc_listener,
+            http_listener,
+            images,
+            auth,
+            http_blobs,
+            backend: config.backend,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().expect("bound listener")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` completes; then reports NOT_SERVING, stops
+    /// accepting, lets in-flight calls finish up to the shutdown timeout,
+    /// and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let grpc_addr = self.grpc_addr();
+        let http_addr = self.http_addr();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ImageServiceServer<ImageApi>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let api = ImageServiceServer::new(ImageApi::new(self.images, self.auth))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let grpc = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // Windows large enough that a stream of 1 MiB chunks is not
+            // throttled by flow control on a fast network.
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc_listener),
+                stopped(stop_rx.clone()),
+            );
+        let http = axum::serve(self.http_listener, crate::http::router(self.http_blobs))
+            .with_graceful_shutdown(stopped(stop_rx));
+        let mut grpc = tokio::spawn(grpc);
+        let mut http = tokio::spawn(async move { http.await });
+
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = ?self.backend, "image-service ready");
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut grpc => return Err(anyhow::anyhow!("the gRPC server stopped: {result:?}")),
+            result = &mut http => return Err(anyhow::anyhow!("the HTTP server stopped: {result:?}")),
+        }
+
+        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
+        health
+            .set_not_serving::<ImageServiceServer<ImageApi>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            let _ = (&mut grpc).await;
+            let _ = (&mut http).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown timeout reached; closing the remaining calls");
+            grpc.abort();
+            http.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn configured_key(secret: &str) -> anyhow::Result<SigningKey> {
+    SigningKey::from_secret(secret.as_bytes()).map_err(|e| anyhow::anyhow!("--signing-key: {e}"))
+}
+
+/// `image-service init`: creates what the configured backend needs.
+pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
+    match config.backend {
+        Backend::Embedded => {
+            embedded::load_or_create_signing_key(&config.data_dir)?;
+            let urls = SignedUrls::new(SigningKey::generate(), "http://unused");
+            embedded::open(&config.data_dir, urls)?;
+            println!("embedded backend ready in {}", config.data_dir.display());
+            Ok(())
+        }
+        Backend::Aws => bail!("the aws backend is not available in this build yet"),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,184 @@
+//! Image bytes as files: `blobs/images/{id}/{variant}`. A write goes to a
+//! temporary file in `blobs/.partial/`, is fsync'd, then renamed into place
+//! (and the directory fsync'd), so a reader sees a whole object or none.
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::urls::{self, SignedUrls};
+use crate::domain::image::Timestamp;
+use crate::storage::{
+    BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+};
+
+/// Read buffer of downloads: large enough to keep syscalls few.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub struct EmbeddedBlobStore {
+    root: PathBuf,
+    partial: PathBuf,
+    urls: SignedUrls,
+}
+
+impl EmbeddedBlobStore {
+    /// Opens the directory, removing partial files a previous process left
+    /// behind (only one process uses a data directory at a time).
+    pub fn open(root: &Path, urls: SignedUrls) -> Result<Self, StorageError> {
+        let partial = root.join(".partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(StorageError::internal)?;
+        }
+        std::fs::create_dir_all(&partial).map_err(StorageError::internal)?;
+        Ok(Self {
+            root: root.to_owned(),
+            partial,
+            urls,
+        })
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    /// The size of a stored object: `NotFound` when it does not exist.
+    pub async fn size(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        match tokio::fs::metadata(self.path(key)).await {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound),
+            Err(e) => Err(StorageError::internal(e)),
+        }
+    }
+
+    /// The presigned-URL checker, for the HTTP listener.
+    pub fn urls(&self) -> &SignedUrls {
+        &self.urls
+    }
+}
+
+#[async_trait]
+impl BlobStore for EmbeddedBlobStore {
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        _size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let temp = self.partial.join(format!("{}.part", uuid::Uuid::new_v4()));
+        let file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(StorageError::internal)?;
+        Ok(Box::new(FileWriter {
+            file: Some(file),
+            temp,
+            target: self.path(key),
+            done: false,
+        }))
+    }
+
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        let mut file = match tokio::fs::File::open(self.path(key)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound);
+            }
+            Err(e) => return Err(StorageError::internal(e)),
+        };
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(StorageError::internal)?;
+        let reader = tokio::io::AsyncReadExt::take(file, length);
+        Ok(ReaderStream::with_capacity(reader, READ_CHUNK)
+            .map(|chunk| chunk.map_err(StorageError::internal))
+            .boxed())
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::internal(e)),
+        }
+        // The image's directory goes with its last object; failing because
+        // another object is still there is expected.
+        if let Some(dir) = path.parent() {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        Ok(())
+    }
+
+    async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
+        Ok(self.urls.sign(request, Timestamp::now()))
+    }
+
+    fn max_presign_expiry(&self) -> Duration {
+        urls::MAX_EXPIRY
+    }
+}
+
+struct FileWriter {
+    file: Option<tokio::fs::File>,
+    temp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl FileWriter {
+    async fn publish(&mut self) -> std::io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(std::io::Error::other("writer already finished"));
+        };
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        let dir = self.target.parent().map(Path::to_owned).unwrap_or_default();
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(&self.temp, &self.target).await?;
+        self.done = true;
+        // Make the rename itself durable.
+        tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+#[async_trait]
+impl BlobWriter for FileWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| StorageError::internal("writer already finished"))?;
+        file.write_all(&chunk).await.map_err(StorageError::internal)
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.publish().await.map_err(StorageError::internal)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.temp).await;
+        self.done = true;
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // A cancelled upload: unlinking is quick, do it now.
+            self.file.take();
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Image records in redb, an embedded transactional B-tree store.
+//!
+//! Every listing filter is served from one index read in key order: for
+//! each combination of the equality filters (owner, tag, location, content
+//! type) a record has one index entry (one per tag for combinations with a
+//! tag), keyed `combination | values | create_time | id`. A listing reads
+//! the keys of its combination backwards between the time bounds, so it
+//! reads as many index entries and records as it returns (plus one entry to
+//! know whether another page follows), whatever the filters. Records and
+//! their entries change in one transaction, so the index is never stale.
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::{ImageId, ImageRecord, UserId};
+use crate::storage::{CreateOutcome, ListPage, MetadataStore, StorageError};
+
+/// image id (16 bytes) → the record as JSON.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// Index entries (see the module documentation); no value.
+const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("index");
+/// owner + idempotency key → image id.
+const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+
+const BY_OWNER: u8 = 1;
+const BY_TAG: u8 = 2;
+const BY_LOCATION: u8 = 4;
+const BY_CONTENT_TYPE: u8 = 8;
+/// A cursor is the time and id suffix of the last index key returned.
+const CURSOR_LEN: usize = 8 + 16;
+
+/// Image records in a redb file.
+pub struct EmbeddedMetadataStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedMetadataStore {
+    /// Opens (or creates) the database file. Only one process may hold it.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Database::create(path).map_err(StorageError::internal)?;
+        let txn = db.begin_write().map_err(StorageError::internal)?;
+        {
+            txn.open_table(RECORDS).map_err(StorageError::internal)?;
+            txn.open_table(INDEX).map_err(StorageError::internal)?;
+            txn.open_table(IDEMPOTENCY)
+                .map_err(StorageError::internal)?;
+        }
+        txn.commit().map_err(StorageError::internal)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking database work off the async workers.
+    async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<Result<T, StorageError>, redb::Error> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(StorageError::internal)?
+            .map_err(StorageError::internal)?
+    }
+}
+
+fn encode(record: &ImageRecord) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(record).map_err(StorageError::internal)
+}
+
+fn decode(bytes: &[u8]) -> Result<ImageRecord, StorageError> {
+    serde_json::from_slice(bytes).map_err(StorageError::internal)
+}
+
+/// Appends a length-prefixed value, so concatenated values cannot be
+/// confused with one another.
+fn push_value(key: &mut Vec<u8>, value: &str) {
+    key.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    key.extend_from_slice(value.as_bytes());
+}
+
+/// Times as big-endian with the sign bit flipped sort like the numbers.
+fn time_bytes(time: Timestamp) -> [u8; 8] {
+    ((time.as_micros() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The part of an index key before time and id.
+fn index_prefix(
+    combination: u8,
+    owner: &str,
+    tag: &str,
+    location: &str,
+    content_type: &str,
+) -> Vec<u8> {
+    let mut key = vec![combination];
+    for (bit, value) in [
+        (BY_OWNER, owner),
+        (BY_TAG, tag),
+        (BY_LOCATION, location),
+        (BY_CONTENT_TYPE, content_type),
+    ] {
+        if combination & bit != 0 {
+            push_value(&mut key, value);
+        }
+    }
+    key
+}
+
+/// Every index key of a record.
+fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
+    let suffix = [&time_bytes(record.create_time)[..], record.id.as_bytes()].concat();
+    let mut keys = Vec::new();
+    for combination in 0..16u8 {
+        if combination & BY_LOCATION != 0 && record.location.is_empty() {
+            continue;
+        }
+        let tags: Vec<&str> = if combination & BY_TAG != 0 {
+            record.tags.iter().map(String::as_str).collect()
+        } else {
+            vec![""]
+        };
+        for tag in tags {
+            let mut key = index_prefix(
+                combination,
+                record.owner.as_str(),
+                tag,
+                &record.location,
+                &record.content_type,
+            );
+            key.extend_from_slice(&suffix);
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+fn idempotency_key(owner: &UserId, key: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_value(&mut out, owner.as_str());
+    push_value(&mut out, key);
+    out
+}
+
+fn image_id_from_index_key(key: &[u8]) -> ImageId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[key.len() - 16..]);
+    ImageId::from_bytes(id)
+}
+
+#[async_trait]
+impl MetadataStore for EmbeddedMetadataStore {
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
+        let record = record.clone();
+        let bytes = encode(&record)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                if records.get(record.id.as_bytes().as_slice())?.is_some() {
+                    return Ok(Err(StorageError::AlreadyExists));
+                }
+                let mut idempotency = txn.open_table(IDEMPOTENCY)?;
+                if let Some(key) = &record.idempotency_key {
+                    let key = idempotency_key(&record.owner, key);
+                    if let Some(existing) = idempotency.get(key.as_slice())? {
+                        let existing_record = records.get(existing.value())?;
+                        return Ok(match existing_record {
+                            Some(found) => decode(found.value())
+                                .map(|r| CreateOutcome::IdempotencyKeyTaken(Box::new(r))),
+                            None => Err(StorageError::internal(
+                                "idempotency entry without its record",
+                            )),
+                        });
+                    }
+                    idempotency.insert(key.as_slice(), record.id.as_bytes().as_slice())?;
+                }
+                let mut index = txn.open_table(INDEX)?;
+                for key in index_keys(&record) {
+                    index.insert(key.as_slice(), ())?;
+                }
+                records.insert(record.id.as_bytes().as_slice(), bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(Ok(CreateOutcome::Created))
+        })
+        .await
+    }
+
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
+        let id = *id;
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let records = txn.open_table(RECORDS)?;
+            let found = records.get(id.as_bytes().as_slice())?;
+            Ok(found.map(|guard| decode(guard.value())).transpose())
+        })
+        .await
+    }
+
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let record = record.clone();
+        let bytes = encode(&record)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                let current = match records.get(record.id.as_bytes().as_slice())? {
+                    Some(guard) => decode(guard.value()),
+                    None => return Ok(Err(StorageError::NotFound)),
+                };
+                let current = match current {
+                    Ok(current) => current,
+                    Err(error) => return Ok(Err(error)),
+                };
+                if current.revision != expected_revision {
+                    return Ok(Err(StorageError::ConditionFailed));
+                }
+                let mut index = txn.open_table(INDEX)?;
+                for key in index_keys(&current) {
+                    index.remove(key.as_slice())?;
+                }
+                for key in index_keys(&record) {
+                    index.insert(key.as_slice(), ())?;
+                }
+                records.insert(record.id.as_bytes().as_slice(), bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
+        let id = *id;
+        let owner = owner.clone();
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            let current = {
+                let mut records = txn.open_table(RECORDS)?;
+                let current = match records.get(id.as_bytes().as_slice())? {
+                    Some(guard) => decode(guard.value()),
+                    None => return Ok(Err(StorageError::NotFound)),
+                };
+                let current = match current {
+                    Ok(current) => current,
+                    Err(error) => return Ok(Err(error)),
+                };
+                if current.owner != owner {
+                    return Ok(Err(StorageError::ConditionFailed));
+                }
+                records.remove(id.as_bytes().as_slice())?;
+                let mut index = txn.open_table(INDEX)?;
+                for key in index_keys(&current) {
+                    index.remove(key.as_slice())?;
+                }
+                if let Some(key) = &current.idempotency_key {
+                    txn.open_table(IDEMPOTENCY)?
+                        .remove(idempotency_key(&current.owner, key).as_slice())?;
+                }
+                current
+            };
+            txn.commit()?;
+            Ok(Ok(current))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        let mut combination = 0;
+        for (bit, set) in [
+            (BY_OWNER, filter.owner.is_some()),
+            (BY_TAG, filter.tag.is_some()),
+            (BY_LOCATION, filter.location.is_some()),
+            (BY_CONTENT_TYPE, filter.content_type.is_some()),
+        ] {
+            if set {
+                combination |= bit;
+            }
+        }
+        let prefix = index_prefix(
+            combination,
+            filter.owner.as_ref().map_or("", UserId::as_str),
+            filter.tag.as_deref().unwrap_or(""),
+            filter.location.as_deref().unwrap_or(""),
+            filter.content_type.as_deref().unwrap_or(""),
+        );
+        let lower = [
+            &prefix[..],
+            &time_bytes(
+                filter
+                    .created_after
+                    .unwrap_or(Timestamp::from_micros(i64::MIN)),
+            ),
+        ]
+        .concat();
+        let upper = match (cursor, filter.created_before) {
+            (Some(cursor), _) if cursor.len() != CURSOR_LEN => {
+                return Err(StorageError::internal("malformed listing cursor"));
+            }
+            (Some(cursor), _) => [&prefix[..], cursor].concat(),
+            (None, Some(before)) => [&prefix[..], &time_bytes(before)].concat(),
+            (None, None) => [&prefix[..], &[0xFF; CURSOR_LEN + 1]].concat(),
+        };
+        if lower >= upper {
+            return Ok(ListPage::default());
+        }
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let index = txn.open_table(INDEX)?;
+            let records = txn.open_table(RECORDS)?;
+            let mut page = ListPage::default();
+            let mut last_key: Option<Vec<u8>> = None;
+            for entry in index
+                .range::<&[u8]>(lower.as_slice()..upper.as_slice())?
+                .rev()
+            {
+                let (key, ()) = (entry?.0.value().to_vec(), ());
+                if page.records.len() == limit {
+                    page.next_cursor = last_key.map(|k| k[k.len() - CURSOR_LEN..].to_vec());
+                    break;
+                }
+                let id = image_id_from_index_key(&key);
+                if let Some(guard) = records.get(id.as_bytes().as_slice())? {
+                    match decode(guard.value()) {
+                        Ok(record) => page.records.push(record),
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+                last_key = Some(key);
+            }
+            Ok(Ok(page))
+        })
+        .await
+    }
+}

@@ -1,0 +1,193 @@
+//! Storage adapters behind two traits: [`BlobStore`] for image bytes and
+//! [`MetadataStore`] for image records. Every backend implements both with
+//! the guarantees documented on each method, and passes the same contract
+//! test suite (`tests/`).
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
+
+/// A boxed error kept for logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong in a store, by meaning rather than by backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object or record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A record with this id already exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A conditional write found another state than expected.
+    #[error("condition failed")]
+    ConditionFailed,
+    /// The backend could not be reached or refused for now (retryable).
+    #[error("storage backend unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: an unexpected answer, corrupt data, a local I/O error.
+    #[error("storage backend error")]
+    Internal(#[source] BoxError),
+}
+
+impl StorageError {
+    pub fn internal(error: impl Into<BoxError>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+/// The key of a stored object. Built only from an image id and a variant
+/// name, never from caller text: `images/{image_id}/{variant}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn new(id: &ImageId, variant: &VariantName) -> Self {
+        Self(format!("images/{id}/{variant}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// How a browser should present a downloaded object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Inline,
+    Attachment,
+}
+
+/// What a presigned download URL grants.
+#[derive(Clone, Debug)]
+pub struct PresignRequest {
+    pub key: ObjectKey,
+    pub expires_in: Duration,
+    /// Served as `Content-Type`.
+    pub content_type: String,
+    pub disposition: Disposition,
+    /// Suggested file name for `attachment`.
+    pub filename: String,
+}
+
+/// A URL that fetches an object without credentials until `expire_time`.
+#[derive(Clone, Debug)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expire_time: Timestamp,
+}
+
+/// Image bytes.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts writing the object `key`. Nothing is visible at `key` until
+    /// [`BlobWriter::finish`] succeeds; [`BlobWriter::abort`], or dropping the
+    /// writer, discards everything written (a drop cleans up in the
+    /// background). `size_hint` is the declared size, when known.
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError>;
+
+    /// Streams `length` bytes of the object from `offset`. The caller has
+    /// checked the range against the object's size. `NotFound` when the
+    /// object does not exist.
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError>;
+
+    /// Deletes the object. Deleting a missing object succeeds.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// A URL that fetches the object over HTTP without credentials, valid
+    /// for `request.expires_in`, capped by [`BlobStore::max_presign_expiry`].
+    async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError>;
+
+    /// The longest validity this store can give a presigned URL.
+    fn max_presign_expiry(&self) -> Duration;
+}
+
+/// An object being written. See [`BlobStore::start_write`].
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends bytes. May wait while earlier bytes are being stored
+    /// (backpressure).
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Makes the object durable and visible at its key, atomically: readers
+    /// see the whole object or nothing.
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+
+    /// Discards everything written and waits until it is gone.
+    async fn abort(self: Box<Self>);
+}
+
+/// The result of [`MetadataStore::create`].
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// The record was stored.
+    Created,
+    /// Nothing was stored: the owner already used the record's idempotency
+    /// key for this image.
+    IdempotencyKeyTaken(Box<ImageRecord>),
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// Newest first.
+    pub records: Vec<ImageRecord>,
+    /// Where the next page starts; `None` when there is none.
+    pub next_cursor: Option<Vec<u8>>,
+}
+
+/// Image records and the indexes that list them.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Stores a new record with its index entries. `AlreadyExists` if a record
+    /// with this id exists; `IdempotencyKeyTaken` (and nothing stored) if the
+    /// owner already used its idempotency key.
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError>;
+
+    /// The record, or `None`.
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError>;
+
+    /// Replaces the record (and its index entries) if the stored one still
+    /// has `expected_revision`: `ConditionFailed` otherwise, `NotFound` if
+    /// it is gone.
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Deletes the record and its index entries if `owner` owns it, and
+    /// returns it: `NotFound` if absent, `ConditionFailed` if owned by
+    /// someone else.
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError>;
+
+    /// Up to `limit` records matching `filter`, newest first, starting after
+    /// `cursor` (a `next_cursor` of an earlier page with the same filter).
+    /// Never returns a record that does not exist any more.
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError>;
+}
