@@ -1,0 +1,344 @@
+//! Test harness: starts the real server on loopback ports chosen by the OS
+//! and talks to it with the generated gRPC client.
+#![allow(dead_code)]
+
+pub mod images;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use image_service::config::Config;
+use image_service::pb;
+use image_service::pb::image_service_client::ImageServiceClient;
+use image_service::startup::Application;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Upload limit of test servers: small, so the limit is quick to cross.
+pub const TEST_MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A storage backend the suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+}
+
+/// A running server and a client connected to it.
+pub struct TestApp {
+    pub backend: Backend,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    client: ImageServiceClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// A server with extra command-line flags.
+    pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut app = Self::spawn_in(backend, dir.path(), extra).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// A server on an existing data directory (to restart on the same data).
+    pub async fn spawn_in(backend: Backend, data_dir: &Path, extra: &[&str]) -> Self {
+        let max = TEST_MAX_IMAGE_BYTES.to_string();
+        let mut args = vec![
+            "image-service",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--max-image-bytes",
+            &max,
+            "--shutdown-timeout",
+            "5s",
+        ];
+        match backend {
+            Backend::Embedded => args.extend(["--backend", "embedded"]),
+        }
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).expect("valid test configuration");
+        let app = Application::build(config).await.expect("server starts");
+        let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        let client = ImageServiceClient::new(connect(grpc_addr).await)
+            .max_decoding_message_size(8 * 1024 * 1024);
+        Self {
+            backend,
+            grpc_addr,
+            http_addr,
+            data_dir: data_dir.to_owned(),
+            client,
+            shutdown: Some(tx),
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn client(&self) -> ImageServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    pub fn channel_addr(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Uploads `bytes` in chunks of 64 KiB with `spec`, as `user`.
+    pub async fn upload(
+        &self,
+        user: &str,
+        spec: pb::ImageSpec,
+        bytes: &[u8],
+    ) -> Result<pb::Image, Status> {
+        self.upload_messages(user, upload_messages(spec, bytes, 64 * 1024))
+            .await
+    }
+
+    /// Sends exactly these messages as one upload stream.
+    pub async fn upload_messages(
+        &self,
+        user: &str,
+        messages: Vec<pb::UploadImageRequest>,
+    ) -> Result<pb::Image, Status> {
+        let request = as_user(user, tokio_stream::iter(messages));
+        let response = self.client().upload_image(request).await?;
+        Ok(response.into_inner().image.expect("an uploaded image"))
+    }
+
+    /// A fresh image of `user`'s, with a title; returns its metadata.
+    pub async fn upload_png(&self, user: &str, seed: u32) -> pb::Image {
+        let spec = pb::ImageSpec {
+            filename: format!("img-{seed}.png"),
+            ..Default::default()
+        };
+        self.upload(user, spec, &images::png(8, 8, seed))
+            .await
+            .expect("upload succeeds")
+    }
+
+    pub async fn get(&self, user: &str, image_id: &str) -> Result<pb::Image, Status> {
+        let request = as_user(
+            user,
+            pb::GetImageRequest {
+                image_id: image_id.into(),
+            },
+        );
+        Ok(self
+            .client()
+            .get_image(request)
+            .await?
+            .into_inner()
+            .image
+            .expect("image"))
+    }
+
+    pub async fn list(
+        &self,
+        user: &str,
+        request: pb::ListImagesRequest,
+    ) -> Result<pb::ListImagesResponse, Status> {
+        Ok(self
+            .client()
+            .list_images(as_user(user, request))
+            .await?
+            .into_inner())
+    }
+
+    /// Every image the request matches, page by page.
+    pub async fn list_all(
+        &self,
+        user: &str,
+        mut request: pb::ListImagesRequest,
+    ) -> Result<Vec<pb::Image>, Status> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.list(user, request.clone()).await?;
+            all.extend(page.images);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            request.page_token = page.next_page_token;
+        }
+    }
+
+    /// Downloads a range through `DownloadImage`; returns the first message
+    /// and the bytes.
+    pub async fn download_range(
+        &self,
+        user: &str,
+        request: pb::DownloadImageRequest,
+    ) -> Result<(pb::DownloadImageResponse, Vec<u8>), Status> {
+        let mut stream = self
+            .client()
+            .download_image(as_user(user, request))
+            .await?
+            .into_inner();
+        let first = stream.message().await?.expect("a first message");
+        let mut bytes = Vec::new();
+        while let Some(message) = stream.message().await? {
+            assert!(message.image.is_none() && message.content_range.is_none());
+            assert!(
+                message.chunk.len() <= 1024 * 1024,
+                "chunks are at most 1 MiB"
+            );
+            bytes.extend_from_slice(&message.chunk);
+        }
+        Ok((first, bytes))
+    }
+
+    pub async fn download(&self, user: &str, image_id: &str) -> Result<Vec<u8>, Status> {
+        let request = pb::DownloadImageRequest {
+            image_id: image_id.into(),
+            ..Default::default()
+        };
+        Ok(self.download_range(user, request).await?.1)
+    }
+
+    pub async fn delete(&self, user: &str, image_id: &str) -> Result<(), Status> {
+        let request = as_user(
+            user,
+            pb::DeleteImageRequest {
+                image_id: image_id.into(),
+            },
+        );
+        self.client().delete_image(request).await.map(|_| ())
+    }
+
+    pub async fn download_url(
+        &self,
+        user: &str,
+        request: pb::GetDownloadUrlRequest,
+    ) -> Result<String, Status> {
+        Ok(self
+            .client()
+            .get_download_url(as_user(user, request))
+            .await?
+            .into_inner()
+            .url)
+    }
+
+    /// Objects the backend holds, finished or partial. A rejected upload
+    /// must leave this unchanged.
+    pub async fn stored_objects(&self) -> Vec<String> {
+        match self.backend {
+            Backend::Embedded => files_under(&self.data_dir.join("blobs")),
+        }
+    }
+
+    /// Waits up to five seconds for the backend to hold exactly `expected`
+    /// objects (cleanup after a cancelled call runs in the background).
+    pub async fn wait_for_stored_objects(&self, expected: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let objects = self.stored_objects().await;
+            if objects.len() == expected || tokio::time::Instant::now() > deadline {
+                return objects;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Connects to a server that is already listening.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connects to the test server")
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+/// A request carrying `user` as the trusted-header identity.
+pub fn as_user<T>(user: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-user-id", user.parse().expect("ascii user id"));
+    request
+}
+
+/// The messages of an upload: the spec, the chunks, `finish_write` on the last.
+pub fn upload_messages(
+    spec: pb::ImageSpec,
+    bytes: &[u8],
+    chunk_size: usize,
+) -> Vec<pb::UploadImageRequest> {
+    use pb::upload_image_request::Data;
+    let mut messages = vec![pb::UploadImageRequest {
+        data: Some(Data::Spec(spec)),
+        ..Default::default()
+    }];
+    for chunk in bytes.chunks(chunk_size) {
+        messages.push(pb::UploadImageRequest {
+            data: Some(Data::Chunk(bytes::Bytes::copy_from_slice(chunk))),
+            ..Default::default()
+        });
+    }
+    messages.last_mut().expect("at least the spec").finish_write = true;
+    messages
+}
+
+/// Asserts the status code, showing the message when it differs.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status
+        }
+    }
+}
