@@ -7,7 +7,7 @@ pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
     let mut raw = Vec::with_capacity(((width * 3 + 1) * height) as usize);
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     for _ in 0..height {
-        raw.push(0); // filter: none
+        raw.extend([0u8]); // filter byte: none
         for _ in 0..width * 3 {
             state ^= state << 13;
             state ^= state >> 17;
