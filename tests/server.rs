@@ -1,0 +1,445 @@
+//! The server around the API: health, reflection, identity modes,
+//! configuration, restarts and graceful shutdown.
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Backend, TestApp, as_user, assert_code, connect, images, upload_messages};
+use image_service::pb;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const SERVICE: &str = "imageservice.v1.ImageService";
+
+fn spec(filename: &str) -> pb::ImageSpec {
+    pb::ImageSpec {
+        filename: filename.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn health_reports_the_server_and_the_image_service_as_serving() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let mut health = HealthClient::new(connect(app.grpc_addr).await);
+    for service in ["", SERVICE] {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let response = health.check(request).await.unwrap().into_inner();
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+    let unknown = HealthCheckRequest {
+        service: "no.such.Service".into(),
+    };
+    assert_code(health.check(unknown).await, Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let channel = connect(app.grpc_addr).await;
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&SERVICE.to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    // grpcurl releases speak v1alpha: the same listing must work there.
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                SERVICE.into(),
+            ),
+        ),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected the service's file descriptor");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_reports_not_serving_and_lets_an_upload_in_flight_finish() {
+    let mut app = TestApp::spawn(Backend::Embedded).await;
+    let mut health = HealthClient::new(connect(app.grpc_addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    // An upload is half-way through when the shutdown begins.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut client = app.client();
+    let upload = tokio::spawn(async move {
+        client
+            .upload_image(as_user(
+                "alice",
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await
+    });
+    let bytes = images::png(100, 100, 1);
+    let mut messages = upload_messages(spec("drain.png"), &bytes, 4096).into_iter();
+    for message in messages.by_ref().take(3) {
+        tx.send(message).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let status = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status(), ServingStatus::NotServing);
+
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    let image = upload
+        .await
+        .unwrap()
+        .expect("the in-flight upload completes during the drain");
+    assert_eq!(
+        image.into_inner().image.unwrap().size_bytes,
+        bytes.len() as i64
+    );
+    drop(watch);
+    drop(health);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn page_tokens_and_download_urls_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = TestApp::spawn_in(Backend::Embedded, dir.path(), &[]).await;
+    for i in 0..3 {
+        app.upload_png("alice", i).await;
+    }
+    let page = app
+        .list(
+            "alice",
+            pb::ListImagesRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let request = pb::GetDownloadUrlRequest {
+        image_id: page.images[0].image_id.clone(),
+        ..Default::default()
+    };
+    let url = app.download_url("alice", request).await.unwrap();
+    app.stop().await.unwrap();
+    drop(app);
+
+    let app = TestApp::spawn_in(Backend::Embedded, dir.path(), &[]).await;
+    let next = pb::ListImagesRequest {
+        page_size: 2,
+        page_token: page.next_page_token,
+        ..Default::default()
+    };
+    assert_eq!(app.list("alice", next).await.unwrap().images.len(), 1);
+    // The URL names the old HTTP port; the path and query are what count.
+    let path = &url[url.find("/blobs/").unwrap()..];
+    let response = reqwest::get(format!("http://{}{path}", app.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+}
+
+fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn jwt_mode_accepts_valid_hs256_tokens_only() {
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-hs256-secret",
+            secret,
+            "--jwt-issuer",
+            "https://id.example",
+        ],
+    )
+    .await;
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let claims = |sub, exp, nbf, iss| Claims { sub, exp, nbf, iss };
+    let sign = |c: &Claims| jsonwebtoken::encode(&Header::new(Algorithm::HS256), c, &key).unwrap();
+    let good = sign(&claims(
+        "alice",
+        now() + 300,
+        None,
+        Some("https://id.example"),
+    ));
+
+    let bytes = images::png(4, 4, 1);
+    let upload = |token: &str| {
+        bearer(
+            token,
+            tokio_stream::iter(upload_messages(spec("j.png"), &bytes, 1024)),
+        )
+    };
+    let image = app
+        .client()
+        .upload_image(upload(&good))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(
+        image.owner_id, "alice",
+        "the token's subject owns the image"
+    );
+
+    let get = |token: &str| {
+        bearer(
+            token,
+            pb::GetImageRequest {
+                image_id: image.image_id.clone(),
+            },
+        )
+    };
+    assert!(app.client().get_image(get(&good)).await.is_ok());
+
+    let expired = sign(&claims(
+        "alice",
+        now() - 600,
+        None,
+        Some("https://id.example"),
+    ));
+    let not_yet = sign(&claims(
+        "alice",
+        now() + 900,
+        Some(now() + 600),
+        Some("https://id.example"),
+    ));
+    let wrong_issuer = sign(&claims(
+        "alice",
+        now() + 300,
+        None,
+        Some("https://evil.example"),
+    ));
+    let other_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice", now() + 300, None, Some("https://id.example")),
+        &EncodingKey::from_secret(b"another-secret-that-is-long-enough-too"),
+    )
+    .unwrap();
+    let payload = good.split('.').nth(1).unwrap();
+    let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+    for (name, token) in [
+        ("expired", expired),
+        ("not yet valid", not_yet),
+        ("wrong issuer", wrong_issuer),
+        ("other key", other_key),
+        ("alg none", unsigned),
+        ("garbage", "abc.def.ghi".to_owned()),
+    ] {
+        let status = assert_code(
+            app.client().get_image(get(&token)).await,
+            Code::Unauthenticated,
+        );
+        assert_eq!(
+            status.message(),
+            "missing or invalid bearer token",
+            "{name}: says no more than that"
+        );
+    }
+    // The trusted header means nothing in jwt mode.
+    let header_only = as_user(
+        "alice",
+        pb::GetImageRequest {
+            image_id: image.image_id.clone(),
+        },
+    );
+    assert_code(
+        app.client().get_image(header_only).await,
+        Code::Unauthenticated,
+    );
+    // Another user's valid token may read but not delete.
+    let bob = sign(&claims(
+        "bob",
+        now() + 300,
+        None,
+        Some("https://id.example"),
+    ));
+    let delete = bearer(
+        &bob,
+        pb::DeleteImageRequest {
+            image_id: image.image_id.clone(),
+        },
+    );
+    assert_code(
+        app.client().delete_image(delete).await,
+        Code::PermissionDenied,
+    );
+}
+
+#[tokio::test]
+async fn jwt_mode_verifies_rs256_with_the_public_key_and_refuses_hs256_confusion() {
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt-rs256-public.pem"
+    );
+    let private = include_bytes!("fixtures/jwt-rs256-private.pem");
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--auth", "jwt", "--jwt-rs256-public-key-file", public],
+    )
+    .await;
+    let claims = Claims {
+        sub: "carol",
+        exp: now() + 300,
+        nbf: None,
+        iss: None,
+    };
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(private).unwrap(),
+    )
+    .unwrap();
+    let list = |token: &str| bearer(token, pb::ListImagesRequest::default());
+    assert!(app.client().list_images(list(&good)).await.is_ok());
+    // The classic attack: HS256 signed with the public key as the secret.
+    let public_bytes = std::fs::read(public).unwrap();
+    let confused = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public_bytes),
+    )
+    .unwrap();
+    assert_code(
+        app.client().list_images(list(&confused)).await,
+        Code::Unauthenticated,
+    );
+}
+
+#[test]
+fn help_documents_every_setting_with_its_environment_variable() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "IMAGE_SERVICE_GRPC_ADDR",
+        "IMAGE_SERVICE_HTTP_ADDR",
+        "IMAGE_SERVICE_BACKEND",
+        "IMAGE_SERVICE_DATA_DIR",
+        "IMAGE_SERVICE_AUTH",
+        "IMAGE_SERVICE_MAX_IMAGE_BYTES",
+        "IMAGE_SERVICE_S3_BUCKET",
+        "IMAGE_SERVICE_S3_ENDPOINT",
+        "IMAGE_SERVICE_S3_PUBLIC_ENDPOINT",
+        "IMAGE_SERVICE_DYNAMODB_TABLE",
+        "IMAGE_SERVICE_DYNAMODB_ENDPOINT",
+        "--grpc-addr",
+        "--max-image-bytes",
+        "init",
+    ] {
+        assert!(help.contains(name), "--help does not mention {name}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_configuration_fails_at_start_with_a_clear_message() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let config = image_service::config::Config::try_parse_from([
+        "image-service",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--auth",
+        "jwt",
+    ])
+    .unwrap();
+    let error = image_service::startup::Application::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("--jwt-hs256-secret"), "{error}");
+}
