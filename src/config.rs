@@ -138,6 +138,28 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_S3_PUBLIC_ENDPOINT", global = true)]
     pub s3_public_endpoint: Option<String>,
 
+    /// AWS region (aws backend). Default: the standard AWS configuration
+    /// chain (`AWS_REGION`, profile, instance metadata), else `us-east-1`.
+    #[arg(long, env = "IMAGE_SERVICE_AWS_REGION", global = true)]
+    pub aws_region: Option<String>,
+
+    /// Size of the parts of an S3 multipart upload (at least 5 MiB). Images
+    /// that fit in one part are a single PutObject. Grown automatically so
+    /// that no image needs more than 10 000 parts.
+    #[arg(long, env = "IMAGE_SERVICE_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_part_size, global = true)]
+    pub s3_part_size: u64,
+
+    /// How many parts of one upload are sent to S3 at once. Memory per upload
+    /// is at most part size × (this + 1).
+    #[arg(long, env = "IMAGE_SERVICE_S3_PARTS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    pub s3_parts_in_flight: u16,
+
+    /// Request checksums and response checksum validation of the S3 client:
+    /// `when-supported` (AWS) or `when-required` (stores that reject the
+    /// SDK's default CRC32 trailers).
+    #[arg(long, env = "IMAGE_SERVICE_S3_CHECKSUMS", value_enum, default_value_t = S3Checksums::WhenSupported, global = true)]
+    pub s3_checksums: S3Checksums,
+
     /// DynamoDB table of the image metadata (aws backend).
     #[arg(
         long,
@@ -173,6 +195,13 @@ pub enum Backend {
     Aws,
 }
 
+/// When the S3 client computes and checks checksums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum S3Checksums {
+    WhenSupported,
+    WhenRequired,
+}
+
 /// How callers are identified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -190,6 +219,14 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|e| format!("not a byte size ({e}); use e.g. 52428800 or 50MiB"))
+}
+
+fn parse_part_size(text: &str) -> Result<u64, String> {
+    let size = parse_byte_size(text)?;
+    if size < 5 * 1024 * 1024 {
+        return Err("S3 parts must be at least 5 MiB".into());
+    }
+    Ok(size)
 }
 
 #[cfg(test)]

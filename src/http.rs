@@ -8,13 +8,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::domain::image::Timestamp;
 use crate::domain::{ImageId, VariantName};
 use crate::storage::embedded::EmbeddedBlobStore;
 use crate::storage::embedded::urls::UrlQuery;
-use crate::storage::{BlobStore, Disposition, ObjectKey, StorageError};
+use crate::storage::{BlobStore, ObjectKey, StorageError};
 
 /// Routes of the HTTP listener. `blobs` is set for the embedded backend,
 /// whose presigned URLs point here.
@@ -126,8 +125,7 @@ async fn presigned_download(
         header::CACHE_CONTROL,
         value(&format!("private, max-age={max_age}")),
     );
-    if let Ok(disposition) =
-        HeaderValue::from_str(&content_disposition(grant.disposition, &grant.filename))
+    if let Ok(disposition) = HeaderValue::from_str(&grant.disposition.header_value(&grant.filename))
     {
         h.insert(header::CONTENT_DISPOSITION, disposition);
     }
@@ -139,41 +137,4 @@ async fn presigned_download(
         );
     }
     response
-}
-
-/// Characters escaped in RFC 8187 `filename*` values.
-const FILENAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
-
-/// `Content-Disposition` with an ASCII fallback name and the exact UTF-8 name.
-fn content_disposition(disposition: Disposition, filename: &str) -> String {
-    let kind = match disposition {
-        Disposition::Inline => "inline",
-        Disposition::Attachment => "attachment",
-    };
-    let fallback: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let exact = utf8_percent_encode(filename, FILENAME_ESCAPES);
-    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_disposition_keeps_unicode_names_safe() {
-        let header = content_disposition(Disposition::Attachment, "été \"x\".png");
-        assert_eq!(
-            header,
-            "attachment; filename=\"_t_ _x_.png\"; filename*=UTF-8''%C3%A9t%C3%A9%20%22x%22.png"
-        );
-    }
 }

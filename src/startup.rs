@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -18,6 +18,7 @@ use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
+use crate::storage::aws::{self, AwsSettings};
 use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
 use crate::storage::{BlobStore, MetadataStore};
 
@@ -77,7 +78,21 @@ impl Application {
                 (Images::new(blob_store, metadata, key, limits), Some(blobs))
             }
             Backend::Aws => {
-                bail!("the aws backend is not available in this build yet; use --backend embedded")
+                let key = match &config.signing_key {
+                    Some(secret) => configured_key(secret)?,
+                    None => {
+                        tracing::warn!(
+                            "no --signing-key: page tokens are signed with a key of this process only; \
+                             set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
+                        );
+                        SigningKey::generate()
+                    }
+                };
+                let (blobs, metadata) = aws::connect(&AwsSettings::from_config(&config)).await;
+                (
+                    Images::new(Arc::new(blobs), Arc::new(metadata), key, limits),
+                    None,
+                )
             }
         };
         Ok(Self {
@@ -190,7 +205,20 @@ pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
             println!("embedded backend ready in {}", config.data_dir.display());
             Ok(())
         }
-        Backend::Aws => bail!("the aws backend is not available in this build yet"),
+        Backend::Aws => {
+            let settings = AwsSettings::from_config(config);
+            aws::init(&settings).await.with_context(|| {
+                format!(
+                    "creating bucket {} and table {}",
+                    settings.bucket, settings.table
+                )
+            })?;
+            println!(
+                "aws backend ready: bucket {}, table {}",
+                settings.bucket, settings.table
+            );
+            Ok(())
+        }
     }
 }
 

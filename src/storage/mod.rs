@@ -3,6 +3,7 @@
 //! the guarantees documented on each method, and passes the same contract
 //! test suite (`tests/`).
 
+pub mod aws;
 pub mod embedded;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
@@ -67,6 +69,32 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 pub enum Disposition {
     Inline,
     Attachment,
+}
+
+/// Characters escaped in RFC 8187 `filename*` values.
+const FILENAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
+
+impl Disposition {
+    /// The `Content-Disposition` header: an ASCII fallback name and the
+    /// exact UTF-8 name (RFC 6266).
+    pub fn header_value(self, filename: &str) -> String {
+        let kind = match self {
+            Disposition::Inline => "inline",
+            Disposition::Attachment => "attachment",
+        };
+        let fallback: String = filename
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let exact = utf8_percent_encode(filename, FILENAME_ESCAPES);
+        format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+    }
 }
 
 /// What a presigned download URL grants.
@@ -190,4 +218,18 @@ pub trait MetadataStore: Send + Sync + 'static {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ListPage, StorageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_keeps_unicode_names_safe() {
+        let header = Disposition::Attachment.header_value("été \"x\".png");
+        assert_eq!(
+            header,
+            "attachment; filename=\"_t_ _x_.png\"; filename*=UTF-8''%C3%A9t%C3%A9%20%22x%22.png"
+        );
+    }
 }

@@ -1,0 +1,712 @@
+//! Image records in DynamoDB: one table, no transactions.
+//!
+//! Items (partition key `pk`, sort key `sk`):
+//! - the **image item**, `pk = image#{id}`, `sk = image`: the record as JSON
+//!   in `doc`, its `rev`ision, and the attributes the global secondary
+//!   indexes are built on: `owner`, `content_type`, `location` (only when
+//!   set: a sparse index), `created` (microseconds) and `all` (a constant,
+//!   for the unfiltered listing);
+//! - a **tag item** per tag, `pk = tag#{tag}`, `sk = {created}#{id}`, naming
+//!   the image (`image_id`), because a multi-valued attribute cannot key a
+//!   GSI;
+//! - an **idempotency item** per used idempotency key, naming the image.
+//!
+//! Writes follow an order that keeps every state safe to read without
+//! transactions: index items before the image item on create, after it on
+//! delete; the image item is written with `attribute_not_exists` and updated
+//! on its revision. A listing queries the most selective index, then reads
+//! the image items and keeps only those that exist and match every filter,
+//! so stale or half-written index items are never returned.
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Region;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, PutRequest,
+    ScalarAttributeType, WriteRequest,
+};
+
+use super::{AwsSettings, classify};
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::{ImageId, ImageRecord, UserId};
+use crate::storage::{CreateOutcome, ListPage, MetadataStore, StorageError};
+
+const IMAGE_SK: &str = "image";
+const IDEMPOTENCY_SK: &str = "idempotency";
+const ALL: &str = "image";
+/// BatchGetItem and BatchWriteItem limits.
+const BATCH_GET: usize = 100;
+const BATCH_WRITE: usize = 25;
+/// Unprocessed batch items are retried this many times before giving up.
+const BATCH_RETRIES: usize = 8;
+
+/// The global secondary indexes: name, partition key attribute.
+const BY_OWNER: (&str, &str) = ("by_owner", "owner");
+const BY_LOCATION: (&str, &str) = ("by_location", "location");
+const BY_CONTENT_TYPE: (&str, &str) = ("by_content_type", "content_type");
+const BY_TIME: (&str, &str) = ("by_time", "all");
+
+pub struct DynamoMetadataStore {
+    client: Client,
+    table: String,
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn image_pk(id: &ImageId) -> String {
+    format!("image#{id}")
+}
+
+fn tag_pk(tag: &str) -> String {
+    format!("tag#{tag}")
+}
+
+/// Times sort as fixed-width unsigned numbers (the sign bit flipped).
+fn time_key(time: Timestamp) -> String {
+    format!("{:020}", (time.as_micros() as u64) ^ (1 << 63))
+}
+
+fn tag_sk(record: &ImageRecord) -> String {
+    format!("{}#{}", time_key(record.create_time), record.id)
+}
+
+fn idempotency_pk(owner: &UserId, key: &str) -> String {
+    // The owner's length keeps ("a#b", "c") and ("a", "b#c") apart.
+    format!("idempotency#{}#{}#{}", owner.as_str().len(), owner, key)
+}
+
+fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn image_item(record: &ImageRecord) -> Result<HashMap<String, AttributeValue>, StorageError> {
+    let doc = serde_json::to_string(record).map_err(StorageError::internal)?;
+    let mut item = key(image_pk(&record.id), IMAGE_SK);
+    item.insert("doc".into(), s(doc));
+    item.insert("rev".into(), n(record.revision));
+    item.insert("owner".into(), s(record.owner.as_str()));
+    item.insert("content_type".into(), s(&record.content_type));
+    item.insert("created".into(), n(record.create_time.as_micros()));
+    item.insert("all".into(), s(ALL));
+    if !record.location.is_empty() {
+        item.insert("location".into(), s(&record.location));
+    }
+    Ok(item)
+}
+
+fn tag_item(record: &ImageRecord, tag: &str) -> HashMap<String, AttributeValue> {
+    let mut item = key(tag_pk(tag), &tag_sk(record));
+    item.insert("image_id".into(), s(record.id.to_string()));
+    item
+}
+
+fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, StorageError> {
+    let doc = item
+        .get("doc")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| StorageError::internal("image item without doc"))?;
+    serde_json::from_str(doc).map_err(StorageError::internal)
+}
+
+/// The image an index item points at.
+fn image_id_of(item: &HashMap<String, AttributeValue>) -> Option<ImageId> {
+    let text = match item.get("image_id") {
+        Some(value) => value.as_s().ok()?.as_str(),
+        None => item.get("pk")?.as_s().ok()?.strip_prefix("image#")?,
+    };
+    ImageId::parse(text).ok()
+}
+
+/// Cursors are the key attributes of the last index item consumed, as JSON.
+fn encode_cursor(item: &HashMap<String, AttributeValue>, names: &[&str]) -> Vec<u8> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        match item.get(*name) {
+            Some(AttributeValue::S(v)) => out.insert(name.to_string(), ("S", v.clone())),
+            Some(AttributeValue::N(v)) => out.insert(name.to_string(), ("N", v.clone())),
+            _ => None,
+        };
+    }
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+fn decode_cursor(bytes: &[u8]) -> Result<HashMap<String, AttributeValue>, StorageError> {
+    let map: BTreeMap<String, (String, String)> =
+        serde_json::from_slice(bytes).map_err(StorageError::internal)?;
+    map.into_iter()
+        .map(|(name, (kind, value))| match kind.as_str() {
+            "S" => Ok((name, s(value))),
+            "N" => Ok((name, n(value))),
+            _ => Err(StorageError::internal("malformed listing cursor")),
+        })
+        .collect()
+}
+
+impl DynamoMetadataStore {
+    pub fn new(shared: &aws_config::SdkConfig, region: Region, settings: &AwsSettings) -> Self {
+        let mut builder = aws_sdk_dynamodb::config::Builder::from(shared).region(region);
+        if let Some(endpoint) = &settings.dynamodb_endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(builder.build()),
+            table: settings.table.clone(),
+        }
+    }
+
+    /// Creates the table with its indexes (on-demand capacity); an existing
+    /// table is left as it is.
+    pub async fn create_table(&self) -> Result<(), StorageError> {
+        if self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let attribute = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+                .map_err(StorageError::internal)
+        };
+        let key_element = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(StorageError::internal)
+        };
+        let mut request = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key_element("pk", KeyType::Hash)?)
+            .key_schema(key_element("sk", KeyType::Range)?);
+        for (name, kind) in [
+            ("pk", ScalarAttributeType::S),
+            ("sk", ScalarAttributeType::S),
+            ("owner", ScalarAttributeType::S),
+            ("location", ScalarAttributeType::S),
+            ("content_type", ScalarAttributeType::S),
+            ("all", ScalarAttributeType::S),
+            ("created", ScalarAttributeType::N),
+        ] {
+            request = request.attribute_definitions(attribute(name, kind)?);
+        }
+        for (index, hash) in [BY_OWNER, BY_LOCATION, BY_CONTENT_TYPE, BY_TIME] {
+            let gsi = GlobalSecondaryIndex::builder()
+                .index_name(index)
+                .key_schema(key_element(hash, KeyType::Hash)?)
+                .key_schema(key_element("created", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .map_err(StorageError::internal)?;
+            request = request.global_secondary_indexes(gsi);
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+                if error.code() == Some("ResourceInUseException") {
+                    Ok(())
+                } else {
+                    Err(classify(error))
+                }
+            }
+        }
+    }
+
+    /// A cheap call that succeeds only if the table is reachable.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    async fn get_item(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StorageError> {
+        let response = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(response.item)
+    }
+
+    /// Writes or deletes items in batches, retrying what DynamoDB leaves unprocessed.
+    async fn batch_write(&self, mut requests: Vec<WriteRequest>) -> Result<(), StorageError> {
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(BATCH_WRITE));
+            let mut batch = std::mem::replace(&mut requests, rest);
+            for attempt in 0..=BATCH_RETRIES {
+                let response = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, batch)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                batch = response
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if batch.is_empty() {
+                    break;
+                }
+                if attempt == BATCH_RETRIES {
+                    return Err(StorageError::Unavailable(
+                        "DynamoDB kept items unprocessed".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_tag_items(
+        &self,
+        record: &ImageRecord,
+        tags: &[String],
+    ) -> Result<(), StorageError> {
+        let requests = tags
+            .iter()
+            .map(|tag| {
+                let put = PutRequest::builder()
+                    .set_item(Some(tag_item(record, tag)))
+                    .build()
+                    .map_err(StorageError::internal)?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.batch_write(requests).await
+    }
+
+    async fn delete_tag_items(
+        &self,
+        record: &ImageRecord,
+        tags: &[String],
+    ) -> Result<(), StorageError> {
+        let requests = tags
+            .iter()
+            .map(|tag| {
+                let delete = DeleteRequest::builder()
+                    .set_key(Some(key(tag_pk(tag), &tag_sk(record))))
+                    .build()
+                    .map_err(StorageError::internal)?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.batch_write(requests).await
+    }
+
+    /// Index items are harmless when stale (readers verify them), so a failed
+    /// clean-up is only logged; the repair pass removes what remains.
+    async fn delete_tag_items_logged(&self, record: &ImageRecord, tags: &[String]) {
+        if let Err(error) = self.delete_tag_items(record, tags).await {
+            tracing::warn!(image_id = %record.id, error = %crate::domain::images::error_chain(&error), "could not delete tag index items");
+        }
+    }
+
+    /// Image items by id, read consistently; missing ones are absent.
+    async fn batch_get(
+        &self,
+        ids: &[ImageId],
+    ) -> Result<HashMap<ImageId, ImageRecord>, StorageError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(BATCH_GET) {
+            let mut unique: Vec<&ImageId> = chunk.iter().collect();
+            unique.sort();
+            unique.dedup();
+            let mut keys: Vec<_> = unique
+                .into_iter()
+                .map(|id| key(image_pk(id), IMAGE_SK))
+                .collect();
+            for attempt in 0..=BATCH_RETRIES {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(StorageError::internal)?;
+                let response = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                for item in response
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    let record = decode(&item)?;
+                    found.insert(record.id, record);
+                }
+                keys = response
+                    .unprocessed_keys
+                    .and_then(|mut m| m.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if keys.is_empty() {
+                    break;
+                }
+                if attempt == BATCH_RETRIES {
+                    return Err(StorageError::Unavailable(
+                        "DynamoDB kept keys unprocessed".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Claims an idempotency key for `record`, or returns the image that
+    /// already holds it. A key left by an attempt whose image was never
+    /// written is taken over.
+    async fn claim_idempotency_key(
+        &self,
+        record: &ImageRecord,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError> {
+        let pk = idempotency_pk(&record.owner, idempotency_key);
+        for _ in 0..3 {
+            let mut item = key(pk.clone(), IDEMPOTENCY_SK);
+            item.insert("image_id".into(), s(record.id.to_string()));
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            match put.map_err(classify) {
+                Ok(_) => return Ok(None),
+                Err(StorageError::ConditionFailed) => {}
+                Err(other) => return Err(other),
+            }
+            let Some(existing) = self.get_item(pk.clone(), IDEMPOTENCY_SK).await? else {
+                continue;
+            };
+            let Some(holder) = image_id_of(&existing) else {
+                return Err(StorageError::internal("idempotency item without image id"));
+            };
+            if let Some(image) = self.get_item(image_pk(&holder), IMAGE_SK).await? {
+                return Ok(Some(decode(&image)?));
+            }
+            // The holder's image does not exist: a failed attempt. Take over.
+            let takeover = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("image_id = :old")
+                .expression_attribute_values(":old", s(holder.to_string()))
+                .send()
+                .await;
+            match takeover.map_err(classify) {
+                Ok(_) => return Ok(None),
+                Err(StorageError::ConditionFailed) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StorageError::Unavailable(
+            "the idempotency key is contended".into(),
+        ))
+    }
+
+    async fn release_idempotency_key(&self, record: &ImageRecord) {
+        let Some(idempotency_key) = &record.idempotency_key else {
+            return;
+        };
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                idempotency_pk(&record.owner, idempotency_key),
+                IDEMPOTENCY_SK,
+            )))
+            .condition_expression("image_id = :id")
+            .expression_attribute_values(":id", s(record.id.to_string()))
+            .send()
+            .await;
+        match result.map_err(classify) {
+            Ok(_) | Err(StorageError::ConditionFailed) => {}
+            Err(error) => {
+                tracing::warn!(image_id = %record.id, error = %crate::domain::images::error_chain(&error), "could not delete an idempotency item")
+            }
+        }
+    }
+}
+
+/// Which index serves a filter: the most selective one set.
+enum Access {
+    Gsi {
+        index: &'static str,
+        hash_attribute: &'static str,
+        hash_value: String,
+    },
+    Tag(String),
+}
+
+impl Access {
+    fn for_filter(filter: &ListFilter) -> Self {
+        let gsi = |(index, hash_attribute): (&'static str, &'static str), hash_value: String| {
+            Access::Gsi {
+                index,
+                hash_attribute,
+                hash_value,
+            }
+        };
+        if let Some(owner) = &filter.owner {
+            gsi(BY_OWNER, owner.as_str().to_owned())
+        } else if let Some(tag) = &filter.tag {
+            Access::Tag(tag.clone())
+        } else if let Some(location) = &filter.location {
+            gsi(BY_LOCATION, location.clone())
+        } else if let Some(content_type) = &filter.content_type {
+            gsi(BY_CONTENT_TYPE, content_type.clone())
+        } else {
+            gsi(BY_TIME, ALL.to_owned())
+        }
+    }
+
+    /// The attributes that make up a cursor (the index's key and the table's).
+    fn key_names(&self) -> Vec<&'static str> {
+        match self {
+            Access::Gsi { hash_attribute, .. } => vec!["pk", "sk", hash_attribute, "created"],
+            Access::Tag(_) => vec!["pk", "sk"],
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for DynamoMetadataStore {
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
+        if let Some(idempotency_key) = &record.idempotency_key
+            && let Some(existing) = self.claim_idempotency_key(record, idempotency_key).await?
+        {
+            return Ok(CreateOutcome::IdempotencyKeyTaken(Box::new(existing)));
+        }
+        let written = async {
+            self.put_tag_items(record, &record.tags).await?;
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(image_item(record)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+                .map_err(classify)
+                .map_err(|e| match e {
+                    StorageError::ConditionFailed => StorageError::AlreadyExists,
+                    other => other,
+                })
+        }
+        .await;
+        match written {
+            Ok(_) => Ok(CreateOutcome::Created),
+            Err(error) => {
+                self.delete_tag_items_logged(record, &record.tags).await;
+                self.release_idempotency_key(record).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
+        self.get_item(image_pk(id), IMAGE_SK)
+            .await?
+            .as_ref()
+            .map(decode)
+            .transpose()
+    }
+
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let current = self.get(&record.id).await?.ok_or(StorageError::NotFound)?;
+        if current.revision != expected_revision {
+            return Err(StorageError::ConditionFailed);
+        }
+        let added: Vec<String> = record
+            .tags
+            .iter()
+            .filter(|t| !current.tags.contains(t))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = current
+            .tags
+            .iter()
+            .filter(|t| !record.tags.contains(t))
+            .cloned()
+            .collect();
+        self.put_tag_items(record, &added).await?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(image_item(record)?))
+            .condition_expression("attribute_exists(pk) AND rev = :expected")
+            .expression_attribute_values(":expected", n(expected_revision))
+            .send()
+            .await;
+        if let Err(error) = put.map_err(classify) {
+            self.delete_tag_items_logged(record, &added).await;
+            return match error {
+                StorageError::ConditionFailed if self.get(&record.id).await?.is_none() => {
+                    Err(StorageError::NotFound)
+                }
+                other => Err(other),
+            };
+        }
+        self.delete_tag_items_logged(&current, &removed).await;
+        Ok(())
+    }
+
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(image_pk(id), IMAGE_SK)))
+            .condition_expression("attribute_exists(pk) AND #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner.as_str()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await;
+        let record = match deleted.map_err(classify) {
+            Ok(output) => decode(&output.attributes.unwrap_or_default())?,
+            Err(StorageError::ConditionFailed) => {
+                return Err(if self.get(id).await?.is_some() {
+                    StorageError::ConditionFailed
+                } else {
+                    StorageError::NotFound
+                });
+            }
+            Err(other) => return Err(other),
+        };
+        self.delete_tag_items_logged(&record, &record.tags).await;
+        self.release_idempotency_key(&record).await;
+        Ok(record)
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        let access = Access::for_filter(filter);
+        let key_names = access.key_names();
+        let mut start_key = cursor.map(decode_cursor).transpose()?;
+        let after = filter
+            .created_after
+            .unwrap_or(Timestamp::from_micros(i64::MIN + 1));
+        let before = filter
+            .created_before
+            .map(|b| b.as_micros() - 1)
+            .unwrap_or(i64::MAX);
+        if after.as_micros() > before {
+            return Ok(ListPage::default());
+        }
+        let mut page = ListPage::default();
+        loop {
+            let want = (limit - page.records.len() + 1).min(1000) as i32;
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .scan_index_forward(false)
+                .limit(want);
+            let query = match &access {
+                Access::Gsi {
+                    index,
+                    hash_attribute,
+                    hash_value,
+                } => query
+                    .index_name(*index)
+                    .key_condition_expression("#h = :h AND created BETWEEN :lo AND :hi")
+                    .expression_attribute_names("#h", *hash_attribute)
+                    .expression_attribute_values(":h", s(hash_value))
+                    .expression_attribute_values(":lo", n(after.as_micros()))
+                    .expression_attribute_values(":hi", n(before)),
+                Access::Tag(tag) => query
+                    .key_condition_expression("pk = :h AND sk BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":h", s(tag_pk(tag)))
+                    .expression_attribute_values(":lo", s(time_key(after)))
+                    .expression_attribute_values(
+                        ":hi",
+                        s(format!("{}~", time_key(Timestamp::from_micros(before)))),
+                    ),
+            };
+            let response = query
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            let items = response.items.unwrap_or_default();
+            let ids: Vec<ImageId> = items.iter().filter_map(image_id_of).collect();
+            let records = self.batch_get(&ids).await?;
+            let mut last_consumed = None;
+            for item in &items {
+                if page.records.len() == limit {
+                    page.next_cursor = last_consumed.map(|i| encode_cursor(i, &key_names));
+                    return Ok(page);
+                }
+                last_consumed = Some(item);
+                // Verify against the image item: it must exist and match
+                // every filter (index items may be stale or half-written).
+                if let Some(record) = image_id_of(item).and_then(|id| records.get(&id))
+                    && filter.matches(record)
+                {
+                    page.records.push(record.clone());
+                }
+            }
+            match response.last_evaluated_key {
+                None => return Ok(page),
+                Some(last) if page.records.len() == limit => {
+                    page.next_cursor = Some(encode_cursor(&last, &key_names));
+                    return Ok(page);
+                }
+                Some(last) => start_key = Some(last),
+            }
+        }
+    }
+}

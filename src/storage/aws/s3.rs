@@ -1,0 +1,459 @@
+//! Image bytes in S3. An upload that fits in one part is a single
+//! PutObject; a larger one is a multipart upload with a bounded number of
+//! parts in flight, so memory per upload is at most part size × (parts in
+//! flight + 1) whatever the image size. Anything short of a completed
+//! upload aborts it.
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+
+use super::{AwsSettings, classify};
+use crate::config::S3Checksums;
+use crate::domain::image::Timestamp;
+use crate::storage::{
+    BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+};
+
+/// S3's limits on multipart uploads.
+const MAX_PARTS: u64 = 10_000;
+/// Presigned URLs cannot live longer than this with SigV4.
+const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A URL is not handed out if its credentials die sooner than this.
+const CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
+
+pub struct S3BlobStore {
+    client: Client,
+    /// Signs URLs for the endpoint callers reach.
+    presign_client: Client,
+    credentials: Option<SharedCredentialsProvider>,
+    bucket: String,
+    part_size: u64,
+    parts_in_flight: usize,
+    max_object_bytes: u64,
+}
+
+fn client_for(
+    shared: &aws_config::SdkConfig,
+    region: Region,
+    endpoint: Option<&str>,
+    checksums: S3Checksums,
+) -> Client {
+    use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+    let (request, response) = match checksums {
+        S3Checksums::WhenSupported => (
+            RequestChecksumCalculation::WhenSupported,
+            ResponseChecksumValidation::WhenSupported,
+        ),
+        S3Checksums::WhenRequired => (
+            RequestChecksumCalculation::WhenRequired,
+            ResponseChecksumValidation::WhenRequired,
+        ),
+    };
+    let mut builder = aws_sdk_s3::config::Builder::from(shared)
+        .region(region)
+        .request_checksum_calculation(request)
+        .response_checksum_validation(response);
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint).force_path_style(true);
+    }
+    Client::from_conf(builder.build())
+}
+
+impl S3BlobStore {
+    pub fn new(shared: &aws_config::SdkConfig, region: Region, settings: &AwsSettings) -> Self {
+        let endpoint = settings.s3_endpoint.as_deref();
+        let client = client_for(shared, region.clone(), endpoint, settings.checksums);
+        // Presigned URLs carry no checksum mode: browsers and curl could not
+        // satisfy one.
+        let public = settings.s3_public_endpoint.as_deref().or(endpoint);
+        let presign_client = client_for(shared, region, public, S3Checksums::WhenRequired);
+        Self {
+            client,
+            presign_client,
+            credentials: shared.credentials_provider(),
+            bucket: settings.bucket.clone(),
+            part_size: settings.part_size,
+            parts_in_flight: settings.parts_in_flight.max(1),
+            max_object_bytes: settings.max_object_bytes,
+        }
+    }
+
+    /// Creates the bucket; an existing bucket of ours is fine.
+    pub async fn create_bucket(&self) -> Result<(), StorageError> {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+                let exists = matches!(
+                    error.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                );
+                if exists
+                    || self
+                        .client
+                        .head_bucket()
+                        .bucket(&self.bucket)
+                        .send()
+                        .await
+                        .is_ok()
+                {
+                    Ok(())
+                } else {
+                    Err(classify(error))
+                }
+            }
+        }
+    }
+
+    /// A cheap call that succeeds only if the bucket is reachable.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// The part size for an object of (at most) `size` bytes: the configured
+    /// one, grown so that the object needs no more than 10 000 parts.
+    fn part_size_for(&self, size: Option<u64>) -> usize {
+        let size = size.unwrap_or(self.max_object_bytes);
+        let needed = size.div_ceil(MAX_PARTS).next_multiple_of(1024 * 1024);
+        self.part_size.max(needed) as usize
+    }
+
+    /// How long a URL signed now can stay valid, given the credentials.
+    async fn presign_limit(&self) -> Result<Duration, StorageError> {
+        let Some(provider) = &self.credentials else {
+            return Ok(MAX_PRESIGN);
+        };
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| StorageError::Unavailable(Box::new(e)))?;
+        match credentials.expiry() {
+            None => Ok(MAX_PRESIGN),
+            Some(expiry) => {
+                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                Ok(left.saturating_sub(CREDENTIAL_MARGIN).min(MAX_PRESIGN))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let part_size = self.part_size_for(size_hint);
+        Ok(Box::new(S3Writer {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.as_str().to_owned(),
+            part_size,
+            parts_in_flight: self.parts_in_flight,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            next_part: 1,
+            uploading: JoinSet::new(),
+            parts: Vec::new(),
+            settled: false,
+        }))
+    }
+
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        let last = offset + length.max(1) - 1;
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await
+            .map_err(classify)?;
+        let body = response.body;
+        Ok(
+            futures::stream::unfold(body, |mut body: SdkByteStream| async move {
+                match body.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), body)),
+                    Some(Err(error)) => {
+                        Some((Err(StorageError::Unavailable(Box::new(error))), body))
+                    }
+                    None => None,
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => match classify(error) {
+                StorageError::NotFound => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
+        let limit = self.presign_limit().await?;
+        if limit.is_zero() {
+            return Err(StorageError::Unavailable(
+                "the signing credentials are about to expire".into(),
+            ));
+        }
+        let expires_in = request.expires_in.min(limit);
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::internal)?;
+        let now = Timestamp::now();
+        let presigned = self
+            .presign_client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(request.key.as_str())
+            .response_content_type(&request.content_type)
+            .response_content_disposition(request.disposition.header_value(&request.filename))
+            .presigned(config)
+            .await
+            .map_err(classify)?;
+        Ok(PresignedUrl {
+            url: presigned.uri().to_owned(),
+            expire_time: now.saturating_add(expires_in),
+        })
+    }
+
+    fn max_presign_expiry(&self) -> Duration {
+        MAX_PRESIGN
+    }
+}
+
+/// An object being written to S3.
+struct S3Writer {
+    client: Client,
+    bucket: String,
+    key: String,
+    part_size: usize,
+    parts_in_flight: usize,
+    /// Bytes not yet sent: less than one part.
+    buffer: BytesMut,
+    /// Set once the first full part is sent.
+    upload_id: Option<String>,
+    next_part: i32,
+    uploading: JoinSet<Result<CompletedPart, StorageError>>,
+    parts: Vec<CompletedPart>,
+    /// Completed or aborted: nothing left to clean up.
+    settled: bool,
+}
+
+impl S3Writer {
+    /// Sends the buffer as the next part, waiting first while every slot is
+    /// busy (this wait is what slows the client down).
+    async fn send_part(&mut self) -> Result<(), StorageError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                let id = created
+                    .upload_id
+                    .ok_or_else(|| StorageError::internal("no upload id from S3"))?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        if self.next_part as u64 > MAX_PARTS {
+            return Err(StorageError::internal(
+                "the upload needs more than 10 000 parts",
+            ));
+        }
+        while self.uploading.len() >= self.parts_in_flight {
+            self.collect_one().await?;
+        }
+        let body = std::mem::replace(&mut self.buffer, BytesMut::new()).freeze();
+        let part_number = self.next_part;
+        self.next_part += 1;
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(body.len() as i64)
+            .body(SdkByteStream::from(body));
+        self.uploading.spawn(async move {
+            let response = request.send().await.map_err(classify)?;
+            Ok(CompletedPart::builder()
+                .set_e_tag(response.e_tag)
+                .part_number(part_number)
+                .build())
+        });
+        Ok(())
+    }
+
+    /// Waits for one part in flight to finish.
+    async fn collect_one(&mut self) -> Result<(), StorageError> {
+        match self.uploading.join_next().await {
+            Some(Ok(Ok(part))) => {
+                self.parts.push(part);
+                Ok(())
+            }
+            Some(Ok(Err(error))) => Err(error),
+            Some(Err(join_error)) => Err(StorageError::internal(join_error)),
+            None => Ok(()),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<(), StorageError> {
+        let Some(upload_id) = self.upload_id.clone() else {
+            let body = std::mem::take(&mut self.buffer).freeze();
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_length(body.len() as i64)
+                .body(SdkByteStream::from(body))
+                .send()
+                .await
+                .map_err(classify)?;
+            return Ok(());
+        };
+        if !self.buffer.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.uploading.is_empty() {
+            self.collect_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|part| part.part_number);
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) {
+        self.settled = true;
+        self.uploading.abort_all();
+        while self.uploading.join_next().await.is_some() {}
+        if let Some(upload_id) = self.upload_id.take() {
+            abort_multipart(&self.client, &self.bucket, &self.key, &upload_id).await;
+        }
+    }
+}
+
+async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    let result = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    match result.map_err(classify) {
+        Ok(_) | Err(StorageError::NotFound) => {}
+        Err(error) => {
+            tracing::warn!(key, upload_id, error = %crate::domain::images::error_chain(&error), "could not abort a multipart upload; its parts stay until a lifecycle rule or repair removes them")
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
+        while !chunk.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(self.part_size);
+            }
+            let take = (self.part_size - self.buffer.len()).min(chunk.len());
+            self.buffer.extend_from_slice(&chunk.split_to(take));
+            if self.buffer.len() == self.part_size {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        match self.complete().await {
+            Ok(()) => {
+                self.settled = true;
+                Ok(())
+            }
+            Err(error) => {
+                self.abort_upload().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.abort_upload().await;
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // A cancelled upload: parts in flight stop with the JoinSet; the
+        // multipart upload is aborted in the background (Drop cannot await).
+        if self.settled {
+            return;
+        }
+        if let (Some(upload_id), Ok(runtime)) =
+            (self.upload_id.take(), tokio::runtime::Handle::try_current())
+        {
+            let (client, bucket, key) =
+                (self.client.clone(), self.bucket.clone(), self.key.clone());
+            runtime.spawn(async move { abort_multipart(&client, &bucket, &key, &upload_id).await });
+        }
+    }
+}
