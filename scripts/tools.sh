@@ -16,3 +16,22 @@ install_grpcurl() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+DYNALITE_VERSION=4.0.0
+S3S_FS_VERSION=0.14.1
+
+# A DynamoDB-compatible server (LevelDB-backed, in Node).
+install_dynalite() {
+  if [ ! -f "$TOOLS_DIR/node_modules/dynalite/cli.js" ]; then
+    echo "== installing dynalite $DYNALITE_VERSION into $TOOLS_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS_DIR" "dynalite@$DYNALITE_VERSION" >/dev/null
+  fi
+}
+
+# An S3-compatible server on the local file system (built from crates.io).
+install_s3s_fs() {
+  if [ ! -x "$TOOLS_DIR/bin/s3s-fs" ]; then
+    echo "== installing s3s-fs $S3S_FS_VERSION into $TOOLS_DIR (a few minutes, once)"
+    cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
+  fi
+}

@@ -979,16 +979,21 @@ async fn presigned_urls_expire_and_resist_tampering(backend: Backend) {
         403,
         "another object"
     );
-    let retyped = url.replace("type=image%2Fpng", "type=text%2Fhtml");
+    let retyped = url.replace("image%2Fpng", "text%2Fhtml");
     assert_ne!(retyped, url);
     assert_eq!(
         reqwest::get(&retyped).await.unwrap().status(),
         403,
         "another content type"
     );
-    let (base, _) = url.split_once("&signature=").unwrap();
+    // Both backends put the signature last in the query.
+    let (unsigned, signature) = url.rsplit_once('&').unwrap();
+    assert!(
+        signature.to_ascii_lowercase().contains("signature="),
+        "{signature}"
+    );
     assert_eq!(
-        reqwest::get(base).await.unwrap().status(),
+        reqwest::get(unsigned).await.unwrap().status(),
         403,
         "no signature"
     );
@@ -1131,4 +1136,8 @@ macro_rules! all_cases {
 
 mod embedded {
     all_cases!(Embedded);
+}
+
+mod aws {
+    all_cases!(Aws);
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod servers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const TEST_MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
+    /// S3 and DynamoDB, against real compatible servers started per test.
+    Aws,
 }
 
 /// A running server and a client connected to it.
@@ -37,6 +40,10 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+    /// The aws backend's S3 and DynamoDB servers, and the bucket.
+    pub s3: Option<servers::ServerProcess>,
+    pub dynamodb: Option<servers::ServerProcess>,
+    pub bucket: String,
 }
 
 impl TestApp {
@@ -54,6 +61,9 @@ impl TestApp {
 
     /// A server on an existing data directory (to restart on the same data).
     pub async fn spawn_in(backend: Backend, data_dir: &Path, extra: &[&str]) -> Self {
+        if std::env::var_os("RUST_LOG").is_some() {
+            image_service::telemetry::init(image_service::telemetry::LogFormat::Text);
+        }
         let max = TEST_MAX_IMAGE_BYTES.to_string();
         let mut args = vec![
             "image-service",
@@ -68,11 +78,40 @@ impl TestApp {
             "--shutdown-timeout",
             "5s",
         ];
+        let (mut s3, mut dynamodb) = (None, None);
+        let bucket = "images".to_owned();
+        let endpoints;
         match backend {
             Backend::Embedded => args.extend(["--backend", "embedded"]),
+            Backend::Aws => {
+                let (s3_server, dynamodb_server) = (servers::start_s3(), servers::start_dynamodb());
+                endpoints = [s3_server.endpoint(), dynamodb_server.endpoint()];
+                args.extend([
+                    "--backend",
+                    "aws",
+                    "--s3-bucket",
+                    &bucket,
+                    "--dynamodb-table",
+                    "images",
+                ]);
+                args.extend([
+                    "--s3-endpoint",
+                    &endpoints[0],
+                    "--dynamodb-endpoint",
+                    &endpoints[1],
+                ]);
+                args.extend(["--signing-key", "a-signing-key-for-tests-only-0123456789"]);
+                s3 = Some(s3_server);
+                dynamodb = Some(dynamodb_server);
+            }
         }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("valid test configuration");
+        if backend == Backend::Aws {
+            image_service::startup::init_backend(&config)
+                .await
+                .expect("init creates the bucket and table");
+        }
         let app = Application::build(config).await.expect("server starts");
         let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
         let (tx, rx) = oneshot::channel();
@@ -90,6 +129,9 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
             _dir: None,
+            s3,
+            dynamodb,
+            bucket,
         }
     }
 
@@ -250,7 +292,24 @@ impl TestApp {
     /// must leave this unchanged.
     pub async fn stored_objects(&self) -> Vec<String> {
         match self.backend {
-            Backend::Embedded => files_under(&self.data_dir.join("blobs")),
+            Backend::Embedded => {
+                let mut found = files_under(&self.data_dir.join("blobs"));
+                found.sort();
+                found
+            }
+            Backend::Aws => {
+                // Objects live under the bucket's directory; parts of
+                // unfinished multipart uploads as `.upload*` files at the root.
+                let data = self.s3.as_ref().expect("s3 server").dir.path().join("data");
+                let mut found = files_under(&data.join(&self.bucket));
+                let root = std::fs::read_dir(&data).into_iter().flatten().flatten();
+                found.extend(
+                    root.filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+                        .map(|e| e.path().display().to_string()),
+                );
+                found.sort();
+                found
+            }
         }
     }
 

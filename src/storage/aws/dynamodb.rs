@@ -174,7 +174,7 @@ impl DynamoMetadataStore {
             .await
             .is_ok()
         {
-            return Ok(());
+            return self.wait_until_active().await;
         }
         let attribute = |name: &str, kind: ScalarAttributeType| {
             AttributeDefinition::builder()
@@ -222,16 +222,42 @@ impl DynamoMetadataStore {
                 .map_err(StorageError::internal)?;
             request = request.global_secondary_indexes(gsi);
         }
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-                if error.code() == Some("ResourceInUseException") {
-                    Ok(())
-                } else {
-                    Err(classify(error))
-                }
+        if let Err(error) = request.send().await {
+            use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+            if error.code() != Some("ResourceInUseException") {
+                return Err(classify(error));
             }
+        }
+        self.wait_until_active().await
+    }
+
+    /// Waits for a new table (and its indexes) to become usable.
+    async fn wait_until_active(&self) -> Result<(), StorageError> {
+        use aws_sdk_dynamodb::types::{IndexStatus, TableStatus};
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let described = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await;
+            let table = described.map_err(classify)?.table;
+            let active = table.as_ref().is_some_and(|t| {
+                t.table_status == Some(TableStatus::Active)
+                    && t.global_secondary_indexes()
+                        .iter()
+                        .all(|i| i.index_status == Some(IndexStatus::Active))
+            });
+            if active {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(StorageError::Unavailable(
+                    "the table did not become active".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 

@@ -109,14 +109,15 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_s3::error::SdkError;
+    tracing::debug!(error = %crate::domain::images::error_chain(&error), code = ?error.code(), "storage backend call failed");
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             StorageError::Unavailable(Box::new(error))
         }
         SdkError::ServiceError(service) => match service.err().code() {
-            Some("NoSuchKey" | "NotFound" | "NoSuchUpload" | "ResourceNotFoundException") => {
-                StorageError::NotFound
-            }
+            // DynamoDB's ResourceNotFoundException means a missing table: a
+            // deployment error, not a missing image.
+            Some("NoSuchKey" | "NotFound" | "NoSuchUpload") => StorageError::NotFound,
             Some("ConditionalCheckFailedException") => StorageError::ConditionFailed,
             Some(code) if RETRYABLE_CODES.contains(&code) => {
                 StorageError::Unavailable(Box::new(error))

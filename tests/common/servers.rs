@@ -1,0 +1,149 @@
+//! Real S3- and DynamoDB-compatible servers for the aws backend's tests:
+//! s3s-fs and dynalite, installed by `scripts/test` into `.tools/`, started
+//! fresh for each test on free loopback ports and killed with it.
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Credentials the test S3 server checks (SigV4); the service gets them
+/// from the standard AWS chain, which `scripts/test` sets up.
+pub const ACCESS_KEY: &str = "test-access-key";
+pub const SECRET_KEY: &str = "test-secret-key";
+
+/// A server process, killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl ServerProcess {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Panics with what to do when the environment lacks the test servers'
+/// tools or credentials: the aws tests never skip.
+fn require(path: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{what} is not installed at {}: run scripts/test (it installs the test servers into .tools/)",
+        path.display()
+    );
+    assert_eq!(
+        std::env::var("AWS_ACCESS_KEY_ID").as_deref(),
+        Ok(ACCESS_KEY),
+        "the aws tests need AWS_ACCESS_KEY_ID={ACCESS_KEY} and AWS_SECRET_ACCESS_KEY={SECRET_KEY}: run them through scripts/test"
+    );
+    path
+}
+
+fn spawn(
+    name: &'static str,
+    mut command: Command,
+    dir: tempfile::TempDir,
+    port: u16,
+) -> ServerProcess {
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    command
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log));
+    // Die with the test even if it is killed before it can clean up.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut server = ServerProcess {
+        child,
+        addr,
+        dir,
+        name,
+    };
+    server.wait_until_listening();
+    server
+}
+
+impl ServerProcess {
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+                panic!("{} exited with {status}:\n{log}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start listening on {}",
+                self.name,
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// The command that runs s3s-fs on `port` over `data`.
+pub fn s3_command(port: u16, data: &std::path::Path) -> Command {
+    let binary = require(tools_dir().join("bin/s3s-fs"), "s3s-fs");
+    let mut command = Command::new(binary);
+    command
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(data);
+    command
+}
+
+/// An S3-compatible server with an empty data directory (`dir/data`).
+pub fn start_s3() -> ServerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let port = free_port();
+    spawn("s3s-fs", s3_command(port, &data), dir, port)
+}
+
+/// A DynamoDB-compatible server, in memory.
+pub fn start_dynamodb() -> ServerProcess {
+    let cli = require(tools_dir().join("node_modules/dynalite/cli.js"), "dynalite");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut command = Command::new("node");
+    command.arg(cli).args(["--port", &port.to_string()]);
+    spawn("dynalite", command, dir, port)
+}
