@@ -280,10 +280,17 @@ impl Images {
             Err(StorageError::ConditionFailed) => return Err(not_owner()),
             Err(other) => return Err(other.into()),
         };
-        for variant in deleted.rendition_names() {
-            self.delete_blob_logged(&ObjectKey::new(&id, &variant))
-                .await;
-        }
+        // The metadata is gone: finish removing the bytes even if the caller
+        // goes away now.
+        let images = self.clone();
+        let removal = tokio::spawn(async move {
+            for variant in deleted.rendition_names() {
+                images
+                    .delete_blob_logged(&ObjectKey::new(&id, &variant))
+                    .await;
+            }
+        });
+        let _ = removal.await;
         Ok(())
     }
 

@@ -73,11 +73,12 @@ impl TestApp {
             "127.0.0.1:0",
             "--data-dir",
             data_dir.to_str().expect("utf-8 path"),
-            "--max-image-bytes",
-            &max,
             "--shutdown-timeout",
             "5s",
         ];
+        if !extra.contains(&"--max-image-bytes") {
+            args.extend(["--max-image-bytes", &max]);
+        }
         let (mut s3, mut dynamodb) = (None, None);
         let bucket = "images".to_owned();
         let endpoints;
@@ -291,6 +292,11 @@ impl TestApp {
     /// Objects the backend holds, finished or partial. A rejected upload
     /// must leave this unchanged.
     pub async fn stored_objects(&self) -> Vec<String> {
+        self.stored_objects_now()
+    }
+
+    /// [`TestApp::stored_objects`], for use where no await is possible.
+    pub fn stored_objects_now(&self) -> Vec<String> {
         match self.backend {
             Backend::Embedded => {
                 let mut found = files_under(&self.data_dir.join("blobs"));
@@ -316,7 +322,7 @@ impl TestApp {
     /// Waits up to five seconds for the backend to hold exactly `expected`
     /// objects (cleanup after a cancelled call runs in the background).
     pub async fn wait_for_stored_objects(&self, expected: usize) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let objects = self.stored_objects().await;
             if objects.len() == expected || tokio::time::Instant::now() > deadline {

@@ -27,6 +27,10 @@ use crate::storage::{
 const MAX_PARTS: u64 = 10_000;
 /// Presigned URLs cannot live longer than this with SigV4.
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest wait for one attempt of an abort.
+const ABORT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after an abort a part still in transit may land.
+const LATE_PART_GRACE: Duration = Duration::from_millis(500);
 /// A URL is not handed out if its credentials die sooner than this.
 const CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
@@ -381,14 +385,41 @@ impl S3Writer {
         Ok(())
     }
 
+    /// Aborts in a task of its own: a caller that goes away while this is
+    /// awaited (a cancelled call drops its handler) cannot cut it short.
     async fn abort_upload(&mut self) {
-        self.settled = true;
-        self.uploading.abort_all();
-        while self.uploading.join_next().await.is_some() {}
-        if let Some(upload_id) = self.upload_id.take() {
-            abort_multipart(&self.client, &self.bucket, &self.key, &upload_id).await;
+        if let Some(abort) = self.detach_abort() {
+            let _ = tokio::spawn(abort).await;
         }
     }
+
+    /// The clean-up still owed, as a future that owns what it needs; `None`
+    /// when nothing is owed. Marks the writer settled.
+    fn detach_abort(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        self.settled = true;
+        let upload_id = self.upload_id.take()?;
+        let uploading = std::mem::take(&mut self.uploading);
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        Some(async move { abort_after_parts(uploading, &client, &bucket, &key, &upload_id).await })
+    }
+}
+
+/// Aborts a multipart upload: stops the parts in flight, aborts, and aborts
+/// once more a moment later, because a part the store was still receiving can
+/// land after the first abort (S3 documents the same).
+async fn abort_after_parts(
+    mut uploading: JoinSet<Result<CompletedPart, StorageError>>,
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) {
+    uploading.abort_all();
+    while uploading.join_next().await.is_some() {}
+    abort_multipart(client, bucket, key, upload_id).await;
+    tokio::time::sleep(LATE_PART_GRACE).await;
+    abort_multipart(client, bucket, key, upload_id).await;
+    tracing::debug!(key, upload_id, "multipart upload aborted");
 }
 
 async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &str) {
@@ -397,6 +428,17 @@ async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &s
         .bucket(bucket)
         .key(key)
         .upload_id(upload_id)
+        // A small call: if a pooled connection does not answer quickly, the
+        // retry goes out on a fresh one rather than waiting for the read
+        // timeout.
+        .customize()
+        .config_override(
+            aws_sdk_s3::config::Builder::new().timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(ABORT_ATTEMPT_TIMEOUT)
+                    .build(),
+            ),
+        )
         .send()
         .await;
     match result.map_err(classify) {
@@ -443,17 +485,15 @@ impl BlobWriter for S3Writer {
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
-        // A cancelled upload: parts in flight stop with the JoinSet; the
-        // multipart upload is aborted in the background (Drop cannot await).
+        // A cancelled upload: Drop cannot await, so the abort runs in the
+        // background.
         if self.settled {
             return;
         }
-        if let (Some(upload_id), Ok(runtime)) =
-            (self.upload_id.take(), tokio::runtime::Handle::try_current())
+        if let (Some(abort), Ok(runtime)) =
+            (self.detach_abort(), tokio::runtime::Handle::try_current())
         {
-            let (client, bucket, key) =
-                (self.client.clone(), self.bucket.clone(), self.key.clone());
-            runtime.spawn(async move { abort_multipart(&client, &bucket, &key, &upload_id).await });
+            runtime.spawn(abort);
         }
     }
 }

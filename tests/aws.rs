@@ -1,0 +1,277 @@
+//! Behaviour specific to the aws backend, against real S3- and
+//! DynamoDB-compatible servers: multipart uploads and their abort paths,
+//! bytes removed when the metadata cannot be written, `init`, and presigned
+//! URLs for a public endpoint.
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{Backend, TestApp, as_user, assert_code, images, upload_messages};
+use image_service::pb;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// Servers with 5 MiB parts, two in flight, and room for large images.
+async fn multipart_app() -> TestApp {
+    TestApp::spawn_with(
+        Backend::Aws,
+        &[
+            "--max-image-bytes",
+            "64MiB",
+            "--s3-part-size",
+            "5MiB",
+            "--s3-parts-in-flight",
+            "2",
+        ],
+    )
+    .await
+}
+
+fn spec(filename: &str) -> pb::ImageSpec {
+    pb::ImageSpec {
+        filename: filename.into(),
+        ..Default::default()
+    }
+}
+
+/// Parts of unfinished multipart uploads in the S3 server's data.
+fn multipart_parts(app: &TestApp) -> Vec<String> {
+    app.stored_objects_now()
+        .into_iter()
+        .filter(|path| path.contains(".upload_id-"))
+        .collect()
+}
+
+/// Starts an upload fed through a channel; returns the sender, the call,
+/// and the messages not sent yet.
+struct OpenUpload {
+    tx: mpsc::Sender<pb::UploadImageRequest>,
+    call: tokio::task::JoinHandle<Result<tonic::Response<pb::UploadImageResponse>, tonic::Status>>,
+    rest: std::vec::IntoIter<pb::UploadImageRequest>,
+}
+
+async fn open_upload(
+    app: &TestApp,
+    spec: pb::ImageSpec,
+    bytes: &[u8],
+    send_first: usize,
+) -> OpenUpload {
+    let (tx, rx) = mpsc::channel(2);
+    let mut client = app.client();
+    let call = tokio::spawn(async move {
+        client
+            .upload_image(as_user("alice", ReceiverStream::new(rx)))
+            .await
+    });
+    let mut rest = upload_messages(spec, bytes, 1024 * 1024).into_iter();
+    for message in rest.by_ref().take(send_first) {
+        tx.send(message).await.expect("the server reads the stream");
+    }
+    OpenUpload { tx, call, rest }
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_image_goes_multipart_and_reads_back_identical() {
+    let app = multipart_app().await;
+    let bytes = images::png_of_size(40 * 1024 * 1024, 1);
+    let upload = open_upload(&app, spec("big.png"), &bytes, 13).await;
+    // 12 MiB in: at least two 5 MiB parts are being (or have been) stored.
+    wait_for("multipart parts in the S3 server's data", || {
+        !multipart_parts(&app).is_empty()
+    })
+    .await;
+    for message in upload.rest {
+        upload.tx.send(message).await.unwrap();
+    }
+    drop(upload.tx);
+    let image = upload
+        .call
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(image.size_bytes, bytes.len() as i64);
+    assert_eq!(image.sha256, hex::encode(Sha256::digest(&bytes)));
+
+    let downloaded = app.download("bob", &image.image_id).await.unwrap();
+    assert!(downloaded == bytes, "the object differs from the upload");
+    let objects = app.stored_objects().await;
+    assert_eq!(
+        objects.len(),
+        1,
+        "one object and no leftover parts: {objects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_multipart_upload_leaves_no_parts_and_no_object() {
+    let app = multipart_app().await;
+    let bytes = images::png_of_size(30 * 1024 * 1024, 2);
+    let upload = open_upload(&app, spec("cancelled.png"), &bytes, 13).await;
+    wait_for("multipart parts in the S3 server's data", || {
+        !multipart_parts(&app).is_empty()
+    })
+    .await;
+    upload.call.abort();
+    let _ = upload.call.await;
+    drop(upload.tx);
+    let left = app.wait_for_stored_objects(0).await;
+    let log = std::fs::read_to_string(app.s3.as_ref().unwrap().dir.path().join("server.log"))
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the aborted upload left {left:?}\nS3 server log:\n{log}"
+    );
+    assert!(
+        app.list_all("alice", pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_failing_validation_is_aborted() {
+    let app = multipart_app().await;
+    let bytes = images::png_of_size(12 * 1024 * 1024, 3);
+    let wrong_sha = pb::ImageSpec {
+        sha256: Some(hex::encode(Sha256::digest(b"other"))),
+        ..spec("x.png")
+    };
+    let result = app
+        .upload_messages("alice", upload_messages(wrong_sha, &bytes, 1024 * 1024))
+        .await;
+    assert_code(result, Code::DataLoss);
+    let too_long = pb::ImageSpec {
+        expected_size: Some(11 * 1024 * 1024),
+        ..spec("x.png")
+    };
+    let result = app
+        .upload_messages("alice", upload_messages(too_long, &bytes, 1024 * 1024))
+        .await;
+    assert_code(result, Code::OutOfRange);
+    let left = app.wait_for_stored_objects(0).await;
+    assert!(left.is_empty(), "the rejected uploads left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_removed_when_the_metadata_cannot_be_written() {
+    let mut app = TestApp::spawn(Backend::Aws).await;
+    let kept = app.upload_png("alice", 1).await;
+    app.dynamodb.as_mut().unwrap().kill();
+    let bytes = images::png(16, 16, 2);
+    let status = assert_code(
+        app.upload("alice", spec("lost.png"), &bytes).await,
+        Code::Unavailable,
+    );
+    assert!(
+        !status.message().contains("127.0.0.1"),
+        "no backend detail reaches the caller: {status:?}"
+    );
+    let objects = app.wait_for_stored_objects(1).await;
+    assert_eq!(
+        objects.len(),
+        1,
+        "only the first image's bytes remain: {objects:?}"
+    );
+    assert!(objects[0].contains(&kept.image_id));
+    // Reads fail as retryable too, rather than as "not found".
+    assert_code(app.get("alice", &kept.image_id).await, Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_can_run_again_on_existing_storage() {
+    let app = TestApp::spawn(Backend::Aws).await;
+    let image = app.upload_png("alice", 1).await;
+    let config = image_service::config::Config::try_parse_from([
+        "image-service",
+        "--backend",
+        "aws",
+        "--s3-endpoint",
+        &app.s3.as_ref().unwrap().endpoint(),
+        "--dynamodb-endpoint",
+        &app.dynamodb.as_ref().unwrap().endpoint(),
+        "init",
+    ])
+    .unwrap();
+    image_service::startup::init_backend(&config)
+        .await
+        .expect("a second init succeeds");
+    image_service::startup::init_backend(&config)
+        .await
+        .expect("and a third");
+    assert_eq!(
+        app.get("bob", &image.image_id).await.unwrap(),
+        image,
+        "nothing was reset"
+    );
+    assert!(app.download("bob", &image.image_id).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_urls_can_name_a_public_endpoint() {
+    let app = TestApp::spawn_with(
+        Backend::Aws,
+        &["--s3-public-endpoint", "https://images.example.test"],
+    )
+    .await;
+    let image = app.upload_png("alice", 1).await;
+    let request = pb::GetDownloadUrlRequest {
+        image_id: image.image_id.clone(),
+        ..Default::default()
+    };
+    let url = app.download_url("bob", request).await.unwrap();
+    assert!(
+        url.starts_with("https://images.example.test/images/images/"),
+        "{url}"
+    );
+    assert!(
+        url.contains("X-Amz-Expires=600"),
+        "default validity of 10 minutes: {url}"
+    );
+
+    // The same URL on the internal endpoint fails: the host is signed.
+    let internal = url.replace(
+        "https://images.example.test",
+        &app.s3.as_ref().unwrap().endpoint(),
+    );
+    assert_eq!(reqwest::get(&internal).await.unwrap().status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_are_capped_by_the_configured_maximum() {
+    let app = TestApp::spawn_with(Backend::Aws, &["--download-url-max-expiry", "2m"]).await;
+    let image = app.upload_png("alice", 1).await;
+    let request = pb::GetDownloadUrlRequest {
+        image_id: image.image_id.clone(),
+        expires_in: Some(prost_types::Duration {
+            seconds: 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let url = app.download_url("bob", request).await.unwrap();
+    assert!(url.contains("X-Amz-Expires=120"), "{url}");
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap().len() as i64,
+        image.size_bytes
+    );
+}
