@@ -692,9 +692,7 @@ async fn only_the_owner_may_update_or_delete(backend: Backend) {
         ..Default::default()
     };
     assert_code(
-        app.client()
-            .update_image(as_user("bob", update.clone()))
-            .await,
+        app.update("bob", update.clone()).await,
         Code::PermissionDenied,
     );
     assert_code(
@@ -711,13 +709,8 @@ async fn only_the_owner_may_update_or_delete(backend: Backend) {
         image.size_bytes
     );
 
-    let updated = app
-        .client()
-        .update_image(as_user("alice", update))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(updated.image.unwrap().title, "pwned");
+    let updated = app.update("alice", update).await.unwrap();
+    assert_eq!(updated.title, "pwned");
     app.delete("alice", &image.image_id).await.unwrap();
 }
 
@@ -747,14 +740,7 @@ async fn updates_change_the_masked_fields_and_move_the_indexes(backend: Backend)
         tags: vec!["#Fresh".into()],
         ..Default::default()
     };
-    let updated = app
-        .client()
-        .update_image(as_user("alice", request))
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let updated = app.update("alice", request).await.unwrap();
     assert_eq!(updated.title, "New");
     assert_eq!(updated.description, "Keep me");
     assert_eq!(updated.tags, vec!["fresh"]);
@@ -774,14 +760,7 @@ async fn updates_change_the_masked_fields_and_move_the_indexes(backend: Backend)
         }),
         ..Default::default()
     };
-    let cleared = app
-        .client()
-        .update_image(as_user("alice", request))
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let cleared = app.update("alice", request).await.unwrap();
     assert_eq!(cleared.location, "");
     assert_eq!(cleared.description, "Keep me");
 
@@ -809,27 +788,18 @@ async fn updates_change_the_masked_fields_and_move_the_indexes(backend: Backend)
         }),
         ..Default::default()
     };
-    assert_code(
-        app.client().update_image(as_user("alice", bad_mask)).await,
-        Code::InvalidArgument,
-    );
+    assert_code(app.update("alice", bad_mask).await, Code::InvalidArgument);
     let too_long = pb::UpdateImageRequest {
         image_id: id.clone(),
         title: "x".repeat(201),
         ..Default::default()
     };
-    assert_code(
-        app.client().update_image(as_user("alice", too_long)).await,
-        Code::InvalidArgument,
-    );
+    assert_code(app.update("alice", too_long).await, Code::InvalidArgument);
     let nothing = pb::UpdateImageRequest {
         image_id: id.clone(),
         ..Default::default()
     };
-    assert_code(
-        app.client().update_image(as_user("alice", nothing)).await,
-        Code::InvalidArgument,
-    );
+    assert_code(app.update("alice", nothing).await, Code::InvalidArgument);
     assert_eq!(app.get("alice", &id).await.unwrap(), cleared);
 }
 
@@ -843,15 +813,11 @@ async fn a_stale_etag_aborts_the_update(backend: Backend) {
         ..Default::default()
     };
     let first = app
-        .client()
-        .update_image(as_user("alice", update("first", &image.etag)))
+        .update("alice", update("first", &image.etag))
         .await
         .unwrap();
-    let first = first.into_inner().image.unwrap();
     assert_code(
-        app.client()
-            .update_image(as_user("alice", update("second", &image.etag)))
-            .await,
+        app.update("alice", update("second", &image.etag)).await,
         Code::Aborted,
     );
     assert_eq!(
@@ -859,11 +825,10 @@ async fn a_stale_etag_aborts_the_update(backend: Backend) {
         "first"
     );
     let second = app
-        .client()
-        .update_image(as_user("alice", update("second", &first.etag)))
+        .update("alice", update("second", &first.etag))
         .await
         .unwrap();
-    assert_eq!(second.into_inner().image.unwrap().title, "second");
+    assert_eq!(second.title, "second");
 }
 
 async fn a_deleted_image_is_gone_everywhere(backend: Backend) {

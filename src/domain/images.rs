@@ -117,6 +117,22 @@ impl Images {
         })
     }
 
+    /// An image and the name of one of its renditions, which must exist.
+    async fn rendition(
+        &self,
+        image_id: &str,
+        variant: &str,
+    ) -> Result<(ImageRecord, VariantName), DomainError> {
+        let image = self.get(image_id).await?;
+        let variant = VariantName::parse(variant)?;
+        if image.rendition(&variant).is_none() {
+            return Err(DomainError::NotFound(format!(
+                "the image has no variant {variant}"
+            )));
+        }
+        Ok((image, variant))
+    }
+
     /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the end).
     pub async fn download(
         &self,
@@ -125,11 +141,8 @@ impl Images {
         offset: i64,
         limit: i64,
     ) -> Result<Download, DomainError> {
-        let image = self.get(image_id).await?;
-        let variant = VariantName::parse(variant)?;
-        let (total_size, _) = image
-            .rendition(&variant)
-            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        let (image, variant) = self.rendition(image_id, variant).await?;
+        let (total_size, _) = image.rendition(&variant).unwrap_or_default();
         let offset = u64::try_from(offset)
             .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
         let limit = u64::try_from(limit)
@@ -177,11 +190,8 @@ impl Images {
         expires_in: Option<Duration>,
         disposition: Disposition,
     ) -> Result<PresignedUrl, DomainError> {
-        let image = self.get(image_id).await?;
-        let variant = VariantName::parse(variant)?;
-        let (_, content_type) = image
-            .rendition(&variant)
-            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        let (image, variant) = self.rendition(image_id, variant).await?;
+        let (_, content_type) = image.rendition(&variant).unwrap_or_default();
         let requested = match expires_in {
             None => DEFAULT_URL_EXPIRY,
             Some(d) if d.is_zero() => DEFAULT_URL_EXPIRY,

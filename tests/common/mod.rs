@@ -266,6 +266,15 @@ impl TestApp {
         Ok(self.download_range(user, request).await?.1)
     }
 
+    pub async fn update(
+        &self,
+        user: &str,
+        request: pb::UpdateImageRequest,
+    ) -> Result<pb::Image, Status> {
+        let response = self.client().update_image(as_user(user, request)).await?;
+        Ok(response.into_inner().image.expect("image"))
+    }
+
     pub async fn delete(&self, user: &str, image_id: &str) -> Result<(), Status> {
         let request = as_user(
             user,

@@ -309,12 +309,7 @@ impl DynamoMetadataStore {
                 if batch.is_empty() {
                     break;
                 }
-                if attempt == BATCH_RETRIES {
-                    return Err(StorageError::Unavailable(
-                        "DynamoDB kept items unprocessed".into(),
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                back_off_unprocessed(attempt).await?;
             }
         }
         Ok(())
@@ -407,12 +402,7 @@ impl DynamoMetadataStore {
                 if keys.is_empty() {
                     break;
                 }
-                if attempt == BATCH_RETRIES {
-                    return Err(StorageError::Unavailable(
-                        "DynamoDB kept keys unprocessed".into(),
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                back_off_unprocessed(attempt).await?;
             }
         }
         Ok(found)
@@ -496,6 +486,18 @@ impl DynamoMetadataStore {
             }
         }
     }
+}
+
+/// Waits before retrying what a batch call left unprocessed (DynamoDB
+/// throttles batches this way), or gives up after [`BATCH_RETRIES`].
+async fn back_off_unprocessed(attempt: usize) -> Result<(), StorageError> {
+    if attempt == BATCH_RETRIES {
+        return Err(StorageError::Unavailable(
+            "DynamoDB kept batch items unprocessed".into(),
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+    Ok(())
 }
 
 /// Which index serves a filter: the most selective one set.
