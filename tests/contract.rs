@@ -420,7 +420,8 @@ async fn sparse_combined_filters_still_fill_their_pages(backend: Backend) {
             .unwrap();
         uploaded.push((i, image.image_id));
     }
-    let cases: [(pb::ListImagesRequest, fn(u32) -> bool); 3] = [
+    type Matches = fn(u32) -> bool;
+    let cases: [(pb::ListImagesRequest, Matches); 3] = [
         (
             pb::ListImagesRequest {
                 owner_id: "alice".into(),
