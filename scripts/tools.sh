@@ -35,3 +35,13 @@ install_s3s_fs() {
     cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
   fi
 }
+
+BUF_VERSION=1.75.0
+
+# buf: protobuf lint (STANDARD rules) and breaking-change checks.
+install_buf() {
+  if [ ! -x "$TOOLS_DIR/node_modules/.bin/buf" ] || ! "$TOOLS_DIR/node_modules/.bin/buf" --version | grep -qx "$BUF_VERSION"; then
+    echo "== installing buf $BUF_VERSION into $TOOLS_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS_DIR" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  fi
+}
