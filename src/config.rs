@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub download_url_max_expiry: Duration,
 
+    /// How often both stores are probed; `imageservice.v1.ImageService` is
+    /// NOT_SERVING while either does not answer.
+    #[arg(long, env = "IMAGE_SERVICE_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub health_check_interval: Duration,
+
     /// How long in-flight calls may run on after SIGTERM or Ctrl-C.
     #[arg(long, env = "IMAGE_SERVICE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_timeout: Duration,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::config::{Backend, Config};
 use crate::domain::content::ContentLimits;
@@ -34,6 +35,7 @@ pub struct Application {
     http_blobs: Option<Arc<EmbeddedBlobStore>>,
     backend: Backend,
     shutdown_timeout: Duration,
+    health_check_interval: Duration,
 }
 
 impl Application {
@@ -103,6 +105,7 @@ impl Application {
             http_blobs,
             backend: config.backend,
             shutdown_timeout: config.shutdown_timeout,
+            health_check_interval: config.health_check_interval,
         })
     }
 
@@ -133,6 +136,11 @@ impl Application {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let backend_watch = tokio::spawn(watch_backends(
+            self.images.clone(),
+            health.clone(),
+            self.health_check_interval,
+        ));
         let api = ImageServiceServer::new(ImageApi::new(self.images, self.auth))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -169,6 +177,7 @@ impl Application {
         }
 
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
+        backend_watch.abort();
         health
             .set_not_serving::<ImageServiceServer<ImageApi>>()
             .await;
@@ -188,6 +197,37 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Probes both stores every `interval`; the image service is NOT_SERVING
+/// while either does not answer, so load balancers and Kubernetes stop
+/// routing to a replica that cannot work, and SERVING again when they do.
+async fn watch_backends(images: Images, health: HealthReporter, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut serving = true;
+    loop {
+        ticker.tick().await;
+        match (images.check_health(timeout).await, serving) {
+            (Err(error), true) => {
+                let cause = std::error::Error::source(&error)
+                    .map(crate::domain::images::error_chain)
+                    .unwrap_or_else(|| error.to_string());
+                tracing::warn!(error = %cause, "a storage backend is unreachable: reporting NOT_SERVING");
+                health
+                    .set_not_serving::<ImageServiceServer<ImageApi>>()
+                    .await;
+                serving = false;
+            }
+            (Ok(()), false) => {
+                tracing::info!("storage backends reachable again: reporting SERVING");
+                health.set_serving::<ImageServiceServer<ImageApi>>().await;
+                serving = true;
+            }
+            _ => {}
+        }
     }
 }
 

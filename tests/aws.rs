@@ -275,3 +275,54 @@ async fn presigned_urls_are_capped_by_the_configured_maximum() {
         image.size_bytes
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_reachability_of_the_stores() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut app = TestApp::spawn_with(Backend::Aws, &["--health-check-interval", "200ms"]).await;
+    let health = HealthClient::new(common::connect(app.grpc_addr).await);
+    let status = || {
+        let mut health = health.clone();
+        async move {
+            let request = HealthCheckRequest {
+                service: "imageservice.v1.ImageService".into(),
+            };
+            health.check(request).await.unwrap().into_inner().status()
+        }
+    };
+    assert_eq!(status().await, ServingStatus::Serving);
+
+    app.dynamodb.as_mut().unwrap().kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while status().await != ServingStatus::NotServing {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still SERVING with DynamoDB down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The process itself stays live: only the image service is not ready.
+    let overall = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(overall.into_inner().status(), ServingStatus::Serving);
+
+    app.dynamodb.as_mut().unwrap().restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status().await != ServingStatus::Serving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not SERVING again after DynamoDB came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it works again without a restart of the service.
+    app.upload_png("alice", 1).await;
+}

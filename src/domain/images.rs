@@ -304,6 +304,21 @@ impl Images {
         Ok(())
     }
 
+    /// Whether both stores answer, within `timeout`.
+    pub async fn check_health(&self, timeout: Duration) -> Result<(), DomainError> {
+        let both = async {
+            let (blobs, metadata) =
+                tokio::join!(self.blobs.check_health(), self.metadata.check_health());
+            blobs.and(metadata)
+        };
+        match tokio::time::timeout(timeout, both).await {
+            Ok(result) => result.map_err(DomainError::from),
+            Err(_) => Err(DomainError::Unavailable(
+                "a storage backend did not answer in time".into(),
+            )),
+        }
+    }
+
     /// Deletes bytes whose metadata is gone or was never written. A failure
     /// leaves an orphan object, invisible to callers; it is logged.
     pub(super) async fn delete_blob_logged(&self, key: &ObjectKey) {

@@ -148,6 +148,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The longest validity this store can give a presigned URL.
     fn max_presign_expiry(&self) -> Duration;
+
+    /// A cheap call that succeeds only if the store is reachable and usable
+    /// (health checks call it every few seconds).
+    async fn check_health(&self) -> Result<(), StorageError>;
 }
 
 /// An object being written. See [`BlobStore::start_write`].
@@ -218,6 +222,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ListPage, StorageError>;
+
+    /// A cheap call that succeeds only if the store is reachable and usable
+    /// (health checks call it every few seconds).
+    async fn check_health(&self) -> Result<(), StorageError>;
 }
 
 #[cfg(test)]

@@ -138,12 +138,47 @@ pub fn start_s3() -> ServerProcess {
     spawn("s3s-fs", s3_command(port, &data), dir, port)
 }
 
-/// A DynamoDB-compatible server, in memory.
-pub fn start_dynamodb() -> ServerProcess {
+/// The command that runs dynalite on `port`, keeping its tables in `data`.
+fn dynamodb_command(port: u16, data: &std::path::Path) -> Command {
     let cli = require(tools_dir().join("node_modules/dynalite/cli.js"), "dynalite");
+    let mut command = Command::new("node");
+    command
+        .arg(cli)
+        .args(["--port", &port.to_string()])
+        .arg("--path")
+        .arg(data);
+    command
+}
+
+/// A DynamoDB-compatible server with its tables on disk (`dir/data`), so
+/// that it can be killed and restarted with its data.
+pub fn start_dynamodb() -> ServerProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let mut command = Command::new("node");
-    command.arg(cli).args(["--port", &port.to_string()]);
-    spawn("dynalite", command, dir, port)
+    spawn(
+        "dynalite",
+        dynamodb_command(port, &dir.path().join("data")),
+        dir,
+        port,
+    )
+}
+
+impl ServerProcess {
+    /// Starts a killed server again on the same port and data.
+    pub fn restart(&mut self) {
+        let data = self.dir.path().join("data");
+        let command = match self.name {
+            "dynalite" => dynamodb_command(self.addr.port(), &data),
+            _ => s3_command(self.addr.port(), &data),
+        };
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let mut command = command;
+        command
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        self.child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("restarting {}: {e}", self.name));
+        self.wait_until_listening();
+    }
 }

@@ -261,17 +261,6 @@ impl DynamoMetadataStore {
         }
     }
 
-    /// A cheap call that succeeds only if the table is reachable.
-    pub async fn probe(&self) -> Result<(), StorageError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(classify)
-    }
-
     async fn get_item(
         &self,
         pk: String,
@@ -543,6 +532,22 @@ impl Access {
 
 #[async_trait]
 impl MetadataStore for DynamoMetadataStore {
+    async fn check_health(&self) -> Result<(), StorageError> {
+        // One attempt: a health check wants the state now, not after retries.
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .customize()
+            .config_override(
+                aws_sdk_dynamodb::config::Builder::new()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
         if let Some(idempotency_key) = &record.idempotency_key
             && let Some(existing) = self.claim_idempotency_key(record, idempotency_key).await?

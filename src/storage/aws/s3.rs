@@ -124,17 +124,6 @@ impl S3BlobStore {
         }
     }
 
-    /// A cheap call that succeeds only if the bucket is reachable.
-    pub async fn probe(&self) -> Result<(), StorageError> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(classify)
-    }
-
     /// The part size for an object of (at most) `size` bytes: the configured
     /// one, grown so that the object needs no more than 10 000 parts.
     fn part_size_for(&self, size: Option<u64>) -> usize {
@@ -257,6 +246,22 @@ impl BlobStore for S3BlobStore {
             url: presigned.uri().to_owned(),
             expire_time: now.saturating_add(expires_in),
         })
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        // One attempt: a health check wants the state now, not after retries.
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::new()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
     }
 
     fn max_presign_expiry(&self) -> Duration {

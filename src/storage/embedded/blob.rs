@@ -124,6 +124,13 @@ impl BlobStore for EmbeddedBlobStore {
     fn max_presign_expiry(&self) -> Duration {
         urls::MAX_EXPIRY
     }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        tokio::fs::metadata(&self.partial)
+            .await
+            .map(|_| ())
+            .map_err(StorageError::internal)
+    }
 }
 
 struct FileWriter {

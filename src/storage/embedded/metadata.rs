@@ -152,6 +152,14 @@ fn image_id_from_index_key(key: &[u8]) -> ImageId {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadataStore {
+    async fn check_health(&self) -> Result<(), StorageError> {
+        self.run(|db| {
+            db.begin_read()?.open_table(RECORDS)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
         let record = record.clone();
         let bytes = encode(&record)?;
