@@ -1,5 +1,5 @@
-//! The HTTP listener: presigned downloads of the embedded backend (with
-//! `Range` support).
+//! The HTTP listener: Prometheus metrics at `/metrics`, and presigned
+//! downloads of the embedded backend (with `Range` support).
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,15 +18,30 @@ use crate::storage::{BlobStore, ObjectKey, StorageError};
 /// Routes of the HTTP listener. `blobs` is set for the embedded backend,
 /// whose presigned URLs point here.
 pub fn router(blobs: Option<Arc<EmbeddedBlobStore>>) -> Router {
+    let metrics = Router::new().route("/metrics", get(render_metrics));
     match blobs {
         Some(store) => Router::new()
             .route(
                 "/blobs/images/{image_id}/{variant}",
                 get(presigned_download),
             )
-            .with_state(store),
-        None => Router::new(),
+            .with_state(store)
+            .merge(metrics),
+        None => metrics,
     }
+}
+
+/// Prometheus text exposition of the process's metrics.
+async fn render_metrics() -> Response {
+    let body = crate::telemetry::metrics().render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {

@@ -21,6 +21,7 @@ use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::storage::aws::{self, AwsSettings};
 use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
+use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
 use crate::storage::{BlobStore, MetadataStore};
 
 /// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.
@@ -62,41 +63,44 @@ impl Application {
             },
             max_url_expiry: config.download_url_max_expiry,
         };
-        let (images, http_blobs) = match config.backend {
-            Backend::Embedded => {
-                let key = match &config.signing_key {
-                    Some(secret) => configured_key(secret)?,
-                    None => embedded::load_or_create_signing_key(&config.data_dir)
-                        .context("reading the signing key in the data directory")?,
-                };
-                let (blobs, metadata) =
-                    embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
-                        .with_context(|| {
+        let (blobs, metadata, key, http_blobs): (Arc<dyn BlobStore>, Arc<dyn MetadataStore>, _, _) =
+            match config.backend {
+                Backend::Embedded => {
+                    let key = match &config.signing_key {
+                        Some(secret) => configured_key(secret)?,
+                        None => embedded::load_or_create_signing_key(&config.data_dir)
+                            .context("reading the signing key in the data directory")?,
+                    };
+                    let (blobs, metadata) =
+                        embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
+                            .with_context(|| {
                             format!("opening the data directory {}", config.data_dir.display())
                         })?;
-                let blobs = Arc::new(blobs);
-                let metadata: Arc<dyn MetadataStore> = Arc::new(metadata);
-                let blob_store: Arc<dyn BlobStore> = blobs.clone();
-                (Images::new(blob_store, metadata, key, limits), Some(blobs))
-            }
-            Backend::Aws => {
-                let key = match &config.signing_key {
-                    Some(secret) => configured_key(secret)?,
-                    None => {
-                        tracing::warn!(
-                            "no --signing-key: page tokens are signed with a key of this process only; \
-                             set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
-                        );
-                        SigningKey::generate()
-                    }
-                };
-                let (blobs, metadata) = aws::connect(&AwsSettings::from_config(&config)).await;
-                (
-                    Images::new(Arc::new(blobs), Arc::new(metadata), key, limits),
-                    None,
-                )
-            }
-        };
+                    let blobs = Arc::new(blobs);
+                    (blobs.clone(), Arc::new(metadata), key, Some(blobs))
+                }
+                Backend::Aws => {
+                    let key = match &config.signing_key {
+                        Some(secret) => configured_key(secret)?,
+                        None => {
+                            tracing::warn!(
+                                "no --signing-key: page tokens are signed with a key of this process only; \
+                                 set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
+                            );
+                            SigningKey::generate()
+                        }
+                    };
+                    let (blobs, metadata) = aws::connect(&AwsSettings::from_config(&config)).await;
+                    (Arc::new(blobs), Arc::new(metadata), key, None)
+                }
+            };
+        crate::telemetry::metrics();
+        let images = Images::new(
+            Arc::new(InstrumentedBlobs(blobs)),
+            Arc::new(InstrumentedMetadata(metadata)),
+            key,
+            limits,
+        );
         Ok(Self {
             grpc_listener,
             http_listener,

@@ -22,3 +22,62 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// The process's Prometheus registry: installed once, rendered at `/metrics`.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        const SECONDS: &[f64] = &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program);
+        // this registry then stays empty rather than failing the server.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "imageservice_grpc_requests_total",
+        "ImageService calls by method and status code"
+    );
+    describe_histogram!(
+        "imageservice_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "ImageService call latency by method (streams: until the handler returned)"
+    );
+    describe_counter!(
+        "imageservice_upload_bytes_total",
+        Unit::Bytes,
+        "image bytes received"
+    );
+    describe_counter!(
+        "imageservice_download_bytes_total",
+        Unit::Bytes,
+        "image bytes sent by DownloadImage"
+    );
+    describe_gauge!(
+        "imageservice_uploads_in_progress",
+        "UploadImage calls in progress"
+    );
+    describe_histogram!(
+        "imageservice_backend_request_duration_seconds",
+        Unit::Seconds,
+        "storage backend call latency by store and operation"
+    );
+    describe_counter!(
+        "imageservice_backend_errors_total",
+        "failed storage backend calls by store, operation and kind"
+    );
+}

@@ -1,15 +1,23 @@
 //! `imageservice.v1.ImageService`.
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::auth::Authenticator;
 use super::convert;
-use crate::domain::{DomainError, Images};
+use crate::domain::{DomainError, Images, UserId};
 use crate::pb;
 use crate::pb::image_service_server::ImageService;
+
+/// Metadata key of the request id: taken from the caller or generated, and
+/// returned on every response.
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// The gRPC face of [`Images`].
 pub struct ImageApi {
@@ -21,6 +29,74 @@ impl ImageApi {
     pub fn new(images: Images, auth: Arc<Authenticator>) -> Self {
         Self { images, auth }
     }
+
+    /// Runs one call inside a span carrying its method and request id,
+    /// counts it by status code, times it, and returns the request id to
+    /// the caller (on success and on error).
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        metadata: &MetadataMap,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let request_id = metadata
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| {
+                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let span = tracing::info_span!("grpc", method, request_id = %request_id, user = tracing::field::Empty);
+        let start = Instant::now();
+        let mut result = call.instrument(span).await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        metrics::counter!("imageservice_grpc_requests_total", "method" => method, "code" => code_name(code))
+            .increment(1);
+        metrics::histogram!("imageservice_grpc_request_duration_seconds", "method" => method)
+            .record(start.elapsed().as_secs_f64());
+        if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+            match &mut result {
+                Ok(response) => response.metadata_mut().insert(REQUEST_ID, value),
+                Err(status) => status.metadata_mut().insert(REQUEST_ID, value),
+            };
+        }
+        result
+    }
+
+    /// The caller, recorded on the call's span.
+    fn caller(&self, metadata: &MetadataMap) -> Result<UserId, Status> {
+        let user = self.auth.authenticate(metadata)?;
+        tracing::Span::current().record("user", user.as_str());
+        Ok(user)
+    }
+}
+
+/// The canonical name of a status code, as a metric label.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// A failure of the incoming upload stream itself.
@@ -28,6 +104,22 @@ fn stream_error(status: Status) -> DomainError {
     match status.code() {
         tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => DomainError::Cancelled,
         _ => DomainError::invalid(format!("the upload stream failed: {}", status.message())),
+    }
+}
+
+/// Counts uploads in progress for as long as it lives.
+struct UploadInProgress;
+
+impl UploadInProgress {
+    fn start() -> Self {
+        metrics::gauge!("imageservice_uploads_in_progress").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for UploadInProgress {
+    fn drop(&mut self) {
+        metrics::gauge!("imageservice_uploads_in_progress").decrement(1.0);
     }
 }
 
@@ -39,39 +131,58 @@ impl ImageService for ImageApi {
         &self,
         request: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::UploadImageResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
-        let frames = request
-            .into_inner()
-            .map(|message| message.map(convert::upload_frame).map_err(stream_error));
-        let record = self.images.upload(&caller, frames).await?;
-        tracing::info!(image_id = %record.id, owner = %record.owner, size = record.size_bytes, "image uploaded");
-        Ok(Response::new(pb::UploadImageResponse {
-            image: Some(convert::image(&record)),
-        }))
+        let metadata = request.metadata().clone();
+        self.observe("UploadImage", &metadata, async {
+            let caller = self.caller(&metadata)?;
+            let _in_progress = UploadInProgress::start();
+            let frames = request.into_inner().map(|message| {
+                if let Ok(pb::UploadImageRequest {
+                    data: Some(pb::upload_image_request::Data::Chunk(chunk)),
+                    ..
+                }) = &message
+                {
+                    metrics::counter!("imageservice_upload_bytes_total")
+                        .increment(chunk.len() as u64);
+                }
+                message.map(convert::upload_frame).map_err(stream_error)
+            });
+            let record = self.images.upload(&caller, frames).await?;
+            tracing::info!(image_id = %record.id, size = record.size_bytes, "image uploaded");
+            Ok(Response::new(pb::UploadImageResponse {
+                image: Some(convert::image(&record)),
+            }))
+        })
+        .await
     }
 
     async fn get_image(
         &self,
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
-        self.auth.authenticate(request.metadata())?;
-        let record = self.images.get(&request.get_ref().image_id).await?;
-        Ok(Response::new(pb::GetImageResponse {
-            image: Some(convert::image(&record)),
-        }))
+        self.observe("GetImage", request.metadata(), async {
+            self.caller(request.metadata())?;
+            let record = self.images.get(&request.get_ref().image_id).await?;
+            Ok(Response::new(pb::GetImageResponse {
+                image: Some(convert::image(&record)),
+            }))
+        })
+        .await
     }
 
     async fn list_images(
         &self,
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        self.auth.authenticate(request.metadata())?;
-        let query = convert::list_request(request.into_inner())?;
-        let page = self.images.list(&query).await?;
-        Ok(Response::new(pb::ListImagesResponse {
-            images: page.images.iter().map(convert::image).collect(),
-            next_page_token: page.next_page_token,
-        }))
+        self.observe("ListImages", request.metadata(), async {
+            self.caller(request.metadata())?;
+            let query = convert::list_request(request.get_ref().clone())?;
+            let page = self.images.list(&query).await?;
+            Ok(Response::new(pb::ListImagesResponse {
+                images: page.images.iter().map(convert::image).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        })
+        .await
     }
 
     type DownloadImageStream = DownloadStream;
@@ -80,74 +191,91 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
-        self.auth.authenticate(request.metadata())?;
-        let r = request.into_inner();
-        let download = self
-            .images
-            .download(&r.image_id, &r.variant, r.read_offset, r.read_limit)
-            .await?;
-        let header = pb::DownloadImageResponse {
-            image: Some(convert::image(&download.image)),
-            content_range: Some(pb::ContentRange {
-                offset: download.offset as i64,
-                length: download.length as i64,
-                total_size: download.total_size as i64,
-            }),
-            chunk: Default::default(),
-        };
-        let chunks = download.chunks.map(|chunk| {
-            chunk
-                .map(|chunk| pb::DownloadImageResponse {
-                    chunk,
-                    ..Default::default()
-                })
-                .map_err(Status::from)
-        });
-        let stream = futures::stream::once(async { Ok(header) }).chain(chunks);
-        Ok(Response::new(Box::pin(stream)))
+        self.observe("DownloadImage", request.metadata(), async {
+            self.caller(request.metadata())?;
+            let r = request.get_ref();
+            let download = self
+                .images
+                .download(&r.image_id, &r.variant, r.read_offset, r.read_limit)
+                .await?;
+            let header = pb::DownloadImageResponse {
+                image: Some(convert::image(&download.image)),
+                content_range: Some(pb::ContentRange {
+                    offset: download.offset as i64,
+                    length: download.length as i64,
+                    total_size: download.total_size as i64,
+                }),
+                chunk: Default::default(),
+            };
+            let chunks = download.chunks.map(|chunk| {
+                chunk
+                    .map(|chunk| {
+                        metrics::counter!("imageservice_download_bytes_total")
+                            .increment(chunk.len() as u64);
+                        pb::DownloadImageResponse {
+                            chunk,
+                            ..Default::default()
+                        }
+                    })
+                    .map_err(Status::from)
+            });
+            let stream: DownloadStream =
+                Box::pin(futures::stream::once(async { Ok(header) }).chain(chunks));
+            Ok(Response::new(stream))
+        })
+        .await
     }
 
     async fn get_download_url(
         &self,
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
-        self.auth.authenticate(request.metadata())?;
-        let r = request.into_inner();
-        let expires_in = convert::expires_in(r.expires_in)?;
-        let disposition = convert::disposition(r.disposition)?;
-        let url = self
-            .images
-            .download_url(&r.image_id, &r.variant, expires_in, disposition)
-            .await?;
-        Ok(Response::new(pb::GetDownloadUrlResponse {
-            url: url.url,
-            expire_time: Some(convert::timestamp(url.expire_time)),
-        }))
+        self.observe("GetDownloadUrl", request.metadata(), async {
+            self.caller(request.metadata())?;
+            let r = request.get_ref();
+            let expires_in = convert::expires_in(r.expires_in)?;
+            let disposition = convert::disposition(r.disposition)?;
+            let url = self
+                .images
+                .download_url(&r.image_id, &r.variant, expires_in, disposition)
+                .await?;
+            Ok(Response::new(pb::GetDownloadUrlResponse {
+                url: url.url,
+                expire_time: Some(convert::timestamp(url.expire_time)),
+            }))
+        })
+        .await
     }
 
     async fn update_image(
         &self,
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
-        let r = request.into_inner();
-        let image_id = r.image_id.clone();
-        let update = convert::image_update(r)?;
-        let record = self.images.update(&caller, &image_id, update).await?;
-        Ok(Response::new(pb::UpdateImageResponse {
-            image: Some(convert::image(&record)),
-        }))
+        self.observe("UpdateImage", request.metadata(), async {
+            let caller = self.caller(request.metadata())?;
+            let r = request.get_ref().clone();
+            let image_id = r.image_id.clone();
+            let update = convert::image_update(r)?;
+            let record = self.images.update(&caller, &image_id, update).await?;
+            Ok(Response::new(pb::UpdateImageResponse {
+                image: Some(convert::image(&record)),
+            }))
+        })
+        .await
     }
 
     async fn delete_image(
         &self,
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
-        self.images
-            .delete(&caller, &request.get_ref().image_id)
-            .await?;
-        tracing::info!(image_id = %request.get_ref().image_id, owner = %caller, "image deleted");
-        Ok(Response::new(pb::DeleteImageResponse {}))
+        self.observe("DeleteImage", request.metadata(), async {
+            let caller = self.caller(request.metadata())?;
+            self.images
+                .delete(&caller, &request.get_ref().image_id)
+                .await?;
+            tracing::info!(image_id = %request.get_ref().image_id, "image deleted");
+            Ok(Response::new(pb::DeleteImageResponse {}))
+        })
+        .await
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod embedded;
+pub mod instrumented;
 
 use std::time::Duration;
 

@@ -1,0 +1,156 @@
+//! Metrics around any backend: latency and errors of every storage call,
+//! by store and operation. Wraps the trait objects, so each backend gets
+//! them without code of its own.
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
+    PresignRequest, PresignedUrl, StorageError,
+};
+use crate::domain::listing::ListFilter;
+use crate::domain::{ImageId, ImageRecord, UserId};
+
+async fn timed<T>(
+    store: &'static str,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    let start = Instant::now();
+    let result = call.await;
+    metrics::histogram!(
+        "imageservice_backend_request_duration_seconds",
+        "store" => store,
+        "operation" => operation
+    )
+    .record(start.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        let kind = match error {
+            StorageError::NotFound => "not_found",
+            StorageError::AlreadyExists => "already_exists",
+            StorageError::ConditionFailed => "condition_failed",
+            StorageError::Unavailable(_) => "unavailable",
+            StorageError::Internal(_) => "internal",
+        };
+        metrics::counter!(
+            "imageservice_backend_errors_total",
+            "store" => store,
+            "operation" => operation,
+            "kind" => kind
+        )
+        .increment(1);
+    }
+    result
+}
+
+/// A [`BlobStore`] with metrics.
+pub struct InstrumentedBlobs(pub Arc<dyn BlobStore>);
+
+#[async_trait]
+impl BlobStore for InstrumentedBlobs {
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError> {
+        let writer = timed("blob", "start_write", self.0.start_write(key, size_hint)).await?;
+        Ok(Box::new(InstrumentedWriter(writer)))
+    }
+
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        timed("blob", "read", self.0.read(key, offset, length)).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        timed("blob", "delete", self.0.delete(key)).await
+    }
+
+    async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
+        timed("blob", "presign_read", self.0.presign_read(request)).await
+    }
+
+    fn max_presign_expiry(&self) -> Duration {
+        self.0.max_presign_expiry()
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        timed("blob", "check_health", self.0.check_health()).await
+    }
+}
+
+struct InstrumentedWriter(Box<dyn BlobWriter>);
+
+#[async_trait]
+impl BlobWriter for InstrumentedWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        timed("blob", "write", self.0.write(chunk)).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        timed("blob", "finish_write", self.0.finish()).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        let start = Instant::now();
+        self.0.abort().await;
+        metrics::histogram!(
+            "imageservice_backend_request_duration_seconds",
+            "store" => "blob",
+            "operation" => "abort_write"
+        )
+        .record(start.elapsed().as_secs_f64());
+    }
+}
+
+/// A [`MetadataStore`] with metrics.
+pub struct InstrumentedMetadata(pub Arc<dyn MetadataStore>);
+
+#[async_trait]
+impl MetadataStore for InstrumentedMetadata {
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
+        timed("metadata", "create", self.0.create(record)).await
+    }
+
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
+        timed("metadata", "get", self.0.get(id)).await
+    }
+
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "replace",
+            self.0.replace(record, expected_revision),
+        )
+        .await
+    }
+
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
+        timed("metadata", "delete", self.0.delete(id, owner)).await
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        timed("metadata", "list", self.0.list(filter, cursor, limit)).await
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        timed("metadata", "check_health", self.0.check_health()).await
+    }
+}
