@@ -503,17 +503,40 @@ async fn calls_carry_a_request_id_and_show_in_the_metrics() {
     let app = TestApp::spawn(Backend::Embedded).await;
     let image = app.upload_png("alice", 1).await;
 
-    let mut request = as_user("bob", pb::GetImageRequest { image_id: image.image_id.clone() });
-    request.metadata_mut().insert("x-request-id", "trace-abc-123".parse().unwrap());
+    let mut request = as_user(
+        "bob",
+        pb::GetImageRequest {
+            image_id: image.image_id.clone(),
+        },
+    );
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-abc-123".parse().unwrap());
     let response = app.client().get_image(request).await.unwrap();
-    assert_eq!(response.metadata().get("x-request-id").unwrap(), "trace-abc-123");
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "trace-abc-123"
+    );
 
-    let missing = as_user("bob", pb::GetImageRequest { image_id: uuid::Uuid::now_v7().to_string() });
+    let missing = as_user(
+        "bob",
+        pb::GetImageRequest {
+            image_id: uuid::Uuid::now_v7().to_string(),
+        },
+    );
     let status = app.client().get_image(missing).await.unwrap_err();
-    let generated = status.metadata().get("x-request-id").expect("a generated request id on errors too");
+    let generated = status
+        .metadata()
+        .get("x-request-id")
+        .expect("a generated request id on errors too");
     assert!(uuid::Uuid::parse_str(generated.to_str().unwrap()).is_ok());
 
-    let body = reqwest::get(format!("http://{}/metrics", app.http_addr)).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for expected in [
         r#"imageservice_grpc_requests_total{method="UploadImage",code="OK"}"#,
         r#"imageservice_grpc_requests_total{method="GetImage",code="NOT_FOUND"}"#,
@@ -522,7 +545,10 @@ async fn calls_carry_a_request_id_and_show_in_the_metrics() {
         "imageservice_uploads_in_progress",
         r#"imageservice_backend_request_duration_seconds_count{store="metadata",operation="create"}"#,
     ] {
-        assert!(body.contains(expected), "/metrics lacks {expected}:\n{body}");
+        assert!(
+            body.contains(expected),
+            "/metrics lacks {expected}:\n{body}"
+        );
     }
     let uploaded: f64 = body
         .lines()

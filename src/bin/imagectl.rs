@@ -1,0 +1,765 @@
+//! imagectl: image-service from a terminal. Upload files (in parallel, with
+//! progress), list with every filter, fetch metadata, download (resuming a
+//! partial file), get a download URL, update and delete.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use image_service::pb;
+use image_service::pb::image_service_client::ImageServiceClient;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Size of the chunks an upload is sent in.
+const CHUNK: usize = 1024 * 1024;
+
+/// Talk to image-service from a terminal.
+#[derive(Parser)]
+#[command(name = "imagectl", version, about)]
+struct Cli {
+    /// The service's gRPC address.
+    #[arg(
+        long,
+        env = "IMAGECTL_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    /// Act as this user (trusted-header mode: sent as `x-user-id`).
+    #[arg(long, env = "IMAGECTL_USER", global = true)]
+    user: Option<String>,
+    /// A bearer token (jwt mode); used instead of --user.
+    #[arg(long, env = "IMAGECTL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables and sentences, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload image files, several at once.
+    Upload {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A tag; repeat for more.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        location: Option<String>,
+        /// An attribute as KEY=VALUE; repeat for more.
+        #[arg(long = "attr", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// How many files are uploaded at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// List images, newest first.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        location: Option<String>,
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Created at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        after: Option<prost_types::Timestamp>,
+        /// Created before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        before: Option<prost_types::Timestamp>,
+        /// At most this many images (all pages are read until then).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one image's metadata.
+    Get { id: String },
+    /// Download an image; resumes when the output file is a partial download.
+    Download {
+        id: String,
+        /// Output file; default: the image's file name.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        variant: String,
+    },
+    /// Print a presigned download URL.
+    Url {
+        id: String,
+        /// Validity, e.g. 10m or 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// Make browsers save the file rather than show it.
+        #[arg(long)]
+        attachment: bool,
+        #[arg(long, default_value = "")]
+        variant: String,
+    },
+    /// Change the title, description, tags or location (only those given).
+    Update {
+        id: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// The new tags, replacing the old ones; repeat for more.
+        #[arg(long = "tag")]
+        tags: Option<Vec<String>>,
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// Delete images.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| "expected KEY=VALUE".to_owned())
+}
+
+fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| e.to_string())?;
+    Ok(prost_types::Timestamp::from(time))
+}
+
+/// A caller of the service with an identity.
+#[derive(Clone)]
+struct Caller {
+    client: ImageServiceClient<Channel>,
+    identity: (&'static str, String),
+}
+
+impl Caller {
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = self.identity.1.parse() {
+            request.metadata_mut().insert(self.identity.0, value);
+        }
+        request
+    }
+}
+
+/// What a status means to a person at a terminal.
+fn explain(status: &Status) -> String {
+    let hint = match status.code() {
+        Code::NotFound => "no such image",
+        Code::Unauthenticated => "not identified: pass --user (or --token in jwt mode)",
+        Code::PermissionDenied => "only the image's owner may do this",
+        Code::InvalidArgument => "the request was refused",
+        Code::OutOfRange => "size or range mismatch",
+        Code::DataLoss => "the bytes were damaged on the way (checksum mismatch)",
+        Code::ResourceExhausted => "over a limit of the service",
+        Code::AlreadyExists => "idempotency key reused with other content",
+        Code::Aborted => "changed concurrently; try again",
+        Code::Unavailable => "the service or its storage is unavailable; try again later",
+        Code::DeadlineExceeded => "timed out",
+        Code::Cancelled => "cancelled",
+        _ => "the service failed",
+    };
+    if status.message().is_empty() {
+        hint.to_owned()
+    } else {
+        format!("{hint}: {}", status.message())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = match error.downcast_ref::<Status>() {
+                Some(status) => explain(status),
+                None => format!("{error:#}"),
+            };
+            eprintln!("imagectl: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let identity = match (&cli.token, &cli.user) {
+        (Some(token), _) => ("authorization", format!("Bearer {token}")),
+        (None, Some(user)) => ("x-user-id", user.clone()),
+        (None, None) => {
+            bail!("say who you are: --user NAME (or IMAGECTL_USER), or --token in jwt mode")
+        }
+    };
+    let channel = Channel::from_shared(cli.addr.clone())
+        .context("--addr is not a URL such as http://127.0.0.1:50051")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach image-service at {}", cli.addr))?;
+    let caller = Caller {
+        client: ImageServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024),
+        identity,
+    };
+    match cli.command {
+        Command::Upload {
+            files,
+            title,
+            description,
+            tags,
+            location,
+            attributes,
+            parallel,
+        } => {
+            let spec = pb::ImageSpec {
+                title: title.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+                tags,
+                location: location.unwrap_or_default(),
+                attributes: attributes.into_iter().collect::<HashMap<_, _>>(),
+                ..Default::default()
+            };
+            upload_all(&caller, files, spec, parallel.max(1), cli.json).await
+        }
+        Command::List {
+            owner,
+            tag,
+            location,
+            content_type,
+            after,
+            before,
+            limit,
+        } => {
+            let request = pb::ListImagesRequest {
+                owner_id: owner.unwrap_or_default(),
+                tag: tag.unwrap_or_default(),
+                location: location.unwrap_or_default(),
+                content_type: content_type.unwrap_or_default(),
+                created_after: after,
+                created_before: before,
+                page_size: limit.min(1000) as i32,
+                page_token: String::new(),
+            };
+            let images = list(&caller, request, limit).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &images.iter().map(image_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else {
+                print_table(&images);
+            }
+            Ok(())
+        }
+        Command::Get { id } => {
+            let image = get(&caller, &id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&image_json(&image))?);
+            } else {
+                print_details(&image);
+            }
+            Ok(())
+        }
+        Command::Download {
+            id,
+            output,
+            variant,
+        } => download(&caller, &id, output, variant, cli.json).await,
+        Command::Url {
+            id,
+            expires,
+            attachment,
+            variant,
+        } => {
+            let request = pb::GetDownloadUrlRequest {
+                image_id: id,
+                variant,
+                expires_in: expires.map(|d| prost_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: 0,
+                }),
+                disposition: if attachment {
+                    pb::Disposition::Attachment
+                } else {
+                    pb::Disposition::Inline
+                } as i32,
+            };
+            let response = caller
+                .client
+                .clone()
+                .get_download_url(caller.request(request))
+                .await?
+                .into_inner();
+            if cli.json {
+                let expire = response.expire_time.map(format_time).unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({ "url": response.url, "expire_time": expire })
+                );
+            } else {
+                println!("{}", response.url);
+            }
+            Ok(())
+        }
+        Command::Update {
+            id,
+            title,
+            description,
+            tags,
+            location,
+        } => {
+            let mut paths = Vec::new();
+            for (name, set) in [
+                ("title", title.is_some()),
+                ("description", description.is_some()),
+                ("tags", tags.is_some()),
+                ("location", location.is_some()),
+            ] {
+                if set {
+                    paths.push(name.to_owned());
+                }
+            }
+            if paths.is_empty() {
+                bail!("nothing to change: give --title, --description, --tag or --location");
+            }
+            let request = pb::UpdateImageRequest {
+                image_id: id,
+                title: title.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+                tags: tags.unwrap_or_default(),
+                location: location.unwrap_or_default(),
+                update_mask: Some(prost_types::FieldMask { paths }),
+                etag: String::new(),
+            };
+            let image = caller
+                .client
+                .clone()
+                .update_image(caller.request(request))
+                .await?
+                .into_inner()
+                .image;
+            let image = image.context("the service returned no image")?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&image_json(&image))?);
+            } else {
+                print_details(&image);
+            }
+            Ok(())
+        }
+        Command::Delete { ids } => {
+            for id in ids {
+                let request = caller.request(pb::DeleteImageRequest {
+                    image_id: id.clone(),
+                });
+                caller.client.clone().delete_image(request).await?;
+                if !cli.json {
+                    println!("deleted {id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn get(caller: &Caller, id: &str) -> Result<pb::Image, anyhow::Error> {
+    let request = caller.request(pb::GetImageRequest {
+        image_id: id.to_owned(),
+    });
+    caller
+        .client
+        .clone()
+        .get_image(request)
+        .await?
+        .into_inner()
+        .image
+        .context("the service returned no image")
+}
+
+async fn list(
+    caller: &Caller,
+    mut request: pb::ListImagesRequest,
+    limit: usize,
+) -> anyhow::Result<Vec<pb::Image>> {
+    let mut images = Vec::new();
+    loop {
+        let page = caller
+            .client
+            .clone()
+            .list_images(caller.request(request.clone()))
+            .await?
+            .into_inner();
+        images.extend(page.images);
+        if page.next_page_token.is_empty() || images.len() >= limit {
+            images.truncate(limit);
+            return Ok(images);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// Uploads every file, `parallel` at a time, each with a progress bar.
+async fn upload_all(
+    caller: &Caller,
+    files: Vec<PathBuf>,
+    spec: pb::ImageSpec,
+    parallel: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bars = MultiProgress::new();
+    let results: Vec<(PathBuf, anyhow::Result<pb::Image>)> = futures::stream::iter(files)
+        .map(|path| {
+            let bar = bars.add(ProgressBar::new(0));
+            let (caller, spec) = (caller.clone(), spec.clone());
+            async move {
+                let result = upload_one(&caller, &path, spec, &bar).await;
+                bar.finish_and_clear();
+                (path, result)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut failed = 0;
+    let mut uploaded = Vec::new();
+    for (path, result) in results {
+        match result {
+            Ok(image) => {
+                if !json {
+                    println!(
+                        "{}  {}  {}x{}  {}",
+                        image.image_id,
+                        path.display(),
+                        image.width,
+                        image.height,
+                        human_bytes(image.size_bytes)
+                    );
+                }
+                uploaded.push(image_json(&image));
+            }
+            Err(error) => {
+                failed += 1;
+                let text = match error.downcast_ref::<Status>() {
+                    Some(status) => explain(status),
+                    None => format!("{error:#}"),
+                };
+                eprintln!("imagectl: {}: {text}", path.display());
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&uploaded)?);
+    }
+    if failed > 0 {
+        bail!("{failed} of the uploads failed");
+    }
+    Ok(())
+}
+
+async fn upload_one(
+    caller: &Caller,
+    path: &Path,
+    mut spec: pb::ImageSpec,
+    bar: &ProgressBar,
+) -> anyhow::Result<pb::Image> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().await?.len();
+    bar.set_length(size);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    spec.filename = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    spec.expected_size = Some(size as i64);
+
+    // Read as the stream is consumed, hashing on the way; the whole-file
+    // CRC32C cannot be known before the end, so each chunk carries its own.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = pb::UploadImageRequest {
+        data: Some(pb::upload_image_request::Data::Spec(spec)),
+        ..Default::default()
+    };
+    tx.send(first).await.ok();
+    let bar_for_reader = bar.clone();
+    let reader = tokio::spawn(async move {
+        let mut sent = 0u64;
+        let mut hasher = Sha256::new();
+        loop {
+            let mut buffer = vec![0u8; CHUNK];
+            let n = read_full(&mut file, &mut buffer).await?;
+            buffer.truncate(n);
+            hasher.update(&buffer);
+            sent += n as u64;
+            let finish = sent >= size || n == 0;
+            let message = pb::UploadImageRequest {
+                chunk_crc32c: Some(crc32c::crc32c(&buffer)),
+                data: Some(pb::upload_image_request::Data::Chunk(buffer.into())),
+                finish_write: finish,
+            };
+            if tx.send(message).await.is_err() {
+                break;
+            }
+            bar_for_reader.set_position(sent);
+            if finish {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(hex::encode(hasher.finalize()))
+    });
+    let response = caller
+        .client
+        .clone()
+        .upload_image(caller.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await;
+    let local_sha = reader.await.context("reading the file")??;
+    let image = response?
+        .into_inner()
+        .image
+        .context("the service returned no image")?;
+    if image.sha256 != local_sha {
+        bail!("the stored image's sha256 differs from the file's");
+    }
+    Ok(image)
+}
+
+async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let n = file.read(&mut buffer[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Downloads to a file, continuing from the end of a partial one.
+async fn download(
+    caller: &Caller,
+    id: &str,
+    output: Option<PathBuf>,
+    variant: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let image = get(caller, id).await?;
+    let output = output.unwrap_or_else(|| {
+        PathBuf::from(if image.filename.is_empty() {
+            id
+        } else {
+            &image.filename
+        })
+    });
+    let have = tokio::fs::metadata(&output)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let total = if variant.is_empty() || variant == "original" {
+        image.size_bytes as u64
+    } else {
+        image
+            .variants
+            .iter()
+            .find(|v| v.name == variant)
+            .map(|v| v.size_bytes as u64)
+            .context("no such variant")?
+    };
+    if have > total {
+        bail!(
+            "{} is larger than the image: not a partial download of it",
+            output.display()
+        );
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&output)
+        .await?;
+    let bar = ProgressBar::new(total).with_position(have);
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    if have < total {
+        let request = pb::DownloadImageRequest {
+            image_id: id.to_owned(),
+            variant,
+            read_offset: have as i64,
+            read_limit: 0,
+        };
+        let mut stream = caller
+            .client
+            .clone()
+            .download_image(caller.request(request))
+            .await?
+            .into_inner();
+        stream
+            .message()
+            .await?
+            .context("the service sent no header")?;
+        while let Some(message) = stream.message().await? {
+            file.write_all(&message.chunk).await?;
+            bar.inc(message.chunk.len() as u64);
+        }
+        file.flush().await?;
+    }
+    bar.finish_and_clear();
+    drop(file);
+    if total == image.size_bytes as u64 && image.size_bytes > 0 {
+        let bytes = tokio::fs::read(&output).await?;
+        if hex::encode(Sha256::digest(&bytes)) != image.sha256 {
+            bail!(
+                "{} does not match the image's sha256 (a partial file from another image?)",
+                output.display()
+            );
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "image_id": id, "file": output, "bytes": total, "resumed_from": have })
+        );
+    } else if have > 0 {
+        println!(
+            "{} ({}, resumed from {})",
+            output.display(),
+            human_bytes(total as i64),
+            human_bytes(have as i64)
+        );
+    } else {
+        println!("{} ({})", output.display(), human_bytes(total as i64));
+    }
+    Ok(())
+}
+
+fn format_time(time: prost_types::Timestamp) -> String {
+    let system =
+        std::time::UNIX_EPOCH + Duration::new(time.seconds.max(0) as u64, time.nanos.max(0) as u32);
+    humantime::format_rfc3339_seconds(system).to_string()
+}
+
+fn human_bytes(bytes: i64) -> String {
+    bytesize::ByteSize::b(bytes.max(0) as u64)
+        .display()
+        .iec()
+        .to_string()
+}
+
+fn image_json(image: &pb::Image) -> serde_json::Value {
+    serde_json::json!({
+        "image_id": image.image_id,
+        "owner_id": image.owner_id,
+        "filename": image.filename,
+        "content_type": image.content_type,
+        "size_bytes": image.size_bytes,
+        "sha256": image.sha256,
+        "width": image.width,
+        "height": image.height,
+        "title": image.title,
+        "description": image.description,
+        "tags": image.tags,
+        "location": image.location,
+        "attributes": image.attributes,
+        "create_time": image.create_time.map(format_time),
+        "update_time": image.update_time.map(format_time),
+        "etag": image.etag,
+    })
+}
+
+fn print_table(images: &[pb::Image]) {
+    if images.is_empty() {
+        println!("no images");
+        return;
+    }
+    println!(
+        "{:<36}  {:<12}  {:<20}  {:>9}  {:>11}  {:<10}  TITLE",
+        "ID", "OWNER", "CREATED", "SIZE", "PIXELS", "TYPE"
+    );
+    for image in images {
+        println!(
+            "{:<36}  {:<12}  {:<20}  {:>9}  {:>11}  {:<10}  {}",
+            image.image_id,
+            truncate(&image.owner_id, 12),
+            image.create_time.map(format_time).unwrap_or_default(),
+            human_bytes(image.size_bytes),
+            format!("{}x{}", image.width, image.height),
+            image.content_type.trim_start_matches("image/"),
+            truncate(&image.title, 40),
+        );
+    }
+}
+
+fn print_details(image: &pb::Image) {
+    let rows = [
+        ("id", image.image_id.clone()),
+        ("owner", image.owner_id.clone()),
+        ("file", image.filename.clone()),
+        ("type", image.content_type.clone()),
+        (
+            "size",
+            format!(
+                "{} ({} bytes)",
+                human_bytes(image.size_bytes),
+                image.size_bytes
+            ),
+        ),
+        ("pixels", format!("{}x{}", image.width, image.height)),
+        ("sha256", image.sha256.clone()),
+        ("title", image.title.clone()),
+        ("description", image.description.clone()),
+        ("tags", image.tags.join(", ")),
+        ("location", image.location.clone()),
+        (
+            "created",
+            image.create_time.map(format_time).unwrap_or_default(),
+        ),
+        (
+            "updated",
+            image.update_time.map(format_time).unwrap_or_default(),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("{name:<12} {value}");
+    }
+    for (key, value) in &image.attributes {
+        println!("{:<12} {key}={value}", "attribute");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        text.chars()
+            .take(max - 1)
+            .chain(std::iter::once('…'))
+            .collect()
+    }
+}
