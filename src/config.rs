@@ -99,6 +99,22 @@ pub struct Config {
     )]
     pub max_image_pixels: u64,
 
+    /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED.
+    /// Memory per upload is bounded (S3 part size × (parts in flight + 1)),
+    /// so this bounds the memory uploads can take.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_CONCURRENT_UPLOADS",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_concurrent_uploads: usize,
+
+    /// An upload stream that sends nothing for this long is abandoned
+    /// (DEADLINE_EXCEEDED) and stores nothing.
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub upload_idle_timeout: Duration,
+
     /// Secret that signs page tokens and the embedded backend's download URLs
     /// (at least 32 bytes). Replicas must share it. When unset, the embedded
     /// backend keeps a generated one in its data directory; the aws backend

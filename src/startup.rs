@@ -62,6 +62,8 @@ impl Application {
                 max_pixels: config.max_image_pixels,
             },
             max_url_expiry: config.download_url_max_expiry,
+            max_concurrent_uploads: config.max_concurrent_uploads,
+            upload_idle_timeout: config.upload_idle_timeout,
         };
         let (blobs, metadata, key, http_blobs): (Arc<dyn BlobStore>, Arc<dyn MetadataStore>, _, _) =
             match config.backend {

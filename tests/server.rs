@@ -557,3 +557,69 @@ async fn calls_carry_a_request_id_and_show_in_the_metrics() {
         .unwrap();
     assert!(uploaded >= image.size_bytes as f64);
 }
+
+/// Opens an upload and sends its spec and a first chunk, keeping it open.
+async fn open_upload(
+    app: &TestApp,
+    user: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::UploadImageRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::UploadImageResponse>, tonic::Status>>,
+    Vec<pb::UploadImageRequest>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client = app.client();
+    let request = as_user(user, tokio_stream::wrappers::ReceiverStream::new(rx));
+    let call = tokio::spawn(async move { client.upload_image(request).await });
+    let mut messages = upload_messages(spec("open.png"), &images::png(64, 64, 3), 4096);
+    let rest = messages.split_off(2);
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    (tx, call, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_concurrency_limit_are_refused_not_queued() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--max-concurrent-uploads", "2"]).await;
+    let (tx1, call1, rest1) = open_upload(&app, "alice").await;
+    let (_tx2, _call2, _) = open_upload(&app, "bob").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let bytes = images::png(4, 4, 9);
+    let status = assert_code(
+        app.upload("carol", spec("third.png"), &bytes).await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("too many uploads"), "{status:?}");
+
+    // When one finishes, there is room again.
+    for message in rest1 {
+        tx1.send(message).await.unwrap();
+    }
+    drop(tx1);
+    call1.await.unwrap().expect("the first upload completes");
+    app.upload("carol", spec("third.png"), &bytes)
+        .await
+        .expect("room again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upload_stream_times_out_and_stores_nothing() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--upload-idle-timeout", "300ms"]).await;
+    let (tx, call, _rest) = open_upload(&app, "alice").await;
+    let status = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+    assert!(app.wait_for_stored_objects(0).await.is_empty());
+    assert!(
+        app.list_all("alice", pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -33,6 +33,9 @@ pub enum DomainError {
     /// A conditional update lost against a concurrent change.
     #[error("{0}")]
     Aborted(String),
+    /// The call took too long (an upload stream that went quiet).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The caller cancelled.
     #[error("cancelled")]
     Cancelled,

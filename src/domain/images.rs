@@ -29,6 +29,11 @@ pub struct Limits {
     pub content: ContentLimits,
     /// Longest validity of a download URL a caller may ask for.
     pub max_url_expiry: Duration,
+    /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
+    /// (memory per upload is bounded, so this bounds the process's).
+    pub max_concurrent_uploads: usize,
+    /// An upload stream that sends nothing for this long is abandoned.
+    pub upload_idle_timeout: Duration,
 }
 
 /// The image use cases over a blob store and a metadata store.
@@ -38,6 +43,7 @@ pub struct Images {
     pub(super) metadata: Arc<dyn MetadataStore>,
     pub(super) limits: Limits,
     tokens: PageTokens,
+    pub(super) upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A page of a listing.
@@ -80,6 +86,9 @@ impl Images {
         Self {
             blobs,
             metadata,
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_uploads.max(1),
+            )),
             limits,
             tokens: PageTokens::new(signing_key),
         }

@@ -1,6 +1,7 @@
 //! The upload pipeline, shared by every backend: the spec first, then chunks
 //! checked as they arrive and piped into the blob store, then the metadata.
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -100,9 +101,12 @@ impl Images {
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
-        let first = frames
-            .next()
-            .await
+        let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            DomainError::ResourceExhausted("too many uploads in progress; retry shortly".into())
+        })?;
+        let idle = self.limits.upload_idle_timeout;
+        let first = next_frame(&mut frames, idle)
+            .await?
             .ok_or_else(|| DomainError::invalid("the upload stream is empty"))??;
         let FramePayload::Spec(spec) = first.payload else {
             return Err(DomainError::invalid(
@@ -118,7 +122,7 @@ impl Images {
         let received = if first.finish {
             Ok(())
         } else {
-            receive(&mut frames, &mut inspector, writer.as_mut()).await
+            receive(&mut frames, &mut inspector, writer.as_mut(), idle).await
         };
         let facts = match received.and_then(|()| inspector.finish()) {
             Ok(facts) => facts,
@@ -187,17 +191,37 @@ impl Images {
     }
 }
 
+/// The next message, unless the caller sends nothing for `idle`: an abandoned
+/// stream must not hold an upload slot (and its buffers) for ever.
+async fn next_frame<S>(
+    frames: &mut S,
+    idle: Duration,
+) -> Result<Option<Result<UploadFrame, DomainError>>, DomainError>
+where
+    S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+{
+    tokio::time::timeout(idle, frames.next())
+        .await
+        .map_err(|_| {
+            DomainError::DeadlineExceeded(format!(
+                "the upload stream sent nothing for {}s",
+                idle.as_secs_f32()
+            ))
+        })
+}
+
 /// Reads chunks until `finish`, checking each and passing it to the writer.
 async fn receive<S>(
     frames: &mut S,
     inspector: &mut ContentInspector,
     writer: &mut dyn BlobWriter,
+    idle: Duration,
 ) -> Result<(), DomainError>
 where
     S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
 {
     loop {
-        let Some(frame) = frames.next().await else {
+        let Some(frame) = next_frame(frames, idle).await? else {
             return Err(DomainError::invalid(
                 "the upload stream ended without finish_write; nothing was stored",
             ));

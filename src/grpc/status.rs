@@ -15,6 +15,7 @@ impl From<DomainError> for Status {
             DomainError::ResourceExhausted(message) => Status::resource_exhausted(message),
             DomainError::AlreadyExists(message) => Status::already_exists(message),
             DomainError::Aborted(message) => Status::aborted(message),
+            DomainError::DeadlineExceeded(message) => Status::deadline_exceeded(message),
             DomainError::Cancelled => Status::cancelled("the call was cancelled"),
             DomainError::Unavailable(cause) => {
                 tracing::warn!(error = %error_chain(cause.as_ref()), "storage backend unavailable");
