@@ -66,14 +66,10 @@ pub fn location(value: &str) -> Result<String, DomainError> {
     Ok(value.to_owned())
 }
 
-/// One tag, normalised: trimmed, a leading `#` dropped, lower-cased.
+/// One tag, normalised: trimmed, leading `#`s dropped, lower-cased.
 pub fn tag(value: &str) -> Result<String, DomainError> {
     let trimmed = value.trim();
-    let normalised = trimmed
-        .strip_prefix('#')
-        .unwrap_or(trimmed)
-        .trim()
-        .to_lowercase();
+    let normalised = trimmed.trim_start_matches('#').trim().to_lowercase();
     if normalised.is_empty() {
         return Err(DomainError::invalid("tags must not be empty"));
     }
@@ -168,6 +164,8 @@ mod tests {
     #[test]
     fn tags_are_trimmed_lowercased_and_lose_a_leading_hash() {
         assert_eq!(tag("  #Sunset ").unwrap(), "sunset");
+        assert_eq!(tag("##Sunset").unwrap(), "sunset");
+        assert!(tag("##").is_err(), "nothing but hashes is an empty tag");
         assert_eq!(tag("ÉTÉ").unwrap(), "été");
     }
 
