@@ -623,3 +623,75 @@ async fn an_abandoned_upload_stream_times_out_and_stores_nothing() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_grpc_port_never_takes_the_server_down() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let before = app.stored_objects().await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let methods = [
+        "UploadImage",
+        "GetImage",
+        "ListImages",
+        "DownloadImage",
+        "GetDownloadUrl",
+        "UpdateImage",
+        "DeleteImage",
+    ];
+    for round in 0..40 {
+        for method in methods {
+            // Random protobuf-ish payloads in proper gRPC framing, and random
+            // bytes with no framing at all.
+            let payload: Vec<u8> = (0..rng.random_range(0..2000))
+                .map(|_| rng.random())
+                .collect();
+            let body = if round % 2 == 0 {
+                let mut framed = vec![0u8];
+                framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&payload);
+                framed
+            } else {
+                payload
+            };
+            let response = http
+                .post(format!(
+                    "http://{}/imageservice.v1.ImageService/{method}",
+                    app.grpc_addr
+                ))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("x-user-id", "mallory")
+                .body(body)
+                .send()
+                .await
+                .expect("the server answers");
+            let _ = response.bytes().await;
+        }
+    }
+    // Not even HTTP/2.
+    for _ in 0..20 {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap();
+        let junk: Vec<u8> = (0..rng.random_range(1..5000))
+            .map(|_| rng.random())
+            .collect();
+        let _ = socket.write_all(&junk).await;
+    }
+
+    let mut health = HealthClient::new(connect(app.grpc_addr).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::Serving);
+    app.upload_png("alice", 1).await;
+    let after = app.stored_objects().await;
+    assert_eq!(after.len(), before.len() + 1, "garbage stored nothing");
+}
