@@ -326,3 +326,38 @@ async fn health_follows_the_reachability_of_the_stores() {
     // And it works again without a restart of the service.
     app.upload_png("alice", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_mid_upload_is_unavailable_and_the_service_recovers() {
+    let mut app = multipart_app().await;
+    let bytes = images::png_of_size(20 * 1024 * 1024, 4);
+    let upload = open_upload(&app, spec("outage.png"), &bytes, 8).await;
+    wait_for("multipart parts in the S3 server's data", || {
+        !multipart_parts(&app).is_empty()
+    })
+    .await;
+    app.s3.as_mut().unwrap().kill();
+    for message in upload.rest {
+        if upload.tx.send(message).await.is_err() {
+            break;
+        }
+    }
+    drop(upload.tx);
+    let status = upload.call.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        app.list_all("alice", pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "no metadata"
+    );
+
+    // S3 comes back: uploads work again without restarting the service.
+    app.s3.as_mut().unwrap().restart();
+    let image = app
+        .upload("alice", spec("after.png"), &images::png(32, 32, 5))
+        .await
+        .unwrap();
+    assert!(app.download("bob", &image.image_id).await.is_ok());
+}

@@ -1126,6 +1126,99 @@ async fn many_users_upload_at_once(backend: Backend) {
     }
 }
 
+async fn an_upload_deleted_at_once_is_gone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for i in 0..5 {
+        let image = app.upload_png("alice", i).await;
+        app.delete("alice", &image.image_id).await.unwrap();
+        assert_code(app.get("alice", &image.image_id).await, Code::NotFound);
+    }
+    assert!(app.wait_for_stored_objects(0).await.is_empty());
+    assert!(
+        app.list_all("alice", pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_download_racing_a_delete_is_whole_or_not_found(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let bytes = images::png_of_size(3 * 1024 * 1024, 6);
+    let image = app.upload("alice", spec("race.png"), &bytes).await.unwrap();
+    let request = pb::DownloadImageRequest {
+        image_id: image.image_id.clone(),
+        ..Default::default()
+    };
+    let mut stream = app
+        .client()
+        .download_image(as_user("bob", request))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the header");
+    app.delete("alice", &image.image_id).await.unwrap();
+    let mut received = Vec::new();
+    let outcome = loop {
+        match stream.message().await {
+            Ok(Some(message)) => received.extend_from_slice(&message.chunk),
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    match outcome {
+        Ok(()) => assert!(
+            received == bytes,
+            "a stream that ends cleanly carries the whole image"
+        ),
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+    }
+    assert_code(app.download("bob", &image.image_id).await, Code::NotFound);
+}
+
+async fn concurrent_updates_are_never_lost(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let image = app.upload_png("alice", 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (app, id) = (app.clone(), image.image_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = if i % 2 == 0 {
+                pb::UpdateImageRequest {
+                    image_id: id,
+                    title: format!("title {i}"),
+                    ..Default::default()
+                }
+            } else {
+                pb::UpdateImageRequest {
+                    image_id: id,
+                    location: format!("place {i}"),
+                    ..Default::default()
+                }
+            };
+            app.update("alice", request).await
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => applied += 1,
+            // Allowed only after repeated conflicts; then nothing was written.
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    let last = app.get("alice", &image.image_id).await.unwrap();
+    assert_eq!(
+        last.etag,
+        format!("r{}", 1 + applied),
+        "every successful update is counted once"
+    );
+    assert!(
+        last.title.starts_with("title ") && last.location.starts_with("place "),
+        "{last:?}"
+    );
+}
+
 /// Instantiates every case above for each backend.
 macro_rules! contract_suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -1163,6 +1256,9 @@ macro_rules! all_cases {
             presigned_urls_expire_and_resist_tampering,
             an_idempotency_key_returns_the_first_image,
             many_users_upload_at_once,
+            an_upload_deleted_at_once_is_gone,
+            a_download_racing_a_delete_is_whole_or_not_found,
+            concurrent_updates_are_never_lost,
         );
     };
 }

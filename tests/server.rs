@@ -695,3 +695,35 @@ async fn garbage_on_the_grpc_port_never_takes_the_server_down() {
     let after = app.stored_objects().await;
     assert_eq!(after.len(), before.len() + 1, "garbage stored nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_its_deadline_stores_nothing() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = as_user("alice", tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.set_timeout(Duration::from_millis(300));
+    let mut client = app.client();
+    let call = tokio::spawn(async move { client.upload_image(request).await });
+    let mut messages = upload_messages(spec("late.png"), &images::png(64, 64, 1), 1024).into_iter();
+    for message in messages.by_ref().take(3) {
+        tx.send(message).await.unwrap();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    // tonic's client reports its own deadline as CANCELLED ("Timeout
+    // expired"); the server drops the call at the deadline either way.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(app.wait_for_stored_objects(0).await.is_empty());
+    assert!(
+        app.list_all("alice", pb::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
