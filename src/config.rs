@@ -136,6 +136,14 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub health_check_interval: Duration,
 
+    /// How often the service runs the repair pass itself (`0s`: never).
+    #[arg(long, env = "IMAGE_SERVICE_REPAIR_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub repair_interval: Duration,
+
+    /// The repair pass leaves alone anything younger than this.
+    #[arg(long, env = "IMAGE_SERVICE_REPAIR_GRACE", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub repair_grace: Duration,
+
     /// How long in-flight calls may run on after SIGTERM or Ctrl-C.
     #[arg(long, env = "IMAGE_SERVICE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_timeout: Duration,
@@ -205,6 +213,20 @@ pub enum Command {
     /// Create the storage the configured backend needs (the bucket and the
     /// table with its indexes, or the data directory). Idempotent.
     Init,
+    /// Run one repair pass and print what it found: bytes without metadata,
+    /// index entries without their image, unfinished uploads. With the
+    /// embedded backend, stop the service first (it holds the database).
+    Repair {
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave alone anything younger than this (work in progress).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where images and metadata are stored.

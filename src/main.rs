@@ -8,6 +8,11 @@ async fn main() -> anyhow::Result<()> {
     image_service::telemetry::init(config.log_format);
     match config.command {
         Some(Command::Init) => image_service::startup::init_backend(&config).await,
+        Some(Command::Repair {
+            dry_run,
+            grace,
+            json,
+        }) => image_service::startup::run_repair(&config, grace, dry_run, json).await,
         None => {
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_signal()).await

@@ -37,6 +37,8 @@ pub struct Application {
     backend: Backend,
     shutdown_timeout: Duration,
     health_check_interval: Duration,
+    repair_interval: Duration,
+    repair_grace: Duration,
 }
 
 impl Application {
@@ -56,53 +58,8 @@ impl Application {
             )
         });
 
-        let limits = Limits {
-            content: ContentLimits {
-                max_bytes: config.max_image_bytes,
-                max_pixels: config.max_image_pixels,
-            },
-            max_url_expiry: config.download_url_max_expiry,
-            max_concurrent_uploads: config.max_concurrent_uploads,
-            upload_idle_timeout: config.upload_idle_timeout,
-        };
-        let (blobs, metadata, key, http_blobs): (Arc<dyn BlobStore>, Arc<dyn MetadataStore>, _, _) =
-            match config.backend {
-                Backend::Embedded => {
-                    let key = match &config.signing_key {
-                        Some(secret) => configured_key(secret)?,
-                        None => embedded::load_or_create_signing_key(&config.data_dir)
-                            .context("reading the signing key in the data directory")?,
-                    };
-                    let (blobs, metadata) =
-                        embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
-                            .with_context(|| {
-                            format!("opening the data directory {}", config.data_dir.display())
-                        })?;
-                    let blobs = Arc::new(blobs);
-                    (blobs.clone(), Arc::new(metadata), key, Some(blobs))
-                }
-                Backend::Aws => {
-                    let key = match &config.signing_key {
-                        Some(secret) => configured_key(secret)?,
-                        None => {
-                            tracing::warn!(
-                                "no --signing-key: page tokens are signed with a key of this process only; \
-                                 set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
-                            );
-                            SigningKey::generate()
-                        }
-                    };
-                    let (blobs, metadata) = aws::connect(&AwsSettings::from_config(&config)).await;
-                    (Arc::new(blobs), Arc::new(metadata), key, None)
-                }
-            };
-        crate::telemetry::metrics();
-        let images = Images::new(
-            Arc::new(InstrumentedBlobs(blobs)),
-            Arc::new(InstrumentedMetadata(metadata)),
-            key,
-            limits,
-        );
+        let limits = limits(&config);
+        let OpenedBackend { images, http_blobs } = open_backend(&config, http_base, limits).await?;
         Ok(Self {
             grpc_listener,
             http_listener,
@@ -112,6 +69,8 @@ impl Application {
             backend: config.backend,
             shutdown_timeout: config.shutdown_timeout,
             health_check_interval: config.health_check_interval,
+            repair_interval: config.repair_interval,
+            repair_grace: config.repair_grace,
         })
     }
 
@@ -142,6 +101,13 @@ impl Application {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let repairs = (!self.repair_interval.is_zero()).then(|| {
+            tokio::spawn(
+                self.images
+                    .clone()
+                    .repair_periodically(self.repair_interval, self.repair_grace),
+            )
+        });
         let backend_watch = tokio::spawn(watch_backends(
             self.images.clone(),
             health.clone(),
@@ -184,6 +150,9 @@ impl Application {
 
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
         backend_watch.abort();
+        if let Some(repairs) = repairs {
+            repairs.abort();
+        }
         health
             .set_not_serving::<ImageServiceServer<ImageApi>>()
             .await;
@@ -204,6 +173,120 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The use cases over the configured backend.
+struct OpenedBackend {
+    images: Images,
+    /// The embedded backend's blob store, whose presigned URLs the HTTP
+    /// listener serves.
+    http_blobs: Option<Arc<EmbeddedBlobStore>>,
+}
+
+/// Opens the configured backend, with metrics around both stores.
+async fn open_backend(
+    config: &Config,
+    http_base: String,
+    limits: Limits,
+) -> anyhow::Result<OpenedBackend> {
+    let (blobs, metadata, key, http_blobs): (Arc<dyn BlobStore>, Arc<dyn MetadataStore>, _, _) =
+        match config.backend {
+            Backend::Embedded => {
+                let key = match &config.signing_key {
+                    Some(secret) => configured_key(secret)?,
+                    None => embedded::load_or_create_signing_key(&config.data_dir)
+                        .context("reading the signing key in the data directory")?,
+                };
+                let (blobs, metadata) =
+                    embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
+                        .with_context(|| {
+                            format!("opening the data directory {}", config.data_dir.display())
+                        })?;
+                let blobs = Arc::new(blobs);
+                (blobs.clone(), Arc::new(metadata), key, Some(blobs))
+            }
+            Backend::Aws => {
+                let key = match &config.signing_key {
+                    Some(secret) => configured_key(secret)?,
+                    None => {
+                        tracing::warn!(
+                            "no --signing-key: page tokens are signed with a key of this process only; \
+                         set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
+                        );
+                        SigningKey::generate()
+                    }
+                };
+                let (blobs, metadata) = aws::connect(&AwsSettings::from_config(config)).await;
+                (Arc::new(blobs), Arc::new(metadata), key, None)
+            }
+        };
+    crate::telemetry::metrics();
+    let images = Images::new(
+        Arc::new(InstrumentedBlobs(blobs)),
+        Arc::new(InstrumentedMetadata(metadata)),
+        key,
+        limits,
+    );
+    Ok(OpenedBackend { images, http_blobs })
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        content: ContentLimits {
+            max_bytes: config.max_image_bytes,
+            max_pixels: config.max_image_pixels,
+        },
+        max_url_expiry: config.download_url_max_expiry,
+        max_concurrent_uploads: config.max_concurrent_uploads,
+        upload_idle_timeout: config.upload_idle_timeout,
+    }
+}
+
+/// `image-service repair`: one repair pass, printed.
+pub async fn run_repair(
+    config: &Config,
+    grace: Duration,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let OpenedBackend { images, .. } =
+        open_backend(config, "http://unused".into(), limits(config)).await?;
+    let report = images
+        .repair(grace, dry_run)
+        .await
+        .map_err(|e| anyhow::anyhow!(crate::domain::images::error_chain(&e)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "repair pass (grace {}): {verb}",
+        humantime::format_duration(grace)
+    );
+    println!(
+        "  {} object(s) without metadata",
+        report.orphan_objects.len()
+    );
+    for key in &report.orphan_objects {
+        println!("    {key}");
+    }
+    match &report.unfinished_writes {
+        Some(keys) => {
+            println!("  {} unfinished upload(s)", keys.len());
+            for key in keys {
+                println!("    {key}");
+            }
+        }
+        None => println!(
+            "  unfinished uploads: this store cannot list them (a lifecycle rule should expire them)"
+        ),
+    }
+    println!(
+        "  {} index entr(y/ies) without their image",
+        report.stale_index_entries
+    );
+    Ok(())
 }
 
 /// Probes both stores every `interval`; the image service is NOT_SERVING

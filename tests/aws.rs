@@ -361,3 +361,101 @@ async fn an_s3_outage_mid_upload_is_unavailable_and_the_service_recovers() {
         .unwrap();
     assert!(app.download("bob", &image.image_id).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repair_pass_removes_what_a_lost_call_left_behind() {
+    let mut app = TestApp::spawn_with(
+        Backend::Aws,
+        &["--repair-interval", "300ms", "--repair-grace", "0s"],
+    )
+    .await;
+    let kept = app
+        .upload(
+            "alice",
+            pb::ImageSpec {
+                tags: vec!["kept".into()],
+                ..spec("k.png")
+            },
+            &images::png(4, 4, 1),
+        )
+        .await
+        .unwrap();
+
+    // A delete whose S3 call is lost: the metadata is gone, the bytes stay.
+    let lost = app.upload_png("alice", 2).await;
+    app.s3.as_mut().unwrap().kill();
+    app.delete("alice", &lost.image_id)
+        .await
+        .expect("the delete succeeds once the metadata is gone");
+    app.s3.as_mut().unwrap().restart();
+
+    // A crash after the tag index items, before the image item.
+    let half = app
+        .upload(
+            "alice",
+            pb::ImageSpec {
+                tags: vec!["half".into()],
+                ..spec("h.png")
+            },
+            &images::png(4, 4, 3),
+        )
+        .await
+        .unwrap();
+    let dynamodb = raw_dynamodb(&app).await;
+    dynamodb
+        .delete_item()
+        .table_name("images")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("image#{}", half.image_id)),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("image".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let objects = app.stored_objects().await;
+        let tag_items = dynamodb
+            .scan()
+            .table_name("images")
+            .filter_expression("begins_with(pk, :t)")
+            .expression_attribute_values(
+                ":t",
+                aws_sdk_dynamodb::types::AttributeValue::S("tag#".into()),
+            )
+            .send()
+            .await
+            .unwrap()
+            .count;
+        if objects.len() == 1 && tag_items == 1 {
+            assert!(objects[0].contains(&kept.image_id));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left: {objects:?}, {tag_items} tag items"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = app
+        .list_all("bob", pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].image_id, kept.image_id);
+}
+
+/// A DynamoDB client of the test's own, to break things on purpose.
+async fn raw_dynamodb(app: &TestApp) -> aws_sdk_dynamodb::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(app.dynamodb.as_ref().unwrap().endpoint())
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}

@@ -727,3 +727,106 @@ async fn an_upload_past_its_deadline_stores_nothing() {
             .is_empty()
     );
 }
+
+/// Puts bytes where an image's would be, as a crash between the bytes and
+/// the metadata would leave them.
+fn plant_orphan(app: &TestApp) -> std::path::PathBuf {
+    let id = uuid::Uuid::now_v7();
+    let dir = app.data_dir.join(format!("blobs/images/{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("original");
+    std::fs::write(&path, images::png(2, 2, 1)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_repair_pass_removes_bytes_without_metadata() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--repair-interval", "200ms", "--repair-grace", "0s"],
+    )
+    .await;
+    let kept = app.upload_png("alice", 1).await;
+    let orphan = plant_orphan(&app);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while orphan.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphan is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.download("bob", &kept.image_id).await.is_ok(),
+        "real images are left alone"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"imageservice_repair_findings_total{kind="orphan_object"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_service_repair_reports_then_fixes() {
+    let mut app = TestApp::spawn(Backend::Embedded).await;
+    let kept = app.upload_png("alice", 1).await;
+    let orphan = plant_orphan(&app);
+    app.stop().await.unwrap();
+    let repair = |dry_run: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+        command.args([
+            "--data-dir",
+            app.data_dir.to_str().unwrap(),
+            "repair",
+            "--grace",
+            "0s",
+            "--json",
+        ]);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let report = repair(true);
+    let found = report["orphan_objects"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{report}");
+    assert!(
+        found[0].as_str().unwrap().contains(
+            orphan
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        )
+    );
+    assert!(orphan.exists(), "a dry run changes nothing");
+
+    let report = repair(false);
+    assert_eq!(report["orphan_objects"].as_array().unwrap().len(), 1);
+    assert!(!orphan.exists());
+    assert_eq!(
+        repair(false)["orphan_objects"].as_array().unwrap().len(),
+        0,
+        "nothing left"
+    );
+
+    let app = TestApp::spawn_in(Backend::Embedded, &app.data_dir.clone(), &[]).await;
+    assert!(
+        app.download("bob", &kept.image_id).await.is_ok(),
+        "real images are left alone"
+    );
+}

@@ -9,6 +9,7 @@ pub mod image;
 pub mod images;
 pub mod listing;
 pub mod page_token;
+pub mod repair;
 pub mod signing;
 pub mod upload;
 pub mod validation;

@@ -12,8 +12,10 @@ use super::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
     PresignRequest, PresignedUrl, StorageError,
 };
+use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::{ImageId, ImageRecord, UserId};
+use crate::storage::StoredObject;
 
 async fn timed<T>(
     store: &'static str,
@@ -85,6 +87,23 @@ impl BlobStore for InstrumentedBlobs {
     async fn check_health(&self) -> Result<(), StorageError> {
         timed("blob", "check_health", self.0.check_health()).await
     }
+
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        timed("blob", "list_objects", self.0.list_objects()).await
+    }
+
+    async fn remove_unfinished_writes(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        timed(
+            "blob",
+            "remove_unfinished_writes",
+            self.0.remove_unfinished_writes(older_than, dry_run),
+        )
+        .await
+    }
 }
 
 struct InstrumentedWriter(Box<dyn BlobWriter>);
@@ -152,5 +171,18 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn check_health(&self) -> Result<(), StorageError> {
         timed("metadata", "check_health", self.0.check_health()).await
+    }
+
+    async fn remove_stale_index_entries(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        timed(
+            "metadata",
+            "remove_stale_index_entries",
+            self.0.remove_stale_index_entries(older_than, dry_run),
+        )
+        .await
     }
 }

@@ -57,6 +57,17 @@ impl ObjectKey {
         Self(format!("images/{id}/{variant}"))
     }
 
+    /// The image and variant of an image key; `None` for any other key.
+    pub fn parse(key: &str) -> Option<(ImageId, VariantName)> {
+        let rest = key.strip_prefix("images/")?;
+        let (id, variant) = rest.split_once('/')?;
+        let id = ImageId::parse(id).ok()?;
+        let variant = VariantName::parse(variant)
+            .ok()
+            .filter(|v| !variant.is_empty() && v.as_str() == variant)?;
+        (ObjectKey::new(&id, &variant).0 == key).then_some((id, variant))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -117,6 +128,14 @@ pub struct PresignedUrl {
     pub expire_time: Timestamp,
 }
 
+/// An object as a listing of the store sees it.
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub image_id: ImageId,
+    pub variant: VariantName,
+    pub modified: Timestamp,
+}
+
 /// Image bytes.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -153,6 +172,20 @@ pub trait BlobStore: Send + Sync + 'static {
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Every image object in the store (for the repair pass; paginated
+    /// underneath, so its cost is proportional to the store's size).
+    /// Objects whose keys are not image keys are skipped.
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError>;
+
+    /// Removes unfinished writes started before `older_than` (multipart
+    /// uploads, partial files) and returns their keys. `None` when the store
+    /// cannot list them.
+    async fn remove_unfinished_writes(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError>;
 }
 
 /// An object being written. See [`BlobStore::start_write`].
@@ -227,6 +260,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Removes index entries that point at no image (or at an image that no
+    /// longer matches them), written before `older_than`; returns how many
+    /// there were. Stores whose indexes change with their records in one
+    /// transaction have none.
+    async fn remove_stale_index_entries(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError>;
 }
 
 #[cfg(test)]

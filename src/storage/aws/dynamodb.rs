@@ -532,6 +532,67 @@ impl Access {
 
 #[async_trait]
 impl MetadataStore for DynamoMetadataStore {
+    async fn remove_stale_index_entries(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        // A repair pass may scan: it runs rarely and reads each item once.
+        let mut candidates: Vec<(String, String, ImageId)> = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(pk, :tag)")
+            .expression_attribute_values(":tag", s("tag#"))
+            .projection_expression("pk, sk, image_id")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(classify)?.items.unwrap_or_default() {
+                let (Some(pk), Some(sk), Some(id)) = (
+                    item.get("pk").and_then(|v| v.as_s().ok()).cloned(),
+                    item.get("sk").and_then(|v| v.as_s().ok()).cloned(),
+                    image_id_of(&item),
+                ) else {
+                    continue;
+                };
+                let written = sk
+                    .split('#')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(|t| Timestamp::from_micros((t ^ (1 << 63)) as i64));
+                if written.is_some_and(|t| t < older_than) {
+                    candidates.push((pk, sk, id));
+                }
+            }
+        }
+        let ids: Vec<ImageId> = candidates.iter().map(|(_, _, id)| *id).collect();
+        let records = self.batch_get(&ids).await?;
+        let stale: Vec<WriteRequest> = candidates
+            .into_iter()
+            .filter(|(pk, sk, id)| match records.get(id) {
+                None => true,
+                Some(record) => {
+                    let tag = pk.strip_prefix("tag#").unwrap_or_default();
+                    !record.tags.iter().any(|t| t == tag) || *sk != tag_sk(record)
+                }
+            })
+            .filter_map(|(pk, sk, _)| {
+                let delete = DeleteRequest::builder()
+                    .set_key(Some(key(pk, &sk)))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        let count = stale.len();
+        if !dry_run {
+            self.batch_write(stale).await?;
+        }
+        Ok(count)
+    }
+
     async fn check_health(&self) -> Result<(), StorageError> {
         // One attempt: a health check wants the state now, not after retries.
         self.client

@@ -21,6 +21,7 @@ use crate::config::S3Checksums;
 use crate::domain::image::Timestamp;
 use crate::storage::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+    StoredObject,
 };
 
 /// S3's limits on multipart uploads.
@@ -246,6 +247,85 @@ impl BlobStore for S3BlobStore {
             url: presigned.uri().to_owned(),
             expire_time: now.saturating_add(expires_in),
         })
+    }
+
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix("images/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for object in page.map_err(classify)?.contents.unwrap_or_default() {
+                let Some((image_id, variant)) = object.key.as_deref().and_then(ObjectKey::parse)
+                else {
+                    continue;
+                };
+                let modified = object
+                    .last_modified
+                    .map(|t| Timestamp::from_micros(t.secs().saturating_mul(1_000_000)))
+                    .unwrap_or_else(Timestamp::now);
+                found.push(StoredObject {
+                    image_id,
+                    variant,
+                    modified,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn remove_unfinished_writes(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let mut removed = Vec::new();
+        let (mut key_marker, mut upload_id_marker) = (None, None);
+        loop {
+            let listed = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix("images/")
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send()
+                .await;
+            let page = match listed {
+                Ok(page) => page,
+                Err(error) => {
+                    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+                    // Some S3-compatible stores cannot list multipart uploads.
+                    if matches!(error.code(), Some("NotImplemented" | "NotSupported")) {
+                        return Ok(None);
+                    }
+                    return Err(classify(error));
+                }
+            };
+            for upload in page.uploads.unwrap_or_default() {
+                let (Some(key), Some(upload_id)) = (upload.key, upload.upload_id) else {
+                    continue;
+                };
+                let initiated = upload
+                    .initiated
+                    .map(|t| Timestamp::from_micros(t.secs().saturating_mul(1_000_000)));
+                if initiated.is_some_and(|t| t < older_than) {
+                    if !dry_run {
+                        abort_multipart(&self.client, &self.bucket, &key, &upload_id).await;
+                    }
+                    removed.push(key);
+                }
+            }
+            if page.is_truncated != Some(true) {
+                return Ok(Some(removed));
+            }
+            key_marker = page.next_key_marker;
+            upload_id_marker = page.next_upload_id_marker;
+        }
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {

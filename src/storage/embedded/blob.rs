@@ -15,6 +15,7 @@ use super::urls::{self, SignedUrls};
 use crate::domain::image::Timestamp;
 use crate::storage::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+    StoredObject,
 };
 
 /// Read buffer of downloads: large enough to keep syscalls few.
@@ -123,6 +124,73 @@ impl BlobStore for EmbeddedBlobStore {
 
     fn max_presign_expiry(&self) -> Duration {
         urls::MAX_EXPIRY
+    }
+
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let images = self.root.join("images");
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let Ok(dirs) = std::fs::read_dir(&images) else {
+                return Ok(found);
+            };
+            for dir in dirs.flatten() {
+                for file in std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let key = format!(
+                        "images/{}/{}",
+                        dir.file_name().to_string_lossy(),
+                        file.file_name().to_string_lossy()
+                    );
+                    let Some((image_id, variant)) = ObjectKey::parse(&key) else {
+                        continue;
+                    };
+                    let modified = file
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map_err(StorageError::internal)?;
+                    found.push(StoredObject {
+                        image_id,
+                        variant,
+                        modified: Timestamp::from(modified),
+                    });
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(StorageError::internal)?
+    }
+
+    async fn remove_unfinished_writes(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let partial = self.partial.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = Vec::new();
+            for file in std::fs::read_dir(&partial)
+                .map_err(StorageError::internal)?
+                .flatten()
+            {
+                let modified = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(StorageError::internal)?;
+                if Timestamp::from(modified) < older_than {
+                    if !dry_run {
+                        let _ = std::fs::remove_file(file.path());
+                    }
+                    removed.push(file.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Ok(Some(removed))
+        })
+        .await
+        .map_err(StorageError::internal)?
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {

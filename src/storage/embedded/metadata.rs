@@ -152,6 +152,15 @@ fn image_id_from_index_key(key: &[u8]) -> ImageId {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadataStore {
+    async fn remove_stale_index_entries(
+        &self,
+        _older_than: Timestamp,
+        _dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        // Records and their index entries change in one transaction.
+        Ok(0)
+    }
+
     async fn check_health(&self) -> Result<(), StorageError> {
         self.run(|db| {
             db.begin_read()?.open_table(RECORDS)?;

@@ -1,0 +1,118 @@
+//! The repair pass: removes what interrupted work can leave behind. Nothing
+//! it removes is visible to callers (bytes without metadata, index entries
+//! without their image, unfinished uploads), and it only touches what is
+//! older than a grace period, so work in progress is never mistaken for debris.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::image::Timestamp;
+use super::images::error_chain;
+use super::{DomainError, ImageId, Images};
+use crate::storage::{ObjectKey, StoredObject};
+
+/// What a repair pass found (and, unless it was a dry run, removed).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// Objects whose image has no metadata (or no such rendition).
+    pub orphan_objects: Vec<String>,
+    /// Unfinished uploads (multipart uploads, partial files); `None` when
+    /// the store cannot list them.
+    pub unfinished_writes: Option<Vec<String>>,
+    /// Index entries pointing at no image.
+    pub stale_index_entries: usize,
+    pub dry_run: bool,
+}
+
+impl RepairReport {
+    pub fn is_clean(&self) -> bool {
+        self.orphan_objects.is_empty()
+            && self.unfinished_writes.as_ref().is_none_or(Vec::is_empty)
+            && self.stale_index_entries == 0
+    }
+}
+
+impl Images {
+    /// Finds (and unless `dry_run`, removes) debris older than `grace`.
+    pub async fn repair(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<RepairReport, DomainError> {
+        let older_than = Timestamp::from_micros(
+            Timestamp::now().as_micros() - i64::try_from(grace.as_micros()).unwrap_or(i64::MAX),
+        );
+        let mut report = RepairReport {
+            dry_run,
+            ..RepairReport::default()
+        };
+
+        // Index entries first: an image whose bytes are removed below must
+        // not stay reachable through a stale entry meanwhile.
+        report.stale_index_entries = self
+            .metadata
+            .remove_stale_index_entries(older_than, dry_run)
+            .await?;
+
+        let mut by_image: HashMap<ImageId, Vec<StoredObject>> = HashMap::new();
+        for object in self.blobs.list_objects().await? {
+            if object.modified < older_than {
+                by_image.entry(object.image_id).or_default().push(object);
+            }
+        }
+        for (id, objects) in by_image {
+            let record = self.metadata.get(&id).await?;
+            for object in objects {
+                let referenced = record
+                    .as_ref()
+                    .is_some_and(|r| r.rendition(&object.variant).is_some());
+                if referenced {
+                    continue;
+                }
+                let key = ObjectKey::new(&id, &object.variant);
+                if !dry_run {
+                    self.blobs.delete(&key).await?;
+                }
+                report.orphan_objects.push(key.as_str().to_owned());
+            }
+        }
+        report.orphan_objects.sort();
+
+        report.unfinished_writes = self
+            .blobs
+            .remove_unfinished_writes(older_than, dry_run)
+            .await?;
+
+        let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
+        for (kind, count) in [
+            ("orphan_object", report.orphan_objects.len()),
+            ("unfinished_write", unfinished),
+            ("stale_index_entry", report.stale_index_entries),
+        ] {
+            metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
+                .increment(count as u64);
+        }
+        Ok(report)
+    }
+
+    /// Runs the repair pass every `interval`, logging what it finds.
+    pub async fn repair_periodically(self, interval: Duration, grace: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // not at start: let the service settle first
+        loop {
+            ticker.tick().await;
+            match self.repair(grace, false).await {
+                Ok(report) if report.is_clean() => tracing::debug!("repair pass: nothing to fix"),
+                Ok(report) => tracing::info!(
+                    orphan_objects = report.orphan_objects.len(),
+                    unfinished_writes = report.unfinished_writes.as_ref().map_or(0, Vec::len),
+                    stale_index_entries = report.stale_index_entries,
+                    "repair pass fixed leftovers"
+                ),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "repair pass failed; will retry")
+                }
+            }
+        }
+    }
+}
