@@ -80,4 +80,8 @@ fn describe() {
         "imageservice_backend_errors_total",
         "failed storage backend calls by store, operation and kind"
     );
+    describe_counter!(
+        "imageservice_repair_findings_total",
+        "leftovers the repair pass found, by kind"
+    );
 }

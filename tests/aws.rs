@@ -459,3 +459,137 @@ async fn raw_dynamodb(app: &TestApp) -> aws_sdk_dynamodb::Client {
         .await;
     aws_sdk_dynamodb::Client::new(&config)
 }
+
+/// Runs the image-service binary against the test servers.
+fn service_command(
+    s3: &common::servers::ServerProcess,
+    dynamodb: &common::servers::ServerProcess,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+    command
+        .args([
+            "--backend",
+            "aws",
+            "--s3-endpoint",
+            &s3.endpoint(),
+            "--dynamodb-endpoint",
+            &dynamodb.endpoint(),
+        ])
+        .args([
+            "--s3-part-size",
+            "5MiB",
+            "--max-image-bytes",
+            "64MiB",
+            "--log-format",
+            "json",
+        ])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload() {
+    use std::io::{BufRead, BufReader};
+    let (s3, dynamodb) = (
+        common::servers::start_s3(),
+        common::servers::start_dynamodb(),
+    );
+    let init = service_command(&s3, &dynamodb)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let mut service = service_command(&s3, &dynamodb)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(service.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("image-service ready"))
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let grpc: std::net::SocketAddr = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // An upload of 20 MiB, killed with the service after its first parts.
+    let (tx, rx) = mpsc::channel(2);
+    let mut client = image_service::pb::image_service_client::ImageServiceClient::new(
+        common::connect(grpc).await,
+    );
+    let call = tokio::spawn(async move {
+        client
+            .upload_image(as_user("alice", ReceiverStream::new(rx)))
+            .await
+    });
+    let bytes = images::png_of_size(20 * 1024 * 1024, 9);
+    for message in upload_messages(spec("killed.png"), &bytes, 1024 * 1024)
+        .into_iter()
+        .take(12)
+    {
+        tx.send(message).await.unwrap();
+    }
+    let data = s3.dir.path().join("data");
+    let parts = || {
+        std::fs::read_dir(&data)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+            .count()
+    };
+    let part_files = || {
+        std::fs::read_dir(&data)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+    };
+    wait_for("multipart parts in the S3 server's data", part_files).await;
+    // The journal entry is written right after the upload id exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    unsafe { libc::kill(service.id() as i32, libc::SIGKILL) };
+    service.wait().unwrap();
+    let _ = call.await;
+    assert!(
+        parts() > 0,
+        "the killed upload left its parts (nothing could abort them)"
+    );
+
+    // A dry run reports the journaled upload; the real pass aborts it.
+    let repair = |dry_run: bool| {
+        let mut command = service_command(&s3, &dynamodb);
+        command.args(["repair", "--grace", "0s", "--json"]);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let report = repair(true);
+    let unfinished = report["unfinished_writes"]
+        .as_array()
+        .expect("the journal lists it");
+    assert_eq!(unfinished.len(), 1, "{report}");
+    assert!(parts() > 0);
+    repair(false);
+    assert_eq!(parts(), 0, "the repair pass aborted the multipart upload");
+    let report = repair(false);
+    assert!(
+        report["unfinished_writes"]
+            .as_array()
+            .is_none_or(|w| w.is_empty()),
+        "{report}"
+    );
+}

@@ -77,10 +77,26 @@ impl Images {
         }
         report.orphan_objects.sort();
 
-        report.unfinished_writes = self
+        // Journaled writes first: they work on stores that cannot list
+        // their unfinished uploads.
+        let mut unfinished = Vec::new();
+        for write in self.metadata.pending_writes(older_than).await? {
+            let key = ObjectKey::new(&write.image_id, &write.variant);
+            if !dry_run {
+                self.blobs.abort_pending(&key, &write.pending_id).await?;
+                self.metadata.clear_pending_write(&write).await?;
+            }
+            unfinished.push(format!("{} ({})", key.as_str(), write.pending_id));
+        }
+        let listed = self
             .blobs
             .remove_unfinished_writes(older_than, dry_run)
             .await?;
+        report.unfinished_writes = match listed {
+            Some(listed) => Some(unfinished.into_iter().chain(listed).collect()),
+            None if unfinished.is_empty() => None,
+            None => Some(unfinished),
+        };
 
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use super::content::{ContentFacts, ContentInspector, Declared};
 use super::image::{ImageRecord, Timestamp};
 use super::{DomainError, ImageId, Images, UserId, VariantName, validation};
-use crate::storage::{BlobWriter, CreateOutcome, ObjectKey};
+use crate::storage::{BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite};
 
 /// What the caller declares about an image before its bytes, as sent.
 #[derive(Clone, Debug, Default)]
@@ -119,15 +119,29 @@ impl Images {
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
         let mut writer = self.blobs.start_write(&key, spec.declared.size).await?;
+        let mut journal = Journal {
+            metadata: self.metadata.as_ref(),
+            image_id: id,
+            entry: None,
+        };
         let received = if first.finish {
             Ok(())
         } else {
-            receive(&mut frames, &mut inspector, writer.as_mut(), idle).await
+            receive(
+                &mut frames,
+                &mut inspector,
+                writer.as_mut(),
+                &mut journal,
+                idle,
+            )
+            .await
         };
+        let pending = journal.entry;
         let facts = match received.and_then(|()| inspector.finish()) {
             Ok(facts) => facts,
             Err(error) => {
                 writer.abort().await;
+                self.clear_journal(pending).await;
                 return Err(error);
             }
         };
@@ -136,7 +150,13 @@ impl Images {
         // goes away, so a cancellation cannot leave bytes without metadata.
         let images = self.clone();
         let owner = caller.clone();
-        tokio::spawn(async move { images.commit(owner, id, key, writer, spec, facts).await })
+        let write = CompleteWrite {
+            id,
+            key,
+            writer,
+            pending,
+        };
+        tokio::spawn(async move { images.commit(owner, write, spec, facts).await })
             .await
             .map_err(|e| DomainError::Internal(Box::new(e)))?
     }
@@ -146,13 +166,20 @@ impl Images {
     async fn commit(
         &self,
         owner: UserId,
-        id: ImageId,
-        key: ObjectKey,
-        writer: Box<dyn BlobWriter>,
+        write: CompleteWrite,
         spec: ValidSpec,
         facts: ContentFacts,
     ) -> Result<ImageRecord, DomainError> {
-        writer.finish().await?;
+        let CompleteWrite {
+            id,
+            key,
+            writer,
+            pending,
+        } = write;
+        // Finished or aborted by `finish`, the write needs no journal any more.
+        let finished = writer.finish().await;
+        self.clear_journal(pending).await;
+        finished?;
         let now = Timestamp::now();
         let record = ImageRecord {
             id,
@@ -210,11 +237,58 @@ where
         })
 }
 
+/// An upload whose bytes have all arrived, not yet made durable.
+struct CompleteWrite {
+    id: ImageId,
+    key: ObjectKey,
+    writer: Box<dyn BlobWriter>,
+    pending: Option<PendingWrite>,
+}
+
+/// The journal entry of an upload's unfinished write, recorded as soon as
+/// the store has one (a multipart upload), so that the repair pass can abort
+/// it if this process dies before it finishes.
+struct Journal<'a> {
+    metadata: &'a dyn MetadataStore,
+    image_id: ImageId,
+    entry: Option<PendingWrite>,
+}
+
+impl Journal<'_> {
+    async fn note(&mut self, pending_id: Option<String>) -> Result<(), DomainError> {
+        if self.entry.is_some() {
+            return Ok(());
+        }
+        if let Some(pending_id) = pending_id {
+            let entry = PendingWrite {
+                image_id: self.image_id,
+                variant: VariantName::original(),
+                pending_id,
+                started: Timestamp::now(),
+            };
+            self.metadata.record_pending_write(&entry).await?;
+            self.entry = Some(entry);
+        }
+        Ok(())
+    }
+}
+
+impl Images {
+    /// Forgets a journaled write; on failure the repair pass clears it later.
+    async fn clear_journal(&self, pending: Option<PendingWrite>) {
+        let Some(entry) = pending else { return };
+        if let Err(error) = self.metadata.clear_pending_write(&entry).await {
+            tracing::warn!(image_id = %entry.image_id, error = %super::images::error_chain(&error), "could not clear an upload's journal entry");
+        }
+    }
+}
+
 /// Reads chunks until `finish`, checking each and passing it to the writer.
 async fn receive<S>(
     frames: &mut S,
     inspector: &mut ContentInspector,
     writer: &mut dyn BlobWriter,
+    journal: &mut Journal<'_>,
     idle: Duration,
 ) -> Result<(), DomainError>
 where
@@ -237,6 +311,7 @@ where
                 inspector.feed(&data, crc32c)?;
                 if !data.is_empty() {
                     writer.write(data).await?;
+                    journal.note(writer.pending_id()).await?;
                 }
             }
             FramePayload::Nothing => {}

@@ -15,7 +15,7 @@ use super::{
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::StoredObject;
+use crate::storage::{PendingWrite, StoredObject};
 
 async fn timed<T>(
     store: &'static str,
@@ -92,6 +92,15 @@ impl BlobStore for InstrumentedBlobs {
         timed("blob", "list_objects", self.0.list_objects()).await
     }
 
+    async fn abort_pending(&self, key: &ObjectKey, pending_id: &str) -> Result<(), StorageError> {
+        timed(
+            "blob",
+            "abort_pending",
+            self.0.abort_pending(key, pending_id),
+        )
+        .await
+    }
+
     async fn remove_unfinished_writes(
         &self,
         older_than: Timestamp,
@@ -116,6 +125,10 @@ impl BlobWriter for InstrumentedWriter {
 
     async fn finish(self: Box<Self>) -> Result<(), StorageError> {
         timed("blob", "finish_write", self.0.finish()).await
+    }
+
+    fn pending_id(&self) -> Option<String> {
+        self.0.pending_id()
     }
 
     async fn abort(self: Box<Self>) {
@@ -171,6 +184,36 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn check_health(&self) -> Result<(), StorageError> {
         timed("metadata", "check_health", self.0.check_health()).await
+    }
+
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "record_pending_write",
+            self.0.record_pending_write(write),
+        )
+        .await
+    }
+
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "clear_pending_write",
+            self.0.clear_pending_write(write),
+        )
+        .await
+    }
+
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError> {
+        timed(
+            "metadata",
+            "pending_writes",
+            self.0.pending_writes(older_than),
+        )
+        .await
     }
 
     async fn remove_stale_index_entries(

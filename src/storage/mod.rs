@@ -178,6 +178,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Objects whose keys are not image keys are skipped.
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError>;
 
+    /// Abandons the unfinished write `pending_id` of `key` (see
+    /// [`BlobWriter::pending_id`]); succeeds if it is already gone.
+    async fn abort_pending(&self, key: &ObjectKey, pending_id: &str) -> Result<(), StorageError>;
+
     /// Removes unfinished writes started before `older_than` (multipart
     /// uploads, partial files) and returns their keys. `None` when the store
     /// cannot list them.
@@ -201,6 +205,23 @@ pub trait BlobWriter: Send {
 
     /// Discards everything written and waits until it is gone.
     async fn abort(self: Box<Self>);
+
+    /// The store's id of this unfinished write, once it has one that must
+    /// be cleaned up if the process dies (an S3 multipart upload id). The
+    /// upload pipeline journals it, so the repair pass can abort it even on
+    /// stores that cannot list unfinished uploads.
+    fn pending_id(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A journaled unfinished write: see [`BlobWriter::pending_id`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingWrite {
+    pub image_id: ImageId,
+    pub variant: VariantName,
+    pub pending_id: String,
+    pub started: Timestamp,
 }
 
 /// The result of [`MetadataStore::create`].
@@ -260,6 +281,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Journals an unfinished write before the process depends on it.
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError>;
+
+    /// Forgets a journaled write once it is finished or aborted; forgetting
+    /// an unknown one succeeds.
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError>;
+
+    /// Journaled writes started before `older_than` (for the repair pass).
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError>;
 
     /// Removes index entries that point at no image (or at an image that no
     /// longer matches them), written before `older_than`; returns how many

@@ -32,10 +32,11 @@ use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::{CreateOutcome, ListPage, MetadataStore, StorageError};
+use crate::storage::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 
 const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
+const PENDING_SK: &str = "pending";
 const ALL: &str = "image";
 /// BatchGetItem and BatchWriteItem limits.
 const BATCH_GET: usize = 100;
@@ -82,6 +83,10 @@ fn tag_sk(record: &ImageRecord) -> String {
 fn idempotency_pk(owner: &UserId, key: &str) -> String {
     // The owner's length keeps ("a#b", "c") and ("a", "b#c") apart.
     format!("idempotency#{}#{}#{}", owner.as_str().len(), owner, key)
+}
+
+fn pending_pk(write: &PendingWrite) -> String {
+    format!("pending#{}#{}", write.image_id, write.pending_id)
 }
 
 fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
@@ -532,6 +537,62 @@ impl Access {
 
 #[async_trait]
 impl MetadataStore for DynamoMetadataStore {
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        let mut item = key(pending_pk(write), PENDING_SK);
+        item.insert(
+            "doc".into(),
+            s(serde_json::to_string(write).map_err(StorageError::internal)?),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pending_pk(write), PENDING_SK)))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError> {
+        // Only the repair pass reads the journal: a scan is fine there.
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(pk, :p)")
+            .expression_attribute_values(":p", s("pending#"))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(classify)?.items.unwrap_or_default() {
+                let Some(doc) = item.get("doc").and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                let write: PendingWrite =
+                    serde_json::from_str(doc).map_err(StorageError::internal)?;
+                if write.started < older_than {
+                    found.push(write);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn remove_stale_index_entries(
         &self,
         older_than: Timestamp,

@@ -278,6 +278,11 @@ impl BlobStore for S3BlobStore {
         Ok(found)
     }
 
+    async fn abort_pending(&self, key: &ObjectKey, pending_id: &str) -> Result<(), StorageError> {
+        abort_multipart(&self.client, &self.bucket, key.as_str(), pending_id).await;
+        Ok(())
+    }
+
     async fn remove_unfinished_writes(
         &self,
         older_than: Timestamp,
@@ -565,6 +570,10 @@ impl BlobWriter for S3Writer {
 
     async fn abort(mut self: Box<Self>) {
         self.abort_upload().await;
+    }
+
+    fn pending_id(&self) -> Option<String> {
+        self.upload_id.clone()
     }
 }
 

@@ -164,6 +164,12 @@ impl BlobStore for EmbeddedBlobStore {
         .map_err(StorageError::internal)?
     }
 
+    async fn abort_pending(&self, _key: &ObjectKey, _pending_id: &str) -> Result<(), StorageError> {
+        // Partial files are journaled by their directory: see
+        // `remove_unfinished_writes`.
+        Ok(())
+    }
+
     async fn remove_unfinished_writes(
         &self,
         older_than: Timestamp,

@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::{CreateOutcome, ListPage, MetadataStore, StorageError};
+use crate::storage::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 
 /// image id (16 bytes) → the record as JSON.
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -25,6 +25,8 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("index");
 /// owner + idempotency key → image id.
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+/// image id + pending id → the journaled unfinished write, as JSON.
+const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_writes");
 
 const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
@@ -48,6 +50,7 @@ impl EmbeddedMetadataStore {
             txn.open_table(INDEX).map_err(StorageError::internal)?;
             txn.open_table(IDEMPOTENCY)
                 .map_err(StorageError::internal)?;
+            txn.open_table(PENDING).map_err(StorageError::internal)?;
         }
         txn.commit().map_err(StorageError::internal)?;
         Ok(Self { db: Arc::new(db) })
@@ -144,6 +147,10 @@ fn idempotency_key(owner: &UserId, key: &str) -> Vec<u8> {
     out
 }
 
+fn pending_key(write: &PendingWrite) -> Vec<u8> {
+    [&write.image_id.as_bytes()[..], write.pending_id.as_bytes()].concat()
+}
+
 fn image_id_from_index_key(key: &[u8]) -> ImageId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&key[key.len() - 16..]);
@@ -152,6 +159,50 @@ fn image_id_from_index_key(key: &[u8]) -> ImageId {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadataStore {
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        let key = pending_key(write);
+        let value = serde_json::to_vec(write).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(PENDING)?
+                .insert(key.as_slice(), value.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        let key = pending_key(write);
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(PENDING)?.remove(key.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError> {
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let mut found = Vec::new();
+            for entry in txn.open_table(PENDING)?.iter()? {
+                let (_, value) = entry?;
+                match serde_json::from_slice::<PendingWrite>(value.value()) {
+                    Ok(write) if write.started < older_than => found.push(write),
+                    Ok(_) => {}
+                    Err(error) => return Ok(Err(StorageError::internal(error))),
+                }
+            }
+            Ok(Ok(found))
+        })
+        .await
+    }
+
     async fn remove_stale_index_entries(
         &self,
         _older_than: Timestamp,
