@@ -32,6 +32,9 @@ const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
 const BY_LOCATION: u8 = 4;
 const BY_CONTENT_TYPE: u8 = 8;
+/// Page cache of the database. redb's default (1 GiB) would let the
+/// process's memory grow with the catalogue; listings touch few pages.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// A cursor is the time and id suffix of the last index key returned.
 const CURSOR_LEN: usize = 8 + 16;
 
@@ -43,7 +46,10 @@ pub struct EmbeddedMetadataStore {
 impl EmbeddedMetadataStore {
     /// Opens (or creates) the database file. Only one process may hold it.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(StorageError::internal)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(StorageError::internal)?;
         let txn = db.begin_write().map_err(StorageError::internal)?;
         {
             txn.open_table(RECORDS).map_err(StorageError::internal)?;
