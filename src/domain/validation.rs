@@ -69,7 +69,10 @@ pub fn location(value: &str) -> Result<String, DomainError> {
 /// One tag, normalised: trimmed, leading `#`s dropped, lower-cased.
 pub fn tag(value: &str) -> Result<String, DomainError> {
     let trimmed = value.trim();
-    let normalised = trimmed.trim_start_matches('#').trim().to_lowercase();
+    let normalised = trimmed
+        .trim_start_matches(|c: char| c == '#' || c.is_whitespace())
+        .trim()
+        .to_lowercase();
     if normalised.is_empty() {
         return Err(DomainError::invalid("tags must not be empty"));
     }
@@ -130,7 +133,9 @@ pub fn filename(value: &str) -> String {
         .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .take(MAX_FILENAME_CHARS)
         .collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    let cleaned = cleaned
+        .trim()
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace());
     if cleaned.is_empty() {
         "image".to_owned()
     } else {
@@ -166,6 +171,7 @@ mod tests {
         assert_eq!(tag("  #Sunset ").unwrap(), "sunset");
         assert_eq!(tag("##Sunset").unwrap(), "sunset");
         assert!(tag("##").is_err(), "nothing but hashes is an empty tag");
+        assert!(tag("# #").is_err());
         assert_eq!(tag("ÉTÉ").unwrap(), "été");
     }
 
@@ -234,6 +240,7 @@ mod tests {
         assert_eq!(filename("C:\\Users\\me\\cat.jpg"), "cat.jpg");
         assert_eq!(filename("a\u{202E}gpj.exe"), "agpj.exe");
         assert_eq!(filename(".hidden.png"), "hidden.png");
+        assert_eq!(filename(". .x"), "x");
         assert_eq!(filename("/"), "image");
         assert_eq!(filename(&"n".repeat(300)).chars().count(), 255);
     }
