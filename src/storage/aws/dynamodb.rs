@@ -317,17 +317,7 @@ impl DynamoMetadataStore {
         record: &ImageRecord,
         tags: &[String],
     ) -> Result<(), StorageError> {
-        let requests = tags
-            .iter()
-            .map(|tag| {
-                let put = PutRequest::builder()
-                    .set_item(Some(tag_item(record, tag)))
-                    .build()
-                    .map_err(StorageError::internal)?;
-                Ok(WriteRequest::builder().put_request(put).build())
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        self.batch_write(requests).await
+        self.write_tag_items(record, tags, true).await
     }
 
     async fn delete_tag_items(
@@ -335,14 +325,31 @@ impl DynamoMetadataStore {
         record: &ImageRecord,
         tags: &[String],
     ) -> Result<(), StorageError> {
+        self.write_tag_items(record, tags, false).await
+    }
+
+    /// Puts (or deletes) the tag index items of `record` for `tags`.
+    async fn write_tag_items(
+        &self,
+        record: &ImageRecord,
+        tags: &[String],
+        put: bool,
+    ) -> Result<(), StorageError> {
         let requests = tags
             .iter()
             .map(|tag| {
-                let delete = DeleteRequest::builder()
-                    .set_key(Some(key(tag_pk(tag), &tag_sk(record))))
-                    .build()
-                    .map_err(StorageError::internal)?;
-                Ok(WriteRequest::builder().delete_request(delete).build())
+                let request = if put {
+                    let put = PutRequest::builder()
+                        .set_item(Some(tag_item(record, tag)))
+                        .build();
+                    WriteRequest::builder().put_request(put.map_err(StorageError::internal)?)
+                } else {
+                    let delete = DeleteRequest::builder()
+                        .set_key(Some(key(tag_pk(tag), &tag_sk(record))))
+                        .build();
+                    WriteRequest::builder().delete_request(delete.map_err(StorageError::internal)?)
+                };
+                Ok(request.build())
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         self.batch_write(requests).await
