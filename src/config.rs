@@ -110,6 +110,22 @@ pub struct Config {
     )]
     pub max_concurrent_uploads: usize,
 
+    /// Keep identifying metadata (GPS, serial numbers, owner names, XMP,
+    /// comments) in stored JPEG and PNG originals instead of removing it.
+    #[arg(long, env = "IMAGE_SERVICE_KEEP_METADATA", global = true)]
+    pub keep_metadata: bool,
+
+    /// Images decoded and resized at once to make variants; others wait
+    /// their turn. Defaults to the number of CPU cores.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_RENDERS", global = true)]
+    pub max_concurrent_renders: Option<usize>,
+
+    /// Memory one image's decoder may allocate for pixels; an image that
+    /// needs more is refused with RESOURCE_EXHAUSTED. Peak render memory is
+    /// about this × --max-concurrent-renders.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", default_value = "512MiB", value_parser = parse_byte_size, global = true)]
+    pub max_render_memory: u64,
+
     /// An upload stream that sends nothing for this long is abandoned
     /// (DEADLINE_EXCEEDED) and stores nothing.
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]

@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::{Backend, Config};
 use crate::domain::content::ContentLimits;
 use crate::domain::signing::SigningKey;
+use crate::domain::variants::RenderLimits;
 use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
@@ -239,6 +240,13 @@ fn limits(config: &Config) -> Limits {
         max_url_expiry: config.download_url_max_expiry,
         max_concurrent_uploads: config.max_concurrent_uploads,
         upload_idle_timeout: config.upload_idle_timeout,
+        keep_metadata: config.keep_metadata,
+        render: RenderLimits {
+            max_concurrent: config.max_concurrent_renders.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            max_memory: config.max_render_memory,
+        },
     }
 }
 

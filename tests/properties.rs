@@ -10,6 +10,7 @@ use bytes::Bytes;
 use image_service::domain::content::ContentLimits;
 use image_service::domain::signing::SigningKey;
 use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::variants::RenderLimits;
 use image_service::domain::{DomainError, Images, Limits, UserId, validation};
 use image_service::storage::embedded::{self, urls::SignedUrls};
 use proptest::prelude::*;
@@ -155,6 +156,11 @@ impl Harness {
             max_url_expiry: Duration::from_secs(3600),
             max_concurrent_uploads: 4,
             upload_idle_timeout: Duration::from_secs(10),
+            keep_metadata: false,
+            render: RenderLimits {
+                max_concurrent: 2,
+                max_memory: 64 * 1024 * 1024,
+            },
         };
         let images = Images::new(Arc::new(blobs), Arc::new(metadata), key, limits);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -693,7 +693,8 @@ async fn garbage_on_the_grpc_port_never_takes_the_server_down() {
     assert_eq!(status.into_inner().status(), ServingStatus::Serving);
     app.upload_png("alice", 1).await;
     let after = app.stored_objects().await;
-    assert_eq!(after.len(), before.len() + 1, "garbage stored nothing");
+    // One image: its original and two variants.
+    assert_eq!(after.len(), before.len() + 3, "garbage stored nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,4 +830,28 @@ async fn image_service_repair_reports_then_fixes() {
         app.download("bob", &kept.image_id).await.is_ok(),
         "real images are left alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keep_metadata_originals_are_stored_as_uploaded() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--keep-metadata"]).await;
+    let photo = images::phone_photo(800, 600);
+    let image = app
+        .upload(
+            "alice",
+            pb::ImageSpec {
+                filename: "IMG_0002.jpg".into(),
+                ..Default::default()
+            },
+            &photo,
+        )
+        .await
+        .unwrap();
+    assert!(!image.metadata_stripped);
+    assert_eq!(image.sha256, image.uploaded_sha256);
+    assert!(app.download("bob", &image.image_id).await.unwrap() == photo);
+    // Orientation is still applied to what viewers get.
+    assert_eq!((image.width, image.height), (600, 800));
+    let sizes: Vec<_> = image.variants.iter().map(|v| (v.width, v.height)).collect();
+    assert_eq!(sizes, [(240, 320), (600, 800)]);
 }

@@ -170,12 +170,32 @@ pub struct ImageRecord {
     /// The caller's idempotency key, scoped to `owner`.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Lower-case hex SHA-256 of the bytes as uploaded (they differ from
+    /// the stored ones when metadata was stripped); empty in records made
+    /// before it was kept, where the two are the same.
+    #[serde(default)]
+    pub uploaded_sha256: String,
+    /// Identifying metadata was removed from the stored original.
+    #[serde(default)]
+    pub metadata_stripped: bool,
+    /// A BlurHash of the image as viewed; empty when it was not decoded.
+    #[serde(default)]
+    pub blurhash: String,
 }
 
 impl ImageRecord {
     /// The etag callers pass back for conditional updates.
     pub fn etag(&self) -> String {
         format!("r{}", self.revision)
+    }
+
+    /// SHA-256 of the bytes as uploaded.
+    pub fn uploaded_sha256(&self) -> &str {
+        if self.uploaded_sha256.is_empty() {
+            &self.sha256
+        } else {
+            &self.uploaded_sha256
+        }
     }
 
     /// Size, type of the named rendition, or `None` when it does not exist.

@@ -11,6 +11,7 @@ use super::image::{ImageRecord, Timestamp};
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
+use super::variants::{RenderLimits, Renderer};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::storage::{
     BlobStore, Disposition, MetadataStore, ObjectKey, PresignRequest, PresignedUrl, StorageError,
@@ -34,6 +35,10 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// An upload stream that sends nothing for this long is abandoned.
     pub upload_idle_timeout: Duration,
+    /// Store JPEG and PNG originals with their identifying metadata.
+    pub keep_metadata: bool,
+    /// Bounds on making variants.
+    pub render: RenderLimits,
 }
 
 /// The image use cases over a blob store and a metadata store.
@@ -44,6 +49,7 @@ pub struct Images {
     pub(super) limits: Limits,
     tokens: PageTokens,
     pub(super) upload_slots: Arc<tokio::sync::Semaphore>,
+    pub(super) renderer: Renderer,
 }
 
 /// A page of a listing.
@@ -89,6 +95,7 @@ impl Images {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 limits.max_concurrent_uploads.max(1),
             )),
+            renderer: Renderer::new(limits.render),
             limits,
             tokens: PageTokens::new(signing_key),
         }

@@ -10,9 +10,11 @@ pub mod images;
 pub mod listing;
 pub mod page_token;
 pub mod repair;
+pub mod scrub;
 pub mod signing;
 pub mod upload;
 pub mod validation;
+pub mod variants;
 
 pub use error::DomainError;
 pub use identity::UserId;

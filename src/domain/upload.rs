@@ -7,7 +7,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::content::{ContentFacts, ContentInspector, Declared};
-use super::image::{ImageRecord, Timestamp};
+use super::image::{ImageRecord, Timestamp, Variant};
+use super::scrub::{Scrubbed, Scrubber};
+use super::variants::{Rendered, Renderer};
 use super::{DomainError, ImageId, Images, UserId, VariantName, validation};
 use crate::storage::{BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite};
 
@@ -115,6 +117,7 @@ impl Images {
         };
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
+        let mut stored = StoredBytes::new(self.limits.keep_metadata);
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -130,14 +133,19 @@ impl Images {
             receive(
                 &mut frames,
                 &mut inspector,
+                &mut stored,
                 writer.as_mut(),
                 &mut journal,
                 idle,
             )
             .await
         };
+        let finished = match received {
+            Ok(()) => stored.finish(writer.as_mut(), inspector).await,
+            Err(error) => Err(error),
+        };
         let pending = journal.entry;
-        let facts = match received.and_then(|()| inspector.finish()) {
+        let facts = match finished {
             Ok(facts) => facts,
             Err(error) => {
                 writer.abort().await;
@@ -161,14 +169,14 @@ impl Images {
             .map_err(|e| DomainError::Internal(Box::new(e)))?
     }
 
-    /// Writes bytes durably, then the metadata; removes the bytes if the
-    /// metadata cannot be written.
+    /// Writes bytes durably, makes and stores the variants, then writes the
+    /// metadata; removes every object it wrote if anything fails.
     async fn commit(
         &self,
         owner: UserId,
         write: CompleteWrite,
         spec: ValidSpec,
-        facts: ContentFacts,
+        facts: StoredFacts,
     ) -> Result<ImageRecord, DomainError> {
         let CompleteWrite {
             id,
@@ -180,17 +188,26 @@ impl Images {
         let finished = writer.finish().await;
         self.clear_journal(pending).await;
         finished?;
+        let rendered = match self.render_and_store(&id, &facts).await {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                self.delete_blob_logged(&key).await;
+                return Err(error);
+            }
+        };
+        let (variants, blurhash) = rendered.unwrap_or_default();
+        let (width, height) = facts.viewed_dimensions();
         let now = Timestamp::now();
         let record = ImageRecord {
             id,
             owner,
             filename: spec.filename,
-            content_type: facts.content_type.to_owned(),
+            content_type: facts.uploaded.content_type.to_owned(),
             size_bytes: facts.size_bytes,
             sha256: facts.sha256_hex,
             crc32c: facts.crc32c,
-            width: facts.width,
-            height: facts.height,
+            width,
+            height,
             title: spec.title,
             description: spec.description,
             tags: spec.tags,
@@ -198,17 +215,25 @@ impl Images {
             attributes: spec.attributes,
             create_time: now,
             update_time: now,
-            variants: Vec::new(),
+            variants,
             revision: 1,
             idempotency_key: spec.idempotency_key,
+            uploaded_sha256: facts.uploaded.sha256_hex,
+            metadata_stripped: facts.scrubbed.stripped,
+            blurhash,
         };
         let outcome = self.metadata.create(&record).await;
         if !matches!(outcome, Ok(CreateOutcome::Created)) {
-            self.delete_blob_logged(&key).await;
+            for variant in record.rendition_names() {
+                self.delete_blob_logged(&ObjectKey::new(&id, &variant))
+                    .await;
+            }
         }
         match outcome? {
             CreateOutcome::Created => Ok(record),
-            CreateOutcome::IdempotencyKeyTaken(existing) if existing.sha256 == record.sha256 => {
+            CreateOutcome::IdempotencyKeyTaken(existing)
+                if existing.uploaded_sha256() == record.uploaded_sha256() =>
+            {
                 Ok(*existing)
             }
             CreateOutcome::IdempotencyKeyTaken(_) => Err(DomainError::AlreadyExists(
@@ -287,6 +312,7 @@ impl Images {
 async fn receive<S>(
     frames: &mut S,
     inspector: &mut ContentInspector,
+    stored: &mut StoredBytes,
     writer: &mut dyn BlobWriter,
     journal: &mut Journal<'_>,
     idle: Duration,
@@ -310,7 +336,7 @@ where
             FramePayload::Chunk { data, crc32c } => {
                 inspector.feed(&data, crc32c)?;
                 if !data.is_empty() {
-                    writer.write(data).await?;
+                    stored.write(data, writer).await?;
                     journal.note(writer.pending_id()).await?;
                 }
             }
@@ -319,5 +345,182 @@ where
         if frame.finish {
             return Ok(());
         }
+    }
+}
+
+/// The bytes that reach the store: the upload with its identifying
+/// metadata removed (see [`super::scrub`]), and their checksums.
+struct StoredBytes {
+    scrubber: Option<Scrubber>,
+    /// The scrubber changes the bytes (known from the first few bytes on).
+    rewrites: bool,
+    pieces: Vec<Bytes>,
+    /// Checksums of what is stored, needed only when it differs from what
+    /// was uploaded (otherwise the inspector's serve).
+    sha256: sha2::Sha256,
+    crc32c: u32,
+    size: u64,
+}
+
+impl StoredBytes {
+    fn new(keep_metadata: bool) -> Self {
+        Self {
+            scrubber: Some(Scrubber::new(keep_metadata)),
+            rewrites: false,
+            pieces: Vec::new(),
+            sha256: sha2::Digest::new(),
+            crc32c: 0,
+            size: 0,
+        }
+    }
+
+    async fn write(&mut self, data: Bytes, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
+        let scrubber = self.scrubber.as_mut().expect("written before finish");
+        scrubber.push(data, &mut self.pieces)?;
+        self.rewrites = scrubber.rewrites();
+        self.flush(writer).await
+    }
+
+    async fn flush(&mut self, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
+        let rewrites = self.rewrites;
+        for piece in std::mem::take(&mut self.pieces) {
+            if piece.is_empty() {
+                continue;
+            }
+            if rewrites {
+                sha2::Digest::update(&mut self.sha256, &piece);
+                self.crc32c = crc32c::crc32c_append(self.crc32c, &piece);
+            }
+            self.size += piece.len() as u64;
+            writer.write(piece).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: writes what the scrubber held back and checks the
+    /// upload as a whole.
+    async fn finish(
+        mut self,
+        writer: &mut dyn BlobWriter,
+        inspector: ContentInspector,
+    ) -> Result<StoredFacts, DomainError> {
+        let scrubber = self.scrubber.take().expect("finished once");
+        let scrubbed = scrubber.finish(&mut self.pieces);
+        let uploaded = inspector.finish()?;
+        let scrubbed = scrubbed?;
+        self.flush(writer).await?;
+        let (size_bytes, sha256_hex, crc32c) = if self.rewrites {
+            (
+                self.size,
+                hex::encode(sha2::Digest::finalize(self.sha256)),
+                self.crc32c,
+            )
+        } else {
+            (
+                uploaded.size_bytes,
+                uploaded.sha256_hex.clone(),
+                uploaded.crc32c,
+            )
+        };
+        Ok(StoredFacts {
+            uploaded,
+            scrubbed,
+            size_bytes,
+            sha256_hex,
+            crc32c,
+        })
+    }
+}
+
+/// What is known of an upload once all of it is stored.
+struct StoredFacts {
+    /// Of the bytes as uploaded.
+    uploaded: ContentFacts,
+    scrubbed: Scrubbed,
+    /// Of the bytes as stored.
+    size_bytes: u64,
+    sha256_hex: String,
+    crc32c: u32,
+}
+
+impl StoredFacts {
+    /// Width and height as a viewer shows them: EXIF orientations 5 to 8
+    /// turn the image by a quarter.
+    fn viewed_dimensions(&self) -> (u32, u32) {
+        let (width, height) = (self.uploaded.width, self.uploaded.height);
+        if (5..=8).contains(&self.scrubbed.orientation) {
+            (height, width)
+        } else {
+            (width, height)
+        }
+    }
+}
+
+impl Images {
+    /// Makes the variants and placeholder of a stored original and stores
+    /// the variants; `None` for types that are not decoded. On failure,
+    /// removes the variants it stored.
+    async fn render_and_store(
+        &self,
+        id: &ImageId,
+        facts: &StoredFacts,
+    ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
+        let content_type = facts.uploaded.content_type;
+        if !Renderer::can_render(content_type) {
+            return Ok(None);
+        }
+        // The turn first, then the bytes: waiting renders hold no memory.
+        let slot = self.renderer.slot().await;
+        let original = ObjectKey::new(id, &VariantName::original());
+        let source = self.read_all(&original, facts.size_bytes).await?;
+        let Rendered { variants, blurhash } = self
+            .renderer
+            .render(slot, source, content_type, facts.scrubbed.orientation)
+            .await?;
+        let mut stored = Vec::with_capacity(variants.len());
+        for rendition in variants {
+            let key = ObjectKey::new(id, &rendition.name);
+            let variant = Variant {
+                name: rendition.name,
+                content_type: rendition.content_type.to_owned(),
+                size_bytes: rendition.bytes.len() as u64,
+                width: rendition.width,
+                height: rendition.height,
+            };
+            if let Err(error) = self.write_object(&key, rendition.bytes).await {
+                for written in &stored {
+                    let written: &Variant = written;
+                    self.delete_blob_logged(&ObjectKey::new(id, &written.name))
+                        .await;
+                }
+                return Err(error);
+            }
+            stored.push(variant);
+        }
+        Ok(Some((stored, blurhash)))
+    }
+
+    /// The whole of a stored object, in memory.
+    async fn read_all(&self, key: &ObjectKey, size: u64) -> Result<Bytes, DomainError> {
+        let mut stream = self.blobs.read(key, 0, size).await?;
+        let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes.freeze())
+    }
+
+    /// Stores a small object in one go (a failed write leaves nothing).
+    async fn write_object(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), DomainError> {
+        let mut writer = self
+            .blobs
+            .start_write(key, Some(bytes.len() as u64))
+            .await?;
+        if let Err(error) = writer.write(bytes).await {
+            writer.abort().await;
+            return Err(error.into());
+        }
+        writer.finish().await?;
+        Ok(())
     }
 }

@@ -65,6 +65,9 @@ pub fn image(record: &ImageRecord) -> pb::Image {
             .collect(),
         etag: record.etag(),
         crc32c: record.crc32c,
+        uploaded_sha256: record.uploaded_sha256().to_owned(),
+        metadata_stripped: record.metadata_stripped,
+        blurhash: record.blurhash.clone(),
     }
 }
 

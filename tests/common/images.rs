@@ -33,6 +33,28 @@ pub fn png_of_size(bytes: usize, seed: u32) -> Vec<u8> {
     png(width, height, seed)
 }
 
+/// A PNG whose chunks and checksums are all valid but whose compressed
+/// pixel data is noise: only a decoder finds out.
+pub fn png_with_corrupt_pixels(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut noise = vec![0x78, 0x9C];
+    let mut state = 0x1234_5678u32;
+    noise.extend((0..400).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as u8
+    }));
+    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &noise);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 /// Only the header of a PNG claiming `width` x `height`: enough for the
 /// service to read the dimensions (a decompression bomb looks like this).
 pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
@@ -79,32 +101,187 @@ fn zlib_stored(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A baseline JPEG's markers (SOI, APP0, SOF0 with the dimensions, EOI):
-/// what a reader of headers sees in a real JPEG.
+/// A real baseline JPEG of `width` x `height`: a colour gradient, so
+/// resized renditions have something to show.
 pub fn jpeg(width: u16, height: u16) -> Vec<u8> {
-    let mut out = vec![0xFF, 0xD8];
-    out.extend_from_slice(&[
-        0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0,
-    ]);
-    out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
-    out.extend_from_slice(&height.to_be_bytes());
-    out.extend_from_slice(&width.to_be_bytes());
-    out.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
-    out.extend_from_slice(&[0x5A; 64]);
-    out.extend_from_slice(&[0xFF, 0xD9]);
+    encode_jpeg(&gradient(u32::from(width), u32::from(height)))
+}
+
+fn gradient(width: u32, height: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x * 255 / width.max(1)) as u8,
+            (y * 255 / height.max(1)) as u8,
+            128,
+        ])
+    })
+}
+
+fn encode_jpeg(pixels: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(
+            pixels.as_raw(),
+            pixels.width() as u16,
+            pixels.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .unwrap();
     out
 }
 
-/// A one-frame GIF89a of `width` x `height`.
+/// What a phone writes into a photo's EXIF that identifies someone.
+pub const PHONE_SECRETS: [&str; 4] = [
+    "PhoneMaker Model X",
+    "SN-4411-2093-77",
+    "Alice Example",
+    "GPS-N-48.8584",
+];
+
+/// A phone photo taken sideways: the sensor's `width` x `height` pixels
+/// (left half red, right half blue) with EXIF orientation 6 (turn 90°
+/// clockwise to view), GPS coordinates, a camera serial number and the
+/// owner's name, plus XMP with the location.
+pub fn phone_photo(width: u32, height: u32) -> Vec<u8> {
+    let pixels = image::RgbImage::from_fn(width, height, |x, _| {
+        if x < width / 2 {
+            image::Rgb([220, 20, 20])
+        } else {
+            image::Rgb([20, 20, 220])
+        }
+    });
+    let plain = encode_jpeg(&pixels);
+    let mut exif = b"Exif\0\0".to_vec();
+    exif.extend_from_slice(&phone_exif(6));
+    let mut out = plain[..2].to_vec();
+    out.extend(jpeg_segment(0xE1, &exif));
+    let xmp = format!(
+        "http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><exif:GPSLatitude>{}</exif:GPSLatitude></x:xmpmeta>",
+        PHONE_SECRETS[3]
+    );
+    out.extend(jpeg_segment(0xE1, xmp.as_bytes()));
+    out.extend_from_slice(&plain[2..]);
+    out
+}
+
+fn jpeg_segment(marker: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xFF, marker];
+    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A big-endian TIFF block as cameras write it: IFD0 (Make/Model,
+/// Orientation, Artist, pointers to the Exif and GPS IFDs), an Exif IFD
+/// with the body serial number, and a GPS IFD with a latitude.
+fn phone_exif(orientation: u16) -> Vec<u8> {
+    struct Entry {
+        tag: u16,
+        kind: u16,
+        count: u32,
+        value: Vec<u8>,
+    }
+    let ascii = |tag, text: &str| {
+        let mut value = text.as_bytes().to_vec();
+        value.push(0);
+        Entry {
+            tag,
+            kind: 2,
+            count: value.len() as u32,
+            value,
+        }
+    };
+    let long = |tag, n: u32| Entry {
+        tag,
+        kind: 4,
+        count: 1,
+        value: n.to_be_bytes().to_vec(),
+    };
+    // Lays out one IFD at `at`, its out-of-line values right after it.
+    let ifd = |at: u32, entries: Vec<Entry>| -> Vec<u8> {
+        let table = 2 + entries.len() as u32 * 12 + 4;
+        let mut head = (entries.len() as u16).to_be_bytes().to_vec();
+        let mut data = Vec::new();
+        for e in &entries {
+            head.extend_from_slice(&e.tag.to_be_bytes());
+            head.extend_from_slice(&e.kind.to_be_bytes());
+            head.extend_from_slice(&e.count.to_be_bytes());
+            if e.value.len() <= 4 {
+                let mut inline = e.value.clone();
+                inline.resize(4, 0);
+                head.extend_from_slice(&inline);
+            } else {
+                head.extend_from_slice(&(at + table + data.len() as u32).to_be_bytes());
+                data.extend_from_slice(&e.value);
+            }
+        }
+        head.extend_from_slice(&0u32.to_be_bytes());
+        head.extend(data);
+        head
+    };
+    // IFD0 first with placeholder pointers to learn its length.
+    let ifd0_entries = |exif_at, gps_at| {
+        vec![
+            ascii(0x010F, PHONE_SECRETS[0]),
+            Entry {
+                tag: 0x0112,
+                kind: 3,
+                count: 1,
+                value: orientation.to_be_bytes().to_vec(),
+            },
+            ascii(0x013B, PHONE_SECRETS[2]),
+            long(0x8769, exif_at),
+            long(0x8825, gps_at),
+        ]
+    };
+    let ifd0_len = ifd(8, ifd0_entries(0, 0)).len() as u32;
+    let exif_at = 8 + ifd0_len;
+    let exif_ifd = ifd(exif_at, vec![ascii(0xA431, PHONE_SECRETS[1])]);
+    let gps_at = exif_at + exif_ifd.len() as u32;
+    let gps_ifd = ifd(
+        gps_at,
+        vec![ascii(0x0001, "N"), ascii(0x001B, PHONE_SECRETS[3])],
+    );
+    let mut tiff = b"MM\0\x2A\0\0\0\x08".to_vec();
+    tiff.extend(ifd(8, ifd0_entries(exif_at, gps_at)));
+    tiff.extend(exif_ifd);
+    tiff.extend(gps_ifd);
+    tiff
+}
+
+/// A real one-frame GIF of `width` x `height`.
 pub fn gif(width: u16, height: u16) -> Vec<u8> {
-    let mut out = b"GIF89a".to_vec();
-    out.extend_from_slice(&width.to_le_bytes());
-    out.extend_from_slice(&height.to_le_bytes());
-    out.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF]);
-    out.extend_from_slice(&[0x2C, 0, 0, 0, 0]);
-    out.extend_from_slice(&width.to_le_bytes());
-    out.extend_from_slice(&height.to_le_bytes());
-    out.extend_from_slice(&[0, 0x02, 0x02, 0x44, 0x01, 0, 0x3B]);
-    out.resize(out.len().max(80), 0);
+    let frame = image::Frame::new(image::RgbaImage::from_pixel(
+        u32::from(width),
+        u32::from(height),
+        image::Rgba([30, 160, 90, 255]),
+    ));
+    encode_gif(vec![frame])
+}
+
+/// An animated GIF: a green first frame, then a magenta one.
+pub fn animated_gif(width: u32, height: u32) -> Vec<u8> {
+    let frames = [[30, 160, 90, 255], [200, 0, 200, 255]]
+        .into_iter()
+        .map(|colour| {
+            image::Frame::new(image::RgbaImage::from_pixel(
+                width,
+                height,
+                image::Rgba(colour),
+            ))
+        })
+        .collect();
+    encode_gif(frames)
+}
+
+fn encode_gif(frames: Vec<image::Frame>) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut out);
+        encoder
+            .set_repeat(image::codecs::gif::Repeat::Infinite)
+            .unwrap();
+        encoder.encode_frames(frames).unwrap();
+    }
     out
 }

@@ -1,0 +1,535 @@
+//! Renditions made from an uploaded image: `small` and `medium` variants and
+//! a BlurHash placeholder.
+//!
+//! Decoding only starts after the header's dimensions passed the pixel limit
+//! (see [`super::content`]); it runs on the blocking pool, at most
+//! [`RenderLimits::max_concurrent`] at a time, each with a bound on the
+//! memory its decoder may allocate. JPEGs are decoded at the smallest DCT
+//! scale (1/8, 1/4, 1/2) that still covers the largest variant, resizing
+//! uses SIMD convolution (Lanczos3), and the EXIF orientation is applied so
+//! variants come out upright.
+//!
+//! Variants of opaque images are JPEG (quality 82):
+//! every browser and phone decodes it, and for photos it is within a few per
+//! cent of lossy WebP, which has no well-kept pure-Rust encoder. Images with
+//! real transparency get lossless WebP instead, which keeps the alpha channel
+//! and is smaller than PNG.
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{DomainError, VariantName};
+
+/// The variants made for every decodable image: name and longest side.
+pub const VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
+/// JPEG quality of variants.
+const JPEG_QUALITY: u8 = 82;
+/// Longest side of the image a BlurHash is computed from: it keeps only
+/// a few cosine components, so more pixels would change nothing.
+const BLURHASH_SOURCE: u32 = 32;
+
+/// How much rendering may take at once.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderLimits {
+    /// Renders (decode, resize, encode) running at once.
+    pub max_concurrent: usize,
+    /// Bytes one decoder may allocate for pixels.
+    pub max_memory: u64,
+}
+
+/// One rendition, ready to store.
+#[derive(Clone, Debug)]
+pub struct Rendition {
+    pub name: VariantName,
+    pub content_type: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: Bytes,
+}
+
+/// Everything made from one image.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub variants: Vec<Rendition>,
+    pub blurhash: String,
+}
+
+/// Runs renders with the limits above.
+#[derive(Clone)]
+pub struct Renderer {
+    limits: RenderLimits,
+    slots: Arc<Semaphore>,
+}
+
+/// A turn to render, taken before the source bytes are loaded so that the
+/// memory of waiting renders is not held either.
+pub struct RenderSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Renderer {
+    pub fn new(limits: RenderLimits) -> Self {
+        Self {
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+        }
+    }
+
+    /// Whether images of this media type are decoded (HEIF and AVIF are
+    /// stored without variants: no decoder for them is built in).
+    pub fn can_render(content_type: &str) -> bool {
+        format_of(content_type).is_some()
+    }
+
+    /// Waits for a turn.
+    pub async fn slot(&self) -> RenderSlot {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the render semaphore is never closed");
+        RenderSlot(permit)
+    }
+
+    /// Makes the variants and the placeholder of `source`, on the blocking
+    /// pool. `orientation` is the EXIF orientation (1 to 8).
+    pub async fn render(
+        &self,
+        _slot: RenderSlot,
+        source: Bytes,
+        content_type: &str,
+        orientation: u8,
+    ) -> Result<Rendered, DomainError> {
+        let format = format_of(content_type)
+            .ok_or_else(|| DomainError::invalid(format!("{content_type} is not decoded")))?;
+        let max_memory = self.limits.max_memory;
+        tokio::task::spawn_blocking(move || render(&source, format, orientation, max_memory))
+            .await
+            .map_err(|e| DomainError::Internal(Box::new(e)))?
+    }
+}
+
+fn format_of(content_type: &str) -> Option<ImageFormat> {
+    Some(match content_type {
+        "image/jpeg" => ImageFormat::Jpeg,
+        "image/png" => ImageFormat::Png,
+        "image/gif" => ImageFormat::Gif,
+        "image/webp" => ImageFormat::WebP,
+        "image/bmp" => ImageFormat::Bmp,
+        "image/tiff" => ImageFormat::Tiff,
+        _ => return None,
+    })
+}
+
+/// Decodes, orients, resizes and encodes; the whole of one render.
+pub fn render(
+    source: &[u8],
+    format: ImageFormat,
+    orientation: u8,
+    max_memory: u64,
+) -> Result<Rendered, DomainError> {
+    let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
+    let (decoded, icc) = decode(source, format, largest, max_memory)?;
+    let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
+    let mut resizer = Resizer::new();
+
+    // Largest first, each next one from the previous: cheaper, and the
+    // orientation is applied once, to the first (already small) result.
+    let mut variants = Vec::with_capacity(VARIANTS.len());
+    let mut previous: Option<Pixels> = None;
+    let mut by_size: Vec<_> = VARIANTS.to_vec();
+    by_size.sort_by_key(|(_, side)| std::cmp::Reverse(*side));
+    for (name, side) in by_size {
+        let pixels = match &previous {
+            None => {
+                let swapped = swaps_axes(orientation);
+                let (w, h) = (decoded.width(), decoded.height());
+                let (vw, vh) = if swapped { (h, w) } else { (w, h) };
+                let (tw, th) = fit(vw, vh, side);
+                let target = if swapped { (th, tw) } else { (tw, th) };
+                let mut resized = Pixels::from_image(&decoded).resize(&mut resizer, target)?;
+                resized.orient(orientation);
+                resized
+            }
+            Some(larger) => {
+                let target = fit(larger.width(), larger.height(), side);
+                larger.resize(&mut resizer, target)?
+            }
+        };
+        let (content_type, bytes) = pixels.encode(icc.as_deref())?;
+        variants.push(Rendition {
+            name: VariantName::parse(name)?,
+            content_type,
+            width: pixels.width(),
+            height: pixels.height(),
+            bytes,
+        });
+        previous = Some(pixels);
+    }
+    variants.reverse();
+    let smallest = previous.ok_or_else(|| DomainError::invalid("no variants are configured"))?;
+    let blurhash = placeholder(&smallest, &mut resizer)?;
+    Ok(Rendered { variants, blurhash })
+}
+
+/// Whether an EXIF orientation turns the image by a quarter.
+fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// The size that fits `longest` on the longer side, never larger than the
+/// image itself.
+pub fn fit(width: u32, height: u32, longest: u32) -> (u32, u32) {
+    let long = width.max(height);
+    if long <= longest {
+        return (width, height);
+    }
+    let scale = |side: u32| {
+        ((u64::from(side) * u64::from(longest) + u64::from(long) / 2) / u64::from(long)).max(1)
+            as u32
+    };
+    (scale(width), scale(height))
+}
+
+/// Decoded pixels and the ICC profile they came with.
+type Decoded = (DynamicImage, Option<Vec<u8>>);
+
+fn decode(
+    source: &[u8],
+    format: ImageFormat,
+    largest: u32,
+    max_memory: u64,
+) -> Result<Decoded, DomainError> {
+    if format == ImageFormat::Jpeg
+        && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory)?
+    {
+        return Ok(decoded);
+    }
+    let mut reader = image::ImageReader::with_format(Cursor::new(source), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_memory);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let icc = image::ImageDecoder::icc_profile(&mut decoder)
+        .ok()
+        .flatten();
+    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    Ok((image, icc))
+}
+
+/// A JPEG decoded at the smallest DCT scale whose result still covers
+/// `largest` on its longer side. `None` for pixel formats left to the
+/// general decoder (CMYK, 16-bit greyscale).
+fn decode_jpeg_scaled(
+    source: &[u8],
+    largest: u32,
+    max_memory: u64,
+) -> Result<Option<Decoded>, DomainError> {
+    use jpeg_decoder::PixelFormat;
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(source));
+    decoder.set_max_decoding_buffer_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+    decoder.read_info().map_err(jpeg_error)?;
+    let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
+    if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
+        return Ok(None);
+    }
+    // The requested box is square: the longer side decides whichever way
+    // the image is turned.
+    let side = u16::try_from(largest).unwrap_or(u16::MAX);
+    let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
+    let pixels = decoder.decode().map_err(jpeg_error)?;
+    let icc = decoder.icc_profile();
+    let (width, height) = (u32::from(width), u32::from(height));
+    let image = match info.pixel_format {
+        PixelFormat::L8 => {
+            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+        }
+        _ => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+    }
+    .ok_or_else(|| corrupt("the decoder returned fewer pixels than the header promised"))?;
+    Ok(Some((image, icc)))
+}
+
+fn jpeg_error(error: jpeg_decoder::Error) -> DomainError {
+    match error {
+        jpeg_decoder::Error::Unsupported(_) => DomainError::invalid(format!(
+            "the JPEG uses a feature that is not supported: {error}"
+        )),
+        jpeg_decoder::Error::Format(ref message) if message.contains("exceeds maximum") => {
+            too_large_to_decode()
+        }
+        other => corrupt(other),
+    }
+}
+
+fn decode_error(error: image::ImageError) -> DomainError {
+    match error {
+        image::ImageError::Limits(_) => too_large_to_decode(),
+        other => corrupt(other),
+    }
+}
+
+fn too_large_to_decode() -> DomainError {
+    DomainError::ResourceExhausted(
+        "the image needs more memory to decode than the server allows".into(),
+    )
+}
+
+fn corrupt(detail: impl std::fmt::Display) -> DomainError {
+    DomainError::invalid(format!(
+        "the image data is corrupt and cannot be decoded ({detail})"
+    ))
+}
+
+/// Decoded pixels in one of the two layouts variants are made from.
+enum Pixels {
+    Rgb(RgbImage),
+    Rgba(RgbaImage),
+}
+
+impl Pixels {
+    fn from_image(image: &DynamicImage) -> Self {
+        if image.color().has_alpha() {
+            Self::Rgba(image.to_rgba8())
+        } else {
+            Self::Rgb(image.to_rgb8())
+        }
+    }
+
+    fn width(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.width(),
+            Self::Rgba(image) => image.width(),
+        }
+    }
+
+    fn height(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.height(),
+            Self::Rgba(image) => image.height(),
+        }
+    }
+
+    fn resize(
+        &self,
+        resizer: &mut Resizer,
+        (width, height): (u32, u32),
+    ) -> Result<Self, DomainError> {
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        let failed = |e: fast_image_resize::ResizeError| DomainError::Internal(Box::new(e));
+        Ok(match self {
+            Self::Rgb(source) => {
+                let mut target = RgbImage::new(width, height);
+                resizer
+                    .resize(source, &mut target, &options)
+                    .map_err(failed)?;
+                Self::Rgb(target)
+            }
+            Self::Rgba(source) => {
+                let mut target = RgbaImage::new(width, height);
+                resizer
+                    .resize(source, &mut target, &options)
+                    .map_err(failed)?;
+                Self::Rgba(target)
+            }
+        })
+    }
+
+    fn orient(&mut self, orientation: Orientation) {
+        let image = match std::mem::replace(self, Self::Rgb(RgbImage::new(0, 0))) {
+            Self::Rgb(image) => DynamicImage::ImageRgb8(image),
+            Self::Rgba(image) => DynamicImage::ImageRgba8(image),
+        };
+        let mut image = image;
+        image.apply_orientation(orientation);
+        *self = match image {
+            DynamicImage::ImageRgba8(image) => Self::Rgba(image),
+            other => Self::Rgb(other.into_rgb8()),
+        };
+    }
+
+    /// JPEG when opaque, lossless WebP when any pixel is transparent.
+    fn encode(&self, icc: Option<&[u8]>) -> Result<(&'static str, Bytes), DomainError> {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| DomainError::Internal(e);
+        let opaque;
+        let rgb = match self {
+            Self::Rgb(image) => image,
+            Self::Rgba(image) if image.pixels().all(|p| p.0[3] == u8::MAX) => {
+                opaque = DynamicImage::ImageRgba8(image.clone()).into_rgb8();
+                &opaque
+            }
+            Self::Rgba(image) => {
+                let mut out = Vec::new();
+                image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+                    .encode(
+                        image.as_raw(),
+                        image.width(),
+                        image.height(),
+                        image::ExtendedColorType::Rgba8,
+                    )
+                    .map_err(|e| failed(Box::new(e)))?;
+                return Ok(("image/webp", Bytes::from(out)));
+            }
+        };
+        let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY);
+        if let Some(icc) = icc {
+            encoder
+                .add_icc_profile(icc)
+                .map_err(|e| failed(Box::new(e)))?;
+        }
+        let side = |n: u32| u16::try_from(n).map_err(|e| failed(Box::new(e)));
+        encoder
+            .encode(
+                rgb.as_raw(),
+                side(rgb.width())?,
+                side(rgb.height())?,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(|e| failed(Box::new(e)))?;
+        Ok(("image/jpeg", Bytes::from(out)))
+    }
+}
+
+/// A BlurHash with 4 components along the longer side and 3 along the
+/// shorter.
+fn placeholder(pixels: &Pixels, resizer: &mut Resizer) -> Result<String, DomainError> {
+    let tiny = pixels.resize(
+        resizer,
+        fit(pixels.width(), pixels.height(), BLURHASH_SOURCE),
+    )?;
+    let rgba = match tiny {
+        Pixels::Rgba(image) => image,
+        Pixels::Rgb(image) => DynamicImage::ImageRgb8(image).into_rgba8(),
+    };
+    let (x, y) = if rgba.width() >= rgba.height() {
+        (4, 3)
+    } else {
+        (3, 4)
+    };
+    blurhash::encode(x, y, rgba.width(), rgba.height(), rgba.as_raw())
+        .map_err(|e| DomainError::Internal(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_never_upscales_and_keeps_the_aspect_ratio() {
+        assert_eq!(fit(4000, 3000, 1080), (1080, 810));
+        assert_eq!(fit(3000, 4000, 320), (240, 320));
+        assert_eq!(fit(200, 100, 320), (200, 100));
+        assert_eq!(fit(10_000, 1, 320), (320, 1));
+    }
+
+    fn jpeg_of(width: u32, height: u32) -> Vec<u8> {
+        // Left half red, right half blue: orientation is visible.
+        let image = RgbImage::from_fn(width, height, |x, _| {
+            if x < width / 2 {
+                image::Rgb([200, 10, 10])
+            } else {
+                image::Rgb([10, 10, 200])
+            }
+        });
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(
+                image.as_raw(),
+                width as u16,
+                height as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_large_jpeg_gets_both_variants_at_their_sizes() {
+        let rendered = render(&jpeg_of(2400, 1600), ImageFormat::Jpeg, 1, 1 << 30).unwrap();
+        let sizes: Vec<_> = rendered
+            .variants
+            .iter()
+            .map(|v| {
+                (
+                    v.name.as_str().to_owned(),
+                    v.width,
+                    v.height,
+                    v.content_type,
+                )
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("small".to_owned(), 320, 213, "image/jpeg"),
+                ("medium".to_owned(), 1080, 720, "image/jpeg")
+            ]
+        );
+        let small = image::load_from_memory(&rendered.variants[0].bytes).unwrap();
+        assert_eq!((small.width(), small.height()), (320, 213));
+        assert!(!rendered.blurhash.is_empty());
+    }
+
+    #[test]
+    fn orientation_6_turns_the_variants_upright() {
+        // Stored 400x300 with "rotate 90° clockwise to view": a viewer sees
+        // 300x400 with the red half on top.
+        let rendered = render(&jpeg_of(400, 300), ImageFormat::Jpeg, 6, 1 << 30).unwrap();
+        let small = &rendered.variants[0];
+        assert_eq!((small.width, small.height), (240, 320));
+        let pixels = image::load_from_memory(&small.bytes).unwrap().to_rgb8();
+        let top = pixels.get_pixel(120, 40);
+        let bottom = pixels.get_pixel(120, 280);
+        assert!(top.0[0] > 150 && top.0[2] < 80, "top is {top:?}");
+        assert!(
+            bottom.0[2] > 150 && bottom.0[0] < 80,
+            "bottom is {bottom:?}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_as_corrupt() {
+        let jpeg = jpeg_of(640, 480);
+        let error = render(&jpeg[..jpeg.len() / 3], ImageFormat::Jpeg, 1, 1 << 30).unwrap_err();
+        assert!(
+            matches!(error, DomainError::InvalidArgument(_)),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_decoder_that_needs_more_memory_than_allowed_is_stopped() {
+        let error = render(&jpeg_of(2400, 1600), ImageFormat::Jpeg, 1, 64 * 1024).unwrap_err();
+        assert!(
+            matches!(error, DomainError::ResourceExhausted(_)),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn transparent_images_keep_their_alpha_in_webp() {
+        let image = RgbaImage::from_fn(64, 64, |x, _| image::Rgba([0, 0, 0, (x * 4) as u8]));
+        let mut png = Vec::new();
+        DynamicImage::ImageRgba8(image)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let rendered = render(&png, ImageFormat::Png, 1, 1 << 30).unwrap();
+        assert!(
+            rendered
+                .variants
+                .iter()
+                .all(|v| v.content_type == "image/webp")
+        );
+    }
+}
