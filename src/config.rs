@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_KEEP_METADATA", global = true)]
     pub keep_metadata: bool,
 
+    /// Make `small` and `medium` variants and a BlurHash of every decodable
+    /// upload (`--variants false`: store originals only).
+    #[arg(long, env = "IMAGE_SERVICE_VARIANTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub variants: bool,
+
     /// Images decoded and resized at once to make variants; others wait
     /// their turn. Defaults to the number of CPU cores.
     #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_RENDERS", global = true)]

@@ -109,6 +109,7 @@ impl Application {
                     .repair_periodically(self.repair_interval, self.repair_grace),
             )
         });
+        let metrics_upkeep = tokio::spawn(crate::telemetry::upkeep_periodically());
         let backend_watch = tokio::spawn(watch_backends(
             self.images.clone(),
             health.clone(),
@@ -151,6 +152,7 @@ impl Application {
 
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
         backend_watch.abort();
+        metrics_upkeep.abort();
         if let Some(repairs) = repairs {
             repairs.abort();
         }
@@ -241,6 +243,7 @@ fn limits(config: &Config) -> Limits {
         max_concurrent_uploads: config.max_concurrent_uploads,
         upload_idle_timeout: config.upload_idle_timeout,
         keep_metadata: config.keep_metadata,
+        variants: config.variants,
         render: RenderLimits {
             max_concurrent: config.max_concurrent_renders.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)

@@ -46,6 +46,18 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
+/// Folds the histogram samples recorded since the last pass into their
+/// buckets. Without it samples pile up until `/metrics` is scraped, so an
+/// unscraped service would grow by a few bytes per call for ever.
+pub async fn upkeep_periodically() {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        metrics().run_upkeep();
+    }
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(

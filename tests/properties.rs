@@ -157,6 +157,7 @@ impl Harness {
             max_concurrent_uploads: 4,
             upload_idle_timeout: Duration::from_secs(10),
             keep_metadata: false,
+            variants: true,
             render: RenderLimits {
                 max_concurrent: 2,
                 max_memory: 64 * 1024 * 1024,

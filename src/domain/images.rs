@@ -37,6 +37,8 @@ pub struct Limits {
     pub upload_idle_timeout: Duration,
     /// Store JPEG and PNG originals with their identifying metadata.
     pub keep_metadata: bool,
+    /// Make variants and placeholders.
+    pub variants: bool,
     /// Bounds on making variants.
     pub render: RenderLimits,
 }

@@ -466,7 +466,7 @@ impl Images {
         facts: &StoredFacts,
     ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
         let content_type = facts.uploaded.content_type;
-        if !Renderer::can_render(content_type) {
+        if !self.limits.variants || !Renderer::can_render(content_type) {
             return Ok(None);
         }
         // The turn first, then the bytes: waiting renders hold no memory.
