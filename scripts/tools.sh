@@ -64,3 +64,19 @@ install_buf() {
     npm install --silent --no-audit --no-fund --prefix "$TOOLS_DIR" "@bufbuild/buf@$BUF_VERSION" >/dev/null
   fi
 }
+
+PYVIPS_VERSION=3.2.0
+PYVIPS_BINARY_VERSION=8.18.7
+
+# libvips for the benchmark's thumbnailing reference: pyvips with the
+# self-contained libvips wheel (no system package or root needed).
+install_pyvips() {
+  install_python_tools
+  local stamp="$TOOLS_DIR/venv/.installed-pyvips-$PYVIPS_VERSION-$PYVIPS_BINARY_VERSION"
+  if [ ! -f "$stamp" ]; then
+    echo "== installing pyvips $PYVIPS_VERSION with libvips $PYVIPS_BINARY_VERSION into $TOOLS_DIR/venv"
+    "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check \
+      "pyvips==$PYVIPS_VERSION" "pyvips-binary==$PYVIPS_BINARY_VERSION"
+    touch "$stamp"
+  fi
+}

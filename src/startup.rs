@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -123,7 +122,6 @@ impl Application {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let grpc = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             // Windows large enough that a stream of 1 MiB chunks is not
             // throttled by flow control on a fast network.
             .initial_stream_window_size(Some(4 * 1024 * 1024))
@@ -134,11 +132,21 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            // Set on the accepted sockets here: `Server::tcp_nodelay` only
+            // applies to listeners tonic binds itself. Without it a response
+            // written in two parts (data, then trailers) waits for the
+            // client's delayed ACK: 40 ms added to every listing.
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc_listener),
+                tonic::transport::server::TcpIncoming::from(self.grpc_listener)
+                    .with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
             );
-        let http = axum::serve(self.http_listener, crate::http::router(self.http_blobs))
+        let http_listener = axum::serve::ListenerExt::tap_io(self.http_listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let http = axum::serve(http_listener, crate::http::router(self.http_blobs))
             .with_graceful_shutdown(stopped(stop_rx));
         let mut grpc = tokio::spawn(grpc);
         let mut http = tokio::spawn(async move { http.await });

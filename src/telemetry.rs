@@ -96,4 +96,12 @@ fn describe() {
         "imageservice_repair_findings_total",
         "leftovers the repair pass found, by kind"
     );
+    describe_counter!(
+        "imageservice_list_records_read_total",
+        "image records the metadata store fetched to answer listings"
+    );
+    describe_counter!(
+        "imageservice_list_records_returned_total",
+        "image records listings returned (read / returned is the read amplification)"
+    );
 }

@@ -179,7 +179,11 @@ impl MetadataStore for InstrumentedMetadata {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ListPage, StorageError> {
-        timed("metadata", "list", self.0.list(filter, cursor, limit)).await
+        let page = timed("metadata", "list", self.0.list(filter, cursor, limit)).await?;
+        metrics::counter!("imageservice_list_records_read_total").increment(page.records_read);
+        metrics::counter!("imageservice_list_records_returned_total")
+            .increment(page.records.len() as u64);
+        Ok(page)
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {

@@ -241,6 +241,9 @@ pub struct ListPage {
     pub records: Vec<ImageRecord>,
     /// Where the next page starts; `None` when there is none.
     pub next_cursor: Option<Vec<u8>>,
+    /// Image records fetched to make the page (its read amplification, with
+    /// `records.len()`).
+    pub records_read: u64,
 }
 
 /// Image records and the indexes that list them.

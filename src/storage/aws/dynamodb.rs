@@ -849,6 +849,7 @@ impl MetadataStore for DynamoMetadataStore {
             let items = response.items.unwrap_or_default();
             let ids: Vec<ImageId> = items.iter().filter_map(image_id_of).collect();
             let records = self.batch_get(&ids).await?;
+            page.records_read += ids.len() as u64;
             let mut last_consumed = None;
             for item in &items {
                 if page.records.len() == limit {

@@ -62,6 +62,30 @@ impl EmbeddedMetadataStore {
         Ok(Self { db: Arc::new(db) })
     }
 
+    /// Adds many records in one transaction (bulk imports, benchmarks):
+    /// each as [`MetadataStore::create`] would, all or none.
+    pub async fn import(&self, records: Vec<ImageRecord>) -> Result<(), StorageError> {
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            for record in &records {
+                let bytes = match encode(record) {
+                    Ok(bytes) => bytes,
+                    Err(error) => return Ok(Err(error)),
+                };
+                match insert(&txn, record, &bytes)? {
+                    Ok(CreateOutcome::Created) => {}
+                    Ok(CreateOutcome::IdempotencyKeyTaken(_)) => {
+                        return Ok(Err(StorageError::AlreadyExists));
+                    }
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     /// Runs blocking database work off the async workers.
     async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
     where
@@ -74,6 +98,41 @@ impl EmbeddedMetadataStore {
             .map_err(StorageError::internal)?
             .map_err(StorageError::internal)?
     }
+}
+
+/// Writes a new record and its index entries into `txn`, unless its id or
+/// idempotency key is taken.
+fn insert(
+    txn: &redb::WriteTransaction,
+    record: &ImageRecord,
+    bytes: &[u8],
+) -> Result<Result<CreateOutcome, StorageError>, redb::Error> {
+    let mut records = txn.open_table(RECORDS)?;
+    if records.get(record.id.as_bytes().as_slice())?.is_some() {
+        return Ok(Err(StorageError::AlreadyExists));
+    }
+    let mut idempotency = txn.open_table(IDEMPOTENCY)?;
+    if let Some(key) = &record.idempotency_key {
+        let key = idempotency_key(&record.owner, key);
+        if let Some(existing) = idempotency.get(key.as_slice())? {
+            let existing_record = records.get(existing.value())?;
+            return Ok(match existing_record {
+                Some(found) => {
+                    decode(found.value()).map(|r| CreateOutcome::IdempotencyKeyTaken(Box::new(r)))
+                }
+                None => Err(StorageError::internal(
+                    "idempotency entry without its record",
+                )),
+            });
+        }
+        idempotency.insert(key.as_slice(), record.id.as_bytes().as_slice())?;
+    }
+    let mut index = txn.open_table(INDEX)?;
+    for key in index_keys(record) {
+        index.insert(key.as_slice(), ())?;
+    }
+    records.insert(record.id.as_bytes().as_slice(), bytes)?;
+    Ok(Ok(CreateOutcome::Created))
 }
 
 fn encode(record: &ImageRecord) -> Result<Vec<u8>, StorageError> {
@@ -231,34 +290,11 @@ impl MetadataStore for EmbeddedMetadataStore {
         let bytes = encode(&record)?;
         self.run(move |db| {
             let txn = db.begin_write()?;
-            {
-                let mut records = txn.open_table(RECORDS)?;
-                if records.get(record.id.as_bytes().as_slice())?.is_some() {
-                    return Ok(Err(StorageError::AlreadyExists));
-                }
-                let mut idempotency = txn.open_table(IDEMPOTENCY)?;
-                if let Some(key) = &record.idempotency_key {
-                    let key = idempotency_key(&record.owner, key);
-                    if let Some(existing) = idempotency.get(key.as_slice())? {
-                        let existing_record = records.get(existing.value())?;
-                        return Ok(match existing_record {
-                            Some(found) => decode(found.value())
-                                .map(|r| CreateOutcome::IdempotencyKeyTaken(Box::new(r))),
-                            None => Err(StorageError::internal(
-                                "idempotency entry without its record",
-                            )),
-                        });
-                    }
-                    idempotency.insert(key.as_slice(), record.id.as_bytes().as_slice())?;
-                }
-                let mut index = txn.open_table(INDEX)?;
-                for key in index_keys(&record) {
-                    index.insert(key.as_slice(), ())?;
-                }
-                records.insert(record.id.as_bytes().as_slice(), bytes.as_slice())?;
+            let outcome = insert(&txn, &record, &bytes)?;
+            if matches!(outcome, Ok(CreateOutcome::Created)) {
+                txn.commit()?;
             }
-            txn.commit()?;
-            Ok(Ok(CreateOutcome::Created))
+            Ok(outcome)
         })
         .await
     }
@@ -406,6 +442,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                     break;
                 }
                 let id = image_id_from_index_key(&key);
+                page.records_read += 1;
                 if let Some(guard) = records.get(id.as_bytes().as_slice())? {
                     match decode(guard.value()) {
                         Ok(record) => page.records.push(record),

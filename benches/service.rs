@@ -1,0 +1,1218 @@
+//! The service against the raw backends, side by side, in one run on the
+//! same data: `scripts/bench` (or `cargo bench --bench service` with the
+//! test servers installed, see README). Prints a table and writes
+//! `BENCHMARKS.md`'s generated section. Run by `cargo test` (without
+//! `--bench`) it does a one-round smoke pass with small sizes, so the
+//! benchmark cannot rot.
+#[path = "../tests/common/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use image_service::domain::image::{ImageRecord, Timestamp};
+use image_service::domain::{ImageId, UserId};
+use image_service::pb;
+use image_service::pb::image_service_client::ImageServiceClient;
+use image_service::pb::upload_image_request::Data;
+use tonic::transport::Channel;
+
+const MIB: usize = 1024 * 1024;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+/// The S3 part size and parts in flight, for the service and the raw SDK.
+const PART_SIZE: usize = 8 * MIB;
+const PARTS_IN_FLIGHT: usize = 4;
+/// Upload chunk size of the gRPC client.
+const CHUNK: usize = MIB;
+
+/// Sizes and counts; the smoke pass shrinks them.
+struct Plan {
+    rounds: usize,
+    big: usize,
+    huge: usize,
+    concurrent: (usize, usize),
+    small_counts: [(usize, usize); 3],
+    embedded_listing: usize,
+    dynamodb_listing: usize,
+    list_calls: usize,
+    renders: usize,
+}
+
+const FULL: Plan = Plan {
+    rounds: 3,
+    big: 256 * MIB,
+    huge: 1024 * MIB,
+    concurrent: (32, 64 * MIB),
+    small_counts: [(1, 100), (16, 400), (64, 640)],
+    embedded_listing: 100_000,
+    dynamodb_listing: 10_000,
+    list_calls: 200,
+    renders: 10,
+};
+
+const SMOKE: Plan = Plan {
+    rounds: 1,
+    big: 12 * MIB,
+    huge: 16 * MIB,
+    concurrent: (2, 8 * MIB),
+    small_counts: [(1, 4), (4, 8), (8, 8)],
+    embedded_listing: 300,
+    dynamodb_listing: 60,
+    list_calls: 5,
+    renders: 1,
+};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = runtime.block_on(run(&plan));
+    println!("{report}");
+    if full {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+        write_results(&path, &report).expect("BENCHMARKS.md written");
+        println!("written to {}", path.display());
+    }
+}
+
+async fn run(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Date: {}. Machine: {} cores, {} GiB of memory ({}).\n",
+        today(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        total_memory_gib(),
+        cpu_model()
+    );
+
+    let s3 = servers::start_s3();
+    let dynamodb = servers::start_dynamodb();
+    let raw = Raw::connect(&s3.endpoint(), &dynamodb.endpoint()).await;
+    let aws_args = |bucket: &'static str| {
+        vec![
+            "--backend".to_owned(),
+            "aws".into(),
+            "--s3-endpoint".into(),
+            s3.endpoint(),
+            "--dynamodb-endpoint".into(),
+            dynamodb.endpoint(),
+            "--s3-bucket".into(),
+            bucket.into(),
+            "--dynamodb-table".into(),
+            bucket.into(),
+            "--s3-part-size".into(),
+            format!("{PART_SIZE}"),
+            "--s3-parts-in-flight".into(),
+            format!("{PARTS_IN_FLIGHT}"),
+        ]
+    };
+    raw.create_bucket("raw").await;
+
+    // 1-4: large images through the service (variants off: the byte path)
+    // and straight to S3.
+    let bytes_only =
+        Service::start(&[aws_args("bench"), vec!["--variants".into(), "false".into()]].concat());
+    let client = bytes_only.client().await;
+    let big = fake_png(plan.big, 1);
+    let mut up = Samples::default();
+    let mut raw_up = Samples::default();
+    let mut down = Samples::default();
+    let mut raw_down = Samples::default();
+    let mut url_down = Samples::default();
+    let (mut up_cpu, mut down_cpu) = (0.0, 0.0);
+    for round in 0..plan.rounds {
+        let key = format!("big-{round}");
+        raw_up.push(mib_per_s(
+            big.len(),
+            time(raw.multipart_upload("raw", &key, &big)).await.0,
+        ));
+        let cpu = bytes_only.cpu_seconds();
+        let (elapsed, image) = time(upload(&client, big.clone(), "bench")).await;
+        up_cpu += bytes_only.cpu_seconds() - cpu;
+        let image = image.expect("the big upload succeeds");
+        up.push(mib_per_s(big.len(), elapsed));
+
+        raw_down.push(mib_per_s(
+            big.len(),
+            time(raw.get_object("raw", &key)).await.0,
+        ));
+        let cpu = bytes_only.cpu_seconds();
+        let (elapsed, n) = time(download(&client, &image.image_id)).await;
+        down_cpu += bytes_only.cpu_seconds() - cpu;
+        assert_eq!(n, big.len(), "the download is whole");
+        down.push(mib_per_s(n, elapsed));
+        let url = download_url(&client, &image.image_id).await;
+        let (elapsed, n) = time(fetch(&url)).await;
+        assert_eq!(n, big.len());
+        url_down.push(mib_per_s(n, elapsed));
+        delete(&client, &image.image_id).await;
+    }
+    let moved = (big.len() * plan.rounds) as f64 / GIB;
+    let _ = writeln!(
+        out,
+        "### 1-2. Throughput, one {} MiB image (aws backend: s3s-fs + dynalite on loopback)\n",
+        plan.big / MIB
+    );
+    let _ = writeln!(
+        out,
+        "| | service | direct | service / direct |\n|---|---|---|---|"
+    );
+    row(&mut out, "upload (MiB/s)", &up, &raw_up);
+    row(
+        &mut out,
+        "download, `DownloadImage` vs `GetObject` (MiB/s)",
+        &down,
+        &raw_down,
+    );
+    row(
+        &mut out,
+        "download, presigned URL vs `GetObject` (MiB/s)",
+        &url_down,
+        &raw_down,
+    );
+    let _ = writeln!(
+        out,
+        "\nService: {PART_SIZE_MIB} MiB parts, {PARTS_IN_FLIGHT} in flight, 1 MiB gRPC chunks; direct: `aws-sdk-s3` multipart at the same part size and parallelism, one `GetObject` streamed.\n",
+        PART_SIZE_MIB = PART_SIZE / MIB
+    );
+    let _ = writeln!(out, "### 3. Service CPU per GiB\n");
+    let _ = writeln!(
+        out,
+        "upload {:.2} CPU-s/GiB, download {:.2} CPU-s/GiB (user + system time of the service process, `/proc/PID/stat`).\n",
+        up_cpu / moved,
+        down_cpu / moved
+    );
+
+    // 4: memory.
+    let idle = bytes_only.rss_kib();
+    bytes_only.reset_peak();
+    let huge = fake_png(plan.huge, 2);
+    let image = upload(&client, huge, "bench")
+        .await
+        .expect("the huge upload succeeds");
+    let huge_peak = bytes_only.peak_kib();
+    delete(&client, &image.image_id).await;
+    drop(image);
+    bytes_only.reset_peak();
+    let (count, size) = plan.concurrent;
+    let uploads = (0..count).map(|i| {
+        let client = client.clone();
+        let bytes = fake_png(size, 10 + i as u32);
+        async move { upload(&client, bytes, "bench").await.expect("upload") }
+    });
+    let images: Vec<_> = futures::future::join_all(uploads).await;
+    let concurrent_peak = bytes_only.peak_kib();
+    for image in images {
+        delete(&client, &image.image_id).await;
+    }
+    let _ = writeln!(out, "### 4. Memory (service RSS)\n");
+    let _ = writeln!(out, "| | peak RSS | growth over idle |\n|---|---|---|");
+    let _ = writeln!(out, "| idle | {} MiB | |", idle / 1024);
+    let _ = writeln!(
+        out,
+        "| one {} MiB upload | {} MiB | {} MiB |",
+        plan.huge / MIB,
+        huge_peak / 1024,
+        huge_peak.saturating_sub(idle) / 1024
+    );
+    let _ = writeln!(
+        out,
+        "| {count} concurrent {} MiB uploads | {} MiB | {} MiB |\n",
+        size / MIB,
+        concurrent_peak / 1024,
+        concurrent_peak.saturating_sub(idle) / 1024
+    );
+    let _ = writeln!(
+        out,
+        "Bound: part size × (parts in flight + 1) per upload = {} MiB, so {} MiB for {count} uploads; peaks from `VmHWM` after resetting it (`/proc/PID/clear_refs`).\n",
+        PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB,
+        count * PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB
+    );
+    drop(bytes_only);
+
+    // 5: small images, with the default settings (variants made) and with
+    // variants off, against the raw pair of calls.
+    let with_variants = Service::start(&aws_args("small"));
+    let variant_client = with_variants.client().await;
+    let bytes_client =
+        Service::start(&[aws_args("small"), vec!["--variants".into(), "false".into()]].concat());
+    let plain_client = bytes_client.client().await;
+    let _ = writeln!(out, "### 5. Small images: 256 KiB PNGs (aws backend)\n");
+    let _ = writeln!(
+        out,
+        "| callers | raw PutObject + PutItem | service, variants off | ratio | service, variants on (default) | ratio |\n|---|---|---|---|---|---|"
+    );
+    for (callers, count) in plan.small_counts {
+        let images: Vec<Bytes> = (0..count).map(|i| small_png(i as u32)).collect();
+        let raw_rate = concurrently(&images, callers, |bytes| raw.put_pair("raw", bytes)).await;
+        let plain = concurrently(&images, callers, |bytes| {
+            let client = plain_client.clone();
+            async move {
+                upload(&client, bytes, "small").await.expect("upload");
+            }
+        })
+        .await;
+        let rendered = concurrently(&images, callers, |bytes| {
+            let client = variant_client.clone();
+            async move {
+                upload(&client, bytes, "small").await.expect("upload");
+            }
+        })
+        .await;
+        let _ = writeln!(
+            out,
+            "| {callers} | {raw_rate} | {plain} | {:.2} | {rendered} | {:.2} |",
+            plain.rate / raw_rate.rate,
+            rendered.rate / raw_rate.rate
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nUploads/s (p50 / p99 latency). The service writes the object, an image item and its index items, and checks; with variants it also reads the original back, decodes it, and writes two more objects.\n"
+    );
+    drop(with_variants);
+    drop(bytes_client);
+
+    // 6: listings.
+    let _ = writeln!(out, "### 6. Listing: a filtered page of 50\n");
+    let _ = writeln!(
+        out,
+        "| store | images | filter | p50 | p99 | records read per record returned |\n|---|---|---|---|---|---|"
+    );
+    let embedded_dir = tempfile::tempdir().expect("temp dir");
+    import_embedded(embedded_dir.path(), plan.embedded_listing).await;
+    let embedded = Service::start(&[
+        "--backend".to_owned(),
+        "embedded".into(),
+        "--data-dir".into(),
+        embedded_dir.path().display().to_string(),
+    ]);
+    listing_rows(
+        &mut out,
+        &embedded,
+        "embedded",
+        plan.embedded_listing,
+        plan.list_calls,
+    )
+    .await;
+    drop(embedded);
+    let listed = Service::start(
+        &[
+            aws_args("listing"),
+            vec!["--variants".into(), "false".into()],
+        ]
+        .concat(),
+    );
+    populate_over_grpc(&listed.client().await, plan.dynamodb_listing).await;
+    listing_rows(
+        &mut out,
+        &listed,
+        "DynamoDB (dynalite)",
+        plan.dynamodb_listing,
+        plan.list_calls,
+    )
+    .await;
+    drop(listed);
+    let _ = writeln!(
+        out,
+        "\nRecords read: image records the store fetched (`imageservice_list_records_read_total` / `_returned_total`).\n"
+    );
+
+    // 7: the embedded backend against plain files.
+    let data = tempfile::tempdir().expect("temp dir");
+    let embedded = Service::start(&[
+        "--backend".to_owned(),
+        "embedded".into(),
+        "--data-dir".into(),
+        data.path().display().to_string(),
+        "--variants".into(),
+        "false".into(),
+    ]);
+    let client = embedded.client().await;
+    let (mut up, mut file_up, mut down, mut file_down) = Default::default();
+    for round in 0..plan.rounds {
+        let path = data.path().join(format!("plain-{round}"));
+        let plain_write = time(async { write_file(&path, &big) }).await.0;
+        Samples::push(&mut file_up, mib_per_s(big.len(), plain_write));
+        drop_page_cache_hint(&path);
+        let plain_read = time(async { std::fs::read(&path).expect("read").len() })
+            .await
+            .0;
+        Samples::push(&mut file_down, mib_per_s(big.len(), plain_read));
+        let (elapsed, image) = time(upload(&client, big.clone(), "bench")).await;
+        let image = image.expect("upload");
+        Samples::push(&mut up, mib_per_s(big.len(), elapsed));
+        let elapsed = time(download(&client, &image.image_id)).await.0;
+        Samples::push(&mut down, mib_per_s(big.len(), elapsed));
+        delete(&client, &image.image_id).await;
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = writeln!(
+        out,
+        "### 7. Embedded backend vs plain files, one {} MiB image\n",
+        plan.big / MIB
+    );
+    let _ = writeln!(
+        out,
+        "| | service | plain files | service / files |\n|---|---|---|---|"
+    );
+    row(&mut out, "write (MiB/s)", &up, &file_up);
+    row(&mut out, "read (MiB/s)", &down, &file_down);
+    let _ = writeln!(
+        out,
+        "\nPlain files: `write` + `fsync` of the same bytes, then `read` (from the page cache, like the service's read).\n"
+    );
+    drop(embedded);
+
+    // 8: thumbnailing.
+    out.push_str(&thumbnailing(plan.renders));
+    out
+}
+
+/// Median of a few rounds.
+#[derive(Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    fn median(&self) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn row(out: &mut String, what: &str, service: &Samples, direct: &Samples) {
+    let _ = writeln!(
+        out,
+        "| {what} | {:.0} | {:.0} | {:.2} |",
+        service.median(),
+        direct.median(),
+        service.median() / direct.median()
+    );
+}
+
+async fn time<F: std::future::Future>(work: F) -> (Duration, F::Output) {
+    let start = Instant::now();
+    let output = work.await;
+    (start.elapsed(), output)
+}
+
+fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / elapsed.as_secs_f64()
+}
+
+/// Rate and latency of `count` calls made by `callers` concurrent callers.
+struct Rate {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}/s ({:.1} / {:.1} ms)",
+            self.rate,
+            ms(self.p50),
+            ms(self.p99)
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(at).copied().unwrap_or_default()
+}
+
+async fn concurrently<F, Fut>(images: &[Bytes], callers: usize, call: F) -> Rate
+where
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let mut latencies: Vec<Duration> = futures::stream::iter(images.iter().cloned())
+        .map(|bytes| {
+            let call = &call;
+            async move { time(call(bytes)).await.0 }
+        })
+        .buffer_unordered(callers)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Rate {
+        rate: images.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+/// A service process on free loopback ports, killed when dropped.
+struct Service {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Service {
+    fn start(extra: &[String]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let binary = env!("CARGO_BIN_EXE_image-service");
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+        };
+        let (grpc, http) = (port(), port());
+        let mut common = vec![
+            "--grpc-addr".to_owned(),
+            grpc.to_string(),
+            "--http-addr".into(),
+            http.to_string(),
+            "--signing-key".into(),
+            "a-signing-key-for-benchmarks-0123456789".into(),
+            "--max-image-bytes".into(),
+            "4GiB".into(),
+            "--max-concurrent-uploads".into(),
+            "256".into(),
+        ];
+        if !extra.iter().any(|a| a == "--data-dir") {
+            common.extend(["--data-dir".into(), data.path().display().to_string()]);
+        }
+        let args: Vec<String> = common.iter().chain(extra).cloned().collect();
+        if extra.iter().any(|a| a == "aws") {
+            let status = Command::new(binary)
+                .args(&args)
+                .arg("init")
+                .stdout(Stdio::null())
+                .status()
+                .expect("image-service init runs");
+            assert!(status.success(), "image-service init failed");
+        }
+        let mut child = Command::new(binary)
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the service starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the service exited with {status}");
+            }
+            assert!(Instant::now() < deadline, "the service did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Self {
+            child,
+            grpc,
+            http,
+            _data: data,
+        }
+    }
+
+    async fn client(&self) -> ImageServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .initial_stream_window_size(Some(4 * MIB as u32))
+            .initial_connection_window_size(Some(16 * MIB as u32))
+            .connect()
+            .await
+            .expect("connects");
+        ImageServiceClient::new(channel).max_decoding_message_size(8 * MIB)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time of the process so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        // utime and stime are fields 14 and 15; `after` starts at field 3.
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks as f64 / per_second
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a memory figure")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn peak_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resets the peak RSS to the current RSS.
+    fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").expect("clear_refs");
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request<T>(message: T, user: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-user-id", user.parse().expect("ascii"));
+    request
+}
+
+async fn upload(
+    client: &ImageServiceClient<Channel>,
+    bytes: Bytes,
+    user: &str,
+) -> Result<pb::Image, tonic::Status> {
+    upload_with(client, bytes, user, pb::ImageSpec::default()).await
+}
+
+async fn upload_with(
+    client: &ImageServiceClient<Channel>,
+    bytes: Bytes,
+    user: &str,
+    spec: pb::ImageSpec,
+) -> Result<pb::Image, tonic::Status> {
+    let chunks = bytes.len().div_ceil(CHUNK);
+    let messages = std::iter::once(pb::UploadImageRequest {
+        data: Some(Data::Spec(spec)),
+        ..Default::default()
+    })
+    .chain((0..chunks).map(move |i| pb::UploadImageRequest {
+        data: Some(Data::Chunk(
+            bytes.slice(i * CHUNK..((i + 1) * CHUNK).min(bytes.len())),
+        )),
+        finish_write: i + 1 == chunks,
+        ..Default::default()
+    }));
+    let response = client
+        .clone()
+        .upload_image(request(futures::stream::iter(messages), user))
+        .await?;
+    Ok(response.into_inner().image.expect("an image"))
+}
+
+async fn download(client: &ImageServiceClient<Channel>, image_id: &str) -> usize {
+    let message = pb::DownloadImageRequest {
+        image_id: image_id.into(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .clone()
+        .download_image(request(message, "bench"))
+        .await
+        .expect("download")
+        .into_inner();
+    let mut total = 0;
+    while let Some(message) = stream.message().await.expect("a message") {
+        total += message.chunk.len();
+    }
+    total
+}
+
+async fn download_url(client: &ImageServiceClient<Channel>, image_id: &str) -> String {
+    let message = pb::GetDownloadUrlRequest {
+        image_id: image_id.into(),
+        ..Default::default()
+    };
+    client
+        .clone()
+        .get_download_url(request(message, "bench"))
+        .await
+        .expect("a URL")
+        .into_inner()
+        .url
+}
+
+async fn fetch(url: &str) -> usize {
+    let response = reqwest::get(url).await.expect("fetch");
+    assert!(response.status().is_success(), "{}", response.status());
+    response
+        .bytes_stream()
+        .try_fold(0, |n, chunk| async move { Ok(n + chunk.len()) })
+        .await
+        .expect("body")
+}
+
+async fn delete(client: &ImageServiceClient<Channel>, image_id: &str) {
+    let message = pb::DeleteImageRequest {
+        image_id: image_id.into(),
+    };
+    client
+        .clone()
+        .delete_image(request(message, "bench"))
+        .await
+        .expect("delete");
+}
+
+/// A PNG of `size` bytes with a valid chunk structure around noise: what
+/// the service's byte path sees of a large image, without being decoded
+/// (the services it goes to have variants off).
+fn fake_png(size: usize, seed: u32) -> Bytes {
+    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    let mut chunk = |kind: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc32fast::hash(&[&kind[..], data].concat()).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&8000u32.to_be_bytes());
+    ihdr.extend_from_slice(&8000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    let data = noise(size.saturating_sub(8 + 25 + 12 + 12), seed);
+    chunk(b"IDAT", &data);
+    chunk(b"IEND", &[]);
+    Bytes::from(out)
+}
+
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A real, decodable PNG of about 256 KiB (noise does not compress).
+fn small_png(seed: u32) -> Bytes {
+    let pixels = noise(300 * 290 * 3, seed);
+    let image = image::RgbImage::from_raw(300, 290, pixels).expect("pixels");
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(image.as_raw(), 300, 290, image::ExtendedColorType::Rgb8)
+    .expect("png");
+    Bytes::from(out)
+}
+
+use image::ImageEncoder as _;
+
+/// The same work without the service: aws-sdk-s3 and aws-sdk-dynamodb on
+/// the same servers.
+struct Raw {
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl Raw {
+    async fn connect(s3_endpoint: &str, dynamodb_endpoint: &str) -> Self {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::config::Builder::from(&shared)
+            .endpoint_url(s3_endpoint)
+            .force_path_style(true)
+            .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&shared)
+            .endpoint_url(dynamodb_endpoint)
+            .build();
+        Self {
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
+        }
+    }
+
+    async fn create_bucket(&self, bucket: &str) {
+        self.s3
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("bucket");
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        self.dynamodb
+            .create_table()
+            .table_name(bucket)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attr"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("key"),
+            )
+            .send()
+            .await
+            .expect("table");
+    }
+
+    async fn multipart_upload(&self, bucket: &str, key: &str, bytes: &Bytes) {
+        let upload = self
+            .s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("create multipart");
+        let id = upload.upload_id().expect("upload id").to_owned();
+        let parts: Vec<_> = futures::stream::iter(0..bytes.len().div_ceil(PART_SIZE))
+            .map(|i| {
+                let body = bytes.slice(i * PART_SIZE..((i + 1) * PART_SIZE).min(bytes.len()));
+                let id = id.clone();
+                async move {
+                    let number = i as i32 + 1;
+                    let part = self
+                        .s3
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .part_number(number)
+                        .body(body.into())
+                        .send()
+                        .await
+                        .expect("part");
+                    aws_sdk_s3::types::CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(part.e_tag().unwrap_or_default())
+                        .build()
+                }
+            })
+            .buffered(PARTS_IN_FLIGHT)
+            .collect()
+            .await;
+        self.s3
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("complete");
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str) -> usize {
+        let mut body = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("get")
+            .body;
+        let mut total = 0;
+        while let Some(chunk) = body.try_next().await.expect("body") {
+            total += chunk.len();
+        }
+        total
+    }
+
+    /// What storing one small image minimally takes: the object, then an
+    /// item describing it.
+    async fn put_pair(&self, bucket: &str, bytes: Bytes) {
+        let id = ImageId::new().to_string();
+        let len = bytes.len();
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(format!("images/{id}/original"))
+            .body(bytes.into())
+            .send()
+            .await
+            .expect("put");
+        use aws_sdk_dynamodb::types::AttributeValue;
+        self.dynamodb
+            .put_item()
+            .table_name(bucket)
+            .item("pk", AttributeValue::S(format!("image#{id}")))
+            .item("size", AttributeValue::N(len.to_string()))
+            .item("doc", AttributeValue::S("x".repeat(600)))
+            .send()
+            .await
+            .expect("put item");
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create");
+    file.write_all(bytes).expect("write");
+    file.sync_all().expect("fsync");
+    bytes.len()
+}
+
+/// The service's reads come from the page cache right after its write, so
+/// the plain read does too; nothing to drop.
+fn drop_page_cache_hint(_path: &Path) {}
+
+const OWNERS: usize = 100;
+const TAGS: usize = 50;
+const LOCATIONS: usize = 20;
+
+/// A catalogue with owners, tags, locations and two content types spread
+/// evenly, straight into an embedded data directory.
+async fn import_embedded(dir: &Path, count: usize) {
+    let store =
+        image_service::storage::embedded::EmbeddedMetadataStore::open(&dir.join("metadata.redb"))
+            .expect("opens");
+    let start = Timestamp::now().as_micros() - count as i64 * 1000;
+    for batch in (0..count).collect::<Vec<_>>().chunks(5_000) {
+        let records = batch
+            .iter()
+            .map(|&i| catalogue_record(i, start + i as i64 * 1000))
+            .collect();
+        store.import(records).await.expect("import");
+    }
+}
+
+fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
+    let time = Timestamp::from_micros(micros);
+    ImageRecord {
+        id: ImageId::new(),
+        owner: UserId::parse(&format!("user{}", i % OWNERS)).expect("user"),
+        filename: format!("{i}.jpg"),
+        content_type: if i.is_multiple_of(3) {
+            "image/png"
+        } else {
+            "image/jpeg"
+        }
+        .into(),
+        size_bytes: 100_000,
+        sha256: "0".repeat(64),
+        crc32c: 0,
+        width: 1080,
+        height: 1080,
+        title: format!("image {i}"),
+        description: String::new(),
+        tags: vec![format!("tag{}", i % TAGS), format!("tag{}", (i / 7) % TAGS)],
+        location: format!("city{}", i % LOCATIONS),
+        attributes: Default::default(),
+        create_time: time,
+        update_time: time,
+        variants: Vec::new(),
+        revision: 1,
+        idempotency_key: None,
+        uploaded_sha256: String::new(),
+        metadata_stripped: false,
+        blurhash: String::new(),
+    }
+}
+
+/// The same catalogue's metadata through the service (tiny images).
+async fn populate_over_grpc(client: &ImageServiceClient<Channel>, count: usize) {
+    let tiny = fake_png(200, 0);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let spec = pb::ImageSpec {
+                tags: vec![format!("tag{}", i % TAGS), format!("tag{}", (i / 7) % TAGS)],
+                location: format!("city{}", i % LOCATIONS),
+                ..Default::default()
+            };
+            let (client, tiny) = (client.clone(), tiny.clone());
+            async move {
+                upload_with(&client, tiny, &format!("user{}", i % OWNERS), spec)
+                    .await
+                    .expect("upload");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// A listing request for the i-th call.
+type Filter = fn(usize) -> pb::ListImagesRequest;
+
+async fn listing_rows(
+    out: &mut String,
+    service: &Service,
+    store: &str,
+    images: usize,
+    calls: usize,
+) {
+    let client = service.client().await;
+    let filters: [(&str, Filter); 6] = [
+        ("none", |_| pb::ListImagesRequest::default()),
+        ("owner", |i| pb::ListImagesRequest {
+            owner_id: format!("user{}", i % OWNERS),
+            ..Default::default()
+        }),
+        ("tag", |i| pb::ListImagesRequest {
+            tag: format!("tag{}", i % TAGS),
+            ..Default::default()
+        }),
+        ("location", |i| pb::ListImagesRequest {
+            location: format!("city{}", i % LOCATIONS),
+            ..Default::default()
+        }),
+        ("content type", |_| pb::ListImagesRequest {
+            content_type: "image/png".into(),
+            ..Default::default()
+        }),
+        ("owner + tag", |i| pb::ListImagesRequest {
+            owner_id: format!("user{}", i % OWNERS),
+            tag: format!("tag{}", i % TAGS),
+            ..Default::default()
+        }),
+    ];
+    for (name, make) in filters {
+        let read_before = service.metric("imageservice_list_records_read_total").await;
+        let returned_before = service
+            .metric("imageservice_list_records_returned_total")
+            .await;
+        let mut latencies = Vec::with_capacity(calls);
+        for i in 0..calls {
+            let message = pb::ListImagesRequest {
+                page_size: 50,
+                ..make(i)
+            };
+            let (elapsed, response) =
+                time(client.clone().list_images(request(message, "bench"))).await;
+            response.expect("a page");
+            latencies.push(elapsed);
+        }
+        latencies.sort();
+        let read = service.metric("imageservice_list_records_read_total").await - read_before;
+        let returned = service
+            .metric("imageservice_list_records_returned_total")
+            .await
+            - returned_before;
+        let _ = writeln!(
+            out,
+            "| {store} | {images} | {name} | {:.2} ms | {:.2} ms | {:.2} |",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            read / returned
+        );
+    }
+}
+
+/// Variants of a 12-megapixel photo per second on one core, next to
+/// libvips' thumbnailer on the same file.
+fn thumbnailing(renders: usize) -> String {
+    let mut out = String::from("### 8. Variants of a 12 MP JPEG (one core)\n\n");
+    let photo = photo_jpeg(4000, 3000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("photo.jpg");
+    std::fs::write(&path, &photo).expect("write photo");
+    let start = Instant::now();
+    for _ in 0..renders {
+        image_service::domain::variants::render(
+            &photo,
+            image::ImageFormat::Jpeg,
+            1,
+            512 * MIB as u64,
+        )
+        .expect("renders");
+    }
+    let ours = renders as f64 / start.elapsed().as_secs_f64();
+    let _ = writeln!(out, "| | photos/s (small + medium + BlurHash) |\n|---|---|");
+    let _ = writeln!(out, "| image-service | {ours:.2} |");
+    match vips_rate(&path, renders) {
+        Ok(theirs) => {
+            let _ = writeln!(
+                out,
+                "| libvips `thumbnail` (small + medium) | {theirs:.2} |"
+            );
+            let _ = writeln!(
+                out,
+                "\nRatio image-service / libvips: {:.2}.",
+                ours / theirs
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(out, "| libvips | not measured: {why} |");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{} KiB JPEG, 4000 × 3000, quality 90. libvips runs `vips_thumbnail` (the operation behind `vipsthumbnail`) through pyvips with `VIPS_CONCURRENCY=1`, writing both sizes as JPEG Q82 like the service.\n",
+        photo.len() / 1024
+    );
+    out
+}
+
+fn vips_rate(path: &Path, renders: usize) -> Result<f64, String> {
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| {
+        let venv = tools_dir().join("venv/bin/python");
+        venv.display().to_string()
+    });
+    let script = format!(
+        "import time, pyvips\nstart = time.perf_counter()\nfor _ in range({renders}):\n    for side in (1080, 320):\n        pyvips.Image.thumbnail({path:?}, side).write_to_buffer('.jpg[Q=82]')\nprint({renders} / (time.perf_counter() - start))\n",
+        path = path.display().to_string()
+    );
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .env("VIPS_CONCURRENCY", "1")
+        .output()
+        .map_err(|e| format!("python: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "pyvips unavailable ({})",
+            stderr.lines().last().unwrap_or("")
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("unexpected output: {e}"))
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"))
+}
+
+/// A photo-like JPEG: smooth gradients with fine texture, so it compresses
+/// like a photo rather than like a flat test card.
+fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let texture = noise((width * height) as usize, 7);
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        let t = texture[(y * width + x) as usize] / 8;
+        image::Rgb([
+            (x * 200 / width) as u8 + t,
+            (y * 200 / height) as u8 + t,
+            ((x + y) * 100 / (width + height)) as u8 + t,
+        ])
+    });
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(
+            image.as_raw(),
+            width as u16,
+            height as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("jpeg");
+    out
+}
+
+fn today() -> String {
+    let output = Command::new("date").arg("+%Y-%m-%d").output();
+    output
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn total_memory_gib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| (kib + 512 * 1024) / 1024 / 1024)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Replaces the generated section of `BENCHMARKS.md`, keeping the rest.
+fn write_results(path: &Path, report: &str) -> std::io::Result<()> {
+    const START: &str = "<!-- benchmark: generated by scripts/bench -->";
+    const END: &str = "<!-- end of generated section -->";
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!(
+        "{START}\n## Service vs raw backends\n\nCommand: `scripts/bench` (runs `cargo bench --bench service`). Every figure is the median of the rounds noted; the service and the raw backend run side by side in one run.\n\n{report}\n{END}"
+    );
+    let updated = match (existing.find(START), existing.find(END)) {
+        (Some(start), Some(end)) => {
+            format!(
+                "{}{section}{}",
+                &existing[..start],
+                &existing[end + END.len()..]
+            )
+        }
+        _ => {
+            let title_end = existing.find("\n## ").unwrap_or(existing.len());
+            format!(
+                "{}\n{section}\n{}",
+                &existing[..title_end].trim_end(),
+                &existing[title_end..]
+            )
+        }
+    };
+    std::fs::write(path, updated)
+}
