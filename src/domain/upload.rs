@@ -117,7 +117,7 @@ impl Images {
         };
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
-        let mut stored = StoredBytes::new(self.limits.keep_metadata);
+        let mut stored = StoredBytes::new(self.limits.keep_metadata, self.limits.variants);
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -348,10 +348,20 @@ where
     }
 }
 
+/// Stored originals up to this size are kept in memory until their
+/// variants are made (phone photos are 2-12 MiB); larger ones are read
+/// back from the store. It bounds what an upload holds beyond the store's
+/// own buffers.
+const KEEP_FOR_RENDERING: u64 = 16 * 1024 * 1024;
+
 /// The bytes that reach the store: the upload with its identifying
 /// metadata removed (see [`super::scrub`]), and their checksums.
 struct StoredBytes {
     scrubber: Option<Scrubber>,
+    /// The stored bytes, kept (as shared slices of the received chunks, not
+    /// copies) while they fit in [`KEEP_FOR_RENDERING`], so variants are
+    /// made without reading the original back from the store.
+    kept: Option<Vec<Bytes>>,
     /// The scrubber changes the bytes (known from the first few bytes on).
     rewrites: bool,
     pieces: Vec<Bytes>,
@@ -363,9 +373,10 @@ struct StoredBytes {
 }
 
 impl StoredBytes {
-    fn new(keep_metadata: bool) -> Self {
+    fn new(keep_metadata: bool, keep_for_rendering: bool) -> Self {
         Self {
             scrubber: Some(Scrubber::new(keep_metadata)),
+            kept: keep_for_rendering.then(Vec::new),
             rewrites: false,
             pieces: Vec::new(),
             sha256: sha2::Digest::new(),
@@ -392,6 +403,11 @@ impl StoredBytes {
                 self.crc32c = crc32c::crc32c_append(self.crc32c, &piece);
             }
             self.size += piece.len() as u64;
+            if self.size > KEEP_FOR_RENDERING {
+                self.kept = None;
+            } else if let Some(kept) = &mut self.kept {
+                kept.push(piece.clone());
+            }
             writer.write(piece).await?;
         }
         Ok(())
@@ -428,6 +444,7 @@ impl StoredBytes {
             size_bytes,
             sha256_hex,
             crc32c,
+            kept: self.kept,
         })
     }
 }
@@ -441,6 +458,8 @@ struct StoredFacts {
     size_bytes: u64,
     sha256_hex: String,
     crc32c: u32,
+    /// The stored bytes, when small enough to have been kept.
+    kept: Option<Vec<Bytes>>,
 }
 
 impl StoredFacts {
@@ -471,8 +490,13 @@ impl Images {
         }
         // The turn first, then the bytes: waiting renders hold no memory.
         let slot = self.renderer.slot().await;
-        let original = ObjectKey::new(id, &VariantName::original());
-        let source = self.read_all(&original, facts.size_bytes).await?;
+        let source = match &facts.kept {
+            Some(pieces) => pieces.concat().into(),
+            None => {
+                let original = ObjectKey::new(id, &VariantName::original());
+                self.read_all(&original, facts.size_bytes).await?
+            }
+        };
         let Rendered { variants, blurhash } = self
             .renderer
             .render(slot, source, content_type, facts.scrubbed.orientation)
