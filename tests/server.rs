@@ -855,3 +855,34 @@ async fn with_keep_metadata_originals_are_stored_as_uploaded() {
     let sizes: Vec<_> = image.variants.iter().map(|v| (v.width, v.height)).collect();
     assert_eq!(sizes, [(240, 320), (600, 800)]);
 }
+
+/// An original too large to keep in memory whose metadata is stripped: its
+/// stored checksums are computed from the store, and match what downloads
+/// return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stripped_original_has_the_checksums_of_what_is_stored() {
+    use sha2::{Digest, Sha256};
+    let app = TestApp::spawn_with(Backend::Embedded, &["--max-image-bytes", "64MiB"]).await;
+    let plain = images::png_of_size(17 * 1024 * 1024, 4);
+    let mut png = plain[..33].to_vec();
+    png.extend(images::png_text_chunk("Author", "Alice Example"));
+    png.extend_from_slice(&plain[33..]);
+    let image = app
+        .upload(
+            "alice",
+            pb::ImageSpec {
+                filename: "big.png".into(),
+                ..Default::default()
+            },
+            &png,
+        )
+        .await
+        .unwrap();
+    let stored = app.download("bob", &image.image_id).await.unwrap();
+    assert!(stored == plain, "the text chunk, and only it, was removed");
+    assert!(image.metadata_stripped);
+    assert_eq!(image.sha256, hex::encode(Sha256::digest(&stored)));
+    assert_eq!(image.crc32c, crc32c::crc32c(&stored));
+    assert_eq!(image.size_bytes, stored.len() as i64);
+    assert_eq!(image.uploaded_sha256, hex::encode(Sha256::digest(&png)));
+}

@@ -34,6 +34,8 @@ pub struct Scrubbed {
     /// Identifying metadata was removed (the format is one the scrubber
     /// rewrites, and the service was not told to keep metadata).
     pub stripped: bool,
+    /// The stored bytes differ from the uploaded ones.
+    pub changed: bool,
 }
 
 /// A streaming rewriter of an image's bytes; see the module documentation.
@@ -44,6 +46,9 @@ pub struct Scrubber {
     /// EXIF block), at most one structure.
     pending: BytesMut,
     orientation: u8,
+    /// Some byte was dropped or inserted: the output is no longer a copy
+    /// of the input.
+    changed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +109,7 @@ impl Scrubber {
             state: State::Sniff,
             pending: BytesMut::new(),
             orientation: 1,
+            changed: false,
         }
     }
 
@@ -115,7 +121,10 @@ impl Scrubber {
                 State::Sniff => self.sniff(&mut chunk, out)?,
                 State::Pass => out.push(std::mem::take(&mut chunk)),
                 State::Trailer if self.keep_metadata => out.push(std::mem::take(&mut chunk)),
-                State::Trailer => chunk.clear(),
+                State::Trailer => {
+                    self.changed = true;
+                    chunk.clear();
+                }
                 State::Jpeg(jpeg) => self.jpeg(jpeg, &mut chunk, out)?,
                 State::Png(png) => self.png(png, &mut chunk, out)?,
             }
@@ -123,10 +132,10 @@ impl Scrubber {
         Ok(())
     }
 
-    /// Whether the stored bytes may differ from the uploaded ones (decided
-    /// by the first eight bytes; false before that).
-    pub fn rewrites(&self) -> bool {
-        !self.keep_metadata && matches!(self.state, State::Jpeg(_) | State::Png(_) | State::Trailer)
+    /// Whether the output differs from the input so far: a byte was
+    /// dropped or inserted.
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// Ends the stream: flushes what is held and reports what was found.
@@ -153,6 +162,7 @@ impl Scrubber {
         Ok(Scrubbed {
             orientation: self.orientation,
             stripped,
+            changed: self.changed,
         })
     }
 
@@ -213,6 +223,8 @@ impl Scrubber {
                 let part = chunk.split_to(n);
                 if action == Action::Keep {
                     out.push(part);
+                } else if n > 0 {
+                    self.changed = true;
                 }
                 self.state = State::Jpeg(if len > n {
                     Jpeg::Payload {
@@ -272,7 +284,10 @@ impl Scrubber {
                 let action = self.jpeg_action(marker);
                 match action {
                     Action::Keep => out.push(self.pending.split().freeze()),
-                    Action::Drop => self.pending.clear(),
+                    Action::Drop => {
+                        self.changed = true;
+                        self.pending.clear();
+                    }
                     // The header stays pending with the payload to come.
                     Action::Inspect => {}
                 }
@@ -332,7 +347,10 @@ impl Scrubber {
             self.note_orientation(tiff);
             if self.keep_metadata {
                 out.push(segment);
-            } else if self.orientation != 1 {
+                return;
+            }
+            self.changed = true;
+            if self.orientation != 1 {
                 out.push(minimal_jpeg_exif(self.orientation));
             }
             return;
@@ -340,6 +358,8 @@ impl Scrubber {
         let keep = self.keep_metadata || (marker == 0xE2 && payload.starts_with(b"ICC_PROFILE\0"));
         if keep {
             out.push(segment);
+        } else {
+            self.changed = true;
         }
     }
 
@@ -384,6 +404,8 @@ impl Scrubber {
                 let header = self.pending.split().freeze();
                 if keep {
                     out.push(header);
+                } else {
+                    self.changed = true;
                 }
                 self.state = State::Png(Png::Body {
                     remaining: u64::from(len) + 4,
@@ -423,8 +445,11 @@ impl Scrubber {
                 self.note_orientation(&whole[8..8 + len]);
                 if self.keep_metadata {
                     out.push(whole);
-                } else if self.orientation != 1 {
-                    out.push(minimal_png_exif(self.orientation));
+                } else {
+                    self.changed = true;
+                    if self.orientation != 1 {
+                        out.push(minimal_png_exif(self.orientation));
+                    }
                 }
                 self.state = State::Png(Png::Header);
             }
@@ -587,7 +612,8 @@ mod tests {
                 report,
                 Scrubbed {
                     orientation: 6,
-                    stripped: true
+                    stripped: true,
+                    changed: true
                 }
             );
             for secret in [&b"Alice"[..], b"GPSLatitude", b"MPF", b"motion photo"] {
@@ -617,6 +643,14 @@ mod tests {
     }
 
     #[test]
+    fn images_without_metadata_are_stored_byte_for_byte() {
+        let jpeg = encoded_jpeg();
+        let (stored, report) = scrub(&jpeg, 4096, false).unwrap();
+        assert_eq!(stored, jpeg);
+        assert!(report.stripped && !report.changed);
+    }
+
+    #[test]
     fn keeping_metadata_stores_the_bytes_as_uploaded() {
         let original = camera_jpeg(3);
         let (stored, report) = scrub(&original, 9, true).unwrap();
@@ -625,7 +659,8 @@ mod tests {
             report,
             Scrubbed {
                 orientation: 3,
-                stripped: false
+                stripped: false,
+                changed: false
             }
         );
     }
@@ -663,7 +698,8 @@ mod tests {
                 report,
                 Scrubbed {
                     orientation: 8,
-                    stripped: true
+                    stripped: true,
+                    changed: true
                 }
             );
             assert!(!contains(&stored, b"Alice"));
@@ -712,7 +748,8 @@ mod tests {
                 report,
                 Scrubbed {
                     orientation: 1,
-                    stripped: false
+                    stripped: false,
+                    changed: false
                 }
             );
         }

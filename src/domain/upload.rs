@@ -117,7 +117,7 @@ impl Images {
         };
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
-        let mut stored = StoredBytes::new(self.limits.keep_metadata, self.limits.variants);
+        let mut stored = StoredBytes::new(self.limits.keep_metadata);
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -176,7 +176,7 @@ impl Images {
         owner: UserId,
         write: CompleteWrite,
         spec: ValidSpec,
-        facts: StoredFacts,
+        mut facts: StoredFacts,
     ) -> Result<ImageRecord, DomainError> {
         let CompleteWrite {
             id,
@@ -188,6 +188,17 @@ impl Images {
         let finished = writer.finish().await;
         self.clear_journal(pending).await;
         finished?;
+        let digest = match facts.digest.take() {
+            Some(digest) => Ok(digest),
+            None => self.stored_digest(&key, facts.size_bytes).await,
+        };
+        let (sha256_hex, crc32c) = match digest {
+            Ok(digest) => digest,
+            Err(error) => {
+                self.delete_blob_logged(&key).await;
+                return Err(error);
+            }
+        };
         let rendered = match self.render_and_store(&id, &facts).await {
             Ok(rendered) => rendered,
             Err(error) => {
@@ -204,8 +215,8 @@ impl Images {
             filename: spec.filename,
             content_type: facts.uploaded.content_type.to_owned(),
             size_bytes: facts.size_bytes,
-            sha256: facts.sha256_hex,
-            crc32c: facts.crc32c,
+            sha256: sha256_hex,
+            crc32c,
             width,
             height,
             title: spec.title,
@@ -348,39 +359,34 @@ where
     }
 }
 
-/// Stored originals up to this size are kept in memory until their
-/// variants are made (phone photos are 2-12 MiB); larger ones are read
-/// back from the store. It bounds what an upload holds beyond the store's
-/// own buffers.
-const KEEP_FOR_RENDERING: u64 = 16 * 1024 * 1024;
+/// Stored originals up to this size are kept in memory until the upload
+/// is committed (phone photos are 2-12 MiB): variants are made from them,
+/// and their checksums computed, without reading them back from the store.
+/// It bounds what an upload holds beyond the store's own buffers.
+const KEEP_IN_MEMORY: u64 = 16 * 1024 * 1024;
 
 /// The bytes that reach the store: the upload with its identifying
-/// metadata removed (see [`super::scrub`]), and their checksums.
+/// metadata removed (see [`super::scrub`]).
+///
+/// Their checksums are those of the upload unless the scrubber changed a
+/// byte; only then are they computed again, from the kept bytes or, for
+/// larger originals, from the store (see [`Images::stored_digest`]). Most
+/// large images carry no metadata, so they are hashed once.
 struct StoredBytes {
     scrubber: Option<Scrubber>,
-    /// The stored bytes, kept (as shared slices of the received chunks, not
-    /// copies) while they fit in [`KEEP_FOR_RENDERING`], so variants are
-    /// made without reading the original back from the store.
+    /// The stored bytes while they fit in [`KEEP_IN_MEMORY`], as shared
+    /// slices of the received chunks (not copies).
     kept: Option<Vec<Bytes>>,
-    /// The scrubber changes the bytes (known from the first few bytes on).
-    rewrites: bool,
     pieces: Vec<Bytes>,
-    /// Checksums of what is stored, needed only when it differs from what
-    /// was uploaded (otherwise the inspector's serve).
-    sha256: sha2::Sha256,
-    crc32c: u32,
     size: u64,
 }
 
 impl StoredBytes {
-    fn new(keep_metadata: bool, keep_for_rendering: bool) -> Self {
+    fn new(keep_metadata: bool) -> Self {
         Self {
             scrubber: Some(Scrubber::new(keep_metadata)),
-            kept: keep_for_rendering.then(Vec::new),
-            rewrites: false,
+            kept: Some(Vec::new()),
             pieces: Vec::new(),
-            sha256: sha2::Digest::new(),
-            crc32c: 0,
             size: 0,
         }
     }
@@ -388,22 +394,16 @@ impl StoredBytes {
     async fn write(&mut self, data: Bytes, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
         let scrubber = self.scrubber.as_mut().expect("written before finish");
         scrubber.push(data, &mut self.pieces)?;
-        self.rewrites = scrubber.rewrites();
         self.flush(writer).await
     }
 
     async fn flush(&mut self, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
-        let rewrites = self.rewrites;
         for piece in std::mem::take(&mut self.pieces) {
             if piece.is_empty() {
                 continue;
             }
-            if rewrites {
-                sha2::Digest::update(&mut self.sha256, &piece);
-                self.crc32c = crc32c::crc32c_append(self.crc32c, &piece);
-            }
             self.size += piece.len() as u64;
-            if self.size > KEEP_FOR_RENDERING {
+            if self.size > KEEP_IN_MEMORY {
                 self.kept = None;
             } else if let Some(kept) = &mut self.kept {
                 kept.push(piece.clone());
@@ -425,28 +425,30 @@ impl StoredBytes {
         let uploaded = inspector.finish()?;
         let scrubbed = scrubbed?;
         self.flush(writer).await?;
-        let (size_bytes, sha256_hex, crc32c) = if self.rewrites {
-            (
-                self.size,
-                hex::encode(sha2::Digest::finalize(self.sha256)),
-                self.crc32c,
-            )
+        let digest = if scrubbed.changed {
+            self.kept.as_deref().map(digest_of)
         } else {
-            (
-                uploaded.size_bytes,
-                uploaded.sha256_hex.clone(),
-                uploaded.crc32c,
-            )
+            Some((uploaded.sha256_hex.clone(), uploaded.crc32c))
         };
         Ok(StoredFacts {
             uploaded,
             scrubbed,
-            size_bytes,
-            sha256_hex,
-            crc32c,
+            size_bytes: self.size,
+            digest,
             kept: self.kept,
         })
     }
+}
+
+/// SHA-256 (hex) and CRC32C of bytes in pieces.
+fn digest_of(pieces: &[Bytes]) -> (String, u32) {
+    let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
+    let mut crc32c = 0;
+    for piece in pieces {
+        sha2::Digest::update(&mut sha256, piece);
+        crc32c = crc32c::crc32c_append(crc32c, piece);
+    }
+    (hex::encode(sha2::Digest::finalize(sha256)), crc32c)
 }
 
 /// What is known of an upload once all of it is stored.
@@ -454,10 +456,10 @@ struct StoredFacts {
     /// Of the bytes as uploaded.
     uploaded: ContentFacts,
     scrubbed: Scrubbed,
-    /// Of the bytes as stored.
+    /// Of the bytes as stored; the checksums are `None` until computed
+    /// from the store (changed bytes too large to keep).
     size_bytes: u64,
-    sha256_hex: String,
-    crc32c: u32,
+    digest: Option<(String, u32)>,
     /// The stored bytes, when small enough to have been kept.
     kept: Option<Vec<Bytes>>,
 }
@@ -522,6 +524,23 @@ impl Images {
             stored.push(variant);
         }
         Ok(Some((stored, blurhash)))
+    }
+
+    /// Checksums of a stored object, read back from the store.
+    async fn stored_digest(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+    ) -> Result<(String, u32), DomainError> {
+        let mut stream = self.blobs.read(key, 0, size).await?;
+        let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
+        let mut crc32c = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            sha2::Digest::update(&mut sha256, &chunk);
+            crc32c = crc32c::crc32c_append(crc32c, &chunk);
+        }
+        Ok((hex::encode(sha2::Digest::finalize(sha256)), crc32c))
     }
 
     /// The whole of a stored object, in memory.

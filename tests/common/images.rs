@@ -55,6 +55,17 @@ pub fn png_with_corrupt_pixels(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
+/// A PNG `tEXt` chunk, as editors write an author's name.
+pub fn png_text_chunk(keyword: &str, text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    png_chunk(
+        &mut out,
+        b"tEXt",
+        &[keyword.as_bytes(), &[0], text.as_bytes()].concat(),
+    );
+    out
+}
+
 /// Only the header of a PNG claiming `width` x `height`: enough for the
 /// service to read the dimensions (a decompression bomb looks like this).
 pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
