@@ -1233,7 +1233,7 @@ fn write_results(path: &Path, report: &str) -> std::io::Result<()> {
     const END: &str = "<!-- end of generated section -->";
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let section = format!(
-        "{START}\n## Service vs raw backends\n\nCommand: `scripts/bench` (runs `cargo bench --bench service`). Every figure is the median of the rounds noted; the service and the raw backend run side by side in one run.\n\n{report}\n{END}"
+        "{START}\n## Service vs raw backends\n\nCommand: `scripts/bench` (runs `cargo bench --bench service`). Throughputs are the median of 3 rounds; the service and the raw backend run side by side in one run, on the same servers and data. Release builds; s3s-fs and dynalite share the 2 cores with the service and the benchmark's own client, so absolute figures are low and the ratios are what to read.\n\n{report}\n{END}"
     );
     let updated = match (existing.find(START), existing.find(END)) {
         (Some(start), Some(end)) => {
@@ -1246,7 +1246,7 @@ fn write_results(path: &Path, report: &str) -> std::io::Result<()> {
         _ => {
             let title_end = existing.find("\n## ").unwrap_or(existing.len());
             format!(
-                "{}\n{section}\n{}",
+                "{}\n\n{section}\n{}",
                 &existing[..title_end].trim_end(),
                 &existing[title_end..]
             )
