@@ -253,6 +253,7 @@ async fn run(plan: &Plan) -> String {
         out,
         "| callers | raw PutObject + PutItem | service, variants off | ratio | service, variants on (default) | ratio |\n|---|---|---|---|---|---|"
     );
+    let cpu_before = (bytes_client.cpu_seconds(), with_variants.cpu_seconds());
     for (callers, count) in plan.small_counts {
         let images: Vec<Bytes> = (0..count).map(|i| small_png(i as u32)).collect();
         let raw_rate = concurrently(&images, callers, |bytes| raw.put_pair("raw", bytes)).await;
@@ -278,9 +279,13 @@ async fn run(plan: &Plan) -> String {
         );
     }
     let uploads: usize = plan.small_counts.iter().map(|(_, n)| n).sum();
+    let cpu_ms =
+        |before: f64, service: &Service| (service.cpu_seconds() - before) * 1000.0 / uploads as f64;
     let _ = writeln!(
         out,
-        "\nUploads/s (p50 / p99 latency). Backend calls per upload, variants off: {}; variants on: {}.\n",
+        "\nUploads/s (p50 / p99 latency). Service CPU per upload: {:.2} ms with variants off, {:.2} ms with variants on. Backend calls per upload, variants off: {}; variants on: {}.\n",
+        cpu_ms(cpu_before.0, &bytes_client),
+        cpu_ms(cpu_before.1, &with_variants),
         backend_calls(&bytes_client, uploads).await,
         backend_calls(&with_variants, uploads).await
     );
