@@ -235,9 +235,9 @@ async fn run(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "Bound: part size × (parts in flight + 1) per upload = {} MiB, so {} MiB for {count} uploads; peaks from `VmHWM` after resetting it (`/proc/PID/clear_refs`).\n",
-        PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB,
-        count * PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB
+        "Bound: part size × (parts in flight + 1) plus the 4 MiB HTTP/2 stream window per upload = {} MiB, so {} MiB for {count} uploads; peaks from `VmHWM` after resetting it (`/proc/PID/clear_refs`).\n",
+        PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB + 4,
+        count * (PART_SIZE * (PARTS_IN_FLIGHT + 1) / MIB + 4)
     );
     drop(bytes_only);
 
