@@ -111,7 +111,7 @@ pub struct Config {
     pub max_concurrent_uploads: usize,
 
     /// Keep identifying metadata (GPS, serial numbers, owner names, XMP,
-    /// comments) in stored JPEG and PNG originals instead of removing it.
+    /// comments) in stored JPEG, PNG and WebP originals instead of removing it.
     #[arg(long, env = "IMAGE_SERVICE_KEEP_METADATA", global = true)]
     pub keep_metadata: bool,
 

@@ -35,7 +35,7 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// An upload stream that sends nothing for this long is abandoned.
     pub upload_idle_timeout: Duration,
-    /// Store JPEG and PNG originals with their identifying metadata.
+    /// Store JPEG, PNG and WebP originals with their identifying metadata.
     pub keep_metadata: bool,
     /// Make variants and placeholders.
     pub variants: bool,

@@ -13,9 +13,11 @@
 //! block, at most 64 KiB in JPEG) is held at a time; coded image data passes
 //! through as slices of the received chunks, without copies.
 //!
-//! Other formats pass through unchanged; [`Scrubbed::stripped`] says which
-//! happened. The same parse also finds the EXIF orientation and rejects JPEG
-//! and PNG streams that end before their end-of-image marker.
+//! WebP's metadata chunks are blanked in place instead (see
+//! [`Scrubber::webp`]). Other formats pass through unchanged;
+//! [`Scrubbed::stripped`] says which happened. The same parse also finds the
+//! EXIF orientation and rejects JPEG, PNG and WebP streams that end before
+//! their end-of-image marker (or RIFF size).
 use bytes::{Bytes, BytesMut};
 #[cfg(test)]
 use image::metadata::Orientation;
@@ -59,8 +61,25 @@ enum State {
     Pass,
     Jpeg(Jpeg),
     Png(Png),
+    /// Inside a WebP's RIFF container; `left` bytes of it remain.
+    Webp {
+        left: u64,
+        chunk: Webp,
+    },
     /// After the end-of-image marker: the rest is dropped.
     Trailer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Webp {
+    /// Expecting a chunk header (FourCC and little-endian size).
+    Header,
+    /// Passing `remaining` bytes of a chunk's (padded) payload.
+    Body { remaining: u64 },
+    /// Replacing `remaining` bytes of a metadata chunk's payload by zeros.
+    Blank { remaining: u64 },
+    /// Collecting a whole chunk (`VP8X` flags, `EXIF` orientation).
+    Collect { len: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +146,9 @@ impl Scrubber {
                 }
                 State::Jpeg(jpeg) => self.jpeg(jpeg, &mut chunk, out)?,
                 State::Png(png) => self.png(png, &mut chunk, out)?,
+                State::Webp { left, chunk: state } => {
+                    self.webp(left, state, &mut chunk, out)?;
+                }
             }
         }
         Ok(())
@@ -158,6 +180,11 @@ impl Scrubber {
                     "the PNG is truncated: it ends before its IEND chunk",
                 ));
             }
+            State::Webp { .. } => {
+                return Err(DomainError::invalid(
+                    "the WebP is truncated: it ends before its RIFF size",
+                ));
+            }
         };
         Ok(Scrubbed {
             orientation: self.orientation,
@@ -175,7 +202,7 @@ impl Scrubber {
     }
 
     fn sniff(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Result<(), DomainError> {
-        if !self.fill(chunk, PNG_SIGNATURE.len()) {
+        if !self.fill(chunk, SNIFF_LEN) {
             return Ok(());
         }
         let head = self.pending.split().freeze();
@@ -184,10 +211,19 @@ impl Scrubber {
             out.push(head.slice(..2));
             self.state = State::Jpeg(Jpeg::Marker);
             self.push(head.slice(2..), out)
-        } else if head[..] == PNG_SIGNATURE {
-            out.push(head);
+        } else if head[..8] == PNG_SIGNATURE {
+            out.push(head.slice(..8));
             self.state = State::Png(Png::Header);
-            Ok(())
+            self.push(head.slice(8..), out)
+        } else if &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
+            // The RIFF size counts from the form type on.
+            let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            out.push(head.slice(..12));
+            self.state = State::Webp {
+                left: u64::from(size).saturating_sub(4),
+                chunk: Webp::Header,
+            };
+            self.push(head.slice(12..), out)
         } else {
             out.push(head);
             self.state = State::Pass;
@@ -369,6 +405,116 @@ impl Scrubber {
         }
     }
 
+    /// WebP metadata cannot be removed while streaming (the RIFF size at
+    /// the start would change), so it is blanked in place: `EXIF` and
+    /// `XMP ` chunks become `JUNK` chunks of zeros (which decoders skip, as
+    /// RIFF defines) and `VP8X` stops announcing them. `left` counts the
+    /// container's bytes not yet taken from the input.
+    fn webp(
+        &mut self,
+        left: u64,
+        state: Webp,
+        chunk: &mut Bytes,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), DomainError> {
+        let before = chunk.len();
+        let taken = |chunk: &Bytes| (before - chunk.len()) as u64;
+        let corrupt = || DomainError::invalid("the WebP's chunk structure is corrupt");
+        let next = match state {
+            Webp::Header => {
+                if left + (self.pending.len() as u64) < 8 {
+                    return Err(corrupt());
+                }
+                if !self.fill(chunk, 8) {
+                    self.state = State::Webp {
+                        left: left - taken(chunk),
+                        chunk: Webp::Header,
+                    };
+                    return Ok(());
+                }
+                let kind = [
+                    self.pending[0],
+                    self.pending[1],
+                    self.pending[2],
+                    self.pending[3],
+                ];
+                let size = u32::from_le_bytes([
+                    self.pending[4],
+                    self.pending[5],
+                    self.pending[6],
+                    self.pending[7],
+                ]);
+                let padded = u64::from(size) + u64::from(size & 1);
+                if padded > left - taken(chunk) {
+                    return Err(corrupt());
+                }
+                let metadata = &kind == b"EXIF" || &kind == b"XMP ";
+                if (&kind == b"VP8X" || &kind == b"EXIF") && size <= MAX_WEBP_COLLECT {
+                    Webp::Collect {
+                        len: 8 + padded as usize,
+                    }
+                } else if metadata && !self.keep_metadata {
+                    self.changed = true;
+                    self.pending.clear();
+                    out.push(webp_junk_header(size));
+                    Webp::Blank { remaining: padded }
+                } else {
+                    out.push(self.pending.split().freeze());
+                    Webp::Body { remaining: padded }
+                }
+            }
+            Webp::Body { remaining } | Webp::Blank { remaining } => {
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                let part = chunk.split_to(n);
+                if matches!(state, Webp::Body { .. }) {
+                    out.push(part);
+                } else {
+                    out.push(Bytes::from(vec![0u8; n]));
+                }
+                match (state, remaining - n as u64) {
+                    (_, 0) => Webp::Header,
+                    (Webp::Body { .. }, remaining) => Webp::Body { remaining },
+                    (_, remaining) => Webp::Blank { remaining },
+                }
+            }
+            Webp::Collect { len } => {
+                if !self.fill(chunk, len) {
+                    self.state = State::Webp {
+                        left: left - taken(chunk),
+                        chunk: state,
+                    };
+                    return Ok(());
+                }
+                let mut whole = self.pending.split();
+                if &whole[..4] == b"EXIF" {
+                    let payload = &whole[8..];
+                    let tiff = payload.strip_prefix(b"Exif\0\0").unwrap_or(payload);
+                    self.note_orientation(tiff);
+                    if !self.keep_metadata {
+                        self.changed = true;
+                        whole[..4].copy_from_slice(b"JUNK");
+                        whole[8..].fill(0);
+                    }
+                } else if !self.keep_metadata && whole.len() > 8 && whole[8] & 0x0C != 0 {
+                    // VP8X: clear the EXIF (0x08) and XMP (0x04) flags.
+                    self.changed = true;
+                    whole[8] &= !0x0C;
+                }
+                out.push(whole.freeze());
+                Webp::Header
+            }
+        };
+        let left = left - taken(chunk);
+        self.state = if left == 0 && next == Webp::Header {
+            State::Trailer
+        } else {
+            State::Webp { left, chunk: next }
+        };
+        Ok(())
+    }
+
     fn png(
         &mut self,
         state: Png,
@@ -459,8 +605,20 @@ impl Scrubber {
 }
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+/// Bytes that tell the formats apart (a RIFF header with its form type).
+const SNIFF_LEN: usize = 12;
+/// Largest WebP chunk collected whole (`VP8X` is 10 bytes, `EXIF` blocks
+/// a few KiB); larger metadata chunks are blanked unread.
+const MAX_WEBP_COLLECT: u32 = 1024 * 1024;
 const SOS: u8 = 0xDA;
 const EOI: u8 = 0xD9;
+
+/// A RIFF `JUNK` chunk header for `size` bytes of payload.
+fn webp_junk_header(size: u32) -> Bytes {
+    let mut header = b"JUNK".to_vec();
+    header.extend_from_slice(&size.to_le_bytes());
+    Bytes::from(header)
+}
 
 fn corrupt_jpeg() -> DomainError {
     DomainError::invalid("the JPEG's marker structure is corrupt")
@@ -739,7 +897,7 @@ mod tests {
     fn other_formats_and_tiny_inputs_pass_unchanged() {
         for bytes in [
             &b"GIF89a and the rest of a gif"[..],
-            b"RIFF\0\0\0\0WEBPVP8 ",
+            b"RIFF\0\0\0\0AVI LIST",
             b"abc",
         ] {
             let (stored, report) = scrub(bytes, 2, false).unwrap();
@@ -757,12 +915,90 @@ mod tests {
 
     #[test]
     fn corrupt_jpeg_structure_is_refused_not_panicked_on() {
-        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x01, 0, 0, 0, 0];
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(scrub(&bytes, 3, false).is_err());
-        bytes = vec![0xFF, 0xD8, 0xFF, 0xD8, 0, 0, 0, 0, 0];
+        bytes = vec![0xFF, 0xD8, 0xFF, 0xD8, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(scrub(&bytes, 1, false).is_err());
-        bytes = vec![0xFF, 0xD8, 0xFF, 0x12, 0x00, 0x02, 0x34, 0, 0, 0];
+        bytes = vec![
+            0xFF, 0xD8, 0xFF, 0x12, 0x00, 0x02, 0x34, 0, 0, 0, 0, 0, 0, 0,
+        ];
         assert!(scrub(&bytes, 1, false).is_err());
+        // A WebP whose chunk claims more than its RIFF size.
+        bytes = b"RIFF\x10\0\0\0WEBPVP8L\xFF\0\0\0abcd".to_vec();
+        assert!(scrub(&bytes, 5, false).is_err());
+    }
+
+    /// A WebP as cameras and editors write it: `VP8X` announcing EXIF and
+    /// XMP, the image, then both metadata chunks.
+    fn camera_webp(orientation: u16) -> (Vec<u8>, image::RgbaImage) {
+        let image = image::RgbaImage::from_fn(30, 20, |x, y| {
+            image::Rgba([x as u8 * 8, y as u8 * 12, 90, 255])
+        });
+        let mut simple = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+            .encode(image.as_raw(), 30, 20, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        // `simple` is RIFF + WEBP + one VP8L chunk: keep that chunk.
+        let vp8l = &simple[12..];
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let mut out = kind.to_vec();
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                out.push(0);
+            }
+            out
+        };
+        let mut vp8x = vec![0x08 | 0x04 | 0x10, 0, 0, 0];
+        vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
+        let mut body = b"WEBP".to_vec();
+        body.extend(chunk(b"VP8X", &vp8x));
+        body.extend_from_slice(vp8l);
+        body.extend(chunk(b"EXIF", &exif_tiff(orientation, "Alice Example")));
+        body.extend(chunk(
+            b"XMP ",
+            b"<x:xmpmeta>Alice Example, GPS 48.85</x:xmpmeta>",
+        ));
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend(body);
+        (out, image)
+    }
+
+    #[test]
+    fn webp_metadata_is_blanked_in_place() {
+        let (original, pixels) = camera_webp(6);
+        for chunk in [1, 3, 8, 50, original.len()] {
+            let (stored, report) = scrub(&original, chunk, false).unwrap();
+            assert_eq!(
+                report,
+                Scrubbed {
+                    orientation: 6,
+                    stripped: true,
+                    changed: true
+                }
+            );
+            assert_eq!(stored.len(), original.len(), "sizes stay, so it streams");
+            assert!(
+                !contains(&stored, b"Alice")
+                    && !contains(&stored, b"EXIF")
+                    && !contains(&stored, b"XMP ")
+            );
+            let vp8x = stored.windows(4).position(|w| w == b"VP8X").unwrap();
+            assert_eq!(
+                stored[vp8x + 8] & 0x0C,
+                0,
+                "VP8X no longer announces metadata"
+            );
+            let decoded = image::load_from_memory(&stored).unwrap().to_rgba8();
+            assert!(decoded == pixels, "the pixels changed");
+        }
+        let (kept, report) = scrub(&original, 7, true).unwrap();
+        assert_eq!(kept, original);
+        assert!(!report.stripped && !report.changed && report.orientation == 6);
+        let error = scrub(&original[..original.len() - 5], 64, false).unwrap_err();
+        assert!(error.to_string().contains("truncated"), "{error}");
     }
 
     trait FromStored {
