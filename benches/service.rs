@@ -634,6 +634,11 @@ async fn upload_with(
     spec: pb::ImageSpec,
 ) -> Result<pb::Image, tonic::Status> {
     let chunks = bytes.len().div_ceil(CHUNK);
+    // As imagectl and well-behaved clients do: the size up front.
+    let spec = pb::ImageSpec {
+        expected_size: Some(bytes.len() as i64),
+        ..spec
+    };
     let messages = std::iter::once(pb::UploadImageRequest {
         data: Some(Data::Spec(spec)),
         ..Default::default()

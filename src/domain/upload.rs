@@ -117,7 +117,7 @@ impl Images {
         };
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
-        let mut stored = StoredBytes::new(self.limits.keep_metadata);
+        let mut stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -382,10 +382,13 @@ struct StoredBytes {
 }
 
 impl StoredBytes {
-    fn new(keep_metadata: bool) -> Self {
+    /// Nothing is kept for an upload declared larger than
+    /// [`KEEP_IN_MEMORY`].
+    fn new(keep_metadata: bool, declared_size: Option<u64>) -> Self {
+        let keep = declared_size.is_none_or(|size| size <= KEEP_IN_MEMORY);
         Self {
             scrubber: Some(Scrubber::new(keep_metadata)),
-            kept: Some(Vec::new()),
+            kept: keep.then(Vec::new),
             pieces: Vec::new(),
             size: 0,
         }
