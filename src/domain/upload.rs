@@ -188,19 +188,22 @@ impl Images {
         let finished = writer.finish().await;
         self.clear_journal(pending).await;
         finished?;
+        // Rendering first: when it reads the original back, the same bytes
+        // give the checksums, so nothing is read twice. Checksums still
+        // missing after it mean nothing was rendered (no variants to undo).
+        let rendered = match self.render_and_store(&id, &mut facts).await {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                self.delete_blob_logged(&key).await;
+                return Err(error);
+            }
+        };
         let digest = match facts.digest.take() {
             Some(digest) => Ok(digest),
             None => self.stored_digest(&key, facts.size_bytes).await,
         };
         let (sha256_hex, crc32c) = match digest {
             Ok(digest) => digest,
-            Err(error) => {
-                self.delete_blob_logged(&key).await;
-                return Err(error);
-            }
-        };
-        let rendered = match self.render_and_store(&id, &facts).await {
-            Ok(rendered) => rendered,
             Err(error) => {
                 self.delete_blob_logged(&key).await;
                 return Err(error);
@@ -445,13 +448,31 @@ impl StoredBytes {
 
 /// SHA-256 (hex) and CRC32C of bytes in pieces.
 fn digest_of(pieces: &[Bytes]) -> (String, u32) {
-    let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
-    let mut crc32c = 0;
-    for piece in pieces {
-        sha2::Digest::update(&mut sha256, piece);
-        crc32c = crc32c::crc32c_append(crc32c, piece);
+    let mut checksums = Checksums::default();
+    pieces.iter().for_each(|piece| checksums.update(piece));
+    checksums.finish()
+}
+
+/// The stored checksums, SHA-256 and CRC32C, computed together.
+#[derive(Default)]
+struct Checksums {
+    sha256: sha2::Sha256,
+    crc32c: u32,
+}
+
+impl Checksums {
+    fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.sha256, bytes);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
     }
-    (hex::encode(sha2::Digest::finalize(sha256)), crc32c)
+
+    /// Lower-case hex SHA-256 and the CRC32C.
+    fn finish(self) -> (String, u32) {
+        (
+            hex::encode(sha2::Digest::finalize(self.sha256)),
+            self.crc32c,
+        )
+    }
 }
 
 /// What is known of an upload once all of it is stored.
@@ -483,11 +504,12 @@ impl StoredFacts {
 impl Images {
     /// Makes the variants and placeholder of a stored original and stores
     /// the variants; `None` for types that are not decoded. On failure,
-    /// removes the variants it stored.
+    /// removes the variants it stored. When it has to read the original
+    /// back, it fills in missing checksums from those bytes.
     async fn render_and_store(
         &self,
         id: &ImageId,
-        facts: &StoredFacts,
+        facts: &mut StoredFacts,
     ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
         let content_type = facts.uploaded.content_type;
         if !self.limits.variants || !Renderer::can_render(content_type) {
@@ -499,14 +521,18 @@ impl Images {
             Some(pieces) => pieces.concat().into(),
             None => {
                 let original = ObjectKey::new(id, &VariantName::original());
-                self.read_all(&original, facts.size_bytes).await?
+                let source = self.read_all(&original, facts.size_bytes).await?;
+                if facts.digest.is_none() {
+                    facts.digest = Some(digest_of(std::slice::from_ref(&source)));
+                }
+                source
             }
         };
         let Rendered { variants, blurhash } = self
             .renderer
             .render(slot, source, content_type, facts.scrubbed.orientation)
             .await?;
-        let mut stored = Vec::with_capacity(variants.len());
+        let mut stored: Vec<Variant> = Vec::with_capacity(variants.len());
         for rendition in variants {
             let key = ObjectKey::new(id, &rendition.name);
             let variant = Variant {
@@ -518,7 +544,6 @@ impl Images {
             };
             if let Err(error) = self.write_object(&key, rendition.bytes).await {
                 for written in &stored {
-                    let written: &Variant = written;
                     self.delete_blob_logged(&ObjectKey::new(id, &written.name))
                         .await;
                 }
@@ -536,14 +561,11 @@ impl Images {
         size: u64,
     ) -> Result<(String, u32), DomainError> {
         let mut stream = self.blobs.read(key, 0, size).await?;
-        let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
-        let mut crc32c = 0;
+        let mut checksums = Checksums::default();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            sha2::Digest::update(&mut sha256, &chunk);
-            crc32c = crc32c::crc32c_append(crc32c, &chunk);
+            checksums.update(&chunk?);
         }
-        Ok((hex::encode(sha2::Digest::finalize(sha256)), crc32c))
+        Ok(checksums.finish())
     }
 
     /// The whole of a stored object, in memory.

@@ -25,7 +25,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{DomainError, VariantName};
 
-/// The variants made for every decodable image: name and longest side.
+/// The variants made for every decodable image: name and longest side,
+/// smallest first (the order of `Image.variants`).
 pub const VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
 /// JPEG quality of variants.
 const JPEG_QUALITY: u8 = 82;
@@ -141,9 +142,7 @@ pub fn render(
     // orientation is applied once, to the first (already small) result.
     let mut variants = Vec::with_capacity(VARIANTS.len());
     let mut previous: Option<Pixels> = None;
-    let mut by_size: Vec<_> = VARIANTS.to_vec();
-    by_size.sort_by_key(|(_, side)| std::cmp::Reverse(*side));
-    for (name, side) in by_size {
+    for &(name, side) in VARIANTS.iter().rev() {
         let pixels = match &previous {
             None => {
                 let swapped = swaps_axes(orientation);
@@ -346,11 +345,10 @@ impl Pixels {
     }
 
     fn orient(&mut self, orientation: Orientation) {
-        let image = match std::mem::replace(self, Self::Rgb(RgbImage::new(0, 0))) {
+        let mut image = match std::mem::replace(self, Self::Rgb(RgbImage::new(0, 0))) {
             Self::Rgb(image) => DynamicImage::ImageRgb8(image),
             Self::Rgba(image) => DynamicImage::ImageRgba8(image),
         };
-        let mut image = image;
         image.apply_orientation(orientation);
         *self = match image {
             DynamicImage::ImageRgba8(image) => Self::Rgba(image),
