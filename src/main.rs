@@ -14,8 +14,9 @@ async fn main() -> anyhow::Result<()> {
             json,
         }) => image_service::startup::run_repair(&config, grace, dry_run, json).await,
         None => {
+            let stop = shutdown_signal()?;
             let app = Application::build(config).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(stop).await
         }
     }
 }
