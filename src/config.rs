@@ -210,6 +210,14 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_S3_CHECKSUMS", value_enum, default_value_t = S3Checksums::WhenSupported, global = true)]
     pub s3_checksums: S3Checksums,
 
+    /// Whether SigV4 signs the bytes of each object and part (one SHA-256
+    /// pass over every byte): `auto` signs over plain HTTP and not over
+    /// HTTPS, where TLS protects the bytes; `signed` always; `unsigned`
+    /// never (a trusted network). Either way each part carries its CRC32C,
+    /// which the store checks, unless `--s3-checksums when-required`.
+    #[arg(long, env = "IMAGE_SERVICE_S3_PAYLOAD_SIGNING", value_enum, default_value_t = PayloadSigning::Auto, global = true)]
+    pub s3_payload_signing: PayloadSigning,
+
     /// DynamoDB table of the image metadata (aws backend).
     #[arg(
         long,
@@ -264,6 +272,14 @@ pub enum Backend {
 pub enum S3Checksums {
     WhenSupported,
     WhenRequired,
+}
+
+/// Whether object bytes sent to S3 are covered by the request signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PayloadSigning {
+    Auto,
+    Signed,
+    Unsigned,
 }
 
 /// How callers are identified.

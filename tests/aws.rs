@@ -452,14 +452,60 @@ async fn the_repair_pass_removes_what_a_lost_call_left_behind() {
     assert_eq!(listed[0].image_id, kept.image_id);
 }
 
+/// Each object reaches the store with the CRC32C of its bytes, which the
+/// store checks before it keeps them. Over plain HTTP the bytes are also
+/// covered by the request signature (the test server verifies it), unless
+/// the operator turns that off for a trusted network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_reach_the_store_with_a_checksum_it_verifies() {
+    use aws_sdk_s3::types::ChecksumMode;
+    use base64::Engine as _;
+    for signing in ["auto", "unsigned"] {
+        let app = TestApp::spawn_with(Backend::Aws, &["--s3-payload-signing", signing]).await;
+        let bytes = images::png_of_size(300 * 1024, 7);
+        let image = app.upload("alice", spec("a.png"), &bytes).await.unwrap();
+        assert_eq!(image.crc32c, crc32c::crc32c(&bytes));
+
+        let head = raw_s3(&app)
+            .await
+            .head_object()
+            .bucket(&app.bucket)
+            .key(format!("images/{}/original", image.image_id))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode(image.crc32c.to_be_bytes());
+        assert_eq!(
+            head.checksum_crc32_c(),
+            Some(expected.as_str()),
+            "{signing}"
+        );
+        assert_eq!(app.download("bob", &image.image_id).await.unwrap(), bytes);
+    }
+}
+
+/// An S3 client of the test's own, to look at what the service stored.
+async fn raw_s3(app: &TestApp) -> aws_sdk_s3::Client {
+    let config = raw_config(app.s3.as_ref().unwrap()).await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
 /// A DynamoDB client of the test's own, to break things on purpose.
 async fn raw_dynamodb(app: &TestApp) -> aws_sdk_dynamodb::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .endpoint_url(app.dynamodb.as_ref().unwrap().endpoint())
+    aws_sdk_dynamodb::Client::new(&raw_config(app.dynamodb.as_ref().unwrap()).await)
+}
+
+async fn raw_config(server: &common::servers::ServerProcess) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(server.endpoint())
         .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
+        .await
 }
 
 /// Runs the image-service binary against the test servers.

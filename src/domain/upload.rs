@@ -181,9 +181,12 @@ impl Images {
         let CompleteWrite {
             id,
             key,
-            writer,
+            mut writer,
             pending,
         } = write;
+        if let Some((sha256_hex, crc32c)) = &facts.digest {
+            writer.written_checksums(sha256_hex, *crc32c);
+        }
         // Finished or aborted by `finish`, the write needs no journal any more.
         let finished = writer.finish().await;
         self.clear_journal(pending).await;

@@ -131,6 +131,10 @@ impl BlobWriter for InstrumentedWriter {
         self.0.pending_id()
     }
 
+    fn written_checksums(&mut self, sha256_hex: &str, crc32c: u32) {
+        self.0.written_checksums(sha256_hex, crc32c);
+    }
+
     async fn abort(self: Box<Self>) {
         let start = Instant::now();
         self.0.abort().await;

@@ -213,6 +213,12 @@ pub trait BlobWriter: Send {
     fn pending_id(&self) -> Option<String> {
         None
     }
+
+    /// The checksums of everything written, SHA-256 (lowercase hex) and
+    /// CRC32C, when the caller has them: given before `finish`, they spare
+    /// a store that sends checksums with the bytes computing them again. A
+    /// wrong value makes the store refuse the write.
+    fn written_checksums(&mut self, _sha256_hex: &str, _crc32c: u32) {}
 }
 
 /// A journaled unfinished write: see [`BlobWriter::pending_id`].

@@ -3,6 +3,7 @@
 //! RGW; ScyllaDB Alternator). Credentials come from the standard
 //! `aws-config` chain only.
 
+mod body;
 mod dynamodb;
 mod s3;
 
@@ -17,7 +18,7 @@ pub use dynamodb::DynamoMetadataStore;
 pub use s3::S3BlobStore;
 
 use super::StorageError;
-use crate::config::{Config, S3Checksums};
+use crate::config::{Config, PayloadSigning, S3Checksums};
 
 /// Region used when neither the configuration nor the AWS chain names one
 /// (typical for S3- and DynamoDB-compatible stores).
@@ -35,6 +36,7 @@ pub struct AwsSettings {
     pub part_size: u64,
     pub parts_in_flight: usize,
     pub checksums: S3Checksums,
+    pub payload_signing: PayloadSigning,
     /// The largest object that will be written (sizes parts so that no
     /// upload needs more than 10 000).
     pub max_object_bytes: u64,
@@ -52,6 +54,7 @@ impl AwsSettings {
             part_size: config.s3_part_size,
             parts_in_flight: usize::from(config.s3_parts_in_flight),
             checksums: config.s3_checksums,
+            payload_signing: config.s3_payload_signing,
             max_object_bytes: config.max_image_bytes,
         }
     }

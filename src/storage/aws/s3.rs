@@ -12,10 +12,11 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
+use super::body::{PartBuffer, PayloadHash};
 use super::{AwsSettings, classify};
 use crate::config::S3Checksums;
 use crate::domain::image::Timestamp;
@@ -44,8 +45,8 @@ pub struct S3BlobStore {
     part_size: u64,
     parts_in_flight: usize,
     max_object_bytes: u64,
-    /// Send object bytes as `UNSIGNED-PAYLOAD` (see [`S3Writer`]).
-    unsigned_payload: bool,
+    /// How object bytes are covered when sent (see [`S3Writer`]).
+    payload: PayloadHash,
 }
 
 fn client_for(
@@ -91,7 +92,11 @@ impl S3BlobStore {
             part_size: settings.part_size,
             parts_in_flight: settings.parts_in_flight.max(1),
             max_object_bytes: settings.max_object_bytes,
-            unsigned_payload: endpoint.is_none_or(|e| e.starts_with("https://")),
+            payload: PayloadHash::new(
+                settings.payload_signing,
+                endpoint,
+                settings.checksums == S3Checksums::WhenSupported,
+            ),
         }
     }
 
@@ -169,13 +174,14 @@ impl BlobStore for S3BlobStore {
             key: key.as_str().to_owned(),
             part_size,
             parts_in_flight: self.parts_in_flight,
-            buffer: BytesMut::new(),
+            buffer: PartBuffer::default(),
             upload_id: None,
             next_part: 1,
             uploading: JoinSet::new(),
             parts: Vec::new(),
             settled: false,
-            unsigned_payload: self.unsigned_payload,
+            payload: self.payload,
+            whole: None,
         }))
     }
 
@@ -365,8 +371,8 @@ struct S3Writer {
     key: String,
     part_size: usize,
     parts_in_flight: usize,
-    /// Bytes not yet sent: less than one part.
-    buffer: BytesMut,
+    /// Bytes not yet sent: less than one part, as the caller's chunks.
+    buffer: PartBuffer,
     /// Set once the first full part is sent.
     upload_id: Option<String>,
     next_part: i32,
@@ -374,11 +380,10 @@ struct S3Writer {
     parts: Vec<CompletedPart>,
     /// Completed or aborted: nothing left to clean up.
     settled: bool,
-    /// Over HTTPS, TLS already protects the bytes in transit and the SDK's
-    /// CRC32 checksum lets S3 verify them, so SigV4 does not also hash the
-    /// payload (a full SHA-256 pass, a fifth of the upload's CPU). Over
-    /// plain HTTP (self-hosted stores in a cluster) payloads stay signed.
-    unsigned_payload: bool,
+    /// Whether the payload is signed and carries its CRC32C.
+    payload: PayloadHash,
+    /// The whole object's checksums, when the caller gave them.
+    whole: Option<(String, u32)>,
 }
 
 impl S3Writer {
@@ -411,7 +416,7 @@ impl S3Writer {
         while self.uploading.len() >= self.parts_in_flight {
             self.collect_one().await?;
         }
-        let body = std::mem::replace(&mut self.buffer, BytesMut::new()).freeze();
+        let part = std::mem::take(&mut self.buffer);
         let part_number = self.next_part;
         self.next_part += 1;
         let request = self
@@ -421,16 +426,19 @@ impl S3Writer {
             .key(&self.key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .content_length(body.len() as i64)
-            .body(SdkByteStream::from(body));
-        let unsigned = self.unsigned_payload;
+            .content_length(part.len() as i64);
+        let payload = self.payload;
         self.uploading.spawn(async move {
-            let request = request.customize();
-            let request = if unsigned {
-                request.disable_payload_signing()
-            } else {
-                request
-            };
+            // The checksums are computed here: parts in flight hash in
+            // parallel, not on the receiving path.
+            let protection = payload.protect(&part, None);
+            let mut request = request
+                .set_checksum_crc32_c(protection.crc32c)
+                .body(part.into_body())
+                .customize();
+            if let Some(signing) = protection.signing {
+                request = request.interceptor(signing);
+            }
             let response = request.send().await.map_err(classify)?;
             Ok(CompletedPart::builder()
                 .set_e_tag(response.e_tag)
@@ -455,20 +463,20 @@ impl S3Writer {
 
     async fn complete(&mut self) -> Result<(), StorageError> {
         let Some(upload_id) = self.upload_id.clone() else {
-            let body = std::mem::take(&mut self.buffer).freeze();
-            let request = self
+            let object = std::mem::take(&mut self.buffer);
+            let protection = self.payload.protect(&object, self.whole.take());
+            let mut request = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
-                .content_length(body.len() as i64)
-                .body(SdkByteStream::from(body))
+                .content_length(object.len() as i64)
+                .set_checksum_crc32_c(protection.crc32c)
+                .body(object.into_body())
                 .customize();
-            let request = if self.unsigned_payload {
-                request.disable_payload_signing()
-            } else {
-                request
-            };
+            if let Some(signing) = protection.signing {
+                request = request.interceptor(signing);
+            }
             request.send().await.map_err(classify)?;
             return Ok(());
         };
@@ -564,11 +572,8 @@ async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &s
 impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            if self.buffer.capacity() == 0 {
-                self.buffer.reserve(self.part_size);
-            }
             let take = (self.part_size - self.buffer.len()).min(chunk.len());
-            self.buffer.extend_from_slice(&chunk.split_to(take));
+            self.buffer.push(chunk.split_to(take));
             if self.buffer.len() == self.part_size {
                 self.send_part().await?;
             }
@@ -595,6 +600,12 @@ impl BlobWriter for S3Writer {
 
     fn pending_id(&self) -> Option<String> {
         self.upload_id.clone()
+    }
+
+    /// Used when the object goes as one `PutObject`: its checksums need
+    /// not be computed again.
+    fn written_checksums(&mut self, sha256_hex: &str, crc32c: u32) {
+        self.whole = Some((sha256_hex.to_owned(), crc32c));
     }
 }
 
