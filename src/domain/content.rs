@@ -126,10 +126,14 @@ impl ContentInspector {
         self.sha256.update(chunk);
         self.crc32c = crc32c::crc32c_append(self.crc32c, chunk);
 
-        if self.dimensions.is_none() {
-            let room = HEADER_LIMIT - self.header.len();
-            self.header
-                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        // The header is gathered only up to the next probe, so a first
+        // chunk of megabytes is not copied to read a few hundred bytes.
+        let mut rest = chunk;
+        while self.dimensions.is_none() && !rest.is_empty() {
+            let wanted = self.next_probe_at.saturating_sub(self.header.len()).max(1);
+            let (head, tail) = rest.split_at(wanted.min(rest.len()));
+            self.header.extend_from_slice(head);
+            rest = tail;
             if self.header.len() >= self.next_probe_at || self.header.len() == HEADER_LIMIT {
                 self.inspect_header(false)?;
             }
@@ -331,6 +335,54 @@ mod tests {
         assert_eq!((facts.width, facts.height), (640, 480));
         assert_eq!(facts.size_bytes, 100);
         assert_eq!(facts.crc32c, crc32c::crc32c(&png_header(640, 480)));
+    }
+
+    /// Real files of every decodable type, the JPEG with a large EXIF
+    /// segment before its frame header, read at every chunking: the header
+    /// is probed as it grows, and no probe of a partial header may give
+    /// other dimensions than the whole file does.
+    #[test]
+    fn real_files_give_their_dimensions_however_they_are_chunked() {
+        use image::ImageFormat;
+        let picture = image::RgbImage::from_fn(67, 41, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut files = Vec::new();
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+        ] {
+            let mut bytes = std::io::Cursor::new(Vec::new());
+            picture.write_to(&mut bytes, format).unwrap();
+            files.push((format, bytes.into_inner()));
+        }
+        let jpeg = files[1].1.clone();
+        let mut exif = vec![0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xF0];
+        exif.extend_from_slice(b"Exif\0\0");
+        exif.resize(4 + 0xFFF0, 0x5A);
+        exif.extend_from_slice(&jpeg[2..]);
+        files.push((ImageFormat::Jpeg, exif));
+
+        let limits = ContentLimits {
+            max_bytes: 1 << 20,
+            max_pixels: 1 << 20,
+        };
+        for (format, bytes) in &files {
+            for size in [1, 7, 100, 4096, bytes.len()] {
+                let mut inspector = ContentInspector::new(limits, Declared::default()).unwrap();
+                for chunk in bytes.chunks(size) {
+                    inspector.feed(chunk, None).unwrap();
+                }
+                let facts = inspector.finish().unwrap();
+                assert_eq!(
+                    (facts.width, facts.height),
+                    (67, 41),
+                    "{format:?} in chunks of {size}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -369,7 +369,8 @@ const MIN_DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Turns a store's stream into messages of [`MIN_DOWNLOAD_CHUNK`] to
 /// [`MAX_DOWNLOAD_CHUNK`] bytes (the last may be shorter; large pieces are
-/// split without copying, small ones gathered) and fails if the store
+/// split without copying, small ones gathered into messages of exactly
+/// the minimum) and fails if the store
 /// delivers more or fewer bytes than `length`, so a truncated read never
 /// looks complete.
 fn exact_chunks(
@@ -401,12 +402,17 @@ fn exact_chunks(
                     let chunk = state.pending.split_to(take);
                     return Some((Ok(chunk), state));
                 }
-                let room = MAX_DOWNLOAD_CHUNK - state.gathered.len();
+                // Gathered to exactly the minimum in a buffer allocated once:
+                // growing it piece by piece would copy the bytes again.
+                if state.gathered.capacity() == 0 {
+                    state.gathered.reserve(MIN_DOWNLOAD_CHUNK);
+                }
+                let room = MIN_DOWNLOAD_CHUNK - state.gathered.len();
                 let take = state.pending.len().min(room);
                 state
                     .gathered
                     .extend_from_slice(&state.pending.split_to(take));
-                if state.gathered.len() >= MIN_DOWNLOAD_CHUNK {
+                if state.gathered.len() == MIN_DOWNLOAD_CHUNK {
                     let chunk = state.gathered.split().freeze();
                     return Some((Ok(chunk), state));
                 }
@@ -481,6 +487,10 @@ mod tests {
         let mut expected: Vec<Result<usize, String>> = vec![Ok(262_144); 6];
         expected.push(Ok(65_536));
         assert_eq!(sizes, expected);
+        // Pieces that do not add up to the message size: split where a
+        // message is full.
+        let sizes = chunk_sizes(vec![100 * 1024; 10], 1_024_000);
+        assert_eq!(sizes, [Ok(262_144), Ok(262_144), Ok(262_144), Ok(237_568)]);
         // One 2.5 MiB piece: split into 1 MiB messages.
         let sizes = chunk_sizes(vec![2_621_440], 2_621_440);
         assert_eq!(sizes, [Ok(1_048_576), Ok(1_048_576), Ok(524_288)]);
