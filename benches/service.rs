@@ -135,7 +135,7 @@ async fn run(plan: &Plan) -> String {
         let key = format!("big-{round}");
         raw_up.push(mib_per_s(
             big.len(),
-            time(raw.multipart_upload("raw", &key, &big)).await.0,
+            time(raw.multipart_upload("raw", &key, &big, true)).await.0,
         ));
         let cpu = bytes_only.cpu_seconds();
         let (elapsed, image) = time(upload(&client, big.clone(), "bench")).await;
@@ -159,6 +159,43 @@ async fn run(plan: &Plan) -> String {
         delete(&client, &image.image_id).await;
     }
     let moved = (big.len() * plan.rounds) as f64 / GIB;
+
+    // The same upload with part bytes outside the signature on both sides,
+    // as every upload over HTTPS goes (the test S3 server speaks plain HTTP).
+    let unsigned = Service::start(
+        &[
+            aws_args("bench"),
+            vec![
+                "--variants".into(),
+                "false".into(),
+                "--s3-payload-signing".into(),
+                "unsigned".into(),
+            ],
+        ]
+        .concat(),
+    );
+    let unsigned_client = unsigned.client().await;
+    let (mut up_unsigned, mut raw_up_unsigned, mut up_unsigned_cpu) =
+        (Samples::default(), Samples::default(), 0.0);
+    for round in 0..plan.rounds {
+        let key = format!("big-unsigned-{round}");
+        raw_up_unsigned.push(mib_per_s(
+            big.len(),
+            time(raw.multipart_upload("raw", &key, &big, false)).await.0,
+        ));
+        let cpu = unsigned.cpu_seconds();
+        let (elapsed, image) = time(upload(&unsigned_client, big.clone(), "bench")).await;
+        up_unsigned_cpu += unsigned.cpu_seconds() - cpu;
+        up_unsigned.push(mib_per_s(big.len(), elapsed));
+        delete(
+            &unsigned_client,
+            &image.expect("the upload succeeds").image_id,
+        )
+        .await;
+    }
+    drop(unsigned_client);
+    drop(unsigned);
+
     let _ = writeln!(
         out,
         "### 1-2. Throughput, one {} MiB image (aws backend: s3s-fs + dynalite on loopback)\n",
@@ -169,6 +206,12 @@ async fn run(plan: &Plan) -> String {
         "| | service | direct | service / direct |\n|---|---|---|---|"
     );
     row(&mut out, "upload (MiB/s)", &up, &raw_up);
+    row(
+        &mut out,
+        "upload, part bytes unsigned on both sides as over HTTPS (MiB/s)",
+        &up_unsigned,
+        &raw_up_unsigned,
+    );
     row(
         &mut out,
         "download, `DownloadImage` vs `GetObject` (MiB/s)",
@@ -189,9 +232,10 @@ async fn run(plan: &Plan) -> String {
     let _ = writeln!(out, "### 3. Service CPU per GiB\n");
     let _ = writeln!(
         out,
-        "upload {:.2} CPU-s/GiB, download {:.2} CPU-s/GiB (user + system time of the service process, `/proc/PID/stat`).\n",
+        "upload {:.2} CPU-s/GiB, download {:.2} CPU-s/GiB (user + system time of the service process, `/proc/PID/stat`); upload with part bytes unsigned (as over HTTPS, `--s3-payload-signing unsigned` here) {:.2} CPU-s/GiB. Every upload also takes one SHA-256 pass for the image's `sha256`.\n",
         up_cpu / moved,
-        down_cpu / moved
+        down_cpu / moved,
+        up_unsigned_cpu / moved
     );
 
     // 4: memory.
@@ -821,7 +865,9 @@ impl Raw {
             .expect("table");
     }
 
-    async fn multipart_upload(&self, bucket: &str, key: &str, bytes: &Bytes) {
+    /// `signed`: whether SigV4 covers the part bytes (the SDK's default
+    /// over plain HTTP) or they go as `UNSIGNED-PAYLOAD`, as over HTTPS.
+    async fn multipart_upload(&self, bucket: &str, key: &str, bytes: &Bytes, signed: bool) {
         let upload = self
             .s3
             .create_multipart_upload()
@@ -837,7 +883,7 @@ impl Raw {
                 let id = id.clone();
                 async move {
                     let number = i as i32 + 1;
-                    let part = self
+                    let request = self
                         .s3
                         .upload_part()
                         .bucket(bucket)
@@ -845,9 +891,13 @@ impl Raw {
                         .upload_id(id)
                         .part_number(number)
                         .body(body.into())
-                        .send()
-                        .await
-                        .expect("part");
+                        .customize();
+                    let request = if signed {
+                        request
+                    } else {
+                        request.disable_payload_signing()
+                    };
+                    let part = request.send().await.expect("part");
                     aws_sdk_s3::types::CompletedPart::builder()
                         .part_number(number)
                         .e_tag(part.e_tag().unwrap_or_default())

@@ -369,10 +369,9 @@ const MIN_DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Turns a store's stream into messages of [`MIN_DOWNLOAD_CHUNK`] to
 /// [`MAX_DOWNLOAD_CHUNK`] bytes (the last may be shorter; large pieces are
-/// split without copying, small ones gathered into messages of exactly
-/// the minimum) and fails if the store
-/// delivers more or fewer bytes than `length`, so a truncated read never
-/// looks complete.
+/// split without copying, small ones gathered, with one copy into a buffer
+/// allocated once) and fails if the store delivers more or fewer bytes than
+/// `length`, so a truncated read never looks complete.
 fn exact_chunks(
     stream: crate::storage::ByteStream,
     length: u64,
@@ -381,14 +380,31 @@ fn exact_chunks(
         stream: crate::storage::ByteStream,
         left: u64,
         pending: Bytes,
-        gathered: bytes::BytesMut,
+        /// Small pieces waiting to make up a message, and their length.
+        gathered: Vec<Bytes>,
+        gathered_len: usize,
         done: bool,
+    }
+    impl State {
+        fn take_gathered(&mut self) -> Bytes {
+            let pieces = std::mem::take(&mut self.gathered);
+            let len = std::mem::take(&mut self.gathered_len);
+            if let [piece] = pieces.as_slice() {
+                return piece.clone();
+            }
+            let mut message = bytes::BytesMut::with_capacity(len);
+            pieces
+                .iter()
+                .for_each(|piece| message.extend_from_slice(piece));
+            message.freeze()
+        }
     }
     let state = State {
         stream,
         left: length,
         pending: Bytes::new(),
-        gathered: bytes::BytesMut::new(),
+        gathered: Vec::new(),
+        gathered_len: 0,
         done: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -402,19 +418,14 @@ fn exact_chunks(
                     let chunk = state.pending.split_to(take);
                     return Some((Ok(chunk), state));
                 }
-                // Gathered to exactly the minimum in a buffer allocated once:
-                // growing it piece by piece would copy the bytes again.
-                if state.gathered.capacity() == 0 {
-                    state.gathered.reserve(MIN_DOWNLOAD_CHUNK);
-                }
-                let room = MIN_DOWNLOAD_CHUNK - state.gathered.len();
-                let take = state.pending.len().min(room);
-                state
-                    .gathered
-                    .extend_from_slice(&state.pending.split_to(take));
-                if state.gathered.len() == MIN_DOWNLOAD_CHUNK {
-                    let chunk = state.gathered.split().freeze();
-                    return Some((Ok(chunk), state));
+                let take = state
+                    .pending
+                    .len()
+                    .min(MAX_DOWNLOAD_CHUNK - state.gathered_len);
+                state.gathered.push(state.pending.split_to(take));
+                state.gathered_len += take;
+                if state.gathered_len >= MIN_DOWNLOAD_CHUNK {
+                    return Some((Ok(state.take_gathered()), state));
                 }
             }
             let failure = match state.stream.next().await {
@@ -434,9 +445,8 @@ fn exact_chunks(
                 None if !state.gathered.is_empty() => {
                     // The last message; the store's stream must not be
                     // polled again.
-                    let chunk = state.gathered.split().freeze();
                     state.done = true;
-                    return Some((Ok(chunk), state));
+                    return Some((Ok(state.take_gathered()), state));
                 }
                 None => return None,
             };
@@ -487,10 +497,10 @@ mod tests {
         let mut expected: Vec<Result<usize, String>> = vec![Ok(262_144); 6];
         expected.push(Ok(65_536));
         assert_eq!(sizes, expected);
-        // Pieces that do not add up to the message size: split where a
-        // message is full.
+        // Pieces that do not add up to the message size: whole pieces
+        // until a message has enough.
         let sizes = chunk_sizes(vec![100 * 1024; 10], 1_024_000);
-        assert_eq!(sizes, [Ok(262_144), Ok(262_144), Ok(262_144), Ok(237_568)]);
+        assert_eq!(sizes, [Ok(307_200), Ok(307_200), Ok(307_200), Ok(102_400)]);
         // One 2.5 MiB piece: split into 1 MiB messages.
         let sizes = chunk_sizes(vec![2_621_440], 2_621_440);
         assert_eq!(sizes, [Ok(1_048_576), Ok(1_048_576), Ok(524_288)]);

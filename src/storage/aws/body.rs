@@ -176,3 +176,54 @@ impl Intercept for SignedPayload {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(pieces: &[&'static [u8]]) -> PartBuffer {
+        let mut part = PartBuffer::default();
+        pieces.iter().for_each(|p| part.push(Bytes::from_static(p)));
+        part
+    }
+
+    /// A retried request sends the whole part again, from its first byte.
+    #[tokio::test]
+    async fn the_body_replays_every_piece_for_a_retry() {
+        let body = part(&[b"abc", b"", b"defg", b"h"]).into_body().into_inner();
+        assert_eq!(body.content_length(), Some(8));
+        let again = body.try_clone().expect("retryable");
+        for body in [body, again] {
+            let bytes = ByteStream::new(body).collect().await.unwrap().into_bytes();
+            assert_eq!(&bytes[..], b"abcdefgh");
+        }
+    }
+
+    #[test]
+    fn checksums_are_of_all_the_pieces_or_the_ones_given() {
+        let whole = b"abcdefgh";
+        let pieces = part(&[b"abc", b"defg", b"h"]);
+        let crc = |c: u32| base64::engine::general_purpose::STANDARD.encode(c.to_be_bytes());
+        let sha = hex::encode(Sha256::digest(whole));
+
+        let signed = PayloadHash::new(PayloadSigning::Auto, Some("http://s3.internal"), true);
+        let computed = signed.protect(&pieces, None);
+        assert_eq!(computed.crc32c, Some(crc(crc32c::crc32c(whole))));
+        assert_eq!(computed.signing.map(|s| s.0), Some(sha));
+        let given = signed.protect(&pieces, Some(("c0ffee".into(), 7)));
+        assert_eq!(given.crc32c, Some(crc(7)));
+        assert_eq!(given.signing.map(|s| s.0).as_deref(), Some("c0ffee"));
+
+        let over_https = PayloadHash::new(PayloadSigning::Auto, Some("https://s3"), true);
+        assert!(over_https.protect(&pieces, None).signing.is_none());
+        assert!(
+            PayloadHash::new(PayloadSigning::Auto, None, true)
+                .protect(&pieces, None)
+                .signing
+                .is_none()
+        );
+        let forced = PayloadHash::new(PayloadSigning::Signed, None, false);
+        let forced = forced.protect(&pieces, None);
+        assert!(forced.signing.is_some() && forced.crc32c.is_none());
+    }
+}
