@@ -204,9 +204,10 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_S3_PARTS_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
     pub s3_parts_in_flight: u16,
 
-    /// Request checksums and response checksum validation of the S3 client:
-    /// `when-supported` (AWS) or `when-required` (stores that reject the
-    /// SDK's default CRC32 trailers).
+    /// Checksums sent with object bytes (each part's CRC32C, checked by the
+    /// store) and checked on responses: `when-supported` (AWS and most
+    /// compatible stores) or `when-required` (stores that reject checksum
+    /// headers).
     #[arg(long, env = "IMAGE_SERVICE_S3_CHECKSUMS", value_enum, default_value_t = S3Checksums::WhenSupported, global = true)]
     pub s3_checksums: S3Checksums,
 
