@@ -119,6 +119,13 @@ impl PayloadHash {
         Self { signed, crc32c }
     }
 
+    /// The algorithm a multipart upload is created with, so that its parts
+    /// may carry their CRC32C.
+    pub fn checksum_algorithm(&self) -> Option<aws_sdk_s3::types::ChecksumAlgorithm> {
+        self.crc32c
+            .then_some(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+    }
+
     /// What protects these bytes in transit: their CRC32C and, when signed,
     /// their SHA-256 for the signature, computed in one pass unless `known`
     /// (SHA-256 hex, CRC32C of exactly these bytes) already gives them.

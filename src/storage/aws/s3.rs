@@ -398,6 +398,9 @@ impl S3Writer {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&self.key)
+                    // S3 refuses parts with a checksum the upload was not
+                    // created for.
+                    .set_checksum_algorithm(self.payload.checksum_algorithm())
                     .send()
                     .await
                     .map_err(classify)?;
@@ -433,15 +436,18 @@ impl S3Writer {
             // parallel, not on the receiving path.
             let protection = payload.protect(&part, None);
             let mut request = request
-                .set_checksum_crc32_c(protection.crc32c)
+                .set_checksum_crc32_c(protection.crc32c.clone())
                 .body(part.into_body())
                 .customize();
             if let Some(signing) = protection.signing {
                 request = request.interceptor(signing);
             }
             let response = request.send().await.map_err(classify)?;
+            // Completing an upload created with a checksum algorithm
+            // names each part's checksum.
             Ok(CompletedPart::builder()
                 .set_e_tag(response.e_tag)
+                .set_checksum_crc32_c(protection.crc32c)
                 .part_number(part_number)
                 .build())
         });
