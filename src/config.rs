@@ -131,10 +131,130 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", default_value = "512MiB", value_parser = parse_byte_size, global = true)]
     pub max_render_memory: u64,
 
-    /// An upload stream that sends nothing for this long is abandoned
-    /// (DEADLINE_EXCEEDED) and stores nothing.
+    /// An upload stream that sends no image bytes for this long is
+    /// abandoned (DEADLINE_EXCEEDED) and stores nothing. Messages without
+    /// bytes (empty chunks) do not count as progress.
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub upload_idle_timeout: Duration,
+
+    /// Longest time an upload may take from its first message to
+    /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_DEADLINE", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub upload_deadline: Duration,
+
+    /// Uploads one user may have in progress at once; more are refused
+    /// with RESOURCE_EXHAUSTED, so one user cannot hold every upload slot.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_UPLOADS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_uploads_per_user: usize,
+
+    /// After its first 1 024 messages, an upload may send one more message
+    /// per this many bytes received (RESOURCE_EXHAUSTED beyond): an upload
+    /// costs CPU by its bytes, not by how finely it is cut.
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_BYTES_PER_MESSAGE", default_value = "16KiB", value_parser = parse_byte_size, global = true)]
+    pub upload_bytes_per_message: u64,
+
+    /// Memory that uploads, downloads and renders may hold together, in
+    /// bytes. Work reserves what it may need before it allocates; what
+    /// cannot be reserved within --memory-wait is refused with
+    /// RESOURCE_EXHAUSTED. Default: 60% of the container's memory limit
+    /// (cgroup), or 1 GiB when there is none.
+    #[arg(long, env = "IMAGE_SERVICE_MEMORY_BUDGET", value_parser = parse_byte_size, global = true)]
+    pub memory_budget: Option<u64>,
+
+    /// How long work waits for memory from the budget before it is refused.
+    #[arg(long, env = "IMAGE_SERVICE_MEMORY_WAIT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub memory_wait: Duration,
+
+    /// Largest ListImages response, in bytes: a page is cut short, with a
+    /// next_page_token for the rest, rather than grow past it.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
+    pub max_page_bytes: u64,
+
+    /// HTTP/2 streams (calls) one gRPC connection may have open at once.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Calls the server runs at once over all connections; more are
+    /// refused at once with UNAVAILABLE (retryable) rather than queued.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_IN_FLIGHT_CALLS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_in_flight_calls: usize,
+
+    /// Connections each listener (gRPC, HTTP) keeps open at once; further
+    /// ones wait in the kernel's backlog until one closes.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_CONNECTIONS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// A new connection must finish its TLS handshake and send its first
+    /// request (HTTP/2 preface, or HTTP/1 headers) within this, or it is
+    /// closed.
+    #[arg(long, env = "IMAGE_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub handshake_timeout: Duration,
+
+    /// A download stream whose caller reads nothing for this long is ended
+    /// (its buffers and memory reservation are released).
+    #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub download_stall_timeout: Duration,
+
+    /// PEM file with the server's certificate chain. With --tls-key, both
+    /// listeners speak TLS only. Reloaded when the file changes.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TLS_CERT",
+        requires = "tls_key",
+        global = true
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TLS_KEY",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of the CA(s) that sign client certificates. When set, every
+    /// client must present a certificate it signed (mutual TLS).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Trusted-header mode over mutual TLS: the client certificate names
+    /// (DNS or URI subject alternative names, comma-separated) allowed to
+    /// send `x-user-id`. Calls from any other peer are UNAUTHENTICATED.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TRUSTED_PEERS",
+        value_delimiter = ',',
+        requires = "tls_client_ca",
+        global = true
+    )]
+    pub trusted_peers: Vec<String>,
 
     /// Secret that signs page tokens and the embedded backend's download URLs
     /// (at least 32 bytes). Replicas must share it. When unset, the embedded

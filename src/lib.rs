@@ -6,13 +6,16 @@
 //!   It knows nothing of tonic or of any storage SDK.
 //! - [`storage`] holds the adapters that implement the domain's storage traits.
 //!
-//! [`startup`] wires them together.
+//! [`startup`] wires them together; [`listener`] and [`tls`] accept the
+//! connections of both listeners.
 
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod pb;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -10,19 +10,23 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{Backend, Config};
+use crate::config::{AuthMode, Backend, Config};
 use crate::domain::content::ContentLimits;
 use crate::domain::signing::SigningKey;
+use crate::domain::upload::PaceLimits;
 use crate::domain::variants::RenderLimits;
 use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
+use crate::grpc::service::CallLimits;
+use crate::listener::{self, AcceptSettings};
 use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::storage::aws::{self, AwsSettings};
 use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
 use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
 use crate::storage::{BlobStore, MetadataStore};
+use crate::tls::{Tls, TlsFiles};
 
 /// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
@@ -33,6 +37,9 @@ pub struct Application {
     http_listener: TcpListener,
     images: Images,
     auth: Arc<Authenticator>,
+    transport: TransportLimits,
+    /// TLS of the gRPC and HTTP listeners, when configured.
+    tls: Option<(Arc<Tls>, Arc<Tls>)>,
     http_blobs: Option<Arc<EmbeddedBlobStore>>,
     backend: Backend,
     shutdown_timeout: Duration,
@@ -45,15 +52,31 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let auth = Arc::new(Authenticator::from_config(&config)?);
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                };
+                Some((
+                    Tls::load(files.clone(), crate::tls::GRPC_ALPN)?,
+                    Tls::load(files, crate::tls::HTTP_ALPN)?,
+                ))
+            }
+            _ => None,
+        };
+        warn_about_exposure(&config, tls.is_some());
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
         let http_listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let http_base = config.http_public_url.clone().unwrap_or_else(|| {
             format!(
-                "http://{}",
+                "{scheme}://{}",
                 http_listener.local_addr().expect("bound listener")
             )
         });
@@ -65,6 +88,8 @@ impl Application {
             http_listener,
             images,
             auth,
+            transport: TransportLimits::from_config(&config),
+            tls,
             http_blobs,
             backend: config.backend,
             shutdown_timeout: config.shutdown_timeout,
@@ -114,42 +139,80 @@ impl Application {
             health.clone(),
             self.health_check_interval,
         ));
-        let api = ImageServiceServer::new(ImageApi::new(self.images, self.auth))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let limits = self.transport;
+        let api = ImageServiceServer::new(ImageApi::new(
+            self.images,
+            self.auth,
+            CallLimits {
+                max_in_flight: limits.max_in_flight_calls,
+                download_stall_timeout: limits.download_stall_timeout,
+            },
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let certificate_watch = self.tls.clone().map(|(grpc, http)| {
+            tokio::spawn(async move {
+                tokio::join!(
+                    grpc.watch(CERTIFICATE_CHECK_INTERVAL),
+                    http.watch(CERTIFICATE_CHECK_INTERVAL)
+                );
+            })
+        });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let accept = |listener: &'static str, tls: Option<Arc<Tls>>| AcceptSettings {
+            listener,
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            tls,
+        };
+        let (grpc_tls, http_tls) = match self.tls {
+            Some((grpc, http)) => (Some(grpc), Some(http)),
+            None => (None, None),
+        };
+        let grpc_incoming = listener::incoming(
+            self.grpc_listener,
+            accept("grpc", grpc_tls),
+            stop_rx.clone(),
+        );
+        let http_incoming = listener::incoming(
+            self.http_listener,
+            accept("http", http_tls),
+            stop_rx.clone(),
+        );
         let grpc = tonic::transport::Server::builder()
             // Windows large enough that a stream of 1 MiB chunks is not
             // throttled by flow control on a fast network.
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(16 * 1024 * 1024))
+            // Without it hyper allows any number of streams per connection:
+            // one connection could open thousands of calls.
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            // Pings reap peers that went away without closing (a phone that
+            // lost its network): 30 s between pings, 10 s for the answer.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Bounds the headers one call may send (16 KiB is generous for
+            // a bearer token and a few ids).
+            .http2_max_header_list_size(Some(16 * 1024))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            // Set on the accepted sockets here: `Server::tcp_nodelay` only
-            // applies to listeners tonic binds itself. Without it a response
-            // written in two parts (data, then trailers) waits for the
-            // client's delayed ACK: 40 ms added to every listing.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.grpc_listener)
-                    .with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            );
-        let http_listener = axum::serve::ListenerExt::tap_io(self.http_listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let http = axum::serve(http_listener, crate::http::router(self.http_blobs))
-            .with_graceful_shutdown(stopped(stop_rx));
+            .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
+        let http = listener::serve_http(
+            http_incoming,
+            crate::http::router(self.http_blobs),
+            limits.handshake_timeout,
+            stop_rx,
+        );
         let mut grpc = tokio::spawn(grpc);
-        let mut http = tokio::spawn(async move { http.await });
+        let mut http = tokio::spawn(async move {
+            http.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
 
         tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = ?self.backend, "image-service ready");
         tokio::select! {
@@ -161,6 +224,9 @@ impl Application {
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
         backend_watch.abort();
         metrics_upkeep.abort();
+        if let Some(watch) = certificate_watch {
+            watch.abort();
+        }
         if let Some(repairs) = repairs {
             repairs.abort();
         }
@@ -183,6 +249,47 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often the TLS files are checked for a rotated certificate.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the listeners allow each connection and call.
+#[derive(Clone, Copy, Debug)]
+struct TransportLimits {
+    max_concurrent_streams: u32,
+    max_in_flight_calls: usize,
+    max_connections: usize,
+    handshake_timeout: Duration,
+    download_stall_timeout: Duration,
+}
+
+impl TransportLimits {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            max_concurrent_streams: config.max_concurrent_streams.max(1),
+            max_in_flight_calls: config.max_in_flight_calls.max(1),
+            max_connections: config.max_connections.max(1),
+            handshake_timeout: config.handshake_timeout,
+            download_stall_timeout: config.download_stall_timeout,
+        }
+    }
+}
+
+/// Says so when `x-user-id` can be sent by anyone who reaches the port.
+fn warn_about_exposure(config: &Config, tls: bool) {
+    if config.auth != AuthMode::TrustedHeader || !config.trusted_peers.is_empty() {
+        return;
+    }
+    if !config.grpc_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %config.grpc_addr,
+            tls,
+            "trusted-header mode without --trusted-peers: anyone who can reach this address \
+             can act as any user with x-user-id; use mutual TLS with --trusted-peers, a \
+             NetworkPolicy that admits only the gateway, or --auth jwt"
+        );
     }
 }
 
@@ -249,7 +356,16 @@ fn limits(config: &Config) -> Limits {
         },
         max_url_expiry: config.download_url_max_expiry,
         max_concurrent_uploads: config.max_concurrent_uploads,
-        upload_idle_timeout: config.upload_idle_timeout,
+        max_uploads_per_user: config.max_uploads_per_user,
+        pace: PaceLimits {
+            idle_timeout: config.upload_idle_timeout,
+            deadline: config.upload_deadline,
+            free_messages: FREE_UPLOAD_MESSAGES,
+            bytes_per_message: config.upload_bytes_per_message,
+        },
+        memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_wait: config.memory_wait,
+        max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
         keep_metadata: config.keep_metadata,
         variants: config.variants,
         render: RenderLimits {
@@ -258,6 +374,34 @@ fn limits(config: &Config) -> Limits {
             }),
             max_memory: config.max_render_memory,
         },
+    }
+}
+
+/// Messages every upload may send before `--upload-bytes-per-message`
+/// applies: room for a spec and small chunks of a small image.
+const FREE_UPLOAD_MESSAGES: u64 = 1024;
+/// The share of the container's memory limit the budget takes by default:
+/// the rest is the process's own (code, the runtime, connections, the
+/// allocator's slack).
+const MEMORY_BUDGET_SHARE: f64 = 0.6;
+/// The budget when no container limit is found.
+const FALLBACK_MEMORY_BUDGET: u64 = 1024 * 1024 * 1024;
+
+/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
+/// else v1) when there is one, so a pod's budget follows its manifest.
+pub fn default_memory_budget() -> u64 {
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // cgroup v1 says "no limit" with a number near i64::MAX.
+    .find(|&limit| limit < 1 << 60);
+    match limit {
+        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
+        None => FALLBACK_MEMORY_BUDGET,
     }
 }
 

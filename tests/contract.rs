@@ -72,9 +72,14 @@ async fn an_upload_is_described_by_its_metadata(backend: Backend) {
 
     let fetched = app.get("bob", &image.image_id).await.unwrap();
     assert_eq!(
-        fetched, image,
-        "any identified caller reads the same metadata"
+        fetched,
+        pb::Image {
+            uploaded_sha256: String::new(),
+            ..image.clone()
+        },
+        "any identified caller reads the same metadata, but the hash of the upload"
     );
+    assert_eq!(app.get("alice", &image.image_id).await.unwrap(), image);
 }
 
 async fn every_accepted_type_is_sniffed_from_the_bytes(backend: Backend) {
@@ -1239,6 +1244,18 @@ async fn a_sideways_phone_photo_comes_back_upright_and_without_gps(backend: Back
     );
     assert!(image.metadata_stripped);
     assert_eq!(image.uploaded_sha256, sha256_hex(&photo));
+    // Only the owner sees the hash of the original with its GPS: anyone
+    // else could confirm a guessed original with it.
+    let seen_by_bob = app.get("bob", &image.image_id).await.unwrap();
+    assert_eq!(seen_by_bob.uploaded_sha256, "");
+    assert_eq!(seen_by_bob.sha256, image.sha256);
+    assert_eq!(
+        app.get("alice", &image.image_id)
+            .await
+            .unwrap()
+            .uploaded_sha256,
+        sha256_hex(&photo)
+    );
 
     let stored = app.download("bob", &image.image_id).await.unwrap();
     assert_eq!(
@@ -1311,7 +1328,7 @@ async fn a_sideways_phone_photo_comes_back_upright_and_without_gps(backend: Back
     );
 
     // Get and List say the same; delete removes every rendition.
-    assert_eq!(app.get("bob", &image.image_id).await.unwrap(), image);
+    assert_eq!(app.get("alice", &image.image_id).await.unwrap(), image);
     app.delete("alice", &image.image_id).await.unwrap();
     let left = app.wait_for_stored_objects(0).await;
     assert!(left.is_empty(), "left behind: {left:?}");

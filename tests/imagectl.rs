@@ -123,21 +123,36 @@ async fn imagectl_uploads_lists_downloads_updates_and_deletes() {
         .await,
     );
     assert!(std::fs::read(&out).unwrap() == beach);
-    let partial = dir.path().join("partial.png");
+    // An existing file is never appended to or replaced.
+    let again = imagectl(
+        &app,
+        Some("bob"),
+        &["download", &beach_id, "-o", out.to_str().unwrap()],
+    )
+    .await;
+    assert!(!again.status.success(), "an existing file was overwritten");
+    assert!(
+        std::fs::read(&out).unwrap() == beach,
+        "the file is untouched"
+    );
+    // An interrupted download left OUTPUT.part: it resumes, then is renamed.
+    let resumed_out = dir.path().join("resumed.png");
+    let partial = dir.path().join("resumed.png.part");
     std::fs::write(&partial, &beach[..beach.len() / 2]).unwrap();
     let resumed = stdout(
         &imagectl(
             &app,
             Some("bob"),
-            &["download", &beach_id, "-o", partial.to_str().unwrap()],
+            &["download", &beach_id, "-o", resumed_out.to_str().unwrap()],
         )
         .await,
     );
     assert!(resumed.contains("resumed"), "{resumed}");
     assert!(
-        std::fs::read(&partial).unwrap() == beach,
+        std::fs::read(&resumed_out).unwrap() == beach,
         "the resumed file is whole"
     );
+    assert!(!partial.exists(), "the partial file was renamed");
 
     let url = stdout(&imagectl(&app, Some("bob"), &["url", &beach_id, "--expires", "5m"]).await);
     let fetched = reqwest::get(url.trim()).await.unwrap();

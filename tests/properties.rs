@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use image_service::domain::content::ContentLimits;
 use image_service::domain::signing::SigningKey;
-use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::upload::{FramePayload, NewImage, PaceLimits, UploadFrame};
 use image_service::domain::variants::RenderLimits;
 use image_service::domain::{DomainError, Images, Limits, UserId, validation};
 use image_service::storage::embedded::{self, urls::SignedUrls};
@@ -155,7 +155,16 @@ impl Harness {
             },
             max_url_expiry: Duration::from_secs(3600),
             max_concurrent_uploads: 4,
-            upload_idle_timeout: Duration::from_secs(10),
+            max_uploads_per_user: 4,
+            pace: PaceLimits {
+                idle_timeout: Duration::from_secs(10),
+                deadline: Duration::from_secs(60),
+                free_messages: 1024,
+                bytes_per_message: 16 * 1024,
+            },
+            memory_budget: 1 << 30,
+            memory_wait: Duration::from_secs(5),
+            max_page_bytes: 2 << 20,
             keep_metadata: false,
             variants: true,
             render: RenderLimits {

@@ -89,12 +89,19 @@ enum Command {
     },
     /// Show one image's metadata.
     Get { id: String },
-    /// Download an image; resumes when the output file is a partial download.
+    /// Download an image. Bytes go to `OUTPUT.part` first, which is renamed
+    /// to OUTPUT once complete and verified; an interrupted download resumes
+    /// from its `.part` file. An existing OUTPUT is never appended to or
+    /// replaced unless `--force`.
     Download {
         id: String,
-        /// Output file; default: the image's file name.
+        /// Output file; default: the image's file name (its last path
+        /// component only), in the current directory.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = "")]
         variant: String,
     },
@@ -279,8 +286,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download {
             id,
             output,
+            force,
             variant,
-        } => download(&caller, &id, output, variant, cli.json).await,
+        } => download(&caller, &id, (output, force), variant, cli.json).await,
         Command::Url {
             id,
             expires,
@@ -560,25 +568,45 @@ async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Re
     Ok(filled)
 }
 
-/// Downloads to a file, continuing from the end of a partial one.
+/// The file a download resumes into before it is renamed to `output`.
+fn partial_path(output: &std::path::Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+/// A local file name from a name the server sent: its last component only,
+/// never a path, a hidden file or a special name.
+fn local_name(server_name: &str, id: &str) -> PathBuf {
+    let last = server_name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.');
+    PathBuf::from(if cleaned.is_empty() { id } else { cleaned })
+}
+
+/// Downloads into `OUTPUT.part` (continuing from its end when it exists),
+/// then renames it to OUTPUT: a file this command did not create is never
+/// written to.
 async fn download(
     caller: &Caller,
     id: &str,
-    output: Option<PathBuf>,
+    target: (Option<PathBuf>, bool),
     variant: String,
     json: bool,
 ) -> anyhow::Result<()> {
+    let (output, force) = target;
     let image = get(caller, id).await?;
-    let output = output.unwrap_or_else(|| {
-        PathBuf::from(if image.filename.is_empty() {
-            id
-        } else {
-            &image.filename
-        })
-    });
-    let have = tokio::fs::metadata(&output)
+    let output = output.unwrap_or_else(|| local_name(&image.filename, id));
+    if !force && tokio::fs::symlink_metadata(&output).await.is_ok() {
+        bail!(
+            "{} exists; choose another file with -o, or pass --force to replace it",
+            output.display()
+        );
+    }
+    let partial = partial_path(&output);
+    let have = tokio::fs::symlink_metadata(&partial)
         .await
-        .map(|m| m.len())
+        .map(|m| if m.is_file() { m.len() } else { 0 })
         .unwrap_or(0);
     let total = if variant.is_empty() || variant == "original" {
         image.size_bytes as u64
@@ -592,14 +620,14 @@ async fn download(
     };
     if have > total {
         bail!(
-            "{} is larger than the image: not a partial download of it",
-            output.display()
+            "{} is larger than the image: not a partial download of it; remove it",
+            partial.display()
         );
     }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&output)
+        .open(&partial)
         .await?;
     let bar = ProgressBar::new(total).with_position(have);
     bar.set_style(
@@ -633,14 +661,18 @@ async fn download(
     bar.finish_and_clear();
     drop(file);
     if total == image.size_bytes as u64 && image.size_bytes > 0 {
-        let bytes = tokio::fs::read(&output).await?;
+        let bytes = tokio::fs::read(&partial).await?;
         if hex::encode(Sha256::digest(&bytes)) != image.sha256 {
+            let _ = tokio::fs::remove_file(&partial).await;
             bail!(
-                "{} does not match the image's sha256 (a partial file from another image?)",
-                output.display()
+                "the download does not match the image's sha256 (a partial file from another image?); removed {}",
+                partial.display()
             );
         }
     }
+    tokio::fs::rename(&partial, &output)
+        .await
+        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     if json {
         println!(
             "{}",

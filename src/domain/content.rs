@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::DomainError;
+use super::gif::GifFrames;
 
 /// Bytes of the stream kept to find the type and dimensions. JPEG headers
 /// can sit behind large EXIF and ICC segments (64 KiB each), so this is
@@ -63,6 +64,10 @@ pub struct ContentInspector {
     content_type: Option<&'static str>,
     dimensions: Option<(u32, u32)>,
     next_probe_at: usize,
+    /// GIFs: every frame's size, whatever the header says; and how many
+    /// of the stream's bytes it has walked.
+    gif: Option<GifFrames>,
+    gif_walked: u64,
 }
 
 impl ContentInspector {
@@ -93,6 +98,8 @@ impl ContentInspector {
             content_type: None,
             dimensions: None,
             next_probe_at: SNIFF_LEN,
+            gif: None,
+            gif_walked: 0,
         })
     }
 
@@ -122,6 +129,7 @@ impl ContentInspector {
                 "received more than the {expected} bytes of expected_size"
             )));
         }
+        let offset = self.size;
         self.size = size;
         self.sha256.update(chunk);
         self.crc32c = crc32c::crc32c_append(self.crc32c, chunk);
@@ -137,6 +145,11 @@ impl ContentInspector {
             if self.header.len() >= self.next_probe_at || self.header.len() == HEADER_LIMIT {
                 self.inspect_header(false)?;
             }
+        }
+        if let Some(gif) = &mut self.gif {
+            let walked = usize::try_from(self.gif_walked - offset).unwrap_or(usize::MAX);
+            gif.feed(chunk.get(walked..).unwrap_or_default())?;
+            self.gif_walked = self.size;
         }
         Ok(())
     }
@@ -172,6 +185,10 @@ impl ContentInspector {
         }
         if self.dimensions.is_none() {
             self.inspect_header(true)?;
+        }
+        if let (Some(gif), Some(dimensions)) = (&self.gif, &mut self.dimensions) {
+            // The box of the screen and every frame, not the screen alone.
+            *dimensions = gif.dimensions();
         }
         let (Some(content_type), Some((width, height))) = (self.content_type, self.dimensions)
         else {
@@ -209,6 +226,14 @@ impl ContentInspector {
                 )));
             }
             self.content_type = Some(sniffed);
+            if sniffed == "image/gif" {
+                // Everything so far is in the header: walk it, then every
+                // later byte (see `feed`).
+                let mut gif = GifFrames::new(self.limits.max_pixels);
+                gif.feed(&self.header)?;
+                self.gif_walked = self.header.len() as u64;
+                self.gif = Some(gif);
+            }
         }
         match imagesize::blob_size(&self.header) {
             Ok(size) => {

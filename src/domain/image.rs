@@ -209,6 +209,38 @@ impl ImageRecord {
             .map(|v| (v.size_bytes, v.content_type.as_str()))
     }
 
+    /// About how many bytes the record takes in a response: its text
+    /// fields, plus a generous allowance for field tags, lengths, numbers
+    /// and timestamps (each string costs at most a few bytes of framing).
+    pub fn approximate_encoded_len(&self) -> usize {
+        const FIXED: usize = 512;
+        const PER_STRING: usize = 8;
+        let strings = [
+            &self.filename,
+            &self.content_type,
+            &self.sha256,
+            &self.title,
+            &self.description,
+            &self.location,
+            &self.uploaded_sha256,
+            &self.blurhash,
+        ];
+        FIXED
+            + strings.iter().map(|s| s.len() + PER_STRING).sum::<usize>()
+            + self.owner.as_str().len()
+            + self
+                .tags
+                .iter()
+                .map(|t| t.len() + PER_STRING)
+                .sum::<usize>()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 3 * PER_STRING)
+                .sum::<usize>()
+            + self.variants.len() * 96
+    }
+
     /// Every stored rendition: the original first, then the variants.
     pub fn rendition_names(&self) -> Vec<VariantName> {
         std::iter::once(VariantName::original())

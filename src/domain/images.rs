@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use super::budget::{MemoryBudget, UserUploads};
 use super::content::ContentLimits;
 use super::image::{ImageRecord, Timestamp};
 use super::listing::{self, ListFilter, ListRequest};
@@ -19,6 +20,9 @@ use crate::storage::{
 
 /// Largest chunk of a download message.
 pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
+/// Memory a download stream reserves for its life: the message being
+/// gathered, the one being sent, and what the store reads ahead.
+const DOWNLOAD_MEMORY: u64 = 3 * MAX_DOWNLOAD_CHUNK as u64;
 /// Validity of a download URL when the caller does not say.
 pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
 /// Attempts of an unconditional update that keeps losing to concurrent ones.
@@ -33,8 +37,17 @@ pub struct Limits {
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
     /// (memory per upload is bounded, so this bounds the process's).
     pub max_concurrent_uploads: usize,
-    /// An upload stream that sends nothing for this long is abandoned.
-    pub upload_idle_timeout: Duration,
+    /// Uploads one user may have in progress at once.
+    pub max_uploads_per_user: usize,
+    /// How fast an upload must move.
+    pub pace: super::upload::PaceLimits,
+    /// Bytes of memory uploads, downloads and renders may hold together.
+    pub memory_budget: u64,
+    /// How long work waits for memory before it is refused.
+    pub memory_wait: Duration,
+    /// Largest `ListImages` response, in encoded bytes: a page is cut short
+    /// (with a token for the rest) rather than grow past it.
+    pub max_page_bytes: usize,
     /// Store JPEG, PNG and WebP originals with their identifying metadata.
     pub keep_metadata: bool,
     /// Make variants and placeholders.
@@ -51,6 +64,8 @@ pub struct Images {
     pub(super) limits: Limits,
     tokens: PageTokens,
     pub(super) upload_slots: Arc<tokio::sync::Semaphore>,
+    pub(super) user_uploads: UserUploads,
+    pub(super) budget: MemoryBudget,
     pub(super) renderer: Renderer,
 }
 
@@ -97,6 +112,8 @@ impl Images {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 limits.max_concurrent_uploads.max(1),
             )),
+            user_uploads: UserUploads::new(limits.max_uploads_per_user),
+            budget: MemoryBudget::new(limits.memory_budget, limits.memory_wait),
             renderer: Renderer::new(limits.render),
             limits,
             tokens: PageTokens::new(signing_key),
@@ -122,10 +139,24 @@ impl Images {
         } else {
             Some(self.tokens.open(&fingerprint, &request.page_token)?)
         };
-        let page = self
+        let mut page = self
             .metadata
             .list(&filter, cursor.as_deref(), limit)
             .await?;
+        // Records with the most metadata allowed are ~70 KiB each: a page of
+        // 1000 of them would be 70 MB in one response. Cut the page where it
+        // would pass the byte cap, and give the rest a token.
+        let mut bytes = 0;
+        if let Some(cut) = page.records.iter().position(|record| {
+            bytes += record.approximate_encoded_len();
+            bytes > self.limits.max_page_bytes
+        }) {
+            let keep = cut.max(1);
+            if keep < page.records.len() {
+                page.records.truncate(keep);
+                page.next_cursor = page.record_cursors.get(keep - 1).cloned();
+            }
+        }
         Ok(ListResult {
             images: page.records,
             next_page_token: page
@@ -179,6 +210,15 @@ impl Images {
         let chunks = if length == 0 {
             futures::stream::empty().boxed()
         } else {
+            // Held for as long as the stream lives: a message being
+            // gathered, one being sent, and the store's read-ahead.
+            let memory = self
+                .budget
+                .reserve(
+                    DOWNLOAD_MEMORY.min(length + MIN_DOWNLOAD_CHUNK as u64),
+                    "a download",
+                )
+                .await?;
             let key = ObjectKey::new(&image.id, &variant);
             let stream = self
                 .blobs
@@ -190,6 +230,11 @@ impl Images {
                     other => other.into(),
                 })?;
             exact_chunks(stream, length)
+                .map(move |chunk| {
+                    let _held = &memory;
+                    chunk
+                })
+                .boxed()
         };
         Ok(Download {
             image,
@@ -387,16 +432,8 @@ fn exact_chunks(
     }
     impl State {
         fn take_gathered(&mut self) -> Bytes {
-            let pieces = std::mem::take(&mut self.gathered);
-            let len = std::mem::take(&mut self.gathered_len);
-            if let [piece] = pieces.as_slice() {
-                return piece.clone();
-            }
-            let mut message = bytes::BytesMut::with_capacity(len);
-            pieces
-                .iter()
-                .for_each(|piece| message.extend_from_slice(piece));
-            message.freeze()
+            self.gathered_len = 0;
+            super::upload::gather(std::mem::take(&mut self.gathered))
         }
     }
     let state = State {

@@ -2,8 +2,10 @@
 //! image is, what a valid request is, how an upload is checked as its bytes
 //! arrive, and the use cases the transports call.
 
+pub mod budget;
 pub mod content;
 pub mod error;
+pub mod gif;
 pub mod identity;
 pub mod image;
 pub mod images;

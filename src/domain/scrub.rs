@@ -27,6 +27,10 @@ use super::DomainError;
 /// Largest PNG `eXIf` chunk read for its orientation; larger ones are
 /// dropped unread.
 const MAX_PNG_EXIF: u32 = 1024 * 1024;
+/// Most JPEG marker segments outside scan data. A camera JPEG has about
+/// ten, a progressive one a few dozen (a DHT and an SOS per scan); a file
+/// with more is built to make every segment cost a parse and a piece.
+pub const MAX_JPEG_SEGMENTS: u32 = 10_000;
 
 /// What the scrubber found, once the stream has ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub struct Scrubber {
     /// Some byte was dropped or inserted: the output is no longer a copy
     /// of the input.
     changed: bool,
+    /// JPEG marker segments seen (see [`MAX_JPEG_SEGMENTS`]).
+    segments: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +135,7 @@ impl Scrubber {
             pending: BytesMut::new(),
             orientation: 1,
             changed: false,
+            segments: 0,
         }
     }
 
@@ -299,6 +306,14 @@ impl Scrubber {
         if ff != 0xFF {
             return Err(corrupt_jpeg());
         }
+        if marker != 0xFF {
+            self.segments += 1;
+            if self.segments > MAX_JPEG_SEGMENTS {
+                return Err(DomainError::invalid(format!(
+                    "the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments"
+                )));
+            }
+        }
         match marker {
             // A fill byte before the marker code.
             0xFF => self.pending.truncate(1),
@@ -306,8 +321,14 @@ impl Scrubber {
                 out.push(self.pending.split().freeze());
                 self.state = State::Trailer;
             }
-            // Markers without a payload.
-            0x01 | 0xD0..=0xD7 => out.push(self.pending.split().freeze()),
+            // TEM and the restart markers belong inside scan data (where
+            // `jpeg_scan` passes them); outside it they mean a corrupt or
+            // a crafted file.
+            0x01 | 0xD0..=0xD7 => {
+                return Err(DomainError::invalid(
+                    "the JPEG has a marker outside scan data that belongs inside it",
+                ));
+            }
             0x00 | 0xD8 => return Err(corrupt_jpeg()),
             _ => {
                 if !self.fill(chunk, 4) {
@@ -911,6 +932,23 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_flood_of_empty_markers_is_refused() {
+        let jpeg = encoded_jpeg();
+        // TEM markers between SOI and the first segment.
+        let mut flood = jpeg[..2].to_vec();
+        flood.extend(std::iter::repeat_n([0xFF, 0x01], 1000).flatten());
+        flood.extend_from_slice(&jpeg[2..]);
+        assert!(scrub(&flood, 4096, false).is_err());
+        // Empty comment segments: valid one by one, not by the million.
+        let mut flood = jpeg[..2].to_vec();
+        let count = MAX_JPEG_SEGMENTS as usize + 1;
+        flood.extend(std::iter::repeat_n([0xFF, 0xFE, 0x00, 0x02], count).flatten());
+        flood.extend_from_slice(&jpeg[2..]);
+        let error = scrub(&flood, 64 * 1024, true).unwrap_err();
+        assert!(error.to_string().contains("marker segments"), "{error}");
     }
 
     #[test]

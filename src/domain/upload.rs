@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::content::{ContentFacts, ContentInspector, Declared};
 use super::image::{ImageRecord, Timestamp, Variant};
 use super::scrub::{Scrubbed, Scrubber};
-use super::variants::{Rendered, Renderer};
+use super::variants::{self, Rendered, Renderer};
 use super::{DomainError, ImageId, Images, UserId, VariantName, validation};
 use crate::storage::{BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite};
 
@@ -104,10 +106,14 @@ impl Images {
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
         let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
-            DomainError::ResourceExhausted("too many uploads in progress; retry shortly".into())
+            DomainError::ResourceExhausted(
+                "too many uploads in progress (--max-concurrent-uploads); retry shortly".into(),
+            )
         })?;
-        let idle = self.limits.upload_idle_timeout;
-        let first = next_frame(&mut frames, idle)
+        let _user_slot = self.user_uploads.start(caller)?;
+        let mut pace = Pace::new(&self.limits.pace);
+        let first = pace
+            .next(&mut frames)
             .await?
             .ok_or_else(|| DomainError::invalid("the upload stream is empty"))??;
         let FramePayload::Spec(spec) = first.payload else {
@@ -118,6 +124,17 @@ impl Images {
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
         let mut stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
+        // What this upload may hold in memory, reserved before its first
+        // byte: the store's buffers and the bytes kept for the renders.
+        let _memory = self
+            .budget
+            .reserve(
+                self.blobs.write_memory(spec.declared.size)
+                    + stored.kept_bound(spec.declared.size)
+                    + UPLOAD_OVERHEAD,
+                "an upload",
+            )
+            .await?;
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -136,7 +153,7 @@ impl Images {
                 &mut stored,
                 writer.as_mut(),
                 &mut journal,
-                idle,
+                &mut pace,
             )
             .await
         };
@@ -260,23 +277,93 @@ impl Images {
     }
 }
 
-/// The next message, unless the caller sends nothing for `idle`: an abandoned
-/// stream must not hold an upload slot (and its buffers) for ever.
-async fn next_frame<S>(
-    frames: &mut S,
-    idle: Duration,
-) -> Result<Option<Result<UploadFrame, DomainError>>, DomainError>
-where
-    S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
-{
-    tokio::time::timeout(idle, frames.next())
-        .await
-        .map_err(|_| {
-            DomainError::DeadlineExceeded(format!(
-                "the upload stream sent nothing for {}s",
-                idle.as_secs_f32()
-            ))
-        })
+/// Memory an upload holds besides its store buffers and kept bytes: the
+/// header the inspector gathers and the structure the scrubber holds
+/// (1 MiB each at most), and the message being decoded (4 MiB at most).
+const UPLOAD_OVERHEAD: u64 = 6 * 1024 * 1024;
+
+/// How fast an upload must move, so that a slow or idle caller cannot hold
+/// an upload slot and its buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct PaceLimits {
+    /// Longest time without a new image byte: messages without bytes
+    /// (empty chunks, heartbeats) do not count as progress.
+    pub idle_timeout: Duration,
+    /// Longest time from the first message to `finish_write`.
+    pub deadline: Duration,
+    /// Messages every upload may send whatever their size.
+    pub free_messages: u64,
+    /// Past those, one more message is allowed per this many bytes
+    /// received: the cost of an upload follows its bytes, not how finely
+    /// it was cut (each message costs a decode, a wake-up and a check).
+    pub bytes_per_message: u64,
+}
+
+/// The clock and message count of one upload; see [`PaceLimits`].
+struct Pace {
+    limits: PaceLimits,
+    started: Instant,
+    last_progress: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(limits: &PaceLimits) -> Self {
+        let now = Instant::now();
+        Self {
+            limits: *limits,
+            started: now,
+            last_progress: now,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The next message, unless the upload stalls or runs out of time.
+    async fn next<S>(
+        &mut self,
+        frames: &mut S,
+    ) -> Result<Option<Result<UploadFrame, DomainError>>, DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        let idle_at = self.last_progress + self.limits.idle_timeout;
+        let deadline_at = self.started + self.limits.deadline;
+        let frame = tokio::time::timeout_at(idle_at.min(deadline_at), frames.next())
+            .await
+            .map_err(|_| {
+                if Instant::now() >= deadline_at {
+                    DomainError::DeadlineExceeded(format!(
+                        "the upload did not finish within {}s (--upload-deadline)",
+                        self.limits.deadline.as_secs_f32()
+                    ))
+                } else {
+                    DomainError::DeadlineExceeded(format!(
+                        "the upload stream sent no image bytes for {}s (--upload-idle-timeout)",
+                        self.limits.idle_timeout.as_secs_f32()
+                    ))
+                }
+            })?;
+        self.messages += 1;
+        let allowed = self.limits.free_messages + self.bytes / self.limits.bytes_per_message.max(1);
+        if self.messages > allowed {
+            return Err(DomainError::ResourceExhausted(format!(
+                "the upload sends too many small messages: after {} messages, each must bring \
+                 {} bytes on average (send chunks of 64 KiB to 1 MiB)",
+                self.limits.free_messages, self.limits.bytes_per_message
+            )));
+        }
+        Ok(frame)
+    }
+
+    /// `n` image bytes arrived.
+    fn progressed(&mut self, n: usize) {
+        if n > 0 {
+            self.bytes += n as u64;
+            self.last_progress = Instant::now();
+        }
+    }
 }
 
 /// An upload whose bytes have all arrived, not yet made durable.
@@ -332,13 +419,13 @@ async fn receive<S>(
     stored: &mut StoredBytes,
     writer: &mut dyn BlobWriter,
     journal: &mut Journal<'_>,
-    idle: Duration,
+    pace: &mut Pace,
 ) -> Result<(), DomainError>
 where
     S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
 {
     loop {
-        let Some(frame) = next_frame(frames, idle).await? else {
+        let Some(frame) = pace.next(frames).await? else {
             return Err(DomainError::invalid(
                 "the upload stream ended without finish_write; nothing was stored",
             ));
@@ -352,6 +439,7 @@ where
             }
             FramePayload::Chunk { data, crc32c } => {
                 inspector.feed(&data, crc32c)?;
+                pace.progressed(data.len());
                 if !data.is_empty() {
                     stored.write(data, writer).await?;
                     journal.note(writer.pending_id()).await?;
@@ -384,8 +472,19 @@ struct StoredBytes {
     /// slices of the received chunks (not copies).
     kept: Option<Vec<Bytes>>,
     pieces: Vec<Bytes>,
+    /// Small pieces waiting to make up one of [`MIN_PIECE`] bytes.
+    small: Vec<Bytes>,
+    small_len: usize,
     size: u64,
 }
+
+/// Pieces smaller than this are gathered (copied together) before they
+/// reach the store or the kept copy: the scrubber cuts the stream at every
+/// segment, and a piece costs a write call (on the embedded store, a trip
+/// to the blocking pool) and an entry in an S3 part body, so an upload cut
+/// into tiny segments would cost per segment rather than per byte. Pieces
+/// at least this large pass without a copy.
+const MIN_PIECE: usize = 64 * 1024;
 
 impl StoredBytes {
     /// Nothing is kept for an upload declared larger than
@@ -396,29 +495,74 @@ impl StoredBytes {
             scrubber: Some(Scrubber::new(keep_metadata)),
             kept: keep.then(Vec::new),
             pieces: Vec::new(),
+            small: Vec::new(),
+            small_len: 0,
             size: 0,
+        }
+    }
+
+    /// Most bytes the kept copy can hold, for an upload of `declared` bytes.
+    fn kept_bound(&self, declared: Option<u64>) -> u64 {
+        if self.kept.is_some() {
+            declared.map_or(KEEP_IN_MEMORY, |size| size.min(KEEP_IN_MEMORY))
+        } else {
+            0
         }
     }
 
     async fn write(&mut self, data: Bytes, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
         let scrubber = self.scrubber.as_mut().expect("written before finish");
         scrubber.push(data, &mut self.pieces)?;
-        self.flush(writer).await
+        self.flush(writer, false).await
     }
 
-    async fn flush(&mut self, writer: &mut dyn BlobWriter) -> Result<(), DomainError> {
+    /// Passes the scrubber's output on in pieces of at least [`MIN_PIECE`]
+    /// bytes (the last may be smaller when `last`).
+    async fn flush(&mut self, writer: &mut dyn BlobWriter, last: bool) -> Result<(), DomainError> {
         for piece in std::mem::take(&mut self.pieces) {
             if piece.is_empty() {
                 continue;
             }
-            self.size += piece.len() as u64;
-            if self.size > KEEP_IN_MEMORY {
-                self.kept = None;
-            } else if let Some(kept) = &mut self.kept {
-                kept.push(piece.clone());
+            if piece.len() >= MIN_PIECE {
+                if !self.small.is_empty() {
+                    let gathered = self.take_small();
+                    self.store(gathered, writer).await?;
+                }
+                self.store(piece, writer).await?;
+                continue;
             }
-            writer.write(piece).await?;
+            self.small_len += piece.len();
+            self.small.push(piece);
+            if self.small_len >= MIN_PIECE {
+                let gathered = self.take_small();
+                self.store(gathered, writer).await?;
+            }
         }
+        if last && !self.small.is_empty() {
+            let gathered = self.take_small();
+            self.store(gathered, writer).await?;
+        }
+        Ok(())
+    }
+
+    /// The small pieces as one.
+    fn take_small(&mut self) -> Bytes {
+        self.small_len = 0;
+        gather(std::mem::take(&mut self.small))
+    }
+
+    async fn store(
+        &mut self,
+        piece: Bytes,
+        writer: &mut dyn BlobWriter,
+    ) -> Result<(), DomainError> {
+        self.size += piece.len() as u64;
+        if self.size > KEEP_IN_MEMORY {
+            self.kept = None;
+        } else if let Some(kept) = &mut self.kept {
+            kept.push(piece.clone());
+        }
+        writer.write(piece).await?;
         Ok(())
     }
 
@@ -433,7 +577,7 @@ impl StoredBytes {
         let scrubbed = scrubber.finish(&mut self.pieces);
         let uploaded = inspector.finish()?;
         let scrubbed = scrubbed?;
-        self.flush(writer).await?;
+        self.flush(writer, true).await?;
         let digest = if scrubbed.changed {
             self.kept.as_deref().map(digest_of)
         } else {
@@ -447,6 +591,20 @@ impl StoredBytes {
             kept: self.kept,
         })
     }
+}
+
+/// Pieces as one, copied once into a buffer of the final size (a single
+/// piece is returned as it is).
+pub(super) fn gather(pieces: Vec<Bytes>) -> Bytes {
+    if let [piece] = pieces.as_slice() {
+        return piece.clone();
+    }
+    let len = pieces.iter().map(Bytes::len).sum();
+    let mut gathered = bytes::BytesMut::with_capacity(len);
+    pieces
+        .iter()
+        .for_each(|piece| gathered.extend_from_slice(piece));
+    gathered.freeze()
 }
 
 /// SHA-256 (hex) and CRC32C of bytes in pieces.
@@ -520,6 +678,10 @@ impl Images {
         }
         // The turn first, then the bytes: waiting renders hold no memory.
         let slot = self.renderer.slot().await;
+        let _source_memory = self
+            .budget
+            .reserve(facts.size_bytes, "reading this image to make its variants")
+            .await?;
         let source = match &facts.kept {
             Some(pieces) => pieces.concat().into(),
             None => {
@@ -531,6 +693,23 @@ impl Images {
                 source
             }
         };
+        // What decoding, resizing and encoding will hold, from the header:
+        // refused when over the per-render cap, else reserved (waiting for
+        // other work to give memory back) before anything is decoded.
+        let (width, height) = (facts.uploaded.width, facts.uploaded.height);
+        let needed = variants::memory_needed(&source, content_type, width, height);
+        if needed > self.limits.render.max_memory {
+            return Err(DomainError::ResourceExhausted(format!(
+                "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
+                 (--max-render-memory)",
+                needed >> 20,
+                self.limits.render.max_memory >> 20
+            )));
+        }
+        let _render_memory = self
+            .budget
+            .reserve(needed, "making this image's variants")
+            .await?;
         let Rendered { variants, blurhash } = self
             .renderer
             .render(slot, source, content_type, facts.scrubbed.orientation)

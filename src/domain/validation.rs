@@ -119,6 +119,9 @@ pub fn attributes(
             )));
         }
         reject_controls("attribute key", key, false)?;
+        // Values are shown by terminals and UIs too: an escape sequence or
+        // a right-to-left override there rewrites what a person sees.
+        reject_controls("attribute value", value, false)?;
     }
     Ok(values.clone())
 }
@@ -232,6 +235,16 @@ mod tests {
         assert!(attributes(&big).is_err());
         let many: BTreeMap<_, _> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(attributes(&many).is_err());
+    }
+
+    #[test]
+    fn attribute_values_with_terminal_escapes_or_bidi_overrides_are_refused() {
+        for value in ["\x1b[31mred", "bell\x07", "abc\u{202E}fed", "tab\there"] {
+            let map: BTreeMap<_, _> = [("k".to_owned(), value.to_owned())].into();
+            assert!(attributes(&map).is_err(), "{value:?} was accepted");
+        }
+        let fine: BTreeMap<_, _> = [("k".to_owned(), "Ünïcödé 😀 ok".to_owned())].into();
+        assert!(attributes(&fine).is_ok());
     }
 
     #[test]

@@ -30,6 +30,9 @@ use super::{DomainError, VariantName};
 pub const VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
 /// JPEG quality of variants.
 const JPEG_QUALITY: u8 = 82;
+/// Largest ICC profile carried into variants. Real profiles are a few KiB
+/// to a few hundred; larger ones are left out.
+pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
 /// Longest side of the image a BlurHash is computed from: it keeps only
 /// a few cosine components, so more pixels would change nothing.
 const BLURHASH_SOURCE: u32 = 32;
@@ -142,19 +145,23 @@ pub fn render(
     // orientation is applied once, to the first (already small) result.
     let mut variants = Vec::with_capacity(VARIANTS.len());
     let mut previous: Option<Pixels> = None;
+    let mut decoded = Some(decoded);
     for &(name, side) in VARIANTS.iter().rev() {
-        let pixels = match &previous {
-            None => {
+        let pixels = match (&previous, decoded.take()) {
+            (None, Some(decoded)) => {
                 let swapped = swaps_axes(orientation);
                 let (w, h) = (decoded.width(), decoded.height());
                 let (vw, vh) = if swapped { (h, w) } else { (w, h) };
                 let (tw, th) = fit(vw, vh, side);
                 let target = if swapped { (th, tw) } else { (tw, th) };
-                let mut resized = Pixels::from_image(&decoded).resize(&mut resizer, target)?;
+                // The full-size pixels are freed as soon as the largest
+                // variant is made from them.
+                let mut resized = Pixels::from_image(decoded).resize(&mut resizer, target)?;
                 resized.orient(orientation);
                 resized
             }
-            Some(larger) => {
+            (None, None) => return Err(DomainError::invalid("no image was decoded")),
+            (Some(larger), _) => {
                 let target = fit(larger.width(), larger.height(), side);
                 larger.resize(&mut resizer, target)?
             }
@@ -214,6 +221,17 @@ fn decode(
     {
         return Ok(decoded);
     }
+    let without_icc;
+    let source = match format {
+        ImageFormat::Png => match png_without_large_iccp(source) {
+            Some(copy) => {
+                without_icc = copy;
+                &without_icc[..]
+            }
+            None => source,
+        },
+        _ => source,
+    };
     let mut reader = image::ImageReader::with_format(Cursor::new(source), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_memory);
@@ -224,6 +242,126 @@ fn decode(
         .flatten();
     let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     Ok((image, icc))
+}
+
+/// A PNG's bytes without its `iCCP` chunk, when that chunk is larger than
+/// [`MAX_ICC_PROFILE`]: the decoder would hold the chunk whole and inflate
+/// it (100 MB of compressed profile became 230 MB), for a profile no
+/// variant carries anyway. `None` when there is nothing to remove.
+fn png_without_large_iccp(source: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 8;
+    while let Some(header) = source.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        let end = at.checked_add(12)?.checked_add(len)?;
+        if kind == b"iCCP" && len > MAX_ICC_PROFILE {
+            let mut copy = Vec::with_capacity(source.len() - (end - at).min(source.len()));
+            copy.extend_from_slice(&source[..at]);
+            copy.extend_from_slice(source.get(end..).unwrap_or_default());
+            return Some(copy);
+        }
+        if kind == b"IDAT" || kind == b"IEND" {
+            // The profile must come before the image data.
+            return None;
+        }
+        at = end;
+    }
+    None
+}
+
+/// Bytes of working memory a render of a `width` × `height` image of
+/// this type needs at most, from the header alone: the decoded pixels in
+/// the decoder's layout (16-bit samples, a GIF's canvas and frame), a
+/// conversion to 8-bit RGBA when the layout is another, a progressive
+/// JPEG's coefficients (which are kept for the whole image, whatever the
+/// scale it is decoded at), and the resizer's buffers. Renders reserve
+/// this from the memory budget before they decode.
+pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32) -> u64 {
+    let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
+    let pixels = u64::from(width) * u64::from(height);
+    let long = u64::from(width.max(height));
+    // The first resize pass writes the target width by the source height;
+    // then the variants and the placeholder.
+    let resize = long * u64::from(largest) * 4 + 3 * u64::from(largest).pow(2) * 4;
+    let decode = match content_type {
+        "image/jpeg" => {
+            let scale = jpeg_scale(width, height, largest);
+            let scaled = (u64::from(width) / scale + 1) * (u64::from(height) / scale + 1);
+            // Planes and the interleaved output, 4 bytes per pixel at most
+            // (CMYK); progressive: 2-byte coefficients of up to 4 full-size
+            // components.
+            let coefficients = if jpeg_is_progressive(source) {
+                pixels * 8
+            } else {
+                0
+            };
+            scaled * 8 + coefficients
+        }
+        "image/png" => {
+            let (channels, bytes) = png_layout(source);
+            let decoded = pixels * channels * bytes;
+            let converted = if bytes == 1 && channels >= 3 {
+                0
+            } else {
+                pixels * 4
+            };
+            decoded + converted
+        }
+        // A canvas and a frame, 4 bytes each.
+        "image/gif" | "image/webp" => pixels * 8,
+        // BMP and TIFF may hold 16-bit samples.
+        _ => pixels * 12,
+    };
+    decode + resize
+}
+
+/// The DCT scale denominator (1, 2, 4, 8) `decode_jpeg_scaled` asks for.
+fn jpeg_scale(width: u32, height: u32, largest: u32) -> u64 {
+    let long = u64::from(width.max(height));
+    let mut scale = 8;
+    while scale > 1 && long.div_ceil(scale) < u64::from(largest) {
+        scale /= 2;
+    }
+    scale
+}
+
+/// Whether a JPEG's frame is progressive (SOF2, 6, 10, 14), from its
+/// marker segments before the first scan.
+fn jpeg_is_progressive(source: &[u8]) -> bool {
+    let mut at = 2;
+    while let Some(&[0xFF, marker]) = source.get(at..at + 2) {
+        match marker {
+            0xFF => at += 1,
+            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
+            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF | 0xDA | 0xD9 => {
+                return false;
+            }
+            _ => {
+                let Some(len) = source.get(at + 2..at + 4) else {
+                    return false;
+                };
+                at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            }
+        }
+    }
+    false
+}
+
+/// Channels and bytes per sample of a PNG, from its IHDR (the widest, 4
+/// channels of 2 bytes, when it cannot be read).
+fn png_layout(source: &[u8]) -> (u64, u64) {
+    let (Some(&depth), Some(&color)) = (source.get(24), source.get(25)) else {
+        return (4, 2);
+    };
+    let channels = match color {
+        0 => 1,
+        2 => 3,
+        // Palette images are expanded to RGB or RGBA.
+        3 => 4,
+        4 => 2,
+        _ => 4,
+    };
+    (channels, if depth == 16 { 2 } else { 1 })
 }
 
 /// A JPEG decoded at the smallest DCT scale whose result still covers
@@ -297,11 +435,13 @@ enum Pixels {
 }
 
 impl Pixels {
-    fn from_image(image: &DynamicImage) -> Self {
+    /// Takes the decoded image without a copy when it already is 8-bit
+    /// RGB or RGBA (a copy of a 100-megapixel image is 400 MB).
+    fn from_image(image: DynamicImage) -> Self {
         if image.color().has_alpha() {
-            Self::Rgba(image.to_rgba8())
+            Self::Rgba(image.into_rgba8())
         } else {
-            Self::Rgb(image.to_rgb8())
+            Self::Rgb(image.into_rgb8())
         }
     }
 
@@ -381,7 +521,9 @@ impl Pixels {
         };
         let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
         let mut encoder = jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY);
-        if let Some(icc) = icc {
+        // A profile larger than any real one is dropped, not carried into
+        // every variant (and JPEG cannot hold more than ~16 MB of it).
+        if let Some(icc) = icc.filter(|icc| icc.len() <= MAX_ICC_PROFILE) {
             encoder
                 .add_icc_profile(icc)
                 .map_err(|e| failed(Box::new(e)))?;

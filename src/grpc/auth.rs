@@ -7,6 +7,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::config::{AuthMode, Config};
 use crate::domain::UserId;
+use crate::listener::PeerInfo;
 
 /// Metadata key of the caller's id in trusted-header mode.
 pub const USER_ID_HEADER: &str = "x-user-id";
@@ -16,8 +17,10 @@ const LEEWAY_SECONDS: u64 = 30;
 /// Identifies callers.
 pub enum Authenticator {
     /// Trusts `x-user-id`: only behind a proxy that authenticates callers
-    /// and strips the header from outside requests.
-    TrustedHeader,
+    /// and strips the header from outside requests. With `trusted_peers`,
+    /// only from peers whose (mutually authenticated) client certificate
+    /// carries one of these names.
+    TrustedHeader { trusted_peers: Option<Vec<String>> },
     /// Verifies `authorization: Bearer <JWT>` with a pinned algorithm and key.
     Jwt {
         key: DecodingKey,
@@ -33,7 +36,16 @@ struct Claims {
 impl Authenticator {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         match config.auth {
-            AuthMode::TrustedHeader => Ok(Self::TrustedHeader),
+            AuthMode::TrustedHeader => Ok(Self::TrustedHeader {
+                trusted_peers: (!config.trusted_peers.is_empty()).then(|| {
+                    config
+                        .trusted_peers
+                        .iter()
+                        .map(|name| name.trim().to_owned())
+                        .filter(|name| !name.is_empty())
+                        .collect()
+                }),
+            }),
             AuthMode::Jwt => {
                 let (key, algorithm) = match (
                     &config.jwt_hs256_secret,
@@ -73,9 +85,23 @@ impl Authenticator {
     }
 
     /// The caller's identity, or `UNAUTHENTICATED` saying no more than that.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<UserId, Status> {
+    /// `peer` is the connection's, with its client certificate's names.
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<UserId, Status> {
         match self {
-            Self::TrustedHeader => {
+            Self::TrustedHeader { trusted_peers } => {
+                if let Some(trusted) = trusted_peers {
+                    let names = peer.map(|p| &p.certificate_names[..]).unwrap_or_default();
+                    if !names.iter().any(|name| trusted.contains(name)) {
+                        tracing::debug!(?names, "x-user-id from a peer not on --trusted-peers");
+                        return Err(Status::unauthenticated(
+                            "this peer may not assert x-user-id: its client certificate is not on the trusted list",
+                        ));
+                    }
+                }
                 let value = metadata
                     .get(USER_ID_HEADER)
                     .ok_or_else(|| Status::unauthenticated("missing x-user-id metadata"))?;

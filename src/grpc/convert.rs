@@ -1,11 +1,11 @@
 //! Protobuf messages to domain values and back.
 use std::time::Duration;
 
-use crate::domain::DomainError;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
 use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
+use crate::domain::{DomainError, UserId};
 use crate::pb;
 use crate::storage::Disposition;
 
@@ -31,7 +31,10 @@ pub fn from_timestamp(
         .ok_or_else(|| DomainError::invalid(format!("{field} is out of range")))
 }
 
-pub fn image(record: &ImageRecord) -> pb::Image {
+/// The `Image` as `viewer` may see it: the hash of the bytes as uploaded
+/// (before identifying metadata was removed) is shown to the owner only,
+/// since anyone holding a guessed original could confirm it with that hash.
+pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
     pb::Image {
         image_id: record.id.to_string(),
         owner_id: record.owner.to_string(),
@@ -65,7 +68,11 @@ pub fn image(record: &ImageRecord) -> pb::Image {
             .collect(),
         etag: record.etag(),
         crc32c: record.crc32c,
-        uploaded_sha256: record.uploaded_sha256().to_owned(),
+        uploaded_sha256: if record.owner == *viewer {
+            record.uploaded_sha256().to_owned()
+        } else {
+            String::new()
+        },
         metadata_stripped: record.metadata_stripped,
         blurhash: record.blurhash.clone(),
     }

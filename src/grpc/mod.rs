@@ -3,7 +3,7 @@
 
 pub mod auth;
 mod convert;
-mod service;
+pub mod service;
 mod status;
 
 pub use service::ImageApi;

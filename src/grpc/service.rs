@@ -1,10 +1,11 @@
 //! `imageservice.v1.ImageService`.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -12,6 +13,7 @@ use tracing::Instrument;
 use super::auth::Authenticator;
 use super::convert;
 use crate::domain::{DomainError, Images, UserId};
+use crate::listener::PeerInfo;
 use crate::pb;
 use crate::pb::image_service_server::ImageService;
 
@@ -19,15 +21,43 @@ use crate::pb::image_service_server::ImageService;
 /// returned on every response.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// What one call may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// Calls running at once over all connections; more are refused with
+    /// UNAVAILABLE (load shedding: a retry elsewhere beats a queue here).
+    pub max_in_flight: usize,
+    /// A download stream whose caller reads nothing for this long is ended.
+    pub download_stall_timeout: Duration,
+}
+
 /// The gRPC face of [`Images`].
 pub struct ImageApi {
     images: Images,
     auth: Arc<Authenticator>,
+    limits: CallLimits,
+    in_flight: Arc<Semaphore>,
 }
 
 impl ImageApi {
-    pub fn new(images: Images, auth: Arc<Authenticator>) -> Self {
-        Self { images, auth }
+    pub fn new(images: Images, auth: Arc<Authenticator>, limits: CallLimits) -> Self {
+        Self {
+            images,
+            auth,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            limits,
+        }
+    }
+
+    /// A place among the calls in flight, or UNAVAILABLE at once.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("imageservice_calls_shed_total").increment(1);
+            Status::unavailable(format!(
+                "the server is at its limit of {} calls in flight (--max-in-flight-calls); retry",
+                self.limits.max_in_flight
+            ))
+        })
     }
 
     /// Runs one call inside a span carrying its method and request id,
@@ -49,7 +79,10 @@ impl ImageApi {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("grpc", method, request_id = %request_id, user = tracing::field::Empty);
         let start = Instant::now();
-        let mut result = call.instrument(span).await;
+        let mut result = match self.admit() {
+            Ok(_in_flight) => call.instrument(span).await,
+            Err(status) => Err(status),
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
@@ -68,8 +101,8 @@ impl ImageApi {
     }
 
     /// The caller, recorded on the call's span.
-    fn caller(&self, metadata: &MetadataMap) -> Result<UserId, Status> {
-        let user = self.auth.authenticate(metadata)?;
+    fn caller(&self, metadata: &MetadataMap, peer: Option<&PeerInfo>) -> Result<UserId, Status> {
+        let user = self.auth.authenticate(metadata, peer)?;
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
@@ -125,6 +158,64 @@ impl Drop for UploadInProgress {
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadImageResponse, Status>> + Send>>;
 
+/// The peer of the connection a request came on.
+fn peer_of<T>(request: &Request<T>) -> Option<&PeerInfo> {
+    request.extensions().get::<PeerInfo>()
+}
+
+/// Ends a download stream that its caller has not read for `timeout`.
+///
+/// HTTP/2 asks a response stream for more only when the caller's flow
+/// control window has room, so a caller that never reads leaves the stream
+/// unpolled, holding its buffers and memory reservation. A watchdog drops
+/// the inner stream (releasing them) once it has not been polled for
+/// `timeout`; the next poll, if any, ends the call with DEADLINE_EXCEEDED.
+fn end_when_stalled(stream: DownloadStream, timeout: Duration) -> DownloadStream {
+    let inner = Arc::new(Mutex::new(Some(stream)));
+    let last_poll = Arc::new(Mutex::new(tokio::time::Instant::now()));
+    {
+        let inner = Arc::downgrade(&inner);
+        let last_poll = last_poll.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = *last_poll.lock().unwrap_or_else(|e| e.into_inner()) + timeout;
+                tokio::time::sleep_until(due).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let idle = last_poll
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed();
+                if idle >= timeout {
+                    let stream = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if stream.is_some() {
+                        metrics::counter!("imageservice_download_stalls_total").increment(1);
+                        tracing::debug!(?timeout, "ended a download its caller stopped reading");
+                    }
+                    return;
+                }
+            }
+        });
+    }
+    let mut ended = false;
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
+        }
+        *last_poll.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.as_mut() {
+            Some(stream) => stream.as_mut().poll_next(cx),
+            None => {
+                ended = true;
+                std::task::Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "the download was not read for {}s (--download-stall-timeout)",
+                    timeout.as_secs_f32()
+                )))))
+            }
+        }
+    }))
+}
+
 #[tonic::async_trait]
 impl ImageService for ImageApi {
     async fn upload_image(
@@ -132,8 +223,9 @@ impl ImageService for ImageApi {
         request: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::UploadImageResponse>, Status> {
         let metadata = request.metadata().clone();
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         self.observe("UploadImage", &metadata, async {
-            let caller = self.caller(&metadata)?;
+            let caller = self.caller(&metadata, peer.as_ref())?;
             let _in_progress = UploadInProgress::start();
             let frames = request.into_inner().map(|message| {
                 if let Ok(pb::UploadImageRequest {
@@ -149,7 +241,7 @@ impl ImageService for ImageApi {
             let record = self.images.upload(&caller, frames).await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "image uploaded");
             Ok(Response::new(pb::UploadImageResponse {
-                image: Some(convert::image(&record)),
+                image: Some(convert::image(&record, &caller)),
             }))
         })
         .await
@@ -160,10 +252,10 @@ impl ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), async {
-            self.caller(request.metadata())?;
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             Ok(Response::new(pb::GetImageResponse {
-                image: Some(convert::image(&record)),
+                image: Some(convert::image(&record, &caller)),
             }))
         })
         .await
@@ -174,11 +266,15 @@ impl ImageService for ImageApi {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         self.observe("ListImages", request.metadata(), async {
-            self.caller(request.metadata())?;
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
             let query = convert::list_request(request.get_ref().clone())?;
             let page = self.images.list(&query).await?;
             Ok(Response::new(pb::ListImagesResponse {
-                images: page.images.iter().map(convert::image).collect(),
+                images: page
+                    .images
+                    .iter()
+                    .map(|record| convert::image(record, &caller))
+                    .collect(),
                 next_page_token: page.next_page_token,
             }))
         })
@@ -192,14 +288,14 @@ impl ImageService for ImageApi {
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
         self.observe("DownloadImage", request.metadata(), async {
-            self.caller(request.metadata())?;
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref();
             let download = self
                 .images
                 .download(&r.image_id, &r.variant, r.read_offset, r.read_limit)
                 .await?;
             let header = pb::DownloadImageResponse {
-                image: Some(convert::image(&download.image)),
+                image: Some(convert::image(&download.image, &caller)),
                 content_range: Some(pb::ContentRange {
                     offset: download.offset as i64,
                     length: download.length as i64,
@@ -219,9 +315,21 @@ impl ImageService for ImageApi {
                     })
                     .map_err(Status::from)
             });
-            let stream: DownloadStream =
-                Box::pin(futures::stream::once(async { Ok(header) }).chain(chunks));
-            Ok(Response::new(stream))
+            // The stream outlives this call: it takes its own place among
+            // the calls in flight, for as long as it is open.
+            let in_flight = self.admit()?;
+            let stream: DownloadStream = Box::pin(
+                futures::stream::once(async { Ok(header) })
+                    .chain(chunks)
+                    .map(move |message| {
+                        let _held = &in_flight;
+                        message
+                    }),
+            );
+            Ok(Response::new(end_when_stalled(
+                stream,
+                self.limits.download_stall_timeout,
+            )))
         })
         .await
     }
@@ -231,7 +339,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), async {
-            self.caller(request.metadata())?;
+            self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -252,13 +360,13 @@ impl ImageService for ImageApi {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         self.observe("UpdateImage", request.metadata(), async {
-            let caller = self.caller(request.metadata())?;
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
             let record = self.images.update(&caller, &image_id, update).await?;
             Ok(Response::new(pb::UpdateImageResponse {
-                image: Some(convert::image(&record)),
+                image: Some(convert::image(&record, &caller)),
             }))
         })
         .await
@@ -269,7 +377,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         self.observe("DeleteImage", request.metadata(), async {
-            let caller = self.caller(request.metadata())?;
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)
                 .await?;

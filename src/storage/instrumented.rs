@@ -84,6 +84,10 @@ impl BlobStore for InstrumentedBlobs {
         self.0.max_presign_expiry()
     }
 
+    fn write_memory(&self, size_hint: Option<u64>) -> u64 {
+        self.0.write_memory(size_hint)
+    }
+
     async fn check_health(&self) -> Result<(), StorageError> {
         timed("blob", "check_health", self.0.check_health()).await
     }

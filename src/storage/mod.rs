@@ -149,6 +149,12 @@ pub trait BlobStore: Send + Sync + 'static {
         size_hint: Option<u64>,
     ) -> Result<Box<dyn BlobWriter>, StorageError>;
 
+    /// The most memory one write of an object of `size_hint` bytes (or of
+    /// unknown size) holds in buffers of the store's own at once, so the
+    /// upload pipeline can reserve it before it starts (S3: part size ×
+    /// (parts in flight + 1)).
+    fn write_memory(&self, size_hint: Option<u64>) -> u64;
+
     /// Streams `length` bytes of the object from `offset`. The caller has
     /// checked the range against the object's size. `NotFound` when the
     /// object does not exist.
@@ -247,6 +253,10 @@ pub struct ListPage {
     pub records: Vec<ImageRecord>,
     /// Where the next page starts; `None` when there is none.
     pub next_cursor: Option<Vec<u8>>,
+    /// Where a listing resumes after each record: `record_cursors[i]` is a
+    /// cursor for the records after `records[i]`, so a caller may end the
+    /// page at any record.
+    pub record_cursors: Vec<Vec<u8>>,
     /// Image records fetched to make the page (its read amplification, with
     /// `records.len()`).
     pub records_read: u64,

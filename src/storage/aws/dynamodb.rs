@@ -863,6 +863,7 @@ impl MetadataStore for DynamoMetadataStore {
                     && filter.matches(record)
                 {
                     page.records.push(record.clone());
+                    page.record_cursors.push(encode_cursor(item, &key_names));
                 }
             }
             match response.last_evaluated_key {

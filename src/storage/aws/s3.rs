@@ -162,6 +162,12 @@ impl S3BlobStore {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
+    fn write_memory(&self, size_hint: Option<u64>) -> u64 {
+        let size = size_hint.unwrap_or(self.max_object_bytes);
+        let parts = self.part_size_for(size_hint) as u64 * (self.parts_in_flight as u64 + 1);
+        parts.min(size)
+    }
+
     async fn start_write(
         &self,
         key: &ObjectKey,

@@ -64,6 +64,11 @@ impl EmbeddedBlobStore {
 
 #[async_trait]
 impl BlobStore for EmbeddedBlobStore {
+    /// Each piece goes to the file as it comes: nothing is buffered here.
+    fn write_memory(&self, _size_hint: Option<u64>) -> u64 {
+        0
+    }
+
     async fn start_write(
         &self,
         key: &ObjectKey,

@@ -445,7 +445,11 @@ impl MetadataStore for EmbeddedMetadataStore {
                 page.records_read += 1;
                 if let Some(guard) = records.get(id.as_bytes().as_slice())? {
                     match decode(guard.value()) {
-                        Ok(record) => page.records.push(record),
+                        Ok(record) => {
+                            page.records.push(record);
+                            page.record_cursors
+                                .push(key[key.len() - CURSOR_LEN..].to_vec());
+                        }
                         Err(error) => return Ok(Err(error)),
                     }
                 }

@@ -1,0 +1,207 @@
+//! The shared limits on what callers can make one replica hold: one memory
+//! budget in bytes that uploads, downloads and renders draw from, and the
+//! per-user count of uploads in progress.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{DomainError, UserId};
+
+/// The budget counts in units of this many bytes (a semaphore's permits are
+/// a `u32` per acquisition).
+const UNIT: u64 = 64 * 1024;
+
+/// Bytes of memory that work in progress may hold at once. Work reserves
+/// what it may need before it allocates; what cannot be reserved within
+/// `wait` is refused with `RESOURCE_EXHAUSTED`, so the process stays within
+/// the budget instead of growing until the kernel kills it.
+#[derive(Clone, Debug)]
+pub struct MemoryBudget {
+    units: Arc<Semaphore>,
+    total: u64,
+    wait: Duration,
+}
+
+/// Bytes reserved from a [`MemoryBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `total` bytes; reservations wait at most `wait`.
+    pub fn new(total: u64, wait: Duration) -> Self {
+        let units = (total / UNIT).clamp(1, Semaphore::MAX_PERMITS as u64);
+        Self {
+            units: Arc::new(Semaphore::new(units as usize)),
+            total: units * UNIT,
+            wait,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes not reserved at the moment.
+    pub fn available(&self) -> u64 {
+        self.units.available_permits() as u64 * UNIT
+    }
+
+    /// Reserves `bytes` for `what` (named in the refusal), waiting up to
+    /// the budget's wait for others to give bytes back.
+    pub async fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, DomainError> {
+        if bytes == 0 {
+            return Ok(Reservation {
+                _permit: None,
+                bytes,
+            });
+        }
+        let units = bytes.div_ceil(UNIT);
+        if units * UNIT > self.total {
+            return Err(DomainError::ResourceExhausted(format!(
+                "{what} needs {} of memory, more than the server's whole budget of {} \
+                 (--memory-budget)",
+                human(bytes),
+                human(self.total)
+            )));
+        }
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        let acquire = self.units.clone().acquire_many_owned(units);
+        match tokio::time::timeout(self.wait, acquire).await {
+            Ok(Ok(permit)) => Ok(Reservation {
+                _permit: Some(permit),
+                bytes,
+            }),
+            Ok(Err(_closed)) => Err(DomainError::Unavailable("the server is stopping".into())),
+            Err(_) => {
+                metrics::counter!("imageservice_memory_budget_refusals_total").increment(1);
+                Err(DomainError::ResourceExhausted(format!(
+                    "the server's memory budget ({}, --memory-budget) is taken by work in \
+                     progress; {what} needs {}: retry shortly",
+                    human(self.total),
+                    human(bytes)
+                )))
+            }
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// Uploads in progress per user, capped so that one user cannot hold every
+/// upload slot of a replica.
+#[derive(Clone, Debug)]
+pub struct UserUploads {
+    max: usize,
+    counts: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One upload of one user; the count goes down when it is dropped.
+pub struct UserUpload {
+    user: UserId,
+    counts: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+impl UserUploads {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            counts: Arc::default(),
+        }
+    }
+
+    /// Counts an upload of `user`, or refuses it when the user already has
+    /// the most allowed.
+    pub fn start(&self, user: &UserId) -> Result<UserUpload, DomainError> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user.clone()).or_insert(0);
+        if *count >= self.max {
+            return Err(DomainError::ResourceExhausted(format!(
+                "this user already has {} uploads in progress (--max-uploads-per-user); \
+                 finish one first",
+                self.max
+            )));
+        }
+        *count += 1;
+        Ok(UserUpload {
+            user: user.clone(),
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for UserUpload {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reservations_wait_for_bytes_given_back_then_give_up() {
+        let budget = MemoryBudget::new(10 * 1024 * 1024, Duration::from_millis(50));
+        let first = budget.reserve(8 * 1024 * 1024, "a test").await.unwrap();
+        let refused = budget.reserve(4 * 1024 * 1024, "a test").await.unwrap_err();
+        assert!(
+            matches!(refused, DomainError::ResourceExhausted(_)),
+            "{refused:?}"
+        );
+        drop(first);
+        assert!(budget.reserve(4 * 1024 * 1024, "a test").await.is_ok());
+        assert_eq!(
+            budget.available(),
+            10 * 1024 * 1024,
+            "everything given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn more_than_the_whole_budget_is_refused_at_once() {
+        let budget = MemoryBudget::new(1024 * 1024, Duration::from_secs(60));
+        let started = std::time::Instant::now();
+        let refused = budget
+            .reserve(2 * 1024 * 1024, "a render")
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("whole budget"), "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn one_user_cannot_hold_more_uploads_than_allowed() {
+        let uploads = UserUploads::new(2);
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let a1 = uploads.start(&alice).unwrap();
+        let _a2 = uploads.start(&alice).unwrap();
+        assert!(uploads.start(&alice).is_err());
+        assert!(uploads.start(&bob).is_ok(), "others are not affected");
+        drop(a1);
+        assert!(
+            uploads.start(&alice).is_ok(),
+            "a finished upload frees its slot"
+        );
+    }
+}
