@@ -218,7 +218,7 @@ async fn init_can_run_again_on_existing_storage() {
         .await
         .expect("and a third");
     assert_eq!(
-        app.get("bob", &image.image_id).await.unwrap(),
+        app.get("alice", &image.image_id).await.unwrap(),
         image,
         "nothing was reset"
     );

@@ -1448,6 +1448,54 @@ async fn a_pixel_bomb_is_refused_before_its_pixels_arrive(backend: Backend) {
     assert!(app.wait_for_stored_objects(0).await.is_empty());
 }
 
+/// Records with the most metadata allowed are large: a page of them is cut
+/// by bytes, not only by count, and its token continues where it stopped.
+async fn pages_of_large_records_are_cut_by_bytes_and_continue(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--max-page-bytes", "200KiB"]).await;
+    let attributes: std::collections::HashMap<String, String> = (0..32)
+        .map(|i| (format!("{i:0>1000}"), "v".repeat(1024)))
+        .collect();
+    let mut uploaded = Vec::new();
+    for i in 0..8 {
+        let spec = pb::ImageSpec {
+            filename: format!("big-{i}.png"),
+            description: "d".repeat(2000),
+            tags: (0..30).map(|t| format!("{t:0>64}")).collect(),
+            attributes: attributes.clone(),
+            ..Default::default()
+        };
+        let image = app
+            .upload("alice", spec, &images::png(4, 4, i))
+            .await
+            .unwrap();
+        uploaded.push(image.image_id);
+    }
+    uploaded.reverse();
+    let mut seen = Vec::new();
+    let mut request = pb::ListImagesRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = app.list("bob", request.clone()).await.unwrap();
+        let encoded = prost::Message::encoded_len(&page);
+        assert!(encoded <= 200 * 1024, "a page of {encoded} bytes");
+        assert!(!page.images.is_empty(), "every page makes progress");
+        pages += 1;
+        seen.extend(ids(&page.images));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert!(
+        pages >= 3,
+        "8 records of ~70 KiB fit no page of 200 KiB: {pages} pages"
+    );
+    assert_eq!(seen, uploaded, "every image once, newest first");
+}
+
 macro_rules! contract_suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         $(
@@ -1491,6 +1539,7 @@ macro_rules! all_cases {
             small_and_animated_images_get_variants_never_upscaled,
             images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             a_pixel_bomb_is_refused_before_its_pixels_arrive,
+            pages_of_large_records_are_cut_by_bytes_and_continue,
         );
     };
 }

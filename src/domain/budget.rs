@@ -35,6 +35,15 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    fn absorb(&mut self, more: Reservation) {
+        self.bytes += more.bytes;
+        match (&mut self._permit, more._permit) {
+            (Some(permit), Some(more)) => permit.merge(more),
+            (slot @ None, more) => *slot = more,
+            (_, None) => {}
+        }
+    }
 }
 
 impl MemoryBudget {
@@ -96,6 +105,29 @@ impl MemoryBudget {
         }
     }
 }
+
+impl MemoryBudget {
+    /// Grows `reservation` to at least `bytes`, in steps of [`GROWTH_STEP`]
+    /// so that work growing little by little does not touch the budget at
+    /// every step; waits like [`MemoryBudget::reserve`].
+    pub async fn grow(
+        &self,
+        reservation: &mut Reservation,
+        bytes: u64,
+        what: &str,
+    ) -> Result<(), DomainError> {
+        if bytes <= reservation.bytes {
+            return Ok(());
+        }
+        let more = (bytes - reservation.bytes).next_multiple_of(GROWTH_STEP);
+        let more = self.reserve(more, what).await?;
+        reservation.absorb(more);
+        Ok(())
+    }
+}
+
+/// The least a reservation grows by.
+const GROWTH_STEP: u64 = 1024 * 1024;
 
 fn human(bytes: u64) -> String {
     bytesize::ByteSize::b(bytes).display().iec().to_string()
@@ -175,6 +207,25 @@ mod tests {
             10 * 1024 * 1024,
             "everything given back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reservation_grows_while_there_is_room() {
+        let budget = MemoryBudget::new(8 * 1024 * 1024, Duration::from_millis(50));
+        let mut growing = budget.reserve(1024 * 1024, "a test").await.unwrap();
+        budget
+            .grow(&mut growing, 5 * 1024 * 1024, "a test")
+            .await
+            .unwrap();
+        assert_eq!(budget.available(), 3 * 1024 * 1024);
+        assert!(
+            budget
+                .grow(&mut growing, 9 * 1024 * 1024, "a test")
+                .await
+                .is_err()
+        );
+        drop(growing);
+        assert_eq!(budget.available(), 8 * 1024 * 1024);
     }
 
     #[tokio::test]

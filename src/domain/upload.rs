@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use super::budget::{MemoryBudget, Reservation};
 use super::content::{ContentFacts, ContentInspector, Declared};
 use super::image::{ImageRecord, Timestamp, Variant};
 use super::scrub::{Scrubbed, Scrubber};
@@ -124,17 +125,18 @@ impl Images {
         let spec = ValidSpec::parse(*spec)?;
         let mut inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
         let mut stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
-        // What this upload may hold in memory, reserved before its first
-        // byte: the store's buffers and the bytes kept for the renders.
-        let _memory = self
-            .budget
-            .reserve(
-                self.blobs.write_memory(spec.declared.size)
-                    + stored.kept_bound(spec.declared.size)
-                    + UPLOAD_OVERHEAD,
-                "an upload",
-            )
-            .await?;
+        // What this upload holds in memory, reserved as it grows: the
+        // received bytes kept for the renders and those in the store's
+        // buffers (mostly the same `Bytes`), up to the larger of the two
+        // bounds, plus the structures inspection holds.
+        let mut memory = MemoryUse {
+            reservation: self.budget.reserve(UPLOAD_OVERHEAD, "an upload").await?,
+            bound: self
+                .blobs
+                .write_memory(spec.declared.size)
+                .max(stored.kept_bound(spec.declared.size)),
+            received: 0,
+        };
 
         let id = ImageId::new();
         let key = ObjectKey::new(&id, &VariantName::original());
@@ -153,7 +155,7 @@ impl Images {
                 &mut stored,
                 writer.as_mut(),
                 &mut journal,
-                &mut pace,
+                (&mut pace, &mut memory, &self.budget),
             )
             .await
         };
@@ -277,10 +279,19 @@ impl Images {
     }
 }
 
-/// Memory an upload holds besides its store buffers and kept bytes: the
-/// header the inspector gathers and the structure the scrubber holds
-/// (1 MiB each at most), and the message being decoded (4 MiB at most).
-const UPLOAD_OVERHEAD: u64 = 6 * 1024 * 1024;
+/// Memory an upload holds besides its received bytes: the header the
+/// inspector gathers and the structure the scrubber holds (1 MiB each at
+/// most).
+const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
+
+/// An upload's share of the memory budget: see [`Images::upload`].
+struct MemoryUse {
+    reservation: Reservation,
+    /// The most of the received bytes held at once: kept for the renders,
+    /// or in the store's part buffers.
+    bound: u64,
+    received: u64,
+}
 
 /// How fast an upload must move, so that a slow or idle caller cannot hold
 /// an upload slot and its buffers.
@@ -419,7 +430,7 @@ async fn receive<S>(
     stored: &mut StoredBytes,
     writer: &mut dyn BlobWriter,
     journal: &mut Journal<'_>,
-    pace: &mut Pace,
+    (pace, memory, budget): (&mut Pace, &mut MemoryUse, &MemoryBudget),
 ) -> Result<(), DomainError>
 where
     S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
@@ -438,6 +449,11 @@ where
                 ));
             }
             FramePayload::Chunk { data, crc32c } => {
+                memory.received += data.len() as u64;
+                let held = memory.received.min(memory.bound) + data.len() as u64;
+                budget
+                    .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
+                    .await?;
                 inspector.feed(&data, crc32c)?;
                 pace.progressed(data.len());
                 if !data.is_empty() {

@@ -63,12 +63,16 @@ impl ImageApi {
     /// Runs one call inside a span carrying its method and request id,
     /// counts it by status code, times it, and returns the request id to
     /// the caller (on success and on error).
-    async fn observe<T>(
+    async fn observe<T, Call, Fut>(
         &self,
         method: &'static str,
         metadata: &MetadataMap,
-        call: impl Future<Output = Result<Response<T>, Status>>,
-    ) -> Result<Response<T>, Status> {
+        call: Call,
+    ) -> Result<Response<T>, Status>
+    where
+        Call: FnOnce(OwnedSemaphorePermit) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let request_id = metadata
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
@@ -79,8 +83,10 @@ impl ImageApi {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("grpc", method, request_id = %request_id, user = tracing::field::Empty);
         let start = Instant::now();
+        // The call holds its place among the calls in flight; a streamed
+        // response takes it along for as long as it lasts.
         let mut result = match self.admit() {
-            Ok(_in_flight) => call.instrument(span).await,
+            Ok(in_flight) => call(in_flight).instrument(span).await,
             Err(status) => Err(status),
         };
         let code = match &result {
@@ -224,7 +230,7 @@ impl ImageService for ImageApi {
     ) -> Result<Response<pb::UploadImageResponse>, Status> {
         let metadata = request.metadata().clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        self.observe("UploadImage", &metadata, async {
+        self.observe("UploadImage", &metadata, |_in_flight| async {
             let caller = self.caller(&metadata, peer.as_ref())?;
             let _in_progress = UploadInProgress::start();
             let frames = request.into_inner().map(|message| {
@@ -251,7 +257,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
-        self.observe("GetImage", request.metadata(), async {
+        self.observe("GetImage", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             Ok(Response::new(pb::GetImageResponse {
@@ -265,7 +271,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        self.observe("ListImages", request.metadata(), async {
+        self.observe("ListImages", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let query = convert::list_request(request.get_ref().clone())?;
             let page = self.images.list(&query).await?;
@@ -287,7 +293,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
-        self.observe("DownloadImage", request.metadata(), async {
+        self.observe("DownloadImage", request.metadata(), |in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref();
             let download = self
@@ -315,9 +321,8 @@ impl ImageService for ImageApi {
                     })
                     .map_err(Status::from)
             });
-            // The stream outlives this call: it takes its own place among
-            // the calls in flight, for as long as it is open.
-            let in_flight = self.admit()?;
+            // The stream outlives this handler: it keeps the call's place
+            // among the calls in flight for as long as it is open.
             let stream: DownloadStream = Box::pin(
                 futures::stream::once(async { Ok(header) })
                     .chain(chunks)
@@ -338,7 +343,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
-        self.observe("GetDownloadUrl", request.metadata(), async {
+        self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
             self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
@@ -359,7 +364,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
-        self.observe("UpdateImage", request.metadata(), async {
+        self.observe("UpdateImage", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
@@ -376,7 +381,7 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
-        self.observe("DeleteImage", request.metadata(), async {
+        self.observe("DeleteImage", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)

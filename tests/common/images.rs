@@ -296,3 +296,52 @@ fn encode_gif(frames: Vec<image::Frame>) -> Vec<u8> {
     }
     out
 }
+
+/// A real GIF of `width` x `height` whose header claims a 1 x 1 screen.
+pub fn gif_with_tiny_screen(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = gif(width, height);
+    bytes[6..10].copy_from_slice(&[1, 0, 1, 0]);
+    bytes
+}
+
+/// A GIF whose logical screen is `screen` but whose one frame is `frame`
+/// (with no real image data): decoders allocate for the frame, whatever
+/// the screen says.
+pub fn gif_with_frame(screen: (u16, u16), frame: (u16, u16)) -> Vec<u8> {
+    let mut bytes = b"GIF89a".to_vec();
+    bytes.extend_from_slice(&screen.0.to_le_bytes());
+    bytes.extend_from_slice(&screen.1.to_le_bytes());
+    // A global colour table of two entries: black and white.
+    bytes.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+    bytes.push(0x2C);
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    bytes.extend_from_slice(&frame.0.to_le_bytes());
+    bytes.extend_from_slice(&frame.1.to_le_bytes());
+    bytes.push(0);
+    // LZW minimum code size 2, one sub-block (clear, end), terminator.
+    bytes.extend_from_slice(&[2, 2, 0x4C, 0x01, 0]);
+    bytes.push(0x3B);
+    bytes
+}
+
+/// A real JPEG with `count` empty TEM markers (`FF 01`) after its SOI:
+/// each is two bytes, and each used to cost a piece of its own.
+pub fn jpeg_with_marker_flood(count: usize) -> Vec<u8> {
+    let jpeg = jpeg(64, 48);
+    let mut flood = jpeg[..2].to_vec();
+    flood.extend(std::iter::repeat_n([0xFF, 0x01], count).flatten());
+    flood.extend_from_slice(&jpeg[2..]);
+    flood
+}
+
+/// A PNG (`width` x `height`) carrying an ICC profile chunk of
+/// `profile_bytes` zeros, stored uncompressed.
+pub fn png_with_icc_profile(width: u32, height: u32, profile_bytes: usize) -> Vec<u8> {
+    let plain = png(width, height, 5);
+    let mut iccp = b"huge\0\0".to_vec();
+    iccp.extend_from_slice(&zlib_stored(&vec![0; profile_bytes]));
+    let mut out = plain[..33].to_vec();
+    png_chunk(&mut out, b"iCCP", &iccp);
+    out.extend_from_slice(&plain[33..]);
+    out
+}

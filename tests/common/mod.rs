@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod pki;
 pub mod servers;
 
 use std::net::SocketAddr;
@@ -119,8 +120,15 @@ impl TestApp {
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
         }));
-        let client = ImageServiceClient::new(connect(grpc_addr).await)
-            .max_decoding_message_size(8 * 1024 * 1024);
+        // A TLS server is reached through the tests' own TLS channels.
+        let channel = if extra.contains(&"--tls-cert") {
+            Channel::from_shared(format!("http://{grpc_addr}"))
+                .expect("valid uri")
+                .connect_lazy()
+        } else {
+            connect(grpc_addr).await
+        };
+        let client = ImageServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024);
         Self {
             backend,
             grpc_addr,
