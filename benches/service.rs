@@ -548,6 +548,13 @@ impl Service {
             "4GiB".into(),
             "--max-concurrent-uploads".into(),
             "256".into(),
+            // One benchmark user uploads many images at once, and figure 4
+            // measures what 32 concurrent large uploads take, so neither
+            // the per-user cap nor the memory budget may stop them.
+            "--max-uploads-per-user".into(),
+            "256".into(),
+            "--memory-budget".into(),
+            "8GiB".into(),
         ];
         if !extra.iter().any(|a| a == "--data-dir") {
             common.extend(["--data-dir".into(), data.path().display().to_string()]);

@@ -120,14 +120,17 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_VARIANTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub variants: bool,
 
-    /// Images decoded and resized at once to make variants; others wait
-    /// their turn. Defaults to the number of CPU cores.
+    /// Images decoded and resized at once to make variants, in each of two
+    /// lanes (images up to 16 megapixels, and larger ones, so huge images
+    /// never hold up small ones); others wait their turn. Defaults to the
+    /// number of CPU cores.
     #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_RENDERS", global = true)]
     pub max_concurrent_renders: Option<usize>,
 
-    /// Memory one image's decoder may allocate for pixels; an image that
-    /// needs more is refused with RESOURCE_EXHAUSTED. Peak render memory is
-    /// about this × --max-concurrent-renders.
+    /// Memory one render may need (decoded pixels, a progressive JPEG's
+    /// coefficients, resize buffers; estimated from the header and reserved
+    /// from --memory-budget before decoding); an image that needs more is
+    /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", default_value = "512MiB", value_parser = parse_byte_size, global = true)]
     pub max_render_memory: u64,
 

@@ -545,3 +545,72 @@ async fn a_rotated_certificate_is_used_without_a_restart_or_dropped_connections(
     // The connection made before the rotation still works.
     upload_over(before, "alice").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_and_imagectl_work_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "tests");
+    let app = tls_app(&pki, true, Some("gateway.internal")).await;
+    let gateway = pki.issue(&["gateway.internal"]);
+    let (cert, key) = (pki.path("gateway.pem"), pki.path("gateway-key.pem"));
+    std::fs::write(&cert, &gateway.cert_pem).unwrap();
+    std::fs::write(&key, &gateway.key_pem).unwrap();
+    let ca = pki.path("tests-ca.pem");
+    let photo = dir.path().join("photo.png");
+    std::fs::write(&photo, images::png(16, 16, 3)).unwrap();
+
+    let uploaded = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagectl"))
+        .args(["--json", "--addr", &format!("https://{}", app.grpc_addr)])
+        .args(["--tls-name", "localhost", "--user", "alice"])
+        .arg("--tls-ca")
+        .arg(&ca)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("upload")
+        .arg(&photo)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        uploaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uploaded.stderr)
+    );
+    let text = String::from_utf8_lossy(&uploaded.stdout);
+    let image_id = text
+        .split('"')
+        .skip_while(|field| *field != "image_id")
+        .nth(2)
+        .unwrap_or_else(|| panic!("no image_id in {text}"))
+        .to_owned();
+
+    let grpcurl = |flags: &[&str], verb: &str| {
+        let mut command = std::process::Command::new(common::servers::grpcurl());
+        command
+            .arg("-cacert")
+            .arg(&ca)
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .args(["-servername", "localhost"])
+            .args(flags)
+            .arg(app.grpc_addr.to_string())
+            .arg(verb);
+        command
+    };
+    let listed = grpcurl(&[], "list").output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("imageservice.v1.ImageService"));
+    let request = format!("{{\"image_id\": \"{image_id}\"}}");
+    let got = grpcurl(
+        &["-H", "x-user-id: bob", "-d", &request],
+        "imageservice.v1.ImageService/GetImage",
+    )
+    .output()
+    .unwrap();
+    assert!(got.status.success(), "{got:?}");
+    assert!(String::from_utf8_lossy(&got.stdout).contains(&image_id));
+}

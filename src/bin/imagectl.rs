@@ -41,6 +41,21 @@ struct Cli {
     /// Print JSON instead of tables and sentences, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// PEM file of the CA that signed the service's certificate, for an
+    /// `https://` address (default: the system's roots are not used, so
+    /// this is required for https).
+    #[arg(long, env = "IMAGECTL_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a service that requires mutual TLS.
+    #[arg(long, env = "IMAGECTL_TLS_CERT", requires = "tls_key", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "IMAGECTL_TLS_KEY", requires = "tls_cert", global = true)]
+    tls_key: Option<PathBuf>,
+    /// The name the service's certificate is checked against (default: the
+    /// address's host).
+    #[arg(long, env = "IMAGECTL_TLS_NAME", global = true)]
+    tls_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -213,8 +228,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("say who you are: --user NAME (or IMAGECTL_USER), or --token in jwt mode")
         }
     };
-    let channel = Channel::from_shared(cli.addr.clone())
-        .context("--addr is not a URL such as http://127.0.0.1:50051")?
+    let mut endpoint = Channel::from_shared(cli.addr.clone())
+        .context("--addr is not a URL such as http://127.0.0.1:50051")?;
+    if cli.addr.starts_with("https://") {
+        let ca = cli
+            .tls_ca
+            .as_ref()
+            .context("an https:// address needs --tls-ca (the CA of the service's certificate)")?;
+        let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &cli.tls_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(tls).context("the TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach image-service at {}", cli.addr))?;

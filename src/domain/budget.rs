@@ -86,14 +86,19 @@ impl MemoryBudget {
             )));
         }
         let units = u32::try_from(units).unwrap_or(u32::MAX);
-        let acquire = self.units.clone().acquire_many_owned(units);
-        match tokio::time::timeout(self.wait, acquire).await {
-            Ok(Ok(permit)) => Ok(Reservation {
+        let acquired = if u64::from(units) * UNIT > LARGE_RESERVATION {
+            self.poll_for(units).await
+        } else {
+            let acquire = self.units.clone().acquire_many_owned(units);
+            tokio::time::timeout(self.wait, acquire).await.ok()
+        };
+        match acquired {
+            Some(Ok(permit)) => Ok(Reservation {
                 _permit: Some(permit),
                 bytes,
             }),
-            Ok(Err(_closed)) => Err(DomainError::Unavailable("the server is stopping".into())),
-            Err(_) => {
+            Some(Err(_closed)) => Err(DomainError::Unavailable("the server is stopping".into())),
+            None => {
                 metrics::counter!("imageservice_memory_budget_refusals_total").increment(1);
                 Err(DomainError::ResourceExhausted(format!(
                     "the server's memory budget ({}, --memory-budget) is taken by work in \
@@ -125,6 +130,37 @@ impl MemoryBudget {
         Ok(())
     }
 }
+
+impl MemoryBudget {
+    /// Takes `units` as soon as that many are free, trying every few
+    /// milliseconds up to the wait. Large reservations do not queue: the
+    /// semaphore is fair, and a render waiting at the head of its queue for
+    /// hundreds of MiB would hold up every small upload behind it.
+    async fn poll_for(
+        &self,
+        units: u32,
+    ) -> Option<Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            match self.units.clone().try_acquire_many_owned(units) {
+                Ok(permit) => return Some(Ok(permit)),
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Some(self.units.clone().acquire_many_owned(units).await);
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(LARGE_RESERVATION_POLL).await;
+        }
+    }
+}
+
+/// Reservations above this do not queue (see [`MemoryBudget::poll_for`]).
+const LARGE_RESERVATION: u64 = 16 * 1024 * 1024;
+/// How often a large reservation looks for room.
+const LARGE_RESERVATION_POLL: Duration = Duration::from_millis(10);
 
 /// The least a reservation grows by.
 const GROWTH_STEP: u64 = 1024 * 1024;
@@ -206,6 +242,29 @@ mod tests {
             budget.available(),
             10 * 1024 * 1024,
             "everything given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_reservation_waiting_for_room_does_not_hold_up_small_ones() {
+        let budget = MemoryBudget::new(64 * 1024 * 1024, Duration::from_secs(2));
+        let held = budget.reserve(40 * 1024 * 1024, "a render").await.unwrap();
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(48 * 1024 * 1024, "a render").await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let small = tokio::time::timeout(
+            Duration::from_millis(500),
+            budget.reserve(1024 * 1024, "an upload"),
+        )
+        .await;
+        assert!(matches!(small, Ok(Ok(_))), "the small one waited");
+        drop(small);
+        drop(held);
+        assert!(
+            waiting.await.unwrap().is_ok(),
+            "the large one gets its turn"
         );
     }
 

@@ -25,6 +25,9 @@ pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
 const DOWNLOAD_MEMORY: u64 = 3 * MAX_DOWNLOAD_CHUNK as u64;
 /// Validity of a download URL when the caller does not say.
 pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
+/// Records read by a listing's first query; later ones are sized by the
+/// records seen (see [`Images::read_page`]).
+const FIRST_LIST_BATCH: usize = 100;
 /// Attempts of an unconditional update that keeps losing to concurrent ones.
 const UPDATE_ATTEMPTS: usize = 5;
 
@@ -139,31 +142,63 @@ impl Images {
         } else {
             Some(self.tokens.open(&fingerprint, &request.page_token)?)
         };
-        let mut page = self
-            .metadata
-            .list(&filter, cursor.as_deref(), limit)
-            .await?;
-        // Records with the most metadata allowed are ~70 KiB each: a page of
-        // 1000 of them would be 70 MB in one response. Cut the page where it
-        // would pass the byte cap, and give the rest a token.
-        let mut bytes = 0;
-        if let Some(cut) = page.records.iter().position(|record| {
-            bytes += record.approximate_encoded_len();
-            bytes > self.limits.max_page_bytes
-        }) {
-            let keep = cut.max(1);
-            if keep < page.records.len() {
-                page.records.truncate(keep);
-                page.next_cursor = page.record_cursors.get(keep - 1).cloned();
-            }
-        }
+        let (images, next_cursor) = self.read_page(&filter, cursor, limit).await?;
         Ok(ListResult {
-            images: page.records,
-            next_page_token: page
-                .next_cursor
+            images,
+            next_page_token: next_cursor
                 .map(|cursor| self.tokens.seal(&fingerprint, &cursor))
                 .unwrap_or_default(),
         })
+    }
+
+    /// Up to `limit` records and at most `--max-page-bytes` of them (always
+    /// at least one), and the cursor after the last, read in batches sized
+    /// by the records seen so far: records with the most metadata allowed
+    /// are ~70 KiB each, so reading a page of 1000 at once would hold 70 MB
+    /// for a response that keeps 2 MiB of it.
+    async fn read_page(
+        &self,
+        filter: &ListFilter,
+        mut cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<ImageRecord>, Option<Vec<u8>>), DomainError> {
+        let max_bytes = self.limits.max_page_bytes;
+        let mut records: Vec<ImageRecord> = Vec::new();
+        let mut bytes = 0;
+        let mut batch = limit.min(FIRST_LIST_BATCH);
+        loop {
+            let page = self.metadata.list(filter, cursor.as_deref(), batch).await?;
+            let fetched = page.records.len();
+            for (i, record) in page.records.into_iter().enumerate() {
+                let size = record.approximate_encoded_len();
+                if !records.is_empty() && bytes + size > max_bytes {
+                    // Cut before this record: the rest starts with it.
+                    let resume = match i {
+                        0 => cursor,
+                        _ => page.record_cursors.get(i - 1).cloned(),
+                    };
+                    return Ok((records, resume));
+                }
+                bytes += size;
+                records.push(record);
+                if records.len() == limit {
+                    let resume = if i + 1 == fetched {
+                        page.next_cursor
+                    } else {
+                        page.record_cursors.get(i).cloned()
+                    };
+                    return Ok((records, resume));
+                }
+            }
+            let Some(next) = page.next_cursor else {
+                return Ok((records, None));
+            };
+            cursor = Some(next);
+            // As many as the room left holds at the size seen so far.
+            let average = (bytes / records.len().max(1)).max(1);
+            batch =
+                ((max_bytes.saturating_sub(bytes)) / average + 1).clamp(1, limit - records.len());
+        }
     }
 
     /// An image and the name of one of its renditions, which must exist.

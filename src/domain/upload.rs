@@ -693,7 +693,8 @@ impl Images {
             return Ok(None);
         }
         // The turn first, then the bytes: waiting renders hold no memory.
-        let slot = self.renderer.slot().await;
+        let pixels = u64::from(facts.uploaded.width) * u64::from(facts.uploaded.height);
+        let slot = self.renderer.slot(pixels).await;
         let _source_memory = self
             .budget
             .reserve(facts.size_bytes, "reading this image to make its variants")

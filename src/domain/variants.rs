@@ -63,11 +63,19 @@ pub struct Rendered {
     pub blurhash: String,
 }
 
-/// Runs renders with the limits above.
+/// Images up to this many pixels (a 16-megapixel phone photo) render in
+/// their own lane: a queue of huge images must not make every small upload
+/// wait behind it.
+pub const SMALL_RENDER_PIXELS: u64 = 16_000_000;
+
+/// Runs renders with the limits above: `max_concurrent` at a time in each
+/// of two lanes, one for images up to [`SMALL_RENDER_PIXELS`] and one for
+/// larger ones (which take seconds each).
 #[derive(Clone)]
 pub struct Renderer {
     limits: RenderLimits,
     slots: Arc<Semaphore>,
+    large_slots: Arc<Semaphore>,
 }
 
 /// A turn to render, taken before the source bytes are loaded so that the
@@ -79,6 +87,7 @@ impl Renderer {
         Self {
             limits,
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            large_slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
         }
     }
 
@@ -88,10 +97,14 @@ impl Renderer {
         format_of(content_type).is_some()
     }
 
-    /// Waits for a turn.
-    pub async fn slot(&self) -> RenderSlot {
-        let permit = self
-            .slots
+    /// Waits for a turn in the lane of an image of `pixels`.
+    pub async fn slot(&self, pixels: u64) -> RenderSlot {
+        let lane = if pixels <= SMALL_RENDER_PIXELS {
+            &self.slots
+        } else {
+            &self.large_slots
+        };
+        let permit = lane
             .clone()
             .acquire_owned()
             .await
@@ -156,7 +169,7 @@ pub fn render(
                 let target = if swapped { (th, tw) } else { (tw, th) };
                 // The full-size pixels are freed as soon as the largest
                 // variant is made from them.
-                let mut resized = Pixels::from_image(decoded).resize(&mut resizer, target)?;
+                let mut resized = Pixels::from_image(decoded).resize_full(&mut resizer, target)?;
                 resized.orient(orientation);
                 resized
             }
@@ -482,6 +495,29 @@ impl Pixels {
                 Self::Rgba(target)
             }
         })
+    }
+
+    /// Like [`Pixels::resize`], for the full-size decoded image, which is
+    /// not needed afterwards: its alpha is premultiplied in place, where the
+    /// resizer would premultiply into a copy as large as the image (400 MB
+    /// for 100 megapixels).
+    fn resize_full(self, resizer: &mut Resizer, target: (u32, u32)) -> Result<Self, DomainError> {
+        let Self::Rgba(mut source) = self else {
+            return self.resize(resizer, target);
+        };
+        let failed = |e: fast_image_resize::ImageError| DomainError::Internal(Box::new(e));
+        let alpha = fast_image_resize::MulDiv::default();
+        alpha.multiply_alpha_inplace(&mut source).map_err(failed)?;
+        let mut resized = RgbaImage::new(target.0, target.1);
+        let options = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+            .use_alpha(false);
+        resizer
+            .resize(&source, &mut resized, &options)
+            .map_err(|e| DomainError::Internal(Box::new(e)))?;
+        drop(source);
+        alpha.divide_alpha_inplace(&mut resized).map_err(failed)?;
+        Ok(Self::Rgba(resized))
     }
 
     fn orient(&mut self, orientation: Orientation) {

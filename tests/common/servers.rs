@@ -38,6 +38,11 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The grpcurl binary scripts/test installs.
+pub fn grpcurl() -> PathBuf {
+    require(tools_dir().join("venv/bin/grpcurl"), "grpcurl")
+}
+
 fn tools_dir() -> PathBuf {
     std::env::var_os("TOOLS_DIR")
         .map(PathBuf::from)

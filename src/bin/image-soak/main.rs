@@ -2,7 +2,8 @@
 //! time at a bounded rate, then a check of every image that should exist.
 //! Reports operations, errors by status code, latency percentiles per
 //! operation, and the service's memory at start and end (with `--pid`).
-//! Only for services on this machine (loopback).
+//! With `--hostile`, runs the attacks of a hostile caller instead (see
+//! `hostile.rs`). Only for services on this machine (loopback).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +40,21 @@ struct Args {
     /// The service's process id, to report its memory (VmRSS).
     #[arg(long)]
     pid: Option<u32>,
+    /// Instead of mixed traffic, run each attack of a hostile caller in
+    /// turn and report what it cost the service (needs --pid) and what a
+    /// well-behaved caller saw meanwhile.
+    #[arg(long, requires = "pid")]
+    hostile: bool,
+    /// With --hostile: only these attacks (comma-separated; all by default).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hostile::ATTACKS))]
+    attacks: Vec<String>,
+    /// With --hostile: the service's HTTP address (host:port), for the
+    /// half-open connection attack.
+    #[arg(long)]
+    http_addr: Option<String>,
 }
+
+mod hostile;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Op {
@@ -73,29 +88,50 @@ fn as_user<T>(user: &str, message: T) -> Request<T> {
     request
 }
 
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&png_crc(kind, data).to_be_bytes());
+}
+
+fn png_crc(kind: &[u8], data: &[u8]) -> u32 {
+    // CRC-32 (IEEE) as PNG requires.
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in kind.iter().chain(data) {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `raw` as a zlib stream of stored (uncompressed) deflate blocks.
+fn zlib_stored(raw: &[u8]) -> Vec<u8> {
+    let mut zlib = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        zlib.push(u8::from(i + 1 == blocks.len()));
+        zlib.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        zlib.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for byte in raw {
+        a = (a + u32::from(*byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    zlib
+}
+
 /// A small valid PNG (stored deflate), different for every `seed`.
 fn png(seed: u64, side: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        out.extend_from_slice(&png_crc(kind, data).to_be_bytes());
-    }
-    fn png_crc(kind: &[u8], data: &[u8]) -> u32 {
-        // CRC-32 (IEEE) as PNG requires.
-        let mut crc = 0xFFFF_FFFFu32;
-        for byte in kind.iter().chain(data) {
-            crc ^= u32::from(*byte);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
     let mut raw = Vec::new();
     let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     for _ in 0..side {
@@ -107,28 +143,15 @@ fn png(seed: u64, side: u32) -> Vec<u8> {
             raw.push((state >> 33) as u8);
         }
     }
-    let mut zlib = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        zlib.push(u8::from(i + 1 == blocks.len()));
-        zlib.extend_from_slice(&(block.len() as u16).to_le_bytes());
-        zlib.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
-        zlib.extend_from_slice(block);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for byte in &raw {
-        a = (a + u32::from(*byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let zlib = zlib_stored(&raw);
     let mut header = Vec::new();
     header.extend_from_slice(&side.to_be_bytes());
     header.extend_from_slice(&side.to_be_bytes());
     header.extend_from_slice(&[8, 2, 0, 0, 0]);
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    chunk(&mut out, b"IHDR", &header);
-    chunk(&mut out, b"IDAT", &zlib);
-    chunk(&mut out, b"IEND", &[]);
+    png_chunk(&mut out, b"IHDR", &header);
+    png_chunk(&mut out, b"IDAT", &zlib);
+    png_chunk(&mut out, b"IEND", &[]);
     out
 }
 
@@ -261,6 +284,22 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting")?;
+    if args.hostile {
+        if let Some(http) = &args.http_addr
+            && !(http.starts_with("127.") || http.starts_with("localhost"))
+        {
+            bail!("image-soak only targets services on this machine (loopback addresses)");
+        }
+        let pid = args.pid.context("--hostile needs --pid")?;
+        return hostile::run(
+            channel,
+            args.addr.clone(),
+            args.http_addr.clone(),
+            pid,
+            &args.attacks,
+        )
+        .await;
+    }
     let client = ImageServiceClient::new(channel);
     let rss_start = args.pid.and_then(rss_kib);
     let stats = Arc::new(Mutex::new(Stats::default()));
