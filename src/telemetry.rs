@@ -55,6 +55,21 @@ pub async fn upkeep_periodically() {
     loop {
         every.tick().await;
         metrics().run_upkeep();
+        return_freed_memory();
+    }
+}
+
+/// Gives memory the allocator holds free back to the kernel. glibc's
+/// malloc keeps freed heap memory in its per-thread arenas: after a burst
+/// of medium allocations (30 listings of large records at once) a replica
+/// kept 250 MiB it no longer used, which counts against the pod's limit as
+/// if it were in use. `malloc_trim` releases the free pages of every arena
+/// (a few milliseconds here, every 5 s).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -103,5 +118,25 @@ fn describe() {
     describe_counter!(
         "imageservice_list_records_returned_total",
         "image records listings returned (read / returned is the read amplification)"
+    );
+    describe_counter!(
+        "imageservice_memory_budget_refusals_total",
+        "work refused because the memory budget stayed taken for --memory-wait"
+    );
+    describe_counter!(
+        "imageservice_calls_shed_total",
+        "calls refused with UNAVAILABLE at --max-in-flight-calls"
+    );
+    describe_counter!(
+        "imageservice_download_stalls_total",
+        "downloads ended because their caller stopped reading"
+    );
+    describe_counter!(
+        "imageservice_handshake_failures_total",
+        "connections closed before serving, by listener and reason (error, timeout)"
+    );
+    describe_gauge!(
+        "imageservice_open_connections",
+        "connections being served, by listener"
     );
 }

@@ -27,7 +27,7 @@ const DOWNLOAD_MEMORY: u64 = 3 * MAX_DOWNLOAD_CHUNK as u64;
 pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
 /// Records read by a listing's first query; later ones are sized by the
 /// records seen (see [`Images::read_page`]).
-const FIRST_LIST_BATCH: usize = 100;
+const FIRST_LIST_BATCH: usize = 32;
 /// Attempts of an unconditional update that keeps losing to concurrent ones.
 const UPDATE_ATTEMPTS: usize = 5;
 
