@@ -165,7 +165,7 @@ pub struct Config {
     /// bytes. Work reserves what it may need before it allocates; what
     /// cannot be reserved within --memory-wait is refused with
     /// RESOURCE_EXHAUSTED. Default: 60% of the container's memory limit
-    /// (cgroup), or 1 GiB when there is none.
+    /// (cgroup), or 512 MiB when there is none.
     #[arg(long, env = "IMAGE_SERVICE_MEMORY_BUDGET", value_parser = parse_byte_size, global = true)]
     pub memory_budget: Option<u64>,
 

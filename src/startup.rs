@@ -384,8 +384,10 @@ const FREE_UPLOAD_MESSAGES: u64 = 1024;
 /// the rest is the process's own (code, the runtime, connections, the
 /// allocator's slack).
 const MEMORY_BUDGET_SHARE: f64 = 0.6;
-/// The budget when no container limit is found.
-const FALLBACK_MEMORY_BUDGET: u64 = 1024 * 1024 * 1024;
+/// The budget when no container limit is found (a developer's machine, a
+/// VM): enough for one render at the pixel limit or dozens of uploads, and
+/// small enough that no caller takes the machine's memory.
+const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
 
 /// `--memory-budget` by default: a share of the cgroup memory limit (v2,
 /// else v1) when there is one, so a pod's budget follows its manifest.
