@@ -334,7 +334,7 @@ async fn open_backend(
                         SigningKey::generate()
                     }
                 };
-                let (blobs, metadata) = aws::connect(&AwsSettings::from_config(config)).await;
+                let (blobs, metadata) = aws::connect(&aws_settings(config)).await;
                 (Arc::new(blobs), Arc::new(metadata), key, None)
             }
         };
@@ -419,7 +419,7 @@ pub async fn run_repair(
     let report = images
         .repair(grace, dry_run)
         .await
-        .map_err(|e| anyhow::anyhow!(crate::domain::images::error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!(crate::telemetry::error_chain(&e)))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -467,7 +467,7 @@ async fn watch_backends(images: Images, health: HealthReporter, interval: Durati
         match (images.check_health(timeout).await, serving) {
             (Err(error), true) => {
                 let cause = std::error::Error::source(&error)
-                    .map(crate::domain::images::error_chain)
+                    .map(crate::telemetry::error_chain)
                     .unwrap_or_else(|| error.to_string());
                 tracing::warn!(error = %cause, "a storage backend is unreachable: reporting NOT_SERVING");
                 health
@@ -482,6 +482,32 @@ async fn watch_backends(images: Images, health: HealthReporter, interval: Durati
             }
             _ => {}
         }
+    }
+}
+
+/// The aws backend's settings, from the configuration (adapters never read
+/// `Config` themselves).
+fn aws_settings(config: &Config) -> AwsSettings {
+    use crate::config::{PayloadSigning, S3Checksums};
+    AwsSettings {
+        bucket: config.s3_bucket.clone(),
+        s3_endpoint: config.s3_endpoint.clone(),
+        s3_public_endpoint: config.s3_public_endpoint.clone(),
+        table: config.dynamodb_table.clone(),
+        dynamodb_endpoint: config.dynamodb_endpoint.clone(),
+        region: config.aws_region.clone(),
+        part_size: config.s3_part_size,
+        parts_in_flight: usize::from(config.s3_parts_in_flight),
+        checksums: match config.s3_checksums {
+            S3Checksums::WhenSupported => aws::S3Checksums::WhenSupported,
+            S3Checksums::WhenRequired => aws::S3Checksums::WhenRequired,
+        },
+        payload_signing: match config.s3_payload_signing {
+            PayloadSigning::Auto => aws::PayloadSigning::Auto,
+            PayloadSigning::Signed => aws::PayloadSigning::Signed,
+            PayloadSigning::Unsigned => aws::PayloadSigning::Unsigned,
+        },
+        max_object_bytes: config.max_image_bytes,
     }
 }
 
@@ -500,7 +526,7 @@ pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Backend::Aws => {
-            let settings = AwsSettings::from_config(config);
+            let settings = aws_settings(config);
             aws::init(&settings).await.with_context(|| {
                 format!(
                     "creating bucket {} and table {}",

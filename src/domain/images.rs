@@ -421,7 +421,7 @@ impl Images {
     /// leaves an orphan object, invisible to callers; it is logged.
     pub(super) async fn delete_blob_logged(&self, key: &ObjectKey) {
         if let Err(error) = self.blobs.delete(key).await {
-            tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete image bytes; the object is orphaned");
+            tracing::warn!(key = key.as_str(), error = %crate::telemetry::error_chain(&error), "could not delete image bytes; the object is orphaned");
         }
     }
 }
@@ -527,18 +527,6 @@ fn exact_chunks(
         }
     })
     .boxed()
-}
-
-/// An error and its causes on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

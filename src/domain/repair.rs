@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::image::Timestamp;
-use super::images::error_chain;
 use super::{DomainError, ImageId, Images};
 use crate::storage::{ObjectKey, StoredObject};
+use crate::telemetry::error_chain;
 
 /// What a repair pass found (and, unless it was a dry run, removed).
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -418,7 +418,7 @@ impl Images {
     async fn clear_journal(&self, pending: Option<PendingWrite>) {
         let Some(entry) = pending else { return };
         if let Err(error) = self.metadata.clear_pending_write(&entry).await {
-            tracing::warn!(image_id = %entry.image_id, error = %super::images::error_chain(&error), "could not clear an upload's journal entry");
+            tracing::warn!(image_id = %entry.image_id, error = %crate::telemetry::error_chain(&error), "could not clear an upload's journal entry");
         }
     }
 }

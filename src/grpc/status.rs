@@ -2,7 +2,7 @@
 use tonic::Status;
 
 use crate::domain::DomainError;
-use crate::domain::images::error_chain;
+use crate::telemetry::error_chain;
 
 impl From<DomainError> for Status {
     fn from(error: DomainError) -> Self {

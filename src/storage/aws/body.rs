@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sha2::{Digest, Sha256};
 
-use crate::config::PayloadSigning;
+use super::PayloadSigning;
 
 /// The bytes of one part (or of a whole small object) not yet sent.
 #[derive(Default)]

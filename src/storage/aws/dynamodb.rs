@@ -359,7 +359,7 @@ impl DynamoMetadataStore {
     /// clean-up is only logged; the repair pass removes what remains.
     async fn delete_tag_items_logged(&self, record: &ImageRecord, tags: &[String]) {
         if let Err(error) = self.delete_tag_items(record, tags).await {
-            tracing::warn!(image_id = %record.id, error = %crate::domain::images::error_chain(&error), "could not delete tag index items");
+            tracing::warn!(image_id = %record.id, error = %crate::telemetry::error_chain(&error), "could not delete tag index items");
         }
     }
 
@@ -486,7 +486,7 @@ impl DynamoMetadataStore {
         match result.map_err(classify) {
             Ok(_) | Err(StorageError::ConditionFailed) => {}
             Err(error) => {
-                tracing::warn!(image_id = %record.id, error = %crate::domain::images::error_chain(&error), "could not delete an idempotency item")
+                tracing::warn!(image_id = %record.id, error = %crate::telemetry::error_chain(&error), "could not delete an idempotency item")
             }
         }
     }

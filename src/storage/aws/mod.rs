@@ -18,7 +18,6 @@ pub use dynamodb::DynamoMetadataStore;
 pub use s3::S3BlobStore;
 
 use super::StorageError;
-use crate::config::{Config, PayloadSigning, S3Checksums};
 
 /// Region used when neither the configuration nor the AWS chain names one
 /// (typical for S3- and DynamoDB-compatible stores).
@@ -42,22 +41,22 @@ pub struct AwsSettings {
     pub max_object_bytes: u64,
 }
 
-impl AwsSettings {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            bucket: config.s3_bucket.clone(),
-            s3_endpoint: config.s3_endpoint.clone(),
-            s3_public_endpoint: config.s3_public_endpoint.clone(),
-            table: config.dynamodb_table.clone(),
-            dynamodb_endpoint: config.dynamodb_endpoint.clone(),
-            region: config.aws_region.clone(),
-            part_size: config.s3_part_size,
-            parts_in_flight: usize::from(config.s3_parts_in_flight),
-            checksums: config.s3_checksums,
-            payload_signing: config.s3_payload_signing,
-            max_object_bytes: config.max_image_bytes,
-        }
-    }
+/// When the S3 client computes and checks checksums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Checksums {
+    /// On every request and response that supports them.
+    WhenSupported,
+    /// Only where the API requires them (stores that reject the headers).
+    WhenRequired,
+}
+
+/// Whether SigV4 signs the bytes of each object and part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadSigning {
+    /// Over plain HTTP only: TLS protects the bytes otherwise.
+    Auto,
+    Signed,
+    Unsigned,
 }
 
 /// Connects to both stores (no network call is made until first use).
@@ -112,7 +111,7 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_s3::error::SdkError;
-    tracing::debug!(error = %crate::domain::images::error_chain(&error), code = ?error.code(), "storage backend call failed");
+    tracing::debug!(error = %crate::telemetry::error_chain(&error), code = ?error.code(), "storage backend call failed");
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             StorageError::Unavailable(Box::new(error))

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
+use super::S3Checksums;
 use super::body::{PartBuffer, PayloadHash};
 use super::{AwsSettings, classify};
-use crate::config::S3Checksums;
 use crate::domain::image::Timestamp;
 use crate::storage::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
@@ -575,7 +575,7 @@ async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &s
     match result.map_err(classify) {
         Ok(_) | Err(StorageError::NotFound) => {}
         Err(error) => {
-            tracing::warn!(key, upload_id, error = %crate::domain::images::error_chain(&error), "could not abort a multipart upload; its parts stay until a lifecycle rule or repair removes them")
+            tracing::warn!(key, upload_id, error = %crate::telemetry::error_chain(&error), "could not abort a multipart upload; its parts stay until a lifecycle rule or repair removes them")
         }
     }
 }
