@@ -47,11 +47,6 @@ impl Tls {
         }))
     }
 
-    /// Whether clients must present a certificate.
-    pub fn mutual(&self) -> bool {
-        self.files.client_ca.is_some()
-    }
-
     /// An acceptor with the current configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
         let config = self

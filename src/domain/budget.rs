@@ -32,10 +32,6 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     fn absorb(&mut self, more: Reservation) {
         self.bytes += more.bytes;
         match (&mut self._permit, more._permit) {
@@ -55,11 +51,6 @@ impl MemoryBudget {
             total: units * UNIT,
             wait,
         }
-    }
-
-    /// The budget in bytes.
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     /// Bytes not reserved at the moment.

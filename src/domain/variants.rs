@@ -441,6 +441,11 @@ fn corrupt(detail: impl std::fmt::Display) -> DomainError {
     ))
 }
 
+/// How every variant is resized.
+fn lanczos3() -> ResizeOptions {
+    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+}
+
 /// Decoded pixels in one of the two layouts variants are made from.
 enum Pixels {
     Rgb(RgbImage),
@@ -477,7 +482,7 @@ impl Pixels {
         resizer: &mut Resizer,
         (width, height): (u32, u32),
     ) -> Result<Self, DomainError> {
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        let options = lanczos3();
         let failed = |e: fast_image_resize::ResizeError| DomainError::Internal(Box::new(e));
         Ok(match self {
             Self::Rgb(source) => {
@@ -509,9 +514,7 @@ impl Pixels {
         let alpha = fast_image_resize::MulDiv::default();
         alpha.multiply_alpha_inplace(&mut source).map_err(failed)?;
         let mut resized = RgbaImage::new(target.0, target.1);
-        let options = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
-            .use_alpha(false);
+        let options = lanczos3().use_alpha(false);
         resizer
             .resize(&source, &mut resized, &options)
             .map_err(|e| DomainError::Internal(Box::new(e)))?;
