@@ -1179,7 +1179,7 @@ fn thumbnailing(renders: usize) -> String {
     std::fs::write(&path, &photo).expect("write photo");
     let start = Instant::now();
     for _ in 0..renders {
-        image_service::domain::variants::render(
+        image_service::media::variants::render(
             &photo,
             image::ImageFormat::Jpeg,
             1,

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::domain::image::Timestamp;
+use crate::domain::ports::{BlobStore, ObjectKey, StorageError};
 use crate::domain::{ImageId, VariantName};
 use crate::storage::embedded::EmbeddedBlobStore;
 use crate::storage::embedded::urls::UrlQuery;
-use crate::storage::{BlobStore, ObjectKey, StorageError};
 
 /// Routes of the HTTP listener. `blobs` is set for the embedded backend,
 /// whose presigned URLs point here.

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod media;
 pub mod pb;
 pub mod startup;
 pub mod storage;

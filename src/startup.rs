@@ -11,21 +11,21 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{AuthMode, Backend, Config};
-use crate::domain::content::ContentLimits;
+use crate::domain::ports::{BlobStore, MetadataStore};
 use crate::domain::signing::SigningKey;
 use crate::domain::upload::PaceLimits;
-use crate::domain::variants::RenderLimits;
 use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::service::CallLimits;
 use crate::listener::{self, AcceptSettings};
+use crate::media::content::ContentLimits;
+use crate::media::variants::RenderLimits;
 use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::storage::aws::{self, AwsSettings};
 use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
 use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
-use crate::storage::{BlobStore, MetadataStore};
 use crate::tls::{Tls, TlsFiles};
 
 /// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use image_service::domain::content::ContentLimits;
 use image_service::domain::signing::SigningKey;
 use image_service::domain::upload::{FramePayload, NewImage, PaceLimits, UploadFrame};
-use image_service::domain::variants::RenderLimits;
 use image_service::domain::{DomainError, Images, Limits, UserId, validation};
+use image_service::media::content::ContentLimits;
+use image_service::media::variants::RenderLimits;
 use image_service::storage::embedded::{self, urls::SignedUrls};
 use proptest::prelude::*;
 

@@ -1,6 +1,7 @@
 //! Errors the use cases return. Each variant means one thing to a caller;
 //! the transports map them to status codes exhaustively.
-use crate::storage::StorageError;
+use crate::domain::ports::StorageError;
+use crate::media::MediaError;
 
 /// A boxed error kept for logs (never shown to callers).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +69,18 @@ impl From<StorageError> for DomainError {
                 DomainError::Internal(Box::new(error))
             }
             StorageError::Internal(source) => DomainError::Internal(source),
+        }
+    }
+}
+
+impl From<MediaError> for DomainError {
+    fn from(error: MediaError) -> Self {
+        match error {
+            MediaError::Invalid(message) => DomainError::InvalidArgument(message),
+            MediaError::OutOfRange(message) => DomainError::OutOfRange(message),
+            MediaError::DataLoss(message) => DomainError::DataLoss(message),
+            MediaError::TooLarge(message) => DomainError::ResourceExhausted(message),
+            MediaError::Internal(source) => DomainError::Internal(source),
         }
     }
 }

@@ -7,16 +7,16 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::budget::{MemoryBudget, UserUploads};
-use super::content::ContentLimits;
 use super::image::{ImageRecord, Timestamp};
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
-use super::variants::{RenderLimits, Renderer};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
-use crate::storage::{
+use crate::domain::ports::{
     BlobStore, Disposition, MetadataStore, ObjectKey, PresignRequest, PresignedUrl, StorageError,
 };
+use crate::media::content::ContentLimits;
+use crate::media::variants::{RenderLimits, Renderer};
 
 /// Largest chunk of a download message.
 pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
@@ -453,11 +453,11 @@ const MIN_DOWNLOAD_CHUNK: usize = 256 * 1024;
 /// allocated once) and fails if the store delivers more or fewer bytes than
 /// `length`, so a truncated read never looks complete.
 fn exact_chunks(
-    stream: crate::storage::ByteStream,
+    stream: crate::domain::ports::ByteStream,
     length: u64,
 ) -> BoxStream<'static, Result<Bytes, DomainError>> {
     struct State {
-        stream: crate::storage::ByteStream,
+        stream: crate::domain::ports::ByteStream,
         left: u64,
         pending: Bytes,
         /// Small pieces waiting to make up a message, and their length.

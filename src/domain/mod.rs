@@ -3,20 +3,17 @@
 //! arrive, and the use cases the transports call.
 
 pub mod budget;
-pub mod content;
 pub mod error;
-pub mod gif;
 pub mod identity;
 pub mod image;
 pub mod images;
 pub mod listing;
 pub mod page_token;
+pub mod ports;
 pub mod repair;
-pub mod scrub;
 pub mod signing;
 pub mod upload;
 pub mod validation;
-pub mod variants;
 
 pub use error::DomainError;
 pub use identity::UserId;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::image::Timestamp;
 use super::{DomainError, ImageId, Images};
-use crate::storage::{ObjectKey, StoredObject};
+use crate::domain::ports::{ObjectKey, StoredObject};
 use crate::telemetry::error_chain;
 
 /// What a repair pass found (and, unless it was a dry run, removed).

@@ -9,12 +9,12 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::budget::{MemoryBudget, Reservation};
-use super::content::{ContentFacts, ContentInspector, Declared};
 use super::image::{ImageRecord, Timestamp, Variant};
-use super::scrub::{Scrubbed, Scrubber};
-use super::variants::{self, Rendered, Renderer};
 use super::{DomainError, ImageId, Images, UserId, VariantName, validation};
-use crate::storage::{BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite};
+use crate::domain::ports::{BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite};
+use crate::media::content::{ContentFacts, ContentInspector, Declared};
+use crate::media::scrub::{Scrubbed, Scrubber};
+use crate::media::variants::{self, Rendered, Renderer};
 
 /// What the caller declares about an image before its bytes, as sent.
 #[derive(Clone, Debug, Default)]
@@ -476,7 +476,7 @@ where
 const KEEP_IN_MEMORY: u64 = 16 * 1024 * 1024;
 
 /// The bytes that reach the store: the upload with its identifying
-/// metadata removed (see [`super::scrub`]).
+/// metadata removed (see [`crate::media::scrub`]).
 ///
 /// Their checksums are those of the upload unless the scrubber changed a
 /// byte; only then are they computed again, from the kept bytes or, for
@@ -733,9 +733,10 @@ impl Images {
             .await?;
         let mut stored: Vec<Variant> = Vec::with_capacity(variants.len());
         for rendition in variants {
-            let key = ObjectKey::new(id, &rendition.name);
+            let name = VariantName::parse(rendition.name)?;
+            let key = ObjectKey::new(id, &name);
             let variant = Variant {
-                name: rendition.name,
+                name,
                 content_type: rendition.content_type.to_owned(),
                 size_bytes: rendition.bytes.len() as u64,
                 width: rendition.width,

@@ -4,10 +4,10 @@ use std::time::Duration;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
+use crate::domain::ports::Disposition;
 use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
 use crate::domain::{DomainError, UserId};
 use crate::pb;
-use crate::storage::Disposition;
 
 pub fn timestamp(time: Timestamp) -> prost_types::Timestamp {
     let micros = time.as_micros();

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
     PresignRequest, PresignedUrl, StorageError,
 };
-use crate::domain::image::Timestamp;
-use crate::domain::listing::ListFilter;
+use crate::domain::ports::{PendingWrite, StoredObject};
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::{PendingWrite, StoredObject};
 
 async fn timed<T>(
     store: &'static str,

@@ -31,8 +31,8 @@ use aws_sdk_dynamodb::types::{
 use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
+use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 
 const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";

@@ -17,7 +17,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 pub use dynamodb::DynamoMetadataStore;
 pub use s3::S3BlobStore;
 
-use super::StorageError;
+use crate::domain::ports::StorageError;
 
 /// Region used when neither the configuration nor the AWS chain names one
 /// (typical for S3- and DynamoDB-compatible stores).

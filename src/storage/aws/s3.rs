@@ -20,7 +20,7 @@ use super::S3Checksums;
 use super::body::{PartBuffer, PayloadHash};
 use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
-use crate::storage::{
+use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
     StoredObject,
 };

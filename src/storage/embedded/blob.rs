@@ -13,7 +13,7 @@ use tokio_util::io::ReaderStream;
 
 use super::urls::{self, SignedUrls};
 use crate::domain::image::Timestamp;
-use crate::storage::{
+use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
     StoredObject,
 };

@@ -16,8 +16,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
+use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 use crate::domain::{ImageId, ImageRecord, UserId};
-use crate::storage::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
 
 /// image id (16 bytes) → the record as JSON.
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");

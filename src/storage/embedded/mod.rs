@@ -11,7 +11,7 @@ use std::path::Path;
 pub use blob::EmbeddedBlobStore;
 pub use metadata::EmbeddedMetadataStore;
 
-use super::StorageError;
+use crate::domain::ports::StorageError;
 use crate::domain::signing::SigningKey;
 
 /// The data directory's layout.

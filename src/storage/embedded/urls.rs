@@ -9,8 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::image::Timestamp;
+use crate::domain::ports::{Disposition, PresignRequest, PresignedUrl};
 use crate::domain::signing::{Purpose, SigningKey};
-use crate::storage::{Disposition, PresignRequest, PresignedUrl};
 
 /// Path prefix of presigned downloads on the HTTP listener.
 pub const PATH_PREFIX: &str = "/blobs/";
@@ -159,8 +159,8 @@ pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ports::ObjectKey;
     use crate::domain::{ImageId, VariantName};
-    use crate::storage::ObjectKey;
 
     fn request() -> PresignRequest {
         PresignRequest {

@@ -3,7 +3,7 @@
 //! be far larger than the screen, and decoders allocate for the frame. So
 //! every frame descriptor counts against the pixel limit, and the size an
 //! image reports is the box that holds the screen and every frame.
-use super::DomainError;
+use super::MediaError;
 
 /// Where the walk is in the block structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl GifFrames {
     }
 
     /// Takes the next bytes of the file.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), DomainError> {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), MediaError> {
         while !bytes.is_empty() {
             match self.step {
                 Step::Done => return Ok(()),
@@ -103,7 +103,7 @@ impl GifFrames {
                         (Step::Block, 0x2C) => Step::Descriptor,
                         (Step::Block, 0x3B) => Step::Done,
                         (Step::Block, _) => {
-                            return Err(DomainError::invalid(
+                            return Err(MediaError::invalid(
                                 "the GIF's block structure is corrupt",
                             ));
                         }
@@ -119,7 +119,7 @@ impl GifFrames {
         Ok(())
     }
 
-    fn screen(&mut self, held: &[u8]) -> Result<(), DomainError> {
+    fn screen(&mut self, held: &[u8]) -> Result<(), MediaError> {
         self.width = u32::from(u16::from_le_bytes([held[6], held[7]]));
         self.height = u32::from(u16::from_le_bytes([held[8], held[9]]));
         self.after_table = Step::Block;
@@ -127,7 +127,7 @@ impl GifFrames {
         self.check()
     }
 
-    fn descriptor(&mut self, held: &[u8]) -> Result<(), DomainError> {
+    fn descriptor(&mut self, held: &[u8]) -> Result<(), MediaError> {
         let field = |at: usize| u32::from(u16::from_le_bytes([held[at], held[at + 1]]));
         let (left, top, width, height) = (field(0), field(2), field(4), field(6));
         self.frames += 1;
@@ -138,10 +138,10 @@ impl GifFrames {
         self.check()
     }
 
-    fn check(&self) -> Result<(), DomainError> {
+    fn check(&self) -> Result<(), MediaError> {
         let pixels = u64::from(self.width) * u64::from(self.height);
         if pixels > self.max_pixels {
-            return Err(DomainError::ResourceExhausted(format!(
+            return Err(MediaError::TooLarge(format!(
                 "the GIF's frames cover {pixels} pixels ({}x{}); the limit is {}",
                 self.width, self.height, self.max_pixels
             )));
@@ -186,7 +186,7 @@ mod tests {
         bytes
     }
 
-    fn walk(bytes: &[u8], chunk: usize, max_pixels: u64) -> Result<GifFrames, DomainError> {
+    fn walk(bytes: &[u8], chunk: usize, max_pixels: u64) -> Result<GifFrames, MediaError> {
         let mut frames = GifFrames::new(max_pixels);
         for piece in bytes.chunks(chunk) {
             frames.feed(piece)?;
@@ -199,10 +199,7 @@ mod tests {
         let bytes = gif((1, 1), (11_000, 11_000));
         for chunk in [1, 3, bytes.len()] {
             let error = walk(&bytes, chunk, 100_000_000).unwrap_err();
-            assert!(
-                matches!(error, DomainError::ResourceExhausted(_)),
-                "{error:?}"
-            );
+            assert!(matches!(error, MediaError::TooLarge(_)), "{error:?}");
         }
         let frames = walk(&gif((1, 1), (300, 200)), 1, 100_000_000).unwrap();
         assert_eq!(frames.dimensions(), (300, 200));
@@ -230,7 +227,7 @@ mod tests {
         bytes[trailer] = 0x99;
         assert!(matches!(
             walk(&bytes, 7, 1 << 20),
-            Err(DomainError::InvalidArgument(_))
+            Err(MediaError::Invalid(_))
         ));
     }
 }

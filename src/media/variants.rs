@@ -2,7 +2,7 @@
 //! a BlurHash placeholder.
 //!
 //! Decoding only starts after the header's dimensions passed the pixel limit
-//! (see [`super::content`]); it runs on the blocking pool, at most
+//! (see [`crate::media::content`]); it runs on the blocking pool, at most
 //! [`RenderLimits::max_concurrent`] at a time, each with a bound on the
 //! memory its decoder may allocate. JPEGs are decoded at the smallest DCT
 //! scale (1/8, 1/4, 1/2) that still covers the largest variant, resizing
@@ -23,7 +23,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{DomainError, VariantName};
+use super::MediaError;
 
 /// The variants made for every decodable image: name and longest side,
 /// smallest first (the order of `Image.variants`).
@@ -49,7 +49,8 @@ pub struct RenderLimits {
 /// One rendition, ready to store.
 #[derive(Clone, Debug)]
 pub struct Rendition {
-    pub name: VariantName,
+    /// One of [`VARIANTS`]' names.
+    pub name: &'static str,
     pub content_type: &'static str,
     pub width: u32,
     pub height: u32,
@@ -120,13 +121,13 @@ impl Renderer {
         source: Bytes,
         content_type: &str,
         orientation: u8,
-    ) -> Result<Rendered, DomainError> {
+    ) -> Result<Rendered, MediaError> {
         let format = format_of(content_type)
-            .ok_or_else(|| DomainError::invalid(format!("{content_type} is not decoded")))?;
+            .ok_or_else(|| MediaError::invalid(format!("{content_type} is not decoded")))?;
         let max_memory = self.limits.max_memory;
         tokio::task::spawn_blocking(move || render(&source, format, orientation, max_memory))
             .await
-            .map_err(|e| DomainError::Internal(Box::new(e)))?
+            .map_err(|e| MediaError::Internal(Box::new(e)))?
     }
 }
 
@@ -148,7 +149,7 @@ pub fn render(
     format: ImageFormat,
     orientation: u8,
     max_memory: u64,
-) -> Result<Rendered, DomainError> {
+) -> Result<Rendered, MediaError> {
     let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
     let (decoded, icc) = decode(source, format, largest, max_memory)?;
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
@@ -173,7 +174,7 @@ pub fn render(
                 resized.orient(orientation);
                 resized
             }
-            (None, None) => return Err(DomainError::invalid("no image was decoded")),
+            (None, None) => return Err(MediaError::invalid("no image was decoded")),
             (Some(larger), _) => {
                 let target = fit(larger.width(), larger.height(), side);
                 larger.resize(&mut resizer, target)?
@@ -181,7 +182,7 @@ pub fn render(
         };
         let (content_type, bytes) = pixels.encode(icc.as_deref())?;
         variants.push(Rendition {
-            name: VariantName::parse(name)?,
+            name,
             content_type,
             width: pixels.width(),
             height: pixels.height(),
@@ -190,7 +191,7 @@ pub fn render(
         previous = Some(pixels);
     }
     variants.reverse();
-    let smallest = previous.ok_or_else(|| DomainError::invalid("no variants are configured"))?;
+    let smallest = previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
     let blurhash = placeholder(&smallest, &mut resizer)?;
     Ok(Rendered { variants, blurhash })
 }
@@ -228,7 +229,7 @@ fn decode(
     format: ImageFormat,
     largest: u32,
     max_memory: u64,
-) -> Result<Decoded, DomainError> {
+) -> Result<Decoded, MediaError> {
     if format == ImageFormat::Jpeg
         && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory)?
     {
@@ -384,7 +385,7 @@ fn decode_jpeg_scaled(
     source: &[u8],
     largest: u32,
     max_memory: u64,
-) -> Result<Option<Decoded>, DomainError> {
+) -> Result<Option<Decoded>, MediaError> {
     use jpeg_decoder::PixelFormat;
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(source));
     decoder.set_max_decoding_buffer_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
@@ -410,9 +411,9 @@ fn decode_jpeg_scaled(
     Ok(Some((image, icc)))
 }
 
-fn jpeg_error(error: jpeg_decoder::Error) -> DomainError {
+fn jpeg_error(error: jpeg_decoder::Error) -> MediaError {
     match error {
-        jpeg_decoder::Error::Unsupported(_) => DomainError::invalid(format!(
+        jpeg_decoder::Error::Unsupported(_) => MediaError::invalid(format!(
             "the JPEG uses a feature that is not supported: {error}"
         )),
         jpeg_decoder::Error::Format(ref message) if message.contains("exceeds maximum") => {
@@ -422,21 +423,19 @@ fn jpeg_error(error: jpeg_decoder::Error) -> DomainError {
     }
 }
 
-fn decode_error(error: image::ImageError) -> DomainError {
+fn decode_error(error: image::ImageError) -> MediaError {
     match error {
         image::ImageError::Limits(_) => too_large_to_decode(),
         other => corrupt(other),
     }
 }
 
-fn too_large_to_decode() -> DomainError {
-    DomainError::ResourceExhausted(
-        "the image needs more memory to decode than the server allows".into(),
-    )
+fn too_large_to_decode() -> MediaError {
+    MediaError::TooLarge("the image needs more memory to decode than the server allows".into())
 }
 
-fn corrupt(detail: impl std::fmt::Display) -> DomainError {
-    DomainError::invalid(format!(
+fn corrupt(detail: impl std::fmt::Display) -> MediaError {
+    MediaError::invalid(format!(
         "the image data is corrupt and cannot be decoded ({detail})"
     ))
 }
@@ -481,9 +480,9 @@ impl Pixels {
         &self,
         resizer: &mut Resizer,
         (width, height): (u32, u32),
-    ) -> Result<Self, DomainError> {
+    ) -> Result<Self, MediaError> {
         let options = lanczos3();
-        let failed = |e: fast_image_resize::ResizeError| DomainError::Internal(Box::new(e));
+        let failed = |e: fast_image_resize::ResizeError| MediaError::Internal(Box::new(e));
         Ok(match self {
             Self::Rgb(source) => {
                 let mut target = RgbImage::new(width, height);
@@ -506,18 +505,18 @@ impl Pixels {
     /// not needed afterwards: its alpha is premultiplied in place, where the
     /// resizer would premultiply into a copy as large as the image (400 MB
     /// for 100 megapixels).
-    fn resize_full(self, resizer: &mut Resizer, target: (u32, u32)) -> Result<Self, DomainError> {
+    fn resize_full(self, resizer: &mut Resizer, target: (u32, u32)) -> Result<Self, MediaError> {
         let Self::Rgba(mut source) = self else {
             return self.resize(resizer, target);
         };
-        let failed = |e: fast_image_resize::ImageError| DomainError::Internal(Box::new(e));
+        let failed = |e: fast_image_resize::ImageError| MediaError::Internal(Box::new(e));
         let alpha = fast_image_resize::MulDiv::default();
         alpha.multiply_alpha_inplace(&mut source).map_err(failed)?;
         let mut resized = RgbaImage::new(target.0, target.1);
         let options = lanczos3().use_alpha(false);
         resizer
             .resize(&source, &mut resized, &options)
-            .map_err(|e| DomainError::Internal(Box::new(e)))?;
+            .map_err(|e| MediaError::Internal(Box::new(e)))?;
         drop(source);
         alpha.divide_alpha_inplace(&mut resized).map_err(failed)?;
         Ok(Self::Rgba(resized))
@@ -536,8 +535,8 @@ impl Pixels {
     }
 
     /// JPEG when opaque, lossless WebP when any pixel is transparent.
-    fn encode(&self, icc: Option<&[u8]>) -> Result<(&'static str, Bytes), DomainError> {
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| DomainError::Internal(e);
+    fn encode(&self, icc: Option<&[u8]>) -> Result<(&'static str, Bytes), MediaError> {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| MediaError::Internal(e);
         let opaque;
         let rgb = match self {
             Self::Rgb(image) => image,
@@ -582,7 +581,7 @@ impl Pixels {
 
 /// A BlurHash with 4 components along the longer side and 3 along the
 /// shorter.
-fn placeholder(pixels: &Pixels, resizer: &mut Resizer) -> Result<String, DomainError> {
+fn placeholder(pixels: &Pixels, resizer: &mut Resizer) -> Result<String, MediaError> {
     let tiny = pixels.resize(
         resizer,
         fit(pixels.width(), pixels.height(), BLURHASH_SOURCE),
@@ -597,7 +596,7 @@ fn placeholder(pixels: &Pixels, resizer: &mut Resizer) -> Result<String, DomainE
         (3, 4)
     };
     blurhash::encode(x, y, rgba.width(), rgba.height(), rgba.as_raw())
-        .map_err(|e| DomainError::Internal(Box::new(e)))
+        .map_err(|e| MediaError::Internal(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -639,14 +638,7 @@ mod tests {
         let sizes: Vec<_> = rendered
             .variants
             .iter()
-            .map(|v| {
-                (
-                    v.name.as_str().to_owned(),
-                    v.width,
-                    v.height,
-                    v.content_type,
-                )
-            })
+            .map(|v| (v.name.to_owned(), v.width, v.height, v.content_type))
             .collect();
         assert_eq!(
             sizes,
@@ -681,19 +673,13 @@ mod tests {
     fn a_truncated_jpeg_is_refused_as_corrupt() {
         let jpeg = jpeg_of(640, 480);
         let error = render(&jpeg[..jpeg.len() / 3], ImageFormat::Jpeg, 1, 1 << 30).unwrap_err();
-        assert!(
-            matches!(error, DomainError::InvalidArgument(_)),
-            "{error:?}"
-        );
+        assert!(matches!(error, MediaError::Invalid(_)), "{error:?}");
     }
 
     #[test]
     fn a_decoder_that_needs_more_memory_than_allowed_is_stopped() {
         let error = render(&jpeg_of(2400, 1600), ImageFormat::Jpeg, 1, 64 * 1024).unwrap_err();
-        assert!(
-            matches!(error, DomainError::ResourceExhausted(_)),
-            "{error:?}"
-        );
+        assert!(matches!(error, MediaError::TooLarge(_)), "{error:?}");
     }
 
     #[test]

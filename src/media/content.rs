@@ -2,8 +2,8 @@
 //! dimensions, size limits and checksums, without decoding pixels.
 use sha2::{Digest, Sha256};
 
-use super::DomainError;
-use super::gif::GifFrames;
+use super::MediaError;
+use crate::media::gif::GifFrames;
 
 /// Bytes of the stream kept to find the type and dimensions. JPEG headers
 /// can sit behind large EXIF and ICC segments (64 KiB each), so this is
@@ -72,10 +72,10 @@ pub struct ContentInspector {
 
 impl ContentInspector {
     /// Fails at once when the declared size alone breaks the limits.
-    pub fn new(limits: ContentLimits, declared: Declared) -> Result<Self, DomainError> {
+    pub fn new(limits: ContentLimits, declared: Declared) -> Result<Self, MediaError> {
         if let Some(size) = declared.size {
             if size == 0 {
-                return Err(DomainError::invalid("expected_size must be positive"));
+                return Err(MediaError::invalid("expected_size must be positive"));
             }
             if size > limits.max_bytes {
                 return Err(too_large(limits.max_bytes));
@@ -84,7 +84,7 @@ impl ContentInspector {
         if let Some(declared_type) = &declared.content_type
             && canonical_type(declared_type).is_none()
         {
-            return Err(DomainError::invalid(format!(
+            return Err(MediaError::invalid(format!(
                 "content_type {declared_type:?} is not an accepted image type"
             )));
         }
@@ -109,11 +109,11 @@ impl ContentInspector {
     }
 
     /// Takes the next chunk of the image, with its optional CRC32C.
-    pub fn feed(&mut self, chunk: &[u8], chunk_crc32c: Option<u32>) -> Result<(), DomainError> {
+    pub fn feed(&mut self, chunk: &[u8], chunk_crc32c: Option<u32>) -> Result<(), MediaError> {
         if let Some(expected) = chunk_crc32c
             && crc32c::crc32c(chunk) != expected
         {
-            return Err(DomainError::DataLoss(format!(
+            return Err(MediaError::DataLoss(format!(
                 "chunk_crc32c does not match the chunk at offset {}",
                 self.size
             )));
@@ -125,7 +125,7 @@ impl ContentInspector {
         if let Some(expected) = self.declared.size
             && size > expected
         {
-            return Err(DomainError::OutOfRange(format!(
+            return Err(MediaError::OutOfRange(format!(
                 "received more than the {expected} bytes of expected_size"
             )));
         }
@@ -156,14 +156,14 @@ impl ContentInspector {
 
     /// Ends the stream: checks declared size and checksums, and that the
     /// type and dimensions were found.
-    pub fn finish(mut self) -> Result<ContentFacts, DomainError> {
+    pub fn finish(mut self) -> Result<ContentFacts, MediaError> {
         if self.size == 0 {
-            return Err(DomainError::invalid("the image is empty"));
+            return Err(MediaError::invalid("the image is empty"));
         }
         if let Some(expected) = self.declared.size
             && self.size != expected
         {
-            return Err(DomainError::OutOfRange(format!(
+            return Err(MediaError::OutOfRange(format!(
                 "received {} bytes but expected_size is {expected}",
                 self.size
             )));
@@ -172,14 +172,14 @@ impl ContentInspector {
         if let Some(expected) = &self.declared.sha256_hex
             && *expected != sha256_hex
         {
-            return Err(DomainError::DataLoss(
+            return Err(MediaError::DataLoss(
                 "sha256 does not match the received bytes".into(),
             ));
         }
         if let Some(expected) = self.declared.crc32c
             && expected != self.crc32c
         {
-            return Err(DomainError::DataLoss(
+            return Err(MediaError::DataLoss(
                 "crc32c does not match the received bytes".into(),
             ));
         }
@@ -192,7 +192,7 @@ impl ContentInspector {
         }
         let (Some(content_type), Some((width, height))) = (self.content_type, self.dimensions)
         else {
-            return Err(DomainError::invalid(
+            return Err(MediaError::invalid(
                 "could not read the image's type and dimensions",
             ));
         };
@@ -208,20 +208,20 @@ impl ContentInspector {
 
     /// Sniffs the type, then reads the dimensions once the header holds them.
     /// `complete` means no more bytes will come.
-    fn inspect_header(&mut self, complete: bool) -> Result<(), DomainError> {
+    fn inspect_header(&mut self, complete: bool) -> Result<(), MediaError> {
         if self.content_type.is_none() {
             if self.header.len() < SNIFF_LEN && !complete {
                 return Ok(());
             }
             let sniffed = sniff(&self.header).ok_or_else(|| {
-                DomainError::invalid(
+                MediaError::invalid(
                     "the bytes are not an image of an accepted type (JPEG, PNG, GIF, WebP, AVIF, HEIC, BMP, TIFF)",
                 )
             })?;
             if let Some(declared) = &self.declared.content_type
                 && !types_agree(declared, sniffed)
             {
-                return Err(DomainError::invalid(format!(
+                return Err(MediaError::invalid(format!(
                     "content_type {declared:?} disagrees with the bytes, which are {sniffed}"
                 )));
             }
@@ -240,13 +240,13 @@ impl ContentInspector {
                 let width = u32::try_from(size.width).unwrap_or(u32::MAX);
                 let height = u32::try_from(size.height).unwrap_or(u32::MAX);
                 if width == 0 || height == 0 {
-                    return Err(DomainError::invalid(
+                    return Err(MediaError::invalid(
                         "the image header gives a zero dimension",
                     ));
                 }
                 let pixels = u64::from(width) * u64::from(height);
                 if pixels > self.limits.max_pixels {
-                    return Err(DomainError::ResourceExhausted(format!(
+                    return Err(MediaError::TooLarge(format!(
                         "the image has {pixels} pixels ({width}x{height}); the limit is {}",
                         self.limits.max_pixels
                     )));
@@ -255,7 +255,7 @@ impl ContentInspector {
                 self.header = Vec::new();
                 Ok(())
             }
-            Err(_) if complete || self.header.len() == HEADER_LIMIT => Err(DomainError::invalid(
+            Err(_) if complete || self.header.len() == HEADER_LIMIT => Err(MediaError::invalid(
                 "could not read the image's dimensions from its header",
             )),
             // Most likely the header is not complete yet: probe again when
@@ -268,8 +268,8 @@ impl ContentInspector {
     }
 }
 
-fn too_large(max_bytes: u64) -> DomainError {
-    DomainError::ResourceExhausted(format!(
+fn too_large(max_bytes: u64) -> MediaError {
+    MediaError::TooLarge(format!(
         "the image is larger than the limit of {max_bytes} bytes"
     ))
 }
@@ -345,7 +345,7 @@ mod tests {
         }
     }
 
-    fn inspect(bytes: &[u8], declared: Declared) -> Result<ContentFacts, DomainError> {
+    fn inspect(bytes: &[u8], declared: Declared) -> Result<ContentFacts, MediaError> {
         let mut inspector = ContentInspector::new(limits(), declared)?;
         for chunk in bytes.chunks(7) {
             inspector.feed(chunk, None)?;
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn text_is_not_an_image() {
         let err = inspect(&[b'x'; 200], Declared::default()).unwrap_err();
-        assert!(matches!(err, DomainError::InvalidArgument(_)));
+        assert!(matches!(err, MediaError::Invalid(_)));
     }
 
     #[test]
@@ -433,11 +433,11 @@ mod tests {
         assert!(inspect(&png_header(1, 1), declared("application/octet-stream")).is_ok());
         assert!(matches!(
             inspect(&png_header(1, 1), declared("image/jpeg")),
-            Err(DomainError::InvalidArgument(_))
+            Err(MediaError::Invalid(_))
         ));
         assert!(matches!(
             ContentInspector::new(limits(), declared("text/html")),
-            Err(DomainError::InvalidArgument(_))
+            Err(MediaError::Invalid(_))
         ));
     }
 
@@ -447,7 +447,7 @@ mod tests {
         let err = inspector
             .feed(&png_header(40_000, 40_000), None)
             .unwrap_err();
-        assert!(matches!(err, DomainError::ResourceExhausted(_)));
+        assert!(matches!(err, MediaError::TooLarge(_)));
     }
 
     #[test]
@@ -456,7 +456,7 @@ mod tests {
         inspector.feed(&png_header(10, 10), None).unwrap();
         inspector.feed(&[0; 9_900], None).unwrap();
         let err = inspector.feed(&[0; 1], None).unwrap_err();
-        assert!(matches!(err, DomainError::ResourceExhausted(_)));
+        assert!(matches!(err, MediaError::TooLarge(_)));
     }
 
     #[test]
@@ -468,15 +468,15 @@ mod tests {
         assert!(inspect(&png_header(2, 2), declared(100)).is_ok());
         assert!(matches!(
             inspect(&png_header(2, 2), declared(99)),
-            Err(DomainError::OutOfRange(_))
+            Err(MediaError::OutOfRange(_))
         ));
         assert!(matches!(
             inspect(&png_header(2, 2), declared(101)),
-            Err(DomainError::OutOfRange(_))
+            Err(MediaError::OutOfRange(_))
         ));
         assert!(matches!(
             ContentInspector::new(limits(), declared(10_001)),
-            Err(DomainError::ResourceExhausted(_))
+            Err(MediaError::TooLarge(_))
         ));
     }
 
@@ -491,31 +491,25 @@ mod tests {
         assert!(inspect(&bytes, sha(good_sha)).is_ok());
         assert!(matches!(
             inspect(&bytes, sha("0".repeat(64))),
-            Err(DomainError::DataLoss(_))
+            Err(MediaError::DataLoss(_))
         ));
         let crc = Declared {
             crc32c: Some(crc32c::crc32c(&bytes) ^ 1),
             ..Declared::default()
         };
-        assert!(matches!(
-            inspect(&bytes, crc),
-            Err(DomainError::DataLoss(_))
-        ));
+        assert!(matches!(inspect(&bytes, crc), Err(MediaError::DataLoss(_))));
 
         let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
         let err = inspector
             .feed(&bytes, Some(crc32c::crc32c(&bytes) ^ 1))
             .unwrap_err();
-        assert!(matches!(err, DomainError::DataLoss(_)));
+        assert!(matches!(err, MediaError::DataLoss(_)));
     }
 
     #[test]
     fn an_empty_stream_is_not_an_image() {
         let inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
-        assert!(matches!(
-            inspector.finish(),
-            Err(DomainError::InvalidArgument(_))
-        ));
+        assert!(matches!(inspector.finish(), Err(MediaError::Invalid(_))));
     }
 
     #[test]
@@ -523,7 +517,7 @@ mod tests {
         let bytes = &png_header(5, 5)[..20];
         assert!(matches!(
             inspect(bytes, Declared::default()),
-            Err(DomainError::InvalidArgument(_))
+            Err(MediaError::Invalid(_))
         ));
     }
 }

@@ -1,0 +1,336 @@
+//! The ports: what the domain needs from storage. [`BlobStore`] keeps image
+//! bytes and [`MetadataStore`] keeps image records; every adapter in
+//! `storage/` implements both with the guarantees documented on each method,
+//! and passes the same trait-level contract suite (`storage::contract`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::image::Timestamp;
+use super::listing::ListFilter;
+use super::{ImageId, ImageRecord, UserId, VariantName};
+
+/// A boxed error kept for logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong in a store, by meaning rather than by backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object or record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A record with this id already exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A conditional write found another state than expected.
+    #[error("condition failed")]
+    ConditionFailed,
+    /// The backend could not be reached or refused for now (retryable).
+    #[error("storage backend unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: an unexpected answer, corrupt data, a local I/O error.
+    #[error("storage backend error")]
+    Internal(#[source] BoxError),
+}
+
+impl StorageError {
+    pub fn internal(error: impl Into<BoxError>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+/// The key of a stored object. Built only from an image id and a variant
+/// name, never from caller text: `images/{image_id}/{variant}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn new(id: &ImageId, variant: &VariantName) -> Self {
+        Self(format!("images/{id}/{variant}"))
+    }
+
+    /// The image and variant of an image key; `None` for any other key.
+    pub fn parse(key: &str) -> Option<(ImageId, VariantName)> {
+        let rest = key.strip_prefix("images/")?;
+        let (id, variant) = rest.split_once('/')?;
+        let id = ImageId::parse(id).ok()?;
+        let variant = VariantName::parse(variant)
+            .ok()
+            .filter(|v| !variant.is_empty() && v.as_str() == variant)?;
+        (ObjectKey::new(&id, &variant).0 == key).then_some((id, variant))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// How a browser should present a downloaded object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Inline,
+    Attachment,
+}
+
+/// Characters escaped in RFC 8187 `filename*` values.
+const FILENAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
+
+impl Disposition {
+    /// The `Content-Disposition` header: an ASCII fallback name and the
+    /// exact UTF-8 name (RFC 6266).
+    pub fn header_value(self, filename: &str) -> String {
+        let kind = match self {
+            Disposition::Inline => "inline",
+            Disposition::Attachment => "attachment",
+        };
+        let fallback: String = filename
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let exact = utf8_percent_encode(filename, FILENAME_ESCAPES);
+        format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+    }
+}
+
+/// What a presigned download URL grants.
+#[derive(Clone, Debug)]
+pub struct PresignRequest {
+    pub key: ObjectKey,
+    pub expires_in: Duration,
+    /// Served as `Content-Type`.
+    pub content_type: String,
+    pub disposition: Disposition,
+    /// Suggested file name for `attachment`.
+    pub filename: String,
+}
+
+/// A URL that fetches an object without credentials until `expire_time`.
+#[derive(Clone, Debug)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expire_time: Timestamp,
+}
+
+/// An object as a listing of the store sees it.
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub image_id: ImageId,
+    pub variant: VariantName,
+    pub modified: Timestamp,
+}
+
+/// Image bytes.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts writing the object `key`. Nothing is visible at `key` until
+    /// [`BlobWriter::finish`] succeeds; [`BlobWriter::abort`], or dropping the
+    /// writer, discards everything written (a drop cleans up in the
+    /// background). `size_hint` is the declared size, when known.
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError>;
+
+    /// The most memory one write of an object of `size_hint` bytes (or of
+    /// unknown size) holds in buffers of the store's own at once, so the
+    /// upload pipeline can reserve it before it starts (S3: part size ×
+    /// (parts in flight + 1)).
+    fn write_memory(&self, size_hint: Option<u64>) -> u64;
+
+    /// Streams `length` bytes of the object from `offset`. The caller has
+    /// checked the range against the object's size. `NotFound` when the
+    /// object does not exist.
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError>;
+
+    /// Deletes the object. Deleting a missing object succeeds.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// A URL that fetches the object over HTTP without credentials, valid
+    /// for `request.expires_in`, capped by [`BlobStore::max_presign_expiry`].
+    async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError>;
+
+    /// The longest validity this store can give a presigned URL.
+    fn max_presign_expiry(&self) -> Duration;
+
+    /// A cheap call that succeeds only if the store is reachable and usable
+    /// (health checks call it every few seconds).
+    async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Every image object in the store (for the repair pass; paginated
+    /// underneath, so its cost is proportional to the store's size).
+    /// Objects whose keys are not image keys are skipped.
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError>;
+
+    /// Abandons the unfinished write `pending_id` of `key` (see
+    /// [`BlobWriter::pending_id`]); succeeds if it is already gone.
+    async fn abort_pending(&self, key: &ObjectKey, pending_id: &str) -> Result<(), StorageError>;
+
+    /// Removes unfinished writes started before `older_than` (multipart
+    /// uploads, partial files) and returns their keys. `None` when the store
+    /// cannot list them.
+    async fn remove_unfinished_writes(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError>;
+}
+
+/// An object being written. See [`BlobStore::start_write`].
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends bytes. May wait while earlier bytes are being stored
+    /// (backpressure).
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Makes the object durable and visible at its key, atomically: readers
+    /// see the whole object or nothing.
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+
+    /// Discards everything written and waits until it is gone.
+    async fn abort(self: Box<Self>);
+
+    /// The store's id of this unfinished write, once it has one that must
+    /// be cleaned up if the process dies (an S3 multipart upload id). The
+    /// upload pipeline journals it, so the repair pass can abort it even on
+    /// stores that cannot list unfinished uploads.
+    fn pending_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The checksums of everything written, SHA-256 (lowercase hex) and
+    /// CRC32C, when the caller has them: given before `finish`, they spare
+    /// a store that sends checksums with the bytes computing them again. A
+    /// wrong value makes the store refuse the write.
+    fn written_checksums(&mut self, _sha256_hex: &str, _crc32c: u32) {}
+}
+
+/// A journaled unfinished write: see [`BlobWriter::pending_id`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingWrite {
+    pub image_id: ImageId,
+    pub variant: VariantName,
+    pub pending_id: String,
+    pub started: Timestamp,
+}
+
+/// The result of [`MetadataStore::create`].
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// The record was stored.
+    Created,
+    /// Nothing was stored: the owner already used the record's idempotency
+    /// key for this image.
+    IdempotencyKeyTaken(Box<ImageRecord>),
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// Newest first.
+    pub records: Vec<ImageRecord>,
+    /// Where the next page starts; `None` when there is none.
+    pub next_cursor: Option<Vec<u8>>,
+    /// Where a listing resumes after each record: `record_cursors[i]` is a
+    /// cursor for the records after `records[i]`, so a caller may end the
+    /// page at any record.
+    pub record_cursors: Vec<Vec<u8>>,
+    /// Image records fetched to make the page (its read amplification, with
+    /// `records.len()`).
+    pub records_read: u64,
+}
+
+/// Image records and the indexes that list them.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Stores a new record with its index entries. `AlreadyExists` if a record
+    /// with this id exists; `IdempotencyKeyTaken` (and nothing stored) if the
+    /// owner already used its idempotency key.
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError>;
+
+    /// The record, or `None`.
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError>;
+
+    /// Replaces the record (and its index entries) if the stored one still
+    /// has `expected_revision`: `ConditionFailed` otherwise, `NotFound` if
+    /// it is gone.
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Deletes the record and its index entries if `owner` owns it, and
+    /// returns it: `NotFound` if absent, `ConditionFailed` if owned by
+    /// someone else.
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError>;
+
+    /// Up to `limit` records matching `filter`, newest first, starting after
+    /// `cursor` (a `next_cursor` of an earlier page with the same filter).
+    /// Never returns a record that does not exist any more.
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError>;
+
+    /// A cheap call that succeeds only if the store is reachable and usable
+    /// (health checks call it every few seconds).
+    async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Journals an unfinished write before the process depends on it.
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError>;
+
+    /// Forgets a journaled write once it is finished or aborted; forgetting
+    /// an unknown one succeeds.
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError>;
+
+    /// Journaled writes started before `older_than` (for the repair pass).
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError>;
+
+    /// Removes index entries that point at no image (or at an image that no
+    /// longer matches them), written before `older_than`; returns how many
+    /// there were. Stores whose indexes change with their records in one
+    /// transaction have none.
+    async fn remove_stale_index_entries(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_keeps_unicode_names_safe() {
+        let header = Disposition::Attachment.header_value("été \"x\".png");
+        assert_eq!(
+            header,
+            "attachment; filename=\"_t_ _x_.png\"; filename*=UTF-8''%C3%A9t%C3%A9%20%22x%22.png"
+        );
+    }
+}

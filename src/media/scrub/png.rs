@@ -1,0 +1,153 @@
+//! PNG: chunk by chunk; ancillary chunks that do not change how the image
+//! looks are dropped.
+use bytes::Bytes;
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Png {
+    /// Expecting a chunk header (length and type).
+    Header,
+    /// Passing or dropping `remaining` bytes of a chunk (data and CRC);
+    /// `last` for IEND.
+    Body {
+        remaining: u64,
+        keep: bool,
+        last: bool,
+    },
+    /// Collecting an `eXIf` chunk of `len` data bytes (plus CRC).
+    Exif { len: u32 },
+}
+
+pub(super) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+/// Largest PNG `eXIf` chunk read for its orientation; larger ones are
+/// dropped unread.
+const MAX_PNG_EXIF: u32 = 1024 * 1024;
+
+/// Critical chunks (upper-case first letter) are always kept; of the
+/// ancillary ones, those that change how the image looks or moves.
+fn keep_png_chunk(kind: &[u8; 4]) -> bool {
+    kind[0].is_ascii_uppercase()
+        || matches!(
+            kind,
+            b"tRNS"
+                | b"gAMA"
+                | b"cHRM"
+                | b"sRGB"
+                | b"iCCP"
+                | b"sBIT"
+                | b"bKGD"
+                | b"pHYs"
+                | b"cICP"
+                | b"mDCV"
+                | b"cLLI"
+                | b"mDCv"
+                | b"cLLi"
+                | b"acTL"
+                | b"fcTL"
+                | b"fdAT"
+        )
+}
+
+/// An `eXIf` chunk carrying only the orientation.
+fn minimal_png_exif(orientation: u8) -> Bytes {
+    let tiff = minimal_tiff(orientation);
+    let mut chunk = Vec::with_capacity(12 + tiff.len());
+    chunk.extend_from_slice(&(tiff.len() as u32).to_be_bytes());
+    chunk.extend_from_slice(b"eXIf");
+    chunk.extend_from_slice(&tiff);
+    let crc = crc32fast::hash(&chunk[4..]);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    Bytes::from(chunk)
+}
+
+impl Scrubber {
+    pub(super) fn png(
+        &mut self,
+        state: Png,
+        chunk: &mut Bytes,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), MediaError> {
+        match state {
+            Png::Header => {
+                if !self.fill(chunk, 8) {
+                    return Ok(());
+                }
+                let len = u32::from_be_bytes([
+                    self.pending[0],
+                    self.pending[1],
+                    self.pending[2],
+                    self.pending[3],
+                ]);
+                let kind = [
+                    self.pending[4],
+                    self.pending[5],
+                    self.pending[6],
+                    self.pending[7],
+                ];
+                if len > i32::MAX as u32 || !kind.iter().all(u8::is_ascii_alphabetic) {
+                    return Err(MediaError::invalid("the PNG's chunk structure is corrupt"));
+                }
+                if &kind == b"eXIf" && len <= MAX_PNG_EXIF {
+                    // The header stays pending with the data to come.
+                    self.state = State::Png(Png::Exif { len });
+                    return Ok(());
+                }
+                let keep = self.keep_metadata || keep_png_chunk(&kind);
+                let header = self.pending.split().freeze();
+                if keep {
+                    out.push(header);
+                } else {
+                    self.changed = true;
+                }
+                self.state = State::Png(Png::Body {
+                    remaining: u64::from(len) + 4,
+                    keep,
+                    last: &kind == b"IEND",
+                });
+            }
+            Png::Body {
+                remaining,
+                keep,
+                last,
+            } => {
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                let part = chunk.split_to(n);
+                if keep {
+                    out.push(part);
+                }
+                let remaining = remaining - n as u64;
+                self.state = match (remaining, last) {
+                    (0, true) => State::Trailer,
+                    (0, false) => State::Png(Png::Header),
+                    _ => State::Png(Png::Body {
+                        remaining,
+                        keep,
+                        last,
+                    }),
+                };
+            }
+            Png::Exif { len } => {
+                let len = len as usize;
+                if !self.fill(chunk, 8 + len + 4) {
+                    return Ok(());
+                }
+                let whole = self.pending.split().freeze();
+                self.note_orientation(&whole[8..8 + len]);
+                if self.keep_metadata {
+                    out.push(whole);
+                } else {
+                    self.changed = true;
+                    if self.orientation != 1 {
+                        out.push(minimal_png_exif(self.orientation));
+                    }
+                }
+                self.state = State::Png(Png::Header);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,342 @@
+use super::*;
+
+/// A little-endian TIFF block: Orientation and Artist in IFD0.
+fn exif_tiff(orientation: u16, artist: &str) -> Vec<u8> {
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&u32::from(orientation).to_le_bytes());
+    let artist_at = 8 + 2 + 2 * 12 + 4;
+    tiff.extend_from_slice(&0x013Bu16.to_le_bytes());
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    tiff.extend_from_slice(&(artist.len() as u32 + 1).to_le_bytes());
+    tiff.extend_from_slice(&(artist_at as u32).to_le_bytes());
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    tiff.extend_from_slice(artist.as_bytes());
+    tiff.push(0);
+    tiff
+}
+
+fn segment(marker: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xFF, marker];
+    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn encoded_jpeg() -> Vec<u8> {
+    let pixels: Vec<u8> = (0..48 * 32 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(&pixels, 48, 32, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    out
+}
+
+/// A camera-like JPEG: EXIF with an owner's name, XMP, IPTC, a comment,
+/// an ICC profile, and a video appended after the image.
+fn camera_jpeg(orientation: u16) -> Vec<u8> {
+    let plain = encoded_jpeg();
+    let mut exif = b"Exif\0\0".to_vec();
+    exif.extend_from_slice(&exif_tiff(orientation, "Alice Example"));
+    let mut out = plain[..2].to_vec();
+    out.extend(segment(0xE1, &exif));
+    out.extend(segment(
+        0xE1,
+        b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>GPSLatitude 48.85</x:xmpmeta>",
+    ));
+    out.extend(segment(0xE2, b"ICC_PROFILE\0\x01\x01fake-icc-profile"));
+    out.extend(segment(0xE2, b"MPF\0secondary-image-index"));
+    out.extend(segment(0xED, b"Photoshop 3.0\0IPTC By-line: Alice Example"));
+    out.extend(segment(0xFE, b"shot by Alice Example"));
+    out.extend_from_slice(&plain[2..]);
+    out.extend_from_slice(b"ftypmp42 motion photo video with GPS");
+    out
+}
+
+fn scrub(bytes: &[u8], chunk: usize, keep: bool) -> Result<(Vec<u8>, Scrubbed), MediaError> {
+    let mut scrubber = Scrubber::new(keep);
+    let mut out = Vec::new();
+    for piece in bytes.chunks(chunk) {
+        scrubber.push(Bytes::copy_from_slice(piece), &mut out)?;
+    }
+    let report = scrubber.finish(&mut out)?;
+    Ok((out.concat(), report))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn identifying_jpeg_metadata_is_removed_and_pixels_are_untouched() {
+    let original = camera_jpeg(6);
+    let expected_pixels = image::load_from_memory(&original).unwrap().to_rgb8();
+    let mut results = Vec::new();
+    for chunk in [1, 2, 3, 7, 64, 1000, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert_eq!(
+            report,
+            Scrubbed {
+                orientation: 6,
+                stripped: true,
+                changed: true
+            }
+        );
+        for secret in [&b"Alice"[..], b"GPSLatitude", b"MPF", b"motion photo"] {
+            assert!(!contains(&stored, secret), "{secret:?} survived");
+        }
+        assert!(
+            contains(&stored, b"fake-icc-profile"),
+            "the ICC profile was dropped"
+        );
+        let pixels = image::load_from_memory(&stored).unwrap().to_rgb8();
+        assert!(pixels == expected_pixels, "the pixels changed");
+        let exif = Orientation::from_stored(&stored);
+        assert_eq!(exif, Some(6), "the stored original lost its orientation");
+        results.push(stored);
+    }
+    assert!(
+        results.windows(2).all(|w| w[0] == w[1]),
+        "chunking changed the output"
+    );
+}
+
+#[test]
+fn an_upright_jpeg_keeps_no_exif_at_all() {
+    let (stored, report) = scrub(&camera_jpeg(1), 5, false).unwrap();
+    assert_eq!(report.orientation, 1);
+    assert!(!contains(&stored, b"Exif"));
+}
+
+#[test]
+fn images_without_metadata_are_stored_byte_for_byte() {
+    let jpeg = encoded_jpeg();
+    let (stored, report) = scrub(&jpeg, 4096, false).unwrap();
+    assert_eq!(stored, jpeg);
+    assert!(report.stripped && !report.changed);
+}
+
+#[test]
+fn keeping_metadata_stores_the_bytes_as_uploaded() {
+    let original = camera_jpeg(3);
+    let (stored, report) = scrub(&original, 9, true).unwrap();
+    assert_eq!(stored, original);
+    assert_eq!(
+        report,
+        Scrubbed {
+            orientation: 3,
+            stripped: false,
+            changed: false
+        }
+    );
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc32fast::hash(&out[4..]).to_be_bytes());
+    out
+}
+
+#[test]
+fn identifying_png_metadata_is_removed() {
+    let image = image::RgbaImage::from_fn(20, 10, |x, y| {
+        image::Rgba([x as u8 * 9, y as u8 * 20, 7, 200])
+    });
+    let mut plain = Vec::new();
+    image::DynamicImage::ImageRgba8(image.clone())
+        .write_to(
+            &mut std::io::Cursor::new(&mut plain),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    // Signature and IHDR, then metadata, then the rest.
+    let mut original = plain[..33].to_vec();
+    original.extend(png_chunk(b"tEXt", b"Author\0Alice Example"));
+    original.extend(png_chunk(b"eXIf", &exif_tiff(8, "Alice Example")));
+    original.extend(png_chunk(b"gAMA", &45455u32.to_be_bytes()));
+    original.extend_from_slice(&plain[33..]);
+    original.extend_from_slice(b"trailing Alice");
+    for chunk in [1, 5, 13, 4096] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert_eq!(
+            report,
+            Scrubbed {
+                orientation: 8,
+                stripped: true,
+                changed: true
+            }
+        );
+        assert!(!contains(&stored, b"Alice"));
+        assert!(contains(&stored, b"gAMA"));
+        let decoded = image::load_from_memory(&stored).unwrap().to_rgba8();
+        assert!(decoded == image);
+        // The replacement eXIf chunk is well-formed and says 8.
+        let at = stored.windows(4).position(|w| w == b"eXIf").unwrap();
+        let len = u32::from_be_bytes(stored[at - 4..at].try_into().unwrap()) as usize;
+        let data = &stored[at + 4..at + 4 + len];
+        let crc = u32::from_be_bytes(stored[at + 4 + len..at + 8 + len].try_into().unwrap());
+        assert_eq!(crc, crc32fast::hash(&stored[at..at + 4 + len]));
+        assert_eq!(
+            image::metadata::Orientation::from_exif_chunk(data).map(|o| o.to_exif()),
+            Some(8)
+        );
+    }
+}
+
+#[test]
+fn truncated_jpegs_and_pngs_are_refused() {
+    let jpeg = encoded_jpeg();
+    let error = scrub(&jpeg[..jpeg.len() - 40], 100, false).unwrap_err();
+    assert!(error.to_string().contains("truncated"), "{error}");
+    let png = {
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let error = scrub(&png[..png.len() - 12], 100, false).unwrap_err();
+    assert!(error.to_string().contains("truncated"), "{error}");
+}
+
+#[test]
+fn other_formats_and_tiny_inputs_pass_unchanged() {
+    for bytes in [
+        &b"GIF89a and the rest of a gif"[..],
+        b"RIFF\0\0\0\0AVI LIST",
+        b"abc",
+    ] {
+        let (stored, report) = scrub(bytes, 2, false).unwrap();
+        assert_eq!(stored, bytes);
+        assert_eq!(
+            report,
+            Scrubbed {
+                orientation: 1,
+                stripped: false,
+                changed: false
+            }
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_empty_markers_is_refused() {
+    let jpeg = encoded_jpeg();
+    // TEM markers between SOI and the first segment.
+    let mut flood = jpeg[..2].to_vec();
+    flood.extend(std::iter::repeat_n([0xFF, 0x01], 1000).flatten());
+    flood.extend_from_slice(&jpeg[2..]);
+    assert!(scrub(&flood, 4096, false).is_err());
+    // Empty comment segments: valid one by one, not by the million.
+    let mut flood = jpeg[..2].to_vec();
+    let count = MAX_JPEG_SEGMENTS as usize + 1;
+    flood.extend(std::iter::repeat_n([0xFF, 0xFE, 0x00, 0x02], count).flatten());
+    flood.extend_from_slice(&jpeg[2..]);
+    let error = scrub(&flood, 64 * 1024, true).unwrap_err();
+    assert!(error.to_string().contains("marker segments"), "{error}");
+}
+
+#[test]
+fn corrupt_jpeg_structure_is_refused_not_panicked_on() {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(scrub(&bytes, 3, false).is_err());
+    bytes = vec![0xFF, 0xD8, 0xFF, 0xD8, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(scrub(&bytes, 1, false).is_err());
+    bytes = vec![
+        0xFF, 0xD8, 0xFF, 0x12, 0x00, 0x02, 0x34, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert!(scrub(&bytes, 1, false).is_err());
+    // A WebP whose chunk claims more than its RIFF size.
+    bytes = b"RIFF\x10\0\0\0WEBPVP8L\xFF\0\0\0abcd".to_vec();
+    assert!(scrub(&bytes, 5, false).is_err());
+}
+
+/// A WebP as cameras and editors write it: `VP8X` announcing EXIF and
+/// XMP, the image, then both metadata chunks.
+fn camera_webp(orientation: u16) -> (Vec<u8>, image::RgbaImage) {
+    let image = image::RgbaImage::from_fn(30, 20, |x, y| {
+        image::Rgba([x as u8 * 8, y as u8 * 12, 90, 255])
+    });
+    let mut simple = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+        .encode(image.as_raw(), 30, 20, image::ExtendedColorType::Rgba8)
+        .unwrap();
+    // `simple` is RIFF + WEBP + one VP8L chunk: keep that chunk.
+    let vp8l = &simple[12..];
+    let chunk = |kind: &[u8; 4], data: &[u8]| {
+        let mut out = kind.to_vec();
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+        out
+    };
+    let mut vp8x = vec![0x08 | 0x04 | 0x10, 0, 0, 0];
+    vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    body.extend(chunk(b"VP8X", &vp8x));
+    body.extend_from_slice(vp8l);
+    body.extend(chunk(b"EXIF", &exif_tiff(orientation, "Alice Example")));
+    body.extend(chunk(
+        b"XMP ",
+        b"<x:xmpmeta>Alice Example, GPS 48.85</x:xmpmeta>",
+    ));
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend(body);
+    (out, image)
+}
+
+#[test]
+fn webp_metadata_is_blanked_in_place() {
+    let (original, pixels) = camera_webp(6);
+    for chunk in [1, 3, 8, 50, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert_eq!(
+            report,
+            Scrubbed {
+                orientation: 6,
+                stripped: true,
+                changed: true
+            }
+        );
+        assert_eq!(stored.len(), original.len(), "sizes stay, so it streams");
+        assert!(
+            !contains(&stored, b"Alice")
+                && !contains(&stored, b"EXIF")
+                && !contains(&stored, b"XMP ")
+        );
+        let vp8x = stored.windows(4).position(|w| w == b"VP8X").unwrap();
+        assert_eq!(
+            stored[vp8x + 8] & 0x0C,
+            0,
+            "VP8X no longer announces metadata"
+        );
+        let decoded = image::load_from_memory(&stored).unwrap().to_rgba8();
+        assert!(decoded == pixels, "the pixels changed");
+    }
+    let (kept, report) = scrub(&original, 7, true).unwrap();
+    assert_eq!(kept, original);
+    assert!(!report.stripped && !report.changed && report.orientation == 6);
+    let error = scrub(&original[..original.len() - 5], 64, false).unwrap_err();
+    assert!(error.to_string().contains("truncated"), "{error}");
+}
+
+trait FromStored {
+    fn from_stored(jpeg: &[u8]) -> Option<u8>;
+}
+
+/// The orientation in a stored JPEG's EXIF segment.
+impl FromStored for Orientation {
+    fn from_stored(jpeg: &[u8]) -> Option<u8> {
+        let at = jpeg.windows(6).position(|w| w == b"Exif\0\0")? + 6;
+        Orientation::from_exif_chunk(&jpeg[at..]).map(|o| o.to_exif())
+    }
+}
