@@ -6,17 +6,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::budget::{MemoryBudget, UserUploads};
+use super::budget::MemoryBudget;
 use super::image::{ImageRecord, Timestamp};
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
+use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
     BlobStore, Disposition, MetadataStore, ObjectKey, PresignRequest, PresignedUrl, StorageError,
 };
 use crate::media::content::ContentLimits;
-use crate::media::variants::{RenderLimits, Renderer};
+use crate::media::variants::RenderLimits;
 
 /// Largest chunk of a download message.
 pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
@@ -66,10 +67,8 @@ pub struct Images {
     pub(super) metadata: Arc<dyn MetadataStore>,
     pub(super) limits: Limits,
     tokens: PageTokens,
-    pub(super) upload_slots: Arc<tokio::sync::Semaphore>,
-    pub(super) user_uploads: UserUploads,
-    pub(super) budget: MemoryBudget,
-    pub(super) renderer: Renderer,
+    budget: MemoryBudget,
+    uploads: Uploads,
 }
 
 /// A page of a listing.
@@ -109,18 +108,23 @@ impl Images {
         signing_key: SigningKey,
         limits: Limits,
     ) -> Self {
+        let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait);
         Self {
+            uploads: Uploads::new(blobs.clone(), metadata.clone(), limits, budget.clone()),
             blobs,
             metadata,
-            upload_slots: Arc::new(tokio::sync::Semaphore::new(
-                limits.max_concurrent_uploads.max(1),
-            )),
-            user_uploads: UserUploads::new(limits.max_uploads_per_user),
-            budget: MemoryBudget::new(limits.memory_budget, limits.memory_wait),
-            renderer: Renderer::new(limits.render),
+            budget,
             limits,
             tokens: PageTokens::new(signing_key),
         }
+    }
+
+    /// Receives an upload stream and stores the image: see [`Uploads::upload`].
+    pub async fn upload<S>(&self, caller: &UserId, frames: S) -> Result<ImageRecord, DomainError>
+    where
+        S: futures::Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        self.uploads.upload(caller, frames).await
     }
 
     /// Any identified caller may read any image's metadata.
@@ -419,7 +423,7 @@ impl Images {
 
     /// Deletes bytes whose metadata is gone or was never written. A failure
     /// leaves an orphan object, invisible to callers; it is logged.
-    pub(super) async fn delete_blob_logged(&self, key: &ObjectKey) {
+    async fn delete_blob_logged(&self, key: &ObjectKey) {
         if let Err(error) = self.blobs.delete(key).await {
             tracing::warn!(key = key.as_str(), error = %crate::telemetry::error_chain(&error), "could not delete image bytes; the object is orphaned");
         }

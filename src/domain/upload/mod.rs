@@ -1,0 +1,303 @@
+//! The upload pipeline, shared by every backend. One upload, in order:
+//!
+//! 1. [`spec`]: the first message, validated: the metadata to store and what
+//!    the bytes must match.
+//! 2. [`pace`]: every message: the upload keeps moving, within its deadline,
+//!    without cutting its bytes too fine.
+//! 3. [`stored`]: every chunk: checked ([`crate::media::content`]), scrubbed
+//!    ([`crate::media::scrub`]), gathered into pieces and written.
+//! 4. [`render`]: once the original is durable: variants and the placeholder
+//!    ([`crate::media::variants`]).
+//! 5. The record, last ([`MetadataStore::create`]): until it exists, no
+//!    caller can see the image.
+//!
+//! Every write goes through the upload's [`session::Session`], which undoes
+//! them all unless the record was stored: on an error, a panic or a
+//! cancelled call.
+use std::sync::Arc;
+
+use futures::Stream;
+
+use super::budget::{MemoryBudget, Reservation, UserUploads};
+use super::image::{ImageRecord, Timestamp};
+use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey};
+use super::{DomainError, Limits, UserId, VariantName};
+use crate::media::content::ContentInspector;
+use crate::media::variants::Renderer;
+
+mod pace;
+mod render;
+mod session;
+mod spec;
+mod stored;
+
+pub use pace::PaceLimits;
+pub use spec::{FramePayload, NewImage, UploadFrame};
+pub(super) use stored::gather;
+
+use pace::Pace;
+use session::Session;
+use spec::ValidSpec;
+use stored::{StoredBytes, StoredFacts};
+
+/// Receives uploads and stores them: the upload slots, the memory budget
+/// and the renderer they share.
+#[derive(Clone)]
+pub struct Uploads {
+    blobs: Arc<dyn BlobStore>,
+    metadata: Arc<dyn MetadataStore>,
+    limits: Limits,
+    slots: Arc<tokio::sync::Semaphore>,
+    user_uploads: UserUploads,
+    budget: MemoryBudget,
+    renderer: Renderer,
+}
+
+/// Memory an upload holds besides its received bytes: the header the
+/// inspector gathers and the structure the scrubber holds (1 MiB each at
+/// most).
+const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
+
+/// An upload's share of the memory budget: the received bytes kept for the
+/// renders and those in the store's buffers (mostly the same `Bytes`), up
+/// to the larger of the two bounds, plus [`UPLOAD_OVERHEAD`]; reserved as
+/// it grows.
+struct MemoryUse {
+    reservation: Reservation,
+    /// The most of the received bytes held at once: kept for the renders,
+    /// or in the store's part buffers.
+    bound: u64,
+    received: u64,
+}
+
+/// An upload between its spec and its last byte.
+struct Receiving {
+    spec: ValidSpec,
+    inspector: ContentInspector,
+    stored: StoredBytes,
+    pace: Pace,
+    memory: MemoryUse,
+}
+
+impl Uploads {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        metadata: Arc<dyn MetadataStore>,
+        limits: Limits,
+        budget: MemoryBudget,
+    ) -> Self {
+        Self {
+            blobs,
+            metadata,
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_uploads.max(1),
+            )),
+            user_uploads: UserUploads::new(limits.max_uploads_per_user),
+            budget,
+            renderer: Renderer::new(limits.render),
+            limits,
+        }
+    }
+
+    /// Receives an upload stream and stores the image. On any error, a
+    /// cancelled call or a stream that ends without `finish`, nothing is
+    /// stored.
+    pub async fn upload<S>(
+        &self,
+        caller: &UserId,
+        mut frames: S,
+    ) -> Result<ImageRecord, DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        let _slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            DomainError::ResourceExhausted(
+                "too many uploads in progress (--max-concurrent-uploads); retry shortly".into(),
+            )
+        })?;
+        let _user_slot = self.user_uploads.start(caller)?;
+        let mut pace = Pace::new(&self.limits.pace);
+        let first = pace
+            .next(&mut frames)
+            .await?
+            .ok_or_else(|| DomainError::invalid("the upload stream is empty"))??;
+        let FramePayload::Spec(spec) = first.payload else {
+            return Err(DomainError::invalid(
+                "the first message of an upload must carry spec",
+            ));
+        };
+        let spec = ValidSpec::parse(*spec)?;
+        let inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
+        let stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
+        let memory = MemoryUse {
+            reservation: self.budget.reserve(UPLOAD_OVERHEAD, "an upload").await?,
+            bound: self
+                .blobs
+                .write_memory(spec.declared.size)
+                .max(stored.kept_bound(spec.declared.size)),
+            received: 0,
+        };
+        let mut upload = Receiving {
+            spec,
+            inspector,
+            stored,
+            pace,
+            memory,
+        };
+
+        let mut session = Session::start(
+            self.blobs.clone(),
+            self.metadata.clone(),
+            upload.spec.declared.size,
+        )
+        .await?;
+        let received = if first.finish {
+            Ok(())
+        } else {
+            self.receive(&mut frames, &mut upload, &mut session).await
+        };
+        let finished = match received {
+            Ok(()) => upload.stored.finish(&mut session, upload.inspector).await,
+            Err(error) => Err(error),
+        };
+        let facts = session.undo_on_error(finished).await?;
+
+        // From here on the image is complete: finish it even if the caller
+        // goes away, so a cancellation cannot leave bytes without metadata.
+        // The upload's memory stays reserved until then (the kept bytes).
+        let uploads = self.clone();
+        let owner = caller.clone();
+        let spec = upload.spec;
+        tokio::spawn(async move { uploads.commit(session, owner, spec, facts).await })
+            .await
+            .map_err(|e| DomainError::Internal(Box::new(e)))?
+    }
+
+    /// Reads chunks until `finish`, checking each and writing it through the
+    /// session.
+    async fn receive<S>(
+        &self,
+        frames: &mut S,
+        upload: &mut Receiving,
+        session: &mut Session,
+    ) -> Result<(), DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        let memory = &mut upload.memory;
+        loop {
+            let Some(frame) = upload.pace.next(frames).await? else {
+                return Err(DomainError::invalid(
+                    "the upload stream ended without finish_write; nothing was stored",
+                ));
+            };
+            let frame = frame?;
+            match frame.payload {
+                FramePayload::Spec(_) => {
+                    return Err(DomainError::invalid(
+                        "spec may only be sent in the first message",
+                    ));
+                }
+                FramePayload::Chunk { data, crc32c } => {
+                    memory.received += data.len() as u64;
+                    let held = memory.received.min(memory.bound) + data.len() as u64;
+                    self.budget
+                        .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
+                        .await?;
+                    upload.inspector.feed(&data, crc32c)?;
+                    upload.pace.progressed(data.len());
+                    if !data.is_empty() {
+                        upload.stored.write(data, session).await?;
+                    }
+                }
+                FramePayload::Nothing => {}
+            }
+            if frame.finish {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Makes the original durable, makes and stores the variants, then
+    /// stores the record; the session undoes every write unless the record
+    /// was stored.
+    async fn commit(
+        &self,
+        mut session: Session,
+        owner: UserId,
+        spec: ValidSpec,
+        facts: StoredFacts,
+    ) -> Result<ImageRecord, DomainError> {
+        let described = self.describe(&mut session, owner, spec, facts).await;
+        let (record, outcome) = session.undo_on_error(described).await?;
+        match outcome {
+            CreateOutcome::Created => {
+                session.commit();
+                Ok(record)
+            }
+            CreateOutcome::IdempotencyKeyTaken(existing) => {
+                // Nothing of this upload is referred to: it goes.
+                session.undo().await;
+                if existing.uploaded_sha256() == record.uploaded_sha256() {
+                    Ok(*existing)
+                } else {
+                    Err(DomainError::AlreadyExists(
+                        "idempotency_key was already used for an image with other content".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The durable original, the variants, the checksums, and the attempt
+    /// to store the record that describes them.
+    async fn describe(
+        &self,
+        session: &mut Session,
+        owner: UserId,
+        spec: ValidSpec,
+        mut facts: StoredFacts,
+    ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
+        session.finish_original(facts.digest.as_ref()).await?;
+        // Rendering first: when it reads the original back, the same bytes
+        // give the checksums, so nothing is read twice. Checksums still
+        // missing after it mean nothing was rendered.
+        let rendered = self.render_and_store(session, &mut facts).await?;
+        let (sha256_hex, crc32c) = match facts.digest.take() {
+            Some(digest) => digest,
+            None => {
+                let original = ObjectKey::new(session.id(), &VariantName::original());
+                self.stored_digest(&original, facts.size_bytes).await?
+            }
+        };
+        let (variants, blurhash) = rendered.unwrap_or_default();
+        let (width, height) = facts.viewed_dimensions();
+        let now = Timestamp::now();
+        let record = ImageRecord {
+            id: *session.id(),
+            owner,
+            filename: spec.filename,
+            content_type: facts.uploaded.content_type.to_owned(),
+            size_bytes: facts.size_bytes,
+            sha256: sha256_hex,
+            crc32c,
+            width,
+            height,
+            title: spec.title,
+            description: spec.description,
+            tags: spec.tags,
+            location: spec.location,
+            attributes: spec.attributes,
+            create_time: now,
+            update_time: now,
+            variants,
+            revision: 1,
+            idempotency_key: spec.idempotency_key,
+            uploaded_sha256: facts.uploaded.sha256_hex,
+            metadata_stripped: facts.scrubbed.stripped,
+            blurhash,
+        };
+        let outcome = self.metadata.create(&record).await?;
+        Ok((record, outcome))
+    }
+}

@@ -1,0 +1,92 @@
+//! How fast an upload must move, and how finely it may cut its bytes.
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use super::UploadFrame;
+use crate::domain::DomainError;
+
+/// How fast an upload must move, so that a slow or idle caller cannot hold
+/// an upload slot and its buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct PaceLimits {
+    /// Longest time without a new image byte: messages without bytes
+    /// (empty chunks, heartbeats) do not count as progress.
+    pub idle_timeout: Duration,
+    /// Longest time from the first message to `finish_write`.
+    pub deadline: Duration,
+    /// Messages every upload may send whatever their size.
+    pub free_messages: u64,
+    /// Past those, one more message is allowed per this many bytes
+    /// received: the cost of an upload follows its bytes, not how finely
+    /// it was cut (each message costs a decode, a wake-up and a check).
+    pub bytes_per_message: u64,
+}
+
+/// The clock and message count of one upload; see [`PaceLimits`].
+pub(super) struct Pace {
+    limits: PaceLimits,
+    started: Instant,
+    last_progress: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Pace {
+    pub(super) fn new(limits: &PaceLimits) -> Self {
+        let now = Instant::now();
+        Self {
+            limits: *limits,
+            started: now,
+            last_progress: now,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The next message, unless the upload stalls or runs out of time.
+    pub(super) async fn next<S>(
+        &mut self,
+        frames: &mut S,
+    ) -> Result<Option<Result<UploadFrame, DomainError>>, DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        let idle_at = self.last_progress + self.limits.idle_timeout;
+        let deadline_at = self.started + self.limits.deadline;
+        let frame = tokio::time::timeout_at(idle_at.min(deadline_at), frames.next())
+            .await
+            .map_err(|_| {
+                if Instant::now() >= deadline_at {
+                    DomainError::DeadlineExceeded(format!(
+                        "the upload did not finish within {}s (--upload-deadline)",
+                        self.limits.deadline.as_secs_f32()
+                    ))
+                } else {
+                    DomainError::DeadlineExceeded(format!(
+                        "the upload stream sent no image bytes for {}s (--upload-idle-timeout)",
+                        self.limits.idle_timeout.as_secs_f32()
+                    ))
+                }
+            })?;
+        self.messages += 1;
+        let allowed = self.limits.free_messages + self.bytes / self.limits.bytes_per_message.max(1);
+        if self.messages > allowed {
+            return Err(DomainError::ResourceExhausted(format!(
+                "the upload sends too many small messages: after {} messages, each must bring \
+                 {} bytes on average (send chunks of 64 KiB to 1 MiB)",
+                self.limits.free_messages, self.limits.bytes_per_message
+            )));
+        }
+        Ok(frame)
+    }
+
+    /// `n` image bytes arrived.
+    pub(super) fn progressed(&mut self, n: usize) {
+        if n > 0 {
+            self.bytes += n as u64;
+            self.last_progress = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Once the original is stored: its variants and placeholder
+//! ([`crate::media::variants`]), within the render slots and memory budget.
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::Uploads;
+use super::session::Session;
+use super::stored::{Checksums, StoredFacts, digest_of};
+use crate::domain::image::Variant;
+use crate::domain::ports::ObjectKey;
+use crate::domain::{DomainError, VariantName};
+use crate::media::variants::{self, Rendered, Renderer};
+
+impl Uploads {
+    /// Makes the variants and placeholder of a stored original and stores
+    /// the variants through the session; `None` for types that are not
+    /// decoded. When it has to read the original back, it fills in missing
+    /// checksums from those bytes.
+    pub(super) async fn render_and_store(
+        &self,
+        session: &mut Session,
+        facts: &mut StoredFacts,
+    ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
+        let content_type = facts.uploaded.content_type;
+        if !self.limits.variants || !Renderer::can_render(content_type) {
+            return Ok(None);
+        }
+        // The turn first, then the bytes: waiting renders hold no memory.
+        let pixels = u64::from(facts.uploaded.width) * u64::from(facts.uploaded.height);
+        let slot = self.renderer.slot(pixels).await;
+        let _source_memory = self
+            .budget
+            .reserve(facts.size_bytes, "reading this image to make its variants")
+            .await?;
+        let source = match &facts.kept {
+            Some(pieces) => pieces.concat().into(),
+            None => {
+                let original = ObjectKey::new(session.id(), &VariantName::original());
+                let source = self.read_all(&original, facts.size_bytes).await?;
+                if facts.digest.is_none() {
+                    facts.digest = Some(digest_of(std::slice::from_ref(&source)));
+                }
+                source
+            }
+        };
+        // What decoding, resizing and encoding will hold, from the header:
+        // refused when over the per-render cap, else reserved (waiting for
+        // other work to give memory back) before anything is decoded.
+        let (width, height) = (facts.uploaded.width, facts.uploaded.height);
+        let needed = variants::memory_needed(&source, content_type, width, height);
+        if needed > self.limits.render.max_memory {
+            return Err(DomainError::ResourceExhausted(format!(
+                "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
+                 (--max-render-memory)",
+                needed >> 20,
+                self.limits.render.max_memory >> 20
+            )));
+        }
+        let _render_memory = self
+            .budget
+            .reserve(needed, "making this image's variants")
+            .await?;
+        let Rendered { variants, blurhash } = self
+            .renderer
+            .render(slot, source, content_type, facts.scrubbed.orientation)
+            .await?;
+        let mut stored: Vec<Variant> = Vec::with_capacity(variants.len());
+        for rendition in variants {
+            let name = VariantName::parse(rendition.name)?;
+            let variant = Variant {
+                name,
+                content_type: rendition.content_type.to_owned(),
+                size_bytes: rendition.bytes.len() as u64,
+                width: rendition.width,
+                height: rendition.height,
+            };
+            session.write_object(&variant.name, rendition.bytes).await?;
+            stored.push(variant);
+        }
+        Ok(Some((stored, blurhash)))
+    }
+
+    /// Checksums of a stored object, read back from the store.
+    pub(super) async fn stored_digest(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+    ) -> Result<(String, u32), DomainError> {
+        let mut stream = self.blobs.read(key, 0, size).await?;
+        let mut checksums = Checksums::default();
+        while let Some(chunk) = stream.next().await {
+            checksums.update(&chunk?);
+        }
+        Ok(checksums.finish())
+    }
+
+    /// The whole of a stored object, in memory.
+    async fn read_all(&self, key: &ObjectKey, size: u64) -> Result<Bytes, DomainError> {
+        let mut stream = self.blobs.read(key, 0, size).await?;
+        let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes.freeze())
+    }
+}

@@ -1,0 +1,213 @@
+//! What one upload has put in the stores, undone unless it is committed.
+//!
+//! Every write of an upload goes through its [`Session`]: the original's
+//! unfinished write, its journal entry, and each finished object (the
+//! original, then the variants). Cleanup is the default: an error undoes
+//! the session before the caller hears of it ([`Session::undo_on_error`]),
+//! and a session dropped without [`Session::commit`] (a panic, a cancelled
+//! call) undoes itself in the background. A new step of the pipeline that
+//! writes through the session cannot forget its cleanup.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::domain::image::Timestamp;
+use crate::domain::ports::{BlobStore, BlobWriter, MetadataStore, ObjectKey, PendingWrite};
+use crate::domain::{DomainError, ImageId, VariantName};
+use crate::telemetry::error_chain;
+
+pub(super) struct Session {
+    id: ImageId,
+    undo: Undo,
+    armed: bool,
+}
+
+/// What undoing a session removes.
+struct Undo {
+    blobs: Arc<dyn BlobStore>,
+    metadata: Arc<dyn MetadataStore>,
+    /// The original's write while it is unfinished.
+    writer: Option<Box<dyn BlobWriter>>,
+    /// The journal entry of that write, once the store has given it an id.
+    journaled: Option<PendingWrite>,
+    /// Finished objects, in the order they were written.
+    written: Vec<ObjectKey>,
+}
+
+impl Session {
+    /// Starts writing the original of a new image.
+    pub(super) async fn start(
+        blobs: Arc<dyn BlobStore>,
+        metadata: Arc<dyn MetadataStore>,
+        size_hint: Option<u64>,
+    ) -> Result<Self, DomainError> {
+        let id = ImageId::new();
+        let key = ObjectKey::new(&id, &VariantName::original());
+        let writer = blobs.start_write(&key, size_hint).await?;
+        Ok(Self {
+            id,
+            undo: Undo {
+                blobs,
+                metadata,
+                writer: Some(writer),
+                journaled: None,
+                written: Vec::new(),
+            },
+            armed: true,
+        })
+    }
+
+    pub(super) fn id(&self) -> &ImageId {
+        &self.id
+    }
+
+    /// Appends bytes to the original. As soon as the store gives the
+    /// unfinished write an id (an S3 multipart upload), it is journaled, so
+    /// the repair pass can abort it if this process dies first.
+    pub(super) async fn write(&mut self, piece: Bytes) -> Result<(), DomainError> {
+        let writer = self.undo.writer.as_mut().ok_or_else(finished_already)?;
+        writer.write(piece).await?;
+        if self.undo.journaled.is_none()
+            && let Some(pending_id) = writer.pending_id()
+        {
+            let entry = PendingWrite {
+                image_id: self.id,
+                variant: VariantName::original(),
+                pending_id,
+                started: Timestamp::now(),
+            };
+            self.undo.metadata.record_pending_write(&entry).await?;
+            self.undo.journaled = Some(entry);
+        }
+        Ok(())
+    }
+
+    /// Makes the original durable and visible. `digest` (SHA-256 hex and
+    /// CRC32C of the stored bytes), when known, spares a store that sends
+    /// checksums computing them again.
+    pub(super) async fn finish_original(
+        &mut self,
+        digest: Option<&(String, u32)>,
+    ) -> Result<(), DomainError> {
+        let mut writer = self.undo.writer.take().ok_or_else(finished_already)?;
+        if let Some((sha256_hex, crc32c)) = digest {
+            writer.written_checksums(sha256_hex, *crc32c);
+        }
+        // Finished or aborted by `finish`, the write needs no journal any more.
+        let finished = writer.finish().await;
+        self.undo.clear_journal().await;
+        finished?;
+        self.undo
+            .written
+            .push(ObjectKey::new(&self.id, &VariantName::original()));
+        Ok(())
+    }
+
+    /// Stores a small object of this image (a variant) in one go.
+    pub(super) async fn write_object(
+        &mut self,
+        variant: &VariantName,
+        bytes: Bytes,
+    ) -> Result<(), DomainError> {
+        let key = ObjectKey::new(&self.id, variant);
+        let mut writer = self
+            .undo
+            .blobs
+            .start_write(&key, Some(bytes.len() as u64))
+            .await?;
+        if let Err(error) = writer.write(bytes).await {
+            writer.abort().await;
+            return Err(error.into());
+        }
+        writer.finish().await?;
+        self.undo.written.push(key);
+        Ok(())
+    }
+
+    /// Passes `result` on; an error first undoes everything the session
+    /// wrote, and waits until it is done, so that the caller who hears of
+    /// the failure finds nothing left behind.
+    pub(super) async fn undo_on_error<T>(
+        &mut self,
+        result: Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        if result.is_err() {
+            self.undo().await;
+        }
+        result
+    }
+
+    /// Undoes everything written so far and waits until it is done.
+    pub(super) async fn undo(&mut self) {
+        self.armed = false;
+        self.undo.take().run().await;
+    }
+
+    /// Keeps everything written: the record that refers to it is stored.
+    pub(super) fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let undo = self.undo.take();
+        if undo.is_empty() {
+            return;
+        }
+        // Dropped by a panic or a cancelled call: undone in the background.
+        // Without a runtime (the process is ending), the writer's own drop
+        // and the repair pass clean up.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(undo.run());
+        }
+    }
+}
+
+impl Undo {
+    /// Moves out what is to be undone, leaving nothing.
+    fn take(&mut self) -> Self {
+        Self {
+            blobs: self.blobs.clone(),
+            metadata: self.metadata.clone(),
+            writer: self.writer.take(),
+            journaled: self.journaled.take(),
+            written: std::mem::take(&mut self.written),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writer.is_none() && self.journaled.is_none() && self.written.is_empty()
+    }
+
+    async fn run(mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort().await;
+        }
+        self.clear_journal().await;
+        // Newest first; whatever is left (a crash half-way) has no record,
+        // and the repair pass removes it.
+        for key in self.written.iter().rev() {
+            if let Err(error) = self.blobs.delete(key).await {
+                tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete image bytes; the object is orphaned");
+            }
+        }
+    }
+
+    /// Forgets the journal entry; on failure the repair pass clears it later.
+    async fn clear_journal(&mut self) {
+        let Some(entry) = self.journaled.take() else {
+            return;
+        };
+        if let Err(error) = self.metadata.clear_pending_write(&entry).await {
+            tracing::warn!(image_id = %entry.image_id, error = %error_chain(&error), "could not clear an upload's journal entry");
+        }
+    }
+}
+
+fn finished_already() -> DomainError {
+    DomainError::Internal("the upload's original was written after it was finished".into())
+}

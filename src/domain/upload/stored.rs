@@ -1,0 +1,216 @@
+//! The bytes that reach the store: scrubbed, gathered into pieces, kept in
+//! memory for the renders when small, and their checksums.
+use bytes::Bytes;
+
+use super::session::Session;
+use crate::domain::DomainError;
+use crate::media::content::{ContentFacts, ContentInspector};
+use crate::media::scrub::{Scrubbed, Scrubber};
+
+/// Stored originals up to this size are kept in memory until the upload
+/// is committed (phone photos are 2-12 MiB): variants are made from them,
+/// and their checksums computed, without reading them back from the store.
+/// It bounds what an upload holds beyond the store's own buffers.
+const KEEP_IN_MEMORY: u64 = 16 * 1024 * 1024;
+
+/// The bytes that reach the store: the upload with its identifying
+/// metadata removed (see [`crate::media::scrub`]).
+///
+/// Their checksums are those of the upload unless the scrubber changed a
+/// byte; only then are they computed again, from the kept bytes or, for
+/// larger originals, from the store (see [`Images::stored_digest`]). Most
+/// large images carry no metadata, so they are hashed once.
+pub(super) struct StoredBytes {
+    scrubber: Option<Scrubber>,
+    /// The stored bytes while they fit in [`KEEP_IN_MEMORY`], as shared
+    /// slices of the received chunks (not copies).
+    kept: Option<Vec<Bytes>>,
+    pieces: Vec<Bytes>,
+    /// Small pieces waiting to make up one of [`MIN_PIECE`] bytes.
+    small: Vec<Bytes>,
+    small_len: usize,
+    size: u64,
+}
+
+/// Pieces smaller than this are gathered (copied together) before they
+/// reach the store or the kept copy: the scrubber cuts the stream at every
+/// segment, and a piece costs a write call (on the embedded store, a trip
+/// to the blocking pool) and an entry in an S3 part body, so an upload cut
+/// into tiny segments would cost per segment rather than per byte. Pieces
+/// at least this large pass without a copy.
+const MIN_PIECE: usize = 64 * 1024;
+
+impl StoredBytes {
+    /// Nothing is kept for an upload declared larger than
+    /// [`KEEP_IN_MEMORY`].
+    pub(super) fn new(keep_metadata: bool, declared_size: Option<u64>) -> Self {
+        let keep = declared_size.is_none_or(|size| size <= KEEP_IN_MEMORY);
+        Self {
+            scrubber: Some(Scrubber::new(keep_metadata)),
+            kept: keep.then(Vec::new),
+            pieces: Vec::new(),
+            small: Vec::new(),
+            small_len: 0,
+            size: 0,
+        }
+    }
+
+    /// Most bytes the kept copy can hold, for an upload of `declared` bytes.
+    pub(super) fn kept_bound(&self, declared: Option<u64>) -> u64 {
+        if self.kept.is_some() {
+            declared.map_or(KEEP_IN_MEMORY, |size| size.min(KEEP_IN_MEMORY))
+        } else {
+            0
+        }
+    }
+
+    pub(super) async fn write(
+        &mut self,
+        data: Bytes,
+        session: &mut Session,
+    ) -> Result<(), DomainError> {
+        let scrubber = self.scrubber.as_mut().expect("written before finish");
+        scrubber.push(data, &mut self.pieces)?;
+        self.flush(session, false).await
+    }
+
+    /// Passes the scrubber's output on in pieces of at least [`MIN_PIECE`]
+    /// bytes (the last may be smaller when `last`).
+    async fn flush(&mut self, session: &mut Session, last: bool) -> Result<(), DomainError> {
+        for piece in std::mem::take(&mut self.pieces) {
+            if piece.is_empty() {
+                continue;
+            }
+            if piece.len() >= MIN_PIECE {
+                if !self.small.is_empty() {
+                    let gathered = self.take_small();
+                    self.store(gathered, session).await?;
+                }
+                self.store(piece, session).await?;
+                continue;
+            }
+            self.small_len += piece.len();
+            self.small.push(piece);
+            if self.small_len >= MIN_PIECE {
+                let gathered = self.take_small();
+                self.store(gathered, session).await?;
+            }
+        }
+        if last && !self.small.is_empty() {
+            let gathered = self.take_small();
+            self.store(gathered, session).await?;
+        }
+        Ok(())
+    }
+
+    /// The small pieces as one.
+    fn take_small(&mut self) -> Bytes {
+        self.small_len = 0;
+        gather(std::mem::take(&mut self.small))
+    }
+
+    async fn store(&mut self, piece: Bytes, session: &mut Session) -> Result<(), DomainError> {
+        self.size += piece.len() as u64;
+        if self.size > KEEP_IN_MEMORY {
+            self.kept = None;
+        } else if let Some(kept) = &mut self.kept {
+            kept.push(piece.clone());
+        }
+        session.write(piece).await
+    }
+
+    /// Ends the stream: writes what the scrubber held back and checks the
+    /// upload as a whole.
+    pub(super) async fn finish(
+        mut self,
+        session: &mut Session,
+        inspector: ContentInspector,
+    ) -> Result<StoredFacts, DomainError> {
+        let scrubber = self.scrubber.take().expect("finished once");
+        let scrubbed = scrubber.finish(&mut self.pieces);
+        let uploaded = inspector.finish()?;
+        let scrubbed = scrubbed?;
+        self.flush(session, true).await?;
+        let digest = if scrubbed.changed {
+            self.kept.as_deref().map(digest_of)
+        } else {
+            Some((uploaded.sha256_hex.clone(), uploaded.crc32c))
+        };
+        Ok(StoredFacts {
+            uploaded,
+            scrubbed,
+            size_bytes: self.size,
+            digest,
+            kept: self.kept,
+        })
+    }
+}
+
+/// Pieces as one, copied once into a buffer of the final size (a single
+/// piece is returned as it is).
+pub(in crate::domain) fn gather(pieces: Vec<Bytes>) -> Bytes {
+    if let [piece] = pieces.as_slice() {
+        return piece.clone();
+    }
+    let len = pieces.iter().map(Bytes::len).sum();
+    let mut gathered = bytes::BytesMut::with_capacity(len);
+    pieces
+        .iter()
+        .for_each(|piece| gathered.extend_from_slice(piece));
+    gathered.freeze()
+}
+
+/// SHA-256 (hex) and CRC32C of bytes in pieces.
+pub(super) fn digest_of(pieces: &[Bytes]) -> (String, u32) {
+    let mut checksums = Checksums::default();
+    pieces.iter().for_each(|piece| checksums.update(piece));
+    checksums.finish()
+}
+
+/// The stored checksums, SHA-256 and CRC32C, computed together.
+#[derive(Default)]
+pub(super) struct Checksums {
+    sha256: sha2::Sha256,
+    crc32c: u32,
+}
+
+impl Checksums {
+    pub(super) fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.sha256, bytes);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
+    }
+
+    /// Lower-case hex SHA-256 and the CRC32C.
+    pub(super) fn finish(self) -> (String, u32) {
+        (
+            hex::encode(sha2::Digest::finalize(self.sha256)),
+            self.crc32c,
+        )
+    }
+}
+
+/// What is known of an upload once all of it is stored.
+pub(super) struct StoredFacts {
+    /// Of the bytes as uploaded.
+    pub(super) uploaded: ContentFacts,
+    pub(super) scrubbed: Scrubbed,
+    /// Of the bytes as stored; the checksums are `None` until computed
+    /// from the store (changed bytes too large to keep).
+    pub(super) size_bytes: u64,
+    pub(super) digest: Option<(String, u32)>,
+    /// The stored bytes, when small enough to have been kept.
+    pub(super) kept: Option<Vec<Bytes>>,
+}
+
+impl StoredFacts {
+    /// Width and height as a viewer shows them: EXIF orientations 5 to 8
+    /// turn the image by a quarter.
+    pub(super) fn viewed_dimensions(&self) -> (u32, u32) {
+        let (width, height) = (self.uploaded.width, self.uploaded.height);
+        if (5..=8).contains(&self.scrubbed.orientation) {
+            (height, width)
+        } else {
+            (width, height)
+        }
+    }
+}
