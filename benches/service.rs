@@ -4,7 +4,7 @@
 //! `BENCHMARKS.md`'s generated section. Run by `cargo test` (without
 //! `--bench`) it does a one-round smoke pass with small sizes, so the
 //! benchmark cannot rot.
-#[path = "../tests/common/servers.rs"]
+#[path = "../tests/api/helpers/servers.rs"]
 #[allow(dead_code)]
 mod servers;
 
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use image_service::domain::image::{ImageRecord, Timestamp};
 use image_service::domain::{ImageId, UserId};
+use image_service::fixtures;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
 use image_service::pb::upload_image_request::Data;
@@ -761,57 +762,13 @@ async fn delete(client: &ImageServiceClient<Channel>, image_id: &str) {
         .expect("delete");
 }
 
-/// A PNG of `size` bytes with a valid chunk structure around noise: what
-/// the service's byte path sees of a large image, without being decoded
-/// (the services it goes to have variants off).
 fn fake_png(size: usize, seed: u32) -> Bytes {
-    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    let mut chunk = |kind: &[u8; 4], data: &[u8]| {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        out.extend_from_slice(&crc32fast::hash(&[&kind[..], data].concat()).to_be_bytes());
-    };
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&8000u32.to_be_bytes());
-    ihdr.extend_from_slice(&8000u32.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(b"IHDR", &ihdr);
-    let data = noise(size.saturating_sub(8 + 25 + 12 + 12), seed);
-    chunk(b"IDAT", &data);
-    chunk(b"IEND", &[]);
-    Bytes::from(out)
+    Bytes::from(fixtures::png_around_noise(size, seed))
 }
 
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A real, decodable PNG of about 256 KiB (noise does not compress).
 fn small_png(seed: u32) -> Bytes {
-    let pixels = noise(300 * 290 * 3, seed);
-    let image = image::RgbImage::from_raw(300, 290, pixels).expect("pixels");
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut out,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::NoFilter,
-    )
-    .write_image(image.as_raw(), 300, 290, image::ExtendedColorType::Rgb8)
-    .expect("png");
-    Bytes::from(out)
+    Bytes::from(fixtures::noise_png(seed))
 }
-
-use image::ImageEncoder as _;
 
 /// The same work without the service: aws-sdk-s3 and aws-sdk-dynamodb on
 /// the same servers.
@@ -1173,7 +1130,7 @@ async fn listing_rows(
 /// libvips' thumbnailer on the same file.
 fn thumbnailing(renders: usize) -> String {
     let mut out = String::from("### 8. Variants of a 12 MP JPEG (one core)\n\n");
-    let photo = photo_jpeg(4000, 3000);
+    let photo = fixtures::photo_jpeg(4000, 3000);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("photo.jpg");
     std::fs::write(&path, &photo).expect("write photo");
@@ -1246,30 +1203,6 @@ fn tools_dir() -> PathBuf {
     std::env::var_os("TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"))
-}
-
-/// A photo-like JPEG: smooth gradients with fine texture, so it compresses
-/// like a photo rather than like a flat test card.
-fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
-    let texture = noise((width * height) as usize, 7);
-    let image = image::RgbImage::from_fn(width, height, |x, y| {
-        let t = texture[(y * width + x) as usize] / 8;
-        image::Rgb([
-            (x * 200 / width) as u8 + t,
-            (y * 200 / height) as u8 + t,
-            ((x + y) * 100 / (width + height)) as u8 + t,
-        ])
-    });
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(
-            image.as_raw(),
-            width as u16,
-            height as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .expect("jpeg");
-    out
 }
 
 fn today() -> String {

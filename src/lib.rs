@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod fixtures;
 pub mod grpc;
 pub mod http;
 pub mod listener;

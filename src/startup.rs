@@ -487,7 +487,7 @@ async fn watch_backends(images: Images, health: HealthReporter, interval: Durati
 
 /// The aws backend's settings, from the configuration (adapters never read
 /// `Config` themselves).
-fn aws_settings(config: &Config) -> AwsSettings {
+pub fn aws_settings(config: &Config) -> AwsSettings {
     use crate::config::{PayloadSigning, S3Checksums};
     AwsSettings {
         bucket: config.s3_bucket.clone(),

@@ -165,26 +165,7 @@ fn table_then(packed: u8, next: Step) -> Step {
 mod tests {
     use super::*;
 
-    /// A GIF with a `screen` logical screen and one frame of `frame`
-    /// (an empty image: code size, one empty sub-block list).
-    pub fn gif(screen: (u16, u16), frame: (u16, u16)) -> Vec<u8> {
-        let mut bytes = b"GIF89a".to_vec();
-        bytes.extend_from_slice(&screen.0.to_le_bytes());
-        bytes.extend_from_slice(&screen.1.to_le_bytes());
-        // Global colour table of 2 entries.
-        bytes.extend_from_slice(&[0x80, 0, 0]);
-        bytes.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
-        // A graphic control extension.
-        bytes.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]);
-        bytes.push(0x2C);
-        bytes.extend_from_slice(&[0, 0, 0, 0]);
-        bytes.extend_from_slice(&frame.0.to_le_bytes());
-        bytes.extend_from_slice(&frame.1.to_le_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(&[2, 2, 0x4C, 0x01, 0]);
-        bytes.push(0x3B);
-        bytes
-    }
+    use crate::fixtures::gif_with_frame as gif;
 
     fn walk(bytes: &[u8], chunk: usize, max_pixels: u64) -> Result<GifFrames, MediaError> {
         let mut frames = GifFrames::new(max_pixels);

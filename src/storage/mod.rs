@@ -2,5 +2,7 @@
 //! ([`crate::domain::ports`]) for one kind of backend.
 
 pub mod aws;
+pub mod contract;
 pub mod embedded;
 pub mod instrumented;
+pub mod memory;

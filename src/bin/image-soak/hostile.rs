@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use image_service::fixtures;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
 use image_service::pb::upload_image_request::Data;
@@ -578,13 +579,7 @@ async fn half_open(grpc_addr: &str, http_addr: Option<&str>) -> String {
 
 /// A PNG whose ICC profile chunk is 40 MB.
 async fn huge_icc(client: &ImageServiceClient<Channel>) -> String {
-    let plain = png(13, 64);
-    let profile = vec![0u8; 40 * 1000 * 1000];
-    let mut iccp = b"huge\0\0".to_vec();
-    iccp.extend_from_slice(&super::zlib_stored(&profile));
-    let mut bytes = plain[..33].to_vec();
-    super::png_chunk(&mut bytes, b"iCCP", &iccp);
-    bytes.extend_from_slice(&plain[33..]);
+    let bytes = fixtures::png_with_icc_profile(64, 64, 40 * 1000 * 1000);
     let result = upload(client, "attacker", bytes, 1024 * 1024, None).await;
     match result {
         Ok(image) => format!("40 MB iCCP: OK, {} variants", image.variants.len()),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
+use image_service::fixtures;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
 use rand::Rng;
@@ -88,71 +89,9 @@ fn as_user<T>(user: &str, message: T) -> Request<T> {
     request
 }
 
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    out.extend_from_slice(&png_crc(kind, data).to_be_bytes());
-}
-
-fn png_crc(kind: &[u8], data: &[u8]) -> u32 {
-    // CRC-32 (IEEE) as PNG requires.
-    let mut crc = 0xFFFF_FFFFu32;
-    for byte in kind.iter().chain(data) {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// `raw` as a zlib stream of stored (uncompressed) deflate blocks.
-fn zlib_stored(raw: &[u8]) -> Vec<u8> {
-    let mut zlib = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        zlib.push(u8::from(i + 1 == blocks.len()));
-        zlib.extend_from_slice(&(block.len() as u16).to_le_bytes());
-        zlib.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
-        zlib.extend_from_slice(block);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for byte in raw {
-        a = (a + u32::from(*byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    zlib
-}
-
-/// A small valid PNG (stored deflate), different for every `seed`.
+/// A small valid PNG, different for every `seed`.
 fn png(seed: u64, side: u32) -> Vec<u8> {
-    let mut raw = Vec::new();
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    for _ in 0..side {
-        raw.extend([0u8]); // filter byte: none
-        for _ in 0..side * 3 {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            raw.push((state >> 33) as u8);
-        }
-    }
-    let zlib = zlib_stored(&raw);
-    let mut header = Vec::new();
-    header.extend_from_slice(&side.to_be_bytes());
-    header.extend_from_slice(&side.to_be_bytes());
-    header.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    png_chunk(&mut out, b"IHDR", &header);
-    png_chunk(&mut out, b"IDAT", &zlib);
-    png_chunk(&mut out, b"IEND", &[]);
-    out
+    fixtures::png(side, side, seed as u32)
 }
 
 async fn run_op(

@@ -301,3 +301,6 @@ impl Uploads {
         Ok((record, outcome))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,13 +134,7 @@ fn keeping_metadata_stores_the_bytes_as_uploaded() {
     );
 }
 
-fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut out = (data.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    out.extend_from_slice(&crc32fast::hash(&out[4..]).to_be_bytes());
-    out
-}
+use crate::fixtures::png_chunk_bytes as png_chunk;
 
 #[test]
 fn identifying_png_metadata_is_removed() {

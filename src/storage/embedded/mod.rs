@@ -52,3 +52,29 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey, Storage
         Err(error) => Err(StorageError::internal(error)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::contract;
+
+    fn stores() -> (tempfile::TempDir, EmbeddedBlobStore, EmbeddedMetadataStore) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let key = SigningKey::from_secret(&[7; 32]).expect("a key");
+        let (blobs, metadata) =
+            open(dir.path(), urls::SignedUrls::new(key, "http://127.0.0.1:1")).expect("opened");
+        (dir, blobs, metadata)
+    }
+
+    #[tokio::test]
+    async fn the_embedded_blob_store_keeps_the_contract() {
+        let (_dir, blobs, _) = stores();
+        contract::blob_store(&blobs).await;
+    }
+
+    #[tokio::test]
+    async fn the_embedded_metadata_store_keeps_the_contract() {
+        let (_dir, _, metadata) = stores();
+        contract::metadata_store(&metadata).await;
+    }
+}

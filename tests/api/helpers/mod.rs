@@ -1,8 +1,7 @@
 //! Test harness: starts the real server on loopback ports chosen by the OS
 //! and talks to it with the generated gRPC client.
-#![allow(dead_code)]
 
-pub mod images;
+pub use image_service::fixtures as images;
 pub mod pki;
 pub mod servers;
 
@@ -423,4 +422,29 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
             status
         }
     }
+}
+
+/// A spec that names only the file.
+pub fn spec(filename: &str) -> pb::ImageSpec {
+    pb::ImageSpec {
+        filename: filename.into(),
+        ..Default::default()
+    }
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// The JSON printed by a command that must have succeeded.
+pub fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(output)).expect("JSON output")
 }

@@ -1,26 +1,18 @@
 //! Callers who do not behave: what one of them can make a replica hold is
 //! bounded, and the answer is a clear status (and nothing stored), while
 //! well-behaved callers go on being served. Also TLS and mutual TLS.
-mod common;
 
 use std::time::Duration;
 
-use common::images;
-use common::pki::{Pki, https_get, tls_channel};
-use common::{Backend, TestApp, as_user, assert_code, upload_messages};
+use crate::helpers::images;
+use crate::helpers::pki::{Pki, https_get, tls_channel};
+use crate::helpers::{Backend, TestApp, as_user, assert_code, spec, upload_messages};
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
 use image_service::pb::upload_image_request::Data;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn spec(filename: &str) -> pb::ImageSpec {
-    pb::ImageSpec {
-        filename: filename.into(),
-        ..Default::default()
-    }
-}
 
 fn chunk(bytes: &[u8]) -> pb::UploadImageRequest {
     pb::UploadImageRequest {
@@ -280,7 +272,7 @@ async fn streams_past_the_connection_cap_wait_and_calls_past_the_global_cap_are_
 
     // Three downloads, never read, fill one connection's streams: a fourth
     // call on it waits for one of them.
-    let channel = common::connect(app.grpc_addr).await;
+    let channel = crate::helpers::connect(app.grpc_addr).await;
     let mut client = ImageServiceClient::new(channel);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -309,7 +301,7 @@ async fn streams_past_the_connection_cap_wait_and_calls_past_the_global_cap_are_
 
     // Two more held downloads on another connection reach the global cap
     // of five: the next call anywhere is shed at once.
-    let mut other = ImageServiceClient::new(common::connect(app.grpc_addr).await);
+    let mut other = ImageServiceClient::new(crate::helpers::connect(app.grpc_addr).await);
     let held_elsewhere = [
         download(&mut other).await.expect("a download starts"),
         download(&mut other).await.expect("a download starts"),
@@ -442,7 +434,7 @@ async fn tls_serves_both_listeners_and_refuses_plaintext() {
     let image = upload_over(channel.clone(), "alice").await.unwrap();
 
     // Plaintext gRPC gets nowhere.
-    let plain = common::connect(app.grpc_addr).await;
+    let plain = crate::helpers::connect(app.grpc_addr).await;
     let refused = ImageServiceClient::new(plain)
         .get_image(as_user(
             "alice",
@@ -587,7 +579,7 @@ async fn grpcurl_and_imagectl_work_over_mutual_tls() {
         .to_owned();
 
     let grpcurl = |flags: &[&str], verb: &str| {
-        let mut command = std::process::Command::new(common::servers::grpcurl());
+        let mut command = std::process::Command::new(crate::helpers::servers::grpcurl());
         command
             .arg("-cacert")
             .arg(&ca)

@@ -1,11 +1,10 @@
 //! imagectl against a running service: every subcommand, JSON output,
 //! resumed downloads, and the messages people see when something is refused.
-mod common;
 
 use std::path::Path;
 use std::process::Output;
 
-use common::{Backend, TestApp, images};
+use crate::helpers::{Backend, TestApp, images, json, stdout};
 
 /// Runs imagectl against `app` as `user` (when given) and returns its output.
 async fn imagectl(app: &TestApp, user: Option<&str>, args: &[&str]) -> Output {
@@ -18,20 +17,6 @@ async fn imagectl(app: &TestApp, user: Option<&str>, args: &[&str]) -> Output {
         command.env("IMAGECTL_USER", user);
     }
     command.args(args).output().await.expect("imagectl runs")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "imagectl failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_str(&stdout(output)).expect("JSON output")
 }
 
 fn stderr_of_failure(output: &Output) -> String {

@@ -4,14 +4,11 @@
 //! store nothing when rejected. `PROPTEST_CASES` sets the number of cases.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use image_service::domain::signing::SigningKey;
-use image_service::domain::upload::{FramePayload, NewImage, PaceLimits, UploadFrame};
-use image_service::domain::{DomainError, Images, Limits, UserId, validation};
-use image_service::media::content::ContentLimits;
-use image_service::media::variants::RenderLimits;
+use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::{DomainError, Images, UserId, validation};
 use image_service::storage::embedded::{self, urls::SignedUrls};
 use proptest::prelude::*;
 
@@ -148,30 +145,12 @@ impl Harness {
         let key = SigningKey::generate();
         let (blobs, metadata) =
             embedded::open(dir.path(), SignedUrls::new(key.clone(), "http://localhost")).unwrap();
-        let limits = Limits {
-            content: ContentLimits {
-                max_bytes: 16 * 1024,
-                max_pixels: 1_000_000,
-            },
-            max_url_expiry: Duration::from_secs(3600),
-            max_concurrent_uploads: 4,
-            max_uploads_per_user: 4,
-            pace: PaceLimits {
-                idle_timeout: Duration::from_secs(10),
-                deadline: Duration::from_secs(60),
-                free_messages: 1024,
-                bytes_per_message: 16 * 1024,
-            },
-            memory_budget: 1 << 30,
-            memory_wait: Duration::from_secs(5),
-            max_page_bytes: 2 << 20,
-            keep_metadata: false,
-            variants: true,
-            render: RenderLimits {
-                max_concurrent: 2,
-                max_memory: 64 * 1024 * 1024,
-            },
-        };
+        let mut limits = image_service::fixtures::limits();
+        limits.content.max_bytes = 16 * 1024;
+        limits.content.max_pixels = 1_000_000;
+        limits.max_concurrent_uploads = 4;
+        limits.max_uploads_per_user = 4;
+        limits.render.max_memory = 64 * 1024 * 1024;
         let images = Images::new(Arc::new(blobs), Arc::new(metadata), key, limits);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,4 +1,7 @@
-//! Image files made in the tests: valid containers with real headers.
+//! Image files made for the tests, the benchmark and the soak tool: valid
+//! containers with real headers, built here once so that every caller
+//! tests the same bytes; and the limits of tests that build the domain
+//! directly. Not used by the service itself.
 
 /// A valid, uncompressed (stored-deflate) RGB PNG whose pixels depend on
 /// `seed`, so different seeds give different bytes. Its size is about
@@ -15,10 +18,7 @@ pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
             raw.push(state as u8);
         }
     }
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let ihdr = rgb_ihdr(width, height);
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     png_chunk(&mut out, b"IHDR", &ihdr);
     png_chunk(&mut out, b"IDAT", &zlib_stored(&raw));
@@ -36,10 +36,7 @@ pub fn png_of_size(bytes: usize, seed: u32) -> Vec<u8> {
 /// A PNG whose chunks and checksums are all valid but whose compressed
 /// pixel data is noise: only a decoder finds out.
 pub fn png_with_corrupt_pixels(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let ihdr = rgb_ihdr(width, height);
     let mut noise = vec![0x78, 0x9C];
     let mut state = 0x1234_5678u32;
     noise.extend((0..400).map(|_| {
@@ -69,14 +66,27 @@ pub fn png_text_chunk(keyword: &str, text: &str) -> Vec<u8> {
 /// Only the header of a PNG claiming `width` x `height`: enough for the
 /// service to read the dimensions (a decompression bomb looks like this).
 pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let ihdr = rgb_ihdr(width, height);
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     png_chunk(&mut out, b"IHDR", &ihdr);
     png_chunk(&mut out, b"IDAT", &zlib_stored(&[0; 64]));
     png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// The data of an IHDR chunk: 8-bit RGB, not interlaced.
+fn rgb_ihdr(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    ihdr
+}
+
+/// One PNG chunk (length, type, data, CRC).
+pub fn png_chunk_bytes(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + data.len());
+    png_chunk(&mut out, kind, data);
     out
 }
 
@@ -313,6 +323,8 @@ pub fn gif_with_frame(screen: (u16, u16), frame: (u16, u16)) -> Vec<u8> {
     bytes.extend_from_slice(&screen.1.to_le_bytes());
     // A global colour table of two entries: black and white.
     bytes.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+    // A graphic control extension, as animation tools write before frames.
+    bytes.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]);
     bytes.push(0x2C);
     bytes.extend_from_slice(&[0, 0, 0, 0]);
     bytes.extend_from_slice(&frame.0.to_le_bytes());
@@ -344,4 +356,101 @@ pub fn png_with_icc_profile(width: u32, height: u32, profile_bytes: usize) -> Ve
     png_chunk(&mut out, b"iCCP", &iccp);
     out.extend_from_slice(&plain[33..]);
     out
+}
+
+/// `len` bytes of noise from `seed` (xorshift): incompressible, and
+/// different for every seed.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A PNG of `size` bytes with a valid chunk structure around noise,
+/// claiming 8000 x 8000: what the byte path sees of a large image, for
+/// services that do not decode it (variants off).
+pub fn png_around_noise(size: usize, seed: u32) -> Vec<u8> {
+    let ihdr = rgb_ihdr(8000, 8000);
+    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &noise(size.saturating_sub(8 + 25 + 12 + 12), seed),
+    );
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A real, compressed PNG of 300 x 290 noise (about 256 KiB: noise does
+/// not compress).
+pub fn noise_png(seed: u32) -> Vec<u8> {
+    use image::ImageEncoder as _;
+    let (width, height) = (300, 290);
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(
+        &noise((width * height * 3) as usize, seed),
+        width,
+        height,
+        image::ExtendedColorType::Rgb8,
+    )
+    .expect("an in-memory PNG encodes");
+    out
+}
+
+/// A photo-like JPEG: smooth gradients with fine texture, so it compresses
+/// like a photo rather than like a flat test card.
+pub fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let texture = noise((width * height) as usize, 7);
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        let t = texture[(y * width + x) as usize] / 8;
+        image::Rgb([
+            (x * 200 / width) as u8 + t,
+            (y * 200 / height) as u8 + t,
+            ((x + y) * 100 / (width + height)) as u8 + t,
+        ])
+    });
+    encode_jpeg(&image)
+}
+
+/// Limits roomy enough for every fixture, for tests that build
+/// [`crate::domain::Images`] directly; tests change the ones they probe.
+pub fn limits() -> crate::domain::Limits {
+    use std::time::Duration;
+    crate::domain::Limits {
+        content: crate::media::content::ContentLimits {
+            max_bytes: 64 << 20,
+            max_pixels: 100_000_000,
+        },
+        max_url_expiry: Duration::from_secs(3600),
+        max_concurrent_uploads: 8,
+        max_uploads_per_user: 8,
+        pace: crate::domain::upload::PaceLimits {
+            idle_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(60),
+            free_messages: 1024,
+            bytes_per_message: 16 * 1024,
+        },
+        memory_budget: 1 << 30,
+        memory_wait: Duration::from_secs(5),
+        max_page_bytes: 2 << 20,
+        keep_metadata: false,
+        variants: true,
+        render: crate::media::variants::RenderLimits {
+            max_concurrent: 2,
+            max_memory: 256 << 20,
+        },
+    }
 }

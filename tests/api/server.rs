@@ -1,10 +1,11 @@
 //! The server around the API: health, reflection, identity modes,
 //! configuration, restarts and graceful shutdown.
-mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Backend, TestApp, as_user, assert_code, connect, images, upload_messages};
+use crate::helpers::{
+    Backend, TestApp, as_user, assert_code, connect, images, spec, upload_messages,
+};
 use image_service::pb;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_stream::StreamExt;
@@ -14,13 +15,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const SERVICE: &str = "imageservice.v1.ImageService";
-
-fn spec(filename: &str) -> pb::ImageSpec {
-    pb::ImageSpec {
-        filename: filename.into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn health_reports_the_server_and_the_image_service_as_serving() {
@@ -357,7 +351,7 @@ async fn jwt_mode_accepts_valid_hs256_tokens_only() {
 async fn jwt_mode_verifies_rs256_with_the_public_key_and_refuses_hs256_confusion() {
     let public = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/jwt-rs256-public.pem"
+        "/tests/api/fixtures/jwt-rs256-public.pem"
     );
     let private = include_bytes!("fixtures/jwt-rs256-private.pem");
     let app = TestApp::spawn_with(
@@ -792,13 +786,7 @@ async fn image_service_repair_reports_then_fixes() {
         if dry_run {
             command.arg("--dry-run");
         }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+        crate::helpers::json(&command.output().unwrap())
     };
     let report = repair(true);
     let found = report["orphan_objects"].as_array().unwrap();

@@ -2,12 +2,11 @@
 //! DynamoDB-compatible servers: multipart uploads and their abort paths,
 //! bytes removed when the metadata cannot be written, `init`, and presigned
 //! URLs for a public endpoint.
-mod common;
 
 use std::time::Duration;
 
+use crate::helpers::{Backend, TestApp, as_user, assert_code, images, spec, upload_messages};
 use clap::Parser;
-use common::{Backend, TestApp, as_user, assert_code, images, upload_messages};
 use image_service::pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -28,13 +27,6 @@ async fn multipart_app() -> TestApp {
         ],
     )
     .await
-}
-
-fn spec(filename: &str) -> pb::ImageSpec {
-    pb::ImageSpec {
-        filename: filename.into(),
-        ..Default::default()
-    }
 }
 
 /// Parts of unfinished multipart uploads in the S3 server's data.
@@ -196,21 +188,43 @@ async fn bytes_are_removed_when_the_metadata_cannot_be_written() {
     assert_code(app.get("alice", &kept.image_id).await, Code::Unavailable);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_can_run_again_on_existing_storage() {
-    let app = TestApp::spawn(Backend::Aws).await;
-    let image = app.upload_png("alice", 1).await;
-    let config = image_service::config::Config::try_parse_from([
+/// A configuration for `app`'s S3 and DynamoDB servers, then `extra`.
+fn config_for(app: &TestApp, extra: &[&str]) -> image_service::config::Config {
+    let (s3, dynamodb) = (
+        app.s3.as_ref().unwrap().endpoint(),
+        app.dynamodb.as_ref().unwrap().endpoint(),
+    );
+    let mut args = vec![
         "image-service",
         "--backend",
         "aws",
         "--s3-endpoint",
-        &app.s3.as_ref().unwrap().endpoint(),
+        &s3,
         "--dynamodb-endpoint",
-        &app.dynamodb.as_ref().unwrap().endpoint(),
-        "init",
-    ])
-    .unwrap();
+        &dynamodb,
+    ];
+    args.extend_from_slice(extra);
+    image_service::config::Config::try_parse_from(args).unwrap()
+}
+
+/// The storage contract (`image_service::storage::contract`) on the aws
+/// adapters, against the stores a running server uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_stores_keep_the_storage_contract() {
+    let app = TestApp::spawn(Backend::Aws).await;
+    app.upload_png("alice", 1).await;
+    let config = config_for(&app, &[]);
+    let settings = image_service::startup::aws_settings(&config);
+    let (blobs, metadata) = image_service::storage::aws::connect(&settings).await;
+    image_service::storage::contract::blob_store(&blobs).await;
+    image_service::storage::contract::metadata_store(&metadata).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_can_run_again_on_existing_storage() {
+    let app = TestApp::spawn(Backend::Aws).await;
+    let image = app.upload_png("alice", 1).await;
+    let config = config_for(&app, &["init"]);
     image_service::startup::init_backend(&config)
         .await
         .expect("a second init succeeds");
@@ -284,7 +298,7 @@ async fn health_follows_the_reachability_of_the_stores() {
     use tonic_health::pb::health_client::HealthClient;
 
     let mut app = TestApp::spawn_with(Backend::Aws, &["--health-check-interval", "200ms"]).await;
-    let health = HealthClient::new(common::connect(app.grpc_addr).await);
+    let health = HealthClient::new(crate::helpers::connect(app.grpc_addr).await);
     let status = || {
         let mut health = health.clone();
         async move {
@@ -500,7 +514,7 @@ async fn raw_dynamodb(app: &TestApp) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&raw_config(app.dynamodb.as_ref().unwrap()).await)
 }
 
-async fn raw_config(server: &common::servers::ServerProcess) -> aws_config::SdkConfig {
+async fn raw_config(server: &crate::helpers::servers::ServerProcess) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(server.endpoint())
@@ -510,8 +524,8 @@ async fn raw_config(server: &common::servers::ServerProcess) -> aws_config::SdkC
 
 /// Runs the image-service binary against the test servers.
 fn service_command(
-    s3: &common::servers::ServerProcess,
-    dynamodb: &common::servers::ServerProcess,
+    s3: &crate::helpers::servers::ServerProcess,
+    dynamodb: &crate::helpers::servers::ServerProcess,
 ) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
     command
@@ -539,8 +553,8 @@ fn service_command(
 async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload() {
     use std::io::{BufRead, BufReader};
     let (s3, dynamodb) = (
-        common::servers::start_s3(),
-        common::servers::start_dynamodb(),
+        crate::helpers::servers::start_s3(),
+        crate::helpers::servers::start_dynamodb(),
     );
     let init = service_command(&s3, &dynamodb)
         .arg("init")
@@ -569,7 +583,7 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
     // An upload of 20 MiB, killed with the service after its first parts.
     let (tx, rx) = mpsc::channel(2);
     let mut client = image_service::pb::image_service_client::ImageServiceClient::new(
-        common::connect(grpc).await,
+        crate::helpers::connect(grpc).await,
     );
     let call = tokio::spawn(async move {
         client
@@ -617,13 +631,7 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
         if dry_run {
             command.arg("--dry-run");
         }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+        crate::helpers::json(&command.output().unwrap())
     };
     let report = repair(true);
     let unfinished = report["unfinished_writes"]

@@ -1,0 +1,431 @@
+//! The contract every adapter keeps: the guarantees documented on the
+//! ports ([`crate::domain::ports`]), checked through the traits alone. Each
+//! backend's tests call these functions on a store of theirs (memory and
+//! embedded in their unit tests, aws in `tests/` against real S3- and
+//! DynamoDB-compatible servers), so a new backend is one test away from
+//! knowing it behaves like the others.
+//!
+//! The functions panic on the first broken promise. They share the store
+//! with whatever else is in it: every record belongs to a fresh user and
+//! every object to a fresh image. Download URLs are not covered here: they
+//! are fetched over HTTP by the API tests of the backends that serve them.
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::ports::{
+    BlobStore, BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite, StorageError,
+};
+use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
+
+/// Every promise of [`BlobStore`] but download URLs.
+pub async fn blob_store(store: &dyn BlobStore) {
+    finished_writes_are_read_back_whole_and_by_range(store).await;
+    unfinished_writes_are_invisible_and_aborts_leave_nothing(store).await;
+    deleting_is_final_and_deleting_a_missing_object_succeeds(store).await;
+    store
+        .check_health()
+        .await
+        .expect("a usable store is healthy");
+}
+
+/// Every promise of [`MetadataStore`].
+pub async fn metadata_store(store: &dyn MetadataStore) {
+    created_records_are_read_back_and_ids_are_unique(store).await;
+    a_taken_idempotency_key_stores_nothing(store).await;
+    replacing_needs_the_expected_revision(store).await;
+    only_the_owner_deletes_and_deleted_records_are_gone(store).await;
+    listings_are_newest_first_and_pages_continue_where_they_stopped(store).await;
+    listings_apply_filters_and_never_return_deleted_records(store).await;
+    journaled_writes_are_listed_by_age_until_cleared(store).await;
+    store
+        .check_health()
+        .await
+        .expect("a usable store is healthy");
+}
+
+/// Bytes of a test object: not a run of one value, so that a misplaced
+/// range shows.
+fn sample_bytes(len: usize) -> Bytes {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn fresh_key(variant: &str) -> ObjectKey {
+    ObjectKey::new(
+        &ImageId::new(),
+        &VariantName::parse(variant).expect("a variant name"),
+    )
+}
+
+async fn read(
+    store: &dyn BlobStore,
+    key: &ObjectKey,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, StorageError> {
+    let stream = store.read(key, offset, length).await?;
+    let pieces: Vec<Bytes> = stream.try_collect().await?;
+    Ok(pieces.concat())
+}
+
+async fn write(store: &dyn BlobStore, key: &ObjectKey, bytes: &Bytes, piece: usize) {
+    let mut writer = store
+        .start_write(key, Some(bytes.len() as u64))
+        .await
+        .expect("a write starts");
+    for at in (0..bytes.len()).step_by(piece) {
+        writer
+            .write(bytes.slice(at..(at + piece).min(bytes.len())))
+            .await
+            .expect("bytes are written");
+    }
+    writer.finish().await.expect("the write finishes");
+}
+
+async fn finished_writes_are_read_back_whole_and_by_range(store: &dyn BlobStore) {
+    let key = fresh_key("original");
+    let bytes = sample_bytes(300 * 1024 + 5);
+    write(store, &key, &bytes, 64 * 1024 + 1).await;
+    let whole = read(store, &key, 0, bytes.len() as u64)
+        .await
+        .expect("the object is read");
+    assert!(whole == bytes, "the object read back is the one written");
+    let range = read(store, &key, 70_000, 10_000)
+        .await
+        .expect("a range is read");
+    assert_eq!(range, bytes[70_000..80_000], "a range read is that range");
+    let listed = store.list_objects().await.expect("objects are listed");
+    let (id, variant) = ObjectKey::parse(key.as_str()).expect("an image key");
+    assert!(
+        listed
+            .iter()
+            .any(|o| o.image_id == id && o.variant == variant),
+        "a finished object is listed"
+    );
+    store.delete(&key).await.expect("the object is deleted");
+}
+
+/// A write of 1000 bytes to a fresh key, not finished.
+async fn unfinished_write(
+    store: &dyn BlobStore,
+    variant: &str,
+) -> (ObjectKey, Box<dyn BlobWriter>) {
+    let key = fresh_key(variant);
+    let mut writer = store
+        .start_write(&key, Some(1000))
+        .await
+        .expect("a write starts");
+    writer
+        .write(sample_bytes(1000))
+        .await
+        .expect("bytes are written");
+    (key, writer)
+}
+
+async fn assert_not_found(store: &dyn BlobStore, key: &ObjectKey, why: &str) {
+    let read = read(store, key, 0, 1000).await;
+    assert!(matches!(read, Err(StorageError::NotFound)), "{why}");
+}
+
+async fn unfinished_writes_are_invisible_and_aborts_leave_nothing(store: &dyn BlobStore) {
+    let (aborted, writer) = unfinished_write(store, "original").await;
+    assert_not_found(store, &aborted, "nothing is visible before finish").await;
+    writer.abort().await;
+    assert_not_found(store, &aborted, "nothing is visible after an abort").await;
+    let (dropped, writer) = unfinished_write(store, "small").await;
+    drop(writer);
+    assert_not_found(store, &dropped, "a dropped writer leaves nothing visible").await;
+    let listed = store.list_objects().await.expect("objects are listed");
+    for key in [&aborted, &dropped] {
+        let (id, _) = ObjectKey::parse(key.as_str()).expect("an image key");
+        assert!(
+            !listed.iter().any(|o| o.image_id == id),
+            "an unfinished object is not listed"
+        );
+    }
+}
+
+async fn deleting_is_final_and_deleting_a_missing_object_succeeds(store: &dyn BlobStore) {
+    let key = fresh_key("medium");
+    write(store, &key, &sample_bytes(10), 4).await;
+    store.delete(&key).await.expect("the object is deleted");
+    assert_not_found(store, &key, "a deleted object is not found").await;
+    store
+        .delete(&key)
+        .await
+        .expect("deleting a missing object succeeds");
+}
+
+fn fresh_user() -> UserId {
+    UserId::parse(&format!("contract-{}", uuid::Uuid::new_v4())).expect("a user id")
+}
+
+/// A record of `owner`, created at `micros`.
+fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
+    ImageRecord {
+        id: ImageId::new(),
+        owner: owner.clone(),
+        filename: "photo.png".into(),
+        content_type: "image/png".into(),
+        size_bytes: 10,
+        sha256: "0".repeat(64),
+        crc32c: 7,
+        width: 4,
+        height: 3,
+        title: "a title".into(),
+        description: String::new(),
+        tags: Vec::new(),
+        location: String::new(),
+        attributes: Default::default(),
+        create_time: Timestamp::from_micros(micros),
+        update_time: Timestamp::from_micros(micros),
+        variants: Vec::new(),
+        revision: 1,
+        idempotency_key: None,
+        uploaded_sha256: "0".repeat(64),
+        metadata_stripped: false,
+        blurhash: String::new(),
+    }
+}
+
+fn now_micros() -> i64 {
+    Timestamp::now().as_micros()
+}
+
+async fn create(store: &dyn MetadataStore, record: &ImageRecord) {
+    let outcome = store.create(record).await.expect("the record is stored");
+    assert!(
+        matches!(outcome, CreateOutcome::Created),
+        "a new record is created"
+    );
+}
+
+async fn created_records_are_read_back_and_ids_are_unique(store: &dyn MetadataStore) {
+    let record = sample_record(&fresh_user(), now_micros());
+    create(store, &record).await;
+    let read = store.get(&record.id).await.expect("the record is read");
+    assert_eq!(
+        read.as_ref(),
+        Some(&record),
+        "a record reads back as stored"
+    );
+    let again = store.create(&record).await;
+    assert!(
+        matches!(again, Err(StorageError::AlreadyExists)),
+        "a second record with the same id is refused"
+    );
+    assert_eq!(
+        store
+            .get(&ImageId::new())
+            .await
+            .expect("a missing record is read"),
+        None
+    );
+}
+
+async fn a_taken_idempotency_key_stores_nothing(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let mut first = sample_record(&owner, now_micros());
+    first.idempotency_key = Some("key-1".into());
+    create(store, &first).await;
+    let mut second = sample_record(&owner, now_micros());
+    second.idempotency_key = Some("key-1".into());
+    match store.create(&second).await.expect("the store answers") {
+        CreateOutcome::IdempotencyKeyTaken(existing) => {
+            assert_eq!(existing.id, first.id, "the first record is returned")
+        }
+        CreateOutcome::Created => panic!("a reused idempotency key created a record"),
+    }
+    assert_eq!(
+        store.get(&second.id).await.expect("read"),
+        None,
+        "nothing was stored"
+    );
+    let mut other_owner = sample_record(&fresh_user(), now_micros());
+    other_owner.idempotency_key = Some("key-1".into());
+    create(store, &other_owner).await;
+}
+
+async fn replacing_needs_the_expected_revision(store: &dyn MetadataStore) {
+    let record = sample_record(&fresh_user(), now_micros());
+    create(store, &record).await;
+    let mut changed = record.clone();
+    changed.title = "a new title".into();
+    changed.tags = vec!["sea".into()];
+    changed.revision = 2;
+    assert!(
+        matches!(
+            store.replace(&changed, 7).await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "a stale revision is refused"
+    );
+    store
+        .replace(&changed, 1)
+        .await
+        .expect("the record is replaced");
+    let read = store.get(&record.id).await.expect("read").expect("present");
+    assert_eq!(read.title, "a new title");
+    assert_eq!(read.revision, 2);
+    let missing = sample_record(&fresh_user(), now_micros());
+    assert!(
+        matches!(
+            store.replace(&missing, 1).await,
+            Err(StorageError::NotFound)
+        ),
+        "replacing a missing record is NotFound"
+    );
+}
+
+async fn only_the_owner_deletes_and_deleted_records_are_gone(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let record = sample_record(&owner, now_micros());
+    create(store, &record).await;
+    assert!(
+        matches!(
+            store.delete(&record.id, &fresh_user()).await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "someone else cannot delete it"
+    );
+    assert!(
+        store.get(&record.id).await.expect("read").is_some(),
+        "it is still there"
+    );
+    let deleted = store
+        .delete(&record.id, &owner)
+        .await
+        .expect("the owner deletes it");
+    assert_eq!(deleted.id, record.id, "the deleted record is returned");
+    assert_eq!(store.get(&record.id).await.expect("read"), None);
+    assert!(
+        matches!(
+            store.delete(&record.id, &owner).await,
+            Err(StorageError::NotFound)
+        ),
+        "deleting it again is NotFound"
+    );
+}
+
+fn owned_by(owner: &UserId) -> ListFilter {
+    ListFilter {
+        owner: Some(owner.clone()),
+        ..ListFilter::default()
+    }
+}
+
+async fn listings_are_newest_first_and_pages_continue_where_they_stopped(
+    store: &dyn MetadataStore,
+) {
+    let owner = fresh_user();
+    let start = now_micros();
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let record = sample_record(&owner, start + i * 1000);
+        create(store, &record).await;
+        records.push(record);
+    }
+    let newest_first: Vec<ImageId> = records.iter().rev().map(|r| r.id).collect();
+    let filter = owned_by(&owner);
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    for _ in 0..10 {
+        let page = store
+            .list(&filter, cursor.as_deref(), 2)
+            .await
+            .expect("a page is listed");
+        assert!(page.records.len() <= 2, "a page holds at most its limit");
+        assert_eq!(
+            page.record_cursors.len(),
+            page.records.len(),
+            "every record has a cursor"
+        );
+        seen.extend(page.records.iter().map(|r| r.id));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, newest_first,
+        "pages walk every record once, newest first"
+    );
+
+    let first = store
+        .list(&filter, None, 3)
+        .await
+        .expect("a page is listed");
+    let resumed = store
+        .list(&filter, Some(&first.record_cursors[0]), 10)
+        .await
+        .expect("a page is listed from a record's cursor");
+    let resumed: Vec<ImageId> = resumed.records.iter().map(|r| r.id).collect();
+    assert_eq!(
+        resumed,
+        newest_first[1..],
+        "a record's cursor resumes right after it"
+    );
+}
+
+async fn listings_apply_filters_and_never_return_deleted_records(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let start = now_micros();
+    let mut tagged = sample_record(&owner, start);
+    tagged.tags = vec!["beach".into()];
+    let mut deleted = sample_record(&owner, start + 1000);
+    deleted.tags = vec!["beach".into()];
+    let untagged = sample_record(&owner, start + 2000);
+    for record in [&tagged, &deleted, &untagged] {
+        create(store, record).await;
+    }
+    store.delete(&deleted.id, &owner).await.expect("deleted");
+    let filter = ListFilter {
+        tag: Some("beach".into()),
+        ..owned_by(&owner)
+    };
+    let page = store.list(&filter, None, 10).await.expect("listed");
+    let ids: Vec<ImageId> = page.records.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![tagged.id], "only live records with the tag");
+    let filter = ListFilter {
+        created_after: Some(Timestamp::from_micros(start + 1)),
+        ..owned_by(&owner)
+    };
+    let page = store.list(&filter, None, 10).await.expect("listed");
+    let ids: Vec<ImageId> = page.records.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![untagged.id], "only records in the time range");
+}
+
+async fn journaled_writes_are_listed_by_age_until_cleared(store: &dyn MetadataStore) {
+    let started = now_micros() - 60_000_000;
+    let write = PendingWrite {
+        image_id: ImageId::new(),
+        variant: VariantName::original(),
+        pending_id: uuid::Uuid::new_v4().to_string(),
+        started: Timestamp::from_micros(started),
+    };
+    store.record_pending_write(&write).await.expect("journaled");
+    let older = store
+        .pending_writes(Timestamp::from_micros(started + 1))
+        .await
+        .expect("listed");
+    assert!(
+        older.contains(&write),
+        "a journaled write is listed once old enough"
+    );
+    let younger = store
+        .pending_writes(Timestamp::from_micros(started))
+        .await
+        .expect("listed");
+    assert!(!younger.contains(&write), "a younger write is not listed");
+    store.clear_pending_write(&write).await.expect("cleared");
+    let after = store
+        .pending_writes(Timestamp::from_micros(started + 1))
+        .await
+        .expect("listed");
+    assert!(!after.contains(&write), "a cleared write is gone");
+    store
+        .clear_pending_write(&write)
+        .await
+        .expect("clearing an unknown write succeeds");
+}

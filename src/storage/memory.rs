@@ -1,0 +1,469 @@
+//! The in-memory backend: both ports over maps in this process, for fast
+//! tests of the domain and of the contract suite. Nothing survives the
+//! process, and it serves no download URLs.
+//!
+//! [`Faults`] makes chosen calls fail, so that tests can reach every
+//! compensation path of the use cases (a store that fails after the bytes
+//! were written, a journal that cannot be cleared).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::domain::image::Timestamp;
+use crate::domain::listing::ListFilter;
+use crate::domain::ports::{
+    BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
+    PendingWrite, PresignRequest, PresignedUrl, StorageError, StoredObject,
+};
+use crate::domain::{ImageId, ImageRecord, UserId};
+
+/// Largest piece a read yields, like a store's network reads.
+const READ_PIECE: usize = 64 * 1024;
+
+/// A call of either store, for [`Faults`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    StartWrite,
+    Write,
+    Finish,
+    Read,
+    DeleteObject,
+    Create,
+    Get,
+    Replace,
+    DeleteRecord,
+    List,
+    RecordPendingWrite,
+    ClearPendingWrite,
+}
+
+/// Calls made to fail: after a given number of successes, every further
+/// call of that kind fails with `Unavailable`. Shared by the stores made
+/// with it.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(Arc<Mutex<HashMap<Call, u32>>>);
+
+impl Faults {
+    /// Lets `successes` more calls of `call` succeed, then fails the rest.
+    pub fn fail_after(&self, call: Call, successes: u32) {
+        self.lock().insert(call, successes);
+    }
+
+    /// Fails every further call of `call`.
+    pub fn fail(&self, call: Call) {
+        self.fail_after(call, 0);
+    }
+
+    /// Lets every call succeed again.
+    pub fn heal(&self) {
+        self.lock().clear();
+    }
+
+    fn check(&self, call: Call) -> Result<(), StorageError> {
+        let mut faults = self.lock();
+        match faults.get_mut(&call) {
+            Some(0) => Err(StorageError::Unavailable(
+                format!("{call:?} was made to fail").into(),
+            )),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Call, u32>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Image bytes in a map.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBlobStore {
+    objects: Arc<Mutex<BTreeMap<String, (Bytes, Timestamp)>>>,
+    faults: Faults,
+}
+
+impl MemoryBlobStore {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            objects: Arc::default(),
+            faults,
+        }
+    }
+
+    /// The keys of every finished object, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, Timestamp)>> {
+        self.objects
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An unfinished object: its pieces, out of sight until `finish`.
+struct MemoryWriter {
+    store: MemoryBlobStore,
+    key: ObjectKey,
+    pieces: Vec<Bytes>,
+    /// Like a multipart upload's id, so that the journal is exercised.
+    pending_id: String,
+}
+
+#[async_trait]
+impl BlobStore for MemoryBlobStore {
+    async fn start_write(
+        &self,
+        key: &ObjectKey,
+        _size_hint: Option<u64>,
+    ) -> Result<Box<dyn BlobWriter>, StorageError> {
+        self.faults.check(Call::StartWrite)?;
+        Ok(Box::new(MemoryWriter {
+            store: self.clone(),
+            key: key.clone(),
+            pieces: Vec::new(),
+            pending_id: uuid::Uuid::new_v4().to_string(),
+        }))
+    }
+
+    /// The whole object is held until it is finished.
+    fn write_memory(&self, size_hint: Option<u64>) -> u64 {
+        size_hint.unwrap_or(u64::MAX)
+    }
+
+    async fn read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        self.faults.check(Call::Read)?;
+        let (bytes, _) = self
+            .lock()
+            .get(key.as_str())
+            .cloned()
+            .ok_or(StorageError::NotFound)?;
+        let start = usize::try_from(offset).map_err(StorageError::internal)?;
+        let end = start
+            .saturating_add(usize::try_from(length).map_err(StorageError::internal)?)
+            .min(bytes.len());
+        let range = bytes.slice(start.min(end)..end);
+        let pieces: Vec<_> = (0..range.len())
+            .step_by(READ_PIECE)
+            .map(|at| Ok(range.slice(at..(at + READ_PIECE).min(range.len()))))
+            .collect();
+        Ok(futures::stream::iter(pieces).boxed())
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.faults.check(Call::DeleteObject)?;
+        self.lock().remove(key.as_str());
+        Ok(())
+    }
+
+    async fn presign_read(&self, _request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
+        Err(StorageError::internal(
+            "the in-memory store serves no download URLs",
+        ))
+    }
+
+    fn max_presign_expiry(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        Ok(self
+            .lock()
+            .iter()
+            .filter_map(|(key, (_, modified))| {
+                let (image_id, variant) = ObjectKey::parse(key)?;
+                Some(StoredObject {
+                    image_id,
+                    variant,
+                    modified: *modified,
+                })
+            })
+            .collect())
+    }
+
+    async fn abort_pending(&self, _key: &ObjectKey, _pending_id: &str) -> Result<(), StorageError> {
+        // Unfinished writes live in their writers and go with them.
+        Ok(())
+    }
+
+    async fn remove_unfinished_writes(
+        &self,
+        _older_than: Timestamp,
+        _dry_run: bool,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        Ok(Some(Vec::new()))
+    }
+}
+
+#[async_trait]
+impl BlobWriter for MemoryWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        self.store.faults.check(Call::Write)?;
+        self.pieces.push(chunk);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        self.store.faults.check(Call::Finish)?;
+        let bytes = Bytes::from(self.pieces.concat());
+        self.store
+            .lock()
+            .insert(self.key.as_str().to_owned(), (bytes, Timestamp::now()));
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) {}
+
+    fn pending_id(&self) -> Option<String> {
+        Some(self.pending_id.clone())
+    }
+}
+
+/// Image records in maps; listings scan them newest first.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMetadataStore {
+    state: Arc<Mutex<Records>>,
+    faults: Faults,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    /// By (creation time, id): the listing order, reversed.
+    by_time: BTreeMap<(i64, ImageId), ImageRecord>,
+    times: HashMap<ImageId, i64>,
+    idempotency: HashMap<(UserId, String), ImageId>,
+    pending: Vec<PendingWrite>,
+}
+
+impl MemoryMetadataStore {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            state: Arc::default(),
+            faults,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Records {
+    fn get(&self, id: &ImageId) -> Option<&ImageRecord> {
+        let time = self.times.get(id)?;
+        self.by_time.get(&(*time, *id))
+    }
+}
+
+/// A listing cursor: the creation time and id of the last record returned.
+fn cursor_of(record: &ImageRecord) -> Vec<u8> {
+    let mut cursor = record.create_time.as_micros().to_be_bytes().to_vec();
+    cursor.extend_from_slice(record.id.as_bytes());
+    cursor
+}
+
+fn parse_cursor(cursor: &[u8]) -> Result<(i64, ImageId), StorageError> {
+    let (time, id) = cursor
+        .split_at_checked(8)
+        .filter(|(_, id)| id.len() == 16)
+        .ok_or_else(|| StorageError::internal("a listing cursor of another store"))?;
+    let time = i64::from_be_bytes(time.try_into().map_err(StorageError::internal)?);
+    let id = ImageId::from_bytes(id.try_into().map_err(StorageError::internal)?);
+    Ok((time, id))
+}
+
+#[async_trait]
+impl MetadataStore for MemoryMetadataStore {
+    async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
+        self.faults.check(Call::Create)?;
+        let mut records = self.lock();
+        if records.times.contains_key(&record.id) {
+            return Err(StorageError::AlreadyExists);
+        }
+        if let Some(key) = &record.idempotency_key {
+            let owner_key = (record.owner.clone(), key.clone());
+            if let Some(existing) = records.idempotency.get(&owner_key) {
+                let existing = records.get(existing).cloned().ok_or_else(|| {
+                    StorageError::internal("an idempotency key of a missing record")
+                })?;
+                return Ok(CreateOutcome::IdempotencyKeyTaken(Box::new(existing)));
+            }
+            records.idempotency.insert(owner_key, record.id);
+        }
+        let time = record.create_time.as_micros();
+        records.times.insert(record.id, time);
+        records.by_time.insert((time, record.id), record.clone());
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
+        self.faults.check(Call::Get)?;
+        Ok(self.lock().get(id).cloned())
+    }
+
+    async fn replace(
+        &self,
+        record: &ImageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        self.faults.check(Call::Replace)?;
+        let mut records = self.lock();
+        let time = *records
+            .times
+            .get(&record.id)
+            .ok_or(StorageError::NotFound)?;
+        let current = records
+            .by_time
+            .get_mut(&(time, record.id))
+            .ok_or(StorageError::NotFound)?;
+        if current.revision != expected_revision || record.create_time != current.create_time {
+            return Err(StorageError::ConditionFailed);
+        }
+        *current = record.clone();
+        Ok(())
+    }
+
+    async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
+        self.faults.check(Call::DeleteRecord)?;
+        let mut records = self.lock();
+        let record = records.get(id).ok_or(StorageError::NotFound)?;
+        if record.owner != *owner {
+            return Err(StorageError::ConditionFailed);
+        }
+        let time = record.create_time.as_micros();
+        let record = records
+            .by_time
+            .remove(&(time, *id))
+            .ok_or(StorageError::NotFound)?;
+        records.times.remove(id);
+        if let Some(key) = &record.idempotency_key {
+            records
+                .idempotency
+                .remove(&(record.owner.clone(), key.clone()));
+        }
+        Ok(record)
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        self.faults.check(Call::List)?;
+        let after = cursor.map(parse_cursor).transpose()?;
+        let records = self.lock();
+        let mut page = ListPage::default();
+        let newest_first = records
+            .by_time
+            .iter()
+            .rev()
+            .filter(|(key, _)| after.is_none_or(|after| **key < after));
+        for (_, record) in newest_first {
+            page.records_read += 1;
+            if !filter.matches(record) {
+                continue;
+            }
+            if page.records.len() == limit {
+                page.next_cursor = page.record_cursors.last().cloned();
+                break;
+            }
+            page.record_cursors.push(cursor_of(record));
+            page.records.push(record.clone());
+        }
+        Ok(page)
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        self.faults.check(Call::RecordPendingWrite)?;
+        let mut records = self.lock();
+        if !records.pending.contains(write) {
+            records.pending.push(write.clone());
+        }
+        Ok(())
+    }
+
+    async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
+        self.faults.check(Call::ClearPendingWrite)?;
+        self.lock().pending.retain(|pending| pending != write);
+        Ok(())
+    }
+
+    async fn pending_writes(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingWrite>, StorageError> {
+        Ok(self
+            .lock()
+            .pending
+            .iter()
+            .filter(|write| write.started < older_than)
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_stale_index_entries(
+        &self,
+        _older_than: Timestamp,
+        _dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        // The records are their own index.
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::contract;
+
+    #[tokio::test]
+    async fn the_memory_blob_store_keeps_the_contract() {
+        contract::blob_store(&MemoryBlobStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_metadata_store_keeps_the_contract() {
+        contract::metadata_store(&MemoryMetadataStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_call_fails_after_its_successes_and_heals() {
+        let faults = Faults::default();
+        let store = MemoryBlobStore::new(faults.clone());
+        let key = ObjectKey::new(&ImageId::new(), &crate::domain::VariantName::original());
+        faults.fail_after(Call::DeleteObject, 1);
+        assert!(store.delete(&key).await.is_ok());
+        assert!(matches!(
+            store.delete(&key).await,
+            Err(StorageError::Unavailable(_))
+        ));
+        faults.heal();
+        assert!(store.delete(&key).await.is_ok());
+    }
+}

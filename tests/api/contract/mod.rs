@@ -1,0 +1,83 @@
+//! The contract suite: every behaviour of the API that callers rely on,
+//! driven over a real socket with the generated client. It runs against
+//! every storage backend (see the `contract_suite!` list at the bottom).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::helpers::images;
+use crate::helpers::{Backend, TestApp, as_user, assert_code, spec, upload_messages};
+use image_service::pb;
+use image_service::pb::upload_image_request::Data;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+mod changes;
+mod downloads;
+mod listing;
+mod uploads;
+mod variants;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn ids(images: &[pb::Image]) -> Vec<String> {
+    images.iter().map(|i| i.image_id.clone()).collect()
+}
+
+macro_rules! contract_suite {
+    ($backend:ident: $($module:ident::$case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$module::$case(super::Backend::$backend).await;
+            }
+        )*
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:ident) => {
+        contract_suite!($backend:
+            uploads::an_upload_is_described_by_its_metadata,
+            uploads::every_accepted_type_is_sniffed_from_the_bytes,
+            downloads::downloads_return_the_stored_bytes_in_chunks_of_at_most_one_mib,
+            downloads::ranged_downloads_return_exactly_the_range,
+            changes::unknown_and_malformed_ids_are_told_apart,
+            changes::every_call_needs_an_identity,
+            listing::each_filter_alone_and_combined_returns_matches_newest_first,
+            listing::time_ranges_bound_the_listing,
+            listing::a_page_walk_returns_every_image_exactly_once_in_order,
+            listing::sparse_combined_filters_still_fill_their_pages,
+            listing::page_sizes_default_to_fifty_and_are_capped,
+            listing::altered_or_foreign_page_tokens_are_rejected,
+            uploads::rejected_uploads_store_nothing,
+            uploads::a_cancelled_upload_stores_nothing,
+            changes::only_the_owner_may_update_or_delete,
+            changes::updates_change_the_masked_fields_and_move_the_indexes,
+            changes::a_stale_etag_aborts_the_update,
+            changes::a_deleted_image_is_gone_everywhere,
+            downloads::presigned_urls_serve_the_bytes_with_ranges,
+            downloads::presigned_urls_expire_and_resist_tampering,
+            uploads::an_idempotency_key_returns_the_first_image,
+            uploads::many_users_upload_at_once,
+            uploads::an_upload_deleted_at_once_is_gone,
+            downloads::a_download_racing_a_delete_is_whole_or_not_found,
+            changes::concurrent_updates_are_never_lost,
+            variants::a_sideways_phone_photo_comes_back_upright_and_without_gps,
+            variants::small_and_animated_images_get_variants_never_upscaled,
+            uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
+            uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
+            listing::pages_of_large_records_are_cut_by_bytes_and_continue,
+        );
+    };
+}
+
+mod embedded {
+    all_cases!(Embedded);
+}
+
+mod aws {
+    all_cases!(Aws);
+}

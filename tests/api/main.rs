@@ -1,0 +1,13 @@
+//! The integration tests: one binary, a module per feature, one set of
+//! helpers. Each test starts the real server on loopback ports chosen by
+//! the OS (`helpers::TestApp`) and drives it over a real socket; the aws
+//! backend's tests start real S3- and DynamoDB-compatible servers
+//! (`helpers::servers`).
+
+mod aws;
+mod contract;
+mod helpers;
+mod hostile;
+mod imagectl;
+mod properties;
+mod server;
