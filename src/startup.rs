@@ -204,7 +204,7 @@ impl Application {
             .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
         let http = listener::serve_http(
             http_incoming,
-            crate::http::router(self.http_blobs),
+            crate::http::router(self.http_blobs.map(embedded::downloads::routes)),
             limits.handshake_timeout,
             stop_rx,
         );

@@ -3,6 +3,7 @@
 //! data directory.
 
 mod blob;
+pub mod downloads;
 mod metadata;
 pub mod urls;
 
