@@ -6,3 +6,4 @@ pub mod contract;
 pub mod embedded;
 pub mod instrumented;
 pub mod memory;
+pub mod multipart;

@@ -23,45 +23,21 @@ use http_body::{Body, Frame, SizeHint};
 use sha2::{Digest, Sha256};
 
 use super::PayloadSigning;
+use crate::storage::multipart::PartBuffer;
 
-/// The bytes of one part (or of a whole small object) not yet sent.
-#[derive(Default)]
-pub(super) struct PartBuffer {
-    pieces: Vec<Bytes>,
-    len: usize,
-}
-
-impl PartBuffer {
-    pub fn push(&mut self, piece: Bytes) {
-        if piece.is_empty() {
-            return;
-        }
-        self.len += piece.len();
-        self.pieces.push(piece);
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The request body: a stream over the pieces that can be replayed for
-    /// a retry. The SDK cannot read a streaming body up front, so it neither
-    /// copies it nor hashes it itself.
-    pub fn into_body(self) -> ByteStream {
-        let pieces: Arc<[Bytes]> = self.pieces.into();
-        let len = self.len as u64;
-        ByteStream::new(SdkBody::retryable(move || {
-            SdkBody::from_body_1_x(Pieces {
-                pieces: Arc::clone(&pieces),
-                next: 0,
-                remaining: len,
-            })
-        }))
-    }
+/// The request body of a part: a stream over its pieces that can be
+/// replayed for a retry. The SDK cannot read a streaming body up front, so
+/// it neither copies it nor hashes it itself.
+pub(super) fn body_of(part: PartBuffer) -> ByteStream {
+    let len = part.len() as u64;
+    let pieces: Arc<[Bytes]> = part.into_pieces().into();
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(Pieces {
+            pieces: Arc::clone(&pieces),
+            next: 0,
+            remaining: len,
+        })
+    }))
 }
 
 /// An HTTP body yielding shared pieces, with an exact length.
@@ -135,7 +111,7 @@ impl PayloadHash {
             None => {
                 let mut sha256 = self.signed.then(Sha256::new);
                 let mut crc32c = 0;
-                for piece in &part.pieces {
+                for piece in part.pieces() {
                     if let Some(sha256) = &mut sha256 {
                         sha256.update(piece);
                     }
@@ -197,7 +173,7 @@ mod tests {
     /// A retried request sends the whole part again, from its first byte.
     #[tokio::test]
     async fn the_body_replays_every_piece_for_a_retry() {
-        let body = part(&[b"abc", b"", b"defg", b"h"]).into_body().into_inner();
+        let body = body_of(part(&[b"abc", b"", b"defg", b"h"])).into_inner();
         assert_eq!(body.content_length(), Some(8));
         let again = body.try_clone().expect("retryable");
         for body in [body, again] {

@@ -12,18 +12,17 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
 use futures::StreamExt;
-use tokio::task::JoinSet;
 
 use super::S3Checksums;
-use super::body::{PartBuffer, PayloadHash};
+use super::body::{PayloadHash, body_of};
 use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
     StoredObject,
 };
+use crate::storage::multipart::{MultipartWriter, PartBuffer, PartPlan, PartUpload};
 
 /// S3's limits on multipart uploads.
 const MAX_PARTS: u64 = 10_000;
@@ -31,8 +30,6 @@ const MAX_PARTS: u64 = 10_000;
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest wait for one attempt of an abort.
 const ABORT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long after an abort a part still in transit may land.
-const LATE_PART_GRACE: Duration = Duration::from_millis(500);
 /// A URL is not handed out if its credentials die sooner than this.
 const CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
@@ -45,7 +42,7 @@ pub struct S3BlobStore {
     part_size: u64,
     parts_in_flight: usize,
     max_object_bytes: u64,
-    /// How object bytes are covered when sent (see [`S3Writer`]).
+    /// How object bytes are covered when sent (see [`S3Parts`]).
     payload: PayloadHash,
 }
 
@@ -173,22 +170,18 @@ impl BlobStore for S3BlobStore {
         key: &ObjectKey,
         size_hint: Option<u64>,
     ) -> Result<Box<dyn BlobWriter>, StorageError> {
-        let part_size = self.part_size_for(size_hint);
-        Ok(Box::new(S3Writer {
+        let parts = S3Parts {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: key.as_str().to_owned(),
-            part_size,
-            parts_in_flight: self.parts_in_flight,
-            buffer: PartBuffer::default(),
-            upload_id: None,
-            next_part: 1,
-            uploading: JoinSet::new(),
-            parts: Vec::new(),
-            settled: false,
             payload: self.payload,
-            whole: None,
-        }))
+        };
+        let plan = PartPlan {
+            part_size: self.part_size_for(size_hint),
+            parts_in_flight: self.parts_in_flight,
+            max_parts: MAX_PARTS as u32,
+        };
+        Ok(Box::new(MultipartWriter::new(parts, plan)))
     }
 
     async fn read(
@@ -370,136 +363,74 @@ impl BlobStore for S3BlobStore {
     }
 }
 
-/// An object being written to S3.
-struct S3Writer {
+/// The multipart calls on one S3 object (see [`MultipartWriter`]).
+struct S3Parts {
     client: Client,
     bucket: String,
     key: String,
-    part_size: usize,
-    parts_in_flight: usize,
-    /// Bytes not yet sent: less than one part, as the caller's chunks.
-    buffer: PartBuffer,
-    /// Set once the first full part is sent.
-    upload_id: Option<String>,
-    next_part: i32,
-    uploading: JoinSet<Result<CompletedPart, StorageError>>,
-    parts: Vec<CompletedPart>,
-    /// Completed or aborted: nothing left to clean up.
-    settled: bool,
     /// Whether the payload is signed and carries its CRC32C.
     payload: PayloadHash,
-    /// The whole object's checksums, when the caller gave them.
-    whole: Option<(String, u32)>,
 }
 
-impl S3Writer {
-    /// Sends the buffer as the next part, waiting first while every slot is
-    /// busy (this wait is what slows the client down).
-    async fn send_part(&mut self) -> Result<(), StorageError> {
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let created = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    // S3 refuses parts with a checksum the upload was not
-                    // created for.
-                    .set_checksum_algorithm(self.payload.checksum_algorithm())
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                let id = created
-                    .upload_id
-                    .ok_or_else(|| StorageError::internal("no upload id from S3"))?;
-                self.upload_id = Some(id.clone());
-                id
-            }
-        };
-        if self.next_part as u64 > MAX_PARTS {
-            return Err(StorageError::internal(
-                "the upload needs more than 10 000 parts",
-            ));
-        }
-        while self.uploading.len() >= self.parts_in_flight {
-            self.collect_one().await?;
-        }
-        let part = std::mem::take(&mut self.buffer);
-        let part_number = self.next_part;
-        self.next_part += 1;
-        let request = self
+#[async_trait]
+impl PartUpload for S3Parts {
+    type Part = CompletedPart;
+
+    async fn create(&self) -> Result<String, StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            // S3 refuses parts with a checksum the upload was not created
+            // for.
+            .set_checksum_algorithm(self.payload.checksum_algorithm())
+            .send()
+            .await
+            .map_err(classify)?;
+        created
+            .upload_id
+            .ok_or_else(|| StorageError::internal("no upload id from S3"))
+    }
+
+    async fn upload_part(
+        &self,
+        upload_id: &str,
+        number: u32,
+        part: PartBuffer,
+    ) -> Result<CompletedPart, StorageError> {
+        // The checksums are computed here, in the part's own task: parts in
+        // flight hash in parallel, not on the receiving path.
+        let protection = self.payload.protect(&part, None);
+        let mut request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(upload_id)
-            .part_number(part_number)
-            .content_length(part.len() as i64);
-        let payload = self.payload;
-        self.uploading.spawn(async move {
-            // The checksums are computed here: parts in flight hash in
-            // parallel, not on the receiving path.
-            let protection = payload.protect(&part, None);
-            let mut request = request
-                .set_checksum_crc32_c(protection.crc32c.clone())
-                .body(part.into_body())
-                .customize();
-            if let Some(signing) = protection.signing {
-                request = request.interceptor(signing);
-            }
-            let response = request.send().await.map_err(classify)?;
-            // Completing an upload created with a checksum algorithm
-            // names each part's checksum.
-            Ok(CompletedPart::builder()
-                .set_e_tag(response.e_tag)
-                .set_checksum_crc32_c(protection.crc32c)
-                .part_number(part_number)
-                .build())
-        });
-        Ok(())
+            .part_number(number as i32)
+            .content_length(part.len() as i64)
+            .set_checksum_crc32_c(protection.crc32c.clone())
+            .body(body_of(part))
+            .customize();
+        if let Some(signing) = protection.signing {
+            request = request.interceptor(signing);
+        }
+        let response = request.send().await.map_err(classify)?;
+        // Completing an upload created with a checksum algorithm names each
+        // part's checksum.
+        Ok(CompletedPart::builder()
+            .set_e_tag(response.e_tag)
+            .set_checksum_crc32_c(protection.crc32c)
+            .part_number(number as i32)
+            .build())
     }
 
-    /// Waits for one part in flight to finish.
-    async fn collect_one(&mut self) -> Result<(), StorageError> {
-        match self.uploading.join_next().await {
-            Some(Ok(Ok(part))) => {
-                self.parts.push(part);
-                Ok(())
-            }
-            Some(Ok(Err(error))) => Err(error),
-            Some(Err(join_error)) => Err(StorageError::internal(join_error)),
-            None => Ok(()),
-        }
-    }
-
-    async fn complete(&mut self) -> Result<(), StorageError> {
-        let Some(upload_id) = self.upload_id.clone() else {
-            let object = std::mem::take(&mut self.buffer);
-            let protection = self.payload.protect(&object, self.whole.take());
-            let mut request = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .content_length(object.len() as i64)
-                .set_checksum_crc32_c(protection.crc32c)
-                .body(object.into_body())
-                .customize();
-            if let Some(signing) = protection.signing {
-                request = request.interceptor(signing);
-            }
-            request.send().await.map_err(classify)?;
-            return Ok(());
-        };
-        if !self.buffer.is_empty() {
-            self.send_part().await?;
-        }
-        while !self.uploading.is_empty() {
-            self.collect_one().await?;
-        }
-        let mut parts = std::mem::take(&mut self.parts);
-        parts.sort_by_key(|part| part.part_number);
+    async fn complete(
+        &self,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<(), StorageError> {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -516,41 +447,31 @@ impl S3Writer {
         Ok(())
     }
 
-    /// Aborts in a task of its own: a caller that goes away while this is
-    /// awaited (a cancelled call drops its handler) cannot cut it short.
-    async fn abort_upload(&mut self) {
-        if let Some(abort) = self.detach_abort() {
-            let _ = tokio::spawn(abort).await;
+    async fn abort(&self, upload_id: &str) {
+        abort_multipart(&self.client, &self.bucket, &self.key, upload_id).await;
+    }
+
+    async fn put(
+        &self,
+        object: PartBuffer,
+        whole: Option<(String, u32)>,
+    ) -> Result<(), StorageError> {
+        let protection = self.payload.protect(&object, whole);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .content_length(object.len() as i64)
+            .set_checksum_crc32_c(protection.crc32c)
+            .body(body_of(object))
+            .customize();
+        if let Some(signing) = protection.signing {
+            request = request.interceptor(signing);
         }
+        request.send().await.map_err(classify)?;
+        Ok(())
     }
-
-    /// The clean-up still owed, as a future that owns what it needs; `None`
-    /// when nothing is owed. Marks the writer settled.
-    fn detach_abort(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
-        self.settled = true;
-        let upload_id = self.upload_id.take()?;
-        let uploading = std::mem::take(&mut self.uploading);
-        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
-        Some(async move { abort_after_parts(uploading, &client, &bucket, &key, &upload_id).await })
-    }
-}
-
-/// Aborts a multipart upload: stops the parts in flight, aborts, and aborts
-/// once more a moment later, because a part the store was still receiving can
-/// land after the first abort (S3 documents the same).
-async fn abort_after_parts(
-    mut uploading: JoinSet<Result<CompletedPart, StorageError>>,
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-) {
-    uploading.abort_all();
-    while uploading.join_next().await.is_some() {}
-    abort_multipart(client, bucket, key, upload_id).await;
-    tokio::time::sleep(LATE_PART_GRACE).await;
-    abort_multipart(client, bucket, key, upload_id).await;
-    tracing::debug!(key, upload_id, "multipart upload aborted");
 }
 
 async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &str) {
@@ -576,62 +497,6 @@ async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &s
         Ok(_) | Err(StorageError::NotFound) => {}
         Err(error) => {
             tracing::warn!(key, upload_id, error = %crate::telemetry::error_chain(&error), "could not abort a multipart upload; its parts stay until a lifecycle rule or repair removes them")
-        }
-    }
-}
-
-#[async_trait]
-impl BlobWriter for S3Writer {
-    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
-        while !chunk.is_empty() {
-            let take = (self.part_size - self.buffer.len()).min(chunk.len());
-            self.buffer.push(chunk.split_to(take));
-            if self.buffer.len() == self.part_size {
-                self.send_part().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
-        match self.complete().await {
-            Ok(()) => {
-                self.settled = true;
-                Ok(())
-            }
-            Err(error) => {
-                self.abort_upload().await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        self.abort_upload().await;
-    }
-
-    fn pending_id(&self) -> Option<String> {
-        self.upload_id.clone()
-    }
-
-    /// Used when the object goes as one `PutObject`: its checksums need
-    /// not be computed again.
-    fn written_checksums(&mut self, sha256_hex: &str, crc32c: u32) {
-        self.whole = Some((sha256_hex.to_owned(), crc32c));
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        // A cancelled upload: Drop cannot await, so the abort runs in the
-        // background.
-        if self.settled {
-            return;
-        }
-        if let (Some(abort), Ok(runtime)) =
-            (self.detach_abort(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(abort);
         }
     }
 }
