@@ -327,16 +327,7 @@ fn types_agree(declared: &str, sniffed: &'static str) -> bool {
 mod tests {
     use super::*;
 
-    /// The smallest valid PNG header: signature and IHDR.
-    fn png_header(width: u32, height: u32) -> Vec<u8> {
-        let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13];
-        bytes.extend_from_slice(b"IHDR");
-        bytes.extend_from_slice(&width.to_be_bytes());
-        bytes.extend_from_slice(&height.to_be_bytes());
-        bytes.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
-        bytes.resize(100, 0);
-        bytes
-    }
+    use crate::fixtures::png_header_only as png_header;
 
     fn limits() -> ContentLimits {
         ContentLimits {
@@ -358,7 +349,7 @@ mod tests {
         let facts = inspect(&png_header(640, 480), Declared::default()).unwrap();
         assert_eq!(facts.content_type, "image/png");
         assert_eq!((facts.width, facts.height), (640, 480));
-        assert_eq!(facts.size_bytes, 100);
+        assert_eq!(facts.size_bytes, png_header(640, 480).len() as u64);
         assert_eq!(facts.crc32c, crc32c::crc32c(&png_header(640, 480)));
     }
 
@@ -453,8 +444,11 @@ mod tests {
     #[test]
     fn crossing_the_byte_limit_fails_at_that_chunk() {
         let mut inspector = ContentInspector::new(limits(), Declared::default()).unwrap();
-        inspector.feed(&png_header(10, 10), None).unwrap();
-        inspector.feed(&[0; 9_900], None).unwrap();
+        let header = png_header(10, 10);
+        inspector.feed(&header, None).unwrap();
+        inspector
+            .feed(&vec![0; 10_000 - header.len()], None)
+            .unwrap();
         let err = inspector.feed(&[0; 1], None).unwrap_err();
         assert!(matches!(err, MediaError::TooLarge(_)));
     }
@@ -465,13 +459,14 @@ mod tests {
             size: Some(n),
             ..Declared::default()
         };
-        assert!(inspect(&png_header(2, 2), declared(100)).is_ok());
+        let len = png_header(2, 2).len() as u64;
+        assert!(inspect(&png_header(2, 2), declared(len)).is_ok());
         assert!(matches!(
-            inspect(&png_header(2, 2), declared(99)),
+            inspect(&png_header(2, 2), declared(len - 1)),
             Err(MediaError::OutOfRange(_))
         ));
         assert!(matches!(
-            inspect(&png_header(2, 2), declared(101)),
+            inspect(&png_header(2, 2), declared(len + 1)),
             Err(MediaError::OutOfRange(_))
         ));
         assert!(matches!(

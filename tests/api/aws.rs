@@ -134,7 +134,8 @@ async fn a_cancelled_multipart_upload_leaves_no_parts_and_no_object() {
         app.list_all("alice", pb::ListImagesRequest::default())
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "alice has no image"
     );
 }
 

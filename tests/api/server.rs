@@ -609,13 +609,7 @@ async fn an_abandoned_upload_stream_times_out_and_stores_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     drop(tx);
-    assert!(app.wait_for_stored_objects(0).await.is_empty());
-    assert!(
-        app.list_all("alice", pb::ListImagesRequest::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    app.assert_nothing_stored("alice").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,13 +708,7 @@ async fn an_upload_past_its_deadline_stores_nothing() {
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
-    assert!(app.wait_for_stored_objects(0).await.is_empty());
-    assert!(
-        app.list_all("alice", pb::ListImagesRequest::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    app.assert_nothing_stored("alice").await;
 }
 
 /// Puts bytes where an image's would be, as a crash between the bytes and
@@ -825,14 +813,7 @@ async fn with_keep_metadata_originals_are_stored_as_uploaded() {
     let app = TestApp::spawn_with(Backend::Embedded, &["--keep-metadata"]).await;
     let photo = images::phone_photo(800, 600);
     let image = app
-        .upload(
-            "alice",
-            pb::ImageSpec {
-                filename: "IMG_0002.jpg".into(),
-                ..Default::default()
-            },
-            &photo,
-        )
+        .upload("alice", spec("IMG_0002.jpg"), &photo)
         .await
         .unwrap();
     assert!(!image.metadata_stripped);
@@ -855,17 +836,7 @@ async fn a_large_stripped_original_has_the_checksums_of_what_is_stored() {
     let mut png = plain[..33].to_vec();
     png.extend(images::png_text_chunk("Author", "Alice Example"));
     png.extend_from_slice(&plain[33..]);
-    let image = app
-        .upload(
-            "alice",
-            pb::ImageSpec {
-                filename: "big.png".into(),
-                ..Default::default()
-            },
-            &png,
-        )
-        .await
-        .unwrap();
+    let image = app.upload("alice", spec("big.png"), &png).await.unwrap();
     let stored = app.download("bob", &image.image_id).await.unwrap();
     assert!(stored == plain, "the text chunk, and only it, was removed");
     assert!(image.metadata_stripped);

@@ -350,13 +350,7 @@ pub(super) async fn an_upload_deleted_at_once_is_gone(backend: Backend) {
         app.delete("alice", &image.image_id).await.unwrap();
         assert_code(app.get("alice", &image.image_id).await, Code::NotFound);
     }
-    assert!(app.wait_for_stored_objects(0).await.is_empty());
-    assert!(
-        app.list_all("alice", pb::ListImagesRequest::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    app.assert_nothing_stored("alice").await;
 }
 
 pub(super) async fn images_that_cannot_be_decoded_are_refused_and_leave_nothing(backend: Backend) {

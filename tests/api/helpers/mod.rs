@@ -347,6 +347,18 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Nothing is stored at all (once background clean-ups have run), and
+    /// `user` lists no image.
+    pub async fn assert_nothing_stored(&self, user: &str) {
+        let left = self.wait_for_stored_objects(0).await;
+        assert!(left.is_empty(), "objects left behind: {left:?}");
+        let listed = self
+            .list_all(user, pb::ListImagesRequest::default())
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{user} still lists {listed:?}");
+    }
 }
 
 impl Drop for TestApp {
