@@ -21,3 +21,6 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+
+/// A boxed error kept as a cause, for logs (never shown to callers).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,10 +1,8 @@
 //! Errors the use cases return. Each variant means one thing to a caller;
 //! the transports map them to status codes exhaustively.
+use crate::BoxError;
 use crate::domain::ports::StorageError;
 use crate::media::MediaError;
-
-/// A boxed error kept for logs (never shown to callers).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a use case failed. Messages of the client-facing variants are safe to
 /// show to callers; `Unavailable` and `Internal` carry causes for logs only.

@@ -13,9 +13,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::image::Timestamp;
 use super::listing::ListFilter;
 use super::{ImageId, ImageRecord, UserId, VariantName};
-
-/// A boxed error kept for logs.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// What went wrong in a store, by meaning rather than by backend.
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,7 @@ pub mod gif;
 pub mod scrub;
 pub mod variants;
 
-/// A boxed error kept for logs (never shown to callers).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Why bytes were refused or could not be processed. The messages of every
 /// variant but `Internal` describe the caller's file and are safe to show.
