@@ -9,5 +9,6 @@ mod contract;
 mod helpers;
 mod hostile;
 mod imagectl;
+mod pipeline;
 mod properties;
 mod server;

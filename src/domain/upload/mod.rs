@@ -301,6 +301,3 @@ impl Uploads {
         Ok((record, outcome))
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,19 +1,20 @@
-//! The upload pipeline over in-memory stores made to fail on chosen calls:
-//! whatever fails, and whenever the caller goes away, nothing is left
-//! behind but what the repair pass removes.
+//! The upload pipeline (`domain::upload`) over the in-memory stores, made
+//! to fail on chosen calls: whatever fails, and whenever the caller goes
+//! away, nothing is left behind but what the repair pass removes. These
+//! drive the domain directly, without a server: they run in milliseconds.
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{FramePayload, NewImage, UploadFrame};
-use crate::domain::image::Timestamp;
-use crate::domain::listing::ListFilter;
-use crate::domain::ports::MetadataStore;
-use crate::domain::signing::SigningKey;
-use crate::domain::{DomainError, ImageRecord, Images, UserId};
-use crate::storage::memory::{Call, Faults, MemoryBlobStore, MemoryMetadataStore};
+use image_service::domain::image::Timestamp;
+use image_service::domain::listing::ListFilter;
+use image_service::domain::ports::MetadataStore;
+use image_service::domain::signing::SigningKey;
+use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::{DomainError, ImageRecord, Images, UserId};
+use image_service::storage::memory::{Call, Faults, MemoryBlobStore, MemoryMetadataStore};
 
 struct Fixture {
     blobs: MemoryBlobStore,
@@ -30,7 +31,7 @@ fn fixture() -> Fixture {
         Arc::new(blobs.clone()),
         Arc::new(metadata.clone()),
         SigningKey::generate(),
-        crate::fixtures::limits(),
+        image_service::fixtures::limits(),
     );
     Fixture {
         blobs,
@@ -46,7 +47,7 @@ fn alice() -> UserId {
 
 /// A photo of 1200 x 800: an original and two variants.
 fn photo() -> Vec<u8> {
-    crate::fixtures::jpeg(1200, 800)
+    image_service::fixtures::jpeg(1200, 800)
 }
 
 /// The messages of an upload of `bytes` in chunks of 64 KiB.
@@ -204,7 +205,7 @@ async fn a_retry_with_the_same_idempotency_key_stores_nothing_more() {
         3,
         "the retry's objects are gone"
     );
-    let other = crate::fixtures::jpeg(900, 600);
+    let other = image_service::fixtures::jpeg(900, 600);
     let other = futures::stream::iter(frames(&other, Some("k")));
     let refused = fixture.images.upload(&alice(), other).await;
     assert!(matches!(refused, Err(DomainError::AlreadyExists(_))));
@@ -219,7 +220,7 @@ async fn a_retry_with_the_same_idempotency_key_stores_nothing_more() {
 #[tokio::test]
 async fn an_upload_cancelled_half_way_leaves_nothing_behind() {
     let fixture = fixture();
-    let photo = crate::fixtures::phone_photo(4000, 3000);
+    let photo = image_service::fixtures::phone_photo(4000, 3000);
     let mut frames = frames(&photo, None);
     assert!(frames.len() > 4, "a photo of more than three chunks");
     frames.truncate(4);
