@@ -140,6 +140,21 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub upload_idle_timeout: Duration,
 
+    /// How long an upload session (StartUpload) lives: after it, the
+    /// session and every byte it holds are removed unless it was committed.
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub upload_session_ttl: Duration,
+
+    /// The unit in which a resumable upload's streamed bytes are stored:
+    /// a stream holds at most this much in memory, and a replica that
+    /// dies loses at most this much of it (a clean break loses nothing).
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_SESSION_SEGMENT_SIZE", default_value = "8MiB", value_parser = parse_segment_size, global = true)]
+    pub upload_session_segment_size: u64,
+
+    /// Most parts GetUploadUrls cuts a direct upload into.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_UPLOAD_PARTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_upload_parts: u32,
+
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_DEADLINE", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
@@ -429,6 +444,14 @@ fn parse_part_size(text: &str) -> Result<u64, String> {
     let size = parse_byte_size(text)?;
     if size < 5 * 1024 * 1024 {
         return Err("S3 parts must be at least 5 MiB".into());
+    }
+    Ok(size)
+}
+
+fn parse_segment_size(text: &str) -> Result<u64, String> {
+    let size = parse_byte_size(text)?;
+    if !(64 * 1024..=256 * 1024 * 1024).contains(&size) {
+        return Err("upload session segments are 64 KiB to 256 MiB".into());
     }
     Ok(size)
 }

@@ -452,5 +452,10 @@ pub fn limits() -> crate::domain::Limits {
             max_concurrent: 2,
             max_memory: 256 << 20,
         },
+        sessions: crate::domain::upload::resumable::SessionLimits {
+            ttl: Duration::from_secs(3600),
+            segment_bytes: 1 << 20,
+            max_parts: 100,
+        },
     }
 }

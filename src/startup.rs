@@ -14,6 +14,7 @@ use crate::config::{AuthMode, Backend, Config};
 use crate::domain::ports::{BlobStore, MetadataStore};
 use crate::domain::signing::SigningKey;
 use crate::domain::upload::PaceLimits;
+use crate::domain::upload::resumable::SessionLimits;
 use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
@@ -373,6 +374,11 @@ fn limits(config: &Config) -> Limits {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
             }),
             max_memory: config.max_render_memory,
+        },
+        sessions: SessionLimits {
+            ttl: config.upload_session_ttl,
+            segment_bytes: config.upload_session_segment_size,
+            max_parts: config.max_upload_parts,
         },
     }
 }

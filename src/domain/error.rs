@@ -23,9 +23,16 @@ pub enum DomainError {
     /// The caller is not allowed to do this to this image.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A size, pixel or rate limit was exceeded.
+    /// A rate or capacity limit was reached; retrying later may succeed.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The image is over a size or pixel limit: retrying cannot succeed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request does not fit the state it acts on (an upload session
+    /// already committed, or fed another way).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// An idempotency key was reused with other content.
     #[error("{0}")]
     AlreadyExists(String),
@@ -77,7 +84,7 @@ impl From<MediaError> for DomainError {
             MediaError::Invalid(message) => DomainError::InvalidArgument(message),
             MediaError::OutOfRange(message) => DomainError::OutOfRange(message),
             MediaError::DataLoss(message) => DomainError::DataLoss(message),
-            MediaError::TooLarge(message) => DomainError::ResourceExhausted(message),
+            MediaError::TooLarge(message) => DomainError::TooLarge(message),
             MediaError::Internal(source) => DomainError::Internal(source),
         }
     }

@@ -11,6 +11,7 @@ use super::image::{ImageRecord, Timestamp};
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
+use super::upload::resumable::SessionLimits;
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
@@ -58,6 +59,8 @@ pub struct Limits {
     pub variants: bool,
     /// Bounds on making variants.
     pub render: RenderLimits,
+    /// Bounds on upload sessions.
+    pub sessions: SessionLimits,
 }
 
 /// The image use cases over a blob store and a metadata store.
@@ -68,7 +71,7 @@ pub struct Images {
     pub(super) limits: Limits,
     tokens: PageTokens,
     budget: MemoryBudget,
-    uploads: Uploads,
+    pub(super) uploads: Uploads,
 }
 
 /// A page of a listing.
@@ -122,9 +125,15 @@ impl Images {
     /// Receives an upload stream and stores the image: see [`Uploads::upload`].
     pub async fn upload<S>(&self, caller: &UserId, frames: S) -> Result<ImageRecord, DomainError>
     where
-        S: futures::Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+        S: futures::Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin + 'static,
     {
         self.uploads.upload(caller, frames).await
+    }
+
+    /// The upload use cases, sessions included (see
+    /// [`super::upload::resumable`]).
+    pub fn uploads(&self) -> &Uploads {
+        &self.uploads
     }
 
     /// Any identified caller may read any image's metadata.

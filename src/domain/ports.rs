@@ -12,6 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::image::Timestamp;
 use super::listing::ListFilter;
+use super::upload::resumable::{UploadId, UploadSessionRecord};
 use super::{ImageId, ImageRecord, UserId, VariantName};
 use crate::BoxError;
 
@@ -60,6 +61,17 @@ impl ObjectKey {
             .ok()
             .filter(|v| !variant.is_empty() && v.as_str() == variant)?;
         (ObjectKey::new(&id, &variant).0 == key).then_some((id, variant))
+    }
+
+    /// A piece of an upload session's bytes before it commits:
+    /// `uploads/{upload_id}/{name}`, `name` chosen by the service.
+    pub fn staged(upload: &UploadId, name: &str) -> Self {
+        Self(format!("{}{name}", Self::staged_prefix(upload)))
+    }
+
+    /// The prefix of every object of an upload session.
+    pub fn staged_prefix(upload: &UploadId) -> String {
+        format!("uploads/{upload}/")
     }
 
     pub fn as_str(&self) -> &str {
@@ -122,6 +134,17 @@ pub struct PresignedUrl {
     pub expire_time: Timestamp,
 }
 
+/// The body a presigned upload URL accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteSize {
+    /// Exactly this many bytes: the store refuses any other length.
+    Exact(u64),
+    /// At most this many, where the store can enforce it (the embedded
+    /// store does; S3 cannot bound a presigned `PUT` other than by an exact
+    /// length, so the reader of the object checks its size).
+    AtMost(u64),
+}
+
 /// An object as a listing of the store sees it.
 #[derive(Clone, Debug)]
 pub struct StoredObject {
@@ -172,6 +195,23 @@ pub trait BlobStore: Send + Sync + 'static {
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// The size of the object, or `None` when it does not exist.
+    async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError>;
+
+    /// A URL that stores the body of an HTTP `PUT` as the object `key`
+    /// without credentials, valid for `expires_in` (capped like
+    /// [`BlobStore::presign_read`]), for a body of `size`.
+    async fn presign_write(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        size: WriteSize,
+    ) -> Result<PresignedUrl, StorageError>;
+
+    /// Deletes every object of the upload session `upload` (the keys
+    /// under [`ObjectKey::staged_prefix`]). Succeeds when there are none.
+    async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError>;
 
     /// Every image object in the store (for the repair pass; paginated
     /// underneath, so its cost is proportional to the store's size).
@@ -307,6 +347,36 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError>;
+
+    /// Stores a new upload session: `AlreadyExists` if one has its id.
+    async fn create_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), StorageError>;
+
+    /// The upload session, or `None`.
+    async fn get_upload_session(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<UploadSessionRecord>, StorageError>;
+
+    /// Replaces the session if the stored one still has
+    /// `expected_revision`: `ConditionFailed` otherwise, `NotFound` if it
+    /// is gone. This is how streams on different replicas take turns.
+    async fn replace_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Deletes the session; deleting a missing one succeeds.
+    async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError>;
+
+    /// Sessions that expired before `now` (for the repair pass).
+    async fn expired_upload_sessions(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError>;
 
     /// Removes index entries that point at no image (or at an image that no
     /// longer matches them), written before `older_than`; returns how many

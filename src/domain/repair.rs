@@ -20,6 +20,8 @@ pub struct RepairReport {
     pub unfinished_writes: Option<Vec<String>>,
     /// Index entries pointing at no image.
     pub stale_index_entries: usize,
+    /// Upload sessions past their expiry, removed with their bytes.
+    pub expired_upload_sessions: usize,
     pub dry_run: bool,
 }
 
@@ -28,6 +30,7 @@ impl RepairReport {
         self.orphan_objects.is_empty()
             && self.unfinished_writes.as_ref().is_none_or(Vec::is_empty)
             && self.stale_index_entries == 0
+            && self.expired_upload_sessions == 0
     }
 }
 
@@ -98,11 +101,15 @@ impl Images {
             None => Some(unfinished),
         };
 
+        // Expired sessions go whatever their age: their expiry is their grace.
+        report.expired_upload_sessions = self.uploads.remove_expired_sessions(dry_run).await?;
+
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [
             ("orphan_object", report.orphan_objects.len()),
             ("unfinished_write", unfinished),
             ("stale_index_entry", report.stale_index_entries),
+            ("expired_upload_session", report.expired_upload_sessions),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);
@@ -123,6 +130,7 @@ impl Images {
                     orphan_objects = report.orphan_objects.len(),
                     unfinished_writes = report.unfinished_writes.as_ref().map_or(0, Vec::len),
                     stale_index_entries = report.stale_index_entries,
+                    expired_upload_sessions = report.expired_upload_sessions,
                     "repair pass fixed leftovers"
                 ),
                 Err(error) => {

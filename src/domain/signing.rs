@@ -18,6 +18,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub enum Purpose {
     PageToken,
     DownloadUrl,
+    UploadUrl,
 }
 
 impl Purpose {
@@ -25,6 +26,7 @@ impl Purpose {
         match self {
             Purpose::PageToken => b"imageservice/page-token/v1",
             Purpose::DownloadUrl => b"imageservice/download-url/v1",
+            Purpose::UploadUrl => b"imageservice/upload-url/v1",
         }
     }
 }

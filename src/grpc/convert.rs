@@ -5,6 +5,7 @@ use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
 use crate::domain::ports::Disposition;
+use crate::domain::upload::resumable::PartPlan;
 use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
 use crate::domain::{DomainError, UserId};
 use crate::pb;
@@ -78,23 +79,31 @@ pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
     }
 }
 
+pub fn new_image(spec: pb::ImageSpec) -> NewImage {
+    NewImage {
+        filename: spec.filename,
+        content_type: spec.content_type,
+        title: spec.title,
+        description: spec.description,
+        tags: spec.tags,
+        location: spec.location,
+        attributes: spec.attributes.into_iter().collect(),
+        expected_size: spec.expected_size,
+        sha256: spec.sha256,
+        crc32c: spec.crc32c,
+        idempotency_key: spec.idempotency_key,
+    }
+}
+
 pub fn upload_frame(message: pb::UploadImageRequest) -> UploadFrame {
     let payload = match message.data {
         Some(pb::upload_image_request::Data::Spec(spec)) => {
-            FramePayload::Spec(Box::new(NewImage {
-                filename: spec.filename,
-                content_type: spec.content_type,
-                title: spec.title,
-                description: spec.description,
-                tags: spec.tags,
-                location: spec.location,
-                attributes: spec.attributes.into_iter().collect(),
-                expected_size: spec.expected_size,
-                sha256: spec.sha256,
-                crc32c: spec.crc32c,
-                idempotency_key: spec.idempotency_key,
-            }))
+            FramePayload::Spec(Box::new(new_image(spec)))
         }
+        Some(pb::upload_image_request::Data::Resume(resume)) => FramePayload::Resume {
+            upload_id: resume.upload_id,
+            write_offset: resume.write_offset,
+        },
         Some(pb::upload_image_request::Data::Chunk(data)) => FramePayload::Chunk {
             data,
             crc32c: message.chunk_crc32c,
@@ -141,6 +150,26 @@ pub fn expires_in(
         duration.seconds as u64,
         duration.nanos.clamp(0, 999_999_999) as u32,
     )))
+}
+
+pub fn part_plan(
+    parts: Option<pb::get_upload_urls_request::Parts>,
+) -> Result<PartPlan, DomainError> {
+    use pb::get_upload_urls_request::Parts;
+    match parts {
+        Some(Parts::PartCount(n)) => u32::try_from(n)
+            .map(PartPlan::Count)
+            .map_err(|_| DomainError::invalid("part_count must be positive")),
+        Some(Parts::PartSizes(sizes)) => sizes
+            .sizes
+            .into_iter()
+            .map(|n| {
+                u64::try_from(n).map_err(|_| DomainError::invalid("part sizes must be positive"))
+            })
+            .collect::<Result<_, _>>()
+            .map(PartPlan::Sizes),
+        None => Err(DomainError::invalid("part_count or part_sizes is required")),
+    }
 }
 
 pub fn disposition(value: i32) -> Result<Disposition, DomainError> {

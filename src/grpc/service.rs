@@ -391,4 +391,110 @@ impl ImageService for ImageApi {
         })
         .await
     }
+
+    async fn start_upload(
+        &self,
+        request: Request<pb::StartUploadRequest>,
+    ) -> Result<Response<pb::UploadSession>, Status> {
+        self.observe("StartUpload", request.metadata(), |_in_flight| async {
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let r = request.get_ref().clone();
+            let spec = r
+                .spec
+                .map(convert::new_image)
+                .ok_or_else(|| DomainError::invalid("spec is required"))?;
+            let session = self
+                .images
+                .uploads()
+                .start_session(&caller, spec, r.expected_size)
+                .await?;
+            tracing::info!(upload_id = %session.id, "upload session started");
+            Ok(Response::new(pb::UploadSession {
+                upload_id: session.id.to_string(),
+                expire_time: Some(convert::timestamp(session.expire_time)),
+            }))
+        })
+        .await
+    }
+
+    async fn query_upload_status(
+        &self,
+        request: Request<pb::QueryUploadStatusRequest>,
+    ) -> Result<Response<pb::QueryUploadStatusResponse>, Status> {
+        self.observe(
+            "QueryUploadStatus",
+            request.metadata(),
+            |_in_flight| async {
+                let caller = self.caller(request.metadata(), peer_of(&request))?;
+                let status = self
+                    .images
+                    .uploads()
+                    .session_status(&caller, &request.get_ref().upload_id)
+                    .await?;
+                Ok(Response::new(pb::QueryUploadStatusResponse {
+                    persisted_size: status.persisted_size as i64,
+                    image: status.image.map(|image| convert::image(&image, &caller)),
+                    expire_time: Some(convert::timestamp(status.expire_time)),
+                }))
+            },
+        )
+        .await
+    }
+
+    async fn cancel_upload(
+        &self,
+        request: Request<pb::CancelUploadRequest>,
+    ) -> Result<Response<pb::CancelUploadResponse>, Status> {
+        self.observe("CancelUpload", request.metadata(), |_in_flight| async {
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            self.images
+                .uploads()
+                .cancel_session(&caller, &request.get_ref().upload_id)
+                .await?;
+            Ok(Response::new(pb::CancelUploadResponse {}))
+        })
+        .await
+    }
+
+    async fn get_upload_urls(
+        &self,
+        request: Request<pb::GetUploadUrlsRequest>,
+    ) -> Result<Response<pb::GetUploadUrlsResponse>, Status> {
+        self.observe("GetUploadUrls", request.metadata(), |_in_flight| async {
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let r = request.get_ref().clone();
+            let plan = convert::part_plan(r.parts)?;
+            let expires_in = convert::expires_in(r.expires_in)?;
+            let urls = self
+                .images
+                .uploads()
+                .upload_urls(&caller, &r.upload_id, plan, expires_in)
+                .await?;
+            Ok(Response::new(pb::GetUploadUrlsResponse {
+                urls: urls.urls,
+                expire_time: Some(convert::timestamp(urls.expire_time)),
+            }))
+        })
+        .await
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<pb::CompleteUploadRequest>,
+    ) -> Result<Response<pb::UploadImageResponse>, Status> {
+        self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let _in_progress = UploadInProgress::start();
+            let record = self
+                .images
+                .uploads()
+                .complete_session(&caller, &request.get_ref().upload_id)
+                .await?;
+            tracing::info!(image_id = %record.id, size = record.size_bytes, "direct upload completed");
+            Ok(Response::new(pb::UploadImageResponse {
+                image: Some(convert::image(&record, &caller)),
+            }))
+        })
+        .await
+    }
 }

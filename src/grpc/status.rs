@@ -12,7 +12,10 @@ impl From<DomainError> for Status {
             DomainError::DataLoss(message) => Status::data_loss(message),
             DomainError::NotFound(message) => Status::not_found(message),
             DomainError::PermissionDenied(message) => Status::permission_denied(message),
-            DomainError::ResourceExhausted(message) => Status::resource_exhausted(message),
+            DomainError::ResourceExhausted(message) | DomainError::TooLarge(message) => {
+                Status::resource_exhausted(message)
+            }
+            DomainError::FailedPrecondition(message) => Status::failed_precondition(message),
             DomainError::AlreadyExists(message) => Status::already_exists(message),
             DomainError::Aborted(message) => Status::aborted(message),
             DomainError::DeadlineExceeded(message) => Status::deadline_exceeded(message),

@@ -17,6 +17,8 @@ use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite, StorageError,
 };
+use crate::domain::upload::NewImage;
+use crate::domain::upload::resumable::{Delivery, UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
 
 /// Every promise of [`BlobStore`] but download URLs.
@@ -24,6 +26,7 @@ pub async fn blob_store(store: &dyn BlobStore) {
     finished_writes_are_read_back_whole_and_by_range(store).await;
     unfinished_writes_are_invisible_and_aborts_leave_nothing(store).await;
     deleting_is_final_and_deleting_a_missing_object_succeeds(store).await;
+    a_sessions_objects_are_sized_and_deleted_together(store).await;
     store
         .check_health()
         .await
@@ -38,6 +41,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     only_the_owner_deletes_and_deleted_records_are_gone(store).await;
     listings_are_newest_first_and_pages_continue_where_they_stopped(store).await;
     listings_apply_filters_and_never_return_deleted_records(store).await;
+    upload_sessions_change_only_from_the_revision_read(store).await;
     journaled_writes_are_listed_by_age_until_cleared(store).await;
     store
         .check_health()
@@ -428,4 +432,105 @@ async fn journaled_writes_are_listed_by_age_until_cleared(store: &dyn MetadataSt
         .clear_pending_write(&write)
         .await
         .expect("clearing an unknown write succeeds");
+}
+
+async fn a_sessions_objects_are_sized_and_deleted_together(store: &dyn BlobStore) {
+    let (mine, other) = (UploadId::new(), UploadId::new());
+    let bytes = sample_bytes(3000);
+    let keys = [
+        ObjectKey::staged(&mine, "a"),
+        ObjectKey::staged(&mine, "b"),
+        ObjectKey::staged(&other, "a"),
+    ];
+    for key in &keys {
+        write(store, key, &bytes, 1000).await;
+    }
+    assert_eq!(store.object_size(&keys[0]).await.unwrap(), Some(3000));
+    let missing = ObjectKey::staged(&mine, "missing");
+    assert_eq!(store.object_size(&missing).await.unwrap(), None);
+    store.delete_staged(&mine).await.expect("deleted");
+    for key in &keys[..2] {
+        assert_eq!(store.object_size(key).await.unwrap(), None, "{key:?}");
+    }
+    assert_eq!(
+        read(store, &keys[2], 0, 3000).await.unwrap(),
+        bytes.to_vec(),
+        "another session's objects stay"
+    );
+    store
+        .delete_staged(&mine)
+        .await
+        .expect("deleting nothing succeeds");
+    store.delete_staged(&other).await.expect("deleted");
+}
+
+async fn upload_sessions_change_only_from_the_revision_read(store: &dyn MetadataStore) {
+    let now = Timestamp::now();
+    let session = UploadSessionRecord {
+        id: UploadId::new(),
+        owner: fresh_user(),
+        image_id: ImageId::new(),
+        spec: NewImage {
+            filename: "a.png".into(),
+            ..NewImage::default()
+        },
+        create_time: now,
+        expire_time: now.saturating_add(std::time::Duration::from_secs(3600)),
+        revision: 1,
+        delivery: Delivery::Undecided,
+        segments: Vec::new(),
+        lease: None,
+        committed: false,
+    };
+    store
+        .create_upload_session(&session)
+        .await
+        .expect("created");
+    assert!(matches!(
+        store.create_upload_session(&session).await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert_eq!(
+        store.get_upload_session(&session.id).await.unwrap(),
+        Some(session.clone())
+    );
+    let mut changed = session.clone();
+    changed.revision = 2;
+    changed.delivery = Delivery::Direct { parts: 3 };
+    store
+        .replace_upload_session(&changed, 1)
+        .await
+        .expect("replaced from the revision read");
+    assert!(matches!(
+        store.replace_upload_session(&changed, 1).await,
+        Err(StorageError::ConditionFailed)
+    ));
+    assert_eq!(
+        store.get_upload_session(&session.id).await.unwrap(),
+        Some(changed.clone())
+    );
+
+    let mut expired = session.clone();
+    expired.id = UploadId::new();
+    expired.expire_time = Timestamp::from_micros(now.as_micros() - 1_000_000);
+    store
+        .create_upload_session(&expired)
+        .await
+        .expect("created");
+    let found = store.expired_upload_sessions(now).await.unwrap();
+    assert!(found.iter().any(|s| s.id == expired.id));
+    assert!(found.iter().all(|s| s.id != session.id));
+
+    for id in [session.id, expired.id] {
+        store.delete_upload_session(&id).await.expect("deleted");
+        assert_eq!(store.get_upload_session(&id).await.unwrap(), None);
+    }
+    assert!(matches!(
+        store.replace_upload_session(&changed, 2).await,
+        Err(StorageError::NotFound)
+    ));
+    store
+        .delete_upload_session(&session.id)
+        .await
+        .expect("deleting a missing session succeeds");
 }

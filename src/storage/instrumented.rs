@@ -12,9 +12,10 @@ use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
-    PresignRequest, PresignedUrl, StorageError,
+    PresignRequest, PresignedUrl, StorageError, WriteSize,
 };
 use crate::domain::ports::{PendingWrite, StoredObject};
+use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 async fn timed<T>(
@@ -90,6 +91,28 @@ impl BlobStore for InstrumentedBlobs {
 
     async fn check_health(&self) -> Result<(), StorageError> {
         timed("blob", "check_health", self.0.check_health()).await
+    }
+
+    async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        timed("blob", "object_size", self.0.object_size(key)).await
+    }
+
+    async fn presign_write(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        size: WriteSize,
+    ) -> Result<PresignedUrl, StorageError> {
+        timed(
+            "blob",
+            "presign_write",
+            self.0.presign_write(key, expires_in, size),
+        )
+        .await
+    }
+
+    async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
+        timed("blob", "delete_staged", self.0.delete_staged(upload)).await
     }
 
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
@@ -224,6 +247,64 @@ impl MetadataStore for InstrumentedMetadata {
             "metadata",
             "pending_writes",
             self.0.pending_writes(older_than),
+        )
+        .await
+    }
+
+    async fn create_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "create_upload_session",
+            self.0.create_upload_session(session),
+        )
+        .await
+    }
+
+    async fn get_upload_session(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<UploadSessionRecord>, StorageError> {
+        timed(
+            "metadata",
+            "get_upload_session",
+            self.0.get_upload_session(id),
+        )
+        .await
+    }
+
+    async fn replace_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "replace_upload_session",
+            self.0.replace_upload_session(session, expected_revision),
+        )
+        .await
+    }
+
+    async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
+        timed(
+            "metadata",
+            "delete_upload_session",
+            self.0.delete_upload_session(id),
+        )
+        .await
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        timed(
+            "metadata",
+            "expired_upload_sessions",
+            self.0.expired_upload_sessions(now),
         )
         .await
     }

@@ -17,8 +17,9 @@ use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
-    PendingWrite, PresignRequest, PresignedUrl, StorageError, StoredObject,
+    PendingWrite, PresignRequest, PresignedUrl, StorageError, StoredObject, WriteSize,
 };
+use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// Largest piece a read yields, like a store's network reads.
@@ -185,6 +186,32 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        self.faults.check(Call::Read)?;
+        Ok(self
+            .lock()
+            .get(key.as_str())
+            .map(|(bytes, _)| bytes.len() as u64))
+    }
+
+    async fn presign_write(
+        &self,
+        _key: &ObjectKey,
+        _expires_in: Duration,
+        _size: WriteSize,
+    ) -> Result<PresignedUrl, StorageError> {
+        Err(StorageError::internal(
+            "the in-memory store serves no upload URLs",
+        ))
+    }
+
+    async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
+        self.faults.check(Call::DeleteObject)?;
+        let prefix = ObjectKey::staged_prefix(upload);
+        self.lock().retain(|key, _| !key.starts_with(&prefix));
+        Ok(())
+    }
+
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         Ok(self
             .lock()
@@ -252,6 +279,7 @@ struct Records {
     times: HashMap<ImageId, i64>,
     idempotency: HashMap<(UserId, String), ImageId>,
     pending: Vec<PendingWrite>,
+    sessions: HashMap<UploadId, UploadSessionRecord>,
 }
 
 impl MemoryMetadataStore {
@@ -423,6 +451,60 @@ impl MetadataStore for MemoryMetadataStore {
             .pending
             .iter()
             .filter(|write| write.started < older_than)
+            .cloned()
+            .collect())
+    }
+
+    async fn create_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        if records.sessions.contains_key(&session.id) {
+            return Err(StorageError::AlreadyExists);
+        }
+        records.sessions.insert(session.id, session.clone());
+        Ok(())
+    }
+
+    async fn get_upload_session(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<UploadSessionRecord>, StorageError> {
+        Ok(self.lock().sessions.get(id).cloned())
+    }
+
+    async fn replace_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let stored = records
+            .sessions
+            .get_mut(&session.id)
+            .ok_or(StorageError::NotFound)?;
+        if stored.revision != expected_revision {
+            return Err(StorageError::ConditionFailed);
+        }
+        *stored = session.clone();
+        Ok(())
+    }
+
+    async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
+        self.lock().sessions.remove(id);
+        Ok(())
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        Ok(self
+            .lock()
+            .sessions
+            .values()
+            .filter(|session| session.is_expired(now))
             .cloned()
             .collect())
     }

@@ -11,7 +11,7 @@
 //! 5. The record, last ([`MetadataStore::create`]): until it exists, no
 //!    caller can see the image.
 //!
-//! Every write goes through the upload's [`session::Session`], which undoes
+//! Every write goes through the upload's [`writes::Writes`], which undoes
 //! them all unless the record was stored: on an error, a panic or a
 //! cancelled call.
 use std::sync::Arc;
@@ -20,25 +20,26 @@ use futures::Stream;
 
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
-use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey};
-use super::{DomainError, Limits, UserId, VariantName};
+use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
+use super::{DomainError, ImageId, Limits, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
 mod pace;
 mod render;
-mod session;
+pub mod resumable;
 mod spec;
 mod stored;
+mod writes;
 
 pub use pace::PaceLimits;
 pub use spec::{FramePayload, NewImage, UploadFrame};
 pub(super) use stored::gather;
 
 use pace::Pace;
-use session::Session;
 use spec::ValidSpec;
 use stored::{StoredBytes, StoredFacts};
+use writes::Writes;
 
 /// Receives uploads and stores them: the upload slots, the memory budget
 /// and the renderer they share.
@@ -68,6 +69,12 @@ struct MemoryUse {
     /// or in the store's part buffers.
     bound: u64,
     received: u64,
+}
+
+/// An upload's places among the replica's and the caller's uploads.
+struct UploadSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _user: super::budget::UserUpload,
 }
 
 /// An upload between its spec and its last byte.
@@ -101,32 +108,70 @@ impl Uploads {
 
     /// Receives an upload stream and stores the image. On any error, a
     /// cancelled call or a stream that ends without `finish`, nothing is
-    /// stored.
+    /// stored. A stream whose first message resumes an upload session
+    /// continues it instead (see [`resumable`]).
     pub async fn upload<S>(
         &self,
         caller: &UserId,
         mut frames: S,
     ) -> Result<ImageRecord, DomainError>
     where
-        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin + 'static,
     {
-        let _slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            DomainError::ResourceExhausted(
-                "too many uploads in progress (--max-concurrent-uploads); retry shortly".into(),
-            )
-        })?;
-        let _user_slot = self.user_uploads.start(caller)?;
+        let slot = self.slot(caller)?;
         let mut pace = Pace::new(&self.limits.pace);
         let first = pace
             .next(&mut frames)
             .await?
             .ok_or_else(|| DomainError::invalid("the upload stream is empty"))??;
-        let FramePayload::Spec(spec) = first.payload else {
-            return Err(DomainError::invalid(
-                "the first message of an upload must carry spec",
-            ));
-        };
-        let spec = ValidSpec::parse(*spec)?;
+        match first.payload {
+            FramePayload::Spec(spec) => {
+                let spec = ValidSpec::parse(*spec)?;
+                self.store_new(caller, spec, first.finish, pace, frames, None)
+                    .await
+            }
+            FramePayload::Resume {
+                upload_id,
+                write_offset,
+            } => {
+                let resumed = (first.finish, pace, frames, slot);
+                self.resume(caller, &upload_id, write_offset, resumed).await
+            }
+            _ => Err(DomainError::invalid(
+                "the first message of an upload must carry spec or resume",
+            )),
+        }
+    }
+
+    /// One of the upload slots, and one of the caller's: RESOURCE_EXHAUSTED
+    /// when either is taken.
+    fn slot(&self, caller: &UserId) -> Result<UploadSlot, DomainError> {
+        let global = self.slots.clone().try_acquire_owned().map_err(|_| {
+            DomainError::ResourceExhausted(
+                "too many uploads in progress (--max-concurrent-uploads); retry shortly".into(),
+            )
+        })?;
+        Ok(UploadSlot {
+            _global: global,
+            _user: self.user_uploads.start(caller)?,
+        })
+    }
+
+    /// Stores a new image from its validated spec and the frames after it.
+    /// `image_id`, when given, is the id the image gets (an upload
+    /// session's, fixed when it started).
+    async fn store_new<S>(
+        &self,
+        caller: &UserId,
+        spec: ValidSpec,
+        finished: bool,
+        pace: Pace,
+        mut frames: S,
+        image_id: Option<ImageId>,
+    ) -> Result<ImageRecord, DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
         let inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
         let stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
         let memory = MemoryUse {
@@ -145,22 +190,23 @@ impl Uploads {
             memory,
         };
 
-        let mut session = Session::start(
+        let mut writes = Writes::start(
             self.blobs.clone(),
             self.metadata.clone(),
+            image_id,
             upload.spec.declared.size,
         )
         .await?;
-        let received = if first.finish {
+        let received = if finished {
             Ok(())
         } else {
-            self.receive(&mut frames, &mut upload, &mut session).await
+            self.receive(&mut frames, &mut upload, &mut writes).await
         };
         let finished = match received {
-            Ok(()) => upload.stored.finish(&mut session, upload.inspector).await,
+            Ok(()) => upload.stored.finish(&mut writes, upload.inspector).await,
             Err(error) => Err(error),
         };
-        let facts = session.undo_on_error(finished).await?;
+        let facts = writes.undo_on_error(finished).await?;
 
         // From here on the image is complete: finish it even if the caller
         // goes away, so a cancellation cannot leave bytes without metadata.
@@ -168,7 +214,7 @@ impl Uploads {
         let uploads = self.clone();
         let owner = caller.clone();
         let spec = upload.spec;
-        tokio::spawn(async move { uploads.commit(session, owner, spec, facts).await })
+        tokio::spawn(async move { uploads.commit(writes, owner, spec, facts).await })
             .await
             .map_err(|e| DomainError::Internal(Box::new(e)))?
     }
@@ -179,38 +225,30 @@ impl Uploads {
         &self,
         frames: &mut S,
         upload: &mut Receiving,
-        session: &mut Session,
+        writes: &mut Writes,
     ) -> Result<(), DomainError>
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
         let memory = &mut upload.memory;
         loop {
-            let Some(frame) = upload.pace.next(frames).await? else {
-                return Err(DomainError::invalid(
-                    "the upload stream ended without finish_write; nothing was stored",
-                ));
-            };
-            let frame = frame?;
-            match frame.payload {
-                FramePayload::Spec(_) => {
-                    return Err(DomainError::invalid(
-                        "spec may only be sent in the first message",
-                    ));
+            let frame = upload
+                .pace
+                .next_after_first(frames, || {
+                    "the upload stream ended without finish_write; nothing was stored".into()
+                })
+                .await?;
+            if let FramePayload::Chunk { data, crc32c } = frame.payload {
+                memory.received += data.len() as u64;
+                let held = memory.received.min(memory.bound) + data.len() as u64;
+                self.budget
+                    .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
+                    .await?;
+                upload.inspector.feed(&data, crc32c)?;
+                upload.pace.progressed(data.len());
+                if !data.is_empty() {
+                    upload.stored.write(data, writes).await?;
                 }
-                FramePayload::Chunk { data, crc32c } => {
-                    memory.received += data.len() as u64;
-                    let held = memory.received.min(memory.bound) + data.len() as u64;
-                    self.budget
-                        .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
-                        .await?;
-                    upload.inspector.feed(&data, crc32c)?;
-                    upload.pace.progressed(data.len());
-                    if !data.is_empty() {
-                        upload.stored.write(data, session).await?;
-                    }
-                }
-                FramePayload::Nothing => {}
             }
             if frame.finish {
                 return Ok(());
@@ -223,21 +261,21 @@ impl Uploads {
     /// was stored.
     async fn commit(
         &self,
-        mut session: Session,
+        mut writes: Writes,
         owner: UserId,
         spec: ValidSpec,
         facts: StoredFacts,
     ) -> Result<ImageRecord, DomainError> {
-        let described = self.describe(&mut session, owner, spec, facts).await;
-        let (record, outcome) = session.undo_on_error(described).await?;
+        let described = self.describe(&mut writes, owner, spec, facts).await;
+        let (record, outcome) = writes.undo_on_error(described).await?;
         match outcome {
             CreateOutcome::Created => {
-                session.commit();
+                writes.commit();
                 Ok(record)
             }
             CreateOutcome::IdempotencyKeyTaken(existing) => {
                 // Nothing of this upload is referred to: it goes.
-                session.undo().await;
+                writes.undo().await;
                 if existing.uploaded_sha256() == record.uploaded_sha256() {
                     Ok(*existing)
                 } else {
@@ -253,20 +291,20 @@ impl Uploads {
     /// to store the record that describes them.
     async fn describe(
         &self,
-        session: &mut Session,
+        writes: &mut Writes,
         owner: UserId,
         spec: ValidSpec,
         mut facts: StoredFacts,
     ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
-        session.finish_original(facts.digest.as_ref()).await?;
+        writes.finish_original(facts.digest.as_ref()).await?;
         // Rendering first: when it reads the original back, the same bytes
         // give the checksums, so nothing is read twice. Checksums still
         // missing after it mean nothing was rendered.
-        let rendered = self.render_and_store(session, &mut facts).await?;
+        let rendered = self.render_and_store(writes, &mut facts).await?;
         let (sha256_hex, crc32c) = match facts.digest.take() {
             Some(digest) => digest,
             None => {
-                let original = ObjectKey::new(session.id(), &VariantName::original());
+                let original = ObjectKey::new(writes.id(), &VariantName::original());
                 self.stored_digest(&original, facts.size_bytes).await?
             }
         };
@@ -274,7 +312,7 @@ impl Uploads {
         let (width, height) = facts.viewed_dimensions();
         let now = Timestamp::now();
         let record = ImageRecord {
-            id: *session.id(),
+            id: *writes.id(),
             owner,
             filename: spec.filename,
             content_type: facts.uploaded.content_type.to_owned(),
@@ -297,7 +335,19 @@ impl Uploads {
             metadata_stripped: facts.scrubbed.stripped,
             blurhash,
         };
-        let outcome = self.metadata.create(&record).await?;
-        Ok((record, outcome))
+        match self.metadata.create(&record).await {
+            // An upload session's image, stored by an earlier attempt whose
+            // replica went away before it could say so: the same bytes
+            // made the same objects, which the stored record refers to.
+            Err(StorageError::AlreadyExists) if writes.has_given_id() => {
+                let existing = self
+                    .metadata
+                    .get(&record.id)
+                    .await?
+                    .ok_or_else(|| DomainError::Internal("the image vanished".into()))?;
+                Ok((existing, CreateOutcome::Created))
+            }
+            outcome => Ok((record, outcome?)),
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::UploadFrame;
+use super::{FramePayload, UploadFrame};
 use crate::domain::DomainError;
 
 /// How fast an upload must move, so that a slow or idle caller cannot hold
@@ -83,6 +83,28 @@ impl Pace {
     }
 
     /// `n` image bytes arrived.
+    /// The next message after the first: `ended` is the error when the
+    /// stream ends here; a second spec or resume is refused.
+    pub(super) async fn next_after_first<S>(
+        &mut self,
+        frames: &mut S,
+        ended: impl FnOnce() -> String,
+    ) -> Result<UploadFrame, DomainError>
+    where
+        S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
+    {
+        let frame = self
+            .next(frames)
+            .await?
+            .ok_or_else(|| DomainError::invalid(ended()))??;
+        match frame.payload {
+            FramePayload::Spec(_) | FramePayload::Resume { .. } => Err(DomainError::invalid(
+                "spec and resume may only be sent in the first message",
+            )),
+            _ => Ok(frame),
+        }
+    }
+
     pub(super) fn progressed(&mut self, n: usize) {
         if n > 0 {
             self.bytes += n as u64;

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::Uploads;
-use super::session::Session;
 use super::stored::{Checksums, StoredFacts, digest_of};
+use super::writes::Writes;
 use crate::domain::image::Variant;
 use crate::domain::ports::ObjectKey;
 use crate::domain::{DomainError, VariantName};
@@ -18,7 +18,7 @@ impl Uploads {
     /// checksums from those bytes.
     pub(super) async fn render_and_store(
         &self,
-        session: &mut Session,
+        writes: &mut Writes,
         facts: &mut StoredFacts,
     ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
         let content_type = facts.uploaded.content_type;
@@ -35,7 +35,7 @@ impl Uploads {
         let source = match &facts.kept {
             Some(pieces) => pieces.concat().into(),
             None => {
-                let original = ObjectKey::new(session.id(), &VariantName::original());
+                let original = ObjectKey::new(writes.id(), &VariantName::original());
                 let source = self.read_all(&original, facts.size_bytes).await?;
                 if facts.digest.is_none() {
                     facts.digest = Some(digest_of(std::slice::from_ref(&source)));
@@ -74,7 +74,7 @@ impl Uploads {
                 width: rendition.width,
                 height: rendition.height,
             };
-            session.write_object(&variant.name, rendition.bytes).await?;
+            writes.write_object(&variant.name, rendition.bytes).await?;
             stored.push(variant);
         }
         Ok(Some((stored, blurhash)))

@@ -8,7 +8,7 @@ use crate::domain::{DomainError, validation};
 use crate::media::content::Declared;
 
 /// What the caller declares about an image before its bytes, as sent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewImage {
     pub filename: String,
     pub content_type: Option<String>,
@@ -34,7 +34,15 @@ pub struct UploadFrame {
 #[derive(Clone, Debug)]
 pub enum FramePayload {
     Spec(Box<NewImage>),
-    Chunk { data: Bytes, crc32c: Option<u32> },
+    /// Continues the upload session `upload_id` from `write_offset`.
+    Resume {
+        upload_id: String,
+        write_offset: i64,
+    },
+    Chunk {
+        data: Bytes,
+        crc32c: Option<u32>,
+    },
     Nothing,
 }
 

@@ -2,7 +2,7 @@
 //! memory for the renders when small, and their checksums.
 use bytes::Bytes;
 
-use super::session::Session;
+use super::writes::Writes;
 use crate::domain::DomainError;
 use crate::media::content::{ContentFacts, ContentInspector};
 use crate::media::scrub::{Scrubbed, Scrubber};
@@ -67,16 +67,16 @@ impl StoredBytes {
     pub(super) async fn write(
         &mut self,
         data: Bytes,
-        session: &mut Session,
+        writes: &mut Writes,
     ) -> Result<(), DomainError> {
         let scrubber = self.scrubber.as_mut().expect("written before finish");
         scrubber.push(data, &mut self.pieces)?;
-        self.flush(session, false).await
+        self.flush(writes, false).await
     }
 
     /// Passes the scrubber's output on in pieces of at least [`MIN_PIECE`]
     /// bytes (the last may be smaller when `last`).
-    async fn flush(&mut self, session: &mut Session, last: bool) -> Result<(), DomainError> {
+    async fn flush(&mut self, writes: &mut Writes, last: bool) -> Result<(), DomainError> {
         for piece in std::mem::take(&mut self.pieces) {
             if piece.is_empty() {
                 continue;
@@ -84,21 +84,21 @@ impl StoredBytes {
             if piece.len() >= MIN_PIECE {
                 if !self.small.is_empty() {
                     let gathered = self.take_small();
-                    self.store(gathered, session).await?;
+                    self.store(gathered, writes).await?;
                 }
-                self.store(piece, session).await?;
+                self.store(piece, writes).await?;
                 continue;
             }
             self.small_len += piece.len();
             self.small.push(piece);
             if self.small_len >= MIN_PIECE {
                 let gathered = self.take_small();
-                self.store(gathered, session).await?;
+                self.store(gathered, writes).await?;
             }
         }
         if last && !self.small.is_empty() {
             let gathered = self.take_small();
-            self.store(gathered, session).await?;
+            self.store(gathered, writes).await?;
         }
         Ok(())
     }
@@ -109,28 +109,28 @@ impl StoredBytes {
         gather(std::mem::take(&mut self.small))
     }
 
-    async fn store(&mut self, piece: Bytes, session: &mut Session) -> Result<(), DomainError> {
+    async fn store(&mut self, piece: Bytes, writes: &mut Writes) -> Result<(), DomainError> {
         self.size += piece.len() as u64;
         if self.size > KEEP_IN_MEMORY {
             self.kept = None;
         } else if let Some(kept) = &mut self.kept {
             kept.push(piece.clone());
         }
-        session.write(piece).await
+        writes.write(piece).await
     }
 
     /// Ends the stream: writes what the scrubber held back and checks the
     /// upload as a whole.
     pub(super) async fn finish(
         mut self,
-        session: &mut Session,
+        writes: &mut Writes,
         inspector: ContentInspector,
     ) -> Result<StoredFacts, DomainError> {
         let scrubber = self.scrubber.take().expect("finished once");
         let scrubbed = scrubber.finish(&mut self.pieces);
         let uploaded = inspector.finish()?;
         let scrubbed = scrubbed?;
-        self.flush(session, true).await?;
+        self.flush(writes, true).await?;
         let digest = if scrubbed.changed {
             self.kept.as_deref().map(digest_of)
         } else {

@@ -9,7 +9,11 @@
 //! - a **tag item** per tag, `pk = tag#{tag}`, `sk = {created}#{id}`, naming
 //!   the image (`image_id`), because a multi-valued attribute cannot key a
 //!   GSI;
-//! - an **idempotency item** per used idempotency key, naming the image.
+//! - an **idempotency item** per used idempotency key, naming the image;
+//! - a **journal item** per unfinished write (`pk = pending#…`);
+//! - an **upload session item**, `pk = upload#{id}`, `sk = upload_session`:
+//!   the session as JSON in `doc`, its `rev`ision (every change is
+//!   conditional on it) and `expires` (seconds, usable as a DynamoDB TTL).
 //!
 //! Writes follow an order that keeps every state safe to read without
 //! transactions: index items before the image item on create, after it on
@@ -32,11 +36,13 @@ use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
+use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
 const PENDING_SK: &str = "pending";
+const SESSION_SK: &str = "upload_session";
 const ALL: &str = "image";
 /// BatchGetItem and BatchWriteItem limits.
 const BATCH_GET: usize = 100;
@@ -90,6 +96,36 @@ fn idempotency_pk(owner: &UserId, key: &str) -> String {
 
 fn pending_pk(write: &PendingWrite) -> String {
     format!("pending#{}#{}", write.image_id, write.pending_id)
+}
+
+fn session_pk(id: &UploadId) -> String {
+    format!("upload#{id}")
+}
+
+fn session_item(
+    session: &UploadSessionRecord,
+) -> Result<HashMap<String, AttributeValue>, StorageError> {
+    let mut item = key(session_pk(&session.id), SESSION_SK);
+    item.insert(
+        "doc".into(),
+        s(serde_json::to_string(session).map_err(StorageError::internal)?),
+    );
+    item.insert("rev".into(), n(session.revision));
+    item.insert(
+        "expires".into(),
+        n(session.expire_time.as_micros().div_euclid(1_000_000)),
+    );
+    Ok(item)
+}
+
+fn decode_session(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<UploadSessionRecord, StorageError> {
+    let doc = item
+        .get("doc")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| StorageError::internal("an upload session item without its document"))?;
+    serde_json::from_str(doc).map_err(StorageError::internal)
 }
 
 fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
@@ -284,6 +320,49 @@ impl DynamoMetadataStore {
             .await
             .map_err(classify)?;
         Ok(response.item)
+    }
+
+    async fn delete_item(&self, pk: String, sk: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// The JSON documents (`doc`) of every item matching `filter`, by a
+    /// scan of the whole table: for the repair pass only.
+    async fn scan_docs<T: serde::de::DeserializeOwned>(
+        &self,
+        filter: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<T>, StorageError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression(filter)
+            .set_expression_attribute_values(Some(
+                values
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect(),
+            ))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(classify)?.items.unwrap_or_default() {
+                let Some(doc) = item.get("doc").and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                found.push(serde_json::from_str(doc).map_err(StorageError::internal)?);
+            }
+        }
+        Ok(found)
     }
 
     /// Writes or deletes items in batches, retrying what DynamoDB leaves unprocessed.
@@ -564,14 +643,7 @@ impl MetadataStore for DynamoMetadataStore {
     }
 
     async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pending_pk(write), PENDING_SK)))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.delete_item(pending_pk(write), PENDING_SK).await
     }
 
     async fn pending_writes(
@@ -579,28 +651,94 @@ impl MetadataStore for DynamoMetadataStore {
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError> {
         // Only the repair pass reads the journal: a scan is fine there.
-        let mut found = Vec::new();
-        let mut pages = self
-            .client
-            .scan()
+        let writes: Vec<PendingWrite> = self
+            .scan_docs("begins_with(pk, :p)", vec![(":p", s("pending#"))])
+            .await?;
+        Ok(writes
+            .into_iter()
+            .filter(|write| write.started < older_than)
+            .collect())
+    }
+
+    async fn create_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_item()
             .table_name(&self.table)
-            .filter_expression("begins_with(pk, :p)")
-            .expression_attribute_values(":p", s("pending#"))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for item in page.map_err(classify)?.items.unwrap_or_default() {
-                let Some(doc) = item.get("doc").and_then(|v| v.as_s().ok()) else {
-                    continue;
-                };
-                let write: PendingWrite =
-                    serde_json::from_str(doc).map_err(StorageError::internal)?;
-                if write.started < older_than {
-                    found.push(write);
+            .set_item(Some(session_item(session)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(classify)
+            .map_err(|e| match e {
+                StorageError::ConditionFailed => StorageError::AlreadyExists,
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn get_upload_session(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<UploadSessionRecord>, StorageError> {
+        self.get_item(session_pk(id), SESSION_SK)
+            .await?
+            .as_ref()
+            .map(decode_session)
+            .transpose()
+    }
+
+    async fn replace_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(session_item(session)?))
+            .condition_expression("attribute_exists(pk) AND rev = :rev")
+            .expression_attribute_values(":rev", n(expected_revision))
+            .send()
+            .await
+            .map_err(classify);
+        match written {
+            Ok(_) => Ok(()),
+            Err(StorageError::ConditionFailed) => {
+                match self.get_item(session_pk(&session.id), SESSION_SK).await? {
+                    None => Err(StorageError::NotFound),
+                    Some(_) => Err(StorageError::ConditionFailed),
                 }
             }
+            Err(other) => Err(other),
         }
-        Ok(found)
+    }
+
+    async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
+        self.delete_item(session_pk(id), SESSION_SK).await
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        // Only the repair pass asks: a scan is fine there, as for the journal.
+        let sessions: Vec<UploadSessionRecord> = self
+            .scan_docs(
+                "begins_with(pk, :p) AND expires <= :now",
+                vec![
+                    (":p", s("upload#")),
+                    (":now", n(now.as_micros().div_euclid(1_000_000))),
+                ],
+            )
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|session| session.is_expired(now))
+            .collect())
     }
 
     async fn remove_stale_index_entries(

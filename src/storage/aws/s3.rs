@@ -20,8 +20,9 @@ use super::{AwsSettings, classify};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
-    StoredObject,
+    StoredObject, WriteSize,
 };
+use crate::domain::upload::resumable::UploadId;
 use crate::storage::multipart::{MultipartWriter, PartBuffer, PartPlan, PartUpload};
 
 /// S3's limits on multipart uploads.
@@ -139,6 +140,23 @@ impl S3BlobStore {
     }
 
     /// How long a URL signed now can stay valid, given the credentials.
+    /// The presigning configuration for a URL asked to last `expires_in`,
+    /// and how long it will actually last.
+    async fn presigning(
+        &self,
+        expires_in: Duration,
+    ) -> Result<(PresigningConfig, Duration), StorageError> {
+        let limit = self.presign_limit().await?;
+        if limit.is_zero() {
+            return Err(StorageError::Unavailable(
+                "the signing credentials are about to expire".into(),
+            ));
+        }
+        let expires_in = expires_in.min(limit);
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::internal)?;
+        Ok((config, expires_in))
+    }
+
     async fn presign_limit(&self) -> Result<Duration, StorageError> {
         let Some(provider) = &self.credentials else {
             return Ok(MAX_PRESIGN);
@@ -233,14 +251,7 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
-        let limit = self.presign_limit().await?;
-        if limit.is_zero() {
-            return Err(StorageError::Unavailable(
-                "the signing credentials are about to expire".into(),
-            ));
-        }
-        let expires_in = request.expires_in.min(limit);
-        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::internal)?;
+        let (config, expires_in) = self.presigning(request.expires_in).await?;
         let now = Timestamp::now();
         let presigned = self
             .presign_client
@@ -256,6 +267,83 @@ impl BlobStore for S3BlobStore {
             url: presigned.uri().to_owned(),
             expire_time: now.saturating_add(expires_in),
         })
+    }
+
+    async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(head.content_length.unwrap_or(0).max(0) as u64)),
+            Err(error) => match classify(error) {
+                StorageError::NotFound => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn presign_write(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        size: WriteSize,
+    ) -> Result<PresignedUrl, StorageError> {
+        let (config, expires_in) = self.presigning(expires_in).await?;
+        let now = Timestamp::now();
+        // An exact length is signed as `Content-Length`: the store refuses
+        // a body of any other size. An upper bound cannot be signed; the
+        // reader of the object checks its size.
+        let length = match size {
+            WriteSize::Exact(n) => Some(n),
+            WriteSize::AtMost(_) => None,
+        };
+        let presigned = self
+            .presign_client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .set_content_length(length.map(|n| n as i64))
+            .presigned(config)
+            .await
+            .map_err(classify)?;
+        Ok(PresignedUrl {
+            url: presigned.uri().to_owned(),
+            expire_time: now.saturating_add(expires_in),
+        })
+    }
+
+    async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(ObjectKey::staged_prefix(upload))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for object in page.map_err(classify)?.contents.unwrap_or_default() {
+                let Some(key) = object.key else { continue };
+                match self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(error) => match classify(error) {
+                        StorageError::NotFound => {}
+                        other => return Err(other),
+                    },
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {

@@ -1,4 +1,5 @@
-//! Image bytes as files: `blobs/images/{id}/{variant}`. A write goes to a
+//! Image bytes as files: `blobs/images/{id}/{variant}`, and the bytes of
+//! upload sessions before they commit in `blobs/uploads/{upload_id}/`. A write goes to a
 //! temporary file in `blobs/.partial/`, is fsync'd, then renamed into place
 //! (and the directory fsync'd), so a reader sees a whole object or none.
 use std::io::SeekFrom;
@@ -15,8 +16,9 @@ use super::urls::{self, SignedUrls};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
-    StoredObject,
+    StoredObject, WriteSize,
 };
+use crate::domain::upload::resumable::UploadId;
 
 /// Read buffer of downloads: large enough to keep syscalls few.
 const READ_CHUNK: usize = 256 * 1024;
@@ -129,6 +131,37 @@ impl BlobStore for EmbeddedBlobStore {
 
     fn max_presign_expiry(&self) -> Duration {
         urls::MAX_EXPIRY
+    }
+
+    async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        match self.size(key).await {
+            Ok(size) => Ok(Some(size)),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn presign_write(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        size: WriteSize,
+    ) -> Result<PresignedUrl, StorageError> {
+        Ok(self.urls.sign_upload(
+            key,
+            expires_in.min(urls::MAX_EXPIRY),
+            size,
+            Timestamp::now(),
+        ))
+    }
+
+    async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
+        let dir = self.root.join(ObjectKey::staged_prefix(upload));
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::internal(e)),
+        }
     }
 
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {

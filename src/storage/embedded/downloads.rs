@@ -1,6 +1,6 @@
-//! Presigned downloads of the embedded backend, served by the HTTP
-//! listener (with `Range` support): the URLs [`super::urls`] signs point
-//! here.
+//! Presigned downloads (with `Range` support) and direct uploads of the
+//! embedded backend, served by the HTTP listener: the URLs [`super::urls`]
+//! signs point here.
 use std::sync::Arc;
 
 use axum::Router;
@@ -8,12 +8,14 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
+use futures::StreamExt;
 
 use super::EmbeddedBlobStore;
-use super::urls::UrlQuery;
+use super::urls::{UploadQuery, UrlQuery};
 use crate::domain::image::Timestamp;
-use crate::domain::ports::{BlobStore, ObjectKey, StorageError};
+use crate::domain::ports::{BlobStore, ObjectKey, StorageError, WriteSize};
+use crate::domain::upload::resumable::UploadId;
 use crate::domain::{ImageId, VariantName};
 
 /// The download route, over `store`.
@@ -23,6 +25,7 @@ pub fn routes(store: Arc<EmbeddedBlobStore>) -> Router {
             "/blobs/images/{image_id}/{variant}",
             get(presigned_download),
         )
+        .route("/blobs/uploads/{upload_id}/{part}", put(presigned_upload))
         .with_state(store)
 }
 
@@ -134,4 +137,111 @@ async fn presigned_download(
         );
     }
     response
+}
+
+/// A direct upload whose body stops arriving for this long is abandoned.
+const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stores the body of a presigned `PUT` as a part of an upload session.
+/// Nothing is visible at the part's key unless the whole body arrived and
+/// had the size the URL allows.
+async fn presigned_upload(
+    State(store): State<Arc<EmbeddedBlobStore>>,
+    Path((upload_id, part)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(query) = serde_urlencoded::from_str::<UploadQuery>(query.as_deref().unwrap_or(""))
+    else {
+        return plain(StatusCode::FORBIDDEN, "invalid or incomplete upload URL\n");
+    };
+    let valid_part = part.len() == 10
+        && part.starts_with("part-")
+        && part[5..].bytes().all(|b| b.is_ascii_digit());
+    let (Ok(id), true) = (UploadId::parse(&upload_id), valid_part) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let key = ObjectKey::staged(&id, &part);
+    let size = match store
+        .urls()
+        .verify_upload(key.as_str(), &query, Timestamp::now())
+    {
+        Ok(size) => size,
+        Err(error) => {
+            tracing::debug!(%error, key = key.as_str(), "refused a presigned upload");
+            return plain(
+                StatusCode::FORBIDDEN,
+                "the upload URL is invalid or has expired\n",
+            );
+        }
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = match size {
+        WriteSize::Exact(n) | WriteSize::AtMost(n) => n,
+    };
+    if let (WriteSize::Exact(n), Some(declared)) = (size, declared)
+        && declared != n
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the body's length is not the one this URL was made for\n",
+        );
+    }
+    if declared.is_some_and(|declared| declared > limit) {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than this URL allows\n",
+        );
+    }
+    let mut writer = match store.start_write(&key, declared).await {
+        Ok(writer) => writer,
+        Err(error) => {
+            tracing::error!(%error, "presigned upload failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    let mut received = 0u64;
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(UPLOAD_BODY_IDLE_TIMEOUT, stream.next()).await;
+        let chunk = match next {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_))) | Err(_) => {
+                writer.abort().await;
+                return plain(StatusCode::BAD_REQUEST, "the body was cut off\n");
+            }
+        };
+        received += chunk.len() as u64;
+        if received > limit {
+            writer.abort().await;
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than this URL allows\n",
+            );
+        }
+        if let Err(error) = writer.write(chunk).await {
+            tracing::error!(%error, "presigned upload failed");
+            writer.abort().await;
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    }
+    if matches!(size, WriteSize::Exact(n) if n != received) {
+        writer.abort().await;
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the body's length is not the one this URL was made for\n",
+        );
+    }
+    match writer.finish().await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(error) => {
+            tracing::error!(%error, "presigned upload failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
 }

@@ -17,6 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
+use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// image id (16 bytes) → the record as JSON.
@@ -27,6 +28,8 @@ const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("index");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 /// image id + pending id → the journaled unfinished write, as JSON.
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_writes");
+/// upload id (16 bytes) → the upload session as JSON.
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_sessions");
 
 const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
@@ -57,6 +60,7 @@ impl EmbeddedMetadataStore {
             txn.open_table(IDEMPOTENCY)
                 .map_err(StorageError::internal)?;
             txn.open_table(PENDING).map_err(StorageError::internal)?;
+            txn.open_table(SESSIONS).map_err(StorageError::internal)?;
         }
         txn.commit().map_err(StorageError::internal)?;
         Ok(Self { db: Arc::new(db) })
@@ -82,6 +86,48 @@ impl EmbeddedMetadataStore {
             }
             txn.commit()?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Removes one entry of `table`.
+    async fn remove(
+        &self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        key: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(table)?.remove(key.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Every JSON value of `table` that `keep` accepts (for the repair
+    /// pass: it reads the whole table).
+    async fn scan_json<T, F>(
+        &self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        keep: F,
+    ) -> Result<Vec<T>, StorageError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(&T) -> bool + Send + 'static,
+    {
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let mut found = Vec::new();
+            for entry in txn.open_table(table)?.iter()? {
+                let (_, value) = entry?;
+                match serde_json::from_slice::<T>(value.value()) {
+                    Ok(item) if keep(&item) => found.push(item),
+                    Ok(_) => {}
+                    Err(error) => return Ok(Err(StorageError::internal(error))),
+                }
+            }
+            Ok(Ok(found))
         })
         .await
     }
@@ -238,32 +284,95 @@ impl MetadataStore for EmbeddedMetadataStore {
     }
 
     async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
-        let key = pending_key(write);
-        self.run(move |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(PENDING)?.remove(key.as_slice())?;
-            txn.commit()?;
-            Ok(Ok(()))
-        })
-        .await
+        self.remove(PENDING, pending_key(write)).await
     }
 
     async fn pending_writes(
         &self,
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError> {
+        self.scan_json(PENDING, move |write: &PendingWrite| {
+            write.started < older_than
+        })
+        .await
+    }
+
+    async fn create_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), StorageError> {
+        let id = *session.id.as_bytes();
+        let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut sessions = txn.open_table(SESSIONS)?;
+                if sessions.get(id.as_slice())?.is_some() {
+                    return Ok(Err(StorageError::AlreadyExists));
+                }
+                sessions.insert(id.as_slice(), value.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn get_upload_session(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<UploadSessionRecord>, StorageError> {
+        let id = *id.as_bytes();
         self.run(move |db| {
             let txn = db.begin_read()?;
-            let mut found = Vec::new();
-            for entry in txn.open_table(PENDING)?.iter()? {
-                let (_, value) = entry?;
-                match serde_json::from_slice::<PendingWrite>(value.value()) {
-                    Ok(write) if write.started < older_than => found.push(write),
-                    Ok(_) => {}
+            let sessions = txn.open_table(SESSIONS)?;
+            let found = sessions.get(id.as_slice())?;
+            Ok(found
+                .map(|value| serde_json::from_slice(value.value()))
+                .transpose()
+                .map_err(StorageError::internal))
+        })
+        .await
+    }
+
+    async fn replace_upload_session(
+        &self,
+        session: &UploadSessionRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let id = *session.id.as_bytes();
+        let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut sessions = txn.open_table(SESSIONS)?;
+                let current = match sessions.get(id.as_slice())? {
+                    None => return Ok(Err(StorageError::NotFound)),
+                    Some(stored) => serde_json::from_slice::<UploadSessionRecord>(stored.value()),
+                };
+                match current {
+                    Ok(current) if current.revision == expected_revision => {}
+                    Ok(_) => return Ok(Err(StorageError::ConditionFailed)),
                     Err(error) => return Ok(Err(StorageError::internal(error))),
                 }
+                sessions.insert(id.as_slice(), value.as_slice())?;
             }
-            Ok(Ok(found))
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
+        self.remove(SESSIONS, id.as_bytes().to_vec()).await
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        self.scan_json(SESSIONS, move |session: &UploadSessionRecord| {
+            session.is_expired(now)
         })
         .await
     }

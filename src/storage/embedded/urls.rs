@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::image::Timestamp;
-use crate::domain::ports::{Disposition, PresignRequest, PresignedUrl};
+use crate::domain::ports::{Disposition, ObjectKey, PresignRequest, PresignedUrl, WriteSize};
 use crate::domain::signing::{Purpose, SigningKey};
 
 /// Path prefix of presigned downloads on the HTTP listener.
@@ -152,6 +152,98 @@ impl SignedUrls {
     }
 }
 
+/// The query string of a presigned upload URL.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct UploadQuery {
+    /// Unix seconds after which the URL is refused.
+    pub expires: i64,
+    /// The exact body length required, when the URL names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// The longest body accepted, when no exact length is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+    pub signature: String,
+}
+
+impl SignedUrls {
+    fn upload_signature(&self, object: &str, expires: i64, size: WriteSize) -> [u8; 32] {
+        let (kind, n) = match size {
+            WriteSize::Exact(n) => (&b"exact"[..], n),
+            WriteSize::AtMost(n) => (&b"atmost"[..], n),
+        };
+        self.key.sign(
+            Purpose::UploadUrl,
+            &[
+                object.as_bytes(),
+                &expires.to_be_bytes(),
+                kind,
+                &n.to_be_bytes(),
+            ],
+        )
+    }
+
+    /// A URL for an HTTP `PUT` of the object `key` (an upload session's
+    /// part) with a body of `size`.
+    pub fn sign_upload(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        size: WriteSize,
+        now: Timestamp,
+    ) -> PresignedUrl {
+        let expires = now
+            .saturating_add(expires_in)
+            .as_micros()
+            .div_euclid(1_000_000);
+        let signature = self.upload_signature(key.as_str(), expires, size);
+        let (length, max) = match size {
+            WriteSize::Exact(n) => (Some(n), None),
+            WriteSize::AtMost(n) => (None, Some(n)),
+        };
+        let query = UploadQuery {
+            expires,
+            length,
+            max,
+            signature: URL_SAFE_NO_PAD.encode(signature),
+        };
+        let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+        PresignedUrl {
+            url: format!("{}{PATH_PREFIX}{}?{query}", self.base_url, key.as_str()),
+            expire_time: Timestamp::from_micros(expires.saturating_mul(1_000_000)),
+        }
+    }
+
+    /// Checks an upload request for `object` (the path after
+    /// [`PATH_PREFIX`]) and returns the body size it allows.
+    pub fn verify_upload(
+        &self,
+        object: &str,
+        query: &UploadQuery,
+        now: Timestamp,
+    ) -> Result<WriteSize, UrlError> {
+        let signature = URL_SAFE_NO_PAD
+            .decode(&query.signature)
+            .map_err(|_| UrlError::BadSignature)?;
+        let size = match (query.length, query.max) {
+            (Some(n), None) => WriteSize::Exact(n),
+            (None, Some(n)) => WriteSize::AtMost(n),
+            _ => return Err(UrlError::BadSignature),
+        };
+        let expected = self.upload_signature(object, query.expires, size);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            signature.as_slice(),
+            expected.as_slice(),
+        )) {
+            return Err(UrlError::BadSignature);
+        }
+        if now.as_micros() >= query.expires.saturating_mul(1_000_000) {
+            return Err(UrlError::Expired);
+        }
+        Ok(size)
+    }
+}
+
 /// How long a URL may be valid: the embedded backend has no limit of its
 /// own beyond a sanity bound.
 pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -159,7 +251,6 @@ pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ports::ObjectKey;
     use crate::domain::{ImageId, VariantName};
 
     fn request() -> PresignRequest {

@@ -10,11 +10,12 @@ use crate::helpers::{Backend, TestApp, as_user, assert_code, spec, upload_messag
 use image_service::pb;
 use image_service::pb::upload_image_request::Data;
 use sha2::{Digest, Sha256};
-use tonic::Code;
+use tonic::{Code, Status};
 
 mod changes;
 mod downloads;
 mod listing;
+mod sessions;
 mod uploads;
 mod variants;
 
@@ -70,6 +71,14 @@ macro_rules! all_cases {
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
             listing::pages_of_large_records_are_cut_by_bytes_and_continue,
+            sessions::a_cut_upload_resumes_on_another_server_from_what_it_holds,
+            sessions::a_resume_may_resend_held_bytes_but_not_skip_any,
+            sessions::a_second_stream_on_a_session_is_aborted,
+            sessions::only_the_owner_may_use_a_session,
+            sessions::starting_a_session_validates_the_spec_and_is_idempotent,
+            sessions::expired_sessions_are_removed_with_their_bytes,
+            sessions::a_direct_upload_is_checked_and_committed_like_a_streamed_one,
+            sessions::a_direct_upload_of_a_non_image_is_refused_and_removed,
         );
     };
 }

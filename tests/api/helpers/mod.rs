@@ -61,6 +61,43 @@ impl TestApp {
 
     /// A server on an existing data directory (to restart on the same data).
     pub async fn spawn_in(backend: Backend, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_on(backend, data_dir, extra, None).await
+    }
+
+    /// Another server instance on this one's stores, which takes them over:
+    /// on the aws backend a second replica starts while this one still
+    /// runs, then this one stops; the embedded backend allows one process
+    /// per data directory, so this one stops first.
+    pub async fn successor(mut self, extra: &[&str]) -> Self {
+        match self.backend {
+            Backend::Embedded => {
+                self.stop().await.expect("the server stops");
+                let mut next = Self::spawn_in(Backend::Embedded, &self.data_dir, extra).await;
+                next._dir = self._dir.take();
+                next
+            }
+            Backend::Aws => {
+                let endpoints = [
+                    self.s3.as_ref().expect("s3").endpoint(),
+                    self.dynamodb.as_ref().expect("dynamodb").endpoint(),
+                ];
+                let mut next =
+                    Self::spawn_on(Backend::Aws, &self.data_dir, extra, Some(endpoints)).await;
+                self.stop().await.expect("the server stops");
+                next.s3 = self.s3.take();
+                next.dynamodb = self.dynamodb.take();
+                next._dir = self._dir.take();
+                next
+            }
+        }
+    }
+
+    async fn spawn_on(
+        backend: Backend,
+        data_dir: &Path,
+        extra: &[&str],
+        shared: Option<[String; 2]>,
+    ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
             image_service::telemetry::init(image_service::telemetry::LogFormat::Text);
         }
@@ -85,8 +122,17 @@ impl TestApp {
         match backend {
             Backend::Embedded => args.extend(["--backend", "embedded"]),
             Backend::Aws => {
-                let (s3_server, dynamodb_server) = (servers::start_s3(), servers::start_dynamodb());
-                endpoints = [s3_server.endpoint(), dynamodb_server.endpoint()];
+                endpoints = match shared {
+                    Some(endpoints) => endpoints,
+                    None => {
+                        let (s3_server, dynamodb_server) =
+                            (servers::start_s3(), servers::start_dynamodb());
+                        let endpoints = [s3_server.endpoint(), dynamodb_server.endpoint()];
+                        s3 = Some(s3_server);
+                        dynamodb = Some(dynamodb_server);
+                        endpoints
+                    }
+                };
                 args.extend([
                     "--backend",
                     "aws",
@@ -102,13 +148,11 @@ impl TestApp {
                     &endpoints[1],
                 ]);
                 args.extend(["--signing-key", "a-signing-key-for-tests-only-0123456789"]);
-                s3 = Some(s3_server);
-                dynamodb = Some(dynamodb_server);
             }
         }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("valid test configuration");
-        if backend == Backend::Aws {
+        if backend == Backend::Aws && s3.is_some() {
             image_service::startup::init_backend(&config)
                 .await
                 .expect("init creates the bucket and table");

@@ -1,12 +1,12 @@
 //! What one upload has put in the stores, undone unless it is committed.
 //!
-//! Every write of an upload goes through its [`Session`]: the original's
+//! Every write of an upload goes through its [`Writes`]: the original's
 //! unfinished write, its journal entry, and each finished object (the
 //! original, then the variants). Cleanup is the default: an error undoes
-//! the session before the caller hears of it ([`Session::undo_on_error`]),
-//! and a session dropped without [`Session::commit`] (a panic, a cancelled
+//! everything before the caller hears of it ([`Writes::undo_on_error`]),
+//! and writes dropped without [`Writes::commit`] (a panic, a cancelled
 //! call) undoes itself in the background. A new step of the pipeline that
-//! writes through the session cannot forget its cleanup.
+//! writes through it cannot forget its cleanup.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,13 +16,15 @@ use crate::domain::ports::{BlobStore, BlobWriter, MetadataStore, ObjectKey, Pend
 use crate::domain::{DomainError, ImageId, VariantName};
 use crate::telemetry::error_chain;
 
-pub(super) struct Session {
+pub(super) struct Writes {
     id: ImageId,
+    /// The id was given (an upload session's), not made for this upload.
+    given_id: bool,
     undo: Undo,
     armed: bool,
 }
 
-/// What undoing a session removes.
+/// What undoing removes.
 struct Undo {
     blobs: Arc<dyn BlobStore>,
     metadata: Arc<dyn MetadataStore>,
@@ -34,18 +36,21 @@ struct Undo {
     written: Vec<ObjectKey>,
 }
 
-impl Session {
-    /// Starts writing the original of a new image.
+impl Writes {
+    /// Starts writing the original of a new image, with the id `given`
+    /// or a new one.
     pub(super) async fn start(
         blobs: Arc<dyn BlobStore>,
         metadata: Arc<dyn MetadataStore>,
+        given: Option<ImageId>,
         size_hint: Option<u64>,
     ) -> Result<Self, DomainError> {
-        let id = ImageId::new();
+        let id = given.unwrap_or_default();
         let key = ObjectKey::new(&id, &VariantName::original());
         let writer = blobs.start_write(&key, size_hint).await?;
         Ok(Self {
             id,
+            given_id: given.is_some(),
             undo: Undo {
                 blobs,
                 metadata,
@@ -59,6 +64,11 @@ impl Session {
 
     pub(super) fn id(&self) -> &ImageId {
         &self.id
+    }
+
+    /// Whether the image's id was given rather than made for this upload.
+    pub(super) fn has_given_id(&self) -> bool {
+        self.given_id
     }
 
     /// Appends bytes to the original. As soon as the store gives the
@@ -124,7 +134,7 @@ impl Session {
         Ok(())
     }
 
-    /// Passes `result` on; an error first undoes everything the session
+    /// Passes `result` on; an error first undoes everything
     /// wrote, and waits until it is done, so that the caller who hears of
     /// the failure finds nothing left behind.
     pub(super) async fn undo_on_error<T>(
@@ -149,7 +159,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for Writes {
     fn drop(&mut self) {
         if !self.armed {
             return;

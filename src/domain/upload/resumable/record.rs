@@ -1,0 +1,130 @@
+//! What the stores keep about an upload session between its streams.
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::domain::image::Timestamp;
+use crate::domain::upload::NewImage;
+use crate::domain::{DomainError, ImageId, UserId};
+
+/// An upload session's id: random, or derived from the owner and the
+/// idempotency key so that a retried `StartUpload` finds its session.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct UploadId(Uuid);
+
+impl UploadId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The id of `owner`'s session for `idempotency_key`.
+    pub fn for_idempotency_key(owner: &UserId, idempotency_key: &str) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(b"imageservice upload session\0");
+        hash.update(owner.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(idempotency_key.as_bytes());
+        let digest: [u8; 32] = hash.finalize().into();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        if text.is_empty() {
+            return Err(DomainError::invalid("upload_id is required"));
+        }
+        Uuid::try_parse(text)
+            .map(Self)
+            .map_err(|_| DomainError::invalid("upload_id is not a valid upload id"))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl Default for UploadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A stored run of a session's bytes: the object `uploads/{id}/{name}`
+/// holds bytes `offset..offset + length` of the image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Segment {
+    pub offset: u64,
+    pub length: u64,
+    pub name: String,
+}
+
+/// The stream that may write a session now, and until when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub until: Timestamp,
+}
+
+/// How the session's bytes arrive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Nothing yet: either way is open.
+    #[default]
+    Undecided,
+    /// Streamed through the service, kept as [`Segment`]s.
+    Streamed,
+    /// Sent straight to the store: this many part objects.
+    Direct { parts: u32 },
+}
+
+/// One upload session, as the metadata store keeps it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UploadSessionRecord {
+    pub id: UploadId,
+    pub owner: UserId,
+    /// The image the session makes: fixed up front, so that a commit that
+    /// is retried (after a replica died half-way) finds it.
+    pub image_id: ImageId,
+    /// The spec as the caller sent it (validated at `StartUpload`).
+    pub spec: NewImage,
+    pub create_time: Timestamp,
+    pub expire_time: Timestamp,
+    /// Bumped by every change; changes are conditional on it.
+    pub revision: u64,
+    pub delivery: Delivery,
+    /// The streamed bytes held durably, in order and contiguous.
+    pub segments: Vec<Segment>,
+    pub lease: Option<Lease>,
+    /// Set once the image is stored.
+    pub committed: bool,
+}
+
+impl UploadSessionRecord {
+    /// Bytes held durably: a resumed stream starts here.
+    pub fn persisted_size(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.offset + s.length)
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expire_time <= now
+    }
+
+    /// Whether a stream other than `holder` may write now.
+    pub fn leased_to_other(&self, holder: &str, now: Timestamp) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| lease.holder != holder && lease.until > now)
+    }
+}

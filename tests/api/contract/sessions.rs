@@ -1,0 +1,577 @@
+//! Upload sessions: streams cut and resumed (on another server instance),
+//! direct uploads through presigned URLs, ownership and expiry.
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::*;
+
+/// Small segments, so that a test image spans several.
+const SEGMENT: usize = 64 * 1024;
+const FLAGS: &[&str] = &["--upload-session-segment-size", "64KiB"];
+
+async fn start(
+    app: &TestApp,
+    user: &str,
+    spec: pb::ImageSpec,
+) -> Result<pb::UploadSession, Status> {
+    let request = pb::StartUploadRequest {
+        spec: Some(spec),
+        expected_size: None,
+    };
+    Ok(app
+        .client()
+        .start_upload(as_user(user, request))
+        .await?
+        .into_inner())
+}
+
+async fn status(
+    app: &TestApp,
+    user: &str,
+    upload_id: &str,
+) -> Result<pb::QueryUploadStatusResponse, Status> {
+    let request = pb::QueryUploadStatusRequest {
+        upload_id: upload_id.into(),
+    };
+    Ok(app
+        .client()
+        .query_upload_status(as_user(user, request))
+        .await?
+        .into_inner())
+}
+
+/// Waits until the session holds exactly `size` bytes (a broken stream
+/// keeps its bytes on the server's own time).
+async fn wait_persisted(app: &TestApp, user: &str, upload_id: &str, size: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let persisted = status(app, user, upload_id).await.unwrap().persisted_size;
+        if persisted == size as i64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session holds {persisted} bytes, not {size}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream that resumes `upload_id` at `offset` with `bytes` in chunks,
+/// finished or not.
+fn resume_messages(
+    upload_id: &str,
+    offset: usize,
+    bytes: &[u8],
+    chunk: usize,
+    finish: bool,
+) -> Vec<pb::UploadImageRequest> {
+    let mut messages = vec![pb::UploadImageRequest {
+        data: Some(Data::Resume(pb::ResumeUpload {
+            upload_id: upload_id.into(),
+            write_offset: offset as i64,
+        })),
+        ..Default::default()
+    }];
+    for piece in bytes.chunks(chunk) {
+        messages.push(pb::UploadImageRequest {
+            data: Some(Data::Chunk(Bytes::copy_from_slice(piece))),
+            ..Default::default()
+        });
+    }
+    messages.last_mut().expect("one message").finish_write = finish;
+    messages
+}
+
+/// An upload stream fed message by message, that the test may cut.
+struct OpenStream {
+    sender: mpsc::Sender<pb::UploadImageRequest>,
+    call: tokio::task::JoinHandle<Result<pb::Image, Status>>,
+}
+
+impl OpenStream {
+    fn open(app: &TestApp, user: &str) -> Self {
+        let (sender, receiver) = mpsc::channel(4);
+        let mut client = app.client();
+        let request = as_user(user, ReceiverStream::new(receiver));
+        let call = tokio::spawn(async move {
+            let response = client.upload_image(request).await?;
+            Ok(response.into_inner().image.expect("an image"))
+        });
+        Self { sender, call }
+    }
+
+    async fn send(&self, messages: Vec<pb::UploadImageRequest>) {
+        for message in messages {
+            self.sender.send(message).await.expect("the stream is open");
+        }
+    }
+
+    /// Cuts the call as a dropped connection would (the client resets it).
+    fn cut(self) {
+        self.call.abort();
+    }
+
+    /// Ends the stream without finish_write.
+    async fn close(self) -> Result<pb::Image, Status> {
+        drop(self.sender);
+        self.call.await.expect("the call ran")
+    }
+}
+
+fn photo() -> Vec<u8> {
+    let photo = images::photo_jpeg(1200, 900);
+    assert!(
+        photo.len() > 3 * SEGMENT,
+        "the photo spans several segments"
+    );
+    photo
+}
+
+fn staged_objects(app: &TestApp) -> Vec<String> {
+    app.stored_objects_now()
+        .into_iter()
+        .filter(|o| o.contains("uploads/"))
+        .collect()
+}
+
+pub async fn a_cut_upload_resumes_on_another_server_from_what_it_holds(backend: Backend) {
+    let photo = photo();
+    let cuts = [
+        ("inside the first segment", 30_000),
+        ("at a segment boundary", 2 * SEGMENT),
+        ("in the last segment", photo.len() - 500),
+    ];
+    let mut app = TestApp::spawn_with(backend, FLAGS).await;
+    for (index, (place, cut)) in cuts.into_iter().enumerate() {
+        let session = start(&app, "alice", spec("trip.jpg")).await.unwrap();
+        let id = &session.upload_id;
+        let stream = OpenStream::open(&app, "alice");
+        stream
+            .send(resume_messages(id, 0, &photo[..cut], 10_000, false))
+            .await;
+        if index % 2 == 0 {
+            // The stream breaks with the connection: what arrived is kept.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stream.cut();
+        } else {
+            let ended = stream.close().await;
+            let status = assert_code(ended, Code::InvalidArgument);
+            assert!(status.message().contains("resume"), "{status:?}");
+        }
+        wait_persisted(&app, "alice", id, cut).await;
+        // The broken stream gives its lease up right after.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        app = app.successor(FLAGS).await;
+        let persisted = status(&app, "alice", id).await.unwrap().persisted_size;
+        assert_eq!(
+            persisted, cut as i64,
+            "{place}: the new server sees the bytes"
+        );
+        let image = app
+            .upload_messages(
+                "alice",
+                resume_messages(id, cut, &photo[cut..], 16_000, true),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{place}: the resume finishes: {e:?}"));
+        assert_eq!(image.uploaded_sha256, sha256_hex(&photo), "{place}");
+        assert_eq!(image.size_bytes as usize, photo.len(), "{place}");
+        assert_eq!((image.width, image.height), (1200, 900));
+        assert!(!image.variants.is_empty(), "{place}: variants are made");
+        let downloaded = app.download("alice", &image.image_id).await.unwrap();
+        assert_eq!(downloaded, photo, "{place}");
+
+        // Finishing again is idempotent, and the status shows the image.
+        let again = app
+            .upload_messages("alice", resume_messages(id, 0, &[], 1, true))
+            .await
+            .unwrap();
+        assert_eq!(again.image_id, image.image_id);
+        let done = status(&app, "alice", id).await.unwrap();
+        assert_eq!(done.image.unwrap().image_id, image.image_id);
+    }
+    let staged = app.wait_for_stored_objects(cuts.len() * 3).await;
+    assert!(
+        staged.iter().all(|o| !o.contains("uploads/")),
+        "committed sessions keep no bytes: {staged:?}"
+    );
+    let listed = app
+        .list_all("alice", pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), cuts.len());
+}
+
+pub async fn a_resume_may_resend_held_bytes_but_not_skip_any(backend: Backend) {
+    let photo = photo();
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let id = start(&app, "alice", spec("p.jpg")).await.unwrap().upload_id;
+    let first = 3 * SEGMENT + 1000;
+    let ended = app
+        .upload_messages(
+            "alice",
+            resume_messages(&id, 0, &photo[..first], 8192, false),
+        )
+        .await;
+    assert_code(ended, Code::InvalidArgument);
+    wait_persisted(&app, "alice", &id, first).await;
+
+    let beyond = app
+        .upload_messages(
+            "alice",
+            resume_messages(&id, first + 1, &photo[first + 1..], 8192, true),
+        )
+        .await;
+    let status = assert_code(beyond, Code::OutOfRange);
+    assert!(
+        status.message().contains(&first.to_string()),
+        "the message names the persisted size: {status:?}"
+    );
+
+    // Re-sending from well before the persisted size is harmless.
+    let from = 10_000;
+    let image = app
+        .upload_messages(
+            "alice",
+            resume_messages(&id, from, &photo[from..], 7000, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.uploaded_sha256, sha256_hex(&photo));
+    assert_eq!(app.download("alice", &image.image_id).await.unwrap(), photo);
+}
+
+pub async fn a_second_stream_on_a_session_is_aborted(backend: Backend) {
+    let photo = photo();
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let id = start(&app, "alice", spec("p.jpg")).await.unwrap().upload_id;
+    let stream = OpenStream::open(&app, "alice");
+    stream
+        .send(resume_messages(&id, 0, &photo[..1000], 1000, false))
+        .await;
+    // The first stream has taken the session once its bytes count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = app
+        .upload_messages("alice", resume_messages(&id, 0, &photo, 8192, true))
+        .await;
+    assert_code(second, Code::Aborted);
+
+    let mut rest = resume_messages(&id, 0, &photo[1000..], 8192, true);
+    rest.remove(0);
+    stream.send(rest).await;
+    let image = stream
+        .call
+        .await
+        .unwrap()
+        .expect("the first stream finishes");
+    assert_eq!(image.uploaded_sha256, sha256_hex(&photo));
+}
+
+pub async fn only_the_owner_may_use_a_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
+    let png = images::png(16, 16, 1);
+    let mut client = app.client();
+    let denied = [
+        status(&app, "mallory", &id).await.map(|_| ()),
+        app.upload_messages("mallory", resume_messages(&id, 0, &png, 1024, true))
+            .await
+            .map(|_| ()),
+        client
+            .cancel_upload(as_user(
+                "mallory",
+                pb::CancelUploadRequest {
+                    upload_id: id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+        client
+            .get_upload_urls(as_user(
+                "mallory",
+                pb::GetUploadUrlsRequest {
+                    upload_id: id.clone(),
+                    parts: Some(pb::get_upload_urls_request::Parts::PartCount(1)),
+                    expires_in: None,
+                },
+            ))
+            .await
+            .map(|_| ()),
+        client
+            .complete_upload(as_user(
+                "mallory",
+                pb::CompleteUploadRequest {
+                    upload_id: id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+    ];
+    for result in denied {
+        assert_code(result, Code::PermissionDenied);
+    }
+    let image = app
+        .upload_messages("alice", resume_messages(&id, 0, &png, 1024, true))
+        .await
+        .expect("the owner finishes it");
+    assert_eq!(image.owner_id, "alice");
+}
+
+pub async fn starting_a_session_validates_the_spec_and_is_idempotent(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let too_many_tags = pb::ImageSpec {
+        tags: (0..31).map(|i| format!("t{i}")).collect(),
+        ..spec("p.png")
+    };
+    assert_code(
+        start(&app, "alice", too_many_tags).await,
+        Code::InvalidArgument,
+    );
+    let too_large = pb::ImageSpec {
+        expected_size: Some(1 << 40),
+        ..spec("p.png")
+    };
+    assert_code(
+        start(&app, "alice", too_large).await,
+        Code::ResourceExhausted,
+    );
+
+    let keyed = pb::ImageSpec {
+        idempotency_key: Some("k-1".into()),
+        ..spec("p.png")
+    };
+    let first = start(&app, "alice", keyed.clone()).await.unwrap();
+    let again = start(&app, "alice", keyed.clone()).await.unwrap();
+    assert_eq!(
+        first.upload_id, again.upload_id,
+        "a retry finds its session"
+    );
+    let bobs = start(&app, "bob", keyed).await.unwrap();
+    assert_ne!(
+        bobs.upload_id, first.upload_id,
+        "keys are scoped to the caller"
+    );
+
+    // Sessions are not images: nothing is listed before a commit.
+    let png = images::png(16, 16, 2);
+    let ended = app
+        .upload_messages(
+            "alice",
+            resume_messages(&first.upload_id, 0, &png, 64, false),
+        )
+        .await;
+    assert_code(ended, Code::InvalidArgument);
+    wait_persisted(&app, "alice", &first.upload_id, png.len()).await;
+    let listed = app
+        .list_all("alice", pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // Cancelling removes the session and its bytes.
+    app.client()
+        .cancel_upload(as_user(
+            "alice",
+            pb::CancelUploadRequest {
+                upload_id: first.upload_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_code(
+        status(&app, "alice", &first.upload_id).await,
+        Code::NotFound,
+    );
+    assert!(
+        staged_objects(&app).is_empty(),
+        "{:?}",
+        staged_objects(&app)
+    );
+}
+
+pub async fn expired_sessions_are_removed_with_their_bytes(backend: Backend) {
+    let flags = [
+        FLAGS,
+        &[
+            "--upload-session-ttl",
+            "2s",
+            "--repair-interval",
+            "300ms",
+            "--repair-grace",
+            "0s",
+        ],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let photo = photo();
+    let id = start(&app, "alice", spec("p.jpg")).await.unwrap().upload_id;
+    let held = 2 * SEGMENT + 100;
+    let ended = app
+        .upload_messages(
+            "alice",
+            resume_messages(&id, 0, &photo[..held], 8192, false),
+        )
+        .await;
+    assert_code(ended, Code::InvalidArgument);
+    wait_persisted(&app, "alice", &id, held).await;
+    assert!(!staged_objects(&app).is_empty());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !staged_objects(&app).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repair pass removes an expired session's bytes: {:?}",
+            staged_objects(&app)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_code(status(&app, "alice", &id).await, Code::NotFound);
+    let resumed = app
+        .upload_messages(
+            "alice",
+            resume_messages(&id, held, &photo[held..], 8192, true),
+        )
+        .await;
+    assert_code(resumed, Code::NotFound);
+    app.assert_nothing_stored("alice").await;
+}
+
+async fn upload_urls(
+    app: &TestApp,
+    user: &str,
+    upload_id: &str,
+    parts: pb::get_upload_urls_request::Parts,
+) -> Result<Vec<String>, Status> {
+    let request = pb::GetUploadUrlsRequest {
+        upload_id: upload_id.into(),
+        parts: Some(parts),
+        expires_in: None,
+    };
+    Ok(app
+        .client()
+        .get_upload_urls(as_user(user, request))
+        .await?
+        .into_inner()
+        .urls)
+}
+
+async fn complete(app: &TestApp, user: &str, upload_id: &str) -> Result<pb::Image, Status> {
+    let request = pb::CompleteUploadRequest {
+        upload_id: upload_id.into(),
+    };
+    Ok(app
+        .client()
+        .complete_upload(as_user(user, request))
+        .await?
+        .into_inner()
+        .image
+        .expect("an image"))
+}
+
+/// PUTs `body` to a presigned URL with a plain HTTP client, as a phone
+/// would; returns the status.
+async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .put(url)
+        .body(body)
+        .send()
+        .await
+        .expect("the store answers")
+        .status()
+}
+
+pub async fn a_direct_upload_is_checked_and_committed_like_a_streamed_one(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let photo = images::phone_photo(640, 480);
+    let id = start(&app, "alice", spec("sideways.jpg"))
+        .await
+        .unwrap()
+        .upload_id;
+    let split = photo.len() / 2;
+    let sizes = vec![split as i64, (photo.len() - split) as i64];
+    let urls = upload_urls(
+        &app,
+        "alice",
+        &id,
+        pb::get_upload_urls_request::Parts::PartSizes(pb::PartSizes { sizes }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(urls.len(), 2);
+
+    // A part may not be longer than the size its URL was made for.
+    let mut longer = photo[..split].to_vec();
+    longer.push(0);
+    assert!(!put(&urls[0], longer).await.is_success());
+    // Completing before every part has arrived changes nothing.
+    assert!(put(&urls[0], photo[..split].to_vec()).await.is_success());
+    assert_code(complete(&app, "alice", &id).await, Code::FailedPrecondition);
+    assert!(put(&urls[1], photo[split..].to_vec()).await.is_success());
+
+    let image = complete(&app, "alice", &id).await.unwrap();
+    assert_eq!(image.uploaded_sha256, sha256_hex(&photo));
+    assert!(image.metadata_stripped, "the same pipeline strips GPS");
+    assert_eq!((image.width, image.height), (480, 640), "upright");
+    assert!(!image.variants.is_empty() && !image.blurhash.is_empty());
+    let stored = app.download("alice", &image.image_id).await.unwrap();
+    assert_eq!(sha256_hex(&stored), image.sha256);
+    assert!(stored.len() < photo.len());
+
+    let again = complete(&app, "alice", &id).await.unwrap();
+    assert_eq!(again.image_id, image.image_id, "completing is idempotent");
+    assert!(
+        staged_objects(&app).is_empty(),
+        "{:?}",
+        staged_objects(&app)
+    );
+}
+
+pub async fn a_direct_upload_of_a_non_image_is_refused_and_removed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let id = start(&app, "alice", spec("notes.txt"))
+        .await
+        .unwrap()
+        .upload_id;
+    let urls = upload_urls(
+        &app,
+        "alice",
+        &id,
+        pb::get_upload_urls_request::Parts::PartCount(1),
+    )
+    .await
+    .unwrap();
+    let text = b"these are not the pixels you are looking for\n".repeat(100);
+    assert!(put(&urls[0], text).await.is_success());
+    assert_code(complete(&app, "alice", &id).await, Code::InvalidArgument);
+    assert_code(status(&app, "alice", &id).await, Code::NotFound);
+    app.assert_nothing_stored("alice").await;
+
+    // A streamed session cannot switch to URLs, nor the other way round.
+    let png = images::png(8, 8, 3);
+    let streamed = start(&app, "alice", spec("a.png")).await.unwrap().upload_id;
+    let ended = app
+        .upload_messages(
+            "alice",
+            resume_messages(&streamed, 0, &png[..20], 20, false),
+        )
+        .await;
+    assert_code(ended, Code::InvalidArgument);
+    wait_persisted(&app, "alice", &streamed, 20).await;
+    let switched = upload_urls(
+        &app,
+        "alice",
+        &streamed,
+        pb::get_upload_urls_request::Parts::PartCount(1),
+    )
+    .await;
+    assert_code(switched, Code::FailedPrecondition);
+    assert_code(
+        complete(&app, "alice", &streamed).await,
+        Code::FailedPrecondition,
+    );
+}
