@@ -1,5 +1,5 @@
 //! imagectl: image-service from a terminal. Upload files (in parallel, with
-//! progress), list with every filter, fetch metadata, download (resuming a
+//! progress, resuming by themselves after a broken connection), list with every filter, fetch metadata, download (resuming a
 //! partial file), get a download URL, update and delete.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,10 @@ enum Command {
         /// How many files are uploaded at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// Send at most this many bytes per second per file (e.g. 512KiB),
+        /// to spare a slow or metered link.
+        #[arg(long, value_parser = parse_rate)]
+        limit_rate: Option<u64>,
     },
     /// List images, newest first.
     List {
@@ -156,6 +160,14 @@ fn parse_attribute(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| "expected KEY=VALUE".to_owned())
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let rate: bytesize::ByteSize = text.parse()?;
+    if rate.as_u64() == 0 {
+        return Err("the rate must be positive".into());
+    }
+    Ok(rate.as_u64())
 }
 
 fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -266,6 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             location,
             attributes,
             parallel,
+            limit_rate,
         } => {
             let spec = pb::ImageSpec {
                 title: title.unwrap_or_default(),
@@ -275,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 attributes: attributes.into_iter().collect::<HashMap<_, _>>(),
                 ..Default::default()
             };
-            upload_all(&caller, files, spec, parallel.max(1), cli.json).await
+            upload_all(&caller, files, spec, parallel.max(1), limit_rate, cli.json).await
         }
         Command::List {
             owner,
@@ -462,6 +475,7 @@ async fn upload_all(
     files: Vec<PathBuf>,
     spec: pb::ImageSpec,
     parallel: usize,
+    limit_rate: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
     let bars = MultiProgress::new();
@@ -470,7 +484,7 @@ async fn upload_all(
             let bar = bars.add(ProgressBar::new(0));
             let (caller, spec) = (caller.clone(), spec.clone());
             async move {
-                let result = upload_one(&caller, &path, spec, &bar).await;
+                let result = upload_one(&caller, &path, spec, &bar, limit_rate).await;
                 bar.finish_and_clear();
                 (path, result)
             }
@@ -514,81 +528,212 @@ async fn upload_all(
     Ok(())
 }
 
+/// How many times in a row an upload is retried without the service
+/// holding more of it before imagectl gives up.
+const ATTEMPTS_WITHOUT_PROGRESS: u32 = 6;
+
+/// Errors after which an upload is worth resuming: the connection or the
+/// service went away, another stream still held the session, or the
+/// service was busy.
+fn worth_resuming(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+    )
+}
+
+/// Exponential backoff with full jitter: 0.25 s, 0.5 s, … up to 8 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(250) * 2u32.pow(attempt.min(5));
+    ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// The SHA-256 of a file, read in chunks.
+async fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// An idempotency key naming this file with this metadata: running the
+/// same upload again resumes its session (or returns its image) instead
+/// of storing a copy.
+fn upload_key(spec: &pb::ImageSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(prost::Message::encode_to_vec(spec));
+    format!("imagectl-{}", hex::encode(hasher.finalize()))
+}
+
+/// Uploads one file through an upload session: when the stream breaks
+/// (a lost connection, a restarted service), it asks the service how much
+/// it holds and resumes from there, with backoff.
 async fn upload_one(
     caller: &Caller,
     path: &Path,
     mut spec: pb::ImageSpec,
     bar: &ProgressBar,
+    limit_rate: Option<u64>,
 ) -> anyhow::Result<pb::Image> {
-    let mut file = tokio::fs::File::open(path)
+    let size = tokio::fs::metadata(path)
         .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata().await?.len();
+        .with_context(|| format!("opening {}", path.display()))?
+        .len();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     bar.set_length(size);
     bar.set_style(
         ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_message(
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    );
-    spec.filename = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    bar.set_message(name.clone());
+    spec.filename = name.clone();
     spec.expected_size = Some(size as i64);
+    // The service checks the bytes it receives against this (DATA_LOSS on
+    // a mismatch); the stored bytes differ when it removed metadata.
+    spec.sha256 = Some(file_sha256(path).await?);
+    spec.idempotency_key = Some(upload_key(&spec));
 
-    // Read as the stream is consumed, hashing on the way; the whole-file
-    // CRC32C cannot be known before the end, so each chunk carries its own.
+    let mut client = caller.client.clone();
+    let request = pb::StartUploadRequest {
+        spec: Some(spec),
+        expected_size: None,
+    };
+    let session = client
+        .start_upload(caller.request(request))
+        .await?
+        .into_inner();
+    let upload_id = session.upload_id;
+    let (mut stuck, mut last_held, mut last_error) = (0u32, None, None::<Status>);
+    loop {
+        let query = pb::QueryUploadStatusRequest {
+            upload_id: upload_id.clone(),
+        };
+        let status = match client.query_upload_status(caller.request(query)).await {
+            Ok(status) => status.into_inner(),
+            Err(error) if worth_resuming(&error) && stuck < ATTEMPTS_WITHOUT_PROGRESS => {
+                stuck += 1;
+                tokio::time::sleep(backoff(stuck)).await;
+                continue;
+            }
+            // A refused upload's session is removed: its own error says why.
+            Err(error) => return Err(last_error.unwrap_or(error).into()),
+        };
+        if let Some(image) = status.image {
+            return Ok(image);
+        }
+        let held = status.persisted_size.max(0) as u64;
+        if last_held.is_some_and(|before| held <= before) {
+            stuck += 1;
+        } else {
+            stuck = 0;
+        }
+        if let Some(error) = &last_error {
+            if stuck >= ATTEMPTS_WITHOUT_PROGRESS {
+                return Err(error.clone().into());
+            }
+            bar.suspend(|| {
+                eprintln!(
+                    "imagectl: {name}: the upload stopped ({}); resuming at {held} of {size} bytes",
+                    explain(error)
+                )
+            });
+            tokio::time::sleep(backoff(stuck)).await;
+        } else if held > 0 {
+            bar.suspend(|| eprintln!("imagectl: {name}: resuming at {held} of {size} bytes"));
+        }
+        last_held = Some(held);
+        bar.set_position(held);
+        match send_from(caller, path, &upload_id, held, size, bar, limit_rate).await {
+            Ok(image) => return Ok(image),
+            Err(error) if worth_resuming(&error) => last_error = Some(error),
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// One stream of an upload session: the file's bytes from `offset`.
+async fn send_from(
+    caller: &Caller,
+    path: &Path,
+    upload_id: &str,
+    offset: u64,
+    size: u64,
+    bar: &ProgressBar,
+    limit_rate: Option<u64>,
+) -> Result<pb::Image, Status> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Status::failed_precondition(format!("reading the file: {e}")))?;
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Status::failed_precondition(format!("reading the file: {e}")))?;
+    // With a rate limit, chunks are small enough to pace smoothly.
+    let chunk = limit_rate.map_or(CHUNK, |rate| {
+        (rate / 10).clamp(16 * 1024, CHUNK as u64) as usize
+    });
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let first = pb::UploadImageRequest {
-        data: Some(pb::upload_image_request::Data::Spec(spec)),
+        data: Some(pb::upload_image_request::Data::Resume(pb::ResumeUpload {
+            upload_id: upload_id.to_owned(),
+            write_offset: offset as i64,
+        })),
+        finish_write: offset >= size,
         ..Default::default()
     };
     tx.send(first).await.ok();
-    let bar_for_reader = bar.clone();
+    let bar = bar.clone();
     let reader = tokio::spawn(async move {
-        let mut sent = 0u64;
-        let mut hasher = Sha256::new();
-        loop {
-            let mut buffer = vec![0u8; CHUNK];
+        let started = tokio::time::Instant::now();
+        let mut sent = offset;
+        while sent < size {
+            let mut buffer = vec![0u8; chunk];
             let n = read_full(&mut file, &mut buffer).await?;
             buffer.truncate(n);
-            hasher.update(&buffer);
             sent += n as u64;
-            let finish = sent >= size || n == 0;
             let message = pb::UploadImageRequest {
                 chunk_crc32c: Some(crc32c::crc32c(&buffer)),
                 data: Some(pb::upload_image_request::Data::Chunk(buffer.into())),
-                finish_write: finish,
+                finish_write: sent >= size || n == 0,
             };
-            if tx.send(message).await.is_err() {
+            if tx.send(message).await.is_err() || n == 0 {
                 break;
             }
-            bar_for_reader.set_position(sent);
-            if finish {
-                break;
+            bar.set_position(sent);
+            if let Some(rate) = limit_rate {
+                let due = Duration::from_secs_f64((sent - offset) as f64 / rate.max(1) as f64);
+                tokio::time::sleep_until(started + due).await;
             }
         }
-        Ok::<_, std::io::Error>(hex::encode(hasher.finalize()))
+        Ok::<_, std::io::Error>(())
     });
     let response = caller
         .client
         .clone()
         .upload_image(caller.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .await;
-    let local_sha = reader.await.context("reading the file")??;
-    let image = response?
+    reader.abort();
+    response?
         .into_inner()
         .image
-        .context("the service returned no image")?;
-    if image.sha256 != local_sha {
-        bail!("the stored image's sha256 differs from the file's");
-    }
-    Ok(image)
+        .ok_or_else(|| Status::internal("the service returned no image"))
 }
 
 async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
@@ -747,6 +892,8 @@ fn image_json(image: &pb::Image) -> serde_json::Value {
         "content_type": image.content_type,
         "size_bytes": image.size_bytes,
         "sha256": image.sha256,
+        "uploaded_sha256": image.uploaded_sha256,
+        "metadata_stripped": image.metadata_stripped,
         "width": image.width,
         "height": image.height,
         "title": image.title,

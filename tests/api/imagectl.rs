@@ -202,3 +202,49 @@ async fn imagectl_explains_what_went_wrong() {
     let message = stderr_of_failure(&unreachable);
     assert!(message.contains("cannot reach image-service"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_resumes_a_broken_upload_by_itself() {
+    // Every stream is cut after a second, as a flaky mobile link would cut
+    // it; the upload is sent at 256 KiB/s, so it takes several streams.
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--upload-deadline",
+            "1s",
+            "--upload-session-segment-size",
+            "64KiB",
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let photo = images::photo_jpeg(1600, 1200);
+    assert!(photo.len() > 600 * 1024, "{} bytes", photo.len());
+    let path = write(dir.path(), "long.jpg", &photo);
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo));
+
+    let args = ["--json", "upload", &path, "--limit-rate", "256KiB"];
+    let output = imagectl(&app, Some("alice"), &args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let uploaded = json(&output);
+    let image = &uploaded.as_array().unwrap()[0];
+    assert_eq!(image["uploaded_sha256"], sha256, "{stderr}");
+    let resumes = stderr.matches("resuming at").count();
+    assert!(resumes >= 2, "the upload resumed by itself: {stderr}");
+    // Each resume starts where the service's bytes end, never from zero.
+    assert!(!stderr.contains("resuming at 0 of"), "{stderr}");
+    let downloaded = app
+        .download("alice", image["image_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(downloaded, photo);
+
+    // Running the same upload again finds it instead of storing a copy.
+    let again = json(&imagectl(&app, Some("alice"), &["--json", "upload", &path]).await);
+    assert_eq!(again[0]["image_id"], image["image_id"]);
+    let listed = app
+        .list_all("alice", image_service::pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}

@@ -179,12 +179,15 @@ impl Uploads {
                 Err(error) => return Err(error.into()),
             }
             match self.metadata.get_upload_session(&id).await? {
-                Some(existing) if existing.owner == *caller && !existing.is_expired(now) => {
-                    return Ok(existing);
-                }
-                // Only the owner's key leads here; an expired session of
-                // that key makes way for the new one.
                 Some(existing) if existing.owner == *caller => {
+                    // Only the owner's key leads here. An expired session of
+                    // that key, or one whose image was deleted since, makes
+                    // way for the new one.
+                    let image_deleted = existing.committed
+                        && self.metadata.get(&existing.image_id).await?.is_none();
+                    if !existing.is_expired(now) && !image_deleted {
+                        return Ok(existing);
+                    }
                     self.remove_session(&existing).await?;
                 }
                 Some(_) => return Err(DomainError::Internal("upload id collision".into())),
