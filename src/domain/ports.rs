@@ -69,6 +69,14 @@ impl ObjectKey {
         Self(format!("{}{name}", Self::staged_prefix(upload)))
     }
 
+    /// The upload session of a staged object's key; `None` for any other.
+    pub fn parse_staged(key: &str) -> Option<UploadId> {
+        let rest = key.strip_prefix("uploads/")?;
+        let (id, name) = rest.split_once('/')?;
+        let id = UploadId::parse(id).ok()?;
+        (!name.is_empty() && key.starts_with(&Self::staged_prefix(&id))).then_some(id)
+    }
+
     /// The prefix of every object of an upload session.
     pub fn staged_prefix(upload: &UploadId) -> String {
         format!("uploads/{upload}/")
@@ -212,6 +220,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Deletes every object of the upload session `upload` (the keys
     /// under [`ObjectKey::staged_prefix`]). Succeeds when there are none.
     async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError>;
+
+    /// Every upload session that has objects in the store, with the time
+    /// its newest one was written (for the repair pass: objects whose
+    /// session is gone, e.g. sent to a URL after a cancel, are removed).
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError>;
 
     /// Every image object in the store (for the repair pass; paginated
     /// underneath, so its cost is proportional to the store's size).

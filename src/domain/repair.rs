@@ -22,6 +22,10 @@ pub struct RepairReport {
     pub stale_index_entries: usize,
     /// Upload sessions past their expiry, removed with their bytes.
     pub expired_upload_sessions: usize,
+    /// Upload sessions gone from the metadata store whose objects were
+    /// still in the blob store (sent to a URL after a cancel, or left by a
+    /// replica that died between a write and its record).
+    pub orphan_upload_objects: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -31,6 +35,7 @@ impl RepairReport {
             && self.unfinished_writes.as_ref().is_none_or(Vec::is_empty)
             && self.stale_index_entries == 0
             && self.expired_upload_sessions == 0
+            && self.orphan_upload_objects.is_empty()
     }
 }
 
@@ -103,6 +108,18 @@ impl Images {
 
         // Expired sessions go whatever their age: their expiry is their grace.
         report.expired_upload_sessions = self.uploads.remove_expired_sessions(dry_run).await?;
+        for (upload, modified) in self.blobs.list_staged().await? {
+            if modified >= older_than || self.metadata.get_upload_session(&upload).await?.is_some()
+            {
+                continue;
+            }
+            if !dry_run {
+                self.blobs.delete_staged(&upload).await?;
+            }
+            report
+                .orphan_upload_objects
+                .push(ObjectKey::staged_prefix(&upload));
+        }
 
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [
@@ -110,6 +127,7 @@ impl Images {
             ("unfinished_write", unfinished),
             ("stale_index_entry", report.stale_index_entries),
             ("expired_upload_session", report.expired_upload_sessions),
+            ("orphan_upload_objects", report.orphan_upload_objects.len()),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);

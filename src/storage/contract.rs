@@ -448,7 +448,19 @@ async fn a_sessions_objects_are_sized_and_deleted_together(store: &dyn BlobStore
     assert_eq!(store.object_size(&keys[0]).await.unwrap(), Some(3000));
     let missing = ObjectKey::staged(&mine, "missing");
     assert_eq!(store.object_size(&missing).await.unwrap(), None);
+    let staged = store.list_staged().await.unwrap();
+    for id in [mine, other] {
+        assert!(staged.iter().any(|(s, _)| *s == id), "{id} is listed");
+    }
     store.delete_staged(&mine).await.expect("deleted");
+    assert!(
+        !store
+            .list_staged()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(s, _)| *s == mine)
+    );
     for key in &keys[..2] {
         assert_eq!(store.object_size(key).await.unwrap(), None, "{key:?}");
     }

@@ -115,6 +115,10 @@ impl BlobStore for InstrumentedBlobs {
         timed("blob", "delete_staged", self.0.delete_staged(upload)).await
     }
 
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
+        timed("blob", "list_staged", self.0.list_staged()).await
+    }
+
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         timed("blob", "list_objects", self.0.list_objects()).await
     }

@@ -212,6 +212,17 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
+        let mut newest: HashMap<UploadId, Timestamp> = HashMap::new();
+        for (key, (_, modified)) in self.lock().iter() {
+            if let Some(id) = ObjectKey::parse_staged(key) {
+                let time = newest.entry(id).or_insert(*modified);
+                *time = (*time).max(*modified);
+            }
+        }
+        Ok(newest.into_iter().collect())
+    }
+
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         Ok(self
             .lock()

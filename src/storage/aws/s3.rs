@@ -34,6 +34,13 @@ const ABORT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A URL is not handed out if its credentials die sooner than this.
 const CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
+/// An object's modification time as a listing gives it (now when absent,
+/// so that the repair pass waits).
+fn modified_time(time: Option<aws_sdk_s3::primitives::DateTime>) -> Timestamp {
+    time.map(|t| Timestamp::from_micros(t.secs().saturating_mul(1_000_000)))
+        .unwrap_or_else(Timestamp::now)
+}
+
 pub struct S3BlobStore {
     client: Client,
     /// Signs URLs for the endpoint callers reach.
@@ -346,6 +353,28 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
+        let mut newest: std::collections::HashMap<UploadId, Timestamp> = Default::default();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix("uploads/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for object in page.map_err(classify)?.contents.unwrap_or_default() {
+                let Some(id) = object.key.as_deref().and_then(ObjectKey::parse_staged) else {
+                    continue;
+                };
+                let modified = modified_time(object.last_modified);
+                let time = newest.entry(id).or_insert(modified);
+                *time = (*time).max(modified);
+            }
+        }
+        Ok(newest.into_iter().collect())
+    }
+
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let mut found = Vec::new();
         let mut pages = self
@@ -361,10 +390,7 @@ impl BlobStore for S3BlobStore {
                 else {
                     continue;
                 };
-                let modified = object
-                    .last_modified
-                    .map(|t| Timestamp::from_micros(t.secs().saturating_mul(1_000_000)))
-                    .unwrap_or_else(Timestamp::now);
+                let modified = modified_time(object.last_modified);
                 found.push(StoredObject {
                     image_id,
                     variant,

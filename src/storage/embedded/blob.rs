@@ -164,6 +164,36 @@ impl BlobStore for EmbeddedBlobStore {
         }
     }
 
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
+        let uploads = self.root.join("uploads");
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let Ok(dirs) = std::fs::read_dir(&uploads) else {
+                return Ok(found);
+            };
+            for dir in dirs.flatten() {
+                let Ok(id) = UploadId::parse(&dir.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                // The directory's own time changes with each file in it.
+                let mut newest = dir.metadata().and_then(|m| m.modified()).ok();
+                for file in std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let modified = file.metadata().and_then(|m| m.modified()).ok();
+                    newest = newest.max(modified);
+                }
+                let newest = newest.map(Timestamp::from).unwrap_or_else(Timestamp::now);
+                found.push((id, newest));
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(StorageError::internal)?
+    }
+
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let images = self.root.join("images");
         tokio::task::spawn_blocking(move || {

@@ -79,6 +79,7 @@ macro_rules! all_cases {
             sessions::expired_sessions_are_removed_with_their_bytes,
             sessions::a_direct_upload_is_checked_and_committed_like_a_streamed_one,
             sessions::a_direct_upload_of_a_non_image_is_refused_and_removed,
+            sessions::bytes_sent_after_a_cancel_are_removed_by_the_repair_pass,
         );
     };
 }

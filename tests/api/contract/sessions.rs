@@ -575,3 +575,42 @@ pub async fn a_direct_upload_of_a_non_image_is_refused_and_removed(backend: Back
         Code::FailedPrecondition,
     );
 }
+
+pub async fn bytes_sent_after_a_cancel_are_removed_by_the_repair_pass(backend: Backend) {
+    let flags = [
+        FLAGS,
+        &["--repair-interval", "300ms", "--repair-grace", "0s"],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
+    let urls = upload_urls(
+        &app,
+        "alice",
+        &id,
+        pb::get_upload_urls_request::Parts::PartCount(1),
+    )
+    .await
+    .unwrap();
+    app.client()
+        .cancel_upload(as_user(
+            "alice",
+            pb::CancelUploadRequest {
+                upload_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // The URL still works until it expires: what it stores is nobody's.
+    assert!(put(&urls[0], images::png(8, 8, 1)).await.is_success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !staged_objects(&app).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            staged_objects(&app)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_code(complete(&app, "alice", &id).await, Code::NotFound);
+}
