@@ -593,6 +593,8 @@ async fn start_session(client: &ImageServiceClient<Channel>, size: usize) -> Str
         .await
         .expect("a session")
         .into_inner()
+        .session
+        .expect("a session")
         .upload_id
 }
 

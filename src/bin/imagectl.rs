@@ -619,7 +619,9 @@ async fn upload_one(
     let session = client
         .start_upload(caller.request(request))
         .await?
-        .into_inner();
+        .into_inner()
+        .session
+        .context("the service returned no session")?;
     let upload_id = session.upload_id;
     let (mut stuck, mut last_held, mut last_error) = (0u32, None, None::<Status>);
     loop {

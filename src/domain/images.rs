@@ -465,7 +465,7 @@ const MIN_DOWNLOAD_CHUNK: usize = 256 * 1024;
 /// split without copying, small ones gathered, with one copy into a buffer
 /// allocated once) and fails if the store delivers more or fewer bytes than
 /// `length`, so a truncated read never looks complete.
-fn exact_chunks(
+pub(super) fn exact_chunks(
     stream: crate::domain::ports::ByteStream,
     length: u64,
 ) -> BoxStream<'static, Result<Bytes, DomainError>> {

@@ -395,7 +395,7 @@ impl ImageService for ImageApi {
     async fn start_upload(
         &self,
         request: Request<pb::StartUploadRequest>,
-    ) -> Result<Response<pb::UploadSession>, Status> {
+    ) -> Result<Response<pb::StartUploadResponse>, Status> {
         self.observe("StartUpload", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let r = request.get_ref().clone();
@@ -409,9 +409,11 @@ impl ImageService for ImageApi {
                 .start_session(&caller, spec, r.expected_size)
                 .await?;
             tracing::info!(upload_id = %session.id, "upload session started");
-            Ok(Response::new(pb::UploadSession {
-                upload_id: session.id.to_string(),
-                expire_time: Some(convert::timestamp(session.expire_time)),
+            Ok(Response::new(pb::StartUploadResponse {
+                session: Some(pb::UploadSession {
+                    upload_id: session.id.to_string(),
+                    expire_time: Some(convert::timestamp(session.expire_time)),
+                }),
             }))
         })
         .await
@@ -481,7 +483,7 @@ impl ImageService for ImageApi {
     async fn complete_upload(
         &self,
         request: Request<pb::CompleteUploadRequest>,
-    ) -> Result<Response<pb::UploadImageResponse>, Status> {
+    ) -> Result<Response<pb::CompleteUploadResponse>, Status> {
         self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request))?;
             let _in_progress = UploadInProgress::start();
@@ -491,7 +493,7 @@ impl ImageService for ImageApi {
                 .complete_session(&caller, &request.get_ref().upload_id)
                 .await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "direct upload completed");
-            Ok(Response::new(pb::UploadImageResponse {
+            Ok(Response::new(pb::CompleteUploadResponse {
                 image: Some(convert::image(&record, &caller)),
             }))
         })

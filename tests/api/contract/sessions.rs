@@ -25,7 +25,9 @@ async fn start(
         .client()
         .start_upload(as_user(user, request))
         .await?
-        .into_inner())
+        .into_inner()
+        .session
+        .expect("a session"))
 }
 
 async fn status(

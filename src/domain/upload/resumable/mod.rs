@@ -403,7 +403,7 @@ impl Uploads {
                 "the upload session is committed".into(),
             ));
         }
-        if session.delivery == Delivery::Streamed || !session.segments.is_empty() {
+        if !session.segments.is_empty() {
             return Err(DomainError::FailedPrecondition(
                 "this upload session's bytes are being streamed: resume it with UploadImage".into(),
             ));
@@ -520,15 +520,7 @@ impl Uploads {
                 self.limits.content.max_bytes
             )))
         } else {
-            let blobs = self.blobs.clone();
-            let chunks = futures::stream::iter(keys)
-                .then(move |(key, size)| {
-                    let blobs = blobs.clone();
-                    async move { blobs.read(&key, 0, size).await }
-                })
-                .try_flatten()
-                .map_err(DomainError::from)
-                .boxed();
+            let chunks = read_in_order(self.blobs.clone(), keys);
             self.store_session(caller, &session, chunks).await
         };
         drop(slot);
@@ -668,14 +660,20 @@ impl SessionStream<'_> {
         self.uploads
             .take_lease(&mut self.session, &holder, deadline)
             .await?;
-        let chunks = self.all_bytes(&tail);
+        // The tail is shared with the pipeline, not copied; it comes back
+        // (without a copy once the pipeline has let it go) if it is to be
+        // kept for another try.
+        let rest = std::mem::take(&mut tail.bytes).freeze();
+        let chunks = self.all_bytes(&tail, rest.clone());
         let stored = self
             .uploads
             .store_session(caller, &self.session, chunks)
             .await;
         let stored = match stored {
             Err(error) if !is_bad_content(&error) => {
-                // Kept for another try of the finish.
+                tail.bytes = rest
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
                 Err(self.keep(&mut tail, error).await)
             }
             other => other,
@@ -879,34 +877,41 @@ impl SessionStream<'_> {
     fn all_bytes(
         &self,
         tail: &Tail,
+        rest: Bytes,
     ) -> futures::stream::BoxStream<'static, Result<Bytes, DomainError>> {
-        let blobs = self.uploads.blobs.clone();
-        let id = self.session.id;
         let replaced = tail.replaces.as_ref().map(|s| s.name.clone());
-        let segments: Vec<Segment> = self
+        let segments: Vec<(ObjectKey, u64)> = self
             .session
             .segments
             .iter()
             .filter(|s| Some(&s.name) != replaced.as_ref())
-            .cloned()
+            .map(|s| (ObjectKey::staged(&self.session.id, &s.name), s.length))
             .collect();
-        let stored = futures::stream::iter(segments)
-            .then(move |segment| {
-                let blobs = blobs.clone();
-                async move {
-                    let key = ObjectKey::staged(&id, &segment.name);
-                    blobs.read(&key, 0, segment.length).await
-                }
-            })
-            .try_flatten()
-            .map_err(DomainError::from);
-        let rest = tail.bytes.clone().freeze();
+        let stored = read_in_order(self.uploads.blobs.clone(), segments);
         stored
             .chain(futures::stream::iter(
                 (!rest.is_empty()).then_some(Ok(rest)),
             ))
             .boxed()
     }
+}
+
+/// The objects `keys` (with their sizes), one after the other, in messages
+/// of 256 KiB to 1 MiB, each object exactly as long as recorded.
+fn read_in_order(
+    blobs: std::sync::Arc<dyn crate::domain::ports::BlobStore>,
+    keys: Vec<(ObjectKey, u64)>,
+) -> futures::stream::BoxStream<'static, Result<Bytes, DomainError>> {
+    futures::stream::iter(keys)
+        .then(move |(key, size)| {
+            let blobs = blobs.clone();
+            async move {
+                let stream = blobs.read(&key, 0, size).await?;
+                Ok::<_, DomainError>(crate::domain::images::exact_chunks(stream, size))
+            }
+        })
+        .try_flatten()
+        .boxed()
 }
 
 /// `error` with the offset a new stream resumes from.
