@@ -523,6 +523,28 @@ async fn raw_config(server: &crate::helpers::servers::ServerProcess) -> aws_conf
         .await
 }
 
+/// Starts the service process `command` and returns it with its gRPC
+/// address, read from its "ready" log line.
+fn spawn_service(
+    command: &mut std::process::Command,
+) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut service = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(service.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("image-service ready"))
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let grpc = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    (service, grpc)
+}
+
 /// Runs the image-service binary against the test servers.
 fn service_command(
     s3: &crate::helpers::servers::ServerProcess,
@@ -552,7 +574,6 @@ fn service_command(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload() {
-    use std::io::{BufRead, BufReader};
     let (s3, dynamodb) = (
         crate::helpers::servers::start_s3(),
         crate::helpers::servers::start_dynamodb(),
@@ -567,19 +588,7 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
         String::from_utf8_lossy(&init.stderr)
     );
 
-    let mut service = service_command(&s3, &dynamodb)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(service.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("image-service ready"))
-        .unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
-    let grpc: std::net::SocketAddr = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut service, grpc) = spawn_service(&mut service_command(&s3, &dynamodb));
 
     // An upload of 20 MiB, killed with the service after its first parts.
     let (tx, rx) = mpsc::channel(2);
@@ -649,4 +658,144 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
             .is_none_or(|w| w.is_empty()),
         "{report}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_session_loses_only_what_it_had_not_stored() {
+    let (s3, dynamodb) = (
+        crate::helpers::servers::start_s3(),
+        crate::helpers::servers::start_dynamodb(),
+    );
+    assert!(
+        service_command(&s3, &dynamodb)
+            .arg("init")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let session_flags = [
+        "--upload-session-segment-size",
+        "64KiB",
+        "--upload-idle-timeout",
+        "2s",
+    ];
+    let replica = || {
+        let mut command = service_command(&s3, &dynamodb);
+        command.args(session_flags);
+        spawn_service(&mut command)
+    };
+    let client = |grpc| async move {
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await)
+    };
+    let held = |mut client: pb::image_service_client::ImageServiceClient<_>, id: String| async move {
+        client
+            .query_upload_status(as_user(
+                "alice",
+                pb::QueryUploadStatusRequest { upload_id: id },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .persisted_size
+    };
+    let photo = images::photo_jpeg(1200, 900);
+    let (mut first, grpc) = replica();
+    let mut a = client(grpc).await;
+    let id = a
+        .start_upload(as_user(
+            "alice",
+            pb::StartUploadRequest {
+                spec: Some(spec("killed.jpg")),
+                expected_size: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .upload_id;
+
+    // Three segments and a bit: the segments are stored, the bit is not.
+    let (tx, rx) = mpsc::channel(64);
+    let mut streaming = a.clone();
+    let call = tokio::spawn(async move {
+        streaming
+            .upload_image(as_user("alice", ReceiverStream::new(rx)))
+            .await
+    });
+    let sent = 3 * 65536 + 8000;
+    tx.send(pb::UploadImageRequest {
+        data: Some(pb::upload_image_request::Data::Resume(pb::ResumeUpload {
+            upload_id: id.clone(),
+            write_offset: 0,
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for chunk in photo[..sent].chunks(10_000) {
+        tx.send(pb::UploadImageRequest {
+            data: Some(pb::upload_image_request::Data::Chunk(
+                bytes::Bytes::copy_from_slice(chunk),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while held(a.clone(), id.clone()).await < 3 * 65536 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "segments are stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    let _ = call.await;
+
+    // Another replica sees the stored segments; the dead one's lease runs
+    // out, then the resume goes through.
+    let (mut second, grpc) = replica();
+    let b = client(grpc).await;
+    let persisted = held(b.clone(), id.clone()).await as usize;
+    assert_eq!(persisted, 3 * 65536, "exactly the stored segments survive");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let image = loop {
+        let mut messages = vec![pb::UploadImageRequest {
+            data: Some(pb::upload_image_request::Data::Resume(pb::ResumeUpload {
+                upload_id: id.clone(),
+                write_offset: persisted as i64,
+            })),
+            ..Default::default()
+        }];
+        messages.extend(
+            photo[persisted..]
+                .chunks(65536)
+                .map(|chunk| pb::UploadImageRequest {
+                    data: Some(pb::upload_image_request::Data::Chunk(
+                        bytes::Bytes::copy_from_slice(chunk),
+                    )),
+                    ..Default::default()
+                }),
+        );
+        messages.last_mut().unwrap().finish_write = true;
+        let result = b
+            .clone()
+            .upload_image(as_user("alice", tokio_stream::iter(messages)))
+            .await;
+        match result {
+            Ok(response) => break response.into_inner().image.unwrap(),
+            Err(status) if status.code() == Code::Aborted => {
+                assert!(tokio::time::Instant::now() < deadline, "the lease runs out");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => panic!("the resume failed: {status:?}"),
+        }
+    };
+    assert_eq!(image.uploaded_sha256, hex::encode(Sha256::digest(&photo)));
+    let _ = second.kill();
+    let _ = second.wait();
 }

@@ -217,6 +217,7 @@ proptest! {
                             | DomainError::OutOfRange(_)
                             | DomainError::DataLoss(_)
                             | DomainError::ResourceExhausted(_)
+                            | DomainError::TooLarge(_)
                     ),
                     "undocumented rejection: {:?}", error
                 );
