@@ -18,9 +18,10 @@
 //! Finishing runs the bytes through the same pipeline as a one-shot upload
 //! ([`Uploads::store_new`]), under the image id fixed when the session
 //! started, so a retried finish can only ever make that one image.
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::pace::Pace;
@@ -107,10 +108,13 @@ fn part_name(index: usize) -> String {
 }
 
 /// A stream's bytes not yet in a segment, from `start` (the persisted size,
-/// or the offset of a short last segment read back).
+/// or the offset of a short last segment read back): the received chunks
+/// themselves, shared rather than copied.
+#[derive(Default)]
 struct Tail {
     start: u64,
-    bytes: BytesMut,
+    pieces: VecDeque<Bytes>,
+    len: u64,
     /// The short last segment these bytes begin with, replaced by the next
     /// segment written.
     replaces: Option<Segment>,
@@ -118,16 +122,54 @@ struct Tail {
 
 impl Tail {
     fn end(&self) -> u64 {
-        self.start + self.bytes.len() as u64
+        self.start + self.len
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len() as u64;
+        self.pieces.push_back(piece);
+    }
+
+    /// The first `length` bytes, as shared slices; the tail keeps them
+    /// until [`Tail::advance`].
+    fn prefix(&self, length: u64) -> Vec<Bytes> {
+        let mut left = length as usize;
+        let mut out = Vec::new();
+        for piece in &self.pieces {
+            if left == 0 {
+                break;
+            }
+            let take = piece.len().min(left);
+            out.push(piece.slice(..take));
+            left -= take;
+        }
+        out
+    }
+
+    /// Drops the first `length` bytes (now in a segment).
+    fn advance(&mut self, length: u64) {
+        let mut left = length as usize;
+        while left > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.pieces.pop_front();
+            } else {
+                let _ = front.split_to(left);
+                left = 0;
+            }
+        }
+        self.start += length;
+        self.len -= length;
     }
 
     /// Whether it holds bytes that no segment holds.
     fn has_new_bytes(&self) -> bool {
         self.replaces
             .as_ref()
-            .map_or(!self.bytes.is_empty(), |old| {
-                self.bytes.len() as u64 > old.length
-            })
+            .map_or(self.len > 0, |old| self.len > old.length)
     }
 }
 
@@ -660,22 +702,14 @@ impl SessionStream<'_> {
         self.uploads
             .take_lease(&mut self.session, &holder, deadline)
             .await?;
-        // The tail is shared with the pipeline, not copied; it comes back
-        // (without a copy once the pipeline has let it go) if it is to be
-        // kept for another try.
-        let rest = std::mem::take(&mut tail.bytes).freeze();
-        let chunks = self.all_bytes(&tail, rest.clone());
+        let chunks = self.all_bytes(&tail);
         let stored = self
             .uploads
             .store_session(caller, &self.session, chunks)
             .await;
         let stored = match stored {
-            Err(error) if !is_bad_content(&error) => {
-                tail.bytes = rest
-                    .try_into_mut()
-                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-                Err(self.keep(&mut tail, error).await)
-            }
+            // Kept for another try of the finish.
+            Err(error) if !is_bad_content(&error) => Err(self.keep(&mut tail, error).await),
             other => other,
         };
         self.uploads.conclude(&mut self.session, stored).await
@@ -687,8 +721,7 @@ impl SessionStream<'_> {
         let persisted = self.session.persisted_size();
         let mut tail = Tail {
             start: persisted,
-            bytes: BytesMut::new(),
-            replaces: None,
+            ..Tail::default()
         };
         let Some(last) = self.session.segments.last().cloned() else {
             return Ok(tail);
@@ -700,9 +733,9 @@ impl SessionStream<'_> {
         let key = ObjectKey::staged(&self.session.id, &last.name);
         let mut stream = self.uploads.blobs.read(&key, 0, last.length).await?;
         while let Some(piece) = stream.next().await {
-            tail.bytes.extend_from_slice(&piece?);
+            tail.push(piece?);
         }
-        if tail.bytes.len() as u64 != last.length {
+        if tail.len != last.length {
             return Err(DomainError::Internal(
                 "an upload session's segment is shorter than recorded".into(),
             ));
@@ -780,10 +813,9 @@ impl SessionStream<'_> {
                             ))
                         });
                     }
-                    let held = tail.bytes.len() as u64 + new.len() as u64;
-                    self.reserve(held).await?;
-                    tail.bytes.extend_from_slice(&new);
-                    while tail.bytes.len() as u64 >= self.segment_bytes() {
+                    self.reserve(tail.len + new.len() as u64).await?;
+                    tail.push(new);
+                    while tail.len >= self.segment_bytes() {
                         let length = self.segment_bytes();
                         self.write_segment(tail, length).await?;
                         lease_renewed = tokio::time::Instant::now();
@@ -805,8 +837,8 @@ impl SessionStream<'_> {
 
     /// Writes the first `length` bytes of the tail as a segment and records
     /// it (renewing the lease), then drops the segment it replaces.
+    /// On failure the tail is as it was.
     async fn write_segment(&mut self, tail: &mut Tail, length: u64) -> Result<(), DomainError> {
-        let bytes = tail.bytes.split_to(length as usize).freeze();
         let segment = Segment {
             offset: tail.start,
             length,
@@ -814,12 +846,14 @@ impl SessionStream<'_> {
         };
         let key = ObjectKey::staged(&self.session.id, &segment.name);
         let mut writer = self.uploads.blobs.start_write(&key, Some(length)).await?;
-        if let Err(error) = writer.write(bytes).await {
-            writer.abort().await;
-            return Err(error.into());
+        for piece in gathered(tail.prefix(length)) {
+            if let Err(error) = writer.write(piece).await {
+                writer.abort().await;
+                return Err(error.into());
+            }
         }
         writer.finish().await?;
-        let replaced = tail.replaces.take();
+        let replaced = tail.replaces.clone();
         if let Some(old) = &replaced {
             self.session.segments.retain(|s| s.name != old.name);
         }
@@ -837,13 +871,14 @@ impl SessionStream<'_> {
             let _ = self.uploads.blobs.delete(&key).await;
             return Err(error);
         }
+        tail.replaces = None;
+        tail.advance(length);
         if let Some(old) = replaced {
             let old_key = ObjectKey::staged(&self.session.id, &old.name);
             if let Err(error) = self.uploads.blobs.delete(&old_key).await {
                 tracing::debug!(error = %error_chain(&error), "could not delete a replaced upload segment; it goes with its session");
             }
         }
-        tail.start += length;
         metrics::counter!("imageservice_upload_session_segments_total").increment(1);
         Ok(())
     }
@@ -853,7 +888,7 @@ impl SessionStream<'_> {
     /// returns `error` with the offset to resume from.
     async fn keep(&mut self, tail: &mut Tail, error: DomainError) -> DomainError {
         if tail.has_new_bytes() {
-            let length = tail.bytes.len() as u64;
+            let length = tail.len;
             if let Err(kept) = self.write_segment(tail, length).await {
                 tracing::warn!(error = %error_chain(&kept), upload_id = %self.session.id, "could not keep the end of a broken upload stream");
                 return error;
@@ -877,7 +912,6 @@ impl SessionStream<'_> {
     fn all_bytes(
         &self,
         tail: &Tail,
-        rest: Bytes,
     ) -> futures::stream::BoxStream<'static, Result<Bytes, DomainError>> {
         let replaced = tail.replaces.as_ref().map(|s| s.name.clone());
         let segments: Vec<(ObjectKey, u64)> = self
@@ -888,12 +922,34 @@ impl SessionStream<'_> {
             .map(|s| (ObjectKey::staged(&self.session.id, &s.name), s.length))
             .collect();
         let stored = read_in_order(self.uploads.blobs.clone(), segments);
-        stored
-            .chain(futures::stream::iter(
-                (!rest.is_empty()).then_some(Ok(rest)),
-            ))
-            .boxed()
+        let rest: Vec<Result<Bytes, DomainError>> = tail.pieces.iter().cloned().map(Ok).collect();
+        stored.chain(futures::stream::iter(rest)).boxed()
     }
+}
+
+/// Small pieces copied together into pieces of at least 64 KiB (a write
+/// call per received chunk would cost per chunk, not per byte); large ones
+/// pass as they are.
+fn gathered(pieces: Vec<Bytes>) -> Vec<Bytes> {
+    const MIN: usize = 64 * 1024;
+    let mut out = Vec::new();
+    let (mut small, mut small_len) = (Vec::new(), 0);
+    for piece in pieces {
+        if piece.len() >= MIN && small.is_empty() {
+            out.push(piece);
+            continue;
+        }
+        small_len += piece.len();
+        small.push(piece);
+        if small_len >= MIN {
+            out.push(super::gather(std::mem::take(&mut small)));
+            small_len = 0;
+        }
+    }
+    if !small.is_empty() {
+        out.push(super::gather(small));
+    }
+    out
 }
 
 /// The objects `keys` (with their sizes), one after the other, in messages
@@ -926,5 +982,59 @@ fn with_resume_hint(error: DomainError, persisted: u64) -> DomainError {
         DomainError::TooLarge(m) => DomainError::TooLarge(hint(m)),
         DomainError::Aborted(m) => DomainError::Aborted(hint(m)),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(pieces: &[&[u8]]) -> Tail {
+        let mut tail = Tail {
+            start: 100,
+            ..Tail::default()
+        };
+        for piece in pieces {
+            tail.push(Bytes::copy_from_slice(piece));
+        }
+        tail
+    }
+
+    #[test]
+    fn a_tail_gives_its_prefix_and_keeps_the_rest() {
+        let mut tail = tail_of(&[b"abc", b"defg", b"h"]);
+        assert_eq!((tail.len, tail.end()), (8, 108));
+        assert_eq!(tail.prefix(5).concat(), b"abcde");
+        assert_eq!(tail.len, 8, "a prefix takes nothing away");
+        tail.advance(5);
+        assert_eq!((tail.start, tail.len), (105, 3));
+        assert_eq!(tail.prefix(3).concat(), b"fgh");
+        tail.advance(3);
+        assert!(tail.pieces.is_empty() && !tail.has_new_bytes());
+    }
+
+    #[test]
+    fn a_read_back_segment_alone_is_not_new() {
+        let mut tail = tail_of(&[b"0123"]);
+        tail.replaces = Some(Segment {
+            offset: 100,
+            length: 4,
+            name: "old".into(),
+        });
+        assert!(!tail.has_new_bytes());
+        tail.push(Bytes::from_static(b"4"));
+        assert!(tail.has_new_bytes());
+    }
+
+    #[test]
+    fn small_pieces_are_gathered_and_large_ones_pass() {
+        let small = Bytes::from(vec![1u8; 1000]);
+        let large = Bytes::from(vec![2u8; 100_000]);
+        let mut pieces = vec![large.clone()];
+        pieces.extend(std::iter::repeat_n(small, 70));
+        let out = gathered(pieces.clone());
+        assert_eq!(out.concat(), pieces.concat());
+        assert_eq!(out.len(), 3, "the large piece, 66 small ones gathered, the other 4");
+        assert_eq!(out[0].as_ptr(), large.as_ptr(), "not copied");
     }
 }
