@@ -85,6 +85,11 @@ enum Command {
         /// to spare a slow or metered link.
         #[arg(long, value_parser = parse_rate)]
         limit_rate: Option<u64>,
+        /// Send the bytes straight to the store through presigned URLs
+        /// (GetUploadUrls, in 8 MiB parts), then have the service check and
+        /// commit them (CompleteUpload); a failed part is sent again.
+        #[arg(long, conflicts_with = "limit_rate")]
+        direct: bool,
     },
     /// List images, newest first.
     List {
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             attributes,
             parallel,
             limit_rate,
+            direct,
         } => {
             let spec = pb::ImageSpec {
                 title: title.unwrap_or_default(),
@@ -288,7 +294,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 attributes: attributes.into_iter().collect::<HashMap<_, _>>(),
                 ..Default::default()
             };
-            upload_all(&caller, files, spec, parallel.max(1), limit_rate, cli.json).await
+            let how = if direct {
+                Delivery::Direct
+            } else {
+                Delivery::Streamed { limit_rate }
+            };
+            upload_all(&caller, files, spec, parallel.max(1), how, cli.json).await
         }
         Command::List {
             owner,
@@ -475,7 +486,7 @@ async fn upload_all(
     files: Vec<PathBuf>,
     spec: pb::ImageSpec,
     parallel: usize,
-    limit_rate: Option<u64>,
+    how: Delivery,
     json: bool,
 ) -> anyhow::Result<()> {
     let bars = MultiProgress::new();
@@ -484,7 +495,7 @@ async fn upload_all(
             let bar = bars.add(ProgressBar::new(0));
             let (caller, spec) = (caller.clone(), spec.clone());
             async move {
-                let result = upload_one(&caller, &path, spec, &bar, limit_rate).await;
+                let result = upload_one(&caller, &path, spec, &bar, how).await;
                 bar.finish_and_clear();
                 (path, result)
             }
@@ -527,6 +538,18 @@ async fn upload_all(
     }
     Ok(())
 }
+
+/// How an upload's bytes travel.
+#[derive(Clone, Copy)]
+enum Delivery {
+    /// Streamed through the service, at most `limit_rate` bytes/s.
+    Streamed { limit_rate: Option<u64> },
+    /// Straight to the store through presigned URLs.
+    Direct,
+}
+
+/// Part size of direct uploads.
+const DIRECT_PART: u64 = 8 * 1024 * 1024;
 
 /// How many times in a row an upload is retried without the service
 /// holding more of it before imagectl gives up.
@@ -587,7 +610,7 @@ async fn upload_one(
     path: &Path,
     mut spec: pb::ImageSpec,
     bar: &ProgressBar,
-    limit_rate: Option<u64>,
+    how: Delivery,
 ) -> anyhow::Result<pb::Image> {
     let size = tokio::fs::metadata(path)
         .await
@@ -623,6 +646,10 @@ async fn upload_one(
         .session
         .context("the service returned no session")?;
     let upload_id = session.upload_id;
+    let limit_rate = match how {
+        Delivery::Direct => return send_direct(caller, path, &upload_id, size, bar).await,
+        Delivery::Streamed { limit_rate } => limit_rate,
+    };
     let (mut stuck, mut last_held, mut last_error) = (0u32, None, None::<Status>);
     loop {
         let query = pb::QueryUploadStatusRequest {
@@ -669,6 +696,77 @@ async fn upload_one(
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// A direct upload: the file's parts to their presigned URLs (each retried
+/// with backoff), then `CompleteUpload`.
+async fn send_direct(
+    caller: &Caller,
+    path: &Path,
+    upload_id: &str,
+    size: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<pb::Image> {
+    let mut client = caller.client.clone();
+    let sizes: Vec<i64> = (0..size.div_ceil(DIRECT_PART))
+        .map(|i| (size - i * DIRECT_PART).min(DIRECT_PART) as i64)
+        .collect();
+    let request = pb::GetUploadUrlsRequest {
+        upload_id: upload_id.to_owned(),
+        parts: Some(pb::get_upload_urls_request::Parts::PartSizes(
+            pb::PartSizes {
+                sizes: sizes.clone(),
+            },
+        )),
+        expires_in: None,
+    };
+    let urls = client
+        .get_upload_urls(caller.request(request))
+        .await?
+        .into_inner()
+        .urls;
+    let http = reqwest::Client::new();
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    for (index, (url, part_size)) in urls.iter().zip(sizes).enumerate() {
+        let mut part = vec![0u8; part_size as usize];
+        file.read_exact(&mut part)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let part = bytes::Bytes::from(part);
+        let mut attempt = 0;
+        loop {
+            let sent = http.put(url).body(part.clone()).send().await;
+            match sent {
+                Ok(response) if response.status().is_success() => break,
+                Ok(response) if response.status().is_client_error() => {
+                    bail!("the store refused part {index}: {}", response.status())
+                }
+                failed if attempt + 1 >= ATTEMPTS_WITHOUT_PROGRESS => {
+                    let why = match failed {
+                        Ok(response) => response.status().to_string(),
+                        Err(error) => error.to_string(),
+                    };
+                    bail!("part {index} could not be sent: {why}")
+                }
+                _ => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        bar.inc(part.len() as u64);
+    }
+    let request = pb::CompleteUploadRequest {
+        upload_id: upload_id.to_owned(),
+    };
+    client
+        .complete_upload(caller.request(request))
+        .await?
+        .into_inner()
+        .image
+        .context("the service returned no image")
 }
 
 /// One stream of an upload session: the file's bytes from `offset`.

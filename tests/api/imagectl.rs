@@ -248,3 +248,37 @@ async fn imagectl_resumes_a_broken_upload_by_itself() {
         .unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_uploads_straight_to_the_store() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    let photo = images::phone_photo(640, 480);
+    let path = write(dir.path(), "sideways.jpg", &photo);
+    let uploaded = json(
+        &imagectl(
+            &app,
+            Some("alice"),
+            &["--json", "upload", "--direct", &path],
+        )
+        .await,
+    );
+    let image = &uploaded[0];
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo));
+    assert_eq!(image["uploaded_sha256"], sha256);
+    assert_eq!(
+        image["metadata_stripped"], true,
+        "checked and scrubbed like a stream"
+    );
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(480), Some(640))
+    );
+    let staged: Vec<String> = app
+        .stored_objects()
+        .await
+        .into_iter()
+        .filter(|o| o.contains("uploads/"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}

@@ -1034,7 +1034,11 @@ mod tests {
         pieces.extend(std::iter::repeat_n(small, 70));
         let out = gathered(pieces.clone());
         assert_eq!(out.concat(), pieces.concat());
-        assert_eq!(out.len(), 3, "the large piece, 66 small ones gathered, the other 4");
+        assert_eq!(
+            out.len(),
+            3,
+            "the large piece, 66 small ones gathered, the other 4"
+        );
         assert_eq!(out[0].as_ptr(), large.as_ptr(), "not copied");
     }
 }
