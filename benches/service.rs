@@ -521,9 +521,17 @@ async fn sessions(plan: &Plan, aws_args: &[String]) -> String {
         let id = start_session(&client, photo.len()).await;
         let abrupt = index % 2 == 1;
         if abrupt {
-            // The connection drops after the bytes left the client.
+            // The network drops under the stream after the bytes left the
+            // client: its own connection, through a proxy that closes both
+            // sockets.
+            let proxy = servers::CutProxy::start(service.grpc).await;
+            let channel = Channel::from_shared(format!("http://{}", proxy.addr))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connects");
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let mut call_client = client.clone();
+            let mut call_client = ImageServiceClient::new(channel);
             let call = tokio::spawn(async move {
                 call_client
                     .upload_image(request(
@@ -536,7 +544,11 @@ async fn sessions(plan: &Plan, aws_args: &[String]) -> String {
                 tx.send(message).await.expect("open");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            call.abort();
+            proxy.cut();
+            assert!(
+                call.await.expect("ran").is_err(),
+                "a cut stream stores nothing"
+            );
         } else {
             let ended = resume(&client, &id, 0, photo.slice(..cut), false).await;
             assert!(ended.is_err(), "a stream without finish stores no image");

@@ -88,22 +88,31 @@ fn resume_messages(
     messages
 }
 
-/// An upload stream fed message by message, that the test may cut.
+/// An upload stream fed message by message, over a connection of its own
+/// through a proxy, so that the test may cut it.
 struct OpenStream {
     sender: mpsc::Sender<pb::UploadImageRequest>,
     call: tokio::task::JoinHandle<Result<pb::Image, Status>>,
+    proxy: crate::helpers::servers::CutProxy,
 }
 
 impl OpenStream {
-    fn open(app: &TestApp, user: &str) -> Self {
+    async fn open(app: &TestApp, user: &str) -> Self {
         let (sender, receiver) = mpsc::channel(4);
-        let mut client = app.client();
+        let proxy = crate::helpers::servers::CutProxy::start(app.grpc_addr).await;
+        let mut client = pb::image_service_client::ImageServiceClient::new(
+            crate::helpers::connect(proxy.addr).await,
+        );
         let request = as_user(user, ReceiverStream::new(receiver));
         let call = tokio::spawn(async move {
             let response = client.upload_image(request).await?;
             Ok(response.into_inner().image.expect("an image"))
         });
-        Self { sender, call }
+        Self {
+            sender,
+            call,
+            proxy,
+        }
     }
 
     async fn send(&self, messages: Vec<pb::UploadImageRequest>) {
@@ -112,9 +121,13 @@ impl OpenStream {
         }
     }
 
-    /// Cuts the call as a dropped connection would (the client resets it).
-    fn cut(self) {
-        self.call.abort();
+    /// Drops the connection under the call, with the stream still open:
+    /// the server hears of it only from the socket.
+    async fn cut(self) {
+        self.proxy.cut();
+        let ended = self.call.await.expect("the call ran");
+        assert!(ended.is_err(), "a cut call stores nothing: {ended:?}");
+        drop(self.sender);
     }
 
     /// Ends the stream without finish_write.
@@ -151,14 +164,14 @@ pub async fn a_cut_upload_resumes_on_another_server_from_what_it_holds(backend: 
     for (index, (place, cut)) in cuts.into_iter().enumerate() {
         let session = start(&app, "alice", spec("trip.jpg")).await.unwrap();
         let id = &session.upload_id;
-        let stream = OpenStream::open(&app, "alice");
+        let stream = OpenStream::open(&app, "alice").await;
         stream
             .send(resume_messages(id, 0, &photo[..cut], 10_000, false))
             .await;
         if index % 2 == 0 {
             // The stream breaks with the connection: what arrived is kept.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            stream.cut();
+            stream.cut().await;
         } else {
             let ended = stream.close().await;
             let status = assert_code(ended, Code::InvalidArgument);
@@ -252,7 +265,7 @@ pub async fn a_second_stream_on_a_session_is_aborted(backend: Backend) {
     let photo = photo();
     let app = TestApp::spawn_with(backend, FLAGS).await;
     let id = start(&app, "alice", spec("p.jpg")).await.unwrap().upload_id;
-    let stream = OpenStream::open(&app, "alice");
+    let stream = OpenStream::open(&app, "alice").await;
     stream
         .send(resume_messages(&id, 0, &photo[..1000], 1000, false))
         .await;

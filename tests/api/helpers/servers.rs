@@ -187,3 +187,62 @@ impl ServerProcess {
         self.wait_until_listening();
     }
 }
+
+/// A TCP proxy in front of a server whose connections can all be dropped
+/// at once, as a lost mobile network drops them: both sockets close, with
+/// no HTTP/2 goodbye from the client.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a proxy port");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let accepted = links.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let link = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                accepted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(link);
+            }
+        });
+        Self {
+            addr,
+            links,
+            accept,
+        }
+    }
+
+    /// Drops every connection made through the proxy so far.
+    pub fn cut(&self) {
+        for link in self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
