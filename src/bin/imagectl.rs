@@ -1004,7 +1004,31 @@ fn image_json(image: &pb::Image) -> serde_json::Value {
         "create_time": image.create_time.map(format_time),
         "update_time": image.update_time.map(format_time),
         "etag": image.etag,
+        "crc32c": image.crc32c,
+        "blurhash": image.blurhash,
+        "variants": image.variants.iter().map(|v| serde_json::json!({
+            "name": v.name,
+            "content_type": v.content_type,
+            "size_bytes": v.size_bytes,
+            "width": v.width,
+            "height": v.height,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// Text from the service made safe for a terminal: control characters
+/// and bidirectional overrides are shown escaped, never interpreted.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
+            if c.is_control() || bidi {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn print_table(images: &[pb::Image]) {
@@ -1031,10 +1055,15 @@ fn print_table(images: &[pb::Image]) {
 }
 
 fn print_details(image: &pb::Image) {
-    let rows = [
+    let stripped = if image.metadata_stripped {
+        "yes: identifying metadata (GPS, serial numbers, …) was removed"
+    } else {
+        "no: stored as uploaded"
+    };
+    let mut rows = vec![
         ("id", image.image_id.clone()),
         ("owner", image.owner_id.clone()),
-        ("file", image.filename.clone()),
+        ("file", printable(&image.filename)),
         ("type", image.content_type.clone()),
         (
             "size",
@@ -1046,10 +1075,25 @@ fn print_details(image: &pb::Image) {
         ),
         ("pixels", format!("{}x{}", image.width, image.height)),
         ("sha256", image.sha256.clone()),
-        ("title", image.title.clone()),
-        ("description", image.description.clone()),
-        ("tags", image.tags.join(", ")),
-        ("location", image.location.clone()),
+    ];
+    if !image.uploaded_sha256.is_empty() && image.uploaded_sha256 != image.sha256 {
+        rows.push(("uploaded", format!("sha256 {}", image.uploaded_sha256)));
+    }
+    rows.extend([
+        ("crc32c", format!("{:08x}", image.crc32c)),
+        ("stripped", stripped.to_owned()),
+        ("title", printable(&image.title)),
+        ("description", printable(&image.description)),
+        (
+            "tags",
+            image
+                .tags
+                .iter()
+                .map(|t| printable(t))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("location", printable(&image.location)),
         (
             "created",
             image.create_time.map(format_time).unwrap_or_default(),
@@ -1058,12 +1102,32 @@ fn print_details(image: &pb::Image) {
             "updated",
             image.update_time.map(format_time).unwrap_or_default(),
         ),
-    ];
+        ("etag", image.etag.clone()),
+        ("blurhash", image.blurhash.clone()),
+    ]);
     for (name, value) in rows {
         println!("{name:<12} {value}");
     }
-    for (key, value) in &image.attributes {
-        println!("{:<12} {key}={value}", "attribute");
+    for variant in &image.variants {
+        println!(
+            "{:<12} {:<8} {}x{}  {}  {}",
+            "variant",
+            variant.name,
+            variant.width,
+            variant.height,
+            human_bytes(variant.size_bytes),
+            variant.content_type
+        );
+    }
+    let mut attributes: Vec<_> = image.attributes.iter().collect();
+    attributes.sort();
+    for (key, value) in attributes {
+        println!(
+            "{:<12} {}={}",
+            "attribute",
+            printable(key),
+            printable(value)
+        );
     }
 }
 
@@ -1075,5 +1139,19 @@ fn truncate(text: &str, max: usize) -> String {
             .take(max - 1)
             .chain(std::iter::once('…'))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_service_cannot_drive_the_terminal() {
+        assert_eq!(printable("beach"), "beach");
+        assert_eq!(printable("été"), "été");
+        assert_eq!(printable("a\u{1b}[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(printable("line\nbreak"), "line\\u{a}break");
     }
 }

@@ -281,4 +281,34 @@ async fn imagectl_uploads_straight_to_the_store() {
         .filter(|o| o.contains("uploads/"))
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
+
+    // `get` shows what the service made of the photo.
+    let id = image["image_id"].as_str().unwrap();
+    let details = stdout(&imagectl(&app, Some("bob"), &["get", id]).await);
+    for expected in [
+        "stripped     yes",
+        "variant      small",
+        "variant      medium",
+        "blurhash",
+        "etag",
+    ] {
+        assert!(details.contains(expected), "{expected:?} in {details}");
+    }
+    assert!(
+        !details.contains("uploaded"),
+        "only the owner sees the upload's hash: {details}"
+    );
+    let got = json(&imagectl(&app, Some("alice"), &["--json", "get", id]).await);
+    let variants = got["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{got}");
+    assert!(
+        variants
+            .iter()
+            .all(|v| v["width"].as_u64() > Some(0) && v["size_bytes"].as_u64() > Some(0))
+    );
+    assert!(!got["blurhash"].as_str().unwrap().is_empty());
+    assert_eq!(
+        got["uploaded_sha256"], sha256,
+        "the owner sees the upload's hash"
+    );
 }
