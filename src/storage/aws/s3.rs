@@ -164,6 +164,44 @@ impl S3BlobStore {
         Ok((config, expires_in))
     }
 
+    /// Every object under `prefix`, with its modification time (paginated).
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, Timestamp)>, StorageError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for object in page.map_err(classify)?.contents.unwrap_or_default() {
+                if let Some(key) = object.key {
+                    found.push((key, modified_time(object.last_modified)));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes one object; a missing one is already deleted.
+    async fn delete_key(&self, key: &str) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => match classify(error) {
+                StorageError::NotFound => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn presign_limit(&self) -> Result<Duration, StorageError> {
         let Some(provider) = &self.credentials else {
             return Ok(MAX_PRESIGN);
@@ -241,20 +279,7 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) => match classify(error) {
-                StorageError::NotFound => Ok(()),
-                other => Err(other),
-            },
-        }
+        self.delete_key(key.as_str()).await
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
@@ -324,50 +349,16 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(ObjectKey::staged_prefix(upload))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for object in page.map_err(classify)?.contents.unwrap_or_default() {
-                let Some(key) = object.key else { continue };
-                match self
-                    .client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(error) => match classify(error) {
-                        StorageError::NotFound => {}
-                        other => return Err(other),
-                    },
-                }
-            }
+        for (key, _) in self.list_prefix(&ObjectKey::staged_prefix(upload)).await? {
+            self.delete_key(&key).await?;
         }
         Ok(())
     }
 
     async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
         let mut newest: std::collections::HashMap<UploadId, Timestamp> = Default::default();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix("uploads/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for object in page.map_err(classify)?.contents.unwrap_or_default() {
-                let Some(id) = object.key.as_deref().and_then(ObjectKey::parse_staged) else {
-                    continue;
-                };
-                let modified = modified_time(object.last_modified);
+        for (key, modified) in self.list_prefix("uploads/").await? {
+            if let Some(id) = ObjectKey::parse_staged(&key) {
                 let time = newest.entry(id).or_insert(modified);
                 *time = (*time).max(modified);
             }
@@ -377,20 +368,8 @@ impl BlobStore for S3BlobStore {
 
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let mut found = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix("images/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for object in page.map_err(classify)?.contents.unwrap_or_default() {
-                let Some((image_id, variant)) = object.key.as_deref().and_then(ObjectKey::parse)
-                else {
-                    continue;
-                };
-                let modified = modified_time(object.last_modified);
+        for (key, modified) in self.list_prefix("images/").await? {
+            if let Some((image_id, variant)) = ObjectKey::parse(&key) {
                 found.push(StoredObject {
                     image_id,
                     variant,

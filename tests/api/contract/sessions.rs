@@ -291,41 +291,21 @@ pub async fn only_the_owner_may_use_a_session(backend: Backend) {
     let app = TestApp::spawn_with(backend, FLAGS).await;
     let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
     let png = images::png(16, 16, 1);
-    let mut client = app.client();
     let denied = [
         status(&app, "mallory", &id).await.map(|_| ()),
         app.upload_messages("mallory", resume_messages(&id, 0, &png, 1024, true))
             .await
             .map(|_| ()),
-        client
-            .cancel_upload(as_user(
-                "mallory",
-                pb::CancelUploadRequest {
-                    upload_id: id.clone(),
-                },
-            ))
-            .await
-            .map(|_| ()),
-        client
-            .get_upload_urls(as_user(
-                "mallory",
-                pb::GetUploadUrlsRequest {
-                    upload_id: id.clone(),
-                    parts: Some(pb::get_upload_urls_request::Parts::PartCount(1)),
-                    expires_in: None,
-                },
-            ))
-            .await
-            .map(|_| ()),
-        client
-            .complete_upload(as_user(
-                "mallory",
-                pb::CompleteUploadRequest {
-                    upload_id: id.clone(),
-                },
-            ))
-            .await
-            .map(|_| ()),
+        cancel(&app, "mallory", &id).await,
+        upload_urls(
+            &app,
+            "mallory",
+            &id,
+            pb::get_upload_urls_request::Parts::PartCount(1),
+        )
+        .await
+        .map(|_| ()),
+        complete(&app, "mallory", &id).await.map(|_| ()),
     ];
     for result in denied {
         assert_code(result, Code::PermissionDenied);
@@ -389,15 +369,7 @@ pub async fn starting_a_session_validates_the_spec_and_is_idempotent(backend: Ba
     assert!(listed.is_empty(), "{listed:?}");
 
     // Cancelling removes the session and its bytes.
-    app.client()
-        .cancel_upload(as_user(
-            "alice",
-            pb::CancelUploadRequest {
-                upload_id: first.upload_id.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    cancel(&app, "alice", &first.upload_id).await.unwrap();
     assert_code(
         status(&app, "alice", &first.upload_id).await,
         Code::NotFound,
@@ -454,6 +426,16 @@ pub async fn expired_sessions_are_removed_with_their_bytes(backend: Backend) {
         .await;
     assert_code(resumed, Code::NotFound);
     app.assert_nothing_stored("alice").await;
+}
+
+async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status> {
+    let request = pb::CancelUploadRequest {
+        upload_id: upload_id.into(),
+    };
+    app.client()
+        .cancel_upload(as_user(user, request))
+        .await
+        .map(|_| ())
 }
 
 async fn upload_urls(
@@ -607,15 +589,7 @@ pub async fn bytes_sent_after_a_cancel_are_removed_by_the_repair_pass(backend: B
     )
     .await
     .unwrap();
-    app.client()
-        .cancel_upload(as_user(
-            "alice",
-            pb::CancelUploadRequest {
-                upload_id: id.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    cancel(&app, "alice", &id).await.unwrap();
     // The URL still works until it expires: what it stores is nobody's.
     assert!(put(&urls[0], images::png(8, 8, 1)).await.is_success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -707,12 +707,11 @@ impl SessionStream<'_> {
             .uploads
             .store_session(caller, &self.session, chunks)
             .await;
-        let stored = match stored {
-            // Kept for another try of the finish.
+        match stored {
+            // Kept for another try of the finish (which gives the lease up).
             Err(error) if !is_bad_content(&error) => Err(self.keep(&mut tail, error).await),
-            other => other,
-        };
-        self.uploads.conclude(&mut self.session, stored).await
+            other => self.uploads.conclude(&mut self.session, other).await,
+        }
     }
 
     /// A tail starting at the persisted size, holding the short last
