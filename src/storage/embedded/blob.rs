@@ -27,7 +27,13 @@ pub struct EmbeddedBlobStore {
     root: PathBuf,
     partial: PathBuf,
     urls: SignedUrls,
+    /// Partial files whose writer is still open: the repair pass leaves
+    /// them alone, however short its grace.
+    live: Live,
 }
+
+/// The partial files being written.
+type Live = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>;
 
 impl EmbeddedBlobStore {
     /// Opens the directory, removing partial files a previous process left
@@ -42,6 +48,7 @@ impl EmbeddedBlobStore {
             root: root.to_owned(),
             partial,
             urls,
+            live: Live::default(),
         })
     }
 
@@ -80,11 +87,16 @@ impl BlobStore for EmbeddedBlobStore {
         let file = tokio::fs::File::create(&temp)
             .await
             .map_err(StorageError::internal)?;
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(temp.clone());
         Ok(Box::new(FileWriter {
             file: Some(file),
             temp,
             target: self.path(key),
             done: false,
+            live: self.live.clone(),
         }))
     }
 
@@ -243,13 +255,20 @@ impl BlobStore for EmbeddedBlobStore {
         older_than: Timestamp,
         dry_run: bool,
     ) -> Result<Option<Vec<String>>, StorageError> {
-        let partial = self.partial.clone();
+        let (partial, live) = (self.partial.clone(), self.live.clone());
         tokio::task::spawn_blocking(move || {
             let mut removed = Vec::new();
             for file in std::fs::read_dir(&partial)
                 .map_err(StorageError::internal)?
                 .flatten()
             {
+                if live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&file.path())
+                {
+                    continue;
+                }
                 let modified = file
                     .metadata()
                     .and_then(|m| m.modified())
@@ -280,6 +299,7 @@ struct FileWriter {
     temp: PathBuf,
     target: PathBuf,
     done: bool,
+    live: Live,
 }
 
 impl FileWriter {
@@ -324,6 +344,10 @@ impl BlobWriter for FileWriter {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.temp);
         if !self.done {
             // A cancelled upload: unlinking is quick, do it now.
             self.file.take();
