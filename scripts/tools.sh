@@ -80,3 +80,23 @@ install_pyvips() {
     touch "$stamp"
   fi
 }
+
+# Debian packages for the `heif` feature's tests: cmake and the codec
+# libraries libheif (built from the sources libheif-sys embeds) links to,
+# the HEVC and AV1 encoders the tests make real HEIC and AVIF files with,
+# and exiftool to read the stored originals independently. Installed with
+# apt-get when missing (CI runs as root).
+HEIF_PACKAGES=(cmake g++ pkg-config libde265-dev libdav1d-dev libx265-dev libaom-dev libnuma-dev libimage-exiftool-perl)
+install_heif_packages() {
+  local missing=()
+  for package in "${HEIF_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing ${missing[*]} (apt-get)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}

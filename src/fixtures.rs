@@ -171,9 +171,24 @@ pub fn phone_photo(width: u32, height: u32) -> Vec<u8> {
             image::Rgb([20, 20, 220])
         }
     });
-    let plain = encode_jpeg(&pixels);
+    with_phone_metadata(&encode_jpeg(&pixels), 6)
+}
+
+/// A photo as a phone camera writes it: photo-like pixels, EXIF with GPS
+/// coordinates, the maker, a serial number and the owner's name, XMP with
+/// the location, and bytes after the image's end (where phones append a
+/// motion clip).
+pub fn camera_photo(width: u32, height: u32) -> Vec<u8> {
+    let mut out = with_phone_metadata(&photo_jpeg(width, height), 1);
+    out.extend_from_slice(b"MotionPhoto_Data\0");
+    out.extend_from_slice(PHONE_SECRETS[2].as_bytes());
+    out
+}
+
+/// `plain` (a JPEG) with the EXIF and XMP segments of [`phone_photo`].
+fn with_phone_metadata(plain: &[u8], orientation: u16) -> Vec<u8> {
     let mut exif = b"Exif\0\0".to_vec();
-    exif.extend_from_slice(&phone_exif(6));
+    exif.extend_from_slice(&phone_exif(orientation));
     let mut out = plain[..2].to_vec();
     out.extend(jpeg_segment(0xE1, &exif));
     let xmp = format!(
@@ -268,6 +283,243 @@ fn phone_exif(orientation: u16) -> Vec<u8> {
     tiff.extend(exif_ifd);
     tiff.extend(gps_ifd);
     tiff
+}
+
+/// Where [`heic_photo`] puts its boxes and items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeifLayout {
+    /// `ftyp`, `meta`, `mdat` (holding the coded image, EXIF and XMP), as
+    /// cameras write it.
+    MetaFirst,
+    /// The same with the EXIF item in the `meta` box's `idat`.
+    ExifInIdat,
+    /// `ftyp`, `mdat`, `meta`: the items come before their locations.
+    MetaLast,
+}
+
+/// A HEIC as a phone writes it, box by box: a primary `hvc1` item of
+/// `width` x `height` (`ispe`) rotated a quarter turn (`irot`), an `Exif`
+/// item with GPS, maker, serial number and owner whose TIFF header sits
+/// after a non-zero offset (`Exif\0\0` first, as some devices write it),
+/// and an XMP item with the location. The coded image is not real HEVC:
+/// only the container is (see the tests for real encoded files).
+pub fn heic_photo(width: u32, height: u32, layout: HeifLayout) -> Vec<u8> {
+    let boxed = |kind: &[u8; 4], payload: &[u8]| {
+        let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(payload);
+        out
+    };
+    let full = |kind: &[u8; 4], version: u8, payload: &[u8]| {
+        let mut body = vec![version, 0, 0, 0];
+        body.extend_from_slice(payload);
+        boxed(kind, &body)
+    };
+    let coded = b"hvc1-coded-image-data-".repeat(40);
+    let mut exif = 6u32.to_be_bytes().to_vec();
+    exif.extend_from_slice(b"Exif\0\0");
+    exif.extend_from_slice(&phone_exif(1));
+    let xmp = format!(
+        "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF><rdf:Description \
+         exif:GPSLatitude=\"{}\" tiff:Artist=\"{}\"/></rdf:RDF></x:xmpmeta>{}",
+        PHONE_SECRETS[3],
+        PHONE_SECRETS[2],
+        " ".repeat(100)
+    )
+    .into_bytes();
+    let ftyp = boxed(b"ftyp", b"heic\0\0\0\0mif1heic");
+    let meta = |offsets: [u32; 3]| {
+        let mut iinf = 3u16.to_be_bytes().to_vec();
+        for (id, kind, extra) in [
+            (1u16, b"hvc1", &b""[..]),
+            (2, b"Exif", b""),
+            (3, b"mime", b"application/rdf+xml\0"),
+        ] {
+            let mut entry = id.to_be_bytes().to_vec();
+            entry.extend_from_slice(&0u16.to_be_bytes());
+            entry.extend_from_slice(kind);
+            entry.push(0);
+            entry.extend_from_slice(extra);
+            iinf.extend(full(b"infe", 2, &entry));
+        }
+        let mut ispe = width.to_be_bytes().to_vec();
+        ispe.extend_from_slice(&height.to_be_bytes());
+        let mut ipco = full(b"ispe", 0, &ispe);
+        ipco.extend(boxed(b"irot", &[1]));
+        let mut ipma = 1u32.to_be_bytes().to_vec();
+        ipma.extend_from_slice(&1u16.to_be_bytes());
+        ipma.extend_from_slice(&[2, 0x01, 0x82]);
+        let mut iprp = boxed(b"ipco", &ipco);
+        iprp.extend(full(b"ipma", 0, &ipma));
+        let in_idat = layout == HeifLayout::ExifInIdat;
+        let mut iloc = vec![0x44, 0x00];
+        iloc.extend_from_slice(&3u16.to_be_bytes());
+        for (id, length) in [(1u16, coded.len()), (2, exif.len()), (3, xmp.len())] {
+            let method = u16::from(id == 2 && in_idat);
+            iloc.extend_from_slice(&id.to_be_bytes());
+            iloc.extend_from_slice(&method.to_be_bytes());
+            iloc.extend_from_slice(&0u16.to_be_bytes());
+            iloc.extend_from_slice(&1u16.to_be_bytes());
+            iloc.extend_from_slice(&offsets[usize::from(id - 1)].to_be_bytes());
+            iloc.extend_from_slice(&(length as u32).to_be_bytes());
+        }
+        let mut hdlr = 0u32.to_be_bytes().to_vec();
+        hdlr.extend_from_slice(b"pict");
+        hdlr.extend_from_slice(&[0; 13]);
+        let mut children = full(b"hdlr", 0, &hdlr);
+        children.extend(full(b"pitm", 0, &1u16.to_be_bytes()));
+        children.extend(full(b"iinf", 0, &iinf));
+        children.extend(boxed(b"iprp", &iprp));
+        children.extend(full(b"iloc", 1, &iloc));
+        if in_idat {
+            children.extend(boxed(b"idat", &exif));
+        }
+        full(b"meta", 0, &children)
+    };
+    let mut data = coded.clone();
+    if layout != HeifLayout::ExifInIdat {
+        data.extend_from_slice(&exif);
+    }
+    data.extend_from_slice(&xmp);
+    let meta_len = meta([0; 3]).len();
+    let data_at = (ftyp.len()
+        + 8
+        + if layout == HeifLayout::MetaLast {
+            0
+        } else {
+            meta_len
+        }) as u32;
+    let exif_at = if layout == HeifLayout::ExifInIdat {
+        0
+    } else {
+        data_at + coded.len() as u32
+    };
+    let xmp_at = data_at + (data.len() - xmp.len()) as u32;
+    let meta = meta([data_at, exif_at, xmp_at]);
+    let mdat = boxed(b"mdat", &data);
+    let mut out = ftyp;
+    if layout == HeifLayout::MetaLast {
+        out.extend(mdat);
+        out.extend(meta);
+    } else {
+        out.extend(meta);
+        out.extend(mdat);
+    }
+    out
+}
+
+/// The codec of an [`encoded_heif`].
+#[cfg(feature = "heif")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeifCodec {
+    /// HEIC: HEVC through x265.
+    Hevc,
+    /// AVIF: AV1 through aom.
+    Av1,
+}
+
+/// A real HEIC or AVIF, encoded by libheif, as a phone writes it: the
+/// sensor's `width` x `height` pixels of [`phone_photo`] (left half red,
+/// right half blue) stored with `irot` to be turned a quarter clockwise
+/// for viewing, an `Exif` item with GPS, maker, serial number and owner,
+/// and an XMP item with the location and owner.
+#[cfg(feature = "heif")]
+pub fn encoded_heif(width: u32, height: u32, codec: HeifCodec) -> Vec<u8> {
+    use libheif_rs::{EncodingOptions, HeifContext, ImageOrientation};
+    let image = heif_image(width, height, |x, _| x < width / 2);
+    let mut encoder = heif_encoder(codec);
+    let mut options = EncodingOptions::new().unwrap();
+    options.set_image_orientation(ImageOrientation::Rotate90Cw);
+    let mut context = HeifContext::new().unwrap();
+    let handle = context
+        .encode_image(&image, &mut encoder, Some(options))
+        .unwrap();
+    with_phone_items(context, &handle)
+}
+
+/// A real HEIC whose primary image is a grid of `columns` x `rows` tiles
+/// of `tile` pixels each, as iPhones store their photos (512 x 512 tiles):
+/// red above the middle, blue below, upright, with the phone's EXIF and
+/// XMP items.
+#[cfg(feature = "heif")]
+pub fn encoded_heif_grid(tile: (u32, u32), columns: u16, rows: u16) -> Vec<u8> {
+    use libheif_rs::HeifContext;
+    let height = tile.1 * u32::from(rows);
+    let mut tiles = Vec::new();
+    for row in 0..u32::from(rows) {
+        let top = row * tile.1;
+        for _ in 0..columns {
+            tiles.push(heif_image(tile.0, tile.1, |_, y| top + y < height / 2));
+        }
+    }
+    let mut encoder = heif_encoder(HeifCodec::Hevc);
+    let mut context = HeifContext::new().unwrap();
+    // libheif-rs 3.0 hands its `rows` argument to libheif as the grid's
+    // columns (heif-info on the result shows it), so the columns go there.
+    let columns = std::num::NonZeroU16::new(columns).unwrap();
+    let handle = context
+        .encode_grid(&tiles, columns, &mut encoder, None)
+        .unwrap()
+        .unwrap();
+    with_phone_items(context, &handle)
+}
+
+/// An 8-bit RGB image for libheif to encode: red where `red(x, y)`, blue
+/// elsewhere.
+#[cfg(feature = "heif")]
+fn heif_image(width: u32, height: u32, red: impl Fn(u32, u32) -> bool) -> libheif_rs::Image {
+    use libheif_rs::{Channel, ColorSpace, Image, RgbChroma};
+    let mut image = Image::new(width, height, ColorSpace::Rgb(RgbChroma::Rgb)).unwrap();
+    image
+        .create_plane(Channel::Interleaved, width, height, 8)
+        .unwrap();
+    let planes = image.planes_mut();
+    let plane = planes.interleaved.unwrap();
+    for y in 0..height {
+        for x in 0..width {
+            let at = y as usize * plane.stride + x as usize * 3;
+            let pixel = if red(x, y) {
+                [220, 20, 20]
+            } else {
+                [20, 20, 220]
+            };
+            plane.data[at..at + 3].copy_from_slice(&pixel);
+        }
+    }
+    image
+}
+
+#[cfg(feature = "heif")]
+fn heif_encoder(codec: HeifCodec) -> libheif_rs::Encoder<'static> {
+    use libheif_rs::{CompressionFormat, EncoderQuality, LibHeif};
+    let format = match codec {
+        HeifCodec::Hevc => CompressionFormat::Hevc,
+        HeifCodec::Av1 => CompressionFormat::Av1,
+    };
+    // One library handle for the process: encoders borrow it.
+    static LIB: std::sync::OnceLock<LibHeif> = std::sync::OnceLock::new();
+    let lib = LIB.get_or_init(LibHeif::new);
+    let mut encoder = lib.encoder_for_format(format).unwrap();
+    encoder.set_quality(EncoderQuality::Lossy(90)).unwrap();
+    encoder
+}
+
+/// Adds the phone's EXIF and XMP items to `handle`'s image and writes the
+/// file.
+#[cfg(feature = "heif")]
+fn with_phone_items(
+    mut context: libheif_rs::HeifContext<'static>,
+    handle: &libheif_rs::ImageHandle,
+) -> Vec<u8> {
+    context.add_exif_metadata(handle, &phone_exif(1)).unwrap();
+    let xmp = format!(
+        "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">\
+         <rdf:Description xmlns:exif=\"http://ns.adobe.com/exif/1.0/\" exif:GPSLatitude=\"{}\" \
+         xmlns:tiff=\"http://ns.adobe.com/tiff/1.0/\" tiff:Artist=\"{}\"/></rdf:RDF></x:xmpmeta>",
+        PHONE_SECRETS[3], PHONE_SECRETS[2]
+    );
+    context.add_xmp_metadata(handle, xmp.as_bytes()).unwrap();
+    context.write_to_bytes().unwrap()
 }
 
 /// A real one-frame GIF of `width` x `height`.
@@ -436,6 +688,7 @@ pub fn limits() -> crate::domain::Limits {
         },
         max_url_expiry: Duration::from_secs(3600),
         max_concurrent_uploads: 8,
+        upload_slot_wait: Duration::ZERO,
         max_uploads_per_user: 8,
         pace: crate::domain::upload::PaceLimits {
             idle_timeout: Duration::from_secs(10),
@@ -457,5 +710,34 @@ pub fn limits() -> crate::domain::Limits {
             segment_bytes: 1 << 20,
             max_parts: 100,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `examples/images/phone-photo.jpg`, which the Python example and the
+    /// README try the service with, is a [`super::camera_photo`]: it
+    /// carries everything a phone writes that the service removes.
+    /// `IMAGE_SERVICE_WRITE_EXAMPLES=1 cargo test --lib` writes it anew.
+    #[test]
+    fn the_example_phone_photo_carries_a_phones_metadata() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/images/phone-photo.jpg"
+        );
+        if std::env::var_os("IMAGE_SERVICE_WRITE_EXAMPLES").is_some() {
+            std::fs::write(path, super::camera_photo(480, 360)).unwrap();
+        }
+        let photo = std::fs::read(path).unwrap();
+        for secret in super::PHONE_SECRETS {
+            assert!(
+                photo.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret}"
+            );
+        }
+        let end = photo.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap();
+        assert!(end + 2 < photo.len(), "bytes follow the image");
+        let decoded = image::load_from_memory(&photo).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (480, 360));
     }
 }

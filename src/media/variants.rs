@@ -92,8 +92,9 @@ impl Renderer {
         }
     }
 
-    /// Whether images of this media type are decoded (HEIF and AVIF are
-    /// stored without variants: no decoder for them is built in).
+    /// Whether images of this media type are decoded. HEIC, HEIF and AVIF
+    /// are, in a build with the `heif` feature (libheif); without it they
+    /// are stored without variants.
     pub fn can_render(content_type: &str) -> bool {
         format_of(content_type).is_some()
     }
@@ -139,6 +140,10 @@ fn format_of(content_type: &str) -> Option<ImageFormat> {
         "image/webp" => ImageFormat::WebP,
         "image/bmp" => ImageFormat::Bmp,
         "image/tiff" => ImageFormat::Tiff,
+        // The image crate's one HEIF-family format stands for all three
+        // here: libheif decodes them (see `decode_heif`).
+        #[cfg(feature = "heif")]
+        "image/heic" | "image/heif" | "image/avif" => ImageFormat::Avif,
         _ => return None,
     })
 }
@@ -235,6 +240,10 @@ fn decode(
     {
         return Ok(decoded);
     }
+    #[cfg(feature = "heif")]
+    if format == ImageFormat::Avif {
+        return decode_heif(source, max_memory);
+    }
     let without_icc;
     let source = match format {
         ImageFormat::Png => match png_without_large_iccp(source) {
@@ -255,6 +264,62 @@ fn decode(
         .ok()
         .flatten();
     let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    Ok((image, icc))
+}
+
+/// A HEIC, HEIF or AVIF's primary image, decoded by libheif upright (its
+/// `irot`, `imir` and crop applied) and whole (the tiles of a grid
+/// assembled), within `max_memory` of libheif's allocations.
+#[cfg(feature = "heif")]
+fn decode_heif(source: &[u8], max_memory: u64) -> Result<Decoded, MediaError> {
+    use libheif_rs::{ColorSpace, HeifContext, HeifErrorCode, LibHeif, RgbChroma, SecurityLimits};
+    let refused = |error: libheif_rs::HeifError| match error.code {
+        HeifErrorCode::MemoryAllocationError => too_large_to_decode(),
+        HeifErrorCode::UnsupportedFeature | HeifErrorCode::UnsupportedFileType => {
+            MediaError::invalid(format!("this HEIF cannot be decoded: {}", error.message))
+        }
+        _ => corrupt(error.message),
+    };
+    let mut context = HeifContext::new().map_err(refused)?;
+    // A grid's tiles on this thread (0), not a pool of libheif's own:
+    // the render slots count cores.
+    context.set_max_decoding_threads(0);
+    let mut limits = SecurityLimits::new();
+    limits.set_max_total_memory(max_memory);
+    context.set_security_limits(&limits).map_err(refused)?;
+    context.read_bytes(source).map_err(refused)?;
+    let handle = context.primary_image_handle().map_err(refused)?;
+    let alpha = handle.has_alpha_channel();
+    let chroma = if alpha {
+        RgbChroma::Rgba
+    } else {
+        RgbChroma::Rgb
+    };
+    let image = LibHeif::new()
+        .decode(&handle, ColorSpace::Rgb(chroma), None)
+        .map_err(refused)?;
+    let plane = image
+        .planes()
+        .interleaved
+        .ok_or_else(|| corrupt("no interleaved plane"))?;
+    let channels = if alpha { 4 } else { 3 };
+    let row = plane.width as usize * channels;
+    let mut pixels = Vec::with_capacity(row * plane.height as usize);
+    for y in 0..plane.height as usize {
+        let start = y * plane.stride;
+        let line = plane
+            .data
+            .get(start..start + row)
+            .ok_or_else(|| corrupt("a short plane"))?;
+        pixels.extend_from_slice(line);
+    }
+    let image = if alpha {
+        RgbaImage::from_raw(plane.width, plane.height, pixels).map(DynamicImage::ImageRgba8)
+    } else {
+        RgbImage::from_raw(plane.width, plane.height, pixels).map(DynamicImage::ImageRgb8)
+    }
+    .ok_or_else(|| corrupt("a plane of the wrong size"))?;
+    let icc = handle.color_profile_raw().map(|profile| profile.data);
     Ok((image, icc))
 }
 

@@ -14,7 +14,8 @@
 //! through as slices of the received chunks, without copies.
 //!
 //! WebP's metadata chunks are blanked in place instead (see
-//! [`Scrubber::webp`]). Other formats pass through unchanged;
+//! [`Scrubber::webp`]), and so are the metadata items of HEIF, HEIC and
+//! AVIF files (see [`heif`]). Other formats pass through unchanged;
 //! [`Scrubbed::stripped`] says which happened. The same parse also finds the
 //! EXIF orientation and rejects JPEG, PNG and WebP streams that end before
 //! their end-of-image marker (or RIFF size).
@@ -24,10 +25,13 @@ use image::metadata::Orientation;
 
 use super::MediaError;
 
+mod heif;
 mod jpeg;
 mod png;
 mod webp;
 
+use heif::Heif;
+pub use heif::MAX_HEIF_META;
 use jpeg::Jpeg;
 pub use jpeg::MAX_JPEG_SEGMENTS;
 use png::{PNG_SIGNATURE, Png};
@@ -58,6 +62,8 @@ pub struct Scrubber {
     changed: bool,
     /// JPEG marker segments seen (see [`MAX_JPEG_SEGMENTS`]).
     segments: u32,
+    /// A HEIF's boxes and metadata items (in [`State::Heif`]).
+    heif: Option<Box<Heif>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +79,8 @@ enum State {
         left: u64,
         chunk: Webp,
     },
+    /// Inside a HEIF-family file (HEIC, HEIF, AVIF); see [`heif`].
+    Heif,
     /// After the end-of-image marker: the rest is dropped.
     Trailer,
 }
@@ -86,6 +94,7 @@ impl Scrubber {
             orientation: 1,
             changed: false,
             segments: 0,
+            heif: None,
         }
     }
 
@@ -106,6 +115,7 @@ impl Scrubber {
                 State::Webp { left, chunk: state } => {
                     self.webp(left, state, &mut chunk, out)?;
                 }
+                State::Heif => self.heif(&mut chunk, out)?,
             }
         }
         Ok(())
@@ -141,6 +151,18 @@ impl Scrubber {
                 return Err(MediaError::invalid(
                     "the WebP is truncated: it ends before its RIFF size",
                 ));
+            }
+            State::Heif => {
+                if !self
+                    .heif
+                    .as_ref()
+                    .is_some_and(|h| h.complete(self.pending.len()))
+                {
+                    return Err(MediaError::invalid(
+                        "the HEIF is truncated: it ends inside a box",
+                    ));
+                }
+                !self.keep_metadata
             }
         };
         Ok(Scrubbed {
@@ -181,11 +203,26 @@ impl Scrubber {
                 chunk: Webp::Header,
             };
             self.push(head.slice(12..), out)
+        } else if heif::is_heif(&head) {
+            // The ftyp box is parsed like any other box.
+            self.state = State::Heif;
+            self.heif = Some(Box::new(Heif::new()));
+            self.push(head, out)
         } else {
             out.push(head);
             self.state = State::Pass;
             Ok(())
         }
+    }
+
+    /// The big-endian 32-bit length and the type that open a PNG chunk or
+    /// an ISO-BMFF box, from the first 8 bytes of `pending`.
+    fn length_and_kind(&self) -> (u32, [u8; 4]) {
+        let p = &self.pending;
+        (
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+            [p[4], p[5], p[6], p[7]],
+        )
     }
 
     fn note_orientation(&mut self, tiff: &[u8]) {

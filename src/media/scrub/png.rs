@@ -74,18 +74,7 @@ impl Scrubber {
                 if !self.fill(chunk, 8) {
                     return Ok(());
                 }
-                let len = u32::from_be_bytes([
-                    self.pending[0],
-                    self.pending[1],
-                    self.pending[2],
-                    self.pending[3],
-                ]);
-                let kind = [
-                    self.pending[4],
-                    self.pending[5],
-                    self.pending[6],
-                    self.pending[7],
-                ];
+                let (len, kind) = self.length_and_kind();
                 if len > i32::MAX as u32 || !kind.iter().all(u8::is_ascii_alphabetic) {
                     return Err(MediaError::invalid("the PNG's chunk structure is corrupt"));
                 }

@@ -334,3 +334,104 @@ impl FromStored for Orientation {
         Orientation::from_exif_chunk(&jpeg[at..]).map(|o| o.to_exif())
     }
 }
+
+mod heif {
+    use super::*;
+    use crate::fixtures::{HeifLayout, PHONE_SECRETS, heic_photo};
+
+    #[test]
+    fn heif_metadata_items_are_blanked_in_place_and_nothing_moves() {
+        for layout in [HeifLayout::MetaFirst, HeifLayout::ExifInIdat] {
+            let original = heic_photo(4032, 3024, layout);
+            for secret in PHONE_SECRETS {
+                assert!(
+                    contains(&original, secret.as_bytes()),
+                    "{secret} in the fixture"
+                );
+            }
+            let mut results = Vec::new();
+            for chunk in [1, 3, 7, 64, 1000, original.len()] {
+                let (stored, report) = scrub(&original, chunk, false).unwrap();
+                assert_eq!(
+                    report,
+                    Scrubbed {
+                        orientation: 1,
+                        stripped: true,
+                        changed: true
+                    }
+                );
+                results.push(stored);
+            }
+            let stored = &results[0];
+            assert!(
+                results.iter().all(|r| r == stored),
+                "chunking changes nothing"
+            );
+            assert_eq!(
+                stored.len(),
+                original.len(),
+                "every iloc offset stays valid"
+            );
+            for secret in PHONE_SECRETS {
+                assert!(
+                    !contains(stored, secret.as_bytes()),
+                    "{secret} left ({layout:?})"
+                );
+            }
+            // The coded image, its size and its rotation are as they were;
+            // the EXIF item is an empty TIFF structure now.
+            assert!(contains(stored, &b"hvc1-coded-image-data-".repeat(40)));
+            assert!(contains(stored, b"irot\x01"));
+            assert!(contains(stored, b"MM\0\x2A\0\0\0\x08\0\0\0\0\0\0"));
+            assert!(contains(stored, b"<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"/>"));
+            let size = imagesize::blob_size(stored).unwrap();
+            assert_eq!(
+                (size.width, size.height),
+                (3024, 4032),
+                "as viewed, turned by irot"
+            );
+        }
+    }
+
+    #[test]
+    fn heif_metadata_before_its_meta_box_is_refused_not_stored() {
+        let original = heic_photo(640, 480, HeifLayout::MetaLast);
+        let error = scrub(&original, 4096, false).unwrap_err();
+        assert!(error.to_string().contains("meta after mdat"), "{error}");
+        // Kept as it is when the service keeps metadata.
+        let (stored, report) = scrub(&original, 4096, true).unwrap();
+        assert_eq!(stored, original);
+        assert!(!report.stripped && !report.changed);
+    }
+
+    #[test]
+    fn heif_kept_whole_when_metadata_is_kept() {
+        let original = heic_photo(640, 480, HeifLayout::MetaFirst);
+        let (stored, report) = scrub(&original, 100, true).unwrap();
+        assert_eq!(stored, original);
+        assert!(!report.stripped && !report.changed);
+    }
+
+    #[test]
+    fn a_truncated_heif_is_refused() {
+        let original = heic_photo(640, 480, HeifLayout::MetaFirst);
+        for cut in [13, 40, 200, original.len() / 2, original.len() - 1] {
+            let error = scrub(&original[..cut], 64, false).unwrap_err();
+            assert!(error.to_string().contains("HEIF"), "cut at {cut}: {error}");
+        }
+    }
+
+    #[test]
+    fn corrupt_heif_boxes_are_refused_not_panicked_on() {
+        let original = heic_photo(640, 480, HeifLayout::MetaFirst);
+        let meta_end = 600.min(original.len());
+        for at in 12..meta_end {
+            for value in [0x00, 0x01, 0x7F, 0xFF] {
+                let mut damaged = original.clone();
+                damaged[at] = value;
+                // Either a clear refusal or a stored file: never a panic.
+                let _ = scrub(&damaged, 97, false);
+            }
+        }
+    }
+}

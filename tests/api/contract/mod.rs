@@ -68,6 +68,7 @@ macro_rules! all_cases {
             changes::concurrent_updates_are_never_lost,
             variants::a_sideways_phone_photo_comes_back_upright_and_without_gps,
             variants::small_and_animated_images_get_variants_never_upscaled,
+            variants::a_heic_is_stored_without_its_location,
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
             listing::pages_of_large_records_are_cut_by_bytes_and_continue,
@@ -86,8 +87,18 @@ macro_rules! all_cases {
 
 mod embedded {
     all_cases!(Embedded);
+    #[cfg(feature = "heif")]
+    contract_suite!(Embedded:
+        variants::real_heic_and_avif_get_upright_variants_and_lose_their_location,
+        variants::a_tiled_heic_is_one_image_of_its_full_size,
+    );
 }
 
 mod aws {
     all_cases!(Aws);
+    #[cfg(feature = "heif")]
+    contract_suite!(Aws:
+        variants::real_heic_and_avif_get_upright_variants_and_lose_their_location,
+        variants::a_tiled_heic_is_one_image_of_its_full_size,
+    );
 }
