@@ -110,6 +110,12 @@ pub struct Config {
     )]
     pub max_concurrent_uploads: usize,
 
+    /// How long an upload that finds every upload slot busy waits for one
+    /// before RESOURCE_EXHAUSTED, so that a burst above the cap is slowed
+    /// down rather than refused. 0 refuses at once.
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_SLOT_WAIT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub upload_slot_wait: Duration,
+
     /// Keep identifying metadata (GPS, serial numbers, owner names, XMP,
     /// comments) in stored JPEG, PNG and WebP originals instead of removing it.
     #[arg(long, env = "IMAGE_SERVICE_KEEP_METADATA", global = true)]

@@ -357,6 +357,7 @@ fn limits(config: &Config) -> Limits {
         },
         max_url_expiry: config.download_url_max_expiry,
         max_concurrent_uploads: config.max_concurrent_uploads,
+        upload_slot_wait: config.upload_slot_wait,
         max_uploads_per_user: config.max_uploads_per_user,
         pace: PaceLimits {
             idle_timeout: config.upload_idle_timeout,

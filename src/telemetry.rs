@@ -123,6 +123,15 @@ fn describe() {
         "imageservice_memory_budget_refusals_total",
         "work refused because the memory budget stayed taken for --memory-wait"
     );
+    describe_histogram!(
+        "imageservice_upload_slot_wait_seconds",
+        Unit::Seconds,
+        "how long uploads that found every upload slot busy waited for one"
+    );
+    describe_counter!(
+        "imageservice_upload_slot_refusals_total",
+        "uploads refused because every upload slot stayed busy for --upload-slot-wait"
+    );
     describe_counter!(
         "imageservice_calls_shed_total",
         "calls refused with UNAVAILABLE at --max-in-flight-calls"

@@ -206,7 +206,8 @@ fn explain(status: &Status) -> String {
         Code::InvalidArgument => "the request was refused",
         Code::OutOfRange => "size or range mismatch",
         Code::DataLoss => "the bytes were damaged on the way (checksum mismatch)",
-        Code::ResourceExhausted => "over a limit of the service",
+        Code::ResourceExhausted if is_final(status) => "over a limit of the service",
+        Code::ResourceExhausted => "the service is busy",
         Code::AlreadyExists => "idempotency key reused with other content",
         Code::Aborted => "changed concurrently; try again",
         Code::Unavailable => "the service or its storage is unavailable; try again later",
@@ -218,6 +219,83 @@ fn explain(status: &Status) -> String {
         hint.to_owned()
     } else {
         format!("{hint}: {}", status.message())
+    }
+}
+
+/// Whether the service marked a refusal as one that retrying cannot change
+/// (an image over a limit), through gRPC's retry pushback.
+fn is_final(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(image_service::grpc::RETRY_PUSHBACK)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .is_some_and(|ms| ms < 0)
+}
+
+/// Whether a failed call is worth making again: the service was busy
+/// (RESOURCE_EXHAUSTED, unless marked final) or, for a call that changes
+/// nothing, unavailable (a replica going away, a store out of reach).
+fn worth_retrying(status: &Status, changes_nothing: bool) -> bool {
+    match status.code() {
+        Code::ResourceExhausted => !is_final(status),
+        Code::Unavailable => changes_nothing,
+        _ => false,
+    }
+}
+
+/// A closure that makes one call of `method` with a fresh `message`, for
+/// [`retrying`].
+macro_rules! rpc {
+    ($caller:expr, $method:ident, $message:expr) => {
+        || {
+            let mut client = $caller.client.clone();
+            let request = $caller.request($message);
+            async move { client.$method(request).await }
+        }
+    };
+}
+
+/// Attempts of one call before imagectl gives up on a busy service.
+const CALL_ATTEMPTS: u32 = 6;
+
+/// Makes `call` until it succeeds or fails in a way retrying cannot
+/// change, with backoff between attempts, saying so on stderr (above
+/// `bar` when there is one).
+async fn retrying<T, F, Fut>(
+    what: &str,
+    changes_nothing: bool,
+    bar: Option<&ProgressBar>,
+    mut call: F,
+) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(status)
+                if attempt + 1 < CALL_ATTEMPTS && worth_retrying(&status, changes_nothing) =>
+            {
+                attempt += 1;
+                let wait = backoff(attempt);
+                let say = || {
+                    eprintln!(
+                        "imagectl: {what}: {}; retrying in {:.1} s (attempt {} of {CALL_ATTEMPTS})",
+                        explain(&status),
+                        wait.as_secs_f64(),
+                        attempt + 1
+                    )
+                };
+                match bar {
+                    Some(bar) => bar.suspend(say),
+                    None => say(),
+                }
+                tokio::time::sleep(wait).await;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -367,12 +445,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     pb::Disposition::Inline
                 } as i32,
             };
-            let response = caller
-                .client
-                .clone()
-                .get_download_url(caller.request(request))
-                .await?
-                .into_inner();
+            let response = retrying(
+                "url",
+                true,
+                None,
+                rpc!(caller, get_download_url, request.clone()),
+            )
+            .await?
+            .into_inner();
             if cli.json {
                 let expire = response.expire_time.map(format_time).unwrap_or_default();
                 println!(
@@ -414,13 +494,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 update_mask: Some(prost_types::FieldMask { paths }),
                 etag: String::new(),
             };
-            let image = caller
-                .client
-                .clone()
-                .update_image(caller.request(request))
-                .await?
-                .into_inner()
-                .image;
+            let image = retrying(
+                "update",
+                false,
+                None,
+                rpc!(caller, update_image, request.clone()),
+            )
+            .await?
+            .into_inner()
+            .image;
             let image = image.context("the service returned no image")?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&image_json(&image))?);
@@ -431,10 +513,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete { ids } => {
             for id in ids {
-                let request = caller.request(pb::DeleteImageRequest {
-                    image_id: id.clone(),
-                });
-                caller.client.clone().delete_image(request).await?;
+                retrying(
+                    "delete",
+                    false,
+                    None,
+                    rpc!(
+                        caller,
+                        delete_image,
+                        pb::DeleteImageRequest {
+                            image_id: id.clone(),
+                        }
+                    ),
+                )
+                .await?;
                 if !cli.json {
                     println!("deleted {id}");
                 }
@@ -445,17 +536,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn get(caller: &Caller, id: &str) -> Result<pb::Image, anyhow::Error> {
-    let request = caller.request(pb::GetImageRequest {
-        image_id: id.to_owned(),
-    });
-    caller
-        .client
-        .clone()
-        .get_image(request)
-        .await?
-        .into_inner()
-        .image
-        .context("the service returned no image")
+    retrying(
+        "get",
+        true,
+        None,
+        rpc!(
+            caller,
+            get_image,
+            pb::GetImageRequest {
+                image_id: id.to_owned(),
+            }
+        ),
+    )
+    .await?
+    .into_inner()
+    .image
+    .context("the service returned no image")
 }
 
 async fn list(
@@ -465,12 +561,14 @@ async fn list(
 ) -> anyhow::Result<Vec<pb::Image>> {
     let mut images = Vec::new();
     loop {
-        let page = caller
-            .client
-            .clone()
-            .list_images(caller.request(request.clone()))
-            .await?
-            .into_inner();
+        let page = retrying(
+            "list",
+            true,
+            None,
+            rpc!(caller, list_images, request.clone()),
+        )
+        .await?
+        .into_inner();
         images.extend(page.images);
         if page.next_page_token.is_empty() || images.len() >= limit {
             images.truncate(limit);
@@ -509,8 +607,22 @@ async fn upload_all(
         match result {
             Ok(image) => {
                 if !json {
+                    // The service checked the bytes it received against the
+                    // file's sha256; what it stores differs when it removed
+                    // metadata, and that is worth saying.
+                    let stripped =
+                        if image.metadata_stripped && image.uploaded_sha256 != image.sha256 {
+                            let file = std::fs::metadata(&path).map_or(0, |m| m.len()) as i64;
+                            format!(
+                                "  metadata removed ({} of the file's {}; pixels untouched)",
+                                human_bytes(file - image.size_bytes),
+                                human_bytes(file)
+                            )
+                        } else {
+                            String::new()
+                        };
                     println!(
-                        "{}  {}  {}x{}  {}",
+                        "{}  {}  {}x{}  {}{stripped}",
                         image.image_id,
                         path.display(),
                         image.width,
@@ -566,8 +678,7 @@ fn worth_resuming(status: &Status) -> bool {
             | Code::Aborted
             | Code::Cancelled
             | Code::Unknown
-            | Code::ResourceExhausted
-    )
+    ) || (status.code() == Code::ResourceExhausted && !is_final(status))
 }
 
 /// Exponential backoff with full jitter: 0.25 s, 0.5 s, … up to 8 s.
@@ -639,12 +750,17 @@ async fn upload_one(
         spec: Some(spec),
         expected_size: None,
     };
-    let session = client
-        .start_upload(caller.request(request))
-        .await?
-        .into_inner()
-        .session
-        .context("the service returned no session")?;
+    // Safe to repeat: the idempotency key names the same session.
+    let session = retrying(
+        &name,
+        true,
+        Some(bar),
+        rpc!(caller, start_upload, request.clone()),
+    )
+    .await?
+    .into_inner()
+    .session
+    .context("the service returned no session")?;
     let upload_id = session.upload_id;
     let limit_rate = match how {
         Delivery::Direct => return send_direct(caller, path, &upload_id, size, bar).await,
@@ -707,7 +823,6 @@ async fn send_direct(
     size: u64,
     bar: &ProgressBar,
 ) -> anyhow::Result<pb::Image> {
-    let mut client = caller.client.clone();
     let sizes: Vec<i64> = (0..size.div_ceil(DIRECT_PART))
         .map(|i| (size - i * DIRECT_PART).min(DIRECT_PART) as i64)
         .collect();
@@ -720,11 +835,15 @@ async fn send_direct(
         )),
         expires_in: None,
     };
-    let urls = client
-        .get_upload_urls(caller.request(request))
-        .await?
-        .into_inner()
-        .urls;
+    let urls = retrying(
+        "upload urls",
+        true,
+        Some(bar),
+        rpc!(caller, get_upload_urls, request.clone()),
+    )
+    .await?
+    .into_inner()
+    .urls;
     let http = reqwest::Client::new();
     let mut file = tokio::fs::File::open(path)
         .await
@@ -761,12 +880,17 @@ async fn send_direct(
     let request = pb::CompleteUploadRequest {
         upload_id: upload_id.to_owned(),
     };
-    client
-        .complete_upload(caller.request(request))
-        .await?
-        .into_inner()
-        .image
-        .context("the service returned no image")
+    // Safe to repeat: completing a committed session returns its image.
+    retrying(
+        "complete upload",
+        true,
+        Some(bar),
+        rpc!(caller, complete_upload, request.clone()),
+    )
+    .await?
+    .into_inner()
+    .image
+    .context("the service returned no image")
 }
 
 /// One stream of an upload session: the file's bytes from `offset`.
@@ -922,12 +1046,14 @@ async fn download(
             read_offset: have as i64,
             read_limit: 0,
         };
-        let mut stream = caller
-            .client
-            .clone()
-            .download_image(caller.request(request))
-            .await?
-            .into_inner();
+        let mut stream = retrying(
+            "download",
+            true,
+            None,
+            rpc!(caller, download_image, request.clone()),
+        )
+        .await?
+        .into_inner();
         stream
             .message()
             .await?

@@ -69,7 +69,7 @@ impl MemoryBudget {
         }
         let units = bytes.div_ceil(UNIT);
         if units * UNIT > self.total {
-            return Err(DomainError::ResourceExhausted(format!(
+            return Err(DomainError::TooLarge(format!(
                 "{what} needs {} of memory, more than the server's whole budget of {} \
                  (--memory-budget)",
                 human(bytes),

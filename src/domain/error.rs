@@ -23,10 +23,12 @@ pub enum DomainError {
     /// The caller is not allowed to do this to this image.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A rate or capacity limit was reached; retrying later may succeed.
+    /// The replica is busy (its upload slots, the caller's uploads, the
+    /// memory budget): retrying later may succeed.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The image is over a size or pixel limit: retrying cannot succeed.
+    /// The request is over a fixed limit (bytes, pixels, memory to decode,
+    /// messages per byte): retrying it as it is cannot succeed.
     #[error("{0}")]
     TooLarge(String),
     /// The request does not fit the state it acts on (an upload session

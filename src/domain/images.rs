@@ -42,6 +42,8 @@ pub struct Limits {
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
     /// (memory per upload is bounded, so this bounds the process's).
     pub max_concurrent_uploads: usize,
+    /// How long an upload waits for a slot when every one is busy.
+    pub upload_slot_wait: Duration,
     /// Uploads one user may have in progress at once.
     pub max_uploads_per_user: usize,
     /// How fast an upload must move.

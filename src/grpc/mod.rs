@@ -7,3 +7,4 @@ pub mod service;
 mod status;
 
 pub use service::ImageApi;
+pub use status::RETRY_PUSHBACK;

@@ -12,9 +12,8 @@ impl From<DomainError> for Status {
             DomainError::DataLoss(message) => Status::data_loss(message),
             DomainError::NotFound(message) => Status::not_found(message),
             DomainError::PermissionDenied(message) => Status::permission_denied(message),
-            DomainError::ResourceExhausted(message) | DomainError::TooLarge(message) => {
-                Status::resource_exhausted(message)
-            }
+            DomainError::ResourceExhausted(message) => Status::resource_exhausted(message),
+            DomainError::TooLarge(message) => do_not_retry(Status::resource_exhausted(message)),
             DomainError::FailedPrecondition(message) => Status::failed_precondition(message),
             DomainError::AlreadyExists(message) => Status::already_exists(message),
             DomainError::Aborted(message) => Status::aborted(message),
@@ -32,6 +31,21 @@ impl From<DomainError> for Status {
     }
 }
 
+/// Marks a status that retrying cannot change: gRPC clients with a retry
+/// policy (see the shipped service config) do not retry a call whose
+/// `grpc-retry-pushback-ms` is negative, so RESOURCE_EXHAUSTED for a busy
+/// replica is retried and for an image over a limit is not.
+fn do_not_retry(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        RETRY_PUSHBACK,
+        tonic::metadata::MetadataValue::from_static("-1"),
+    );
+    status
+}
+
+/// The trailer through which a server tells gRPC clients when to retry.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +61,57 @@ mod tests {
         ));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.0.0.7"));
+    }
+
+    /// The service config shipped for generated clients names every RPC
+    /// once, and retries a mutation only on a refusal that changed nothing.
+    #[test]
+    fn the_shipped_service_config_covers_every_rpc() {
+        use prost::Message;
+        let config: serde_json::Value = serde_json::from_str(include_str!(
+            "../../proto/imageservice/v1/imageservice_grpc_service_config.json"
+        ))
+        .unwrap();
+        let descriptors =
+            prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let mut rpcs: Vec<String> = descriptors
+            .file
+            .iter()
+            .flat_map(|file| &file.service)
+            .filter(|service| service.name() == "ImageService")
+            .flat_map(|service| service.method.iter().map(|m| m.name().to_owned()))
+            .collect();
+        rpcs.sort();
+        let mut named = Vec::new();
+        for method_config in config["methodConfig"].as_array().unwrap() {
+            let codes = &method_config["retryPolicy"]["retryableStatusCodes"];
+            let codes: Vec<&str> = codes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            for name in method_config["name"].as_array().unwrap() {
+                assert_eq!(name["service"], "imageservice.v1.ImageService");
+                let method = name["method"].as_str().unwrap().to_owned();
+                let mutates = ["UploadImage", "UpdateImage", "DeleteImage", "CancelUpload"];
+                if mutates.contains(&method.as_str()) {
+                    assert_eq!(codes, ["RESOURCE_EXHAUSTED"], "{method} may have acted");
+                }
+                named.push(method);
+            }
+        }
+        named.sort();
+        assert_eq!(named, rpcs);
+    }
+
+    #[test]
+    fn only_a_busy_replica_is_worth_retrying() {
+        let busy = Status::from(DomainError::ResourceExhausted("slots".into()));
+        let over = Status::from(DomainError::TooLarge("50 MiB".into()));
+        assert_eq!(busy.code(), Code::ResourceExhausted);
+        assert_eq!(over.code(), Code::ResourceExhausted);
+        assert!(busy.metadata().get(RETRY_PUSHBACK).is_none());
+        assert_eq!(over.metadata().get(RETRY_PUSHBACK).unwrap(), "-1");
     }
 }

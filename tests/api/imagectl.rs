@@ -3,14 +3,22 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
+use crate::helpers::servers::CutProxy;
 use crate::helpers::{Backend, TestApp, images, json, stdout};
+use image_service::pb;
 
 /// Runs imagectl against `app` as `user` (when given) and returns its output.
 async fn imagectl(app: &TestApp, user: Option<&str>, args: &[&str]) -> Output {
+    imagectl_at(&app.channel_addr(), user, args).await
+}
+
+/// Runs imagectl against the service at `addr`.
+async fn imagectl_at(addr: &str, user: Option<&str>, args: &[&str]) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagectl"));
     command
-        .env("IMAGECTL_ADDR", app.channel_addr())
+        .env("IMAGECTL_ADDR", addr)
         .env_remove("IMAGECTL_USER")
         .env_remove("IMAGECTL_TOKEN");
     if let Some(user) = user {
@@ -311,4 +319,202 @@ async fn imagectl_uploads_straight_to_the_store() {
         got["uploaded_sha256"], sha256,
         "the owner sees the upload's hash"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_uploads_real_photos_and_says_what_was_removed() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Photos as phones write them: EXIF with GPS and a serial number, XMP,
+    // and a motion clip's bytes after the image.
+    let photos: Vec<(String, Vec<u8>)> = [(640, 480), (480, 640), (800, 600)]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (w, h))| {
+            let photo = images::camera_photo(w, h);
+            (write(dir.path(), &format!("photo{n}.jpg"), &photo), photo)
+        })
+        .collect();
+    let mut args = vec!["upload", "--tag", "trip", "--location", "Oslo"];
+    args.extend(photos.iter().map(|(path, _)| path.as_str()));
+    let output = imagectl(&app, Some("alice"), &args).await;
+    let printed = stdout(&output);
+    assert_eq!(
+        printed.matches("metadata removed").count(),
+        3,
+        "each photo says so: {printed}"
+    );
+    for (path, photo) in &photos {
+        let line = printed.lines().find(|l| l.contains(path.as_str())).unwrap();
+        let id = line.split_whitespace().next().unwrap();
+        let image = app.get("alice", id).await.unwrap();
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(photo));
+        assert_eq!(image.uploaded_sha256, sha256, "the file's bytes arrived");
+        assert_ne!(image.sha256, sha256, "the stored bytes are not the file's");
+        // imagectl's download checks the bytes against Image.sha256.
+        let out = dir.path().join(format!("{id}.jpg"));
+        stdout(
+            &imagectl(
+                &app,
+                Some("alice"),
+                &["download", id, "-o", out.to_str().unwrap()],
+            )
+            .await,
+        );
+        let stored = std::fs::read(&out).unwrap();
+        for secret in images::PHONE_SECRETS {
+            let found = stored.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} left in the stored photo");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_get_json_carries_every_field_of_the_image() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "photo.jpg", &images::camera_photo(640, 480));
+    let args = [
+        "--json",
+        "upload",
+        &path,
+        "--title",
+        "Fjord",
+        "--tag",
+        "trip",
+        "--attr",
+        "lens=35mm f/1.4",
+    ];
+    let uploaded = json(&imagectl(&app, Some("alice"), &args).await);
+    let id = uploaded[0]["image_id"].as_str().unwrap().to_owned();
+    let got = json(&imagectl(&app, Some("alice"), &["--json", "get", &id]).await);
+    let image = app.get("alice", &id).await.unwrap();
+    // Every field, named: a field added to Image fails to compile here
+    // until the JSON carries it.
+    let pb::Image {
+        image_id,
+        owner_id,
+        filename,
+        content_type,
+        size_bytes,
+        sha256,
+        width,
+        height,
+        title,
+        description,
+        tags,
+        location,
+        attributes,
+        create_time,
+        update_time,
+        variants,
+        etag,
+        crc32c,
+        uploaded_sha256,
+        metadata_stripped,
+        blurhash,
+    } = image;
+    let time = |t: Option<prost_types::Timestamp>| {
+        let t = t.unwrap();
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds as u64),
+        )
+        .to_string()
+    };
+    let expected = serde_json::json!({
+        "image_id": image_id,
+        "owner_id": owner_id,
+        "filename": filename,
+        "content_type": content_type,
+        "size_bytes": size_bytes,
+        "sha256": sha256,
+        "width": width,
+        "height": height,
+        "title": title,
+        "description": description,
+        "tags": tags,
+        "location": location,
+        "attributes": attributes,
+        "create_time": time(create_time),
+        "update_time": time(update_time),
+        "variants": variants.iter().map(|v| {
+            let pb::ImageVariant { name, content_type, size_bytes, width, height } = v;
+            serde_json::json!({
+                "name": name, "content_type": content_type, "size_bytes": size_bytes,
+                "width": width, "height": height,
+            })
+        }).collect::<Vec<_>>(),
+        "etag": etag,
+        "crc32c": crc32c,
+        "uploaded_sha256": uploaded_sha256,
+        "metadata_stripped": metadata_stripped,
+        "blurhash": blurhash,
+    });
+    assert_eq!(got, expected);
+    assert_eq!(got["attributes"]["lens"], "35mm f/1.4");
+    let details = stdout(&imagectl(&app, Some("alice"), &["get", &id]).await);
+    assert!(
+        details.contains("attribute    lens=35mm f/1.4"),
+        "{details}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_reports_bytes_changed_in_transit_as_damage() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "photo.jpg", &images::camera_photo(640, 480));
+    // A faulty link flips bytes of the photo's trailer on the way in.
+    let proxy = CutProxy::tampering(app.grpc_addr, b"MotionPh", b"MotionPX").await;
+    let addr = format!("http://{}", proxy.addr);
+    let t = std::time::Instant::now();
+    let output = imagectl_at(&addr, Some("alice"), &["upload", &path]).await;
+    eprintln!(
+        "DEBUG {:?} {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        proxy.tampered.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the bytes were changed"
+    );
+    let message = stderr_of_failure(&output);
+    assert!(message.contains("damaged on the way"), "{message}");
+    app.assert_nothing_stored("alice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_waits_out_a_busy_service_and_says_so() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--max-concurrent-uploads", "1", "--upload-slot-wait", "0s"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "photo.jpg", &images::camera_photo(320, 240));
+    // Another caller holds the only slot for a second.
+    let png = images::png(64, 64, 3);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let request = crate::helpers::as_user("bob", tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut client = app.client();
+    let held = tokio::spawn(async move { client.upload_image(request).await });
+    let mut messages =
+        crate::helpers::upload_messages(crate::helpers::spec("held.png"), &png, 1024);
+    let rest = messages.split_off(2);
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for message in rest {
+            tx.send(message).await.unwrap();
+        }
+    });
+    let output = imagectl(&app, Some("alice"), &["upload", &path]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("the service is busy"), "{stderr}");
+    release.await.unwrap();
+    held.await.unwrap().expect("the held upload completes");
 }

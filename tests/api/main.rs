@@ -12,3 +12,4 @@ mod imagectl;
 mod pipeline;
 mod properties;
 mod server;
+mod soak;

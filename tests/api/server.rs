@@ -574,28 +574,160 @@ async fn open_upload(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_beyond_the_concurrency_limit_are_refused_not_queued() {
-    let app = TestApp::spawn_with(Backend::Embedded, &["--max-concurrent-uploads", "2"]).await;
+async fn an_upload_waits_for_a_busy_slot_then_is_refused_naming_the_wait() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--max-concurrent-uploads",
+            "2",
+            "--upload-slot-wait",
+            "300ms",
+        ],
+    )
+    .await;
     let (tx1, call1, rest1) = open_upload(&app, "alice").await;
     let (_tx2, _call2, _) = open_upload(&app, "bob").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let bytes = images::png(4, 4, 9);
+    let before = app.stored_objects().await.len();
+    let started = std::time::Instant::now();
     let status = assert_code(
         app.upload("carol", spec("third.png"), &bytes).await,
         Code::ResourceExhausted,
     );
-    assert!(status.message().contains("too many uploads"), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        status.message().contains("--upload-slot-wait"),
+        "{status:?}"
+    );
+    assert!(
+        status.metadata().get("grpc-retry-pushback-ms").is_none(),
+        "a busy replica is worth retrying: {status:?}"
+    );
+    assert_eq!(
+        app.stored_objects().await.len(),
+        before,
+        "the refused upload stored nothing"
+    );
 
-    // When one finishes, there is room again.
+    // A slot that frees up during the wait is taken.
+    let waiting = {
+        let client = app.client();
+        let bytes = bytes.clone();
+        tokio::spawn(async move {
+            let mut client = client;
+            let messages = upload_messages(spec("third.png"), &bytes, 4096);
+            client
+                .upload_image(as_user("carol", tokio_stream::iter(messages)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for message in rest1 {
         tx1.send(message).await.unwrap();
     }
     drop(tx1);
     call1.await.unwrap().expect("the first upload completes");
-    app.upload("carol", spec("third.png"), &bytes)
+    waiting
         .await
-        .expect("room again");
+        .unwrap()
+        .expect("the waiting upload got the freed slot");
+}
+
+/// Sends `bytes` as an upload on a connection of its own, and its last
+/// chunk `pause` after the service took the ones before: more than the
+/// service's 4 MiB stream window must be sent first, so the pause falls
+/// while the upload holds its slot.
+async fn slow_upload(
+    app: &TestApp,
+    user: &str,
+    bytes: &[u8],
+    pause: Duration,
+) -> Result<pb::Image, tonic::Status> {
+    let mut messages = upload_messages(spec("burst.png"), bytes, 256 * 1024);
+    let last = messages.pop().expect("a last chunk");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for message in messages {
+            let _ = tx.send(message).await;
+        }
+        // The channel holds one message: this send waits until the client
+        // took the one before, which it does as the service reads.
+        let _ = tx.reserve().await;
+        tokio::time::sleep(pause).await;
+        let _ = tx.send(last).await;
+    });
+    let mut client =
+        pb::image_service_client::ImageServiceClient::new(connect(app.grpc_addr).await);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let response = client.upload_image(as_user(user, stream)).await?;
+    Ok(response.into_inner().image.expect("an image"))
+}
+
+/// A burst of four times the upload slots from as many users, each upload
+/// of 6 MiB holding its slot for at least 400 ms.
+async fn burst(app: &TestApp) -> Vec<Result<pb::Image, tonic::Status>> {
+    let bytes = images::png_of_size(6 * 1024 * 1024, 5);
+    let uploads = (0..8).map(|n| {
+        let bytes = bytes.clone();
+        async move {
+            slow_upload(
+                app,
+                &format!("user-{n}"),
+                &bytes,
+                Duration::from_millis(400),
+            )
+            .await
+        }
+    });
+    futures::future::join_all(uploads).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_above_the_upload_slots_is_slowed_down_not_refused() {
+    // 8 uploads on 2 slots: four rounds of 400 ms, well within the wait.
+    let flags = |wait| {
+        [
+            "--max-concurrent-uploads",
+            "2",
+            "--upload-slot-wait",
+            wait,
+            "--variants",
+            "false",
+            "--max-image-bytes",
+            "16MiB",
+        ]
+    };
+    let app = TestApp::spawn_with(Backend::Embedded, &flags("20s")).await;
+    let started = std::time::Instant::now();
+    for result in burst(&app).await {
+        result.expect("every upload of the burst completes");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1600),
+        "the uploads took turns: {took:?}"
+    );
+    assert_eq!(app.stored_objects().await.len(), 8);
+
+    // With a wait shorter than a turn, those that found the slots busy (six,
+    // unless a connection came up late) are refused, and stored nothing.
+    let app = TestApp::spawn_with(Backend::Embedded, &flags("100ms")).await;
+    let results = burst(&app).await;
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|result| result.as_ref().err())
+        .collect();
+    assert!(refused.len() >= 4, "{results:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("--upload-slot-wait"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(app.stored_objects().await.len(), 8 - refused.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! image-soak: mixed traffic against a running image-service for a bounded
 //! time at a bounded rate, then a check of every image that should exist.
-//! Reports operations, errors by status code, latency percentiles per
-//! operation, and the service's memory at start and end (with `--pid`).
+//! Reports operations, errors by status code, latency percentiles of the
+//! operations that ran, load the service shed (RESOURCE_EXHAUSTED,
+//! UNAVAILABLE) with its rate, and the memory of the process listening on
+//! the address at start and end.
 //! With `--hostile`, runs the attacks of a hostile caller instead (see
 //! `hostile.rs`). Only for services on this machine (loopback).
 use std::collections::{BTreeMap, HashMap};
@@ -35,16 +37,22 @@ struct Args {
     /// Operations in flight at most.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// gRPC connections the operations are spread over (default: one per
+    /// 64 in flight, as a service's callers come from many replicas).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Distinct users.
     #[arg(long, default_value_t = 8)]
     users: usize,
-    /// The service's process id, to report its memory (VmRSS).
+    /// The service's process id, to report its memory (VmRSS). Default:
+    /// the process listening on --addr's port; a pid that is not listening
+    /// there (say, `cargo run`'s) is replaced by the one that is.
     #[arg(long)]
     pid: Option<u32>,
     /// Instead of mixed traffic, run each attack of a hostile caller in
     /// turn and report what it cost the service (needs --pid) and what a
     /// well-behaved caller saw meanwhile.
-    #[arg(long, requires = "pid")]
+    #[arg(long)]
     hostile: bool,
     /// With --hostile: only these attacks (comma-separated; all by default).
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hostile::ATTACKS))]
@@ -66,10 +74,27 @@ enum Op {
     Delete,
 }
 
+/// What became of one operation.
+enum Outcome {
+    /// It ran and succeeded: timed.
+    Done,
+    /// There was nothing to act on (no image yet): not timed.
+    Skipped,
+    /// The service shed it (RESOURCE_EXHAUSTED, UNAVAILABLE): counted and
+    /// timed apart, since a refusal is fast or waited out a queue.
+    Shed(tonic::Code),
+    /// Anything else: an unexpected error.
+    Failed(tonic::Code),
+}
+
 #[derive(Default)]
 struct Stats {
+    /// Latencies of the operations that ran and succeeded.
     latencies: HashMap<Op, Vec<Duration>>,
+    /// Latencies of the refusals.
+    shed_latencies: HashMap<Op, Vec<Duration>>,
     outcomes: BTreeMap<(Op, String), u64>,
+    skipped: BTreeMap<Op, u64>,
 }
 
 /// Images that exist: id → (owner, sha256).
@@ -79,6 +104,65 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The process listening on TCP `port` on this machine: the socket's inode
+/// from /proc/net/tcp{,6}, then the process holding it.
+fn listening_pid(port: u16) -> Option<u32> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    let listening = fields.get(3)? == &"0A";
+                    (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                        .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|link| {
+                    inodes
+                        .iter()
+                        .any(|inode| link.as_os_str() == inode.as_str())
+                })
+                .then_some(pid)
+        })
+}
+
+/// The service's process: the one listening on `port`, which `given`
+/// must be when it is named (a `cargo run` wrapper's pid is not).
+fn service_pid(given: Option<u32>, port: u16) -> Option<u32> {
+    let listening = listening_pid(port);
+    match (given, listening) {
+        (Some(given), Some(listening)) if given != listening => {
+            eprintln!(
+                "image-soak: pid {given} does not listen on port {port}; measuring pid {listening}, which does"
+            );
+            Some(listening)
+        }
+        (given, listening) => listening.or(given),
+    }
+}
+
+/// A process's name, for the report.
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn as_user<T>(user: &str, message: T) -> Request<T> {
@@ -100,7 +184,7 @@ async fn run_op(
     user: &str,
     seed: u64,
     live: &Live,
-) -> Result<(), tonic::Status> {
+) -> Result<bool, tonic::Status> {
     let pick = |live: &Live| -> Option<(String, String, String)> {
         let live = live.lock().expect("lock");
         let n = live.len();
@@ -147,12 +231,13 @@ async fn run_op(
             }
         }
         Op::Get => {
-            if let Some((id, _, _)) = pick(live) {
-                client
-                    .get_image(as_user(user, pb::GetImageRequest { image_id: id }))
-                    .await
-                    .or_else(raced)?;
-            }
+            let Some((id, _, _)) = pick(live) else {
+                return Ok(false);
+            };
+            client
+                .get_image(as_user(user, pb::GetImageRequest { image_id: id }))
+                .await
+                .or_else(raced)?;
         }
         Op::List => {
             let request = pb::ListImagesRequest {
@@ -163,35 +248,37 @@ async fn run_op(
             client.list_images(as_user(user, request)).await?;
         }
         Op::Download => {
-            if let Some((id, _, _)) = pick(live) {
-                let request = pb::DownloadImageRequest {
-                    image_id: id,
-                    ..Default::default()
-                };
-                match client.download_image(as_user(user, request)).await {
-                    Ok(response) => {
-                        let mut stream = response.into_inner();
-                        while let Some(message) = stream.next().await {
-                            if let Err(status) = message {
-                                return raced::<()>(status).map(|_| ());
-                            }
+            let Some((id, _, _)) = pick(live) else {
+                return Ok(false);
+            };
+            let request = pb::DownloadImageRequest {
+                image_id: id,
+                ..Default::default()
+            };
+            match client.download_image(as_user(user, request)).await {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    while let Some(message) = stream.next().await {
+                        if let Err(status) = message {
+                            return raced::<()>(status).map(|_| true);
                         }
                     }
-                    Err(status) => return raced::<()>(status).map(|_| ()),
                 }
+                Err(status) => return raced::<()>(status).map(|_| true),
             }
         }
         Op::Delete => {
-            if let Some((id, owner, _)) = pick(live) {
-                live.lock().expect("lock").remove(&id);
-                client
-                    .delete_image(as_user(&owner, pb::DeleteImageRequest { image_id: id }))
-                    .await
-                    .or_else(raced)?;
-            }
+            let Some((id, owner, _)) = pick(live) else {
+                return Ok(false);
+            };
+            live.lock().expect("lock").remove(&id);
+            client
+                .delete_image(as_user(&owner, pb::DeleteImageRequest { image_id: id }))
+                .await
+                .or_else(raced)?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// NOT_FOUND is an expected outcome when another operation deleted the
@@ -219,17 +306,17 @@ async fn main() -> anyhow::Result<()> {
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1") {
         bail!("image-soak only targets services on this machine (loopback addresses)");
     }
-    let channel = Channel::from_shared(args.addr.clone())?
-        .connect()
-        .await
-        .context("connecting")?;
+    let endpoint = Channel::from_shared(args.addr.clone())?;
+    let channel = endpoint.connect().await.context("connecting")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let pid = service_pid(args.pid, port);
     if args.hostile {
         if let Some(http) = &args.http_addr
             && !(http.starts_with("127.") || http.starts_with("localhost"))
         {
             bail!("image-soak only targets services on this machine (loopback addresses)");
         }
-        let pid = args.pid.context("--hostile needs --pid")?;
+        let pid = pid.context("--hostile measures the service: pass --pid")?;
         return hostile::run(
             channel,
             args.addr.clone(),
@@ -239,8 +326,17 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
     }
-    let client = ImageServiceClient::new(channel);
-    let rss_start = args.pid.and_then(rss_kib);
+    let connections = args
+        .connections
+        .unwrap_or_else(|| args.concurrency.div_ceil(64))
+        .max(1);
+    let mut clients = vec![ImageServiceClient::new(channel)];
+    for _ in 1..connections {
+        clients.push(ImageServiceClient::new(
+            endpoint.connect().await.context("connecting")?,
+        ));
+    }
+    let rss_start = pid.and_then(rss_kib);
     let stats = Arc::new(Mutex::new(Stats::default()));
     let live: Live = Arc::new(Mutex::new(HashMap::new()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -263,31 +359,50 @@ async fn main() -> anyhow::Result<()> {
             _ => Op::Delete,
         };
         let user = format!("soak-user-{}", seed as usize % args.users.max(1));
-        let (mut client, stats, live) = (client.clone(), stats.clone(), live.clone());
+        let client = clients[seed as usize % clients.len()].clone();
+        let (mut client, stats, live) = (client, stats.clone(), live.clone());
         tasks.spawn(async move {
             let begun = Instant::now();
-            let result = run_op(&mut client, op, &user, seed, &live).await;
-            let outcome = match result {
-                Ok(()) => "OK".to_owned(),
-                Err(status) => format!("{:?}", status.code()),
+            let outcome = match run_op(&mut client, op, &user, seed, &live).await {
+                Ok(true) => Outcome::Done,
+                Ok(false) => Outcome::Skipped,
+                Err(status) => match status.code() {
+                    code @ (tonic::Code::ResourceExhausted | tonic::Code::Unavailable) => {
+                        Outcome::Shed(code)
+                    }
+                    code => Outcome::Failed(code),
+                },
             };
+            let took = begun.elapsed();
             let mut stats = stats.lock().expect("lock");
-            stats.latencies.entry(op).or_default().push(begun.elapsed());
-            *stats.outcomes.entry((op, outcome)).or_default() += 1;
+            match outcome {
+                Outcome::Done => {
+                    stats.latencies.entry(op).or_default().push(took);
+                    *stats.outcomes.entry((op, "OK".into())).or_default() += 1;
+                }
+                Outcome::Skipped => *stats.skipped.entry(op).or_default() += 1,
+                Outcome::Shed(code) => {
+                    stats.shed_latencies.entry(op).or_default().push(took);
+                    *stats.outcomes.entry((op, format!("{code:?}"))).or_default() += 1;
+                }
+                Outcome::Failed(code) => {
+                    *stats.outcomes.entry((op, format!("{code:?}"))).or_default() += 1;
+                }
+            }
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed();
-    let rss_end = args.pid.and_then(rss_kib);
+    let rss_end = pid.and_then(rss_kib);
 
     // Every image that should exist re-reads with its sha256.
     let survivors: Vec<(String, (String, String))> = live.lock().expect("lock").drain().collect();
     let mut verified = 0;
     let mut broken = Vec::new();
     for (id, (owner, sha)) in &survivors {
-        let mut client = client.clone();
+        let mut client = clients[0].clone();
         let request = pb::DownloadImageRequest {
             image_id: id.clone(),
             ..Default::default()
@@ -315,48 +430,66 @@ async fn main() -> anyhow::Result<()> {
 
     let stats = stats.lock().expect("lock");
     let total: u64 = stats.outcomes.values().sum();
+    let skipped: u64 = stats.skipped.values().sum();
+    let seconds = elapsed.as_secs_f64();
     println!(
-        "image-soak: {total} operations in {:.0?} ({:.1}/s), {} concurrent, {} users",
-        elapsed,
-        total as f64 / elapsed.as_secs_f64(),
+        "image-soak: {total} operations in {elapsed:.0?} ({:.1}/s) over {connections} connection(s), \
+         {} concurrent, {} users; {skipped} skipped for want of an image (not counted)",
+        total as f64 / seconds,
         args.concurrency,
         args.users
     );
     println!(
-        "{:<10} {:>8} {:>10} {:>10}  outcomes",
-        "operation", "count", "p50", "p99"
+        "{:<10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}  outcomes",
+        "operation", "done", "done/s", "p50", "p99", "shed/s", "shed p50"
     );
-    let mut unexpected = 0;
+    let is_shed = |code: &str| code == "ResourceExhausted" || code == "Unavailable";
+    let (mut unexpected, mut shed) = (0, 0);
     for op in [Op::Upload, Op::Get, Op::List, Op::Download, Op::Delete] {
         let mut latencies = stats.latencies.get(&op).cloned().unwrap_or_default();
         latencies.sort();
+        let mut refused = stats.shed_latencies.get(&op).cloned().unwrap_or_default();
+        refused.sort();
         let outcomes: Vec<String> = stats
             .outcomes
             .iter()
             .filter(|((o, _), _)| *o == op)
             .map(|((_, code), n)| {
-                if code != "OK" {
+                if is_shed(code) {
+                    shed += n;
+                } else if code != "OK" {
                     unexpected += n;
                 }
                 format!("{code}={n}")
             })
             .collect();
         println!(
-            "{:<10} {:>8} {:>10.1?} {:>10.1?}  {}",
+            "{:<10} {:>8} {:>8.1} {:>10.1?} {:>10.1?} {:>8.1} {:>10.1?}  {}",
             format!("{op:?}"),
             latencies.len(),
+            latencies.len() as f64 / seconds,
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
+            refused.len() as f64 / seconds,
+            percentile(&refused, 0.5),
             outcomes.join(" ")
         );
     }
-    match (rss_start, rss_end) {
-        (Some(start), Some(end)) => println!(
-            "service RSS: {} MiB at start, {} MiB at end",
-            start / 1024,
-            end / 1024
+    println!(
+        "shed by the service (RESOURCE_EXHAUSTED, UNAVAILABLE): {shed} ({:.1}/s, {:.1} % of operations)",
+        shed as f64 / seconds,
+        100.0 * shed as f64 / total.max(1) as f64
+    );
+    match (pid, rss_start, rss_end) {
+        (Some(pid), Some(start), Some(end)) => println!(
+            "service RSS (pid {pid}, {}): {:.1} MiB at start, {:.1} MiB at end",
+            process_name(pid),
+            start as f64 / 1024.0,
+            end as f64 / 1024.0
         ),
-        _ => println!("service RSS: not measured (pass --pid)"),
+        _ => println!(
+            "service RSS: not measured (no process of this machine listens on port {port})"
+        ),
     }
     println!(
         "verified {verified} surviving image(s) by sha256; {} broken",

@@ -118,7 +118,7 @@ impl Uploads {
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin + 'static,
     {
-        let slot = self.slot(caller)?;
+        let slot = self.slot(caller).await?;
         let mut pace = Pace::new(&self.limits.pace);
         let first = pace
             .next(&mut frames)
@@ -143,17 +143,39 @@ impl Uploads {
         }
     }
 
-    /// One of the upload slots, and one of the caller's: RESOURCE_EXHAUSTED
-    /// when either is taken.
-    fn slot(&self, caller: &UserId) -> Result<UploadSlot, DomainError> {
-        let global = self.slots.clone().try_acquire_owned().map_err(|_| {
-            DomainError::ResourceExhausted(
-                "too many uploads in progress (--max-concurrent-uploads); retry shortly".into(),
-            )
-        })?;
+    /// One of the caller's uploads, then one of the replica's upload slots.
+    /// The caller's cap is checked first and refuses at once, so one user's
+    /// waiting uploads are bounded like its running ones; a busy replica is
+    /// waited for up to `--upload-slot-wait`, then RESOURCE_EXHAUSTED.
+    async fn slot(&self, caller: &UserId) -> Result<UploadSlot, DomainError> {
+        let user = self.user_uploads.start(caller)?;
+        let global = match self.slots.clone().try_acquire_owned() {
+            Ok(global) => global,
+            Err(_) => {
+                let started = tokio::time::Instant::now();
+                let waited = tokio::time::timeout(
+                    self.limits.upload_slot_wait,
+                    self.slots.clone().acquire_owned(),
+                )
+                .await;
+                metrics::histogram!("imageservice_upload_slot_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match waited {
+                    Ok(Ok(global)) => global,
+                    _ => {
+                        metrics::counter!("imageservice_upload_slot_refusals_total").increment(1);
+                        return Err(DomainError::ResourceExhausted(format!(
+                            "every upload slot of this replica stayed busy for {} \
+                             (--max-concurrent-uploads, --upload-slot-wait); retry with backoff",
+                            humantime::format_duration(self.limits.upload_slot_wait)
+                        )));
+                    }
+                }
+            }
+        };
         Ok(UploadSlot {
             _global: global,
-            _user: self.user_uploads.start(caller)?,
+            _user: user,
         })
     }
 

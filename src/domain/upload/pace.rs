@@ -73,7 +73,7 @@ impl Pace {
         self.messages += 1;
         let allowed = self.limits.free_messages + self.bytes / self.limits.bytes_per_message.max(1);
         if self.messages > allowed {
-            return Err(DomainError::ResourceExhausted(format!(
+            return Err(DomainError::TooLarge(format!(
                 "the upload sends too many small messages: after {} messages, each must bring \
                  {} bytes on average (send chunks of 64 KiB to 1 MiB)",
                 self.limits.free_messages, self.limits.bytes_per_message

@@ -49,7 +49,7 @@ impl Uploads {
         let (width, height) = (facts.uploaded.width, facts.uploaded.height);
         let needed = variants::memory_needed(&source, content_type, width, height);
         if needed > self.limits.render.max_memory {
-            return Err(DomainError::ResourceExhausted(format!(
+            return Err(DomainError::TooLarge(format!(
                 "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
                  (--max-render-memory)",
                 needed >> 20,

@@ -190,29 +190,64 @@ impl ServerProcess {
 
 /// A TCP proxy in front of a server whose connections can all be dropped
 /// at once, as a lost mobile network drops them: both sockets close, with
-/// no HTTP/2 goodbye from the client.
+/// no HTTP/2 goodbye from the client. [`CutProxy::tampering`] also changes
+/// bytes on their way to the server, as a faulty link would.
 pub struct CutProxy {
     pub addr: SocketAddr,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
+    /// How many times the tampering proxy replaced its pattern.
+    pub tampered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Bytes a tampering proxy replaces, and their replacement (as long).
+type Tamper = std::sync::Arc<(Vec<u8>, Vec<u8>)>;
 
 impl CutProxy {
     pub async fn start(target: SocketAddr) -> Self {
+        Self::with(target, None).await
+    }
+
+    /// A proxy that replaces every `from` the client sends with `to`.
+    pub async fn tampering(target: SocketAddr, from: &[u8], to: &[u8]) -> Self {
+        assert_eq!(from.len(), to.len(), "framing stays intact");
+        Self::with(
+            target,
+            Some(std::sync::Arc::new((from.to_vec(), to.to_vec()))),
+        )
+        .await
+    }
+
+    async fn with(target: SocketAddr, tamper: Option<Tamper>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a proxy port");
         let addr = listener.local_addr().expect("the proxy's address");
         let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
             Default::default();
-        let accepted = links.clone();
+        let tampered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (accepted, count) = (links.clone(), tampered.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                     continue;
                 };
+                let (tamper, count) = (tamper.clone(), count.clone());
                 let link = tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    match tamper {
+                        None => {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                        Some(tamper) => {
+                            let (mut from_client, mut to_client) = inbound.split();
+                            let (mut from_server, mut to_server) = outbound.split();
+                            let upstream =
+                                copy_tampering(&mut from_client, &mut to_server, &tamper, &count);
+                            let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+                            let _ = tokio::join!(upstream, downstream);
+                        }
+                    }
                 });
                 accepted
                     .lock()
@@ -224,6 +259,7 @@ impl CutProxy {
             addr,
             links,
             accept,
+            tampered,
         }
     }
 
@@ -236,6 +272,62 @@ impl CutProxy {
             .drain(..)
         {
             link.abort();
+        }
+    }
+}
+
+/// Copies `reader` to `writer`, replacing the tamper's pattern. Bytes at
+/// the end of a read that could begin the pattern are held back for the
+/// next read (for a moment at most), so a pattern split across reads is
+/// still found.
+async fn copy_tampering(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    tamper: &(Vec<u8>, Vec<u8>),
+    count: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (from, to) = tamper;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut buffer);
+        let n = if pending.is_empty() {
+            read.await?
+        } else {
+            match tokio::time::timeout(Duration::from_millis(20), read).await {
+                Ok(n) => n?,
+                Err(_quiet) => {
+                    writer.write_all(&pending).await?;
+                    pending.clear();
+                    continue;
+                }
+            }
+        };
+        pending.extend_from_slice(&buffer[..n]);
+        let mut at = 0;
+        while let Some(found) = pending[at..]
+            .windows(from.len())
+            .position(|w| w == from.as_slice())
+        {
+            let start = at + found;
+            pending[start..start + from.len()].copy_from_slice(to);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            at = start + from.len();
+        }
+        let keep = if n == 0 {
+            0
+        } else {
+            (1..from.len().min(pending.len() - at + 1))
+                .rev()
+                .find(|&k| pending.ends_with(&from[..k]))
+                .unwrap_or(0)
+        };
+        let ready = pending.len() - keep;
+        writer.write_all(&pending[..ready]).await?;
+        pending.drain(..ready);
+        if n == 0 {
+            return writer.shutdown().await;
         }
     }
 }

@@ -533,7 +533,7 @@ impl Uploads {
                 "no upload URLs were handed out for this upload session (GetUploadUrls)".into(),
             ));
         };
-        let slot = self.slot(caller)?;
+        let slot = self.slot(caller).await?;
         let holder = uuid::Uuid::new_v4().to_string();
         self.take_lease(&mut session, &holder, self.limits.pace.deadline)
             .await?;
