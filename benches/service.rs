@@ -43,6 +43,8 @@ struct Plan {
     dynamodb_listing: usize,
     list_calls: usize,
     renders: usize,
+    /// Phone photos are rendered at their size divided by this.
+    photo_shrink: u32,
 }
 
 const FULL: Plan = Plan {
@@ -55,6 +57,7 @@ const FULL: Plan = Plan {
     dynamodb_listing: 10_000,
     list_calls: 200,
     renders: 10,
+    photo_shrink: 1,
 };
 
 const SMOKE: Plan = Plan {
@@ -67,6 +70,7 @@ const SMOKE: Plan = Plan {
     dynamodb_listing: 60,
     list_calls: 5,
     renders: 1,
+    photo_shrink: 8,
 };
 
 fn main() {
@@ -77,6 +81,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `cargo bench --bench service -- renders`: only the variants section,
+    // printed and not written (it needs no servers).
+    if std::env::args().any(|a| a == "renders") {
+        println!("{}", thumbnailing(&plan));
+        return;
+    }
     let report = runtime.block_on(run(&plan));
     println!("{report}");
     if full {
@@ -429,7 +439,7 @@ async fn run(plan: &Plan) -> String {
     drop(embedded);
 
     // 8: thumbnailing.
-    out.push_str(&thumbnailing(plan.renders));
+    out.push_str(&thumbnailing(plan));
 
     // 9: upload sessions.
     out.push_str(&sessions(plan, &aws_args("sessions")).await);
@@ -1403,59 +1413,209 @@ async fn listing_rows(
     }
 }
 
-/// Variants of a 12-megapixel photo per second on one core, next to
-/// libvips' thumbnailer on the same file.
-fn thumbnailing(renders: usize) -> String {
-    let mut out = String::from("### 8. Variants of a 12 MP JPEG (one core)\n\n");
-    let photo = fixtures::photo_jpeg(4000, 3000);
+/// Variants of phone photos on one core: the renderer and libvips on
+/// the same files, CPU per photo, and how close each medium variant is to
+/// a reference downscale.
+fn thumbnailing(plan: &Plan) -> String {
+    let decoder = if cfg!(feature = "libjpeg-turbo") {
+        "libjpeg-turbo (feature `libjpeg-turbo`)"
+    } else {
+        "jpeg-decoder (the default build)"
+    };
+    let mut out =
+        format!("### 8. Variants of phone photos (one core; JPEGs decoded by {decoder})\n\n");
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("photo.jpg");
-    std::fs::write(&path, &photo).expect("write photo");
-    let start = Instant::now();
-    for _ in 0..renders {
-        image_service::media::variants::render(
-            &photo,
-            image::ImageFormat::Jpeg,
-            1,
-            512 * MIB as u64,
-        )
-        .expect("renders");
+    let mut photos: Vec<(String, Vec<u8>, u16)> = fixtures::PHONE_SHOTS
+        .iter()
+        .map(|shot| {
+            let shot = fixtures::PhoneShot {
+                width: shot.width / plan.photo_shrink,
+                height: shot.height / plan.photo_shrink,
+                ..*shot
+            };
+            (
+                shot.describe(),
+                fixtures::phone_shot(&shot),
+                shot.orientation,
+            )
+        })
+        .collect();
+    let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
+    photos.push((
+        format!("synthetic: {w} × {h} noise-textured, baseline, 4:2:0, Q90"),
+        fixtures::photo_jpeg(w, h),
+        1,
+    ));
+    let _ = writeln!(
+        out,
+        "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash ms |\n|---|---|---|---|---|---|---|"
+    );
+    let mut vips_error = None;
+    for (i, (what, jpeg, orientation)) in photos.iter().enumerate() {
+        let path = dir.path().join(format!("photo-{i}.jpg"));
+        std::fs::write(&path, jpeg).expect("write photo");
+        let (ours, profile, medium) = our_renders(jpeg, *orientation as u8, plan.renders);
+        let reference = reference_image(jpeg, *orientation);
+        let our_psnr = psnr(&reference, &medium);
+        let (theirs, their_psnr) = match vips_renders(&path, plan.renders) {
+            Ok((ms, medium_path)) => {
+                let medium = image::open(&medium_path)
+                    .expect("libvips' medium")
+                    .to_rgb8();
+                (format!("{ms:.1}"), Some((ms, psnr(&reference, &medium))))
+            }
+            Err(why) => {
+                vips_error = Some(why);
+                ("–".into(), None)
+            }
+        };
+        let stage = |d: Duration| ms(d) / plan.renders as f64;
+        let _ = writeln!(
+            out,
+            "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} |",
+            jpeg.len() as f64 / 1e6,
+            jpeg.len() as f64 * 8.0 / f64::from(reference.width() * reference.height()),
+            their_psnr.map_or("–".into(), |(t, _)| format!("{:.2}", t / ours)),
+            their_psnr.map_or("–".into(), |(_, p)| format!("{p:.2}")),
+            stage(profile.decode),
+            stage(profile.resize),
+            stage(profile.encode),
+            stage(profile.placeholder),
+        );
     }
-    let ours = renders as f64 / start.elapsed().as_secs_f64();
-    let _ = writeln!(out, "| | photos/s (small + medium + BlurHash) |\n|---|---|");
-    let _ = writeln!(out, "| image-service | {ours:.2} |");
-    match vips_rate(&path, renders) {
-        Ok(theirs) => {
-            let _ = writeln!(
-                out,
-                "| libvips `thumbnail` (small + medium) | {theirs:.2} |"
-            );
-            let _ = writeln!(
-                out,
-                "\nRatio image-service / libvips: {:.2}.",
-                ours / theirs
-            );
-        }
-        Err(why) => {
-            let _ = writeln!(out, "| libvips | not measured: {why} |");
-        }
+    if let Some(why) = vips_error {
+        let _ = writeln!(out, "\nlibvips not measured: {why}.");
     }
     let _ = writeln!(
         out,
-        "\n{} KiB JPEG, 4000 × 3000, quality 90. libvips runs `vips_thumbnail` (the operation behind `vipsthumbnail`) through pyvips with `VIPS_CONCURRENCY=1`, writing both sizes as JPEG Q82 like the service.\n",
-        photo.len() / 1024
+        "\nCPU time (user + system) per photo for `small` (320) + `medium` (1080) + BlurHash, the mean of {} renders each. The photos are rendered from a scene (sky, clouds, hills, a textured field, a house, trees, vignetting, sensor grain) and encoded the way phones write them, with EXIF; the synthetic row is the old noise-textured JPEG. libvips runs through pyvips with `VIPS_CONCURRENCY=1`: one `thumbnail` to 1080 (shrink-on-load, EXIF rotation) held in memory, written as JPEG Q82, and 320 made from it and written the same way, like the service. PSNR compares each `medium` with a reference: the photo decoded at full size, turned upright and resized straight to the same size with Lanczos3.\n",
+        plan.renders
     );
     out
 }
 
-fn vips_rate(path: &Path, renders: usize) -> Result<f64, String> {
+/// Mean CPU milliseconds and stage times of `renders` renders, and the
+/// medium variant of the last one, decoded.
+fn our_renders(
+    jpeg: &[u8],
+    orientation: u8,
+    renders: usize,
+) -> (
+    f64,
+    image_service::media::variants::RenderProfile,
+    image::RgbImage,
+) {
+    use image_service::media::variants::{RenderProfile, render_profiled};
+    let once = || {
+        render_profiled(
+            jpeg,
+            image::ImageFormat::Jpeg,
+            orientation,
+            512 * MIB as u64,
+        )
+        .expect("renders")
+    };
+    // One render to warm the caches and the allocator.
+    let (mut last, _) = once();
+    let mut profile = RenderProfile::default();
+    let before = own_cpu_seconds();
+    for _ in 0..renders {
+        let (rendered, p) = once();
+        profile.decode += p.decode;
+        profile.resize += p.resize;
+        profile.encode += p.encode;
+        profile.placeholder += p.placeholder;
+        last = rendered;
+    }
+    let cpu_ms = (own_cpu_seconds() - before) * 1000.0 / renders as f64;
+    let medium = last
+        .variants
+        .iter()
+        .find(|v| v.name == "medium")
+        .expect("a medium variant");
+    let medium = image::load_from_memory(&medium.bytes)
+        .expect("medium decodes")
+        .to_rgb8();
+    (cpu_ms, profile, medium)
+}
+
+/// The photo decoded whole and turned upright: what every variant is
+/// compared with.
+fn reference_image(jpeg: &[u8], orientation: u16) -> image::RgbImage {
+    // jpeg-decoder, not the image crate's zune-jpeg: zune-jpeg 0.5.15
+    // decodes the first phone photo (baseline, Q94) to garbage.
+    let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(jpeg));
+    let pixels = decoder.decode().expect("the photo decodes");
+    let info = decoder.info().expect("a frame header");
+    let mut full = image::DynamicImage::ImageRgb8(
+        image::RgbImage::from_raw(u32::from(info.width), u32::from(info.height), pixels)
+            .expect("RGB pixels"),
+    );
+    if let Some(o) = image::metadata::Orientation::from_exif(orientation as u8) {
+        full.apply_orientation(o);
+    }
+    full.to_rgb8()
+}
+
+/// PSNR in dB of `candidate` against `reference` resized straight to the
+/// candidate's size with Lanczos3.
+fn psnr(reference: &image::RgbImage, candidate: &image::RgbImage) -> f64 {
+    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+    let mut target = image::RgbImage::new(candidate.width(), candidate.height());
+    Resizer::new()
+        .resize(
+            reference,
+            &mut target,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+        )
+        .expect("reference resized");
+    let squared: f64 = target
+        .as_raw()
+        .iter()
+        .zip(candidate.as_raw())
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+        .sum();
+    let mse = squared / target.as_raw().len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// User + system CPU seconds of this process so far.
+fn own_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// libvips' mean CPU milliseconds per photo over `renders`, and the path
+/// of the medium it wrote.
+fn vips_renders(path: &Path, renders: usize) -> Result<(f64, PathBuf), String> {
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| {
         let venv = tools_dir().join("venv/bin/python");
         venv.display().to_string()
     });
+    let medium_path = path.with_extension("vips-medium.jpg");
     let script = format!(
-        "import time, pyvips\nstart = time.perf_counter()\nfor _ in range({renders}):\n    for side in (1080, 320):\n        pyvips.Image.thumbnail({path:?}, side).write_to_buffer('.jpg[Q=82]')\nprint({renders} / (time.perf_counter() - start))\n",
-        path = path.display().to_string()
+        "import time, pyvips\n\
+         def once():\n    \
+             medium = pyvips.Image.thumbnail({path:?}, 1080).copy_memory()\n    \
+             m = medium.write_to_buffer('.jpg[Q=82]')\n    \
+             medium.thumbnail_image(320).write_to_buffer('.jpg[Q=82]')\n    \
+             return m\n\
+         open({medium:?}, 'wb').write(once())\n\
+         start = time.process_time()\n\
+         for _ in range({renders}):\n    once()\n\
+         print((time.process_time() - start) * 1000 / {renders})\n",
+        path = path.display().to_string(),
+        medium = medium_path.display().to_string(),
     );
     let output = Command::new(python)
         .arg("-c")
@@ -1470,10 +1630,11 @@ fn vips_rate(path: &Path, renders: usize) -> Result<f64, String> {
             stderr.lines().last().unwrap_or("")
         ));
     }
-    String::from_utf8_lossy(&output.stdout)
+    let ms = String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
-        .map_err(|e| format!("unexpected output: {e}"))
+        .map_err(|e| format!("unexpected output: {e}"))?;
+    Ok((ms, medium_path))
 }
 
 fn tools_dir() -> PathBuf {

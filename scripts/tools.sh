@@ -81,15 +81,10 @@ install_pyvips() {
   fi
 }
 
-# Debian packages for the `heif` feature's tests: cmake and the codec
-# libraries libheif (built from the sources libheif-sys embeds) links to,
-# the HEVC and AV1 encoders the tests make real HEIC and AVIF files with,
-# and exiftool to read the stored originals independently. Installed with
-# apt-get when missing (CI runs as root).
-HEIF_PACKAGES=(cmake g++ pkg-config libde265-dev libdav1d-dev libx265-dev libaom-dev libnuma-dev libimage-exiftool-perl)
-install_heif_packages() {
+# Debian packages, installed with apt-get when missing (CI runs as root).
+install_debian_packages() {
   local missing=()
-  for package in "${HEIF_PACKAGES[@]}"; do
+  for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -99,4 +94,14 @@ install_heif_packages() {
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+}
+
+# What the optional features build with, and their tests use: for `heif`,
+# cmake and the codec libraries libheif (built from the sources
+# libheif-sys embeds) links to, the HEVC and AV1 encoders the tests make
+# real HEIC and AVIF files with, and exiftool to read the stored originals
+# independently; for `libjpeg-turbo`, nasm (its SIMD code is assembly).
+FEATURE_PACKAGES=(cmake g++ pkg-config libde265-dev libdav1d-dev libx265-dev libaom-dev libnuma-dev libimage-exiftool-perl nasm)
+install_feature_packages() {
+  install_debian_packages "${FEATURE_PACKAGES[@]}"
 }

@@ -3,6 +3,10 @@
 //! tests the same bytes; and the limits of tests that build the domain
 //! directly. Not used by the service itself.
 
+mod scene;
+
+pub use scene::{PHONE_SHOTS, PhoneShot, phone_shot, scene};
+
 /// A valid, uncompressed (stored-deflate) RGB PNG whose pixels depend on
 /// `seed`, so different seeds give different bytes. Its size is about
 /// `width * height * 3` bytes.

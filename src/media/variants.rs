@@ -16,6 +16,7 @@
 //! and is smaller than PNG.
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
@@ -24,6 +25,9 @@ use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::MediaError;
+
+#[cfg(feature = "libjpeg-turbo")]
+mod turbo;
 
 /// The variants made for every decodable image: name and longest side,
 /// smallest first (the order of `Image.variants`).
@@ -155,8 +159,39 @@ pub fn render(
     orientation: u8,
     max_memory: u64,
 ) -> Result<Rendered, MediaError> {
+    render_profiled(source, format, orientation, max_memory).map(|(rendered, _)| rendered)
+}
+
+/// Where the time of one render went, for the benchmark.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenderProfile {
+    /// Decoding the source (at a reduced DCT scale for JPEG).
+    pub decode: Duration,
+    /// Resizing to each variant, and turning upright.
+    pub resize: Duration,
+    /// Encoding the variants.
+    pub encode: Duration,
+    /// The BlurHash, from the smallest variant.
+    pub placeholder: Duration,
+}
+
+/// [`render`], timing each stage.
+pub fn render_profiled(
+    source: &[u8],
+    format: ImageFormat,
+    orientation: u8,
+    max_memory: u64,
+) -> Result<(Rendered, RenderProfile), MediaError> {
+    let mut profile = RenderProfile::default();
+    let mut clock = Instant::now();
+    let mut lap = |stage: &mut Duration| {
+        let now = Instant::now();
+        *stage += now - clock;
+        clock = now;
+    };
     let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
     let (decoded, icc) = decode(source, format, largest, max_memory)?;
+    lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
     let mut resizer = Resizer::new();
 
@@ -185,7 +220,9 @@ pub fn render(
                 larger.resize(&mut resizer, target)?
             }
         };
+        lap(&mut profile.resize);
         let (content_type, bytes) = pixels.encode(icc.as_deref())?;
+        lap(&mut profile.encode);
         variants.push(Rendition {
             name,
             content_type,
@@ -198,7 +235,8 @@ pub fn render(
     variants.reverse();
     let smallest = previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
     let blurhash = placeholder(&smallest, &mut resizer)?;
-    Ok(Rendered { variants, blurhash })
+    lap(&mut profile.placeholder);
+    Ok((Rendered { variants, blurhash }, profile))
 }
 
 /// Whether an EXIF orientation turns the image by a quarter.
@@ -459,18 +497,29 @@ fn decode_jpeg_scaled(
     if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
         return Ok(None);
     }
-    // The requested box is square: the longer side decides whichever way
-    // the image is turned.
-    let side = u16::try_from(largest).unwrap_or(u16::MAX);
-    let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
-    let pixels = decoder.decode().map_err(jpeg_error)?;
     let icc = decoder.icc_profile();
-    let (width, height) = (u32::from(width), u32::from(height));
-    let image = match info.pixel_format {
-        PixelFormat::L8 => {
-            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
-        }
-        _ => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+    let grey = info.pixel_format == PixelFormat::L8;
+    #[cfg(feature = "libjpeg-turbo")]
+    let (width, height, pixels) = {
+        let denominator = jpeg_scale(u32::from(info.width), u32::from(info.height), largest);
+        turbo::decode(source, denominator as u32, grey, max_memory).map_err(|e| match e {
+            turbo::TurboError::Memory => too_large_to_decode(),
+            turbo::TurboError::Corrupt(message) => corrupt(message),
+        })?
+    };
+    #[cfg(not(feature = "libjpeg-turbo"))]
+    let (width, height, pixels) = {
+        // The requested box is square: the longer side decides whichever
+        // way the image is turned.
+        let side = u16::try_from(largest).unwrap_or(u16::MAX);
+        let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
+        let pixels = decoder.decode().map_err(jpeg_error)?;
+        (u32::from(width), u32::from(height), pixels)
+    };
+    let image = if grey {
+        image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
     }
     .ok_or_else(|| corrupt("the decoder returned fewer pixels than the header promised"))?;
     Ok(Some((image, icc)))

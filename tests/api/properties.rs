@@ -227,6 +227,31 @@ proptest! {
         }
     }
 
+    /// Damaged phone JPEGs (bytes changed, the file cut short), baseline
+    /// and progressive, through whichever JPEG decoder the build uses: a
+    /// render or a refusal, never a panic, a crash or an internal error.
+    #[test]
+    fn damaged_jpegs_render_or_are_refused(
+        progressive in any::<bool>(),
+        changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        use image_service::media::{MediaError, variants};
+        let mut jpeg = damaged_jpeg_source(progressive).to_vec();
+        for (at, value) in changes {
+            let at = at.index(jpeg.len());
+            jpeg[at] = value;
+        }
+        if let Some(cut) = cut {
+            jpeg.truncate(cut.index(jpeg.len()).max(2));
+        }
+        match variants::render(&jpeg, image::ImageFormat::Jpeg, 6, 64 * 1024 * 1024) {
+            Ok(rendered) => prop_assert!(!rendered.variants.is_empty()),
+            Err(MediaError::Invalid(_) | MediaError::TooLarge(_)) => {}
+            Err(other) => prop_assert!(false, "undocumented rejection: {:?}", other),
+        }
+    }
+
     #[test]
     fn metadata_validation_never_panics_and_keeps_display_names_safe(text in hostile_string(), tags in proptest::collection::vec(hostile_string(), 0..40)) {
         let _ = validation::title(&text);
@@ -244,4 +269,21 @@ proptest! {
         let unsafe_char = |c: char| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c);
         prop_assert!(!name.chars().any(unsafe_char), "unsafe display name {:?}", name);
     }
+}
+
+/// The photos `damaged_jpegs_render_or_are_refused` damages, made once.
+fn damaged_jpeg_source(progressive: bool) -> &'static [u8] {
+    use std::sync::OnceLock;
+    static PHOTOS: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
+    let photos = PHOTOS.get_or_init(|| {
+        [false, true].map(|progressive| {
+            image_service::fixtures::phone_shot(&image_service::fixtures::PhoneShot {
+                width: 480,
+                height: 360,
+                progressive,
+                ..image_service::fixtures::PHONE_SHOTS[1]
+            })
+        })
+    });
+    &photos[usize::from(progressive)]
 }

@@ -1,0 +1,196 @@
+//! JPEG decoding with libjpeg-turbo (the `libjpeg-turbo` feature): the
+//! same reduced-scale decode as jpeg-decoder's, with SIMD IDCT, upsampling
+//! and colour conversion: 15–30 % less CPU per phone photo's render (see
+//! `BENCHMARKS.md`, figure 8). Built from the sources `mozjpeg-sys` vendors (the
+//! decoder of mozjpeg is libjpeg-turbo's), which needs nasm at build time.
+//!
+//! libjpeg reports errors by calling a function that must not return; it
+//! unwinds here (the C code is built with unwind tables) and is caught at
+//! the edge of [`decode`], where the decoder is destroyed. Warnings (a
+//! truncated file, bad data the decoder would paper over with grey) are
+//! errors too, like jpeg-decoder's.
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use mozjpeg_sys as ffi;
+
+/// Most scans a progressive JPEG may have. Every scan is a pass over all
+/// the image's coefficients: cameras write about ten, a file with
+/// thousands is built to spend CPU (libjpeg-turbo's own tools stop at
+/// 500).
+const MAX_SCANS: i32 = 500;
+
+/// Why a decode failed.
+#[derive(Debug)]
+pub enum TurboError {
+    /// The decoder needed more memory than it was allowed.
+    Memory,
+    /// The data is not a JPEG libjpeg-turbo can decode, with its message.
+    Corrupt(String),
+}
+
+/// The payload the error handler unwinds with.
+struct Unwound(TurboError);
+
+/// Decoded pixels: width, height and 8-bit samples (RGB, or grey when
+/// `grey`).
+pub type Pixels = (u32, u32, Vec<u8>);
+
+/// Decodes `source` at 1/`denominator` scale (1, 2, 4 or 8) to RGB, or to
+/// greyscale when `grey`, with at most `max_memory` bytes in libjpeg's own
+/// large buffers (a progressive file's coefficients).
+pub fn decode(
+    source: &[u8],
+    denominator: u32,
+    grey: bool,
+    max_memory: u64,
+) -> Result<Pixels, TurboError> {
+    // Boxed: libjpeg keeps pointers to the error and progress managers,
+    // so none of these may move while it runs.
+    let mut state = Box::new(State {
+        // SAFETY: these are plain C structs for which all-zero is the
+        // state libjpeg expects before `jpeg_std_error` and `create`.
+        cinfo: unsafe { std::mem::zeroed() },
+        err: unsafe { std::mem::zeroed() },
+        progress: unsafe { std::mem::zeroed() },
+    });
+    let state = &mut *state;
+    // SAFETY: the error manager is installed before anything can fail;
+    // `create` allocates the decoder, destroyed below whatever happens.
+    unsafe {
+        let err = ffi::jpeg_std_error(&mut state.err);
+        err.error_exit = Some(error_exit);
+        err.emit_message = Some(emit_message);
+        state.cinfo.common.err = err;
+    }
+    let created = catch_unwind(AssertUnwindSafe(|| unsafe {
+        ffi::jpeg_create_decompress(&mut state.cinfo);
+    }));
+    if let Err(payload) = created {
+        return Err(unwound(payload));
+    }
+    state.progress.progress_monitor = Some(progress_monitor);
+    state.cinfo.common.progress = &mut state.progress;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `source` outlives the decoder, which is destroyed
+        // before this function returns; see `run`.
+        unsafe { run(&mut state.cinfo, source, denominator, grey, max_memory) }
+    }));
+    // SAFETY: the decoder was created; destroying it frees everything
+    // libjpeg allocated, whether or not it finished.
+    unsafe { ffi::jpeg_destroy_decompress(&mut state.cinfo) };
+    result.map_err(unwound)
+}
+
+struct State {
+    cinfo: ffi::jpeg_decompress_struct,
+    err: ffi::jpeg_error_mgr,
+    progress: ffi::jpeg_progress_mgr,
+}
+
+fn unwound(payload: Box<dyn std::any::Any + Send>) -> TurboError {
+    match payload.downcast::<Unwound>() {
+        Ok(error) => error.0,
+        // Not libjpeg's: a real bug, which must not be swallowed.
+        Err(other) => resume_unwind(other),
+    }
+}
+
+/// # Safety
+/// `cinfo` is a created decompressor with this module's error manager.
+unsafe fn run(
+    cinfo: &mut ffi::jpeg_decompress_struct,
+    source: &[u8],
+    denominator: u32,
+    grey: bool,
+    max_memory: u64,
+) -> Pixels {
+    unsafe {
+        (*cinfo.common.mem).max_memory_to_use =
+            ffi::c_long::try_from(max_memory).unwrap_or(ffi::c_long::MAX);
+        ffi::jpeg_mem_src(cinfo, source.as_ptr(), source.len() as _);
+        ffi::jpeg_read_header(cinfo, 1);
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = denominator;
+        cinfo.out_color_space = if grey {
+            ffi::J_COLOR_SPACE::JCS_GRAYSCALE
+        } else {
+            ffi::J_COLOR_SPACE::JCS_RGB
+        };
+        cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;
+        ffi::jpeg_start_decompress(cinfo);
+        let (width, height) = (cinfo.output_width, cinfo.output_height);
+        let channels = cinfo.output_components as usize;
+        let row = width as usize * channels;
+        if (row as u64).saturating_mul(u64::from(height)) > max_memory {
+            fail(TurboError::Memory);
+        }
+        let mut pixels = vec![0u8; row * height as usize];
+        while cinfo.output_scanline < height {
+            let first = cinfo.output_scanline as usize;
+            let mut rows: [*mut u8; 16] = [std::ptr::null_mut(); 16];
+            let count = (height as usize - first).min(rows.len());
+            for (i, slot) in rows.iter_mut().take(count).enumerate() {
+                *slot = pixels.as_mut_ptr().add((first + i) * row);
+            }
+            if ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), count as _) == 0 {
+                fail(TurboError::Corrupt("the decoder made no progress".into()));
+            }
+        }
+        ffi::jpeg_finish_decompress(cinfo);
+        (width, height, pixels)
+    }
+}
+
+fn fail(error: TurboError) -> ! {
+    // `resume_unwind`, not `panic!`: no panic message is printed for a
+    // caller's bad file.
+    resume_unwind(Box::new(Unwound(error)))
+}
+
+/// The message of libjpeg's current error, formatted by libjpeg.
+///
+/// # Safety
+/// `cinfo.err` points at a live error manager.
+unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
+    let buffer = [0u8; 80];
+    unsafe {
+        if let Some(format) = (*cinfo.err).format_message {
+            format(cinfo, &buffer);
+        }
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
+    // SAFETY: libjpeg calls this with its own, live `cinfo`.
+    let code = unsafe { (*cinfo.err).msg_code };
+    if code == ffi::JERR_OUT_OF_MEMORY || code == ffi::JERR_NO_BACKING_STORE {
+        fail(TurboError::Memory);
+    }
+    fail(TurboError::Corrupt(unsafe { message(cinfo) }));
+}
+
+/// Warnings (level -1) stop the decode; trace messages are ignored.
+unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: i32) {
+    if level < 0 {
+        fail(TurboError::Corrupt(unsafe { message(cinfo) }));
+    }
+}
+
+unsafe extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct) {
+    if cinfo.is_decompressor == 0 {
+        return;
+    }
+    // SAFETY: a decompressor's common part is the start of its
+    // `jpeg_decompress_struct`.
+    let scans = unsafe {
+        (*(cinfo as *mut ffi::jpeg_common_struct as *mut ffi::jpeg_decompress_struct))
+            .input_scan_number
+    };
+    if scans > MAX_SCANS {
+        fail(TurboError::Corrupt(format!(
+            "the JPEG has more than {MAX_SCANS} scans"
+        )));
+    }
+}
