@@ -907,13 +907,7 @@ impl Service {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a memory figure")
+        status_kib(&self.pid().to_string(), field)
     }
 
     fn rss_kib(&self) -> u64 {
@@ -1448,13 +1442,18 @@ fn thumbnailing(plan: &Plan) -> String {
     ));
     let _ = writeln!(
         out,
-        "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash ms |\n|---|---|---|---|---|---|---|"
+        "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash ms | one render's memory: peak RSS growth / reserved |\n|---|---|---|---|---|---|---|---|"
     );
     let mut vips_error = None;
     for (i, (what, jpeg, orientation)) in photos.iter().enumerate() {
         let path = dir.path().join(format!("photo-{i}.jpg"));
         std::fs::write(&path, jpeg).expect("write photo");
-        let (ours, profile, medium) = our_renders(jpeg, *orientation as u8, plan.renders);
+        let (ours, profile, medium, peak) = our_renders(jpeg, *orientation as u8, plan.renders);
+        let (width, height) = imagesize::blob_size(jpeg)
+            .map(|size| (size.width as u32, size.height as u32))
+            .expect("the photo's size");
+        let reserved =
+            image_service::media::variants::memory_needed(jpeg, "image/jpeg", width, height);
         let reference = reference_image(jpeg, *orientation);
         let our_psnr = psnr(&reference, &medium);
         let (theirs, their_psnr) = match vips_renders(&path, plan.renders) {
@@ -1472,7 +1471,7 @@ fn thumbnailing(plan: &Plan) -> String {
         let stage = |d: Duration| ms(d) / plan.renders as f64;
         let _ = writeln!(
             out,
-            "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} |",
+            "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} MiB |",
             jpeg.len() as f64 / 1e6,
             jpeg.len() as f64 * 8.0 / f64::from(reference.width() * reference.height()),
             their_psnr.map_or("–".into(), |(t, _)| format!("{:.2}", t / ours)),
@@ -1481,6 +1480,8 @@ fn thumbnailing(plan: &Plan) -> String {
             stage(profile.resize),
             stage(profile.encode),
             stage(profile.placeholder),
+            peak as f64 / MIB as f64,
+            reserved as f64 / MIB as f64,
         );
     }
     if let Some(why) = vips_error {
@@ -1488,7 +1489,7 @@ fn thumbnailing(plan: &Plan) -> String {
     }
     let _ = writeln!(
         out,
-        "\nCPU time (user + system) per photo for `small` (320) + `medium` (1080) + BlurHash, the mean of {} renders each. The photos are rendered from a scene (sky, clouds, hills, a textured field, a house, trees, vignetting, sensor grain) and encoded the way phones write them, with EXIF; the synthetic row is the old noise-textured JPEG. libvips runs through pyvips with `VIPS_CONCURRENCY=1`: one `thumbnail` to 1080 (shrink-on-load, EXIF rotation) held in memory, written as JPEG Q82, and 320 made from it and written the same way, like the service. PSNR compares each `medium` with a reference: the photo decoded at full size, turned upright and resized straight to the same size with Lanczos3.\n",
+        "\nCPU time (user + system) per photo for `small` (320) + `medium` (1080) + BlurHash, the mean of {} renders each. The photos are rendered from a scene (sky, clouds, hills, a textured field, a house, trees, vignetting, sensor grain) and encoded the way phones write them, with EXIF; the synthetic row is the old noise-textured JPEG. libvips runs through pyvips with `VIPS_CONCURRENCY=1`: one `thumbnail` to 1080 (shrink-on-load, EXIF rotation) held in memory, written as JPEG Q82, and 320 made from it and written the same way, like the service. PSNR compares each `medium` with a reference: the photo decoded at full size, turned upright and resized straight to the same size with Lanczos3. Memory: how far the process's resident memory rose during one render (after handing freed memory back to the kernel), next to what the service reserves from its memory budget for that render, estimated from the header.\n",
         plan.renders
     );
     out
@@ -1504,6 +1505,7 @@ fn our_renders(
     f64,
     image_service::media::variants::RenderProfile,
     image::RgbImage,
+    u64,
 ) {
     use image_service::media::variants::{RenderProfile, render_profiled};
     let once = || {
@@ -1515,8 +1517,9 @@ fn our_renders(
         )
         .expect("renders")
     };
-    // One render to warm the caches and the allocator.
-    let (mut last, _) = once();
+    // The first render measures the memory one render holds; it also
+    // warms the caches for the timed ones.
+    let (peak, (mut last, _)) = peak_growth(once);
     let mut profile = RenderProfile::default();
     let before = own_cpu_seconds();
     for _ in 0..renders {
@@ -1536,7 +1539,7 @@ fn our_renders(
     let medium = image::load_from_memory(&medium.bytes)
         .expect("medium decodes")
         .to_rgb8();
-    (cpu_ms, profile, medium)
+    (cpu_ms, profile, medium, peak)
 }
 
 /// The photo decoded whole and turned upright: what every variant is
@@ -1581,6 +1584,30 @@ fn psnr(reference: &image::RgbImage, candidate: &image::RgbImage) -> f64 {
     } else {
         10.0 * (255.0f64 * 255.0 / mse).log10()
     }
+}
+
+/// A memory figure (`VmRSS:`, `VmHWM:`) of process `pid` ("self" for
+/// this one), in KiB.
+fn status_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a memory figure")
+}
+
+/// How far this process's resident memory rose while `work` ran, in
+/// bytes. Freed memory is handed back to the kernel first, so memory an
+/// earlier render left in the allocator is not reused unseen.
+fn peak_growth<T>(work: impl FnOnce() -> T) -> (u64, T) {
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
+    let before = status_kib("self", "VmRSS:");
+    let result = work();
+    let peak = status_kib("self", "VmHWM:");
+    (peak.saturating_sub(before) * 1024, result)
 }
 
 /// User + system CPU seconds of this process so far.

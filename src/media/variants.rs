@@ -405,9 +405,9 @@ pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32)
             let scale = jpeg_scale(width, height, largest);
             let scaled = (u64::from(width) / scale + 1) * (u64::from(height) / scale + 1);
             // Planes and the interleaved output, 4 bytes per pixel at most
-            // (CMYK); progressive: 2-byte coefficients of up to 4 full-size
-            // components.
-            let coefficients = if jpeg_is_progressive(source) {
+            // (CMYK); in several scans: 2-byte coefficients of up to 4
+            // full-size components.
+            let coefficients = if jpeg_has_multiple_scans(source) {
                 pixels * 8
             } else {
                 0
@@ -442,26 +442,41 @@ fn jpeg_scale(width: u32, height: u32, largest: u32) -> u64 {
     scale
 }
 
-/// Whether a JPEG's frame is progressive (SOF2, 6, 10, 14), from its
-/// marker segments before the first scan.
-fn jpeg_is_progressive(source: &[u8]) -> bool {
+/// Whether a decoder must hold the coefficients of the whole image: the
+/// frame is progressive (SOF2, 6, 10, 14), or its first scan carries fewer
+/// components than the frame (a baseline file in several scans, which
+/// libjpeg-turbo buffers whole like a progressive one). Read from the
+/// marker segments up to the first scan; true when they cannot be read.
+fn jpeg_has_multiple_scans(source: &[u8]) -> bool {
     let mut at = 2;
+    let mut frame_components = None;
     while let Some(&[0xFF, marker]) = source.get(at..at + 2) {
-        match marker {
-            0xFF => at += 1,
-            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
-            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF | 0xDA | 0xD9 => {
-                return false;
-            }
-            _ => {
-                let Some(len) = source.get(at + 2..at + 4) else {
-                    return false;
-                };
-                at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-            }
+        if marker == 0xFF {
+            at += 1;
+            continue;
         }
+        let Some(len) = source.get(at + 2..at + 4) else {
+            return true;
+        };
+        match marker {
+            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
+            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF => {
+                // Length, precision, height and width come before the
+                // number of components.
+                frame_components = source.get(at + 9).copied();
+            }
+            0xDA => {
+                return match (frame_components, source.get(at + 4)) {
+                    (Some(frame), Some(&scan)) => scan < frame,
+                    _ => true,
+                };
+            }
+            0xD9 => return false,
+            _ => {}
+        }
+        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
     }
-    false
+    true
 }
 
 /// Channels and bytes per sample of a PNG, from its IHDR (the widest, 4
