@@ -45,6 +45,8 @@ struct Plan {
     renders: usize,
     /// Phone photos are rendered at their size divided by this.
     photo_shrink: u32,
+    /// Rounds of the three phone photos uploaded by 1 and by 16 callers.
+    photo_rounds: (usize, usize),
 }
 
 const FULL: Plan = Plan {
@@ -58,6 +60,7 @@ const FULL: Plan = Plan {
     list_calls: 200,
     renders: 10,
     photo_shrink: 1,
+    photo_rounds: (8, 32),
 };
 
 const SMOKE: Plan = Plan {
@@ -71,6 +74,7 @@ const SMOKE: Plan = Plan {
     list_calls: 5,
     renders: 1,
     photo_shrink: 8,
+    photo_rounds: (1, 2),
 };
 
 fn main() {
@@ -85,6 +89,11 @@ fn main() {
     // printed and not written (it needs no servers).
     if std::env::args().any(|a| a == "renders") {
         println!("{}", thumbnailing(&plan));
+        return;
+    }
+    // `cargo bench --bench service -- photos`: only figure 10, printed.
+    if std::env::args().any(|a| a == "photos") {
+        println!("{}", runtime.block_on(photo_uploads_alone(&plan)));
         return;
     }
     let report = runtime.block_on(run(&plan));
@@ -443,6 +452,127 @@ async fn run(plan: &Plan) -> String {
 
     // 9: upload sessions.
     out.push_str(&sessions(plan, &aws_args("sessions")).await);
+
+    // 10: phone photos through the whole upload, against libvips + PutObject.
+    out.push_str(&photo_uploads(plan, &aws_args("photos"), &raw).await);
+    out
+}
+
+async fn photo_uploads_alone(plan: &Plan) -> String {
+    let s3 = servers::start_s3();
+    let dynamodb = servers::start_dynamodb();
+    let raw = Raw::connect(&s3.endpoint(), &dynamodb.endpoint()).await;
+    raw.create_bucket("raw").await;
+    let args = [
+        "--backend",
+        "aws",
+        "--s3-endpoint",
+        &s3.endpoint(),
+        "--dynamodb-endpoint",
+        &dynamodb.endpoint(),
+        "--s3-bucket",
+        "photos",
+        "--dynamodb-table",
+        "photos",
+    ]
+    .map(String::from);
+    photo_uploads(plan, &args, &raw).await
+}
+
+/// Figure 10: phone photos uploaded with the default settings (variants
+/// made), at one caller and at 16, against what the same work costs done
+/// by libvips and `PutObject` calls, per core.
+async fn photo_uploads(plan: &Plan, aws_args: &[String], raw: &Raw) -> String {
+    let mut out = String::from("### 10. Phone photo uploads, variants on (aws backend)\n\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let photos: Vec<(PathBuf, Bytes)> = fixtures::PHONE_SHOTS
+        .iter()
+        .enumerate()
+        .map(|(i, shot)| {
+            let shot = fixtures::PhoneShot {
+                width: shot.width / plan.photo_shrink,
+                height: shot.height / plan.photo_shrink,
+                ..*shot
+            };
+            let path = dir.path().join(format!("upload-{i}.jpg"));
+            let jpeg = fixtures::phone_shot(&shot);
+            std::fs::write(&path, &jpeg).expect("write photo");
+            (path, Bytes::from(jpeg))
+        })
+        .collect();
+
+    // The baseline: libvips makes the two sizes (one decode, as in figure
+    // 8), and the original and both sizes go to S3 with one `PutObject`
+    // each from the Rust SDK; its CPU is this process's.
+    let mut baseline_ms = Vec::new();
+    for (i, (path, jpeg)) in photos.iter().enumerate() {
+        let Ok((vips_ms, medium_path)) = vips_renders(path, plan.renders) else {
+            break;
+        };
+        let medium = Bytes::from(std::fs::read(&medium_path).expect("libvips' medium"));
+        let small = Bytes::from(std::fs::read(small_path(&medium_path)).expect("libvips' small"));
+        let before = own_cpu_seconds();
+        for round in 0..plan.renders {
+            for (what, bytes) in [("original", jpeg), ("medium", &medium), ("small", &small)] {
+                raw.put_object("raw", &format!("photo-{i}-{round}/{what}"), bytes.clone())
+                    .await;
+            }
+        }
+        let put_ms = (own_cpu_seconds() - before) * 1000.0 / plan.renders as f64;
+        baseline_ms.push(vips_ms + put_ms);
+    }
+    let baseline = (baseline_ms.len() == photos.len())
+        .then(|| baseline_ms.iter().sum::<f64>() / baseline_ms.len() as f64);
+
+    let service = Service::start(aws_args);
+    let client = service.client().await;
+    for (_, jpeg) in &photos {
+        upload(&client, jpeg.clone(), "photos")
+            .await
+            .expect("a photo upload");
+    }
+    let _ = writeln!(
+        out,
+        "| callers | uploads/s | p50 / p99 latency | service CPU per upload | uploads/s per core: service | libvips + `PutObject` | ratio |\n|---|---|---|---|---|---|---|"
+    );
+    for (callers, rounds) in [(1, plan.photo_rounds.0), (16, plan.photo_rounds.1)] {
+        let images: Vec<Bytes> = (0..rounds)
+            .flat_map(|_| photos.iter().map(|(_, jpeg)| jpeg.clone()))
+            .collect();
+        let before = service.cpu_seconds();
+        let rate = concurrently(&images, callers, |bytes| {
+            let client = client.clone();
+            async move {
+                upload(&client, bytes, "photos")
+                    .await
+                    .expect("a photo upload");
+            }
+        })
+        .await;
+        let cpu_ms = (service.cpu_seconds() - before) * 1000.0 / images.len() as f64;
+        let _ = writeln!(
+            out,
+            "| {callers} | {:.1} | {:.0} / {:.0} ms | {cpu_ms:.1} ms | {:.1} | {} | {} |",
+            rate.rate,
+            ms(rate.p50),
+            ms(rate.p99),
+            1000.0 / cpu_ms,
+            baseline.map_or("–".into(), |b| format!("{:.1}", 1000.0 / b)),
+            baseline.map_or("–".into(), |b| format!("{:.2}", b / cpu_ms)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe three phone photos of figure 8 in turn, with EXIF, uploaded by {} and {} callers ({} and {} uploads) to a service with the default settings: metadata stripped, SHA-256, `small` + `medium` + BlurHash, three objects and one record. Per core: 1000 / CPU ms per upload. libvips + `PutObject`: libvips' CPU for both sizes as in figure 8, plus the CPU of three `PutObject` calls (the original and both sizes) from `aws-sdk-s3` in this process; {}. The store servers' CPU counts on neither side; they share the two cores with the service and its callers, so the uploads/s column is what one machine does with everything on it.\n",
+        1,
+        16,
+        plan.photo_rounds.0 * photos.len(),
+        plan.photo_rounds.1 * photos.len(),
+        baseline.map_or(
+            "libvips not measured (pyvips unavailable)".into(),
+            |b| format!("{b:.1} ms per photo on the mean")
+        ),
+    );
     out
 }
 
@@ -1167,6 +1297,17 @@ impl Raw {
             .expect("complete");
     }
 
+    async fn put_object(&self, bucket: &str, key: &str, bytes: Bytes) {
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .expect("put");
+    }
+
     async fn get_object(&self, bucket: &str, key: &str) -> usize {
         let mut body = self
             .s3
@@ -1190,14 +1331,8 @@ impl Raw {
     async fn put_pair(&self, bucket: &str, bytes: Bytes) {
         let id = ImageId::new().to_string();
         let len = bytes.len();
-        self.s3
-            .put_object()
-            .bucket(bucket)
-            .key(format!("images/{id}/original"))
-            .body(bytes.into())
-            .send()
-            .await
-            .expect("put");
+        self.put_object(bucket, &format!("images/{id}/original"), bytes)
+            .await;
         use aws_sdk_dynamodb::types::AttributeValue;
         let micros = Timestamp::now().as_micros().to_string();
         self.dynamodb
@@ -1635,14 +1770,17 @@ fn vips_renders(path: &Path, renders: usize) -> Result<(f64, PathBuf), String> {
          def once():\n    \
              medium = pyvips.Image.thumbnail({path:?}, 1080).copy_memory()\n    \
              m = medium.write_to_buffer('.jpg[Q=82]')\n    \
-             medium.thumbnail_image(320).write_to_buffer('.jpg[Q=82]')\n    \
-             return m\n\
-         open({medium:?}, 'wb').write(once())\n\
+             s = medium.thumbnail_image(320).write_to_buffer('.jpg[Q=82]')\n    \
+             return m, s\n\
+         m, s = once()\n\
+         open({medium:?}, 'wb').write(m)\n\
+         open({small:?}, 'wb').write(s)\n\
          start = time.process_time()\n\
          for _ in range({renders}):\n    once()\n\
          print((time.process_time() - start) * 1000 / {renders})\n",
         path = path.display().to_string(),
         medium = medium_path.display().to_string(),
+        small = small_path(&medium_path).display().to_string(),
     );
     let output = Command::new(python)
         .arg("-c")
@@ -1662,6 +1800,11 @@ fn vips_renders(path: &Path, renders: usize) -> Result<(f64, PathBuf), String> {
         .parse()
         .map_err(|e| format!("unexpected output: {e}"))?;
     Ok((ms, medium_path))
+}
+
+/// Where `vips_renders` writes its small, beside its medium.
+fn small_path(medium: &Path) -> PathBuf {
+    medium.with_extension("small.jpg")
 }
 
 fn tools_dir() -> PathBuf {

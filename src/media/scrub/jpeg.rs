@@ -176,7 +176,7 @@ impl Scrubber {
     /// restart marker, or a real marker that ends the scan.
     fn jpeg_scan(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) {
         let mut at = 0;
-        while let Some(found) = chunk[at..].iter().position(|&b| b == 0xFF) {
+        while let Some(found) = memchr::memchr(0xFF, &chunk[at..]) {
             let ff = at + found;
             let Some(&next) = chunk.get(ff + 1) else {
                 // FF ends the chunk: the next chunk's first byte decides.
