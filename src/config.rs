@@ -296,6 +296,15 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub download_url_max_expiry: Duration,
 
+    /// Download URLs are signed from the start of a window this long (whole
+    /// multiples of it since the Unix epoch), so that every request for the
+    /// same image, variant, disposition and `expires_in` in the window gets
+    /// the same URL, which browsers and CDNs can cache. Each URL is valid
+    /// for at least the `expires_in` asked for, and at most this much
+    /// longer. `0s` signs every URL from the moment it is asked for.
+    #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub download_url_window: Duration,
+
     /// How often both stores are probed; `imageservice.v1.ImageService` is
     /// NOT_SERVING while either does not answer.
     #[arg(long, env = "IMAGE_SERVICE_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]

@@ -691,6 +691,7 @@ pub fn limits() -> crate::domain::Limits {
             max_pixels: 100_000_000,
         },
         max_url_expiry: Duration::from_secs(3600),
+        url_window: Duration::from_secs(15 * 60),
         max_concurrent_uploads: 8,
         upload_slot_wait: Duration::ZERO,
         max_uploads_per_user: 8,

@@ -356,6 +356,7 @@ fn limits(config: &Config) -> Limits {
             max_pixels: config.max_image_pixels,
         },
         max_url_expiry: config.download_url_max_expiry,
+        url_window: config.download_url_window,
         max_concurrent_uploads: config.max_concurrent_uploads,
         upload_slot_wait: config.upload_slot_wait,
         max_uploads_per_user: config.max_uploads_per_user,

@@ -133,6 +133,17 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
+impl From<Timestamp> for SystemTime {
+    fn from(time: Timestamp) -> Self {
+        let micros = Duration::from_micros(time.0.unsigned_abs());
+        if time.0 >= 0 {
+            UNIX_EPOCH + micros
+        } else {
+            UNIX_EPOCH - micros
+        }
+    }
+}
+
 /// A derived rendition stored beside the original.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Variant {

@@ -15,7 +15,8 @@ use super::upload::resumable::SessionLimits;
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
-    BlobStore, Disposition, MetadataStore, ObjectKey, PresignRequest, PresignedUrl, StorageError,
+    BlobStore, Disposition, MAX_BATCH_GET, MetadataStore, ObjectKey, PresignRequest, PresignedUrl,
+    StorageError,
 };
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;
@@ -39,6 +40,9 @@ pub struct Limits {
     pub content: ContentLimits,
     /// Longest validity of a download URL a caller may ask for.
     pub max_url_expiry: Duration,
+    /// Download URLs are signed from the start of a window this long, so
+    /// that one URL serves the whole window (zero: signed from now).
+    pub url_window: Duration,
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
     /// (memory per upload is bounded, so this bounds the process's).
     pub max_concurrent_uploads: usize,
@@ -93,6 +97,34 @@ pub struct Download {
     /// At most [`MAX_DOWNLOAD_CHUNK`] bytes an item; fails rather than ends
     /// early if the store delivers fewer bytes than announced.
     pub chunks: BoxStream<'static, Result<Bytes, DomainError>>,
+}
+
+/// What [`Images::batch_get`] signs a URL of, for each image.
+#[derive(Clone, Debug)]
+pub struct BatchUrl {
+    /// `original` or a variant name.
+    pub variant: String,
+    pub expires_in: Option<Duration>,
+    pub disposition: Disposition,
+}
+
+/// The images of a [`Images::batch_get`].
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    /// In the order asked, each with its URL when one was asked for and the
+    /// image has the rendition.
+    pub images: Vec<(ImageRecord, Option<PresignedUrl>)>,
+    /// Ids that name no image.
+    pub missing: Vec<String>,
+    /// Ids cut off by the response size limit: to ask for again.
+    pub unprocessed: Vec<String>,
+}
+
+/// When a URL is signed and how long it lasts from then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UrlTerms {
+    signed_at: Timestamp,
+    expires_in: Duration,
 }
 
 /// A change to an image's metadata: `None` leaves a field as it is.
@@ -304,23 +336,127 @@ impl Images {
         disposition: Disposition,
     ) -> Result<PresignedUrl, DomainError> {
         let (image, variant) = self.rendition(image_id, variant).await?;
-        let (_, content_type) = image.rendition(&variant).unwrap_or_default();
-        let requested = match expires_in {
+        let terms = self.url_terms(expires_in, Timestamp::now());
+        self.presign(&image, &variant, terms, disposition).await
+    }
+
+    /// When a URL asked to last `requested` is signed, and for how long:
+    /// from the start of the current `--download-url-window`, for the
+    /// window plus `requested`, so that every request in the window gets
+    /// the same URL and each is valid for at least `requested` from `now`.
+    /// Windows are whole multiples of their length since the Unix epoch, so
+    /// every replica agrees on them.
+    fn url_terms(&self, requested: Option<Duration>, now: Timestamp) -> UrlTerms {
+        let requested = match requested {
             None => DEFAULT_URL_EXPIRY,
             Some(d) if d.is_zero() => DEFAULT_URL_EXPIRY,
             Some(d) => d,
         };
-        let expires_in = requested
-            .min(self.limits.max_url_expiry)
-            .min(self.blobs.max_presign_expiry());
+        let longest = self.blobs.max_presign_expiry();
+        let requested = requested.min(self.limits.max_url_expiry).min(longest);
+        // Whole seconds: both stores sign seconds.
+        let window = self
+            .limits
+            .url_window
+            .min(longest.saturating_sub(requested))
+            .as_secs() as i64;
+        if window == 0 {
+            return UrlTerms {
+                signed_at: now,
+                expires_in: requested,
+            };
+        }
+        let start = now.as_micros().div_euclid(1_000_000).div_euclid(window) * window;
+        UrlTerms {
+            signed_at: Timestamp::from_micros(start.saturating_mul(1_000_000)),
+            expires_in: requested + Duration::from_secs(window as u64),
+        }
+    }
+
+    async fn presign(
+        &self,
+        image: &ImageRecord,
+        variant: &VariantName,
+        terms: UrlTerms,
+        disposition: Disposition,
+    ) -> Result<PresignedUrl, DomainError> {
+        let (_, content_type) = image.rendition(variant).unwrap_or_default();
         let request = PresignRequest {
-            key: ObjectKey::new(&image.id, &variant),
-            expires_in,
+            key: ObjectKey::new(&image.id, variant),
+            signed_at: terms.signed_at,
+            expires_in: terms.expires_in,
             content_type: content_type.to_owned(),
             disposition,
             filename: image.filename.clone(),
         };
         Ok(self.blobs.presign_read(&request).await?)
+    }
+
+    /// Up to [`MAX_BATCH_GET`] images in one store call, in the order
+    /// asked (each once), with a download URL of `url.variant` for each
+    /// that has it. The response holds at most `--max-page-bytes` of
+    /// records (always at least one); the ids cut off are `unprocessed`.
+    pub async fn batch_get(
+        &self,
+        image_ids: &[String],
+        url: Option<BatchUrl>,
+    ) -> Result<BatchResult, DomainError> {
+        if image_ids.len() > MAX_BATCH_GET {
+            return Err(DomainError::invalid(format!(
+                "at most {MAX_BATCH_GET} image_ids may be asked for at once, not {}",
+                image_ids.len()
+            )));
+        }
+        let mut ids: Vec<ImageId> = Vec::with_capacity(image_ids.len());
+        for (i, text) in image_ids.iter().enumerate() {
+            let id = ImageId::parse(text)
+                .map_err(|_| DomainError::invalid(format!("image_ids[{i}] is not an image id")))?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let url = match url {
+            Some(url) => Some((
+                VariantName::parse(&url.variant)?,
+                self.url_terms(url.expires_in, Timestamp::now()),
+                url.disposition,
+            )),
+            None => None,
+        };
+        let mut found: std::collections::HashMap<ImageId, ImageRecord> = if ids.is_empty() {
+            Default::default()
+        } else {
+            self.metadata
+                .get_many(&ids)
+                .await?
+                .into_iter()
+                .map(|record| (record.id, record))
+                .collect()
+        };
+        let mut result = BatchResult::default();
+        let mut bytes = 0;
+        for id in ids {
+            let Some(record) = found.remove(&id) else {
+                result.missing.push(id.to_string());
+                continue;
+            };
+            let size = record.approximate_encoded_len();
+            if !result.images.is_empty() && bytes + size > self.limits.max_page_bytes
+                || !result.unprocessed.is_empty()
+            {
+                result.unprocessed.push(id.to_string());
+                continue;
+            }
+            bytes += size;
+            let signed = match &url {
+                Some((variant, terms, disposition)) if record.rendition(variant).is_some() => {
+                    Some(self.presign(&record, variant, *terms, *disposition).await?)
+                }
+                _ => None,
+            };
+            result.images.push((record, signed));
+        }
+        Ok(result)
     }
 
     /// Changes an image's descriptive metadata; only its owner may.

@@ -127,6 +127,11 @@ impl Disposition {
 #[derive(Clone, Debug)]
 pub struct PresignRequest {
     pub key: ObjectKey,
+    /// The URL is signed as if made at this time (the start of the
+    /// caller's URL window: at or before now, whole seconds), so that every
+    /// request in the window gets the same URL...
+    pub signed_at: Timestamp,
+    /// ...valid for this long from `signed_at`.
     pub expires_in: Duration,
     /// Served as `Content-Type`.
     pub content_type: String,
@@ -309,6 +314,10 @@ pub struct ListPage {
     pub records_read: u64,
 }
 
+/// Most ids one [`MetadataStore::get_many`] call reads (DynamoDB's
+/// `BatchGetItem` limit).
+pub const MAX_BATCH_GET: usize = 100;
+
 /// Image records and the indexes that list them.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -319,6 +328,11 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// The record, or `None`.
     async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError>;
+
+    /// The records of those of `ids` that exist, in any order, read in one
+    /// or two round trips rather than one per id. At most
+    /// [`MAX_BATCH_GET`] distinct ids.
+    async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError>;
 
     /// Replaces the record (and its index entries) if the stored one still
     /// has `expected_revision`: `ConditionFailed` otherwise, `NotFound` if

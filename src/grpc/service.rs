@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::auth::Authenticator;
 use super::convert;
+use crate::domain::images::BatchUrl;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
 use crate::pb;
@@ -262,6 +263,40 @@ impl ImageService for ImageApi {
             let record = self.images.get(&request.get_ref().image_id).await?;
             Ok(Response::new(pb::GetImageResponse {
                 image: Some(convert::image(&record, &caller)),
+            }))
+        })
+        .await
+    }
+
+    async fn batch_get_images(
+        &self,
+        request: Request<pb::BatchGetImagesRequest>,
+    ) -> Result<Response<pb::BatchGetImagesResponse>, Status> {
+        self.observe("BatchGetImages", request.metadata(), |_in_flight| async {
+            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let r = request.get_ref();
+            let url = if r.url_variant.is_empty() {
+                None
+            } else {
+                Some(BatchUrl {
+                    variant: r.url_variant.clone(),
+                    expires_in: convert::expires_in(r.expires_in)?,
+                    disposition: convert::disposition(r.disposition)?,
+                })
+            };
+            let found = self.images.batch_get(&r.image_ids, url).await?;
+            Ok(Response::new(pb::BatchGetImagesResponse {
+                images: found
+                    .images
+                    .iter()
+                    .map(|(record, url)| pb::BatchImage {
+                        image: Some(convert::image(record, &caller)),
+                        url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
+                        url_expire_time: url.as_ref().map(|u| convert::timestamp(u.expire_time)),
+                    })
+                    .collect(),
+                missing_image_ids: found.missing,
+                unprocessed_image_ids: found.unprocessed,
             }))
         })
         .await

@@ -15,7 +15,8 @@ use futures::TryStreamExt;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    BlobStore, BlobWriter, CreateOutcome, MetadataStore, ObjectKey, PendingWrite, StorageError,
+    BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey, PendingWrite,
+    StorageError,
 };
 use crate::domain::upload::NewImage;
 use crate::domain::upload::resumable::{Delivery, UploadId, UploadSessionRecord};
@@ -36,6 +37,7 @@ pub async fn blob_store(store: &dyn BlobStore) {
 /// Every promise of [`MetadataStore`].
 pub async fn metadata_store(store: &dyn MetadataStore) {
     created_records_are_read_back_and_ids_are_unique(store).await;
+    many_records_are_read_at_once_and_missing_ones_left_out(store).await;
     a_taken_idempotency_key_stores_nothing(store).await;
     replacing_needs_the_expected_revision(store).await;
     only_the_owner_deletes_and_deleted_records_are_gone(store).await;
@@ -225,6 +227,44 @@ async fn created_records_are_read_back_and_ids_are_unique(store: &dyn MetadataSt
             .await
             .expect("a missing record is read"),
         None
+    );
+}
+
+async fn many_records_are_read_at_once_and_missing_ones_left_out(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let base = now_micros();
+    let mut records = Vec::new();
+    for i in 0..MAX_BATCH_GET as i64 - 10 {
+        let record = sample_record(&owner, base + i);
+        create(store, &record).await;
+        records.push(record);
+    }
+    let deleted = sample_record(&owner, base + 1000);
+    create(store, &deleted).await;
+    store
+        .delete(&deleted.id, &owner)
+        .await
+        .expect("the record is deleted");
+    let mut ids: Vec<ImageId> = records.iter().map(|r| r.id).collect();
+    let never = ImageId::new();
+    ids.insert(3, never);
+    ids.push(deleted.id);
+    let mut read = store
+        .get_many(&ids)
+        .await
+        .expect("the records are read in one call");
+    read.sort_by_key(|r| r.id);
+    records.sort_by_key(|r| r.id);
+    assert_eq!(
+        read, records,
+        "every existing record is read back as stored, missing and deleted ones left out"
+    );
+    assert!(
+        store
+            .get_many(&[never])
+            .await
+            .expect("a batch of one missing id is read")
+            .is_empty()
     );
 }
 

@@ -191,6 +191,10 @@ impl MetadataStore for InstrumentedMetadata {
         timed("metadata", "get", self.0.get(id)).await
     }
 
+    async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
+        timed("metadata", "get_many", self.0.get_many(ids)).await
+    }
+
     async fn replace(
         &self,
         record: &ImageRecord,

@@ -361,6 +361,15 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(self.lock().get(id).cloned())
     }
 
+    async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
+        self.faults.check(Call::Get)?;
+        let records = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| records.get(id).cloned())
+            .collect())
+    }
+
     async fn replace(
         &self,
         record: &ImageRecord,

@@ -258,8 +258,8 @@ async fn download_urls_can_name_a_public_endpoint() {
         "{url}"
     );
     assert!(
-        url.contains("X-Amz-Expires=600"),
-        "default validity of 10 minutes: {url}"
+        url.contains("X-Amz-Expires=1500"),
+        "default validity of 10 minutes from the start of the 15-minute window: {url}"
     );
 
     // The same URL on the internal endpoint fails: the host is signed.
@@ -272,7 +272,16 @@ async fn download_urls_can_name_a_public_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_urls_are_capped_by_the_configured_maximum() {
-    let app = TestApp::spawn_with(Backend::Aws, &["--download-url-max-expiry", "2m"]).await;
+    let app = TestApp::spawn_with(
+        Backend::Aws,
+        &[
+            "--download-url-max-expiry",
+            "2m",
+            "--download-url-window",
+            "0s",
+        ],
+    )
+    .await;
     let image = app.upload_png("alice", 1).await;
     let request = pb::GetDownloadUrlRequest {
         image_id: image.image_id.clone(),
@@ -497,6 +506,38 @@ async fn objects_reach_the_store_with_a_checksum_it_verifies() {
             "{signing}"
         );
         assert_eq!(app.download("bob", &image.image_id).await.unwrap(), bytes);
+    }
+}
+
+/// Objects never change under their keys, and say so to caches that read
+/// them straight from the bucket, whether stored in one call or in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_objects_tell_caches_they_are_immutable() {
+    let app = multipart_app().await;
+    let small = app.upload_png("alice", 1).await;
+    let large = images::png_of_size(6 * 1024 * 1024, 2);
+    let large = app
+        .upload("alice", spec("large.png"), &large)
+        .await
+        .unwrap();
+    let s3 = raw_s3(&app).await;
+    for key in [
+        format!("images/{}/original", small.image_id),
+        format!("images/{}/small", small.image_id),
+        format!("images/{}/original", large.image_id),
+    ] {
+        let head = s3
+            .head_object()
+            .bucket(&app.bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.cache_control(),
+            Some("public, max-age=31536000, immutable"),
+            "{key}"
+        );
     }
 }
 

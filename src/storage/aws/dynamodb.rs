@@ -858,6 +858,10 @@ impl MetadataStore for DynamoMetadataStore {
             .transpose()
     }
 
+    async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
+        Ok(self.batch_get(ids).await?.into_values().collect())
+    }
+
     async fn replace(
         &self,
         record: &ImageRecord,

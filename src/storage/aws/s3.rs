@@ -29,6 +29,21 @@ use crate::storage::multipart::{MultipartWriter, PartBuffer, PartPlan, PartUploa
 const MAX_PARTS: u64 = 10_000;
 /// Presigned URLs cannot live longer than this with SigV4.
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `Cache-Control` of stored objects: an object never changes under its
+/// key (an image's bytes are fixed under its id), so whatever reads it
+/// straight from the bucket (a CDN with origin access, say) may keep it.
+const STORED_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` a presigned download URL asks S3 to answer with; its
+/// `Expires` is the URL's expiry, so a cache keeps the response as long as
+/// the URL works and no longer.
+const URL_CACHE_CONTROL: &str = "public, immutable";
+
+/// The time from `start` to `end` (zero if `end` is earlier), in whole
+/// seconds as SigV4 signs them.
+fn micros_between(start: Timestamp, end: Timestamp) -> Duration {
+    let micros = end.as_micros().saturating_sub(start.as_micros()).max(0);
+    Duration::from_secs((micros / 1_000_000) as u64)
+}
 /// Longest wait for one attempt of an abort.
 const ABORT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A URL is not handed out if its credentials die sooner than this.
@@ -283,8 +298,29 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
-        let (config, expires_in) = self.presigning(request.expires_in).await?;
+        let limit = self.presign_limit().await?;
         let now = Timestamp::now();
+        let expires = request.signed_at.saturating_add(request.expires_in);
+        let credentials_end = now.saturating_add(limit);
+        // Signed from the window's start while the signing credentials
+        // outlive the URL; otherwise (temporary credentials about to
+        // rotate) from now, until they end: a URL of its own.
+        let (signed_at, expires) = if expires <= credentials_end {
+            (request.signed_at, expires)
+        } else {
+            (now, credentials_end)
+        };
+        let expires_in = micros_between(signed_at, expires);
+        if expires <= now || expires_in.is_zero() {
+            return Err(StorageError::Unavailable(
+                "the signing credentials are about to expire".into(),
+            ));
+        }
+        let config = PresigningConfig::builder()
+            .start_time(signed_at.into())
+            .expires_in(expires_in)
+            .build()
+            .map_err(StorageError::internal)?;
         let presigned = self
             .presign_client
             .get_object()
@@ -292,12 +328,18 @@ impl BlobStore for S3BlobStore {
             .key(request.key.as_str())
             .response_content_type(&request.content_type)
             .response_content_disposition(request.disposition.header_value(&request.filename))
+            // Cacheable until the URL expires, and no longer: the cache
+            // lifetime is the URL's, as on the embedded backend.
+            .response_cache_control(URL_CACHE_CONTROL)
+            .response_expires(aws_sdk_s3::primitives::DateTime::from_secs(
+                expires.as_micros().div_euclid(1_000_000),
+            ))
             .presigned(config)
             .await
             .map_err(classify)?;
         Ok(PresignedUrl {
             url: presigned.uri().to_owned(),
-            expire_time: now.saturating_add(expires_in),
+            expire_time: expires,
         })
     }
 
@@ -478,6 +520,7 @@ impl PartUpload for S3Parts {
             // S3 refuses parts with a checksum the upload was not created
             // for.
             .set_checksum_algorithm(self.payload.checksum_algorithm())
+            .cache_control(STORED_CACHE_CONTROL)
             .send()
             .await
             .map_err(classify)?;
@@ -556,6 +599,7 @@ impl PartUpload for S3Parts {
             .bucket(&self.bucket)
             .key(&self.key)
             .content_length(object.len() as i64)
+            .cache_control(STORED_CACHE_CONTROL)
             .set_checksum_crc32_c(protection.crc32c)
             .body(body_of(object))
             .customize();

@@ -138,7 +138,7 @@ impl BlobStore for EmbeddedBlobStore {
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
-        Ok(self.urls.sign(request, Timestamp::now()))
+        Ok(self.urls.sign(request))
     }
 
     fn max_presign_expiry(&self) -> Duration {

@@ -74,6 +74,31 @@ async fn presigned_download(
         }
     };
 
+    // The bytes under a key never change (an image's bytes are fixed under
+    // its id), so the key and size make a strong validator.
+    let etag = format!("\"{id}.{}.{size}\"", variant.as_str());
+    let max_age = (grant.expires - now.as_micros() / 1_000_000).max(0);
+    let cache = [
+        (
+            header::CACHE_CONTROL,
+            format!("public, max-age={max_age}, immutable"),
+        ),
+        (
+            header::EXPIRES,
+            httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(grant.expires.max(0) as u64),
+            ),
+        ),
+        (header::ETAG, etag.clone()),
+    ];
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| matches_etag(tags, &etag))
+    {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+
     let mut status = StatusCode::OK;
     let (mut offset, mut length) = (0, size);
     if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -120,11 +145,9 @@ async fn presigned_download(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    let max_age = (grant.expires - now.as_micros() / 1_000_000).max(0);
-    h.insert(
-        header::CACHE_CONTROL,
-        value(&format!("private, max-age={max_age}")),
-    );
+    for (name, text) in cache {
+        h.insert(name, value(&text));
+    }
     if let Ok(disposition) = HeaderValue::from_str(&grant.disposition.header_value(&grant.filename))
     {
         h.insert(header::CONTENT_DISPOSITION, disposition);
@@ -137,6 +160,14 @@ async fn presigned_download(
         );
     }
     response
+}
+
+/// Whether an `If-None-Match` list names `etag` (weak comparison, as RFC
+/// 9110 asks for this header), or is `*`.
+fn matches_etag(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 /// A direct upload whose body stops arriving for this long is abandoned.

@@ -419,6 +419,23 @@ impl MetadataStore for EmbeddedMetadataStore {
         .await
     }
 
+    async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            // One read transaction: one consistent snapshot for the batch.
+            let txn = db.begin_read()?;
+            let records = txn.open_table(RECORDS)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(guard) = records.get(id.as_bytes().as_slice())? {
+                    found.push(decode(guard.value()));
+                }
+            }
+            Ok(found.into_iter().collect())
+        })
+        .await
+    }
+
     async fn replace(
         &self,
         record: &ImageRecord,

@@ -83,9 +83,10 @@ impl SignedUrls {
         )
     }
 
-    pub fn sign(&self, request: &PresignRequest, now: Timestamp) -> PresignedUrl {
+    pub fn sign(&self, request: &PresignRequest) -> PresignedUrl {
         // Whole seconds, rounded down, so the URL never outlives the promise.
-        let expires = now
+        let expires = request
+            .signed_at
             .saturating_add(request.expires_in)
             .as_micros()
             .div_euclid(1_000_000);
@@ -256,6 +257,7 @@ mod tests {
     fn request() -> PresignRequest {
         PresignRequest {
             key: ObjectKey::new(&ImageId::new(), &VariantName::original()),
+            signed_at: Timestamp::now(),
             expires_in: Duration::from_secs(60),
             content_type: "image/png".into(),
             disposition: Disposition::Attachment,
@@ -273,7 +275,7 @@ mod tests {
     fn a_signed_url_verifies_until_it_expires() {
         let urls = SignedUrls::new(SigningKey::generate(), "http://localhost:8080/");
         let now = Timestamp::now();
-        let signed = urls.sign(&request(), now);
+        let signed = urls.sign(&request());
         assert!(
             signed
                 .url
@@ -294,7 +296,7 @@ mod tests {
     fn any_altered_part_breaks_the_signature() {
         let urls = SignedUrls::new(SigningKey::generate(), "http://h");
         let now = Timestamp::now();
-        let (object, query) = split(&urls.sign(&request(), now).url);
+        let (object, query) = split(&urls.sign(&request()).url);
         let other_object = ObjectKey::new(&ImageId::new(), &VariantName::original());
         assert_eq!(
             urls.verify(other_object.as_str(), &query, now).unwrap_err(),

@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 
 mod changes;
 mod downloads;
+mod feeds;
 mod listing;
 mod sessions;
 mod uploads;
@@ -81,6 +82,9 @@ macro_rules! all_cases {
             sessions::a_direct_upload_is_checked_and_committed_like_a_streamed_one,
             sessions::a_direct_upload_of_a_non_image_is_refused_and_removed,
             sessions::bytes_sent_after_a_cancel_are_removed_by_the_repair_pass,
+            feeds::a_batch_returns_each_image_once_in_order_and_names_the_missing,
+            feeds::a_batch_of_too_many_or_malformed_ids_is_refused,
+            feeds::download_urls_stay_the_same_for_a_window_and_revalidate,
         );
     };
 }
