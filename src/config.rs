@@ -381,6 +381,13 @@ pub struct Config {
     )]
     pub dynamodb_table: String,
 
+    /// Partitions the DynamoDB `by_time` index key is spread over, so that
+    /// no single index partition takes every write; set by `init` (which
+    /// only ever raises it: images keep their partitions), read by the
+    /// replicas from the table. The unfiltered listing queries each one.
+    #[arg(long, env = "IMAGE_SERVICE_DYNAMODB_TIME_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    pub dynamodb_time_shards: u32,
+
     /// DynamoDB endpoint URL, for DynamoDB-compatible stores. Default: AWS.
     #[arg(long, env = "IMAGE_SERVICE_DYNAMODB_ENDPOINT", global = true)]
     pub dynamodb_endpoint: Option<String>,

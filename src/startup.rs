@@ -516,6 +516,7 @@ pub fn aws_settings(config: &Config) -> AwsSettings {
             PayloadSigning::Unsigned => aws::PayloadSigning::Unsigned,
         },
         max_object_bytes: config.max_image_bytes,
+        time_shards: config.dynamodb_time_shards,
     }
 }
 
@@ -535,14 +536,14 @@ pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
         }
         Backend::Aws => {
             let settings = aws_settings(config);
-            aws::init(&settings).await.with_context(|| {
+            let shards = aws::init(&settings).await.with_context(|| {
                 format!(
                     "creating bucket {} and table {}",
                     settings.bucket, settings.table
                 )
             })?;
             println!(
-                "aws backend ready: bucket {}, table {}",
+                "aws backend ready: bucket {}, table {} (by_time index in {shards} shards)",
                 settings.bucket, settings.table
             );
             Ok(())

@@ -541,6 +541,150 @@ async fn stored_objects_tell_caches_they_are_immutable() {
     }
 }
 
+/// The `all` values (time shards) of the image items in the table.
+async fn time_shards_in_use(app: &TestApp) -> std::collections::BTreeSet<String> {
+    let scan = raw_dynamodb(app)
+        .await
+        .scan()
+        .table_name("images")
+        .filter_expression("sk = :sk")
+        .expression_attribute_values(
+            ":sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("image".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    scan.items()
+        .iter()
+        .filter_map(|item| item.get("all")?.as_s().ok().cloned())
+        .collect()
+}
+
+/// Runs `image-service init` on the test's stores with `extra` flags.
+async fn init_again(app: &TestApp, extra: &[&str]) {
+    image_service::startup::init_backend(&config_for(app, extra))
+        .await
+        .unwrap();
+}
+
+fn newest_first(images: &[pb::Image]) -> Vec<String> {
+    images.iter().rev().map(|i| i.image_id.clone()).collect()
+}
+
+/// The ids of every image an unfiltered listing returns, walked in pages.
+async fn listed_ids(app: &TestApp, page_size: i32, page_token: String) -> Vec<String> {
+    let request = pb::ListImagesRequest {
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    let all = app.list_all("viewer", request).await.unwrap();
+    all.iter().map(|i| i.image_id.clone()).collect()
+}
+
+/// New images spread over the time shards, and the unfiltered listing
+/// merges them: every image once, newest first, page after page, with
+/// time ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_index_is_sharded_and_listed_as_one() {
+    let app = TestApp::spawn_with(Backend::Aws, &["--dynamodb-time-shards", "4"]).await;
+    let mut uploaded = Vec::new();
+    for i in 0..24 {
+        uploaded.push(app.upload_png(&format!("user-{}", i % 3), i).await);
+    }
+    let shards = time_shards_in_use(&app).await;
+    assert!(shards.len() >= 3, "spread over the shards: {shards:?}");
+    assert!(shards.iter().all(|s| s.starts_with("image")), "{shards:?}");
+    for page_size in [1, 5, 24, 50] {
+        let ids = listed_ids(&app, page_size, String::new()).await;
+        assert_eq!(ids, newest_first(&uploaded), "page size {page_size}");
+    }
+    let window = pb::ListImagesRequest {
+        created_after: uploaded[5].create_time,
+        created_before: uploaded[17].create_time,
+        page_size: 4,
+        ..Default::default()
+    };
+    let ids: Vec<String> = app
+        .list_all("viewer", window)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.image_id.clone())
+        .collect();
+    assert_eq!(ids, newest_first(&uploaded[5..17]));
+    // Filters with their own index are unchanged.
+    let mine = app
+        .list_all(
+            "viewer",
+            pb::ListImagesRequest {
+                owner_id: "user-1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 8);
+}
+
+/// A table from before the index was sharded keeps working: `init` raises
+/// the shard count without rewriting anything, a page walk begun before
+/// continues, and old and new images are listed together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_from_before_time_shards_lists_everything_after_init_raises_them() {
+    let app = TestApp::spawn_with(Backend::Aws, &["--dynamodb-time-shards", "1"]).await;
+    let mut old = Vec::new();
+    for i in 0..10 {
+        old.push(app.upload_png("alice", i).await);
+    }
+    assert_eq!(
+        time_shards_in_use(&app).await,
+        ["image".to_owned()].into(),
+        "one partition, as before shards"
+    );
+    let first_page = app
+        .list(
+            "viewer",
+            pb::ListImagesRequest {
+                page_size: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    init_again(&app, &["--dynamodb-time-shards", "4"]).await;
+    let app = app.successor(&[]).await;
+    let mut new = Vec::new();
+    for i in 10..22 {
+        new.push(app.upload_png("bob", i).await);
+    }
+    assert!(time_shards_in_use(&app).await.len() >= 3);
+
+    // The walk begun on one shard goes on over four.
+    let rest = listed_ids(&app, 4, first_page.next_page_token.clone()).await;
+    let walked: Vec<String> = first_page
+        .images
+        .iter()
+        .map(|i| i.image_id.clone())
+        .chain(rest)
+        .collect();
+    assert_eq!(walked, newest_first(&old));
+
+    let everything: Vec<pb::Image> = old.iter().chain(&new).cloned().collect();
+    let ids = listed_ids(&app, 7, String::new()).await;
+    assert_eq!(ids, newest_first(&everything));
+
+    // Lowering is not possible: images keep their shards.
+    init_again(&app, &["--dynamodb-time-shards", "2"]).await;
+    let app = app.successor(&[]).await;
+    let again = app
+        .list_all("viewer", pb::ListImagesRequest::default())
+        .await;
+    assert_eq!(again.unwrap().len(), 22);
+}
+
 /// An S3 client of the test's own, to look at what the service stored.
 async fn raw_s3(app: &TestApp) -> aws_sdk_s3::Client {
     let config = raw_config(app.s3.as_ref().unwrap()).await;

@@ -33,6 +33,9 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{AwsSettings, classify};
+use time_index::MergedCursor;
+
+mod time_index;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
@@ -43,7 +46,17 @@ const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
 const PENDING_SK: &str = "pending";
 const SESSION_SK: &str = "upload_session";
+/// The `by_time` partition of time shard 0, the only one before the index
+/// was sharded: images written then stay listed there.
 const ALL: &str = "image";
+/// Where the table keeps its time shard count.
+const SHARDS_PK: &str = "config";
+const SHARDS_SK: &str = "time_shards";
+const MAX_TIME_SHARDS: u32 = 64;
+/// How long a replica trusts the shard count it read before reading it
+/// again: after `init` raises the count, replicas list the new shards
+/// within this long.
+const SHARDS_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// BatchGetItem and BatchWriteItem limits.
 const BATCH_GET: usize = 100;
 const BATCH_WRITE: usize = 25;
@@ -54,14 +67,34 @@ const BATCH_RETRIES: usize = 8;
 const BY_OWNER: (&str, &str) = ("by_owner", "owner");
 const BY_LOCATION: (&str, &str) = ("by_location", "location");
 const BY_CONTENT_TYPE: (&str, &str) = ("by_content_type", "content_type");
-/// Every image shares one partition key here: simple and newest-first for
-/// the unfiltered listing, but a single index partition takes every write
-/// (about 1 000 uploads/s on DynamoDB). Shard the key if that is reached.
+/// The unfiltered listing's index. One constant partition key would take
+/// every write in one index partition (about 1 000 uploads/s on DynamoDB,
+/// and AWS warns that a low-cardinality GSI key throttles the base table),
+/// so the key is write-sharded: an image's `all` is the partition of its
+/// time shard ([`time_shard_value`]), chosen by its id, and the listing
+/// merges the shards newest first.
 const BY_TIME: (&str, &str) = ("by_time", "all");
+
+/// The `all` value of time shard `shard`.
+fn time_shard_value(shard: u32) -> String {
+    if shard == 0 {
+        ALL.to_owned()
+    } else {
+        format!("{ALL}#{shard}")
+    }
+}
+
+/// An image's time shard among `count`: fixed by its id, so that every
+/// write of the record lands in the same one.
+fn time_shard_of(id: &ImageId, count: u32) -> u32 {
+    crc32c::crc32c(id.as_bytes()) % count.max(1)
+}
 
 pub struct DynamoMetadataStore {
     client: Client,
     table: String,
+    /// The time shard count last read from the table, and when.
+    time_shards: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -132,7 +165,10 @@ fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
-fn image_item(record: &ImageRecord) -> Result<HashMap<String, AttributeValue>, StorageError> {
+fn image_item(
+    record: &ImageRecord,
+    time_shards: u32,
+) -> Result<HashMap<String, AttributeValue>, StorageError> {
     let doc = serde_json::to_string(record).map_err(StorageError::internal)?;
     let mut item = key(image_pk(&record.id), IMAGE_SK);
     item.insert("doc".into(), s(doc));
@@ -140,7 +176,10 @@ fn image_item(record: &ImageRecord) -> Result<HashMap<String, AttributeValue>, S
     item.insert("owner".into(), s(record.owner.as_str()));
     item.insert("content_type".into(), s(&record.content_type));
     item.insert("created".into(), n(record.create_time.as_micros()));
-    item.insert("all".into(), s(ALL));
+    item.insert(
+        "all".into(),
+        s(time_shard_value(time_shard_of(&record.id, time_shards))),
+    );
     if !record.location.is_empty() {
         item.insert("location".into(), s(&record.location));
     }
@@ -204,6 +243,7 @@ impl DynamoMetadataStore {
         Self {
             client: Client::from_conf(builder.build()),
             table: settings.table.clone(),
+            time_shards: std::sync::Mutex::new(None),
         }
     }
 
@@ -273,6 +313,71 @@ impl DynamoMetadataStore {
             }
         }
         self.wait_until_active().await
+    }
+
+    /// The table's time shard count (1 for a table from before shards),
+    /// read again every [`SHARDS_REFRESH`]; the last count read stands in
+    /// while the table cannot be read.
+    async fn time_shards(&self) -> Result<u32, StorageError> {
+        let cached = *self.time_shards.lock().expect("not poisoned");
+        if let Some((count, read_at)) = cached
+            && read_at.elapsed() < SHARDS_REFRESH
+        {
+            return Ok(count);
+        }
+        match self.read_time_shards().await {
+            Ok(count) => {
+                *self.time_shards.lock().expect("not poisoned") =
+                    Some((count, std::time::Instant::now()));
+                Ok(count)
+            }
+            Err(error) => match cached {
+                Some((count, _)) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&error), "could not read the time shard count; keeping {count}");
+                    Ok(count)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    async fn read_time_shards(&self) -> Result<u32, StorageError> {
+        let item = self.get_item(SHARDS_PK.into(), SHARDS_SK).await?;
+        Ok(item
+            .as_ref()
+            .and_then(|item| item.get("shards"))
+            .and_then(|value| value.as_n().ok())
+            .and_then(|text| text.parse::<u32>().ok())
+            .unwrap_or(1)
+            .clamp(1, MAX_TIME_SHARDS))
+    }
+
+    /// Raises the table's time shard count to `count` (`init`); a lower
+    /// count leaves it as it is, since images keep the shard they were
+    /// written to. Returns the count now in force.
+    pub async fn raise_time_shards(&self, count: u32) -> Result<u32, StorageError> {
+        let count = count.clamp(1, MAX_TIME_SHARDS);
+        let current = self.read_time_shards().await?;
+        if count <= current {
+            return Ok(current);
+        }
+        let mut item = key(SHARDS_PK.into(), SHARDS_SK);
+        item.insert("shards".into(), n(count));
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR shards < :n")
+            .expression_attribute_values(":n", n(count))
+            .send()
+            .await
+            .map_err(classify);
+        match written {
+            // Raised meanwhile by another `init`, at least as far.
+            Ok(_) | Err(StorageError::ConditionFailed) => self.read_time_shards().await,
+            Err(error) => Err(error),
+        }
     }
 
     /// Waits for a new table (and its indexes) to become usable.
@@ -591,6 +696,8 @@ enum Access {
         hash_value: String,
     },
     Tag(String),
+    /// The `by_time` index, whose key is sharded.
+    Time,
 }
 
 impl Access {
@@ -611,7 +718,7 @@ impl Access {
         } else if let Some(content_type) = &filter.content_type {
             gsi(BY_CONTENT_TYPE, content_type.clone())
         } else {
-            gsi(BY_TIME, ALL.to_owned())
+            Access::Time
         }
     }
 
@@ -620,6 +727,7 @@ impl Access {
         match self {
             Access::Gsi { hash_attribute, .. } => vec!["pk", "sk", hash_attribute, "created"],
             Access::Tag(_) => vec!["pk", "sk"],
+            Access::Time => vec!["pk", "sk", BY_TIME.1, "created"],
         }
     }
 }
@@ -829,7 +937,7 @@ impl MetadataStore for DynamoMetadataStore {
             self.client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(image_item(record)?))
+                .set_item(Some(image_item(record, self.time_shards().await?)?))
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await
@@ -888,7 +996,7 @@ impl MetadataStore for DynamoMetadataStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(image_item(record)?))
+            .set_item(Some(image_item(record, self.time_shards().await?)?))
             .condition_expression("attribute_exists(pk) AND rev = :expected")
             .expression_attribute_values(":expected", n(expected_revision))
             .send()
@@ -940,7 +1048,20 @@ impl MetadataStore for DynamoMetadataStore {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ListPage, StorageError> {
-        let access = Access::for_filter(filter);
+        let mut access = Access::for_filter(filter);
+        if matches!(access, Access::Time) {
+            let shards = self.time_shards().await?;
+            if shards > 1 || cursor.is_some_and(MergedCursor::is_merged) {
+                return self.list_merged(filter, cursor, limit, shards).await;
+            }
+            // One shard: its partition alone, with plain cursors, as before
+            // the index was sharded.
+            access = Access::Gsi {
+                index: BY_TIME.0,
+                hash_attribute: BY_TIME.1,
+                hash_value: ALL.to_owned(),
+            };
+        }
         let key_names = access.key_names();
         let mut start_key = cursor.map(decode_cursor).transpose()?;
         let after = filter
@@ -963,6 +1084,11 @@ impl MetadataStore for DynamoMetadataStore {
                 .scan_index_forward(false)
                 .limit(want);
             let query = match &access {
+                Access::Time => {
+                    return Err(StorageError::internal(
+                        "the sharded time index is listed by list_merged",
+                    ));
+                }
                 Access::Gsi {
                     index,
                     hash_attribute,

@@ -39,6 +39,9 @@ pub struct AwsSettings {
     /// The largest object that will be written (sizes parts so that no
     /// upload needs more than 10 000).
     pub max_object_bytes: u64,
+    /// What `init` sets the `by_time` index's partition count to (see
+    /// [`dynamodb`]).
+    pub time_shards: u32,
 }
 
 /// When the S3 client computes and checks checksums.
@@ -82,11 +85,12 @@ pub async fn connect(settings: &AwsSettings) -> (S3BlobStore, DynamoMetadataStor
 
 /// Creates the bucket and the table with its indexes; succeeds without
 /// changes when they exist.
-pub async fn init(settings: &AwsSettings) -> Result<(), StorageError> {
+/// Returns the table's time shard count.
+pub async fn init(settings: &AwsSettings) -> Result<u32, StorageError> {
     let (s3, dynamodb) = connect(settings).await;
     s3.create_bucket().await?;
     dynamodb.create_table().await?;
-    Ok(())
+    dynamodb.raise_time_shards(settings.time_shards).await
 }
 
 /// Error codes that mean "slow down or try again later".
