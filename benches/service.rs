@@ -47,6 +47,8 @@ struct Plan {
     photo_shrink: u32,
     /// Rounds of the three phone photos uploaded by 1 and by 16 callers.
     photo_rounds: (usize, usize),
+    /// Feed pages read each way.
+    feed_pages: usize,
 }
 
 const FULL: Plan = Plan {
@@ -61,6 +63,7 @@ const FULL: Plan = Plan {
     renders: 10,
     photo_shrink: 1,
     photo_rounds: (8, 32),
+    feed_pages: 100,
 };
 
 const SMOKE: Plan = Plan {
@@ -75,6 +78,7 @@ const SMOKE: Plan = Plan {
     renders: 1,
     photo_shrink: 8,
     photo_rounds: (1, 2),
+    feed_pages: 3,
 };
 
 fn main() {
@@ -89,6 +93,11 @@ fn main() {
     // printed and not written (it needs no servers).
     if std::env::args().any(|a| a == "renders") {
         println!("{}", thumbnailing(&plan));
+        return;
+    }
+    // `cargo bench --bench service -- feed`: only figure 11, printed.
+    if std::env::args().any(|a| a == "feed") {
+        println!("{}", runtime.block_on(feed_pages_alone(&plan)));
         return;
     }
     // `cargo bench --bench service -- photos`: only figure 10, printed.
@@ -455,15 +464,20 @@ async fn run(plan: &Plan) -> String {
 
     // 10: phone photos through the whole upload, against libvips + PutObject.
     out.push_str(&photo_uploads(plan, &aws_args("photos"), &raw).await);
+
+    // 11: a feed page.
+    out.push_str(&feed_pages(plan, &aws_args("feed")).await);
     out
 }
 
-async fn photo_uploads_alone(plan: &Plan) -> String {
-    let s3 = servers::start_s3();
-    let dynamodb = servers::start_dynamodb();
-    let raw = Raw::connect(&s3.endpoint(), &dynamodb.endpoint()).await;
-    raw.create_bucket("raw").await;
-    let args = [
+/// The service's arguments for the aws backend on `s3` and `dynamodb`,
+/// with `name` as bucket and table.
+fn aws_backend(
+    s3: &servers::ServerProcess,
+    dynamodb: &servers::ServerProcess,
+    name: &str,
+) -> Vec<String> {
+    [
         "--backend",
         "aws",
         "--s3-endpoint",
@@ -471,12 +485,133 @@ async fn photo_uploads_alone(plan: &Plan) -> String {
         "--dynamodb-endpoint",
         &dynamodb.endpoint(),
         "--s3-bucket",
-        "photos",
+        name,
         "--dynamodb-table",
-        "photos",
+        name,
     ]
-    .map(String::from);
-    photo_uploads(plan, &args, &raw).await
+    .map(String::from)
+    .to_vec()
+}
+
+async fn photo_uploads_alone(plan: &Plan) -> String {
+    let s3 = servers::start_s3();
+    let dynamodb = servers::start_dynamodb();
+    let raw = Raw::connect(&s3.endpoint(), &dynamodb.endpoint()).await;
+    raw.create_bucket("raw").await;
+    photo_uploads(plan, &aws_backend(&s3, &dynamodb, "photos"), &raw).await
+}
+
+async fn feed_pages_alone(plan: &Plan) -> String {
+    let s3 = servers::start_s3();
+    let dynamodb = servers::start_dynamodb();
+    feed_pages(plan, &aws_backend(&s3, &dynamodb, "feed")).await
+}
+
+/// Images on a feed page.
+const FEED_PAGE: usize = 50;
+
+/// Figure 11: a feed page of 50 images, each with the URL of its `small`
+/// variant: one `BatchGetImages` against 50 `GetImage` + 50
+/// `GetDownloadUrl` calls made at once, on both backends.
+async fn feed_pages(plan: &Plan, aws_args: &[String]) -> String {
+    let mut out = format!(
+        "### 11. A feed page: {FEED_PAGE} images with a `small` URL each\n\n| backend | one `BatchGetImages`: p50 / p99 | service CPU per page | {FEED_PAGE} `GetImage` + {FEED_PAGE} `GetDownloadUrl` at once: p50 / p99 | service CPU per page | latency ratio (p50) | CPU ratio |\n|---|---|---|---|---|---|---|\n"
+    );
+    let embedded = ["--backend".to_owned(), "embedded".into()];
+    for (name, args) in [
+        ("embedded", &embedded[..]),
+        ("aws (dynalite + s3s-fs)", aws_args),
+    ] {
+        let service = Service::start(args);
+        let client = service.client().await;
+        let mut ids = Vec::with_capacity(FEED_PAGE);
+        for i in 0..FEED_PAGE {
+            let image = upload(&client, small_png(900 + i as u32), "feed")
+                .await
+                .expect("a feed image");
+            ids.push(image.image_id);
+        }
+        let batch = || {
+            let message = pb::BatchGetImagesRequest {
+                image_ids: ids.clone(),
+                url_variant: "small".into(),
+                ..Default::default()
+            };
+            let client = client.clone();
+            async move {
+                let page = client
+                    .clone()
+                    .batch_get_images(request(message, "viewer"))
+                    .await
+                    .expect("a batch")
+                    .into_inner();
+                assert_eq!(page.images.len(), FEED_PAGE, "a whole page");
+                assert!(page.images.iter().all(|i| !i.url.is_empty()));
+            }
+        };
+        let singles = || {
+            let client = client.clone();
+            let ids = ids.clone();
+            async move {
+                let calls = ids.iter().map(|id| {
+                    let client = client.clone();
+                    async move {
+                        let get = pb::GetImageRequest {
+                            image_id: id.clone(),
+                        };
+                        let url = pb::GetDownloadUrlRequest {
+                            image_id: id.clone(),
+                            variant: "small".into(),
+                            ..Default::default()
+                        };
+                        let (mut images, mut urls) = (client.clone(), client.clone());
+                        let (image, url) = futures::join!(
+                            images.get_image(request(get, "viewer")),
+                            urls.get_download_url(request(url, "viewer"))
+                        );
+                        image.expect("an image");
+                        url.expect("a URL");
+                    }
+                });
+                futures::future::join_all(calls).await;
+            }
+        };
+        // Warm both paths, then time them in turn.
+        batch().await;
+        singles().await;
+        let (mut batched, mut single) = (Vec::new(), Vec::new());
+        let (mut batched_cpu, mut single_cpu) = (0.0, 0.0);
+        for _ in 0..plan.feed_pages {
+            let cpu = service.cpu_seconds();
+            batched.push(time(batch()).await.0);
+            batched_cpu += service.cpu_seconds() - cpu;
+            let cpu = service.cpu_seconds();
+            single.push(time(singles()).await.0);
+            single_cpu += service.cpu_seconds() - cpu;
+        }
+        batched.sort();
+        single.sort();
+        let pages = plan.feed_pages as f64;
+        let _ = writeln!(
+            out,
+            "| {name} | {:.2} / {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} ms | {:.1}× | {:.1}× |",
+            ms(percentile(&batched, 0.5)),
+            ms(percentile(&batched, 0.99)),
+            batched_cpu * 1000.0 / pages,
+            ms(percentile(&single, 0.5)),
+            ms(percentile(&single, 0.99)),
+            single_cpu * 1000.0 / pages,
+            ms(percentile(&single, 0.5)) / ms(percentile(&batched, 0.5)),
+            single_cpu / batched_cpu.max(1e-9),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{} pages each way, alternating, after one warm-up page each; one client connection (HTTP/2). The {} single calls of a page are made at once, as a feed service would. Service CPU: user + system time of the service process per page (at 10 ms ticks, so small figures are coarse).\n",
+        plan.feed_pages,
+        2 * FEED_PAGE
+    );
+    out
 }
 
 /// Figure 10: phone photos uploaded with the default settings (variants
