@@ -403,6 +403,28 @@ pub enum Command {
     /// Create the storage the configured backend needs (the bucket and the
     /// table with its indexes, or the data directory). Idempotent.
     Init,
+    /// Copy every image (original, variants and record, verified by
+    /// SHA-256) from one backend to the other: `--from embedded --to aws`
+    /// to outgrow one machine, or back. The embedded side is `--data-dir`
+    /// (stop the service using it first), the aws side the usual S3 and
+    /// DynamoDB settings (created if missing, as by `init`). Resumable
+    /// after a crash or Ctrl-C, and idempotent: images already in the
+    /// destination are skipped.
+    Migrate {
+        /// The backend to copy from.
+        #[arg(long, value_enum)]
+        from: Backend,
+        /// The backend to copy to.
+        #[arg(long, value_enum)]
+        to: Backend,
+        /// Count what would be copied; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where progress is kept between runs (default: a file in
+        /// `--data-dir`).
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+    },
     /// Run one repair pass and print what it found: bytes without metadata,
     /// index entries without their image, unfinished uploads. With the
     /// embedded backend, stop the service first (it holds the database).

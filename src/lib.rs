@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod media;
+pub mod migrate;
 pub mod pb;
 pub mod startup;
 pub mod storage;

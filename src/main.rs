@@ -8,6 +8,15 @@ async fn main() -> anyhow::Result<()> {
     image_service::telemetry::init(config.log_format);
     match config.command {
         Some(Command::Init) => image_service::startup::init_backend(&config).await,
+        Some(Command::Migrate {
+            from,
+            to,
+            dry_run,
+            ref checkpoint,
+        }) => {
+            image_service::startup::run_migrate(&config, from, to, dry_run, checkpoint.clone())
+                .await
+        }
         Some(Command::Repair {
             dry_run,
             grace,

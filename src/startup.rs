@@ -551,6 +551,145 @@ pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// `image-service migrate`: see [`crate::migrate`].
+pub async fn run_migrate(
+    config: &Config,
+    from: Backend,
+    to: Backend,
+    dry_run: bool,
+    checkpoint: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::migrate::{Side, Summary};
+
+    let name = |backend: Backend| match backend {
+        Backend::Embedded => "embedded",
+        Backend::Aws => "aws",
+    };
+    if from == to {
+        anyhow::bail!(
+            "--from and --to are both {}: nothing to migrate",
+            name(from)
+        );
+    }
+    let open = |backend: Backend, destination: bool| async move {
+        anyhow::Ok(match backend {
+            Backend::Embedded => {
+                let urls = SignedUrls::new(SigningKey::generate(), "http://unused");
+                let (blobs, metadata) =
+                    embedded::open(&config.data_dir, urls).with_context(|| {
+                        format!(
+                            "opening the data directory {} (is a service still using it?)",
+                            config.data_dir.display()
+                        )
+                    })?;
+                Side {
+                    blobs: Arc::new(blobs),
+                    metadata: Arc::new(metadata),
+                }
+            }
+            Backend::Aws => {
+                let settings = aws_settings(config);
+                if destination && !dry_run {
+                    aws::init(&settings).await.with_context(|| {
+                        format!(
+                            "creating bucket {} and table {}",
+                            settings.bucket, settings.table
+                        )
+                    })?;
+                }
+                let (blobs, metadata) = aws::connect(&settings).await;
+                Side {
+                    blobs: Arc::new(blobs),
+                    metadata: Arc::new(metadata),
+                }
+            }
+        })
+    };
+    let source = open(from, false).await?;
+    let destination = open(to, true).await?;
+    let checkpoint = checkpoint.unwrap_or_else(|| {
+        crate::migrate::default_checkpoint(&config.data_dir, name(from), name(to))
+    });
+    if checkpoint.exists() && !dry_run {
+        eprintln!("resuming from {}", checkpoint.display());
+    }
+
+    // Ctrl-C or SIGTERM: finish the image in progress, keep the checkpoint.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = shutdown_signal()?;
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            eprintln!("stopping after the image in progress…");
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let verb = if dry_run { "to copy" } else { "copied" };
+    let describe = |s: &Summary| {
+        format!(
+            "{} images: {} {verb} ({:.1} MiB), {} already there, {} failed",
+            s.seen,
+            s.copied,
+            s.bytes as f64 / 1048576.0,
+            s.present,
+            s.failed.len()
+        )
+    };
+    let started = std::time::Instant::now();
+    let result = crate::migrate::migrate(
+        &source,
+        &destination,
+        &checkpoint,
+        dry_run,
+        &stop,
+        &|summary| {
+            bar.set_message(describe(summary));
+            bar.tick();
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    stopper.abort();
+    let summary = result?;
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    println!(
+        "{} {} → {}: {}",
+        if dry_run { "dry run" } else { "migration" },
+        name(from),
+        name(to),
+        describe(&summary)
+    );
+    if !dry_run {
+        println!(
+            "this run: {} images in {elapsed:.1} s ({:.1} images/s, {:.1} MiB/s)",
+            summary.run_copied,
+            summary.run_copied as f64 / elapsed,
+            summary.run_bytes as f64 / 1048576.0 / elapsed
+        );
+    }
+    for (id, why) in &summary.failed {
+        println!("  not copied: {id}: {why}");
+    }
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted; run the same command again to go on from {}",
+            checkpoint.display()
+        );
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!("{} image(s) could not be copied", summary.failed.len());
+    }
+    Ok(())
+}
+
 /// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are
 /// installed by this call, not on the first poll: a SIGTERM that arrives
 /// once the server says it is ready must drain it, not kill the process.

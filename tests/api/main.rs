@@ -9,6 +9,7 @@ mod contract;
 mod helpers;
 mod hostile;
 mod imagectl;
+mod migrate;
 mod pipeline;
 mod properties;
 mod server;

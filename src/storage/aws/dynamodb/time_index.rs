@@ -174,8 +174,11 @@ impl DynamoMetadataStore {
             let remaining = limit - page.records.len();
             // Refill every live shard with nothing buffered: its next item
             // may be the newest.
+            // The first read takes twice a shard's even share (the newest
+            // items are rarely spread evenly), so that a page seldom needs
+            // a second round trip; index items are keys only and cheap.
             let want = if first_fetch {
-                remaining.div_ceil(streams.len().max(1)) + 1
+                2 * remaining.div_ceil(streams.len().max(1)) + 2
             } else {
                 remaining + 1
             };

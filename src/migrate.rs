@@ -1,0 +1,318 @@
+//! `image-service migrate --from embedded --to aws` (and back): copies every
+//! image, its bytes (original and variants) and its record (id, owner,
+//! times, etag and all), from one backend to the other.
+//!
+//! - **Verified**: each object's bytes are hashed (SHA-256) as they are
+//!   read from the source, and read back from the destination and hashed
+//!   again; the original's hash must also be the record's `sha256`. A
+//!   mismatch leaves the image uncopied (no record) and is reported.
+//! - **Ordered like an upload**: bytes first, then the record, so an image
+//!   visible in the destination always has its bytes.
+//! - **Idempotent**: an image whose record the destination already holds is
+//!   skipped, so a second run copies nothing (and a run after new uploads
+//!   copies only those).
+//! - **Resumable**: the source listing's cursor after each image is kept in
+//!   a checkpoint file; after a crash or Ctrl-C, the next run goes on from
+//!   there. A finished run removes it.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::domain::ImageRecord;
+use crate::domain::listing::ListFilter;
+use crate::domain::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
+
+/// Records listed from the source at once (and looked up in the
+/// destination with one batch read).
+const PAGE: usize = 100;
+/// Images copied at once.
+const IN_FLIGHT: usize = 8;
+
+/// One side of a migration.
+#[derive(Clone)]
+pub struct Side {
+    pub blobs: Arc<dyn BlobStore>,
+    pub metadata: Arc<dyn MetadataStore>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Images read from the source.
+    pub seen: u64,
+    /// Images copied (or, in a dry run, that would be).
+    pub copied: u64,
+    /// Images the destination already held.
+    pub present: u64,
+    /// Images that could not be copied, with why.
+    pub failed: Vec<(String, String)>,
+    /// Bytes of the objects copied.
+    pub bytes: u64,
+    /// Whether the run stopped before the end (Ctrl-C); a checkpoint remains.
+    pub interrupted: bool,
+    /// Of `copied` and `bytes`, what this run did (the rest was done by
+    /// the runs it resumed).
+    pub run_copied: u64,
+    pub run_bytes: u64,
+}
+
+/// The checkpoint file's content.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// The source listing's cursor (hex) after the last image finished.
+    cursor: String,
+    /// Totals so far, so that the final summary covers every run.
+    seen: u64,
+    copied: u64,
+    present: u64,
+    bytes: u64,
+}
+
+/// Where the checkpoint of a migration is kept by default.
+pub fn default_checkpoint(data_dir: &Path, from: &str, to: &str) -> PathBuf {
+    data_dir.join(format!("migrate-{from}-to-{to}.checkpoint"))
+}
+
+/// Copies every image of `from` into `to`; see the module documentation.
+/// `stop` ends the run after the image in progress. `progress` is told of
+/// every image handled.
+pub async fn migrate(
+    from: &Side,
+    to: &Side,
+    checkpoint_path: &Path,
+    dry_run: bool,
+    stop: &AtomicBool,
+    progress: &(dyn Fn(&Summary) + Sync),
+) -> anyhow::Result<Summary> {
+    let saved: Checkpoint = match std::fs::read(checkpoint_path) {
+        Ok(bytes) if !dry_run => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the checkpoint {}", checkpoint_path.display()))?,
+        _ => Checkpoint::default(),
+    };
+    let mut summary = Summary {
+        seen: saved.seen,
+        copied: saved.copied,
+        present: saved.present,
+        bytes: saved.bytes,
+        ..Default::default()
+    };
+    let mut cursor = if saved.cursor.is_empty() {
+        None
+    } else {
+        Some(hex::decode(&saved.cursor).context("the checkpoint's cursor")?)
+    };
+    let everything = ListFilter::default();
+    loop {
+        let page = from
+            .metadata
+            .list(&everything, cursor.as_deref(), PAGE)
+            .await
+            .context("listing the source's images")?;
+        let ids: Vec<_> = page.records.iter().map(|r| r.id).collect();
+        let present: std::collections::HashSet<_> = to
+            .metadata
+            .get_many(&ids)
+            .await
+            .context("looking the images up in the destination")?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        // Images are copied a few at a time, and their outcomes taken in
+        // listing order, so the checkpoint always follows a finished
+        // prefix. Once stopped, no new image starts; those in flight end.
+        let work = page
+            .records
+            .iter()
+            .zip(&page.record_cursors)
+            .take_while(|_| !stop.load(Ordering::Relaxed))
+            .map(|(record, after)| {
+                let copy = !present.contains(&record.id) && !dry_run;
+                async move {
+                    let outcome = if copy {
+                        Some(copy_image(from, to, record).await)
+                    } else {
+                        None
+                    };
+                    (record, after, outcome)
+                }
+            });
+        let mut outcomes = futures::stream::iter(work).buffered(IN_FLIGHT);
+        let mut handled = 0;
+        while let Some((record, after, outcome)) = outcomes.next().await {
+            handled += 1;
+            summary.seen += 1;
+            match outcome {
+                None if present.contains(&record.id) => summary.present += 1,
+                None => {
+                    summary.copied += 1;
+                    summary.bytes += record
+                        .rendition_names()
+                        .iter()
+                        .filter_map(|name| record.rendition(name))
+                        .map(|(size, _)| size)
+                        .sum::<u64>();
+                }
+                Some(Ok(Copied::Copied(bytes))) => {
+                    summary.copied += 1;
+                    summary.bytes += bytes;
+                    summary.run_copied += 1;
+                    summary.run_bytes += bytes;
+                }
+                Some(Ok(Copied::Present)) => summary.present += 1,
+                Some(Err(CopyError::Image(why))) => {
+                    summary.failed.push((record.id.to_string(), why));
+                }
+                Some(Err(CopyError::Store(error))) => {
+                    return Err(anyhow::anyhow!(crate::telemetry::error_chain(&error)))
+                        .with_context(|| format!("copying image {}", record.id));
+                }
+            }
+            if !dry_run {
+                save(checkpoint_path, after, &summary)?;
+            }
+            progress(&summary);
+        }
+        if handled < page.records.len() {
+            summary.interrupted = true;
+            return Ok(summary);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    if !dry_run {
+        match std::fs::remove_file(checkpoint_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the checkpoint"),
+        }
+    }
+    Ok(summary)
+}
+
+/// Writes the checkpoint atomically (a new file renamed over the old).
+fn save(path: &Path, cursor: &[u8], summary: &Summary) -> anyhow::Result<()> {
+    let checkpoint = Checkpoint {
+        cursor: hex::encode(cursor),
+        seen: summary.seen,
+        copied: summary.copied,
+        present: summary.present,
+        bytes: summary.bytes,
+    };
+    let partial = path.with_extension("checkpoint.partial");
+    std::fs::write(&partial, serde_json::to_vec(&checkpoint)?)
+        .with_context(|| format!("writing the checkpoint {}", partial.display()))?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("writing the checkpoint {}", path.display()))?;
+    Ok(())
+}
+
+enum Copied {
+    /// Bytes of the objects copied.
+    Copied(u64),
+    /// Created meanwhile (by a concurrent run).
+    Present,
+}
+
+enum CopyError {
+    /// This image cannot be copied (missing or damaged bytes in the
+    /// source); the run goes on.
+    Image(String),
+    /// A store failed; the run stops (and resumes from its checkpoint).
+    Store(StorageError),
+}
+
+impl From<StorageError> for CopyError {
+    fn from(error: StorageError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// Copies one image's objects, each verified, then its record.
+async fn copy_image(from: &Side, to: &Side, record: &ImageRecord) -> Result<Copied, CopyError> {
+    let mut bytes = 0;
+    for name in record.rendition_names() {
+        let (size, _) = record.rendition(&name).unwrap_or_default();
+        let key = ObjectKey::new(&record.id, &name);
+        let sha256 = copy_object(from, to, &key, size).await?;
+        if name.is_original() && sha256 != record.sha256 {
+            return Err(CopyError::Image(format!(
+                "the source's original does not match its record's SHA-256 ({sha256}, recorded {})",
+                record.sha256
+            )));
+        }
+        let copied = hash_object(&*to.blobs, &key, size).await?;
+        if copied != sha256 {
+            return Err(CopyError::Image(format!(
+                "{} reads back from the destination with another SHA-256",
+                key.as_str()
+            )));
+        }
+        bytes += size;
+    }
+    match to.metadata.create(record).await {
+        Ok(CreateOutcome::Created) => Ok(Copied::Copied(bytes)),
+        Ok(CreateOutcome::IdempotencyKeyTaken(other)) => Err(CopyError::Image(format!(
+            "its idempotency key is already taken in the destination by image {}",
+            other.id
+        ))),
+        Err(StorageError::AlreadyExists) => Ok(Copied::Present),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Streams one object from the source into the destination, returning the
+/// SHA-256 of what was read.
+async fn copy_object(
+    from: &Side,
+    to: &Side,
+    key: &ObjectKey,
+    size: u64,
+) -> Result<String, CopyError> {
+    let mut source = match from.blobs.read(key, 0, size).await {
+        Ok(stream) => stream,
+        Err(StorageError::NotFound) => {
+            return Err(CopyError::Image(format!(
+                "{} is missing from the source",
+                key.as_str()
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut writer = to.blobs.start_write(key, Some(size)).await?;
+    let mut hash = Sha256::new();
+    let mut read = 0u64;
+    while let Some(chunk) = source.try_next().await? {
+        read += chunk.len() as u64;
+        hash.update(&chunk);
+        writer.write(chunk).await?;
+    }
+    if read != size {
+        writer.abort().await;
+        return Err(CopyError::Image(format!(
+            "{} has {read} bytes in the source, {size} recorded",
+            key.as_str()
+        )));
+    }
+    writer.finish().await?;
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// The SHA-256 of an object as a store reads it back.
+async fn hash_object(
+    blobs: &dyn BlobStore,
+    key: &ObjectKey,
+    size: u64,
+) -> Result<String, CopyError> {
+    let mut hash = Sha256::new();
+    let mut stream = blobs.read(key, 0, size).await?;
+    while let Some(chunk) = stream.try_next().await? {
+        hash.update(&chunk);
+    }
+    Ok(hex::encode(hash.finalize()))
+}

@@ -1,0 +1,245 @@
+//! `image-service migrate`: a team on the embedded backend moves to S3 +
+//! DynamoDB (and back) with one command and loses nothing.
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::helpers::{Backend, TestApp, as_user, stdout};
+use image_service::pb;
+
+/// `image-service migrate` with `args`, against `aws`'s servers and the
+/// embedded data directory `data_dir`.
+fn migrate_command(aws: &TestApp, data_dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+    command
+        .arg("migrate")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--s3-bucket", "images", "--dynamodb-table", "images"])
+        .arg("--s3-endpoint")
+        .arg(aws.s3.as_ref().unwrap().endpoint())
+        .arg("--dynamodb-endpoint")
+        .arg(aws.dynamodb.as_ref().unwrap().endpoint())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+async fn migrate(aws: &TestApp, data_dir: &Path, args: &[&str]) -> Output {
+    migrate_command(aws, data_dir, args)
+        .output()
+        .await
+        .expect("image-service migrate runs")
+}
+
+/// Every image a viewer lists, oldest last, and each original's bytes.
+async fn catalogue(app: &TestApp) -> Vec<(pb::Image, Vec<u8>)> {
+    let images = app
+        .list_all("viewer", pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for image in images {
+        let bytes = app.download("viewer", &image.image_id).await.unwrap();
+        out.push((image, bytes));
+    }
+    out
+}
+
+fn copied_so_far(checkpoint: &Path) -> u64 {
+    std::fs::read(checkpoint)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v["copied"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_to_aws_interrupted_and_resumed_copies_every_image_once() {
+    const IMAGES: u32 = 300;
+    let aws = TestApp::spawn(Backend::Aws).await;
+    let mut embedded = TestApp::spawn(Backend::Embedded).await;
+    for i in 0..IMAGES {
+        let image = embedded.upload_png(&format!("user-{}", i % 7), i).await;
+        if i % 50 == 0 {
+            // Metadata beyond the defaults travels too.
+            let update = pb::UpdateImageRequest {
+                image_id: image.image_id.clone(),
+                title: format!("photo {i}"),
+                tags: vec!["beach".into(), format!("t{i}")],
+                location: "Lisbon".into(),
+                ..Default::default()
+            };
+            embedded
+                .update(&format!("user-{}", i % 7), update)
+                .await
+                .unwrap();
+        }
+    }
+    let before = catalogue(&embedded).await;
+    assert_eq!(before.len(), IMAGES as usize);
+    embedded.stop().await.unwrap();
+    let data_dir = embedded.data_dir.clone();
+    let checkpoint = data_dir.join("migrate-embedded-to-aws.checkpoint");
+
+    // A dry run counts and writes nothing.
+    let dry = migrate(
+        &aws,
+        &data_dir,
+        &["--from", "embedded", "--to", "aws", "--dry-run"],
+    )
+    .await;
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        stdout(&dry).contains(&format!("{IMAGES} images: {IMAGES} to copy")),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        aws.list("viewer", Default::default())
+            .await
+            .unwrap()
+            .images
+            .is_empty()
+    );
+    assert!(!checkpoint.exists());
+
+    // Interrupted (Ctrl-C) part of the way through.
+    let mut first = migrate_command(&aws, &data_dir, &["--from", "embedded", "--to", "aws"])
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while copied_so_far(&checkpoint) < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the migration ended before it could be interrupted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGINT) };
+    let interrupted = first.wait_with_output().await.unwrap();
+    assert!(!interrupted.status.success());
+    assert!(
+        String::from_utf8_lossy(&interrupted.stderr).contains("run the same command again"),
+        "{}",
+        String::from_utf8_lossy(&interrupted.stderr)
+    );
+    let done_before = copied_so_far(&checkpoint);
+    assert!(
+        (20..u64::from(IMAGES)).contains(&done_before),
+        "{done_before}"
+    );
+
+    // Resumed: the rest, and only the rest.
+    let second = migrate(&aws, &data_dir, &["--from", "embedded", "--to", "aws"]).await;
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let text = stdout(&second);
+    assert!(
+        text.contains(&format!("{IMAGES} images: {IMAGES} copied")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "this run: {} images",
+            u64::from(IMAGES) - done_before
+        )),
+        "{text}"
+    );
+    assert!(!checkpoint.exists(), "a finished run leaves no checkpoint");
+
+    let after = catalogue(&aws).await;
+    assert_eq!(after.len(), before.len());
+    for ((was, bytes), (is, copied)) in before.iter().zip(&after) {
+        assert_eq!(is, was, "the same image: id, owner, times, etag, variants");
+        assert_eq!(copied, bytes, "byte-identical");
+    }
+    let sample = &after[0].0;
+    let url = aws
+        .client()
+        .get_download_url(as_user(
+            "viewer",
+            pb::GetDownloadUrlRequest {
+                image_id: sample.image_id.clone(),
+                variant: "small".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let small = reqwest::get(&url).await.unwrap();
+    assert_eq!(small.status(), 200);
+    let size = sample
+        .variants
+        .iter()
+        .find(|v| v.name == "small")
+        .unwrap()
+        .size_bytes;
+    assert_eq!(
+        small.bytes().await.unwrap().len() as i64,
+        size,
+        "variants travel too"
+    );
+    let tagged = aws
+        .list_all(
+            "viewer",
+            pb::ListImagesRequest {
+                tag: "beach".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tagged.len(),
+        6,
+        "the indexes are rebuilt in the destination"
+    );
+
+    // A second complete run copies nothing.
+    let third = migrate(&aws, &data_dir, &["--from", "embedded", "--to", "aws"]).await;
+    assert!(third.status.success());
+    assert!(
+        stdout(&third).contains(&format!(
+            "{IMAGES} images: 0 copied (0.0 MiB), {IMAGES} already there, 0 failed"
+        )),
+        "{}",
+        stdout(&third)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_back_to_embedded_keeps_every_image() {
+    let aws = TestApp::spawn(Backend::Aws).await;
+    for i in 0..12 {
+        aws.upload_png(&format!("user-{}", i % 3), i).await;
+    }
+    let before = catalogue(&aws).await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = migrate(&aws, dir.path(), &["--from", "aws", "--to", "embedded"]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &[]).await;
+    let after = catalogue(&embedded).await;
+    assert_eq!(after, before);
+
+    let same = migrate(&aws, dir.path(), &["--from", "aws", "--to", "aws"]).await;
+    assert!(!same.status.success(), "one backend to itself is refused");
+}
