@@ -86,6 +86,47 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
 
+    /// JWT mode: the identity provider's JWKS document, an `https://` URL
+    /// (`http://` only to a loopback address) or a file path. Keys are
+    /// chosen by the token's `kid`, each pinned to the algorithm of its
+    /// `kty`/`alg` (RS256/384/512, PS256/384/512, ES256/384, EdDSA). With
+    /// `--jwt-issuer` alone, the URL is discovered from the issuer's
+    /// `/.well-known/openid-configuration`.
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_URL", global = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// JWT mode: the claim that names the user.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_JWT_USER_CLAIM",
+        default_value = "sub",
+        global = true
+    )]
+    pub jwt_user_claim: String,
+
+    /// JWKS: how often the document is fetched again when its response
+    /// carries no `Cache-Control: max-age` (otherwise max-age is used,
+    /// between `--jwt-jwks-min-refresh` and 24 h).
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// JWKS: the least time between two fetches. A token naming an unknown
+    /// `kid` fetches the document again only if the last fetch is older,
+    /// so garbage `kid`s cannot make the service hammer the provider.
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_min_refresh: Duration,
+
+    /// JWKS: a PEM file of CA certificates trusted for the JWKS and
+    /// discovery URLs, on top of the public roots (e.g. a cluster's CA).
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_CA_FILE", global = true)]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
+
+    /// JWKS: a file whose content is sent as a bearer token with each JWKS
+    /// and discovery fetch, read again every time (e.g. a Kubernetes
+    /// service-account token, which is rotated).
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_TOKEN_FILE", global = true)]
+    pub jwt_jwks_token_file: Option<PathBuf>,
+
     /// Largest image accepted, in bytes (suffixes such as `MiB` allowed).
     #[arg(long, env = "IMAGE_SERVICE_MAX_IMAGE_BYTES", default_value = "50MiB", value_parser = parse_byte_size, global = true)]
     pub max_image_bytes: u64,

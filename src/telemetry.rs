@@ -108,6 +108,18 @@ fn describe() {
         "failed storage backend calls by store, operation and kind"
     );
     describe_counter!(
+        "imageservice_jwks_fetches_total",
+        "fetches of the identity provider's JWKS, by reason (startup, scheduled, unknown_kid) and result"
+    );
+    describe_counter!(
+        "imageservice_jwks_unknown_kid_total",
+        "tokens naming a kid the JWKS did not have, by whether the JWKS was fetched again for them"
+    );
+    describe_gauge!(
+        "imageservice_jwks_keys",
+        "usable signing keys in the JWKS in use"
+    );
+    describe_counter!(
         "imageservice_repair_findings_total",
         "leftovers the repair pass found, by kind"
     );

@@ -108,8 +108,12 @@ impl ImageApi {
     }
 
     /// The caller, recorded on the call's span.
-    fn caller(&self, metadata: &MetadataMap, peer: Option<&PeerInfo>) -> Result<UserId, Status> {
-        let user = self.auth.authenticate(metadata, peer)?;
+    async fn caller(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<UserId, Status> {
+        let user = self.auth.authenticate(metadata, peer).await?;
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
@@ -232,7 +236,7 @@ impl ImageService for ImageApi {
         let metadata = request.metadata().clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
         self.observe("UploadImage", &metadata, |_in_flight| async {
-            let caller = self.caller(&metadata, peer.as_ref())?;
+            let caller = self.caller(&metadata, peer.as_ref()).await?;
             let _in_progress = UploadInProgress::start();
             let frames = request.into_inner().map(|message| {
                 if let Ok(pb::UploadImageRequest {
@@ -259,7 +263,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             Ok(Response::new(pb::GetImageResponse {
                 image: Some(convert::image(&record, &caller)),
@@ -273,7 +277,7 @@ impl ImageService for ImageApi {
         request: Request<pb::BatchGetImagesRequest>,
     ) -> Result<Response<pb::BatchGetImagesResponse>, Status> {
         self.observe("BatchGetImages", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref();
             let url = if r.url_variant.is_empty() {
                 None
@@ -307,7 +311,7 @@ impl ImageService for ImageApi {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let query = convert::list_request(request.get_ref().clone())?;
             let page = self.images.list(&query).await?;
             Ok(Response::new(pb::ListImagesResponse {
@@ -329,7 +333,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref();
             let download = self
                 .images
@@ -379,7 +383,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            self.caller(request.metadata(), peer_of(&request))?;
+            self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -400,7 +404,7 @@ impl ImageService for ImageApi {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         self.observe("UpdateImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
@@ -417,7 +421,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         self.observe("DeleteImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)
                 .await?;
@@ -432,7 +436,7 @@ impl ImageService for ImageApi {
         request: Request<pb::StartUploadRequest>,
     ) -> Result<Response<pb::StartUploadResponse>, Status> {
         self.observe("StartUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref().clone();
             let spec = r
                 .spec
@@ -462,7 +466,7 @@ impl ImageService for ImageApi {
             "QueryUploadStatus",
             request.metadata(),
             |_in_flight| async {
-                let caller = self.caller(request.metadata(), peer_of(&request))?;
+                let caller = self.caller(request.metadata(), peer_of(&request)).await?;
                 let status = self
                     .images
                     .uploads()
@@ -483,7 +487,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CancelUploadRequest>,
     ) -> Result<Response<pb::CancelUploadResponse>, Status> {
         self.observe("CancelUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             self.images
                 .uploads()
                 .cancel_session(&caller, &request.get_ref().upload_id)
@@ -498,7 +502,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetUploadUrlsRequest>,
     ) -> Result<Response<pb::GetUploadUrlsResponse>, Status> {
         self.observe("GetUploadUrls", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref().clone();
             let plan = convert::part_plan(r.parts)?;
             let expires_in = convert::expires_in(r.expires_in)?;
@@ -520,7 +524,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CompleteUploadRequest>,
     ) -> Result<Response<pb::CompleteUploadResponse>, Status> {
         self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request))?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let _in_progress = UploadInProgress::start();
             let record = self
                 .images

@@ -303,6 +303,7 @@ async fn jwt_mode_accepts_valid_hs256_tokens_only() {
         ("expired", expired),
         ("not yet valid", not_yet),
         ("wrong issuer", wrong_issuer),
+        ("no issuer", sign(&claims("alice", now() + 300, None, None))),
         ("other key", other_key),
         ("alg none", unsigned),
         ("garbage", "abc.def.ghi".to_owned()),

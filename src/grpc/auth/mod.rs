@@ -1,0 +1,230 @@
+//! Who is calling, from request metadata: `x-user-id` in trusted-header
+//! mode, or a verified JWT's user claim (`sub` by default) in jwt mode,
+//! checked with a shared secret, a PEM public key, or the identity
+//! provider's JWKS.
+mod jwks;
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::config::{AuthMode, Config};
+use crate::domain::UserId;
+use crate::listener::PeerInfo;
+
+pub use jwks::Jwks;
+
+/// Metadata key of the caller's id in trusted-header mode.
+pub const USER_ID_HEADER: &str = "x-user-id";
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY_SECONDS: u64 = 30;
+/// Longest `authorization` value looked at: far above any real token, and
+/// a bound on the work a caller's header costs.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Identifies callers.
+pub enum Authenticator {
+    /// Trusts `x-user-id`: only behind a proxy that authenticates callers
+    /// and strips the header from outside requests. With `trusted_peers`,
+    /// only from peers whose (mutually authenticated) client certificate
+    /// carries one of these names.
+    TrustedHeader { trusted_peers: Option<Vec<String>> },
+    /// Verifies `authorization: Bearer <JWT>`.
+    Jwt { keys: Keys, claims: ClaimRules },
+}
+
+/// Where the keys that verify tokens come from.
+pub enum Keys {
+    /// One key with a pinned algorithm (`--jwt-hs256-secret`,
+    /// `--jwt-rs256-public-key-file`).
+    Fixed {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    /// The identity provider's key set, refreshed in the background.
+    Jwks(Arc<Jwks>),
+}
+
+/// What a verified token must say, and which claim is the user.
+pub struct ClaimRules {
+    issuer: Option<String>,
+    audience: Option<String>,
+    user_claim: String,
+}
+
+impl ClaimRules {
+    fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let user_claim = config.jwt_user_claim.trim().to_owned();
+        if user_claim.is_empty() {
+            bail!("--jwt-user-claim must name a claim");
+        }
+        Ok(Self {
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            user_claim,
+        })
+    }
+
+    /// The checks of a token signed with `algorithm`. `Validation::new`
+    /// accepts exactly this algorithm: a token whose header names another
+    /// one (`none`, or HS256 with a public key as its secret) fails.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // A configured issuer or audience is required, not only checked
+        // when present: jsonwebtoken checks absent claims only if told to.
+        let mut required = vec!["exp"];
+        if self.user_claim == "sub" {
+            required.push("sub");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        validation
+    }
+
+    /// The user a verified token's claims name.
+    fn user(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<UserId> {
+        let text = match claims.get(&self.user_claim)? {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Number(number) => number.to_string(),
+            _ => return None,
+        };
+        UserId::parse(&text).ok()
+    }
+}
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+impl Authenticator {
+    /// Builds the authenticator the configuration asks for. With a JWKS it
+    /// fetches the key set once (failing here if it cannot) and starts the
+    /// background refresh on the current runtime.
+    pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        match config.auth {
+            AuthMode::TrustedHeader => Ok(Self::TrustedHeader {
+                trusted_peers: (!config.trusted_peers.is_empty()).then(|| {
+                    config
+                        .trusted_peers
+                        .iter()
+                        .map(|name| name.trim().to_owned())
+                        .filter(|name| !name.is_empty())
+                        .collect()
+                }),
+            }),
+            AuthMode::Jwt => {
+                let claims = ClaimRules::from_config(config)?;
+                let keys = match (
+                    &config.jwt_hs256_secret,
+                    &config.jwt_rs256_public_key_file,
+                    &config.jwt_jwks_url,
+                ) {
+                    (Some(secret), None, None) => {
+                        if secret.len() < 32 {
+                            bail!("--jwt-hs256-secret must have at least 32 bytes");
+                        }
+                        Keys::Fixed {
+                            key: DecodingKey::from_secret(secret.as_bytes()),
+                            validation: Box::new(claims.validation(Algorithm::HS256)),
+                        }
+                    }
+                    (None, Some(path), None) => {
+                        let pem = std::fs::read(path).with_context(|| {
+                            format!("reading the JWT public key {}", path.display())
+                        })?;
+                        let key = DecodingKey::from_rsa_pem(&pem)
+                            .context("parsing the RS256 public key")?;
+                        Keys::Fixed {
+                            key,
+                            validation: Box::new(claims.validation(Algorithm::RS256)),
+                        }
+                    }
+                    (None, None, _)
+                        if config.jwt_jwks_url.is_some() || config.jwt_issuer.is_some() =>
+                    {
+                        let jwks = Jwks::start(jwks::JwksSettings::from_config(config)?).await?;
+                        Keys::Jwks(jwks)
+                    }
+                    _ => bail!(
+                        "--auth jwt needs exactly one of --jwt-hs256-secret, --jwt-rs256-public-key-file and --jwt-jwks-url (or --jwt-issuer alone, to discover the JWKS)"
+                    ),
+                };
+                Ok(Self::Jwt { keys, claims })
+            }
+        }
+    }
+
+    /// The caller's identity, or `UNAUTHENTICATED` saying no more than that.
+    /// `peer` is the connection's, with its client certificate's names.
+    pub async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<UserId, Status> {
+        match self {
+            Self::TrustedHeader { trusted_peers } => {
+                if let Some(trusted) = trusted_peers {
+                    let names = peer.map(|p| &p.certificate_names[..]).unwrap_or_default();
+                    if !names.iter().any(|name| trusted.contains(name)) {
+                        tracing::debug!(?names, "x-user-id from a peer not on --trusted-peers");
+                        return Err(Status::unauthenticated(
+                            "this peer may not assert x-user-id: its client certificate is not on the trusted list",
+                        ));
+                    }
+                }
+                let value = metadata
+                    .get(USER_ID_HEADER)
+                    .ok_or_else(|| Status::unauthenticated("missing x-user-id metadata"))?;
+                let text = value
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("x-user-id is not a valid user id"))?;
+                UserId::parse(text)
+                    .map_err(|_| Status::unauthenticated("x-user-id is not a valid user id"))
+            }
+            Self::Jwt { keys, claims } => {
+                let invalid = || Status::unauthenticated("missing or invalid bearer token");
+                let header = metadata.get("authorization").ok_or_else(invalid)?;
+                if header.len() > MAX_TOKEN_BYTES {
+                    return Err(invalid());
+                }
+                let header = header.to_str().map_err(|_| invalid())?;
+                let (scheme, token) = header.split_once(' ').ok_or_else(invalid)?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(invalid());
+                }
+                let token = token.trim();
+                let verified = match keys {
+                    Keys::Fixed { key, validation } => {
+                        jsonwebtoken::decode::<Claims>(token, key, validation)
+                            .map_err(|e| e.to_string())
+                    }
+                    Keys::Jwks(jwks) => jwks.verify(token, claims).await,
+                };
+                let data = verified.map_err(|reason| {
+                    tracing::debug!(%reason, "rejected bearer token");
+                    invalid()
+                })?;
+                claims.user(&data.claims).ok_or_else(|| {
+                    tracing::debug!(claim = %claims.user_claim, "the token's user claim is missing or not a user id");
+                    invalid()
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Identity from an identity provider's JWKS: keys chosen by `kid`, each
+//! pinned to its algorithm, rotation picked up without a restart, unknown
+//! `kid`s refused without a flood of fetches, and the cached keys kept
+//! while the provider is down. The provider is a real HTTP server started
+//! by each test.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tonic::Code;
+
+use crate::helpers::{Backend, TestApp, assert_code};
+use image_service::pb;
+
+/// A signing key of the provider.
+struct SigningKey {
+    kid: String,
+    algorithm: Algorithm,
+    private: EncodingKey,
+    public: Jwk,
+}
+
+impl SigningKey {
+    fn rsa(kid: &str) -> Self {
+        let private =
+            EncodingKey::from_rsa_pem(include_bytes!("fixtures/jwt-rs256-private.pem")).unwrap();
+        Self::new(kid, Algorithm::RS256, private)
+    }
+
+    fn es256(kid: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        Self::new(kid, Algorithm::ES256, private)
+    }
+
+    fn ed25519(kid: &str) -> Self {
+        // A PKCS#8 v1 document around a random seed: the form
+        // `Jwk::from_encoding_key` derives the public key from.
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&rand::random::<[u8; 32]>());
+        Self::new(kid, Algorithm::EdDSA, EncodingKey::from_ed_der(&der))
+    }
+
+    fn new(kid: &str, algorithm: Algorithm, private: EncodingKey) -> Self {
+        let mut public = Jwk::from_encoding_key(&private, algorithm).unwrap();
+        public.common.key_id = Some(kid.to_owned());
+        Self {
+            kid: kid.to_owned(),
+            algorithm,
+            private,
+            public,
+        }
+    }
+
+    /// A token for `user`, valid for five minutes, with this key's `kid`.
+    fn token(&self, user: &str) -> String {
+        self.token_with(user, self.algorithm, Some(&self.kid))
+    }
+
+    fn token_with(&self, user: &str, algorithm: Algorithm, kid: Option<&str>) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims(user), &self.private).unwrap()
+    }
+}
+
+fn claims(user: &str) -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::json!({
+        "sub": user,
+        "email": format!("{user}@example.com"),
+        "exp": now + 300,
+    })
+}
+
+/// What the provider serves, and what it has been asked.
+struct ProviderState {
+    keys: JwkSet,
+    cache_control: Option<&'static str>,
+    down: bool,
+    jwks_fetches: usize,
+    base: String,
+}
+
+/// An identity provider: `/jwks` and `/.well-known/openid-configuration`
+/// over HTTP on loopback.
+#[derive(Clone)]
+struct Provider {
+    state: Arc<Mutex<ProviderState>>,
+    addr: SocketAddr,
+}
+
+impl Provider {
+    async fn start(keys: &[&SigningKey]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProviderState {
+            keys: JwkSet { keys: vec![] },
+            cache_control: None,
+            down: false,
+            jwks_fetches: 0,
+            base: format!("http://{addr}"),
+        }));
+        let app = axum::Router::new()
+            .route("/jwks", axum::routing::get(serve_jwks))
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(serve_discovery),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let provider = Self { state, addr };
+        provider.publish(keys);
+        provider
+    }
+
+    fn jwks_url(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn publish(&self, keys: &[&SigningKey]) {
+        self.state.lock().unwrap().keys = JwkSet {
+            keys: keys.iter().map(|key| key.public.clone()).collect(),
+        };
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.lock().unwrap().jwks_fetches
+    }
+
+    fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    fn set_cache_control(&self, value: &'static str) {
+        self.state.lock().unwrap().cache_control = Some(value);
+    }
+}
+
+async fn serve_jwks(State(state): State<Arc<Mutex<ProviderState>>>) -> impl IntoResponse {
+    let mut state = state.lock().unwrap();
+    state.jwks_fetches += 1;
+    if state.down {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            String::new(),
+        );
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) = state.cache_control {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
+    }
+    let body = serde_json::to_string(&state.keys).unwrap();
+    (StatusCode::OK, headers, body)
+}
+
+async fn serve_discovery(State(state): State<Arc<Mutex<ProviderState>>>) -> impl IntoResponse {
+    let state = state.lock().unwrap();
+    let document = serde_json::json!({
+        "issuer": state.base,
+        "jwks_uri": format!("{}/jwks", state.base),
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.to_string(),
+    )
+}
+
+async fn spawn(provider: &Provider, extra: &[&str]) -> TestApp {
+    let url = provider.jwks_url();
+    let mut args = vec!["--auth", "jwt", "--jwt-jwks-url", &url];
+    args.extend_from_slice(extra);
+    TestApp::spawn_with(Backend::Embedded, &args).await
+}
+
+/// Lists images with `token`: the call every check below makes.
+async fn list(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(pb::ListImagesRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    app.client().list_images(request).await.map(|_| ())
+}
+
+/// Uploads a small image with `token`; the owner the service gave it.
+async fn owner_of_upload(app: &TestApp, token: &str) -> String {
+    let bytes = crate::helpers::images::png(4, 4, 7);
+    let messages = crate::helpers::upload_messages(crate::helpers::spec("id.png"), &bytes, 1024);
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let response = app.client().upload_image(request).await.unwrap();
+    response.into_inner().image.unwrap().owner_id
+}
+
+fn refused(result: Result<(), tonic::Status>, what: &str) {
+    let status = assert_code(result, Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "missing or invalid bearer token",
+        "{what}: says no more than that"
+    );
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_tokens_are_verified_by_the_key_their_kid_names() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let ec = SigningKey::es256("ec-1");
+    let ed = SigningKey::ed25519("ed-1");
+    let provider = Provider::start(&[&rsa, &ec, &ed]).await;
+    let app = spawn(&provider, &[]).await;
+
+    for (key, user) in [(&rsa, "rita"), (&ec, "ezra"), (&ed, "edda")] {
+        assert_eq!(
+            owner_of_upload(&app, &key.token(user)).await,
+            user,
+            "{:?}: the token's subject owns the image",
+            key.algorithm
+        );
+    }
+
+    // A token signed by one key but naming another's kid.
+    refused(
+        list(
+            &app,
+            &ec.token_with("mallory", Algorithm::ES256, Some("ed-1")),
+        )
+        .await,
+        "a kid that is not the signer's",
+    );
+    // The classic confusion: HS256 "signed" with the RSA key's public
+    // parameters as the secret, naming the RSA key.
+    let public_as_secret = serde_json::to_vec(&rsa.public).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = jsonwebtoken::encode(
+        &header,
+        &claims("mallory"),
+        &EncodingKey::from_secret(&public_as_secret),
+    )
+    .unwrap();
+    refused(list(&app, &confused).await, "HS256 against an RSA key");
+    // `none` naming a real key.
+    let payload = rsa.token("mallory").split('.').nth(1).unwrap().to_owned();
+    let none = format!(
+        "{}.{payload}.",
+        base64_url(r#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#)
+    );
+    refused(list(&app, &none).await, "alg none");
+    // With several keys published, a token must say which one signed it.
+    refused(
+        list(&app, &ed.token_with("edda", Algorithm::EdDSA, None)).await,
+        "no kid among several keys",
+    );
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+#[tokio::test]
+async fn the_jwks_is_discovered_from_the_issuer_and_the_user_claim_is_a_flag() {
+    let ed = SigningKey::ed25519("ed-1");
+    let provider = Provider::start(&[&ed]).await;
+    let issuer = provider.issuer();
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-issuer",
+            &issuer,
+            "--jwt-user-claim",
+            "email",
+        ],
+    )
+    .await;
+    // The token must carry the issuer, as configured.
+    let mut with_issuer = claims("edda");
+    with_issuer["iss"] = issuer.clone().into();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("ed-1".into());
+    let token = jsonwebtoken::encode(&header, &with_issuer, &ed.private).unwrap();
+    assert_eq!(owner_of_upload(&app, &token).await, "edda@example.com");
+    refused(list(&app, &ed.token("edda")).await, "no issuer");
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_picked_up_without_a_restart() {
+    let old = SigningKey::es256("2026-11");
+    let new = SigningKey::es256("2026-12");
+    let provider = Provider::start(&[&old]).await;
+    let app = spawn(&provider, &["--jwt-jwks-min-refresh", "1s"]).await;
+    assert!(list(&app, &old.token("alice")).await.is_ok());
+
+    // The provider rotates: the new key replaces the old one, and tokens
+    // signed with it start to arrive.
+    provider.publish(&[&new]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        list(&app, &new.token("alice")).await.is_ok(),
+        "the new kid made the service fetch the JWKS again"
+    );
+    refused(
+        list(&app, &old.token("alice")).await,
+        "a key the provider retired",
+    );
+}
+
+#[tokio::test]
+async fn unknown_kids_are_refused_without_a_flood_of_fetches() {
+    let key = SigningKey::rsa("rsa-1");
+    let provider = Provider::start(&[&key]).await;
+    let app = spawn(&provider, &["--jwt-jwks-min-refresh", "1s"]).await;
+    assert_eq!(provider.fetches(), 1, "fetched once at start");
+
+    // Tokens naming kids that do not exist, as fast as they can be sent,
+    // from 8 callers at once, for 2.5 s. The kid is refused before any
+    // signature is checked, so one signed token serves with new headers.
+    let signed = key.token("eve");
+    let (_, rest) = signed.split_once('.').unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let callers = (0..8).map(|caller| {
+        let (app, rest) = (&app, rest);
+        async move {
+            let mut sent = 0;
+            while tokio::time::Instant::now() < until {
+                let header = format!(r#"{{"alg":"RS256","kid":"garbage-{caller}-{sent}"}}"#);
+                let token = format!("{}.{rest}", base64_url(&header));
+                refused(list(app, &token).await, "an unknown kid");
+                sent += 1;
+            }
+            sent
+        }
+    });
+    let sent: usize = futures::future::join_all(callers).await.into_iter().sum();
+    let refetches = provider.fetches() - 1;
+    assert!(sent > 100, "{sent} tokens sent");
+    assert!(
+        (1..=3).contains(&refetches),
+        "{sent} unknown kids in 2.5 s made {refetches} fetches; at most one a second is allowed"
+    );
+    // Real tokens went on being accepted throughout.
+    assert!(list(&app, &key.token("alice")).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_cached_keys_keep_serving_while_the_provider_is_down() {
+    let key = SigningKey::ed25519("ed-1");
+    let provider = Provider::start(&[&key]).await;
+    // The document says it may be cached for a second: refreshed that often.
+    provider.set_cache_control("public, max-age=1");
+    let app = spawn(&provider, &["--jwt-jwks-min-refresh", "1s"]).await;
+    assert!(list(&app, &key.token("alice")).await.is_ok());
+
+    provider.set_down(true);
+    let before = provider.fetches();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        provider.fetches() > before,
+        "the service tried to refresh on the document's max-age"
+    );
+    assert!(
+        list(&app, &key.token("alice")).await.is_ok(),
+        "tokens signed by a cached key are still accepted"
+    );
+
+    // The provider comes back with a new key: it is picked up on schedule.
+    let next = SigningKey::ed25519("ed-2");
+    provider.publish(&[&key, &next]);
+    provider.set_down(false);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let before = provider.fetches();
+    assert!(list(&app, &next.token("alice")).await.is_ok());
+    assert_eq!(
+        provider.fetches(),
+        before,
+        "the scheduled refresh had already brought the new key"
+    );
+}
