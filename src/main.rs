@@ -5,8 +5,8 @@ use image_service::startup::{Application, shutdown_signal};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    image_service::telemetry::init(config.log_format);
-    match config.command {
+    let traces = image_service::telemetry::init(config.log_format);
+    let result = match config.command {
         Some(Command::Init) => image_service::startup::init_backend(&config).await,
         Some(Command::Migrate {
             from,
@@ -27,5 +27,7 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(config).await?;
             app.run_until_stopped(stop).await
         }
-    }
+    };
+    traces.shutdown().await;
+    result
 }

@@ -302,7 +302,8 @@ struct OpenedBackend {
     http_blobs: Option<Arc<EmbeddedBlobStore>>,
 }
 
-/// Opens the configured backend, with metrics around both stores.
+/// Opens the configured backend, with metrics and trace spans around both
+/// stores.
 async fn open_backend(
     config: &Config,
     http_base: String,
@@ -340,9 +341,13 @@ async fn open_backend(
             }
         };
     crate::telemetry::metrics();
+    let (blob_system, metadata_system) = match config.backend {
+        Backend::Embedded => ("files", "redb"),
+        Backend::Aws => ("s3", "dynamodb"),
+    };
     let images = Images::new(
-        Arc::new(InstrumentedBlobs(blobs)),
-        Arc::new(InstrumentedMetadata(metadata)),
+        Arc::new(InstrumentedBlobs(blobs, blob_system)),
+        Arc::new(InstrumentedMetadata(metadata, metadata_system)),
         key,
         limits,
     );

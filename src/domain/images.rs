@@ -1,6 +1,7 @@
 //! The use cases: what callers can do with images.
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -542,13 +543,16 @@ impl Images {
         // The metadata is gone: finish removing the bytes even if the caller
         // goes away now.
         let images = self.clone();
-        let removal = tokio::spawn(async move {
-            for variant in deleted.rendition_names() {
-                images
-                    .delete_blob_logged(&ObjectKey::new(&id, &variant))
-                    .await;
+        let removal = tokio::spawn(
+            async move {
+                for variant in deleted.rendition_names() {
+                    images
+                        .delete_blob_logged(&ObjectKey::new(&id, &variant))
+                        .await;
+                }
             }
-        });
+            .in_current_span(),
+        );
         let _ = removal.await;
         Ok(())
     }

@@ -21,6 +21,8 @@ use crate::pb::image_service_server::ImageService;
 /// Metadata key of the request id: taken from the caller or generated, and
 /// returned on every response.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The service's full name, as in traces.
+const SERVICE: &str = "imageservice.v1.ImageService";
 
 /// What one call may hold.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +76,24 @@ impl ImageApi {
         Call: FnOnce(OwnedSemaphorePermit) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = format!("{SERVICE}/{method}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = SERVICE,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            method,
+            trace_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            user = tracing::field::Empty,
+        );
+        // The caller's trace continues here (or one starts); its id is in
+        // every log line of the call, and is the request id when the
+        // caller sent none.
+        let trace_id = crate::telemetry::trace::continue_trace(&span, metadata).to_string();
         let request_id = metadata
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
@@ -81,19 +101,24 @@ impl ImageApi {
                 !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
             })
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let span = tracing::info_span!("grpc", method, request_id = %request_id, user = tracing::field::Empty);
+            .unwrap_or_else(|| trace_id.clone());
+        span.record("trace_id", trace_id.as_str());
+        span.record("request_id", request_id.as_str());
         let start = Instant::now();
         // The call holds its place among the calls in flight; a streamed
         // response takes it along for as long as it lasts.
         let mut result = match self.admit() {
-            Ok(in_flight) => call(in_flight).instrument(span).await,
+            Ok(in_flight) => call(in_flight).instrument(span.clone()).await,
             Err(status) => Err(status),
         };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
+        span.record("rpc.grpc.status_code", code as i32);
+        if server_fault(code) {
+            span.record("otel.status_code", "ERROR");
+        }
         metrics::counter!("imageservice_grpc_requests_total", "method" => method, "code" => code_name(code))
             .increment(1);
         metrics::histogram!("imageservice_grpc_request_duration_seconds", "method" => method)
@@ -117,6 +142,16 @@ impl ImageApi {
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
+}
+
+/// Whether a status is the server's failure rather than the caller's
+/// (OpenTelemetry's convention for the status of a gRPC server span).
+fn server_fault(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable
+    )
 }
 
 /// The canonical name of a status code, as a metric label.

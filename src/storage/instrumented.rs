@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tracing::Instrument;
 
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
@@ -18,13 +19,18 @@ use crate::domain::ports::{PendingWrite, StoredObject};
 use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
+/// `(store, system)`: which port ("blob", "metadata") and what serves it
+/// ("s3", "files", "dynamodb", "redb"), for metrics and trace spans.
+type Store = (&'static str, &'static str);
+
 async fn timed<T>(
-    store: &'static str,
+    (store, system): Store,
     operation: &'static str,
     call: impl Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
     let start = Instant::now();
-    let result = call.await;
+    let span = crate::telemetry::trace::store_span(store, system, operation);
+    let result = call.instrument(span.clone()).await;
     metrics::histogram!(
         "imageservice_backend_request_duration_seconds",
         "store" => store,
@@ -32,6 +38,12 @@ async fn timed<T>(
     )
     .record(start.elapsed().as_secs_f64());
     if let Err(error) = &result {
+        if !matches!(
+            error,
+            StorageError::NotFound | StorageError::AlreadyExists | StorageError::ConditionFailed
+        ) {
+            span.record("otel.status_code", "ERROR");
+        }
         let kind = match error {
             StorageError::NotFound => "not_found",
             StorageError::AlreadyExists => "already_exists",
@@ -50,8 +62,8 @@ async fn timed<T>(
     result
 }
 
-/// A [`BlobStore`] with metrics.
-pub struct InstrumentedBlobs(pub Arc<dyn BlobStore>);
+/// A [`BlobStore`] with metrics and trace spans, and what serves it.
+pub struct InstrumentedBlobs(pub Arc<dyn BlobStore>, pub &'static str);
 
 #[async_trait]
 impl BlobStore for InstrumentedBlobs {
@@ -60,8 +72,13 @@ impl BlobStore for InstrumentedBlobs {
         key: &ObjectKey,
         size_hint: Option<u64>,
     ) -> Result<Box<dyn BlobWriter>, StorageError> {
-        let writer = timed("blob", "start_write", self.0.start_write(key, size_hint)).await?;
-        Ok(Box::new(InstrumentedWriter(writer)))
+        let writer = timed(
+            ("blob", self.1),
+            "start_write",
+            self.0.start_write(key, size_hint),
+        )
+        .await?;
+        Ok(Box::new(InstrumentedWriter(writer, self.1)))
     }
 
     async fn read(
@@ -70,15 +87,20 @@ impl BlobStore for InstrumentedBlobs {
         offset: u64,
         length: u64,
     ) -> Result<ByteStream, StorageError> {
-        timed("blob", "read", self.0.read(key, offset, length)).await
+        timed(("blob", self.1), "read", self.0.read(key, offset, length)).await
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        timed("blob", "delete", self.0.delete(key)).await
+        timed(("blob", self.1), "delete", self.0.delete(key)).await
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
-        timed("blob", "presign_read", self.0.presign_read(request)).await
+        timed(
+            ("blob", self.1),
+            "presign_read",
+            self.0.presign_read(request),
+        )
+        .await
     }
 
     fn max_presign_expiry(&self) -> Duration {
@@ -90,11 +112,11 @@ impl BlobStore for InstrumentedBlobs {
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {
-        timed("blob", "check_health", self.0.check_health()).await
+        timed(("blob", self.1), "check_health", self.0.check_health()).await
     }
 
     async fn object_size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
-        timed("blob", "object_size", self.0.object_size(key)).await
+        timed(("blob", self.1), "object_size", self.0.object_size(key)).await
     }
 
     async fn presign_write(
@@ -104,7 +126,7 @@ impl BlobStore for InstrumentedBlobs {
         size: WriteSize,
     ) -> Result<PresignedUrl, StorageError> {
         timed(
-            "blob",
+            ("blob", self.1),
             "presign_write",
             self.0.presign_write(key, expires_in, size),
         )
@@ -112,20 +134,25 @@ impl BlobStore for InstrumentedBlobs {
     }
 
     async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
-        timed("blob", "delete_staged", self.0.delete_staged(upload)).await
+        timed(
+            ("blob", self.1),
+            "delete_staged",
+            self.0.delete_staged(upload),
+        )
+        .await
     }
 
     async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StorageError> {
-        timed("blob", "list_staged", self.0.list_staged()).await
+        timed(("blob", self.1), "list_staged", self.0.list_staged()).await
     }
 
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
-        timed("blob", "list_objects", self.0.list_objects()).await
+        timed(("blob", self.1), "list_objects", self.0.list_objects()).await
     }
 
     async fn abort_pending(&self, key: &ObjectKey, pending_id: &str) -> Result<(), StorageError> {
         timed(
-            "blob",
+            ("blob", self.1),
             "abort_pending",
             self.0.abort_pending(key, pending_id),
         )
@@ -138,7 +165,7 @@ impl BlobStore for InstrumentedBlobs {
         dry_run: bool,
     ) -> Result<Option<Vec<String>>, StorageError> {
         timed(
-            "blob",
+            ("blob", self.1),
             "remove_unfinished_writes",
             self.0.remove_unfinished_writes(older_than, dry_run),
         )
@@ -146,16 +173,16 @@ impl BlobStore for InstrumentedBlobs {
     }
 }
 
-struct InstrumentedWriter(Box<dyn BlobWriter>);
+struct InstrumentedWriter(Box<dyn BlobWriter>, &'static str);
 
 #[async_trait]
 impl BlobWriter for InstrumentedWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        timed("blob", "write", self.0.write(chunk)).await
+        timed(("blob", self.1), "write", self.0.write(chunk)).await
     }
 
     async fn finish(self: Box<Self>) -> Result<(), StorageError> {
-        timed("blob", "finish_write", self.0.finish()).await
+        timed(("blob", self.1), "finish_write", self.0.finish()).await
     }
 
     fn pending_id(&self) -> Option<String> {
@@ -178,21 +205,21 @@ impl BlobWriter for InstrumentedWriter {
     }
 }
 
-/// A [`MetadataStore`] with metrics.
-pub struct InstrumentedMetadata(pub Arc<dyn MetadataStore>);
+/// A [`MetadataStore`] with metrics and trace spans, and what serves it.
+pub struct InstrumentedMetadata(pub Arc<dyn MetadataStore>, pub &'static str);
 
 #[async_trait]
 impl MetadataStore for InstrumentedMetadata {
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
-        timed("metadata", "create", self.0.create(record)).await
+        timed(("metadata", self.1), "create", self.0.create(record)).await
     }
 
     async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
-        timed("metadata", "get", self.0.get(id)).await
+        timed(("metadata", self.1), "get", self.0.get(id)).await
     }
 
     async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
-        timed("metadata", "get_many", self.0.get_many(ids)).await
+        timed(("metadata", self.1), "get_many", self.0.get_many(ids)).await
     }
 
     async fn replace(
@@ -201,7 +228,7 @@ impl MetadataStore for InstrumentedMetadata {
         expected_revision: u64,
     ) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "replace",
             self.0.replace(record, expected_revision),
         )
@@ -209,7 +236,7 @@ impl MetadataStore for InstrumentedMetadata {
     }
 
     async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
-        timed("metadata", "delete", self.0.delete(id, owner)).await
+        timed(("metadata", self.1), "delete", self.0.delete(id, owner)).await
     }
 
     async fn list(
@@ -218,7 +245,12 @@ impl MetadataStore for InstrumentedMetadata {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ListPage, StorageError> {
-        let page = timed("metadata", "list", self.0.list(filter, cursor, limit)).await?;
+        let page = timed(
+            ("metadata", self.1),
+            "list",
+            self.0.list(filter, cursor, limit),
+        )
+        .await?;
         metrics::counter!("imageservice_list_records_read_total").increment(page.records_read);
         metrics::counter!("imageservice_list_records_returned_total")
             .increment(page.records.len() as u64);
@@ -226,12 +258,12 @@ impl MetadataStore for InstrumentedMetadata {
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {
-        timed("metadata", "check_health", self.0.check_health()).await
+        timed(("metadata", self.1), "check_health", self.0.check_health()).await
     }
 
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "record_pending_write",
             self.0.record_pending_write(write),
         )
@@ -240,7 +272,7 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "clear_pending_write",
             self.0.clear_pending_write(write),
         )
@@ -252,7 +284,7 @@ impl MetadataStore for InstrumentedMetadata {
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "pending_writes",
             self.0.pending_writes(older_than),
         )
@@ -264,7 +296,7 @@ impl MetadataStore for InstrumentedMetadata {
         session: &UploadSessionRecord,
     ) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "create_upload_session",
             self.0.create_upload_session(session),
         )
@@ -276,7 +308,7 @@ impl MetadataStore for InstrumentedMetadata {
         id: &UploadId,
     ) -> Result<Option<UploadSessionRecord>, StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "get_upload_session",
             self.0.get_upload_session(id),
         )
@@ -289,7 +321,7 @@ impl MetadataStore for InstrumentedMetadata {
         expected_revision: u64,
     ) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "replace_upload_session",
             self.0.replace_upload_session(session, expected_revision),
         )
@@ -298,7 +330,7 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "delete_upload_session",
             self.0.delete_upload_session(id),
         )
@@ -310,7 +342,7 @@ impl MetadataStore for InstrumentedMetadata {
         now: Timestamp,
     ) -> Result<Vec<UploadSessionRecord>, StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "expired_upload_sessions",
             self.0.expired_upload_sessions(now),
         )
@@ -323,7 +355,7 @@ impl MetadataStore for InstrumentedMetadata {
         dry_run: bool,
     ) -> Result<usize, StorageError> {
         timed(
-            "metadata",
+            ("metadata", self.1),
             "remove_stale_index_entries",
             self.0.remove_stale_index_entries(older_than, dry_run),
         )

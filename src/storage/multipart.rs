@@ -11,6 +11,7 @@
 //! most part size × (parts in flight + 1).
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -160,10 +161,13 @@ impl<U: PartUpload> MultipartWriter<U> {
         let number = self.next_part;
         self.next_part += 1;
         let target = Arc::clone(&self.target);
-        self.sending.spawn(async move {
-            let sent = target.upload_part(&upload_id, number, part).await?;
-            Ok((number, sent))
-        });
+        self.sending.spawn(
+            async move {
+                let sent = target.upload_part(&upload_id, number, part).await?;
+                Ok((number, sent))
+            }
+            .in_current_span(),
+        );
         Ok(())
     }
 

@@ -15,3 +15,4 @@ mod pipeline;
 mod properties;
 mod server;
 mod soak;
+mod traces;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::helpers::binary::Service;
 use crate::helpers::{
     Backend, TestApp, as_user, assert_code, connect, images, spec, upload_messages,
 };
@@ -439,56 +440,25 @@ async fn a_bad_configuration_fails_at_start_with_a_clear_message() {
     assert!(error.to_string().contains("--jwt-hs256-secret"), "{error}");
 }
 
-#[test]
-fn the_binary_serves_then_exits_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_image-service"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("image-service ready"))
-        .unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&ready).expect("JSON log lines");
-    let grpc: std::net::SocketAddr = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
-    assert_eq!(ready["fields"]["backend"], "Embedded");
+#[tokio::test]
+async fn the_binary_serves_then_exits_cleanly_on_sigterm() {
+    let service = Service::start(&[]);
+    assert_eq!(service.ready["fields"]["backend"], "Embedded");
 
     // It serves: a health check answers.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut health = HealthClient::new(connect(grpc).await);
-        let response = health
-            .check(HealthCheckRequest {
-                service: SERVICE.into(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(response.into_inner().status(), ServingStatus::Serving);
-    });
+    let mut health = HealthClient::new(connect(service.grpc).await);
+    let response = health
+        .check(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    drop(health);
 
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    let logs = service.stop().await;
     assert!(
-        lines
-            .map_while(Result::ok)
-            .any(|line| line.contains("stopped")),
+        logs.iter().any(|line| line.contains("stopped")),
         "logs its stop"
     );
 }

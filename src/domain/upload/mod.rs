@@ -15,6 +15,7 @@
 //! them all unless the record was stored: on an error, a panic or a
 //! cancelled call.
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use futures::Stream;
 
@@ -236,9 +237,11 @@ impl Uploads {
         let uploads = self.clone();
         let owner = caller.clone();
         let spec = upload.spec;
-        tokio::spawn(async move { uploads.commit(writes, owner, spec, facts).await })
-            .await
-            .map_err(|e| DomainError::Internal(Box::new(e)))?
+        tokio::spawn(
+            async move { uploads.commit(writes, owner, spec, facts).await }.in_current_span(),
+        )
+        .await
+        .map_err(|e| DomainError::Internal(Box::new(e)))?
     }
 
     /// Reads chunks until `finish`, checking each and writing it through the

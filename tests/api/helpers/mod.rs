@@ -2,6 +2,7 @@
 //! and talks to it with the generated gRPC client.
 
 pub use image_service::fixtures as images;
+pub mod binary;
 pub mod pki;
 pub mod servers;
 

@@ -20,6 +20,7 @@
 //! started, so a retried finish can only ever make that one image.
 use std::collections::VecDeque;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -417,16 +418,19 @@ impl Uploads {
         }
         let uploads = self.clone();
         let caller = caller.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut stream = SessionStream {
-                uploads: &uploads,
-                session,
-                holder: uuid::Uuid::new_v4().to_string(),
-                reservation: None,
-            };
-            stream.run(&caller, offset, finished, pace, frames).await
-        })
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let mut stream = SessionStream {
+                    uploads: &uploads,
+                    session,
+                    holder: uuid::Uuid::new_v4().to_string(),
+                    reservation: None,
+                };
+                stream.run(&caller, offset, finished, pace, frames).await
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|e| DomainError::Internal(Box::new(e)))?
     }
@@ -518,7 +522,7 @@ impl Uploads {
     ) -> Result<ImageRecord, DomainError> {
         let uploads = self.clone();
         let (caller, upload_id) = (caller.clone(), upload_id.to_owned());
-        tokio::spawn(async move { uploads.complete(&caller, &upload_id).await })
+        tokio::spawn(async move { uploads.complete(&caller, &upload_id).await }.in_current_span())
             .await
             .map_err(|e| DomainError::Internal(Box::new(e)))?
     }

@@ -1,5 +1,13 @@
-//! Structured logs with `tracing`.
+//! Structured logs with `tracing`, distributed traces over OTLP
+//! ([`trace`]), and the Prometheus metrics.
+pub mod trace;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+pub use trace::TraceExport;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -10,17 +18,46 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
-/// Safe to call more than once (later calls do nothing).
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: log lines on stderr, filtered by
+/// `RUST_LOG` (default `info`), and, when the OpenTelemetry environment
+/// names a collector, span export (the service's spans at `info`, and the
+/// AWS SDK's spans of each S3 and DynamoDB operation beneath its store
+/// calls). Safe to call more than once (later calls do nothing). Call it
+/// within the tokio runtime, which runs the export.
+pub fn init(format: LogFormat) -> TraceExport {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    }
+    .with_filter(filter);
+    let (provider, problem) = match trace::provider_from_env() {
+        Ok(provider) => (provider, None),
+        Err(error) => (None, Some(error)),
     };
+    let spans = provider.as_ref().map(|provider| {
+        trace::layer(provider).with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            let target = meta.target();
+            if target.starts_with("image_service") {
+                meta.level() <= &tracing::Level::INFO
+            } else {
+                // The SDK's operation spans ("S3.PutObject", "DynamoDB.Query"),
+                // not its log events.
+                meta.is_span()
+                    && (target.starts_with("aws_sdk_s3") || target.starts_with("aws_sdk_dynamodb"))
+            }
+        }))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if let Some(error) = problem {
+        tracing::warn!(error = format!("{error:#}"), "spans are not exported");
+    }
+    TraceExport::new(provider.filter(|_| installed))
 }
 
 /// The process's Prometheus registry: installed once, rendered at `/metrics`.
