@@ -59,10 +59,18 @@ pub(super) fn provider_from_env() -> anyhow::Result<Option<SdkTracerProvider>> {
             }
             builder.build()
         }
-        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(ReqwestHttp(reqwest::Client::new()))
-            .build(),
+        "http/protobuf" => {
+            let mut client = reqwest::Client::builder();
+            if let Some(pem) = collector_ca()? {
+                client = client.add_root_certificate(
+                    reqwest::Certificate::from_pem(&pem).context("the collector's CA")?,
+                );
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(ReqwestHttp(client.build()?))
+                .build()
+        }
         other => bail!(
             "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported: use grpc or http/protobuf"
         ),
@@ -89,14 +97,23 @@ pub(super) fn provider_from_env() -> anyhow::Result<Option<SdkTracerProvider>> {
     Ok(Some(provider))
 }
 
-/// TLS to an `https://` gRPC collector: the public roots, and the CA of
-/// `OTEL_EXPORTER_OTLP_CERTIFICATE` when set.
+/// The PEM of `OTEL_EXPORTER_OTLP_CERTIFICATE`, a CA trusted for the
+/// collector besides the public roots.
+fn collector_ca() -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+    else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+    Ok(Some(pem))
+}
+
+/// TLS to an `https://` gRPC collector: the public roots, and the
+/// collector's CA when set.
 fn grpc_tls() -> anyhow::Result<tonic::transport::ClientTlsConfig> {
     let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-    if let Some(path) = env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
-    {
-        let pem = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+    if let Some(pem) = collector_ca()? {
         tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
     }
     Ok(tls)
