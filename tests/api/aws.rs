@@ -731,7 +731,7 @@ fn spawn_service(
 }
 
 /// Runs the image-service binary against the test servers.
-fn service_command(
+pub(crate) fn service_command(
     s3: &crate::helpers::servers::ServerProcess,
     dynamodb: &crate::helpers::servers::ServerProcess,
 ) -> std::process::Command {
@@ -757,8 +757,12 @@ fn service_command(
     command
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload() {
+/// Fresh S3 and DynamoDB test servers, with the service's bucket and
+/// tables made by `image-service init`.
+pub(crate) fn initialized_servers() -> (
+    crate::helpers::servers::ServerProcess,
+    crate::helpers::servers::ServerProcess,
+) {
     let (s3, dynamodb) = (
         crate::helpers::servers::start_s3(),
         crate::helpers::servers::start_dynamodb(),
@@ -772,6 +776,12 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    (s3, dynamodb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload() {
+    let (s3, dynamodb) = initialized_servers();
 
     let (mut service, grpc) = spawn_service(&mut service_command(&s3, &dynamodb));
 
@@ -847,17 +857,7 @@ async fn after_a_sigkill_mid_upload_the_repair_pass_aborts_the_journaled_upload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_session_loses_only_what_it_had_not_stored() {
-    let (s3, dynamodb) = (
-        crate::helpers::servers::start_s3(),
-        crate::helpers::servers::start_dynamodb(),
-    );
-    assert!(
-        service_command(&s3, &dynamodb)
-            .arg("init")
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (s3, dynamodb) = initialized_servers();
     let session_flags = [
         "--upload-session-segment-size",
         "64KiB",

@@ -347,3 +347,65 @@ async fn without_a_collector_the_trace_id_is_still_continued() {
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     assert_ne!(id, TRACE_ID);
 }
+
+/// On the AWS backend the store calls are S3 and DynamoDB client spans of
+/// the call, against the real test servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_aws_the_store_calls_are_s3_and_dynamodb_spans() {
+    let (s3, dynamodb) = crate::aws::initialized_servers();
+    let (collector, addr) = grpc_collector().await;
+    let mut command = crate::aws::service_command(&s3, &dynamodb);
+    command.envs([
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+    ]);
+    let service = Service::spawn(command, tempfile::tempdir().unwrap());
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    service
+        .client()
+        .await
+        .upload_image(traced_upload(&traceparent))
+        .await
+        .unwrap();
+
+    let of = |spans: &[Received], system: &str| -> Vec<Received> {
+        spans
+            .iter()
+            .filter(|s| s.attribute("db.system") == Some(system))
+            .cloned()
+            .collect()
+    };
+    let spans = collector
+        .wait_for(TRACE_ID, |spans| {
+            spans.iter().any(|s| s.kind == SERVER)
+                && !of(spans, "s3").is_empty()
+                && of(spans, "dynamodb")
+                    .iter()
+                    .any(|s| s.name == "metadata.create")
+        })
+        .await;
+    let call = spans.iter().find(|s| s.kind == SERVER).unwrap();
+    let create = spans.iter().find(|s| s.name == "metadata.create").unwrap();
+    assert_eq!(create.attribute("db.system"), Some("dynamodb"));
+    assert_eq!(create.parent_span_id, call.span_id);
+    let finish = spans
+        .iter()
+        .find(|s| s.name == "blob.finish_write")
+        .expect("the object's write is a span");
+    assert_eq!(finish.attribute("db.system"), Some("s3"));
+    assert_eq!(finish.parent_span_id, call.span_id);
+    // Under the store spans, the SDK's own operation spans: the S3 and
+    // DynamoDB requests themselves.
+    let child_of = |prefix: &str, store: &str| {
+        spans.iter().any(|sdk| {
+            sdk.name.starts_with(prefix)
+                && spans
+                    .iter()
+                    .any(|s| s.span_id == sdk.parent_span_id && s.name.starts_with(store))
+        })
+    };
+    assert!(child_of("S3.", "blob."), "{spans:#?}");
+    assert!(child_of("DynamoDB.", "metadata."), "{spans:#?}");
+    service.stop().await;
+}

@@ -23,11 +23,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the binary with `env` added to its environment and waits
-    /// until it says it is ready.
+    /// Starts the binary on the embedded backend with `env` added to its
+    /// environment and waits until it says it is ready.
     pub fn start(env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_image-service"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_image-service"));
+        command
             .args([
                 "--grpc-addr",
                 "127.0.0.1:0",
@@ -38,8 +39,16 @@ impl Service {
             ])
             .arg("--data-dir")
             .arg(dir.path())
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn(command, dir)
+    }
+
+    /// Starts `command`, a service with `--log-format json` on loopback
+    /// ports, and waits until it says it is ready; `dir` is kept until the
+    /// service is gone.
+    pub fn spawn(mut command: Command, dir: tempfile::TempDir) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
