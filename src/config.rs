@@ -280,6 +280,24 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub download_stall_timeout: Duration,
 
+    /// HTTP listener: a response the peer takes no byte of for this long
+    /// ends the connection (a presigned download that is never read).
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub http_stall_timeout: Duration,
+
+    /// HTTP listener: a request body (a presigned part upload) must have
+    /// fully arrived within this of the request's start, or the request
+    /// is answered 408 and its bytes are discarded. The default lets a
+    /// 50 MiB part through at 200 KiB/s.
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub http_body_timeout: Duration,
+
+    /// Serve `/metrics` on this address instead of the HTTP listener's, so
+    /// the port callers reach does not expose metrics and a scraper never
+    /// competes with callers for connection slots. Plain HTTP.
+    #[arg(long, env = "IMAGE_SERVICE_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// PEM file with the server's certificate chain. With --tls-key, both
     /// listeners speak TLS only. Reloaded when the file changes.
     #[arg(

@@ -19,7 +19,7 @@ use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::service::CallLimits;
-use crate::listener::{self, AcceptSettings};
+use crate::listener::{self, AcceptSettings, Shedding};
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;
 use crate::pb;
@@ -36,6 +36,8 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
 pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// `/metrics` apart from the HTTP listener (`--metrics-addr`).
+    metrics_listener: Option<TcpListener>,
     images: Images,
     auth: Arc<Authenticator>,
     transport: TransportLimits,
@@ -74,6 +76,14 @@ impl Application {
         let http_listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?,
+            ),
+            None => None,
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let http_base = config.http_public_url.clone().unwrap_or_else(|| {
             format!(
@@ -87,6 +97,7 @@ impl Application {
         Ok(Self {
             grpc_listener,
             http_listener,
+            metrics_listener,
             images,
             auth,
             transport: TransportLimits::from_config(&config),
@@ -108,6 +119,13 @@ impl Application {
         self.http_listener.local_addr().expect("bound listener")
     }
 
+    /// The metrics listener's address, when `/metrics` has its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("bound listener"))
+    }
+
     /// Serves until `shutdown` completes; then reports NOT_SERVING, stops
     /// accepting, lets in-flight calls finish up to the shutdown timeout,
     /// and returns.
@@ -116,6 +134,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let grpc_addr = self.grpc_addr();
+        let metrics_addr = self.metrics_addr();
         let http_addr = self.http_addr();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ImageServiceServer<ImageApi>>().await;
@@ -168,7 +187,11 @@ impl Application {
             max_connections: limits.max_connections,
             handshake_timeout: limits.handshake_timeout,
             tls,
+            shedding: None,
         };
+        let shedding = Some(Shedding {
+            stall_timeout: limits.http_stall_timeout,
+        });
         let (grpc_tls, http_tls) = match self.tls {
             Some((grpc, http)) => (Some(grpc), Some(http)),
             None => (None, None),
@@ -180,9 +203,30 @@ impl Application {
         );
         let http_incoming = listener::incoming(
             self.http_listener,
-            accept("http", http_tls),
+            AcceptSettings {
+                shedding,
+                ..accept("http", http_tls)
+            },
             stop_rx.clone(),
         );
+        let metrics = self.metrics_listener.map(|metrics_listener| {
+            let incoming = listener::incoming(
+                metrics_listener,
+                AcceptSettings {
+                    // A scraper or two, and an operator's curl.
+                    max_connections: METRICS_MAX_CONNECTIONS,
+                    shedding,
+                    ..accept("metrics", None)
+                },
+                stop_rx.clone(),
+            );
+            tokio::spawn(listener::serve_http(
+                incoming,
+                crate::http::metrics_router(),
+                limits.handshake_timeout,
+                stop_rx.clone(),
+            ))
+        });
         let grpc = tonic::transport::Server::builder()
             // Windows large enough that a stream of 1 MiB chunks is not
             // throttled by flow control on a fast network.
@@ -205,7 +249,11 @@ impl Application {
             .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
         let http = listener::serve_http(
             http_incoming,
-            crate::http::router(self.http_blobs.map(embedded::downloads::routes)),
+            crate::http::router(
+                self.http_blobs.map(embedded::downloads::routes),
+                metrics.is_none(),
+                limits.http_body_timeout,
+            ),
             limits.handshake_timeout,
             stop_rx,
         );
@@ -215,7 +263,7 @@ impl Application {
             Ok::<(), std::convert::Infallible>(())
         });
 
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = ?self.backend, "image-service ready");
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = ?metrics_addr, backend = ?self.backend, "image-service ready");
         tokio::select! {
             () = shutdown => {}
             result = &mut grpc => return Err(anyhow::anyhow!("the gRPC server stopped: {result:?}")),
@@ -243,6 +291,9 @@ impl Application {
             let _ = (&mut http).await;
         })
         .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         if drained.is_err() {
             tracing::warn!("shutdown timeout reached; closing the remaining calls");
             grpc.abort();
@@ -252,6 +303,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// Connections the metrics listener keeps open at once.
+const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// How often the TLS files are checked for a rotated certificate.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -264,6 +318,8 @@ struct TransportLimits {
     max_connections: usize,
     handshake_timeout: Duration,
     download_stall_timeout: Duration,
+    http_stall_timeout: Duration,
+    http_body_timeout: Duration,
 }
 
 impl TransportLimits {
@@ -274,6 +330,8 @@ impl TransportLimits {
             max_connections: config.max_connections.max(1),
             handshake_timeout: config.handshake_timeout,
             download_stall_timeout: config.download_stall_timeout,
+            http_stall_timeout: config.http_stall_timeout,
+            http_body_timeout: config.http_body_timeout,
         }
     }
 }

@@ -8,6 +8,7 @@ mod aws;
 mod contract;
 mod helpers;
 mod hostile;
+mod http_listener;
 mod identity;
 mod imagectl;
 mod migrate;

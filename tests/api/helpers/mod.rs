@@ -36,6 +36,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// `/metrics` apart, with `--metrics-addr`.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     client: ImageServiceClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -159,7 +161,8 @@ impl TestApp {
                 .expect("init creates the bucket and table");
         }
         let app = Application::build(config).await.expect("server starts");
-        let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+        let (grpc_addr, http_addr, metrics_addr) =
+            (app.grpc_addr(), app.http_addr(), app.metrics_addr());
         let (tx, rx) = oneshot::channel();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
@@ -177,6 +180,7 @@ impl TestApp {
             backend,
             grpc_addr,
             http_addr,
+            metrics_addr,
             data_dir: data_dir.to_owned(),
             client,
             shutdown: Some(tx),
