@@ -30,7 +30,7 @@ use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
 use crate::tls::{Tls, TlsFiles};
 
 /// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
+const MAX_MESSAGE_BYTES: usize = crate::domain::upload::MAX_MESSAGE_BYTES as usize;
 
 /// A built server, listening but not yet serving.
 pub struct Application {
@@ -228,10 +228,14 @@ impl Application {
             ))
         });
         let grpc = tonic::transport::Server::builder()
-            // Windows large enough that a stream of 1 MiB chunks is not
-            // throttled by flow control on a fast network.
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            // Bytes a connection's callers may send ahead of what the
+            // service has read, and each call's share of them. The streams
+            // of one connection together can never fill its window: an
+            // upload waiting for admission holds at most its share unread,
+            // so it cannot starve the admitted uploads of the same
+            // connection (a gateway's, carrying many users).
+            .initial_stream_window_size(Some(stream_window(limits.max_concurrent_streams)))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             // Without it hyper allows any number of streams per connection:
             // one connection could open thousands of calls.
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
@@ -302,6 +306,17 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// HTTP/2 flow-control window of a gRPC connection: the most its callers
+/// may send that the service has not read yet.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Each stream's window: an equal share of the connection's (at least
+/// 64 KiB, at most 4 MiB), so that all the streams a connection may have
+/// open, each sending ahead as far as it may, still leave room.
+fn stream_window(max_concurrent_streams: u32) -> u32 {
+    (CONNECTION_WINDOW / max_concurrent_streams.max(1)).clamp(64 * 1024, 4 * 1024 * 1024)
 }
 
 /// Connections the metrics listener keeps open at once.

@@ -58,9 +58,40 @@ impl MemoryBudget {
         self.units.available_permits() as u64 * UNIT
     }
 
+    /// The whole budget.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Reserves `bytes` if they are free now.
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).ok()?;
+        if units == 0 {
+            return Some(Reservation {
+                _permit: None,
+                bytes,
+            });
+        }
+        let permit = self.units.clone().try_acquire_many_owned(units).ok()?;
+        Some(Reservation {
+            _permit: Some(permit),
+            bytes,
+        })
+    }
+
     /// Reserves `bytes` for `what` (named in the refusal), waiting up to
     /// the budget's wait for others to give bytes back.
     pub async fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, DomainError> {
+        self.reserve_within(bytes, what, self.wait).await
+    }
+
+    /// [`MemoryBudget::reserve`], waiting at most `wait`.
+    pub async fn reserve_within(
+        &self,
+        bytes: u64,
+        what: &str,
+        wait: Duration,
+    ) -> Result<Reservation, DomainError> {
         if bytes == 0 {
             return Ok(Reservation {
                 _permit: None,
@@ -78,10 +109,10 @@ impl MemoryBudget {
         }
         let units = u32::try_from(units).unwrap_or(u32::MAX);
         let acquired = if u64::from(units) * UNIT > LARGE_RESERVATION {
-            self.poll_for(units).await
+            self.poll_for(units, wait).await
         } else {
             let acquire = self.units.clone().acquire_many_owned(units);
-            tokio::time::timeout(self.wait, acquire).await.ok()
+            tokio::time::timeout(wait, acquire).await.ok()
         };
         match acquired {
             Some(Ok(permit)) => Ok(Reservation {
@@ -130,8 +161,9 @@ impl MemoryBudget {
     async fn poll_for(
         &self,
         units: u32,
+        wait: Duration,
     ) -> Option<Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> {
-        let deadline = tokio::time::Instant::now() + self.wait;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self.units.clone().try_acquire_many_owned(units) {
                 Ok(permit) => return Some(Ok(permit)),
@@ -156,7 +188,7 @@ const LARGE_RESERVATION_POLL: Duration = Duration::from_millis(10);
 /// The least a reservation grows by.
 const GROWTH_STEP: u64 = 1024 * 1024;
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 

@@ -2,6 +2,7 @@
 //! image is, what a valid request is, how an upload is checked as its bytes
 //! arrive, and the use cases the transports call.
 
+pub mod admission;
 pub mod budget;
 pub mod error;
 pub mod identity;

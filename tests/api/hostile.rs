@@ -606,3 +606,56 @@ async fn grpcurl_and_imagectl_work_over_mutual_tls() {
     assert!(got.status.success(), "{got:?}");
     assert!(String::from_utf8_lossy(&got.stdout).contains(&image_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_uploads_is_admitted_whole_and_completes() {
+    // Each upload's working set on S3 is 2 MiB + one part buffer and two
+    // parts in flight (15 MiB) + one message: 21 MiB, so two fit in the
+    // 48 MiB budget at once. Admitted as their bytes arrived, eight such
+    // uploads would together grow past the budget half-way and be refused
+    // after sending most of their bytes; admitted whole, they wait their
+    // turn before sending and all complete.
+    let app = TestApp::spawn_with(
+        Backend::Aws,
+        &[
+            "--variants",
+            "false",
+            "--memory-budget",
+            "48MiB",
+            "--memory-wait",
+            "200ms",
+            "--upload-slot-wait",
+            "120s",
+            "--max-image-bytes",
+            "16MiB",
+            "--s3-part-size",
+            "5MiB",
+            "--s3-parts-in-flight",
+            "2",
+        ],
+    )
+    .await;
+    let png = std::sync::Arc::new(images::png_of_size(12 * 1024 * 1024, 9));
+    let uploads: Vec<_> = (0..8)
+        .map(|n| {
+            let client = app.client();
+            let png = png.clone();
+            tokio::spawn(async move {
+                let messages = upload_messages(spec(&format!("burst-{n}.png")), &png, 1024 * 1024);
+                let request = as_user(&format!("user-{n}"), tokio_stream::iter(messages));
+                client
+                    .clone()
+                    .upload_image(request)
+                    .await
+                    .map(|response| response.into_inner().image.expect("an image"))
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for upload in uploads {
+        if let Err(status) = upload.await.unwrap() {
+            refused.push(status);
+        }
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+}

@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 
 use futures::Stream;
 
+use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
 use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
@@ -52,8 +53,13 @@ pub struct Uploads {
     slots: Arc<tokio::sync::Semaphore>,
     user_uploads: UserUploads,
     budget: MemoryBudget,
+    admissions: Admissions,
     renderer: Renderer,
 }
+
+/// Largest upload message the transport accepts: chunks of up to 4 MiB
+/// plus framing. An upload's working set counts one of them.
+pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024 + 64 * 1024;
 
 /// Memory an upload holds besides its received bytes: the header the
 /// inspector gathers and the structure the scrubber holds (1 MiB each at
@@ -62,8 +68,8 @@ const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
 
 /// An upload's share of the memory budget: the received bytes kept for the
 /// renders and those in the store's buffers (mostly the same `Bytes`), up
-/// to the larger of the two bounds, plus [`UPLOAD_OVERHEAD`]; reserved as
-/// it grows.
+/// to the larger of the two bounds, one message, plus [`UPLOAD_OVERHEAD`];
+/// reserved whole when the upload is admitted (see [`Admissions`]).
 struct MemoryUse {
     reservation: Reservation,
     /// The most of the received bytes held at once: kept for the renders,
@@ -101,6 +107,7 @@ impl Uploads {
                 limits.max_concurrent_uploads.max(1),
             )),
             user_uploads: UserUploads::new(limits.max_uploads_per_user),
+            admissions: Admissions::new(budget.clone()),
             budget,
             renderer: Renderer::new(limits.render),
             limits,
@@ -188,7 +195,7 @@ impl Uploads {
         caller: &UserId,
         spec: ValidSpec,
         finished: bool,
-        pace: Pace,
+        mut pace: Pace,
         mut frames: S,
         image_id: Option<ImageId>,
     ) -> Result<ImageRecord, DomainError>
@@ -197,14 +204,28 @@ impl Uploads {
     {
         let inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
         let stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
+        let bound = self
+            .blobs
+            .write_memory(spec.declared.size)
+            .max(stored.kept_bound(spec.declared.size));
+        // The whole working set, before any image byte is read: an upload
+        // that was let in is never refused for memory half-way. A declared
+        // size makes it smaller (one part, the message no larger than the
+        // image).
+        let message = spec
+            .declared
+            .size
+            .map_or(MAX_MESSAGE_BYTES, |size| size.min(MAX_MESSAGE_BYTES));
+        let working_set = UPLOAD_OVERHEAD + bound + message;
         let memory = MemoryUse {
-            reservation: self.budget.reserve(UPLOAD_OVERHEAD, "an upload").await?,
-            bound: self
-                .blobs
-                .write_memory(spec.declared.size)
-                .max(stored.kept_bound(spec.declared.size)),
+            reservation: self
+                .admissions
+                .admit(caller, working_set, self.limits.upload_slot_wait)
+                .await?,
+            bound,
             received: 0,
         };
+        pace.waited_for_the_service();
         let mut upload = Receiving {
             spec,
             inspector,
@@ -264,12 +285,16 @@ impl Uploads {
                 })
                 .await?;
             if let FramePayload::Chunk { data, crc32c } = frame.payload {
+                // Checked first: bytes past the declared size are refused
+                // for what they are, not for the memory they would take.
+                upload.inspector.feed(&data, crc32c)?;
                 memory.received += data.len() as u64;
                 let held = memory.received.min(memory.bound) + data.len() as u64;
+                // Within what admission reserved; grows only if a message
+                // was larger than the transport's cap.
                 self.budget
                     .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
                     .await?;
-                upload.inspector.feed(&data, crc32c)?;
                 upload.pace.progressed(data.len());
                 if !data.is_empty() {
                     upload.stored.write(data, writes).await?;

@@ -105,6 +105,12 @@ impl Pace {
         }
     }
 
+    /// The service kept the caller waiting (for admission): the idle
+    /// timeout counts from now, not from the caller's last bytes.
+    pub(super) fn waited_for_the_service(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
     pub(super) fn progressed(&mut self, n: usize) {
         if n > 0 {
             self.bytes += n as u64;
