@@ -78,13 +78,37 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_JWT_RS256_PUBLIC_KEY_FILE", global = true)]
     pub jwt_rs256_public_key_file: Option<PathBuf>,
 
-    /// JWT mode: when set, tokens must carry this `iss`.
+    /// JWT mode: tokens must carry this `iss`. Required with a JWKS unless
+    /// `--jwt-allow-any-issuer` says otherwise.
     #[arg(long, env = "IMAGE_SERVICE_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
 
-    /// JWT mode: when set, tokens must carry this `aud`.
+    /// JWT mode: tokens must carry this `aud`. Required with `--auth jwt`
+    /// unless `--jwt-allow-any-audience` says otherwise.
     #[arg(long, env = "IMAGE_SERVICE_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
+
+    /// JWT mode: accept tokens whatever their `aud`, i.e. every token the
+    /// key or provider signs, for any application. Without it, `--auth jwt`
+    /// needs `--jwt-audience`.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_JWT_ALLOW_ANY_AUDIENCE",
+        conflicts_with = "jwt_audience",
+        global = true
+    )]
+    pub jwt_allow_any_audience: bool,
+
+    /// JWKS: accept tokens whatever their `iss`, i.e. from every issuer
+    /// that signs with the JWKS's keys. Without it, a JWKS needs
+    /// `--jwt-issuer` (a fixed key needs none: it is this service's alone).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_JWT_ALLOW_ANY_ISSUER",
+        conflicts_with = "jwt_issuer",
+        global = true
+    )]
+    pub jwt_allow_any_issuer: bool,
 
     /// JWT mode: the identity provider's JWKS document, an `https://` URL
     /// (`http://` only to a loopback address) or a file path. Keys are
@@ -95,26 +119,22 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_URL", global = true)]
     pub jwt_jwks_url: Option<String>,
 
-    /// JWT mode: the claim that names the user.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_JWT_USER_CLAIM",
-        default_value = "sub",
-        global = true
-    )]
-    pub jwt_user_claim: String,
+    /// JWT mode: the claim that names the user [default: sub].
+    #[arg(long, env = "IMAGE_SERVICE_JWT_USER_CLAIM", global = true)]
+    pub jwt_user_claim: Option<String>,
 
     /// JWKS: how often the document is fetched again when its response
     /// carries no `Cache-Control: max-age` (otherwise max-age is used,
-    /// between `--jwt-jwks-min-refresh` and 24 h).
-    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
-    pub jwt_jwks_refresh: Duration,
+    /// between `--jwt-jwks-min-refresh` and 24 h) [default: 5m].
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_REFRESH", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_refresh: Option<Duration>,
 
     /// JWKS: the least time between two fetches. A token naming an unknown
     /// `kid` fetches the document again only if the last fetch is older,
-    /// so garbage `kid`s cannot make the service hammer the provider.
-    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub jwt_jwks_min_refresh: Duration,
+    /// so garbage `kid`s cannot make the service hammer the provider
+    /// [default: 30s].
+    #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_MIN_REFRESH", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_min_refresh: Option<Duration>,
 
     /// JWKS: a PEM file of CA certificates trusted for the JWKS and
     /// discovery URLs, on top of the public roots (e.g. a cluster's CA).
@@ -531,6 +551,179 @@ pub enum AuthMode {
     TrustedHeader,
     /// `authorization: Bearer <JWT>`, verified with the configured key.
     Jwt,
+}
+
+/// The default of `--jwt-user-claim`.
+pub const DEFAULT_JWT_USER_CLAIM: &str = "sub";
+/// The default of `--jwt-jwks-refresh`.
+pub const DEFAULT_JWT_JWKS_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// The default of `--jwt-jwks-min-refresh`.
+pub const DEFAULT_JWT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// One identity setting: its flag, its environment variable, and whether
+/// it is set.
+type Setting = (&'static str, &'static str, bool);
+
+/// The settings of `settings` that are set, as `--flag (ENV)`.
+fn named<'a>(settings: impl IntoIterator<Item = &'a Setting>) -> Option<String> {
+    let set: Vec<String> = settings
+        .into_iter()
+        .filter(|(_, _, set)| *set)
+        .map(|(flag, env, _)| format!("{flag} ({env})"))
+        .collect();
+    (!set.is_empty()).then(|| set.join(", "))
+}
+
+impl Config {
+    /// Identity settings fail closed: a setting the chosen mode would
+    /// ignore, or a `jwt` setup that would accept tokens meant for other
+    /// applications or from other issuers, stops the start with a message
+    /// that names the setting and what to do.
+    pub fn check_identity(&self) -> Result<(), String> {
+        // Settings only a JWKS reads.
+        let jwks_only: [Setting; 5] = [
+            (
+                "--jwt-jwks-refresh",
+                "IMAGE_SERVICE_JWT_JWKS_REFRESH",
+                self.jwt_jwks_refresh.is_some(),
+            ),
+            (
+                "--jwt-jwks-min-refresh",
+                "IMAGE_SERVICE_JWT_JWKS_MIN_REFRESH",
+                self.jwt_jwks_min_refresh.is_some(),
+            ),
+            (
+                "--jwt-jwks-ca-file",
+                "IMAGE_SERVICE_JWT_JWKS_CA_FILE",
+                self.jwt_jwks_ca_file.is_some(),
+            ),
+            (
+                "--jwt-jwks-token-file",
+                "IMAGE_SERVICE_JWT_JWKS_TOKEN_FILE",
+                self.jwt_jwks_token_file.is_some(),
+            ),
+            (
+                "--jwt-allow-any-issuer",
+                "IMAGE_SERVICE_JWT_ALLOW_ANY_ISSUER",
+                self.jwt_allow_any_issuer,
+            ),
+        ];
+        // Settings every kind of key reads.
+        let jwt: [Setting; 7] = [
+            (
+                "--jwt-hs256-secret",
+                "IMAGE_SERVICE_JWT_HS256_SECRET",
+                self.jwt_hs256_secret.is_some(),
+            ),
+            (
+                "--jwt-rs256-public-key-file",
+                "IMAGE_SERVICE_JWT_RS256_PUBLIC_KEY_FILE",
+                self.jwt_rs256_public_key_file.is_some(),
+            ),
+            (
+                "--jwt-jwks-url",
+                "IMAGE_SERVICE_JWT_JWKS_URL",
+                self.jwt_jwks_url.is_some(),
+            ),
+            (
+                "--jwt-issuer",
+                "IMAGE_SERVICE_JWT_ISSUER",
+                self.jwt_issuer.is_some(),
+            ),
+            (
+                "--jwt-audience",
+                "IMAGE_SERVICE_JWT_AUDIENCE",
+                self.jwt_audience.is_some(),
+            ),
+            (
+                "--jwt-allow-any-audience",
+                "IMAGE_SERVICE_JWT_ALLOW_ANY_AUDIENCE",
+                self.jwt_allow_any_audience,
+            ),
+            (
+                "--jwt-user-claim",
+                "IMAGE_SERVICE_JWT_USER_CLAIM",
+                self.jwt_user_claim.is_some(),
+            ),
+        ];
+        if self.auth == AuthMode::TrustedHeader {
+            if let Some(set) = named(jwt.iter().chain(&jwks_only)) {
+                return Err(format!(
+                    "{set}: set, but --auth is trusted-header (IMAGE_SERVICE_AUTH), which ignores \
+                     every JWT setting and trusts x-user-id instead; add --auth jwt to verify \
+                     tokens, or remove them"
+                ));
+            }
+            if !self.trusted_peers.is_empty()
+                && self.trusted_peers.iter().all(|name| name.trim().is_empty())
+            {
+                return Err(
+                    "--trusted-peers (IMAGE_SERVICE_TRUSTED_PEERS) names no peer: list \
+                     the client certificate names allowed to send x-user-id"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+
+        if !self.trusted_peers.is_empty() {
+            return Err(
+                "--trusted-peers (IMAGE_SERVICE_TRUSTED_PEERS) is set, but --auth jwt \
+                 ignores it: every caller proves who it is with a token. Remove it (and use \
+                 --tls-client-ca or a NetworkPolicy to restrict who may connect)"
+                    .into(),
+            );
+        }
+        let keys = [
+            self.jwt_hs256_secret.is_some(),
+            self.jwt_rs256_public_key_file.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        let fixed_key = keys[0] || keys[1];
+        let key_sources = keys.iter().filter(|set| **set).count();
+        if key_sources > 1 || (key_sources == 0 && self.jwt_issuer.is_none()) {
+            return Err("--auth jwt needs exactly one of --jwt-hs256-secret, \
+                 --jwt-rs256-public-key-file and --jwt-jwks-url (or --jwt-issuer alone, to \
+                 discover the JWKS)"
+                .into());
+        }
+        if fixed_key && let Some(set) = named(&jwks_only) {
+            return Err(format!(
+                "{set}: set, but tokens are verified with a fixed key (--jwt-hs256-secret or \
+                 --jwt-rs256-public-key-file), which ignores it; remove it, or verify with the \
+                 provider's JWKS (--jwt-jwks-url or --jwt-issuer) instead"
+            ));
+        }
+        for (flag, value) in [
+            ("--jwt-issuer", &self.jwt_issuer),
+            ("--jwt-audience", &self.jwt_audience),
+            ("--jwt-user-claim", &self.jwt_user_claim),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{flag} is empty: give it a value, or unset it"));
+            }
+        }
+        if self.jwt_audience.is_none() && !self.jwt_allow_any_audience {
+            return Err(
+                "--auth jwt without --jwt-audience (IMAGE_SERVICE_JWT_AUDIENCE) would \
+                 accept a token signed for any application: set the audience this service's \
+                 tokens carry, or pass --jwt-allow-any-audience \
+                 (IMAGE_SERVICE_JWT_ALLOW_ANY_AUDIENCE) if every token of this key or provider \
+                 may call it"
+                    .into(),
+            );
+        }
+        if !fixed_key && self.jwt_issuer.is_none() && !self.jwt_allow_any_issuer {
+            return Err(
+                "a JWKS without --jwt-issuer (IMAGE_SERVICE_JWT_ISSUER) would accept \
+                 tokens of every issuer that signs with its keys (e.g. every tenant of a \
+                 multi-tenant provider): set the issuer, or pass --jwt-allow-any-issuer \
+                 (IMAGE_SERVICE_JWT_ALLOW_ANY_ISSUER) if the keys are one issuer's alone"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {

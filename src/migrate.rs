@@ -5,7 +5,8 @@
 //! - **Verified**: each object's bytes are hashed (SHA-256) as they are
 //!   read from the source, and read back from the destination and hashed
 //!   again; the original's hash must also be the record's `sha256`. A
-//!   mismatch leaves the image uncopied (no record) and is reported.
+//!   mismatch leaves the image uncopied (no record, and none of its
+//!   objects: those already written are removed) and is reported.
 //! - **Ordered like an upload**: bytes first, then the record, so an image
 //!   visible in the destination always has its bytes.
 //! - **Idempotent**: an image whose record the destination already holds is
@@ -233,8 +234,48 @@ impl From<StorageError> for CopyError {
     }
 }
 
-/// Copies one image's objects, each verified, then its record.
+/// Copies one image's objects, each verified, then its record. An image
+/// that cannot be copied leaves none of its objects in the destination.
 async fn copy_image(from: &Side, to: &Side, record: &ImageRecord) -> Result<Copied, CopyError> {
+    match copy_verified(from, to, record).await {
+        Err(CopyError::Image(why)) => Err(CopyError::Image(remove_copied(to, record, why).await)),
+        other => other,
+    }
+}
+
+/// After `record`'s image failed to copy for `why`: removes whatever of
+/// its objects reached the destination (bytes that do not match the
+/// record, or bytes without one), unless the destination holds its record
+/// meanwhile (another run copied it). Returns `why` with what was done.
+async fn remove_copied(to: &Side, record: &ImageRecord, why: String) -> String {
+    match to.metadata.get(&record.id).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return why,
+        Err(error) => {
+            return format!(
+                "{why}; whether its objects in the destination may be removed could not be checked ({}): `image-service repair` removes objects without a record",
+                crate::telemetry::error_chain(&error)
+            );
+        }
+    }
+    for name in record.rendition_names() {
+        let key = ObjectKey::new(&record.id, &name);
+        match to.blobs.delete(&key).await {
+            Ok(()) | Err(StorageError::NotFound) => {}
+            Err(error) => {
+                return format!(
+                    "{why}; removing {} from the destination failed ({}): `image-service repair` removes objects without a record",
+                    key.as_str(),
+                    crate::telemetry::error_chain(&error)
+                );
+            }
+        }
+    }
+    format!("{why}; none of its objects were left in the destination")
+}
+
+/// [`copy_image`] up to the first failure.
+async fn copy_verified(from: &Side, to: &Side, record: &ImageRecord) -> Result<Copied, CopyError> {
     let mut bytes = 0;
     for name in record.rendition_names() {
         let (size, _) = record.rendition(&name).unwrap_or_default();

@@ -54,6 +54,7 @@ pub struct Application {
 impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.check_identity().map_err(anyhow::Error::msg)?;
         let auth = Arc::new(Authenticator::from_config(&config).await?);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {

@@ -15,6 +15,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tonic::Code;
 
+use crate::helpers::binary::{Service, refused_start};
 use crate::helpers::{Backend, TestApp, assert_code};
 use image_service::pb;
 
@@ -79,8 +80,12 @@ fn claims(user: &str) -> serde_json::Value {
         "sub": user,
         "email": format!("{user}@example.com"),
         "exp": now + 300,
+        "aud": AUDIENCE,
     })
 }
+
+/// The audience the provider's tokens for this service carry.
+const AUDIENCE: &str = "image-service";
 
 /// What the provider serves, and what it has been asked.
 struct ProviderState {
@@ -187,7 +192,16 @@ async fn serve_discovery(State(state): State<Arc<Mutex<ProviderState>>>) -> impl
 
 async fn spawn(provider: &Provider, extra: &[&str]) -> TestApp {
     let url = provider.jwks_url();
-    let mut args = vec!["--auth", "jwt", "--jwt-jwks-url", &url];
+    let mut args = vec![
+        "--auth",
+        "jwt",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-audience",
+        AUDIENCE,
+        // The test provider's tokens name no issuer.
+        "--jwt-allow-any-issuer",
+    ];
     args.extend_from_slice(extra);
     TestApp::spawn_with(Backend::Embedded, &args).await
 }
@@ -291,6 +305,8 @@ async fn the_jwks_is_discovered_from_the_issuer_and_the_user_claim_is_a_flag() {
             "jwt",
             "--jwt-issuer",
             &issuer,
+            "--jwt-audience",
+            AUDIENCE,
             "--jwt-user-claim",
             "email",
         ],
@@ -304,6 +320,11 @@ async fn the_jwks_is_discovered_from_the_issuer_and_the_user_claim_is_a_flag() {
     let token = jsonwebtoken::encode(&header, &with_issuer, &ed.private).unwrap();
     assert_eq!(owner_of_upload(&app, &token).await, "edda@example.com");
     refused(list(&app, &ed.token("edda")).await, "no issuer");
+    // And the audience: the provider's token for another application.
+    let mut for_another_app = with_issuer.clone();
+    for_another_app["aud"] = "another-app".into();
+    let token = jsonwebtoken::encode(&header, &for_another_app, &ed.private).unwrap();
+    refused(list(&app, &token).await, "another application's token");
 }
 
 #[tokio::test]
@@ -398,4 +419,204 @@ async fn the_cached_keys_keep_serving_while_the_provider_is_down() {
         before,
         "the scheduled refresh had already brought the new key"
     );
+}
+
+/// A secret long enough for HS256.
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+/// Asserts that the binary refuses to start with `args` and `env`, with a
+/// message naming every one of `named`.
+fn refuses(args: &[&str], env: &[(&str, &str)], named: &[&str]) {
+    let stderr = refused_start(args, env);
+    for name in named {
+        assert!(
+            stderr.contains(name),
+            "{args:?} {env:?}: the refusal does not name {name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn jwt_settings_without_auth_jwt_stop_the_start() {
+    let pem = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/api/fixtures/jwt-rs256-public.pem"
+    );
+    // Each setting `--auth trusted-header` (the default) would ignore.
+    for (flag, value) in [
+        ("--jwt-hs256-secret", SECRET),
+        ("--jwt-rs256-public-key-file", pem),
+        ("--jwt-jwks-url", "https://id.example/jwks"),
+        ("--jwt-issuer", "https://id.example"),
+        ("--jwt-audience", "image-service"),
+        ("--jwt-user-claim", "email"),
+        ("--jwt-jwks-refresh", "10m"),
+        ("--jwt-jwks-min-refresh", "1m"),
+        ("--jwt-jwks-ca-file", pem),
+        ("--jwt-jwks-token-file", pem),
+    ] {
+        refuses(&[flag, value], &[], &[flag, "--auth jwt"]);
+    }
+    for flag in ["--jwt-allow-any-audience", "--jwt-allow-any-issuer"] {
+        refuses(&[flag], &[], &[flag, "--auth jwt"]);
+    }
+    // The same from the environment, and with the mode said explicitly.
+    refuses(
+        &["--auth", "trusted-header"],
+        &[("IMAGE_SERVICE_JWT_AUDIENCE", "image-service")],
+        &["IMAGE_SERVICE_JWT_AUDIENCE", "--auth jwt"],
+    );
+    refuses(
+        &[],
+        &[("IMAGE_SERVICE_JWT_HS256_SECRET", SECRET)],
+        &["IMAGE_SERVICE_JWT_HS256_SECRET"],
+    );
+}
+
+/// Mutual TLS, which `--trusted-peers` needs (the files are never read:
+/// the start is refused before).
+const MUTUAL_TLS: [&str; 6] = [
+    "--tls-cert",
+    "cert.pem",
+    "--tls-key",
+    "key.pem",
+    "--tls-client-ca",
+    "ca.pem",
+];
+
+#[test]
+fn settings_the_chosen_key_or_mode_ignores_stop_the_start() {
+    let hs256 = ["--auth", "jwt", "--jwt-hs256-secret", SECRET];
+    let with = |extra: &[&'static str]| {
+        let mut args = hs256.to_vec();
+        args.extend_from_slice(extra);
+        args.push("--jwt-allow-any-audience");
+        args
+    };
+    // Settings only a JWKS reads, beside a fixed key.
+    for extra in [
+        &["--jwt-jwks-refresh", "10m"][..],
+        &["--jwt-jwks-min-refresh", "1m"],
+        &["--jwt-jwks-ca-file", "/etc/ssl/ca.pem"],
+        &["--jwt-jwks-token-file", "/var/run/token"],
+        &["--jwt-allow-any-issuer"],
+    ] {
+        refuses(&with(extra), &[], &[extra[0], "fixed key"]);
+    }
+    // --trusted-peers is for trusted-header mode; jwt mode ignores it.
+    refuses(
+        &with(&[&MUTUAL_TLS[..], &["--trusted-peers", "gateway.internal"]].concat()),
+        &[],
+        &["--trusted-peers", "--auth jwt ignores it"],
+    );
+    // A trusted-peer list that names nobody.
+    refuses(
+        &[&MUTUAL_TLS[..], &["--trusted-peers", " , "]].concat(),
+        &[],
+        &["--trusted-peers", "names no peer"],
+    );
+    // Empty values would check nothing.
+    refuses(
+        &[&hs256[..], &["--jwt-audience", ""]].concat(),
+        &[],
+        &["--jwt-audience is empty"],
+    );
+}
+
+#[test]
+fn jwt_mode_without_an_audience_or_with_a_jwks_and_no_issuer_stops_the_start() {
+    // Any token the key signs, for any application: not without saying so.
+    refuses(
+        &["--auth", "jwt", "--jwt-hs256-secret", SECRET],
+        &[],
+        &["--jwt-audience", "--jwt-allow-any-audience"],
+    );
+    refuses(
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-issuer",
+            "https://id.example",
+            "--jwt-jwks-url",
+            "https://id.example/jwks",
+        ],
+        &[],
+        &["--jwt-audience", "IMAGE_SERVICE_JWT_ALLOW_ANY_AUDIENCE"],
+    );
+    // A JWKS without an issuer: any issuer that signs with its keys.
+    refuses(
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-jwks-url",
+            "https://id.example/jwks",
+            "--jwt-audience",
+            "image-service",
+        ],
+        &[],
+        &["--jwt-issuer", "--jwt-allow-any-issuer"],
+    );
+    // The two ways to say it cannot both be given.
+    refuses(
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-hs256-secret",
+            SECRET,
+            "--jwt-audience",
+            "image-service",
+            "--jwt-allow-any-audience",
+        ],
+        &[],
+        &["--jwt-allow-any-audience", "--jwt-audience"],
+    );
+}
+
+#[tokio::test]
+async fn a_forged_token_header_cannot_forge_or_restyle_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+    command
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--log-format", "text", "--auth", "jwt"])
+        .args(["--jwt-hs256-secret", SECRET, "--jwt-allow-any-audience"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("NO_COLOR", "1");
+    let service = Service::spawn_logging(command, dir, "info,image_service=debug");
+
+    // A header whose `alg` and `kid` carry a line break, a carriage return
+    // and ANSI escapes that would paint a terminal red, and fake a line.
+    let forged = format!(
+        "{}.{}.c2ln",
+        base64_url(
+            "{\"alg\":\"HS256\\n2026-12-06T00:00:00Z  INFO FORGED-ALG admin logged in\\u001b[31m\\r\",\"kid\":\"\\u001b[2J\\nFORGED-KID\",\"typ\":\"JWT\"}"
+        ),
+        base64_url("{\"sub\":\"mallory\"}")
+    );
+    let mut client = service.client().await;
+    let mut request = tonic::Request::new(pb::ListImagesRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {forged}").parse().unwrap());
+    assert_code(client.list_images(request).await, Code::Unauthenticated);
+
+    let logs = service.stop().await;
+    let rejected: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("rejected bearer token"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{logs:#?}");
+    for line in &logs {
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\t'),
+            "a raw control character in the log: {line:?}"
+        );
+        if line.contains("FORGED") {
+            assert!(
+                line.contains("rejected bearer token"),
+                "the token's text made a line of its own: {line:?}"
+            );
+        }
+    }
 }

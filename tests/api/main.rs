@@ -6,6 +6,7 @@
 
 mod aws;
 mod contract;
+mod deployment;
 mod helpers;
 mod hostile;
 mod http_listener;

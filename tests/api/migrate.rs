@@ -243,3 +243,52 @@ async fn a_migration_back_to_embedded_keeps_every_image() {
     let same = migrate(&aws, dir.path(), &["--from", "aws", "--to", "aws"]).await;
     assert!(!same.status.success(), "one backend to itself is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_bytes_do_not_match_its_record_leaves_nothing_in_the_destination() {
+    let aws = TestApp::spawn(Backend::Aws).await;
+    let mut embedded = TestApp::spawn(Backend::Embedded).await;
+    let damaged = embedded.upload_png("user-1", 1).await;
+    let sound = embedded.upload_png("user-1", 2).await;
+    embedded.stop().await.unwrap();
+    let data_dir = embedded.data_dir.clone();
+
+    // The source's original rots: same size, one byte changed.
+    let original = data_dir
+        .join("blobs/images")
+        .join(&damaged.image_id)
+        .join("original");
+    let mut bytes = std::fs::read(&original).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&original, bytes).unwrap();
+
+    let output = migrate(&aws, &data_dir, &["--from", "embedded", "--to", "aws"]).await;
+    assert!(!output.status.success(), "a damaged image fails the run");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains(&format!("not copied: {}", damaged.image_id))
+            && report.contains("does not match its record's SHA-256")
+            && report.contains("none of its objects were left in the destination"),
+        "{report}"
+    );
+
+    // The destination holds the sound image only: no bytes of the damaged
+    // one, which no record would ever point to.
+    let objects = aws.stored_objects().await;
+    assert!(
+        !objects.iter().any(|o| o.contains(&damaged.image_id)),
+        "{objects:?}"
+    );
+    assert!(
+        objects.iter().any(|o| o.contains(&sound.image_id)),
+        "{objects:?}"
+    );
+    assert_eq!(
+        aws.get("viewer", &damaged.image_id)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+}

@@ -231,6 +231,7 @@ async fn jwt_mode_accepts_valid_hs256_tokens_only() {
             secret,
             "--jwt-issuer",
             "https://id.example",
+            "--jwt-allow-any-audience",
         ],
     )
     .await;
@@ -358,7 +359,13 @@ async fn jwt_mode_verifies_rs256_with_the_public_key_and_refuses_hs256_confusion
     let private = include_bytes!("fixtures/jwt-rs256-private.pem");
     let app = TestApp::spawn_with(
         Backend::Embedded,
-        &["--auth", "jwt", "--jwt-rs256-public-key-file", public],
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-rs256-public-key-file",
+            public,
+            "--jwt-allow-any-audience",
+        ],
     )
     .await;
     let claims = Claims {

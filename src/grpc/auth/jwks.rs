@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, TokenData};
 
 use super::{ClaimRules, Claims};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_JWT_JWKS_MIN_REFRESH, DEFAULT_JWT_JWKS_REFRESH};
 
 /// Largest JWKS or discovery document read: real ones are a few KiB.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -56,14 +56,18 @@ pub struct JwksSettings {
 
 impl JwksSettings {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        if config.jwt_jwks_min_refresh > config.jwt_jwks_refresh {
+        let refresh = config.jwt_jwks_refresh.unwrap_or(DEFAULT_JWT_JWKS_REFRESH);
+        let min_refresh = config
+            .jwt_jwks_min_refresh
+            .unwrap_or(DEFAULT_JWT_JWKS_MIN_REFRESH);
+        if min_refresh > refresh {
             bail!("--jwt-jwks-min-refresh must not be longer than --jwt-jwks-refresh");
         }
         Ok(Self {
             url: config.jwt_jwks_url.clone(),
             issuer: config.jwt_issuer.clone(),
-            refresh: config.jwt_jwks_refresh,
-            min_refresh: config.jwt_jwks_min_refresh,
+            refresh,
+            min_refresh,
             ca_file: config.jwt_jwks_ca_file.clone(),
             token_file: config.jwt_jwks_token_file.clone(),
         })
@@ -222,7 +226,7 @@ impl Jwks {
             metrics::counter!("imageservice_jwks_unknown_kid_total", "fetched" => "no")
                 .increment(1);
             tracing::debug!(
-                kid,
+                kid = %super::loggable(kid),
                 "unknown kid; the JWKS was fetched too recently to fetch again"
             );
             return;

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, DEFAULT_JWT_USER_CLAIM};
 use crate::domain::UserId;
 use crate::listener::PeerInfo;
 
@@ -24,6 +24,26 @@ const LEEWAY_SECONDS: u64 = 30;
 /// Longest `authorization` value looked at: far above any real token, and
 /// a bound on the work a caller's header costs.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Longest caller-controlled text (a token's header or claims, or an error
+/// quoting them) written to a log line, in characters.
+const MAX_LOGGED_CHARS: usize = 256;
+
+/// Caller-controlled text as it may go into a log line: control
+/// characters (newlines, ANSI escapes) escaped as in Rust's `{:?}`, and
+/// cut after [`MAX_LOGGED_CHARS`] characters, so a forged token can
+/// neither fake log lines nor restyle a terminal nor flood the log.
+pub(crate) fn loggable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_LOGGED_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(MAX_LOGGED_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 /// Identifies callers.
 pub enum Authenticator {
@@ -57,7 +77,12 @@ pub struct ClaimRules {
 
 impl ClaimRules {
     fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let user_claim = config.jwt_user_claim.trim().to_owned();
+        let user_claim = config
+            .jwt_user_claim
+            .as_deref()
+            .unwrap_or(DEFAULT_JWT_USER_CLAIM)
+            .trim()
+            .to_owned();
         if user_claim.is_empty() {
             bail!("--jwt-user-claim must name a claim");
         }
@@ -217,7 +242,7 @@ impl Authenticator {
                     Keys::Jwks(jwks) => jwks.verify(token, claims).await,
                 };
                 let data = verified.map_err(|reason| {
-                    tracing::debug!(%reason, "rejected bearer token");
+                    tracing::debug!(reason = %loggable(&reason), "rejected bearer token");
                     invalid()
                 })?;
                 claims.user(&data.claims).ok_or_else(|| {
@@ -226,5 +251,20 @@ impl Authenticator {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_token_text_has_no_control_characters_and_a_bounded_length() {
+        let forged = "HS256\n\u{1b}[31mFORGED\r";
+        let logged = loggable(forged);
+        assert!(!logged.chars().any(char::is_control), "{logged}");
+        assert!(logged.contains("FORGED"));
+        let long = loggable(&"x".repeat(100_000));
+        assert_eq!(long.chars().count(), MAX_LOGGED_CHARS + 1);
     }
 }

@@ -452,6 +452,16 @@ impl BlobStore for S3BlobStore {
                     if matches!(error.code(), Some("NotImplemented" | "NotSupported")) {
                         return Ok(None);
                     }
+                    if error.code() == Some("AccessDenied") {
+                        return Err(StorageError::internal(anyhow::Error::new(error).context(
+                            format!(
+                                "listing the unfinished multipart uploads of bucket {} was refused: \
+                                 the service's role needs s3:ListBucketMultipartUploads on the \
+                                 bucket (the policy in deploy/aws/image-service.yaml grants it)",
+                                self.bucket
+                            ),
+                        )));
+                    }
                     return Err(classify(error));
                 }
             };
