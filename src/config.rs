@@ -222,6 +222,18 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_MAX_UPLOAD_PARTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
     pub max_upload_parts: u32,
 
+    /// Upload sessions one user may have open (started, neither committed
+    /// nor cancelled nor expired); StartUpload past it is refused with
+    /// RESOURCE_EXHAUSTED until one of them ends.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_OPEN_SESSIONS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_open_sessions_per_user: u32,
+
+    /// Bytes one user's open upload sessions may hold in the blob store
+    /// together. Each session counts its `expected_size`, or
+    /// `--max-image-bytes` when it declares none.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_STAGED_BYTES_PER_USER", default_value = "200MiB", value_parser = parse_byte_size, global = true)]
+    pub max_staged_bytes_per_user: u64,
+
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_DEADLINE", default_value = "15m", value_parser = humantime::parse_duration, global = true)]

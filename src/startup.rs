@@ -11,7 +11,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{AuthMode, Backend, Config};
-use crate::domain::ports::{BlobStore, MetadataStore};
+use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
 use crate::domain::signing::SigningKey;
 use crate::domain::upload::PaceLimits;
 use crate::domain::upload::resumable::SessionLimits;
@@ -460,6 +460,10 @@ fn limits(config: &Config) -> Limits {
             ttl: config.upload_session_ttl,
             segment_bytes: config.upload_session_segment_size,
             max_parts: config.max_upload_parts,
+            per_user: SessionQuota {
+                max_open: config.max_open_sessions_per_user,
+                max_staged_bytes: config.max_staged_bytes_per_user,
+            },
         },
     }
 }

@@ -152,10 +152,50 @@ pub struct PresignedUrl {
 pub enum WriteSize {
     /// Exactly this many bytes: the store refuses any other length.
     Exact(u64),
-    /// At most this many, where the store can enforce it (the embedded
-    /// store does; S3 cannot bound a presigned `PUT` other than by an exact
-    /// length, so the reader of the object checks its size).
+    /// At most this many for all the parts of the upload session
+    /// together, where the store can enforce it
+    /// ([`BlobStore::bounds_presigned_parts`]: the embedded store does; S3
+    /// cannot bound a presigned `PUT` other than by an exact length).
     AtMost(u64),
+}
+
+/// What one user may hold in open upload sessions (neither committed nor
+/// expired).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionQuota {
+    /// Sessions open at once (`--max-open-sessions-per-user`).
+    pub max_open: u32,
+    /// Bytes their [`UploadSessionRecord::staged_bytes`] add up to
+    /// (`--max-staged-bytes-per-user`).
+    pub max_staged_bytes: u64,
+}
+
+/// Whether a new upload session was stored, or which cap refused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionAdmission {
+    Created,
+    TooManyOpen,
+    TooManyStagedBytes,
+}
+
+impl SessionQuota {
+    /// Whether open sessions holding `open` (each one's staged bytes; the
+    /// new session's among them) fit: `open` needs no more than
+    /// `max_open + 1` items to tell.
+    pub fn admits(&self, open: impl IntoIterator<Item = u64>) -> SessionAdmission {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for staged in open {
+            count += 1;
+            bytes = bytes.saturating_add(staged);
+        }
+        if count > u64::from(self.max_open) {
+            SessionAdmission::TooManyOpen
+        } else if bytes > self.max_staged_bytes {
+            SessionAdmission::TooManyStagedBytes
+        } else {
+            SessionAdmission::Created
+        }
+    }
 }
 
 /// An object as a listing of the store sees it.
@@ -204,6 +244,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The longest validity this store can give a presigned URL.
     fn max_presign_expiry(&self) -> Duration;
+
+    /// Whether a presigned write of [`WriteSize::AtMost`] is bounded by
+    /// the store, for the parts of one upload session together. S3 bounds
+    /// a presigned `PUT` only by an exact length.
+    fn bounds_presigned_parts(&self) -> bool {
+        true
+    }
 
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
@@ -375,11 +422,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError>;
 
-    /// Stores a new upload session: `AlreadyExists` if one has its id.
+    /// Stores a new upload session unless its owner's open sessions (not
+    /// committed, not expired) would exceed `quota` with it: that check
+    /// and the write are one step for every replica, and read at most
+    /// `quota.max_open + 1` of the owner's sessions however many they
+    /// started. `AlreadyExists` if a session has its id.
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
-    ) -> Result<(), StorageError>;
+        quota: SessionQuota,
+    ) -> Result<SessionAdmission, StorageError>;
 
     /// The upload session, or `None`.
     async fn get_upload_session(

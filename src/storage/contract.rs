@@ -16,7 +16,7 @@ use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey, PendingWrite,
-    StorageError,
+    SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::upload::NewImage;
 use crate::domain::upload::resumable::{Delivery, UploadId, UploadSessionRecord};
@@ -44,6 +44,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     listings_are_newest_first_and_pages_continue_where_they_stopped(store).await;
     listings_apply_filters_and_never_return_deleted_records(store).await;
     upload_sessions_change_only_from_the_revision_read(store).await;
+    open_upload_sessions_are_capped_per_owner(store).await;
     journaled_writes_are_listed_by_age_until_cleared(store).await;
     store
         .check_health()
@@ -518,28 +519,13 @@ async fn a_sessions_objects_are_sized_and_deleted_together(store: &dyn BlobStore
 
 async fn upload_sessions_change_only_from_the_revision_read(store: &dyn MetadataStore) {
     let now = Timestamp::now();
-    let session = UploadSessionRecord {
-        id: UploadId::new(),
-        owner: fresh_user(),
-        image_id: ImageId::new(),
-        spec: NewImage {
-            filename: "a.png".into(),
-            ..NewImage::default()
-        },
-        create_time: now,
-        expire_time: now.saturating_add(std::time::Duration::from_secs(3600)),
-        revision: 1,
-        delivery: Delivery::Undecided,
-        segments: Vec::new(),
-        lease: None,
-        committed: false,
-    };
+    let session = new_session(now);
     store
-        .create_upload_session(&session)
+        .create_upload_session(&session, ROOMY)
         .await
         .expect("created");
     assert!(matches!(
-        store.create_upload_session(&session).await,
+        store.create_upload_session(&session, ROOMY).await,
         Err(StorageError::AlreadyExists)
     ));
     assert_eq!(
@@ -566,7 +552,7 @@ async fn upload_sessions_change_only_from_the_revision_read(store: &dyn Metadata
     expired.id = UploadId::new();
     expired.expire_time = Timestamp::from_micros(now.as_micros() - 1_000_000);
     store
-        .create_upload_session(&expired)
+        .create_upload_session(&expired, ROOMY)
         .await
         .expect("created");
     let found = store.expired_upload_sessions(now).await.unwrap();
@@ -585,4 +571,82 @@ async fn upload_sessions_change_only_from_the_revision_read(store: &dyn Metadata
         .delete_upload_session(&session.id)
         .await
         .expect("deleting a missing session succeeds");
+}
+
+/// A quota no test session reaches.
+const ROOMY: SessionQuota = SessionQuota {
+    max_open: 1000,
+    max_staged_bytes: u64::MAX,
+};
+
+async fn open_upload_sessions_are_capped_per_owner(store: &dyn MetadataStore) {
+    let quota = SessionQuota {
+        max_open: 3,
+        max_staged_bytes: 1000,
+    };
+    let now = Timestamp::now();
+    let (owner, other) = (fresh_user(), fresh_user());
+    let session = |owner: &UserId, staged_bytes: u64| UploadSessionRecord {
+        owner: owner.clone(),
+        staged_bytes,
+        ..new_session(now)
+    };
+    // An expired session holds no slot.
+    let mut expired = session(&owner, 900);
+    expired.expire_time = Timestamp::from_micros(now.as_micros() - 1_000_000);
+    let create = |s: UploadSessionRecord| async move {
+        store.create_upload_session(&s, quota).await.map(|a| (a, s))
+    };
+    assert_eq!(create(expired).await.unwrap().0, SessionAdmission::Created);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (admission, s) = create(session(&owner, 100)).await.unwrap();
+        assert_eq!(admission, SessionAdmission::Created);
+        open.push(s);
+    }
+    let (admission, refused) = create(session(&owner, 100)).await.unwrap();
+    assert_eq!(admission, SessionAdmission::TooManyOpen);
+    assert_eq!(store.get_upload_session(&refused.id).await.unwrap(), None);
+    let (admission, _) = create(session(&other, 800)).await.unwrap();
+    assert_eq!(
+        admission,
+        SessionAdmission::Created,
+        "other owners are apart"
+    );
+
+    // A committed session frees its slot, a deleted one too.
+    let mut committed = open.pop().unwrap();
+    committed.committed = true;
+    committed.revision = 2;
+    store.replace_upload_session(&committed, 1).await.unwrap();
+    let (admission, s) = create(session(&owner, 100)).await.unwrap();
+    assert_eq!(admission, SessionAdmission::Created);
+    store.delete_upload_session(&s.id).await.unwrap();
+
+    // Bytes: 200 held, so 800 more fit and 801 do not.
+    let (admission, _) = create(session(&owner, 801)).await.unwrap();
+    assert_eq!(admission, SessionAdmission::TooManyStagedBytes);
+    let (admission, _) = create(session(&owner, 800)).await.unwrap();
+    assert_eq!(admission, SessionAdmission::Created);
+}
+
+/// A new session of a new user, started `now`, for an hour.
+fn new_session(now: Timestamp) -> UploadSessionRecord {
+    UploadSessionRecord {
+        id: UploadId::new(),
+        owner: fresh_user(),
+        image_id: ImageId::new(),
+        spec: NewImage {
+            filename: "a.png".into(),
+            ..NewImage::default()
+        },
+        create_time: now,
+        expire_time: now.saturating_add(std::time::Duration::from_secs(3600)),
+        revision: 1,
+        delivery: Delivery::Undecided,
+        segments: Vec::new(),
+        lease: None,
+        committed: false,
+        staged_bytes: 100,
+    }
 }

@@ -15,7 +15,7 @@ use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
     PresignRequest, PresignedUrl, StorageError, WriteSize,
 };
-use crate::domain::ports::{PendingWrite, StoredObject};
+use crate::domain::ports::{PendingWrite, SessionAdmission, SessionQuota, StoredObject};
 use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -105,6 +105,10 @@ impl BlobStore for InstrumentedBlobs {
 
     fn max_presign_expiry(&self) -> Duration {
         self.0.max_presign_expiry()
+    }
+
+    fn bounds_presigned_parts(&self) -> bool {
+        self.0.bounds_presigned_parts()
     }
 
     fn write_memory(&self, size_hint: Option<u64>) -> u64 {
@@ -294,11 +298,12 @@ impl MetadataStore for InstrumentedMetadata {
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
-    ) -> Result<(), StorageError> {
+        quota: SessionQuota,
+    ) -> Result<SessionAdmission, StorageError> {
         timed(
             ("metadata", self.1),
             "create_upload_session",
-            self.0.create_upload_session(session),
+            self.0.create_upload_session(session, quota),
         )
         .await
     }

@@ -17,7 +17,8 @@ use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
-    PendingWrite, PresignRequest, PresignedUrl, StorageError, StoredObject, WriteSize,
+    PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota, StorageError,
+    StoredObject, WriteSize,
 };
 use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
@@ -46,9 +47,72 @@ pub enum Call {
 /// call of that kind fails with `Unavailable`. Shared by the stores made
 /// with it.
 #[derive(Clone, Debug, Default)]
-pub struct Faults(Arc<Mutex<HashMap<Call, u32>>>);
+pub struct Faults(
+    Arc<Mutex<HashMap<Call, u32>>>,
+    Arc<Mutex<HashMap<Call, (u32, Hold)>>>,
+);
+
+/// A call made to wait (see [`Faults::hold_after`]), like a replica that
+/// stalls there.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    reached: Arc<tokio::sync::Semaphore>,
+    released: Arc<tokio::sync::Semaphore>,
+}
+
+impl Hold {
+    /// Waits until the held call has been made.
+    pub async fn reached(&self) {
+        self.reached.acquire().await.expect("never closed").forget();
+    }
+
+    /// Lets the held call go on.
+    pub fn release(&self) {
+        self.released.add_permits(1);
+    }
+}
 
 impl Faults {
+    /// Lets `passing` more calls of `call` through, then holds the next
+    /// one until [`Hold::release`]; later calls pass.
+    pub fn hold_after(&self, call: Call, passing: u32) -> Hold {
+        let hold = Hold {
+            reached: Arc::new(tokio::sync::Semaphore::new(0)),
+            released: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        self.holds().insert(call, (passing, hold.clone()));
+        hold
+    }
+
+    /// Waits here if this call is the one held.
+    async fn wait(&self, call: Call) {
+        let held = {
+            let mut holds = self.holds();
+            match holds.get_mut(&call) {
+                Some((0, _)) => holds.remove(&call).map(|(_, hold)| hold),
+                Some((passing, _)) => {
+                    *passing -= 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(hold) = held {
+            hold.reached.add_permits(1);
+            hold.released
+                .acquire()
+                .await
+                .expect("never closed")
+                .forget();
+        }
+    }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, HashMap<Call, (u32, Hold)>> {
+        self.1
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Lets `successes` more calls of `call` succeed, then fails the rest.
     pub fn fail_after(&self, call: Call, successes: u32) {
         self.lock().insert(call, successes);
@@ -128,6 +192,7 @@ impl BlobStore for MemoryBlobStore {
         key: &ObjectKey,
         _size_hint: Option<u64>,
     ) -> Result<Box<dyn BlobWriter>, StorageError> {
+        self.faults.wait(Call::StartWrite).await;
         self.faults.check(Call::StartWrite)?;
         Ok(Box::new(MemoryWriter {
             store: self.clone(),
@@ -478,13 +543,24 @@ impl MetadataStore for MemoryMetadataStore {
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
-    ) -> Result<(), StorageError> {
+        quota: SessionQuota,
+    ) -> Result<SessionAdmission, StorageError> {
         let mut records = self.lock();
         if records.sessions.contains_key(&session.id) {
             return Err(StorageError::AlreadyExists);
         }
-        records.sessions.insert(session.id, session.clone());
-        Ok(())
+        let now = Timestamp::now();
+        let open = records
+            .sessions
+            .values()
+            .filter(|s| s.owner == session.owner && s.is_open(now))
+            .map(|s| s.staged_bytes)
+            .chain([session.staged_bytes]);
+        let admission = quota.admits(open);
+        if admission == SessionAdmission::Created {
+            records.sessions.insert(session.id, session.clone());
+        }
+        Ok(admission)
     }
 
     async fn get_upload_session(

@@ -8,13 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use image_service::domain::VariantName;
 use image_service::domain::image::Timestamp;
 use image_service::domain::listing::ListFilter;
-use image_service::domain::ports::MetadataStore;
+use image_service::domain::ports::{BlobStore, MetadataStore, ObjectKey};
 use image_service::domain::signing::SigningKey;
 use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
 use image_service::domain::{DomainError, ImageRecord, Images, UserId};
 use image_service::storage::memory::{Call, Faults, MemoryBlobStore, MemoryMetadataStore};
+use sha2::Digest;
 
 struct Fixture {
     blobs: MemoryBlobStore,
@@ -24,6 +26,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(image_service::fixtures::limits())
+}
+
+fn fixture_with(limits: image_service::domain::Limits) -> Fixture {
     let faults = Faults::default();
     let blobs = MemoryBlobStore::new(faults.clone());
     let metadata = MemoryMetadataStore::new(faults.clone());
@@ -31,7 +37,7 @@ fn fixture() -> Fixture {
         Arc::new(blobs.clone()),
         Arc::new(metadata.clone()),
         SigningKey::generate(),
-        image_service::fixtures::limits(),
+        limits,
     );
     Fixture {
         blobs,
@@ -62,6 +68,13 @@ fn frames(bytes: &[u8], idempotency_key: Option<&str>) -> Vec<Result<UploadFrame
         payload: FramePayload::Spec(Box::new(spec)),
         finish: false,
     })];
+    frames.extend(chunk_frames(bytes));
+    frames
+}
+
+/// `bytes` in messages of 64 KiB, the last one finishing the upload.
+fn chunk_frames(bytes: &[u8]) -> Vec<Result<UploadFrame, DomainError>> {
+    let mut frames = Vec::new();
     let chunks: Vec<&[u8]> = bytes.chunks(64 * 1024).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         frames.push(Ok(UploadFrame {
@@ -248,4 +261,73 @@ async fn an_upload_cancelled_half_way_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_nothing_left(&fixture, "a cancelled call").await;
+}
+
+/// The frames of a stream that resumes `upload_id` from its start with
+/// all of `bytes` and finishes.
+fn resume_frames(upload_id: &str, bytes: &[u8]) -> Vec<Result<UploadFrame, DomainError>> {
+    let mut frames = vec![Ok(UploadFrame {
+        payload: FramePayload::Resume {
+            upload_id: upload_id.to_owned(),
+            write_offset: 0,
+        },
+        finish: false,
+    })];
+    frames.extend(chunk_frames(bytes));
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_that_outlived_its_lease_leaves_the_stored_image_whole() {
+    // A finish's lease lasts the upload deadline.
+    let mut limits = image_service::fixtures::limits();
+    limits.pace.deadline = Duration::from_secs(1);
+    let fixture = fixture_with(limits);
+    let uploads = fixture.images.uploads();
+    let spec = NewImage {
+        filename: "photo.jpg".into(),
+        ..NewImage::default()
+    };
+    let session = uploads.start_session(&alice(), spec, None).await.unwrap();
+    let id = session.id.to_string();
+    let photo = photo();
+
+    // The first finish stalls once its original is written, at its first
+    // variant, until its lease has run out.
+    let stall = fixture.faults.hold_after(Call::StartWrite, 1);
+    let late = {
+        let images = fixture.images.clone();
+        let frames = futures::stream::iter(resume_frames(&id, &photo));
+        tokio::spawn(async move { images.upload(&alice(), frames).await })
+    };
+    stall.reached().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Another finish of the session stores the image meanwhile.
+    let frames = futures::stream::iter(resume_frames(&id, &photo));
+    let stored = fixture.images.upload(&alice(), frames).await.unwrap();
+    let objects = fixture.blobs.keys();
+    assert_eq!(objects.len(), 3, "{objects:?}");
+
+    // The late finish goes on, and fails where it would write next.
+    fixture.faults.fail(Call::StartWrite);
+    stall.release();
+    let late = late.await.unwrap();
+    fixture.faults.heal();
+    if let Ok(image) = &late {
+        assert_eq!(image.id, stored.id, "the one image of the session");
+    }
+    assert_eq!(fixture.blobs.keys(), objects, "nothing removed: {late:?}");
+    let original = ObjectKey::new(&stored.id, &VariantName::original());
+    let bytes: Vec<Bytes> = fixture
+        .blobs
+        .read(&original, 0, stored.size_bytes)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let digest = sha2::Sha256::digest(bytes.concat());
+    assert_eq!(hex::encode(digest), stored.sha256, "the stored bytes");
+    assert_eq!(records(&fixture).await, 1);
 }

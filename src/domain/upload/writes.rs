@@ -34,6 +34,11 @@ struct Undo {
     journaled: Option<PendingWrite>,
     /// Finished objects, in the order they were written.
     written: Vec<ObjectKey>,
+    /// The image's id when it was given (an upload session's): another
+    /// finish of the same session may have stored that image meanwhile,
+    /// and its objects are then that image's, never to be overwritten
+    /// nor removed.
+    given: Option<ImageId>,
 }
 
 impl Writes {
@@ -57,6 +62,7 @@ impl Writes {
                 writer: Some(writer),
                 journaled: None,
                 written: Vec::new(),
+                given: given.is_some().then_some(id),
             },
             armed: true,
         })
@@ -100,6 +106,11 @@ impl Writes {
         digest: Option<&(String, u32)>,
     ) -> Result<(), DomainError> {
         let mut writer = self.undo.writer.take().ok_or_else(finished_already)?;
+        if let Err(error) = not_stored_yet(self.undo.metadata.clone(), self.undo.given).await {
+            writer.abort().await;
+            self.undo.clear_journal().await;
+            return Err(error);
+        }
         if let Some((sha256_hex, crc32c)) = digest {
             writer.written_checksums(sha256_hex, *crc32c);
         }
@@ -119,6 +130,7 @@ impl Writes {
         variant: &VariantName,
         bytes: Bytes,
     ) -> Result<(), DomainError> {
+        not_stored_yet(self.undo.metadata.clone(), self.undo.given).await?;
         let key = ObjectKey::new(&self.id, variant);
         let mut writer = self
             .undo
@@ -186,6 +198,7 @@ impl Undo {
             writer: self.writer.take(),
             journaled: self.journaled.take(),
             written: std::mem::take(&mut self.written),
+            given: self.given,
         }
     }
 
@@ -198,6 +211,12 @@ impl Undo {
             writer.abort().await;
         }
         self.clear_journal().await;
+        if !self.written.is_empty() && !may_delete(self.metadata.clone(), self.given).await {
+            tracing::info!(
+                "an upload session's image was stored by another finish: its objects stay"
+            );
+            return;
+        }
         // Newest first; whatever is left (a crash half-way) has no record,
         // and the repair pass removes it.
         for key in self.written.iter().rev() {
@@ -216,6 +235,38 @@ impl Undo {
             tracing::warn!(image_id = %entry.image_id, error = %error_chain(&error), "could not clear an upload's journal entry");
         }
     }
+}
+
+/// For a `given` id: whether its record is still missing. ABORTED once
+/// another finish has stored it; the caller then answers with that image
+/// (see `store_session`).
+async fn not_stored_yet(
+    metadata: Arc<dyn MetadataStore>,
+    given: Option<ImageId>,
+) -> Result<(), DomainError> {
+    let Some(id) = given else {
+        return Ok(());
+    };
+    match metadata.get(&id).await? {
+        None => Ok(()),
+        Some(_) => Err(stored_by_another()),
+    }
+}
+
+/// Whether finished objects may be deleted: always for a new id; for a
+/// `given` one only while no record refers to them (when that cannot be
+/// read, they are left to the repair pass, which removes objects without
+/// a record).
+async fn may_delete(metadata: Arc<dyn MetadataStore>, given: Option<ImageId>) -> bool {
+    match given {
+        None => true,
+        Some(id) => matches!(metadata.get(&id).await, Ok(None)),
+    }
+}
+
+/// Another finish of the same upload session stored the image first.
+fn stored_by_another() -> DomainError {
+    DomainError::Aborted("the upload session's image was stored by another call meanwhile".into())
 }
 
 fn finished_already() -> DomainError {

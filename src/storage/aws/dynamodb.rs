@@ -13,7 +13,12 @@
 //! - a **journal item** per unfinished write (`pk = pending#…`);
 //! - an **upload session item**, `pk = upload#{id}`, `sk = upload_session`:
 //!   the session as JSON in `doc`, its `rev`ision (every change is
-//!   conditional on it) and `expires` (seconds, usable as a DynamoDB TTL).
+//!   conditional on it) and `expires` (seconds, usable as a DynamoDB TTL);
+//! - an **open session item** per upload session until it commits or is
+//!   removed, `pk = open_uploads#{owner}`, `sk = {expiry}#{id}`, with the
+//!   bytes the session may stage (`staged`) and `expires`: a user's open
+//!   sessions are one Query of the items not yet expired, read up to the
+//!   cap, however many sessions the user started.
 //!
 //! Writes follow an order that keeps every state safe to read without
 //! transactions: index items before the image item on create, after it on
@@ -38,7 +43,10 @@ use time_index::MergedCursor;
 mod time_index;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
-use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
+use crate::domain::ports::{
+    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
+    StorageError,
+};
 use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -133,6 +141,15 @@ fn pending_pk(write: &PendingWrite) -> String {
 
 fn session_pk(id: &UploadId) -> String {
     format!("upload#{id}")
+}
+
+fn open_session_pk(owner: &UserId) -> String {
+    // The owner's length keeps the key unambiguous, as for idempotency.
+    format!("open_uploads#{}#{}", owner.as_str().len(), owner)
+}
+
+fn open_session_sk(session: &UploadSessionRecord) -> String {
+    format!("{}#{}", time_key(session.expire_time), session.id)
 }
 
 fn session_item(
@@ -425,6 +442,28 @@ impl DynamoMetadataStore {
             .await
             .map_err(classify)?;
         Ok(response.item)
+    }
+
+    /// Writes a session item unless one has its id.
+    async fn put_new_session(&self, session: &UploadSessionRecord) -> Result<(), StorageError> {
+        self.put_new(session_item(session)?).await
+    }
+
+    /// Writes an item unless one has its key: `AlreadyExists` then.
+    async fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<(), StorageError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(classify)
+            .map_err(|e| match e {
+                StorageError::ConditionFailed => StorageError::AlreadyExists,
+                other => other,
+            })?;
+        Ok(())
     }
 
     async fn delete_item(&self, pk: String, sk: &str) -> Result<(), StorageError> {
@@ -768,23 +807,75 @@ impl MetadataStore for DynamoMetadataStore {
             .collect())
     }
 
+    /// Stores a new session, counted among its owner's open ones: its open
+    /// session item is written first, then the owner's open items are
+    /// read back (a strongly consistent Query of those not expired, at
+    /// most the cap + 1); over the quota, the item is removed again and
+    /// the session refused. Of two sessions started at once past the cap
+    /// both may be refused, never both admitted.
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
-    ) -> Result<(), StorageError> {
+        quota: SessionQuota,
+    ) -> Result<SessionAdmission, StorageError> {
+        if self
+            .get_item(session_pk(&session.id), SESSION_SK)
+            .await?
+            .is_some()
+        {
+            return Err(StorageError::AlreadyExists);
+        }
+        let (pk, sk) = (open_session_pk(&session.owner), open_session_sk(session));
+        let mut open_item = key(pk.clone(), &sk);
+        open_item.insert("staged".into(), n(session.staged_bytes));
+        open_item.insert(
+            "expires".into(),
+            n(session.expire_time.as_micros().div_euclid(1_000_000)),
+        );
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(session_item(session)?))
-            .condition_expression("attribute_not_exists(pk)")
+            .set_item(Some(open_item))
             .send()
             .await
-            .map_err(classify)
-            .map_err(|e| match e {
-                StorageError::ConditionFailed => StorageError::AlreadyExists,
-                other => other,
-            })?;
-        Ok(())
+            .map_err(classify)?;
+        let open = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk > :now")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .expression_attribute_values(":now", s(time_key(Timestamp::now())))
+            .projection_expression("staged")
+            .limit(quota.max_open.saturating_add(1) as i32)
+            .send()
+            .await
+            .map_err(classify);
+        let admission = open.and_then(|open| {
+            let staged: Result<Vec<u64>, StorageError> = open
+                .items()
+                .iter()
+                .map(|item| {
+                    item.get("staged")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| {
+                            StorageError::internal("an open session item without staged")
+                        })
+                })
+                .collect();
+            Ok(quota.admits(staged?))
+        });
+        if !matches!(admission, Ok(SessionAdmission::Created)) {
+            self.delete_item(pk, &sk).await?;
+            return admission;
+        }
+        let created = self.put_new_session(session).await;
+        if created.is_err() {
+            self.delete_item(pk, &sk).await?;
+        }
+        created.map(|()| SessionAdmission::Created)
     }
 
     async fn get_upload_session(
@@ -814,6 +905,11 @@ impl MetadataStore for DynamoMetadataStore {
             .await
             .map_err(classify);
         match written {
+            Ok(_) if session.committed => {
+                // Committed, it holds nothing staged: its slot is free.
+                self.delete_item(open_session_pk(&session.owner), &open_session_sk(session))
+                    .await
+            }
             Ok(_) => Ok(()),
             Err(StorageError::ConditionFailed) => {
                 match self.get_item(session_pk(&session.id), SESSION_SK).await? {
@@ -826,7 +922,16 @@ impl MetadataStore for DynamoMetadataStore {
     }
 
     async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
-        self.delete_item(session_pk(id), SESSION_SK).await
+        let Some(item) = self.get_item(session_pk(id), SESSION_SK).await? else {
+            return Ok(());
+        };
+        // The session first: a failure after it leaves an open item that
+        // only counts until the session's expiry (and DynamoDB's TTL
+        // removes it).
+        self.delete_item(session_pk(id), SESSION_SK).await?;
+        let session = decode_session(&item)?;
+        self.delete_item(open_session_pk(&session.owner), &open_session_sk(&session))
+            .await
     }
 
     async fn expired_upload_sessions(
@@ -934,18 +1039,8 @@ impl MetadataStore for DynamoMetadataStore {
         }
         let written = async {
             self.put_tag_items(record, &record.tags).await?;
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(image_item(record, self.time_shards().await?)?))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
+            self.put_new(image_item(record, self.time_shards().await?)?)
                 .await
-                .map_err(classify)
-                .map_err(|e| match e {
-                    StorageError::ConditionFailed => StorageError::AlreadyExists,
-                    other => other,
-                })
         }
         .await;
         match written {

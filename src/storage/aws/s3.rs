@@ -369,12 +369,14 @@ impl BlobStore for S3BlobStore {
         let (config, expires_in) = self.presigning(expires_in).await?;
         let now = Timestamp::now();
         // An exact length is signed as `Content-Length`: the store refuses
-        // a body of any other size. An upper bound cannot be signed; the
-        // reader of the object checks its size.
-        let length = match size {
-            WriteSize::Exact(n) => Some(n),
-            WriteSize::AtMost(_) => None,
+        // a body of any other size. An upper bound cannot be signed, so it
+        // is not offered (`bounds_presigned_parts`).
+        let WriteSize::Exact(length) = size else {
+            return Err(StorageError::internal(
+                "S3 bounds a presigned PUT only by an exact length",
+            ));
         };
+        let length = Some(length);
         let presigned = self
             .presign_client
             .put_object()
@@ -505,6 +507,12 @@ impl BlobStore for S3BlobStore {
 
     fn max_presign_expiry(&self) -> Duration {
         MAX_PRESIGN
+    }
+
+    /// A presigned `PUT` is bounded only by the `Content-Length` signed
+    /// into it: direct uploads name their parts' exact sizes.
+    fn bounds_presigned_parts(&self) -> bool {
+        false
     }
 }
 

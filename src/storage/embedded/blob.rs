@@ -65,6 +65,30 @@ impl EmbeddedBlobStore {
         }
     }
 
+    /// Bytes the staged objects of `upload` hold, but the one named
+    /// `except`.
+    pub async fn staged_size(&self, upload: &UploadId, except: &str) -> Result<u64, StorageError> {
+        let dir = self.root.join(ObjectKey::staged_prefix(upload));
+        let except = except.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(StorageError::internal(e)),
+            };
+            let mut total = 0u64;
+            for entry in entries {
+                let entry = entry.map_err(StorageError::internal)?;
+                if entry.file_name().to_string_lossy() != except {
+                    total += entry.metadata().map_err(StorageError::internal)?.len();
+                }
+            }
+            Ok(total)
+        })
+        .await
+        .map_err(StorageError::internal)?
+    }
+
     /// The presigned-URL checker, for the HTTP listener.
     pub fn urls(&self) -> &SignedUrls {
         &self.urls

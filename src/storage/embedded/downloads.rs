@@ -173,6 +173,11 @@ fn matches_etag(list: &str, etag: &str) -> bool {
 /// A direct upload whose body stops arriving for this long is abandoned.
 const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Taken while a part sent to an upper-bounded URL is checked against the
+/// other parts of its session and made visible, so that parts finishing
+/// at once cannot together pass the bound.
+static PARTS_TOGETHER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
 /// had the size the URL allows.
@@ -267,6 +272,29 @@ async fn presigned_upload(
             StatusCode::BAD_REQUEST,
             "the body's length is not the one this URL was made for\n",
         );
+    }
+    // An upper bound is the session's, for all its parts together: the
+    // check and the finish are one step among this store's uploads.
+    let _turn = match size {
+        WriteSize::AtMost(_) => Some(PARTS_TOGETHER.lock().await),
+        WriteSize::Exact(_) => None,
+    };
+    if matches!(size, WriteSize::AtMost(_)) {
+        match store.staged_size(&id, &part).await {
+            Ok(others) if others + received <= limit => {}
+            Ok(_) => {
+                writer.abort().await;
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the parts together are larger than this upload allows\n",
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "presigned upload failed");
+                writer.abort().await;
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+            }
+        }
     }
     match writer.finish().await {
         Ok(()) => StatusCode::OK.into_response(),

@@ -16,7 +16,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
-use crate::domain::ports::{CreateOutcome, ListPage, MetadataStore, PendingWrite, StorageError};
+use crate::domain::ports::{
+    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
+    StorageError,
+};
 use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -30,6 +33,10 @@ const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempot
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_writes");
 /// upload id (16 bytes) → the upload session as JSON.
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_sessions");
+/// Open upload sessions by owner: (owner, expiry, id) → the bytes the
+/// session may stage. An entry goes when its session commits or is
+/// removed; an expired one is past the range a count reads.
+const OPEN_SESSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("open_upload_sessions");
 
 const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
@@ -61,6 +68,8 @@ impl EmbeddedMetadataStore {
                 .map_err(StorageError::internal)?;
             txn.open_table(PENDING).map_err(StorageError::internal)?;
             txn.open_table(SESSIONS).map_err(StorageError::internal)?;
+            txn.open_table(OPEN_SESSIONS)
+                .map_err(StorageError::internal)?;
         }
         txn.commit().map_err(StorageError::internal)?;
         Ok(Self { db: Arc::new(db) })
@@ -196,6 +205,21 @@ fn push_value(key: &mut Vec<u8>, value: &str) {
     key.extend_from_slice(value.as_bytes());
 }
 
+/// The start of every [`OPEN_SESSIONS`] key of `owner`.
+fn open_session_prefix(owner: &UserId) -> Vec<u8> {
+    let mut key = Vec::new();
+    push_value(&mut key, owner.as_str());
+    key
+}
+
+/// The [`OPEN_SESSIONS`] key of `session`.
+fn open_session_key(session: &UploadSessionRecord) -> Vec<u8> {
+    let mut key = open_session_prefix(&session.owner);
+    key.extend_from_slice(&time_bytes(session.expire_time));
+    key.extend_from_slice(session.id.as_bytes());
+    key
+}
+
 /// Times as big-endian with the sign bit flipped sort like the numbers.
 fn time_bytes(time: Timestamp) -> [u8; 8] {
     ((time.as_micros() as u64) ^ (1 << 63)).to_be_bytes()
@@ -300,20 +324,41 @@ impl MetadataStore for EmbeddedMetadataStore {
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
-    ) -> Result<(), StorageError> {
+        quota: SessionQuota,
+    ) -> Result<SessionAdmission, StorageError> {
         let id = *session.id.as_bytes();
         let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
+        let owner = open_session_prefix(&session.owner);
+        let entry = open_session_key(session);
+        let staged = session.staged_bytes;
         self.run(move |db| {
             let txn = db.begin_write()?;
-            {
+            let admission = {
                 let mut sessions = txn.open_table(SESSIONS)?;
                 if sessions.get(id.as_slice())?.is_some() {
                     return Ok(Err(StorageError::AlreadyExists));
                 }
-                sessions.insert(id.as_slice(), value.as_slice())?;
-            }
+                let mut open = txn.open_table(OPEN_SESSIONS)?;
+                let mut from = owner.clone();
+                from.extend_from_slice(&time_bytes(Timestamp::now()));
+                let mut to = owner;
+                to.extend_from_slice(&[0xff; 8 + 16]);
+                let mut held = Vec::new();
+                for found in open
+                    .range(from.as_slice()..=to.as_slice())?
+                    .take(quota.max_open as usize)
+                {
+                    held.push(found?.1.value());
+                }
+                let admission = quota.admits(held.into_iter().chain([staged]));
+                if admission == SessionAdmission::Created {
+                    open.insert(entry.as_slice(), staged)?;
+                    sessions.insert(id.as_slice(), value.as_slice())?;
+                }
+                admission
+            };
             txn.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(admission))
         })
         .await
     }
@@ -342,6 +387,7 @@ impl MetadataStore for EmbeddedMetadataStore {
     ) -> Result<(), StorageError> {
         let id = *session.id.as_bytes();
         let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
+        let (committed, entry) = (session.committed, open_session_key(session));
         self.run(move |db| {
             let txn = db.begin_write()?;
             {
@@ -356,6 +402,9 @@ impl MetadataStore for EmbeddedMetadataStore {
                     Err(error) => return Ok(Err(StorageError::internal(error))),
                 }
                 sessions.insert(id.as_slice(), value.as_slice())?;
+                if committed {
+                    txn.open_table(OPEN_SESSIONS)?.remove(entry.as_slice())?;
+                }
             }
             txn.commit()?;
             Ok(Ok(()))
@@ -364,7 +413,26 @@ impl MetadataStore for EmbeddedMetadataStore {
     }
 
     async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
-        self.remove(SESSIONS, id.as_bytes().to_vec()).await
+        let id = *id.as_bytes();
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut sessions = txn.open_table(SESSIONS)?;
+                let removed = sessions.remove(id.as_slice())?;
+                if let Some(stored) = removed {
+                    match serde_json::from_slice::<UploadSessionRecord>(stored.value()) {
+                        Ok(session) => {
+                            txn.open_table(OPEN_SESSIONS)?
+                                .remove(open_session_key(&session).as_slice())?;
+                        }
+                        Err(error) => return Ok(Err(StorageError::internal(error))),
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     async fn expired_upload_sessions(

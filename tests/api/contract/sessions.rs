@@ -287,28 +287,48 @@ pub async fn a_second_stream_on_a_session_is_aborted(backend: Backend) {
     assert_eq!(image.uploaded_sha256, sha256_hex(&photo));
 }
 
-pub async fn only_the_owner_may_use_a_session(backend: Backend) {
-    let app = TestApp::spawn_with(backend, FLAGS).await;
-    let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
+/// Every session call by `user` on `id`, in order: status, resume,
+/// cancel, upload URLs, complete.
+async fn every_session_call(app: &TestApp, user: &str, id: &str) -> Vec<Result<(), Status>> {
     let png = images::png(16, 16, 1);
-    let denied = [
-        status(&app, "mallory", &id).await.map(|_| ()),
-        app.upload_messages("mallory", resume_messages(&id, 0, &png, 1024, true))
+    vec![
+        status(app, user, id).await.map(|_| ()),
+        app.upload_messages(user, resume_messages(id, 0, &png, 1024, true))
             .await
             .map(|_| ()),
-        cancel(&app, "mallory", &id).await,
+        cancel(app, user, id).await,
         upload_urls(
-            &app,
-            "mallory",
-            &id,
+            app,
+            user,
+            id,
             pb::get_upload_urls_request::Parts::PartCount(1),
         )
         .await
         .map(|_| ()),
-        complete(&app, "mallory", &id).await.map(|_| ()),
-    ];
-    for result in denied {
-        assert_code(result, Code::PermissionDenied);
+        complete(app, user, id).await.map(|_| ()),
+    ]
+}
+
+pub async fn only_the_owner_may_use_a_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let keyed = pb::ImageSpec {
+        idempotency_key: Some("guessable".into()),
+        ..spec("p.png")
+    };
+    let id = start(&app, "alice", keyed).await.unwrap().upload_id;
+    let png = images::png(16, 16, 1);
+    // Another user's session answers exactly like one that does not exist,
+    // so a guessed (owner, idempotency key) id is never confirmed.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let foreign = every_session_call(&app, "mallory", &id).await;
+    let missing = every_session_call(&app, "mallory", &unknown).await;
+    for (foreign, missing) in foreign.into_iter().zip(missing) {
+        let (foreign, missing) = (foreign.unwrap_err(), missing.unwrap_err());
+        assert_eq!(foreign.code(), Code::NotFound, "{foreign:?}");
+        assert_eq!(
+            (foreign.code(), foreign.message()),
+            (missing.code(), missing.message())
+        );
     }
     let image = app
         .upload_messages("alice", resume_messages(&id, 0, &png, 1024, true))
@@ -470,6 +490,13 @@ async fn complete(app: &TestApp, user: &str, upload_id: &str) -> Result<pb::Imag
         .expect("an image"))
 }
 
+/// Parts of exactly these sizes.
+fn exact_parts(sizes: &[usize]) -> pb::get_upload_urls_request::Parts {
+    pb::get_upload_urls_request::Parts::PartSizes(pb::PartSizes {
+        sizes: sizes.iter().map(|&n| n as i64).collect(),
+    })
+}
+
 /// PUTs `body` to a presigned URL with a plain HTTP client, as a phone
 /// would; returns the status.
 async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
@@ -534,15 +561,10 @@ pub async fn a_direct_upload_of_a_non_image_is_refused_and_removed(backend: Back
         .await
         .unwrap()
         .upload_id;
-    let urls = upload_urls(
-        &app,
-        "alice",
-        &id,
-        pb::get_upload_urls_request::Parts::PartCount(1),
-    )
-    .await
-    .unwrap();
     let text = b"these are not the pixels you are looking for\n".repeat(100);
+    let urls = upload_urls(&app, "alice", &id, exact_parts(&[text.len()]))
+        .await
+        .unwrap();
     assert!(put(&urls[0], text).await.is_success());
     assert_code(complete(&app, "alice", &id).await, Code::InvalidArgument);
     assert_code(status(&app, "alice", &id).await, Code::NotFound);
@@ -581,17 +603,13 @@ pub async fn bytes_sent_after_a_cancel_are_removed_by_the_repair_pass(backend: B
     .concat();
     let app = TestApp::spawn_with(backend, &flags).await;
     let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
-    let urls = upload_urls(
-        &app,
-        "alice",
-        &id,
-        pb::get_upload_urls_request::Parts::PartCount(1),
-    )
-    .await
-    .unwrap();
+    let png = images::png(8, 8, 1);
+    let urls = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
     cancel(&app, "alice", &id).await.unwrap();
     // The URL still works until it expires: what it stores is nobody's.
-    assert!(put(&urls[0], images::png(8, 8, 1)).await.is_success());
+    assert!(put(&urls[0], png).await.is_success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !staged_objects(&app).is_empty() {
         assert!(
@@ -602,4 +620,148 @@ pub async fn bytes_sent_after_a_cancel_are_removed_by_the_repair_pass(backend: B
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_code(complete(&app, "alice", &id).await, Code::NotFound);
+}
+
+/// A refusal over a fixed limit, which gRPC's own retries must not repeat.
+fn assert_over_limit<T: std::fmt::Debug>(result: Result<T, Status>) -> Status {
+    let status = assert_code(result, Code::ResourceExhausted);
+    assert_eq!(
+        status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
+        Some("-1"),
+        "{status:?}"
+    );
+    status
+}
+
+fn sized(name: &str, size: usize) -> pb::ImageSpec {
+    pb::ImageSpec {
+        expected_size: Some(size as i64),
+        ..spec(name)
+    }
+}
+
+pub async fn each_user_has_a_bounded_number_of_open_sessions(backend: Backend) {
+    let flags = [
+        FLAGS,
+        &[
+            "--max-open-sessions-per-user",
+            "3",
+            "--max-staged-bytes-per-user",
+            "1MiB",
+        ],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let png = images::png(16, 16, 3);
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let session = start(&app, "alice", sized(&format!("{i}.png"), png.len())).await;
+        open.push(session.unwrap().upload_id);
+    }
+    let refused = assert_over_limit(start(&app, "alice", sized("4.png", png.len())).await);
+    assert!(
+        refused.message().contains("--max-open-sessions-per-user"),
+        "{refused:?}"
+    );
+    start(&app, "bob", sized("b.png", png.len()))
+        .await
+        .expect("other users are unaffected");
+
+    // A cancelled session frees its place, and so does a committed one.
+    cancel(&app, "alice", &open.pop().unwrap()).await.unwrap();
+    open.push(
+        start(&app, "alice", sized("5.png", png.len()))
+            .await
+            .unwrap()
+            .upload_id,
+    );
+    assert_over_limit(start(&app, "alice", sized("6.png", png.len())).await);
+    let done = open.pop().unwrap();
+    app.upload_messages("alice", resume_messages(&done, 0, &png, 1024, true))
+        .await
+        .expect("committed");
+    start(&app, "alice", sized("7.png", png.len()))
+        .await
+        .expect("a committed session no longer counts");
+}
+
+pub async fn each_user_has_a_bounded_number_of_staged_bytes(backend: Backend) {
+    let flags = [
+        FLAGS,
+        &[
+            "--max-staged-bytes-per-user",
+            "1MiB",
+            "--max-image-bytes",
+            "2MiB",
+        ],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    // Without expected_size a session may stage a whole --max-image-bytes.
+    let refused = assert_over_limit(start(&app, "alice", spec("big.png")).await);
+    assert!(
+        refused.message().contains("--max-staged-bytes-per-user"),
+        "{refused:?}"
+    );
+    let first = start(&app, "alice", sized("a.png", 600 * 1024))
+        .await
+        .unwrap();
+    assert_over_limit(start(&app, "alice", sized("b.png", 600 * 1024)).await);
+    start(&app, "alice", sized("c.png", 400 * 1024))
+        .await
+        .expect("what is left of the budget");
+    start(&app, "bob", sized("b.png", 600 * 1024))
+        .await
+        .expect("other users are unaffected");
+    cancel(&app, "alice", &first.upload_id).await.unwrap();
+    start(&app, "alice", sized("b.png", 600 * 1024))
+        .await
+        .expect("a cancelled session's bytes are free again");
+}
+
+pub async fn a_direct_uploads_parts_hold_no_more_than_the_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let png = images::png(64, 64, 4);
+    let id = start(&app, "alice", sized("p.png", png.len()))
+        .await
+        .unwrap()
+        .upload_id;
+    // The store itself refuses a part longer than its URL names.
+    let urls = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    let mut longer = png.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    assert!(!put(&urls[0], longer).await.is_success());
+    assert_eq!(app.stored_objects_now().len(), 0, "nothing was kept");
+
+    let counted = upload_urls(
+        &app,
+        "alice",
+        &id,
+        pb::get_upload_urls_request::Parts::PartCount(2),
+    )
+    .await;
+    match backend {
+        // A presigned S3 PUT is bounded only by a signed exact length.
+        Backend::Aws => {
+            assert_code(counted, Code::InvalidArgument);
+        }
+        // Parts of any size, but together no more than the session's size.
+        Backend::Embedded => {
+            let urls = counted.unwrap();
+            assert!(put(&urls[0], png.clone()).await.is_success());
+            assert_eq!(
+                put(&urls[1], vec![0; 16]).await,
+                reqwest::StatusCode::PAYLOAD_TOO_LARGE
+            );
+            assert!(put(&urls[0], png[..100].to_vec()).await.is_success());
+            assert!(put(&urls[1], png[100..].to_vec()).await.is_success());
+            let image = complete(&app, "alice", &id).await.unwrap();
+            assert_eq!(image.uploaded_sha256, sha256_hex(&png));
+        }
+    }
 }

@@ -30,7 +30,7 @@ use super::spec::ValidSpec;
 use super::{FramePayload, NewImage, UploadFrame, UploadSlot, Uploads};
 use crate::domain::budget::Reservation;
 use crate::domain::image::{ImageRecord, Timestamp};
-use crate::domain::ports::{ObjectKey, StorageError, WriteSize};
+use crate::domain::ports::{ObjectKey, SessionAdmission, SessionQuota, StorageError, WriteSize};
 use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
@@ -49,6 +49,9 @@ pub struct SessionLimits {
     pub segment_bytes: u64,
     /// Most parts a direct upload may be cut into (`--max-upload-parts`).
     pub max_parts: u32,
+    /// What one user's open sessions may hold
+    /// (`--max-open-sessions-per-user`, `--max-staged-bytes-per-user`).
+    pub per_user: SessionQuota,
 }
 
 /// What `QueryUploadStatus` reports.
@@ -94,6 +97,24 @@ fn is_bad_content(error: &DomainError) -> bool {
 
 fn session_not_found() -> DomainError {
     DomainError::NotFound("upload session not found (it may have expired)".into())
+}
+
+/// The refusal of a session over its owner's caps: a fixed limit, not
+/// worth retrying until one of the owner's sessions ends.
+fn over_quota(refused: SessionAdmission, quota: SessionQuota, staged: u64) -> DomainError {
+    DomainError::TooLarge(match refused {
+        SessionAdmission::TooManyOpen => format!(
+            "you have {} upload sessions open, the most allowed \
+             (--max-open-sessions-per-user): complete or cancel one first",
+            quota.max_open
+        ),
+        _ => format!(
+            "a session of {staged} bytes would take your open upload sessions over {} bytes \
+             (--max-staged-bytes-per-user; a session without expected_size counts as \
+             --max-image-bytes): complete or cancel one first",
+            quota.max_staged_bytes
+        ),
+    })
 }
 
 fn lost_lease() -> DomainError {
@@ -194,11 +215,15 @@ impl Uploads {
         }
         let valid = ValidSpec::parse(spec.clone())?;
         ContentInspector::new(self.limits.content, valid.declared.clone())?;
+        // Stored as it will be used: every field of the record is then
+        // within the metadata limits (the filename is cut, not refused).
+        spec.filename = valid.filename.clone();
         let id = match &valid.idempotency_key {
             Some(key) => UploadId::for_idempotency_key(caller, key),
             None => UploadId::new(),
         };
         let now = Timestamp::now();
+        let staged_bytes = valid.declared.size.unwrap_or(self.limits.content.max_bytes);
         let record = UploadSessionRecord {
             id,
             owner: caller.clone(),
@@ -211,12 +236,18 @@ impl Uploads {
             segments: Vec::new(),
             lease: None,
             committed: false,
+            staged_bytes,
         };
+        let quota = self.limits.sessions.per_user;
         for _ in 0..2 {
-            match self.metadata.create_upload_session(&record).await {
-                Ok(()) => {
+            match self.metadata.create_upload_session(&record, quota).await {
+                Ok(SessionAdmission::Created) => {
                     metrics::counter!("imageservice_upload_sessions_started_total").increment(1);
                     return Ok(record);
+                }
+                Ok(refused) => {
+                    metrics::counter!("imageservice_upload_session_refusals_total").increment(1);
+                    return Err(over_quota(refused, quota, staged_bytes));
                 }
                 Err(StorageError::AlreadyExists) => {}
                 Err(error) => return Err(error.into()),
@@ -242,25 +273,21 @@ impl Uploads {
         ))
     }
 
-    /// The session, if `caller` owns it and it has not expired.
+    /// The session, if `caller` owns it and it has not expired. Another
+    /// user's session is NOT_FOUND like a missing one: ids derive from the
+    /// owner and the idempotency key, so any other answer would confirm a
+    /// guess.
     async fn owned_session(
         &self,
         caller: &UserId,
         upload_id: &str,
     ) -> Result<UploadSessionRecord, DomainError> {
         let id = UploadId::parse(upload_id)?;
-        let session = self
-            .metadata
+        self.metadata
             .get_upload_session(&id)
             .await?
-            .filter(|s| !s.is_expired(Timestamp::now()))
-            .ok_or_else(session_not_found)?;
-        if session.owner != *caller {
-            return Err(DomainError::PermissionDenied(
-                "only the user who started an upload session may use it".into(),
-            ));
-        }
-        Ok(session)
+            .filter(|s| !s.is_expired(Timestamp::now()) && s.owner == *caller)
+            .ok_or_else(session_not_found)
     }
 
     /// Stores `session` if it is unchanged since it was read, bumping its
@@ -455,8 +482,18 @@ impl Uploads {
             ));
         }
         let max_parts = self.limits.sessions.max_parts.max(1);
-        let max_bytes = self.limits.content.max_bytes;
+        // What the session may stage, for all its parts together.
+        let max_bytes = match session.staged_bytes {
+            0 => self.limits.content.max_bytes,
+            staged => staged.min(self.limits.content.max_bytes),
+        };
         let sizes: Vec<WriteSize> = match plan {
+            PartPlan::Count(_) if !self.blobs.bounds_presigned_parts() => {
+                return Err(DomainError::invalid(
+                    "this store bounds a part only by its exact size: send part_sizes \
+                     rather than part_count",
+                ));
+            }
             PartPlan::Count(n) if (1..=max_parts).contains(&n) => {
                 vec![WriteSize::AtMost(max_bytes); n as usize]
             }
@@ -601,15 +638,25 @@ impl Uploads {
                 })
             }));
         let frames = Box::pin(frames);
-        self.store_new(
-            caller,
-            spec,
-            false,
-            Pace::new(&self.limits.pace),
-            frames,
-            Some(session.image_id),
-        )
-        .await
+        let stored = self
+            .store_new(
+                caller,
+                spec,
+                false,
+                Pace::new(&self.limits.pace),
+                frames,
+                Some(session.image_id),
+            )
+            .await;
+        match stored {
+            // A finish whose lease ran out while another one stored the
+            // image: it wrote over nothing of it and removed nothing.
+            Err(error) if self.metadata.get(&session.image_id).await?.is_some() => {
+                tracing::info!(error = %error_chain(&error), upload_id = %session.id, "another finish stored this upload session's image first");
+                self.committed_image(session).await
+            }
+            other => other,
+        }
     }
 
     /// Commits the session after a successful store, removes it after bad

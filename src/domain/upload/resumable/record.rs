@@ -109,12 +109,23 @@ pub struct UploadSessionRecord {
     pub lease: Option<Lease>,
     /// Set once the image is stored.
     pub committed: bool,
+    /// The most bytes the session may hold in the blob store (its
+    /// `expected_size`, else `--max-image-bytes`), counted against its
+    /// owner's `--max-staged-bytes-per-user` while it is open.
+    #[serde(default)]
+    pub staged_bytes: u64,
 }
 
 impl UploadSessionRecord {
     /// Bytes held durably: a resumed stream starts here.
     pub fn persisted_size(&self) -> u64 {
         self.segments.last().map_or(0, |s| s.offset + s.length)
+    }
+
+    /// Whether it counts against its owner's caps: neither committed nor
+    /// expired.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        !self.committed && !self.is_expired(now)
     }
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
