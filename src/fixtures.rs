@@ -87,6 +87,17 @@ fn rgb_ihdr(width: u32, height: u32) -> Vec<u8> {
     ihdr
 }
 
+/// A RIFF chunk (as in WebP): FourCC, little-endian size, data, padding.
+pub fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = kind.to_vec();
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    if data.len() % 2 == 1 {
+        out.push(0);
+    }
+    out
+}
+
 /// One PNG chunk (length, type, data, CRC).
 pub fn png_chunk_bytes(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + data.len());

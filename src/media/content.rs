@@ -1,5 +1,12 @@
 //! Inspection of an image's bytes as they stream in: type sniffing, header
 //! dimensions, size limits and checksums, without decoding pixels.
+//!
+//! Bounds: the header kept for sniffing and dimensions is at most
+//! [`HEADER_LIMIT`] bytes and never more than the bytes received; it is
+//! probed at 64 bytes, then each time it doubles, so parsing it costs at
+//! most twice its size. `imagesize` walks the header's segments, chunks or
+//! boxes by the lengths they give without allocating for them; GIFs are
+//! walked by [`GifFrames`], which holds 13 bytes.
 use sha2::{Digest, Sha256};
 
 use super::MediaError;

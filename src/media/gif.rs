@@ -3,6 +3,11 @@
 //! be far larger than the screen, and decoders allocate for the frame. So
 //! every frame descriptor counts against the pixel limit, and the size an
 //! image reports is the box that holds the screen and every frame.
+//!
+//! Bounds: 13 bytes are held (a screen or image descriptor), nothing is
+//! allocated after that, and each byte is looked at once; colour tables
+//! (at most 768 bytes) and data sub-blocks (at most 255) are skipped by
+//! count, never read into memory.
 use super::MediaError;
 
 /// Where the walk is in the block structure.

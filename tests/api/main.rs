@@ -15,6 +15,7 @@ mod imagectl;
 mod migrate;
 mod pipeline;
 mod properties;
+mod scrubbing;
 mod server;
 mod soak;
 mod traces;

@@ -1,29 +1,49 @@
 //! JPEG: segment by segment, with the scan data passed through as slices.
+//!
+//! An allow-list: the segments that decide how the pixels decode are kept
+//! (frame headers, tables, restart intervals, scans; APP0 JFIF without its
+//! thumbnail, APP2 ICC profiles, APP14 Adobe colour transform); APP1 EXIF
+//! becomes a minimal block holding only the orientation; every other
+//! segment (XMP, MPF, APP13 IPTC, vendor segments, comments, extension and
+//! reserved markers) is dropped, and so are the bytes after EOI.
+//!
+//! Scan data is passed without being decoded. Fill bytes (runs of `FF`)
+//! are legal before any marker, and a damaged scan (an `FF` run followed by
+//! a byte no decoder acts on as a marker) is more scan data, as
+//! libjpeg-turbo reads it. Once a scan has begun, bytes where a marker was
+//! expected are damaged scan data too: decoders skip them to the next
+//! marker.
+//!
+//! Bounds: memory held is at most one segment (64 KiB + 4 bytes, for the
+//! segments that are inspected) plus a fixed 26-byte EXIF replacement; the
+//! output pieces are slices of the input. Work is linear in the input: every
+//! byte is looked at a bounded number of times, and at most
+//! [`MAX_JPEG_SEGMENTS`] marker segments are parsed.
 use bytes::Bytes;
 
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Jpeg {
-    /// Expecting a marker (`FF xx`, fill bytes allowed).
-    Marker,
+    /// Expecting a marker (`FF xx`, fill bytes allowed); `scanned` once a
+    /// scan has begun.
+    Marker { scanned: bool },
     /// A segment's marker and length are known; its payload comes next.
     Payload {
         marker: u8,
         len: usize,
         action: Action,
+        scanned: bool,
     },
     /// Inside entropy-coded scan data, scanning for the next marker.
     Scan,
-    /// Scan data ended a chunk with FF (held pending).
-    ScanFf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Action {
     Keep,
     Drop,
-    /// Collect the whole payload, then decide (EXIF, ICC).
+    /// Collect the whole payload, then decide (EXIF, JFIF, ICC, Adobe).
     Inspect,
 }
 
@@ -36,19 +56,44 @@ const EOI: u8 = 0xD9;
 /// with more is built to make every segment cost a parse and a piece.
 pub const MAX_JPEG_SEGMENTS: u32 = 10_000;
 
+/// The JFIF APP0 payload without a thumbnail: identifier, version, density
+/// units, densities and two zero thumbnail dimensions.
+const JFIF_LEN: usize = 14;
+
+/// The Adobe APP14 payload: identifier, version, two flag words and the
+/// colour transform.
+const ADOBE_LEN: usize = 12;
+
 fn corrupt_jpeg() -> MediaError {
     MediaError::invalid("the JPEG's marker structure is corrupt")
 }
 
+/// Markers that end a scan and that decoders act on: frame headers
+/// (SOFn), tables (DHT, DAC, DQT), DNL, DRI, the next scan, EOI,
+/// application segments and comments. After an `FF` in a scan, any other
+/// byte (stuffed zero, restart marker, or the damage of a corrupted block)
+/// is scan data.
+pub(super) fn ends_scan(marker: u8) -> bool {
+    matches!(
+        marker,
+        0xC0..=0xC7 | 0xC9..=0xCF | 0xD9..=0xDD | 0xE0..=0xEF | 0xFE
+    )
+}
+
+/// A segment with `marker` and `payload`.
+fn jpeg_segment(marker: u8, payload: &[u8]) -> Bytes {
+    let mut segment = Vec::with_capacity(4 + payload.len());
+    segment.extend_from_slice(&[0xFF, marker]);
+    segment.extend_from_slice(&((2 + payload.len()) as u16).to_be_bytes());
+    segment.extend_from_slice(payload);
+    Bytes::from(segment)
+}
+
 /// An APP1 segment carrying only the orientation.
 fn minimal_jpeg_exif(orientation: u8) -> Bytes {
-    let tiff = minimal_tiff(orientation);
-    let mut segment = Vec::with_capacity(4 + 6 + tiff.len());
-    segment.extend_from_slice(&[0xFF, 0xE1]);
-    segment.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
-    segment.extend_from_slice(b"Exif\0\0");
-    segment.extend_from_slice(&tiff);
-    Bytes::from(segment)
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&minimal_tiff(orientation));
+    jpeg_segment(0xE1, &payload)
 }
 
 impl Scrubber {
@@ -59,22 +104,24 @@ impl Scrubber {
         out: &mut Vec<Bytes>,
     ) -> Result<(), MediaError> {
         match state {
-            Jpeg::Marker => self.jpeg_marker(chunk, out)?,
+            Jpeg::Marker { scanned } => self.jpeg_marker(scanned, chunk, out)?,
             Jpeg::Payload {
                 marker,
                 len,
                 action: Action::Inspect,
+                scanned,
             } => {
                 if self.fill(chunk, 4 + len) {
                     let segment = self.pending.split().freeze();
                     self.inspect_jpeg_segment(marker, segment, out);
-                    self.state = State::Jpeg(Jpeg::Marker);
+                    self.state = State::Jpeg(Jpeg::Marker { scanned });
                 }
             }
             Jpeg::Payload {
                 marker,
                 len,
                 action,
+                scanned,
             } => {
                 let n = len.min(chunk.len());
                 let part = chunk.split_to(n);
@@ -88,125 +135,145 @@ impl Scrubber {
                         marker,
                         len: len - n,
                         action,
+                        scanned,
                     }
                 } else if marker == SOS {
                     Jpeg::Scan
                 } else {
-                    Jpeg::Marker
+                    Jpeg::Marker { scanned }
                 });
             }
             Jpeg::Scan => self.jpeg_scan(chunk, out),
-            Jpeg::ScanFf => {
-                // The byte after an FF that ended the previous chunk.
-                let next = chunk[0];
-                if next == 0x00 || (0xD0..=0xD7).contains(&next) {
-                    out.push(self.pending.split().freeze());
-                    out.push(chunk.split_to(1));
-                    self.state = State::Jpeg(Jpeg::Scan);
-                } else {
-                    // A marker (or fill): parsed with the FF already pending.
-                    self.state = State::Jpeg(Jpeg::Marker);
-                }
-            }
         }
         Ok(())
     }
 
-    fn jpeg_marker(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
-        if !self.fill(chunk, 2) {
-            return Ok(());
-        }
-        let (ff, marker) = (self.pending[0], self.pending[1]);
-        if ff != 0xFF {
-            return Err(corrupt_jpeg());
-        }
-        if marker != 0xFF {
+    fn jpeg_marker(
+        &mut self,
+        scanned: bool,
+        chunk: &mut Bytes,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), MediaError> {
+        // Until the marker code is known (a segment's length may still be
+        // to come when a chunk ends inside it).
+        if self.pending.len() < 2 {
+            if !self.fill(chunk, 1) {
+                return Ok(());
+            }
+            if self.pending[0] != 0xFF {
+                if scanned {
+                    // Damage after a scan: decoders skip to the next marker.
+                    out.push(self.pending.split().freeze());
+                    self.state = State::Jpeg(Jpeg::Scan);
+                    return Ok(());
+                }
+                return Err(corrupt_jpeg());
+            }
+            // Fill bytes: all pass but the last `FF`, which stays pending.
+            let fill = chunk.iter().take_while(|&&b| b == 0xFF).count();
+            if fill > 0 {
+                out.push(chunk.split_to(fill));
+            }
+            if !self.fill(chunk, 2) {
+                return Ok(());
+            }
+            let marker = self.pending[1];
+            if scanned && !ends_scan(marker) {
+                out.push(self.pending.split().freeze());
+                self.state = State::Jpeg(Jpeg::Scan);
+                return Ok(());
+            }
             self.segments += 1;
             if self.segments > MAX_JPEG_SEGMENTS {
                 return Err(MediaError::invalid(format!(
                     "the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments"
                 )));
             }
-        }
-        match marker {
-            // A fill byte before the marker code.
-            0xFF => self.pending.truncate(1),
-            EOI => {
-                out.push(self.pending.split().freeze());
-                self.state = State::Trailer;
-            }
-            // TEM and the restart markers belong inside scan data (where
-            // `jpeg_scan` passes them); outside it they mean a corrupt or
-            // a crafted file.
-            0x01 | 0xD0..=0xD7 => {
-                return Err(MediaError::invalid(
-                    "the JPEG has a marker outside scan data that belongs inside it",
-                ));
-            }
-            0x00 | 0xD8 => return Err(corrupt_jpeg()),
-            _ => {
-                if !self.fill(chunk, 4) {
+            match marker {
+                EOI => {
+                    out.push(self.pending.split().freeze());
+                    self.state = State::Trailer;
                     return Ok(());
                 }
-                let len = usize::from(u16::from_be_bytes([self.pending[2], self.pending[3]]));
-                if len < 2 {
-                    return Err(corrupt_jpeg());
+                // TEM and the restart markers belong inside scan data (where
+                // `jpeg_scan` passes them); before any scan they mean a
+                // corrupt or a crafted file.
+                0x01 | 0xD0..=0xD7 => {
+                    return Err(MediaError::invalid(
+                        "the JPEG has a marker outside scan data that belongs inside it",
+                    ));
                 }
-                let action = self.jpeg_action(marker);
-                match action {
-                    Action::Keep => out.push(self.pending.split().freeze()),
-                    Action::Drop => {
-                        self.changed = true;
-                        self.pending.clear();
-                    }
-                    // The header stays pending with the payload to come.
-                    Action::Inspect => {}
-                }
-                self.state = State::Jpeg(Jpeg::Payload {
-                    marker,
-                    len: len - 2,
-                    action,
-                });
+                0x00 | 0xD8 => return Err(corrupt_jpeg()),
+                _ => {}
             }
         }
+        if !self.fill(chunk, 4) {
+            return Ok(());
+        }
+        let marker = self.pending[1];
+        let len = usize::from(u16::from_be_bytes([self.pending[2], self.pending[3]]));
+        if len < 2 {
+            if scanned {
+                // Damage that only looked like a marker.
+                out.push(self.pending.split().freeze());
+                self.state = State::Jpeg(Jpeg::Scan);
+                return Ok(());
+            }
+            return Err(corrupt_jpeg());
+        }
+        let action = self.jpeg_action(marker);
+        match action {
+            Action::Keep => out.push(self.pending.split().freeze()),
+            Action::Drop => {
+                self.changed = true;
+                self.pending.clear();
+            }
+            // The header stays pending with the payload to come.
+            Action::Inspect => {}
+        }
+        self.state = State::Jpeg(Jpeg::Payload {
+            marker,
+            len: len - 2,
+            action,
+            scanned,
+        });
         Ok(())
     }
 
-    /// Entropy-coded data: an FF is followed by 00 (a stuffed byte), a
-    /// restart marker, or a real marker that ends the scan.
+    /// Entropy-coded data: an `FF` (or a run of them) followed by a marker
+    /// that ends the scan (see [`ends_scan`]) ends it; followed by anything
+    /// else (a stuffed zero, a restart marker, damage) it is scan data.
     fn jpeg_scan(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) {
         let mut at = 0;
         while let Some(found) = memchr::memchr(0xFF, &chunk[at..]) {
             let ff = at + found;
-            let Some(&next) = chunk.get(ff + 1) else {
-                // FF ends the chunk: the next chunk's first byte decides.
-                out.push(chunk.split_to(ff));
-                self.pending.extend_from_slice(&chunk.split_to(1));
-                self.state = State::Jpeg(Jpeg::ScanFf);
-                return;
-            };
-            if next == 0x00 || (0xD0..=0xD7).contains(&next) {
-                at = ff + 2;
-                continue;
+            let end = ff + chunk[ff..].iter().take_while(|&&b| b == 0xFF).count();
+            match chunk.get(end) {
+                Some(&next) if !ends_scan(next) => at = end + 1,
+                // A marker, or the chunk ends in `FF`: the last `FF` stays
+                // pending and the next byte decides.
+                _ => {
+                    out.push(chunk.split_to(end - 1));
+                    self.pending.extend_from_slice(&chunk.split_to(1));
+                    self.state = State::Jpeg(Jpeg::Marker { scanned: true });
+                    return;
+                }
             }
-            out.push(chunk.split_to(ff));
-            self.state = State::Jpeg(Jpeg::Marker);
-            return;
         }
         out.push(std::mem::take(chunk));
     }
 
     fn jpeg_action(&self, marker: u8) -> Action {
         match marker {
-            // EXIF (APP1) is read for its orientation even when kept;
-            // APP2 is kept only when it is an ICC profile.
-            0xE1 | 0xE2 => Action::Inspect,
+            // EXIF (APP1) is read for its orientation even when kept.
+            0xE1 => Action::Inspect,
             _ if self.keep_metadata => Action::Keep,
-            // JFIF, Adobe (colour transform): they change how pixels decode.
-            0xE0 | 0xEE => Action::Keep,
-            // Every other application segment and comments.
-            0xE3..=0xED | 0xEF | 0xFE => Action::Drop,
-            _ => Action::Keep,
+            // Frame headers, tables, scans, DNL and restart intervals.
+            0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Action::Keep,
+            // JFIF, ICC profiles, Adobe: kept when they are what they say.
+            0xE0 | 0xE2 | 0xEE => Action::Inspect,
+            // Every other application segment, comments, extensions.
+            _ => Action::Drop,
         }
     }
 
@@ -226,11 +293,36 @@ impl Scrubber {
             }
             return;
         }
-        let keep = self.keep_metadata || (marker == 0xE2 && payload.starts_with(b"ICC_PROFILE\0"));
-        if keep {
+        if self.keep_metadata {
             out.push(segment);
-        } else {
-            self.changed = true;
+            return;
         }
+        // The part of the payload that is kept, if any.
+        let kept = match marker {
+            0xE0 if payload.starts_with(b"JFIF\0") && payload.len() >= JFIF_LEN => {
+                Some(&payload[..JFIF_LEN])
+            }
+            0xE2 if payload.starts_with(b"ICC_PROFILE\0") => Some(payload),
+            0xEE if payload.starts_with(b"Adobe") && payload.len() >= ADOBE_LEN => {
+                Some(&payload[..ADOBE_LEN])
+            }
+            _ => None,
+        };
+        let Some(kept) = kept else {
+            self.changed = true;
+            return;
+        };
+        let thumbnail = marker == 0xE0 && kept[12..] != [0, 0];
+        if !thumbnail && kept.len() == payload.len() {
+            out.push(segment);
+            return;
+        }
+        // A JFIF thumbnail, or bytes after what the segment defines.
+        let mut kept = kept.to_vec();
+        if thumbnail {
+            kept[12..].fill(0);
+        }
+        self.changed = true;
+        out.push(jpeg_segment(marker, &kept));
     }
 }

@@ -188,7 +188,7 @@ impl Scrubber {
         if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
             // SOI; the bytes after it are parsed like any others.
             out.push(head.slice(..2));
-            self.state = State::Jpeg(Jpeg::Marker);
+            self.state = State::Jpeg(Jpeg::Marker { scanned: false });
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));
@@ -200,7 +200,7 @@ impl Scrubber {
             out.push(head.slice(..12));
             self.state = State::Webp {
                 left: u64::from(size).saturating_sub(4),
-                chunk: Webp::Header,
+                chunk: Webp::START,
             };
             self.push(head.slice(12..), out)
         } else if heif::is_heif(&head) {

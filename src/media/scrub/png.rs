@@ -1,5 +1,16 @@
-//! PNG: chunk by chunk; ancillary chunks that do not change how the image
-//! looks are dropped.
+//! PNG: chunk by chunk, as an allow-list. The critical chunks (`IHDR`,
+//! `PLTE`, `IDAT`, `IEND`) are kept, an unknown critical chunk is refused
+//! (no decoder may show such a file), and of the ancillary chunks only those
+//! that change how the image looks or moves are kept (see
+//! [`keep_png_chunk`]); `eXIf` becomes a minimal chunk holding only the
+//! orientation, and every other chunk (text, time, unknown or private
+//! chunks) is dropped, as are the bytes after `IEND`.
+//!
+//! Bounds: one chunk header (8 bytes) is held at a time, or one `eXIf`
+//! chunk of at most [`MAX_PNG_EXIF`] + 12 bytes, never more than the bytes
+//! received; chunk data passes through as slices of the input, and the
+//! only allocation is the fixed 38-byte replacement `eXIf` chunk. Work is
+//! linear in the input.
 use bytes::Bytes;
 
 use super::*;
@@ -25,10 +36,15 @@ pub(super) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0
 /// dropped unread.
 const MAX_PNG_EXIF: u32 = 1024 * 1024;
 
-/// Critical chunks (upper-case first letter) are always kept; of the
-/// ancillary ones, those that change how the image looks or moves.
+/// The critical chunks PNG defines; a decoder must refuse any other.
+const PNG_CRITICAL: [&[u8; 4]; 4] = [b"IHDR", b"PLTE", b"IDAT", b"IEND"];
+
+/// The ancillary chunks that change how the image looks or moves:
+/// transparency, colour space and gamma, significant bits, background and
+/// pixel aspect, HDR (in both spellings the drafts used) and APNG animation.
+/// None of them carries free text.
 fn keep_png_chunk(kind: &[u8; 4]) -> bool {
-    kind[0].is_ascii_uppercase()
+    PNG_CRITICAL.contains(&kind)
         || matches!(
             kind,
             b"tRNS"
@@ -77,6 +93,12 @@ impl Scrubber {
                 let (len, kind) = self.length_and_kind();
                 if len > i32::MAX as u32 || !kind.iter().all(u8::is_ascii_alphabetic) {
                     return Err(MediaError::invalid("the PNG's chunk structure is corrupt"));
+                }
+                if kind[0].is_ascii_uppercase() && !PNG_CRITICAL.contains(&&kind) {
+                    return Err(MediaError::invalid(format!(
+                        "the PNG has an unknown critical chunk {:?}",
+                        String::from_utf8_lossy(&kind)
+                    )));
                 }
                 if &kind == b"eXIf" && len <= MAX_PNG_EXIF {
                     // The header stays pending with the data to come.

@@ -134,20 +134,22 @@ fn keeping_metadata_stores_the_bytes_as_uploaded() {
     );
 }
 
-use crate::fixtures::png_chunk_bytes as png_chunk;
+use crate::fixtures::{png_chunk_bytes as png_chunk, riff_chunk};
+
+fn encode_png(image: image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
 
 #[test]
 fn identifying_png_metadata_is_removed() {
     let image = image::RgbaImage::from_fn(20, 10, |x, y| {
         image::Rgba([x as u8 * 9, y as u8 * 20, 7, 200])
     });
-    let mut plain = Vec::new();
-    image::DynamicImage::ImageRgba8(image.clone())
-        .write_to(
-            &mut std::io::Cursor::new(&mut plain),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
+    let plain = encode_png(image::DynamicImage::ImageRgba8(image.clone()));
     // Signature and IHDR, then metadata, then the rest.
     let mut original = plain[..33].to_vec();
     original.extend(png_chunk(b"tEXt", b"Author\0Alice Example"));
@@ -262,15 +264,7 @@ fn camera_webp(orientation: u16) -> (Vec<u8>, image::RgbaImage) {
         .unwrap();
     // `simple` is RIFF + WEBP + one VP8L chunk: keep that chunk.
     let vp8l = &simple[12..];
-    let chunk = |kind: &[u8; 4], data: &[u8]| {
-        let mut out = kind.to_vec();
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
-        if data.len() % 2 == 1 {
-            out.push(0);
-        }
-        out
-    };
+    let chunk = riff_chunk;
     let mut vp8x = vec![0x08 | 0x04 | 0x10, 0, 0, 0];
     vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
     vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
@@ -321,6 +315,263 @@ fn webp_metadata_is_blanked_in_place() {
     assert!(!report.stripped && !report.changed && report.orientation == 6);
     let error = scrub(&original[..original.len() - 5], 64, false).unwrap_err();
     assert!(error.to_string().contains("truncated"), "{error}");
+}
+
+/// Where a JPEG's first scan data begins (after its SOS segment).
+fn scan_start(jpeg: &[u8]) -> usize {
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    sos + 2 + usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]))
+}
+
+#[test]
+fn only_jpeg_segments_known_to_decide_the_pixels_are_kept() {
+    let plain = encoded_jpeg();
+    let mut jfif = b"JFIF\0\x01\x02\x01\0\x48\0\x48\x02\x01".to_vec();
+    jfif.extend_from_slice(b"Alice"); // a 2 x 1 thumbnail, 6 bytes of RGB
+    jfif.push(0);
+    let mut adobe = b"Adobe\0\x64\0\0\0\0\x01".to_vec();
+    adobe.extend_from_slice(b"Alice");
+    let mut original = plain[..2].to_vec();
+    original.extend(segment(0xE0, &jfif));
+    original.extend(segment(0xE0, b"JFXX\0\x10Alice thumbnail"));
+    original.extend(segment(0xEE, &adobe));
+    original.extend(segment(0xE5, b"VendorTag\0Alice Example, serial 4411"));
+    original.extend(segment(0xED, b"Photoshop 3.0\08BIM\x04\x04IPTC Alice"));
+    original.extend(segment(0xEF, b"Alice in APP15"));
+    original.extend(segment(0xF1, b"Alice in JPG1"));
+    original.extend(segment(0xFE, b"Alice's comment"));
+    original.extend_from_slice(&plain[2..]);
+    let expected_pixels = image::load_from_memory(&plain).unwrap().to_rgb8();
+    let mut results = Vec::new();
+    for chunk in [1, 2, 5, 64, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert!(report.stripped && report.changed);
+        assert!(!contains(&stored, b"Alice"), "a segment survived");
+        // JFIF without its thumbnail; Adobe's 12 bytes.
+        assert!(contains(
+            &stored,
+            &segment(0xE0, b"JFIF\0\x01\x02\x01\0\x48\0\x48\0\0")
+        ));
+        assert!(contains(&stored, &segment(0xEE, &adobe[..12])));
+        let pixels = image::load_from_memory(&stored).unwrap().to_rgb8();
+        assert!(pixels == expected_pixels, "the pixels changed");
+        results.push(stored);
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    let (kept, _) = scrub(&original, 9, true).unwrap();
+    assert_eq!(kept, original, "kept whole with --keep-metadata");
+}
+
+/// A photo-like JPEG whose scan has a run of `FF` in its middle (a
+/// corrupted block) followed by `next`.
+fn damaged_jpeg(run: usize, next: u8) -> Vec<u8> {
+    let mut jpeg = crate::fixtures::photo_jpeg(320, 240);
+    let (start, end) = (scan_start(&jpeg), jpeg.len() - 2);
+    assert!(end - start > run + 100, "a long enough scan");
+    let at = start + (end - start - run) / 2;
+    jpeg[at..at + run].fill(0xFF);
+    jpeg[at + run] = next;
+    jpeg
+}
+
+#[test]
+fn a_damaged_scan_is_stored_as_it_came() {
+    // Whatever follows the run, unless it is a marker decoders act on, the
+    // scan goes on: nothing is identifying in it, nothing changes.
+    for next in (0..=0xFEu8).filter(|&b| !jpeg::ends_scan(b)) {
+        let damaged = damaged_jpeg(4096, next);
+        for chunk in [3, 4096, damaged.len()] {
+            let (stored, report) = scrub(&damaged, chunk, false)
+                .unwrap_or_else(|e| panic!("next byte {next:#04x}, chunks of {chunk}: {e}"));
+            assert!(stored == damaged, "next byte {next:#04x}: changed");
+            assert!(report.stripped && !report.changed);
+        }
+    }
+    // Across every chunk boundary, a 16 KiB run as a flash card leaves it.
+    let damaged = damaged_jpeg(16 * 1024, 0xFC);
+    let (stored, _) = scrub(&damaged, 1, false).unwrap();
+    assert!(stored == damaged);
+    // A run up to the end-of-image marker is fill before it.
+    let mut jpeg = encoded_jpeg();
+    let end = jpeg.len() - 2;
+    jpeg.splice(end..end, std::iter::repeat_n(0xFF, 100));
+    assert_eq!(scrub(&jpeg, 7, false).unwrap().0, jpeg);
+}
+
+#[test]
+fn damage_that_looks_like_a_marker_is_never_a_panic() {
+    // A run followed by what decoders take for a marker: the segment that
+    // seems to follow is parsed under the same rules (and dropped unless
+    // allowed), and the bytes after it are damaged scan data again.
+    for next in (0..=0xFEu8).filter(|&b| jpeg::ends_scan(b)) {
+        let damaged = damaged_jpeg(4096, next);
+        match scrub(&damaged, 4096, false) {
+            Ok((stored, _)) => assert!(stored.starts_with(&damaged[..scan_start(&damaged)])),
+            Err(e) => assert!(e.to_string().contains("JPEG"), "{next:#04x}: {e}"),
+        }
+    }
+    // An application segment inside damaged data: dropped, the rest kept.
+    let mut damaged = damaged_jpeg(64, 0xE4);
+    let at = damaged.windows(2).position(|w| w == [0xFF, 0xE4]).unwrap();
+    damaged[at + 2..at + 4].copy_from_slice(&12u16.to_be_bytes());
+    damaged[at + 4..at + 14].copy_from_slice(b"Alice Exam");
+    let (stored, report) = scrub(&damaged, 100, false).unwrap();
+    assert!(!contains(&stored, b"Alice") && report.changed);
+    assert_eq!(stored.len(), damaged.len() - 14);
+}
+
+#[test]
+fn markers_after_a_scan_still_count_against_the_limit() {
+    let jpeg = encoded_jpeg();
+    let end = jpeg.len() - 2;
+    let count = MAX_JPEG_SEGMENTS as usize;
+    let mut flood = jpeg[..end].to_vec();
+    flood.extend(std::iter::repeat_n([0xFF, 0xFE, 0x00, 0x02], count).flatten());
+    flood.extend_from_slice(&jpeg[end..]);
+    let error = scrub(&flood, 64 * 1024, false).unwrap_err();
+    assert!(error.to_string().contains("marker segments"), "{error}");
+    // Damage is not segments: a million `FF 12` pairs pass, in linear time.
+    let mut damage = jpeg[..end].to_vec();
+    damage.extend(std::iter::repeat_n([0xFF, 0x12], 1 << 20).flatten());
+    damage.extend_from_slice(&jpeg[end..]);
+    let started = std::time::Instant::now();
+    let (stored, _) = scrub(&damage, 64 * 1024, false).unwrap();
+    assert!(stored == damage);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn fill_bytes_before_markers_are_kept() {
+    let jpeg = encoded_jpeg();
+    let mut filled = jpeg[..2].to_vec();
+    filled.extend_from_slice(&[0xFF; 7]);
+    filled.extend_from_slice(&jpeg[2..]);
+    for chunk in [1, 3, 4096] {
+        let (stored, report) = scrub(&filled, chunk, false).unwrap();
+        assert_eq!(stored, filled);
+        assert!(!report.changed);
+    }
+}
+
+#[test]
+fn only_png_chunks_known_to_decide_the_pixels_are_kept() {
+    let image = image::RgbImage::from_fn(16, 9, |x, y| image::Rgb([x as u8 * 15, y as u8, 3]));
+    let plain = encode_png(image::DynamicImage::ImageRgb8(image.clone()));
+    let allowed = [
+        png_chunk(b"sRGB", &[0]),
+        png_chunk(b"pHYs", &[0, 0, 0x0B, 0x13, 0, 0, 0x0B, 0x13, 1]),
+    ];
+    let mut original = plain[..33].to_vec();
+    for kept in &allowed {
+        original.extend_from_slice(kept);
+    }
+    original.extend(png_chunk(b"iTXt", b"Author\0\0\0\0\0Alice Example"));
+    original.extend(png_chunk(b"zTXt", b"Comment\0\0x\x9c Alice"));
+    original.extend(png_chunk(b"tIME", &[0x07, 0xEA, 12, 6, 5, 9, 0]));
+    original.extend(png_chunk(b"caBX", b"c2pa manifest: Alice Example"));
+    original.extend(png_chunk(b"prVt", b"private Alice"));
+    original.extend_from_slice(&plain[33..]);
+    let (stored, report) = scrub(&original, 11, false).unwrap();
+    assert!(report.stripped && report.changed);
+    let mut expected = plain[..33].to_vec();
+    expected.extend(allowed.concat());
+    expected.extend_from_slice(&plain[33..]);
+    assert_eq!(stored, expected, "exactly the allowed chunks are left");
+    assert!(image::load_from_memory(&stored).unwrap().to_rgb8() == image);
+    // An unknown critical chunk: no decoder may show the file.
+    let mut critical = plain[..33].to_vec();
+    critical.extend(png_chunk(b"ALCE", b"Alice"));
+    critical.extend_from_slice(&plain[33..]);
+    let error = scrub(&critical, 64, false).unwrap_err();
+    assert!(
+        error.to_string().contains("unknown critical chunk"),
+        "{error}"
+    );
+}
+
+fn riff_webp(chunks: &[Vec<u8>]) -> Vec<u8> {
+    let body = chunks.concat();
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32 + 4).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend(body);
+    out
+}
+
+/// A lossless `VP8L` chunk of `width` x `height` pixels.
+fn vp8l_chunk(width: u32, height: u32) -> (Vec<u8>, image::RgbaImage) {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([x as u8 * 8, y as u8 * 12, 90, 255])
+    });
+    let mut simple = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+        .encode(
+            image.as_raw(),
+            width,
+            height,
+            image::ExtendedColorType::Rgba8,
+        )
+        .unwrap();
+    (simple[12..].to_vec(), image)
+}
+
+#[test]
+fn unknown_webp_chunks_are_blanked_wherever_they_are() {
+    let (vp8l, pixels) = vp8l_chunk(30, 20);
+    let mut vp8x = vec![0, 0, 0, 0];
+    vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
+    let c2pa = riff_chunk(b"C2PA", b"manifest signed by Alice Example");
+    let original = riff_webp(&[
+        riff_chunk(b"VP8X", &vp8x),
+        c2pa.clone(),
+        vp8l.clone(),
+        riff_chunk(b"ALCE", b"Alice, odd"),
+    ]);
+    for chunk in [1, 4, 9, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert!(report.stripped && report.changed);
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, b"Alice") && !contains(&stored, b"C2PA"));
+        let mut junk = b"JUNK".to_vec();
+        junk.extend_from_slice(&c2pa[4..8]);
+        junk.extend(vec![0; c2pa.len() - 8]);
+        assert!(contains(&stored, &junk), "same size, zeros");
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+    }
+
+    // An animation: unknown chunks inside a frame are blanked too.
+    let mut anmf = vec![0; 6];
+    anmf.extend_from_slice(&29u32.to_le_bytes()[..3]);
+    anmf.extend_from_slice(&19u32.to_le_bytes()[..3]);
+    anmf.extend_from_slice(&[100, 0, 0, 0]);
+    anmf.extend_from_slice(&vp8l);
+    anmf.extend(riff_chunk(b"XYZW", b"Alice in a frame"));
+    let mut animated_vp8x = vp8x.clone();
+    animated_vp8x[0] = 0x02 | 0x10;
+    let original = riff_webp(&[
+        riff_chunk(b"VP8X", &animated_vp8x),
+        riff_chunk(b"ANIM", &[0, 0, 0, 0, 0, 0]),
+        riff_chunk(b"ANMF", &anmf),
+        riff_chunk(b"ANMF", &anmf),
+    ]);
+    let expected = image::load_from_memory(&original).unwrap().to_rgba8();
+    for chunk in [1, 7, original.len()] {
+        let (stored, _) = scrub(&original, chunk, false).unwrap();
+        assert!(!contains(&stored, b"Alice") && !contains(&stored, b"XYZW"));
+        assert!(contains(&stored, &vp8l), "the frames' image data is kept");
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == expected);
+    }
+    // A frame's chunk that claims more than its frame is corrupt.
+    let mut bad = anmf.clone();
+    let at = 16 + vp8l.len();
+    bad[at + 4..at + 8].copy_from_slice(&1000u32.to_le_bytes());
+    let bad = riff_webp(&[
+        riff_chunk(b"VP8X", &animated_vp8x),
+        riff_chunk(b"ANMF", &bad),
+        vec![0; 1000],
+    ]);
+    assert!(scrub(&bad, 64, false).is_err());
 }
 
 trait FromStored {

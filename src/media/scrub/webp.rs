@@ -1,23 +1,75 @@
-//! WebP: metadata chunks blanked in place (RIFF sizes stay as they are).
+//! WebP: chunk by chunk, as an allow-list, with what is dropped blanked in
+//! place so that the RIFF size at the start stays true and the file streams.
+//!
+//! Kept: the chunks that make the image (`VP8 `, `VP8L`, `VP8X`, `ALPH`,
+//! `ANIM`, `ANMF`, `ICCP`); inside an `ANMF` frame, its `ALPH`, `VP8 ` and
+//! `VP8L`. Every other chunk (`EXIF`, `XMP `, and unknown ones such as
+//! `C2PA`), at the top level or inside a frame, becomes a `JUNK` chunk of
+//! the same size whose payload is zeros: RIFF defines `JUNK` as padding,
+//! and decoders skip chunks they do not know, so nothing moves. `VP8X`
+//! stops announcing EXIF and XMP.
+//!
+//! Bounds: one chunk header (8 bytes) is held at a time, or one whole
+//! `VP8X` or `EXIF` chunk of at most [`MAX_WEBP_COLLECT`] + 8 bytes (read
+//! for its flags and the orientation), never more than the bytes received.
+//! Kept data passes through as slices, and a blanked payload as slices of
+//! one static block of zeros, so nothing else is allocated but a fixed
+//! 8-byte header per blanked chunk. Work is linear in the input.
 use bytes::Bytes;
 
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Webp {
+pub(super) struct Webp {
+    step: Step,
+    /// Bytes not yet taken of the `ANMF` frame being walked (0 at the top
+    /// level).
+    frame: u64,
+}
+
+impl Webp {
+    /// At the first chunk header after the RIFF header.
+    pub(super) const START: Webp = Webp {
+        step: Step::Header,
+        frame: 0,
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
     /// Expecting a chunk header (FourCC and little-endian size).
     Header,
     /// Passing `remaining` bytes of a chunk's (padded) payload.
     Body { remaining: u64 },
-    /// Replacing `remaining` bytes of a metadata chunk's payload by zeros.
+    /// Replacing `remaining` bytes of a dropped chunk's payload by zeros.
     Blank { remaining: u64 },
     /// Collecting a whole chunk (`VP8X` flags, `EXIF` orientation).
     Collect { len: usize },
 }
 
 /// Largest WebP chunk collected whole (`VP8X` is 10 bytes, `EXIF` blocks
-/// a few KiB); larger metadata chunks are blanked unread.
+/// a few KiB); larger `EXIF` chunks are blanked unread.
 const MAX_WEBP_COLLECT: u32 = 1024 * 1024;
+
+/// Bytes of an `ANMF` payload before its frame data (position, size,
+/// duration, flags).
+const ANMF_HEADER: u64 = 16;
+
+/// What a blanked chunk's payload is replaced by, a piece at a time.
+static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
+
+/// The chunks kept at the top level.
+fn keep_webp_chunk(kind: &[u8; 4]) -> bool {
+    matches!(
+        kind,
+        b"VP8 " | b"VP8L" | b"VP8X" | b"ALPH" | b"ANIM" | b"ANMF" | b"ICCP"
+    )
+}
+
+/// The chunks kept inside an `ANMF` frame.
+fn keep_frame_chunk(kind: &[u8; 4]) -> bool {
+    matches!(kind, b"VP8 " | b"VP8L" | b"ALPH")
+}
 
 /// A RIFF `JUNK` chunk header for `size` bytes of payload.
 fn webp_junk_header(size: u32) -> Bytes {
@@ -27,10 +79,7 @@ fn webp_junk_header(size: u32) -> Bytes {
 }
 
 impl Scrubber {
-    /// WebP metadata cannot be removed while streaming (the RIFF size at
-    /// the start would change), so it is blanked in place: `EXIF` and
-    /// `XMP ` chunks become `JUNK` chunks of zeros (which decoders skip, as
-    /// RIFF defines) and `VP8X` stops announcing them. `left` counts the
+    /// One step of the walk over a WebP's chunks; `left` counts the
     /// container's bytes not yet taken from the input.
     pub(super) fn webp(
         &mut self,
@@ -42,15 +91,21 @@ impl Scrubber {
         let before = chunk.len();
         let taken = |chunk: &Bytes| (before - chunk.len()) as u64;
         let corrupt = || MediaError::invalid("the WebP's chunk structure is corrupt");
-        let next = match state {
-            Webp::Header => {
-                if left + (self.pending.len() as u64) < 8 {
+        let Webp { step, frame } = state;
+        // What the chunk being read must fit in: the frame, or the file.
+        let room = if frame > 0 { frame } else { left };
+        let step = match step {
+            Step::Header => {
+                if room + (self.pending.len() as u64) < 8 {
                     return Err(corrupt());
                 }
                 if !self.fill(chunk, 8) {
                     self.state = State::Webp {
                         left: left - taken(chunk),
-                        chunk: Webp::Header,
+                        chunk: Webp {
+                            step,
+                            frame: frame.saturating_sub(taken(chunk)),
+                        },
                     };
                     return Ok(());
                 }
@@ -67,41 +122,68 @@ impl Scrubber {
                     self.pending[7],
                 ]);
                 let padded = u64::from(size) + u64::from(size & 1);
-                if padded > left - taken(chunk) {
+                if padded > room - taken(chunk) {
                     return Err(corrupt());
                 }
-                let metadata = &kind == b"EXIF" || &kind == b"XMP ";
-                if (&kind == b"VP8X" || &kind == b"EXIF") && size <= MAX_WEBP_COLLECT {
-                    Webp::Collect {
+                let keep = self.keep_metadata
+                    || if frame > 0 {
+                        keep_frame_chunk(&kind)
+                    } else {
+                        keep_webp_chunk(&kind)
+                    };
+                if frame == 0 && (&kind == b"VP8X" || &kind == b"EXIF") && size <= MAX_WEBP_COLLECT
+                {
+                    Step::Collect {
                         len: 8 + padded as usize,
                     }
-                } else if metadata && !self.keep_metadata {
+                } else if !keep {
                     self.changed = true;
                     self.pending.clear();
                     out.push(webp_junk_header(size));
-                    Webp::Blank { remaining: padded }
+                    Step::Blank { remaining: padded }
                 } else {
                     out.push(self.pending.split().freeze());
-                    Webp::Body { remaining: padded }
+                    if &kind == b"ANMF" && frame == 0 && !self.keep_metadata {
+                        // Its frame header passes; then its chunks are
+                        // walked like the file's own.
+                        if padded < ANMF_HEADER {
+                            return Err(corrupt());
+                        }
+                        let frame = padded + taken(chunk);
+                        return self.webp_next(
+                            left,
+                            taken(chunk),
+                            Webp {
+                                step: Step::Body {
+                                    remaining: ANMF_HEADER,
+                                },
+                                frame,
+                            },
+                        );
+                    }
+                    Step::Body { remaining: padded }
                 }
             }
-            Webp::Body { remaining } | Webp::Blank { remaining } => {
+            Step::Body { remaining } | Step::Blank { remaining } => {
                 let n = usize::try_from(remaining)
                     .unwrap_or(usize::MAX)
                     .min(chunk.len());
                 let part = chunk.split_to(n);
-                if matches!(state, Webp::Body { .. }) {
+                if matches!(step, Step::Body { .. }) {
                     out.push(part);
                 } else {
-                    out.push(Bytes::from(vec![0u8; n]));
+                    for piece in (0..n).step_by(ZEROS.len()) {
+                        let len = (n - piece).min(ZEROS.len());
+                        out.push(Bytes::from_static(&ZEROS[..len]));
+                    }
                 }
-                match (state, remaining - n as u64) {
-                    (_, 0) => Webp::Header,
-                    (Webp::Body { .. }, remaining) => Webp::Body { remaining },
-                    (_, remaining) => Webp::Blank { remaining },
+                match (step, remaining - n as u64) {
+                    (_, 0) => Step::Header,
+                    (Step::Body { .. }, remaining) => Step::Body { remaining },
+                    (_, remaining) => Step::Blank { remaining },
                 }
             }
-            Webp::Collect { len } => {
+            Step::Collect { len } => {
                 if !self.fill(chunk, len) {
                     self.state = State::Webp {
                         left: left - taken(chunk),
@@ -125,14 +207,26 @@ impl Scrubber {
                     whole[8] &= !0x0C;
                 }
                 out.push(whole.freeze());
-                Webp::Header
+                Step::Header
             }
         };
-        let left = left - taken(chunk);
-        self.state = if left == 0 && next == Webp::Header {
+        self.webp_next(left, taken(chunk), Webp { step, frame })
+    }
+
+    /// Moves on after `taken` bytes of the container were consumed.
+    fn webp_next(&mut self, left: u64, taken: u64, next: Webp) -> Result<(), MediaError> {
+        let left = left - taken;
+        let frame = next.frame.saturating_sub(taken);
+        self.state = if left == 0 && next.step == Step::Header {
             State::Trailer
         } else {
-            State::Webp { left, chunk: next }
+            State::Webp {
+                left,
+                chunk: Webp {
+                    step: next.step,
+                    frame,
+                },
+            }
         };
         Ok(())
     }
