@@ -6,6 +6,7 @@
 
 mod aws;
 mod contract;
+mod heif;
 mod helpers;
 mod hostile;
 mod identity;
