@@ -312,6 +312,21 @@ pub enum HeifLayout {
     MetaLast,
 }
 
+/// A phone's HEIF `Exif` item (GPS, maker, serial number, owner; its TIFF
+/// header after a non-zero offset, `Exif\0\0` first, as some devices write
+/// it) and XMP packet (location, owner).
+fn phone_heif_metadata() -> (Vec<u8>, String) {
+    let mut exif = 6u32.to_be_bytes().to_vec();
+    exif.extend_from_slice(b"Exif\0\0");
+    exif.extend_from_slice(&phone_exif(1));
+    let xmp = format!(
+        "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF><rdf:Description \
+         exif:GPSLatitude=\"{}\" tiff:Artist=\"{}\"/></rdf:RDF></x:xmpmeta>",
+        PHONE_SECRETS[3], PHONE_SECRETS[2]
+    );
+    (exif, xmp)
+}
+
 /// A HEIC as a phone writes it, box by box: a primary `hvc1` item of
 /// `width` x `height` (`ispe`) rotated a quarter turn (`irot`), an `Exif`
 /// item with GPS, maker, serial number and owner whose TIFF header sits
@@ -319,29 +334,10 @@ pub enum HeifLayout {
 /// and an XMP item with the location. The coded image is not real HEVC:
 /// only the container is (see the tests for real encoded files).
 pub fn heic_photo(width: u32, height: u32, layout: HeifLayout) -> Vec<u8> {
-    let boxed = |kind: &[u8; 4], payload: &[u8]| {
-        let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(payload);
-        out
-    };
-    let full = |kind: &[u8; 4], version: u8, payload: &[u8]| {
-        let mut body = vec![version, 0, 0, 0];
-        body.extend_from_slice(payload);
-        boxed(kind, &body)
-    };
+    let (boxed, full) = (iso_box, iso_full_box);
     let coded = b"hvc1-coded-image-data-".repeat(40);
-    let mut exif = 6u32.to_be_bytes().to_vec();
-    exif.extend_from_slice(b"Exif\0\0");
-    exif.extend_from_slice(&phone_exif(1));
-    let xmp = format!(
-        "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF><rdf:Description \
-         exif:GPSLatitude=\"{}\" tiff:Artist=\"{}\"/></rdf:RDF></x:xmpmeta>{}",
-        PHONE_SECRETS[3],
-        PHONE_SECRETS[2],
-        " ".repeat(100)
-    )
-    .into_bytes();
+    let (exif, xmp) = phone_heif_metadata();
+    let xmp = format!("{xmp}{}", " ".repeat(100)).into_bytes();
     let ftyp = boxed(b"ftyp", b"heic\0\0\0\0mif1heic");
     let meta = |offsets: [u32; 3]| {
         let mut iinf = 3u16.to_be_bytes().to_vec();
@@ -421,6 +417,245 @@ pub fn heic_photo(width: u32, height: u32, layout: HeifLayout) -> Vec<u8> {
         out.extend(mdat);
     }
     out
+}
+
+/// An ISO-BMFF box of `kind` around `payload`.
+pub fn iso_box(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An ISO-BMFF full box (version, zero flags) of `kind` around `payload`.
+pub fn iso_full_box(kind: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![version, 0, 0, 0];
+    body.extend_from_slice(payload);
+    iso_box(kind, &body)
+}
+
+/// One item of a [`heif_file`].
+#[derive(Clone, Debug)]
+pub struct HeifItem {
+    pub kind: [u8; 4],
+    /// The `mime` item's content type (empty for other items).
+    pub content_type: &'static str,
+    /// Its bytes, stored in `mdat`.
+    pub data: Vec<u8>,
+    /// Property boxes associated with it (added to `ipco`).
+    pub properties: Vec<Vec<u8>>,
+}
+
+impl HeifItem {
+    pub fn new(kind: &[u8; 4], data: &[u8]) -> Self {
+        Self {
+            kind: *kind,
+            content_type: "",
+            data: data.to_vec(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// An image item's `ispe` property of `width` x `height`.
+    pub fn sized(mut self, width: u32, height: u32) -> Self {
+        let mut ispe = width.to_be_bytes().to_vec();
+        ispe.extend_from_slice(&height.to_be_bytes());
+        self.properties.push(iso_full_box(b"ispe", 0, &ispe));
+        self
+    }
+}
+
+/// The parts of a [`heif_file`] around its items.
+#[derive(Clone, Debug)]
+pub struct HeifParts {
+    /// The `ftyp` payload: major brand, minor version, compatible brands.
+    pub ftyp: Vec<u8>,
+    /// Boxes between `ftyp` and `meta`.
+    pub before_meta: Vec<u8>,
+    /// Boxes added to the `meta` box's children.
+    pub in_meta: Vec<u8>,
+    /// Boxes after `mdat`.
+    pub after: Vec<u8>,
+    /// The primary item's id (`pitm`): items are numbered from 1.
+    pub primary: u16,
+}
+
+impl Default for HeifParts {
+    fn default() -> Self {
+        Self {
+            ftyp: b"heic\0\0\0\0mif1heic".to_vec(),
+            before_meta: Vec::new(),
+            in_meta: Vec::new(),
+            after: Vec::new(),
+            primary: 1,
+        }
+    }
+}
+
+/// A HEIF file box by box: `ftyp`, `parts.before_meta`, a `meta` box with
+/// `items`, numbered from 1 (`pitm`, `iinf`, `iloc`, and
+/// `iprp` with each item's properties), `mdat` holding the items' bytes,
+/// `parts.after`. The coded images are not real: only the container is.
+pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
+    let meta = |offsets: &[u32]| {
+        let mut iinf = (items.len() as u16).to_be_bytes().to_vec();
+        let (mut ipco, mut ipma) = (Vec::new(), (items.len() as u32).to_be_bytes().to_vec());
+        let mut iloc = vec![0x44, 0x00];
+        iloc.extend_from_slice(&(items.len() as u16).to_be_bytes());
+        let mut property = 0u8;
+        for (n, item) in items.iter().enumerate() {
+            let id = n as u16 + 1;
+            let mut entry = id.to_be_bytes().to_vec();
+            entry.extend_from_slice(&0u16.to_be_bytes());
+            entry.extend_from_slice(&item.kind);
+            entry.push(0);
+            if &item.kind == b"mime" {
+                entry.extend_from_slice(item.content_type.as_bytes());
+                entry.push(0);
+            }
+            iinf.extend(iso_full_box(b"infe", 2, &entry));
+            ipma.extend_from_slice(&id.to_be_bytes());
+            ipma.push(item.properties.len() as u8);
+            for boxed in &item.properties {
+                ipco.extend_from_slice(boxed);
+                property += 1;
+                ipma.push(property);
+            }
+            iloc.extend_from_slice(&id.to_be_bytes());
+            iloc.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+            iloc.extend_from_slice(&offsets[n].to_be_bytes());
+            iloc.extend_from_slice(&(item.data.len() as u32).to_be_bytes());
+        }
+        let mut hdlr = 0u32.to_be_bytes().to_vec();
+        hdlr.extend_from_slice(b"pict");
+        hdlr.extend_from_slice(&[0; 13]);
+        let mut iprp = iso_box(b"ipco", &ipco);
+        iprp.extend(iso_full_box(b"ipma", 0, &ipma));
+        let mut children = iso_full_box(b"hdlr", 0, &hdlr);
+        children.extend(iso_full_box(b"pitm", 0, &parts.primary.to_be_bytes()));
+        children.extend(iso_full_box(b"iinf", 0, &iinf));
+        children.extend(iso_box(b"iprp", &iprp));
+        children.extend(iso_full_box(b"iloc", 1, &iloc));
+        children.extend_from_slice(&parts.in_meta);
+        iso_full_box(b"meta", 0, &children)
+    };
+    let mut out = iso_box(b"ftyp", &parts.ftyp);
+    out.extend_from_slice(&parts.before_meta);
+    let mut at = (out.len() + meta(&vec![0; items.len()]).len() + 8) as u32;
+    let mut offsets = Vec::new();
+    for item in items {
+        offsets.push(at);
+        at += item.data.len() as u32;
+    }
+    out.extend(meta(&offsets));
+    let data: Vec<u8> = items.iter().flat_map(|item| item.data.clone()).collect();
+    out.extend(iso_box(b"mdat", &data));
+    out.extend_from_slice(&parts.after);
+    out
+}
+
+/// A phone's HEIC motion photo, as Samsung writes it: a HEIC still with
+/// the phone's EXIF and XMP items, then a top-level `mpvd` box holding an
+/// MP4 video whose `udta` `©xyz` holds the location, and a top-level
+/// `uuid` box of XMP with the location and owner; another `uuid` box sits
+/// between `ftyp` and `meta`, before the items it must not move.
+pub fn heic_motion_photo(width: u32, height: u32) -> Vec<u8> {
+    let secrets = format!("{} {}", PHONE_SECRETS[3], PHONE_SECRETS[2]);
+    let mut xyz = (secrets.len() as u16).to_be_bytes().to_vec();
+    xyz.extend_from_slice(&[0x15, 0xC7]);
+    xyz.extend_from_slice(secrets.as_bytes());
+    let udta = iso_box(b"udta", &iso_box(b"\xA9xyz", &xyz));
+    let mut video = iso_box(b"ftyp", b"mp42\0\0\0\0isommp42");
+    video.extend(iso_box(b"moov", &udta));
+    video.extend(iso_box(b"mdat", &b"video-frames-".repeat(64)));
+    let mut uuid = [0x42u8; 16].to_vec();
+    uuid.extend_from_slice(format!("<x:xmpmeta>{secrets}</x:xmpmeta>").as_bytes());
+    let mut after = iso_box(b"mpvd", &video);
+    after.extend(iso_box(b"uuid", &uuid));
+    let parts = HeifParts {
+        before_meta: iso_box(b"uuid", &uuid),
+        after,
+        ..HeifParts::default()
+    };
+    heif_file(&phone_heif_items(width, height), &parts)
+}
+
+/// The items of a phone's HEIC: the coded image (`ispe` of `width` x
+/// `height`), the `Exif` item with GPS, maker, serial number and owner,
+/// and an XMP item with the location and owner.
+pub fn phone_heif_items(width: u32, height: u32) -> Vec<HeifItem> {
+    let (exif, xmp) = phone_heif_metadata();
+    vec![
+        HeifItem::new(b"hvc1", &b"hvc1-coded-image-data-".repeat(40)).sized(width, height),
+        HeifItem::new(b"Exif", &exif),
+        HeifItem {
+            content_type: "application/rdf+xml",
+            ..HeifItem::new(b"mime", xmp.as_bytes())
+        },
+    ]
+}
+
+/// A HEIC whose primary item is a `grid` of `width` x `height` (its own
+/// `ispe`) made of `tile` x `tile` `hvc1` tiles (each with its `ispe`), as
+/// Samsung phones store photos: the tiles and their properties first, the
+/// grid last; `quarter_turns` of `irot` on the grid.
+pub fn heic_grid(width: u32, height: u32, tile: u32, quarter_turns: u8) -> Vec<u8> {
+    let tiles = width.div_ceil(tile) * height.div_ceil(tile);
+    let mut items: Vec<HeifItem> = (0..tiles.min(8))
+        .map(|_| HeifItem::new(b"hvc1", b"tile").sized(tile, tile))
+        .collect();
+    let mut grid = HeifItem::new(b"grid", &[0, 0, 0, 0, 0, 0, 0, 0]).sized(width, height);
+    if quarter_turns > 0 {
+        grid.properties.push(iso_box(b"irot", &[quarter_turns]));
+    }
+    items.push(grid);
+    let parts = HeifParts {
+        primary: items.len() as u16,
+        ..HeifParts::default()
+    };
+    heif_file(&items, &parts)
+}
+
+/// A HEIC whose `iloc` lists `items` items of `extents` extents each
+/// with fields of no width (version 2 when `items` needs 32 bits): a
+/// few bytes per item, nothing per extent.
+pub fn heif_iloc_bomb(items: u32, extents: u16) -> Vec<u8> {
+    let version = u8::from(items > 0xFFFF) * 2;
+    let mut iloc = vec![0x00, 0x00];
+    let id = |n: u32| {
+        if version == 2 {
+            n.to_be_bytes().to_vec()
+        } else {
+            (n as u16).to_be_bytes().to_vec()
+        }
+    };
+    iloc.extend(id(items));
+    for n in 1..=items {
+        iloc.extend(id(n));
+        if version >= 1 {
+            iloc.extend_from_slice(&0u16.to_be_bytes()); // construction method
+        }
+        iloc.extend_from_slice(&0u16.to_be_bytes()); // data reference
+        iloc.extend_from_slice(&extents.to_be_bytes());
+    }
+    // The EXIF item is none of the located ones.
+    let mut exif = 0u16.to_be_bytes().to_vec();
+    exif.extend_from_slice(&[0, 0]);
+    exif.extend_from_slice(b"Exif\0");
+    let mut iinf = 1u16.to_be_bytes().to_vec();
+    iinf.extend(iso_full_box(b"infe", 2, &exif));
+    // Item 1 is a 64 x 64 image, so that the header is otherwise valid.
+    let ispe = iso_full_box(b"ispe", 0, &[0, 0, 0, 64, 0, 0, 0, 64]);
+    let mut iprp = iso_box(b"ipco", &ispe);
+    iprp.extend(iso_full_box(b"ipma", 0, &[0, 0, 0, 1, 0, 1, 1, 1]));
+    let mut children = iso_full_box(b"pitm", 0, &1u16.to_be_bytes());
+    children.extend(iso_box(b"iprp", &iprp));
+    children.extend(iso_full_box(b"iinf", 0, &iinf));
+    children.extend(iso_full_box(b"iloc", version, &iloc));
+    let mut file = iso_box(b"ftyp", b"heic\0\0\0\0mif1heic");
+    file.extend(iso_full_box(b"meta", 0, &children));
+    file.extend(iso_box(b"mdat", b"data"));
+    file
 }
 
 /// The codec of an [`encoded_heif`].

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::MediaError;
 use crate::media::gif::GifFrames;
+use crate::media::scrub::{heif_dimensions, heif_type};
 
 /// Bytes of the stream kept to find the type and dimensions. JPEG headers
 /// can sit behind large EXIF and ICC segments (64 KiB each), so this is
@@ -242,37 +243,51 @@ impl ContentInspector {
                 self.gif = Some(gif);
             }
         }
-        match imagesize::blob_size(&self.header) {
-            Ok(size) => {
-                let width = u32::try_from(size.width).unwrap_or(u32::MAX);
-                let height = u32::try_from(size.height).unwrap_or(u32::MAX);
-                if width == 0 || height == 0 {
+        let at_end = complete || self.header.len() == HEADER_LIMIT;
+        let size = if matches!(self.content_type, Some(t) if heif_type_name(t)) {
+            // Our own bounded reading: the primary item's size, not a tile's.
+            heif_dimensions(&self.header, at_end)?
+        } else {
+            match imagesize::blob_size(&self.header) {
+                Ok(size) => Some((
+                    u32::try_from(size.width).unwrap_or(u32::MAX),
+                    u32::try_from(size.height).unwrap_or(u32::MAX),
+                )),
+                Err(_) if at_end => {
                     return Err(MediaError::invalid(
-                        "the image header gives a zero dimension",
+                        "could not read the image's dimensions from its header",
                     ));
                 }
-                let pixels = u64::from(width) * u64::from(height);
-                if pixels > self.limits.max_pixels {
-                    return Err(MediaError::TooLarge(format!(
-                        "the image has {pixels} pixels ({width}x{height}); the limit is {}",
-                        self.limits.max_pixels
-                    )));
-                }
-                self.dimensions = Some((width, height));
-                self.header = Vec::new();
-                Ok(())
+                Err(_) => None,
             }
-            Err(_) if complete || self.header.len() == HEADER_LIMIT => Err(MediaError::invalid(
-                "could not read the image's dimensions from its header",
-            )),
+        };
+        let Some((width, height)) = size else {
             // Most likely the header is not complete yet: probe again when
             // twice as many bytes are in.
-            Err(_) => {
-                self.next_probe_at = (self.header.len() * 2).min(HEADER_LIMIT);
-                Ok(())
-            }
+            self.next_probe_at = (self.header.len() * 2).min(HEADER_LIMIT);
+            return Ok(());
+        };
+        if width == 0 || height == 0 {
+            return Err(MediaError::invalid(
+                "the image header gives a zero dimension",
+            ));
         }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.limits.max_pixels {
+            return Err(MediaError::TooLarge(format!(
+                "the image has {pixels} pixels ({width}x{height}); the limit is {}",
+                self.limits.max_pixels
+            )));
+        }
+        self.dimensions = Some((width, height));
+        self.header = Vec::new();
+        Ok(())
     }
+}
+
+/// Whether a sniffed type is one of the HEIF family.
+fn heif_type_name(content_type: &str) -> bool {
+    matches!(content_type, "image/heic" | "image/heif" | "image/avif")
 }
 
 fn too_large(max_bytes: u64) -> MediaError {
@@ -284,6 +299,10 @@ fn too_large(max_bytes: u64) -> MediaError {
 /// The media type of an image, from its first bytes.
 pub fn sniff(header: &[u8]) -> Option<&'static str> {
     use imagesize::ImageType;
+    if header.get(4..8) == Some(b"ftyp") {
+        // One list of HEIF brands for the sniffer and the scrubber.
+        return heif_type(header);
+    }
     let kind = imagesize::image_type(header).ok()?;
     Some(match kind {
         ImageType::Jpeg => "image/jpeg",
@@ -292,9 +311,6 @@ pub fn sniff(header: &[u8]) -> Option<&'static str> {
         ImageType::Webp => "image/webp",
         ImageType::Bmp => "image/bmp",
         ImageType::Tiff => "image/tiff",
-        ImageType::Heif(imagesize::Compression::Av1) => "image/avif",
-        ImageType::Heif(imagesize::Compression::Hevc) => "image/heic",
-        ImageType::Heif(_) => "image/heif",
         _ => return None,
     })
 }
@@ -324,7 +340,7 @@ fn types_agree(declared: &str, sniffed: &'static str) -> bool {
     match canonical_type(declared) {
         Some("application/octet-stream") => true,
         // HEIC and AVIF are both HEIF containers.
-        Some("image/heif") => matches!(sniffed, "image/heif" | "image/heic" | "image/avif"),
+        Some("image/heif") => heif_type_name(sniffed),
         Some(canonical) => canonical == sniffed,
         None => false,
     }
@@ -406,6 +422,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A HEIF's size is its primary item's: a Samsung grid's whole size,
+    /// not the first tile's `ispe`; and a `miaf` file is HEIF.
+    #[test]
+    fn a_heif_grid_gives_the_grids_size_not_a_tiles() {
+        let limits = ContentLimits {
+            max_bytes: 1 << 20,
+            max_pixels: 1 << 30,
+        };
+        let grid = crate::fixtures::heic_grid(4000, 1848, 512, 0);
+        for size in [1, 64, grid.len()] {
+            let mut inspector = ContentInspector::new(limits, Declared::default()).unwrap();
+            for chunk in grid.chunks(size) {
+                inspector.feed(chunk, None).unwrap();
+            }
+            let facts = inspector.finish().unwrap();
+            assert_eq!(facts.content_type, "image/heic");
+            assert_eq!(
+                (facts.width, facts.height),
+                (4000, 1848),
+                "chunks of {size}"
+            );
+        }
+        let mut miaf = grid.clone();
+        miaf[8..12].copy_from_slice(b"miaf");
+        assert_eq!(sniff(&miaf), Some("image/heic"), "by its compatible brands");
     }
 
     #[test]

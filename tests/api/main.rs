@@ -7,6 +7,7 @@
 mod aws;
 mod contract;
 mod deployment;
+mod heif;
 mod helpers;
 mod hostile;
 mod http_listener;

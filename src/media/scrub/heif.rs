@@ -1,14 +1,35 @@
-//! HEIF, HEIC and AVIF: metadata items blanked in place.
+//! HEIF, HEIC and AVIF: an allow-list of boxes and items, blanked in place.
 //!
 //! A HEIF file is a sequence of ISO-BMFF boxes; its `meta` box lists the
 //! items (`iinf`) and where their bytes lie (`iloc`), usually in the `mdat`
-//! box that follows. The `Exif` item (GPS, serial numbers, owner) and XMP
-//! items (`mime` of `application/rdf+xml`) are overwritten with the same
-//! number of bytes: an empty TIFF structure, an empty XMP packet padded
-//! with spaces. Nothing moves, so every `iloc` offset stays valid and the
-//! bytes still stream: only the `meta` box is held (at most
-//! [`MAX_HEIF_META`]). Orientation lives in the `irot` and `imir`
-//! properties, which are kept, not in EXIF.
+//! box that follows. Items are addressed by absolute file offsets, so
+//! nothing may move: what is not image data is overwritten with the same
+//! number of bytes instead of being cut out.
+//!
+//! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `moov` (image
+//!   sequences), `free` and `skip` are kept; inside `moov` and its `trak`s
+//!   only the boxes that describe the sequence; inside `meta` only the
+//!   image structure (`hdlr`, `pitm`, `iloc`, `iinf`, `iref`, `iprp`,
+//!   `idat`, `dinf`, `grpl`, `ipro`); inside `ipco` only the properties
+//!   that say how the pixels look. Any other box (a motion photo's `mpvd`
+//!   video with its GPS track, `uuid` boxes with XMP, `udta` and `meta`
+//!   under `moov`, `udes` descriptions, creation times) becomes a `free`
+//!   box of the same size filled with zeros.
+//! - Items: image items (`hvc1`, `av01`, `grid`, `iden`, …) are kept; every
+//!   other item's bytes are overwritten as they stream by: the `Exif` item
+//!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
+//!   an empty packet padded with spaces, anything else (other `mime` items,
+//!   `uri ` items, unknown types) by zeros.
+//!
+//! Only the `meta` box is held (at most [`MAX_HEIF_META`]). Parsing it
+//! allocates at most 1 × its length besides (16 bytes per `infe` entry of
+//! an item to blank, each entry at least 20 bytes of the box) plus 48 KiB
+//! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes), and its CPU is linear in
+//! its length: every count read from the file is checked against the bytes
+//! that remain before anything is looped over or sized from it, boxes are
+//! walked without being collected, and items are found by binary search.
+//! Orientation lives in the `irot` and `imir` properties, which are kept,
+//! not in EXIF.
 //!
 //! A file whose metadata items lie before its `meta` box (a `meta` after
 //! `mdat`) cannot be blanked once those bytes have gone by: it is refused
@@ -21,17 +42,126 @@ use super::*;
 /// a few KiB; grids of tiles and ICC profiles make it larger).
 pub const MAX_HEIF_META: u64 = 4 * 1024 * 1024;
 
-/// Major brands of HEIF-family images (HEIC, HEIF, AVIF, and their
-/// sequences).
-const HEIF_BRANDS: [&[u8; 4]; 10] = [
-    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis",
+/// Most boxes read in one file: the box headers that stream by and the
+/// boxes inside its `meta` boxes (a phone photo has a few hundred; a grid
+/// of 48 tiles under a thousand).
+pub const MAX_HEIF_BOXES: u32 = 100_000;
+
+/// Deepest nesting of boxes the scrubber descends into while streaming
+/// (`moov`, then `trak`); the `meta` box's own structure is fixed.
+const MAX_HEIF_DEPTH: usize = 2;
+
+/// Brands of HEVC-coded HEIF (HEIC and its sequences).
+const HEVC_BRANDS: [&[u8; 4]; 8] = [
+    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+];
+/// Brands of AV1-coded HEIF (AVIF and its sequences and profiles).
+const AV1_BRANDS: [&[u8; 4]; 5] = [b"avif", b"avis", b"avio", b"MA1A", b"MA1B"];
+/// Structural brands of HEIF and MIAF images and sequences, whatever the
+/// codec.
+const HEIF_BRANDS: [&[u8; 4]; 4] = [b"mif1", b"mif2", b"miaf", b"msf1"];
+
+/// The media type of a file that opens with `head`, when its `ftyp` box
+/// names a HEIF-family brand, major or compatible: `image/heic` or
+/// `image/avif` by the first codec brand, else `image/heif`. The one
+/// list of brands for the sniffer and the scrubber: every file the sniffer
+/// calls HEIF is scrubbed as one (the scrubber takes every `ftyp` file).
+pub fn heif_type(head: &[u8]) -> Option<&'static str> {
+    if head.len() < 12 || &head[4..8] != b"ftyp" {
+        return None;
+    }
+    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let compatible = head.get(16..size.min(head.len())).unwrap_or_default();
+    let mut heif = false;
+    for brand in std::iter::once(&head[8..12]).chain(compatible.chunks_exact(4)) {
+        if HEVC_BRANDS.iter().any(|b| *b == brand) {
+            return Some("image/heic");
+        }
+        if AV1_BRANDS.iter().any(|b| *b == brand) {
+            return Some("image/avif");
+        }
+        heif |= HEIF_BRANDS.iter().any(|b| *b == brand);
+    }
+    heif.then_some("image/heif")
+}
+
+/// Whether a file's first bytes are an ISO-BMFF `ftyp` box: all of them
+/// are scrubbed as HEIF (the sniffer refuses those that name no HEIF
+/// brand, see [`heif_type`]).
+pub(super) fn is_heif(head: &[u8]) -> bool {
+    head.len() >= 8 && &head[4..8] == b"ftyp"
+}
+
+/// Boxes kept at the top level of the file.
+const TOP_LEVEL_BOXES: [&[u8; 4]; 6] = [b"ftyp", b"meta", b"mdat", b"moov", b"free", b"skip"];
+/// Boxes kept in an image sequence's `moov` (not `udta`, `meta`, `uuid`).
+const MOOV_BOXES: [&[u8; 4]; 6] = [b"mvhd", b"trak", b"mvex", b"iods", b"free", b"skip"];
+/// Boxes kept in a sequence's `trak` (not `udta`, `meta`, `uuid`).
+const TRAK_BOXES: [&[u8; 4]; 7] = [
+    b"tkhd", b"tref", b"edts", b"mdia", b"trgr", b"free", b"skip",
+];
+/// Boxes kept in a `meta` box: the image structure.
+const META_BOXES: [&[u8; 4]; 12] = [
+    b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"ipro",
+    b"free", b"skip",
+];
+/// Item properties kept in `ipco`: codec configurations and what decides
+/// how the pixels look (not `udes` descriptions, `crtt`/`mdft` times or
+/// `uuid` properties).
+const PROPERTIES: [&[u8; 4]; 38] = [
+    b"hvcC", b"lhvC", b"av1C", b"avcC", b"vvcC", b"evcC", b"jpgC", b"j2kH", b"uncC", b"cmpd",
+    b"cpal", b"cmpC", b"icef", b"ispe", b"pixi", b"colr", b"irot", b"imir", b"clap", b"auxC",
+    b"rloc", b"lsel", b"oinf", b"tols", b"a1op", b"a1lx", b"clli", b"mdcv", b"cclv", b"amve",
+    b"reve", b"pasp", b"ccst", b"cloc", b"splz", b"sbpm", b"free", b"skip",
+];
+/// Item types whose bytes are image data (coded images, tiles, derived
+/// images, masks); every other item is blanked.
+const IMAGE_ITEMS: [&[u8; 4]; 15] = [
+    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"jpeg", b"j2k1", b"unci",
+    b"grid", b"iden", b"iovl", b"tmap", b"mski",
 ];
 
-/// Whether a file's first 12 bytes are a HEIF `ftyp` box.
-pub(super) fn is_heif(head: &[u8]) -> bool {
-    head.len() >= 12
-        && &head[4..8] == b"ftyp"
-        && HEIF_BRANDS.iter().any(|brand| &head[8..12] == *brand)
+fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
+    list.contains(&kind)
+}
+
+/// Whether a box of `kind` is kept inside `parent` (`None`: the top
+/// level) when metadata is removed.
+fn kept_box(parent: Option<[u8; 4]>, kind: &[u8; 4]) -> bool {
+    match parent.as_ref() {
+        None => listed(&TOP_LEVEL_BOXES, kind),
+        Some(b"moov") => listed(&MOOV_BOXES, kind),
+        Some(b"trak") => listed(&TRAK_BOXES, kind),
+        Some(_) => true,
+    }
+}
+
+/// Whether a kept box of `kind` inside `parent` is descended into while
+/// streaming, to check its children.
+fn descended(parent: Option<[u8; 4]>, kind: &[u8; 4]) -> bool {
+    matches!(
+        (parent.as_ref(), kind),
+        (None, b"moov") | (Some(b"moov"), b"trak")
+    )
+}
+
+fn corrupt() -> MediaError {
+    MediaError::invalid("the HEIF's box structure is corrupt")
+}
+
+fn meta_corrupt() -> MediaError {
+    MediaError::invalid("the HEIF's meta box is corrupt")
+}
+
+/// Counts one more box read, refusing more than [`MAX_HEIF_BOXES`].
+fn count_box(count: &mut u32) -> Result<(), MediaError> {
+    *count += 1;
+    if *count > MAX_HEIF_BOXES {
+        return Err(MediaError::invalid(format!(
+            "the HEIF has more than {MAX_HEIF_BOXES} boxes"
+        )));
+    }
+    Ok(())
 }
 
 /// What the HEIF scrubber is reading.
@@ -41,8 +171,9 @@ enum Step {
     Header,
     /// Holding a whole `meta` box of `len` bytes.
     Meta { len: usize },
-    /// Passing `remaining` bytes of a box (`None`: up to the end of file).
-    Body { remaining: Option<u64> },
+    /// Passing `remaining` bytes of a box (`None`: up to the end of file),
+    /// as zeros when `blank`.
+    Body { remaining: Option<u64>, blank: bool },
 }
 
 /// The HEIF scrubber's state.
@@ -51,15 +182,20 @@ pub(super) struct Heif {
     step: Step,
     /// Offset in the file of the next byte taken from the input.
     position: u64,
-    /// Byte ranges of metadata items still ahead, sorted.
+    /// Byte ranges of metadata items still ahead, sorted, not overlapping.
     blanks: Vec<Blank>,
     /// A `meta` box was read.
     meta_seen: bool,
     /// The `mdat` box came before any `meta` box.
     mdat_first: bool,
+    /// The boxes being descended into, innermost last: type and end offset
+    /// (at most [`MAX_HEIF_DEPTH`]).
+    containers: Vec<([u8; 4], u64)>,
+    /// Boxes read so far (see [`MAX_HEIF_BOXES`]).
+    boxes: u32,
 }
 
-/// Part of a metadata item, to overwrite as it streams by.
+/// Part of an item to overwrite as it streams by.
 #[derive(Clone, Copy, Debug)]
 struct Blank {
     /// File offsets: `start..end`.
@@ -77,6 +213,8 @@ struct Blank {
 enum Item {
     Exif,
     Xmp,
+    /// Any other item that is not image data: zeros.
+    Other,
 }
 
 /// The empty item an `Exif` item becomes: the 4-byte offset to the TIFF
@@ -97,6 +235,7 @@ impl Item {
         let (template, fill): (&[u8], u8) = match self {
             Item::Exif => (&EMPTY_EXIF, 0),
             Item::Xmp => (EMPTY_XMP, b' '),
+            Item::Other => (&[], 0),
         };
         if len < template.len() as u64 {
             return fill;
@@ -117,6 +256,17 @@ impl Blank {
     }
 }
 
+/// Sorts `blanks` and refuses overlapping ones (no real file overlaps its
+/// metadata items; overlaps would make the bytes written per byte read
+/// grow with their number).
+fn sort_disjoint(blanks: &mut [Blank]) -> Result<(), MediaError> {
+    blanks.sort_unstable_by_key(|blank| blank.start);
+    if blanks.windows(2).any(|pair| pair[1].start < pair[0].end) {
+        return Err(MediaError::invalid("the HEIF's metadata items overlap"));
+    }
+    Ok(())
+}
+
 impl Heif {
     pub(super) fn new() -> Self {
         Self {
@@ -125,17 +275,20 @@ impl Heif {
             blanks: Vec::new(),
             meta_seen: false,
             mdat_first: false,
+            containers: Vec::new(),
+            boxes: 0,
         }
     }
 
     /// Whether the file may end here: between boxes, or in a box that runs
     /// to the end of the file, with no metadata item still ahead (which
-    /// means the file was cut short).
+    /// means the file was cut short) and every box descended into ended.
     pub(super) fn complete(&self, pending: usize) -> bool {
         self.blanks.is_empty()
+            && self.containers.iter().all(|&(_, end)| end <= self.position)
             && match self.step {
                 Step::Header => pending == 0,
-                Step::Body { remaining } => remaining.is_none_or(|r| r == 0),
+                Step::Body { remaining, .. } => remaining.is_none_or(|r| r == 0),
                 Step::Meta { .. } => false,
             }
     }
@@ -145,36 +298,38 @@ impl Heif {
     fn blanked(&mut self, bytes: Bytes, changed: &mut bool) -> Bytes {
         let (start, end) = (self.position, self.position + bytes.len() as u64);
         self.position = end;
-        let hits: Vec<Blank> = self
+        // Sorted and disjoint: the ones met here are at the front.
+        let hits = self
             .blanks
             .iter()
-            .filter(|b| b.start < end && b.end > start)
-            .copied()
-            .collect();
-        self.blanks.retain(|b| b.end > end);
-        if hits.is_empty() {
+            .take_while(|b| b.start < end)
+            .filter(|b| b.end > start)
+            .count();
+        if hits == 0 {
+            self.blanks.retain(|b| b.end > end);
             return bytes;
         }
         *changed = true;
         let mut copy = BytesMut::from(&bytes[..]);
-        for blank in hits {
+        for blank in self.blanks.iter().take_while(|b| b.start < end) {
             for at in blank.start.max(start)..blank.end.min(end) {
                 copy[(at - start) as usize] = blank.byte(at);
             }
         }
+        self.blanks.retain(|b| b.end > end);
         copy.freeze()
     }
 }
 
 impl Scrubber {
     /// Takes HEIF bytes: box headers, a `meta` box held whole and parsed,
-    /// other boxes passed with their metadata items overwritten.
+    /// other boxes passed with their metadata items overwritten (or as
+    /// zeros, when the box is not one kept).
     pub(super) fn heif(
         &mut self,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
     ) -> Result<(), MediaError> {
-        let corrupt = || MediaError::invalid("the HEIF's box structure is corrupt");
         let Some(mut heif) = self.heif.take() else {
             return Err(corrupt());
         };
@@ -189,7 +344,6 @@ impl Scrubber {
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
     ) -> Result<(), MediaError> {
-        let corrupt = || MediaError::invalid("the HEIF's box structure is corrupt");
         match heif.step {
             Step::Header => {
                 if !self.fill(chunk, 8) {
@@ -212,10 +366,22 @@ impl Scrubber {
                 if size.is_some_and(|size| size < header) {
                     return Err(corrupt());
                 }
+                count_box(&mut heif.boxes)?;
+                let start = heif.position;
+                heif.containers.retain(|&(_, end)| end > start);
+                let parent = heif.containers.last().copied();
+                if let Some((_, parent_end)) = parent {
+                    let end = size.and_then(|size| start.checked_add(size));
+                    if end.is_none_or(|end| end > parent_end) {
+                        return Err(corrupt());
+                    }
+                }
+                let parent = parent.map(|(kind, _)| kind);
                 if &kind == b"mdat" && !heif.meta_seen {
                     heif.mdat_first = true;
                 }
-                if &kind == b"meta" && !self.keep_metadata {
+                let keep = self.keep_metadata || kept_box(parent, &kind);
+                if &kind == b"meta" && parent.is_none() && !self.keep_metadata {
                     let Some(size) = size else {
                         return Err(corrupt());
                     };
@@ -226,12 +392,27 @@ impl Scrubber {
                         )));
                     }
                     heif.step = Step::Meta { len: size as usize };
-                } else {
-                    let head = self.pending.split().freeze();
-                    out.push(heif.blanked(head, &mut self.changed));
-                    heif.step = Step::Body {
-                        remaining: size.map(|size| size - header),
+                    return Ok(());
+                }
+                let mut head = self.pending.split();
+                if !keep {
+                    head[4..8].copy_from_slice(b"free");
+                    self.changed = true;
+                }
+                out.push(heif.blanked(head.freeze(), &mut self.changed));
+                heif.step = Step::Body {
+                    remaining: size.map(|size| size - header),
+                    blank: !keep,
+                };
+                if keep && !self.keep_metadata && descended(parent, &kind) {
+                    let Some(size) = size else {
+                        return Err(corrupt());
                     };
+                    if heif.containers.len() >= MAX_HEIF_DEPTH {
+                        return Err(corrupt());
+                    }
+                    heif.containers.push((kind, start + size));
+                    heif.step = Step::Header;
                 }
             }
             Step::Meta { len } => {
@@ -241,7 +422,7 @@ impl Scrubber {
                 let mut meta = self.pending.split();
                 let meta_start = heif.position;
                 let meta_end = meta_start + meta.len() as u64;
-                let (ahead, in_meta) = metadata_items(&meta)?;
+                let (ahead, changed) = scrub_meta(&mut meta, &mut heif.boxes)?;
                 if ahead.iter().any(|blank| blank.start < meta_end) {
                     return Err(MediaError::invalid(if heif.mdat_first {
                         "the HEIF's metadata comes before its meta box (meta after mdat), so it \
@@ -250,32 +431,27 @@ impl Scrubber {
                         "the HEIF's item locations point into its own boxes"
                     }));
                 }
-                for blank in in_meta {
-                    for at in blank.start..blank.end {
-                        meta[at as usize] = blank.byte(at);
-                    }
-                    self.changed = true;
-                }
+                self.changed |= changed;
                 heif.position = meta_end;
                 // A second `meta` box (rare) adds to what the first found.
                 heif.blanks.extend(ahead);
                 if heif.blanks.len() > MAX_METADATA_EXTENTS {
                     return Err(too_many_pieces());
                 }
-                heif.blanks.sort_by_key(|blank| blank.start);
+                sort_disjoint(&mut heif.blanks)?;
                 heif.meta_seen = true;
                 out.push(meta.freeze());
                 heif.step = Step::Header;
             }
-            Step::Body { remaining } => {
+            Step::Body { remaining, blank } => {
                 let n = remaining.map_or(chunk.len(), |r| {
                     usize::try_from(r).unwrap_or(usize::MAX).min(chunk.len())
                 });
-                let part = chunk.split_to(n);
-                out.push(heif.blanked(part, &mut self.changed));
+                let part = heif.blanked(chunk.split_to(n), &mut self.changed);
+                out.push(if blank { Bytes::from(vec![0; n]) } else { part });
                 heif.step = match remaining.map(|r| r - n as u64) {
                     Some(0) => Step::Header,
-                    remaining => Step::Body { remaining },
+                    remaining => Step::Body { remaining, blank },
                 };
             }
         }
@@ -305,13 +481,9 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    /// An unsigned big-endian number of `n` bytes (0, 1, 2, 4 or 8).
+    /// An unsigned big-endian number of `n` bytes (at most 8).
     fn uint(&mut self, n: usize) -> Result<u64, MediaError> {
-        if !matches!(n, 0 | 1 | 2 | 4 | 8) {
-            return Err(MediaError::invalid(
-                "the HEIF's iloc box uses an invalid field size",
-            ));
-        }
+        debug_assert!(n <= 8);
         Ok(self
             .take(n)?
             .iter()
@@ -330,6 +502,13 @@ impl<'a> Reader<'a> {
         self.uint(4)
     }
 
+    /// A full box's version (its flags skipped).
+    fn version(&mut self) -> Result<u8, MediaError> {
+        let version = self.u8()?;
+        self.take(3)?;
+        Ok(version)
+    }
+
     /// A NUL-terminated string (the rest, when unterminated).
     fn string(&mut self) -> &'a [u8] {
         let rest = &self.bytes[self.at..];
@@ -338,130 +517,172 @@ impl<'a> Reader<'a> {
         &rest[..len]
     }
 
-    fn rest(&self) -> &'a [u8] {
-        &self.bytes[self.at..]
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
     }
 }
 
-/// A box inside another: its type, the offset of its payload in the
-/// parent's bytes, and the payload.
-type Child<'a> = ([u8; 4], usize, &'a [u8]);
-
-/// The child boxes of `bytes`.
-fn boxes(bytes: &[u8]) -> Result<Vec<Child<'_>>, MediaError> {
-    let corrupt = || MediaError::invalid("the HEIF's meta box is corrupt");
-    let mut found = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let mut reader = Reader::new(&bytes[at..]);
-        let size = reader.u32()?;
-        let kind: [u8; 4] = reader.take(4)?.try_into().map_err(|_| corrupt())?;
-        let (size, header) = match size {
-            1 => (reader.uint(8)?, 16),
-            0 => ((bytes.len() - at) as u64, 8),
-            size => (size, 8),
-        };
-        let size = usize::try_from(size).map_err(|_| corrupt())?;
-        if size < header || size > bytes.len() - at {
-            return Err(corrupt());
-        }
-        found.push((kind, at + header, &bytes[at + header..at + size]));
-        at += size;
-    }
-    Ok(found)
+/// A box inside a held buffer: its type and offsets in the buffer.
+#[derive(Clone, Copy, Debug)]
+struct Child {
+    kind: [u8; 4],
+    /// The box's first byte, its payload's, and the byte after it.
+    start: usize,
+    body: usize,
+    end: usize,
 }
 
-/// The parts of the `Exif` and XMP items that `meta` (a whole `meta` box)
-/// locates: those in the file (file offsets) and those in its own `idat`
-/// (offsets in `meta`).
-fn metadata_items(meta: &[u8]) -> Result<(Vec<Blank>, Vec<Blank>), MediaError> {
-    let corrupt = || MediaError::invalid("the HEIF's meta box is corrupt");
-    let (_, payload_at, payload) = *boxes(meta)?.first().ok_or_else(corrupt)?;
-    // `meta` is a full box: version and flags, then its children.
-    let children_at = payload_at + 4;
-    let children = boxes(payload.get(4..).ok_or_else(corrupt)?)?;
-    let mut kinds: Vec<(u64, Item)> = Vec::new();
-    let mut locations = None;
-    let mut idat_at = None;
-    for (kind, at, body) in children {
-        match &kind {
-            b"iinf" => kinds = metadata_kinds(body)?,
-            b"iloc" => locations = Some(body),
-            b"idat" => idat_at = Some((children_at + at) as u64),
-            _ => {}
-        }
+/// The box at `*at` in `bytes[..end]`, moving `*at` past it; `None` at
+/// `end`. Every box is counted against [`MAX_HEIF_BOXES`].
+fn next_box(
+    bytes: &[u8],
+    at: &mut usize,
+    end: usize,
+    count: &mut u32,
+) -> Result<Option<Child>, MediaError> {
+    if *at >= end {
+        return Ok(None);
     }
-    let (mut ahead, mut in_meta) = (Vec::new(), Vec::new());
-    let Some(locations) = locations else {
-        return Ok((ahead, in_meta));
+    let mut reader = Reader::new(&bytes[*at..end]);
+    let size = reader.u32().map_err(|_| meta_corrupt())?;
+    let kind: [u8; 4] = reader
+        .take(4)
+        .map_err(|_| meta_corrupt())?
+        .try_into()
+        .map_err(|_| meta_corrupt())?;
+    let (size, header) = match size {
+        1 => (reader.uint(8).map_err(|_| meta_corrupt())?, 16),
+        0 => ((end - *at) as u64, 8),
+        size => (size, 8),
     };
-    for (id, method, extents) in item_locations(locations)? {
-        let Some(&(_, kind)) = kinds.iter().find(|(item, _)| *item == id) else {
-            continue;
-        };
-        let item_len = extents
-            .iter()
-            .fold(0u64, |sum, (_, length)| sum.saturating_add(*length));
-        let mut item_offset = 0u64;
-        for (offset, length) in extents {
-            if length == 0 {
-                return Err(MediaError::invalid(
-                    "the HEIF's metadata item has an extent without a length",
-                ));
+    let size = usize::try_from(size).map_err(|_| meta_corrupt())?;
+    if size < header || size > end - *at {
+        return Err(meta_corrupt());
+    }
+    count_box(count)?;
+    let child = Child {
+        kind,
+        start: *at,
+        body: *at + header,
+        end: *at + size,
+    };
+    *at = child.end;
+    Ok(Some(child))
+}
+
+/// The children of `parent` (a full box when `full`), one by one.
+fn children(parent: &Child, full: bool) -> Result<usize, MediaError> {
+    let first = parent.body + if full { 4 } else { 0 };
+    if first > parent.end {
+        return Err(meta_corrupt());
+    }
+    Ok(first)
+}
+
+/// Makes `child` a `free` box of zeros, in place.
+fn blank_box(bytes: &mut [u8], child: &Child) {
+    bytes[child.start + 4..child.start + 8].copy_from_slice(b"free");
+    bytes[child.body..child.end].fill(0);
+}
+
+/// Notes the one box of a kind that a `meta` box may hold.
+fn once(slot: &mut Option<Child>, child: Child) -> Result<(), MediaError> {
+    if slot.replace(child).is_some() {
+        return Err(MediaError::invalid(format!(
+            "the HEIF's meta box has two {} boxes",
+            String::from_utf8_lossy(&child.kind)
+        )));
+    }
+    Ok(())
+}
+
+/// Blanks, in `meta` (a whole `meta` box), the boxes and items that are not
+/// image structure; returns the pieces of those items that lie further on
+/// in the file (file offsets), and whether `meta` changed.
+fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), MediaError> {
+    let mut at = 0;
+    let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
+    let (mut iinf, mut iloc, mut idat) = (None, None, None);
+    let mut changed = false;
+    let mut at = children(&outer, true)?;
+    while let Some(child) = next_box(meta, &mut at, outer.end, count)? {
+        match &child.kind {
+            b"iinf" => once(&mut iinf, child)?,
+            b"iloc" => once(&mut iloc, child)?,
+            b"idat" => once(&mut idat, child)?,
+            b"iprp" => changed |= scrub_properties(meta, &child, count)?,
+            kind if listed(&META_BOXES, kind) => {}
+            _ => {
+                blank_box(meta, &child);
+                changed = true;
             }
-            let (base, into) = match method {
-                0 => (0, &mut ahead),
-                1 => (idat_at.ok_or_else(corrupt)?, &mut in_meta),
-                // Items built from other items hold no bytes of their own.
-                _ => continue,
-            };
-            let start = base.checked_add(offset).ok_or_else(corrupt)?;
-            let end = start.checked_add(length).ok_or_else(corrupt)?;
-            if method == 1 && end > meta.len() as u64 {
-                return Err(corrupt());
-            }
-            into.push(Blank {
-                start,
-                end,
-                item_offset,
-                item_len,
-                kind,
-            });
-            item_offset += length;
         }
     }
-    if ahead.len() + in_meta.len() > MAX_METADATA_EXTENTS {
-        return Err(too_many_pieces());
+    let kinds = match iinf {
+        Some(iinf) => blanked_items(meta, &iinf, count)?,
+        None => Vec::new(),
+    };
+    let Some(iloc) = iloc else {
+        return Ok((Vec::new(), changed));
+    };
+    let idat = idat.map(|idat| (idat.body as u64, idat.end as u64));
+    let (ahead, mut in_meta) = item_extents(&meta[iloc.body..iloc.end], &kinds, idat)?;
+    sort_disjoint(&mut in_meta)?;
+    for blank in in_meta {
+        for at in blank.start..blank.end {
+            meta[at as usize] = blank.byte(at);
+        }
+        changed = true;
     }
-    Ok((ahead, in_meta))
+    Ok((ahead, changed))
 }
 
-/// Most pieces (`iloc` extents) the metadata items may be cut into; a
-/// camera writes one each.
-const MAX_METADATA_EXTENTS: usize = 1024;
-
-fn too_many_pieces() -> MediaError {
-    MediaError::invalid("the HEIF's metadata items are cut into too many pieces")
+/// Blanks the properties in an `iprp` box's `ipco` that are not in
+/// [`PROPERTIES`] (the index of every other stays as it was); whether any
+/// was.
+fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bool, MediaError> {
+    let mut changed = false;
+    let mut at = children(iprp, false)?;
+    while let Some(child) = next_box(meta, &mut at, iprp.end, count)? {
+        match &child.kind {
+            b"ipma" => {}
+            b"ipco" => {
+                let mut at = children(&child, false)?;
+                while let Some(property) = next_box(meta, &mut at, child.end, count)? {
+                    if !listed(&PROPERTIES, &property.kind) {
+                        blank_box(meta, &property);
+                        changed = true;
+                    }
+                }
+            }
+            _ => {
+                blank_box(meta, &child);
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
 }
 
-/// Items whose bytes are metadata, by id, from an `iinf` box's payload.
-fn metadata_kinds(iinf: &[u8]) -> Result<Vec<(u64, Item)>, MediaError> {
-    let mut reader = Reader::new(iinf);
-    let version = reader.u8()?;
-    reader.take(3)?;
-    if version == 0 {
-        reader.u16()?;
-    } else {
-        reader.u32()?;
-    }
+/// The items of an `iinf` box that are not image data, by id, sorted:
+/// what is blanked.
+fn blanked_items(
+    meta: &[u8],
+    iinf: &Child,
+    count: &mut u32,
+) -> Result<Vec<(u64, Item)>, MediaError> {
+    let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
+    let version = reader.version()?;
+    // The entry count is not needed: the `infe` boxes follow.
+    reader.take(if version == 0 { 2 } else { 4 })?;
     let mut kinds = Vec::new();
-    for (kind, _, body) in boxes(reader.rest())? {
-        if &kind != b"infe" {
+    let mut at = iinf.end - reader.remaining();
+    while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
+        if &entry.kind != b"infe" {
             continue;
         }
-        let mut entry = Reader::new(body);
-        let version = entry.u8()?;
-        entry.take(3)?;
+        let mut entry = Reader::new(&meta[entry.body..entry.end]);
+        let version = entry.version()?;
         let (id, item_type, content_type) = if version >= 2 {
             let id = if version == 2 {
                 entry.u16()?
@@ -478,34 +699,58 @@ fn metadata_kinds(iinf: &[u8]) -> Result<Vec<(u64, Item)>, MediaError> {
             };
             (id, item_type, content_type)
         } else {
+            // Versions 0 and 1 describe MIME items only.
             let id = entry.u16()?;
             entry.u16()?;
             entry.string();
             (id, *b"mime", entry.string())
         };
-        if &item_type == b"Exif" {
-            kinds.push((id, Item::Exif));
+        let kind = if listed(&IMAGE_ITEMS, &item_type) {
+            continue;
+        } else if &item_type == b"Exif" {
+            Item::Exif
         } else if &item_type == b"mime" && content_type.eq_ignore_ascii_case(b"application/rdf+xml")
         {
-            kinds.push((id, Item::Xmp));
-        }
+            Item::Xmp
+        } else {
+            Item::Other
+        };
+        kinds.push((id, kind));
     }
+    kinds.sort_unstable_by_key(|&(id, _)| id);
     Ok(kinds)
 }
 
-/// An item's location: its id, construction method, and extents (offset,
-/// length) with the base offset added.
-type Location = (u64, u8, Vec<(u64, u64)>);
+/// Most pieces (`iloc` extents) the blanked items may be cut into; a
+/// camera writes one each.
+const MAX_METADATA_EXTENTS: usize = 1024;
 
-/// Every item's location, from an `iloc` box's payload.
-fn item_locations(iloc: &[u8]) -> Result<Vec<Location>, MediaError> {
+fn too_many_pieces() -> MediaError {
+    MediaError::invalid("the HEIF's metadata items are cut into too many pieces")
+}
+
+fn iloc_error(why: &str) -> MediaError {
+    MediaError::invalid(format!("the HEIF's iloc box {why}"))
+}
+
+/// The pieces of the items in `kinds`, from an `iloc` box's payload: those
+/// in the file (file offsets) and those in the `meta` box's `idat`
+/// (`idat`: its payload's range, as offsets in the `meta` box).
+///
+/// Every count is checked against the bytes left before it is looped
+/// over: an item takes at least its fixed fields, and an extent its
+/// fields (an item may have one extent of no width: all its data), so the
+/// loops are linear in the box's length; only the pieces of blanked items
+/// are kept.
+fn item_extents(
+    iloc: &[u8],
+    kinds: &[(u64, Item)],
+    idat: Option<(u64, u64)>,
+) -> Result<(Vec<Blank>, Vec<Blank>), MediaError> {
     let mut reader = Reader::new(iloc);
-    let version = reader.u8()?;
-    reader.take(3)?;
+    let version = reader.version()?;
     if version > 2 {
-        return Err(MediaError::invalid(
-            "the HEIF's iloc box has an unknown version",
-        ));
+        return Err(iloc_error("has an unknown version"));
     }
     let sizes = reader.u8()?;
     let (offset_size, length_size) = (usize::from(sizes >> 4), usize::from(sizes & 15));
@@ -516,40 +761,481 @@ fn item_locations(iloc: &[u8]) -> Result<Vec<Location>, MediaError> {
     } else {
         0
     };
-    let count = if version < 2 {
-        reader.u16()?
-    } else {
-        reader.u32()?
-    };
-    let mut items = Vec::new();
+    if [offset_size, length_size, base_size, index_size]
+        .iter()
+        .any(|size| !matches!(size, 0 | 4 | 8))
+    {
+        return Err(iloc_error("uses an invalid field size"));
+    }
+    let id_size = if version < 2 { 2 } else { 4 };
+    let count = reader.uint(id_size)?;
+    let method_size = if version >= 1 { 2 } else { 0 };
+    let item_size = id_size + method_size + 2 + base_size + 2;
+    if count > (reader.remaining() / item_size) as u64 {
+        return Err(iloc_error("lists more items than it holds"));
+    }
+    // Fields of no width make an extent free to declare: that is only
+    // valid for an item whose one extent is all its data.
+    let free_extents = index_size + offset_size + length_size == 0;
+    let (mut ahead, mut in_meta) = (Vec::new(), Vec::new());
     for _ in 0..count {
-        let id = if version < 2 {
-            reader.u16()?
-        } else {
-            reader.u32()?
-        };
-        let method = if version >= 1 {
-            (reader.u16()? & 15) as u8
-        } else {
-            0
-        };
+        let id = reader.uint(id_size)?;
+        let method = reader.uint(method_size)? & 15;
         let data_reference = reader.u16()?;
         let base = reader.uint(base_size)?;
-        let extent_count = reader.u16()?;
-        let mut extents = Vec::new();
+        let extent_count = reader.u16()? as usize;
+        if free_extents && extent_count > 1 {
+            return Err(iloc_error("gives several extents with fields of no width"));
+        }
+        // Data in another file is not in this upload; items built from
+        // other items hold no bytes of their own.
+        let kind = kinds
+            .binary_search_by_key(&id, |&(item, _)| item)
+            .ok()
+            .map(|at| kinds[at].1)
+            .filter(|_| data_reference == 0 && method < 2);
+        let first = if method == 1 {
+            in_meta.len()
+        } else {
+            ahead.len()
+        };
+        let mut item_len = 0u64;
         for _ in 0..extent_count {
             reader.uint(index_size)?;
             let offset = reader.uint(offset_size)?;
             let length = reader.uint(length_size)?;
-            let offset = base
-                .checked_add(offset)
-                .ok_or_else(|| MediaError::invalid("the HEIF's iloc box is corrupt"))?;
-            extents.push((offset, length));
+            let Some(kind) = kind else {
+                continue;
+            };
+            if length == 0 {
+                return Err(MediaError::invalid(
+                    "the HEIF's metadata item has an extent without a length",
+                ));
+            }
+            let start = match (method, idat) {
+                (0, _) => base.checked_add(offset),
+                (_, Some((body, _))) => base.checked_add(offset).and_then(|o| o.checked_add(body)),
+                (_, None) => None,
+            };
+            let start = start.ok_or_else(meta_corrupt)?;
+            let end = start.checked_add(length).ok_or_else(meta_corrupt)?;
+            if method == 1 && idat.is_none_or(|(_, idat_end)| end > idat_end) {
+                return Err(meta_corrupt());
+            }
+            if ahead.len() + in_meta.len() >= MAX_METADATA_EXTENTS {
+                return Err(too_many_pieces());
+            }
+            let into = if method == 1 {
+                &mut in_meta
+            } else {
+                &mut ahead
+            };
+            into.push(Blank {
+                start,
+                end,
+                item_offset: item_len,
+                item_len: 0,
+                kind,
+            });
+            item_len += length;
         }
-        // Data in another file is not in this upload.
-        if data_reference == 0 {
-            items.push((id, method, extents));
+        let into = if method == 1 {
+            &mut in_meta
+        } else {
+            &mut ahead
+        };
+        for blank in &mut into[first..] {
+            blank.item_len = item_len;
         }
     }
-    Ok(items)
+    Ok((ahead, in_meta))
+}
+
+/// The primary image's width and height as viewed, from the first bytes
+/// of a HEIF file (`head`): its own `ispe` (a grid's is the whole image,
+/// not a tile's), swapped when `irot` turns it a quarter. `None` while the
+/// `meta` box is not all in `head`; an error when `at_end` (no more bytes
+/// will come) and it is still not.
+pub fn heif_dimensions(head: &[u8], at_end: bool) -> Result<Option<(u32, u32)>, MediaError> {
+    let mut count = 0;
+    let mut at = 0usize;
+    let mut mdat_first = false;
+    while head.len() - at >= 8 {
+        let size = u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let kind = &head[at + 4..at + 8];
+        let size = match size {
+            0 => (head.len() - at) as u64,
+            1 if head.len() - at >= 16 => {
+                u64::from_be_bytes(head[at + 8..at + 16].try_into().unwrap_or_default())
+            }
+            1 => break,
+            size => u64::from(size),
+        };
+        if size < 8 {
+            return Err(corrupt());
+        }
+        count_box(&mut count)?;
+        let end = usize::try_from(size)
+            .ok()
+            .and_then(|size| at.checked_add(size));
+        if kind == b"meta" {
+            match end.filter(|&end| end <= head.len()) {
+                Some(end) => return primary_size(&head[at..end], &mut count).map(Some),
+                None => break,
+            }
+        }
+        mdat_first |= kind == b"mdat";
+        match end {
+            Some(end) if end < head.len() => at = end,
+            _ => break,
+        }
+    }
+    if !at_end {
+        return Ok(None);
+    }
+    Err(MediaError::invalid(if mdat_first {
+        "the HEIF's meta box comes after its media data (mdat), so the image's dimensions \
+         cannot be read from its header; save the file with its meta box first"
+    } else {
+        "the HEIF has no complete meta box in its first MiB to give the image's dimensions"
+    }))
+}
+
+/// The primary item's `ispe`, turned by its `irot`, from a whole `meta`
+/// box.
+fn primary_size(meta: &[u8], count: &mut u32) -> Result<(u32, u32), MediaError> {
+    let mut at = 0;
+    let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
+    let (mut primary, mut iprp) = (None, None);
+    let mut at = children(&outer, true)?;
+    while let Some(child) = next_box(meta, &mut at, outer.end, count)? {
+        match &child.kind {
+            b"pitm" => {
+                let mut reader = Reader::new(&meta[child.body..child.end]);
+                let version = reader.version()?;
+                primary = Some(reader.uint(if version == 0 { 2 } else { 4 })?);
+            }
+            b"iprp" => iprp = Some(child),
+            _ => {}
+        }
+    }
+    let primary =
+        primary.ok_or_else(|| MediaError::invalid("the HEIF names no primary image (pitm)"))?;
+    let no_size = || MediaError::invalid("the HEIF's primary image has no size (ispe)");
+    let iprp = iprp.ok_or_else(no_size)?;
+    let (mut ipco, mut associated) = (None, Vec::new());
+    let mut at = children(&iprp, false)?;
+    while let Some(child) = next_box(meta, &mut at, iprp.end, count)? {
+        match &child.kind {
+            b"ipco" => ipco = Some(child),
+            b"ipma" => associations(&meta[child.body..child.end], primary, &mut associated)?,
+            _ => {}
+        }
+    }
+    associated.sort_unstable();
+    let ipco = ipco.ok_or_else(no_size)?;
+    let (mut size, mut quarter_turns) = (None, 0);
+    let mut at = children(&ipco, false)?;
+    let mut index = 0u16;
+    while let Some(property) = next_box(meta, &mut at, ipco.end, count)? {
+        index = index.saturating_add(1);
+        if associated.binary_search(&index).is_err() {
+            continue;
+        }
+        let mut reader = Reader::new(&meta[property.body..property.end]);
+        match &property.kind {
+            b"ispe" => {
+                reader.version()?;
+                let width = reader.u32()? as u32;
+                let height = reader.u32()? as u32;
+                size = Some((width, height));
+            }
+            b"irot" => quarter_turns = reader.u8()? & 3,
+            _ => {}
+        }
+    }
+    let (width, height) = size.ok_or_else(no_size)?;
+    Ok(if quarter_turns % 2 == 1 {
+        (height, width)
+    } else {
+        (width, height)
+    })
+}
+
+/// Adds to `found` the property indices (1-based) that an `ipma` box's
+/// payload associates with item `id`.
+fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaError> {
+    let mut reader = Reader::new(ipma);
+    let version = reader.u8()?;
+    let flags = reader.take(3)?;
+    let wide = flags[2] & 1 == 1;
+    let id_size = if version < 1 { 2 } else { 4 };
+    let entries = reader.u32()?;
+    // Each entry takes its id and its count of associations.
+    if entries > (reader.remaining() / (id_size + 1)) as u64 {
+        return Err(meta_corrupt());
+    }
+    for _ in 0..entries {
+        let item = reader.uint(id_size)?;
+        let n = usize::from(reader.u8()?);
+        let bytes = reader.take(n * if wide { 2 } else { 1 })?;
+        if item != id {
+            continue;
+        }
+        if wide {
+            found.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
+            );
+        } else {
+            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::fixtures::{
+        HeifItem, HeifLayout, HeifParts, PHONE_SECRETS, heic_grid, heic_motion_photo, heic_photo,
+        heif_file, heif_iloc_bomb as iloc_bomb, iso_box, iso_full_box, phone_heif_items,
+    };
+
+    /// The bytes stored for `bytes` pushed in chunks of `chunk`, and what
+    /// the scrubber found.
+    fn scrub(bytes: &[u8], chunk: usize) -> Result<(Vec<u8>, Scrubbed), MediaError> {
+        let mut scrubber = Scrubber::new(false);
+        let mut out = Vec::new();
+        for part in bytes.chunks(chunk) {
+            scrubber.push(Bytes::copy_from_slice(part), &mut out)?;
+        }
+        let report = scrubber.finish(&mut out)?;
+        Ok((out.concat(), report))
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn assert_no_secrets(stored: &[u8], what: &str) {
+        for secret in PHONE_SECRETS {
+            assert!(
+                !contains(stored, secret.as_bytes()),
+                "{secret} left in {what}"
+            );
+        }
+    }
+
+    /// Before the bound, the 12 KB file made a replica allocate 2 GB (16
+    /// bytes per extent) and the 393 KB one aborted the process; now the
+    /// extent counts are checked against the box's bytes first.
+    #[test]
+    fn an_iloc_bomb_is_refused_at_once() {
+        for (items, extents) in [(2000, 0xFFFF), (0xFFFF, 0xFFFF), (70_000, 0xFFFF)] {
+            let bomb = iloc_bomb(items, extents);
+            let started = Instant::now();
+            let error = scrub(&bomb, 64 * 1024).unwrap_err();
+            assert!(matches!(error, MediaError::Invalid(_)), "{error:?}");
+            assert!(error.to_string().contains("iloc"), "{error}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{items} x {extents} took {:?}",
+                started.elapsed()
+            );
+        }
+        assert!(iloc_bomb(2000, 0xFFFF).len() < 13_000);
+    }
+
+    /// Extents whose fields have no width are free to declare: an item
+    /// may have one (all its data), not two.
+    #[test]
+    fn zero_width_extents_are_one_per_item() {
+        assert!(scrub(&iloc_bomb(3, 1), 100).is_ok());
+        let error = scrub(&iloc_bomb(3, 2), 100).unwrap_err();
+        assert!(error.to_string().contains("no width"), "{error}");
+    }
+
+    #[test]
+    fn an_iloc_with_more_items_than_bytes_is_refused() {
+        let mut bomb = iloc_bomb(3, 1);
+        // The item count (after the iloc's version, flags and sizes).
+        let at = bomb.windows(4).position(|w| w == b"iloc").unwrap() + 4 + 6;
+        bomb[at..at + 2].copy_from_slice(&0xFFFFu16.to_be_bytes());
+        let error = scrub(&bomb, 100).unwrap_err();
+        assert!(error.to_string().contains("more items"), "{error}");
+    }
+
+    #[test]
+    fn more_boxes_than_the_limit_are_refused() {
+        let mut file = iso_box(b"ftyp", b"heic\0\0\0\0mif1heic");
+        for _ in 0..=MAX_HEIF_BOXES {
+            file.extend(iso_box(b"free", b""));
+        }
+        let error = scrub(&file, 64 * 1024).unwrap_err();
+        assert!(error.to_string().contains("boxes"), "{error}");
+    }
+
+    /// A Samsung motion photo: the still is kept byte for byte at the same
+    /// offsets, the video (`mpvd`, with its GPS track) and the `uuid`
+    /// boxes of XMP become `free` boxes of zeros.
+    #[test]
+    fn a_motion_photo_keeps_its_still_and_loses_its_video_and_uuid_boxes() {
+        let original = heic_motion_photo(4032, 3024);
+        for secret in PHONE_SECRETS {
+            assert!(
+                contains(&original, secret.as_bytes()),
+                "{secret} in fixture"
+            );
+        }
+        for chunk in [1, 7, 100, original.len()] {
+            let (stored, report) = scrub(&original, chunk).unwrap();
+            assert!(report.stripped && report.changed);
+            assert_eq!(stored.len(), original.len(), "nothing moves");
+            assert_no_secrets(&stored, "the motion photo");
+            for kind in [b"mpvd", b"uuid", b"moov", b"\xA9xyz"] {
+                assert!(!contains(&stored, kind), "{kind:?} left");
+            }
+            let coded = b"hvc1-coded-image-data-".repeat(40);
+            let at = original.windows(coded.len()).position(|w| w == coded);
+            assert_eq!(
+                stored.windows(coded.len()).position(|w| w == coded),
+                at,
+                "the coded image stays where iloc says"
+            );
+            assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((4032, 3024)));
+        }
+    }
+
+    /// Boxes in `meta` that are not image structure, properties that are
+    /// not about pixels, and items that are not images (any `mime`, `uri `)
+    /// are blanked, not only EXIF and XMP.
+    #[test]
+    fn everything_not_image_structure_is_blanked() {
+        let secret = PHONE_SECRETS[3];
+        let mut items = phone_heif_items(640, 480);
+        items[0].properties.push(iso_full_box(
+            b"udes",
+            0,
+            format!("en\0{secret}\0").as_bytes(),
+        ));
+        items.push(HeifItem {
+            content_type: "text/plain",
+            ..HeifItem::new(b"mime", secret.as_bytes())
+        });
+        items.push(HeifItem::new(b"uri ", secret.as_bytes()));
+        let parts = HeifParts {
+            in_meta: [
+                iso_box(b"uuid", secret.as_bytes()),
+                iso_box(b"xml ", secret.as_bytes()),
+            ]
+            .concat(),
+            ..HeifParts::default()
+        };
+        let original = heif_file(&items, &parts);
+        let (stored, report) = scrub(&original, 13).unwrap();
+        assert!(report.stripped);
+        assert_eq!(stored.len(), original.len());
+        assert_no_secrets(&stored, "the meta box");
+        assert!(contains(&stored, &b"hvc1-coded-image-data-".repeat(40)));
+        assert!(contains(&stored, b"ispe"), "the image's properties stay");
+        assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((640, 480)));
+    }
+
+    /// An image sequence's `moov` is kept, its `udta` and `meta` are not.
+    #[test]
+    fn a_sequence_keeps_its_tracks_and_loses_their_user_data() {
+        let secret = PHONE_SECRETS[3].as_bytes();
+        let trak = [
+            iso_full_box(b"tkhd", 0, &[0; 80]),
+            iso_box(b"udta", secret),
+            iso_full_box(b"meta", 0, secret),
+        ]
+        .concat();
+        let moov = [
+            iso_full_box(b"mvhd", 0, &[0; 96]),
+            iso_box(b"trak", &trak),
+            iso_box(b"udta", secret),
+        ]
+        .concat();
+        let parts = HeifParts {
+            ftyp: b"msf1\0\0\0\0msf1hevc".to_vec(),
+            after: iso_box(b"moov", &moov),
+            ..HeifParts::default()
+        };
+        let original = heif_file(&phone_heif_items(64, 64), &parts);
+        let (stored, _) = scrub(&original, 5).unwrap();
+        assert_eq!(stored.len(), original.len());
+        assert_no_secrets(&stored, "the sequence");
+        for kind in [b"moov", b"trak", b"tkhd", b"mvhd"] {
+            assert!(contains(&stored, kind), "{kind:?} kept");
+        }
+        // A track that claims more than its `moov` holds is corrupt.
+        let mut broken = original.clone();
+        let at = broken.windows(4).position(|w| w == b"trak").unwrap() - 4;
+        broken[at..at + 4].copy_from_slice(&10_000u32.to_be_bytes());
+        assert!(scrub(&broken, 5).is_err());
+    }
+
+    /// Every brand list of the sniffer is the scrubber's: a `miaf` HEIC,
+    /// or one whose major brand is unknown but compatible brands say HEIF,
+    /// loses its metadata.
+    #[test]
+    fn every_heif_brand_the_sniffer_accepts_is_scrubbed() {
+        for (ftyp, kind) in [
+            (&b"miaf\0\0\0\0miafmif1"[..], "image/heif"),
+            (b"miaf\0\0\0\0miafheic", "image/heic"),
+            (b"isom\0\0\0\0isommif1heic", "image/heic"),
+            (b"mp42\0\0\0\0mif1avif", "image/avif"),
+            (b"msf1\0\0\0\0msf1", "image/heif"),
+        ] {
+            let parts = HeifParts {
+                ftyp: ftyp.to_vec(),
+                ..HeifParts::default()
+            };
+            let original = heif_file(&phone_heif_items(64, 64), &parts);
+            assert_eq!(heif_type(&original), Some(kind));
+            let (stored, report) = scrub(&original, 64).unwrap();
+            assert!(report.stripped);
+            assert_no_secrets(&stored, kind);
+        }
+        let mp4 = iso_box(b"ftyp", b"isom\0\0\0\0isommp42");
+        assert_eq!(heif_type(&mp4), None, "a video is not an image");
+    }
+
+    /// The size of a grid is the grid's own `ispe`, not a tile's, turned
+    /// by the grid's `irot`.
+    #[test]
+    fn a_grid_gives_its_own_size_turned_by_irot() {
+        for (turns, expected) in [
+            (0, (4000, 1848)),
+            (1, (1848, 4000)),
+            (2, (4000, 1848)),
+            (3, (1848, 4000)),
+        ] {
+            let grid = heic_grid(4000, 1848, 512, turns);
+            assert_eq!(heif_dimensions(&grid, true).unwrap(), Some(expected));
+            assert_eq!(
+                heif_dimensions(&grid[..grid.len() / 2], false).unwrap(),
+                None
+            );
+        }
+        let photo = heic_photo(4032, 3024, HeifLayout::MetaFirst);
+        assert_eq!(heif_dimensions(&photo, true).unwrap(), Some((3024, 4032)));
+    }
+
+    #[test]
+    fn a_meta_box_after_mdat_beyond_the_header_says_why() {
+        let late = heic_photo(640, 480, HeifLayout::MetaLast);
+        let mdat_end = late.windows(4).position(|w| w == b"meta").unwrap() - 4;
+        let error = heif_dimensions(&late[..mdat_end + 20], true).unwrap_err();
+        assert!(
+            error.to_string().contains("after its media data"),
+            "{error}"
+        );
+        assert_eq!(heif_dimensions(&late, true).unwrap(), Some((480, 640)));
+    }
 }

@@ -31,7 +31,7 @@ mod png;
 mod webp;
 
 use heif::Heif;
-pub use heif::MAX_HEIF_META;
+pub use heif::{MAX_HEIF_META, heif_dimensions, heif_type};
 use jpeg::Jpeg;
 pub use jpeg::MAX_JPEG_SEGMENTS;
 use png::{PNG_SIGNATURE, Png};
