@@ -1,0 +1,3 @@
+#![no_main]
+//! See the driver `image_service_fuzz::page_token`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| image_service_fuzz::page_token(data));
