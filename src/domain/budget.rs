@@ -154,6 +154,22 @@ impl MemoryBudget {
 }
 
 impl MemoryBudget {
+    /// Grows `reservation` to at least `bytes` if the budget has room now
+    /// (in steps like [`MemoryBudget::grow`]); whether it has.
+    pub fn try_grow(&self, reservation: &mut Reservation, bytes: u64) -> bool {
+        if bytes <= reservation.bytes {
+            return true;
+        }
+        let more = (bytes - reservation.bytes).next_multiple_of(GROWTH_STEP);
+        match self.try_reserve(more) {
+            Some(more) => {
+                reservation.absorb(more);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Takes `units` as soon as that many are free, trying every few
     /// milliseconds up to the wait. Large reservations do not queue: the
     /// semaphore is fair, and a render waiting at the head of its queue for

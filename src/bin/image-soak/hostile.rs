@@ -27,6 +27,7 @@ pub const ATTACKS: &[&str] = &[
     "heartbeats",
     "half-open",
     "huge-icc",
+    "burst",
 ];
 
 /// What one attack cost, and what the well-behaved caller saw.
@@ -121,6 +122,7 @@ pub async fn run(
             "heartbeats" => heartbeats(&client).await,
             "half-open" => half_open(&grpc_addr, http_addr.as_deref()).await,
             "huge-icc" => huge_icc(&client).await,
+            "burst" => burst(&channel).await,
             _ => unreachable!("every attack is listed"),
         };
         let _ = stop_probe.send(());
@@ -585,4 +587,49 @@ async fn huge_icc(client: &ImageServiceClient<Channel>) -> String {
         Ok(image) => format!("40 MB iCCP: OK, {} variants", image.variants.len()),
         Err(status) => format!("40 MB iCCP: {:?}: {}", status.code(), status.message()),
     }
+}
+
+/// Not an attack: a legitimate burst of 64 uploads of 48 MiB at once, from
+/// 64 users over one connection (a gateway's). Each should either complete
+/// or be refused before it has sent its bytes; none may be cut half-way.
+async fn burst(channel: &Channel) -> String {
+    const UPLOADS: usize = 64;
+    const SIZE: usize = 48 * 1024 * 1024;
+    let image = Bytes::from(fixtures::png_of_size(SIZE - 64 * 1024, 21));
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..UPLOADS {
+        let client = ImageServiceClient::new(channel.clone());
+        let image = image.clone();
+        calls.spawn(async move {
+            let mut messages = vec![pb::UploadImageRequest {
+                data: Some(Data::Spec(pb::ImageSpec {
+                    filename: format!("burst-{n}.png"),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }];
+            let mut at = 0;
+            while at < image.len() {
+                let end = (at + 1024 * 1024).min(image.len());
+                messages.push(pb::UploadImageRequest {
+                    data: Some(Data::Chunk(image.slice(at..end))),
+                    ..Default::default()
+                });
+                at = end;
+            }
+            messages.last_mut().expect("the spec").finish_write = true;
+            let result = client
+                .clone()
+                .upload_image(as_user(&format!("burst-{n}"), tokio_stream::iter(messages)))
+                .await;
+            status_of(&result)
+        });
+    }
+    let outcomes = tally(calls).await;
+    format!(
+        "{UPLOADS} uploads of {} MiB at once, one connection, in {:.0?}: {outcomes}",
+        SIZE >> 20,
+        started.elapsed()
+    )
 }

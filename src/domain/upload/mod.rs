@@ -68,14 +68,31 @@ const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
 
 /// An upload's share of the memory budget: the received bytes kept for the
 /// renders and those in the store's buffers (mostly the same `Bytes`), up
-/// to the larger of the two bounds, one message, plus [`UPLOAD_OVERHEAD`];
-/// reserved whole when the upload is admitted (see [`Admissions`]).
+/// to the larger of the two bounds, one message, plus [`UPLOAD_OVERHEAD`].
+///
+/// What the upload needs to go on (the store's buffers, one message, the
+/// overhead; and the kept copy when the size is declared) is reserved whole
+/// when it is admitted (see [`Admissions`]), so it is never refused for
+/// memory half-way. The kept copy of an upload of undeclared size is an
+/// extra: it grows while the budget has room at that moment, and is given
+/// up (the renders then read the original back) when it has not.
 struct MemoryUse {
     reservation: Reservation,
-    /// The most of the received bytes held at once: kept for the renders,
-    /// or in the store's part buffers.
-    bound: u64,
+    /// The most of the received bytes the store's buffers hold at once.
+    store: u64,
+    /// The most the kept copy holds, while it is kept.
+    kept: u64,
     received: u64,
+}
+
+impl MemoryUse {
+    /// Bytes held with `message` bytes just received.
+    fn held(&self, message: u64, keeping: bool) -> u64 {
+        let kept = if keeping { self.kept } else { 0 };
+        (self.received.min(self.store.max(kept)))
+            .saturating_add(message)
+            .saturating_add(UPLOAD_OVERHEAD)
+    }
 }
 
 /// An upload's places among the replica's and the caller's uploads.
@@ -204,25 +221,36 @@ impl Uploads {
     {
         let inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
         let stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
-        let bound = self
+        // Nothing holds more than the largest image allowed (a store that
+        // keeps everything in memory would otherwise have no bound).
+        let store = self
             .blobs
             .write_memory(spec.declared.size)
-            .max(stored.kept_bound(spec.declared.size));
-        // The whole working set, before any image byte is read: an upload
-        // that was let in is never refused for memory half-way. A declared
-        // size makes it smaller (one part, the message no larger than the
-        // image).
+            .min(self.limits.content.max_bytes);
+        let kept = stored.kept_bound(spec.declared.size);
+        // The working set, before any image byte is read. A declared size
+        // makes it smaller (one part, the message no larger than the
+        // image) and reserves the kept copy too.
         let message = spec
             .declared
             .size
             .map_or(MAX_MESSAGE_BYTES, |size| size.min(MAX_MESSAGE_BYTES));
-        let working_set = UPLOAD_OVERHEAD + bound + message;
+        let kept_upfront = if spec.declared.size.is_some() {
+            kept
+        } else {
+            0
+        };
+        let working_set = store
+            .max(kept_upfront)
+            .saturating_add(message)
+            .saturating_add(UPLOAD_OVERHEAD);
         let memory = MemoryUse {
             reservation: self
                 .admissions
                 .admit(caller, working_set, self.limits.upload_slot_wait)
                 .await?,
-            bound,
+            store,
+            kept,
             received: 0,
         };
         pace.waited_for_the_service();
@@ -289,11 +317,18 @@ impl Uploads {
                 // for what they are, not for the memory they would take.
                 upload.inspector.feed(&data, crc32c)?;
                 memory.received += data.len() as u64;
-                let held = memory.received.min(memory.bound) + data.len() as u64;
-                // Within what admission reserved; grows only if a message
-                // was larger than the transport's cap.
+                let message = data.len() as u64;
+                let keeping = upload.stored.keeps();
+                let held = memory.held(message, keeping);
+                if !self.budget.try_grow(&mut memory.reservation, held) && keeping {
+                    metrics::counter!("imageservice_upload_kept_copies_dropped_total").increment(1);
+                    upload.stored.stop_keeping();
+                }
+                // Within what admission reserved: this waits only if a
+                // message was larger than the transport's cap.
+                let held = memory.held(message, upload.stored.keeps());
                 self.budget
-                    .grow(&mut memory.reservation, held + UPLOAD_OVERHEAD, "an upload")
+                    .grow(&mut memory.reservation, held, "an upload")
                     .await?;
                 upload.pace.progressed(data.len());
                 if !data.is_empty() {

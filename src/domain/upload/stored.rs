@@ -55,6 +55,17 @@ impl StoredBytes {
         }
     }
 
+    /// Whether the stored bytes are still being kept for the renders.
+    pub(super) fn keeps(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// Gives up the kept copy (the memory budget has no room for it): the
+    /// renders will read the original back from the store.
+    pub(super) fn stop_keeping(&mut self) {
+        self.kept = None;
+    }
+
     /// Most bytes the kept copy can hold, for an upload of `declared` bytes.
     pub(super) fn kept_bound(&self, declared: Option<u64>) -> u64 {
         if self.kept.is_some() {
