@@ -134,6 +134,42 @@ impl Renderer {
             .await
             .map_err(|e| MediaError::Internal(Box::new(e)))?
     }
+
+    /// Makes the variants of a JPEG decoded whole by the general decoder,
+    /// allocating at most `max_memory` (see [`JpegDecode::Whole`] and
+    /// [`memory_needed_whole_jpeg`]).
+    pub async fn render_whole_jpeg(
+        &self,
+        _slot: RenderSlot,
+        source: Bytes,
+        orientation: u8,
+        max_memory: u64,
+    ) -> Result<Rendered, MediaError> {
+        let max_memory = max_memory.min(self.limits.max_memory);
+        tokio::task::spawn_blocking(move || {
+            render_as(
+                &source,
+                ImageFormat::Jpeg,
+                orientation,
+                max_memory,
+                JpegDecode::Whole,
+            )
+            .map(|(rendered, _)| rendered)
+        })
+        .await
+        .map_err(|e| MediaError::Internal(Box::new(e)))?
+    }
+}
+
+/// How a JPEG is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JpegDecode {
+    /// At the smallest DCT scale that still covers the largest variant:
+    /// the fast path, which stops at damaged scan data.
+    Scaled,
+    /// Whole, by the general decoder, which shows what it can of damaged
+    /// scan data (a corrupted block in a camera's file), as browsers do.
+    Whole,
 }
 
 fn format_of(content_type: &str) -> Option<ImageFormat> {
@@ -182,6 +218,17 @@ pub fn render_profiled(
     orientation: u8,
     max_memory: u64,
 ) -> Result<(Rendered, RenderProfile), MediaError> {
+    render_as(source, format, orientation, max_memory, JpegDecode::Scaled)
+}
+
+/// [`render_profiled`], with the JPEG decoding path chosen.
+fn render_as(
+    source: &[u8],
+    format: ImageFormat,
+    orientation: u8,
+    max_memory: u64,
+    jpeg: JpegDecode,
+) -> Result<(Rendered, RenderProfile), MediaError> {
     let mut profile = RenderProfile::default();
     let mut clock = Instant::now();
     let mut lap = |stage: &mut Duration| {
@@ -190,7 +237,7 @@ pub fn render_profiled(
         clock = now;
     };
     let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
-    let (decoded, icc) = decode(source, format, largest, max_memory)?;
+    let (decoded, icc) = decode(source, format, largest, max_memory, jpeg)?;
     lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
     let mut resizer = Resizer::new();
@@ -272,8 +319,10 @@ fn decode(
     format: ImageFormat,
     largest: u32,
     max_memory: u64,
+    jpeg: JpegDecode,
 ) -> Result<Decoded, MediaError> {
     if format == ImageFormat::Jpeg
+        && jpeg == JpegDecode::Scaled
         && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory)?
     {
         return Ok(decoded);
@@ -396,10 +445,7 @@ fn png_without_large_iccp(source: &[u8]) -> Option<Vec<u8>> {
 pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32) -> u64 {
     let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
     let pixels = u64::from(width) * u64::from(height);
-    let long = u64::from(width.max(height));
-    // The first resize pass writes the target width by the source height;
-    // then the variants and the placeholder.
-    let resize = long * u64::from(largest) * 4 + 3 * u64::from(largest).pow(2) * 4;
+    let resize = resize_memory(width, height);
     let decode = match content_type {
         "image/jpeg" => {
             let scale = jpeg_scale(width, height, largest);
@@ -430,6 +476,23 @@ pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32)
         _ => pixels * 12,
     };
     decode + resize
+}
+
+/// What the resizer holds: the first pass writes the target width by the
+/// source height; then the variants and the placeholder.
+fn resize_memory(width: u32, height: u32) -> u64 {
+    let largest = u64::from(VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0));
+    let long = u64::from(width.max(height));
+    long * largest * 4 + 3 * largest.pow(2) * 4
+}
+
+/// What decoding a JPEG whole ([`JpegDecode::Whole`]) and resizing it may
+/// hold: the decoder's planes and coefficients and its interleaved output
+/// (8 bytes a pixel covers both, as for a progressive file), a conversion
+/// to 8-bit RGBA, and the resizer's buffers.
+pub fn memory_needed_whole_jpeg(width: u32, height: u32) -> u64 {
+    let pixels = u64::from(width) * u64::from(height);
+    pixels * 12 + resize_memory(width, height)
 }
 
 /// The DCT scale denominator (1, 2, 4, 8) `decode_jpeg_scaled` asks for.

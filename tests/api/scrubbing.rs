@@ -117,3 +117,46 @@ async fn unknown_and_identifying_chunks_and_segments_are_not_stored() {
     )
     .await;
 }
+
+/// A camera photo with a corrupted block: 16 KiB of `0xFF` in the middle of
+/// its scan data, as a failing card or transfer leaves it.
+fn damaged_camera_photo() -> Vec<u8> {
+    let mut photo = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/images/phone-photo.jpg"
+    ))
+    .unwrap();
+    let scan = photo
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let length = usize::from(u16::from_be_bytes([photo[scan + 2], photo[scan + 3]]));
+    let data = scan + 2 + length;
+    // Where the run ends before a byte that is plain scan data.
+    let mut end = data + (photo.len() - data) / 2;
+    while photo[end] >= 0xC0 {
+        end += 1;
+    }
+    photo[end - 16 * 1024..end].fill(0xFF);
+    photo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_camera_photo_is_stored_with_its_variants() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let photo = damaged_camera_photo();
+    let image = app
+        .upload("alice", spec("damaged.jpg"), &photo)
+        .await
+        .expect("a photo that browsers show is accepted");
+    assert!(image.width > 0 && image.height > 0, "{image:?}");
+    assert!(!image.variants.is_empty(), "{image:?}");
+    for variant in &image.variants {
+        assert!(variant.width > 0 && variant.height > 0, "{variant:?}");
+    }
+    let stored = app.download("bob", &image.image_id).await.unwrap();
+    assert!(
+        contains(&stored, &[0xFF; 16 * 1024]),
+        "the damaged scan data is kept as it was"
+    );
+}

@@ -9,6 +9,7 @@ use super::writes::Writes;
 use crate::domain::image::Variant;
 use crate::domain::ports::ObjectKey;
 use crate::domain::{DomainError, VariantName};
+use crate::media::MediaError;
 use crate::media::variants::{self, Rendered, Renderer};
 
 impl Uploads {
@@ -56,14 +57,39 @@ impl Uploads {
                 self.limits.render.max_memory >> 20
             )));
         }
-        let _render_memory = self
+        let render_memory = self
             .budget
             .reserve(needed, "making this image's variants")
             .await?;
-        let Rendered { variants, blurhash } = self
+        let orientation = facts.scrubbed.orientation;
+        let rendered = self
             .renderer
-            .render(slot, source, content_type, facts.scrubbed.orientation)
-            .await?;
+            .render(slot, source.clone(), content_type, orientation)
+            .await;
+        let Rendered { variants, blurhash } = match rendered {
+            // Damaged scan data (a corrupted block in a camera's file)
+            // stops the fast, scaled decoders; decoded whole, the damage
+            // shows as it does in a browser. The whole decode's memory is
+            // reserved first, within the per-render cap.
+            Err(MediaError::Invalid(reason)) if content_type == "image/jpeg" => {
+                let whole = variants::memory_needed_whole_jpeg(width, height);
+                if whole > self.limits.render.max_memory {
+                    return Err(MediaError::Invalid(reason).into());
+                }
+                tracing::debug!(%reason, "decoding a damaged JPEG whole");
+                drop(render_memory);
+                let slot = self.renderer.slot(pixels).await;
+                let _whole_memory = self
+                    .budget
+                    .reserve(whole, "decoding this damaged JPEG to make its variants")
+                    .await?;
+                self.renderer
+                    .render_whole_jpeg(slot, source, orientation, whole)
+                    .await
+                    .map_err(|_| MediaError::Invalid(reason))?
+            }
+            other => other?,
+        };
         let mut stored: Vec<Variant> = Vec::with_capacity(variants.len());
         for rendition in variants {
             let name = VariantName::parse(rendition.name)?;
