@@ -32,6 +32,22 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Gives back all but `bytes` of the reservation.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes >= self.bytes {
+            return;
+        }
+        let keep = usize::try_from(bytes.div_ceil(UNIT)).unwrap_or(usize::MAX);
+        match &mut self._permit {
+            Some(_) if keep == 0 => self._permit = None,
+            Some(permit) if permit.num_permits() > keep => {
+                drop(permit.split(permit.num_permits() - keep));
+            }
+            _ => {}
+        }
+        self.bytes = bytes;
+    }
+
     fn absorb(&mut self, more: Reservation) {
         self.bytes += more.bytes;
         match (&mut self._permit, more._permit) {
@@ -323,6 +339,16 @@ mod tests {
                 .is_err()
         );
         drop(growing);
+        assert_eq!(budget.available(), 8 * 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_shrunk_reservation_gives_the_rest_back() {
+        let budget = MemoryBudget::new(8 * 1024 * 1024, Duration::from_millis(50));
+        let mut held = budget.reserve(6 * 1024 * 1024, "a test").await.unwrap();
+        held.shrink_to(1024 * 1024);
+        assert_eq!(budget.available(), 7 * 1024 * 1024);
+        held.shrink_to(0);
         assert_eq!(budget.available(), 8 * 1024 * 1024);
     }
 

@@ -282,12 +282,15 @@ impl Uploads {
 
         // From here on the image is complete: finish it even if the caller
         // goes away, so a cancellation cannot leave bytes without metadata.
-        // The upload's memory stays reserved until then (the kept bytes).
+        // The upload's memory goes with it (the store's last parts, the
+        // kept bytes).
         let uploads = self.clone();
         let owner = caller.clone();
         let spec = upload.spec;
+        let memory = upload.memory.reservation;
         tokio::spawn(
-            async move { uploads.commit(writes, owner, spec, facts).await }.in_current_span(),
+            async move { uploads.commit(writes, owner, spec, facts, memory).await }
+                .in_current_span(),
         )
         .await
         .map_err(|e| DomainError::Internal(Box::new(e)))?
@@ -350,8 +353,9 @@ impl Uploads {
         owner: UserId,
         spec: ValidSpec,
         facts: StoredFacts,
+        memory: Reservation,
     ) -> Result<ImageRecord, DomainError> {
-        let described = self.describe(&mut writes, owner, spec, facts).await;
+        let described = self.describe(&mut writes, owner, spec, facts, memory).await;
         let (record, outcome) = writes.undo_on_error(described).await?;
         match outcome {
             CreateOutcome::Created => {
@@ -380,8 +384,14 @@ impl Uploads {
         owner: UserId,
         spec: ValidSpec,
         mut facts: StoredFacts,
+        mut memory: Reservation,
     ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
         writes.finish_original(facts.digest.as_ref()).await?;
+        // The store's buffers are empty now: only the kept bytes stay held
+        // (the renders reserve their own memory), so that admitted uploads
+        // waiting to render do not hold the memory their renders need.
+        let kept: u64 = facts.kept.iter().flatten().map(|b| b.len() as u64).sum();
+        memory.shrink_to(kept);
         // Rendering first: when it reads the original back, the same bytes
         // give the checksums, so nothing is read twice. Checksums still
         // missing after it mean nothing was rendered.

@@ -29,10 +29,16 @@ impl Uploads {
         // The turn first, then the bytes: waiting renders hold no memory.
         let pixels = u64::from(facts.uploaded.width) * u64::from(facts.uploaded.height);
         let slot = self.renderer.slot(pixels).await;
-        let _source_memory = self
-            .budget
-            .reserve(facts.size_bytes, "reading this image to make its variants")
-            .await?;
+        // Kept bytes are still counted in the upload's reservation.
+        let _source_memory = if facts.kept.is_some() {
+            None
+        } else {
+            Some(
+                self.budget
+                    .reserve(facts.size_bytes, "reading this image to make its variants")
+                    .await?,
+            )
+        };
         let source = match &facts.kept {
             Some(pieces) => pieces.concat().into(),
             None => {
@@ -59,7 +65,7 @@ impl Uploads {
         }
         let render_memory = self
             .budget
-            .reserve(needed, "making this image's variants")
+            .reserve_within(needed, "making this image's variants", self.render_wait())
             .await?;
         let orientation = facts.scrubbed.orientation;
         let rendered = self
@@ -128,5 +134,14 @@ impl Uploads {
             bytes.extend_from_slice(&chunk?);
         }
         Ok(bytes.freeze())
+    }
+}
+
+impl Uploads {
+    /// How long a render of an admitted upload waits for memory: as long
+    /// as an upload may wait to be admitted, if longer than the memory
+    /// wait, so that a burst let in whole is not refused at its end.
+    fn render_wait(&self) -> std::time::Duration {
+        self.limits.memory_wait.max(self.limits.upload_slot_wait)
     }
 }
