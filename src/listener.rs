@@ -87,8 +87,8 @@ pub struct Conn {
     listener: &'static str,
     /// Progress and the shed signal, shared with the listener's registry.
     watch: Arc<ConnWatch>,
-    registry: Option<Arc<Registry>>,
-    registry_id: Option<u64>,
+    /// The registry of a listener that sheds, and this connection's id in it.
+    registered: Option<(Arc<Registry>, u64)>,
     stall_timeout: Option<Duration>,
     /// Armed while a write waits for the peer to take bytes.
     stall: Option<Pin<Box<Sleep>>>,
@@ -381,7 +381,7 @@ impl Conn {
     ) -> Self {
         let watch = Arc::new(ConnWatch::default());
         watch.touch();
-        let registry = registry.map(|registry| {
+        let registered = registry.map(|registry| {
             let id = registry.add(watch.clone());
             (registry, id)
         });
@@ -391,8 +391,7 @@ impl Conn {
             peer,
             listener,
             watch,
-            registry_id: registry.as_ref().map(|(_, id)| *id),
-            registry: registry.map(|(registry, _)| registry),
+            registered,
             stall_timeout: shedding.map(|shedding| shedding.stall_timeout),
             stall: None,
             _slot: slot,
@@ -447,7 +446,7 @@ impl Conn {
 
     /// Registers for the shed signal; `Err` when the connection was shed.
     fn check_shed(&self, waker: &AtomicWaker, cx: &Context<'_>) -> io::Result<()> {
-        if self.registry.is_none() {
+        if self.registered.is_none() {
             return Ok(());
         }
         waker.register(cx.waker());
@@ -460,8 +459,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let (Some(registry), Some(id)) = (&self.registry, self.registry_id) {
-            registry.remove(id);
+        if let Some((registry, id)) = &self.registered {
+            registry.remove(*id);
         }
         metrics::gauge!("imageservice_open_connections", "listener" => self.listener)
             .decrement(1.0);

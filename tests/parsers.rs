@@ -747,15 +747,7 @@ fn orientation_tiff(value: u16) -> Vec<u8> {
 /// A WebP as cameras write it: VP8X announcing EXIF and XMP, the image,
 /// then both metadata chunks.
 fn camera_webp() -> Vec<u8> {
-    let chunk = |kind: &[u8; 4], data: &[u8]| {
-        let mut out = kind.to_vec();
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
-        if data.len() % 2 == 1 {
-            out.push(0);
-        }
-        out
-    };
+    let chunk = image_service::fixtures::riff_chunk;
     let mut vp8x = vec![0x08 | 0x04 | 0x10, 0, 0, 0];
     vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
     vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);

@@ -219,7 +219,7 @@ fn start_probe(
 async fn upload(
     client: &ImageServiceClient<Channel>,
     user: &str,
-    bytes: Vec<u8>,
+    bytes: impl Into<Bytes>,
     chunk: usize,
     spec: Option<pb::ImageSpec>,
 ) -> Result<pb::Image, tonic::Status> {
@@ -227,7 +227,7 @@ async fn upload(
         filename: "attack.bin".into(),
         ..Default::default()
     });
-    let bytes = Bytes::from(bytes);
+    let bytes: Bytes = bytes.into();
     let mut messages = vec![pb::UploadImageRequest {
         data: Some(Data::Spec(spec)),
         ..Default::default()
@@ -602,27 +602,18 @@ async fn burst(channel: &Channel) -> String {
         let client = ImageServiceClient::new(channel.clone());
         let image = image.clone();
         calls.spawn(async move {
-            let mut messages = vec![pb::UploadImageRequest {
-                data: Some(Data::Spec(pb::ImageSpec {
-                    filename: format!("burst-{n}.png"),
-                    ..Default::default()
-                })),
+            let spec = pb::ImageSpec {
+                filename: format!("burst-{n}.png"),
                 ..Default::default()
-            }];
-            let mut at = 0;
-            while at < image.len() {
-                let end = (at + 1024 * 1024).min(image.len());
-                messages.push(pb::UploadImageRequest {
-                    data: Some(Data::Chunk(image.slice(at..end))),
-                    ..Default::default()
-                });
-                at = end;
-            }
-            messages.last_mut().expect("the spec").finish_write = true;
-            let result = client
-                .clone()
-                .upload_image(as_user(&format!("burst-{n}"), tokio_stream::iter(messages)))
-                .await;
+            };
+            let result = upload(
+                &client,
+                &format!("burst-{n}"),
+                image,
+                1024 * 1024,
+                Some(spec),
+            )
+            .await;
             status_of(&result)
         });
     }
