@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod domain;
+#[cfg(any(test, feature = "testkit"))]
 pub mod fixtures;
 pub mod grpc;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The shipped deployment files against the code: the IAM policy grants
-//! exactly the AWS calls the service makes, and no NetworkPolicy admits
-//! pods from every namespace.
+//! exactly the AWS calls the service makes, no NetworkPolicy admits pods
+//! from every namespace, and the service's own build leaves the test kit
+//! out.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -278,5 +279,45 @@ async fn a_repair_pass_refused_the_upload_listing_names_the_missing_permission()
     assert!(
         stderr.contains("s3:ListBucketMultipartUploads") && stderr.contains("was refused"),
         "{stderr}"
+    );
+}
+
+/// The image builders, the storage contract suite and the in-memory store
+/// with its fault injection (feature `testkit`) are not in the service's
+/// build: only the tests, the benchmark and image-soak turn the feature on.
+#[test]
+fn the_service_build_leaves_the_test_kit_out() {
+    let features = |edges: &str| {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args(["tree", "--offline", "--locked", "--edges", edges])
+            .args(["--invert", "image-service", "--prefix", "none"])
+            .args(["--format", "features:{f}"])
+            .current_dir(repo())
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            output.status.success(),
+            "cargo tree: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed = String::from_utf8(output.stdout).expect("cargo tree prints UTF-8");
+        printed
+            .lines()
+            .filter_map(|line| line.strip_prefix("features:"))
+            .flat_map(|features| features.split(',').map(str::trim))
+            .filter(|feature| !feature.is_empty())
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+    };
+    let service = features("normal,build");
+    assert!(
+        !service.contains("testkit"),
+        "the service's build enables {service:?}"
+    );
+    // The check above can see the feature: the tests' build has it.
+    let tests = features("normal,build,dev");
+    assert!(
+        tests.contains("testkit"),
+        "the tests' build enables {tests:?}"
     );
 }
