@@ -653,9 +653,20 @@ impl tonic::transport::server::Connected for Conn {
 /// A layer on the gRPC server that counts each connection's calls in
 /// flight, from the request's arrival until its response body (a stream's
 /// last message and trailers) has been sent or dropped, so that
-/// [`Idleness::NoCalls`] sheds only connections without one.
+/// [`Idleness::NoCalls`] sheds only connections without one. Streams that
+/// wait for news rather than work ([`WAITING_CALLS`]) are not counted: any
+/// peer may open them, for as long as it likes, at no cost.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CountCalls;
+
+/// Methods (or method prefixes) whose calls do not keep a connection busy:
+/// the health service's `Watch`, open until the client ends it, and the
+/// reflection streams, which grpcurl holds only while it resolves names.
+const WAITING_CALLS: &[&str] = &[
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 
 impl<S> tower_layer::Layer<S> for CountCalls {
     type Service = CountedCalls<S>;
@@ -688,10 +699,13 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let waits = WAITING_CALLS.iter().any(|method| path.starts_with(method));
         let call = request
             .extensions()
             .get::<PeerInfo>()
             .and_then(|peer| peer.connection.as_ref())
+            .filter(|_| !waits)
             .map(CallInFlight::start);
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -11,6 +11,8 @@ use image_service::pb::image_service_client::ImageServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS: u8 = 4;
@@ -135,6 +137,43 @@ async fn a_connection_without_calls_is_closed_at_the_idle_timeout() {
         "closed after {:?}",
         started.elapsed()
     );
-    // A client's channel reconnects as usual.
-    app.upload_png("alice", 1).await;
+    // Calls on a new connection are served as before.
+    ImageServiceClient::new(connect(app.grpc_addr).await)
+        .list_images(as_user("bob", pb::ListImagesRequest::default()))
+        .await
+        .expect("the call succeeds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watches_do_not_keep_connections_busy() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--max-connections", "3"]).await;
+    // Anyone may watch the health service for as long as they like: a
+    // connection with nothing but a watch open gives way like an idle one.
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        let mut health = HealthClient::new(connect(app.grpc_addr).await);
+        let mut watch = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        watch.message().await.unwrap().expect("the current status");
+        watches.push(watch);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let mut client = tokio::time::timeout(Duration::from_secs(10), async {
+        ImageServiceClient::new(connect(app.grpc_addr).await)
+    })
+    .await
+    .expect("a new caller gets a connection while watches hold every slot");
+    client
+        .list_images(as_user("bob", pb::ListImagesRequest::default()))
+        .await
+        .expect("the call succeeds");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited {:?}",
+        started.elapsed()
+    );
 }
