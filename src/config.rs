@@ -291,8 +291,10 @@ pub struct Config {
     )]
     pub max_in_flight_calls: usize,
 
-    /// Connections each listener (gRPC, HTTP) keeps open at once; further
-    /// ones wait in the kernel's backlog until one closes.
+    /// Connections each listener (gRPC, HTTP) keeps open at once; at the
+    /// cap, a new connection takes the place of the one idle longest (no
+    /// call in flight on gRPC, no byte moved on HTTP, for at least 1 s), or
+    /// waits until one closes.
     #[arg(
         long,
         env = "IMAGE_SERVICE_MAX_CONNECTIONS",
@@ -323,6 +325,51 @@ pub struct Config {
     /// 50 MiB part through at 200 KiB/s.
     #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub http_body_timeout: Duration,
+
+    /// HTTP listener: after the grace period, a request body arriving at
+    /// fewer bytes per second than this on average (counted from the
+    /// request's start) is cut with 408 and its connection closed, so
+    /// trickled bodies cannot hold the connection slots. 0: no floor.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE",
+        default_value_t = 500,
+        global = true
+    )]
+    pub http_min_body_rate: u64,
+
+    /// HTTP listener: how long a request body may take before
+    /// --http-min-body-rate applies (its first bytes after a slow start).
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub http_min_body_rate_grace: Duration,
+
+    /// HTTP listener: connections one remote address (IPv4 address, IPv6
+    /// /64) may have open at once; more are closed when accepted. 0: no
+    /// cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub http_max_connections_per_peer: usize,
+
+    /// gRPC listener: connections one remote address (IPv4 address, IPv6
+    /// /64) may have open at once; more are closed when accepted. 0: no cap
+    /// (a gateway in front is a handful of addresses).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_GRPC_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 0,
+        global = true
+    )]
+    pub grpc_max_connections_per_peer: usize,
+
+    /// gRPC listener: a connection with no call in flight for this long is
+    /// closed (0s: never). At --max-connections, connections without a
+    /// call for 1 s are closed anyway when another waits.
+    #[arg(long, env = "IMAGE_SERVICE_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_idle_timeout: Duration,
 
     /// Serve `/metrics` on this address instead of the HTTP listener's, so
     /// the port callers reach does not expose metrics and a scraper never

@@ -5,20 +5,26 @@
 //! half-open connections that never send anything hold a slot for at most
 //! `--handshake-timeout`.
 //!
-//! On the HTTP listener two more rules keep one caller from holding slots
-//! for good (see [`Shedding`]): a write the peer does not take for
-//! `--http-stall-timeout` ends the connection (a presigned download whose
-//! response is never read), and when every slot is taken and a new
-//! connection waits, the connection that has moved no byte for the longest
-//! (at least [`SHED_AFTER_IDLE`]) is closed to make room: idle and stalled
-//! connections go first, busy ones are never shed.
+//! More rules keep one caller from holding slots for good (see
+//! [`Shedding`]). When every slot is taken and a new connection waits, the
+//! connection idle for the longest (at least [`SHED_AFTER_IDLE`]) is closed
+//! to make room; busy ones are never shed. On the HTTP listener idle means
+//! it moved no byte (between requests, or stalled on a response), and a
+//! write the peer does not take for `--http-stall-timeout` ends the
+//! connection (a presigned download whose response is never read). On the
+//! gRPC listener idle means no call in flight (counted by [`CountCalls`]):
+//! an HTTP/2 connection that only answers pings holds nothing worth
+//! keeping, while one carrying a long upload stream is never cut; such
+//! connections are also closed after `--grpc-idle-timeout` without a call.
+//! A cap per remote address (`--http-max-connections-per-peer`) keeps one
+//! address from taking every slot.
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -38,24 +44,41 @@ use crate::tls::{self, Tls};
 pub struct AcceptSettings {
     /// `grpc` or `http`, in logs and metrics.
     pub listener: &'static str,
-    /// Connections open at once; the next accept waits for one to close.
+    /// Connections open at once; at the cap a new connection waits for one
+    /// to close or to be shed.
     pub max_connections: usize,
+    /// Connections one remote address (an IPv4 address, an IPv6 /64) may
+    /// have open at once, those in their handshake included; more are
+    /// closed as soon as they are accepted. 0: no cap.
+    pub max_per_peer: usize,
     /// For the TLS handshake and the first bytes of the first request.
     pub handshake_timeout: Duration,
     pub tls: Option<Arc<Tls>>,
-    /// Stall timeout and shedding at the cap (the HTTP listener); `None`:
-    /// a connection at the cap waits for one to close (the gRPC listener,
-    /// whose HTTP/2 keepalive pings reap dead peers and whose calls have
-    /// deadlines of their own).
-    pub shedding: Option<Shedding>,
+    pub shedding: Shedding,
 }
 
-/// How the HTTP listener keeps slots for callers who use them.
+/// How a listener keeps slots for callers who use them.
 #[derive(Clone, Copy, Debug)]
 pub struct Shedding {
+    /// What makes a connection idle, and so the first to be closed when
+    /// every slot is taken and a new connection waits.
+    pub idleness: Idleness,
     /// A write that the peer does not take for this long ends the
     /// connection.
-    pub stall_timeout: Duration,
+    pub stall_timeout: Option<Duration>,
+    /// A connection idle this long is closed even when slots are free.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What makes a connection idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idleness {
+    /// It moved no byte: an HTTP/1 connection between requests, or one
+    /// whose caller does not read the response.
+    NoBytes,
+    /// No call in flight (HTTP/2 pings and settings are not calls); the
+    /// server must count calls with [`CountCalls`].
+    NoCalls,
 }
 
 /// A connection that moved no byte for at least this long may be closed
@@ -67,6 +90,9 @@ pub const SHED_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How often a connection waiting for a slot looks again for one to shed.
 const SHED_RETRY: Duration = Duration::from_millis(250);
 
+/// How often a listener with an idle timeout looks for connections past it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// What the server knows of the peer of a connection; a request extension
 /// of every call (see [`tonic::transport::server::Connected`]).
 #[derive(Clone, Debug, Default)]
@@ -75,6 +101,21 @@ pub struct PeerInfo {
     /// The DNS and URI names of the client certificate, verified against
     /// `--tls-client-ca` (empty without mutual TLS).
     pub certificate_names: Arc<[String]>,
+    /// The connection the call came on: [`CountCalls`] counts its calls in
+    /// flight there.
+    pub connection: Option<ConnectionHandle>,
+}
+
+/// A handle on an open connection, as calls see it.
+#[derive(Clone)]
+pub struct ConnectionHandle(Arc<ConnWatch>);
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("calls", &self.0.calls.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// An accepted connection, ready to serve.
@@ -87,32 +128,62 @@ pub struct Conn {
     listener: &'static str,
     /// Progress and the shed signal, shared with the listener's registry.
     watch: Arc<ConnWatch>,
-    /// The registry of a listener that sheds, and this connection's id in it.
-    registered: Option<(Arc<Registry>, u64)>,
+    /// The listener's registry, and this connection's id in it.
+    registered: (Arc<Registry>, u64),
     stall_timeout: Option<Duration>,
     /// Armed while a write waits for the peer to take bytes.
     stall: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
+    _peer_slot: PeerSlot,
 }
 
 /// What the listener knows of an open connection: when it last moved a
-/// byte, and whether it has been told to close.
-#[derive(Default)]
+/// byte, its calls in flight, and whether it has been told to close.
 struct ConnWatch {
+    idleness: Idleness,
     /// Milliseconds since [`epoch`] at the last byte read or written.
     last_progress: AtomicU64,
+    /// Calls in flight (with [`Idleness::NoCalls`]).
+    calls: AtomicU64,
+    /// Milliseconds since [`epoch`] at the start of the connection or the
+    /// end of its last call.
+    last_call: AtomicU64,
     shed: AtomicBool,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
 }
 
 impl ConnWatch {
+    fn new(idleness: Idleness) -> Self {
+        let now = now_ms();
+        Self {
+            idleness,
+            last_progress: AtomicU64::new(now),
+            calls: AtomicU64::new(0),
+            last_call: AtomicU64::new(now),
+            shed: AtomicBool::new(false),
+            read_waker: AtomicWaker::new(),
+            write_waker: AtomicWaker::new(),
+        }
+    }
+
     fn touch(&self) {
         self.last_progress.store(now_ms(), Ordering::Relaxed);
     }
 
-    fn idle_for(&self, now: u64) -> Duration {
-        Duration::from_millis(now.saturating_sub(self.last_progress.load(Ordering::Relaxed)))
+    /// How long the connection has been idle; `None` while a call is in
+    /// flight on a listener that counts calls.
+    fn idle_for(&self, now: u64) -> Option<Duration> {
+        let since = match self.idleness {
+            Idleness::NoBytes => self.last_progress.load(Ordering::Relaxed),
+            Idleness::NoCalls => {
+                if self.calls.load(Ordering::Acquire) > 0 {
+                    return None;
+                }
+                self.last_call.load(Ordering::Relaxed)
+            }
+        };
+        Some(Duration::from_millis(now.saturating_sub(since)))
     }
 
     /// Tells the connection to close: its next read or write fails.
@@ -136,11 +207,60 @@ fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The open connections of a listener that sheds.
+/// Counts a call in flight on its connection until dropped.
+struct CallInFlight(Arc<ConnWatch>);
+
+impl CallInFlight {
+    fn start(connection: &ConnectionHandle) -> Self {
+        connection.0.calls.fetch_add(1, Ordering::AcqRel);
+        Self(connection.0.clone())
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.last_call.store(now_ms(), Ordering::Relaxed);
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections of a listener, and how many each remote address
+/// holds.
 #[derive(Default)]
 struct Registry {
     open: Mutex<HashMap<u64, Arc<ConnWatch>>>,
     next_id: AtomicU64,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One of a remote address's connections, counted until dropped.
+struct PeerSlot {
+    registry: Arc<Registry>,
+    /// `None` on a listener without a per-address cap.
+    peer: Option<IpAddr>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer else { return };
+        let mut per_peer = self.registry.lock_peers();
+        if let Some(count) = per_peer.get_mut(&peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+/// The address a per-address cap counts: an IPv4 address (also when
+/// mapped into IPv6), or the /64 network of an IPv6 address, which one
+/// host usually holds whole.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
 }
 
 impl Registry {
@@ -160,14 +280,42 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Closes the connection that moved no byte for the longest, if that
-    /// is at least [`SHED_AFTER_IDLE`]; whether one was found.
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_peer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one more connection of `remote`; `None` when it already has
+    /// `max_per_peer` (0: no cap).
+    fn claim_peer(self: &Arc<Self>, remote: IpAddr, max_per_peer: usize) -> Option<PeerSlot> {
+        if max_per_peer == 0 {
+            return Some(PeerSlot {
+                registry: self.clone(),
+                peer: None,
+            });
+        }
+        let peer = peer_key(remote);
+        let mut per_peer = self.lock_peers();
+        let count = per_peer.entry(peer).or_default();
+        if *count >= max_per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            registry: self.clone(),
+            peer: Some(peer),
+        })
+    }
+
+    /// Closes the connection idle for the longest, if that is at least
+    /// [`SHED_AFTER_IDLE`]; whether one was found.
     fn shed_one(&self) -> bool {
         let now = now_ms();
         let mut open = self.lock();
         let victim = open
             .iter()
-            .map(|(id, watch)| (*id, watch.idle_for(now)))
+            .filter_map(|(id, watch)| Some((*id, watch.idle_for(now)?)))
             .filter(|(_, idle)| *idle >= SHED_AFTER_IDLE)
             .max_by_key(|(_, idle)| *idle)
             .map(|(id, _)| id);
@@ -179,6 +327,48 @@ impl Registry {
             None => false,
         }
     }
+
+    /// Closes every connection idle for at least `timeout`; how many.
+    fn shed_idle(&self, timeout: Duration) -> usize {
+        let now = now_ms();
+        let mut open = self.lock();
+        let idle: Vec<u64> = open
+            .iter()
+            .filter(|(_, watch)| watch.idle_for(now).is_some_and(|idle| idle >= timeout))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle {
+            if let Some(watch) = open.remove(id) {
+                watch.shed();
+            }
+        }
+        idle.len()
+    }
+}
+
+/// Closes the connections of `registry` idle for `timeout`, until the
+/// listener and its connections are gone.
+fn close_idle_periodically(registry: Weak<Registry>, timeout: Duration, listener: &'static str) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_CHECK.min(timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let closed = registry.shed_idle(timeout);
+            if closed > 0 {
+                metrics::counter!("imageservice_connections_idle_closed_total", "listener" => listener)
+                    .increment(closed as u64);
+                tracing::debug!(
+                    listener,
+                    closed,
+                    "closed connections idle for the idle timeout"
+                );
+            }
+        }
+    });
 }
 
 enum Io {
@@ -205,22 +395,13 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-    let registry = settings.shedding.map(|_| Arc::new(Registry::default()));
+    let registry = Arc::new(Registry::default());
+    if let Some(timeout) = settings.shedding.idle_timeout {
+        close_idle_periodically(Arc::downgrade(&registry), timeout, settings.listener);
+    }
     loop {
-        // Without shedding, a connection over the cap waits in the kernel's
-        // backlog; with it, the connection is taken first so that one is
-        // shed only when somebody is actually waiting.
-        let early_slot = match &registry {
-            None => tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => Some(slot),
-                    Err(_) => return,
-                },
-                () = stopped(&mut stop) => return,
-                () = ready.closed() => return,
-            },
-            Some(_) => None,
-        };
+        // The connection is taken first, so that one is shed only when
+        // somebody is actually waiting.
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stopped(&mut stop) => return,
@@ -236,19 +417,19 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = match (early_slot, &registry) {
-            (Some(slot), _) => slot,
-            (None, Some(registry)) => {
-                tokio::select! {
-                    slot = slot_shedding(&slots, registry, settings.listener) => match slot {
-                        Some(slot) => slot,
-                        None => return,
-                    },
-                    () = stopped(&mut stop) => return,
-                    () = ready.closed() => return,
-                }
-            }
-            (None, None) => unreachable!("a listener without shedding takes its slot first"),
+        let Some(peer_slot) = registry.claim_peer(remote.ip(), settings.max_per_peer) else {
+            metrics::counter!("imageservice_connections_refused_total", "listener" => settings.listener, "reason" => "per_peer")
+                .increment(1);
+            tracing::debug!(listener = settings.listener, %remote, "connection refused: its address holds its share of the connections");
+            continue;
+        };
+        let slot = tokio::select! {
+            slot = slot_shedding(&slots, &registry, settings.listener) => match slot {
+                Some(slot) => slot,
+                None => return,
+            },
+            () = stopped(&mut stop) => return,
+            () = ready.closed() => return,
         };
         if let Err(error) = tcp.set_nodelay(true) {
             // Without it a response written in two parts (data, then
@@ -275,7 +456,7 @@ async fn accept_loop(
                         prefix,
                         peer,
                         listener,
-                        slot,
+                        (slot, peer_slot),
                         registry,
                         settings.shedding,
                     );
@@ -340,7 +521,7 @@ async fn prepare(
 ) -> io::Result<Option<(Io, Bytes, PeerInfo)>> {
     let mut peer = PeerInfo {
         remote: Some(remote),
-        certificate_names: Arc::new([]),
+        ..PeerInfo::default()
     };
     let mut io = match tls {
         None => Io::Plain(tcp),
@@ -373,28 +554,26 @@ impl Conn {
     fn new(
         io: Io,
         prefix: Bytes,
-        peer: PeerInfo,
+        mut peer: PeerInfo,
         listener: &'static str,
-        slot: OwnedSemaphorePermit,
-        registry: Option<Arc<Registry>>,
-        shedding: Option<Shedding>,
+        (slot, peer_slot): (OwnedSemaphorePermit, PeerSlot),
+        registry: Arc<Registry>,
+        shedding: Shedding,
     ) -> Self {
-        let watch = Arc::new(ConnWatch::default());
-        watch.touch();
-        let registered = registry.map(|registry| {
-            let id = registry.add(watch.clone());
-            (registry, id)
-        });
+        let watch = Arc::new(ConnWatch::new(shedding.idleness));
+        peer.connection = Some(ConnectionHandle(watch.clone()));
+        let id = registry.add(watch.clone());
         Self {
             io,
             prefix,
             peer,
             listener,
             watch,
-            registered,
-            stall_timeout: shedding.map(|shedding| shedding.stall_timeout),
+            registered: (registry, id),
+            stall_timeout: shedding.stall_timeout,
             stall: None,
             _slot: slot,
+            _peer_slot: peer_slot,
         }
     }
 
@@ -446,9 +625,6 @@ impl Conn {
 
     /// Registers for the shed signal; `Err` when the connection was shed.
     fn check_shed(&self, waker: &AtomicWaker, cx: &Context<'_>) -> io::Result<()> {
-        if self.registered.is_none() {
-            return Ok(());
-        }
         waker.register(cx.waker());
         if self.watch.is_shed() {
             return Err(Self::shed_error());
@@ -459,9 +635,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some((registry, id)) = &self.registered {
-            registry.remove(*id);
-        }
+        let (registry, id) = &self.registered;
+        registry.remove(*id);
         metrics::gauge!("imageservice_open_connections", "listener" => self.listener)
             .decrement(1.0);
     }
@@ -472,6 +647,97 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> PeerInfo {
         self.peer.clone()
+    }
+}
+
+/// A layer on the gRPC server that counts each connection's calls in
+/// flight, from the request's arrival until its response body (a stream's
+/// last message and trailers) has been sent or dropped, so that
+/// [`Idleness::NoCalls`] sheds only connections without one. Streams that
+/// wait for news rather than work ([`WAITING_CALLS`]) are not counted: any
+/// peer may open them, for as long as it likes, at no cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountCalls;
+
+/// Methods (or method prefixes) whose calls do not keep a connection busy:
+/// the health service's `Watch`, open until the client ends it, and the
+/// reflection streams, which grpcurl holds only while it resolves names.
+const WAITING_CALLS: &[&str] = &[
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+impl<S> tower_layer::Layer<S> for CountCalls {
+    type Service = CountedCalls<S>;
+
+    fn layer(&self, inner: S) -> CountedCalls<S> {
+        CountedCalls { inner }
+    }
+}
+
+/// See [`CountCalls`].
+#[derive(Clone, Debug)]
+pub struct CountedCalls<S> {
+    inner: S,
+}
+
+type Request<B> = tonic::codegen::http::Request<B>;
+type Response<B> = tonic::codegen::http::Response<B>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for CountedCalls<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<CountedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let waits = WAITING_CALLS.iter().any(|method| path.starts_with(method));
+        let call = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.connection.as_ref())
+            .filter(|_| !waits)
+            .map(CallInFlight::start);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| CountedBody { body, _call: call }))
+        })
+    }
+}
+
+/// A response body that keeps its call counted until it is done.
+pub struct CountedBody<B> {
+    body: B,
+    _call: Option<CallInFlight>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -597,4 +863,50 @@ pub async fn serve_http(
         });
     }
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_counts_as_itself_and_an_ipv6_host_as_its_network() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(peer_key(v4), v4);
+        assert_eq!(peer_key(mapped), v4);
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(one), peer_key(other));
+        assert_ne!(peer_key(one), peer_key(elsewhere));
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_share_until_it_closes_one() {
+        let registry = Arc::new(Registry::default());
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = registry.claim_peer(ip, 2).expect("a first connection");
+        let _second = registry.claim_peer(ip, 2).expect("a second connection");
+        assert!(registry.claim_peer(ip, 2).is_none());
+        assert!(
+            registry
+                .claim_peer("192.0.2.8".parse().unwrap(), 2)
+                .is_some()
+        );
+        drop(first);
+        assert!(registry.claim_peer(ip, 2).is_some());
+    }
+
+    #[test]
+    fn a_connection_with_a_call_in_flight_is_never_idle() {
+        let watch = Arc::new(ConnWatch::new(Idleness::NoCalls));
+        let handle = ConnectionHandle(watch.clone());
+        let later = now_ms() + 5_000;
+        assert!(watch.idle_for(later).unwrap() >= Duration::from_secs(4));
+        let call = CallInFlight::start(&handle);
+        assert_eq!(watch.idle_for(later), None);
+        drop(call);
+        assert!(watch.idle_for(later).unwrap() >= Duration::from_secs(4));
+    }
 }

@@ -19,7 +19,7 @@ use crate::domain::{Images, Limits};
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::service::CallLimits;
-use crate::listener::{self, AcceptSettings, Shedding};
+use crate::listener::{self, AcceptSettings, Idleness, Shedding};
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;
 use crate::pb;
@@ -183,29 +183,46 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        // HTTP: a connection is idle when it moves no byte; its writes
+        // stall out.
+        let http_shedding = Shedding {
+            idleness: Idleness::NoBytes,
+            stall_timeout: Some(limits.http_stall_timeout),
+            idle_timeout: None,
+        };
         let accept = |listener: &'static str, tls: Option<Arc<Tls>>| AcceptSettings {
             listener,
             max_connections: limits.max_connections,
+            max_per_peer: 0,
             handshake_timeout: limits.handshake_timeout,
             tls,
-            shedding: None,
+            shedding: http_shedding,
         };
-        let shedding = Some(Shedding {
-            stall_timeout: limits.http_stall_timeout,
-        });
         let (grpc_tls, http_tls) = match self.tls {
             Some((grpc, http)) => (Some(grpc), Some(http)),
             None => (None, None),
         };
         let grpc_incoming = listener::incoming(
             self.grpc_listener,
-            accept("grpc", grpc_tls),
+            AcceptSettings {
+                max_per_peer: limits.grpc_max_connections_per_peer,
+                // gRPC: a connection is idle when it has no call in flight
+                // (pings are traffic, not work; a long upload stream is
+                // work); calls have deadlines of their own and downloads
+                // the download stall timeout.
+                shedding: Shedding {
+                    idleness: Idleness::NoCalls,
+                    stall_timeout: None,
+                    idle_timeout: limits.grpc_idle_timeout,
+                },
+                ..accept("grpc", grpc_tls)
+            },
             stop_rx.clone(),
         );
         let http_incoming = listener::incoming(
             self.http_listener,
             AcceptSettings {
-                shedding,
+                max_per_peer: limits.http_max_connections_per_peer,
                 ..accept("http", http_tls)
             },
             stop_rx.clone(),
@@ -216,7 +233,6 @@ impl Application {
                 AcceptSettings {
                     // A scraper or two, and an operator's curl.
                     max_connections: METRICS_MAX_CONNECTIONS,
-                    shedding,
                     ..accept("metrics", None)
                 },
                 stop_rx.clone(),
@@ -229,6 +245,9 @@ impl Application {
             ))
         });
         let grpc = tonic::transport::Server::builder()
+            // Counts each connection's calls in flight: the listener sheds
+            // only connections without one.
+            .layer(listener::CountCalls)
             // Bytes a connection's callers may send ahead of what the
             // service has read, and each call's share of them. The streams
             // of one connection together can never fill its window: an
@@ -257,7 +276,11 @@ impl Application {
             crate::http::router(
                 self.http_blobs.map(embedded::downloads::routes),
                 metrics.is_none(),
-                limits.http_body_timeout,
+                crate::http::BodyLimits {
+                    timeout: limits.http_body_timeout,
+                    min_rate: limits.http_min_body_rate,
+                    min_rate_grace: limits.http_min_body_rate_grace,
+                },
             ),
             limits.handshake_timeout,
             stop_rx,
@@ -336,6 +359,12 @@ struct TransportLimits {
     download_stall_timeout: Duration,
     http_stall_timeout: Duration,
     http_body_timeout: Duration,
+    http_min_body_rate: u64,
+    http_min_body_rate_grace: Duration,
+    http_max_connections_per_peer: usize,
+    grpc_max_connections_per_peer: usize,
+    /// `None`: connections without a call stay open.
+    grpc_idle_timeout: Option<Duration>,
 }
 
 impl TransportLimits {
@@ -348,6 +377,12 @@ impl TransportLimits {
             download_stall_timeout: config.download_stall_timeout,
             http_stall_timeout: config.http_stall_timeout,
             http_body_timeout: config.http_body_timeout,
+            http_min_body_rate: config.http_min_body_rate,
+            http_min_body_rate_grace: config.http_min_body_rate_grace,
+            http_max_connections_per_peer: config.http_max_connections_per_peer,
+            grpc_max_connections_per_peer: config.grpc_max_connections_per_peer,
+            grpc_idle_timeout: (!config.grpc_idle_timeout.is_zero())
+                .then_some(config.grpc_idle_timeout),
         }
     }
 }

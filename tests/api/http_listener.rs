@@ -1,8 +1,9 @@
 //! The HTTP listener against callers who hold connections: responses that
-//! are never read, bodies that trickle, and every slot taken. Also
-//! `/metrics` on an address of its own.
+//! are never read, bodies that trickle, every slot taken, and one address
+//! opening connection after connection. Also `/metrics` on an address of
+//! its own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{Backend, TestApp, as_user, images, spec};
@@ -29,21 +30,24 @@ fn path_of(url: &str) -> String {
     rest[rest.find('/').expect("a path")..].to_owned()
 }
 
-/// A large image of alice's, and the path of its presigned download.
+/// A large image of alice's, and the URL of its presigned download.
 async fn large_download(app: &TestApp) -> (String, usize) {
     let big = images::png_of_size(6 * 1024 * 1024, 11);
-    let image = app.upload("alice", spec("big.png"), &big).await.unwrap();
-    let url = app
-        .download_url(
-            "alice",
-            pb::GetDownloadUrlRequest {
-                image_id: image.image_id,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    (url, big.len())
+    (download_of(app, &big).await, big.len())
+}
+
+/// The URL of a presigned download of `png`, uploaded as alice's.
+async fn download_of(app: &TestApp, png: &[u8]) -> String {
+    let image = app.upload("alice", spec("image.png"), png).await.unwrap();
+    app.download_url(
+        "alice",
+        pb::GetDownloadUrlRequest {
+            image_id: image.image_id,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,9 +106,8 @@ async fn a_response_that_is_never_read_ends_its_connection() {
     assert_eq!(body.len(), size);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_upload_body_is_cut_at_the_body_timeout() {
-    let app = TestApp::spawn_with(Backend::Embedded, &["--http-body-timeout", "2s"]).await;
+/// `count` presigned part upload URLs of a new session of alice's.
+async fn part_urls(app: &TestApp, count: i32) -> Vec<String> {
     let session = app
         .client()
         .start_upload(as_user(
@@ -119,13 +122,12 @@ async fn a_trickled_upload_body_is_cut_at_the_body_timeout() {
         .into_inner()
         .session
         .expect("a session");
-    let url = app
-        .client()
+    app.client()
         .get_upload_urls(as_user(
             "alice",
             pb::GetUploadUrlsRequest {
                 upload_id: session.upload_id,
-                parts: Some(pb::get_upload_urls_request::Parts::PartCount(1)),
+                parts: Some(pb::get_upload_urls_request::Parts::PartCount(count)),
                 expires_in: None,
             },
         ))
@@ -133,40 +135,195 @@ async fn a_trickled_upload_body_is_cut_at_the_body_timeout() {
         .unwrap()
         .into_inner()
         .urls
-        .remove(0);
-    let mut stream = TcpStream::connect(app.http_addr).await.unwrap();
+}
+
+/// A connection from `source` that starts a `PUT` of `url`'s part with a
+/// large body.
+async fn start_put(addr: SocketAddr, source: IpAddr, url: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     stream
         .write_all(
             format!(
                 "PUT {} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n",
-                path_of(&url)
+                path_of(url)
             )
             .as_bytes(),
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    // One byte every 200 ms: never idle for long, never done.
-    let trickle = async {
-        for _ in 0..100 {
-            if stream.write_all(b"x").await.is_err() {
-                break;
+    stream
+}
+
+/// Sends `stream`'s body a few bytes every 200 ms (never idle for long,
+/// never done) until the server answers or closes, or `within` passes;
+/// what the server answered, if anything.
+async fn trickle(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut answer = vec![0u8; 512];
+    let (mut reader, mut writer) = stream.split();
+    let send = async {
+        loop {
+            if writer.write_all(&[b'x'; 16]).await.is_err() {
+                // Closed: wait for the answer the reader may still get.
+                std::future::pending::<()>().await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
-    let mut answer = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+    let n = tokio::time::timeout(within, async {
+        tokio::select! {
+            read = reader.read(&mut answer) => read.unwrap_or(0),
+            () = send => unreachable!(),
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// A second address of this machine (all of 127/8 is loopback), to connect
+/// from as another caller.
+const OTHER_LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_upload_body_is_cut_at_the_body_timeout() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--http-body-timeout", "2s"]).await;
+    let url = part_urls(&app, 1).await.remove(0);
+    let mut stream = start_put(app.http_addr, LOCALHOST, &url).await;
+    let started = Instant::now();
+    let answer = trickle(&mut stream, Duration::from_secs(14))
         .await
-        .expect("the server answers")
-        .unwrap_or(0);
-    let answer = String::from_utf8_lossy(&answer[..n]);
+        .expect("the server answers");
     assert!(
         answer.starts_with("HTTP/1.1 408"),
         "after {:?}: {answer:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_bodies_are_cut_at_the_minimum_rate_and_others_get_through() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--max-connections",
+            "4",
+            "--http-min-body-rate",
+            "500",
+            "--http-min-body-rate-grace",
+            "2s",
+        ],
+    )
+    .await;
+    let download = download_of(&app, &images::png(8, 8, 5)).await;
+    // Every slot holds a body trickling at 80 bytes/s, and as soon as one
+    // ends its caller starts another.
+    let urls = part_urls(&app, 4).await;
+    let http_addr = app.http_addr;
+    let tricklers: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                loop {
+                    let mut stream = start_put(http_addr, LOCALHOST, &url).await;
+                    let started = Instant::now();
+                    let answer = trickle(&mut stream, Duration::from_secs(60)).await;
+                    answers.push((answer, started.elapsed()));
+                    if answers.len() == 3 {
+                        return answers;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(15), async {
+        reqwest::get(&download)
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await
+    })
+    .await
+    .expect("a download gets a slot while trickled bodies hold every one")
+    .expect("the download succeeds");
+    assert!(!body.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited {:?}",
+        started.elapsed()
+    );
+    // The first body of each trickler was cut with 408 once the grace
+    // had passed.
+    for trickler in tricklers {
+        let answers = tokio::time::timeout(Duration::from_secs(60), trickler)
+            .await
+            .expect("the trickled bodies are cut")
+            .unwrap();
+        let (answer, after) = &answers[0];
+        let answer = answer.as_deref().unwrap_or("nothing");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(
+            *after >= Duration::from_secs(2) && *after < Duration::from_secs(8),
+            "cut after {after:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--max-connections",
+            "4",
+            "--http-max-connections-per-peer",
+            "2",
+        ],
+    )
+    .await;
+    let download = download_of(&app, &images::png(8, 8, 6)).await;
+    // One address opens a busy connection for every slot: only its share
+    // is kept, the rest are closed unanswered.
+    let urls = part_urls(&app, 4).await;
+    let mut streams = Vec::new();
+    for url in &urls {
+        streams.push(start_put(app.http_addr, LOCALHOST, url).await);
+    }
+    let outcomes = futures::future::join_all(
+        streams
+            .iter_mut()
+            .map(|stream| trickle(stream, Duration::from_secs(4))),
+    )
+    .await;
+    let closed = outcomes
+        .iter()
+        .filter(|outcome| outcome.as_deref() == Some(""))
+        .count();
+    let still_sending = outcomes.iter().filter(|outcome| outcome.is_none()).count();
+    assert_eq!((closed, still_sending), (2, 2), "{outcomes:?}");
+    // Another address gets a slot at once.
+    let other = reqwest::Client::builder()
+        .local_address(OTHER_LOCALHOST)
+        .build()
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(5), async {
+        other
+            .get(&download)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await
+    })
+    .await
+    .expect("another address gets a slot while one address holds its share")
+    .expect("the download succeeds");
+    assert!(!body.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
