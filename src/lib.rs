@@ -9,6 +9,11 @@
 //! [`startup`] wires them together; [`listener`] and [`tls`] accept the
 //! connections of both listeners.
 
+// The crate is a service, not a library: its documentation is built with
+// `--document-private-items` (scripts/test checks it), so module overviews
+// link to the private items they describe.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod config;
 pub mod domain;
 #[cfg(any(test, feature = "testkit"))]

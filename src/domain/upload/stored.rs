@@ -18,7 +18,7 @@ const KEEP_IN_MEMORY: u64 = 16 * 1024 * 1024;
 ///
 /// Their checksums are those of the upload unless the scrubber changed a
 /// byte; only then are they computed again, from the kept bytes or, for
-/// larger originals, from the store (see [`Images::stored_digest`]). Most
+/// larger originals, from the store (`stored_digest` in render.rs). Most
 /// large images carry no metadata, so they are hashed once.
 pub(super) struct StoredBytes {
     scrubber: Option<Scrubber>,
