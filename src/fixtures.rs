@@ -334,8 +334,26 @@ fn phone_heif_metadata() -> (Vec<u8>, String) {
 /// and an XMP item with the location. The coded image is not real HEVC:
 /// only the container is (see the tests for real encoded files).
 pub fn heic_photo(width: u32, height: u32, layout: HeifLayout) -> Vec<u8> {
+    heic_photo_with(width, height, layout, b"hvc1-coded-image-data-".repeat(40))
+}
+
+/// [`heic_photo`] of about `size` bytes (a phone photo's 3-12 MB), its
+/// coded image made of varied bytes so that nothing compresses it.
+pub fn heic_photo_sized(width: u32, height: u32, layout: HeifLayout, size: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_u32;
+    let coded = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect();
+    heic_photo_with(width, height, layout, coded)
+}
+
+fn heic_photo_with(width: u32, height: u32, layout: HeifLayout, coded: Vec<u8>) -> Vec<u8> {
     let (boxed, full) = (iso_box, iso_full_box);
-    let coded = b"hvc1-coded-image-data-".repeat(40);
     let (exif, xmp) = phone_heif_metadata();
     let xmp = format!("{xmp}{}", " ".repeat(100)).into_bytes();
     let ftyp = boxed(b"ftyp", b"heic\0\0\0\0mif1heic");

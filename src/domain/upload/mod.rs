@@ -6,6 +6,9 @@
 //!    without cutting its bytes too fine.
 //! 3. [`stored`]: every chunk: checked ([`crate::media::content`]), scrubbed
 //!    ([`crate::media::scrub`]), gathered into pieces and written.
+//!    A HEIF whose metadata items come before its `meta` box is written
+//!    where no caller can read it, then once more with them overwritten
+//!    ([`rescrub`]).
 //! 4. [`render`]: once the original is durable: variants and the placeholder
 //!    ([`crate::media::variants`]).
 //! 5. The record, last ([`MetadataStore::create`]): until it exists, no
@@ -29,6 +32,7 @@ use crate::media::variants::Renderer;
 
 mod pace;
 mod render;
+mod rescrub;
 pub mod resumable;
 mod spec;
 mod stored;
@@ -387,6 +391,10 @@ impl Uploads {
         mut memory: Reservation,
     ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
         writes.finish_original(facts.digest.as_ref()).await?;
+        if writes.is_staged() {
+            // Within the upload's reservation: the store's buffers again.
+            self.second_pass(writes, &mut facts).await?;
+        }
         // The store's buffers are empty now: only the kept bytes stay held
         // (the renders reserve their own memory), so that admitted uploads
         // waiting to render do not hold the memory their renders need.

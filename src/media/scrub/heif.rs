@@ -32,8 +32,12 @@
 //! not in EXIF.
 //!
 //! A file whose metadata items lie before its `meta` box (a `meta` after
-//! `mdat`) cannot be blanked once those bytes have gone by: it is refused
-//! rather than stored with its metadata.
+//! `mdat`, as Samsung phones write them) cannot be blanked as those bytes go
+//! by: the pieces behind are handed over as a [`Rescrub`] when the stream
+//! ends, for a second pass over the stored bytes (the upload pipeline keeps
+//! them where no caller can read them until then). The `meta` box itself,
+//! and every box before it, is scrubbed on the way as usual, and the
+//! primary image's size is read from it ([`Scrubbed::late_size`]).
 use bytes::{Bytes, BytesMut};
 
 use super::*;
@@ -184,6 +188,11 @@ pub(super) struct Heif {
     position: u64,
     /// Byte ranges of metadata items still ahead, sorted, not overlapping.
     blanks: Vec<Blank>,
+    /// Byte ranges of metadata items that had gone by when their `meta`
+    /// box came, sorted, not overlapping: for the second pass.
+    behind: Vec<Blank>,
+    /// The primary image's size, from a `meta` box that came after `mdat`.
+    late_size: Option<(u32, u32)>,
     /// A `meta` box was read.
     meta_seen: bool,
     /// The `mdat` box came before any `meta` box.
@@ -196,7 +205,7 @@ pub(super) struct Heif {
 }
 
 /// Part of an item to overwrite as it streams by.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Blank {
     /// File offsets: `start..end`.
     start: u64,
@@ -273,6 +282,8 @@ impl Heif {
             step: Step::Header,
             position: 0,
             blanks: Vec::new(),
+            behind: Vec::new(),
+            late_size: None,
             meta_seen: false,
             mdat_first: false,
             containers: Vec::new(),
@@ -296,28 +307,88 @@ impl Heif {
     /// `bytes`, the file's bytes at `self.position`, with the parts of
     /// metadata items among them overwritten.
     fn blanked(&mut self, bytes: Bytes, changed: &mut bool) -> Bytes {
-        let (start, end) = (self.position, self.position + bytes.len() as u64);
-        self.position = end;
-        // Sorted and disjoint: the ones met here are at the front.
-        let hits = self
-            .blanks
-            .iter()
-            .take_while(|b| b.start < end)
-            .filter(|b| b.end > start)
-            .count();
-        if hits == 0 {
-            self.blanks.retain(|b| b.end > end);
-            return bytes;
+        blank_at(&mut self.blanks, &mut self.position, bytes, changed)
+    }
+
+    /// Whether the bytes gone by may hold metadata that is yet to be, or
+    /// was, found behind: no `meta` box read yet, or one that pointed
+    /// behind itself.
+    pub(super) fn may_point_behind(&self) -> bool {
+        !self.meta_seen || !self.behind.is_empty()
+    }
+
+    /// The second pass the file needs, if any, and the primary image's
+    /// size from a `meta` box after `mdat`.
+    pub(super) fn take_late(&mut self) -> (Option<Rescrub>, Option<(u32, u32)>) {
+        let behind = std::mem::take(&mut self.behind);
+        let rescrub = (!behind.is_empty()).then_some(Rescrub {
+            blanks: behind,
+            position: 0,
+        });
+        (rescrub, self.late_size)
+    }
+}
+
+/// `bytes`, the file's bytes at `*position`, with the parts of `blanks`
+/// (sorted, disjoint) among them overwritten; moves `*position` past them
+/// and forgets the blanks passed.
+fn blank_at(
+    blanks: &mut Vec<Blank>,
+    position: &mut u64,
+    bytes: Bytes,
+    changed: &mut bool,
+) -> Bytes {
+    let (start, end) = (*position, *position + bytes.len() as u64);
+    *position = end;
+    // Sorted and disjoint: the ones met here are at the front.
+    let hits = blanks
+        .iter()
+        .take_while(|b| b.start < end)
+        .filter(|b| b.end > start)
+        .count();
+    if hits == 0 {
+        blanks.retain(|b| b.end > end);
+        return bytes;
+    }
+    *changed = true;
+    let mut copy = BytesMut::from(&bytes[..]);
+    for blank in blanks.iter().take_while(|b| b.start < end) {
+        for at in blank.start.max(start)..blank.end.min(end) {
+            copy[(at - start) as usize] = blank.byte(at);
         }
-        *changed = true;
-        let mut copy = BytesMut::from(&bytes[..]);
-        for blank in self.blanks.iter().take_while(|b| b.start < end) {
-            for at in blank.start.max(start)..blank.end.min(end) {
-                copy[(at - start) as usize] = blank.byte(at);
-            }
-        }
-        self.blanks.retain(|b| b.end > end);
-        copy.freeze()
+    }
+    blanks.retain(|b| b.end > end);
+    copy.freeze()
+}
+
+/// The second pass over a HEIF whose metadata items came before its `meta`
+/// box: the stored bytes of the first pass, streamed through
+/// [`Rescrub::apply`] from the first byte on, come out as a file whose
+/// `meta` came first would have (the items overwritten the same way, every
+/// other byte as it was). It holds the pieces to overwrite, at most
+/// [`MAX_METADATA_EXTENTS`] of 48 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rescrub {
+    blanks: Vec<Blank>,
+    /// Offset in the file of the next byte.
+    position: u64,
+}
+
+impl Rescrub {
+    /// The next bytes of the file, with the metadata among them
+    /// overwritten (a slice of `bytes` when there is none).
+    pub fn apply(&mut self, bytes: Bytes) -> Bytes {
+        blank_at(&mut self.blanks, &mut self.position, bytes, &mut false)
+    }
+
+    /// Whether every piece to overwrite has gone by.
+    pub fn is_done(&self) -> bool {
+        self.blanks.is_empty()
+    }
+
+    /// The bytes of the file the pieces to overwrite cover.
+    pub fn blanked_bytes(&self) -> u64 {
+        self.blanks.iter().map(|b| b.end - b.start).sum()
     }
 }
 
@@ -381,7 +452,10 @@ impl Scrubber {
                     heif.mdat_first = true;
                 }
                 let keep = self.keep_metadata || kept_box(parent, &kind);
-                if &kind == b"meta" && parent.is_none() && !self.keep_metadata {
+                // A `meta` after `mdat` is held even when metadata is kept:
+                // the image's size is read from it.
+                let hold = !self.keep_metadata || (heif.mdat_first && !heif.meta_seen);
+                if &kind == b"meta" && parent.is_none() && hold {
                     let Some(size) = size else {
                         return Err(corrupt());
                     };
@@ -422,24 +496,36 @@ impl Scrubber {
                 let mut meta = self.pending.split();
                 let meta_start = heif.position;
                 let meta_end = meta_start + meta.len() as u64;
-                let (ahead, changed) = scrub_meta(&mut meta, &mut heif.boxes)?;
-                if ahead.iter().any(|blank| blank.start < meta_end) {
-                    return Err(MediaError::invalid(if heif.mdat_first {
-                        "the HEIF's metadata comes before its meta box (meta after mdat), so it \
-                         cannot be removed while streaming; save the file with its meta box first"
-                    } else {
-                        "the HEIF's item locations point into its own boxes"
-                    }));
+                if heif.mdat_first && !heif.meta_seen {
+                    heif.late_size = Some(primary_size(&meta, &mut heif.boxes)?);
                 }
-                self.changed |= changed;
+                heif.meta_seen = true;
                 heif.position = meta_end;
+                if self.keep_metadata {
+                    out.push(meta.freeze());
+                    heif.step = Step::Header;
+                    return Ok(());
+                }
+                let (mut ahead, changed) = scrub_meta(&mut meta, &mut heif.boxes)?;
+                // Items wholly before this box are blanked by the second
+                // pass; none may lie in it.
+                let behind = ahead.iter().filter(|blank| blank.end <= meta_start).count();
+                ahead.sort_unstable_by_key(|blank| blank.end <= meta_start);
+                let behind = ahead.split_off(ahead.len() - behind);
+                if ahead.iter().any(|blank| blank.start < meta_end) {
+                    return Err(MediaError::invalid(
+                        "the HEIF's item locations point into its own boxes",
+                    ));
+                }
+                self.changed |= changed || !behind.is_empty();
                 // A second `meta` box (rare) adds to what the first found.
                 heif.blanks.extend(ahead);
-                if heif.blanks.len() > MAX_METADATA_EXTENTS {
+                heif.behind.extend(behind);
+                if heif.blanks.len() + heif.behind.len() > MAX_METADATA_EXTENTS {
                     return Err(too_many_pieces());
                 }
                 sort_disjoint(&mut heif.blanks)?;
-                heif.meta_seen = true;
+                sort_disjoint(&mut heif.behind)?;
                 out.push(meta.freeze());
                 heif.step = Step::Header;
             }
@@ -899,6 +985,31 @@ pub fn heif_dimensions(head: &[u8], at_end: bool) -> Result<Option<(u32, u32)>, 
     } else {
         "the HEIF has no complete meta box in its first MiB to give the image's dimensions"
     }))
+}
+
+/// Whether the first bytes of a HEIF file (`head`) show an `mdat` box
+/// before any `meta` box: its `meta` comes after the media data, so the
+/// image's size is read from it by the scrubber at the end of the stream
+/// ([`Scrubbed::late_size`]), not from the header.
+pub fn heif_meta_after_media(head: &[u8]) -> bool {
+    let mut at = 0usize;
+    while head.len() - at >= 8 {
+        let size = u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        match &head[at + 4..at + 8] {
+            b"mdat" => return true,
+            b"meta" => return false,
+            _ => {}
+        }
+        // A 64-bit or to-the-end size before either: not this layout.
+        match usize::try_from(size) {
+            Ok(size) if size >= 8 => match at.checked_add(size) {
+                Some(end) if end <= head.len() => at = end,
+                _ => return false,
+            },
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The primary item's `ispe`, turned by its `irot`, from a whole `meta`

@@ -82,7 +82,9 @@ fn identifying_jpeg_metadata_is_removed_and_pixels_are_untouched() {
             Scrubbed {
                 orientation: 6,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         for secret in [&b"Alice"[..], b"GPSLatitude", b"MPF", b"motion photo"] {
@@ -129,7 +131,9 @@ fn keeping_metadata_stores_the_bytes_as_uploaded() {
         Scrubbed {
             orientation: 3,
             stripped: false,
-            changed: false
+            changed: false,
+            rescrub: None,
+            late_size: None,
         }
     );
 }
@@ -164,7 +168,9 @@ fn identifying_png_metadata_is_removed() {
             Scrubbed {
                 orientation: 8,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         assert!(!contains(&stored, b"Alice"));
@@ -214,7 +220,9 @@ fn other_formats_and_tiny_inputs_pass_unchanged() {
             Scrubbed {
                 orientation: 1,
                 stripped: false,
-                changed: false
+                changed: false,
+                rescrub: None,
+                late_size: None,
             }
         );
     }
@@ -292,7 +300,9 @@ fn webp_metadata_is_blanked_in_place() {
             Scrubbed {
                 orientation: 6,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         assert_eq!(stored.len(), original.len(), "sizes stay, so it streams");
@@ -608,7 +618,9 @@ mod heif {
                     Scrubbed {
                         orientation: 1,
                         stripped: true,
-                        changed: true
+                        changed: true,
+                        rescrub: None,
+                        late_size: None,
                     }
                 );
                 results.push(stored);
@@ -644,15 +656,93 @@ mod heif {
         }
     }
 
+    /// The payload of the first top-level box of `kind`.
+    fn top_level_body<'a>(file: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
+        let mut at = 0;
+        while at + 8 <= file.len() {
+            let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+            if &file[at + 4..at + 8] == kind {
+                return &file[at + 8..at + size];
+            }
+            at += size;
+        }
+        panic!("no {kind:?} box");
+    }
+
+    /// A `meta` after `mdat` (Samsung's layout): the stream's bytes keep
+    /// the items that had gone by, and a second pass over them overwrites
+    /// those exactly as a `meta`-first file's are; the size comes from
+    /// that `meta` box.
     #[test]
-    fn heif_metadata_before_its_meta_box_is_refused_not_stored() {
+    fn heif_metadata_before_its_meta_box_is_blanked_by_a_second_pass() {
         let original = heic_photo(640, 480, HeifLayout::MetaLast);
-        let error = scrub(&original, 4096, false).unwrap_err();
-        assert!(error.to_string().contains("meta after mdat"), "{error}");
-        // Kept as it is when the service keeps metadata.
+        let (first_first, _) =
+            scrub(&heic_photo(640, 480, HeifLayout::MetaFirst), 4096, false).unwrap();
+        let mut passes = Vec::new();
+        for chunk in [1, 7, 4096, original.len()] {
+            let (first, report) = scrub(&original, chunk, false).unwrap();
+            assert!(report.stripped && report.changed);
+            assert_eq!(report.late_size, Some((480, 640)), "as viewed, from irot");
+            let mut rescrub = report.rescrub.expect("a second pass");
+            assert!(rescrub.blanked_bytes() > 0);
+            let mut second = Vec::new();
+            for piece in first.chunks(chunk.min(1000)) {
+                second.extend_from_slice(&rescrub.apply(Bytes::copy_from_slice(piece)));
+            }
+            assert!(rescrub.is_done());
+            assert_eq!(second.len(), original.len(), "nothing moves");
+            for secret in PHONE_SECRETS {
+                assert!(contains(&original, secret.as_bytes()));
+                assert!(!contains(&second, secret.as_bytes()), "{secret} left");
+            }
+            assert_eq!(
+                top_level_body(&second, b"mdat"),
+                top_level_body(&first_first, b"mdat"),
+                "the items are overwritten as a meta-first file's"
+            );
+            assert_eq!(heif_dimensions(&second, true).unwrap(), Some((480, 640)));
+            passes.push(second);
+        }
+        assert!(
+            passes.iter().all(|p| *p == passes[0]),
+            "chunking changes nothing"
+        );
+
+        // Kept as it is when the service keeps metadata; the size is read.
         let (stored, report) = scrub(&original, 4096, true).unwrap();
         assert_eq!(stored, original);
-        assert!(!report.stripped && !report.changed);
+        assert!(!report.stripped && !report.changed && report.rescrub.is_none());
+        assert_eq!(report.late_size, Some((480, 640)));
+    }
+
+    /// Until a `meta` box has been read, what was output may hold
+    /// metadata; a `meta`-first file's bytes are known clean once it is.
+    #[test]
+    fn heif_bytes_are_suspect_until_a_meta_box_says_otherwise() {
+        for (layout, after) in [(HeifLayout::MetaFirst, false), (HeifLayout::MetaLast, true)] {
+            let original = heic_photo(640, 480, layout);
+            let mut scrubber = Scrubber::new(false);
+            let mut out = Vec::new();
+            scrubber
+                .push(Bytes::copy_from_slice(&original[..100]), &mut out)
+                .unwrap();
+            assert!(scrubber.may_rescrub(), "{layout:?}");
+            scrubber
+                .push(Bytes::copy_from_slice(&original[100..]), &mut out)
+                .unwrap();
+            assert_eq!(scrubber.may_rescrub(), after, "{layout:?}");
+            let mut kept = Scrubber::new(true);
+            kept.push(Bytes::copy_from_slice(&original), &mut out)
+                .unwrap();
+            assert!(
+                !kept.may_rescrub(),
+                "nothing is blanked when metadata is kept"
+            );
+        }
+        let mut jpeg = Scrubber::new(false);
+        jpeg.push(Bytes::from(encoded_jpeg()), &mut Vec::new())
+            .unwrap();
+        assert!(!jpeg.may_rescrub());
     }
 
     #[test]
