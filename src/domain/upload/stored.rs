@@ -62,6 +62,11 @@ impl StoredBytes {
         }
     }
 
+    /// What the scrubber holds, or is about to hold, of one structure.
+    pub(super) fn structure(&self) -> u64 {
+        self.scrubber.as_ref().map_or(0, Scrubber::holding)
+    }
+
     /// Whether the stored bytes are still being kept for the renders.
     pub(super) fn keeps(&self) -> bool {
         self.kept.is_some()

@@ -310,6 +310,14 @@ impl Heif {
         blank_at(&mut self.blanks, &mut self.position, bytes, changed)
     }
 
+    /// The length of the `meta` box being gathered, if one is.
+    pub(super) fn holding(&self) -> Option<u64> {
+        match self.step {
+            Step::Meta { len } => Some(len as u64),
+            _ => None,
+        }
+    }
+
     /// Whether the bytes gone by may hold metadata that is yet to be, or
     /// was, found behind: no `meta` box read yet, or one that pointed
     /// behind itself.
@@ -1336,6 +1344,29 @@ mod tests {
         }
         let photo = heic_photo(4032, 3024, HeifLayout::MetaFirst);
         assert_eq!(heif_dimensions(&photo, true).unwrap(), Some((3024, 4032)));
+    }
+
+    /// A `meta` box is counted whole as soon as its length is read, before
+    /// its bytes are held (the upload grows its memory reservation by it).
+    #[test]
+    fn the_meta_box_being_held_is_counted_from_its_header() {
+        let parts = HeifParts {
+            in_meta: iso_box(b"free", &vec![0; 2 << 20]),
+            ..HeifParts::default()
+        };
+        let file = heif_file(&phone_heif_items(64, 64), &parts);
+        let meta_at = file.windows(4).position(|w| w == b"meta").unwrap() - 4;
+        let meta_len = u32::from_be_bytes(file[meta_at..meta_at + 4].try_into().unwrap());
+        let mut scrubber = Scrubber::new(false);
+        let mut out = Vec::new();
+        scrubber
+            .push(Bytes::copy_from_slice(&file[..meta_at + 8]), &mut out)
+            .unwrap();
+        assert_eq!(scrubber.holding(), u64::from(meta_len));
+        scrubber
+            .push(Bytes::copy_from_slice(&file[meta_at + 8..]), &mut out)
+            .unwrap();
+        assert!(scrubber.holding() < 16, "the meta box was passed on");
     }
 
     #[test]

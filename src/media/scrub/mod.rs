@@ -135,6 +135,16 @@ impl Scrubber {
         self.changed
     }
 
+    /// Bytes of one structure the scrubber holds, or will hold once they
+    /// arrive (a HEIF's `meta` box whose length it has read).
+    pub fn holding(&self) -> u64 {
+        let held = self.pending.len() as u64;
+        match &self.heif {
+            Some(heif) if self.state == State::Heif => heif.holding().unwrap_or(held),
+            _ => held,
+        }
+    }
+
     /// Whether the bytes output so far may need a second pass
     /// ([`Scrubbed::rescrub`]): a HEIF being stripped whose metadata items
     /// may lie before its `meta` box (none read yet), or do (one read
