@@ -115,7 +115,8 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
 
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
+/// `data` as a zlib stream of stored (uncompressed) deflate blocks.
+pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x78, 0x01];
     let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
     for (i, block) in blocks.iter().enumerate() {
@@ -458,6 +459,8 @@ pub struct HeifItem {
     pub kind: [u8; 4],
     /// The `mime` item's content type (empty for other items).
     pub content_type: &'static str,
+    /// Its name in `infe` (free text; empty as cameras leave it).
+    pub name: &'static str,
     /// Its bytes, stored in `mdat`.
     pub data: Vec<u8>,
     /// Property boxes associated with it (added to `ipco`).
@@ -469,6 +472,7 @@ impl HeifItem {
         Self {
             kind: *kind,
             content_type: "",
+            name: "",
             data: data.to_vec(),
             properties: Vec::new(),
         }
@@ -526,6 +530,7 @@ pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
             let mut entry = id.to_be_bytes().to_vec();
             entry.extend_from_slice(&0u16.to_be_bytes());
             entry.extend_from_slice(&item.kind);
+            entry.extend_from_slice(item.name.as_bytes());
             entry.push(0);
             if &item.kind == b"mime" {
                 entry.extend_from_slice(item.content_type.as_bytes());

@@ -20,6 +20,10 @@
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
 //!   `uri ` items, unknown types) by zeros.
+//! - Names: the free text kept structure may carry, the handler's name
+//!   (`hdlr`, its last field) and every item's name (`infe`), is emptied in
+//!   place: zeros, and in `infe` what follows the name moves up, so no box
+//!   changes size.
 //!
 //! Only the `meta` box is held (at most [`MAX_HEIF_META`]). Parsing it
 //! allocates at most 1 × its length besides (16 bytes per `infe` entry of
@@ -705,6 +709,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), Me
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
+            b"hdlr" => changed |= blank_handler_name(meta, &child),
             kind if listed(&META_BOXES, kind) => {}
             _ => {
                 blank_box(meta, &child);
@@ -713,7 +718,11 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), Me
         }
     }
     let kinds = match iinf {
-        Some(iinf) => blanked_items(meta, &iinf, count)?,
+        Some(iinf) => {
+            let (kinds, named) = blanked_items(meta, &iinf, count)?;
+            changed |= named;
+            kinds
+        }
         None => Vec::new(),
     };
     let Some(iloc) = iloc else {
@@ -761,58 +770,96 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
 /// The items of an `iinf` box that are not image data, by id, sorted:
 /// what is blanked.
 fn blanked_items(
-    meta: &[u8],
+    meta: &mut [u8],
     iinf: &Child,
     count: &mut u32,
-) -> Result<Vec<(u64, Item)>, MediaError> {
+) -> Result<(Vec<(u64, Item)>, bool), MediaError> {
     let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
     let version = reader.version()?;
     // The entry count is not needed: the `infe` boxes follow.
     reader.take(if version == 0 { 2 } else { 4 })?;
     let mut kinds = Vec::new();
+    let mut named = false;
     let mut at = iinf.end - reader.remaining();
     while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
         if &entry.kind != b"infe" {
             continue;
         }
-        let mut entry = Reader::new(&meta[entry.body..entry.end]);
-        let version = entry.version()?;
-        let (id, item_type, content_type) = if version >= 2 {
-            let id = if version == 2 {
-                entry.u16()?
-            } else {
-                entry.u32()?
-            };
-            entry.u16()?; // protection index
-            let item_type: [u8; 4] = entry.take(4)?.try_into().unwrap_or_default();
-            entry.string(); // name
-            let content_type = if &item_type == b"mime" {
-                entry.string()
-            } else {
-                &[][..]
-            };
-            (id, item_type, content_type)
-        } else {
-            // Versions 0 and 1 describe MIME items only.
-            let id = entry.u16()?;
-            entry.u16()?;
-            entry.string();
-            (id, *b"mime", entry.string())
-        };
-        let kind = if listed(&IMAGE_ITEMS, &item_type) {
-            continue;
-        } else if &item_type == b"Exif" {
-            Item::Exif
-        } else if &item_type == b"mime" && content_type.eq_ignore_ascii_case(b"application/rdf+xml")
-        {
-            Item::Xmp
-        } else {
-            Item::Other
-        };
-        kinds.push((id, kind));
+        let (id, kind, name) = item_entry(&meta[entry.body..entry.end])?;
+        named |= blank_item_name(&mut meta[entry.body..entry.end], name);
+        if let Some(kind) = kind {
+            kinds.push((id, kind));
+        }
     }
     kinds.sort_unstable_by_key(|&(id, _)| id);
-    Ok(kinds)
+    Ok((kinds, named))
+}
+
+/// Where an item's name lies in its `infe` payload: offset and length,
+/// without its NUL.
+type NameAt = (usize, usize);
+
+/// An `infe` box's payload: the item's id, how it is blanked (`None`: an
+/// image item, kept), and where its name lies.
+fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, NameAt), MediaError> {
+    let mut entry = Reader::new(entry);
+    let version = entry.version()?;
+    let (id, item_type, name, content_type) = if version >= 2 {
+        let id = if version == 2 {
+            entry.u16()?
+        } else {
+            entry.u32()?
+        };
+        entry.u16()?; // protection index
+        let item_type: [u8; 4] = entry.take(4)?.try_into().unwrap_or_default();
+        let name = (entry.at, entry.string().len());
+        let content_type = if &item_type == b"mime" {
+            entry.string()
+        } else {
+            &[][..]
+        };
+        (id, item_type, name, content_type)
+    } else {
+        // Versions 0 and 1 describe MIME items only.
+        let id = entry.u16()?;
+        entry.u16()?;
+        let name = (entry.at, entry.string().len());
+        (id, *b"mime", name, entry.string())
+    };
+    let kind = if listed(&IMAGE_ITEMS, &item_type) {
+        None
+    } else if &item_type == b"Exif" {
+        Some(Item::Exif)
+    } else if &item_type == b"mime" && content_type.eq_ignore_ascii_case(b"application/rdf+xml") {
+        Some(Item::Xmp)
+    } else {
+        Some(Item::Other)
+    };
+    Ok((id, kind, name))
+}
+
+/// Empties an item's name (free text) in its `infe` payload: what follows
+/// it (a `mime` item's content type and encoding, a `uri ` item's type)
+/// moves up by the name's length and zeros fill the end, so the box keeps
+/// its size; whether there was a name.
+fn blank_item_name(entry: &mut [u8], (from, len): NameAt) -> bool {
+    if len == 0 {
+        return false;
+    }
+    entry.copy_within(from + len.., from);
+    let end = entry.len();
+    entry[end - len..].fill(0);
+    true
+}
+
+/// Zeros an `hdlr` box's name (free text, its last field, so nothing
+/// moves); whether it held any.
+fn blank_handler_name(meta: &mut [u8], hdlr: &Child) -> bool {
+    // Version and flags, pre_defined, handler_type, three reserved words.
+    let name = (hdlr.body + 24).min(hdlr.end);
+    let named = meta[name..hdlr.end].iter().any(|&b| b != 0);
+    meta[name..hdlr.end].fill(0);
+    named
 }
 
 /// Most pieces (`iloc` extents) the blanked items may be cut into; a
@@ -1147,6 +1194,44 @@ mod tests {
                 "{secret} left in {what}"
             );
         }
+    }
+
+    /// The handler's name and the items' names are free text a camera or
+    /// an app fills in: emptied, while what follows a name (a `mime`
+    /// item's content type) still reads, so XMP is still found and blanked.
+    #[test]
+    fn handler_and_item_names_are_emptied_in_place() {
+        let secret = PHONE_SECRETS[2];
+        let mut items = phone_heif_items(64, 48);
+        for item in &mut items {
+            item.name = secret;
+        }
+        let mut hdlr = 0u32.to_be_bytes().to_vec();
+        hdlr.extend_from_slice(b"pict");
+        hdlr.extend_from_slice(&[0; 12]);
+        hdlr.extend_from_slice(format!("{secret}\0").as_bytes());
+        let parts = HeifParts {
+            in_meta: iso_full_box(b"hdlr", 0, &hdlr),
+            ..HeifParts::default()
+        };
+        let original = heif_file(&items, &parts);
+        let (stored, report) = scrub(&original, 9).unwrap();
+        assert!(report.changed);
+        assert_eq!(stored.len(), original.len(), "nothing moves");
+        assert_no_secrets(&stored, "the names");
+        assert!(
+            contains(&stored, b"application/rdf+xml\0"),
+            "still a mime type"
+        );
+        assert!(contains(
+            &stored,
+            b"<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"/>"
+        ));
+        assert!(contains(&stored, b"hvc1-coded-image-data-"));
+        assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((64, 48)));
+        // Scrubbed again, nothing changes: the names are gone.
+        let (again, _) = scrub(&stored, 64).unwrap();
+        assert_eq!(again, stored);
     }
 
     /// Before the bound, the 12 KB file made a replica allocate 2 GB (16
