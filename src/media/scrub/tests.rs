@@ -525,6 +525,67 @@ fn vp8l_chunk(width: u32, height: u32) -> (Vec<u8>, image::RgbaImage) {
     (simple[12..].to_vec(), image)
 }
 
+/// The profile name of `iCCP` is free text: it becomes a fixed one, the
+/// chunk's length and CRC follow, and the profile itself is untouched.
+#[test]
+fn a_png_icc_profile_loses_its_name_but_not_its_profile() {
+    let profile = b"a colour profile".repeat(20);
+    let compressed = crate::fixtures::zlib_stored(&profile);
+    let plain = crate::fixtures::png(8, 8, 5);
+    let mut iccp = b"Alice Example's calibrated phone\0\0".to_vec();
+    iccp.extend_from_slice(&compressed);
+    let mut original = plain[..33].to_vec();
+    original.extend_from_slice(&(iccp.len() as u32).to_be_bytes());
+    original.extend_from_slice(b"iCCP");
+    original.extend_from_slice(&iccp);
+    let crc = crc32fast::hash(&original[37..]);
+    original.extend_from_slice(&crc.to_be_bytes());
+    original.extend_from_slice(&plain[33..]);
+    let read_profile = |png: &[u8]| {
+        use image::ImageDecoder;
+        let mut decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(png)).unwrap();
+        decoder.icc_profile().unwrap()
+    };
+    assert_eq!(read_profile(&original).as_deref(), Some(&profile[..]));
+    for chunk in [1, 7, 40, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert!(report.changed);
+        assert!(!contains(&stored, b"Alice"));
+        assert!(contains(&stored, b"iCCPICC profile\0\0"));
+        assert_eq!(read_profile(&stored).as_deref(), Some(&profile[..]));
+        let decoded = image::load_from_memory(&stored).unwrap();
+        assert!(decoded == image::load_from_memory(&plain).unwrap());
+    }
+    let (kept, _) = scrub(&original, 64, true).unwrap();
+    assert_eq!(kept, original);
+}
+
+/// An `ICCP` chunk counts only when `VP8X` announces it (flag 0x20): one
+/// it does not announce (decoders ignore it) may carry anything, and is
+/// blanked; an announced one is kept.
+#[test]
+fn an_unannounced_webp_iccp_chunk_is_blanked() {
+    let (vp8l, pixels) = vp8l_chunk(30, 20);
+    let profile = b"an ICC profile whose description names Alice Example".to_vec();
+    for (flags, kept) in [(0x00, false), (0x20, true)] {
+        let mut vp8x = vec![flags, 0, 0, 0];
+        vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
+        let original = riff_webp(&[
+            riff_chunk(b"VP8X", &vp8x),
+            riff_chunk(b"ICCP", &profile),
+            vp8l.clone(),
+        ]);
+        for chunk in [1, 5, original.len()] {
+            let (stored, _) = scrub(&original, chunk, false).unwrap();
+            assert_eq!(stored.len(), original.len());
+            assert_eq!(contains(&stored, &profile), kept, "flags {flags:#x}");
+            assert_eq!(contains(&stored, b"ICCP"), kept, "flags {flags:#x}");
+            assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        }
+    }
+}
+
 #[test]
 fn unknown_webp_chunks_are_blanked_wherever_they_are() {
     let (vp8l, pixels) = vp8l_chunk(30, 20);
