@@ -115,7 +115,8 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
 
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
+/// `data` as a zlib stream of stored (uncompressed) deflate blocks.
+pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x78, 0x01];
     let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
     for (i, block) in blocks.iter().enumerate() {
@@ -334,8 +335,26 @@ fn phone_heif_metadata() -> (Vec<u8>, String) {
 /// and an XMP item with the location. The coded image is not real HEVC:
 /// only the container is (see the tests for real encoded files).
 pub fn heic_photo(width: u32, height: u32, layout: HeifLayout) -> Vec<u8> {
+    heic_photo_with(width, height, layout, b"hvc1-coded-image-data-".repeat(40))
+}
+
+/// [`heic_photo`] of about `size` bytes (a phone photo's 3-12 MB), its
+/// coded image made of varied bytes so that nothing compresses it.
+pub fn heic_photo_sized(width: u32, height: u32, layout: HeifLayout, size: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_u32;
+    let coded = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect();
+    heic_photo_with(width, height, layout, coded)
+}
+
+fn heic_photo_with(width: u32, height: u32, layout: HeifLayout, coded: Vec<u8>) -> Vec<u8> {
     let (boxed, full) = (iso_box, iso_full_box);
-    let coded = b"hvc1-coded-image-data-".repeat(40);
     let (exif, xmp) = phone_heif_metadata();
     let xmp = format!("{xmp}{}", " ".repeat(100)).into_bytes();
     let ftyp = boxed(b"ftyp", b"heic\0\0\0\0mif1heic");
@@ -440,6 +459,8 @@ pub struct HeifItem {
     pub kind: [u8; 4],
     /// The `mime` item's content type (empty for other items).
     pub content_type: &'static str,
+    /// Its name in `infe` (free text; empty as cameras leave it).
+    pub name: &'static str,
     /// Its bytes, stored in `mdat`.
     pub data: Vec<u8>,
     /// Property boxes associated with it (added to `ipco`).
@@ -451,6 +472,7 @@ impl HeifItem {
         Self {
             kind: *kind,
             content_type: "",
+            name: "",
             data: data.to_vec(),
             properties: Vec::new(),
         }
@@ -508,6 +530,7 @@ pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
             let mut entry = id.to_be_bytes().to_vec();
             entry.extend_from_slice(&0u16.to_be_bytes());
             entry.extend_from_slice(&item.kind);
+            entry.extend_from_slice(item.name.as_bytes());
             entry.push(0);
             if &item.kind == b"mime" {
                 entry.extend_from_slice(item.content_type.as_bytes());

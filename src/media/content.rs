@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::MediaError;
 use crate::media::gif::GifFrames;
-use crate::media::scrub::{heif_dimensions, heif_type};
+use crate::media::scrub::{heif_dimensions, heif_meta_after_media, heif_type};
 
 /// Bytes of the stream kept to find the type and dimensions. JPEG headers
 /// can sit behind large EXIF and ICC segments (64 KiB each), so this is
@@ -71,6 +71,9 @@ pub struct ContentInspector {
     header: Vec<u8>,
     content_type: Option<&'static str>,
     dimensions: Option<(u32, u32)>,
+    /// A HEIF whose `meta` box comes after `mdat`: its dimensions are
+    /// given at the end of the stream ([`ContentInspector::finish_with`]).
+    late_dimensions: bool,
     next_probe_at: usize,
     /// GIFs: every frame's size, whatever the header says; and how many
     /// of the stream's bytes it has walked.
@@ -105,6 +108,7 @@ impl ContentInspector {
             header: Vec::new(),
             content_type: None,
             dimensions: None,
+            late_dimensions: false,
             next_probe_at: SNIFF_LEN,
             gif: None,
             gif_walked: 0,
@@ -145,7 +149,7 @@ impl ContentInspector {
         // The header is gathered only up to the next probe, so a first
         // chunk of megabytes is not copied to read a few hundred bytes.
         let mut rest = chunk;
-        while self.dimensions.is_none() && !rest.is_empty() {
+        while self.dimensions.is_none() && !self.late_dimensions && !rest.is_empty() {
             let wanted = self.next_probe_at.saturating_sub(self.header.len()).max(1);
             let (head, tail) = rest.split_at(wanted.min(rest.len()));
             self.header.extend_from_slice(head);
@@ -164,7 +168,18 @@ impl ContentInspector {
 
     /// Ends the stream: checks declared size and checksums, and that the
     /// type and dimensions were found.
-    pub fn finish(mut self) -> Result<ContentFacts, MediaError> {
+    pub fn finish(self) -> Result<ContentFacts, MediaError> {
+        self.finish_with(None)
+    }
+
+    /// [`ContentInspector::finish`], given the size of a HEIF whose `meta`
+    /// box came after `mdat` as the scrubber read it from that box
+    /// ([`crate::media::scrub::Scrubbed::late_size`]); it is checked
+    /// against the limits as a header's would be.
+    pub fn finish_with(
+        mut self,
+        late_size: Option<(u32, u32)>,
+    ) -> Result<ContentFacts, MediaError> {
         if self.size == 0 {
             return Err(MediaError::invalid("the image is empty"));
         }
@@ -191,8 +206,16 @@ impl ContentInspector {
                 "crc32c does not match the received bytes".into(),
             ));
         }
-        if self.dimensions.is_none() {
+        if self.dimensions.is_none() && !self.late_dimensions {
             self.inspect_header(true)?;
+        }
+        if self.late_dimensions {
+            let (width, height) = late_size.ok_or_else(|| {
+                MediaError::invalid(
+                    "the HEIF's meta box, which comes after its media data (mdat), is missing",
+                )
+            })?;
+            self.check_dimensions(width, height)?;
         }
         if let (Some(gif), Some(dimensions)) = (&self.gif, &mut self.dimensions) {
             // The box of the screen and every frame, not the screen alone.
@@ -246,7 +269,17 @@ impl ContentInspector {
         let at_end = complete || self.header.len() == HEADER_LIMIT;
         let size = if matches!(self.content_type, Some(t) if heif_type_name(t)) {
             // Our own bounded reading: the primary item's size, not a tile's.
-            heif_dimensions(&self.header, at_end)?
+            let size = heif_dimensions(&self.header, false)?;
+            if size.is_none() && heif_meta_after_media(&self.header) {
+                // Read from the `meta` box at the end of the stream.
+                self.late_dimensions = true;
+                self.header = Vec::new();
+                return Ok(());
+            }
+            match size {
+                None if at_end => heif_dimensions(&self.header, true)?,
+                size => size,
+            }
         } else {
             match imagesize::blob_size(&self.header) {
                 Ok(size) => Some((
@@ -267,6 +300,14 @@ impl ContentInspector {
             self.next_probe_at = (self.header.len() * 2).min(HEADER_LIMIT);
             return Ok(());
         };
+        self.check_dimensions(width, height)?;
+        self.header = Vec::new();
+        Ok(())
+    }
+
+    /// Notes the image's dimensions, refusing a zero one or more pixels
+    /// than allowed.
+    fn check_dimensions(&mut self, width: u32, height: u32) -> Result<(), MediaError> {
         if width == 0 || height == 0 {
             return Err(MediaError::invalid(
                 "the image header gives a zero dimension",
@@ -280,7 +321,6 @@ impl ContentInspector {
             )));
         }
         self.dimensions = Some((width, height));
-        self.header = Vec::new();
         Ok(())
     }
 }
@@ -455,6 +495,40 @@ mod tests {
     fn text_is_not_an_image() {
         let err = inspect(&[b'x'; 200], Declared::default()).unwrap_err();
         assert!(matches!(err, MediaError::Invalid(_)));
+    }
+
+    /// A HEIF whose `meta` box comes after a large `mdat`: the header
+    /// stops being gathered at the `mdat`, and the size the scrubber read
+    /// from the `meta` box is checked against the limits at the end.
+    #[test]
+    fn a_heif_meta_after_mdat_gives_its_size_at_the_end() {
+        use crate::fixtures::{HeifLayout, heic_photo_sized};
+        let late = heic_photo_sized(640, 480, HeifLayout::MetaLast, 3 * HEADER_LIMIT);
+        let fed = |bytes: &[u8]| {
+            let limits = ContentLimits {
+                max_bytes: 1 << 30,
+                ..limits()
+            };
+            let mut inspector = ContentInspector::new(limits, Declared::default()).unwrap();
+            for chunk in bytes.chunks(64 * 1024) {
+                inspector.feed(chunk, None).unwrap();
+            }
+            assert!(inspector.header.len() < 1024, "the header is not gathered");
+            inspector
+        };
+        let error = fed(&late).finish().unwrap_err();
+        assert!(error.to_string().contains("meta box"), "{error}");
+        let facts = fed(&late).finish_with(Some((480, 640))).unwrap();
+        assert_eq!(
+            (facts.content_type, facts.width, facts.height),
+            ("image/heic", 480, 640)
+        );
+        let bomb = fed(&late).finish_with(Some((100_000, 100_000)));
+        assert!(matches!(bomb, Err(MediaError::TooLarge(_))), "{bomb:?}");
+        // A meta-first file's size comes from its header, as before.
+        let first = heic_photo_sized(640, 480, HeifLayout::MetaFirst, 3 * HEADER_LIMIT);
+        let facts = fed(&first).finish().unwrap();
+        assert_eq!((facts.width, facts.height), (480, 640));
     }
 
     #[test]

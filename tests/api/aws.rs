@@ -710,7 +710,7 @@ async fn raw_config(server: &crate::helpers::servers::ServerProcess) -> aws_conf
 
 /// Starts the service process `command` and returns it with its gRPC
 /// address, read from its "ready" log line.
-fn spawn_service(
+pub(crate) fn spawn_service(
     command: &mut std::process::Command,
 ) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::{BufRead, BufReader};

@@ -119,3 +119,112 @@ async fn a_grid_is_recorded_at_its_whole_size() {
         assert_eq!((image.width, image.height), expected, "irot {turns}");
     }
 }
+
+/// Files under `dir` whose name is `name`, at any depth.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if entry.file_name() == name {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Whether a stored 12 MB fake holds any of the phone's metadata (its
+/// EXIF and XMP items follow the coded image, in the last KiBs).
+fn holds_secrets(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false; // renamed or removed meanwhile
+    };
+    let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
+    images::PHONE_SECRETS
+        .iter()
+        .any(|secret| contains(tail, secret.as_bytes()))
+}
+
+/// The service is killed (SIGKILL) while a 12 MB HEIC whose `meta` comes
+/// after `mdat` sits staged between its two passes: at no moment does an
+/// original with its metadata exist, and the repair pass removes the
+/// staged copy the crash left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_between_the_two_passes_leaves_nothing_readable() {
+    use image_service::pb::image_service_client::ImageServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let command = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+        command
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--max-image-bytes", "64MiB"])
+            .arg("--data-dir")
+            .arg(dir.path());
+        command
+    };
+    let (mut service, grpc) = crate::aws::spawn_service(&mut command());
+    let photo = images::heic_photo_sized(4032, 3024, images::HeifLayout::MetaLast, 12 << 20);
+    let mut client = ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let messages = crate::helpers::upload_messages(spec("late.heic"), &photo, 1 << 20);
+    let call = tokio::spawn(async move {
+        let stream = tokio_stream::iter(messages);
+        client
+            .upload_image(crate::helpers::as_user("alice", stream))
+            .await
+    });
+
+    let blobs = dir.path().join("blobs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for original in files_named(&blobs, "original") {
+            assert!(!holds_secrets(&original), "a readable original with GPS");
+        }
+        if !files_named(&blobs, "staged-original").is_empty() {
+            break;
+        }
+        assert!(
+            !call.is_finished() && std::time::Instant::now() < deadline,
+            "no staged original was seen: {:?}",
+            call.is_finished().then_some("the upload ended")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    unsafe { libc::kill(service.id() as i32, libc::SIGKILL) };
+    service.wait().unwrap();
+    let _ = call.await;
+    for original in files_named(&blobs, "original") {
+        assert!(!holds_secrets(&original), "a readable original with GPS");
+    }
+
+    // The repair pass removes what has no record: the staged copy, and
+    // an original the crash left unrecorded.
+    let output = command()
+        .args(["repair", "--grace", "0s", "--json"])
+        .output()
+        .unwrap();
+    let report = crate::helpers::json(&output);
+    assert!(
+        files_named(&blobs, "staged-original").is_empty(),
+        "the staged copy is removed: {report}"
+    );
+    let (mut service, grpc) = crate::aws::spawn_service(&mut command());
+    let app = ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let listed = app
+        .clone()
+        .list_images(crate::helpers::as_user(
+            "alice",
+            pb::ListImagesRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    // Killed before its record was stored, the image is gone; stored, it
+    // was scrubbed.
+    let originals = files_named(&blobs, "original");
+    assert_eq!(originals.len(), listed.len(), "{report}");
+    assert!(originals.iter().all(|o| !holds_secrets(o)));
+    unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+    service.wait().unwrap();
+}

@@ -6,6 +6,9 @@
 //!    without cutting its bytes too fine.
 //! 3. [`stored`]: every chunk: checked ([`crate::media::content`]), scrubbed
 //!    ([`crate::media::scrub`]), gathered into pieces and written.
+//!    A HEIF whose metadata items come before its `meta` box is written
+//!    where no caller can read it, then once more with them overwritten
+//!    ([`rescrub`]).
 //! 4. [`render`]: once the original is durable: variants and the placeholder
 //!    ([`crate::media::variants`]).
 //! 5. The record, last ([`MetadataStore::create`]): until it exists, no
@@ -29,6 +32,7 @@ use crate::media::variants::Renderer;
 
 mod pace;
 mod render;
+mod rescrub;
 pub mod resumable;
 mod spec;
 mod stored;
@@ -63,8 +67,14 @@ pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024 + 64 * 1024;
 
 /// Memory an upload holds besides its received bytes: the header the
 /// inspector gathers and the structure the scrubber holds (1 MiB each at
-/// most).
+/// most; a HEIF's `meta` box may be larger, see [`SCRUBBER_SHARE`]).
 const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
+
+/// The part of [`UPLOAD_OVERHEAD`] that is the scrubber's: a structure
+/// larger than this (a HEIF's `meta` box, up to
+/// [`crate::media::scrub::MAX_HEIF_META`]) grows the upload's reservation
+/// by the rest as soon as its length is read, before its bytes are held.
+const SCRUBBER_SHARE: u64 = 1024 * 1024;
 
 /// An upload's share of the memory budget: the received bytes kept for the
 /// renders and those in the store's buffers (mostly the same `Bytes`), up
@@ -83,6 +93,8 @@ struct MemoryUse {
     /// The most the kept copy holds, while it is kept.
     kept: u64,
     received: u64,
+    /// What the scrubber holds or is about to hold (one structure).
+    structure: u64,
 }
 
 impl MemoryUse {
@@ -92,6 +104,7 @@ impl MemoryUse {
         (self.received.min(self.store.max(kept)))
             .saturating_add(message)
             .saturating_add(UPLOAD_OVERHEAD)
+            .saturating_add(self.structure.saturating_sub(SCRUBBER_SHARE))
     }
 }
 
@@ -252,6 +265,7 @@ impl Uploads {
             store,
             kept,
             received: 0,
+            structure: 0,
         };
         pace.waited_for_the_service();
         let mut upload = Receiving {
@@ -320,6 +334,7 @@ impl Uploads {
                 // for what they are, not for the memory they would take.
                 upload.inspector.feed(&data, crc32c)?;
                 memory.received += data.len() as u64;
+                memory.structure = upload.stored.structure();
                 let message = data.len() as u64;
                 let keeping = upload.stored.keeps();
                 let held = memory.held(message, keeping);
@@ -328,7 +343,8 @@ impl Uploads {
                     upload.stored.stop_keeping();
                 }
                 // Within what admission reserved: this waits only if a
-                // message was larger than the transport's cap.
+                // message was larger than the transport's cap, or for a
+                // HEIF `meta` box over the scrubber's share.
                 let held = memory.held(message, upload.stored.keeps());
                 self.budget
                     .grow(&mut memory.reservation, held, "an upload")
@@ -387,6 +403,10 @@ impl Uploads {
         mut memory: Reservation,
     ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
         writes.finish_original(facts.digest.as_ref()).await?;
+        if writes.is_staged() {
+            // Within the upload's reservation: the store's buffers again.
+            self.second_pass(writes, &mut facts).await?;
+        }
         // The store's buffers are empty now: only the kept bytes stay held
         // (the renders reserve their own memory), so that admitted uploads
         // waiting to render do not hold the memory their renders need.

@@ -30,6 +30,11 @@ pub(super) struct StoredBytes {
     small: Vec<Bytes>,
     small_len: usize,
     size: u64,
+    /// Whether the original is staged for a second pass, decided at its
+    /// first byte (see [`Scrubber::may_rescrub`]).
+    staged: Option<bool>,
+    /// Once the scrubber has finished: whether a second pass is needed.
+    rescrub: bool,
 }
 
 /// Pieces smaller than this are gathered (copied together) before they
@@ -52,7 +57,14 @@ impl StoredBytes {
             small: Vec::new(),
             small_len: 0,
             size: 0,
+            staged: None,
+            rescrub: false,
         }
+    }
+
+    /// What the scrubber holds, or is about to hold, of one structure.
+    pub(super) fn structure(&self) -> u64 {
+        self.scrubber.as_ref().map_or(0, Scrubber::holding)
     }
 
     /// Whether the stored bytes are still being kept for the renders.
@@ -121,6 +133,18 @@ impl StoredBytes {
     }
 
     async fn store(&mut self, piece: Bytes, writes: &mut Writes) -> Result<(), DomainError> {
+        if self.staged.is_none() {
+            // Bytes that may hold metadata found only later never reach
+            // the original's key.
+            let stage = match &self.scrubber {
+                Some(scrubber) => scrubber.may_rescrub(),
+                None => self.rescrub,
+            };
+            if stage {
+                writes.stage_original()?;
+            }
+            self.staged = Some(stage);
+        }
         self.size += piece.len() as u64;
         if self.size > KEEP_IN_MEMORY {
             self.kept = None;
@@ -139,10 +163,23 @@ impl StoredBytes {
     ) -> Result<StoredFacts, DomainError> {
         let scrubber = self.scrubber.take().expect("finished once");
         let scrubbed = scrubber.finish(&mut self.pieces);
-        let uploaded = inspector.finish()?;
+        let late_size = scrubbed.as_ref().ok().and_then(|s| s.late_size);
+        let uploaded = inspector.finish_with(late_size)?;
         let scrubbed = scrubbed?;
+        self.rescrub = scrubbed.rescrub.is_some();
         self.flush(writes, true).await?;
-        let digest = if scrubbed.changed {
+        if self.rescrub && !writes.is_staged() {
+            // Only a second `meta` box, after bytes were stored, can
+            // point behind itself there.
+            return Err(DomainError::invalid(
+                "the HEIF's second meta box points at bytes before it; save the file with one \
+                 meta box, before its media data",
+            ));
+        }
+        let digest = if writes.is_staged() {
+            // Those of the second pass's output, computed as it runs.
+            None
+        } else if scrubbed.changed {
             self.kept.as_deref().map(digest_of)
         } else {
             Some((uploaded.sha256_hex.clone(), uploaded.crc32c))

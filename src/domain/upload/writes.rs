@@ -7,6 +7,14 @@
 //! and writes dropped without [`Writes::commit`] (a panic, a cancelled
 //! call) undoes itself in the background. A new step of the pipeline that
 //! writes through it cannot forget its cleanup.
+//!
+//! The original is written to its own key, unless it is staged first
+//! ([`Writes::stage_original`]): then it goes to a key of the same image
+//! that no record ever names ([`STAGED_ORIGINAL`]), so no caller can read
+//! it (every read goes through the record's renditions); the second pass
+//! writes the original from it and deletes it. A crash in between leaves an
+//! object without a record, which the repair pass removes like any other
+//! (and an unfinished write, journaled like the original's).
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +30,17 @@ pub(super) struct Writes {
     given_id: bool,
     undo: Undo,
     armed: bool,
+    size_hint: Option<u64>,
+    /// Where the original's bytes go: [`STAGED_ORIGINAL`] or the original.
+    target: VariantName,
+    /// The original's write was started (it is opened by its first byte).
+    opened: bool,
 }
+
+/// The variant name of an original kept where no caller can read it until
+/// a second pass has made it fit to be read (see the module documentation):
+/// no record ever lists it.
+pub(super) const STAGED_ORIGINAL: &str = "staged-original";
 
 /// What undoing removes.
 struct Undo {
@@ -51,21 +69,86 @@ impl Writes {
         size_hint: Option<u64>,
     ) -> Result<Self, DomainError> {
         let id = given.unwrap_or_default();
-        let key = ObjectKey::new(&id, &VariantName::original());
-        let writer = blobs.start_write(&key, size_hint).await?;
         Ok(Self {
             id,
             given_id: given.is_some(),
             undo: Undo {
                 blobs,
                 metadata,
-                writer: Some(writer),
+                writer: None,
                 journaled: None,
                 written: Vec::new(),
                 given: given.is_some().then_some(id),
             },
             armed: true,
+            size_hint,
+            target: VariantName::original(),
+            opened: false,
         })
+    }
+
+    /// Sends the original's bytes to [`STAGED_ORIGINAL`] instead of the
+    /// original; only before its first byte.
+    pub(super) fn stage_original(&mut self) -> Result<(), DomainError> {
+        if self.opened {
+            return Err(DomainError::Internal(
+                "the original was staged after its first byte".into(),
+            ));
+        }
+        self.target = staged_original();
+        Ok(())
+    }
+
+    /// Whether the original's bytes went to [`STAGED_ORIGINAL`].
+    pub(super) fn is_staged(&self) -> bool {
+        self.target != VariantName::original()
+    }
+
+    /// The key the original's bytes go to.
+    pub(super) fn target_key(&self) -> ObjectKey {
+        ObjectKey::new(&self.id, &self.target)
+    }
+
+    /// After the staged original is finished: the bytes written next go to
+    /// the original itself (the second pass).
+    pub(super) fn unstage(&mut self) -> Result<(), DomainError> {
+        if self.undo.writer.is_some() {
+            return Err(DomainError::Internal(
+                "the staged original was left unfinished".into(),
+            ));
+        }
+        self.target = VariantName::original();
+        self.opened = false;
+        Ok(())
+    }
+
+    /// Deletes the staged original once the original is finished; on
+    /// failure the object stays for the undo or the repair pass.
+    pub(super) async fn delete_staged(&mut self) {
+        let key = ObjectKey::new(&self.id, &staged_original());
+        match self.undo.blobs.delete(&key).await {
+            Ok(()) => self.undo.written.retain(|written| *written != key),
+            Err(error) => {
+                tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete a staged original; the repair pass removes it")
+            }
+        }
+    }
+
+    /// The original's writer, started on its first use.
+    async fn writer(&mut self) -> Result<&mut Box<dyn BlobWriter>, DomainError> {
+        if self.undo.writer.is_none() {
+            if self.opened {
+                return Err(finished_already());
+            }
+            let writer = self
+                .undo
+                .blobs
+                .start_write(&self.target_key(), self.size_hint)
+                .await?;
+            self.undo.writer = Some(writer);
+            self.opened = true;
+        }
+        self.undo.writer.as_mut().ok_or_else(finished_already)
     }
 
     pub(super) fn id(&self) -> &ImageId {
@@ -81,14 +164,15 @@ impl Writes {
     /// unfinished write an id (an S3 multipart upload), it is journaled, so
     /// the repair pass can abort it if this process dies first.
     pub(super) async fn write(&mut self, piece: Bytes) -> Result<(), DomainError> {
-        let writer = self.undo.writer.as_mut().ok_or_else(finished_already)?;
+        let writer = self.writer().await?;
         writer.write(piece).await?;
+        let pending_id = writer.pending_id();
         if self.undo.journaled.is_none()
-            && let Some(pending_id) = writer.pending_id()
+            && let Some(pending_id) = pending_id
         {
             let entry = PendingWrite {
                 image_id: self.id,
-                variant: VariantName::original(),
+                variant: self.target.clone(),
                 pending_id,
                 started: Timestamp::now(),
             };
@@ -105,6 +189,7 @@ impl Writes {
         &mut self,
         digest: Option<&(String, u32)>,
     ) -> Result<(), DomainError> {
+        self.writer().await?;
         let mut writer = self.undo.writer.take().ok_or_else(finished_already)?;
         if let Err(error) = not_stored_yet(self.undo.metadata.clone(), self.undo.given).await {
             writer.abort().await;
@@ -118,9 +203,7 @@ impl Writes {
         let finished = writer.finish().await;
         self.undo.clear_journal().await;
         finished?;
-        self.undo
-            .written
-            .push(ObjectKey::new(&self.id, &VariantName::original()));
+        self.undo.written.push(self.target_key());
         Ok(())
     }
 
@@ -267,6 +350,10 @@ async fn may_delete(metadata: Arc<dyn MetadataStore>, given: Option<ImageId>) ->
 /// Another finish of the same upload session stored the image first.
 fn stored_by_another() -> DomainError {
     DomainError::Aborted("the upload session's image was stored by another call meanwhile".into())
+}
+
+fn staged_original() -> VariantName {
+    VariantName::parse(STAGED_ORIGINAL).expect("a valid variant name")
 }
 
 fn finished_already() -> DomainError {

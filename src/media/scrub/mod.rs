@@ -31,14 +31,14 @@ mod png;
 mod webp;
 
 use heif::Heif;
-pub use heif::{MAX_HEIF_META, heif_dimensions, heif_type};
+pub use heif::{MAX_HEIF_META, Rescrub, heif_dimensions, heif_meta_after_media, heif_type};
 use jpeg::Jpeg;
 pub use jpeg::MAX_JPEG_SEGMENTS;
 use png::{PNG_SIGNATURE, Png};
 use webp::Webp;
 
 /// What the scrubber found, once the stream has ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scrubbed {
     /// The EXIF orientation, 1 (upright) to 8; 1 when there was none.
     pub orientation: u8,
@@ -47,6 +47,14 @@ pub struct Scrubbed {
     pub stripped: bool,
     /// The stored bytes differ from the uploaded ones.
     pub changed: bool,
+    /// A HEIF whose metadata items came before its `meta` box: the bytes
+    /// written must be streamed once more through this before anyone may
+    /// read them (see [`Scrubber::may_rescrub`]).
+    pub rescrub: Option<Rescrub>,
+    /// A HEIF whose `meta` box came after `mdat`: its primary image's
+    /// width and height as viewed, read from that box (the header the
+    /// content inspector reads does not hold it).
+    pub late_size: Option<(u32, u32)>,
 }
 
 /// A streaming rewriter of an image's bytes; see the module documentation.
@@ -127,6 +135,30 @@ impl Scrubber {
         self.changed
     }
 
+    /// Bytes of one structure the scrubber holds, or will hold once they
+    /// arrive (a HEIF's `meta` box whose length it has read).
+    pub fn holding(&self) -> u64 {
+        let held = self.pending.len() as u64;
+        match &self.heif {
+            Some(heif) if self.state == State::Heif => heif.holding().unwrap_or(held),
+            _ => held,
+        }
+    }
+
+    /// Whether the bytes output so far may need a second pass
+    /// ([`Scrubbed::rescrub`]): a HEIF being stripped whose metadata items
+    /// may lie before its `meta` box (none read yet), or do (one read
+    /// pointed behind itself). Until this is false, what was output must
+    /// be kept where no caller can read it.
+    pub fn may_rescrub(&self) -> bool {
+        !self.keep_metadata
+            && matches!(self.state, State::Sniff | State::Heif)
+            && self
+                .heif
+                .as_ref()
+                .is_none_or(|heif| heif.may_point_behind())
+    }
+
     /// Ends the stream: flushes what is held and reports what was found.
     pub fn finish(mut self, out: &mut Vec<Bytes>) -> Result<Scrubbed, MediaError> {
         let stripped = match self.state {
@@ -165,10 +197,16 @@ impl Scrubber {
                 !self.keep_metadata
             }
         };
+        let (rescrub, late_size) = self
+            .heif
+            .as_mut()
+            .map_or((None, None), |heif| heif.take_late());
         Ok(Scrubbed {
             orientation: self.orientation,
             stripped,
             changed: self.changed,
+            rescrub,
+            late_size,
         })
     }
 

@@ -4,10 +4,13 @@
 //! that change how the image looks or moves are kept (see
 //! [`keep_png_chunk`]); `eXIf` becomes a minimal chunk holding only the
 //! orientation, and every other chunk (text, time, unknown or private
-//! chunks) is dropped, as are the bytes after `IEND`.
+//! chunks) is dropped, as are the bytes after `IEND`. The profile name of
+//! `iCCP`, free text, becomes [`ICC_PROFILE_NAME`] (the chunk's length and
+//! CRC follow; its profile passes as it is).
 //!
 //! Bounds: one chunk header (8 bytes) is held at a time, or one `eXIf`
-//! chunk of at most [`MAX_PNG_EXIF`] + 12 bytes, never more than the bytes
+//! chunk of at most [`MAX_PNG_EXIF`] + 12 bytes, or an `iCCP` header with
+//! its name (at most 88 bytes), never more than the bytes
 //! received; chunk data passes through as slices of the input, and the
 //! only allocation is the fixed 38-byte replacement `eXIf` chunk. Work is
 //! linear in the input.
@@ -28,7 +31,19 @@ pub(super) enum Png {
     },
     /// Collecting an `eXIf` chunk of `len` data bytes (plus CRC).
     Exif { len: u32 },
+    /// Collecting an `iCCP` chunk's header and profile name (`len` data
+    /// bytes in all).
+    IccName { len: u32 },
+    /// Passing `remaining` bytes of an `iCCP` chunk's profile, then
+    /// replacing its CRC by `crc` (of the chunk as rewritten) finished.
+    Icc { remaining: u64, crc: u32 },
 }
+
+/// The name every stored `iCCP` profile gets (the name is free text).
+pub(super) const ICC_PROFILE_NAME: &[u8] = b"ICC profile";
+
+/// Longest `iCCP` profile name and its NUL.
+const MAX_ICC_NAME: usize = 80;
 
 pub(super) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
@@ -100,6 +115,10 @@ impl Scrubber {
                         String::from_utf8_lossy(&kind)
                     )));
                 }
+                if &kind == b"iCCP" && !self.keep_metadata {
+                    self.state = State::Png(Png::IccName { len });
+                    return Ok(());
+                }
                 if &kind == b"eXIf" && len <= MAX_PNG_EXIF {
                     // The header stays pending with the data to come.
                     self.state = State::Png(Png::Exif { len });
@@ -140,6 +159,55 @@ impl Scrubber {
                         last,
                     }),
                 };
+            }
+            Png::IccName { len } => {
+                let want = 8 + MAX_ICC_NAME.min(len as usize);
+                if !self.fill(chunk, want) {
+                    return Ok(());
+                }
+                let held = self.pending.split().freeze();
+                let nul = held[8..].iter().position(|&b| b == 0).ok_or_else(|| {
+                    MediaError::invalid("the PNG's iCCP chunk has no profile name")
+                })?;
+                // The name goes; what follows it (compression method,
+                // profile) stays.
+                let after = held.slice(8 + nul..);
+                let new_len = len as usize - nul + ICC_PROFILE_NAME.len();
+                let mut head = Vec::with_capacity(8 + ICC_PROFILE_NAME.len());
+                head.extend_from_slice(&(new_len as u32).to_be_bytes());
+                head.extend_from_slice(b"iCCP");
+                head.extend_from_slice(ICC_PROFILE_NAME);
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&head[4..]);
+                crc.update(&after);
+                self.changed = true;
+                out.push(Bytes::from(head));
+                out.push(after);
+                self.state = State::Png(Png::Icc {
+                    remaining: u64::from(len) - (held.len() - 8) as u64 + 4,
+                    crc: crc.finalize(),
+                });
+            }
+            Png::Icc { remaining, crc } => {
+                // The profile's bytes, then its old CRC, dropped.
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                let part = chunk.split_to(n);
+                let profile = usize::try_from(remaining.saturating_sub(4))
+                    .unwrap_or(usize::MAX)
+                    .min(n);
+                let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+                hasher.update(&part[..profile]);
+                let crc = hasher.finalize();
+                out.push(part.slice(..profile));
+                let remaining = remaining - n as u64;
+                self.state = State::Png(if remaining == 0 {
+                    out.push(Bytes::copy_from_slice(&crc.to_be_bytes()));
+                    Png::Header
+                } else {
+                    Png::Icc { remaining, crc }
+                });
             }
             Png::Exif { len } => {
                 let len = len as usize;

@@ -82,7 +82,9 @@ fn identifying_jpeg_metadata_is_removed_and_pixels_are_untouched() {
             Scrubbed {
                 orientation: 6,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         for secret in [&b"Alice"[..], b"GPSLatitude", b"MPF", b"motion photo"] {
@@ -129,7 +131,9 @@ fn keeping_metadata_stores_the_bytes_as_uploaded() {
         Scrubbed {
             orientation: 3,
             stripped: false,
-            changed: false
+            changed: false,
+            rescrub: None,
+            late_size: None,
         }
     );
 }
@@ -164,7 +168,9 @@ fn identifying_png_metadata_is_removed() {
             Scrubbed {
                 orientation: 8,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         assert!(!contains(&stored, b"Alice"));
@@ -214,7 +220,9 @@ fn other_formats_and_tiny_inputs_pass_unchanged() {
             Scrubbed {
                 orientation: 1,
                 stripped: false,
-                changed: false
+                changed: false,
+                rescrub: None,
+                late_size: None,
             }
         );
     }
@@ -292,7 +300,9 @@ fn webp_metadata_is_blanked_in_place() {
             Scrubbed {
                 orientation: 6,
                 stripped: true,
-                changed: true
+                changed: true,
+                rescrub: None,
+                late_size: None,
             }
         );
         assert_eq!(stored.len(), original.len(), "sizes stay, so it streams");
@@ -515,6 +525,67 @@ fn vp8l_chunk(width: u32, height: u32) -> (Vec<u8>, image::RgbaImage) {
     (simple[12..].to_vec(), image)
 }
 
+/// The profile name of `iCCP` is free text: it becomes a fixed one, the
+/// chunk's length and CRC follow, and the profile itself is untouched.
+#[test]
+fn a_png_icc_profile_loses_its_name_but_not_its_profile() {
+    let profile = b"a colour profile".repeat(20);
+    let compressed = crate::fixtures::zlib_stored(&profile);
+    let plain = crate::fixtures::png(8, 8, 5);
+    let mut iccp = b"Alice Example's calibrated phone\0\0".to_vec();
+    iccp.extend_from_slice(&compressed);
+    let mut original = plain[..33].to_vec();
+    original.extend_from_slice(&(iccp.len() as u32).to_be_bytes());
+    original.extend_from_slice(b"iCCP");
+    original.extend_from_slice(&iccp);
+    let crc = crc32fast::hash(&original[37..]);
+    original.extend_from_slice(&crc.to_be_bytes());
+    original.extend_from_slice(&plain[33..]);
+    let read_profile = |png: &[u8]| {
+        use image::ImageDecoder;
+        let mut decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(png)).unwrap();
+        decoder.icc_profile().unwrap()
+    };
+    assert_eq!(read_profile(&original).as_deref(), Some(&profile[..]));
+    for chunk in [1, 7, 40, original.len()] {
+        let (stored, report) = scrub(&original, chunk, false).unwrap();
+        assert!(report.changed);
+        assert!(!contains(&stored, b"Alice"));
+        assert!(contains(&stored, b"iCCPICC profile\0\0"));
+        assert_eq!(read_profile(&stored).as_deref(), Some(&profile[..]));
+        let decoded = image::load_from_memory(&stored).unwrap();
+        assert!(decoded == image::load_from_memory(&plain).unwrap());
+    }
+    let (kept, _) = scrub(&original, 64, true).unwrap();
+    assert_eq!(kept, original);
+}
+
+/// An `ICCP` chunk counts only when `VP8X` announces it (flag 0x20): one
+/// it does not announce (decoders ignore it) may carry anything, and is
+/// blanked; an announced one is kept.
+#[test]
+fn an_unannounced_webp_iccp_chunk_is_blanked() {
+    let (vp8l, pixels) = vp8l_chunk(30, 20);
+    let profile = b"an ICC profile whose description names Alice Example".to_vec();
+    for (flags, kept) in [(0x00, false), (0x20, true)] {
+        let mut vp8x = vec![flags, 0, 0, 0];
+        vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&19u32.to_le_bytes()[..3]);
+        let original = riff_webp(&[
+            riff_chunk(b"VP8X", &vp8x),
+            riff_chunk(b"ICCP", &profile),
+            vp8l.clone(),
+        ]);
+        for chunk in [1, 5, original.len()] {
+            let (stored, _) = scrub(&original, chunk, false).unwrap();
+            assert_eq!(stored.len(), original.len());
+            assert_eq!(contains(&stored, &profile), kept, "flags {flags:#x}");
+            assert_eq!(contains(&stored, b"ICCP"), kept, "flags {flags:#x}");
+            assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        }
+    }
+}
+
 #[test]
 fn unknown_webp_chunks_are_blanked_wherever_they_are() {
     let (vp8l, pixels) = vp8l_chunk(30, 20);
@@ -608,7 +679,9 @@ mod heif {
                     Scrubbed {
                         orientation: 1,
                         stripped: true,
-                        changed: true
+                        changed: true,
+                        rescrub: None,
+                        late_size: None,
                     }
                 );
                 results.push(stored);
@@ -644,15 +717,93 @@ mod heif {
         }
     }
 
+    /// The payload of the first top-level box of `kind`.
+    fn top_level_body<'a>(file: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
+        let mut at = 0;
+        while at + 8 <= file.len() {
+            let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+            if &file[at + 4..at + 8] == kind {
+                return &file[at + 8..at + size];
+            }
+            at += size;
+        }
+        panic!("no {kind:?} box");
+    }
+
+    /// A `meta` after `mdat` (Samsung's layout): the stream's bytes keep
+    /// the items that had gone by, and a second pass over them overwrites
+    /// those exactly as a `meta`-first file's are; the size comes from
+    /// that `meta` box.
     #[test]
-    fn heif_metadata_before_its_meta_box_is_refused_not_stored() {
+    fn heif_metadata_before_its_meta_box_is_blanked_by_a_second_pass() {
         let original = heic_photo(640, 480, HeifLayout::MetaLast);
-        let error = scrub(&original, 4096, false).unwrap_err();
-        assert!(error.to_string().contains("meta after mdat"), "{error}");
-        // Kept as it is when the service keeps metadata.
+        let (first_first, _) =
+            scrub(&heic_photo(640, 480, HeifLayout::MetaFirst), 4096, false).unwrap();
+        let mut passes = Vec::new();
+        for chunk in [1, 7, 4096, original.len()] {
+            let (first, report) = scrub(&original, chunk, false).unwrap();
+            assert!(report.stripped && report.changed);
+            assert_eq!(report.late_size, Some((480, 640)), "as viewed, from irot");
+            let mut rescrub = report.rescrub.expect("a second pass");
+            assert!(rescrub.blanked_bytes() > 0);
+            let mut second = Vec::new();
+            for piece in first.chunks(chunk.min(1000)) {
+                second.extend_from_slice(&rescrub.apply(Bytes::copy_from_slice(piece)));
+            }
+            assert!(rescrub.is_done());
+            assert_eq!(second.len(), original.len(), "nothing moves");
+            for secret in PHONE_SECRETS {
+                assert!(contains(&original, secret.as_bytes()));
+                assert!(!contains(&second, secret.as_bytes()), "{secret} left");
+            }
+            assert_eq!(
+                top_level_body(&second, b"mdat"),
+                top_level_body(&first_first, b"mdat"),
+                "the items are overwritten as a meta-first file's"
+            );
+            assert_eq!(heif_dimensions(&second, true).unwrap(), Some((480, 640)));
+            passes.push(second);
+        }
+        assert!(
+            passes.iter().all(|p| *p == passes[0]),
+            "chunking changes nothing"
+        );
+
+        // Kept as it is when the service keeps metadata; the size is read.
         let (stored, report) = scrub(&original, 4096, true).unwrap();
         assert_eq!(stored, original);
-        assert!(!report.stripped && !report.changed);
+        assert!(!report.stripped && !report.changed && report.rescrub.is_none());
+        assert_eq!(report.late_size, Some((480, 640)));
+    }
+
+    /// Until a `meta` box has been read, what was output may hold
+    /// metadata; a `meta`-first file's bytes are known clean once it is.
+    #[test]
+    fn heif_bytes_are_suspect_until_a_meta_box_says_otherwise() {
+        for (layout, after) in [(HeifLayout::MetaFirst, false), (HeifLayout::MetaLast, true)] {
+            let original = heic_photo(640, 480, layout);
+            let mut scrubber = Scrubber::new(false);
+            let mut out = Vec::new();
+            scrubber
+                .push(Bytes::copy_from_slice(&original[..100]), &mut out)
+                .unwrap();
+            assert!(scrubber.may_rescrub(), "{layout:?}");
+            scrubber
+                .push(Bytes::copy_from_slice(&original[100..]), &mut out)
+                .unwrap();
+            assert_eq!(scrubber.may_rescrub(), after, "{layout:?}");
+            let mut kept = Scrubber::new(true);
+            kept.push(Bytes::copy_from_slice(&original), &mut out)
+                .unwrap();
+            assert!(
+                !kept.may_rescrub(),
+                "nothing is blanked when metadata is kept"
+            );
+        }
+        let mut jpeg = Scrubber::new(false);
+        jpeg.push(Bytes::from(encoded_jpeg()), &mut Vec::new())
+            .unwrap();
+        assert!(!jpeg.may_rescrub());
     }
 
     #[test]

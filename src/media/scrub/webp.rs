@@ -7,7 +7,9 @@
 //! `C2PA`), at the top level or inside a frame, becomes a `JUNK` chunk of
 //! the same size whose payload is zeros: RIFF defines `JUNK` as padding,
 //! and decoders skip chunks they do not know, so nothing moves. `VP8X`
-//! stops announcing EXIF and XMP.
+//! stops announcing EXIF and XMP. An `ICCP` chunk that `VP8X` does not
+//! announce (or with no `VP8X` at all) is no part of the image: decoders
+//! ignore it, so it is blanked too.
 //!
 //! Bounds: one chunk header (8 bytes) is held at a time, or one whole
 //! `VP8X` or `EXIF` chunk of at most [`MAX_WEBP_COLLECT`] + 8 bytes (read
@@ -25,6 +27,8 @@ pub(super) struct Webp {
     /// Bytes not yet taken of the `ANMF` frame being walked (0 at the top
     /// level).
     frame: u64,
+    /// `VP8X` announced an ICC profile.
+    icc: bool,
 }
 
 impl Webp {
@@ -32,6 +36,7 @@ impl Webp {
     pub(super) const START: Webp = Webp {
         step: Step::Header,
         frame: 0,
+        icc: false,
     };
 }
 
@@ -91,7 +96,11 @@ impl Scrubber {
         let before = chunk.len();
         let taken = |chunk: &Bytes| (before - chunk.len()) as u64;
         let corrupt = || MediaError::invalid("the WebP's chunk structure is corrupt");
-        let Webp { step, frame } = state;
+        let Webp {
+            step,
+            frame,
+            mut icc,
+        } = state;
         // What the chunk being read must fit in: the frame, or the file.
         let room = if frame > 0 { frame } else { left };
         let step = match step {
@@ -105,6 +114,7 @@ impl Scrubber {
                         chunk: Webp {
                             step,
                             frame: frame.saturating_sub(taken(chunk)),
+                            icc,
                         },
                     };
                     return Ok(());
@@ -129,7 +139,7 @@ impl Scrubber {
                     || if frame > 0 {
                         keep_frame_chunk(&kind)
                     } else {
-                        keep_webp_chunk(&kind)
+                        keep_webp_chunk(&kind) && (&kind != b"ICCP" || icc)
                     };
                 if frame == 0 && (&kind == b"VP8X" || &kind == b"EXIF") && size <= MAX_WEBP_COLLECT
                 {
@@ -158,6 +168,7 @@ impl Scrubber {
                                     remaining: ANMF_HEADER,
                                 },
                                 frame,
+                                icc,
                             },
                         );
                     }
@@ -201,16 +212,20 @@ impl Scrubber {
                         whole[..4].copy_from_slice(b"JUNK");
                         whole[8..].fill(0);
                     }
-                } else if !self.keep_metadata && whole.len() > 8 && whole[8] & 0x0C != 0 {
-                    // VP8X: clear the EXIF (0x08) and XMP (0x04) flags.
-                    self.changed = true;
-                    whole[8] &= !0x0C;
+                } else if whole.len() > 8 {
+                    // VP8X: its ICC flag (0x20) says whether ICCP counts.
+                    icc = whole[8] & 0x20 != 0;
+                    if !self.keep_metadata && whole[8] & 0x0C != 0 {
+                        // Clear the EXIF (0x08) and XMP (0x04) flags.
+                        self.changed = true;
+                        whole[8] &= !0x0C;
+                    }
                 }
                 out.push(whole.freeze());
                 Step::Header
             }
         };
-        self.webp_next(left, taken(chunk), Webp { step, frame })
+        self.webp_next(left, taken(chunk), Webp { step, frame, icc })
     }
 
     /// Moves on after `taken` bytes of the container were consumed.
@@ -225,6 +240,7 @@ impl Scrubber {
                 chunk: Webp {
                     step: next.step,
                     frame,
+                    icc: next.icc,
                 },
             }
         };

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 mod changes;
 mod downloads;
 mod feeds;
+mod late_meta;
 mod listing;
 mod sessions;
 mod uploads;
@@ -88,6 +89,8 @@ macro_rules! all_cases {
             feeds::a_batch_returns_each_image_once_in_order_and_names_the_missing,
             feeds::a_batch_of_too_many_or_malformed_ids_is_refused,
             feeds::download_urls_stay_the_same_for_a_window_and_revalidate,
+            late_meta::a_heic_with_meta_after_mdat_is_stored_scrubbed_by_every_path,
+            late_meta::a_heic_cut_before_its_late_meta_box_leaves_nothing,
         );
     };
 }

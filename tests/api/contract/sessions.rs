@@ -12,7 +12,7 @@ use super::*;
 const SEGMENT: usize = 64 * 1024;
 const FLAGS: &[&str] = &["--upload-session-segment-size", "64KiB"];
 
-async fn start(
+pub(super) async fn start(
     app: &TestApp,
     user: &str,
     spec: pb::ImageSpec,
@@ -64,7 +64,7 @@ async fn wait_persisted(app: &TestApp, user: &str, upload_id: &str, size: usize)
 
 /// A stream that resumes `upload_id` at `offset` with `bytes` in chunks,
 /// finished or not.
-fn resume_messages(
+pub(super) fn resume_messages(
     upload_id: &str,
     offset: usize,
     bytes: &[u8],
@@ -458,7 +458,7 @@ async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status
         .map(|_| ())
 }
 
-async fn upload_urls(
+pub(super) async fn upload_urls(
     app: &TestApp,
     user: &str,
     upload_id: &str,
@@ -477,7 +477,11 @@ async fn upload_urls(
         .urls)
 }
 
-async fn complete(app: &TestApp, user: &str, upload_id: &str) -> Result<pb::Image, Status> {
+pub(super) async fn complete(
+    app: &TestApp,
+    user: &str,
+    upload_id: &str,
+) -> Result<pb::Image, Status> {
     let request = pb::CompleteUploadRequest {
         upload_id: upload_id.into(),
     };
@@ -491,7 +495,7 @@ async fn complete(app: &TestApp, user: &str, upload_id: &str) -> Result<pb::Imag
 }
 
 /// Parts of exactly these sizes.
-fn exact_parts(sizes: &[usize]) -> pb::get_upload_urls_request::Parts {
+pub(super) fn exact_parts(sizes: &[usize]) -> pb::get_upload_urls_request::Parts {
     pb::get_upload_urls_request::Parts::PartSizes(pb::PartSizes {
         sizes: sizes.iter().map(|&n| n as i64).collect(),
     })
@@ -499,7 +503,7 @@ fn exact_parts(sizes: &[usize]) -> pb::get_upload_urls_request::Parts {
 
 /// PUTs `body` to a presigned URL with a plain HTTP client, as a phone
 /// would; returns the status.
-async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
+pub(super) async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
     reqwest::Client::new()
         .put(url)
         .body(body)
