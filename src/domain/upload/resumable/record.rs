@@ -114,6 +114,14 @@ pub struct UploadSessionRecord {
     /// owner's `--max-staged-bytes-per-user` while it is open.
     #[serde(default)]
     pub staged_bytes: u64,
+    /// Until when [`Self::staged_bytes`] stay counted against the owner's
+    /// caps even once the session is closed (committed, cancelled,
+    /// refused): set when part URLs the store cannot revoke (S3's
+    /// presigned `PUT`s) were handed out, to when the last of them has
+    /// expired and its part has had time to arrive. A closed session
+    /// keeps its charge until then as a *tombstone*.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_until: Option<Timestamp>,
 }
 
 impl UploadSessionRecord {
@@ -126,6 +134,13 @@ impl UploadSessionRecord {
     /// expired.
     pub fn is_open(&self, now: Timestamp) -> bool {
         !self.committed && !self.is_expired(now)
+    }
+
+    /// Until when the session, once closed, still counts against its
+    /// owner's caps (see [`Self::charge_until`]); `None` when it no longer
+    /// does.
+    pub fn held_after_close(&self, now: Timestamp) -> Option<Timestamp> {
+        self.charge_until.filter(|until| *until > now)
     }
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
