@@ -535,7 +535,10 @@ async fn upload_sessions_change_only_from_the_revision_read(store: &dyn Metadata
     );
     let mut changed = session.clone();
     changed.revision = 2;
-    changed.delivery = Delivery::Direct { parts: 3 };
+    changed.delivery = Delivery::Direct {
+        parts: 3,
+        sizes: vec![10, 20, 0],
+    };
     store
         .replace_upload_session(&changed, 1)
         .await

@@ -83,6 +83,7 @@ macro_rules! all_cases {
             sessions::a_direct_upload_of_a_non_image_is_refused_and_removed,
             sessions::bytes_sent_after_a_cancel_are_removed_by_the_repair_pass,
             sessions::part_urls_of_a_closed_session_leave_nothing_at_rest,
+            sessions::upload_urls_asked_again_are_for_the_same_parts,
             sessions::cancelling_direct_uploads_over_and_over_stays_within_the_staged_cap,
             sessions::each_user_has_a_bounded_number_of_open_sessions,
             sessions::each_user_has_a_bounded_number_of_staged_bytes,

@@ -680,6 +680,36 @@ pub async fn part_urls_of_a_closed_session_leave_nothing_at_rest(backend: Backen
     }
 }
 
+pub async fn upload_urls_asked_again_are_for_the_same_parts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let png = images::png(16, 16, 2);
+    let (id, first) = direct_upload(&app, "alice", spec("p.png"), png.len()).await;
+    // Fresh URLs for the same parts, say after the first ones expired.
+    let again = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    // Other parts would let old and new URLs together stage more than the
+    // session is charged for.
+    let half = png.len() / 2;
+    let mut others = vec![
+        exact_parts(&[half, png.len() - half]),
+        exact_parts(&[png.len() + 1]),
+    ];
+    if let Backend::Embedded = backend {
+        others.push(pb::get_upload_urls_request::Parts::PartCount(1));
+    }
+    for other in others {
+        assert_code(
+            upload_urls(&app, "alice", &id, other).await,
+            Code::FailedPrecondition,
+        );
+    }
+    assert!(put(&first[0], png.clone()).await.is_success());
+    let image = complete(&app, "alice", &id).await.unwrap();
+    assert_eq!(image.uploaded_sha256, sha256_hex(&png));
+}
+
 pub async fn cancelling_direct_uploads_over_and_over_stays_within_the_staged_cap(backend: Backend) {
     const CAP: u64 = 1024 * 1024;
     const PART: usize = 300 * 1024;
@@ -826,19 +856,17 @@ pub async fn each_user_has_a_bounded_number_of_staged_bytes(backend: Backend) {
 pub async fn a_direct_uploads_parts_hold_no_more_than_the_session(backend: Backend) {
     let app = TestApp::spawn_with(backend, FLAGS).await;
     let png = images::png(64, 64, 4);
-    let id = start(&app, "alice", sized("p.png", png.len()))
-        .await
-        .unwrap()
-        .upload_id;
     // The store itself refuses a part longer than its URL names.
-    let urls = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
-        .await
-        .unwrap();
+    let (_, urls) = direct_upload(&app, "alice", sized("p.png", png.len()), png.len()).await;
     let mut longer = png.clone();
     longer.extend_from_slice(&[0; 4096]);
     assert!(!put(&urls[0], longer).await.is_success());
     assert_eq!(app.stored_objects_now().len(), 0, "nothing was kept");
 
+    let id = start(&app, "alice", sized("q.png", png.len()))
+        .await
+        .unwrap()
+        .upload_id;
     let counted = upload_urls(
         &app,
         "alice",

@@ -583,8 +583,26 @@ impl Uploads {
         );
         let longest = self.limits.sessions.url_expiry;
         let expires_in = expires_in.unwrap_or(longest).min(longest).min(left);
+        let planned: Vec<u64> = sizes
+            .iter()
+            .map(|size| match size {
+                WriteSize::Exact(n) => *n,
+                WriteSize::AtMost(_) => 0,
+            })
+            .collect();
+        if let Delivery::Direct { sizes: before, .. } = &session.delivery
+            && !before.is_empty()
+            && *before != planned
+        {
+            return Err(DomainError::FailedPrecondition(format!(
+                "this upload session's URLs were made for other parts ({} of them): ask for \
+                 the same parts again, or cancel it and start another",
+                before.len()
+            )));
+        }
         session.delivery = Delivery::Direct {
             parts: sizes.len() as u32,
+            sizes: planned,
         };
         if !self.blobs.revokes_presigned_writes() {
             // Recorded before any URL exists: whatever closes the session
@@ -624,7 +642,7 @@ impl Uploads {
         if session.committed {
             return self.committed_image(&session).await;
         }
-        let Delivery::Direct { parts } = session.delivery else {
+        let Delivery::Direct { parts, .. } = session.delivery else {
             return Err(DomainError::FailedPrecondition(
                 "no upload URLs were handed out for this upload session (GetUploadUrls)".into(),
             ));

@@ -86,7 +86,15 @@ pub enum Delivery {
     /// Streamed through the service, kept as [`Segment`]s.
     Streamed,
     /// Sent straight to the store: this many part objects.
-    Direct { parts: u32 },
+    Direct {
+        parts: u32,
+        /// The size each part's URL was made for, 0 for a part of any
+        /// size (`part_count`): URLs handed out again must be for the same
+        /// parts, or old and new URLs together could stage more than the
+        /// session is charged for. Empty in records written before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sizes: Vec<u64>,
+    },
 }
 
 /// One upload session, as the metadata store keeps it.
