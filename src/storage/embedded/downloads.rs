@@ -355,3 +355,76 @@ async fn presigned_upload(
     }
     StatusCode::OK.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::signing::SigningKey;
+    use crate::storage::embedded::{self, urls::SignedUrls};
+
+    /// A session open for its first `open_for` questions, closed after:
+    /// `0` never open, `1` closed while the part's body arrives.
+    struct ClosingSession {
+        open_for: usize,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl OpenSessions for ClosingSession {
+        async fn is_open(&self, _upload: &UploadId) -> Result<bool, StorageError> {
+            Ok(self.asked.fetch_add(1, Ordering::SeqCst) < self.open_for)
+        }
+    }
+
+    /// PUTs a part to a listener whose session answers like `open_for`;
+    /// returns the status and whether the part is kept.
+    async fn put_part(open_for: usize) -> (StatusCode, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (store, _metadata) =
+            embedded::open(dir.path(), SignedUrls::new(SigningKey::generate(), base)).unwrap();
+        let store = Arc::new(store);
+        let sessions = Arc::new(ClosingSession {
+            open_for,
+            asked: AtomicUsize::new(0),
+        });
+        let server =
+            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions)).into_future());
+        let key = ObjectKey::staged(&UploadId::new(), "part-00000");
+        let body = vec![7u8; 100_000];
+        let url = store
+            .presign_write(&key, Duration::from_secs(60), WriteSize::Exact(100_000))
+            .await
+            .unwrap()
+            .url;
+        let status = reqwest::Client::new()
+            .put(&url)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        server.abort();
+        let kept = store.object_size(&key).await.unwrap().is_some();
+        (StatusCode::from_u16(status.as_u16()).unwrap(), kept)
+    }
+
+    #[tokio::test]
+    async fn a_part_for_an_open_session_is_kept() {
+        assert_eq!(put_part(usize::MAX).await, (StatusCode::OK, true));
+    }
+
+    #[tokio::test]
+    async fn a_part_for_a_closed_session_is_refused_and_not_written() {
+        assert_eq!(put_part(0).await, (StatusCode::GONE, false));
+    }
+
+    #[tokio::test]
+    async fn a_part_whose_session_closes_while_it_arrives_is_removed() {
+        assert_eq!(put_part(1).await, (StatusCode::GONE, false));
+    }
+}
