@@ -395,7 +395,9 @@ impl Uploads {
                 // A session started again under the same id (the same
                 // idempotency key) keeps its parts.
                 match metadata.get_upload_session(&closed.id).await {
-                    Ok(Some(now)) if now.create_time != closed.create_time && !now.committed => {
+                    Ok(Some(current))
+                        if current.create_time != closed.create_time && !current.committed =>
+                    {
                         return;
                     }
                     Err(error) => {
