@@ -222,6 +222,15 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_MAX_UPLOAD_PARTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
     pub max_upload_parts: u32,
 
+    /// How long the part URLs of GetUploadUrls live, by default and at
+    /// most (within the session's own life). A presigned S3 `PUT` cannot
+    /// be revoked: on the aws backend a session that is cancelled or
+    /// completed keeps counting against `--max-open-sessions-per-user` and
+    /// `--max-staged-bytes-per-user` until its URLs are over (plus a minute
+    /// for a part still arriving), and what they stored is removed then.
+    #[arg(long, env = "IMAGE_SERVICE_UPLOAD_URL_EXPIRY", default_value = "15m", value_parser = parse_upload_url_expiry, global = true)]
+    pub upload_url_expiry: Duration,
+
     /// Upload sessions one user may have open (started, neither committed
     /// nor cancelled nor expired); StartUpload past it is refused with
     /// RESOURCE_EXHAUSTED until one of them ends.
@@ -809,6 +818,16 @@ fn parse_segment_size(text: &str) -> Result<u64, String> {
         return Err("upload session segments are 64 KiB to 256 MiB".into());
     }
     Ok(size)
+}
+
+/// At least a second (a URL must outlive its own round trip), at most the
+/// 7 days a presigned S3 URL can live.
+fn parse_upload_url_expiry(text: &str) -> Result<Duration, String> {
+    let expiry = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600)).contains(&expiry) {
+        return Err("upload URLs live 1s to 7d".into());
+    }
+    Ok(expiry)
 }
 
 #[cfg(test)]

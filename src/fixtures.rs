@@ -983,6 +983,7 @@ pub fn limits() -> crate::domain::Limits {
             ttl: Duration::from_secs(3600),
             segment_bytes: 1 << 20,
             max_parts: 100,
+            url_expiry: Duration::from_secs(900),
             per_user: crate::domain::ports::SessionQuota {
                 max_open: 32,
                 max_staged_bytes: 1 << 30,

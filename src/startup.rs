@@ -11,7 +11,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{AuthMode, Backend, Config};
-use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
+use crate::domain::ports::{BlobStore, MetadataStore, OpenSessions, SessionQuota};
 use crate::domain::signing::SigningKey;
 use crate::domain::upload::PaceLimits;
 use crate::domain::upload::resumable::SessionLimits;
@@ -160,6 +160,9 @@ impl Application {
             health.clone(),
             self.health_check_interval,
         ));
+        // The embedded listener refuses parts of upload sessions that are
+        // no longer open: the domain's session records answer it.
+        let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
         let limits = self.transport;
         let api = ImageServiceServer::new(ImageApi::new(
             self.images,
@@ -274,7 +277,8 @@ impl Application {
         let http = listener::serve_http(
             http_incoming,
             crate::http::router(
-                self.http_blobs.map(embedded::downloads::routes),
+                self.http_blobs
+                    .map(|blobs| embedded::downloads::routes(blobs, open_sessions)),
                 metrics.is_none(),
                 crate::http::BodyLimits {
                     timeout: limits.http_body_timeout,
@@ -495,6 +499,7 @@ fn limits(config: &Config) -> Limits {
             ttl: config.upload_session_ttl,
             segment_bytes: config.upload_session_segment_size,
             max_parts: config.max_upload_parts,
+            url_expiry: config.upload_url_expiry,
             per_user: SessionQuota {
                 max_open: config.max_open_sessions_per_user,
                 max_staged_bytes: config.max_staged_bytes_per_user,

@@ -198,6 +198,15 @@ impl SessionQuota {
     }
 }
 
+/// Which upload sessions may still receive parts: the domain answers, for
+/// a store that serves its own upload URLs (the embedded backend's HTTP
+/// listener) without depending on the domain's services.
+#[async_trait]
+pub trait OpenSessions: Send + Sync + 'static {
+    /// Whether the session exists and is neither committed nor expired.
+    async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError>;
+}
+
 /// An object as a listing of the store sees it.
 #[derive(Clone, Debug)]
 pub struct StoredObject {
@@ -250,6 +259,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// a presigned `PUT` only by an exact length.
     fn bounds_presigned_parts(&self) -> bool {
         true
+    }
+
+    /// Whether a presigned write to a part of an upload session is refused
+    /// once the session is closed (committed, cancelled, expired): the
+    /// embedded store's own listener asks [`OpenSessions`] before and after
+    /// it writes. A presigned S3 `PUT` cannot be revoked: a closed
+    /// session's charge is then kept until its URLs are over
+    /// ([`UploadSessionRecord::charge_until`]).
+    fn revokes_presigned_writes(&self) -> bool {
+        false
     }
 
     /// A cheap call that succeeds only if the store is reachable and usable

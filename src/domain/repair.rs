@@ -22,9 +22,10 @@ pub struct RepairReport {
     pub stale_index_entries: usize,
     /// Upload sessions past their expiry, removed with their bytes.
     pub expired_upload_sessions: usize,
-    /// Upload sessions gone from the metadata store whose objects were
-    /// still in the blob store (sent to a URL after a cancel, or left by a
-    /// replica that died between a write and its record).
+    /// Upload sessions gone from the metadata store (or committed, their
+    /// part URLs over) whose objects were still in the blob store (sent to
+    /// a URL after a cancel or a commit, or left by a replica that died
+    /// between a write and its record).
     pub orphan_upload_objects: Vec<String>,
     pub dry_run: bool,
 }
@@ -108,9 +109,16 @@ impl Images {
 
         // Expired sessions go whatever their age: their expiry is their grace.
         report.expired_upload_sessions = self.uploads.remove_expired_sessions(dry_run).await?;
+        let now = Timestamp::now();
         for (upload, modified) in self.blobs.list_staged().await? {
-            if modified >= older_than || self.metadata.get_upload_session(&upload).await?.is_some()
-            {
+            let session = self.metadata.get_upload_session(&upload).await?;
+            // A committed session's objects are never read again, and once
+            // its part URLs are over none can arrive.
+            let finished = session
+                .as_ref()
+                .is_some_and(|s| s.committed && s.held_after_close(now).is_none());
+            let orphaned = session.is_none() && modified < older_than;
+            if !(finished || orphaned) {
                 continue;
             }
             if !dry_run {

@@ -45,6 +45,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     listings_apply_filters_and_never_return_deleted_records(store).await;
     upload_sessions_change_only_from_the_revision_read(store).await;
     open_upload_sessions_are_capped_per_owner(store).await;
+    a_closed_session_counts_until_its_urls_are_over(store).await;
     journaled_writes_are_listed_by_age_until_cleared(store).await;
     store
         .check_health()
@@ -534,7 +535,10 @@ async fn upload_sessions_change_only_from_the_revision_read(store: &dyn Metadata
     );
     let mut changed = session.clone();
     changed.revision = 2;
-    changed.delivery = Delivery::Direct { parts: 3 };
+    changed.delivery = Delivery::Direct {
+        parts: 3,
+        sizes: vec![10, 20, 0],
+    };
     store
         .replace_upload_session(&changed, 1)
         .await
@@ -630,6 +634,53 @@ async fn open_upload_sessions_are_capped_per_owner(store: &dyn MetadataStore) {
     assert_eq!(admission, SessionAdmission::Created);
 }
 
+/// A session closed while part URLs the store cannot revoke still live
+/// keeps its charge until they are over, whether it was removed
+/// (cancelled) or committed.
+async fn a_closed_session_counts_until_its_urls_are_over(store: &dyn MetadataStore) {
+    let quota = SessionQuota {
+        max_open: 10,
+        max_staged_bytes: 1000,
+    };
+    let now = Timestamp::now();
+    let session = |owner: &UserId, charge_until: Option<Timestamp>| UploadSessionRecord {
+        owner: owner.clone(),
+        staged_bytes: 600,
+        charge_until,
+        ..new_session(now)
+    };
+    let live = Some(now.saturating_add(std::time::Duration::from_secs(600)));
+    let over = Some(Timestamp::from_micros(now.as_micros() - 1_000_000));
+    for close in ["remove", "commit"] {
+        let (held, free) = (fresh_user(), fresh_user());
+        for (owner, charge_until) in [(&held, live), (&free, over)] {
+            let mut closed = session(owner, charge_until);
+            let admission = store.create_upload_session(&closed, quota).await.unwrap();
+            assert_eq!(admission, SessionAdmission::Created);
+            if close == "remove" {
+                store.delete_upload_session(&closed.id).await.unwrap();
+            } else {
+                closed.committed = true;
+                closed.revision = 2;
+                store.replace_upload_session(&closed, 1).await.unwrap();
+            }
+        }
+        for (owner, expected) in [
+            (&held, SessionAdmission::TooManyStagedBytes),
+            (&free, SessionAdmission::Created),
+        ] {
+            let again = store
+                .create_upload_session(&session(owner, None), quota)
+                .await
+                .unwrap();
+            assert_eq!(
+                again, expected,
+                "after {close}: live URLs count, others not"
+            );
+        }
+    }
+}
+
 /// A new session of a new user, started `now`, for an hour.
 fn new_session(now: Timestamp) -> UploadSessionRecord {
     UploadSessionRecord {
@@ -648,5 +699,6 @@ fn new_session(now: Timestamp) -> UploadSessionRecord {
         lease: None,
         committed: false,
         staged_bytes: 100,
+        charge_until: None,
     }
 }

@@ -111,6 +111,10 @@ impl BlobStore for InstrumentedBlobs {
         self.0.bounds_presigned_parts()
     }
 
+    fn revokes_presigned_writes(&self) -> bool {
+        self.0.revokes_presigned_writes()
+    }
+
     fn write_memory(&self, size_hint: Option<u64>) -> u64 {
         self.0.write_memory(size_hint)
     }

@@ -356,6 +356,9 @@ struct Records {
     idempotency: HashMap<(UserId, String), ImageId>,
     pending: Vec<PendingWrite>,
     sessions: HashMap<UploadId, UploadSessionRecord>,
+    /// Removed sessions still charged to their owner: (owner, staged
+    /// bytes, until when).
+    tombstones: Vec<(UserId, u64, Timestamp)>,
 }
 
 impl MemoryMetadataStore {
@@ -550,11 +553,22 @@ impl MetadataStore for MemoryMetadataStore {
             return Err(StorageError::AlreadyExists);
         }
         let now = Timestamp::now();
+        records.tombstones.retain(|(_, _, until)| *until > now);
         let open = records
             .sessions
             .values()
-            .filter(|s| s.owner == session.owner && s.is_open(now))
+            .filter(|s| {
+                s.owner == session.owner
+                    && (s.is_open(now) || (s.committed && s.held_after_close(now).is_some()))
+            })
             .map(|s| s.staged_bytes)
+            .chain(
+                records
+                    .tombstones
+                    .iter()
+                    .filter(|(owner, _, _)| *owner == session.owner)
+                    .map(|(_, staged, _)| *staged),
+            )
             .chain([session.staged_bytes]);
         let admission = quota.admits(open);
         if admission == SessionAdmission::Created {
@@ -588,7 +602,13 @@ impl MetadataStore for MemoryMetadataStore {
     }
 
     async fn delete_upload_session(&self, id: &UploadId) -> Result<(), StorageError> {
-        self.lock().sessions.remove(id);
+        let mut records = self.lock();
+        if let Some(removed) = records.sessions.remove(id)
+            && let Some(until) = removed.held_after_close(Timestamp::now())
+        {
+            let tombstone = (removed.owner, removed.staged_bytes, until);
+            records.tombstones.push(tombstone);
+        }
         Ok(())
     }
 

@@ -18,7 +18,9 @@
 //!   removed, `pk = open_uploads#{owner}`, `sk = {expiry}#{id}`, with the
 //!   bytes the session may stage (`staged`) and `expires`: a user's open
 //!   sessions are one Query of the items not yet expired, read up to the
-//!   cap, however many sessions the user started.
+//!   cap, however many sessions the user started. A session closed while
+//!   its part URLs still live leaves its item re-keyed to when they are
+//!   over (`charge_until`): a tombstone that keeps counting until then.
 //!
 //! Writes follow an order that keeps every state safe to read without
 //! transactions: index items before the image item on create, after it on
@@ -149,7 +151,12 @@ fn open_session_pk(owner: &UserId) -> String {
 }
 
 fn open_session_sk(session: &UploadSessionRecord) -> String {
-    format!("{}#{}", time_key(session.expire_time), session.id)
+    open_item_sk(session.expire_time, &session.id)
+}
+
+/// The sort key of an open session item counted until `until`.
+fn open_item_sk(until: Timestamp, id: &UploadId) -> String {
+    format!("{}#{}", time_key(until), id)
 }
 
 fn session_item(
@@ -445,6 +452,26 @@ impl DynamoMetadataStore {
     }
 
     /// Writes a session item unless one has its id.
+    /// `session` closes: its open session item goes, and if its part URLs
+    /// still live a tombstone item with the same charge is written first,
+    /// keyed by when they are over, so the owner's count never dips.
+    async fn close_open_item(&self, session: &UploadSessionRecord) -> Result<(), StorageError> {
+        let pk = open_session_pk(&session.owner);
+        if let Some(until) = session.held_after_close(Timestamp::now()) {
+            let mut tombstone = key(pk.clone(), &open_item_sk(until, &session.id));
+            tombstone.insert("staged".into(), n(session.staged_bytes));
+            tombstone.insert("expires".into(), n(until.as_micros().div_euclid(1_000_000)));
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(tombstone))
+                .send()
+                .await
+                .map_err(classify)?;
+        }
+        self.delete_item(pk, &open_session_sk(session)).await
+    }
+
     async fn put_new_session(&self, session: &UploadSessionRecord) -> Result<(), StorageError> {
         self.put_new(session_item(session)?).await
     }
@@ -905,11 +932,9 @@ impl MetadataStore for DynamoMetadataStore {
             .await
             .map_err(classify);
         match written {
-            Ok(_) if session.committed => {
-                // Committed, it holds nothing staged: its slot is free.
-                self.delete_item(open_session_pk(&session.owner), &open_session_sk(session))
-                    .await
-            }
+            // Committed, it holds nothing staged: its slot is free, unless
+            // its part URLs still live.
+            Ok(_) if session.committed => self.close_open_item(session).await,
             Ok(_) => Ok(()),
             Err(StorageError::ConditionFailed) => {
                 match self.get_item(session_pk(&session.id), SESSION_SK).await? {
@@ -930,8 +955,7 @@ impl MetadataStore for DynamoMetadataStore {
         // removes it).
         self.delete_item(session_pk(id), SESSION_SK).await?;
         let session = decode_session(&item)?;
-        self.delete_item(open_session_pk(&session.owner), &open_session_sk(&session))
-            .await
+        self.close_open_item(&session).await
     }
 
     async fn expired_upload_sessions(

@@ -177,6 +177,12 @@ impl BlobStore for EmbeddedBlobStore {
         }
     }
 
+    /// Its upload URLs are served by the service's own listener, which
+    /// refuses parts of closed sessions (`downloads::presigned_upload`).
+    fn revokes_presigned_writes(&self) -> bool {
+        true
+    }
+
     async fn presign_write(
         &self,
         key: &ObjectKey,

@@ -14,19 +14,54 @@ use futures::StreamExt;
 use super::EmbeddedBlobStore;
 use super::urls::{UploadQuery, UrlQuery};
 use crate::domain::image::Timestamp;
-use crate::domain::ports::{BlobStore, ObjectKey, StorageError, WriteSize};
+use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::upload::resumable::UploadId;
 use crate::domain::{ImageId, VariantName};
 
-/// The download route, over `store`.
-pub fn routes(store: Arc<EmbeddedBlobStore>) -> Router {
+/// The download and upload routes, over `store`; `sessions` says which
+/// upload sessions may still receive parts.
+pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) -> Router {
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
             get(presigned_download),
         )
-        .route("/blobs/uploads/{upload_id}/{part}", put(presigned_upload))
+        .route(
+            "/blobs/uploads/{upload_id}/{part}",
+            put(presigned_upload).with_state(PartUploads {
+                store: store.clone(),
+                sessions,
+            }),
+        )
         .with_state(store)
+}
+
+/// What the upload route needs: the store, and who says whether a part's
+/// session is still open.
+#[derive(Clone)]
+struct PartUploads {
+    store: Arc<EmbeddedBlobStore>,
+    sessions: Arc<dyn OpenSessions>,
+}
+
+/// Whether `upload` is open; the answer to send when it is not (or when
+/// that cannot be told).
+async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> Option<Response> {
+    match sessions.is_open(upload).await {
+        Ok(true) => None,
+        Ok(false) => Some(plain(
+            StatusCode::GONE,
+            "the upload session is closed (completed, cancelled or expired): \
+             its URLs take no more parts\n",
+        )),
+        Err(error) => {
+            tracing::error!(%error, "could not read an upload session for a presigned upload");
+            Some(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upload session cannot be read now: retry\n",
+            ))
+        }
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -180,9 +215,17 @@ static PARTS_TOGETHER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(()
 
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
-/// had the size the URL allows.
+/// had the size the URL allows, and nothing stays unless the session is
+/// open.
+///
+/// A cancel or commit closes the session's record, then deletes its
+/// staged objects; this handler checks the record before it writes and
+/// again once the part is visible, deleting the part if the session closed
+/// meanwhile. Whichever comes last of the part's rename and the session's
+/// close, one side removes the part, and no lock is held while a client
+/// sends a body, so a cancel never waits on a slow upload.
 async fn presigned_upload(
-    State(store): State<Arc<EmbeddedBlobStore>>,
+    State(PartUploads { store, sessions }): State<PartUploads>,
     Path((upload_id, part)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -212,6 +255,9 @@ async fn presigned_upload(
             );
         }
     };
+    if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
+        return refusal;
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -296,11 +342,89 @@ async fn presigned_upload(
             }
         }
     }
-    match writer.finish().await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(error) => {
-            tracing::error!(%error, "presigned upload failed");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+    if let Err(error) = writer.finish().await {
+        tracing::error!(%error, "presigned upload failed");
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+    }
+    drop(_turn);
+    if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
+        if let Err(error) = store.delete(&key).await {
+            tracing::error!(%error, key = key.as_str(), "could not remove a part sent to a closed upload session; the repair pass removes it");
         }
+        return refusal;
+    }
+    StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::signing::SigningKey;
+    use crate::storage::embedded::{self, urls::SignedUrls};
+
+    /// A session open for its first `open_for` questions, closed after:
+    /// `0` never open, `1` closed while the part's body arrives.
+    struct ClosingSession {
+        open_for: usize,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl OpenSessions for ClosingSession {
+        async fn is_open(&self, _upload: &UploadId) -> Result<bool, StorageError> {
+            Ok(self.asked.fetch_add(1, Ordering::SeqCst) < self.open_for)
+        }
+    }
+
+    /// PUTs a part to a listener whose session answers like `open_for`;
+    /// returns the status and whether the part is kept.
+    async fn put_part(open_for: usize) -> (StatusCode, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (store, _metadata) =
+            embedded::open(dir.path(), SignedUrls::new(SigningKey::generate(), base)).unwrap();
+        let store = Arc::new(store);
+        let sessions = Arc::new(ClosingSession {
+            open_for,
+            asked: AtomicUsize::new(0),
+        });
+        let server =
+            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions)).into_future());
+        let key = ObjectKey::staged(&UploadId::new(), "part-00000");
+        let body = vec![7u8; 100_000];
+        let url = store
+            .presign_write(&key, Duration::from_secs(60), WriteSize::Exact(100_000))
+            .await
+            .unwrap()
+            .url;
+        let status = reqwest::Client::new()
+            .put(&url)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        server.abort();
+        let kept = store.object_size(&key).await.unwrap().is_some();
+        (StatusCode::from_u16(status.as_u16()).unwrap(), kept)
+    }
+
+    #[tokio::test]
+    async fn a_part_for_an_open_session_is_kept() {
+        assert_eq!(put_part(usize::MAX).await, (StatusCode::OK, true));
+    }
+
+    #[tokio::test]
+    async fn a_part_for_a_closed_session_is_refused_and_not_written() {
+        assert_eq!(put_part(0).await, (StatusCode::GONE, false));
+    }
+
+    #[tokio::test]
+    async fn a_part_whose_session_closes_while_it_arrives_is_removed() {
+        assert_eq!(put_part(1).await, (StatusCode::GONE, false));
     }
 }

@@ -35,7 +35,10 @@ const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_wri
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_sessions");
 /// Open upload sessions by owner: (owner, expiry, id) → the bytes the
 /// session may stage. An entry goes when its session commits or is
-/// removed; an expired one is past the range a count reads.
+/// removed, unless the session's part URLs still live: it is then keyed
+/// by [`UploadSessionRecord::charge_until`] instead (a tombstone). An
+/// expired entry is past the range a count reads; a few are swept by each
+/// new session of their owner.
 const OPEN_SESSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("open_upload_sessions");
 
 const BY_OWNER: u8 = 1;
@@ -214,10 +217,37 @@ fn open_session_prefix(owner: &UserId) -> Vec<u8> {
 
 /// The [`OPEN_SESSIONS`] key of `session`.
 fn open_session_key(session: &UploadSessionRecord) -> Vec<u8> {
+    open_entry_key(session, session.expire_time)
+}
+
+/// The [`OPEN_SESSIONS`] key of `session` counted until `until`.
+fn open_entry_key(session: &UploadSessionRecord, until: Timestamp) -> Vec<u8> {
     let mut key = open_session_prefix(&session.owner);
-    key.extend_from_slice(&time_bytes(session.expire_time));
+    key.extend_from_slice(&time_bytes(until));
     key.extend_from_slice(session.id.as_bytes());
     key
+}
+
+/// Past [`OPEN_SESSIONS`] entries removed by each new session of their
+/// owner: more than one per session, so they cannot pile up.
+const SWEPT_PER_SESSION: usize = 4;
+
+/// `session` closes (commits or goes): its open entry goes, and if its
+/// part URLs still live its charge stays as a tombstone until they are
+/// over ([`UploadSessionRecord::charge_until`]).
+fn close_open_entry(
+    txn: &redb::WriteTransaction,
+    session: &UploadSessionRecord,
+) -> Result<(), redb::Error> {
+    let mut open = txn.open_table(OPEN_SESSIONS)?;
+    open.remove(open_session_key(session).as_slice())?;
+    if let Some(until) = session.held_after_close(Timestamp::now()) {
+        open.insert(
+            open_entry_key(session, until).as_slice(),
+            session.staged_bytes,
+        )?;
+    }
+    Ok(())
 }
 
 /// Times as big-endian with the sign bit flipped sort like the numbers.
@@ -341,6 +371,16 @@ impl MetadataStore for EmbeddedMetadataStore {
                 let mut open = txn.open_table(OPEN_SESSIONS)?;
                 let mut from = owner.clone();
                 from.extend_from_slice(&time_bytes(Timestamp::now()));
+                // Entries past their time count no more: a few go with
+                // each new session, so they do not pile up.
+                let past: Vec<Vec<u8>> = open
+                    .range(owner.as_slice()..from.as_slice())?
+                    .take(SWEPT_PER_SESSION)
+                    .map(|found| found.map(|(key, _)| key.value().to_vec()))
+                    .collect::<Result<_, _>>()?;
+                for key in past {
+                    open.remove(key.as_slice())?;
+                }
                 let mut to = owner;
                 to.extend_from_slice(&[0xff; 8 + 16]);
                 let mut held = Vec::new();
@@ -387,7 +427,7 @@ impl MetadataStore for EmbeddedMetadataStore {
     ) -> Result<(), StorageError> {
         let id = *session.id.as_bytes();
         let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
-        let (committed, entry) = (session.committed, open_session_key(session));
+        let (committed, closing) = (session.committed, session.clone());
         self.run(move |db| {
             let txn = db.begin_write()?;
             {
@@ -403,7 +443,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
                 sessions.insert(id.as_slice(), value.as_slice())?;
                 if committed {
-                    txn.open_table(OPEN_SESSIONS)?.remove(entry.as_slice())?;
+                    close_open_entry(&txn, &closing)?;
                 }
             }
             txn.commit()?;
@@ -421,10 +461,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                 let removed = sessions.remove(id.as_slice())?;
                 if let Some(stored) = removed {
                     match serde_json::from_slice::<UploadSessionRecord>(stored.value()) {
-                        Ok(session) => {
-                            txn.open_table(OPEN_SESSIONS)?
-                                .remove(open_session_key(&session).as_slice())?;
-                        }
+                        Ok(session) => close_open_entry(&txn, &session)?,
                         Err(error) => return Ok(Err(StorageError::internal(error))),
                     }
                 }

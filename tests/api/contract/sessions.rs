@@ -153,6 +153,28 @@ fn staged_objects(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// The bytes the staged objects hold on disk.
+fn staged_bytes(app: &TestApp) -> u64 {
+    staged_objects(app)
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits (up to 20 s) until no staged object is left.
+async fn wait_for_no_staged_objects(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !staged_objects(app).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            staged_objects(app)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn a_cut_upload_resumes_on_another_server_from_what_it_holds(backend: Backend) {
     let photo = photo();
     let cuts = [
@@ -501,6 +523,20 @@ pub(super) fn exact_parts(sizes: &[usize]) -> pb::get_upload_urls_request::Parts
     })
 }
 
+/// A session started for `spec` and the URL of its one part of `size`.
+async fn direct_upload(
+    app: &TestApp,
+    user: &str,
+    spec: pb::ImageSpec,
+    size: usize,
+) -> (String, Vec<String>) {
+    let id = start(app, user, spec).await.unwrap().upload_id;
+    let urls = upload_urls(app, user, &id, exact_parts(&[size]))
+        .await
+        .unwrap();
+    (id, urls)
+}
+
 /// PUTs `body` to a presigned URL with a plain HTTP client, as a phone
 /// would; returns the status.
 pub(super) async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
@@ -561,14 +597,8 @@ pub async fn a_direct_upload_is_checked_and_committed_like_a_streamed_one(backen
 
 pub async fn a_direct_upload_of_a_non_image_is_refused_and_removed(backend: Backend) {
     let app = TestApp::spawn_with(backend, FLAGS).await;
-    let id = start(&app, "alice", spec("notes.txt"))
-        .await
-        .unwrap()
-        .upload_id;
     let text = b"these are not the pixels you are looking for\n".repeat(100);
-    let urls = upload_urls(&app, "alice", &id, exact_parts(&[text.len()]))
-        .await
-        .unwrap();
+    let (id, urls) = direct_upload(&app, "alice", spec("notes.txt"), text.len()).await;
     assert!(put(&urls[0], text).await.is_success());
     assert_code(complete(&app, "alice", &id).await, Code::InvalidArgument);
     assert_code(status(&app, "alice", &id).await, Code::NotFound);
@@ -606,24 +636,125 @@ pub async fn bytes_sent_after_a_cancel_are_removed_by_the_repair_pass(backend: B
     ]
     .concat();
     let app = TestApp::spawn_with(backend, &flags).await;
-    let id = start(&app, "alice", spec("p.png")).await.unwrap().upload_id;
     let png = images::png(8, 8, 1);
-    let urls = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
+    let (id, urls) = direct_upload(&app, "alice", spec("p.png"), png.len()).await;
+    cancel(&app, "alice", &id).await.unwrap();
+    let sent = put(&urls[0], png).await;
+    match backend {
+        Backend::Embedded => assert_eq!(sent, reqwest::StatusCode::GONE),
+        // A presigned S3 URL works until it expires: what it stores is
+        // nobody's.
+        Backend::Aws => assert!(sent.is_success(), "{sent}"),
+    }
+    wait_for_no_staged_objects(&app).await;
+    assert_code(complete(&app, "alice", &id).await, Code::NotFound);
+}
+
+pub async fn part_urls_of_a_closed_session_leave_nothing_at_rest(backend: Backend) {
+    // No repair pass: what a closed session's URLs store goes without it.
+    let flags = [
+        FLAGS,
+        &["--upload-url-expiry", "5s", "--repair-interval", "0s"],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let png = images::png(8, 8, 1);
+    let (cancelled, cancelled_urls) = direct_upload(&app, "alice", spec("c.png"), png.len()).await;
+    cancel(&app, "alice", &cancelled).await.unwrap();
+    let (completed, completed_urls) = direct_upload(&app, "alice", spec("d.png"), png.len()).await;
+    assert!(put(&completed_urls[0], png.clone()).await.is_success());
+    complete(&app, "alice", &completed).await.unwrap();
+
+    let after_cancel = put(&cancelled_urls[0], png.clone()).await;
+    let after_complete = put(&completed_urls[0], png.clone()).await;
+    match backend {
+        Backend::Embedded => {
+            assert_eq!(after_cancel, reqwest::StatusCode::GONE);
+            assert_eq!(after_complete, reqwest::StatusCode::GONE);
+            assert_eq!(staged_objects(&app), Vec::<String>::new());
+        }
+        // A presigned S3 PUT cannot be revoked: what it stores is removed
+        // once the URL is over.
+        Backend::Aws => {
+            assert!(after_cancel.is_success(), "{after_cancel}");
+            assert!(after_complete.is_success(), "{after_complete}");
+            assert_eq!(staged_objects(&app).len(), 2);
+            wait_for_no_staged_objects(&app).await;
+        }
+    }
+}
+
+pub async fn upload_urls_asked_again_are_for_the_same_parts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let png = images::png(16, 16, 2);
+    let (id, first) = direct_upload(&app, "alice", spec("p.png"), png.len()).await;
+    // Fresh URLs for the same parts, say after the first ones expired.
+    let again = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
         .await
         .unwrap();
-    cancel(&app, "alice", &id).await.unwrap();
-    // The URL still works until it expires: what it stores is nobody's.
-    assert!(put(&urls[0], png).await.is_success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !staged_objects(&app).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            staged_objects(&app)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(again.len(), 1);
+    // Other parts would let old and new URLs together stage more than the
+    // session is charged for.
+    let half = png.len() / 2;
+    let mut others = vec![
+        exact_parts(&[half, png.len() - half]),
+        exact_parts(&[png.len() + 1]),
+    ];
+    if let Backend::Embedded = backend {
+        others.push(pb::get_upload_urls_request::Parts::PartCount(1));
     }
-    assert_code(complete(&app, "alice", &id).await, Code::NotFound);
+    for other in others {
+        assert_code(
+            upload_urls(&app, "alice", &id, other).await,
+            Code::FailedPrecondition,
+        );
+    }
+    assert!(put(&first[0], png.clone()).await.is_success());
+    let image = complete(&app, "alice", &id).await.unwrap();
+    assert_eq!(image.uploaded_sha256, sha256_hex(&png));
+}
+
+pub async fn cancelling_direct_uploads_over_and_over_stays_within_the_staged_cap(backend: Backend) {
+    const CAP: u64 = 1024 * 1024;
+    const PART: usize = 300 * 1024;
+    let flags = [FLAGS, &["--max-staged-bytes-per-user", "1MiB"]].concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let (mut admitted, mut refused) = (0, 0);
+    for round in 0..8 {
+        match start(&app, "mallory", sized(&format!("{round}.png"), PART)).await {
+            Ok(session) => {
+                admitted += 1;
+                let id = session.upload_id;
+                let urls = upload_urls(&app, "mallory", &id, exact_parts(&[PART]))
+                    .await
+                    .unwrap();
+                cancel(&app, "mallory", &id).await.unwrap();
+                put(&urls[0], vec![0; PART]).await;
+            }
+            Err(status) => {
+                let status = assert_over_limit(Err::<(), _>(status));
+                assert!(
+                    status.message().contains("--max-staged-bytes-per-user"),
+                    "{status:?}"
+                );
+                refused += 1;
+            }
+        }
+        let at_rest = staged_bytes(&app);
+        assert!(
+            at_rest <= CAP,
+            "round {round}: {at_rest} bytes at rest, over the {CAP} byte cap"
+        );
+    }
+    match backend {
+        // Its listener takes no part for a closed session: nothing is held.
+        Backend::Embedded => assert_eq!((admitted, refused), (8, 0)),
+        // The URLs of cancelled sessions live on, and so do their charges.
+        Backend::Aws => assert_eq!((admitted, refused), (3, 5)),
+    }
+    start(&app, "bob", sized("b.png", PART))
+        .await
+        .expect("other users are unaffected");
 }
 
 /// A refusal over a fixed limit, which gRPC's own retries must not repeat.
@@ -729,19 +860,17 @@ pub async fn each_user_has_a_bounded_number_of_staged_bytes(backend: Backend) {
 pub async fn a_direct_uploads_parts_hold_no_more_than_the_session(backend: Backend) {
     let app = TestApp::spawn_with(backend, FLAGS).await;
     let png = images::png(64, 64, 4);
-    let id = start(&app, "alice", sized("p.png", png.len()))
-        .await
-        .unwrap()
-        .upload_id;
     // The store itself refuses a part longer than its URL names.
-    let urls = upload_urls(&app, "alice", &id, exact_parts(&[png.len()]))
-        .await
-        .unwrap();
+    let (_, urls) = direct_upload(&app, "alice", sized("p.png", png.len()), png.len()).await;
     let mut longer = png.clone();
     longer.extend_from_slice(&[0; 4096]);
     assert!(!put(&urls[0], longer).await.is_success());
     assert_eq!(app.stored_objects_now().len(), 0, "nothing was kept");
 
+    let id = start(&app, "alice", sized("q.png", png.len()))
+        .await
+        .unwrap()
+        .upload_id;
     let counted = upload_urls(
         &app,
         "alice",

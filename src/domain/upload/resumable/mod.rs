@@ -30,7 +30,9 @@ use super::spec::ValidSpec;
 use super::{FramePayload, NewImage, UploadFrame, UploadSlot, Uploads};
 use crate::domain::budget::Reservation;
 use crate::domain::image::{ImageRecord, Timestamp};
-use crate::domain::ports::{ObjectKey, SessionAdmission, SessionQuota, StorageError, WriteSize};
+use crate::domain::ports::{
+    ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
+};
 use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
@@ -49,6 +51,10 @@ pub struct SessionLimits {
     pub segment_bytes: u64,
     /// Most parts a direct upload may be cut into (`--max-upload-parts`).
     pub max_parts: u32,
+    /// How long part URLs live, by default and at most
+    /// (`--upload-url-expiry`): on a store that cannot revoke them, how
+    /// long a closed session still counts against its owner's caps.
+    pub url_expiry: Duration,
     /// What one user's open sessions may hold
     /// (`--max-open-sessions-per-user`, `--max-staged-bytes-per-user`).
     pub per_user: SessionQuota,
@@ -79,8 +85,12 @@ pub struct UploadUrls {
     pub expire_time: Timestamp,
 }
 
-/// Default validity of direct-upload URLs.
-const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long after its URL expires a part may still be arriving (a `PUT`
+/// is checked when it starts), capped by the URL's own lifetime: a closed
+/// session's charge lasts this much longer than its URLs, and its staged
+/// objects are removed then. A part still arriving after that is left to
+/// the repair pass.
+const PART_ARRIVAL: Duration = Duration::from_secs(60);
 
 /// Errors after which a session cannot succeed: its bytes are wrong, so it
 /// is removed rather than kept for another try.
@@ -237,6 +247,7 @@ impl Uploads {
             lease: None,
             committed: false,
             staged_bytes,
+            charge_until: None,
         };
         let quota = self.limits.sessions.per_user;
         for _ in 0..2 {
@@ -362,7 +373,45 @@ impl Uploads {
     async fn remove_session(&self, session: &UploadSessionRecord) -> Result<(), DomainError> {
         self.metadata.delete_upload_session(&session.id).await?;
         self.blobs.delete_staged(&session.id).await?;
+        self.clean_up_after_urls(session);
         Ok(())
+    }
+
+    /// A closed session whose part URLs cannot be revoked: what they store
+    /// until they are over is removed once they are, when its tombstone
+    /// stops counting ([`UploadSessionRecord::charge_until`]). Should this
+    /// process stop first, the repair pass removes it.
+    fn clean_up_after_urls(&self, session: &UploadSessionRecord) {
+        let Some(until) = session.held_after_close(Timestamp::now()) else {
+            return;
+        };
+        let wait =
+            Duration::from_micros((until.as_micros() - Timestamp::now().as_micros()).max(0) as u64);
+        let (blobs, metadata, closed) =
+            (self.blobs.clone(), self.metadata.clone(), session.clone());
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(wait).await;
+                // A session started again under the same id (the same
+                // idempotency key) keeps its parts.
+                match metadata.get_upload_session(&closed.id).await {
+                    Ok(Some(current))
+                        if current.create_time != closed.create_time && !current.committed =>
+                    {
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error_chain(&error), upload_id = %closed.id, "could not read a closed upload session; the repair pass removes its bytes");
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                if let Err(error) = blobs.delete_staged(&closed.id).await {
+                    tracing::warn!(error = %error_chain(&error), upload_id = %closed.id, "could not remove what a closed upload session's URLs stored; the repair pass removes it");
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// After a commit: the session's objects are not needed any more.
@@ -375,6 +424,7 @@ impl Uploads {
         if let Err(error) = self.blobs.delete_staged(&session.id).await {
             tracing::warn!(error = %error_chain(&error), upload_id = %session.id, "could not delete a committed upload session's bytes; the repair pass removes them when it expires");
         }
+        self.clean_up_after_urls(session);
         metrics::counter!("imageservice_upload_sessions_committed_total").increment(1);
     }
 
@@ -530,14 +580,39 @@ impl Uploads {
                 "the upload session is being completed".into(),
             ));
         }
-        session.delivery = Delivery::Direct {
-            parts: sizes.len() as u32,
-        };
-        self.save_session(&mut session).await?;
         let left = Duration::from_micros(
             (session.expire_time.as_micros() - now.as_micros()).max(0) as u64,
         );
-        let expires_in = expires_in.unwrap_or(DEFAULT_URL_EXPIRY).min(left);
+        let longest = self.limits.sessions.url_expiry;
+        let expires_in = expires_in.unwrap_or(longest).min(longest).min(left);
+        let planned: Vec<u64> = sizes
+            .iter()
+            .map(|size| match size {
+                WriteSize::Exact(n) => *n,
+                WriteSize::AtMost(_) => 0,
+            })
+            .collect();
+        if let Delivery::Direct { sizes: before, .. } = &session.delivery
+            && !before.is_empty()
+            && *before != planned
+        {
+            return Err(DomainError::FailedPrecondition(format!(
+                "this upload session's URLs were made for other parts ({} of them): ask for \
+                 the same parts again, or cancel it and start another",
+                before.len()
+            )));
+        }
+        session.delivery = Delivery::Direct {
+            parts: sizes.len() as u32,
+            sizes: planned,
+        };
+        if !self.blobs.revokes_presigned_writes() {
+            // Recorded before any URL exists: whatever closes the session
+            // keeps its charge until these URLs are over.
+            let over = now.saturating_add(expires_in + PART_ARRIVAL.min(expires_in));
+            session.charge_until = session.charge_until.max(Some(over));
+        }
+        self.save_session(&mut session).await?;
         let mut urls = Vec::with_capacity(sizes.len());
         let mut expire_time = session.expire_time;
         for (index, size) in sizes.into_iter().enumerate() {
@@ -569,7 +644,7 @@ impl Uploads {
         if session.committed {
             return self.committed_image(&session).await;
         }
-        let Delivery::Direct { parts } = session.delivery else {
+        let Delivery::Direct { parts, .. } = session.delivery else {
             return Err(DomainError::FailedPrecondition(
                 "no upload URLs were handed out for this upload session (GetUploadUrls)".into(),
             ));
@@ -691,6 +766,14 @@ impl Uploads {
             }
         }
         Ok(expired.len())
+    }
+}
+
+#[async_trait::async_trait]
+impl OpenSessions for Uploads {
+    async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError> {
+        let session = self.metadata.get_upload_session(upload).await?;
+        Ok(session.is_some_and(|s| s.is_open(Timestamp::now())))
     }
 }
 

@@ -86,7 +86,15 @@ pub enum Delivery {
     /// Streamed through the service, kept as [`Segment`]s.
     Streamed,
     /// Sent straight to the store: this many part objects.
-    Direct { parts: u32 },
+    Direct {
+        parts: u32,
+        /// The size each part's URL was made for, 0 for a part of any
+        /// size (`part_count`): URLs handed out again must be for the same
+        /// parts, or old and new URLs together could stage more than the
+        /// session is charged for. Empty in records written before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sizes: Vec<u64>,
+    },
 }
 
 /// One upload session, as the metadata store keeps it.
@@ -114,6 +122,14 @@ pub struct UploadSessionRecord {
     /// owner's `--max-staged-bytes-per-user` while it is open.
     #[serde(default)]
     pub staged_bytes: u64,
+    /// Until when [`Self::staged_bytes`] stay counted against the owner's
+    /// caps even once the session is closed (committed, cancelled,
+    /// refused): set when part URLs the store cannot revoke (S3's
+    /// presigned `PUT`s) were handed out, to when the last of them has
+    /// expired and its part has had time to arrive. A closed session
+    /// keeps its charge until then as a *tombstone*.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_until: Option<Timestamp>,
 }
 
 impl UploadSessionRecord {
@@ -126,6 +142,13 @@ impl UploadSessionRecord {
     /// expired.
     pub fn is_open(&self, now: Timestamp) -> bool {
         !self.committed && !self.is_expired(now)
+    }
+
+    /// Until when the session, once closed, still counts against its
+    /// owner's caps (see [`Self::charge_until`]); `None` when it no longer
+    /// does.
+    pub fn held_after_close(&self, now: Timestamp) -> Option<Timestamp> {
+        self.charge_until.filter(|until| *until > now)
     }
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
