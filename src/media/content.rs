@@ -217,9 +217,12 @@ impl ContentInspector {
             })?;
             self.check_dimensions(width, height)?;
         }
-        if let (Some(gif), Some(dimensions)) = (&self.gif, &mut self.dimensions) {
-            // The box of the screen and every frame, not the screen alone.
-            *dimensions = gif.dimensions();
+        if let (Some(gif), Some(_)) = (&self.gif, self.dimensions) {
+            // The box of the screen and every frame, not the screen alone,
+            // checked like a header's: a file that ends inside its screen
+            // descriptor has walked none of it.
+            let (width, height) = gif.dimensions();
+            self.check_dimensions(width, height)?;
         }
         let (Some(content_type), Some((width, height))) = (self.content_type, self.dimensions)
         else {
@@ -405,6 +408,16 @@ mod tests {
             inspector.feed(chunk, None)?;
         }
         inspector.finish()
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/content/`): a GIF cut inside its
+    /// 13-byte screen descriptor, whose 12 bytes still give imagesize a
+    /// size, was taken as 0 by 0.
+    #[test]
+    fn a_gif_that_ends_inside_its_screen_descriptor_is_refused() {
+        let cut = b"GIF8\x10MM\0\0\x04\x0c!";
+        let error = inspect(cut, Declared::default()).unwrap_err();
+        assert!(matches!(error, MediaError::Invalid(_)), "{error:?}");
     }
 
     #[test]
