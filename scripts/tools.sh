@@ -48,10 +48,28 @@ install_dynalite() {
 }
 
 # An S3-compatible server on the local file system (built from crates.io).
+# Like every `cargo install` here, it builds in a directory of its own, not
+# in a CARGO_TARGET_DIR the project's build may be using at the same time.
 install_s3s_fs() {
   if [ ! -x "$TOOLS_DIR/bin/s3s-fs" ]; then
     echo "== installing s3s-fs $S3S_FS_VERSION into $TOOLS_DIR (a few minutes, once)"
-    cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
+    env -u CARGO_TARGET_DIR cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
+  fi
+}
+
+NEXTEST_VERSION=0.9.143
+
+# cargo-nextest, the test runner of scripts/test (one process per test,
+# several at a time; .config/nextest.toml). One already on the PATH is used
+# (the config says which versions it accepts); otherwise it is built from
+# crates.io without self-update, which saves the HTTPS stack it would
+# download releases with.
+install_nextest() {
+  export PATH="$TOOLS_DIR/bin:$PATH"
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "== installing cargo-nextest $NEXTEST_VERSION into $TOOLS_DIR (a few minutes, once)"
+    env -u CARGO_TARGET_DIR cargo install --quiet cargo-nextest --version "$NEXTEST_VERSION" \
+      --no-default-features --locked --root "$TOOLS_DIR"
   fi
 }
 
