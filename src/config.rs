@@ -364,12 +364,15 @@ pub struct Config {
     pub http_max_connections_per_peer: usize,
 
     /// gRPC listener: connections one remote address (IPv4 address, IPv6
-    /// /64) may have open at once; more are closed when accepted. 0: no cap
-    /// (a gateway in front is a handful of addresses).
+    /// /64) may have open at once; more are closed when accepted. 0: no cap.
+    /// A gateway multiplexes its calls over a few connections per replica,
+    /// far below the default; a caller whose calls never send their request
+    /// keeps its connections busy, and this keeps it to a quarter of the
+    /// default --max-connections.
     #[arg(
         long,
         env = "IMAGE_SERVICE_GRPC_MAX_CONNECTIONS_PER_PEER",
-        default_value_t = 0,
+        default_value_t = 256,
         global = true
     )]
     pub grpc_max_connections_per_peer: usize,
