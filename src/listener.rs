@@ -651,11 +651,17 @@ impl tonic::transport::server::Connected for Conn {
 }
 
 /// A layer on the gRPC server that counts each connection's calls in
-/// flight, from the request's arrival until its response body (a stream's
-/// last message and trailers) has been sent or dropped, so that
-/// [`Idleness::NoCalls`] sheds only connections without one. Streams that
-/// wait for news rather than work ([`WAITING_CALLS`]) are not counted: any
-/// peer may open them, for as long as it likes, at no cost.
+/// flight, so that [`Idleness::NoCalls`] sheds only connections without
+/// one. A call counts from the moment its request has arrived whole (its
+/// end of stream) until its response body (a stream's last message and
+/// trailers) has been sent or dropped: a call whose caller sends the
+/// headers and never the message is not work, and keeps nothing busy (it
+/// is closed with its connection, when shed or at `--grpc-idle-timeout`).
+/// Calls whose request is a stream ([`STREAMING_REQUESTS`]) count from
+/// their start, as their request rightly takes long; their own pacing ends
+/// one that sends nothing. Streams that wait for news rather than work
+/// ([`WAITING_CALLS`]) are not counted: any peer may open them, for as
+/// long as it likes, at no cost.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CountCalls;
 
@@ -667,6 +673,10 @@ const WAITING_CALLS: &[&str] = &[
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
+
+/// Methods whose request is a stream of messages (client streaming): an
+/// upload counts as in flight from its start, while its bytes arrive.
+const STREAMING_REQUESTS: &[&str] = &["/imageservice.v1.ImageService/UploadImage"];
 
 impl<S> tower_layer::Layer<S> for CountCalls {
     type Service = CountedCalls<S>;
@@ -685,9 +695,9 @@ pub struct CountedCalls<S> {
 type Request<B> = tonic::codegen::http::Request<B>;
 type Response<B> = tonic::codegen::http::Response<B>;
 
-impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for CountedCalls<S>
+impl<S, ResBody> tower_service::Service<Request<tonic::body::Body>> for CountedCalls<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: tower_service::Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
 {
     type Response = Response<CountedBody<ResBody>>;
@@ -698,15 +708,27 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
         let waits = WAITING_CALLS.iter().any(|method| path.starts_with(method));
+        let streams = STREAMING_REQUESTS.contains(&path);
         let call = request
             .extensions()
             .get::<PeerInfo>()
-            .and_then(|peer| peer.connection.as_ref())
+            .and_then(|peer| peer.connection.clone())
             .filter(|_| !waits)
-            .map(CallInFlight::start);
+            .map(|connection| CallEnds(Arc::new(CallSlot::new(connection))));
+        let request = match &call {
+            Some(CallEnds(slot)) if !streams && !http_body::Body::is_end_stream(request.body()) => {
+                let slot = slot.clone();
+                request.map(|body| tonic::body::Body::new(RequestBody { body, slot }))
+            }
+            Some(CallEnds(slot)) => {
+                slot.start();
+                request
+            }
+            None => request,
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -715,10 +737,102 @@ where
     }
 }
 
+/// The count of one call, shared by its request body (which starts it
+/// once the request has arrived whole) and its response (which ends it).
+struct CallSlot {
+    connection: ConnectionHandle,
+    state: Mutex<CallState>,
+}
+
+enum CallState {
+    /// The request is still arriving.
+    Waiting,
+    /// The request has arrived whole; the response is not done.
+    Counting { _call: CallInFlight },
+    /// The response is done, or the call was dropped before it.
+    Done,
+}
+
+impl CallSlot {
+    fn new(connection: ConnectionHandle) -> Self {
+        Self {
+            connection,
+            state: Mutex::new(CallState::Waiting),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The request has arrived whole: the call counts, unless it is over.
+    fn start(&self) {
+        let mut state = self.lock();
+        if matches!(*state, CallState::Waiting) {
+            *state = CallState::Counting {
+                _call: CallInFlight::start(&self.connection),
+            };
+        }
+    }
+
+    fn end(&self) {
+        let ended = std::mem::replace(&mut *self.lock(), CallState::Done);
+        drop(ended);
+    }
+}
+
+/// Ends the count of its call when dropped: with the response body, or
+/// with the call's future if it never got to a response.
+struct CallEnds(Arc<CallSlot>);
+
+impl Drop for CallEnds {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A request body that starts its call's count when it reaches its end.
+struct RequestBody {
+    body: tonic::body::Body,
+    slot: Arc<CallSlot>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if ended {
+            this.slot.start();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A response body that keeps its call counted until it is done.
 pub struct CountedBody<B> {
     body: B,
-    _call: Option<CallInFlight>,
+    _call: Option<CallEnds>,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
@@ -908,5 +1022,30 @@ mod tests {
         assert_eq!(watch.idle_for(later), None);
         drop(call);
         assert!(watch.idle_for(later).unwrap() >= Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_call_counts_once_its_request_has_arrived_and_not_after_its_end() {
+        let watch = Arc::new(ConnWatch::new(Idleness::NoCalls));
+        let later = now_ms() + 5_000;
+        let slot = Arc::new(CallSlot::new(ConnectionHandle(watch.clone())));
+        let call = CallEnds(slot.clone());
+        assert!(
+            watch.idle_for(later).is_some(),
+            "counted before its request"
+        );
+        slot.start();
+        assert_eq!(watch.idle_for(later), None);
+        drop(call);
+        assert!(watch.idle_for(later).is_some());
+        // A request that ends after its call was dropped starts nothing.
+        slot.start();
+        assert!(watch.idle_for(later).is_some());
+    }
+
+    #[test]
+    fn the_upload_is_the_method_whose_request_streams() {
+        let service = crate::pb::image_service_server::SERVICE_NAME;
+        assert_eq!(STREAMING_REQUESTS, [format!("/{service}/UploadImage")]);
     }
 }
