@@ -819,6 +819,35 @@ pub async fn a_cancelled_sessions_key_does_not_reopen_its_part_urls(backend: Bac
     );
 }
 
+/// Likewise once a direct upload's image is deleted: its key would start a
+/// session under the id whose part URLs still live.
+pub async fn a_deleted_uploads_key_does_not_reopen_its_part_urls(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let png = images::png(8, 8, 1);
+    let keyed = pb::ImageSpec {
+        idempotency_key: Some("k".into()),
+        ..spec("p.png")
+    };
+    let id = start(&app, "mallory", keyed.clone())
+        .await
+        .unwrap()
+        .upload_id;
+    let urls = upload_urls(&app, "mallory", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    assert!(put(&urls[0], png.clone()).await.is_success());
+    let image = complete(&app, "mallory", &id).await.unwrap();
+    app.delete("mallory", &image.image_id).await.unwrap();
+    assert_code(
+        start(&app, "mallory", keyed).await,
+        Code::FailedPrecondition,
+    );
+    if let Backend::Embedded = backend {
+        assert_eq!(put(&urls[0], png).await, reqwest::StatusCode::GONE);
+        assert_eq!(staged_objects(&app), Vec::<String>::new());
+    }
+}
+
 /// A refusal over a fixed limit, which gRPC's own retries must not repeat.
 fn assert_over_limit<T: std::fmt::Debug>(result: Result<T, Status>) -> Status {
     let status = assert_code(result, Code::ResourceExhausted);
