@@ -112,11 +112,12 @@ impl Images {
         let now = Timestamp::now();
         for (upload, modified) in self.blobs.list_staged().await? {
             let session = self.metadata.get_upload_session(&upload).await?;
-            // A committed session's objects are never read again, and once
-            // its part URLs are over none can arrive.
+            // A closed session's objects are never read again: a cancelled
+            // one's go at once, a committed one's once its part URLs are
+            // over and none can arrive.
             let finished = session
                 .as_ref()
-                .is_some_and(|s| s.committed && s.held_after_close(now).is_none());
+                .is_some_and(|s| s.cancelled || (s.committed && s.held_after_close(now).is_none()));
             let orphaned = session.is_none() && modified < older_than;
             if !(finished || orphaned) {
                 continue;

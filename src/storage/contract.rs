@@ -635,8 +635,8 @@ async fn open_upload_sessions_are_capped_per_owner(store: &dyn MetadataStore) {
 }
 
 /// A session closed while part URLs the store cannot revoke still live
-/// keeps its charge until they are over, whether it was removed
-/// (cancelled) or committed.
+/// keeps its charge until they are over, whether it was removed,
+/// committed or kept as a cancelled record (its key not reusable yet).
 async fn a_closed_session_counts_until_its_urls_are_over(store: &dyn MetadataStore) {
     let quota = SessionQuota {
         max_open: 10,
@@ -651,7 +651,7 @@ async fn a_closed_session_counts_until_its_urls_are_over(store: &dyn MetadataSto
     };
     let live = Some(now.saturating_add(std::time::Duration::from_secs(600)));
     let over = Some(Timestamp::from_micros(now.as_micros() - 1_000_000));
-    for close in ["remove", "commit"] {
+    for close in ["remove", "commit", "cancel"] {
         let (held, free) = (fresh_user(), fresh_user());
         for (owner, charge_until) in [(&held, live), (&free, over)] {
             let mut closed = session(owner, charge_until);
@@ -660,7 +660,8 @@ async fn a_closed_session_counts_until_its_urls_are_over(store: &dyn MetadataSto
             if close == "remove" {
                 store.delete_upload_session(&closed.id).await.unwrap();
             } else {
-                closed.committed = true;
+                closed.committed = close == "commit";
+                closed.cancelled = close == "cancel";
                 closed.revision = 2;
                 store.replace_upload_session(&closed, 1).await.unwrap();
             }
@@ -700,5 +701,7 @@ fn new_session(now: Timestamp) -> UploadSessionRecord {
         committed: false,
         staged_bytes: 100,
         charge_until: None,
+        urls_until: None,
+        cancelled: false,
     }
 }

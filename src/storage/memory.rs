@@ -559,7 +559,7 @@ impl MetadataStore for MemoryMetadataStore {
             .values()
             .filter(|s| {
                 s.owner == session.owner
-                    && (s.is_open(now) || (s.committed && s.held_after_close(now).is_some()))
+                    && (s.is_open(now) || (s.is_closed() && s.held_after_close(now).is_some()))
             })
             .map(|s| s.staged_bytes)
             .chain(

@@ -932,9 +932,9 @@ impl MetadataStore for DynamoMetadataStore {
             .await
             .map_err(classify);
         match written {
-            // Committed, it holds nothing staged: its slot is free, unless
-            // its part URLs still live.
-            Ok(_) if session.committed => self.close_open_item(session).await,
+            // Closed (committed or cancelled), it holds nothing staged: its
+            // slot is free, unless its part URLs still live.
+            Ok(_) if session.is_closed() => self.close_open_item(session).await,
             Ok(_) => Ok(()),
             Err(StorageError::ConditionFailed) => {
                 match self.get_item(session_pk(&session.id), SESSION_SK).await? {

@@ -427,7 +427,7 @@ impl MetadataStore for EmbeddedMetadataStore {
     ) -> Result<(), StorageError> {
         let id = *session.id.as_bytes();
         let value = serde_json::to_vec(session).map_err(StorageError::internal)?;
-        let (committed, closing) = (session.committed, session.clone());
+        let (closed, closing) = (session.is_closed(), session.clone());
         self.run(move |db| {
             let txn = db.begin_write()?;
             {
@@ -442,7 +442,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                     Err(error) => return Ok(Err(StorageError::internal(error))),
                 }
                 sessions.insert(id.as_slice(), value.as_slice())?;
-                if committed {
+                if closed {
                     close_open_entry(&txn, &closing)?;
                 }
             }

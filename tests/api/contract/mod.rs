@@ -86,6 +86,8 @@ macro_rules! all_cases {
             sessions::part_urls_of_a_closed_session_leave_nothing_at_rest,
             sessions::upload_urls_asked_again_are_for_the_same_parts,
             sessions::cancelling_direct_uploads_over_and_over_stays_within_the_staged_cap,
+            sessions::a_cancelled_sessions_key_does_not_reopen_its_part_urls,
+            sessions::a_deleted_uploads_key_does_not_reopen_its_part_urls,
             sessions::each_user_has_a_bounded_number_of_open_sessions,
             sessions::each_user_has_a_bounded_number_of_staged_bytes,
             sessions::a_direct_uploads_parts_hold_no_more_than_the_session,

@@ -757,6 +757,97 @@ pub async fn cancelling_direct_uploads_over_and_over_stays_within_the_staged_cap
         .expect("other users are unaffected");
 }
 
+/// Session ids derive from the idempotency key: a session started again
+/// under a cancelled one's id would make its part URLs (signed for its
+/// sizes) store parts again, charged for the new session's size.
+pub async fn a_cancelled_sessions_key_does_not_reopen_its_part_urls(backend: Backend) {
+    const PART: usize = 300 * 1024;
+    let flags = [
+        FLAGS,
+        &["--upload-url-expiry", "2s", "--repair-interval", "0s"],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let keyed = |size| pb::ImageSpec {
+        idempotency_key: Some("k".into()),
+        ..sized("p.png", size)
+    };
+    let id = start(&app, "mallory", keyed(PART)).await.unwrap().upload_id;
+    let urls = upload_urls(&app, "mallory", &id, exact_parts(&[PART]))
+        .await
+        .unwrap();
+    cancel(&app, "mallory", &id).await.unwrap();
+    let refused = assert_code(
+        start(&app, "mallory", keyed(1)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused.message().contains("new idempotency key"),
+        "{refused:?}"
+    );
+    let sent = put(&urls[0], vec![0; PART]).await;
+    match backend {
+        Backend::Embedded => {
+            assert_eq!(sent, reqwest::StatusCode::GONE);
+            assert_eq!(staged_objects(&app), Vec::<String>::new());
+        }
+        // S3 takes it: the cancelled session's charge holds it until the
+        // URL is over, when it is removed.
+        Backend::Aws => assert!(sent.is_success(), "{sent}"),
+    }
+
+    // Once the URL is over (and the time for a part to arrive), the key
+    // starts a fresh session, which holds nothing the old URL sent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let fresh = loop {
+        match start(&app, "mallory", keyed(1)).await {
+            Ok(session) => break session,
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    assert_eq!(staged_objects(&app), Vec::<String>::new());
+    let late = put(&urls[0], vec![0; PART]).await;
+    assert_eq!(late, reqwest::StatusCode::FORBIDDEN);
+    assert_eq!(staged_objects(&app), Vec::<String>::new());
+    assert_code(
+        complete(&app, "mallory", &fresh.upload_id).await,
+        Code::FailedPrecondition,
+    );
+}
+
+/// Likewise once a direct upload's image is deleted: its key would start a
+/// session under the id whose part URLs still live.
+pub async fn a_deleted_uploads_key_does_not_reopen_its_part_urls(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let png = images::png(8, 8, 1);
+    let keyed = pb::ImageSpec {
+        idempotency_key: Some("k".into()),
+        ..spec("p.png")
+    };
+    let id = start(&app, "mallory", keyed.clone())
+        .await
+        .unwrap()
+        .upload_id;
+    let urls = upload_urls(&app, "mallory", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    assert!(put(&urls[0], png.clone()).await.is_success());
+    let image = complete(&app, "mallory", &id).await.unwrap();
+    app.delete("mallory", &image.image_id).await.unwrap();
+    assert_code(
+        start(&app, "mallory", keyed).await,
+        Code::FailedPrecondition,
+    );
+    if let Backend::Embedded = backend {
+        assert_eq!(put(&urls[0], png).await, reqwest::StatusCode::GONE);
+        assert_eq!(staged_objects(&app), Vec::<String>::new());
+    }
+}
+
 /// A refusal over a fixed limit, which gRPC's own retries must not repeat.
 fn assert_over_limit<T: std::fmt::Debug>(result: Result<T, Status>) -> Status {
     let status = assert_code(result, Code::ResourceExhausted);

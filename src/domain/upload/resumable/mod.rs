@@ -127,6 +127,16 @@ fn over_quota(refused: SessionAdmission, quota: SessionQuota, staged: u64) -> Do
     })
 }
 
+/// The refusal of a `StartUpload` whose idempotency key names a closed
+/// session whose part URLs may still store parts.
+fn reopens_live_urls() -> DomainError {
+    DomainError::FailedPrecondition(
+        "the upload session of this idempotency key was closed, and its upload URLs may still \
+         be used: start the upload with a new idempotency key"
+            .into(),
+    )
+}
+
 fn lost_lease() -> DomainError {
     DomainError::Aborted(
         "the upload session was changed by another call (another stream took it over, or it \
@@ -248,6 +258,8 @@ impl Uploads {
             committed: false,
             staged_bytes,
             charge_until: None,
+            urls_until: None,
+            cancelled: false,
         };
         let quota = self.limits.sessions.per_user;
         for _ in 0..2 {
@@ -270,8 +282,13 @@ impl Uploads {
                     // way for the new one.
                     let image_deleted = existing.committed
                         && self.metadata.get(&existing.image_id).await?.is_none();
-                    if !existing.is_expired(now) && !image_deleted {
+                    if !existing.cancelled && !existing.is_expired(now) && !image_deleted {
                         return Ok(existing);
+                    }
+                    // A session under the same id would make the old
+                    // session's part URLs work again.
+                    if existing.urls_live(now) {
+                        return Err(reopens_live_urls());
                     }
                     self.remove_session(&existing).await?;
                 }
@@ -297,7 +314,7 @@ impl Uploads {
         self.metadata
             .get_upload_session(&id)
             .await?
-            .filter(|s| !s.is_expired(Timestamp::now()) && s.owner == *caller)
+            .filter(|s| !s.is_expired(Timestamp::now()) && !s.cancelled && s.owner == *caller)
             .ok_or_else(session_not_found)
     }
 
@@ -451,13 +468,35 @@ impl Uploads {
         caller: &UserId,
         upload_id: &str,
     ) -> Result<(), DomainError> {
-        let session = self.owned_session(caller, upload_id).await?;
-        if session.committed {
-            return Err(DomainError::FailedPrecondition(
-                "the upload session is committed: delete its image instead".into(),
-            ));
+        let mut tries = 0;
+        loop {
+            let mut session = self.owned_session(caller, upload_id).await?;
+            if session.committed {
+                return Err(DomainError::FailedPrecondition(
+                    "the upload session is committed: delete its image instead".into(),
+                ));
+            }
+            if !session.urls_live(Timestamp::now()) {
+                self.remove_session(&session).await?;
+                break;
+            }
+            // Its part URLs still live: the record stays, closed, until
+            // they are over, so that its idempotency key cannot reopen them.
+            session.cancelled = true;
+            session.lease = None;
+            match self.save_session(&mut session).await {
+                Ok(()) => {}
+                // Changed by a call still running on it: read it again.
+                Err(DomainError::Aborted(_)) if tries < 3 => {
+                    tries += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+            self.blobs.delete_staged(&session.id).await?;
+            self.clean_up_after_urls(&session);
+            break;
         }
-        self.remove_session(&session).await?;
         metrics::counter!("imageservice_upload_sessions_cancelled_total").increment(1);
         Ok(())
     }
@@ -606,10 +645,12 @@ impl Uploads {
             parts: sizes.len() as u32,
             sizes: planned,
         };
+        // Recorded before any URL exists: whatever closes the session
+        // keeps its id (and, where the store cannot revoke the URLs, its
+        // charge) until these URLs are over.
+        let over = now.saturating_add(expires_in + PART_ARRIVAL.min(expires_in));
+        session.urls_until = session.urls_until.max(Some(over));
         if !self.blobs.revokes_presigned_writes() {
-            // Recorded before any URL exists: whatever closes the session
-            // keeps its charge until these URLs are over.
-            let over = now.saturating_add(expires_in + PART_ARRIVAL.min(expires_in));
             session.charge_until = session.charge_until.max(Some(over));
         }
         self.save_session(&mut session).await?;

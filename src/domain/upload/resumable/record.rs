@@ -130,6 +130,16 @@ pub struct UploadSessionRecord {
     /// keeps its charge until then as a *tombstone*.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charge_until: Option<Timestamp>,
+    /// Until when part URLs handed out for the session may still store a
+    /// part (the last URL's expiry and the time for its part to arrive),
+    /// whichever store serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls_until: Option<Timestamp>,
+    /// Cancelled while its part URLs still lived: the record stays, closed,
+    /// so that its idempotency key cannot start a session under the same
+    /// id (and so reopen those URLs) until they are over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 impl UploadSessionRecord {
@@ -138,10 +148,20 @@ impl UploadSessionRecord {
         self.segments.last().map_or(0, |s| s.offset + s.length)
     }
 
-    /// Whether it counts against its owner's caps: neither committed nor
+    /// Whether it counts against its owner's caps: neither closed nor
     /// expired.
     pub fn is_open(&self, now: Timestamp) -> bool {
-        !self.committed && !self.is_expired(now)
+        !self.is_closed() && !self.is_expired(now)
+    }
+
+    /// Committed or cancelled: it takes no more bytes.
+    pub fn is_closed(&self) -> bool {
+        self.committed || self.cancelled
+    }
+
+    /// Whether a part URL handed out for it may still store a part.
+    pub fn urls_live(&self, now: Timestamp) -> bool {
+        self.urls_until.is_some_and(|until| until > now)
     }
 
     /// Until when the session, once closed, still counts against its
