@@ -1,0 +1,168 @@
+//! Direct uploads to the embedded store's own listener under load: the
+//! parts of one session, finished or still arriving, never hold more on
+//! disk than the session is charged for.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::helpers::{Backend, TestApp, as_user, images, spec};
+use image_service::pb;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A session of alice's for `expected_size` bytes and its `count` part URLs.
+async fn session(app: &TestApp, expected_size: usize, count: i32) -> (String, Vec<String>) {
+    let session = app
+        .client()
+        .start_upload(as_user(
+            "alice",
+            pb::StartUploadRequest {
+                spec: Some(spec("held.png")),
+                expected_size: Some(expected_size as i64),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .expect("a session");
+    let urls = app
+        .client()
+        .get_upload_urls(as_user(
+            "alice",
+            pb::GetUploadUrlsRequest {
+                upload_id: session.upload_id.clone(),
+                parts: Some(pb::get_upload_urls_request::Parts::PartCount(count)),
+                expires_in: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .urls;
+    (session.upload_id, urls)
+}
+
+/// Bytes held by the files under `dir`, however deep.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            _ => entry.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// A `PUT` of `url` declaring `size` bytes that sends all but the last
+/// and then waits; the server's answer, if one comes within a few seconds
+/// (the connection stays open until then).
+async fn put_all_but_the_last_byte(addr: SocketAddr, url: String, size: usize) -> Option<String> {
+    let rest = url.split_once("://").expect("an absolute URL").1;
+    let path = &rest[rest.find('/').expect("a path")..];
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!("PUT {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 32 * 1024];
+    let mut sent = 0;
+    while sent < size - 1 {
+        let n = chunk.len().min(size - 1 - sent);
+        if stream.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+        .await
+        .ok()?
+        .unwrap_or(0);
+    Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_still_arriving_count_against_their_session() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let blobs = app.data_dir.join("blobs");
+    const SIZE: usize = 1024 * 1024;
+    const PARTS: usize = 6;
+    let (_, urls) = session(&app, SIZE, PARTS as i32).await;
+
+    // Every part at once, each with all but the last byte of the session.
+    let puts: Vec<_> = urls
+        .into_iter()
+        .map(|url| tokio::spawn(put_all_but_the_last_byte(app.http_addr, url, SIZE)))
+        .collect();
+    let mut most = 0;
+    while !puts.iter().all(|put| put.is_finished()) {
+        most = most.max(bytes_under(&blobs));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut answers = Vec::new();
+    for put in puts {
+        answers.push(put.await.unwrap());
+    }
+    assert!(
+        most <= SIZE as u64,
+        "the parts held {most} bytes for a session of {SIZE}"
+    );
+    let refused = answers
+        .iter()
+        .flatten()
+        .filter(|answer| answer.starts_with("HTTP/1.1 413"))
+        .count();
+    assert!(refused >= PARTS - 1, "{answers:?}");
+
+    // What the refused and abandoned bodies held is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bytes_under(&blobs) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still held: {:?}",
+            app.stored_objects_now()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A direct upload sent as it should be still goes through, a part
+    // sent again included.
+    let png = images::png_of_size(300 * 1024, 9);
+    let (id, urls) = session(&app, png.len(), 2).await;
+    let put = |url: String, body: Vec<u8>| async move {
+        reqwest::Client::new()
+            .put(url)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let half = png.len() / 2;
+    assert!(put(urls[0].clone(), png.clone()).await.is_success());
+    assert!(
+        put(urls[0].clone(), png[..half].to_vec())
+            .await
+            .is_success()
+    );
+    assert!(
+        put(urls[1].clone(), png[half..].to_vec())
+            .await
+            .is_success()
+    );
+    let image = app
+        .client()
+        .complete_upload(as_user(
+            "alice",
+            pb::CompleteUploadRequest { upload_id: id },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("an image");
+    assert_eq!(image.uploaded_sha256, hex::encode(Sha256::digest(&png)));
+}
