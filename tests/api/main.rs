@@ -7,6 +7,7 @@
 mod aws;
 mod contract;
 mod deployment;
+mod direct_uploads;
 mod grpc_listener;
 mod heif;
 mod helpers;

@@ -52,7 +52,8 @@ impl EmbeddedBlobStore {
         })
     }
 
-    fn path(&self, key: &ObjectKey) -> PathBuf {
+    /// The file of `key`.
+    pub(super) fn path(&self, key: &ObjectKey) -> PathBuf {
         self.root.join(key.as_str())
     }
 
@@ -65,25 +66,25 @@ impl EmbeddedBlobStore {
         }
     }
 
-    /// Bytes the staged objects of `upload` hold, but the one named
-    /// `except`.
-    pub async fn staged_size(&self, upload: &UploadId, except: &str) -> Result<u64, StorageError> {
+    /// The staged objects of `upload` and the bytes each holds, by name.
+    pub async fn staged_sizes(
+        &self,
+        upload: &UploadId,
+    ) -> Result<std::collections::HashMap<String, u64>, StorageError> {
         let dir = self.root.join(ObjectKey::staged_prefix(upload));
-        let except = except.to_owned();
         tokio::task::spawn_blocking(move || {
+            let mut sizes = std::collections::HashMap::new();
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sizes),
                 Err(e) => return Err(StorageError::internal(e)),
             };
-            let mut total = 0u64;
             for entry in entries {
                 let entry = entry.map_err(StorageError::internal)?;
-                if entry.file_name().to_string_lossy() != except {
-                    total += entry.metadata().map_err(StorageError::internal)?.len();
-                }
+                let size = entry.metadata().map_err(StorageError::internal)?.len();
+                sizes.insert(entry.file_name().to_string_lossy().into_owned(), size);
             }
-            Ok(total)
+            Ok(sizes)
         })
         .await
         .map_err(StorageError::internal)?

@@ -1,7 +1,8 @@
 //! Presigned downloads (with `Range` support) and direct uploads of the
 //! embedded backend, served by the HTTP listener: the URLs [`super::urls`]
 //! signs point here.
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::Body;
@@ -31,17 +32,178 @@ pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) ->
             put(presigned_upload).with_state(PartUploads {
                 store: store.clone(),
                 sessions,
+                ledger: Arc::default(),
             }),
         )
         .with_state(store)
 }
 
-/// What the upload route needs: the store, and who says whether a part's
-/// session is still open.
+/// What the upload route needs: the store, who says whether a part's
+/// session is still open, and what the parts being sent hold.
 #[derive(Clone)]
 struct PartUploads {
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
+    ledger: Arc<PartLedger>,
+}
+
+/// The bytes the parts of upload sessions hold on disk while bodies
+/// arrive: finished parts and the bodies still arriving, counted before
+/// each piece is written, so that together they never pass what the
+/// session is charged for, however many `PUT`s run at once (the embedded
+/// backend is one process, so memory is the whole picture).
+///
+/// A URL of [`WriteSize::AtMost`] bounds all the parts of its session
+/// together; one of [`WriteSize::Exact`] bounds its own part, whose
+/// concurrent `PUT`s then share that size. A scope is kept while a body
+/// in it arrives, and read from the disk when the first one starts.
+///
+/// A body sent to a part that already holds one replaces it, so the
+/// earlier part is removed as the body starts: the session's bytes are
+/// then the new body's, and a part is sent again (smaller, or after a
+/// lost answer) within the same allowance.
+#[derive(Default)]
+struct PartLedger {
+    scopes: Mutex<HashMap<String, Scope>>,
+}
+
+#[derive(Default)]
+struct Scope {
+    /// Bytes of each finished part, by name.
+    finished: HashMap<String, u64>,
+    /// Their sum.
+    finished_total: u64,
+    /// Bytes of the bodies still arriving.
+    arriving: u64,
+    /// How many bodies are arriving.
+    bodies: usize,
+}
+
+impl PartLedger {
+    fn scopes(&self) -> MutexGuard<'_, HashMap<String, Scope>> {
+        self.scopes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a body starting for `part` of `upload`, sent to a URL that
+    /// allows `size`.
+    async fn start(
+        self: &Arc<Self>,
+        store: &EmbeddedBlobStore,
+        upload: &UploadId,
+        part: &str,
+        size: WriteSize,
+    ) -> Result<Charge, StorageError> {
+        let (scope, limit) = match size {
+            WriteSize::AtMost(n) => (upload.to_string(), n),
+            WriteSize::Exact(n) => (format!("{upload}/{part}"), n),
+        };
+        let earlier = store.path(&ObjectKey::staged(upload, part));
+        let mut scopes = loop {
+            let known = self.scopes().contains_key(&scope);
+            let read = if known {
+                None
+            } else {
+                // No body of this scope is arriving, so none of its parts
+                // can change here while the disk is read (a cancel only
+                // removes).
+                let mut finished = store.staged_sizes(upload).await?;
+                if matches!(size, WriteSize::Exact(_)) {
+                    finished.retain(|name, _| name == part);
+                }
+                Some(finished)
+            };
+            let mut scopes = self.scopes();
+            if let Some(finished) = read {
+                scopes.entry(scope.clone()).or_insert_with(|| Scope {
+                    finished_total: finished.values().sum(),
+                    finished,
+                    ..Scope::default()
+                });
+            }
+            // Gone if its last body ended meanwhile: read it again.
+            if scopes.contains_key(&scope) {
+                break scopes;
+            }
+        };
+        let counted = scopes.get_mut(&scope).expect("kept while locked");
+        if let Some(before) = counted.finished.remove(part) {
+            // Removed under the lock, so that no other body counts the
+            // bytes before they are gone.
+            match std::fs::remove_file(&earlier) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    counted.finished.insert(part.to_owned(), before);
+                    if counted.bodies == 0 {
+                        scopes.remove(&scope);
+                    }
+                    return Err(StorageError::internal(e));
+                }
+            }
+            counted.finished_total -= before;
+        }
+        counted.bodies += 1;
+        Ok(Charge {
+            ledger: self.clone(),
+            scope,
+            part: part.to_owned(),
+            limit,
+            arriving: 0,
+        })
+    }
+}
+
+/// One body arriving: what it holds, released when it ends.
+struct Charge {
+    ledger: Arc<PartLedger>,
+    scope: String,
+    part: String,
+    limit: u64,
+    arriving: u64,
+}
+
+impl Charge {
+    /// Whether `more` bytes fit beside the finished parts and the bodies
+    /// arriving; if so and `count`, they are counted as this body's.
+    fn fits(&mut self, more: u64, count: bool) -> bool {
+        let mut scopes = self.ledger.scopes();
+        let Some(scope) = scopes.get_mut(&self.scope) else {
+            return false;
+        };
+        let held = scope.finished_total.saturating_add(scope.arriving);
+        if held.saturating_add(more) > self.limit {
+            return false;
+        }
+        if count {
+            scope.arriving += more;
+            self.arriving += more;
+        }
+        true
+    }
+
+    /// The body is now its part (in place of any earlier one).
+    fn finished(mut self) {
+        let mut scopes = self.ledger.scopes();
+        if let Some(scope) = scopes.get_mut(&self.scope) {
+            let before = scope.finished.insert(self.part.clone(), self.arriving);
+            scope.finished_total = scope.finished_total - before.unwrap_or(0) + self.arriving;
+            scope.arriving -= self.arriving;
+        }
+        self.arriving = 0;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut scopes = self.ledger.scopes();
+        if let Some(scope) = scopes.get_mut(&self.scope) {
+            scope.arriving -= self.arriving;
+            scope.bodies -= 1;
+            if scope.bodies == 0 {
+                scopes.remove(&self.scope);
+            }
+        }
+    }
 }
 
 /// Whether `upload` is open; the answer to send when it is not (or when
@@ -62,6 +224,14 @@ async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> O
             ))
         }
     }
+}
+
+fn too_much_at_once() -> Response {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the parts sent to this upload, with those still arriving, are larger than it \
+         allows\n",
+    )
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -208,11 +378,6 @@ fn matches_etag(list: &str, etag: &str) -> bool {
 /// A direct upload whose body stops arriving for this long is abandoned.
 const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Taken while a part sent to an upper-bounded URL is checked against the
-/// other parts of its session and made visible, so that parts finishing
-/// at once cannot together pass the bound.
-static PARTS_TOGETHER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
 /// had the size the URL allows, and nothing stays unless the session is
@@ -225,7 +390,11 @@ static PARTS_TOGETHER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(()
 /// close, one side removes the part, and no lock is held while a client
 /// sends a body, so a cancel never waits on a slow upload.
 async fn presigned_upload(
-    State(PartUploads { store, sessions }): State<PartUploads>,
+    State(PartUploads {
+        store,
+        sessions,
+        ledger,
+    }): State<PartUploads>,
     Path((upload_id, part)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -279,6 +448,17 @@ async fn presigned_upload(
             "the body is larger than this URL allows\n",
         );
     }
+    let mut charge = match ledger.start(&store, &id, &part, size).await {
+        Ok(charge) => charge,
+        Err(error) => {
+            tracing::error!(%error, "presigned upload failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    // A declared length that cannot fit now is refused before any byte.
+    if declared.is_some_and(|declared| !charge.fits(declared, false)) {
+        return too_much_at_once();
+    }
     let mut writer = match store.start_write(&key, declared).await {
         Ok(writer) => writer,
         Err(error) => {
@@ -306,6 +486,10 @@ async fn presigned_upload(
                 "the body is larger than this URL allows\n",
             );
         }
+        if !charge.fits(chunk.len() as u64, true) {
+            writer.abort().await;
+            return too_much_at_once();
+        }
         if let Err(error) = writer.write(chunk).await {
             tracing::error!(%error, "presigned upload failed");
             writer.abort().await;
@@ -319,34 +503,13 @@ async fn presigned_upload(
             "the body's length is not the one this URL was made for\n",
         );
     }
-    // An upper bound is the session's, for all its parts together: the
-    // check and the finish are one step among this store's uploads.
-    let _turn = match size {
-        WriteSize::AtMost(_) => Some(PARTS_TOGETHER.lock().await),
-        WriteSize::Exact(_) => None,
-    };
-    if matches!(size, WriteSize::AtMost(_)) {
-        match store.staged_size(&id, &part).await {
-            Ok(others) if others + received <= limit => {}
-            Ok(_) => {
-                writer.abort().await;
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the parts together are larger than this upload allows\n",
-                );
-            }
-            Err(error) => {
-                tracing::error!(%error, "presigned upload failed");
-                writer.abort().await;
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
-            }
-        }
-    }
+    // The ledger counted every byte as it came, so the part fits beside
+    // the others.
     if let Err(error) = writer.finish().await {
         tracing::error!(%error, "presigned upload failed");
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
     }
-    drop(_turn);
+    charge.finished();
     if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
         if let Err(error) = store.delete(&key).await {
             tracing::error!(%error, key = key.as_str(), "could not remove a part sent to a closed upload session; the repair pass removes it");
