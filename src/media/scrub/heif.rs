@@ -511,11 +511,21 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
             continue;
         }
         changed |= blank.kind != Item::Jpeg;
-        for at in blank.start.max(start)..blank.end.min(end) {
+        let (mut at, to) = (blank.start.max(start), blank.end.min(end));
+        while at < to {
+            if blank.walk == (Walk::Scan { ff: false }) {
+                // Scan data passes as it is up to the next `FF`.
+                let rest = &bytes[(at - start) as usize..(to - start) as usize];
+                at += memchr::memchr(0xFF, rest).unwrap_or(rest.len()) as u64;
+                if at == to {
+                    break;
+                }
+            }
             let byte = &mut bytes[(at - start) as usize];
             let new = blank.byte(at, *byte);
             changed |= new != *byte;
             *byte = new;
+            at += 1;
         }
         let (id, walk) = (blank.id, blank.walk);
         if blank.kind == Item::Jpeg
