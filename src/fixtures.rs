@@ -216,6 +216,40 @@ fn with_phone_metadata(plain: &[u8], orientation: u16) -> Vec<u8> {
     out
 }
 
+/// A phone photo ([`phone_photo`], EXIF with GPS, maker, serial number and
+/// owner, and XMP) with more that identifies its owner: an IPTC APP13
+/// segment, a vendor APP7 segment and a comment; and an ICC profile
+/// (APP2), which is kept.
+pub fn phone_photo_with_extras(width: u32, height: u32) -> Vec<u8> {
+    let photo = phone_photo(width, height);
+    let mut out = photo[..2].to_vec();
+    out.extend(jpeg_segment(
+        0xE2,
+        b"ICC_PROFILE\0\x01\x01colour-profile-bytes",
+    ));
+    let owner = PHONE_SECRETS[2].as_bytes();
+    out.extend(jpeg_segment(
+        0xED,
+        &[b"Photoshop 3.0\0".as_slice(), owner].concat(),
+    ));
+    out.extend(jpeg_segment(0xE7, PHONE_SECRETS[1].as_bytes()));
+    out.extend(jpeg_segment(0xFE, PHONE_SECRETS[0].as_bytes()));
+    out.extend_from_slice(&photo[2..]);
+    out
+}
+
+/// A HEIF whose primary item is `jpeg`-coded (ISO/IEC 23008-12 allows
+/// JPEG image items): `jpeg` as its bytes, `width` x `height` (`ispe`),
+/// with its `meta` box first or, when `meta_last`, after `mdat`.
+pub fn heif_with_jpeg_item(jpeg: &[u8], width: u32, height: u32, meta_last: bool) -> Vec<u8> {
+    let parts = HeifParts {
+        ftyp: b"mif1\0\0\0\0mif1".to_vec(),
+        meta_last,
+        ..HeifParts::default()
+    };
+    heif_file(&[HeifItem::new(b"jpeg", jpeg).sized(width, height)], &parts)
+}
+
 fn jpeg_segment(marker: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0xFF, marker];
     out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
@@ -500,6 +534,9 @@ pub struct HeifParts {
     pub after: Vec<u8>,
     /// The primary item's id (`pitm`): items are numbered from 1.
     pub primary: u16,
+    /// `mdat` before `meta` (as Samsung phones write it), `parts.after`
+    /// last.
+    pub meta_last: bool,
 }
 
 impl Default for HeifParts {
@@ -510,6 +547,7 @@ impl Default for HeifParts {
             in_meta: Vec::new(),
             after: Vec::new(),
             primary: 1,
+            meta_last: false,
         }
     }
 }
@@ -564,15 +602,25 @@ pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
     };
     let mut out = iso_box(b"ftyp", &parts.ftyp);
     out.extend_from_slice(&parts.before_meta);
-    let mut at = (out.len() + meta(&vec![0; items.len()]).len() + 8) as u32;
+    let meta_len = if parts.meta_last {
+        0
+    } else {
+        meta(&vec![0; items.len()]).len()
+    };
+    let mut at = (out.len() + meta_len + 8) as u32;
     let mut offsets = Vec::new();
     for item in items {
         offsets.push(at);
         at += item.data.len() as u32;
     }
-    out.extend(meta(&offsets));
     let data: Vec<u8> = items.iter().flat_map(|item| item.data.clone()).collect();
-    out.extend(iso_box(b"mdat", &data));
+    if parts.meta_last {
+        out.extend(iso_box(b"mdat", &data));
+        out.extend(meta(&offsets));
+    } else {
+        out.extend(meta(&offsets));
+        out.extend(iso_box(b"mdat", &data));
+    }
     out.extend_from_slice(&parts.after);
     out
 }

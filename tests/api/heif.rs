@@ -228,3 +228,58 @@ async fn a_service_killed_between_the_two_passes_leaves_nothing_readable() {
     unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
     service.wait().unwrap();
 }
+
+/// A HEIF whose image item is JPEG-coded (`jpeg`), holding a real phone
+/// photo with EXIF (GPS, maker, owner, serial number) and XMP: the
+/// downloaded original holds none of it, with its `meta` box first or
+/// after `mdat` (the second pass), and the item is still the same JPEG
+/// pixels at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jpeg_item_is_stored_without_its_exif_or_xmp() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let jpeg = include_bytes!("../../examples/images/phone-photo.jpg");
+    for meta_last in [false, true] {
+        let photo = images::heif_with_jpeg_item(jpeg, 480, 360, meta_last);
+        for secret in images::PHONE_SECRETS {
+            assert!(contains(&photo, secret.as_bytes()), "{secret} in fixture");
+        }
+        let image = match app.upload("alice", spec("jpeg-item.heif"), &photo).await {
+            Ok(image) => image,
+            // A build whose HEIF decoder cannot read JPEG items refuses it.
+            Err(status) if cfg!(feature = "heif") => {
+                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                continue;
+            }
+            Err(status) => panic!("{status:?}"),
+        };
+        assert_eq!(image.content_type, "image/heif");
+        assert_eq!((image.width, image.height), (480, 360));
+        assert!(image.metadata_stripped);
+        let stored = app.download("alice", &image.image_id).await.unwrap();
+        assert_eq!(stored.len(), photo.len(), "nothing moves");
+        for secret in images::PHONE_SECRETS {
+            assert!(!contains(&stored, secret.as_bytes()), "{secret} stored");
+        }
+        for tag in [&b"Exif\0\0"[..], b"http://ns.adobe.com/xap"] {
+            assert!(
+                !contains(&stored, tag),
+                "{tag:?} stored (meta last: {meta_last})"
+            );
+        }
+        let at = photo.windows(jpeg.len()).position(|w| w == jpeg).unwrap();
+        let item = &stored[at..at + jpeg.len()];
+        let decoded = image::load_from_memory(item).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (480, 360));
+        for (name, bytes) in [("stored.heif", &stored[..]), ("item.jpg", item)] {
+            if let Some(tags) = crate::helpers::exiftool_tags(name, bytes) {
+                assert!(tags.contains("ImageSize"), "exiftool read {name}: {tags}");
+                for tag in ["GPS", "Artist", "SerialNumber", "Make\"", "XMP"] {
+                    assert!(
+                        !tags.contains(tag),
+                        "exiftool finds {tag} in {name}: {tags}"
+                    );
+                }
+            }
+        }
+    }
+}

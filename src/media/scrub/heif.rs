@@ -20,6 +20,13 @@
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
 //!   `uri ` items, unknown types) by zeros.
+//! - JPEG-coded items (`jpeg`): a phone JPEG stored whole, with its EXIF
+//!   and XMP. They are walked segment by segment as they stream by, one byte
+//!   of state at a time (see [`Walk`]): the segments the JPEG scrubber keeps
+//!   stay, every other keeps its marker and length and has its payload
+//!   zeroed, so nothing moves and the JPEG still decodes. Their EXIF
+//!   orientation goes too: HEIF orients by `irot`. Their pieces must lie in
+//!   order, and on one side of the `meta` box.
 //! - Names: the free text kept structure may carry, the handler's name
 //!   (`hdlr`, its last field) and every item's name (`infe`), is emptied in
 //!   place: zeros, and in `infe` what follows the name moves up, so no box
@@ -123,10 +130,11 @@ const PROPERTIES: [&[u8; 4]; 38] = [
     b"reve", b"pasp", b"ccst", b"cloc", b"splz", b"sbpm", b"free", b"skip",
 ];
 /// Item types whose bytes are image data (coded images, tiles, derived
-/// images, masks); every other item is blanked.
-const IMAGE_ITEMS: [&[u8; 4]; 15] = [
-    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"jpeg", b"j2k1", b"unci",
-    b"grid", b"iden", b"iovl", b"tmap", b"mski",
+/// images, masks); every other item is blanked (and a `jpeg` item is
+/// walked segment by segment, see [`Walk`]).
+const IMAGE_ITEMS: [&[u8; 4]; 14] = [
+    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"grid",
+    b"iden", b"iovl", b"tmap", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -219,6 +227,11 @@ struct Blank {
     item_offset: u64,
     item_len: u64,
     kind: Item,
+    /// The item's id, to carry a `jpeg` item's walk from one extent to
+    /// the next.
+    id: u64,
+    /// Where a `jpeg` item's segment walk stands at `start`.
+    walk: Walk,
 }
 
 /// The kinds of items that are blanked.
@@ -228,6 +241,8 @@ enum Item {
     Xmp,
     /// Any other item that is not image data: zeros.
     Other,
+    /// A JPEG-coded image: its metadata segments are blanked ([`Walk`]).
+    Jpeg,
 }
 
 /// The empty item an `Exif` item becomes: the 4-byte offset to the TIFF
@@ -248,7 +263,7 @@ impl Item {
         let (template, fill): (&[u8], u8) = match self {
             Item::Exif => (&EMPTY_EXIF, 0),
             Item::Xmp => (EMPTY_XMP, b' '),
-            Item::Other => (&[], 0),
+            Item::Other | Item::Jpeg => (&[], 0),
         };
         if len < template.len() as u64 {
             return fill;
@@ -261,12 +276,268 @@ impl Item {
     }
 }
 
-impl Blank {
-    /// The replacement for the file's byte at `at`.
-    fn byte(&self, at: u64) -> u8 {
-        self.kind
-            .byte(self.item_offset + (at - self.start), self.item_len)
+/// Where the walk through a `jpeg` item's segments stands, one byte at a
+/// time (no more than this is held, so an item may be cut anywhere across
+/// chunks and extents): it mirrors the JPEG scrubber's allow-list, but in
+/// place. Frame headers, tables, restart intervals, scans and their data,
+/// and EOI pass as they are; APP0 JFIF keeps its 12 bytes of version and
+/// densities, APP2 an ICC profile, APP14 Adobe its 12 bytes; every other
+/// segment (EXIF and XMP in APP1, IPTC, vendor segments, comments) keeps its
+/// marker and length and has its payload zeroed, which readers skip as an
+/// unknown segment. Bytes after EOI, and every byte from where the structure
+/// breaks, become zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Walk {
+    /// Before SOI, and after its `FF`.
+    #[default]
+    Start,
+    StartMarker,
+    /// Expecting a marker; `ff` once an `FF` went by, `scanned` once a
+    /// scan has begun.
+    Marker {
+        ff: bool,
+        scanned: bool,
+    },
+    /// A segment's length; `high` once its first byte went by.
+    Length {
+        marker: u8,
+        high: Option<u8>,
+        scanned: bool,
+    },
+    /// `left` bytes of a segment's payload, `at` of them gone by.
+    Payload {
+        marker: u8,
+        at: u16,
+        left: u16,
+        keep: Keep,
+        scanned: bool,
+    },
+    /// Entropy-coded data; `ff` after an `FF`.
+    Scan {
+        ff: bool,
+    },
+    /// After EOI or a break: zeros.
+    Zeros,
+}
+
+/// What is kept of a segment's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    All,
+    Nothing,
+    /// The payload when it opens with `tag`: the bytes of `tag` (which say
+    /// nothing) while they match, then up to `limit` bytes in all
+    /// (`None`: all); zeros from the first byte that does not match.
+    Tagged {
+        tag: &'static [u8],
+        limit: Option<u16>,
+        matched: bool,
+    },
+}
+
+impl Keep {
+    /// The segments the JPEG scrubber keeps, and how much of them.
+    fn of(marker: u8) -> Self {
+        let tagged = |tag, limit| Keep::Tagged {
+            tag,
+            limit,
+            matched: true,
+        };
+        match marker {
+            0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Keep::All,
+            // JFIF without its thumbnail (its size, bytes 12 and 13, too).
+            0xE0 => tagged(b"JFIF\0", Some(12)),
+            0xE2 => tagged(b"ICC_PROFILE\0", None),
+            0xEE => tagged(b"Adobe", Some(12)),
+            _ => Keep::Nothing,
+        }
     }
+
+    /// Payload byte `at`, which is `byte`, as kept.
+    fn byte(&mut self, at: u16, byte: u8) -> u8 {
+        match self {
+            Keep::All => byte,
+            Keep::Nothing => 0,
+            Keep::Tagged {
+                tag,
+                limit,
+                matched,
+            } => {
+                if let Some(&expected) = tag.get(usize::from(at)) {
+                    *matched &= byte == expected;
+                }
+                let kept = *matched && limit.is_none_or(|limit| at < limit);
+                if kept { byte } else { 0 }
+            }
+        }
+    }
+}
+
+impl Walk {
+    /// The next byte of the item, `byte`, as it is stored.
+    fn step(&mut self, byte: u8) -> u8 {
+        let (next, out) = self.next(byte);
+        *self = next;
+        out
+    }
+
+    fn next(self, byte: u8) -> (Walk, u8) {
+        let after = |marker: u8, scanned: bool| {
+            if marker == 0xDA {
+                Walk::Scan { ff: false }
+            } else {
+                Walk::Marker { ff: false, scanned }
+            }
+        };
+        match self {
+            Walk::Start if byte == 0xFF => (Walk::StartMarker, byte),
+            Walk::StartMarker if byte == 0xD8 => (
+                Walk::Marker {
+                    ff: false,
+                    scanned: false,
+                },
+                byte,
+            ),
+            Walk::Start | Walk::StartMarker | Walk::Zeros => (Walk::Zeros, 0),
+            Walk::Marker { ff: false, scanned } => match byte {
+                0xFF => (Walk::Marker { ff: true, scanned }, byte),
+                // Damage after a scan: decoders skip to the next marker.
+                _ if scanned => (Walk::Scan { ff: false }, byte),
+                _ => (Walk::Zeros, 0),
+            },
+            Walk::Marker { ff: true, scanned } => match byte {
+                // Fill bytes.
+                0xFF => (self, byte),
+                _ if scanned && !super::jpeg::ends_scan(byte) => (Walk::Scan { ff: false }, byte),
+                // EOI: what follows is not the image.
+                0xD9 => (Walk::Zeros, byte),
+                0x00 | 0x01 | 0xD0..=0xD8 => (Walk::Zeros, 0),
+                marker => (
+                    Walk::Length {
+                        marker,
+                        high: None,
+                        scanned,
+                    },
+                    byte,
+                ),
+            },
+            Walk::Length {
+                marker,
+                high: None,
+                scanned,
+            } => (
+                Walk::Length {
+                    marker,
+                    high: Some(byte),
+                    scanned,
+                },
+                byte,
+            ),
+            Walk::Length {
+                marker,
+                high: Some(high),
+                scanned,
+            } => match u16::from_be_bytes([high, byte]) {
+                len if len < 2 && scanned => (Walk::Scan { ff: false }, byte),
+                len if len < 2 => (Walk::Zeros, 0),
+                2 => (after(marker, scanned), byte),
+                len => (
+                    Walk::Payload {
+                        marker,
+                        at: 0,
+                        left: len - 2,
+                        keep: Keep::of(marker),
+                        scanned,
+                    },
+                    byte,
+                ),
+            },
+            Walk::Payload {
+                marker,
+                at,
+                left,
+                mut keep,
+                scanned,
+            } => {
+                let out = keep.byte(at, byte);
+                let next = if left == 1 {
+                    after(marker, scanned)
+                } else {
+                    Walk::Payload {
+                        marker,
+                        at: at + 1,
+                        left: left - 1,
+                        keep,
+                        scanned,
+                    }
+                };
+                (next, out)
+            }
+            Walk::Scan { ff: true } if byte == 0xFF => (self, byte),
+            Walk::Scan { ff: true } if super::jpeg::ends_scan(byte) => Walk::Marker {
+                ff: true,
+                scanned: true,
+            }
+            .next(byte),
+            Walk::Scan { .. } => (Walk::Scan { ff: byte == 0xFF }, byte),
+        }
+    }
+}
+
+impl Blank {
+    /// The replacement for the file's byte at `at`, which is `original`:
+    /// the bytes of an item are given in order.
+    fn byte(&mut self, at: u64, original: u8) -> u8 {
+        match self.kind {
+            Item::Jpeg => self.walk.step(original),
+            kind => kind.byte(self.item_offset + (at - self.start), self.item_len),
+        }
+    }
+}
+
+/// Overwrites the parts of `blanks` (sorted, disjoint) in `bytes`, the
+/// file's bytes from `start`; a `jpeg` item's walk passes on to its next
+/// extent when one ends here. Whether any byte was overwritten (an item
+/// other than `jpeg` met counts as changed).
+fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
+    let end = start + bytes.len() as u64;
+    let mut changed = false;
+    for i in 0..blanks.len() {
+        let blank = &mut blanks[i];
+        if blank.start >= end {
+            break;
+        }
+        if blank.end <= start {
+            continue;
+        }
+        changed |= blank.kind != Item::Jpeg;
+        let (mut at, to) = (blank.start.max(start), blank.end.min(end));
+        while at < to {
+            if blank.walk == (Walk::Scan { ff: false }) {
+                // Scan data passes as it is up to the next `FF`.
+                let rest = &bytes[(at - start) as usize..(to - start) as usize];
+                at += memchr::memchr(0xFF, rest).unwrap_or(rest.len()) as u64;
+                if at == to {
+                    break;
+                }
+            }
+            let byte = &mut bytes[(at - start) as usize];
+            let new = blank.byte(at, *byte);
+            changed |= new != *byte;
+            *byte = new;
+            at += 1;
+        }
+        let (id, walk) = (blank.id, blank.walk);
+        if blank.kind == Item::Jpeg
+            && blank.end <= end
+            && let Some(next) = blanks[i + 1..]
+                .iter_mut()
+                .find(|next| next.kind == Item::Jpeg && next.id == id)
+        {
+            next.walk = walk;
+        }
+    }
+    changed
 }
 
 /// Sorts `blanks` and refuses overlapping ones (no real file overlaps its
@@ -362,13 +633,8 @@ fn blank_at(
         blanks.retain(|b| b.end > end);
         return bytes;
     }
-    *changed = true;
     let mut copy = BytesMut::from(&bytes[..]);
-    for blank in blanks.iter().take_while(|b| b.start < end) {
-        for at in blank.start.max(start)..blank.end.min(end) {
-            copy[(at - start) as usize] = blank.byte(at);
-        }
-    }
+    *changed |= overwrite(blanks, &mut copy, start);
     blanks.retain(|b| b.end > end);
     copy.freeze()
 }
@@ -524,6 +790,16 @@ impl Scrubber {
                 let behind = ahead.iter().filter(|blank| blank.end <= meta_start).count();
                 ahead.sort_unstable_by_key(|blank| blank.end <= meta_start);
                 let behind = ahead.split_off(ahead.len() - behind);
+                let jpeg = |blank: &&Blank| blank.kind == Item::Jpeg;
+                if behind
+                    .iter()
+                    .filter(jpeg)
+                    .any(|b| ahead.iter().filter(jpeg).any(|a| a.id == b.id))
+                {
+                    return Err(MediaError::invalid(
+                        "the HEIF's jpeg item lies both before and after its meta box",
+                    ));
+                }
                 if ahead.iter().any(|blank| blank.start < meta_end) {
                     return Err(MediaError::invalid(
                         "the HEIF's item locations point into its own boxes",
@@ -731,12 +1007,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), Me
     let idat = idat.map(|idat| (idat.body as u64, idat.end as u64));
     let (ahead, mut in_meta) = item_extents(&meta[iloc.body..iloc.end], &kinds, idat)?;
     sort_disjoint(&mut in_meta)?;
-    for blank in in_meta {
-        for at in blank.start..blank.end {
-            meta[at as usize] = blank.byte(at);
-        }
-        changed = true;
-    }
+    changed |= overwrite(&mut in_meta, meta, 0);
     Ok((ahead, changed))
 }
 
@@ -826,7 +1097,9 @@ fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, NameAt), MediaError> {
         let name = (entry.at, entry.string().len());
         (id, *b"mime", name, entry.string())
     };
-    let kind = if listed(&IMAGE_ITEMS, &item_type) {
+    let kind = if &item_type == b"jpeg" {
+        Some(Item::Jpeg)
+    } else if listed(&IMAGE_ITEMS, &item_type) {
         None
     } else if &item_type == b"Exif" {
         Some(Item::Exif)
@@ -971,12 +1244,24 @@ fn item_extents(
             } else {
                 &mut ahead
             };
+            // A JPEG is walked in order: its pieces must lie in order.
+            if kind == Item::Jpeg
+                && into.last().is_some_and(|last: &Blank| {
+                    last.id == id && last.kind == kind && last.end > start
+                })
+            {
+                return Err(MediaError::invalid(
+                    "the HEIF's jpeg item has pieces out of order",
+                ));
+            }
             into.push(Blank {
                 start,
                 end,
                 item_offset: item_len,
                 item_len: 0,
                 kind,
+                id,
+                walk: Walk::default(),
             });
             item_len += length;
         }
@@ -1168,7 +1453,8 @@ mod tests {
     use super::*;
     use crate::fixtures::{
         HeifItem, HeifLayout, HeifParts, PHONE_SECRETS, heic_grid, heic_motion_photo, heic_photo,
-        heif_file, heif_iloc_bomb as iloc_bomb, iso_box, iso_full_box, phone_heif_items,
+        heif_file, heif_iloc_bomb as iloc_bomb, heif_with_jpeg_item, iso_box, iso_full_box,
+        phone_heif_items, phone_photo_with_extras,
     };
 
     /// The bytes stored for `bytes` pushed in chunks of `chunk`, and what
@@ -1232,6 +1518,137 @@ mod tests {
         // Scrubbed again, nothing changes: the names are gone.
         let (again, _) = scrub(&stored, 64).unwrap();
         assert_eq!(again, stored);
+    }
+
+    /// The file after both passes: the first, streamed in `chunk`s, and
+    /// the second over its output when the first hands one over.
+    fn scrub_both(bytes: &[u8], chunk: usize) -> Vec<u8> {
+        let mut scrubber = Scrubber::new(false);
+        let mut out = Vec::new();
+        for part in bytes.chunks(chunk) {
+            scrubber
+                .push(Bytes::copy_from_slice(part), &mut out)
+                .unwrap();
+        }
+        let report = scrubber.finish(&mut out).unwrap();
+        assert!(report.stripped);
+        let first = out.concat();
+        let Some(mut rescrub) = report.rescrub else {
+            return first;
+        };
+        let mut second = Vec::new();
+        for piece in first.chunks(chunk) {
+            second.extend_from_slice(&rescrub.apply(Bytes::copy_from_slice(piece)));
+        }
+        assert!(rescrub.is_done());
+        second
+    }
+
+    /// A `jpeg` item (a phone JPEG stored as a HEIF image item) loses its
+    /// EXIF, XMP, IPTC, vendor segment and comment in place, whether its
+    /// `meta` box comes first or after `mdat`, however the file is cut:
+    /// the same bytes, nothing moved, the JPEG still decodes with its
+    /// pixels and its ICC profile.
+    #[test]
+    fn a_jpeg_item_loses_its_metadata_segments_in_place() {
+        let jpeg = phone_photo_with_extras(64, 48);
+        let pixels = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        for meta_last in [false, true] {
+            let original = heif_with_jpeg_item(&jpeg, 64, 48, meta_last);
+            let at = original
+                .windows(jpeg.len())
+                .position(|w| w == jpeg)
+                .unwrap();
+            assert!(
+                contains(&original, PHONE_SECRETS[3].as_bytes()),
+                "GPS in fixture"
+            );
+            let whole = scrub_both(&original, original.len());
+            for chunk in [1, 3, 7, 100, 4096] {
+                assert_eq!(scrub_both(&original, chunk), whole, "{chunk}-byte chunks");
+            }
+            assert_eq!(whole.len(), original.len(), "nothing moves");
+            assert_no_secrets(&whole, "the jpeg item");
+            for tag in [
+                &b"Exif\0\0"[..],
+                b"http://ns.adobe.com/xap",
+                b"Photoshop 3.0",
+            ] {
+                assert!(!contains(&whole, tag), "{tag:?} left");
+            }
+            let item = &whole[at..at + jpeg.len()];
+            assert!(contains(item, b"ICC_PROFILE\0\x01\x01colour-profile-bytes"));
+            assert!(item.starts_with(b"\xFF\xD8") && item.ends_with(b"\xFF\xD9"));
+            let decoded = image::load_from_memory(item).unwrap().to_rgb8();
+            assert_eq!(decoded, pixels, "the same pixels");
+            assert_eq!(heif_dimensions(&whole, true).unwrap(), Some((64, 48)));
+            // Scrubbed again, nothing changes.
+            assert_eq!(scrub_both(&whole, 5), whole);
+        }
+    }
+
+    /// A `jpeg` item cut into pieces with another item between them is
+    /// walked across the gap; bytes after EOI and a broken structure are
+    /// zeros; pieces out of order are refused.
+    #[test]
+    fn a_jpeg_item_is_walked_across_its_pieces() {
+        let jpeg = phone_photo_with_extras(16, 16);
+        let cut = jpeg.len() / 3;
+        let mut file = jpeg[..cut].to_vec();
+        file.extend_from_slice(PHONE_SECRETS[3].as_bytes());
+        let gap = cut as u64;
+        file.extend_from_slice(&jpeg[cut..]);
+        file.extend_from_slice(PHONE_SECRETS[2].as_bytes());
+        let piece = |start: u64, end: u64, kind| Blank {
+            start,
+            end,
+            item_offset: 0,
+            item_len: 0,
+            kind,
+            id: 1,
+            walk: Walk::default(),
+        };
+        let gap_end = gap + PHONE_SECRETS[3].len() as u64;
+        let mut blanks = vec![
+            piece(0, cut as u64, Item::Jpeg),
+            Blank {
+                id: 2,
+                ..piece(gap, gap_end, Item::Other)
+            },
+            piece(gap_end, file.len() as u64, Item::Jpeg),
+        ];
+        let mut stored = Vec::new();
+        let mut position = 0;
+        for part in file.chunks(11) {
+            let part = blank_at(
+                &mut blanks,
+                &mut position,
+                Bytes::copy_from_slice(part),
+                &mut false,
+            );
+            stored.extend_from_slice(&part);
+        }
+        assert!(blanks.is_empty());
+        assert_no_secrets(&stored, "the pieces");
+        let mut item = stored[..cut].to_vec();
+        item.extend_from_slice(&stored[gap_end as usize..]);
+        image::load_from_memory(&item).unwrap();
+        assert!(
+            item[jpeg.len()..].iter().all(|&b| b == 0),
+            "after EOI: zeros"
+        );
+        // Not a JPEG at all: zeros.
+        let mut walk = Walk::default();
+        let text = PHONE_SECRETS[0].as_bytes();
+        assert!(text.iter().all(|&b| walk.step(b) == 0));
+        // Pieces out of order cannot be walked.
+        let mut iloc = vec![1, 0, 0, 0, 0x44, 0x00, 0, 1, 0, 1, 0, 0, 0, 0, 0, 2];
+        for (offset, length) in [(100u32, 10u32), (50, 10)] {
+            iloc.extend_from_slice(&offset.to_be_bytes());
+            iloc.extend_from_slice(&length.to_be_bytes());
+        }
+        let error = item_extents(&iloc, &[(1, Item::Jpeg)], None).unwrap_err();
+        assert!(error.to_string().contains("out of order"), "{error}");
     }
 
     /// Before the bound, the 12 KB file made a replica allocate 2 GB (16

@@ -509,3 +509,21 @@ pub fn stdout(output: &std::process::Output) -> String {
 pub fn json(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(&stdout(output)).expect("JSON output")
 }
+
+/// What exiftool reads in `bytes` written to a file named `name`
+/// (`-json -a -G1`), or `None` where exiftool is not installed.
+pub fn exiftool_tags(name: &str, bytes: &[u8]) -> Option<String> {
+    let version = std::process::Command::new("exiftool").arg("-ver").output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let output = std::process::Command::new("exiftool")
+        .args(["-json", "-a", "-G1"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
