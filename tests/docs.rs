@@ -1,7 +1,8 @@
 //! The docs, checked against what they describe, so that they cannot drift:
 //! the configuration page against the binary's `--help` (and each
 //! command's), the architecture page's code map against the files under
-//! `src/`, and every relative link and anchor of the README and `docs/`.
+//! `src/`, the paths the docs name, and every relative link and anchor of
+//! the README, `BENCHMARKS.md` and `docs/`.
 //! No network, no server: the binary is only asked for its help.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -245,16 +246,36 @@ fn the_code_map_names_every_file_under_src() {
     );
 }
 
+/// The folders of the repository whose paths the docs name in passing (a
+/// file a section is about, a script to run): each such path must exist.
+const NAMED_FOLDERS: [&str; 9] = [
+    "src/",
+    "tests/",
+    "benches/",
+    "scripts/",
+    "deploy/",
+    "examples/",
+    "proto/",
+    "fuzz/",
+    "docs/",
+];
+
 #[test]
-fn every_src_path_the_docs_name_exists() {
-    let path_char = |c: char| c.is_ascii_alphanumeric() || "_./-".contains(c);
+fn every_path_the_docs_name_exists() {
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "_./-*{".contains(c);
     let mut missing = Vec::new();
     for file in markdown_files() {
         let text = read(&file);
-        for token in tokens(&text, "src/", path_char) {
-            let path = token.trim_end_matches('.');
-            if !root().join(path).exists() {
-                missing.push(format!("{file}: {path}"));
+        for folder in NAMED_FOLDERS {
+            for token in tokens(&text, folder, path_char) {
+                // Patterns (`fuzz/corpus/*/`, `scrub/{jpeg,png}.rs`) name no one path.
+                if token.contains(['*', '{']) {
+                    continue;
+                }
+                let path = token.trim_end_matches('.');
+                if !root().join(path).exists() {
+                    missing.push(format!("{file}: {path}"));
+                }
             }
         }
     }
