@@ -1042,8 +1042,8 @@ pub fn limits() -> crate::domain::Limits {
 
 #[cfg(test)]
 mod tests {
-    /// `examples/images/phone-photo.jpg`, which the Python example and the
-    /// README try the service with, is a [`super::camera_photo`]: it
+    /// `examples/images/phone-photo.jpg`, which the Python example tries the
+    /// service with (`scripts/walkthrough`), is a [`super::camera_photo`]: it
     /// carries everything a phone writes that the service removes.
     /// `IMAGE_SERVICE_WRITE_EXAMPLES=1 cargo test --lib` writes it anew.
     #[test]
