@@ -14,8 +14,11 @@ impl UserId {
     /// Longest accepted id, in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Accepts 1 to 128 bytes with no control characters and no surrounding
-    /// white space: ids are stored and compared verbatim.
+    /// Accepts 1 to 128 bytes with no control or invisible formatting
+    /// characters and no surrounding white space: ids are stored and
+    /// compared verbatim, and shown to other users as an image's owner, so
+    /// a right-to-left override or a zero-width space could make one id
+    /// look like another.
     pub fn parse(text: &str) -> Result<Self, DomainError> {
         if text.is_empty() {
             return Err(DomainError::invalid("user id is empty"));
@@ -23,9 +26,9 @@ impl UserId {
         if text.len() > Self::MAX_LEN {
             return Err(DomainError::invalid("user id is longer than 128 bytes"));
         }
-        if text.trim() != text || text.chars().any(char::is_control) {
+        if text.trim() != text || text.chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(DomainError::invalid(
-                "user id has control characters or surrounding white space",
+                "user id has control or invisible formatting characters, or surrounding white space",
             ));
         }
         Ok(Self(text.to_owned()))
@@ -34,6 +37,32 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that change how text around them is shown without being seen
+/// themselves: the format characters (Unicode category Cf: bidirectional
+/// overrides and isolates, zero-width spaces and joiners, the byte order
+/// mark, tags) and the line and paragraph separators.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 impl fmt::Display for UserId {
@@ -58,5 +87,15 @@ mod tests {
         assert!(UserId::parse(" alice").is_err());
         assert!(UserId::parse("al\nice").is_err());
         assert!(UserId::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn ids_that_would_display_as_another_are_rejected() {
+        assert!(UserId::parse("alice\u{202E}ecila").is_err());
+        assert!(UserId::parse("ali\u{200B}ce").is_err());
+        assert!(UserId::parse("\u{FEFF}alice").is_err());
+        assert!(UserId::parse("alice\u{2066}").is_err());
+        assert!(UserId::parse("José").is_ok());
+        assert!(UserId::parse("山田").is_ok());
     }
 }

@@ -620,3 +620,63 @@ async fn a_forged_token_header_cannot_forge_or_restyle_log_lines() {
         }
     }
 }
+
+/// A token signed by `key` over a header and claims written as given,
+/// for the fields jsonwebtoken's own types cannot express.
+fn raw_token(key: &SigningKey, header: serde_json::Value, claims: &serde_json::Value) -> String {
+    let message = format!(
+        "{}.{}",
+        base64_url(&header.to_string()),
+        base64_url(&claims.to_string())
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key.private, key.algorithm).expect("signs");
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn critical_extensions_issuer_lists_and_disguised_users_are_refused_numeric_subjects_are_users()
+ {
+    let ed = SigningKey::ed25519("ed-1");
+    let provider = Provider::start(&[&ed]).await;
+    let app = spawn(&provider, &[]).await;
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "ed-1"});
+    // The raw signer is right: the same token without the oddity passes.
+    assert_eq!(
+        owner_of_upload(&app, &raw_token(&ed, header.clone(), &claims("edda"))).await,
+        "edda"
+    );
+
+    // `b64: false` would change what the signature covers; the service
+    // understands no extension, so any `crit` is refused.
+    let mut critical = header.clone();
+    critical["crit"] = serde_json::json!(["b64"]);
+    critical["b64"] = false.into();
+    refused(
+        list(&app, &raw_token(&ed, critical, &claims("edda"))).await,
+        "a critical extension",
+    );
+    // `iss` is one string, not a list to pick from.
+    let mut listed = claims("edda");
+    listed["iss"] = serde_json::json!(["https://a.example", "https://b.example"]);
+    refused(
+        list(&app, &raw_token(&ed, header.clone(), &listed)).await,
+        "an issuer list",
+    );
+    // A right-to-left override would show "mallory" as someone else.
+    refused(
+        list(
+            &app,
+            &raw_token(&ed, header.clone(), &claims("mal\u{202E}yrol")),
+        )
+        .await,
+        "a subject with a bidirectional override",
+    );
+    // A numeric subject is an id like any other.
+    let mut numeric = claims("ignored");
+    numeric["sub"] = 4_207_001.into();
+    assert_eq!(
+        owner_of_upload(&app, &raw_token(&ed, header, &numeric)).await,
+        "4207001"
+    );
+}

@@ -103,10 +103,10 @@ impl ClaimRules {
         validation.validate_nbf = true;
         // A configured issuer or audience is required, not only checked
         // when present: jsonwebtoken checks absent claims only if told to.
+        // The user claim is not listed: jsonwebtoken would require it to be
+        // a string, and a numeric `sub` is a user id too ([`Self::user`]
+        // refuses a token without one).
         let mut required = vec!["exp"];
-        if self.user_claim == "sub" {
-            required.push("sub");
-        }
         if self.issuer.is_some() {
             required.push("iss");
         }
@@ -124,8 +124,13 @@ impl ClaimRules {
         validation
     }
 
-    /// The user a verified token's claims name.
+    /// The user a verified token's claims name, if its claims are well
+    /// formed: `iss` is one string (RFC 7519 §4.1.1; jsonwebtoken would also
+    /// take a list and match any of its members).
     fn user(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<UserId> {
+        if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+            return None;
+        }
         let text = match claims.get(&self.user_claim)? {
             serde_json::Value::String(text) => text.clone(),
             serde_json::Value::Number(number) => number.to_string(),
@@ -234,6 +239,10 @@ impl Authenticator {
                     return Err(invalid());
                 }
                 let token = token.trim();
+                if let Err(reason) = understood_header(token) {
+                    tracing::debug!(reason, "rejected bearer token");
+                    return Err(invalid());
+                }
                 let verified = match keys {
                     Keys::Fixed { key, validation } => {
                         jsonwebtoken::decode::<Claims>(token, key, validation)
@@ -252,6 +261,25 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// Refuses a token whose header lists critical extensions (`crit`): the
+/// service understands none, and RFC 7515 §4.1.11 says a recipient that does
+/// not understand one must reject the token (`b64: false`, for one, changes
+/// what the signature covers). jsonwebtoken ignores header fields it does
+/// not know, so the header is read here first.
+fn understood_header(token: &str) -> Result<(), &'static str> {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or_default();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| "the token's header is not base64url")?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| "the token's header is not a JSON object")?;
+    if header.contains_key("crit") {
+        return Err("the token's header lists critical extensions, and none is understood");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
