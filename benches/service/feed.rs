@@ -5,8 +5,10 @@
 use std::fmt::Write as _;
 
 use image_service::pb;
+use image_service::pb::image_service_client::ImageServiceClient;
 use image_service::testkit::as_user;
 use image_service::testkit::stats::{ms, percentile};
+use tonic::transport::Channel;
 
 use crate::Plan;
 use crate::harness::{Stores, small_png, start_service, time, upload};
@@ -47,51 +49,8 @@ async fn backend_row(plan: &Plan, name: &str, args: &[String]) -> String {
             .expect("a feed image");
         ids.push(image.image_id);
     }
-    let batch = || {
-        let message = pb::BatchGetImagesRequest {
-            image_ids: ids.clone(),
-            url_variant: "small".into(),
-            ..Default::default()
-        };
-        let client = client.clone();
-        async move {
-            let page = client
-                .clone()
-                .batch_get_images(as_user("viewer", message))
-                .await
-                .expect("a batch")
-                .into_inner();
-            assert_eq!(page.images.len(), FEED_PAGE, "a whole page");
-            assert!(page.images.iter().all(|i| !i.url.is_empty()));
-        }
-    };
-    let singles = || {
-        let client = client.clone();
-        let ids = ids.clone();
-        async move {
-            let calls = ids.iter().map(|id| {
-                let client = client.clone();
-                async move {
-                    let get = pb::GetImageRequest {
-                        image_id: id.clone(),
-                    };
-                    let url = pb::GetDownloadUrlRequest {
-                        image_id: id.clone(),
-                        variant: "small".into(),
-                        ..Default::default()
-                    };
-                    let (mut images, mut urls) = (client.clone(), client.clone());
-                    let (image, url) = futures::join!(
-                        images.get_image(as_user("viewer", get)),
-                        urls.get_download_url(as_user("viewer", url))
-                    );
-                    image.expect("an image");
-                    url.expect("a URL");
-                }
-            });
-            futures::future::join_all(calls).await;
-        }
-    };
+    let batch = || batch_page(client.clone(), ids.clone());
+    let singles = || single_calls(client.clone(), ids.clone());
     // Warm both paths, then time them in turn.
     batch().await;
     singles().await;
@@ -119,4 +78,45 @@ async fn backend_row(plan: &Plan, name: &str, args: &[String]) -> String {
         ms(percentile(&single, 0.5)) / ms(percentile(&batched, 0.5)),
         single_cpu / batched_cpu.max(1e-9),
     )
+}
+
+/// The page in one `BatchGetImages`.
+async fn batch_page(mut client: ImageServiceClient<Channel>, ids: Vec<String>) {
+    let message = pb::BatchGetImagesRequest {
+        image_ids: ids,
+        url_variant: "small".into(),
+        ..Default::default()
+    };
+    let page = client
+        .batch_get_images(as_user("viewer", message))
+        .await
+        .expect("a batch")
+        .into_inner();
+    assert_eq!(page.images.len(), FEED_PAGE, "a whole page");
+    assert!(page.images.iter().all(|i| !i.url.is_empty()));
+}
+
+/// The page in a `GetImage` and a `GetDownloadUrl` per image, all at once.
+async fn single_calls(client: ImageServiceClient<Channel>, ids: Vec<String>) {
+    let calls = ids.iter().map(|id| {
+        let client = client.clone();
+        async move {
+            let get = pb::GetImageRequest {
+                image_id: id.clone(),
+            };
+            let url = pb::GetDownloadUrlRequest {
+                image_id: id.clone(),
+                variant: "small".into(),
+                ..Default::default()
+            };
+            let (mut images, mut urls) = (client.clone(), client.clone());
+            let (image, url) = futures::join!(
+                images.get_image(as_user("viewer", get)),
+                urls.get_download_url(as_user("viewer", url))
+            );
+            image.expect("an image");
+            url.expect("a URL");
+        }
+    });
+    futures::future::join_all(calls).await;
 }

@@ -48,41 +48,11 @@ pub fn run(plan: &Plan) -> String {
     for (i, (what, jpeg, orientation)) in photos.iter().enumerate() {
         let path = dir.path().join(format!("photo-{i}.jpg"));
         std::fs::write(&path, jpeg).expect("write photo");
-        let (ours, profile, medium, peak) = our_renders(jpeg, *orientation as u8, plan.renders);
-        let (width, height) = imagesize::blob_size(jpeg)
-            .map(|size| (size.width as u32, size.height as u32))
-            .expect("the photo's size");
-        let reserved =
-            image_service::media::variants::memory_needed(jpeg, "image/jpeg", width, height);
-        let reference = reference_image(jpeg, *orientation);
-        let our_psnr = psnr(&reference, &medium);
-        let (theirs, their_psnr) = match vips_renders(&path, plan.renders) {
-            Ok((ms, medium_path)) => {
-                let medium = image::open(&medium_path)
-                    .expect("libvips' medium")
-                    .to_rgb8();
-                (format!("{ms:.1}"), Some((ms, psnr(&reference, &medium))))
-            }
-            Err(why) => {
-                vips_error = Some(why);
-                ("–".into(), None)
-            }
-        };
-        let stage = |d: Duration| ms(d) / plan.renders as f64;
-        let _ = writeln!(
-            out,
-            "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} MiB |",
-            jpeg.len() as f64 / 1e6,
-            jpeg.len() as f64 * 8.0 / f64::from(reference.width() * reference.height()),
-            their_psnr.map_or("–".into(), |(t, _)| format!("{:.2}", t / ours)),
-            their_psnr.map_or("–".into(), |(_, p)| format!("{p:.2}")),
-            stage(profile.decode),
-            stage(profile.resize),
-            stage(profile.encode),
-            stage(profile.placeholder),
-            peak as f64 / MIB as f64,
-            reserved as f64 / MIB as f64,
-        );
+        let (row, vips) = photo_row(plan, what, jpeg, *orientation, &path);
+        out.push_str(&row);
+        if let Err(why) = vips {
+            vips_error = Some(why);
+        }
     }
     if let Some(why) = vips_error {
         let _ = writeln!(out, "\nlibvips not measured: {why}.");
@@ -93,6 +63,52 @@ pub fn run(plan: &Plan) -> String {
         plan.renders
     );
     out
+}
+
+/// The row of one photo (the JPEG at `path`), and why libvips was not
+/// measured if it was not.
+fn photo_row(
+    plan: &Plan,
+    what: &str,
+    jpeg: &[u8],
+    orientation: u16,
+    path: &Path,
+) -> (String, Result<(), String>) {
+    let (ours, profile, medium, peak) = our_renders(jpeg, orientation as u8, plan.renders);
+    let (width, height) = imagesize::blob_size(jpeg)
+        .map(|size| (size.width as u32, size.height as u32))
+        .expect("the photo's size");
+    let reserved = image_service::media::variants::memory_needed(jpeg, "image/jpeg", width, height);
+    let reference = reference_image(jpeg, orientation);
+    let our_psnr = psnr(&reference, &medium);
+    let mut vips = Ok(());
+    let (theirs, their_psnr) = match vips_renders(path, plan.renders) {
+        Ok((ms, medium_path)) => {
+            let medium = image::open(&medium_path)
+                .expect("libvips' medium")
+                .to_rgb8();
+            (format!("{ms:.1}"), Some((ms, psnr(&reference, &medium))))
+        }
+        Err(why) => {
+            vips = Err(why);
+            ("–".into(), None)
+        }
+    };
+    let stage = |d: Duration| ms(d) / plan.renders as f64;
+    let row = format!(
+        "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} MiB |\n",
+        jpeg.len() as f64 / 1e6,
+        jpeg.len() as f64 * 8.0 / f64::from(reference.width() * reference.height()),
+        their_psnr.map_or("–".into(), |(t, _)| format!("{:.2}", t / ours)),
+        their_psnr.map_or("–".into(), |(_, p)| format!("{p:.2}")),
+        stage(profile.decode),
+        stage(profile.resize),
+        stage(profile.encode),
+        stage(profile.placeholder),
+        peak as f64 / MIB as f64,
+        reserved as f64 / MIB as f64,
+    );
+    (row, vips)
 }
 
 /// Mean CPU milliseconds and stage times of `renders` renders, and the
