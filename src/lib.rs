@@ -27,6 +27,8 @@ pub mod pb;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tls;
 
 /// A boxed error kept as a cause, for logs (never shown to callers).

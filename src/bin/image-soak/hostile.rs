@@ -10,10 +10,11 @@ use image_service::fixtures;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
 use image_service::pb::upload_image_request::Data;
+use image_service::testkit::{as_user, process, upload_messages};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
-use super::{as_user, png};
+use super::png;
 
 /// The attacks, by the name `--attacks` selects them with.
 pub const ATTACKS: &[&str] = &[
@@ -52,37 +53,16 @@ struct Meter {
 
 impl Meter {
     fn status_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
+        process::status_kib(&self.pid.to_string(), field).unwrap_or(0)
     }
 
     /// Resets the peak (VmHWM) to the current RSS.
     fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
+        let _ = process::reset_peak(&self.pid.to_string());
     }
 
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime: fields 14 and 15 of the line, 12 and 13 after
-        // the command name; 100 ticks a second on Linux.
-        (ticks(11) + ticks(12)) / 100.0
+        process::cpu_seconds(self.pid).unwrap_or(0.0)
     }
 }
 
@@ -227,21 +207,7 @@ async fn upload(
         filename: "attack.bin".into(),
         ..Default::default()
     });
-    let bytes: Bytes = bytes.into();
-    let mut messages = vec![pb::UploadImageRequest {
-        data: Some(Data::Spec(spec)),
-        ..Default::default()
-    }];
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + chunk).min(bytes.len());
-        messages.push(pb::UploadImageRequest {
-            data: Some(Data::Chunk(bytes.slice(at..end))),
-            ..Default::default()
-        });
-        at = end;
-    }
-    messages.last_mut().expect("the spec").finish_write = true;
+    let messages = upload_messages(spec, bytes.into(), chunk);
     let response = client
         .clone()
         .upload_image(as_user(user, tokio_stream::iter(messages)))

@@ -16,9 +16,10 @@ use futures::StreamExt;
 use image_service::fixtures;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
+use image_service::testkit::stats::percentile;
+use image_service::testkit::{as_user, process, upload_messages};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tonic::Request;
 use tonic::transport::Channel;
 
 /// Drive mixed traffic against a running image-service, then verify it.
@@ -101,9 +102,7 @@ struct Stats {
 type Live = Arc<Mutex<HashMap<String, (String, String)>>>;
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    process::status_kib(&pid.to_string(), "VmRSS:")
 }
 
 /// The process listening on TCP `port` on this machine: the socket's inode
@@ -165,14 +164,6 @@ fn process_name(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn as_user<T>(user: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-user-id", user.parse().expect("ascii user"));
-    request
-}
-
 /// A small valid PNG, different for every `seed`.
 fn png(seed: u64, side: u32) -> Vec<u8> {
     fixtures::png(side, side, seed as u32)
@@ -204,21 +195,7 @@ async fn run_op(
                 sha256: Some(hex::encode(Sha256::digest(&bytes))),
                 ..Default::default()
             };
-            let mut messages = vec![pb::UploadImageRequest {
-                data: Some(pb::upload_image_request::Data::Spec(spec)),
-                ..Default::default()
-            }];
-            for piece in bytes.chunks(64 * 1024) {
-                messages.push(pb::UploadImageRequest {
-                    data: Some(pb::upload_image_request::Data::Chunk(
-                        bytes::Bytes::copy_from_slice(piece),
-                    )),
-                    ..Default::default()
-                });
-            }
-            if let Some(last) = messages.last_mut() {
-                last.finish_write = true;
-            }
+            let messages = upload_messages(spec, bytes.into(), 64 * 1024);
             let image = client
                 .upload_image(as_user(user, tokio_stream::iter(messages)))
                 .await?
@@ -289,13 +266,6 @@ fn raced<T: Default>(status: tonic::Status) -> Result<tonic::Response<T>, tonic:
     } else {
         Err(status)
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main]

@@ -2,9 +2,9 @@
 //! and talks to it with the generated gRPC client.
 
 pub use image_service::fixtures as images;
+pub use image_service::testkit::{as_user, servers};
 pub mod binary;
 pub mod pki;
-pub mod servers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use image_service::startup::Application;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 /// Upload limit of test servers: small, so the limit is quick to cross.
 pub const TEST_MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -443,34 +443,14 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A request carrying `user` as the trusted-header identity.
-pub fn as_user<T>(user: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-user-id", user.parse().expect("ascii user id"));
-    request
-}
-
 /// The messages of an upload: the spec, the chunks, `finish_write` on the last.
 pub fn upload_messages(
     spec: pb::ImageSpec,
     bytes: &[u8],
     chunk_size: usize,
 ) -> Vec<pb::UploadImageRequest> {
-    use pb::upload_image_request::Data;
-    let mut messages = vec![pb::UploadImageRequest {
-        data: Some(Data::Spec(spec)),
-        ..Default::default()
-    }];
-    for chunk in bytes.chunks(chunk_size) {
-        messages.push(pb::UploadImageRequest {
-            data: Some(Data::Chunk(bytes::Bytes::copy_from_slice(chunk))),
-            ..Default::default()
-        });
-    }
-    messages.last_mut().expect("at least the spec").finish_write = true;
-    messages
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    image_service::testkit::upload_messages(spec, bytes, chunk_size)
 }
 
 /// Asserts the status code, showing the message when it differs.

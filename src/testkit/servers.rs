@@ -1,6 +1,7 @@
-//! Real S3- and DynamoDB-compatible servers for the aws backend's tests:
-//! s3s-fs and dynalite, installed by `scripts/test` into `.tools/`, started
-//! fresh for each test on free loopback ports and killed with it.
+//! Real S3- and DynamoDB-compatible servers for the aws backend's tests and
+//! the benchmarks: s3s-fs and dynalite, installed by `scripts/test` into
+//! `.tools/`, started fresh for each test on free loopback ports and killed
+//! with it.
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -43,7 +44,8 @@ pub fn grpcurl() -> PathBuf {
     require(tools_dir().join("venv/bin/grpcurl"), "grpcurl")
 }
 
-fn tools_dir() -> PathBuf {
+/// Where `scripts/tools.sh` installs the tools: `$TOOLS_DIR`, or `.tools/`.
+pub fn tools_dir() -> PathBuf {
     std::env::var_os("TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"))
@@ -83,6 +85,7 @@ fn spawn(
         .stdout(Stdio::from(log.try_clone().expect("log")))
         .stderr(Stdio::from(log));
     // Die with the test even if it is killed before it can clean up.
+    // SAFETY: prctl is async-signal-safe, as a pre_exec hook must be.
     unsafe {
         command.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -1,0 +1,215 @@
+//! The service against the raw backends, side by side, in one run on the
+//! same data: `scripts/bench` (or `cargo bench --bench service` with the
+//! test servers installed, see README). Prints a table and writes
+//! `BENCHMARKS.md`'s generated section. Run by `cargo test` (without
+//! `--bench`) it does a one-round smoke pass with small sizes, so the
+//! benchmark cannot rot.
+//!
+//! Each figure family is a module with a `run` that returns its section of
+//! the report; the harness they share is `harness` (the servers, the
+//! service, the calls) and the crate's test kit. Name families after `--`
+//! to run only those, printed and not written:
+//! `cargo bench --bench service -- listings feed` (`scripts/bench
+//! listings feed`); the names are in [`FAMILIES`].
+
+mod embedded;
+mod feed;
+mod harness;
+mod listings;
+mod memory;
+mod migration;
+mod photos;
+mod raw;
+mod report;
+mod sessions;
+mod small;
+mod throughput;
+mod variants;
+
+use std::path::Path;
+
+use harness::{MIB, Stores};
+
+/// Sizes and counts; the smoke pass shrinks them.
+pub struct Plan {
+    rounds: usize,
+    big: usize,
+    huge: usize,
+    concurrent: (usize, usize),
+    small_counts: [(usize, usize); 3],
+    embedded_listing: usize,
+    dynamodb_listing: usize,
+    list_calls: usize,
+    renders: usize,
+    /// Phone photos are rendered at their size divided by this.
+    photo_shrink: u32,
+    /// Rounds of the three phone photos uploaded by 1 and by 16 callers.
+    photo_rounds: (usize, usize),
+    /// Feed pages read each way.
+    feed_pages: usize,
+    /// Images moved by figure 12.
+    migrated: usize,
+}
+
+impl Plan {
+    /// The phone photos of the test kit at this plan's size.
+    fn phone_shots(&self) -> impl Iterator<Item = image_service::fixtures::PhoneShot> {
+        image_service::fixtures::PHONE_SHOTS
+            .iter()
+            .map(|shot| image_service::fixtures::PhoneShot {
+                width: shot.width / self.photo_shrink,
+                height: shot.height / self.photo_shrink,
+                ..*shot
+            })
+    }
+}
+
+const FULL: Plan = Plan {
+    rounds: 3,
+    big: 256 * MIB,
+    huge: 1024 * MIB,
+    concurrent: (32, 64 * MIB),
+    small_counts: [(1, 100), (16, 400), (64, 640)],
+    embedded_listing: 100_000,
+    dynamodb_listing: 10_000,
+    list_calls: 200,
+    renders: 10,
+    photo_shrink: 1,
+    photo_rounds: (8, 32),
+    feed_pages: 100,
+    migrated: 500,
+};
+
+const SMOKE: Plan = Plan {
+    rounds: 1,
+    big: 12 * MIB,
+    huge: 16 * MIB,
+    concurrent: (2, 8 * MIB),
+    small_counts: [(1, 4), (4, 8), (8, 8)],
+    embedded_listing: 300,
+    dynamodb_listing: 60,
+    list_calls: 5,
+    renders: 1,
+    photo_shrink: 8,
+    photo_rounds: (1, 2),
+    feed_pages: 3,
+    migrated: 6,
+};
+
+/// The figure families in the report's order, by the name that runs one
+/// alone, and whether it needs the S3 and DynamoDB test servers.
+const FAMILIES: [(&str, bool); 10] = [
+    // 1-3: throughput of one large image, service against raw S3.
+    ("throughput", true),
+    // 4: the service's memory under large uploads.
+    ("memory", true),
+    // 5: small uploads against raw PutObject + PutItem.
+    ("small", true),
+    // 6: filtered listings on both stores.
+    ("listings", true),
+    // 7: the embedded backend against plain files.
+    ("embedded", false),
+    // 8: variants against libvips.
+    ("variants", false),
+    // 9: upload sessions.
+    ("sessions", true),
+    // 10: phone photo uploads against libvips + PutObject.
+    ("photos", true),
+    // 11: a feed page.
+    ("feed", true),
+    // 12: migrating from the embedded backend to aws.
+    ("migration", true),
+];
+
+/// Earlier names of families, still accepted.
+const ALIASES: [(&str, &str); 1] = [("renders", "variants")];
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let chosen = chosen_families(full);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if !chosen.is_empty() {
+        println!("{}", runtime.block_on(run(&plan, &chosen)));
+        return;
+    }
+    let all: Vec<&str> = FAMILIES.iter().map(|(name, _)| *name).collect();
+    let report = format!(
+        "{}{}",
+        report::machine(),
+        runtime.block_on(run(&plan, &all))
+    );
+    println!("{report}");
+    if full {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+        report::write_results(&path, &report).expect("BENCHMARKS.md written");
+        println!("written to {}", path.display());
+    }
+}
+
+/// The families named on the command line, in the report's order. An
+/// unknown name stops a measuring run; under `cargo test` it is a test
+/// filter and ignored.
+fn chosen_families(full: bool) -> Vec<&'static str> {
+    let mut named: Vec<&str> = Vec::new();
+    for arg in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        let arg = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == arg)
+            .map_or(arg.as_str(), |(_, name)| name);
+        match FAMILIES.iter().find(|(name, _)| *name == arg) {
+            Some((name, _)) => named.push(name),
+            None if full => {
+                let names: Vec<&str> = FAMILIES.iter().map(|(name, _)| *name).collect();
+                panic!(
+                    "no figure family {arg:?}; the families: {}",
+                    names.join(", ")
+                );
+            }
+            None => {}
+        }
+    }
+    FAMILIES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| named.contains(name))
+        .collect()
+}
+
+/// The sections of `families`, on one pair of test servers when any
+/// needs them.
+async fn run(plan: &Plan, families: &[&str]) -> String {
+    let needs_stores = FAMILIES
+        .iter()
+        .any(|(name, stores)| *stores && families.contains(name));
+    let stores = match needs_stores {
+        true => Some(Stores::start().await),
+        false => None,
+    };
+    let mut out = String::new();
+    for family in families {
+        out.push_str(&section(plan, family, stores.as_ref()).await);
+    }
+    out
+}
+
+async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
+    let stores = || stores.expect("the test servers run for this family");
+    match family {
+        "throughput" => throughput::run(plan, stores()).await,
+        "memory" => memory::run(plan, stores()).await,
+        "small" => small::run(plan, stores()).await,
+        "listings" => listings::run(plan, stores()).await,
+        "embedded" => embedded::run(plan).await,
+        "variants" => variants::run(plan),
+        "sessions" => sessions::run(plan, stores()).await,
+        "photos" => photos::run(plan, stores()).await,
+        "feed" => feed::run(plan, stores()).await,
+        "migration" => migration::run(plan, stores()).await,
+        _ => unreachable!("a family of FAMILIES"),
+    }
+}
