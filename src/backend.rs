@@ -1,0 +1,227 @@
+//! The configured backend, opened: the one place that turns the storage
+//! settings into stores, for the server and for every command.
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Backend, Config};
+use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
+use crate::domain::signing::SigningKey;
+use crate::domain::upload::PaceLimits;
+use crate::domain::upload::resumable::SessionLimits;
+use crate::domain::{Images, Limits};
+use crate::media::content::ContentLimits;
+use crate::media::variants::RenderLimits;
+use crate::storage::aws::{self, AwsSettings};
+use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
+use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
+
+/// A backend's two stores.
+pub struct Stores {
+    pub blobs: Arc<dyn BlobStore>,
+    pub metadata: Arc<dyn MetadataStore>,
+    /// The embedded backend's blob store, whose presigned URLs the HTTP
+    /// listener serves.
+    pub embedded_blobs: Option<Arc<EmbeddedBlobStore>>,
+}
+
+/// Opens `backend` with the configured settings. `urls` signs the embedded
+/// backend's presigned URLs: the server's, pointing at its HTTP listener;
+/// commands hand out no URL and pass `None`. Nothing is created on the aws
+/// side (see [`create_aws`]).
+pub async fn open_stores(
+    config: &Config,
+    backend: Backend,
+    urls: Option<SignedUrls>,
+) -> anyhow::Result<Stores> {
+    Ok(match backend {
+        Backend::Embedded => {
+            let (blobs, metadata) = embedded::open(&config.data_dir, urls).with_context(|| {
+                format!(
+                    "opening the data directory {} (is a service still using it?)",
+                    config.data_dir.display()
+                )
+            })?;
+            let blobs = Arc::new(blobs);
+            Stores {
+                blobs: blobs.clone(),
+                metadata: Arc::new(metadata),
+                embedded_blobs: Some(blobs),
+            }
+        }
+        Backend::Aws => {
+            let (blobs, metadata) = aws::connect(&aws_settings(config)).await;
+            Stores {
+                blobs: Arc::new(blobs),
+                metadata: Arc::new(metadata),
+                embedded_blobs: None,
+            }
+        }
+    })
+}
+
+/// Creates the aws backend's bucket and table (idempotent); returns the
+/// table's time shard count.
+pub async fn create_aws(config: &Config) -> anyhow::Result<u32> {
+    let settings = aws_settings(config);
+    aws::init(&settings).await.with_context(|| {
+        format!(
+            "creating bucket {} and table {}",
+            settings.bucket, settings.table
+        )
+    })
+}
+
+/// The use cases over the configured backend, and the embedded blob store
+/// whose URLs the HTTP listener serves.
+pub struct OpenedBackend {
+    pub images: Images,
+    pub embedded_blobs: Option<Arc<EmbeddedBlobStore>>,
+}
+
+/// The use cases over the configured backend, with metrics and trace spans
+/// around both stores. `http_base` is where callers reach the HTTP listener,
+/// for the embedded backend's presigned URLs: the server's; `None` for a
+/// command, which hands out no URL.
+pub async fn open_images(
+    config: &Config,
+    http_base: Option<String>,
+) -> anyhow::Result<OpenedBackend> {
+    let key = signing_key(config)?;
+    let urls = http_base.map(|base| SignedUrls::new(key.clone(), base));
+    let stores = open_stores(config, config.backend, urls).await?;
+    crate::telemetry::metrics();
+    let (blob_system, metadata_system) = match config.backend {
+        Backend::Embedded => ("files", "redb"),
+        Backend::Aws => ("s3", "dynamodb"),
+    };
+    let images = Images::new(
+        Arc::new(InstrumentedBlobs(stores.blobs, blob_system)),
+        Arc::new(InstrumentedMetadata(stores.metadata, metadata_system)),
+        key,
+        limits(config),
+    );
+    Ok(OpenedBackend {
+        images,
+        embedded_blobs: stores.embedded_blobs,
+    })
+}
+
+/// The key of page tokens and embedded download URLs: `--signing-key`, else
+/// the one kept in the data directory (embedded) or one of this process
+/// (aws).
+fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
+    if let Some(secret) = &config.signing_key {
+        return SigningKey::from_secret(secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("--signing-key: {e}"));
+    }
+    match config.backend {
+        Backend::Embedded => embedded::load_or_create_signing_key(&config.data_dir)
+            .context("reading the signing key in the data directory"),
+        Backend::Aws => {
+            tracing::warn!(
+                "no --signing-key: page tokens are signed with a key of this process only; \
+                 set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
+            );
+            Ok(SigningKey::generate())
+        }
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        content: ContentLimits {
+            max_bytes: config.max_image_bytes,
+            max_pixels: config.max_image_pixels,
+        },
+        max_url_expiry: config.download_url_max_expiry,
+        url_window: config.download_url_window,
+        max_concurrent_uploads: config.max_concurrent_uploads,
+        upload_slot_wait: config.upload_slot_wait,
+        max_uploads_per_user: config.max_uploads_per_user,
+        pace: PaceLimits {
+            idle_timeout: config.upload_idle_timeout,
+            deadline: config.upload_deadline,
+            free_messages: FREE_UPLOAD_MESSAGES,
+            bytes_per_message: config.upload_bytes_per_message,
+        },
+        memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_wait: config.memory_wait,
+        max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
+        keep_metadata: config.keep_metadata,
+        variants: config.variants,
+        render: RenderLimits {
+            max_concurrent: config.max_concurrent_renders.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            max_memory: config.max_render_memory,
+        },
+        sessions: SessionLimits {
+            ttl: config.upload_session_ttl,
+            segment_bytes: config.upload_session_segment_size,
+            max_parts: config.max_upload_parts,
+            url_expiry: config.upload_url_expiry,
+            per_user: SessionQuota {
+                max_open: config.max_open_sessions_per_user,
+                max_staged_bytes: config.max_staged_bytes_per_user,
+            },
+        },
+    }
+}
+
+/// Messages every upload may send before `--upload-bytes-per-message`
+/// applies: room for a spec and small chunks of a small image.
+const FREE_UPLOAD_MESSAGES: u64 = 1024;
+/// The share of the container's memory limit the budget takes by default:
+/// the rest is the process's own (code, the runtime, connections, the
+/// allocator's slack).
+const MEMORY_BUDGET_SHARE: f64 = 0.6;
+/// The budget when no container limit is found (a developer's machine, a
+/// VM): enough for one render at the pixel limit or dozens of uploads, and
+/// small enough that no caller takes the machine's memory.
+const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+
+/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
+/// else v1) when there is one, so a pod's budget follows its manifest.
+pub fn default_memory_budget() -> u64 {
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // cgroup v1 says "no limit" with a number near i64::MAX.
+    .find(|&limit| limit < 1 << 60);
+    match limit {
+        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
+        None => FALLBACK_MEMORY_BUDGET,
+    }
+}
+
+/// The aws backend's settings, from the configuration (adapters never read
+/// `Config` themselves).
+pub fn aws_settings(config: &Config) -> AwsSettings {
+    use crate::config::{PayloadSigning, S3Checksums};
+    AwsSettings {
+        bucket: config.s3_bucket.clone(),
+        s3_endpoint: config.s3_endpoint.clone(),
+        s3_public_endpoint: config.s3_public_endpoint.clone(),
+        table: config.dynamodb_table.clone(),
+        dynamodb_endpoint: config.dynamodb_endpoint.clone(),
+        region: config.aws_region.clone(),
+        part_size: config.s3_part_size,
+        parts_in_flight: usize::from(config.s3_parts_in_flight),
+        checksums: match config.s3_checksums {
+            S3Checksums::WhenSupported => aws::S3Checksums::WhenSupported,
+            S3Checksums::WhenRequired => aws::S3Checksums::WhenRequired,
+        },
+        payload_signing: match config.s3_payload_signing {
+            PayloadSigning::Auto => aws::PayloadSigning::Auto,
+            PayloadSigning::Signed => aws::PayloadSigning::Signed,
+            PayloadSigning::Unsigned => aws::PayloadSigning::Unsigned,
+        },
+        max_object_bytes: config.max_image_bytes,
+        time_shards: config.dynamodb_time_shards,
+    }
+}
