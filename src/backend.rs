@@ -202,7 +202,6 @@ pub fn default_memory_budget() -> u64 {
 /// The aws backend's settings, from the configuration (adapters never read
 /// `Config` themselves).
 pub fn aws_settings(config: &Config) -> AwsSettings {
-    use crate::config::{PayloadSigning, S3Checksums};
     AwsSettings {
         bucket: config.s3_bucket.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
@@ -212,15 +211,8 @@ pub fn aws_settings(config: &Config) -> AwsSettings {
         region: config.aws_region.clone(),
         part_size: config.s3_part_size,
         parts_in_flight: usize::from(config.s3_parts_in_flight),
-        checksums: match config.s3_checksums {
-            S3Checksums::WhenSupported => aws::S3Checksums::WhenSupported,
-            S3Checksums::WhenRequired => aws::S3Checksums::WhenRequired,
-        },
-        payload_signing: match config.s3_payload_signing {
-            PayloadSigning::Auto => aws::PayloadSigning::Auto,
-            PayloadSigning::Signed => aws::PayloadSigning::Signed,
-            PayloadSigning::Unsigned => aws::PayloadSigning::Unsigned,
-        },
+        checksums: config.s3_checksums,
+        payload_signing: config.s3_payload_signing,
         max_object_bytes: config.max_image_bytes,
         time_shards: config.dynamodb_time_shards,
     }

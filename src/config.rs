@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::storage::aws::{PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
 
 /// image-service: stores users' images (bytes in S3 or local files, metadata
@@ -598,21 +599,6 @@ pub enum Backend {
     Embedded,
     /// S3 and DynamoDB (or compatible stores).
     Aws,
-}
-
-/// When the S3 client computes and checks checksums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum S3Checksums {
-    WhenSupported,
-    WhenRequired,
-}
-
-/// Whether object bytes sent to S3 are covered by the request signature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PayloadSigning {
-    Auto,
-    Signed,
-    Unsigned,
 }
 
 /// How callers are identified.
