@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, LimitSettings};
 use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
 use crate::domain::signing::SigningKey;
 use crate::domain::upload::PaceLimits;
@@ -12,7 +12,7 @@ use crate::domain::upload::resumable::SessionLimits;
 use crate::domain::{Images, Limits};
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;
-use crate::storage::aws::{self, AwsSettings};
+use crate::storage::aws;
 use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
 use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
 
@@ -36,12 +36,13 @@ pub async fn open_stores(
 ) -> anyhow::Result<Stores> {
     Ok(match backend {
         Backend::Embedded => {
-            let (blobs, metadata) = embedded::open(&config.data_dir, urls).with_context(|| {
-                format!(
-                    "opening the data directory {} (is a service still using it?)",
-                    config.data_dir.display()
-                )
-            })?;
+            let (blobs, metadata) =
+                embedded::open(&config.storage.data_dir, urls).with_context(|| {
+                    format!(
+                        "opening the data directory {} (is a service still using it?)",
+                        config.storage.data_dir.display()
+                    )
+                })?;
             let blobs = Arc::new(blobs);
             Stores {
                 blobs: blobs.clone(),
@@ -50,7 +51,7 @@ pub async fn open_stores(
             }
         }
         Backend::Aws => {
-            let (blobs, metadata) = aws::connect(&aws_settings(config)).await;
+            let (blobs, metadata) = aws::connect(&config.aws_settings()).await;
             Stores {
                 blobs: Arc::new(blobs),
                 metadata: Arc::new(metadata),
@@ -63,7 +64,7 @@ pub async fn open_stores(
 /// Creates the aws backend's bucket and table (idempotent); returns the
 /// table's time shard count.
 pub async fn create_aws(config: &Config) -> anyhow::Result<u32> {
-    let settings = aws_settings(config);
+    let settings = config.aws_settings();
     aws::init(&settings).await.with_context(|| {
         format!(
             "creating bucket {} and table {}",
@@ -89,9 +90,9 @@ pub async fn open_images(
 ) -> anyhow::Result<OpenedBackend> {
     let key = signing_key(config)?;
     let urls = http_base.map(|base| SignedUrls::new(key.clone(), base));
-    let stores = open_stores(config, config.backend, urls).await?;
+    let stores = open_stores(config, config.storage.backend, urls).await?;
     crate::telemetry::metrics();
-    let (blob_system, metadata_system) = match config.backend {
+    let (blob_system, metadata_system) = match config.storage.backend {
         Backend::Embedded => ("files", "redb"),
         Backend::Aws => ("s3", "dynamodb"),
     };
@@ -99,7 +100,7 @@ pub async fn open_images(
         Arc::new(InstrumentedBlobs(stores.blobs, blob_system)),
         Arc::new(InstrumentedMetadata(stores.metadata, metadata_system)),
         key,
-        limits(config),
+        limits(&config.limits),
     );
     Ok(OpenedBackend {
         images,
@@ -111,12 +112,12 @@ pub async fn open_images(
 /// the one kept in the data directory (embedded) or one of this process
 /// (aws).
 fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
-    if let Some(secret) = &config.signing_key {
+    if let Some(secret) = &config.storage.signing_key {
         return SigningKey::from_secret(secret.as_bytes())
             .map_err(|e| anyhow::anyhow!("--signing-key: {e}"));
     }
-    match config.backend {
-        Backend::Embedded => embedded::load_or_create_signing_key(&config.data_dir)
+    match config.storage.backend {
+        Backend::Embedded => embedded::load_or_create_signing_key(&config.storage.data_dir)
             .context("reading the signing key in the data directory"),
         Backend::Aws => {
             tracing::warn!(
@@ -128,7 +129,7 @@ fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
     }
 }
 
-fn limits(config: &Config) -> Limits {
+fn limits(config: &LimitSettings) -> Limits {
     Limits {
         content: ContentLimits {
             max_bytes: config.max_image_bytes,
@@ -196,24 +197,5 @@ pub fn default_memory_budget() -> u64 {
     match limit {
         Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
         None => FALLBACK_MEMORY_BUDGET,
-    }
-}
-
-/// The aws backend's settings, from the configuration (adapters never read
-/// `Config` themselves).
-pub fn aws_settings(config: &Config) -> AwsSettings {
-    AwsSettings {
-        bucket: config.s3_bucket.clone(),
-        s3_endpoint: config.s3_endpoint.clone(),
-        s3_public_endpoint: config.s3_public_endpoint.clone(),
-        table: config.dynamodb_table.clone(),
-        dynamodb_endpoint: config.dynamodb_endpoint.clone(),
-        region: config.aws_region.clone(),
-        part_size: config.s3_part_size,
-        parts_in_flight: usize::from(config.s3_parts_in_flight),
-        checksums: config.s3_checksums,
-        payload_signing: config.s3_payload_signing,
-        max_object_bytes: config.max_image_bytes,
-        time_shards: config.dynamodb_time_shards,
     }
 }

@@ -5,7 +5,7 @@ use image_service::startup::{Application, shutdown_signal};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let traces = image_service::telemetry::init(config.log_format);
+    let traces = image_service::telemetry::init(config.telemetry.log_format);
     let result = match &config.command {
         Some(command) => image_service::commands::run(command, &config).await,
         None => {

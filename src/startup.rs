@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::backend::{OpenedBackend, open_images};
-use crate::config::{AuthMode, Backend, Config};
+use crate::config::{AuthMode, AuthSettings, Backend, Config, ConnectionSettings};
 use crate::domain::Images;
 use crate::domain::ports::OpenSessions;
 use crate::grpc::ImageApi;
@@ -49,14 +49,14 @@ pub struct Application {
 impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        config.check_identity().map_err(anyhow::Error::msg)?;
-        let auth = Arc::new(Authenticator::from_config(&config).await?);
-        let tls = match (&config.tls_cert, &config.tls_key) {
+        config.identity.check().map_err(anyhow::Error::msg)?;
+        let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
+        let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {
                 let files = TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
-                    client_ca: config.tls_client_ca.clone(),
+                    client_ca: config.listeners.tls_client_ca.clone(),
                 };
                 Some((
                     Tls::load(files.clone(), crate::tls::GRPC_ALPN)?,
@@ -65,14 +65,14 @@ impl Application {
             }
             _ => None,
         };
-        warn_about_exposure(&config, tls.is_some());
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
+        warn_about_exposure(&config.identity, config.listeners.grpc_addr, tls.is_some());
+        let grpc_listener = TcpListener::bind(config.listeners.grpc_addr)
             .await
-            .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding the gRPC address {}", config.listeners.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.listeners.http_addr)
             .await
-            .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
-        let metrics_listener = match config.metrics_addr {
+            .with_context(|| format!("binding the HTTP address {}", config.listeners.http_addr))?;
+        let metrics_listener = match config.listeners.metrics_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -81,7 +81,7 @@ impl Application {
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let http_base = config.http_public_url.clone().unwrap_or_else(|| {
+        let http_base = config.listeners.http_public_url.clone().unwrap_or_else(|| {
             format!(
                 "{scheme}://{}",
                 http_listener.local_addr().expect("bound listener")
@@ -98,14 +98,14 @@ impl Application {
             metrics_listener,
             images,
             auth,
-            transport: TransportLimits::from_config(&config),
+            transport: TransportLimits::from_settings(&config.connections),
             tls,
             http_blobs,
-            backend: config.backend,
-            shutdown_timeout: config.shutdown_timeout,
-            health_check_interval: config.health_check_interval,
-            repair_interval: config.repair_interval,
-            repair_grace: config.repair_grace,
+            backend: config.storage.backend,
+            shutdown_timeout: config.operations.shutdown_timeout,
+            health_check_interval: config.operations.health_check_interval,
+            repair_interval: config.operations.repair_interval,
+            repair_grace: config.operations.repair_grace,
         })
     }
 
@@ -369,7 +369,7 @@ struct TransportLimits {
 }
 
 impl TransportLimits {
-    fn from_config(config: &Config) -> Self {
+    fn from_settings(config: &ConnectionSettings) -> Self {
         Self {
             max_concurrent_streams: config.max_concurrent_streams.max(1),
             max_in_flight_calls: config.max_in_flight_calls.max(1),
@@ -389,13 +389,13 @@ impl TransportLimits {
 }
 
 /// Says so when `x-user-id` can be sent by anyone who reaches the port.
-fn warn_about_exposure(config: &Config, tls: bool) {
-    if config.auth != AuthMode::TrustedHeader || !config.trusted_peers.is_empty() {
+fn warn_about_exposure(identity: &AuthSettings, grpc_addr: SocketAddr, tls: bool) {
+    if identity.auth != AuthMode::TrustedHeader || !identity.trusted_peers.is_empty() {
         return;
     }
-    if !config.grpc_addr.ip().is_loopback() {
+    if !grpc_addr.ip().is_loopback() {
         tracing::warn!(
-            addr = %config.grpc_addr,
+            addr = %grpc_addr,
             tls,
             "trusted-header mode without --trusted-peers: anyone who can reach this address \
              can act as any user with x-user-id; use mutual TLS with --trusted-peers, a \

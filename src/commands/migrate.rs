@@ -41,7 +41,7 @@ pub async fn run_migrate(
     let source = open(from, false).await?;
     let destination = open(to, true).await?;
     let checkpoint = checkpoint.unwrap_or_else(|| {
-        crate::migrate::default_checkpoint(&config.data_dir, name(from), name(to))
+        crate::migrate::default_checkpoint(&config.storage.data_dir, name(from), name(to))
     });
     if checkpoint.exists() && !dry_run {
         eprintln!("resuming from {}", checkpoint.display());

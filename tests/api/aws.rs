@@ -215,7 +215,7 @@ async fn the_aws_stores_keep_the_storage_contract() {
     let app = TestApp::spawn(Backend::Aws).await;
     app.upload_png("alice", 1).await;
     let config = config_for(&app, &[]);
-    let settings = image_service::backend::aws_settings(&config);
+    let settings = config.aws_settings();
     let (blobs, metadata) = image_service::storage::aws::connect(&settings).await;
     image_service::storage::contract::blob_store(&blobs).await;
     image_service::storage::contract::metadata_store(&metadata).await;
