@@ -129,42 +129,43 @@ fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
     }
 }
 
-fn limits(config: &LimitSettings) -> Limits {
+/// The domain's limits, from the limits group.
+fn limits(settings: &LimitSettings) -> Limits {
     Limits {
         content: ContentLimits {
-            max_bytes: config.max_image_bytes,
-            max_pixels: config.max_image_pixels,
+            max_bytes: settings.max_image_bytes,
+            max_pixels: settings.max_image_pixels,
         },
-        max_url_expiry: config.download_url_max_expiry,
-        url_window: config.download_url_window,
-        max_concurrent_uploads: config.max_concurrent_uploads,
-        upload_slot_wait: config.upload_slot_wait,
-        max_uploads_per_user: config.max_uploads_per_user,
+        max_url_expiry: settings.download_url_max_expiry,
+        url_window: settings.download_url_window,
+        max_concurrent_uploads: settings.max_concurrent_uploads,
+        upload_slot_wait: settings.upload_slot_wait,
+        max_uploads_per_user: settings.max_uploads_per_user,
         pace: PaceLimits {
-            idle_timeout: config.upload_idle_timeout,
-            deadline: config.upload_deadline,
+            idle_timeout: settings.upload_idle_timeout,
+            deadline: settings.upload_deadline,
             free_messages: FREE_UPLOAD_MESSAGES,
-            bytes_per_message: config.upload_bytes_per_message,
+            bytes_per_message: settings.upload_bytes_per_message,
         },
-        memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
-        memory_wait: config.memory_wait,
-        max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
-        keep_metadata: config.keep_metadata,
-        variants: config.variants,
+        memory_budget: settings.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_wait: settings.memory_wait,
+        max_page_bytes: usize::try_from(settings.max_page_bytes).unwrap_or(usize::MAX),
+        keep_metadata: settings.keep_metadata,
+        variants: settings.variants,
         render: RenderLimits {
-            max_concurrent: config.max_concurrent_renders.unwrap_or_else(|| {
+            max_concurrent: settings.max_concurrent_renders.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
             }),
-            max_memory: config.max_render_memory,
+            max_memory: settings.max_render_memory,
         },
         sessions: SessionLimits {
-            ttl: config.upload_session_ttl,
-            segment_bytes: config.upload_session_segment_size,
-            max_parts: config.max_upload_parts,
-            url_expiry: config.upload_url_expiry,
+            ttl: settings.upload_session_ttl,
+            segment_bytes: settings.upload_session_segment_size,
+            max_parts: settings.max_upload_parts,
+            url_expiry: settings.upload_url_expiry,
             per_user: SessionQuota {
-                max_open: config.max_open_sessions_per_user,
-                max_staged_bytes: config.max_staged_bytes_per_user,
+                max_open: settings.max_open_sessions_per_user,
+                max_staged_bytes: settings.max_staged_bytes_per_user,
             },
         },
     }

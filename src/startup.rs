@@ -369,21 +369,21 @@ struct TransportLimits {
 }
 
 impl TransportLimits {
-    fn from_settings(config: &ConnectionSettings) -> Self {
+    fn from_settings(settings: &ConnectionSettings) -> Self {
         Self {
-            max_concurrent_streams: config.max_concurrent_streams.max(1),
-            max_in_flight_calls: config.max_in_flight_calls.max(1),
-            max_connections: config.max_connections.max(1),
-            handshake_timeout: config.handshake_timeout,
-            download_stall_timeout: config.download_stall_timeout,
-            http_stall_timeout: config.http_stall_timeout,
-            http_body_timeout: config.http_body_timeout,
-            http_min_body_rate: config.http_min_body_rate,
-            http_min_body_rate_grace: config.http_min_body_rate_grace,
-            http_max_connections_per_peer: config.http_max_connections_per_peer,
-            grpc_max_connections_per_peer: config.grpc_max_connections_per_peer,
-            grpc_idle_timeout: (!config.grpc_idle_timeout.is_zero())
-                .then_some(config.grpc_idle_timeout),
+            max_concurrent_streams: settings.max_concurrent_streams.max(1),
+            max_in_flight_calls: settings.max_in_flight_calls.max(1),
+            max_connections: settings.max_connections.max(1),
+            handshake_timeout: settings.handshake_timeout,
+            download_stall_timeout: settings.download_stall_timeout,
+            http_stall_timeout: settings.http_stall_timeout,
+            http_body_timeout: settings.http_body_timeout,
+            http_min_body_rate: settings.http_min_body_rate,
+            http_min_body_rate_grace: settings.http_min_body_rate_grace,
+            http_max_connections_per_peer: settings.http_max_connections_per_peer,
+            grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
+            grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
+                .then_some(settings.grpc_idle_timeout),
         }
     }
 }
