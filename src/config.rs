@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
 
 /// image-service: stores users' images (bytes in S3 or local files, metadata
@@ -19,6 +20,41 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// The listeners' addresses and TLS.
+    #[command(flatten)]
+    pub listeners: ListenerSettings,
+
+    /// What each listener allows its connections and calls.
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
+
+    /// How callers are identified (the settings of [`crate::grpc::auth`]).
+    #[command(flatten)]
+    pub identity: AuthSettings,
+
+    /// What one upload, download, render or listing may take (the
+    /// domain's limits).
+    #[command(flatten)]
+    pub limits: LimitSettings,
+
+    /// Where images and metadata are kept, and the key that signs page
+    /// tokens and URLs.
+    #[command(flatten)]
+    pub storage: StorageSettings,
+
+    /// Health checks, the periodic repair pass and shutdown.
+    #[command(flatten)]
+    pub operations: OperationSettings,
+
+    /// Logs.
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// The listeners' addresses and TLS.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Listeners and TLS")]
+pub struct ListenerSettings {
     /// Address of the gRPC listener (ImageService, health, reflection).
     #[arg(
         long,
@@ -44,20 +80,153 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_HTTP_PUBLIC_URL", global = true)]
     pub http_public_url: Option<String>,
 
-    /// Storage backend: `embedded` (local files + an embedded database, no
-    /// server needed) or `aws` (S3 + DynamoDB, or compatible stores).
-    #[arg(long, env = "IMAGE_SERVICE_BACKEND", value_enum, default_value_t = Backend::Embedded, global = true)]
-    pub backend: Backend,
+    /// Serve `/metrics` on this address instead of the HTTP listener's, so
+    /// the port callers reach does not expose metrics and a scraper never
+    /// competes with callers for connection slots. Plain HTTP.
+    #[arg(long, env = "IMAGE_SERVICE_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
 
-    /// Directory of the embedded backend's files and database.
+    /// PEM file with the server's certificate chain. With --tls-key, both
+    /// listeners speak TLS only. Reloaded when the file changes.
     #[arg(
         long,
-        env = "IMAGE_SERVICE_DATA_DIR",
-        default_value = "./data",
+        env = "IMAGE_SERVICE_TLS_CERT",
+        requires = "tls_key",
         global = true
     )]
-    pub data_dir: PathBuf,
+    pub tls_cert: Option<PathBuf>,
 
+    /// PEM file with the private key of --tls-cert.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TLS_KEY",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of the CA(s) that sign client certificates. When set, every
+    /// client must present a certificate it signed (mutual TLS).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// What each listener allows its connections and calls.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Connections")]
+pub struct ConnectionSettings {
+    /// HTTP/2 streams (calls) one gRPC connection may have open at once.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Calls the server runs at once over all connections; more are
+    /// refused at once with UNAVAILABLE (retryable) rather than queued.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_IN_FLIGHT_CALLS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_in_flight_calls: usize,
+
+    /// Connections each listener (gRPC, HTTP) keeps open at once; at the
+    /// cap, a new connection takes the place of the one idle longest (no
+    /// call in flight on gRPC, no byte moved on HTTP, for at least 1 s), or
+    /// waits until one closes.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_CONNECTIONS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// A new connection must finish its TLS handshake and send its first
+    /// request (HTTP/2 preface, or HTTP/1 headers) within this, or it is
+    /// closed.
+    #[arg(long, env = "IMAGE_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub handshake_timeout: Duration,
+
+    /// A download stream whose caller reads nothing for this long is ended
+    /// (its buffers and memory reservation are released).
+    #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub download_stall_timeout: Duration,
+
+    /// HTTP listener: a response the peer takes no byte of for this long
+    /// ends the connection (a presigned download that is never read).
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub http_stall_timeout: Duration,
+
+    /// HTTP listener: a request body (a presigned part upload) must have
+    /// fully arrived within this of the request's start, or the request
+    /// is answered 408 and its bytes are discarded. The default lets a
+    /// 50 MiB part through at 200 KiB/s.
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub http_body_timeout: Duration,
+
+    /// HTTP listener: after the grace period, a request body arriving at
+    /// fewer bytes per second than this on average (counted from the
+    /// request's start) is cut with 408 and its connection closed, so
+    /// trickled bodies cannot hold the connection slots. 0: no floor.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE",
+        default_value_t = 500,
+        global = true
+    )]
+    pub http_min_body_rate: u64,
+
+    /// HTTP listener: how long a request body may take before
+    /// --http-min-body-rate applies (its first bytes after a slow start).
+    #[arg(long, env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub http_min_body_rate_grace: Duration,
+
+    /// HTTP listener: connections one remote address (IPv4 address, IPv6
+    /// /64) may have open at once; more are closed when accepted. 0: no
+    /// cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub http_max_connections_per_peer: usize,
+
+    /// gRPC listener: connections one remote address (IPv4 address, IPv6
+    /// /64) may have open at once; more are closed when accepted. 0: no cap.
+    /// A gateway multiplexes its calls over a few connections per replica,
+    /// far below the default; a caller whose calls never send their request
+    /// keeps its connections busy, and this keeps it to a quarter of the
+    /// default --max-connections.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_GRPC_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256,
+        global = true
+    )]
+    pub grpc_max_connections_per_peer: usize,
+
+    /// gRPC listener: a connection with no call in flight for this long is
+    /// closed (0s: never). At --max-connections, connections without a
+    /// call for 1 s are closed anyway when another waits.
+    #[arg(long, env = "IMAGE_SERVICE_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_idle_timeout: Duration,
+}
+
+/// How callers are identified: the settings of [`crate::grpc::auth`].
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Identity")]
+pub struct AuthSettings {
     /// How callers are identified: `trusted-header` (the `x-user-id`
     /// metadata, set by an authenticating gateway or mesh) or `jwt`
     /// (`authorization: Bearer <token>`; the `sub` claim is the user).
@@ -147,6 +316,24 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_JWT_JWKS_TOKEN_FILE", global = true)]
     pub jwt_jwks_token_file: Option<PathBuf>,
 
+    /// Trusted-header mode over mutual TLS: the client certificate names
+    /// (DNS or URI subject alternative names, comma-separated) allowed to
+    /// send `x-user-id`. Calls from any other peer are UNAUTHENTICATED.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_TRUSTED_PEERS",
+        value_delimiter = ',',
+        requires = "tls_client_ca",
+        global = true
+    )]
+    pub trusted_peers: Vec<String>,
+}
+
+/// What one upload, download, render or listing may take: the domain's
+/// limits.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitSettings {
     /// Largest image accepted, in bytes (suffixes such as `MiB` allowed).
     #[arg(long, env = "IMAGE_SERVICE_MAX_IMAGE_BYTES", default_value = "50MiB", value_parser = parse_byte_size, global = true)]
     pub max_image_bytes: u64,
@@ -281,167 +468,6 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
     pub max_page_bytes: u64,
 
-    /// HTTP/2 streams (calls) one gRPC connection may have open at once.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_MAX_CONCURRENT_STREAMS",
-        default_value_t = 100,
-        global = true
-    )]
-    pub max_concurrent_streams: u32,
-
-    /// Calls the server runs at once over all connections; more are
-    /// refused at once with UNAVAILABLE (retryable) rather than queued.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_MAX_IN_FLIGHT_CALLS",
-        default_value_t = 1000,
-        global = true
-    )]
-    pub max_in_flight_calls: usize,
-
-    /// Connections each listener (gRPC, HTTP) keeps open at once; at the
-    /// cap, a new connection takes the place of the one idle longest (no
-    /// call in flight on gRPC, no byte moved on HTTP, for at least 1 s), or
-    /// waits until one closes.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_MAX_CONNECTIONS",
-        default_value_t = 1000,
-        global = true
-    )]
-    pub max_connections: usize,
-
-    /// A new connection must finish its TLS handshake and send its first
-    /// request (HTTP/2 preface, or HTTP/1 headers) within this, or it is
-    /// closed.
-    #[arg(long, env = "IMAGE_SERVICE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
-    pub handshake_timeout: Duration,
-
-    /// A download stream whose caller reads nothing for this long is ended
-    /// (its buffers and memory reservation are released).
-    #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
-    pub download_stall_timeout: Duration,
-
-    /// HTTP listener: a response the peer takes no byte of for this long
-    /// ends the connection (a presigned download that is never read).
-    #[arg(long, env = "IMAGE_SERVICE_HTTP_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub http_stall_timeout: Duration,
-
-    /// HTTP listener: a request body (a presigned part upload) must have
-    /// fully arrived within this of the request's start, or the request
-    /// is answered 408 and its bytes are discarded. The default lets a
-    /// 50 MiB part through at 200 KiB/s.
-    #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
-    pub http_body_timeout: Duration,
-
-    /// HTTP listener: after the grace period, a request body arriving at
-    /// fewer bytes per second than this on average (counted from the
-    /// request's start) is cut with 408 and its connection closed, so
-    /// trickled bodies cannot hold the connection slots. 0: no floor.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE",
-        default_value_t = 500,
-        global = true
-    )]
-    pub http_min_body_rate: u64,
-
-    /// HTTP listener: how long a request body may take before
-    /// --http-min-body-rate applies (its first bytes after a slow start).
-    #[arg(long, env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
-    pub http_min_body_rate_grace: Duration,
-
-    /// HTTP listener: connections one remote address (IPv4 address, IPv6
-    /// /64) may have open at once; more are closed when accepted. 0: no
-    /// cap.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_HTTP_MAX_CONNECTIONS_PER_PEER",
-        default_value_t = 64,
-        global = true
-    )]
-    pub http_max_connections_per_peer: usize,
-
-    /// gRPC listener: connections one remote address (IPv4 address, IPv6
-    /// /64) may have open at once; more are closed when accepted. 0: no cap.
-    /// A gateway multiplexes its calls over a few connections per replica,
-    /// far below the default; a caller whose calls never send their request
-    /// keeps its connections busy, and this keeps it to a quarter of the
-    /// default --max-connections.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_GRPC_MAX_CONNECTIONS_PER_PEER",
-        default_value_t = 256,
-        global = true
-    )]
-    pub grpc_max_connections_per_peer: usize,
-
-    /// gRPC listener: a connection with no call in flight for this long is
-    /// closed (0s: never). At --max-connections, connections without a
-    /// call for 1 s are closed anyway when another waits.
-    #[arg(long, env = "IMAGE_SERVICE_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
-    pub grpc_idle_timeout: Duration,
-
-    /// Serve `/metrics` on this address instead of the HTTP listener's, so
-    /// the port callers reach does not expose metrics and a scraper never
-    /// competes with callers for connection slots. Plain HTTP.
-    #[arg(long, env = "IMAGE_SERVICE_METRICS_ADDR", global = true)]
-    pub metrics_addr: Option<SocketAddr>,
-
-    /// PEM file with the server's certificate chain. With --tls-key, both
-    /// listeners speak TLS only. Reloaded when the file changes.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_TLS_CERT",
-        requires = "tls_key",
-        global = true
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM file with the private key of --tls-cert.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_TLS_KEY",
-        requires = "tls_cert",
-        global = true
-    )]
-    pub tls_key: Option<PathBuf>,
-
-    /// PEM file of the CA(s) that sign client certificates. When set, every
-    /// client must present a certificate it signed (mutual TLS).
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_TLS_CLIENT_CA",
-        requires = "tls_cert",
-        global = true
-    )]
-    pub tls_client_ca: Option<PathBuf>,
-
-    /// Trusted-header mode over mutual TLS: the client certificate names
-    /// (DNS or URI subject alternative names, comma-separated) allowed to
-    /// send `x-user-id`. Calls from any other peer are UNAUTHENTICATED.
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_TRUSTED_PEERS",
-        value_delimiter = ',',
-        requires = "tls_client_ca",
-        global = true
-    )]
-    pub trusted_peers: Vec<String>,
-
-    /// Secret that signs page tokens and the embedded backend's download URLs
-    /// (at least 32 bytes). Replicas must share it. When unset, the embedded
-    /// backend keeps a generated one in its data directory; the aws backend
-    /// generates one per process (fine for a single replica only).
-    #[arg(
-        long,
-        env = "IMAGE_SERVICE_SIGNING_KEY",
-        hide_env_values = true,
-        global = true
-    )]
-    pub signing_key: Option<String>,
-
     /// Longest validity a caller may ask of a download URL (e.g. `1h`, `7d`).
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub download_url_max_expiry: Duration,
@@ -454,23 +480,38 @@ pub struct Config {
     /// longer. `0s` signs every URL from the moment it is asked for.
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub download_url_window: Duration,
+}
 
-    /// How often both stores are probed; `imageservice.v1.ImageService` is
-    /// NOT_SERVING while either does not answer.
-    #[arg(long, env = "IMAGE_SERVICE_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
-    pub health_check_interval: Duration,
+/// Where images and metadata are kept, and the key that signs page tokens
+/// and URLs.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageSettings {
+    /// Storage backend: `embedded` (local files + an embedded database, no
+    /// server needed) or `aws` (S3 + DynamoDB, or compatible stores).
+    #[arg(long, env = "IMAGE_SERVICE_BACKEND", value_enum, default_value_t = Backend::Embedded, global = true)]
+    pub backend: Backend,
 
-    /// How often the service runs the repair pass itself (`0s`: never).
-    #[arg(long, env = "IMAGE_SERVICE_REPAIR_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
-    pub repair_interval: Duration,
+    /// Directory of the embedded backend's files and database.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
 
-    /// The repair pass leaves alone anything younger than this.
-    #[arg(long, env = "IMAGE_SERVICE_REPAIR_GRACE", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
-    pub repair_grace: Duration,
-
-    /// How long in-flight calls may run on after SIGTERM or Ctrl-C.
-    #[arg(long, env = "IMAGE_SERVICE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub shutdown_timeout: Duration,
+    /// Secret that signs page tokens and the embedded backend's download URLs
+    /// (at least 32 bytes). Replicas must share it. When unset, the embedded
+    /// backend keeps a generated one in its data directory; the aws backend
+    /// generates one per process (fine for a single replica only).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_SIGNING_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub signing_key: Option<String>,
 
     /// S3 bucket of the image bytes (aws backend).
     #[arg(
@@ -541,7 +582,34 @@ pub struct Config {
     /// DynamoDB endpoint URL, for DynamoDB-compatible stores. Default: AWS.
     #[arg(long, env = "IMAGE_SERVICE_DYNAMODB_ENDPOINT", global = true)]
     pub dynamodb_endpoint: Option<String>,
+}
 
+/// Health checks, the periodic repair pass and shutdown.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct OperationSettings {
+    /// How often both stores are probed; `imageservice.v1.ImageService` is
+    /// NOT_SERVING while either does not answer.
+    #[arg(long, env = "IMAGE_SERVICE_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub health_check_interval: Duration,
+
+    /// How often the service runs the repair pass itself (`0s`: never).
+    #[arg(long, env = "IMAGE_SERVICE_REPAIR_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub repair_interval: Duration,
+
+    /// The repair pass leaves alone anything younger than this.
+    #[arg(long, env = "IMAGE_SERVICE_REPAIR_GRACE", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub repair_grace: Duration,
+
+    /// How long in-flight calls may run on after SIGTERM or Ctrl-C.
+    #[arg(long, env = "IMAGE_SERVICE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Logs.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetrySettings {
     /// Log format.
     #[arg(long, env = "IMAGE_SERVICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -600,21 +668,6 @@ pub enum Backend {
     Aws,
 }
 
-/// When the S3 client computes and checks checksums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum S3Checksums {
-    WhenSupported,
-    WhenRequired,
-}
-
-/// Whether object bytes sent to S3 are covered by the request signature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PayloadSigning {
-    Auto,
-    Signed,
-    Unsigned,
-}
-
 /// How callers are identified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -645,12 +698,12 @@ fn named<'a>(settings: impl IntoIterator<Item = &'a Setting>) -> Option<String> 
     (!set.is_empty()).then(|| set.join(", "))
 }
 
-impl Config {
+impl AuthSettings {
     /// Identity settings fail closed: a setting the chosen mode would
     /// ignore, or a `jwt` setup that would accept tokens meant for other
     /// applications or from other issuers, stops the start with a message
     /// that names the setting and what to do.
-    pub fn check_identity(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         // Settings only a JWKS reads.
         let jwks_only: [Setting; 5] = [
             (
@@ -797,6 +850,35 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The aws backend's settings: the storage group's, and the largest
+    /// object an upload may write.
+    pub fn aws_settings(&self) -> AwsSettings {
+        self.storage.aws(self.limits.max_image_bytes)
+    }
+}
+
+impl StorageSettings {
+    /// The aws backend's settings; `max_object_bytes` sizes the parts of
+    /// its multipart uploads.
+    pub fn aws(&self, max_object_bytes: u64) -> AwsSettings {
+        AwsSettings {
+            bucket: self.s3_bucket.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_public_endpoint: self.s3_public_endpoint.clone(),
+            table: self.dynamodb_table.clone(),
+            dynamodb_endpoint: self.dynamodb_endpoint.clone(),
+            region: self.aws_region.clone(),
+            part_size: self.s3_part_size,
+            parts_in_flight: usize::from(self.s3_parts_in_flight),
+            checksums: self.s3_checksums,
+            payload_signing: self.s3_payload_signing,
+            max_object_bytes,
+            time_shards: self.dynamodb_time_shards,
+        }
+    }
+}
+
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {
         return Ok(n);
@@ -847,12 +929,22 @@ mod tests {
     #[test]
     fn defaults_match_the_design() {
         let config = Config::try_parse_from(["image-service"]).unwrap();
-        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.backend, Backend::Embedded);
-        assert_eq!(config.auth, AuthMode::TrustedHeader);
-        assert_eq!(config.max_image_bytes, 50 * 1024 * 1024);
-        assert_eq!(config.s3_bucket, "images");
-        assert_eq!(config.dynamodb_table, "images");
+        assert_eq!(config.listeners.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.listeners.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.storage.backend, Backend::Embedded);
+        assert_eq!(config.identity.auth, AuthMode::TrustedHeader);
+        assert_eq!(config.limits.max_image_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.storage.s3_bucket, "images");
+        assert_eq!(config.storage.dynamodb_table, "images");
+    }
+
+    #[test]
+    fn a_setting_that_needs_another_is_refused_without_it_even_in_another_group() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["image-service"], args].concat());
+        // --trusted-peers (identity) needs --tls-client-ca (listeners).
+        assert!(parse(&["--trusted-peers", "gateway"]).is_err());
+        assert!(parse(&["--tls-cert", "cert.pem"]).is_err());
+        assert!(parse(&["--jwt-audience", "images", "--jwt-allow-any-audience"]).is_err());
+        assert!(parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).is_ok());
     }
 }

@@ -6,14 +6,18 @@
 //!   It knows nothing of tonic or of any storage SDK.
 //! - [`storage`] holds the adapters that implement the domain's storage traits.
 //!
-//! [`startup`] wires them together; [`listener`] and [`tls`] accept the
-//! connections of both listeners.
+//! [`startup`] wires them together into the server; [`backend`] opens the
+//! configured stores for it and for the [`commands`] (`init`, `repair`,
+//! `migrate`); [`listener`] and [`tls`] accept the connections of both
+//! listeners.
 
 // The crate is a service, not a library: its documentation is built with
 // `--document-private-items` (scripts/test checks it), so module overviews
 // link to the private items they describe.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod backend;
+pub mod commands;
 pub mod config;
 pub mod domain;
 #[cfg(any(test, feature = "testkit"))]

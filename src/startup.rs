@@ -1,5 +1,6 @@
-//! Wiring: storage adapters into the domain, the domain into the gRPC and
-//! HTTP listeners, and the server's lifecycle (ready, drain, stop).
+//! The server's lifecycle: the configured backend ([`crate::backend`]) behind
+//! the gRPC and HTTP listeners; ready, health, drain, stop. The other
+//! subcommands live in [`crate::commands`].
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,23 +11,17 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{AuthMode, Backend, Config};
-use crate::domain::ports::{BlobStore, MetadataStore, OpenSessions, SessionQuota};
-use crate::domain::signing::SigningKey;
-use crate::domain::upload::PaceLimits;
-use crate::domain::upload::resumable::SessionLimits;
-use crate::domain::{Images, Limits};
+use crate::backend::{OpenedBackend, open_images};
+use crate::config::{AuthMode, AuthSettings, Backend, Config, ConnectionSettings};
+use crate::domain::Images;
+use crate::domain::ports::OpenSessions;
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::service::CallLimits;
 use crate::listener::{self, AcceptSettings, Idleness, Shedding};
-use crate::media::content::ContentLimits;
-use crate::media::variants::RenderLimits;
 use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
-use crate::storage::aws::{self, AwsSettings};
-use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
-use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
+use crate::storage::embedded::{self, EmbeddedBlobStore};
 use crate::tls::{Tls, TlsFiles};
 
 /// Largest gRPC message accepted: upload chunks up to 4 MiB plus framing.
@@ -54,14 +49,14 @@ pub struct Application {
 impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        config.check_identity().map_err(anyhow::Error::msg)?;
-        let auth = Arc::new(Authenticator::from_config(&config).await?);
-        let tls = match (&config.tls_cert, &config.tls_key) {
+        config.identity.check().map_err(anyhow::Error::msg)?;
+        let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
+        let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {
                 let files = TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
-                    client_ca: config.tls_client_ca.clone(),
+                    client_ca: config.listeners.tls_client_ca.clone(),
                 };
                 Some((
                     Tls::load(files.clone(), crate::tls::GRPC_ALPN)?,
@@ -70,14 +65,14 @@ impl Application {
             }
             _ => None,
         };
-        warn_about_exposure(&config, tls.is_some());
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
+        warn_about_exposure(&config.identity, config.listeners.grpc_addr, tls.is_some());
+        let grpc_listener = TcpListener::bind(config.listeners.grpc_addr)
             .await
-            .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding the gRPC address {}", config.listeners.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.listeners.http_addr)
             .await
-            .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
-        let metrics_listener = match config.metrics_addr {
+            .with_context(|| format!("binding the HTTP address {}", config.listeners.http_addr))?;
+        let metrics_listener = match config.listeners.metrics_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -86,29 +81,31 @@ impl Application {
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let http_base = config.http_public_url.clone().unwrap_or_else(|| {
+        let http_base = config.listeners.http_public_url.clone().unwrap_or_else(|| {
             format!(
                 "{scheme}://{}",
                 http_listener.local_addr().expect("bound listener")
             )
         });
 
-        let limits = limits(&config);
-        let OpenedBackend { images, http_blobs } = open_backend(&config, http_base, limits).await?;
+        let OpenedBackend {
+            images,
+            embedded_blobs: http_blobs,
+        } = open_images(&config, Some(http_base)).await?;
         Ok(Self {
             grpc_listener,
             http_listener,
             metrics_listener,
             images,
             auth,
-            transport: TransportLimits::from_config(&config),
+            transport: TransportLimits::from_settings(&config.connections),
             tls,
             http_blobs,
-            backend: config.backend,
-            shutdown_timeout: config.shutdown_timeout,
-            health_check_interval: config.health_check_interval,
-            repair_interval: config.repair_interval,
-            repair_grace: config.repair_grace,
+            backend: config.storage.backend,
+            shutdown_timeout: config.operations.shutdown_timeout,
+            health_check_interval: config.operations.health_check_interval,
+            repair_interval: config.operations.repair_interval,
+            repair_grace: config.operations.repair_grace,
         })
     }
 
@@ -372,217 +369,39 @@ struct TransportLimits {
 }
 
 impl TransportLimits {
-    fn from_config(config: &Config) -> Self {
+    fn from_settings(settings: &ConnectionSettings) -> Self {
         Self {
-            max_concurrent_streams: config.max_concurrent_streams.max(1),
-            max_in_flight_calls: config.max_in_flight_calls.max(1),
-            max_connections: config.max_connections.max(1),
-            handshake_timeout: config.handshake_timeout,
-            download_stall_timeout: config.download_stall_timeout,
-            http_stall_timeout: config.http_stall_timeout,
-            http_body_timeout: config.http_body_timeout,
-            http_min_body_rate: config.http_min_body_rate,
-            http_min_body_rate_grace: config.http_min_body_rate_grace,
-            http_max_connections_per_peer: config.http_max_connections_per_peer,
-            grpc_max_connections_per_peer: config.grpc_max_connections_per_peer,
-            grpc_idle_timeout: (!config.grpc_idle_timeout.is_zero())
-                .then_some(config.grpc_idle_timeout),
+            max_concurrent_streams: settings.max_concurrent_streams.max(1),
+            max_in_flight_calls: settings.max_in_flight_calls.max(1),
+            max_connections: settings.max_connections.max(1),
+            handshake_timeout: settings.handshake_timeout,
+            download_stall_timeout: settings.download_stall_timeout,
+            http_stall_timeout: settings.http_stall_timeout,
+            http_body_timeout: settings.http_body_timeout,
+            http_min_body_rate: settings.http_min_body_rate,
+            http_min_body_rate_grace: settings.http_min_body_rate_grace,
+            http_max_connections_per_peer: settings.http_max_connections_per_peer,
+            grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
+            grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
+                .then_some(settings.grpc_idle_timeout),
         }
     }
 }
 
 /// Says so when `x-user-id` can be sent by anyone who reaches the port.
-fn warn_about_exposure(config: &Config, tls: bool) {
-    if config.auth != AuthMode::TrustedHeader || !config.trusted_peers.is_empty() {
+fn warn_about_exposure(identity: &AuthSettings, grpc_addr: SocketAddr, tls: bool) {
+    if identity.auth != AuthMode::TrustedHeader || !identity.trusted_peers.is_empty() {
         return;
     }
-    if !config.grpc_addr.ip().is_loopback() {
+    if !grpc_addr.ip().is_loopback() {
         tracing::warn!(
-            addr = %config.grpc_addr,
+            addr = %grpc_addr,
             tls,
             "trusted-header mode without --trusted-peers: anyone who can reach this address \
              can act as any user with x-user-id; use mutual TLS with --trusted-peers, a \
              NetworkPolicy that admits only the gateway, or --auth jwt"
         );
     }
-}
-
-/// The use cases over the configured backend.
-struct OpenedBackend {
-    images: Images,
-    /// The embedded backend's blob store, whose presigned URLs the HTTP
-    /// listener serves.
-    http_blobs: Option<Arc<EmbeddedBlobStore>>,
-}
-
-/// Opens the configured backend, with metrics and trace spans around both
-/// stores.
-async fn open_backend(
-    config: &Config,
-    http_base: String,
-    limits: Limits,
-) -> anyhow::Result<OpenedBackend> {
-    let (blobs, metadata, key, http_blobs): (Arc<dyn BlobStore>, Arc<dyn MetadataStore>, _, _) =
-        match config.backend {
-            Backend::Embedded => {
-                let key = match &config.signing_key {
-                    Some(secret) => configured_key(secret)?,
-                    None => embedded::load_or_create_signing_key(&config.data_dir)
-                        .context("reading the signing key in the data directory")?,
-                };
-                let (blobs, metadata) =
-                    embedded::open(&config.data_dir, SignedUrls::new(key.clone(), http_base))
-                        .with_context(|| {
-                            format!("opening the data directory {}", config.data_dir.display())
-                        })?;
-                let blobs = Arc::new(blobs);
-                (blobs.clone(), Arc::new(metadata), key, Some(blobs))
-            }
-            Backend::Aws => {
-                let key = match &config.signing_key {
-                    Some(secret) => configured_key(secret)?,
-                    None => {
-                        tracing::warn!(
-                            "no --signing-key: page tokens are signed with a key of this process only; \
-                         set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
-                        );
-                        SigningKey::generate()
-                    }
-                };
-                let (blobs, metadata) = aws::connect(&aws_settings(config)).await;
-                (Arc::new(blobs), Arc::new(metadata), key, None)
-            }
-        };
-    crate::telemetry::metrics();
-    let (blob_system, metadata_system) = match config.backend {
-        Backend::Embedded => ("files", "redb"),
-        Backend::Aws => ("s3", "dynamodb"),
-    };
-    let images = Images::new(
-        Arc::new(InstrumentedBlobs(blobs, blob_system)),
-        Arc::new(InstrumentedMetadata(metadata, metadata_system)),
-        key,
-        limits,
-    );
-    Ok(OpenedBackend { images, http_blobs })
-}
-
-fn limits(config: &Config) -> Limits {
-    Limits {
-        content: ContentLimits {
-            max_bytes: config.max_image_bytes,
-            max_pixels: config.max_image_pixels,
-        },
-        max_url_expiry: config.download_url_max_expiry,
-        url_window: config.download_url_window,
-        max_concurrent_uploads: config.max_concurrent_uploads,
-        upload_slot_wait: config.upload_slot_wait,
-        max_uploads_per_user: config.max_uploads_per_user,
-        pace: PaceLimits {
-            idle_timeout: config.upload_idle_timeout,
-            deadline: config.upload_deadline,
-            free_messages: FREE_UPLOAD_MESSAGES,
-            bytes_per_message: config.upload_bytes_per_message,
-        },
-        memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
-        memory_wait: config.memory_wait,
-        max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
-        keep_metadata: config.keep_metadata,
-        variants: config.variants,
-        render: RenderLimits {
-            max_concurrent: config.max_concurrent_renders.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-            }),
-            max_memory: config.max_render_memory,
-        },
-        sessions: SessionLimits {
-            ttl: config.upload_session_ttl,
-            segment_bytes: config.upload_session_segment_size,
-            max_parts: config.max_upload_parts,
-            url_expiry: config.upload_url_expiry,
-            per_user: SessionQuota {
-                max_open: config.max_open_sessions_per_user,
-                max_staged_bytes: config.max_staged_bytes_per_user,
-            },
-        },
-    }
-}
-
-/// Messages every upload may send before `--upload-bytes-per-message`
-/// applies: room for a spec and small chunks of a small image.
-const FREE_UPLOAD_MESSAGES: u64 = 1024;
-/// The share of the container's memory limit the budget takes by default:
-/// the rest is the process's own (code, the runtime, connections, the
-/// allocator's slack).
-const MEMORY_BUDGET_SHARE: f64 = 0.6;
-/// The budget when no container limit is found (a developer's machine, a
-/// VM): enough for one render at the pixel limit or dozens of uploads, and
-/// small enough that no caller takes the machine's memory.
-const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
-
-/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
-/// else v1) when there is one, so a pod's budget follows its manifest.
-pub fn default_memory_budget() -> u64 {
-    let limit = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|path| std::fs::read_to_string(path).ok())
-    .filter_map(|text| text.trim().parse::<u64>().ok())
-    // cgroup v1 says "no limit" with a number near i64::MAX.
-    .find(|&limit| limit < 1 << 60);
-    match limit {
-        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
-        None => FALLBACK_MEMORY_BUDGET,
-    }
-}
-
-/// `image-service repair`: one repair pass, printed.
-pub async fn run_repair(
-    config: &Config,
-    grace: Duration,
-    dry_run: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let OpenedBackend { images, .. } =
-        open_backend(config, "http://unused".into(), limits(config)).await?;
-    let report = images
-        .repair(grace, dry_run)
-        .await
-        .map_err(|e| anyhow::anyhow!(crate::telemetry::error_chain(&e)))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
-        "repair pass (grace {}): {verb}",
-        humantime::format_duration(grace)
-    );
-    println!(
-        "  {} object(s) without metadata",
-        report.orphan_objects.len()
-    );
-    for key in &report.orphan_objects {
-        println!("    {key}");
-    }
-    match &report.unfinished_writes {
-        Some(keys) => {
-            println!("  {} unfinished upload(s)", keys.len());
-            for key in keys {
-                println!("    {key}");
-            }
-        }
-        None => println!(
-            "  unfinished uploads: this store cannot list them (a lifecycle rule should expire them)"
-        ),
-    }
-    println!(
-        "  {} index entr(y/ies) without their image",
-        report.stale_index_entries
-    );
-    Ok(())
 }
 
 /// Probes both stores every `interval`; the image service is NOT_SERVING
@@ -614,203 +433,6 @@ async fn watch_backends(images: Images, health: HealthReporter, interval: Durati
             _ => {}
         }
     }
-}
-
-/// The aws backend's settings, from the configuration (adapters never read
-/// `Config` themselves).
-pub fn aws_settings(config: &Config) -> AwsSettings {
-    use crate::config::{PayloadSigning, S3Checksums};
-    AwsSettings {
-        bucket: config.s3_bucket.clone(),
-        s3_endpoint: config.s3_endpoint.clone(),
-        s3_public_endpoint: config.s3_public_endpoint.clone(),
-        table: config.dynamodb_table.clone(),
-        dynamodb_endpoint: config.dynamodb_endpoint.clone(),
-        region: config.aws_region.clone(),
-        part_size: config.s3_part_size,
-        parts_in_flight: usize::from(config.s3_parts_in_flight),
-        checksums: match config.s3_checksums {
-            S3Checksums::WhenSupported => aws::S3Checksums::WhenSupported,
-            S3Checksums::WhenRequired => aws::S3Checksums::WhenRequired,
-        },
-        payload_signing: match config.s3_payload_signing {
-            PayloadSigning::Auto => aws::PayloadSigning::Auto,
-            PayloadSigning::Signed => aws::PayloadSigning::Signed,
-            PayloadSigning::Unsigned => aws::PayloadSigning::Unsigned,
-        },
-        max_object_bytes: config.max_image_bytes,
-        time_shards: config.dynamodb_time_shards,
-    }
-}
-
-fn configured_key(secret: &str) -> anyhow::Result<SigningKey> {
-    SigningKey::from_secret(secret.as_bytes()).map_err(|e| anyhow::anyhow!("--signing-key: {e}"))
-}
-
-/// `image-service init`: creates what the configured backend needs.
-pub async fn init_backend(config: &Config) -> anyhow::Result<()> {
-    match config.backend {
-        Backend::Embedded => {
-            embedded::load_or_create_signing_key(&config.data_dir)?;
-            let urls = SignedUrls::new(SigningKey::generate(), "http://unused");
-            embedded::open(&config.data_dir, urls)?;
-            println!("embedded backend ready in {}", config.data_dir.display());
-            Ok(())
-        }
-        Backend::Aws => {
-            let settings = aws_settings(config);
-            let shards = aws::init(&settings).await.with_context(|| {
-                format!(
-                    "creating bucket {} and table {}",
-                    settings.bucket, settings.table
-                )
-            })?;
-            println!(
-                "aws backend ready: bucket {}, table {} (by_time index in {shards} shards)",
-                settings.bucket, settings.table
-            );
-            Ok(())
-        }
-    }
-}
-
-/// `image-service migrate`: see [`crate::migrate`].
-pub async fn run_migrate(
-    config: &Config,
-    from: Backend,
-    to: Backend,
-    dry_run: bool,
-    checkpoint: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use crate::migrate::{Side, Summary};
-
-    let name = |backend: Backend| match backend {
-        Backend::Embedded => "embedded",
-        Backend::Aws => "aws",
-    };
-    if from == to {
-        anyhow::bail!(
-            "--from and --to are both {}: nothing to migrate",
-            name(from)
-        );
-    }
-    let open = |backend: Backend, destination: bool| async move {
-        anyhow::Ok(match backend {
-            Backend::Embedded => {
-                let urls = SignedUrls::new(SigningKey::generate(), "http://unused");
-                let (blobs, metadata) =
-                    embedded::open(&config.data_dir, urls).with_context(|| {
-                        format!(
-                            "opening the data directory {} (is a service still using it?)",
-                            config.data_dir.display()
-                        )
-                    })?;
-                Side {
-                    blobs: Arc::new(blobs),
-                    metadata: Arc::new(metadata),
-                }
-            }
-            Backend::Aws => {
-                let settings = aws_settings(config);
-                if destination && !dry_run {
-                    aws::init(&settings).await.with_context(|| {
-                        format!(
-                            "creating bucket {} and table {}",
-                            settings.bucket, settings.table
-                        )
-                    })?;
-                }
-                let (blobs, metadata) = aws::connect(&settings).await;
-                Side {
-                    blobs: Arc::new(blobs),
-                    metadata: Arc::new(metadata),
-                }
-            }
-        })
-    };
-    let source = open(from, false).await?;
-    let destination = open(to, true).await?;
-    let checkpoint = checkpoint.unwrap_or_else(|| {
-        crate::migrate::default_checkpoint(&config.data_dir, name(from), name(to))
-    });
-    if checkpoint.exists() && !dry_run {
-        eprintln!("resuming from {}", checkpoint.display());
-    }
-
-    // Ctrl-C or SIGTERM: finish the image in progress, keep the checkpoint.
-    let stop = Arc::new(AtomicBool::new(false));
-    let signal = shutdown_signal()?;
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            signal.await;
-            eprintln!("stopping after the image in progress…");
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    let verb = if dry_run { "to copy" } else { "copied" };
-    let describe = |s: &Summary| {
-        format!(
-            "{} images: {} {verb} ({:.1} MiB), {} already there, {} failed",
-            s.seen,
-            s.copied,
-            s.bytes as f64 / 1048576.0,
-            s.present,
-            s.failed.len()
-        )
-    };
-    let started = std::time::Instant::now();
-    let result = crate::migrate::migrate(
-        &source,
-        &destination,
-        &checkpoint,
-        dry_run,
-        &stop,
-        &|summary| {
-            bar.set_message(describe(summary));
-            bar.tick();
-        },
-    )
-    .await;
-    bar.finish_and_clear();
-    stopper.abort();
-    let summary = result?;
-    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-    println!(
-        "{} {} → {}: {}",
-        if dry_run { "dry run" } else { "migration" },
-        name(from),
-        name(to),
-        describe(&summary)
-    );
-    if !dry_run {
-        println!(
-            "this run: {} images in {elapsed:.1} s ({:.1} images/s, {:.1} MiB/s)",
-            summary.run_copied,
-            summary.run_copied as f64 / elapsed,
-            summary.run_bytes as f64 / 1048576.0 / elapsed
-        );
-    }
-    for (id, why) in &summary.failed {
-        println!("  not copied: {id}: {why}");
-    }
-    if summary.interrupted {
-        anyhow::bail!(
-            "interrupted; run the same command again to go on from {}",
-            checkpoint.display()
-        );
-    }
-    if !summary.failed.is_empty() {
-        anyhow::bail!("{} image(s) could not be copied", summary.failed.len());
-    }
-    Ok(())
 }
 
 /// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are

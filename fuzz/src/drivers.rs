@@ -190,7 +190,7 @@ pub fn authorization(data: &[u8]) {
             JWT_SECRET,
         ])
         .expect("a valid configuration");
-        futures::executor::block_on(Authenticator::from_config(&config))
+        futures::executor::block_on(Authenticator::from_settings(&config.identity))
             .expect("an HS256 authenticator")
     });
     let Ok(value) = tonic::metadata::MetadataValue::try_from(data) else {

@@ -215,7 +215,7 @@ async fn the_aws_stores_keep_the_storage_contract() {
     let app = TestApp::spawn(Backend::Aws).await;
     app.upload_png("alice", 1).await;
     let config = config_for(&app, &[]);
-    let settings = image_service::startup::aws_settings(&config);
+    let settings = config.aws_settings();
     let (blobs, metadata) = image_service::storage::aws::connect(&settings).await;
     image_service::storage::contract::blob_store(&blobs).await;
     image_service::storage::contract::metadata_store(&metadata).await;
@@ -226,10 +226,10 @@ async fn init_can_run_again_on_existing_storage() {
     let app = TestApp::spawn(Backend::Aws).await;
     let image = app.upload_png("alice", 1).await;
     let config = config_for(&app, &["init"]);
-    image_service::startup::init_backend(&config)
+    image_service::commands::init_backend(&config)
         .await
         .expect("a second init succeeds");
-    image_service::startup::init_backend(&config)
+    image_service::commands::init_backend(&config)
         .await
         .expect("and a third");
     assert_eq!(
@@ -563,7 +563,7 @@ async fn time_shards_in_use(app: &TestApp) -> std::collections::BTreeSet<String>
 
 /// Runs `image-service init` on the test's stores with `extra` flags.
 async fn init_again(app: &TestApp, extra: &[&str]) {
-    image_service::startup::init_backend(&config_for(app, extra))
+    image_service::commands::init_backend(&config_for(app, extra))
         .await
         .unwrap();
 }

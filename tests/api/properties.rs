@@ -143,8 +143,11 @@ impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate();
-        let (blobs, metadata) =
-            embedded::open(dir.path(), SignedUrls::new(key.clone(), "http://localhost")).unwrap();
+        let (blobs, metadata) = embedded::open(
+            dir.path(),
+            Some(SignedUrls::new(key.clone(), "http://localhost")),
+        )
+        .unwrap();
         let mut limits = image_service::fixtures::limits();
         limits.content.max_bytes = 16 * 1024;
         limits.content.max_pixels = 1_000_000;

@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, TokenData};
 
 use super::{ClaimRules, Claims};
-use crate::config::{Config, DEFAULT_JWT_JWKS_MIN_REFRESH, DEFAULT_JWT_JWKS_REFRESH};
+use crate::config::{AuthSettings, DEFAULT_JWT_JWKS_MIN_REFRESH, DEFAULT_JWT_JWKS_REFRESH};
 
 /// Largest JWKS or discovery document read: real ones are a few KiB.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -55,21 +55,23 @@ pub struct JwksSettings {
 }
 
 impl JwksSettings {
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let refresh = config.jwt_jwks_refresh.unwrap_or(DEFAULT_JWT_JWKS_REFRESH);
-        let min_refresh = config
+    pub fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let refresh = settings
+            .jwt_jwks_refresh
+            .unwrap_or(DEFAULT_JWT_JWKS_REFRESH);
+        let min_refresh = settings
             .jwt_jwks_min_refresh
             .unwrap_or(DEFAULT_JWT_JWKS_MIN_REFRESH);
         if min_refresh > refresh {
             bail!("--jwt-jwks-min-refresh must not be longer than --jwt-jwks-refresh");
         }
         Ok(Self {
-            url: config.jwt_jwks_url.clone(),
-            issuer: config.jwt_issuer.clone(),
+            url: settings.jwt_jwks_url.clone(),
+            issuer: settings.jwt_issuer.clone(),
             refresh,
             min_refresh,
-            ca_file: config.jwt_jwks_ca_file.clone(),
-            token_file: config.jwt_jwks_token_file.clone(),
+            ca_file: settings.jwt_jwks_ca_file.clone(),
+            token_file: settings.jwt_jwks_token_file.clone(),
         })
     }
 }

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AuthMode, Config, DEFAULT_JWT_USER_CLAIM};
+use crate::config::{AuthMode, AuthSettings, DEFAULT_JWT_USER_CLAIM};
 use crate::domain::UserId;
 use crate::listener::PeerInfo;
 
@@ -76,8 +76,8 @@ pub struct ClaimRules {
 }
 
 impl ClaimRules {
-    fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let user_claim = config
+    fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let user_claim = settings
             .jwt_user_claim
             .as_deref()
             .unwrap_or(DEFAULT_JWT_USER_CLAIM)
@@ -87,8 +87,8 @@ impl ClaimRules {
             bail!("--jwt-user-claim must name a claim");
         }
         Ok(Self {
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
+            issuer: settings.jwt_issuer.clone(),
+            audience: settings.jwt_audience.clone(),
             user_claim,
         })
     }
@@ -143,14 +143,14 @@ impl ClaimRules {
 type Claims = serde_json::Map<String, serde_json::Value>;
 
 impl Authenticator {
-    /// Builds the authenticator the configuration asks for. With a JWKS it
-    /// fetches the key set once (failing here if it cannot) and starts the
-    /// background refresh on the current runtime.
-    pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
-        match config.auth {
+    /// Builds the authenticator the identity settings ask for. With a JWKS
+    /// it fetches the key set once (failing here if it cannot) and starts
+    /// the background refresh on the current runtime.
+    pub async fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
+        match settings.auth {
             AuthMode::TrustedHeader => Ok(Self::TrustedHeader {
-                trusted_peers: (!config.trusted_peers.is_empty()).then(|| {
-                    config
+                trusted_peers: (!settings.trusted_peers.is_empty()).then(|| {
+                    settings
                         .trusted_peers
                         .iter()
                         .map(|name| name.trim().to_owned())
@@ -159,11 +159,11 @@ impl Authenticator {
                 }),
             }),
             AuthMode::Jwt => {
-                let claims = ClaimRules::from_config(config)?;
+                let claims = ClaimRules::from_settings(settings)?;
                 let keys = match (
-                    &config.jwt_hs256_secret,
-                    &config.jwt_rs256_public_key_file,
-                    &config.jwt_jwks_url,
+                    &settings.jwt_hs256_secret,
+                    &settings.jwt_rs256_public_key_file,
+                    &settings.jwt_jwks_url,
                 ) {
                     (Some(secret), None, None) => {
                         if secret.len() < 32 {
@@ -186,9 +186,10 @@ impl Authenticator {
                         }
                     }
                     (None, None, _)
-                        if config.jwt_jwks_url.is_some() || config.jwt_issuer.is_some() =>
+                        if settings.jwt_jwks_url.is_some() || settings.jwt_issuer.is_some() =>
                     {
-                        let jwks = Jwks::start(jwks::JwksSettings::from_config(config)?).await?;
+                        let jwks =
+                            Jwks::start(jwks::JwksSettings::from_settings(settings)?).await?;
                         Keys::Jwks(jwks)
                     }
                     _ => bail!(

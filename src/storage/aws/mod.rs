@@ -44,19 +44,22 @@ pub struct AwsSettings {
     pub time_shards: u32,
 }
 
-/// When the S3 client computes and checks checksums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// When the S3 client computes and checks checksums (`--s3-checksums`).
+// The variants' explanations are plain comments: as doc comments, clap
+// would print them in `--help` instead of the flag's list of values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum S3Checksums {
-    /// On every request and response that supports them.
+    // On every request and response that supports them.
     WhenSupported,
-    /// Only where the API requires them (stores that reject the headers).
+    // Only where the API requires them (stores that reject the headers).
     WhenRequired,
 }
 
-/// Whether SigV4 signs the bytes of each object and part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether SigV4 signs the bytes of each object and part
+/// (`--s3-payload-signing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PayloadSigning {
-    /// Over plain HTTP only: TLS protects the bytes otherwise.
+    // Over plain HTTP only: TLS protects the bytes otherwise.
     Auto,
     Signed,
     Unsigned,

@@ -26,7 +26,8 @@ const READ_CHUNK: usize = 256 * 1024;
 pub struct EmbeddedBlobStore {
     root: PathBuf,
     partial: PathBuf,
-    urls: SignedUrls,
+    /// `None` when opened by a command that hands out no URL.
+    urls: Option<SignedUrls>,
     /// Partial files whose writer is still open: the repair pass leaves
     /// them alone, however short its grace.
     live: Live,
@@ -37,8 +38,9 @@ type Live = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>
 
 impl EmbeddedBlobStore {
     /// Opens the directory, removing partial files a previous process left
-    /// behind (only one process uses a data directory at a time).
-    pub fn open(root: &Path, urls: SignedUrls) -> Result<Self, StorageError> {
+    /// behind (only one process uses a data directory at a time). Without
+    /// `urls` it presigns nothing (a command, not the server).
+    pub fn open(root: &Path, urls: Option<SignedUrls>) -> Result<Self, StorageError> {
         let partial = root.join(".partial");
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(StorageError::internal)?;
@@ -90,9 +92,20 @@ impl EmbeddedBlobStore {
         .map_err(StorageError::internal)?
     }
 
-    /// The presigned-URL checker, for the HTTP listener.
-    pub fn urls(&self) -> &SignedUrls {
-        &self.urls
+    /// The presigned-URL checker, for the HTTP listener; `None` when the
+    /// store was opened without one.
+    pub fn urls(&self) -> Option<&SignedUrls> {
+        self.urls.as_ref()
+    }
+
+    /// The signer of presigned URLs, which a store opened without one
+    /// cannot make.
+    fn signer(&self) -> Result<&SignedUrls, StorageError> {
+        self.urls.as_ref().ok_or_else(|| {
+            StorageError::internal(
+                "this store was opened without a URL signer: it presigns nothing",
+            )
+        })
     }
 }
 
@@ -163,7 +176,7 @@ impl BlobStore for EmbeddedBlobStore {
     }
 
     async fn presign_read(&self, request: &PresignRequest) -> Result<PresignedUrl, StorageError> {
-        Ok(self.urls.sign(request))
+        Ok(self.signer()?.sign(request))
     }
 
     fn max_presign_expiry(&self) -> Duration {
@@ -190,7 +203,7 @@ impl BlobStore for EmbeddedBlobStore {
         expires_in: Duration,
         size: WriteSize,
     ) -> Result<PresignedUrl, StorageError> {
-        Ok(self.urls.sign_upload(
+        Ok(self.signer()?.sign_upload(
             key,
             expires_in.min(urls::MAX_EXPIRY),
             size,

@@ -13,7 +13,7 @@ use axum::routing::{get, put};
 use futures::StreamExt;
 
 use super::EmbeddedBlobStore;
-use super::urls::{UploadQuery, UrlQuery};
+use super::urls::{UploadQuery, UrlError, UrlQuery};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::upload::resumable::UploadId;
@@ -260,7 +260,11 @@ async fn presigned_download(
     };
     let key = ObjectKey::new(&id, &variant);
     let now = Timestamp::now();
-    let grant = match store.urls().verify(key.as_str(), &query, now) {
+    // A store opened without a signer (never the server's) accepts no URL.
+    let verified = store.urls().map_or(Err(UrlError::BadSignature), |urls| {
+        urls.verify(key.as_str(), &query, now)
+    });
+    let grant = match verified {
         Ok(grant) => grant,
         Err(error) => {
             tracing::debug!(%error, key = key.as_str(), "refused a presigned download");
@@ -411,10 +415,10 @@ async fn presigned_upload(
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     let key = ObjectKey::staged(&id, &part);
-    let size = match store
-        .urls()
-        .verify_upload(key.as_str(), &query, Timestamp::now())
-    {
+    let verified = store.urls().map_or(Err(UrlError::BadSignature), |urls| {
+        urls.verify_upload(key.as_str(), &query, Timestamp::now())
+    });
+    let size = match verified {
         Ok(size) => size,
         Err(error) => {
             tracing::debug!(%error, key = key.as_str(), "refused a presigned upload");
@@ -548,8 +552,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let (store, _metadata) =
-            embedded::open(dir.path(), SignedUrls::new(SigningKey::generate(), base)).unwrap();
+        let (store, _metadata) = embedded::open(
+            dir.path(),
+            Some(SignedUrls::new(SigningKey::generate(), base)),
+        )
+        .unwrap();
         let store = Arc::new(store);
         let sessions = Arc::new(ClosingSession {
             open_for,

@@ -15,10 +15,11 @@ pub use metadata::EmbeddedMetadataStore;
 use crate::domain::ports::StorageError;
 use crate::domain::signing::SigningKey;
 
-/// The data directory's layout.
+/// The data directory's layout. Without `urls`, the blob store presigns
+/// nothing (a command that serves no URL).
 pub fn open(
     data_dir: &Path,
-    urls: urls::SignedUrls,
+    urls: Option<urls::SignedUrls>,
 ) -> Result<(EmbeddedBlobStore, EmbeddedMetadataStore), StorageError> {
     std::fs::create_dir_all(data_dir).map_err(StorageError::internal)?;
     let blobs = EmbeddedBlobStore::open(&data_dir.join("blobs"), urls)?;
@@ -62,8 +63,11 @@ mod tests {
     fn stores() -> (tempfile::TempDir, EmbeddedBlobStore, EmbeddedMetadataStore) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let key = SigningKey::from_secret(&[7; 32]).expect("a key");
-        let (blobs, metadata) =
-            open(dir.path(), urls::SignedUrls::new(key, "http://127.0.0.1:1")).expect("opened");
+        let (blobs, metadata) = open(
+            dir.path(),
+            Some(urls::SignedUrls::new(key, "http://127.0.0.1:1")),
+        )
+        .expect("opened");
         (dir, blobs, metadata)
     }
 

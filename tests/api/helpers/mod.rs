@@ -156,7 +156,7 @@ impl TestApp {
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("valid test configuration");
         if backend == Backend::Aws && s3.is_some() {
-            image_service::startup::init_backend(&config)
+            image_service::commands::init_backend(&config)
                 .await
                 .expect("init creates the bucket and table");
         }

@@ -1,0 +1,202 @@
+//! The configured backend, opened: the one place that turns the storage
+//! settings into stores, for the server and for every command.
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Backend, Config, LimitSettings};
+use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
+use crate::domain::signing::SigningKey;
+use crate::domain::upload::PaceLimits;
+use crate::domain::upload::resumable::SessionLimits;
+use crate::domain::{Images, Limits};
+use crate::media::content::ContentLimits;
+use crate::media::variants::RenderLimits;
+use crate::storage::aws;
+use crate::storage::embedded::{self, EmbeddedBlobStore, urls::SignedUrls};
+use crate::storage::instrumented::{InstrumentedBlobs, InstrumentedMetadata};
+
+/// A backend's two stores.
+pub struct Stores {
+    pub blobs: Arc<dyn BlobStore>,
+    pub metadata: Arc<dyn MetadataStore>,
+    /// The embedded backend's blob store, whose presigned URLs the HTTP
+    /// listener serves.
+    pub embedded_blobs: Option<Arc<EmbeddedBlobStore>>,
+}
+
+/// Opens `backend` with the configured settings. `urls` signs the embedded
+/// backend's presigned URLs: the server's, pointing at its HTTP listener;
+/// commands hand out no URL and pass `None`. Nothing is created on the aws
+/// side (see [`create_aws`]).
+pub async fn open_stores(
+    config: &Config,
+    backend: Backend,
+    urls: Option<SignedUrls>,
+) -> anyhow::Result<Stores> {
+    Ok(match backend {
+        Backend::Embedded => {
+            let (blobs, metadata) =
+                embedded::open(&config.storage.data_dir, urls).with_context(|| {
+                    format!(
+                        "opening the data directory {} (is a service still using it?)",
+                        config.storage.data_dir.display()
+                    )
+                })?;
+            let blobs = Arc::new(blobs);
+            Stores {
+                blobs: blobs.clone(),
+                metadata: Arc::new(metadata),
+                embedded_blobs: Some(blobs),
+            }
+        }
+        Backend::Aws => {
+            let (blobs, metadata) = aws::connect(&config.aws_settings()).await;
+            Stores {
+                blobs: Arc::new(blobs),
+                metadata: Arc::new(metadata),
+                embedded_blobs: None,
+            }
+        }
+    })
+}
+
+/// Creates the aws backend's bucket and table (idempotent); returns the
+/// table's time shard count.
+pub async fn create_aws(config: &Config) -> anyhow::Result<u32> {
+    let settings = config.aws_settings();
+    aws::init(&settings).await.with_context(|| {
+        format!(
+            "creating bucket {} and table {}",
+            settings.bucket, settings.table
+        )
+    })
+}
+
+/// The use cases over the configured backend, and the embedded blob store
+/// whose URLs the HTTP listener serves.
+pub struct OpenedBackend {
+    pub images: Images,
+    pub embedded_blobs: Option<Arc<EmbeddedBlobStore>>,
+}
+
+/// The use cases over the configured backend, with metrics and trace spans
+/// around both stores. `http_base` is where callers reach the HTTP listener,
+/// for the embedded backend's presigned URLs: the server's; `None` for a
+/// command, which hands out no URL.
+pub async fn open_images(
+    config: &Config,
+    http_base: Option<String>,
+) -> anyhow::Result<OpenedBackend> {
+    let key = signing_key(config)?;
+    let urls = http_base.map(|base| SignedUrls::new(key.clone(), base));
+    let stores = open_stores(config, config.storage.backend, urls).await?;
+    crate::telemetry::metrics();
+    let (blob_system, metadata_system) = match config.storage.backend {
+        Backend::Embedded => ("files", "redb"),
+        Backend::Aws => ("s3", "dynamodb"),
+    };
+    let images = Images::new(
+        Arc::new(InstrumentedBlobs(stores.blobs, blob_system)),
+        Arc::new(InstrumentedMetadata(stores.metadata, metadata_system)),
+        key,
+        limits(&config.limits),
+    );
+    Ok(OpenedBackend {
+        images,
+        embedded_blobs: stores.embedded_blobs,
+    })
+}
+
+/// The key of page tokens and embedded download URLs: `--signing-key`, else
+/// the one kept in the data directory (embedded) or one of this process
+/// (aws).
+fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
+    if let Some(secret) = &config.storage.signing_key {
+        return SigningKey::from_secret(secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("--signing-key: {e}"));
+    }
+    match config.storage.backend {
+        Backend::Embedded => embedded::load_or_create_signing_key(&config.storage.data_dir)
+            .context("reading the signing key in the data directory"),
+        Backend::Aws => {
+            tracing::warn!(
+                "no --signing-key: page tokens are signed with a key of this process only; \
+                 set IMAGE_SERVICE_SIGNING_KEY when running more than one replica"
+            );
+            Ok(SigningKey::generate())
+        }
+    }
+}
+
+/// The domain's limits, from the limits group.
+fn limits(settings: &LimitSettings) -> Limits {
+    Limits {
+        content: ContentLimits {
+            max_bytes: settings.max_image_bytes,
+            max_pixels: settings.max_image_pixels,
+        },
+        max_url_expiry: settings.download_url_max_expiry,
+        url_window: settings.download_url_window,
+        max_concurrent_uploads: settings.max_concurrent_uploads,
+        upload_slot_wait: settings.upload_slot_wait,
+        max_uploads_per_user: settings.max_uploads_per_user,
+        pace: PaceLimits {
+            idle_timeout: settings.upload_idle_timeout,
+            deadline: settings.upload_deadline,
+            free_messages: FREE_UPLOAD_MESSAGES,
+            bytes_per_message: settings.upload_bytes_per_message,
+        },
+        memory_budget: settings.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_wait: settings.memory_wait,
+        max_page_bytes: usize::try_from(settings.max_page_bytes).unwrap_or(usize::MAX),
+        keep_metadata: settings.keep_metadata,
+        variants: settings.variants,
+        render: RenderLimits {
+            max_concurrent: settings.max_concurrent_renders.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            max_memory: settings.max_render_memory,
+        },
+        sessions: SessionLimits {
+            ttl: settings.upload_session_ttl,
+            segment_bytes: settings.upload_session_segment_size,
+            max_parts: settings.max_upload_parts,
+            url_expiry: settings.upload_url_expiry,
+            per_user: SessionQuota {
+                max_open: settings.max_open_sessions_per_user,
+                max_staged_bytes: settings.max_staged_bytes_per_user,
+            },
+        },
+    }
+}
+
+/// Messages every upload may send before `--upload-bytes-per-message`
+/// applies: room for a spec and small chunks of a small image.
+const FREE_UPLOAD_MESSAGES: u64 = 1024;
+/// The share of the container's memory limit the budget takes by default:
+/// the rest is the process's own (code, the runtime, connections, the
+/// allocator's slack).
+const MEMORY_BUDGET_SHARE: f64 = 0.6;
+/// The budget when no container limit is found (a developer's machine, a
+/// VM): enough for one render at the pixel limit or dozens of uploads, and
+/// small enough that no caller takes the machine's memory.
+const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+
+/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
+/// else v1) when there is one, so a pod's budget follows its manifest.
+pub fn default_memory_budget() -> u64 {
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // cgroup v1 says "no limit" with a number near i64::MAX.
+    .find(|&limit| limit < 1 << 60);
+    match limit {
+        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
+        None => FALLBACK_MEMORY_BUDGET,
+    }
+}

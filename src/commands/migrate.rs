@@ -1,0 +1,122 @@
+//! `image-service migrate`: the command line around the migration engine
+//! ([`crate::migrate`]): opens both sides, shows progress, stops cleanly on
+//! Ctrl-C or SIGTERM and prints the summary.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::{create_aws, open_stores};
+use crate::config::{Backend, Config};
+use crate::migrate::{Side, Summary};
+
+/// Copies every image from `from` to `to` (see [`crate::migrate`]), with a
+/// progress line, resumable from `checkpoint`.
+pub async fn run_migrate(
+    config: &Config,
+    from: Backend,
+    to: Backend,
+    dry_run: bool,
+    checkpoint: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let name = |backend: Backend| match backend {
+        Backend::Embedded => "embedded",
+        Backend::Aws => "aws",
+    };
+    if from == to {
+        anyhow::bail!(
+            "--from and --to are both {}: nothing to migrate",
+            name(from)
+        );
+    }
+    let open = |backend: Backend, destination: bool| async move {
+        if backend == Backend::Aws && destination && !dry_run {
+            create_aws(config).await?;
+        }
+        let stores = open_stores(config, backend, None).await?;
+        anyhow::Ok(Side {
+            blobs: stores.blobs,
+            metadata: stores.metadata,
+        })
+    };
+    let source = open(from, false).await?;
+    let destination = open(to, true).await?;
+    let checkpoint = checkpoint.unwrap_or_else(|| {
+        crate::migrate::default_checkpoint(&config.storage.data_dir, name(from), name(to))
+    });
+    if checkpoint.exists() && !dry_run {
+        eprintln!("resuming from {}", checkpoint.display());
+    }
+
+    // Ctrl-C or SIGTERM: finish the image in progress, keep the checkpoint.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = crate::startup::shutdown_signal()?;
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            eprintln!("stopping after the image in progress…");
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let verb = if dry_run { "to copy" } else { "copied" };
+    let describe = |s: &Summary| {
+        format!(
+            "{} images: {} {verb} ({:.1} MiB), {} already there, {} failed",
+            s.seen,
+            s.copied,
+            s.bytes as f64 / 1048576.0,
+            s.present,
+            s.failed.len()
+        )
+    };
+    let started = std::time::Instant::now();
+    let result = crate::migrate::migrate(
+        &source,
+        &destination,
+        &checkpoint,
+        dry_run,
+        &stop,
+        &|summary| {
+            bar.set_message(describe(summary));
+            bar.tick();
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    stopper.abort();
+    let summary = result?;
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    println!(
+        "{} {} → {}: {}",
+        if dry_run { "dry run" } else { "migration" },
+        name(from),
+        name(to),
+        describe(&summary)
+    );
+    if !dry_run {
+        println!(
+            "this run: {} images in {elapsed:.1} s ({:.1} images/s, {:.1} MiB/s)",
+            summary.run_copied,
+            summary.run_copied as f64 / elapsed,
+            summary.run_bytes as f64 / 1048576.0 / elapsed
+        );
+    }
+    for (id, why) in &summary.failed {
+        println!("  not copied: {id}: {why}");
+    }
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted; run the same command again to go on from {}",
+            checkpoint.display()
+        );
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!("{} image(s) could not be copied", summary.failed.len());
+    }
+    Ok(())
+}
