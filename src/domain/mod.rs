@@ -12,6 +12,7 @@ pub mod listing;
 pub mod page_token;
 pub mod ports;
 pub mod repair;
+pub mod session;
 pub mod signing;
 pub mod upload;
 pub mod validation;

@@ -38,8 +38,9 @@ mod spec;
 mod stored;
 mod writes;
 
+pub use crate::domain::image::NewImage;
 pub use pace::PaceLimits;
-pub use spec::{FramePayload, NewImage, UploadFrame};
+pub use spec::{FramePayload, UploadFrame};
 pub(super) use stored::gather;
 
 use pace::Pace;

@@ -37,9 +37,7 @@ use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
 
-mod record;
-
-pub use record::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
+pub use crate::domain::session::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
 
 /// Bounds on upload sessions.
 #[derive(Clone, Copy, Debug)]
