@@ -9,18 +9,16 @@ use futures::stream::BoxStream;
 
 use super::budget::MemoryBudget;
 use super::image::{ImageRecord, Timestamp};
+use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
-use super::upload::resumable::SessionLimits;
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
     BlobStore, Disposition, MAX_BATCH_GET, MetadataStore, ObjectKey, PresignRequest, PresignedUrl,
     StorageError,
 };
-use crate::media::content::ContentLimits;
-use crate::media::variants::RenderLimits;
 
 /// Largest chunk of a download message.
 pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
@@ -34,41 +32,6 @@ pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
 const FIRST_LIST_BATCH: usize = 32;
 /// Attempts of an unconditional update that keeps losing to concurrent ones.
 const UPDATE_ATTEMPTS: usize = 5;
-
-/// Limits the server enforces.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub content: ContentLimits,
-    /// Longest validity of a download URL a caller may ask for.
-    pub max_url_expiry: Duration,
-    /// Download URLs are signed from the start of a window this long, so
-    /// that one URL serves the whole window (zero: signed from now).
-    pub url_window: Duration,
-    /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
-    /// (memory per upload is bounded, so this bounds the process's).
-    pub max_concurrent_uploads: usize,
-    /// How long an upload waits for a slot when every one is busy.
-    pub upload_slot_wait: Duration,
-    /// Uploads one user may have in progress at once.
-    pub max_uploads_per_user: usize,
-    /// How fast an upload must move.
-    pub pace: super::upload::PaceLimits,
-    /// Bytes of memory uploads, downloads and renders may hold together.
-    pub memory_budget: u64,
-    /// How long work waits for memory before it is refused.
-    pub memory_wait: Duration,
-    /// Largest `ListImages` response, in encoded bytes: a page is cut short
-    /// (with a token for the rest) rather than grow past it.
-    pub max_page_bytes: usize,
-    /// Store JPEG, PNG and WebP originals with their identifying metadata.
-    pub keep_metadata: bool,
-    /// Make variants and placeholders.
-    pub variants: bool,
-    /// Bounds on making variants.
-    pub render: RenderLimits,
-    /// Bounds on upload sessions.
-    pub sessions: SessionLimits,
-}
 
 /// The image use cases over a blob store and a metadata store.
 #[derive(Clone)]

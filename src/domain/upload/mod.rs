@@ -25,8 +25,9 @@ use futures::Stream;
 use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
+use super::limits::Limits;
 use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
-use super::{DomainError, ImageId, Limits, UserId, VariantName};
+use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
@@ -39,7 +40,7 @@ mod stored;
 mod writes;
 
 pub use crate::domain::image::NewImage;
-pub use pace::PaceLimits;
+pub use crate::domain::limits::PaceLimits;
 pub use spec::{FramePayload, UploadFrame};
 pub(super) use stored::gather;
 

@@ -37,26 +37,8 @@ use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
 
+pub use crate::domain::limits::SessionLimits;
 pub use crate::domain::session::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
-
-/// Bounds on upload sessions.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionLimits {
-    /// How long a session lives unless committed (`--upload-session-ttl`).
-    pub ttl: Duration,
-    /// The unit streamed bytes are stored in, and the most of them a stream
-    /// holds in memory (`--upload-session-segment-size`).
-    pub segment_bytes: u64,
-    /// Most parts a direct upload may be cut into (`--max-upload-parts`).
-    pub max_parts: u32,
-    /// How long part URLs live, by default and at most
-    /// (`--upload-url-expiry`): on a store that cannot revoke them, how
-    /// long a closed session still counts against its owner's caps.
-    pub url_expiry: Duration,
-    /// What one user's open sessions may hold
-    /// (`--max-open-sessions-per-user`, `--max-staged-bytes-per-user`).
-    pub per_user: SessionQuota,
-}
 
 /// What `QueryUploadStatus` reports.
 #[derive(Debug)]
