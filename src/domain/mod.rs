@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod budget;
+pub mod chunks;
 pub mod error;
 pub mod identity;
 pub mod image;

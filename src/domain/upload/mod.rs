@@ -42,7 +42,6 @@ mod writes;
 pub use crate::domain::image::NewImage;
 pub use crate::domain::limits::PaceLimits;
 pub use spec::{FramePayload, UploadFrame};
-pub(super) use stored::gather;
 
 use pace::Pace;
 use spec::ValidSpec;

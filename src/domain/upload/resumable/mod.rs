@@ -29,6 +29,7 @@ use super::pace::Pace;
 use super::spec::ValidSpec;
 use super::{FramePayload, NewImage, UploadFrame, UploadSlot, Uploads};
 use crate::domain::budget::Reservation;
+use crate::domain::chunks::{Gatherer, exact_chunks};
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
@@ -1000,7 +1001,7 @@ impl SessionStream<'_> {
         };
         let key = ObjectKey::staged(&self.session.id, &segment.name);
         let mut writer = self.uploads.blobs.start_write(&key, Some(length)).await?;
-        for piece in gathered(tail.prefix(length)) {
+        for piece in Gatherer::for_writes().gather_all(tail.prefix(length)) {
             if let Err(error) = writer.write(piece).await {
                 writer.abort().await;
                 return Err(error.into());
@@ -1081,31 +1082,6 @@ impl SessionStream<'_> {
     }
 }
 
-/// Small pieces copied together into pieces of at least 64 KiB (a write
-/// call per received chunk would cost per chunk, not per byte); large ones
-/// pass as they are.
-fn gathered(pieces: Vec<Bytes>) -> Vec<Bytes> {
-    const MIN: usize = 64 * 1024;
-    let mut out = Vec::new();
-    let (mut small, mut small_len) = (Vec::new(), 0);
-    for piece in pieces {
-        if piece.len() >= MIN && small.is_empty() {
-            out.push(piece);
-            continue;
-        }
-        small_len += piece.len();
-        small.push(piece);
-        if small_len >= MIN {
-            out.push(super::gather(std::mem::take(&mut small)));
-            small_len = 0;
-        }
-    }
-    if !small.is_empty() {
-        out.push(super::gather(small));
-    }
-    out
-}
-
 /// The objects `keys` (with their sizes), one after the other, in messages
 /// of 256 KiB to 1 MiB, each object exactly as long as recorded.
 fn read_in_order(
@@ -1117,7 +1093,7 @@ fn read_in_order(
             let blobs = blobs.clone();
             async move {
                 let stream = blobs.read(&key, 0, size).await?;
-                Ok::<_, DomainError>(crate::domain::images::exact_chunks(stream, size))
+                Ok::<_, DomainError>(exact_chunks(stream, size))
             }
         })
         .try_flatten()
@@ -1178,21 +1154,5 @@ mod tests {
         assert!(!tail.has_new_bytes());
         tail.push(Bytes::from_static(b"4"));
         assert!(tail.has_new_bytes());
-    }
-
-    #[test]
-    fn small_pieces_are_gathered_and_large_ones_pass() {
-        let small = Bytes::from(vec![1u8; 1000]);
-        let large = Bytes::from(vec![2u8; 100_000]);
-        let mut pieces = vec![large.clone()];
-        pieces.extend(std::iter::repeat_n(small, 70));
-        let out = gathered(pieces.clone());
-        assert_eq!(out.concat(), pieces.concat());
-        assert_eq!(
-            out.len(),
-            3,
-            "the large piece, 66 small ones gathered, the other 4"
-        );
-        assert_eq!(out[0].as_ptr(), large.as_ptr(), "not copied");
     }
 }
