@@ -25,7 +25,7 @@ use crate::domain::ports::{
 /// gathered, the one being sent, and what the store reads ahead.
 const DOWNLOAD_MEMORY: u64 = 3 * MAX_DOWNLOAD_CHUNK as u64;
 /// Validity of a download URL when the caller does not say.
-pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_DOWNLOAD_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
 /// Records read by a listing's first query; later ones are sized by the
 /// records seen (see [`Images::read_page`]).
 const FIRST_LIST_BATCH: usize = 32;
@@ -311,8 +311,8 @@ impl Images {
     /// every replica agrees on them.
     fn url_terms(&self, requested: Option<Duration>, now: Timestamp) -> UrlTerms {
         let requested = match requested {
-            None => DEFAULT_URL_EXPIRY,
-            Some(d) if d.is_zero() => DEFAULT_URL_EXPIRY,
+            None => DEFAULT_DOWNLOAD_URL_EXPIRY,
+            Some(d) if d.is_zero() => DEFAULT_DOWNLOAD_URL_EXPIRY,
             Some(d) => d,
         };
         let longest = self.blobs.max_presign_expiry();

@@ -50,9 +50,10 @@ pub struct SessionStatus {
     pub image: Option<ImageRecord>,
 }
 
-/// How a direct upload is cut.
+/// How the caller asks a direct upload to be cut (`GetUploadUrls`'
+/// `part_count` or `part_sizes`).
 #[derive(Clone, Debug)]
-pub enum PartPlan {
+pub enum DirectParts {
     /// This many parts, of any size.
     Count(u32),
     /// Parts of exactly these sizes.
@@ -537,7 +538,7 @@ impl Uploads {
         &self,
         caller: &UserId,
         upload_id: &str,
-        plan: PartPlan,
+        parts: DirectParts,
         expires_in: Option<Duration>,
     ) -> Result<UploadUrls, DomainError> {
         let mut session = self.owned_session(caller, upload_id).await?;
@@ -557,17 +558,17 @@ impl Uploads {
             0 => self.limits.content.max_bytes,
             staged => staged.min(self.limits.content.max_bytes),
         };
-        let sizes: Vec<WriteSize> = match plan {
-            PartPlan::Count(_) if !self.blobs.bounds_presigned_parts() => {
+        let sizes: Vec<WriteSize> = match parts {
+            DirectParts::Count(_) if !self.blobs.bounds_presigned_parts() => {
                 return Err(DomainError::invalid(
                     "this store bounds a part only by its exact size: send part_sizes \
                      rather than part_count",
                 ));
             }
-            PartPlan::Count(n) if (1..=max_parts).contains(&n) => {
+            DirectParts::Count(n) if (1..=max_parts).contains(&n) => {
                 vec![WriteSize::AtMost(max_bytes); n as usize]
             }
-            PartPlan::Sizes(sizes) if (1..=max_parts as usize).contains(&sizes.len()) => {
+            DirectParts::Sizes(sizes) if (1..=max_parts as usize).contains(&sizes.len()) => {
                 if sizes.contains(&0) {
                     return Err(DomainError::invalid("part sizes must be positive"));
                 }
