@@ -1,7 +1,6 @@
 //! Errors the use cases return. Each variant means one thing to a caller;
 //! the transports map them to status codes exhaustively.
 use crate::BoxError;
-use crate::domain::ports::StorageError;
 use crate::media::MediaError;
 
 /// Why a use case failed. Messages of the client-facing variants are safe to
@@ -62,21 +61,6 @@ impl DomainError {
 
     pub fn image_not_found() -> Self {
         Self::NotFound("image not found".into())
-    }
-}
-
-impl From<StorageError> for DomainError {
-    fn from(error: StorageError) -> Self {
-        match error {
-            StorageError::NotFound => DomainError::image_not_found(),
-            StorageError::Unavailable(source) => DomainError::Unavailable(source),
-            // Conditions and collisions that reach this conversion were not
-            // expected by the use case: they are bugs, not caller errors.
-            StorageError::AlreadyExists | StorageError::ConditionFailed => {
-                DomainError::Internal(Box::new(error))
-            }
-            StorageError::Internal(source) => DomainError::Internal(source),
-        }
     }
 }
 

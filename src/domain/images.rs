@@ -8,67 +8,29 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::budget::MemoryBudget;
+use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
 use super::image::{ImageRecord, Timestamp};
+use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::signing::SigningKey;
-use super::upload::resumable::SessionLimits;
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
     BlobStore, Disposition, MAX_BATCH_GET, MetadataStore, ObjectKey, PresignRequest, PresignedUrl,
     StorageError,
 };
-use crate::media::content::ContentLimits;
-use crate::media::variants::RenderLimits;
 
-/// Largest chunk of a download message.
-pub const MAX_DOWNLOAD_CHUNK: usize = 1024 * 1024;
 /// Memory a download stream reserves for its life: the message being
 /// gathered, the one being sent, and what the store reads ahead.
 const DOWNLOAD_MEMORY: u64 = 3 * MAX_DOWNLOAD_CHUNK as u64;
 /// Validity of a download URL when the caller does not say.
-pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_DOWNLOAD_URL_EXPIRY: Duration = Duration::from_secs(10 * 60);
 /// Records read by a listing's first query; later ones are sized by the
 /// records seen (see [`Images::read_page`]).
 const FIRST_LIST_BATCH: usize = 32;
 /// Attempts of an unconditional update that keeps losing to concurrent ones.
 const UPDATE_ATTEMPTS: usize = 5;
-
-/// Limits the server enforces.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub content: ContentLimits,
-    /// Longest validity of a download URL a caller may ask for.
-    pub max_url_expiry: Duration,
-    /// Download URLs are signed from the start of a window this long, so
-    /// that one URL serves the whole window (zero: signed from now).
-    pub url_window: Duration,
-    /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED
-    /// (memory per upload is bounded, so this bounds the process's).
-    pub max_concurrent_uploads: usize,
-    /// How long an upload waits for a slot when every one is busy.
-    pub upload_slot_wait: Duration,
-    /// Uploads one user may have in progress at once.
-    pub max_uploads_per_user: usize,
-    /// How fast an upload must move.
-    pub pace: super::upload::PaceLimits,
-    /// Bytes of memory uploads, downloads and renders may hold together.
-    pub memory_budget: u64,
-    /// How long work waits for memory before it is refused.
-    pub memory_wait: Duration,
-    /// Largest `ListImages` response, in encoded bytes: a page is cut short
-    /// (with a token for the rest) rather than grow past it.
-    pub max_page_bytes: usize,
-    /// Store JPEG, PNG and WebP originals with their identifying metadata.
-    pub keep_metadata: bool,
-    /// Make variants and placeholders.
-    pub variants: bool,
-    /// Bounds on making variants.
-    pub render: RenderLimits,
-    /// Bounds on upload sessions.
-    pub sessions: SessionLimits,
-}
 
 /// The image use cases over a blob store and a metadata store.
 #[derive(Clone)]
@@ -349,8 +311,8 @@ impl Images {
     /// every replica agrees on them.
     fn url_terms(&self, requested: Option<Duration>, now: Timestamp) -> UrlTerms {
         let requested = match requested {
-            None => DEFAULT_URL_EXPIRY,
-            Some(d) if d.is_zero() => DEFAULT_URL_EXPIRY,
+            None => DEFAULT_DOWNLOAD_URL_EXPIRY,
+            Some(d) if d.is_zero() => DEFAULT_DOWNLOAD_URL_EXPIRY,
             Some(d) => d,
         };
         let longest = self.blobs.max_presign_expiry();
@@ -595,137 +557,4 @@ fn not_owner() -> DomainError {
 
 fn stale_etag() -> DomainError {
     DomainError::Aborted("the image changed since the given etag; read it again and retry".into())
-}
-
-/// Messages smaller than this are gathered into one: stores deliver what
-/// the socket had (often 16 KiB), and a gRPC message per piece costs more
-/// CPU in framing and wake-ups than copying the pieces together.
-const MIN_DOWNLOAD_CHUNK: usize = 256 * 1024;
-
-/// Turns a store's stream into messages of [`MIN_DOWNLOAD_CHUNK`] to
-/// [`MAX_DOWNLOAD_CHUNK`] bytes (the last may be shorter; large pieces are
-/// split without copying, small ones gathered, with one copy into a buffer
-/// allocated once) and fails if the store delivers more or fewer bytes than
-/// `length`, so a truncated read never looks complete.
-pub(super) fn exact_chunks(
-    stream: crate::domain::ports::ByteStream,
-    length: u64,
-) -> BoxStream<'static, Result<Bytes, DomainError>> {
-    struct State {
-        stream: crate::domain::ports::ByteStream,
-        left: u64,
-        pending: Bytes,
-        /// Small pieces waiting to make up a message, and their length.
-        gathered: Vec<Bytes>,
-        gathered_len: usize,
-        done: bool,
-    }
-    impl State {
-        fn take_gathered(&mut self) -> Bytes {
-            self.gathered_len = 0;
-            super::upload::gather(std::mem::take(&mut self.gathered))
-        }
-    }
-    let state = State {
-        stream,
-        left: length,
-        pending: Bytes::new(),
-        gathered: Vec::new(),
-        gathered_len: 0,
-        done: false,
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        if state.done {
-            return None;
-        }
-        loop {
-            if !state.pending.is_empty() {
-                if state.gathered.is_empty() && state.pending.len() >= MIN_DOWNLOAD_CHUNK {
-                    let take = state.pending.len().min(MAX_DOWNLOAD_CHUNK);
-                    let chunk = state.pending.split_to(take);
-                    return Some((Ok(chunk), state));
-                }
-                let take = state
-                    .pending
-                    .len()
-                    .min(MAX_DOWNLOAD_CHUNK - state.gathered_len);
-                state.gathered.push(state.pending.split_to(take));
-                state.gathered_len += take;
-                if state.gathered_len >= MIN_DOWNLOAD_CHUNK {
-                    return Some((Ok(state.take_gathered()), state));
-                }
-            }
-            let failure = match state.stream.next().await {
-                Some(Ok(bytes)) if bytes.len() as u64 > state.left => {
-                    DomainError::Internal("the store returned more bytes than asked".into())
-                }
-                Some(Ok(bytes)) => {
-                    state.left -= bytes.len() as u64;
-                    state.pending = bytes;
-                    continue;
-                }
-                Some(Err(StorageError::NotFound)) => DomainError::image_not_found(),
-                Some(Err(other)) => other.into(),
-                None if state.left > 0 => {
-                    DomainError::Internal("the stored object is shorter than its metadata".into())
-                }
-                None if !state.gathered.is_empty() => {
-                    // The last message; the store's stream must not be
-                    // polled again.
-                    state.done = true;
-                    return Some((Ok(state.take_gathered()), state));
-                }
-                None => return None,
-            };
-            state.done = true;
-            return Some((Err(failure), state));
-        }
-    })
-    .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunk_sizes(pieces: Vec<usize>, length: u64) -> Vec<Result<usize, String>> {
-        let stream = futures::stream::iter(
-            pieces
-                .into_iter()
-                .map(|n| Ok::<_, StorageError>(Bytes::from(vec![7u8; n]))),
-        )
-        .boxed();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(
-            exact_chunks(stream, length)
-                .map(|r| r.map(|b| b.len()).map_err(|e| e.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn small_store_pieces_are_gathered_and_large_ones_split() {
-        // 100 pieces of 16 KiB: gathered into 256 KiB messages.
-        let sizes = chunk_sizes(vec![16 * 1024; 100], 1_638_400);
-        let mut expected: Vec<Result<usize, String>> = vec![Ok(262_144); 6];
-        expected.push(Ok(65_536));
-        assert_eq!(sizes, expected);
-        // Pieces that do not add up to the message size: whole pieces
-        // until a message has enough.
-        let sizes = chunk_sizes(vec![100 * 1024; 10], 1_024_000);
-        assert_eq!(sizes, [Ok(307_200), Ok(307_200), Ok(307_200), Ok(102_400)]);
-        // One 2.5 MiB piece: split into 1 MiB messages.
-        let sizes = chunk_sizes(vec![2_621_440], 2_621_440);
-        assert_eq!(sizes, [Ok(1_048_576), Ok(1_048_576), Ok(524_288)]);
-    }
-
-    #[test]
-    fn a_short_or_long_store_stream_fails_instead_of_ending() {
-        let sizes = chunk_sizes(vec![16 * 1024; 4], 100_000);
-        assert!(matches!(sizes.last(), Some(Err(_))), "{sizes:?}");
-        let sizes = chunk_sizes(vec![16 * 1024; 4], 20_000);
-        assert!(matches!(sizes.last(), Some(Err(_))), "{sizes:?}");
-    }
 }

@@ -1,22 +1,40 @@
 //! The rules of the service, independent of transport and storage: what an
 //! image is, what a valid request is, how an upload is checked as its bytes
 //! arrive, and the use cases the transports call.
+//!
+//! Its modules import only the layers below their own (`tests/layering.rs`
+//! fails on a loop):
+//! 1. What the ports speak: ids and records ([`identity`], [`image`],
+//!    [`session`]), [`error`]s, [`validation`], [`listing`] filters and the
+//!    [`signing`] of [`page_token`]s.
+//! 2. The [`ports`]: the storage traits.
+//! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
+//!    gathered into, the memory [`budget`] and its [`admission`] queue.
+//! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
+//!    then [`images`], then [`repair`].
 
-pub mod admission;
-pub mod budget;
 pub mod error;
 pub mod identity;
 pub mod image;
-pub mod images;
 pub mod listing;
 pub mod page_token;
-pub mod ports;
-pub mod repair;
+pub mod session;
 pub mod signing;
-pub mod upload;
 pub mod validation;
+
+pub mod ports;
+
+pub mod admission;
+pub mod budget;
+pub mod chunks;
+pub mod limits;
+
+pub mod images;
+pub mod repair;
+pub mod upload;
 
 pub use error::DomainError;
 pub use identity::UserId;
 pub use image::{ImageId, ImageRecord, VariantName};
-pub use images::{Images, Limits};
+pub use images::Images;
+pub use limits::Limits;

@@ -12,8 +12,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::image::Timestamp;
 use super::listing::ListFilter;
-use super::upload::resumable::{UploadId, UploadSessionRecord};
-use super::{ImageId, ImageRecord, UserId, VariantName};
+use super::session::{UploadId, UploadSessionRecord};
+use super::{DomainError, ImageId, ImageRecord, UserId, VariantName};
 use crate::BoxError;
 
 /// What went wrong in a store, by meaning rather than by backend.
@@ -39,6 +39,21 @@ pub enum StorageError {
 impl StorageError {
     pub fn internal(error: impl Into<BoxError>) -> Self {
         Self::Internal(error.into())
+    }
+}
+
+impl From<StorageError> for DomainError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::NotFound => DomainError::image_not_found(),
+            StorageError::Unavailable(source) => DomainError::Unavailable(source),
+            // Conditions and collisions that reach this conversion were not
+            // expected by the use case: they are bugs, not caller errors.
+            StorageError::AlreadyExists | StorageError::ConditionFailed => {
+                DomainError::Internal(Box::new(error))
+            }
+            StorageError::Internal(source) => DomainError::Internal(source),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
 use crate::domain::ports::Disposition;
-use crate::domain::upload::resumable::PartPlan;
+use crate::domain::upload::resumable::DirectParts;
 use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
 use crate::domain::{DomainError, UserId};
 use crate::pb;
@@ -154,11 +154,11 @@ pub fn expires_in(
 
 pub fn part_plan(
     parts: Option<pb::get_upload_urls_request::Parts>,
-) -> Result<PartPlan, DomainError> {
+) -> Result<DirectParts, DomainError> {
     use pb::get_upload_urls_request::Parts;
     match parts {
         Some(Parts::PartCount(n)) => u32::try_from(n)
-            .map(PartPlan::Count)
+            .map(DirectParts::Count)
             .map_err(|_| DomainError::invalid("part_count must be positive")),
         Some(Parts::PartSizes(sizes)) => sizes
             .sizes
@@ -167,7 +167,7 @@ pub fn part_plan(
                 u64::try_from(n).map_err(|_| DomainError::invalid("part sizes must be positive"))
             })
             .collect::<Result<_, _>>()
-            .map(PartPlan::Sizes),
+            .map(DirectParts::Sizes),
         None => Err(DomainError::invalid("part_count or part_sizes is required")),
     }
 }

@@ -12,14 +12,14 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 
+use crate::domain::image::NewImage;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey, PendingWrite,
     SessionAdmission, SessionQuota, StorageError,
 };
-use crate::domain::upload::NewImage;
-use crate::domain::upload::resumable::{Delivery, UploadId, UploadSessionRecord};
+use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
 
 /// Every promise of [`BlobStore`] but download URLs.

@@ -16,7 +16,7 @@ use crate::domain::ports::{
     PresignRequest, PresignedUrl, StorageError, WriteSize,
 };
 use crate::domain::ports::{PendingWrite, SessionAdmission, SessionQuota, StoredObject};
-use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
+use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// `(store, system)`: which port ("blob", "metadata") and what serves it

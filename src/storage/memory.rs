@@ -20,7 +20,7 @@ use crate::domain::ports::{
     PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota, StorageError,
     StoredObject, WriteSize,
 };
-use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
+use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// Largest piece a read yields, like a store's network reads.

@@ -25,8 +25,9 @@ use futures::Stream;
 use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
+use super::limits::Limits;
 use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
-use super::{DomainError, ImageId, Limits, UserId, VariantName};
+use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
@@ -38,9 +39,9 @@ mod spec;
 mod stored;
 mod writes;
 
-pub use pace::PaceLimits;
-pub use spec::{FramePayload, NewImage, UploadFrame};
-pub(super) use stored::gather;
+pub use crate::domain::image::NewImage;
+pub use crate::domain::limits::PaceLimits;
+pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;
 use spec::ValidSpec;

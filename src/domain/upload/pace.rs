@@ -1,28 +1,11 @@
 //! How fast an upload must move, and how finely it may cut its bytes.
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::{FramePayload, UploadFrame};
+use super::spec::{FramePayload, UploadFrame};
 use crate::domain::DomainError;
-
-/// How fast an upload must move, so that a slow or idle caller cannot hold
-/// an upload slot and its buffers.
-#[derive(Clone, Copy, Debug)]
-pub struct PaceLimits {
-    /// Longest time without a new image byte: messages without bytes
-    /// (empty chunks, heartbeats) do not count as progress.
-    pub idle_timeout: Duration,
-    /// Longest time from the first message to `finish_write`.
-    pub deadline: Duration,
-    /// Messages every upload may send whatever their size.
-    pub free_messages: u64,
-    /// Past those, one more message is allowed per this many bytes
-    /// received: the cost of an upload follows its bytes, not how finely
-    /// it was cut (each message costs a decode, a wake-up and a check).
-    pub bytes_per_message: u64,
-}
+use crate::domain::limits::PaceLimits;
 
 /// The clock and message count of one upload; see [`PaceLimits`].
 pub(super) struct Pace {

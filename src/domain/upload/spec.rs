@@ -4,24 +4,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::domain::image::NewImage;
 use crate::domain::{DomainError, validation};
 use crate::media::content::Declared;
-
-/// What the caller declares about an image before its bytes, as sent.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NewImage {
-    pub filename: String,
-    pub content_type: Option<String>,
-    pub title: String,
-    pub description: String,
-    pub tags: Vec<String>,
-    pub location: String,
-    pub attributes: BTreeMap<String, String>,
-    pub expected_size: Option<i64>,
-    pub sha256: Option<String>,
-    pub crc32c: Option<u32>,
-    pub idempotency_key: Option<String>,
-}
 
 /// One message of an upload stream.
 #[derive(Clone, Debug)]

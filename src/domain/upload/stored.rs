@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::writes::Writes;
 use crate::domain::DomainError;
+use crate::domain::chunks::Gatherer;
 use crate::media::content::{ContentFacts, ContentInspector};
 use crate::media::scrub::{Scrubbed, Scrubber};
 
@@ -26,9 +27,8 @@ pub(super) struct StoredBytes {
     /// slices of the received chunks (not copies).
     kept: Option<Vec<Bytes>>,
     pieces: Vec<Bytes>,
-    /// Small pieces waiting to make up one of [`MIN_PIECE`] bytes.
-    small: Vec<Bytes>,
-    small_len: usize,
+    /// The scrubber's small pieces, waiting to make up one for the store.
+    gatherer: Gatherer,
     size: u64,
     /// Whether the original is staged for a second pass, decided at its
     /// first byte (see [`Scrubber::may_rescrub`]).
@@ -36,14 +36,6 @@ pub(super) struct StoredBytes {
     /// Once the scrubber has finished: whether a second pass is needed.
     rescrub: bool,
 }
-
-/// Pieces smaller than this are gathered (copied together) before they
-/// reach the store or the kept copy: the scrubber cuts the stream at every
-/// segment, and a piece costs a write call (on the embedded store, a trip
-/// to the blocking pool) and an entry in an S3 part body, so an upload cut
-/// into tiny segments would cost per segment rather than per byte. Pieces
-/// at least this large pass without a copy.
-const MIN_PIECE: usize = 64 * 1024;
 
 impl StoredBytes {
     /// Nothing is kept for an upload declared larger than
@@ -54,8 +46,7 @@ impl StoredBytes {
             scrubber: Some(Scrubber::new(keep_metadata)),
             kept: keep.then(Vec::new),
             pieces: Vec::new(),
-            small: Vec::new(),
-            small_len: 0,
+            gatherer: Gatherer::for_writes(),
             size: 0,
             staged: None,
             rescrub: false,
@@ -97,39 +88,19 @@ impl StoredBytes {
         self.flush(writes, false).await
     }
 
-    /// Passes the scrubber's output on in pieces of at least [`MIN_PIECE`]
-    /// bytes (the last may be smaller when `last`).
+    /// Passes the scrubber's output on in pieces of at least
+    /// [`MIN_PIECE`](crate::domain::chunks::MIN_PIECE) bytes (the last may be
+    /// smaller when `last`).
     async fn flush(&mut self, writes: &mut Writes, last: bool) -> Result<(), DomainError> {
         for piece in std::mem::take(&mut self.pieces) {
-            if piece.is_empty() {
-                continue;
-            }
-            if piece.len() >= MIN_PIECE {
-                if !self.small.is_empty() {
-                    let gathered = self.take_small();
-                    self.store(gathered, writes).await?;
-                }
-                self.store(piece, writes).await?;
-                continue;
-            }
-            self.small_len += piece.len();
-            self.small.push(piece);
-            if self.small_len >= MIN_PIECE {
-                let gathered = self.take_small();
+            for gathered in self.gatherer.push(piece) {
                 self.store(gathered, writes).await?;
             }
         }
-        if last && !self.small.is_empty() {
-            let gathered = self.take_small();
+        if last && let Some(gathered) = self.gatherer.finish() {
             self.store(gathered, writes).await?;
         }
         Ok(())
-    }
-
-    /// The small pieces as one.
-    fn take_small(&mut self) -> Bytes {
-        self.small_len = 0;
-        gather(std::mem::take(&mut self.small))
     }
 
     async fn store(&mut self, piece: Bytes, writes: &mut Writes) -> Result<(), DomainError> {
@@ -192,20 +163,6 @@ impl StoredBytes {
             kept: self.kept,
         })
     }
-}
-
-/// Pieces as one, copied once into a buffer of the final size (a single
-/// piece is returned as it is).
-pub(in crate::domain) fn gather(pieces: Vec<Bytes>) -> Bytes {
-    if let [piece] = pieces.as_slice() {
-        return piece.clone();
-    }
-    let len = pieces.iter().map(Bytes::len).sum();
-    let mut gathered = bytes::BytesMut::with_capacity(len);
-    pieces
-        .iter()
-        .for_each(|piece| gathered.extend_from_slice(piece));
-    gathered.freeze()
 }
 
 /// SHA-256 (hex) and CRC32C of bytes in pieces.

@@ -49,7 +49,7 @@ use crate::domain::ports::{
     CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
     StorageError,
 };
-use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
+use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IMAGE_SK: &str = "image";

@@ -22,7 +22,7 @@ use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
     StoredObject, WriteSize,
 };
-use crate::domain::upload::resumable::UploadId;
+use crate::domain::session::UploadId;
 use crate::storage::multipart::{MultipartWriter, PartBuffer, PartPlan, PartUpload};
 
 /// S3's limits on multipart uploads.

@@ -18,7 +18,7 @@ use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,
     StoredObject, WriteSize,
 };
-use crate::domain::upload::resumable::UploadId;
+use crate::domain::session::UploadId;
 
 /// Read buffer of downloads: large enough to keep syscalls few.
 const READ_CHUNK: usize = 256 * 1024;

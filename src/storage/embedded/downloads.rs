@@ -16,7 +16,7 @@ use super::EmbeddedBlobStore;
 use super::urls::{UploadQuery, UrlError, UrlQuery};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
-use crate::domain::upload::resumable::UploadId;
+use crate::domain::session::UploadId;
 use crate::domain::{ImageId, VariantName};
 
 /// The download and upload routes, over `store`; `sessions` says which

@@ -20,7 +20,7 @@ use crate::domain::ports::{
     CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
     StorageError,
 };
-use crate::domain::upload::resumable::{UploadId, UploadSessionRecord};
+use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// image id (16 bytes) → the record as JSON.

@@ -29,6 +29,7 @@ use super::pace::Pace;
 use super::spec::ValidSpec;
 use super::{FramePayload, NewImage, UploadFrame, UploadSlot, Uploads};
 use crate::domain::budget::Reservation;
+use crate::domain::chunks::{Gatherer, exact_chunks};
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
@@ -37,28 +38,8 @@ use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
 
-mod record;
-
-pub use record::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
-
-/// Bounds on upload sessions.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionLimits {
-    /// How long a session lives unless committed (`--upload-session-ttl`).
-    pub ttl: Duration,
-    /// The unit streamed bytes are stored in, and the most of them a stream
-    /// holds in memory (`--upload-session-segment-size`).
-    pub segment_bytes: u64,
-    /// Most parts a direct upload may be cut into (`--max-upload-parts`).
-    pub max_parts: u32,
-    /// How long part URLs live, by default and at most
-    /// (`--upload-url-expiry`): on a store that cannot revoke them, how
-    /// long a closed session still counts against its owner's caps.
-    pub url_expiry: Duration,
-    /// What one user's open sessions may hold
-    /// (`--max-open-sessions-per-user`, `--max-staged-bytes-per-user`).
-    pub per_user: SessionQuota,
-}
+pub use crate::domain::limits::SessionLimits;
+pub use crate::domain::session::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
 
 /// What `QueryUploadStatus` reports.
 #[derive(Debug)]
@@ -69,9 +50,10 @@ pub struct SessionStatus {
     pub image: Option<ImageRecord>,
 }
 
-/// How a direct upload is cut.
+/// How the caller asks a direct upload to be cut (`GetUploadUrls`'
+/// `part_count` or `part_sizes`).
 #[derive(Clone, Debug)]
-pub enum PartPlan {
+pub enum DirectParts {
     /// This many parts, of any size.
     Count(u32),
     /// Parts of exactly these sizes.
@@ -556,7 +538,7 @@ impl Uploads {
         &self,
         caller: &UserId,
         upload_id: &str,
-        plan: PartPlan,
+        parts: DirectParts,
         expires_in: Option<Duration>,
     ) -> Result<UploadUrls, DomainError> {
         let mut session = self.owned_session(caller, upload_id).await?;
@@ -576,17 +558,17 @@ impl Uploads {
             0 => self.limits.content.max_bytes,
             staged => staged.min(self.limits.content.max_bytes),
         };
-        let sizes: Vec<WriteSize> = match plan {
-            PartPlan::Count(_) if !self.blobs.bounds_presigned_parts() => {
+        let sizes: Vec<WriteSize> = match parts {
+            DirectParts::Count(_) if !self.blobs.bounds_presigned_parts() => {
                 return Err(DomainError::invalid(
                     "this store bounds a part only by its exact size: send part_sizes \
                      rather than part_count",
                 ));
             }
-            PartPlan::Count(n) if (1..=max_parts).contains(&n) => {
+            DirectParts::Count(n) if (1..=max_parts).contains(&n) => {
                 vec![WriteSize::AtMost(max_bytes); n as usize]
             }
-            PartPlan::Sizes(sizes) if (1..=max_parts as usize).contains(&sizes.len()) => {
+            DirectParts::Sizes(sizes) if (1..=max_parts as usize).contains(&sizes.len()) => {
                 if sizes.contains(&0) {
                     return Err(DomainError::invalid("part sizes must be positive"));
                 }
@@ -1020,7 +1002,7 @@ impl SessionStream<'_> {
         };
         let key = ObjectKey::staged(&self.session.id, &segment.name);
         let mut writer = self.uploads.blobs.start_write(&key, Some(length)).await?;
-        for piece in gathered(tail.prefix(length)) {
+        for piece in Gatherer::for_writes().gather_all(tail.prefix(length)) {
             if let Err(error) = writer.write(piece).await {
                 writer.abort().await;
                 return Err(error.into());
@@ -1101,31 +1083,6 @@ impl SessionStream<'_> {
     }
 }
 
-/// Small pieces copied together into pieces of at least 64 KiB (a write
-/// call per received chunk would cost per chunk, not per byte); large ones
-/// pass as they are.
-fn gathered(pieces: Vec<Bytes>) -> Vec<Bytes> {
-    const MIN: usize = 64 * 1024;
-    let mut out = Vec::new();
-    let (mut small, mut small_len) = (Vec::new(), 0);
-    for piece in pieces {
-        if piece.len() >= MIN && small.is_empty() {
-            out.push(piece);
-            continue;
-        }
-        small_len += piece.len();
-        small.push(piece);
-        if small_len >= MIN {
-            out.push(super::gather(std::mem::take(&mut small)));
-            small_len = 0;
-        }
-    }
-    if !small.is_empty() {
-        out.push(super::gather(small));
-    }
-    out
-}
-
 /// The objects `keys` (with their sizes), one after the other, in messages
 /// of 256 KiB to 1 MiB, each object exactly as long as recorded.
 fn read_in_order(
@@ -1137,7 +1094,7 @@ fn read_in_order(
             let blobs = blobs.clone();
             async move {
                 let stream = blobs.read(&key, 0, size).await?;
-                Ok::<_, DomainError>(crate::domain::images::exact_chunks(stream, size))
+                Ok::<_, DomainError>(exact_chunks(stream, size))
             }
         })
         .try_flatten()
@@ -1198,21 +1155,5 @@ mod tests {
         assert!(!tail.has_new_bytes());
         tail.push(Bytes::from_static(b"4"));
         assert!(tail.has_new_bytes());
-    }
-
-    #[test]
-    fn small_pieces_are_gathered_and_large_ones_pass() {
-        let small = Bytes::from(vec![1u8; 1000]);
-        let large = Bytes::from(vec![2u8; 100_000]);
-        let mut pieces = vec![large.clone()];
-        pieces.extend(std::iter::repeat_n(small, 70));
-        let out = gathered(pieces.clone());
-        assert_eq!(out.concat(), pieces.concat());
-        assert_eq!(
-            out.len(),
-            3,
-            "the large piece, 66 small ones gathered, the other 4"
-        );
-        assert_eq!(out[0].as_ptr(), large.as_ptr(), "not copied");
     }
 }

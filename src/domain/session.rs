@@ -4,9 +4,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::image::Timestamp;
-use crate::domain::upload::NewImage;
-use crate::domain::{DomainError, ImageId, UserId};
+use super::image::{ImageId, NewImage, Timestamp};
+use super::{DomainError, UserId};
 
 /// An upload session's id: random, or derived from the owner and the
 /// idempotency key so that a retried `StartUpload` finds its session.
