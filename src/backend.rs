@@ -5,10 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Backend, Config, LimitSettings};
+use crate::domain::limits::{PaceLimits, SessionLimits};
 use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
 use crate::domain::signing::SigningKey;
-use crate::domain::upload::PaceLimits;
-use crate::domain::upload::resumable::SessionLimits;
 use crate::domain::{Images, Limits};
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;

@@ -1012,7 +1012,7 @@ pub fn limits() -> crate::domain::Limits {
         max_concurrent_uploads: 8,
         upload_slot_wait: Duration::ZERO,
         max_uploads_per_user: 8,
-        pace: crate::domain::upload::PaceLimits {
+        pace: crate::domain::limits::PaceLimits {
             idle_timeout: Duration::from_secs(10),
             deadline: Duration::from_secs(60),
             free_messages: 1024,
@@ -1027,7 +1027,7 @@ pub fn limits() -> crate::domain::Limits {
             max_concurrent: 2,
             max_memory: 256 << 20,
         },
-        sessions: crate::domain::upload::resumable::SessionLimits {
+        sessions: crate::domain::limits::SessionLimits {
             ttl: Duration::from_secs(3600),
             segment_bytes: 1 << 20,
             max_parts: 100,

@@ -1,12 +1,13 @@
 //! Protobuf messages to domain values and back.
 use std::time::Duration;
 
+use crate::domain::image::NewImage;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
 use crate::domain::ports::Disposition;
 use crate::domain::upload::resumable::DirectParts;
-use crate::domain::upload::{FramePayload, NewImage, UploadFrame};
+use crate::domain::upload::{FramePayload, UploadFrame};
 use crate::domain::{DomainError, UserId};
 use crate::pb;
 

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use image_service::domain::VariantName;
+use image_service::domain::image::NewImage;
 use image_service::domain::image::Timestamp;
 use image_service::domain::listing::ListFilter;
 use image_service::domain::ports::{BlobStore, MetadataStore, ObjectKey};
 use image_service::domain::signing::SigningKey;
-use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::upload::{FramePayload, UploadFrame};
 use image_service::domain::{DomainError, ImageRecord, Images, UserId};
 use image_service::storage::memory::{Call, Faults, MemoryBlobStore, MemoryMetadataStore};
 use sha2::Digest;

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use image_service::domain::image::NewImage;
 use image_service::domain::signing::SigningKey;
-use image_service::domain::upload::{FramePayload, NewImage, UploadFrame};
+use image_service::domain::upload::{FramePayload, UploadFrame};
 use image_service::domain::{DomainError, Images, UserId, validation};
 use image_service::storage::embedded::{self, urls::SignedUrls};
 use proptest::prelude::*;

@@ -39,8 +39,6 @@ mod spec;
 mod stored;
 mod writes;
 
-pub use crate::domain::image::NewImage;
-pub use crate::domain::limits::PaceLimits;
 pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;

@@ -27,9 +27,10 @@ use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::pace::Pace;
 use super::spec::ValidSpec;
-use super::{FramePayload, NewImage, UploadFrame, UploadSlot, Uploads};
+use super::{FramePayload, UploadFrame, UploadSlot, Uploads};
 use crate::domain::budget::Reservation;
 use crate::domain::chunks::{Gatherer, exact_chunks};
+use crate::domain::image::NewImage;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
@@ -38,8 +39,7 @@ use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
 
-pub use crate::domain::limits::SessionLimits;
-pub use crate::domain::session::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
+use crate::domain::session::{Delivery, Lease, Segment, UploadId, UploadSessionRecord};
 
 /// What `QueryUploadStatus` reports.
 #[derive(Debug)]
