@@ -335,10 +335,13 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub http_body_timeout: Duration,
 
-    /// HTTP listener: after the grace period, a request body arriving at
-    /// fewer bytes per second than this on average (counted from the
-    /// request's start) is cut with 408 and its connection closed, so
-    /// trickled bodies cannot hold the connection slots. 0: no floor.
+    /// HTTP listener: a request body must bring at least this many bytes
+    /// per second over every window of --http-min-body-rate-grace (a
+    /// sliding window, from the request's start on: a body that was fast
+    /// and then trickles is cut as soon as its last window falls short),
+    /// or all its remaining bytes within the window; otherwise it is cut
+    /// with 408 and its connection closed, so trickled bodies cannot hold
+    /// the connection slots or their files. 0: no floor.
     #[arg(
         long,
         env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE",
@@ -347,8 +350,9 @@ pub struct Config {
     )]
     pub http_min_body_rate: u64,
 
-    /// HTTP listener: how long a request body may take before
-    /// --http-min-body-rate applies (its first bytes after a slow start).
+    /// HTTP listener: the window --http-min-body-rate is measured over
+    /// (a body's first window starts with the request, so a slow start
+    /// gets this long).
     #[arg(long, env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub http_min_body_rate_grace: Duration,
 

@@ -341,3 +341,46 @@ async fn metrics_can_have_an_address_of_their_own() {
         .unwrap();
     assert_eq!(public.status(), reqwest::StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_after_a_fast_start_is_cut_within_a_window() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--http-min-body-rate",
+            "1000",
+            "--http-min-body-rate-grace",
+            "2s",
+        ],
+    )
+    .await;
+    let url = part_urls(&app, 1).await.remove(0);
+    let mut stream = TcpStream::connect(app.http_addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n",
+                path_of(&url)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // 600 kB at once: on average from the start, enough for ten minutes
+    // at 1000 bytes/s.
+    stream.write_all(&vec![b'x'; 600_000]).await.unwrap();
+    let started = Instant::now();
+    let answer = trickle(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server answers within a few windows");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {:?}: {answer:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        started.elapsed()
+    );
+}
