@@ -211,11 +211,7 @@ impl Drop for Charge {
 async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> Option<Response> {
     match sessions.is_open(upload).await {
         Ok(true) => None,
-        Ok(false) => Some(plain(
-            StatusCode::GONE,
-            "the upload session is closed (completed, cancelled or expired): \
-             its URLs take no more parts\n",
-        )),
+        Ok(false) => Some(session_closed()),
         Err(error) => {
             tracing::error!(%error, "could not read an upload session for a presigned upload");
             Some(plain(
@@ -224,6 +220,14 @@ async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> O
             ))
         }
     }
+}
+
+fn session_closed() -> Response {
+    plain(
+        StatusCode::GONE,
+        "the upload session is closed (completed, cancelled or expired): \
+         its URLs take no more parts\n",
+    )
 }
 
 fn too_much_at_once() -> Response {
@@ -378,17 +382,25 @@ fn matches_etag(list: &str, etag: &str) -> bool {
 /// A direct upload whose body stops arriving for this long is abandoned.
 const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often a body being received asks again whether its session is
+/// open: a close stops it at once, this catches an expiry.
+const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
 /// had the size the URL allows, and nothing stays unless the session is
 /// open.
 ///
 /// A cancel or commit closes the session's record, then deletes its
-/// staged objects; this handler checks the record before it writes and
-/// again once the part is visible, deleting the part if the session closed
-/// meanwhile. Whichever comes last of the part's rename and the session's
-/// close, one side removes the part, and no lock is held while a client
-/// sends a body, so a cancel never waits on a slow upload.
+/// staged objects, which first stops the bodies still arriving for it
+/// ([`super::blob::PartWrites`]): the body ends at once, its partial file
+/// is removed and the caller gets 410. This handler registers its body
+/// before it checks the record, checks it again every
+/// [`SESSION_RECHECK`] while the body arrives (an expiry closes nothing
+/// explicitly) and once the part is visible, deleting the part if the
+/// session closed meanwhile. Whichever comes last of the part's rename and
+/// the session's close, one side removes the part, and no lock is held
+/// while a client sends a body, so a cancel never waits on a slow upload.
 async fn presigned_upload(
     State(PartUploads {
         store,
@@ -424,6 +436,8 @@ async fn presigned_upload(
             );
         }
     };
+    // Registered before the session is read: a close from now on stops it.
+    let mut closing = store.part_writes().start(&id);
     if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
         return refusal;
     }
@@ -468,8 +482,27 @@ async fn presigned_upload(
     };
     let mut received = 0u64;
     let mut stream = body.into_data_stream();
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + SESSION_RECHECK,
+        SESSION_RECHECK,
+    );
+    let mut idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
     loop {
-        let next = tokio::time::timeout(UPLOAD_BODY_IDLE_TIMEOUT, stream.next()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(idle_until, stream.next()) => next,
+            () = closing.stopped() => {
+                writer.abort().await;
+                return session_closed();
+            }
+            _ = recheck.tick() => {
+                if matches!(sessions.is_open(&id).await, Ok(false)) {
+                    writer.abort().await;
+                    return session_closed();
+                }
+                continue;
+            }
+        };
+        idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
         let chunk = match next {
             Ok(None) => break,
             Ok(Some(Ok(chunk))) => chunk,
