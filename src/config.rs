@@ -367,6 +367,31 @@ pub struct Config {
     )]
     pub http_max_connections_per_peer: usize,
 
+    /// HTTP listener: streams one HTTP/2 connection may have open at once
+    /// (each a request, a presigned part upload among them). With
+    /// --http-max-connections-per-peer it bounds the bodies and files one
+    /// address holds at once (64 × 16 = 1024 by default). Clients send
+    /// parts over HTTP/1 or a few streams each; 0 is taken as 1.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 16,
+        global = true
+    )]
+    pub http_max_streams_per_connection: u32,
+
+    /// HTTP listener (embedded backend): part bodies of direct uploads
+    /// received at once by this replica, from all callers; past it a part
+    /// upload is answered 503 with Retry-After. Each holds an open file and
+    /// up to a part's bytes in blobs/.partial. 0: no cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_CONCURRENT_PART_UPLOADS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub http_max_concurrent_part_uploads: usize,
+
     /// gRPC listener: connections one remote address (IPv4 address, IPv6
     /// /64) may have open at once; more are closed when accepted. 0: no cap.
     /// A gateway multiplexes its calls over a few connections per replica,

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use super::EmbeddedBlobStore;
 use super::urls::{UploadQuery, UrlQuery};
@@ -20,8 +21,17 @@ use crate::domain::upload::resumable::UploadId;
 use crate::domain::{ImageId, VariantName};
 
 /// The download and upload routes, over `store`; `sessions` says which
-/// upload sessions may still receive parts.
-pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) -> Router {
+/// upload sessions may still receive parts; at most `max_part_uploads`
+/// part bodies are received at once (0: no cap).
+pub fn routes(
+    store: Arc<EmbeddedBlobStore>,
+    sessions: Arc<dyn OpenSessions>,
+    max_part_uploads: usize,
+) -> Router {
+    let max_part_uploads = match max_part_uploads {
+        0 => Semaphore::MAX_PERMITS,
+        n => n.min(Semaphore::MAX_PERMITS),
+    };
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
@@ -33,18 +43,21 @@ pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) ->
                 store: store.clone(),
                 sessions,
                 ledger: Arc::default(),
+                receiving: Arc::new(Semaphore::new(max_part_uploads)),
             }),
         )
         .with_state(store)
 }
 
 /// What the upload route needs: the store, who says whether a part's
-/// session is still open, and what the parts being sent hold.
+/// session is still open, what the parts being sent hold, and the slots
+/// of the bodies received at once.
 #[derive(Clone)]
 struct PartUploads {
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     ledger: Arc<PartLedger>,
+    receiving: Arc<Semaphore>,
 }
 
 /// The bytes the parts of upload sessions hold on disk while bodies
@@ -406,6 +419,7 @@ async fn presigned_upload(
         store,
         sessions,
         ledger,
+        receiving,
     }): State<PartUploads>,
     Path((upload_id, part)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -462,6 +476,17 @@ async fn presigned_upload(
             "the body is larger than this URL allows\n",
         );
     }
+    let Ok(_receiving) = receiving.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            "too many part uploads are being received: retry later\n",
+        )
+            .into_response();
+    };
     let mut charge = match ledger.start(&store, &id, &part, size).await {
         Ok(charge) => charge,
         Err(error) => {
@@ -589,7 +614,7 @@ mod tests {
             asked: AtomicUsize::new(0),
         });
         let server =
-            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions)).into_future());
+            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions, 0)).into_future());
         let key = ObjectKey::staged(&UploadId::new(), "part-00000");
         let body = vec![7u8; 100_000];
         let url = store
