@@ -174,10 +174,13 @@ pub struct ConnectionSettings {
     #[arg(long, env = "IMAGE_SERVICE_HTTP_BODY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub http_body_timeout: Duration,
 
-    /// HTTP listener: after the grace period, a request body arriving at
-    /// fewer bytes per second than this on average (counted from the
-    /// request's start) is cut with 408 and its connection closed, so
-    /// trickled bodies cannot hold the connection slots. 0: no floor.
+    /// HTTP listener: a request body must bring at least this many bytes
+    /// per second over every window of --http-min-body-rate-grace (a
+    /// sliding window, from the request's start on: a body that was fast
+    /// and then trickles is cut as soon as its last window falls short),
+    /// or all its remaining bytes within the window; otherwise it is cut
+    /// with 408 and its connection closed, so trickled bodies cannot hold
+    /// the connection slots or their files. 0: no floor.
     #[arg(
         long,
         env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE",
@@ -186,8 +189,9 @@ pub struct ConnectionSettings {
     )]
     pub http_min_body_rate: u64,
 
-    /// HTTP listener: how long a request body may take before
-    /// --http-min-body-rate applies (its first bytes after a slow start).
+    /// HTTP listener: the window --http-min-body-rate is measured over
+    /// (a body's first window starts with the request, so a slow start
+    /// gets this long).
     #[arg(long, env = "IMAGE_SERVICE_HTTP_MIN_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub http_min_body_rate_grace: Duration,
 
@@ -201,6 +205,31 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub http_max_connections_per_peer: usize,
+
+    /// HTTP listener: streams one HTTP/2 connection may have open at once
+    /// (each a request, a presigned part upload among them). With
+    /// --http-max-connections-per-peer it bounds the bodies and files one
+    /// address holds at once (64 × 16 = 1024 by default). Clients send
+    /// parts over HTTP/1 or a few streams each; 0 is taken as 1.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 16,
+        global = true
+    )]
+    pub http_max_streams_per_connection: u32,
+
+    /// HTTP listener (embedded backend): part bodies of direct uploads
+    /// received at once by this replica, from all callers; past it a part
+    /// upload is answered 503 with Retry-After. Each holds an open file and
+    /// up to a part's bytes in blobs/.partial. 0: no cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_CONCURRENT_PART_UPLOADS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub http_max_concurrent_part_uploads: usize,
 
     /// gRPC listener: connections one remote address (IPv4 address, IPv6
     /// /64) may have open at once; more are closed when accepted. 0: no cap.

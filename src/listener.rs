@@ -938,11 +938,13 @@ impl AsyncWrite for Conn {
 
 /// Serves HTTP/1 and HTTP/2 on the connections of `incoming` until `stop`
 /// turns true, then lets open requests finish. A client must send a
-/// request's headers within `header_timeout`.
+/// request's headers within `header_timeout`; an HTTP/2 connection has at
+/// most `max_streams` requests open at once.
 pub async fn serve_http(
     mut incoming: ReceiverStream<io::Result<Conn>>,
     router: axum::Router,
     header_timeout: Duration,
+    max_streams: u32,
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -955,7 +957,12 @@ pub async fn serve_http(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // Without it hyper allows 200 streams per connection: one connection
+    // could hold that many request bodies (and their files) at once.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams.max(1));
     loop {
         let conn = tokio::select! {
             conn = incoming.next() => match conn {

@@ -241,6 +241,7 @@ impl Application {
                 incoming,
                 crate::http::metrics_router(),
                 limits.handshake_timeout,
+                limits.http_max_streams_per_connection,
                 stop_rx.clone(),
             ))
         });
@@ -274,8 +275,13 @@ impl Application {
         let http = listener::serve_http(
             http_incoming,
             crate::http::router(
-                self.http_blobs
-                    .map(|blobs| embedded::downloads::routes(blobs, open_sessions)),
+                self.http_blobs.map(|blobs| {
+                    embedded::downloads::routes(
+                        blobs,
+                        open_sessions,
+                        limits.http_max_concurrent_part_uploads,
+                    )
+                }),
                 metrics.is_none(),
                 crate::http::BodyLimits {
                     timeout: limits.http_body_timeout,
@@ -284,6 +290,7 @@ impl Application {
                 },
             ),
             limits.handshake_timeout,
+            limits.http_max_streams_per_connection,
             stop_rx,
         );
         let mut grpc = tokio::spawn(grpc);
@@ -363,6 +370,8 @@ struct TransportLimits {
     http_min_body_rate: u64,
     http_min_body_rate_grace: Duration,
     http_max_connections_per_peer: usize,
+    http_max_streams_per_connection: u32,
+    http_max_concurrent_part_uploads: usize,
     grpc_max_connections_per_peer: usize,
     /// `None`: connections without a call stay open.
     grpc_idle_timeout: Option<Duration>,
@@ -381,6 +390,8 @@ impl TransportLimits {
             http_min_body_rate: settings.http_min_body_rate,
             http_min_body_rate_grace: settings.http_min_body_rate_grace,
             http_max_connections_per_peer: settings.http_max_connections_per_peer,
+            http_max_streams_per_connection: settings.http_max_streams_per_connection.max(1),
+            http_max_concurrent_part_uploads: settings.http_max_concurrent_part_uploads,
             grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
             grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
                 .then_some(settings.grpc_idle_timeout),

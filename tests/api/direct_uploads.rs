@@ -81,12 +81,7 @@ async fn put_all_but_the_last_byte(addr: SocketAddr, url: String, size: usize) -
         }
         sent += n;
     }
-    let mut answer = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
-        .await
-        .ok()?
-        .unwrap_or(0);
-    Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+    answer(&mut stream, Duration::from_secs(3)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,4 +180,97 @@ async fn put(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
         .await
         .unwrap()
         .status()
+}
+
+/// A `PUT` of `url` declaring `size` bytes that sends all but the last
+/// `kept` of them and leaves the connection open; once the store holds
+/// what was sent.
+async fn hold_part(app: &TestApp, url: &str, size: usize, kept: usize) -> TcpStream {
+    let rest = url.split_once("://").expect("an absolute URL").1;
+    let path = &rest[rest.find('/').expect("a path")..];
+    let mut stream = TcpStream::connect(app.http_addr).await.unwrap();
+    let head = format!("PUT {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; size - kept]).await.unwrap();
+    let blobs = app.data_dir.join("blobs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bytes_under(&blobs) < (size - kept) as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "the part arrives");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream
+}
+
+/// What the server answers on `stream` within `within`, if anything.
+async fn answer(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(within, stream.read(&mut answer))
+        .await
+        .ok()?
+        .unwrap_or(0);
+    Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_the_part_bodies_of_its_session_at_once() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    const SIZE: usize = 4 * 1024 * 1024;
+    let blobs = app.data_dir.join("blobs");
+    // Again and again, as a caller would to stage more than its cap: the
+    // body of each cancelled session must not outlive the cancel.
+    for _ in 0..3 {
+        let (id, urls) = session(&app, SIZE, Parts::PartCount(1)).await;
+        let mut held = hold_part(&app, &urls[0], SIZE, 200).await;
+        app.client()
+            .cancel_upload(as_user("alice", pb::CancelUploadRequest { upload_id: id }))
+            .await
+            .unwrap();
+        // Gone by the time the cancel returns: the session's charge is
+        // free for another, so its bytes must be too.
+        assert_eq!(bytes_under(&blobs), 0, "{:?}", app.stored_objects_now());
+        let answer = answer(&mut held, Duration::from_secs(2)).await;
+        let answer = answer.as_deref().unwrap_or("nothing");
+        assert!(answer.starts_with("HTTP/1.1 410"), "{answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_part_body_of_a_session_that_expires_stops_within_a_second_or_two() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--upload-session-ttl", "3s"]).await;
+    const SIZE: usize = 1024 * 1024;
+    let (_, urls) = session(&app, SIZE, Parts::PartCount(1)).await;
+    let started = tokio::time::Instant::now();
+    let mut held = hold_part(&app, &urls[0], SIZE, 100_000).await;
+    // Faster than the minimum rate, never done.
+    let (mut reader, mut writer) = held.split();
+    let send = async {
+        loop {
+            if writer.write_all(&[b'x'; 64]).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(8), async {
+        tokio::select! {
+            read = reader.read(&mut answer) => read.unwrap_or(0),
+            () = send => unreachable!(),
+        }
+    })
+    .await
+    .expect("the body is stopped once its session expires");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 410"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        bytes_under(&app.data_dir.join("blobs")),
+        0,
+        "{:?}",
+        app.stored_objects_now()
+    );
 }

@@ -341,3 +341,144 @@ async fn metrics_can_have_an_address_of_their_own() {
         .unwrap();
     assert_eq!(public.status(), reqwest::StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_after_a_fast_start_is_cut_within_a_window() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--http-min-body-rate",
+            "1000",
+            "--http-min-body-rate-grace",
+            "2s",
+        ],
+    )
+    .await;
+    let url = part_urls(&app, 1).await.remove(0);
+    let mut stream = TcpStream::connect(app.http_addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n",
+                path_of(&url)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // 600 kB at once: on average from the start, enough for ten minutes
+    // at 1000 bytes/s.
+    stream.write_all(&vec![b'x'; 600_000]).await.unwrap();
+    let started = Instant::now();
+    let answer = trickle(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server answers within a few windows");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {:?}: {answer:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        started.elapsed()
+    );
+}
+
+/// The partial files of bodies being received.
+fn bodies_arriving(app: &TestApp) -> usize {
+    std::fs::read_dir(app.data_dir.join("blobs/.partial"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connection_carries_only_so_many_bodies_at_once() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--http-max-streams-per-connection", "2"],
+    )
+    .await;
+    let urls = part_urls(&app, 6).await;
+    // One connection (HTTP/2 without TLS, as the listener accepts it),
+    // six bodies that start and never end.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let puts: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let first = futures::stream::once(async {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 10_000]))
+                });
+                let body = futures::StreamExt::chain(first, futures::stream::pending());
+                client
+                    .put(url)
+                    .header("content-length", "100000")
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut most = 0;
+    while Instant::now() < deadline {
+        most = most.max(bodies_arriving(&app));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "bodies received at once over one connection");
+    for put in puts {
+        put.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_on_part_bodies_a_part_upload_is_told_to_retry() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--http-max-concurrent-part-uploads", "2"],
+    )
+    .await;
+    let urls = part_urls(&app, 3).await;
+    let mut held = Vec::new();
+    for url in &urls[..2] {
+        let mut stream = start_put(app.http_addr, LOCALHOST, url).await;
+        stream.write_all(&[b'x'; 1000]).await.unwrap();
+        held.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bodies_arriving(&app) < 2 {
+        assert!(Instant::now() < deadline, "the bodies are received");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = reqwest::Client::new()
+        .put(&urls[2])
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    // A slot frees when a body ends.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = reqwest::Client::new()
+            .put(&urls[2])
+            .body(vec![b'x'; 1000])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status.is_success() {
+            break;
+        }
+        assert_eq!(status.as_u16(), 503);
+        assert!(Instant::now() < deadline, "a slot frees");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

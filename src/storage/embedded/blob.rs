@@ -2,14 +2,17 @@
 //! upload sessions before they commit in `blobs/uploads/{upload_id}/`. A write goes to a
 //! temporary file in `blobs/.partial/`, is fsync'd, then renamed into place
 //! (and the directory fsync'd), so a reader sees a whole object or none.
+use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 
 use super::urls::{self, SignedUrls};
@@ -31,6 +34,92 @@ pub struct EmbeddedBlobStore {
     /// Partial files whose writer is still open: the repair pass leaves
     /// them alone, however short its grace.
     live: Live,
+    /// The part bodies being received for upload sessions.
+    part_writes: Arc<PartWrites>,
+}
+
+/// The part bodies the HTTP listener is receiving, by upload session.
+/// A session's close ([`BlobStore::delete_staged`], which every close
+/// calls once the session's record is closed) stops them and waits until
+/// each has removed its partial file, so what a closed session held is
+/// gone by the time the close returns. A body registers before it asks
+/// whether its session is open: either the close sees it and stops it, or
+/// it sees the closed record.
+#[derive(Default)]
+pub struct PartWrites {
+    sessions: Mutex<HashMap<UploadId, Arc<watch::Sender<bool>>>>,
+}
+
+/// How long a close waits for the bodies it stopped to remove their
+/// partial files (each only has to notice and delete one file).
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+impl PartWrites {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<UploadId, Arc<watch::Sender<bool>>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a body arriving for a part of `upload`.
+    pub fn start(self: &Arc<Self>, upload: &UploadId) -> PartWrite {
+        let stop = self
+            .sessions()
+            .entry(*upload)
+            .or_insert_with(|| Arc::new(watch::channel(false).0))
+            .subscribe();
+        PartWrite {
+            writes: self.clone(),
+            upload: *upload,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stops every body arriving for `upload` and waits until they have
+    /// ended (bounded by [`STOP_WAIT`]).
+    async fn stop(&self, upload: &UploadId) {
+        let Some(sender) = self.sessions().get(upload).cloned() else {
+            return;
+        };
+        sender.send_replace(true);
+        if tokio::time::timeout(STOP_WAIT, sender.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(upload_id = %upload, "part bodies of a closed upload session did not stop in time");
+        }
+    }
+}
+
+/// One part body arriving; dropped once its partial file is gone.
+pub struct PartWrite {
+    writes: Arc<PartWrites>,
+    upload: UploadId,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl PartWrite {
+    /// Resolves once the body's session has closed.
+    pub async fn stopped(&mut self) {
+        if let Some(stop) = &mut self.stop
+            && stop.wait_for(|stopped| *stopped).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for PartWrite {
+    fn drop(&mut self) {
+        let mut sessions = self.writes.sessions();
+        // The close waiting on this body wakes when its receiver is gone.
+        drop(self.stop.take());
+        if sessions
+            .get(&self.upload)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            sessions.remove(&self.upload);
+        }
+    }
 }
 
 /// The partial files being written.
@@ -51,7 +140,14 @@ impl EmbeddedBlobStore {
             partial,
             urls,
             live: Live::default(),
+            part_writes: Arc::default(),
         })
+    }
+
+    /// The part bodies being received, which a close of their session
+    /// stops.
+    pub(super) fn part_writes(&self) -> &Arc<PartWrites> {
+        &self.part_writes
     }
 
     /// The file of `key`.
@@ -211,7 +307,11 @@ impl BlobStore for EmbeddedBlobStore {
         ))
     }
 
+    /// Every close of a session calls this once its record is closed: the
+    /// bodies still arriving for its parts are stopped first, and their
+    /// partial files gone, before the parts are removed.
     async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
+        self.part_writes.stop(upload).await;
         let dir = self.root.join(ObjectKey::staged_prefix(upload));
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
@@ -397,5 +497,51 @@ impl Drop for FileWriter {
             self.file.take();
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_close_stops_the_bodies_of_its_session_and_waits_until_they_end() {
+        let writes = Arc::new(PartWrites::default());
+        let (closed, other) = (UploadId::new(), UploadId::new());
+        let mut body = writes.start(&closed);
+        let mut unrelated = writes.start(&other);
+        let ended = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let ended = ended.clone();
+            async move {
+                body.stopped().await;
+                // Removing its partial file takes a moment.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ended.store(true, Ordering::SeqCst);
+                drop(body);
+            }
+        });
+        writes.stop(&closed).await;
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "the close waited for the body"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), unrelated.stopped())
+                .await
+                .is_err(),
+            "another session's body goes on"
+        );
+        assert_eq!(
+            writes.sessions().len(),
+            1,
+            "the closed session is forgotten"
+        );
+        drop(unrelated);
+        assert!(writes.sessions().is_empty());
+        // A close with nothing arriving returns at once.
+        writes.stop(&other).await;
     }
 }

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use super::EmbeddedBlobStore;
 use super::urls::{UploadQuery, UrlError, UrlQuery};
@@ -20,8 +21,17 @@ use crate::domain::session::UploadId;
 use crate::domain::{ImageId, VariantName};
 
 /// The download and upload routes, over `store`; `sessions` says which
-/// upload sessions may still receive parts.
-pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) -> Router {
+/// upload sessions may still receive parts; at most `max_part_uploads`
+/// part bodies are received at once (0: no cap).
+pub fn routes(
+    store: Arc<EmbeddedBlobStore>,
+    sessions: Arc<dyn OpenSessions>,
+    max_part_uploads: usize,
+) -> Router {
+    let max_part_uploads = match max_part_uploads {
+        0 => Semaphore::MAX_PERMITS,
+        n => n.min(Semaphore::MAX_PERMITS),
+    };
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
@@ -33,18 +43,21 @@ pub fn routes(store: Arc<EmbeddedBlobStore>, sessions: Arc<dyn OpenSessions>) ->
                 store: store.clone(),
                 sessions,
                 ledger: Arc::default(),
+                receiving: Arc::new(Semaphore::new(max_part_uploads)),
             }),
         )
         .with_state(store)
 }
 
 /// What the upload route needs: the store, who says whether a part's
-/// session is still open, and what the parts being sent hold.
+/// session is still open, what the parts being sent hold, and the slots
+/// of the bodies received at once.
 #[derive(Clone)]
 struct PartUploads {
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     ledger: Arc<PartLedger>,
+    receiving: Arc<Semaphore>,
 }
 
 /// The bytes the parts of upload sessions hold on disk while bodies
@@ -211,11 +224,7 @@ impl Drop for Charge {
 async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> Option<Response> {
     match sessions.is_open(upload).await {
         Ok(true) => None,
-        Ok(false) => Some(plain(
-            StatusCode::GONE,
-            "the upload session is closed (completed, cancelled or expired): \
-             its URLs take no more parts\n",
-        )),
+        Ok(false) => Some(session_closed()),
         Err(error) => {
             tracing::error!(%error, "could not read an upload session for a presigned upload");
             Some(plain(
@@ -224,6 +233,14 @@ async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> O
             ))
         }
     }
+}
+
+fn session_closed() -> Response {
+    plain(
+        StatusCode::GONE,
+        "the upload session is closed (completed, cancelled or expired): \
+         its URLs take no more parts\n",
+    )
 }
 
 fn too_much_at_once() -> Response {
@@ -382,22 +399,31 @@ fn matches_etag(list: &str, etag: &str) -> bool {
 /// A direct upload whose body stops arriving for this long is abandoned.
 const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often a body being received asks again whether its session is
+/// open: a close stops it at once, this catches an expiry.
+const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
 /// had the size the URL allows, and nothing stays unless the session is
 /// open.
 ///
 /// A cancel or commit closes the session's record, then deletes its
-/// staged objects; this handler checks the record before it writes and
-/// again once the part is visible, deleting the part if the session closed
-/// meanwhile. Whichever comes last of the part's rename and the session's
-/// close, one side removes the part, and no lock is held while a client
-/// sends a body, so a cancel never waits on a slow upload.
+/// staged objects, which first stops the bodies still arriving for it
+/// ([`super::blob::PartWrites`]): the body ends at once, its partial file
+/// is removed and the caller gets 410. This handler registers its body
+/// before it checks the record, checks it again every
+/// [`SESSION_RECHECK`] while the body arrives (an expiry closes nothing
+/// explicitly) and once the part is visible, deleting the part if the
+/// session closed meanwhile. Whichever comes last of the part's rename and
+/// the session's close, one side removes the part, and no lock is held
+/// while a client sends a body, so a cancel never waits on a slow upload.
 async fn presigned_upload(
     State(PartUploads {
         store,
         sessions,
         ledger,
+        receiving,
     }): State<PartUploads>,
     Path((upload_id, part)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -428,6 +454,8 @@ async fn presigned_upload(
             );
         }
     };
+    // Registered before the session is read: a close from now on stops it.
+    let mut closing = store.part_writes().start(&id);
     if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
         return refusal;
     }
@@ -452,6 +480,17 @@ async fn presigned_upload(
             "the body is larger than this URL allows\n",
         );
     }
+    let Ok(_receiving) = receiving.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            "too many part uploads are being received: retry later\n",
+        )
+            .into_response();
+    };
     let mut charge = match ledger.start(&store, &id, &part, size).await {
         Ok(charge) => charge,
         Err(error) => {
@@ -472,8 +511,27 @@ async fn presigned_upload(
     };
     let mut received = 0u64;
     let mut stream = body.into_data_stream();
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + SESSION_RECHECK,
+        SESSION_RECHECK,
+    );
+    let mut idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
     loop {
-        let next = tokio::time::timeout(UPLOAD_BODY_IDLE_TIMEOUT, stream.next()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(idle_until, stream.next()) => next,
+            () = closing.stopped() => {
+                writer.abort().await;
+                return session_closed();
+            }
+            _ = recheck.tick() => {
+                if matches!(sessions.is_open(&id).await, Ok(false)) {
+                    writer.abort().await;
+                    return session_closed();
+                }
+                continue;
+            }
+        };
+        idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
         let chunk = match next {
             Ok(None) => break,
             Ok(Some(Ok(chunk))) => chunk,
@@ -563,7 +621,7 @@ mod tests {
             asked: AtomicUsize::new(0),
         });
         let server =
-            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions)).into_future());
+            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions, 0)).into_future());
         let key = ObjectKey::staged(&UploadId::new(), "part-00000");
         let body = vec![7u8; 100_000];
         let url = store
