@@ -276,6 +276,17 @@ pub struct Config {
     #[arg(long, env = "IMAGE_SERVICE_MEMORY_WAIT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub memory_wait: Duration,
 
+    /// Bytes of --memory-budget that one user's calls in progress may hold
+    /// at once: downloads, uploads, and responses the caller has not read
+    /// yet. Past it that user's new calls are refused with
+    /// RESOURCE_EXHAUSTED while other users go on being served (a user
+    /// holding nothing is always let in, within the budget). Renders are
+    /// not counted: --max-concurrent-renders bounds them. Default: a
+    /// quarter of --memory-budget, so that it takes four users to take the
+    /// whole budget; must not exceed --memory-budget.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_MEMORY_PER_USER", value_parser = parse_byte_size, global = true)]
+    pub max_memory_per_user: Option<u64>,
+
     /// Largest ListImages response, in bytes: a page is cut short, with a
     /// next_page_token for the rest, rather than grow past it.
     #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
@@ -796,6 +807,26 @@ impl Config {
         Ok(())
     }
 }
+
+impl Config {
+    /// `--max-memory-per-user` against a `--memory-budget` of `budget`:
+    /// the flag, a quarter of the budget by default, or why it cannot be.
+    pub fn memory_per_user(&self, budget: u64) -> Result<u64, String> {
+        match self.max_memory_per_user {
+            None => Ok(budget / MEMORY_SHARES_PER_BUDGET),
+            Some(share) if share > budget => Err(format!(
+                "--max-memory-per-user (IMAGE_SERVICE_MAX_MEMORY_PER_USER) is {share} bytes, \
+                 more than the whole --memory-budget of {budget} bytes: lower it, or raise \
+                 the budget"
+            )),
+            Some(share) => Ok(share),
+        }
+    }
+}
+
+/// Users it takes, at their share, to hold the whole memory budget by
+/// default.
+const MEMORY_SHARES_PER_BUDGET: u64 = 4;
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {

@@ -55,6 +55,9 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.check_identity().map_err(anyhow::Error::msg)?;
+        config
+            .memory_per_user(memory_budget(&config))
+            .map_err(anyhow::Error::msg)?;
         let auth = Arc::new(Authenticator::from_config(&config).await?);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -248,6 +251,11 @@ impl Application {
             ))
         });
         let grpc = tonic::transport::Server::builder()
+            // Responses hold their memory until sent; one not read for the
+            // stall timeout is dropped, ending its count below.
+            .layer(crate::grpc::response_memory::HoldResponses {
+                stall_timeout: limits.download_stall_timeout,
+            })
             // Counts each connection's calls in flight: the listener sheds
             // only connections without one.
             .layer(listener::CountCalls)
@@ -484,7 +492,11 @@ fn limits(config: &Config) -> Limits {
             free_messages: FREE_UPLOAD_MESSAGES,
             bytes_per_message: config.upload_bytes_per_message,
         },
-        memory_budget: config.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_budget: memory_budget(config),
+        // Checked at start (Server::build); repair holds no user's memory.
+        max_memory_per_user: config
+            .memory_per_user(memory_budget(config))
+            .unwrap_or(u64::MAX),
         memory_wait: config.memory_wait,
         max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
         keep_metadata: config.keep_metadata,
@@ -519,6 +531,10 @@ const MEMORY_BUDGET_SHARE: f64 = 0.6;
 /// VM): enough for one render at the pixel limit or dozens of uploads, and
 /// small enough that no caller takes the machine's memory.
 const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+
+fn memory_budget(config: &Config) -> u64 {
+    config.memory_budget.unwrap_or_else(default_memory_budget)
+}
 
 /// `--memory-budget` by default: a share of the cgroup memory limit (v2,
 /// else v1) when there is one, so a pod's budget follows its manifest.

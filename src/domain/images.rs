@@ -57,6 +57,9 @@ pub struct Limits {
     pub memory_budget: u64,
     /// How long work waits for memory before it is refused.
     pub memory_wait: Duration,
+    /// Bytes of the budget one user's downloads, uploads and unread
+    /// responses may hold at once.
+    pub max_memory_per_user: u64,
     /// Largest `ListImages` response, in encoded bytes: a page is cut short
     /// (with a token for the rest) rather than grow past it.
     pub max_page_bytes: usize,
@@ -146,7 +149,8 @@ impl Images {
         signing_key: SigningKey,
         limits: Limits,
     ) -> Self {
-        let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait);
+        let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait)
+            .with_user_share(limits.max_memory_per_user);
         Self {
             uploads: Uploads::new(blobs.clone(), metadata.clone(), limits, budget.clone()),
             blobs,
@@ -163,6 +167,12 @@ impl Images {
         S: futures::Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin + 'static,
     {
         self.uploads.upload(caller, frames).await
+    }
+
+    /// The memory budget, from which responses waiting to be sent reserve
+    /// their bytes.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// The upload use cases, sessions included (see
@@ -265,9 +275,11 @@ impl Images {
         Ok((image, variant))
     }
 
-    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the end).
+    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the
+    /// end); its memory counts against `caller`'s share of the budget.
     pub async fn download(
         &self,
+        caller: &UserId,
         image_id: &str,
         variant: &str,
         offset: i64,
@@ -297,7 +309,8 @@ impl Images {
             // gathered, one being sent, and the store's read-ahead.
             let memory = self
                 .budget
-                .reserve(
+                .reserve_for(
+                    caller,
                     DOWNLOAD_MEMORY.min(length + MIN_DOWNLOAD_CHUNK as u64),
                     "a download",
                 )

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::auth::Authenticator;
 use super::convert;
+use super::response_memory::HeldMemory;
 use crate::domain::images::BatchUrl;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
@@ -130,6 +131,28 @@ impl ImageApi {
             };
         }
         result
+    }
+
+    /// `message` as the response, its encoded size reserved from the memory
+    /// budget (counted against the caller's share) until it has been sent:
+    /// a caller that does not read its responses holds memory like one that
+    /// does not read its downloads (see [`super::response_memory`]).
+    async fn respond<T: prost::Message>(
+        &self,
+        caller: &UserId,
+        message: T,
+    ) -> Result<Response<T>, Status> {
+        let bytes = message.encoded_len() as u64;
+        let mut response = Response::new(message);
+        if bytes > 0 {
+            let memory = self
+                .images
+                .memory()
+                .reserve_for(caller, bytes, "this response")
+                .await?;
+            response.extensions_mut().insert(HeldMemory::new(memory));
+        }
+        Ok(response)
     }
 
     /// The caller, recorded on the call's span.
@@ -286,9 +309,13 @@ impl ImageService for ImageApi {
             });
             let record = self.images.upload(&caller, frames).await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "image uploaded");
-            Ok(Response::new(pb::UploadImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::UploadImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -300,9 +327,13 @@ impl ImageService for ImageApi {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
-            Ok(Response::new(pb::GetImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -324,19 +355,25 @@ impl ImageService for ImageApi {
                 })
             };
             let found = self.images.batch_get(&r.image_ids, url).await?;
-            Ok(Response::new(pb::BatchGetImagesResponse {
-                images: found
-                    .images
-                    .iter()
-                    .map(|(record, url)| pb::BatchImage {
-                        image: Some(convert::image(record, &caller)),
-                        url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
-                        url_expire_time: url.as_ref().map(|u| convert::timestamp(u.expire_time)),
-                    })
-                    .collect(),
-                missing_image_ids: found.missing,
-                unprocessed_image_ids: found.unprocessed,
-            }))
+            self.respond(
+                &caller,
+                pb::BatchGetImagesResponse {
+                    images: found
+                        .images
+                        .iter()
+                        .map(|(record, url)| pb::BatchImage {
+                            image: Some(convert::image(record, &caller)),
+                            url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
+                            url_expire_time: url
+                                .as_ref()
+                                .map(|u| convert::timestamp(u.expire_time)),
+                        })
+                        .collect(),
+                    missing_image_ids: found.missing,
+                    unprocessed_image_ids: found.unprocessed,
+                },
+            )
+            .await
         })
         .await
     }
@@ -349,14 +386,18 @@ impl ImageService for ImageApi {
             let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let query = convert::list_request(request.get_ref().clone())?;
             let page = self.images.list(&query).await?;
-            Ok(Response::new(pb::ListImagesResponse {
-                images: page
-                    .images
-                    .iter()
-                    .map(|record| convert::image(record, &caller))
-                    .collect(),
-                next_page_token: page.next_page_token,
-            }))
+            self.respond(
+                &caller,
+                pb::ListImagesResponse {
+                    images: page
+                        .images
+                        .iter()
+                        .map(|record| convert::image(record, &caller))
+                        .collect(),
+                    next_page_token: page.next_page_token,
+                },
+            )
+            .await
         })
         .await
     }
@@ -372,7 +413,13 @@ impl ImageService for ImageApi {
             let r = request.get_ref();
             let download = self
                 .images
-                .download(&r.image_id, &r.variant, r.read_offset, r.read_limit)
+                .download(
+                    &caller,
+                    &r.image_id,
+                    &r.variant,
+                    r.read_offset,
+                    r.read_limit,
+                )
                 .await?;
             let header = pb::DownloadImageResponse {
                 image: Some(convert::image(&download.image, &caller)),
@@ -418,7 +465,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -426,10 +473,14 @@ impl ImageService for ImageApi {
                 .images
                 .download_url(&r.image_id, &r.variant, expires_in, disposition)
                 .await?;
-            Ok(Response::new(pb::GetDownloadUrlResponse {
-                url: url.url,
-                expire_time: Some(convert::timestamp(url.expire_time)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetDownloadUrlResponse {
+                    url: url.url,
+                    expire_time: Some(convert::timestamp(url.expire_time)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -444,9 +495,13 @@ impl ImageService for ImageApi {
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
             let record = self.images.update(&caller, &image_id, update).await?;
-            Ok(Response::new(pb::UpdateImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::UpdateImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -483,12 +538,16 @@ impl ImageService for ImageApi {
                 .start_session(&caller, spec, r.expected_size)
                 .await?;
             tracing::info!(upload_id = %session.id, "upload session started");
-            Ok(Response::new(pb::StartUploadResponse {
-                session: Some(pb::UploadSession {
-                    upload_id: session.id.to_string(),
-                    expire_time: Some(convert::timestamp(session.expire_time)),
-                }),
-            }))
+            self.respond(
+                &caller,
+                pb::StartUploadResponse {
+                    session: Some(pb::UploadSession {
+                        upload_id: session.id.to_string(),
+                        expire_time: Some(convert::timestamp(session.expire_time)),
+                    }),
+                },
+            )
+            .await
         })
         .await
     }
@@ -507,11 +566,15 @@ impl ImageService for ImageApi {
                     .uploads()
                     .session_status(&caller, &request.get_ref().upload_id)
                     .await?;
-                Ok(Response::new(pb::QueryUploadStatusResponse {
-                    persisted_size: status.persisted_size as i64,
-                    image: status.image.map(|image| convert::image(&image, &caller)),
-                    expire_time: Some(convert::timestamp(status.expire_time)),
-                }))
+                self.respond(
+                    &caller,
+                    pb::QueryUploadStatusResponse {
+                        persisted_size: status.persisted_size as i64,
+                        image: status.image.map(|image| convert::image(&image, &caller)),
+                        expire_time: Some(convert::timestamp(status.expire_time)),
+                    },
+                )
+                .await
             },
         )
         .await
@@ -546,10 +609,14 @@ impl ImageService for ImageApi {
                 .uploads()
                 .upload_urls(&caller, &r.upload_id, plan, expires_in)
                 .await?;
-            Ok(Response::new(pb::GetUploadUrlsResponse {
-                urls: urls.urls,
-                expire_time: Some(convert::timestamp(urls.expire_time)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetUploadUrlsResponse {
+                    urls: urls.urls,
+                    expire_time: Some(convert::timestamp(urls.expire_time)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -567,9 +634,10 @@ impl ImageService for ImageApi {
                 .complete_session(&caller, &request.get_ref().upload_id)
                 .await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "direct upload completed");
-            Ok(Response::new(pb::CompleteUploadResponse {
+            self.respond(&caller, pb::CompleteUploadResponse {
                 image: Some(convert::image(&record, &caller)),
-            }))
+            })
+            .await
         })
         .await
     }
