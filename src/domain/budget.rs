@@ -73,6 +73,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Gives back all but `bytes` of the reservation.
     pub fn shrink_to(&mut self, bytes: u64) {
         if bytes >= self.bytes {

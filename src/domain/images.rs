@@ -175,6 +175,13 @@ impl Images {
         &self.budget
     }
 
+    /// Memory a listing or a batch of records may take while its response
+    /// is made: the records read and the response made of them, each at
+    /// most `--max-page-bytes`.
+    pub fn page_memory(&self) -> u64 {
+        2 * self.limits.max_page_bytes as u64
+    }
+
     /// The upload use cases, sessions included (see
     /// [`super::upload::resumable`]).
     pub fn uploads(&self) -> &Uploads {

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::auth::Authenticator;
 use super::convert;
 use super::response_memory::HeldMemory;
+use crate::domain::budget::Reservation;
 use crate::domain::images::BatchUrl;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
@@ -133,6 +134,18 @@ impl ImageApi {
         result
     }
 
+    /// Reserves `bytes` from the memory budget, counted against the
+    /// caller's share, before a large response is made (a listing, a
+    /// batch): many made at once would otherwise hold memory outside the
+    /// budget before any of it was counted.
+    async fn reserve_response(&self, caller: &UserId, bytes: u64) -> Result<Reservation, Status> {
+        Ok(self
+            .images
+            .memory()
+            .reserve_for(caller, bytes, "this response")
+            .await?)
+    }
+
     /// `message` as the response, its encoded size reserved from the memory
     /// budget (counted against the caller's share) until it has been sent:
     /// a caller that does not read its responses holds memory like one that
@@ -142,16 +155,30 @@ impl ImageApi {
         caller: &UserId,
         message: T,
     ) -> Result<Response<T>, Status> {
+        self.respond_within(caller, None, message).await
+    }
+
+    /// [`ImageApi::respond`] with what was reserved before the response was
+    /// made, grown or shrunk to its encoded size.
+    async fn respond_within<T: prost::Message>(
+        &self,
+        caller: &UserId,
+        reserved: Option<Reservation>,
+        message: T,
+    ) -> Result<Response<T>, Status> {
         let bytes = message.encoded_len() as u64;
+        let memory = match reserved {
+            Some(mut memory) => {
+                let budget = self.images.memory();
+                budget.grow(&mut memory, bytes, "this response").await?;
+                memory.shrink_to(bytes);
+                memory
+            }
+            None if bytes == 0 => return Ok(Response::new(message)),
+            None => self.reserve_response(caller, bytes).await?,
+        };
         let mut response = Response::new(message);
-        if bytes > 0 {
-            let memory = self
-                .images
-                .memory()
-                .reserve_for(caller, bytes, "this response")
-                .await?;
-            response.extensions_mut().insert(HeldMemory::new(memory));
-        }
+        response.extensions_mut().insert(HeldMemory::new(memory));
         Ok(response)
     }
 
@@ -354,9 +381,13 @@ impl ImageService for ImageApi {
                     disposition: convert::disposition(r.disposition)?,
                 })
             };
+            let memory = self
+                .reserve_response(&caller, self.images.page_memory())
+                .await?;
             let found = self.images.batch_get(&r.image_ids, url).await?;
-            self.respond(
+            self.respond_within(
                 &caller,
+                Some(memory),
                 pb::BatchGetImagesResponse {
                     images: found
                         .images
@@ -385,9 +416,13 @@ impl ImageService for ImageApi {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let query = convert::list_request(request.get_ref().clone())?;
+            let memory = self
+                .reserve_response(&caller, self.images.page_memory())
+                .await?;
             let page = self.images.list(&query).await?;
-            self.respond(
+            self.respond_within(
                 &caller,
+                Some(memory),
                 pb::ListImagesResponse {
                     images: page
                         .images
