@@ -73,6 +73,15 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// A reservation of nothing.
+    pub fn none() -> Self {
+        Self {
+            _permit: None,
+            bytes: 0,
+            charge: None,
+        }
+    }
+
     /// The bytes reserved.
     pub fn bytes(&self) -> u64 {
         self.bytes

@@ -2,7 +2,9 @@
 //! response its caller does not read ends.
 //!
 //! A handler reserves its response's encoded size from the budget and puts
-//! the reservation in the response's extensions ([`HeldMemory`]); tonic
+//! the reservation in the response's extensions ([`HeldMemory`]; a download
+//! puts an empty one, its stream holding its memory, to be watched alike);
+//! tonic
 //! copies them into the `http::Response`, where [`HoldResponses`] moves the
 //! reservation into the response body. HTTP/2 flow control decides when
 //! that body is sent: a caller that opens streams with a window of 0 and

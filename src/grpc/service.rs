@@ -1,7 +1,7 @@
 //! `imageservice.v1.ImageService`.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -259,59 +259,6 @@ fn peer_of<T>(request: &Request<T>) -> Option<&PeerInfo> {
     request.extensions().get::<PeerInfo>()
 }
 
-/// Ends a download stream that its caller has not read for `timeout`.
-///
-/// HTTP/2 asks a response stream for more only when the caller's flow
-/// control window has room, so a caller that never reads leaves the stream
-/// unpolled, holding its buffers and memory reservation. A watchdog drops
-/// the inner stream (releasing them) once it has not been polled for
-/// `timeout`; the next poll, if any, ends the call with DEADLINE_EXCEEDED.
-fn end_when_stalled(stream: DownloadStream, timeout: Duration) -> DownloadStream {
-    let inner = Arc::new(Mutex::new(Some(stream)));
-    let last_poll = Arc::new(Mutex::new(tokio::time::Instant::now()));
-    {
-        let inner = Arc::downgrade(&inner);
-        let last_poll = last_poll.clone();
-        tokio::spawn(async move {
-            loop {
-                let due = *last_poll.lock().unwrap_or_else(|e| e.into_inner()) + timeout;
-                tokio::time::sleep_until(due).await;
-                let Some(inner) = inner.upgrade() else { return };
-                let idle = last_poll
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed();
-                if idle >= timeout {
-                    let stream = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if stream.is_some() {
-                        metrics::counter!("imageservice_download_stalls_total").increment(1);
-                        tracing::debug!(?timeout, "ended a download its caller stopped reading");
-                    }
-                    return;
-                }
-            }
-        });
-    }
-    let mut ended = false;
-    Box::pin(futures::stream::poll_fn(move |cx| {
-        if ended {
-            return std::task::Poll::Ready(None);
-        }
-        *last_poll.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.as_mut() {
-            Some(stream) => stream.as_mut().poll_next(cx),
-            None => {
-                ended = true;
-                std::task::Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                    "the download was not read for {}s (--download-stall-timeout)",
-                    timeout.as_secs_f32()
-                )))))
-            }
-        }
-    }))
-}
-
 #[tonic::async_trait]
 impl ImageService for ImageApi {
     async fn upload_image(
@@ -487,10 +434,13 @@ impl ImageService for ImageApi {
                         message
                     }),
             );
-            Ok(Response::new(end_when_stalled(
-                stream,
-                self.limits.download_stall_timeout,
-            )))
+            // Its memory is the stream's; the layer ends it, and its
+            // call's count, once it is not read for the stall timeout.
+            let mut response = Response::new(stream);
+            response
+                .extensions_mut()
+                .insert(HeldMemory::new(Reservation::none()));
+            Ok(response)
         })
         .await
     }

@@ -287,15 +287,21 @@ async fn a_response_nobody_reads_ends_and_its_connection_is_closed_when_idle() {
         "2s",
     ])
     .await;
+    let image = app.upload_png("alice", 1).await;
+    let download = pb::DownloadImageRequest {
+        image_id: image.image_id,
+        ..Default::default()
+    };
     let mut mallory = NonReader::connect(app.grpc_addr).await;
-    let answers = mallory
+    let mut answers = mallory
         .call(LIST, "mallory", &fat_listing("fatuser"), 3)
         .await;
+    answers.extend(mallory.call(DOWNLOAD, "mallory", &download, 1).await);
     assert!(refusals(&answers).is_empty(), "{answers:?}");
 
-    // Unread for the stall timeout, the listings are dropped: their memory
-    // goes back, and with no call left, the idle timeout closes the
-    // connection.
+    // Unread for the stall timeout, the listings and the download are
+    // dropped: their memory goes back, and with no call left, the idle
+    // timeout closes the connection.
     assert!(
         mallory.closed_within(Duration::from_secs(15)).await,
         "the connection of unread listings stays open"
