@@ -146,8 +146,10 @@ fn limits(settings: &LimitSettings) -> Limits {
             free_messages: FREE_UPLOAD_MESSAGES,
             bytes_per_message: settings.upload_bytes_per_message,
         },
-        memory_budget: settings.memory_budget.unwrap_or_else(default_memory_budget),
+        memory_budget: settings.memory_budget(),
         memory_wait: settings.memory_wait,
+        // Checked at start (Application::build); commands hold no user's memory.
+        max_memory_per_user: settings.memory_per_user().unwrap_or(u64::MAX),
         max_page_bytes: usize::try_from(settings.max_page_bytes).unwrap_or(usize::MAX),
         keep_metadata: settings.keep_metadata,
         variants: settings.variants,
@@ -173,29 +175,3 @@ fn limits(settings: &LimitSettings) -> Limits {
 /// Messages every upload may send before `--upload-bytes-per-message`
 /// applies: room for a spec and small chunks of a small image.
 const FREE_UPLOAD_MESSAGES: u64 = 1024;
-/// The share of the container's memory limit the budget takes by default:
-/// the rest is the process's own (code, the runtime, connections, the
-/// allocator's slack).
-const MEMORY_BUDGET_SHARE: f64 = 0.6;
-/// The budget when no container limit is found (a developer's machine, a
-/// VM): enough for one render at the pixel limit or dozens of uploads, and
-/// small enough that no caller takes the machine's memory.
-const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
-
-/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
-/// else v1) when there is one, so a pod's budget follows its manifest.
-pub fn default_memory_budget() -> u64 {
-    let limit = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|path| std::fs::read_to_string(path).ok())
-    .filter_map(|text| text.trim().parse::<u64>().ok())
-    // cgroup v1 says "no limit" with a number near i64::MAX.
-    .find(|&limit| limit < 1 << 60);
-    match limit {
-        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
-        None => FALLBACK_MEMORY_BUDGET,
-    }
-}

@@ -492,6 +492,17 @@ pub struct LimitSettings {
     #[arg(long, env = "IMAGE_SERVICE_MEMORY_WAIT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub memory_wait: Duration,
 
+    /// Bytes of --memory-budget that one user's calls in progress may hold
+    /// at once: downloads, uploads, and responses the caller has not read
+    /// yet. Past it that user's new calls are refused with
+    /// RESOURCE_EXHAUSTED while other users go on being served (a user
+    /// holding nothing is always let in, within the budget). Renders are
+    /// not counted: --max-concurrent-renders bounds them. Default: a
+    /// quarter of --memory-budget, so that it takes four users to take the
+    /// whole budget; must not exceed --memory-budget.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_MEMORY_PER_USER", value_parser = parse_byte_size, global = true)]
+    pub max_memory_per_user: Option<u64>,
+
     /// Largest ListImages response, in bytes: a page is cut short, with a
     /// next_page_token for the rest, rather than grow past it.
     #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
@@ -887,6 +898,28 @@ impl Config {
     }
 }
 
+impl LimitSettings {
+    /// `--max-memory-per-user` against the `--memory-budget` it shares: the
+    /// flag, a quarter of the budget by default, or why it cannot be.
+    pub fn memory_per_user(&self) -> Result<u64, String> {
+        let budget = self.memory_budget();
+        match self.max_memory_per_user {
+            None => Ok(budget / MEMORY_SHARES_PER_BUDGET),
+            Some(share) if share > budget => Err(format!(
+                "--max-memory-per-user (IMAGE_SERVICE_MAX_MEMORY_PER_USER) is {share} bytes, \
+                 more than the whole --memory-budget of {budget} bytes: lower it, or raise \
+                 the budget"
+            )),
+            Some(share) => Ok(share),
+        }
+    }
+
+    /// `--memory-budget`, or its default for this container.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget.unwrap_or_else(default_memory_budget)
+    }
+}
+
 impl StorageSettings {
     /// The aws backend's settings; `max_object_bytes` sizes the parts of
     /// its multipart uploads.
@@ -907,6 +940,37 @@ impl StorageSettings {
         }
     }
 }
+
+/// The share of the container's memory limit the budget takes by default:
+/// the rest is the process's own (code, the runtime, connections, the
+/// allocator's slack).
+const MEMORY_BUDGET_SHARE: f64 = 0.6;
+/// The budget when no container limit is found (a developer's machine, a
+/// VM): enough for one render at the pixel limit or dozens of uploads, and
+/// small enough that no caller takes the machine's memory.
+const FALLBACK_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+
+/// `--memory-budget` by default: a share of the cgroup memory limit (v2,
+/// else v1) when there is one, so a pod's budget follows its manifest.
+pub fn default_memory_budget() -> u64 {
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // cgroup v1 says "no limit" with a number near i64::MAX.
+    .find(|&limit| limit < 1 << 60);
+    match limit {
+        Some(limit) => (limit as f64 * MEMORY_BUDGET_SHARE) as u64,
+        None => FALLBACK_MEMORY_BUDGET,
+    }
+}
+
+/// Users it takes, at their share, to hold the whole memory budget by
+/// default.
+const MEMORY_SHARES_PER_BUDGET: u64 = 4;
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {

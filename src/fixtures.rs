@@ -1020,6 +1020,7 @@ pub fn limits() -> crate::domain::Limits {
         },
         memory_budget: 1 << 30,
         memory_wait: Duration::from_secs(5),
+        max_memory_per_user: 1 << 30,
         max_page_bytes: 2 << 20,
         keep_metadata: false,
         variants: true,

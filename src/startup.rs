@@ -50,6 +50,10 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.identity.check().map_err(anyhow::Error::msg)?;
+        config
+            .limits
+            .memory_per_user()
+            .map_err(anyhow::Error::msg)?;
         let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
         let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {
@@ -246,6 +250,11 @@ impl Application {
             ))
         });
         let grpc = tonic::transport::Server::builder()
+            // Responses hold their memory until sent; one not read for the
+            // stall timeout is dropped, ending its count below.
+            .layer(crate::grpc::response_memory::HoldResponses {
+                stall_timeout: limits.download_stall_timeout,
+            })
             // Counts each connection's calls in flight: the listener sheds
             // only connections without one.
             .layer(listener::CountCalls)

@@ -118,12 +118,15 @@ impl Admissions {
         wait: Duration,
     ) -> Result<Reservation, DomainError> {
         let deadline = Instant::now() + wait;
+        // The user's share first: an upload past it is refused at once,
+        // and does not wait in the queue for memory it may not hold.
+        let charge = self.budget.charge(user, bytes, "this upload")?;
         let ticket = {
             let mut queue = self.lock();
             if queue.is_empty()
                 && let Some(reservation) = self.budget.try_reserve(bytes)
             {
-                return Ok(reservation);
+                return Ok(reservation.charged(charge));
             }
             Ticket {
                 admissions: self,
@@ -153,7 +156,7 @@ impl Admissions {
         drop(ticket);
         match reserved {
             Err(DomainError::ResourceExhausted(_)) => Err(self.refusal(bytes, started)),
-            other => other,
+            other => other.map(|reservation| reservation.charged(charge)),
         }
     }
 

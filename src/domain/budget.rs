@@ -1,6 +1,7 @@
 //! The shared limits on what callers can make one replica hold: one memory
-//! budget in bytes that uploads, downloads and renders draw from, and the
-//! per-user count of uploads in progress.
+//! budget in bytes that uploads, downloads, responses and renders draw
+//! from, the share of it one user's work may hold, and the per-user count
+//! of uploads in progress.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +23,44 @@ pub struct MemoryBudget {
     units: Arc<Semaphore>,
     total: u64,
     wait: Duration,
+    users: UserShares,
+}
+
+/// Bytes of the budget each user's work holds, and the most one user may
+/// hold (`--max-memory-per-user`), so that one user's unread downloads and
+/// responses cannot take the budget from everyone else.
+#[derive(Clone, Debug)]
+struct UserShares {
+    max: u64,
+    held: Arc<Mutex<HashMap<UserId, u64>>>,
+}
+
+/// Bytes of a reservation counted against one user's share; uncounted when
+/// dropped.
+#[derive(Debug)]
+pub struct UserCharge {
+    held: Arc<Mutex<HashMap<UserId, u64>>>,
+    user: UserId,
+    bytes: u64,
+}
+
+impl UserCharge {
+    fn set(&mut self, bytes: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(total) = held.get_mut(&self.user) {
+            *total = (*total + bytes).saturating_sub(self.bytes);
+            if *total == 0 {
+                held.remove(&self.user);
+            }
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for UserCharge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 /// Bytes reserved from a [`MemoryBudget`]; given back when dropped.
@@ -29,9 +68,25 @@ pub struct MemoryBudget {
 pub struct Reservation {
     _permit: Option<OwnedSemaphorePermit>,
     bytes: u64,
+    /// The user whose share the bytes count against, if any.
+    charge: Option<UserCharge>,
 }
 
 impl Reservation {
+    /// A reservation of nothing.
+    pub fn none() -> Self {
+        Self {
+            _permit: None,
+            bytes: 0,
+            charge: None,
+        }
+    }
+
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Gives back all but `bytes` of the reservation.
     pub fn shrink_to(&mut self, bytes: u64) {
         if bytes >= self.bytes {
@@ -46,10 +101,23 @@ impl Reservation {
             _ => {}
         }
         self.bytes = bytes;
+        if let Some(charge) = &mut self.charge {
+            charge.set(bytes);
+        }
+    }
+
+    /// Counts the reservation against `charge`'s user until it is dropped.
+    pub fn charged(mut self, mut charge: UserCharge) -> Self {
+        charge.set(self.bytes);
+        self.charge = Some(charge);
+        self
     }
 
     fn absorb(&mut self, more: Reservation) {
         self.bytes += more.bytes;
+        if let Some(charge) = &mut self.charge {
+            charge.set(self.bytes);
+        }
         match (&mut self._permit, more._permit) {
             (Some(permit), Some(more)) => permit.merge(more),
             (slot @ None, more) => *slot = more,
@@ -59,14 +127,68 @@ impl Reservation {
 }
 
 impl MemoryBudget {
-    /// A budget of `total` bytes; reservations wait at most `wait`.
+    /// A budget of `total` bytes; reservations wait at most `wait`. One
+    /// user's reservations may hold the whole of it (see
+    /// [`MemoryBudget::with_user_share`]).
     pub fn new(total: u64, wait: Duration) -> Self {
         let units = (total / UNIT).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
             units: Arc::new(Semaphore::new(units as usize)),
             total: units * UNIT,
             wait,
+            users: UserShares {
+                max: u64::MAX,
+                held: Arc::default(),
+            },
         }
+    }
+
+    /// The budget, of which one user's reservations may hold at most `max`
+    /// bytes at once.
+    pub fn with_user_share(mut self, max: u64) -> Self {
+        self.users.max = max;
+        self
+    }
+
+    /// Counts `bytes` against `user`'s share, or refuses them at once when
+    /// they would take the user past it. Waiting would not help: it is the
+    /// user's own work that holds the share. A user holding nothing is
+    /// always let in, so one call larger than a share (an upload of the
+    /// largest image under a small budget) still works; one user holds at
+    /// most its share and one reservation more.
+    pub fn charge(&self, user: &UserId, bytes: u64, what: &str) -> Result<UserCharge, DomainError> {
+        let max = self.users.max;
+        let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
+        let total = held.entry(user.clone()).or_insert(0);
+        if *total > 0 && total.saturating_add(bytes) > max {
+            let now = *total;
+            metrics::counter!("imageservice_memory_user_share_refusals_total").increment(1);
+            return Err(DomainError::ResourceExhausted(format!(
+                "this user's calls in progress (downloads, uploads, responses not yet read) \
+                 hold {} of memory; one user may hold {} (--max-memory-per-user) and {what} \
+                 needs {}: read or end those first, then retry",
+                human(now),
+                human(max),
+                human(bytes)
+            )));
+        }
+        *total += bytes;
+        Ok(UserCharge {
+            held: self.users.held.clone(),
+            user: user.clone(),
+            bytes,
+        })
+    }
+
+    /// [`MemoryBudget::reserve`], counted against `user`'s share.
+    pub async fn reserve_for(
+        &self,
+        user: &UserId,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Reservation, DomainError> {
+        let charge = self.charge(user, bytes, what)?;
+        Ok(self.reserve(bytes, what).await?.charged(charge))
     }
 
     /// Bytes not reserved at the moment.
@@ -86,12 +208,14 @@ impl MemoryBudget {
             return Some(Reservation {
                 _permit: None,
                 bytes,
+                charge: None,
             });
         }
         let permit = self.units.clone().try_acquire_many_owned(units).ok()?;
         Some(Reservation {
             _permit: Some(permit),
             bytes,
+            charge: None,
         })
     }
 
@@ -112,6 +236,7 @@ impl MemoryBudget {
             return Ok(Reservation {
                 _permit: None,
                 bytes,
+                charge: None,
             });
         }
         let units = bytes.div_ceil(UNIT);
@@ -134,6 +259,7 @@ impl MemoryBudget {
             Some(Ok(permit)) => Ok(Reservation {
                 _permit: Some(permit),
                 bytes,
+                charge: None,
             }),
             Some(Err(_closed)) => Err(DomainError::Unavailable("the server is stopping".into())),
             None => {
@@ -362,6 +488,38 @@ mod tests {
             .unwrap_err();
         assert!(refused.to_string().contains("whole budget"), "{refused}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn one_user_holds_at_most_its_share_and_others_go_on() {
+        let mib = 1024 * 1024;
+        let budget =
+            MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
+        let mallory = UserId::parse("mallory").unwrap();
+        let alice = UserId::parse("alice").unwrap();
+        let first = budget
+            .reserve_for(&mallory, 6 * mib, "a test")
+            .await
+            .unwrap();
+        let refused = budget
+            .reserve_for(&mallory, 3 * mib, "a test")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, DomainError::ResourceExhausted(m) if m.contains("--max-memory-per-user")),
+            "{refused:?}"
+        );
+        assert!(budget.reserve_for(&alice, 7 * mib, "a test").await.is_ok());
+        drop(first);
+        let mut again = budget.reserve_for(&mallory, 12 * mib, "a test").await;
+        assert!(again.is_ok(), "a user holding nothing is let in");
+        again.as_mut().unwrap().shrink_to(mib);
+        assert!(
+            budget
+                .reserve_for(&mallory, 7 * mib, "a test")
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

@@ -108,7 +108,8 @@ impl Images {
         signing_key: SigningKey,
         limits: Limits,
     ) -> Self {
-        let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait);
+        let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait)
+            .with_user_share(limits.max_memory_per_user);
         Self {
             uploads: Uploads::new(blobs.clone(), metadata.clone(), limits, budget.clone()),
             blobs,
@@ -125,6 +126,19 @@ impl Images {
         S: futures::Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin + 'static,
     {
         self.uploads.upload(caller, frames).await
+    }
+
+    /// The memory budget, from which responses waiting to be sent reserve
+    /// their bytes.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Memory a listing or a batch of records may take while its response
+    /// is made: the records read and the response made of them, each at
+    /// most `--max-page-bytes`.
+    pub fn page_memory(&self) -> u64 {
+        2 * self.limits.max_page_bytes as u64
     }
 
     /// The upload use cases, sessions included (see
@@ -227,9 +241,11 @@ impl Images {
         Ok((image, variant))
     }
 
-    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the end).
+    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the
+    /// end); its memory counts against `caller`'s share of the budget.
     pub async fn download(
         &self,
+        caller: &UserId,
         image_id: &str,
         variant: &str,
         offset: i64,
@@ -259,7 +275,8 @@ impl Images {
             // gathered, one being sent, and the store's read-ahead.
             let memory = self
                 .budget
-                .reserve(
+                .reserve_for(
+                    caller,
                     DOWNLOAD_MEMORY.min(length + MIN_DOWNLOAD_CHUNK as u64),
                     "a download",
                 )

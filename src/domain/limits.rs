@@ -28,6 +28,9 @@ pub struct Limits {
     pub memory_budget: u64,
     /// How long work waits for memory before it is refused.
     pub memory_wait: Duration,
+    /// Bytes of the budget one user's downloads, uploads and unread
+    /// responses may hold at once.
+    pub max_memory_per_user: u64,
     /// Largest `ListImages` response, in encoded bytes: a page is cut short
     /// (with a token for the rest) rather than grow past it.
     pub max_page_bytes: usize,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod convert;
+pub mod response_memory;
 pub mod service;
 mod status;
 

@@ -1,7 +1,7 @@
 //! `imageservice.v1.ImageService`.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -12,6 +12,8 @@ use tracing::Instrument;
 
 use super::auth::Authenticator;
 use super::convert;
+use super::response_memory::HeldMemory;
+use crate::domain::budget::Reservation;
 use crate::domain::images::BatchUrl;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
@@ -132,6 +134,54 @@ impl ImageApi {
         result
     }
 
+    /// Reserves `bytes` from the memory budget, counted against the
+    /// caller's share, before a large response is made (a listing, a
+    /// batch): many made at once would otherwise hold memory outside the
+    /// budget before any of it was counted.
+    async fn reserve_response(&self, caller: &UserId, bytes: u64) -> Result<Reservation, Status> {
+        Ok(self
+            .images
+            .memory()
+            .reserve_for(caller, bytes, "this response")
+            .await?)
+    }
+
+    /// `message` as the response, its encoded size reserved from the memory
+    /// budget (counted against the caller's share) until it has been sent:
+    /// a caller that does not read its responses holds memory like one that
+    /// does not read its downloads (see [`super::response_memory`]).
+    async fn respond<T: prost::Message>(
+        &self,
+        caller: &UserId,
+        message: T,
+    ) -> Result<Response<T>, Status> {
+        self.respond_within(caller, None, message).await
+    }
+
+    /// [`ImageApi::respond`] with what was reserved before the response was
+    /// made, grown or shrunk to its encoded size.
+    async fn respond_within<T: prost::Message>(
+        &self,
+        caller: &UserId,
+        reserved: Option<Reservation>,
+        message: T,
+    ) -> Result<Response<T>, Status> {
+        let bytes = message.encoded_len() as u64;
+        let memory = match reserved {
+            Some(mut memory) => {
+                let budget = self.images.memory();
+                budget.grow(&mut memory, bytes, "this response").await?;
+                memory.shrink_to(bytes);
+                memory
+            }
+            None if bytes == 0 => return Ok(Response::new(message)),
+            None => self.reserve_response(caller, bytes).await?,
+        };
+        let mut response = Response::new(message);
+        response.extensions_mut().insert(HeldMemory::new(memory));
+        Ok(response)
+    }
+
     /// The caller, recorded on the call's span.
     async fn caller(
         &self,
@@ -209,59 +259,6 @@ fn peer_of<T>(request: &Request<T>) -> Option<&PeerInfo> {
     request.extensions().get::<PeerInfo>()
 }
 
-/// Ends a download stream that its caller has not read for `timeout`.
-///
-/// HTTP/2 asks a response stream for more only when the caller's flow
-/// control window has room, so a caller that never reads leaves the stream
-/// unpolled, holding its buffers and memory reservation. A watchdog drops
-/// the inner stream (releasing them) once it has not been polled for
-/// `timeout`; the next poll, if any, ends the call with DEADLINE_EXCEEDED.
-fn end_when_stalled(stream: DownloadStream, timeout: Duration) -> DownloadStream {
-    let inner = Arc::new(Mutex::new(Some(stream)));
-    let last_poll = Arc::new(Mutex::new(tokio::time::Instant::now()));
-    {
-        let inner = Arc::downgrade(&inner);
-        let last_poll = last_poll.clone();
-        tokio::spawn(async move {
-            loop {
-                let due = *last_poll.lock().unwrap_or_else(|e| e.into_inner()) + timeout;
-                tokio::time::sleep_until(due).await;
-                let Some(inner) = inner.upgrade() else { return };
-                let idle = last_poll
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed();
-                if idle >= timeout {
-                    let stream = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if stream.is_some() {
-                        metrics::counter!("imageservice_download_stalls_total").increment(1);
-                        tracing::debug!(?timeout, "ended a download its caller stopped reading");
-                    }
-                    return;
-                }
-            }
-        });
-    }
-    let mut ended = false;
-    Box::pin(futures::stream::poll_fn(move |cx| {
-        if ended {
-            return std::task::Poll::Ready(None);
-        }
-        *last_poll.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.as_mut() {
-            Some(stream) => stream.as_mut().poll_next(cx),
-            None => {
-                ended = true;
-                std::task::Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                    "the download was not read for {}s (--download-stall-timeout)",
-                    timeout.as_secs_f32()
-                )))))
-            }
-        }
-    }))
-}
-
 #[tonic::async_trait]
 impl ImageService for ImageApi {
     async fn upload_image(
@@ -286,9 +283,13 @@ impl ImageService for ImageApi {
             });
             let record = self.images.upload(&caller, frames).await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "image uploaded");
-            Ok(Response::new(pb::UploadImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::UploadImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -300,9 +301,13 @@ impl ImageService for ImageApi {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
-            Ok(Response::new(pb::GetImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -323,20 +328,30 @@ impl ImageService for ImageApi {
                     disposition: convert::disposition(r.disposition)?,
                 })
             };
+            let memory = self
+                .reserve_response(&caller, self.images.page_memory())
+                .await?;
             let found = self.images.batch_get(&r.image_ids, url).await?;
-            Ok(Response::new(pb::BatchGetImagesResponse {
-                images: found
-                    .images
-                    .iter()
-                    .map(|(record, url)| pb::BatchImage {
-                        image: Some(convert::image(record, &caller)),
-                        url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
-                        url_expire_time: url.as_ref().map(|u| convert::timestamp(u.expire_time)),
-                    })
-                    .collect(),
-                missing_image_ids: found.missing,
-                unprocessed_image_ids: found.unprocessed,
-            }))
+            self.respond_within(
+                &caller,
+                Some(memory),
+                pb::BatchGetImagesResponse {
+                    images: found
+                        .images
+                        .iter()
+                        .map(|(record, url)| pb::BatchImage {
+                            image: Some(convert::image(record, &caller)),
+                            url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
+                            url_expire_time: url
+                                .as_ref()
+                                .map(|u| convert::timestamp(u.expire_time)),
+                        })
+                        .collect(),
+                    missing_image_ids: found.missing,
+                    unprocessed_image_ids: found.unprocessed,
+                },
+            )
+            .await
         })
         .await
     }
@@ -348,15 +363,23 @@ impl ImageService for ImageApi {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
             let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let query = convert::list_request(request.get_ref().clone())?;
+            let memory = self
+                .reserve_response(&caller, self.images.page_memory())
+                .await?;
             let page = self.images.list(&query).await?;
-            Ok(Response::new(pb::ListImagesResponse {
-                images: page
-                    .images
-                    .iter()
-                    .map(|record| convert::image(record, &caller))
-                    .collect(),
-                next_page_token: page.next_page_token,
-            }))
+            self.respond_within(
+                &caller,
+                Some(memory),
+                pb::ListImagesResponse {
+                    images: page
+                        .images
+                        .iter()
+                        .map(|record| convert::image(record, &caller))
+                        .collect(),
+                    next_page_token: page.next_page_token,
+                },
+            )
+            .await
         })
         .await
     }
@@ -372,7 +395,13 @@ impl ImageService for ImageApi {
             let r = request.get_ref();
             let download = self
                 .images
-                .download(&r.image_id, &r.variant, r.read_offset, r.read_limit)
+                .download(
+                    &caller,
+                    &r.image_id,
+                    &r.variant,
+                    r.read_offset,
+                    r.read_limit,
+                )
                 .await?;
             let header = pb::DownloadImageResponse {
                 image: Some(convert::image(&download.image, &caller)),
@@ -405,10 +434,13 @@ impl ImageService for ImageApi {
                         message
                     }),
             );
-            Ok(Response::new(end_when_stalled(
-                stream,
-                self.limits.download_stall_timeout,
-            )))
+            // Its memory is the stream's; the layer ends it, and its
+            // call's count, once it is not read for the stall timeout.
+            let mut response = Response::new(stream);
+            response
+                .extensions_mut()
+                .insert(HeldMemory::new(Reservation::none()));
+            Ok(response)
         })
         .await
     }
@@ -418,7 +450,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -426,10 +458,14 @@ impl ImageService for ImageApi {
                 .images
                 .download_url(&r.image_id, &r.variant, expires_in, disposition)
                 .await?;
-            Ok(Response::new(pb::GetDownloadUrlResponse {
-                url: url.url,
-                expire_time: Some(convert::timestamp(url.expire_time)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetDownloadUrlResponse {
+                    url: url.url,
+                    expire_time: Some(convert::timestamp(url.expire_time)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -444,9 +480,13 @@ impl ImageService for ImageApi {
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
             let record = self.images.update(&caller, &image_id, update).await?;
-            Ok(Response::new(pb::UpdateImageResponse {
-                image: Some(convert::image(&record, &caller)),
-            }))
+            self.respond(
+                &caller,
+                pb::UpdateImageResponse {
+                    image: Some(convert::image(&record, &caller)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -483,12 +523,16 @@ impl ImageService for ImageApi {
                 .start_session(&caller, spec, r.expected_size)
                 .await?;
             tracing::info!(upload_id = %session.id, "upload session started");
-            Ok(Response::new(pb::StartUploadResponse {
-                session: Some(pb::UploadSession {
-                    upload_id: session.id.to_string(),
-                    expire_time: Some(convert::timestamp(session.expire_time)),
-                }),
-            }))
+            self.respond(
+                &caller,
+                pb::StartUploadResponse {
+                    session: Some(pb::UploadSession {
+                        upload_id: session.id.to_string(),
+                        expire_time: Some(convert::timestamp(session.expire_time)),
+                    }),
+                },
+            )
+            .await
         })
         .await
     }
@@ -507,11 +551,15 @@ impl ImageService for ImageApi {
                     .uploads()
                     .session_status(&caller, &request.get_ref().upload_id)
                     .await?;
-                Ok(Response::new(pb::QueryUploadStatusResponse {
-                    persisted_size: status.persisted_size as i64,
-                    image: status.image.map(|image| convert::image(&image, &caller)),
-                    expire_time: Some(convert::timestamp(status.expire_time)),
-                }))
+                self.respond(
+                    &caller,
+                    pb::QueryUploadStatusResponse {
+                        persisted_size: status.persisted_size as i64,
+                        image: status.image.map(|image| convert::image(&image, &caller)),
+                        expire_time: Some(convert::timestamp(status.expire_time)),
+                    },
+                )
+                .await
             },
         )
         .await
@@ -546,10 +594,14 @@ impl ImageService for ImageApi {
                 .uploads()
                 .upload_urls(&caller, &r.upload_id, plan, expires_in)
                 .await?;
-            Ok(Response::new(pb::GetUploadUrlsResponse {
-                urls: urls.urls,
-                expire_time: Some(convert::timestamp(urls.expire_time)),
-            }))
+            self.respond(
+                &caller,
+                pb::GetUploadUrlsResponse {
+                    urls: urls.urls,
+                    expire_time: Some(convert::timestamp(urls.expire_time)),
+                },
+            )
+            .await
         })
         .await
     }
@@ -567,9 +619,10 @@ impl ImageService for ImageApi {
                 .complete_session(&caller, &request.get_ref().upload_id)
                 .await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "direct upload completed");
-            Ok(Response::new(pb::CompleteUploadResponse {
+            self.respond(&caller, pb::CompleteUploadResponse {
                 image: Some(convert::image(&record, &caller)),
-            }))
+            })
+            .await
         })
         .await
     }

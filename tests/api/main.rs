@@ -22,3 +22,4 @@ mod scrubbing;
 mod server;
 mod soak;
 mod traces;
+mod unread;
