@@ -625,6 +625,26 @@ pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
     out
 }
 
+/// `file` (a HEIF) with `text` hidden where no item's bytes lie: at the
+/// end of its `mdat` payload (no item offset moves: a `meta` box after it
+/// addresses only bytes before it) and in a `free` box appended.
+pub fn heif_with_text_outside_its_items(file: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut at = 0;
+    loop {
+        let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if &file[at + 4..at + 8] == b"mdat" {
+            let mut out = file[..at].to_vec();
+            out.extend_from_slice(&((size + text.len()) as u32).to_be_bytes());
+            out.extend_from_slice(&file[at + 4..at + size]);
+            out.extend_from_slice(text);
+            out.extend_from_slice(&file[at + size..]);
+            out.extend(iso_box(b"free", text));
+            return out;
+        }
+        at += size;
+    }
+}
+
 /// A phone's HEIC motion photo, as Samsung writes it: a HEIC still with
 /// the phone's EXIF and XMP items, then a top-level `mpvd` box holding an
 /// MP4 video whose `udta` `©xyz` holds the location, and a top-level

@@ -185,14 +185,10 @@ impl Scrubber {
                 ));
             }
             State::Heif => {
-                if !self
-                    .heif
-                    .as_ref()
-                    .is_some_and(|h| h.complete(self.pending.len()))
-                {
-                    return Err(MediaError::invalid(
-                        "the HEIF is truncated: it ends inside a box",
-                    ));
+                let pending = self.pending.len();
+                match self.heif.as_mut() {
+                    Some(heif) => heif.complete(pending)?,
+                    None => return Err(MediaError::invalid("the HEIF is truncated")),
                 }
                 !self.keep_metadata
             }
