@@ -319,8 +319,10 @@ impl Item {
 /// chunks and extents): it mirrors the JPEG scrubber's allow-list, but in
 /// place. Frame headers, tables, restart intervals, scans and their data,
 /// and EOI pass as they are; APP0 JFIF keeps its 12 bytes of version and
-/// densities, APP2 an ICC profile, APP14 Adobe its 12 bytes; every other
-/// segment (EXIF and XMP in APP1, IPTC, vendor segments, comments) keeps its
+/// densities, APP14 Adobe its 12 bytes; every other segment (EXIF and XMP
+/// in APP1, IPTC, vendor segments, comments, and APP2 ICC profiles, whose
+/// free text cannot be found one byte at a time: the JPEG then renders as
+/// sRGB) keeps its
 /// marker and length and has its payload zeroed, which readers skip as an
 /// unknown segment. Bytes after EOI, and every byte from where the structure
 /// breaks, become zeros.
@@ -385,7 +387,6 @@ impl Keep {
             0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Keep::All,
             // JFIF without its thumbnail (its size, bytes 12 and 13, too).
             0xE0 => tagged(b"JFIF\0", Some(12)),
-            0xE2 => tagged(b"ICC_PROFILE\0", None),
             0xEE => tagged(b"Adobe", Some(12)),
             _ => Keep::Nothing,
         }
@@ -1250,6 +1251,8 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
                 while let Some(property) = next_box(meta, &mut at, child.end, count)? {
                     if is_padding(&property.kind) {
                         changed |= zero_payload(meta, &property);
+                    } else if &property.kind == b"colr" {
+                        changed |= scrub_colour(meta, &property);
                     } else if !listed(&PROPERTIES, &property.kind) {
                         blank_box(meta, &property);
                         changed = true;
@@ -1267,6 +1270,23 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
 
 /// An item's id, and how it is blanked (`None`: an image, kept).
 type ItemKind = (u64, Option<Item>);
+
+/// A `colr` property holding an ICC profile (`prof`, `rICC`) keeps it with
+/// its text blanked ([`icc`]); a malformed one becomes a `free` box of
+/// zeros (the image then renders as sRGB). Whether it changed.
+fn scrub_colour(meta: &mut [u8], colr: &Child) -> bool {
+    let body = &mut meta[colr.body..colr.end];
+    if !matches!(body.get(..4), Some(b"prof" | b"rICC")) {
+        return false;
+    }
+    match icc::blank_profile_text(&mut body[4..]) {
+        Ok(changed) => changed,
+        Err(icc::Malformed) => {
+            blank_box(meta, colr);
+            true
+        }
+    }
+}
 
 /// The items of an `iinf` box by id, sorted, with how each is blanked
 /// (`None`: an image, kept); any other box in it becomes `free`.
@@ -1916,7 +1936,7 @@ mod tests {
     /// EXIF, XMP, IPTC, vendor segment and comment in place, whether its
     /// `meta` box comes first or after `mdat`, however the file is cut:
     /// the same bytes, nothing moved, the JPEG still decodes with its
-    /// pixels and its ICC profile.
+    /// pixels.
     #[test]
     fn a_jpeg_item_loses_its_metadata_segments_in_place() {
         let jpeg = phone_photo_with_extras(64, 48);
@@ -1945,7 +1965,10 @@ mod tests {
                 assert!(!contains(&whole, tag), "{tag:?} left");
             }
             let item = &whole[at..at + jpeg.len()];
-            assert!(contains(item, b"ICC_PROFILE\0\x01\x01colour-profile-bytes"));
+            assert!(
+                !contains(item, b"ICC_PROFILE\0"),
+                "an ICC profile's text cannot be told apart in a walk"
+            );
             assert!(item.starts_with(b"\xFF\xD8") && item.ends_with(b"\xFF\xD9"));
             let decoded = image::load_from_memory(item).unwrap().to_rgb8();
             assert_eq!(decoded, pixels, "the same pixels");
@@ -2168,6 +2191,29 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// An ICC profile in a `colr` property keeps its colour and loses its
+    /// text; a malformed one becomes a `free` box of zeros.
+    #[test]
+    fn a_colour_profile_loses_its_text() {
+        let secret = PHONE_SECRETS[3];
+        let profile = crate::fixtures::icc_profile_with_text(secret);
+        for (colour, kept) in [
+            ([&b"prof"[..], &profile].concat(), true),
+            ([&b"rICC"[..], &profile[..200]].concat(), false),
+        ] {
+            let mut items = phone_heif_items(64, 48);
+            items[0].properties.push(iso_box(b"colr", &colour));
+            let original = heif_file(&items, &HeifParts::default());
+            let (stored, report) = scrub(&original, 13).unwrap();
+            assert!(report.changed);
+            assert_eq!(stored.len(), original.len());
+            assert_no_secrets(&stored, "the colour profile");
+            assert_eq!(contains(&stored, b"colr"), kept);
+            assert_eq!(contains(&stored, b"acsp"), kept);
+            assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((64, 48)));
         }
     }
 

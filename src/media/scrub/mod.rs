@@ -26,6 +26,7 @@ use image::metadata::Orientation;
 use super::MediaError;
 
 mod heif;
+mod icc;
 mod jpeg;
 mod png;
 mod webp;
