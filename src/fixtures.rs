@@ -625,6 +625,84 @@ pub fn heif_file(items: &[HeifItem], parts: &HeifParts) -> Vec<u8> {
     out
 }
 
+/// An ICC profile as a phone writes one (Display P3 style): a `desc`, a
+/// `cprt` in `mluc`, a `dmdd` in `text`, a private tag of an unknown
+/// type, white point and curves; `secret` in every text, and after
+/// the last tag.
+pub fn icc_profile_with_text(secret: &str) -> Vec<u8> {
+    let mut desc = b"desc\0\0\0\0".to_vec();
+    desc.extend_from_slice(&(secret.len() as u32 + 1).to_be_bytes());
+    desc.extend_from_slice(secret.as_bytes());
+    desc.push(0);
+    desc.extend_from_slice(&[0; 4 + 4 + 2 + 1 + 67]);
+    let utf16: Vec<u8> = secret.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let mut mluc = b"mluc\0\0\0\0".to_vec();
+    for value in [1u32, 12] {
+        mluc.extend_from_slice(&value.to_be_bytes());
+    }
+    mluc.extend_from_slice(b"enUS");
+    mluc.extend_from_slice(&(utf16.len() as u32).to_be_bytes());
+    mluc.extend_from_slice(&28u32.to_be_bytes());
+    mluc.extend_from_slice(&utf16);
+    let text = [&b"text\0\0\0\0"[..], secret.as_bytes(), b"\0"].concat();
+    let private = [&b"priv\0\0\0\0"[..], secret.as_bytes()].concat();
+    let wtpt = [
+        &b"XYZ \0\0\0\0"[..],
+        &[0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D],
+    ]
+    .concat();
+    let curv = [&b"curv\0\0\0\0"[..], &[0, 0, 0, 1, 1, 0xCD]].concat();
+    let tags: [(&[u8; 4], &[u8]); 6] = [
+        (b"desc", &desc),
+        (b"cprt", &mluc),
+        (b"dmdd", &text),
+        (b"zzzz", &private),
+        (b"wtpt", &wtpt),
+        (b"rTRC", &curv),
+    ];
+    let mut data = Vec::new();
+    let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+    let data_at = 132 + 12 * tags.len();
+    for (signature, bytes) in tags {
+        table.extend_from_slice(signature);
+        table.extend_from_slice(&((data_at + data.len()) as u32).to_be_bytes());
+        table.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        data.extend_from_slice(bytes);
+        data.resize(data.len().next_multiple_of(4), 0);
+    }
+    data.extend_from_slice(secret.as_bytes());
+    let mut header = vec![0u8; 128];
+    header[4..8].copy_from_slice(b"appl");
+    header[8..12].copy_from_slice(&[4, 0x40, 0, 0]);
+    header[12..24].copy_from_slice(b"mntrRGB XYZ ");
+    header[36..40].copy_from_slice(b"acsp");
+    header[84..100].copy_from_slice(&[0xAB; 16]);
+    let mut profile = [header, table, data].concat();
+    let len = profile.len() as u32;
+    profile[..4].copy_from_slice(&len.to_be_bytes());
+    profile
+}
+
+/// `file` (a HEIF) with `text` hidden where no item's bytes lie: at the
+/// end of its `mdat` payload (no item offset moves: a `meta` box after it
+/// addresses only bytes before it) and in a `free` box appended.
+pub fn heif_with_text_outside_its_items(file: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut at = 0;
+    loop {
+        let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if &file[at + 4..at + 8] == b"mdat" {
+            let mut out = file[..at].to_vec();
+            out.extend_from_slice(&((size + text.len()) as u32).to_be_bytes());
+            out.extend_from_slice(&file[at + 4..at + size]);
+            out.extend_from_slice(text);
+            out.extend_from_slice(&file[at + size..]);
+            out.extend(iso_box(b"free", text));
+            return out;
+        }
+        at += size;
+    }
+}
+
 /// A phone's HEIC motion photo, as Samsung writes it: a HEIC still with
 /// the phone's EXIF and XMP items, then a top-level `mpvd` box holding an
 /// MP4 video whose `udta` `©xyz` holds the location, and a top-level

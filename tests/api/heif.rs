@@ -283,3 +283,54 @@ async fn a_jpeg_item_is_stored_without_its_exif_or_xmp() {
         }
     }
 }
+
+/// The pixels `heif-convert` (libheif's tool) decodes from `heic`, where
+/// it is installed.
+fn heif_convert(heic: &[u8]) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.heic"), dir.path().join("out.y4m"));
+    std::fs::write(&input, heic).unwrap();
+    let status = std::process::Command::new("heif-convert")
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .ok()?;
+    assert!(status.status.success(), "heif-convert: {status:?}");
+    Some(std::fs::read(output).unwrap())
+}
+
+/// A real HEIC (made with heif-enc, see `tests/api/fixtures/README.md`)
+/// with a location hidden where no item's bytes lie: after the last item
+/// in `mdat`, and in a `free` box. The downloaded original holds neither,
+/// nothing moved, and it decodes to the same pixels: with its `meta` box
+/// after `mdat` (the second pass zeros what no item covers) and, in a build
+/// that encodes HEIC, first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_hidden_where_no_item_points_is_not_stored() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let hidden = b"GPS 43.4832 N 1.5586 W, Alice Example";
+    #[cfg_attr(not(feature = "heif"), allow(unused_mut))]
+    let mut photos = vec![include_bytes!("fixtures/meta-after-mdat.heic").to_vec()];
+    #[cfg(feature = "heif")]
+    photos.push(images::encoded_heif(64, 48, images::HeifCodec::Hevc));
+    for real in photos {
+        let photo = images::heif_with_text_outside_its_items(&real, hidden);
+        assert!(contains(&photo, hidden), "hidden in the upload");
+        let image = app
+            .upload("alice", spec("hidden.heic"), &photo)
+            .await
+            .unwrap();
+        assert!(image.metadata_stripped);
+        assert_eq!(image.size_bytes as usize, photo.len(), "nothing moves");
+        let stored = app.download("alice", &image.image_id).await.unwrap();
+        assert_eq!(stored.len(), photo.len());
+        assert!(!contains(&stored, hidden), "the hidden text is stored");
+        assert!(!contains(&stored, &hidden[..8]), "part of it is stored");
+        if cfg!(feature = "heif") {
+            assert!(!image.variants.is_empty(), "rendered from the original");
+        }
+        if let Some(pixels) = heif_convert(&stored) {
+            assert_eq!(Some(pixels), heif_convert(&real), "the same pixels");
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! number of bytes instead of being cut out.
 //!
 //! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `moov` (image
-//!   sequences), `free` and `skip` are kept; inside `moov` and its `trak`s
+//!   sequences), `free` and `skip` are kept (the last two as padding: their
+//!   payload is zeroed, wherever they are allowed); inside `moov` and its `trak`s
 //!   only the boxes that describe the sequence; inside `meta` only the
 //!   image structure (`hdlr`, `pitm`, `iloc`, `iinf`, `iref`, `iprp`,
 //!   `idat`, `dinf`, `grpl`, `ipro`); inside `ipco` only the properties
@@ -19,7 +20,16 @@
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
-//!   `uri ` items, unknown types) by zeros.
+//!   `uri ` items, unknown types, items `iinf` does not describe) by zeros.
+//! - Bytes no item covers: every byte of an `mdat` or `idat` payload that
+//!   no item's extent covers (text between two tiles, after the last item)
+//!   is zeroed. Items must lie in those payloads: one whose bytes would be
+//!   another box's (`ftyp`, the `meta` box, a `free` box), that runs past
+//!   the end of the file, that has an extent without a length (to the end
+//!   of the data), or whose bytes an image item's overlap, is refused
+//!   (`INVALID_ARGUMENT`); so is an item described twice. Image sequences
+//!   (a top-level `moov`) are the exception: their tracks' samples lie in
+//!   `mdat` where no item says, so there only the items are overwritten.
 //! - JPEG-coded items (`jpeg`): a phone JPEG stored whole, with its EXIF
 //!   and XMP. They are walked segment by segment as they stream by, one byte
 //!   of state at a time (see [`Walk`]): the segments the JPEG scrubber keeps
@@ -33,22 +43,30 @@
 //!   changes size.
 //!
 //! Only the `meta` box is held (at most [`MAX_HEIF_META`]). Parsing it
-//! allocates at most 1 × its length besides (16 bytes per `infe` entry of
-//! an item to blank, each entry at least 20 bytes of the box) plus 48 KiB
-//! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes), and its CPU is linear in
-//! its length: every count read from the file is checked against the bytes
-//! that remain before anything is looped over or sized from it, boxes are
-//! walked without being collected, and items are found by binary search.
+//! allocates at most 1 × its length besides (16 bytes per `infe` entry,
+//! each entry at least 16 bytes of the box) plus 48 KiB
+//! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes) and 1 MiB
+//! ([`MAX_IMAGE_EXTENTS`] ranges of image items of 16 bytes, kept until
+//! they have streamed by; the payloads of the `mdat` boxes before it, at
+//! most [`MAX_METADATA_EXTENTS`], take 16 bytes each too), and its CPU is
+//! linear in its length: every count read from the file is checked
+//! against the bytes that remain before anything is looped over or sized
+//! from it, boxes are walked without being collected, and items are found
+//! by binary search; the bytes that stream by are matched against the
+//! sorted ranges once each.
 //! Orientation lives in the `irot` and `imir` properties, which are kept,
 //! not in EXIF.
 //!
 //! A file whose metadata items lie before its `meta` box (a `meta` after
 //! `mdat`, as Samsung phones write them) cannot be blanked as those bytes go
-//! by: the pieces behind are handed over as a [`Rescrub`] when the stream
+//! by: the pieces behind, and the bytes of the `mdat` payloads gone by that
+//! no item covers, are handed over as a [`Rescrub`] when the stream
 //! ends, for a second pass over the stored bytes (the upload pipeline keeps
 //! them where no caller can read them until then). The `meta` box itself,
 //! and every box before it, is scrubbed on the way as usual, and the
 //! primary image's size is read from it ([`Scrubbed::late_size`]).
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 
 use super::*;
@@ -169,6 +187,12 @@ fn meta_corrupt() -> MediaError {
     MediaError::invalid("the HEIF's meta box is corrupt")
 }
 
+fn outside_media() -> MediaError {
+    MediaError::invalid(
+        "the HEIF's item locations point outside its media data (mdat) and item data (idat)",
+    )
+}
+
 /// Counts one more box read, refusing more than [`MAX_HEIF_BOXES`].
 fn count_box(count: &mut u32) -> Result<(), MediaError> {
     *count += 1;
@@ -188,8 +212,12 @@ enum Step {
     /// Holding a whole `meta` box of `len` bytes.
     Meta { len: usize },
     /// Passing `remaining` bytes of a box (`None`: up to the end of file),
-    /// as zeros when `blank`.
-    Body { remaining: Option<u64>, blank: bool },
+    /// as zeros when `blank`; an `mdat` box's payload when `media`.
+    Body {
+        remaining: Option<u64>,
+        blank: bool,
+        media: bool,
+    },
 }
 
 /// The HEIF scrubber's state.
@@ -201,8 +229,18 @@ pub(super) struct Heif {
     /// Byte ranges of metadata items still ahead, sorted, not overlapping.
     blanks: Vec<Blank>,
     /// Byte ranges of metadata items that had gone by when their `meta`
-    /// box came, sorted, not overlapping: for the second pass.
+    /// box came, sorted, not overlapping, and the bytes of the `mdat`
+    /// boxes gone by that no item covers: for the second pass.
     behind: Vec<Blank>,
+    /// Byte ranges of image items still ahead, sorted, merged: what of an
+    /// `mdat` box is kept.
+    images: VecDeque<(u64, u64)>,
+    /// The payloads of the `mdat` boxes that came before any `meta` box.
+    media: Vec<(u64, u64)>,
+    /// An image sequence (a top-level `moov` box was seen): its tracks'
+    /// samples lie in `mdat` too, where no item says, so bytes that no
+    /// item covers are kept.
+    sequence: bool,
     /// The primary image's size, from a `meta` box that came after `mdat`.
     late_size: Option<(u32, u32)>,
     /// A `meta` box was read.
@@ -281,8 +319,10 @@ impl Item {
 /// chunks and extents): it mirrors the JPEG scrubber's allow-list, but in
 /// place. Frame headers, tables, restart intervals, scans and their data,
 /// and EOI pass as they are; APP0 JFIF keeps its 12 bytes of version and
-/// densities, APP2 an ICC profile, APP14 Adobe its 12 bytes; every other
-/// segment (EXIF and XMP in APP1, IPTC, vendor segments, comments) keeps its
+/// densities, APP14 Adobe its 12 bytes; every other segment (EXIF and XMP
+/// in APP1, IPTC, vendor segments, comments, and APP2 ICC profiles, whose
+/// free text cannot be found one byte at a time: the JPEG then renders as
+/// sRGB) keeps its
 /// marker and length and has its payload zeroed, which readers skip as an
 /// unknown segment. Bytes after EOI, and every byte from where the structure
 /// breaks, become zeros.
@@ -347,7 +387,6 @@ impl Keep {
             0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Keep::All,
             // JFIF without its thumbnail (its size, bytes 12 and 13, too).
             0xE0 => tagged(b"JFIF\0", Some(12)),
-            0xE2 => tagged(b"ICC_PROFILE\0", None),
             0xEE => tagged(b"Adobe", Some(12)),
             _ => Keep::Nothing,
         }
@@ -558,6 +597,9 @@ impl Heif {
             position: 0,
             blanks: Vec::new(),
             behind: Vec::new(),
+            images: VecDeque::new(),
+            media: Vec::new(),
+            sequence: false,
             late_size: None,
             meta_seen: false,
             mdat_first: false,
@@ -566,17 +608,117 @@ impl Heif {
         }
     }
 
-    /// Whether the file may end here: between boxes, or in a box that runs
-    /// to the end of the file, with no metadata item still ahead (which
-    /// means the file was cut short) and every box descended into ended.
-    pub(super) fn complete(&self, pending: usize) -> bool {
-        self.blanks.is_empty()
-            && self.containers.iter().all(|&(_, end)| end <= self.position)
+    /// Refuses a file that ends here: inside a box (other than one that
+    /// runs to the end of the file), or before a box descended into ends,
+    /// or with an item still ahead (past the end).
+    pub(super) fn complete(&mut self, pending: usize) -> Result<(), MediaError> {
+        let between = self.containers.iter().all(|&(_, end)| end <= self.position)
             && match self.step {
                 Step::Header => pending == 0,
                 Step::Body { remaining, .. } => remaining.is_none_or(|r| r == 0),
                 Step::Meta { .. } => false,
+            };
+        if !between {
+            return Err(MediaError::invalid(
+                "the HEIF is truncated: it ends inside a box",
+            ));
+        }
+        self.pass_images();
+        if !self.blanks.is_empty() || !self.images.is_empty() {
+            return Err(MediaError::invalid(
+                "the HEIF's item locations point past its end",
+            ));
+        }
+        Ok(())
+    }
+
+    /// For a `meta` box whose items (`images`, `blanks`, sorted) lie
+    /// before it: refuses those not in an `mdat` payload gone by, and
+    /// returns the bytes of those payloads that no item covers, to be
+    /// zeroed by the second pass (unless the file is an image sequence).
+    fn gone_by(
+        &self,
+        images: &[(u64, u64)],
+        blanks: &[Blank],
+        first: bool,
+    ) -> Result<Vec<Blank>, MediaError> {
+        let within = |start: u64, end: u64| {
+            let at = self.media.partition_point(|&(from, _)| from <= start);
+            at > 0 && end <= self.media[at - 1].1
+        };
+        if !images.iter().all(|&(start, end)| within(start, end))
+            || !blanks.iter().all(|blank| within(blank.start, blank.end))
+        {
+            return Err(outside_media());
+        }
+        refuse_shared(images, blanks)?;
+        let mut zeros = Vec::new();
+        // The `mdat` boxes between two `meta` boxes were zeroed as they
+        // went by.
+        if self.sequence || !first {
+            return Ok(zeros);
+        }
+        for &(start, end) in &self.media {
+            gaps(start, end, images, blanks, |from, to| {
+                zeros.push(Blank {
+                    start: from,
+                    end: to,
+                    item_offset: 0,
+                    item_len: to - from,
+                    kind: Item::Other,
+                    id: 0,
+                    walk: Walk::default(),
+                });
+            });
+            if zeros.len() > MAX_METADATA_EXTENTS {
+                return Err(too_many_pieces());
             }
+        }
+        Ok(zeros)
+    }
+
+    /// Forgets the image ranges that have gone by.
+    fn pass_images(&mut self) {
+        while self
+            .images
+            .front()
+            .is_some_and(|&(_, end)| end <= self.position)
+        {
+            self.images.pop_front();
+        }
+    }
+
+    /// Refuses the box that starts here and whose bytes up to `reach` are
+    /// no item's (all but an `mdat` box's payload) when an item lies among
+    /// them: its bytes would be the box's, read as the item's.
+    fn refuse_items_in(&mut self, reach: u64) -> Result<(), MediaError> {
+        self.pass_images();
+        let image = self.images.front().map(|&(start, _)| start);
+        let blank = self.blanks.first().map(|blank| blank.start);
+        if image.into_iter().chain(blank).any(|start| start < reach) {
+            return Err(outside_media());
+        }
+        Ok(())
+    }
+
+    /// `bytes`, the file's bytes at `self.position` in an `mdat` box's
+    /// payload, with those no item covers zeroed, once a `meta` box has
+    /// said where the items lie (and the file is no image sequence).
+    fn media(&mut self, bytes: Bytes, changed: &mut bool) -> Bytes {
+        if !self.meta_seen || self.sequence {
+            return bytes;
+        }
+        self.pass_images();
+        let (start, end) = (self.position, self.position + bytes.len() as u64);
+        let images = self.images.make_contiguous();
+        let mut any = false;
+        gaps(start, end, images, &self.blanks, |_, _| any = true);
+        if !any {
+            return bytes;
+        }
+        let mut copy = BytesMut::from(&bytes[..]);
+        *changed |= zero_gaps(&mut copy, start, images, &self.blanks);
+        copy.freeze()
     }
 
     /// `bytes`, the file's bytes at `self.position`, with the parts of
@@ -726,8 +868,25 @@ impl Scrubber {
                     }
                 }
                 let parent = parent.map(|(kind, _)| kind);
-                if &kind == b"mdat" && !heif.meta_seen {
+                let end = size.map_or(u64::MAX, |size| start.saturating_add(size));
+                let media = &kind == b"mdat" && parent.is_none();
+                if media && !heif.meta_seen {
                     heif.mdat_first = true;
+                }
+                if !self.keep_metadata {
+                    // Items lie in `mdat` payloads (or in `idat`): any
+                    // other bytes are a box's own.
+                    heif.refuse_items_in(if media { start + header } else { end })?;
+                    if media && !heif.meta_seen {
+                        if heif.media.len() >= MAX_METADATA_EXTENTS {
+                            return Err(MediaError::invalid(format!(
+                                "the HEIF has more than {MAX_METADATA_EXTENTS} media data \
+                                 (mdat) boxes before its meta box"
+                            )));
+                        }
+                        heif.media.push((start + header, end));
+                    }
+                    heif.sequence |= &kind == b"moov" && parent.is_none();
                 }
                 let keep = self.keep_metadata || kept_box(parent, &kind);
                 // A `meta` after `mdat` is held even when metadata is kept:
@@ -754,7 +913,9 @@ impl Scrubber {
                 out.push(heif.blanked(head.freeze(), &mut self.changed));
                 heif.step = Step::Body {
                     remaining: size.map(|size| size - header),
-                    blank: !keep,
+                    // Padding is kept as padding: its bytes are nobody's.
+                    blank: !keep || (!self.keep_metadata && is_padding(&kind)),
+                    media: media && !self.keep_metadata,
                 };
                 if keep && !self.keep_metadata && descended(parent, &kind) {
                     let Some(size) = size else {
@@ -777,6 +938,7 @@ impl Scrubber {
                 if heif.mdat_first && !heif.meta_seen {
                     heif.late_size = Some(primary_size(&meta, &mut heif.boxes)?);
                 }
+                let first = !heif.meta_seen;
                 heif.meta_seen = true;
                 heif.position = meta_end;
                 if self.keep_metadata {
@@ -784,12 +946,31 @@ impl Scrubber {
                     heif.step = Step::Header;
                     return Ok(());
                 }
-                let (mut ahead, changed) = scrub_meta(&mut meta, &mut heif.boxes)?;
+                let (extents, changed) = scrub_meta(&mut meta, &mut heif.boxes)?;
+                let Extents {
+                    blanks: mut ahead,
+                    images: mut images_ahead,
+                    ..
+                } = extents;
                 // Items wholly before this box are blanked by the second
                 // pass; none may lie in it.
-                let behind = ahead.iter().filter(|blank| blank.end <= meta_start).count();
-                ahead.sort_unstable_by_key(|blank| blank.end <= meta_start);
-                let behind = ahead.split_off(ahead.len() - behind);
+                let straddles = |start: u64, end: u64| start < meta_end && end > meta_start;
+                if ahead.iter().any(|blank| straddles(blank.start, blank.end))
+                    || images_ahead
+                        .iter()
+                        .any(|&(start, end)| straddles(start, end))
+                {
+                    return Err(MediaError::invalid(
+                        "the HEIF's item locations point into its own boxes",
+                    ));
+                }
+                // Both sorted: the pieces behind come first.
+                let behind_count = ahead.partition_point(|blank| blank.end <= meta_start);
+                let behind: Vec<Blank> = ahead.drain(..behind_count).collect();
+                let images_behind_count =
+                    images_ahead.partition_point(|&(_, end)| end <= meta_start);
+                let images_behind: Vec<(u64, u64)> =
+                    images_ahead.drain(..images_behind_count).collect();
                 let jpeg = |blank: &&Blank| blank.kind == Item::Jpeg;
                 if behind
                     .iter()
@@ -800,32 +981,54 @@ impl Scrubber {
                         "the HEIF's jpeg item lies both before and after its meta box",
                     ));
                 }
-                if ahead.iter().any(|blank| blank.start < meta_end) {
-                    return Err(MediaError::invalid(
-                        "the HEIF's item locations point into its own boxes",
-                    ));
-                }
-                self.changed |= changed || !behind.is_empty();
+                let mut gone_by = heif.gone_by(&images_behind, &behind, first)?;
+                self.changed |= changed || !behind.is_empty() || !gone_by.is_empty();
                 // A second `meta` box (rare) adds to what the first found.
                 heif.blanks.extend(ahead);
                 heif.behind.extend(behind);
+                heif.behind.append(&mut gone_by);
                 if heif.blanks.len() + heif.behind.len() > MAX_METADATA_EXTENTS {
                     return Err(too_many_pieces());
                 }
                 sort_disjoint(&mut heif.blanks)?;
                 sort_disjoint(&mut heif.behind)?;
+                let mut images: Vec<(u64, u64)> = heif.images.drain(..).collect();
+                images.extend(images_ahead);
+                merge(&mut images);
+                if images.len() > MAX_IMAGE_EXTENTS {
+                    return Err(too_many_image_pieces());
+                }
+                refuse_shared(&images, &heif.blanks)?;
+                heif.images = images.into();
                 out.push(meta.freeze());
                 heif.step = Step::Header;
             }
-            Step::Body { remaining, blank } => {
+            Step::Body {
+                remaining,
+                blank,
+                media,
+            } => {
                 let n = remaining.map_or(chunk.len(), |r| {
                     usize::try_from(r).unwrap_or(usize::MAX).min(chunk.len())
                 });
-                let part = heif.blanked(chunk.split_to(n), &mut self.changed);
-                out.push(if blank { Bytes::from(vec![0; n]) } else { part });
+                let mut part = chunk.split_to(n);
+                if media {
+                    part = heif.media(part, &mut self.changed);
+                }
+                let part = heif.blanked(part, &mut self.changed);
+                if blank {
+                    self.changed |= part.iter().any(|&b| b != 0);
+                    out.push(Bytes::from(vec![0; n]));
+                } else {
+                    out.push(part);
+                }
                 heif.step = match remaining.map(|r| r - n as u64) {
                     Some(0) => Step::Header,
-                    remaining => Step::Body { remaining, blank },
+                    remaining => Step::Body {
+                        remaining,
+                        blank,
+                        media,
+                    },
                 };
             }
         }
@@ -970,10 +1173,24 @@ fn once(slot: &mut Option<Child>, child: Child) -> Result<(), MediaError> {
     Ok(())
 }
 
+/// Zeros a `free` or `skip` box's payload, in place (its header stays);
+/// whether it held anything.
+fn zero_payload(bytes: &mut [u8], child: &Child) -> bool {
+    let payload = &mut bytes[child.body..child.end];
+    let held = payload.iter().any(|&b| b != 0);
+    payload.fill(0);
+    held
+}
+
+fn is_padding(kind: &[u8; 4]) -> bool {
+    matches!(kind, b"free" | b"skip")
+}
+
 /// Blanks, in `meta` (a whole `meta` box), the boxes and items that are not
-/// image structure; returns the pieces of those items that lie further on
-/// in the file (file offsets), and whether `meta` changed.
-fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), MediaError> {
+/// image structure, and the bytes of its `idat` that no item covers;
+/// returns where the items lie in the file (the pieces of those blanked,
+/// the ranges of the images, file offsets), and whether `meta` changed.
+fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), MediaError> {
     let mut at = 0;
     let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
     let (mut iinf, mut iloc, mut idat) = (None, None, None);
@@ -986,6 +1203,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), Me
             b"idat" => once(&mut idat, child)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
             b"hdlr" => changed |= blank_handler_name(meta, &child),
+            kind if is_padding(kind) => changed |= zero_payload(meta, &child),
             kind if listed(&META_BOXES, kind) => {}
             _ => {
                 blank_box(meta, &child);
@@ -1001,14 +1219,22 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Vec<Blank>, bool), Me
         }
         None => Vec::new(),
     };
-    let Some(iloc) = iloc else {
-        return Ok((Vec::new(), changed));
+    let range = idat.map(|idat| (idat.body as u64, idat.end as u64));
+    let mut extents = match iloc {
+        Some(iloc) => item_extents(&meta[iloc.body..iloc.end], &kinds, range)?,
+        None => Extents::default(),
     };
-    let idat = idat.map(|idat| (idat.body as u64, idat.end as u64));
-    let (ahead, mut in_meta) = item_extents(&meta[iloc.body..iloc.end], &kinds, idat)?;
-    sort_disjoint(&mut in_meta)?;
-    changed |= overwrite(&mut in_meta, meta, 0);
-    Ok((ahead, changed))
+    sort_disjoint(&mut extents.blanks_in_meta)?;
+    refuse_shared(&extents.images_in_meta, &extents.blanks_in_meta)?;
+    sort_disjoint(&mut extents.blanks)?;
+    refuse_shared(&extents.images, &extents.blanks)?;
+    if let Some(idat) = idat {
+        let (images, blanks) = (&extents.images_in_meta, &extents.blanks_in_meta);
+        let body = &mut meta[idat.body..idat.end];
+        changed |= zero_gaps(body, idat.body as u64, images, blanks);
+    }
+    changed |= overwrite(&mut extents.blanks_in_meta, meta, 0);
+    Ok((extents, changed))
 }
 
 /// Blanks the properties in an `iprp` box's `ipco` that are not in
@@ -1023,7 +1249,11 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
             b"ipco" => {
                 let mut at = children(&child, false)?;
                 while let Some(property) = next_box(meta, &mut at, child.end, count)? {
-                    if !listed(&PROPERTIES, &property.kind) {
+                    if is_padding(&property.kind) {
+                        changed |= zero_payload(meta, &property);
+                    } else if &property.kind == b"colr" {
+                        changed |= scrub_colour(meta, &property);
+                    } else if !listed(&PROPERTIES, &property.kind) {
                         blank_box(meta, &property);
                         changed = true;
                     }
@@ -1038,13 +1268,33 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
     Ok(changed)
 }
 
-/// The items of an `iinf` box that are not image data, by id, sorted:
-/// what is blanked.
+/// An item's id, and how it is blanked (`None`: an image, kept).
+type ItemKind = (u64, Option<Item>);
+
+/// A `colr` property holding an ICC profile (`prof`, `rICC`) keeps it with
+/// its text blanked ([`icc`]); a malformed one becomes a `free` box of
+/// zeros (the image then renders as sRGB). Whether it changed.
+fn scrub_colour(meta: &mut [u8], colr: &Child) -> bool {
+    let body = &mut meta[colr.body..colr.end];
+    if !matches!(body.get(..4), Some(b"prof" | b"rICC")) {
+        return false;
+    }
+    match icc::blank_profile_text(&mut body[4..]) {
+        Ok(changed) => changed,
+        Err(icc::Malformed) => {
+            blank_box(meta, colr);
+            true
+        }
+    }
+}
+
+/// The items of an `iinf` box by id, sorted, with how each is blanked
+/// (`None`: an image, kept); any other box in it becomes `free`.
 fn blanked_items(
     meta: &mut [u8],
     iinf: &Child,
     count: &mut u32,
-) -> Result<(Vec<(u64, Item)>, bool), MediaError> {
+) -> Result<(Vec<ItemKind>, bool), MediaError> {
     let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
     let version = reader.version()?;
     // The entry count is not needed: the `infe` boxes follow.
@@ -1054,15 +1304,20 @@ fn blanked_items(
     let mut at = iinf.end - reader.remaining();
     while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
         if &entry.kind != b"infe" {
+            named |= zero_payload(meta, &entry) || !is_padding(&entry.kind);
+            blank_box(meta, &entry);
             continue;
         }
         let (id, kind, name) = item_entry(&meta[entry.body..entry.end])?;
         named |= blank_item_name(&mut meta[entry.body..entry.end], name);
-        if let Some(kind) = kind {
-            kinds.push((id, kind));
-        }
+        kinds.push((id, kind));
     }
     kinds.sort_unstable_by_key(|&(id, _)| id);
+    // Which of two entries a reader takes is its choice: one may be an
+    // image, the other the metadata.
+    if kinds.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        return Err(MediaError::invalid("the HEIF describes an item twice"));
+    }
     Ok((kinds, named))
 }
 
@@ -1139,28 +1394,53 @@ fn blank_handler_name(meta: &mut [u8], hdlr: &Child) -> bool {
 /// camera writes one each.
 const MAX_METADATA_EXTENTS: usize = 1024;
 
+/// Most pieces the image items may be cut into, once touching pieces are
+/// merged (16 bytes each: 1 MiB): a grid's tiles lie one after the other,
+/// and a 200-megapixel photo has under a thousand 512-pixel tiles.
+const MAX_IMAGE_EXTENTS: usize = 1 << 16;
+
 fn too_many_pieces() -> MediaError {
     MediaError::invalid("the HEIF's metadata items are cut into too many pieces")
+}
+
+fn too_many_image_pieces() -> MediaError {
+    MediaError::invalid(format!(
+        "the HEIF's image items are cut into more than {MAX_IMAGE_EXTENTS} pieces"
+    ))
 }
 
 fn iloc_error(why: &str) -> MediaError {
     MediaError::invalid(format!("the HEIF's iloc box {why}"))
 }
 
-/// The pieces of the items in `kinds`, from an `iloc` box's payload: those
-/// in the file (file offsets) and those in the `meta` box's `idat`
-/// (`idat`: its payload's range, as offsets in the `meta` box).
+/// Where the items of an `iloc` box lie: the pieces of the items that are
+/// blanked, and the ranges of the image items, which are kept as they are
+/// (sorted, touching ones merged); in the file (file offsets) and in the
+/// `meta` box's `idat` (offsets in the `meta` box).
+#[derive(Debug, Default)]
+struct Extents {
+    blanks: Vec<Blank>,
+    blanks_in_meta: Vec<Blank>,
+    images: Vec<(u64, u64)>,
+    images_in_meta: Vec<(u64, u64)>,
+}
+
+/// Where the items lie, from an `iloc` box's payload; `kinds` says, by
+/// id, how each item the `iinf` describes is blanked (`None`: an image,
+/// kept); an item it does not describe is no image, and is blanked.
+/// `idat`: its payload's range, as offsets in the `meta` box.
 ///
 /// Every count is checked against the bytes left before it is looped
 /// over: an item takes at least its fixed fields, and an extent its
 /// fields (an item may have one extent of no width: all its data), so the
-/// loops are linear in the box's length; only the pieces of blanked items
-/// are kept.
+/// loops are linear in the box's length; at most [`MAX_METADATA_EXTENTS`]
+/// pieces of blanked items and [`MAX_IMAGE_EXTENTS`] of image items are
+/// kept.
 fn item_extents(
     iloc: &[u8],
-    kinds: &[(u64, Item)],
+    kinds: &[ItemKind],
     idat: Option<(u64, u64)>,
-) -> Result<(Vec<Blank>, Vec<Blank>), MediaError> {
+) -> Result<Extents, MediaError> {
     let mut reader = Reader::new(iloc);
     let version = reader.version()?;
     if version > 2 {
@@ -1191,7 +1471,7 @@ fn item_extents(
     // Fields of no width make an extent free to declare: that is only
     // valid for an item whose one extent is all its data.
     let free_extents = index_size + offset_size + length_size == 0;
-    let (mut ahead, mut in_meta) = (Vec::new(), Vec::new());
+    let mut extents = Extents::default();
     for _ in 0..count {
         let id = reader.uint(id_size)?;
         let method = reader.uint(method_size)? & 15;
@@ -1201,30 +1481,33 @@ fn item_extents(
         if free_extents && extent_count > 1 {
             return Err(iloc_error("gives several extents with fields of no width"));
         }
-        // Data in another file is not in this upload; items built from
-        // other items hold no bytes of their own.
         let kind = kinds
             .binary_search_by_key(&id, |&(item, _)| item)
-            .ok()
-            .map(|at| kinds[at].1)
-            .filter(|_| data_reference == 0 && method < 2);
-        let first = if method == 1 {
-            in_meta.len()
+            .map_or(Some(Item::Other), |at| kinds[at].1);
+        // Data in another file is not in this upload; items built from
+        // other items hold no bytes of their own.
+        let located = data_reference == 0 && method < 2;
+        let in_meta = method == 1;
+        let first = if in_meta {
+            extents.blanks_in_meta.len()
         } else {
-            ahead.len()
+            extents.blanks.len()
         };
         let mut item_len = 0u64;
         for _ in 0..extent_count {
             reader.uint(index_size)?;
             let offset = reader.uint(offset_size)?;
             let length = reader.uint(length_size)?;
-            let Some(kind) = kind else {
+            if !located {
                 continue;
-            };
+            }
+            // A length of 0 means "to the end of the data": bytes no one
+            // can tell apart from what follows the item.
             if length == 0 {
-                return Err(MediaError::invalid(
-                    "the HEIF's metadata item has an extent without a length",
-                ));
+                return Err(MediaError::invalid(format!(
+                    "the HEIF's {} item has an extent without a length",
+                    if kind.is_some() { "metadata" } else { "image" }
+                )));
             }
             let start = match (method, idat) {
                 (0, _) => base.checked_add(offset),
@@ -1233,16 +1516,31 @@ fn item_extents(
             };
             let start = start.ok_or_else(meta_corrupt)?;
             let end = start.checked_add(length).ok_or_else(meta_corrupt)?;
-            if method == 1 && idat.is_none_or(|(_, idat_end)| end > idat_end) {
+            if in_meta && idat.is_none_or(|(_, idat_end)| end > idat_end) {
                 return Err(meta_corrupt());
             }
-            if ahead.len() + in_meta.len() >= MAX_METADATA_EXTENTS {
+            let Some(kind) = kind else {
+                let images = if in_meta {
+                    &mut extents.images_in_meta
+                } else {
+                    &mut extents.images
+                };
+                if let Some(last) = images.last_mut().filter(|last| last.1 == start) {
+                    last.1 = end;
+                } else if images.len() >= MAX_IMAGE_EXTENTS {
+                    return Err(too_many_image_pieces());
+                } else {
+                    images.push((start, end));
+                }
+                continue;
+            };
+            if extents.blanks.len() + extents.blanks_in_meta.len() >= MAX_METADATA_EXTENTS {
                 return Err(too_many_pieces());
             }
-            let into = if method == 1 {
-                &mut in_meta
+            let into = if in_meta {
+                &mut extents.blanks_in_meta
             } else {
-                &mut ahead
+                &mut extents.blanks
             };
             // A JPEG is walked in order: its pieces must lie in order.
             if kind == Item::Jpeg
@@ -1265,16 +1563,105 @@ fn item_extents(
             });
             item_len += length;
         }
-        let into = if method == 1 {
-            &mut in_meta
+        let into = if in_meta {
+            &mut extents.blanks_in_meta
         } else {
-            &mut ahead
+            &mut extents.blanks
         };
         for blank in &mut into[first..] {
             blank.item_len = item_len;
         }
     }
-    Ok((ahead, in_meta))
+    merge(&mut extents.images);
+    merge(&mut extents.images_in_meta);
+    Ok(extents)
+}
+
+/// Sorts `ranges` and merges those that overlap or touch.
+fn merge(ranges: &mut Vec<(u64, u64)>) {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    *ranges = merged;
+}
+
+/// Refuses an image item and a metadata item that share bytes: blanking
+/// the one would break the other, keeping it would keep the metadata.
+/// Both lists sorted, each disjoint.
+fn refuse_shared(images: &[(u64, u64)], blanks: &[Blank]) -> Result<(), MediaError> {
+    let (mut i, mut b) = (0, 0);
+    while let (Some(&(start, end)), Some(blank)) = (images.get(i), blanks.get(b)) {
+        if start < blank.end && blank.start < end {
+            return Err(MediaError::invalid(
+                "the HEIF's image and metadata items share bytes",
+            ));
+        }
+        if end <= blank.start {
+            i += 1;
+        } else {
+            b += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `gap` with each range of `start..end` that neither `images` nor
+/// `blanks` cover (both sorted; each disjoint, and from each other).
+fn gaps(
+    start: u64,
+    end: u64,
+    images: &[(u64, u64)],
+    blanks: &[Blank],
+    mut gap: impl FnMut(u64, u64),
+) {
+    let met = |&(from, to): &(u64, u64)| from < end && to > start;
+    let mut images = images
+        .iter()
+        .copied()
+        .take_while(|&(from, _)| from < end)
+        .filter(met)
+        .peekable();
+    let mut blanks = blanks
+        .iter()
+        .map(|b| (b.start, b.end))
+        .take_while(|&(from, _)| from < end)
+        .filter(met)
+        .peekable();
+    let mut cursor = start;
+    while cursor < end {
+        let next = match (images.peek(), blanks.peek()) {
+            (Some(image), Some(blank)) if image.0 <= blank.0 => images.next(),
+            (_, Some(_)) => blanks.next(),
+            (Some(_), None) => images.next(),
+            (None, None) => None,
+        };
+        let (from, to) = next.unwrap_or((end, end));
+        if from > cursor {
+            gap(cursor, from);
+        }
+        cursor = cursor.max(to);
+        if next.is_none() {
+            break;
+        }
+    }
+}
+
+/// Zeros the bytes of `bytes` (the file's bytes, or the `meta` box's,
+/// from `start`) that no item covers; whether any was not zero already.
+fn zero_gaps(bytes: &mut [u8], start: u64, images: &[(u64, u64)], blanks: &[Blank]) -> bool {
+    let end = start + bytes.len() as u64;
+    let mut changed = false;
+    gaps(start, end, images, blanks, |from, to| {
+        let gap = &mut bytes[(from - start) as usize..(to - start) as usize];
+        changed |= gap.iter().any(|&b| b != 0);
+        gap.fill(0);
+    });
+    changed
 }
 
 /// The primary image's width and height as viewed, from the first bytes
@@ -1453,8 +1840,9 @@ mod tests {
     use super::*;
     use crate::fixtures::{
         HeifItem, HeifLayout, HeifParts, PHONE_SECRETS, heic_grid, heic_motion_photo, heic_photo,
-        heif_file, heif_iloc_bomb as iloc_bomb, heif_with_jpeg_item, iso_box, iso_full_box,
-        phone_heif_items, phone_photo_with_extras,
+        heif_file, heif_iloc_bomb as iloc_bomb, heif_with_jpeg_item,
+        heif_with_text_outside_its_items, iso_box, iso_full_box, phone_heif_items,
+        phone_photo_with_extras,
     };
 
     /// The bytes stored for `bytes` pushed in chunks of `chunk`, and what
@@ -1548,7 +1936,7 @@ mod tests {
     /// EXIF, XMP, IPTC, vendor segment and comment in place, whether its
     /// `meta` box comes first or after `mdat`, however the file is cut:
     /// the same bytes, nothing moved, the JPEG still decodes with its
-    /// pixels and its ICC profile.
+    /// pixels.
     #[test]
     fn a_jpeg_item_loses_its_metadata_segments_in_place() {
         let jpeg = phone_photo_with_extras(64, 48);
@@ -1577,7 +1965,10 @@ mod tests {
                 assert!(!contains(&whole, tag), "{tag:?} left");
             }
             let item = &whole[at..at + jpeg.len()];
-            assert!(contains(item, b"ICC_PROFILE\0\x01\x01colour-profile-bytes"));
+            assert!(
+                !contains(item, b"ICC_PROFILE\0"),
+                "an ICC profile's text cannot be told apart in a walk"
+            );
             assert!(item.starts_with(b"\xFF\xD8") && item.ends_with(b"\xFF\xD9"));
             let decoded = image::load_from_memory(item).unwrap().to_rgb8();
             assert_eq!(decoded, pixels, "the same pixels");
@@ -1647,8 +2038,183 @@ mod tests {
             iloc.extend_from_slice(&offset.to_be_bytes());
             iloc.extend_from_slice(&length.to_be_bytes());
         }
-        let error = item_extents(&iloc, &[(1, Item::Jpeg)], None).unwrap_err();
+        let error = item_extents(&iloc, &[(1, Some(Item::Jpeg))], None).unwrap_err();
         assert!(error.to_string().contains("out of order"), "{error}");
+    }
+
+    /// Where item `item` (from 1) of a [`heif_file`] has its `iloc`
+    /// entry's offset (its length follows).
+    fn iloc_entry(file: &[u8], item: usize) -> usize {
+        let iloc = file.windows(4).position(|w| w == b"iloc").unwrap() + 4;
+        // Version and flags, field sizes, item count; 16 bytes per item.
+        iloc + 4 + 2 + 2 + (item - 1) * 16 + 8
+    }
+
+    fn set_u32(file: &mut [u8], at: usize, value: u32) {
+        file[at..at + 4].copy_from_slice(&value.to_be_bytes());
+    }
+
+    fn u32_at(file: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(file[at..at + 4].try_into().unwrap())
+    }
+
+    /// Text between two items in `mdat`, after the last one, and in a
+    /// `free` box is zeroed, whether the `meta` box comes first or after
+    /// `mdat` (then by the second pass), however the file is cut; the
+    /// items are as a file without the text would have them.
+    #[test]
+    fn bytes_no_item_covers_are_zeroed() {
+        let between = PHONE_SECRETS[3].as_bytes();
+        let after = PHONE_SECRETS[2].as_bytes();
+        for meta_last in [false, true] {
+            let mut items = phone_heif_items(64, 48);
+            let coded = items[0].data.clone();
+            items[0].data.extend_from_slice(between);
+            let parts = HeifParts {
+                meta_last,
+                ..HeifParts::default()
+            };
+            let mut original = heif_file(&items, &parts);
+            // The image item no longer covers the text after it.
+            let length_at = iloc_entry(&original, 1) + 4;
+            set_u32(&mut original, length_at, coded.len() as u32);
+            let original = heif_with_text_outside_its_items(&original, after);
+            let plain = scrub_both(&heif_file(&phone_heif_items(64, 48), &parts), 64);
+            let whole = scrub_both(&original, original.len());
+            for chunk in [1, 7, 100] {
+                assert_eq!(scrub_both(&original, chunk), whole, "{chunk}-byte chunks");
+            }
+            assert_eq!(whole.len(), original.len(), "nothing moves");
+            for text in [between, after] {
+                let at = original
+                    .windows(text.len())
+                    .position(|w| w == text)
+                    .unwrap();
+                assert!(
+                    whole[at..at + text.len()].iter().all(|&b| b == 0),
+                    "meta last: {meta_last}"
+                );
+            }
+            assert!(contains(&whole, &coded), "the image stays");
+            let exif_at = u32_at(&original, iloc_entry(&original, 2)) as usize;
+            let exif_in_plain = u32_at(&plain, iloc_entry(&plain, 2)) as usize;
+            let exif_len = u32_at(&original, iloc_entry(&original, 2) + 4) as usize;
+            assert_eq!(
+                whole[exif_at..exif_at + exif_len],
+                plain[exif_in_plain..exif_in_plain + exif_len],
+                "the EXIF item is emptied as it was"
+            );
+            assert_eq!(heif_dimensions(&whole, true).unwrap(), Some((64, 48)));
+            assert_eq!(scrub_both(&whole, 5), whole, "scrubbed again, the same");
+        }
+    }
+
+    /// `free` and `skip` boxes keep their type and size, at the top level,
+    /// in `meta` and among the properties, and lose their bytes; an
+    /// `idat` no item points into is zeros.
+    #[test]
+    fn padding_and_unused_item_data_lose_their_bytes() {
+        let secret = PHONE_SECRETS[3].as_bytes();
+        let mut items = phone_heif_items(64, 48);
+        items[0].properties.push(iso_box(b"free", secret));
+        let parts = HeifParts {
+            before_meta: iso_box(b"free", secret),
+            in_meta: [iso_box(b"skip", secret), iso_box(b"idat", secret)].concat(),
+            after: iso_box(b"skip", secret),
+            ..HeifParts::default()
+        };
+        let original = heif_file(&items, &parts);
+        let (stored, report) = scrub(&original, 11).unwrap();
+        assert!(report.changed);
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, secret), "the padding's text is stored");
+        let padding = [b"free", b"skip", b"idat"].map(|kind| {
+            let mut boxed = iso_box(kind, &vec![0; secret.len()]);
+            boxed.truncate(8);
+            boxed
+        });
+        for header in padding {
+            assert!(contains(&stored, &header), "{header:?} kept with its size");
+        }
+        assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((64, 48)));
+    }
+
+    /// An item that `iinf` does not describe is no image: its bytes are
+    /// zeros.
+    #[test]
+    fn an_item_no_entry_describes_is_blanked() {
+        let original = heif_file(&phone_heif_items(64, 48), &HeifParts::default());
+        let mut renamed = original.clone();
+        let id_at = iloc_entry(&renamed, 2) - 8;
+        renamed[id_at..id_at + 2].copy_from_slice(&9u16.to_be_bytes());
+        let (stored, _) = scrub(&renamed, 64).unwrap();
+        let exif_at = u32_at(&original, iloc_entry(&original, 2)) as usize;
+        let exif_len = u32_at(&original, iloc_entry(&original, 2) + 4) as usize;
+        assert!(stored[exif_at..exif_at + exif_len].iter().all(|&b| b == 0));
+        assert_no_secrets(&stored[..exif_at + exif_len], "the undescribed item");
+    }
+
+    /// Items whose bytes would be another box's (`ftyp`, the `meta` box,
+    /// a `free` box), past the end of the file, or an image's are refused,
+    /// with the `meta` box first or last: blanking them would break the
+    /// box, keeping them would keep the metadata.
+    #[test]
+    fn items_outside_the_media_data_are_refused() {
+        let parts = |meta_last| HeifParts {
+            meta_last,
+            after: iso_box(b"free", &[0; 64]),
+            ..HeifParts::default()
+        };
+        for meta_last in [false, true] {
+            let original = heif_file(&phone_heif_items(64, 48), &parts(meta_last));
+            let len = original.len() as u32;
+            let meta_at = original.windows(8).position(|w| w == b"meta\0\0\0\0");
+            let meta_at = meta_at.unwrap() as u32;
+            let image_at = u32_at(&original, iloc_entry(&original, 1));
+            for (item, offset, why) in [
+                (2, 8, "outside its media data"),
+                (1, 8, "outside its media data"),
+                (2, meta_at + 20, "own boxes"),
+                (2, len - 40, "outside its media data"),
+                (2, len + 1000, "past its end"),
+                (3, image_at + 4, "share bytes"),
+            ] {
+                let mut bad = original.clone();
+                let offset_at = iloc_entry(&bad, item);
+                set_u32(&mut bad, offset_at, offset);
+                set_u32(&mut bad, offset_at + 4, 8);
+                for chunk in [7, bad.len()] {
+                    let error = scrub(&bad, chunk).map(|_| ()).unwrap_err();
+                    assert!(
+                        error.to_string().contains(why),
+                        "item {item} at {offset} (meta last: {meta_last}): {error}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An ICC profile in a `colr` property keeps its colour and loses its
+    /// text; a malformed one becomes a `free` box of zeros.
+    #[test]
+    fn a_colour_profile_loses_its_text() {
+        let secret = PHONE_SECRETS[3];
+        let profile = crate::fixtures::icc_profile_with_text(secret);
+        for (colour, kept) in [
+            ([&b"prof"[..], &profile].concat(), true),
+            ([&b"rICC"[..], &profile[..200]].concat(), false),
+        ] {
+            let mut items = phone_heif_items(64, 48);
+            items[0].properties.push(iso_box(b"colr", &colour));
+            let original = heif_file(&items, &HeifParts::default());
+            let (stored, report) = scrub(&original, 13).unwrap();
+            assert!(report.changed);
+            assert_eq!(stored.len(), original.len());
+            assert_no_secrets(&stored, "the colour profile");
+            assert_eq!(contains(&stored, b"colr"), kept);
+            assert_eq!(contains(&stored, b"acsp"), kept);
+            assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((64, 48)));
+        }
     }
 
     /// Before the bound, the 12 KB file made a replica allocate 2 GB (16
@@ -1672,10 +2238,12 @@ mod tests {
     }
 
     /// Extents whose fields have no width are free to declare: an item
-    /// may have one (all its data), not two.
+    /// may have one, not two; and that one has no length (the data to the
+    /// end, whatever else lies there), which is refused too.
     #[test]
     fn zero_width_extents_are_one_per_item() {
-        assert!(scrub(&iloc_bomb(3, 1), 100).is_ok());
+        let error = scrub(&iloc_bomb(3, 1), 100).unwrap_err();
+        assert!(error.to_string().contains("without a length"), "{error}");
         let error = scrub(&iloc_bomb(3, 2), 100).unwrap_err();
         assert!(error.to_string().contains("no width"), "{error}");
     }

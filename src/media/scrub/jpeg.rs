@@ -49,6 +49,10 @@ pub(super) enum Action {
 
 const SOS: u8 = 0xDA;
 
+/// What opens an APP2 segment holding (part of) an ICC profile; its
+/// sequence number and the count of segments follow.
+const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
+
 const EOI: u8 = 0xD9;
 
 /// Most JPEG marker segments outside scan data. A camera JPEG has about
@@ -277,6 +281,29 @@ impl Scrubber {
         }
     }
 
+    /// An APP2 ICC profile, whole in one segment (sequence 1 of 1): kept
+    /// with its text blanked ([`icc`]). A malformed one is dropped, and so
+    /// is a profile cut across several segments (over 64 KiB, printer
+    /// profiles): its tags cannot be read without holding every segment,
+    /// and an image without one renders as sRGB.
+    fn keep_icc(&mut self, segment: Bytes, out: &mut Vec<Bytes>) {
+        let payload = &segment[4..];
+        let mut profile = payload
+            .get(ICC_TAG.len() + 2..)
+            .unwrap_or_default()
+            .to_vec();
+        let whole = payload.get(ICC_TAG.len()..ICC_TAG.len() + 2) == Some(&[1, 1][..]);
+        match whole.then(|| icc::blank_profile_text(&mut profile)) {
+            Some(Ok(false)) => out.push(segment),
+            Some(Ok(true)) => {
+                self.changed = true;
+                let head = &payload[..ICC_TAG.len() + 2];
+                out.push(jpeg_segment(0xE2, &[head, &profile].concat()));
+            }
+            _ => self.changed = true,
+        }
+    }
+
     fn inspect_jpeg_segment(&mut self, marker: u8, segment: Bytes, out: &mut Vec<Bytes>) {
         let payload = &segment[4..];
         if marker == 0xE1
@@ -297,12 +324,15 @@ impl Scrubber {
             out.push(segment);
             return;
         }
+        if marker == 0xE2 && payload.starts_with(ICC_TAG) {
+            self.keep_icc(segment, out);
+            return;
+        }
         // The part of the payload that is kept, if any.
         let kept = match marker {
             0xE0 if payload.starts_with(b"JFIF\0") && payload.len() >= JFIF_LEN => {
                 Some(&payload[..JFIF_LEN])
             }
-            0xE2 if payload.starts_with(b"ICC_PROFILE\0") => Some(payload),
             0xEE if payload.starts_with(b"Adobe") && payload.len() >= ADOBE_LEN => {
                 Some(&payload[..ADOBE_LEN])
             }

@@ -26,6 +26,7 @@ use image::metadata::Orientation;
 use super::MediaError;
 
 mod heif;
+mod icc;
 mod jpeg;
 mod png;
 mod webp;
@@ -185,14 +186,10 @@ impl Scrubber {
                 ));
             }
             State::Heif => {
-                if !self
-                    .heif
-                    .as_ref()
-                    .is_some_and(|h| h.complete(self.pending.len()))
-                {
-                    return Err(MediaError::invalid(
-                        "the HEIF is truncated: it ends inside a box",
-                    ));
+                let pending = self.pending.len();
+                match self.heif.as_mut() {
+                    Some(heif) => heif.complete(pending)?,
+                    None => return Err(MediaError::invalid("the HEIF is truncated")),
                 }
                 !self.keep_metadata
             }

@@ -47,7 +47,11 @@ fn camera_jpeg(orientation: u16) -> Vec<u8> {
         0xE1,
         b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>GPSLatitude 48.85</x:xmpmeta>",
     ));
-    out.extend(segment(0xE2, b"ICC_PROFILE\0\x01\x01fake-icc-profile"));
+    let profile = crate::fixtures::icc_profile_with_text("Alice Example, 48.8584 N");
+    out.extend(segment(
+        0xE2,
+        &[&b"ICC_PROFILE\0\x01\x01"[..], &profile].concat(),
+    ));
     out.extend(segment(0xE2, b"MPF\0secondary-image-index"));
     out.extend(segment(0xED, b"Photoshop 3.0\0IPTC By-line: Alice Example"));
     out.extend(segment(0xFE, b"shot by Alice Example"));
@@ -91,7 +95,7 @@ fn identifying_jpeg_metadata_is_removed_and_pixels_are_untouched() {
             assert!(!contains(&stored, secret), "{secret:?} survived");
         }
         assert!(
-            contains(&stored, b"fake-icc-profile"),
+            contains(&stored, b"ICC_PROFILE\0\x01\x01") && contains(&stored, b"acsp"),
             "the ICC profile was dropped"
         );
         let pixels = image::load_from_memory(&stored).unwrap().to_rgb8();
@@ -562,11 +566,12 @@ fn a_png_icc_profile_loses_its_name_but_not_its_profile() {
 
 /// An `ICCP` chunk counts only when `VP8X` announces it (flag 0x20): one
 /// it does not announce (decoders ignore it) may carry anything, and is
-/// blanked; an announced one is kept.
+/// blanked; an announced one is kept, without its text.
 #[test]
 fn an_unannounced_webp_iccp_chunk_is_blanked() {
     let (vp8l, pixels) = vp8l_chunk(30, 20);
-    let profile = b"an ICC profile whose description names Alice Example".to_vec();
+    let secret = b"Alice Example";
+    let profile = crate::fixtures::icc_profile_with_text("Alice Example");
     for (flags, kept) in [(0x00, false), (0x20, true)] {
         let mut vp8x = vec![flags, 0, 0, 0];
         vp8x.extend_from_slice(&29u32.to_le_bytes()[..3]);
@@ -579,7 +584,8 @@ fn an_unannounced_webp_iccp_chunk_is_blanked() {
         for chunk in [1, 5, original.len()] {
             let (stored, _) = scrub(&original, chunk, false).unwrap();
             assert_eq!(stored.len(), original.len());
-            assert_eq!(contains(&stored, &profile), kept, "flags {flags:#x}");
+            assert!(!contains(&stored, secret), "flags {flags:#x}");
+            assert_eq!(contains(&stored, b"acsp"), kept, "flags {flags:#x}");
             assert_eq!(contains(&stored, b"ICCP"), kept, "flags {flags:#x}");
             assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
         }
@@ -835,5 +841,52 @@ mod heif {
                 let _ = scrub(&damaged, 97, false);
             }
         }
+    }
+}
+
+/// A JPEG's ICC profile keeps its colour and loses its text when it is
+/// whole in one APP2 segment; one cut across several segments, or
+/// malformed, is dropped (the image renders as sRGB), and the JPEG still
+/// decodes.
+#[test]
+fn jpeg_icc_profiles_lose_their_text_or_are_dropped() {
+    let plain = encoded_jpeg();
+    let secret = "GPS 48.8584 N 2.2945 E";
+    let profile = crate::fixtures::icc_profile_with_text(secret);
+    let half = profile.len() / 2;
+    for (segments, kept) in [
+        (
+            vec![[&b"ICC_PROFILE\0\x01\x01"[..], &profile].concat()],
+            true,
+        ),
+        (
+            vec![
+                [&b"ICC_PROFILE\0\x01\x02"[..], &profile[..half]].concat(),
+                [&b"ICC_PROFILE\0\x02\x02"[..], &profile[half..]].concat(),
+            ],
+            false,
+        ),
+        (
+            vec![[&b"ICC_PROFILE\0\x01\x01"[..], &profile[..half]].concat()],
+            false,
+        ),
+    ] {
+        let mut original = plain[..2].to_vec();
+        for payload in &segments {
+            original.extend(segment(0xE2, payload));
+        }
+        original.extend_from_slice(&plain[2..]);
+        let (stored, report) = scrub(&original, 7, false).unwrap();
+        assert!(report.changed);
+        assert!(
+            !contains(&stored, secret.as_bytes()),
+            "{} segments",
+            segments.len()
+        );
+        assert_eq!(contains(&stored, b"ICC_PROFILE\0"), kept);
+        if kept {
+            assert_eq!(stored.len(), original.len(), "blanked in place");
+        }
+        image::load_from_memory(&stored).unwrap();
     }
 }

@@ -9,10 +9,13 @@
 //! and decoders skip chunks they do not know, so nothing moves. `VP8X`
 //! stops announcing EXIF and XMP. An `ICCP` chunk that `VP8X` does not
 //! announce (or with no `VP8X` at all) is no part of the image: decoders
-//! ignore it, so it is blanked too.
+//! ignore it, so it is blanked too. An announced one is read whole (at
+//! most [`MAX_WEBP_COLLECT`], larger is blanked) and kept with its free
+//! text blanked (see [`icc`]); a malformed one is blanked, and the image
+//! renders as sRGB.
 //!
 //! Bounds: one chunk header (8 bytes) is held at a time, or one whole
-//! `VP8X` or `EXIF` chunk of at most [`MAX_WEBP_COLLECT`] + 8 bytes (read
+//! `VP8X`, `EXIF` or `ICCP` chunk of at most [`MAX_WEBP_COLLECT`] + 8 bytes (read
 //! for its flags and the orientation), never more than the bytes received.
 //! Kept data passes through as slices, and a blanked payload as slices of
 //! one static block of zeros, so nothing else is allocated but a fixed
@@ -135,14 +138,15 @@ impl Scrubber {
                 if padded > room - taken(chunk) {
                     return Err(corrupt());
                 }
+                let profile = &kind == b"ICCP" && !self.keep_metadata;
                 let keep = self.keep_metadata
                     || if frame > 0 {
                         keep_frame_chunk(&kind)
                     } else {
-                        keep_webp_chunk(&kind) && (&kind != b"ICCP" || icc)
+                        keep_webp_chunk(&kind) && (!profile || (icc && size <= MAX_WEBP_COLLECT))
                     };
-                if frame == 0 && (&kind == b"VP8X" || &kind == b"EXIF") && size <= MAX_WEBP_COLLECT
-                {
+                let collect = matches!(&kind, b"VP8X" | b"EXIF") || (profile && keep);
+                if frame == 0 && collect && size <= MAX_WEBP_COLLECT {
                     Step::Collect {
                         len: 8 + padded as usize,
                     }
@@ -203,7 +207,18 @@ impl Scrubber {
                     return Ok(());
                 }
                 let mut whole = self.pending.split();
-                if &whole[..4] == b"EXIF" {
+                if &whole[..4] == b"ICCP" {
+                    // Kept with its text blanked; malformed, dropped.
+                    let size = u32::from_le_bytes([whole[4], whole[5], whole[6], whole[7]]);
+                    match icc::blank_profile_text(&mut whole[8..8 + size as usize]) {
+                        Ok(changed) => self.changed |= changed,
+                        Err(icc::Malformed) => {
+                            self.changed = true;
+                            whole[..4].copy_from_slice(b"JUNK");
+                            whole[8..].fill(0);
+                        }
+                    }
+                } else if &whole[..4] == b"EXIF" {
                     let payload = &whole[8..];
                     let tiff = payload.strip_prefix(b"Exif\0\0").unwrap_or(payload);
                     self.note_orientation(tiff);
