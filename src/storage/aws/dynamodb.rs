@@ -39,7 +39,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, WriteRequest,
 };
 
-use super::{AwsSettings, classify};
+use super::errors::classify;
+use super::settings::AwsSettings;
 use time_index::MergedCursor;
 
 mod time_index;
