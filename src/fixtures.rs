@@ -3,8 +3,11 @@
 //! tests the same bytes; and the limits of tests that build the domain
 //! directly. Not used by the service itself.
 
+mod phone;
 mod scene;
 
+pub use phone::PHONE_SECRETS;
+use phone::{jpeg_segment, phone_exif, with_phone_metadata};
 pub use scene::{PHONE_SHOTS, PhoneShot, phone_shot, scene};
 
 /// A valid, uncompressed (stored-deflate) RGB PNG whose pixels depend on
@@ -167,14 +170,6 @@ fn encode_jpeg(pixels: &image::RgbImage) -> Vec<u8> {
     out
 }
 
-/// What a phone writes into a photo's EXIF that identifies someone.
-pub const PHONE_SECRETS: [&str; 4] = [
-    "PhoneMaker Model X",
-    "SN-4411-2093-77",
-    "Alice Example",
-    "GPS-N-48.8584",
-];
-
 /// A phone photo taken sideways: the sensor's `width` x `height` pixels
 /// (left half red, right half blue) with EXIF orientation 6 (turn 90°
 /// clockwise to view), GPS coordinates, a camera serial number and the
@@ -198,21 +193,6 @@ pub fn camera_photo(width: u32, height: u32) -> Vec<u8> {
     let mut out = with_phone_metadata(&photo_jpeg(width, height), 1);
     out.extend_from_slice(b"MotionPhoto_Data\0");
     out.extend_from_slice(PHONE_SECRETS[2].as_bytes());
-    out
-}
-
-/// `plain` (a JPEG) with the EXIF and XMP segments of [`phone_photo`].
-fn with_phone_metadata(plain: &[u8], orientation: u16) -> Vec<u8> {
-    let mut exif = b"Exif\0\0".to_vec();
-    exif.extend_from_slice(&phone_exif(orientation));
-    let mut out = plain[..2].to_vec();
-    out.extend(jpeg_segment(0xE1, &exif));
-    let xmp = format!(
-        "http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><exif:GPSLatitude>{}</exif:GPSLatitude></x:xmpmeta>",
-        PHONE_SECRETS[3]
-    );
-    out.extend(jpeg_segment(0xE1, xmp.as_bytes()));
-    out.extend_from_slice(&plain[2..]);
     out
 }
 
@@ -248,91 +228,6 @@ pub fn heif_with_jpeg_item(jpeg: &[u8], width: u32, height: u32, meta_last: bool
         ..HeifParts::default()
     };
     heif_file(&[HeifItem::new(b"jpeg", jpeg).sized(width, height)], &parts)
-}
-
-fn jpeg_segment(marker: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0xFF, marker];
-    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A big-endian TIFF block as cameras write it: IFD0 (Make/Model,
-/// Orientation, Artist, pointers to the Exif and GPS IFDs), an Exif IFD
-/// with the body serial number, and a GPS IFD with a latitude.
-fn phone_exif(orientation: u16) -> Vec<u8> {
-    struct Entry {
-        tag: u16,
-        kind: u16,
-        count: u32,
-        value: Vec<u8>,
-    }
-    let ascii = |tag, text: &str| {
-        let mut value = text.as_bytes().to_vec();
-        value.push(0);
-        Entry {
-            tag,
-            kind: 2,
-            count: value.len() as u32,
-            value,
-        }
-    };
-    let long = |tag, n: u32| Entry {
-        tag,
-        kind: 4,
-        count: 1,
-        value: n.to_be_bytes().to_vec(),
-    };
-    // Lays out one IFD at `at`, its out-of-line values right after it.
-    let ifd = |at: u32, entries: Vec<Entry>| -> Vec<u8> {
-        let table = 2 + entries.len() as u32 * 12 + 4;
-        let mut head = (entries.len() as u16).to_be_bytes().to_vec();
-        let mut data = Vec::new();
-        for e in &entries {
-            head.extend_from_slice(&e.tag.to_be_bytes());
-            head.extend_from_slice(&e.kind.to_be_bytes());
-            head.extend_from_slice(&e.count.to_be_bytes());
-            if e.value.len() <= 4 {
-                let mut inline = e.value.clone();
-                inline.resize(4, 0);
-                head.extend_from_slice(&inline);
-            } else {
-                head.extend_from_slice(&(at + table + data.len() as u32).to_be_bytes());
-                data.extend_from_slice(&e.value);
-            }
-        }
-        head.extend_from_slice(&0u32.to_be_bytes());
-        head.extend(data);
-        head
-    };
-    // IFD0 first with placeholder pointers to learn its length.
-    let ifd0_entries = |exif_at, gps_at| {
-        vec![
-            ascii(0x010F, PHONE_SECRETS[0]),
-            Entry {
-                tag: 0x0112,
-                kind: 3,
-                count: 1,
-                value: orientation.to_be_bytes().to_vec(),
-            },
-            ascii(0x013B, PHONE_SECRETS[2]),
-            long(0x8769, exif_at),
-            long(0x8825, gps_at),
-        ]
-    };
-    let ifd0_len = ifd(8, ifd0_entries(0, 0)).len() as u32;
-    let exif_at = 8 + ifd0_len;
-    let exif_ifd = ifd(exif_at, vec![ascii(0xA431, PHONE_SECRETS[1])]);
-    let gps_at = exif_at + exif_ifd.len() as u32;
-    let gps_ifd = ifd(
-        gps_at,
-        vec![ascii(0x0001, "N"), ascii(0x001B, PHONE_SECRETS[3])],
-    );
-    let mut tiff = b"MM\0\x2A\0\0\0\x08".to_vec();
-    tiff.extend(ifd(8, ifd0_entries(exif_at, gps_at)));
-    tiff.extend(exif_ifd);
-    tiff.extend(gps_ifd);
-    tiff
 }
 
 /// Where [`heic_photo`] puts its boxes and items.

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod commands;
 pub mod config;
 pub mod domain;
+mod error;
 #[cfg(any(test, feature = "testkit"))]
 pub mod fixtures;
 pub mod grpc;
@@ -35,5 +36,4 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tls;
 
-/// A boxed error kept as a cause, for logs (never shown to callers).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use error::BoxError;

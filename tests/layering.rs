@@ -13,6 +13,13 @@
 //! - the modules of `src/domain` import each other without a loop: entities,
 //!   errors and limits at the bottom, then the ports, then the use cases;
 //! - the top-level modules of `src/` import each other without a loop;
+//! - no module of `src/` at all, parents and children included, is part of
+//!   a loop: a parent declaring a child (`mod x;`) or re-exporting its items
+//!   (`pub use x::Y`) is an edge parent -> child, and a child naming an item
+//!   its parent defines is an edge child -> parent, so items shared by a
+//!   parent and its children live in a sibling module both import (the
+//!   loops inside the modules of [`NOT_YET_UNLOOPED`] are set apart, and
+//!   each must still have one);
 //! - `domain` names no transport, adapter or wiring (`grpc`, `http`,
 //!   `storage`, `startup`, `config`, `pb`, ...);
 //! - `storage` and `media` name of `domain` only what the ports speak, never
@@ -69,6 +76,62 @@ fn the_top_level_modules_import_each_other_without_a_loop() {
         loops.is_empty(),
         "the modules of src/ import each other in a loop:\n{}",
         loops.join("\n")
+    );
+}
+
+/// Modules whose children still import items of the parent's `mod.rs`
+/// (and so loop with it): the loops within each are tolerated until it is
+/// split, and none may appear elsewhere. The format scrubbers add methods
+/// to the parent's `Scrubber`, whose state holds their parsers' states.
+const NOT_YET_UNLOOPED: &[&str] = &["crate::media::scrub"];
+
+#[test]
+fn no_module_of_src_is_part_of_a_loop() {
+    let crate_ = Crate::read(&src());
+    let mut graph = crate_.edges(|module| Some(module.clone()));
+    for (parent, child, at) in crate_.declarations() {
+        graph.entry(parent).or_default().entry(child).or_insert(at);
+    }
+    // The loops inside a module of NOT_YET_UNLOOPED are set apart: they are
+    // still there (or the entry must go), and no other loop is.
+    let inside = |module: &ModPath| {
+        NOT_YET_UNLOOPED
+            .iter()
+            .any(|parent| module.starts_with(&path(parent)))
+    };
+    let mut known: Graph = BTreeMap::new();
+    for (from, to) in graph.iter_mut() {
+        if inside(from) {
+            let (within, rest): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(to)
+                .into_iter()
+                .partition(|(to, _)| inside(to));
+            *to = rest;
+            known.insert(from.clone(), within);
+        }
+    }
+    for parent in NOT_YET_UNLOOPED {
+        let parent = path(parent);
+        let mut within = known.clone();
+        within.retain(|from, _| from.starts_with(&parent));
+        assert!(
+            !find_loops(&within).is_empty(),
+            "{} has no loop left: take it out of NOT_YET_UNLOOPED",
+            parent.join("::")
+        );
+    }
+    let loops = find_loops(&graph);
+    assert!(
+        loops.is_empty(),
+        "modules of src/ import each other in a loop:\n{}",
+        loops.join("\n")
+    );
+    // The graph is the one meant: parents are seen declaring their children.
+    let aws = path("crate::storage::aws");
+    assert!(
+        graph
+            .get(&aws)
+            .is_some_and(|to| to.contains_key(&path("crate::storage::aws::s3"))),
+        "storage::aws no longer seen declaring storage::aws::s3: the reading of the source is broken"
     );
 }
 
@@ -256,6 +319,8 @@ struct Import {
 
 struct Module {
     file: String,
+    /// The child modules declared in the file (`mod x;`), with their line.
+    children: Vec<(String, usize)>,
     imports: Vec<Import>,
     /// Paths in the code (outside `use`), with their line.
     paths: Vec<(Vec<String>, usize)>,
@@ -310,6 +375,7 @@ impl Crate {
                 module,
                 Module {
                     file,
+                    children: declared_children(&code),
                     imports,
                     paths,
                 },
@@ -342,6 +408,26 @@ impl Crate {
                     at: format!("{}:{line}", m.file),
                 };
                 out.push((module.clone(), reference, target));
+            }
+        }
+        out
+    }
+
+    /// Every parent -> child declaration among the modules, with the line
+    /// that declares the child.
+    fn declarations(&self) -> Vec<(ModPath, ModPath, String)> {
+        let mut out = Vec::new();
+        for (parent, m) in &self.modules {
+            for (name, line) in &m.children {
+                let mut child = parent.clone();
+                child.push(name.clone());
+                if self.modules.contains_key(&child) {
+                    out.push((
+                        parent.clone(),
+                        child,
+                        format!("{}:{line}: mod {name}", m.file),
+                    ));
+                }
             }
         }
         out
@@ -670,6 +756,21 @@ fn parse(code: &str) -> (Vec<Import>, Vec<(Vec<String>, usize)>) {
         }
     }
     (imports, paths)
+}
+
+/// The modules the code declares in files of their own (`mod x;`), with
+/// their line.
+fn declared_children(code: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (at, line) in code.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(mod_at) = words.iter().position(|w| *w == "mod")
+            && let Some(name) = words.get(mod_at + 1).and_then(|w| w.strip_suffix(';'))
+        {
+            out.push((name.to_owned(), at + 1));
+        }
+    }
+    out
 }
 
 /// The items of one `use` tree under `prefix`.

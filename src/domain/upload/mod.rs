@@ -35,6 +35,7 @@ mod pace;
 mod render;
 mod rescrub;
 pub mod resumable;
+mod shared;
 mod spec;
 mod stored;
 mod writes;
@@ -42,32 +43,15 @@ mod writes;
 pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;
+pub use shared::Uploads;
+use shared::{UPLOAD_OVERHEAD, UploadSlot};
 use spec::ValidSpec;
 use stored::{StoredBytes, StoredFacts};
 use writes::Writes;
 
-/// Receives uploads and stores them: the upload slots, the memory budget
-/// and the renderer they share.
-#[derive(Clone)]
-pub struct Uploads {
-    blobs: Arc<dyn BlobStore>,
-    metadata: Arc<dyn MetadataStore>,
-    limits: Limits,
-    slots: Arc<tokio::sync::Semaphore>,
-    user_uploads: UserUploads,
-    budget: MemoryBudget,
-    admissions: Admissions,
-    renderer: Renderer,
-}
-
 /// Largest upload message the transport accepts: chunks of up to 4 MiB
 /// plus framing. An upload's working set counts one of them.
 pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024 + 64 * 1024;
-
-/// Memory an upload holds besides its received bytes: the header the
-/// inspector gathers and the structure the scrubber holds (1 MiB each at
-/// most; a HEIF's `meta` box may be larger, see [`SCRUBBER_SHARE`]).
-const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
 
 /// The part of [`UPLOAD_OVERHEAD`] that is the scrubber's: a structure
 /// larger than this (a HEIF's `meta` box, up to
@@ -105,12 +89,6 @@ impl MemoryUse {
             .saturating_add(UPLOAD_OVERHEAD)
             .saturating_add(self.structure.saturating_sub(SCRUBBER_SHARE))
     }
-}
-
-/// An upload's places among the replica's and the caller's uploads.
-struct UploadSlot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    _user: super::budget::UserUpload,
 }
 
 /// An upload between its spec and its last byte.

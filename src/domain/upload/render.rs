@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::Uploads;
+use super::shared::Uploads;
 use super::stored::{Checksums, StoredFacts, digest_of};
 use super::writes::Writes;
 use crate::domain::image::Variant;

@@ -15,7 +15,7 @@
 //! one, is rebuilt from the output as the old one is given up.
 use futures::StreamExt;
 
-use super::Uploads;
+use super::shared::Uploads;
 use super::stored::{Checksums, StoredFacts};
 use super::writes::Writes;
 use crate::domain::DomainError;

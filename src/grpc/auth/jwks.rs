@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow, bail};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, TokenData};
 
-use super::{ClaimRules, Claims};
+use super::claims::{ClaimRules, Claims};
 use crate::config::{AuthSettings, DEFAULT_JWT_JWKS_MIN_REFRESH, DEFAULT_JWT_JWKS_REFRESH};
 
 /// Largest JWKS or discovery document read: real ones are a few KiB.
@@ -228,7 +228,7 @@ impl Jwks {
             metrics::counter!("imageservice_jwks_unknown_kid_total", "fetched" => "no")
                 .increment(1);
             tracing::debug!(
-                kid = %super::loggable(kid),
+                kid = %super::logging::loggable(kid),
                 "unknown kid; the JWKS was fetched too recently to fetch again"
             );
             return;

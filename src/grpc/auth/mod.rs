@@ -2,7 +2,9 @@
 //! mode, or a verified JWT's user claim (`sub` by default) in jwt mode,
 //! checked with a shared secret, a PEM public key, or the identity
 //! provider's JWKS.
+mod claims;
 mod jwks;
+mod logging;
 
 use std::sync::Arc;
 
@@ -11,39 +13,19 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AuthMode, AuthSettings, DEFAULT_JWT_USER_CLAIM};
+use crate::config::{AuthMode, AuthSettings};
 use crate::domain::UserId;
 use crate::listener::PeerInfo;
 
+use claims::{ClaimRules, Claims};
 pub use jwks::Jwks;
+use logging::loggable;
 
 /// Metadata key of the caller's id in trusted-header mode.
 pub const USER_ID_HEADER: &str = "x-user-id";
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-const LEEWAY_SECONDS: u64 = 30;
 /// Longest `authorization` value looked at: far above any real token, and
 /// a bound on the work a caller's header costs.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// Longest caller-controlled text (a token's header or claims, or an error
-/// quoting them) written to a log line, in characters.
-const MAX_LOGGED_CHARS: usize = 256;
-
-/// Caller-controlled text as it may go into a log line: control
-/// characters (newlines, ANSI escapes) escaped as in Rust's `{:?}`, and
-/// cut after [`MAX_LOGGED_CHARS`] characters, so a forged token can
-/// neither fake log lines nor restyle a terminal nor flood the log.
-pub(crate) fn loggable(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_LOGGED_CHARS)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().nth(MAX_LOGGED_CHARS).is_some() {
-        out.push('…');
-    }
-    out
-}
 
 /// Identifies callers.
 pub enum Authenticator {
@@ -67,80 +49,6 @@ pub enum Keys {
     /// The identity provider's key set, refreshed in the background.
     Jwks(Arc<Jwks>),
 }
-
-/// What a verified token must say, and which claim is the user.
-pub struct ClaimRules {
-    issuer: Option<String>,
-    audience: Option<String>,
-    user_claim: String,
-}
-
-impl ClaimRules {
-    fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
-        let user_claim = settings
-            .jwt_user_claim
-            .as_deref()
-            .unwrap_or(DEFAULT_JWT_USER_CLAIM)
-            .trim()
-            .to_owned();
-        if user_claim.is_empty() {
-            bail!("--jwt-user-claim must name a claim");
-        }
-        Ok(Self {
-            issuer: settings.jwt_issuer.clone(),
-            audience: settings.jwt_audience.clone(),
-            user_claim,
-        })
-    }
-
-    /// The checks of a token signed with `algorithm`. `Validation::new`
-    /// accepts exactly this algorithm: a token whose header names another
-    /// one (`none`, or HS256 with a public key as its secret) fails.
-    fn validation(&self, algorithm: Algorithm) -> Validation {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // A configured issuer or audience is required, not only checked
-        // when present: jsonwebtoken checks absent claims only if told to.
-        // The user claim is not listed: jsonwebtoken would require it to be
-        // a string, and a numeric `sub` is a user id too ([`Self::user`]
-        // refuses a token without one).
-        let mut required = vec!["exp"];
-        if self.issuer.is_some() {
-            required.push("iss");
-        }
-        if self.audience.is_some() {
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        validation
-    }
-
-    /// The user a verified token's claims name, if its claims are well
-    /// formed: `iss` is one string (RFC 7519 §4.1.1; jsonwebtoken would also
-    /// take a list and match any of its members).
-    fn user(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<UserId> {
-        if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
-            return None;
-        }
-        let text = match claims.get(&self.user_claim)? {
-            serde_json::Value::String(text) => text.clone(),
-            serde_json::Value::Number(number) => number.to_string(),
-            _ => return None,
-        };
-        UserId::parse(&text).ok()
-    }
-}
-
-type Claims = serde_json::Map<String, serde_json::Value>;
 
 impl Authenticator {
     /// Builds the authenticator the identity settings ask for. With a JWKS
@@ -281,19 +189,4 @@ fn understood_header(token: &str) -> Result<(), &'static str> {
         return Err("the token's header lists critical extensions, and none is understood");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_token_text_has_no_control_characters_and_a_bounded_length() {
-        let forged = "HS256\n\u{1b}[31mFORGED\r";
-        let logged = loggable(forged);
-        assert!(!logged.chars().any(char::is_control), "{logged}");
-        assert!(logged.contains("FORGED"));
-        let long = loggable(&"x".repeat(100_000));
-        assert_eq!(long.chars().count(), MAX_LOGGED_CHARS + 1);
-    }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sha2::{Digest, Sha256};
 
-use super::PayloadSigning;
+use super::settings::PayloadSigning;
 use crate::storage::multipart::PartBuffer;
 
 /// The request body of a part: a stream over its pieces that can be

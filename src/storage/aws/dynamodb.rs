@@ -28,7 +28,7 @@
 //! on its revision. A listing queries the most selective index, then reads
 //! the image items and keeps only those that exist and match every filter,
 //! so stale or half-written index items are never returned.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -39,9 +39,13 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, WriteRequest,
 };
 
-use super::{AwsSettings, classify};
+use super::errors::classify;
+use super::settings::AwsSettings;
+pub use items::DynamoMetadataStore;
+use items::{ALL, BY_TIME, decode_cursor, encode_cursor, image_id_of, n, s, time_shard_value};
 use time_index::MergedCursor;
 
+mod items;
 mod time_index;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
@@ -56,9 +60,6 @@ const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
 const PENDING_SK: &str = "pending";
 const SESSION_SK: &str = "upload_session";
-/// The `by_time` partition of time shard 0, the only one before the index
-/// was sharded: images written then stay listed there.
-const ALL: &str = "image";
 /// Where the table keeps its time shard count.
 const SHARDS_PK: &str = "config";
 const SHARDS_SK: &str = "time_shards";
@@ -77,42 +78,10 @@ const BATCH_RETRIES: usize = 8;
 const BY_OWNER: (&str, &str) = ("by_owner", "owner");
 const BY_LOCATION: (&str, &str) = ("by_location", "location");
 const BY_CONTENT_TYPE: (&str, &str) = ("by_content_type", "content_type");
-/// The unfiltered listing's index. One constant partition key would take
-/// every write in one index partition (about 1 000 uploads/s on DynamoDB,
-/// and AWS warns that a low-cardinality GSI key throttles the base table),
-/// so the key is write-sharded: an image's `all` is the partition of its
-/// time shard ([`time_shard_value`]), chosen by its id, and the listing
-/// merges the shards newest first.
-const BY_TIME: (&str, &str) = ("by_time", "all");
-
-/// The `all` value of time shard `shard`.
-fn time_shard_value(shard: u32) -> String {
-    if shard == 0 {
-        ALL.to_owned()
-    } else {
-        format!("{ALL}#{shard}")
-    }
-}
-
 /// An image's time shard among `count`: fixed by its id, so that every
 /// write of the record lands in the same one.
 fn time_shard_of(id: &ImageId, count: u32) -> u32 {
     crc32c::crc32c(id.as_bytes()) % count.max(1)
-}
-
-pub struct DynamoMetadataStore {
-    client: Client,
-    table: String,
-    /// The time shard count last read from the table, and when.
-    time_shards: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 fn image_pk(id: &ImageId) -> String {
@@ -222,40 +191,6 @@ fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, Storage
         .and_then(|v| v.as_s().ok())
         .ok_or_else(|| StorageError::internal("image item without doc"))?;
     serde_json::from_str(doc).map_err(StorageError::internal)
-}
-
-/// The image an index item points at.
-fn image_id_of(item: &HashMap<String, AttributeValue>) -> Option<ImageId> {
-    let text = match item.get("image_id") {
-        Some(value) => value.as_s().ok()?.as_str(),
-        None => item.get("pk")?.as_s().ok()?.strip_prefix("image#")?,
-    };
-    ImageId::parse(text).ok()
-}
-
-/// Cursors are the key attributes of the last index item consumed, as JSON.
-fn encode_cursor(item: &HashMap<String, AttributeValue>, names: &[&str]) -> Vec<u8> {
-    let mut out = BTreeMap::new();
-    for name in names {
-        match item.get(*name) {
-            Some(AttributeValue::S(v)) => out.insert(name.to_string(), ("S", v.clone())),
-            Some(AttributeValue::N(v)) => out.insert(name.to_string(), ("N", v.clone())),
-            _ => None,
-        };
-    }
-    serde_json::to_vec(&out).unwrap_or_default()
-}
-
-fn decode_cursor(bytes: &[u8]) -> Result<HashMap<String, AttributeValue>, StorageError> {
-    let map: BTreeMap<String, (String, String)> =
-        serde_json::from_slice(bytes).map_err(StorageError::internal)?;
-    map.into_iter()
-        .map(|(name, (kind, value))| match kind.as_str() {
-            "S" => Ok((name, s(value))),
-            "N" => Ok((name, n(value))),
-            _ => Err(StorageError::internal("malformed listing cursor")),
-        })
-        .collect()
 }
 
 impl DynamoMetadataStore {

@@ -14,9 +14,9 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::StreamExt;
 
-use super::S3Checksums;
 use super::body::{PayloadHash, body_of};
-use super::{AwsSettings, classify};
+use super::errors::classify;
+use super::settings::{AwsSettings, S3Checksums};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, ObjectKey, PresignRequest, PresignedUrl, StorageError,

@@ -26,8 +26,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::pace::Pace;
+use super::shared::{UPLOAD_OVERHEAD, UploadSlot, Uploads};
 use super::spec::ValidSpec;
-use super::{FramePayload, UploadFrame, UploadSlot, Uploads};
+use super::spec::{FramePayload, UploadFrame};
 use crate::domain::budget::Reservation;
 use crate::domain::chunks::{Gatherer, exact_chunks};
 use crate::domain::image::NewImage;
@@ -903,7 +904,7 @@ impl SessionStream<'_> {
 
     /// Grows the stream's memory reservation to `bytes` plus a message.
     async fn reserve(&mut self, bytes: u64) -> Result<(), DomainError> {
-        let wanted = bytes + super::UPLOAD_OVERHEAD;
+        let wanted = bytes + UPLOAD_OVERHEAD;
         let budget = &self.uploads.budget;
         match &mut self.reservation {
             Some(reservation) => budget.grow(reservation, wanted, "an upload").await,

@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{
-    BY_TIME, DynamoMetadataStore, classify, decode_cursor, encode_cursor, image_id_of, n, s,
-    time_shard_value,
+use super::items::{
+    BY_TIME, DynamoMetadataStore, decode_cursor, encode_cursor, image_id_of, n, s, time_shard_value,
 };
 use crate::domain::ImageId;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{ListPage, StorageError};
+use crate::storage::aws::errors::classify;
 
 type Item = HashMap<String, AttributeValue>;
 

@@ -1,0 +1,80 @@
+//! The table's item layout that the store and its time-index listing
+//! share: the store itself, the `by_time` index and its shards, attribute
+//! values, and listing cursors.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::domain::ImageId;
+use crate::domain::ports::StorageError;
+
+/// The `by_time` partition of time shard 0, the only one before the index
+/// was sharded: images written then stay listed there.
+pub(super) const ALL: &str = "image";
+/// The unfiltered listing's index. One constant partition key would take
+/// every write in one index partition (about 1 000 uploads/s on DynamoDB,
+/// and AWS warns that a low-cardinality GSI key throttles the base table),
+/// so the key is write-sharded: an image's `all` is the partition of its
+/// time shard ([`time_shard_value`]), chosen by its id, and the listing
+/// merges the shards newest first.
+pub(super) const BY_TIME: (&str, &str) = ("by_time", "all");
+
+/// The `all` value of time shard `shard`.
+pub(super) fn time_shard_value(shard: u32) -> String {
+    if shard == 0 {
+        ALL.to_owned()
+    } else {
+        format!("{ALL}#{shard}")
+    }
+}
+
+pub struct DynamoMetadataStore {
+    pub(super) client: Client,
+    pub(super) table: String,
+    /// The time shard count last read from the table, and when.
+    pub(super) time_shards: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
+}
+
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(super) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The image an index item points at.
+pub(super) fn image_id_of(item: &HashMap<String, AttributeValue>) -> Option<ImageId> {
+    let text = match item.get("image_id") {
+        Some(value) => value.as_s().ok()?.as_str(),
+        None => item.get("pk")?.as_s().ok()?.strip_prefix("image#")?,
+    };
+    ImageId::parse(text).ok()
+}
+
+/// Cursors are the key attributes of the last index item consumed, as JSON.
+pub(super) fn encode_cursor(item: &HashMap<String, AttributeValue>, names: &[&str]) -> Vec<u8> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        match item.get(*name) {
+            Some(AttributeValue::S(v)) => out.insert(name.to_string(), ("S", v.clone())),
+            Some(AttributeValue::N(v)) => out.insert(name.to_string(), ("N", v.clone())),
+            _ => None,
+        };
+    }
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+pub(super) fn decode_cursor(bytes: &[u8]) -> Result<HashMap<String, AttributeValue>, StorageError> {
+    let map: BTreeMap<String, (String, String)> =
+        serde_json::from_slice(bytes).map_err(StorageError::internal)?;
+    map.into_iter()
+        .map(|(name, (kind, value))| match kind.as_str() {
+            "S" => Ok((name, s(value))),
+            "N" => Ok((name, n(value))),
+            _ => Err(StorageError::internal("malformed listing cursor")),
+        })
+        .collect()
+}
