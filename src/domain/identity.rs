@@ -31,6 +31,13 @@ impl UserId {
                 "user id has control or invisible formatting characters, or surrounding white space",
             ));
         }
+        // One spelling per id: "josé" with a combining accent (NFD) would
+        // otherwise be another user than "josé" (NFC) that looks the same.
+        if !unicode_normalization::is_nfc(text) {
+            return Err(DomainError::invalid(
+                "user id is not in Unicode normalization form C",
+            ));
+        }
         Ok(Self(text.to_owned()))
     }
 
@@ -39,30 +46,46 @@ impl UserId {
     }
 }
 
-/// Characters that change how text around them is shown without being seen
-/// themselves: the format characters (Unicode category Cf: bidirectional
-/// overrides and isolates, zero-width spaces and joiners, the byte order
-/// mark, tags) and the line and paragraph separators.
+/// Characters that are not seen, or not text: the default-ignorable code
+/// points (Unicode's `Default_Ignorable_Code_Point`: bidirectional
+/// overrides and isolates, zero-width spaces and joiners, variation
+/// selectors, Hangul fillers, tags, the byte order mark), the other format
+/// characters, the line and paragraph separators, the blank Braille
+/// pattern, private-use characters and noncharacters. Any of them would let
+/// one id be shown as another.
 fn is_invisible(c: char) -> bool {
+    let code = u32::from(c);
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
             | '\u{06DD}'
             | '\u{070F}'
-            | '\u{180E}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{E000}'..='\u{F8FF}'
+            | '\u{FDD0}'..='\u{FDEF}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
             | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
-    )
+            | '\u{E0000}'..='\u{E0FFF}'
+            | '\u{F0000}'..
+    ) || code & 0xFFFE == 0xFFFE
 }
 
 impl fmt::Display for UserId {
@@ -95,7 +118,30 @@ mod tests {
         assert!(UserId::parse("ali\u{200B}ce").is_err());
         assert!(UserId::parse("\u{FEFF}alice").is_err());
         assert!(UserId::parse("alice\u{2066}").is_err());
+        assert!(UserId::parse("alice\u{3164}").is_err(), "a Hangul filler");
+        assert!(
+            UserId::parse("alice\u{FE0F}").is_err(),
+            "a variation selector"
+        );
+        assert!(
+            UserId::parse("a\u{2800}b").is_err(),
+            "a blank Braille pattern"
+        );
+        assert!(
+            UserId::parse("a\u{E000}").is_err(),
+            "a private-use character"
+        );
+        assert!(UserId::parse("a\u{FFFF}").is_err(), "a noncharacter");
+        assert!(UserId::parse("a\u{10FFFF}").is_err(), "a noncharacter");
+        assert!(
+            UserId::parse("jose\u{301}").is_err(),
+            "NFD: the accent apart"
+        );
         assert!(UserId::parse("José").is_ok());
+        assert!(
+            UserId::parse("नमस्ते").is_ok(),
+            "combining marks of a script, in NFC"
+        );
         assert!(UserId::parse("山田").is_ok());
     }
 }

@@ -672,6 +672,28 @@ async fn critical_extensions_issuer_lists_and_disguised_users_are_refused_numeri
         .await,
         "a subject with a bidirectional override",
     );
+    // Numbers that are not integers, or past 64 bits, would be rounded
+    // into another user's id.
+    for number in [
+        serde_json::json!(100.0),
+        serde_json::json!(1.8446744073709552e19),
+    ] {
+        let mut rounded = claims("ignored");
+        rounded["sub"] = number;
+        refused(
+            list(&app, &raw_token(&ed, header.clone(), &rounded)).await,
+            "a subject that is not an integer",
+        );
+    }
+    // Nor may an id hide a character that is not seen.
+    refused(
+        list(
+            &app,
+            &raw_token(&ed, header.clone(), &claims("alice\u{3164}")),
+        )
+        .await,
+        "a subject with a Hangul filler",
+    );
     // A numeric subject is an id like any other.
     let mut numeric = claims("ignored");
     numeric["sub"] = 4_207_001.into();

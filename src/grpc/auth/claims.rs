@@ -76,7 +76,13 @@ impl ClaimRules {
         }
         let text = match claims.get(&self.user_claim)? {
             serde_json::Value::String(text) => text.clone(),
-            serde_json::Value::Number(number) => number.to_string(),
+            // Integers only, written as digits: `1e2`, `100.0` and numbers
+            // past 64 bits would each be rounded into another's id.
+            serde_json::Value::Number(number) => match (number.as_u64(), number.as_i64()) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(n)) => n.to_string(),
+                (None, None) => return None,
+            },
             _ => return None,
         };
         UserId::parse(&text).ok()
