@@ -222,7 +222,10 @@ pub struct ConnectionSettings {
     /// HTTP listener (embedded backend): part bodies of direct uploads
     /// received at once by this replica, from all callers; past it a part
     /// upload is answered 503 with Retry-After. Each holds an open file and
-    /// up to a part's bytes in blobs/.partial. 0: no cap.
+    /// up to a part's bytes in blobs/.partial. A body holds its slot from
+    /// its first byte on. With --http-max-part-uploads-per-user (16 by
+    /// default) it takes 256 / 16 = 16 users sending at once to fill it.
+    /// 0: no cap.
     #[arg(
         long,
         env = "IMAGE_SERVICE_HTTP_MAX_CONCURRENT_PART_UPLOADS",
@@ -230,6 +233,23 @@ pub struct ConnectionSettings {
         global = true
     )]
     pub http_max_concurrent_part_uploads: usize,
+
+    /// HTTP listener (embedded backend): part bodies of direct uploads one
+    /// user (the owner of the parts' sessions, all sessions together)
+    /// sends to this replica at once; past it that user's part upload is
+    /// answered 503 with Retry-After at once, while other users' parts go
+    /// through. A phone or a browser sends a few parts at once (browsers
+    /// open 6 connections per host), so 16 leaves room; with the default
+    /// --http-max-concurrent-part-uploads of 256 it takes 16 users to fill
+    /// the replica. A body holds its slot from its first byte on. 0: no
+    /// per-user cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_PART_UPLOADS_PER_USER",
+        default_value_t = 16,
+        global = true
+    )]
+    pub http_max_part_uploads_per_user: usize,
 
     /// gRPC listener: connections one remote address (IPv4 address, IPv6
     /// /64) may have open at once; more are closed when accepted. 0: no cap.

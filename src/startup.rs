@@ -288,7 +288,10 @@ impl Application {
                     embedded::downloads::routes(
                         blobs,
                         open_sessions,
-                        limits.http_max_concurrent_part_uploads,
+                        embedded::downloads::PartUploadCaps {
+                            at_once: limits.http_max_concurrent_part_uploads,
+                            per_user: limits.http_max_part_uploads_per_user,
+                        },
                     )
                 }),
                 metrics.is_none(),
@@ -381,6 +384,7 @@ struct TransportLimits {
     http_max_connections_per_peer: usize,
     http_max_streams_per_connection: u32,
     http_max_concurrent_part_uploads: usize,
+    http_max_part_uploads_per_user: usize,
     grpc_max_connections_per_peer: usize,
     /// `None`: connections without a call stay open.
     grpc_idle_timeout: Option<Duration>,
@@ -401,6 +405,7 @@ impl TransportLimits {
             http_max_connections_per_peer: settings.http_max_connections_per_peer,
             http_max_streams_per_connection: settings.http_max_streams_per_connection.max(1),
             http_max_concurrent_part_uploads: settings.http_max_concurrent_part_uploads,
+            http_max_part_uploads_per_user: settings.http_max_part_uploads_per_user,
             grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
             grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
                 .then_some(settings.grpc_idle_timeout),

@@ -218,8 +218,14 @@ impl SessionQuota {
 /// listener) without depending on the domain's services.
 #[async_trait]
 pub trait OpenSessions: Send + Sync + 'static {
+    /// The owner of the session, if it exists and is neither committed nor
+    /// expired: the listener caps the part bodies each user sends at once.
+    async fn open_owner(&self, upload: &UploadId) -> Result<Option<UserId>, StorageError>;
+
     /// Whether the session exists and is neither committed nor expired.
-    async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError>;
+    async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError> {
+        Ok(self.open_owner(upload).await?.is_some())
+    }
 }
 
 /// An object as a listing of the store sees it.

@@ -108,10 +108,15 @@ async fn a_response_that_is_never_read_ends_its_connection() {
 
 /// `count` presigned part upload URLs of a new session of alice's.
 async fn part_urls(app: &TestApp, count: i32) -> Vec<String> {
+    part_urls_of(app, "alice", count).await
+}
+
+/// `count` presigned part upload URLs of a new session of `user`'s.
+async fn part_urls_of(app: &TestApp, user: &str, count: i32) -> Vec<String> {
     let session = app
         .client()
         .start_upload(as_user(
-            "alice",
+            user,
             pb::StartUploadRequest {
                 spec: Some(spec("slow.png")),
                 expected_size: None,
@@ -124,7 +129,7 @@ async fn part_urls(app: &TestApp, count: i32) -> Vec<String> {
         .expect("a session");
     app.client()
         .get_upload_urls(as_user(
-            "alice",
+            user,
             pb::GetUploadUrlsRequest {
                 upload_id: session.upload_id,
                 parts: Some(pb::get_upload_urls_request::Parts::PartCount(count)),
@@ -436,6 +441,55 @@ async fn one_http2_connection_carries_only_so_many_bodies_at_once() {
     }
 }
 
+/// A `PUT` of `url`'s part whose body has started (1000 of its 100 000
+/// bytes sent) and goes on no further unless the caller sends more.
+async fn started_body(addr: SocketAddr, url: &str) -> TcpStream {
+    let mut stream = start_put(addr, LOCALHOST, url).await;
+    stream.write_all(&[b'x'; 1000]).await.unwrap();
+    stream
+}
+
+/// A `PUT` of a small body to `url`, as a plain HTTP client sends it.
+async fn put_small(url: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(url)
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until `count` part bodies are being received.
+async fn until_bodies_arriving(app: &TestApp, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bodies_arriving(app) != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} bodies arriving, not {count}",
+            bodies_arriving(app)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `url` a small part again and again, each refused with 503,
+/// until one is accepted; fails if none is within `within`.
+async fn until_accepted(url: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let status = put_small(url).await.status();
+        if status.is_success() {
+            return;
+        }
+        assert_eq!(status.as_u16(), 503);
+        assert!(
+            started.elapsed() < within,
+            "no slot freed within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_cap_on_part_bodies_a_part_upload_is_told_to_retry() {
     let app = TestApp::spawn_with(
@@ -446,39 +500,110 @@ async fn past_the_cap_on_part_bodies_a_part_upload_is_told_to_retry() {
     let urls = part_urls(&app, 3).await;
     let mut held = Vec::new();
     for url in &urls[..2] {
-        let mut stream = start_put(app.http_addr, LOCALHOST, url).await;
-        stream.write_all(&[b'x'; 1000]).await.unwrap();
-        held.push(stream);
+        held.push(started_body(app.http_addr, url).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while bodies_arriving(&app) < 2 {
-        assert!(Instant::now() < deadline, "the bodies are received");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let refused = reqwest::Client::new()
-        .put(&urls[2])
-        .body(vec![b'x'; 1000])
-        .send()
-        .await
-        .unwrap();
+    until_bodies_arriving(&app, 2).await;
+    let refused = put_small(&urls[2]).await;
     assert_eq!(refused.status().as_u16(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     // A slot frees when a body ends.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = reqwest::Client::new()
-            .put(&urls[2])
-            .body(vec![b'x'; 1000])
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status.is_success() {
-            break;
-        }
-        assert_eq!(status.as_u16(), 503);
-        assert!(Instant::now() < deadline, "a slot frees");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    until_accepted(&urls[2], Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_part_upload_slot() {
+    // The replica receives as many bodies at once as four users may send.
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--http-max-concurrent-part-uploads",
+            "8",
+            "--http-max-part-uploads-per-user",
+            "2",
+        ],
+    )
+    .await;
+    let alices = part_urls(&app, 4).await;
+    let alices_other_session = part_urls(&app, 1).await;
+    let bobs = part_urls_of(&app, "bob", 1).await;
+    // Two slow bodies of alice's, faster than the minimum rate, never done.
+    let mut held = Vec::new();
+    for url in &alices[..2] {
+        held.push(started_body(app.http_addr, url).await);
     }
+    until_bodies_arriving(&app, 2).await;
+    // Any more of hers, in this session or another, are told to retry
+    // while the replica has room.
+    for url in [&alices[2], &alices[3], &alices_other_session[0]] {
+        let refused = put_small(url).await;
+        assert_eq!(refused.status().as_u16(), 503, "{url}");
+        assert!(refused.headers().contains_key("retry-after"));
+    }
+    assert_eq!(bodies_arriving(&app), 2, "refused bodies hold no file");
+    // Another user's part goes through.
+    assert!(put_small(&bobs[0]).await.status().is_success());
+    // Hers too once one of her bodies ends.
+    drop(held.pop());
+    until_accepted(&alices[2], Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_body_has_not_started_hold_no_part_upload_slot() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--http-max-concurrent-part-uploads", "2"],
+    )
+    .await;
+    let urls = part_urls(&app, 4).await;
+    // More requests than the replica has slots, each sending its headers
+    // and no byte of its body.
+    let mut held = Vec::new();
+    for url in &urls[..3] {
+        held.push(start_put(app.http_addr, OTHER_LOCALHOST, url).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bodies_arriving(&app), 0, "a body not started holds no file");
+    let status = put_small(&urls[3]).await.status();
+    assert!(status.is_success(), "{status}");
+    // They were not refused either: each may still send its body.
+    for stream in &mut held {
+        let mut answer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut answer)).await;
+        assert!(read.is_err(), "answered before its body");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_cut_gives_its_slot_back_at_once() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--http-max-part-uploads-per-user",
+            "1",
+            "--http-min-body-rate-grace",
+            "3s",
+        ],
+    )
+    .await;
+    let urls = part_urls(&app, 2).await;
+    // A body that starts, then stops: cut at the minimum rate.
+    let mut stalled = started_body(app.http_addr, &urls[0]).await;
+    until_bodies_arriving(&app, 1).await;
+    assert_eq!(put_small(&urls[1]).await.status().as_u16(), 503);
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer))
+        .await
+        .expect("the stalled body is cut")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // Its slot was given back before the answer was sent.
+    assert!(put_small(&urls[1]).await.status().is_success());
+
+    // A body whose caller goes away.
+    let gone = started_body(app.http_addr, &urls[0]).await;
+    until_bodies_arriving(&app, 1).await;
+    drop(gone);
+    until_accepted(&urls[1], Duration::from_secs(1)).await;
 }

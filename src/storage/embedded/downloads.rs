@@ -5,33 +5,40 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::EmbeddedBlobStore;
+use super::blob::PartWrite;
 use super::urls::{UploadQuery, UrlError, UrlQuery};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::session::UploadId;
-use crate::domain::{ImageId, VariantName};
+use crate::domain::{ImageId, UserId, VariantName};
+
+/// How many part bodies are received at once (0: no cap).
+#[derive(Clone, Copy, Debug)]
+pub struct PartUploadCaps {
+    /// By the replica, from all callers.
+    pub at_once: usize,
+    /// From one user, the owner of the parts' sessions.
+    pub per_user: usize,
+}
 
 /// The download and upload routes, over `store`; `sessions` says which
-/// upload sessions may still receive parts; at most `max_part_uploads`
-/// part bodies are received at once (0: no cap).
+/// upload sessions may still receive parts, and whose they are; `caps`
+/// bound the part bodies received at once.
 pub fn routes(
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
-    max_part_uploads: usize,
+    caps: PartUploadCaps,
 ) -> Router {
-    let max_part_uploads = match max_part_uploads {
-        0 => Semaphore::MAX_PERMITS,
-        n => n.min(Semaphore::MAX_PERMITS),
-    };
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
@@ -43,7 +50,7 @@ pub fn routes(
                 store: store.clone(),
                 sessions,
                 ledger: Arc::default(),
-                receiving: Arc::new(Semaphore::new(max_part_uploads)),
+                slots: Arc::new(PartSlots::new(caps)),
             }),
         )
         .with_state(store)
@@ -57,7 +64,115 @@ struct PartUploads {
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     ledger: Arc<PartLedger>,
-    receiving: Arc<Semaphore>,
+    slots: Arc<PartSlots>,
+}
+
+/// The slots of the part bodies received at once: the replica's, shared
+/// by all callers, and each user's, far fewer, so that one user's slow
+/// bodies cannot take every slot of the replica. A body takes its slots
+/// when its first byte arrives and never waits for one: a user or a
+/// replica at its cap is told to retry.
+struct PartSlots {
+    replica: Arc<Semaphore>,
+    per_user: usize,
+    /// Slots each user holds; a user holding none is not kept.
+    users: Mutex<HashMap<UserId, usize>>,
+}
+
+/// One body's slots, the user's and the replica's, released when it ends
+/// however it ends.
+struct PartSlot {
+    slots: Arc<PartSlots>,
+    user: UserId,
+    _replica: OwnedSemaphorePermit,
+}
+
+impl PartSlots {
+    fn new(caps: PartUploadCaps) -> Self {
+        let cap = |n: usize| match n {
+            0 => Semaphore::MAX_PERMITS,
+            n => n.min(Semaphore::MAX_PERMITS),
+        };
+        Self {
+            replica: Arc::new(Semaphore::new(cap(caps.at_once))),
+            per_user: cap(caps.per_user),
+            users: Mutex::default(),
+        }
+    }
+
+    fn users(&self) -> MutexGuard<'_, HashMap<UserId, usize>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a body of `user`'s cannot have a slot now, if it cannot.
+    fn busy(&self, user: &UserId) -> Option<Busy> {
+        self.full(&self.users(), user)
+    }
+
+    fn full(&self, users: &HashMap<UserId, usize>, user: &UserId) -> Option<Busy> {
+        if users.get(user).is_some_and(|&held| held >= self.per_user) {
+            return Some(Busy::User);
+        }
+        (self.replica.available_permits() == 0).then_some(Busy::Replica)
+    }
+
+    /// Takes a slot for a body of `user`'s: the user's first, then the
+    /// replica's.
+    fn take(self: &Arc<Self>, user: &UserId) -> Result<PartSlot, Busy> {
+        let mut users = self.users();
+        if let Some(busy) = self.full(&users, user) {
+            return Err(busy);
+        }
+        let Ok(replica) = self.replica.clone().try_acquire_owned() else {
+            return Err(Busy::Replica);
+        };
+        *users.entry(user.clone()).or_default() += 1;
+        Ok(PartSlot {
+            slots: self.clone(),
+            user: user.clone(),
+            _replica: replica,
+        })
+    }
+}
+
+/// Whose slots are all taken.
+#[derive(Clone, Copy, Debug)]
+enum Busy {
+    User,
+    Replica,
+}
+
+impl Busy {
+    /// 503 with `Retry-After`: a slot frees when a body ends.
+    fn response(self) -> Response {
+        let text = match self {
+            Self::User => {
+                "this user sends as many part uploads at once as one user may: retry later\n"
+            }
+            Self::Replica => "too many part uploads are being received: retry later\n",
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            text,
+        )
+            .into_response()
+    }
+}
+
+impl Drop for PartSlot {
+    fn drop(&mut self) {
+        let mut users = self.slots.users();
+        if let Some(held) = users.get_mut(&self.user) {
+            *held -= 1;
+            if *held == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The bytes the parts of upload sessions hold on disk while bodies
@@ -219,15 +334,15 @@ impl Drop for Charge {
     }
 }
 
-/// Whether `upload` is open; the answer to send when it is not (or when
+/// The owner of `upload` if it is open; else the answer to send (or when
 /// that cannot be told).
-async fn refuse_unless_open(sessions: &dyn OpenSessions, upload: &UploadId) -> Option<Response> {
-    match sessions.is_open(upload).await {
-        Ok(true) => None,
-        Ok(false) => Some(session_closed()),
+async fn owner_if_open(sessions: &dyn OpenSessions, upload: &UploadId) -> Result<UserId, Response> {
+    match sessions.open_owner(upload).await {
+        Ok(Some(owner)) => Ok(owner),
+        Ok(None) => Err(session_closed()),
         Err(error) => {
             tracing::error!(%error, "could not read an upload session for a presigned upload");
-            Some(plain(
+            Err(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the upload session cannot be read now: retry\n",
             ))
@@ -241,6 +356,10 @@ fn session_closed() -> Response {
         "the upload session is closed (completed, cancelled or expired): \
          its URLs take no more parts\n",
     )
+}
+
+fn cut_off() -> Response {
+    plain(StatusCode::BAD_REQUEST, "the body was cut off\n")
 }
 
 fn too_much_at_once() -> Response {
@@ -403,6 +522,68 @@ const UPLOAD_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// open: a close stops it at once, this catches an expiry.
 const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What a part body's next wait brought.
+enum Arrived {
+    Chunk(Bytes),
+    End,
+    /// The session closed (cancel, commit or expiry) meanwhile.
+    Closed,
+    /// The body failed: the caller cut it, went idle, or the listener's
+    /// deadlines ended it.
+    CutOff,
+}
+
+/// A part body as it arrives, watched for its session's close and for a
+/// caller that goes idle.
+struct IncomingPart<'a> {
+    stream: BodyDataStream,
+    closing: PartWrite,
+    recheck: tokio::time::Interval,
+    idle_until: tokio::time::Instant,
+    sessions: &'a dyn OpenSessions,
+    upload: &'a UploadId,
+}
+
+impl<'a> IncomingPart<'a> {
+    fn new(
+        body: Body,
+        closing: PartWrite,
+        sessions: &'a dyn OpenSessions,
+        upload: &'a UploadId,
+    ) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            stream: body.into_data_stream(),
+            closing,
+            recheck: tokio::time::interval_at(now + SESSION_RECHECK, SESSION_RECHECK),
+            idle_until: now + UPLOAD_BODY_IDLE_TIMEOUT,
+            sessions,
+            upload,
+        }
+    }
+
+    async fn next(&mut self) -> Arrived {
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(self.idle_until, self.stream.next()) => next,
+                () = self.closing.stopped() => return Arrived::Closed,
+                _ = self.recheck.tick() => {
+                    if matches!(self.sessions.is_open(self.upload).await, Ok(false)) {
+                        return Arrived::Closed;
+                    }
+                    continue;
+                }
+            };
+            self.idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
+            return match next {
+                Ok(None) => Arrived::End,
+                Ok(Some(Ok(chunk))) => Arrived::Chunk(chunk),
+                Ok(Some(Err(_))) | Err(_) => Arrived::CutOff,
+            };
+        }
+    }
+}
+
 /// Stores the body of a presigned `PUT` as a part of an upload session.
 /// Nothing is visible at the part's key unless the whole body arrived and
 /// had the size the URL allows, and nothing stays unless the session is
@@ -418,12 +599,17 @@ const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// session closed meanwhile. Whichever comes last of the part's rename and
 /// the session's close, one side removes the part, and no lock is held
 /// while a client sends a body, so a cancel never waits on a slow upload.
+///
+/// A body holds a slot of its session's owner and one of the replica
+/// ([`PartSlots`]), its ledger charge and its partial file only from its
+/// first byte on: a request that sends nothing holds none of them until
+/// the listener cuts it, and every way out of the handler releases them.
 async fn presigned_upload(
     State(PartUploads {
         store,
         sessions,
         ledger,
-        receiving,
+        slots,
     }): State<PartUploads>,
     Path((upload_id, part)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -455,10 +641,11 @@ async fn presigned_upload(
         }
     };
     // Registered before the session is read: a close from now on stops it.
-    let mut closing = store.part_writes().start(&id);
-    if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
-        return refusal;
-    }
+    let closing = store.part_writes().start(&id);
+    let owner = match owner_if_open(sessions.as_ref(), &id).await {
+        Ok(owner) => owner,
+        Err(refusal) => return refusal,
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -480,16 +667,21 @@ async fn presigned_upload(
             "the body is larger than this URL allows\n",
         );
     }
-    let Ok(_receiving) = receiving.try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::RETRY_AFTER, "5"),
-            ],
-            "too many part uploads are being received: retry later\n",
-        )
-            .into_response();
+    // A caller that could not have a slot now is told so before it sends
+    // (a client waiting on `Expect: 100-continue` sends nothing).
+    if let Some(busy) = slots.busy(&owner) {
+        return busy.response();
+    }
+    let mut incoming = IncomingPart::new(body, closing, sessions.as_ref(), &id);
+    let mut arrived = incoming.next().await;
+    match arrived {
+        Arrived::Closed => return session_closed(),
+        Arrived::CutOff => return cut_off(),
+        Arrived::Chunk(_) | Arrived::End => {}
+    }
+    let _slot = match slots.take(&owner) {
+        Ok(slot) => slot,
+        Err(busy) => return busy.response(),
     };
     let mut charge = match ledger.start(&store, &id, &part, size).await {
         Ok(charge) => charge,
@@ -498,7 +690,7 @@ async fn presigned_upload(
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
         }
     };
-    // A declared length that cannot fit now is refused before any byte.
+    // A declared length that cannot fit now is refused before it is stored.
     if declared.is_some_and(|declared| !charge.fits(declared, false)) {
         return too_much_at_once();
     }
@@ -510,34 +702,17 @@ async fn presigned_upload(
         }
     };
     let mut received = 0u64;
-    let mut stream = body.into_data_stream();
-    let mut recheck = tokio::time::interval_at(
-        tokio::time::Instant::now() + SESSION_RECHECK,
-        SESSION_RECHECK,
-    );
-    let mut idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
     loop {
-        let next = tokio::select! {
-            next = tokio::time::timeout_at(idle_until, stream.next()) => next,
-            () = closing.stopped() => {
+        let chunk = match arrived {
+            Arrived::End => break,
+            Arrived::Chunk(chunk) => chunk,
+            Arrived::Closed => {
                 writer.abort().await;
                 return session_closed();
             }
-            _ = recheck.tick() => {
-                if matches!(sessions.is_open(&id).await, Ok(false)) {
-                    writer.abort().await;
-                    return session_closed();
-                }
-                continue;
-            }
-        };
-        idle_until = tokio::time::Instant::now() + UPLOAD_BODY_IDLE_TIMEOUT;
-        let chunk = match next {
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => chunk,
-            Ok(Some(Err(_))) | Err(_) => {
+            Arrived::CutOff => {
                 writer.abort().await;
-                return plain(StatusCode::BAD_REQUEST, "the body was cut off\n");
+                return cut_off();
             }
         };
         received += chunk.len() as u64;
@@ -557,6 +732,7 @@ async fn presigned_upload(
             writer.abort().await;
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
         }
+        arrived = incoming.next().await;
     }
     if matches!(size, WriteSize::Exact(n) if n != received) {
         writer.abort().await;
@@ -572,7 +748,7 @@ async fn presigned_upload(
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
     }
     charge.finished();
-    if let Some(refusal) = refuse_unless_open(sessions.as_ref(), &id).await {
+    if let Err(refusal) = owner_if_open(sessions.as_ref(), &id).await {
         if let Err(error) = store.delete(&key).await {
             tracing::error!(%error, key = key.as_str(), "could not remove a part sent to a closed upload session; the repair pass removes it");
         }
@@ -599,8 +775,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl OpenSessions for ClosingSession {
-        async fn is_open(&self, _upload: &UploadId) -> Result<bool, StorageError> {
-            Ok(self.asked.fetch_add(1, Ordering::SeqCst) < self.open_for)
+        async fn open_owner(&self, _upload: &UploadId) -> Result<Option<UserId>, StorageError> {
+            let open = self.asked.fetch_add(1, Ordering::SeqCst) < self.open_for;
+            Ok(open.then(|| UserId::parse("alice").expect("a user id")))
         }
     }
 
@@ -620,8 +797,20 @@ mod tests {
             open_for,
             asked: AtomicUsize::new(0),
         });
-        let server =
-            tokio::spawn(axum::serve(listener, routes(store.clone(), sessions, 0)).into_future());
+        let server = tokio::spawn(
+            axum::serve(
+                listener,
+                routes(
+                    store.clone(),
+                    sessions,
+                    PartUploadCaps {
+                        at_once: 0,
+                        per_user: 0,
+                    },
+                ),
+            )
+            .into_future(),
+        );
         let key = ObjectKey::staged(&UploadId::new(), "part-00000");
         let body = vec![7u8; 100_000];
         let url = store

@@ -795,9 +795,11 @@ impl Uploads {
 
 #[async_trait::async_trait]
 impl OpenSessions for Uploads {
-    async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError> {
+    async fn open_owner(&self, upload: &UploadId) -> Result<Option<UserId>, StorageError> {
         let session = self.metadata.get_upload_session(upload).await?;
-        Ok(session.is_some_and(|s| s.is_open(Timestamp::now())))
+        Ok(session
+            .filter(|s| s.is_open(Timestamp::now()))
+            .map(|s| s.owner))
     }
 }
 
