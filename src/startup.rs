@@ -170,7 +170,6 @@ impl Application {
             self.auth,
             CallLimits {
                 max_in_flight: limits.max_in_flight_calls,
-                download_stall_timeout: limits.download_stall_timeout,
             },
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);

@@ -2,7 +2,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,8 +32,6 @@ pub struct CallLimits {
     /// Calls running at once over all connections; more are refused with
     /// UNAVAILABLE (load shedding: a retry elsewhere beats a queue here).
     pub max_in_flight: usize,
-    /// A download stream whose caller reads nothing for this long is ended.
-    pub download_stall_timeout: Duration,
 }
 
 /// The gRPC face of [`Images`].
