@@ -631,6 +631,21 @@ pub fn heic_motion_photo(width: u32, height: u32) -> Vec<u8> {
 /// `mdat` before the `meta` box and in one after; the still's items as a
 /// phone writes them, `meta` after its `mdat` when `meta_last`.
 pub fn heic_with_motion_track(marker: &str, meta_last: bool) -> Vec<u8> {
+    let (moov, samples) = motion_track(marker);
+    let parts = HeifParts {
+        ftyp: b"heic\0\0\0\0mif1msf1heichevc".to_vec(),
+        before_meta: samples.clone(),
+        after: [moov, samples].concat(),
+        meta_last,
+        ..HeifParts::default()
+    };
+    heif_file(&phone_heif_items(640, 480), &parts)
+}
+
+/// The boxes of a motion track for [`heic_with_motion_track`]: a `moov`
+/// box with `marker` in every text field, and an `mdat` box of samples
+/// holding `marker` too.
+pub fn motion_track(marker: &str) -> (Vec<u8>, Vec<u8>) {
     let text = marker.as_bytes();
     let mut hdlr = [0u8; 4].to_vec();
     hdlr.extend_from_slice(b"vide");
@@ -671,14 +686,7 @@ pub fn heic_with_motion_track(marker: &str, meta_last: bool) -> Vec<u8> {
         b"mdat",
         &[b"sample-frame-".repeat(8), text.to_vec()].concat(),
     );
-    let parts = HeifParts {
-        ftyp: b"heic\0\0\0\0mif1msf1heichevc".to_vec(),
-        before_meta: samples.clone(),
-        after: [iso_box(b"moov", &moov), samples].concat(),
-        meta_last,
-        ..HeifParts::default()
-    };
-    heif_file(&phone_heif_items(640, 480), &parts)
+    (iso_box(b"moov", &moov), samples)
 }
 
 /// The items of a phone's HEIC: the coded image (`ispe` of `width` x

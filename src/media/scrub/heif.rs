@@ -6,17 +6,27 @@
 //! nothing may move: what is not image data is overwritten with the same
 //! number of bytes instead of being cut out.
 //!
-//! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `moov` (image
-//!   sequences), `free` and `skip` are kept (the last two as padding: their
-//!   payload is zeroed, wherever they are allowed); inside `moov` and its `trak`s
-//!   only the boxes that describe the sequence; inside `meta` only the
-//!   image structure (`hdlr`, `pitm`, `iloc`, `iinf`, `iref`, `iprp`,
-//!   `idat`, `dinf`, `grpl`, `ipro`); inside `ipco` only the properties
-//!   that say how the pixels look. Any other box (a motion photo's `mpvd`
-//!   video with its GPS track, `uuid` boxes with XMP, `udta` and `meta`
-//!   under `moov`, `udes` descriptions, creation times) becomes a `free`
-//!   box of the same size filled with zeros.
-//! - Items: image items (`hvc1`, `av01`, `grid`, `iden`, …) are kept; every
+//! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `free` and `skip`
+//!   are kept (the last two as padding: their payload is zeroed, wherever
+//!   they are allowed); inside `meta` only the image structure (`hdlr`,
+//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`,
+//!   `ipro`); inside `ipco` only the properties that say how the pixels
+//!   look. Any other box (a motion photo's `mpvd` video with its GPS track,
+//!   `uuid` boxes with XMP, an image sequence's or motion track's `moov`,
+//!   `udes` descriptions, creation times) becomes a `free` box of the same
+//!   size filled with zeros. A sequence's samples lie in `mdat` where no
+//!   item says, so they are zeroed with every other byte no item covers:
+//!   the still image is what is kept.
+//! - Kept boxes are parsed to what they define and the rest zeroed, since
+//!   free text fits in their slack: `ftyp` brands that are not known
+//!   ([`scrub_ftyp`]), property bytes past their defined length, `auxC`
+//!   types that are not known and subtypes, `hvcC` NAL units other than
+//!   parameter sets (SEI), `av1C` OBUs other than the sequence header
+//!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
+//!   `infe` strings ([`blank_item_strings`]).
+//! - Items: image items (`hvc1`, `av01`, `iovl`, …) are kept (a `grid`'s
+//!   data to its defined 8 or 12 bytes, an `iden`'s, which has none, not
+//!   at all); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -27,9 +37,8 @@
 //!   another box's (`ftyp`, the `meta` box, a `free` box), that runs past
 //!   the end of the file, that has an extent without a length (to the end
 //!   of the data), or whose bytes an image item's overlap, is refused
-//!   (`INVALID_ARGUMENT`); so is an item described twice. Image sequences
-//!   (a top-level `moov`) are the exception: their tracks' samples lie in
-//!   `mdat` where no item says, so there only the items are overwritten.
+//!   (`INVALID_ARGUMENT`); so is an item described twice. A file with no
+//!   `meta` box has no items: all of its `mdat` payloads are zeroed.
 //! - JPEG-coded items (`jpeg`): a phone JPEG stored whole, with its EXIF
 //!   and XMP. They are walked segment by segment as they stream by, one byte
 //!   of state at a time (see [`Walk`]): the segments the JPEG scrubber keeps
@@ -39,10 +48,11 @@
 //!   order, and on one side of the `meta` box.
 //! - Names: the free text kept structure may carry, the handler's name
 //!   (`hdlr`, its last field) and every item's name (`infe`), is emptied in
-//!   place: zeros, and in `infe` what follows the name moves up, so no box
-//!   changes size.
+//!   place: zeros, and in `infe` an XMP item's content type moves up, so no
+//!   box changes size.
 //!
-//! Only the `meta` box is held (at most [`MAX_HEIF_META`]). Parsing it
+//! Only the `meta` box is held (at most [`MAX_HEIF_META`]), and the `ftyp`
+//! box (at most as much). Parsing it
 //! allocates at most 1 × its length besides (16 bytes per `infe` entry,
 //! each entry at least 16 bytes of the box) plus 48 KiB
 //! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes) and 1 MiB
