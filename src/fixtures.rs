@@ -624,6 +624,71 @@ pub fn heic_motion_photo(width: u32, height: u32) -> Vec<u8> {
     heif_file(&phone_heif_items(width, height), &parts)
 }
 
+/// A phone's HEIC with a motion track: brands of an image and of a
+/// sequence, a `moov` whose every text field holds `marker` (bytes after
+/// `mvhd` and `tkhd`, the handler's name, the sample entry's compressor
+/// name, `udta`, `meta`), and the track's samples (with `marker`) in an
+/// `mdat` before the `meta` box and in one after; the still's items as a
+/// phone writes them, `meta` after its `mdat` when `meta_last`.
+pub fn heic_with_motion_track(marker: &str, meta_last: bool) -> Vec<u8> {
+    let (moov, samples) = motion_track(marker);
+    let parts = HeifParts {
+        ftyp: b"heic\0\0\0\0mif1msf1heichevc".to_vec(),
+        before_meta: samples.clone(),
+        after: [moov, samples].concat(),
+        meta_last,
+        ..HeifParts::default()
+    };
+    heif_file(&phone_heif_items(640, 480), &parts)
+}
+
+/// The boxes of a motion track for [`heic_with_motion_track`]: a `moov`
+/// box with `marker` in every text field, and an `mdat` box of samples
+/// holding `marker` too.
+pub fn motion_track(marker: &str) -> (Vec<u8>, Vec<u8>) {
+    let text = marker.as_bytes();
+    let mut hdlr = [0u8; 4].to_vec();
+    hdlr.extend_from_slice(b"vide");
+    hdlr.extend_from_slice(&[0; 12]);
+    hdlr.extend_from_slice(text);
+    hdlr.push(0);
+    let mut entry = [0u8; 6 + 2 + 16 + 4 + 8 + 4 + 2].to_vec();
+    entry.push(text.len().min(31) as u8);
+    entry.extend_from_slice(&text[..text.len().min(31)]);
+    entry.resize(6 + 2 + 16 + 4 + 8 + 4 + 2 + 32 + 4, 0);
+    let stsd = iso_full_box(
+        b"stsd",
+        0,
+        &[&1u32.to_be_bytes()[..], &iso_box(b"hvc1", &entry)].concat(),
+    );
+    let stbl = iso_box(b"stbl", &stsd);
+    let minf = iso_box(b"minf", &stbl);
+    let mdia = [
+        iso_full_box(b"mdhd", 0, &[0; 20]),
+        iso_full_box(b"hdlr", 0, &hdlr),
+        minf,
+    ]
+    .concat();
+    let trak = [
+        iso_full_box(b"tkhd", 0, &[&[0; 80][..], text].concat()),
+        iso_box(b"mdia", &mdia),
+        iso_box(b"udta", text),
+        iso_full_box(b"meta", 0, text),
+    ]
+    .concat();
+    let moov = [
+        iso_full_box(b"mvhd", 0, &[&[0; 96][..], text].concat()),
+        iso_box(b"trak", &trak),
+        iso_box(b"udta", text),
+    ]
+    .concat();
+    let samples = iso_box(
+        b"mdat",
+        &[b"sample-frame-".repeat(8), text.to_vec()].concat(),
+    );
+    (iso_box(b"moov", &moov), samples)
+}
+
 /// The items of a phone's HEIC: the coded image (`ispe` of `width` x
 /// `height`), the `Exif` item with GPS, maker, serial number and owner,
 /// and an XMP item with the location and owner.

@@ -334,3 +334,44 @@ async fn text_hidden_where_no_item_points_is_not_stored() {
         }
     }
 }
+
+/// A real HEIC with a phone's motion track appended (a `moov` with text in
+/// every field it has room for, and the track's samples in an `mdat` no
+/// item points into), and the same layout around a fake still: the stored
+/// original holds none of that text and no `moov`, nothing moved, and the
+/// still decodes to the same pixels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_motion_track_is_not_stored_and_the_still_is() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let marker = "MARKER-Alice-Example-48.8584N";
+    let real = include_bytes!("fixtures/meta-after-mdat.heic").to_vec();
+    let (moov, samples) = images::motion_track(marker);
+    let photo = [&real[..], &moov, &samples].concat();
+    let image = app
+        .upload("alice", spec("motion.heic"), &photo)
+        .await
+        .unwrap();
+    assert!(image.metadata_stripped);
+    assert_eq!(image.content_type, "image/heic");
+    let stored = app.download("alice", &image.image_id).await.unwrap();
+    assert_eq!(stored.len(), photo.len(), "nothing moves");
+    assert!(
+        !contains(&stored, marker.as_bytes()),
+        "the track's text is stored"
+    );
+    assert!(!contains(&stored, b"moov") && !contains(&stored, b"sample-frame-"));
+    if cfg!(feature = "heif") {
+        assert!(!image.variants.is_empty(), "rendered from the original");
+    }
+    if let Some(pixels) = heif_convert(&stored) {
+        assert_eq!(Some(pixels), heif_convert(&real), "the same pixels");
+    }
+    let fake = images::heic_with_motion_track(marker, false);
+    let Some(image) = upload_fake(&app, "fake-motion.heic", &fake).await else {
+        return;
+    };
+    let stored = app.download("alice", &image.image_id).await.unwrap();
+    assert_eq!(stored.len(), fake.len());
+    assert!(!contains(&stored, marker.as_bytes()));
+    assert!(contains(&stored, &b"hvc1-coded-image-data-".repeat(40)));
+}

@@ -6,17 +6,27 @@
 //! nothing may move: what is not image data is overwritten with the same
 //! number of bytes instead of being cut out.
 //!
-//! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `moov` (image
-//!   sequences), `free` and `skip` are kept (the last two as padding: their
-//!   payload is zeroed, wherever they are allowed); inside `moov` and its `trak`s
-//!   only the boxes that describe the sequence; inside `meta` only the
-//!   image structure (`hdlr`, `pitm`, `iloc`, `iinf`, `iref`, `iprp`,
-//!   `idat`, `dinf`, `grpl`, `ipro`); inside `ipco` only the properties
-//!   that say how the pixels look. Any other box (a motion photo's `mpvd`
-//!   video with its GPS track, `uuid` boxes with XMP, `udta` and `meta`
-//!   under `moov`, `udes` descriptions, creation times) becomes a `free`
-//!   box of the same size filled with zeros.
-//! - Items: image items (`hvc1`, `av01`, `grid`, `iden`, …) are kept; every
+//! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `free` and `skip`
+//!   are kept (the last two as padding: their payload is zeroed, wherever
+//!   they are allowed); inside `meta` only the image structure (`hdlr`,
+//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`,
+//!   `ipro`); inside `ipco` only the properties that say how the pixels
+//!   look. Any other box (a motion photo's `mpvd` video with its GPS track,
+//!   `uuid` boxes with XMP, an image sequence's or motion track's `moov`,
+//!   `udes` descriptions, creation times) becomes a `free` box of the same
+//!   size filled with zeros. A sequence's samples lie in `mdat` where no
+//!   item says, so they are zeroed with every other byte no item covers:
+//!   the still image is what is kept.
+//! - Kept boxes are parsed to what they define and the rest zeroed, since
+//!   free text fits in their slack: `ftyp` brands that are not known
+//!   ([`scrub_ftyp`]), property bytes past their defined length, `auxC`
+//!   types that are not known and subtypes, `hvcC` NAL units other than
+//!   parameter sets (SEI), `av1C` OBUs other than the sequence header
+//!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
+//!   `infe` strings ([`blank_item_strings`]).
+//! - Items: image items (`hvc1`, `av01`, `iovl`, …) are kept (a `grid`'s
+//!   data to its defined 8 or 12 bytes, an `iden`'s, which has none, not
+//!   at all); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -27,9 +37,8 @@
 //!   another box's (`ftyp`, the `meta` box, a `free` box), that runs past
 //!   the end of the file, that has an extent without a length (to the end
 //!   of the data), or whose bytes an image item's overlap, is refused
-//!   (`INVALID_ARGUMENT`); so is an item described twice. Image sequences
-//!   (a top-level `moov`) are the exception: their tracks' samples lie in
-//!   `mdat` where no item says, so there only the items are overwritten.
+//!   (`INVALID_ARGUMENT`); so is an item described twice. A file with no
+//!   `meta` box has no items: all of its `mdat` payloads are zeroed.
 //! - JPEG-coded items (`jpeg`): a phone JPEG stored whole, with its EXIF
 //!   and XMP. They are walked segment by segment as they stream by, one byte
 //!   of state at a time (see [`Walk`]): the segments the JPEG scrubber keeps
@@ -39,10 +48,11 @@
 //!   order, and on one side of the `meta` box.
 //! - Names: the free text kept structure may carry, the handler's name
 //!   (`hdlr`, its last field) and every item's name (`infe`), is emptied in
-//!   place: zeros, and in `infe` what follows the name moves up, so no box
-//!   changes size.
+//!   place: zeros, and in `infe` an XMP item's content type moves up, so no
+//!   box changes size.
 //!
-//! Only the `meta` box is held (at most [`MAX_HEIF_META`]). Parsing it
+//! Only the `meta` box is held (at most [`MAX_HEIF_META`]), and the `ftyp`
+//! box (at most as much). Parsing it
 //! allocates at most 1 × its length besides (16 bytes per `infe` entry,
 //! each entry at least 16 bytes of the box) plus 48 KiB
 //! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes) and 1 MiB
@@ -79,10 +89,6 @@ pub const MAX_HEIF_META: u64 = 4 * 1024 * 1024;
 /// boxes inside its `meta` boxes (a phone photo has a few hundred; a grid
 /// of 48 tiles under a thousand).
 pub const MAX_HEIF_BOXES: u32 = 100_000;
-
-/// Deepest nesting of boxes the scrubber descends into while streaming
-/// (`moov`, then `trak`); the `meta` box's own structure is fixed.
-const MAX_HEIF_DEPTH: usize = 2;
 
 /// Brands of HEVC-coded HEIF (HEIC and its sequences).
 const HEVC_BRANDS: [&[u8; 4]; 8] = [
@@ -125,14 +131,9 @@ pub(super) fn is_heif(head: &[u8]) -> bool {
     head.len() >= 8 && &head[4..8] == b"ftyp"
 }
 
-/// Boxes kept at the top level of the file.
-const TOP_LEVEL_BOXES: [&[u8; 4]; 6] = [b"ftyp", b"meta", b"mdat", b"moov", b"free", b"skip"];
-/// Boxes kept in an image sequence's `moov` (not `udta`, `meta`, `uuid`).
-const MOOV_BOXES: [&[u8; 4]; 6] = [b"mvhd", b"trak", b"mvex", b"iods", b"free", b"skip"];
-/// Boxes kept in a sequence's `trak` (not `udta`, `meta`, `uuid`).
-const TRAK_BOXES: [&[u8; 4]; 7] = [
-    b"tkhd", b"tref", b"edts", b"mdia", b"trgr", b"free", b"skip",
-];
+/// Boxes kept at the top level of the file (not `moov`: an image
+/// sequence, or a phone's motion track, is dropped and its still kept).
+const TOP_LEVEL_BOXES: [&[u8; 4]; 5] = [b"ftyp", b"meta", b"mdat", b"free", b"skip"];
 /// Boxes kept in a `meta` box: the image structure.
 const META_BOXES: [&[u8; 4]; 12] = [
     b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"ipro",
@@ -148,35 +149,22 @@ const PROPERTIES: [&[u8; 4]; 38] = [
     b"reve", b"pasp", b"ccst", b"cloc", b"splz", b"sbpm", b"free", b"skip",
 ];
 /// Item types whose bytes are image data (coded images, tiles, derived
-/// images, masks); every other item is blanked (and a `jpeg` item is
-/// walked segment by segment, see [`Walk`]).
-const IMAGE_ITEMS: [&[u8; 4]; 14] = [
-    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"grid",
-    b"iden", b"iovl", b"tmap", b"mski",
+/// images, masks); every other item is blanked (a `jpeg` item is walked
+/// segment by segment, see [`Walk`]; a `grid` keeps its defined 8 or 12
+/// bytes, an `iden` none).
+const IMAGE_ITEMS: [&[u8; 4]; 12] = [
+    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"iovl",
+    b"tmap", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
     list.contains(&kind)
 }
 
-/// Whether a box of `kind` is kept inside `parent` (`None`: the top
-/// level) when metadata is removed.
-fn kept_box(parent: Option<[u8; 4]>, kind: &[u8; 4]) -> bool {
-    match parent.as_ref() {
-        None => listed(&TOP_LEVEL_BOXES, kind),
-        Some(b"moov") => listed(&MOOV_BOXES, kind),
-        Some(b"trak") => listed(&TRAK_BOXES, kind),
-        Some(_) => true,
-    }
-}
-
-/// Whether a kept box of `kind` inside `parent` is descended into while
-/// streaming, to check its children.
-fn descended(parent: Option<[u8; 4]>, kind: &[u8; 4]) -> bool {
-    matches!(
-        (parent.as_ref(), kind),
-        (None, b"moov") | (Some(b"moov"), b"trak")
-    )
+/// Whether a box of `kind` is kept at the top level when metadata is
+/// removed.
+fn kept_box(kind: &[u8; 4]) -> bool {
+    listed(&TOP_LEVEL_BOXES, kind)
 }
 
 fn corrupt() -> MediaError {
@@ -237,19 +225,12 @@ pub(super) struct Heif {
     images: VecDeque<(u64, u64)>,
     /// The payloads of the `mdat` boxes that came before any `meta` box.
     media: Vec<(u64, u64)>,
-    /// An image sequence (a top-level `moov` box was seen): its tracks'
-    /// samples lie in `mdat` too, where no item says, so bytes that no
-    /// item covers are kept.
-    sequence: bool,
     /// The primary image's size, from a `meta` box that came after `mdat`.
     late_size: Option<(u32, u32)>,
     /// A `meta` box was read.
     meta_seen: bool,
     /// The `mdat` box came before any `meta` box.
     mdat_first: bool,
-    /// The boxes being descended into, innermost last: type and end offset
-    /// (at most [`MAX_HEIF_DEPTH`]).
-    containers: Vec<([u8; 4], u64)>,
     /// Boxes read so far (see [`MAX_HEIF_BOXES`]).
     boxes: u32,
 }
@@ -281,6 +262,12 @@ enum Item {
     Other,
     /// A JPEG-coded image: its metadata segments are blanked ([`Walk`]).
     Jpeg,
+    /// A grid of tiles: its version, flags, rows and columns, and width
+    /// and height of 16 bits (32 when `wide`, flag 1) are kept, the rest
+    /// zeroed.
+    Grid {
+        wide: bool,
+    },
 }
 
 /// The empty item an `Exif` item becomes: the 4-byte offset to the TIFF
@@ -301,7 +288,7 @@ impl Item {
         let (template, fill): (&[u8], u8) = match self {
             Item::Exif => (&EMPTY_EXIF, 0),
             Item::Xmp => (EMPTY_XMP, b' '),
-            Item::Other | Item::Jpeg => (&[], 0),
+            Item::Other | Item::Jpeg | Item::Grid { .. } => (&[], 0),
         };
         if len < template.len() as u64 {
             return fill;
@@ -529,6 +516,13 @@ impl Blank {
     fn byte(&mut self, at: u64, original: u8) -> u8 {
         match self.kind {
             Item::Jpeg => self.walk.step(original),
+            Item::Grid { wide } => {
+                let at = self.item_offset + (at - self.start);
+                let wide = if at == 1 { original & 1 == 1 } else { wide };
+                self.kind = Item::Grid { wide };
+                let len = if wide { 12 } else { 8 };
+                if at < len { original } else { 0 }
+            }
             kind => kind.byte(self.item_offset + (at - self.start), self.item_len),
         }
     }
@@ -549,7 +543,8 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
         if blank.end <= start {
             continue;
         }
-        changed |= blank.kind != Item::Jpeg;
+        let carried = matches!(blank.kind, Item::Jpeg | Item::Grid { .. });
+        changed |= !carried;
         let (mut at, to) = (blank.start.max(start), blank.end.min(end));
         while at < to {
             if blank.walk == (Walk::Scan { ff: false }) {
@@ -566,14 +561,16 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
             *byte = new;
             at += 1;
         }
-        let (id, walk) = (blank.id, blank.walk);
-        if blank.kind == Item::Jpeg
+        // A grid's flags, read in its first piece, carry on the same way.
+        let (id, walk, kind) = (blank.id, blank.walk, blank.kind);
+        if carried
             && blank.end <= end
-            && let Some(next) = blanks[i + 1..]
-                .iter_mut()
-                .find(|next| next.kind == Item::Jpeg && next.id == id)
+            && let Some(next) = blanks[i + 1..].iter_mut().find(|next| {
+                std::mem::discriminant(&next.kind) == std::mem::discriminant(&kind) && next.id == id
+            })
         {
             next.walk = walk;
+            next.kind = kind;
         }
     }
     changed
@@ -599,25 +596,23 @@ impl Heif {
             behind: Vec::new(),
             images: VecDeque::new(),
             media: Vec::new(),
-            sequence: false,
             late_size: None,
             meta_seen: false,
             mdat_first: false,
-            containers: Vec::new(),
             boxes: 0,
         }
     }
 
     /// Refuses a file that ends here: inside a box (other than one that
-    /// runs to the end of the file), or before a box descended into ends,
-    /// or with an item still ahead (past the end).
+    /// runs to the end of the file), or with an item still ahead (past the
+    /// end). A file with no `meta` box has no item: every `mdat` payload
+    /// (a sequence's samples) is zeroed by the second pass.
     pub(super) fn complete(&mut self, pending: usize) -> Result<(), MediaError> {
-        let between = self.containers.iter().all(|&(_, end)| end <= self.position)
-            && match self.step {
-                Step::Header => pending == 0,
-                Step::Body { remaining, .. } => remaining.is_none_or(|r| r == 0),
-                Step::Meta { .. } => false,
-            };
+        let between = match self.step {
+            Step::Header => pending == 0,
+            Step::Body { remaining, .. } => remaining.is_none_or(|r| r == 0),
+            Step::Meta { .. } => false,
+        };
         if !between {
             return Err(MediaError::invalid(
                 "the HEIF is truncated: it ends inside a box",
@@ -629,13 +624,17 @@ impl Heif {
                 "the HEIF's item locations point past its end",
             ));
         }
+        if !self.meta_seen {
+            let zeros = self.gone_by(&[], &[], true)?;
+            self.behind.extend(zeros);
+        }
         Ok(())
     }
 
     /// For a `meta` box whose items (`images`, `blanks`, sorted) lie
     /// before it: refuses those not in an `mdat` payload gone by, and
     /// returns the bytes of those payloads that no item covers, to be
-    /// zeroed by the second pass (unless the file is an image sequence).
+    /// zeroed by the second pass.
     fn gone_by(
         &self,
         images: &[(u64, u64)],
@@ -655,7 +654,7 @@ impl Heif {
         let mut zeros = Vec::new();
         // The `mdat` boxes between two `meta` boxes were zeroed as they
         // went by.
-        if self.sequence || !first {
+        if !first {
             return Ok(zeros);
         }
         for &(start, end) in &self.media {
@@ -703,9 +702,9 @@ impl Heif {
 
     /// `bytes`, the file's bytes at `self.position` in an `mdat` box's
     /// payload, with those no item covers zeroed, once a `meta` box has
-    /// said where the items lie (and the file is no image sequence).
+    /// said where the items lie.
     fn media(&mut self, bytes: Bytes, changed: &mut bool) -> Bytes {
-        if !self.meta_seen || self.sequence {
+        if !self.meta_seen {
             return bytes;
         }
         self.pass_images();
@@ -859,17 +858,8 @@ impl Scrubber {
                 }
                 count_box(&mut heif.boxes)?;
                 let start = heif.position;
-                heif.containers.retain(|&(_, end)| end > start);
-                let parent = heif.containers.last().copied();
-                if let Some((_, parent_end)) = parent {
-                    let end = size.and_then(|size| start.checked_add(size));
-                    if end.is_none_or(|end| end > parent_end) {
-                        return Err(corrupt());
-                    }
-                }
-                let parent = parent.map(|(kind, _)| kind);
                 let end = size.map_or(u64::MAX, |size| start.saturating_add(size));
-                let media = &kind == b"mdat" && parent.is_none();
+                let media = &kind == b"mdat";
                 if media && !heif.meta_seen {
                     heif.mdat_first = true;
                 }
@@ -886,19 +876,22 @@ impl Scrubber {
                         }
                         heif.media.push((start + header, end));
                     }
-                    heif.sequence |= &kind == b"moov" && parent.is_none();
                 }
-                let keep = self.keep_metadata || kept_box(parent, &kind);
+                let keep = self.keep_metadata || kept_box(&kind);
                 // A `meta` after `mdat` is held even when metadata is kept:
                 // the image's size is read from it.
                 let hold = !self.keep_metadata || (heif.mdat_first && !heif.meta_seen);
-                if &kind == b"meta" && parent.is_none() && hold {
+                // So is an `ftyp` when metadata is removed: its brands are
+                // rewritten.
+                let ftyp = &kind == b"ftyp" && !self.keep_metadata;
+                if (&kind == b"meta" && hold) || ftyp {
                     let Some(size) = size else {
                         return Err(corrupt());
                     };
                     if size > MAX_HEIF_META {
                         return Err(MediaError::invalid(format!(
-                            "the HEIF's meta box is larger than {} MiB",
+                            "the HEIF's {} box is larger than {} MiB",
+                            String::from_utf8_lossy(&kind),
                             MAX_HEIF_META >> 20
                         )));
                     }
@@ -917,22 +910,19 @@ impl Scrubber {
                     blank: !keep || (!self.keep_metadata && is_padding(&kind)),
                     media: media && !self.keep_metadata,
                 };
-                if keep && !self.keep_metadata && descended(parent, &kind) {
-                    let Some(size) = size else {
-                        return Err(corrupt());
-                    };
-                    if heif.containers.len() >= MAX_HEIF_DEPTH {
-                        return Err(corrupt());
-                    }
-                    heif.containers.push((kind, start + size));
-                    heif.step = Step::Header;
-                }
             }
             Step::Meta { len } => {
                 if !self.fill(chunk, len) {
                     return Ok(());
                 }
                 let mut meta = self.pending.split();
+                if &meta[4..8] == b"ftyp" {
+                    self.changed |= scrub_ftyp(&mut meta);
+                    heif.position += meta.len() as u64;
+                    out.push(meta.freeze());
+                    heif.step = Step::Header;
+                    return Ok(());
+                }
                 let meta_start = heif.position;
                 let meta_end = meta_start + meta.len() as u64;
                 if heif.mdat_first && !heif.meta_seen {
@@ -1203,6 +1193,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             b"idat" => once(&mut idat, child)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
             b"hdlr" => changed |= blank_handler_name(meta, &child),
+            b"dinf" => changed |= scrub_data_references(meta, &child, count)?,
             kind if is_padding(kind) => changed |= zero_payload(meta, &child),
             kind if listed(&META_BOXES, kind) => {}
             _ => {
@@ -1253,7 +1244,10 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
                         changed |= zero_payload(meta, &property);
                     } else if &property.kind == b"colr" {
                         changed |= scrub_colour(meta, &property);
-                    } else if !listed(&PROPERTIES, &property.kind) {
+                    } else if listed(&PROPERTIES, &property.kind) {
+                        changed |=
+                            scrub_property(&mut meta[property.body..property.end], &property.kind);
+                    } else {
                         blank_box(meta, &property);
                         changed = true;
                     }
@@ -1271,13 +1265,210 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
 /// An item's id, and how it is blanked (`None`: an image, kept).
 type ItemKind = (u64, Option<Item>);
 
+/// Zeros `bytes` from `len` on (nothing when shorter); whether any was
+/// not zero.
+fn zero_from(bytes: &mut [u8], len: usize) -> bool {
+    let rest = bytes.get_mut(len..).unwrap_or_default();
+    let held = rest.iter().any(|&b| b != 0);
+    rest.fill(0);
+    held
+}
+
+/// Writes `kept` at the start of `bytes` and zeros the rest; whether
+/// anything changed (`kept` is no longer than `bytes`).
+fn rewrite(bytes: &mut [u8], kept: &[u8]) -> bool {
+    let changed = bytes[..kept.len()] != *kept || bytes[kept.len()..].iter().any(|&b| b != 0);
+    bytes[..kept.len()].copy_from_slice(kept);
+    bytes[kept.len()..].fill(0);
+    changed
+}
+
+/// Brands kept in `ftyp`: those of HEIF and MIAF images and of the ISO
+/// base format. A sequence's brand becomes its image's ([`image_brand`]).
+const KEPT_BRANDS: [&[u8; 4]; 22] = [
+    b"heic", b"heix", b"heim", b"heis", b"avif", b"avio", b"MA1A", b"MA1B", b"mif1", b"mif2",
+    b"miaf", b"MiHE", b"MiHA", b"MiHB", b"MiAB", b"MiAC", b"MiPr", b"tmap", b"iso8", b"isom",
+    b"unif", b"jpeg",
+];
+
+/// The brand `brand` is stored as, if it is kept: the image brand of a
+/// sequence brand (the sequence is dropped), itself if known.
+fn image_brand(brand: &[u8]) -> Option<[u8; 4]> {
+    let brand: [u8; 4] = brand.try_into().ok()?;
+    let image = match &brand {
+        b"hevc" => *b"heic",
+        b"hevx" => *b"heix",
+        b"hevm" => *b"heim",
+        b"hevs" => *b"heis",
+        b"avis" => *b"avif",
+        b"msf1" => *b"mif1",
+        _ => brand,
+    };
+    listed(&KEPT_BRANDS, &image).then_some(image)
+}
+
+/// Rewrites a whole `ftyp` box in place: a brand that is not known (four
+/// free bytes each) becomes the major brand, a sequence's brand its
+/// image's, the minor version 0; an unknown major brand becomes the first
+/// known compatible one (else `mif1`). The media type the sniffer reads
+/// ([`heif_type`]) stays. Whether anything changed.
+fn scrub_ftyp(ftyp: &mut [u8]) -> bool {
+    let header = if ftyp[..4] == [0, 0, 0, 1] { 16 } else { 8 };
+    let body = &ftyp[header..];
+    let compatible = body.get(8..).unwrap_or_default().chunks_exact(4);
+    let major = body
+        .get(..4)
+        .and_then(image_brand)
+        .or_else(|| compatible.clone().find_map(image_brand))
+        .unwrap_or(*b"mif1");
+    let mut kept = major.to_vec();
+    kept.extend_from_slice(&[0; 4]);
+    for brand in compatible {
+        kept.extend_from_slice(&image_brand(brand).unwrap_or(major));
+    }
+    kept.truncate(body.len());
+    rewrite(&mut ftyp[header..], &kept)
+}
+
+/// Known `auxC` types: alpha and depth of HEVC and of MIAF (AV1 and
+/// others), and the HDR gain map of Apple's HEIC. Any other becomes empty.
+const AUX_TYPES: [&[u8]; 5] = [
+    b"urn:mpeg:hevc:2015:auxid:1",
+    b"urn:mpeg:hevc:2015:auxid:2",
+    b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha",
+    b"urn:mpeg:mpegB:cicp:systems:auxiliary:depth",
+    b"urn:com:apple:photo:2020:aux:hdrgainmap",
+];
+
+/// Zeros, in a kept property's payload, what the property does not
+/// define: bytes past its defined length, an `auxC` type that is not
+/// known and every `auxC` subtype, NAL units other than parameter sets in
+/// `hvcC`, configuration OBUs other than the sequence header in `av1C`.
+/// Whether anything changed.
+fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
+    let len = match kind {
+        b"hvcC" => return scrub_hvcc(body),
+        b"av1C" => return scrub_av1c(body),
+        b"auxC" => {
+            let urn = body.get(4..).unwrap_or_default();
+            let urn = &urn[..urn.iter().position(|&b| b == 0).unwrap_or(urn.len())];
+            let known = AUX_TYPES.contains(&urn);
+            return zero_from(body, if known { 4 + urn.len() + 1 } else { 4 });
+        }
+        b"pixi" => 5 + usize::from(body.get(4).copied().unwrap_or(0)),
+        b"ispe" | b"rloc" => 12,
+        b"irot" | b"imir" | b"a1op" => 1,
+        b"clap" => 32,
+        b"pasp" => 8,
+        b"clli" => 4,
+        b"lsel" => 2,
+        b"mdcv" => 24,
+        _ => return false,
+    };
+    zero_from(body, len)
+}
+
+/// An `hvcC` keeps its 22 fixed bytes and, of its arrays of NAL units,
+/// the video, sequence and picture parameter sets (NAL types 32 to 34):
+/// SEI units (39, 40), which may carry any text, and others are dropped;
+/// the arrays move up, their count is fixed, zeros fill the end.
+fn scrub_hvcc(body: &mut [u8]) -> bool {
+    const FIXED: usize = 22;
+    let Some(&count) = body.get(FIXED) else {
+        return false;
+    };
+    let mut kept = body[..=FIXED].to_vec();
+    let mut arrays = 0u8;
+    let mut reader = Reader::new(&body[FIXED + 1..]);
+    'arrays: for _ in 0..count {
+        let Ok(kind) = reader.u8() else { break };
+        let Ok(units) = reader.u16() else { break };
+        let mut array = Vec::new();
+        let mut kept_units = 0u16;
+        for _ in 0..units {
+            let Ok(len) = reader.u16() else { break 'arrays };
+            let Ok(unit) = reader.take(len as usize) else {
+                break 'arrays;
+            };
+            if unit
+                .first()
+                .is_some_and(|&b| matches!((b >> 1) & 0x3F, 32..=34))
+            {
+                array.extend_from_slice(&(len as u16).to_be_bytes());
+                array.extend_from_slice(unit);
+                kept_units += 1;
+            }
+        }
+        if kept_units > 0 {
+            kept.push(kind);
+            kept.extend_from_slice(&kept_units.to_be_bytes());
+            kept.extend(array);
+            arrays += 1;
+        }
+    }
+    kept[FIXED] = arrays;
+    rewrite(body, &kept)
+}
+
+/// An `av1C` keeps its 4 fixed bytes and, of its configuration OBUs, the
+/// sequence headers (each a copy of the one in the image's data);
+/// metadata OBUs and others are dropped, zeros fill the end.
+fn scrub_av1c(body: &mut [u8]) -> bool {
+    const FIXED: usize = 4;
+    if body.len() < FIXED {
+        return false;
+    }
+    let mut kept = body[..FIXED].to_vec();
+    let mut reader = Reader::new(&body[FIXED..]);
+    while reader.remaining() > 0 {
+        let start = reader.at;
+        let Ok(header) = reader.u8() else { break };
+        if header & 4 != 0 && reader.u8().is_err() {
+            break;
+        }
+        // Without a size field an OBU runs to the end.
+        let len = if header & 2 != 0 {
+            let mut len = 0u64;
+            let mut ok = false;
+            for shift in 0..8 {
+                let Ok(byte) = reader.u8() else { break };
+                len |= u64::from(byte & 0x7F) << (7 * shift);
+                if byte & 0x80 == 0 {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                break;
+            }
+            len
+        } else {
+            reader.remaining() as u64
+        };
+        let Ok(len) = usize::try_from(len) else { break };
+        if reader.take(len).is_err() {
+            break;
+        }
+        if (header >> 3) & 0x0F == 1 {
+            kept.extend_from_slice(&reader.bytes[start..reader.at]);
+        }
+    }
+    rewrite(body, &kept)
+}
+
 /// A `colr` property holding an ICC profile (`prof`, `rICC`) keeps it with
 /// its text blanked ([`icc`]); a malformed one becomes a `free` box of
 /// zeros (the image then renders as sRGB). Whether it changed.
 fn scrub_colour(meta: &mut [u8], colr: &Child) -> bool {
     let body = &mut meta[colr.body..colr.end];
     if !matches!(body.get(..4), Some(b"prof" | b"rICC")) {
-        return false;
+        // `nclx`: four fields in 7 bytes; `nclc` (QuickTime): 6.
+        let len = match body.get(..4) {
+            Some(b"nclx") => 11,
+            Some(b"nclc") => 10,
+            _ => 4,
+        };
+        return zero_from(body, len);
     }
     match icc::blank_profile_text(&mut body[4..]) {
         Ok(changed) => changed,
@@ -1308,8 +1499,8 @@ fn blanked_items(
             blank_box(meta, &entry);
             continue;
         }
-        let (id, kind, name) = item_entry(&meta[entry.body..entry.end])?;
-        named |= blank_item_name(&mut meta[entry.body..entry.end], name);
+        let (id, kind, strings) = item_entry(&meta[entry.body..entry.end])?;
+        named |= blank_item_strings(&mut meta[entry.body..entry.end], strings, kind);
         kinds.push((id, kind));
     }
     kinds.sort_unstable_by_key(|&(id, _)| id);
@@ -1321,16 +1512,16 @@ fn blanked_items(
     Ok((kinds, named))
 }
 
-/// Where an item's name lies in its `infe` payload: offset and length,
-/// without its NUL.
-type NameAt = (usize, usize);
+/// The content type of XMP items, the one kept in `infe` (the item's bytes
+/// are blanked as XMP).
+const XMP_TYPE: &[u8] = b"application/rdf+xml";
 
 /// An `infe` box's payload: the item's id, how it is blanked (`None`: an
-/// image item, kept), and where its name lies.
-fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, NameAt), MediaError> {
+/// image item, kept), and where its strings (name first) begin.
+fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, usize), MediaError> {
     let mut entry = Reader::new(entry);
     let version = entry.version()?;
-    let (id, item_type, name, content_type) = if version >= 2 {
+    let (id, item_type, strings, content_type) = if version >= 2 {
         let id = if version == 2 {
             entry.u16()?
         } else {
@@ -1338,46 +1529,92 @@ fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, NameAt), MediaError> {
         };
         entry.u16()?; // protection index
         let item_type: [u8; 4] = entry.take(4)?.try_into().unwrap_or_default();
-        let name = (entry.at, entry.string().len());
+        let strings = entry.at;
+        entry.string();
         let content_type = if &item_type == b"mime" {
             entry.string()
         } else {
             &[][..]
         };
-        (id, item_type, name, content_type)
+        (id, item_type, strings, content_type)
     } else {
         // Versions 0 and 1 describe MIME items only.
         let id = entry.u16()?;
         entry.u16()?;
-        let name = (entry.at, entry.string().len());
-        (id, *b"mime", name, entry.string())
+        let strings = entry.at;
+        entry.string();
+        (id, *b"mime", strings, entry.string())
     };
     let kind = if &item_type == b"jpeg" {
         Some(Item::Jpeg)
+    } else if &item_type == b"grid" {
+        Some(Item::Grid { wide: false })
+    } else if &item_type == b"iden" {
+        // A derived image with no data of its own: any is not pixels.
+        Some(Item::Other)
     } else if listed(&IMAGE_ITEMS, &item_type) {
         None
     } else if &item_type == b"Exif" {
         Some(Item::Exif)
-    } else if &item_type == b"mime" && content_type.eq_ignore_ascii_case(b"application/rdf+xml") {
+    } else if &item_type == b"mime" && content_type.eq_ignore_ascii_case(XMP_TYPE) {
         Some(Item::Xmp)
     } else {
         Some(Item::Other)
     };
-    Ok((id, kind, name))
+    Ok((id, kind, strings))
 }
 
-/// Empties an item's name (free text) in its `infe` payload: what follows
-/// it (a `mime` item's content type and encoding, a `uri ` item's type)
-/// moves up by the name's length and zeros fill the end, so the box keeps
-/// its size; whether there was a name.
-fn blank_item_name(entry: &mut [u8], (from, len): NameAt) -> bool {
-    if len == 0 {
-        return false;
+/// Empties the free text of an `infe` payload in place, from `from` (its
+/// strings) on: the name becomes empty, an XMP item's content type stays
+/// (right after it), everything else (other content types, content
+/// encodings, a `uri ` item's URI type, extensions) becomes zeros, so
+/// the box keeps its size. Whether anything changed.
+fn blank_item_strings(entry: &mut [u8], from: usize, kind: Option<Item>) -> bool {
+    let strings = &mut entry[from..];
+    let mut kept = vec![0u8];
+    if kind == Some(Item::Xmp) && strings.len() > XMP_TYPE.len() + 1 {
+        kept.extend_from_slice(XMP_TYPE);
+        kept.push(0);
     }
-    entry.copy_within(from + len.., from);
-    let end = entry.len();
-    entry[end - len..].fill(0);
-    true
+    kept.truncate(strings.len());
+    rewrite(strings, &kept)
+}
+
+/// A `dinf` box keeps its `dref` and, in it, `url ` and `urn ` entries
+/// that say "in this file" (flag 1) with their strings zeroed: where the
+/// data would be is free text, and items elsewhere are not in the upload.
+/// Any other box becomes `free`. Whether anything changed.
+fn scrub_data_references(
+    meta: &mut [u8],
+    dinf: &Child,
+    count: &mut u32,
+) -> Result<bool, MediaError> {
+    let mut changed = false;
+    let mut at = children(dinf, false)?;
+    while let Some(child) = next_box(meta, &mut at, dinf.end, count)? {
+        if &child.kind != b"dref" {
+            changed |= zero_payload(meta, &child) || !is_padding(&child.kind);
+            blank_box(meta, &child);
+            continue;
+        }
+        // Version and flags, the entry count (the entries follow).
+        let mut at = children(&child, true)? + 4;
+        if at > child.end {
+            return Err(meta_corrupt());
+        }
+        while let Some(entry) = next_box(meta, &mut at, child.end, count)? {
+            if matches!(&entry.kind, b"url " | b"urn ") {
+                changed |= rewrite(
+                    &mut meta[entry.body..entry.end],
+                    &[0, 0, 0, 1][..(entry.end - entry.body).min(4)],
+                );
+            } else {
+                changed = true;
+                blank_box(meta, &entry);
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// Zeros an `hdlr` box's name (free text, its last field, so nothing
@@ -2334,9 +2571,10 @@ mod tests {
         assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((640, 480)));
     }
 
-    /// An image sequence's `moov` is kept, its `udta` and `meta` are not.
+    /// An image sequence's `moov` goes whole (a `free` box of zeros), its
+    /// `udta` and `meta` with it; the still image stays.
     #[test]
-    fn a_sequence_keeps_its_tracks_and_loses_their_user_data() {
+    fn a_sequence_is_dropped_and_its_still_kept() {
         let secret = PHONE_SECRETS[3].as_bytes();
         let trak = [
             iso_full_box(b"tkhd", 0, &[0; 80]),
@@ -2359,14 +2597,12 @@ mod tests {
         let (stored, _) = scrub(&original, 5).unwrap();
         assert_eq!(stored.len(), original.len());
         assert_no_secrets(&stored, "the sequence");
-        for kind in [b"moov", b"trak", b"tkhd", b"mvhd"] {
-            assert!(contains(&stored, kind), "{kind:?} kept");
+        for kind in [b"moov", b"trak", b"tkhd", b"mvhd", b"msf1", b"hevc"] {
+            assert!(!contains(&stored, kind), "{kind:?} dropped");
         }
-        // A track that claims more than its `moov` holds is corrupt.
-        let mut broken = original.clone();
-        let at = broken.windows(4).position(|w| w == b"trak").unwrap() - 4;
-        broken[at..at + 4].copy_from_slice(&10_000u32.to_be_bytes());
-        assert!(scrub(&broken, 5).is_err());
+        assert!(stored.ends_with(&[&b"free"[..], &vec![0; moov.len()]].concat()));
+        assert!(contains(&stored, &b"hvc1-coded-image-data-".repeat(40)));
+        assert_eq!(&stored[8..24], b"mif1\0\0\0\0mif1heic");
     }
 
     /// Every brand list of the sniffer is the scrubber's: a `miaf` HEIC,

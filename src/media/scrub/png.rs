@@ -4,16 +4,19 @@
 //! that change how the image looks or moves are kept (see
 //! [`keep_png_chunk`]); `eXIf` becomes a minimal chunk holding only the
 //! orientation, and every other chunk (text, time, unknown or private
-//! chunks) is dropped, as are the bytes after `IEND`. The profile name of
-//! `iCCP`, free text, becomes [`ICC_PROFILE_NAME`] (the chunk's length and
-//! CRC follow; its profile passes as it is).
+//! chunks) is dropped, as are the bytes after `IEND`. An `iCCP` chunk is
+//! rewritten: its profile name, free text, becomes [`ICC_PROFILE_NAME`],
+//! and its profile (zlib-compressed) is inflated, has its text blanked as
+//! every kept profile does ([`icc`]) and is compressed again; a profile
+//! that does not inflate or parse, or a chunk larger than
+//! [`MAX_ICC_PROFILE`], is dropped (the image then renders as sRGB).
 //!
 //! Bounds: one chunk header (8 bytes) is held at a time, or one `eXIf`
-//! chunk of at most [`MAX_PNG_EXIF`] + 12 bytes, or an `iCCP` header with
-//! its name (at most 88 bytes), never more than the bytes
-//! received; chunk data passes through as slices of the input, and the
-//! only allocation is the fixed 38-byte replacement `eXIf` chunk. Work is
-//! linear in the input.
+//! chunk of at most [`MAX_PNG_EXIF`] + 12 bytes, or one `iCCP` chunk of at
+//! most [`MAX_ICC_PROFILE`] + 12 bytes with its profile inflated (at most
+//! [`MAX_ICC_PROFILE`] too) and compressed again, never more than the
+//! bytes received; other chunk data passes through as slices of the input.
+//! Work is linear in the input.
 use bytes::Bytes;
 
 use super::*;
@@ -31,12 +34,8 @@ pub(super) enum Png {
     },
     /// Collecting an `eXIf` chunk of `len` data bytes (plus CRC).
     Exif { len: u32 },
-    /// Collecting an `iCCP` chunk's header and profile name (`len` data
-    /// bytes in all).
-    IccName { len: u32 },
-    /// Passing `remaining` bytes of an `iCCP` chunk's profile, then
-    /// replacing its CRC by `crc` (of the chunk as rewritten) finished.
-    Icc { remaining: u64, crc: u32 },
+    /// Collecting an `iCCP` chunk of `len` data bytes (plus CRC).
+    Icc { len: u32 },
 }
 
 /// The name every stored `iCCP` profile gets (the name is free text).
@@ -44,6 +43,10 @@ pub(super) const ICC_PROFILE_NAME: &[u8] = b"ICC profile";
 
 /// Longest `iCCP` profile name and its NUL.
 const MAX_ICC_NAME: usize = 80;
+
+/// Largest `iCCP` chunk read, and largest profile inflated from one: the
+/// limit of the profiles carried into variants (larger ones are dropped).
+const MAX_ICC_PROFILE: usize = crate::media::variants::MAX_ICC_PROFILE;
 
 pub(super) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
@@ -81,6 +84,33 @@ fn keep_png_chunk(kind: &[u8; 4]) -> bool {
         )
 }
 
+/// The `iCCP` chunk stored for the data of one (`data`: name, NUL,
+/// compression method, zlib stream): named [`ICC_PROFILE_NAME`], its
+/// profile's text blanked; `None` (dropped) when the profile does not
+/// inflate within [`MAX_ICC_PROFILE`] or does not parse.
+fn scrub_iccp(data: &[u8]) -> Option<Bytes> {
+    let nul = data.iter().take(MAX_ICC_NAME).position(|&b| b == 0)?;
+    let (&method, compressed) = data[nul + 1..].split_first()?;
+    if method != 0 {
+        return None;
+    }
+    let mut profile =
+        miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(compressed, MAX_ICC_PROFILE)
+            .ok()?;
+    icc::blank_profile_text(&mut profile).ok()?;
+    let compressed = miniz_oxide::deflate::compress_to_vec_zlib(&profile, 6);
+    let len = ICC_PROFILE_NAME.len() + 2 + compressed.len();
+    let mut chunk = Vec::with_capacity(12 + len);
+    chunk.extend_from_slice(&(len as u32).to_be_bytes());
+    chunk.extend_from_slice(b"iCCP");
+    chunk.extend_from_slice(ICC_PROFILE_NAME);
+    chunk.extend_from_slice(&[0, 0]);
+    chunk.extend_from_slice(&compressed);
+    let crc = crc32fast::hash(&chunk[4..]);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    Some(Bytes::from(chunk))
+}
+
 /// An `eXIf` chunk carrying only the orientation.
 fn minimal_png_exif(orientation: u8) -> Bytes {
     let tiff = minimal_tiff(orientation);
@@ -115,8 +145,9 @@ impl Scrubber {
                         String::from_utf8_lossy(&kind)
                     )));
                 }
-                if &kind == b"iCCP" && !self.keep_metadata {
-                    self.state = State::Png(Png::IccName { len });
+                if &kind == b"iCCP" && !self.keep_metadata && len as usize <= MAX_ICC_PROFILE {
+                    // The header stays pending with the data to come.
+                    self.state = State::Png(Png::Icc { len });
                     return Ok(());
                 }
                 if &kind == b"eXIf" && len <= MAX_PNG_EXIF {
@@ -124,7 +155,7 @@ impl Scrubber {
                     self.state = State::Png(Png::Exif { len });
                     return Ok(());
                 }
-                let keep = self.keep_metadata || keep_png_chunk(&kind);
+                let keep = self.keep_metadata || (keep_png_chunk(&kind) && &kind != b"iCCP");
                 let header = self.pending.split().freeze();
                 if keep {
                     out.push(header);
@@ -160,54 +191,17 @@ impl Scrubber {
                     }),
                 };
             }
-            Png::IccName { len } => {
-                let want = 8 + MAX_ICC_NAME.min(len as usize);
-                if !self.fill(chunk, want) {
+            Png::Icc { len } => {
+                let len = len as usize;
+                if !self.fill(chunk, 8 + len + 4) {
                     return Ok(());
                 }
-                let held = self.pending.split().freeze();
-                let nul = held[8..].iter().position(|&b| b == 0).ok_or_else(|| {
-                    MediaError::invalid("the PNG's iCCP chunk has no profile name")
-                })?;
-                // The name goes; what follows it (compression method,
-                // profile) stays.
-                let after = held.slice(8 + nul..);
-                let new_len = len as usize - nul + ICC_PROFILE_NAME.len();
-                let mut head = Vec::with_capacity(8 + ICC_PROFILE_NAME.len());
-                head.extend_from_slice(&(new_len as u32).to_be_bytes());
-                head.extend_from_slice(b"iCCP");
-                head.extend_from_slice(ICC_PROFILE_NAME);
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(&head[4..]);
-                crc.update(&after);
+                let whole = self.pending.split().freeze();
                 self.changed = true;
-                out.push(Bytes::from(head));
-                out.push(after);
-                self.state = State::Png(Png::Icc {
-                    remaining: u64::from(len) - (held.len() - 8) as u64 + 4,
-                    crc: crc.finalize(),
-                });
-            }
-            Png::Icc { remaining, crc } => {
-                // The profile's bytes, then its old CRC, dropped.
-                let n = usize::try_from(remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(chunk.len());
-                let part = chunk.split_to(n);
-                let profile = usize::try_from(remaining.saturating_sub(4))
-                    .unwrap_or(usize::MAX)
-                    .min(n);
-                let mut hasher = crc32fast::Hasher::new_with_initial(crc);
-                hasher.update(&part[..profile]);
-                let crc = hasher.finalize();
-                out.push(part.slice(..profile));
-                let remaining = remaining - n as u64;
-                self.state = State::Png(if remaining == 0 {
-                    out.push(Bytes::copy_from_slice(&crc.to_be_bytes()));
-                    Png::Header
-                } else {
-                    Png::Icc { remaining, crc }
-                });
+                if let Some(rewritten) = scrub_iccp(&whole[8..8 + len]) {
+                    out.push(rewritten);
+                }
+                self.state = State::Png(Png::Header);
             }
             Png::Exif { len } => {
                 let len = len as usize;

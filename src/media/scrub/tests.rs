@@ -529,22 +529,29 @@ fn vp8l_chunk(width: u32, height: u32) -> (Vec<u8>, image::RgbaImage) {
     (simple[12..].to_vec(), image)
 }
 
-/// The profile name of `iCCP` is free text: it becomes a fixed one, the
-/// chunk's length and CRC follow, and the profile itself is untouched.
+/// The profile name of `iCCP` is free text: it becomes a fixed one; the
+/// profile's text tags are blanked inside the compressed stream, its
+/// colour tags kept, the pixels untouched.
 #[test]
-fn a_png_icc_profile_loses_its_name_but_not_its_profile() {
-    let profile = b"a colour profile".repeat(20);
-    let compressed = crate::fixtures::zlib_stored(&profile);
+fn a_png_icc_profile_loses_its_name_and_its_text_but_not_its_colours() {
+    let secret = "GPS 48.8584 N 2.2945 E";
+    let profile = crate::fixtures::icc_profile_with_text(secret);
+    let mut blanked = profile.clone();
+    icc::blank_profile_text(&mut blanked).unwrap();
     let plain = crate::fixtures::png(8, 8, 5);
-    let mut iccp = b"Alice Example's calibrated phone\0\0".to_vec();
-    iccp.extend_from_slice(&compressed);
-    let mut original = plain[..33].to_vec();
-    original.extend_from_slice(&(iccp.len() as u32).to_be_bytes());
-    original.extend_from_slice(b"iCCP");
-    original.extend_from_slice(&iccp);
-    let crc = crc32fast::hash(&original[37..]);
-    original.extend_from_slice(&crc.to_be_bytes());
-    original.extend_from_slice(&plain[33..]);
+    let with_profile = |compressed: &[u8]| {
+        let mut iccp = b"Alice Example's calibrated phone\0\0".to_vec();
+        iccp.extend_from_slice(compressed);
+        let mut png = plain[..33].to_vec();
+        png.extend_from_slice(&(iccp.len() as u32).to_be_bytes());
+        png.extend_from_slice(b"iCCP");
+        png.extend_from_slice(&iccp);
+        let crc = crc32fast::hash(&png[37..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+        png.extend_from_slice(&plain[33..]);
+        png
+    };
+    let original = with_profile(&crate::fixtures::zlib_stored(&profile));
     let read_profile = |png: &[u8]| {
         use image::ImageDecoder;
         let mut decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(png)).unwrap();
@@ -556,12 +563,20 @@ fn a_png_icc_profile_loses_its_name_but_not_its_profile() {
         assert!(report.changed);
         assert!(!contains(&stored, b"Alice"));
         assert!(contains(&stored, b"iCCPICC profile\0\0"));
-        assert_eq!(read_profile(&stored).as_deref(), Some(&profile[..]));
+        assert_eq!(read_profile(&stored).as_deref(), Some(&blanked[..]));
         let decoded = image::load_from_memory(&stored).unwrap();
         assert!(decoded == image::load_from_memory(&plain).unwrap());
     }
     let (kept, _) = scrub(&original, 64, true).unwrap();
     assert_eq!(kept, original);
+    // A profile that does not parse, or does not inflate, is dropped.
+    for broken in [
+        crate::fixtures::zlib_stored(&b"a colour profile".repeat(20)),
+        b"not zlib at all".to_vec(),
+    ] {
+        let (stored, _) = scrub(&with_profile(&broken), 9, false).unwrap();
+        assert_eq!(stored, plain);
+    }
 }
 
 /// An `ICCP` chunk counts only when `VP8X` announces it (flag 0x20): one
@@ -888,5 +903,278 @@ fn jpeg_icc_profiles_lose_their_text_or_are_dropped() {
             assert_eq!(stored.len(), original.len(), "blanked in place");
         }
         image::load_from_memory(&stored).unwrap();
+    }
+}
+
+/// Free text wherever a HEIF's kept structure has room for it: in every
+/// case the marker is gone, nothing moved, and the file still parses.
+mod heif_text {
+    use super::*;
+    use crate::fixtures::{
+        HeifItem, HeifParts, heif_file, iso_box, iso_full_box, phone_heif_items,
+    };
+    use crate::media::scrub::{heif_dimensions, heif_type};
+
+    const MARKER: &str = "MARKER-Alice-Example-48.8584N";
+
+    /// Scrubbed in chunks of 7 (and the second pass applied, if any):
+    /// same length, no marker, the primary image's size still read.
+    fn scrubbed(original: &[u8]) -> Vec<u8> {
+        assert!(
+            contains(original, MARKER.as_bytes()),
+            "marker in the fixture"
+        );
+        let mut scrubber = Scrubber::new(false);
+        let mut out = Vec::new();
+        for piece in original.chunks(7) {
+            scrubber
+                .push(Bytes::copy_from_slice(piece), &mut out)
+                .unwrap();
+        }
+        let report = scrubber.finish(&mut out).unwrap();
+        assert!(report.stripped && report.changed);
+        let mut stored = out.concat();
+        if let Some(mut rescrub) = report.rescrub {
+            stored = rescrub.apply(Bytes::from(stored)).to_vec();
+        }
+        assert_eq!(stored.len(), original.len(), "nothing moves");
+        assert!(!contains(&stored, MARKER.as_bytes()), "the marker is gone");
+        assert!(heif_dimensions(&stored, true).unwrap().is_some());
+        stored
+    }
+
+    fn with_property(property: Vec<u8>) -> Vec<u8> {
+        let mut items = phone_heif_items(64, 48);
+        items[0].properties.push(property);
+        heif_file(&items, &HeifParts::default())
+    }
+
+    #[test]
+    fn unknown_ftyp_brands_become_known_ones() {
+        let ftyp = [
+            &b"heic\0\0\0\x01mif1"[..],
+            MARKER.as_bytes(),
+            b"...",
+            b"heicmsf1hevc",
+        ]
+        .concat();
+        let original = heif_file(
+            &phone_heif_items(64, 48),
+            &HeifParts {
+                ftyp,
+                ..HeifParts::default()
+            },
+        );
+        let stored = scrubbed(&original);
+        assert_eq!(&stored[8..20], b"heic\0\0\0\0mif1");
+        assert_eq!(&stored[20..52], b"heic".repeat(8));
+        assert_eq!(
+            &stored[52..64],
+            b"heicmif1heic",
+            "sequence brands become image brands"
+        );
+        assert_eq!(heif_type(&stored), heif_type(&original));
+        // An unknown major brand becomes the first known compatible one.
+        let original = heif_file(
+            &phone_heif_items(64, 48),
+            &HeifParts {
+                ftyp: [&MARKER.as_bytes()[..8], b"avis"].concat(),
+                ..HeifParts::default()
+            },
+        );
+        let (stored, _) = scrub(&original, 5, false).unwrap();
+        assert_eq!(&stored[8..20], b"avif\0\0\0\0avif");
+        assert_eq!(heif_type(&stored), Some("image/avif"));
+    }
+
+    #[test]
+    fn only_known_auxiliary_types_are_kept() {
+        let alpha = b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha\0";
+        let original = with_property(iso_full_box(
+            b"auxC",
+            0,
+            &[&alpha[..], MARKER.as_bytes()].concat(),
+        ));
+        let stored = scrubbed(&original);
+        assert!(contains(&stored, alpha), "a known type stays");
+        let original = with_property(iso_full_box(
+            b"auxC",
+            0,
+            format!("urn:{MARKER}\0{MARKER}").as_bytes(),
+        ));
+        let stored = scrubbed(&original);
+        assert!(contains(
+            &stored,
+            &[b"auxC\0\0\0\0\0\0\0"[..].to_vec()].concat()
+        ));
+    }
+
+    fn hvcc(arrays: &[(u8, &[&[u8]])]) -> Vec<u8> {
+        let mut body = vec![
+            1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x5D, 0xF0, 0, 0xFC, 0xFD, 0xF8, 0xF8, 0, 0,
+            0x0F,
+        ];
+        body.push(arrays.len() as u8);
+        for (kind, units) in arrays {
+            body.push(0x80 | kind);
+            body.extend_from_slice(&(units.len() as u16).to_be_bytes());
+            for unit in *units {
+                body.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+                body.extend_from_slice(unit);
+            }
+        }
+        iso_box(b"hvcC", &body)
+    }
+
+    #[test]
+    fn hvcc_keeps_parameter_sets_and_loses_sei() {
+        let sei = [&[39 << 1, 1][..], MARKER.as_bytes()].concat();
+        let suffix = [&[40 << 1, 1][..], MARKER.as_bytes()].concat();
+        let (vps, sps, pps) = (
+            &[0x40, 1, 0xC, 1][..],
+            &[0x42, 1, 1, 1][..],
+            &[0x44, 1, 0xC1][..],
+        );
+        let with_sei = hvcc(&[
+            (32, &[vps, &sei]),
+            (33, &[sps]),
+            (34, &[pps]),
+            (39, &[&sei]),
+            (40, &[&suffix]),
+        ]);
+        let clean = hvcc(&[(32, &[vps]), (33, &[sps]), (34, &[pps])]);
+        let mut items = phone_heif_items(64, 48);
+        items[0].properties.push(with_sei.clone());
+        // A second `hvcC`, associated with nothing.
+        items[0].properties.push(with_sei.clone());
+        let original = heif_file(&items, &HeifParts::default());
+        let stored = scrubbed(&original);
+        let mut expected = clean.clone();
+        expected.resize(with_sei.len(), 0);
+        expected[..4].copy_from_slice(&(with_sei.len() as u32).to_be_bytes());
+        assert_eq!(
+            stored
+                .windows(expected.len())
+                .filter(|w| *w == expected)
+                .count(),
+            2,
+            "the parameter sets stay, moved up, with their count"
+        );
+    }
+
+    #[test]
+    fn av1c_keeps_only_its_sequence_header() {
+        let sequence_header = [0x0A, 3, 0, 0, 0];
+        let metadata = [&[0x2A, MARKER.len() as u8][..], MARKER.as_bytes()].concat();
+        let body = [&[0x81, 0, 0x0C, 0][..], &sequence_header, &metadata].concat();
+        let original = with_property(iso_box(b"av1C", &body));
+        let stored = scrubbed(&original);
+        assert!(contains(
+            &stored,
+            &[&b"av1C\x81\0\x0C\0"[..], &sequence_header].concat()
+        ));
+    }
+
+    #[test]
+    fn bytes_after_a_property_defined_length_are_zeroed() {
+        for (property, kept) in [
+            (
+                iso_box(
+                    b"colr",
+                    &[b"nclx\0\x01\0\x0D\0\x06\x80", MARKER.as_bytes()].concat(),
+                ),
+                &b"colrnclx\0\x01\0\x0D\0\x06\x80\0"[..],
+            ),
+            (
+                iso_full_box(b"pixi", 0, &[&[3, 8, 8, 8][..], MARKER.as_bytes()].concat()),
+                &b"pixi\0\0\0\0\x03\x08\x08\x08\0"[..],
+            ),
+            (
+                iso_full_box(
+                    b"ispe",
+                    0,
+                    &[&[0, 0, 0, 64, 0, 0, 0, 48][..], MARKER.as_bytes()].concat(),
+                ),
+                &b"ispe\0\0\0\0\0\0\0\x40\0\0\0\x30\0"[..],
+            ),
+        ] {
+            let stored = scrubbed(&with_property(property));
+            assert!(contains(&stored, kept), "{kept:?}");
+        }
+    }
+
+    #[test]
+    fn data_references_say_this_file_and_nothing_else() {
+        let url = iso_full_box(b"url ", 0, format!("https://{MARKER}\0").as_bytes());
+        let urn = iso_full_box(b"urn ", 0, format!("{MARKER}\0{MARKER}\0").as_bytes());
+        let dref = iso_full_box(b"dref", 0, &[&2u32.to_be_bytes()[..], &url, &urn].concat());
+        let original = heif_file(
+            &phone_heif_items(64, 48),
+            &HeifParts {
+                in_meta: iso_box(b"dinf", &dref),
+                ..HeifParts::default()
+            },
+        );
+        let stored = scrubbed(&original);
+        assert!(contains(&stored, b"url \0\0\0\x01\0"));
+        assert!(contains(&stored, b"urn \0\0\0\x01\0"));
+    }
+
+    #[test]
+    fn item_strings_other_than_known_content_types_are_zeroed() {
+        let mut items = phone_heif_items(64, 48);
+        items.push(HeifItem {
+            content_type: "text/MARKER-Alice-Example-48.8584N\0MARKER-Alice-Example-48.8584N",
+            ..HeifItem::new(b"mime", b"plain")
+        });
+        items.push(HeifItem {
+            name: "\0MARKER-Alice-Example-48.8584N",
+            ..HeifItem::new(b"uri ", b"uri data")
+        });
+        items.push(HeifItem {
+            content_type: "application/rdf+xml",
+            name: "MARKER-Alice-Example-48.8584N",
+            ..HeifItem::new(b"mime", b"<x:xmpmeta/>")
+        });
+        let stored = scrubbed(&heif_file(&items, &HeifParts::default()));
+        assert!(
+            contains(&stored, b"mime\0application/rdf+xml\0"),
+            "XMP is still XMP"
+        );
+        assert!(!contains(&stored, b"<x:xmpmeta/>"));
+    }
+
+    #[test]
+    fn grid_and_iden_items_keep_only_their_defined_bytes() {
+        for (grid, kept) in [
+            (vec![0, 0, 1, 1, 0, 64, 0, 48], 8),
+            (vec![0, 1, 1, 1, 0, 0, 0, 64, 0, 0, 0, 48], 12),
+        ] {
+            let mut items = phone_heif_items(64, 48);
+            let data = [&grid[..], MARKER.as_bytes()].concat();
+            items.push(HeifItem::new(b"grid", &data).sized(64, 48));
+            items.push(HeifItem::new(b"iden", MARKER.as_bytes()));
+            let stored = scrubbed(&heif_file(&items, &HeifParts::default()));
+            let mut expected = grid[..kept].to_vec();
+            expected.resize(kept + MARKER.len() * 2, 0);
+            assert!(contains(&stored, &expected));
+        }
+    }
+
+    /// A phone's HEIC with a motion track (a sequence in `moov`, its
+    /// samples in `mdat`): the still stays, the sequence goes whole.
+    #[test]
+    fn a_motion_track_goes_and_the_still_stays() {
+        for meta_last in [false, true] {
+            let original = crate::fixtures::heic_with_motion_track(MARKER, meta_last);
+            let stored = scrubbed(&original);
+            assert!(!contains(&stored, b"moov"));
+            let coded = b"hvc1-coded-image-data-".repeat(40);
+            assert_eq!(
+                stored.windows(coded.len()).position(|w| w == coded),
+                original.windows(coded.len()).position(|w| w == coded),
+            );
+            assert_eq!(heif_type(&stored), Some("image/heic"));
+        }
     }
 }
