@@ -17,9 +17,7 @@
 //!   a loop: a parent declaring a child (`mod x;`) or re-exporting its items
 //!   (`pub use x::Y`) is an edge parent -> child, and a child naming an item
 //!   its parent defines is an edge child -> parent, so items shared by a
-//!   parent and its children live in a sibling module both import (the
-//!   loops inside the modules of [`NOT_YET_UNLOOPED`] are set apart, and
-//!   each must still have one);
+//!   parent and its children live in a sibling module both import;
 //! - `domain` names no transport, adapter or wiring (`grpc`, `http`,
 //!   `storage`, `startup`, `config`, `pb`, ...);
 //! - `storage` and `media` name of `domain` only what the ports speak, never
@@ -79,45 +77,12 @@ fn the_top_level_modules_import_each_other_without_a_loop() {
     );
 }
 
-/// Modules whose children still import items of the parent's `mod.rs`
-/// (and so loop with it): the loops within each are tolerated until it is
-/// split, and none may appear elsewhere. The format scrubbers add methods
-/// to the parent's `Scrubber`, whose state holds their parsers' states.
-const NOT_YET_UNLOOPED: &[&str] = &["crate::media::scrub"];
-
 #[test]
 fn no_module_of_src_is_part_of_a_loop() {
     let crate_ = Crate::read(&src());
     let mut graph = crate_.edges(|module| Some(module.clone()));
     for (parent, child, at) in crate_.declarations() {
         graph.entry(parent).or_default().entry(child).or_insert(at);
-    }
-    // The loops inside a module of NOT_YET_UNLOOPED are set apart: they are
-    // still there (or the entry must go), and no other loop is.
-    let inside = |module: &ModPath| {
-        NOT_YET_UNLOOPED
-            .iter()
-            .any(|parent| module.starts_with(&path(parent)))
-    };
-    let mut known: Graph = BTreeMap::new();
-    for (from, to) in graph.iter_mut() {
-        if inside(from) {
-            let (within, rest): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(to)
-                .into_iter()
-                .partition(|(to, _)| inside(to));
-            *to = rest;
-            known.insert(from.clone(), within);
-        }
-    }
-    for parent in NOT_YET_UNLOOPED {
-        let parent = path(parent);
-        let mut within = known.clone();
-        within.retain(|from, _| from.starts_with(&parent));
-        assert!(
-            !find_loops(&within).is_empty(),
-            "{} has no loop left: take it out of NOT_YET_UNLOOPED",
-            parent.join("::")
-        );
     }
     let loops = find_loops(&graph);
     assert!(

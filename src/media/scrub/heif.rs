@@ -79,7 +79,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::*;
+use super::icc;
+use super::stream::Stream;
+use crate::media::MediaError;
 
 /// Largest `meta` box held to find the metadata items (an iPhone photo's is
 /// a few KiB; grids of tiles and ICC profiles make it larger).
@@ -811,43 +813,31 @@ impl Rescrub {
     }
 }
 
-impl Scrubber {
+impl Heif {
     /// Takes HEIF bytes: box headers, a `meta` box held whole and parsed,
     /// other boxes passed with their metadata items overwritten (or as
     /// zeros, when the box is not one kept).
-    pub(super) fn heif(
+    pub(super) fn push(
         &mut self,
+        stream: &mut Stream,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
     ) -> Result<(), MediaError> {
-        let Some(mut heif) = self.heif.take() else {
-            return Err(corrupt());
-        };
-        let result = self.heif_step(&mut heif, chunk, out);
-        self.heif = Some(heif);
-        result
-    }
-
-    fn heif_step(
-        &mut self,
-        heif: &mut Heif,
-        chunk: &mut Bytes,
-        out: &mut Vec<Bytes>,
-    ) -> Result<(), MediaError> {
+        let heif = self;
         match heif.step {
             Step::Header => {
-                if !self.fill(chunk, 8) {
+                if !stream.fill(chunk, 8) {
                     return Ok(());
                 }
-                let (size, kind) = self.length_and_kind();
+                let (size, kind) = stream.length_and_kind();
                 let size = u64::from(size);
                 let (size, header) = match size {
                     1 => {
-                        if !self.fill(chunk, 16) {
+                        if !stream.fill(chunk, 16) {
                             return Ok(());
                         }
                         let mut large = [0u8; 8];
-                        large.copy_from_slice(&self.pending[8..16]);
+                        large.copy_from_slice(&stream.pending[8..16]);
                         (Some(u64::from_be_bytes(large)), 16)
                     }
                     0 => (None, 8),
@@ -863,7 +853,7 @@ impl Scrubber {
                 if media && !heif.meta_seen {
                     heif.mdat_first = true;
                 }
-                if !self.keep_metadata {
+                if !stream.keep_metadata {
                     // Items lie in `mdat` payloads (or in `idat`): any
                     // other bytes are a box's own.
                     heif.refuse_items_in(if media { start + header } else { end })?;
@@ -877,13 +867,13 @@ impl Scrubber {
                         heif.media.push((start + header, end));
                     }
                 }
-                let keep = self.keep_metadata || kept_box(&kind);
+                let keep = stream.keep_metadata || kept_box(&kind);
                 // A `meta` after `mdat` is held even when metadata is kept:
                 // the image's size is read from it.
-                let hold = !self.keep_metadata || (heif.mdat_first && !heif.meta_seen);
+                let hold = !stream.keep_metadata || (heif.mdat_first && !heif.meta_seen);
                 // So is an `ftyp` when metadata is removed: its brands are
                 // rewritten.
-                let ftyp = &kind == b"ftyp" && !self.keep_metadata;
+                let ftyp = &kind == b"ftyp" && !stream.keep_metadata;
                 if (&kind == b"meta" && hold) || ftyp {
                     let Some(size) = size else {
                         return Err(corrupt());
@@ -898,26 +888,26 @@ impl Scrubber {
                     heif.step = Step::Meta { len: size as usize };
                     return Ok(());
                 }
-                let mut head = self.pending.split();
+                let mut head = stream.pending.split();
                 if !keep {
                     head[4..8].copy_from_slice(b"free");
-                    self.changed = true;
+                    stream.changed = true;
                 }
-                out.push(heif.blanked(head.freeze(), &mut self.changed));
+                out.push(heif.blanked(head.freeze(), &mut stream.changed));
                 heif.step = Step::Body {
                     remaining: size.map(|size| size - header),
                     // Padding is kept as padding: its bytes are nobody's.
-                    blank: !keep || (!self.keep_metadata && is_padding(&kind)),
-                    media: media && !self.keep_metadata,
+                    blank: !keep || (!stream.keep_metadata && is_padding(&kind)),
+                    media: media && !stream.keep_metadata,
                 };
             }
             Step::Meta { len } => {
-                if !self.fill(chunk, len) {
+                if !stream.fill(chunk, len) {
                     return Ok(());
                 }
-                let mut meta = self.pending.split();
+                let mut meta = stream.pending.split();
                 if &meta[4..8] == b"ftyp" {
-                    self.changed |= scrub_ftyp(&mut meta);
+                    stream.changed |= scrub_ftyp(&mut meta);
                     heif.position += meta.len() as u64;
                     out.push(meta.freeze());
                     heif.step = Step::Header;
@@ -931,7 +921,7 @@ impl Scrubber {
                 let first = !heif.meta_seen;
                 heif.meta_seen = true;
                 heif.position = meta_end;
-                if self.keep_metadata {
+                if stream.keep_metadata {
                     out.push(meta.freeze());
                     heif.step = Step::Header;
                     return Ok(());
@@ -972,7 +962,7 @@ impl Scrubber {
                     ));
                 }
                 let mut gone_by = heif.gone_by(&images_behind, &behind, first)?;
-                self.changed |= changed || !behind.is_empty() || !gone_by.is_empty();
+                stream.changed |= changed || !behind.is_empty() || !gone_by.is_empty();
                 // A second `meta` box (rare) adds to what the first found.
                 heif.blanks.extend(ahead);
                 heif.behind.extend(behind);
@@ -1003,11 +993,11 @@ impl Scrubber {
                 });
                 let mut part = chunk.split_to(n);
                 if media {
-                    part = heif.media(part, &mut self.changed);
+                    part = heif.media(part, &mut stream.changed);
                 }
-                let part = heif.blanked(part, &mut self.changed);
+                let part = heif.blanked(part, &mut stream.changed);
                 if blank {
-                    self.changed |= part.iter().any(|&b| b != 0);
+                    stream.changed |= part.iter().any(|&b| b != 0);
                     out.push(Bytes::from(vec![0; n]));
                 } else {
                     out.push(part);
@@ -2081,6 +2071,7 @@ mod tests {
         heif_with_text_outside_its_items, iso_box, iso_full_box, phone_heif_items,
         phone_photo_with_extras,
     };
+    use crate::media::scrub::{Scrubbed, Scrubber};
 
     /// The bytes stored for `bytes` pushed in chunks of `chunk`, and what
     /// the scrubber found.

@@ -21,7 +21,9 @@
 //! [`MAX_JPEG_SEGMENTS`] marker segments are parsed.
 use bytes::Bytes;
 
-use super::*;
+use super::icc;
+use super::stream::{Next, Stream, minimal_tiff};
+use crate::media::MediaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Jpeg {
@@ -37,6 +39,11 @@ pub(super) enum Jpeg {
     },
     /// Inside entropy-coded scan data, scanning for the next marker.
     Scan,
+}
+
+impl Jpeg {
+    /// Right after the start-of-image marker.
+    pub(super) const START: Jpeg = Jpeg::Marker { scanned: false };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,26 +107,28 @@ fn minimal_jpeg_exif(orientation: u8) -> Bytes {
     jpeg_segment(0xE1, &payload)
 }
 
-impl Scrubber {
-    pub(super) fn jpeg(
-        &mut self,
-        state: Jpeg,
+impl Jpeg {
+    /// Takes the next bytes of the JPEG from `chunk`; says what comes next.
+    pub(super) fn push(
+        self,
+        stream: &mut Stream,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
-    ) -> Result<(), MediaError> {
-        match state {
-            Jpeg::Marker { scanned } => self.jpeg_marker(scanned, chunk, out)?,
+    ) -> Result<Next<Jpeg>, MediaError> {
+        let next = match self {
+            Jpeg::Marker { scanned } => return marker(stream, scanned, chunk, out),
             Jpeg::Payload {
                 marker,
                 len,
                 action: Action::Inspect,
                 scanned,
             } => {
-                if self.fill(chunk, 4 + len) {
-                    let segment = self.pending.split().freeze();
-                    self.inspect_jpeg_segment(marker, segment, out);
-                    self.state = State::Jpeg(Jpeg::Marker { scanned });
+                if !stream.fill(chunk, 4 + len) {
+                    return Ok(Next::Stay(self));
                 }
+                let segment = stream.pending.split().freeze();
+                inspect_segment(stream, marker, segment, out);
+                Jpeg::Marker { scanned }
             }
             Jpeg::Payload {
                 marker,
@@ -132,9 +141,9 @@ impl Scrubber {
                 if action == Action::Keep {
                     out.push(part);
                 } else if n > 0 {
-                    self.changed = true;
+                    stream.changed = true;
                 }
-                self.state = State::Jpeg(if len > n {
+                if len > n {
                     Jpeg::Payload {
                         marker,
                         len: len - n,
@@ -145,214 +154,214 @@ impl Scrubber {
                     Jpeg::Scan
                 } else {
                     Jpeg::Marker { scanned }
-                });
+                }
             }
-            Jpeg::Scan => self.jpeg_scan(chunk, out),
-        }
-        Ok(())
+            Jpeg::Scan => scan(stream, chunk, out),
+        };
+        Ok(Next::Stay(next))
     }
+}
 
-    fn jpeg_marker(
-        &mut self,
-        scanned: bool,
-        chunk: &mut Bytes,
-        out: &mut Vec<Bytes>,
-    ) -> Result<(), MediaError> {
-        // Until the marker code is known (a segment's length may still be
-        // to come when a chunk ends inside it).
-        if self.pending.len() < 2 {
-            if !self.fill(chunk, 1) {
-                return Ok(());
-            }
-            if self.pending[0] != 0xFF {
-                if scanned {
-                    // Damage after a scan: decoders skip to the next marker.
-                    out.push(self.pending.split().freeze());
-                    self.state = State::Jpeg(Jpeg::Scan);
-                    return Ok(());
-                }
-                return Err(corrupt_jpeg());
-            }
-            // Fill bytes: all pass but the last `FF`, which stays pending.
-            let fill = chunk.iter().take_while(|&&b| b == 0xFF).count();
-            if fill > 0 {
-                out.push(chunk.split_to(fill));
-            }
-            if !self.fill(chunk, 2) {
-                return Ok(());
-            }
-            let marker = self.pending[1];
-            if scanned && !ends_scan(marker) {
-                out.push(self.pending.split().freeze());
-                self.state = State::Jpeg(Jpeg::Scan);
-                return Ok(());
-            }
-            self.segments += 1;
-            if self.segments > MAX_JPEG_SEGMENTS {
-                return Err(MediaError::invalid(format!(
-                    "the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments"
-                )));
-            }
-            match marker {
-                EOI => {
-                    out.push(self.pending.split().freeze());
-                    self.state = State::Trailer;
-                    return Ok(());
-                }
-                // TEM and the restart markers belong inside scan data (where
-                // `jpeg_scan` passes them); before any scan they mean a
-                // corrupt or a crafted file.
-                0x01 | 0xD0..=0xD7 => {
-                    return Err(MediaError::invalid(
-                        "the JPEG has a marker outside scan data that belongs inside it",
-                    ));
-                }
-                0x00 | 0xD8 => return Err(corrupt_jpeg()),
-                _ => {}
-            }
+/// A marker, and the length of its segment: what follows `FF xx`.
+fn marker(
+    stream: &mut Stream,
+    scanned: bool,
+    chunk: &mut Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<Next<Jpeg>, MediaError> {
+    let waiting = Next::Stay(Jpeg::Marker { scanned });
+    // Until the marker code is known (a segment's length may still be
+    // to come when a chunk ends inside it).
+    if stream.pending.len() < 2 {
+        if !stream.fill(chunk, 1) {
+            return Ok(waiting);
         }
-        if !self.fill(chunk, 4) {
-            return Ok(());
-        }
-        let marker = self.pending[1];
-        let len = usize::from(u16::from_be_bytes([self.pending[2], self.pending[3]]));
-        if len < 2 {
+        if stream.pending[0] != 0xFF {
             if scanned {
-                // Damage that only looked like a marker.
-                out.push(self.pending.split().freeze());
-                self.state = State::Jpeg(Jpeg::Scan);
-                return Ok(());
+                // Damage after a scan: decoders skip to the next marker.
+                out.push(stream.pending.split().freeze());
+                return Ok(Next::Stay(Jpeg::Scan));
             }
             return Err(corrupt_jpeg());
         }
-        let action = self.jpeg_action(marker);
-        match action {
-            Action::Keep => out.push(self.pending.split().freeze()),
-            Action::Drop => {
-                self.changed = true;
-                self.pending.clear();
-            }
-            // The header stays pending with the payload to come.
-            Action::Inspect => {}
+        // Fill bytes: all pass but the last `FF`, which stays pending.
+        let fill = chunk.iter().take_while(|&&b| b == 0xFF).count();
+        if fill > 0 {
+            out.push(chunk.split_to(fill));
         }
-        self.state = State::Jpeg(Jpeg::Payload {
-            marker,
-            len: len - 2,
-            action,
-            scanned,
-        });
-        Ok(())
-    }
-
-    /// Entropy-coded data: an `FF` (or a run of them) followed by a marker
-    /// that ends the scan (see [`ends_scan`]) ends it; followed by anything
-    /// else (a stuffed zero, a restart marker, damage) it is scan data.
-    fn jpeg_scan(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) {
-        let mut at = 0;
-        while let Some(found) = memchr::memchr(0xFF, &chunk[at..]) {
-            let ff = at + found;
-            let end = ff + chunk[ff..].iter().take_while(|&&b| b == 0xFF).count();
-            match chunk.get(end) {
-                Some(&next) if !ends_scan(next) => at = end + 1,
-                // A marker, or the chunk ends in `FF`: the last `FF` stays
-                // pending and the next byte decides.
-                _ => {
-                    out.push(chunk.split_to(end - 1));
-                    self.pending.extend_from_slice(&chunk.split_to(1));
-                    self.state = State::Jpeg(Jpeg::Marker { scanned: true });
-                    return;
-                }
-            }
+        if !stream.fill(chunk, 2) {
+            return Ok(waiting);
         }
-        out.push(std::mem::take(chunk));
-    }
-
-    fn jpeg_action(&self, marker: u8) -> Action {
+        let marker = stream.pending[1];
+        if scanned && !ends_scan(marker) {
+            out.push(stream.pending.split().freeze());
+            return Ok(Next::Stay(Jpeg::Scan));
+        }
+        stream.segments += 1;
+        if stream.segments > MAX_JPEG_SEGMENTS {
+            return Err(MediaError::invalid(format!(
+                "the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments"
+            )));
+        }
         match marker {
-            // EXIF (APP1) is read for its orientation even when kept.
-            0xE1 => Action::Inspect,
-            _ if self.keep_metadata => Action::Keep,
-            // Frame headers, tables, scans, DNL and restart intervals.
-            0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Action::Keep,
-            // JFIF, ICC profiles, Adobe: kept when they are what they say.
-            0xE0 | 0xE2 | 0xEE => Action::Inspect,
-            // Every other application segment, comments, extensions.
-            _ => Action::Drop,
+            EOI => {
+                out.push(stream.pending.split().freeze());
+                return Ok(Next::Trailer);
+            }
+            // TEM and the restart markers belong inside scan data (where
+            // `scan` passes them); before any scan they mean a corrupt or
+            // a crafted file.
+            0x01 | 0xD0..=0xD7 => {
+                return Err(MediaError::invalid(
+                    "the JPEG has a marker outside scan data that belongs inside it",
+                ));
+            }
+            0x00 | 0xD8 => return Err(corrupt_jpeg()),
+            _ => {}
         }
     }
+    if !stream.fill(chunk, 4) {
+        return Ok(waiting);
+    }
+    let marker = stream.pending[1];
+    let len = usize::from(u16::from_be_bytes([stream.pending[2], stream.pending[3]]));
+    if len < 2 {
+        if scanned {
+            // Damage that only looked like a marker.
+            out.push(stream.pending.split().freeze());
+            return Ok(Next::Stay(Jpeg::Scan));
+        }
+        return Err(corrupt_jpeg());
+    }
+    let action = action(stream.keep_metadata, marker);
+    match action {
+        Action::Keep => out.push(stream.pending.split().freeze()),
+        Action::Drop => {
+            stream.changed = true;
+            stream.pending.clear();
+        }
+        // The header stays pending with the payload to come.
+        Action::Inspect => {}
+    }
+    Ok(Next::Stay(Jpeg::Payload {
+        marker,
+        len: len - 2,
+        action,
+        scanned,
+    }))
+}
 
-    /// An APP2 ICC profile, whole in one segment (sequence 1 of 1): kept
-    /// with its text blanked ([`icc`]). A malformed one is dropped, and so
-    /// is a profile cut across several segments (over 64 KiB, printer
-    /// profiles): its tags cannot be read without holding every segment,
-    /// and an image without one renders as sRGB.
-    fn keep_icc(&mut self, segment: Bytes, out: &mut Vec<Bytes>) {
-        let payload = &segment[4..];
-        let mut profile = payload
-            .get(ICC_TAG.len() + 2..)
-            .unwrap_or_default()
-            .to_vec();
-        let whole = payload.get(ICC_TAG.len()..ICC_TAG.len() + 2) == Some(&[1, 1][..]);
-        match whole.then(|| icc::blank_profile_text(&mut profile)) {
-            Some(Ok(false)) => out.push(segment),
-            Some(Ok(true)) => {
-                self.changed = true;
-                let head = &payload[..ICC_TAG.len() + 2];
-                out.push(jpeg_segment(0xE2, &[head, &profile].concat()));
+/// Entropy-coded data: an `FF` (or a run of them) followed by a marker
+/// that ends the scan (see [`ends_scan`]) ends it; followed by anything
+/// else (a stuffed zero, a restart marker, damage) it is scan data.
+fn scan(stream: &mut Stream, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Jpeg {
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(0xFF, &chunk[at..]) {
+        let ff = at + found;
+        let end = ff + chunk[ff..].iter().take_while(|&&b| b == 0xFF).count();
+        match chunk.get(end) {
+            Some(&next) if !ends_scan(next) => at = end + 1,
+            // A marker, or the chunk ends in `FF`: the last `FF` stays
+            // pending and the next byte decides.
+            _ => {
+                out.push(chunk.split_to(end - 1));
+                stream.pending.extend_from_slice(&chunk.split_to(1));
+                return Jpeg::Marker { scanned: true };
             }
-            _ => self.changed = true,
         }
     }
+    out.push(std::mem::take(chunk));
+    Jpeg::Scan
+}
 
-    fn inspect_jpeg_segment(&mut self, marker: u8, segment: Bytes, out: &mut Vec<Bytes>) {
-        let payload = &segment[4..];
-        if marker == 0xE1
-            && let Some(tiff) = payload.strip_prefix(b"Exif\0\0")
-        {
-            self.note_orientation(tiff);
-            if self.keep_metadata {
-                out.push(segment);
-                return;
-            }
-            self.changed = true;
-            if self.orientation != 1 {
-                out.push(minimal_jpeg_exif(self.orientation));
-            }
-            return;
+/// What becomes of the segment `marker` opens.
+fn action(keep_metadata: bool, marker: u8) -> Action {
+    match marker {
+        // EXIF (APP1) is read for its orientation even when kept.
+        0xE1 => Action::Inspect,
+        _ if keep_metadata => Action::Keep,
+        // Frame headers, tables, scans, DNL and restart intervals.
+        0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Action::Keep,
+        // JFIF, ICC profiles, Adobe: kept when they are what they say.
+        0xE0 | 0xE2 | 0xEE => Action::Inspect,
+        // Every other application segment, comments, extensions.
+        _ => Action::Drop,
+    }
+}
+
+/// An APP2 ICC profile, whole in one segment (sequence 1 of 1): kept
+/// with its text blanked ([`icc`]). A malformed one is dropped, and so
+/// is a profile cut across several segments (over 64 KiB, printer
+/// profiles): its tags cannot be read without holding every segment,
+/// and an image without one renders as sRGB.
+fn keep_icc(stream: &mut Stream, segment: Bytes, out: &mut Vec<Bytes>) {
+    let payload = &segment[4..];
+    let mut profile = payload
+        .get(ICC_TAG.len() + 2..)
+        .unwrap_or_default()
+        .to_vec();
+    let whole = payload.get(ICC_TAG.len()..ICC_TAG.len() + 2) == Some(&[1, 1][..]);
+    match whole.then(|| icc::blank_profile_text(&mut profile)) {
+        Some(Ok(false)) => out.push(segment),
+        Some(Ok(true)) => {
+            stream.changed = true;
+            let head = &payload[..ICC_TAG.len() + 2];
+            out.push(jpeg_segment(0xE2, &[head, &profile].concat()));
         }
-        if self.keep_metadata {
+        _ => stream.changed = true,
+    }
+}
+
+/// A whole segment held to be read (EXIF, JFIF, ICC, Adobe): kept,
+/// rewritten or dropped.
+fn inspect_segment(stream: &mut Stream, marker: u8, segment: Bytes, out: &mut Vec<Bytes>) {
+    let payload = &segment[4..];
+    if marker == 0xE1
+        && let Some(tiff) = payload.strip_prefix(b"Exif\0\0")
+    {
+        stream.note_orientation(tiff);
+        if stream.keep_metadata {
             out.push(segment);
             return;
         }
-        if marker == 0xE2 && payload.starts_with(ICC_TAG) {
-            self.keep_icc(segment, out);
-            return;
+        stream.changed = true;
+        if stream.orientation != 1 {
+            out.push(minimal_jpeg_exif(stream.orientation));
         }
-        // The part of the payload that is kept, if any.
-        let kept = match marker {
-            0xE0 if payload.starts_with(b"JFIF\0") && payload.len() >= JFIF_LEN => {
-                Some(&payload[..JFIF_LEN])
-            }
-            0xEE if payload.starts_with(b"Adobe") && payload.len() >= ADOBE_LEN => {
-                Some(&payload[..ADOBE_LEN])
-            }
-            _ => None,
-        };
-        let Some(kept) = kept else {
-            self.changed = true;
-            return;
-        };
-        let thumbnail = marker == 0xE0 && kept[12..] != [0, 0];
-        if !thumbnail && kept.len() == payload.len() {
-            out.push(segment);
-            return;
-        }
-        // A JFIF thumbnail, or bytes after what the segment defines.
-        let mut kept = kept.to_vec();
-        if thumbnail {
-            kept[12..].fill(0);
-        }
-        self.changed = true;
-        out.push(jpeg_segment(marker, &kept));
+        return;
     }
+    if stream.keep_metadata {
+        out.push(segment);
+        return;
+    }
+    if marker == 0xE2 && payload.starts_with(ICC_TAG) {
+        keep_icc(stream, segment, out);
+        return;
+    }
+    // The part of the payload that is kept, if any.
+    let kept = match marker {
+        0xE0 if payload.starts_with(b"JFIF\0") && payload.len() >= JFIF_LEN => {
+            Some(&payload[..JFIF_LEN])
+        }
+        0xEE if payload.starts_with(b"Adobe") && payload.len() >= ADOBE_LEN => {
+            Some(&payload[..ADOBE_LEN])
+        }
+        _ => None,
+    };
+    let Some(kept) = kept else {
+        stream.changed = true;
+        return;
+    };
+    let thumbnail = marker == 0xE0 && kept[12..] != [0, 0];
+    if !thumbnail && kept.len() == payload.len() {
+        out.push(segment);
+        return;
+    }
+    // A JFIF thumbnail, or bytes after what the segment defines.
+    let mut kept = kept.to_vec();
+    if thumbnail {
+        kept[12..].fill(0);
+    }
+    stream.changed = true;
+    out.push(jpeg_segment(marker, &kept));
 }

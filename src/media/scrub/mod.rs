@@ -13,13 +13,20 @@
 //! block, at most 64 KiB in JPEG) is held at a time; coded image data passes
 //! through as slices of the received chunks, without copies.
 //!
-//! WebP's metadata chunks are blanked in place instead (see
-//! [`Scrubber::webp`]), and so are the metadata items of HEIF, HEIC and
-//! AVIF files (see [`heif`]). Other formats pass through unchanged;
+//! WebP's metadata chunks are blanked in place instead (see [`webp`]), and
+//! so are the metadata items of HEIF, HEIC and AVIF files (see [`heif`]). Other formats pass through unchanged;
 //! [`Scrubbed::stripped`] says which happened. The same parse also finds the
 //! EXIF orientation and rejects JPEG, PNG and WebP streams that end before
 //! their end-of-image marker (or RIFF size).
-use bytes::{Bytes, BytesMut};
+//!
+//! Each format's parser lives in a module of its own, with a state type
+//! whose `push` takes the next bytes and says what comes next ([`Next`]:
+//! more of the format, or the trailer; a HEIF runs to the end of the file);
+//! what the parsers share (the bytes held, the orientation, whether
+//! anything changed) is a [`Stream`] from the [`stream`] module, which they
+//! import. The [`Scrubber`] tells the format and hands each chunk to its
+//! parser.
+use bytes::Bytes;
 #[cfg(test)]
 use image::metadata::Orientation;
 
@@ -29,6 +36,7 @@ mod heif;
 mod icc;
 mod jpeg;
 mod png;
+mod stream;
 mod webp;
 
 use heif::Heif;
@@ -36,6 +44,7 @@ pub use heif::{MAX_HEIF_META, Rescrub, heif_dimensions, heif_meta_after_media, h
 use jpeg::Jpeg;
 pub use jpeg::MAX_JPEG_SEGMENTS;
 use png::{PNG_SIGNATURE, Png};
+use stream::{Next, Stream};
 use webp::Webp;
 
 /// What the scrubber found, once the stream has ended.
@@ -60,22 +69,13 @@ pub struct Scrubbed {
 
 /// A streaming rewriter of an image's bytes; see the module documentation.
 pub struct Scrubber {
-    keep_metadata: bool,
+    /// What the format parsers share: bytes held, orientation, changes.
+    stream: Stream,
     state: State,
-    /// Bytes of a structure not yet complete (a marker, a segment header, an
-    /// EXIF block), at most one structure.
-    pending: BytesMut,
-    orientation: u8,
-    /// Some byte was dropped or inserted: the output is no longer a copy
-    /// of the input.
-    changed: bool,
-    /// JPEG marker segments seen (see [`MAX_JPEG_SEGMENTS`]).
-    segments: u32,
-    /// A HEIF's boxes and metadata items (in [`State::Heif`]).
-    heif: Option<Box<Heif>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where in the upload the scrubber is: the format found, with its
+/// parser's state.
 enum State {
     /// Waiting for enough bytes to tell the format.
     Sniff,
@@ -83,27 +83,28 @@ enum State {
     Pass,
     Jpeg(Jpeg),
     Png(Png),
-    /// Inside a WebP's RIFF container; `left` bytes of it remain.
-    Webp {
-        left: u64,
-        chunk: Webp,
-    },
+    /// Inside a WebP's RIFF container.
+    Webp(Webp),
     /// Inside a HEIF-family file (HEIC, HEIF, AVIF); see [`heif`].
-    Heif,
+    Heif(Box<Heif>),
     /// After the end-of-image marker: the rest is dropped.
     Trailer,
+}
+
+/// The scrubber's state after a step of a format's parser: `format` wraps
+/// the parser's next state.
+fn after<S>(next: Next<S>, format: fn(S) -> State) -> State {
+    match next {
+        Next::Stay(state) => format(state),
+        Next::Trailer => State::Trailer,
+    }
 }
 
 impl Scrubber {
     pub fn new(keep_metadata: bool) -> Self {
         Self {
-            keep_metadata,
+            stream: Stream::new(keep_metadata),
             state: State::Sniff,
-            pending: BytesMut::new(),
-            orientation: 1,
-            changed: false,
-            segments: 0,
-            heif: None,
         }
     }
 
@@ -111,20 +112,25 @@ impl Scrubber {
     /// `out` (slices of `chunk` wherever possible).
     pub fn push(&mut self, mut chunk: Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
         while !chunk.is_empty() {
-            match self.state {
+            let stream = &mut self.stream;
+            match &mut self.state {
                 State::Sniff => self.sniff(&mut chunk, out)?,
                 State::Pass => out.push(std::mem::take(&mut chunk)),
-                State::Trailer if self.keep_metadata => out.push(std::mem::take(&mut chunk)),
+                State::Trailer if stream.keep_metadata => out.push(std::mem::take(&mut chunk)),
                 State::Trailer => {
-                    self.changed = true;
+                    stream.changed = true;
                     chunk.clear();
                 }
-                State::Jpeg(jpeg) => self.jpeg(jpeg, &mut chunk, out)?,
-                State::Png(png) => self.png(png, &mut chunk, out)?,
-                State::Webp { left, chunk: state } => {
-                    self.webp(left, state, &mut chunk, out)?;
+                State::Jpeg(jpeg) => {
+                    self.state = after(jpeg.push(stream, &mut chunk, out)?, State::Jpeg);
                 }
-                State::Heif => self.heif(&mut chunk, out)?,
+                State::Png(png) => {
+                    self.state = after(png.push(stream, &mut chunk, out)?, State::Png);
+                }
+                State::Webp(webp) => {
+                    self.state = after(webp.push(stream, &mut chunk, out)?, State::Webp);
+                }
+                State::Heif(heif) => heif.push(stream, &mut chunk, out)?,
             }
         }
         Ok(())
@@ -133,15 +139,15 @@ impl Scrubber {
     /// Whether the output differs from the input so far: a byte was
     /// dropped or inserted.
     pub fn changed(&self) -> bool {
-        self.changed
+        self.stream.changed
     }
 
     /// Bytes of one structure the scrubber holds, or will hold once they
     /// arrive (a HEIF's `meta` box whose length it has read).
     pub fn holding(&self) -> u64 {
-        let held = self.pending.len() as u64;
-        match &self.heif {
-            Some(heif) if self.state == State::Heif => heif.holding().unwrap_or(held),
+        let held = self.stream.pending.len() as u64;
+        match &self.state {
+            State::Heif(heif) => heif.holding().unwrap_or(held),
             _ => held,
         }
     }
@@ -152,24 +158,26 @@ impl Scrubber {
     /// pointed behind itself). Until this is false, what was output must
     /// be kept where no caller can read it.
     pub fn may_rescrub(&self) -> bool {
-        !self.keep_metadata
-            && matches!(self.state, State::Sniff | State::Heif)
-            && self
-                .heif
-                .as_ref()
-                .is_none_or(|heif| heif.may_point_behind())
+        !self.stream.keep_metadata
+            && match &self.state {
+                State::Sniff => true,
+                State::Heif(heif) => heif.may_point_behind(),
+                _ => false,
+            }
     }
 
     /// Ends the stream: flushes what is held and reports what was found.
     pub fn finish(mut self, out: &mut Vec<Bytes>) -> Result<Scrubbed, MediaError> {
-        let stripped = match self.state {
+        let stream = &mut self.stream;
+        let mut late = (None, None);
+        let stripped = match &mut self.state {
             State::Sniff | State::Pass => {
-                if !self.pending.is_empty() {
-                    out.push(self.pending.split().freeze());
+                if !stream.pending.is_empty() {
+                    out.push(stream.pending.split().freeze());
                 }
                 false
             }
-            State::Trailer => !self.keep_metadata,
+            State::Trailer => !stream.keep_metadata,
             State::Jpeg(_) => {
                 return Err(MediaError::invalid(
                     "the JPEG is truncated: it ends before its end-of-image marker",
@@ -180,50 +188,36 @@ impl Scrubber {
                     "the PNG is truncated: it ends before its IEND chunk",
                 ));
             }
-            State::Webp { .. } => {
+            State::Webp(_) => {
                 return Err(MediaError::invalid(
                     "the WebP is truncated: it ends before its RIFF size",
                 ));
             }
-            State::Heif => {
-                let pending = self.pending.len();
-                match self.heif.as_mut() {
-                    Some(heif) => heif.complete(pending)?,
-                    None => return Err(MediaError::invalid("the HEIF is truncated")),
-                }
-                !self.keep_metadata
+            State::Heif(heif) => {
+                heif.complete(stream.pending.len())?;
+                late = heif.take_late();
+                !stream.keep_metadata
             }
         };
-        let (rescrub, late_size) = self
-            .heif
-            .as_mut()
-            .map_or((None, None), |heif| heif.take_late());
+        let (rescrub, late_size) = late;
         Ok(Scrubbed {
-            orientation: self.orientation,
+            orientation: stream.orientation,
             stripped,
-            changed: self.changed,
+            changed: stream.changed,
             rescrub,
             late_size,
         })
     }
 
-    /// Moves up to `n` bytes from `chunk` into `pending`; true once `pending`
-    /// holds `n` bytes.
-    fn fill(&mut self, chunk: &mut Bytes, n: usize) -> bool {
-        let want = n.saturating_sub(self.pending.len()).min(chunk.len());
-        self.pending.extend_from_slice(&chunk.split_to(want));
-        self.pending.len() >= n
-    }
-
     fn sniff(&mut self, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
-        if !self.fill(chunk, SNIFF_LEN) {
+        if !self.stream.fill(chunk, SNIFF_LEN) {
             return Ok(());
         }
-        let head = self.pending.split().freeze();
+        let head = self.stream.pending.split().freeze();
         if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
             // SOI; the bytes after it are parsed like any others.
             out.push(head.slice(..2));
-            self.state = State::Jpeg(Jpeg::Marker { scanned: false });
+            self.state = State::Jpeg(Jpeg::START);
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));
@@ -233,15 +227,11 @@ impl Scrubber {
             // The RIFF size counts from the form type on.
             let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
             out.push(head.slice(..12));
-            self.state = State::Webp {
-                left: u64::from(size).saturating_sub(4),
-                chunk: Webp::START,
-            };
+            self.state = State::Webp(Webp::start(u64::from(size).saturating_sub(4)));
             self.push(head.slice(12..), out)
         } else if heif::is_heif(&head) {
             // The ftyp box is parsed like any other box.
-            self.state = State::Heif;
-            self.heif = Some(Box::new(Heif::new()));
+            self.state = State::Heif(Box::new(Heif::new()));
             self.push(head, out)
         } else {
             out.push(head);
@@ -249,39 +239,10 @@ impl Scrubber {
             Ok(())
         }
     }
-
-    /// The big-endian 32-bit length and the type that open a PNG chunk or
-    /// an ISO-BMFF box, from the first 8 bytes of `pending`.
-    fn length_and_kind(&self) -> (u32, [u8; 4]) {
-        let p = &self.pending;
-        (
-            u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
-            [p[4], p[5], p[6], p[7]],
-        )
-    }
-
-    fn note_orientation(&mut self, tiff: &[u8]) {
-        if let Some(orientation) = image::metadata::Orientation::from_exif_chunk(tiff) {
-            self.orientation = orientation.to_exif();
-        }
-    }
 }
 
 /// Bytes that tell the formats apart (a RIFF header with its form type).
 const SNIFF_LEN: usize = 12;
-
-/// A big-endian TIFF structure with one IFD holding one entry: Orientation.
-fn minimal_tiff(orientation: u8) -> [u8; 26] {
-    let mut tiff = [0u8; 26];
-    tiff[..8].copy_from_slice(b"MM\0\x2A\0\0\0\x08");
-    tiff[8..10].copy_from_slice(&1u16.to_be_bytes()); // one entry
-    tiff[10..12].copy_from_slice(&0x0112u16.to_be_bytes()); // Orientation
-    tiff[12..14].copy_from_slice(&3u16.to_be_bytes()); // SHORT
-    tiff[14..18].copy_from_slice(&1u32.to_be_bytes()); // count
-    tiff[18..20].copy_from_slice(&u16::from(orientation).to_be_bytes());
-    // Value padding (2 bytes) and the next-IFD offset (0) stay zero.
-    tiff
-}
 
 #[cfg(test)]
 mod tests;

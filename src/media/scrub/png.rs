@@ -19,7 +19,9 @@
 //! Work is linear in the input.
 use bytes::Bytes;
 
-use super::*;
+use super::icc;
+use super::stream::{Next, Stream, minimal_tiff};
+use crate::media::MediaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Png {
@@ -123,19 +125,20 @@ fn minimal_png_exif(orientation: u8) -> Bytes {
     Bytes::from(chunk)
 }
 
-impl Scrubber {
-    pub(super) fn png(
-        &mut self,
-        state: Png,
+impl Png {
+    /// Takes the next bytes of the PNG from `chunk`; says what comes next.
+    pub(super) fn push(
+        self,
+        stream: &mut Stream,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
-    ) -> Result<(), MediaError> {
-        match state {
+    ) -> Result<Next<Png>, MediaError> {
+        let next = match self {
             Png::Header => {
-                if !self.fill(chunk, 8) {
-                    return Ok(());
+                if !stream.fill(chunk, 8) {
+                    return Ok(Next::Stay(self));
                 }
-                let (len, kind) = self.length_and_kind();
+                let (len, kind) = stream.length_and_kind();
                 if len > i32::MAX as u32 || !kind.iter().all(u8::is_ascii_alphabetic) {
                     return Err(MediaError::invalid("the PNG's chunk structure is corrupt"));
                 }
@@ -145,28 +148,26 @@ impl Scrubber {
                         String::from_utf8_lossy(&kind)
                     )));
                 }
-                if &kind == b"iCCP" && !self.keep_metadata && len as usize <= MAX_ICC_PROFILE {
+                if &kind == b"iCCP" && !stream.keep_metadata && len as usize <= MAX_ICC_PROFILE {
                     // The header stays pending with the data to come.
-                    self.state = State::Png(Png::Icc { len });
-                    return Ok(());
+                    return Ok(Next::Stay(Png::Icc { len }));
                 }
                 if &kind == b"eXIf" && len <= MAX_PNG_EXIF {
                     // The header stays pending with the data to come.
-                    self.state = State::Png(Png::Exif { len });
-                    return Ok(());
+                    return Ok(Next::Stay(Png::Exif { len }));
                 }
-                let keep = self.keep_metadata || (keep_png_chunk(&kind) && &kind != b"iCCP");
-                let header = self.pending.split().freeze();
+                let keep = stream.keep_metadata || (keep_png_chunk(&kind) && &kind != b"iCCP");
+                let header = stream.pending.split().freeze();
                 if keep {
                     out.push(header);
                 } else {
-                    self.changed = true;
+                    stream.changed = true;
                 }
-                self.state = State::Png(Png::Body {
+                Next::Stay(Png::Body {
                     remaining: u64::from(len) + 4,
                     keep,
                     last: &kind == b"IEND",
-                });
+                })
             }
             Png::Body {
                 remaining,
@@ -181,46 +182,46 @@ impl Scrubber {
                     out.push(part);
                 }
                 let remaining = remaining - n as u64;
-                self.state = match (remaining, last) {
-                    (0, true) => State::Trailer,
-                    (0, false) => State::Png(Png::Header),
-                    _ => State::Png(Png::Body {
+                match (remaining, last) {
+                    (0, true) => Next::Trailer,
+                    (0, false) => Next::Stay(Png::Header),
+                    _ => Next::Stay(Png::Body {
                         remaining,
                         keep,
                         last,
                     }),
-                };
+                }
             }
             Png::Icc { len } => {
                 let len = len as usize;
-                if !self.fill(chunk, 8 + len + 4) {
-                    return Ok(());
+                if !stream.fill(chunk, 8 + len + 4) {
+                    return Ok(Next::Stay(self));
                 }
-                let whole = self.pending.split().freeze();
-                self.changed = true;
+                let whole = stream.pending.split().freeze();
+                stream.changed = true;
                 if let Some(rewritten) = scrub_iccp(&whole[8..8 + len]) {
                     out.push(rewritten);
                 }
-                self.state = State::Png(Png::Header);
+                Next::Stay(Png::Header)
             }
             Png::Exif { len } => {
                 let len = len as usize;
-                if !self.fill(chunk, 8 + len + 4) {
-                    return Ok(());
+                if !stream.fill(chunk, 8 + len + 4) {
+                    return Ok(Next::Stay(self));
                 }
-                let whole = self.pending.split().freeze();
-                self.note_orientation(&whole[8..8 + len]);
-                if self.keep_metadata {
+                let whole = stream.pending.split().freeze();
+                stream.note_orientation(&whole[8..8 + len]);
+                if stream.keep_metadata {
                     out.push(whole);
                 } else {
-                    self.changed = true;
-                    if self.orientation != 1 {
-                        out.push(minimal_png_exif(self.orientation));
+                    stream.changed = true;
+                    if stream.orientation != 1 {
+                        out.push(minimal_png_exif(stream.orientation));
                     }
                 }
-                self.state = State::Png(Png::Header);
+                Next::Stay(Png::Header)
             }
-        }
-        Ok(())
+        };
+        Ok(next)
     }
 }

@@ -22,10 +22,14 @@
 //! 8-byte header per blanked chunk. Work is linear in the input.
 use bytes::Bytes;
 
-use super::*;
+use super::icc;
+use super::stream::{Next, Stream};
+use crate::media::MediaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Webp {
+    /// Bytes of the RIFF container not yet taken from the input.
+    left: u64,
     step: Step,
     /// Bytes not yet taken of the `ANMF` frame being walked (0 at the top
     /// level).
@@ -35,12 +39,16 @@ pub(super) struct Webp {
 }
 
 impl Webp {
-    /// At the first chunk header after the RIFF header.
-    pub(super) const START: Webp = Webp {
-        step: Step::Header,
-        frame: 0,
-        icc: false,
-    };
+    /// At the first chunk header after the RIFF header, with `left` bytes
+    /// of the container to come.
+    pub(super) fn start(left: u64) -> Webp {
+        Webp {
+            left,
+            step: Step::Header,
+            frame: 0,
+            icc: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,60 +94,57 @@ fn webp_junk_header(size: u32) -> Bytes {
     Bytes::from(header)
 }
 
-impl Scrubber {
-    /// One step of the walk over a WebP's chunks; `left` counts the
-    /// container's bytes not yet taken from the input.
-    pub(super) fn webp(
-        &mut self,
-        left: u64,
-        state: Webp,
+impl Webp {
+    /// One step of the walk over a WebP's chunks: takes the next bytes from
+    /// `chunk`; says what comes next.
+    pub(super) fn push(
+        self,
+        stream: &mut Stream,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
-    ) -> Result<(), MediaError> {
+    ) -> Result<Next<Webp>, MediaError> {
         let before = chunk.len();
         let taken = |chunk: &Bytes| (before - chunk.len()) as u64;
         let corrupt = || MediaError::invalid("the WebP's chunk structure is corrupt");
         let Webp {
+            left,
             step,
             frame,
             mut icc,
-        } = state;
+        } = self;
         // What the chunk being read must fit in: the frame, or the file.
         let room = if frame > 0 { frame } else { left };
         let step = match step {
             Step::Header => {
-                if room + (self.pending.len() as u64) < 8 {
+                if room + (stream.pending.len() as u64) < 8 {
                     return Err(corrupt());
                 }
-                if !self.fill(chunk, 8) {
-                    self.state = State::Webp {
+                if !stream.fill(chunk, 8) {
+                    return Ok(Next::Stay(Webp {
                         left: left - taken(chunk),
-                        chunk: Webp {
-                            step,
-                            frame: frame.saturating_sub(taken(chunk)),
-                            icc,
-                        },
-                    };
-                    return Ok(());
+                        step,
+                        frame: frame.saturating_sub(taken(chunk)),
+                        icc,
+                    }));
                 }
                 let kind = [
-                    self.pending[0],
-                    self.pending[1],
-                    self.pending[2],
-                    self.pending[3],
+                    stream.pending[0],
+                    stream.pending[1],
+                    stream.pending[2],
+                    stream.pending[3],
                 ];
                 let size = u32::from_le_bytes([
-                    self.pending[4],
-                    self.pending[5],
-                    self.pending[6],
-                    self.pending[7],
+                    stream.pending[4],
+                    stream.pending[5],
+                    stream.pending[6],
+                    stream.pending[7],
                 ]);
                 let padded = u64::from(size) + u64::from(size & 1);
                 if padded > room - taken(chunk) {
                     return Err(corrupt());
                 }
-                let profile = &kind == b"ICCP" && !self.keep_metadata;
-                let keep = self.keep_metadata
+                let profile = &kind == b"ICCP" && !stream.keep_metadata;
+                let keep = stream.keep_metadata
                     || if frame > 0 {
                         keep_frame_chunk(&kind)
                     } else {
@@ -151,30 +156,28 @@ impl Scrubber {
                         len: 8 + padded as usize,
                     }
                 } else if !keep {
-                    self.changed = true;
-                    self.pending.clear();
+                    stream.changed = true;
+                    stream.pending.clear();
                     out.push(webp_junk_header(size));
                     Step::Blank { remaining: padded }
                 } else {
-                    out.push(self.pending.split().freeze());
-                    if &kind == b"ANMF" && frame == 0 && !self.keep_metadata {
+                    out.push(stream.pending.split().freeze());
+                    if &kind == b"ANMF" && frame == 0 && !stream.keep_metadata {
                         // Its frame header passes; then its chunks are
                         // walked like the file's own.
                         if padded < ANMF_HEADER {
                             return Err(corrupt());
                         }
                         let frame = padded + taken(chunk);
-                        return self.webp_next(
+                        let next = Webp {
                             left,
-                            taken(chunk),
-                            Webp {
-                                step: Step::Body {
-                                    remaining: ANMF_HEADER,
-                                },
-                                frame,
-                                icc,
+                            step: Step::Body {
+                                remaining: ANMF_HEADER,
                             },
-                        );
+                            frame,
+                            icc,
+                        };
+                        return Ok(next.after(taken(chunk)));
                     }
                     Step::Body { remaining: padded }
                 }
@@ -199,21 +202,20 @@ impl Scrubber {
                 }
             }
             Step::Collect { len } => {
-                if !self.fill(chunk, len) {
-                    self.state = State::Webp {
+                if !stream.fill(chunk, len) {
+                    return Ok(Next::Stay(Webp {
                         left: left - taken(chunk),
-                        chunk: state,
-                    };
-                    return Ok(());
+                        ..self
+                    }));
                 }
-                let mut whole = self.pending.split();
+                let mut whole = stream.pending.split();
                 if &whole[..4] == b"ICCP" {
                     // Kept with its text blanked; malformed, dropped.
                     let size = u32::from_le_bytes([whole[4], whole[5], whole[6], whole[7]]);
                     match icc::blank_profile_text(&mut whole[8..8 + size as usize]) {
-                        Ok(changed) => self.changed |= changed,
+                        Ok(changed) => stream.changed |= changed,
                         Err(icc::Malformed) => {
-                            self.changed = true;
+                            stream.changed = true;
                             whole[..4].copy_from_slice(b"JUNK");
                             whole[8..].fill(0);
                         }
@@ -221,18 +223,18 @@ impl Scrubber {
                 } else if &whole[..4] == b"EXIF" {
                     let payload = &whole[8..];
                     let tiff = payload.strip_prefix(b"Exif\0\0").unwrap_or(payload);
-                    self.note_orientation(tiff);
-                    if !self.keep_metadata {
-                        self.changed = true;
+                    stream.note_orientation(tiff);
+                    if !stream.keep_metadata {
+                        stream.changed = true;
                         whole[..4].copy_from_slice(b"JUNK");
                         whole[8..].fill(0);
                     }
                 } else if whole.len() > 8 {
                     // VP8X: its ICC flag (0x20) says whether ICCP counts.
                     icc = whole[8] & 0x20 != 0;
-                    if !self.keep_metadata && whole[8] & 0x0C != 0 {
+                    if !stream.keep_metadata && whole[8] & 0x0C != 0 {
                         // Clear the EXIF (0x08) and XMP (0x04) flags.
-                        self.changed = true;
+                        stream.changed = true;
                         whole[8] &= !0x0C;
                     }
                 }
@@ -240,25 +242,27 @@ impl Scrubber {
                 Step::Header
             }
         };
-        self.webp_next(left, taken(chunk), Webp { step, frame, icc })
+        let next = Webp {
+            left,
+            step,
+            frame,
+            icc,
+        };
+        Ok(next.after(taken(chunk)))
     }
 
-    /// Moves on after `taken` bytes of the container were consumed.
-    fn webp_next(&mut self, left: u64, taken: u64, next: Webp) -> Result<(), MediaError> {
-        let left = left - taken;
-        let frame = next.frame.saturating_sub(taken);
-        self.state = if left == 0 && next.step == Step::Header {
-            State::Trailer
+    /// This state once `taken` bytes of the container were consumed: the
+    /// container ends at a chunk boundary with none of it left.
+    fn after(self, taken: u64) -> Next<Webp> {
+        let left = self.left - taken;
+        if left == 0 && self.step == Step::Header {
+            Next::Trailer
         } else {
-            State::Webp {
+            Next::Stay(Webp {
                 left,
-                chunk: Webp {
-                    step: next.step,
-                    frame,
-                    icc: next.icc,
-                },
-            }
-        };
-        Ok(())
+                frame: self.frame.saturating_sub(taken),
+                ..self
+            })
+        }
     }
 }
