@@ -28,6 +28,9 @@
 //!   header, or the call ends with DEADLINE_EXCEEDED. An upload already
 //!   needs a whole message within that time (its pace counts bytes as
 //!   tonic hands over whole messages), so honest callers see no change;
+//! - an upload's messages after its first are not reserved again: an
+//!   admitted upload's working set already counts one message, and one
+//!   not admitted has nothing more of its stream read;
 //! - the reservation is given back when the message's last byte has
 //!   passed (tonic decodes it, and the handler's own accounting takes
 //!   over) or when the body is dropped.
@@ -242,6 +245,7 @@ where
             return self.inner.call(request);
         }
         let largest = largest_message(request.uri().path());
+        let reserves_every_message = request.uri().path() != UPLOAD;
         let peer = request
             .extensions()
             .get::<PeerInfo>()
@@ -251,6 +255,8 @@ where
             tonic::body::Body::new(MeteredBody {
                 inner: body,
                 largest,
+                reserves_every_message,
+                messages: 0,
                 peer,
                 shared,
                 reading: Reading::Header {
@@ -294,6 +300,11 @@ type Holding = Pin<Box<dyn Future<Output = Result<Held, Status>> + Send>>;
 struct MeteredBody {
     inner: tonic::body::Body,
     largest: u64,
+    /// False for an upload, whose admission counts its messages after the
+    /// first.
+    reserves_every_message: bool,
+    /// Messages whose header has been read.
+    messages: u64,
     peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     reading: Reading,
@@ -330,6 +341,7 @@ impl MeteredBody {
                             self.largest
                         ))));
                     }
+                    self.messages += 1;
                     self.reading = Reading::Message {
                         length,
                         left: length,
@@ -354,10 +366,11 @@ impl MeteredBody {
                 self.deadline = None;
             }
         }
+        let reserves = self.reserves_every_message || self.messages == 1;
         Ok(match &self.reading {
             Reading::Message {
                 length, held: None, ..
-            } => Some(*length),
+            } if reserves => Some(*length),
             _ => None,
         })
     }
