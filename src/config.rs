@@ -270,6 +270,17 @@ pub struct ConnectionSettings {
     /// call for 1 s are closed anyway when another waits.
     #[arg(long, env = "IMAGE_SERVICE_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub grpc_idle_timeout: Duration,
+
+    /// gRPC listener: bytes of request messages still arriving that one
+    /// connection may hold at once. A message not whole in the frame that
+    /// starts it reserves its declared length from this and from
+    /// --memory-budget until its last byte arrives; past it the message
+    /// waits (its stream is not read) up to --memory-wait, then its call
+    /// is refused with RESOURCE_EXHAUSTED. The default holds four upload
+    /// chunks of 4 MiB, or sixteen of the recommended 1 MiB; at least one
+    /// message of the largest size (4 MiB + 64 KiB) is always allowed.
+    #[arg(long, env = "IMAGE_SERVICE_GRPC_MAX_PARTIAL_REQUEST_BYTES_PER_CONNECTION", default_value = "16MiB", value_parser = parse_byte_size, global = true)]
+    pub grpc_max_partial_request_bytes_per_connection: u64,
 }
 
 /// How callers are identified: the settings of [`crate::grpc::auth`].
@@ -439,7 +450,9 @@ pub struct LimitSettings {
 
     /// An upload stream that sends no image bytes for this long is
     /// abandoned (DEADLINE_EXCEEDED) and stores nothing. Messages without
-    /// bytes (empty chunks) do not count as progress.
+    /// bytes (empty chunks) do not count as progress. Also the longest a
+    /// request message of any call may take to arrive whole, from its
+    /// first bytes (DEADLINE_EXCEEDED after it).
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub upload_idle_timeout: Duration,
 

@@ -17,6 +17,7 @@ use crate::domain::Images;
 use crate::domain::ports::OpenSessions;
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
+use crate::grpc::request_memory::{HoldRequests, RequestLimits};
 use crate::grpc::service::CallLimits;
 use crate::listener::{self, AcceptSettings, Idleness, Shedding};
 use crate::pb;
@@ -36,6 +37,8 @@ pub struct Application {
     images: Images,
     auth: Arc<Authenticator>,
     transport: TransportLimits,
+    /// What a request message still arriving may hold, and for how long.
+    requests: RequestLimits,
     /// TLS of the gRPC and HTTP listeners, when configured.
     tls: Option<(Arc<Tls>, Arc<Tls>)>,
     http_blobs: Option<Arc<EmbeddedBlobStore>>,
@@ -103,6 +106,13 @@ impl Application {
             images,
             auth,
             transport: TransportLimits::from_settings(&config.connections),
+            requests: RequestLimits {
+                per_connection: config
+                    .connections
+                    .grpc_max_partial_request_bytes_per_connection,
+                wait: config.limits.memory_wait,
+                message_timeout: config.limits.upload_idle_timeout,
+            },
             tls,
             http_blobs,
             backend: config.storage.backend,
@@ -165,6 +175,7 @@ impl Application {
         // no longer open: the domain's session records answer it.
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
         let limits = self.transport;
+        let hold_requests = HoldRequests::new(self.images.memory().clone(), self.requests);
         let api = ImageServiceServer::new(ImageApi::new(
             self.images,
             self.auth,
@@ -257,6 +268,9 @@ impl Application {
             // Counts each connection's calls in flight: the listener sheds
             // only connections without one.
             .layer(listener::CountCalls)
+            // Request messages hold their memory while they arrive, and
+            // one larger than its call takes, or that does not arrive, ends.
+            .layer(hold_requests)
             // Bytes a connection's callers may send ahead of what the
             // service has read, and each call's share of them. The streams
             // of one connection together can never fill its window: an

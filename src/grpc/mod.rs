@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod convert;
+pub mod request_memory;
 pub mod response_memory;
 pub mod service;
 mod status;

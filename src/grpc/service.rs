@@ -10,6 +10,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::RETRY_PUSHBACK;
 use super::auth::Authenticator;
 use super::convert;
 use super::response_memory::HeldMemory;
@@ -226,11 +227,19 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A failure of the incoming upload stream itself.
+/// A failure of the incoming upload stream itself. The request layer
+/// ([`crate::grpc::request_memory`]) ends a message too large, without
+/// room, or not arriving: the caller gets its status as it was.
 fn stream_error(status: Status) -> DomainError {
+    let message = status.message().to_owned();
     match status.code() {
-        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => DomainError::Cancelled,
-        _ => DomainError::invalid(format!("the upload stream failed: {}", status.message())),
+        tonic::Code::Cancelled => DomainError::Cancelled,
+        tonic::Code::DeadlineExceeded => DomainError::DeadlineExceeded(message),
+        tonic::Code::ResourceExhausted if status.metadata().get(RETRY_PUSHBACK).is_some() => {
+            DomainError::TooLarge(message)
+        }
+        tonic::Code::ResourceExhausted => DomainError::ResourceExhausted(message),
+        _ => DomainError::invalid(format!("the upload stream failed: {message}")),
     }
 }
 

@@ -182,6 +182,10 @@ fn describe() {
         "uploads refused because every upload slot stayed busy for --upload-slot-wait"
     );
     describe_counter!(
+        "imageservice_request_message_refusals_total",
+        "gRPC calls ended by their request message, by reason (too_large, connection, stalled)"
+    );
+    describe_counter!(
         "imageservice_calls_shed_total",
         "calls refused with UNAVAILABLE at --max-in-flight-calls"
     );

@@ -16,6 +16,7 @@ mod http_listener;
 mod identity;
 mod imagectl;
 mod migrate;
+mod partial_requests;
 mod pipeline;
 mod properties;
 mod scrubbing;

@@ -1,0 +1,575 @@
+//! Request messages count against the memory budget while they arrive, a
+//! message larger than its call can use is refused from its header, and a
+//! message that does not arrive whole in time ends.
+//!
+//! tonic gathers each request message whole before it decodes it, and it
+//! allocates the length a message's gRPC frame header declares (5 bytes:
+//! a flag and a big-endian length) as soon as it reads the header. A
+//! caller that declares 4 MiB, sends all but a few bytes and then trickles
+//! the rest holds that buffer for as long as it likes; 100 streams on each
+//! of many connections took a replica from 50 MB to 1.6 GB. So
+//! [`HoldRequests`] reads the frame headers in each request body before
+//! tonic does:
+//!
+//! - a message longer than its method's largest valid request
+//!   ([`largest_message`]) is refused at once, before its bytes are read
+//!   (RESOURCE_EXHAUSTED, not to be retried);
+//! - a message that does not arrive in the DATA frame that starts it
+//!   reserves its declared length from the memory budget, and from its
+//!   connection's allowance (`--grpc-max-partial-request-bytes-per-connection`),
+//!   before tonic sees its header: the length, not the bytes so far,
+//!   because that is what tonic allocates, and because a message that was
+//!   let in can then always finish (reserving as bytes arrive, partial
+//!   messages could each wait for room the others hold). While it waits
+//!   for room nothing more of its stream is read, so HTTP/2 flow control
+//!   holds the caller back; past `--memory-wait` the call ends with
+//!   RESOURCE_EXHAUSTED (worth retrying: the room is others' work);
+//! - the message must arrive whole within `--upload-idle-timeout` of its
+//!   header, or the call ends with DEADLINE_EXCEEDED. An upload already
+//!   needs a whole message within that time (its pace counts bytes as
+//!   tonic hands over whole messages), so honest callers see no change;
+//! - an upload's messages after its first are not reserved again: an
+//!   admitted upload's working set already counts one message, and one
+//!   not admitted has nothing more of its stream read;
+//! - the reservation is given back when the message's last byte has
+//!   passed (tonic decodes it, and the handler's own accounting takes
+//!   over) or when the body is dropped.
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tonic::codegen::http;
+
+use crate::domain::DomainError;
+use crate::domain::budget::{MemoryBudget, Reservation};
+use crate::domain::upload::MAX_MESSAGE_BYTES;
+use crate::listener::PeerInfo;
+
+/// The one method whose messages carry image bytes.
+const UPLOAD: &str = "/imageservice.v1.ImageService/UploadImage";
+
+/// The image service's methods other than `UploadImage`.
+const IMAGE_SERVICE: &str = "/imageservice.v1.ImageService/";
+
+/// The largest request of the image service's calls other than
+/// `UploadImage`. The largest valid ones, at every limit the service
+/// checks and with characters of 4 bytes, are a `StartUpload` spec (its 32
+/// attributes of 1 KiB keys and values, 30 tags of 64 characters and a
+/// description of 2 200: about 90 KiB) and a `GetUploadUrls` naming the
+/// size of each of the most parts `--max-upload-parts` allows (10 000 × 11
+/// bytes); twice the larger leaves room for a long filename (cut to 255
+/// characters only once read) and fields a newer client adds.
+pub const MAX_CALL_REQUEST_BYTES: u64 = 256 * 1024;
+
+/// The largest request of the health and reflection services: a service
+/// name, a symbol or a file name.
+pub const MAX_OTHER_REQUEST_BYTES: u64 = 16 * 1024;
+
+/// The largest request message `path` may be sent.
+pub fn largest_message(path: &str) -> u64 {
+    if path == UPLOAD {
+        MAX_MESSAGE_BYTES
+    } else if path.starts_with(IMAGE_SERVICE) {
+        MAX_CALL_REQUEST_BYTES
+    } else {
+        MAX_OTHER_REQUEST_BYTES
+    }
+}
+
+/// What [`HoldRequests`] allows a request message still arriving.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Bytes the messages still arriving on one connection may reserve
+    /// together (at least one message of the largest size).
+    pub per_connection: u64,
+    /// How long a message waits for room before its call is refused.
+    pub wait: Duration,
+    /// How long a message may take to arrive whole, from its header.
+    pub message_timeout: Duration,
+}
+
+/// The layer on the gRPC server that reads the frame headers of request
+/// bodies: see the module's documentation.
+#[derive(Clone, Debug)]
+pub struct HoldRequests {
+    shared: Arc<Shared>,
+}
+
+impl HoldRequests {
+    pub fn new(budget: MemoryBudget, limits: RequestLimits) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                budget,
+                limits: RequestLimits {
+                    per_connection: limits.per_connection.max(MAX_MESSAGE_BYTES),
+                    ..limits
+                },
+                connections: Mutex::default(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    budget: MemoryBudget,
+    limits: RequestLimits,
+    connections: Mutex<Connections>,
+}
+
+/// Each connection's allowance, in bytes, while some message of it holds
+/// part of it; keyed by the peer's address and port, which name one open
+/// connection of the listener.
+#[derive(Debug, Default)]
+struct Connections {
+    allowances: HashMap<SocketAddr, Weak<Semaphore>>,
+    /// The number of entries after the last sweep of those no message holds.
+    swept: usize,
+}
+
+impl Shared {
+    fn allowance(&self, peer: SocketAddr) -> Arc<Semaphore> {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowance) = connections.allowances.get(&peer).and_then(Weak::upgrade) {
+            return allowance;
+        }
+        if connections.allowances.len() >= (connections.swept * 2).max(64) {
+            connections
+                .allowances
+                .retain(|_, allowance| allowance.strong_count() > 0);
+            connections.swept = connections.allowances.len();
+        }
+        let permits = usize::try_from(self.limits.per_connection)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let allowance = Arc::new(Semaphore::new(permits));
+        connections
+            .allowances
+            .insert(peer, Arc::downgrade(&allowance));
+        allowance
+    }
+
+    /// Reserves `bytes` for a message of the connection of `peer`: from
+    /// the connection's allowance, then from the budget, within the wait.
+    async fn hold(self: Arc<Self>, peer: Option<SocketAddr>, bytes: u64) -> Result<Held, Status> {
+        let started = Instant::now();
+        let wait = self.limits.wait;
+        let connection = match peer {
+            Some(peer) => {
+                let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+                let acquire = self.allowance(peer).acquire_many_owned(permits);
+                match tokio::time::timeout(wait, acquire).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        refused("connection");
+                        return Err(Status::from(DomainError::ResourceExhausted(format!(
+                            "the request messages still arriving on this connection hold its \
+                             allowance of {} (--grpc-max-partial-request-bytes-per-connection); \
+                             this one needs {}: retry shortly",
+                            human(self.limits.per_connection),
+                            human(bytes)
+                        ))));
+                    }
+                }
+            }
+            None => None,
+        };
+        let memory = self
+            .budget
+            .reserve_within(
+                bytes,
+                "a request message still arriving",
+                wait.saturating_sub(started.elapsed()),
+            )
+            .await
+            .map_err(Status::from)?;
+        Ok(Held {
+            _memory: memory,
+            _connection: connection,
+        })
+    }
+}
+
+fn human(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("imageservice_request_message_refusals_total", "reason" => reason)
+        .increment(1);
+}
+
+impl<S> tower_layer::Layer<S> for HoldRequests {
+    type Service = HeldRequests<S>;
+
+    fn layer(&self, inner: S) -> HeldRequests<S> {
+        HeldRequests {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`HoldRequests`].
+#[derive(Clone, Debug)]
+pub struct HeldRequests<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type Request = http::Request<tonic::body::Body>;
+
+impl<S> tower_service::Service<Request> for HeldRequests<S>
+where
+    S: tower_service::Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> S::Future {
+        if request.body().is_end_stream() {
+            return self.inner.call(request);
+        }
+        let largest = largest_message(request.uri().path());
+        let reserves_every_message = request.uri().path() != UPLOAD;
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.remote);
+        let shared = self.shared.clone();
+        let request = request.map(|body| {
+            tonic::body::Body::new(MeteredBody {
+                inner: body,
+                largest,
+                reserves_every_message,
+                messages: 0,
+                peer,
+                shared,
+                reading: Reading::Header {
+                    header: [0; HEADER],
+                    have: 0,
+                },
+                waiting: None,
+                deadline: None,
+                ended: false,
+            })
+        });
+        self.inner.call(request)
+    }
+}
+
+/// A gRPC frame header: the compressed flag and the length.
+const HEADER: usize = 5;
+
+/// Where a request body is among its messages.
+enum Reading {
+    /// Between messages: `have` bytes of the next header so far.
+    Header { header: [u8; HEADER], have: usize },
+    /// Inside a message of `length` bytes, `left` of them still to come;
+    /// `held` once it has had to reserve them.
+    Message {
+        length: u64,
+        left: u64,
+        held: Option<Held>,
+    },
+}
+
+/// What a message still arriving holds.
+struct Held {
+    _memory: Reservation,
+    _connection: Option<OwnedSemaphorePermit>,
+}
+
+type Holding = Pin<Box<dyn Future<Output = Result<Held, Status>> + Send>>;
+
+/// A request body whose messages are measured as they pass.
+struct MeteredBody {
+    inner: tonic::body::Body,
+    largest: u64,
+    /// False for an upload, whose admission counts its messages after the
+    /// first.
+    reserves_every_message: bool,
+    /// Messages whose header has been read.
+    messages: u64,
+    peer: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    reading: Reading,
+    /// A frame that starts a message it does not finish, held back until
+    /// the message has its reservation.
+    waiting: Option<(Frame<Bytes>, Holding)>,
+    /// When the message being read must be whole.
+    deadline: Option<Pin<Box<Sleep>>>,
+    ended: bool,
+}
+
+impl MeteredBody {
+    /// Follows `data` through the messages; the length to reserve when it
+    /// leaves a message unfinished that has not reserved yet.
+    fn scan(&mut self, mut data: &[u8]) -> Result<Option<u64>, Status> {
+        while !data.is_empty() {
+            match &mut self.reading {
+                Reading::Header { header, have } => {
+                    let take = (HEADER - *have).min(data.len());
+                    header[*have..*have + take].copy_from_slice(&data[..take]);
+                    *have += take;
+                    data.advance(take);
+                    if *have < HEADER {
+                        continue;
+                    }
+                    let length = u64::from(u32::from_be_bytes([
+                        header[1], header[2], header[3], header[4],
+                    ]));
+                    if length > self.largest {
+                        refused("too_large");
+                        return Err(Status::from(DomainError::TooLarge(format!(
+                            "the request message declares {length} bytes; this call takes at \
+                             most {} bytes",
+                            self.largest
+                        ))));
+                    }
+                    self.messages += 1;
+                    self.reading = Reading::Message {
+                        length,
+                        left: length,
+                        held: None,
+                    };
+                    self.deadline = Some(Box::pin(tokio::time::sleep(
+                        self.shared.limits.message_timeout,
+                    )));
+                }
+                Reading::Message { left, .. } => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                    *left -= take as u64;
+                    data.advance(take);
+                }
+            }
+            if matches!(self.reading, Reading::Message { left: 0, .. }) {
+                // Whole: tonic decodes it now; its reservation goes back.
+                self.reading = Reading::Header {
+                    header: [0; HEADER],
+                    have: 0,
+                };
+                self.deadline = None;
+            }
+        }
+        let reserves = self.reserves_every_message || self.messages == 1;
+        Ok(match &self.reading {
+            Reading::Message {
+                length, held: None, ..
+            } if reserves => Some(*length),
+            _ => None,
+        })
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.ended = true;
+        self.waiting = None;
+        self.reading = Reading::Header {
+            header: [0; HEADER],
+            have: 0,
+        };
+        self.deadline = None;
+        Poll::Ready(Some(Err(status)))
+    }
+
+    fn stalled(&self) -> Status {
+        refused("stalled");
+        Status::deadline_exceeded(format!(
+            "a request message did not arrive whole within {}s of its start \
+             (--upload-idle-timeout)",
+            self.shared.limits.message_timeout.as_secs_f32()
+        ))
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Some((_, holding)) = &mut this.waiting {
+                let held = match holding.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(status)) => return this.fail(status),
+                    Poll::Ready(Ok(held)) => held,
+                };
+                let (frame, _) = this.waiting.take().expect("a frame waits");
+                if let Reading::Message { held: slot, .. } = &mut this.reading {
+                    *slot = Some(held);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if let Some(deadline) = &mut this.deadline
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                let status = this.stalled();
+                return this.fail(status);
+            }
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    let inside = match &this.reading {
+                        Reading::Header { have, .. } => *have > 0,
+                        Reading::Message { .. } => true,
+                    };
+                    if inside {
+                        return this.fail(Status::invalid_argument(
+                            "the request ended inside a message",
+                        ));
+                    }
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let Some(data) = frame.data_ref() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            match this.scan(data) {
+                Err(status) => return this.fail(status),
+                Ok(None) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Some(length)) => {
+                    let holding = Box::pin(this.shared.clone().hold(this.peer, length));
+                    this.waiting = Some((frame, holding));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.waiting.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::validation::{
+        MAX_ATTRIBUTE_BYTES, MAX_ATTRIBUTES, MAX_DESCRIPTION_CHARS, MAX_FILENAME_CHARS,
+        MAX_IDEMPOTENCY_KEY_BYTES, MAX_LOCATION_CHARS, MAX_TAG_CHARS, MAX_TAGS, MAX_TITLE_CHARS,
+    };
+    use crate::pb;
+    use prost::Message;
+
+    /// A string of `chars` characters of 4 bytes each.
+    fn wide(chars: usize) -> String {
+        "😀".repeat(chars)
+    }
+
+    fn largest_spec() -> pb::ImageSpec {
+        pb::ImageSpec {
+            filename: wide(MAX_FILENAME_CHARS),
+            content_type: Some("image/jpeg".into()),
+            title: wide(MAX_TITLE_CHARS),
+            description: wide(MAX_DESCRIPTION_CHARS),
+            tags: (0..MAX_TAGS).map(|_| wide(MAX_TAG_CHARS)).collect(),
+            location: wide(MAX_LOCATION_CHARS),
+            attributes: (0..MAX_ATTRIBUTES)
+                .map(|n| {
+                    let key = format!("{n:02}{}", "k".repeat(MAX_ATTRIBUTE_BYTES - 2));
+                    (key, "v".repeat(MAX_ATTRIBUTE_BYTES))
+                })
+                .collect(),
+            expected_size: Some(i64::MAX),
+            sha256: Some("0".repeat(64)),
+            crc32c: Some(u32::MAX),
+            idempotency_key: Some("i".repeat(MAX_IDEMPOTENCY_KEY_BYTES)),
+        }
+    }
+
+    /// Every valid request of the image service's calls other than
+    /// `UploadImage` fits twice in the bound, so headroom is left.
+    #[test]
+    fn the_largest_valid_requests_fit_the_bound_twice() {
+        let id = uuid::Uuid::now_v7().urn().to_string();
+        let largest = [
+            pb::StartUploadRequest {
+                spec: Some(largest_spec()),
+                expected_size: Some(i64::MAX),
+            }
+            .encoded_len(),
+            pb::GetUploadUrlsRequest {
+                upload_id: id.clone(),
+                parts: Some(pb::get_upload_urls_request::Parts::PartSizes(
+                    pb::PartSizes {
+                        sizes: vec![i64::MAX; 10_000],
+                    },
+                )),
+                expires_in: None,
+            }
+            .encoded_len(),
+            pb::UpdateImageRequest {
+                image_id: id.clone(),
+                title: wide(MAX_TITLE_CHARS),
+                description: wide(MAX_DESCRIPTION_CHARS),
+                tags: (0..MAX_TAGS).map(|_| wide(MAX_TAG_CHARS)).collect(),
+                location: wide(MAX_LOCATION_CHARS),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: ["title", "description", "tags", "location"]
+                        .map(Into::into)
+                        .into(),
+                }),
+                etag: "e".repeat(64),
+            }
+            .encoded_len(),
+            pb::BatchGetImagesRequest {
+                image_ids: vec![id; crate::domain::ports::MAX_BATCH_GET],
+                url_variant: "original".into(),
+                ..Default::default()
+            }
+            .encoded_len(),
+        ];
+        for size in largest {
+            assert!(2 * size as u64 <= MAX_CALL_REQUEST_BYTES, "{size} bytes");
+        }
+        // The first message of an upload is the same spec.
+        assert!(
+            pb::UploadImageRequest {
+                data: Some(pb::upload_image_request::Data::Spec(largest_spec())),
+                ..Default::default()
+            }
+            .encoded_len() as u64
+                <= MAX_CALL_REQUEST_BYTES
+        );
+    }
+
+    #[test]
+    fn only_uploads_take_large_messages() {
+        assert_eq!(largest_message(UPLOAD), MAX_MESSAGE_BYTES);
+        assert_eq!(
+            largest_message("/imageservice.v1.ImageService/ListImages"),
+            MAX_CALL_REQUEST_BYTES
+        );
+        assert_eq!(
+            largest_message("/grpc.health.v1.Health/Check"),
+            MAX_OTHER_REQUEST_BYTES
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! Request messages that arrive in part: a raw HTTP/2 client declares a
+//! message's length in its gRPC frame header and sends less, or trickles
+//! it. A message longer than its call takes is refused from its header;
+//! messages still arriving hold the memory budget and their connection's
+//! allowance, and end when they do not arrive in time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tonic::Code;
+use tonic::codegen::http;
+
+use crate::helpers::binary::Service;
+use crate::helpers::{Backend, TestApp};
+
+const LIST: &str = "/imageservice.v1.ImageService/ListImages";
+const UPLOAD: &str = "/imageservice.v1.ImageService/UploadImage";
+
+/// A call whose request is still being sent.
+struct Partial {
+    response: h2::client::ResponseFuture,
+    body: h2::SendStream<Bytes>,
+}
+
+/// The status a call was answered with (within `wait`), its message and
+/// the headers.
+async fn status_within(
+    response: h2::client::ResponseFuture,
+    wait: Duration,
+) -> (Code, String, http::HeaderMap) {
+    let response = tokio::time::timeout(wait, response)
+        .await
+        .expect("an answer in time")
+        .expect("an HTTP/2 response");
+    status_of(response.headers().clone())
+}
+
+/// The status of a trailers-only answer, its message and the headers.
+fn status_of(headers: http::HeaderMap) -> (Code, String, http::HeaderMap) {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let code = Code::from(text("grpc-status").parse::<i32>().expect("trailers only"));
+    (code, text("grpc-message"), headers)
+}
+
+/// One HTTP/2 connection of a raw caller.
+struct RawCaller {
+    calls: h2::client::SendRequest<Bytes>,
+    /// Calls made so far: each is another user's, so that no per-user
+    /// limit answers first.
+    made: usize,
+    _connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+impl RawCaller {
+    async fn connect(addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (calls, connection) = h2::client::Builder::new()
+            .handshake(tcp)
+            .await
+            .expect("an HTTP/2 connection");
+        Self {
+            calls,
+            made: 0,
+            _connection: tokio::spawn(connection),
+        }
+    }
+
+    /// Calls `path` with a message that declares `declared` bytes, and
+    /// sends the header and `sent` of them, leaving the request open.
+    async fn call(&mut self, path: &str, declared: u32, sent: usize) -> Partial {
+        self.made += 1;
+        let request = http::Request::post(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-user-id", format!("mallory-{}", self.made))
+            .body(())
+            .unwrap();
+        let mut calls = self.calls.clone().ready().await.expect("room for a call");
+        let (response, mut body) = calls.send_request(request, false).unwrap();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&declared.to_be_bytes());
+        framed.extend_from_slice(&payload(declared as usize)[..sent]);
+        // A refused call may be reset before its bytes go out.
+        let _ = body.send_data(Bytes::from(framed), false);
+        Partial { response, body }
+    }
+}
+
+/// A message of `length` bytes (at least 4) that every request type
+/// decodes: one field (99) that none of them knows.
+fn payload(length: usize) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    let mut content = length - 3;
+    while 2 + encoded_len_varint(content as u64) + content > length {
+        content -= 1;
+    }
+    let mut bytes = Vec::with_capacity(length);
+    encode_key(99, WireType::LengthDelimited, &mut bytes);
+    encode_varint(content as u64, &mut bytes);
+    bytes.resize(length, b'x');
+    bytes
+}
+
+/// Makes 17 listings that each declare 256 KiB and send 1 000 bytes of
+/// it, of which 16 fit in 4 MiB: the calls left open, and the answer of
+/// the one refused (whichever the server came to last).
+async fn seventeen_partial_listings(
+    caller: &mut RawCaller,
+) -> (Vec<h2::SendStream<Bytes>>, (Code, String, http::HeaderMap)) {
+    let mut calls = Vec::new();
+    for _ in 0..17 {
+        calls.push(caller.call(LIST, 256 << 10, 1000).await);
+    }
+    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+        let answer = tokio::time::timeout(Duration::from_secs(10), call.response).await;
+        (answer, call.body)
+    }))
+    .await;
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for (answer, body) in answers {
+        match answer {
+            Ok(response) => refused.push(response.expect("an HTTP/2 response")),
+            Err(_) => held.push(body),
+        }
+    }
+    assert_eq!(held.len(), 16, "16 held, one refused");
+    let refused = refused.pop().expect("one refused");
+    (held, status_of(refused.headers().clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_declares_a_large_message_is_refused_from_its_header() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let mut mallory = RawCaller::connect(app.grpc_addr).await;
+    let started = Instant::now();
+    // 4 MiB would pass tonic's own limit; a listing request is never more
+    // than a few KiB.
+    let call = mallory.call(LIST, 4 << 20, 100).await;
+    let (code, message, headers) = status_within(call.response, Duration::from_secs(10)).await;
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("4194304"), "{message}");
+    assert_eq!(
+        headers.get(image_service::grpc::RETRY_PUSHBACK).unwrap(),
+        "-1",
+        "not worth retrying"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A listing of the ordinary size goes through on the same connection.
+    app.list("alice", Default::default())
+        .await
+        .expect("a listing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_still_arriving_hold_the_budget_and_are_refused_past_it() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+    )
+    .await;
+    let mut mallory = RawCaller::connect(app.grpc_addr).await;
+    // Each declares 256 KiB and sends a little: 16 of them take the 4 MiB.
+    let (held, refused) = seventeen_partial_listings(&mut mallory).await;
+    let (code, message, headers) = refused;
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("--memory-budget"), "{message}");
+    assert!(
+        headers.get(image_service::grpc::RETRY_PUSHBACK).is_none(),
+        "worth retrying: the room is others'"
+    );
+    // Others' calls that reserve memory are refused as well while the
+    // partial messages hold it...
+    assert!(app.list("alice", Default::default()).await.is_err());
+    // ... and served once they are gone.
+    drop(held);
+    let mut listed = false;
+    for _ in 0..50 {
+        if app.list("alice", Default::default()).await.is_ok() {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed, "the budget came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_at_most_its_allowance_of_messages_still_arriving() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            // Taken as the largest message, 4 MiB + 64 KiB.
+            "--grpc-max-partial-request-bytes-per-connection",
+            "1MiB",
+            "--memory-wait",
+            "300ms",
+        ],
+    )
+    .await;
+    let mut mallory = RawCaller::connect(app.grpc_addr).await;
+    let (held, refused) = seventeen_partial_listings(&mut mallory).await;
+    let (code, message, _) = refused;
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("--grpc-max-partial-request-bytes-per-connection"),
+        "{message}"
+    );
+
+    // Another connection has its own allowance.
+    let mut other = RawCaller::connect(app.grpc_addr).await;
+    let call = other.call(LIST, 256 << 10, 1000).await;
+    let mut body = call.body;
+    body.send_data(Bytes::from(payload(256 << 10).split_off(1000)), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), call.response)
+        .await
+        .expect("an answer")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "a listing, not a refusal: {:?}",
+        response.headers()
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_message_ends_within_the_idle_timeout() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--upload-idle-timeout", "1s"]).await;
+    let mut mallory = RawCaller::connect(app.grpc_addr).await;
+    let started = Instant::now();
+    let Partial { response, mut body } = mallory.call(LIST, 1000, 10).await;
+    // A byte every 100 ms: it keeps coming, far too slowly.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if body.send_data(Bytes::from_static(&[0]), false).is_err() {
+                break;
+            }
+        }
+    });
+    let (code, message, _) = status_within(response, Duration::from_secs(10)).await;
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
+    assert!(message.contains("--upload-idle-timeout"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    trickle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_declaring_large_messages_do_not_raise_memory_past_the_budget() {
+    let service = Service::start(&[
+        ("IMAGE_SERVICE_MEMORY_BUDGET", "32MiB".into()),
+        ("IMAGE_SERVICE_MEMORY_WAIT", "200ms".into()),
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.reset_peak();
+    let before = service.rss_kib();
+    // 2 connections × 100 uploads, each declaring a 4 MiB first message
+    // and sending 1 MiB of it: 200 MiB held before these were counted.
+    let mut callers = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let mut caller = RawCaller::connect(service.grpc).await;
+        for _ in 0..100 {
+            calls.push(caller.call(UPLOAD, 4 << 20, 1 << 20).await);
+        }
+        callers.push(caller);
+    }
+    // The refusals come after --memory-wait; the calls let in stay open.
+    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
+        (answer, call.body)
+    }))
+    .await;
+    let mut refused = 0;
+    let mut open = Vec::new();
+    for (answer, body) in answers {
+        match answer {
+            Ok(response) => {
+                let response = response.expect("an HTTP/2 response");
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("grpc-status")
+                        .map(|v| v.to_str().unwrap()),
+                    Some("8"),
+                    "RESOURCE_EXHAUSTED: {:?}",
+                    response.headers()
+                );
+                refused += 1;
+            }
+            Err(_) => open.push(body),
+        }
+    }
+    let grown_mib = service.peak_kib().saturating_sub(before) / 1024;
+    assert!(refused >= 150, "{refused} of 200 refused");
+    assert!(
+        grown_mib < 100,
+        "the server grew by {grown_mib} MiB over a 32 MiB budget"
+    );
+    drop(open);
+    service.stop().await;
+}
