@@ -86,11 +86,21 @@ pub struct Watched<B> {
 
 struct Shared<B> {
     inner: Mutex<Option<Inner<B>>>,
-    /// Since when a frame has been offered and not asked for; `None` while
-    /// hyper waits on the body.
-    offered: Mutex<Option<Instant>>,
+    /// Where the body stands with hyper.
+    offered: Mutex<Offer>,
     /// Tells the watchdog that a frame is offered again.
     offering: Notify,
+}
+
+/// Where a body stands with hyper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offer {
+    /// A frame offered at this instant, not asked for since.
+    Since(Instant),
+    /// Being polled: it is offered or waiting in a moment.
+    Polling,
+    /// The body waits for news of its own: no timer runs.
+    Waiting,
 }
 
 struct Inner<B> {
@@ -126,7 +136,7 @@ impl<B: Send + 'static> Watched<B> {
             })),
             // hyper asks for the first frame as soon as the headers are
             // sent.
-            offered: Mutex::new(Some(Instant::now())),
+            offered: Mutex::new(Offer::Since(Instant::now())),
             offering: Notify::new(),
         });
         let (watching, dropped) = tokio::sync::oneshot::channel();
@@ -151,11 +161,16 @@ async fn drop_when_stalled<B>(
 ) {
     loop {
         let offering = shared.offering.notified();
-        let since = *lock(&shared.offered);
-        let Some(since) = since else {
-            tokio::select! {
-                () = offering => continue,
-                _ = &mut body_dropped => return,
+        let state = *lock(&shared.offered);
+        let since = match state {
+            Offer::Since(since) => since,
+            // Offered or waiting in a moment: look again after a timeout.
+            Offer::Polling => Instant::now(),
+            Offer::Waiting => {
+                tokio::select! {
+                    () = offering => continue,
+                    _ = &mut body_dropped => return,
+                }
             }
         };
         tokio::select! {
@@ -163,7 +178,7 @@ async fn drop_when_stalled<B>(
             () = offering => continue,
             _ = &mut body_dropped => return,
         }
-        if *lock(&shared.offered) != Some(since) {
+        if *lock(&shared.offered) != Offer::Since(since) {
             continue;
         }
         let stalled = lock(&shared.inner).take();
@@ -183,7 +198,7 @@ async fn drop_when_stalled<B>(
 
 impl<B> Watched<B> {
     fn offer(&mut self) {
-        *lock(&self.shared.offered) = Some(Instant::now());
+        *lock(&self.shared.offered) = Offer::Since(Instant::now());
         if std::mem::take(&mut self.waited) {
             self.shared.offering.notify_one();
         }
@@ -206,7 +221,7 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
-        *lock(&this.shared.offered) = None;
+        *lock(&this.shared.offered) = Offer::Polling;
         let mut guard = lock(&this.shared.inner);
         let Some(inner) = guard.as_mut() else {
             this.ended = true;
@@ -218,6 +233,8 @@ where
         if inner.rest.is_empty() {
             match Pin::new(&mut inner.body).poll_frame(cx) {
                 Poll::Pending => {
+                    drop(guard);
+                    *lock(&this.shared.offered) = Offer::Waiting;
                     this.waited = true;
                     return Poll::Pending;
                 }
