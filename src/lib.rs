@@ -29,6 +29,7 @@ pub mod listener;
 pub mod media;
 pub mod migrate;
 pub mod pb;
+pub mod response_stall;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

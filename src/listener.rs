@@ -11,7 +11,10 @@
 //! to make room; busy ones are never shed. On the HTTP listener idle means
 //! it moved no byte (between requests, or stalled on a response), and a
 //! write the peer does not take for `--http-stall-timeout` ends the
-//! connection (a presigned download whose response is never read). On the
+//! connection (a presigned download whose response is never read); on
+//! HTTP/2, where a connection moves other streams' bytes, each response
+//! body whose next piece is not taken for that long is dropped on its own
+//! ([`crate::response_stall`]). On the
 //! gRPC listener idle means no call in flight (counted by [`CountCalls`]):
 //! an HTTP/2 connection that only answers pings holds nothing worth
 //! keeping, while one carrying a long upload stream is never cut; such
@@ -37,6 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch}
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::response_stall::{HeldMemory, OnStall, Watched};
 use crate::tls::{self, Tls};
 
 /// What a listener allows each connection.
@@ -118,6 +122,28 @@ impl std::fmt::Debug for ConnectionHandle {
     }
 }
 
+impl ConnectionHandle {
+    /// Counts one more reflection stream on the connection until the slot
+    /// is dropped; `None` when it already has `max` open.
+    pub fn open_reflection(&self, max: u64) -> Option<ReflectionSlot> {
+        let open = &self.0.reflection;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
+        Some(ReflectionSlot(self.0.clone()))
+    }
+}
+
+/// One reflection stream of a connection, counted until dropped.
+pub struct ReflectionSlot(Arc<ConnWatch>);
+
+impl Drop for ReflectionSlot {
+    fn drop(&mut self) {
+        self.0.reflection.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An accepted connection, ready to serve.
 pub struct Conn {
     io: Io,
@@ -145,6 +171,8 @@ struct ConnWatch {
     last_progress: AtomicU64,
     /// Calls in flight (with [`Idleness::NoCalls`]).
     calls: AtomicU64,
+    /// Reflection streams open (see [`ConnectionHandle::open_reflection`]).
+    reflection: AtomicU64,
     /// Milliseconds since [`epoch`] at the start of the connection or the
     /// end of its last call.
     last_call: AtomicU64,
@@ -160,6 +188,7 @@ impl ConnWatch {
             idleness,
             last_progress: AtomicU64::new(now),
             calls: AtomicU64::new(0),
+            reflection: AtomicU64::new(0),
             last_call: AtomicU64::new(now),
             shed: AtomicBool::new(false),
             read_waker: AtomicWaker::new(),
@@ -668,6 +697,10 @@ pub struct CountCalls;
 /// Methods (or method prefixes) whose calls do not keep a connection busy:
 /// the health service's `Watch`, open until the client ends it, and the
 /// reflection streams, which grpcurl holds only while it resolves names.
+/// Anyone may open these without identity, so they must not keep a
+/// connection from being shed or closed when idle; what a reflection
+/// stream holds is reserved and capped per connection instead (see
+/// [`crate::grpc::response_memory`]).
 const WAITING_CALLS: &[&str] = &[
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/",
@@ -972,7 +1005,13 @@ pub async fn serve_http(
             },
             () = stopped(&mut stop) => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Every response's body is watched: one its peer does not take for
+        // the stall timeout is dropped, even on an HTTP/2 connection that
+        // moves other bytes.
+        let service = TowerToHyperService::new(WatchResponses {
+            router: router.clone(),
+            stall_timeout: conn.stall_timeout.unwrap_or(UNWATCHED_STALL),
+        });
         let connection = builder
             .serve_connection(TokioIo::new(conn), service)
             .into_owned();
@@ -984,6 +1023,42 @@ pub async fn serve_http(
         });
     }
     graceful.shutdown().await;
+}
+
+/// The stall timeout of a listener configured without one.
+const UNWATCHED_STALL: Duration = Duration::from_secs(24 * 3600);
+
+/// The HTTP listener's routes, each response's body watched by
+/// [`Watched`], holding its [`HeldMemory`] if it has one.
+#[derive(Clone)]
+struct WatchResponses {
+    router: axum::Router,
+    stall_timeout: Duration,
+}
+
+impl<B> tower_service::Service<Request<B>> for WatchResponses
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Watched<axum::body::Body>>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let response = self.router.call(request);
+        let stall_timeout = self.stall_timeout;
+        Box::pin(async move {
+            let mut response = response.await?;
+            let memory = HeldMemory::take_from(&mut response);
+            Ok(response
+                .map(|body| Watched::new(body, memory, stall_timeout, OnStall::Reset, "http")))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ use crate::domain::ports::OpenSessions;
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::request_memory::{HoldRequests, RequestLimits};
+use crate::grpc::response_memory::{
+    HoldResponses, MAX_REFLECTION_REQUEST, REFLECTION_STREAMS_PER_CONNECTION, ReflectionLimits,
+    reflection_reserve,
+};
 use crate::grpc::service::CallLimits;
 use crate::listener::{self, AcceptSettings, Idleness, Shedding};
 use crate::pb;
@@ -150,14 +154,29 @@ impl Application {
         let http_addr = self.http_addr();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ImageServiceServer<ImageApi>>().await;
+        // A reflection response repeats its request: requests stay small.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()?
+            .max_decoding_message_size(MAX_REFLECTION_REQUEST);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_REFLECTION_REQUEST);
+        // Streams of reflection reserve what they may hold from the budget:
+        // the largest file served is within the largest set.
+        let budget = self.images.memory().clone();
+        let reflection_limits = ReflectionLimits {
+            budget: budget.clone(),
+            per_stream: reflection_reserve(
+                pb::FILE_DESCRIPTOR_SET
+                    .len()
+                    .max(tonic_health::pb::FILE_DESCRIPTOR_SET.len()),
+            ),
+            per_connection: REFLECTION_STREAMS_PER_CONNECTION,
+        };
         let repairs = (!self.repair_interval.is_zero()).then(|| {
             tokio::spawn(
                 self.images
@@ -262,8 +281,9 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             // Responses hold their memory until sent; one not read for the
             // stall timeout is dropped, ending its count below.
-            .layer(crate::grpc::response_memory::HoldResponses {
+            .layer(HoldResponses {
                 stall_timeout: limits.download_stall_timeout,
+                reflection: reflection_limits,
             })
             // Counts each connection's calls in flight: the listener sheds
             // only connections without one.
@@ -305,6 +325,7 @@ impl Application {
                             at_once: limits.http_max_concurrent_part_uploads,
                             per_user: limits.http_max_part_uploads_per_user,
                         },
+                        budget.clone(),
                     )
                 }),
                 metrics.is_none(),

@@ -1,5 +1,6 @@
 //! Responses count against the memory budget until they are sent, and a
-//! response its caller does not read ends.
+//! response its caller does not read ends: every response, the health
+//! service's and reflection's included (see [`crate::response_stall`]).
 //!
 //! A handler reserves its response's encoded size from the budget and puts
 //! the reservation in the response's extensions ([`HeldMemory`]; a download
@@ -9,46 +10,70 @@
 //! reservation into the response body. HTTP/2 flow control decides when
 //! that body is sent: a caller that opens streams with a window of 0 and
 //! never reads keeps it, and its reservation, for as long as it likes. So
-//! a body not polled for the stall timeout is dropped, which releases the
-//! reservation, the message and the call's count on its connection (so
-//! that `--grpc-idle-timeout` and `--max-connections` can close it); if
-//! the caller reads at last, the call ends with DEADLINE_EXCEEDED.
+//! a body not asked for its next message for the stall timeout is dropped,
+//! which releases the reservation, the message and the call's count on
+//! its connection (so that `--grpc-idle-timeout` and `--max-connections`
+//! can close it); if the caller reads at last, the call ends with
+//! DEADLINE_EXCEEDED.
+//!
+//! Reflection streams have no identity to count against: each reserves
+//! what it may hold ahead of its reader ([`ReflectionLimits`]) from the
+//! replica's budget when it opens, and a connection has at most a few open
+//! at once.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::Frame;
-use tokio::time::Instant;
 use tonic::codegen::http;
 
-use crate::domain::budget::Reservation;
+use crate::domain::budget::{MemoryBudget, Reservation};
+use crate::listener::{PeerInfo, ReflectionSlot};
+use crate::response_stall::{OnStall, Watched};
 
-/// A response's reservation on its way from the handler to
-/// [`HoldResponses`] (extensions must be `Clone`; the reservation is taken
-/// once).
+pub use crate::response_stall::HeldMemory;
+
+/// The layer on the gRPC server that watches every response body: it keeps
+/// a response's [`HeldMemory`] until the body is sent or dropped, drops a
+/// body not read for `stall_timeout`, and admits reflection streams
+/// within [`ReflectionLimits`]. It must be outside
+/// [`crate::listener::CountCalls`], so that dropping a stalled body ends
+/// its call's count.
 #[derive(Clone, Debug)]
-pub struct HeldMemory(Arc<Mutex<Option<Reservation>>>);
-
-impl HeldMemory {
-    pub fn new(reservation: Reservation) -> Self {
-        Self(Arc::new(Mutex::new(Some(reservation))))
-    }
-
-    fn take(&self) -> Option<Reservation> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-/// The layer on the gRPC server that keeps each response's [`HeldMemory`]
-/// until its body is sent or dropped, and drops a body not read for
-/// `stall_timeout`. It must be outside [`crate::listener::CountCalls`], so
-/// that dropping a stalled body ends its call's count.
-#[derive(Clone, Copy, Debug)]
 pub struct HoldResponses {
     pub stall_timeout: Duration,
+    pub reflection: ReflectionLimits,
+}
+
+/// What reflection streams may hold.
+#[derive(Clone, Debug)]
+pub struct ReflectionLimits {
+    /// The replica's budget, which each stream reserves from.
+    pub budget: MemoryBudget,
+    /// Reserved by each stream while it is open: what it may hold ahead of
+    /// its reader (see [`reflection_reserve`]).
+    pub per_stream: u64,
+    /// Streams one connection may have open at once.
+    pub per_connection: u64,
+}
+
+/// Reflection streams one connection may have open at once: grpcurl opens
+/// one.
+pub const REFLECTION_STREAMS_PER_CONNECTION: u64 = 4;
+
+/// The largest reflection request accepted (a symbol or file name, and a
+/// host): a response repeats its request.
+pub const MAX_REFLECTION_REQUEST: usize = 8 * 1024;
+
+/// What one reflection stream may hold ahead of a reader that does not
+/// read, for a largest response of `largest_file` (the largest encoded
+/// file descriptor served) plus its request repeated: the message being
+/// handed out, the one in the reflection service's channel, and the one
+/// its task waits to send, and one more being encoded.
+pub fn reflection_reserve(largest_file: usize) -> u64 {
+    let response = largest_file + 2 * MAX_REFLECTION_REQUEST + 64;
+    4 * response as u64
 }
 
 impl<S> tower_layer::Layer<S> for HoldResponses {
@@ -58,6 +83,7 @@ impl<S> tower_layer::Layer<S> for HoldResponses {
         HeldResponses {
             inner,
             stall_timeout: self.stall_timeout,
+            reflection: self.reflection.clone(),
         }
     }
 }
@@ -67,15 +93,20 @@ impl<S> tower_layer::Layer<S> for HoldResponses {
 pub struct HeldResponses<S> {
     inner: S,
     stall_timeout: Duration,
+    reflection: ReflectionLimits,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Request = http::Request<tonic::body::Body>;
 type Response = http::Response<tonic::body::Body>;
 
+/// Paths of the reflection services, v1 and v1alpha.
+const REFLECTION: &str = "/grpc.reflection.";
+
 impl<S, B> tower_service::Service<Request> for HeldResponses<S>
 where
-    S: tower_service::Service<Request, Response = http::Response<B>>,
+    S: tower_service::Service<Request, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Error: Send,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -89,119 +120,99 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let response = self.inner.call(request);
         let stall_timeout = self.stall_timeout;
+        if !request.uri().path().starts_with(REFLECTION) {
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let mut response = response.await?;
+                let memory = HeldMemory::take_from(&mut response);
+                Ok(watched(response, memory, None, stall_timeout))
+            });
+        }
+        let limits = self.reflection.clone();
+        let slot = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.connection.as_ref())
+            .map(|connection| connection.open_reflection(limits.per_connection));
+        let slot = match slot {
+            Some(Some(slot)) => Some(slot),
+            Some(None) => {
+                let status = tonic::Status::resource_exhausted(format!(
+                    "this connection has {} reflection streams open, the most one may: \
+                     end one, then retry",
+                    limits.per_connection
+                ));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+            None => None,
+        };
+        // The service is called once the memory is reserved: a clone takes
+        // the call, the one made ready stays for it.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let mut response = response.await?;
-            let held = response
-                .extensions_mut()
-                .remove::<HeldMemory>()
-                .and_then(|held| held.take());
-            Ok(match held {
-                Some(memory) => response
-                    .map(|body| tonic::body::Body::new(HeldBody::new(body, memory, stall_timeout))),
-                None => response.map(tonic::body::Body::new),
-            })
+            let memory = match limits
+                .budget
+                .reserve(limits.per_stream, "a reflection stream")
+                .await
+            {
+                Ok(memory) => memory,
+                Err(error) => return Ok(tonic::Status::from(error).into_http()),
+            };
+            let response = inner.call(request).await?;
+            Ok(watched(response, memory, slot, stall_timeout))
         })
     }
 }
 
-/// A response body with its reservation, both dropped together: when the
-/// body ends, or when it has not been polled for the stall timeout.
-struct HeldBody<B> {
-    inner: Arc<Mutex<Option<(B, Reservation)>>>,
-    last_poll: Arc<Mutex<Instant>>,
-    timeout: Duration,
-    /// Dropped with the body: stops its watchdog.
-    _watching: tokio::sync::oneshot::Sender<()>,
-    ended: bool,
-}
-
-impl<B: Send + 'static> HeldBody<B> {
-    fn new(body: B, memory: Reservation, timeout: Duration) -> Self {
-        let inner = Arc::new(Mutex::new(Some((body, memory))));
-        let last_poll = Arc::new(Mutex::new(Instant::now()));
-        let (watching, dropped) = tokio::sync::oneshot::channel();
-        tokio::spawn(drop_when_stalled(
-            Arc::downgrade(&inner),
-            last_poll.clone(),
-            timeout,
-            dropped,
-        ));
-        Self {
-            inner,
-            last_poll,
-            timeout,
-            _watching: watching,
-            ended: false,
-        }
-    }
-}
-
-/// Drops what `inner` holds once `last_poll` is `timeout` old, unless the
-/// body goes first.
-async fn drop_when_stalled<T>(
-    inner: Weak<Mutex<Option<T>>>,
-    last_poll: Arc<Mutex<Instant>>,
-    timeout: Duration,
-    mut body_dropped: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        let due = *last_poll.lock().unwrap_or_else(|e| e.into_inner()) + timeout;
-        tokio::select! {
-            () = tokio::time::sleep_until(due) => {}
-            _ = &mut body_dropped => return,
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if last_poll
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            >= timeout
-        {
-            let stalled = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if stalled.is_some() {
-                metrics::counter!("imageservice_response_stalls_total").increment(1);
-                tracing::debug!(?timeout, "dropped a response its caller did not read");
-            }
-            return;
-        }
-    }
-}
-
-impl<B> http_body::Body for HeldBody<B>
+/// `response` with its body watched for stalls, holding `memory` and
+/// `slot` until it is sent or dropped.
+fn watched<B>(
+    response: http::Response<B>,
+    memory: Reservation,
+    slot: Option<ReflectionSlot>,
+    stall_timeout: Duration,
+) -> Response
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Data = Bytes;
-    type Error = BoxError;
+    response.map(|body| {
+        let body = WithSlot { body, _slot: slot };
+        tonic::body::Body::new(Watched::new(
+            body,
+            memory,
+            stall_timeout,
+            OnStall::Trailers(stalled(stall_timeout)),
+            "grpc",
+        ))
+    })
+}
+
+/// A body that keeps its reflection stream's slot on its connection.
+struct WithSlot<B> {
+    body: B,
+    _slot: Option<ReflectionSlot>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for WithSlot<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        *this.last_poll.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let mut inner = this.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((body, _memory)) = inner.as_mut() else {
-            this.ended = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(stalled(this.timeout)))));
-        };
-        let polled = Pin::new(&mut *body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || body.is_end_stream() {
-            // Sent: the memory goes back now.
-            *inner = None;
-            this.ended = true;
-        }
-        polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

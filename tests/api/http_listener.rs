@@ -10,6 +10,7 @@ use crate::helpers::{Backend, TestApp, as_user, images, spec};
 use image_service::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tonic::codegen::http;
 
 /// A connection that asks for `path` and then reads nothing: a receive
 /// buffer of a few KiB, so the server's writes stall soon.
@@ -606,4 +607,129 @@ async fn a_body_that_is_cut_gives_its_slot_back_at_once() {
     until_bodies_arriving(&app, 1).await;
     drop(gone);
     until_accepted(&urls[1], Duration::from_secs(1)).await;
+}
+
+/// Files under `dir` this process has open (the server runs in it).
+fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
+/// An HTTP/2 connection (prior knowledge, as the listener accepts it
+/// without TLS) whose streams open with a window of `window` bytes.
+async fn h2_client(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("an HTTP/2 connection");
+    (client, tokio::spawn(connection))
+}
+
+/// Asks for `path` on `client`; the response's headers.
+async fn h2_get(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> http::Response<h2::RecvStream> {
+    let request = http::Request::get(format!("http://test{path}"))
+        .body(())
+        .unwrap();
+    let mut client = client.clone().ready().await.expect("room for a request");
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the response's headers")
+        .expect("an HTTP/2 response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_download_over_http2_ends_at_the_stall_timeout_and_closes_its_file() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--http-stall-timeout",
+            "1s",
+            "--max-image-bytes",
+            "8MiB",
+            // No renders writing files of their own.
+            "--variants",
+            "false",
+        ],
+    )
+    .await;
+    let (url, _) = large_download(&app).await;
+    let blobs = app.data_dir.join("blobs");
+    // Streams opened with a window of 0 on a live connection, never read.
+    let (client, connection) = h2_client(app.http_addr, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let response = h2_get(&client, &path_of(&url)).await;
+        assert_eq!(response.status(), 200);
+        held.push(response);
+    }
+    assert!(
+        open_files_under(&blobs).len() >= 4,
+        "the downloads' files are open"
+    );
+    // Not read for the stall timeout, each download is dropped and its file
+    // closed, while the connection stays open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !open_files_under(&blobs).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let open = open_files_under(&blobs);
+    assert!(open.is_empty(), "files of unread downloads: {open:?}");
+    assert!(!connection.is_finished(), "the connection was closed");
+    // The connection still serves.
+    let response = h2_get(&client, "/metrics").await;
+    assert_eq!(response.status(), 200);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_http2_reader_gets_the_whole_download() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--http-stall-timeout", "1s", "--max-image-bytes", "8MiB"],
+    )
+    .await;
+    let png = images::png_of_size(512 * 1024, 5);
+    let url = download_of(&app, &png).await;
+    let (client, _connection) = h2_client(app.http_addr, 64 * 1024).await;
+    let response = h2_get(&client, &path_of(&url)).await;
+    assert_eq!(response.status(), 200);
+    // 64 KiB at a time, a pause of half the stall timeout after each: the
+    // whole takes several stall timeouts, yet the peer always takes what
+    // it is offered in time.
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let started = Instant::now();
+    let mut since_pause = 0;
+    while let Some(data) = body.data().await {
+        let data = data.expect("the download goes on");
+        received.extend_from_slice(&data);
+        since_pause += data.len();
+        if since_pause >= 64 * 1024 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    assert_eq!(received, png);
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -317,3 +317,111 @@ async fn a_response_nobody_reads_ends_and_its_connection_is_closed_when_idle() {
         "memory given back: {answers:?}"
     );
 }
+
+const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+
+/// A reflection request for the file of the image service, whose answer is
+/// about 30 KiB.
+fn reflection_request() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "imageservice.v1.ImageService".into(),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_reflection_streams_hold_their_memory_and_end_at_the_stall_timeout() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--variants",
+            "false",
+            "--memory-budget",
+            "2MiB",
+            "--memory-wait",
+            "100ms",
+            "--download-stall-timeout",
+            "5s",
+        ],
+    )
+    .await;
+    // Without identity, many connections, each opening streams it never
+    // reads: a few per connection, and no more than the budget holds.
+    let mut peers = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let mut peer = NonReader::connect(app.grpc_addr).await;
+        let mine = peer
+            .call(REFLECTION, "anyone", &reflection_request(), 6)
+            .await;
+        let per_connection = mine.iter().filter(|answer| answer.is_none()).count();
+        assert!(
+            per_connection <= 4,
+            "{per_connection} streams on one connection"
+        );
+        answers.extend(mine);
+        peers.push(peer);
+    }
+    let held = answers.iter().filter(|answer| answer.is_none()).count();
+    // 2 MiB holds 10 streams of 180 KiB.
+    assert!(
+        (4..=10).contains(&held),
+        "{held} unread reflection streams held"
+    );
+    let refused = refusals(&answers);
+    assert!(
+        refused
+            .iter()
+            .any(|(_, message)| message.contains("reflection streams open")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(_, message)| message.contains("--memory-budget")),
+        "{refused:?}"
+    );
+    for (code, message) in refused {
+        assert_eq!(*code, Code::ResourceExhausted, "{message}");
+    }
+
+    // Unread for the stall timeout, they end: their memory and their
+    // places on the connections go back, though the connections stay open.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let again = peers[0]
+        .call(REFLECTION, "anyone", &reflection_request(), 4)
+        .await;
+    assert!(refusals(&again).is_empty(), "{again:?}");
+    let mut other = NonReader::connect(app.grpc_addr).await;
+    let others = other
+        .call(REFLECTION, "anyone", &reflection_request(), 4)
+        .await;
+    assert!(
+        refusals(&others).len() <= 1,
+        "the budget was given back: {others:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_that_is_read_but_quiet_is_not_cut() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let app = TestApp::spawn_with(Backend::Embedded, &["--download-stall-timeout", "1s"]).await;
+    let mut health = HealthClient::new(crate::helpers::connect(app.grpc_addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: pb::image_service_server::SERVICE_NAME.into(),
+        })
+        .await
+        .expect("a watch")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("a status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    // Nothing changes for three stall timeouts: the watch waits for news,
+    // it is not a response left unread.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), watch.message()).await;
+    assert!(quiet.is_err(), "the quiet watch ended: {quiet:?}");
+}

@@ -24,7 +24,7 @@ use crate::domain::ports::{
 use crate::domain::session::UploadId;
 
 /// Read buffer of downloads: large enough to keep syscalls few.
-const READ_CHUNK: usize = 256 * 1024;
+pub(super) const READ_CHUNK: usize = 256 * 1024;
 
 pub struct EmbeddedBlobStore {
     root: PathBuf,

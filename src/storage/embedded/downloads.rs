@@ -15,12 +15,14 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::EmbeddedBlobStore;
-use super::blob::PartWrite;
+use super::blob::{PartWrite, READ_CHUNK};
 use super::urls::{UploadQuery, UrlError, UrlQuery};
+use crate::domain::budget::MemoryBudget;
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId, VariantName};
+use crate::response_stall::HeldMemory;
 
 /// How many part bodies are received at once (0: no cap).
 #[derive(Clone, Copy, Debug)]
@@ -33,16 +35,21 @@ pub struct PartUploadCaps {
 
 /// The download and upload routes, over `store`; `sessions` says which
 /// upload sessions may still receive parts, and whose they are; `caps`
-/// bound the part bodies received at once.
+/// bound the part bodies received at once; each download reserves what
+/// it reads ahead from `budget`.
 pub fn routes(
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     caps: PartUploadCaps,
+    budget: MemoryBudget,
 ) -> Router {
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
-            get(presigned_download),
+            get(presigned_download).with_state(Downloads {
+                store: store.clone(),
+                budget,
+            }),
         )
         .route(
             "/blobs/uploads/{upload_id}/{part}",
@@ -379,8 +386,16 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
         .into_response()
 }
 
+/// What the download route needs: the store, and the budget each download
+/// reserves its read-ahead from.
+#[derive(Clone)]
+struct Downloads {
+    store: Arc<EmbeddedBlobStore>,
+    budget: MemoryBudget,
+}
+
 async fn presigned_download(
-    State(store): State<Arc<EmbeddedBlobStore>>,
+    State(Downloads { store, budget }): State<Downloads>,
     Path((image_id, variant)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -467,6 +482,27 @@ async fn presigned_download(
             }
         }
     }
+    // What the body reads ahead, until it is sent or dropped for not being
+    // read for --http-stall-timeout: the chunk being handed out, and the
+    // file's own buffer of the same size.
+    let memory = match budget
+        .reserve(2 * length.min(READ_CHUNK as u64), "a download")
+        .await
+    {
+        Ok(memory) => memory,
+        Err(error) => {
+            tracing::debug!(%error, "a presigned download waits for memory");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::RETRY_AFTER, "5"),
+                ],
+                "the server's memory is taken by work in progress: retry later\n",
+            )
+                .into_response();
+        }
+    };
     let body = match store.read(&key, offset, length).await {
         Ok(stream) => Body::from_stream(stream),
         Err(StorageError::NotFound) => return plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -477,6 +513,7 @@ async fn presigned_download(
     };
 
     let mut response = Response::new(body);
+    response.extensions_mut().insert(HeldMemory::new(memory));
     *response.status_mut() = status;
     let h = response.headers_mut();
     let value = |text: &str| {
@@ -807,6 +844,7 @@ mod tests {
                         at_once: 0,
                         per_user: 0,
                     },
+                    MemoryBudget::new(64 << 20, std::time::Duration::from_secs(1)),
                 ),
             )
             .into_future(),
