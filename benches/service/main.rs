@@ -15,6 +15,7 @@
 mod embedded;
 mod feed;
 mod harness;
+mod hotpaths;
 mod listings;
 mod memory;
 mod migration;
@@ -98,7 +99,7 @@ const SMOKE: Plan = Plan {
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 10] = [
+const FAMILIES: [(&str, bool); 11] = [
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
@@ -119,7 +120,13 @@ const FAMILIES: [(&str, bool); 10] = [
     ("feed", true),
     // 12: migrating from the embedded backend to aws.
     ("migration", true),
+    // The hot paths on the embedded backend, for before/after comparisons;
+    // only when named, not in the report.
+    ("hotpaths", false),
 ];
+
+/// Families run only when named.
+const ALONE: [&str; 1] = ["hotpaths"];
 
 /// Earlier names of families, still accepted.
 const ALIASES: [(&str, &str); 1] = [("renders", "variants")];
@@ -137,7 +144,11 @@ fn main() {
         println!("{}", runtime.block_on(run(&plan, &chosen)));
         return;
     }
-    let all: Vec<&str> = FAMILIES.iter().map(|(name, _)| *name).collect();
+    let all: Vec<&str> = FAMILIES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !ALONE.contains(name))
+        .collect();
     let report = format!(
         "{}{}",
         report::machine(),
@@ -210,6 +221,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,
         "migration" => migration::run(plan, stores()).await,
+        "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }
 }
