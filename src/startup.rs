@@ -325,7 +325,7 @@ impl Application {
                             at_once: limits.http_max_concurrent_part_uploads,
                             per_user: limits.http_max_part_uploads_per_user,
                         },
-                        budget.clone(),
+                        read_ahead_from(budget.clone()),
                     )
                 }),
                 metrics.is_none(),
@@ -445,6 +445,23 @@ impl TransportLimits {
                 .then_some(settings.grpc_idle_timeout),
         }
     }
+}
+
+/// The embedded backend's presigned downloads reserve what they read ahead
+/// from the replica's memory budget.
+pub fn read_ahead_from(
+    budget: crate::domain::budget::MemoryBudget,
+) -> embedded::downloads::ReserveReadAhead {
+    Arc::new(move |bytes| {
+        let budget = budget.clone();
+        Box::pin(async move {
+            budget
+                .reserve(bytes, "a download")
+                .await
+                .ok()
+                .map(crate::response_stall::HeldMemory::new)
+        })
+    })
 }
 
 /// Says so when `x-user-id` can be sent by anyone who reaches the port.

@@ -17,12 +17,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::EmbeddedBlobStore;
 use super::blob::{PartWrite, READ_CHUNK};
 use super::urls::{UploadQuery, UrlError, UrlQuery};
-use crate::domain::budget::MemoryBudget;
 use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId, VariantName};
 use crate::response_stall::HeldMemory;
+
+/// Reserves what a download reads ahead from the replica's memory budget
+/// (the wiring lends it: the store knows no use case); `None` when there is
+/// no room within the budget's wait. The memory is held until the body is
+/// sent or dropped.
+pub type ReserveReadAhead =
+    Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, Option<HeldMemory>> + Send + Sync>;
 
 /// How many part bodies are received at once (0: no cap).
 #[derive(Clone, Copy, Debug)]
@@ -36,19 +42,19 @@ pub struct PartUploadCaps {
 /// The download and upload routes, over `store`; `sessions` says which
 /// upload sessions may still receive parts, and whose they are; `caps`
 /// bound the part bodies received at once; each download reserves what
-/// it reads ahead from `budget`.
+/// it reads ahead through `read_ahead`.
 pub fn routes(
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     caps: PartUploadCaps,
-    budget: MemoryBudget,
+    read_ahead: ReserveReadAhead,
 ) -> Router {
     Router::new()
         .route(
             "/blobs/images/{image_id}/{variant}",
             get(presigned_download).with_state(Downloads {
                 store: store.clone(),
-                budget,
+                read_ahead,
             }),
         )
         .route(
@@ -386,16 +392,16 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
         .into_response()
 }
 
-/// What the download route needs: the store, and the budget each download
-/// reserves its read-ahead from.
+/// What the download route needs: the store, and how each download
+/// reserves its read-ahead.
 #[derive(Clone)]
 struct Downloads {
     store: Arc<EmbeddedBlobStore>,
-    budget: MemoryBudget,
+    read_ahead: ReserveReadAhead,
 }
 
 async fn presigned_download(
-    State(Downloads { store, budget }): State<Downloads>,
+    State(Downloads { store, read_ahead }): State<Downloads>,
     Path((image_id, variant)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -485,23 +491,17 @@ async fn presigned_download(
     // What the body reads ahead, until it is sent or dropped for not being
     // read for --http-stall-timeout: the chunk being handed out, and the
     // file's own buffer of the same size.
-    let memory = match budget
-        .reserve(2 * length.min(READ_CHUNK as u64), "a download")
-        .await
-    {
-        Ok(memory) => memory,
-        Err(error) => {
-            tracing::debug!(%error, "a presigned download waits for memory");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [
-                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                    (header::RETRY_AFTER, "5"),
-                ],
-                "the server's memory is taken by work in progress: retry later\n",
-            )
-                .into_response();
-        }
+    let Some(memory) = read_ahead(2 * length.min(READ_CHUNK as u64)).await else {
+        tracing::debug!("a presigned download finds no memory within the wait");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            "the server's memory is taken by work in progress: retry later\n",
+        )
+            .into_response();
     };
     let body = match store.read(&key, offset, length).await {
         Ok(stream) => Body::from_stream(stream),
@@ -513,7 +513,7 @@ async fn presigned_download(
     };
 
     let mut response = Response::new(body);
-    response.extensions_mut().insert(HeldMemory::new(memory));
+    response.extensions_mut().insert(memory);
     *response.status_mut() = status;
     let h = response.headers_mut();
     let value = |text: &str| {
@@ -844,7 +844,10 @@ mod tests {
                         at_once: 0,
                         per_user: 0,
                     },
-                    MemoryBudget::new(64 << 20, std::time::Duration::from_secs(1)),
+                    crate::startup::read_ahead_from(crate::domain::budget::MemoryBudget::new(
+                        64 << 20,
+                        std::time::Duration::from_secs(1),
+                    )),
                 ),
             )
             .into_future(),
