@@ -113,8 +113,18 @@ impl Reservation {
         self
     }
 
-    fn absorb(&mut self, more: Reservation) {
+    fn absorb(&mut self, mut more: Reservation) {
         self.bytes += more.bytes;
+        // Bytes already counted against the user by `more`'s own charge
+        // are not counted twice.
+        match (&mut self.charge, more.charge.take()) {
+            (Some(charge), Some(mut counted)) => {
+                charge.bytes += counted.bytes;
+                counted.bytes = 0;
+            }
+            (slot @ None, counted) => *slot = counted,
+            (Some(_), None) => {}
+        }
         if let Some(charge) = &mut self.charge {
             charge.set(self.bytes);
         }
@@ -157,20 +167,39 @@ impl MemoryBudget {
     /// largest image under a small budget) still works; one user holds at
     /// most its share and one reservation more.
     pub fn charge(&self, user: &UserId, bytes: u64, what: &str) -> Result<UserCharge, DomainError> {
-        let max = self.users.max;
+        self.try_charge(user, bytes)
+            .map_err(|held| self.share_refusal(held, bytes, what))
+    }
+
+    /// [`MemoryBudget::charge`] for work that the user's own work in
+    /// progress makes room for as it ends (the renders of its uploads):
+    /// waits up to `wait` for the user's share to have room for `bytes`.
+    pub async fn charge_within(
+        &self,
+        user: &UserId,
+        bytes: u64,
+        what: &str,
+        wait: Duration,
+    ) -> Result<UserCharge, DomainError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.try_charge(user, bytes) {
+                Ok(charge) => return Ok(charge),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(LARGE_RESERVATION_POLL).await;
+                }
+                Err(held) => return Err(self.share_refusal(held, bytes, what)),
+            }
+        }
+    }
+
+    /// Counts `bytes` against `user`'s share if it has room (see
+    /// [`MemoryBudget::charge`]); else what the user holds.
+    fn try_charge(&self, user: &UserId, bytes: u64) -> Result<UserCharge, u64> {
         let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
         let total = held.entry(user.clone()).or_insert(0);
-        if *total > 0 && total.saturating_add(bytes) > max {
-            let now = *total;
-            metrics::counter!("imageservice_memory_user_share_refusals_total").increment(1);
-            return Err(DomainError::ResourceExhausted(format!(
-                "this user's calls in progress (downloads, uploads, responses not yet read) \
-                 hold {} of memory; one user may hold {} (--max-memory-per-user) and {what} \
-                 needs {}: read or end those first, then retry",
-                human(now),
-                human(max),
-                human(bytes)
-            )));
+        if *total > 0 && total.saturating_add(bytes) > self.users.max {
+            return Err(*total);
         }
         *total += bytes;
         Ok(UserCharge {
@@ -178,6 +207,23 @@ impl MemoryBudget {
             user: user.clone(),
             bytes,
         })
+    }
+
+    fn share_refusal(&self, held: u64, bytes: u64, what: &str) -> DomainError {
+        metrics::counter!("imageservice_memory_user_share_refusals_total").increment(1);
+        DomainError::ResourceExhausted(format!(
+            "this user's calls in progress (downloads, uploads and their renders, responses not \
+             yet read) hold {} of memory; one user may hold {} (--max-memory-per-user) and {what} \
+             needs {}: read or end those first, then retry",
+            human(held),
+            human(self.users.max),
+            human(bytes)
+        ))
+    }
+
+    /// The most one user's work may hold (`--max-memory-per-user`).
+    pub fn user_share(&self) -> u64 {
+        self.users.max
     }
 
     /// [`MemoryBudget::reserve`], counted against `user`'s share.
@@ -285,17 +331,42 @@ impl MemoryBudget {
         bytes: u64,
         what: &str,
     ) -> Result<(), DomainError> {
+        self.grow_by(None, reservation, bytes, what).await
+    }
+
+    async fn grow_by(
+        &self,
+        user: Option<&UserId>,
+        reservation: &mut Reservation,
+        bytes: u64,
+        what: &str,
+    ) -> Result<(), DomainError> {
         if bytes <= reservation.bytes {
             return Ok(());
         }
         let more = (bytes - reservation.bytes).next_multiple_of(GROWTH_STEP);
-        let more = self.reserve(more, what).await?;
+        let more = match user {
+            Some(user) => self.reserve_for(user, more, what).await?,
+            None => self.reserve(more, what).await?,
+        };
         reservation.absorb(more);
         Ok(())
     }
 }
 
 impl MemoryBudget {
+    /// [`MemoryBudget::grow`], the growth counted against `user`'s share
+    /// (refused at once past it, like [`MemoryBudget::charge`]).
+    pub async fn grow_for(
+        &self,
+        user: &UserId,
+        reservation: &mut Reservation,
+        bytes: u64,
+        what: &str,
+    ) -> Result<(), DomainError> {
+        self.grow_by(Some(user), reservation, bytes, what).await
+    }
+
     /// Grows `reservation` to at least `bytes` if the budget has room now
     /// (in steps like [`MemoryBudget::grow`]); whether it has.
     pub fn try_grow(&self, reservation: &mut Reservation, bytes: u64) -> bool {
@@ -519,6 +590,56 @@ mod tests {
                 .reserve_for(&mallory, 7 * mib, "a test")
                 .await
                 .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_charge_within_waits_for_the_users_own_work_to_end() {
+        let mib = 1024 * 1024;
+        let budget =
+            MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
+        let mallory = UserId::parse("mallory").unwrap();
+        let held = budget.charge(&mallory, 6 * mib, "a render").unwrap();
+        let refused = budget
+            .charge_within(&mallory, 4 * mib, "a render", Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("--max-memory-per-user"));
+        let waiting = {
+            let budget = budget.clone();
+            let mallory = mallory.clone();
+            tokio::spawn(async move {
+                budget
+                    .charge_within(&mallory, 4 * mib, "a render", Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "charged past the share");
+        drop(held);
+        assert!(waiting.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn growth_for_a_user_counts_once_and_stops_at_the_share() {
+        let mib = 1024 * 1024;
+        let budget =
+            MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
+        let alice = UserId::parse("alice").unwrap();
+        let mut held = budget.reserve_for(&alice, 2 * mib, "a test").await.unwrap();
+        budget
+            .grow_for(&alice, &mut held, 6 * mib, "a test")
+            .await
+            .unwrap();
+        // 6 MiB counted, not 2 + 4 + 6: a 2 MiB charge still fits.
+        drop(budget.charge(&alice, 2 * mib, "a test").unwrap());
+        let refused = budget.grow_for(&alice, &mut held, 10 * mib, "a test").await;
+        assert!(refused.is_err(), "grown past the share");
+        drop(held);
+        assert_eq!(budget.available(), 64 * mib);
+        assert!(
+            budget.charge(&alice, 8 * mib, "a test").is_ok(),
+            "all given back"
         );
     }
 
