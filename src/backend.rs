@@ -157,7 +157,8 @@ fn limits(settings: &LimitSettings) -> Limits {
             max_concurrent: settings.max_concurrent_renders.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
             }),
-            max_memory: settings.max_render_memory,
+            // Checked at start with the share, like it.
+            max_memory: settings.render_memory().unwrap_or(u64::MAX),
         },
         sessions: SessionLimits {
             ttl: settings.upload_session_ttl,
