@@ -18,6 +18,7 @@ mod imagectl;
 mod migrate;
 mod pipeline;
 mod properties;
+mod render_share;
 mod scrubbing;
 mod server;
 mod soak;
