@@ -157,8 +157,7 @@ fn limits(settings: &LimitSettings) -> Limits {
             max_concurrent: settings.max_concurrent_renders.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
             }),
-            // Checked at start with the share, like it.
-            max_memory: settings.render_memory().unwrap_or(u64::MAX),
+            max_memory: settings.max_render_memory,
         },
         sessions: SessionLimits {
             ttl: settings.upload_session_ttl,

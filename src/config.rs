@@ -432,12 +432,14 @@ pub struct LimitSettings {
 
     /// Memory one render may need (decoded pixels, a progressive JPEG's
     /// coefficients, resize buffers; estimated from the header and reserved
-    /// from --memory-budget and the uploader's --max-memory-per-user before
-    /// decoding); an image that needs more is refused with
-    /// RESOURCE_EXHAUSTED. Default: --max-memory-per-user, which it may not
-    /// exceed (no user could hold such a render).
-    #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", value_parser = parse_byte_size, global = true)]
-    pub max_render_memory: Option<u64>,
+    /// from --memory-budget before decoding, and counted in the uploader's
+    /// --max-memory-per-user); an image that needs more is refused with
+    /// RESOURCE_EXHAUSTED. One render of each user may take it past its
+    /// share (the user's other renders wait for it), so this, not the
+    /// share, bounds the largest image rendered: the default holds a
+    /// 100-megapixel PNG (~460 MiB).
+    #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", default_value = "512MiB", value_parser = parse_byte_size, global = true)]
+    pub max_render_memory: u64,
 
     /// An upload stream that sends no image bytes for this long is
     /// abandoned (DEADLINE_EXCEEDED) and stores nothing. Messages without
@@ -518,10 +520,14 @@ pub struct LimitSettings {
     /// at once: downloads, uploads and the renders of their variants, and
     /// responses the caller has not read yet. Past it that user's new calls
     /// are refused with RESOURCE_EXHAUSTED while other users go on being
-    /// served (a user holding nothing is always let in, within the budget);
-    /// a render waits up to --memory-wait for the user's other work to end.
-    /// Default: a quarter of --memory-budget, so that it takes four users
-    /// to take the whole budget; must not exceed --memory-budget.
+    /// served (a user holding nothing is always let in, within the budget).
+    /// A user with no render in progress may start one past it (within
+    /// --max-render-memory and the budget); the user's other renders wait
+    /// for room or for that render to end. Default: half of
+    /// --memory-budget, so that one user's phone photos (a 12-megapixel
+    /// HEIC's render needs ~170 MiB, a 48-megapixel JPEG's 70–210 MiB) render
+    /// beside its other calls, and it takes two users to take the whole
+    /// budget; must not exceed --memory-budget.
     #[arg(long, env = "IMAGE_SERVICE_MAX_MEMORY_PER_USER", value_parser = parse_byte_size, global = true)]
     pub max_memory_per_user: Option<u64>,
 
@@ -922,7 +928,7 @@ impl Config {
 
 impl LimitSettings {
     /// `--max-memory-per-user` against the `--memory-budget` it shares: the
-    /// flag, a quarter of the budget by default, or why it cannot be.
+    /// flag, half the budget by default, or why it cannot be.
     pub fn memory_per_user(&self) -> Result<u64, String> {
         let budget = self.memory_budget();
         match self.max_memory_per_user {
@@ -933,23 +939,6 @@ impl LimitSettings {
                  the budget"
             )),
             Some(share) => Ok(share),
-        }
-    }
-
-    /// `--max-render-memory` against the `--max-memory-per-user` a render
-    /// is counted in: the flag, the share by default, or why it cannot be.
-    pub fn render_memory(&self) -> Result<u64, String> {
-        let share = self.memory_per_user()?;
-        match self.max_render_memory {
-            None => Ok(share),
-            Some(render) if render > share => Err(format!(
-                "--max-render-memory (IMAGE_SERVICE_MAX_RENDER_MEMORY) is {render} bytes, more \
-                 than the {share} bytes one user's work may hold (--max-memory-per-user, a \
-                 quarter of --memory-budget by default), which a render is counted in: no \
-                 upload could be given such a render. Lower it, or raise \
-                 --max-memory-per-user (IMAGE_SERVICE_MAX_MEMORY_PER_USER)"
-            )),
-            Some(render) => Ok(render),
         }
     }
 
@@ -1008,8 +997,10 @@ pub fn default_memory_budget() -> u64 {
 }
 
 /// Users it takes, at their share, to hold the whole memory budget by
-/// default.
-const MEMORY_SHARES_PER_BUDGET: u64 = 4;
+/// default: two, so that a share holds a phone photo's render (up to
+/// ~170 MiB for a 12-megapixel HEIC) beside the user's other calls under
+/// the 512 MiB default budget.
+const MEMORY_SHARES_PER_BUDGET: u64 = 2;
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {
@@ -1068,37 +1059,6 @@ mod tests {
         assert_eq!(config.limits.max_image_bytes, 50 * 1024 * 1024);
         assert_eq!(config.storage.s3_bucket, "images");
         assert_eq!(config.storage.dynamodb_table, "images");
-    }
-
-    #[test]
-    fn the_render_cap_follows_the_users_share_and_may_not_exceed_it() {
-        let limits = |args: &[&str]| {
-            Config::try_parse_from([&["image-service", "--memory-budget", "512MiB"], args].concat())
-                .unwrap()
-                .limits
-        };
-        let mib = 1024 * 1024;
-        // The defaults start: the cap is the share, a quarter of the budget.
-        assert_eq!(limits(&[]).render_memory(), Ok(128 * mib));
-        assert_eq!(
-            limits(&["--max-memory-per-user", "200MiB"]).render_memory(),
-            Ok(200 * mib)
-        );
-        assert_eq!(
-            limits(&["--max-render-memory", "64MiB"]).render_memory(),
-            Ok(64 * mib)
-        );
-        let refused = limits(&["--max-render-memory", "512MiB"])
-            .render_memory()
-            .unwrap_err();
-        assert!(refused.contains("--max-memory-per-user"), "{refused}");
-        assert!(
-            limits(&["--max-memory-per-user", "1GiB"])
-                .render_memory()
-                .unwrap_err()
-                .contains("--memory-budget"),
-            "the share's own check comes first"
-        );
     }
 
     #[test]

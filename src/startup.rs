@@ -50,7 +50,10 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and opens the backend.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.identity.check().map_err(anyhow::Error::msg)?;
-        config.limits.render_memory().map_err(anyhow::Error::msg)?;
+        config
+            .limits
+            .memory_per_user()
+            .map_err(anyhow::Error::msg)?;
         let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
         let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {

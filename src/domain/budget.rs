@@ -33,6 +33,28 @@ pub struct MemoryBudget {
 struct UserShares {
     max: u64,
     held: Arc<Mutex<HashMap<UserId, u64>>>,
+    /// Renders in progress of each user that has any (locked after
+    /// `held`).
+    rendering: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One of a user's renders in progress; uncounted when dropped.
+#[derive(Debug)]
+struct RenderInProgress {
+    rendering: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+}
+
+impl Drop for RenderInProgress {
+    fn drop(&mut self) {
+        let mut rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = rendering.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                rendering.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Bytes of a reservation counted against one user's share; uncounted when
@@ -42,6 +64,8 @@ pub struct UserCharge {
     held: Arc<Mutex<HashMap<UserId, u64>>>,
     user: UserId,
     bytes: u64,
+    /// Set for a render's charge, which counts the render as in progress.
+    _render: Option<RenderInProgress>,
 }
 
 impl UserCharge {
@@ -149,6 +173,7 @@ impl MemoryBudget {
             users: UserShares {
                 max: u64::MAX,
                 held: Arc::default(),
+                rendering: Arc::default(),
             },
         }
     }
@@ -171,26 +196,47 @@ impl MemoryBudget {
             .map_err(|held| self.share_refusal(held, bytes, what))
     }
 
-    /// [`MemoryBudget::charge`] for work that the user's own work in
-    /// progress makes room for as it ends (the renders of its uploads):
-    /// waits up to `wait` for the user's share to have room for `bytes`.
-    pub async fn charge_within(
-        &self,
-        user: &UserId,
-        bytes: u64,
-        what: &str,
-        wait: Duration,
-    ) -> Result<UserCharge, DomainError> {
-        let deadline = tokio::time::Instant::now() + wait;
+    /// Counts a render's `bytes` against `user`'s share: at once when they
+    /// fit, or when the user has no other render in progress, else as
+    /// soon as one of those is so. So a user always makes progress: one
+    /// render of each user may take it past its share (even when the
+    /// bytes its own queued uploads keep fill it), bounded by
+    /// `--max-render-memory` and the budget, and the user's other renders
+    /// wait for it. They wait without a limit of their own: what they wait
+    /// for is the user's renders in progress, which end (the call's
+    /// deadline bounds the wait as a whole).
+    pub async fn charge_render(&self, user: &UserId, bytes: u64) -> UserCharge {
         loop {
-            match self.try_charge(user, bytes) {
-                Ok(charge) => return Ok(charge),
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(LARGE_RESERVATION_POLL).await;
-                }
-                Err(held) => return Err(self.share_refusal(held, bytes, what)),
+            if let Some(charge) = self.try_charge_render(user, bytes) {
+                return charge;
             }
+            tokio::time::sleep(LARGE_RESERVATION_POLL).await;
         }
+    }
+
+    fn try_charge_render(&self, user: &UserId, bytes: u64) -> Option<UserCharge> {
+        let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rendering = self
+            .users
+            .rendering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let total = held.get(user).copied().unwrap_or(0);
+        if rendering.contains_key(user) && total > 0 && total.saturating_add(bytes) > self.users.max
+        {
+            return None;
+        }
+        *held.entry(user.clone()).or_insert(0) += bytes;
+        *rendering.entry(user.clone()).or_insert(0) += 1;
+        Some(UserCharge {
+            held: self.users.held.clone(),
+            user: user.clone(),
+            bytes,
+            _render: Some(RenderInProgress {
+                rendering: self.users.rendering.clone(),
+                user: user.clone(),
+            }),
+        })
     }
 
     /// Counts `bytes` against `user`'s share if it has room (see
@@ -206,6 +252,7 @@ impl MemoryBudget {
             held: self.users.held.clone(),
             user: user.clone(),
             bytes,
+            _render: None,
         })
     }
 
@@ -594,30 +641,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_charge_within_waits_for_the_users_own_work_to_end() {
+    async fn a_users_one_render_passes_its_full_share_and_the_next_waits_for_it() {
         let mib = 1024 * 1024;
         let budget =
             MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
         let mallory = UserId::parse("mallory").unwrap();
-        let held = budget.charge(&mallory, 6 * mib, "a render").unwrap();
-        let refused = budget
-            .charge_within(&mallory, 4 * mib, "a render", Duration::from_millis(50))
-            .await
-            .unwrap_err();
-        assert!(refused.to_string().contains("--max-memory-per-user"));
-        let waiting = {
+        // Mallory's queued uploads fill the share; her first render still
+        // starts, past it.
+        let uploads = budget.charge(&mallory, 8 * mib, "uploads").unwrap();
+        let first = budget.charge_render(&mallory, 12 * mib).await;
+        assert!(
+            budget.charge(&mallory, mib, "a download").is_err(),
+            "the render is counted in the share"
+        );
+        let second = {
             let budget = budget.clone();
             let mallory = mallory.clone();
-            tokio::spawn(async move {
-                budget
-                    .charge_within(&mallory, 4 * mib, "a render", Duration::from_secs(10))
-                    .await
-            })
+            tokio::spawn(async move { budget.charge_render(&mallory, 4 * mib).await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "charged past the share");
-        drop(held);
-        assert!(waiting.await.unwrap().is_ok());
+        // Another user's render is not held up by hers.
+        let victor = UserId::parse("victor").unwrap();
+        drop(budget.charge_render(&victor, 4 * mib).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "two renders past the share");
+        drop(first);
+        let second = second.await.unwrap();
+        drop((uploads, second));
+        assert!(
+            budget.charge(&mallory, 8 * mib, "a test").is_ok(),
+            "all given back"
+        );
     }
 
     #[tokio::test]

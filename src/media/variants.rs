@@ -867,7 +867,7 @@ mod tests {
         // A 12-megapixel phone photo's header: 4:2:0 chroma holds a quarter
         // of the luma's coefficients each (37 MB in all, not 98 MB), so
         // its render fits a user's default share of the fallback budget
-        // (128 MiB), with the photo's own bytes besides.
+        // (256 MiB), with the photo's own bytes besides.
         assert_eq!(
             jpeg_coefficient_bytes(&frame.sampling, 4032, 3024),
             Some(24_385_536 + 2 * 6_096_384)

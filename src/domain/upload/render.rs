@@ -28,11 +28,13 @@ impl Uploads {
     /// What a render holds (its copy of the original and, estimated from
     /// the header, what decoding, resizing and encoding need) is counted
     /// against the owner's share of the memory budget as well as the
-    /// budget: refused at once when the share could never hold it (with
-    /// the kept bytes the upload still holds), else waited for (the
-    /// owner's other work gives it back) before the render's turn, so a
-    /// user whose share is full holds no turn. Turns are taken fairly
-    /// between users ([`crate::domain::admission::Admissions::render_slot`]).
+    /// budget: refused at once over `--max-render-memory`; else counted
+    /// before the render's turn, at once when the share has room or the
+    /// owner has no other render in progress, else once one of those is
+    /// so ([`crate::domain::budget::MemoryBudget::charge_render`]), so a
+    /// user whose share is full holds no turn and a user's batch still
+    /// renders one by one. Turns are taken fairly between users
+    /// ([`crate::domain::admission::Admissions::render_slot`]).
     pub(super) async fn render_and_store(
         &self,
         owner: &UserId,
@@ -49,7 +51,6 @@ impl Uploads {
         // The bytes the upload still holds (and its reservation counts),
         // and those the render holds: its copy of the original, made from
         // the kept bytes (which are then let go) or read back.
-        let kept: u64 = facts.kept.iter().flatten().map(|b| b.len() as u64).sum();
         let source_bytes = facts.size_bytes;
         let needed = {
             let head = match &facts.kept {
@@ -61,12 +62,12 @@ impl Uploads {
             };
             variants::memory_needed(&head, content_type, width, height)
         };
-        self.render_fits(needed, kept + source_bytes)?;
+        self.render_fits(needed)?;
         let what = "making this image's variants";
         let charge = self
             .budget
-            .charge_within(owner, source_bytes + needed, what, self.render_wait())
-            .await?;
+            .charge_render(owner, source_bytes + needed)
+            .await;
         // The turn, then the memory: waiting renders hold none.
         let slot = self
             .admissions
@@ -104,23 +105,22 @@ impl Uploads {
             // counted and reserved like the render's, within the same caps.
             Err(MediaError::Invalid(reason)) if content_type == "image/jpeg" => {
                 let whole = variants::memory_needed_whole_jpeg(width, height);
-                if self.render_fits(whole, kept + source_held).is_err() {
+                if self.render_fits(whole).is_err() {
                     return Err(MediaError::Invalid(reason).into());
                 }
                 tracing::debug!(%reason, "decoding a damaged JPEG whole");
-                memory.shrink_to(source_held);
+                // Counted again as a new render of the owner's, which
+                // waits for none of its own: this one is given back first.
+                drop(memory);
                 let what = "decoding this damaged JPEG to make its variants";
-                let charge = self
-                    .budget
-                    .charge_within(owner, whole, what, self.render_wait())
-                    .await?;
+                let charge = self.budget.charge_render(owner, source_held + whole).await;
                 let slot = self
                     .admissions
                     .render_slot(&self.renderer, owner, pixels)
                     .await;
                 let _whole_memory = self
                     .budget
-                    .reserve_within(whole, what, self.render_wait())
+                    .reserve_within(source_held + whole, what, self.render_wait())
                     .await?
                     .charged(charge);
                 self.renderer
@@ -172,28 +172,15 @@ impl Uploads {
 }
 
 impl Uploads {
-    /// Refuses a render that needs `needed` bytes besides `besides` (the
-    /// original's bytes the upload and the render hold) when the per-render
-    /// cap or the owner's whole share could never hold it.
-    fn render_fits(&self, needed: u64, besides: u64) -> Result<(), DomainError> {
+    /// Refuses a render that needs `needed` bytes over the per-render cap.
+    fn render_fits(&self, needed: u64) -> Result<(), DomainError> {
         let cap = self.limits.render.max_memory;
-        let share = self.budget.user_share();
         if needed > cap {
             return Err(DomainError::TooLarge(format!(
                 "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
-                 (--max-render-memory, one user's --max-memory-per-user unless set lower)",
+                 (--max-render-memory)",
                 needed >> 20,
                 cap >> 20
-            )));
-        }
-        if needed.saturating_add(besides) > share {
-            return Err(DomainError::TooLarge(format!(
-                "the image needs about {} MiB of memory to decode and resize, and its {} MiB of \
-                 bytes besides; one user's work may hold {} MiB at once \
-                 (--max-memory-per-user)",
-                needed >> 20,
-                besides >> 20,
-                share >> 20
             )));
         }
         Ok(())
