@@ -443,8 +443,12 @@ pub struct LimitSettings {
 
     /// Memory one render may need (decoded pixels, a progressive JPEG's
     /// coefficients, resize buffers; estimated from the header and reserved
-    /// from --memory-budget before decoding); an image that needs more is
-    /// refused with RESOURCE_EXHAUSTED.
+    /// from --memory-budget before decoding, and counted in the uploader's
+    /// --max-memory-per-user); an image that needs more is refused with
+    /// RESOURCE_EXHAUSTED. One render of each user may take it past its
+    /// share (the user's other renders wait for it), so this, not the
+    /// share, bounds the largest image rendered: the default holds a
+    /// 100-megapixel PNG (~460 MiB).
     #[arg(long, env = "IMAGE_SERVICE_MAX_RENDER_MEMORY", default_value = "512MiB", value_parser = parse_byte_size, global = true)]
     pub max_render_memory: u64,
 
@@ -526,13 +530,17 @@ pub struct LimitSettings {
     pub memory_wait: Duration,
 
     /// Bytes of --memory-budget that one user's calls in progress may hold
-    /// at once: downloads, uploads, and responses the caller has not read
-    /// yet. Past it that user's new calls are refused with
-    /// RESOURCE_EXHAUSTED while other users go on being served (a user
-    /// holding nothing is always let in, within the budget). Renders are
-    /// not counted: --max-concurrent-renders bounds them. Default: a
-    /// quarter of --memory-budget, so that it takes four users to take the
-    /// whole budget; must not exceed --memory-budget.
+    /// at once: downloads, uploads and the renders of their variants, and
+    /// responses the caller has not read yet. Past it that user's new calls
+    /// are refused with RESOURCE_EXHAUSTED while other users go on being
+    /// served (a user holding nothing is always let in, within the budget).
+    /// A user with no render in progress may start one past it (within
+    /// --max-render-memory and the budget); the user's other renders wait
+    /// for room or for that render to end. Default: half of
+    /// --memory-budget, so that one user's phone photos (a 12-megapixel
+    /// HEIC's render needs ~170 MiB, a 48-megapixel JPEG's 70–210 MiB) render
+    /// beside its other calls, and it takes two users to take the whole
+    /// budget; must not exceed --memory-budget.
     #[arg(long, env = "IMAGE_SERVICE_MAX_MEMORY_PER_USER", value_parser = parse_byte_size, global = true)]
     pub max_memory_per_user: Option<u64>,
 
@@ -933,7 +941,7 @@ impl Config {
 
 impl LimitSettings {
     /// `--max-memory-per-user` against the `--memory-budget` it shares: the
-    /// flag, a quarter of the budget by default, or why it cannot be.
+    /// flag, half the budget by default, or why it cannot be.
     pub fn memory_per_user(&self) -> Result<u64, String> {
         let budget = self.memory_budget();
         match self.max_memory_per_user {
@@ -1002,8 +1010,10 @@ pub fn default_memory_budget() -> u64 {
 }
 
 /// Users it takes, at their share, to hold the whole memory budget by
-/// default.
-const MEMORY_SHARES_PER_BUDGET: u64 = 4;
+/// default: two, so that a share holds a phone photo's render (up to
+/// ~170 MiB for a 12-megapixel HEIC) beside the user's other calls under
+/// the 512 MiB default budget.
+const MEMORY_SHARES_PER_BUDGET: u64 = 2;
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {

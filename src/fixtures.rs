@@ -33,6 +33,16 @@ pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
     out
 }
 
+/// An 8-bit RGB PNG of `width` × `height` blank pixels, deflated: a render
+/// of 3 bytes a pixel from a file of a few KiB.
+pub fn blank_png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(width, height)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("a blank PNG encodes");
+    out.into_inner()
+}
+
 /// A PNG of at least `bytes` bytes.
 pub fn png_of_size(bytes: usize, seed: u32) -> Vec<u8> {
     let width = 512;

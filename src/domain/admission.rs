@@ -8,6 +8,10 @@
 //! nothing more of their streams, so HTTP/2 flow control holds their
 //! senders back. A caller that gives up (its deadline passes, it cancels)
 //! leaves the queue at once.
+//!
+//! Renders take turns the same way: each lane of the renderer has its own
+//! fair queue in front of its slots, so one user's queued renders cannot
+//! keep other users' renders waiting behind all of them.
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,17 +21,29 @@ use tokio::time::Instant;
 
 use super::budget::{MemoryBudget, Reservation};
 use super::{DomainError, UserId};
+use crate::media::variants::{RenderSlot, Renderer, SMALL_RENDER_PIXELS};
 
-/// The queue of uploads waiting for memory, in front of the budget.
+/// The queue of uploads waiting for memory, in front of the budget, and
+/// those of renders waiting for a slot, in front of the renderer's lanes.
 #[derive(Clone)]
 pub struct Admissions {
     budget: MemoryBudget,
+    uploads: Turns,
+    /// One per lane of the renderer: images up to [`SMALL_RENDER_PIXELS`],
+    /// and larger ones.
+    renders: [Turns; 2],
+}
+
+/// A fair queue: users take turns, each user's tickets first come, first
+/// served.
+#[derive(Clone, Default)]
+struct Turns {
     queue: Arc<Mutex<Queue>>,
     /// Woken whenever the head of the queue changes.
     turn: Arc<Notify>,
 }
 
-/// Waiting uploads: users in the order they take turns, and each user's
+/// Waiting work: users in the order they take turns, and each user's
 /// tickets in arrival order.
 #[derive(Default)]
 struct Queue {
@@ -84,15 +100,51 @@ impl Queue {
 /// A place in the queue; leaving it (served, refused or cancelled) passes
 /// the turn on.
 struct Ticket<'a> {
-    admissions: &'a Admissions,
+    turns: &'a Turns,
     user: UserId,
     ticket: u64,
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        self.admissions.lock().remove(&self.user, self.ticket);
-        self.admissions.turn.notify_waiters();
+        self.turns.lock().remove(&self.user, self.ticket);
+        self.turns.turn.notify_waiters();
+    }
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ticket at the back of `user`'s line.
+    fn enter(&self, user: &UserId) -> Ticket<'_> {
+        let ticket = self.lock().push(user);
+        Ticket {
+            turns: self,
+            user: user.clone(),
+            ticket,
+        }
+    }
+
+    /// Waits until it is `ticket`'s turn; false if `deadline` came first.
+    async fn reached(&self, ticket: &Ticket<'_>, deadline: Option<Instant>) -> bool {
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().head() == Some(ticket.ticket) {
+                return true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return false;
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 }
 
@@ -100,13 +152,22 @@ impl Admissions {
     pub fn new(budget: MemoryBudget) -> Self {
         Self {
             budget,
-            queue: Arc::default(),
-            turn: Arc::new(Notify::new()),
+            uploads: Turns::default(),
+            renders: Default::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    /// A slot of `renderer`'s lane for an image of `pixels`, in turn:
+    /// users take turns at each lane, each user's renders in the order they
+    /// came. Only the render whose turn it is waits for the lane's slots,
+    /// so the slots' own queue never holds more than one.
+    pub async fn render_slot(&self, renderer: &Renderer, user: &UserId, pixels: u64) -> RenderSlot {
+        let lane = &self.renders[usize::from(pixels > SMALL_RENDER_PIXELS)];
+        let ticket = lane.enter(user);
+        lane.reached(&ticket, None).await;
+        let slot = renderer.slot(pixels).await;
+        drop(ticket);
+        slot
     }
 
     /// Reserves `bytes` for an upload of `user`'s, waiting in the queue and
@@ -122,29 +183,21 @@ impl Admissions {
         // and does not wait in the queue for memory it may not hold.
         let charge = self.budget.charge(user, bytes, "this upload")?;
         let ticket = {
-            let mut queue = self.lock();
+            let mut queue = self.uploads.lock();
             if queue.is_empty()
                 && let Some(reservation) = self.budget.try_reserve(bytes)
             {
                 return Ok(reservation.charged(charge));
             }
             Ticket {
-                admissions: self,
+                turns: &self.uploads,
                 user: user.clone(),
                 ticket: queue.push(user),
             }
         };
         let started = Instant::now();
-        loop {
-            let notified = self.turn.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().head() == Some(ticket.ticket) {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(self.refusal(bytes, started));
-            }
+        if !self.uploads.reached(&ticket, Some(deadline)).await {
+            return Err(self.refusal(bytes, started));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let reserved = self
@@ -231,7 +284,7 @@ mod tests {
             "{refused:?}"
         );
         assert!(
-            admissions.lock().is_empty(),
+            admissions.uploads.lock().is_empty(),
             "the refused upload left the queue"
         );
     }
@@ -249,31 +302,28 @@ mod tests {
         )
         .await;
         assert!(cancelled.is_err());
-        assert!(admissions.lock().is_empty());
+        assert!(admissions.uploads.lock().is_empty());
         drop(held);
     }
 
-    #[tokio::test]
-    async fn users_take_turns_whatever_the_order_their_uploads_came_in() {
-        let admissions = Admissions::new(MemoryBudget::new(64 * MIB, Duration::ZERO));
-        let held = admissions
-            .admit(&user("first"), 64 * MIB, Duration::ZERO)
-            .await
-            .unwrap();
+    /// The order in which three turns of Alice's and then one of Bob's,
+    /// each taken by `take` and held for 20 ms, are served once `held` is
+    /// given back.
+    async fn served_in_turn<H, T, F>(held: H, take: impl Fn(&'static str) -> F) -> Vec<&'static str>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
-        // Alice queues three uploads before Bob's one.
         for name in ["alice", "alice", "alice", "bob"] {
-            let admissions = admissions.clone();
+            let turn = take(name);
             let order_tx = order_tx.clone();
             waiting.push(tokio::spawn(async move {
-                let reservation = admissions
-                    .admit(&user(name), 64 * MIB, Duration::from_secs(10))
-                    .await
-                    .unwrap();
+                let turn = turn.await;
                 order_tx.send(name).unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                drop(reservation);
+                drop(turn);
             }));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -286,6 +336,49 @@ mod tests {
         while let Some(name) = order.recv().await {
             served.push(name);
         }
+        served
+    }
+
+    #[tokio::test]
+    async fn users_take_turns_whatever_the_order_their_uploads_came_in() {
+        let admissions = Admissions::new(MemoryBudget::new(64 * MIB, Duration::ZERO));
+        let held = admissions
+            .admit(&user("first"), 64 * MIB, Duration::ZERO)
+            .await
+            .unwrap();
+        let served = served_in_turn(held, |name| {
+            let admissions = admissions.clone();
+            async move {
+                admissions
+                    .admit(&user(name), 64 * MIB, Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+        assert_eq!(served, ["alice", "bob", "alice", "alice"]);
+    }
+
+    #[tokio::test]
+    async fn users_take_turns_at_the_render_slots() {
+        use crate::media::variants::{RenderLimits, Renderer};
+        let admissions = Admissions::new(MemoryBudget::new(64 * MIB, Duration::ZERO));
+        let renderer = Renderer::new(RenderLimits {
+            max_concurrent: 1,
+            max_memory: 64 * MIB,
+        });
+        let held = admissions
+            .render_slot(&renderer, &user("first"), 1_000_000)
+            .await;
+        let served = served_in_turn(held, |name| {
+            let (admissions, renderer) = (admissions.clone(), renderer.clone());
+            async move {
+                admissions
+                    .render_slot(&renderer, &user(name), 1_000_000)
+                    .await
+            }
+        })
+        .await;
         assert_eq!(served, ["alice", "bob", "alice", "alice"]);
     }
 }

@@ -33,6 +33,28 @@ pub struct MemoryBudget {
 struct UserShares {
     max: u64,
     held: Arc<Mutex<HashMap<UserId, u64>>>,
+    /// Renders in progress of each user that has any (locked after
+    /// `held`).
+    rendering: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One of a user's renders in progress; uncounted when dropped.
+#[derive(Debug)]
+struct RenderInProgress {
+    rendering: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+}
+
+impl Drop for RenderInProgress {
+    fn drop(&mut self) {
+        let mut rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = rendering.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                rendering.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Bytes of a reservation counted against one user's share; uncounted when
@@ -42,6 +64,8 @@ pub struct UserCharge {
     held: Arc<Mutex<HashMap<UserId, u64>>>,
     user: UserId,
     bytes: u64,
+    /// Set for a render's charge, which counts the render as in progress.
+    _render: Option<RenderInProgress>,
 }
 
 impl UserCharge {
@@ -113,8 +137,18 @@ impl Reservation {
         self
     }
 
-    fn absorb(&mut self, more: Reservation) {
+    fn absorb(&mut self, mut more: Reservation) {
         self.bytes += more.bytes;
+        // Bytes already counted against the user by `more`'s own charge
+        // are not counted twice.
+        match (&mut self.charge, more.charge.take()) {
+            (Some(charge), Some(mut counted)) => {
+                charge.bytes += counted.bytes;
+                counted.bytes = 0;
+            }
+            (slot @ None, counted) => *slot = counted,
+            (Some(_), None) => {}
+        }
         if let Some(charge) = &mut self.charge {
             charge.set(self.bytes);
         }
@@ -139,6 +173,7 @@ impl MemoryBudget {
             users: UserShares {
                 max: u64::MAX,
                 held: Arc::default(),
+                rendering: Arc::default(),
             },
         }
     }
@@ -157,27 +192,85 @@ impl MemoryBudget {
     /// largest image under a small budget) still works; one user holds at
     /// most its share and one reservation more.
     pub fn charge(&self, user: &UserId, bytes: u64, what: &str) -> Result<UserCharge, DomainError> {
-        let max = self.users.max;
+        self.try_charge(user, bytes)
+            .map_err(|held| self.share_refusal(held, bytes, what))
+    }
+
+    /// Counts a render's `bytes` against `user`'s share: at once when they
+    /// fit, or when the user has no other render in progress, else as
+    /// soon as one of those is so. So a user always makes progress: one
+    /// render of each user may take it past its share (even when the
+    /// bytes its own queued uploads keep fill it), bounded by
+    /// `--max-render-memory` and the budget, and the user's other renders
+    /// wait for it. They wait without a limit of their own: what they wait
+    /// for is the user's renders in progress, which end (the call's
+    /// deadline bounds the wait as a whole).
+    pub async fn charge_render(&self, user: &UserId, bytes: u64) -> UserCharge {
+        loop {
+            if let Some(charge) = self.try_charge_render(user, bytes) {
+                return charge;
+            }
+            tokio::time::sleep(LARGE_RESERVATION_POLL).await;
+        }
+    }
+
+    fn try_charge_render(&self, user: &UserId, bytes: u64) -> Option<UserCharge> {
+        let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rendering = self
+            .users
+            .rendering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let total = held.get(user).copied().unwrap_or(0);
+        if rendering.contains_key(user) && total > 0 && total.saturating_add(bytes) > self.users.max
+        {
+            return None;
+        }
+        *held.entry(user.clone()).or_insert(0) += bytes;
+        *rendering.entry(user.clone()).or_insert(0) += 1;
+        Some(UserCharge {
+            held: self.users.held.clone(),
+            user: user.clone(),
+            bytes,
+            _render: Some(RenderInProgress {
+                rendering: self.users.rendering.clone(),
+                user: user.clone(),
+            }),
+        })
+    }
+
+    /// Counts `bytes` against `user`'s share if it has room (see
+    /// [`MemoryBudget::charge`]); else what the user holds.
+    fn try_charge(&self, user: &UserId, bytes: u64) -> Result<UserCharge, u64> {
         let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
         let total = held.entry(user.clone()).or_insert(0);
-        if *total > 0 && total.saturating_add(bytes) > max {
-            let now = *total;
-            metrics::counter!("imageservice_memory_user_share_refusals_total").increment(1);
-            return Err(DomainError::ResourceExhausted(format!(
-                "this user's calls in progress (downloads, uploads, responses not yet read) \
-                 hold {} of memory; one user may hold {} (--max-memory-per-user) and {what} \
-                 needs {}: read or end those first, then retry",
-                human(now),
-                human(max),
-                human(bytes)
-            )));
+        if *total > 0 && total.saturating_add(bytes) > self.users.max {
+            return Err(*total);
         }
         *total += bytes;
         Ok(UserCharge {
             held: self.users.held.clone(),
             user: user.clone(),
             bytes,
+            _render: None,
         })
+    }
+
+    fn share_refusal(&self, held: u64, bytes: u64, what: &str) -> DomainError {
+        metrics::counter!("imageservice_memory_user_share_refusals_total").increment(1);
+        DomainError::ResourceExhausted(format!(
+            "this user's calls in progress (downloads, uploads and their renders, responses not \
+             yet read) hold {} of memory; one user may hold {} (--max-memory-per-user) and {what} \
+             needs {}: read or end those first, then retry",
+            human(held),
+            human(self.users.max),
+            human(bytes)
+        ))
+    }
+
+    /// The most one user's work may hold (`--max-memory-per-user`).
+    pub fn user_share(&self) -> u64 {
+        self.users.max
     }
 
     /// [`MemoryBudget::reserve`], counted against `user`'s share.
@@ -285,17 +378,42 @@ impl MemoryBudget {
         bytes: u64,
         what: &str,
     ) -> Result<(), DomainError> {
+        self.grow_by(None, reservation, bytes, what).await
+    }
+
+    async fn grow_by(
+        &self,
+        user: Option<&UserId>,
+        reservation: &mut Reservation,
+        bytes: u64,
+        what: &str,
+    ) -> Result<(), DomainError> {
         if bytes <= reservation.bytes {
             return Ok(());
         }
         let more = (bytes - reservation.bytes).next_multiple_of(GROWTH_STEP);
-        let more = self.reserve(more, what).await?;
+        let more = match user {
+            Some(user) => self.reserve_for(user, more, what).await?,
+            None => self.reserve(more, what).await?,
+        };
         reservation.absorb(more);
         Ok(())
     }
 }
 
 impl MemoryBudget {
+    /// [`MemoryBudget::grow`], the growth counted against `user`'s share
+    /// (refused at once past it, like [`MemoryBudget::charge`]).
+    pub async fn grow_for(
+        &self,
+        user: &UserId,
+        reservation: &mut Reservation,
+        bytes: u64,
+        what: &str,
+    ) -> Result<(), DomainError> {
+        self.grow_by(Some(user), reservation, bytes, what).await
+    }
+
     /// Grows `reservation` to at least `bytes` if the budget has room now
     /// (in steps like [`MemoryBudget::grow`]); whether it has.
     pub fn try_grow(&self, reservation: &mut Reservation, bytes: u64) -> bool {
@@ -519,6 +637,62 @@ mod tests {
                 .reserve_for(&mallory, 7 * mib, "a test")
                 .await
                 .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_users_one_render_passes_its_full_share_and_the_next_waits_for_it() {
+        let mib = 1024 * 1024;
+        let budget =
+            MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
+        let mallory = UserId::parse("mallory").unwrap();
+        // Mallory's queued uploads fill the share; her first render still
+        // starts, past it.
+        let uploads = budget.charge(&mallory, 8 * mib, "uploads").unwrap();
+        let first = budget.charge_render(&mallory, 12 * mib).await;
+        assert!(
+            budget.charge(&mallory, mib, "a download").is_err(),
+            "the render is counted in the share"
+        );
+        let second = {
+            let budget = budget.clone();
+            let mallory = mallory.clone();
+            tokio::spawn(async move { budget.charge_render(&mallory, 4 * mib).await })
+        };
+        // Another user's render is not held up by hers.
+        let victor = UserId::parse("victor").unwrap();
+        drop(budget.charge_render(&victor, 4 * mib).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "two renders past the share");
+        drop(first);
+        let second = second.await.unwrap();
+        drop((uploads, second));
+        assert!(
+            budget.charge(&mallory, 8 * mib, "a test").is_ok(),
+            "all given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn growth_for_a_user_counts_once_and_stops_at_the_share() {
+        let mib = 1024 * 1024;
+        let budget =
+            MemoryBudget::new(64 * mib, Duration::from_millis(50)).with_user_share(8 * mib);
+        let alice = UserId::parse("alice").unwrap();
+        let mut held = budget.reserve_for(&alice, 2 * mib, "a test").await.unwrap();
+        budget
+            .grow_for(&alice, &mut held, 6 * mib, "a test")
+            .await
+            .unwrap();
+        // 6 MiB counted, not 2 + 4 + 6: a 2 MiB charge still fits.
+        drop(budget.charge(&alice, 2 * mib, "a test").unwrap());
+        let refused = budget.grow_for(&alice, &mut held, 10 * mib, "a test").await;
+        assert!(refused.is_err(), "grown past the share");
+        drop(held);
+        assert_eq!(budget.available(), 64 * mib);
+        assert!(
+            budget.charge(&alice, 8 * mib, "a test").is_ok(),
+            "all given back"
         );
     }
 

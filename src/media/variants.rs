@@ -451,10 +451,13 @@ pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32)
             let scale = jpeg_scale(width, height, largest);
             let scaled = (u64::from(width) / scale + 1) * (u64::from(height) / scale + 1);
             // Planes and the interleaved output, 4 bytes per pixel at most
-            // (CMYK); in several scans: 2-byte coefficients of up to 4
-            // full-size components.
-            let coefficients = if jpeg_has_multiple_scans(source) {
-                pixels * 8
+            // (CMYK); in several scans: the 2-byte coefficients of every
+            // component at its own resolution (a 4:2:0 photo's chroma has a
+            // quarter of the pixels), or of 4 full-size components when the
+            // frame header cannot be read.
+            let frame = jpeg_frame(source);
+            let coefficients = if frame.multiple_scans {
+                jpeg_coefficient_bytes(&frame.sampling, width, height).unwrap_or(pixels * 8)
             } else {
                 0
             };
@@ -505,41 +508,87 @@ fn jpeg_scale(width: u32, height: u32, largest: u32) -> u64 {
     scale
 }
 
-/// Whether a decoder must hold the coefficients of the whole image: the
-/// frame is progressive (SOF2, 6, 10, 14), or its first scan carries fewer
-/// components than the frame (a baseline file in several scans, which
-/// libjpeg-turbo buffers whole like a progressive one). Read from the
-/// marker segments up to the first scan; true when they cannot be read.
-fn jpeg_has_multiple_scans(source: &[u8]) -> bool {
+/// What the marker segments of a JPEG up to its first scan say of the
+/// frame.
+struct JpegFrame {
+    /// Whether a decoder must hold the coefficients of the whole image:
+    /// the frame is progressive (SOF2, 6, 10, 14), or its first scan
+    /// carries fewer components than the frame (a baseline file in several
+    /// scans, which libjpeg-turbo buffers whole like a progressive one).
+    /// True when the segments cannot be read.
+    multiple_scans: bool,
+    /// Each component's horizontal and vertical sampling factors (empty
+    /// when the frame header was not read).
+    sampling: Vec<(u64, u64)>,
+}
+
+fn jpeg_frame(source: &[u8]) -> JpegFrame {
     let mut at = 2;
+    let mut sampling = Vec::new();
     let mut frame_components = None;
-    while let Some(&[0xFF, marker]) = source.get(at..at + 2) {
+    let multiple_scans = loop {
+        let Some(&[0xFF, marker]) = source.get(at..at + 2) else {
+            break true;
+        };
         if marker == 0xFF {
             at += 1;
             continue;
         }
         let Some(len) = source.get(at + 2..at + 4) else {
-            return true;
+            break true;
         };
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if matches!(
+            marker,
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF
+        ) {
+            // Length, precision, height and width come before the number
+            // of components, then 3 bytes per component: its id, its
+            // sampling factors (4 bits each) and its table.
+            frame_components = source.get(at + 9).copied();
+            let components = source.get(at + 10..at + 2 + len).unwrap_or_default();
+            sampling = components
+                .chunks_exact(3)
+                .map(|c| (u64::from(c[1] >> 4), u64::from(c[1] & 0x0F)))
+                .collect();
+        }
         match marker {
-            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
-            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF => {
-                // Length, precision, height and width come before the
-                // number of components.
-                frame_components = source.get(at + 9).copied();
-            }
+            0xC2 | 0xC6 | 0xCA | 0xCE => break true,
             0xDA => {
-                return match (frame_components, source.get(at + 4)) {
+                break match (frame_components, source.get(at + 4)) {
                     (Some(frame), Some(&scan)) => scan < frame,
                     _ => true,
                 };
             }
-            0xD9 => return false,
+            0xD9 => break false,
             _ => {}
         }
-        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        at += 2 + len;
+    };
+    JpegFrame {
+        multiple_scans,
+        sampling,
     }
-    true
+}
+
+/// Bytes of the coefficients of a whole `width` × `height` frame with
+/// these sampling factors, as decoders hold them for a progressive file:
+/// 64 two-byte coefficients per block, each component's blocks padded to
+/// whole MCUs. `None` when the factors are missing or zero.
+fn jpeg_coefficient_bytes(sampling: &[(u64, u64)], width: u32, height: u32) -> Option<u64> {
+    let h_max = sampling.iter().map(|(h, _)| *h).max()?;
+    let v_max = sampling.iter().map(|(_, v)| *v).max()?;
+    if sampling.iter().any(|&(h, v)| h == 0 || v == 0) {
+        return None;
+    }
+    let mcus_across = u64::from(width).div_ceil(8 * h_max);
+    let mcus_down = u64::from(height).div_ceil(8 * v_max);
+    Some(
+        sampling
+            .iter()
+            .map(|(h, v)| mcus_across * h * mcus_down * v * 64 * 2)
+            .sum(),
+    )
 }
 
 /// Channels and bytes per sample of a PNG, from its IHDR (the widest, 4
@@ -801,6 +850,36 @@ mod tests {
         assert_eq!(fit(3000, 4000, 320), (240, 320));
         assert_eq!(fit(200, 100, 320), (200, 100));
         assert_eq!(fit(10_000, 1, 320), (320, 1));
+    }
+
+    #[test]
+    fn a_progressive_photo_reserves_its_components_at_their_own_resolution() {
+        let mut jpeg = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+        encoder.set_progressive(true);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+        encoder
+            .encode(&[128; 64 * 48 * 3], 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let frame = jpeg_frame(&jpeg);
+        assert!(frame.multiple_scans);
+        assert_eq!(frame.sampling, [(2, 2), (1, 1), (1, 1)]);
+        // A 12-megapixel phone photo's header: 4:2:0 chroma holds a quarter
+        // of the luma's coefficients each (37 MB in all, not 98 MB), so
+        // its render fits a user's default share of the fallback budget
+        // (256 MiB), with the photo's own bytes besides.
+        assert_eq!(
+            jpeg_coefficient_bytes(&frame.sampling, 4032, 3024),
+            Some(24_385_536 + 2 * 6_096_384)
+        );
+        let needed = memory_needed(&jpeg, "image/jpeg", 4032, 3024);
+        assert!(needed < 96 << 20, "{needed}");
+        // A header that cannot be read still counts four full components.
+        let cut = &jpeg[..20];
+        assert_eq!(
+            memory_needed(cut, "image/jpeg", 4032, 3024),
+            needed - 36_578_304 + 4032 * 3024 * 8
+        );
     }
 
     fn jpeg_of(width: u32, height: u32) -> Vec<u8> {

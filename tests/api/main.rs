@@ -19,6 +19,7 @@ mod migrate;
 mod partial_requests;
 mod pipeline;
 mod properties;
+mod render_share;
 mod scrubbing;
 mod server;
 mod soak;

@@ -227,6 +227,8 @@ async fn one_user_unread_downloads_and_listings_leave_the_rest_of_the_budget_to_
             "false",
             "--memory-budget",
             "32MiB",
+            "--max-memory-per-user",
+            "8MiB",
             "--memory-wait",
             "500ms",
         ],

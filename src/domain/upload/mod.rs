@@ -392,7 +392,7 @@ impl Uploads {
         // Rendering first: when it reads the original back, the same bytes
         // give the checksums, so nothing is read twice. Checksums still
         // missing after it mean nothing was rendered.
-        let rendered = self.render_and_store(writes, &mut facts).await?;
+        let rendered = self.render_and_store(&owner, writes, &mut facts).await?;
         let (sha256_hex, crc32c) = match facts.digest.take() {
             Some(digest) => digest,
             None => {

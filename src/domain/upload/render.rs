@@ -8,17 +8,36 @@ use super::stored::{Checksums, StoredFacts, digest_of};
 use super::writes::Writes;
 use crate::domain::image::Variant;
 use crate::domain::ports::ObjectKey;
-use crate::domain::{DomainError, VariantName};
+use crate::domain::{DomainError, UserId, VariantName};
 use crate::media::MediaError;
 use crate::media::variants::{self, Rendered, Renderer};
 
+/// Bytes of a stored original read before its render's turn, to estimate
+/// what the render will hold: the header the estimate reads (a JPEG's
+/// segments up to its first scan, a PNG's IHDR) is within them for the
+/// files of phones and cameras; a longer one is estimated as the worst
+/// case, and the estimate of the whole file can then only be smaller.
+const HEAD_BYTES: u64 = 256 * 1024;
+
 impl Uploads {
-    /// Makes the variants and placeholder of a stored original and stores
-    /// the variants through the session; `None` for types that are not
-    /// decoded. When it has to read the original back, it fills in missing
-    /// checksums from those bytes.
+    /// Makes the variants and placeholder of a stored original of
+    /// `owner`'s and stores the variants through the session; `None` for
+    /// types that are not decoded. When it has to read the original back,
+    /// it fills in missing checksums from those bytes.
+    ///
+    /// What a render holds (its copy of the original and, estimated from
+    /// the header, what decoding, resizing and encoding need) is counted
+    /// against the owner's share of the memory budget as well as the
+    /// budget: refused at once over `--max-render-memory`; else counted
+    /// before the render's turn, at once when the share has room or the
+    /// owner has no other render in progress, else once one of those is
+    /// so ([`crate::domain::budget::MemoryBudget::charge_render`]), so a
+    /// user whose share is full holds no turn and a user's batch still
+    /// renders one by one. Turns are taken fairly between users
+    /// ([`crate::domain::admission::Admissions::render_slot`]).
     pub(super) async fn render_and_store(
         &self,
+        owner: &UserId,
         writes: &mut Writes,
         facts: &mut StoredFacts,
     ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
@@ -26,47 +45,54 @@ impl Uploads {
         if !self.limits.variants || !Renderer::can_render(content_type) {
             return Ok(None);
         }
-        // The turn first, then the bytes: waiting renders hold no memory.
-        let pixels = u64::from(facts.uploaded.width) * u64::from(facts.uploaded.height);
-        let slot = self.renderer.slot(pixels).await;
-        // Kept bytes are still counted in the upload's reservation.
-        let _source_memory = if facts.kept.is_some() {
-            None
-        } else {
-            Some(
-                self.budget
-                    .reserve(facts.size_bytes, "reading this image to make its variants")
-                    .await?,
-            )
+        let original = ObjectKey::new(writes.id(), &VariantName::original());
+        let (width, height) = (facts.uploaded.width, facts.uploaded.height);
+        let pixels = u64::from(width) * u64::from(height);
+        // The bytes the upload still holds (and its reservation counts),
+        // and those the render holds: its copy of the original, made from
+        // the kept bytes (which are then let go) or read back.
+        let source_bytes = facts.size_bytes;
+        let needed = {
+            let head = match &facts.kept {
+                Some(pieces) => head_of(pieces).into(),
+                None => {
+                    self.read_all(&original, source_bytes.min(HEAD_BYTES))
+                        .await?
+                }
+            };
+            variants::memory_needed(&head, content_type, width, height)
         };
-        let source = match &facts.kept {
-            Some(pieces) => pieces.concat().into(),
+        self.render_fits(needed)?;
+        let what = "making this image's variants";
+        let charge = self
+            .budget
+            .charge_render(owner, source_bytes + needed)
+            .await;
+        // The turn, then the memory: waiting renders hold none.
+        let slot = self
+            .admissions
+            .render_slot(&self.renderer, owner, pixels)
+            .await;
+        let mut memory = self
+            .budget
+            .reserve_within(source_bytes + needed, what, self.render_wait())
+            .await?
+            .charged(charge);
+        // A copy of the kept bytes takes their place, within the upload's
+        // reservation; bytes read back are the render's own.
+        let (source, source_held): (Bytes, u64) = match facts.kept.take() {
+            Some(pieces) => (pieces.concat().into(), 0),
             None => {
-                let original = ObjectKey::new(writes.id(), &VariantName::original());
-                let source = self.read_all(&original, facts.size_bytes).await?;
+                let source = self.read_all(&original, source_bytes).await?;
                 if facts.digest.is_none() {
                     facts.digest = Some(digest_of(std::slice::from_ref(&source)));
                 }
-                source
+                (source, source_bytes)
             }
         };
-        // What decoding, resizing and encoding will hold, from the header:
-        // refused when over the per-render cap, else reserved (waiting for
-        // other work to give memory back) before anything is decoded.
-        let (width, height) = (facts.uploaded.width, facts.uploaded.height);
-        let needed = variants::memory_needed(&source, content_type, width, height);
-        if needed > self.limits.render.max_memory {
-            return Err(DomainError::TooLarge(format!(
-                "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
-                 (--max-render-memory)",
-                needed >> 20,
-                self.limits.render.max_memory >> 20
-            )));
-        }
-        let render_memory = self
-            .budget
-            .reserve_within(needed, "making this image's variants", self.render_wait())
-            .await?;
+        // From the whole header now: never more than from its head.
+        let needed = variants::memory_needed(&source, content_type, width, height).min(needed);
+        memory.shrink_to(source_held + needed);
         let orientation = facts.scrubbed.orientation;
         let rendered = self
             .renderer
@@ -76,19 +102,27 @@ impl Uploads {
             // Damaged scan data (a corrupted block in a camera's file)
             // stops the fast, scaled decoders; decoded whole, the damage
             // shows as it does in a browser. The whole decode's memory is
-            // reserved first, within the per-render cap.
+            // counted and reserved like the render's, within the same caps.
             Err(MediaError::Invalid(reason)) if content_type == "image/jpeg" => {
                 let whole = variants::memory_needed_whole_jpeg(width, height);
-                if whole > self.limits.render.max_memory {
+                if self.render_fits(whole).is_err() {
                     return Err(MediaError::Invalid(reason).into());
                 }
                 tracing::debug!(%reason, "decoding a damaged JPEG whole");
-                drop(render_memory);
-                let slot = self.renderer.slot(pixels).await;
+                // Counted again as a new render of the owner's, which
+                // waits for none of its own: this one is given back first.
+                drop(memory);
+                let what = "decoding this damaged JPEG to make its variants";
+                let charge = self.budget.charge_render(owner, source_held + whole).await;
+                let slot = self
+                    .admissions
+                    .render_slot(&self.renderer, owner, pixels)
+                    .await;
                 let _whole_memory = self
                     .budget
-                    .reserve(whole, "decoding this damaged JPEG to make its variants")
-                    .await?;
+                    .reserve_within(source_held + whole, what, self.render_wait())
+                    .await?
+                    .charged(charge);
                 self.renderer
                     .render_whole_jpeg(slot, source, orientation, whole)
                     .await
@@ -126,7 +160,7 @@ impl Uploads {
         Ok(checksums.finish())
     }
 
-    /// The whole of a stored object, in memory.
+    /// The whole of a stored object, in memory (or its first `size` bytes).
     async fn read_all(&self, key: &ObjectKey, size: u64) -> Result<Bytes, DomainError> {
         let mut stream = self.blobs.read(key, 0, size).await?;
         let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -138,10 +172,37 @@ impl Uploads {
 }
 
 impl Uploads {
+    /// Refuses a render that needs `needed` bytes over the per-render cap.
+    fn render_fits(&self, needed: u64) -> Result<(), DomainError> {
+        let cap = self.limits.render.max_memory;
+        if needed > cap {
+            return Err(DomainError::TooLarge(format!(
+                "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
+                 (--max-render-memory)",
+                needed >> 20,
+                cap >> 20
+            )));
+        }
+        Ok(())
+    }
+
     /// How long a render of an admitted upload waits for memory: as long
     /// as an upload may wait to be admitted, if longer than the memory
     /// wait, so that a burst let in whole is not refused at its end.
     fn render_wait(&self) -> std::time::Duration {
         self.limits.memory_wait.max(self.limits.upload_slot_wait)
     }
+}
+
+/// The first [`HEAD_BYTES`] of the kept pieces of an original.
+fn head_of(pieces: &[Bytes]) -> Vec<u8> {
+    let mut head = Vec::new();
+    for piece in pieces {
+        let room = HEAD_BYTES as usize - head.len();
+        head.extend_from_slice(&piece[..piece.len().min(room)]);
+        if head.len() == HEAD_BYTES as usize {
+            break;
+        }
+    }
+    head
 }

@@ -904,14 +904,20 @@ impl SessionStream<'_> {
         Ok(tail)
     }
 
-    /// Grows the stream's memory reservation to `bytes` plus a message.
+    /// Grows the stream's memory reservation to `bytes` plus a message,
+    /// counted against the session owner's share of the budget too.
     async fn reserve(&mut self, bytes: u64) -> Result<(), DomainError> {
         let wanted = bytes + UPLOAD_OVERHEAD;
         let budget = &self.uploads.budget;
+        let owner = &self.session.owner;
         match &mut self.reservation {
-            Some(reservation) => budget.grow(reservation, wanted, "an upload").await,
+            Some(reservation) => {
+                budget
+                    .grow_for(owner, reservation, wanted, "an upload")
+                    .await
+            }
             None => {
-                self.reservation = Some(budget.reserve(wanted, "an upload").await?);
+                self.reservation = Some(budget.reserve_for(owner, wanted, "an upload").await?);
                 Ok(())
             }
         }
