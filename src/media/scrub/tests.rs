@@ -1345,4 +1345,75 @@ mod png_webp_lengths {
             assert!(error.to_string().contains("corrupt"), "{error}");
         }
     }
+
+    /// A lossless WebP with `VP8X` (`flags`, then `reserved`) and `more`
+    /// chunks between it and the image.
+    fn extended_webp(
+        flags: u8,
+        reserved: [u8; 3],
+        more: &[Vec<u8>],
+    ) -> (Vec<u8>, image::RgbaImage) {
+        let (vp8l, pixels) = vp8l_chunk(12, 10);
+        let mut vp8x = vec![flags];
+        vp8x.extend_from_slice(&reserved);
+        vp8x.extend_from_slice(&11u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&9u32.to_le_bytes()[..3]);
+        let mut chunks = vec![riff_chunk(b"VP8X", &vp8x)];
+        chunks.extend_from_slice(more);
+        chunks.push(vp8l);
+        (riff_webp(&chunks), pixels)
+    }
+
+    /// One `ICCP` (the one `VP8X` announces) is read; later ones are
+    /// blanked unread, and so are later `EXIF` and `VP8X` chunks.
+    #[test]
+    fn only_the_first_webp_icc_profile_and_exif_are_read() {
+        let profile = icc_profile_with_text("Alice Example");
+        let mut more = vec![riff_chunk(b"ICCP", &profile)];
+        for _ in 0..200 {
+            more.push(riff_chunk(b"ICCP", &icc_profile_with_text("Bob Example")));
+        }
+        let mut exif = b"Exif\0\0".to_vec();
+        exif.extend(exif_tiff(6, "Carol"));
+        more.push(riff_chunk(b"EXIF", &exif));
+        more.push(riff_chunk(b"EXIF", &exif_tiff(3, "Dave")));
+        let (original, pixels) = extended_webp(0x20, [0; 3], &more);
+        for chunk in [1, 13, original.len()] {
+            let (stored, report) = scrub(&original, chunk, false).unwrap();
+            assert_eq!(stored.len(), original.len());
+            assert_eq!(report.orientation, 6);
+            for secret in [&b"Alice"[..], b"Bob", b"Carol", b"Dave"] {
+                assert!(!contains(&stored, secret));
+            }
+            let profiles = stored.windows(4).filter(|w| *w == b"ICCP").count();
+            assert_eq!(profiles, 1);
+            assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        }
+    }
+
+    /// `VP8X` is 10 bytes, its reserved bits and bytes zero: a longer one
+    /// is refused, reserved ones are zeroed.
+    #[test]
+    fn vp8x_keeps_only_its_defined_bits() {
+        let (original, pixels) = extended_webp(0xC1 | 0x08, *b"Ali", &[]);
+        let (stored, report) = scrub(&original, 3, false).unwrap();
+        assert!(report.changed);
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, b"Ali"));
+        let at = stored.windows(4).position(|w| w == b"VP8X").unwrap();
+        assert_eq!(&stored[at + 8..at + 12], &[0, 0, 0, 0]);
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        let (plain, _) = extended_webp(0, [0; 3], &[]);
+        assert_eq!(scrub(&plain, 5, false).unwrap().0, plain);
+        // Longer: text after the canvas size.
+        let (vp8l, _) = vp8l_chunk(12, 10);
+        let mut vp8x = vec![0; 4];
+        vp8x.extend_from_slice(&11u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&9u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(b"Alice Example");
+        let long = riff_webp(&[riff_chunk(b"VP8X", &vp8x), vp8l]);
+        let error = scrub(&long, 7, false).unwrap_err();
+        assert!(error.to_string().contains("VP8X"), "{error}");
+        assert_eq!(scrub(&long, 7, true).unwrap().0, long);
+    }
 }
