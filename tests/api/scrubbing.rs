@@ -160,3 +160,33 @@ async fn a_damaged_camera_photo_is_stored_with_its_variants() {
         "the damaged scan data is kept as it was"
     );
 }
+
+/// A PNG of 400 `iCCP` chunks, each inflating to a 1 MB profile: the
+/// first is kept (rewritten), the others are dropped unread, so the
+/// upload is quick and the stored original holds one profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_png_icc_profiles_is_stored_as_one_quickly() {
+    let app = TestApp::spawn_with(Backend::Embedded, &[]).await;
+    let plain = images::png(40, 30, 8);
+    let iccp = |name: &str, text: &str| {
+        let mut data = name.as_bytes().to_vec();
+        data.extend_from_slice(&[0, 0]);
+        let profile = image_service::fixtures::icc_profile_with_text(text);
+        data.extend(miniz_oxide::deflate::compress_to_vec_zlib(&profile, 9));
+        images::png_chunk_bytes(b"iCCP", &data)
+    };
+    let mut png = plain[..33].to_vec();
+    png.extend(iccp("Alice Example", "GPS-N-48.8584"));
+    let flood = iccp("SN-4411", &"A".repeat(1_000_000));
+    for _ in 0..400 {
+        png.extend_from_slice(&flood);
+    }
+    png.extend_from_slice(&plain[33..]);
+    let started = std::time::Instant::now();
+    let stored = stored_without(&app, "flood.png", &png, &["Alice Example", "SN-4411"]).await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let profiles = stored.windows(4).filter(|w| *w == b"iCCP").count();
+    assert_eq!(profiles, 1, "one profile is stored");
+    assert!(stored.len() < 4096, "{} bytes stored", stored.len());
+}

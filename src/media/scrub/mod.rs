@@ -221,7 +221,7 @@ impl Scrubber {
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));
-            self.state = State::Png(Png::Header);
+            self.state = State::Png(Png::START);
             self.push(head.slice(8..), out)
         } else if &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
             // The RIFF size counts from the form type on.

@@ -1178,3 +1178,242 @@ mod heif_text {
         }
     }
 }
+
+/// PNG and WebP keep only the structures they know, at their defined
+/// length, once each.
+mod png_webp_lengths {
+    use super::*;
+    use crate::fixtures::{icc_profile_with_text, png_chunk_bytes as png_chunk};
+
+    /// `plain` (an RGB PNG) with `chunks` after IHDR.
+    fn after_ihdr(plain: &[u8], chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut png = plain[..33].to_vec();
+        png.extend(chunks.concat());
+        png.extend_from_slice(&plain[33..]);
+        png
+    }
+
+    /// How many chunks of `kind` a PNG holds, walking its structure.
+    fn count_png_chunks(png: &[u8], kind: &[u8; 4]) -> usize {
+        let (mut at, mut count) = (8, 0);
+        while at + 8 <= png.len() {
+            let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+            count += usize::from(&png[at + 4..at + 8] == kind);
+            at += 12 + len;
+        }
+        count
+    }
+
+    fn iccp(name: &str, profile: &[u8]) -> Vec<u8> {
+        let mut data = name.as_bytes().to_vec();
+        data.extend_from_slice(&[0, 0]);
+        data.extend(miniz_oxide::deflate::compress_to_vec_zlib(profile, 9));
+        png_chunk(b"iCCP", &data)
+    }
+
+    /// A flood of `iCCP` chunks, each inflating to a large valid profile:
+    /// the first is rewritten, the others go unread.
+    #[test]
+    fn only_the_first_png_icc_profile_is_read_and_kept() {
+        let plain = crate::fixtures::png(8, 8, 3);
+        let pixels = image::load_from_memory(&plain).unwrap().to_rgba8();
+        let big = icc_profile_with_text(&"A".repeat(1_000_000));
+        let first = iccp("Alice Example", &icc_profile_with_text("first"));
+        let flood = iccp("Bob Example", &big);
+        let mut chunks = vec![first];
+        chunks.extend(std::iter::repeat_n(flood, 400));
+        let original = after_ihdr(&plain, &chunks);
+        let started = std::time::Instant::now();
+        let (stored, report) = scrub(&original, 64 * 1024, false).unwrap();
+        let took = started.elapsed();
+        assert!(report.changed);
+        assert_eq!(count_png_chunks(&stored, b"iCCP"), 1);
+        assert!(!contains(&stored, b"Alice") && !contains(&stored, b"Bob"));
+        assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        // A profile after PLTE or IDAT is no part of the image.
+        let mut late = plain[..plain.len() - 12].to_vec();
+        late.extend(iccp("Alice", &icc_profile_with_text("late")));
+        late.extend_from_slice(&plain[plain.len() - 12..]);
+        let (stored, _) = scrub(&late, 7, false).unwrap();
+        assert_eq!(stored, plain);
+    }
+
+    /// Each kept ancillary chunk has the length PNG defines for it (for
+    /// the image's colour type); one longer or shorter goes whole.
+    #[test]
+    fn png_chunks_of_another_length_than_their_own_are_dropped() {
+        let plain = crate::fixtures::png(8, 8, 4); // colour type 2, RGB
+        assert_eq!(plain[25], 2);
+        let pixels = image::load_from_memory(&plain).unwrap().to_rgba8();
+        let valid: [(&[u8; 4], &[u8]); 9] = [
+            (b"gAMA", &[0, 0, 0xB1, 0x8F]),
+            (b"cHRM", &[0; 32]),
+            (b"sBIT", &[8, 8, 8]),
+            (b"cICP", &[1, 13, 0, 1]),
+            (b"cLLI", &[0; 8]),
+            (b"mDCV", &[0; 24]),
+            (b"bKGD", &[0, 1, 0, 2, 0, 3]),
+            (b"pHYs", &[0, 0, 0x0B, 0x13, 0, 0, 0x0B, 0x13, 1]),
+            (b"tRNS", &[0, 1, 0, 2, 0, 3]),
+        ];
+        for (kind, data) in valid {
+            let kept = after_ihdr(&plain, &[png_chunk(kind, data)]);
+            let (stored, _) = scrub(&kept, 5, false).unwrap();
+            assert_eq!(stored, kept, "{}", String::from_utf8_lossy(kind));
+            let mut longer = data.to_vec();
+            longer.extend_from_slice(b"Alice Example");
+            let (stored, report) =
+                scrub(&after_ihdr(&plain, &[png_chunk(kind, &longer)]), 5, false).unwrap();
+            assert!(report.changed);
+            assert_eq!(stored, plain, "{}", String::from_utf8_lossy(kind));
+            let (stored, _) = scrub(
+                &after_ihdr(&plain, &[png_chunk(kind, &data[1..])]),
+                5,
+                false,
+            )
+            .unwrap();
+            assert_eq!(stored, plain, "{}", String::from_utf8_lossy(kind));
+        }
+        // sRGB's one byte and a grey image's tRNS, on an RGB image.
+        let (stored, _) = scrub(
+            &after_ihdr(
+                &plain,
+                &[png_chunk(b"sRGB", b"\0Alice"), png_chunk(b"tRNS", &[0, 1])],
+            ),
+            3,
+            false,
+        )
+        .unwrap();
+        assert_eq!(stored, plain);
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+    }
+
+    /// The CRC written is the one computed over what is written: what a
+    /// caller put in a kept chunk's CRC field is gone.
+    #[test]
+    fn png_crcs_are_computed_not_copied() {
+        let plain = crate::fixtures::png(8, 8, 5);
+        let pixels = image::load_from_memory(&plain).unwrap().to_rgba8();
+        let mut original = after_ihdr(&plain, &[png_chunk(b"gAMA", &[0, 0, 0xB1, 0x8F])]);
+        // gAMA's CRC, and IDAT's, say "Alic" and "e Ex".
+        original[33 + 16 - 4..33 + 16].copy_from_slice(b"Alic");
+        let iend = original.len() - 12;
+        original[iend - 4..iend].copy_from_slice(b"e Ex");
+        for chunk in [1, 3, 4096] {
+            let (stored, report) = scrub(&original, chunk, false).unwrap();
+            assert!(report.changed);
+            assert!(!contains(&stored, b"Alic") && !contains(&stored, b"e Ex"));
+            assert_eq!(
+                stored,
+                after_ihdr(&plain, &[png_chunk(b"gAMA", &[0, 0, 0xB1, 0x8F])])
+            );
+            assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        }
+        // Kept metadata keeps the bytes as they came.
+        assert_eq!(scrub(&original, 9, true).unwrap().0, original);
+    }
+
+    /// Chunks PNG allows once: a second one (which decoders ignore) goes,
+    /// so repeats carry nothing; of `eXIf` only the first is read.
+    #[test]
+    fn repeated_png_chunks_are_dropped() {
+        let plain = crate::fixtures::png(8, 8, 6);
+        let gama = png_chunk(b"gAMA", &[0, 0, 0xB1, 0x8F]);
+        let mut chunks = vec![gama.clone()];
+        for _ in 0..1000 {
+            chunks.push(png_chunk(b"gAMA", b"Alic"));
+            chunks.push(png_chunk(b"eXIf", &exif_tiff(6, "Alice Example")));
+        }
+        let original = after_ihdr(&plain, &chunks);
+        let (stored, report) = scrub(&original, 100, false).unwrap();
+        assert_eq!(report.orientation, 6);
+        assert_eq!(count_png_chunks(&stored, b"gAMA"), 1);
+        assert_eq!(count_png_chunks(&stored, b"eXIf"), 1);
+        assert!(!contains(&stored, b"Alic"));
+        assert!(contains(&stored, &gama));
+    }
+
+    #[test]
+    fn corrupt_ihdr_or_iend_is_refused() {
+        let plain = crate::fixtures::png(8, 8, 7);
+        let mut missing = plain[..8].to_vec();
+        missing.extend_from_slice(&plain[33..]);
+        let twice = after_ihdr(&plain, &[plain[8..33].to_vec()]);
+        for bad in [missing, twice] {
+            let error = scrub(&bad, 16, false).unwrap_err();
+            assert!(error.to_string().contains("corrupt"), "{error}");
+        }
+    }
+
+    /// A lossless WebP with `VP8X` (`flags`, then `reserved`) and `more`
+    /// chunks between it and the image.
+    fn extended_webp(
+        flags: u8,
+        reserved: [u8; 3],
+        more: &[Vec<u8>],
+    ) -> (Vec<u8>, image::RgbaImage) {
+        let (vp8l, pixels) = vp8l_chunk(12, 10);
+        let mut vp8x = vec![flags];
+        vp8x.extend_from_slice(&reserved);
+        vp8x.extend_from_slice(&11u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&9u32.to_le_bytes()[..3]);
+        let mut chunks = vec![riff_chunk(b"VP8X", &vp8x)];
+        chunks.extend_from_slice(more);
+        chunks.push(vp8l);
+        (riff_webp(&chunks), pixels)
+    }
+
+    /// One `ICCP` (the one `VP8X` announces) is read; later ones are
+    /// blanked unread, and so are later `EXIF` and `VP8X` chunks.
+    #[test]
+    fn only_the_first_webp_icc_profile_and_exif_are_read() {
+        let profile = icc_profile_with_text("Alice Example");
+        let mut more = vec![riff_chunk(b"ICCP", &profile)];
+        for _ in 0..200 {
+            more.push(riff_chunk(b"ICCP", &icc_profile_with_text("Bob Example")));
+        }
+        let mut exif = b"Exif\0\0".to_vec();
+        exif.extend(exif_tiff(6, "Carol"));
+        more.push(riff_chunk(b"EXIF", &exif));
+        more.push(riff_chunk(b"EXIF", &exif_tiff(3, "Dave")));
+        let (original, pixels) = extended_webp(0x20, [0; 3], &more);
+        for chunk in [1, 13, original.len()] {
+            let (stored, report) = scrub(&original, chunk, false).unwrap();
+            assert_eq!(stored.len(), original.len());
+            assert_eq!(report.orientation, 6);
+            for secret in [&b"Alice"[..], b"Bob", b"Carol", b"Dave"] {
+                assert!(!contains(&stored, secret));
+            }
+            let profiles = stored.windows(4).filter(|w| *w == b"ICCP").count();
+            assert_eq!(profiles, 1);
+            assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        }
+    }
+
+    /// `VP8X` is 10 bytes, its reserved bits and bytes zero: a longer one
+    /// is refused, reserved ones are zeroed.
+    #[test]
+    fn vp8x_keeps_only_its_defined_bits() {
+        let (original, pixels) = extended_webp(0xC1 | 0x08, *b"Ali", &[]);
+        let (stored, report) = scrub(&original, 3, false).unwrap();
+        assert!(report.changed);
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, b"Ali"));
+        let at = stored.windows(4).position(|w| w == b"VP8X").unwrap();
+        assert_eq!(&stored[at + 8..at + 12], &[0, 0, 0, 0]);
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        let (plain, _) = extended_webp(0, [0; 3], &[]);
+        assert_eq!(scrub(&plain, 5, false).unwrap().0, plain);
+        // Longer: text after the canvas size.
+        let (vp8l, _) = vp8l_chunk(12, 10);
+        let mut vp8x = vec![0; 4];
+        vp8x.extend_from_slice(&11u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&9u32.to_le_bytes()[..3]);
+        vp8x.extend_from_slice(b"Alice Example");
+        let long = riff_webp(&[riff_chunk(b"VP8X", &vp8x), vp8l]);
+        let error = scrub(&long, 7, false).unwrap_err();
+        assert!(error.to_string().contains("VP8X"), "{error}");
+        assert_eq!(scrub(&long, 7, true).unwrap().0, long);
+    }
+}

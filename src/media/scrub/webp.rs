@@ -12,14 +12,23 @@
 //! ignore it, so it is blanked too. An announced one is read whole (at
 //! most [`MAX_WEBP_COLLECT`], larger is blanked) and kept with its free
 //! text blanked (see [`icc`]); a malformed one is blanked, and the image
-//! renders as sRGB.
+//! renders as sRGB. A WebP holds one `VP8X`, one `ICCP` and one `EXIF`:
+//! any later one is blanked unread. `VP8X` must be 10 bytes long (decoders
+//! refuse any other length, and a longer one could carry anything), or the
+//! file is refused; its reserved flag bits and reserved bytes are zeroed.
+//! Bytes after the frame inside a `VP8 ` chunk are kept: the frame's
+//! length is not in its header (only the first partition's is), so it
+//! cannot be bounded without decoding.
 //!
 //! Bounds: one chunk header (8 bytes) is held at a time, or one whole
 //! `VP8X`, `EXIF` or `ICCP` chunk of at most [`MAX_WEBP_COLLECT`] + 8 bytes (read
 //! for its flags and the orientation), never more than the bytes received.
 //! Kept data passes through as slices, and a blanked payload as slices of
 //! one static block of zeros, so nothing else is allocated but a fixed
-//! 8-byte header per blanked chunk. Work is linear in the input.
+//! 8-byte header per blanked chunk. CPU: a constant amount per input byte
+//! (a copy of held bytes, zeros for blanked ones) and per chunk header,
+//! and, once per file, one profile blanked and one EXIF read, each of at
+//! most [`MAX_WEBP_COLLECT`] bytes: no chunk's work repeats.
 use bytes::Bytes;
 
 use super::icc;
@@ -36,6 +45,9 @@ pub(super) struct Webp {
     frame: u64,
     /// `VP8X` announced an ICC profile.
     icc: bool,
+    /// The chunks a WebP holds once met so far (see [`once_bit`]): a later
+    /// one is blanked unread.
+    seen: u8,
 }
 
 impl Webp {
@@ -47,6 +59,7 @@ impl Webp {
             step: Step::Header,
             frame: 0,
             icc: false,
+            seen: 0,
         }
     }
 }
@@ -87,6 +100,25 @@ fn keep_frame_chunk(kind: &[u8; 4]) -> bool {
     matches!(kind, b"VP8 " | b"VP8L" | b"ALPH")
 }
 
+/// The bit in [`Webp::seen`] of the top-level chunks a WebP holds at most
+/// once (`VP8X`; the `ICCP` it announces; `EXIF`, read for the
+/// orientation), 0 for the others.
+fn once_bit(kind: &[u8; 4]) -> u8 {
+    match kind {
+        b"VP8X" => 1,
+        b"ICCP" => 2,
+        b"EXIF" => 4,
+        _ => 0,
+    }
+}
+
+/// `VP8X`'s payload length.
+const VP8X_LEN: u32 = 10;
+
+/// The `VP8X` flags that mean something: ICC (0x20), alpha (0x10), EXIF
+/// (0x08), XMP (0x04), animation (0x02); the others are reserved.
+const VP8X_FLAGS: u8 = 0x3E;
+
 /// A RIFF `JUNK` chunk header for `size` bytes of payload.
 fn webp_junk_header(size: u32) -> Bytes {
     let mut header = b"JUNK".to_vec();
@@ -111,6 +143,7 @@ impl Webp {
             step,
             frame,
             mut icc,
+            mut seen,
         } = self;
         // What the chunk being read must fit in: the frame, or the file.
         let room = if frame > 0 { frame } else { left };
@@ -125,6 +158,7 @@ impl Webp {
                         step,
                         frame: frame.saturating_sub(taken(chunk)),
                         icc,
+                        seen,
                     }));
                 }
                 let kind = [
@@ -144,13 +178,26 @@ impl Webp {
                     return Err(corrupt());
                 }
                 let profile = &kind == b"ICCP" && !stream.keep_metadata;
+                let bit = if frame > 0 { 0 } else { once_bit(&kind) };
+                let first = seen & bit == 0;
+                seen |= bit;
+                if &kind == b"VP8X" && size != VP8X_LEN && first && !stream.keep_metadata {
+                    // Decoders refuse it too; longer, it could carry anything.
+                    return Err(MediaError::invalid(
+                        "the WebP's VP8X chunk is not 10 bytes long",
+                    ));
+                }
                 let keep = stream.keep_metadata
                     || if frame > 0 {
                         keep_frame_chunk(&kind)
                     } else {
-                        keep_webp_chunk(&kind) && (!profile || (icc && size <= MAX_WEBP_COLLECT))
+                        first
+                            && keep_webp_chunk(&kind)
+                            && (!profile || (icc && size <= MAX_WEBP_COLLECT))
                     };
-                let collect = matches!(&kind, b"VP8X" | b"EXIF") || (profile && keep);
+                // Of EXIF only the first is read for the orientation.
+                let collect =
+                    (&kind == b"VP8X" && keep) || (&kind == b"EXIF" && first) || (profile && keep);
                 if frame == 0 && collect && size <= MAX_WEBP_COLLECT {
                     Step::Collect {
                         len: 8 + padded as usize,
@@ -176,6 +223,7 @@ impl Webp {
                             },
                             frame,
                             icc,
+                            seen,
                         };
                         return Ok(next.after(taken(chunk)));
                     }
@@ -232,10 +280,13 @@ impl Webp {
                 } else if whole.len() > 8 {
                     // VP8X: its ICC flag (0x20) says whether ICCP counts.
                     icc = whole[8] & 0x20 != 0;
-                    if !stream.keep_metadata && whole[8] & 0x0C != 0 {
-                        // Clear the EXIF (0x08) and XMP (0x04) flags.
-                        stream.changed = true;
-                        whole[8] &= !0x0C;
+                    if !stream.keep_metadata {
+                        // Clear the EXIF (0x08) and XMP (0x04) flags, the
+                        // reserved ones and the 3 reserved bytes.
+                        let before = [whole[8], whole[9], whole[10], whole[11]];
+                        whole[8] &= VP8X_FLAGS & !0x0C;
+                        whole[9..12].fill(0);
+                        stream.changed |= whole[8..12] != before;
                     }
                 }
                 out.push(whole.freeze());
@@ -247,6 +298,7 @@ impl Webp {
             step,
             frame,
             icc,
+            seen,
         };
         Ok(next.after(taken(chunk)))
     }
