@@ -9,9 +9,9 @@
 //! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `free` and `skip`
 //!   are kept (the last two as padding: their payload is zeroed, wherever
 //!   they are allowed); inside `meta` only the image structure (`hdlr`,
-//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`,
-//!   `ipro`); inside `ipco` only the properties that say how the pixels
-//!   look. Any other box (a motion photo's `mpvd` video with its GPS track,
+//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`; not
+//!   `ipro`, protected items' schemes, which the service cannot decode);
+//!   inside `ipco` only the properties that say how the pixels look. Any other box (a motion photo's `mpvd` video with its GPS track,
 //!   `uuid` boxes with XMP, an image sequence's or motion track's `moov`,
 //!   `udes` descriptions, creation times) becomes a `free` box of the same
 //!   size filled with zeros. A sequence's samples lie in `mdat` where no
@@ -23,7 +23,11 @@
 //!   types that are not known and subtypes, `hvcC` NAL units other than
 //!   parameter sets (SEI), `av1C` OBUs other than the sequence header
 //!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
-//!   `infe` strings ([`blank_item_strings`]).
+//!   `infe` strings ([`blank_item_strings`]), bytes after the fields of
+//!   `pitm`, `iloc` and `ipma`; `iref` keeps only the known reference
+//!   types ([`REFERENCES`]) and `grpl` the known groups ([`GROUPS`]),
+//!   each to its ids, the rest `free` ([`scrub_references`],
+//!   [`scrub_groups`]).
 //! - Items: image items (`hvc1`, `av01`, `iovl`, …) are kept (a `grid`'s
 //!   data to its defined 8 or 12 bytes, an `iden`'s, which has none, not
 //!   at all); every
@@ -137,10 +141,20 @@ pub(super) fn is_heif(head: &[u8]) -> bool {
 /// sequence, or a phone's motion track, is dropped and its still kept).
 const TOP_LEVEL_BOXES: [&[u8; 4]; 5] = [b"ftyp", b"meta", b"mdat", b"free", b"skip"];
 /// Boxes kept in a `meta` box: the image structure.
-const META_BOXES: [&[u8; 4]; 12] = [
-    b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"ipro",
-    b"free", b"skip",
+const META_BOXES: [&[u8; 4]; 11] = [
+    b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"free",
+    b"skip",
 ];
+/// Item reference types kept in `iref` (thumbnails, auxiliary images,
+/// derived images' inputs, metadata describing an image, base and
+/// premultiplied images, items built from other items); any other becomes
+/// `free`.
+const REFERENCES: [&[u8; 4]; 7] = [
+    b"thmb", b"auxl", b"dimg", b"cdsc", b"base", b"prem", b"iloc",
+];
+/// Entity groups kept in `grpl` (alternatives, stereo pairs, bursts); any
+/// other becomes `free`.
+const GROUPS: [&[u8; 4]; 3] = [b"altr", b"ster", b"brst"];
 /// Item properties kept in `ipco`: codec configurations and what decides
 /// how the pixels look (not `udes` descriptions, `crtt`/`mdft` times or
 /// `uuid` properties).
@@ -1181,6 +1195,9 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             b"iinf" => once(&mut iinf, child)?,
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
+            b"pitm" => changed |= scrub_primary(meta, &child)?,
+            b"iref" => changed |= scrub_references(meta, &child, count)?,
+            b"grpl" => changed |= scrub_groups(meta, &child, count)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
             b"hdlr" => changed |= blank_handler_name(meta, &child),
             b"dinf" => changed |= scrub_data_references(meta, &child, count)?,
@@ -1202,7 +1219,11 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
     };
     let range = idat.map(|idat| (idat.body as u64, idat.end as u64));
     let mut extents = match iloc {
-        Some(iloc) => item_extents(&meta[iloc.body..iloc.end], &kinds, range)?,
+        Some(iloc) => {
+            let extents = item_extents(&meta[iloc.body..iloc.end], &kinds, range)?;
+            changed |= zero_from(&mut meta[iloc.body..iloc.end], extents.parsed);
+            extents
+        }
         None => Extents::default(),
     };
     sort_disjoint(&mut extents.blanks_in_meta)?;
@@ -1226,7 +1247,11 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
     let mut at = children(iprp, false)?;
     while let Some(child) = next_box(meta, &mut at, iprp.end, count)? {
         match &child.kind {
-            b"ipma" => {}
+            b"ipma" => {
+                let body = &mut meta[child.body..child.end];
+                let len = associations_each(body, |_, _, _| {})?;
+                changed |= zero_from(body, len);
+            }
             b"ipco" => {
                 let mut at = children(&child, false)?;
                 while let Some(property) = next_box(meta, &mut at, child.end, count)? {
@@ -1607,6 +1632,73 @@ fn scrub_data_references(
     Ok(changed)
 }
 
+/// Zeros what follows a `pitm` box's item id; whether any was there.
+fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<bool, MediaError> {
+    let body = &mut meta[pitm.body..pitm.end];
+    let mut reader = Reader::new(body);
+    let version = reader.version()?;
+    reader.take(if version == 0 { 2 } else { 4 })?;
+    let len = reader.at;
+    Ok(zero_from(body, len))
+}
+
+/// An `iref` box keeps the references of the types in [`REFERENCES`],
+/// each to its ids (a `from` id, a count, as many `to` ids: 16 bits each
+/// in version 0, else 32), the bytes after them zeroed; any other box in
+/// it becomes `free`. Whether anything changed.
+fn scrub_references(meta: &mut [u8], iref: &Child, count: &mut u32) -> Result<bool, MediaError> {
+    let version = *meta.get(iref.body).ok_or_else(meta_corrupt)?;
+    let id_size = if version == 0 { 2 } else { 4 };
+    scrub_listed(meta, iref, true, &REFERENCES, count, |reader| {
+        reader.uint(id_size)?;
+        let ids = reader.u16()? as usize;
+        reader.take(ids * id_size)?;
+        Ok(())
+    })
+}
+
+/// A `grpl` box keeps the entity groups in [`GROUPS`], each to its ids (a
+/// full box: a group id, a count, as many entity ids, 32 bits each), the
+/// bytes after them zeroed; any other box in it becomes `free`. Whether
+/// anything changed.
+fn scrub_groups(meta: &mut [u8], grpl: &Child, count: &mut u32) -> Result<bool, MediaError> {
+    scrub_listed(meta, grpl, false, &GROUPS, count, |reader| {
+        reader.version()?;
+        reader.u32()?;
+        let entities = usize::try_from(reader.u32()?).map_err(|_| meta_corrupt())?;
+        reader.take(entities.checked_mul(4).ok_or_else(meta_corrupt)?)?;
+        Ok(())
+    })
+}
+
+/// Walks the boxes in `parent` (a full box when `full`): those of a kind
+/// in `kept` are read by `read`, and what it leaves is zeroed; any other
+/// becomes `free`. Whether anything changed.
+fn scrub_listed(
+    meta: &mut [u8],
+    parent: &Child,
+    full: bool,
+    kept: &[&[u8; 4]],
+    count: &mut u32,
+    read: impl Fn(&mut Reader) -> Result<(), MediaError>,
+) -> Result<bool, MediaError> {
+    let mut changed = false;
+    let mut at = children(parent, full)?;
+    while let Some(child) = next_box(meta, &mut at, parent.end, count)? {
+        if !listed(kept, &child.kind) {
+            changed |= zero_payload(meta, &child) || !is_padding(&child.kind);
+            blank_box(meta, &child);
+            continue;
+        }
+        let body = &mut meta[child.body..child.end];
+        let mut reader = Reader::new(body);
+        read(&mut reader)?;
+        let len = reader.at;
+        changed |= zero_from(body, len);
+    }
+    Ok(changed)
+}
+
 /// Zeros an `hdlr` box's name (free text, its last field, so nothing
 /// moves); whether it held any.
 fn blank_handler_name(meta: &mut [u8], hdlr: &Child) -> bool {
@@ -1650,6 +1742,9 @@ struct Extents {
     blanks_in_meta: Vec<Blank>,
     images: Vec<(u64, u64)>,
     images_in_meta: Vec<(u64, u64)>,
+    /// The bytes of the `iloc` payload its fields take (what follows is
+    /// zeroed).
+    parsed: usize,
 }
 
 /// Where the items lie, from an `iloc` box's payload; `kinds` says, by
@@ -1801,6 +1896,7 @@ fn item_extents(
     }
     merge(&mut extents.images);
     merge(&mut extents.images_in_meta);
+    extents.parsed = reader.at;
     Ok(extents)
 }
 
@@ -2030,6 +2126,30 @@ fn primary_size(meta: &[u8], count: &mut u32) -> Result<(u32, u32), MediaError> 
 /// Adds to `found` the property indices (1-based) that an `ipma` box's
 /// payload associates with item `id`.
 fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaError> {
+    associations_each(ipma, |item, bytes, wide| {
+        if item != id {
+            return;
+        }
+        if wide {
+            found.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
+            );
+        } else {
+            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
+        }
+    })?;
+    Ok(())
+}
+
+/// Calls `each` with every entry of an `ipma` box's payload: the item's
+/// id, its associations' bytes, and whether they are 16 bits wide;
+/// returns the bytes the entries take (what follows is no association).
+fn associations_each(
+    ipma: &[u8],
+    mut each: impl FnMut(u64, &[u8], bool),
+) -> Result<usize, MediaError> {
     let mut reader = Reader::new(ipma);
     let version = reader.u8()?;
     let flags = reader.take(3)?;
@@ -2044,20 +2164,9 @@ fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaE
         let item = reader.uint(id_size)?;
         let n = usize::from(reader.u8()?);
         let bytes = reader.take(n * if wide { 2 } else { 1 })?;
-        if item != id {
-            continue;
-        }
-        if wide {
-            found.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
-            );
-        } else {
-            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
-        }
+        each(item, bytes, wide);
     }
-    Ok(())
+    Ok(reader.at)
 }
 
 #[cfg(test)]
