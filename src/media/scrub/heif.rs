@@ -24,7 +24,9 @@
 //!   parameter sets (SEI), `av1C` OBUs other than the sequence header
 //!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
 //!   `infe` strings ([`blank_item_strings`]), bytes after the fields of
-//!   `pitm`, `iloc` and `ipma`; `iref` keeps only the known reference
+//!   `pitm`, `iloc` and `ipma`, and after the fields of `uncC`, `ccst`
+//!   and `a1lx`; `cmpd` component URIs; `jpgC`'s APPn segments and
+//!   comments (walked as a `jpeg` item); `iref` keeps only the known reference
 //!   types ([`REFERENCES`]) and `grpl` the known groups ([`GROUPS`]),
 //!   each to its ids, the rest `free` ([`scrub_references`],
 //!   [`scrub_groups`]).
@@ -38,7 +40,9 @@
 //! - Bytes no item covers: every byte of an `mdat` or `idat` payload that
 //!   no item's extent covers (text between two tiles, after the last item)
 //!   is zeroed. Items must lie in those payloads: one whose bytes would be
-//!   another box's (`ftyp`, the `meta` box, a `free` box), that runs past
+//!   another box's (`ftyp`, the `meta` box, a `free` box), a metadata
+//!   item built from another item (`iloc` construction method 2), that
+//!   runs past
 //!   the end of the file, that has an extent without a length (to the end
 //!   of the data), or whose bytes an image item's overlap, is refused
 //!   (`INVALID_ARGUMENT`); so is an item described twice. A file with no
@@ -1370,6 +1374,18 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
             let known = AUX_TYPES.contains(&urn);
             return zero_from(body, if known { 4 + urn.len() + 1 } else { 4 });
         }
+        b"jpgC" => return blank_jpeg_segments(body),
+        b"cmpd" => return scrub_components(body),
+        b"uncC" => uncompressed_config_len(body),
+        b"ccst" => 8,
+        // Its flags, then three layer sizes of 16 bits (32 with flag 1).
+        b"a1lx" => {
+            1 + if body.first().is_some_and(|&b| b & 1 == 1) {
+                12
+            } else {
+                6
+            }
+        }
         b"pixi" => 5 + usize::from(body.get(4).copied().unwrap_or(0)),
         b"ispe" | b"rloc" => 12,
         b"irot" | b"imir" | b"a1op" => 1,
@@ -1381,6 +1397,76 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
         _ => return false,
     };
     zero_from(body, len)
+}
+
+/// A `jpgC` property holds the headers a JPEG-coded item's data shares
+/// (from SOI on): walked as a `jpeg` item is ([`Walk`]), so its APPn
+/// segments (EXIF, XMP) and comments keep their marker and length and
+/// lose their payload. Whether anything changed.
+fn blank_jpeg_segments(body: &mut [u8]) -> bool {
+    let mut walk = Walk::default();
+    let mut changed = false;
+    for byte in body.iter_mut() {
+        let new = walk.step(*byte);
+        changed |= new != *byte;
+        *byte = new;
+    }
+    changed
+}
+
+/// A `cmpd` property's components (a count of 32 bits, then a type of 16
+/// bits each, followed by a URI for the user-defined types from 0x8000)
+/// keep their types; the URIs, free text, become empty, the components
+/// move up and zeros fill the end. A count past the bytes keeps the count
+/// alone. Whether anything changed.
+fn scrub_components(body: &mut [u8]) -> bool {
+    let mut reader = Reader::new(body);
+    let mut kept = Vec::new();
+    let mut whole = false;
+    // Each component takes at least its type.
+    let count = reader.u32().ok();
+    if let Some(count) = count.filter(|&count| count <= (reader.remaining() / 2) as u64) {
+        kept.extend_from_slice(&(count as u32).to_be_bytes());
+        whole = true;
+        for _ in 0..count {
+            let Ok(kind) = reader.u16() else {
+                whole = false;
+                break;
+            };
+            kept.extend_from_slice(&(kind as u16).to_be_bytes());
+            if kind >= 0x8000 {
+                reader.string();
+                kept.push(0);
+            }
+        }
+    }
+    if !whole {
+        kept = body[..4.min(body.len())].to_vec();
+    }
+    kept.truncate(body.len());
+    rewrite(body, &kept)
+}
+
+/// The defined length of an `uncC` property: version 1 is a profile
+/// alone; version 0 adds its components (5 bytes each) and 24 bytes of
+/// sampling, interleaving and alignment. An unknown version, or a count
+/// past the bytes, keeps the version and flags alone.
+fn uncompressed_config_len(body: &[u8]) -> usize {
+    let mut reader = Reader::new(body);
+    let (Ok(version), Ok(_profile)) = (reader.version(), reader.u32()) else {
+        return 4;
+    };
+    match version {
+        1 => 8,
+        0 => reader
+            .u32()
+            .ok()
+            .and_then(|count| usize::try_from(count).ok()?.checked_mul(5))
+            .and_then(|components| components.checked_add(12 + 24))
+            .filter(|&len| len <= body.len())
+            .unwrap_or(4),
+        _ => 4,
+    }
 }
 
 /// An `hvcC` keeps its 22 fixed bytes and, of its arrays of NAL units,
@@ -1807,7 +1893,14 @@ fn item_extents(
             .binary_search_by_key(&id, |&(item, _)| item)
             .map_or(Some(Item::Other), |at| kinds[at].1);
         // Data in another file is not in this upload; items built from
-        // other items hold no bytes of their own.
+        // other items hold no bytes of their own: a metadata item built
+        // so would be a view of an image's bytes, which it may not share.
+        if method == 2 && kind.is_some() {
+            return Err(MediaError::invalid(
+                "the HEIF's image and metadata items share bytes: a metadata item is built \
+                 from another item (iloc construction method 2)",
+            ));
+        }
         let located = data_reference == 0 && method < 2;
         let in_meta = method == 1;
         let first = if in_meta {
