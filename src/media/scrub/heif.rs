@@ -30,9 +30,11 @@
 //!   types ([`REFERENCES`]) and `grpl` the known groups ([`GROUPS`]),
 //!   each to its ids, the rest `free` ([`scrub_references`],
 //!   [`scrub_groups`]).
-//! - Items: image items (`hvc1`, `av01`, `iovl`, …) are kept (a `grid`'s
-//!   data to its defined 8 or 12 bytes, an `iden`'s, which has none, not
-//!   at all); every
+//! - Items: image items (`hvc1`, `av01`, …) are kept (a `grid`'s data to
+//!   its defined 8 or 12 bytes, an `iovl`'s to its fields for as many
+//!   images as its `dimg` references, a `tmap`'s to its fields for one or
+//!   three channels ([`Shape`]), an `iden`'s, which has none, not at
+//!   all); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -172,9 +174,8 @@ const PROPERTIES: [&[u8; 4]; 38] = [
 /// images, masks); every other item is blanked (a `jpeg` item is walked
 /// segment by segment, see [`Walk`]; a `grid` keeps its defined 8 or 12
 /// bytes, an `iden` none).
-const IMAGE_ITEMS: [&[u8; 4]; 12] = [
-    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"iovl",
-    b"tmap", b"mski",
+const IMAGE_ITEMS: [&[u8; 4]; 10] = [
+    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -282,12 +283,48 @@ enum Item {
     Other,
     /// A JPEG-coded image: its metadata segments are blanked ([`Walk`]).
     Jpeg,
-    /// A grid of tiles: its version, flags, rows and columns, and width
-    /// and height of 16 bits (32 when `wide`, flag 1) are kept, the rest
-    /// zeroed.
-    Grid {
-        wide: bool,
+    /// A derived image's data: the fields its `shape` defines are kept,
+    /// the rest zeroed; `long` is read from its flags as they stream by.
+    Defined {
+        shape: Shape,
+        long: bool,
     },
+}
+
+/// The data of the derived images whose fields are known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// A grid of tiles: version, flags, rows and columns, and width and
+    /// height of 16 bits (32 when long, flag 1).
+    Grid,
+    /// An overlay of `refs` images (its `dimg` references): version,
+    /// flags, four fill values of 16 bits, then width and height and an
+    /// offset pair per image, of 16 bits (32 when long, flag 1).
+    Overlay { refs: u32 },
+    /// A tone map (a gain map's metadata): version, minimum and writer
+    /// versions, flags, two headrooms, and five fractions per channel, of
+    /// one channel (three when multichannel, the flags' high bit).
+    ToneMap,
+}
+
+impl Shape {
+    /// Whether the data is long, when byte `at` of it (`byte`) says.
+    fn long(self, at: u64, byte: u8) -> Option<bool> {
+        match self {
+            Shape::Grid | Shape::Overlay { .. } => (at == 1).then_some(byte & 1 == 1),
+            Shape::ToneMap => (at == 5).then_some(byte & 0x80 != 0),
+        }
+    }
+
+    /// The length the fields take.
+    fn len(self, long: bool) -> u64 {
+        let field = if long { 4 } else { 2 };
+        match self {
+            Shape::Grid => 4 + 2 * field,
+            Shape::Overlay { refs } => 10 + 2 * field * (1 + u64::from(refs)),
+            Shape::ToneMap => 22 + if long { 120 } else { 40 },
+        }
+    }
 }
 
 /// The empty item an `Exif` item becomes: the 4-byte offset to the TIFF
@@ -308,7 +345,7 @@ impl Item {
         let (template, fill): (&[u8], u8) = match self {
             Item::Exif => (&EMPTY_EXIF, 0),
             Item::Xmp => (EMPTY_XMP, b' '),
-            Item::Other | Item::Jpeg | Item::Grid { .. } => (&[], 0),
+            Item::Other | Item::Jpeg | Item::Defined { .. } => (&[], 0),
         };
         if len < template.len() as u64 {
             return fill;
@@ -536,12 +573,11 @@ impl Blank {
     fn byte(&mut self, at: u64, original: u8) -> u8 {
         match self.kind {
             Item::Jpeg => self.walk.step(original),
-            Item::Grid { wide } => {
+            Item::Defined { shape, long } => {
                 let at = self.item_offset + (at - self.start);
-                let wide = if at == 1 { original & 1 == 1 } else { wide };
-                self.kind = Item::Grid { wide };
-                let len = if wide { 12 } else { 8 };
-                if at < len { original } else { 0 }
+                let long = shape.long(at, original).unwrap_or(long);
+                self.kind = Item::Defined { shape, long };
+                if at < shape.len(long) { original } else { 0 }
             }
             kind => kind.byte(self.item_offset + (at - self.start), self.item_len),
         }
@@ -563,7 +599,7 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
         if blank.end <= start {
             continue;
         }
-        let carried = matches!(blank.kind, Item::Jpeg | Item::Grid { .. });
+        let carried = matches!(blank.kind, Item::Jpeg | Item::Defined { .. });
         changed |= !carried;
         let (mut at, to) = (blank.start.max(start), blank.end.min(end));
         while at < to {
@@ -581,7 +617,8 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
             *byte = new;
             at += 1;
         }
-        // A grid's flags, read in its first piece, carry on the same way.
+        // A derived image's flags, read in its first piece, carry on the
+        // same way.
         let (id, walk, kind) = (blank.id, blank.walk, blank.kind);
         if carried
             && blank.end <= end
@@ -1193,6 +1230,9 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
     let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
     let (mut iinf, mut iloc, mut idat) = (None, None, None);
     let mut changed = false;
+    // The `dimg` references by item: an overlay's data has a pair of
+    // offsets for each.
+    let mut inputs = Vec::new();
     let mut at = children(&outer, true)?;
     while let Some(child) = next_box(meta, &mut at, outer.end, count)? {
         match &child.kind {
@@ -1200,7 +1240,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
             b"pitm" => changed |= scrub_primary(meta, &child)?,
-            b"iref" => changed |= scrub_references(meta, &child, count)?,
+            b"iref" => changed |= scrub_references(meta, &child, count, &mut inputs)?,
             b"grpl" => changed |= scrub_groups(meta, &child, count)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
             b"hdlr" => changed |= blank_handler_name(meta, &child),
@@ -1213,7 +1253,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             }
         }
     }
-    let kinds = match iinf {
+    let mut kinds = match iinf {
         Some(iinf) => {
             let (kinds, named) = blanked_items(meta, &iinf, count)?;
             changed |= named;
@@ -1221,6 +1261,16 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
         }
         None => Vec::new(),
     };
+    for (from, n) in inputs {
+        if let Ok(at) = kinds.binary_search_by_key(&u64::from(from), |&(item, _)| item)
+            && let Some(Item::Defined {
+                shape: Shape::Overlay { refs },
+                ..
+            }) = &mut kinds[at].1
+        {
+            *refs = refs.saturating_add(n);
+        }
+    }
     let range = idat.map(|idat| (idat.body as u64, idat.end as u64));
     let mut extents = match iloc {
         Some(iloc) => {
@@ -1648,8 +1698,13 @@ fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, usize), MediaError> {
     };
     let kind = if &item_type == b"jpeg" {
         Some(Item::Jpeg)
-    } else if &item_type == b"grid" {
-        Some(Item::Grid { wide: false })
+    } else if let Some(shape) = match &item_type {
+        b"grid" => Some(Shape::Grid),
+        b"iovl" => Some(Shape::Overlay { refs: 0 }),
+        b"tmap" => Some(Shape::ToneMap),
+        _ => None,
+    } {
+        Some(Item::Defined { shape, long: false })
     } else if &item_type == b"iden" {
         // A derived image with no data of its own: any is not pixels.
         Some(Item::Other)
@@ -1731,14 +1786,24 @@ fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<bool, MediaError> {
 /// An `iref` box keeps the references of the types in [`REFERENCES`],
 /// each to its ids (a `from` id, a count, as many `to` ids: 16 bits each
 /// in version 0, else 32), the bytes after them zeroed; any other box in
-/// it becomes `free`. Whether anything changed.
-fn scrub_references(meta: &mut [u8], iref: &Child, count: &mut u32) -> Result<bool, MediaError> {
+/// it becomes `free`. Adds to `inputs` each `dimg` reference's item and
+/// count. Whether anything changed.
+fn scrub_references(
+    meta: &mut [u8],
+    iref: &Child,
+    count: &mut u32,
+    inputs: &mut Vec<(u32, u32)>,
+) -> Result<bool, MediaError> {
     let version = *meta.get(iref.body).ok_or_else(meta_corrupt)?;
     let id_size = if version == 0 { 2 } else { 4 };
-    scrub_listed(meta, iref, true, &REFERENCES, count, |reader| {
-        reader.uint(id_size)?;
+    scrub_listed(meta, iref, true, &REFERENCES, count, |kind, reader| {
+        let from = reader.uint(id_size)?;
         let ids = reader.u16()? as usize;
         reader.take(ids * id_size)?;
+        if kind == b"dimg" {
+            // Ids are at most 32 bits wide.
+            inputs.push((from as u32, ids as u32));
+        }
         Ok(())
     })
 }
@@ -1748,7 +1813,7 @@ fn scrub_references(meta: &mut [u8], iref: &Child, count: &mut u32) -> Result<bo
 /// bytes after them zeroed; any other box in it becomes `free`. Whether
 /// anything changed.
 fn scrub_groups(meta: &mut [u8], grpl: &Child, count: &mut u32) -> Result<bool, MediaError> {
-    scrub_listed(meta, grpl, false, &GROUPS, count, |reader| {
+    scrub_listed(meta, grpl, false, &GROUPS, count, |_, reader| {
         reader.version()?;
         reader.u32()?;
         let entities = usize::try_from(reader.u32()?).map_err(|_| meta_corrupt())?;
@@ -1766,7 +1831,7 @@ fn scrub_listed(
     full: bool,
     kept: &[&[u8; 4]],
     count: &mut u32,
-    read: impl Fn(&mut Reader) -> Result<(), MediaError>,
+    mut read: impl FnMut(&[u8; 4], &mut Reader) -> Result<(), MediaError>,
 ) -> Result<bool, MediaError> {
     let mut changed = false;
     let mut at = children(parent, full)?;
@@ -1778,7 +1843,7 @@ fn scrub_listed(
         }
         let body = &mut meta[child.body..child.end];
         let mut reader = Reader::new(body);
-        read(&mut reader)?;
+        read(&child.kind, &mut reader)?;
         let len = reader.at;
         changed |= zero_from(body, len);
     }
