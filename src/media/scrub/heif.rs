@@ -77,6 +77,13 @@
 //! Orientation lives in the `irot` and `imir` properties, which are kept,
 //! not in EXIF.
 //!
+//! Coded parameters and bitstreams are kept as they are, whatever bytes
+//! they hold: `hvcC`'s six general constraint indicator bytes, the
+//! payloads of its parameter sets, the bytes of `av1C`'s sequence header
+//! OBU up to its declared size, `cmpd` component type values, and SEI or
+//! unspecified NAL units and AV1 metadata or padding OBUs inside image
+//! items' data.
+//!
 //! A file whose metadata items lie before its `meta` box (a `meta` after
 //! `mdat`, as Samsung phones write them) cannot be blanked as those bytes go
 //! by: the pieces behind, and the bytes of the `mdat` payloads gone by that
