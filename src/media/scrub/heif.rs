@@ -9,9 +9,9 @@
 //! - Boxes: at the top level only `ftyp`, `meta`, `mdat`, `free` and `skip`
 //!   are kept (the last two as padding: their payload is zeroed, wherever
 //!   they are allowed); inside `meta` only the image structure (`hdlr`,
-//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`,
-//!   `ipro`); inside `ipco` only the properties that say how the pixels
-//!   look. Any other box (a motion photo's `mpvd` video with its GPS track,
+//!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`; not
+//!   `ipro`, protected items' schemes, which the service cannot decode);
+//!   inside `ipco` only the properties that say how the pixels look. Any other box (a motion photo's `mpvd` video with its GPS track,
 //!   `uuid` boxes with XMP, an image sequence's or motion track's `moov`,
 //!   `udes` descriptions, creation times) becomes a `free` box of the same
 //!   size filled with zeros. A sequence's samples lie in `mdat` where no
@@ -23,10 +23,18 @@
 //!   types that are not known and subtypes, `hvcC` NAL units other than
 //!   parameter sets (SEI), `av1C` OBUs other than the sequence header
 //!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
-//!   `infe` strings ([`blank_item_strings`]).
-//! - Items: image items (`hvc1`, `av01`, `iovl`, …) are kept (a `grid`'s
-//!   data to its defined 8 or 12 bytes, an `iden`'s, which has none, not
-//!   at all); every
+//!   `infe` strings ([`blank_item_strings`]), bytes after the fields of
+//!   `pitm`, `iloc` and `ipma`, and after the fields of `uncC`, `ccst`
+//!   and `a1lx`; `cmpd` component URIs; `jpgC`'s APPn segments and
+//!   comments (walked as a `jpeg` item); `iref` keeps only the known reference
+//!   types ([`REFERENCES`]) and `grpl` the known groups ([`GROUPS`]),
+//!   each to its ids, the rest `free` ([`scrub_references`],
+//!   [`scrub_groups`]).
+//! - Items: image items (`hvc1`, `av01`, …) are kept (a `grid`'s data to
+//!   its defined 8 or 12 bytes, an `iovl`'s to its fields for as many
+//!   images as its `dimg` references, a `tmap`'s to its fields for one or
+//!   three channels ([`Shape`]), an `iden`'s, which has none, not at
+//!   all); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -34,7 +42,9 @@
 //! - Bytes no item covers: every byte of an `mdat` or `idat` payload that
 //!   no item's extent covers (text between two tiles, after the last item)
 //!   is zeroed. Items must lie in those payloads: one whose bytes would be
-//!   another box's (`ftyp`, the `meta` box, a `free` box), that runs past
+//!   another box's (`ftyp`, the `meta` box, a `free` box), a metadata
+//!   item built from another item (`iloc` construction method 2), that
+//!   runs past
 //!   the end of the file, that has an extent without a length (to the end
 //!   of the data), or whose bytes an image item's overlap, is refused
 //!   (`INVALID_ARGUMENT`); so is an item described twice. A file with no
@@ -66,6 +76,13 @@
 //! sorted ranges once each.
 //! Orientation lives in the `irot` and `imir` properties, which are kept,
 //! not in EXIF.
+//!
+//! Coded parameters and bitstreams are kept as they are, whatever bytes
+//! they hold: `hvcC`'s six general constraint indicator bytes, the
+//! payloads of its parameter sets, the bytes of `av1C`'s sequence header
+//! OBU up to its declared size, `cmpd` component type values, and SEI or
+//! unspecified NAL units and AV1 metadata or padding OBUs inside image
+//! items' data.
 //!
 //! A file whose metadata items lie before its `meta` box (a `meta` after
 //! `mdat`, as Samsung phones write them) cannot be blanked as those bytes go
@@ -137,10 +154,20 @@ pub(super) fn is_heif(head: &[u8]) -> bool {
 /// sequence, or a phone's motion track, is dropped and its still kept).
 const TOP_LEVEL_BOXES: [&[u8; 4]; 5] = [b"ftyp", b"meta", b"mdat", b"free", b"skip"];
 /// Boxes kept in a `meta` box: the image structure.
-const META_BOXES: [&[u8; 4]; 12] = [
-    b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"ipro",
-    b"free", b"skip",
+const META_BOXES: [&[u8; 4]; 11] = [
+    b"hdlr", b"pitm", b"iloc", b"iinf", b"iref", b"iprp", b"idat", b"dinf", b"grpl", b"free",
+    b"skip",
 ];
+/// Item reference types kept in `iref` (thumbnails, auxiliary images,
+/// derived images' inputs, metadata describing an image, base and
+/// premultiplied images, items built from other items); any other becomes
+/// `free`.
+const REFERENCES: [&[u8; 4]; 7] = [
+    b"thmb", b"auxl", b"dimg", b"cdsc", b"base", b"prem", b"iloc",
+];
+/// Entity groups kept in `grpl` (alternatives, stereo pairs, bursts); any
+/// other becomes `free`.
+const GROUPS: [&[u8; 4]; 3] = [b"altr", b"ster", b"brst"];
 /// Item properties kept in `ipco`: codec configurations and what decides
 /// how the pixels look (not `udes` descriptions, `crtt`/`mdft` times or
 /// `uuid` properties).
@@ -154,9 +181,8 @@ const PROPERTIES: [&[u8; 4]; 38] = [
 /// images, masks); every other item is blanked (a `jpeg` item is walked
 /// segment by segment, see [`Walk`]; a `grid` keeps its defined 8 or 12
 /// bytes, an `iden` none).
-const IMAGE_ITEMS: [&[u8; 4]; 12] = [
-    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"iovl",
-    b"tmap", b"mski",
+const IMAGE_ITEMS: [&[u8; 4]; 10] = [
+    b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -264,12 +290,48 @@ enum Item {
     Other,
     /// A JPEG-coded image: its metadata segments are blanked ([`Walk`]).
     Jpeg,
-    /// A grid of tiles: its version, flags, rows and columns, and width
-    /// and height of 16 bits (32 when `wide`, flag 1) are kept, the rest
-    /// zeroed.
-    Grid {
-        wide: bool,
+    /// A derived image's data: the fields its `shape` defines are kept,
+    /// the rest zeroed; `long` is read from its flags as they stream by.
+    Defined {
+        shape: Shape,
+        long: bool,
     },
+}
+
+/// The data of the derived images whose fields are known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// A grid of tiles: version, flags, rows and columns, and width and
+    /// height of 16 bits (32 when long, flag 1).
+    Grid,
+    /// An overlay of `refs` images (its `dimg` references): version,
+    /// flags, four fill values of 16 bits, then width and height and an
+    /// offset pair per image, of 16 bits (32 when long, flag 1).
+    Overlay { refs: u32 },
+    /// A tone map (a gain map's metadata): version, minimum and writer
+    /// versions, flags, two headrooms, and five fractions per channel, of
+    /// one channel (three when multichannel, the flags' high bit).
+    ToneMap,
+}
+
+impl Shape {
+    /// Whether the data is long, when byte `at` of it (`byte`) says.
+    fn long(self, at: u64, byte: u8) -> Option<bool> {
+        match self {
+            Shape::Grid | Shape::Overlay { .. } => (at == 1).then_some(byte & 1 == 1),
+            Shape::ToneMap => (at == 5).then_some(byte & 0x80 != 0),
+        }
+    }
+
+    /// The length the fields take.
+    fn len(self, long: bool) -> u64 {
+        let field = if long { 4 } else { 2 };
+        match self {
+            Shape::Grid => 4 + 2 * field,
+            Shape::Overlay { refs } => 10 + 2 * field * (1 + u64::from(refs)),
+            Shape::ToneMap => 22 + if long { 120 } else { 40 },
+        }
+    }
 }
 
 /// The empty item an `Exif` item becomes: the 4-byte offset to the TIFF
@@ -290,7 +352,7 @@ impl Item {
         let (template, fill): (&[u8], u8) = match self {
             Item::Exif => (&EMPTY_EXIF, 0),
             Item::Xmp => (EMPTY_XMP, b' '),
-            Item::Other | Item::Jpeg | Item::Grid { .. } => (&[], 0),
+            Item::Other | Item::Jpeg | Item::Defined { .. } => (&[], 0),
         };
         if len < template.len() as u64 {
             return fill;
@@ -518,12 +580,11 @@ impl Blank {
     fn byte(&mut self, at: u64, original: u8) -> u8 {
         match self.kind {
             Item::Jpeg => self.walk.step(original),
-            Item::Grid { wide } => {
+            Item::Defined { shape, long } => {
                 let at = self.item_offset + (at - self.start);
-                let wide = if at == 1 { original & 1 == 1 } else { wide };
-                self.kind = Item::Grid { wide };
-                let len = if wide { 12 } else { 8 };
-                if at < len { original } else { 0 }
+                let long = shape.long(at, original).unwrap_or(long);
+                self.kind = Item::Defined { shape, long };
+                if at < shape.len(long) { original } else { 0 }
             }
             kind => kind.byte(self.item_offset + (at - self.start), self.item_len),
         }
@@ -545,7 +606,7 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
         if blank.end <= start {
             continue;
         }
-        let carried = matches!(blank.kind, Item::Jpeg | Item::Grid { .. });
+        let carried = matches!(blank.kind, Item::Jpeg | Item::Defined { .. });
         changed |= !carried;
         let (mut at, to) = (blank.start.max(start), blank.end.min(end));
         while at < to {
@@ -563,7 +624,8 @@ fn overwrite(blanks: &mut [Blank], bytes: &mut [u8], start: u64) -> bool {
             *byte = new;
             at += 1;
         }
-        // A grid's flags, read in its first piece, carry on the same way.
+        // A derived image's flags, read in its first piece, carry on the
+        // same way.
         let (id, walk, kind) = (blank.id, blank.walk, blank.kind);
         if carried
             && blank.end <= end
@@ -1175,12 +1237,18 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
     let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
     let (mut iinf, mut iloc, mut idat) = (None, None, None);
     let mut changed = false;
+    // The `dimg` references by item: an overlay's data has a pair of
+    // offsets for each.
+    let mut inputs = Vec::new();
     let mut at = children(&outer, true)?;
     while let Some(child) = next_box(meta, &mut at, outer.end, count)? {
         match &child.kind {
             b"iinf" => once(&mut iinf, child)?,
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
+            b"pitm" => changed |= scrub_primary(meta, &child)?,
+            b"iref" => changed |= scrub_references(meta, &child, count, &mut inputs)?,
+            b"grpl" => changed |= scrub_groups(meta, &child, count)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count)?,
             b"hdlr" => changed |= blank_handler_name(meta, &child),
             b"dinf" => changed |= scrub_data_references(meta, &child, count)?,
@@ -1192,7 +1260,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             }
         }
     }
-    let kinds = match iinf {
+    let mut kinds = match iinf {
         Some(iinf) => {
             let (kinds, named) = blanked_items(meta, &iinf, count)?;
             changed |= named;
@@ -1200,9 +1268,23 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
         }
         None => Vec::new(),
     };
+    for (from, n) in inputs {
+        if let Ok(at) = kinds.binary_search_by_key(&u64::from(from), |&(item, _)| item)
+            && let Some(Item::Defined {
+                shape: Shape::Overlay { refs },
+                ..
+            }) = &mut kinds[at].1
+        {
+            *refs = refs.saturating_add(n);
+        }
+    }
     let range = idat.map(|idat| (idat.body as u64, idat.end as u64));
     let mut extents = match iloc {
-        Some(iloc) => item_extents(&meta[iloc.body..iloc.end], &kinds, range)?,
+        Some(iloc) => {
+            let extents = item_extents(&meta[iloc.body..iloc.end], &kinds, range)?;
+            changed |= zero_from(&mut meta[iloc.body..iloc.end], extents.parsed);
+            extents
+        }
         None => Extents::default(),
     };
     sort_disjoint(&mut extents.blanks_in_meta)?;
@@ -1226,7 +1308,11 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
     let mut at = children(iprp, false)?;
     while let Some(child) = next_box(meta, &mut at, iprp.end, count)? {
         match &child.kind {
-            b"ipma" => {}
+            b"ipma" => {
+                let body = &mut meta[child.body..child.end];
+                let len = associations_each(body, |_, _, _| {})?;
+                changed |= zero_from(body, len);
+            }
             b"ipco" => {
                 let mut at = children(&child, false)?;
                 while let Some(property) = next_box(meta, &mut at, child.end, count)? {
@@ -1345,6 +1431,18 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
             let known = AUX_TYPES.contains(&urn);
             return zero_from(body, if known { 4 + urn.len() + 1 } else { 4 });
         }
+        b"jpgC" => return blank_jpeg_segments(body),
+        b"cmpd" => return scrub_components(body),
+        b"uncC" => uncompressed_config_len(body),
+        b"ccst" => 8,
+        // Its flags, then three layer sizes of 16 bits (32 with flag 1).
+        b"a1lx" => {
+            1 + if body.first().is_some_and(|&b| b & 1 == 1) {
+                12
+            } else {
+                6
+            }
+        }
         b"pixi" => 5 + usize::from(body.get(4).copied().unwrap_or(0)),
         b"ispe" | b"rloc" => 12,
         b"irot" | b"imir" | b"a1op" => 1,
@@ -1356,6 +1454,76 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
         _ => return false,
     };
     zero_from(body, len)
+}
+
+/// A `jpgC` property holds the headers a JPEG-coded item's data shares
+/// (from SOI on): walked as a `jpeg` item is ([`Walk`]), so its APPn
+/// segments (EXIF, XMP) and comments keep their marker and length and
+/// lose their payload. Whether anything changed.
+fn blank_jpeg_segments(body: &mut [u8]) -> bool {
+    let mut walk = Walk::default();
+    let mut changed = false;
+    for byte in body.iter_mut() {
+        let new = walk.step(*byte);
+        changed |= new != *byte;
+        *byte = new;
+    }
+    changed
+}
+
+/// A `cmpd` property's components (a count of 32 bits, then a type of 16
+/// bits each, followed by a URI for the user-defined types from 0x8000)
+/// keep their types; the URIs, free text, become empty, the components
+/// move up and zeros fill the end. A count past the bytes keeps the count
+/// alone. Whether anything changed.
+fn scrub_components(body: &mut [u8]) -> bool {
+    let mut reader = Reader::new(body);
+    let mut kept = Vec::new();
+    let mut whole = false;
+    // Each component takes at least its type.
+    let count = reader.u32().ok();
+    if let Some(count) = count.filter(|&count| count <= (reader.remaining() / 2) as u64) {
+        kept.extend_from_slice(&(count as u32).to_be_bytes());
+        whole = true;
+        for _ in 0..count {
+            let Ok(kind) = reader.u16() else {
+                whole = false;
+                break;
+            };
+            kept.extend_from_slice(&(kind as u16).to_be_bytes());
+            if kind >= 0x8000 {
+                reader.string();
+                kept.push(0);
+            }
+        }
+    }
+    if !whole {
+        kept = body[..4.min(body.len())].to_vec();
+    }
+    kept.truncate(body.len());
+    rewrite(body, &kept)
+}
+
+/// The defined length of an `uncC` property: version 1 is a profile
+/// alone; version 0 adds its components (5 bytes each) and 24 bytes of
+/// sampling, interleaving and alignment. An unknown version, or a count
+/// past the bytes, keeps the version and flags alone.
+fn uncompressed_config_len(body: &[u8]) -> usize {
+    let mut reader = Reader::new(body);
+    let (Ok(version), Ok(_profile)) = (reader.version(), reader.u32()) else {
+        return 4;
+    };
+    match version {
+        1 => 8,
+        0 => reader
+            .u32()
+            .ok()
+            .and_then(|count| usize::try_from(count).ok()?.checked_mul(5))
+            .and_then(|components| components.checked_add(12 + 24))
+            .filter(|&len| len <= body.len())
+            .unwrap_or(4),
+        _ => 4,
+    }
 }
 
 /// An `hvcC` keeps its 22 fixed bytes and, of its arrays of NAL units,
@@ -1537,8 +1705,13 @@ fn item_entry(entry: &[u8]) -> Result<(u64, Option<Item>, usize), MediaError> {
     };
     let kind = if &item_type == b"jpeg" {
         Some(Item::Jpeg)
-    } else if &item_type == b"grid" {
-        Some(Item::Grid { wide: false })
+    } else if let Some(shape) = match &item_type {
+        b"grid" => Some(Shape::Grid),
+        b"iovl" => Some(Shape::Overlay { refs: 0 }),
+        b"tmap" => Some(Shape::ToneMap),
+        _ => None,
+    } {
+        Some(Item::Defined { shape, long: false })
     } else if &item_type == b"iden" {
         // A derived image with no data of its own: any is not pixels.
         Some(Item::Other)
@@ -1607,6 +1780,83 @@ fn scrub_data_references(
     Ok(changed)
 }
 
+/// Zeros what follows a `pitm` box's item id; whether any was there.
+fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<bool, MediaError> {
+    let body = &mut meta[pitm.body..pitm.end];
+    let mut reader = Reader::new(body);
+    let version = reader.version()?;
+    reader.take(if version == 0 { 2 } else { 4 })?;
+    let len = reader.at;
+    Ok(zero_from(body, len))
+}
+
+/// An `iref` box keeps the references of the types in [`REFERENCES`],
+/// each to its ids (a `from` id, a count, as many `to` ids: 16 bits each
+/// in version 0, else 32), the bytes after them zeroed; any other box in
+/// it becomes `free`. Adds to `inputs` each `dimg` reference's item and
+/// count. Whether anything changed.
+fn scrub_references(
+    meta: &mut [u8],
+    iref: &Child,
+    count: &mut u32,
+    inputs: &mut Vec<(u32, u32)>,
+) -> Result<bool, MediaError> {
+    let version = *meta.get(iref.body).ok_or_else(meta_corrupt)?;
+    let id_size = if version == 0 { 2 } else { 4 };
+    scrub_listed(meta, iref, true, &REFERENCES, count, |kind, reader| {
+        let from = reader.uint(id_size)?;
+        let ids = reader.u16()? as usize;
+        reader.take(ids * id_size)?;
+        if kind == b"dimg" {
+            // Ids are at most 32 bits wide.
+            inputs.push((from as u32, ids as u32));
+        }
+        Ok(())
+    })
+}
+
+/// A `grpl` box keeps the entity groups in [`GROUPS`], each to its ids (a
+/// full box: a group id, a count, as many entity ids, 32 bits each), the
+/// bytes after them zeroed; any other box in it becomes `free`. Whether
+/// anything changed.
+fn scrub_groups(meta: &mut [u8], grpl: &Child, count: &mut u32) -> Result<bool, MediaError> {
+    scrub_listed(meta, grpl, false, &GROUPS, count, |_, reader| {
+        reader.version()?;
+        reader.u32()?;
+        let entities = usize::try_from(reader.u32()?).map_err(|_| meta_corrupt())?;
+        reader.take(entities.checked_mul(4).ok_or_else(meta_corrupt)?)?;
+        Ok(())
+    })
+}
+
+/// Walks the boxes in `parent` (a full box when `full`): those of a kind
+/// in `kept` are read by `read`, and what it leaves is zeroed; any other
+/// becomes `free`. Whether anything changed.
+fn scrub_listed(
+    meta: &mut [u8],
+    parent: &Child,
+    full: bool,
+    kept: &[&[u8; 4]],
+    count: &mut u32,
+    mut read: impl FnMut(&[u8; 4], &mut Reader) -> Result<(), MediaError>,
+) -> Result<bool, MediaError> {
+    let mut changed = false;
+    let mut at = children(parent, full)?;
+    while let Some(child) = next_box(meta, &mut at, parent.end, count)? {
+        if !listed(kept, &child.kind) {
+            changed |= zero_payload(meta, &child) || !is_padding(&child.kind);
+            blank_box(meta, &child);
+            continue;
+        }
+        let body = &mut meta[child.body..child.end];
+        let mut reader = Reader::new(body);
+        read(&child.kind, &mut reader)?;
+        let len = reader.at;
+        changed |= zero_from(body, len);
+    }
+    Ok(changed)
+}
+
 /// Zeros an `hdlr` box's name (free text, its last field, so nothing
 /// moves); whether it held any.
 fn blank_handler_name(meta: &mut [u8], hdlr: &Child) -> bool {
@@ -1650,6 +1900,9 @@ struct Extents {
     blanks_in_meta: Vec<Blank>,
     images: Vec<(u64, u64)>,
     images_in_meta: Vec<(u64, u64)>,
+    /// The bytes of the `iloc` payload its fields take (what follows is
+    /// zeroed).
+    parsed: usize,
 }
 
 /// Where the items lie, from an `iloc` box's payload; `kinds` says, by
@@ -1712,7 +1965,14 @@ fn item_extents(
             .binary_search_by_key(&id, |&(item, _)| item)
             .map_or(Some(Item::Other), |at| kinds[at].1);
         // Data in another file is not in this upload; items built from
-        // other items hold no bytes of their own.
+        // other items hold no bytes of their own: a metadata item built
+        // so would be a view of an image's bytes, which it may not share.
+        if method == 2 && kind.is_some() {
+            return Err(MediaError::invalid(
+                "the HEIF's image and metadata items share bytes: a metadata item is built \
+                 from another item (iloc construction method 2)",
+            ));
+        }
         let located = data_reference == 0 && method < 2;
         let in_meta = method == 1;
         let first = if in_meta {
@@ -1801,6 +2061,7 @@ fn item_extents(
     }
     merge(&mut extents.images);
     merge(&mut extents.images_in_meta);
+    extents.parsed = reader.at;
     Ok(extents)
 }
 
@@ -2030,6 +2291,30 @@ fn primary_size(meta: &[u8], count: &mut u32) -> Result<(u32, u32), MediaError> 
 /// Adds to `found` the property indices (1-based) that an `ipma` box's
 /// payload associates with item `id`.
 fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaError> {
+    associations_each(ipma, |item, bytes, wide| {
+        if item != id {
+            return;
+        }
+        if wide {
+            found.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
+            );
+        } else {
+            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
+        }
+    })?;
+    Ok(())
+}
+
+/// Calls `each` with every entry of an `ipma` box's payload: the item's
+/// id, its associations' bytes, and whether they are 16 bits wide;
+/// returns the bytes the entries take (what follows is no association).
+fn associations_each(
+    ipma: &[u8],
+    mut each: impl FnMut(u64, &[u8], bool),
+) -> Result<usize, MediaError> {
     let mut reader = Reader::new(ipma);
     let version = reader.u8()?;
     let flags = reader.take(3)?;
@@ -2044,20 +2329,9 @@ fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaE
         let item = reader.uint(id_size)?;
         let n = usize::from(reader.u8()?);
         let bytes = reader.take(n * if wide { 2 } else { 1 })?;
-        if item != id {
-            continue;
-        }
-        if wide {
-            found.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
-            );
-        } else {
-            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
-        }
+        each(item, bytes, wide);
     }
-    Ok(())
+    Ok(reader.at)
 }
 
 #[cfg(test)]
