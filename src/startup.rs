@@ -194,7 +194,11 @@ impl Application {
         // no longer open: the domain's session records answer it.
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
         let limits = self.transport;
-        let hold_requests = HoldRequests::new(self.images.memory().clone(), self.requests);
+        let hold_requests = HoldRequests::new(
+            self.images.memory().clone(),
+            self.requests,
+            self.auth.clone(),
+        );
         let api = ImageServiceServer::new(ImageApi::new(
             self.images,
             self.auth,
