@@ -406,3 +406,47 @@ async fn one_users_partial_messages_stop_at_its_share_and_another_user_uploads()
     assert_eq!(image.owner_id, "alice");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+    )
+    .await;
+    // 3 connections × 90 checks of 16 KiB, with no identity: more than
+    // their 4 MiB pool, and than the whole budget.
+    let mut callers = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut mallory = RawCaller::connect(app.grpc_addr).await;
+        for _ in 0..90 {
+            let call = mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100);
+            calls.push(call.await);
+        }
+        callers.push(mallory);
+    }
+    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
+        (answer, call.body)
+    }))
+    .await;
+    let mut held = Vec::new();
+    for (answer, body) in answers {
+        match answer {
+            Ok(response) => {
+                let (code, message, _) =
+                    status_of(response.expect("an HTTP/2 response").headers().clone());
+                assert_eq!(code, Code::ResourceExhausted, "{message}");
+                assert!(message.contains("reflection"), "{message}");
+            }
+            Err(_) => held.push(body),
+        }
+    }
+    assert_eq!(held.len(), 256, "4 MiB of 16 KiB messages");
+    // A user's listing has the budget.
+    app.list("alice", Default::default())
+        .await
+        .expect("a listing while the partial checks stay open");
+    drop(held);
+}
