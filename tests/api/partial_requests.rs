@@ -120,6 +120,46 @@ fn payload(length: usize) -> Vec<u8> {
     bytes
 }
 
+/// Makes `per_connection` calls with `call` on each of 3 connections and
+/// waits for their answers: the connections, the calls left open, and the
+/// messages of those refused (each RESOURCE_EXHAUSTED).
+async fn three_connections_of<F>(
+    app: &TestApp,
+    per_connection: usize,
+    call: F,
+) -> (Vec<RawCaller>, Vec<h2::SendStream<Bytes>>, Vec<String>)
+where
+    F: for<'a> Fn(&'a mut RawCaller) -> futures::future::BoxFuture<'a, Partial>,
+{
+    let mut callers = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut caller = RawCaller::connect(app.grpc_addr).await;
+        for _ in 0..per_connection {
+            calls.push(call(&mut caller).await);
+        }
+        callers.push(caller);
+    }
+    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
+        (answer, call.body)
+    }))
+    .await;
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    for (answer, body) in answers {
+        match answer {
+            Ok(response) => {
+                let (code, message, _) =
+                    status_of(response.expect("an HTTP/2 response").headers().clone());
+                assert_eq!(code, Code::ResourceExhausted, "{message}");
+                refused.push(message);
+            }
+            Err(_) => held.push(body),
+        }
+    }
+    (callers, held, refused)
+}
+
 /// Makes 17 listings that each declare 256 KiB and send 1 000 bytes of
 /// it, of which 16 fit in 4 MiB: the calls left open, and the answer of
 /// the one refused (whichever the server came to last).
@@ -373,32 +413,12 @@ async fn one_users_partial_messages_stop_at_its_share_and_another_user_uploads()
     .await;
     // 3 connections × 40 of 256 KiB, all one user's: more than the whole
     // budget, each connection within its allowance.
-    let mut callers = Vec::new();
-    let mut calls = Vec::new();
-    for _ in 0..3 {
-        let mut mallory = RawCaller::connect(app.grpc_addr).await;
-        for _ in 0..40 {
-            let call = mallory.call_as(Some("mallory"), LIST, 256 << 10, 1000);
-            calls.push(call.await);
-        }
-        callers.push(mallory);
-    }
-    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
-        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
-        (answer, call.body)
-    }))
+    let (_callers, held, refused) = three_connections_of(&app, 40, |mallory| {
+        Box::pin(mallory.call_as(Some("mallory"), LIST, 256 << 10, 1000))
+    })
     .await;
-    let mut held = Vec::new();
-    for (answer, body) in answers {
-        match answer {
-            Ok(response) => {
-                let (code, message, _) =
-                    status_of(response.expect("an HTTP/2 response").headers().clone());
-                assert_eq!(code, Code::ResourceExhausted, "{message}");
-                assert!(message.contains("--max-memory-per-user"), "{message}");
-            }
-            Err(_) => held.push(body),
-        }
+    for message in refused {
+        assert!(message.contains("--max-memory-per-user"), "{message}");
     }
     assert_eq!(held.len(), 4, "1 MiB of 256 KiB messages");
     // Another user's upload has the rest of the budget.
@@ -416,32 +436,12 @@ async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
     .await;
     // 3 connections × 90 checks of 16 KiB, with no identity: more than
     // their 4 MiB pool, and than the whole budget.
-    let mut callers = Vec::new();
-    let mut calls = Vec::new();
-    for _ in 0..3 {
-        let mut mallory = RawCaller::connect(app.grpc_addr).await;
-        for _ in 0..90 {
-            let call = mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100);
-            calls.push(call.await);
-        }
-        callers.push(mallory);
-    }
-    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
-        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
-        (answer, call.body)
-    }))
+    let (_callers, held, refused) = three_connections_of(&app, 90, |mallory| {
+        Box::pin(mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100))
+    })
     .await;
-    let mut held = Vec::new();
-    for (answer, body) in answers {
-        match answer {
-            Ok(response) => {
-                let (code, message, _) =
-                    status_of(response.expect("an HTTP/2 response").headers().clone());
-                assert_eq!(code, Code::ResourceExhausted, "{message}");
-                assert!(message.contains("reflection"), "{message}");
-            }
-            Err(_) => held.push(body),
-        }
+    for message in refused {
+        assert!(message.contains("reflection"), "{message}");
     }
     assert_eq!(held.len(), 256, "4 MiB of 16 KiB messages");
     // A user's listing has the budget.
