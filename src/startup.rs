@@ -193,8 +193,14 @@ impl Application {
         // The embedded listener refuses parts of upload sessions that are
         // no longer open: the domain's session records answer it.
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
+        // Presigned downloads count their read-ahead against the image's owner.
+        let read_ahead = read_ahead_from(self.images.clone());
         let limits = self.transport;
-        let hold_requests = HoldRequests::new(self.images.memory().clone(), self.requests);
+        let hold_requests = HoldRequests::new(
+            self.images.memory().clone(),
+            self.requests,
+            self.auth.clone(),
+        );
         let api = ImageServiceServer::new(ImageApi::new(
             self.images,
             self.auth,
@@ -325,7 +331,7 @@ impl Application {
                             at_once: limits.http_max_concurrent_part_uploads,
                             per_user: limits.http_max_part_uploads_per_user,
                         },
-                        read_ahead_from(budget.clone()),
+                        read_ahead,
                     )
                 }),
                 metrics.is_none(),
@@ -448,18 +454,20 @@ impl TransportLimits {
 }
 
 /// The embedded backend's presigned downloads reserve what they read ahead
-/// from the replica's memory budget.
-pub fn read_ahead_from(
-    budget: crate::domain::budget::MemoryBudget,
-) -> embedded::downloads::ReserveReadAhead {
-    Arc::new(move |bytes| {
-        let budget = budget.clone();
+/// from the replica's memory budget, counted against the share of the
+/// image's owner: the URL names no caller, so one URL, or one user's
+/// images, hold at most one user's share.
+pub fn read_ahead_from(images: Images) -> embedded::downloads::ReserveReadAhead {
+    Arc::new(move |image, bytes| {
+        let images = images.clone();
         Box::pin(async move {
-            budget
-                .reserve(bytes, "a download")
-                .await
-                .ok()
-                .map(crate::response_stall::HeldMemory::new)
+            let budget = images.memory();
+            let reserved = match images.get(&image.to_string()).await {
+                Ok(record) => budget.reserve_for(&record.owner, bytes, "a download").await,
+                // Deleted since its bytes were found: no owner to count.
+                Err(_) => budget.reserve(bytes, "a download").await,
+            };
+            reserved.ok().map(crate::response_stall::HeldMemory::new)
         })
     })
 }

@@ -14,10 +14,20 @@
 //! - a message longer than its method's largest valid request
 //!   ([`largest_message`]) is refused at once, before its bytes are read
 //!   (RESOURCE_EXHAUSTED, not to be retried);
+//! - a call of the image service names its caller before any of its
+//!   messages is read: the layer asks the service's [`Authenticator`] (the
+//!   same check the handler makes) at the request's headers and answers
+//!   UNAUTHENTICATED at once when it does not, so a caller without an
+//!   identity cannot make the replica hold anything of its messages;
 //! - a message that does not arrive in the DATA frame that starts it
-//!   reserves its declared length from the memory budget, and from its
-//!   connection's allowance (`--grpc-max-partial-request-bytes-per-connection`),
-//!   before tonic sees its header: the length, not the bytes so far,
+//!   reserves its declared length from its connection's allowance
+//!   (`--grpc-max-partial-request-bytes-per-connection`) and, for the image
+//!   service, from the memory budget, counted against its caller's share
+//!   (`--max-memory-per-user`), so one user's unfinished messages stop at
+//!   that share; health and reflection, open to callers without an
+//!   identity, reserve theirs (at most 16 KiB each) from a small pool of
+//!   their own ([`OPEN_POOL_BYTES`]) instead of the budget. All of this
+//!   happens before tonic sees the header: the length, not the bytes so far,
 //!   because that is what tonic allocates, and because a message that was
 //!   let in can then always finish (reserving as bytes arrive, partial
 //!   messages could each wait for room the others hold). While it waits
@@ -49,9 +59,10 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::codegen::http;
 
-use crate::domain::DomainError;
 use crate::domain::budget::{MemoryBudget, Reservation};
 use crate::domain::upload::MAX_MESSAGE_BYTES;
+use crate::domain::{DomainError, UserId};
+use crate::grpc::auth::Authenticator;
 use crate::listener::PeerInfo;
 
 /// The one method whose messages carry image bytes.
@@ -73,6 +84,14 @@ pub const MAX_CALL_REQUEST_BYTES: u64 = 256 * 1024;
 /// The largest request of the health and reflection services: a service
 /// name, a symbol or a file name.
 pub const MAX_OTHER_REQUEST_BYTES: u64 = 16 * 1024;
+
+/// Bytes the unfinished request messages of health and reflection, which
+/// need no identity, may hold together on one replica: 256 of their
+/// largest. They come from this pool, not the memory budget, so callers
+/// without an identity cannot take the budget from anyone.
+pub const OPEN_POOL_BYTES: u64 = 4 * 1024 * 1024;
+
+const STILL_ARRIVING: &str = "a request message still arriving";
 
 /// The largest request message `path` may be sent.
 pub fn largest_message(path: &str) -> u64 {
@@ -99,16 +118,19 @@ pub struct RequestLimits {
 
 /// The layer on the gRPC server that reads the frame headers of request
 /// bodies: see the module's documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HoldRequests {
     shared: Arc<Shared>,
 }
 
 impl HoldRequests {
-    pub fn new(budget: MemoryBudget, limits: RequestLimits) -> Self {
+    /// `auth` names the callers of the image service, as its handlers do.
+    pub fn new(budget: MemoryBudget, limits: RequestLimits, auth: Arc<Authenticator>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 budget,
+                auth,
+                open_pool: Arc::new(Semaphore::new(OPEN_POOL_BYTES as usize)),
                 limits: RequestLimits {
                     per_connection: limits.per_connection.max(MAX_MESSAGE_BYTES),
                     ..limits
@@ -119,9 +141,11 @@ impl HoldRequests {
     }
 }
 
-#[derive(Debug)]
 struct Shared {
     budget: MemoryBudget,
+    auth: Arc<Authenticator>,
+    /// What health's and reflection's messages still arriving may hold.
+    open_pool: Arc<Semaphore>,
     limits: RequestLimits,
     connections: Mutex<Connections>,
 }
@@ -158,9 +182,15 @@ impl Shared {
         allowance
     }
 
-    /// Reserves `bytes` for a message of the connection of `peer`: from
-    /// the connection's allowance, then from the budget, within the wait.
-    async fn hold(self: Arc<Self>, peer: Option<SocketAddr>, bytes: u64) -> Result<Held, Status> {
+    /// Reserves `bytes` for a message of `caller` on the connection of
+    /// `peer`: from the connection's allowance, then from the caller's
+    /// share and the budget (or the open pool), within the wait.
+    async fn hold(
+        self: Arc<Self>,
+        caller: Option<UserId>,
+        peer: Option<SocketAddr>,
+        bytes: u64,
+    ) -> Result<Held, Status> {
         let started = Instant::now();
         let wait = self.limits.wait;
         let connection = match peer {
@@ -183,15 +213,41 @@ impl Shared {
             }
             None => None,
         };
-        let memory = self
-            .budget
-            .reserve_within(
-                bytes,
-                "a request message still arriving",
-                wait.saturating_sub(started.elapsed()),
-            )
-            .await
-            .map_err(Status::from)?;
+        let left = wait.saturating_sub(started.elapsed());
+        let memory = match caller {
+            Some(user) => {
+                let charge = self
+                    .budget
+                    .charge(&user, bytes, STILL_ARRIVING)
+                    .map_err(|e| {
+                        refused("user_share");
+                        Status::from(e)
+                    })?;
+                let reservation = self
+                    .budget
+                    .reserve_within(bytes, STILL_ARRIVING, left)
+                    .await
+                    .map_err(Status::from)?;
+                Memory::Budget {
+                    _reservation: reservation.charged(charge),
+                }
+            }
+            None => {
+                let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+                let acquire = self.open_pool.clone().acquire_many_owned(permits);
+                match tokio::time::timeout(left, acquire).await {
+                    Ok(Ok(permit)) => Memory::Open { _permit: permit },
+                    _ => {
+                        refused("open_pool");
+                        return Err(Status::from(DomainError::ResourceExhausted(format!(
+                            "the health and reflection request messages still arriving hold \
+                             the {} they may: retry shortly",
+                            human(OPEN_POOL_BYTES)
+                        ))));
+                    }
+                }
+            }
+        };
         Ok(Held {
             _memory: memory,
             _connection: connection,
@@ -220,7 +276,7 @@ impl<S> tower_layer::Layer<S> for HoldRequests {
 }
 
 /// See [`HoldRequests`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HeldRequests<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -228,48 +284,86 @@ pub struct HeldRequests<S> {
 
 type Request = http::Request<tonic::body::Body>;
 
+type Response = http::Response<tonic::body::Body>;
+
 impl<S> tower_service::Service<Request> for HeldRequests<S>
 where
-    S: tower_service::Service<Request>,
+    S: tower_service::Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> S::Future {
-        if request.body().is_end_stream() {
-            return self.inner.call(request);
+    fn call(&mut self, request: Request) -> Self::Future {
+        if !request.uri().path().starts_with(IMAGE_SERVICE) {
+            let request = self.metered(request, None);
+            return Box::pin(self.inner.call(request));
         }
-        let largest = largest_message(request.uri().path());
-        let reserves_every_message = request.uri().path() != UPLOAD;
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|peer| peer.remote);
+        // The service that was made ready serves this call; a clone
+        // waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let request = request.map(|body| {
-            tonic::body::Body::new(MeteredBody {
-                inner: body,
-                largest,
-                reserves_every_message,
-                messages: 0,
-                peer,
-                shared,
-                reading: Reading::Header {
-                    header: [0; HEADER],
-                    have: 0,
-                },
-                waiting: None,
-                deadline: None,
-                ended: false,
-            })
-        });
-        self.inner.call(request)
+        Box::pin(async move {
+            let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+            let user = match shared
+                .auth
+                .authenticate(&metadata, request.extensions().get::<PeerInfo>())
+                .await
+            {
+                Ok(user) => user,
+                Err(status) => {
+                    refused("unauthenticated");
+                    return Ok(status.into_http());
+                }
+            };
+            let request = metered(&shared, request, Some(user));
+            inner.call(request).await
+        })
     }
+}
+
+impl<S> HeldRequests<S> {
+    fn metered(&self, request: Request, caller: Option<UserId>) -> Request {
+        metered(&self.shared, request, caller)
+    }
+}
+
+/// `request`, its body measured as it passes (see [`HoldRequests`]).
+fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Request {
+    if request.body().is_end_stream() {
+        return request;
+    }
+    let largest = largest_message(request.uri().path());
+    let reserves_every_message = request.uri().path() != UPLOAD;
+    let peer = request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.remote);
+    let shared = shared.clone();
+    request.map(|body| {
+        tonic::body::Body::new(MeteredBody {
+            inner: body,
+            largest,
+            reserves_every_message,
+            messages: 0,
+            caller,
+            peer,
+            shared,
+            reading: Reading::Header {
+                header: [0; HEADER],
+                have: 0,
+            },
+            waiting: None,
+            deadline: None,
+            ended: false,
+        })
+    })
 }
 
 /// A gRPC frame header: the compressed flag and the length.
@@ -290,8 +384,16 @@ enum Reading {
 
 /// What a message still arriving holds.
 struct Held {
-    _memory: Reservation,
+    _memory: Memory,
     _connection: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a message's bytes are reserved.
+enum Memory {
+    /// From the budget, counted against its caller's share.
+    Budget { _reservation: Reservation },
+    /// From the pool of the calls open to callers without an identity.
+    Open { _permit: OwnedSemaphorePermit },
 }
 
 type Holding = Pin<Box<dyn Future<Output = Result<Held, Status>> + Send>>;
@@ -305,6 +407,8 @@ struct MeteredBody {
     reserves_every_message: bool,
     /// Messages whose header has been read.
     messages: u64,
+    /// The image service's caller; none for health and reflection.
+    caller: Option<UserId>,
     peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     reading: Reading,
@@ -452,7 +556,11 @@ impl Body for MeteredBody {
                 Err(status) => return this.fail(status),
                 Ok(None) => return Poll::Ready(Some(Ok(frame))),
                 Ok(Some(length)) => {
-                    let holding = Box::pin(this.shared.clone().hold(this.peer, length));
+                    let holding = Box::pin(this.shared.clone().hold(
+                        this.caller.clone(),
+                        this.peer,
+                        length,
+                    ));
                     this.waiting = Some((frame, holding));
                 }
             }

@@ -733,3 +733,49 @@ async fn a_slow_but_steady_http2_reader_gets_the_whole_download() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_downloads_of_one_users_image_leave_room_for_another_users_upload() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--memory-budget",
+            "16MiB",
+            "--max-memory-per-user",
+            "2MiB",
+            "--memory-wait",
+            "300ms",
+            // No renders: the budget is the downloads'.
+            "--variants",
+            "false",
+        ],
+    )
+    .await;
+    // Each download reads ahead 512 KiB: 64 of them would take twice the
+    // budget.
+    let url = download_of(&app, &images::png_of_size(600 * 1024, 12)).await;
+    let mut clients = Vec::new();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let (client, connection) = h2_client(app.http_addr, 0).await;
+        for _ in 0..16 {
+            let response = h2_get(&client, &path_of(&url)).await;
+            match response.status() {
+                http::StatusCode::OK => held.push(response),
+                http::StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                other => panic!("{other}"),
+            }
+        }
+        clients.push((client, connection));
+    }
+    assert_eq!(held.len(), 4, "alice's 2 MiB share of 512 KiB read-aheads");
+    assert_eq!(refused, 60);
+    // Another user's upload has the rest of the budget.
+    let image = app
+        .upload("bob", spec("bob.png"), &images::png(64, 64, 3))
+        .await
+        .expect("bob's upload while alice's downloads stay unread");
+    assert_eq!(image.owner_id, "bob");
+    drop(held);
+}

@@ -74,13 +74,26 @@ impl RawCaller {
     /// Calls `path` with a message that declares `declared` bytes, and
     /// sends the header and `sent` of them, leaving the request open.
     async fn call(&mut self, path: &str, declared: u32, sent: usize) -> Partial {
+        let user = format!("mallory-{}", self.made + 1);
+        self.call_as(Some(&user), path, declared, sent).await
+    }
+
+    /// [`RawCaller::call`] as `user`, or with no identity.
+    async fn call_as(
+        &mut self,
+        user: Option<&str>,
+        path: &str,
+        declared: u32,
+        sent: usize,
+    ) -> Partial {
         self.made += 1;
-        let request = http::Request::post(format!("http://localhost{path}"))
+        let mut request = http::Request::post(format!("http://localhost{path}"))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("x-user-id", format!("mallory-{}", self.made))
-            .body(())
-            .unwrap();
+            .header("te", "trailers");
+        if let Some(user) = user {
+            request = request.header("x-user-id", user);
+        }
+        let request = request.body(()).unwrap();
         let mut calls = self.calls.clone().ready().await.expect("room for a call");
         let (response, mut body) = calls.send_request(request, false).unwrap();
         let mut framed = vec![0];
@@ -105,6 +118,46 @@ fn payload(length: usize) -> Vec<u8> {
     encode_varint(content as u64, &mut bytes);
     bytes.resize(length, b'x');
     bytes
+}
+
+/// Makes `per_connection` calls with `call` on each of 3 connections and
+/// waits for their answers: the connections, the calls left open, and the
+/// messages of those refused (each RESOURCE_EXHAUSTED).
+async fn three_connections_of<F>(
+    app: &TestApp,
+    per_connection: usize,
+    call: F,
+) -> (Vec<RawCaller>, Vec<h2::SendStream<Bytes>>, Vec<String>)
+where
+    F: for<'a> Fn(&'a mut RawCaller) -> futures::future::BoxFuture<'a, Partial>,
+{
+    let mut callers = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut caller = RawCaller::connect(app.grpc_addr).await;
+        for _ in 0..per_connection {
+            calls.push(call(&mut caller).await);
+        }
+        callers.push(caller);
+    }
+    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
+        (answer, call.body)
+    }))
+    .await;
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    for (answer, body) in answers {
+        match answer {
+            Ok(response) => {
+                let (code, message, _) =
+                    status_of(response.expect("an HTTP/2 response").headers().clone());
+                assert_eq!(code, Code::ResourceExhausted, "{message}");
+                refused.push(message);
+            }
+            Err(_) => held.push(body),
+        }
+    }
+    (callers, held, refused)
 }
 
 /// Makes 17 listings that each declare 256 KiB and send 1 000 bytes of
@@ -313,4 +366,87 @@ async fn uploads_declaring_large_messages_do_not_raise_memory_past_the_budget() 
     );
     drop(open);
     service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_listings_without_an_identity_are_refused_at_their_headers_and_hold_nothing() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+    )
+    .await;
+    let mut mallory = RawCaller::connect(app.grpc_addr).await;
+    // 32 of 256 KiB would be twice the budget, had they been let in.
+    let mut calls = Vec::new();
+    for _ in 0..32 {
+        calls.push(mallory.call_as(None, LIST, 256 << 10, 1000).await);
+    }
+    let started = Instant::now();
+    let mut open = Vec::new();
+    for call in calls {
+        let (code, message, _) = status_within(call.response, Duration::from_secs(5)).await;
+        assert_eq!(code, Code::Unauthenticated, "{message}");
+        open.push(call.body);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "at once");
+    // Nothing of the budget is held: a user's listing needs it and is served.
+    app.list("alice", Default::default())
+        .await
+        .expect("a listing while the refused calls stay open");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_partial_messages_stop_at_its_share_and_another_user_uploads() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            // An upload's variants need some 14 MiB.
+            "--memory-budget",
+            "24MiB",
+            "--max-memory-per-user",
+            "1MiB",
+            "--memory-wait",
+            "300ms",
+        ],
+    )
+    .await;
+    // 3 connections × 40 of 256 KiB, all one user's: more than the whole
+    // budget, each connection within its allowance.
+    let (_callers, held, refused) = three_connections_of(&app, 40, |mallory| {
+        Box::pin(mallory.call_as(Some("mallory"), LIST, 256 << 10, 1000))
+    })
+    .await;
+    for message in refused {
+        assert!(message.contains("--max-memory-per-user"), "{message}");
+    }
+    assert_eq!(held.len(), 4, "1 MiB of 256 KiB messages");
+    // Another user's upload has the rest of the budget.
+    let image = app.upload_png("alice", 1).await;
+    assert_eq!(image.owner_id, "alice");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+    )
+    .await;
+    // 3 connections × 90 checks of 16 KiB, with no identity: more than
+    // their 4 MiB pool, and than the whole budget.
+    let (_callers, held, refused) = three_connections_of(&app, 90, |mallory| {
+        Box::pin(mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100))
+    })
+    .await;
+    for message in refused {
+        assert!(message.contains("reflection"), "{message}");
+    }
+    assert_eq!(held.len(), 256, "4 MiB of 16 KiB messages");
+    // A user's listing has the budget.
+    app.list("alice", Default::default())
+        .await
+        .expect("a listing while the partial checks stay open");
+    drop(held);
 }

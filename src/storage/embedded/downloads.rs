@@ -23,12 +23,14 @@ use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId, VariantName};
 use crate::response_stall::HeldMemory;
 
-/// Reserves what a download reads ahead from the replica's memory budget
-/// (the wiring lends it: the store knows no use case); `None` when there is
-/// no room within the budget's wait. The memory is held until the body is
-/// sent or dropped.
-pub type ReserveReadAhead =
-    Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, Option<HeldMemory>> + Send + Sync>;
+/// Reserves what a download of an image reads ahead from the replica's
+/// memory budget, counted against the share of the image's owner (the
+/// wiring lends it: the store knows no use case nor owner); `None` when
+/// there is no room within the budget's wait or the owner's share. The
+/// memory is held until the body is sent or dropped.
+pub type ReserveReadAhead = Arc<
+    dyn Fn(ImageId, u64) -> futures::future::BoxFuture<'static, Option<HeldMemory>> + Send + Sync,
+>;
 
 /// How many part bodies are received at once (0: no cap).
 #[derive(Clone, Copy, Debug)]
@@ -491,7 +493,7 @@ async fn presigned_download(
     // What the body reads ahead, until it is sent or dropped for not being
     // read for --http-stall-timeout: the chunk being handed out, and the
     // file's own buffer of the same size.
-    let Some(memory) = read_ahead(2 * length.min(READ_CHUNK as u64)).await else {
+    let Some(memory) = read_ahead(id, 2 * length.min(READ_CHUNK as u64)).await else {
         tracing::debug!("a presigned download finds no memory within the wait");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -844,10 +846,8 @@ mod tests {
                         at_once: 0,
                         per_user: 0,
                     },
-                    crate::startup::read_ahead_from(crate::domain::budget::MemoryBudget::new(
-                        64 << 20,
-                        std::time::Duration::from_secs(1),
-                    )),
+                    // Part uploads read nothing ahead.
+                    Arc::new(|_, _| Box::pin(async { None })),
                 ),
             )
             .into_future(),
