@@ -854,16 +854,24 @@ async fn the_periodic_repair_pass_removes_bytes_without_metadata() {
     if let Err(status) = app.download("bob", &kept.image_id).await {
         panic!("real images are left alone: {status:?}");
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(r#"imageservice_repair_findings_total{kind="orphan_object"}"#),
-        "{metrics}"
-    );
+    // The pass counts its findings once it has acted on them: the count
+    // may trail the removal by a moment.
+    loop {
+        let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(r#"imageservice_repair_findings_total{kind="orphan_object"}"#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no orphan counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
