@@ -62,7 +62,7 @@ use tonic::codegen::http;
 use crate::domain::budget::{MemoryBudget, Reservation};
 use crate::domain::upload::MAX_MESSAGE_BYTES;
 use crate::domain::{DomainError, UserId};
-use crate::grpc::auth::Authenticator;
+use crate::grpc::auth::{Authenticator, Identified};
 use crate::listener::PeerInfo;
 
 /// The one method whose messages carry image bytes.
@@ -322,6 +322,10 @@ where
                     return Ok(status.into_http());
                 }
             };
+            // The handler takes the caller from here rather than verifying
+            // the same headers (a token's signature) a second time.
+            let mut request = request;
+            request.extensions_mut().insert(Identified(user.clone()));
             let request = metered(&shared, request, Some(user));
             inner.call(request).await
         })

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::RETRY_PUSHBACK;
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Identified};
 use super::convert;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
@@ -181,13 +181,19 @@ impl ImageApi {
         Ok(response)
     }
 
-    /// The caller, recorded on the call's span.
+    /// The caller, recorded on the call's span: the one the request layer
+    /// identified at the headers, or (a call that did not pass it) the one
+    /// its metadata names.
     async fn caller(
         &self,
         metadata: &MetadataMap,
         peer: Option<&PeerInfo>,
+        identified: Option<&Identified>,
     ) -> Result<UserId, Status> {
-        let user = self.auth.authenticate(metadata, peer).await?;
+        let user = match identified {
+            Some(Identified(user)) => user.clone(),
+            None => self.auth.authenticate(metadata, peer).await?,
+        };
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
@@ -274,8 +280,11 @@ impl ImageService for ImageApi {
     ) -> Result<Response<pb::UploadImageResponse>, Status> {
         let metadata = request.metadata().clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
+        let identified = request.extensions().get::<Identified>().cloned();
         self.observe("UploadImage", &metadata, |_in_flight| async {
-            let caller = self.caller(&metadata, peer.as_ref()).await?;
+            let caller = self
+                .caller(&metadata, peer.as_ref(), identified.as_ref())
+                .await?;
             let _in_progress = UploadInProgress::start();
             let frames = request.into_inner().map(|message| {
                 if let Ok(pb::UploadImageRequest {
@@ -306,7 +315,13 @@ impl ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             self.respond(
                 &caller,
@@ -324,7 +339,13 @@ impl ImageService for ImageApi {
         request: Request<pb::BatchGetImagesRequest>,
     ) -> Result<Response<pb::BatchGetImagesResponse>, Status> {
         self.observe("BatchGetImages", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref();
             let url = if r.url_variant.is_empty() {
                 None
@@ -368,7 +389,13 @@ impl ImageService for ImageApi {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let query = convert::list_request(request.get_ref().clone())?;
             let memory = self
                 .reserve_response(&caller, self.images.page_memory())
@@ -398,7 +425,13 @@ impl ImageService for ImageApi {
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref();
             let download = self
                 .images
@@ -457,7 +490,13 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -482,7 +521,13 @@ impl ImageService for ImageApi {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         self.observe("UpdateImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
@@ -503,7 +548,13 @@ impl ImageService for ImageApi {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         self.observe("DeleteImage", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)
                 .await?;
@@ -518,7 +569,13 @@ impl ImageService for ImageApi {
         request: Request<pb::StartUploadRequest>,
     ) -> Result<Response<pb::StartUploadResponse>, Status> {
         self.observe("StartUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref().clone();
             let spec = r
                 .spec
@@ -552,7 +609,13 @@ impl ImageService for ImageApi {
             "QueryUploadStatus",
             request.metadata(),
             |_in_flight| async {
-                let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+                let caller = self
+                    .caller(
+                        request.metadata(),
+                        peer_of(&request),
+                        request.extensions().get(),
+                    )
+                    .await?;
                 let status = self
                     .images
                     .uploads()
@@ -577,7 +640,13 @@ impl ImageService for ImageApi {
         request: Request<pb::CancelUploadRequest>,
     ) -> Result<Response<pb::CancelUploadResponse>, Status> {
         self.observe("CancelUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             self.images
                 .uploads()
                 .cancel_session(&caller, &request.get_ref().upload_id)
@@ -592,7 +661,13 @@ impl ImageService for ImageApi {
         request: Request<pb::GetUploadUrlsRequest>,
     ) -> Result<Response<pb::GetUploadUrlsResponse>, Status> {
         self.observe("GetUploadUrls", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self
+                .caller(
+                    request.metadata(),
+                    peer_of(&request),
+                    request.extensions().get(),
+                )
+                .await?;
             let r = request.get_ref().clone();
             let plan = convert::part_plan(r.parts)?;
             let expires_in = convert::expires_in(r.expires_in)?;
@@ -618,7 +693,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CompleteUploadRequest>,
     ) -> Result<Response<pb::CompleteUploadResponse>, Status> {
         self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request)).await?;
+            let caller = self.caller(request.metadata(), peer_of(&request), request.extensions().get()).await?;
             let _in_progress = UploadInProgress::start();
             let record = self
                 .images

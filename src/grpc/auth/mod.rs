@@ -18,6 +18,13 @@ use crate::domain::UserId;
 use crate::listener::PeerInfo;
 
 use claims::{ClaimRules, Claims};
+
+/// The caller a request was authenticated as at its headers (by the
+/// request-memory layer, before any of its body was read), carried in the
+/// request's extensions so the handler does not verify it again. Only the
+/// server inserts it: a caller cannot send extensions.
+#[derive(Clone, Debug)]
+pub struct Identified(pub UserId);
 pub use jwks::Jwks;
 use logging::loggable;
 
