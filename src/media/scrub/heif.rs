@@ -91,7 +91,7 @@
 //! ends, for a second pass over the stored bytes (the upload pipeline keeps
 //! them where no caller can read them until then). The `meta` box itself,
 //! and every box before it, is scrubbed on the way as usual, and the
-//! primary image's size is read from it ([`Scrubbed::late_size`]).
+//! primary image's size is read from it ([`Scrubbed::late_size`](super::Scrubbed::late_size)).
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
@@ -2205,7 +2205,7 @@ pub fn heif_dimensions(head: &[u8], at_end: bool) -> Result<Option<(u32, u32)>, 
 /// Whether the first bytes of a HEIF file (`head`) show an `mdat` box
 /// before any `meta` box: its `meta` comes after the media data, so the
 /// image's size is read from it by the scrubber at the end of the stream
-/// ([`Scrubbed::late_size`]), not from the header.
+/// ([`Scrubbed::late_size`](super::Scrubbed::late_size)), not from the header.
 pub fn heif_meta_after_media(head: &[u8]) -> bool {
     let mut at = 0usize;
     while head.len() - at >= 8 {
