@@ -38,9 +38,17 @@
 //!   header, or the call ends with DEADLINE_EXCEEDED. An upload already
 //!   needs a whole message within that time (its pace counts bytes as
 //!   tonic hands over whole messages), so honest callers see no change;
-//! - an upload's messages after its first are not reserved again: an
-//!   admitted upload's working set already counts one message, and one
-//!   not admitted has nothing more of its stream read;
+//! - an upload's messages after its first reserve only what is beyond
+//!   the one message its working set counts ([`UploadMessages`], set by
+//!   the handler from the first message: a chunk of the whole declared
+//!   image, or the largest message when no size is declared; nothing for
+//!   a resumed session's stream, whose reservation grows with the bytes
+//!   received), so honest uploads reserve nothing more, while an upload
+//!   declaring a small size cannot hold large messages unfinished
+//!   outside the budget. The frame that ends an upload's first message is
+//!   handed on alone, so the handler has read the first message before
+//!   the second's header is weighed; an upload not admitted has nothing
+//!   more of its stream read;
 //! - the reservation is given back when the message's last byte has
 //!   passed (tonic decodes it, and the handler's own accounting takes
 //!   over) or when the body is dropped.
@@ -48,6 +56,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,6 +110,24 @@ pub fn largest_message(path: &str) -> u64 {
         MAX_CALL_REQUEST_BYTES
     } else {
         MAX_OTHER_REQUEST_BYTES
+    }
+}
+
+/// The bytes of each message after an upload's first that the upload's
+/// working set counts; the request layer reserves the rest of a longer
+/// message while it arrives. Found in an `UploadImage` request's
+/// extensions; nothing is counted until the handler says.
+#[derive(Clone, Debug, Default)]
+pub struct UploadMessages(Arc<AtomicU64>);
+
+impl UploadMessages {
+    /// The upload's working set counts a message of `bytes`.
+    pub fn counted(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Release);
+    }
+
+    fn counts(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -344,7 +371,12 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
         return request;
     }
     let largest = largest_message(request.uri().path());
-    let reserves_every_message = request.uri().path() != UPLOAD;
+    let mut request = request;
+    let upload = (request.uri().path() == UPLOAD).then(|| {
+        let upload = UploadMessages::default();
+        request.extensions_mut().insert(upload.clone());
+        upload
+    });
     let peer = request
         .extensions()
         .get::<PeerInfo>()
@@ -354,7 +386,7 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
         tonic::body::Body::new(MeteredBody {
             inner: body,
             largest,
-            reserves_every_message,
+            upload,
             messages: 0,
             caller,
             peer,
@@ -364,6 +396,7 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
                 have: 0,
             },
             waiting: None,
+            rest: None,
             deadline: None,
             ended: false,
         })
@@ -402,13 +435,21 @@ enum Memory {
 
 type Holding = Pin<Box<dyn Future<Output = Result<Held, Status>> + Send>>;
 
+/// What a frame's bytes left to do.
+struct Scanned {
+    /// The bytes to reserve for the message the frame leaves unfinished,
+    /// when it has not reserved them yet.
+    reserve: Option<u64>,
+    /// Where an upload's first message ended with more bytes after it.
+    split: Option<usize>,
+}
+
 /// A request body whose messages are measured as they pass.
 struct MeteredBody {
     inner: tonic::body::Body,
     largest: u64,
-    /// False for an upload, whose admission counts its messages after the
-    /// first.
-    reserves_every_message: bool,
+    /// An upload's: what its working set counts of each later message.
+    upload: Option<UploadMessages>,
     /// Messages whose header has been read.
     messages: u64,
     /// The image service's caller; none for health and reflection.
@@ -419,15 +460,20 @@ struct MeteredBody {
     /// A frame that starts a message it does not finish, held back until
     /// the message has its reservation.
     waiting: Option<(Frame<Bytes>, Holding)>,
+    /// The bytes after an upload's first message, when the frame that
+    /// ended it carried more: handed on by the next poll.
+    rest: Option<Bytes>,
     /// When the message being read must be whole.
     deadline: Option<Pin<Box<Sleep>>>,
     ended: bool,
 }
 
 impl MeteredBody {
-    /// Follows `data` through the messages; the length to reserve when it
-    /// leaves a message unfinished that has not reserved yet.
-    fn scan(&mut self, mut data: &[u8]) -> Result<Option<u64>, Status> {
+    /// Follows `data` through the messages, up to the end of an upload's
+    /// first message when more follows it.
+    fn scan(&mut self, data: &[u8]) -> Result<Scanned, Status> {
+        let total = data.len();
+        let mut data = data;
         while !data.is_empty() {
             match &mut self.reading {
                 Reading::Header { header, have } => {
@@ -472,20 +518,36 @@ impl MeteredBody {
                     have: 0,
                 };
                 self.deadline = None;
+                if self.upload.is_some() && self.messages == 1 && !data.is_empty() {
+                    return Ok(Scanned {
+                        reserve: None,
+                        split: Some(total - data.len()),
+                    });
+                }
             }
         }
-        let reserves = self.reserves_every_message || self.messages == 1;
-        Ok(match &self.reading {
+        let reserve = match &self.reading {
             Reading::Message {
                 length, held: None, ..
-            } if reserves => Some(*length),
+            } => {
+                let counted = match &self.upload {
+                    Some(upload) if self.messages > 1 => upload.counts(),
+                    _ => 0,
+                };
+                (*length > counted).then(|| *length - counted)
+            }
             _ => None,
+        };
+        Ok(Scanned {
+            reserve,
+            split: None,
         })
     }
 
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.ended = true;
         self.waiting = None;
+        self.rest = None;
         self.reading = Reading::Header {
             header: [0; HEADER],
             have: 0,
@@ -535,7 +597,11 @@ impl Body for MeteredBody {
                 let status = this.stalled();
                 return this.fail(status);
             }
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            let polled = match this.rest.take() {
+                Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+                None => Pin::new(&mut this.inner).poll_frame(cx),
+            };
+            let frame = match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     let inside = match &this.reading {
@@ -553,26 +619,38 @@ impl Body for MeteredBody {
                 Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            let Some(data) = frame.data_ref() else {
-                return Poll::Ready(Some(Ok(frame)));
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(other) => return Poll::Ready(Some(Ok(other))),
             };
-            match this.scan(data) {
+            match this.scan(&data) {
                 Err(status) => return this.fail(status),
-                Ok(None) => return Poll::Ready(Some(Ok(frame))),
-                Ok(Some(length)) => {
+                Ok(Scanned {
+                    split: Some(at), ..
+                }) => {
+                    this.rest = Some(data.split_off(at));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Scanned { reserve: None, .. }) => {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Scanned {
+                    reserve: Some(length),
+                    ..
+                }) => {
                     let holding = Box::pin(this.shared.clone().hold(
                         this.caller.clone(),
                         this.peer,
                         length,
                     ));
-                    this.waiting = Some((frame, holding));
+                    this.waiting = Some((Frame::data(data), holding));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.waiting.is_none() && self.inner.is_end_stream())
+        self.ended || (self.waiting.is_none() && self.rest.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -13,9 +13,11 @@ use tracing::Instrument;
 use super::RETRY_PUSHBACK;
 use super::auth::{Authenticator, Identified};
 use super::convert;
+use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
 use crate::domain::images::BatchUrl;
+use crate::domain::upload::message_bound;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
 use crate::pb;
@@ -281,20 +283,38 @@ impl ImageService for ImageApi {
         let metadata = request.metadata().clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let identified = request.extensions().get::<Identified>().cloned();
+        let counted = request.extensions().get::<UploadMessages>().cloned();
         self.observe("UploadImage", &metadata, |_in_flight| async {
             let caller = self
                 .caller(&metadata, peer.as_ref(), identified.as_ref())
                 .await?;
             let _in_progress = UploadInProgress::start();
-            let frames = request.into_inner().map(|message| {
-                if let Ok(pb::UploadImageRequest {
-                    data: Some(pb::upload_image_request::Data::Chunk(chunk)),
-                    ..
-                }) = &message
-                {
-                    metrics::counter!("imageservice_upload_bytes_total")
-                        .increment(chunk.len() as u64);
+            let mut first = true;
+            let frames = request.into_inner().map(move |message| {
+                match &message {
+                    Ok(pb::UploadImageRequest {
+                        data: Some(pb::upload_image_request::Data::Chunk(chunk)),
+                        ..
+                    }) => {
+                        metrics::counter!("imageservice_upload_bytes_total")
+                            .increment(chunk.len() as u64);
+                    }
+                    // The working set of a new image counts one message
+                    // of its declared size (a resumed session's stream
+                    // counts none: the request layer reserves each).
+                    Ok(pb::UploadImageRequest {
+                        data: Some(pb::upload_image_request::Data::Spec(spec)),
+                        ..
+                    }) if first => {
+                        if let Some(counted) = &counted {
+                            let declared =
+                                spec.expected_size.map(|n| u64::try_from(n).unwrap_or(0));
+                            counted.counted(message_bound(declared));
+                        }
+                    }
+                    _ => {}
                 }
+                first = false;
                 message.map(convert::upload_frame).map_err(stream_error)
             });
             let record = self.images.upload(&caller, frames).await?;
