@@ -331,10 +331,7 @@ where
             let request = self.metered(request, None);
             return Box::pin(self.inner.call(request));
         }
-        // The service that was made ready serves this call; a clone
-        // waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());

@@ -147,10 +147,8 @@ where
             }
             None => None,
         };
-        // The service is called once the memory is reserved: a clone takes
-        // the call, the one made ready stays for it.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The service is called once the memory is reserved.
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
             let memory = match limits
                 .budget

@@ -199,6 +199,13 @@ impl ImageApi {
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
+
+    /// The caller of `request` (see [`ImageApi::caller`]).
+    async fn caller_of<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
+        let identified = request.extensions().get();
+        self.caller(request.metadata(), peer_of(request), identified)
+            .await
+    }
 }
 
 /// Whether a status is the server's failure rather than the caller's
@@ -335,13 +342,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             self.respond(
                 &caller,
@@ -359,13 +360,7 @@ impl ImageService for ImageApi {
         request: Request<pb::BatchGetImagesRequest>,
     ) -> Result<Response<pb::BatchGetImagesResponse>, Status> {
         self.observe("BatchGetImages", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let url = if r.url_variant.is_empty() {
                 None
@@ -409,13 +404,7 @@ impl ImageService for ImageApi {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let query = convert::list_request(request.get_ref().clone())?;
             let memory = self
                 .reserve_response(&caller, self.images.page_memory())
@@ -445,13 +434,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let download = self
                 .images
@@ -510,13 +493,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -541,13 +518,7 @@ impl ImageService for ImageApi {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         self.observe("UpdateImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
@@ -568,13 +539,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         self.observe("DeleteImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)
                 .await?;
@@ -589,13 +554,7 @@ impl ImageService for ImageApi {
         request: Request<pb::StartUploadRequest>,
     ) -> Result<Response<pb::StartUploadResponse>, Status> {
         self.observe("StartUpload", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let spec = r
                 .spec
@@ -629,13 +588,7 @@ impl ImageService for ImageApi {
             "QueryUploadStatus",
             request.metadata(),
             |_in_flight| async {
-                let caller = self
-                    .caller(
-                        request.metadata(),
-                        peer_of(&request),
-                        request.extensions().get(),
-                    )
-                    .await?;
+                let caller = self.caller_of(&request).await?;
                 let status = self
                     .images
                     .uploads()
@@ -660,13 +613,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CancelUploadRequest>,
     ) -> Result<Response<pb::CancelUploadResponse>, Status> {
         self.observe("CancelUpload", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             self.images
                 .uploads()
                 .cancel_session(&caller, &request.get_ref().upload_id)
@@ -681,13 +628,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetUploadUrlsRequest>,
     ) -> Result<Response<pb::GetUploadUrlsResponse>, Status> {
         self.observe("GetUploadUrls", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let plan = convert::part_plan(r.parts)?;
             let expires_in = convert::expires_in(r.expires_in)?;
@@ -713,7 +654,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CompleteUploadRequest>,
     ) -> Result<Response<pb::CompleteUploadResponse>, Status> {
         self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request), request.extensions().get()).await?;
+            let caller = self.caller_of(&request).await?;
             let _in_progress = UploadInProgress::start();
             let record = self
                 .images
