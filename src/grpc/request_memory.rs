@@ -34,6 +34,10 @@
 //!   for room nothing more of its stream is read, so HTTP/2 flow control
 //!   holds the caller back; past `--memory-wait` the call ends with
 //!   RESOURCE_EXHAUSTED (worth retrying: the room is others' work);
+//! - a waiting message keeps up to its stream's window of bytes unread
+//!   with hyper, so only `--grpc-max-waiting-request-messages` wait at
+//!   once over the replica and health's and reflection's never do: past
+//!   that, a message without room is refused at once;
 //! - the message must arrive whole within `--upload-idle-timeout` of its
 //!   header, or the call ends with DEADLINE_EXCEEDED. An upload already
 //!   needs a whole message within that time (its pace counts bytes as
@@ -141,6 +145,8 @@ pub struct RequestLimits {
     pub wait: Duration,
     /// How long a message may take to arrive whole, from its header.
     pub message_timeout: Duration,
+    /// Messages that may wait for room at once, over all connections.
+    pub max_waiting: u32,
 }
 
 /// The layer on the gRPC server that reads the frame headers of request
@@ -158,6 +164,7 @@ impl HoldRequests {
                 budget,
                 auth,
                 open_pool: Arc::new(Semaphore::new(OPEN_POOL_BYTES as usize)),
+                waiting: Arc::new(Semaphore::new(limits.max_waiting.max(1) as usize)),
                 limits: RequestLimits {
                     per_connection: limits.per_connection.max(MAX_MESSAGE_BYTES),
                     ..limits
@@ -173,6 +180,9 @@ struct Shared {
     auth: Arc<Authenticator>,
     /// What health's and reflection's messages still arriving may hold.
     open_pool: Arc<Semaphore>,
+    /// Messages waiting for room: each keeps its stream's window of
+    /// unread bytes while it waits.
+    waiting: Arc<Semaphore>,
     limits: RequestLimits,
     connections: Mutex<Connections>,
 }
@@ -210,9 +220,38 @@ impl Shared {
     }
 
     /// Reserves `bytes` for a message of `caller` on the connection of
+    /// `peer` ([`Shared::reserve`]). A message that finds no room at once
+    /// keeps its stream's unread bytes (up to its window) while it waits,
+    /// so only so many may wait: a message of health or reflection not at
+    /// all, the image service's up to `max_waiting` over the replica.
+    async fn hold(
+        self: Arc<Self>,
+        caller: Option<UserId>,
+        peer: Option<SocketAddr>,
+        bytes: u64,
+    ) -> Result<Held, Status> {
+        let mut reserve = Box::pin(self.clone().reserve(caller.clone(), peer, bytes));
+        if let Some(held) = futures::FutureExt::now_or_never(&mut reserve) {
+            return held;
+        }
+        if caller.is_none() {
+            return Err(open_pool_full());
+        }
+        let Ok(_waiting) = self.waiting.clone().try_acquire_owned() else {
+            refused("waiting");
+            return Err(Status::from(DomainError::ResourceExhausted(format!(
+                "{} request messages already wait for memory on this server \
+                 (--grpc-max-waiting-request-messages): retry shortly",
+                self.limits.max_waiting
+            ))));
+        };
+        reserve.await
+    }
+
+    /// Reserves `bytes` for a message of `caller` on the connection of
     /// `peer`: from the connection's allowance, then from the caller's
     /// share and the budget (or the open pool), within the wait.
-    async fn hold(
+    async fn reserve(
         self: Arc<Self>,
         caller: Option<UserId>,
         peer: Option<SocketAddr>,
@@ -264,14 +303,7 @@ impl Shared {
                 let acquire = self.open_pool.clone().acquire_many_owned(permits);
                 match tokio::time::timeout(left, acquire).await {
                     Ok(Ok(permit)) => Memory::Open { _permit: permit },
-                    _ => {
-                        refused("open_pool");
-                        return Err(Status::from(DomainError::ResourceExhausted(format!(
-                            "the health and reflection request messages still arriving hold \
-                             the {} they may: retry shortly",
-                            human(OPEN_POOL_BYTES)
-                        ))));
-                    }
+                    _ => return Err(open_pool_full()),
                 }
             }
         };
@@ -280,6 +312,16 @@ impl Shared {
             _connection: connection,
         })
     }
+}
+
+/// The refusal of a health or reflection message without room in its pool.
+fn open_pool_full() -> Status {
+    refused("open_pool");
+    Status::from(DomainError::ResourceExhausted(format!(
+        "the health and reflection request messages still arriving hold the {} they may: \
+         retry shortly",
+        human(OPEN_POOL_BYTES)
+    )))
 }
 
 fn human(bytes: u64) -> String {

@@ -452,11 +452,13 @@ async fn one_users_partial_messages_stop_at_its_share_and_another_user_uploads()
 async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
     let app = TestApp::spawn_with(
         Backend::Embedded,
-        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+        &["--memory-budget", "4MiB", "--memory-wait", "30s"],
     )
     .await;
     // 3 connections × 90 checks of 16 KiB, with no identity: more than
-    // their 4 MiB pool, and than the whole budget.
+    // their 4 MiB pool, and than the whole budget. Those without room are
+    // refused at once (they do not wait for --memory-wait, each keeping
+    // its stream window of unread bytes).
     let (_callers, held, refused) = three_connections_of(&app, 90, |mallory| {
         Box::pin(mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100))
     })
@@ -505,4 +507,36 @@ async fn uploads_declaring_a_small_size_do_not_hold_large_messages_past_the_budg
     );
     drop(open);
     service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_so_many_messages_wait_for_memory_and_the_rest_are_refused_at_once() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--memory-budget",
+            "4MiB",
+            "--memory-wait",
+            "30s",
+            "--grpc-max-waiting-request-messages",
+            "2",
+        ],
+    )
+    .await;
+    // 3 connections × 7 listings of 256 KiB, each another user's: 16 take
+    // the budget, 2 wait for it (each keeping its stream's unread bytes),
+    // and the other 3 are refused at once rather than after 30 s.
+    let (_callers, held, refused) = three_connections_of(&app, 7, |mallory| {
+        Box::pin(mallory.call(LIST, 256 << 10, 1000))
+    })
+    .await;
+    assert_eq!(held.len(), 18, "{refused:?}");
+    assert_eq!(refused.len(), 3);
+    for message in refused {
+        assert!(
+            message.contains("--grpc-max-waiting-request-messages"),
+            "{message}"
+        );
+    }
+    drop(held);
 }
