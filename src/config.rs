@@ -281,6 +281,31 @@ pub struct ConnectionSettings {
     /// message of the largest size (4 MiB + 64 KiB) is always allowed.
     #[arg(long, env = "IMAGE_SERVICE_GRPC_MAX_PARTIAL_REQUEST_BYTES_PER_CONNECTION", default_value = "16MiB", value_parser = parse_byte_size, global = true)]
     pub grpc_max_partial_request_bytes_per_connection: u64,
+
+    /// gRPC listener: request messages that may wait for memory at once,
+    /// over all connections. A waiting message's stream is not read, so
+    /// each keeps up to its HTTP/2 stream window of unread bytes (the
+    /// connection window / --max-concurrent-streams, 164 KiB by default);
+    /// past this a message that finds no room is refused at once with
+    /// RESOURCE_EXHAUSTED (retryable). Health and reflection messages never
+    /// wait: without room in their pool they are refused at once.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_GRPC_MAX_WAITING_REQUEST_MESSAGES",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub grpc_max_waiting_request_messages: u32,
+
+    /// gRPC listener: memory that reflection streams (v1 and v1alpha,
+    /// open to callers without an identity) may hold together over all
+    /// connections. Each open stream reserves what it may hold ahead of a
+    /// reader that does not read (a few responses, and its stream window
+    /// of requests sent ahead); without room a new stream is refused with
+    /// RESOURCE_EXHAUSTED. The default admits some 40 at once.
+    #[arg(long, env = "IMAGE_SERVICE_GRPC_REFLECTION_MEMORY", default_value = "16MiB", value_parser = parse_byte_size, global = true)]
+    pub grpc_reflection_memory: u64,
 }
 
 /// How callers are identified: the settings of [`crate::grpc::auth`].

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -116,6 +117,7 @@ impl Application {
                     .grpc_max_partial_request_bytes_per_connection,
                 wait: config.limits.memory_wait,
                 message_timeout: config.limits.upload_idle_timeout,
+                max_waiting: config.connections.grpc_max_waiting_request_messages,
             },
             tls,
             http_blobs,
@@ -165,15 +167,20 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?
             .max_decoding_message_size(MAX_REFLECTION_REQUEST);
-        // Streams of reflection reserve what they may hold from the budget:
-        // the largest file served is within the largest set.
-        let budget = self.images.memory().clone();
+        // Streams of reflection reserve what they may hold from their own
+        // pool: the largest file served is within the largest set.
         let reflection_limits = ReflectionLimits {
-            budget: budget.clone(),
+            pool: Arc::new(Semaphore::new(
+                usize::try_from(self.transport.grpc_reflection_memory)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            pool_bytes: self.transport.grpc_reflection_memory,
             per_stream: reflection_reserve(
                 pb::FILE_DESCRIPTOR_SET
                     .len()
                     .max(tonic_health::pb::FILE_DESCRIPTOR_SET.len()),
+                stream_window(self.transport.max_concurrent_streams),
             ),
             per_connection: REFLECTION_STREAMS_PER_CONNECTION,
         };
@@ -426,6 +433,7 @@ struct TransportLimits {
     http_max_concurrent_part_uploads: usize,
     http_max_part_uploads_per_user: usize,
     grpc_max_connections_per_peer: usize,
+    grpc_reflection_memory: u64,
     /// `None`: connections without a call stay open.
     grpc_idle_timeout: Option<Duration>,
 }
@@ -447,6 +455,7 @@ impl TransportLimits {
             http_max_concurrent_part_uploads: settings.http_max_concurrent_part_uploads,
             http_max_part_uploads_per_user: settings.http_max_part_uploads_per_user,
             grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
+            grpc_reflection_memory: settings.grpc_reflection_memory,
             grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
                 .then_some(settings.grpc_idle_timeout),
         }

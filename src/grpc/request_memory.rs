@@ -34,13 +34,25 @@
 //!   for room nothing more of its stream is read, so HTTP/2 flow control
 //!   holds the caller back; past `--memory-wait` the call ends with
 //!   RESOURCE_EXHAUSTED (worth retrying: the room is others' work);
+//! - a waiting message keeps up to its stream's window of bytes unread
+//!   with hyper, so only `--grpc-max-waiting-request-messages` wait at
+//!   once over the replica and health's and reflection's never do: past
+//!   that, a message without room is refused at once;
 //! - the message must arrive whole within `--upload-idle-timeout` of its
 //!   header, or the call ends with DEADLINE_EXCEEDED. An upload already
 //!   needs a whole message within that time (its pace counts bytes as
 //!   tonic hands over whole messages), so honest callers see no change;
-//! - an upload's messages after its first are not reserved again: an
-//!   admitted upload's working set already counts one message, and one
-//!   not admitted has nothing more of its stream read;
+//! - an upload's messages after its first reserve only what is beyond
+//!   the one message its working set counts ([`UploadMessages`], set by
+//!   the handler from the first message: a chunk of the whole declared
+//!   image, or the largest message when no size is declared; nothing for
+//!   a resumed session's stream, whose reservation grows with the bytes
+//!   received), so honest uploads reserve nothing more, while an upload
+//!   declaring a small size cannot hold large messages unfinished
+//!   outside the budget. The frame that ends an upload's first message is
+//!   handed on alone, so the handler has read the first message before
+//!   the second's header is weighed; an upload not admitted has nothing
+//!   more of its stream read;
 //! - the reservation is given back when the message's last byte has
 //!   passed (tonic decodes it, and the handler's own accounting takes
 //!   over) or when the body is dropped.
@@ -48,6 +60,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -104,6 +117,24 @@ pub fn largest_message(path: &str) -> u64 {
     }
 }
 
+/// The bytes of each message after an upload's first that the upload's
+/// working set counts; the request layer reserves the rest of a longer
+/// message while it arrives. Found in an `UploadImage` request's
+/// extensions; nothing is counted until the handler says.
+#[derive(Clone, Debug, Default)]
+pub struct UploadMessages(Arc<AtomicU64>);
+
+impl UploadMessages {
+    /// The upload's working set counts a message of `bytes`.
+    pub fn counted(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Release);
+    }
+
+    fn counts(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// What [`HoldRequests`] allows a request message still arriving.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLimits {
@@ -114,6 +145,8 @@ pub struct RequestLimits {
     pub wait: Duration,
     /// How long a message may take to arrive whole, from its header.
     pub message_timeout: Duration,
+    /// Messages that may wait for room at once, over all connections.
+    pub max_waiting: u32,
 }
 
 /// The layer on the gRPC server that reads the frame headers of request
@@ -131,6 +164,7 @@ impl HoldRequests {
                 budget,
                 auth,
                 open_pool: Arc::new(Semaphore::new(OPEN_POOL_BYTES as usize)),
+                waiting: Arc::new(Semaphore::new(limits.max_waiting.max(1) as usize)),
                 limits: RequestLimits {
                     per_connection: limits.per_connection.max(MAX_MESSAGE_BYTES),
                     ..limits
@@ -146,6 +180,9 @@ struct Shared {
     auth: Arc<Authenticator>,
     /// What health's and reflection's messages still arriving may hold.
     open_pool: Arc<Semaphore>,
+    /// Messages waiting for room: each keeps its stream's window of
+    /// unread bytes while it waits.
+    waiting: Arc<Semaphore>,
     limits: RequestLimits,
     connections: Mutex<Connections>,
 }
@@ -183,9 +220,38 @@ impl Shared {
     }
 
     /// Reserves `bytes` for a message of `caller` on the connection of
+    /// `peer` ([`Shared::reserve`]). A message that finds no room at once
+    /// keeps its stream's unread bytes (up to its window) while it waits,
+    /// so only so many may wait: a message of health or reflection not at
+    /// all, the image service's up to `max_waiting` over the replica.
+    async fn hold(
+        self: Arc<Self>,
+        caller: Option<UserId>,
+        peer: Option<SocketAddr>,
+        bytes: u64,
+    ) -> Result<Held, Status> {
+        let mut reserve = Box::pin(self.clone().reserve(caller.clone(), peer, bytes));
+        if let Some(held) = futures::FutureExt::now_or_never(&mut reserve) {
+            return held;
+        }
+        if caller.is_none() {
+            return Err(open_pool_full());
+        }
+        let Ok(_waiting) = self.waiting.clone().try_acquire_owned() else {
+            refused("waiting");
+            return Err(Status::from(DomainError::ResourceExhausted(format!(
+                "{} request messages already wait for memory on this server \
+                 (--grpc-max-waiting-request-messages): retry shortly",
+                self.limits.max_waiting
+            ))));
+        };
+        reserve.await
+    }
+
+    /// Reserves `bytes` for a message of `caller` on the connection of
     /// `peer`: from the connection's allowance, then from the caller's
     /// share and the budget (or the open pool), within the wait.
-    async fn hold(
+    async fn reserve(
         self: Arc<Self>,
         caller: Option<UserId>,
         peer: Option<SocketAddr>,
@@ -237,14 +303,7 @@ impl Shared {
                 let acquire = self.open_pool.clone().acquire_many_owned(permits);
                 match tokio::time::timeout(left, acquire).await {
                     Ok(Ok(permit)) => Memory::Open { _permit: permit },
-                    _ => {
-                        refused("open_pool");
-                        return Err(Status::from(DomainError::ResourceExhausted(format!(
-                            "the health and reflection request messages still arriving hold \
-                             the {} they may: retry shortly",
-                            human(OPEN_POOL_BYTES)
-                        ))));
-                    }
+                    _ => return Err(open_pool_full()),
                 }
             }
         };
@@ -253,6 +312,16 @@ impl Shared {
             _connection: connection,
         })
     }
+}
+
+/// The refusal of a health or reflection message without room in its pool.
+fn open_pool_full() -> Status {
+    refused("open_pool");
+    Status::from(DomainError::ResourceExhausted(format!(
+        "the health and reflection request messages still arriving hold the {} they may: \
+         retry shortly",
+        human(OPEN_POOL_BYTES)
+    )))
 }
 
 fn human(bytes: u64) -> String {
@@ -304,10 +373,7 @@ where
             let request = self.metered(request, None);
             return Box::pin(self.inner.call(request));
         }
-        // The service that was made ready serves this call; a clone
-        // waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
@@ -344,7 +410,12 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
         return request;
     }
     let largest = largest_message(request.uri().path());
-    let reserves_every_message = request.uri().path() != UPLOAD;
+    let mut request = request;
+    let upload = (request.uri().path() == UPLOAD).then(|| {
+        let upload = UploadMessages::default();
+        request.extensions_mut().insert(upload.clone());
+        upload
+    });
     let peer = request
         .extensions()
         .get::<PeerInfo>()
@@ -354,7 +425,7 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
         tonic::body::Body::new(MeteredBody {
             inner: body,
             largest,
-            reserves_every_message,
+            upload,
             messages: 0,
             caller,
             peer,
@@ -364,6 +435,7 @@ fn metered(shared: &Arc<Shared>, request: Request, caller: Option<UserId>) -> Re
                 have: 0,
             },
             waiting: None,
+            rest: None,
             deadline: None,
             ended: false,
         })
@@ -402,13 +474,21 @@ enum Memory {
 
 type Holding = Pin<Box<dyn Future<Output = Result<Held, Status>> + Send>>;
 
+/// What a frame's bytes left to do.
+struct Scanned {
+    /// The bytes to reserve for the message the frame leaves unfinished,
+    /// when it has not reserved them yet.
+    reserve: Option<u64>,
+    /// Where an upload's first message ended with more bytes after it.
+    split: Option<usize>,
+}
+
 /// A request body whose messages are measured as they pass.
 struct MeteredBody {
     inner: tonic::body::Body,
     largest: u64,
-    /// False for an upload, whose admission counts its messages after the
-    /// first.
-    reserves_every_message: bool,
+    /// An upload's: what its working set counts of each later message.
+    upload: Option<UploadMessages>,
     /// Messages whose header has been read.
     messages: u64,
     /// The image service's caller; none for health and reflection.
@@ -419,15 +499,20 @@ struct MeteredBody {
     /// A frame that starts a message it does not finish, held back until
     /// the message has its reservation.
     waiting: Option<(Frame<Bytes>, Holding)>,
+    /// The bytes after an upload's first message, when the frame that
+    /// ended it carried more: handed on by the next poll.
+    rest: Option<Bytes>,
     /// When the message being read must be whole.
     deadline: Option<Pin<Box<Sleep>>>,
     ended: bool,
 }
 
 impl MeteredBody {
-    /// Follows `data` through the messages; the length to reserve when it
-    /// leaves a message unfinished that has not reserved yet.
-    fn scan(&mut self, mut data: &[u8]) -> Result<Option<u64>, Status> {
+    /// Follows `data` through the messages, up to the end of an upload's
+    /// first message when more follows it.
+    fn scan(&mut self, data: &[u8]) -> Result<Scanned, Status> {
+        let total = data.len();
+        let mut data = data;
         while !data.is_empty() {
             match &mut self.reading {
                 Reading::Header { header, have } => {
@@ -472,20 +557,36 @@ impl MeteredBody {
                     have: 0,
                 };
                 self.deadline = None;
+                if self.upload.is_some() && self.messages == 1 && !data.is_empty() {
+                    return Ok(Scanned {
+                        reserve: None,
+                        split: Some(total - data.len()),
+                    });
+                }
             }
         }
-        let reserves = self.reserves_every_message || self.messages == 1;
-        Ok(match &self.reading {
+        let reserve = match &self.reading {
             Reading::Message {
                 length, held: None, ..
-            } if reserves => Some(*length),
+            } => {
+                let counted = match &self.upload {
+                    Some(upload) if self.messages > 1 => upload.counts(),
+                    _ => 0,
+                };
+                (*length > counted).then(|| *length - counted)
+            }
             _ => None,
+        };
+        Ok(Scanned {
+            reserve,
+            split: None,
         })
     }
 
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.ended = true;
         self.waiting = None;
+        self.rest = None;
         self.reading = Reading::Header {
             header: [0; HEADER],
             have: 0,
@@ -535,7 +636,11 @@ impl Body for MeteredBody {
                 let status = this.stalled();
                 return this.fail(status);
             }
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            let polled = match this.rest.take() {
+                Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+                None => Pin::new(&mut this.inner).poll_frame(cx),
+            };
+            let frame = match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     let inside = match &this.reading {
@@ -553,26 +658,38 @@ impl Body for MeteredBody {
                 Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            let Some(data) = frame.data_ref() else {
-                return Poll::Ready(Some(Ok(frame)));
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(other) => return Poll::Ready(Some(Ok(other))),
             };
-            match this.scan(data) {
+            match this.scan(&data) {
                 Err(status) => return this.fail(status),
-                Ok(None) => return Poll::Ready(Some(Ok(frame))),
-                Ok(Some(length)) => {
+                Ok(Scanned {
+                    split: Some(at), ..
+                }) => {
+                    this.rest = Some(data.split_off(at));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Scanned { reserve: None, .. }) => {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Scanned {
+                    reserve: Some(length),
+                    ..
+                }) => {
                     let holding = Box::pin(this.shared.clone().hold(
                         this.caller.clone(),
                         this.peer,
                         length,
                     ));
-                    this.waiting = Some((frame, holding));
+                    this.waiting = Some((Frame::data(data), holding));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.waiting.is_none() && self.inner.is_end_stream())
+        self.ended || (self.waiting.is_none() && self.rest.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -17,18 +17,22 @@
 //! DEADLINE_EXCEEDED.
 //!
 //! Reflection streams have no identity to count against: each reserves
-//! what it may hold ahead of its reader ([`ReflectionLimits`]) from the
-//! replica's budget when it opens, and a connection has at most a few open
-//! at once.
+//! what it may hold ahead of its reader ([`ReflectionLimits`]: responses,
+//! and the requests its caller may send ahead while the responses wait)
+//! from a pool of the replica's (`--grpc-reflection-memory`) when it
+//! opens, refused at once without room, and a connection has at most a
+//! few open at once.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http;
 
-use crate::domain::budget::{MemoryBudget, Reservation};
+use crate::domain::budget::Reservation;
 use crate::listener::{PeerInfo, ReflectionSlot};
 use crate::response_stall::{OnStall, Watched};
 
@@ -49,8 +53,10 @@ pub struct HoldResponses {
 /// What reflection streams may hold.
 #[derive(Clone, Debug)]
 pub struct ReflectionLimits {
-    /// The replica's budget, which each stream reserves from.
-    pub budget: MemoryBudget,
+    /// The replica's pool, in bytes, which each stream reserves from.
+    pub pool: Arc<Semaphore>,
+    /// The pool's size (`--grpc-reflection-memory`).
+    pub pool_bytes: u64,
     /// Reserved by each stream while it is open: what it may hold ahead of
     /// its reader (see [`reflection_reserve`]).
     pub per_stream: u64,
@@ -70,10 +76,12 @@ pub const MAX_REFLECTION_REQUEST: usize = 8 * 1024;
 /// read, for a largest response of `largest_file` (the largest encoded
 /// file descriptor served) plus its request repeated: the message being
 /// handed out, the one in the reflection service's channel, and the one
-/// its task waits to send, and one more being encoded.
-pub fn reflection_reserve(largest_file: usize) -> u64 {
+/// its task waits to send, and one more being encoded; and the requests
+/// its caller sends ahead, unread while the responses wait, up to the
+/// stream's HTTP/2 window `stream_window`.
+pub fn reflection_reserve(largest_file: usize, stream_window: u32) -> u64 {
     let response = largest_file + 2 * MAX_REFLECTION_REQUEST + 64;
-    4 * response as u64
+    4 * response as u64 + u64::from(stream_window)
 }
 
 impl<S> tower_layer::Layer<S> for HoldResponses {
@@ -126,7 +134,7 @@ where
             return Box::pin(async move {
                 let mut response = response.await?;
                 let memory = HeldMemory::take_from(&mut response);
-                Ok(watched(response, memory, None, stall_timeout))
+                Ok(watched(response, memory, Held::default(), stall_timeout))
             });
         }
         let limits = self.reflection.clone();
@@ -147,31 +155,34 @@ where
             }
             None => None,
         };
-        // The service is called once the memory is reserved: a clone takes
-        // the call, the one made ready stays for it.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The service is called once the memory is reserved.
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
-            let memory = match limits
-                .budget
-                .reserve(limits.per_stream, "a reflection stream")
-                .await
-            {
-                Ok(memory) => memory,
-                Err(error) => return Ok(tonic::Status::from(error).into_http()),
+            let permits = u32::try_from(limits.per_stream).unwrap_or(u32::MAX);
+            let Ok(pool) = limits.pool.clone().try_acquire_many_owned(permits) else {
+                let status = tonic::Status::resource_exhausted(format!(
+                    "the reflection streams open on this server hold the {} they may \
+                     (--grpc-reflection-memory): retry shortly",
+                    bytesize::ByteSize::b(limits.pool_bytes).display().iec()
+                ));
+                return Ok(status.into_http());
             };
             let response = inner.call(request).await?;
-            Ok(watched(response, memory, slot, stall_timeout))
+            let held = Held {
+                _slot: slot,
+                _pool: Some(pool),
+            };
+            Ok(watched(response, Reservation::none(), held, stall_timeout))
         })
     }
 }
 
 /// `response` with its body watched for stalls, holding `memory` and
-/// `slot` until it is sent or dropped.
+/// `held` until it is sent or dropped.
 fn watched<B>(
     response: http::Response<B>,
     memory: Reservation,
-    slot: Option<ReflectionSlot>,
+    held: Held,
     stall_timeout: Duration,
 ) -> Response
 where
@@ -179,7 +190,7 @@ where
     B::Error: Into<BoxError>,
 {
     response.map(|body| {
-        let body = WithSlot { body, _slot: slot };
+        let body = WithSlot { body, _held: held };
         tonic::body::Body::new(Watched::new(
             body,
             memory,
@@ -190,10 +201,18 @@ where
     })
 }
 
-/// A body that keeps its reflection stream's slot on its connection.
+/// What a reflection stream holds while it is open: its slot on its
+/// connection and its part of the reflection pool.
+#[derive(Default)]
+struct Held {
+    _slot: Option<ReflectionSlot>,
+    _pool: Option<OwnedSemaphorePermit>,
+}
+
+/// A body that keeps what its reflection stream holds.
 struct WithSlot<B> {
     body: B,
-    _slot: Option<ReflectionSlot>,
+    _held: Held,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for WithSlot<B> {

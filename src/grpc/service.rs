@@ -13,9 +13,11 @@ use tracing::Instrument;
 use super::RETRY_PUSHBACK;
 use super::auth::{Authenticator, Identified};
 use super::convert;
+use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
 use crate::domain::images::BatchUrl;
+use crate::domain::upload::message_bound;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
 use crate::pb;
@@ -197,6 +199,13 @@ impl ImageApi {
         tracing::Span::current().record("user", user.as_str());
         Ok(user)
     }
+
+    /// The caller of `request` (see [`ImageApi::caller`]).
+    async fn caller_of<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
+        let identified = request.extensions().get();
+        self.caller(request.metadata(), peer_of(request), identified)
+            .await
+    }
 }
 
 /// Whether a status is the server's failure rather than the caller's
@@ -281,20 +290,38 @@ impl ImageService for ImageApi {
         let metadata = request.metadata().clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let identified = request.extensions().get::<Identified>().cloned();
+        let counted = request.extensions().get::<UploadMessages>().cloned();
         self.observe("UploadImage", &metadata, |_in_flight| async {
             let caller = self
                 .caller(&metadata, peer.as_ref(), identified.as_ref())
                 .await?;
             let _in_progress = UploadInProgress::start();
-            let frames = request.into_inner().map(|message| {
-                if let Ok(pb::UploadImageRequest {
-                    data: Some(pb::upload_image_request::Data::Chunk(chunk)),
-                    ..
-                }) = &message
-                {
-                    metrics::counter!("imageservice_upload_bytes_total")
-                        .increment(chunk.len() as u64);
+            let mut first = true;
+            let frames = request.into_inner().map(move |message| {
+                match &message {
+                    Ok(pb::UploadImageRequest {
+                        data: Some(pb::upload_image_request::Data::Chunk(chunk)),
+                        ..
+                    }) => {
+                        metrics::counter!("imageservice_upload_bytes_total")
+                            .increment(chunk.len() as u64);
+                    }
+                    // The working set of a new image counts one message
+                    // of its declared size (a resumed session's stream
+                    // counts none: the request layer reserves each).
+                    Ok(pb::UploadImageRequest {
+                        data: Some(pb::upload_image_request::Data::Spec(spec)),
+                        ..
+                    }) if first => {
+                        if let Some(counted) = &counted {
+                            let declared =
+                                spec.expected_size.map(|n| u64::try_from(n).unwrap_or(0));
+                            counted.counted(message_bound(declared));
+                        }
+                    }
+                    _ => {}
                 }
+                first = false;
                 message.map(convert::upload_frame).map_err(stream_error)
             });
             let record = self.images.upload(&caller, frames).await?;
@@ -315,13 +342,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let record = self.images.get(&request.get_ref().image_id).await?;
             self.respond(
                 &caller,
@@ -339,13 +360,7 @@ impl ImageService for ImageApi {
         request: Request<pb::BatchGetImagesRequest>,
     ) -> Result<Response<pb::BatchGetImagesResponse>, Status> {
         self.observe("BatchGetImages", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let url = if r.url_variant.is_empty() {
                 None
@@ -389,13 +404,7 @@ impl ImageService for ImageApi {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         self.observe("ListImages", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let query = convert::list_request(request.get_ref().clone())?;
             let memory = self
                 .reserve_response(&caller, self.images.page_memory())
@@ -425,13 +434,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DownloadImageRequest>,
     ) -> Result<Response<Self::DownloadImageStream>, Status> {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let download = self
                 .images
@@ -490,13 +493,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetDownloadUrlRequest>,
     ) -> Result<Response<pb::GetDownloadUrlResponse>, Status> {
         self.observe("GetDownloadUrl", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
@@ -521,13 +518,7 @@ impl ImageService for ImageApi {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         self.observe("UpdateImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let image_id = r.image_id.clone();
             let update = convert::image_update(r)?;
@@ -548,13 +539,7 @@ impl ImageService for ImageApi {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         self.observe("DeleteImage", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             self.images
                 .delete(&caller, &request.get_ref().image_id)
                 .await?;
@@ -569,13 +554,7 @@ impl ImageService for ImageApi {
         request: Request<pb::StartUploadRequest>,
     ) -> Result<Response<pb::StartUploadResponse>, Status> {
         self.observe("StartUpload", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let spec = r
                 .spec
@@ -609,13 +588,7 @@ impl ImageService for ImageApi {
             "QueryUploadStatus",
             request.metadata(),
             |_in_flight| async {
-                let caller = self
-                    .caller(
-                        request.metadata(),
-                        peer_of(&request),
-                        request.extensions().get(),
-                    )
-                    .await?;
+                let caller = self.caller_of(&request).await?;
                 let status = self
                     .images
                     .uploads()
@@ -640,13 +613,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CancelUploadRequest>,
     ) -> Result<Response<pb::CancelUploadResponse>, Status> {
         self.observe("CancelUpload", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             self.images
                 .uploads()
                 .cancel_session(&caller, &request.get_ref().upload_id)
@@ -661,13 +628,7 @@ impl ImageService for ImageApi {
         request: Request<pb::GetUploadUrlsRequest>,
     ) -> Result<Response<pb::GetUploadUrlsResponse>, Status> {
         self.observe("GetUploadUrls", request.metadata(), |_in_flight| async {
-            let caller = self
-                .caller(
-                    request.metadata(),
-                    peer_of(&request),
-                    request.extensions().get(),
-                )
-                .await?;
+            let caller = self.caller_of(&request).await?;
             let r = request.get_ref().clone();
             let plan = convert::part_plan(r.parts)?;
             let expires_in = convert::expires_in(r.expires_in)?;
@@ -693,7 +654,7 @@ impl ImageService for ImageApi {
         request: Request<pb::CompleteUploadRequest>,
     ) -> Result<Response<pb::CompleteUploadResponse>, Status> {
         self.observe("CompleteUpload", request.metadata(), |_in_flight| async {
-            let caller = self.caller(request.metadata(), peer_of(&request), request.extensions().get()).await?;
+            let caller = self.caller_of(&request).await?;
             let _in_progress = UploadInProgress::start();
             let record = self
                 .images

@@ -105,6 +105,44 @@ impl RawCaller {
     }
 }
 
+/// An upload as `user` of an image declared to be `declared` bytes, whose
+/// second message declares `second` bytes and sends `sent` of them.
+async fn upload_declaring(
+    caller: &mut RawCaller,
+    user: &str,
+    declared: i64,
+    second: u32,
+    sent: usize,
+) -> Partial {
+    use image_service::pb;
+    use prost::Message;
+    let request = http::Request::post(format!("http://localhost{UPLOAD}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-user-id", user)
+        .body(())
+        .unwrap();
+    let mut calls = caller.calls.clone().ready().await.expect("room for a call");
+    let (response, mut body) = calls.send_request(request, false).unwrap();
+    let spec = pb::UploadImageRequest {
+        data: Some(pb::upload_image_request::Data::Spec(pb::ImageSpec {
+            content_type: Some("image/png".into()),
+            expected_size: Some(declared),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(spec.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&spec);
+    framed.push(0);
+    framed.extend_from_slice(&second.to_be_bytes());
+    framed.extend_from_slice(&payload(second as usize)[..sent]);
+    let _ = body.send_data(Bytes::from(framed), false);
+    Partial { response, body }
+}
+
 /// A message of `length` bytes (at least 4) that every request type
 /// decodes: one field (99) that none of them knows.
 fn payload(length: usize) -> Vec<u8> {
@@ -140,6 +178,13 @@ where
         }
         callers.push(caller);
     }
+    let (held, refused) = held_or_refused(calls).await;
+    (callers, held, refused)
+}
+
+/// Waits 5 s for answers to `calls`: the calls left open, and the
+/// messages of those refused (each RESOURCE_EXHAUSTED).
+async fn held_or_refused(calls: Vec<Partial>) -> (Vec<h2::SendStream<Bytes>>, Vec<String>) {
     let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
         let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
         (answer, call.body)
@@ -157,7 +202,7 @@ where
             Err(_) => held.push(body),
         }
     }
-    (callers, held, refused)
+    (held, refused)
 }
 
 /// Makes 17 listings that each declare 256 KiB and send 1 000 bytes of
@@ -333,33 +378,9 @@ async fn uploads_declaring_large_messages_do_not_raise_memory_past_the_budget() 
         callers.push(caller);
     }
     // The refusals come after --memory-wait; the calls let in stay open.
-    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
-        let answer = tokio::time::timeout(Duration::from_secs(5), call.response).await;
-        (answer, call.body)
-    }))
-    .await;
-    let mut refused = 0;
-    let mut open = Vec::new();
-    for (answer, body) in answers {
-        match answer {
-            Ok(response) => {
-                let response = response.expect("an HTTP/2 response");
-                assert_eq!(
-                    response
-                        .headers()
-                        .get("grpc-status")
-                        .map(|v| v.to_str().unwrap()),
-                    Some("8"),
-                    "RESOURCE_EXHAUSTED: {:?}",
-                    response.headers()
-                );
-                refused += 1;
-            }
-            Err(_) => open.push(body),
-        }
-    }
+    let (open, refused) = held_or_refused(calls).await;
     let grown_mib = service.peak_kib().saturating_sub(before) / 1024;
-    assert!(refused >= 150, "{refused} of 200 refused");
+    assert!(refused.len() >= 150, "{} of 200 refused", refused.len());
     assert!(
         grown_mib < 100,
         "the server grew by {grown_mib} MiB over a 32 MiB budget"
@@ -431,11 +452,13 @@ async fn one_users_partial_messages_stop_at_its_share_and_another_user_uploads()
 async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
     let app = TestApp::spawn_with(
         Backend::Embedded,
-        &["--memory-budget", "4MiB", "--memory-wait", "300ms"],
+        &["--memory-budget", "4MiB", "--memory-wait", "30s"],
     )
     .await;
     // 3 connections × 90 checks of 16 KiB, with no identity: more than
-    // their 4 MiB pool, and than the whole budget.
+    // their 4 MiB pool, and than the whole budget. Those without room are
+    // refused at once (they do not wait for --memory-wait, each keeping
+    // its stream window of unread bytes).
     let (_callers, held, refused) = three_connections_of(&app, 90, |mallory| {
         Box::pin(mallory.call_as(None, "/grpc.health.v1.Health/Check", 16 << 10, 100))
     })
@@ -448,5 +471,72 @@ async fn partial_health_checks_hold_their_own_pool_and_not_the_budget() {
     app.list("alice", Default::default())
         .await
         .expect("a listing while the partial checks stay open");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_declaring_a_small_size_do_not_hold_large_messages_past_the_budget() {
+    let service = Service::start(&[
+        ("IMAGE_SERVICE_MEMORY_BUDGET", "64MiB".into()),
+        ("IMAGE_SERVICE_MEMORY_WAIT", "200ms".into()),
+        ("IMAGE_SERVICE_UPLOAD_SLOT_WAIT", "200ms".into()),
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.reset_peak();
+    let before = service.rss_kib();
+    // 8 users × 8 uploads, each declaring a 1 000-byte image (a working
+    // set of some 2 MiB: about 30 are let in) and then sending all but
+    // 1 KiB of a 4 MiB second message: 120 MiB held outside the budget
+    // before the rest of such a message was reserved.
+    let mut callers = Vec::new();
+    let mut calls = Vec::new();
+    for user in 0..8 {
+        let mut caller = RawCaller::connect(service.grpc).await;
+        for _ in 0..8 {
+            let user = format!("mallory-{user}");
+            calls.push(upload_declaring(&mut caller, &user, 1000, 4 << 20, (4 << 20) - 1024).await);
+        }
+        callers.push(caller);
+    }
+    let (open, refused) = held_or_refused(calls).await;
+    let grown_mib = service.peak_kib().saturating_sub(before) / 1024;
+    assert!(refused.len() >= 32, "{} of 64 refused", refused.len());
+    assert!(
+        grown_mib < 64,
+        "the server grew by {grown_mib} MiB over a 64 MiB budget"
+    );
+    drop(open);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_so_many_messages_wait_for_memory_and_the_rest_are_refused_at_once() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &[
+            "--memory-budget",
+            "4MiB",
+            "--memory-wait",
+            "30s",
+            "--grpc-max-waiting-request-messages",
+            "2",
+        ],
+    )
+    .await;
+    // 3 connections × 7 listings of 256 KiB, each another user's: 16 take
+    // the budget, 2 wait for it (each keeping its stream's unread bytes),
+    // and the other 3 are refused at once rather than after 30 s.
+    let (_callers, held, refused) = three_connections_of(&app, 7, |mallory| {
+        Box::pin(mallory.call(LIST, 256 << 10, 1000))
+    })
+    .await;
+    assert_eq!(held.len(), 18, "{refused:?}");
+    assert_eq!(refused.len(), 3);
+    for message in refused {
+        assert!(
+            message.contains("--grpc-max-waiting-request-messages"),
+            "{message}"
+        );
+    }
     drop(held);
 }

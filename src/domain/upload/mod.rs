@@ -53,6 +53,21 @@ use writes::Writes;
 /// plus framing. An upload's working set counts one of them.
 pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024 + 64 * 1024;
 
+/// What an upload message carries besides its chunk (the field's key and
+/// length, `chunk_crc32c`, `finish_write`: 13 bytes at most), with room.
+const MESSAGE_FRAMING: u64 = 64;
+
+/// The largest message an upload of an image declared to be `declared`
+/// bytes sends: one chunk of the whole image at most. Its working set
+/// counts one message of this size; the transport reserves the rest of
+/// any longer message still arriving, so a small declared size cannot
+/// make room for large unfinished messages.
+pub fn message_bound(declared: Option<u64>) -> u64 {
+    declared.map_or(MAX_MESSAGE_BYTES, |size| {
+        size.saturating_add(MESSAGE_FRAMING).min(MAX_MESSAGE_BYTES)
+    })
+}
+
 /// The part of [`UPLOAD_OVERHEAD`] that is the scrubber's: a structure
 /// larger than this (a HEIF's `meta` box, up to
 /// [`crate::media::scrub::MAX_HEIF_META`]) grows the upload's reservation
@@ -221,10 +236,7 @@ impl Uploads {
         // The working set, before any image byte is read. A declared size
         // makes it smaller (one part, the message no larger than the
         // image) and reserves the kept copy too.
-        let message = spec
-            .declared
-            .size
-            .map_or(MAX_MESSAGE_BYTES, |size| size.min(MAX_MESSAGE_BYTES));
+        let message = message_bound(spec.declared.size);
         let kept_upfront = if spec.declared.size.is_some() {
             kept
         } else {
