@@ -1348,4 +1348,26 @@ mod attack5 {
         assert_eq!(kept, frames(&clean).0);
         assert_eq!(numbers, vec![0, 1, 2]);
     }
+
+    #[test]
+    fn a_phone_photo_saved_as_png_keeps_its_pixels() {
+        let photo =
+            image::load_from_memory(include_bytes!("../../../examples/images/phone-photo.jpg"))
+                .unwrap();
+        for photo in [
+            photo.clone(),
+            image::DynamicImage::ImageRgba8(photo.to_rgba8()),
+        ] {
+            let mut file = Vec::new();
+            photo
+                .write_to(
+                    &mut std::io::Cursor::new(&mut file),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            let (out, _) = scrub(&file, 16 * 1024, false).unwrap();
+            assert_eq!(scrub(&file, 1000, false).unwrap().0, out);
+            assert_eq!(pixels(&out), pixels(&file));
+        }
+    }
 }
