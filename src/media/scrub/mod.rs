@@ -125,6 +125,7 @@ impl Scrubber {
                     self.state = after(jpeg.push(stream, &mut chunk, out)?, State::Jpeg);
                 }
                 State::Png(png) => {
+                    let png = std::mem::replace(png, Png::START);
                     self.state = after(png.push(stream, &mut chunk, out)?, State::Png);
                 }
                 State::Webp(webp) => {
