@@ -42,7 +42,9 @@
 //!   its defined 8 or 12 bytes, an `iovl`'s to its fields for as many
 //!   images as its `dimg` references, a `tmap`'s to its fields for one or
 //!   three channels ([`Shape`]), an `iden`'s, which has none, not at
-//!   all); every
+//!   all), but those of [`UNSHOWN_ITEMS`] (tiles, layers, masks, codecs
+//!   the service does not decode) only when the primary image uses them
+//!   ([`unused_items`]); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -197,6 +199,14 @@ const PROPERTIES: [&[u8; 4]; 27] = [
 /// bytes, an `iden` none).
 const IMAGE_ITEMS: [&[u8; 4]; 10] = [
     b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+];
+
+/// Image items of types the service does not decode, or that are only
+/// shown as part of another image (tiles, layers, masks): when the
+/// primary image does not use them ([`unused_items`]) nobody sees them,
+/// and their bytes are blanked as other items' are.
+const UNSHOWN_ITEMS: [&[u8; 4]; 8] = [
+    b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -1249,7 +1259,7 @@ fn is_padding(kind: &[u8; 4]) -> bool {
 fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), MediaError> {
     let mut at = 0;
     let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
-    let (mut iinf, mut iloc, mut idat) = (None, None, None);
+    let (mut iinf, mut iloc, mut idat, mut primary) = (None, None, None, None);
     let mut changed = zero_flags(&mut meta[outer.body..outer.end], 0);
     let first = children(&outer, true)?;
     let mut at = first;
@@ -1258,7 +1268,11 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             b"iinf" => once(&mut iinf, child)?,
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
-            b"pitm" => changed |= scrub_primary(meta, &child)?,
+            b"pitm" => {
+                let (id, zeroed) = scrub_primary(meta, &child)?;
+                primary = Some(id);
+                changed |= zeroed;
+            }
             // Read once the items are known, below.
             b"iref" | b"iprp" => {}
             b"grpl" => changed |= scrub_groups(meta, &child, count)?,
@@ -1272,13 +1286,13 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             }
         }
     }
-    let mut kinds = match iinf {
+    let (mut kinds, unshown) = match iinf {
         Some(iinf) => {
-            let (kinds, named) = blanked_items(meta, &iinf, count)?;
+            let (kinds, unshown, named) = blanked_items(meta, &iinf, count)?;
             changed |= named;
-            kinds
+            (kinds, unshown)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     // The references and properties of the items `iinf` declares: a
     // second walk over the children (counted once, above).
@@ -1291,6 +1305,13 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             b"iref" => changed |= scrub_references(meta, &child, count, &kinds, &mut inputs)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count, &kinds)?,
             _ => {}
+        }
+    }
+    if !unshown.is_empty() {
+        for id in unused_items(meta, &outer, first, primary, &kinds, unshown)? {
+            if let Ok(at) = kinds.binary_search_by_key(&id, |&(item, _)| item) {
+                kinds[at].1 = Some(Item::Other);
+            }
         }
     }
     for (from, n) in inputs {
@@ -1765,13 +1786,13 @@ fn blanked_items(
     meta: &mut [u8],
     iinf: &Child,
     count: &mut u32,
-) -> Result<(Vec<ItemKind>, bool), MediaError> {
+) -> Result<(Vec<ItemKind>, Vec<u64>, bool), MediaError> {
     let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
     let version = reader.version()?;
     // The entry count is not needed: the `infe` boxes follow.
     reader.take(if version == 0 { 2 } else { 4 })?;
     let mut at = iinf.end - reader.remaining();
-    let mut kinds = Vec::new();
+    let (mut kinds, mut unshown) = (Vec::new(), Vec::new());
     let mut named = zero_flags(&mut meta[iinf.body..iinf.end], 0);
     while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
         if &entry.kind != b"infe" {
@@ -1787,6 +1808,13 @@ fn blanked_items(
         named |= zero_flags(body, 1);
         let protection = if body[0] > 2 { 8 } else { 6 };
         named |= rewrite(&mut body[protection..protection + 2], &[]);
+        // The item type follows, from version 2.
+        let item_type = body
+            .get(protection + 2..protection + 6)
+            .filter(|_| body[0] >= 2);
+        if kind.is_none() && item_type.is_some_and(|t| UNSHOWN_ITEMS.iter().any(|u| *u == t)) {
+            unshown.push(id);
+        }
         named |= blank_item_strings(body, strings, kind);
         kinds.push((id, kind));
     }
@@ -1796,7 +1824,7 @@ fn blanked_items(
     if kinds.windows(2).any(|pair| pair[0].0 == pair[1].0) {
         return Err(MediaError::invalid("the HEIF describes an item twice"));
     }
-    Ok((kinds, named))
+    Ok((kinds, unshown, named))
 }
 
 /// The content type of XMP items, the one kept in `infe` (the item's bytes
@@ -1909,14 +1937,75 @@ fn scrub_data_references(
     Ok(changed)
 }
 
-/// Zeros what follows a `pitm` box's item id; whether any was there.
-fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<bool, MediaError> {
+/// The primary item's id, from a `pitm` box; zeros its flags and what
+/// follows the id, and says whether any was set.
+fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<(u64, bool), MediaError> {
     let body = &mut meta[pitm.body..pitm.end];
     let mut reader = Reader::new(body);
     let version = reader.version()?;
-    reader.take(if version == 0 { 2 } else { 4 })?;
+    let id = reader.uint(if version == 0 { 2 } else { 4 })?;
     let len = reader.at;
-    Ok(zero_flags(body, 0) | zero_from(body, len))
+    Ok((id, zero_flags(body, 0) | zero_from(body, len)))
+}
+
+/// Of the items in `unshown` (ids, in `kinds`' order), those the primary
+/// image does not use: not the primary, and not related to it by a kept
+/// reference (`iref`, read after [`scrub_references`]) within three
+/// steps, either way (an overlay's grids' tiles, an alpha plane's tiles,
+/// a thumbnail). The references are read three times, so the time is
+/// linear in the `meta` box's length.
+fn unused_items(
+    meta: &[u8],
+    outer: &Child,
+    first: usize,
+    primary: Option<u64>,
+    kinds: &[ItemKind],
+    unshown: Vec<u64>,
+) -> Result<Vec<u64>, MediaError> {
+    let position = |id: u64| kinds.binary_search_by_key(&id, |&(item, _)| item).ok();
+    let mut used = vec![false; kinds.len()];
+    if let Some(at) = primary.and_then(position) {
+        used[at] = true;
+    }
+    for _ in 0..3 {
+        let (mut at, mut walked) = (first, 0);
+        while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
+            if &child.kind != b"iref" {
+                continue;
+            }
+            let version = *meta.get(child.body).ok_or_else(meta_corrupt)?;
+            let id_size = if version == 0 { 2 } else { 4 };
+            let (mut at, mut walked) = (children(&child, true)?, 0);
+            while let Some(reference) = next_box(meta, &mut at, child.end, &mut walked)? {
+                if !listed(&REFERENCES, &reference.kind) {
+                    continue;
+                }
+                let mut reader = Reader::new(&meta[reference.body..reference.end]);
+                let from = position(reader.uint(id_size)?);
+                let n = reader.u16()? as usize;
+                let to = reader.take(n * id_size)?.chunks_exact(id_size).map(|id| {
+                    position(
+                        id.iter()
+                            .fold(0u64, |value, &b| (value << 8) | u64::from(b)),
+                    )
+                });
+                let from_used = from.is_some_and(|at| used[at]);
+                for to in to.flatten() {
+                    if from_used {
+                        used[to] = true;
+                    } else if used[to]
+                        && let Some(from) = from
+                    {
+                        used[from] = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(unshown
+        .into_iter()
+        .filter(|&id| position(id).is_some_and(|at| !used[at]))
+        .collect())
 }
 
 /// Whether the item `id` is one an `iinf` entry declares (in `kinds`).
@@ -3160,7 +3249,9 @@ mod attack5 {
 
     use super::heif_dimensions;
     use super::tests::scrub;
-    use crate::fixtures::{HeifParts, heif_file, iso_box, iso_full_box, phone_heif_items};
+    use crate::fixtures::{
+        HeifItem, HeifParts, heif_file, iso_box, iso_full_box, phone_heif_items,
+    };
 
     const MARK: &[u8] = b"NAME=Alice Example;GPS48.8584N2.2945E";
 
@@ -3408,6 +3499,32 @@ mod attack5 {
             assert!(!contains(stored_iloc, piece), "{piece:?}");
         }
         assert!(contains(&stored, b"hvc1-coded-image-data-"));
+    }
+
+    #[test]
+    fn coded_items_the_primary_does_not_use_are_blanked() {
+        let text = MARK.repeat(400);
+        for kind in [
+            b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+        ] {
+            let mut items = phone_heif_items(64, 48);
+            items.push(HeifItem::new(kind, &text));
+            let original = heif_file(&items, &HeifParts::default());
+            assert!(!contains(&scrubbed(&original), MARK), "{kind:?}");
+            // The primary's thumbnail (item 4) is the primary's: it stays,
+            // however it is coded; so do the tiles of a grid.
+            for iref in [
+                iso_box(b"thmb", &[0, 4, 0, 1, 0, 1]),
+                iso_box(b"dimg", &[0, 1, 0, 1, 0, 4]),
+            ] {
+                let parts = HeifParts {
+                    in_meta: iso_full_box(b"iref", 0, &iref),
+                    ..HeifParts::default()
+                };
+                let original = heif_file(&items, &parts);
+                assert!(contains(&scrubbed(&original), &text), "{kind:?}");
+            }
+        }
     }
 
     /// A real HEIC, AVIF and grid render the same variants once scrubbed
