@@ -3527,6 +3527,25 @@ mod attack5 {
         }
     }
 
+    /// The crafted files of the fuzz corpus (`a5-heif-*`, each with GPS
+    /// text where the structure had room for it) keep none of it.
+    #[test]
+    fn the_crafted_corpus_files_lose_their_text() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/scrub");
+        let mut files = 0;
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("a5-heif-") {
+                continue;
+            }
+            let stored = scrubbed(&std::fs::read(&path).unwrap());
+            assert!(!contains(&stored, b"GPS"), "{name}");
+            files += 1;
+        }
+        assert!(files >= 12, "{files} crafted files");
+    }
+
     /// A real HEIC, AVIF and grid render the same variants once scrubbed
     /// (decoded by libheif to the same pixels).
     #[cfg(feature = "heif")]
