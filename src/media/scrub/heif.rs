@@ -11,7 +11,9 @@
 //!   they are allowed); inside `meta` only the image structure (`hdlr`,
 //!   `pitm`, `iloc`, `iinf`, `iref`, `iprp`, `idat`, `dinf`, `grpl`; not
 //!   `ipro`, protected items' schemes, which the service cannot decode);
-//!   inside `ipco` only the properties that say how the pixels look. Any other box (a motion photo's `mpvd` video with its GPS track,
+//!   inside `ipco` only the properties that say how the pixels look to a
+//!   decoder the service has ([`PROPERTIES`]), and only those an item
+//!   `iinf` declares is associated with. Any other box (a motion photo's `mpvd` video with its GPS track,
 //!   `uuid` boxes with XMP, an image sequence's or motion track's `moov`,
 //!   `udes` descriptions, creation times) becomes a `free` box of the same
 //!   size filled with zeros. A sequence's samples lie in `mdat` where no
@@ -24,17 +26,25 @@
 //!   parameter sets (SEI), `av1C` OBUs other than the sequence header
 //!   ([`scrub_property`]), `dref` locations ([`scrub_data_references`]),
 //!   `infe` strings ([`blank_item_strings`]), bytes after the fields of
-//!   `pitm`, `iloc` and `ipma`, and after the fields of `uncC`, `ccst`
-//!   and `a1lx`; `cmpd` component URIs; `jpgC`'s APPn segments and
-//!   comments (walked as a `jpeg` item); `iref` keeps only the known reference
-//!   types ([`REFERENCES`]) and `grpl` the known groups ([`GROUPS`]),
-//!   each to its ids, the rest `free` ([`scrub_references`],
-//!   [`scrub_groups`]).
+//!   `pitm`, `iloc` and `ipma`, and after the fields of `uncC`, `ccst`,
+//!   `a1lx`, `cmpC`, `icef`, `cloc`, `cclv` and `amve`; `cmpd` component
+//!   URIs; `jpgC`'s APPn segments and comments (walked as a `jpeg` item);
+//!   `iref` keeps only the known reference types ([`REFERENCES`]) between
+//!   items `iinf` declares and `grpl` the known groups ([`GROUPS`]), each
+//!   to its ids, the rest `free` ([`scrub_references`], [`scrub_groups`]);
+//!   flags that no standard defines ([`zero_flags`]: of `meta`, `hdlr`,
+//!   `iinf`, `pitm`, `iloc`, `iref`, `ispe`, all but the hidden flag of
+//!   `infe` and the index width of `ipma`), `hdlr`'s pre_defined and
+//!   reserved fields ([`scrub_handler`]), `infe` protection indices,
+//!   `iloc` extent indices and the ids of `iloc` entries no `infe`
+//!   describes ([`item_extents`]).
 //! - Items: image items (`hvc1`, `av01`, …) are kept (a `grid`'s data to
 //!   its defined 8 or 12 bytes, an `iovl`'s to its fields for as many
 //!   images as its `dimg` references, a `tmap`'s to its fields for one or
 //!   three channels ([`Shape`]), an `iden`'s, which has none, not at
-//!   all); every
+//!   all), but those of [`UNSHOWN_ITEMS`] (tiles, layers, masks, codecs
+//!   the service does not decode) only when the primary image uses them
+//!   ([`unused_items`]); every
 //!   other item's bytes are overwritten as they stream by: the `Exif` item
 //!   by an empty TIFF structure, XMP (`mime` of `application/rdf+xml`) by
 //!   an empty packet padded with spaces, anything else (other `mime` items,
@@ -68,7 +78,8 @@
 //! ([`MAX_METADATA_EXTENTS`] pieces of 48 bytes) and 1 MiB
 //! ([`MAX_IMAGE_EXTENTS`] ranges of image items of 16 bytes, kept until
 //! they have streamed by; the payloads of the `mdat` boxes before it, at
-//! most [`MAX_METADATA_EXTENTS`], take 16 bytes each too), and its CPU is
+//! most [`MAX_METADATA_EXTENTS`], take 16 bytes each too) and 4 KiB (a
+//! bit for each property index an item uses), and its CPU is
 //! linear in its length: every count read from the file is checked
 //! against the bytes that remain before anything is looped over or sized
 //! from it, boxes are walked without being collected, and items are found
@@ -168,14 +179,19 @@ const REFERENCES: [&[u8; 4]; 7] = [
 /// Entity groups kept in `grpl` (alternatives, stereo pairs, bursts); any
 /// other becomes `free`.
 const GROUPS: [&[u8; 4]; 3] = [b"altr", b"ster", b"brst"];
-/// Item properties kept in `ipco`: codec configurations and what decides
-/// how the pixels look (not `udes` descriptions, `crtt`/`mdft` times or
-/// `uuid` properties).
-const PROPERTIES: [&[u8; 4]; 38] = [
-    b"hvcC", b"lhvC", b"av1C", b"avcC", b"vvcC", b"evcC", b"jpgC", b"j2kH", b"uncC", b"cmpd",
-    b"cpal", b"cmpC", b"icef", b"ispe", b"pixi", b"colr", b"irot", b"imir", b"clap", b"auxC",
-    b"rloc", b"lsel", b"oinf", b"tols", b"a1op", b"a1lx", b"clli", b"mdcv", b"cclv", b"amve",
-    b"reve", b"pasp", b"ccst", b"cloc", b"splz", b"sbpm", b"free", b"skip",
+/// Item properties kept in `ipco`, each parsed to its fields and the rest
+/// zeroed ([`scrub_property`]): the configurations of the codecs the
+/// service decodes (HEVC, AV1, JPEG, uncompressed) and what decides how the
+/// pixels look. Every other property becomes `free`: descriptions (`udes`),
+/// times (`crtt`, `mdft`), `uuid` properties, and the configurations of
+/// codecs and layers the service does not decode (`avcC`, `vvcC`, `evcC`,
+/// `j2kH`, layered HEVC's `lhvC`, `oinf` and `tols`), sensor calibration
+/// (`splz`, `sbpm`), palettes (`cpal`) and viewing environments (`reve`),
+/// none of which libheif reads to decode the image.
+const PROPERTIES: [&[u8; 4]; 27] = [
+    b"hvcC", b"av1C", b"jpgC", b"uncC", b"cmpd", b"cmpC", b"icef", b"ispe", b"pixi", b"colr",
+    b"irot", b"imir", b"clap", b"auxC", b"rloc", b"lsel", b"a1op", b"a1lx", b"clli", b"mdcv",
+    b"cclv", b"amve", b"pasp", b"ccst", b"cloc", b"free", b"skip",
 ];
 /// Item types whose bytes are image data (coded images, tiles, derived
 /// images, masks); every other item is blanked (a `jpeg` item is walked
@@ -183,6 +199,14 @@ const PROPERTIES: [&[u8; 4]; 38] = [
 /// bytes, an `iden` none).
 const IMAGE_ITEMS: [&[u8; 4]; 10] = [
     b"hvc1", b"hvt1", b"lhv1", b"av01", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+];
+
+/// Image items of types the service does not decode, or that are only
+/// shown as part of another image (tiles, layers, masks): when the
+/// primary image does not use them ([`unused_items`]) nobody sees them,
+/// and their bytes are blanked as other items' are.
+const UNSHOWN_ITEMS: [&[u8; 4]; 8] = [
+    b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -1235,22 +1259,24 @@ fn is_padding(kind: &[u8; 4]) -> bool {
 fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), MediaError> {
     let mut at = 0;
     let outer = next_box(meta, &mut at, meta.len(), count)?.ok_or_else(meta_corrupt)?;
-    let (mut iinf, mut iloc, mut idat) = (None, None, None);
-    let mut changed = false;
-    // The `dimg` references by item: an overlay's data has a pair of
-    // offsets for each.
-    let mut inputs = Vec::new();
-    let mut at = children(&outer, true)?;
+    let (mut iinf, mut iloc, mut idat, mut primary) = (None, None, None, None);
+    let mut changed = zero_flags(&mut meta[outer.body..outer.end], 0);
+    let first = children(&outer, true)?;
+    let mut at = first;
     while let Some(child) = next_box(meta, &mut at, outer.end, count)? {
         match &child.kind {
             b"iinf" => once(&mut iinf, child)?,
             b"iloc" => once(&mut iloc, child)?,
             b"idat" => once(&mut idat, child)?,
-            b"pitm" => changed |= scrub_primary(meta, &child)?,
-            b"iref" => changed |= scrub_references(meta, &child, count, &mut inputs)?,
+            b"pitm" => {
+                let (id, zeroed) = scrub_primary(meta, &child)?;
+                primary = Some(id);
+                changed |= zeroed;
+            }
+            // Read once the items are known, below.
+            b"iref" | b"iprp" => {}
             b"grpl" => changed |= scrub_groups(meta, &child, count)?,
-            b"iprp" => changed |= scrub_properties(meta, &child, count)?,
-            b"hdlr" => changed |= blank_handler_name(meta, &child),
+            b"hdlr" => changed |= scrub_handler(meta, &child),
             b"dinf" => changed |= scrub_data_references(meta, &child, count)?,
             kind if is_padding(kind) => changed |= zero_payload(meta, &child),
             kind if listed(&META_BOXES, kind) => {}
@@ -1260,14 +1286,34 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             }
         }
     }
-    let mut kinds = match iinf {
+    let (mut kinds, unshown) = match iinf {
         Some(iinf) => {
-            let (kinds, named) = blanked_items(meta, &iinf, count)?;
+            let (kinds, unshown, named) = blanked_items(meta, &iinf, count)?;
             changed |= named;
-            kinds
+            (kinds, unshown)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
+    // The references and properties of the items `iinf` declares: a
+    // second walk over the children (counted once, above).
+    // The `dimg` references by item: an overlay's data has a pair of
+    // offsets for each.
+    let mut inputs = Vec::new();
+    let (mut at, mut walked) = (first, 0);
+    while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
+        match &child.kind {
+            b"iref" => changed |= scrub_references(meta, &child, count, &kinds, &mut inputs)?,
+            b"iprp" => changed |= scrub_properties(meta, &child, count, &kinds)?,
+            _ => {}
+        }
+    }
+    if !unshown.is_empty() {
+        for id in unused_items(meta, &outer, first, primary, &kinds, unshown)? {
+            if let Ok(at) = kinds.binary_search_by_key(&id, |&(item, _)| item) {
+                kinds[at].1 = Some(Item::Other);
+            }
+        }
+    }
     for (from, n) in inputs {
         if let Ok(at) = kinds.binary_search_by_key(&u64::from(from), |&(item, _)| item)
             && let Some(Item::Defined {
@@ -1281,8 +1327,10 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
     let range = idat.map(|idat| (idat.body as u64, idat.end as u64));
     let mut extents = match iloc {
         Some(iloc) => {
-            let extents = item_extents(&meta[iloc.body..iloc.end], &kinds, range)?;
-            changed |= zero_from(&mut meta[iloc.body..iloc.end], extents.parsed);
+            let body = &mut meta[iloc.body..iloc.end];
+            changed |= zero_flags(body, 0);
+            let extents = item_extents(body, &kinds, range)?;
+            changed |= extents.zeroed | zero_from(body, extents.parsed);
             extents
         }
         None => Extents::default(),
@@ -1301,9 +1349,33 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
 }
 
 /// Blanks the properties in an `iprp` box's `ipco` that are not in
-/// [`PROPERTIES`] (the index of every other stays as it was); whether any
-/// was.
-fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bool, MediaError> {
+/// [`PROPERTIES`], or that no `ipma` entry of an item `iinf` declares
+/// (`kinds`) associates with (the index of every other stays as it was);
+/// whether any was. The `ipma` boxes keep their entries, and of their
+/// flags the one defined (16-bit indices).
+fn scrub_properties(
+    meta: &mut [u8],
+    iprp: &Child,
+    count: &mut u32,
+    kinds: &[ItemKind],
+) -> Result<bool, MediaError> {
+    // The property indices (1-based, 15 bits) associated with declared
+    // items, one bit each.
+    let mut used = vec![0u64; (1 << 15) / 64];
+    let (mut at, mut walked) = (children(iprp, false)?, 0);
+    while let Some(child) = next_box(meta, &mut at, iprp.end, &mut walked)? {
+        if &child.kind == b"ipma" {
+            let mut found = Vec::new();
+            associations_each(&meta[child.body..child.end], |item, bytes, wide| {
+                if declared(kinds, item) {
+                    indices(bytes, wide, &mut found);
+                    for index in found.drain(..) {
+                        used[usize::from(index) / 64] |= 1 << (index % 64);
+                    }
+                }
+            })?;
+        }
+    }
     let mut changed = false;
     let mut at = children(iprp, false)?;
     while let Some(child) = next_box(meta, &mut at, iprp.end, count)? {
@@ -1311,21 +1383,24 @@ fn scrub_properties(meta: &mut [u8], iprp: &Child, count: &mut u32) -> Result<bo
             b"ipma" => {
                 let body = &mut meta[child.body..child.end];
                 let len = associations_each(body, |_, _, _| {})?;
-                changed |= zero_from(body, len);
+                changed |= zero_flags(body, 1) | zero_from(body, len);
             }
             b"ipco" => {
                 let mut at = children(&child, false)?;
+                let mut index = 0usize;
                 while let Some(property) = next_box(meta, &mut at, child.end, count)? {
+                    index += 1;
+                    let associated = index < 1 << 15 && used[index / 64] & (1 << (index % 64)) != 0;
                     if is_padding(&property.kind) {
                         changed |= zero_payload(meta, &property);
-                    } else if &property.kind == b"colr" {
-                        changed |= scrub_colour(meta, &property);
-                    } else if listed(&PROPERTIES, &property.kind) {
-                        changed |=
-                            scrub_property(&mut meta[property.body..property.end], &property.kind);
-                    } else {
+                    } else if !associated || !listed(&PROPERTIES, &property.kind) {
                         blank_box(meta, &property);
                         changed = true;
+                    } else if &property.kind == b"colr" {
+                        changed |= scrub_colour(meta, &property);
+                    } else {
+                        changed |=
+                            scrub_property(&mut meta[property.body..property.end], &property.kind);
                     }
                 }
             }
@@ -1422,6 +1497,8 @@ const AUX_TYPES: [&[u8]; 5] = [
 /// `hvcC`, configuration OBUs other than the sequence header in `av1C`.
 /// Whether anything changed.
 fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
+    // Full boxes whose flags the standard leaves at zero.
+    let flags = matches!(kind, b"ispe" | b"cloc" | b"cmpC" | b"icef") && zero_flags(body, 0);
     let len = match kind {
         b"hvcC" => return scrub_hvcc(body),
         b"av1C" => return scrub_av1c(body),
@@ -1433,6 +1510,8 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
         }
         b"jpgC" => return blank_jpeg_segments(body),
         b"cmpd" => return scrub_components(body),
+        b"cclv" => return scrub_colour_volume(body),
+        b"icef" => return flags | scrub_compressed_units(body),
         b"uncC" => uncompressed_config_len(body),
         b"ccst" => 8,
         // Its flags, then three layer sizes of 16 bits (32 with flag 1).
@@ -1445,6 +1524,12 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
         }
         b"pixi" => 5 + usize::from(body.get(4).copied().unwrap_or(0)),
         b"ispe" | b"rloc" => 12,
+        // Version and flags, a compression type and a unit type.
+        b"cmpC" => 9,
+        // Version and flags, a chroma location.
+        b"cloc" => 5,
+        // An illuminance of 32 bits, a chromaticity of twice 16.
+        b"amve" => 8,
         b"irot" | b"imir" | b"a1op" => 1,
         b"clap" => 32,
         b"pasp" => 8,
@@ -1453,7 +1538,65 @@ fn scrub_property(body: &mut [u8], kind: &[u8; 4]) -> bool {
         b"mdcv" => 24,
         _ => return false,
     };
-    zero_from(body, len)
+    flags | zero_from(body, len)
+}
+
+/// Zeros a full box's flags (the 3 bytes after its version in `body`, its
+/// payload) but for the bits of `keep` in the last byte; whether any other
+/// was set.
+fn zero_flags(body: &mut [u8], keep: u8) -> bool {
+    let Some(flags) = body.get_mut(1..4) else {
+        return false;
+    };
+    let kept = [0, 0, flags[2] & keep];
+    let changed = *flags != kept;
+    flags.copy_from_slice(&kept);
+    changed
+}
+
+/// A `cclv` property (content colour volume) keeps its flags byte, its
+/// reserved bits zeroed, and the fields it says are present: the three
+/// primaries (24 bytes), the minimum, maximum and average luminance (4
+/// bytes each); zeros fill the rest. Whether anything changed.
+fn scrub_colour_volume(body: &mut [u8]) -> bool {
+    let Some(flags) = body.first_mut() else {
+        return false;
+    };
+    let changed = *flags & !0x3C != 0;
+    *flags &= 0x3C;
+    let primaries = if *flags & 0x20 != 0 { 24 } else { 0 };
+    let luminances = 4 * (*flags & 0x1C).count_ones() as usize;
+    changed | zero_from(body, 1 + primaries + luminances)
+}
+
+/// An `icef` property (where the compressed units of an uncompressed
+/// image lie) keeps its version and flags, its two size codes (the
+/// reserved bits zeroed), its unit count and as many units of the sizes
+/// the codes give; zeros fill the rest. An unknown version or code, or a
+/// count past the bytes, keeps the version alone. Whether anything
+/// changed.
+fn scrub_compressed_units(body: &mut [u8]) -> bool {
+    // The bytes of a unit's offset and size, by code.
+    const OFFSET: [usize; 5] = [0, 2, 3, 4, 8];
+    const SIZE: [usize; 5] = [1, 2, 3, 4, 8];
+    let mut reader = Reader::new(body);
+    let (Ok(0), Ok(codes), Ok(units)) = (reader.version(), reader.u8(), reader.u32()) else {
+        return zero_from(body, 4);
+    };
+    let unit = OFFSET
+        .get(usize::from(codes >> 5))
+        .zip(SIZE.get(usize::from((codes >> 2) & 7)))
+        .map(|(offset, size)| offset + size);
+    let len = unit
+        .and_then(|unit| usize::try_from(units).ok()?.checked_mul(unit))
+        .and_then(|units| units.checked_add(9))
+        .filter(|&len| len <= body.len());
+    let Some(len) = len else {
+        return zero_from(body, 4);
+    };
+    let changed = codes & 3 != 0;
+    body[4] &= !3;
+    changed | zero_from(body, len)
 }
 
 /// A `jpgC` property holds the headers a JPEG-coded item's data shares
@@ -1643,22 +1786,36 @@ fn blanked_items(
     meta: &mut [u8],
     iinf: &Child,
     count: &mut u32,
-) -> Result<(Vec<ItemKind>, bool), MediaError> {
+) -> Result<(Vec<ItemKind>, Vec<u64>, bool), MediaError> {
     let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
     let version = reader.version()?;
     // The entry count is not needed: the `infe` boxes follow.
     reader.take(if version == 0 { 2 } else { 4 })?;
-    let mut kinds = Vec::new();
-    let mut named = false;
     let mut at = iinf.end - reader.remaining();
+    let (mut kinds, mut unshown) = (Vec::new(), Vec::new());
+    let mut named = zero_flags(&mut meta[iinf.body..iinf.end], 0);
     while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
         if &entry.kind != b"infe" {
             named |= zero_payload(meta, &entry) || !is_padding(&entry.kind);
             blank_box(meta, &entry);
             continue;
         }
-        let (id, kind, strings) = item_entry(&meta[entry.body..entry.end])?;
-        named |= blank_item_strings(&mut meta[entry.body..entry.end], strings, kind);
+        let body = &mut meta[entry.body..entry.end];
+        let (id, kind, strings) = item_entry(body)?;
+        // Flag 1 hides the item; the protection index (after an id of 16
+        // bits, 32 from version 3) names a scheme of `ipro`, which is not
+        // kept.
+        named |= zero_flags(body, 1);
+        let protection = if body[0] > 2 { 8 } else { 6 };
+        named |= rewrite(&mut body[protection..protection + 2], &[]);
+        // The item type follows, from version 2.
+        let item_type = body
+            .get(protection + 2..protection + 6)
+            .filter(|_| body[0] >= 2);
+        if kind.is_none() && item_type.is_some_and(|t| UNSHOWN_ITEMS.iter().any(|u| *u == t)) {
+            unshown.push(id);
+        }
+        named |= blank_item_strings(body, strings, kind);
         kinds.push((id, kind));
     }
     kinds.sort_unstable_by_key(|&(id, _)| id);
@@ -1667,7 +1824,7 @@ fn blanked_items(
     if kinds.windows(2).any(|pair| pair[0].0 == pair[1].0) {
         return Err(MediaError::invalid("the HEIF describes an item twice"));
     }
-    Ok((kinds, named))
+    Ok((kinds, unshown, named))
 }
 
 /// The content type of XMP items, the one kept in `infe` (the item's bytes
@@ -1780,39 +1937,133 @@ fn scrub_data_references(
     Ok(changed)
 }
 
-/// Zeros what follows a `pitm` box's item id; whether any was there.
-fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<bool, MediaError> {
+/// The primary item's id, from a `pitm` box; zeros its flags and what
+/// follows the id, and says whether any was set.
+fn scrub_primary(meta: &mut [u8], pitm: &Child) -> Result<(u64, bool), MediaError> {
     let body = &mut meta[pitm.body..pitm.end];
     let mut reader = Reader::new(body);
     let version = reader.version()?;
-    reader.take(if version == 0 { 2 } else { 4 })?;
+    let id = reader.uint(if version == 0 { 2 } else { 4 })?;
     let len = reader.at;
-    Ok(zero_from(body, len))
+    Ok((id, zero_flags(body, 0) | zero_from(body, len)))
 }
 
-/// An `iref` box keeps the references of the types in [`REFERENCES`],
-/// each to its ids (a `from` id, a count, as many `to` ids: 16 bits each
-/// in version 0, else 32), the bytes after them zeroed; any other box in
-/// it becomes `free`. Adds to `inputs` each `dimg` reference's item and
-/// count. Whether anything changed.
+/// Of the items in `unshown` (ids, in `kinds`' order), those the primary
+/// image does not use: not the primary, and not related to it by a kept
+/// reference (`iref`, read after [`scrub_references`]) within three
+/// steps, either way (an overlay's grids' tiles, an alpha plane's tiles,
+/// a thumbnail). The references are read three times, so the time is
+/// linear in the `meta` box's length.
+fn unused_items(
+    meta: &[u8],
+    outer: &Child,
+    first: usize,
+    primary: Option<u64>,
+    kinds: &[ItemKind],
+    unshown: Vec<u64>,
+) -> Result<Vec<u64>, MediaError> {
+    let position = |id: u64| kinds.binary_search_by_key(&id, |&(item, _)| item).ok();
+    let mut used = vec![false; kinds.len()];
+    if let Some(at) = primary.and_then(position) {
+        used[at] = true;
+    }
+    for _ in 0..3 {
+        let (mut at, mut walked) = (first, 0);
+        while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
+            if &child.kind != b"iref" {
+                continue;
+            }
+            let version = *meta.get(child.body).ok_or_else(meta_corrupt)?;
+            let id_size = if version == 0 { 2 } else { 4 };
+            let (mut at, mut walked) = (children(&child, true)?, 0);
+            while let Some(reference) = next_box(meta, &mut at, child.end, &mut walked)? {
+                if !listed(&REFERENCES, &reference.kind) {
+                    continue;
+                }
+                let mut reader = Reader::new(&meta[reference.body..reference.end]);
+                let from = position(reader.uint(id_size)?);
+                let n = reader.u16()? as usize;
+                let to = reader.take(n * id_size)?.chunks_exact(id_size).map(|id| {
+                    position(
+                        id.iter()
+                            .fold(0u64, |value, &b| (value << 8) | u64::from(b)),
+                    )
+                });
+                let from_used = from.is_some_and(|at| used[at]);
+                for to in to.flatten() {
+                    if from_used {
+                        used[to] = true;
+                    } else if used[to]
+                        && let Some(from) = from
+                    {
+                        used[from] = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(unshown
+        .into_iter()
+        .filter(|&id| position(id).is_some_and(|at| !used[at]))
+        .collect())
+}
+
+/// Whether the item `id` is one an `iinf` entry declares (in `kinds`).
+fn declared(kinds: &[ItemKind], id: u64) -> bool {
+    kinds.binary_search_by_key(&id, |&(item, _)| item).is_ok()
+}
+
+/// An `iref` box keeps the references of the types in [`REFERENCES`]
+/// between items `iinf` declares (`kinds`), each from its id to its ids
+/// (a `from` id, a count, as many `to` ids: 16 bits each in version 0,
+/// else 32): the `to` ids no item has are dropped, the others move up
+/// and the count follows, zeros fill the end; a reference from an item
+/// that does not exist, or left with no `to` id, and any other box in it
+/// become `free`. Its flags, which the standard leaves at zero, are
+/// zeroed. Adds to `inputs` each `dimg` reference's item and count.
+/// Whether anything changed.
 fn scrub_references(
     meta: &mut [u8],
     iref: &Child,
     count: &mut u32,
+    kinds: &[ItemKind],
     inputs: &mut Vec<(u32, u32)>,
 ) -> Result<bool, MediaError> {
     let version = *meta.get(iref.body).ok_or_else(meta_corrupt)?;
     let id_size = if version == 0 { 2 } else { 4 };
-    scrub_listed(meta, iref, true, &REFERENCES, count, |kind, reader| {
+    let flags = zero_flags(&mut meta[iref.body..iref.end], 0);
+    let mut moved = false;
+    let changed = scrub_listed(meta, iref, true, &REFERENCES, count, |kind, body| {
+        let mut reader = Reader::new(body);
         let from = reader.uint(id_size)?;
         let ids = reader.u16()? as usize;
         reader.take(ids * id_size)?;
+        let (first, end) = (reader.at - ids * id_size, reader.at);
+        if !declared(kinds, from) {
+            return Ok(None);
+        }
+        let mut kept = 0;
+        for at in (first..end).step_by(id_size) {
+            let to = body[at..at + id_size]
+                .iter()
+                .fold(0u64, |value, &b| (value << 8) | u64::from(b));
+            if declared(kinds, to) {
+                body.copy_within(at..at + id_size, first + kept * id_size);
+                kept += 1;
+            }
+        }
+        if kept == 0 {
+            return Ok(None);
+        }
+        moved |= kept < ids;
+        body[first - 2..first].copy_from_slice(&(kept as u16).to_be_bytes());
         if kind == b"dimg" {
             // Ids are at most 32 bits wide.
-            inputs.push((from as u32, ids as u32));
+            inputs.push((from as u32, kept as u32));
         }
-        Ok(())
-    })
+        Ok(Some(first + kept * id_size))
+    })?;
+    Ok(flags | changed | moved)
 }
 
 /// A `grpl` box keeps the entity groups in [`GROUPS`], each to its ids (a
@@ -1820,51 +2071,58 @@ fn scrub_references(
 /// bytes after them zeroed; any other box in it becomes `free`. Whether
 /// anything changed.
 fn scrub_groups(meta: &mut [u8], grpl: &Child, count: &mut u32) -> Result<bool, MediaError> {
-    scrub_listed(meta, grpl, false, &GROUPS, count, |_, reader| {
+    scrub_listed(meta, grpl, false, &GROUPS, count, |_, body| {
+        let mut reader = Reader::new(body);
         reader.version()?;
         reader.u32()?;
         let entities = usize::try_from(reader.u32()?).map_err(|_| meta_corrupt())?;
         reader.take(entities.checked_mul(4).ok_or_else(meta_corrupt)?)?;
-        Ok(())
+        Ok(Some(reader.at))
     })
 }
 
 /// Walks the boxes in `parent` (a full box when `full`): those of a kind
-/// in `kept` are read by `read`, and what it leaves is zeroed; any other
-/// becomes `free`. Whether anything changed.
+/// in `kept` are read by `read`, which gives the bytes of the payload
+/// kept (`None`: none, the box is dropped), and the rest is zeroed; any
+/// other becomes `free`. Whether anything changed.
 fn scrub_listed(
     meta: &mut [u8],
     parent: &Child,
     full: bool,
     kept: &[&[u8; 4]],
     count: &mut u32,
-    mut read: impl FnMut(&[u8; 4], &mut Reader) -> Result<(), MediaError>,
+    mut read: impl FnMut(&[u8; 4], &mut [u8]) -> Result<Option<usize>, MediaError>,
 ) -> Result<bool, MediaError> {
     let mut changed = false;
     let mut at = children(parent, full)?;
     while let Some(child) = next_box(meta, &mut at, parent.end, count)? {
-        if !listed(kept, &child.kind) {
+        let len = if listed(kept, &child.kind) {
+            read(&child.kind, &mut meta[child.body..child.end])?
+        } else {
+            None
+        };
+        let Some(len) = len else {
             changed |= zero_payload(meta, &child) || !is_padding(&child.kind);
             blank_box(meta, &child);
             continue;
-        }
-        let body = &mut meta[child.body..child.end];
-        let mut reader = Reader::new(body);
-        read(&child.kind, &mut reader)?;
-        let len = reader.at;
-        changed |= zero_from(body, len);
+        };
+        changed |= zero_from(&mut meta[child.body..child.end], len);
     }
     Ok(changed)
 }
 
-/// Zeros an `hdlr` box's name (free text, its last field, so nothing
-/// moves); whether it held any.
-fn blank_handler_name(meta: &mut [u8], hdlr: &Child) -> bool {
-    // Version and flags, pre_defined, handler_type, three reserved words.
-    let name = (hdlr.body + 24).min(hdlr.end);
-    let named = meta[name..hdlr.end].iter().any(|&b| b != 0);
-    meta[name..hdlr.end].fill(0);
-    named
+/// An `hdlr` box keeps its version and handler type: its flags, its
+/// pre_defined and reserved fields (16 bytes the standard sets to zero)
+/// and its name (free text, its last field) become zeros, so nothing
+/// moves. Whether any was not zero.
+fn scrub_handler(meta: &mut [u8], hdlr: &Child) -> bool {
+    let body = &mut meta[hdlr.body..hdlr.end];
+    // Version, flags, pre_defined, handler_type.
+    let mut kept = [0u8; 12];
+    let len = body.len().min(kept.len());
+    kept[..len].copy_from_slice(&body[..len]);
+    kept[1..8].fill(0);
+    rewrite(body, &kept[..len])
 }
 
 /// Most pieces (`iloc` extents) the blanked items may be cut into; a
@@ -1903,6 +2161,9 @@ struct Extents {
     /// The bytes of the `iloc` payload its fields take (what follows is
     /// zeroed).
     parsed: usize,
+    /// Whether fields of the `iloc` payload were zeroed (ids of items no
+    /// `infe` describes, extent indices no construction method uses).
+    zeroed: bool,
 }
 
 /// Where the items lie, from an `iloc` box's payload; `kinds` says, by
@@ -1917,7 +2178,7 @@ struct Extents {
 /// pieces of blanked items and [`MAX_IMAGE_EXTENTS`] of image items are
 /// kept.
 fn item_extents(
-    iloc: &[u8],
+    iloc: &mut [u8],
     kinds: &[ItemKind],
     idat: Option<(u64, u64)>,
 ) -> Result<Extents, MediaError> {
@@ -1951,13 +2212,21 @@ fn item_extents(
     // Fields of no width make an extent free to declare: that is only
     // valid for an item whose one extent is all its data.
     let free_extents = index_size + offset_size + length_size == 0;
+    let extent_size = index_size + offset_size + length_size;
+    // An id 0 that no item has may stand for one that no item has either.
+    let blank_id = !declared(kinds, 0);
     let mut extents = Extents::default();
+    let mut at = reader.at;
     for _ in 0..count {
+        // A reader for each item, so that its fields may be zeroed after.
+        let mut reader = Reader { bytes: iloc, at };
+        let id_at = reader.at;
         let id = reader.uint(id_size)?;
         let method = reader.uint(method_size)? & 15;
         let data_reference = reader.u16()?;
         let base = reader.uint(base_size)?;
         let extent_count = reader.u16()? as usize;
+        let extents_at = reader.at;
         if free_extents && extent_count > 1 {
             return Err(iloc_error("gives several extents with fields of no width"));
         }
@@ -2058,10 +2327,22 @@ fn item_extents(
         for blank in &mut into[first..] {
             blank.item_len = item_len;
         }
+        at = reader.at;
+        // The id of an entry no `infe` describes (its bytes are blanked
+        // above), and the extent indices, which only construction method
+        // 2 uses: numbers no reader needs, zeroed.
+        if !declared(kinds, id) && blank_id {
+            extents.zeroed |= rewrite(&mut iloc[id_at..id_at + id_size], &[]);
+        }
+        if method != 2 {
+            for extent in (extents_at..at).step_by(extent_size.max(1)) {
+                extents.zeroed |= rewrite(&mut iloc[extent..extent + index_size], &[]);
+            }
+        }
     }
     merge(&mut extents.images);
     merge(&mut extents.images_in_meta);
-    extents.parsed = reader.at;
+    extents.parsed = at;
     Ok(extents)
 }
 
@@ -2292,20 +2573,26 @@ fn primary_size(meta: &[u8], count: &mut u32) -> Result<(u32, u32), MediaError> 
 /// payload associates with item `id`.
 fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaError> {
     associations_each(ipma, |item, bytes, wide| {
-        if item != id {
-            return;
-        }
-        if wide {
-            found.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
-            );
-        } else {
-            found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
+        if item == id {
+            indices(bytes, wide, found);
         }
     })?;
     Ok(())
+}
+
+/// Adds to `found` the property indices of one `ipma` entry's
+/// associations (`bytes`, 16 bits each when `wide`, else 8), without
+/// their essential bit.
+fn indices(bytes: &[u8], wide: bool, found: &mut Vec<u16>) {
+    if wide {
+        found.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]) & 0x7FFF),
+        );
+    } else {
+        found.extend(bytes.iter().map(|&b| u16::from(b & 0x7F)));
+    }
 }
 
 /// Calls `each` with every entry of an `ipma` box's payload: the item's
@@ -2349,7 +2636,7 @@ mod tests {
 
     /// The bytes stored for `bytes` pushed in chunks of `chunk`, and what
     /// the scrubber found.
-    fn scrub(bytes: &[u8], chunk: usize) -> Result<(Vec<u8>, Scrubbed), MediaError> {
+    pub(super) fn scrub(bytes: &[u8], chunk: usize) -> Result<(Vec<u8>, Scrubbed), MediaError> {
         let mut scrubber = Scrubber::new(false);
         let mut out = Vec::new();
         for part in bytes.chunks(chunk) {
@@ -2540,7 +2827,7 @@ mod tests {
             iloc.extend_from_slice(&offset.to_be_bytes());
             iloc.extend_from_slice(&length.to_be_bytes());
         }
-        let error = item_extents(&iloc, &[(1, Some(Item::Jpeg))], None).unwrap_err();
+        let error = item_extents(&mut iloc, &[(1, Some(Item::Jpeg))], None).unwrap_err();
         assert!(error.to_string().contains("out of order"), "{error}");
     }
 
@@ -2950,5 +3237,336 @@ mod tests {
             "{error}"
         );
         assert_eq!(heif_dimensions(&late, true).unwrap(), Some((480, 640)));
+    }
+}
+
+/// Structure kept whole that could carry a caller's text: properties of
+/// codecs the service does not decode, properties no item uses,
+/// references to items that do not exist, flags and reserved fields.
+#[cfg(test)]
+mod attack5 {
+    use bytes::Bytes;
+
+    use super::heif_dimensions;
+    use super::tests::scrub;
+    use crate::fixtures::{
+        HeifItem, HeifParts, heif_file, iso_box, iso_full_box, phone_heif_items,
+    };
+
+    const MARK: &[u8] = b"NAME=Alice Example;GPS48.8584N2.2945E";
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Where `kind`'s `nth` box type lies in `file`.
+    fn find(file: &[u8], kind: &[u8; 4], nth: usize) -> usize {
+        let mut found = file
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| w == kind)
+            .map(|(at, _)| at);
+        found.nth(nth).unwrap()
+    }
+
+    /// The bytes stored for `original` (pushed in pieces of 7, the second
+    /// pass applied): the same length, and the primary image's size
+    /// still read.
+    fn scrubbed(original: &[u8]) -> Vec<u8> {
+        let (mut stored, report) = scrub(original, 7).unwrap();
+        if let Some(mut rescrub) = report.rescrub {
+            stored = rescrub.apply(Bytes::from(stored)).to_vec();
+        }
+        assert_eq!(stored.len(), original.len(), "nothing moves");
+        assert_eq!(heif_dimensions(&stored, true).unwrap(), Some((64, 48)));
+        stored
+    }
+
+    fn photo(properties: &[Vec<u8>], parts: &HeifParts) -> Vec<u8> {
+        let mut items = phone_heif_items(64, 48);
+        items[0].properties.extend_from_slice(properties);
+        heif_file(&items, parts)
+    }
+
+    #[test]
+    fn properties_of_codecs_the_service_does_not_decode_are_blanked() {
+        for kind in [
+            b"lhvC", b"avcC", b"vvcC", b"evcC", b"j2kH", b"oinf", b"tols", b"reve", b"splz",
+            b"sbpm", b"cpal",
+        ] {
+            let property = iso_box(kind, &MARK.repeat(400));
+            for meta_last in [false, true] {
+                let parts = HeifParts {
+                    meta_last,
+                    ..HeifParts::default()
+                };
+                let stored = scrubbed(&photo(std::slice::from_ref(&property), &parts));
+                assert!(!contains(&stored, MARK), "{kind:?}");
+                let free = [&(property.len() as u32).to_be_bytes()[..], b"free"].concat();
+                assert!(contains(&stored, &free), "{kind:?} becomes free");
+            }
+        }
+    }
+
+    #[test]
+    fn properties_keep_their_fields_and_nothing_else() {
+        let primaries: Vec<u8> = (1..=28).collect();
+        for (property, kept) in [
+            (
+                iso_full_box(b"cloc", 0, &[&[1][..], MARK].concat()),
+                b"cloc\0\0\0\0\x01\0".to_vec(),
+            ),
+            (
+                iso_full_box(b"cmpC", 0, &[&b"zlib\x01"[..], MARK].concat()),
+                b"cmpC\0\0\0\0zlib\x01\0".to_vec(),
+            ),
+            (
+                iso_box(
+                    b"amve",
+                    &[&[0, 0, 1, 0, 0x3D, 0x13, 0x40, 0x42][..], MARK].concat(),
+                ),
+                b"amve\0\0\x01\0\x3D\x13\x40\x42\0".to_vec(),
+            ),
+            (
+                // Primaries and minimum luminance, a reserved bit set.
+                iso_box(b"cclv", &[&[0xB0][..], &primaries, MARK].concat()),
+                [&b"cclv\x30"[..], &primaries, &[0]].concat(),
+            ),
+            (
+                // Two units of a 16-bit offset and a 16-bit size, the
+                // reserved bits set.
+                iso_full_box(
+                    b"icef",
+                    0,
+                    &[&[0x27, 0, 0, 0, 2, 0, 0, 0, 9, 0, 9, 0, 5][..], MARK].concat(),
+                ),
+                b"icef\0\0\0\0\x24\0\0\0\x02\0\0\0\x09\0\x09\0\x05\0".to_vec(),
+            ),
+        ] {
+            let stored = scrubbed(&photo(&[property], &HeifParts::default()));
+            assert!(contains(&stored, &kept), "{kept:?}");
+            assert!(!contains(&stored, &MARK[..8]), "{kept:?}");
+        }
+    }
+
+    #[test]
+    fn a_property_no_item_uses_is_blanked() {
+        // Every byte of a `cclv` with all its fields present is a field.
+        let cclv = iso_box(b"cclv", &[&[0x3C][..], &MARK[..36]].concat());
+        let used = photo(std::slice::from_ref(&cclv), &HeifParts::default());
+        assert!(
+            contains(&scrubbed(&used), &cclv),
+            "kept where an item uses it"
+        );
+        // The primary's entry: its id, a count of 2, the `ispe`'s index
+        // and the `cclv`'s, which becomes 0 (no property).
+        let mut unused = used.clone();
+        let entry = find(&unused, b"ipma", 0) + 4 + 8;
+        assert_eq!(unused[entry..entry + 5], [0, 1, 2, 1, 2]);
+        unused[entry + 4] = 0;
+        let stored = scrubbed(&unused);
+        assert!(!contains(&stored, &MARK[..36]));
+        let free = [&(cclv.len() as u32).to_be_bytes()[..], b"free"].concat();
+        assert!(contains(&stored, &free));
+    }
+
+    #[test]
+    fn references_keep_only_items_that_exist() {
+        let ids = &MARK[..36];
+        // Version 0: a thumbnail from the image to the EXIF item and to
+        // 18 ids no item has; metadata of an item no one has.
+        let thmb = [&[0, 1, 0, 19, 0, 2][..], ids].concat();
+        let cdsc = [&MARK[..2], &[0, 1, 0, 1][..]].concat();
+        let iref = iso_full_box(
+            b"iref",
+            0,
+            &[iso_box(b"thmb", &thmb), iso_box(b"cdsc", &cdsc)].concat(),
+        );
+        let parts = HeifParts {
+            in_meta: iref,
+            ..HeifParts::default()
+        };
+        let stored = scrubbed(&photo(&[], &parts));
+        assert!(!contains(&stored, ids));
+        assert!(contains(&stored, b"thmb\0\x01\0\x01\0\x02\0\0"));
+        assert!(!contains(&stored, b"cdsc"), "a reference from nothing goes");
+        // Version 1, ids of 32 bits: XMP describing the image and 9 ids
+        // no item has; a thumbnail from an item no one has; a reference
+        // to nothing but ids no item has.
+        let cdsc = [&[0, 0, 0, 3, 0, 10, 0, 0, 0, 1][..], ids].concat();
+        let thmb = [&MARK[..4], &[0, 1, 0, 0, 0, 1][..]].concat();
+        let dimg = [&[0, 0, 0, 1, 0, 9][..], ids].concat();
+        let iref = iso_full_box(
+            b"iref",
+            1,
+            &[
+                iso_box(b"cdsc", &cdsc),
+                iso_box(b"thmb", &thmb),
+                iso_box(b"dimg", &dimg),
+            ]
+            .concat(),
+        );
+        let parts = HeifParts {
+            in_meta: iref,
+            meta_last: true,
+            ..HeifParts::default()
+        };
+        let stored = scrubbed(&photo(&[], &parts));
+        assert!(!contains(&stored, ids) && !contains(&stored, &MARK[..4]));
+        assert!(contains(&stored, b"cdsc\0\0\0\x03\0\x01\0\0\0\x01\0\0"));
+        assert!(!contains(&stored, b"thmb") && !contains(&stored, b"dimg"));
+    }
+
+    #[test]
+    fn flags_and_reserved_fields_are_zeroed() {
+        let iref = iso_full_box(b"iref", 0, &iso_box(b"cdsc", &[0, 3, 0, 1, 0, 1]));
+        let parts = HeifParts {
+            in_meta: iref,
+            ..HeifParts::default()
+        };
+        let mut original = photo(&[], &parts);
+        // The flags after each box's type and version, text; `ipma`'s
+        // bit 0 (16-bit indices) and `infe`'s (hidden) are defined.
+        let mut flags = Vec::new();
+        for (kind, nth, set, kept) in [
+            (b"meta", 0, b"GPS", [0, 0, 0]),
+            (b"hdlr", 0, b"GPS", [0, 0, 0]),
+            (b"pitm", 0, b"GPS", [0, 0, 0]),
+            (b"iinf", 0, b"GPS", [0, 0, 0]),
+            (b"iloc", 0, b"GPS", [0, 0, 0]),
+            (b"ispe", 0, b"GPS", [0, 0, 0]),
+            (b"iref", 0, b"GPS", [0, 0, 0]),
+            (b"ipma", 0, b"GPR", [0, 0, 0]),
+            (b"infe", 1, b"GPS", [0, 0, 1]),
+        ] {
+            let at = find(&original, kind, nth) + 5;
+            original[at..at + 3].copy_from_slice(set);
+            flags.push((at, kept, kind));
+        }
+        // `hdlr`'s pre_defined and reserved fields; the EXIF item's
+        // protection index (no `ipro` is kept).
+        let hdlr = find(&original, b"hdlr", 0);
+        original[hdlr + 8..hdlr + 12].copy_from_slice(&MARK[..4]);
+        original[hdlr + 16..hdlr + 28].copy_from_slice(&MARK[4..16]);
+        let protection = find(&original, b"infe", 1) + 10;
+        original[protection..protection + 2].copy_from_slice(b"GP");
+        let stored = scrubbed(&original);
+        for (at, kept, kind) in flags {
+            assert_eq!(stored[at..at + 3], kept, "{kind:?}");
+        }
+        assert_eq!(
+            stored[hdlr + 4..hdlr + 28],
+            *b"\0\0\0\0\0\0\0\0pict\0\0\0\0\0\0\0\0\0\0\0\0"
+        );
+        assert_eq!(stored[protection..protection + 2], [0, 0]);
+    }
+
+    #[test]
+    fn iloc_extent_indices_and_undescribed_ids_are_zeroed() {
+        // The `meta` box last, so that its `iloc` may grow: the same
+        // items, with extent indices of 4 bytes, and four entries for
+        // items no `infe` describes.
+        let parts = HeifParts {
+            meta_last: true,
+            ..HeifParts::default()
+        };
+        let original = photo(&[], &parts);
+        let at = find(&original, b"iloc", 0) - 4;
+        let len = u32::from_be_bytes(original[at..at + 4].try_into().unwrap()) as usize;
+        let old = &original[at + 16..at + len];
+        let mut iloc = vec![0x44, 0x04, 0, 7];
+        for (n, entry) in old.chunks_exact(16).enumerate() {
+            iloc.extend_from_slice(&entry[..8]);
+            iloc.extend_from_slice(&MARK[4 * n..4 * n + 4]);
+            iloc.extend_from_slice(&entry[8..]);
+        }
+        for ghost in MARK[16..24].chunks_exact(2) {
+            iloc.extend_from_slice(&[ghost, &[0; 6]].concat());
+        }
+        let iloc = iso_full_box(b"iloc", 1, &iloc);
+        let mut changed = [&original[..at], &iloc, &original[at + len..]].concat();
+        // After `ftyp` and `mdat`.
+        let size = |at: usize| u32::from_be_bytes(changed[at..at + 4].try_into().unwrap()) as usize;
+        let meta = size(0) + size(size(0));
+        let meta_len = (changed.len() - meta) as u32;
+        changed[meta..meta + 4].copy_from_slice(&meta_len.to_be_bytes());
+        let stored = scrubbed(&changed);
+        let stored_iloc = &stored[at..at + iloc.len()];
+        // Its header as it was; no index, no ghost id.
+        assert_eq!(stored_iloc[..16], iloc[..16]);
+        let stored_iloc = &stored_iloc[16..];
+        for piece in MARK[..24].chunks_exact(2) {
+            assert!(!contains(stored_iloc, piece), "{piece:?}");
+        }
+        assert!(contains(&stored, b"hvc1-coded-image-data-"));
+    }
+
+    #[test]
+    fn coded_items_the_primary_does_not_use_are_blanked() {
+        let text = MARK.repeat(400);
+        for kind in [
+            b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+        ] {
+            let mut items = phone_heif_items(64, 48);
+            items.push(HeifItem::new(kind, &text));
+            let original = heif_file(&items, &HeifParts::default());
+            assert!(!contains(&scrubbed(&original), MARK), "{kind:?}");
+            // The primary's thumbnail (item 4) is the primary's: it stays,
+            // however it is coded; so do the tiles of a grid.
+            for iref in [
+                iso_box(b"thmb", &[0, 4, 0, 1, 0, 1]),
+                iso_box(b"dimg", &[0, 1, 0, 1, 0, 4]),
+            ] {
+                let parts = HeifParts {
+                    in_meta: iso_full_box(b"iref", 0, &iref),
+                    ..HeifParts::default()
+                };
+                let original = heif_file(&items, &parts);
+                assert!(contains(&scrubbed(&original), &text), "{kind:?}");
+            }
+        }
+    }
+
+    /// The crafted files of the fuzz corpus (`a5-heif-*`, each with GPS
+    /// text where the structure had room for it) keep none of it.
+    #[test]
+    fn the_crafted_corpus_files_lose_their_text() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/scrub");
+        let mut files = 0;
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("a5-heif-") {
+                continue;
+            }
+            let stored = scrubbed(&std::fs::read(&path).unwrap());
+            assert!(!contains(&stored, b"GPS"), "{name}");
+            files += 1;
+        }
+        assert!(files >= 12, "{files} crafted files");
+    }
+
+    /// A real HEIC, AVIF and grid render the same variants once scrubbed
+    /// (decoded by libheif to the same pixels).
+    #[cfg(feature = "heif")]
+    #[test]
+    fn real_files_decode_to_the_same_pixels() {
+        use crate::fixtures::{HeifCodec, encoded_heif, encoded_heif_grid};
+        use crate::media::variants::render;
+        let shown = |file: &[u8]| {
+            let rendered = render(file, image::ImageFormat::Avif, 1, 1 << 30).unwrap();
+            let variants: Vec<_> = rendered.variants.into_iter().map(|v| v.bytes).collect();
+            (variants, rendered.blurhash)
+        };
+        for original in [
+            encoded_heif(64, 48, HeifCodec::Hevc),
+            encoded_heif(64, 48, HeifCodec::Av1),
+            encoded_heif_grid((64, 48), 2, 2),
+        ] {
+            let (stored, report) = scrub(&original, 7).unwrap();
+            assert!(report.changed);
+            assert_eq!(stored.len(), original.len());
+            assert_eq!(shown(&stored), shown(&original));
+        }
     }
 }
