@@ -1,8 +1,12 @@
 //! JPEG: segment by segment, with the scan data passed through as slices.
 //!
 //! An allow-list: the segments that decide how the pixels decode are kept
-//! (frame headers, tables, restart intervals, scans; APP0 JFIF without its
-//! thumbnail, APP2 ICC profiles, APP14 Adobe colour transform); APP1 EXIF
+//! (frame headers, tables, scans; APP0 JFIF without its thumbnail, APP2 ICC
+//! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
+//! first and before the frame header, where decoders read them; a DRI
+//! restart interval only where it changes the interval in force, at most
+//! one before each scan, and a second change before the same scan, or a
+//! DRI of another length than 4, refuses the file); APP1 EXIF
 //! becomes a minimal block holding only the orientation; every other
 //! segment (XMP, MPF, APP13 IPTC, vendor segments, comments, extension and
 //! reserved markers) is dropped, and so are the bytes after EOI.
@@ -27,23 +31,48 @@ use crate::media::MediaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Jpeg {
-    /// Expecting a marker (`FF xx`, fill bytes allowed); `scanned` once a
-    /// scan has begun.
-    Marker { scanned: bool },
+    /// Expecting a marker (`FF xx`, fill bytes allowed).
+    Marker { seen: Seen },
     /// A segment's marker and length are known; its payload comes next.
     Payload {
         marker: u8,
         len: usize,
         action: Action,
-        scanned: bool,
+        seen: Seen,
     },
     /// Inside entropy-coded scan data, scanning for the next marker.
-    Scan,
+    Scan { seen: Seen },
+}
+
+/// What the segments so far have set, for the segments a JPEG holds once
+/// (or once per scan).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// A scan has begun.
+    scanned: bool,
+    /// A frame header (SOFn) went by: JFIF and Adobe belong before it.
+    frame: bool,
+    /// A JFIF APP0, an Adobe APP14 was kept.
+    jfif: bool,
+    adobe: bool,
+    /// The restart interval in force (0: none), and whether a DRI was
+    /// kept since the last scan.
+    restart: u16,
+    restart_kept: bool,
 }
 
 impl Jpeg {
     /// Right after the start-of-image marker.
-    pub(super) const START: Jpeg = Jpeg::Marker { scanned: false };
+    pub(super) const START: Jpeg = Jpeg::Marker {
+        seen: Seen {
+            scanned: false,
+            frame: false,
+            jfif: false,
+            adobe: false,
+            restart: 0,
+            restart_kept: false,
+        },
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +84,12 @@ pub(super) enum Action {
 }
 
 const SOS: u8 = 0xDA;
+const DRI: u8 = 0xDD;
+
+/// Frame headers: SOF0 to SOF15 but DHT (C4), JPG (C8) and DAC (CC).
+fn is_frame(marker: u8) -> bool {
+    matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+}
 
 /// What opens an APP2 segment holding (part of) an ICC profile; its
 /// sequence number and the count of segments follow.
@@ -116,25 +151,25 @@ impl Jpeg {
         out: &mut Vec<Bytes>,
     ) -> Result<Next<Jpeg>, MediaError> {
         let next = match self {
-            Jpeg::Marker { scanned } => return marker(stream, scanned, chunk, out),
+            Jpeg::Marker { seen } => return marker(stream, seen, chunk, out),
             Jpeg::Payload {
                 marker,
                 len,
                 action: Action::Inspect,
-                scanned,
+                mut seen,
             } => {
                 if !stream.fill(chunk, 4 + len) {
                     return Ok(Next::Stay(self));
                 }
                 let segment = stream.pending.split().freeze();
-                inspect_segment(stream, marker, segment, out);
-                Jpeg::Marker { scanned }
+                inspect_segment(stream, &mut seen, marker, segment, out)?;
+                Jpeg::Marker { seen }
             }
             Jpeg::Payload {
                 marker,
                 len,
                 action,
-                scanned,
+                seen,
             } => {
                 let n = len.min(chunk.len());
                 let part = chunk.split_to(n);
@@ -148,15 +183,21 @@ impl Jpeg {
                         marker,
                         len: len - n,
                         action,
-                        scanned,
+                        seen,
                     }
                 } else if marker == SOS {
-                    Jpeg::Scan
+                    Jpeg::Scan {
+                        seen: Seen {
+                            scanned: true,
+                            restart_kept: false,
+                            ..seen
+                        },
+                    }
                 } else {
-                    Jpeg::Marker { scanned }
+                    Jpeg::Marker { seen }
                 }
             }
-            Jpeg::Scan => scan(stream, chunk, out),
+            Jpeg::Scan { seen } => scan(stream, seen, chunk, out),
         };
         Ok(Next::Stay(next))
     }
@@ -165,11 +206,12 @@ impl Jpeg {
 /// A marker, and the length of its segment: what follows `FF xx`.
 fn marker(
     stream: &mut Stream,
-    scanned: bool,
+    mut seen: Seen,
     chunk: &mut Bytes,
     out: &mut Vec<Bytes>,
 ) -> Result<Next<Jpeg>, MediaError> {
-    let waiting = Next::Stay(Jpeg::Marker { scanned });
+    let scanned = seen.scanned;
+    let waiting = Next::Stay(Jpeg::Marker { seen });
     // Until the marker code is known (a segment's length may still be
     // to come when a chunk ends inside it).
     if stream.pending.len() < 2 {
@@ -180,7 +222,7 @@ fn marker(
             if scanned {
                 // Damage after a scan: decoders skip to the next marker.
                 out.push(stream.pending.split().freeze());
-                return Ok(Next::Stay(Jpeg::Scan));
+                return Ok(Next::Stay(Jpeg::Scan { seen }));
             }
             return Err(corrupt_jpeg());
         }
@@ -195,7 +237,7 @@ fn marker(
         let marker = stream.pending[1];
         if scanned && !ends_scan(marker) {
             out.push(stream.pending.split().freeze());
-            return Ok(Next::Stay(Jpeg::Scan));
+            return Ok(Next::Stay(Jpeg::Scan { seen }));
         }
         stream.segments += 1;
         if stream.segments > MAX_JPEG_SEGMENTS {
@@ -229,10 +271,11 @@ fn marker(
         if scanned {
             // Damage that only looked like a marker.
             out.push(stream.pending.split().freeze());
-            return Ok(Next::Stay(Jpeg::Scan));
+            return Ok(Next::Stay(Jpeg::Scan { seen }));
         }
         return Err(corrupt_jpeg());
     }
+    seen.frame |= is_frame(marker);
     let action = action(stream.keep_metadata, marker);
     match action {
         Action::Keep => out.push(stream.pending.split().freeze()),
@@ -247,14 +290,14 @@ fn marker(
         marker,
         len: len - 2,
         action,
-        scanned,
+        seen,
     }))
 }
 
 /// Entropy-coded data: an `FF` (or a run of them) followed by a marker
 /// that ends the scan (see [`ends_scan`]) ends it; followed by anything
 /// else (a stuffed zero, a restart marker, damage) it is scan data.
-fn scan(stream: &mut Stream, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Jpeg {
+fn scan(stream: &mut Stream, seen: Seen, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Jpeg {
     let mut at = 0;
     while let Some(found) = memchr::memchr(0xFF, &chunk[at..]) {
         let ff = at + found;
@@ -266,12 +309,12 @@ fn scan(stream: &mut Stream, chunk: &mut Bytes, out: &mut Vec<Bytes>) -> Jpeg {
             _ => {
                 out.push(chunk.split_to(end - 1));
                 stream.pending.extend_from_slice(&chunk.split_to(1));
-                return Jpeg::Marker { scanned: true };
+                return Jpeg::Marker { seen };
             }
         }
     }
     out.push(std::mem::take(chunk));
-    Jpeg::Scan
+    Jpeg::Scan { seen }
 }
 
 /// What becomes of the segment `marker` opens.
@@ -280,10 +323,11 @@ fn action(keep_metadata: bool, marker: u8) -> Action {
         // EXIF (APP1) is read for its orientation even when kept.
         0xE1 => Action::Inspect,
         _ if keep_metadata => Action::Keep,
-        // Frame headers, tables, scans, DNL and restart intervals.
-        0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDD => Action::Keep,
-        // JFIF, ICC profiles, Adobe: kept when they are what they say.
-        0xE0 | 0xE2 | 0xEE => Action::Inspect,
+        // Frame headers, tables, scans and DNL.
+        0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDC => Action::Keep,
+        // JFIF, ICC profiles, Adobe: kept when they are what they say;
+        // restart intervals, when they change the one in force.
+        0xE0 | 0xE2 | 0xEE | DRI => Action::Inspect,
         // Every other application segment, comments, extensions.
         _ => Action::Drop,
     }
@@ -312,9 +356,46 @@ fn keep_icc(stream: &mut Stream, segment: Bytes, out: &mut Vec<Bytes>) {
     }
 }
 
-/// A whole segment held to be read (EXIF, JFIF, ICC, Adobe): kept,
+/// A restart interval (DRI) that is kept: one that changes the interval
+/// in force, at most one before each scan (decoders use the last before
+/// it, which has passed already when another comes: a second change is
+/// refused). Another with the interval in force changes nothing and is
+/// dropped.
+fn keep_restart(
+    stream: &mut Stream,
+    seen: &mut Seen,
+    segment: Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<(), MediaError> {
+    let [interval_high, interval_low] = segment[4..] else {
+        return Err(MediaError::invalid(
+            "the JPEG's DRI segment is not 4 bytes long",
+        ));
+    };
+    let interval = u16::from_be_bytes([interval_high, interval_low]);
+    if interval == seen.restart {
+        stream.changed = true;
+    } else if seen.restart_kept {
+        return Err(MediaError::invalid(
+            "the JPEG changes its restart interval twice before one scan",
+        ));
+    } else {
+        seen.restart = interval;
+        seen.restart_kept = true;
+        out.push(segment);
+    }
+    Ok(())
+}
+
+/// A whole segment held to be read (EXIF, JFIF, ICC, Adobe, DRI): kept,
 /// rewritten or dropped.
-fn inspect_segment(stream: &mut Stream, marker: u8, segment: Bytes, out: &mut Vec<Bytes>) {
+fn inspect_segment(
+    stream: &mut Stream,
+    seen: &mut Seen,
+    marker: u8,
+    segment: Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<(), MediaError> {
     let payload = &segment[4..];
     if marker == 0xE1
         && let Some(tiff) = payload.strip_prefix(b"Exif\0\0")
@@ -322,40 +403,55 @@ fn inspect_segment(stream: &mut Stream, marker: u8, segment: Bytes, out: &mut Ve
         stream.note_orientation(tiff);
         if stream.keep_metadata {
             out.push(segment);
-            return;
+            return Ok(());
         }
         stream.changed = true;
         if stream.orientation != 1 {
             out.push(minimal_jpeg_exif(stream.orientation));
         }
-        return;
+        return Ok(());
     }
     if stream.keep_metadata {
         out.push(segment);
-        return;
+        return Ok(());
+    }
+    if marker == DRI {
+        return keep_restart(stream, seen, segment, out);
     }
     if marker == 0xE2 && payload.starts_with(ICC_TAG) {
         keep_icc(stream, segment, out);
-        return;
+        return Ok(());
     }
-    // The part of the payload that is kept, if any.
+    // The part of the payload that is kept, if any: the first JFIF and
+    // the first Adobe segment before the frame header, where decoders
+    // read them.
     let kept = match marker {
-        0xE0 if payload.starts_with(b"JFIF\0") && payload.len() >= JFIF_LEN => {
+        0xE0 if payload.starts_with(b"JFIF\0")
+            && payload.len() >= JFIF_LEN
+            && !seen.jfif
+            && !seen.frame =>
+        {
+            seen.jfif = true;
             Some(&payload[..JFIF_LEN])
         }
-        0xEE if payload.starts_with(b"Adobe") && payload.len() >= ADOBE_LEN => {
+        0xEE if payload.starts_with(b"Adobe")
+            && payload.len() >= ADOBE_LEN
+            && !seen.adobe
+            && !seen.frame =>
+        {
+            seen.adobe = true;
             Some(&payload[..ADOBE_LEN])
         }
         _ => None,
     };
     let Some(kept) = kept else {
         stream.changed = true;
-        return;
+        return Ok(());
     };
     let thumbnail = marker == 0xE0 && kept[12..] != [0, 0];
     if !thumbnail && kept.len() == payload.len() {
         out.push(segment);
-        return;
+        return Ok(());
     }
     // A JFIF thumbnail, or bytes after what the segment defines.
     let mut kept = kept.to_vec();
@@ -364,4 +460,141 @@ fn inspect_segment(stream: &mut Stream, marker: u8, segment: Bytes, out: &mut Ve
     }
     stream.changed = true;
     out.push(jpeg_segment(marker, &kept));
+    Ok(())
+}
+
+/// Segments a JPEG holds once (JFIF, Adobe) or once per scan (DRI) are
+/// not kept again: repeated, they were room for chosen bytes.
+#[cfg(test)]
+mod attack5 {
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+
+    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+
+    /// `jpeg` with `extra` inserted before its first `FF marker`.
+    fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
+        let at = jpeg.windows(2).position(|w| w == [0xFF, marker]).unwrap();
+        [&jpeg[..at], extra, &jpeg[at..]].concat()
+    }
+
+    fn pixels(jpeg: &[u8]) -> image::RgbImage {
+        image::load_from_memory(jpeg).unwrap().to_rgb8()
+    }
+
+    fn count(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count()
+    }
+
+    /// `jpeg` scrubbed, the same whatever the pieces it arrives in.
+    fn stored(jpeg: &[u8]) -> Vec<u8> {
+        let whole = scrub(jpeg, jpeg.len(), false).unwrap().0;
+        for piece in [1, 5] {
+            assert_eq!(scrub(jpeg, piece, false).unwrap().0, whole);
+        }
+        whole
+    }
+
+    /// A baseline JPEG with a restart interval of `interval` MCUs.
+    fn restart_jpeg(interval: u16) -> Vec<u8> {
+        let pixels: Vec<u8> = (0..48 * 32 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut out = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+        encoder.set_restart_interval(interval);
+        encoder
+            .encode(&pixels, 48, 32, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
+    /// The crafted files (name, bytes, how a clean copy decodes).
+    fn crafted() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let base = encoded_jpeg();
+        let adobe = |chosen: &[u8]| segment(0xEE, &[b"Adobe", chosen, &[1]].concat());
+        let jfif = |chosen: &[u8]| segment(0xE0, &[b"JFIF\0", chosen, &[0, 0]].concat());
+        let mut first = adobe(&[0, 100, 0, 0, 0, 0]);
+        first.extend(jfif(&[1, 1, 0, 0, 1, 0, 1]));
+        let with_first = insert_before(&base, 0xDB, &first);
+        let adobes: Vec<u8> = MARKER.chunks_exact(6).flat_map(adobe).collect();
+        let jfifs: Vec<u8> = MARKER.chunks_exact(7).flat_map(jfif).collect();
+        let restart = restart_jpeg(2);
+        let dri = segment(0xDD, &[0, 2]);
+        let zero = segment(0xDD, &[0, 0]);
+        vec![
+            (
+                "repeated-adobe",
+                insert_before(&with_first, 0xDB, &adobes),
+                with_first.clone(),
+            ),
+            (
+                "repeated-jfif",
+                insert_before(&with_first, 0xDB, &jfifs),
+                with_first.clone(),
+            ),
+            (
+                "adobe-after-the-frame",
+                insert_before(&base, 0xDA, &adobe(&MARKER[..6])),
+                base.clone(),
+            ),
+            (
+                "repeated-dri",
+                insert_before(&restart, 0xDA, &dri.repeat(200)),
+                restart.clone(),
+            ),
+            (
+                "dri-of-the-interval-in-force",
+                insert_before(&base, 0xDB, &zero.repeat(200)),
+                base.clone(),
+            ),
+        ]
+    }
+
+    /// One JFIF and one Adobe segment, the first, before the frame; a DRI
+    /// only where it changes the interval for the next scan; the pixels
+    /// stay.
+    #[test]
+    fn segments_a_jpeg_holds_once_are_kept_once() {
+        for (name, file, clean) in crafted() {
+            let stored = stored(&file);
+            assert!(!contains(&stored, &MARKER[..6]), "{name}");
+            assert!(count(&stored, b"Adobe") <= 1, "{name}");
+            assert!(count(&stored, b"JFIF\0") <= 1, "{name}");
+            assert!(count(&stored, &[0xFF, 0xDD]) <= 1, "{name}");
+            assert!(pixels(&stored) == pixels(&clean), "{name}");
+        }
+        let restart = restart_jpeg(2);
+        assert_eq!(stored(&restart), restart, "its own DRI stays");
+        assert_eq!(count(&restart, &[0xFF, 0xDD]), 1);
+    }
+
+    /// A DRI that would change the interval again before the same scan
+    /// cannot be dropped (the first has passed, decoders use the last),
+    /// nor one of another length than 4: the file is refused.
+    #[test]
+    fn a_restart_interval_changed_twice_before_a_scan_is_refused() {
+        let base = encoded_jpeg();
+        let chosen: Vec<u8> = MARKER
+            .chunks_exact(2)
+            .flat_map(|v| segment(0xDD, v))
+            .collect();
+        let long = segment(0xDD, &[0, 2, 0]);
+        for (extra, because) in [(chosen, "twice"), (long, "4 bytes")] {
+            let file = insert_before(&base, 0xDA, &extra);
+            let error = scrub(&file, 7, false).unwrap_err();
+            assert!(error.to_string().contains(because), "{error}");
+        }
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        for (name, file, _) in crafted() {
+            std::fs::write(format!("{dir}/a5-jpeg-{name}"), file).unwrap();
+        }
+    }
 }

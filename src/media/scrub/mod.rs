@@ -225,9 +225,10 @@ impl Scrubber {
             self.state = State::Png(Png::START);
             self.push(head.slice(8..), out)
         } else if &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
-            // The RIFF size counts from the form type on.
+            // The RIFF size counts from the form type on. The header is
+            // held until the first chunk says whether the size stays.
             let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            out.push(head.slice(..12));
+            self.stream.pending.extend_from_slice(&head[..12]);
             self.state = State::Webp(Webp::start(u64::from(size).saturating_sub(4)));
             self.push(head.slice(12..), out)
         } else if heif::is_heif(&head) {
