@@ -251,6 +251,32 @@ pub struct ConnectionSettings {
     )]
     pub http_max_part_uploads_per_user: usize,
 
+    /// HTTP listener (embedded backend): presigned downloads this replica
+    /// sends at once, to all callers; past it a download is answered 503
+    /// with Retry-After. Each holds until it is sent, or until its peer
+    /// has read nothing for --http-stall-timeout, one open file and its
+    /// read-ahead (512 KiB) from --memory-budget, charged to no user's
+    /// share: 512 × 512 KiB = 256 MiB by default. 0: no cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_DOWNLOADS",
+        default_value_t = 512,
+        global = true
+    )]
+    pub http_max_downloads: usize,
+
+    /// HTTP listener (embedded backend): presigned downloads one remote
+    /// address (IPv4 address, IPv6 /64) receives at once; past it that
+    /// address's download is answered 503 with Retry-After, so that one
+    /// address cannot take all of --http-max-downloads. 0: no cap.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_HTTP_MAX_DOWNLOADS_PER_PEER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub http_max_downloads_per_peer: usize,
+
     /// gRPC listener: connections one remote address (IPv4 address, IPv6
     /// /64) may have open at once; more are closed when accepted. 0: no cap.
     /// A gateway multiplexes its calls over a few connections per replica,

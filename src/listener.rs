@@ -285,7 +285,7 @@ impl Drop for PeerSlot {
 /// The address a per-address cap counts: an IPv4 address (also when
 /// mapped into IPv6), or the /64 network of an IPv6 address, which one
 /// host usually holds whole.
-fn peer_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,
@@ -1011,6 +1011,7 @@ pub async fn serve_http(
         let service = TowerToHyperService::new(WatchResponses {
             router: router.clone(),
             stall_timeout: conn.stall_timeout.unwrap_or(UNWATCHED_STALL),
+            peer: conn.peer.clone(),
         });
         let connection = builder
             .serve_connection(TokioIo::new(conn), service)
@@ -1029,11 +1030,13 @@ pub async fn serve_http(
 const UNWATCHED_STALL: Duration = Duration::from_secs(24 * 3600);
 
 /// The HTTP listener's routes, each response's body watched by
-/// [`Watched`], holding its [`HeldMemory`] if it has one.
+/// [`Watched`], holding its [`HeldMemory`] if it has one; each request
+/// carries its connection's [`PeerInfo`] as an extension.
 #[derive(Clone)]
 struct WatchResponses {
     router: axum::Router,
     stall_timeout: Duration,
+    peer: PeerInfo,
 }
 
 impl<B> tower_service::Service<Request<B>> for WatchResponses
@@ -1049,7 +1052,8 @@ where
         tower_service::Service::<Request<B>>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.peer.clone());
         let response = self.router.call(request);
         let stall_timeout = self.stall_timeout;
         Box::pin(async move {

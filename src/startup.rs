@@ -200,8 +200,8 @@ impl Application {
         // The embedded listener refuses parts of upload sessions that are
         // no longer open: the domain's session records answer it.
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
-        // Presigned downloads count their read-ahead against the image's owner.
-        let read_ahead = read_ahead_from(self.images.clone());
+        // Presigned downloads reserve their read-ahead from the budget.
+        let read_ahead = read_ahead_from(self.images.memory().clone());
         let limits = self.transport;
         let hold_requests = HoldRequests::new(
             self.images.memory().clone(),
@@ -338,6 +338,10 @@ impl Application {
                             at_once: limits.http_max_concurrent_part_uploads,
                             per_user: limits.http_max_part_uploads_per_user,
                         },
+                        embedded::downloads::DownloadCaps {
+                            at_once: limits.http_max_downloads,
+                            per_peer: limits.http_max_downloads_per_peer,
+                        },
                         read_ahead,
                     )
                 }),
@@ -432,6 +436,8 @@ struct TransportLimits {
     http_max_streams_per_connection: u32,
     http_max_concurrent_part_uploads: usize,
     http_max_part_uploads_per_user: usize,
+    http_max_downloads: usize,
+    http_max_downloads_per_peer: usize,
     grpc_max_connections_per_peer: usize,
     grpc_reflection_memory: u64,
     /// `None`: connections without a call stay open.
@@ -454,6 +460,8 @@ impl TransportLimits {
             http_max_streams_per_connection: settings.http_max_streams_per_connection.max(1),
             http_max_concurrent_part_uploads: settings.http_max_concurrent_part_uploads,
             http_max_part_uploads_per_user: settings.http_max_part_uploads_per_user,
+            http_max_downloads: settings.http_max_downloads,
+            http_max_downloads_per_peer: settings.http_max_downloads_per_peer,
             grpc_max_connections_per_peer: settings.grpc_max_connections_per_peer,
             grpc_reflection_memory: settings.grpc_reflection_memory,
             grpc_idle_timeout: (!settings.grpc_idle_timeout.is_zero())
@@ -463,20 +471,21 @@ impl TransportLimits {
 }
 
 /// The embedded backend's presigned downloads reserve what they read ahead
-/// from the replica's memory budget, counted against the share of the
-/// image's owner: the URL names no caller, so one URL, or one user's
-/// images, hold at most one user's share.
-pub fn read_ahead_from(images: Images) -> embedded::downloads::ReserveReadAhead {
-    Arc::new(move |image, bytes| {
-        let images = images.clone();
+/// from the replica's memory budget, counted against no user's share: the
+/// URL names no caller, and charging the image's owner would let anyone
+/// holding a URL lock the owner out. `--http-max-downloads` bounds what
+/// they hold together.
+pub fn read_ahead_from(
+    budget: crate::domain::budget::MemoryBudget,
+) -> embedded::downloads::ReserveReadAhead {
+    Arc::new(move |bytes| {
+        let budget = budget.clone();
         Box::pin(async move {
-            let budget = images.memory();
-            let reserved = match images.get(&image.to_string()).await {
-                Ok(record) => budget.reserve_for(&record.owner, bytes, "a download").await,
-                // Deleted since its bytes were found: no owner to count.
-                Err(_) => budget.reserve(bytes, "a download").await,
-            };
-            reserved.ok().map(crate::response_stall::HeldMemory::new)
+            budget
+                .reserve(bytes, "a download")
+                .await
+                .ok()
+                .map(crate::response_stall::HeldMemory::new)
         })
     })
 }

@@ -628,7 +628,21 @@ async fn h2_client(
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 ) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    h2_client_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr, window).await
+}
+
+/// [`h2_client`], connecting from `source`.
+async fn h2_client_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(window)
         .handshake(tcp)
@@ -734,8 +748,41 @@ async fn a_slow_but_steady_http2_reader_gets_the_whole_download() {
     );
 }
 
+/// Opens `count` downloads of `path` on `client`, never read: those
+/// answered 200, and how many were refused with 503 and `Retry-After`.
+async fn unread_downloads(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    count: usize,
+) -> (Vec<http::Response<h2::RecvStream>>, usize) {
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..count {
+        let response = h2_get(client, path).await;
+        match response.status() {
+            http::StatusCode::OK => held.push(response),
+            http::StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(
+                    response.headers().contains_key(http::header::RETRY_AFTER),
+                    "a refusal without Retry-After"
+                );
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    (held, refused)
+}
+
+/// The refusal a download of `url` from this address gets now.
+async fn refusal_of(url: &str) -> String {
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    response.text().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_downloads_of_one_users_image_leave_room_for_another_users_upload() {
+async fn unread_downloads_of_a_users_image_do_not_lock_its_owner_out() {
     let app = TestApp::spawn_with(
         Backend::Embedded,
         &[
@@ -745,37 +792,89 @@ async fn unread_downloads_of_one_users_image_leave_room_for_another_users_upload
             "2MiB",
             "--memory-wait",
             "300ms",
-            // No renders: the budget is the downloads'.
+            // 16 downloads of 512 KiB read-ahead each: half the budget.
+            "--http-max-downloads",
+            "16",
+            // No renders: the budget is the downloads' and the owner's.
             "--variants",
             "false",
         ],
     )
     .await;
-    // Each download reads ahead 512 KiB: 64 of them would take twice the
-    // budget.
+    // Anyone holding the URL of alice's image opens download after
+    // download and reads none: each reads ahead 512 KiB, so four of them
+    // would fill alice's share if it were charged for them.
     let url = download_of(&app, &images::png_of_size(600 * 1024, 12)).await;
     let mut clients = Vec::new();
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..4 {
         let (client, connection) = h2_client(app.http_addr, 0).await;
-        for _ in 0..16 {
-            let response = h2_get(&client, &path_of(&url)).await;
-            match response.status() {
-                http::StatusCode::OK => held.push(response),
-                http::StatusCode::SERVICE_UNAVAILABLE => refused += 1,
-                other => panic!("{other}"),
-            }
-        }
+        let (more_held, more_refused) = unread_downloads(&client, &path_of(&url), 16).await;
+        held.extend(more_held);
+        refused += more_refused;
         clients.push((client, connection));
     }
-    assert_eq!(held.len(), 4, "alice's 2 MiB share of 512 KiB read-aheads");
-    assert_eq!(refused, 60);
-    // Another user's upload has the rest of the budget.
+    assert_eq!(held.len(), 16, "the replica's --http-max-downloads");
+    assert_eq!(refused, 48);
+    let refusal = refusal_of(&url).await;
+    assert!(
+        refusal.contains("(--http-max-downloads)"),
+        "the refusal names the flag: {refusal}"
+    );
+    // Each download holds one open file: the cap bounds them.
+    let open = open_files_under(&app.data_dir.join("blobs")).len();
+    assert!(open <= 16, "{open} files open for 16 downloads");
+    // The owner, who has no call open, uploads and lists as before.
     let image = app
-        .upload("bob", spec("bob.png"), &images::png(64, 64, 3))
+        .upload("alice", spec("mine.png"), &images::png(64, 64, 3))
         .await
-        .expect("bob's upload while alice's downloads stay unread");
-    assert_eq!(image.owner_id, "bob");
+        .expect("alice's upload while downloads of her image stay unread");
+    assert_eq!(image.owner_id, "alice");
+    let listed = app
+        .list("alice", pb::ListImagesRequest::default())
+        .await
+        .expect("alice's listing while downloads of her image stay unread");
+    assert_eq!(listed.images.len(), 2);
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_download_slot() {
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--http-max-downloads-per-peer", "3", "--variants", "false"],
+    )
+    .await;
+    let url = download_of(&app, &images::png_of_size(600 * 1024, 13)).await;
+    let path = path_of(&url);
+    let (client, _connection) = h2_client(app.http_addr, 0).await;
+    let (held, refused) = unread_downloads(&client, &path, 5).await;
+    assert_eq!((held.len(), refused), (3, 2));
+    let refusal = refusal_of(&url).await;
+    assert!(
+        refusal.contains("--http-max-downloads-per-peer"),
+        "the refusal names the flag: {refusal}"
+    );
+    // Another address is served meanwhile.
+    let (other, _other_connection) =
+        h2_client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), app.http_addr, 0).await;
+    let (other_held, other_refused) = unread_downloads(&other, &path, 1).await;
+    assert_eq!((other_held.len(), other_refused), (1, 0));
+    // Once its downloads end, the address is served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = reqwest::get(&url).await.unwrap();
+        if response.status() == 200 {
+            assert_eq!(
+                response.bytes().await.unwrap().len(),
+                images::png_of_size(600 * 1024, 13).len()
+            );
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -2,11 +2,13 @@
 //! embedded backend, served by the HTTP listener: the URLs [`super::urls`]
 //! signs point here.
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::{Body, BodyDataStream};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -21,16 +23,25 @@ use crate::domain::image::Timestamp;
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId, VariantName};
+use crate::listener::{PeerInfo, peer_key};
 use crate::response_stall::HeldMemory;
 
-/// Reserves what a download of an image reads ahead from the replica's
-/// memory budget, counted against the share of the image's owner (the
-/// wiring lends it: the store knows no use case nor owner); `None` when
-/// there is no room within the budget's wait or the owner's share. The
+/// Reserves what a download reads ahead from the replica's memory
+/// budget, counted against no user's share (a download URL names no
+/// caller, and whoever holds it is not the image's owner); `None` when
+/// there is no room within the budget's wait. The wiring lends it. The
 /// memory is held until the body is sent or dropped.
-pub type ReserveReadAhead = Arc<
-    dyn Fn(ImageId, u64) -> futures::future::BoxFuture<'static, Option<HeldMemory>> + Send + Sync,
->;
+pub type ReserveReadAhead =
+    Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, Option<HeldMemory>> + Send + Sync>;
+
+/// How many presigned downloads are sent at once (0: no cap).
+#[derive(Clone, Copy, Debug)]
+pub struct DownloadCaps {
+    /// By the replica, to all callers.
+    pub at_once: usize,
+    /// To one remote address (an IPv4 address, an IPv6 /64).
+    pub per_peer: usize,
+}
 
 /// How many part bodies are received at once (0: no cap).
 #[derive(Clone, Copy, Debug)]
@@ -43,12 +54,14 @@ pub struct PartUploadCaps {
 
 /// The download and upload routes, over `store`; `sessions` says which
 /// upload sessions may still receive parts, and whose they are; `caps`
-/// bound the part bodies received at once; each download reserves what
-/// it reads ahead through `read_ahead`.
+/// bound the part bodies received at once; `downloads` bound the
+/// downloads sent at once, each of which reserves what it reads ahead
+/// through `read_ahead`.
 pub fn routes(
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     caps: PartUploadCaps,
+    downloads: DownloadCaps,
     read_ahead: ReserveReadAhead,
 ) -> Router {
     Router::new()
@@ -57,6 +70,7 @@ pub fn routes(
             get(presigned_download).with_state(Downloads {
                 store: store.clone(),
                 read_ahead,
+                slots: Arc::new(Slots::new(downloads.at_once, downloads.per_peer)),
             }),
         )
         .route(
@@ -65,7 +79,7 @@ pub fn routes(
                 store: store.clone(),
                 sessions,
                 ledger: Arc::default(),
-                slots: Arc::new(PartSlots::new(caps)),
+                slots: Arc::new(Slots::new(caps.at_once, caps.per_user)),
             }),
         )
         .with_state(store)
@@ -79,72 +93,75 @@ struct PartUploads {
     store: Arc<EmbeddedBlobStore>,
     sessions: Arc<dyn OpenSessions>,
     ledger: Arc<PartLedger>,
-    slots: Arc<PartSlots>,
+    /// Held by each body's sessions' owner.
+    slots: Arc<Slots<UserId>>,
 }
 
-/// The slots of the part bodies received at once: the replica's, shared
-/// by all callers, and each user's, far fewer, so that one user's slow
-/// bodies cannot take every slot of the replica. A body takes its slots
-/// when its first byte arrives and never waits for one: a user or a
-/// replica at its cap is told to retry.
-struct PartSlots {
+/// Slots of work done at once: the replica's, shared by all, and each
+/// holder's (a user's part bodies, an address's downloads), far fewer,
+/// so that one holder cannot take every slot of the replica. Nothing
+/// waits for a slot: a holder or a replica at its cap is told to retry.
+struct Slots<K> {
     replica: Arc<Semaphore>,
-    per_user: usize,
-    /// Slots each user holds; a user holding none is not kept.
-    users: Mutex<HashMap<UserId, usize>>,
+    per_holder: usize,
+    /// Slots each holder has; a holder with none is not kept.
+    holders: Mutex<HashMap<K, usize>>,
 }
 
-/// One body's slots, the user's and the replica's, released when it ends
-/// however it ends.
-struct PartSlot {
-    slots: Arc<PartSlots>,
-    user: UserId,
+/// One piece of work's slots, the holder's and the replica's, released
+/// when it ends however it ends.
+struct Slot<K: Eq + Hash + Clone> {
+    slots: Arc<Slots<K>>,
+    holder: K,
     _replica: OwnedSemaphorePermit,
 }
 
-impl PartSlots {
-    fn new(caps: PartUploadCaps) -> Self {
+impl<K: Eq + Hash + Clone> Slots<K> {
+    /// `at_once` by the replica, `per_holder` by each holder (0: no cap).
+    fn new(at_once: usize, per_holder: usize) -> Self {
         let cap = |n: usize| match n {
             0 => Semaphore::MAX_PERMITS,
             n => n.min(Semaphore::MAX_PERMITS),
         };
         Self {
-            replica: Arc::new(Semaphore::new(cap(caps.at_once))),
-            per_user: cap(caps.per_user),
-            users: Mutex::default(),
+            replica: Arc::new(Semaphore::new(cap(at_once))),
+            per_holder: cap(per_holder),
+            holders: Mutex::default(),
         }
     }
 
-    fn users(&self) -> MutexGuard<'_, HashMap<UserId, usize>> {
-        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    fn holders(&self) -> MutexGuard<'_, HashMap<K, usize>> {
+        self.holders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Why a body of `user`'s cannot have a slot now, if it cannot.
-    fn busy(&self, user: &UserId) -> Option<Busy> {
-        self.full(&self.users(), user)
+    /// Why `holder` cannot have a slot now, if it cannot.
+    fn busy(&self, holder: &K) -> Option<Busy> {
+        self.full(&self.holders(), holder)
     }
 
-    fn full(&self, users: &HashMap<UserId, usize>, user: &UserId) -> Option<Busy> {
-        if users.get(user).is_some_and(|&held| held >= self.per_user) {
-            return Some(Busy::User);
+    fn full(&self, holders: &HashMap<K, usize>, holder: &K) -> Option<Busy> {
+        if holders
+            .get(holder)
+            .is_some_and(|&held| held >= self.per_holder)
+        {
+            return Some(Busy::Holder);
         }
         (self.replica.available_permits() == 0).then_some(Busy::Replica)
     }
 
-    /// Takes a slot for a body of `user`'s: the user's first, then the
-    /// replica's.
-    fn take(self: &Arc<Self>, user: &UserId) -> Result<PartSlot, Busy> {
-        let mut users = self.users();
-        if let Some(busy) = self.full(&users, user) {
+    /// Takes a slot for `holder`: the holder's first, then the replica's.
+    fn take(self: &Arc<Self>, holder: &K) -> Result<Slot<K>, Busy> {
+        let mut holders = self.holders();
+        if let Some(busy) = self.full(&holders, holder) {
             return Err(busy);
         }
         let Ok(replica) = self.replica.clone().try_acquire_owned() else {
             return Err(Busy::Replica);
         };
-        *users.entry(user.clone()).or_default() += 1;
-        Ok(PartSlot {
+        *holders.entry(holder.clone()).or_default() += 1;
+        Ok(Slot {
             slots: self.clone(),
-            user: user.clone(),
+            holder: holder.clone(),
             _replica: replica,
         })
     }
@@ -153,38 +170,55 @@ impl PartSlots {
 /// Whose slots are all taken.
 #[derive(Clone, Copy, Debug)]
 enum Busy {
-    User,
+    Holder,
     Replica,
 }
 
 impl Busy {
-    /// 503 with `Retry-After`: a slot frees when a body ends.
-    fn response(self) -> Response {
-        let text = match self {
-            Self::User => {
+    /// A part upload's refusal.
+    fn part_upload(self) -> Response {
+        retry_later(match self {
+            Self::Holder => {
                 "this user sends as many part uploads at once as one user may: retry later\n"
             }
             Self::Replica => "too many part uploads are being received: retry later\n",
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::RETRY_AFTER, "5"),
-            ],
-            text,
-        )
-            .into_response()
+        })
+    }
+
+    /// A download's refusal.
+    fn download(self) -> Response {
+        retry_later(match self {
+            Self::Holder => {
+                "this address receives as many presigned downloads at once as one address may \
+                 (--http-max-downloads-per-peer): retry later\n"
+            }
+            Self::Replica => {
+                "too many presigned downloads are being sent (--http-max-downloads): retry later\n"
+            }
+        })
     }
 }
 
-impl Drop for PartSlot {
+/// 503 with `Retry-After`: a slot frees when a body ends.
+fn retry_later(text: &'static str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::RETRY_AFTER, "5"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut users = self.slots.users();
-        if let Some(held) = users.get_mut(&self.user) {
+        let mut holders = self.slots.holders();
+        if let Some(held) = holders.get_mut(&self.holder) {
             *held -= 1;
             if *held == 0 {
-                users.remove(&self.user);
+                holders.remove(&self.holder);
             }
         }
     }
@@ -394,16 +428,30 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
         .into_response()
 }
 
-/// What the download route needs: the store, and how each download
-/// reserves its read-ahead.
+/// What the download route needs: the store, how each download reserves
+/// its read-ahead, and the slots of the downloads sent at once.
 #[derive(Clone)]
 struct Downloads {
     store: Arc<EmbeddedBlobStore>,
     read_ahead: ReserveReadAhead,
+    /// Held by each download's remote address.
+    slots: Arc<Slots<Option<IpAddr>>>,
 }
 
+/// Sends an object to the holder of a URL signed for it.
+///
+/// A download holds a slot of its remote address and one of the replica
+/// ([`Slots`]), what it reads ahead and its open file until its body is
+/// sent, or dropped by the listener for not being read for
+/// `--http-stall-timeout`: a URL, whoever minted it, is charged to no
+/// user, and the caps bound what all downloads hold together.
 async fn presigned_download(
-    State(Downloads { store, read_ahead }): State<Downloads>,
+    State(Downloads {
+        store,
+        read_ahead,
+        slots,
+    }): State<Downloads>,
+    peer: Option<Extension<PeerInfo>>,
     Path((image_id, variant)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -490,23 +538,25 @@ async fn presigned_download(
             }
         }
     }
+    let peer = peer.and_then(|Extension(peer)| peer.remote.map(|remote| peer_key(remote.ip())));
+    let slot = match slots.take(&peer) {
+        Ok(slot) => slot,
+        Err(busy) => return busy.download(),
+    };
     // What the body reads ahead, until it is sent or dropped for not being
     // read for --http-stall-timeout: the chunk being handed out, and the
     // file's own buffer of the same size.
-    let Some(memory) = read_ahead(id, 2 * length.min(READ_CHUNK as u64)).await else {
+    let Some(memory) = read_ahead(2 * length.min(READ_CHUNK as u64)).await else {
         tracing::debug!("a presigned download finds no memory within the wait");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::RETRY_AFTER, "5"),
-            ],
-            "the server's memory is taken by work in progress: retry later\n",
-        )
-            .into_response();
+        return retry_later("the server's memory is taken by work in progress: retry later\n");
     };
     let body = match store.read(&key, offset, length).await {
-        Ok(stream) => Body::from_stream(stream),
+        // The body holds the slot: it is released when the body ends or
+        // is dropped.
+        Ok(stream) => Body::from_stream(stream.map(move |chunk| {
+            let _held = &slot;
+            chunk
+        })),
         Err(StorageError::NotFound) => return plain(StatusCode::NOT_FOUND, "not found\n"),
         Err(error) => {
             tracing::error!(%error, "presigned download failed");
@@ -640,7 +690,7 @@ impl<'a> IncomingPart<'a> {
 /// while a client sends a body, so a cancel never waits on a slow upload.
 ///
 /// A body holds a slot of its session's owner and one of the replica
-/// ([`PartSlots`]), its ledger charge and its partial file only from its
+/// ([`Slots`]), its ledger charge and its partial file only from its
 /// first byte on: a request that sends nothing holds none of them until
 /// the listener cuts it, and every way out of the handler releases them.
 async fn presigned_upload(
@@ -709,7 +759,7 @@ async fn presigned_upload(
     // A caller that could not have a slot now is told so before it sends
     // (a client waiting on `Expect: 100-continue` sends nothing).
     if let Some(busy) = slots.busy(&owner) {
-        return busy.response();
+        return busy.part_upload();
     }
     let mut incoming = IncomingPart::new(body, closing, sessions.as_ref(), &id);
     let mut arrived = incoming.next().await;
@@ -720,7 +770,7 @@ async fn presigned_upload(
     }
     let _slot = match slots.take(&owner) {
         Ok(slot) => slot,
-        Err(busy) => return busy.response(),
+        Err(busy) => return busy.part_upload(),
     };
     let mut charge = match ledger.start(&store, &id, &part, size).await {
         Ok(charge) => charge,
@@ -846,8 +896,12 @@ mod tests {
                         at_once: 0,
                         per_user: 0,
                     },
+                    DownloadCaps {
+                        at_once: 0,
+                        per_peer: 0,
+                    },
                     // Part uploads read nothing ahead.
-                    Arc::new(|_, _| Box::pin(async { None })),
+                    Arc::new(|_| Box::pin(async { None })),
                 ),
             )
             .into_future(),
