@@ -373,7 +373,7 @@ where
             let request = self.metered(request, None);
             return Box::pin(self.inner.call(request));
         }
-        let mut inner = super::take_ready(&mut self.inner);
+        let mut inner = super::ready::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());

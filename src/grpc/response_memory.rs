@@ -156,7 +156,7 @@ where
             None => None,
         };
         // The service is called once the memory is reserved.
-        let mut inner = super::take_ready(&mut self.inner);
+        let mut inner = super::ready::take_ready(&mut self.inner);
         Box::pin(async move {
             let permits = u32::try_from(limits.per_stream).unwrap_or(u32::MAX);
             let Ok(pool) = limits.pool.clone().try_acquire_many_owned(permits) else {
