@@ -376,12 +376,16 @@ where
         let mut inner = super::ready::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
-            let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
-            let user = match shared
+            // The headers are lent to the check and put back, not copied.
+            let mut request = request;
+            let metadata =
+                tonic::metadata::MetadataMap::from_headers(std::mem::take(request.headers_mut()));
+            let user = shared
                 .auth
                 .authenticate(&metadata, request.extensions().get::<PeerInfo>())
-                .await
-            {
+                .await;
+            *request.headers_mut() = metadata.into_headers();
+            let user = match user {
                 Ok(user) => user,
                 Err(status) => {
                     refused("unauthenticated");
@@ -390,7 +394,6 @@ where
             };
             // The handler takes the caller from here rather than verifying
             // the same headers (a token's signature) a second time.
-            let mut request = request;
             request.extensions_mut().insert(Identified(user.clone()));
             let request = metered(&shared, request, Some(user));
             inner.call(request).await
