@@ -30,8 +30,10 @@
 //!   `a1lx`, `cmpC`, `icef`, `cloc`, `cclv` and `amve`; `cmpd` component
 //!   URIs; `jpgC`'s APPn segments and comments (walked as a `jpeg` item);
 //!   `iref` keeps only the known reference types ([`REFERENCES`]) between
-//!   items `iinf` declares and `grpl` the known groups ([`GROUPS`]), each
-//!   to its ids, the rest `free` ([`scrub_references`], [`scrub_groups`]);
+//!   items `iinf` declares that have data (or are `iden` items derived
+//!   from one that has), each item once,
+//!   and `grpl` the known groups ([`GROUPS`]), each to its ids, the rest
+//!   `free` ([`scrub_references`], [`scrub_groups`]);
 //!   flags that no standard defines ([`zero_flags`]: of `meta`, `hdlr`,
 //!   `iinf`, `pitm`, `iloc`, `iref`, `ispe`, all but the hidden flag of
 //!   `infe` and the index width of `ipma`), `hdlr`'s pre_defined and
@@ -1286,14 +1288,35 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
             }
         }
     }
-    let (mut kinds, unshown) = match iinf {
-        Some(iinf) => {
-            let (kinds, unshown, named) = blanked_items(meta, &iinf, count)?;
-            changed |= named;
-            (kinds, unshown)
-        }
-        None => (Vec::new(), Vec::new()),
+    let Declared {
+        mut kinds,
+        unshown,
+        derived,
+    } = match iinf {
+        Some(iinf) => blanked_items(meta, &iinf, count, &mut changed)?,
+        None => Declared::default(),
     };
+    // The items a reference may name: declared, and with data, or `iden`
+    // items (with none of their own) derived from one that has.
+    let mut usable = match &iloc {
+        Some(iloc) => located_items(&meta[iloc.body..iloc.end])?,
+        None => Vec::new(),
+    };
+    usable.retain(|&id| declared(&kinds, id));
+    if !derived.is_empty() {
+        let mut found = Vec::new();
+        each_reference(meta, &outer, first, |kind, from, to| {
+            if kind == b"dimg"
+                && derived.binary_search(&from).is_ok()
+                && to.iter().any(|to| usable.binary_search(to).is_ok())
+            {
+                found.push(from);
+            }
+        })?;
+        usable.extend(found);
+        usable.sort_unstable();
+        usable.dedup();
+    }
     // The references and properties of the items `iinf` declares: a
     // second walk over the children (counted once, above).
     // The `dimg` references by item: an overlay's data has a pair of
@@ -1302,7 +1325,7 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
     let (mut at, mut walked) = (first, 0);
     while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
         match &child.kind {
-            b"iref" => changed |= scrub_references(meta, &child, count, &kinds, &mut inputs)?,
+            b"iref" => changed |= scrub_references(meta, &child, count, &usable, &mut inputs)?,
             b"iprp" => changed |= scrub_properties(meta, &child, count, &kinds)?,
             _ => {}
         }
@@ -1780,19 +1803,31 @@ fn scrub_colour(meta: &mut [u8], colr: &Child) -> bool {
     }
 }
 
-/// The items of an `iinf` box by id, sorted, with how each is blanked
-/// (`None`: an image, kept); any other box in it becomes `free`.
+/// The items an `iinf` box declares.
+#[derive(Default)]
+struct Declared {
+    /// By id, sorted, with how each is blanked (`None`: an image, kept).
+    kinds: Vec<ItemKind>,
+    /// The ids of the [`UNSHOWN_ITEMS`].
+    unshown: Vec<u64>,
+    /// The ids of the `iden` items (derived, with no data), sorted.
+    derived: Vec<u64>,
+}
+
+/// The items of an `iinf` box ([`Declared`]); any other box in it
+/// becomes `free`. Sets `changed` when anything did.
 fn blanked_items(
     meta: &mut [u8],
     iinf: &Child,
     count: &mut u32,
-) -> Result<(Vec<ItemKind>, Vec<u64>, bool), MediaError> {
+    changed: &mut bool,
+) -> Result<Declared, MediaError> {
     let mut reader = Reader::new(&meta[iinf.body..iinf.end]);
     let version = reader.version()?;
     // The entry count is not needed: the `infe` boxes follow.
     reader.take(if version == 0 { 2 } else { 4 })?;
     let mut at = iinf.end - reader.remaining();
-    let (mut kinds, mut unshown) = (Vec::new(), Vec::new());
+    let (mut kinds, mut unshown, mut derived) = (Vec::new(), Vec::new(), Vec::new());
     let mut named = zero_flags(&mut meta[iinf.body..iinf.end], 0);
     while let Some(entry) = next_box(meta, &mut at, iinf.end, count)? {
         if &entry.kind != b"infe" {
@@ -1815,16 +1850,25 @@ fn blanked_items(
         if kind.is_none() && item_type.is_some_and(|t| UNSHOWN_ITEMS.iter().any(|u| *u == t)) {
             unshown.push(id);
         }
+        if item_type.is_some_and(|t| t == b"iden") {
+            derived.push(id);
+        }
         named |= blank_item_strings(body, strings, kind);
         kinds.push((id, kind));
     }
     kinds.sort_unstable_by_key(|&(id, _)| id);
+    derived.sort_unstable();
     // Which of two entries a reader takes is its choice: one may be an
     // image, the other the metadata.
     if kinds.windows(2).any(|pair| pair[0].0 == pair[1].0) {
         return Err(MediaError::invalid("the HEIF describes an item twice"));
     }
-    Ok((kinds, unshown, named))
+    *changed |= named;
+    Ok(Declared {
+        kinds,
+        unshown,
+        derived,
+    })
 }
 
 /// The content type of XMP items, the one kept in `infe` (the item's bytes
@@ -1968,44 +2012,60 @@ fn unused_items(
         used[at] = true;
     }
     for _ in 0..3 {
-        let (mut at, mut walked) = (first, 0);
-        while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
-            if &child.kind != b"iref" {
-                continue;
-            }
-            let version = *meta.get(child.body).ok_or_else(meta_corrupt)?;
-            let id_size = if version == 0 { 2 } else { 4 };
-            let (mut at, mut walked) = (children(&child, true)?, 0);
-            while let Some(reference) = next_box(meta, &mut at, child.end, &mut walked)? {
-                if !listed(&REFERENCES, &reference.kind) {
-                    continue;
-                }
-                let mut reader = Reader::new(&meta[reference.body..reference.end]);
-                let from = position(reader.uint(id_size)?);
-                let n = reader.u16()? as usize;
-                let to = reader.take(n * id_size)?.chunks_exact(id_size).map(|id| {
-                    position(
-                        id.iter()
-                            .fold(0u64, |value, &b| (value << 8) | u64::from(b)),
-                    )
-                });
-                let from_used = from.is_some_and(|at| used[at]);
-                for to in to.flatten() {
-                    if from_used {
-                        used[to] = true;
-                    } else if used[to]
-                        && let Some(from) = from
-                    {
-                        used[from] = true;
-                    }
+        each_reference(meta, outer, first, |_, from, to| {
+            let from = position(from);
+            let from_used = from.is_some_and(|at| used[at]);
+            for to in to.iter().filter_map(|&to| position(to)) {
+                if from_used {
+                    used[to] = true;
+                } else if used[to]
+                    && let Some(from) = from
+                {
+                    used[from] = true;
                 }
             }
-        }
+        })?;
     }
     Ok(unshown
         .into_iter()
         .filter(|&id| position(id).is_some_and(|at| !used[at]))
         .collect())
+}
+
+/// Calls `visit` with the type, the `from` id and the `to` ids of each
+/// reference of a known type ([`REFERENCES`]) in the `iref` boxes of the
+/// `meta` box `outer` (its children from `first`).
+fn each_reference(
+    meta: &[u8],
+    outer: &Child,
+    first: usize,
+    mut visit: impl FnMut(&[u8; 4], u64, &[u64]),
+) -> Result<(), MediaError> {
+    let (mut at, mut walked) = (first, 0);
+    let mut to = Vec::new();
+    while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
+        if &child.kind != b"iref" {
+            continue;
+        }
+        let version = *meta.get(child.body).ok_or_else(meta_corrupt)?;
+        let id_size = if version == 0 { 2 } else { 4 };
+        let (mut at, mut walked) = (children(&child, true)?, 0);
+        while let Some(reference) = next_box(meta, &mut at, child.end, &mut walked)? {
+            if !listed(&REFERENCES, &reference.kind) {
+                continue;
+            }
+            let mut reader = Reader::new(&meta[reference.body..reference.end]);
+            let from = reader.uint(id_size)?;
+            let n = reader.u16()? as usize;
+            to.clear();
+            to.extend(reader.take(n * id_size)?.chunks_exact(id_size).map(|id| {
+                id.iter()
+                    .fold(0u64, |value, &b| (value << 8) | u64::from(b))
+            }));
+            visit(&reference.kind, from, &to);
+        }
+    }
+    Ok(())
 }
 
 /// Whether the item `id` is one an `iinf` entry declares (in `kinds`).
@@ -2014,40 +2074,43 @@ fn declared(kinds: &[ItemKind], id: u64) -> bool {
 }
 
 /// An `iref` box keeps the references of the types in [`REFERENCES`]
-/// between items `iinf` declares (`kinds`), each from its id to its ids
-/// (a `from` id, a count, as many `to` ids: 16 bits each in version 0,
-/// else 32): the `to` ids no item has are dropped, the others move up
-/// and the count follows, zeros fill the end; a reference from an item
-/// that does not exist, or left with no `to` id, and any other box in it
-/// become `free`. Its flags, which the standard leaves at zero, are
+/// between items the image may use (`usable`, sorted: declared by
+/// `iinf`, and with data or `iden` items derived from one with), each from its id to its ids (a
+/// `from` id, a count, as many `to` ids: 16 bits each in version 0,
+/// else 32): the `to` ids of no usable item, and repeats of one already
+/// kept, are dropped, the others move up and the count follows, zeros
+/// fill the end; a reference from an item that is not usable, or left
+/// with no `to` id, and any other box in it become `free`. Its flags, which the standard leaves at zero, are
 /// zeroed. Adds to `inputs` each `dimg` reference's item and count.
 /// Whether anything changed.
 fn scrub_references(
     meta: &mut [u8],
     iref: &Child,
     count: &mut u32,
-    kinds: &[ItemKind],
+    usable: &[u64],
     inputs: &mut Vec<(u32, u32)>,
 ) -> Result<bool, MediaError> {
     let version = *meta.get(iref.body).ok_or_else(meta_corrupt)?;
     let id_size = if version == 0 { 2 } else { 4 };
     let flags = zero_flags(&mut meta[iref.body..iref.end], 0);
     let mut moved = false;
+    let mut seen = std::collections::HashSet::new();
     let changed = scrub_listed(meta, iref, true, &REFERENCES, count, |kind, body| {
         let mut reader = Reader::new(body);
         let from = reader.uint(id_size)?;
         let ids = reader.u16()? as usize;
         reader.take(ids * id_size)?;
         let (first, end) = (reader.at - ids * id_size, reader.at);
-        if !declared(kinds, from) {
+        if usable.binary_search(&from).is_err() {
             return Ok(None);
         }
+        seen.clear();
         let mut kept = 0;
         for at in (first..end).step_by(id_size) {
             let to = body[at..at + id_size]
                 .iter()
                 .fold(0u64, |value, &b| (value << 8) | u64::from(b));
-            if declared(kinds, to) {
+            if usable.binary_search(&to).is_ok() && seen.insert(to) {
                 body.copy_within(at..at + id_size, first + kept * id_size);
                 kept += 1;
             }
@@ -2166,22 +2229,29 @@ struct Extents {
     zeroed: bool,
 }
 
-/// Where the items lie, from an `iloc` box's payload; `kinds` says, by
-/// id, how each item the `iinf` describes is blanked (`None`: an image,
-/// kept); an item it does not describe is no image, and is blanked.
-/// `idat`: its payload's range, as offsets in the `meta` box.
-///
-/// Every count is checked against the bytes left before it is looped
-/// over: an item takes at least its fixed fields, and an extent its
-/// fields (an item may have one extent of no width: all its data), so the
-/// loops are linear in the box's length; at most [`MAX_METADATA_EXTENTS`]
-/// pieces of blanked items and [`MAX_IMAGE_EXTENTS`] of image items are
-/// kept.
-fn item_extents(
-    iloc: &mut [u8],
-    kinds: &[ItemKind],
-    idat: Option<(u64, u64)>,
-) -> Result<Extents, MediaError> {
+/// The field widths of an `iloc` payload, its item count, and where its
+/// first item begins.
+struct IlocLayout {
+    offset_size: usize,
+    length_size: usize,
+    base_size: usize,
+    index_size: usize,
+    id_size: usize,
+    method_size: usize,
+    count: u64,
+    at: usize,
+}
+
+impl IlocLayout {
+    /// The bytes of one extent.
+    fn extent_size(&self) -> usize {
+        self.index_size + self.offset_size + self.length_size
+    }
+}
+
+/// Reads the header of an `iloc` payload ([`IlocLayout`]), refusing
+/// widths the standard does not define and counts the box cannot hold.
+fn iloc_layout(iloc: &[u8]) -> Result<IlocLayout, MediaError> {
     let mut reader = Reader::new(iloc);
     let version = reader.version()?;
     if version > 2 {
@@ -2209,22 +2279,74 @@ fn item_extents(
     if count > (reader.remaining() / item_size) as u64 {
         return Err(iloc_error("lists more items than it holds"));
     }
+    Ok(IlocLayout {
+        offset_size,
+        length_size,
+        base_size,
+        index_size,
+        id_size,
+        method_size,
+        count,
+        at: reader.at,
+    })
+}
+
+/// The ids of the items an `iloc` payload gives at least one extent,
+/// sorted: the items that have data.
+fn located_items(iloc: &[u8]) -> Result<Vec<u64>, MediaError> {
+    let layout = iloc_layout(iloc)?;
+    let extent_size = layout.extent_size();
+    let mut reader = Reader {
+        bytes: iloc,
+        at: layout.at,
+    };
+    let mut located = Vec::new();
+    for _ in 0..layout.count {
+        let id = reader.uint(layout.id_size)?;
+        reader.take(layout.method_size + 2 + layout.base_size)?;
+        let extents = reader.u16()? as usize;
+        reader.take(extents * extent_size)?;
+        if extents > 0 {
+            located.push(id);
+        }
+    }
+    located.sort_unstable();
+    Ok(located)
+}
+
+/// Where the items lie, from an `iloc` box's payload; `kinds` says, by
+/// id, how each item the `iinf` describes is blanked (`None`: an image,
+/// kept); an item it does not describe is no image, and is blanked.
+/// `idat`: its payload's range, as offsets in the `meta` box.
+///
+/// Every count is checked against the bytes left before it is looped
+/// over: an item takes at least its fixed fields, and an extent its
+/// fields (an item may have one extent of no width: all its data), so the
+/// loops are linear in the box's length; at most [`MAX_METADATA_EXTENTS`]
+/// pieces of blanked items and [`MAX_IMAGE_EXTENTS`] of image items are
+/// kept.
+fn item_extents(
+    iloc: &mut [u8],
+    kinds: &[ItemKind],
+    idat: Option<(u64, u64)>,
+) -> Result<Extents, MediaError> {
+    let layout = iloc_layout(iloc)?;
     // Fields of no width make an extent free to declare: that is only
     // valid for an item whose one extent is all its data.
-    let free_extents = index_size + offset_size + length_size == 0;
-    let extent_size = index_size + offset_size + length_size;
+    let extent_size = layout.extent_size();
+    let free_extents = extent_size == 0;
     // An id 0 that no item has may stand for one that no item has either.
     let blank_id = !declared(kinds, 0);
     let mut extents = Extents::default();
-    let mut at = reader.at;
-    for _ in 0..count {
+    let mut at = layout.at;
+    for _ in 0..layout.count {
         // A reader for each item, so that its fields may be zeroed after.
         let mut reader = Reader { bytes: iloc, at };
         let id_at = reader.at;
-        let id = reader.uint(id_size)?;
-        let method = reader.uint(method_size)? & 15;
+        let id = reader.uint(layout.id_size)?;
+        let method = reader.uint(layout.method_size)? & 15;
         let data_reference = reader.u16()?;
-        let base = reader.uint(base_size)?;
+        let base = reader.uint(layout.base_size)?;
         let extent_count = reader.u16()? as usize;
         let extents_at = reader.at;
         if free_extents && extent_count > 1 {
@@ -2251,9 +2373,9 @@ fn item_extents(
         };
         let mut item_len = 0u64;
         for _ in 0..extent_count {
-            reader.uint(index_size)?;
-            let offset = reader.uint(offset_size)?;
-            let length = reader.uint(length_size)?;
+            reader.uint(layout.index_size)?;
+            let offset = reader.uint(layout.offset_size)?;
+            let length = reader.uint(layout.length_size)?;
             if !located {
                 continue;
             }
@@ -2332,11 +2454,11 @@ fn item_extents(
         // above), and the extent indices, which only construction method
         // 2 uses: numbers no reader needs, zeroed.
         if !declared(kinds, id) && blank_id {
-            extents.zeroed |= rewrite(&mut iloc[id_at..id_at + id_size], &[]);
+            extents.zeroed |= rewrite(&mut iloc[id_at..id_at + layout.id_size], &[]);
         }
         if method != 2 {
             for extent in (extents_at..at).step_by(extent_size.max(1)) {
-                extents.zeroed |= rewrite(&mut iloc[extent..extent + index_size], &[]);
+                extents.zeroed |= rewrite(&mut iloc[extent..extent + layout.index_size], &[]);
             }
         }
     }
@@ -3255,7 +3377,7 @@ mod attack5 {
 
     const MARK: &[u8] = b"NAME=Alice Example;GPS48.8584N2.2945E";
 
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
 
@@ -3272,7 +3394,7 @@ mod attack5 {
     /// The bytes stored for `original` (pushed in pieces of 7, the second
     /// pass applied): the same length, and the primary image's size
     /// still read.
-    fn scrubbed(original: &[u8]) -> Vec<u8> {
+    pub(super) fn scrubbed(original: &[u8]) -> Vec<u8> {
         let (mut stored, report) = scrub(original, 7).unwrap();
         if let Some(mut rescrub) = report.rescrub {
             stored = rescrub.apply(Bytes::from(stored)).to_vec();
@@ -3527,19 +3649,28 @@ mod attack5 {
         }
     }
 
+    /// The files of the fuzz corpus whose names start with `prefix`, by
+    /// name.
+    pub(super) fn crafted(prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/scrub");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+        files
+    }
+
     /// The crafted files of the fuzz corpus (`a5-heif-*`, each with GPS
     /// text where the structure had room for it) keep none of it.
     #[test]
     fn the_crafted_corpus_files_lose_their_text() {
-        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/scrub");
         let mut files = 0;
-        for entry in std::fs::read_dir(corpus).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.starts_with("a5-heif-") {
-                continue;
-            }
-            let stored = scrubbed(&std::fs::read(&path).unwrap());
+        for (name, original) in crafted("a5-heif-") {
+            let stored = scrubbed(&original);
             assert!(!contains(&stored, b"GPS"), "{name}");
             files += 1;
         }
@@ -3568,5 +3699,133 @@ mod attack5 {
             assert_eq!(stored.len(), original.len());
             assert_eq!(shown(&stored), shown(&original));
         }
+    }
+}
+
+/// Item ids that carry a caller's text: references from or to items that
+/// have no data (ids chosen to spell text), and ids repeated in one
+/// reference.
+#[cfg(test)]
+mod attack6 {
+    use super::attack5::{contains, crafted, scrubbed};
+    use crate::fixtures::{
+        HeifItem, HeifParts, heif_file, iso_box, iso_full_box, phone_heif_items,
+    };
+
+    /// A reference keeps each item it names once: a thumbnail (item 4,
+    /// with data) of the image listed four times, the EXIF item
+    /// describing it twice.
+    #[test]
+    fn a_reference_names_each_item_once() {
+        let mut items = phone_heif_items(64, 48);
+        items.push(HeifItem::new(b"hvc1", b"thumbnail").sized(16, 12));
+        let iref = [
+            iso_box(b"thmb", &[0, 4, 0, 4, 0, 1, 0, 1, 0, 1, 0, 1]),
+            iso_box(b"cdsc", &[0, 2, 0, 2, 0, 1, 0, 1]),
+        ]
+        .concat();
+        for meta_last in [false, true] {
+            let parts = HeifParts {
+                in_meta: iso_full_box(b"iref", 0, &iref),
+                meta_last,
+                ..HeifParts::default()
+            };
+            let stored = scrubbed(&heif_file(&items, &parts));
+            assert!(contains(&stored, b"thmb\0\x04\0\x01\0\x01\0\0\0\0\0\0"));
+            assert!(contains(&stored, b"cdsc\0\x02\0\x01\0\x01\0\0"));
+        }
+    }
+
+    /// The crafted corpus files (`a6-heif-*`): items declared with no
+    /// data, whose ids spell a record, named by a thumbnail or alpha
+    /// reference from the image (16- and 32-bit ids, ids repeated) or
+    /// describing it (`cdsc` from each): every such reference goes.
+    #[test]
+    fn ids_of_items_with_no_data_are_not_kept() {
+        let mut files = 0;
+        let ghosts = [
+            crafted("a6-heif-ghost-ids"),
+            crafted("a6-heif-repeated-ids"),
+        ];
+        for (name, original) in ghosts.into_iter().flatten() {
+            if name.ends_with("-iden") {
+                continue;
+            }
+            let stored = scrubbed(&original);
+            assert!(!contains(&stored, b"GPS=48"), "{name}");
+            for kind in [b"thmb", b"auxl", b"cdsc"] {
+                assert!(!contains(&stored, kind), "{name}: {kind:?}");
+            }
+            files += 1;
+        }
+        assert!(files >= 6, "{files} crafted files");
+    }
+
+    /// An `iden` item (no data of its own) derived from the image stays a
+    /// reference's target; those derived from items with no data, whose
+    /// ids spell text, go with their references.
+    #[test]
+    fn only_iden_items_derived_from_data_are_named() {
+        let (_, original) = &crafted("a6-heif-ghost-ids-iden")[0];
+        let stored = scrubbed(original);
+        assert!(!contains(&stored, b"GPS=48"));
+        assert!(contains(&stored, b"thmb\0\x01\0\x01\0\x02\0\0"));
+        assert!(contains(&stored, b"dimg\0\x02\0\x01\0\x01"));
+        let dimg = stored.windows(4).filter(|w| w == b"dimg").count();
+        assert_eq!(dimg, 1);
+    }
+
+    /// A real HEIC with an alpha plane and a thumbnail, encoded by
+    /// libheif: both stay, and it decodes to the same pixels.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn a_real_file_keeps_its_alpha_and_thumbnail() {
+        use super::tests::scrub;
+        use libheif_rs::{
+            Channel, ColorSpace, CompressionFormat, EncoderQuality, HeifContext, Image, LibHeif,
+            RgbChroma,
+        };
+        let (width, height) = (64u32, 48u32);
+        let mut image = Image::new(width, height, ColorSpace::Rgb(RgbChroma::Rgba)).unwrap();
+        image
+            .create_plane(Channel::Interleaved, width, height, 8)
+            .unwrap();
+        let plane = image.planes_mut().interleaved.unwrap();
+        for y in 0..height as usize {
+            for x in 0..width as usize {
+                let at = y * plane.stride + x * 4;
+                let alpha = if x < 32 { 255 } else { 96 };
+                plane.data[at..at + 4].copy_from_slice(&[200, 30, (y * 5) as u8, alpha]);
+            }
+        }
+        let lib = LibHeif::new();
+        let mut encoder = lib.encoder_for_format(CompressionFormat::Hevc).unwrap();
+        encoder.set_quality(EncoderQuality::Lossy(90)).unwrap();
+        let mut context = HeifContext::new().unwrap();
+        let handle = context.encode_image(&image, &mut encoder, None).unwrap();
+        context
+            .encode_thumbnail(&image, &handle, 16, &mut encoder, None)
+            .unwrap()
+            .unwrap();
+        let original = context.write_to_bytes().unwrap();
+        let (stored, report) = scrub(&original, 7).unwrap();
+        assert_eq!(stored.len(), original.len());
+        let decoded = |file: &[u8]| {
+            let context = HeifContext::read_from_bytes(file).unwrap();
+            let primary = context.primary_image_handle().unwrap();
+            assert!(primary.has_alpha_channel());
+            assert_eq!(primary.number_of_thumbnails(), 1);
+            let image = lib
+                .decode(&primary, ColorSpace::Rgb(RgbChroma::Rgba), None)
+                .unwrap();
+            let plane = image.planes().interleaved.unwrap();
+            plane.data.to_vec()
+        };
+        assert_eq!(
+            decoded(&stored),
+            decoded(&original),
+            "changed: {}",
+            report.changed
+        );
     }
 }
