@@ -1,7 +1,8 @@
 //! JPEG: segment by segment, with the scan data passed through as slices.
 //!
 //! An allow-list: the segments that decide how the pixels decode are kept
-//! (frame headers, tables, scans; APP0 JFIF without its thumbnail, APP2 ICC
+//! (the frame header, one and only to its defined length: a second one is
+//! refused; tables, scans; APP0 JFIF without its thumbnail, APP2 ICC
 //! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
 //! first and before the frame header, where decoders read them; a DRI
 //! restart interval only where it changes the interval in force, at most
@@ -275,7 +276,16 @@ fn marker(
         }
         return Err(corrupt_jpeg());
     }
-    seen.frame |= is_frame(marker);
+    if is_frame(marker) {
+        // One frame per image: a second frame header (a hierarchical
+        // file, or room for chosen bytes) is no image the service shows.
+        if seen.frame {
+            return Err(MediaError::invalid(
+                "the JPEG has more than one frame header",
+            ));
+        }
+        seen.frame = true;
+    }
     let action = action(stream.keep_metadata, marker);
     match action {
         Action::Keep => out.push(stream.pending.split().freeze()),
@@ -323,8 +333,10 @@ fn action(keep_metadata: bool, marker: u8) -> Action {
         // EXIF (APP1) is read for its orientation even when kept.
         0xE1 => Action::Inspect,
         _ if keep_metadata => Action::Keep,
-        // Frame headers, tables, scans and DNL.
-        0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDC => Action::Keep,
+        // Tables (DHT, DAC), scans and DNL.
+        0xC4 | 0xCC | 0xDA..=0xDC => Action::Keep,
+        // Frame headers: kept to their defined length.
+        _ if is_frame(marker) => Action::Inspect,
         // JFIF, ICC profiles, Adobe: kept when they are what they say;
         // restart intervals, when they change the one in force.
         0xE0 | 0xE2 | 0xEE | DRI => Action::Inspect,
@@ -387,6 +399,24 @@ fn keep_restart(
     Ok(())
 }
 
+/// A frame header, kept to its defined length: precision, height,
+/// width, the count of components and 3 bytes for each.
+fn keep_frame(stream: &mut Stream, segment: Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
+    let payload = &segment[4..];
+    let components = payload.get(5).map_or(0, |&n| usize::from(n));
+    let defined = 6 + 3 * components;
+    if components == 0 || payload.len() < defined {
+        return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
+    }
+    if payload.len() > defined {
+        stream.changed = true;
+        out.push(jpeg_segment(segment[1], &payload[..defined]));
+    } else {
+        out.push(segment);
+    }
+    Ok(())
+}
+
 /// A whole segment held to be read (EXIF, JFIF, ICC, Adobe, DRI): kept,
 /// rewritten or dropped.
 fn inspect_segment(
@@ -417,6 +447,9 @@ fn inspect_segment(
     }
     if marker == DRI {
         return keep_restart(stream, seen, segment, out);
+    }
+    if is_frame(marker) {
+        return keep_frame(stream, segment, out);
     }
     if marker == 0xE2 && payload.starts_with(ICC_TAG) {
         keep_icc(stream, segment, out);
@@ -472,12 +505,12 @@ mod attack5 {
     const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
 
     /// `jpeg` with `extra` inserted before its first `FF marker`.
-    fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
+    pub(super) fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
         let at = jpeg.windows(2).position(|w| w == [0xFF, marker]).unwrap();
         [&jpeg[..at], extra, &jpeg[at..]].concat()
     }
 
-    fn pixels(jpeg: &[u8]) -> image::RgbImage {
+    pub(super) fn pixels(jpeg: &[u8]) -> image::RgbImage {
         image::load_from_memory(jpeg).unwrap().to_rgb8()
     }
 
@@ -489,7 +522,7 @@ mod attack5 {
     }
 
     /// `jpeg` scrubbed, the same whatever the pieces it arrives in.
-    fn stored(jpeg: &[u8]) -> Vec<u8> {
+    pub(super) fn stored(jpeg: &[u8]) -> Vec<u8> {
         let whole = scrub(jpeg, jpeg.len(), false).unwrap().0;
         for piece in [1, 5] {
             assert_eq!(scrub(jpeg, piece, false).unwrap().0, whole);
@@ -595,6 +628,85 @@ mod attack5 {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         for (name, file, _) in crafted() {
             std::fs::write(format!("{dir}/a5-jpeg-{name}"), file).unwrap();
+        }
+    }
+}
+
+/// A JPEG keeps one frame header, at its defined length, and only the
+/// tables its frame and scans use.
+#[cfg(test)]
+mod attack6 {
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::attack5::{insert_before, pixels, stored};
+
+    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+
+    /// `jpeg` with its frame header's payload grown by `extra`.
+    fn longer_frame(jpeg: &[u8], extra: &[u8]) -> Vec<u8> {
+        let at = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+        let mut frame = jpeg[at + 4..at + 2 + len].to_vec();
+        frame.extend_from_slice(extra);
+        [&jpeg[..at], &segment(0xC0, &frame), &jpeg[at + 2 + len..]].concat()
+    }
+
+    /// A second frame header of any kind, after the frame or before it.
+    fn second_frames() -> Vec<(String, Vec<u8>)> {
+        let base = encoded_jpeg();
+        let text = MARKER.repeat(1200);
+        let mut files: Vec<(String, Vec<u8>)> = [0xC0u8, 0xC1, 0xC2, 0xC3, 0xC5, 0xC7, 0xCB, 0xCF]
+            .into_iter()
+            .map(|m| {
+                let file = insert_before(&base, 0xDA, &segment(m, &text));
+                (format!("second-sof{:x}", m & 0x0F), file)
+            })
+            .collect();
+        let before = insert_before(&base, 0xC0, &segment(0xCF, &text));
+        files.push(("sof15-before-the-frame".into(), before));
+        files
+    }
+
+    /// A second frame header is refused, whatever its kind: a JPEG the
+    /// service shows has one frame.
+    #[test]
+    fn a_second_frame_header_is_refused() {
+        for (name, file) in second_frames() {
+            let error = scrub(&file, 7, false).unwrap_err();
+            assert!(
+                error.to_string().contains("more than one frame"),
+                "{name}: {error}"
+            );
+        }
+    }
+
+    /// Bytes after what the frame header defines are cut; the pixels stay.
+    #[test]
+    fn the_frame_header_keeps_its_defined_length() {
+        let base = encoded_jpeg();
+        let file = longer_frame(&base, MARKER);
+        let stored = stored(&file);
+        assert!(!contains(&stored, &MARKER[..6]));
+        assert_eq!(stored.len(), base.len());
+        assert!(pixels(&stored) == pixels(&base));
+        assert_eq!(
+            super::attack5::stored(&base),
+            base,
+            "a real frame header stays"
+        );
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        let long = (
+            "long-frame-header".into(),
+            longer_frame(&encoded_jpeg(), MARKER),
+        );
+        for (name, file) in second_frames().into_iter().chain([long]) {
+            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
         }
     }
 }
