@@ -2,7 +2,8 @@
 //!
 //! An allow-list: the segments that decide how the pixels decode are kept
 //! (the frame header, one and only to its defined length: a second one is
-//! refused; tables, scans; APP0 JFIF without its thumbnail, APP2 ICC
+//! refused; tables, each at its defined length, filling their segment,
+//! at most [`MAX_JPEG_TABLES`] before a scan; scans; APP0 JFIF without its thumbnail, APP2 ICC
 //! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
 //! first and before the frame header, where decoders read them; a DRI
 //! restart interval only where it changes the interval in force, at most
@@ -60,6 +61,8 @@ pub(super) struct Seen {
     /// kept since the last scan.
     restart: u16,
     restart_kept: bool,
+    /// Quantization and Huffman tables defined since the last scan began.
+    tables: u8,
 }
 
 impl Jpeg {
@@ -72,6 +75,7 @@ impl Jpeg {
             adobe: false,
             restart: 0,
             restart_kept: false,
+            tables: 0,
         },
     };
 }
@@ -85,6 +89,14 @@ pub(super) enum Action {
 }
 
 const SOS: u8 = 0xDA;
+const DHT: u8 = 0xC4;
+const DQT: u8 = 0xDB;
+
+/// Most quantization and Huffman tables defined between two scans (or
+/// before the first). A JPEG uses at most 4 of each kind, and a
+/// progressive one defines a few before each scan; more are tables
+/// nothing uses, defined again and again.
+const MAX_JPEG_TABLES: u8 = 64;
 const DRI: u8 = 0xDD;
 
 /// Frame headers: SOF0 to SOF15 but DHT (C4), JPG (C8) and DAC (CC).
@@ -191,6 +203,7 @@ impl Jpeg {
                         seen: Seen {
                             scanned: true,
                             restart_kept: false,
+                            tables: 0,
                             ..seen
                         },
                     }
@@ -333,8 +346,10 @@ fn action(keep_metadata: bool, marker: u8) -> Action {
         // EXIF (APP1) is read for its orientation even when kept.
         0xE1 => Action::Inspect,
         _ if keep_metadata => Action::Keep,
-        // Tables (DHT, DAC), scans and DNL.
-        0xC4 | 0xCC | 0xDA..=0xDC => Action::Keep,
+        // Arithmetic-coding conditioning (DAC), scans and DNL.
+        0xCC | 0xDA | 0xDC => Action::Keep,
+        // Quantization and Huffman tables: read for their lengths.
+        DQT | DHT => Action::Inspect,
         // Frame headers: kept to their defined length.
         _ if is_frame(marker) => Action::Inspect,
         // JFIF, ICC profiles, Adobe: kept when they are what they say;
@@ -399,6 +414,42 @@ fn keep_restart(
     Ok(())
 }
 
+/// A DQT or DHT segment: tables of their defined lengths that fill it,
+/// each of an id a decoder knows, and at most [`MAX_JPEG_TABLES`] of
+/// them between two scans.
+fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<(), MediaError> {
+    let corrupt = || MediaError::invalid("the JPEG's quantization or Huffman tables are corrupt");
+    if payload.is_empty() {
+        return Err(corrupt());
+    }
+    while let Some(&kind) = payload.first() {
+        let (class, id) = (kind >> 4, kind & 0x0F);
+        if class > 1 || id > 3 {
+            return Err(corrupt());
+        }
+        let len = if marker == DQT {
+            // 64 entries of 8 or of 16 bits.
+            1 + 64 * (usize::from(class) + 1)
+        } else {
+            // 16 counts of codes by length, then the symbols.
+            let counts = payload.get(1..17).ok_or_else(corrupt)?;
+            let symbols: usize = counts.iter().map(|&n| usize::from(n)).sum();
+            if symbols > 256 {
+                return Err(corrupt());
+            }
+            17 + symbols
+        };
+        payload = payload.get(len..).ok_or_else(corrupt)?;
+        seen.tables += 1;
+        if seen.tables > MAX_JPEG_TABLES {
+            return Err(MediaError::invalid(format!(
+                "the JPEG defines more than {MAX_JPEG_TABLES} tables before a scan"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A frame header, kept to its defined length: precision, height,
 /// width, the count of components and 3 bytes for each.
 fn keep_frame(stream: &mut Stream, segment: Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
@@ -450,6 +501,11 @@ fn inspect_segment(
     }
     if is_frame(marker) {
         return keep_frame(stream, segment, out);
+    }
+    if marker == DQT || marker == DHT {
+        check_tables(seen, marker, payload)?;
+        out.push(segment);
+        return Ok(());
     }
     if marker == 0xE2 && payload.starts_with(ICC_TAG) {
         keep_icc(stream, segment, out);
@@ -695,6 +751,78 @@ mod attack6 {
         );
     }
 
+    /// A DHT of `symbols` (all coded at 16 bits) in table `kind`.
+    fn dht(kind: u8, symbols: &[u8]) -> Vec<u8> {
+        let mut counts = [0u8; 16];
+        counts[15] = symbols.len() as u8;
+        segment(0xC4, &[&[kind][..], &counts, symbols].concat())
+    }
+
+    /// Tables that break the bounds: too many before a scan, bytes past
+    /// the last table, an id no decoder has.
+    fn bad_tables() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+        let base = encoded_jpeg();
+        let text: Vec<u8> = MARKER.repeat(4)[..160].to_vec();
+        let dqt = |kind: u8| segment(0xDB, &[&[kind][..], &MARKER.repeat(2)[..64]].concat());
+        let many: Vec<u8> = (0..65).flat_map(|_| dht(0x13, &text)).collect();
+        let mut long = dht(0x13, &text);
+        long.extend_from_slice(&MARKER[..5]);
+        let end = (long.len() - 2) as u16;
+        long[2..4].copy_from_slice(&end.to_be_bytes());
+        vec![
+            (
+                "many-tables",
+                insert_before(&base, 0xC0, &many),
+                "more than 64 tables",
+            ),
+            (
+                "dht-with-bytes-after",
+                insert_before(&base, 0xDA, &long),
+                "corrupt",
+            ),
+            (
+                "dqt-id-4",
+                insert_before(&base, 0xC0, &dqt(0x04)),
+                "corrupt",
+            ),
+        ]
+    }
+
+    /// A JPEG defining table after table before a scan, or tables that do
+    /// not fill their segment, is refused.
+    #[test]
+    fn tables_beyond_their_bounds_are_refused() {
+        for (name, file, because) in bad_tables() {
+            let error = scrub(&file, 7, false).unwrap_err();
+            assert!(error.to_string().contains(because), "{name}: {error}");
+        }
+    }
+
+    /// Real files keep every byte: a progressive one (tables between its
+    /// scans) and one with a restart interval.
+    #[test]
+    fn real_tables_stay_as_they_are() {
+        let pixels_in: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 13 % 253) as u8).collect();
+        let mut progressive = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut progressive, 85);
+        encoder.set_progressive(true);
+        encoder
+            .encode(&pixels_in, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert!(
+            progressive
+                .windows(2)
+                .filter(|w| *w == [0xFF, 0xDA])
+                .count()
+                > 1
+        );
+        let kept = stored(&progressive);
+        assert_eq!(kept, progressive);
+        assert!(pixels(&kept) == pixels(&progressive));
+        let base = encoded_jpeg();
+        assert_eq!(stored(&base), base);
+    }
+
     /// Writes the crafted files to the scrub corpus, which tests/parsers
     /// replays.
     #[test]
@@ -706,6 +834,9 @@ mod attack6 {
             longer_frame(&encoded_jpeg(), MARKER),
         );
         for (name, file) in second_frames().into_iter().chain([long]) {
+            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
+        }
+        for (name, file, _) in bad_tables() {
             std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
         }
     }
