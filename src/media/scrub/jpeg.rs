@@ -3,7 +3,8 @@
 //! An allow-list: the segments that decide how the pixels decode are kept
 //! (the frame header, one and only to its defined length: a second one is
 //! refused; tables, each at its defined length, filling their segment,
-//! at most [`MAX_JPEG_TABLES`] before a scan; scans; APP0 JFIF without its thumbnail, APP2 ICC
+//! at most [`MAX_JPEG_TABLES`] before a scan, and after the frame header
+//! no quantization table of an id its components do not use; scans; APP0 JFIF without its thumbnail, APP2 ICC
 //! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
 //! first and before the frame header, where decoders read them; a DRI
 //! restart interval only where it changes the interval in force, at most
@@ -63,6 +64,8 @@ pub(super) struct Seen {
     restart_kept: bool,
     /// Quantization and Huffman tables defined since the last scan began.
     tables: u8,
+    /// The quantization table ids the frame's components use, a bit each.
+    quantization: u8,
 }
 
 impl Jpeg {
@@ -76,6 +79,7 @@ impl Jpeg {
             restart: 0,
             restart_kept: false,
             tables: 0,
+            quantization: 0,
         },
     };
 }
@@ -417,7 +421,11 @@ fn keep_restart(
 /// A DQT or DHT segment: tables of their defined lengths that fill it,
 /// each of an id a decoder knows, and at most [`MAX_JPEG_TABLES`] of
 /// them between two scans.
-fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<(), MediaError> {
+///
+/// Returns the tables that are kept: after the frame header, a
+/// quantization table of an id no component uses is dropped.
+fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<Vec<u8>, MediaError> {
+    let mut kept = Vec::new();
     let corrupt = || MediaError::invalid("the JPEG's quantization or Huffman tables are corrupt");
     if payload.is_empty() {
         return Err(corrupt());
@@ -439,7 +447,11 @@ fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<(), M
             }
             17 + symbols
         };
-        payload = payload.get(len..).ok_or_else(corrupt)?;
+        let table = payload.get(..len).ok_or_else(corrupt)?;
+        payload = &payload[len..];
+        if marker == DHT || !seen.frame || seen.quantization & (1 << id) != 0 {
+            kept.extend_from_slice(table);
+        }
         seen.tables += 1;
         if seen.tables > MAX_JPEG_TABLES {
             return Err(MediaError::invalid(format!(
@@ -447,17 +459,30 @@ fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<(), M
             )));
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// A frame header, kept to its defined length: precision, height,
 /// width, the count of components and 3 bytes for each.
-fn keep_frame(stream: &mut Stream, segment: Bytes, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
+fn keep_frame(
+    stream: &mut Stream,
+    seen: &mut Seen,
+    segment: Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<(), MediaError> {
     let payload = &segment[4..];
     let components = payload.get(5).map_or(0, |&n| usize::from(n));
     let defined = 6 + 3 * components;
     if components == 0 || payload.len() < defined {
         return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
+    }
+    // Each component: id, sampling factors, quantization table id.
+    for component in payload[6..defined].chunks_exact(3) {
+        let table = component[2];
+        if table > 3 {
+            return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
+        }
+        seen.quantization |= 1 << table;
     }
     if payload.len() > defined {
         stream.changed = true;
@@ -500,11 +525,18 @@ fn inspect_segment(
         return keep_restart(stream, seen, segment, out);
     }
     if is_frame(marker) {
-        return keep_frame(stream, segment, out);
+        return keep_frame(stream, seen, segment, out);
     }
     if marker == DQT || marker == DHT {
-        check_tables(seen, marker, payload)?;
-        out.push(segment);
+        let kept = check_tables(seen, marker, payload)?;
+        if kept.len() == payload.len() {
+            out.push(segment);
+        } else {
+            stream.changed = true;
+            if !kept.is_empty() {
+                out.push(jpeg_segment(marker, &kept));
+            }
+        }
         return Ok(());
     }
     if marker == 0xE2 && payload.starts_with(ICC_TAG) {
@@ -723,13 +755,14 @@ mod attack6 {
     }
 
     /// A second frame header is refused, whatever its kind: a JPEG the
-    /// service shows has one frame.
+    /// service shows has one frame (text before the frame is refused
+    /// first as a corrupt frame header, its table ids past 3).
     #[test]
     fn a_second_frame_header_is_refused() {
         for (name, file) in second_frames() {
             let error = scrub(&file, 7, false).unwrap_err();
             assert!(
-                error.to_string().contains("more than one frame"),
+                error.to_string().contains("frame header"),
                 "{name}: {error}"
             );
         }
@@ -788,6 +821,27 @@ mod attack6 {
         ]
     }
 
+    /// A quantization table of id 3, which the test image does not use.
+    fn unused_dqt() -> Vec<u8> {
+        segment(0xDB, &[&[0x03][..], &MARKER.repeat(2)[..64]].concat())
+    }
+
+    /// After the frame header, a quantization table of an id no
+    /// component uses is dropped; the pixels stay.
+    #[test]
+    fn quantization_tables_no_component_uses_are_dropped() {
+        let base = encoded_jpeg();
+        let unused = unused_dqt();
+        for at in [0xC4, 0xDA] {
+            let file = insert_before(&base, at, &unused);
+            let kept = stored(&file);
+            assert!(!contains(&kept, &MARKER[..6]));
+            assert_eq!(kept, base);
+        }
+        let before = insert_before(&base, 0xC0, &unused);
+        assert!(pixels(&stored(&before)) == pixels(&base));
+    }
+
     /// A JPEG defining table after table before a scan, or tables that do
     /// not fill their segment, is refused.
     #[test]
@@ -839,5 +893,7 @@ mod attack6 {
         for (name, file, _) in bad_tables() {
             std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
         }
+        let unused = insert_before(&encoded_jpeg(), 0xDA, &unused_dqt());
+        std::fs::write(format!("{dir}/a6-jpeg-unused-dqt-after-the-frame"), unused).unwrap();
     }
 }
