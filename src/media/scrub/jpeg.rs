@@ -1,7 +1,10 @@
 //! JPEG: segment by segment, with the scan data passed through as slices.
 //!
 //! An allow-list: the segments that decide how the pixels decode are kept
-//! (frame headers, tables, scans; APP0 JFIF without its thumbnail, APP2 ICC
+//! (the frame header, one and only to its defined length: a second one is
+//! refused; tables, each at its defined length, filling their segment,
+//! at most [`MAX_JPEG_TABLES`] before a scan, and after the frame header
+//! no quantization table of an id its components do not use; scans; APP0 JFIF without its thumbnail, APP2 ICC
 //! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
 //! first and before the frame header, where decoders read them; a DRI
 //! restart interval only where it changes the interval in force, at most
@@ -59,6 +62,10 @@ pub(super) struct Seen {
     /// kept since the last scan.
     restart: u16,
     restart_kept: bool,
+    /// Quantization and Huffman tables defined since the last scan began.
+    tables: u8,
+    /// The quantization table ids the frame's components use, a bit each.
+    quantization: u8,
 }
 
 impl Jpeg {
@@ -71,6 +78,8 @@ impl Jpeg {
             adobe: false,
             restart: 0,
             restart_kept: false,
+            tables: 0,
+            quantization: 0,
         },
     };
 }
@@ -84,6 +93,14 @@ pub(super) enum Action {
 }
 
 const SOS: u8 = 0xDA;
+const DHT: u8 = 0xC4;
+const DQT: u8 = 0xDB;
+
+/// Most quantization and Huffman tables defined between two scans (or
+/// before the first). A JPEG uses at most 4 of each kind, and a
+/// progressive one defines a few before each scan; more are tables
+/// nothing uses, defined again and again.
+const MAX_JPEG_TABLES: u8 = 64;
 const DRI: u8 = 0xDD;
 
 /// Frame headers: SOF0 to SOF15 but DHT (C4), JPG (C8) and DAC (CC).
@@ -190,6 +207,7 @@ impl Jpeg {
                         seen: Seen {
                             scanned: true,
                             restart_kept: false,
+                            tables: 0,
                             ..seen
                         },
                     }
@@ -275,7 +293,16 @@ fn marker(
         }
         return Err(corrupt_jpeg());
     }
-    seen.frame |= is_frame(marker);
+    if is_frame(marker) {
+        // One frame per image: a second frame header (a hierarchical
+        // file, or room for chosen bytes) is no image the service shows.
+        if seen.frame {
+            return Err(MediaError::invalid(
+                "the JPEG has more than one frame header",
+            ));
+        }
+        seen.frame = true;
+    }
     let action = action(stream.keep_metadata, marker);
     match action {
         Action::Keep => out.push(stream.pending.split().freeze()),
@@ -323,8 +350,12 @@ fn action(keep_metadata: bool, marker: u8) -> Action {
         // EXIF (APP1) is read for its orientation even when kept.
         0xE1 => Action::Inspect,
         _ if keep_metadata => Action::Keep,
-        // Frame headers, tables, scans and DNL.
-        0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xDC => Action::Keep,
+        // Arithmetic-coding conditioning (DAC), scans and DNL.
+        0xCC | 0xDA | 0xDC => Action::Keep,
+        // Quantization and Huffman tables: read for their lengths.
+        DQT | DHT => Action::Inspect,
+        // Frame headers: kept to their defined length.
+        _ if is_frame(marker) => Action::Inspect,
         // JFIF, ICC profiles, Adobe: kept when they are what they say;
         // restart intervals, when they change the one in force.
         0xE0 | 0xE2 | 0xEE | DRI => Action::Inspect,
@@ -387,6 +418,81 @@ fn keep_restart(
     Ok(())
 }
 
+/// A DQT or DHT segment: tables of their defined lengths that fill it,
+/// each of an id a decoder knows, and at most [`MAX_JPEG_TABLES`] of
+/// them between two scans.
+///
+/// Returns the tables that are kept: after the frame header, a
+/// quantization table of an id no component uses is dropped.
+fn check_tables(seen: &mut Seen, marker: u8, mut payload: &[u8]) -> Result<Vec<u8>, MediaError> {
+    let mut kept = Vec::new();
+    let corrupt = || MediaError::invalid("the JPEG's quantization or Huffman tables are corrupt");
+    if payload.is_empty() {
+        return Err(corrupt());
+    }
+    while let Some(&kind) = payload.first() {
+        let (class, id) = (kind >> 4, kind & 0x0F);
+        if class > 1 || id > 3 {
+            return Err(corrupt());
+        }
+        let len = if marker == DQT {
+            // 64 entries of 8 or of 16 bits.
+            1 + 64 * (usize::from(class) + 1)
+        } else {
+            // 16 counts of codes by length, then the symbols.
+            let counts = payload.get(1..17).ok_or_else(corrupt)?;
+            let symbols: usize = counts.iter().map(|&n| usize::from(n)).sum();
+            if symbols > 256 {
+                return Err(corrupt());
+            }
+            17 + symbols
+        };
+        let table = payload.get(..len).ok_or_else(corrupt)?;
+        payload = &payload[len..];
+        if marker == DHT || !seen.frame || seen.quantization & (1 << id) != 0 {
+            kept.extend_from_slice(table);
+        }
+        seen.tables += 1;
+        if seen.tables > MAX_JPEG_TABLES {
+            return Err(MediaError::invalid(format!(
+                "the JPEG defines more than {MAX_JPEG_TABLES} tables before a scan"
+            )));
+        }
+    }
+    Ok(kept)
+}
+
+/// A frame header, kept to its defined length: precision, height,
+/// width, the count of components and 3 bytes for each.
+fn keep_frame(
+    stream: &mut Stream,
+    seen: &mut Seen,
+    segment: Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<(), MediaError> {
+    let payload = &segment[4..];
+    let components = payload.get(5).map_or(0, |&n| usize::from(n));
+    let defined = 6 + 3 * components;
+    if components == 0 || payload.len() < defined {
+        return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
+    }
+    // Each component: id, sampling factors, quantization table id.
+    for component in payload[6..defined].chunks_exact(3) {
+        let table = component[2];
+        if table > 3 {
+            return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
+        }
+        seen.quantization |= 1 << table;
+    }
+    if payload.len() > defined {
+        stream.changed = true;
+        out.push(jpeg_segment(segment[1], &payload[..defined]));
+    } else {
+        out.push(segment);
+    }
+    Ok(())
+}
+
 /// A whole segment held to be read (EXIF, JFIF, ICC, Adobe, DRI): kept,
 /// rewritten or dropped.
 fn inspect_segment(
@@ -417,6 +523,21 @@ fn inspect_segment(
     }
     if marker == DRI {
         return keep_restart(stream, seen, segment, out);
+    }
+    if is_frame(marker) {
+        return keep_frame(stream, seen, segment, out);
+    }
+    if marker == DQT || marker == DHT {
+        let kept = check_tables(seen, marker, payload)?;
+        if kept.len() == payload.len() {
+            out.push(segment);
+        } else {
+            stream.changed = true;
+            if !kept.is_empty() {
+                out.push(jpeg_segment(marker, &kept));
+            }
+        }
+        return Ok(());
     }
     if marker == 0xE2 && payload.starts_with(ICC_TAG) {
         keep_icc(stream, segment, out);
@@ -472,12 +593,12 @@ mod attack5 {
     const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
 
     /// `jpeg` with `extra` inserted before its first `FF marker`.
-    fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
+    pub(super) fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
         let at = jpeg.windows(2).position(|w| w == [0xFF, marker]).unwrap();
         [&jpeg[..at], extra, &jpeg[at..]].concat()
     }
 
-    fn pixels(jpeg: &[u8]) -> image::RgbImage {
+    pub(super) fn pixels(jpeg: &[u8]) -> image::RgbImage {
         image::load_from_memory(jpeg).unwrap().to_rgb8()
     }
 
@@ -489,7 +610,7 @@ mod attack5 {
     }
 
     /// `jpeg` scrubbed, the same whatever the pieces it arrives in.
-    fn stored(jpeg: &[u8]) -> Vec<u8> {
+    pub(super) fn stored(jpeg: &[u8]) -> Vec<u8> {
         let whole = scrub(jpeg, jpeg.len(), false).unwrap().0;
         for piece in [1, 5] {
             assert_eq!(scrub(jpeg, piece, false).unwrap().0, whole);
@@ -596,5 +717,183 @@ mod attack5 {
         for (name, file, _) in crafted() {
             std::fs::write(format!("{dir}/a5-jpeg-{name}"), file).unwrap();
         }
+    }
+}
+
+/// A JPEG keeps one frame header, at its defined length, and only the
+/// tables its frame and scans use.
+#[cfg(test)]
+mod attack6 {
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::attack5::{insert_before, pixels, stored};
+
+    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+
+    /// `jpeg` with its frame header's payload grown by `extra`.
+    fn longer_frame(jpeg: &[u8], extra: &[u8]) -> Vec<u8> {
+        let at = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+        let mut frame = jpeg[at + 4..at + 2 + len].to_vec();
+        frame.extend_from_slice(extra);
+        [&jpeg[..at], &segment(0xC0, &frame), &jpeg[at + 2 + len..]].concat()
+    }
+
+    /// A second frame header of any kind, after the frame or before it.
+    fn second_frames() -> Vec<(String, Vec<u8>)> {
+        let base = encoded_jpeg();
+        let text = MARKER.repeat(1200);
+        let mut files: Vec<(String, Vec<u8>)> = [0xC0u8, 0xC1, 0xC2, 0xC3, 0xC5, 0xC7, 0xCB, 0xCF]
+            .into_iter()
+            .map(|m| {
+                let file = insert_before(&base, 0xDA, &segment(m, &text));
+                (format!("second-sof{:x}", m & 0x0F), file)
+            })
+            .collect();
+        let before = insert_before(&base, 0xC0, &segment(0xCF, &text));
+        files.push(("sof15-before-the-frame".into(), before));
+        files
+    }
+
+    /// A second frame header is refused, whatever its kind: a JPEG the
+    /// service shows has one frame (text before the frame is refused
+    /// first as a corrupt frame header, its table ids past 3).
+    #[test]
+    fn a_second_frame_header_is_refused() {
+        for (name, file) in second_frames() {
+            let error = scrub(&file, 7, false).unwrap_err();
+            assert!(
+                error.to_string().contains("frame header"),
+                "{name}: {error}"
+            );
+        }
+    }
+
+    /// Bytes after what the frame header defines are cut; the pixels stay.
+    #[test]
+    fn the_frame_header_keeps_its_defined_length() {
+        let base = encoded_jpeg();
+        let file = longer_frame(&base, MARKER);
+        let stored = stored(&file);
+        assert!(!contains(&stored, &MARKER[..6]));
+        assert_eq!(stored.len(), base.len());
+        assert!(pixels(&stored) == pixels(&base));
+        assert_eq!(
+            super::attack5::stored(&base),
+            base,
+            "a real frame header stays"
+        );
+    }
+
+    /// A DHT of `symbols` (all coded at 16 bits) in table `kind`.
+    fn dht(kind: u8, symbols: &[u8]) -> Vec<u8> {
+        let mut counts = [0u8; 16];
+        counts[15] = symbols.len() as u8;
+        segment(0xC4, &[&[kind][..], &counts, symbols].concat())
+    }
+
+    /// Tables that break the bounds: too many before a scan, bytes past
+    /// the last table, an id no decoder has.
+    fn bad_tables() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+        let base = encoded_jpeg();
+        let text: Vec<u8> = MARKER.repeat(4)[..160].to_vec();
+        let dqt = |kind: u8| segment(0xDB, &[&[kind][..], &MARKER.repeat(2)[..64]].concat());
+        let many: Vec<u8> = (0..65).flat_map(|_| dht(0x13, &text)).collect();
+        let mut long = dht(0x13, &text);
+        long.extend_from_slice(&MARKER[..5]);
+        let end = (long.len() - 2) as u16;
+        long[2..4].copy_from_slice(&end.to_be_bytes());
+        vec![
+            (
+                "many-tables",
+                insert_before(&base, 0xC0, &many),
+                "more than 64 tables",
+            ),
+            (
+                "dht-with-bytes-after",
+                insert_before(&base, 0xDA, &long),
+                "corrupt",
+            ),
+            (
+                "dqt-id-4",
+                insert_before(&base, 0xC0, &dqt(0x04)),
+                "corrupt",
+            ),
+        ]
+    }
+
+    /// A quantization table of id 3, which the test image does not use.
+    fn unused_dqt() -> Vec<u8> {
+        segment(0xDB, &[&[0x03][..], &MARKER.repeat(2)[..64]].concat())
+    }
+
+    /// After the frame header, a quantization table of an id no
+    /// component uses is dropped; the pixels stay.
+    #[test]
+    fn quantization_tables_no_component_uses_are_dropped() {
+        let base = encoded_jpeg();
+        let unused = unused_dqt();
+        for at in [0xC4, 0xDA] {
+            let file = insert_before(&base, at, &unused);
+            let kept = stored(&file);
+            assert!(!contains(&kept, &MARKER[..6]));
+            assert_eq!(kept, base);
+        }
+        let before = insert_before(&base, 0xC0, &unused);
+        assert!(pixels(&stored(&before)) == pixels(&base));
+    }
+
+    /// A JPEG defining table after table before a scan, or tables that do
+    /// not fill their segment, is refused.
+    #[test]
+    fn tables_beyond_their_bounds_are_refused() {
+        for (name, file, because) in bad_tables() {
+            let error = scrub(&file, 7, false).unwrap_err();
+            assert!(error.to_string().contains(because), "{name}: {error}");
+        }
+    }
+
+    /// Real files keep every byte: a progressive one (tables between its
+    /// scans) and one with a restart interval.
+    #[test]
+    fn real_tables_stay_as_they_are() {
+        let pixels_in: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 13 % 253) as u8).collect();
+        let mut progressive = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut progressive, 85);
+        encoder.set_progressive(true);
+        encoder
+            .encode(&pixels_in, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert!(
+            progressive
+                .windows(2)
+                .filter(|w| *w == [0xFF, 0xDA])
+                .count()
+                > 1
+        );
+        let kept = stored(&progressive);
+        assert_eq!(kept, progressive);
+        assert!(pixels(&kept) == pixels(&progressive));
+        let base = encoded_jpeg();
+        assert_eq!(stored(&base), base);
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        let long = (
+            "long-frame-header".into(),
+            longer_frame(&encoded_jpeg(), MARKER),
+        );
+        for (name, file) in second_frames().into_iter().chain([long]) {
+            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
+        }
+        for (name, file, _) in bad_tables() {
+            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
+        }
+        let unused = insert_before(&encoded_jpeg(), 0xDA, &unused_dqt());
+        std::fs::write(format!("{dir}/a6-jpeg-unused-dqt-after-the-frame"), unused).unwrap();
     }
 }
