@@ -7,7 +7,12 @@
 //! output thrown away; see [`ImageData`]) and the bytes after its end, in
 //! the same chunk or in later ones, are dropped (decoders stop there); a
 //! stream that does not inflate, or inflates to more than the filtered
-//! rows `IHDR` declares (Adam7 passes counted), is refused. `PLTE` is kept
+//! rows `IHDR` declares (Adam7 passes counted), is refused. The stream's
+//! Adler-32 is computed as it inflates and written in place of the one
+//! received (not checked: decoders show a file whose checksum is wrong),
+//! so its 4 bytes are none of the caller's choosing; where the stream's
+//! chunks split those 4 bytes, the ones in earlier chunks are already
+//! written and stay. `PLTE` is kept
 //! only where it is drawn: in a palette image, before `IDAT`, cut to the
 //! entries its bit depth can index (it is refused there when missing,
 //! repeated or not of whole entries, and dropped from grey and RGB
@@ -190,18 +195,23 @@ struct ImageData {
     ended: bool,
     /// Data of the current `IDAT` kept and not yet written.
     held: Vec<u8>,
+    /// The Adler-32 of what the stream inflated to so far: written in
+    /// place of the checksum received, which is read, not checked
+    /// (decoders show a file whose checksum is wrong), and would
+    /// otherwise be 4 bytes of the caller's choosing.
+    adler: adler2::Adler32,
 }
 
 impl ImageData {
     fn new() -> Box<Self> {
         Box::new(Self {
-            // The Adler-32 checksum is read, not checked: decoders show a
-            // file whose checksum is wrong.
+            // The Adler-32 checksum is read, not checked: see `adler`.
             inflater: InflateState::new_boxed(DataFormat::ZLibIgnoreChecksum),
             scratch: Box::new([0; 32 * 1024]),
             inflated: 0,
             ended: false,
             held: Vec::new(),
+            adler: adler2::Adler32::new(),
         })
     }
 
@@ -212,6 +222,18 @@ impl ImageData {
         self.inflated = 0;
         self.ended = false;
         self.held.clear();
+        self.adler = adler2::Adler32::new();
+    }
+
+    /// Writes the computed Adler-32 over the received one, once the
+    /// stream has ended in the data just held: over its last 4 bytes, or
+    /// as many of them as are still held (the rest were written with an
+    /// earlier chunk, as the stream's chunks split them).
+    fn seal(&mut self) {
+        let computed = self.adler.checksum().to_be_bytes();
+        let n = self.held.len().min(4);
+        let at = self.held.len() - n;
+        self.held[at..].copy_from_slice(&computed[4 - n..]);
     }
 
     /// Follows the stream over `data`; returns how many of its bytes are
@@ -227,6 +249,8 @@ impl ImageData {
                 MZFlush::None,
             );
             self.inflated += result.bytes_written as u64;
+            self.adler
+                .write_slice(&self.scratch[..result.bytes_written]);
             if self.inflated > limit {
                 return Err(MediaError::invalid(
                     "the PNG's image data is longer than its IHDR declares",
@@ -635,6 +659,9 @@ impl Png {
                 let part = chunk.split_to(n);
                 let used = data.follow(&part, limit)?;
                 data.held.extend_from_slice(&part[..used]);
+                if used > 0 && data.ended {
+                    data.seal();
+                }
                 let remaining = remaining - n as u32;
                 let mut whole = whole && used == n;
                 if data.held.len() == IDAT_PIECE && remaining > 0 {
@@ -922,7 +949,7 @@ impl Png {
 }
 
 #[cfg(test)]
-mod attack5 {
+pub(super) mod attack5 {
     //! Crafted PNGs that hid a marker where the scrubber kept what it did
     //! not know: bytes after the image data's zlib stream, APNG chunks out
     //! of their place, palettes no image draws, fields past their range.
@@ -935,7 +962,7 @@ mod attack5 {
     const W: u32 = 16;
     const H: u32 = 16;
 
-    fn ihdr(colour: u8, depth: u8, interlace: u8) -> Vec<u8> {
+    pub(super) fn ihdr(colour: u8, depth: u8, interlace: u8) -> Vec<u8> {
         let mut data = Vec::new();
         data.extend_from_slice(&W.to_be_bytes());
         data.extend_from_slice(&H.to_be_bytes());
@@ -945,7 +972,7 @@ mod attack5 {
 
     /// Filtered rows (filter byte 0) of a `W` × `H` 8-bit image with
     /// `channels` samples per pixel; palette indices stay below 4.
-    fn raw(channels: u32, palette: bool) -> Vec<u8> {
+    pub(super) fn raw(channels: u32, palette: bool) -> Vec<u8> {
         let mut rows = Vec::new();
         for y in 0..H {
             rows.push(0);
@@ -960,11 +987,11 @@ mod attack5 {
         rows
     }
 
-    fn zlib(data: &[u8]) -> Vec<u8> {
+    pub(super) fn zlib(data: &[u8]) -> Vec<u8> {
         miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
     }
 
-    fn png(chunks: &[Vec<u8>]) -> Vec<u8> {
+    pub(super) fn png(chunks: &[Vec<u8>]) -> Vec<u8> {
         let mut file = super::PNG_SIGNATURE.to_vec();
         for chunk in chunks {
             file.extend_from_slice(chunk);
@@ -973,7 +1000,7 @@ mod attack5 {
         file
     }
 
-    fn pixels(file: &[u8]) -> image::RgbaImage {
+    pub(super) fn pixels(file: &[u8]) -> image::RgbaImage {
         image::load_from_memory(file).unwrap().to_rgba8()
     }
 
@@ -996,7 +1023,7 @@ mod attack5 {
         }
     }
 
-    fn rgb() -> (Vec<u8>, Vec<u8>) {
+    pub(super) fn rgb() -> (Vec<u8>, Vec<u8>) {
         let ihdr = ihdr(2, 8, 0);
         let idat = chunk(b"IDAT", &zlib(&raw(3, false)));
         (ihdr.clone(), png(&[ihdr, idat]))
@@ -1082,14 +1109,14 @@ mod attack5 {
         refused(&longer);
     }
 
-    fn actl(frames: u32) -> Vec<u8> {
+    pub(super) fn actl(frames: u32) -> Vec<u8> {
         chunk(
             b"acTL",
             &[frames.to_be_bytes(), 0u32.to_be_bytes()].concat(),
         )
     }
 
-    fn fctl(sequence: u32) -> Vec<u8> {
+    pub(super) fn fctl(sequence: u32) -> Vec<u8> {
         let mut data = Vec::new();
         for field in [sequence, W, H, 0, 0] {
             data.extend_from_slice(&field.to_be_bytes());
@@ -1098,7 +1125,7 @@ mod attack5 {
         chunk(b"fcTL", &data)
     }
 
-    fn fdat(sequence: u32, data: &[u8]) -> Vec<u8> {
+    pub(super) fn fdat(sequence: u32, data: &[u8]) -> Vec<u8> {
         chunk(b"fdAT", &[&sequence.to_be_bytes(), data].concat())
     }
 
@@ -1369,5 +1396,96 @@ mod attack5 {
             assert_eq!(scrub(&file, 1000, false).unwrap().0, out);
             assert_eq!(pixels(&out), pixels(&file));
         }
+    }
+}
+
+#[cfg(test)]
+mod attack6 {
+    //! Crafted PNGs that chose the zlib checksum of their image data: the
+    //! computed one is written in its place.
+    use super::attack5::{actl, fctl, fdat, ihdr, pixels, png, raw, rgb, zlib};
+    use crate::fixtures::png_chunk_bytes as chunk;
+    use crate::media::scrub::tests::{contains, scrub};
+
+    const CHOSEN: &[u8; 4] = b"ADLR";
+
+    /// The image data's stream with `CHOSEN` for its checksum, and the
+    /// real one.
+    fn streams() -> (Vec<u8>, Vec<u8>) {
+        let real = zlib(&raw(3, false));
+        let mut chosen = real.clone();
+        let at = chosen.len() - 4;
+        chosen[at..].copy_from_slice(CHOSEN);
+        (chosen, real)
+    }
+
+    /// `file` scrubbed (in pieces of several sizes, all alike) is `clean`.
+    fn scrubbed_to(file: &[u8], clean: &[u8]) {
+        for piece in [1, 7, 4096] {
+            let (out, report) = scrub(file, piece, false).unwrap();
+            assert!(!contains(&out, CHOSEN));
+            assert!(report.changed);
+            assert!(out == clean, "{piece}");
+        }
+    }
+
+    #[test]
+    fn a_chosen_image_data_checksum_is_replaced_by_the_computed_one() {
+        let (chosen, real) = streams();
+        let ihdr = ihdr(2, 8, 0);
+        let (_, base) = rgb();
+        let file = png(&[ihdr.clone(), chunk(b"IDAT", &chosen)]);
+        assert!(contains(&file, CHOSEN));
+        scrubbed_to(&file, &base);
+        assert_eq!(pixels(&base), pixels(&scrub(&file, 9, false).unwrap().0));
+        // The checksum in an IDAT of its own.
+        let split = |stream: &[u8]| {
+            let at = stream.len() - 4;
+            png(&[
+                ihdr.clone(),
+                chunk(b"IDAT", &stream[..at]),
+                chunk(b"IDAT", &stream[at..]),
+            ])
+        };
+        scrubbed_to(&split(&chosen), &split(&real));
+        // A real file stays as it came.
+        let (out, report) = scrub(&base, 5, false).unwrap();
+        assert!(out == base && !report.changed);
+    }
+
+    #[test]
+    fn a_chosen_frame_checksum_is_replaced_by_the_computed_one() {
+        let (chosen, real) = streams();
+        let apng = |idat: &[u8], frame: &[u8]| {
+            png(&[
+                ihdr(2, 8, 0),
+                actl(2),
+                fctl(0),
+                chunk(b"IDAT", idat),
+                fctl(1),
+                fdat(2, frame),
+            ])
+        };
+        scrubbed_to(&apng(&chosen, &chosen), &apng(&real, &real));
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        let (chosen, _) = streams();
+        let still = png(&[ihdr(2, 8, 0), chunk(b"IDAT", &chosen)]);
+        std::fs::write(format!("{dir}/a6-png-idat-adler"), still).unwrap();
+        let apng = png(&[
+            ihdr(2, 8, 0),
+            actl(2),
+            fctl(0),
+            chunk(b"IDAT", &chosen),
+            fctl(1),
+            fdat(2, &chosen),
+        ]);
+        std::fs::write(format!("{dir}/a6-png-fdat-adler"), apng).unwrap();
     }
 }
