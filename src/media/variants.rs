@@ -37,6 +37,11 @@ const JPEG_QUALITY: u8 = 82;
 /// Largest ICC profile carried into variants. Real profiles are a few KiB
 /// to a few hundred; larger ones are left out.
 pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
+/// Largest ICC profile embedded in a variant: a display or camera
+/// profile is a few KiB, a larger one (a printer's lookup tables) is left
+/// out, and the variant renders as sRGB, so a small upload cannot make
+/// every variant as large as its profile.
+pub const MAX_VARIANT_ICC_PROFILE: usize = 64 * 1024;
 /// Longest side of the image a BlurHash is computed from: it keeps only
 /// a few cosine components, so more pixels would change nothing.
 const BLURHASH_SOURCE: u32 = 32;
@@ -800,9 +805,9 @@ impl Pixels {
         };
         let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
         let mut encoder = jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY);
-        // A profile larger than any real one is dropped, not carried into
-        // every variant (and JPEG cannot hold more than ~16 MB of it).
-        if let Some(icc) = icc.filter(|icc| icc.len() <= MAX_ICC_PROFILE) {
+        // A profile larger than a display's is left out (the variant is
+        // then sRGB), not copied uncompressed into every variant.
+        if let Some(icc) = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE) {
             encoder
                 .add_icc_profile(icc)
                 .map_err(|e| failed(Box::new(e)))?;
@@ -967,5 +972,28 @@ mod tests {
                 .iter()
                 .all(|v| v.content_type == "image/webp")
         );
+    }
+}
+
+/// Variants embed a profile only up to [`MAX_VARIANT_ICC_PROFILE`].
+#[cfg(test)]
+mod attack6 {
+    use super::*;
+
+    fn encoded_with(icc: &[u8]) -> Bytes {
+        let pixels = Pixels::from_image(DynamicImage::ImageRgb8(image::RgbImage::new(8, 8)));
+        let (content_type, bytes) = pixels.encode(Some(icc)).unwrap();
+        assert_eq!(content_type, "image/jpeg");
+        bytes
+    }
+
+    #[test]
+    fn a_profile_larger_than_a_displays_is_not_copied_into_variants() {
+        let carried = |bytes: &[u8]| bytes.windows(12).any(|w| w == b"ICC_PROFILE\0");
+        let small = encoded_with(&[7; 3 * 1024]);
+        assert!(carried(&small) && small.len() > 3 * 1024);
+        let large = encoded_with(&[7; MAX_VARIANT_ICC_PROFILE + 1]);
+        assert!(!carried(&large));
+        assert!(large.len() < 4 * 1024, "{} bytes", large.len());
     }
 }

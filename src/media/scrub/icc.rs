@@ -7,18 +7,21 @@
 //! equals its bytes, `acsp` stands at 36, and its tag table fits in it
 //! (the count is checked against the bytes before it is looped over, and
 //! every tag's data against the profile's end). Then, in place, nothing
-//! moving: tags of a text type (`desc`, `text`, `mluc`, `utf8`, `utf16`,
-//! `zut8`) keep their type signature and lengths and have their characters
-//! zeroed; tags of a type that carries no colour (anything not in
-//! [`COLOUR_TYPES`]) keep their type signature and have the rest zeroed;
-//! colour tags keep their numbers and have the bytes past the length
-//! their type defines zeroed, that length computed from the tag's own
-//! counts (one XYZNumber for `XYZ `, 9 numbers for `chad`, a curve's
-//! count of entries, a `para` function's parameters, an `mft1`/`mft2`
-//! lookup table's channels, grid and entries, whole elements of an
-//! array, ...), and a tag shorter than that is malformed (`mAB `, `mBA `,
-//! `mpet` and `vcgt`, whose parts lie at offsets of their own, are kept
-//! as they are); bytes no tag covers, and the header's reserved bytes,
+//! moving but the tag table's entries: a tag is kept only under a
+//! signature the ICC specification defines and in a type it allows there
+//! ([`ALLOWED`]); any other (a private tag, `vcgt`, `mpet`, a colour tag
+//! of a text type) leaves the table, the entries after it moving up, and
+//! its data is zeroed with the bytes no tag covers. Text tags (`desc`,
+//! `text`, `mluc`) keep their type signature and lengths and have their
+//! characters zeroed; colour tags keep their numbers and have the bytes
+//! past the length their type defines zeroed, that length computed from
+//! the tag's own counts (one XYZNumber for `XYZ `, 9 numbers for `chad`, a
+//! curve's count of entries, a `para` function's parameters, an
+//! `mft1`/`mft2` lookup table's channels, grid and entries, ...), and a
+//! tag shorter than that is malformed; `mAB ` and `mBA ` keep their
+//! parts (curves, matrix, lookup table), each at the offset the tag gives
+//! and the length its own counts define, and have every other byte
+//! zeroed; bytes no tag covers, and the header's reserved bytes,
 //! are zeroed; the
 //! profile ID (an MD5 of the bytes) is zeroed when anything changed, which
 //! means "not computed". A profile that fails the checks is dropped whole
@@ -38,12 +41,61 @@ pub(super) struct Malformed;
 const HEADER: usize = 128;
 const TABLE: usize = HEADER + 4;
 
-/// Tag types whose data is colour: kept as they are.
-const COLOUR_TYPES: [&[u8; 4]; 21] = [
-    b"curv", b"para", b"XYZ ", b"sf32", b"uf32", b"mft1", b"mft2", b"mAB ", b"mBA ", b"mpet",
-    b"chrm", b"meas", b"view", b"sig ", b"dtim", b"vcgt", b"cicp", b"ui08", b"ui16", b"ui32",
-    b"ui64",
+/// The tag signatures kept, each with the types the ICC specification
+/// (v2 and v4) allows it; any other tag, or a kept one of another type, is
+/// dropped from the tag table. `vcgt`, `mpet` (`D2B0`…`B2D3`) and the
+/// private tags are not here: no image viewer needs them.
+const ALLOWED: [(&[u8; 4], &[&[u8; 4]]); 36] = [
+    (b"A2B0", LUT_A2B),
+    (b"A2B1", LUT_A2B),
+    (b"A2B2", LUT_A2B),
+    (b"B2A0", LUT_B2A),
+    (b"B2A1", LUT_B2A),
+    (b"B2A2", LUT_B2A),
+    (b"gamt", LUT_B2A),
+    (b"pre0", LUT_ANY),
+    (b"pre1", LUT_ANY),
+    (b"pre2", LUT_ANY),
+    (b"rXYZ", &[b"XYZ "]),
+    (b"gXYZ", &[b"XYZ "]),
+    (b"bXYZ", &[b"XYZ "]),
+    (b"wtpt", &[b"XYZ "]),
+    (b"bkpt", &[b"XYZ "]),
+    (b"lumi", &[b"XYZ "]),
+    (b"rTRC", CURVES),
+    (b"gTRC", CURVES),
+    (b"bTRC", CURVES),
+    (b"kTRC", CURVES),
+    (b"chad", &[b"sf32"]),
+    (b"chrm", &[b"chrm"]),
+    (b"cicp", &[b"cicp"]),
+    (b"meas", &[b"meas"]),
+    (b"view", &[b"view"]),
+    (b"tech", &[b"sig "]),
+    (b"rig0", &[b"sig "]),
+    (b"rig2", &[b"sig "]),
+    (b"ciis", &[b"sig "]),
+    (b"calt", &[b"dtim"]),
+    (b"desc", DESCRIPTION),
+    (b"dmnd", DESCRIPTION),
+    (b"dmdd", DESCRIPTION),
+    (b"vued", DESCRIPTION),
+    (b"cprt", DESCRIPTION),
+    (b"targ", &[b"text"]),
 ];
+const LUT_A2B: &[&[u8; 4]] = &[b"mft1", b"mft2", b"mAB "];
+const LUT_B2A: &[&[u8; 4]] = &[b"mft1", b"mft2", b"mBA "];
+const LUT_ANY: &[&[u8; 4]] = &[b"mft1", b"mft2", b"mAB ", b"mBA "];
+const CURVES: &[&[u8; 4]] = &[b"curv", b"para"];
+/// v4 `mluc`, v2 `desc`; `text` as some writers put it.
+const DESCRIPTION: &[&[u8; 4]] = &[b"mluc", b"desc", b"text"];
+
+/// Whether the tag `signature` may be of type `kind`.
+fn allowed(signature: &[u8; 4], kind: &[u8; 4]) -> bool {
+    ALLOWED
+        .iter()
+        .any(|(tag, kinds)| *tag == signature && kinds.contains(&kind))
+}
 
 fn be32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
@@ -64,6 +116,8 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
     let mut changed = zero(&mut profile[100..HEADER]);
     // Tag data ranges, as u32: 8 bytes per 12-byte entry.
     let mut covered: Vec<(u32, u32)> = Vec::with_capacity(count);
+    // Entries kept so far, moved up over the dropped ones.
+    let mut kept = 0;
     for tag in 0..count {
         let entry = TABLE + tag * 12;
         let offset = be32(profile, entry + 4) as usize;
@@ -72,11 +126,6 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
         if offset < table_end || end > len {
             return Err(Malformed);
         }
-        covered.push((offset as u32, end as u32));
-        if size < 8 {
-            changed |= zero(&mut profile[offset..end]);
-            continue;
-        }
         let signature = [
             profile[entry],
             profile[entry + 1],
@@ -84,7 +133,17 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
             profile[entry + 3],
         ];
         let data = &mut profile[offset..end];
-        let kind: [u8; 4] = [data[0], data[1], data[2], data[3]];
+        let kind: [u8; 4] = match data.get(..4) {
+            Some(kind) if size >= 8 => kind.try_into().unwrap(),
+            _ => [0; 4],
+        };
+        if !allowed(&signature, &kind) {
+            // Dropped: its entry leaves the table, and its data, unless
+            // a kept tag shares it, is zeroed with the bytes no tag
+            // covers.
+            continue;
+        }
+        covered.push((offset as u32, end as u32));
         changed |= match &kind {
             b"desc" if size >= 12 => zero(&mut data[12..]),
             b"mluc" if size >= 16 => {
@@ -97,67 +156,46 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
                     .ok_or(Malformed)?;
                 zero(&mut data[strings..])
             }
-            _ if COLOUR_TYPES.contains(&&kind) => match colour_len(&signature, &kind, data)? {
-                Some(defined) => zero(&mut data[defined..]),
-                None => false,
-            },
-            // `text`, `utf8`, `utf16`, `zut8`, and every type that says
-            // nothing about colour: all but the type signature and the
-            // reserved word.
-            _ => zero(&mut data[8..]),
+            b"desc" | b"mluc" => return Err(Malformed),
+            // All but the type signature and the reserved word.
+            b"text" => zero(&mut data[8..]),
+            b"mAB " | b"mBA " => blank_lut(&kind, data)?,
+            _ => {
+                let defined = colour_len(&kind, data)?;
+                zero(&mut data[defined..])
+            }
         };
+        if kept != tag {
+            profile.copy_within(entry..entry + 12, TABLE + kept * 12);
+        }
+        kept += 1;
+    }
+    if kept != count {
+        profile[HEADER..TABLE].copy_from_slice(&(kept as u32).to_be_bytes());
+        profile[TABLE + kept * 12..table_end].fill(0);
+        changed = true;
     }
     covered.sort_unstable();
-    let mut cursor = table_end;
-    for (start, end) in covered {
-        let (start, end) = (start as usize, end as usize);
-        if start > cursor {
-            changed |= zero(&mut profile[cursor..start]);
-        }
-        cursor = cursor.max(end);
-    }
-    changed |= zero(&mut profile[cursor..]);
+    let ranges = covered.into_iter().map(|(s, e)| (s as usize, e as usize));
+    changed |= zero_gaps(profile, table_end, ranges);
     if changed {
         profile[84..100].fill(0);
     }
     Ok(changed)
 }
 
-/// The length the colour tag `data` (of type `kind`, under the tag
-/// `signature`) defines from its own counts, checked against its size;
-/// `None` for the types whose elements lie at offsets of their own
-/// (`mAB `, `mBA `, `mpet`) or that have several layouts (`vcgt`).
-fn colour_len(
-    signature: &[u8; 4],
-    kind: &[u8; 4],
-    data: &[u8],
-) -> Result<Option<usize>, Malformed> {
-    let size = data.len();
+/// The length the colour tag `data` (of type `kind`) defines from its
+/// own counts, checked against its size.
+fn colour_len(kind: &[u8; 4], data: &[u8]) -> Result<usize, Malformed> {
     let byte = |at: usize| data.get(at).copied().map(usize::from).ok_or(Malformed);
     let u16_at = |at: usize| Ok::<_, Malformed>(byte(at)? << 8 | byte(at + 1)?);
-    // Arrays whose count is their size: whole elements.
-    let array = |element: usize| Some(8 + (size - 8) / element * element);
     let defined = match kind {
         // One XYZNumber: white and black points, the colorants,
         // luminance.
         b"XYZ " => Some(20),
-        // The chromatic adaptation matrix is 3 x 3.
-        b"sf32" if signature == b"chad" => Some(8 + 36),
-        b"sf32" | b"uf32" | b"ui32" => array(4),
-        b"ui16" => array(2),
-        b"ui64" => array(8),
-        b"ui08" => array(1),
-        b"curv" => {
-            let count = u32::from_be_bytes(data.get(8..12).ok_or(Malformed)?.try_into().unwrap());
-            (count as usize)
-                .checked_mul(2)
-                .and_then(|n| n.checked_add(12))
-        }
-        b"para" => {
-            let parameters = [1, 3, 4, 5, 7];
-            let function = parameters.get(u16_at(8)?).ok_or(Malformed)?;
-            Some(12 + 4 * function)
-        }
+        // The chromatic adaptation matrix (`chad`) is 3 x 3.
+        b"sf32" => Some(8 + 36),
+        b"curv" | b"para" => Some(curve_len(data)?),
         b"chrm" => Some(12 + 8 * u16_at(8)?),
         b"mft1" | b"mft2" => {
             let (inputs, outputs, grid) = (byte(8)?, byte(9)?, byte(10)?);
@@ -178,12 +216,117 @@ fn colour_len(
         b"sig " | b"cicp" => Some(12),
         b"dtim" => Some(20),
         b"meas" | b"view" => Some(36),
-        _ => return Ok(None),
+        _ => None,
     };
     match defined {
-        Some(defined) if defined <= size => Ok(Some(defined)),
+        Some(defined) if defined <= data.len() => Ok(defined),
         _ => Err(Malformed),
     }
+}
+
+/// The length of the `curv` or `para` curve at the start of `data`, from
+/// its own count or function type, checked against `data`'s length.
+fn curve_len(data: &[u8]) -> Result<usize, Malformed> {
+    let word = |at: usize| -> Result<usize, Malformed> {
+        let bytes = data.get(at..at + 4).ok_or(Malformed)?;
+        Ok(u32::from_be_bytes(bytes.try_into().unwrap()) as usize)
+    };
+    let defined = match data.get(..4).ok_or(Malformed)? {
+        b"curv" => word(8)?.checked_mul(2).and_then(|n| n.checked_add(12)),
+        b"para" => {
+            let parameters = [1, 3, 4, 5, 7];
+            let function = parameters.get(word(8)? >> 16).ok_or(Malformed)?;
+            Some(12 + 4 * function)
+        }
+        _ => None,
+    };
+    defined.filter(|&n| n <= data.len()).ok_or(Malformed)
+}
+
+/// Blanks, in an `mAB ` or `mBA ` tag (`data`), everything its parts do
+/// not define: the header's reserved bytes and padding, the gaps between
+/// the parts and past them. Each part (B curves, matrix, M curves, colour
+/// lookup table, A curves) lies at the offset the header gives, at the
+/// length its own counts define; the curves at the padding between them
+/// are zeroed too. Whether any byte changed, or [`Malformed`] for a part
+/// that does not fit.
+fn blank_lut(kind: &[u8; 4], data: &mut [u8]) -> Result<bool, Malformed> {
+    const LUT_HEADER: usize = 32;
+    if data.len() < LUT_HEADER {
+        return Err(Malformed);
+    }
+    let (inputs, outputs) = (usize::from(data[8]), usize::from(data[9]));
+    if !(1..=15).contains(&inputs) || !(1..=15).contains(&outputs) {
+        return Err(Malformed);
+    }
+    // The B and M curves stand on the profile connection side's channels
+    // in `mAB ` (its outputs), on the device side's in `mBA ` (its
+    // inputs); the A curves on the other side.
+    let (pcs_side, device_side) = if kind == b"mAB " {
+        (outputs, inputs)
+    } else {
+        (inputs, outputs)
+    };
+    let mut parts = vec![(0, 4), (8, 10), (12, LUT_HEADER)];
+    let curves = |at: usize, count: usize, parts: &mut Vec<(usize, usize)>| {
+        let mut at = at;
+        for _ in 0..count {
+            let len = curve_len(data.get(at..).ok_or(Malformed)?)?;
+            parts.push((at, at + len));
+            at = (at + len).next_multiple_of(4);
+        }
+        Ok::<_, Malformed>(())
+    };
+    for (field, count) in [(12, pcs_side), (20, pcs_side), (28, device_side)] {
+        let at = be32(data, field) as usize;
+        if at != 0 {
+            curves(at, count, &mut parts)?;
+        }
+    }
+    let matrix = be32(data, 16) as usize;
+    if matrix != 0 {
+        parts.push((matrix, matrix.checked_add(48).ok_or(Malformed)?));
+    }
+    let clut = be32(data, 24) as usize;
+    if clut != 0 {
+        let grid = data.get(clut..clut + 20).ok_or(Malformed)?;
+        let points = grid[..inputs]
+            .iter()
+            .try_fold(outputs, |n, &points| n.checked_mul(usize::from(points)));
+        let precision = usize::from(grid[16]);
+        let entries = points
+            .filter(|_| precision == 1 || precision == 2)
+            .and_then(|n| n.checked_mul(precision))
+            .ok_or(Malformed)?;
+        parts.push((clut, clut + inputs));
+        parts.push((clut + 16, clut + 17));
+        parts.push((
+            clut + 20,
+            (clut + 20).checked_add(entries).ok_or(Malformed)?,
+        ));
+    }
+    if parts.iter().any(|&(_, end)| end > data.len()) {
+        return Err(Malformed);
+    }
+    parts.sort_unstable();
+    Ok(zero_gaps(data, 0, parts))
+}
+
+/// Zeros the bytes from `cursor` on that no range of `sorted` covers;
+/// whether any was not zero.
+fn zero_gaps(
+    bytes: &mut [u8],
+    mut cursor: usize,
+    sorted: impl IntoIterator<Item = (usize, usize)>,
+) -> bool {
+    let mut changed = false;
+    for (start, end) in sorted {
+        if start > cursor {
+            changed |= zero(&mut bytes[cursor..start]);
+        }
+        cursor = cursor.max(end);
+    }
+    changed | zero(&mut bytes[cursor..])
 }
 
 /// Zeros `bytes`; whether any was not zero.
@@ -213,15 +356,12 @@ mod tests {
         let utf16: Vec<u8> = secret.encode_utf16().flat_map(u16::to_be_bytes).collect();
         assert!(!contains(&profile, &utf16));
         // Type signatures, lengths, the colour tags stay; the ID goes.
-        for kept in [
-            &b"desc\0\0\0\0\0\0\0\x17"[..],
-            b"mluc",
-            b"text",
-            b"priv",
-            b"enUS",
-        ] {
+        for kept in [&b"desc\0\0\0\0\0\0\0\x17"[..], b"mluc", b"text", b"enUS"] {
             assert!(contains(&profile, kept), "{kept:?}");
         }
+        // The private tag leaves the table, and its type with its data.
+        assert!(!contains(&profile, b"priv") && !contains(&profile, b"zzzz"));
+        assert_eq!(be32(&profile, HEADER), 5);
         assert!(contains(
             &profile,
             &[0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D]
@@ -263,7 +403,7 @@ mod tests {
 
 /// Colour tags keep their numbers and nothing past their defined length.
 #[cfg(test)]
-mod attack5 {
+pub(super) mod attack5 {
     use super::super::tests::{contains, riff_webp, scrub, vp8l_chunk};
     use super::*;
     use crate::fixtures::riff_chunk;
@@ -271,7 +411,7 @@ mod attack5 {
     const MARKER: &[u8] = b"SERIALXYZ123;GPS48.8584N2.2945E";
 
     /// A display profile holding `tags` (signature, data), 4-byte aligned.
-    fn profile(tags: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    pub(super) fn profile(tags: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
         let data_at = TABLE + 12 * tags.len();
         let mut table = (tags.len() as u32).to_be_bytes().to_vec();
         let mut data = Vec::new();
@@ -292,13 +432,13 @@ mod attack5 {
         profile
     }
 
-    fn tag(kind: &[u8; 4], body: &[&[u8]]) -> Vec<u8> {
+    pub(super) fn tag(kind: &[u8; 4], body: &[&[u8]]) -> Vec<u8> {
         [&kind[..], &[0; 4], &body.concat()].concat()
     }
 
     /// Colour tags with the marker past what their counts define, each
     /// with its numbers.
-    fn colour_tags() -> Vec<(&'static [u8; 4], Vec<u8>, Vec<u8>)> {
+    pub(super) fn colour_tags() -> Vec<(&'static [u8; 4], Vec<u8>, Vec<u8>)> {
         let white = [0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D];
         let curve = [0, 0, 0, 1, 1, 0xCD];
         let gamma = [0, 0, 0, 0, 0, 2, 0x33, 0x33];
@@ -379,15 +519,17 @@ mod attack5 {
             .into_iter()
             .map(|(s, _, marked)| (s, marked))
             .collect();
+        webp_with_profile(&profile(&tags))
+    }
+
+    /// A 16 x 16 lossless WebP announcing and carrying `icc`, and its
+    /// pixels.
+    pub(super) fn webp_with_profile(icc: &[u8]) -> (Vec<u8>, image::RgbaImage) {
         let (vp8l, pixels) = vp8l_chunk(16, 16);
         let mut vp8x = vec![0x20, 0, 0, 0];
         vp8x.extend_from_slice(&15u32.to_le_bytes()[..3]);
         vp8x.extend_from_slice(&15u32.to_le_bytes()[..3]);
-        let file = riff_webp(&[
-            riff_chunk(b"VP8X", &vp8x),
-            riff_chunk(b"ICCP", &profile(&tags)),
-            vp8l,
-        ]);
+        let file = riff_webp(&[riff_chunk(b"VP8X", &vp8x), riff_chunk(b"ICCP", icc), vp8l]);
         (file, pixels)
     }
 
@@ -409,5 +551,141 @@ mod attack5 {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let (file, _) = webp_with_colour_tag_text();
         std::fs::write(format!("{dir}/a5-webp-iccp-colour-tag-text"), file).unwrap();
+    }
+}
+
+/// Tags keep only the types their signature allows; `mAB `/`mBA ` keep
+/// only their parts.
+#[cfg(test)]
+mod attack6 {
+    use super::super::tests::{contains, scrub};
+    use super::attack5::{colour_tags, profile, tag, webp_with_profile};
+    use super::*;
+
+    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123";
+
+    fn white() -> Vec<u8> {
+        tag(
+            b"XYZ ",
+            &[&[0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D]],
+        )
+    }
+
+    /// An `mAB ` with 3 inputs and outputs: B curves (identity `curv`,
+    /// `para` gamma, `curv` with 2 entries), a matrix, and a 2-point
+    /// 8-bit CLUT, with `gap` between the parts and after them.
+    fn lut(gap: &[u8]) -> Vec<u8> {
+        let padded = |part: Vec<u8>| {
+            let mut part = [&part[..], gap].concat();
+            part.resize(part.len().next_multiple_of(4), 0);
+            part
+        };
+        let curves = padded(
+            [
+                tag(b"curv", &[&[0, 0, 0, 0]]),
+                tag(b"para", &[&[0, 0, 0, 0, 0, 2, 0x33, 0x33]]),
+                tag(b"curv", &[&[0, 0, 0, 2, 0, 0, 0xFF, 0xFF], &[0, 0]]),
+            ]
+            .concat(),
+        );
+        let matrix = padded((0..48).map(|i| i as u8 + 1).collect());
+        let mut grid = vec![0u8; 20];
+        grid[..3].fill(2);
+        grid[16] = 1;
+        let clut = padded([grid, (0..24).map(|i| i as u8 * 10).collect()].concat());
+        let b_at = 32usize;
+        let matrix_at = b_at + curves.len();
+        let clut_at = matrix_at + matrix.len();
+        let mut header = b"mAB \0\0\0\0\x03\x03\0\0".to_vec();
+        for at in [b_at, matrix_at, 0, clut_at, 0] {
+            header.extend_from_slice(&(at as u32).to_be_bytes());
+        }
+        [header, curves, matrix, clut, gap.to_vec()].concat()
+    }
+
+    #[test]
+    fn tags_of_a_type_their_signature_does_not_allow_leave_the_table() {
+        let big: Vec<u8> = MARKER.repeat(40);
+        let mpet = tag(b"mpet", &[&[0, 3, 0, 3, 0, 0, 0, 0], &big]);
+        for (signature, data) in [
+            (b"desc", mpet.clone()),
+            (b"D2B0", mpet),
+            (b"vcgt", tag(b"vcgt", &[&big])),
+            (b"zzzz", tag(b"vcgt", &[&big])),
+            (b"rTRC", tag(b"mAB ", &[&[1, 1, 0, 0], &[0; 20], &big])),
+            (b"wtpt", tag(b"text", &[&big])),
+        ] {
+            let mut scrubbed = profile(&[(b"wtpt", white()), (signature, data)]);
+            let len = scrubbed.len();
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(true));
+            assert_eq!(scrubbed.len(), len);
+            assert!(!contains(&scrubbed, &MARKER[..8]), "{signature:?}");
+            if signature != b"wtpt" {
+                assert_eq!(be32(&scrubbed, HEADER), 1, "{signature:?}");
+                assert!(contains(&scrubbed, &white()), "{signature:?}");
+            }
+            let once = scrubbed.clone();
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(false));
+            assert_eq!(scrubbed, once);
+        }
+    }
+
+    #[test]
+    fn a_lut_keeps_its_parts_and_nothing_between_or_after_them() {
+        let clean = lut(&[]);
+        let mut kept = profile(&[(b"A2B0", clean.clone())]);
+        assert_eq!(blank_profile_text(&mut kept), Ok(false), "a clean LUT");
+        let mut scrubbed = profile(&[(b"A2B0", lut(MARKER))]);
+        assert_eq!(blank_profile_text(&mut scrubbed), Ok(true));
+        assert!(!contains(&scrubbed, &MARKER[..8]));
+        for part in [&clean[32..80], &clean[80..128], &clean[128..]] {
+            assert!(contains(&scrubbed, part));
+        }
+        // A CLUT past the tag's end, or an `mBA ` under `A2B0`: malformed,
+        // dropped.
+        let mut short = clean.clone();
+        short.truncate(clean.len() - 4);
+        let mut cut = profile(&[(b"A2B0", short)]);
+        assert_eq!(blank_profile_text(&mut cut), Err(Malformed));
+        let mut backwards = clean.clone();
+        backwards[..4].copy_from_slice(b"mBA ");
+        let mut wrong = profile(&[(b"wtpt", white()), (b"A2B0", backwards)]);
+        assert_eq!(blank_profile_text(&mut wrong), Ok(true));
+        assert_eq!(be32(&wrong, HEADER), 1);
+    }
+
+    /// A WebP whose profile carries the marker in an `mpet` `desc`, a
+    /// `vcgt`, and between an `mAB `'s parts, with the colour tags a real
+    /// display profile has.
+    fn webp_with_marked_luts() -> (Vec<u8>, image::RgbaImage) {
+        let big: Vec<u8> = MARKER.repeat(40);
+        let mut tags: Vec<_> = colour_tags()
+            .into_iter()
+            .map(|(s, clean, _)| (s, clean))
+            .collect();
+        tags.push((b"desc", tag(b"mpet", &[&[0, 3, 0, 3, 0, 0, 0, 0], &big])));
+        tags.push((b"vcgt", tag(b"vcgt", &[&big])));
+        tags.push((b"A2B1", lut(&big)));
+        webp_with_profile(&profile(&tags))
+    }
+
+    #[test]
+    fn lut_and_gamma_table_text_leaves_a_webp_profile() {
+        let (file, pixels) = webp_with_marked_luts();
+        let (stored, report) = scrub(&file, 11, false).unwrap();
+        assert!(report.changed);
+        assert!(!contains(&stored, &MARKER[..8]));
+        assert!(contains(&stored, b"acsp") && contains(&stored, b"mAB "));
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+    }
+
+    /// Writes the crafted file to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        let (file, _) = webp_with_marked_luts();
+        std::fs::write(format!("{dir}/a6-webp-iccp-lut-mpet-vcgt"), file).unwrap();
     }
 }
