@@ -994,20 +994,47 @@ pub fn noise(len: usize, seed: u32) -> Vec<u8> {
     out
 }
 
-/// A PNG of `size` bytes with a valid chunk structure around noise,
-/// claiming 8000 x 8000: what the byte path sees of a large image, for
-/// services that do not decode it (variants off).
+/// A PNG of about `size` bytes whose image data is noise in stored
+/// (uncompressed) deflate blocks: a valid zlib stream, as the scrubber
+/// follows it, 8000 pixels wide and as tall as the noise fills: what the
+/// byte path sees of a large image, for services that do not decode it
+/// (variants off).
 pub fn png_around_noise(size: usize, seed: u32) -> Vec<u8> {
-    let ihdr = rgb_ihdr(8000, 8000);
+    const BLOCK: usize = 65_535;
+    let data_len = size.saturating_sub(8 + 25 + 12 + 12 + 6).max(1);
+    let blocks = data_len.div_ceil(BLOCK + 5);
+    let raw = noise(data_len.saturating_sub(5 * blocks).max(1), seed);
+    let row = 8000 * 3 + 1;
+    let height = u32::try_from(raw.len().div_ceil(row)).expect("a height");
+    let mut stream = vec![0x78, 0x01];
+    for (n, block) in raw.chunks(BLOCK).enumerate() {
+        let last = n == raw.len().div_ceil(BLOCK) - 1;
+        let len = block.len() as u16;
+        stream.push(u8::from(last));
+        stream.extend_from_slice(&len.to_le_bytes());
+        stream.extend_from_slice(&(!len).to_le_bytes());
+        stream.extend_from_slice(block);
+    }
+    stream.extend_from_slice(&adler32(&raw).to_be_bytes());
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(
-        &mut out,
-        b"IDAT",
-        &noise(size.saturating_sub(8 + 25 + 12 + 12), seed),
-    );
+    png_chunk(&mut out, b"IHDR", &rgb_ihdr(8000, height));
+    png_chunk(&mut out, b"IDAT", &stream);
     png_chunk(&mut out, b"IEND", &[]);
     out
+}
+
+/// The Adler-32 checksum that ends a zlib stream of `data`.
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for chunk in data.chunks(5552) {
+        for &byte in chunk {
+            a += u32::from(byte);
+            b += a;
+        }
+        a %= 65_521;
+        b %= 65_521;
+    }
+    (b << 16) | a
 }
 
 /// A real, compressed PNG of 300 x 290 noise (about 256 KiB: noise does
