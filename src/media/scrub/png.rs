@@ -466,6 +466,15 @@ fn dropped(stream: &mut Stream, len: u32) -> Step {
     }
 }
 
+/// Writes the CRC computed over a chunk in place of the 4 received bytes
+/// pending; whether they were the same.
+fn written_crc(stream: &mut Stream, crc: u32, out: &mut Vec<Bytes>) -> bool {
+    let computed = crc.to_be_bytes();
+    let same = stream.pending.split()[..] == computed;
+    out.push(Bytes::copy_from_slice(&computed));
+    same
+}
+
 /// The CRC computed so far over a chunk (`crc`), carried on over `data`.
 fn crc_over(crc: u32, data: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(crc);
@@ -534,11 +543,9 @@ impl Png {
                 if !stream.fill(chunk, 4) {
                     return Ok(Next::Stay(self));
                 }
-                let computed = crc.to_be_bytes();
-                if stream.pending.split()[..] != computed {
+                if !written_crc(stream, crc, out) {
                     stream.changed = true;
                 }
-                out.push(Bytes::copy_from_slice(&computed));
                 if last {
                     return Ok(Next::Trailer);
                 }
@@ -665,10 +672,8 @@ impl Png {
                 if !stream.fill(chunk, 4) {
                     return Ok(Next::Stay(self));
                 }
-                let computed = crc.to_be_bytes();
-                let received = stream.pending.split();
-                stream.changed |= !whole || received[..] != computed;
-                out.push(Bytes::copy_from_slice(&computed));
+                let same = written_crc(stream, crc, out);
+                stream.changed |= !whole || !same;
                 Step::Header
             }
             Step::Exif { len } => {
