@@ -6,8 +6,9 @@
 //! kept: the stream is followed across the `IDAT` chunks (inflated, the
 //! output thrown away; see [`ImageData`]) and the bytes after its end, in
 //! the same chunk or in later ones, are dropped (decoders stop there); a
-//! stream that does not inflate, or inflates to more than the filtered
-//! rows `IHDR` declares (Adam7 passes counted), is refused. `PLTE` is kept
+//! stream that does not inflate, inflates to more than the filtered
+//! rows `IHDR` declares (Adam7 passes counted), or ends with an Adler-32
+//! other than its data's (libpng refuses it too), is refused. `PLTE` is kept
 //! only where it is drawn: in a palette image, before `IDAT`, cut to the
 //! entries its bit depth can index (it is refused there when missing,
 //! repeated or not of whole entries, and dropped from grey and RGB
@@ -189,17 +190,25 @@ struct ImageData {
     inflated: u64,
     /// The stream has ended: later image data is dropped.
     ended: bool,
+    /// Adler-32 of what the stream inflated to so far.
+    adler: simd_adler32::Adler32,
+    /// The last four bytes of the stream read so far: once it ends, its
+    /// Adler-32 as written.
+    tail: [u8; 4],
 }
 
 impl ImageData {
     fn new() -> Box<Self> {
         Box::new(Self {
-            // The Adler-32 checksum is read, not checked: decoders show a
-            // file whose checksum is wrong.
+            // The Adler-32 checksum is compared here, where the output
+            // is seen: a stream whose checksum is wrong is refused (as
+            // libpng refuses it), so its four bytes carry nothing else.
             inflater: InflateState::new_boxed(DataFormat::ZLibIgnoreChecksum),
             scratch: Box::new([0; 32 * 1024]),
             inflated: 0,
             ended: false,
+            adler: simd_adler32::Adler32::new(),
+            tail: [0; 4],
         })
     }
 
@@ -209,12 +218,26 @@ impl ImageData {
         self.inflater.reset_as(MinReset);
         self.inflated = 0;
         self.ended = false;
+        self.adler = simd_adler32::Adler32::new();
+        self.tail = [0; 4];
     }
 
     /// Follows the stream over `data`; returns how many of its bytes are
     /// the stream's (all of them unless the stream ends inside). Refuses
-    /// a stream that does not inflate, or inflates to more than `limit`.
-    fn follow(&mut self, mut data: &[u8], limit: u64) -> Result<usize, MediaError> {
+    /// a stream that does not inflate, inflates to more than `limit`, or
+    /// ends with an Adler-32 other than its data's.
+    fn follow(&mut self, data: &[u8], limit: u64) -> Result<usize, MediaError> {
+        let was_ended = self.ended;
+        let used = self.inflate(data, limit)?;
+        if self.ended && !was_ended && self.adler.finish().to_be_bytes() != self.tail {
+            return Err(MediaError::invalid(
+                "the PNG's image data fails its Adler-32 checksum",
+            ));
+        }
+        Ok(used)
+    }
+
+    fn inflate(&mut self, mut data: &[u8], limit: u64) -> Result<usize, MediaError> {
         let mut used = 0;
         while !data.is_empty() && !self.ended {
             let result = inflate(
@@ -229,6 +252,11 @@ impl ImageData {
                     "the PNG's image data is longer than its IHDR declares",
                 ));
             }
+            self.adler.write(&self.scratch[..result.bytes_written]);
+            let consumed = &data[..result.bytes_consumed];
+            let keep = 4 - consumed.len().min(4);
+            self.tail.copy_within(4 - keep.., 0);
+            self.tail[keep..].copy_from_slice(&consumed[consumed.len() - (4 - keep)..]);
             used += result.bytes_consumed;
             data = &data[result.bytes_consumed..];
             match result.status {
@@ -1024,6 +1052,44 @@ mod attack5 {
         ];
         for file in cases {
             scrubbed_like(&file, &base);
+        }
+    }
+
+    #[test]
+    fn a_stream_whose_adler32_is_not_its_data_is_refused_however_it_is_cut() {
+        let (ihdr, base) = rgb();
+        let stream = zlib(&raw(3, false));
+        let mut wrong = stream.clone();
+        let at = wrong.len() - 4;
+        wrong[at..].copy_from_slice(b"Q.P.");
+        let cases = [
+            png(&[ihdr.clone(), chunk(b"IDAT", &wrong)]),
+            // The checksum across two chunks, then across many.
+            png(&[
+                ihdr.clone(),
+                chunk(b"IDAT", &wrong[..at + 2]),
+                chunk(b"IDAT", &wrong[at + 2..]),
+            ]),
+            png(&[ihdr.clone()]
+                .into_iter()
+                .chain(wrong.chunks(3).map(|piece| chunk(b"IDAT", piece)))
+                .collect::<Vec<_>>()),
+        ];
+        for file in cases {
+            for piece in [1, 5, 4096] {
+                match scrub(&file, piece, false) {
+                    Err(MediaError::Invalid(message)) => assert!(message.contains("Adler-32")),
+                    other => panic!("not refused: {:?}", other.map(|(out, _)| out.len())),
+                }
+            }
+        }
+        // The right checksum, however the stream is split, passes as it came.
+        let split = png(&[ihdr]
+            .into_iter()
+            .chain(stream.chunks(3).map(|piece| chunk(b"IDAT", piece)))
+            .collect::<Vec<_>>());
+        for file in [base, split] {
+            assert_eq!(scrub(&file, 1, false).unwrap().0, file);
         }
     }
 
