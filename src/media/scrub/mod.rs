@@ -122,7 +122,9 @@ impl Scrubber {
                     chunk.clear();
                 }
                 State::Jpeg(jpeg) => {
-                    self.state = after(jpeg.push(stream, &mut chunk, out)?, State::Jpeg);
+                    if let Next::Trailer = jpeg.push(stream, &mut chunk, out)? {
+                        self.state = State::Trailer;
+                    }
                 }
                 State::Png(png) => {
                     let png = std::mem::replace(png, Png::START);
@@ -218,7 +220,7 @@ impl Scrubber {
         if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
             // SOI; the bytes after it are parsed like any others.
             out.push(head.slice(..2));
-            self.state = State::Jpeg(Jpeg::START);
+            self.state = State::Jpeg(Jpeg::start());
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));
