@@ -35,8 +35,9 @@
 //!   and `grpl` the known groups ([`GROUPS`]), each to its ids, the rest
 //!   `free` ([`scrub_references`], [`scrub_groups`]); item ids, chosen
 //!   by the caller, become 1 to N in `iinf`'s order wherever they stand,
-//!   each field keeping its width, and undeclared ones 0
-//!   ([`renumber_items`]);
+//!   each field keeping its width, and undeclared ones 0; an item the
+//!   image cannot use, or of a type not known, has its type zeroed and
+//!   is hidden ([`renumber_items`]);
 //!   flags that no standard defines ([`zero_flags`]: of `meta`, `hdlr`,
 //!   `iinf`, `pitm`, `iloc`, `iref`, `ispe`, all but the hidden flag of
 //!   `infe` and the index width of `ipma`), `hdlr`'s pre_defined and
@@ -212,6 +213,13 @@ const IMAGE_ITEMS: [&[u8; 4]; 10] = [
 /// and their bytes are blanked as other items' are.
 const UNSHOWN_ITEMS: [&[u8; 4]; 8] = [
     b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+];
+
+/// Item types other than images' that keep their type when the image may
+/// reach them: metadata (blanked), and derived images, which have no
+/// coded data.
+const TYPED_ITEMS: [&[u8; 4]; 8] = [
+    b"Exif", b"mime", b"uri ", b"grid", b"iovl", b"iden", b"tmap", b"jpeg",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -1368,7 +1376,12 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
         changed |= zero_gaps(body, idat.body as u64, images, blanks);
     }
     changed |= overwrite(&mut extents.blanks_in_meta, meta, 0);
-    changed |= renumber_items(meta, &outer, first, iinf)?;
+    // The types the image may use: of an item it may reach, one known.
+    let typed = |id: u64, kind: &[u8; 4]| {
+        (primary == Some(id) || usable.binary_search(&id).is_ok())
+            && (listed(&IMAGE_ITEMS, kind) || listed(&TYPED_ITEMS, kind))
+    };
+    changed |= renumber_items(meta, &outer, first, iinf, typed)?;
     Ok((extents, changed))
 }
 
@@ -2219,11 +2232,17 @@ fn write_id(field: &mut [u8], id: u64) -> Result<bool, MediaError> {
 /// theirs.
 /// Runs after every other step, which read the ids as they were. Whether
 /// anything changed.
+///
+/// An item whose type the image does not use (`typed` says, from its id
+/// and its type, before both change): data-less or unusable, or of a type
+/// not known, has its type zeroed, four more bytes of the caller's, and
+/// is hidden (flag 1), which readers skip as they skip unknown types.
 fn renumber_items(
     meta: &mut [u8],
     outer: &Child,
     first: usize,
     iinf: Option<Child>,
+    typed: impl Fn(u64, &[u8; 4]) -> bool,
 ) -> Result<bool, MediaError> {
     let mut ids = Vec::new();
     let mut changed = false;
@@ -2240,6 +2259,16 @@ fn renumber_items(
             let id = be_uint(field);
             changed |= write_id(field, ids.len() as u64 + 1)?;
             ids.push((id, ids.len() as u64 + 1));
+            // The type follows the protection index, from version 2.
+            let kind_at = entry.body + 4 + id_size + 2;
+            let versioned = meta[entry.body] >= 2;
+            if let Some(kind) = meta.get_mut(kind_at..kind_at + 4).filter(|_| versioned)
+                && !typed(id, &(*kind).try_into().unwrap_or_default())
+            {
+                changed |= rewrite(kind, &[]);
+                changed |= meta[entry.body + 3] & 1 == 0;
+                meta[entry.body + 3] |= 1;
+            }
         }
         let field = &mut meta[iinf.body + 4..iinf.body + 4 + count_size];
         changed |= write_id(field, ids.len() as u64)?;
@@ -3935,12 +3964,13 @@ mod attack6 {
         assert_eq!(dimg, 1);
     }
 
-    /// A real HEIC with an alpha plane and a thumbnail, encoded by
-    /// libheif: both stay, and it decodes to the same pixels.
+    /// A 64x48 RGBA image with `pixel` at each place and a 16-pixel
+    /// thumbnail, encoded by libheif (HEVC): its context, to add to and
+    /// write, and the image's handle.
     #[cfg(feature = "heif")]
-    #[test]
-    fn a_real_file_keeps_its_alpha_and_thumbnail() {
-        use super::tests::scrub;
+    pub(super) fn encoded(
+        pixel: impl Fn(usize, usize) -> [u8; 4],
+    ) -> (libheif_rs::HeifContext<'static>, libheif_rs::ImageHandle) {
         use libheif_rs::{
             Channel, ColorSpace, CompressionFormat, EncoderQuality, HeifContext, Image, LibHeif,
             RgbChroma,
@@ -3954,8 +3984,7 @@ mod attack6 {
         for y in 0..height as usize {
             for x in 0..width as usize {
                 let at = y * plane.stride + x * 4;
-                let alpha = if x < 32 { 255 } else { 96 };
-                plane.data[at..at + 4].copy_from_slice(&[200, 30, (y * 5) as u8, alpha]);
+                plane.data[at..at + 4].copy_from_slice(&pixel(x, y));
             }
         }
         let lib = LibHeif::new();
@@ -3967,23 +3996,40 @@ mod attack6 {
             .encode_thumbnail(&image, &handle, 16, &mut encoder, None)
             .unwrap()
             .unwrap();
+        (context, handle)
+    }
+
+    /// The RGBA pixels libheif decodes `file`'s primary image to, which
+    /// has one thumbnail, and an alpha plane when `alpha`.
+    #[cfg(feature = "heif")]
+    pub(super) fn decoded(file: &[u8], alpha: bool) -> Vec<u8> {
+        use libheif_rs::{ColorSpace, HeifContext, LibHeif, RgbChroma};
+        let context = HeifContext::read_from_bytes(file).unwrap();
+        let primary = context.primary_image_handle().unwrap();
+        assert_eq!(primary.has_alpha_channel(), alpha);
+        assert_eq!(primary.number_of_thumbnails(), 1);
+        let image = LibHeif::new()
+            .decode(&primary, ColorSpace::Rgb(RgbChroma::Rgba), None)
+            .unwrap();
+        image.planes().interleaved.unwrap().data.to_vec()
+    }
+
+    /// A real HEIC with an alpha plane and a thumbnail, encoded by
+    /// libheif: both stay, and it decodes to the same pixels.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn a_real_file_keeps_its_alpha_and_thumbnail() {
+        use super::tests::scrub;
+        let (context, _) = encoded(|x, y| {
+            let alpha = if x < 32 { 255 } else { 96 };
+            [200, 30, (y * 5) as u8, alpha]
+        });
         let original = context.write_to_bytes().unwrap();
         let (stored, report) = scrub(&original, 7).unwrap();
         assert_eq!(stored.len(), original.len());
-        let decoded = |file: &[u8]| {
-            let context = HeifContext::read_from_bytes(file).unwrap();
-            let primary = context.primary_image_handle().unwrap();
-            assert!(primary.has_alpha_channel());
-            assert_eq!(primary.number_of_thumbnails(), 1);
-            let image = lib
-                .decode(&primary, ColorSpace::Rgb(RgbChroma::Rgba), None)
-                .unwrap();
-            let plane = image.planes().interleaved.unwrap();
-            plane.data.to_vec()
-        };
         assert_eq!(
-            decoded(&stored),
-            decoded(&original),
+            decoded(&stored, true),
+            decoded(&original, true),
             "changed: {}",
             report.changed
         );
@@ -4131,10 +4177,45 @@ mod attack7 {
             &stored,
             b"ipma\x01\0\0\0\0\0\0\x03\0\0\0\x01\x01\x81\0\0\0\x02\x01\x82\0\0\0\0\x01\0"
         ));
-        for n in 1..=5u8 {
+        for n in 1..=3u8 {
             let infe = [&b"infe\x03\0\0\0\0\0\0"[..], &[n]].concat();
             assert!(contains(&stored, &infe), "infe {n}");
         }
+        // The items with no data lose their types, and are hidden.
+        for n in 4..=5u8 {
+            let infe = [&b"infe\x03\0\0\x01\0\0\0"[..], &[n, 0, 0, 0, 0, 0, 0]].concat();
+            assert!(contains(&stored, &infe), "infe {n}");
+        }
+        assert!(!contains(&stored, b"zzzz"));
+    }
+
+    /// A real HEIC encoded by libheif, with a thumbnail, EXIF and an item
+    /// of a type no reader knows: the unknown type goes, the image
+    /// decodes to the same pixels with its thumbnail.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn a_real_file_renumbered_decodes_the_same() {
+        use super::attack6::{decoded, encoded};
+        use super::tests::scrub;
+        use libheif_rs::HeifContext;
+        let (mut context, handle) = encoded(|x, y| [(x * 4) as u8, 90, (y * 5) as u8, 255]);
+        let tiff = b"MM\0*\0\0\0\x08\0\0";
+        context.add_exif_metadata(&handle, tiff).unwrap();
+        context
+            .add_generic_metadata(&handle, MARK, b"zzzz", None)
+            .unwrap();
+        let original = context.write_to_bytes().unwrap();
+        assert!(contains(&original, b"zzzz"));
+        let (stored, _) = scrub(&original, 7).unwrap();
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, b"zzzz"));
+        assert!(!contains(&stored, MARK));
+        let alpha = HeifContext::read_from_bytes(&original)
+            .unwrap()
+            .primary_image_handle()
+            .unwrap()
+            .has_alpha_channel();
+        assert_eq!(decoded(&stored, alpha), decoded(&original, alpha));
     }
 
     /// The crafted files of the fuzz corpus (`a7-heif-*`, ids spelling
