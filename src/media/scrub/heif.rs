@@ -4041,20 +4041,31 @@ mod attack7 {
     use super::attack5::{contains, crafted, scrubbed};
     use crate::fixtures::{iso_box, iso_full_box};
 
-    /// Text the crafted files spell in their item ids, 4 bytes an id.
+    /// Text the crafted files spell in their item ids, 4 (or 2) bytes an
+    /// id.
     const MARK: &[u8; 24] = b"JQPUBLIC;GPS48.85N2.29E;";
 
-    /// The marker's 4-byte pieces, as ids.
-    fn id(n: usize) -> u32 {
-        u32::from_be_bytes(MARK[4 * n..4 * n + 4].try_into().unwrap())
+    /// Ids of `size` bytes (2 or 4), as they are written.
+    fn ids(size: usize, ids: &[u32]) -> Vec<u8> {
+        ids.iter()
+            .flat_map(|id| id.to_be_bytes()[4 - size..].to_vec())
+            .collect()
     }
 
-    /// A 64x48 HEIF whose ids are the marker: 32-bit ids everywhere
-    /// (`pitm` v1, `infe` v3, `iloc` v2, `iref` v1, `ipma` v1): the
-    /// image, its thumbnail and an EXIF item describing it, with data;
-    /// two items with none, named by the thumbnail reference; an `iloc`
-    /// and an `ipma` entry for an id no `infe` declares.
-    pub(super) fn ids_spelling_text() -> Vec<u8> {
+    /// A 64x48 HEIF whose ids are the marker, `size` bytes each: with 4,
+    /// 32-bit ids everywhere (`pitm` v1, `infe` v3, `iloc` v2, `iref` v1,
+    /// `ipma` v1), with 2, 16-bit ones (`pitm` v0, `infe` v2, `iloc` v1,
+    /// `iref` v0, `ipma` v0): the image, its thumbnail and an EXIF item
+    /// describing it, with data; two items with none, named by the
+    /// thumbnail reference; an `iloc` and an `ipma` entry for an id no
+    /// `infe` declares.
+    pub(super) fn ids_spelling_text(size: usize) -> Vec<u8> {
+        let wide = u8::from(size == 4);
+        let id = |n: usize| {
+            MARK[size * n..size * n + size]
+                .iter()
+                .fold(0u32, |id, &b| (id << 8) | u32::from(b))
+        };
         let (image, thumbnail, exif) = (id(0), id(1), id(2));
         let data: [&[u8]; 4] = [
             b"image data",
@@ -4062,16 +4073,17 @@ mod attack7 {
             b"\0\0\0\0MM\0*\0\0\0\x08\0\0",
             b"xx",
         ];
+        let ids = |list: &[u32]| ids(size, list);
         let build = |mdat_at: u32| {
             let infe = |id: u32, kind: &[u8; 4]| {
                 iso_full_box(
                     b"infe",
-                    3,
-                    &[&id.to_be_bytes()[..], &[0, 0], kind, &[0]].concat(),
+                    2 + wide,
+                    &[&ids(&[id])[..], &[0, 0], kind, &[0]].concat(),
                 )
             };
             let iinf = [
-                &5u32.to_be_bytes()[..],
+                &ids(&[5])[..],
                 &infe(image, b"hvc1"),
                 &infe(thumbnail, b"hvc1"),
                 &infe(exif, b"Exif"),
@@ -4079,19 +4091,14 @@ mod attack7 {
                 &infe(id(4), b"zzzz"),
             ]
             .concat();
-            let (mut iloc, mut at) = (vec![0x44, 0, 0, 0, 0, 4], mdat_at);
+            let (mut iloc, mut at) = ([&[0x44, 0][..], &ids(&[4])].concat(), mdat_at);
             for (item, bytes) in [image, thumbnail, exif, id(5)].into_iter().zip(data) {
-                iloc.extend_from_slice(&item.to_be_bytes());
+                iloc.extend_from_slice(&ids(&[item]));
                 iloc.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
                 iloc.extend_from_slice(&at.to_be_bytes());
                 iloc.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 at += bytes.len() as u32;
             }
-            let ids = |ids: &[u32]| {
-                ids.iter()
-                    .flat_map(|id| id.to_be_bytes())
-                    .collect::<Vec<_>>()
-            };
             let iref = [
                 iso_box(
                     b"thmb",
@@ -4125,7 +4132,7 @@ mod attack7 {
                 b"iprp",
                 &[
                     iso_box(b"ipco", &[ispe(64, 48), ispe(16, 12)].concat()),
-                    iso_full_box(b"ipma", 1, &ipma),
+                    iso_full_box(b"ipma", wide, &ipma),
                 ]
                 .concat(),
             );
@@ -4134,10 +4141,10 @@ mod attack7 {
                 0,
                 &[
                     iso_full_box(b"hdlr", 0, &[&[0; 4][..], b"pict", &[0; 13]].concat()),
-                    iso_full_box(b"pitm", 1, &image.to_be_bytes()),
-                    iso_full_box(b"iinf", 1, &iinf),
-                    iso_full_box(b"iloc", 2, &iloc),
-                    iso_full_box(b"iref", 1, &iref),
+                    iso_full_box(b"pitm", wide, &ids(&[image])),
+                    iso_full_box(b"iinf", wide, &iinf),
+                    iso_full_box(b"iloc", 1 + wide, &iloc),
+                    iso_full_box(b"iref", wide, &iref),
                     iprp,
                 ]
                 .concat(),
@@ -4154,39 +4161,102 @@ mod attack7 {
     /// image, its size, its thumbnail and its EXIF item still line up.
     #[test]
     fn item_ids_are_renumbered_in_iinf_order() {
-        let original = ids_spelling_text();
-        let stored = scrubbed(&original);
-        for piece in MARK.chunks(4) {
-            assert!(contains(&original, piece));
-            assert!(
-                !contains(&stored, piece),
-                "{:?}",
-                String::from_utf8_lossy(piece)
-            );
+        for size in [4, 2] {
+            let wide = u8::from(size == 4);
+            let original = ids_spelling_text(size);
+            let stored = scrubbed(&original);
+            // Six ids, the first six pieces.
+            for piece in MARK[..6 * size].chunks(size) {
+                assert!(contains(&original, piece));
+                let piece = String::from_utf8_lossy(piece);
+                assert!(!contains(&stored, piece.as_bytes()), "{piece:?}");
+            }
+            let ids = |list: &[u32]| ids(size, list);
+            let full = |kind: &[u8], version| [kind, &[version, 0, 0, 0]].concat();
+            // The primary is the first item, the iinf count is 5.
+            assert!(contains(
+                &stored,
+                &[full(b"pitm", wide), ids(&[1])].concat()
+            ));
+            assert!(contains(
+                &stored,
+                &[full(b"iinf", wide), ids(&[5])].concat()
+            ));
+            // The thumbnail (2) of the image (1), the ghosts dropped; the
+            // EXIF item (3) describes the image.
+            let thmb = [&b"thmb"[..], &ids(&[2]), &[0, 1], &ids(&[1])].concat();
+            assert!(contains(&stored, &thmb), "{size}");
+            let cdsc = [&b"cdsc"[..], &ids(&[3]), &[0, 1], &ids(&[1])].concat();
+            assert!(contains(&stored, &cdsc), "{size}");
+            // The image's and the thumbnail's properties stay theirs; the
+            // undeclared entry is 0 with no property.
+            let ipma = [
+                &full(b"ipma", wide)[..],
+                &3u32.to_be_bytes(),
+                &ids(&[1]),
+                &[1, 0x81],
+                &ids(&[2]),
+                &[1, 0x82],
+                &ids(&[0]),
+                &[1, 0],
+            ]
+            .concat();
+            assert!(contains(&stored, &ipma), "{size}");
+            for n in 1..=3 {
+                let infe = [&full(b"infe", 2 + wide)[..], &ids(&[n])].concat();
+                assert!(contains(&stored, &infe), "infe {n}");
+            }
+            // The items with no data lose their types, and are hidden.
+            for n in 4..=5 {
+                let infe = [&b"infe"[..], &[2 + wide, 0, 0, 1], &ids(&[n]), &[0; 6]].concat();
+                assert!(contains(&stored, &infe), "infe {n}");
+            }
+            assert!(!contains(&stored, b"zzzz"));
         }
-        // The primary is the first item, the iinf count is 5.
-        assert!(contains(&stored, b"pitm\x01\0\0\0\0\0\0\x01"));
-        assert!(contains(&stored, b"iinf\x01\0\0\0\0\0\0\x05"));
-        // The thumbnail (2) of the image (1), the ghosts dropped; the
-        // EXIF item (3) describes the image.
-        assert!(contains(&stored, b"thmb\0\0\0\x02\0\x01\0\0\0\x01"));
-        assert!(contains(&stored, b"cdsc\0\0\0\x03\0\x01\0\0\0\x01"));
-        // The image's and the thumbnail's properties stay theirs; the
-        // undeclared entry is 0 with no property.
-        assert!(contains(
-            &stored,
-            b"ipma\x01\0\0\0\0\0\0\x03\0\0\0\x01\x01\x81\0\0\0\x02\x01\x82\0\0\0\0\x01\0"
-        ));
-        for n in 1..=3u8 {
-            let infe = [&b"infe\x03\0\0\0\0\0\0"[..], &[n]].concat();
-            assert!(contains(&stored, &infe), "infe {n}");
+    }
+
+    /// More items than the 16-bit ids of `infe` version 2 can number (all
+    /// 65 536 of them) are refused, as the ids could not be renumbered.
+    #[test]
+    fn more_items_than_16_bit_ids_can_number_are_refused() {
+        use super::tests::scrub;
+        let entries = (0..=u16::MAX).flat_map(|id| {
+            iso_full_box(
+                b"infe",
+                2,
+                &[&id.to_be_bytes()[..], &[0, 0], b"zzzz", &[0]].concat(),
+            )
+        });
+        let iinf = [65_536u32.to_be_bytes().to_vec(), entries.collect()].concat();
+        let meta = iso_full_box(
+            b"meta",
+            0,
+            &[
+                iso_full_box(b"hdlr", 0, &[&[0; 4][..], b"pict", &[0; 13]].concat()),
+                iso_full_box(b"pitm", 0, &[0, 1]),
+                iso_full_box(b"iinf", 1, &iinf),
+            ]
+            .concat(),
+        );
+        let file = [iso_box(b"ftyp", b"heic\0\0\0\0mif1heic"), meta].concat();
+        let error = scrub(&file, 1 << 16).unwrap_err();
+        assert!(error.to_string().contains("16-bit ids"), "{error}");
+    }
+
+    /// The crafted files of the fuzz corpus (`a7-heif-*`, ids spelling
+    /// the text) keep none of it.
+    #[test]
+    fn the_crafted_corpus_files_lose_their_ids() {
+        let files = crafted("a7-heif-");
+        assert!(files.len() >= 2);
+        for (name, original) in files {
+            let stored = scrubbed(&original);
+            let size = if name.contains("16") { 2 } else { 4 };
+            for piece in MARK[..6 * size].chunks(size) {
+                assert!(contains(&original, piece), "{name}");
+                assert!(!contains(&stored, piece), "{name}");
+            }
         }
-        // The items with no data lose their types, and are hidden.
-        for n in 4..=5u8 {
-            let infe = [&b"infe\x03\0\0\x01\0\0\0"[..], &[n, 0, 0, 0, 0, 0, 0]].concat();
-            assert!(contains(&stored, &infe), "infe {n}");
-        }
-        assert!(!contains(&stored, b"zzzz"));
     }
 
     /// A real HEIC encoded by libheif, with a thumbnail, EXIF and an item
@@ -4216,19 +4286,5 @@ mod attack7 {
             .unwrap()
             .has_alpha_channel();
         assert_eq!(decoded(&stored, alpha), decoded(&original, alpha));
-    }
-
-    /// The crafted files of the fuzz corpus (`a7-heif-*`, ids spelling
-    /// the text) keep none of it.
-    #[test]
-    fn the_crafted_corpus_files_lose_their_ids() {
-        let files = crafted("a7-heif-");
-        assert!(!files.is_empty());
-        for (name, original) in files {
-            let stored = scrubbed(&original);
-            for piece in MARK.chunks(4) {
-                assert!(!contains(&stored, piece), "{name}");
-            }
-        }
     }
 }
