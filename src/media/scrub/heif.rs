@@ -33,7 +33,11 @@
 //!   items `iinf` declares that have data (or are `iden` items derived
 //!   from one that has), each item once,
 //!   and `grpl` the known groups ([`GROUPS`]), each to its ids, the rest
-//!   `free` ([`scrub_references`], [`scrub_groups`]);
+//!   `free` ([`scrub_references`], [`scrub_groups`]); item ids, chosen
+//!   by the caller, become 1 to N in `iinf`'s order wherever they stand,
+//!   each field keeping its width, and undeclared ones 0; an item the
+//!   image cannot use, or of a type not known, has its type zeroed and
+//!   is hidden ([`renumber_items`]);
 //!   flags that no standard defines ([`zero_flags`]: of `meta`, `hdlr`,
 //!   `iinf`, `pitm`, `iloc`, `iref`, `ispe`, all but the hidden flag of
 //!   `infe` and the index width of `ipma`), `hdlr`'s pre_defined and
@@ -209,6 +213,13 @@ const IMAGE_ITEMS: [&[u8; 4]; 10] = [
 /// and their bytes are blanked as other items' are.
 const UNSHOWN_ITEMS: [&[u8; 4]; 8] = [
     b"hvt1", b"lhv1", b"avc1", b"vvc1", b"evc1", b"j2k1", b"unci", b"mski",
+];
+
+/// Item types other than images' that keep their type when the image may
+/// reach them: metadata (blanked), and derived images, which have no
+/// coded data.
+const TYPED_ITEMS: [&[u8; 4]; 8] = [
+    b"Exif", b"mime", b"uri ", b"grid", b"iovl", b"iden", b"tmap", b"jpeg",
 ];
 
 fn listed(list: &[&[u8; 4]], kind: &[u8; 4]) -> bool {
@@ -1129,10 +1140,7 @@ impl<'a> Reader<'a> {
     /// An unsigned big-endian number of `n` bytes (at most 8).
     fn uint(&mut self, n: usize) -> Result<u64, MediaError> {
         debug_assert!(n <= 8);
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |value, &b| (value << 8) | u64::from(b)))
+        Ok(be_uint(self.take(n)?))
     }
 
     fn u8(&mut self) -> Result<u8, MediaError> {
@@ -1368,6 +1376,12 @@ fn scrub_meta(meta: &mut [u8], count: &mut u32) -> Result<(Extents, bool), Media
         changed |= zero_gaps(body, idat.body as u64, images, blanks);
     }
     changed |= overwrite(&mut extents.blanks_in_meta, meta, 0);
+    // The types the image may use: of an item it may reach, one known.
+    let typed = |id: u64, kind: &[u8; 4]| {
+        (primary == Some(id) || usable.binary_search(&id).is_ok())
+            && (listed(&IMAGE_ITEMS, kind) || listed(&TYPED_ITEMS, kind))
+    };
+    changed |= renumber_items(meta, &outer, first, iinf, typed)?;
     Ok((extents, changed))
 }
 
@@ -1389,7 +1403,7 @@ fn scrub_properties(
     while let Some(child) = next_box(meta, &mut at, iprp.end, &mut walked)? {
         if &child.kind == b"ipma" {
             let mut found = Vec::new();
-            associations_each(&meta[child.body..child.end], |item, bytes, wide| {
+            associations_each(&meta[child.body..child.end], |_, item, bytes, wide| {
                 if declared(kinds, item) {
                     indices(bytes, wide, &mut found);
                     for index in found.drain(..) {
@@ -1405,7 +1419,7 @@ fn scrub_properties(
         match &child.kind {
             b"ipma" => {
                 let body = &mut meta[child.body..child.end];
-                let len = associations_each(body, |_, _, _| {})?;
+                let len = associations_each(body, |_, _, _, _| {})?;
                 changed |= zero_flags(body, 1) | zero_from(body, len);
             }
             b"ipco" => {
@@ -2058,10 +2072,7 @@ fn each_reference(
             let from = reader.uint(id_size)?;
             let n = reader.u16()? as usize;
             to.clear();
-            to.extend(reader.take(n * id_size)?.chunks_exact(id_size).map(|id| {
-                id.iter()
-                    .fold(0u64, |value, &b| (value << 8) | u64::from(b))
-            }));
+            to.extend(reader.take(n * id_size)?.chunks_exact(id_size).map(be_uint));
             visit(&reference.kind, from, &to);
         }
     }
@@ -2107,9 +2118,7 @@ fn scrub_references(
         seen.clear();
         let mut kept = 0;
         for at in (first..end).step_by(id_size) {
-            let to = body[at..at + id_size]
-                .iter()
-                .fold(0u64, |value, &b| (value << 8) | u64::from(b));
+            let to = be_uint(&body[at..at + id_size]);
             if usable.binary_search(&to).is_ok() && seen.insert(to) {
                 body.copy_within(at..at + id_size, first + kept * id_size);
                 kept += 1;
@@ -2186,6 +2195,184 @@ fn scrub_handler(meta: &mut [u8], hdlr: &Child) -> bool {
     kept[..len].copy_from_slice(&body[..len]);
     kept[1..8].fill(0);
     rewrite(body, &kept[..len])
+}
+
+/// The unsigned big-endian number `bytes` hold (at most 8).
+fn be_uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |value, &b| (value << 8) | u64::from(b))
+}
+
+/// Writes `id` over the id field `field` (16 or 32 bits), refusing one
+/// that does not fit; whether it changed.
+fn write_id(field: &mut [u8], id: u64) -> Result<bool, MediaError> {
+    if field.len() < 8 && id >> (8 * field.len()) != 0 {
+        return Err(MediaError::invalid(format!(
+            "the HEIF has more items than its {}-bit ids can number",
+            8 * field.len()
+        )));
+    }
+    let bytes = &id.to_be_bytes()[8 - field.len()..];
+    let changed = field != bytes;
+    field.copy_from_slice(bytes);
+    Ok(changed)
+}
+
+/// Gives the items the `iinf` box declares the ids 1 to N, in its order,
+/// wherever an id stands in the `meta` box `outer` (its children from
+/// `first`), each field keeping its width: the `infe` entries (and the
+/// `iinf` entry count, N), `pitm`, the `iloc` entries, the kept `iref`
+/// references (from and to), the `ipma` entries and the entity ids of the
+/// kept `grpl` groups. An id no `infe` declares becomes 0, which none
+/// has now (an `ipma` entry's associations with it too: 0 is no
+/// property), and a group naming one becomes `free`: ids are numbers the
+/// caller chose, and nothing of them stays. So does a group whose own id
+/// is now an item's (1 to N, ids share one space); the others keep
+/// theirs.
+/// Runs after every other step, which read the ids as they were. Whether
+/// anything changed.
+///
+/// An item whose type the image does not use (`typed` says, from its id
+/// and its type, before both change): data-less or unusable, or of a type
+/// not known, has its type zeroed, four more bytes of the caller's, and
+/// is hidden (flag 1), which readers skip as they skip unknown types.
+fn renumber_items(
+    meta: &mut [u8],
+    outer: &Child,
+    first: usize,
+    iinf: Option<Child>,
+    typed: impl Fn(u64, &[u8; 4]) -> bool,
+) -> Result<bool, MediaError> {
+    let mut ids = Vec::new();
+    let mut changed = false;
+    if let Some(iinf) = iinf {
+        let count_size = if meta[iinf.body] == 0 { 2 } else { 4 };
+        let (mut at, mut walked) = (children(&iinf, true)? + count_size, 0);
+        while let Some(entry) = next_box(meta, &mut at, iinf.end, &mut walked)? {
+            if &entry.kind != b"infe" {
+                continue;
+            }
+            // Read by `item_entry`: 32 bits from version 3.
+            let id_size = if meta[entry.body] > 2 { 4 } else { 2 };
+            let field = &mut meta[entry.body + 4..entry.body + 4 + id_size];
+            let id = be_uint(field);
+            changed |= write_id(field, ids.len() as u64 + 1)?;
+            ids.push((id, ids.len() as u64 + 1));
+            // The type follows the protection index, from version 2.
+            let kind_at = entry.body + 4 + id_size + 2;
+            let versioned = meta[entry.body] >= 2;
+            if let Some(kind) = meta.get_mut(kind_at..kind_at + 4).filter(|_| versioned)
+                && !typed(id, &(*kind).try_into().unwrap_or_default())
+            {
+                changed |= rewrite(kind, &[]);
+                changed |= meta[entry.body + 3] & 1 == 0;
+                meta[entry.body + 3] |= 1;
+            }
+        }
+        let field = &mut meta[iinf.body + 4..iinf.body + 4 + count_size];
+        changed |= write_id(field, ids.len() as u64)?;
+    }
+    let items = ids.len() as u64;
+    ids.sort_unstable();
+    let new = |id: u64| {
+        ids.binary_search_by_key(&id, |&(old, _)| old)
+            .map_or(0, |at| ids[at].1)
+    };
+    let renumber = |meta: &mut [u8], at: usize, size: usize| -> Result<bool, MediaError> {
+        let field = meta.get_mut(at..at + size).ok_or_else(meta_corrupt)?;
+        write_id(field, new(be_uint(field)))
+    };
+    let (mut at, mut walked) = (first, 0);
+    while let Some(child) = next_box(meta, &mut at, outer.end, &mut walked)? {
+        // The version of a full box (those below were read before).
+        let version = || meta[child.body];
+        match &child.kind {
+            b"pitm" => {
+                let id_size = if version() == 0 { 2 } else { 4 };
+                changed |= renumber(meta, child.body + 4, id_size)?;
+            }
+            b"iloc" => {
+                let iloc = &meta[child.body..child.end];
+                let layout = iloc_layout(iloc)?;
+                let mut reader = Reader::new(iloc);
+                reader.at = layout.at;
+                let mut entries = Vec::new();
+                for _ in 0..layout.count {
+                    entries.push(child.body + reader.at);
+                    reader.take(layout.id_size + layout.method_size + 2 + layout.base_size)?;
+                    let extents = reader.u16()? as usize;
+                    reader.take(extents * layout.extent_size())?;
+                }
+                for entry in entries {
+                    changed |= renumber(meta, entry, layout.id_size)?;
+                }
+            }
+            b"iref" => {
+                let id_size = if version() == 0 { 2 } else { 4 };
+                let (mut at, mut walked) = (children(&child, true)?, 0);
+                while let Some(reference) = next_box(meta, &mut at, child.end, &mut walked)? {
+                    if !listed(&REFERENCES, &reference.kind) {
+                        continue;
+                    }
+                    let body = reference.body;
+                    let to = be_uint(
+                        meta.get(body + id_size..body + id_size + 2)
+                            .ok_or_else(meta_corrupt)?,
+                    );
+                    changed |= renumber(meta, body, id_size)?;
+                    for n in 0..to as usize {
+                        changed |= renumber(meta, body + id_size + 2 + n * id_size, id_size)?;
+                    }
+                }
+            }
+            b"iprp" => {
+                let (mut at, mut walked) = (children(&child, false)?, 0);
+                while let Some(ipma) = next_box(meta, &mut at, child.end, &mut walked)? {
+                    if &ipma.kind != b"ipma" {
+                        continue;
+                    }
+                    let id_size = if meta[ipma.body] < 1 { 2 } else { 4 };
+                    let mut entries = Vec::new();
+                    associations_each(&meta[ipma.body..ipma.end], |at, _, bytes, _| {
+                        entries.push((ipma.body + at, bytes.len()));
+                    })?;
+                    for (entry, len) in entries {
+                        changed |= renumber(meta, entry, id_size)?;
+                        if meta[entry..entry + id_size].iter().all(|&b| b == 0) {
+                            let associations = entry + id_size + 1;
+                            changed |= rewrite(&mut meta[associations..associations + len], &[]);
+                        }
+                    }
+                }
+            }
+            b"grpl" => {
+                let (mut at, mut walked) = (children(&child, false)?, 0);
+                while let Some(kept) = next_box(meta, &mut at, child.end, &mut walked)? {
+                    if !listed(&GROUPS, &kept.kind) {
+                        continue;
+                    }
+                    // Version and flags, the group's id, the count.
+                    let ids_at = kept.body + 12;
+                    let entities =
+                        be_uint(meta.get(kept.body + 8..ids_at).ok_or_else(meta_corrupt)?);
+                    let ids_end = ids_at + 4 * entities as usize;
+                    let entities = meta.get(ids_at..ids_end).ok_or_else(meta_corrupt)?;
+                    let group = be_uint(&meta[kept.body + 4..ids_at - 4]);
+                    if group <= items || entities.chunks_exact(4).any(|id| new(be_uint(id)) == 0) {
+                        blank_box(meta, &kept);
+                        changed = true;
+                        continue;
+                    }
+                    for id in (ids_at..ids_end).step_by(4) {
+                        changed |= renumber(meta, id, 4)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(changed)
 }
 
 /// Most pieces (`iloc` extents) the blanked items may be cut into; a
@@ -2694,7 +2881,7 @@ fn primary_size(meta: &[u8], count: &mut u32) -> Result<(u32, u32), MediaError> 
 /// Adds to `found` the property indices (1-based) that an `ipma` box's
 /// payload associates with item `id`.
 fn associations(ipma: &[u8], id: u64, found: &mut Vec<u16>) -> Result<(), MediaError> {
-    associations_each(ipma, |item, bytes, wide| {
+    associations_each(ipma, |_, item, bytes, wide| {
         if item == id {
             indices(bytes, wide, found);
         }
@@ -2717,12 +2904,13 @@ fn indices(bytes: &[u8], wide: bool, found: &mut Vec<u16>) {
     }
 }
 
-/// Calls `each` with every entry of an `ipma` box's payload: the item's
-/// id, its associations' bytes, and whether they are 16 bits wide;
-/// returns the bytes the entries take (what follows is no association).
+/// Calls `each` with every entry of an `ipma` box's payload: where it
+/// begins (its id), the item's id, its associations' bytes, and whether
+/// they are 16 bits wide; returns the bytes the entries take (what
+/// follows is no association).
 fn associations_each(
     ipma: &[u8],
-    mut each: impl FnMut(u64, &[u8], bool),
+    mut each: impl FnMut(usize, u64, &[u8], bool),
 ) -> Result<usize, MediaError> {
     let mut reader = Reader::new(ipma);
     let version = reader.u8()?;
@@ -2735,10 +2923,11 @@ fn associations_each(
         return Err(meta_corrupt());
     }
     for _ in 0..entries {
+        let at = reader.at;
         let item = reader.uint(id_size)?;
         let n = usize::from(reader.u8()?);
         let bytes = reader.take(n * if wide { 2 } else { 1 })?;
-        each(item, bytes, wide);
+        each(at, item, bytes, wide);
     }
     Ok(reader.at)
 }
@@ -3775,12 +3964,13 @@ mod attack6 {
         assert_eq!(dimg, 1);
     }
 
-    /// A real HEIC with an alpha plane and a thumbnail, encoded by
-    /// libheif: both stay, and it decodes to the same pixels.
+    /// A 64x48 RGBA image with `pixel` at each place and a 16-pixel
+    /// thumbnail, encoded by libheif (HEVC): its context, to add to and
+    /// write, and the image's handle.
     #[cfg(feature = "heif")]
-    #[test]
-    fn a_real_file_keeps_its_alpha_and_thumbnail() {
-        use super::tests::scrub;
+    pub(super) fn encoded(
+        pixel: impl Fn(usize, usize) -> [u8; 4],
+    ) -> (libheif_rs::HeifContext<'static>, libheif_rs::ImageHandle) {
         use libheif_rs::{
             Channel, ColorSpace, CompressionFormat, EncoderQuality, HeifContext, Image, LibHeif,
             RgbChroma,
@@ -3794,8 +3984,7 @@ mod attack6 {
         for y in 0..height as usize {
             for x in 0..width as usize {
                 let at = y * plane.stride + x * 4;
-                let alpha = if x < 32 { 255 } else { 96 };
-                plane.data[at..at + 4].copy_from_slice(&[200, 30, (y * 5) as u8, alpha]);
+                plane.data[at..at + 4].copy_from_slice(&pixel(x, y));
             }
         }
         let lib = LibHeif::new();
@@ -3807,25 +3996,295 @@ mod attack6 {
             .encode_thumbnail(&image, &handle, 16, &mut encoder, None)
             .unwrap()
             .unwrap();
+        (context, handle)
+    }
+
+    /// The RGBA pixels libheif decodes `file`'s primary image to, which
+    /// has one thumbnail, and an alpha plane when `alpha`.
+    #[cfg(feature = "heif")]
+    pub(super) fn decoded(file: &[u8], alpha: bool) -> Vec<u8> {
+        use libheif_rs::{ColorSpace, HeifContext, LibHeif, RgbChroma};
+        let context = HeifContext::read_from_bytes(file).unwrap();
+        let primary = context.primary_image_handle().unwrap();
+        assert_eq!(primary.has_alpha_channel(), alpha);
+        assert_eq!(primary.number_of_thumbnails(), 1);
+        let image = LibHeif::new()
+            .decode(&primary, ColorSpace::Rgb(RgbChroma::Rgba), None)
+            .unwrap();
+        image.planes().interleaved.unwrap().data.to_vec()
+    }
+
+    /// A real HEIC with an alpha plane and a thumbnail, encoded by
+    /// libheif: both stay, and it decodes to the same pixels.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn a_real_file_keeps_its_alpha_and_thumbnail() {
+        use super::tests::scrub;
+        let (context, _) = encoded(|x, y| {
+            let alpha = if x < 32 { 255 } else { 96 };
+            [200, 30, (y * 5) as u8, alpha]
+        });
         let original = context.write_to_bytes().unwrap();
         let (stored, report) = scrub(&original, 7).unwrap();
         assert_eq!(stored.len(), original.len());
-        let decoded = |file: &[u8]| {
-            let context = HeifContext::read_from_bytes(file).unwrap();
-            let primary = context.primary_image_handle().unwrap();
-            assert!(primary.has_alpha_channel());
-            assert_eq!(primary.number_of_thumbnails(), 1);
-            let image = lib
-                .decode(&primary, ColorSpace::Rgb(RgbChroma::Rgba), None)
-                .unwrap();
-            let plane = image.planes().interleaved.unwrap();
-            plane.data.to_vec()
-        };
         assert_eq!(
-            decoded(&stored),
-            decoded(&original),
+            decoded(&stored, true),
+            decoded(&original, true),
             "changed: {}",
             report.changed
         );
+    }
+}
+
+#[cfg(test)]
+mod attack7 {
+    use super::attack5::{contains, crafted, scrubbed};
+    use crate::fixtures::{iso_box, iso_full_box};
+
+    /// Text the crafted files spell in their item ids, 4 (or 2) bytes an
+    /// id.
+    const MARK: &[u8; 24] = b"JQPUBLIC;GPS48.85N2.29E;";
+
+    /// Ids of `size` bytes (2 or 4), as they are written.
+    fn ids(size: usize, ids: &[u32]) -> Vec<u8> {
+        ids.iter()
+            .flat_map(|id| id.to_be_bytes()[4 - size..].to_vec())
+            .collect()
+    }
+
+    /// A 64x48 HEIF whose ids are the marker, `size` bytes each: with 4,
+    /// 32-bit ids everywhere (`pitm` v1, `infe` v3, `iloc` v2, `iref` v1,
+    /// `ipma` v1), with 2, 16-bit ones (`pitm` v0, `infe` v2, `iloc` v1,
+    /// `iref` v0, `ipma` v0): the image, its thumbnail and an EXIF item
+    /// describing it, with data; two items with none, named by the
+    /// thumbnail reference; an `iloc` and an `ipma` entry for an id no
+    /// `infe` declares.
+    pub(super) fn ids_spelling_text(size: usize) -> Vec<u8> {
+        let wide = u8::from(size == 4);
+        let id = |n: usize| {
+            MARK[size * n..size * n + size]
+                .iter()
+                .fold(0u32, |id, &b| (id << 8) | u32::from(b))
+        };
+        let (image, thumbnail, exif) = (id(0), id(1), id(2));
+        let data: [&[u8]; 4] = [
+            b"image data",
+            b"thumb",
+            b"\0\0\0\0MM\0*\0\0\0\x08\0\0",
+            b"xx",
+        ];
+        let ids = |list: &[u32]| ids(size, list);
+        let build = |mdat_at: u32| {
+            let infe = |id: u32, kind: &[u8; 4]| {
+                iso_full_box(
+                    b"infe",
+                    2 + wide,
+                    &[&ids(&[id])[..], &[0, 0], kind, &[0]].concat(),
+                )
+            };
+            let iinf = [
+                &ids(&[5])[..],
+                &infe(image, b"hvc1"),
+                &infe(thumbnail, b"hvc1"),
+                &infe(exif, b"Exif"),
+                &infe(id(3), b"hvc1"),
+                &infe(id(4), b"zzzz"),
+            ]
+            .concat();
+            let (mut iloc, mut at) = ([&[0x44, 0][..], &ids(&[4])].concat(), mdat_at);
+            for (item, bytes) in [image, thumbnail, exif, id(5)].into_iter().zip(data) {
+                iloc.extend_from_slice(&ids(&[item]));
+                iloc.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+                iloc.extend_from_slice(&at.to_be_bytes());
+                iloc.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                at += bytes.len() as u32;
+            }
+            let iref = [
+                iso_box(
+                    b"thmb",
+                    &[
+                        &ids(&[thumbnail])[..],
+                        &[0, 3],
+                        &ids(&[image, id(3), id(4)]),
+                    ]
+                    .concat(),
+                ),
+                iso_box(
+                    b"cdsc",
+                    &[&ids(&[exif])[..], &[0, 1], &ids(&[image])].concat(),
+                ),
+            ]
+            .concat();
+            let ispe = |w: u32, h: u32| {
+                iso_full_box(b"ispe", 0, &[w.to_be_bytes(), h.to_be_bytes()].concat())
+            };
+            let ipma = [
+                &3u32.to_be_bytes()[..],
+                &ids(&[image]),
+                &[1, 0x81],
+                &ids(&[thumbnail]),
+                &[1, 0x82],
+                &ids(&[id(5)]),
+                &[1, 0x01],
+            ]
+            .concat();
+            let iprp = iso_box(
+                b"iprp",
+                &[
+                    iso_box(b"ipco", &[ispe(64, 48), ispe(16, 12)].concat()),
+                    iso_full_box(b"ipma", wide, &ipma),
+                ]
+                .concat(),
+            );
+            let meta = iso_full_box(
+                b"meta",
+                0,
+                &[
+                    iso_full_box(b"hdlr", 0, &[&[0; 4][..], b"pict", &[0; 13]].concat()),
+                    iso_full_box(b"pitm", wide, &ids(&[image])),
+                    iso_full_box(b"iinf", wide, &iinf),
+                    iso_full_box(b"iloc", 1 + wide, &iloc),
+                    iso_full_box(b"iref", wide, &iref),
+                    iprp,
+                ]
+                .concat(),
+            );
+            let ftyp = iso_box(b"ftyp", b"heic\0\0\0\0mif1heic");
+            [ftyp, meta, iso_box(b"mdat", &data.concat())].concat()
+        };
+        let mdat_at = build(0).len() - data.concat().len();
+        build(mdat_at as u32)
+    }
+
+    /// Every id becomes 1 to N in `iinf`'s order, in every box that holds
+    /// one, with each field's width: no piece of the text stays, and the
+    /// image, its size, its thumbnail and its EXIF item still line up.
+    #[test]
+    fn item_ids_are_renumbered_in_iinf_order() {
+        for size in [4, 2] {
+            let wide = u8::from(size == 4);
+            let original = ids_spelling_text(size);
+            let stored = scrubbed(&original);
+            // Six ids, the first six pieces.
+            for piece in MARK[..6 * size].chunks(size) {
+                assert!(contains(&original, piece));
+                let piece = String::from_utf8_lossy(piece);
+                assert!(!contains(&stored, piece.as_bytes()), "{piece:?}");
+            }
+            let ids = |list: &[u32]| ids(size, list);
+            let full = |kind: &[u8], version| [kind, &[version, 0, 0, 0]].concat();
+            // The primary is the first item, the iinf count is 5.
+            assert!(contains(
+                &stored,
+                &[full(b"pitm", wide), ids(&[1])].concat()
+            ));
+            assert!(contains(
+                &stored,
+                &[full(b"iinf", wide), ids(&[5])].concat()
+            ));
+            // The thumbnail (2) of the image (1), the ghosts dropped; the
+            // EXIF item (3) describes the image.
+            let thmb = [&b"thmb"[..], &ids(&[2]), &[0, 1], &ids(&[1])].concat();
+            assert!(contains(&stored, &thmb), "{size}");
+            let cdsc = [&b"cdsc"[..], &ids(&[3]), &[0, 1], &ids(&[1])].concat();
+            assert!(contains(&stored, &cdsc), "{size}");
+            // The image's and the thumbnail's properties stay theirs; the
+            // undeclared entry is 0 with no property.
+            let ipma = [
+                &full(b"ipma", wide)[..],
+                &3u32.to_be_bytes(),
+                &ids(&[1]),
+                &[1, 0x81],
+                &ids(&[2]),
+                &[1, 0x82],
+                &ids(&[0]),
+                &[1, 0],
+            ]
+            .concat();
+            assert!(contains(&stored, &ipma), "{size}");
+            for n in 1..=3 {
+                let infe = [&full(b"infe", 2 + wide)[..], &ids(&[n])].concat();
+                assert!(contains(&stored, &infe), "infe {n}");
+            }
+            // The items with no data lose their types, and are hidden.
+            for n in 4..=5 {
+                let infe = [&b"infe"[..], &[2 + wide, 0, 0, 1], &ids(&[n]), &[0; 6]].concat();
+                assert!(contains(&stored, &infe), "infe {n}");
+            }
+            assert!(!contains(&stored, b"zzzz"));
+        }
+    }
+
+    /// More items than the 16-bit ids of `infe` version 2 can number (all
+    /// 65 536 of them) are refused, as the ids could not be renumbered.
+    #[test]
+    fn more_items_than_16_bit_ids_can_number_are_refused() {
+        use super::tests::scrub;
+        let entries = (0..=u16::MAX).flat_map(|id| {
+            iso_full_box(
+                b"infe",
+                2,
+                &[&id.to_be_bytes()[..], &[0, 0], b"zzzz", &[0]].concat(),
+            )
+        });
+        let iinf = [65_536u32.to_be_bytes().to_vec(), entries.collect()].concat();
+        let meta = iso_full_box(
+            b"meta",
+            0,
+            &[
+                iso_full_box(b"hdlr", 0, &[&[0; 4][..], b"pict", &[0; 13]].concat()),
+                iso_full_box(b"pitm", 0, &[0, 1]),
+                iso_full_box(b"iinf", 1, &iinf),
+            ]
+            .concat(),
+        );
+        let file = [iso_box(b"ftyp", b"heic\0\0\0\0mif1heic"), meta].concat();
+        let error = scrub(&file, 1 << 16).unwrap_err();
+        assert!(error.to_string().contains("16-bit ids"), "{error}");
+    }
+
+    /// The crafted files of the fuzz corpus (`a7-heif-*`, ids spelling
+    /// the text) keep none of it.
+    #[test]
+    fn the_crafted_corpus_files_lose_their_ids() {
+        let files = crafted("a7-heif-");
+        assert!(files.len() >= 2);
+        for (name, original) in files {
+            let stored = scrubbed(&original);
+            let size = if name.contains("16") { 2 } else { 4 };
+            for piece in MARK[..6 * size].chunks(size) {
+                assert!(contains(&original, piece), "{name}");
+                assert!(!contains(&stored, piece), "{name}");
+            }
+        }
+    }
+
+    /// A real HEIC encoded by libheif, with a thumbnail, EXIF and an item
+    /// of a type no reader knows: the unknown type goes, the image
+    /// decodes to the same pixels with its thumbnail.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn a_real_file_renumbered_decodes_the_same() {
+        use super::attack6::{decoded, encoded};
+        use super::tests::scrub;
+        use libheif_rs::HeifContext;
+        let (mut context, handle) = encoded(|x, y| [(x * 4) as u8, 90, (y * 5) as u8, 255]);
+        let tiff = b"MM\0*\0\0\0\x08\0\0";
+        context.add_exif_metadata(&handle, tiff).unwrap();
+        context
+            .add_generic_metadata(&handle, MARK, b"zzzz", None)
+            .unwrap();
+        let original = context.write_to_bytes().unwrap();
+        assert!(contains(&original, b"zzzz"));
+        let (stored, _) = scrub(&original, 7).unwrap();
+        assert_eq!(stored.len(), original.len());
+        assert!(!contains(&stored, b"zzzz"));
+        assert!(!contains(&stored, MARK));
+        let alpha = HeifContext::read_from_bytes(&original)
+            .unwrap()
+            .primary_image_handle()
+            .unwrap()
+            .has_alpha_channel();
+        assert_eq!(decoded(&stored, alpha), decoded(&original, alpha));
     }
 }
