@@ -2227,9 +2227,8 @@ fn write_id(field: &mut [u8], id: u64) -> Result<bool, MediaError> {
 /// kept `grpl` groups. An id no `infe` declares becomes 0, which none
 /// has now (an `ipma` entry's associations with it too: 0 is no
 /// property), and a group naming one becomes `free`: ids are numbers the
-/// caller chose, and nothing of them stays. So does a group whose own id
-/// is now an item's (1 to N, ids share one space); the others keep
-/// theirs.
+/// caller chose, and nothing of them stays. The kept groups' own ids
+/// become N + 1 onward, in their order (ids share one space).
 /// Runs after every other step, which read the ids as they were. Whether
 /// anything changed.
 ///
@@ -2274,6 +2273,8 @@ fn renumber_items(
         changed |= write_id(field, ids.len() as u64)?;
     }
     let items = ids.len() as u64;
+    // Kept groups are numbered after the items: ids share one space.
+    let mut groups = 0;
     ids.sort_unstable();
     let new = |id: u64| {
         ids.binary_search_by_key(&id, |&(old, _)| old)
@@ -2358,12 +2359,13 @@ fn renumber_items(
                         be_uint(meta.get(kept.body + 8..ids_at).ok_or_else(meta_corrupt)?);
                     let ids_end = ids_at + 4 * entities as usize;
                     let entities = meta.get(ids_at..ids_end).ok_or_else(meta_corrupt)?;
-                    let group = be_uint(&meta[kept.body + 4..ids_at - 4]);
-                    if group <= items || entities.chunks_exact(4).any(|id| new(be_uint(id)) == 0) {
+                    if entities.chunks_exact(4).any(|id| new(be_uint(id)) == 0) {
                         blank_box(meta, &kept);
                         changed = true;
                         continue;
                     }
+                    groups += 1;
+                    changed |= write_id(&mut meta[kept.body + 4..ids_at - 4], items + groups)?;
                     for id in (ids_at..ids_end).step_by(4) {
                         changed |= renumber(meta, id, 4)?;
                     }
