@@ -109,6 +109,7 @@ fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
         uploaded_sha256: String::new(),
         metadata_stripped: false,
         blurhash: String::new(),
+        thumbhash: String::new(),
     }
 }
 

@@ -1132,6 +1132,7 @@ fn image_json(image: &pb::Image) -> serde_json::Value {
         "etag": image.etag,
         "crc32c": image.crc32c,
         "blurhash": image.blurhash,
+        "thumbhash": image.thumbhash,
         "variants": image.variants.iter().map(|v| serde_json::json!({
             "name": v.name,
             "content_type": v.content_type,
@@ -1230,6 +1231,7 @@ fn print_details(image: &pb::Image) {
         ),
         ("etag", image.etag.clone()),
         ("blurhash", image.blurhash.clone()),
+        ("thumbhash", image.thumbhash.clone()),
     ]);
     for (name, value) in rows {
         println!("{name:<12} {value}");

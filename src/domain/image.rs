@@ -192,6 +192,10 @@ pub struct ImageRecord {
     /// A BlurHash of the image as viewed; empty when it was not decoded.
     #[serde(default)]
     pub blurhash: String,
+    /// A ThumbHash of the image as viewed, base64; empty when it was not
+    /// decoded, and in records made before it was kept.
+    #[serde(default)]
+    pub thumbhash: String,
 }
 
 impl ImageRecord {
@@ -235,6 +239,7 @@ impl ImageRecord {
             &self.location,
             &self.uploaded_sha256,
             &self.blurhash,
+            &self.thumbhash,
         ];
         FIXED
             + strings.iter().map(|s| s.len() + PER_STRING).sum::<usize>()

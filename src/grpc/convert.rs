@@ -77,6 +77,7 @@ pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
         },
         metadata_stripped: record.metadata_stripped,
         blurhash: record.blurhash.clone(),
+        thumbhash: record.thumbhash.clone(),
     }
 }
 

@@ -169,8 +169,10 @@ fn fresh_user() -> UserId {
     UserId::parse(&format!("contract-{}", uuid::Uuid::new_v4())).expect("a user id")
 }
 
-/// A record of `owner`, created at `micros`.
-fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
+/// A record of `owner`, created at `micros`, with every field a backend
+/// must keep filled in (an empty field would read back the same if it
+/// were dropped).
+pub fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
     ImageRecord {
         id: ImageId::new(),
         owner: owner.clone(),
@@ -194,6 +196,8 @@ fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
         uploaded_sha256: "0".repeat(64),
         metadata_stripped: false,
         blurhash: String::new(),
+        // A ThumbHash, base64.
+        thumbhash: "1QcSHQRnh493V4dIh4eXh1h4kJUI".into(),
     }
 }
 

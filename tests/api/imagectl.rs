@@ -298,6 +298,7 @@ async fn imagectl_uploads_straight_to_the_store() {
         "variant      small",
         "variant      medium",
         "blurhash",
+        "thumbhash",
         "etag",
     ] {
         assert!(details.contains(expected), "{expected:?} in {details}");
@@ -413,6 +414,7 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         uploaded_sha256,
         metadata_stripped,
         blurhash,
+        thumbhash,
     } = image;
     let time = |t: Option<prost_types::Timestamp>| {
         let t = t.unwrap();
@@ -449,6 +451,7 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         "uploaded_sha256": uploaded_sha256,
         "metadata_stripped": metadata_stripped,
         "blurhash": blurhash,
+        "thumbhash": thumbhash,
     });
     assert_eq!(got, expected);
     assert_eq!(got["attributes"]["lens"], "35mm f/1.4");

@@ -166,6 +166,10 @@ async fn a_migration_to_aws_interrupted_and_resumed_copies_every_image_once() {
         assert_eq!(is, was, "the same image: id, owner, times, etag, variants");
         assert_eq!(copied, bytes, "byte-identical");
     }
+    assert!(
+        before.iter().all(|(image, _)| !image.thumbhash.is_empty()),
+        "the placeholders compared above are there to lose"
+    );
     let sample = &after[0].0;
     let url = aws
         .client()

@@ -412,7 +412,7 @@ impl Uploads {
                 self.stored_digest(&original, facts.size_bytes).await?
             }
         };
-        let (variants, blurhash) = rendered.unwrap_or_default();
+        let (variants, blurhash, thumbhash) = rendered.unwrap_or_default();
         let (width, height) = facts.viewed_dimensions();
         let now = Timestamp::now();
         let record = ImageRecord {
@@ -438,6 +438,7 @@ impl Uploads {
             uploaded_sha256: facts.uploaded.sha256_hex,
             metadata_stripped: facts.scrubbed.stripped,
             blurhash,
+            thumbhash,
         };
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose

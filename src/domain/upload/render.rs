@@ -20,9 +20,9 @@ use crate::media::variants::{self, Rendered, Renderer};
 const HEAD_BYTES: u64 = 256 * 1024;
 
 impl Uploads {
-    /// Makes the variants and placeholder of a stored original of
-    /// `owner`'s and stores the variants through the session; `None` for
-    /// types that are not decoded. When it has to read the original back,
+    /// Makes the variants and placeholders (BlurHash, ThumbHash) of a
+    /// stored original of `owner`'s and stores the variants through the
+    /// session; `None` for types that are not decoded. When it has to read the original back,
     /// it fills in missing checksums from those bytes.
     ///
     /// What a render holds (its copy of the original and, estimated from
@@ -40,7 +40,7 @@ impl Uploads {
         owner: &UserId,
         writes: &mut Writes,
         facts: &mut StoredFacts,
-    ) -> Result<Option<(Vec<Variant>, String)>, DomainError> {
+    ) -> Result<Option<(Vec<Variant>, String, String)>, DomainError> {
         let content_type = facts.uploaded.content_type;
         if !self.limits.variants || !Renderer::can_render(content_type) {
             return Ok(None);
@@ -98,7 +98,11 @@ impl Uploads {
             .renderer
             .render(slot, source.clone(), content_type, orientation)
             .await;
-        let Rendered { variants, blurhash } = match rendered {
+        let Rendered {
+            variants,
+            blurhash,
+            thumbhash,
+        } = match rendered {
             // Damaged scan data (a corrupted block in a camera's file)
             // stops the fast, scaled decoders; decoded whole, the damage
             // shows as it does in a browser. The whole decode's memory is
@@ -143,7 +147,7 @@ impl Uploads {
             writes.write_object(&variant.name, rendition.bytes).await?;
             stored.push(variant);
         }
-        Ok(Some((stored, blurhash)))
+        Ok(Some((stored, blurhash, thumbhash)))
     }
 
     /// Checksums of a stored object, read back from the store.

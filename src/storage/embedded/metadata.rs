@@ -691,3 +691,40 @@ impl MetadataStore for EmbeddedMetadataStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::contract::sample_record;
+
+    /// A record stored before `thumbhash` was kept (its JSON has no such
+    /// key) reads back with an empty one and everything else as stored.
+    #[tokio::test]
+    async fn a_record_from_before_the_thumbhash_reads_back_without_one() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedMetadataStore::open(&dir.path().join("metadata.redb")).expect("opened");
+        let record = sample_record(&UserId::parse("alice").expect("a user"), 1_000_000);
+        assert!(!record.thumbhash.is_empty());
+        let mut old = serde_json::to_value(&record).expect("a record serializes");
+        old.as_object_mut()
+            .expect("a JSON object")
+            .remove("thumbhash")
+            .expect("a thumbhash key");
+        let old = serde_json::to_vec(&old).expect("JSON");
+        let txn = store.db.begin_write().expect("a write transaction");
+        insert(&txn, &record, &old)
+            .expect("written")
+            .expect("inserted");
+        txn.commit().expect("committed");
+
+        let read = store.get(&record.id).await.expect("read").expect("found");
+        assert_eq!(read.thumbhash, "");
+        let expected = ImageRecord {
+            thumbhash: String::new(),
+            ..record
+        };
+        assert_eq!(read, expected);
+        let many = store.get_many(&[expected.id]).await.expect("read");
+        assert_eq!(many, [expected]);
+    }
+}

@@ -71,6 +71,7 @@ macro_rules! all_cases {
             variants::a_sideways_phone_photo_comes_back_upright_and_without_gps,
             variants::small_and_animated_images_get_variants_never_upscaled,
             variants::a_heic_is_stored_without_its_location,
+            variants::a_thumbhash_keeps_the_aspect_ratio_and_the_alpha,
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
             listing::pages_of_large_records_are_cut_by_bytes_and_continue,

@@ -380,3 +380,115 @@ pub(super) async fn a_tiled_heic_is_one_image_of_its_full_size(backend: Backend)
     assert!(status.message().contains("1024x384"), "{status:?}");
     app.assert_nothing_stored("alice").await;
 }
+
+/// The ThumbHash keeps what the BlurHash drops: a sideways phone photo's
+/// hash paints a portrait placeholder (as the photo is viewed, red above
+/// blue), and a PNG with transparency one with its transparent half.
+pub(super) async fn a_thumbhash_keeps_the_aspect_ratio_and_the_alpha(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // The sensor's 1600 x 1200, viewed turned a quarter: 1200 x 1600.
+    let photo = app
+        .upload(
+            "alice",
+            spec("IMG_0005.jpg"),
+            &images::phone_photo(1600, 1200),
+        )
+        .await
+        .unwrap();
+    let (hash, painted) = thumbhash_of(&photo, 1200.0 / 1600.0);
+    assert!(!has_alpha(&hash), "an opaque photo");
+    let (w, h, rgba) = painted;
+    let pixel = |x: usize, y: usize| &rgba[(y * w + x) * 4..(y * w + x) * 4 + 4];
+    let (top, bottom) = (pixel(w / 2, h / 8), pixel(w / 2, h * 7 / 8));
+    assert!(
+        top[0] > top[2] && bottom[2] > bottom[0],
+        "upright: {top:?} above {bottom:?}"
+    );
+
+    // 400 x 300, its left half opaque red and its right half transparent.
+    let png = {
+        let pixels = image::RgbaImage::from_fn(400, 300, |x, _| {
+            if x < 200 {
+                image::Rgba([220, 20, 20, 255])
+            } else {
+                image::Rgba([0, 0, 0, 0])
+            }
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        pixels.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let sticker = app
+        .upload("alice", spec("sticker.png"), &png)
+        .await
+        .unwrap();
+    let (hash, (w, h, rgba)) = thumbhash_of(&sticker, 400.0 / 300.0);
+    assert!(has_alpha(&hash), "the transparency is kept");
+    let alpha = |x: usize, y: usize| rgba[(y * w + x) * 4 + 3];
+    let (left, right) = (alpha(w / 8, h / 2), alpha(w * 7 / 8, h / 2));
+    assert!(
+        left > 200 && right < 60,
+        "opaque left ({left}), transparent right ({right})"
+    );
+
+    // Get, List and BatchGet return the same hash as the upload did.
+    let got = app.get("bob", &photo.image_id).await.unwrap();
+    assert_eq!(got.thumbhash, photo.thumbhash);
+    let listed = app
+        .list(
+            "alice",
+            pb::ListImagesRequest {
+                owner_id: "alice".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hashes: Vec<_> = listed.images.iter().map(|i| i.thumbhash.as_str()).collect();
+    assert_eq!(hashes, [&sticker.thumbhash, &photo.thumbhash]);
+    let request = pb::BatchGetImagesRequest {
+        image_ids: vec![photo.image_id.clone(), sticker.image_id.clone()],
+        ..Default::default()
+    };
+    let batch = app
+        .client()
+        .batch_get_images(as_user("bob", request))
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<_> = batch
+        .images
+        .iter()
+        .map(|found| found.image.as_ref().unwrap().thumbhash.as_str())
+        .collect();
+    assert_eq!(hashes, [&photo.thumbhash, &sticker.thumbhash]);
+}
+
+/// The image's ThumbHash, base64-decoded, and painted; its aspect ratio is
+/// checked against `upright` (width / height as viewed) within 10 %, the
+/// precision of a hash with 5 to 7 components along the longer side.
+fn thumbhash_of(image: &pb::Image, upright: f32) -> (Vec<u8>, (usize, usize, Vec<u8>)) {
+    use base64::Engine as _;
+    let hash = base64::engine::general_purpose::STANDARD
+        .decode(&image.thumbhash)
+        .unwrap_or_else(|e| panic!("{:?} is not base64: {e}", image.thumbhash));
+    let ratio = thumbhash::thumb_hash_to_approximate_aspect_ratio(&hash).unwrap();
+    let painted = thumbhash::thumb_hash_to_rgba(&hash).expect("the ThumbHash decodes");
+    let (w, h, _) = &painted;
+    for (what, got) in [("hash", ratio), ("painted", *w as f32 / *h as f32)] {
+        assert!(
+            (got / upright - 1.0).abs() < 0.1,
+            "{what} aspect ratio {got} for an image of {upright}"
+        );
+    }
+    (hash, painted)
+}
+
+/// The ThumbHash's has-alpha flag, the top bit of its third byte, which is
+/// what tells a client to paint transparency.
+fn has_alpha(hash: &[u8]) -> bool {
+    let (.., a) = thumbhash::thumb_hash_to_average_rgba(hash).unwrap();
+    let flag = hash[2] & 0x80 != 0;
+    assert_eq!(flag, a < 1.0, "the flag agrees with the average alpha");
+    flag
+}
