@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
-use super::image::{ImageRecord, Timestamp};
+use super::image::{Held, ImageRecord, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
@@ -225,20 +225,19 @@ impl Images {
         }
     }
 
-    /// An image and the name of one of its renditions, which must exist.
+    /// An image and the stored object of one of its renditions, which must
+    /// exist.
     async fn rendition(
         &self,
         image_id: &str,
         variant: &str,
-    ) -> Result<(ImageRecord, VariantName), DomainError> {
+    ) -> Result<(ImageRecord, Held), DomainError> {
         let image = self.get(image_id).await?;
         let variant = VariantName::parse(variant)?;
-        if image.rendition(&variant).is_none() {
-            return Err(DomainError::NotFound(format!(
-                "the image has no variant {variant}"
-            )));
-        }
-        Ok((image, variant))
+        let held = image
+            .default_held(&variant)
+            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        Ok((image, held))
     }
 
     /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the
@@ -251,8 +250,8 @@ impl Images {
         offset: i64,
         limit: i64,
     ) -> Result<Download, DomainError> {
-        let (image, variant) = self.rendition(image_id, variant).await?;
-        let (total_size, _) = image.rendition(&variant).unwrap_or_default();
+        let (image, held) = self.rendition(image_id, variant).await?;
+        let total_size = held.size_bytes;
         let offset = u64::try_from(offset)
             .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
         let limit = u64::try_from(limit)
@@ -281,7 +280,7 @@ impl Images {
                     "a download",
                 )
                 .await?;
-            let key = ObjectKey::new(&image.id, &variant);
+            let key = ObjectKey::of(&image.id, &held.object);
             let stream = self
                 .blobs
                 .read(&key, offset, length)
@@ -315,9 +314,9 @@ impl Images {
         expires_in: Option<Duration>,
         disposition: Disposition,
     ) -> Result<PresignedUrl, DomainError> {
-        let (image, variant) = self.rendition(image_id, variant).await?;
+        let (image, held) = self.rendition(image_id, variant).await?;
         let terms = self.url_terms(expires_in, Timestamp::now());
-        self.presign(&image, &variant, terms, disposition).await
+        self.presign(&image, &held, terms, disposition).await
     }
 
     /// When a URL asked to last `requested` is signed, and for how long:
@@ -356,16 +355,17 @@ impl Images {
     async fn presign(
         &self,
         image: &ImageRecord,
-        variant: &VariantName,
+        held: &Held,
         terms: UrlTerms,
         disposition: Disposition,
     ) -> Result<PresignedUrl, DomainError> {
-        let (_, content_type) = image.rendition(variant).unwrap_or_default();
+        // The URL names the object chosen, so it stays the same within
+        // the window for each encoding, and is served as what it holds.
         let request = PresignRequest {
-            key: ObjectKey::new(&image.id, variant),
+            key: ObjectKey::of(&image.id, &held.object),
             signed_at: terms.signed_at,
             expires_in: terms.expires_in,
-            content_type: content_type.to_owned(),
+            content_type: held.content_type.clone(),
             disposition,
             filename: image.filename.clone(),
         };
@@ -428,11 +428,14 @@ impl Images {
                 continue;
             }
             bytes += size;
-            let signed = match &url {
-                Some((variant, terms, disposition)) if record.rendition(variant).is_some() => {
-                    Some(self.presign(&record, variant, *terms, *disposition).await?)
+            let held = url.as_ref().and_then(|(variant, terms, disposition)| {
+                Some((record.default_held(variant)?, *terms, *disposition))
+            });
+            let signed = match held {
+                Some((held, terms, disposition)) => {
+                    Some(self.presign(&record, &held, terms, disposition).await?)
                 }
-                _ => None,
+                None => None,
             };
             result.images.push((record, signed));
         }
@@ -524,9 +527,10 @@ impl Images {
         let images = self.clone();
         let removal = tokio::spawn(
             async move {
-                for variant in deleted.rendition_names() {
+                // Each object once, however many entries share it.
+                for (object, _) in deleted.objects() {
                     images
-                        .delete_blob_logged(&ObjectKey::new(&id, &variant))
+                        .delete_blob_logged(&ObjectKey::of(&id, &object))
                         .await;
                 }
             }

@@ -139,6 +139,7 @@ impl Uploads {
                 size_bytes: rendition.bytes.len() as u64,
                 width: rendition.width,
                 height: rendition.height,
+                object: None,
             };
             writes.write_object(&variant.name, rendition.bytes).await?;
             stored.push(variant);

@@ -413,10 +413,10 @@ impl BlobStore for S3BlobStore {
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let mut found = Vec::new();
         for (key, modified) in self.list_prefix("images/").await? {
-            if let Some((image_id, variant)) = ObjectKey::parse(&key) {
+            if let Some((image_id, object)) = ObjectKey::parse(&key) {
                 found.push(StoredObject {
                     image_id,
-                    variant,
+                    object,
                     modified,
                 });
             }
