@@ -111,7 +111,12 @@ impl Images {
         let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait)
             .with_user_share(limits.max_memory_per_user);
         Self {
-            uploads: Uploads::new(blobs.clone(), metadata.clone(), limits, budget.clone()),
+            uploads: Uploads::new(
+                blobs.clone(),
+                metadata.clone(),
+                limits.clone(),
+                budget.clone(),
+            ),
             blobs,
             metadata,
             budget,
