@@ -201,6 +201,12 @@ impl ObjectName {
     pub fn is_original(&self) -> bool {
         self.encoding.is_none() && self.variant.is_original()
     }
+
+    /// The added encoding the object holds; `None` for an object named
+    /// like its rendition (whose type its record says).
+    pub fn encoding(&self) -> Option<Encoding> {
+        self.encoding
+    }
 }
 
 impl fmt::Display for ObjectName {
@@ -384,17 +390,6 @@ impl ImageRecord {
             content_type: self.content_type.clone(),
             size_bytes: self.size_bytes,
         }
-    }
-
-    /// What a viewer that states no preference gets of the named
-    /// rendition: the original, or the variant's first entry (JPEG, or for
-    /// a transparent image its alpha-capable encoding). `None` when the
-    /// rendition does not exist.
-    pub fn default_held(&self, name: &VariantName) -> Option<Held> {
-        if name.is_original() {
-            return Some(self.original());
-        }
-        self.entries(name).next().map(Variant::held)
     }
 
     /// The entries of the named variant, the one made first first.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use super::accept::Accept;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
 use super::image::{Held, ImageRecord, Timestamp};
@@ -54,6 +55,8 @@ pub struct ListResult {
 /// A download in progress: what is being read, and the bytes.
 pub struct Download {
     pub image: ImageRecord,
+    /// The media type of the encoding chosen for the viewer.
+    pub content_type: String,
     pub offset: u64,
     pub length: u64,
     pub total_size: u64,
@@ -67,6 +70,8 @@ pub struct Download {
 pub struct BatchUrl {
     /// `original` or a variant name.
     pub variant: String,
+    /// The media types the viewer can show (see [`Accept`]).
+    pub accept: Vec<String>,
     pub expires_in: Option<Duration>,
     pub disposition: Disposition,
 }
@@ -76,11 +81,19 @@ pub struct BatchUrl {
 pub struct BatchResult {
     /// In the order asked, each with its URL when one was asked for and the
     /// image has the rendition.
-    pub images: Vec<(ImageRecord, Option<PresignedUrl>)>,
+    pub images: Vec<(ImageRecord, Option<DownloadUrl>)>,
     /// Ids that name no image.
     pub missing: Vec<String>,
     /// Ids cut off by the response size limit: to ask for again.
     pub unprocessed: Vec<String>,
+}
+
+/// A presigned URL of the encoding chosen for the viewer.
+#[derive(Clone, Debug)]
+pub struct DownloadUrl {
+    pub url: PresignedUrl,
+    /// The media type of the object it fetches.
+    pub content_type: String,
 }
 
 /// When a URL is signed and how long it lasts from then.
@@ -230,32 +243,36 @@ impl Images {
         }
     }
 
-    /// An image and the stored object of one of its renditions, which must
-    /// exist.
+    /// An image and the stored object of one of its renditions (which
+    /// must exist) chosen for a viewer that can show `accept`.
     async fn rendition(
         &self,
         image_id: &str,
         variant: &str,
+        accept: &[String],
     ) -> Result<(ImageRecord, Held), DomainError> {
+        let accept = Accept::parse(accept)?;
         let image = self.get(image_id).await?;
         let variant = VariantName::parse(variant)?;
         let held = image
-            .default_held(&variant)
+            .negotiate(&variant, &accept)
             .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
         Ok((image, held))
     }
 
-    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the
-    /// end); its memory counts against `caller`'s share of the budget.
+    /// Streams a rendition in the encoding chosen for `accept`, or `limit`
+    /// bytes of it from `offset` (0 = to the end); its memory counts
+    /// against `caller`'s share of the budget.
     pub async fn download(
         &self,
         caller: &UserId,
         image_id: &str,
         variant: &str,
+        accept: &[String],
         offset: i64,
         limit: i64,
     ) -> Result<Download, DomainError> {
-        let (image, held) = self.rendition(image_id, variant).await?;
+        let (image, held) = self.rendition(image_id, variant, accept).await?;
         let total_size = held.size_bytes;
         let offset = u64::try_from(offset)
             .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
@@ -304,6 +321,7 @@ impl Images {
         };
         Ok(Download {
             image,
+            content_type: held.content_type,
             offset,
             length,
             total_size,
@@ -311,15 +329,16 @@ impl Images {
         })
     }
 
-    /// A presigned URL for a rendition.
+    /// A presigned URL for a rendition, in the encoding chosen for `accept`.
     pub async fn download_url(
         &self,
         image_id: &str,
         variant: &str,
+        accept: &[String],
         expires_in: Option<Duration>,
         disposition: Disposition,
-    ) -> Result<PresignedUrl, DomainError> {
-        let (image, held) = self.rendition(image_id, variant).await?;
+    ) -> Result<DownloadUrl, DomainError> {
+        let (image, held) = self.rendition(image_id, variant, accept).await?;
         let terms = self.url_terms(expires_in, Timestamp::now());
         self.presign(&image, &held, terms, disposition).await
     }
@@ -363,7 +382,7 @@ impl Images {
         held: &Held,
         terms: UrlTerms,
         disposition: Disposition,
-    ) -> Result<PresignedUrl, DomainError> {
+    ) -> Result<DownloadUrl, DomainError> {
         // The URL names the object chosen, so it stays the same within
         // the window for each encoding, and is served as what it holds.
         let request = PresignRequest {
@@ -374,7 +393,10 @@ impl Images {
             disposition,
             filename: image.filename.clone(),
         };
-        Ok(self.blobs.presign_read(&request).await?)
+        Ok(DownloadUrl {
+            url: self.blobs.presign_read(&request).await?,
+            content_type: held.content_type.clone(),
+        })
     }
 
     /// Up to [`MAX_BATCH_GET`] images in one store call, in the order
@@ -403,6 +425,7 @@ impl Images {
         let url = match url {
             Some(url) => Some((
                 VariantName::parse(&url.variant)?,
+                Accept::parse(&url.accept)?,
                 self.url_terms(url.expires_in, Timestamp::now()),
                 url.disposition,
             )),
@@ -433,9 +456,11 @@ impl Images {
                 continue;
             }
             bytes += size;
-            let held = url.as_ref().and_then(|(variant, terms, disposition)| {
-                Some((record.default_held(variant)?, *terms, *disposition))
-            });
+            let held = url
+                .as_ref()
+                .and_then(|(variant, accept, terms, disposition)| {
+                    Some((record.negotiate(variant, accept)?, *terms, *disposition))
+                });
             let signed = match held {
                 Some((held, terms, disposition)) => {
                     Some(self.presign(&record, &held, terms, disposition).await?)
