@@ -159,6 +159,11 @@ fn limits(settings: &LimitSettings) -> Limits {
             }),
             max_memory: settings.max_render_memory,
         },
+        // Checked at start (Application::build); commands make no variants.
+        variant_sizes: settings
+            .variant_sizes()
+            .unwrap_or_else(|_| crate::media::variants::default_sizes())
+            .into(),
         sessions: SessionLimits {
             ttl: settings.upload_session_ttl,
             segment_bytes: settings.upload_session_segment_size,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::media::variants::VariantSize;
 use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
 
@@ -484,6 +485,16 @@ pub struct LimitSettings {
     /// upload (`--variants false`: store originals only).
     #[arg(long, env = "IMAGE_SERVICE_VARIANTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub variants: bool,
+
+    /// A variant made of every decodable upload, as NAME=LONGEST_SIDE
+    /// (repeatable, or comma-separated in the environment): the image
+    /// fitted in LONGEST_SIDE pixels (16 to 8192), never upscaled. `small`
+    /// (320) and `medium` (1080) are always made, since callers ask for
+    /// them by name; naming one sets its side. At most 8 variants in all;
+    /// the names follow the rules of `variant` in download requests, and
+    /// `original` is the uploaded bytes.
+    #[arg(long = "variant", env = "IMAGE_SERVICE_VARIANT", value_name = "NAME=LONGEST_SIDE", value_delimiter = ',', value_parser = parse_variant_size, global = true)]
+    pub variant: Vec<VariantSize>,
 
     /// Images decoded and resized at once to make variants, in each of two
     /// lanes (images up to 16 megapixels, and larger ones, so huge images
@@ -993,6 +1004,33 @@ impl Config {
 impl LimitSettings {
     /// `--max-memory-per-user` against the `--memory-budget` it shares: the
     /// flag, half the budget by default, or why it cannot be.
+    /// The variants to make, smallest first: the defaults, with those
+    /// `--variant` adds or resizes. A name given twice, or more than
+    /// [`MAX_VARIANTS`] in all, stops the start.
+    pub fn variant_sizes(&self) -> Result<Vec<VariantSize>, String> {
+        let mut sizes = crate::media::variants::default_sizes();
+        for (i, given) in self.variant.iter().enumerate() {
+            if self.variant[..i].iter().any(|v| v.name == given.name) {
+                return Err(format!(
+                    "--variant names {} twice (IMAGE_SERVICE_VARIANT)",
+                    given.name
+                ));
+            }
+            match sizes.iter_mut().find(|v| v.name == given.name) {
+                Some(default) => default.longest_side = given.longest_side,
+                None => sizes.push(given.clone()),
+            }
+        }
+        if sizes.len() > MAX_VARIANTS {
+            return Err(format!(
+                "--variant makes {} variants with small and medium; at most {MAX_VARIANTS} are allowed",
+                sizes.len()
+            ));
+        }
+        sizes.sort_by_key(|v| v.longest_side);
+        Ok(sizes)
+    }
+
     pub fn memory_per_user(&self) -> Result<u64, String> {
         let budget = self.memory_budget();
         match self.max_memory_per_user {
@@ -1065,6 +1103,45 @@ pub fn default_memory_budget() -> u64 {
 /// ~170 MiB for a 12-megapixel HEIC) beside the user's other calls under
 /// the 512 MiB default budget.
 const MEMORY_SHARES_PER_BUDGET: u64 = 2;
+
+/// Most variants made of an image (`--variant`, with `small` and
+/// `medium`): each costs a resize and an encode in every render, and an
+/// entry in every `Image`.
+pub const MAX_VARIANTS: usize = 8;
+/// The sides a variant may be fitted in: below 16 pixels a variant is
+/// no picture; above 8192 it is larger than any screen.
+const VARIANT_SIDES: std::ops::RangeInclusive<u32> = 16..=8192;
+
+/// One `--variant NAME=LONGEST_SIDE`.
+fn parse_variant_size(text: &str) -> Result<VariantSize, String> {
+    let (name, side) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=LONGEST_SIDE (e.g. large=2048)"))?;
+    let valid = crate::domain::VariantName::parse(name)
+        .ok()
+        .filter(|v| !name.is_empty() && v.as_str() == name)
+        .ok_or_else(|| {
+            format!("{name:?} is not a variant name: 1 to 32 of a-z, 0-9, `_` and `-`")
+        })?;
+    if valid.is_original() {
+        return Err("`original` names the uploaded bytes, not a variant".into());
+    }
+    let longest_side: u32 = side
+        .trim()
+        .parse()
+        .map_err(|_| format!("{side:?} is not a number of pixels"))?;
+    if !VARIANT_SIDES.contains(&longest_side) {
+        return Err(format!(
+            "a variant's longest side is {} to {} pixels, not {longest_side}",
+            VARIANT_SIDES.start(),
+            VARIANT_SIDES.end()
+        ));
+    }
+    Ok(VariantSize {
+        name: name.to_owned(),
+        longest_side,
+    })
+}
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     if let Ok(n) = text.trim().parse::<u64>() {

@@ -1089,6 +1089,7 @@ pub fn limits() -> crate::domain::Limits {
             max_concurrent: 2,
             max_memory: 256 << 20,
         },
+        variant_sizes: crate::media::variants::default_sizes().into(),
         sessions: crate::domain::limits::SessionLimits {
             ttl: Duration::from_secs(3600),
             segment_bytes: 1 << 20,

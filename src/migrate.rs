@@ -150,12 +150,7 @@ pub async fn migrate(
                 None if present.contains(&record.id) => summary.present += 1,
                 None => {
                     summary.copied += 1;
-                    summary.bytes += record
-                        .rendition_names()
-                        .iter()
-                        .filter_map(|name| record.rendition(name))
-                        .map(|(size, _)| size)
-                        .sum::<u64>();
+                    summary.bytes += record.objects().iter().map(|(_, size)| size).sum::<u64>();
                 }
                 Some(Ok(Copied::Copied(bytes))) => {
                     summary.copied += 1;
@@ -258,8 +253,8 @@ async fn remove_copied(to: &Side, record: &ImageRecord, why: String) -> String {
             );
         }
     }
-    for name in record.rendition_names() {
-        let key = ObjectKey::new(&record.id, &name);
+    for (name, _) in record.objects() {
+        let key = ObjectKey::of(&record.id, &name);
         match to.blobs.delete(&key).await {
             Ok(()) | Err(StorageError::NotFound) => {}
             Err(error) => {
@@ -277,9 +272,9 @@ async fn remove_copied(to: &Side, record: &ImageRecord, why: String) -> String {
 /// [`copy_image`] up to the first failure.
 async fn copy_verified(from: &Side, to: &Side, record: &ImageRecord) -> Result<Copied, CopyError> {
     let mut bytes = 0;
-    for name in record.rendition_names() {
-        let (size, _) = record.rendition(&name).unwrap_or_default();
-        let key = ObjectKey::new(&record.id, &name);
+    // Each object once, however many entries share it.
+    for (name, size) in record.objects() {
+        let key = ObjectKey::of(&record.id, &name);
         let sha256 = copy_object(from, to, &key, size).await?;
         if name.is_original() && sha256 != record.sha256 {
             return Err(CopyError::Image(format!(

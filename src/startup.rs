@@ -62,6 +62,7 @@ impl Application {
             .limits
             .memory_per_user()
             .map_err(anyhow::Error::msg)?;
+        config.limits.variant_sizes().map_err(anyhow::Error::msg)?;
         let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
         let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {

@@ -78,7 +78,11 @@ fn photo_row(
     let (width, height) = imagesize::blob_size(jpeg)
         .map(|size| (size.width as u32, size.height as u32))
         .expect("the photo's size");
-    let reserved = image_service::media::variants::memory_needed(jpeg, "image/jpeg", width, height);
+    let largest = image_service::media::variants::largest_side(
+        &image_service::media::variants::default_sizes(),
+    );
+    let reserved =
+        image_service::media::variants::memory_needed(jpeg, "image/jpeg", width, height, largest);
     let reference = reference_image(jpeg, orientation);
     let our_psnr = psnr(&reference, &medium);
     let mut vips = Ok(());

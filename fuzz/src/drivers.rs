@@ -26,7 +26,7 @@ use image_service::media::MediaError;
 use image_service::media::content::{ContentFacts, ContentInspector, ContentLimits, Declared};
 use image_service::media::gif::GifFrames;
 use image_service::media::scrub::{Scrubbed, Scrubber};
-use image_service::media::variants::{self, Renderer, VARIANTS};
+use image_service::media::variants::{self, DEFAULT_VARIANTS, Renderer};
 use image_service::storage::memory::{Faults, MemoryBlobStore, MemoryMetadataStore};
 
 /// A parser's driver: feeds it one input.
@@ -140,15 +140,17 @@ pub fn render(data: &[u8]) {
     let Some(format) = image::ImageFormat::from_mime_type(facts.content_type) else {
         return;
     };
-    let needed = variants::memory_needed(data, facts.content_type, facts.width, facts.height);
+    let largest = variants::largest_side(&variants::default_sizes());
+    let needed =
+        variants::memory_needed(data, facts.content_type, facts.width, facts.height, largest);
     if needed > RENDER_MEMORY {
         return;
     }
     let orientation = 1 + (data.len() % 8) as u8;
     match variants::render(data, format, orientation, RENDER_MEMORY) {
         Ok(rendered) => {
-            assert_eq!(rendered.variants.len(), VARIANTS.len());
-            for (variant, (name, side)) in rendered.variants.iter().zip(VARIANTS) {
+            assert_eq!(rendered.variants.len(), DEFAULT_VARIANTS.len());
+            for (variant, (name, side)) in rendered.variants.iter().zip(DEFAULT_VARIANTS) {
                 assert_eq!(variant.name, name);
                 assert!(variant.width.max(variant.height) <= side);
                 assert!(!variant.bytes.is_empty());

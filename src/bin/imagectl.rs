@@ -435,6 +435,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let request = pb::GetDownloadUrlRequest {
                 image_id: id,
                 variant,
+                // No preference: JPEG, the same bytes on every call.
+                accept: Vec::new(),
                 expires_in: expires.map(|d| prost_types::Duration {
                     seconds: d.as_secs() as i64,
                     nanos: 0,
@@ -1043,6 +1045,8 @@ async fn download(
         let request = pb::DownloadImageRequest {
             image_id: id.to_owned(),
             variant,
+            // No preference, so a resumed download reads the same object.
+            accept: Vec::new(),
             read_offset: have as i64,
             read_limit: 0,
         };

@@ -363,10 +363,13 @@ mod tests {
     async fn users_take_turns_at_the_render_slots() {
         use crate::media::variants::{RenderLimits, Renderer};
         let admissions = Admissions::new(MemoryBudget::new(64 * MIB, Duration::ZERO));
-        let renderer = Renderer::new(RenderLimits {
-            max_concurrent: 1,
-            max_memory: 64 * MIB,
-        });
+        let renderer = Renderer::new(
+            RenderLimits {
+                max_concurrent: 1,
+                max_memory: 64 * MIB,
+            },
+            crate::media::variants::default_sizes().into(),
+        );
         let held = admissions
             .render_slot(&renderer, &user("first"), 1_000_000)
             .await;

@@ -97,6 +97,141 @@ impl fmt::Display for VariantName {
     }
 }
 
+/// An encoding a rendition can be stored in: what it is served as, and the
+/// extension of the objects of the encodings made beside a variant's first
+/// one (`images/{id}/{name}.{ext}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Encoding {
+    Jpeg,
+    WebP,
+    Avif,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 3] = [Encoding::Jpeg, Encoding::WebP, Encoding::Avif];
+
+    /// The media type it is served as.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Jpeg => "image/jpeg",
+            Encoding::WebP => "image/webp",
+            Encoding::Avif => "image/avif",
+        }
+    }
+
+    /// The extension of its objects' keys.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Encoding::Jpeg => "jpg",
+            Encoding::WebP => "webp",
+            Encoding::Avif => "avif",
+        }
+    }
+
+    /// Whether it keeps an alpha channel (the encodings of transparent
+    /// images must).
+    pub fn alpha_capable(self) -> bool {
+        match self {
+            Encoding::Jpeg => false,
+            Encoding::WebP | Encoding::Avif => true,
+        }
+    }
+
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.content_type() == content_type)
+    }
+
+    pub fn from_extension(extension: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.extension() == extension)
+    }
+}
+
+/// The name of a stored object under its image's key prefix: a rendition's
+/// name (`original`, `small`: the objects every image had before added
+/// encodings), or a variant's name and an encoding's extension
+/// (`small.webp`). Variant names cannot hold a `.`, so the two never
+/// collide.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectName {
+    variant: VariantName,
+    encoding: Option<Encoding>,
+}
+
+impl ObjectName {
+    /// The object named like the rendition: `images/{id}/{name}`.
+    pub fn plain(variant: VariantName) -> Self {
+        Self {
+            variant,
+            encoding: None,
+        }
+    }
+
+    /// The object of an added encoding: `images/{id}/{name}.{ext}`.
+    pub fn encoded(variant: VariantName, encoding: Encoding) -> Self {
+        Self {
+            variant,
+            encoding: Some(encoding),
+        }
+    }
+
+    pub fn original() -> Self {
+        Self::plain(VariantName::original())
+    }
+
+    /// The text form, as written by [`fmt::Display`]; `None` for anything
+    /// else (an empty name, an unknown extension, a second dot).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (name, encoding) = match text.split_once('.') {
+            Some((name, extension)) => (name, Some(Encoding::from_extension(extension)?)),
+            None => (text, None),
+        };
+        let variant = VariantName::parse(name)
+            .ok()
+            .filter(|v| !name.is_empty() && v.as_str() == name)?;
+        Some(Self { variant, encoding })
+    }
+
+    /// The rendition the object holds bytes of.
+    pub fn variant(&self) -> &VariantName {
+        &self.variant
+    }
+
+    pub fn is_original(&self) -> bool {
+        self.encoding.is_none() && self.variant.is_original()
+    }
+
+    /// The added encoding the object holds; `None` for an object named
+    /// like its rendition (whose type its record says).
+    pub fn encoding(&self) -> Option<Encoding> {
+        self.encoding
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.encoding {
+            None => write!(f, "{}", self.variant),
+            Some(encoding) => write!(f, "{}.{}", self.variant, encoding.extension()),
+        }
+    }
+}
+
+impl serde::Serialize for ObjectName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an object name: {text:?}")))
+    }
+}
+
 /// A point in time, in microseconds since the Unix epoch.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -144,7 +279,9 @@ impl From<Timestamp> for SystemTime {
     }
 }
 
-/// A derived rendition stored beside the original.
+/// A derived rendition in one encoding: an image lists one per (name,
+/// content type), the first of each name the one made before the upload
+/// was acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     pub name: VariantName,
@@ -152,6 +289,38 @@ pub struct Variant {
     pub size_bytes: u64,
     pub width: u32,
     pub height: u32,
+    /// The stored object it reads, when not the one named like the
+    /// variant (absent in records made before objects were shared or
+    /// encodings added): another variant's of the same pixels, the
+    /// original's, or an added encoding's (`small.webp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectName>,
+}
+
+impl Variant {
+    /// The stored object its bytes are read from.
+    pub fn object_name(&self) -> ObjectName {
+        self.object
+            .clone()
+            .unwrap_or_else(|| ObjectName::plain(self.name.clone()))
+    }
+
+    /// The entry as a download reads it.
+    pub fn held(&self) -> Held {
+        Held {
+            object: self.object_name(),
+            content_type: self.content_type.clone(),
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+/// A stored object an image's rendition is read from, as a download sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub object: ObjectName,
+    pub content_type: String,
+    pub size_bytes: u64,
 }
 
 /// One image: the single source of truth for its metadata.
@@ -213,15 +382,23 @@ impl ImageRecord {
         }
     }
 
-    /// Size, type of the named rendition, or `None` when it does not exist.
-    pub fn rendition(&self, name: &VariantName) -> Option<(u64, &str)> {
-        if name.is_original() {
-            return Some((self.size_bytes, &self.content_type));
+    /// Whether the named rendition exists.
+    pub fn has_rendition(&self, name: &VariantName) -> bool {
+        name.is_original() || self.variants.iter().any(|v| &v.name == name)
+    }
+
+    /// The original, as stored.
+    pub fn original(&self) -> Held {
+        Held {
+            object: ObjectName::original(),
+            content_type: self.content_type.clone(),
+            size_bytes: self.size_bytes,
         }
-        self.variants
-            .iter()
-            .find(|v| &v.name == name)
-            .map(|v| (v.size_bytes, v.content_type.as_str()))
+    }
+
+    /// The entries of the named variant, the one made first first.
+    pub fn entries<'a>(&'a self, name: &'a VariantName) -> impl Iterator<Item = &'a Variant> {
+        self.variants.iter().filter(move |v| &v.name == name)
     }
 
     /// About how many bytes the record takes in a response: its text
@@ -257,11 +434,22 @@ impl ImageRecord {
             + self.variants.len() * 96
     }
 
-    /// Every stored rendition: the original first, then the variants.
-    pub fn rendition_names(&self) -> Vec<VariantName> {
-        std::iter::once(VariantName::original())
-            .chain(self.variants.iter().map(|v| v.name.clone()))
-            .collect()
+    /// Every stored object of the image, each once (entries may share
+    /// one), with its size: the original first, then the variants'.
+    pub fn objects(&self) -> Vec<(ObjectName, u64)> {
+        let mut objects = vec![(ObjectName::original(), self.size_bytes)];
+        for variant in &self.variants {
+            let name = variant.object_name();
+            if !objects.iter().any(|(seen, _)| *seen == name) {
+                objects.push((name, variant.size_bytes));
+            }
+        }
+        objects
+    }
+
+    /// Whether an entry of the image reads the object.
+    pub fn names_object(&self, object: &ObjectName) -> bool {
+        object.is_original() || self.variants.iter().any(|v| v.object_name() == *object)
     }
 }
 
@@ -314,10 +502,50 @@ mod tests {
     }
 
     #[test]
+    fn object_names_round_trip_and_refuse_what_no_key_holds() {
+        for text in [
+            "original",
+            "small",
+            "small.webp",
+            "medium.avif",
+            "large.jpg",
+        ] {
+            assert_eq!(ObjectName::parse(text).unwrap().to_string(), text);
+        }
+        for text in [
+            "",
+            ".webp",
+            "small.",
+            "small.png",
+            "small.webp.webp",
+            "Small.webp",
+        ] {
+            assert!(ObjectName::parse(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn records_made_before_shared_objects_read_the_object_named_like_the_variant() {
+        let variant: Variant = serde_json::from_str(
+            r#"{"name":"small","content_type":"image/jpeg","size_bytes":10,"width":3,"height":2}"#,
+        )
+        .unwrap();
+        assert_eq!(variant.object_name().to_string(), "small");
+        let shared = Variant {
+            object: Some(ObjectName::original()),
+            ..variant
+        };
+        let json = serde_json::to_string(&shared).unwrap();
+        assert!(json.contains(r#""object":"original""#), "{json}");
+        assert_eq!(serde_json::from_str::<Variant>(&json).unwrap(), shared);
+    }
+
+    #[test]
     fn variant_names_cannot_escape_object_keys() {
         assert!(VariantName::parse("").unwrap().is_original());
         assert!(VariantName::parse("small").is_ok());
-        for text in ["../x", "Small", "a/b", "a b", &"x".repeat(33)] {
+        // No `.` either: `small.webp` is the key of an encoding of `small`.
+        for text in ["../x", "Small", "a/b", "a b", "a.webp", &"x".repeat(33)] {
             assert!(VariantName::parse(text).is_err(), "{text}");
         }
     }

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use super::accept::Accept;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
-use super::image::{ImageRecord, Timestamp};
+use super::image::{Held, ImageRecord, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
@@ -54,6 +55,8 @@ pub struct ListResult {
 /// A download in progress: what is being read, and the bytes.
 pub struct Download {
     pub image: ImageRecord,
+    /// The media type of the encoding chosen for the viewer.
+    pub content_type: String,
     pub offset: u64,
     pub length: u64,
     pub total_size: u64,
@@ -67,6 +70,8 @@ pub struct Download {
 pub struct BatchUrl {
     /// `original` or a variant name.
     pub variant: String,
+    /// The media types the viewer can show (see [`Accept`]).
+    pub accept: Vec<String>,
     pub expires_in: Option<Duration>,
     pub disposition: Disposition,
 }
@@ -76,11 +81,19 @@ pub struct BatchUrl {
 pub struct BatchResult {
     /// In the order asked, each with its URL when one was asked for and the
     /// image has the rendition.
-    pub images: Vec<(ImageRecord, Option<PresignedUrl>)>,
+    pub images: Vec<(ImageRecord, Option<DownloadUrl>)>,
     /// Ids that name no image.
     pub missing: Vec<String>,
     /// Ids cut off by the response size limit: to ask for again.
     pub unprocessed: Vec<String>,
+}
+
+/// A presigned URL of the encoding chosen for the viewer.
+#[derive(Clone, Debug)]
+pub struct DownloadUrl {
+    pub url: PresignedUrl,
+    /// The media type of the object it fetches.
+    pub content_type: String,
 }
 
 /// When a URL is signed and how long it lasts from then.
@@ -111,7 +124,12 @@ impl Images {
         let budget = MemoryBudget::new(limits.memory_budget, limits.memory_wait)
             .with_user_share(limits.max_memory_per_user);
         Self {
-            uploads: Uploads::new(blobs.clone(), metadata.clone(), limits, budget.clone()),
+            uploads: Uploads::new(
+                blobs.clone(),
+                metadata.clone(),
+                limits.clone(),
+                budget.clone(),
+            ),
             blobs,
             metadata,
             budget,
@@ -225,34 +243,37 @@ impl Images {
         }
     }
 
-    /// An image and the name of one of its renditions, which must exist.
+    /// An image and the stored object of one of its renditions (which
+    /// must exist) chosen for a viewer that can show `accept`.
     async fn rendition(
         &self,
         image_id: &str,
         variant: &str,
-    ) -> Result<(ImageRecord, VariantName), DomainError> {
+        accept: &[String],
+    ) -> Result<(ImageRecord, Held), DomainError> {
+        let accept = Accept::parse(accept)?;
         let image = self.get(image_id).await?;
         let variant = VariantName::parse(variant)?;
-        if image.rendition(&variant).is_none() {
-            return Err(DomainError::NotFound(format!(
-                "the image has no variant {variant}"
-            )));
-        }
-        Ok((image, variant))
+        let held = image
+            .negotiate(&variant, &accept)
+            .ok_or_else(|| DomainError::NotFound(format!("the image has no variant {variant}")))?;
+        Ok((image, held))
     }
 
-    /// Streams a rendition, or `limit` bytes of it from `offset` (0 = to the
-    /// end); its memory counts against `caller`'s share of the budget.
+    /// Streams a rendition in the encoding chosen for `accept`, or `limit`
+    /// bytes of it from `offset` (0 = to the end); its memory counts
+    /// against `caller`'s share of the budget.
     pub async fn download(
         &self,
         caller: &UserId,
         image_id: &str,
         variant: &str,
+        accept: &[String],
         offset: i64,
         limit: i64,
     ) -> Result<Download, DomainError> {
-        let (image, variant) = self.rendition(image_id, variant).await?;
-        let (total_size, _) = image.rendition(&variant).unwrap_or_default();
+        let (image, held) = self.rendition(image_id, variant, accept).await?;
+        let total_size = held.size_bytes;
         let offset = u64::try_from(offset)
             .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
         let limit = u64::try_from(limit)
@@ -281,7 +302,7 @@ impl Images {
                     "a download",
                 )
                 .await?;
-            let key = ObjectKey::new(&image.id, &variant);
+            let key = ObjectKey::of(&image.id, &held.object);
             let stream = self
                 .blobs
                 .read(&key, offset, length)
@@ -300,6 +321,7 @@ impl Images {
         };
         Ok(Download {
             image,
+            content_type: held.content_type,
             offset,
             length,
             total_size,
@@ -307,17 +329,18 @@ impl Images {
         })
     }
 
-    /// A presigned URL for a rendition.
+    /// A presigned URL for a rendition, in the encoding chosen for `accept`.
     pub async fn download_url(
         &self,
         image_id: &str,
         variant: &str,
+        accept: &[String],
         expires_in: Option<Duration>,
         disposition: Disposition,
-    ) -> Result<PresignedUrl, DomainError> {
-        let (image, variant) = self.rendition(image_id, variant).await?;
+    ) -> Result<DownloadUrl, DomainError> {
+        let (image, held) = self.rendition(image_id, variant, accept).await?;
         let terms = self.url_terms(expires_in, Timestamp::now());
-        self.presign(&image, &variant, terms, disposition).await
+        self.presign(&image, &held, terms, disposition).await
     }
 
     /// When a URL asked to last `requested` is signed, and for how long:
@@ -356,20 +379,24 @@ impl Images {
     async fn presign(
         &self,
         image: &ImageRecord,
-        variant: &VariantName,
+        held: &Held,
         terms: UrlTerms,
         disposition: Disposition,
-    ) -> Result<PresignedUrl, DomainError> {
-        let (_, content_type) = image.rendition(variant).unwrap_or_default();
+    ) -> Result<DownloadUrl, DomainError> {
+        // The URL names the object chosen, so it stays the same within
+        // the window for each encoding, and is served as what it holds.
         let request = PresignRequest {
-            key: ObjectKey::new(&image.id, variant),
+            key: ObjectKey::of(&image.id, &held.object),
             signed_at: terms.signed_at,
             expires_in: terms.expires_in,
-            content_type: content_type.to_owned(),
+            content_type: held.content_type.clone(),
             disposition,
             filename: image.filename.clone(),
         };
-        Ok(self.blobs.presign_read(&request).await?)
+        Ok(DownloadUrl {
+            url: self.blobs.presign_read(&request).await?,
+            content_type: held.content_type.clone(),
+        })
     }
 
     /// Up to [`MAX_BATCH_GET`] images in one store call, in the order
@@ -398,6 +425,7 @@ impl Images {
         let url = match url {
             Some(url) => Some((
                 VariantName::parse(&url.variant)?,
+                Accept::parse(&url.accept)?,
                 self.url_terms(url.expires_in, Timestamp::now()),
                 url.disposition,
             )),
@@ -428,11 +456,16 @@ impl Images {
                 continue;
             }
             bytes += size;
-            let signed = match &url {
-                Some((variant, terms, disposition)) if record.rendition(variant).is_some() => {
-                    Some(self.presign(&record, variant, *terms, *disposition).await?)
+            let held = url
+                .as_ref()
+                .and_then(|(variant, accept, terms, disposition)| {
+                    Some((record.negotiate(variant, accept)?, *terms, *disposition))
+                });
+            let signed = match held {
+                Some((held, terms, disposition)) => {
+                    Some(self.presign(&record, &held, terms, disposition).await?)
                 }
-                _ => None,
+                None => None,
             };
             result.images.push((record, signed));
         }
@@ -524,9 +557,10 @@ impl Images {
         let images = self.clone();
         let removal = tokio::spawn(
             async move {
-                for variant in deleted.rendition_names() {
+                // Each object once, however many entries share it.
+                for (object, _) in deleted.objects() {
                     images
-                        .delete_blob_logged(&ObjectKey::new(&id, &variant))
+                        .delete_blob_logged(&ObjectKey::of(&id, &object))
                         .await;
                 }
             }

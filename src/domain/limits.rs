@@ -1,13 +1,14 @@
 //! The limits the server enforces, as the use cases receive them: each one
 //! set by a flag (see the limits table of the README).
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ports::SessionQuota;
 use crate::media::content::ContentLimits;
-use crate::media::variants::RenderLimits;
+use crate::media::variants::{RenderLimits, VariantSize};
 
 /// Limits the server enforces.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub content: ContentLimits,
     /// Longest validity of a download URL a caller may ask for.
@@ -40,6 +41,8 @@ pub struct Limits {
     pub variants: bool,
     /// Bounds on making variants.
     pub render: RenderLimits,
+    /// The variants made (`--variant`), smallest first.
+    pub variant_sizes: Arc<[VariantSize]>,
     /// Bounds on upload sessions.
     pub sessions: SessionLimits,
 }

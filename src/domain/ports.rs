@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::image::ObjectName;
 use super::image::Timestamp;
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
@@ -58,24 +59,30 @@ impl From<StorageError> for DomainError {
 }
 
 /// The key of a stored object. Built only from an image id and a variant
-/// name, never from caller text: `images/{image_id}/{variant}`.
+/// name (and an encoding's extension), never from caller text:
+/// `images/{image_id}/{variant}` or `images/{image_id}/{variant}.{ext}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectKey(String);
 
 impl ObjectKey {
+    /// The object named like the rendition.
     pub fn new(id: &ImageId, variant: &VariantName) -> Self {
-        Self(format!("images/{id}/{variant}"))
+        Self::of(id, &ObjectName::plain(variant.clone()))
     }
 
-    /// The image and variant of an image key; `None` for any other key.
-    pub fn parse(key: &str) -> Option<(ImageId, VariantName)> {
+    /// The object `name` of the image.
+    pub fn of(id: &ImageId, name: &ObjectName) -> Self {
+        Self(format!("images/{id}/{name}"))
+    }
+
+    /// The image and object of an image key (every key [`ObjectKey::of`]
+    /// makes); `None` for any other key.
+    pub fn parse(key: &str) -> Option<(ImageId, ObjectName)> {
         let rest = key.strip_prefix("images/")?;
-        let (id, variant) = rest.split_once('/')?;
+        let (id, name) = rest.split_once('/')?;
         let id = ImageId::parse(id).ok()?;
-        let variant = VariantName::parse(variant)
-            .ok()
-            .filter(|v| !variant.is_empty() && v.as_str() == variant)?;
-        (ObjectKey::new(&id, &variant).0 == key).then_some((id, variant))
+        let name = ObjectName::parse(name)?;
+        (ObjectKey::of(&id, &name).0 == key).then_some((id, name))
     }
 
     /// A piece of an upload session's bytes before it commits:
@@ -232,7 +239,7 @@ pub trait OpenSessions: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct StoredObject {
     pub image_id: ImageId,
-    pub variant: VariantName,
+    pub object: ObjectName,
     pub modified: Timestamp,
 }
 
@@ -511,6 +518,28 @@ pub trait MetadataStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::image::Encoding;
+
+    #[test]
+    fn every_key_the_service_writes_parses_back() {
+        let id = ImageId::new();
+        let small = VariantName::parse("small").unwrap();
+        let mut names = vec![ObjectName::original(), ObjectName::plain(small.clone())];
+        names.extend(Encoding::ALL.map(|e| ObjectName::encoded(small.clone(), e)));
+        for name in names {
+            let key = ObjectKey::of(&id, &name);
+            assert_eq!(ObjectKey::parse(key.as_str()), Some((id, name)), "{key:?}");
+        }
+        for other in [
+            format!("images/{id}/small.png"),
+            format!("images/{id}/small.webp.jpg"),
+            format!("images/{id}/"),
+            format!("images/{id}/a/b"),
+            format!("uploads/{id}/small"),
+        ] {
+            assert_eq!(ObjectKey::parse(&other), None, "{other}");
+        }
+    }
 
     #[test]
     fn content_disposition_keeps_unicode_names_safe() {

@@ -13,7 +13,7 @@ use crate::telemetry::error_chain;
 /// What a repair pass found (and, unless it was a dry run, removed).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RepairReport {
-    /// Objects whose image has no metadata (or no such rendition).
+    /// Objects whose image has no metadata (or no entry that reads them).
     pub orphan_objects: Vec<String>,
     /// Unfinished uploads (multipart uploads, partial files); `None` when
     /// the store cannot list them.
@@ -71,13 +71,14 @@ impl Images {
         for (id, objects) in by_image {
             let record = self.metadata.get(&id).await?;
             for object in objects {
+                // Entries may share an object: it is kept while any names it.
                 let referenced = record
                     .as_ref()
-                    .is_some_and(|r| r.rendition(&object.variant).is_some());
+                    .is_some_and(|r| r.names_object(&object.object));
                 if referenced {
                     continue;
                 }
-                let key = ObjectKey::new(&id, &object.variant);
+                let key = ObjectKey::of(&id, &object.object);
                 if !dry_run {
                     self.blobs.delete(&key).await?;
                 }

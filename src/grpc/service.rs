@@ -367,6 +367,7 @@ impl ImageService for ImageApi {
             } else {
                 Some(BatchUrl {
                     variant: r.url_variant.clone(),
+                    accept: r.accept.clone(),
                     expires_in: convert::expires_in(r.expires_in)?,
                     disposition: convert::disposition(r.disposition)?,
                 })
@@ -384,10 +385,14 @@ impl ImageService for ImageApi {
                         .iter()
                         .map(|(record, url)| pb::BatchImage {
                             image: Some(convert::image(record, &caller)),
-                            url: url.as_ref().map(|u| u.url.clone()).unwrap_or_default(),
+                            url: url.as_ref().map(|u| u.url.url.clone()).unwrap_or_default(),
                             url_expire_time: url
                                 .as_ref()
-                                .map(|u| convert::timestamp(u.expire_time)),
+                                .map(|u| convert::timestamp(u.url.expire_time)),
+                            content_type: url
+                                .as_ref()
+                                .map(|u| u.content_type.clone())
+                                .unwrap_or_default(),
                         })
                         .collect(),
                     missing_image_ids: found.missing,
@@ -442,6 +447,7 @@ impl ImageService for ImageApi {
                     &caller,
                     &r.image_id,
                     &r.variant,
+                    &r.accept,
                     r.read_offset,
                     r.read_limit,
                 )
@@ -454,6 +460,7 @@ impl ImageService for ImageApi {
                     total_size: download.total_size as i64,
                 }),
                 chunk: Default::default(),
+                content_type: download.content_type.clone(),
             };
             let chunks = download.chunks.map(|chunk| {
                 chunk
@@ -499,13 +506,14 @@ impl ImageService for ImageApi {
             let disposition = convert::disposition(r.disposition)?;
             let url = self
                 .images
-                .download_url(&r.image_id, &r.variant, expires_in, disposition)
+                .download_url(&r.image_id, &r.variant, &r.accept, expires_in, disposition)
                 .await?;
             self.respond(
                 &caller,
                 pb::GetDownloadUrlResponse {
-                    url: url.url,
-                    expire_time: Some(convert::timestamp(url.expire_time)),
+                    url: url.url.url,
+                    expire_time: Some(convert::timestamp(url.url.expire_time)),
+                    content_type: url.content_type,
                 },
             )
             .await

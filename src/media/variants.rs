@@ -29,9 +29,34 @@ use super::MediaError;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;
 
-/// The variants made for every decodable image: name and longest side,
-/// smallest first (the order of `Image.variants`).
-pub const VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
+/// The variants made for every decodable image unless `--variant` says
+/// otherwise: name and longest side, smallest first (the order of
+/// `Image.variants`).
+pub const DEFAULT_VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
+
+/// A variant to make: its name and the longest side it is fitted in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VariantSize {
+    pub name: String,
+    pub longest_side: u32,
+}
+
+/// [`DEFAULT_VARIANTS`], as sizes.
+pub fn default_sizes() -> Vec<VariantSize> {
+    DEFAULT_VARIANTS
+        .iter()
+        .map(|&(name, longest_side)| VariantSize {
+            name: name.to_owned(),
+            longest_side,
+        })
+        .collect()
+}
+
+/// The longest side of the largest of `sizes`: what decoding and the memory
+/// estimate must cover.
+pub fn largest_side(sizes: &[VariantSize]) -> u32 {
+    sizes.iter().map(|s| s.longest_side).max().unwrap_or(0)
+}
 /// JPEG quality of variants.
 const JPEG_QUALITY: u8 = 82;
 /// Largest ICC profile carried into variants. Real profiles are a few KiB
@@ -60,8 +85,8 @@ pub struct RenderLimits {
 /// One rendition, ready to store.
 #[derive(Clone, Debug)]
 pub struct Rendition {
-    /// One of [`VARIANTS`]' names.
-    pub name: &'static str,
+    /// The name of one of the [`VariantSize`]s rendered.
+    pub name: String,
     pub content_type: &'static str,
     pub width: u32,
     pub height: u32,
@@ -88,6 +113,8 @@ pub const SMALL_RENDER_PIXELS: u64 = 16_000_000;
 #[derive(Clone)]
 pub struct Renderer {
     limits: RenderLimits,
+    /// The variants made, smallest first.
+    sizes: Arc<[VariantSize]>,
     slots: Arc<Semaphore>,
     large_slots: Arc<Semaphore>,
 }
@@ -97,12 +124,19 @@ pub struct Renderer {
 pub struct RenderSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Renderer {
-    pub fn new(limits: RenderLimits) -> Self {
+    /// A renderer of the variants `sizes` (smallest first).
+    pub fn new(limits: RenderLimits, sizes: Arc<[VariantSize]>) -> Self {
         Self {
             limits,
+            sizes,
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             large_slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
         }
+    }
+
+    /// The longest side of the largest variant made.
+    pub fn largest_side(&self) -> u32 {
+        largest_side(&self.sizes)
     }
 
     /// Whether images of this media type are decoded. HEIC, HEIF and AVIF
@@ -139,9 +173,20 @@ impl Renderer {
         let format = format_of(content_type)
             .ok_or_else(|| MediaError::invalid(format!("{content_type} is not decoded")))?;
         let max_memory = self.limits.max_memory;
-        tokio::task::spawn_blocking(move || render(&source, format, orientation, max_memory))
-            .await
-            .map_err(|e| MediaError::Internal(Box::new(e)))?
+        let sizes = self.sizes.clone();
+        tokio::task::spawn_blocking(move || {
+            render_as(
+                &source,
+                format,
+                orientation,
+                max_memory,
+                JpegDecode::Scaled,
+                &sizes,
+            )
+            .map(|(rendered, _)| rendered)
+        })
+        .await
+        .map_err(|e| MediaError::Internal(Box::new(e)))?
     }
 
     /// Makes the variants of a JPEG decoded whole by the general decoder,
@@ -155,6 +200,7 @@ impl Renderer {
         max_memory: u64,
     ) -> Result<Rendered, MediaError> {
         let max_memory = max_memory.min(self.limits.max_memory);
+        let sizes = self.sizes.clone();
         tokio::task::spawn_blocking(move || {
             render_as(
                 &source,
@@ -162,6 +208,7 @@ impl Renderer {
                 orientation,
                 max_memory,
                 JpegDecode::Whole,
+                &sizes,
             )
             .map(|(rendered, _)| rendered)
         })
@@ -197,7 +244,8 @@ fn format_of(content_type: &str) -> Option<ImageFormat> {
     })
 }
 
-/// Decodes, orients, resizes and encodes; the whole of one render.
+/// Decodes, orients, resizes and encodes; the whole of one render, of the
+/// [`DEFAULT_VARIANTS`].
 pub fn render(
     source: &[u8],
     format: ImageFormat,
@@ -230,7 +278,14 @@ pub fn render_profiled(
     orientation: u8,
     max_memory: u64,
 ) -> Result<(Rendered, RenderProfile), MediaError> {
-    render_as(source, format, orientation, max_memory, JpegDecode::Scaled)
+    render_as(
+        source,
+        format,
+        orientation,
+        max_memory,
+        JpegDecode::Scaled,
+        &default_sizes(),
+    )
 }
 
 /// [`render_profiled`], with the JPEG decoding path chosen.
@@ -240,6 +295,7 @@ fn render_as(
     orientation: u8,
     max_memory: u64,
     jpeg: JpegDecode,
+    sizes: &[VariantSize],
 ) -> Result<(Rendered, RenderProfile), MediaError> {
     let mut profile = RenderProfile::default();
     let mut clock = Instant::now();
@@ -248,18 +304,30 @@ fn render_as(
         *stage += now - clock;
         clock = now;
     };
-    let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
-    let (decoded, icc) = decode(source, format, largest, max_memory, jpeg)?;
+    let (decoded, icc) = decode(source, format, largest_side(sizes), max_memory, jpeg)?;
     lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
     let mut resizer = Resizer::new();
 
     // Largest first, each next one from the previous: cheaper, and the
     // orientation is applied once, to the first (already small) result.
-    let mut variants = Vec::with_capacity(VARIANTS.len());
+    let mut variants: Vec<Rendition> = Vec::with_capacity(sizes.len());
     let mut previous: Option<Pixels> = None;
     let mut decoded = Some(decoded);
-    for &(name, side) in VARIANTS.iter().rev() {
+    for VariantSize { name, longest_side } in sizes.iter().rev() {
+        let (name, side) = (name.clone(), *longest_side);
+        // A variant no smaller than the one made before it has its pixels:
+        // not resized nor encoded again (its entry shares the object).
+        if let (Some(larger), Some(made)) = (&previous, variants.last())
+            && fit(larger.width(), larger.height(), side) == (larger.width(), larger.height())
+        {
+            let same = Rendition {
+                name,
+                ..made.clone()
+            };
+            variants.push(same);
+            continue;
+        }
         let pixels = match (&previous, decoded.take()) {
             (None, Some(decoded)) => {
                 let swapped = swaps_axes(orientation);
@@ -462,10 +530,16 @@ fn png_without_large_iccp(source: &[u8]) -> Option<Vec<u8>> {
 /// JPEG's coefficients (which are kept for the whole image, whatever the
 /// scale it is decoded at), and the resizer's buffers. Renders reserve
 /// this from the memory budget before they decode.
-pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32) -> u64 {
-    let largest = VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0);
+/// `largest` is the longest side of the largest variant made.
+pub fn memory_needed(
+    source: &[u8],
+    content_type: &str,
+    width: u32,
+    height: u32,
+    largest: u32,
+) -> u64 {
     let pixels = u64::from(width) * u64::from(height);
-    let resize = resize_memory(width, height);
+    let resize = resize_memory(width, height, largest);
     let decode = match content_type {
         "image/jpeg" => {
             let scale = jpeg_scale(width, height, largest);
@@ -503,8 +577,8 @@ pub fn memory_needed(source: &[u8], content_type: &str, width: u32, height: u32)
 
 /// What the resizer holds: the first pass writes the target width by the
 /// source height; then the variants and the placeholder.
-fn resize_memory(width: u32, height: u32) -> u64 {
-    let largest = u64::from(VARIANTS.iter().map(|(_, side)| *side).max().unwrap_or(0));
+fn resize_memory(width: u32, height: u32, largest: u32) -> u64 {
+    let largest = u64::from(largest);
     let long = u64::from(width.max(height));
     long * largest * 4 + 3 * largest.pow(2) * 4
 }
@@ -513,9 +587,9 @@ fn resize_memory(width: u32, height: u32) -> u64 {
 /// hold: the decoder's planes and coefficients and its interleaved output
 /// (8 bytes a pixel covers both, as for a progressive file), a conversion
 /// to 8-bit RGBA, and the resizer's buffers.
-pub fn memory_needed_whole_jpeg(width: u32, height: u32) -> u64 {
+pub fn memory_needed_whole_jpeg(width: u32, height: u32, largest: u32) -> u64 {
     let pixels = u64::from(width) * u64::from(height);
-    pixels * 12 + resize_memory(width, height)
+    pixels * 12 + resize_memory(width, height, largest)
 }
 
 /// The DCT scale denominator (1, 2, 4, 8) `decode_jpeg_scaled` asks for.
@@ -905,12 +979,12 @@ mod tests {
             jpeg_coefficient_bytes(&frame.sampling, 4032, 3024),
             Some(24_385_536 + 2 * 6_096_384)
         );
-        let needed = memory_needed(&jpeg, "image/jpeg", 4032, 3024);
+        let needed = memory_needed(&jpeg, "image/jpeg", 4032, 3024, 1080);
         assert!(needed < 96 << 20, "{needed}");
         // A header that cannot be read still counts four full components.
         let cut = &jpeg[..20];
         assert_eq!(
-            memory_needed(cut, "image/jpeg", 4032, 3024),
+            memory_needed(cut, "image/jpeg", 4032, 3024, 1080),
             needed - 36_578_304 + 4032 * 3024 * 8
         );
     }

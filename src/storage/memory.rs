@@ -293,10 +293,10 @@ impl BlobStore for MemoryBlobStore {
             .lock()
             .iter()
             .filter_map(|(key, (_, modified))| {
-                let (image_id, variant) = ObjectKey::parse(key)?;
+                let (image_id, object) = ObjectKey::parse(key)?;
                 Some(StoredObject {
                     image_id,
-                    variant,
+                    object,
                     modified: *modified,
                 })
             })

@@ -25,3 +25,4 @@ mod server;
 mod soak;
 mod traces;
 mod unread;
+mod variant_set;

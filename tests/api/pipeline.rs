@@ -332,3 +332,73 @@ async fn a_finish_that_outlived_its_lease_leaves_the_stored_image_whole() {
     assert_eq!(hex::encode(digest), stored.sha256, "the stored bytes");
     assert_eq!(records(&fixture).await, 1);
 }
+
+/// Writes `bytes` as the object `key`.
+async fn put(fixture: &Fixture, key: &ObjectKey, bytes: &'static [u8]) {
+    let mut writer = fixture.blobs.start_write(key, None).await.unwrap();
+    writer.write(Bytes::from_static(bytes)).await.unwrap();
+    writer.finish().await.unwrap();
+}
+
+/// An added encoding's object (`small.webp`) is an image's object like
+/// the others: kept by the repair pass while an entry names it, removed
+/// as an orphan when none does, and deleted with its image; an object
+/// several entries share is deleted once.
+#[tokio::test]
+async fn encodings_keyed_by_extension_are_kept_while_named_and_deleted_with_the_image() {
+    use image_service::domain::image::{Encoding, ObjectName, Variant};
+    let fixture = fixture();
+    let spec = NewImage {
+        filename: "sunrise.png".into(),
+        ..NewImage::default()
+    };
+    let mut frames = vec![Ok(UploadFrame {
+        payload: FramePayload::Spec(Box::new(spec)),
+        finish: false,
+    })];
+    frames.extend(chunk_frames(include_bytes!(
+        "../../examples/images/sunrise.png"
+    )));
+    let frames = futures::stream::iter(frames);
+    let record = fixture.images.upload(&alice(), frames).await.unwrap();
+    assert_eq!(fixture.blobs.keys().len(), 2, "small and medium share one");
+    let small = VariantName::parse("small").unwrap();
+    let named = ObjectName::encoded(small.clone(), Encoding::WebP);
+    let unnamed = ObjectName::encoded(VariantName::parse("medium").unwrap(), Encoding::Avif);
+    put(&fixture, &ObjectKey::of(&record.id, &named), b"RIFF webp").await;
+    put(&fixture, &ObjectKey::of(&record.id, &unnamed), b"avif").await;
+    let mut with_webp = record.clone();
+    with_webp.variants.push(Variant {
+        name: small,
+        content_type: "image/webp".into(),
+        size_bytes: 9,
+        width: 320,
+        height: 200,
+        object: Some(named.clone()),
+    });
+    with_webp.revision += 1;
+    fixture
+        .metadata
+        .replace(&with_webp, record.revision)
+        .await
+        .unwrap();
+
+    let report = fixture.images.repair(Duration::ZERO, false).await.unwrap();
+    assert_eq!(
+        report.orphan_objects,
+        [ObjectKey::of(&record.id, &unnamed).as_str()],
+        "only the object no entry names"
+    );
+    assert_eq!(fixture.blobs.keys().len(), 3, "{:?}", fixture.blobs.keys());
+
+    fixture
+        .images
+        .delete(&alice(), &record.id.to_string())
+        .await
+        .unwrap();
+    assert!(
+        fixture.blobs.keys().is_empty(),
+        "{:?}",
+        fixture.blobs.keys()
+    );
+}

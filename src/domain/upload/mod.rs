@@ -131,7 +131,7 @@ impl Uploads {
             user_uploads: UserUploads::new(limits.max_uploads_per_user),
             admissions: Admissions::new(budget.clone()),
             budget,
-            renderer: Renderer::new(limits.render),
+            renderer: Renderer::new(limits.render, limits.variant_sizes.clone()),
             limits,
         }
     }

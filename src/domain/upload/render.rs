@@ -6,7 +6,7 @@ use futures::StreamExt;
 use super::shared::Uploads;
 use super::stored::{Checksums, StoredFacts, digest_of};
 use super::writes::Writes;
-use crate::domain::image::Variant;
+use crate::domain::image::{ObjectName, Variant};
 use crate::domain::ports::ObjectKey;
 use crate::domain::{DomainError, UserId, VariantName};
 use crate::media::MediaError;
@@ -48,6 +48,8 @@ impl Uploads {
         let original = ObjectKey::new(writes.id(), &VariantName::original());
         let (width, height) = (facts.uploaded.width, facts.uploaded.height);
         let pixels = u64::from(width) * u64::from(height);
+        // The estimate covers the largest variant configured.
+        let largest = self.renderer.largest_side();
         // The bytes the upload still holds (and its reservation counts),
         // and those the render holds: its copy of the original, made from
         // the kept bytes (which are then let go) or read back.
@@ -60,7 +62,7 @@ impl Uploads {
                         .await?
                 }
             };
-            variants::memory_needed(&head, content_type, width, height)
+            variants::memory_needed(&head, content_type, width, height, largest)
         };
         self.render_fits(needed)?;
         let what = "making this image's variants";
@@ -91,7 +93,8 @@ impl Uploads {
             }
         };
         // From the whole header now: never more than from its head.
-        let needed = variants::memory_needed(&source, content_type, width, height).min(needed);
+        let needed =
+            variants::memory_needed(&source, content_type, width, height, largest).min(needed);
         memory.shrink_to(source_held + needed);
         let orientation = facts.scrubbed.orientation;
         let rendered = self
@@ -108,7 +111,7 @@ impl Uploads {
             // shows as it does in a browser. The whole decode's memory is
             // counted and reserved like the render's, within the same caps.
             Err(MediaError::Invalid(reason)) if content_type == "image/jpeg" => {
-                let whole = variants::memory_needed_whole_jpeg(width, height);
+                let whole = variants::memory_needed_whole_jpeg(width, height, largest);
                 if self.render_fits(whole).is_err() {
                     return Err(MediaError::Invalid(reason).into());
                 }
@@ -134,17 +137,31 @@ impl Uploads {
             }
             other => other?,
         };
+        // Upright as stored, so its pixels are a variant's as they are.
+        let original = (facts.scrubbed.orientation <= 1).then_some(Original {
+            content_type,
+            width,
+            height,
+            size_bytes: facts.size_bytes,
+        });
         let mut stored: Vec<Variant> = Vec::with_capacity(variants.len());
         for rendition in variants {
-            let name = VariantName::parse(rendition.name)?;
+            let name = VariantName::parse(&rendition.name)?;
             let variant = Variant {
                 name,
                 content_type: rendition.content_type.to_owned(),
                 size_bytes: rendition.bytes.len() as u64,
                 width: rendition.width,
                 height: rendition.height,
+                object: None,
             };
-            writes.write_object(&variant.name, rendition.bytes).await?;
+            let variant = match shared_object(&stored, original.as_ref(), &variant) {
+                Some(shared) => shared,
+                None => {
+                    writes.write_object(&variant.name, rendition.bytes).await?;
+                    variant
+                }
+            };
             stored.push(variant);
         }
         Ok(Some((stored, blurhash, thumbhash)))
@@ -196,6 +213,47 @@ impl Uploads {
     fn render_wait(&self) -> std::time::Duration {
         self.limits.memory_wait.max(self.limits.upload_slot_wait)
     }
+}
+
+/// The stored original, as a variant could share it.
+struct Original<'a> {
+    content_type: &'a str,
+    width: u32,
+    height: u32,
+    size_bytes: u64,
+}
+
+/// `variant` as an entry that reads an object already stored, when one
+/// holds the same rendition: a smaller variant's of the same dimensions
+/// and type (the same pixels, encoded alike), or the original when it has
+/// the variant's dimensions and type and is no larger. `None` when the
+/// variant needs an object of its own.
+fn shared_object(
+    made: &[Variant],
+    original: Option<&Original<'_>>,
+    variant: &Variant,
+) -> Option<Variant> {
+    let same = |content_type: &str, width: u32, height: u32| {
+        content_type == variant.content_type && (width, height) == (variant.width, variant.height)
+    };
+    if let Some(smaller) = made
+        .iter()
+        .find(|v| same(&v.content_type, v.width, v.height))
+    {
+        return Some(Variant {
+            name: variant.name.clone(),
+            object: Some(smaller.object_name()),
+            ..smaller.clone()
+        });
+    }
+    let original = original?;
+    (same(original.content_type, original.width, original.height)
+        && original.size_bytes <= variant.size_bytes)
+        .then(|| Variant {
+            size_bytes: original.size_bytes,
+            object: Some(ObjectName::original()),
+            ..variant.clone()
+        })
 }
 
 /// The first [`HEAD_BYTES`] of the kept pieces of an original.

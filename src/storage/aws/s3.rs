@@ -413,10 +413,10 @@ impl BlobStore for S3BlobStore {
     async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let mut found = Vec::new();
         for (key, modified) in self.list_prefix("images/").await? {
-            if let Some((image_id, variant)) = ObjectKey::parse(&key) {
+            if let Some((image_id, object)) = ObjectKey::parse(&key) {
                 found.push(StoredObject {
                     image_id,
-                    variant,
+                    object,
                     modified,
                 });
             }
@@ -525,6 +525,16 @@ struct S3Parts {
     payload: PayloadHash,
 }
 
+/// The media type an added encoding's object (`small.webp`) is stored
+/// with, read from its key, so the bucket serves it as what it holds to a
+/// reader without a presigned URL's `response-content-type` (a CDN with
+/// origin access). Other objects' types are in their records, and signed
+/// into each URL.
+fn stored_content_type(key: &str) -> Option<String> {
+    let (_, name) = ObjectKey::parse(key)?;
+    name.encoding().map(|e| e.content_type().to_owned())
+}
+
 #[async_trait]
 impl PartUpload for S3Parts {
     type Part = CompletedPart;
@@ -539,6 +549,7 @@ impl PartUpload for S3Parts {
             // for.
             .set_checksum_algorithm(self.payload.checksum_algorithm())
             .cache_control(STORED_CACHE_CONTROL)
+            .set_content_type(stored_content_type(&self.key))
             .send()
             .await
             .map_err(classify)?;
@@ -618,6 +629,7 @@ impl PartUpload for S3Parts {
             .key(&self.key)
             .content_length(object.len() as i64)
             .cache_control(STORED_CACHE_CONTROL)
+            .set_content_type(stored_content_type(&self.key))
             .set_checksum_crc32_c(protection.crc32c)
             .body(body_of(object))
             .customize();

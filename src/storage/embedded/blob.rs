@@ -368,7 +368,7 @@ impl BlobStore for EmbeddedBlobStore {
                         dir.file_name().to_string_lossy(),
                         file.file_name().to_string_lossy()
                     );
-                    let Some((image_id, variant)) = ObjectKey::parse(&key) else {
+                    let Some((image_id, object)) = ObjectKey::parse(&key) else {
                         continue;
                     };
                     let modified = file
@@ -377,7 +377,7 @@ impl BlobStore for EmbeddedBlobStore {
                         .map_err(StorageError::internal)?;
                     found.push(StoredObject {
                         image_id,
-                        variant,
+                        object,
                         modified: Timestamp::from(modified),
                     });
                 }

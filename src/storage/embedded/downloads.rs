@@ -19,10 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::EmbeddedBlobStore;
 use super::blob::{PartWrite, READ_CHUNK};
 use super::urls::{UploadQuery, UrlError, UrlQuery};
-use crate::domain::image::Timestamp;
+use crate::domain::image::{ObjectName, Timestamp};
 use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
 use crate::domain::session::UploadId;
-use crate::domain::{ImageId, UserId, VariantName};
+use crate::domain::{ImageId, UserId};
 use crate::listener::{PeerInfo, peer_key};
 use crate::response_stall::HeldMemory;
 
@@ -66,7 +66,7 @@ pub fn routes(
 ) -> Router {
     Router::new()
         .route(
-            "/blobs/images/{image_id}/{variant}",
+            "/blobs/images/{image_id}/{object}",
             get(presigned_download).with_state(Downloads {
                 store: store.clone(),
                 read_ahead,
@@ -452,7 +452,7 @@ async fn presigned_download(
         slots,
     }): State<Downloads>,
     peer: Option<Extension<PeerInfo>>,
-    Path((image_id, variant)): Path<(String, String)>,
+    Path((image_id, object)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -462,10 +462,12 @@ async fn presigned_download(
             "invalid or incomplete download URL\n",
         );
     };
-    let (Ok(id), Ok(variant)) = (ImageId::parse(&image_id), VariantName::parse(&variant)) else {
+    // `small`, or an added encoding's `small.webp`: any object the
+    // service writes, shared by several entries or not.
+    let (Ok(id), Some(object)) = (ImageId::parse(&image_id), ObjectName::parse(&object)) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
-    let key = ObjectKey::new(&id, &variant);
+    let key = ObjectKey::of(&id, &object);
     let now = Timestamp::now();
     // A store opened without a signer (never the server's) accepts no URL.
     let verified = store.urls().map_or(Err(UrlError::BadSignature), |urls| {
@@ -492,7 +494,7 @@ async fn presigned_download(
 
     // The bytes under a key never change (an image's bytes are fixed under
     // its id), so the key and size make a strong validator.
-    let etag = format!("\"{id}.{}.{size}\"", variant.as_str());
+    let etag = format!("\"{id}.{object}.{size}\"");
     let max_age = (grant.expires - now.as_micros() / 1_000_000).max(0);
     let cache = [
         (

@@ -17,12 +17,22 @@ mod downloads;
 mod feeds;
 mod late_meta;
 mod listing;
+mod negotiation;
 mod sessions;
 mod uploads;
 mod variants;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Each of an image's variant entries: name, type, width and height.
+fn variant_rows(image: &pb::Image) -> Vec<(&str, &str, u32, u32)> {
+    image
+        .variants
+        .iter()
+        .map(|v| (v.name.as_str(), v.content_type.as_str(), v.width, v.height))
+        .collect()
 }
 
 fn ids(images: &[pb::Image]) -> Vec<String> {
@@ -97,6 +107,10 @@ macro_rules! all_cases {
             feeds::download_urls_stay_the_same_for_a_window_and_revalidate,
             late_meta::a_heic_with_meta_after_mdat_is_stored_scrubbed_by_every_path,
             late_meta::a_heic_cut_before_its_late_meta_box_leaves_nothing,
+            negotiation::variants_of_the_same_size_share_one_object,
+            negotiation::a_viewer_gets_the_smaller_original_when_it_accepts_its_type,
+            negotiation::a_transparent_image_is_served_in_its_alpha_capable_encoding,
+            negotiation::an_overlong_accept_is_refused,
         );
     };
 }

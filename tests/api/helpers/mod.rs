@@ -105,17 +105,8 @@ impl TestApp {
             image_service::telemetry::init(image_service::telemetry::LogFormat::Text);
         }
         let max = TEST_MAX_IMAGE_BYTES.to_string();
-        let mut args = vec![
-            "image-service",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-            "--shutdown-timeout",
-            "5s",
-        ];
+        let mut args = service_args(data_dir);
+        args.extend(["--shutdown-timeout", "5s"]);
         if !extra.contains(&"--max-image-bytes") {
             args.extend(["--max-image-bytes", &max]);
         }
@@ -419,6 +410,36 @@ impl Drop for TestApp {
 }
 
 /// Connects to a server that is already listening.
+/// The service's command line on free local ports and `data_dir`.
+fn service_args(data_dir: &Path) -> Vec<&str> {
+    vec![
+        "image-service",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8 path"),
+    ]
+}
+
+/// What starting the service on a fresh data directory with `flags` says
+/// when it refuses (at parsing or when it builds); `None` when it starts.
+pub async fn start_refusal(flags: &[&str]) -> Option<String> {
+    use clap::Parser;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = service_args(dir.path());
+    args.extend(flags);
+    let config = match image_service::config::Config::try_parse_from(args) {
+        Ok(config) => config,
+        Err(error) => return Some(error.to_string()),
+    };
+    image_service::startup::Application::build(config)
+        .await
+        .err()
+        .map(|error| error.to_string())
+}
+
 pub async fn connect(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("valid uri")
