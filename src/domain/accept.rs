@@ -245,6 +245,7 @@ mod tests {
             uploaded_sha256: String::new(),
             metadata_stripped: false,
             blurhash: String::new(),
+            thumbhash: String::new(),
         }
     }
 
