@@ -5,15 +5,16 @@
 //! (see [`crate::media::content`]); it runs on the blocking pool, at most
 //! [`RenderLimits::max_concurrent`] at a time, each with a bound on the
 //! memory its decoder may allocate. JPEGs are decoded at the smallest DCT
-//! scale (1/8, 1/4, 1/2) that still covers the largest variant, resizing
+//! scale (1/8, 1/4, 1/2) that still covers the largest variant with some
+//! headroom (see [`JPEG_DECODE_HEADROOM`]), resizing
 //! uses SIMD convolution (Lanczos3), and the EXIF orientation is applied so
 //! variants come out upright.
 //!
-//! Variants of opaque images are JPEG (quality 82):
-//! every browser and phone decodes it, and for photos it is within a few per
-//! cent of lossy WebP, which has no well-kept pure-Rust encoder. Images with
-//! real transparency get lossless WebP instead, which keeps the alpha channel
-//! and is smaller than PNG.
+//! Variants of opaque images are JPEG, which every browser and phone
+//! decodes, made by mozjpeg (progressive, optimised Huffman tables; see
+//! [`encode::JPEG_ACKNOWLEDGED`]). Images with real transparency get
+//! lossless WebP instead, which keeps the alpha channel and is smaller than
+//! PNG. The encoders and their measured settings are in [`encode`].
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +27,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::MediaError;
 
+pub mod encode;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;
 
 /// The variants made for every decodable image: name and longest side,
 /// smallest first (the order of `Image.variants`).
 pub const VARIANTS: [(&str, u32); 2] = [("small", 320), ("medium", 1080)];
-/// JPEG quality of variants.
-const JPEG_QUALITY: u8 = 82;
 /// Largest ICC profile carried into variants. Real profiles are a few KiB
 /// to a few hundred; larger ones are left out.
 pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
@@ -169,7 +169,8 @@ impl Renderer {
 /// How a JPEG is decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JpegDecode {
-    /// At the smallest DCT scale that still covers the largest variant:
+    /// At the smallest DCT scale that still covers the largest variant
+    /// with [`JPEG_DECODE_HEADROOM`]:
     /// the fast path, which stops at damaged scan data.
     Scaled,
     /// Whole, by the general decoder, which shows what it can of damaged
@@ -503,11 +504,24 @@ pub fn memory_needed_whole_jpeg(width: u32, height: u32) -> u64 {
     pixels * 12 + resize_memory(width, height)
 }
 
+/// How much larger than the largest variant a JPEG decoded at a reduced
+/// DCT scale must stay (numerator, denominator): the resize after it
+/// keeps this much headroom, so the variant stays as sharp as one made
+/// from the full-size image (BENCHMARKS.md: Encodings, the DCT scale).
+const JPEG_DECODE_HEADROOM: (u64, u64) = (1, 1);
+
+/// The longer side a JPEG is decoded to at least for variants of at most
+/// `largest`.
+fn jpeg_decode_side(largest: u32) -> u64 {
+    let (numerator, denominator) = JPEG_DECODE_HEADROOM;
+    u64::from(largest) * numerator / denominator
+}
+
 /// The DCT scale denominator (1, 2, 4, 8) `decode_jpeg_scaled` asks for.
 fn jpeg_scale(width: u32, height: u32, largest: u32) -> u64 {
     let long = u64::from(width.max(height));
     let mut scale = 8;
-    while scale > 1 && long.div_ceil(scale) < u64::from(largest) {
+    while scale > 1 && long.div_ceil(scale) < jpeg_decode_side(largest) {
         scale /= 2;
     }
     scale
@@ -614,7 +628,7 @@ fn png_layout(source: &[u8]) -> (u64, u64) {
 }
 
 /// A JPEG decoded at the smallest DCT scale whose result still covers
-/// `largest` on its longer side. `None` for pixel formats left to the
+/// `largest` on its longer side with [`JPEG_DECODE_HEADROOM`]. `None` for pixel formats left to the
 /// general decoder (CMYK, 16-bit greyscale).
 fn decode_jpeg_scaled(
     source: &[u8],
@@ -643,7 +657,7 @@ fn decode_jpeg_scaled(
     let (width, height, pixels) = {
         // The requested box is square: the longer side decides whichever
         // way the image is turned.
-        let side = u16::try_from(largest).unwrap_or(u16::MAX);
+        let side = u16::try_from(jpeg_decode_side(largest)).unwrap_or(u16::MAX);
         let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
         let pixels = decoder.decode().map_err(jpeg_error)?;
         (u32::from(width), u32::from(height), pixels)
@@ -782,7 +796,6 @@ impl Pixels {
 
     /// JPEG when opaque, lossless WebP when any pixel is transparent.
     fn encode(&self, icc: Option<&[u8]>) -> Result<(&'static str, Bytes), MediaError> {
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| MediaError::Internal(e);
         let opaque;
         let rgb = match self {
             Self::Rgb(image) => image,
@@ -791,37 +804,12 @@ impl Pixels {
                 &opaque
             }
             Self::Rgba(image) => {
-                let mut out = Vec::new();
-                image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-                    .encode(
-                        image.as_raw(),
-                        image.width(),
-                        image.height(),
-                        image::ExtendedColorType::Rgba8,
-                    )
-                    .map_err(|e| failed(Box::new(e)))?;
-                return Ok(("image/webp", Bytes::from(out)));
+                let bytes = encode::webp_lossless(image, icc)?;
+                return Ok(("image/webp", Bytes::from(bytes)));
             }
         };
-        let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
-        let mut encoder = jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY);
-        // A profile larger than a display's is left out (the variant is
-        // then sRGB), not copied uncompressed into every variant.
-        if let Some(icc) = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE) {
-            encoder
-                .add_icc_profile(icc)
-                .map_err(|e| failed(Box::new(e)))?;
-        }
-        let side = |n: u32| u16::try_from(n).map_err(|e| failed(Box::new(e)));
-        encoder
-            .encode(
-                rgb.as_raw(),
-                side(rgb.width())?,
-                side(rgb.height())?,
-                jpeg_encoder::ColorType::Rgb,
-            )
-            .map_err(|e| failed(Box::new(e)))?;
-        Ok(("image/jpeg", Bytes::from(out)))
+        let bytes = encode::jpeg(rgb, icc, encode::JPEG_ACKNOWLEDGED)?;
+        Ok(("image/jpeg", Bytes::from(bytes)))
     }
 }
 
