@@ -505,10 +505,12 @@ pub fn memory_needed_whole_jpeg(width: u32, height: u32) -> u64 {
 }
 
 /// How much larger than the largest variant a JPEG decoded at a reduced
-/// DCT scale must stay (numerator, denominator): the resize after it
-/// keeps this much headroom, so the variant stays as sharp as one made
-/// from the full-size image (BENCHMARKS.md: Encodings, the DCT scale).
-const JPEG_DECODE_HEADROOM: (u64, u64) = (1, 1);
+/// DCT scale must stay (numerator, denominator): 1.5 times, so the resize
+/// after it keeps that much headroom and the variant scores within 0.1
+/// SSIMULACRA2 of one made from the full-size image; at 1× a 4608 px photo
+/// was decoded at 1/4, left a resize of 1.07× and lost detail
+/// (BENCHMARKS.md: Encodings, the DCT scale).
+const JPEG_DECODE_HEADROOM: (u64, u64) = (3, 2);
 
 /// The longer side a JPEG is decoded to at least for variants of at most
 /// `largest`.
@@ -873,6 +875,19 @@ mod tests {
             memory_needed(cut, "image/jpeg", 4032, 3024),
             needed - 36_578_304 + 4032 * 3024 * 8
         );
+    }
+
+    #[test]
+    fn jpegs_are_decoded_with_headroom_over_the_largest_variant() {
+        // At 4608 px, 1/4 would leave 1152 px for `medium` (a resize of
+        // 1.07×, visibly softer); 1/2 keeps 2304.
+        assert_eq!(jpeg_scale(4608, 1976, 1080), 2);
+        assert_eq!(jpeg_scale(1976, 4608, 1080), 2);
+        assert_eq!(jpeg_scale(8000, 6000, 1080), 4);
+        assert_eq!(jpeg_scale(1200, 900, 1080), 1);
+        // The reservation follows the larger decode.
+        let wide = memory_needed(&[], "image/jpeg", 4608, 1976);
+        assert!(wide >= (4608 / 2) * (1976 / 2) * 8, "{wide}");
     }
 
     fn jpeg_of(width: u32, height: u32) -> Vec<u8> {
