@@ -506,9 +506,9 @@ pub fn memory_needed_whole_jpeg(width: u32, height: u32) -> u64 {
 
 /// How much larger than the largest variant a JPEG decoded at a reduced
 /// DCT scale must stay (numerator, denominator): 1.5 times, so the resize
-/// after it keeps that much headroom and the variant scores within 0.1
-/// SSIMULACRA2 of one made from the full-size image; at 1× a 4608 px photo
-/// was decoded at 1/4, left a resize of 1.07× and lost detail
+/// after it keeps that much headroom and the variant scores as one made
+/// from the full-size image does; at 1× a 4608 px photo was decoded at
+/// 1/4, left a resize of 1.07× and lost detail
 /// (BENCHMARKS.md: Encodings, the DCT scale).
 const JPEG_DECODE_HEADROOM: (u64, u64) = (3, 2);
 
