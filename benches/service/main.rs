@@ -13,6 +13,7 @@
 //! listings feed`); the names are in [`FAMILIES`].
 
 mod embedded;
+mod encodings;
 mod feed;
 mod harness;
 mod hotpaths;
@@ -99,7 +100,7 @@ const SMOKE: Plan = Plan {
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 11] = [
+const FAMILIES: [(&str, bool); 13] = [
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
@@ -112,6 +113,10 @@ const FAMILIES: [(&str, bool); 11] = [
     ("embedded", false),
     // 8: variants against libvips.
     ("variants", false),
+    // The encodings of variants and the decode scale (#33).
+    ("encodings", false),
+    // The DCT scale JPEGs are decoded at for variants (#33).
+    ("decode-scale", false),
     // 9: upload sessions.
     ("sessions", true),
     // 10: phone photo uploads against libvips + PutObject.
@@ -217,6 +222,8 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "listings" => listings::run(plan, stores()).await,
         "embedded" => embedded::run(plan).await,
         "variants" => variants::run(plan),
+        "encodings" => encodings::run(plan),
+        "decode-scale" => encodings::run_scale(plan),
         "sessions" => sessions::run(plan, stores()).await,
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,

@@ -24,22 +24,7 @@ pub fn run(plan: &Plan) -> String {
     let mut out =
         format!("### 8. Variants of phone photos (one core; JPEGs decoded by {decoder})\n\n");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut photos: Vec<(String, Vec<u8>, u16)> = plan
-        .phone_shots()
-        .map(|shot| {
-            (
-                shot.describe(),
-                fixtures::phone_shot(&shot),
-                shot.orientation,
-            )
-        })
-        .collect();
-    let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
-    photos.push((
-        format!("synthetic: {w} × {h} noise-textured, baseline, 4:2:0, Q90"),
-        fixtures::photo_jpeg(w, h),
-        1,
-    ));
+    let photos = photos(plan);
     let _ = writeln!(
         out,
         "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash / ThumbHash ms | one render's memory: peak RSS growth / reserved |\n|---|---|---|---|---|---|---|---|"
@@ -63,6 +48,28 @@ pub fn run(plan: &Plan) -> String {
         plan.renders
     );
     out
+}
+
+/// The photos of this figure (and of the encodings'): the phone photos
+/// and the synthetic one, each with its description and orientation.
+pub fn photos(plan: &Plan) -> Vec<(String, Vec<u8>, u16)> {
+    let mut photos: Vec<(String, Vec<u8>, u16)> = plan
+        .phone_shots()
+        .map(|shot| {
+            (
+                shot.describe(),
+                fixtures::phone_shot(&shot),
+                shot.orientation,
+            )
+        })
+        .collect();
+    let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
+    photos.push((
+        format!("synthetic: {w} × {h} noise-textured, baseline, 4:2:0, Q90"),
+        fixtures::photo_jpeg(w, h),
+        1,
+    ));
+    photos
 }
 
 /// The row of one photo (the JPEG at `path`), and why libvips was not
@@ -166,7 +173,7 @@ fn our_renders(
 
 /// The photo decoded whole and turned upright: what every variant is
 /// compared with.
-fn reference_image(jpeg: &[u8], orientation: u16) -> image::RgbImage {
+pub fn reference_image(jpeg: &[u8], orientation: u16) -> image::RgbImage {
     // jpeg-decoder, not the image crate's zune-jpeg: zune-jpeg 0.5.15
     // decodes the first phone photo (baseline, Q94) to garbage.
     let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(jpeg));

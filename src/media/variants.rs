@@ -5,15 +5,16 @@
 //! (see [`crate::media::content`]); it runs on the blocking pool, at most
 //! [`RenderLimits::max_concurrent`] at a time, each with a bound on the
 //! memory its decoder may allocate. JPEGs are decoded at the smallest DCT
-//! scale (1/8, 1/4, 1/2) that still covers the largest variant, resizing
+//! scale (1/8, 1/4, 1/2) that still covers the largest variant with some
+//! headroom (see [`JPEG_DECODE_HEADROOM`]), resizing
 //! uses SIMD convolution (Lanczos3), and the EXIF orientation is applied so
 //! variants come out upright.
 //!
-//! Variants of opaque images are JPEG (quality 82):
-//! every browser and phone decodes it, and for photos it is within a few per
-//! cent of lossy WebP, which has no well-kept pure-Rust encoder. Images with
-//! real transparency get lossless WebP instead, which keeps the alpha channel
-//! and is smaller than PNG.
+//! Variants of opaque images are JPEG, which every browser and phone
+//! decodes, made by mozjpeg (progressive, optimised Huffman tables; see
+//! [`encode::JPEG_ACKNOWLEDGED`]). Images with real transparency get
+//! lossless WebP instead, which keeps the alpha channel and is smaller than
+//! PNG. The encoders and their measured settings are in [`encode`].
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::MediaError;
 
+pub mod encode;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;
 
@@ -57,8 +59,6 @@ pub fn default_sizes() -> Vec<VariantSize> {
 pub fn largest_side(sizes: &[VariantSize]) -> u32 {
     sizes.iter().map(|s| s.longest_side).max().unwrap_or(0)
 }
-/// JPEG quality of variants.
-const JPEG_QUALITY: u8 = 82;
 /// Largest ICC profile carried into variants. Real profiles are a few KiB
 /// to a few hundred; larger ones are left out.
 pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
@@ -220,7 +220,8 @@ impl Renderer {
 /// How a JPEG is decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JpegDecode {
-    /// At the smallest DCT scale that still covers the largest variant:
+    /// At the smallest DCT scale that still covers the largest variant
+    /// with [`JPEG_DECODE_HEADROOM`]:
     /// the fast path, which stops at damaged scan data.
     Scaled,
     /// Whole, by the general decoder, which shows what it can of damaged
@@ -592,11 +593,26 @@ pub fn memory_needed_whole_jpeg(width: u32, height: u32, largest: u32) -> u64 {
     pixels * 12 + resize_memory(width, height, largest)
 }
 
+/// How much larger than the largest variant a JPEG decoded at a reduced
+/// DCT scale must stay (numerator, denominator): 1.5 times, so the resize
+/// after it keeps that much headroom and the variant scores as one made
+/// from the full-size image does; at 1× a 4608 px photo was decoded at
+/// 1/4, left a resize of 1.07× and lost detail
+/// (BENCHMARKS.md: Encodings, the DCT scale).
+const JPEG_DECODE_HEADROOM: (u64, u64) = (3, 2);
+
+/// The longer side a JPEG is decoded to at least for variants of at most
+/// `largest`.
+fn jpeg_decode_side(largest: u32) -> u64 {
+    let (numerator, denominator) = JPEG_DECODE_HEADROOM;
+    u64::from(largest) * numerator / denominator
+}
+
 /// The DCT scale denominator (1, 2, 4, 8) `decode_jpeg_scaled` asks for.
 fn jpeg_scale(width: u32, height: u32, largest: u32) -> u64 {
     let long = u64::from(width.max(height));
     let mut scale = 8;
-    while scale > 1 && long.div_ceil(scale) < u64::from(largest) {
+    while scale > 1 && long.div_ceil(scale) < jpeg_decode_side(largest) {
         scale /= 2;
     }
     scale
@@ -703,7 +719,7 @@ fn png_layout(source: &[u8]) -> (u64, u64) {
 }
 
 /// A JPEG decoded at the smallest DCT scale whose result still covers
-/// `largest` on its longer side. `None` for pixel formats left to the
+/// `largest` on its longer side with [`JPEG_DECODE_HEADROOM`]. `None` for pixel formats left to the
 /// general decoder (CMYK, 16-bit greyscale).
 fn decode_jpeg_scaled(
     source: &[u8],
@@ -732,7 +748,7 @@ fn decode_jpeg_scaled(
     let (width, height, pixels) = {
         // The requested box is square: the longer side decides whichever
         // way the image is turned.
-        let side = u16::try_from(largest).unwrap_or(u16::MAX);
+        let side = u16::try_from(jpeg_decode_side(largest)).unwrap_or(u16::MAX);
         let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
         let pixels = decoder.decode().map_err(jpeg_error)?;
         (u32::from(width), u32::from(height), pixels)
@@ -871,7 +887,6 @@ impl Pixels {
 
     /// JPEG when opaque, lossless WebP when any pixel is transparent.
     fn encode(&self, icc: Option<&[u8]>) -> Result<(&'static str, Bytes), MediaError> {
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| MediaError::Internal(e);
         let opaque;
         let rgb = match self {
             Self::Rgb(image) => image,
@@ -880,37 +895,12 @@ impl Pixels {
                 &opaque
             }
             Self::Rgba(image) => {
-                let mut out = Vec::new();
-                image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-                    .encode(
-                        image.as_raw(),
-                        image.width(),
-                        image.height(),
-                        image::ExtendedColorType::Rgba8,
-                    )
-                    .map_err(|e| failed(Box::new(e)))?;
-                return Ok(("image/webp", Bytes::from(out)));
+                let bytes = encode::webp_lossless(image, icc)?;
+                return Ok(("image/webp", Bytes::from(bytes)));
             }
         };
-        let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
-        let mut encoder = jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY);
-        // A profile larger than a display's is left out (the variant is
-        // then sRGB), not copied uncompressed into every variant.
-        if let Some(icc) = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE) {
-            encoder
-                .add_icc_profile(icc)
-                .map_err(|e| failed(Box::new(e)))?;
-        }
-        let side = |n: u32| u16::try_from(n).map_err(|e| failed(Box::new(e)));
-        encoder
-            .encode(
-                rgb.as_raw(),
-                side(rgb.width())?,
-                side(rgb.height())?,
-                jpeg_encoder::ColorType::Rgb,
-            )
-            .map_err(|e| failed(Box::new(e)))?;
-        Ok(("image/jpeg", Bytes::from(out)))
+        let bytes = encode::jpeg(rgb, icc, encode::JPEG_ACKNOWLEDGED)?;
+        Ok(("image/jpeg", Bytes::from(bytes)))
     }
 }
 
@@ -987,6 +977,19 @@ mod tests {
             memory_needed(cut, "image/jpeg", 4032, 3024, 1080),
             needed - 36_578_304 + 4032 * 3024 * 8
         );
+    }
+
+    #[test]
+    fn jpegs_are_decoded_with_headroom_over_the_largest_variant() {
+        // At 4608 px, 1/4 would leave 1152 px for `medium` (a resize of
+        // 1.07×, visibly softer); 1/2 keeps 2304.
+        assert_eq!(jpeg_scale(4608, 1976, 1080), 2);
+        assert_eq!(jpeg_scale(1976, 4608, 1080), 2);
+        assert_eq!(jpeg_scale(8000, 6000, 1080), 4);
+        assert_eq!(jpeg_scale(1200, 900, 1080), 1);
+        // The reservation follows the larger decode.
+        let wide = memory_needed(&[], "image/jpeg", 4608, 1976, 1080);
+        assert!(wide >= (4608 / 2) * (1976 / 2) * 8, "{wide}");
     }
 
     fn jpeg_of(width: u32, height: u32) -> Vec<u8> {

@@ -1,0 +1,520 @@
+//! The encoders of variants: oriented, resized pixels (and the ICC profile
+//! they came with) to the bytes of one encoding.
+//!
+//! Each takes pixels no larger than the largest variant, so its memory is
+//! bounded by the variant set, and none panics on any pixels: an encoder's
+//! failure is an internal error, never the caller's file. The settings
+//! below were chosen from the measured table in BENCHMARKS.md (Encodings):
+//! each encoding at the score of the JPEG variants made before it.
+
+use image::{RgbImage, RgbaImage};
+
+use super::MAX_VARIANT_ICC_PROFILE;
+use crate::media::MediaError;
+
+/// Pixels to encode, borrowed.
+#[derive(Clone, Copy)]
+pub enum Frame<'a> {
+    Rgb(&'a RgbImage),
+    Rgba(&'a RgbaImage),
+}
+
+impl Frame<'_> {
+    pub fn width(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.width(),
+            Self::Rgba(image) => image.width(),
+        }
+    }
+
+    pub fn height(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.height(),
+            Self::Rgba(image) => image.height(),
+        }
+    }
+}
+
+/// Which JPEG encoder, and how it codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JpegCoder {
+    /// jpeg-encoder, baseline, the standard tables: the variants made
+    /// before the encodings were measured.
+    Baseline,
+    /// jpeg-encoder, progressive with optimised Huffman tables.
+    Progressive,
+    /// mozjpeg with libjpeg's tables, progressive with optimised Huffman
+    /// tables, no trellis quantisation.
+    Mozjpeg,
+    /// mozjpeg's full compression: its tables, trellis quantisation and
+    /// optimised progressive scans.
+    MozjpegTrellis,
+}
+
+/// A JPEG encoder and its quality (1 to 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jpeg {
+    pub coder: JpegCoder,
+    pub quality: u8,
+}
+
+/// The JPEG variants made before the encodings were measured: the
+/// baseline every size is compared with.
+pub const JPEG_BASELINE: Jpeg = Jpeg {
+    coder: JpegCoder::Baseline,
+    quality: 82,
+};
+
+/// The JPEG variants made before an upload is acknowledged: mozjpeg,
+/// progressive with optimised Huffman tables, without trellis
+/// quantisation (which more than doubles the encode's CPU, far past the
+/// 5 % the acknowledgement may grow by). At quality 80 it scores 0.35
+/// above the baseline with 13 % fewer bytes and 16 % less encode CPU
+/// (BENCHMARKS.md: Encodings).
+pub const JPEG_ACKNOWLEDGED: Jpeg = Jpeg {
+    coder: JpegCoder::Mozjpeg,
+    quality: 80,
+};
+
+/// The smallest JPEG at the baseline's score, with trellis quantisation:
+/// for variants made in the background. Quality 82 is the closest to the
+/// baseline's score (0.8 below; 83 is 1.0 above) with 29 % fewer bytes,
+/// at 2.3 times the encode CPU.
+pub const JPEG_BACKGROUND: Jpeg = Jpeg {
+    coder: JpegCoder::MozjpegTrellis,
+    quality: 82,
+};
+
+/// Lossy WebP (alpha kept losslessly compressed): quality 0 to 100 and
+/// method (effort) 0 to 6.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Webp {
+    pub quality: f32,
+    pub method: u8,
+}
+
+/// WebP variants at the baseline JPEG's score: quality 90 is the closest
+/// (0.9 above), and as large as the baseline JPEG; method 6 saves 9 % at
+/// twice the CPU and 0.9 below.
+pub const WEBP: Webp = Webp {
+    quality: 90.0,
+    method: 4,
+};
+
+/// AVIF through ravif: quality 1 to 100 and speed 1 (slowest, smallest)
+/// to 10.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Avif {
+    pub quality: f32,
+    pub speed: u8,
+}
+
+/// AVIF variants: a middle quality and speed (ravif's defaults are 80
+/// and 5), not yet measured against the baseline: unoptimised, rav1e takes
+/// seconds per variant, so its rows need a release build of the table.
+pub const AVIF: Avif = Avif {
+    quality: 70.0,
+    speed: 6,
+};
+
+/// Largest side a JPEG can have.
+const JPEG_MAX_SIDE: u32 = u16::MAX as u32;
+/// Largest side a WebP can have.
+const WEBP_MAX_SIDE: u32 = 16_383;
+/// Largest side of an AVIF variant: far above any variant's, it bounds
+/// the frames rav1e holds (its planes and analysis buffers).
+#[cfg(feature = "avif")]
+const AVIF_MAX_SIDE: u32 = 16_384;
+
+/// The profile to embed: none when it is larger than a display's (the
+/// variant is then sRGB), so a small upload cannot make every variant as
+/// large as its profile.
+fn embedded(icc: Option<&[u8]>) -> Option<&[u8]> {
+    icc.filter(|icc| !icc.is_empty() && icc.len() <= MAX_VARIANT_ICC_PROFILE)
+}
+
+fn failed(what: &str, detail: impl std::fmt::Display) -> MediaError {
+    MediaError::Internal(format!("{what} encoding failed: {detail}").into())
+}
+
+fn check_size(what: &str, width: u32, height: u32, max: u32) -> Result<(), MediaError> {
+    if width == 0 || height == 0 || width > max || height > max {
+        return Err(failed(what, format_args!("{width} × {height}")));
+    }
+    Ok(())
+}
+
+/// Encodes opaque pixels as JPEG (4:2:0 chroma).
+pub fn jpeg(rgb: &RgbImage, icc: Option<&[u8]>, settings: Jpeg) -> Result<Vec<u8>, MediaError> {
+    check_size("JPEG", rgb.width(), rgb.height(), JPEG_MAX_SIDE)?;
+    let icc = embedded(icc);
+    match settings.coder {
+        JpegCoder::Baseline => jpeg_encoder(rgb, icc, settings.quality, false),
+        JpegCoder::Progressive => jpeg_encoder(rgb, icc, settings.quality, true),
+        JpegCoder::Mozjpeg => mozjpeg(rgb, icc, settings.quality, false),
+        JpegCoder::MozjpegTrellis => mozjpeg(rgb, icc, settings.quality, true),
+    }
+}
+
+fn jpeg_encoder(
+    rgb: &RgbImage,
+    icc: Option<&[u8]>,
+    quality: u8,
+    progressive: bool,
+) -> Result<Vec<u8>, MediaError> {
+    let error = |e: jpeg_encoder::EncodingError| failed("JPEG", e);
+    let mut out = Vec::with_capacity(rgb.as_raw().len() / 8);
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    if progressive {
+        encoder.set_progressive(true);
+        encoder.set_optimized_huffman_tables(true);
+    }
+    if let Some(icc) = icc {
+        encoder.add_icc_profile(icc).map_err(error)?;
+    }
+    // check_size keeps both sides within u16.
+    encoder
+        .encode(
+            rgb.as_raw(),
+            rgb.width() as u16,
+            rgb.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .map_err(error)?;
+    Ok(out)
+}
+
+/// mozjpeg reports errors by unwinding out of the C library; they are
+/// caught here and become an internal error.
+fn mozjpeg(
+    rgb: &RgbImage,
+    icc: Option<&[u8]>,
+    quality: u8,
+    trellis: bool,
+) -> Result<Vec<u8>, MediaError> {
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    let run = || -> std::io::Result<Vec<u8>> {
+        let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        if !trellis {
+            // libjpeg's settings and tables (no trellis, no scan search),
+            // then progressive with optimised Huffman tables.
+            compress.set_fastest_defaults();
+            compress.set_progressive_mode();
+            compress.set_optimize_coding(true);
+        }
+        compress.set_size(width, height);
+        compress.set_quality(f32::from(quality.clamp(1, 100)));
+        compress.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));
+        let mut started = compress.start_compress(Vec::with_capacity(width * height / 4))?;
+        if let Some(icc) = icc {
+            started.write_icc_profile(icc);
+        }
+        started.write_scanlines(rgb.as_raw())?;
+        started.finish()
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(failed("JPEG", e)),
+        Err(panic) => Err(failed("JPEG", panic_message(&*panic))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the encoder stopped".into())
+}
+
+/// Encodes lossy WebP; the alpha channel of RGBA pixels is kept (itself
+/// compressed losslessly).
+pub fn webp(frame: Frame<'_>, icc: Option<&[u8]>, settings: Webp) -> Result<Vec<u8>, MediaError> {
+    let (width, height) = (frame.width(), frame.height());
+    check_size("WebP", width, height, WEBP_MAX_SIDE)?;
+    let mut config = webp::WebPConfig::new().map_err(|()| failed("WebP", "no configuration"))?;
+    config.lossless = 0;
+    config.quality = settings.quality.clamp(0.0, 100.0);
+    config.method = i32::from(settings.method.min(6));
+    config.alpha_compression = 1;
+    let encoder = match frame {
+        Frame::Rgb(image) => webp::Encoder::from_rgb(image.as_raw(), width, height),
+        Frame::Rgba(image) => webp::Encoder::from_rgba(image.as_raw(), width, height),
+    };
+    let encoded = encoder
+        .encode_advanced(&config)
+        .map_err(|e| failed("WebP", format_args!("{e:?}")))?;
+    Ok(with_icc_profile(&encoded, embedded(icc), width, height))
+}
+
+/// Encodes lossless WebP with alpha.
+pub fn webp_lossless(rgba: &RgbaImage, icc: Option<&[u8]>) -> Result<Vec<u8>, MediaError> {
+    check_size("WebP", rgba.width(), rgba.height(), WEBP_MAX_SIDE)?;
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+        .encode(
+            rgba.as_raw(),
+            rgba.width(),
+            rgba.height(),
+            image::ExtendedColorType::Rgba8,
+        )
+        .map_err(|e| failed("WebP", e))?;
+    Ok(with_icc_profile(
+        &out,
+        embedded(icc),
+        rgba.width(),
+        rgba.height(),
+    ))
+}
+
+/// A WebP file with an ICCP chunk: after its VP8X chunk (one is written
+/// when the file has none) whose ICC flag is set. Unchanged without a
+/// profile, or when the file is not the RIFF the encoders write.
+fn with_icc_profile(file: &[u8], icc: Option<&[u8]>, width: u32, height: u32) -> Vec<u8> {
+    const ICC_FLAG: u8 = 0x20;
+    const ALPHA_FLAG: u8 = 0x10;
+    let (Some(icc), Some(b"RIFF"), Some(b"WEBP")) = (icc, file.get(..4), file.get(8..12)) else {
+        return file.to_vec();
+    };
+    let chunk = |kind: &[u8], body: &[u8]| {
+        let mut out = Vec::with_capacity(body.len() + 9);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            out.push(0);
+        }
+        out
+    };
+    let chunks = &file[12..];
+    let mut body = Vec::with_capacity(file.len() + icc.len() + 32);
+    let rest = if chunks.starts_with(b"VP8X") && chunks.len() >= 18 {
+        let mut vp8x = chunks[..18].to_vec();
+        vp8x[8] |= ICC_FLAG;
+        body.extend_from_slice(&vp8x);
+        &chunks[18..]
+    } else {
+        // A lossless bitstream says in its header whether it has alpha;
+        // lossless variants are made for transparent images only.
+        let alpha = if chunks.starts_with(b"VP8L") {
+            ALPHA_FLAG
+        } else {
+            0
+        };
+        let mut vp8x = [0u8; 10];
+        vp8x[0] = ICC_FLAG | alpha;
+        vp8x[4..7].copy_from_slice(&(width - 1).to_le_bytes()[..3]);
+        vp8x[7..10].copy_from_slice(&(height - 1).to_le_bytes()[..3]);
+        body.extend_from_slice(&chunk(b"VP8X", &vp8x));
+        chunks
+    };
+    body.extend_from_slice(&chunk(b"ICCP", icc));
+    body.extend_from_slice(rest);
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(body.len() as u32 + 4).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Encodes AVIF (10-bit 4:4:4 YCbCr, as ravif writes it; alpha kept).
+/// ravif writes no ICC profile: the variant renders as sRGB.
+#[cfg(feature = "avif")]
+pub fn avif(frame: Frame<'_>, settings: Avif) -> Result<Vec<u8>, MediaError> {
+    use ravif::{Img, RGB8, RGBA8};
+    let (width, height) = (frame.width(), frame.height());
+    check_size("AVIF", width, height, AVIF_MAX_SIDE)?;
+    let encoder = ravif::Encoder::new()
+        .with_quality(settings.quality.clamp(1.0, 100.0))
+        .with_alpha_quality(100.0)
+        .with_speed(settings.speed.clamp(1, 10))
+        .with_num_threads(Some(1));
+    let (w, h) = (width as usize, height as usize);
+    let run = || match frame {
+        Frame::Rgb(image) => {
+            let pixels: Vec<RGB8> = image
+                .as_raw()
+                .chunks_exact(3)
+                .map(|p| RGB8::new(p[0], p[1], p[2]))
+                .collect();
+            encoder.encode_rgb(Img::new(&pixels[..], w, h))
+        }
+        Frame::Rgba(image) => {
+            let pixels: Vec<RGBA8> = image
+                .as_raw()
+                .chunks_exact(4)
+                .map(|p| RGBA8::new(p[0], p[1], p[2], p[3]))
+                .collect();
+            encoder.encode_rgba(Img::new(&pixels[..], w, h))
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(encoded)) => Ok(encoded.avif_file),
+        Ok(Err(e)) => Err(failed("AVIF", e)),
+        Err(panic) => Err(failed("AVIF", panic_message(&*panic))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A photo-like test image: gradients and fine texture.
+    fn rgb(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            let t = ((x * 7 + y * 13) % 17) as u8;
+            image::Rgb([
+                (x * 255 / width) as u8 ^ t,
+                (y * 255 / height) as u8,
+                128u8.wrapping_add(t * 3),
+            ])
+        })
+    }
+
+    fn rgba(width: u32, height: u32) -> RgbaImage {
+        let rgb = rgb(width, height);
+        RgbaImage::from_fn(width, height, |x, y| {
+            let [r, g, b] = rgb.get_pixel(x, y).0;
+            image::Rgba([r, g, b, (x * 255 / width) as u8])
+        })
+    }
+
+    fn decoded(bytes: &[u8], format: image::ImageFormat) -> image::DynamicImage {
+        image::load_from_memory_with_format(bytes, format).expect("decodes")
+    }
+
+    const CODERS: [JpegCoder; 4] = [
+        JpegCoder::Baseline,
+        JpegCoder::Progressive,
+        JpegCoder::Mozjpeg,
+        JpegCoder::MozjpegTrellis,
+    ];
+
+    #[test]
+    fn every_jpeg_coder_writes_a_jpeg_of_the_right_size_close_to_its_pixels() {
+        let pixels = rgb(333, 201);
+        for coder in CODERS {
+            let bytes = jpeg(&pixels, None, Jpeg { coder, quality: 82 }).unwrap();
+            let image = decoded(&bytes, image::ImageFormat::Jpeg).to_rgb8();
+            assert_eq!((image.width(), image.height()), (333, 201), "{coder:?}");
+            let mean_error = image
+                .as_raw()
+                .iter()
+                .zip(pixels.as_raw())
+                .map(|(&a, &b)| f64::from(a.abs_diff(b)))
+                .sum::<f64>()
+                / pixels.as_raw().len() as f64;
+            assert!(mean_error < 12.0, "{coder:?}: {mean_error}");
+        }
+    }
+
+    #[test]
+    fn progressive_coders_write_progressive_frames() {
+        let pixels = rgb(64, 48);
+        for coder in [
+            JpegCoder::Progressive,
+            JpegCoder::Mozjpeg,
+            JpegCoder::MozjpegTrellis,
+        ] {
+            let bytes = jpeg(&pixels, None, Jpeg { coder, quality: 82 }).unwrap();
+            assert!(bytes.windows(2).any(|w| w == [0xFF, 0xC2]), "{coder:?}");
+        }
+    }
+
+    #[test]
+    fn mozjpeg_carries_a_displays_profile_and_not_a_larger_one() {
+        let carried = |bytes: &[u8]| bytes.windows(12).any(|w| w == b"ICC_PROFILE\0");
+        let pixels = rgb(16, 16);
+        let settings = JPEG_ACKNOWLEDGED;
+        let small = jpeg(&pixels, Some(&[7; 3 * 1024]), settings).unwrap();
+        assert!(carried(&small) && small.len() > 3 * 1024);
+        let large = jpeg(&pixels, Some(&[7; MAX_VARIANT_ICC_PROFILE + 1]), settings).unwrap();
+        assert!(!carried(&large));
+    }
+
+    #[test]
+    fn an_empty_image_is_an_internal_error_not_a_panic() {
+        for coder in CODERS {
+            let error = jpeg(&RgbImage::new(0, 5), None, Jpeg { coder, quality: 82 }).unwrap_err();
+            assert!(matches!(error, MediaError::Internal(_)), "{error:?}");
+        }
+        let error = webp(Frame::Rgb(&RgbImage::new(5, 0)), None, WEBP).unwrap_err();
+        assert!(matches!(error, MediaError::Internal(_)), "{error:?}");
+    }
+
+    #[test]
+    fn lossy_webp_decodes_to_the_right_size_and_keeps_alpha() {
+        let bytes = webp(Frame::Rgb(&rgb(301, 157)), None, WEBP).unwrap();
+        let image = decoded(&bytes, image::ImageFormat::WebP);
+        assert_eq!((image.width(), image.height()), (301, 157));
+        assert!(!image.color().has_alpha());
+
+        let source = rgba(120, 80);
+        let bytes = webp(Frame::Rgba(&source), None, WEBP).unwrap();
+        let image = decoded(&bytes, image::ImageFormat::WebP).to_rgba8();
+        assert_eq!((image.width(), image.height()), (120, 80));
+        // Alpha is coded losslessly: the left edge transparent, the right
+        // nearly opaque.
+        assert_eq!(image.get_pixel(0, 40).0[3], 0);
+        assert!(image.get_pixel(119, 40).0[3] > 250);
+    }
+
+    #[test]
+    fn webp_carries_the_icc_profile_in_an_iccp_chunk() {
+        let profile = vec![9u8; 1001];
+        for (bytes, alpha) in [
+            (
+                webp(Frame::Rgb(&rgb(40, 30)), Some(&profile), WEBP).unwrap(),
+                false,
+            ),
+            (
+                webp(Frame::Rgba(&rgba(40, 30)), Some(&profile), WEBP).unwrap(),
+                true,
+            ),
+            (webp_lossless(&rgba(40, 30), Some(&profile)).unwrap(), true),
+        ] {
+            let mut decoder =
+                image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&bytes)).unwrap();
+            let icc = image::ImageDecoder::icc_profile(&mut decoder).unwrap();
+            assert_eq!(icc.as_deref(), Some(&profile[..]));
+            let image = decoded(&bytes, image::ImageFormat::WebP);
+            assert_eq!((image.width(), image.height()), (40, 30));
+            assert_eq!(image.color().has_alpha(), alpha);
+            let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+            assert_eq!(riff + 8, bytes.len());
+        }
+    }
+
+    /// Decoded by libheif (with dav1d or aom), another implementation
+    /// than the encoder's.
+    #[cfg(all(feature = "avif", feature = "heif"))]
+    #[test]
+    fn avif_decodes_with_libheif_to_the_right_size_and_keeps_alpha() {
+        let (opaque, _) =
+            super::super::decode_heif(&avif(Frame::Rgb(&rgb(64, 40)), AVIF).unwrap(), 1 << 30)
+                .unwrap();
+        assert_eq!((opaque.width(), opaque.height()), (64, 40));
+        assert!(!opaque.color().has_alpha());
+        let (clear, _) =
+            super::super::decode_heif(&avif(Frame::Rgba(&rgba(64, 40)), AVIF).unwrap(), 1 << 30)
+                .unwrap();
+        assert_eq!((clear.width(), clear.height()), (64, 40));
+        let clear = clear.to_rgba8();
+        assert!(clear.get_pixel(0, 20).0[3] < 8);
+        assert!(clear.get_pixel(63, 20).0[3] > 240);
+    }
+
+    #[cfg(feature = "avif")]
+    #[test]
+    fn avif_is_an_avif_file() {
+        let bytes = avif(Frame::Rgb(&rgb(64, 40)), AVIF).unwrap();
+        assert_eq!(&bytes[4..12], b"ftypavif");
+        assert_eq!(
+            imagesize::blob_size(&bytes)
+                .map(|s| (s.width, s.height))
+                .ok(),
+            Some((64, 40))
+        );
+    }
+}
