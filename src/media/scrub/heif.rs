@@ -32,8 +32,8 @@
 //!   `iref` keeps only the known reference types ([`REFERENCES`]) between
 //!   items `iinf` declares that have data (or are `iden` items derived
 //!   from one that has), each item once,
-//!   and `grpl` the known groups ([`GROUPS`]), each to its ids, the rest
-//!   `free` ([`scrub_references`], [`scrub_groups`]); item ids, chosen
+//!   and `grpl` the known groups ([`GROUPS`]) of version 0, each to its
+//!   ids with its flags zeroed, the rest `free` ([`scrub_references`], [`scrub_groups`]); item ids, chosen
 //!   by the caller, become 1 to N in `iinf`'s order wherever they stand,
 //!   each field keeping its width, and undeclared ones 0; an item the
 //!   image cannot use, or of a type not known, has its type zeroed and
@@ -2139,18 +2139,25 @@ fn scrub_references(
 }
 
 /// A `grpl` box keeps the entity groups in [`GROUPS`], each to its ids (a
-/// full box: a group id, a count, as many entity ids, 32 bits each), the
-/// bytes after them zeroed; any other box in it becomes `free`. Whether
+/// full box of version 0, no flag defined, zeroed: a group id, a count, as
+/// many entity ids, 32 bits each), the bytes after them zeroed; any other
+/// box in it, or a group of another version, becomes `free`. Whether
 /// anything changed.
 fn scrub_groups(meta: &mut [u8], grpl: &Child, count: &mut u32) -> Result<bool, MediaError> {
-    scrub_listed(meta, grpl, false, &GROUPS, count, |_, body| {
+    let mut flags = false;
+    let changed = scrub_listed(meta, grpl, false, &GROUPS, count, |_, body| {
         let mut reader = Reader::new(body);
-        reader.version()?;
+        if reader.version()? != 0 {
+            return Ok(None);
+        }
         reader.u32()?;
         let entities = usize::try_from(reader.u32()?).map_err(|_| meta_corrupt())?;
         reader.take(entities.checked_mul(4).ok_or_else(meta_corrupt)?)?;
-        Ok(Some(reader.at))
-    })
+        let len = reader.at;
+        flags |= zero_flags(body, 0);
+        Ok(Some(len))
+    })?;
+    Ok(flags | changed)
 }
 
 /// Walks the boxes in `parent` (a full box when `full`): those of a kind
@@ -4288,5 +4295,71 @@ mod attack7 {
             .unwrap()
             .has_alpha_channel();
         assert_eq!(decoded(&stored, alpha), decoded(&original, alpha));
+    }
+}
+
+/// Entity groups keep only their defined version and no flag.
+#[cfg(test)]
+mod attack8 {
+    use super::attack5::{contains, crafted, scrubbed};
+    use crate::fixtures::{HeifParts, heif_file, iso_box, phone_heif_items};
+
+    /// A 64x48 HEIF whose `grpl` holds an `altr` group of the primary
+    /// image of `version`, its 3 flag bytes spelling text.
+    fn group_with_flags(version: u8) -> Vec<u8> {
+        let group = [
+            &[version][..],
+            b"GPS",
+            &100u32.to_be_bytes(),
+            &1u32.to_be_bytes(),
+            &1u32.to_be_bytes(),
+        ]
+        .concat();
+        let parts = HeifParts {
+            in_meta: iso_box(b"grpl", &iso_box(b"altr", &group)),
+            ..HeifParts::default()
+        };
+        heif_file(&phone_heif_items(64, 48), &parts)
+    }
+
+    #[test]
+    fn a_group_loses_its_flags_and_one_of_another_version_goes() {
+        let stored = scrubbed(&group_with_flags(0));
+        assert!(!contains(&stored, b"GPS"));
+        // Kept, its id numbered after the items, the primary image in it.
+        assert!(contains(
+            &stored,
+            &[&b"altr\0\0\0\0"[..], &[0, 0, 0]].concat()
+        ));
+        assert!(contains(
+            &stored,
+            &[&1u32.to_be_bytes()[..], &1u32.to_be_bytes()].concat()
+        ));
+        let stored = scrubbed(&group_with_flags(1));
+        assert!(!contains(&stored, b"GPS"));
+        assert!(!contains(&stored, b"altr"), "version 1 is not defined");
+    }
+
+    /// The crafted file of the fuzz corpus (`a8-heif-*`) keeps no text.
+    #[test]
+    fn the_crafted_corpus_files_lose_their_flags() {
+        let files = crafted("a8-heif-");
+        assert!(!files.is_empty());
+        for (name, original) in files {
+            assert!(contains(&original, b"GPS"), "{name}");
+            assert!(!contains(&scrubbed(&original), b"GPS"), "{name}");
+        }
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        for version in [0, 1] {
+            let file = group_with_flags(version);
+            std::fs::write(format!("{dir}/a8-heif-grpl-flags-v{version}"), file).unwrap();
+        }
     }
 }

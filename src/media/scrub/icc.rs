@@ -21,9 +21,14 @@
 //! tag shorter than that is malformed; `mAB ` and `mBA ` keep their
 //! parts (curves, matrix, lookup table), each at the offset the tag gives
 //! and the length its own counts define, and have every other byte
-//! zeroed; bytes no tag covers, and the header's reserved bytes,
-//! are zeroed; the
-//! profile ID (an MD5 of the bytes) is zeroed when anything changed, which
+//! zeroed; every kept tag's 4 reserved bytes (after its type), a `para`'s
+//! 2 and an `mft1`/`mft2`'s padding byte are zeroed; bytes no tag covers
+//! are zeroed. The header keeps only what colour management reads
+//! ([`HEADER_KEPT`]: size, version, class, colour spaces, `acsp`, the
+//! illuminant, the 2 defined flag bits, a rendering intent of 0 to 3); the
+//! fields a writer chooses (preferred CMM, date-time, platform, device
+//! manufacturer, model and attributes, creator, reserved bytes) are
+//! always zeroed, as is the profile ID (an MD5 of the bytes), which then
 //! means "not computed". A profile that fails the checks is dropped whole
 //! by the caller, and the image renders as sRGB. The numbers themselves
 //! stay: a profile is numbers by design, and a curve or a matrix can hold
@@ -113,7 +118,7 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
         return Err(Malformed);
     }
     let table_end = TABLE + count * 12;
-    let mut changed = zero(&mut profile[100..HEADER]);
+    let mut changed = blank_header(profile);
     // Tag data ranges, as u32: 8 bytes per 12-byte entry.
     let mut covered: Vec<(u32, u32)> = Vec::with_capacity(count);
     // Entries kept so far, moved up over the dropped ones.
@@ -144,6 +149,8 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
             continue;
         }
         covered.push((offset as u32, end as u32));
+        // Every tag type's 4 reserved bytes, after its signature.
+        changed |= zero(&mut data[4..8]);
         changed |= match &kind {
             b"desc" if size >= 12 => zero(&mut data[12..]),
             b"mluc" if size >= 16 => {
@@ -162,7 +169,7 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
             b"mAB " | b"mBA " => blank_lut(&kind, data)?,
             _ => {
                 let defined = colour_len(&kind, data)?;
-                zero(&mut data[defined..])
+                zero(&mut data[defined..]) | blank_reserved(data)
             }
         };
         if kept != tag {
@@ -178,10 +185,31 @@ pub(super) fn blank_profile_text(profile: &mut [u8]) -> Result<bool, Malformed> 
     covered.sort_unstable();
     let ranges = covered.into_iter().map(|(s, e)| (s as usize, e as usize));
     changed |= zero_gaps(profile, table_end, ranges);
-    if changed {
-        profile[84..100].fill(0);
-    }
     Ok(changed)
+}
+
+/// The header fields a colour management module reads: size, version,
+/// class, colour space, connection space, `acsp`, the illuminant, the
+/// defined flags and rendering intent. The others are zeroed: the
+/// preferred module, date-time, platform, device manufacturer, model and
+/// attributes, creator, profile ID (zero: "not computed"), reserved
+/// bytes, the version's reserved bytes.
+const HEADER_KEPT: [(usize, usize); 6] = [(0, 4), (8, 10), (12, 24), (36, 40), (44, 48), (64, 80)];
+
+/// Zeros, in place, every header byte [`HEADER_KEPT`] does not name, the
+/// flags but their 2 defined bits (embedded, not independent) and a
+/// rendering intent other than the 4 defined; whether any byte changed.
+fn blank_header(profile: &mut [u8]) -> bool {
+    let mut changed = zero_gaps(&mut profile[..HEADER], 0, HEADER_KEPT);
+    let flags = be32(profile, 44);
+    if flags & !3 != 0 {
+        profile[44..48].copy_from_slice(&(flags & 3).to_be_bytes());
+        changed = true;
+    }
+    if be32(profile, 64) > 3 {
+        changed |= zero(&mut profile[64..68]);
+    }
+    changed
 }
 
 /// The length the colour tag `data` (of type `kind`) defines from its
@@ -222,6 +250,19 @@ fn colour_len(kind: &[u8; 4], data: &[u8]) -> Result<usize, Malformed> {
         Some(defined) if defined <= data.len() => Ok(defined),
         _ => Err(Malformed),
     }
+}
+
+/// Zeros the reserved bytes inside a colour tag or curve (`data`, its
+/// type signature first) past the 4 after its signature: a `para`
+/// function type's 2, an `mft1`/`mft2` lookup table's padding byte;
+/// whether any was not zero.
+fn blank_reserved(data: &mut [u8]) -> bool {
+    let reserved = match data.get(..4) {
+        Some(b"para") => 10..12,
+        Some(b"mft1" | b"mft2") => 11..12,
+        _ => return false,
+    };
+    data.get_mut(reserved).is_some_and(zero)
 }
 
 /// The length of the `curv` or `para` curve at the start of `data`, from
@@ -268,11 +309,16 @@ fn blank_lut(kind: &[u8; 4], data: &mut [u8]) -> Result<bool, Malformed> {
         (inputs, outputs)
     };
     let mut parts = vec![(0, 4), (8, 10), (12, LUT_HEADER)];
-    let curves = |at: usize, count: usize, parts: &mut Vec<(usize, usize)>| {
+    // Where each curve starts, for its `para` reserved bytes.
+    let mut starts = Vec::new();
+    let mut curves = |at: usize, count: usize, parts: &mut Vec<(usize, usize)>| {
         let mut at = at;
         for _ in 0..count {
             let len = curve_len(data.get(at..).ok_or(Malformed)?)?;
-            parts.push((at, at + len));
+            // The signature, and the curve past its reserved bytes.
+            parts.push((at, at + 4));
+            parts.push((at + 8, at + len));
+            starts.push(at);
             at = (at + len).next_multiple_of(4);
         }
         Ok::<_, Malformed>(())
@@ -309,7 +355,10 @@ fn blank_lut(kind: &[u8; 4], data: &mut [u8]) -> Result<bool, Malformed> {
         return Err(Malformed);
     }
     parts.sort_unstable();
-    Ok(zero_gaps(data, 0, parts))
+    let changed = zero_gaps(data, 0, parts);
+    Ok(starts.into_iter().fold(changed, |changed, at| {
+        changed | blank_reserved(&mut data[at..])
+    }))
 }
 
 /// Zeros the bytes from `cursor` on that no range of `sorted` covers;
@@ -533,14 +582,20 @@ pub(super) mod attack5 {
         (file, pixels)
     }
 
+    /// `file`, a WebP with a profile, stored without `hidden`, its profile
+    /// kept and its pixels the same.
+    pub(super) fn assert_webp_loses(file: &[u8], pixels: &image::RgbaImage, hidden: &[u8]) {
+        let (stored, report) = scrub(file, 11, false).unwrap();
+        assert!(report.changed);
+        assert!(!contains(&stored, hidden));
+        assert!(contains(&stored, b"acsp"), "the profile stays");
+        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == *pixels);
+    }
+
     #[test]
     fn colour_tag_text_leaves_a_webp_profile() {
         let (file, pixels) = webp_with_colour_tag_text();
-        let (stored, report) = scrub(&file, 11, false).unwrap();
-        assert!(report.changed);
-        assert!(!contains(&stored, &MARKER[..6]));
-        assert!(contains(&stored, b"acsp"), "the profile stays");
-        assert!(image::load_from_memory(&stored).unwrap().to_rgba8() == pixels);
+        assert_webp_loses(&file, &pixels, &MARKER[..6]);
     }
 
     /// Writes the crafted file to the scrub corpus, which tests/parsers
@@ -687,5 +742,198 @@ mod attack6 {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let (file, _) = webp_with_marked_luts();
         std::fs::write(format!("{dir}/a6-webp-iccp-lut-mpet-vcgt"), file).unwrap();
+    }
+}
+
+/// The header keeps only what a colour management module reads; every
+/// tag's reserved bytes are zeroed.
+#[cfg(test)]
+mod attack8 {
+    use super::super::tests::contains;
+    use super::attack5::{assert_webp_loses, colour_tags, profile, tag, webp_with_profile};
+    use super::*;
+
+    const MARKER: &[u8] = b"GPS=48.858370N,2.294481E;NAME=John Q Public;SERIAL=XYZ123;";
+
+    /// The header fields a writer chooses, each holding a piece of the
+    /// marker: (offset, length).
+    const CHOSEN: [(usize, usize); 8] = [
+        (4, 4),   // preferred CMM
+        (24, 12), // date-time
+        (40, 4),  // primary platform
+        (48, 8),  // device manufacturer and model
+        (56, 8),  // device attributes
+        (80, 4),  // creator
+        (84, 16), // profile ID
+        (100, 28),
+    ];
+
+    /// `profile` with the marker in every header field it does not need,
+    /// its flags all set and its rendering intent text.
+    fn marked_header(mut profile: Vec<u8>) -> Vec<u8> {
+        for (at, len) in CHOSEN {
+            profile[at..at + len].copy_from_slice(&MARKER[..len]);
+        }
+        profile[44..48].copy_from_slice(b"GPS\xFF");
+        profile[64..68].copy_from_slice(b"NAM\x01");
+        profile
+    }
+
+    #[test]
+    fn header_fields_a_writer_chooses_are_zeroed() {
+        let white = tag(
+            b"XYZ ",
+            &[&[0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D]],
+        );
+        let clean = profile(&[(b"wtpt", white)]);
+        let mut scrubbed = marked_header(clean.clone());
+        scrubbed[68..80].copy_from_slice(&[0, 0, 0xF6, 0xD6, 0, 1, 0, 0, 0, 0, 0xD3, 0x2D]);
+        let illuminant = scrubbed[68..80].to_vec();
+        assert_eq!(blank_profile_text(&mut scrubbed), Ok(true));
+        for (at, len) in CHOSEN {
+            assert!(scrubbed[at..at + len].iter().all(|&b| b == 0), "{at}");
+        }
+        assert!(!contains(&scrubbed, &MARKER[..3]));
+        // The defined flag bits stay; an intent past the 4 defined is 0.
+        assert_eq!(be32(&scrubbed, 44), 3);
+        assert_eq!(be32(&scrubbed, 64), 0);
+        // Size, version, class, spaces, signature and illuminant stay.
+        assert_eq!(scrubbed[..24], clean[..24]);
+        assert_eq!(&scrubbed[36..40], b"acsp");
+        assert_eq!(scrubbed[68..80], illuminant[..]);
+        // A defined intent stays, and a clean header is left as it is.
+        for intent in 0..=3u32 {
+            let mut kept = clean.clone();
+            kept[64..68].copy_from_slice(&intent.to_be_bytes());
+            kept[44..48].copy_from_slice(&1u32.to_be_bytes());
+            let once = kept.clone();
+            assert_eq!(blank_profile_text(&mut kept), Ok(false), "{intent}");
+            assert_eq!(kept, once);
+        }
+    }
+
+    /// `tag` with the marker in its 4 reserved bytes.
+    fn reserved_marked(tag: &[u8]) -> Vec<u8> {
+        [&tag[..4], &MARKER[..4], &tag[8..]].concat()
+    }
+
+    #[test]
+    fn every_tag_loses_its_reserved_bytes() {
+        let mut tags: Vec<_> = colour_tags()
+            .into_iter()
+            .map(|(signature, clean, _)| (signature, clean))
+            .collect();
+        let text = crate::fixtures::icc_profile_with_text("");
+        let mut blanked = text.clone();
+        blank_profile_text(&mut blanked).unwrap();
+        for (signature, kind) in [(b"desc", b"desc"), (b"cprt", b"mluc"), (b"dmdd", b"text")] {
+            let (at, size) = (0..be32(&blanked, HEADER) as usize)
+                .map(|n| TABLE + 12 * n)
+                .map(|entry| (be32(&blanked, entry + 4), be32(&blanked, entry + 8)))
+                .map(|(at, size)| (at as usize, size as usize))
+                .find(|&(at, _)| &blanked[at..at + 4] == kind)
+                .unwrap();
+            tags.push((signature, blanked[at..at + size].to_vec()));
+        }
+        for (signature, clean) in tags {
+            let mut scrubbed = profile(&[(signature, reserved_marked(&clean))]);
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(true), "{signature:?}");
+            assert!(!contains(&scrubbed, &MARKER[..4]), "{signature:?}");
+            assert!(contains(&scrubbed, &clean), "{signature:?} keeps the rest");
+        }
+        // A `para` function type's 2 reserved bytes, an `mft2`'s padding
+        // byte, the reserved bytes of a curve inside an `mAB `.
+        let para = tag(b"para", &[&[0, 0, b'G', b'P', 0, 2, 0x33, 0x33]]);
+        let mut lut = tag(b"mft2", &[&[1, 1, 2, b'S']]);
+        lut.extend((0..9).flat_map(|i| if i % 4 == 0 { 0x10000u32 } else { 0 }.to_be_bytes()));
+        lut.extend_from_slice(&[0, 2, 0, 2]);
+        lut.extend((0..6u16).flat_map(|i| (i * 0x3333).to_be_bytes()));
+        let curve = [&b"curv"[..], b"GPS=", &[0, 0, 0, 0]].concat();
+        let mut mab = b"mAB \0\0\0\0\x01\x01\0\0".to_vec();
+        for at in [32u32, 0, 0, 0, 0] {
+            mab.extend_from_slice(&at.to_be_bytes());
+        }
+        mab.extend_from_slice(&curve);
+        for (signature, marked, hidden) in [
+            (b"rTRC", para, &b"GP"[..]),
+            (b"A2B0", lut, b"S"),
+            (b"A2B0", mab, b"GPS="),
+        ] {
+            let mut scrubbed = profile(&[(signature, marked.clone())]);
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(true), "{signature:?}");
+            assert!(!contains(&scrubbed, hidden), "{signature:?}");
+            assert_eq!(be32(&scrubbed, HEADER), 1, "{signature:?} stays");
+        }
+    }
+
+    /// Real sRGB and Display P3 profiles, as a device writes them (its
+    /// maker, model, date and profile ID), transform colours exactly as
+    /// before once scrubbed.
+    #[test]
+    fn real_profiles_colour_manage_the_same() {
+        use moxcms::{ColorProfile, Layout, TransformOptions};
+        let pixels: Vec<u8> = (0..=255u8).flat_map(|v| [v, 255 - v, v / 2]).collect();
+        let to_srgb = |icc: &[u8]| {
+            let profile = ColorProfile::new_from_slice(icc).unwrap();
+            let transform = profile
+                .create_transform_8bit(
+                    Layout::Rgb,
+                    &ColorProfile::new_srgb(),
+                    Layout::Rgb,
+                    TransformOptions::default(),
+                )
+                .unwrap();
+            let mut out = vec![0; pixels.len()];
+            transform.transform(&pixels, &mut out).unwrap();
+            (out, profile.rendering_intent, profile.white_point)
+        };
+        for real in [ColorProfile::new_srgb(), ColorProfile::new_display_p3()] {
+            let mut original = real.encode().unwrap();
+            original[4..8].copy_from_slice(b"appl");
+            original[40..44].copy_from_slice(b"APPL");
+            original[48..56].copy_from_slice(b"APPLiPh9");
+            original[80..84].copy_from_slice(b"appl");
+            original[84..100].copy_from_slice(&[0xA5; 16]);
+            let mut scrubbed = original.clone();
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(true));
+            assert!(!contains(&scrubbed, b"APPL") && !contains(&scrubbed, b"appl"));
+            assert_eq!(scrubbed.len(), original.len());
+            assert_eq!(
+                be32(&scrubbed, HEADER),
+                be32(&original, HEADER),
+                "every tag"
+            );
+            assert_eq!(to_srgb(&scrubbed), to_srgb(&original));
+            // Scrubbed again, nothing changes.
+            let once = scrubbed.clone();
+            assert_eq!(blank_profile_text(&mut scrubbed), Ok(false));
+            assert_eq!(scrubbed, once);
+        }
+    }
+
+    /// A WebP whose profile holds the marker in its header and in its
+    /// tags' reserved bytes.
+    fn webp_with_marked_header() -> (Vec<u8>, image::RgbaImage) {
+        let tags: Vec<_> = colour_tags()
+            .into_iter()
+            .map(|(signature, clean, _)| (signature, reserved_marked(&clean)))
+            .collect();
+        webp_with_profile(&marked_header(profile(&tags)))
+    }
+
+    #[test]
+    fn header_text_leaves_a_webp_profile() {
+        let (file, pixels) = webp_with_marked_header();
+        assert_webp_loses(&file, &pixels, &MARKER[..3]);
+    }
+
+    /// Writes the crafted file to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        let (file, _) = webp_with_marked_header();
+        std::fs::write(format!("{dir}/a8-webp-iccp-header-and-reserved"), file).unwrap();
     }
 }
