@@ -7,6 +7,7 @@
 pub mod content;
 mod error;
 pub mod gif;
+pub mod limits;
 pub mod scrub;
 pub mod variants;
 

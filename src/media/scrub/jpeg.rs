@@ -8,7 +8,14 @@
 //! name) or a scan (the Huffman tables its components name, of the
 //! classes its coding reads, and the frame's quantization tables still
 //! held) and output just before it, a table redefined first or never
-//! used being dropped; scan headers to their defined length; APP0 JFIF
+//! used being dropped, and so a quantization table redefined once every
+//! component using it has had its first scan (libjpeg takes a component's
+//! table then; jpeg-decoder at its last scan, so such a file decodes alike
+//! in both once the table is gone); a Huffman table a scan uses is a
+//! prefix code of symbols, each once, that such a scan can code, else the
+//! file is refused (which valid symbols, in what order, is how the image
+//! is coded and is left as it came); scan headers to their defined length,
+//! at most [`MAX_JPEG_SCANS`] of them, kept metadata or not; APP0 JFIF
 //! without its thumbnail, APP2 ICC
 //! profiles, APP14 Adobe colour transform, each JFIF and Adobe only the
 //! first and before the frame header, where decoders read them; a DRI
@@ -46,6 +53,7 @@ use bytes::Bytes;
 use super::icc;
 use super::stream::{Next, Stream, minimal_tiff};
 use crate::media::MediaError;
+use crate::media::limits::MAX_JPEG_SCANS;
 
 /// The JPEG parser's state: where in the file it is, and the tables
 /// defined but not yet used.
@@ -87,11 +95,22 @@ pub(super) struct Seen {
     restart_kept: bool,
     /// Quantization and Huffman tables defined since the last scan began.
     tables: u8,
-    /// The quantization table ids the frame's components use, a bit each.
+    /// The quantization table ids of the frame's components that have
+    /// not had a scan yet, a bit each: decoders (libjpeg) take a
+    /// component's table at its first scan, so a table redefined after
+    /// that, for no component still to come, is never read.
     quantization: u8,
+    /// The frame's sample precision in bits (8 or 12 for DCT frames, up to
+    /// 16 for lossless ones), and whether it is lossless (SOF3, SOF7,
+    /// SOF11, SOF15): what a Huffman table's symbols may code.
+    precision: u8,
+    lossless: bool,
     /// The frame is progressive with Huffman coding (SOF2, SOF6): its
     /// scans use DC or AC tables, not both.
     progressive: bool,
+    /// Scan headers so far, at most [`MAX_JPEG_SCANS`], whether metadata
+    /// is kept or not.
+    scans: u32,
 }
 
 impl Jpeg {
@@ -108,7 +127,10 @@ impl Jpeg {
                     restart_kept: false,
                     tables: 0,
                     quantization: 0,
+                    precision: 0,
+                    lossless: false,
                     progressive: false,
+                    scans: 0,
                 },
             },
             tables: Box::new(Tables::NONE),
@@ -156,6 +178,9 @@ struct Tables {
     /// it goes out with them (it holds for the next scan wherever it is
     /// before it).
     restart: Option<Bytes>,
+    /// The frame's components that have not had a scan yet: id and
+    /// quantization table id.
+    unscanned: Vec<[u8; 2]>,
 }
 
 impl Tables {
@@ -174,6 +199,7 @@ impl Tables {
         segments: Vec::new(),
         moved: false,
         restart: None,
+        unscanned: Vec::new(),
     };
 
     /// Holds a DRI `segment` that came after pending tables.
@@ -509,6 +535,15 @@ fn marker(
         }
         seen.frame = true;
     }
+    if marker == SOS {
+        // Every scan is a pass over the image's coefficients when decoded.
+        seen.scans += 1;
+        if seen.scans > MAX_JPEG_SCANS {
+            return Err(MediaError::invalid(format!(
+                "the JPEG has more than {MAX_JPEG_SCANS} scans"
+            )));
+        }
+    }
     let action = action(stream.keep_metadata, marker);
     if action != Action::Drop && !matches!(marker, DQT | DHT | DRI | SOS) && !is_frame(marker) {
         // Bytes that go out between the pending tables and where they
@@ -709,7 +744,7 @@ fn check_tables(
 fn keep_scan(
     stream: &mut Stream,
     tables: &mut Tables,
-    seen: &Seen,
+    seen: &mut Seen,
     segment: Bytes,
     out: &mut Vec<Bytes>,
 ) -> Result<(), MediaError> {
@@ -722,6 +757,8 @@ fn keep_scan(
     }
     let (start, approximation) = (payload[defined - 3], payload[defined - 1]);
     let (dc, ac) = match (seen.progressive, start) {
+        // Lossless scans code differences with DC tables only.
+        _ if seen.lossless => (true, false),
         (false, _) => (true, true),
         (true, 0) => (approximation >> 4 == 0, false),
         (true, _) => (false, true),
@@ -739,12 +776,73 @@ fn keep_scan(
             huffman |= 1 << (4 + ac_id);
         }
     }
+    for (slot, table) in tables.huffman.iter().enumerate() {
+        if huffman & (1 << slot) != 0 && !table.is_empty() {
+            check_huffman(table, seen)?;
+        }
+    }
     tables.emit(stream, seen.quantization, huffman, out);
+    // The scan's components have taken their quantization tables.
+    let scanned = &payload[1..defined - 3];
+    tables
+        .unscanned
+        .retain(|[id, _]| !scanned.chunks_exact(2).any(|c| c[0] == *id));
+    seen.quantization = tables
+        .unscanned
+        .iter()
+        .fold(0, |ids, [_, table]| ids | 1 << table);
     if payload.len() > defined {
         stream.changed = true;
         out.push(jpeg_segment(SOS, &payload[..defined]));
     } else {
         out.push(segment);
+    }
+    Ok(())
+}
+
+/// A Huffman `table` (class and id, 16 counts, symbols) a scan of the
+/// frame `seen` describes is about to use: its code lengths form a prefix
+/// code, and each symbol, once, is one such a scan can code (T.81 F.1.2,
+/// G.1.2, H.1.2). Any other symbol is never read: room for chosen bytes.
+/// Which valid symbols a table holds, and in what order, is left as it
+/// came: that is how the image is coded.
+fn check_huffman(table: &[u8], seen: &Seen) -> Result<(), MediaError> {
+    let (counts, symbols) = table[1..].split_at(16);
+    // Codes free at each length, from the one empty code at length 0.
+    let mut free = 1u32;
+    for &count in counts {
+        free *= 2;
+        free = free.checked_sub(u32::from(count)).ok_or_else(|| {
+            MediaError::invalid("the JPEG's Huffman table has more codes than its lengths allow")
+        })?;
+    }
+    let wide = seen.precision > 8;
+    let valid = |symbol: u8| {
+        let (run, size) = (symbol >> 4, symbol & 0x0F);
+        if table[0] >> 4 == 0 {
+            // DC: the size of a difference.
+            symbol
+                <= if seen.lossless {
+                    16
+                } else if wide {
+                    15
+                } else {
+                    11
+                }
+        } else if size == 0 {
+            // EOB and ZRL; a progressive scan's EOB runs (EOBn).
+            symbol == 0x00 || symbol == 0xF0 || (seen.progressive && run < 15)
+        } else {
+            size <= if wide { 14 } else { 10 }
+        }
+    };
+    let mut used = [false; 256];
+    for &symbol in symbols {
+        if !valid(symbol) || std::mem::replace(&mut used[usize::from(symbol)], true) {
+            return Err(MediaError::invalid(
+                "the JPEG's Huffman table holds symbols no scan can code",
+            ));
+        }
     }
     Ok(())
 }
@@ -771,8 +869,11 @@ fn keep_frame(
             return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
         }
         seen.quantization |= 1 << table;
+        tables.unscanned.push([component[0], table]);
     }
     seen.progressive = matches!(segment[1], 0xC2 | 0xC6);
+    seen.lossless = matches!(segment[1], 0xC3 | 0xC7 | 0xCB | 0xCF);
+    seen.precision = payload[0];
     // The quantization tables defined so far that the frame uses go out
     // before it; the others are never used.
     tables.drop_quantization(stream, seen.quantization);
@@ -1215,7 +1316,7 @@ mod attack7 {
 
     /// A JPEG of 64 by 48 pixels, progressive or not, with a restart
     /// interval of `restart` MCUs (0: none).
-    fn real_jpeg(progressive: bool, restart: u16) -> Vec<u8> {
+    pub(super) fn real_jpeg(progressive: bool, restart: u16) -> Vec<u8> {
         let pixels: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 13 % 253) as u8).collect();
         let mut out = Vec::new();
         let mut encoder = jpeg_encoder::Encoder::new(&mut out, 85);
@@ -1354,5 +1455,344 @@ mod attack7 {
         for (name, file, _) in crafted() {
             std::fs::write(format!("{dir}/a7-jpeg-{name}"), file).unwrap();
         }
+    }
+}
+
+/// A Huffman table holds only symbols a scan of its frame can code, in a
+/// prefix code; a quantization table redefined once every component
+/// using it has had its first scan is dropped; a JPEG has at most
+/// [`MAX_JPEG_SCANS`] scans.
+#[cfg(test)]
+mod attack8 {
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::MAX_JPEG_SCANS;
+    use super::attack5::{pixels, stored};
+    use super::attack7::real_jpeg;
+
+    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+
+    /// A DHT of table `kind` (class and id) with `codes`: symbols by code
+    /// length.
+    fn dht(kind: u8, codes: &[(usize, &[u8])]) -> Vec<u8> {
+        let mut counts = [0u8; 16];
+        let mut symbols = Vec::new();
+        for &(len, these) in codes {
+            counts[len - 1] = these.len() as u8;
+            symbols.extend_from_slice(these);
+        }
+        segment(0xC4, &[&[kind][..], &counts, &symbols].concat())
+    }
+
+    /// A DQT of id 0, 8-bit, every entry `value`.
+    fn dqt(value: u8) -> Vec<u8> {
+        segment(0xDB, &[&[0][..], &[value; 64]].concat())
+    }
+
+    /// A scan header for `components` (id, tables), the spectral band
+    /// `band` and successive approximation 0.
+    fn sos(components: &[(u8, u8)], band: (u8, u8)) -> Vec<u8> {
+        let mut payload = vec![components.len() as u8];
+        for &(id, tables) in components {
+            payload.extend_from_slice(&[id, tables]);
+        }
+        payload.extend_from_slice(&[band.0, band.1, 0]);
+        segment(0xDA, &payload)
+    }
+
+    /// An 8 by 8 greyscale JPEG of frame `sof` and `precision` bits, with
+    /// `tables` before its scans, and `between` before each AC scan of a
+    /// progressive frame, each of which codes only an EOB (lossless: the
+    /// differences are all 0).
+    fn grey(sof: u8, precision: u8, tables: &[u8], scans: usize, between: &[u8]) -> Vec<u8> {
+        let frame = segment(sof, &[precision, 0, 8, 0, 8, 1, 1, 0x11, 0]);
+        let mut file = [&[0xFF, 0xD8][..], &dqt(1), &frame, tables].concat();
+        match sof {
+            0xC2 => {
+                file.extend(sos(&[(1, 0x00)], (0, 0)));
+                file.push(0x7F);
+                for _ in 1..scans {
+                    file.extend_from_slice(between);
+                    file.extend(sos(&[(1, 0x00)], (1, 1)));
+                    file.push(0x7F);
+                }
+            }
+            0xC3 => {
+                file.extend(sos(&[(1, 0x00)], (1, 0)));
+                file.extend([0; 8]);
+            }
+            _ => {
+                file.extend(sos(&[(1, 0x00)], (0, 63)));
+                file.push(0x3F);
+            }
+        }
+        file.extend([0xFF, 0xD9]);
+        file
+    }
+
+    /// The DC and AC tables of the plain files: one code, symbol 0 (a DC
+    /// difference of 0, an EOB).
+    fn plain_tables() -> Vec<u8> {
+        [dht(0x00, &[(1, &[0])]), dht(0x10, &[(1, &[0])])].concat()
+    }
+
+    /// Files whose Huffman tables hold symbols no scan can code, or more
+    /// codes than their lengths allow (name, file).
+    fn bad_symbols() -> Vec<(&'static str, Vec<u8>)> {
+        let dc = dht(0x00, &[(1, &[0])]);
+        let ac = dht(0x10, &[(1, &[0])]);
+        let text_ac = dht(0x10, &[(1, &[0]), (16, MARKER)]);
+        let text_dc = dht(0x00, &[(1, &[0]), (16, MARKER)]);
+        let unique = dht(0x10, &[(1, &[0]), (16, b"NAMEJohn:QPubli")]);
+        let table_2 = [&dc[..], &dht(0x12, &[(1, &[0]), (16, MARKER)])].concat();
+        let mut id_2 = grey(0xC0, 8, &table_2, 1, &[]);
+        // The scan names AC table 2.
+        let at = id_2.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        id_2[at + 6] = 0x02;
+        let ac_with = |codes: &[u8]| [&dc[..], &dht(0x10, &[(1, &[0]), (4, codes)])].concat();
+        vec![
+            (
+                "baseline-ac-text",
+                grey(0xC0, 8, &[&dc, &text_ac[..]].concat(), 1, &[]),
+            ),
+            (
+                "baseline-ac-unique-text",
+                grey(0xC0, 8, &[&dc, &unique[..]].concat(), 1, &[]),
+            ),
+            (
+                "baseline-dc-text",
+                grey(0xC0, 8, &[&text_dc, &ac[..]].concat(), 1, &[]),
+            ),
+            ("baseline-ac-table-2-text", id_2),
+            (
+                "progressive-dc-text",
+                grey(0xC2, 8, &[&text_dc, &ac[..]].concat(), 2, &[]),
+            ),
+            (
+                "progressive-ac-text",
+                grey(0xC2, 8, &[&dc, &text_ac[..]].concat(), 2, &[]),
+            ),
+            ("lossless-dc-text", grey(0xC3, 8, &text_dc, 1, &[])),
+            ("ac-symbol-twice", grey(0xC0, 8, &ac_with(&[1, 1]), 1, &[])),
+            (
+                "ac-size-11-at-8-bits",
+                grey(0xC0, 8, &ac_with(&[0x0B]), 1, &[]),
+            ),
+            (
+                "eob-run-in-a-baseline-scan",
+                grey(0xC0, 8, &ac_with(&[0x10]), 1, &[]),
+            ),
+            (
+                "dc-size-12-at-8-bits",
+                grey(
+                    0xC0,
+                    8,
+                    &[&dht(0x00, &[(1, &[0]), (2, &[12])]), &ac[..]].concat(),
+                    1,
+                    &[],
+                ),
+            ),
+            (
+                "more-codes-than-lengths-allow",
+                grey(
+                    0xC0,
+                    8,
+                    &[&dc, &dht(0x10, &[(1, &[0, 1, 2])])[..]].concat(),
+                    1,
+                    &[],
+                ),
+            ),
+        ]
+    }
+
+    /// A used Huffman table holding symbols no scan of its frame can
+    /// code, twice the same symbol, or more codes than its lengths allow,
+    /// refuses the file.
+    #[test]
+    fn huffman_symbols_no_scan_can_code_are_refused() {
+        for (name, file) in bad_symbols() {
+            let error = scrub(&file, 7, false).unwrap_err().to_string();
+            let because = if name.starts_with("more-codes") {
+                "more codes than its lengths allow"
+            } else {
+                "symbols no scan can code"
+            };
+            assert!(error.contains(because), "{name}: {error}");
+        }
+    }
+
+    /// Every symbol the frame's scans can code is accepted: EOB runs in
+    /// a progressive scan, 12-bit sizes in a 12-bit frame, 16 in a
+    /// lossless one; the tables stay whole.
+    #[test]
+    fn huffman_symbols_a_scan_can_code_are_kept() {
+        let dc = dht(0x00, &[(1, &[0]), (5, &(1..=11).collect::<Vec<u8>>())]);
+        let sizes: Vec<u8> = (0..16)
+            .flat_map(|run| (1..=10).map(move |s| run << 4 | s))
+            .collect();
+        let ac = dht(0x10, &[(1, &[0]), (2, &[0xF0]), (16, &sizes)]);
+        let eob_runs: Vec<u8> = (0..15).map(|run| run << 4).collect();
+        let progressive_ac = dht(0x10, &[(4, &eob_runs), (5, &[0xF0, 0x01])]);
+        let wide_dc = dht(0x00, &[(1, &[0]), (5, &(1..=15).collect::<Vec<u8>>())]);
+        let wide_ac = dht(0x10, &[(1, &[0]), (5, &[0x0E, 0xFE])]);
+        let lossless = dht(0x00, &[(1, &[0]), (6, &(1..=16).collect::<Vec<u8>>())]);
+        for (name, file) in [
+            ("baseline", grey(0xC0, 8, &plain_tables(), 1, &[])),
+            (
+                "every-baseline-symbol",
+                grey(0xC0, 8, &[&dc, &ac[..]].concat(), 1, &[]),
+            ),
+            ("progressive", grey(0xC2, 8, &plain_tables(), 3, &[])),
+            (
+                "eob-runs",
+                grey(0xC2, 8, &[&dc, &progressive_ac[..]].concat(), 3, &[]),
+            ),
+            (
+                "12-bit",
+                grey(0xC1, 12, &[&wide_dc, &wide_ac[..]].concat(), 1, &[]),
+            ),
+            ("lossless", grey(0xC3, 8, &lossless, 1, &[])),
+        ] {
+            // Every table stays whole (a progressive frame's AC table
+            // moves to just before the first AC scan).
+            let kept = stored(&file);
+            assert_eq!(kept.len(), file.len(), "{name}");
+        }
+        let plain = grey(0xC0, 8, &plain_tables(), 1, &[]);
+        assert!(pixels(&stored(&plain)) == pixels(&plain));
+    }
+
+    /// Real encoders' tables pass, standard and optimised, baseline and
+    /// progressive, colour and grey: the pixels stay.
+    #[test]
+    fn real_huffman_tables_pass() {
+        let colour: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 13 % 253) as u8).collect();
+        let grey_pixels: Vec<u8> = (0..64 * 48).map(|i| (i * 29 % 251) as u8).collect();
+        let mut files = vec![
+            encoded_jpeg(),
+            include_bytes!("../../../examples/images/phone-photo.jpg").to_vec(),
+        ];
+        for (progressive, optimised, grey) in [
+            (false, false, false),
+            (false, true, false),
+            (true, false, false),
+            (true, true, false),
+            (false, false, true),
+            (true, true, true),
+        ] {
+            let mut out = Vec::new();
+            let mut encoder = jpeg_encoder::Encoder::new(&mut out, 85);
+            encoder.set_progressive(progressive);
+            encoder.set_optimized_huffman_tables(optimised);
+            let (data, colour_type) = if grey {
+                (&grey_pixels, jpeg_encoder::ColorType::Luma)
+            } else {
+                (&colour, jpeg_encoder::ColorType::Rgb)
+            };
+            encoder.encode(data, 64, 48, colour_type).unwrap();
+            files.push(out);
+        }
+        for (n, file) in files.iter().enumerate() {
+            let kept = stored(file);
+            assert!(pixels(&kept) == pixels(file), "file {n}");
+        }
+    }
+
+    /// A 16-bit quantization table of id 0, its entries the marker.
+    fn text_dqt() -> Vec<u8> {
+        segment(0xDB, &[&[0x10][..], &MARKER.repeat(3)[..128]].concat())
+    }
+
+    /// Quantization tables redefined after every component using them
+    /// had its first scan (name, file, the file without them).
+    fn dead_quantization() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let progressive = real_jpeg(true, 0);
+        let at = progressive
+            .windows(2)
+            .rposition(|w| w == [0xFF, 0xDA])
+            .unwrap();
+        let before_last = [&progressive[..at], &text_dqt(), &progressive[at..]].concat();
+        vec![
+            (
+                "dqt-redefined-before-the-last-scan",
+                before_last,
+                progressive,
+            ),
+            (
+                "dqt-redefined-before-every-ac-scan",
+                grey(0xC2, 8, &plain_tables(), 64, &text_dqt()),
+                grey(0xC2, 8, &plain_tables(), 64, &[]),
+            ),
+        ]
+    }
+
+    /// A quantization table redefined once every component using it has
+    /// had its first scan is dropped: decoders took the table then.
+    #[test]
+    fn dead_quantization_tables_are_dropped() {
+        for (name, file, clean) in dead_quantization() {
+            let kept = stored(&file);
+            assert!(!contains(&kept, &MARKER[..6]), "{name}");
+            assert!(pixels(&kept) == pixels(&clean), "{name}");
+            assert_eq!(kept, stored(&clean), "{name}");
+            assert!(scrub(&file, 7, false).unwrap().1.changed, "{name}");
+        }
+    }
+
+    /// One redefined before the first scan of a component using it is
+    /// what that component decodes with: it stays.
+    #[test]
+    fn a_quantization_table_redefined_before_a_components_first_scan_stays() {
+        let frame = segment(0xC0, &[8, 0, 8, 0, 8, 2, 1, 0x11, 0, 2, 0x11, 0]);
+        let second = dqt(2);
+        let file = [
+            &[0xFF, 0xD8][..],
+            &dqt(1),
+            &frame,
+            &plain_tables(),
+            &sos(&[(1, 0x00)], (0, 63)),
+            &[0x3F],
+            &second,
+            &sos(&[(2, 0x00)], (0, 63)),
+            &[0x3F, 0xFF, 0xD9],
+        ]
+        .concat();
+        let kept = stored(&file);
+        assert!(contains(&kept, &second));
+        assert_eq!(kept, file);
+    }
+
+    /// A progressive greyscale file of `scans` scans.
+    fn many_scans(scans: usize) -> Vec<u8> {
+        grey(0xC2, 8, &plain_tables(), scans, &[])
+    }
+
+    /// A JPEG of more than [`MAX_JPEG_SCANS`] scans is refused, whether
+    /// its metadata is kept or not; one of that many is not.
+    #[test]
+    fn more_scans_than_the_cap_are_refused() {
+        let cap = MAX_JPEG_SCANS as usize;
+        for keep in [false, true] {
+            let file = many_scans(cap);
+            let kept = scrub(&file, 1000, keep).unwrap().0;
+            assert_eq!(kept.len(), file.len(), "keep {keep}");
+            let error = scrub(&many_scans(cap + 1), 1000, keep).unwrap_err();
+            assert!(error.to_string().contains("more than 500 scans"), "{error}");
+        }
+    }
+
+    /// Writes the crafted files to the scrub corpus, which tests/parsers
+    /// replays.
+    #[test]
+    #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
+    fn write_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
+        for (name, file) in bad_symbols() {
+            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
+        }
+        for (name, file, _) in dead_quantization() {
+            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
+        }
+        let cap = MAX_JPEG_SCANS as usize;
+        std::fs::write(format!("{dir}/a8-jpeg-too-many-scans"), many_scans(cap + 1)).unwrap();
     }
 }

@@ -13,11 +13,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use mozjpeg_sys as ffi;
 
-/// Most scans a progressive JPEG may have. Every scan is a pass over all
-/// the image's coefficients: cameras write about ten, a file with
-/// thousands is built to spend CPU (libjpeg-turbo's own tools stop at
-/// 500).
-const MAX_SCANS: i32 = 500;
+use crate::media::limits::MAX_JPEG_SCANS;
+
+/// Most scans a progressive JPEG may have ([`MAX_JPEG_SCANS`]).
+const MAX_SCANS: i32 = MAX_JPEG_SCANS as i32;
 
 /// Why a decode failed.
 #[derive(Debug)]
