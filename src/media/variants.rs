@@ -62,11 +62,7 @@ pub fn largest_side(sizes: &[VariantSize]) -> u32 {
 /// Largest ICC profile carried into variants. Real profiles are a few KiB
 /// to a few hundred; larger ones are left out.
 pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
-/// Largest ICC profile embedded in a variant: a display or camera
-/// profile is a few KiB, a larger one (a printer's lookup tables) is left
-/// out, and the variant renders as sRGB, so a small upload cannot make
-/// every variant as large as its profile.
-pub const MAX_VARIANT_ICC_PROFILE: usize = 64 * 1024;
+pub use encode::MAX_VARIANT_ICC_PROFILE;
 /// Longest side of the image both placeholders are computed from: the
 /// BlurHash keeps 4 cosine components along a side and the ThumbHash at
 /// most 7, so more pixels would change nothing visible. (ThumbHash takes

@@ -9,8 +9,13 @@
 
 use image::{RgbImage, RgbaImage};
 
-use super::MAX_VARIANT_ICC_PROFILE;
 use crate::media::MediaError;
+
+/// Largest ICC profile embedded in a variant: a display or camera
+/// profile is a few KiB, a larger one (a printer's lookup tables) is left
+/// out, and the variant renders as sRGB, so a small upload cannot make
+/// every variant as large as its profile.
+pub const MAX_VARIANT_ICC_PROFILE: usize = 64 * 1024;
 
 /// Pixels to encode, borrowed.
 #[derive(Clone, Copy)]
