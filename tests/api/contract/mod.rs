@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::helpers::images;
-use crate::helpers::{
-    Backend, TestApp, as_user, assert_code, spec, upload_head_only, upload_messages,
-};
+use crate::helpers::{Backend, TestApp, as_user, assert_code, spec, upload_messages};
 use image_service::pb;
 use image_service::pb::upload_image_request::Data;
 use sha2::{Digest, Sha256};

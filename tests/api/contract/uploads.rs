@@ -391,10 +391,24 @@ pub(super) async fn images_that_cannot_be_decoded_are_refused_and_leave_nothing(
 /// still sending: the server never waits for (or decodes) its pixels.
 pub(super) async fn a_pixel_bomb_is_refused_before_its_pixels_arrive(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let header = images::png_header_only(40_000, 40_000);
+    let mut messages = upload_messages(spec("bomb.png"), &header[..64], 64);
+    messages.last_mut().unwrap().finish_write = false;
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
     // The stream stays open: the rest of the "image" never comes.
-    let result = upload_head_only(&app, "alice", spec("bomb.png"), &header[..64], 64).await;
+    let mut client = app.client();
+    let call = client.upload_image(as_user(
+        "alice",
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let result = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("answered without the rest of the stream");
     let status = assert_code(result, Code::ResourceExhausted);
     assert!(status.message().contains("40000x40000"), "{status:?}");
+    drop(tx);
     assert!(app.wait_for_stored_objects(0).await.is_empty());
 }

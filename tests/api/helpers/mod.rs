@@ -443,34 +443,6 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Sends `user`'s upload of `head` (the first bytes of an image) in
-/// chunks of `chunk_size` and keeps the stream open, the rest never sent:
-/// the server's answer, which must come within 30 s.
-pub async fn upload_head_only(
-    app: &TestApp,
-    user: &str,
-    spec: pb::ImageSpec,
-    head: &[u8],
-    chunk_size: usize,
-) -> Result<pb::UploadImageResponse, Status> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut messages = upload_messages(spec, head, chunk_size);
-    messages.last_mut().unwrap().finish_write = false;
-    for message in messages {
-        tx.send(message).await.unwrap();
-    }
-    let mut client = app.client();
-    let call = client.upload_image(as_user(
-        user,
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
-    let result = tokio::time::timeout(Duration::from_secs(30), call)
-        .await
-        .expect("answered without the rest of the stream");
-    drop(tx);
-    result.map(tonic::Response::into_inner)
-}
-
 /// The messages of an upload: the spec, the chunks, `finish_write` on the last.
 pub fn upload_messages(
     spec: pb::ImageSpec,
