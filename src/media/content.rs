@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::MediaError;
 use crate::media::gif::GifFrames;
 use crate::media::scrub::{heif_dimensions, heif_meta_after_media, heif_type};
+use crate::media::variants::{Renderer, memory_needed};
 
 /// Bytes of the stream kept to find the type and dimensions. JPEG headers
 /// can sit behind large EXIF and ICC segments (64 KiB each), so this is
@@ -79,6 +80,12 @@ pub struct ContentInspector {
     /// of the stream's bytes it has walked.
     gif: Option<GifFrames>,
     gif_walked: u64,
+    /// `--max-render-memory` when variants are made: an image whose
+    /// render the header shows will be refused is refused with it.
+    max_render_memory: Option<u64>,
+    /// The longest side of the largest variant: what the render estimate
+    /// covers.
+    largest_variant: u32,
 }
 
 impl ContentInspector {
@@ -112,7 +119,24 @@ impl ContentInspector {
             next_probe_at: SNIFF_LEN,
             gif: None,
             gif_walked: 0,
+            max_render_memory: None,
+            largest_variant: 0,
         })
+    }
+
+    /// Refuses, as soon as the header gives the dimensions, an image
+    /// whose render would be refused for needing more than
+    /// `max_render_memory` (`None` when no variants are made): its render
+    /// is estimated from the header as the render estimates it
+    /// ([`memory_needed`]), before the rest of the upload is received
+    /// and scrubbed (a PNG's image data inflated). A JPEG is left to the
+    /// render: its estimate depends on whether it has several scans,
+    /// which the header need not show, and its scrubber decodes nothing.
+    /// `largest` is the longest side of the largest variant configured.
+    pub fn refusing_renders_over(mut self, max_render_memory: Option<u64>, largest: u32) -> Self {
+        self.max_render_memory = max_render_memory;
+        self.largest_variant = largest;
+        self
     }
 
     /// Bytes seen so far.
@@ -323,9 +347,35 @@ impl ContentInspector {
                 self.limits.max_pixels
             )));
         }
+        if let (Some(cap), Some(content_type)) = (self.max_render_memory, self.content_type)
+            && content_type != "image/jpeg"
+            && Renderer::can_render(content_type)
+        {
+            let needed = memory_needed(
+                &self.header,
+                content_type,
+                width,
+                height,
+                self.largest_variant,
+            );
+            if needed > cap {
+                return Err(render_memory_refused(needed, cap));
+            }
+        }
         self.dimensions = Some((width, height));
         Ok(())
     }
+}
+
+/// The refusal of an image whose render would need `needed` bytes of
+/// memory, over `cap` (`--max-render-memory`).
+pub fn render_memory_refused(needed: u64, cap: u64) -> MediaError {
+    MediaError::TooLarge(format!(
+        "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
+         (--max-render-memory)",
+        needed >> 20,
+        cap >> 20
+    ))
 }
 
 /// Whether a sniffed type is one of the HEIF family.
@@ -576,6 +626,36 @@ mod tests {
             .feed(&png_header(40_000, 40_000), None)
             .unwrap_err();
         assert!(matches!(err, MediaError::TooLarge(_)));
+    }
+
+    #[test]
+    fn a_render_certain_to_be_refused_is_refused_from_the_header() {
+        // 1000 × 1000 RGB: about 20 MiB to decode and resize.
+        let header = png_header(1000, 1000);
+        let estimate = memory_needed(&header, "image/png", 1000, 1000, 1080);
+        assert!((16 << 20..32 << 20).contains(&estimate), "{estimate}");
+        let inspector = |cap| {
+            ContentInspector::new(limits(), Declared::default())
+                .unwrap()
+                .refusing_renders_over(cap, 1080)
+        };
+        // Over the cap: refused as the render would be, from the first
+        // 64 bytes.
+        let err = inspector(Some(16 << 20))
+            .feed(&header[..64], None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            render_memory_refused(estimate, 16 << 20).to_string()
+        );
+        assert!(matches!(err, MediaError::TooLarge(_)), "{err:?}");
+        assert!(err.to_string().contains("--max-render-memory"), "{err}");
+        // Within it, or with no variants made, the image is taken.
+        for cap in [Some(32 << 20), None] {
+            let mut inspector = inspector(cap);
+            inspector.feed(&header, None).unwrap();
+            assert_eq!(inspector.finish().unwrap().width, 1000);
+        }
     }
 
     #[test]

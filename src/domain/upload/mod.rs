@@ -224,8 +224,17 @@ impl Uploads {
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
-        let inspector = ContentInspector::new(self.limits.content, spec.declared.clone())?;
-        let stored = StoredBytes::new(self.limits.keep_metadata, spec.declared.size);
+        let limits = &self.limits;
+        let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
+            .refusing_renders_over(
+                limits.variants.then_some(limits.render.max_memory),
+                self.renderer.largest_side(),
+            );
+        let stored = StoredBytes::new(
+            limits.keep_metadata,
+            spec.declared.size,
+            limits.content.max_pixels,
+        );
         // Nothing holds more than the largest image allowed (a store that
         // keeps everything in memory would otherwise have no bound).
         let store = self

@@ -10,6 +10,7 @@ use crate::domain::image::{ObjectName, Variant};
 use crate::domain::ports::ObjectKey;
 use crate::domain::{DomainError, UserId, VariantName};
 use crate::media::MediaError;
+use crate::media::content::render_memory_refused;
 use crate::media::variants::{self, Rendered, Renderer};
 
 /// Bytes of a stored original read before its render's turn, to estimate
@@ -197,12 +198,7 @@ impl Uploads {
     fn render_fits(&self, needed: u64) -> Result<(), DomainError> {
         let cap = self.limits.render.max_memory;
         if needed > cap {
-            return Err(DomainError::TooLarge(format!(
-                "the image needs about {} MiB of memory to decode and resize; the limit is {} MiB \
-                 (--max-render-memory)",
-                needed >> 20,
-                cap >> 20
-            )));
+            return Err(render_memory_refused(needed, cap).into());
         }
         Ok(())
     }

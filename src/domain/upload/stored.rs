@@ -39,11 +39,12 @@ pub(super) struct StoredBytes {
 
 impl StoredBytes {
     /// Nothing is kept for an upload declared larger than
-    /// [`KEEP_IN_MEMORY`].
-    pub(super) fn new(keep_metadata: bool, declared_size: Option<u64>) -> Self {
+    /// [`KEEP_IN_MEMORY`]; the scrubber follows at most `max_pixels` of
+    /// image data (`--max-image-pixels`, an APNG's frames together).
+    pub(super) fn new(keep_metadata: bool, declared_size: Option<u64>, max_pixels: u64) -> Self {
         let keep = declared_size.is_none_or(|size| size <= KEEP_IN_MEMORY);
         Self {
-            scrubber: Some(Scrubber::new(keep_metadata)),
+            scrubber: Some(Scrubber::bounded(keep_metadata, max_pixels)),
             kept: keep.then(Vec::new),
             pieces: Vec::new(),
             gatherer: Gatherer::for_writes(),

@@ -72,6 +72,9 @@ pub struct Scrubber {
     /// What the format parsers share: bytes held, orientation, changes.
     stream: Stream,
     state: State,
+    /// Most pixels of image data followed in one file (an APNG's
+    /// frames together).
+    max_pixels: u64,
 }
 
 /// Where in the upload the scrubber is: the format found, with its
@@ -101,10 +104,20 @@ fn after<S>(next: Next<S>, format: fn(S) -> State) -> State {
 }
 
 impl Scrubber {
+    /// A scrubber that follows image data without bound on its pixels
+    /// (the content check bounds a still's).
     pub fn new(keep_metadata: bool) -> Self {
+        Self::bounded(keep_metadata, u64::MAX)
+    }
+
+    /// A scrubber that refuses a file whose image data it would follow
+    /// over more than `max_pixels` pixels in all (an APNG's frames
+    /// together; `--max-image-pixels`).
+    pub fn bounded(keep_metadata: bool, max_pixels: u64) -> Self {
         Self {
             stream: Stream::new(keep_metadata),
             state: State::Sniff,
+            max_pixels,
         }
     }
 
@@ -224,7 +237,7 @@ impl Scrubber {
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));
-            self.state = State::Png(Png::START);
+            self.state = State::Png(Png::bounded(self.max_pixels));
             self.push(head.slice(8..), out)
         } else if &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
             // The RIFF size counts from the form type on. The header is

@@ -52,7 +52,10 @@
 //! slices of the input. CPU: a constant amount per input byte (a CRC over
 //! kept bytes, a copy of held ones and, for image data, inflating it: at
 //! most 1 032 bytes of output per input byte, deflate's largest ratio,
-//! and never more in all than `IHDR` (or a frame's `fcTL`) declares: a
+//! never more in all than `IHDR` (or a frame's `fcTL`) declares, and
+//! over an APNG's image and frames together the rows of no more pixels
+//! than the scrubber's bound ([`Png::bounded`]: `--max-image-pixels`; a
+//! frame past it is refused at its `fcTL`, before its data): a
 //! 10.7 MB PNG of a 12-megapixel photo took 0.3 s in a debug build, a
 //! 390 KB stream of 400 MB of zeros 0.09 s), a constant amount per chunk
 //! header, and, once per file,
@@ -105,6 +108,12 @@ pub(super) struct Png {
     /// longer count.
     past_plte: bool,
     past_idat: bool,
+    /// Pixels of the image and the frames whose data is followed so far
+    /// (IHDR's, then each kept `fcTL` after the image data's), and the
+    /// most allowed: every frame's stream is inflated, so their sum
+    /// bounds the work as `--max-image-pixels` bounds a still's.
+    pixels: u64,
+    max_pixels: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +184,18 @@ impl Png {
         seen: 0,
         past_plte: false,
         past_idat: false,
+        pixels: 0,
+        max_pixels: u64::MAX,
     };
+
+    /// Before the first chunk, following at most `max_pixels` pixels of
+    /// image data over the image and all its frames.
+    pub(super) fn bounded(max_pixels: u64) -> Png {
+        Png {
+            max_pixels,
+            ..Png::START
+        }
+    }
 }
 
 /// The image data's zlib stream as it crosses the `IDAT` chunks: inflated
@@ -599,6 +619,7 @@ impl Png {
                 };
                 self.colour = Some(colour);
                 self.depth = depth;
+                self.pixels = u64::from(width) * u64::from(height);
                 self.image_len = image_data_len(width, height, bits, interlace == 1);
                 self.bits = bits;
                 self.interlaced = interlace == 1;
@@ -626,7 +647,7 @@ impl Png {
                 }
                 let whole = stream.pending.split().freeze();
                 let kind = [whole[4], whole[5], whole[6], whole[7]];
-                match self.fields(kind, &whole[8..8 + len]) {
+                match self.fields(kind, &whole[8..8 + len])? {
                     Some(data) => {
                         let mut rewritten = Vec::with_capacity(12 + data.len());
                         rewritten.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -903,30 +924,36 @@ impl Png {
     /// entries than the palette, significant bits of none or more than the
     /// bit depth, an animation of no frames, and a frame control past the
     /// frames announced (or a second one before the image data) are
-    /// dropped.
-    fn fields<'a>(&mut self, kind: [u8; 4], data: &'a [u8]) -> Option<&'a [u8]> {
+    /// dropped. A frame that takes the pixels followed past the bound
+    /// ([`Png::bounded`]) is refused.
+    fn fields<'a>(
+        &mut self,
+        kind: [u8; 4],
+        data: &'a [u8],
+    ) -> Result<Option<&'a [u8]>, MediaError> {
         let field =
             |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
         match &kind {
             b"PLTE" => {
                 let entries = (data.len() / 3).min(1 << self.depth);
                 self.palette = Some(entries as u16);
-                Some(&data[..entries * 3])
+                Ok(Some(&data[..entries * 3]))
             }
-            b"tRNS" => (data.len() <= usize::from(self.palette.unwrap_or(0))).then_some(data),
+            b"tRNS" => Ok((data.len() <= usize::from(self.palette.unwrap_or(0))).then_some(data)),
             b"sBIT" => {
                 let depth = if self.colour == Some(3) {
                     8
                 } else {
                     self.depth
                 };
-                data.iter()
+                Ok(data
+                    .iter()
                     .all(|bits| (1..=depth).contains(bits))
-                    .then_some(data)
+                    .then_some(data))
             }
             b"acTL" => {
                 self.frames = field(0);
-                (self.frames > 0).then_some(data)
+                Ok((self.frames > 0).then_some(data))
             }
             b"fcTL" => {
                 let room = self.frame_controls < self.frames
@@ -935,12 +962,20 @@ impl Png {
                 self.frame_open = room && self.past_idat;
                 if self.frame_open {
                     let (width, height) = (field(4), field(8));
+                    self.pixels += u64::from(width) * u64::from(height);
+                    if self.pixels > self.max_pixels {
+                        return Err(MediaError::invalid(format!(
+                            "the APNG's frames hold more than {} pixels in all \
+                             (--max-image-pixels)",
+                            self.max_pixels
+                        )));
+                    }
                     self.frame_len = image_data_len(width, height, self.bits, self.interlaced);
                     self.frame.get_or_insert_with(ImageData::new).restart();
                 }
-                room.then_some(data)
+                Ok(room.then_some(data))
             }
-            _ => Some(data),
+            _ => Ok(Some(data)),
         }
     }
 }
@@ -1144,7 +1179,7 @@ mod attack5 {
         refused(&longer);
     }
 
-    fn actl(frames: u32) -> Vec<u8> {
+    pub(super) fn actl(frames: u32) -> Vec<u8> {
         chunk(
             b"acTL",
             &[frames.to_be_bytes(), 0u32.to_be_bytes()].concat(),
@@ -1152,15 +1187,20 @@ mod attack5 {
     }
 
     fn fctl(sequence: u32) -> Vec<u8> {
+        fctl_sized(sequence, W, H)
+    }
+
+    /// A frame of `width` × `height` at the canvas's corner, 1/10 s long.
+    pub(super) fn fctl_sized(sequence: u32, width: u32, height: u32) -> Vec<u8> {
         let mut data = Vec::new();
-        for field in [sequence, W, H, 0, 0] {
+        for field in [sequence, width, height, 0, 0] {
             data.extend_from_slice(&field.to_be_bytes());
         }
         data.extend_from_slice(&[0, 1, 0, 10, 0, 0]);
         chunk(b"fcTL", &data)
     }
 
-    fn fdat(sequence: u32, data: &[u8]) -> Vec<u8> {
+    pub(super) fn fdat(sequence: u32, data: &[u8]) -> Vec<u8> {
         chunk(b"fdAT", &[&sequence.to_be_bytes(), data].concat())
     }
 
@@ -1430,6 +1470,297 @@ mod attack5 {
             let (out, _) = scrub(&file, 16 * 1024, false).unwrap();
             assert_eq!(scrub(&file, 1000, false).unwrap().0, out);
             assert_eq!(pixels(&out), pixels(&file));
+        }
+    }
+}
+
+#[cfg(test)]
+mod attack8 {
+    //! The cost of an APNG's frames: each frame's zlib stream is
+    //! inflated, so the pixels of all the frames followed are bounded
+    //! (`--max-image-pixels`), and a frame past the bound is refused at
+    //! its `fcTL`, before any of its data is inflated.
+    use bytes::Bytes;
+
+    use super::attack5::{actl, fctl_sized as fctl, fdat};
+    use crate::fixtures::png_chunk_bytes as chunk;
+    use crate::media::MediaError;
+    use crate::media::scrub::Scrubber;
+
+    const SIGNATURE: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+    fn ihdr(width: u32, height: u32, depth: u8, colour: u8) -> Vec<u8> {
+        let data = [
+            &width.to_be_bytes()[..],
+            &height.to_be_bytes(),
+            &[depth, colour, 0, 0, 0],
+        ]
+        .concat();
+        chunk(b"IHDR", &data)
+    }
+
+    /// A 16 × 16 RGB APNG of `frames` frames (the image the first).
+    fn animation(frames: u32) -> Vec<u8> {
+        let rows: Vec<u8> = (0..16u8)
+            .flat_map(|y| std::iter::once(0).chain((0..48u8).map(move |x| x ^ y)))
+            .collect();
+        let stream = miniz_oxide::deflate::compress_to_vec_zlib(&rows, 6);
+        let mut chunks = vec![
+            SIGNATURE.to_vec(),
+            ihdr(16, 16, 8, 2),
+            actl(frames),
+            fctl(0, 16, 16),
+            chunk(b"IDAT", &stream),
+        ];
+        for frame in 1..frames {
+            chunks.push(fctl(2 * frame - 1, 16, 16));
+            chunks.push(fdat(2 * frame, &stream));
+        }
+        chunks.push(chunk(b"IEND", &[]));
+        chunks.concat()
+    }
+
+    /// Pushes `bytes` through a scrubber bounded to `max_pixels`, 7 bytes
+    /// at a time; the first refusal, if any, with the bytes pushed by then.
+    fn push(bytes: &[u8], max_pixels: u64) -> Result<Vec<u8>, (MediaError, usize)> {
+        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        let mut out = Vec::new();
+        for (at, piece) in bytes.chunks(7).enumerate() {
+            scrubber
+                .push(Bytes::copy_from_slice(piece), &mut out)
+                .map_err(|error| (error, at * 7 + piece.len()))?;
+        }
+        scrubber.finish(&mut out).map_err(|e| (e, bytes.len()))?;
+        Ok(out.concat())
+    }
+
+    fn frames(file: &[u8]) -> Vec<image::RgbaImage> {
+        use image::AnimationDecoder;
+        let decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(file)).unwrap();
+        let frames = decoder.apng().unwrap().into_frames();
+        frames.map(|frame| frame.unwrap().into_buffer()).collect()
+    }
+
+    /// Where the `n`th (from 0) chunk of `kind` starts.
+    fn chunk_at(file: &[u8], kind: &[u8; 4], n: usize) -> usize {
+        let mut at = 8;
+        let mut seen = 0;
+        loop {
+            let len = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+            if &file[at + 4..at + 8] == kind {
+                if seen == n {
+                    return at;
+                }
+                seen += 1;
+            }
+            at += 12 + len;
+        }
+    }
+
+    #[test]
+    fn frames_past_the_pixel_bound_are_refused_at_their_frame_control() {
+        let file = animation(4);
+        // Four frames of 256 pixels: within a bound of 1 024, kept whole
+        // and drawn the same.
+        let out = push(&file, 1024).unwrap();
+        assert_eq!(out, file);
+        assert_eq!(frames(&out), frames(&file));
+        assert_eq!(frames(&out).len(), 4);
+        // Within 1 023, the fourth frame's fcTL is refused, before any of
+        // its data is pushed.
+        let (error, pushed) = push(&file, 1023).unwrap_err();
+        assert!(matches!(error, MediaError::Invalid(_)), "{error:?}");
+        assert!(error.to_string().contains("--max-image-pixels"), "{error}");
+        let last_fctl = chunk_at(&file, b"fcTL", 3);
+        assert!(
+            pushed <= last_fctl + 12 + 26 + 7,
+            "refused at byte {pushed}"
+        );
+        assert!(pushed > last_fctl, "refused at byte {pushed}");
+    }
+
+    #[test]
+    fn the_attackers_animation_of_100_megapixel_frames_is_refused_at_its_second_frame() {
+        // n16.py: 10 000 × 10 000 RGBA16 frames of zeros at the default
+        // --max-image-pixels. Only the image's first bytes of data are
+        // pushed: the second frame's fcTL is refused without waiting for
+        // (or inflating) the rest.
+        let (side, max_pixels) = (10_000, 100_000_000);
+        let row = vec![0u8; side as usize * 8 + 1];
+        let stream = miniz_oxide::deflate::compress_to_vec_zlib(&row, 9);
+        let head = [
+            SIGNATURE.to_vec(),
+            ihdr(side, side, 16, 6),
+            actl(5),
+            fctl(0, side, side),
+            chunk(b"IDAT", &stream[..stream.len() - 8]),
+            fctl(1, side, side),
+            fdat(2, &stream),
+        ]
+        .concat();
+        let (error, pushed) = push(&head, max_pixels).unwrap_err();
+        assert!(error.to_string().contains("100000000"), "{error}");
+        assert!(pushed < chunk_at(&head, b"fdAT", 0) + 7, "{pushed}");
+        // A still of as many pixels is followed as before.
+        let still = [
+            SIGNATURE.to_vec(),
+            ihdr(side, side, 16, 6),
+            chunk(b"IDAT", &stream[..stream.len() - 8]),
+        ]
+        .concat();
+        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        scrubber
+            .push(Bytes::from(still), &mut Vec::new())
+            .expect("a still within the bound");
+    }
+}
+
+#[cfg(test)]
+mod attack8_cost {
+    //! What scrubbing costs, measured by hand (`cargo test --lib
+    //! attack8_cost -- --ignored --nocapture`): the attacker's bombs
+    //! through the content check and the scrubber as an upload runs them,
+    //! refused from the header now, and a 12-megapixel photo saved as PNG.
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::attack5::{actl, fctl_sized};
+    use crate::fixtures::png_chunk_bytes as chunk;
+    use crate::media::content::{ContentInspector, ContentLimits, Declared};
+    use crate::media::scrub::Scrubber;
+    use miniz_oxide::{MZFlush, MZStatus};
+
+    const SIGNATURE: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+    /// n15.py, n16.py, bz.py: a `side`² RGBA16 image of zeros, with
+    /// `frames` frames.
+    fn bomb(side: u32, frames: u32) -> Vec<u8> {
+        use miniz_oxide::deflate::core::{CompressorOxide, create_comp_flags_from_zip_params};
+        use miniz_oxide::deflate::stream::deflate;
+        let row = vec![0u8; side as usize * 8 + 1];
+        let mut deflater = CompressorOxide::new(create_comp_flags_from_zip_params(9, 1, 0));
+        let (mut stream, mut buffer) = (Vec::new(), vec![0u8; 1 << 16]);
+        for y in 0..=side {
+            let (mut input, flush) = match y < side {
+                true => (&row[..], MZFlush::None),
+                false => (&[][..], MZFlush::Finish),
+            };
+            loop {
+                let result = deflate(&mut deflater, input, &mut buffer, flush);
+                stream.extend_from_slice(&buffer[..result.bytes_written]);
+                input = &input[result.bytes_consumed..];
+                let done = result.status == Ok(MZStatus::StreamEnd);
+                if done || input.is_empty() && result.bytes_written < buffer.len() {
+                    break;
+                }
+            }
+        }
+        let ihdr = [
+            &side.to_be_bytes()[..],
+            &side.to_be_bytes(),
+            &[16, 6, 0, 0, 0],
+        ]
+        .concat();
+        let fctl = |sequence| fctl_sized(sequence, side, side);
+        let mut file = vec![SIGNATURE.to_vec(), chunk(b"IHDR", &ihdr)];
+        if frames > 1 {
+            file.push(actl(frames));
+            file.push(fctl(0));
+        }
+        file.push(chunk(b"IDAT", &stream));
+        for frame in 1..frames {
+            file.push(fctl(2 * frame - 1));
+            file.push(chunk(
+                b"fdAT",
+                &[&(2 * frame).to_be_bytes()[..], &stream].concat(),
+            ));
+        }
+        file.push(chunk(b"IEND", &[]));
+        file.concat()
+    }
+
+    /// Feeds `file` in 64 KiB messages to the content check and then the
+    /// scrubber, as an upload does; the seconds taken and the outcome.
+    fn upload(file: &[u8], render_cap: Option<u64>, max_pixels: u64) -> (f64, String) {
+        let limits = ContentLimits {
+            max_bytes: 50 << 20,
+            max_pixels: 100_000_000,
+        };
+        let started = Instant::now();
+        let mut inspector = ContentInspector::new(limits, Declared::default())
+            .unwrap()
+            .refusing_renders_over(render_cap, 1080);
+        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        let mut out = Vec::new();
+        let outcome = (|| {
+            for piece in file.chunks(64 * 1024) {
+                inspector.feed(piece, None)?;
+                scrubber.push(Bytes::copy_from_slice(piece), &mut out)?;
+                out.clear();
+            }
+            inspector.finish()?;
+            scrubber.finish(&mut out)?;
+            Ok::<_, crate::media::MediaError>("stored".to_owned())
+        })();
+        let outcome = outcome.unwrap_or_else(|error| error.to_string());
+        (started.elapsed().as_secs_f64(), outcome)
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn cost_of_the_attackers_bombs_before_and_after() {
+        for (name, file) in [
+            ("10000^2 RGBA16 still (n15)", bomb(10_000, 1)),
+            ("6400^2 RGBA16 still (n16)", bomb(6_400, 1)),
+            ("5 frames 10000^2 RGBA16 (bz)", bomb(10_000, 5)),
+            ("17 frames 6400^2 RGBA16 (n16)", bomb(6_400, 17)),
+        ] {
+            let (before, outcome) = upload(&file, None, u64::MAX);
+            println!("{name}, {} B: before {before:.2} s ({outcome})", file.len());
+            let (after, outcome) = upload(&file, Some(512 << 20), 100_000_000);
+            println!("  after {after:.4} s ({outcome})");
+            // Variants off: only the APNG bound applies.
+            let (off, outcome) = upload(&file, None, 100_000_000);
+            println!("  after, no variants {off:.2} s ({outcome})");
+        }
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn cost_of_a_12_megapixel_photo() {
+        let photo =
+            image::load_from_memory(include_bytes!("../../../examples/images/phone-photo.jpg"))
+                .unwrap()
+                .resize_exact(4000, 3000, image::imageops::FilterType::Triangle)
+                .to_rgb8();
+        // A camera's noise, so the file compresses as a photo does.
+        let mut seed = 0x9E37_79B9_u32;
+        let noisy = image::RgbImage::from_fn(4000, 3000, |x, y| {
+            let mut pixel = *photo.get_pixel(x, y);
+            for sample in &mut pixel.0 {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                *sample = sample.saturating_add((seed % 8) as u8);
+            }
+            pixel
+        });
+        let mut file = Vec::new();
+        noisy
+            .write_to(
+                &mut std::io::Cursor::new(&mut file),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        for _ in 0..3 {
+            let (seconds, outcome) = upload(&file, Some(512 << 20), 100_000_000);
+            let mb = file.len() as f64 / 1e6;
+            println!(
+                "12 MP PNG, {mb:.1} MB: {seconds:.3} s, {:.1} MB/s in, {:.1} MB/s inflated ({outcome})",
+                mb / seconds,
+                (4000.0 * 3001.0 * 3.0 / 1e6) / seconds
+            );
         }
     }
 }
