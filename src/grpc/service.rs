@@ -159,6 +159,23 @@ impl ImageApi {
         self.respond_within(caller, None, message).await
     }
 
+    /// The acknowledgement of a write already done (an upload committed):
+    /// its encoded size reserved from the memory budget but not refused
+    /// past the caller's share, since refusing it would not undo the write,
+    /// only hide it from the caller. It is one small message per upload,
+    /// and uploads in progress are bounded per user.
+    async fn acknowledge<T: prost::Message>(&self, message: T) -> Result<Response<T>, Status> {
+        let bytes = message.encoded_len() as u64;
+        let memory = self
+            .images
+            .memory()
+            .reserve(bytes, "this acknowledgement")
+            .await?;
+        let mut response = Response::new(message);
+        response.extensions_mut().insert(HeldMemory::new(memory));
+        Ok(response)
+    }
+
     /// [`ImageApi::respond`] with what was reserved before the response was
     /// made, grown or shrunk to its encoded size.
     async fn respond_within<T: prost::Message>(
@@ -326,12 +343,9 @@ impl ImageService for ImageApi {
             });
             let record = self.images.upload(&caller, frames).await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "image uploaded");
-            self.respond(
-                &caller,
-                pb::UploadImageResponse {
-                    image: Some(convert::image(&record, &caller)),
-                },
-            )
+            self.acknowledge(pb::UploadImageResponse {
+                image: Some(convert::image(&record, &caller)),
+            })
             .await
         })
         .await
@@ -670,7 +684,7 @@ impl ImageService for ImageApi {
                 .complete_session(&caller, &request.get_ref().upload_id)
                 .await?;
             tracing::info!(image_id = %record.id, size = record.size_bytes, "direct upload completed");
-            self.respond(&caller, pb::CompleteUploadResponse {
+            self.acknowledge(pb::CompleteUploadResponse {
                 image: Some(convert::image(&record, &caller)),
             })
             .await
