@@ -11,7 +11,8 @@
 //! used being dropped, and so a quantization table redefined once every
 //! component using it has had its first scan (libjpeg takes a component's
 //! table then; jpeg-decoder at its last scan, so such a file decodes alike
-//! in both once the table is gone); a Huffman table a scan uses is a
+//! in both once the table is gone), and every quantization table of a
+//! lossless frame, which reads none; a Huffman table a scan uses is a
 //! prefix code of symbols, each once, that such a scan can code, else the
 //! file is refused (which valid symbols, in what order, is how the image
 //! is coded and is left as it came); scan headers to their defined length,
@@ -862,17 +863,21 @@ fn keep_frame(
     if components == 0 || payload.len() < defined {
         return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
     }
-    // Each component: id, sampling factors, quantization table id.
+    seen.progressive = matches!(segment[1], 0xC2 | 0xC6);
+    seen.lossless = matches!(segment[1], 0xC3 | 0xC7 | 0xCB | 0xCF);
+    // Each component: id, sampling factors, quantization table id. A
+    // lossless frame reads no quantization table, whatever it names: all
+    // of them are dropped.
     for component in payload[6..defined].chunks_exact(3) {
         let table = component[2];
         if table > 3 {
             return Err(MediaError::invalid("the JPEG's frame header is corrupt"));
         }
-        seen.quantization |= 1 << table;
-        tables.unscanned.push([component[0], table]);
+        if !seen.lossless {
+            seen.quantization |= 1 << table;
+            tables.unscanned.push([component[0], table]);
+        }
     }
-    seen.progressive = matches!(segment[1], 0xC2 | 0xC6);
-    seen.lossless = matches!(segment[1], 0xC3 | 0xC7 | 0xCB | 0xCF);
     seen.precision = payload[0];
     // The quantization tables defined so far that the frame uses go out
     // before it; the others are never used.
@@ -1652,10 +1657,12 @@ mod attack8 {
             ),
             ("lossless", grey(0xC3, 8, &lossless, 1, &[])),
         ] {
-            // Every table stays whole (a progressive frame's AC table
-            // moves to just before the first AC scan).
+            // Every Huffman table stays whole (a progressive frame's AC
+            // table moves to just before the first AC scan); a lossless
+            // frame's quantization table goes, since it reads none.
             let kept = stored(&file);
-            assert_eq!(kept.len(), file.len(), "{name}");
+            let dropped = if name == "lossless" { dqt(1).len() } else { 0 };
+            assert_eq!(kept.len(), file.len() - dropped, "{name}");
         }
         let plain = grey(0xC0, 8, &plain_tables(), 1, &[]);
         assert!(pixels(&stored(&plain)) == pixels(&plain));
@@ -1794,5 +1801,18 @@ mod attack8 {
         }
         let cap = MAX_JPEG_SCANS as usize;
         std::fs::write(format!("{dir}/a8-jpeg-too-many-scans"), many_scans(cap + 1)).unwrap();
+    }
+
+    /// A lossless frame reads no quantization table: one before or after
+    /// the frame header, naming the component's table id, is dropped.
+    #[test]
+    fn a_lossless_frame_keeps_no_quantization_table() {
+        let text = segment(0xDB, &[&[0x10][..], &MARKER.repeat(3)[..128]].concat());
+        let dc = dht(0x00, &[(1, &[0])]);
+        let file = grey(0xC3, 8, &[&text[..], &dc].concat(), 1, &[]);
+        let (out, report) = scrub(&file, 7, false).unwrap();
+        assert!(report.changed && !contains(&out, &MARKER[..16]));
+        assert!(!out.windows(2).any(|w| w == [0xFF, 0xDB]), "a DQT was kept");
+        assert_eq!(scrub(&file, 1 << 20, false).unwrap().0, out);
     }
 }
