@@ -1,5 +1,6 @@
 //! Errors the use cases return. Each variant means one thing to a caller;
 //! the transports map them to status codes exhaustively.
+use super::quota::QuotaViolation;
 use crate::BoxError;
 use crate::media::MediaError;
 
@@ -30,6 +31,10 @@ pub enum DomainError {
     /// messages per byte): retrying it as it is cannot succeed.
     #[error("{0}")]
     TooLarge(String),
+    /// The caller holds as much as a quota allows (bytes or images):
+    /// retrying cannot succeed until they delete something.
+    #[error("{}", .0.description)]
+    QuotaExceeded(QuotaViolation),
     /// The request does not fit the state it acts on (an upload session
     /// already committed, or fed another way).
     #[error("{0}")]

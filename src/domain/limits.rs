@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ports::SessionQuota;
+use super::quota::QuotaLimits;
 use crate::media::content::ContentLimits;
 use crate::media::variants::{RenderLimits, VariantSize};
 
@@ -45,6 +46,9 @@ pub struct Limits {
     pub variant_sizes: Arc<[VariantSize]>,
     /// Bounds on upload sessions.
     pub sessions: SessionLimits,
+    /// What one user may hold (`--quota-bytes-per-user`,
+    /// `--quota-images-per-user`), unless an admin set their own.
+    pub quota: QuotaLimits,
 }
 
 /// How fast an upload must move, so that a slow or idle caller cannot hold

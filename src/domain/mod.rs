@@ -21,6 +21,7 @@ pub mod listing;
 pub mod page_token;
 pub mod session;
 pub mod signing;
+pub mod usage;
 pub mod validation;
 
 pub mod ports;
@@ -29,6 +30,7 @@ pub mod admission;
 pub mod budget;
 pub mod chunks;
 pub mod limits;
+pub mod quota;
 
 pub mod images;
 pub mod repair;

@@ -257,3 +257,18 @@ mod tests {
         assert_eq!(update.description, None);
     }
 }
+
+/// A user's usage and the quotas that apply, as the API shows them.
+pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
+    let record = &usage.usage;
+    pb::Usage {
+        user_id: usage.user.to_string(),
+        bytes_held: record.held_bytes,
+        images_held: record.held_images,
+        bytes_reserved: record.reserved_bytes(),
+        images_reserved: record.reserved_images(),
+        quota_bytes: usage.limits.max_bytes,
+        quota_images: usage.limits.max_images,
+        quota_overridden: record.quota.max_bytes.is_some() || record.quota.max_images.is_some(),
+    }
+}

@@ -26,6 +26,7 @@ use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
 use super::limits::Limits;
+use super::quota::{QuotaHold, Quotas, held_by};
 use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
 use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
@@ -123,6 +124,7 @@ impl Uploads {
         budget: MemoryBudget,
     ) -> Self {
         Self {
+            quotas: Quotas::new(metadata.clone(), limits.quota),
             blobs,
             metadata,
             slots: Arc::new(tokio::sync::Semaphore::new(
@@ -171,6 +173,11 @@ impl Uploads {
                 "the first message of an upload must carry spec or resume",
             )),
         }
+    }
+
+    /// Per-user usage and quotas, which uploads reserve from.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// One of the caller's uploads, then one of the replica's upload slots.
@@ -225,6 +232,12 @@ impl Uploads {
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
         let limits = &self.limits;
+        // Before anything is held: an upload past its owner's quota is
+        // refused at once.
+        let quota = self
+            .quotas
+            .reserve(caller, spec.declared.size.unwrap_or(limits.content.max_bytes))
+            .await?;
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
             .refusing_renders_over(
                 limits.variants.then_some(limits.render.max_memory),
@@ -301,7 +314,11 @@ impl Uploads {
         let spec = upload.spec;
         let memory = upload.memory.reservation;
         tokio::spawn(
-            async move { uploads.commit(writes, owner, spec, facts, memory).await }
+            async move {
+                uploads
+                    .commit(writes, owner, spec, facts, memory, quota)
+                    .await
+            }
                 .in_current_span(),
         )
         .await
@@ -368,17 +385,20 @@ impl Uploads {
         spec: ValidSpec,
         facts: StoredFacts,
         memory: Reservation,
+        quota: QuotaHold,
     ) -> Result<ImageRecord, DomainError> {
         let described = self.describe(&mut writes, owner, spec, facts, memory).await;
         let (record, outcome) = writes.undo_on_error(described).await?;
         match outcome {
             CreateOutcome::Created => {
                 writes.commit();
+                quota.settle(held_by(&record)).await;
                 Ok(record)
             }
             CreateOutcome::IdempotencyKeyTaken(existing) => {
                 // Nothing of this upload is referred to: it goes.
                 writes.undo().await;
+                quota.release().await;
                 if existing.uploaded_sha256() == record.uploaded_sha256() {
                     Ok(*existing)
                 } else {

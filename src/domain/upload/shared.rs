@@ -8,6 +8,7 @@ use crate::domain::admission::Admissions;
 use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
 use crate::domain::ports::{BlobStore, MetadataStore};
+use crate::domain::quota::Quotas;
 use crate::media::variants::Renderer;
 
 /// Receives uploads and stores them: the upload slots, the memory budget
@@ -22,6 +23,7 @@ pub struct Uploads {
     pub(super) budget: MemoryBudget,
     pub(super) admissions: Admissions,
     pub(super) renderer: Renderer,
+    pub(in crate::domain) quotas: Quotas,
 }
 
 /// Memory an upload holds besides its received bytes: the header the

@@ -20,7 +20,9 @@
 //!   sessions are one Query of the items not yet expired, read up to the
 //!   cap, however many sessions the user started. A session closed while
 //!   its part URLs still live leaves its item re-keyed to when they are
-//!   over (`charge_until`): a tombstone that keeps counting until then.
+//!   over (`charge_until`): a tombstone that keeps counting until then;
+//! - a **usage item** per user, `pk = usage#{user}`, `sk = usage` (see
+//!   [`usage`]).
 //!
 //! Writes follow an order that keeps every state safe to read without
 //! transactions: index items before the image item on create, after it on
@@ -47,6 +49,7 @@ use time_index::MergedCursor;
 
 mod items;
 mod time_index;
+mod usage;
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
@@ -54,6 +57,7 @@ use crate::domain::ports::{
     StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IMAGE_SK: &str = "image";
@@ -735,6 +739,40 @@ impl Access {
 
 #[async_trait]
 impl MetadataStore for DynamoMetadataStore {
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
+        self.usage_get(user).await
+    }
+
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError> {
+        self.usage_change(user, change, ceiling).await
+    }
+
+    async fn set_user_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<(), StorageError> {
+        self.usage_set_quota(user, quota).await
+    }
+
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        self.usage_replace(user, usage, expected_revision).await
+    }
+
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
+        self.usage_list().await
+    }
+
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
         let mut item = key(pending_pk(write), PENDING_SK);
         item.insert(
