@@ -47,6 +47,8 @@ pub struct TestApp {
     pub s3: Option<servers::ServerProcess>,
     pub dynamodb: Option<servers::ServerProcess>,
     pub bucket: String,
+    /// The command line the server was started with.
+    args: Vec<String>,
 }
 
 impl TestApp {
@@ -93,6 +95,39 @@ impl TestApp {
                 next
             }
         }
+    }
+
+    /// Another replica on this one's stores, both serving (aws backend
+    /// only: the embedded backend allows one process per data directory).
+    pub async fn replica(&self, extra: &[&str]) -> Self {
+        assert_eq!(self.backend, Backend::Aws, "replicas share a remote store");
+        let endpoints = [
+            self.s3.as_ref().expect("s3").endpoint(),
+            self.dynamodb.as_ref().expect("dynamodb").endpoint(),
+        ];
+        Self::spawn_on(Backend::Aws, &self.data_dir, extra, Some(endpoints)).await
+    }
+
+    /// The use cases over this server's stores, opened beside it as a
+    /// command does (on the embedded backend, stop the server first).
+    pub async fn images_beside(&self) -> image_service::domain::Images {
+        let config = Config::try_parse_from(&self.args).expect("the server's configuration");
+        image_service::backend::open_images(&config, None)
+            .await
+            .expect("the stores open")
+            .images
+    }
+
+    /// This server's metadata store, opened beside it (on the embedded
+    /// backend, stop the server first).
+    pub async fn metadata_beside(
+        &self,
+    ) -> std::sync::Arc<dyn image_service::domain::ports::MetadataStore> {
+        let config = Config::try_parse_from(&self.args).expect("the server's configuration");
+        image_service::backend::open_stores(&config, config.storage.backend, None)
+            .await
+            .expect("the stores open")
+            .metadata
     }
 
     async fn spawn_on(
@@ -145,7 +180,8 @@ impl TestApp {
             }
         }
         args.extend_from_slice(extra);
-        let config = Config::try_parse_from(args).expect("valid test configuration");
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let config = Config::try_parse_from(&args).expect("valid test configuration");
         if backend == Backend::Aws && s3.is_some() {
             image_service::commands::init_backend(&config)
                 .await
@@ -180,6 +216,7 @@ impl TestApp {
             s3,
             dynamodb,
             bucket,
+            args,
         }
     }
 
