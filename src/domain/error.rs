@@ -1,6 +1,5 @@
 //! Errors the use cases return. Each variant means one thing to a caller;
 //! the transports map them to status codes exhaustively.
-use super::quota::QuotaViolation;
 use crate::BoxError;
 use crate::media::MediaError;
 
@@ -79,4 +78,14 @@ impl From<MediaError> for DomainError {
             MediaError::Internal(source) => DomainError::Internal(source),
         }
     }
+}
+
+/// What refused an upload past a quota: the `google.rpc.QuotaFailure`
+/// violation the caller gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaViolation {
+    /// `user:{id}`.
+    pub subject: String,
+    /// Which quota, its limit and what the user holds.
+    pub description: String,
 }

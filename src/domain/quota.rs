@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::image::{ImageRecord, Timestamp};
 use super::ports::{MetadataStore, StorageError};
 use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation};
+use super::error::QuotaViolation;
 use super::{DomainError, UserId};
 
 /// The default quotas (`--quota-bytes-per-user`, `--quota-images-per-user`):
@@ -29,16 +30,6 @@ use super::{DomainError, UserId};
 pub struct QuotaLimits {
     pub max_bytes: u64,
     pub max_images: u64,
-}
-
-/// What refused an upload past a quota: the `google.rpc.QuotaFailure`
-/// violation the caller gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuotaViolation {
-    /// `user:{id}`.
-    pub subject: String,
-    /// Which quota, its limit and what the user holds.
-    pub description: String,
 }
 
 /// A user's usage with the quotas that apply to them.

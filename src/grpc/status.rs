@@ -2,7 +2,7 @@
 use tonic::Status;
 
 use crate::domain::DomainError;
-use crate::domain::quota::QuotaViolation;
+use crate::domain::error::QuotaViolation;
 use crate::telemetry::error_chain;
 
 impl From<DomainError> for Status {
@@ -120,6 +120,20 @@ mod tests {
         }
         named.sort();
         assert_eq!(named, rpcs);
+    }
+
+    #[test]
+    fn a_quota_refusal_carries_its_quota_failure_and_is_not_retried() {
+        use tonic_types::StatusExt;
+        let status = Status::from(DomainError::QuotaExceeded(QuotaViolation {
+            subject: "user:alice".into(),
+            description: "the quota of 10 images per user is reached".into(),
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_PUSHBACK).unwrap(), "-1");
+        let failure = status.get_details_quota_failure().unwrap();
+        assert_eq!(failure.violations[0].subject, "user:alice");
+        assert!(status.message().contains("10 images"));
     }
 
     #[test]
