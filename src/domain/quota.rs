@@ -18,10 +18,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::error::QuotaViolation;
 use super::image::{ImageRecord, Timestamp};
 use super::ports::{MetadataStore, StorageError};
 use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation};
-use super::error::QuotaViolation;
 use super::{DomainError, UserId};
 
 /// The default quotas (`--quota-bytes-per-user`, `--quota-images-per-user`):
@@ -200,7 +200,11 @@ impl Quotas {
             images: -1,
             ..UsageChange::default()
         };
-        if let Err(error) = self.metadata.change_usage(&record.owner, &change, None).await {
+        if let Err(error) = self
+            .metadata
+            .change_usage(&record.owner, &change, None)
+            .await
+        {
             tracing::warn!(
                 error = %crate::telemetry::error_chain(&error),
                 user = %record.owner,

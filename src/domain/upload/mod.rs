@@ -26,8 +26,8 @@ use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
 use super::limits::Limits;
-use super::quota::{QuotaHold, Quotas, held_by};
 use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
+use super::quota::{QuotaHold, Quotas, held_by};
 use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
@@ -236,7 +236,10 @@ impl Uploads {
         // refused at once.
         let quota = self
             .quotas
-            .reserve(caller, spec.declared.size.unwrap_or(limits.content.max_bytes))
+            .reserve(
+                caller,
+                spec.declared.size.unwrap_or(limits.content.max_bytes),
+            )
             .await?;
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
             .refusing_renders_over(
@@ -319,7 +322,7 @@ impl Uploads {
                     .commit(writes, owner, spec, facts, memory, quota)
                     .await
             }
-                .in_current_span(),
+            .in_current_span(),
         )
         .await
         .map_err(|e| DomainError::Internal(Box::new(e)))?

@@ -7,12 +7,7 @@ use tonic_types::StatusExt;
 
 /// Every flag a quota test shares: no variants (an image holds its
 /// original only, so bytes are known), and room for 16 uploads at once.
-const QUOTA_FLAGS: [&str; 4] = [
-    "--variants",
-    "false",
-    "--max-uploads-per-user",
-    "16",
-];
+const QUOTA_FLAGS: [&str; 4] = ["--variants", "false", "--max-uploads-per-user", "16"];
 
 async fn usage(app: &TestApp, caller: &str, user: &str) -> Result<pb::Usage, Status> {
     let request = as_user(
@@ -121,7 +116,9 @@ pub(super) async fn concurrent_uploads_on_two_replicas_never_pass_the_quota(back
     assert_eq!((held.bytes_reserved, held.images_reserved), (0, 0));
     assert_eq!((held.quota_bytes, held.quota_images), (10 * largest, 10));
     // Another user is not touched by the hoarder's quota.
-    upload_declared(&first, "neighbour", &pngs[0]).await.unwrap();
+    upload_declared(&first, "neighbour", &pngs[0])
+        .await
+        .unwrap();
 
     // Deletes give the room back, on any replica.
     let other = second.as_ref().unwrap_or(&first);
@@ -142,9 +139,7 @@ pub(super) async fn concurrent_uploads_on_two_replicas_never_pass_the_quota(back
     assert_eq!(usage(&first, "hoarder", "").await.unwrap().images_held, 10);
 }
 
-pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(
-    backend: Backend,
-) {
+pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(backend: Backend) {
     let mut flags = QUOTA_FLAGS.to_vec();
     flags.extend(["--admins", "root,ops", "--quota-images-per-user", "5"]);
     let app = TestApp::spawn_with(backend, &flags).await;
@@ -167,7 +162,10 @@ pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(
     let tight = set_quota(&app, "root", "alice", Some(png.len() as u64), None)
         .await
         .unwrap();
-    assert_eq!((tight.quota_bytes, tight.quota_images), (png.len() as u64, 5));
+    assert_eq!(
+        (tight.quota_bytes, tight.quota_images),
+        (png.len() as u64, 5)
+    );
     assert!(tight.quota_overridden);
     let refused = upload_declared(&app, "alice", &images::png(8, 8, 2)).await;
     assert_quota_refusal(&assert_code(refused, Code::ResourceExhausted), "alice");
@@ -228,13 +226,19 @@ pub(super) async fn the_repair_pass_corrects_a_reservation_a_crash_left(backend:
         let correction = &report.usage_corrections[0];
         assert_eq!(correction.user, "carol");
         assert_eq!(correction.stale_reservations, 1);
-        assert_eq!((correction.bytes_before, correction.images_before), (before, 3));
+        assert_eq!(
+            (correction.bytes_before, correction.images_before),
+            (before, 3)
+        );
         assert_eq!(
             (correction.bytes_after, correction.images_after),
             (size(&image) + running, 2)
         );
         let report = beside.repair(Duration::ZERO, false).await.unwrap();
-        assert!(report.usage_corrections.is_empty(), "corrected once: {report:?}");
+        assert!(
+            report.usage_corrections.is_empty(),
+            "corrected once: {report:?}"
+        );
     }
     let app = match backend {
         Backend::Embedded => app.successor(&flags).await,
