@@ -21,6 +21,7 @@ mod listings;
 mod memory;
 mod migration;
 mod photos;
+mod quota;
 mod raw;
 mod report;
 mod sessions;
@@ -100,13 +101,15 @@ const SMOKE: Plan = Plan {
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 13] = [
+const FAMILIES: [(&str, bool); 14] = [
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
     ("memory", true),
     // 5: small uploads against raw PutObject + PutItem.
     ("small", true),
+    // The cost of per-user usage accounting on the upload path (#36).
+    ("quota", true),
     // 6: filtered listings on both stores.
     ("listings", true),
     // 7: the embedded backend against plain files.
@@ -219,6 +222,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "throughput" => throughput::run(plan, stores()).await,
         "memory" => memory::run(plan, stores()).await,
         "small" => small::run(plan, stores()).await,
+        "quota" => quota::run(plan, stores()).await,
         "listings" => listings::run(plan, stores()).await,
         "embedded" => embedded::run(plan).await,
         "variants" => variants::run(plan),

@@ -220,6 +220,21 @@ pub fn image_update(message: pb::UpdateImageRequest) -> Result<ImageUpdate, Doma
     Ok(update)
 }
 
+/// A user's usage and the quotas that apply, as the API shows them.
+pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
+    let record = &usage.usage;
+    pb::Usage {
+        user_id: usage.user.to_string(),
+        bytes_held: record.held_bytes,
+        images_held: record.held_images,
+        bytes_reserved: record.reserved_bytes(),
+        images_reserved: record.reserved_images(),
+        quota_bytes: usage.limits.max_bytes,
+        quota_images: usage.limits.max_images,
+        quota_overridden: record.quota.max_bytes.is_some() || record.quota.max_images.is_some(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,20 +270,5 @@ mod tests {
         let update = image_update(message).unwrap();
         assert_eq!(update.title.as_deref(), Some(""));
         assert_eq!(update.description, None);
-    }
-}
-
-/// A user's usage and the quotas that apply, as the API shows them.
-pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
-    let record = &usage.usage;
-    pb::Usage {
-        user_id: usage.user.to_string(),
-        bytes_held: record.held_bytes,
-        images_held: record.held_images,
-        bytes_reserved: record.reserved_bytes(),
-        images_reserved: record.reserved_images(),
-        quota_bytes: usage.limits.max_bytes,
-        quota_images: usage.limits.max_images,
-        quota_overridden: record.quota.max_bytes.is_some() || record.quota.max_images.is_some(),
     }
 }
