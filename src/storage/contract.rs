@@ -179,36 +179,9 @@ fn fresh_user() -> UserId {
     UserId::parse(&format!("contract-{}", uuid::Uuid::new_v4())).expect("a user id")
 }
 
-/// A record of `owner`, created at `micros`, with every field a backend
-/// must keep filled in (an empty field would read back the same if it
-/// were dropped).
+/// A record of `owner`, created at `micros`: see [`ImageRecord::sample`].
 pub fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
-    ImageRecord {
-        id: ImageId::new(),
-        owner: owner.clone(),
-        filename: "photo.png".into(),
-        content_type: "image/png".into(),
-        size_bytes: 10,
-        sha256: "0".repeat(64),
-        crc32c: 7,
-        width: 4,
-        height: 3,
-        title: "a title".into(),
-        description: String::new(),
-        tags: Vec::new(),
-        location: String::new(),
-        attributes: Default::default(),
-        create_time: Timestamp::from_micros(micros),
-        update_time: Timestamp::from_micros(micros),
-        variants: Vec::new(),
-        revision: 1,
-        idempotency_key: None,
-        uploaded_sha256: "0".repeat(64),
-        metadata_stripped: false,
-        blurhash: String::new(),
-        // A ThumbHash, base64.
-        thumbhash: "1QcSHQRnh493V4dIh4eXh1h4kJUI".into(),
-    }
+    ImageRecord::sample(owner, micros)
 }
 
 fn now_micros() -> i64 {

@@ -982,9 +982,9 @@ fn inspect_segment(
 /// not kept again: repeated, they were room for chosen bytes.
 #[cfg(test)]
 mod attack5 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// `jpeg` with `extra` inserted before its first `FF marker`.
     pub(super) fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
@@ -1107,10 +1107,10 @@ mod attack5 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file, _) in crafted() {
-            std::fs::write(format!("{dir}/a5-jpeg-{name}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a5-jpeg-",
+            crafted().into_iter().map(|(name, file, _)| (name, file)),
+        );
     }
 }
 
@@ -1118,10 +1118,10 @@ mod attack5 {
 /// tables its frame and scans use.
 #[cfg(test)]
 mod attack6 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::attack5::{insert_before, pixels, stored};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// `jpeg` with its frame header's payload grown by `extra`.
     fn longer_frame(jpeg: &[u8], extra: &[u8]) -> Vec<u8> {
@@ -1279,19 +1279,19 @@ mod attack6 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let long = (
             "long-frame-header".into(),
             longer_frame(&encoded_jpeg(), MARKER),
         );
-        for (name, file) in second_frames().into_iter().chain([long]) {
-            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
-        }
-        for (name, file, _) in bad_tables() {
-            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
-        }
-        let unused = insert_before(&encoded_jpeg(), 0xDA, &unused_dqt());
-        std::fs::write(format!("{dir}/a6-jpeg-unused-dqt-after-the-frame"), unused).unwrap();
+        let unused = (
+            "unused-dqt-after-the-frame".into(),
+            insert_before(&encoded_jpeg(), 0xDA, &unused_dqt()),
+        );
+        let tables = bad_tables()
+            .into_iter()
+            .map(|(name, file, _)| (name.to_owned(), file));
+        let files = second_frames().into_iter().chain([long, unused]);
+        write_to_corpus("a6-jpeg-", files.chain(tables));
     }
 }
 
@@ -1300,10 +1300,10 @@ mod attack6 {
 /// dropped.
 #[cfg(test)]
 mod attack7 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::attack5::{insert_before, pixels, stored};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// A DHT of table `kind` (class and id) whose symbols are the marker,
     /// all coded at 16 bits.
@@ -1456,10 +1456,10 @@ mod attack7 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file, _) in crafted() {
-            std::fs::write(format!("{dir}/a7-jpeg-{name}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a7-jpeg-",
+            crafted().into_iter().map(|(name, file, _)| (name, file)),
+        );
     }
 }
 
@@ -1469,12 +1469,12 @@ mod attack7 {
 /// [`MAX_JPEG_SCANS`] scans.
 #[cfg(test)]
 mod attack8 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::MAX_JPEG_SCANS;
     use super::attack5::{pixels, stored};
     use super::attack7::real_jpeg;
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// A DHT of table `kind` (class and id) with `codes`: symbols by code
     /// length.
@@ -1792,15 +1792,15 @@ mod attack8 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file) in bad_symbols() {
-            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
-        }
-        for (name, file, _) in dead_quantization() {
-            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
-        }
         let cap = MAX_JPEG_SCANS as usize;
-        std::fs::write(format!("{dir}/a8-jpeg-too-many-scans"), many_scans(cap + 1)).unwrap();
+        let many = ("too-many-scans", many_scans(cap + 1));
+        let dead = dead_quantization()
+            .into_iter()
+            .map(|(name, file, _)| (name, file));
+        write_to_corpus(
+            "a8-jpeg-",
+            bad_symbols().into_iter().chain(dead).chain([many]),
+        );
     }
 
     /// A lossless frame reads no quantization table: one before or after

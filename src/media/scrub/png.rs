@@ -990,7 +990,7 @@ mod attack5 {
     use crate::media::MediaError;
     use crate::media::scrub::tests::{contains, scrub};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
     const W: u32 = 16;
     const H: u32 = 16;
 
