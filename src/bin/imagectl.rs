@@ -1049,6 +1049,7 @@ async fn download(
             accept: Vec::new(),
             read_offset: have as i64,
             read_limit: 0,
+            object: String::new(),
         };
         let mut stream = retrying(
             "download",

@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 
 use super::DomainError;
-use super::image::{Held, ImageRecord, VariantName};
+use super::image::{Held, ImageRecord, ObjectName, Variant, VariantName};
 
 /// Most media types an `accept` may hold, after splitting entries at
 /// commas: a browser sends fewer than ten.
@@ -154,6 +154,19 @@ fn parse_quality(text: &str) -> Option<u16> {
 }
 
 impl ImageRecord {
+    /// The stored object `name` as a download reads it; `None` when the
+    /// image holds no such object (its original, or an object one of its
+    /// variant entries reads).
+    pub fn held_object(&self, name: &ObjectName) -> Option<Held> {
+        if name.is_original() {
+            return Some(self.original());
+        }
+        self.variants
+            .iter()
+            .find(|v| &v.object_name() == name)
+            .map(Variant::held)
+    }
+
     /// What a viewer with `accept` gets of the named rendition; `None`
     /// when the image has no such rendition.
     ///

@@ -16,7 +16,7 @@ use super::convert;
 use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
-use crate::domain::images::BatchUrl;
+use crate::domain::images::{BatchUrl, DownloadRequest};
 use crate::domain::upload::message_bound;
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
@@ -455,17 +455,15 @@ impl ImageService for ImageApi {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
             let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
-            let download = self
-                .images
-                .download(
-                    &caller,
-                    &r.image_id,
-                    &r.variant,
-                    &r.accept,
-                    r.read_offset,
-                    r.read_limit,
-                )
-                .await?;
+            let wanted = DownloadRequest {
+                image_id: &r.image_id,
+                variant: &r.variant,
+                accept: &r.accept,
+                object: &r.object,
+                offset: r.read_offset,
+                limit: r.read_limit,
+            };
+            let download = self.images.download(&caller, &wanted).await?;
             let header = pb::DownloadImageResponse {
                 image: Some(convert::image(&download.image, &caller)),
                 content_range: Some(pb::ContentRange {
@@ -475,6 +473,7 @@ impl ImageService for ImageApi {
                 }),
                 chunk: Default::default(),
                 content_type: download.content_type.clone(),
+                object: download.object.to_string(),
             };
             let chunks = download.chunks.map(|chunk| {
                 chunk

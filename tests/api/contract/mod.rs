@@ -57,6 +57,7 @@ macro_rules! all_cases {
             uploads::every_accepted_type_is_sniffed_from_the_bytes,
             downloads::downloads_return_the_stored_bytes_in_chunks_of_at_most_one_mib,
             downloads::ranged_downloads_return_exactly_the_range,
+            downloads::a_resumed_download_reads_the_object_it_began_with,
             changes::unknown_and_malformed_ids_are_told_apart,
             changes::every_call_needs_an_identity,
             listing::each_filter_alone_and_combined_returns_matches_newest_first,
