@@ -134,6 +134,7 @@ fn limits(settings: &LimitSettings) -> Limits {
         content: ContentLimits {
             max_bytes: settings.max_image_bytes,
             max_pixels: settings.max_image_pixels,
+            max_jpeg_decode_passes: settings.max_jpeg_decode_passes,
         },
         max_url_expiry: settings.download_url_max_expiry,
         url_window: settings.download_url_window,

@@ -459,6 +459,19 @@ pub struct LimitSettings {
     )]
     pub max_image_pixels: u64,
 
+    /// Most passes over its coefficients a JPEG's scans may take to decode
+    /// (a baseline JPEG takes 1, cameras' progressive ones 2 to 7); more is
+    /// refused on upload with RESOURCE_EXHAUSTED. Bounds the CPU one
+    /// progressive file built with many scans makes a render spend.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_JPEG_DECODE_PASSES",
+        default_value_t = crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_jpeg_decode_passes: u32,
+
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED.
     /// Memory per upload is bounded (S3 part size × (parts in flight + 1)),
     /// so this bounds the memory uploads can take.

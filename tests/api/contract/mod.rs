@@ -85,6 +85,7 @@ macro_rules! all_cases {
             variants::a_thumbhash_keeps_the_aspect_ratio_and_the_alpha,
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
+            uploads::a_jpeg_built_to_spend_cpu_is_refused_from_its_scan_headers,
             listing::pages_of_large_records_are_cut_by_bytes_and_continue,
             sessions::a_cut_upload_resumes_on_another_server_from_what_it_holds,
             sessions::a_resume_may_resend_held_bytes_but_not_skip_any,
