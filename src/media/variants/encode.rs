@@ -166,13 +166,14 @@ pub struct Avif {
 }
 
 /// AVIF variants at the baseline JPEG's score: on the first photo of the
-/// measured grid (BENCHMARKS.md: Encodings) quality 85 at speed 6 scores
-/// 79.75 against the baseline's 78.30 at 0.59 of its bytes (quality 80:
-/// 72.09 at 0.41; ravif switches to small blocks above 80), for 6 s of CPU
-/// per `medium` variant in a debug build with rav1e optimised.
+/// measured grid (BENCHMARKS.md: Encodings) quality 85 at speed 8 scores
+/// 79.73 against the baseline's 78.30 at 0.59 of its bytes (quality 80:
+/// 72.18 at 0.41; ravif switches to small blocks above 80), for 4.2 s of
+/// CPU per `medium` variant in a debug build with rav1e optimised: speed 6
+/// is 1 % smaller at 6.1 s, speed 10 15 % larger at 1.6 s.
 pub const AVIF: Avif = Avif {
     quality: 85.0,
-    speed: 6,
+    speed: 8,
     ten_bit: true,
 };
 
