@@ -217,7 +217,10 @@ const AVIF_QUALITIES: [f32; 4] = [70.0, 75.0, 80.0, 85.0];
 /// The encodings whose grids to measure: `BENCH_ENCODINGS`, all when
 /// unset.
 fn measured(kind: &str) -> bool {
-    std::env::var("BENCH_ENCODINGS").map_or(true, |list| list.split(',').any(|k| k.trim() == kind))
+    match std::env::var("BENCH_ENCODINGS") {
+        Ok(list) => list.split(',').any(|k| k.trim() == kind),
+        Err(_) => true,
+    }
 }
 
 /// The grid: qualities around the baseline's score for each encoder.

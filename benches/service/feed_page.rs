@@ -34,6 +34,7 @@ const SHAPES: [(u32, u32); 6] = [(4, 3), (3, 4), (16, 9), (1, 1), (7, 3), (9, 16
 
 /// The encodings compared, with what each is in the service.
 fn encodings() -> Vec<(&'static str, Setting)> {
+    #[cfg_attr(not(feature = "avif"), allow(unused_mut))]
     let mut list = vec![
         ("JPEG before (#33)", Setting::Jpeg(JPEG_BASELINE)),
         ("JPEG acknowledged", Setting::Jpeg(JPEG_ACKNOWLEDGED)),
