@@ -15,6 +15,7 @@
 mod embedded;
 mod encodings;
 mod feed;
+mod feed_page;
 mod harness;
 mod hotpaths;
 mod listings;
@@ -100,7 +101,7 @@ const SMOKE: Plan = Plan {
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 13] = [
+const FAMILIES: [(&str, bool); 14] = [
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
@@ -117,6 +118,8 @@ const FAMILIES: [(&str, bool); 13] = [
     ("encodings", false),
     // The DCT scale JPEGs are decoded at for variants (#33).
     ("decode-scale", false),
+    // Bytes of a feed page in each encoding (#33).
+    ("feed-page", false),
     // 9: upload sessions.
     ("sessions", true),
     // 10: phone photo uploads against libvips + PutObject.
@@ -224,6 +227,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "variants" => variants::run(plan),
         "encodings" => encodings::run(plan),
         "decode-scale" => encodings::run_scale(plan),
+        "feed-page" => feed_page::run(plan),
         "sessions" => sessions::run(plan, stores()).await,
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,
