@@ -35,6 +35,11 @@ pub struct DynamoMetadataStore {
     pub(super) table: String,
     /// The time shard count last read from the table, and when.
     pub(super) time_shards: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
+    /// How long event items live (their `expires`).
+    pub(super) event_retention: std::time::Duration,
+    /// The hour of the table's first event, once read or written (see
+    /// `events::EVENTS_SINCE_SK`): reads from an earlier time start there.
+    pub(super) events_since: std::sync::OnceLock<i64>,
 }
 
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
