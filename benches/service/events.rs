@@ -22,9 +22,7 @@ const WATCHER: &str = "bench-watcher";
 const GAP: Duration = Duration::from_millis(20);
 
 pub async fn run(plan: &Plan, stores: &Stores) -> String {
-    let mut out = format!(
-        "### 13. Events: delivery latency and catch-up\n\n| backend | watcher | changes | acknowledgement → delivery: p50 / p99 | max |\n|---|---|---|---|---|\n"
-    );
+    let mut out = "### 13. Events: delivery latency and catch-up\n\n| backend | watcher | changes | acknowledgement → delivery: p50 / p99 | max |\n|---|---|---|---|---|\n".to_owned();
     let watchers = ["--event-watchers".to_owned(), WATCHER.into()];
     let embedded =
         start_service(&[&["--backend".to_owned(), "embedded".into()][..], &watchers].concat());

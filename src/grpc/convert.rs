@@ -222,44 +222,6 @@ pub fn image_update(message: pb::UpdateImageRequest) -> Result<ImageUpdate, Doma
     Ok(update)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_including_before_the_epoch() {
-        for micros in [0, 1, 1_700_000_000_123_456, -1, -1_500_000] {
-            let time = Timestamp::from_micros(micros);
-            assert_eq!(from_timestamp("t", &timestamp(time)).unwrap(), time);
-        }
-    }
-
-    #[test]
-    fn unknown_mask_paths_are_rejected() {
-        let message = pb::UpdateImageRequest {
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["owner_id".into()],
-            }),
-            ..Default::default()
-        };
-        assert!(image_update(message).is_err());
-    }
-
-    #[test]
-    fn a_mask_can_clear_a_field() {
-        let message = pb::UpdateImageRequest {
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["title".into()],
-            }),
-            description: "ignored".into(),
-            ..Default::default()
-        };
-        let update = image_update(message).unwrap();
-        assert_eq!(update.title.as_deref(), Some(""));
-        assert_eq!(update.description, None);
-    }
-}
-
 /// The filter of a `WatchImageEvents` request: an owner that is not a
 /// valid user id, an unknown or unspecified type, or more than
 /// [`MAX_TYPE_FILTERS`] types is INVALID_ARGUMENT.
@@ -316,5 +278,43 @@ pub fn event(watched: WatchedEvent, viewer: &UserId) -> pb::ImageEvent {
             .object_names()
             .map(|name| ObjectKey::of(&event.image_id, &name).as_str().to_owned())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for micros in [0, 1, 1_700_000_000_123_456, -1, -1_500_000] {
+            let time = Timestamp::from_micros(micros);
+            assert_eq!(from_timestamp("t", &timestamp(time)).unwrap(), time);
+        }
+    }
+
+    #[test]
+    fn unknown_mask_paths_are_rejected() {
+        let message = pb::UpdateImageRequest {
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["owner_id".into()],
+            }),
+            ..Default::default()
+        };
+        assert!(image_update(message).is_err());
+    }
+
+    #[test]
+    fn a_mask_can_clear_a_field() {
+        let message = pb::UpdateImageRequest {
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["title".into()],
+            }),
+            description: "ignored".into(),
+            ..Default::default()
+        };
+        let update = image_update(message).unwrap();
+        assert_eq!(update.title.as_deref(), Some(""));
+        assert_eq!(update.description, None);
     }
 }

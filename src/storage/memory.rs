@@ -440,7 +440,7 @@ impl MetadataStore for MemoryMetadataStore {
         let time = record.create_time.as_micros();
         records.times.insert(record.id, time);
         records.by_time.insert((time, record.id), record.clone());
-        self.append(&mut *records, ChangeKind::Created, record);
+        self.append(&mut records, ChangeKind::Created, record);
         Ok(CreateOutcome::Created)
     }
 
@@ -478,7 +478,7 @@ impl MetadataStore for MemoryMetadataStore {
             return Err(StorageError::ConditionFailed);
         }
         *current = record.clone();
-        self.append(&mut *records, change, record);
+        self.append(&mut records, change, record);
         Ok(())
     }
 
@@ -500,7 +500,7 @@ impl MetadataStore for MemoryMetadataStore {
                 .idempotency
                 .remove(&(record.owner.clone(), key.clone()));
         }
-        self.append(&mut *records, ChangeKind::Deleted, &record);
+        self.append(&mut records, ChangeKind::Deleted, &record);
         Ok(record)
     }
 

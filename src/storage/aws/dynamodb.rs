@@ -47,7 +47,10 @@ use super::errors::classify;
 use super::settings::AwsSettings;
 pub use events::MIN_EVENT_RETENTION;
 pub use items::DynamoMetadataStore;
-use items::{ALL, BY_TIME, decode_cursor, encode_cursor, image_id_of, n, s, time_shard_value};
+use items::{
+    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, encode_cursor, image_id_of, image_pk,
+    key, n, s, time_key, time_shard_value,
+};
 use time_index::MergedCursor;
 
 mod events;
@@ -63,12 +66,9 @@ use crate::domain::ports::{
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
-const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
 const PENDING_SK: &str = "pending";
 const SESSION_SK: &str = "upload_session";
-/// Where the table keeps its time shard count.
-const SHARDS_PK: &str = "config";
 const SHARDS_SK: &str = "time_shards";
 const MAX_TIME_SHARDS: u32 = 64;
 /// How long a replica trusts the shard count it read before reading it
@@ -91,17 +91,8 @@ fn time_shard_of(id: &ImageId, count: u32) -> u32 {
     crc32c::crc32c(id.as_bytes()) % count.max(1)
 }
 
-fn image_pk(id: &ImageId) -> String {
-    format!("image#{id}")
-}
-
 fn tag_pk(tag: &str) -> String {
     format!("tag#{tag}")
-}
-
-/// Times sort as fixed-width unsigned numbers (the sign bit flipped).
-fn time_key(time: Timestamp) -> String {
-    format!("{:020}", (time.as_micros() as u64) ^ (1 << 63))
 }
 
 fn tag_sk(record: &ImageRecord) -> String {
@@ -161,10 +152,6 @@ fn decode_session(
     serde_json::from_str(doc).map_err(StorageError::internal)
 }
 
-fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
 fn image_item(
     record: &ImageRecord,
     time_shards: u32,
@@ -190,14 +177,6 @@ fn tag_item(record: &ImageRecord, tag: &str) -> HashMap<String, AttributeValue> 
     let mut item = key(tag_pk(tag), &tag_sk(record));
     item.insert("image_id".into(), s(record.id.to_string()));
     item
-}
-
-fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, StorageError> {
-    let doc = item
-        .get("doc")
-        .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| StorageError::internal("image item without doc"))?;
-    serde_json::from_str(doc).map_err(StorageError::internal)
 }
 
 impl DynamoMetadataStore {

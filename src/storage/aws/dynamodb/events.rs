@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::items::{DynamoMetadataStore, n, s};
-use super::{IMAGE_SK, decode, image_pk, key, time_key};
+use super::items::{
+    DynamoMetadataStore, IMAGE_SK, SHARDS_PK, decode, image_pk, key, n, s, time_key,
+};
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::StorageError;
@@ -153,7 +154,7 @@ impl DynamoMetadataStore {
             return Ok(());
         }
         let hour = Timestamp::now().as_micros().div_euclid(HOUR_MICROS) - 1;
-        let mut item = key(super::SHARDS_PK.to_owned(), EVENTS_SINCE_SK);
+        let mut item = key(SHARDS_PK.to_owned(), EVENTS_SINCE_SK);
         item.insert("hour".into(), n(hour));
         let put = self
             .client
@@ -179,9 +180,7 @@ impl DynamoMetadataStore {
         if let Some(hour) = self.events_since.get() {
             return Ok(Some(*hour));
         }
-        let item = self
-            .get_item(super::SHARDS_PK.to_owned(), EVENTS_SINCE_SK)
-            .await?;
+        let item = self.get_item(SHARDS_PK.to_owned(), EVENTS_SINCE_SK).await?;
         let hour = item
             .as_ref()
             .and_then(|item| item.get("hour"))
