@@ -14,6 +14,7 @@
 
 mod embedded;
 mod encodings;
+mod events;
 mod feed;
 mod feed_page;
 mod harness;
@@ -52,6 +53,10 @@ pub struct Plan {
     feed_pages: usize,
     /// Images moved by figure 12.
     migrated: usize,
+    /// Figure 13: changes timed, and the backlogs caught up from.
+    event_changes: usize,
+    event_backlog: usize,
+    aws_event_backlog: usize,
 }
 
 impl Plan {
@@ -81,6 +86,9 @@ const FULL: Plan = Plan {
     photo_rounds: (8, 32),
     feed_pages: 100,
     migrated: 500,
+    event_changes: 200,
+    event_backlog: 100_000,
+    aws_event_backlog: 2_000,
 };
 
 const SMOKE: Plan = Plan {
@@ -97,6 +105,9 @@ const SMOKE: Plan = Plan {
     photo_rounds: (1, 2),
     feed_pages: 3,
     migrated: 6,
+    event_changes: 5,
+    event_backlog: 200,
+    aws_event_backlog: 20,
 };
 
 /// The figure families in the report's order, by the name that runs one
@@ -128,6 +139,8 @@ const FAMILIES: [(&str, bool); 14] = [
     ("feed", true),
     // 12: migrating from the embedded backend to aws.
     ("migration", true),
+    // 13: the event stream's delivery latency and catch-up.
+    ("events", true),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -232,6 +245,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,
         "migration" => migration::run(plan, stores()).await,
+        "events" => events::run(plan, stores()).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

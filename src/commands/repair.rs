@@ -47,5 +47,9 @@ pub async fn run_repair(
         "  {} index entr(y/ies) without their image",
         report.stale_index_entries
     );
+    println!(
+        "  {} change(s) without their event, or delete(s) announced but not done",
+        report.unannounced_changes
+    );
     Ok(())
 }

@@ -403,7 +403,12 @@ impl ImageRecord {
 
     /// The etag callers pass back for conditional updates.
     pub fn etag(&self) -> String {
-        format!("r{}", self.revision)
+        Self::etag_of(self.revision)
+    }
+
+    /// The etag of a record at `revision`.
+    pub fn etag_of(revision: u64) -> String {
+        format!("r{revision}")
     }
 
     /// SHA-256 of the bytes as uploaded.

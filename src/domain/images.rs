@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 use super::accept::Accept;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
+use super::event::ChangeKind;
 use super::image::{Held, ImageRecord, ObjectName, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
@@ -572,7 +573,11 @@ impl Images {
             }
             next.revision = current.revision + 1;
             next.update_time = Timestamp::now().max(current.update_time);
-            match self.metadata.replace(&next, current.revision).await {
+            match self
+                .metadata
+                .replace(&next, current.revision, ChangeKind::Updated)
+                .await
+            {
                 Ok(()) => return Ok(next),
                 Err(StorageError::ConditionFailed) if update.expected_etag.is_some() => {
                     return Err(stale_etag());

@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 
 mod changes;
 mod downloads;
+mod events;
 mod feeds;
 mod late_meta;
 mod listing;
@@ -113,6 +114,12 @@ macro_rules! all_cases {
             negotiation::a_viewer_gets_the_smaller_original_when_it_accepts_its_type,
             negotiation::a_transparent_image_is_served_in_its_alpha_capable_encoding,
             negotiation::an_overlong_accept_is_refused,
+            events::every_change_is_one_event_in_order,
+            events::a_watcher_resumes_from_its_cursor_without_a_gap,
+            events::only_named_services_watch_and_requests_are_checked,
+            events::a_cursor_past_the_retention_is_out_of_range,
+            events::a_slow_watcher_is_cut_with_a_cursor_that_misses_nothing,
+            events::a_watch_ends_with_its_cursor_when_the_server_stops,
         );
     };
 }
@@ -128,6 +135,9 @@ mod embedded {
 
 mod aws {
     all_cases!(Aws);
+    contract_suite!(Aws:
+        events::a_watcher_cut_on_one_replica_resumes_on_another_missing_nothing,
+    );
     #[cfg(feature = "heif")]
     contract_suite!(Aws:
         variants::real_heic_and_avif_get_upright_variants_and_lose_their_location,
