@@ -112,7 +112,7 @@ const SMOKE: Plan = Plan {
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 14] = [
+const FAMILIES: &[(&str, bool)] = &[
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
