@@ -49,6 +49,10 @@ pub struct Config {
     #[command(flatten)]
     pub operations: OperationSettings,
 
+    /// The event stream: who may watch, retention, delivery.
+    #[command(flatten)]
+    pub events: EventSettings,
+
     /// Logs.
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
@@ -461,6 +465,19 @@ pub struct LimitSettings {
     )]
     pub max_image_pixels: u64,
 
+    /// Most passes over its coefficients a JPEG's scans may take to decode
+    /// (a baseline JPEG takes 1, cameras' progressive ones 2 to 7); more is
+    /// refused on upload with RESOURCE_EXHAUSTED. Bounds the CPU one
+    /// progressive file built with many scans makes a render spend.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_JPEG_DECODE_PASSES",
+        default_value_t = crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_jpeg_decode_passes: u32,
+
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED.
     /// Memory per upload is bounded (S3 part size × (parts in flight + 1)),
     /// so this bounds the memory uploads can take.
@@ -785,6 +802,73 @@ pub struct OperationSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// The event stream (`WatchImageEvents`).
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Events")]
+pub struct EventSettings {
+    /// The identities (user ids, or JWT subjects) that may watch the event
+    /// stream, comma-separated. Events name every user's images: empty (the
+    /// default) lets nobody watch.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_EVENT_WATCHERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub event_watchers: Vec<String>,
+
+    /// How long events are kept: a cursor older than this gets
+    /// OUT_OF_RANGE. A sweep removes them on the embedded backend, a TTL
+    /// attribute on DynamoDB.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub event_retention: Duration,
+
+    /// How often a watcher reads the log when no write of this process
+    /// wakes it: on the aws backend (written by every replica), the
+    /// delivery latency across replicas.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration, global = true)]
+    pub event_poll_interval: Duration,
+
+    /// Event watches open at once on this replica; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_EVENT_WATCHERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_event_watchers: u32,
+
+    /// A watcher that takes no event for this long while one waits is cut
+    /// with RESOURCE_EXHAUSTED and the cursor to resume from, rather than
+    /// buffered without limit.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_WATCHER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub event_watcher_stall_timeout: Duration,
+}
+
+impl EventSettings {
+    /// Settings that would be ignored or make no sense stop the start.
+    pub fn check(&self) -> Result<(), String> {
+        if self.event_retention < Duration::from_secs(1) {
+            return Err(
+                "--event-retention (IMAGE_SERVICE_EVENT_RETENTION) must be at least 1s".into(),
+            );
+        }
+        if self.event_poll_interval.is_zero() || self.event_poll_interval > Duration::from_secs(60)
+        {
+            return Err("--event-poll-interval (IMAGE_SERVICE_EVENT_POLL_INTERVAL) must be between 1ms and 60s".into());
+        }
+        if self.event_watcher_stall_timeout.is_zero() {
+            return Err("--event-watcher-stall-timeout (IMAGE_SERVICE_EVENT_WATCHER_STALL_TIMEOUT) must be more than 0s".into());
+        }
+        if let Some(bad) = self
+            .event_watchers
+            .iter()
+            .find(|w| crate::domain::UserId::parse(w).is_err())
+        {
+            return Err(format!(
+                "--event-watchers (IMAGE_SERVICE_EVENT_WATCHERS): {bad:?} is not a valid user id"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Logs.
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Telemetry")]
@@ -1033,7 +1117,10 @@ impl Config {
     /// The aws backend's settings: the storage group's, and the largest
     /// object an upload may write.
     pub fn aws_settings(&self) -> AwsSettings {
-        self.storage.aws(self.limits.max_image_bytes)
+        AwsSettings {
+            event_retention: self.events.event_retention,
+            ..self.storage.aws(self.limits.max_image_bytes)
+        }
     }
 }
 
@@ -1134,9 +1221,13 @@ impl StorageSettings {
             payload_signing: self.s3_payload_signing,
             max_object_bytes,
             time_shards: self.dynamodb_time_shards,
+            event_retention: DEFAULT_EVENT_RETENTION,
         }
     }
 }
+
+/// The default of `--event-retention`.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The share of the container's memory limit the budget takes by default:
 /// the rest is the process's own (code, the runtime, connections, the

@@ -59,5 +59,9 @@ pub async fn run_repair(
     for image in &report.pending_encodings {
         println!("    {image}");
     }
+    println!(
+        "  {} change(s) without their event, or delete(s) announced but not done",
+        report.unannounced_changes
+    );
     Ok(())
 }

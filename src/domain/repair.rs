@@ -21,6 +21,9 @@ pub struct RepairReport {
     pub unfinished_writes: Option<Vec<String>>,
     /// Index entries pointing at no image.
     pub stale_index_entries: usize,
+    /// Changes a crash left without their event (announced now), and
+    /// deletes announced but not done (completed now).
+    pub unannounced_changes: usize,
     /// Upload sessions past their expiry, removed with their bytes.
     pub expired_upload_sessions: usize,
     /// Upload sessions gone from the metadata store (or committed, their
@@ -42,6 +45,7 @@ impl RepairReport {
         self.orphan_objects.is_empty()
             && self.unfinished_writes.as_ref().is_none_or(Vec::is_empty)
             && self.stale_index_entries == 0
+            && self.unannounced_changes == 0
             && self.expired_upload_sessions == 0
             && self.orphan_upload_objects.is_empty()
             && self.pending_encodings.is_empty()
@@ -62,6 +66,13 @@ impl Images {
             dry_run,
             ..RepairReport::default()
         };
+
+        // Events first: a delete completed here leaves its bytes to the
+        // orphan pass below.
+        report.unannounced_changes = self
+            .metadata
+            .write_missing_events(older_than, dry_run)
+            .await?;
 
         // Index entries first: an image whose bytes are removed below must
         // not stay reachable through a stale entry meanwhile.

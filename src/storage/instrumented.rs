@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::domain::event::{ChangeKind, EventRead, EventStart};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
@@ -236,11 +237,12 @@ impl MetadataStore for InstrumentedMetadata {
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError> {
         timed(
             ("metadata", self.1),
             "replace",
-            self.0.replace(record, expected_revision),
+            self.0.replace(record, expected_revision, change),
         )
         .await
     }
@@ -404,5 +406,52 @@ impl MetadataStore for InstrumentedMetadata {
             self.0.remove_stale_index_entries(older_than, dry_run),
         )
         .await
+    }
+
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "read_events",
+            self.0.read_events(start, limit),
+        )
+        .await
+    }
+
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError> {
+        timed(("metadata", self.1), "event_head", self.0.event_head()).await
+    }
+
+    async fn remove_expired_events(&self, older_than: Timestamp) -> Result<usize, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "remove_expired_events",
+            self.0.remove_expired_events(older_than),
+        )
+        .await
+    }
+
+    async fn write_missing_events(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "write_missing_events",
+            self.0.write_missing_events(older_than, dry_run),
+        )
+        .await
+    }
+
+    fn event_lookback(&self) -> Option<Duration> {
+        self.0.event_lookback()
+    }
+
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.event_signal()
     }
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::Instrument as _;
 
-use super::shared::{Background, Uploads};
+use super::shared::Uploads;
+use crate::domain::event::ChangeKind;
 use crate::domain::image::{Encoding, ImageRecord, ObjectName, Timestamp, Variant};
 use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
 use crate::domain::{DomainError, ImageId, UserId, VariantName};
@@ -444,7 +445,11 @@ impl Uploads {
                 return Ok(Some(current));
             }
             next.revision = current.revision + 1;
-            match self.metadata.replace(&next, current.revision).await {
+            match self
+                .metadata
+                .replace(&next, current.revision, ChangeKind::VariantsAdded)
+                .await
+            {
                 Ok(()) => return Ok(Some(next)),
                 Err(StorageError::ConditionFailed) => continue,
                 Err(StorageError::NotFound) => return Ok(None),
@@ -507,6 +512,7 @@ async fn write_object(uploads: &Uploads, key: &ObjectKey, bytes: Bytes) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::upload::shared::Background;
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()

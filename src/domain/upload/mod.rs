@@ -242,11 +242,7 @@ impl Uploads {
                 limits.variants.then_some(limits.render.max_memory),
                 self.renderer.largest_side(),
             );
-        let stored = StoredBytes::new(
-            limits.keep_metadata,
-            spec.declared.size,
-            limits.content.max_pixels,
-        );
+        let stored = StoredBytes::new(limits.keep_metadata, spec.declared.size, &limits.content);
         // Nothing holds more than the largest image allowed (a store that
         // keeps everything in memory would otherwise have no bound).
         let store = self

@@ -98,6 +98,21 @@ impl TestApp {
         }
     }
 
+    /// Another replica on this one's stores, both serving (the aws
+    /// backend: the embedded store allows one process per directory).
+    pub async fn replica(&self, extra: &[&str]) -> Self {
+        assert_eq!(
+            self.backend,
+            Backend::Aws,
+            "replicas share the aws backend's stores"
+        );
+        let endpoints = [
+            self.s3.as_ref().expect("s3").endpoint(),
+            self.dynamodb.as_ref().expect("dynamodb").endpoint(),
+        ];
+        Self::spawn_on(Backend::Aws, &self.data_dir, extra, Some(endpoints)).await
+    }
+
     async fn spawn_on(
         backend: Backend,
         data_dir: &Path,
