@@ -186,6 +186,9 @@ fn limits(settings: &LimitSettings) -> Limits {
             .variant_sizes()
             .unwrap_or_else(|_| crate::media::variants::default_sizes())
             .into(),
+        // Checked at start (Application::build); commands make none in
+        // the background (the repair pass makes what is journaled).
+        encodings: settings.encodings().unwrap_or_default(),
         sessions: SessionLimits {
             ttl: settings.upload_session_ttl,
             segment_bytes: settings.upload_session_segment_size,

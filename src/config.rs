@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::image::Encoding;
+use crate::domain::limits::EncodingLimits;
 use crate::media::variants::VariantSize;
 use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
@@ -512,6 +514,40 @@ pub struct LimitSettings {
     /// `original` is the uploaded bytes.
     #[arg(long = "variant", env = "IMAGE_SERVICE_VARIANT", value_name = "NAME=LONGEST_SIDE", value_delimiter = ',', value_parser = parse_variant_size, global = true)]
     pub variant: Vec<VariantSize>,
+
+    /// The encodings each variant is kept in, comma-separated: `jpeg`
+    /// (always: every client decodes it), `webp`, `avif` (in a build with
+    /// the `avif` feature). The JPEG variants (lossless WebP for images
+    /// with transparency) are made before an upload is acknowledged; the
+    /// others after it, in the background, and appear in the image's
+    /// variants once stored. One that comes out no smaller than the
+    /// variant's first encoding is not kept.
+    #[arg(long, env = "IMAGE_SERVICE_VARIANT_FORMATS", value_name = "FORMATS", default_value = "jpeg,webp", value_delimiter = ',', value_parser = parse_variant_format, global = true)]
+    pub variant_formats: Vec<Encoding>,
+
+    /// Images whose background encodings (--variant-formats) may wait or
+    /// be made at once on a replica; past it, and past its memory budget,
+    /// an image's are left to the repair pass (the upload is acknowledged
+    /// all the same). The pixels each holds while queued (3 MiB for the
+    /// default variants of a photo, twice that while encoded) count in
+    /// --memory-budget.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ENCODINGS",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_queued_encodings: usize,
+
+    /// Of those, the images of one user; past it, the user's are left to
+    /// the repair pass.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ENCODINGS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_queued_encodings_per_user: usize,
 
     /// Images decoded and resized at once to make variants, in each of two
     /// lanes (images up to 16 megapixels, and larger ones, so huge images
@@ -1118,6 +1154,37 @@ impl LimitSettings {
         Ok(sizes)
     }
 
+    /// The encodings made in the background and their queue's bounds, from
+    /// `--variant-formats`: a list without `jpeg`, or with `avif` in a build
+    /// without the `avif` feature, stops the start.
+    pub fn encodings(&self) -> Result<EncodingLimits, String> {
+        if !self.variant_formats.contains(&Encoding::Jpeg) {
+            return Err(
+                "--variant-formats (IMAGE_SERVICE_VARIANT_FORMATS) must include jpeg: it is the \
+                 encoding every client decodes, made before an upload is acknowledged"
+                    .into(),
+            );
+        }
+        if self.variant_formats.contains(&Encoding::Avif) && !cfg!(feature = "avif") {
+            return Err(
+                "--variant-formats (IMAGE_SERVICE_VARIANT_FORMATS) names avif, but this build \
+                 has no AVIF encoder (the `avif` cargo feature): remove it, or use a build with it"
+                    .into(),
+            );
+        }
+        let mut background: Vec<Encoding> = Vec::new();
+        for &encoding in &self.variant_formats {
+            if encoding != Encoding::Jpeg && !background.contains(&encoding) {
+                background.push(encoding);
+            }
+        }
+        Ok(EncodingLimits {
+            background,
+            max_queued: self.max_queued_encodings,
+            max_queued_per_user: self.max_queued_encodings_per_user,
+        })
+    }
+
     pub fn memory_per_user(&self) -> Result<u64, String> {
         let budget = self.memory_budget();
         match self.max_memory_per_user {
@@ -1202,6 +1269,16 @@ pub const MAX_VARIANTS: usize = 8;
 /// The sides a variant may be fitted in: below 16 pixels a variant is
 /// no picture; above 8192 it is larger than any screen.
 const VARIANT_SIDES: std::ops::RangeInclusive<u32> = 16..=8192;
+
+/// One of `--variant-formats`.
+fn parse_variant_format(text: &str) -> Result<Encoding, String> {
+    match text.trim() {
+        "jpeg" => Ok(Encoding::Jpeg),
+        "webp" => Ok(Encoding::WebP),
+        "avif" => Ok(Encoding::Avif),
+        other => Err(format!("{other:?} is not an encoding: jpeg, webp or avif")),
+    }
+}
 
 /// One `--variant NAME=LONGEST_SIDE`.
 fn parse_variant_size(text: &str) -> Result<VariantSize, String> {

@@ -1105,6 +1105,7 @@ pub fn limits() -> crate::domain::Limits {
                 max_staged_bytes: 1 << 30,
             },
         },
+        encodings: crate::domain::limits::EncodingLimits::default(),
     }
 }
 

@@ -65,6 +65,7 @@ impl Application {
             .memory_per_user()
             .map_err(anyhow::Error::msg)?;
         config.limits.variant_sizes().map_err(anyhow::Error::msg)?;
+        config.limits.encodings().map_err(anyhow::Error::msg)?;
         config.events.check().map_err(anyhow::Error::msg)?;
         if config.storage.backend == Backend::Aws
             && config.events.event_retention < crate::storage::aws::MIN_EVENT_RETENTION
@@ -219,6 +220,7 @@ impl Application {
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
         // Presigned downloads reserve their read-ahead from the budget.
         let read_ahead = read_ahead_from(self.images.memory().clone());
+        let uploads = self.images.uploads().clone();
         let limits = self.transport;
         let hold_requests = HoldRequests::new(
             self.images.memory().clone(),
@@ -407,7 +409,8 @@ impl Application {
             .set_service_status("", ServingStatus::NotServing)
             .await;
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let drained = tokio::time::timeout_at(deadline, async {
             let _ = (&mut grpc).await;
             let _ = (&mut http).await;
         })
@@ -419,6 +422,13 @@ impl Application {
             tracing::warn!("shutdown timeout reached; closing the remaining calls");
             grpc.abort();
             http.abort();
+        }
+        // Uploads acknowledged during the drain may have queued some too.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !uploads.drain_encodings(left).await {
+            tracing::warn!(
+                "shutdown timeout reached; background encodings still queued stay journaled for the repair pass"
+            );
         }
         tracing::info!("stopped");
         Ok(())

@@ -12,6 +12,7 @@
 //! `cargo bench --bench service -- listings feed` (`scripts/bench
 //! listings feed`); the names are in [`FAMILIES`].
 
+mod background;
 mod embedded;
 mod encodings;
 mod events;
@@ -129,6 +130,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("encodings", false),
     // The DCT scale JPEGs are decoded at for variants (#33).
     ("decode-scale", false),
+    // The encodings made after the acknowledgement (#33).
+    ("background", false),
     // Bytes of a feed page in each encoding (#33).
     ("feed-page", false),
     // 9: upload sessions.
@@ -240,6 +243,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "variants" => variants::run(plan),
         "encodings" => encodings::run(plan),
         "decode-scale" => encodings::run_scale(plan),
+        "background" => background::run(plan).await,
         "feed-page" => feed_page::run(plan),
         "sessions" => sessions::run(plan, stores()).await,
         "photos" => photos::run(plan, stores()).await,

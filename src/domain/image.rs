@@ -100,7 +100,10 @@ impl fmt::Display for VariantName {
 /// An encoding a rendition can be stored in: what it is served as, and the
 /// extension of the objects of the encodings made beside a variant's first
 /// one (`images/{id}/{name}.{ext}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     Jpeg,
     WebP,

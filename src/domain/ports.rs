@@ -11,8 +11,7 @@ use futures::stream::BoxStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::event::{ChangeKind, EventRead, EventStart};
-use super::image::ObjectName;
-use super::image::Timestamp;
+use super::image::{Encoding, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
 use super::{DomainError, ImageId, ImageRecord, UserId, VariantName};
@@ -383,6 +382,20 @@ pub struct PendingWrite {
     pub started: Timestamp,
 }
 
+/// A journaled promise, written before an upload is acknowledged: the
+/// image needs `encodings` of its variants besides those it was stored
+/// with, made in the background. Cleared once they are in its record (or
+/// the image is gone); the repair pass completes what a replica that died
+/// left (see [`MetadataStore::record_pending_encodings`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingEncodings {
+    pub image_id: ImageId,
+    /// Whose memory share the work is counted in.
+    pub owner: UserId,
+    pub encodings: Vec<Encoding>,
+    pub started: Timestamp,
+}
+
 /// The result of [`MetadataStore::create`].
 #[derive(Debug)]
 pub enum CreateOutcome {
@@ -474,6 +487,25 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError>;
+
+    /// Journals the encodings an image still needs (one entry per image:
+    /// a second replaces the first), before the upload that needs them
+    /// is acknowledged.
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError>;
+
+    /// Forgets the image's journaled encodings once they are stored or
+    /// the image is gone; forgetting an unknown entry succeeds.
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError>;
+
+    /// Journaled encodings started before `older_than` (for the repair
+    /// pass).
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError>;
 
     /// Stores a new upload session unless its owner's open sessions (not
     /// committed, not expired) would exceed `quota` with it: that check

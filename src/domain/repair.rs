@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::image::Timestamp;
+use super::upload::Completed;
 use super::{DomainError, ImageId, Images};
 use crate::domain::ports::{ObjectKey, StoredObject};
 use crate::telemetry::error_chain;
@@ -30,6 +31,12 @@ pub struct RepairReport {
     /// a URL after a cancel or a commit, or left by a replica that died
     /// between a write and its record).
     pub orphan_upload_objects: Vec<String>,
+    /// Images whose encodings made after the acknowledgement were still
+    /// journaled (a replica stopped before making them, or left them when
+    /// its queue was full), with what the pass did: `{id} (webp,avif):
+    /// added N`, `image gone`, `undecodable`, or why it failed (the entry
+    /// then stays for the next pass).
+    pub pending_encodings: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -41,6 +48,7 @@ impl RepairReport {
             && self.unannounced_changes == 0
             && self.expired_upload_sessions == 0
             && self.orphan_upload_objects.is_empty()
+            && self.pending_encodings.is_empty()
     }
 }
 
@@ -142,6 +150,8 @@ impl Images {
                 .push(ObjectKey::staged_prefix(&upload));
         }
 
+        report.pending_encodings = self.complete_encodings(older_than, dry_run).await?;
+
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [
             ("orphan_object", report.orphan_objects.len()),
@@ -149,11 +159,42 @@ impl Images {
             ("stale_index_entry", report.stale_index_entries),
             ("expired_upload_session", report.expired_upload_sessions),
             ("orphan_upload_objects", report.orphan_upload_objects.len()),
+            ("pending_encodings", report.pending_encodings.len()),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);
         }
         Ok(report)
+    }
+
+    /// Completes the encodings journaled before `older_than` (unless
+    /// `dry_run`) and says what became of each. Images are taken one at a
+    /// time: each decode goes through the render admission of uploads.
+    async fn complete_encodings(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Vec<String>, DomainError> {
+        let mut done = Vec::new();
+        for pending in self.metadata.pending_encodings(older_than).await? {
+            let names: Vec<&str> = pending.encodings.iter().map(|e| e.extension()).collect();
+            let what = format!("{} ({})", pending.image_id, names.join(","));
+            if dry_run {
+                done.push(what);
+                continue;
+            }
+            let outcome = match self.uploads.complete_encodings(&pending).await {
+                Ok(Completed::Added(count)) => format!("added {count}"),
+                Ok(Completed::ImageGone) => "image gone".to_owned(),
+                Ok(Completed::Undecodable) => "undecodable".to_owned(),
+                Err(error) => {
+                    tracing::warn!(image_id = %pending.image_id, error = %error_chain(&error), "could not complete an image's encodings; the next pass will retry");
+                    "failed; left for the next pass".to_owned()
+                }
+            };
+            done.push(format!("{what}: {outcome}"));
+        }
+        Ok(done)
     }
 
     /// Runs the repair pass every `interval`, logging what it finds.
@@ -170,6 +211,7 @@ impl Images {
                     unfinished_writes = report.unfinished_writes.as_ref().map_or(0, Vec::len),
                     stale_index_entries = report.stale_index_entries,
                     expired_upload_sessions = report.expired_upload_sessions,
+                    pending_encodings = report.pending_encodings.len(),
                     "repair pass fixed leftovers"
                 ),
                 Err(error) => {

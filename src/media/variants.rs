@@ -91,12 +91,40 @@ pub struct Rendition {
 }
 
 /// Everything made from one image.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Rendered {
     pub variants: Vec<Rendition>,
     pub blurhash: String,
     /// A ThumbHash of the image as viewed, base64 (standard alphabet, padded).
     pub thumbhash: String,
+    /// The resized, upright pixels each rendition was encoded from, by the
+    /// name of the [`Rendition`] made from them (a variant that shares a
+    /// larger one's rendition has none of its own): the other encodings
+    /// are made from them without decoding the image again.
+    pub pixels: Vec<(String, Pixels)>,
+    /// The ICC profile the variants carry, when it is small enough to
+    /// embed ([`MAX_VARIANT_ICC_PROFILE`]).
+    pub icc: Option<Vec<u8>>,
+}
+
+/// The encodings made after a rendition's first one, from its pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Lossy WebP ([`encode::WEBP`]), alpha kept.
+    WebP,
+    /// AVIF ([`encode::AVIF`]), alpha kept; in a build with the `avif`
+    /// feature.
+    Avif,
+}
+
+impl Codec {
+    /// Whether this build can make it.
+    pub fn available(self) -> bool {
+        match self {
+            Codec::WebP => true,
+            Codec::Avif => cfg!(feature = "avif"),
+        }
+    }
 }
 
 /// Images up to this many pixels (a 16-megapixel phone photo) render in
@@ -375,6 +403,7 @@ fn render_as(
         jpeg,
         abandoned,
     )?;
+    let icc = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE);
     lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
     let mut resizer = Resizer::new();
@@ -382,14 +411,15 @@ fn render_as(
     // Largest first, each next one from the previous: cheaper, and the
     // orientation is applied once, to the first (already small) result.
     let mut variants: Vec<Rendition> = Vec::with_capacity(sizes.len());
-    let mut previous: Option<Pixels> = None;
+    let mut kept: Vec<(String, Pixels)> = Vec::with_capacity(sizes.len());
+    let mut previous: Option<(String, Pixels)> = None;
     let mut decoded = Some(decoded);
     for VariantSize { name, longest_side } in sizes.iter().rev() {
         abandoned.check()?;
         let (name, side) = (name.clone(), *longest_side);
         // A variant no smaller than the one made before it has its pixels:
         // not resized nor encoded again (its entry shares the object).
-        if let (Some(larger), Some(made)) = (&previous, variants.last())
+        if let (Some((_, larger)), Some(made)) = (&previous, variants.last())
             && fit(larger.width(), larger.height(), side) == (larger.width(), larger.height())
         {
             let same = Rendition {
@@ -413,7 +443,7 @@ fn render_as(
                 resized
             }
             (None, None) => return Err(MediaError::invalid("no image was decoded")),
-            (Some(larger), _) => {
+            (Some((_, larger)), _) => {
                 let target = fit(larger.width(), larger.height(), side);
                 larger.resize(&mut resizer, target)?
             }
@@ -422,17 +452,24 @@ fn render_as(
         let (content_type, bytes) = pixels.encode(icc.as_deref())?;
         lap(&mut profile.encode);
         variants.push(Rendition {
-            name,
+            name: name.clone(),
             content_type,
             width: pixels.width(),
             height: pixels.height(),
             bytes,
         });
-        previous = Some(pixels);
+        // Each rendition's pixels are kept for its other encodings; the
+        // next, smaller one is resized from them.
+        if let Some(larger) = previous.take() {
+            kept.push(larger);
+        }
+        previous = Some((name, pixels));
     }
     variants.reverse();
-    let smallest = previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
+    let (smallest_name, smallest) =
+        previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
     let tiny = placeholder_source(&smallest, &mut resizer)?;
+    kept.push((smallest_name, smallest));
     let blurhash = placeholder(&tiny)?;
     lap(&mut profile.placeholder);
     let thumbhash = thumbhash(&tiny);
@@ -441,6 +478,8 @@ fn render_as(
         variants,
         blurhash,
         thumbhash,
+        pixels: kept,
+        icc,
     };
     Ok((rendered, profile))
 }
@@ -879,7 +918,8 @@ fn lanczos3() -> ResizeOptions {
 }
 
 /// Decoded pixels in one of the two layouts variants are made from.
-enum Pixels {
+#[derive(Debug)]
+pub enum Pixels {
     Rgb(RgbImage),
     Rgba(RgbaImage),
 }
@@ -895,14 +935,57 @@ impl Pixels {
         }
     }
 
-    fn width(&self) -> u32 {
+    pub fn width(&self) -> u32 {
         match self {
             Self::Rgb(image) => image.width(),
             Self::Rgba(image) => image.width(),
         }
     }
 
-    fn height(&self) -> u32 {
+    /// Bytes the pixels hold.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Rgb(image) => image.as_raw().len() as u64,
+            Self::Rgba(image) => image.as_raw().len() as u64,
+        }
+    }
+
+    /// Whether any pixel is transparent: its encodings must keep alpha.
+    pub fn has_alpha(&self) -> bool {
+        match self {
+            Self::Rgb(_) => false,
+            Self::Rgba(image) => image.pixels().any(|p| p.0[3] != u8::MAX),
+        }
+    }
+
+    /// The pixels in `codec`, with the ICC profile `icc` where the
+    /// encoding carries one (see [`encode`]).
+    pub fn encode_as(&self, codec: Codec, icc: Option<&[u8]>) -> Result<Bytes, MediaError> {
+        let opaque;
+        let frame = match self {
+            Self::Rgb(image) => encode::Frame::Rgb(image),
+            Self::Rgba(image) if !self.has_alpha() => {
+                opaque = DynamicImage::ImageRgba8(image.clone()).into_rgb8();
+                encode::Frame::Rgb(&opaque)
+            }
+            Self::Rgba(image) => encode::Frame::Rgba(image),
+        };
+        let bytes = match codec {
+            Codec::WebP => encode::webp(frame, icc, encode::WEBP)?,
+            #[cfg(feature = "avif")]
+            Codec::Avif => encode::avif(frame, encode::AVIF)?,
+            #[cfg(not(feature = "avif"))]
+            Codec::Avif => {
+                let _ = frame;
+                return Err(MediaError::Internal(
+                    "AVIF needs a build with the avif feature".into(),
+                ));
+            }
+        };
+        Ok(Bytes::from(bytes))
+    }
+
+    pub fn height(&self) -> u32 {
         match self {
             Self::Rgb(image) => image.height(),
             Self::Rgba(image) => image.height(),

@@ -17,8 +17,8 @@ use crate::domain::image::Timestamp;
 use crate::domain::image::{Encoding, NewImage, ObjectName};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey, PendingWrite,
-    SessionAdmission, SessionQuota, StorageError,
+    BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey,
+    PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
@@ -48,6 +48,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     open_upload_sessions_are_capped_per_owner(store).await;
     a_closed_session_counts_until_its_urls_are_over(store).await;
     journaled_writes_are_listed_by_age_until_cleared(store).await;
+    journaled_encodings_are_one_entry_per_image_until_cleared(store).await;
     every_change_has_one_event_in_order_after_the_head(store).await;
     store
         .check_health()
@@ -549,6 +550,64 @@ async fn journaled_writes_are_listed_by_age_until_cleared(store: &dyn MetadataSt
         .clear_pending_write(&write)
         .await
         .expect("clearing an unknown write succeeds");
+}
+
+async fn journaled_encodings_are_one_entry_per_image_until_cleared(store: &dyn MetadataStore) {
+    let started = now_micros() - 60_000_000;
+    let mut pending = PendingEncodings {
+        image_id: ImageId::new(),
+        owner: fresh_user(),
+        encodings: vec![Encoding::WebP],
+        started: Timestamp::from_micros(started),
+    };
+    store
+        .record_pending_encodings(&pending)
+        .await
+        .expect("journaled");
+    let listed = |older_than: i64| async move {
+        store
+            .pending_encodings(Timestamp::from_micros(older_than))
+            .await
+            .expect("listed")
+    };
+    assert!(
+        listed(started + 1).await.contains(&pending),
+        "a journaled entry is listed once old enough"
+    );
+    assert!(
+        !listed(started)
+            .await
+            .iter()
+            .any(|p| p.image_id == pending.image_id),
+        "a younger entry is not listed"
+    );
+    // A second entry of the image takes the first one's place.
+    pending.encodings = vec![Encoding::WebP, Encoding::Avif];
+    store
+        .record_pending_encodings(&pending)
+        .await
+        .expect("journaled again");
+    let mine: Vec<PendingEncodings> = listed(started + 1)
+        .await
+        .into_iter()
+        .filter(|p| p.image_id == pending.image_id)
+        .collect();
+    assert_eq!(mine, vec![pending.clone()], "one entry per image");
+    store
+        .clear_pending_encodings(&pending.image_id)
+        .await
+        .expect("cleared");
+    assert!(
+        !listed(started + 1)
+            .await
+            .iter()
+            .any(|p| p.image_id == pending.image_id),
+        "a cleared entry is gone"
+    );
+    store
+        .clear_pending_encodings(&pending.image_id)
+        .await
+        .expect("clearing an unknown entry succeeds");
 }
 
 async fn a_sessions_objects_are_sized_and_deleted_together(store: &dyn BlobStore) {

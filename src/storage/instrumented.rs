@@ -16,7 +16,9 @@ use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
     PresignRequest, PresignedUrl, StorageError, WriteSize,
 };
-use crate::domain::ports::{PendingWrite, SessionAdmission, SessionQuota, StoredObject};
+use crate::domain::ports::{
+    PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
+};
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -297,6 +299,39 @@ impl MetadataStore for InstrumentedMetadata {
             ("metadata", self.1),
             "pending_writes",
             self.0.pending_writes(older_than),
+        )
+        .await
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "record_pending_encodings",
+            self.0.record_pending_encodings(pending),
+        )
+        .await
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "clear_pending_encodings",
+            self.0.clear_pending_encodings(image_id),
+        )
+        .await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "pending_encodings",
+            self.0.pending_encodings(older_than),
         )
         .await
     }

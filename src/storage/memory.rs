@@ -18,8 +18,8 @@ use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
-    PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota, StorageError,
-    StoredObject, WriteSize,
+    PendingEncodings, PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota,
+    StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
@@ -359,6 +359,7 @@ struct Records {
     times: HashMap<ImageId, i64>,
     idempotency: HashMap<(UserId, String), ImageId>,
     pending: Vec<PendingWrite>,
+    encodings: HashMap<ImageId, PendingEncodings>,
     sessions: HashMap<UploadId, UploadSessionRecord>,
     /// Removed sessions still charged to their owner: (owner, staged
     /// bytes, until when).
@@ -562,6 +563,36 @@ impl MetadataStore for MemoryMetadataStore {
             .pending
             .iter()
             .filter(|write| write.started < older_than)
+            .cloned()
+            .collect())
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        self.faults.check(Call::RecordPendingWrite)?;
+        self.lock()
+            .encodings
+            .insert(pending.image_id, pending.clone());
+        Ok(())
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.faults.check(Call::ClearPendingWrite)?;
+        self.lock().encodings.remove(image_id);
+        Ok(())
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        Ok(self
+            .lock()
+            .encodings
+            .values()
+            .filter(|pending| pending.started < older_than)
             .cloned()
             .collect())
     }

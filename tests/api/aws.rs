@@ -715,21 +715,32 @@ async fn raw_config(server: &crate::helpers::servers::ServerProcess) -> aws_conf
 pub(crate) fn spawn_service(
     command: &mut std::process::Command,
 ) -> (std::process::Child, std::net::SocketAddr) {
+    try_spawn_service(command).expect("the service reports ready")
+}
+
+/// Like [`spawn_service`], `None` when the service exits before it is
+/// ready (an embedded data directory still held by a server stopping).
+pub(crate) fn try_spawn_service(
+    command: &mut std::process::Command,
+) -> Option<(std::process::Child, std::net::SocketAddr)> {
     use std::io::{BufRead, BufReader};
     let mut service = command
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(service.stderr.take().unwrap()).lines();
-    let ready = lines
+    let Some(ready) = lines
         .by_ref()
         .map_while(Result::ok)
         .find(|l| l.contains("image-service ready"))
-        .unwrap();
+    else {
+        service.wait().unwrap();
+        return None;
+    };
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     let grpc = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
     std::thread::spawn(move || lines.for_each(drop));
-    (service, grpc)
+    Some((service, grpc))
 }
 
 /// Runs the image-service binary against the test servers.

@@ -11,6 +11,8 @@
 //!   GSI;
 //! - an **idempotency item** per used idempotency key, naming the image;
 //! - a **journal item** per unfinished write (`pk = pending#…`);
+//! - a **journal item** per image whose encodings are still to be made in
+//!   the background (`pk = encodings#{id}`);
 //! - an **upload session item**, `pk = upload#{id}`, `sk = upload_session`:
 //!   the session as JSON in `doc`, its `rev`ision (every change is
 //!   conditional on it) and `expires` (seconds, usable as a DynamoDB TTL);
@@ -60,8 +62,8 @@ use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
-    StorageError,
+    CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
+    SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
@@ -102,6 +104,11 @@ fn tag_sk(record: &ImageRecord) -> String {
 fn idempotency_pk(owner: &UserId, key: &str) -> String {
     // The owner's length keeps ("a#b", "c") and ("a", "b#c") apart.
     format!("idempotency#{}#{}#{}", owner.as_str().len(), owner, key)
+}
+
+/// The journal item of an image's encodings still to make.
+fn encodings_pk(image_id: &ImageId) -> String {
+    format!("encodings#{image_id}")
 }
 
 fn pending_pk(write: &PendingWrite) -> String {
@@ -777,6 +784,43 @@ impl MetadataStore for DynamoMetadataStore {
         Ok(writes
             .into_iter()
             .filter(|write| write.started < older_than)
+            .collect())
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        let mut item = key(encodings_pk(&pending.image_id), PENDING_SK);
+        item.insert(
+            "doc".into(),
+            s(serde_json::to_string(pending).map_err(StorageError::internal)?),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.delete_item(encodings_pk(image_id), PENDING_SK).await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        // Only the repair pass reads the journal: a scan is fine there.
+        let pending: Vec<PendingEncodings> = self
+            .scan_docs("begins_with(pk, :p)", vec![(":p", s("encodings#"))])
+            .await?;
+        Ok(pending
+            .into_iter()
+            .filter(|pending| pending.started < older_than)
             .collect())
     }
 

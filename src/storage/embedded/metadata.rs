@@ -25,8 +25,8 @@ use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, Stored
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
-    StorageError,
+    CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
+    SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
@@ -39,6 +39,8 @@ const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("index");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 /// image id + pending id → the journaled unfinished write, as JSON.
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_writes");
+/// image id → the encodings it still needs, as JSON.
+const ENCODINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_encodings");
 /// upload id (16 bytes) → the upload session as JSON.
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_sessions");
 /// Open upload sessions by owner: (owner, expiry, id) → the bytes the
@@ -88,6 +90,7 @@ impl EmbeddedMetadataStore {
             txn.open_table(IDEMPOTENCY)
                 .map_err(StorageError::internal)?;
             txn.open_table(PENDING).map_err(StorageError::internal)?;
+            txn.open_table(ENCODINGS).map_err(StorageError::internal)?;
             txn.open_table(SESSIONS).map_err(StorageError::internal)?;
             txn.open_table(OPEN_SESSIONS)
                 .map_err(StorageError::internal)?;
@@ -455,6 +458,36 @@ impl MetadataStore for EmbeddedMetadataStore {
     ) -> Result<Vec<PendingWrite>, StorageError> {
         self.scan_json(PENDING, move |write: &PendingWrite| {
             write.started < older_than
+        })
+        .await
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        let key = pending.image_id.as_bytes().to_vec();
+        let value = serde_json::to_vec(pending).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(ENCODINGS)?
+                .insert(key.as_slice(), value.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.remove(ENCODINGS, image_id.as_bytes().to_vec()).await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        self.scan_json(ENCODINGS, move |pending: &PendingEncodings| {
+            pending.started < older_than
         })
         .await
     }

@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 
 mod changes;
 mod downloads;
+mod encodings;
 mod events;
 mod feeds;
 mod late_meta;
@@ -114,6 +115,11 @@ macro_rules! all_cases {
             negotiation::a_viewer_gets_the_smaller_original_when_it_accepts_its_type,
             negotiation::a_transparent_image_is_served_in_its_alpha_capable_encoding,
             negotiation::an_overlong_accept_is_refused,
+            encodings::encodings_made_after_the_acknowledgement_appear_and_decode_upright,
+            encodings::an_edit_racing_the_background_update_is_kept,
+            encodings::a_delete_racing_the_background_leaves_nothing,
+            encodings::work_the_queue_has_no_room_for_is_left_to_the_repair_pass,
+            encodings::a_killed_replicas_encodings_are_made_by_another_replicas_repair_pass,
             events::every_change_is_one_event_in_order,
             events::a_watcher_resumes_from_its_cursor_without_a_gap,
             events::only_named_services_watch_and_requests_are_checked,
