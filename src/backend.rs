@@ -9,7 +9,8 @@ use crate::domain::limits::{PaceLimits, SessionLimits};
 use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
 use crate::domain::quota::QuotaLimits;
 use crate::domain::signing::SigningKey;
-use crate::domain::{Images, Limits};
+use crate::domain::watch::{WatchLimits, Watches};
+use crate::domain::{Images, Limits, UserId};
 use crate::media::content::ContentLimits;
 use crate::media::variants::RenderLimits;
 use crate::storage::aws;
@@ -77,6 +78,8 @@ pub async fn create_aws(config: &Config) -> anyhow::Result<u32> {
 /// whose URLs the HTTP listener serves.
 pub struct OpenedBackend {
     pub images: Images,
+    /// The event stream over the same metadata store.
+    pub watches: Watches,
     pub embedded_blobs: Option<Arc<EmbeddedBlobStore>>,
 }
 
@@ -96,15 +99,33 @@ pub async fn open_images(
         Backend::Embedded => ("files", "redb"),
         Backend::Aws => ("s3", "dynamodb"),
     };
+    let metadata: Arc<dyn MetadataStore> =
+        Arc::new(InstrumentedMetadata(stores.metadata, metadata_system));
     let images = Images::new(
         Arc::new(InstrumentedBlobs(stores.blobs, blob_system)),
-        Arc::new(InstrumentedMetadata(stores.metadata, metadata_system)),
+        metadata.clone(),
         key,
         limits(&config.limits),
     )
     .with_admins(config.identity.admins()?);
+    let events = &config.events;
+    let watches = Watches::new(
+        metadata,
+        WatchLimits {
+            watchers: events
+                .event_watchers
+                .iter()
+                .filter_map(|w| UserId::parse(w).ok())
+                .collect(),
+            max_watchers: events.max_event_watchers as usize,
+            stall_timeout: events.event_watcher_stall_timeout,
+            poll_interval: events.event_poll_interval,
+            retention: events.event_retention,
+        },
+    );
     Ok(OpenedBackend {
         images,
+        watches,
         embedded_blobs: stores.embedded_blobs,
     })
 }
@@ -136,6 +157,7 @@ fn limits(settings: &LimitSettings) -> Limits {
         content: ContentLimits {
             max_bytes: settings.max_image_bytes,
             max_pixels: settings.max_image_pixels,
+            max_jpeg_decode_passes: settings.max_jpeg_decode_passes,
         },
         max_url_expiry: settings.download_url_max_expiry,
         url_window: settings.download_url_window,
@@ -166,6 +188,9 @@ fn limits(settings: &LimitSettings) -> Limits {
             .variant_sizes()
             .unwrap_or_else(|_| crate::media::variants::default_sizes())
             .into(),
+        // Checked at start (Application::build); commands make none in
+        // the background (the repair pass makes what is journaled).
+        encodings: settings.encodings().unwrap_or_default(),
         sessions: SessionLimits {
             ttl: settings.upload_session_ttl,
             segment_bytes: settings.upload_session_segment_size,

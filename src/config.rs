@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::image::Encoding;
+use crate::domain::limits::EncodingLimits;
 use crate::media::variants::VariantSize;
 use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
@@ -46,6 +48,10 @@ pub struct Config {
     /// Health checks, the periodic repair pass and shutdown.
     #[command(flatten)]
     pub operations: OperationSettings,
+
+    /// The event stream: who may watch, retention, delivery.
+    #[command(flatten)]
+    pub events: EventSettings,
 
     /// Logs.
     #[command(flatten)]
@@ -483,6 +489,19 @@ pub struct LimitSettings {
     )]
     pub max_image_pixels: u64,
 
+    /// Most passes over its coefficients a JPEG's scans may take to decode
+    /// (a baseline JPEG takes 1, cameras' progressive ones 2 to 7); more is
+    /// refused on upload with RESOURCE_EXHAUSTED. Bounds the CPU one
+    /// progressive file built with many scans makes a render spend.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_JPEG_DECODE_PASSES",
+        default_value_t = crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_jpeg_decode_passes: u32,
+
     /// Uploads received at once; more are refused with RESOURCE_EXHAUSTED.
     /// Memory per upload is bounded (S3 part size × (parts in flight + 1)),
     /// so this bounds the memory uploads can take.
@@ -519,6 +538,40 @@ pub struct LimitSettings {
     /// `original` is the uploaded bytes.
     #[arg(long = "variant", env = "IMAGE_SERVICE_VARIANT", value_name = "NAME=LONGEST_SIDE", value_delimiter = ',', value_parser = parse_variant_size, global = true)]
     pub variant: Vec<VariantSize>,
+
+    /// The encodings each variant is kept in, comma-separated: `jpeg`
+    /// (always: every client decodes it), `webp`, `avif` (in a build with
+    /// the `avif` feature). The JPEG variants (lossless WebP for images
+    /// with transparency) are made before an upload is acknowledged; the
+    /// others after it, in the background, and appear in the image's
+    /// variants once stored. One that comes out no smaller than the
+    /// variant's first encoding is not kept.
+    #[arg(long, env = "IMAGE_SERVICE_VARIANT_FORMATS", value_name = "FORMATS", default_value = "jpeg,webp", value_delimiter = ',', value_parser = parse_variant_format, global = true)]
+    pub variant_formats: Vec<Encoding>,
+
+    /// Images whose background encodings (--variant-formats) may wait or
+    /// be made at once on a replica; past it, and past its memory budget,
+    /// an image's are left to the repair pass (the upload is acknowledged
+    /// all the same). The pixels each holds while queued (3 MiB for the
+    /// default variants of a photo, twice that while encoded) count in
+    /// --memory-budget.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ENCODINGS",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_queued_encodings: usize,
+
+    /// Of those, the images of one user; past it, the user's are left to
+    /// the repair pass.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ENCODINGS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_queued_encodings_per_user: usize,
 
     /// Images decoded and resized at once to make variants, in each of two
     /// lanes (images up to 16 megapixels, and larger ones, so huge images
@@ -792,6 +845,73 @@ pub struct OperationSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// The event stream (`WatchImageEvents`).
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Events")]
+pub struct EventSettings {
+    /// The identities (user ids, or JWT subjects) that may watch the event
+    /// stream, comma-separated. Events name every user's images: empty (the
+    /// default) lets nobody watch.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_EVENT_WATCHERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub event_watchers: Vec<String>,
+
+    /// How long events are kept: a cursor older than this gets
+    /// OUT_OF_RANGE. A sweep removes them on the embedded backend, a TTL
+    /// attribute on DynamoDB.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub event_retention: Duration,
+
+    /// How often a watcher reads the log when no write of this process
+    /// wakes it: on the aws backend (written by every replica), the
+    /// delivery latency across replicas.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration, global = true)]
+    pub event_poll_interval: Duration,
+
+    /// Event watches open at once on this replica; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_EVENT_WATCHERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_event_watchers: u32,
+
+    /// A watcher that takes no event for this long while one waits is cut
+    /// with RESOURCE_EXHAUSTED and the cursor to resume from, rather than
+    /// buffered without limit.
+    #[arg(long, env = "IMAGE_SERVICE_EVENT_WATCHER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub event_watcher_stall_timeout: Duration,
+}
+
+impl EventSettings {
+    /// Settings that would be ignored or make no sense stop the start.
+    pub fn check(&self) -> Result<(), String> {
+        if self.event_retention < Duration::from_secs(1) {
+            return Err(
+                "--event-retention (IMAGE_SERVICE_EVENT_RETENTION) must be at least 1s".into(),
+            );
+        }
+        if self.event_poll_interval.is_zero() || self.event_poll_interval > Duration::from_secs(60)
+        {
+            return Err("--event-poll-interval (IMAGE_SERVICE_EVENT_POLL_INTERVAL) must be between 1ms and 60s".into());
+        }
+        if self.event_watcher_stall_timeout.is_zero() {
+            return Err("--event-watcher-stall-timeout (IMAGE_SERVICE_EVENT_WATCHER_STALL_TIMEOUT) must be more than 0s".into());
+        }
+        if let Some(bad) = self
+            .event_watchers
+            .iter()
+            .find(|w| crate::domain::UserId::parse(w).is_err())
+        {
+            return Err(format!(
+                "--event-watchers (IMAGE_SERVICE_EVENT_WATCHERS): {bad:?} is not a valid user id"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Logs.
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Telemetry")]
@@ -1040,7 +1160,10 @@ impl Config {
     /// The aws backend's settings: the storage group's, and the largest
     /// object an upload may write.
     pub fn aws_settings(&self) -> AwsSettings {
-        self.storage.aws(self.limits.max_image_bytes)
+        AwsSettings {
+            event_retention: self.events.event_retention,
+            ..self.storage.aws(self.limits.max_image_bytes)
+        }
     }
 }
 
@@ -1072,6 +1195,37 @@ impl LimitSettings {
         }
         sizes.sort_by_key(|v| v.longest_side);
         Ok(sizes)
+    }
+
+    /// The encodings made in the background and their queue's bounds, from
+    /// `--variant-formats`: a list without `jpeg`, or with `avif` in a build
+    /// without the `avif` feature, stops the start.
+    pub fn encodings(&self) -> Result<EncodingLimits, String> {
+        if !self.variant_formats.contains(&Encoding::Jpeg) {
+            return Err(
+                "--variant-formats (IMAGE_SERVICE_VARIANT_FORMATS) must include jpeg: it is the \
+                 encoding every client decodes, made before an upload is acknowledged"
+                    .into(),
+            );
+        }
+        if self.variant_formats.contains(&Encoding::Avif) && !cfg!(feature = "avif") {
+            return Err(
+                "--variant-formats (IMAGE_SERVICE_VARIANT_FORMATS) names avif, but this build \
+                 has no AVIF encoder (the `avif` cargo feature): remove it, or use a build with it"
+                    .into(),
+            );
+        }
+        let mut background: Vec<Encoding> = Vec::new();
+        for &encoding in &self.variant_formats {
+            if encoding != Encoding::Jpeg && !background.contains(&encoding) {
+                background.push(encoding);
+            }
+        }
+        Ok(EncodingLimits {
+            background,
+            max_queued: self.max_queued_encodings,
+            max_queued_per_user: self.max_queued_encodings_per_user,
+        })
     }
 
     pub fn memory_per_user(&self) -> Result<u64, String> {
@@ -1110,9 +1264,13 @@ impl StorageSettings {
             payload_signing: self.s3_payload_signing,
             max_object_bytes,
             time_shards: self.dynamodb_time_shards,
+            event_retention: DEFAULT_EVENT_RETENTION,
         }
     }
 }
+
+/// The default of `--event-retention`.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The share of the container's memory limit the budget takes by default:
 /// the rest is the process's own (code, the runtime, connections, the
@@ -1154,6 +1312,16 @@ pub const MAX_VARIANTS: usize = 8;
 /// The sides a variant may be fitted in: below 16 pixels a variant is
 /// no picture; above 8192 it is larger than any screen.
 const VARIANT_SIDES: std::ops::RangeInclusive<u32> = 16..=8192;
+
+/// One of `--variant-formats`.
+fn parse_variant_format(text: &str) -> Result<Encoding, String> {
+    match text.trim() {
+        "jpeg" => Ok(Encoding::Jpeg),
+        "webp" => Ok(Encoding::WebP),
+        "avif" => Ok(Encoding::Avif),
+        other => Err(format!("{other:?} is not an encoding: jpeg, webp or avif")),
+    }
+}
 
 /// One `--variant NAME=LONGEST_SIDE`.
 fn parse_variant_size(text: &str) -> Result<VariantSize, String> {

@@ -4,10 +4,14 @@
 //! directly. Not used by the service itself.
 
 mod phone;
+mod progressive;
 mod scene;
 
 pub use phone::PHONE_SECRETS;
 use phone::{jpeg_segment, phone_exif, with_phone_metadata};
+pub use progressive::{
+    FloodScan, narrow_scans_jpeg, progressive_jpeg, repeated_scans_jpeg, wide_scans_jpeg,
+};
 pub use scene::{PHONE_SHOTS, PhoneShot, phone_shot, scene};
 
 /// A valid, uncompressed (stored-deflate) RGB PNG whose pixels depend on
@@ -1067,6 +1071,7 @@ pub fn limits() -> crate::domain::Limits {
         content: crate::media::content::ContentLimits {
             max_bytes: 64 << 20,
             max_pixels: 100_000_000,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         },
         max_url_expiry: Duration::from_secs(3600),
         url_window: Duration::from_secs(15 * 60),
@@ -1101,6 +1106,7 @@ pub fn limits() -> crate::domain::Limits {
             },
         },
         quota: crate::domain::quota::QuotaLimits::default(),
+        encodings: crate::domain::limits::EncodingLimits::default(),
     }
 }
 

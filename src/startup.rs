@@ -16,6 +16,7 @@ use crate::backend::{OpenedBackend, open_images};
 use crate::config::{AuthMode, AuthSettings, Backend, Config, ConnectionSettings};
 use crate::domain::Images;
 use crate::domain::ports::OpenSessions;
+use crate::domain::watch::Watches;
 use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::request_memory::{HoldRequests, RequestLimits};
@@ -40,6 +41,7 @@ pub struct Application {
     /// `/metrics` apart from the HTTP listener (`--metrics-addr`).
     metrics_listener: Option<TcpListener>,
     images: Images,
+    watches: Watches,
     auth: Arc<Authenticator>,
     transport: TransportLimits,
     /// What a request message still arriving may hold, and for how long.
@@ -63,6 +65,18 @@ impl Application {
             .memory_per_user()
             .map_err(anyhow::Error::msg)?;
         config.limits.variant_sizes().map_err(anyhow::Error::msg)?;
+        config.limits.encodings().map_err(anyhow::Error::msg)?;
+        config.events.check().map_err(anyhow::Error::msg)?;
+        if config.storage.backend == Backend::Aws
+            && config.events.event_retention < crate::storage::aws::MIN_EVENT_RETENTION
+        {
+            anyhow::bail!(
+                "--event-retention (IMAGE_SERVICE_EVENT_RETENTION) must be at least {} on the aws \
+                 backend: its watchers re-read the last 5 s of the log, and cursors that old must \
+                 not have expired",
+                humantime::format_duration(crate::storage::aws::MIN_EVENT_RETENTION)
+            );
+        }
         let auth = Arc::new(Authenticator::from_settings(&config.identity).await?);
         let tls = match (&config.listeners.tls_cert, &config.listeners.tls_key) {
             (Some(cert), Some(key)) => {
@@ -103,6 +117,7 @@ impl Application {
 
         let OpenedBackend {
             images,
+            watches,
             embedded_blobs: http_blobs,
         } = open_images(&config, Some(http_base)).await?;
         Ok(Self {
@@ -110,6 +125,7 @@ impl Application {
             http_listener,
             metrics_listener,
             images,
+            watches,
             auth,
             transport: TransportLimits::from_settings(&config.connections),
             requests: RequestLimits {
@@ -193,6 +209,7 @@ impl Application {
             )
         });
         let metrics_upkeep = tokio::spawn(crate::telemetry::upkeep_periodically());
+        let event_sweep = tokio::spawn(self.watches.clone().sweep_periodically());
         let backend_watch = tokio::spawn(watch_backends(
             self.images.clone(),
             health.clone(),
@@ -203,14 +220,17 @@ impl Application {
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
         // Presigned downloads reserve their read-ahead from the budget.
         let read_ahead = read_ahead_from(self.images.memory().clone());
+        let uploads = self.images.uploads().clone();
         let limits = self.transport;
         let hold_requests = HoldRequests::new(
             self.images.memory().clone(),
             self.requests,
             self.auth.clone(),
         );
+        let watches = self.watches.clone();
         let api = ImageServiceServer::new(ImageApi::new(
             self.images,
+            self.watches,
             self.auth,
             CallLimits {
                 max_in_flight: limits.max_in_flight_calls,
@@ -373,6 +393,9 @@ impl Application {
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight calls");
         backend_watch.abort();
         metrics_upkeep.abort();
+        event_sweep.abort();
+        // Watches never end by themselves: each is told to resume elsewhere.
+        watches.stop();
         if let Some(watch) = certificate_watch {
             watch.abort();
         }
@@ -386,7 +409,8 @@ impl Application {
             .set_service_status("", ServingStatus::NotServing)
             .await;
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let drained = tokio::time::timeout_at(deadline, async {
             let _ = (&mut grpc).await;
             let _ = (&mut http).await;
         })
@@ -398,6 +422,13 @@ impl Application {
             tracing::warn!("shutdown timeout reached; closing the remaining calls");
             grpc.abort();
             http.abort();
+        }
+        // Uploads acknowledged during the drain may have queued some too.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !uploads.drain_encodings(left).await {
+            tracing::warn!(
+                "shutdown timeout reached; background encodings still queued stay journaled for the repair pass"
+            );
         }
         tracing::info!("stopped");
         Ok(())

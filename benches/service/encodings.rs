@@ -1,14 +1,19 @@
 //! The encodings of variants (#33): for the photos of figure 8, each
-//! encoder over a grid of qualities and efforts, its bytes, its
-//! SSIMULACRA2 score and its CPU per `medium` variant; the setting of each
-//! encoding whose score matches the JPEG variants made before (jpeg-encoder
-//! at quality 82); and the DCT scale JPEGs are decoded at, by how much
+//! encoder over a grid of settings and qualities, its bytes, its
+//! SSIMULACRA2 score and butteraugli distance, and its CPU per `medium`
+//! variant; each encoder's bytes at the score of the JPEG variants made
+//! before (jpeg-encoder at quality 82), interpolated between the qualities
+//! that bracket it; and the DCT scale JPEGs are decoded at, by how much
 //! larger than the variant the decode must stay.
 //!
 //! Every score compares with the reference of figure 8: the photo decoded
 //! at full size, turned upright and resized straight to `medium` with
 //! Lanczos3. The encoders are given that same reference, so the encoding
 //! table measures the encoders alone.
+//!
+//! `BENCH_ENCODINGS=webp,avif` measures only those encodings' grids (the
+//! baseline JPEG always), to explore one encoder without waiting for the
+//! others.
 
 use std::fmt::Write as _;
 
@@ -24,8 +29,8 @@ use crate::Plan;
 use crate::variants::{photos, reference_image};
 
 /// One encoder's settings.
-#[derive(Clone, Copy, Debug)]
-enum Setting {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Setting {
     Jpeg(Jpeg),
     Webp(Webp),
     #[cfg_attr(not(feature = "avif"), allow(dead_code))]
@@ -33,8 +38,9 @@ enum Setting {
 }
 
 impl Setting {
-    /// The encoding it belongs to, one choice each.
-    fn family(&self) -> String {
+    /// The encoder and its settings but the quality: one curve of the
+    /// table, one choice each.
+    pub fn family(&self) -> String {
         match self {
             Self::Jpeg(j) => match j.coder {
                 JpegCoder::Baseline => "JPEG, jpeg-encoder baseline".into(),
@@ -46,20 +52,24 @@ impl Setting {
                 }
                 JpegCoder::MozjpegTrellis => "JPEG, mozjpeg with trellis quantisation".into(),
             },
-            Self::Webp(w) => format!("WebP lossy, method {}", w.method),
-            Self::Avif(a) => format!("AVIF (ravif), speed {}", a.speed),
+            Self::Webp(w) => format!("WebP lossy, method {}, {}", w.method, webp_tuning(w)),
+            Self::Avif(a) => format!(
+                "AVIF (ravif), speed {}, {}-bit 4:4:4",
+                a.speed,
+                if a.ten_bit { 10 } else { 8 }
+            ),
         }
     }
 
-    fn quality(&self) -> String {
+    pub fn quality(&self) -> f64 {
         match self {
-            Self::Jpeg(j) => j.quality.to_string(),
-            Self::Webp(w) => format!("{}", w.quality),
-            Self::Avif(a) => format!("{}", a.quality),
+            Self::Jpeg(j) => f64::from(j.quality),
+            Self::Webp(w) => f64::from(w.quality),
+            Self::Avif(a) => f64::from(a.quality),
         }
     }
 
-    fn encode(&self, pixels: &RgbImage) -> Vec<u8> {
+    pub fn encode(&self, pixels: &RgbImage) -> Vec<u8> {
         match *self {
             Self::Jpeg(settings) => encode::jpeg(pixels, None, settings),
             Self::Webp(settings) => encode::webp(Frame::Rgb(pixels), None, settings),
@@ -73,7 +83,7 @@ impl Setting {
 
     /// The encoded variant's pixels; `None` for AVIF without a decoder in
     /// this build (feature `heif`).
-    fn decode(&self, bytes: &[u8]) -> Option<RgbImage> {
+    pub fn decode(&self, bytes: &[u8]) -> Option<RgbImage> {
         match self {
             Self::Jpeg(_) => Some(decode_jpeg(bytes)),
             Self::Webp(_) => Some(
@@ -85,36 +95,155 @@ impl Setting {
         }
     }
 
+    /// `repeats` encodes of `pixels`: the bytes, the CPU ms of one, and
+    /// the decoded pixels.
+    pub fn measure(&self, pixels: &RgbImage, repeats: usize) -> Measured {
+        let before = own_cpu_seconds();
+        let mut bytes = Vec::new();
+        for _ in 0..repeats {
+            bytes = self.encode(pixels);
+        }
+        let cpu_ms = (own_cpu_seconds() - before) * 1000.0 / repeats as f64;
+        Measured {
+            bytes: bytes.len(),
+            cpu_ms,
+            decoded: self.decode(&bytes),
+        }
+    }
+
     /// Encodes per measured CPU: AVIF is slow, one is enough.
-    fn repeats(&self, full: bool) -> usize {
+    pub fn repeats(&self, full: bool) -> usize {
         match (self, full) {
             (Self::Avif(_), _) | (_, false) => 1,
-            _ => 5,
+            (Self::Webp(_), true) => 2,
+            (Self::Jpeg(_), true) => 5,
         }
+    }
+}
+
+/// One setting's encode of one image.
+pub struct Measured {
+    pub bytes: usize,
+    /// CPU ms of one encode.
+    pub cpu_ms: f64,
+    /// The pixels decoded again (`None`: no AVIF decoder in this build).
+    pub decoded: Option<RgbImage>,
+}
+
+/// What a WebP setting changes from libwebp's defaults.
+fn webp_tuning(w: &Webp) -> String {
+    let defaults = Webp::libwebp(w.quality, w.method);
+    if *w == defaults {
+        return "libwebp defaults".into();
+    }
+    if *w == Webp::photo(w.quality, w.method) {
+        return "photo preset".into();
+    }
+    let mut changes = Vec::new();
+    if w.sns_strength != defaults.sns_strength {
+        changes.push(format!("sns {}", w.sns_strength));
+    }
+    if w.autofilter {
+        changes.push("autofilter".into());
+    } else if w.filter_strength != defaults.filter_strength {
+        changes.push(format!("filter {}", w.filter_strength));
+    }
+    if w.filter_sharpness != defaults.filter_sharpness {
+        changes.push(format!("sharpness {}", w.filter_sharpness));
+    }
+    if w.segments != defaults.segments {
+        changes.push(format!("{} segments", w.segments));
+    }
+    if w.sharp_yuv {
+        changes.push("sharp YUV".into());
+    }
+    changes.join(", ")
+}
+
+/// The WebP settings measured, each over [`WEBP_QUALITIES`]: libwebp's
+/// defaults and photo preset, then one knob at a time, then the knobs
+/// that helped together.
+const WEBP_TUNINGS: [Webp; 12] = {
+    let d = Webp::libwebp(0.0, 4);
+    [
+        d,
+        Webp::libwebp(0.0, 6),
+        Webp::photo(0.0, 4),
+        Webp {
+            sns_strength: 0,
+            ..d
+        },
+        Webp {
+            sns_strength: 25,
+            ..d
+        },
+        Webp {
+            sns_strength: 80,
+            ..d
+        },
+        Webp {
+            filter_strength: 20,
+            ..d
+        },
+        Webp {
+            filter_strength: 0,
+            ..d
+        },
+        Webp {
+            autofilter: true,
+            ..d
+        },
+        Webp { segments: 1, ..d },
+        Webp {
+            sharp_yuv: true,
+            ..d
+        },
+        Webp {
+            filter_strength: 20,
+            sharp_yuv: true,
+            ..d
+        },
+    ]
+};
+
+const WEBP_QUALITIES: [f32; 5] = [86.0, 88.0, 90.0, 92.0, 94.0];
+
+/// The AVIF speeds and qualities measured (ravif's quality scale).
+#[cfg(feature = "avif")]
+const AVIF_SPEEDS: [u8; 3] = [6, 8, 10];
+#[cfg(feature = "avif")]
+const AVIF_QUALITIES: [f32; 4] = [70.0, 75.0, 80.0, 85.0];
+
+/// The encodings whose grids to measure: `BENCH_ENCODINGS`, all when
+/// unset.
+fn measured(kind: &str) -> bool {
+    match std::env::var("BENCH_ENCODINGS") {
+        Ok(list) => list.split(',').any(|k| k.trim() == kind),
+        Err(_) => true,
     }
 }
 
 /// The grid: qualities around the baseline's score for each encoder.
 fn grid(full: bool) -> Vec<Setting> {
     let jpeg = |coder, quality| Setting::Jpeg(Jpeg { coder, quality });
-    let webp = |method, quality| Setting::Webp(Webp { quality, method });
     let mut grid = vec![Setting::Jpeg(JPEG_BASELINE)];
     if !full {
         grid.extend([
             jpeg(JpegCoder::Progressive, 82),
             jpeg(JpegCoder::Mozjpeg, 82),
             jpeg(JpegCoder::MozjpegTrellis, 82),
-            webp(4, 82.0),
+            Setting::Webp(encode::WEBP),
+            Setting::Webp(Webp::photo(82.0, 4)),
         ]);
         #[cfg(feature = "avif")]
         grid.push(Setting::Avif(Avif {
-            quality: 70.0,
             speed: 10,
+            ..encode::AVIF
         }));
         return grid;
     }
     // Qualities in steps of one around the baseline's score (found with a
-    // coarser grid first: mozjpeg 76-88 and 76-92 by 2, WebP 70-94 by 3).
+    // coarser grid first: mozjpeg 76-88 and 76-92 by 2).
     grid.push(jpeg(JpegCoder::Progressive, 82));
     for quality in 78..=82 {
         grid.push(jpeg(JpegCoder::Mozjpeg, quality));
@@ -122,21 +251,34 @@ fn grid(full: bool) -> Vec<Setting> {
     for quality in 81..=85 {
         grid.push(jpeg(JpegCoder::MozjpegTrellis, quality));
     }
-    for quality in (86..=92).step_by(2) {
-        grid.push(webp(4, quality as f32));
+    if !measured("jpeg") {
+        grid.truncate(1);
     }
-    for quality in [88.0, 90.0] {
-        grid.push(webp(6, quality));
+    if measured("webp") {
+        for tuning in WEBP_TUNINGS {
+            for quality in WEBP_QUALITIES {
+                grid.push(Setting::Webp(Webp { quality, ..tuning }));
+            }
+        }
     }
-    // rav1e is far too slow unoptimised (seconds per variant at speed 10
-    // even with its own crate optimised): AVIF is measured in release
-    // builds only.
-    #[cfg(all(feature = "avif", not(debug_assertions)))]
-    for speed in [6, 8] {
-        for quality in (55..=90).step_by(5) {
+    #[cfg(feature = "avif")]
+    if measured("avif") {
+        for speed in AVIF_SPEEDS {
+            for quality in AVIF_QUALITIES {
+                grid.push(Setting::Avif(Avif {
+                    quality,
+                    speed,
+                    ten_bit: true,
+                }));
+            }
+        }
+        // 8-bit samples at the middle speed: rav1e's 8-bit pixels are
+        // cheaper to code.
+        for quality in [75.0, 80.0] {
             grid.push(Setting::Avif(Avif {
-                quality: quality as f32,
-                speed,
+                quality,
+                speed: 8,
+                ten_bit: false,
             }));
         }
     }
@@ -149,6 +291,7 @@ struct Totals {
     bytes: f64,
     baseline_bytes: f64,
     score: f64,
+    butteraugli: f64,
     scored: usize,
     cpu_ms: f64,
     photos: usize,
@@ -157,6 +300,10 @@ struct Totals {
 impl Totals {
     fn score(&self) -> Option<f64> {
         (self.scored == self.photos && self.photos > 0).then(|| self.score / self.scored as f64)
+    }
+    fn butteraugli(&self) -> Option<f64> {
+        (self.scored == self.photos && self.photos > 0)
+            .then(|| self.butteraugli / self.scored as f64)
     }
     fn relative(&self) -> f64 {
         self.bytes / self.baseline_bytes
@@ -167,38 +314,50 @@ pub fn run(plan: &Plan) -> String {
     let full = plan.photo_shrink == 1;
     let photos = photos(plan);
     let grid = grid(full);
-    let medium = DEFAULT_VARIANTS
-        .iter()
-        .find(|(name, _)| *name == "medium")
-        .map_or(1080, |(_, side)| *side);
+    let medium = medium_side();
     let mut totals = vec![Totals::default(); grid.len()];
     for (_, jpeg, orientation) in &photos {
         let full_size = reference_image(jpeg, *orientation);
         let target = fit(full_size.width(), full_size.height(), medium);
         let reference = lanczos3(&full_size, target);
         drop(full_size);
+        let butteraugli_reference = ButteraugliReference::new(&reference);
         let mut baseline_bytes = 0.0;
         for (setting, total) in grid.iter().zip(&mut totals) {
-            let repeats = setting.repeats(full);
-            let before = own_cpu_seconds();
-            let mut bytes = Vec::new();
-            for _ in 0..repeats {
-                bytes = setting.encode(&reference);
-            }
-            total.cpu_ms += (own_cpu_seconds() - before) * 1000.0 / repeats as f64;
+            let measured = setting.measure(&reference, setting.repeats(full));
+            total.cpu_ms += measured.cpu_ms;
             if matches!(setting, Setting::Jpeg(j) if *j == JPEG_BASELINE) {
-                baseline_bytes = bytes.len() as f64;
+                baseline_bytes = measured.bytes as f64;
             }
-            total.bytes += bytes.len() as f64;
+            total.bytes += measured.bytes as f64;
             total.baseline_bytes += baseline_bytes;
             total.photos += 1;
-            if let Some(decoded) = setting.decode(&bytes) {
-                total.score += ssimulacra2(&reference, &decoded);
+            if let Some(decoded) = measured.decoded {
+                let score = ssimulacra2(&reference, &decoded);
+                let distance = butteraugli_reference.distance(&decoded);
+                // Progress: the grid takes a while on a shared machine.
+                eprintln!(
+                    "{} q{}: {} bytes, SSIMULACRA2 {score:.2}, butteraugli {distance:.3}, {:.0} ms",
+                    setting.family(),
+                    setting.quality(),
+                    measured.bytes,
+                    measured.cpu_ms
+                );
+                total.score += score;
+                total.butteraugli += distance;
                 total.scored += 1;
             }
         }
     }
     report(plan, &photos, &grid, &totals, medium)
+}
+
+/// The longest side of `medium`.
+pub fn medium_side() -> u32 {
+    DEFAULT_VARIANTS
+        .iter()
+        .find(|(name, _)| *name == "medium")
+        .map_or(1080, |(_, side)| *side)
 }
 
 /// The phone photo of #33's report, wider than figure 8's: at 4608 px its
@@ -223,10 +382,7 @@ pub fn run_scale(plan: &Plan) -> String {
         ..WIDE_SHOT
     };
     photos.push((wide.describe(), fixtures::phone_shot(&wide), 1));
-    let medium = DEFAULT_VARIANTS
-        .iter()
-        .find(|(name, _)| *name == "medium")
-        .map_or(1080, |(_, side)| *side);
+    let medium = medium_side();
     let mut rows = String::new();
     let mut totals = vec![(0.0, 0.0); HEADROOMS.len() + 1];
     for (_, jpeg, orientation) in &photos {
@@ -311,68 +467,105 @@ fn report(
 ) -> String {
     let n = photos.len() as f64;
     let mut out = format!(
-        "### Encodings of `medium` ({medium} px), one core\n\nPhotos: {}.\n\n| encoding | quality | bytes (mean) | bytes / before | SSIMULACRA2 (mean) | encode CPU ms |\n|---|---|---|---|---|---|\n",
+        "### Encodings of `medium` ({medium} px), one core\n\nPhotos: {}.\n\n| encoding | quality | bytes (mean) | bytes / before | SSIMULACRA2 (mean) | butteraugli 3-norm (mean) | encode CPU ms |\n|---|---|---|---|---|---|---|\n",
         photos
             .iter()
             .map(|(what, _, _)| what.as_str())
             .collect::<Vec<_>>()
             .join("; ")
     );
+    let missing = "– (no AVIF decoder: feature `heif`)";
     for (setting, total) in grid.iter().zip(totals) {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.3} | {} | {:.1} |",
+            "| {} | {} | {:.0} | {:.3} | {} | {} | {:.1} |",
             setting.family(),
             setting.quality(),
             total.bytes / n,
             total.relative(),
+            total.score().map_or(missing.into(), |s| format!("{s:.2}")),
             total
-                .score()
-                .map_or("– (no AVIF decoder: feature `heif`)".into(), |s| format!(
-                    "{s:.2}"
-                )),
+                .butteraugli()
+                .map_or(missing.into(), |s| format!("{s:.3}")),
             total.cpu_ms / n,
         );
     }
     let target = totals[0].score().unwrap_or(0.0);
+    let target_butteraugli = totals[0].butteraugli().unwrap_or(0.0);
     let _ = writeln!(
         out,
-        "\n**Chosen** (each encoding's smallest setting within ±0.5 of the score before, {target:.2}, else the closest):\n\n| encoding | quality | SSIMULACRA2 | bytes / before | encode CPU ms |\n|---|---|---|---|---|"
+        "\n**At the score before** (SSIMULACRA2 {target:.2}, butteraugli 3-norm {target_butteraugli:.3}: jpeg-encoder baseline Q82): each setting's bytes where its curve crosses that score, interpolated (log bytes, linear in the score) between the two qualities of the grid that bracket it; \"–\" where the grid does not reach it.\n\n| encoding | quality at equal SSIMULACRA2 | bytes / before | encode CPU ms | quality at equal butteraugli | bytes / before |\n|---|---|---|---|---|---|"
     );
     let mut families: Vec<String> = grid.iter().map(Setting::family).collect();
     families.dedup();
     for family in families.iter().skip(1) {
-        let candidates: Vec<_> = grid
+        let curve: Vec<Point> = grid
             .iter()
             .zip(totals)
-            .filter(|(s, t)| s.family() == *family && t.score().is_some())
+            .filter(|(s, _)| s.family() == *family)
+            .filter_map(|(s, t)| {
+                Some(Point {
+                    quality: s.quality(),
+                    relative: t.relative(),
+                    cpu_ms: t.cpu_ms / n,
+                    score: t.score()?,
+                    butteraugli: t.butteraugli()?,
+                })
+            })
             .collect();
-        let within = candidates
-            .iter()
-            .filter(|(_, t)| (t.score().unwrap_or(0.0) - target).abs() <= 0.5)
-            .min_by(|a, b| a.1.bytes.total_cmp(&b.1.bytes));
-        let closest = candidates.iter().min_by(|a, b| {
-            let off = |t: &Totals| (t.score().unwrap_or(0.0) - target).abs();
-            off(a.1).total_cmp(&off(b.1))
-        });
-        if let Some((setting, total)) = within.or(closest) {
-            let _ = writeln!(
-                out,
-                "| {family} | {}{} | {:.2} | {:.3} | {:.1} |",
-                setting.quality(),
-                if within.is_some() { "" } else { " (closest)" },
-                total.score().unwrap_or(0.0),
-                total.relative(),
-                total.cpu_ms / n,
-            );
-        }
+        let by_score = crossing(&curve, target, |p| p.score);
+        let by_butteraugli = crossing(&curve, target_butteraugli, |p| p.butteraugli);
+        let cell = |p: Option<Point>, cpu: bool| match p {
+            Some(p) if cpu => format!("{:.1} | {:.3} | {:.1}", p.quality, p.relative, p.cpu_ms),
+            Some(p) => format!("{:.1} | {:.3}", p.quality, p.relative),
+            None if cpu => "– | – | –".into(),
+            None => "– | –".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {family} | {} | {} |",
+            cell(by_score, true),
+            cell(by_butteraugli, false)
+        );
     }
     let _ = writeln!(
         out,
-        "\nEncode CPU: the mean of {} encodes per photo (1 for AVIF); scores: SSIMULACRA2 (crate `ssimulacra2`) of the decoded variant (jpeg-decoder, image-webp, libheif) against the reference.\n",
+        "\nEncode CPU: the mean of {} encodes per photo and setting (JPEG; 2 for WebP, 1 for AVIF); SSIMULACRA2 (crate `ssimulacra2`, higher is better) and butteraugli (crate `butteraugli`, libjxl's 3-norm, lower is better) of the decoded variant (jpeg-decoder, image-webp, libheif) against the reference.\n",
         if plan.photo_shrink == 1 { 5 } else { 1 },
     );
     out
+}
+
+/// One setting of a curve: its quality and mean figures.
+#[derive(Clone, Copy)]
+struct Point {
+    quality: f64,
+    relative: f64,
+    cpu_ms: f64,
+    score: f64,
+    butteraugli: f64,
+}
+
+/// Where a curve (in the grid's order of quality) first crosses `target`
+/// of `metric`: the quality, bytes (interpolated in log bytes) and CPU
+/// there, linear in the metric between the two settings around it.
+fn crossing(curve: &[Point], target: f64, metric: impl Fn(&Point) -> f64) -> Option<Point> {
+    curve.windows(2).find_map(|pair| {
+        let (a, b) = (pair[0], pair[1]);
+        let (ma, mb) = (metric(&a), metric(&b));
+        if (ma - target) * (mb - target) > 0.0 || ma == mb {
+            return None;
+        }
+        let t = (target - ma) / (mb - ma);
+        let along = |x: f64, y: f64| x + t * (y - x);
+        Some(Point {
+            quality: along(a.quality, b.quality),
+            relative: along(a.relative.ln(), b.relative.ln()).exp(),
+            cpu_ms: along(a.cpu_ms, b.cpu_ms),
+            score: along(a.score, b.score),
+            butteraugli: along(a.butteraugli, b.butteraugli),
+        })
+    })
 }
 
 fn scale_report(
@@ -408,7 +601,7 @@ fn scale_report(
 }
 
 /// Lanczos3 straight to `(width, height)`, as the reference of figure 8.
-fn lanczos3(source: &RgbImage, (width, height): (u32, u32)) -> RgbImage {
+pub fn lanczos3(source: &RgbImage, (width, height): (u32, u32)) -> RgbImage {
     use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
     let mut target = RgbImage::new(width, height);
     Resizer::new()
@@ -458,7 +651,7 @@ fn decode_avif(_: &[u8]) -> Option<RgbImage> {
 }
 
 /// SSIMULACRA2 of `distorted` against `reference` (sRGB).
-fn ssimulacra2(reference: &RgbImage, distorted: &RgbImage) -> f64 {
+pub fn ssimulacra2(reference: &RgbImage, distorted: &RgbImage) -> f64 {
     use ssimulacra2::{ColorPrimaries, Rgb, TransferCharacteristic, compute_frame_ssimulacra2};
     let frame = |image: &RgbImage| {
         let data = image
@@ -475,4 +668,30 @@ fn ssimulacra2(reference: &RgbImage, distorted: &RgbImage) -> f64 {
         .expect("an sRGB frame")
     };
     compute_frame_ssimulacra2(frame(reference), frame(distorted)).expect("a score")
+}
+
+/// Butteraugli distances from one reference, its analysis made once.
+pub struct ButteraugliReference(butteraugli::ButteraugliReference);
+
+impl ButteraugliReference {
+    pub fn new(reference: &RgbImage) -> Self {
+        Self(
+            butteraugli::ButteraugliReference::new(
+                reference.as_raw(),
+                reference.width() as usize,
+                reference.height() as usize,
+                butteraugli::ButteraugliParams::default(),
+            )
+            .expect("a butteraugli reference"),
+        )
+    }
+
+    /// libjxl's 3-norm of the difference map: the mean of the 3-, 6- and
+    /// 12-norms, less dominated by one pixel than the max-norm.
+    pub fn distance(&self, distorted: &RgbImage) -> f64 {
+        self.0
+            .compare(distorted.as_raw())
+            .expect("a butteraugli distance")
+            .pnorm_3
+    }
 }

@@ -65,7 +65,7 @@ const LOCATIONS: usize = 20;
 
 /// A catalogue with owners, tags, locations and two content types spread
 /// evenly, straight into an embedded data directory.
-async fn import_embedded(dir: &Path, count: usize) {
+pub async fn import_embedded(dir: &Path, count: usize) {
     let store =
         image_service::storage::embedded::EmbeddedMetadataStore::open(&dir.join("metadata.redb"))
             .expect("opens");
@@ -114,7 +114,7 @@ fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
 }
 
 /// The same catalogue's metadata through the service (tiny images).
-async fn populate_over_grpc(client: &ImageServiceClient<Channel>, count: usize) {
+pub async fn populate_over_grpc(client: &ImageServiceClient<Channel>, count: usize) {
     let tiny = fake_png(200, 0);
     futures::stream::iter(0..count)
         .map(|i| {

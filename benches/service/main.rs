@@ -12,9 +12,12 @@
 //! `cargo bench --bench service -- listings feed` (`scripts/bench
 //! listings feed`); the names are in [`FAMILIES`].
 
+mod background;
 mod embedded;
 mod encodings;
+mod events;
 mod feed;
+mod feed_page;
 mod harness;
 mod hotpaths;
 mod listings;
@@ -52,6 +55,10 @@ pub struct Plan {
     feed_pages: usize,
     /// Images moved by figure 12.
     migrated: usize,
+    /// Figure 13: changes timed, and the backlogs caught up from.
+    event_changes: usize,
+    event_backlog: usize,
+    aws_event_backlog: usize,
 }
 
 impl Plan {
@@ -81,6 +88,9 @@ const FULL: Plan = Plan {
     photo_rounds: (8, 32),
     feed_pages: 100,
     migrated: 500,
+    event_changes: 200,
+    event_backlog: 100_000,
+    aws_event_backlog: 2_000,
 };
 
 const SMOKE: Plan = Plan {
@@ -97,11 +107,14 @@ const SMOKE: Plan = Plan {
     photo_rounds: (1, 2),
     feed_pages: 3,
     migrated: 6,
+    event_changes: 5,
+    event_backlog: 200,
+    aws_event_backlog: 20,
 };
 
 /// The figure families in the report's order, by the name that runs one
 /// alone, and whether it needs the S3 and DynamoDB test servers.
-const FAMILIES: [(&str, bool); 14] = [
+const FAMILIES: &[(&str, bool)] = &[
     // 1-3: throughput of one large image, service against raw S3.
     ("throughput", true),
     // 4: the service's memory under large uploads.
@@ -120,6 +133,10 @@ const FAMILIES: [(&str, bool); 14] = [
     ("encodings", false),
     // The DCT scale JPEGs are decoded at for variants (#33).
     ("decode-scale", false),
+    // The encodings made after the acknowledgement (#33).
+    ("background", false),
+    // Bytes of a feed page in each encoding (#33).
+    ("feed-page", false),
     // 9: upload sessions.
     ("sessions", true),
     // 10: phone photo uploads against libvips + PutObject.
@@ -128,6 +145,8 @@ const FAMILIES: [(&str, bool); 14] = [
     ("feed", true),
     // 12: migrating from the embedded backend to aws.
     ("migration", true),
+    // 13: the event stream's delivery latency and catch-up.
+    ("events", true),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -228,10 +247,13 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "variants" => variants::run(plan),
         "encodings" => encodings::run(plan),
         "decode-scale" => encodings::run_scale(plan),
+        "background" => background::run(plan).await,
+        "feed-page" => feed_page::run(plan),
         "sessions" => sessions::run(plan, stores()).await,
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,
         "migration" => migration::run(plan, stores()).await,
+        "events" => events::run(plan, stores()).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

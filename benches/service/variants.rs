@@ -55,13 +55,7 @@ pub fn run(plan: &Plan) -> String {
 pub fn photos(plan: &Plan) -> Vec<(String, Vec<u8>, u16)> {
     let mut photos: Vec<(String, Vec<u8>, u16)> = plan
         .phone_shots()
-        .map(|shot| {
-            (
-                shot.describe(),
-                fixtures::phone_shot(&shot),
-                shot.orientation,
-            )
-        })
+        .map(|shot| (shot.describe(), cached_shot(&shot), shot.orientation))
         .collect();
     let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
     photos.push((
@@ -70,6 +64,33 @@ pub fn photos(plan: &Plan) -> Vec<(String, Vec<u8>, u16)> {
         1,
     ));
     photos
+}
+
+/// The JPEG of `shot`, rendered once and kept in the build's temporary
+/// directory: a 12-megapixel scene takes a minute of CPU to render in a
+/// debug build, and the renders are deterministic.
+fn cached_shot(shot: &fixtures::PhoneShot) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("phone-shots");
+    let path = dir.join(format!(
+        "{}x{}-p{}-s{}-o{}-q{}-seed{}.jpg",
+        shot.width,
+        shot.height,
+        u8::from(shot.progressive),
+        u8::from(shot.subsampled),
+        shot.orientation,
+        shot.quality,
+        shot.seed
+    ));
+    if let Ok(jpeg) = std::fs::read(&path) {
+        return jpeg;
+    }
+    let jpeg = fixtures::phone_shot(shot);
+    // A cache only: a render that cannot be kept is made again next time.
+    let partial = path.with_extension(format!("{}.partial", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&partial, &jpeg))
+        .and_then(|()| std::fs::rename(&partial, &path));
+    jpeg
 }
 
 /// The row of one photo (the JPEG at `path`), and why libvips was not

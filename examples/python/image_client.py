@@ -32,7 +32,9 @@ CHUNK = 256 * 1024
 def generate_stubs():
     """Compiles the proto into ./generated (once) and makes it importable."""
     marker = os.path.join(GENERATED, "imageservice", "v1", "image_service_pb2_grpc.py")
-    if not os.path.exists(marker):
+    proto = os.path.join(PROTO_ROOT, "imageservice", "v1", "image_service.proto")
+    # Again when the proto changed since (a new RPC, such as WatchImageEvents).
+    if not os.path.exists(marker) or os.path.getmtime(marker) < os.path.getmtime(proto):
         os.makedirs(GENERATED, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",

@@ -96,6 +96,7 @@ pub fn inspect(data: &[u8]) -> Option<ContentFacts> {
     let limits = ContentLimits {
         max_bytes: MAX_BYTES,
         max_pixels: MAX_PIXELS,
+        max_jpeg_decode_passes: image_service::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
     };
     let mut inspector = ContentInspector::new(limits, Declared::default()).ok()?;
     for piece in data.chunks(chunk_len(data)) {
@@ -213,6 +214,7 @@ pub fn upload_limits() -> Limits {
     limits.content = ContentLimits {
         max_bytes: MAX_BYTES,
         max_pixels: MAX_PIXELS,
+        max_jpeg_decode_passes: image_service::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
     };
     limits.memory_budget = 256 << 20;
     limits.memory_wait = Duration::ZERO;

@@ -159,6 +159,24 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Print image events as they come (for identities the service names in
+    /// --event-watchers), one line each (`--json`: one JSON object a line),
+    /// each with the cursor to resume after it. A stream the service ends
+    /// with a resume cursor (the server stops, the watcher fell behind) is
+    /// watched again from there; on exit the cursor to resume from is
+    /// printed on stderr.
+    Watch {
+        /// Where to start: a cursor printed before, `oldest` for every event
+        /// retained; by default only events from now.
+        #[arg(long = "from", default_value = "")]
+        from: String,
+        /// Only the events of this user's images.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 fn parse_attribute(text: &str) -> Result<(String, String), String> {
@@ -512,6 +530,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_details(&image);
             }
             Ok(())
+        }
+        Command::Watch { from, owner, count } => {
+            watch(&caller, from, owner.unwrap_or_default(), count, cli.json).await
         }
         Command::Delete { ids } => {
             for id in ids {
@@ -1049,6 +1070,7 @@ async fn download(
             accept: Vec::new(),
             read_offset: have as i64,
             read_limit: 0,
+            object: String::new(),
         };
         let mut stream = retrying(
             "download",
@@ -1112,6 +1134,120 @@ fn human_bytes(bytes: i64) -> String {
         .display()
         .iec()
         .to_string()
+}
+
+/// Times a watch is opened again in a row without an event before
+/// imagectl gives up.
+const WATCH_ATTEMPTS: u32 = 6;
+
+/// `imagectl watch`: events printed as they come; a stream ended with a
+/// resume cursor is opened again from it.
+async fn watch(
+    caller: &Caller,
+    from: String,
+    owner_id: String,
+    count: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut cursor = from;
+    let mut printed = 0u64;
+    let mut failures = 0u32;
+    let result = loop {
+        if count.is_some_and(|count| printed >= count) {
+            break Ok(());
+        }
+        let request = caller.request(pb::WatchImageEventsRequest {
+            cursor: cursor.clone(),
+            owner_id: owner_id.clone(),
+            types: Vec::new(),
+        });
+        let mut stream = match caller.client.clone().watch_image_events(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => break Err(status),
+        };
+        let ended = loop {
+            if count.is_some_and(|count| printed >= count) {
+                break None;
+            }
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    let Some(event) = message.event else { continue };
+                    print_event(&event, json)?;
+                    cursor = event.cursor;
+                    printed += 1;
+                    failures = 0;
+                }
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            }
+        };
+        let Some(status) = ended else {
+            if count.is_some_and(|count| printed >= count) {
+                break Ok(());
+            }
+            continue;
+        };
+        let resume = status
+            .metadata()
+            .get(image_service::grpc::RESUME_CURSOR)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        match resume {
+            Some(resume)
+                if matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
+                    && failures < WATCH_ATTEMPTS =>
+            {
+                failures += 1;
+                eprintln!("imagectl: {}; watching again", explain(&status));
+                // The cursor of the last event printed, or where the
+                // service says this stream stood.
+                cursor = resume;
+                tokio::time::sleep(backoff(failures)).await;
+            }
+            _ => break Err(status),
+        }
+    };
+    if !cursor.is_empty() {
+        eprintln!("imagectl: resume with: imagectl watch --from {cursor}");
+    }
+    result.map_err(anyhow::Error::from)
+}
+
+fn event_type_name(event: &pb::ImageEvent) -> &'static str {
+    match event.r#type() {
+        pb::ImageEventType::Created => "created",
+        pb::ImageEventType::Updated => "updated",
+        pb::ImageEventType::VariantsAdded => "variants_added",
+        pb::ImageEventType::Deleted => "deleted",
+        pb::ImageEventType::Unspecified => "unknown",
+    }
+}
+
+fn print_event(event: &pb::ImageEvent, json: bool) -> anyhow::Result<()> {
+    let time = event.time.map(format_time).unwrap_or_default();
+    if json {
+        let line = serde_json::json!({
+            "cursor": event.cursor,
+            "type": event_type_name(event),
+            "image_id": event.image_id,
+            "owner_id": event.owner_id,
+            "time": time,
+            "etag": event.etag,
+            "image": event.image.as_ref().map(image_json),
+            "object_keys": event.object_keys,
+        });
+        println!("{}", serde_json::to_string(&line)?);
+    } else {
+        println!(
+            "{time}  {:<14} {}  owner {}  {}  cursor {}",
+            event_type_name(event),
+            event.image_id,
+            printable(&event.owner_id),
+            event.etag,
+            event.cursor
+        );
+    }
+    Ok(())
 }
 
 fn image_json(image: &pb::Image) -> serde_json::Value {

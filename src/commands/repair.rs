@@ -47,5 +47,21 @@ pub async fn run_repair(
         "  {} index entr(y/ies) without their image",
         report.stale_index_entries
     );
+    let verb = if dry_run {
+        "would complete"
+    } else {
+        "completed"
+    };
+    println!(
+        "  {verb} the journaled encodings of {} image(s)",
+        report.pending_encodings.len()
+    );
+    for image in &report.pending_encodings {
+        println!("    {image}");
+    }
+    println!(
+        "  {} change(s) without their event, or delete(s) announced but not done",
+        report.unannounced_changes
+    );
     Ok(())
 }

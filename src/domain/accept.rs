@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 
 use super::DomainError;
-use super::image::{Held, ImageRecord, VariantName};
+use super::image::{Held, ImageRecord, ObjectName, Variant, VariantName};
 
 /// Most media types an `accept` may hold, after splitting entries at
 /// commas: a browser sends fewer than ten.
@@ -154,6 +154,19 @@ fn parse_quality(text: &str) -> Option<u16> {
 }
 
 impl ImageRecord {
+    /// The stored object `name` as a download reads it; `None` when the
+    /// image holds no such object (its original, or an object one of its
+    /// variant entries reads).
+    pub fn held_object(&self, name: &ObjectName) -> Option<Held> {
+        if name.is_original() {
+            return Some(self.original());
+        }
+        self.variants
+            .iter()
+            .find(|v| &v.object_name() == name)
+            .map(Variant::held)
+    }
+
     /// What a viewer with `accept` gets of the named rendition; `None`
     /// when the image has no such rendition.
     ///
@@ -203,7 +216,7 @@ impl ImageRecord {
 mod tests {
     use super::*;
     use crate::domain::UserId;
-    use crate::domain::image::{ImageId, ObjectName, Timestamp, Variant};
+    use crate::domain::image::{ObjectName, Timestamp, Variant};
 
     fn accept(entries: &[&str]) -> Accept {
         Accept::parse(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap()
@@ -220,32 +233,15 @@ mod tests {
         }
     }
 
-    /// A 640×400 PNG of 9000 bytes with `small` in JPEG, WebP and AVIF.
+    /// A 640×400 PNG of 9000 bytes with `variants`.
     fn image(variants: Vec<Variant>) -> ImageRecord {
+        let owner = UserId::parse("alice").unwrap();
         ImageRecord {
-            id: ImageId::new(),
-            owner: UserId::parse("alice").unwrap(),
-            filename: "a.png".into(),
-            content_type: "image/png".into(),
             size_bytes: 9000,
-            sha256: String::new(),
-            crc32c: 0,
             width: 640,
             height: 400,
-            title: String::new(),
-            description: String::new(),
-            tags: Vec::new(),
-            location: String::new(),
-            attributes: Default::default(),
-            create_time: Timestamp::now(),
-            update_time: Timestamp::now(),
             variants,
-            revision: 1,
-            idempotency_key: None,
-            uploaded_sha256: String::new(),
-            metadata_stripped: false,
-            blurhash: String::new(),
-            thumbhash: String::new(),
+            ..ImageRecord::sample(&owner, Timestamp::now().as_micros())
         }
     }
 

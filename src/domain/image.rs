@@ -100,7 +100,10 @@ impl fmt::Display for VariantName {
 /// An encoding a rendition can be stored in: what it is served as, and the
 /// extension of the objects of the encodings made beside a variant's first
 /// one (`images/{id}/{name}.{ext}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     Jpeg,
     WebP,
@@ -368,9 +371,47 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    #[cfg(any(test, feature = "testkit"))]
+    /// A record of `owner`, created at `micros`, with every field a backend
+    /// must keep filled in (an empty field would read back the same if it
+    /// were dropped).
+    pub fn sample(owner: &UserId, micros: i64) -> Self {
+        Self {
+            id: ImageId::new(),
+            owner: owner.clone(),
+            filename: "photo.png".into(),
+            content_type: "image/png".into(),
+            size_bytes: 10,
+            sha256: "0".repeat(64),
+            crc32c: 7,
+            width: 4,
+            height: 3,
+            title: "a title".into(),
+            description: String::new(),
+            tags: Vec::new(),
+            location: String::new(),
+            attributes: Default::default(),
+            create_time: Timestamp::from_micros(micros),
+            update_time: Timestamp::from_micros(micros),
+            variants: Vec::new(),
+            revision: 1,
+            idempotency_key: None,
+            uploaded_sha256: "0".repeat(64),
+            metadata_stripped: false,
+            blurhash: String::new(),
+            // A ThumbHash, base64.
+            thumbhash: "1QcSHQRnh493V4dIh4eXh1h4kJUI".into(),
+        }
+    }
+
     /// The etag callers pass back for conditional updates.
     pub fn etag(&self) -> String {
-        format!("r{}", self.revision)
+        Self::etag_of(self.revision)
+    }
+
+    /// The etag of a record at `revision`.
+    pub fn etag_of(revision: u64) -> String {
+        format!("r{revision}")
     }
 
     /// SHA-256 of the bytes as uploaded.

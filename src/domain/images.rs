@@ -10,7 +10,8 @@ use futures::stream::BoxStream;
 use super::accept::Accept;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
-use super::image::{Held, ImageRecord, Timestamp};
+use super::event::ChangeKind;
+use super::image::{Held, ImageRecord, ObjectName, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
@@ -56,6 +57,9 @@ pub struct ListResult {
 /// A download in progress: what is being read, and the bytes.
 pub struct Download {
     pub image: ImageRecord,
+    /// The stored object read: what a resumed download names to read the
+    /// same bytes ([`DownloadRequest::object`]).
+    pub object: ObjectName,
     /// The media type of the encoding chosen for the viewer.
     pub content_type: String,
     pub offset: u64,
@@ -64,6 +68,25 @@ pub struct Download {
     /// At most [`MAX_DOWNLOAD_CHUNK`] bytes an item; fails rather than ends
     /// early if the store delivers fewer bytes than announced.
     pub chunks: BoxStream<'static, Result<Bytes, DomainError>>,
+}
+
+/// What [`Images::download`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct DownloadRequest<'a> {
+    pub image_id: &'a str,
+    /// `original` (or empty) or a variant's name.
+    pub variant: &'a str,
+    /// The media types the viewer can show (see [`Accept`]).
+    pub accept: &'a [String],
+    /// A stored object of the image, as a download named it: read as it
+    /// is, whatever `variant` and `accept` say, so that a resumed download
+    /// reads the bytes it started with even if encodings were added since.
+    /// Empty: the rendition `variant` and `accept` choose.
+    pub object: &'a str,
+    /// The first byte read.
+    pub offset: i64,
+    /// At most this many bytes; 0 = to the end.
+    pub limit: i64,
 }
 
 /// What [`Images::batch_get`] signs a URL of, for each image.
@@ -273,19 +296,46 @@ impl Images {
         Ok((image, held))
     }
 
+    /// An image and one of its stored objects, named as a download's
+    /// first message named it ([`Download::object`]).
+    async fn pinned(
+        &self,
+        image_id: &str,
+        object: &str,
+    ) -> Result<(ImageRecord, Held), DomainError> {
+        let name = ObjectName::parse(object).ok_or_else(|| {
+            DomainError::invalid(format!(
+                "object {object:?} is not an object name (`original`, `small`, `small.webp`)"
+            ))
+        })?;
+        let image = self.get(image_id).await?;
+        let held = image
+            .held_object(&name)
+            .ok_or_else(|| DomainError::NotFound(format!("the image has no object {name}")))?;
+        Ok((image, held))
+    }
+
     /// Streams a rendition in the encoding chosen for `accept`, or `limit`
     /// bytes of it from `offset` (0 = to the end); its memory counts
     /// against `caller`'s share of the budget.
     pub async fn download(
         &self,
         caller: &UserId,
-        image_id: &str,
-        variant: &str,
-        accept: &[String],
-        offset: i64,
-        limit: i64,
+        request: &DownloadRequest<'_>,
     ) -> Result<Download, DomainError> {
-        let (image, held) = self.rendition(image_id, variant, accept).await?;
+        let DownloadRequest {
+            image_id,
+            variant,
+            accept,
+            object,
+            offset,
+            limit,
+        } = *request;
+        let (image, held) = if object.is_empty() {
+            self.rendition(image_id, variant, accept).await?
+        } else {
+            self.pinned(image_id, object).await?
+        };
         let total_size = held.size_bytes;
         let offset = u64::try_from(offset)
             .map_err(|_| DomainError::invalid("read_offset must not be negative"))?;
@@ -334,6 +384,7 @@ impl Images {
         };
         Ok(Download {
             image,
+            object: held.object,
             content_type: held.content_type,
             offset,
             length,
@@ -535,7 +586,11 @@ impl Images {
             }
             next.revision = current.revision + 1;
             next.update_time = Timestamp::now().max(current.update_time);
-            match self.metadata.replace(&next, current.revision).await {
+            match self
+                .metadata
+                .replace(&next, current.revision, ChangeKind::Updated)
+                .await
+            {
                 Ok(()) => return Ok(next),
                 Err(StorageError::ConditionFailed) if update.expected_etag.is_some() => {
                     return Err(stale_etag());

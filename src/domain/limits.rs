@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::image::Encoding;
 use super::ports::SessionQuota;
 use super::quota::QuotaLimits;
 use crate::media::content::ContentLimits;
@@ -49,6 +50,35 @@ pub struct Limits {
     /// What one user may hold (`--quota-bytes-per-user`,
     /// `--quota-images-per-user`), unless an admin set their own.
     pub quota: QuotaLimits,
+    /// The encodings made after the acknowledgement, and their queue.
+    pub encodings: EncodingLimits,
+}
+
+/// The encodings each variant is kept in besides the one made before the
+/// upload is acknowledged, and the bounds on the background work that
+/// makes them.
+#[derive(Clone, Debug)]
+pub struct EncodingLimits {
+    /// Made in the background (`--variant-formats` without `jpeg`, which
+    /// is made before the acknowledgement).
+    pub background: Vec<Encoding>,
+    /// Images whose encodings wait or are being made at once on this
+    /// replica (`--max-queued-encodings`); past it, the work is left to
+    /// the repair pass.
+    pub max_queued: usize,
+    /// Of those, one user's (`--max-queued-encodings-per-user`).
+    pub max_queued_per_user: usize,
+}
+
+impl Default for EncodingLimits {
+    /// Nothing made in the background.
+    fn default() -> Self {
+        Self {
+            background: Vec::new(),
+            max_queued: 0,
+            max_queued_per_user: 0,
+        }
+    }
 }
 
 /// How fast an upload must move, so that a slow or idle caller cannot hold

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::image::ObjectName;
-use super::image::Timestamp;
+use super::event::{ChangeKind, EventRead, EventStart};
+use super::image::{Encoding, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
 use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
@@ -383,6 +383,20 @@ pub struct PendingWrite {
     pub started: Timestamp,
 }
 
+/// A journaled promise, written before an upload is acknowledged: the
+/// image needs `encodings` of its variants besides those it was stored
+/// with, made in the background. Cleared once they are in its record (or
+/// the image is gone); the repair pass completes what a replica that died
+/// left (see [`MetadataStore::record_pending_encodings`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingEncodings {
+    pub image_id: ImageId,
+    /// Whose memory share the work is counted in.
+    pub owner: UserId,
+    pub encodings: Vec<Encoding>,
+    pub started: Timestamp,
+}
+
 /// The result of [`MetadataStore::create`].
 #[derive(Debug)]
 pub enum CreateOutcome {
@@ -416,9 +430,10 @@ pub const MAX_BATCH_GET: usize = 100;
 /// Image records and the indexes that list them.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
-    /// Stores a new record with its index entries. `AlreadyExists` if a record
-    /// with this id exists; `IdempotencyKeyTaken` (and nothing stored) if the
-    /// owner already used its idempotency key.
+    /// Stores a new record with its index entries and its `Created` event
+    /// (see [Events](#events)). `AlreadyExists` if a record with this id
+    /// exists; `IdempotencyKeyTaken` (and nothing stored) if the owner
+    /// already used its idempotency key.
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError>;
 
     /// The record, or `None`.
@@ -430,17 +445,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError>;
 
     /// Replaces the record (and its index entries) if the stored one still
-    /// has `expected_revision`: `ConditionFailed` otherwise, `NotFound` if
-    /// it is gone.
+    /// has `expected_revision`, with the event of `change` (`Updated` for a
+    /// caller's edit, `VariantsAdded` for renditions the service added):
+    /// `ConditionFailed` otherwise, `NotFound` if it is gone. The caller
+    /// names the change, the store never guesses it; `record.revision` is
+    /// greater than `expected_revision`.
     async fn replace(
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError>;
 
-    /// Deletes the record and its index entries if `owner` owns it, and
-    /// returns it: `NotFound` if absent, `ConditionFailed` if owned by
-    /// someone else.
+    /// Deletes the record and its index entries if `owner` owns it, with
+    /// its `Deleted` event, and returns it: `NotFound` if absent,
+    /// `ConditionFailed` if owned by someone else.
     async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError>;
 
     /// Up to `limit` records matching `filter`, newest first, starting after
@@ -469,6 +488,25 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         older_than: Timestamp,
     ) -> Result<Vec<PendingWrite>, StorageError>;
+
+    /// Journals the encodings an image still needs (one entry per image:
+    /// a second replaces the first), before the upload that needs them
+    /// is acknowledged.
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError>;
+
+    /// Forgets the image's journaled encodings once they are stored or
+    /// the image is gone; forgetting an unknown entry succeeds.
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError>;
+
+    /// Journaled encodings started before `older_than` (for the repair
+    /// pass).
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError>;
 
     /// Stores a new upload session unless its owner's open sessions (not
     /// committed, not expired) would exceed `quota` with it: that check
@@ -547,6 +585,62 @@ pub trait MetadataStore: Send + Sync + 'static {
         older_than: Timestamp,
         dry_run: bool,
     ) -> Result<usize, StorageError>;
+
+    // # Events
+    //
+    // Every change `create`, `replace` and `delete` acknowledge has exactly
+    // one event, keyed by (image, revision): written in the change's
+    // transaction where the store has transactions, otherwise before the
+    // change is acknowledged, and by `write_missing_events` for a change a
+    // crash left without one.
+
+    /// Up to `limit` events after `start`, in log order: the events of one
+    /// image in the order of its changes, and every event at least once to
+    /// a reader that resumes from the last position it read.
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError>;
+
+    /// The position of "now": reading after it returns only events written
+    /// after this call.
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError>;
+
+    /// Removes events written before `older_than` (the retention); returns
+    /// how many. Reads after a removed position are `Expired` from then.
+    /// Stores whose events expire by themselves (a TTL) remove none.
+    async fn remove_expired_events(&self, older_than: Timestamp) -> Result<usize, StorageError>;
+
+    /// Writes the event of every change written before `older_than` that
+    /// has none (a crash between the change and its event), and returns
+    /// how many. Stores that write both in one transaction have none.
+    async fn write_missing_events(
+        &self,
+        _older_than: Timestamp,
+        _dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+
+    /// `None` when the log has one order that every writer appends to
+    /// (positions are final when read). `Some(bound)` when writers on
+    /// several machines place events by their own clocks: an event becomes
+    /// readable at most `bound` after its time (the store refuses to
+    /// acknowledge a change whose event took longer), so a reader re-reads
+    /// the last `bound` of the log ([`EventStart::Since`]) and drops what
+    /// it has seen.
+    fn event_lookback(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A signal that changes when an event is written by this process,
+    /// for stores whose writers all live in it (the embedded store): its
+    /// watchers are woken at once instead of polling. `None` where other
+    /// processes write too.
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::image::Timestamp;
 use super::listing::ListFilter;
 use super::quota::held_by;
+use super::upload::Completed;
 use super::usage::UsageRecord;
 use super::{DomainError, ImageId, Images, UserId};
 use crate::domain::ports::{ObjectKey, StorageError, StoredObject};
@@ -26,6 +27,9 @@ pub struct RepairReport {
     pub unfinished_writes: Option<Vec<String>>,
     /// Index entries pointing at no image.
     pub stale_index_entries: usize,
+    /// Changes a crash left without their event (announced now), and
+    /// deletes announced but not done (completed now).
+    pub unannounced_changes: usize,
     /// Upload sessions past their expiry, removed with their bytes.
     pub expired_upload_sessions: usize,
     /// Upload sessions gone from the metadata store (or committed, their
@@ -37,6 +41,12 @@ pub struct RepairReport {
     /// a reservation and its end, a delete whose give-back failed), with
     /// what it said and what it says now.
     pub usage_corrections: Vec<UsageCorrection>,
+    /// Images whose encodings made after the acknowledgement were still
+    /// journaled (a replica stopped before making them, or left them when
+    /// its queue was full), with what the pass did: `{id} (webp,avif):
+    /// added N`, `image gone`, `undecodable`, or why it failed (the entry
+    /// then stays for the next pass).
+    pub pending_encodings: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -58,9 +68,11 @@ impl RepairReport {
         self.orphan_objects.is_empty()
             && self.unfinished_writes.as_ref().is_none_or(Vec::is_empty)
             && self.stale_index_entries == 0
+            && self.unannounced_changes == 0
             && self.expired_upload_sessions == 0
             && self.orphan_upload_objects.is_empty()
             && self.usage_corrections.is_empty()
+            && self.pending_encodings.is_empty()
     }
 }
 
@@ -78,6 +90,13 @@ impl Images {
             dry_run,
             ..RepairReport::default()
         };
+
+        // Events first: a delete completed here leaves its bytes to the
+        // orphan pass below.
+        report.unannounced_changes = self
+            .metadata
+            .write_missing_events(older_than, dry_run)
+            .await?;
 
         // Index entries first: an image whose bytes are removed below must
         // not stay reachable through a stale entry meanwhile.
@@ -156,6 +175,7 @@ impl Images {
         }
 
         report.usage_corrections = self.correct_usage(grace, dry_run).await?;
+        report.pending_encodings = self.complete_encodings(older_than, dry_run).await?;
 
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [
@@ -165,6 +185,7 @@ impl Images {
             ("expired_upload_session", report.expired_upload_sessions),
             ("orphan_upload_objects", report.orphan_upload_objects.len()),
             ("usage_correction", report.usage_corrections.len()),
+            ("pending_encodings", report.pending_encodings.len()),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);
@@ -252,6 +273,36 @@ impl Images {
         Ok(corrections)
     }
 
+    /// Completes the encodings journaled before `older_than` (unless
+    /// `dry_run`) and says what became of each. Images are taken one at a
+    /// time: each decode goes through the render admission of uploads.
+    async fn complete_encodings(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Vec<String>, DomainError> {
+        let mut done = Vec::new();
+        for pending in self.metadata.pending_encodings(older_than).await? {
+            let names: Vec<&str> = pending.encodings.iter().map(|e| e.extension()).collect();
+            let what = format!("{} ({})", pending.image_id, names.join(","));
+            if dry_run {
+                done.push(what);
+                continue;
+            }
+            let outcome = match self.uploads.complete_encodings(&pending).await {
+                Ok(Completed::Added(count)) => format!("added {count}"),
+                Ok(Completed::ImageGone) => "image gone".to_owned(),
+                Ok(Completed::Undecodable) => "undecodable".to_owned(),
+                Err(error) => {
+                    tracing::warn!(image_id = %pending.image_id, error = %error_chain(&error), "could not complete an image's encodings; the next pass will retry");
+                    "failed; left for the next pass".to_owned()
+                }
+            };
+            done.push(format!("{what}: {outcome}"));
+        }
+        Ok(done)
+    }
+
     /// Runs the repair pass every `interval`, logging what it finds.
     pub async fn repair_periodically(self, interval: Duration, grace: Duration) {
         let mut ticker = tokio::time::interval(interval);
@@ -267,6 +318,7 @@ impl Images {
                     stale_index_entries = report.stale_index_entries,
                     expired_upload_sessions = report.expired_upload_sessions,
                     usage_corrections = report.usage_corrections.len(),
+                    pending_encodings = report.pending_encodings.len(),
                     "repair pass fixed leftovers"
                 ),
                 Err(error) => {

@@ -1,13 +1,15 @@
 //! Protobuf messages to domain values and back.
 use std::time::Duration;
 
+use crate::domain::event::ChangeKind;
 use crate::domain::image::NewImage;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
-use crate::domain::ports::Disposition;
+use crate::domain::ports::{Disposition, ObjectKey};
 use crate::domain::upload::resumable::DirectParts;
 use crate::domain::upload::{FramePayload, UploadFrame};
+use crate::domain::watch::{MAX_TYPE_FILTERS, WatchFilter, WatchedEvent};
 use crate::domain::{DomainError, UserId};
 use crate::pb;
 
@@ -232,6 +234,65 @@ pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
         quota_bytes: usage.limits.max_bytes,
         quota_images: usage.limits.max_images,
         quota_overridden: record.quota.max_bytes.is_some() || record.quota.max_images.is_some(),
+    }
+}
+
+/// The filter of a `WatchImageEvents` request: an owner that is not a
+/// valid user id, an unknown or unspecified type, or more than
+/// [`MAX_TYPE_FILTERS`] types is INVALID_ARGUMENT.
+pub fn watch_filter(owner_id: &str, types: &[i32]) -> Result<WatchFilter, DomainError> {
+    let owner = if owner_id.is_empty() {
+        None
+    } else {
+        Some(
+            UserId::parse(owner_id)
+                .map_err(|_| DomainError::invalid("owner_id is not a valid user id"))?,
+        )
+    };
+    if types.len() > MAX_TYPE_FILTERS {
+        return Err(DomainError::invalid(format!(
+            "types names at most {MAX_TYPE_FILTERS} types"
+        )));
+    }
+    let kinds = types
+        .iter()
+        .map(|&value| match pb::ImageEventType::try_from(value) {
+            Ok(pb::ImageEventType::Created) => Ok(ChangeKind::Created),
+            Ok(pb::ImageEventType::Updated) => Ok(ChangeKind::Updated),
+            Ok(pb::ImageEventType::VariantsAdded) => Ok(ChangeKind::VariantsAdded),
+            Ok(pb::ImageEventType::Deleted) => Ok(ChangeKind::Deleted),
+            Ok(pb::ImageEventType::Unspecified) | Err(_) => Err(DomainError::invalid(format!(
+                "types holds {value}, which is not an image event type"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(WatchFilter { owner, kinds })
+}
+
+pub fn event_type(kind: ChangeKind) -> pb::ImageEventType {
+    match kind {
+        ChangeKind::Created => pb::ImageEventType::Created,
+        ChangeKind::Updated => pb::ImageEventType::Updated,
+        ChangeKind::VariantsAdded => pb::ImageEventType::VariantsAdded,
+        ChangeKind::Deleted => pb::ImageEventType::Deleted,
+    }
+}
+
+/// An event as `viewer` (a watcher) may see it.
+pub fn event(watched: WatchedEvent, viewer: &UserId) -> pb::ImageEvent {
+    let event = watched.event;
+    pb::ImageEvent {
+        cursor: watched.cursor,
+        r#type: event_type(event.kind) as i32,
+        image_id: event.image_id.to_string(),
+        owner_id: event.owner.as_str().to_owned(),
+        time: Some(timestamp(event.time)),
+        image: event.image.as_ref().map(|record| image(record, viewer)),
+        etag: event.etag(),
+        object_keys: event
+            .object_names()
+            .map(|name| ObjectKey::of(&event.image_id, &name).as_str().to_owned())
+            .collect(),
     }
 }
 

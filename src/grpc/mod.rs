@@ -9,5 +9,5 @@ pub mod response_memory;
 pub mod service;
 mod status;
 
-pub use service::ImageApi;
+pub use service::{ImageApi, RESUME_CURSOR};
 pub use status::RETRY_PUSHBACK;

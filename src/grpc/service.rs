@@ -16,9 +16,10 @@ use super::convert;
 use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
-use crate::domain::images::BatchUrl;
+use crate::domain::images::{BatchUrl, DownloadRequest};
 use crate::domain::upload::message_bound;
 use crate::domain::usage::QuotaOverride;
+use crate::domain::watch::{EndReason, WatchEnd, Watches};
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
 use crate::pb;
@@ -38,18 +39,29 @@ pub struct CallLimits {
     pub max_in_flight: usize,
 }
 
-/// The gRPC face of [`Images`].
+/// The trailer (and status detail in the message) that carries the cursor
+/// a cut or ended `WatchImageEvents` stream resumes from.
+pub const RESUME_CURSOR: &str = "x-resume-cursor";
+
+/// The gRPC face of [`Images`] and [`Watches`].
 pub struct ImageApi {
     images: Images,
+    watches: Watches,
     auth: Arc<Authenticator>,
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
 }
 
 impl ImageApi {
-    pub fn new(images: Images, auth: Arc<Authenticator>, limits: CallLimits) -> Self {
+    pub fn new(
+        images: Images,
+        watches: Watches,
+        auth: Arc<Authenticator>,
+        limits: CallLimits,
+    ) -> Self {
         Self {
             images,
+            watches,
             auth,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
@@ -293,6 +305,29 @@ impl Drop for UploadInProgress {
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadImageResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchImageEventsResponse, Status>> + Send>>;
+
+/// The status that ends a watch: its message names the cursor to resume
+/// from, and so does the [`RESUME_CURSOR`] trailer.
+fn watch_end(end: WatchEnd) -> Status {
+    let status = match end.reason {
+        EndReason::Stopping => Status::unavailable("the server is shutting down"),
+        EndReason::Error(error) => Status::from(error),
+    };
+    let mut metadata = status.metadata().clone();
+    if let Ok(value) = MetadataValue::try_from(end.resume.as_str()) {
+        metadata.insert(RESUME_CURSOR, value);
+    }
+    Status::with_metadata(
+        status.code(),
+        format!(
+            "{}: watch again from cursor {} (also in the {RESUME_CURSOR} trailer)",
+            status.message(),
+            end.resume
+        ),
+        metadata,
+    )
+}
 
 /// The peer of the connection a request came on.
 fn peer_of<T>(request: &Request<T>) -> Option<&PeerInfo> {
@@ -456,17 +491,15 @@ impl ImageService for ImageApi {
         self.observe("DownloadImage", request.metadata(), |in_flight| async {
             let caller = self.caller_of(&request).await?;
             let r = request.get_ref();
-            let download = self
-                .images
-                .download(
-                    &caller,
-                    &r.image_id,
-                    &r.variant,
-                    &r.accept,
-                    r.read_offset,
-                    r.read_limit,
-                )
-                .await?;
+            let wanted = DownloadRequest {
+                image_id: &r.image_id,
+                variant: &r.variant,
+                accept: &r.accept,
+                object: &r.object,
+                offset: r.read_offset,
+                limit: r.read_limit,
+            };
+            let download = self.images.download(&caller, &wanted).await?;
             let header = pb::DownloadImageResponse {
                 image: Some(convert::image(&download.image, &caller)),
                 content_range: Some(pb::ContentRange {
@@ -476,6 +509,7 @@ impl ImageService for ImageApi {
                 }),
                 chunk: Default::default(),
                 content_type: download.content_type.clone(),
+                object: download.object.to_string(),
             };
             let chunks = download.chunks.map(|chunk| {
                 chunk
@@ -568,6 +602,41 @@ impl ImageService for ImageApi {
                 .await?;
             tracing::info!(image_id = %request.get_ref().image_id, "image deleted");
             Ok(Response::new(pb::DeleteImageResponse {}))
+        })
+        .await
+    }
+
+    type WatchImageEventsStream = WatchStream;
+
+    async fn watch_image_events(
+        &self,
+        request: Request<pb::WatchImageEventsRequest>,
+    ) -> Result<Response<Self::WatchImageEventsStream>, Status> {
+        // A watch does not keep a place among the calls in flight (it may
+        // last for days): the watchers' own cap bounds them.
+        self.observe("WatchImageEvents", request.metadata(), |_in_flight| async {
+            let caller = self.caller_of(&request).await?;
+            let r = request.get_ref();
+            let filter = convert::watch_filter(&r.owner_id, &r.types)?;
+            let events = self.watches.watch(&caller, &r.cursor, filter).await?;
+            tracing::info!(cursor = %r.cursor, "event watch started");
+            let stream: WatchStream = Box::pin(events.map(move |item| match item {
+                Ok(watched) => Ok(pb::WatchImageEventsResponse {
+                    event: Some(convert::event(watched, &caller)),
+                }),
+                Err(end) => {
+                    tracing::info!(resume = %end.resume, reason = ?end.reason, "event watch ended");
+                    Err(watch_end(end))
+                }
+            }));
+            // What the stream holds is bounded by the watch itself (two
+            // pages of events); the layer ends it, like a download, once it
+            // is not read for the stall timeout.
+            let mut response = Response::new(stream);
+            response
+                .extensions_mut()
+                .insert(HeldMemory::new(Reservation::none()));
+            Ok(response)
         })
         .await
     }

@@ -39,6 +39,10 @@ pub const ACCEPTED_TYPES: &[&str] = &[
 pub struct ContentLimits {
     pub max_bytes: u64,
     pub max_pixels: u64,
+    /// Most passes over its coefficients a JPEG's scans may take to
+    /// decode ([`crate::media::limits::JpegDecodeWork`]); the scrubber
+    /// refuses more.
+    pub max_jpeg_decode_passes: u32,
 }
 
 /// What the caller declared about the bytes; each is checked when set.
@@ -449,6 +453,7 @@ mod tests {
         ContentLimits {
             max_bytes: 10_000,
             max_pixels: 1_000_000,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         }
     }
 
@@ -510,6 +515,7 @@ mod tests {
         let limits = ContentLimits {
             max_bytes: 1 << 20,
             max_pixels: 1 << 20,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         };
         for (format, bytes) in &files {
             for size in [1, 7, 100, 4096, bytes.len()] {
@@ -534,6 +540,7 @@ mod tests {
         let limits = ContentLimits {
             max_bytes: 1 << 20,
             max_pixels: 1 << 30,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         };
         let grid = crate::fixtures::heic_grid(4000, 1848, 512, 0);
         for size in [1, 64, grid.len()] {

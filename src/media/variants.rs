@@ -15,8 +15,9 @@
 //! [`encode::JPEG_ACKNOWLEDGED`]). Images with real transparency get
 //! lossless WebP instead, which keeps the alpha channel and is smaller than
 //! PNG. The encoders and their measured settings are in [`encode`].
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,12 +91,40 @@ pub struct Rendition {
 }
 
 /// Everything made from one image.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Rendered {
     pub variants: Vec<Rendition>,
     pub blurhash: String,
     /// A ThumbHash of the image as viewed, base64 (standard alphabet, padded).
     pub thumbhash: String,
+    /// The resized, upright pixels each rendition was encoded from, by the
+    /// name of the [`Rendition`] made from them (a variant that shares a
+    /// larger one's rendition has none of its own): the other encodings
+    /// are made from them without decoding the image again.
+    pub pixels: Vec<(String, Pixels)>,
+    /// The ICC profile the variants carry, when it is small enough to
+    /// embed ([`MAX_VARIANT_ICC_PROFILE`]).
+    pub icc: Option<Vec<u8>>,
+}
+
+/// The encodings made after a rendition's first one, from its pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Lossy WebP ([`encode::WEBP`]), alpha kept.
+    WebP,
+    /// AVIF ([`encode::AVIF`]), alpha kept; in a build with the `avif`
+    /// feature.
+    Avif,
+}
+
+impl Codec {
+    /// Whether this build can make it.
+    pub fn available(self) -> bool {
+        match self {
+            Codec::WebP => true,
+            Codec::Avif => cfg!(feature = "avif"),
+        }
+    }
 }
 
 /// Images up to this many pixels (a 16-megapixel phone photo) render in
@@ -116,8 +145,59 @@ pub struct Renderer {
 }
 
 /// A turn to render, taken before the source bytes are loaded so that the
-/// memory of waiting renders is not held either.
+/// memory of waiting renders is not held either. The render's thread
+/// holds it until the decode has stopped, so a render whose caller went
+/// away keeps its turn while it still uses CPU.
 pub struct RenderSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// Set when the render's caller has gone away (its future was dropped):
+/// the render's thread stops at the next point it can, so no new stage
+/// starts and libjpeg-turbo stops within a row of blocks; jpeg-decoder
+/// stops at its next read of the file, at the latest at the next scan
+/// (a scan's work is bounded by `--max-jpeg-decode-passes`).
+#[derive(Clone, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    /// Whether the caller went away.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// An error if the caller went away: the render stops.
+    fn check(&self) -> Result<(), MediaError> {
+        if self.is_set() {
+            return Err(MediaError::invalid("the render's caller went away"));
+        }
+        Ok(())
+    }
+}
+
+/// Sets [`Abandoned`] when dropped: held by the future awaiting a render,
+/// so dropping that future (the caller cancelled) stops the render.
+struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The file's bytes to jpeg-decoder, failing once the render is
+/// abandoned: jpeg-decoder has no other way to be stopped.
+struct StopsWhenAbandoned<'a> {
+    bytes: Cursor<&'a [u8]>,
+    abandoned: &'a Abandoned,
+}
+
+impl Read for StopsWhenAbandoned<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.is_set() {
+            return Err(std::io::Error::other("the render's caller went away"));
+        }
+        self.bytes.read(buf)
+    }
+}
 
 impl Renderer {
     /// A renderer of the variants `sizes` (smallest first).
@@ -161,7 +241,7 @@ impl Renderer {
     /// pool. `orientation` is the EXIF orientation (1 to 8).
     pub async fn render(
         &self,
-        _slot: RenderSlot,
+        slot: RenderSlot,
         source: Bytes,
         content_type: &str,
         orientation: u8,
@@ -170,7 +250,10 @@ impl Renderer {
             .ok_or_else(|| MediaError::invalid(format!("{content_type} is not decoded")))?;
         let max_memory = self.limits.max_memory;
         let sizes = self.sizes.clone();
+        let abandoned = Abandoned::default();
+        let _on_drop = AbandonOnDrop(abandoned.clone());
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             render_as(
                 &source,
                 format,
@@ -178,6 +261,7 @@ impl Renderer {
                 max_memory,
                 JpegDecode::Scaled,
                 &sizes,
+                &abandoned,
             )
             .map(|(rendered, _)| rendered)
         })
@@ -190,14 +274,17 @@ impl Renderer {
     /// [`memory_needed_whole_jpeg`]).
     pub async fn render_whole_jpeg(
         &self,
-        _slot: RenderSlot,
+        slot: RenderSlot,
         source: Bytes,
         orientation: u8,
         max_memory: u64,
     ) -> Result<Rendered, MediaError> {
         let max_memory = max_memory.min(self.limits.max_memory);
         let sizes = self.sizes.clone();
+        let abandoned = Abandoned::default();
+        let _on_drop = AbandonOnDrop(abandoned.clone());
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             render_as(
                 &source,
                 ImageFormat::Jpeg,
@@ -205,6 +292,7 @@ impl Renderer {
                 max_memory,
                 JpegDecode::Whole,
                 &sizes,
+                &abandoned,
             )
             .map(|(rendered, _)| rendered)
         })
@@ -282,10 +370,13 @@ pub fn render_profiled(
         max_memory,
         JpegDecode::Scaled,
         &default_sizes(),
+        &Abandoned::default(),
     )
 }
 
-/// [`render_profiled`], with the JPEG decoding path chosen.
+/// [`render_profiled`], with the JPEG decoding path chosen; stops at the
+/// next stage (or within the decode, see [`Abandoned`]) once
+/// `abandoned` is set.
 fn render_as(
     source: &[u8],
     format: ImageFormat,
@@ -293,7 +384,10 @@ fn render_as(
     max_memory: u64,
     jpeg: JpegDecode,
     sizes: &[VariantSize],
+    abandoned: &Abandoned,
 ) -> Result<(Rendered, RenderProfile), MediaError> {
+    // A render that waited for a thread after its caller went away.
+    abandoned.check()?;
     let mut profile = RenderProfile::default();
     let mut clock = Instant::now();
     let mut lap = |stage: &mut Duration| {
@@ -301,7 +395,15 @@ fn render_as(
         *stage += now - clock;
         clock = now;
     };
-    let (decoded, icc) = decode(source, format, largest_side(sizes), max_memory, jpeg)?;
+    let (decoded, icc) = decode(
+        source,
+        format,
+        largest_side(sizes),
+        max_memory,
+        jpeg,
+        abandoned,
+    )?;
+    let icc = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE);
     lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
     let mut resizer = Resizer::new();
@@ -309,13 +411,15 @@ fn render_as(
     // Largest first, each next one from the previous: cheaper, and the
     // orientation is applied once, to the first (already small) result.
     let mut variants: Vec<Rendition> = Vec::with_capacity(sizes.len());
-    let mut previous: Option<Pixels> = None;
+    let mut kept: Vec<(String, Pixels)> = Vec::with_capacity(sizes.len());
+    let mut previous: Option<(String, Pixels)> = None;
     let mut decoded = Some(decoded);
     for VariantSize { name, longest_side } in sizes.iter().rev() {
+        abandoned.check()?;
         let (name, side) = (name.clone(), *longest_side);
         // A variant no smaller than the one made before it has its pixels:
         // not resized nor encoded again (its entry shares the object).
-        if let (Some(larger), Some(made)) = (&previous, variants.last())
+        if let (Some((_, larger)), Some(made)) = (&previous, variants.last())
             && fit(larger.width(), larger.height(), side) == (larger.width(), larger.height())
         {
             let same = Rendition {
@@ -339,7 +443,7 @@ fn render_as(
                 resized
             }
             (None, None) => return Err(MediaError::invalid("no image was decoded")),
-            (Some(larger), _) => {
+            (Some((_, larger)), _) => {
                 let target = fit(larger.width(), larger.height(), side);
                 larger.resize(&mut resizer, target)?
             }
@@ -348,17 +452,24 @@ fn render_as(
         let (content_type, bytes) = pixels.encode(icc.as_deref())?;
         lap(&mut profile.encode);
         variants.push(Rendition {
-            name,
+            name: name.clone(),
             content_type,
             width: pixels.width(),
             height: pixels.height(),
             bytes,
         });
-        previous = Some(pixels);
+        // Each rendition's pixels are kept for its other encodings; the
+        // next, smaller one is resized from them.
+        if let Some(larger) = previous.take() {
+            kept.push(larger);
+        }
+        previous = Some((name, pixels));
     }
     variants.reverse();
-    let smallest = previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
+    let (smallest_name, smallest) =
+        previous.ok_or_else(|| MediaError::invalid("no variants are configured"))?;
     let tiny = placeholder_source(&smallest, &mut resizer)?;
+    kept.push((smallest_name, smallest));
     let blurhash = placeholder(&tiny)?;
     lap(&mut profile.placeholder);
     let thumbhash = thumbhash(&tiny);
@@ -367,6 +478,8 @@ fn render_as(
         variants,
         blurhash,
         thumbhash,
+        pixels: kept,
+        icc,
     };
     Ok((rendered, profile))
 }
@@ -405,10 +518,11 @@ fn decode(
     largest: u32,
     max_memory: u64,
     jpeg: JpegDecode,
+    abandoned: &Abandoned,
 ) -> Result<Decoded, MediaError> {
     if format == ImageFormat::Jpeg
         && jpeg == JpegDecode::Scaled
-        && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory)?
+        && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory, abandoned)?
     {
         return Ok(decoded);
     }
@@ -721,9 +835,13 @@ fn decode_jpeg_scaled(
     source: &[u8],
     largest: u32,
     max_memory: u64,
+    abandoned: &Abandoned,
 ) -> Result<Option<Decoded>, MediaError> {
     use jpeg_decoder::PixelFormat;
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(source));
+    let mut decoder = jpeg_decoder::Decoder::new(StopsWhenAbandoned {
+        bytes: Cursor::new(source),
+        abandoned,
+    });
     decoder.set_max_decoding_buffer_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
     decoder.read_info().map_err(jpeg_error)?;
     let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
@@ -735,9 +853,14 @@ fn decode_jpeg_scaled(
     #[cfg(feature = "libjpeg-turbo")]
     let (width, height, pixels) = {
         let denominator = jpeg_scale(u32::from(info.width), u32::from(info.height), largest);
-        turbo::decode(source, denominator as u32, grey, max_memory).map_err(|e| match e {
-            turbo::TurboError::Memory => too_large_to_decode(),
-            turbo::TurboError::Corrupt(message) => corrupt(message),
+        turbo::decode(source, denominator as u32, grey, max_memory, &abandoned.0).map_err(|e| {
+            match e {
+                turbo::TurboError::Memory => too_large_to_decode(),
+                turbo::TurboError::Corrupt(message) => corrupt(message),
+                turbo::TurboError::Abandoned => {
+                    MediaError::invalid("the render's caller went away")
+                }
+            }
         })?
     };
     #[cfg(not(feature = "libjpeg-turbo"))]
@@ -746,7 +869,9 @@ fn decode_jpeg_scaled(
         // way the image is turned.
         let side = u16::try_from(jpeg_decode_side(largest)).unwrap_or(u16::MAX);
         let (width, height) = decoder.scale(side, side).map_err(jpeg_error)?;
-        let pixels = decoder.decode().map_err(jpeg_error)?;
+        let pixels = decoder
+            .decode()
+            .map_err(|e| abandoned.check().err().unwrap_or_else(|| jpeg_error(e)))?;
         (u32::from(width), u32::from(height), pixels)
     };
     let image = if grey {
@@ -793,7 +918,8 @@ fn lanczos3() -> ResizeOptions {
 }
 
 /// Decoded pixels in one of the two layouts variants are made from.
-enum Pixels {
+#[derive(Debug)]
+pub enum Pixels {
     Rgb(RgbImage),
     Rgba(RgbaImage),
 }
@@ -809,14 +935,57 @@ impl Pixels {
         }
     }
 
-    fn width(&self) -> u32 {
+    pub fn width(&self) -> u32 {
         match self {
             Self::Rgb(image) => image.width(),
             Self::Rgba(image) => image.width(),
         }
     }
 
-    fn height(&self) -> u32 {
+    /// Bytes the pixels hold.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Rgb(image) => image.as_raw().len() as u64,
+            Self::Rgba(image) => image.as_raw().len() as u64,
+        }
+    }
+
+    /// Whether any pixel is transparent: its encodings must keep alpha.
+    pub fn has_alpha(&self) -> bool {
+        match self {
+            Self::Rgb(_) => false,
+            Self::Rgba(image) => image.pixels().any(|p| p.0[3] != u8::MAX),
+        }
+    }
+
+    /// The pixels in `codec`, with the ICC profile `icc` where the
+    /// encoding carries one (see [`encode`]).
+    pub fn encode_as(&self, codec: Codec, icc: Option<&[u8]>) -> Result<Bytes, MediaError> {
+        let opaque;
+        let frame = match self {
+            Self::Rgb(image) => encode::Frame::Rgb(image),
+            Self::Rgba(image) if !self.has_alpha() => {
+                opaque = DynamicImage::ImageRgba8(image.clone()).into_rgb8();
+                encode::Frame::Rgb(&opaque)
+            }
+            Self::Rgba(image) => encode::Frame::Rgba(image),
+        };
+        let bytes = match codec {
+            Codec::WebP => encode::webp(frame, icc, encode::WEBP)?,
+            #[cfg(feature = "avif")]
+            Codec::Avif => encode::avif(frame, encode::AVIF)?,
+            #[cfg(not(feature = "avif"))]
+            Codec::Avif => {
+                let _ = frame;
+                return Err(MediaError::Internal(
+                    "AVIF needs a build with the avif feature".into(),
+                ));
+            }
+        };
+        Ok(Bytes::from(bytes))
+    }
+
+    pub fn height(&self) -> u32 {
         match self {
             Self::Rgb(image) => image.height(),
             Self::Rgba(image) => image.height(),
@@ -1096,5 +1265,51 @@ mod attack6 {
         let large = encoded_with(&[7; MAX_VARIANT_ICC_PROFILE + 1]);
         assert!(!carried(&large));
         assert!(large.len() < 4 * 1024, "{} bytes", large.len());
+    }
+}
+
+/// A render whose caller went away stops: at once when it had not
+/// started, and within its decode when it had (jpeg-decoder at its next
+/// read of the file, libjpeg-turbo within a row of blocks).
+#[cfg(test)]
+mod abandoned {
+    use super::*;
+    use crate::fixtures::{jpeg, narrow_scans_jpeg};
+
+    fn render_abandonable(source: &[u8], abandoned: &Abandoned) -> Result<Rendered, MediaError> {
+        render_as(
+            source,
+            ImageFormat::Jpeg,
+            1,
+            1 << 30,
+            JpegDecode::Scaled,
+            &default_sizes(),
+            abandoned,
+        )
+        .map(|(rendered, _)| rendered)
+    }
+
+    #[test]
+    fn a_render_abandoned_before_it_starts_does_not_start() {
+        let abandoned = Abandoned::default();
+        drop(AbandonOnDrop(abandoned.clone()));
+        let error = render_abandonable(&jpeg(64, 48), &abandoned).unwrap_err();
+        assert!(error.to_string().contains("went away"), "{error}");
+    }
+
+    /// A valid progressive file of 500 scans, each visiting all 262 144
+    /// blocks: seconds of decoding, stopped a moment after it starts.
+    #[test]
+    fn a_render_abandoned_while_decoding_stops() {
+        let file = narrow_scans_jpeg(4096, 4096, 500);
+        let abandoned = Abandoned::default();
+        let on_drop = AbandonOnDrop(abandoned.clone());
+        let caller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(on_drop);
+        });
+        let error = render_abandonable(&file, &abandoned).unwrap_err();
+        caller.join().unwrap();
+        assert!(error.to_string().contains("went away"), "{error}");
     }
 }

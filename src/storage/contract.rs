@@ -12,12 +12,13 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 
+use crate::domain::event::{ChangeKind, EventRead, EventStart, StoredEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::image::{Encoding, NewImage, ObjectName};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey, PendingWrite,
-    SessionAdmission, SessionQuota, StorageError,
+    BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey,
+    PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
 use crate::domain::usage::{
@@ -53,10 +54,98 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     usage_changes_stay_under_the_ceiling_even_at_once(store).await;
     a_reservation_ends_once(store).await;
     quota_overrides_and_recomputed_usage_keep_each_other(store).await;
+    journaled_encodings_are_one_entry_per_image_until_cleared(store).await;
+    every_change_has_one_event_in_order_after_the_head(store).await;
     store
         .check_health()
         .await
         .expect("a usable store is healthy");
+}
+
+/// Every event after `start`, read a page of two at a time (so that a read
+/// resumes from its last position), until `want` events of `owner` are seen.
+async fn events_of(
+    store: &dyn MetadataStore,
+    start: EventStart,
+    owner: &UserId,
+    want: usize,
+) -> Vec<StoredEvent> {
+    let mut start = start;
+    let mut seen: Vec<StoredEvent> = Vec::new();
+    for _ in 0..1000 {
+        let page = match store.read_events(&start, 2).await.expect("events read") {
+            EventRead::Events(page) => page,
+            other => panic!("a fresh position reads events, not {other:?}"),
+        };
+        let Some(last) = page.last() else {
+            if seen.len() >= want {
+                break;
+            }
+            // A store that polls may show a write a moment later.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        start = EventStart::After(last.position.clone());
+        seen.extend(page.into_iter().filter(|e| e.event.owner == *owner));
+    }
+    seen
+}
+
+async fn every_change_has_one_event_in_order_after_the_head(store: &dyn MetadataStore) {
+    let head = store.event_head().await.expect("the head is read");
+    let owner = fresh_user();
+    let record = sample_record(&owner, now_micros());
+    create(store, &record).await;
+    let mut changed = record.clone();
+    changed.title = "edited".into();
+    changed.revision = 2;
+    store
+        .replace(&changed, 1, ChangeKind::Updated)
+        .await
+        .expect("replaced");
+    let mut rendered = changed.clone();
+    rendered.revision = 3;
+    store
+        .replace(&rendered, 2, ChangeKind::VariantsAdded)
+        .await
+        .expect("replaced");
+    assert!(
+        matches!(
+            store.replace(&rendered, 2, ChangeKind::Updated).await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "a refused change is refused"
+    );
+    store.delete(&record.id, &owner).await.expect("deleted");
+
+    let events = events_of(store, EventStart::After(head), &owner, 4).await;
+    let kinds: Vec<(ChangeKind, u64)> = events
+        .iter()
+        .map(|e| (e.event.kind, e.event.revision))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::Created, 1),
+            (ChangeKind::Updated, 2),
+            (ChangeKind::VariantsAdded, 3),
+            (ChangeKind::Deleted, 3),
+        ],
+        "one event per acknowledged change, in the order of the changes, none for a refused one"
+    );
+    assert_eq!(events[1].event.image.as_ref(), Some(&changed));
+    let deleted = &events[3].event;
+    assert_eq!(deleted.image, None, "a deleted image is not in its event");
+    assert_eq!(deleted.objects, ["original"], "the objects a purge needs");
+    assert!(
+        matches!(
+            store
+                .read_events(&EventStart::After(vec![1, 2, 3]), 10)
+                .await,
+            Ok(EventRead::Malformed)
+        ),
+        "a position of another store is malformed"
+    );
 }
 
 /// Bytes of a test object: not a run of one value, so that a misplaced
@@ -185,36 +274,9 @@ fn fresh_user() -> UserId {
     UserId::parse(&format!("contract-{}", uuid::Uuid::new_v4())).expect("a user id")
 }
 
-/// A record of `owner`, created at `micros`, with every field a backend
-/// must keep filled in (an empty field would read back the same if it
-/// were dropped).
+/// A record of `owner`, created at `micros`: see [`ImageRecord::sample`].
 pub fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
-    ImageRecord {
-        id: ImageId::new(),
-        owner: owner.clone(),
-        filename: "photo.png".into(),
-        content_type: "image/png".into(),
-        size_bytes: 10,
-        sha256: "0".repeat(64),
-        crc32c: 7,
-        width: 4,
-        height: 3,
-        title: "a title".into(),
-        description: String::new(),
-        tags: Vec::new(),
-        location: String::new(),
-        attributes: Default::default(),
-        create_time: Timestamp::from_micros(micros),
-        update_time: Timestamp::from_micros(micros),
-        variants: Vec::new(),
-        revision: 1,
-        idempotency_key: None,
-        uploaded_sha256: "0".repeat(64),
-        metadata_stripped: false,
-        blurhash: String::new(),
-        // A ThumbHash, base64.
-        thumbhash: "1QcSHQRnh493V4dIh4eXh1h4kJUI".into(),
-    }
+    ImageRecord::sample(owner, micros)
 }
 
 fn now_micros() -> i64 {
@@ -322,13 +384,13 @@ async fn replacing_needs_the_expected_revision(store: &dyn MetadataStore) {
     changed.revision = 2;
     assert!(
         matches!(
-            store.replace(&changed, 7).await,
+            store.replace(&changed, 7, ChangeKind::Updated).await,
             Err(StorageError::ConditionFailed)
         ),
         "a stale revision is refused"
     );
     store
-        .replace(&changed, 1)
+        .replace(&changed, 1, ChangeKind::Updated)
         .await
         .expect("the record is replaced");
     let read = store.get(&record.id).await.expect("read").expect("present");
@@ -337,7 +399,7 @@ async fn replacing_needs_the_expected_revision(store: &dyn MetadataStore) {
     let missing = sample_record(&fresh_user(), now_micros());
     assert!(
         matches!(
-            store.replace(&missing, 1).await,
+            store.replace(&missing, 1, ChangeKind::Updated).await,
             Err(StorageError::NotFound)
         ),
         "replacing a missing record is NotFound"
@@ -494,6 +556,64 @@ async fn journaled_writes_are_listed_by_age_until_cleared(store: &dyn MetadataSt
         .clear_pending_write(&write)
         .await
         .expect("clearing an unknown write succeeds");
+}
+
+async fn journaled_encodings_are_one_entry_per_image_until_cleared(store: &dyn MetadataStore) {
+    let started = now_micros() - 60_000_000;
+    let mut pending = PendingEncodings {
+        image_id: ImageId::new(),
+        owner: fresh_user(),
+        encodings: vec![Encoding::WebP],
+        started: Timestamp::from_micros(started),
+    };
+    store
+        .record_pending_encodings(&pending)
+        .await
+        .expect("journaled");
+    let listed = |older_than: i64| async move {
+        store
+            .pending_encodings(Timestamp::from_micros(older_than))
+            .await
+            .expect("listed")
+    };
+    assert!(
+        listed(started + 1).await.contains(&pending),
+        "a journaled entry is listed once old enough"
+    );
+    assert!(
+        !listed(started)
+            .await
+            .iter()
+            .any(|p| p.image_id == pending.image_id),
+        "a younger entry is not listed"
+    );
+    // A second entry of the image takes the first one's place.
+    pending.encodings = vec![Encoding::WebP, Encoding::Avif];
+    store
+        .record_pending_encodings(&pending)
+        .await
+        .expect("journaled again");
+    let mine: Vec<PendingEncodings> = listed(started + 1)
+        .await
+        .into_iter()
+        .filter(|p| p.image_id == pending.image_id)
+        .collect();
+    assert_eq!(mine, vec![pending.clone()], "one entry per image");
+    store
+        .clear_pending_encodings(&pending.image_id)
+        .await
+        .expect("cleared");
+    assert!(
+        !listed(started + 1)
+            .await
+            .iter()
+            .any(|p| p.image_id == pending.image_id),
+        "a cleared entry is gone"
+    );
+    store
+        .clear_pending_encodings(&pending.image_id)
+        .await
+        .expect("clearing an unknown entry succeeds");
 }
 
 async fn a_sessions_objects_are_sized_and_deleted_together(store: &dyn BlobStore) {

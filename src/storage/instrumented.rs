@@ -9,13 +9,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::domain::event::{ChangeKind, EventRead, EventStart};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
     PresignRequest, PresignedUrl, StorageError, WriteSize,
 };
-use crate::domain::ports::{PendingWrite, SessionAdmission, SessionQuota, StoredObject};
+use crate::domain::ports::{
+    PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
+};
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
@@ -235,11 +238,12 @@ impl MetadataStore for InstrumentedMetadata {
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError> {
         timed(
             ("metadata", self.1),
             "replace",
-            self.0.replace(record, expected_revision),
+            self.0.replace(record, expected_revision, change),
         )
         .await
     }
@@ -296,6 +300,39 @@ impl MetadataStore for InstrumentedMetadata {
             ("metadata", self.1),
             "pending_writes",
             self.0.pending_writes(older_than),
+        )
+        .await
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "record_pending_encodings",
+            self.0.record_pending_encodings(pending),
+        )
+        .await
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "clear_pending_encodings",
+            self.0.clear_pending_encodings(image_id),
+        )
+        .await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "pending_encodings",
+            self.0.pending_encodings(older_than),
         )
         .await
     }
@@ -419,5 +456,52 @@ impl MetadataStore for InstrumentedMetadata {
             self.0.remove_stale_index_entries(older_than, dry_run),
         )
         .await
+    }
+
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "read_events",
+            self.0.read_events(start, limit),
+        )
+        .await
+    }
+
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError> {
+        timed(("metadata", self.1), "event_head", self.0.event_head()).await
+    }
+
+    async fn remove_expired_events(&self, older_than: Timestamp) -> Result<usize, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "remove_expired_events",
+            self.0.remove_expired_events(older_than),
+        )
+        .await
+    }
+
+    async fn write_missing_events(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "write_missing_events",
+            self.0.write_missing_events(older_than, dry_run),
+        )
+        .await
+    }
+
+    fn event_lookback(&self) -> Option<Duration> {
+        self.0.event_lookback()
+    }
+
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.event_signal()
     }
 }

@@ -13,12 +13,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
-    PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota, StorageError,
-    StoredObject, WriteSize,
+    PendingEncodings, PendingWrite, PresignRequest, PresignedUrl, SessionAdmission, SessionQuota,
+    StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
@@ -342,11 +343,14 @@ impl BlobWriter for MemoryWriter {
     }
 }
 
-/// Image records in maps; listings scan them newest first.
+/// Image records in maps; listings scan them newest first. Events are
+/// numbered in one sequence under the same lock as the change.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryMetadataStore {
     state: Arc<Mutex<Records>>,
     faults: Faults,
+    /// The last event number written.
+    signal: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -356,19 +360,35 @@ struct Records {
     times: HashMap<ImageId, i64>,
     idempotency: HashMap<(UserId, String), ImageId>,
     pending: Vec<PendingWrite>,
+    encodings: HashMap<ImageId, PendingEncodings>,
     sessions: HashMap<UploadId, UploadSessionRecord>,
     /// Removed sessions still charged to their owner: (owner, staged
     /// bytes, until when).
     tombstones: Vec<(UserId, u64, Timestamp)>,
     usage: HashMap<UserId, UsageRecord>,
+    /// The event log by number.
+    events: BTreeMap<u64, ImageEvent>,
+    /// The last number written, and the last one swept.
+    last_event: u64,
+    swept_through: u64,
 }
 
 impl MemoryMetadataStore {
     pub fn new(faults: Faults) -> Self {
         Self {
-            state: Arc::default(),
             faults,
+            ..Self::default()
         }
+    }
+
+    /// Appends the event of a change made under `records`' lock.
+    fn append(&self, records: &mut Records, kind: ChangeKind, record: &ImageRecord) {
+        records.last_event += 1;
+        let number = records.last_event;
+        records
+            .events
+            .insert(number, ImageEvent::of_change(kind, record));
+        self.signal.send_replace(number);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
@@ -478,6 +498,7 @@ impl MetadataStore for MemoryMetadataStore {
         let time = record.create_time.as_micros();
         records.times.insert(record.id, time);
         records.by_time.insert((time, record.id), record.clone());
+        self.append(&mut records, ChangeKind::Created, record);
         Ok(CreateOutcome::Created)
     }
 
@@ -499,6 +520,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError> {
         self.faults.check(Call::Replace)?;
         let mut records = self.lock();
@@ -514,6 +536,7 @@ impl MetadataStore for MemoryMetadataStore {
             return Err(StorageError::ConditionFailed);
         }
         *current = record.clone();
+        self.append(&mut records, change, record);
         Ok(())
     }
 
@@ -535,6 +558,7 @@ impl MetadataStore for MemoryMetadataStore {
                 .idempotency
                 .remove(&(record.owner.clone(), key.clone()));
         }
+        self.append(&mut records, ChangeKind::Deleted, &record);
         Ok(record)
     }
 
@@ -596,6 +620,36 @@ impl MetadataStore for MemoryMetadataStore {
             .pending
             .iter()
             .filter(|write| write.started < older_than)
+            .cloned()
+            .collect())
+    }
+
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        self.faults.check(Call::RecordPendingWrite)?;
+        self.lock()
+            .encodings
+            .insert(pending.image_id, pending.clone());
+        Ok(())
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.faults.check(Call::ClearPendingWrite)?;
+        self.lock().encodings.remove(image_id);
+        Ok(())
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        Ok(self
+            .lock()
+            .encodings
+            .values()
+            .filter(|pending| pending.started < older_than)
             .cloned()
             .collect())
     }
@@ -689,6 +743,64 @@ impl MetadataStore for MemoryMetadataStore {
     ) -> Result<usize, StorageError> {
         // The records are their own index.
         Ok(0)
+    }
+
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError> {
+        let records = self.lock();
+        let after = match start {
+            EventStart::Oldest => records.swept_through,
+            EventStart::After(position) => match <[u8; 8]>::try_from(&position[..]) {
+                Ok(bytes) => u64::from_be_bytes(bytes),
+                Err(_) => return Ok(EventRead::Malformed),
+            },
+            // The log is read by number, not by time.
+            EventStart::Since(_) => return Ok(EventRead::Malformed),
+        };
+        if after < records.swept_through {
+            return Ok(EventRead::Expired {
+                oldest: records.swept_through.to_be_bytes().to_vec(),
+            });
+        }
+        Ok(EventRead::Events(
+            records
+                .events
+                .range(after + 1..)
+                .take(limit)
+                .map(|(number, event)| StoredEvent {
+                    position: number.to_be_bytes().to_vec(),
+                    event: event.clone(),
+                })
+                .collect(),
+        ))
+    }
+
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError> {
+        Ok(self.lock().last_event.to_be_bytes().to_vec())
+    }
+
+    async fn remove_expired_events(&self, older_than: Timestamp) -> Result<usize, StorageError> {
+        let mut records = self.lock();
+        let expired: Vec<u64> = records
+            .events
+            .iter()
+            .take_while(|(_, event)| event.time < older_than)
+            .map(|(number, _)| *number)
+            .collect();
+        for number in &expired {
+            records.events.remove(number);
+        }
+        if let Some(&last) = expired.last() {
+            records.swept_through = last;
+        }
+        Ok(expired.len())
+    }
+
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.signal.subscribe())
     }
 }
 

@@ -715,21 +715,32 @@ async fn raw_config(server: &crate::helpers::servers::ServerProcess) -> aws_conf
 pub(crate) fn spawn_service(
     command: &mut std::process::Command,
 ) -> (std::process::Child, std::net::SocketAddr) {
+    try_spawn_service(command).expect("the service reports ready")
+}
+
+/// Like [`spawn_service`], `None` when the service exits before it is
+/// ready (an embedded data directory still held by a server stopping).
+pub(crate) fn try_spawn_service(
+    command: &mut std::process::Command,
+) -> Option<(std::process::Child, std::net::SocketAddr)> {
     use std::io::{BufRead, BufReader};
     let mut service = command
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(service.stderr.take().unwrap()).lines();
-    let ready = lines
+    let Some(ready) = lines
         .by_ref()
         .map_while(Result::ok)
         .find(|l| l.contains("image-service ready"))
-        .unwrap();
+    else {
+        service.wait().unwrap();
+        return None;
+    };
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     let grpc = ready["fields"]["grpc"].as_str().unwrap().parse().unwrap();
     std::thread::spawn(move || lines.for_each(drop));
-    (service, grpc)
+    Some((service, grpc))
 }
 
 /// Runs the image-service binary against the test servers.
@@ -985,4 +996,141 @@ async fn a_replica_killed_mid_session_loses_only_what_it_had_not_stored() {
     assert_eq!(image.uploaded_sha256, hex::encode(Sha256::digest(&photo)));
     let _ = second.kill();
     let _ = second.wait();
+}
+
+/// Every event of the log, from the oldest, until none comes for a second.
+async fn every_event(grpc: std::net::SocketAddr, watcher: &str) -> Vec<pb::ImageEvent> {
+    let mut client =
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let request = pb::WatchImageEventsRequest {
+        cursor: "oldest".into(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .watch_image_events(as_user(watcher, request))
+        .await
+        .expect("a watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+        events.push(
+            message
+                .expect("the stream goes on")
+                .expect("open")
+                .event
+                .unwrap(),
+        );
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_change_every_change_made_has_its_event_after_the_repair_pass() {
+    let (s3, dynamodb) = initialized_servers();
+    let watchers = ["--event-watchers", "feed"];
+    let (mut service, grpc) = spawn_service(service_command(&s3, &dynamodb).args(watchers));
+    let mut client =
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let mut ids = Vec::new();
+    for seed in 0..4 {
+        let image = client
+            .upload_image(as_user(
+                "alice",
+                tokio_stream::iter(upload_messages(
+                    spec("a.png"),
+                    &images::png(8, 8, seed),
+                    1 << 16,
+                )),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap();
+        ids.push(image.image_id);
+    }
+    // Edits and deletes in flight on every image when the replica dies.
+    let mut calls = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let (mut client, id) = (client.clone(), id.clone());
+        calls.push(tokio::spawn(async move {
+            for i in 0.. {
+                let request = pb::UpdateImageRequest {
+                    image_id: id.clone(),
+                    title: format!("edit {i}"),
+                    ..Default::default()
+                };
+                if client
+                    .update_image(as_user("alice", request))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if n == 0 && i == 5 {
+                    let request = pb::DeleteImageRequest {
+                        image_id: id.clone(),
+                    };
+                    let _ = client.delete_image(as_user("alice", request)).await;
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    unsafe { libc::kill(service.id() as i32, libc::SIGKILL) };
+    service.wait().unwrap();
+    for call in calls {
+        let _ = call.await;
+    }
+
+    let report = crate::helpers::json(
+        &service_command(&s3, &dynamodb)
+            .args(["repair", "--grace", "0s", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert!(report["unannounced_changes"].is_u64(), "{report}");
+    let (mut service, grpc) = spawn_service(service_command(&s3, &dynamodb).args(watchers));
+    let events = every_event(grpc, "feed").await;
+    let mut client =
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    for id in &ids {
+        let request = pb::GetImageRequest {
+            image_id: id.clone(),
+        };
+        match client.get_image(as_user("alice", request)).await {
+            Ok(image) => {
+                let etag = image.into_inner().image.unwrap().etag;
+                assert!(
+                    events.iter().any(|e| e.image_id == *id && e.etag == etag),
+                    "the change to {etag} of {id} has its event"
+                );
+                assert!(
+                    !events
+                        .iter()
+                        .any(|e| e.image_id == *id && e.r#type() == pb::ImageEventType::Deleted),
+                    "an image still there has no delete event"
+                );
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::NotFound);
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| e.image_id == *id && e.r#type() == pb::ImageEventType::Deleted),
+                    "a deleted image has its delete event"
+                );
+            }
+        }
+    }
+    let again = crate::helpers::json(
+        &service_command(&s3, &dynamodb)
+            .args(["repair", "--grace", "0s", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(again["unannounced_changes"], 0, "{again}");
+    unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+    service.wait().unwrap();
 }

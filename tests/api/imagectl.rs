@@ -521,3 +521,49 @@ async fn imagectl_waits_out_a_busy_service_and_says_so() {
     release.await.unwrap();
     held.await.unwrap().expect("the held upload completes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_watch_prints_events_and_the_cursor_to_resume_from() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--event-watchers", "feed"]).await;
+    let first = app.upload_png("alice", 1).await;
+    let second = app.upload_png("alice", 2).await;
+    app.delete("alice", &first.image_id).await.unwrap();
+
+    let output = imagectl(
+        &app,
+        Some("feed"),
+        &["--json", "watch", "--from", "oldest", "--count", "2"],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["type"], "created");
+    assert_eq!(lines[0]["image_id"], first.image_id.as_str());
+    assert_eq!(lines[1]["image_id"], second.image_id.as_str());
+    let cursor = lines[1]["cursor"].as_str().expect("a cursor").to_owned();
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert!(
+        stderr.contains(&format!("imagectl watch --from {cursor}")),
+        "{stderr}"
+    );
+
+    // From the cursor printed: the delete, with the keys to purge.
+    let output = imagectl(
+        &app,
+        Some("feed"),
+        &["watch", "--from", &cursor, "--count", "1"],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    assert!(text.contains("deleted"), "{text}");
+    assert!(text.contains(&first.image_id), "{text}");
+
+    // Anyone else is told who may watch.
+    let refused = imagectl(&app, Some("alice"), &["watch"]).await;
+    assert!(stderr_of_failure(&refused).contains("--event-watchers"));
+}

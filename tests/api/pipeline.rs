@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use image_service::domain::VariantName;
+use image_service::domain::event::ChangeKind;
 use image_service::domain::image::NewImage;
 use image_service::domain::image::Timestamp;
 use image_service::domain::listing::ListFilter;
@@ -379,7 +380,7 @@ async fn encodings_keyed_by_extension_are_kept_while_named_and_deleted_with_the_
     with_webp.revision += 1;
     fixture
         .metadata
-        .replace(&with_webp, record.revision)
+        .replace(&with_webp, record.revision, ChangeKind::VariantsAdded)
         .await
         .unwrap();
 

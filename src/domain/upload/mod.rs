@@ -26,12 +26,15 @@ use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, Timestamp};
 use super::limits::Limits;
-use super::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
+use super::ports::{
+    BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
+};
 use super::quota::{QuotaHold, Quotas, held_by};
 use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
+mod encodings;
 mod pace;
 mod render;
 mod rescrub;
@@ -41,6 +44,7 @@ mod spec;
 mod stored;
 mod writes;
 
+pub use encodings::Completed;
 pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;
@@ -107,6 +111,10 @@ impl MemoryUse {
     }
 }
 
+/// The encodings an acknowledged image still needs, and the pixels they
+/// are made from.
+type BackgroundWork = (PendingEncodings, encodings::HeldPixels);
+
 /// An upload between its spec and its last byte.
 struct Receiving {
     spec: ValidSpec,
@@ -134,6 +142,10 @@ impl Uploads {
             admissions: Admissions::new(budget.clone()),
             budget,
             renderer: Renderer::new(limits.render, limits.variant_sizes.clone()),
+            background: shared::Background::new(
+                limits.encodings.max_queued,
+                limits.encodings.max_queued_per_user,
+            ),
             limits,
         }
     }
@@ -246,11 +258,7 @@ impl Uploads {
                 limits.variants.then_some(limits.render.max_memory),
                 self.renderer.largest_side(),
             );
-        let stored = StoredBytes::new(
-            limits.keep_metadata,
-            spec.declared.size,
-            limits.content.max_pixels,
-        );
+        let stored = StoredBytes::new(limits.keep_metadata, spec.declared.size, &limits.content);
         // Nothing holds more than the largest image allowed (a store that
         // keeps everything in memory would otherwise have no bound).
         let store = self
@@ -391,17 +399,28 @@ impl Uploads {
         quota: QuotaHold,
     ) -> Result<ImageRecord, DomainError> {
         let described = self.describe(&mut writes, owner, spec, facts, memory).await;
-        let (record, outcome) = writes.undo_on_error(described).await?;
+        let described = writes.undo_on_error(described).await;
+        let (record, outcome, background) = match described {
+            Ok(described) => described,
+            Err(error) => {
+                self.forget_encodings(writes.id()).await;
+                return Err(error);
+            }
+        };
         match outcome {
             CreateOutcome::Created => {
                 writes.commit();
                 quota.settle(held_by(&record)).await;
+                if let Some((pending, held)) = background {
+                    self.queue_encodings(record.clone(), pending, held);
+                }
                 Ok(record)
             }
             CreateOutcome::IdempotencyKeyTaken(existing) => {
                 // Nothing of this upload is referred to: it goes.
                 writes.undo().await;
                 quota.release().await;
+                self.forget_encodings(writes.id()).await;
                 if existing.uploaded_sha256() == record.uploaded_sha256() {
                     Ok(*existing)
                 } else {
@@ -414,7 +433,8 @@ impl Uploads {
     }
 
     /// The durable original, the variants, the checksums, and the attempt
-    /// to store the record that describes them.
+    /// to store the record that describes them; with the work left for
+    /// the background, journaled before the record is stored.
     async fn describe(
         &self,
         writes: &mut Writes,
@@ -422,7 +442,7 @@ impl Uploads {
         spec: ValidSpec,
         mut facts: StoredFacts,
         mut memory: Reservation,
-    ) -> Result<(ImageRecord, CreateOutcome), DomainError> {
+    ) -> Result<(ImageRecord, CreateOutcome, Option<BackgroundWork>), DomainError> {
         writes.finish_original(facts.digest.as_ref()).await?;
         if writes.is_staged() {
             // Within the upload's reservation: the store's buffers again.
@@ -436,7 +456,19 @@ impl Uploads {
         // Rendering first: when it reads the original back, the same bytes
         // give the checksums, so nothing is read twice. Checksums still
         // missing after it mean nothing was rendered.
-        let rendered = self.render_and_store(&owner, writes, &mut facts).await?;
+        // The journal entry of the encodings made after the acknowledgement
+        // is written while the variants are made: it must exist before the
+        // record, and costs the acknowledgement no time of its own.
+        let id = *writes.id();
+        let pending = self.pending_encodings(&id, &owner, facts.uploaded.content_type);
+        let journal = async {
+            match &pending {
+                Some(pending) => Ok(self.metadata.record_pending_encodings(pending).await?),
+                None => Ok::<(), DomainError>(()),
+            }
+        };
+        let (rendered, ()) =
+            tokio::try_join!(self.render_and_store(&owner, writes, &mut facts), journal)?;
         let (sha256_hex, crc32c) = match facts.digest.take() {
             Some(digest) => digest,
             None => {
@@ -444,7 +476,13 @@ impl Uploads {
                 self.stored_digest(&original, facts.size_bytes).await?
             }
         };
-        let (variants, blurhash, thumbhash) = rendered.unwrap_or_default();
+        let render::Made {
+            variants,
+            blurhash,
+            thumbhash,
+            held,
+        } = rendered.unwrap_or_default();
+        let background = pending.zip(held);
         let (width, height) = facts.viewed_dimensions();
         let now = Timestamp::now();
         let record = ImageRecord {
@@ -482,9 +520,9 @@ impl Uploads {
                     .get(&record.id)
                     .await?
                     .ok_or_else(|| DomainError::Internal("the image vanished".into()))?;
-                Ok((existing, CreateOutcome::Created))
+                Ok((existing, CreateOutcome::Created, background))
             }
-            outcome => Ok((record, outcome?)),
+            outcome => Ok((record, outcome?, background)),
         }
     }
 }

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::encodings::HeldPixels;
 use super::shared::Uploads;
 use super::stored::{Checksums, StoredFacts, digest_of};
 use super::writes::Writes;
@@ -19,6 +20,17 @@ use crate::media::variants::{self, Rendered, Renderer};
 /// files of phones and cameras; a longer one is estimated as the worst
 /// case, and the estimate of the whole file can then only be smaller.
 const HEAD_BYTES: u64 = 256 * 1024;
+
+/// What a render made and stored.
+#[derive(Default)]
+pub(super) struct Made {
+    pub(super) variants: Vec<Variant>,
+    pub(super) blurhash: String,
+    pub(super) thumbhash: String,
+    /// The renditions' pixels, when other encodings are made of them in
+    /// the background.
+    pub(super) held: Option<HeldPixels>,
+}
 
 impl Uploads {
     /// Makes the variants and placeholders (BlurHash, ThumbHash) of a
@@ -41,7 +53,7 @@ impl Uploads {
         owner: &UserId,
         writes: &mut Writes,
         facts: &mut StoredFacts,
-    ) -> Result<Option<(Vec<Variant>, String, String)>, DomainError> {
+    ) -> Result<Option<Made>, DomainError> {
         let content_type = facts.uploaded.content_type;
         if !self.limits.variants || !Renderer::can_render(content_type) {
             return Ok(None);
@@ -106,6 +118,8 @@ impl Uploads {
             variants,
             blurhash,
             thumbhash,
+            pixels,
+            icc,
         } = match rendered {
             // Damaged scan data (a corrupted block in a camera's file)
             // stops the fast, scaled decoders; decoded whole, the damage
@@ -165,7 +179,15 @@ impl Uploads {
             };
             stored.push(variant);
         }
-        Ok(Some((stored, blurhash, thumbhash)))
+        // Kept for the encodings made after the acknowledgement, if any.
+        let held =
+            (!self.limits.encodings.background.is_empty()).then_some(HeldPixels { pixels, icc });
+        Ok(Some(Made {
+            variants: stored,
+            blurhash,
+            thumbhash,
+            held,
+        }))
     }
 
     /// Checksums of a stored object, read back from the store.
@@ -183,7 +205,7 @@ impl Uploads {
     }
 
     /// The whole of a stored object, in memory (or its first `size` bytes).
-    async fn read_all(&self, key: &ObjectKey, size: u64) -> Result<Bytes, DomainError> {
+    pub(super) async fn read_all(&self, key: &ObjectKey, size: u64) -> Result<Bytes, DomainError> {
         let mut stream = self.blobs.read(key, 0, size).await?;
         let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
         while let Some(chunk) = stream.next().await {
@@ -195,7 +217,7 @@ impl Uploads {
 
 impl Uploads {
     /// Refuses a render that needs `needed` bytes over the per-render cap.
-    fn render_fits(&self, needed: u64) -> Result<(), DomainError> {
+    pub(super) fn render_fits(&self, needed: u64) -> Result<(), DomainError> {
         let cap = self.limits.render.max_memory;
         if needed > cap {
             return Err(render_memory_refused(needed, cap).into());
@@ -206,7 +228,7 @@ impl Uploads {
     /// How long a render of an admitted upload waits for memory: as long
     /// as an upload may wait to be admitted, if longer than the memory
     /// wait, so that a burst let in whole is not refused at its end.
-    fn render_wait(&self) -> std::time::Duration {
+    pub(super) fn render_wait(&self) -> std::time::Duration {
         self.limits.memory_wait.max(self.limits.upload_slot_wait)
     }
 }

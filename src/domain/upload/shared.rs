@@ -1,9 +1,13 @@
 //! What the modules of the upload pipeline share: the handle that receives
 //! uploads, an upload's slot, and the memory an upload holds besides its
-//! bytes.
+//! bytes; the queue of encodings made after the acknowledgement.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::domain::UserId;
 use crate::domain::admission::Admissions;
 use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
@@ -24,6 +28,8 @@ pub struct Uploads {
     pub(super) admissions: Admissions,
     pub(super) renderer: Renderer,
     pub(in crate::domain) quotas: Quotas,
+    /// The queue of encodings made after the acknowledgement.
+    pub(super) background: Background,
 }
 
 /// Memory an upload holds besides its received bytes: the header the
@@ -35,4 +41,64 @@ pub(super) const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
 pub(super) struct UploadSlot {
     pub(super) _global: tokio::sync::OwnedSemaphorePermit,
     pub(super) _user: crate::domain::budget::UserUpload,
+}
+
+/// The queue of a replica's background encodings.
+#[derive(Clone)]
+pub(super) struct Background {
+    /// One permit per image queued or being encoded; drained by taking
+    /// them all.
+    pub(super) queue: Arc<Semaphore>,
+    pub(super) capacity: u32,
+    /// Images queued of each user.
+    per_user: Arc<Mutex<HashMap<UserId, usize>>>,
+    max_per_user: usize,
+}
+
+impl Background {
+    pub(super) fn new(max_queued: usize, max_per_user: usize) -> Self {
+        let capacity = u32::try_from(max_queued.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        Self {
+            queue: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            per_user: Arc::default(),
+            max_per_user,
+        }
+    }
+
+    /// A place in the queue for `user`'s image, or `None` when the queue
+    /// or the user's part of it is full.
+    pub(super) fn enter(&self, user: &UserId) -> Option<Queued> {
+        let permit = self.queue.clone().try_acquire_owned().ok()?;
+        let mut queued = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let count = queued.entry(user.clone()).or_insert(0);
+        if *count >= self.max_per_user {
+            return None;
+        }
+        *count += 1;
+        Some(Queued {
+            per_user: self.per_user.clone(),
+            user: user.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+/// A place in the queue, given back when the image's work ends.
+pub(super) struct Queued {
+    per_user: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut queued = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = queued.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                queued.remove(&self.user);
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::writes::Writes;
 use crate::domain::DomainError;
 use crate::domain::chunks::Gatherer;
-use crate::media::content::{ContentFacts, ContentInspector};
+use crate::media::content::{ContentFacts, ContentInspector, ContentLimits};
 use crate::media::scrub::{Scrubbed, Scrubber};
 
 /// Stored originals up to this size are kept in memory until the upload
@@ -40,11 +40,22 @@ pub(super) struct StoredBytes {
 impl StoredBytes {
     /// Nothing is kept for an upload declared larger than
     /// [`KEEP_IN_MEMORY`]; the scrubber follows at most `max_pixels` of
-    /// image data (`--max-image-pixels`, an APNG's frames together).
-    pub(super) fn new(keep_metadata: bool, declared_size: Option<u64>, max_pixels: u64) -> Self {
+    /// image data (`--max-image-pixels`, an APNG's frames together) and
+    /// JPEG scans of at most `max_jpeg_decode_passes`
+    /// (`--max-jpeg-decode-passes`).
+    pub(super) fn new(
+        keep_metadata: bool,
+        declared_size: Option<u64>,
+        limits: &ContentLimits,
+    ) -> Self {
         let keep = declared_size.is_none_or(|size| size <= KEEP_IN_MEMORY);
+        let scrubber = Scrubber::bounded(
+            keep_metadata,
+            limits.max_pixels,
+            limits.max_jpeg_decode_passes,
+        );
         Self {
-            scrubber: Some(Scrubber::bounded(keep_metadata, max_pixels)),
+            scrubber: Some(scrubber),
             kept: keep.then(Vec::new),
             pieces: Vec::new(),
             gatherer: Gatherer::for_writes(),

@@ -4301,6 +4301,7 @@ mod attack7 {
 /// Entity groups keep only their defined version and no flag.
 #[cfg(test)]
 mod attack8 {
+    use super::super::tests::write_to_corpus;
     use super::attack5::{contains, crafted, scrubbed};
     use crate::fixtures::{HeifParts, heif_file, iso_box, phone_heif_items};
 
@@ -4356,10 +4357,9 @@ mod attack8 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for version in [0, 1] {
-            let file = group_with_flags(version);
-            std::fs::write(format!("{dir}/a8-heif-grpl-flags-v{version}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a8-heif-grpl-flags-v",
+            [0, 1].map(|v| (v, group_with_flags(v))),
+        );
     }
 }

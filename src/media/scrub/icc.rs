@@ -453,7 +453,7 @@ mod tests {
 /// Colour tags keep their numbers and nothing past their defined length.
 #[cfg(test)]
 pub(super) mod attack5 {
-    use super::super::tests::{contains, riff_webp, scrub, vp8l_chunk};
+    use super::super::tests::{contains, riff_webp, scrub, vp8l_chunk, write_to_corpus};
     use super::*;
     use crate::fixtures::riff_chunk;
 
@@ -603,9 +603,8 @@ pub(super) mod attack5 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let (file, _) = webp_with_colour_tag_text();
-        std::fs::write(format!("{dir}/a5-webp-iccp-colour-tag-text"), file).unwrap();
+        write_to_corpus("", [("a5-webp-iccp-colour-tag-text", file)]);
     }
 }
 
@@ -613,7 +612,7 @@ pub(super) mod attack5 {
 /// only their parts.
 #[cfg(test)]
 mod attack6 {
-    use super::super::tests::{contains, scrub};
+    use super::super::tests::{contains, scrub, write_to_corpus};
     use super::attack5::{colour_tags, profile, tag, webp_with_profile};
     use super::*;
 
@@ -739,9 +738,8 @@ mod attack6 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let (file, _) = webp_with_marked_luts();
-        std::fs::write(format!("{dir}/a6-webp-iccp-lut-mpet-vcgt"), file).unwrap();
+        write_to_corpus("", [("a6-webp-iccp-lut-mpet-vcgt", file)]);
     }
 }
 
@@ -749,7 +747,7 @@ mod attack6 {
 /// tag's reserved bytes are zeroed.
 #[cfg(test)]
 mod attack8 {
-    use super::super::tests::contains;
+    use super::super::tests::{contains, write_to_corpus};
     use super::attack5::{assert_webp_loses, colour_tags, profile, tag, webp_with_profile};
     use super::*;
 
@@ -932,8 +930,7 @@ mod attack8 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let (file, _) = webp_with_marked_header();
-        std::fs::write(format!("{dir}/a8-webp-iccp-header-and-reserved"), file).unwrap();
+        write_to_corpus("", [("a8-webp-iccp-header-and-reserved", file)]);
     }
 }

@@ -54,7 +54,7 @@ use bytes::Bytes;
 use super::icc;
 use super::stream::{Next, Stream, minimal_tiff};
 use crate::media::MediaError;
-use crate::media::limits::MAX_JPEG_SCANS;
+use crate::media::limits::{JpegDecodeWork, MAX_JPEG_SCANS};
 
 /// The JPEG parser's state: where in the file it is, and the tables
 /// defined but not yet used.
@@ -62,6 +62,10 @@ use crate::media::limits::MAX_JPEG_SCANS;
 pub(super) struct Jpeg {
     step: Step,
     tables: Box<Tables>,
+    /// The decode work of the scans so far, and the most allowed, in
+    /// passes (`--max-jpeg-decode-passes`).
+    work: JpegDecodeWork,
+    max_passes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,8 +119,9 @@ pub(super) struct Seen {
 }
 
 impl Jpeg {
-    /// Right after the start-of-image marker.
-    pub(super) fn start() -> Jpeg {
+    /// Right after the start-of-image marker; the file's scans may take
+    /// at most `max_passes` passes to decode ([`JpegDecodeWork`]).
+    pub(super) fn start(max_passes: u32) -> Jpeg {
         Jpeg {
             step: Step::Marker {
                 seen: Seen {
@@ -135,7 +140,14 @@ impl Jpeg {
                 },
             },
             tables: Box::new(Tables::NONE),
+            work: JpegDecodeWork::default(),
+            max_passes,
         }
+    }
+
+    /// The decode work of the scans so far, in passes.
+    pub(super) fn decode_passes(&self) -> f64 {
+        self.work.passes()
     }
 
     /// Takes the next bytes of the JPEG from `chunk`; says what comes next.
@@ -146,7 +158,13 @@ impl Jpeg {
         out: &mut Vec<Bytes>,
     ) -> Result<Next<()>, MediaError> {
         Ok(
-            match self.step.push(&mut self.tables, stream, chunk, out)? {
+            match self.step.push(
+                &mut self.tables,
+                (&mut self.work, self.max_passes),
+                stream,
+                chunk,
+                out,
+            )? {
                 Next::Stay(step) => {
                     self.step = step;
                     Next::Stay(())
@@ -379,6 +397,7 @@ impl Step {
     fn push(
         self,
         tables: &mut Tables,
+        (work, max_passes): (&mut JpegDecodeWork, u32),
         stream: &mut Stream,
         chunk: &mut Bytes,
         out: &mut Vec<Bytes>,
@@ -395,6 +414,14 @@ impl Step {
                     return Ok(Next::Stay(self));
                 }
                 let segment = stream.pending.split().freeze();
+                // Counted whether metadata is kept or not: the decoders
+                // read these headers either way.
+                if is_frame(marker) {
+                    work.frame(marker, &segment[4..]);
+                } else if marker == SOS {
+                    work.scan(&segment[4..]);
+                    work.check(max_passes)?;
+                }
                 inspect_segment(stream, tables, &mut seen, marker, segment, out)?;
                 if marker == SOS {
                     Step::Scan {
@@ -596,14 +623,17 @@ fn action(keep_metadata: bool, marker: u8) -> Action {
     match marker {
         // EXIF (APP1) is read for its orientation even when kept.
         0xE1 => Action::Inspect,
+        // Frame and scan headers: read for the work they make a decoder
+        // do even when kept, and else kept to their defined length (scan
+        // headers after the tables they use).
+        SOS => Action::Inspect,
+        _ if is_frame(marker) => Action::Inspect,
         _ if keep_metadata => Action::Keep,
         // Arithmetic-coding conditioning (DAC) and DNL.
         0xCC | 0xDC => Action::Keep,
         // Quantization and Huffman tables: read for their lengths, held
-        // until used; scan headers: read for the tables they use.
-        DQT | DHT | SOS => Action::Inspect,
-        // Frame headers: kept to their defined length.
-        _ if is_frame(marker) => Action::Inspect,
+        // until used.
+        DQT | DHT => Action::Inspect,
         // JFIF, ICC profiles, Adobe: kept when they are what they say;
         // restart intervals, when they change the one in force.
         0xE0 | 0xE2 | 0xEE | DRI => Action::Inspect,
@@ -982,9 +1012,9 @@ fn inspect_segment(
 /// not kept again: repeated, they were room for chosen bytes.
 #[cfg(test)]
 mod attack5 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// `jpeg` with `extra` inserted before its first `FF marker`.
     pub(super) fn insert_before(jpeg: &[u8], marker: u8, extra: &[u8]) -> Vec<u8> {
@@ -1107,10 +1137,10 @@ mod attack5 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file, _) in crafted() {
-            std::fs::write(format!("{dir}/a5-jpeg-{name}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a5-jpeg-",
+            crafted().into_iter().map(|(name, file, _)| (name, file)),
+        );
     }
 }
 
@@ -1118,10 +1148,10 @@ mod attack5 {
 /// tables its frame and scans use.
 #[cfg(test)]
 mod attack6 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::attack5::{insert_before, pixels, stored};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// `jpeg` with its frame header's payload grown by `extra`.
     fn longer_frame(jpeg: &[u8], extra: &[u8]) -> Vec<u8> {
@@ -1279,19 +1309,19 @@ mod attack6 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
         let long = (
             "long-frame-header".into(),
             longer_frame(&encoded_jpeg(), MARKER),
         );
-        for (name, file) in second_frames().into_iter().chain([long]) {
-            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
-        }
-        for (name, file, _) in bad_tables() {
-            std::fs::write(format!("{dir}/a6-jpeg-{name}"), file).unwrap();
-        }
-        let unused = insert_before(&encoded_jpeg(), 0xDA, &unused_dqt());
-        std::fs::write(format!("{dir}/a6-jpeg-unused-dqt-after-the-frame"), unused).unwrap();
+        let unused = (
+            "unused-dqt-after-the-frame".into(),
+            insert_before(&encoded_jpeg(), 0xDA, &unused_dqt()),
+        );
+        let tables = bad_tables()
+            .into_iter()
+            .map(|(name, file, _)| (name.to_owned(), file));
+        let files = second_frames().into_iter().chain([long, unused]);
+        write_to_corpus("a6-jpeg-", files.chain(tables));
     }
 }
 
@@ -1300,10 +1330,10 @@ mod attack6 {
 /// dropped.
 #[cfg(test)]
 mod attack7 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::attack5::{insert_before, pixels, stored};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// A DHT of table `kind` (class and id) whose symbols are the marker,
     /// all coded at 16 bits.
@@ -1456,10 +1486,10 @@ mod attack7 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file, _) in crafted() {
-            std::fs::write(format!("{dir}/a7-jpeg-{name}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a7-jpeg-",
+            crafted().into_iter().map(|(name, file, _)| (name, file)),
+        );
     }
 }
 
@@ -1469,12 +1499,12 @@ mod attack7 {
 /// [`MAX_JPEG_SCANS`] scans.
 #[cfg(test)]
 mod attack8 {
-    use super::super::tests::{contains, encoded_jpeg, scrub, segment};
+    use super::super::tests::{contains, encoded_jpeg, scrub, segment, write_to_corpus};
     use super::MAX_JPEG_SCANS;
     use super::attack5::{pixels, stored};
     use super::attack7::real_jpeg;
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
 
     /// A DHT of table `kind` (class and id) with `codes`: symbols by code
     /// length.
@@ -1792,15 +1822,15 @@ mod attack8 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file) in bad_symbols() {
-            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
-        }
-        for (name, file, _) in dead_quantization() {
-            std::fs::write(format!("{dir}/a8-jpeg-{name}"), file).unwrap();
-        }
         let cap = MAX_JPEG_SCANS as usize;
-        std::fs::write(format!("{dir}/a8-jpeg-too-many-scans"), many_scans(cap + 1)).unwrap();
+        let many = ("too-many-scans", many_scans(cap + 1));
+        let dead = dead_quantization()
+            .into_iter()
+            .map(|(name, file, _)| (name, file));
+        write_to_corpus(
+            "a8-jpeg-",
+            bad_symbols().into_iter().chain(dead).chain([many]),
+        );
     }
 
     /// A lossless frame reads no quantization table: one before or after
@@ -1814,5 +1844,117 @@ mod attack8 {
         assert!(report.changed && !contains(&out, &MARKER[..16]));
         assert!(!out.windows(2).any(|w| w == [0xFF, 0xDB]), "a DQT was kept");
         assert_eq!(scrub(&file, 1 << 20, false).unwrap().0, out);
+    }
+}
+
+/// A JPEG's scans are counted in passes over its coefficients
+/// ([`JpegDecodeWork`]) as their headers go by, and a file whose scans
+/// take more than `--max-jpeg-decode-passes` is refused at the scan that
+/// passes it, whether its metadata is kept or not: the files encoders and
+/// cameras write take a few passes, files built to spend a decoder's CPU
+/// take hundreds.
+#[cfg(test)]
+mod decode_work {
+    use bytes::Bytes;
+
+    use super::super::Scrubber;
+    use crate::fixtures::{
+        PhoneShot, jpeg, narrow_scans_jpeg, phone_shot, repeated_scans_jpeg, scene, wide_scans_jpeg,
+    };
+    use crate::media::MediaError;
+    use crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES as DEFAULT;
+    use crate::media::variants::encode;
+
+    /// The passes the scrubber counts for `file` (in 4 KiB chunks), within
+    /// `max` passes.
+    fn passes(file: &[u8], keep: bool, max: u32) -> Result<f64, MediaError> {
+        let mut scrubber = Scrubber::bounded(keep, u64::MAX, max);
+        let mut out = Vec::new();
+        for piece in file.chunks(4096) {
+            scrubber.push(Bytes::copy_from_slice(piece), &mut out)?;
+        }
+        let passes = scrubber.jpeg_decode_passes();
+        scrubber.finish(&mut out)?;
+        Ok(passes.expect("a JPEG's passes are counted"))
+    }
+
+    fn mozjpeg(coder: encode::JpegCoder) -> Vec<u8> {
+        let settings = encode::Jpeg {
+            coder,
+            ..encode::JPEG_BASELINE
+        };
+        encode::jpeg(&scene(640, 480, 2), None, settings).unwrap()
+    }
+
+    /// Real files: a baseline JPEG is one pass; the progressive files of
+    /// jpeg-encoder (4:2:0 and 4:4:4), of libjpeg's scan script and of
+    /// mozjpeg's scan search, and the phone photo of the examples, take a
+    /// few, far under the default.
+    #[test]
+    fn encoders_and_cameras_files_take_a_few_passes() {
+        assert_eq!(passes(&jpeg(640, 480), false, DEFAULT).unwrap(), 1.0);
+        let shot = |progressive, subsampled| PhoneShot {
+            width: 640,
+            height: 480,
+            progressive,
+            subsampled,
+            orientation: 6,
+            quality: 90,
+            seed: 1,
+        };
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/images/phone-photo.jpg"
+        );
+        let files = [
+            ("baseline", phone_shot(&shot(false, true))),
+            ("jpeg-encoder 4:2:0", phone_shot(&shot(true, true))),
+            ("jpeg-encoder 4:4:4", phone_shot(&shot(true, false))),
+            ("libjpeg's script", mozjpeg(encode::JpegCoder::Mozjpeg)),
+            (
+                "mozjpeg's scan search",
+                mozjpeg(encode::JpegCoder::MozjpegTrellis),
+            ),
+            ("the example phone photo", std::fs::read(example).unwrap()),
+        ];
+        for (name, file) in files {
+            for keep in [false, true] {
+                let passes = passes(&file, keep, DEFAULT).unwrap();
+                assert!((1.0..=8.0).contains(&passes), "{name}: {passes} passes");
+            }
+        }
+    }
+
+    /// Progressive files built with the most scans allowed, each visiting
+    /// every block: refused, naming the flag, with metadata kept or not.
+    #[test]
+    fn files_built_to_spend_a_decoders_cpu_are_refused() {
+        for (name, file) in [
+            ("repeated", repeated_scans_jpeg(256, 256, 499)),
+            ("narrow", narrow_scans_jpeg(256, 256, 500)),
+        ] {
+            assert!(passes(&file, false, u32::MAX).unwrap() > 100.0, "{name}");
+            for keep in [false, true] {
+                let error = passes(&file, keep, DEFAULT).unwrap_err();
+                assert!(
+                    matches!(error, MediaError::TooLarge(_)),
+                    "{name}: {error:?}"
+                );
+                assert!(
+                    error.to_string().contains("--max-jpeg-decode-passes"),
+                    "{error}"
+                );
+            }
+        }
+    }
+
+    /// The flag is the bound: the 16 whole-band scans of a valid
+    /// progression take 9.6 passes, so 10 lets the file in and 9 does
+    /// not.
+    #[test]
+    fn the_limit_is_the_flags() {
+        let file = wide_scans_jpeg(256, 256);
+        assert_eq!(passes(&file, false, 10).unwrap(), 9.6);
+        assert!(passes(&file, false, 9).is_err());
     }
 }

@@ -31,6 +31,8 @@ use bytes::Bytes;
 use image::metadata::Orientation;
 
 use super::MediaError;
+#[cfg(doc)]
+use super::limits::JpegDecodeWork;
 
 mod heif;
 mod icc;
@@ -75,6 +77,11 @@ pub struct Scrubber {
     /// Most pixels of image data followed in one file (an APNG's
     /// frames together).
     max_pixels: u64,
+    /// Most passes over its coefficients a JPEG's scans may take to
+    /// decode (`--max-jpeg-decode-passes`).
+    max_jpeg_passes: u32,
+    /// A JPEG's decode work in passes, once its end-of-image went by.
+    jpeg_passes: Option<f64>,
 }
 
 /// Where in the upload the scrubber is: the format found, with its
@@ -105,19 +112,23 @@ fn after<S>(next: Next<S>, format: fn(S) -> State) -> State {
 
 impl Scrubber {
     /// A scrubber that follows image data without bound on its pixels
-    /// (the content check bounds a still's).
+    /// (the content check bounds a still's) nor on a JPEG's decode work.
     pub fn new(keep_metadata: bool) -> Self {
-        Self::bounded(keep_metadata, u64::MAX)
+        Self::bounded(keep_metadata, u64::MAX, u32::MAX)
     }
 
     /// A scrubber that refuses a file whose image data it would follow
     /// over more than `max_pixels` pixels in all (an APNG's frames
-    /// together; `--max-image-pixels`).
-    pub fn bounded(keep_metadata: bool, max_pixels: u64) -> Self {
+    /// together; `--max-image-pixels`), and a JPEG whose scans take more
+    /// than `max_jpeg_passes` passes over its coefficients to decode
+    /// (`--max-jpeg-decode-passes`, see [`JpegDecodeWork`]).
+    pub fn bounded(keep_metadata: bool, max_pixels: u64, max_jpeg_passes: u32) -> Self {
         Self {
             stream: Stream::new(keep_metadata),
             state: State::Sniff,
             max_pixels,
+            max_jpeg_passes,
+            jpeg_passes: None,
         }
     }
 
@@ -136,6 +147,7 @@ impl Scrubber {
                 }
                 State::Jpeg(jpeg) => {
                     if let Next::Trailer = jpeg.push(stream, &mut chunk, out)? {
+                        self.jpeg_passes = Some(jpeg.decode_passes());
                         self.state = State::Trailer;
                     }
                 }
@@ -150,6 +162,15 @@ impl Scrubber {
             }
         }
         Ok(())
+    }
+
+    /// A JPEG's decode work so far, in passes over its coefficients
+    /// ([`JpegDecodeWork`]); `None` for other formats.
+    pub fn jpeg_decode_passes(&self) -> Option<f64> {
+        match &self.state {
+            State::Jpeg(jpeg) => Some(jpeg.decode_passes()),
+            _ => self.jpeg_passes,
+        }
     }
 
     /// Whether the output differs from the input so far: a byte was
@@ -233,7 +254,7 @@ impl Scrubber {
         if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
             // SOI; the bytes after it are parsed like any others.
             out.push(head.slice(..2));
-            self.state = State::Jpeg(Jpeg::start());
+            self.state = State::Jpeg(Jpeg::start(self.max_jpeg_passes));
             self.push(head.slice(2..), out)
         } else if head[..8] == PNG_SIGNATURE {
             out.push(head.slice(..8));

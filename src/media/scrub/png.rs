@@ -990,7 +990,7 @@ mod attack5 {
     use crate::media::MediaError;
     use crate::media::scrub::tests::{contains, scrub};
 
-    const MARKER: &[u8] = b"NAME=John Q Public;SERIAL=XYZ123;GPS48.8584N2.2945E";
+    use super::super::tests::PERSONAL as MARKER;
     const W: u32 = 16;
     const H: u32 = 16;
 
@@ -1523,7 +1523,7 @@ mod attack8 {
     /// Pushes `bytes` through a scrubber bounded to `max_pixels`, 7 bytes
     /// at a time; the first refusal, if any, with the bytes pushed by then.
     fn push(bytes: &[u8], max_pixels: u64) -> Result<Vec<u8>, (MediaError, usize)> {
-        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        let mut scrubber = Scrubber::bounded(false, max_pixels, u32::MAX);
         let mut out = Vec::new();
         for (at, piece) in bytes.chunks(7).enumerate() {
             scrubber
@@ -1608,7 +1608,7 @@ mod attack8 {
             chunk(b"IDAT", &stream[..stream.len() - 8]),
         ]
         .concat();
-        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        let mut scrubber = Scrubber::bounded(false, max_pixels, u32::MAX);
         scrubber
             .push(Bytes::from(still), &mut Vec::new())
             .expect("a still within the bound");
@@ -1686,12 +1686,13 @@ mod attack8_cost {
         let limits = ContentLimits {
             max_bytes: 50 << 20,
             max_pixels: 100_000_000,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         };
         let started = Instant::now();
         let mut inspector = ContentInspector::new(limits, Declared::default())
             .unwrap()
             .refusing_renders_over(render_cap, 1080);
-        let mut scrubber = Scrubber::bounded(false, max_pixels);
+        let mut scrubber = Scrubber::bounded(false, max_pixels, u32::MAX);
         let mut out = Vec::new();
         let outcome = (|| {
             for piece in file.chunks(64 * 1024) {

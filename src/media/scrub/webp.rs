@@ -515,7 +515,7 @@ impl Webp {
 /// no truncation.
 #[cfg(test)]
 mod attack5 {
-    use super::super::tests::{contains, riff_webp, scrub, vp8l_chunk};
+    use super::super::tests::{contains, riff_webp, scrub, vp8l_chunk, write_to_corpus};
     use crate::fixtures::riff_chunk;
 
     const MARKER: &[u8] = b"NAME=John Q Public;GPS48.8584N2.2945E";
@@ -768,9 +768,9 @@ mod attack5 {
     #[test]
     #[ignore = "writes fuzz/corpus/scrub/: run by hand when the cases change"]
     fn write_corpus() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/scrub");
-        for (name, file, _) in crafted() {
-            std::fs::write(format!("{dir}/a5-webp-{name}"), file).unwrap();
-        }
+        write_to_corpus(
+            "a5-webp-",
+            crafted().into_iter().map(|(name, file, _)| (name, file)),
+        );
     }
 }

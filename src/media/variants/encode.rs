@@ -90,36 +90,91 @@ pub const JPEG_BACKGROUND: Jpeg = Jpeg {
     quality: 82,
 };
 
-/// Lossy WebP (alpha kept losslessly compressed): quality 0 to 100 and
-/// method (effort) 0 to 6.
+/// Lossy WebP (alpha kept losslessly compressed): libwebp's settings
+/// that change the bytes of a photo.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Webp {
+    /// 0 to 100.
     pub quality: f32,
+    /// Effort, 0 to 6.
     pub method: u8,
+    /// Spatial noise shaping, 0 to 100: how far bits move from busy areas
+    /// to flat ones (libwebp's default 50, its photo preset 80).
+    pub sns_strength: u8,
+    /// Deblocking filter strength, 0 to 100 (default 60, photo preset 30);
+    /// with `autofilter` libwebp chooses it.
+    pub filter_strength: u8,
+    /// Deblocking filter sharpness, 0 to 7 (default 0, photo preset 3).
+    pub filter_sharpness: u8,
+    /// libwebp chooses the filter strength per segment from the result.
+    pub autofilter: bool,
+    /// Segments with their own quantiser, 1 to 4 (default 4).
+    pub segments: u8,
+    /// The slower, sharper RGB to YUV conversion (chroma edges kept).
+    pub sharp_yuv: bool,
 }
 
-/// WebP variants at the baseline JPEG's score: quality 90 is the closest
-/// (0.9 above), and as large as the baseline JPEG; method 6 saves 9 % at
-/// twice the CPU and 0.9 below.
+impl Webp {
+    /// libwebp's defaults (`WebPConfigInit`) at `quality` and `method`.
+    pub const fn libwebp(quality: f32, method: u8) -> Self {
+        Self {
+            quality,
+            method,
+            sns_strength: 50,
+            filter_strength: 60,
+            filter_sharpness: 0,
+            autofilter: false,
+            segments: 4,
+            sharp_yuv: false,
+        }
+    }
+
+    /// libwebp's photo preset (`WEBP_PRESET_PHOTO`, as `cwebp -preset
+    /// photo` sets it, without its dithering of the colour conversion).
+    pub const fn photo(quality: f32, method: u8) -> Self {
+        Self {
+            sns_strength: 80,
+            filter_strength: 30,
+            filter_sharpness: 3,
+            ..Self::libwebp(quality, method)
+        }
+    }
+}
+
+/// WebP variants at the baseline JPEG's score, with libwebp's deblocking
+/// filter off: SSIMULACRA2 counts the filter's smoothing of fine texture
+/// as loss. On the first photo of the measured grid (BENCHMARKS.md:
+/// Encodings) quality 88 without the filter scores 78.50 against the
+/// baseline's 78.30 at 0.84 of its bytes, where libwebp's defaults need
+/// quality 90 (79.17) and 0.98 of its bytes; autofilter scores between
+/// the two at 4 times the CPU.
 pub const WEBP: Webp = Webp {
-    quality: 90.0,
-    method: 4,
+    filter_strength: 0,
+    ..Webp::libwebp(88.0, 4)
 };
 
-/// AVIF through ravif: quality 1 to 100 and speed 1 (slowest, smallest)
-/// to 10.
+/// AVIF through ravif (always 4:4:4: ravif has no chroma subsampling):
+/// quality 1 to 100, speed 1 (slowest, smallest) to 10, and the depth
+/// of the coded samples.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Avif {
     pub quality: f32,
     pub speed: u8,
+    /// 10-bit samples (ravif's default, better at equal bytes); 8-bit ones
+    /// are coded with rav1e's 8-bit pixel type.
+    pub ten_bit: bool,
 }
 
-/// AVIF variants: a middle quality and speed (ravif's defaults are 80
-/// and 5), not yet measured against the baseline: unoptimised, rav1e takes
-/// seconds per variant, so its rows need a release build of the table.
+/// AVIF variants at the baseline JPEG's score: on the first photo of the
+/// measured grid (BENCHMARKS.md: Encodings) quality 85 at speed 8 scores
+/// 79.73 against the baseline's 78.30 at 0.59 of its bytes (quality 80:
+/// 72.18 at 0.41; ravif switches to small blocks above 80), for 4.2 s of
+/// CPU per `medium` variant in a debug build with rav1e optimised: speed 6
+/// is 1 % smaller at 6.1 s, speed 10 15 % larger at 1.6 s.
 pub const AVIF: Avif = Avif {
-    quality: 70.0,
-    speed: 6,
+    quality: 85.0,
+    speed: 8,
+    ten_bit: true,
 };
 
 /// Largest side a JPEG can have.
@@ -241,6 +296,12 @@ pub fn webp(frame: Frame<'_>, icc: Option<&[u8]>, settings: Webp) -> Result<Vec<
     config.lossless = 0;
     config.quality = settings.quality.clamp(0.0, 100.0);
     config.method = i32::from(settings.method.min(6));
+    config.sns_strength = i32::from(settings.sns_strength.min(100));
+    config.filter_strength = i32::from(settings.filter_strength.min(100));
+    config.filter_sharpness = i32::from(settings.filter_sharpness.min(7));
+    config.autofilter = i32::from(settings.autofilter);
+    config.segments = i32::from(settings.segments.clamp(1, 4));
+    config.use_sharp_yuv = i32::from(settings.sharp_yuv);
     config.alpha_compression = 1;
     let encoder = match frame {
         Frame::Rgb(image) => webp::Encoder::from_rgb(image.as_raw(), width, height),
@@ -323,37 +384,43 @@ fn with_icc_profile(file: &[u8], icc: Option<&[u8]>, width: u32, height: u32) ->
     out
 }
 
-/// Encodes AVIF (10-bit 4:4:4 YCbCr, as ravif writes it; alpha kept).
+/// Encodes AVIF (4:4:4 YCbCr at the settings' depth; alpha kept).
 /// ravif writes no ICC profile: the variant renders as sRGB.
 #[cfg(feature = "avif")]
 pub fn avif(frame: Frame<'_>, settings: Avif) -> Result<Vec<u8>, MediaError> {
-    use ravif::{Img, RGB8, RGBA8};
+    use ravif::{Img, RGBA8};
     let (width, height) = (frame.width(), frame.height());
     check_size("AVIF", width, height, AVIF_MAX_SIDE)?;
     let encoder = ravif::Encoder::new()
         .with_quality(settings.quality.clamp(1.0, 100.0))
         .with_alpha_quality(100.0)
         .with_speed(settings.speed.clamp(1, 10))
+        .with_bit_depth(if settings.ten_bit {
+            ravif::BitDepth::Ten
+        } else {
+            ravif::BitDepth::Eight
+        })
         .with_num_threads(Some(1));
     let (w, h) = (width as usize, height as usize);
-    let run = || match frame {
-        Frame::Rgb(image) => {
-            let pixels: Vec<RGB8> = image
-                .as_raw()
-                .chunks_exact(3)
-                .map(|p| RGB8::new(p[0], p[1], p[2]))
-                .collect();
-            encoder.encode_rgb(Img::new(&pixels[..], w, h))
-        }
-        Frame::Rgba(image) => {
-            let pixels: Vec<RGBA8> = image
-                .as_raw()
-                .chunks_exact(4)
-                .map(|p| RGBA8::new(p[0], p[1], p[2], p[3]))
-                .collect();
-            encoder.encode_rgba(Img::new(&pixels[..], w, h))
-        }
+    // Opaque pixels go through `encode_rgba` too, fully opaque, which
+    // ravif codes exactly as `encode_rgb` (it leaves the alpha plane out):
+    // `encode_rgb` is `#[inline]`, so the whole of rav1e's generic encoder
+    // would be instantiated in this crate, unoptimised in debug builds
+    // (the tests, the dev-profile benchmark: seconds per variant), where
+    // through `encode_rgba` it is built in ravif with ravif's opt-level.
+    let pixels: Vec<RGBA8> = match frame {
+        Frame::Rgb(image) => image
+            .as_raw()
+            .chunks_exact(3)
+            .map(|p| RGBA8::new(p[0], p[1], p[2], 255))
+            .collect(),
+        Frame::Rgba(image) => image
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| RGBA8::new(p[0], p[1], p[2], p[3]))
+            .collect(),
     };
+    let run = || encoder.encode_rgba(Img::new(&pixels[..], w, h));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(encoded)) => Ok(encoded.avif_file),
         Ok(Err(e)) => Err(failed("AVIF", e)),

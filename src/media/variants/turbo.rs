@@ -10,6 +10,7 @@
 //! truncated file, bad data the decoder would paper over with grey) are
 //! errors too, like jpeg-decoder's.
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mozjpeg_sys as ffi;
 
@@ -25,6 +26,8 @@ pub enum TurboError {
     Memory,
     /// The data is not a JPEG libjpeg-turbo can decode, with its message.
     Corrupt(String),
+    /// The render's caller went away: the decode stopped.
+    Abandoned,
 }
 
 /// The payload the error handler unwinds with.
@@ -36,12 +39,16 @@ pub type Pixels = (u32, u32, Vec<u8>);
 
 /// Decodes `source` at 1/`denominator` scale (1, 2, 4 or 8) to RGB, or to
 /// greyscale when `grey`, with at most `max_memory` bytes in libjpeg's own
-/// large buffers (a progressive file's coefficients).
+/// large buffers (a progressive file's coefficients). Stops within a row
+/// of blocks once `abandoned` is set: libjpeg calls its progress monitor
+/// before each row of blocks of each scan it reads, and between the rows
+/// it outputs.
 pub fn decode(
     source: &[u8],
     denominator: u32,
     grey: bool,
     max_memory: u64,
+    abandoned: &AtomicBool,
 ) -> Result<Pixels, TurboError> {
     // Boxed: libjpeg keeps pointers to the error and progress managers,
     // so none of these may move while it runs.
@@ -50,7 +57,11 @@ pub fn decode(
         // state libjpeg expects before `jpeg_std_error` and `create`.
         cinfo: unsafe { std::mem::zeroed() },
         err: unsafe { std::mem::zeroed() },
-        progress: unsafe { std::mem::zeroed() },
+        progress: Progress {
+            // SAFETY: as above.
+            manager: unsafe { std::mem::zeroed() },
+            abandoned,
+        },
     });
     let state = &mut *state;
     // SAFETY: the error manager is installed before anything can fail;
@@ -67,8 +78,8 @@ pub fn decode(
     if let Err(payload) = created {
         return Err(unwound(payload));
     }
-    state.progress.progress_monitor = Some(progress_monitor);
-    state.cinfo.common.progress = &mut state.progress;
+    state.progress.manager.progress_monitor = Some(progress_monitor);
+    state.cinfo.common.progress = &mut state.progress.manager;
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `source` outlives the decoder, which is destroyed
         // before this function returns; see `run`.
@@ -80,10 +91,18 @@ pub fn decode(
     result.map_err(unwound)
 }
 
-struct State {
+struct State<'a> {
     cinfo: ffi::jpeg_decompress_struct,
     err: ffi::jpeg_error_mgr,
-    progress: ffi::jpeg_progress_mgr,
+    progress: Progress<'a>,
+}
+
+/// libjpeg's progress manager, followed by what the monitor reads: the
+/// manager first, so the pointer libjpeg hands back is this struct's.
+#[repr(C)]
+struct Progress<'a> {
+    manager: ffi::jpeg_progress_mgr,
+    abandoned: &'a AtomicBool,
 }
 
 fn unwound(payload: Box<dyn std::any::Any + Send>) -> TurboError {
@@ -191,5 +210,11 @@ unsafe extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct
         fail(TurboError::Corrupt(format!(
             "the JPEG has more than {MAX_SCANS} scans"
         )));
+    }
+    // SAFETY: `progress` is the manager `decode` installed, the first
+    // field of a `Progress` that outlives the decoder.
+    let abandoned = unsafe { (*(cinfo.progress as *const Progress<'_>)).abandoned };
+    if abandoned.load(Ordering::Relaxed) {
+        fail(TurboError::Abandoned);
     }
 }

@@ -11,6 +11,8 @@
 //!   GSI;
 //! - an **idempotency item** per used idempotency key, naming the image;
 //! - a **journal item** per unfinished write (`pk = pending#…`);
+//! - a **journal item** per image whose encodings are still to be made in
+//!   the background (`pk = encodings#{id}`);
 //! - an **upload session item**, `pk = upload#{id}`, `sk = upload_session`:
 //!   the session as JSON in `doc`, its `rev`ision (every change is
 //!   conditional on it) and `expires` (seconds, usable as a DynamoDB TTL);
@@ -23,6 +25,10 @@
 //!   over (`charge_until`): a tombstone that keeps counting until then;
 //! - a **usage item** per user, `pk = usage#{user}`, `sk = usage` (see
 //!   [`usage`]).
+//!
+//! - an **event item** per change, and on the image item the kind of its
+//!   last change (`change`) and the revision whose event is written
+//!   (`event_rev`): see [`events`].
 //!
 //! Writes follow an order that keeps every state safe to read without
 //! transactions: index items before the image item on create, after it on
@@ -43,29 +49,32 @@ use aws_sdk_dynamodb::types::{
 
 use super::errors::classify;
 use super::settings::AwsSettings;
+pub use events::MIN_EVENT_RETENTION;
 pub use items::DynamoMetadataStore;
-use items::{ALL, BY_TIME, decode_cursor, encode_cursor, image_id_of, n, s, time_shard_value};
+use items::{
+    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, encode_cursor, image_id_of, image_pk,
+    key, n, s, time_key, time_shard_value,
+};
 use time_index::MergedCursor;
 
+mod events;
 mod items;
 mod time_index;
 mod usage;
+use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
-    StorageError,
+    CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
+    SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
-const IMAGE_SK: &str = "image";
 const IDEMPOTENCY_SK: &str = "idempotency";
 const PENDING_SK: &str = "pending";
 const SESSION_SK: &str = "upload_session";
-/// Where the table keeps its time shard count.
-const SHARDS_PK: &str = "config";
 const SHARDS_SK: &str = "time_shards";
 const MAX_TIME_SHARDS: u32 = 64;
 /// How long a replica trusts the shard count it read before reading it
@@ -88,17 +97,8 @@ fn time_shard_of(id: &ImageId, count: u32) -> u32 {
     crc32c::crc32c(id.as_bytes()) % count.max(1)
 }
 
-fn image_pk(id: &ImageId) -> String {
-    format!("image#{id}")
-}
-
 fn tag_pk(tag: &str) -> String {
     format!("tag#{tag}")
-}
-
-/// Times sort as fixed-width unsigned numbers (the sign bit flipped).
-fn time_key(time: Timestamp) -> String {
-    format!("{:020}", (time.as_micros() as u64) ^ (1 << 63))
 }
 
 fn tag_sk(record: &ImageRecord) -> String {
@@ -108,6 +108,11 @@ fn tag_sk(record: &ImageRecord) -> String {
 fn idempotency_pk(owner: &UserId, key: &str) -> String {
     // The owner's length keeps ("a#b", "c") and ("a", "b#c") apart.
     format!("idempotency#{}#{}#{}", owner.as_str().len(), owner, key)
+}
+
+/// The journal item of an image's encodings still to make.
+fn encodings_pk(image_id: &ImageId) -> String {
+    format!("encodings#{image_id}")
 }
 
 fn pending_pk(write: &PendingWrite) -> String {
@@ -158,10 +163,6 @@ fn decode_session(
     serde_json::from_str(doc).map_err(StorageError::internal)
 }
 
-fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
 fn image_item(
     record: &ImageRecord,
     time_shards: u32,
@@ -189,14 +190,6 @@ fn tag_item(record: &ImageRecord, tag: &str) -> HashMap<String, AttributeValue> 
     item
 }
 
-fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, StorageError> {
-    let doc = item
-        .get("doc")
-        .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| StorageError::internal("image item without doc"))?;
-    serde_json::from_str(doc).map_err(StorageError::internal)
-}
-
 impl DynamoMetadataStore {
     pub fn new(shared: &aws_config::SdkConfig, region: Region, settings: &AwsSettings) -> Self {
         let mut builder = aws_sdk_dynamodb::config::Builder::from(shared).region(region);
@@ -207,6 +200,8 @@ impl DynamoMetadataStore {
             client: Client::from_conf(builder.build()),
             table: settings.table.clone(),
             time_shards: std::sync::Mutex::new(None),
+            event_retention: settings.event_retention,
+            events_since: std::sync::OnceLock::new(),
         }
     }
 
@@ -546,6 +541,29 @@ impl DynamoMetadataStore {
 
     /// Index items are harmless when stale (readers verify them), so a failed
     /// clean-up is only logged; the repair pass removes what remains.
+    /// Removes an image's record (if still at its revision), its tag items
+    /// and its idempotency key: a delete the repair pass completes.
+    pub(super) async fn remove_image(&self, record: &ImageRecord) -> Result<(), StorageError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(image_pk(&record.id), IMAGE_SK)))
+            .condition_expression("rev = :rev")
+            .expression_attribute_values(":rev", n(record.revision))
+            .send()
+            .await
+            .map_err(classify);
+        match deleted {
+            Ok(_) => {}
+            Err(StorageError::ConditionFailed) => return Ok(()),
+            Err(other) => return Err(other),
+        }
+        self.delete_tag_items_logged(record, &record.tags).await;
+        self.release_idempotency_key(record).await;
+        Ok(())
+    }
+
     async fn delete_tag_items_logged(&self, record: &ImageRecord, tags: &[String]) {
         if let Err(error) = self.delete_tag_items(record, tags).await {
             tracing::warn!(image_id = %record.id, error = %crate::telemetry::error_chain(&error), "could not delete tag index items");
@@ -807,6 +825,43 @@ impl MetadataStore for DynamoMetadataStore {
             .collect())
     }
 
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        let mut item = key(encodings_pk(&pending.image_id), PENDING_SK);
+        item.insert(
+            "doc".into(),
+            s(serde_json::to_string(pending).map_err(StorageError::internal)?),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.delete_item(encodings_pk(image_id), PENDING_SK).await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        // Only the repair pass reads the journal: a scan is fine there.
+        let pending: Vec<PendingEncodings> = self
+            .scan_docs("begins_with(pk, :p)", vec![(":p", s("encodings#"))])
+            .await?;
+        Ok(pending
+            .into_iter()
+            .filter(|pending| pending.started < older_than)
+            .collect())
+    }
+
     /// Stores a new session, counted among its owner's open ones: its open
     /// session item is written first, then the owner's open items are
     /// read back (a strongly consistent Query of those not expired, at
@@ -1036,18 +1091,29 @@ impl MetadataStore for DynamoMetadataStore {
         }
         let written = async {
             self.put_tag_items(record, &record.tags).await?;
-            self.put_new(image_item(record, self.time_shards().await?)?)
-                .await
+            let mut item = image_item(record, self.time_shards().await?)?;
+            events::mark_change(&mut item, ChangeKind::Created);
+            self.put_new(item).await
         }
         .await;
-        match written {
-            Ok(_) => Ok(CreateOutcome::Created),
-            Err(error) => {
-                self.delete_tag_items_logged(record, &record.tags).await;
-                self.release_idempotency_key(record).await;
-                Err(error)
-            }
-        }
+        let announced = match written {
+            Ok(()) => match self.announce(ChangeKind::Created, record).await {
+                Ok(()) => return Ok(CreateOutcome::Created),
+                // Not acknowledged: the record goes again (the upload
+                // removes its bytes). Were this to fail too, the repair
+                // pass would announce the record.
+                Err(error) => {
+                    if let Err(undo) = self.delete_item(image_pk(&record.id), IMAGE_SK).await {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&undo), "a record without its event stays until the repair pass");
+                    }
+                    error
+                }
+            },
+            Err(error) => error,
+        };
+        self.delete_tag_items_logged(record, &record.tags).await;
+        self.release_idempotency_key(record).await;
+        Err(announced)
     }
 
     async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
@@ -1066,6 +1132,7 @@ impl MetadataStore for DynamoMetadataStore {
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError> {
         let current = self.get(&record.id).await?.ok_or(StorageError::NotFound)?;
         if current.revision != expected_revision {
@@ -1084,11 +1151,13 @@ impl MetadataStore for DynamoMetadataStore {
             .cloned()
             .collect();
         self.put_tag_items(record, &added).await?;
+        let mut item = image_item(record, self.time_shards().await?)?;
+        events::mark_change(&mut item, change);
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(image_item(record, self.time_shards().await?)?))
+            .set_item(Some(item))
             .condition_expression("attribute_exists(pk) AND rev = :expected")
             .expression_attribute_values(":expected", n(expected_revision))
             .send()
@@ -1103,35 +1172,47 @@ impl MetadataStore for DynamoMetadataStore {
             };
         }
         self.delete_tag_items_logged(&current, &removed).await;
-        Ok(())
+        // The change is made; unannounced, the call fails and the repair
+        // pass announces it.
+        self.announce(change, record).await
     }
 
     async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
+        let current = self.get(id).await?.ok_or(StorageError::NotFound)?;
+        if current.owner != *owner {
+            return Err(StorageError::ConditionFailed);
+        }
+        // Announced first: the delete cannot be acknowledged without its
+        // event. A crash before the record goes leaves the delete
+        // announced, and the repair pass completes it.
+        let announced = self
+            .write_event(ImageEvent::of_change(ChangeKind::Deleted, &current))
+            .await?;
         let deleted = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(image_pk(id), IMAGE_SK)))
-            .condition_expression("attribute_exists(pk) AND #owner = :owner")
+            .condition_expression("attribute_exists(pk) AND #owner = :owner AND rev = :rev")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":owner", s(owner.as_str()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .expression_attribute_values(":rev", n(current.revision))
             .send()
             .await;
-        let record = match deleted.map_err(classify) {
-            Ok(output) => decode(&output.attributes.unwrap_or_default())?,
-            Err(StorageError::ConditionFailed) => {
-                return Err(if self.get(id).await?.is_some() {
-                    StorageError::ConditionFailed
-                } else {
-                    StorageError::NotFound
-                });
-            }
-            Err(other) => return Err(other),
-        };
-        self.delete_tag_items_logged(&record, &record.tags).await;
-        self.release_idempotency_key(&record).await;
-        Ok(record)
+        if let Err(error) = deleted.map_err(classify) {
+            self.retract_event(announced).await;
+            return Err(match error {
+                // Changed or gone meanwhile: the caller reads it again.
+                StorageError::ConditionFailed => match self.get(id).await? {
+                    None => StorageError::NotFound,
+                    Some(_) => StorageError::ConditionFailed,
+                },
+                other => other,
+            });
+        }
+        self.delete_tag_items_logged(&current, &current.tags).await;
+        self.release_idempotency_key(&current).await;
+        Ok(current)
     }
 
     async fn list(
@@ -1235,5 +1316,35 @@ impl MetadataStore for DynamoMetadataStore {
                 Some(last) => start_key = Some(last),
             }
         }
+    }
+
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError> {
+        self.read_event_page(start, limit).await
+    }
+
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError> {
+        // Read by time: "now" is a time (see `event_lookback`).
+        Ok(time_key(Timestamp::now()).into_bytes())
+    }
+
+    async fn remove_expired_events(&self, _older_than: Timestamp) -> Result<usize, StorageError> {
+        // Event items carry `expires`, the table's TTL attribute.
+        Ok(0)
+    }
+
+    async fn write_missing_events(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<usize, StorageError> {
+        self.repair_events(older_than, dry_run).await
+    }
+
+    fn event_lookback(&self) -> Option<std::time::Duration> {
+        Some(events::EVENT_LOOKBACK)
     }
 }

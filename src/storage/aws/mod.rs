@@ -15,7 +15,7 @@ use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::Region;
 
-pub use dynamodb::DynamoMetadataStore;
+pub use dynamodb::{DynamoMetadataStore, MIN_EVENT_RETENTION};
 pub use s3::S3BlobStore;
 pub use settings::{AwsSettings, PayloadSigning, S3Checksums};
 

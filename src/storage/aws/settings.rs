@@ -19,6 +19,8 @@ pub struct AwsSettings {
     /// What `init` sets the `by_time` index's partition count to (see
     /// [`super::dynamodb`]).
     pub time_shards: u32,
+    /// How long events are kept: their items' TTL (`--event-retention`).
+    pub event_retention: std::time::Duration,
 }
 
 /// When the S3 client computes and checks checksums (`--s3-checksums`).

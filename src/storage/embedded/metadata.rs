@@ -8,17 +8,25 @@
 //! reads as many index entries and records as it returns (plus one entry to
 //! know whether another page follows), whatever the filters. Records and
 //! their entries change in one transaction, so the index is never stale.
+//!
+//! Each change's event is written in the change's transaction, at the next
+//! number of one sequence ([`EVENTS`]): a change and its event are
+//! committed together or not at all, and the sequence is the log's order.
+//! A position is that number (8 bytes, big-endian). After each commit the
+//! [`tokio::sync::watch`] signal carries the last number, so watchers in
+//! this process wake at once.
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
-    CreateOutcome, ListPage, MetadataStore, PendingWrite, SessionAdmission, SessionQuota,
-    StorageError,
+    CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
+    SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
 use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
@@ -32,6 +40,8 @@ const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("index");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 /// image id + pending id → the journaled unfinished write, as JSON.
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_writes");
+/// image id → the encodings it still needs, as JSON.
+const ENCODINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_encodings");
 /// upload id (16 bytes) → the upload session as JSON.
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_sessions");
 /// Open upload sessions by owner: (owner, expiry, id) → the bytes the
@@ -43,6 +53,14 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_ses
 const OPEN_SESSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("open_upload_sessions");
 /// user id → the user's usage item as JSON (see [`UsageRecord`]).
 const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
+/// The event log: sequence number → the event as JSON.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// The log's bookkeeping: [`SWEPT_THROUGH`] → the last number removed by
+/// the retention sweep (0 when none was).
+const EVENT_MARKS: TableDefinition<&str, u64> = TableDefinition::new("event_marks");
+const SWEPT_THROUGH: &str = "swept_through";
+/// A position is a sequence number.
+const POSITION_LEN: usize = 8;
 
 const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
@@ -57,6 +75,8 @@ const CURSOR_LEN: usize = 8 + 16;
 /// Image records in a redb file.
 pub struct EmbeddedMetadataStore {
     db: Arc<Database>,
+    /// The last event number committed.
+    events: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl EmbeddedMetadataStore {
@@ -73,20 +93,49 @@ impl EmbeddedMetadataStore {
             txn.open_table(IDEMPOTENCY)
                 .map_err(StorageError::internal)?;
             txn.open_table(PENDING).map_err(StorageError::internal)?;
+            txn.open_table(ENCODINGS).map_err(StorageError::internal)?;
             txn.open_table(SESSIONS).map_err(StorageError::internal)?;
             txn.open_table(OPEN_SESSIONS)
                 .map_err(StorageError::internal)?;
             txn.open_table(USAGE).map_err(StorageError::internal)?;
+            txn.open_table(EVENTS).map_err(StorageError::internal)?;
+            txn.open_table(EVENT_MARKS)
+                .map_err(StorageError::internal)?;
         }
+        let last = last_event(&txn).map_err(StorageError::internal)?;
         txn.commit().map_err(StorageError::internal)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            events: Arc::new(tokio::sync::watch::Sender::new(last)),
+        })
+    }
+
+    /// Runs a write transaction that appends events and returns the number
+    /// of the last one it committed, and wakes this process's watchers.
+    async fn write_events<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<Result<(T, Option<u64>), StorageError>, redb::Error>
+            + Send
+            + 'static,
+    {
+        let (value, last) = self.run(work).await?;
+        if let Some(last) = last {
+            self.events.send_if_modified(|seen| {
+                let newer = last > *seen;
+                *seen = (*seen).max(last);
+                newer
+            });
+        }
+        Ok(value)
     }
 
     /// Adds many records in one transaction (bulk imports, benchmarks):
     /// each as [`MetadataStore::create`] would, all or none.
     pub async fn import(&self, records: Vec<ImageRecord>) -> Result<(), StorageError> {
-        self.run(move |db| {
+        self.write_events(move |db| {
             let txn = db.begin_write()?;
+            let mut last = None;
             for record in &records {
                 let bytes = match encode(record) {
                     Ok(bytes) => bytes,
@@ -99,9 +148,13 @@ impl EmbeddedMetadataStore {
                     }
                     Err(error) => return Ok(Err(error)),
                 }
+                match append_event(&txn, &ImageEvent::of_change(ChangeKind::Created, record))? {
+                    Ok(number) => last = Some(number),
+                    Err(error) => return Ok(Err(error)),
+                }
             }
             txn.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(((), last)))
         })
         .await
     }
@@ -228,6 +281,64 @@ fn insert(
     }
     records.insert(record.id.as_bytes().as_slice(), bytes)?;
     Ok(Ok(CreateOutcome::Created))
+}
+
+/// The number of the last event written: the last in the log, or the last
+/// swept when the log is empty.
+fn last_event<T: EventTables>(txn: &T) -> Result<u64, redb::Error> {
+    if let Some((number, _)) = txn.events()?.last()? {
+        return Ok(number.value());
+    }
+    txn.swept_through()
+}
+
+/// The two event tables, from a read or a write transaction.
+trait EventTables {
+    fn events(&self) -> Result<impl ReadableTable<u64, &'static [u8]>, redb::Error>;
+    fn swept_through(&self) -> Result<u64, redb::Error>;
+}
+
+impl EventTables for redb::ReadTransaction {
+    fn events(&self) -> Result<impl ReadableTable<u64, &'static [u8]>, redb::Error> {
+        Ok(self.open_table(EVENTS)?)
+    }
+    fn swept_through(&self) -> Result<u64, redb::Error> {
+        Ok(self
+            .open_table(EVENT_MARKS)?
+            .get(SWEPT_THROUGH)?
+            .map_or(0, |v| v.value()))
+    }
+}
+
+impl EventTables for redb::WriteTransaction {
+    fn events(&self) -> Result<impl ReadableTable<u64, &'static [u8]>, redb::Error> {
+        Ok(self.open_table(EVENTS)?)
+    }
+    fn swept_through(&self) -> Result<u64, redb::Error> {
+        Ok(self
+            .open_table(EVENT_MARKS)?
+            .get(SWEPT_THROUGH)?
+            .map_or(0, |v| v.value()))
+    }
+}
+
+/// Appends `event` to the log inside `txn`, at the next number, and
+/// returns the number.
+fn append_event(
+    txn: &redb::WriteTransaction,
+    event: &ImageEvent,
+) -> Result<Result<u64, StorageError>, redb::Error> {
+    let value = match serde_json::to_vec(event) {
+        Ok(value) => value,
+        Err(error) => return Ok(Err(StorageError::internal(error))),
+    };
+    let next = last_event(txn)? + 1;
+    txn.open_table(EVENTS)?.insert(next, value.as_slice())?;
+    Ok(Ok(next))
+}
+
+fn position(number: u64) -> Vec<u8> {
+    number.to_be_bytes().to_vec()
 }
 
 fn encode(record: &ImageRecord) -> Result<Vec<u8>, StorageError> {
@@ -473,6 +584,36 @@ impl MetadataStore for EmbeddedMetadataStore {
         .await
     }
 
+    async fn record_pending_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<(), StorageError> {
+        let key = pending.image_id.as_bytes().to_vec();
+        let value = serde_json::to_vec(pending).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(ENCODINGS)?
+                .insert(key.as_slice(), value.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
+        self.remove(ENCODINGS, image_id.as_bytes().to_vec()).await
+    }
+
+    async fn pending_encodings(
+        &self,
+        older_than: Timestamp,
+    ) -> Result<Vec<PendingEncodings>, StorageError> {
+        self.scan_json(ENCODINGS, move |pending: &PendingEncodings| {
+            pending.started < older_than
+        })
+        .await
+    }
+
     async fn create_upload_session(
         &self,
         session: &UploadSessionRecord,
@@ -613,6 +754,91 @@ impl MetadataStore for EmbeddedMetadataStore {
         Ok(0)
     }
 
+    async fn read_events(
+        &self,
+        start: &EventStart,
+        limit: usize,
+    ) -> Result<EventRead, StorageError> {
+        let after = match start {
+            EventStart::Oldest => None,
+            EventStart::After(position) => match <[u8; POSITION_LEN]>::try_from(&position[..]) {
+                Ok(bytes) => Some(u64::from_be_bytes(bytes)),
+                Err(_) => return Ok(EventRead::Malformed),
+            },
+            // The log is read by number, not by time.
+            EventStart::Since(_) => return Ok(EventRead::Malformed),
+        };
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let swept = txn.swept_through()?;
+            let after = match after {
+                Some(after) if after < swept => {
+                    return Ok(Ok(EventRead::Expired {
+                        oldest: position(swept),
+                    }));
+                }
+                Some(after) => after,
+                None => swept,
+            };
+            let mut events = Vec::new();
+            for entry in txn.events()?.range(after + 1..)?.take(limit) {
+                let (number, value) = entry?;
+                match serde_json::from_slice::<ImageEvent>(value.value()) {
+                    Ok(event) => events.push(StoredEvent {
+                        position: position(number.value()),
+                        event,
+                    }),
+                    Err(error) => return Ok(Err(StorageError::internal(error))),
+                }
+            }
+            Ok(Ok(EventRead::Events(events)))
+        })
+        .await
+    }
+
+    async fn event_head(&self) -> Result<Vec<u8>, StorageError> {
+        self.run(|db| Ok(Ok(position(last_event(&db.begin_read()?)?))))
+            .await
+    }
+
+    async fn remove_expired_events(&self, older_than: Timestamp) -> Result<usize, StorageError> {
+        self.run(move |db| {
+            // Events are in time order but for clock steps: the sweep
+            // stops at the first one still retained.
+            let expired: Vec<u64> = {
+                let txn = db.begin_read()?;
+                let mut expired = Vec::new();
+                for entry in txn.events()?.iter()? {
+                    let (number, value) = entry?;
+                    match serde_json::from_slice::<ImageEvent>(value.value()) {
+                        Ok(event) if event.time < older_than => expired.push(number.value()),
+                        Ok(_) => break,
+                        Err(error) => return Ok(Err(StorageError::internal(error))),
+                    }
+                }
+                expired
+            };
+            let Some(&last) = expired.last() else {
+                return Ok(Ok(0));
+            };
+            let txn = db.begin_write()?;
+            {
+                let mut events = txn.open_table(EVENTS)?;
+                for number in &expired {
+                    events.remove(number)?;
+                }
+                txn.open_table(EVENT_MARKS)?.insert(SWEPT_THROUGH, last)?;
+            }
+            txn.commit()?;
+            Ok(Ok(expired.len()))
+        })
+        .await
+    }
+
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.events.subscribe())
+    }
+
     async fn check_health(&self) -> Result<(), StorageError> {
         self.run(|db| {
             db.begin_read()?.open_table(RECORDS)?;
@@ -624,13 +850,22 @@ impl MetadataStore for EmbeddedMetadataStore {
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
         let record = record.clone();
         let bytes = encode(&record)?;
-        self.run(move |db| {
+        let event = ImageEvent::of_change(ChangeKind::Created, &record);
+        self.write_events(move |db| {
             let txn = db.begin_write()?;
-            let outcome = insert(&txn, &record, &bytes)?;
-            if matches!(outcome, Ok(CreateOutcome::Created)) {
-                txn.commit()?;
+            let outcome = match insert(&txn, &record, &bytes)? {
+                Ok(outcome) => outcome,
+                Err(error) => return Ok(Err(error)),
+            };
+            if !matches!(outcome, CreateOutcome::Created) {
+                return Ok(Ok((outcome, None)));
             }
-            Ok(outcome)
+            let number = match append_event(&txn, &event)? {
+                Ok(number) => number,
+                Err(error) => return Ok(Err(error)),
+            };
+            txn.commit()?;
+            Ok(Ok((outcome, Some(number))))
         })
         .await
     }
@@ -667,10 +902,12 @@ impl MetadataStore for EmbeddedMetadataStore {
         &self,
         record: &ImageRecord,
         expected_revision: u64,
+        change: ChangeKind,
     ) -> Result<(), StorageError> {
         let record = record.clone();
         let bytes = encode(&record)?;
-        self.run(move |db| {
+        let event = ImageEvent::of_change(change, &record);
+        self.write_events(move |db| {
             let txn = db.begin_write()?;
             {
                 let mut records = txn.open_table(RECORDS)?;
@@ -694,8 +931,12 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
                 records.insert(record.id.as_bytes().as_slice(), bytes.as_slice())?;
             }
+            let number = match append_event(&txn, &event)? {
+                Ok(number) => number,
+                Err(error) => return Ok(Err(error)),
+            };
             txn.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(((), Some(number))))
         })
         .await
     }
@@ -703,7 +944,7 @@ impl MetadataStore for EmbeddedMetadataStore {
     async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
         let id = *id;
         let owner = owner.clone();
-        self.run(move |db| {
+        self.write_events(move |db| {
             let txn = db.begin_write()?;
             let current = {
                 let mut records = txn.open_table(RECORDS)?;
@@ -729,8 +970,13 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
                 current
             };
+            let event = ImageEvent::of_change(ChangeKind::Deleted, &current);
+            let number = match append_event(&txn, &event)? {
+                Ok(number) => number,
+                Err(error) => return Ok(Err(error)),
+            };
             txn.commit()?;
-            Ok(Ok(current))
+            Ok(Ok((current, Some(number))))
         })
         .await
     }

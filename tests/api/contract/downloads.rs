@@ -206,6 +206,90 @@ pub(super) async fn presigned_urls_expire_and_resist_tampering(backend: Backend)
     );
 }
 
+pub(super) async fn a_resumed_download_reads_the_object_it_began_with(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let photo = app
+        .upload("alice", spec("p.jpg"), &images::phone_photo(1600, 1200))
+        .await
+        .unwrap();
+    let id = photo.image_id.clone();
+    let read = |variant: &str, accept: &[&str], object: &str, offset| pb::DownloadImageRequest {
+        image_id: id.clone(),
+        variant: variant.into(),
+        accept: accept.iter().map(|a| a.to_string()).collect(),
+        object: object.into(),
+        read_offset: offset,
+        ..Default::default()
+    };
+    let (first, whole) = app
+        .download_range("bob", read("medium", &["image/jpeg"], "", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.object, "medium",
+        "the first message names what it read"
+    );
+    // Resumed naming the object, whatever the variant and accept now say.
+    let (again, tail) = app
+        .download_range("bob", read("small", &["image/png"], &first.object, 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.object.as_str(), again.content_type.as_str()),
+        ("medium", "image/jpeg")
+    );
+    assert_eq!(
+        tail,
+        whole[1000..],
+        "the bytes from the offset are the same object's"
+    );
+    let (original, bytes) = app
+        .download_range("bob", read("", &[], "original", 0))
+        .await
+        .unwrap();
+    assert_eq!(original.object, "original");
+    assert_eq!(bytes, app.download("bob", &photo.image_id).await.unwrap());
+
+    // A variant whose rendition is held by another object (an icon smaller
+    // than both sizes: `medium` is `small`, or the original) names that one.
+    let icon = app
+        .upload("alice", spec("s.png"), &images::png(40, 30, 3))
+        .await
+        .unwrap();
+    let request = pb::DownloadImageRequest {
+        image_id: icon.image_id.clone(),
+        variant: "medium".into(),
+        ..Default::default()
+    };
+    let (first, bytes) = app.download_range("bob", request.clone()).await.unwrap();
+    assert!(
+        ["small", "original"].contains(&first.object.as_str()),
+        "{}",
+        first.object
+    );
+    let pinned = pb::DownloadImageRequest {
+        object: first.object.clone(),
+        variant: String::new(),
+        ..request
+    };
+    assert_eq!(app.download_range("bob", pinned).await.unwrap().1, bytes);
+
+    for (object, code) in [
+        ("large", Code::NotFound),
+        ("medium.avif", Code::NotFound),
+        ("medium.gif", Code::InvalidArgument),
+        ("../original", Code::InvalidArgument),
+        ("a.b.c", Code::InvalidArgument),
+    ] {
+        let status = assert_code(
+            app.download_range("bob", read("medium", &[], object, 0))
+                .await,
+            code,
+        );
+        assert!(status.message().contains("object"), "{object}: {status:?}");
+    }
+}
+
 pub(super) async fn a_download_racing_a_delete_is_whole_or_not_found(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let bytes = images::png_of_size(3 * 1024 * 1024, 6);

@@ -14,6 +14,8 @@ use tonic::{Code, Status};
 
 mod changes;
 mod downloads;
+mod encodings;
+mod events;
 mod feeds;
 mod late_meta;
 mod listing;
@@ -61,6 +63,7 @@ macro_rules! all_cases {
             uploads::every_accepted_type_is_sniffed_from_the_bytes,
             downloads::downloads_return_the_stored_bytes_in_chunks_of_at_most_one_mib,
             downloads::ranged_downloads_return_exactly_the_range,
+            downloads::a_resumed_download_reads_the_object_it_began_with,
             changes::unknown_and_malformed_ids_are_told_apart,
             changes::every_call_needs_an_identity,
             listing::each_filter_alone_and_combined_returns_matches_newest_first,
@@ -88,6 +91,7 @@ macro_rules! all_cases {
             variants::a_thumbhash_keeps_the_aspect_ratio_and_the_alpha,
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
+            uploads::a_jpeg_built_to_spend_cpu_is_refused_from_its_scan_headers,
             listing::pages_of_large_records_are_cut_by_bytes_and_continue,
             sessions::a_cut_upload_resumes_on_another_server_from_what_it_holds,
             sessions::a_resume_may_resend_held_bytes_but_not_skip_any,
@@ -115,6 +119,17 @@ macro_rules! all_cases {
             negotiation::a_viewer_gets_the_smaller_original_when_it_accepts_its_type,
             negotiation::a_transparent_image_is_served_in_its_alpha_capable_encoding,
             negotiation::an_overlong_accept_is_refused,
+            encodings::encodings_made_after_the_acknowledgement_appear_and_decode_upright,
+            encodings::an_edit_racing_the_background_update_is_kept,
+            encodings::a_delete_racing_the_background_leaves_nothing,
+            encodings::work_the_queue_has_no_room_for_is_left_to_the_repair_pass,
+            encodings::a_killed_replicas_encodings_are_made_by_another_replicas_repair_pass,
+            events::every_change_is_one_event_in_order,
+            events::a_watcher_resumes_from_its_cursor_without_a_gap,
+            events::only_named_services_watch_and_requests_are_checked,
+            events::a_cursor_past_the_retention_is_out_of_range,
+            events::a_slow_watcher_is_cut_with_a_cursor_that_misses_nothing,
+            events::a_watch_ends_with_its_cursor_when_the_server_stops,
         );
     };
 }
@@ -130,6 +145,9 @@ mod embedded {
 
 mod aws {
     all_cases!(Aws);
+    contract_suite!(Aws:
+        events::a_watcher_cut_on_one_replica_resumes_on_another_missing_nothing,
+    );
     #[cfg(feature = "heif")]
     contract_suite!(Aws:
         variants::real_heic_and_avif_get_upright_variants_and_lose_their_location,

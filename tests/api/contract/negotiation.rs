@@ -169,7 +169,7 @@ pub(super) async fn an_overlong_accept_is_refused(backend: Backend) {
 
 /// The first message of a `DownloadImage` of `variant` for a viewer that
 /// accepts `accept`, and the bytes.
-async fn download_accepting(
+pub(super) async fn download_accepting(
     app: &TestApp,
     image_id: &str,
     variant: &str,

@@ -392,24 +392,90 @@ pub(super) async fn images_that_cannot_be_decoded_are_refused_and_leave_nothing(
 /// still sending: the server never waits for (or decodes) its pixels.
 pub(super) async fn a_pixel_bomb_is_refused_before_its_pixels_arrive(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let header = images::png_header_only(40_000, 40_000);
-    let mut messages = upload_messages(spec("bomb.png"), &header[..64], 64);
+    // The rest of the "image" never comes.
+    let result = answer_with_the_stream_open(&app, "alice", "bomb.png", &header[..64], 64).await;
+    let status = assert_code(result, Code::ResourceExhausted);
+    assert!(status.message().contains("40000x40000"), "{status:?}");
+    assert!(app.wait_for_stored_objects(0).await.is_empty());
+}
+
+/// Sends `bytes` as `user`'s upload of `name`, in messages of `chunk`
+/// bytes, and keeps the stream open (no `finish_write`): an answer can only
+/// come from what was sent.
+async fn answer_with_the_stream_open(
+    app: &TestApp,
+    user: &str,
+    name: &str,
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<tonic::Response<pb::UploadImageResponse>, Status> {
+    let mut messages = upload_messages(spec(name), bytes, chunk);
     messages.last_mut().unwrap().finish_write = false;
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len());
     for message in messages {
         tx.send(message).await.unwrap();
     }
-    // The stream stays open: the rest of the "image" never comes.
     let mut client = app.client();
     let call = client.upload_image(as_user(
-        "alice",
+        user,
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
     let result = tokio::time::timeout(Duration::from_secs(30), call)
         .await
         .expect("answered without the rest of the stream");
-    let status = assert_code(result, Code::ResourceExhausted);
-    assert!(status.message().contains("40000x40000"), "{status:?}");
     drop(tx);
-    assert!(app.wait_for_stored_objects(0).await.is_empty());
+    result
+}
+
+/// A progressive JPEG built to spend a decoder's CPU (499 scans each
+/// coding the whole AC band again, 64 megapixels in a few hundred
+/// kilobytes; it took 40 s of CPU to render) is refused from its scan
+/// headers while the stream is still open, before any decode, naming the
+/// flag; a progressive phone photo and mozjpeg's own progressive file are
+/// still accepted with their variants, and the flag is what decides.
+pub(super) async fn a_jpeg_built_to_spend_cpu_is_refused_from_its_scan_headers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let crafted = images::repeated_scans_jpeg(8000, 8000, 499);
+    // Only the headers can have refused it: the stream stays open.
+    let result = answer_with_the_stream_open(&app, "mallory", "scans.jpg", &crafted, 64 * 1024);
+    let status = assert_code(result.await, Code::ResourceExhausted);
+    assert!(
+        status.message().contains("--max-jpeg-decode-passes"),
+        "{status:?}"
+    );
+    app.assert_nothing_stored("mallory").await;
+
+    let shot = images::PhoneShot {
+        width: 1600,
+        height: 1200,
+        progressive: true,
+        subsampled: true,
+        orientation: 1,
+        quality: 90,
+        seed: 4,
+    };
+    let photo = images::phone_shot(&shot);
+    let settings = image_service::media::variants::encode::Jpeg {
+        coder: image_service::media::variants::encode::JpegCoder::MozjpegTrellis,
+        ..image_service::media::variants::encode::JPEG_BASELINE
+    };
+    let mozjpeg =
+        image_service::media::variants::encode::jpeg(&images::scene(1600, 1200, 5), None, settings)
+            .unwrap();
+    for (name, file) in [("photo.jpg", &photo), ("mozjpeg.jpg", &mozjpeg)] {
+        let image = app.upload("alice", spec(name), file).await.unwrap();
+        assert_eq!(image.variants.len(), 2, "{name}: {image:?}");
+    }
+
+    // One pass is what a baseline file takes; a progressive photo more.
+    let strict = TestApp::spawn_with(backend, &["--max-jpeg-decode-passes", "1"]).await;
+    let status = assert_code(
+        strict.upload("alice", spec("photo.jpg"), &photo).await,
+        Code::ResourceExhausted,
+    );
+    assert!(
+        status.message().contains("more than 1 passes"),
+        "{status:?}"
+    );
 }

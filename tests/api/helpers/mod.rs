@@ -47,8 +47,9 @@ pub struct TestApp {
     pub s3: Option<servers::ServerProcess>,
     pub dynamodb: Option<servers::ServerProcess>,
     pub bucket: String,
-    /// The command line the server was started with.
-    args: Vec<String>,
+    /// The command line it was started with (the program's name first):
+    /// another replica of it, or a command on its stores, takes the same.
+    pub args: Vec<String>,
 }
 
 impl TestApp {
@@ -97,10 +98,14 @@ impl TestApp {
         }
     }
 
-    /// Another replica on this one's stores, both serving (aws backend
-    /// only: the embedded backend allows one process per data directory).
+    /// Another replica on this one's stores, both serving (the aws
+    /// backend: the embedded store allows one process per directory).
     pub async fn replica(&self, extra: &[&str]) -> Self {
-        assert_eq!(self.backend, Backend::Aws, "replicas share a remote store");
+        assert_eq!(
+            self.backend,
+            Backend::Aws,
+            "replicas share the aws backend's stores"
+        );
         let endpoints = [
             self.s3.as_ref().expect("s3").endpoint(),
             self.dynamodb.as_ref().expect("dynamodb").endpoint(),
@@ -141,7 +146,14 @@ impl TestApp {
         }
         let max = TEST_MAX_IMAGE_BYTES.to_string();
         let mut args = service_args(data_dir);
-        args.extend(["--shutdown-timeout", "5s"]);
+        if !extra.contains(&"--shutdown-timeout") {
+            args.extend(["--shutdown-timeout", "5s"]);
+        }
+        // Encodings made after the acknowledgement change an image's record
+        // once it is stored: only the tests of them ask for them.
+        if !extra.contains(&"--variant-formats") {
+            args.extend(["--variant-formats", "jpeg"]);
+        }
         if !extra.contains(&"--max-image-bytes") {
             args.extend(["--max-image-bytes", &max]);
         }
@@ -180,8 +192,8 @@ impl TestApp {
             }
         }
         args.extend_from_slice(extra);
-        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        let config = Config::try_parse_from(&args).expect("valid test configuration");
+        let command_line: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let config = Config::try_parse_from(args).expect("valid test configuration");
         if backend == Backend::Aws && s3.is_some() {
             image_service::commands::init_backend(&config)
                 .await
@@ -216,8 +228,23 @@ impl TestApp {
             s3,
             dynamodb,
             bucket,
-            args,
+            args: command_line,
         }
+    }
+
+    /// One repair pass over this server's stores, with no grace, from
+    /// another process's point of view (the embedded backend's only after
+    /// [`TestApp::stop`]: one process opens its data directory at a time).
+    pub async fn repair_pass(&self, dry_run: bool) -> image_service::domain::repair::RepairReport {
+        let config = Config::try_parse_from(&self.args).expect("valid test configuration");
+        let opened = image_service::backend::open_images(&config, None)
+            .await
+            .expect("the stores open");
+        opened
+            .images
+            .repair(Duration::ZERO, dry_run)
+            .await
+            .expect("the repair pass runs")
     }
 
     /// Asks the server to stop and waits until it has.
@@ -564,4 +591,49 @@ pub fn exiftool_tags(name: &str, bytes: &[u8]) -> Option<String> {
         .output()
         .unwrap();
     Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// What Pillow, a decoder independent of the service's, makes of an
+/// image's bytes, decoded whole: its format (`WEBP`, `JPEG`, `AVIF`), width,
+/// height and mode (`RGB`, `RGBA`). `python3` is the tools' (scripts/tools.sh
+/// installs Pillow there).
+pub fn decoded_by_pillow(bytes: &[u8]) -> (String, u32, u32, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const SCRIPT: &str = "import io, sys\n\
+        from PIL import Image\n\
+        image = Image.open(io.BytesIO(sys.stdin.buffer.read()))\n\
+        image.load()\n\
+        print(image.format, image.width, image.height, image.mode)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with Pillow (scripts/tools.sh installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("python3 ran");
+    writer
+        .join()
+        .expect("the writer ends")
+        .expect("the bytes were sent");
+    assert!(
+        output.status.success(),
+        "Pillow could not decode the bytes: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [format, width, height, mode] = fields[..] else {
+        panic!("unexpected output from Pillow: {text}");
+    };
+    (
+        format.to_owned(),
+        width.parse().expect("a width"),
+        height.parse().expect("a height"),
+        mode.to_owned(),
+    )
 }

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::domain::ImageId;
+use crate::domain::image::Timestamp;
 use crate::domain::ports::StorageError;
+use crate::domain::{ImageId, ImageRecord};
 
 /// The `by_time` partition of time shard 0, the only one before the index
 /// was sharded: images written then stay listed there.
@@ -35,6 +36,11 @@ pub struct DynamoMetadataStore {
     pub(super) table: String,
     /// The time shard count last read from the table, and when.
     pub(super) time_shards: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
+    /// How long event items live (their `expires`).
+    pub(super) event_retention: std::time::Duration,
+    /// The hour of the table's first event, once read or written (see
+    /// `events::EVENTS_SINCE_SK`): reads from an earlier time start there.
+    pub(super) events_since: std::sync::OnceLock<i64>,
 }
 
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
@@ -77,4 +83,32 @@ pub(super) fn decode_cursor(bytes: &[u8]) -> Result<HashMap<String, AttributeVal
             _ => Err(StorageError::internal("malformed listing cursor")),
         })
         .collect()
+}
+
+/// The image item's sort key.
+pub(super) const IMAGE_SK: &str = "image";
+
+/// Where the table keeps its settings: the time shard count, the hour of
+/// its first event.
+pub(super) const SHARDS_PK: &str = "config";
+
+pub(super) fn image_pk(id: &ImageId) -> String {
+    format!("image#{id}")
+}
+
+/// Times sort as fixed-width unsigned numbers (the sign bit flipped).
+pub(super) fn time_key(time: Timestamp) -> String {
+    format!("{:020}", (time.as_micros() as u64) ^ (1 << 63))
+}
+
+pub(super) fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+pub(super) fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, StorageError> {
+    let doc = item
+        .get("doc")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| StorageError::internal("image item without doc"))?;
+    serde_json::from_str(doc).map_err(StorageError::internal)
 }

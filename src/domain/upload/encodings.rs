@@ -1,0 +1,558 @@
+//! The encodings of an image's variants made after its upload is
+//! acknowledged (`--variant-formats`: WebP, AVIF), beside the JPEG (or,
+//! for transparent images, lossless WebP) made before it.
+//!
+//! Before the acknowledgement a journal entry ([`PendingEncodings`]) says
+//! which encodings the image needs. Once the record is stored, the work is
+//! queued with the resized, upright pixels the render already holds, so
+//! nothing is decoded again: it waits for a render slot (the same lanes,
+//! taken in turn with the uploads' renders), encodes, writes the objects,
+//! adds their entries to the record conditionally on its revision
+//! ([`Uploads::add_encodings`]) and clears the entry. The queue is bounded
+//! (`--max-queued-encodings`, and per user), and the held pixels are
+//! counted in the memory budget and the owner's share while they wait and
+//! while they are encoded: work that finds no room is not held, it is left
+//! to the repair pass, which decodes the stored original through the same
+//! render admission ([`Uploads::complete_encodings`]). So is the work of a
+//! replica that stops before it is done.
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::Instrument as _;
+
+use super::shared::Uploads;
+use crate::domain::event::ChangeKind;
+use crate::domain::image::{Encoding, ImageRecord, ObjectName, Timestamp, Variant};
+use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
+use crate::domain::quota::held_by;
+use crate::domain::{DomainError, ImageId, UserId, VariantName};
+use crate::media::MediaError;
+use crate::media::scrub::Scrubber;
+use crate::media::variants::{self, Codec, Pixels, RenderSlot, Renderer};
+use crate::telemetry::error_chain;
+
+/// Attempts of a record update that keeps losing to concurrent edits.
+const ADD_ATTEMPTS: usize = 10;
+
+/// What encoding held pixels takes besides them, as a share of them: the
+/// encoder's YUV planes (1.5 bytes a pixel against 3 or 4) and its output
+/// (smaller than the pixels) stay under one more copy.
+const ENCODER_WORKING_SET: u64 = 1;
+
+/// The resized, upright pixels of an image's renditions (by the name of
+/// the variant rendered from them) and the ICC profile they carry.
+pub(super) struct HeldPixels {
+    pub(super) pixels: Vec<(String, Pixels)>,
+    pub(super) icc: Option<Vec<u8>>,
+}
+
+impl HeldPixels {
+    fn bytes(&self) -> u64 {
+        self.pixels.iter().map(|(_, p)| p.bytes()).sum()
+    }
+}
+
+/// What became of an image's journaled encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completed {
+    /// This many entries were added to the record (none when each was
+    /// there already, or came out no smaller than the variant's first
+    /// encoding and was not kept).
+    Added(usize),
+    /// The image is gone: what was written for it was removed.
+    ImageGone,
+    /// Its original cannot be decoded any more: nothing can be made.
+    Undecodable,
+}
+
+/// One encoding of one stored rendition, to make.
+struct Planned {
+    /// The variants whose entries read the rendition (several when they
+    /// share its object).
+    names: Vec<VariantName>,
+    width: u32,
+    height: u32,
+    /// The size of the rendition's first encoding: a new one is kept only
+    /// when smaller.
+    first_size: u64,
+    encoding: Encoding,
+    /// Which of the held pixels it is made from.
+    pixels: usize,
+}
+
+impl Planned {
+    /// Its object: the first variant's name with the encoding's extension.
+    fn object(&self) -> ObjectName {
+        ObjectName::encoded(self.names[0].clone(), self.encoding)
+    }
+}
+
+fn codec(encoding: Encoding) -> Option<Codec> {
+    match encoding {
+        // Made before the acknowledgement.
+        Encoding::Jpeg => None,
+        Encoding::WebP => Some(Codec::WebP),
+        Encoding::Avif => Some(Codec::Avif),
+    }
+}
+
+/// Counts what became of an image's background work.
+fn count(outcome: &'static str) {
+    metrics::counter!("imageservice_background_encodings_total", "outcome" => outcome).increment(1);
+}
+
+/// The renditions the record holds in their first encoding (each object
+/// once, with the names that read it) that lack one of `encodings`.
+fn missing(
+    record: &ImageRecord,
+    encodings: &[Encoding],
+) -> Vec<(Vec<VariantName>, Variant, Encoding)> {
+    let mut firsts: Vec<(ObjectName, Vec<VariantName>, &Variant)> = Vec::new();
+    for variant in &record.variants {
+        let object = variant.object_name();
+        if object.encoding().is_some() {
+            continue; // an encoding added after the first
+        }
+        match firsts.iter_mut().find(|(seen, _, _)| *seen == object) {
+            Some((_, names, _)) => names.push(variant.name.clone()),
+            None => firsts.push((object, vec![variant.name.clone()], variant)),
+        }
+    }
+    let mut missing = Vec::new();
+    for (_, names, first) in firsts {
+        for &encoding in encodings {
+            let held = record
+                .variants
+                .iter()
+                .any(|v| names.contains(&v.name) && v.content_type == encoding.content_type());
+            if codec(encoding).is_some_and(Codec::available) && !held {
+                missing.push((names.clone(), first.clone(), encoding));
+            }
+        }
+    }
+    missing
+}
+
+/// What to make of the pixels held: each missing encoding of a rendition
+/// whose pixels are held at its stored dimensions.
+fn plan(record: &ImageRecord, encodings: &[Encoding], held: &HeldPixels) -> Vec<Planned> {
+    missing(record, encodings)
+        .into_iter()
+        .filter_map(|(names, first, encoding)| {
+            let pixels = held.pixels.iter().position(|(name, p)| {
+                names.iter().any(|n| n.as_str() == name)
+                    && (p.width(), p.height()) == (first.width, first.height)
+            })?;
+            Some(Planned {
+                names,
+                width: first.width,
+                height: first.height,
+                first_size: first.size_bytes,
+                encoding,
+                pixels,
+            })
+        })
+        .collect()
+}
+
+impl Uploads {
+    /// The journal entry of a new image of `owner`'s, when it will be
+    /// rendered and encodings are made in the background.
+    pub(super) fn pending_encodings(
+        &self,
+        id: &ImageId,
+        owner: &UserId,
+        content_type: &str,
+    ) -> Option<PendingEncodings> {
+        let background = &self.limits.encodings.background;
+        (self.limits.variants && Renderer::can_render(content_type) && !background.is_empty()).then(
+            || PendingEncodings {
+                image_id: *id,
+                owner: owner.clone(),
+                encodings: background.clone(),
+                started: Timestamp::now(),
+            },
+        )
+    }
+
+    /// Forgets the journal entry of an upload that stored nothing (the
+    /// repair pass would drop it anyway).
+    pub(super) async fn forget_encodings(&self, id: &ImageId) {
+        if self.limits.encodings.background.is_empty() {
+            return;
+        }
+        if let Err(error) = self.metadata.clear_pending_encodings(id).await {
+            tracing::debug!(error = %error_chain(&error), "the journal entry stays for the repair pass");
+        }
+    }
+
+    /// Queues the background encodings of the stored `record` from the
+    /// pixels its render holds, or leaves them to the repair pass when
+    /// the queue, the owner's part of it, the owner's memory share or the
+    /// budget has no room for them.
+    pub(super) fn queue_encodings(
+        &self,
+        record: ImageRecord,
+        pending: PendingEncodings,
+        held: HeldPixels,
+    ) {
+        let Some(queued) = self.background.enter(&record.owner) else {
+            count("left_to_repair");
+            return;
+        };
+        let bytes = held.bytes() * (1 + ENCODER_WORKING_SET);
+        let charge =
+            match self
+                .budget
+                .charge(&record.owner, bytes, "making this image's other encodings")
+            {
+                Ok(charge) => charge,
+                Err(_) => {
+                    count("left_to_repair");
+                    return;
+                }
+            };
+        let Some(memory) = self.budget.try_reserve(bytes) else {
+            count("left_to_repair");
+            return;
+        };
+        let memory = memory.charged(charge);
+        let uploads = self.clone();
+        let work = async move {
+            {
+                // Everything the work holds of the stores goes before its
+                // place in the queue: a drain that has taken every place
+                // finds the stores let go (the embedded one opens once).
+                let uploads = uploads;
+                let slot = uploads
+                    .admissions
+                    .render_slot(&uploads.renderer, &record.owner, largest(&held))
+                    .await;
+                match uploads.make_encodings(&record, &pending, held, slot).await {
+                    Ok(_) => count("completed"),
+                    Err(error) => {
+                        count("failed");
+                        tracing::warn!(image_id = %record.id, error = %error_chain(&error), "background encodings failed; the repair pass will make them");
+                    }
+                }
+            }
+            drop(memory);
+            drop(queued);
+        };
+        tokio::spawn(work.in_current_span());
+    }
+
+    /// Waits up to `timeout` for the queued background encodings to end;
+    /// whether they all did. What is left stays journaled.
+    pub async fn drain_encodings(&self, timeout: Duration) -> bool {
+        let background = &self.background;
+        let all = background.queue.acquire_many(background.capacity);
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// Makes the journaled encodings of an image from its stored original
+    /// (the repair pass's way, for work no replica finished): decoded and
+    /// resized through the same render admission as an upload's, then
+    /// encoded and added like the background's. A missing image's entry is
+    /// dropped; so is one whose original no longer decodes.
+    pub async fn complete_encodings(
+        &self,
+        pending: &PendingEncodings,
+    ) -> Result<Completed, DomainError> {
+        let Some(record) = self.metadata.get(&pending.image_id).await? else {
+            self.metadata
+                .clear_pending_encodings(&pending.image_id)
+                .await?;
+            return Ok(Completed::ImageGone);
+        };
+        if missing(&record, &pending.encodings).is_empty() {
+            self.metadata.clear_pending_encodings(&record.id).await?;
+            return Ok(Completed::Added(0));
+        }
+        let (held, _memory) = match self.render_stored(&record).await {
+            Ok(rendered) => rendered,
+            Err(
+                error @ (DomainError::InvalidArgument(_)
+                | DomainError::TooLarge(_)
+                | DomainError::OutOfRange(_)),
+            ) => {
+                tracing::warn!(image_id = %record.id, error = %error_chain(&error), "the original no longer decodes: its encodings cannot be made");
+                self.metadata.clear_pending_encodings(&record.id).await?;
+                return Ok(Completed::Undecodable);
+            }
+            Err(other) => return Err(other),
+        };
+        let slot = self
+            .admissions
+            .render_slot(&self.renderer, &record.owner, largest(&held))
+            .await;
+        self.make_encodings(&record, pending, held, slot).await
+    }
+
+    /// The renditions' pixels of a stored image, decoded from its original
+    /// within the render slots and memory budget (the reservation held
+    /// while they are).
+    async fn render_stored(
+        &self,
+        record: &ImageRecord,
+    ) -> Result<(HeldPixels, crate::domain::budget::Reservation), DomainError> {
+        let content_type = record.content_type.as_str();
+        let original = ObjectKey::of(&record.id, &ObjectName::original());
+        let source = self.read_all(&original, record.size_bytes).await?;
+        let orientation = stored_orientation(&source);
+        let (width, height) = if (5..=8).contains(&orientation) {
+            (record.height, record.width)
+        } else {
+            (record.width, record.height)
+        };
+        let largest = self.renderer.largest_side();
+        let needed = variants::memory_needed(&source, content_type, width, height, largest)
+            + record.size_bytes;
+        self.render_fits(needed)?;
+        let charge = self.budget.charge_render(&record.owner, needed).await;
+        let pixels = u64::from(width) * u64::from(height);
+        let slot = self
+            .admissions
+            .render_slot(&self.renderer, &record.owner, pixels)
+            .await;
+        let memory = self
+            .budget
+            .reserve_within(
+                needed,
+                "making this image's other encodings",
+                self.render_wait(),
+            )
+            .await?
+            .charged(charge);
+        let rendered = self
+            .renderer
+            .render(slot, source, content_type, orientation)
+            .await?;
+        let held = HeldPixels {
+            pixels: rendered.pixels,
+            icc: rendered.icc,
+        };
+        Ok((held, memory))
+    }
+
+    /// Encodes what the record lacks from `held` (in `slot`), writes the
+    /// objects, adds their entries and clears the journal entry.
+    async fn make_encodings(
+        &self,
+        record: &ImageRecord,
+        pending: &PendingEncodings,
+        held: HeldPixels,
+        slot: RenderSlot,
+    ) -> Result<Completed, DomainError> {
+        let planned = plan(record, &pending.encodings, &held);
+        let encoded = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            planned
+                .into_iter()
+                .map(|p| {
+                    let codec = codec(p.encoding).expect("planned encodings have a codec");
+                    let bytes = held.pixels[p.pixels]
+                        .1
+                        .encode_as(codec, held.icc.as_deref());
+                    (p, bytes)
+                })
+                .collect::<Vec<(Planned, Result<Bytes, MediaError>)>>()
+        })
+        .await
+        .map_err(|e| DomainError::Internal(Box::new(e)))?;
+
+        let mut written = Vec::new();
+        let mut entries = Vec::new();
+        let result = async {
+            for (planned, bytes) in encoded {
+                let bytes = bytes?;
+                let size_bytes = bytes.len() as u64;
+                // Never more bytes than needed: a viewer that accepts it
+                // would be sent more than the first encoding's.
+                if size_bytes >= planned.first_size {
+                    count("not_smaller");
+                    continue;
+                }
+                let key = ObjectKey::of(&record.id, &planned.object());
+                write_object(self, &key, bytes).await?;
+                written.push(key);
+                for name in &planned.names {
+                    entries.push(Variant {
+                        name: name.clone(),
+                        content_type: planned.encoding.content_type().to_owned(),
+                        size_bytes,
+                        width: planned.width,
+                        height: planned.height,
+                        object: Some(planned.object()),
+                    });
+                }
+            }
+            self.add_encodings(&record.id, &entries).await
+        }
+        .await;
+        let completed = match result {
+            Ok(Some(_)) => Completed::Added(entries.len()),
+            Ok(None) => Completed::ImageGone,
+            Err(error) => {
+                // What was written is referred to by nothing: removed now,
+                // or by the repair pass.
+                self.remove_written(&written).await;
+                return Err(error);
+            }
+        };
+        if completed == Completed::ImageGone {
+            self.remove_written(&written).await;
+        }
+        self.metadata.clear_pending_encodings(&record.id).await?;
+        Ok(completed)
+    }
+
+    /// Adds `entries` (each an encoding of a variant whose object is
+    /// stored) to the image's record, conditionally on the revision read:
+    /// on a concurrent change the record is read again and they are added
+    /// to it, so an edit meanwhile is kept and a deleted image is not
+    /// brought back. The record as stored, or `None` when the image is
+    /// gone. An entry the record already has (same name and content
+    /// type) is not added again.
+    pub async fn add_encodings(
+        &self,
+        id: &ImageId,
+        entries: &[Variant],
+    ) -> Result<Option<ImageRecord>, DomainError> {
+        for _ in 0..ADD_ATTEMPTS {
+            let Some(current) = self.metadata.get(id).await? else {
+                return Ok(None);
+            };
+            let mut next = current.clone();
+            let mut added = false;
+            for entry in entries {
+                let held = next
+                    .variants
+                    .iter()
+                    .any(|v| v.name == entry.name && v.content_type == entry.content_type);
+                if held {
+                    continue;
+                }
+                // After the variant's other entries: its first stays first.
+                let at = next
+                    .variants
+                    .iter()
+                    .rposition(|v| v.name == entry.name)
+                    .map_or(next.variants.len(), |i| i + 1);
+                next.variants.insert(at, entry.clone());
+                added = true;
+            }
+            if !added {
+                return Ok(Some(current));
+            }
+            next.revision = current.revision + 1;
+            match self
+                .metadata
+                .replace(&next, current.revision, ChangeKind::VariantsAdded)
+                .await
+            {
+                Ok(()) => {
+                    // The new objects count in what the owner holds; past
+                    // the acknowledgement a quota no longer refuses them.
+                    let added = held_by(&next).saturating_sub(held_by(&current));
+                    if let Err(error) = self.quotas.add_bytes(&next.owner, added).await {
+                        tracing::warn!(image_id = %next.id, error = %error_chain(&error), "could not count added encodings in the owner's usage; the repair pass will");
+                    }
+                    return Ok(Some(next));
+                }
+                Err(StorageError::ConditionFailed) => continue,
+                Err(StorageError::NotFound) => return Ok(None),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(DomainError::Aborted(
+            "the image kept changing while its encodings were added".into(),
+        ))
+    }
+
+    /// Deletes objects no record refers to; a failure leaves them to the
+    /// repair pass.
+    async fn remove_written(&self, written: &[ObjectKey]) {
+        for key in written {
+            if let Err(error) = self.blobs.delete(key).await {
+                tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete an encoding; the repair pass will");
+            }
+        }
+    }
+}
+
+/// The EXIF orientation of a stored original, as the upload's scrubber
+/// read it (the bytes are already scrubbed and pass through unchanged);
+/// 1 for what the scrubber does not follow.
+fn stored_orientation(source: &Bytes) -> u8 {
+    let mut scrubber = Scrubber::new(true);
+    let mut out = Vec::new();
+    if scrubber.push(source.clone(), &mut out).is_err() {
+        return 1;
+    }
+    scrubber
+        .finish(&mut out)
+        .map_or(1, |scrubbed| scrubbed.orientation)
+}
+
+/// Pixels of the largest held rendition: which render lane it takes.
+fn largest(held: &HeldPixels) -> u64 {
+    held.pixels
+        .iter()
+        .map(|(_, p)| u64::from(p.width()) * u64::from(p.height()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Writes a whole object.
+async fn write_object(uploads: &Uploads, key: &ObjectKey, bytes: Bytes) -> Result<(), DomainError> {
+    let mut writer = uploads
+        .blobs
+        .start_write(key, Some(bytes.len() as u64))
+        .await?;
+    if let Err(error) = writer.write(bytes).await {
+        writer.abort().await;
+        return Err(error.into());
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::upload::shared::Background;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn the_queue_holds_at_most_its_size_and_each_users_share() {
+        let queue = Background::new(3, 2);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let first = queue.enter(&alice).expect("room");
+        let _second = queue.enter(&alice).expect("room");
+        assert!(queue.enter(&alice).is_none(), "alice's share is full");
+        let _bob = queue.enter(&bob).expect("bob has his own share");
+        assert!(queue.enter(&user("carol")).is_none(), "the queue is full");
+        drop(first);
+        assert!(queue.enter(&alice).is_some(), "a place given back is taken");
+    }
+
+    #[test]
+    fn a_refused_user_gives_the_queue_place_back() {
+        let queue = Background::new(2, 1);
+        let _alice = queue.enter(&user("alice")).expect("room");
+        assert!(queue.enter(&user("alice")).is_none());
+        assert!(
+            queue.enter(&user("bob")).is_some(),
+            "not taken by the refusal"
+        );
+    }
+
+    #[test]
+    fn no_queue_leaves_everything_to_the_repair_pass() {
+        assert!(Background::new(0, 8).enter(&user("alice")).is_none());
+    }
+}
