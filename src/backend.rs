@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::config::{Backend, Config, LimitSettings};
 use crate::domain::limits::{PaceLimits, SessionLimits};
 use crate::domain::ports::{BlobStore, MetadataStore, SessionQuota};
+use crate::domain::quota::QuotaLimits;
 use crate::domain::signing::SigningKey;
 use crate::domain::watch::{WatchLimits, Watches};
 use crate::domain::{Images, Limits, UserId};
@@ -105,7 +106,8 @@ pub async fn open_images(
         metadata.clone(),
         key,
         limits(&config.limits),
-    );
+    )
+    .with_admins(config.identity.admins()?);
     let events = &config.events;
     let watches = Watches::new(
         metadata,
@@ -198,6 +200,10 @@ fn limits(settings: &LimitSettings) -> Limits {
                 max_open: settings.max_open_sessions_per_user,
                 max_staged_bytes: settings.max_staged_bytes_per_user,
             },
+        },
+        quota: QuotaLimits {
+            max_bytes: settings.quota_bytes_per_user,
+            max_images: settings.quota_images_per_user,
         },
     }
 }

@@ -445,6 +445,30 @@ pub struct AuthSettings {
         global = true
     )]
     pub trusted_peers: Vec<String>,
+
+    /// The users (ids as the identity mode names them: `x-user-id` values
+    /// or the JWT user claim, comma-separated) who may read any user's
+    /// usage (GetUsage) and set users' quotas (SetUserQuota).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_ADMINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub admins: Vec<String>,
+}
+
+impl AuthSettings {
+    /// The users of `--admins`; an id no caller could have stops the start.
+    pub fn admins(&self) -> anyhow::Result<Vec<crate::domain::UserId>> {
+        self.admins
+            .iter()
+            .map(|admin| {
+                crate::domain::UserId::parse(admin)
+                    .map_err(|error| anyhow::anyhow!("--admins: {admin:?}: {error}"))
+            })
+            .collect()
+    }
 }
 
 /// What one upload, download, render or listing may take: the domain's
@@ -610,6 +634,25 @@ pub struct LimitSettings {
     /// `--max-image-bytes` when it declares none.
     #[arg(long, env = "IMAGE_SERVICE_MAX_STAGED_BYTES_PER_USER", default_value = "200MiB", value_parser = parse_byte_size, global = true)]
     pub max_staged_bytes_per_user: u64,
+
+    /// Bytes one user may hold: the originals and every stored variant of
+    /// their images, plus what their uploads in progress reserve (each its
+    /// `expected_size`, or --max-image-bytes when it declares none). An
+    /// upload past it is refused with RESOURCE_EXHAUSTED and a
+    /// `google.rpc.QuotaFailure`, on every replica at once. An admin may
+    /// set a user's own (SetUserQuota). 0: no quota.
+    #[arg(long, env = "IMAGE_SERVICE_QUOTA_BYTES_PER_USER", default_value = "0", value_parser = parse_byte_size, global = true)]
+    pub quota_bytes_per_user: u64,
+
+    /// Images one user may hold, those being uploaded included; like
+    /// --quota-bytes-per-user. 0: no quota.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_QUOTA_IMAGES_PER_USER",
+        default_value_t = 0,
+        global = true
+    )]
+    pub quota_images_per_user: u64,
 
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).

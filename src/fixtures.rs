@@ -1105,6 +1105,7 @@ pub fn limits() -> crate::domain::Limits {
                 max_staged_bytes: 1 << 30,
             },
         },
+        quota: crate::domain::quota::QuotaLimits::default(),
         encodings: crate::domain::limits::EncodingLimits::default(),
     }
 }

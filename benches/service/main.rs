@@ -24,6 +24,7 @@ mod listings;
 mod memory;
 mod migration;
 mod photos;
+mod quota;
 mod raw;
 mod report;
 mod sessions;
@@ -120,6 +121,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("memory", true),
     // 5: small uploads against raw PutObject + PutItem.
     ("small", true),
+    // The cost of per-user usage accounting on the upload path (#36).
+    ("quota", true),
     // 6: filtered listings on both stores.
     ("listings", true),
     // 7: the embedded backend against plain files.
@@ -238,6 +241,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "throughput" => throughput::run(plan, stores()).await,
         "memory" => memory::run(plan, stores()).await,
         "small" => small::run(plan, stores()).await,
+        "quota" => quota::run(plan, stores()).await,
         "listings" => listings::run(plan, stores()).await,
         "embedded" => embedded::run(plan).await,
         "variants" => variants::run(plan),

@@ -61,7 +61,7 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
 }
 
 /// The service's storage calls per upload, by store and operation.
-async fn backend_calls(service: &Service, uploads: usize) -> String {
+pub async fn backend_calls(service: &Service, uploads: usize) -> String {
     let text = service.metrics().await;
     let series = |prefix: &str| -> std::collections::BTreeMap<String, f64> {
         text.lines()

@@ -30,6 +30,10 @@ pub enum DomainError {
     /// messages per byte): retrying it as it is cannot succeed.
     #[error("{0}")]
     TooLarge(String),
+    /// The caller holds as much as a quota allows (bytes or images):
+    /// retrying cannot succeed until they delete something.
+    #[error("{}", .0.description)]
+    QuotaExceeded(QuotaViolation),
     /// The request does not fit the state it acts on (an upload session
     /// already committed, or fed another way).
     #[error("{0}")]
@@ -74,4 +78,14 @@ impl From<MediaError> for DomainError {
             MediaError::Internal(source) => DomainError::Internal(source),
         }
     }
+}
+
+/// What refused an upload past a quota: the `google.rpc.QuotaFailure`
+/// violation the caller gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaViolation {
+    /// `user:{id}`.
+    pub subject: String,
+    /// Which quota, its limit and what the user holds.
+    pub description: String,
 }

@@ -15,6 +15,7 @@ use super::image::{Held, ImageRecord, ObjectName, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
+use super::quota::Quotas;
 use super::signing::SigningKey;
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
@@ -186,6 +187,18 @@ impl Images {
     /// [`super::upload::resumable`]).
     pub fn uploads(&self) -> &Uploads {
         &self.uploads
+    }
+
+    /// The same, with `admins` as the users who may read anyone's usage
+    /// and set quotas.
+    pub fn with_admins(mut self, admins: impl IntoIterator<Item = UserId>) -> Self {
+        self.uploads.quotas = self.uploads.quotas.clone().with_admins(admins);
+        self
+    }
+
+    /// Per-user usage and quotas.
+    pub fn quotas(&self) -> &Quotas {
+        self.uploads.quotas()
     }
 
     /// Any identified caller may read any image's metadata.
@@ -612,6 +625,7 @@ impl Images {
         let images = self.clone();
         let removal = tokio::spawn(
             async move {
+                images.uploads.quotas().give_back(&deleted).await;
                 // Each object once, however many entries share it.
                 for (object, _) in deleted.objects() {
                     images

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::image::Encoding;
 use super::ports::SessionQuota;
+use super::quota::QuotaLimits;
 use crate::media::content::ContentLimits;
 use crate::media::variants::{RenderLimits, VariantSize};
 
@@ -46,6 +47,9 @@ pub struct Limits {
     pub variant_sizes: Arc<[VariantSize]>,
     /// Bounds on upload sessions.
     pub sessions: SessionLimits,
+    /// What one user may hold (`--quota-bytes-per-user`,
+    /// `--quota-images-per-user`), unless an admin set their own.
+    pub quota: QuotaLimits,
     /// The encodings made after the acknowledgement, and their queue.
     pub encodings: EncodingLimits,
 }

@@ -5,11 +5,12 @@
 //! Its modules import only the layers below their own (`tests/layering.rs`
 //! fails on a loop):
 //! 1. What the ports speak: ids and records ([`identity`], [`image`],
-//!    [`session`], the [`event`]s of their changes), [`error`]s, [`validation`], [`listing`] filters, the
+//!    [`session`], a user's [`usage`], the [`event`]s of their changes), [`error`]s, [`validation`], [`listing`] filters, the
 //!    [`signing`] of [`page_token`]s, and what a viewer [`accept`]s.
 //! 2. The [`ports`]: the storage traits.
 //! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
-//!    gathered into, the memory [`budget`] and its [`admission`] queue.
+//!    gathered into, the memory [`budget`] and its [`admission`] queue, the
+//!    per-user [`quota`].
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
 //!    then [`images`], then [`repair`]; [`watch`] (the event stream) beside
 //!    them.
@@ -23,6 +24,7 @@ pub mod listing;
 pub mod page_token;
 pub mod session;
 pub mod signing;
+pub mod usage;
 pub mod validation;
 
 pub mod ports;
@@ -31,6 +33,7 @@ pub mod admission;
 pub mod budget;
 pub mod chunks;
 pub mod limits;
+pub mod quota;
 
 pub mod images;
 pub mod repair;

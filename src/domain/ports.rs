@@ -14,6 +14,7 @@ use super::event::{ChangeKind, EventRead, EventStart};
 use super::image::{Encoding, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
+use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use super::{DomainError, ImageId, ImageRecord, UserId, VariantName};
 use crate::BoxError;
 
@@ -541,6 +542,39 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         now: Timestamp,
     ) -> Result<Vec<UploadSessionRecord>, StorageError>;
+
+    /// The user's usage item; [`UsageRecord::default`] when there is none.
+    /// Strongly consistent: it reflects every change that returned.
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError>;
+
+    /// Applies `change` to the user's usage item (creating it) in one step
+    /// for every replica: `ConditionFailed` (and nothing changed) if the
+    /// totals after it would pass `ceiling`, or if `change.remove` names a
+    /// reservation the item does not hold (see [`UsageRecord::apply`]).
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError>;
+
+    /// Sets the user's quota override, keeping the usage.
+    async fn set_user_quota(&self, user: &UserId, quota: QuotaOverride)
+    -> Result<(), StorageError>;
+
+    /// Replaces the totals and reservations of the user's usage item if
+    /// its revision is still `expected_revision` (0: no item yet), keeping
+    /// its quota override: `ConditionFailed` otherwise. For the repair
+    /// pass, which recomputes usage from the records.
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Every usage item (for the repair pass: a scan of the store).
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError>;
 
     /// Removes index entries that point at no image (or at an image that no
     /// longer matches them), written before `older_than`; returns how many

@@ -6,9 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::image::Timestamp;
+use super::listing::ListFilter;
+use super::quota::held_by;
 use super::upload::Completed;
-use super::{DomainError, ImageId, Images};
-use crate::domain::ports::{ObjectKey, StoredObject};
+use super::usage::UsageRecord;
+use super::{DomainError, ImageId, Images, UserId};
+use crate::domain::ports::{ObjectKey, StorageError, StoredObject};
+
+/// Records read per listing page while usage is recomputed.
+const USAGE_PAGE: usize = 1000;
 use crate::telemetry::error_chain;
 
 /// What a repair pass found (and, unless it was a dry run, removed).
@@ -31,6 +37,10 @@ pub struct RepairReport {
     /// a URL after a cancel or a commit, or left by a replica that died
     /// between a write and its record).
     pub orphan_upload_objects: Vec<String>,
+    /// Users whose usage item did not match their records (a crash between
+    /// a reservation and its end, a delete whose give-back failed), with
+    /// what it said and what it says now.
+    pub usage_corrections: Vec<UsageCorrection>,
     /// Images whose encodings made after the acknowledgement were still
     /// journaled (a replica stopped before making them, or left them when
     /// its queue was full), with what the pass did: `{id} (webp,avif):
@@ -38,6 +48,19 @@ pub struct RepairReport {
     /// then stays for the next pass).
     pub pending_encodings: Vec<String>,
     pub dry_run: bool,
+}
+
+/// One user's usage, as it was and as recomputed from the records.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UsageCorrection {
+    pub user: String,
+    pub bytes_before: u64,
+    pub images_before: u64,
+    pub bytes_after: u64,
+    pub images_after: u64,
+    /// Reservations dropped: older than the longest an upload may take
+    /// (`--upload-deadline`) plus the grace period, their upload long gone.
+    pub stale_reservations: usize,
 }
 
 impl RepairReport {
@@ -48,6 +71,7 @@ impl RepairReport {
             && self.unannounced_changes == 0
             && self.expired_upload_sessions == 0
             && self.orphan_upload_objects.is_empty()
+            && self.usage_corrections.is_empty()
             && self.pending_encodings.is_empty()
     }
 }
@@ -150,6 +174,7 @@ impl Images {
                 .push(ObjectKey::staged_prefix(&upload));
         }
 
+        report.usage_corrections = self.correct_usage(grace, dry_run).await?;
         report.pending_encodings = self.complete_encodings(older_than, dry_run).await?;
 
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
@@ -159,12 +184,93 @@ impl Images {
             ("stale_index_entry", report.stale_index_entries),
             ("expired_upload_session", report.expired_upload_sessions),
             ("orphan_upload_objects", report.orphan_upload_objects.len()),
+            ("usage_correction", report.usage_corrections.len()),
             ("pending_encodings", report.pending_encodings.len()),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);
         }
         Ok(report)
+    }
+
+    /// Recomputes every user's usage from their records and the
+    /// reservations still live, and writes it where it differs. Each usage
+    /// item is read before the records are listed and written only if no
+    /// change came in between (its revision), so an upload or delete
+    /// running meanwhile is never counted twice or lost: that user is
+    /// looked at again by the next pass.
+    async fn correct_usage(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<UsageCorrection>, DomainError> {
+        let mut items: HashMap<UserId, UsageRecord> =
+            self.metadata.list_usage().await?.into_iter().collect();
+        let mut held: HashMap<UserId, (u64, u64)> = HashMap::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .metadata
+                .list(&ListFilter::default(), cursor.as_deref(), USAGE_PAGE)
+                .await?;
+            for record in &page.records {
+                let entry = held.entry(record.owner.clone()).or_default();
+                entry.0 += held_by(record);
+                entry.1 += 1;
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let longest = self.limits.pace.deadline.saturating_add(grace);
+        let stale_before = Timestamp::from_micros(
+            Timestamp::now().as_micros() - i64::try_from(longest.as_micros()).unwrap_or(i64::MAX),
+        );
+        for user in held.keys() {
+            items.entry(user.clone()).or_default();
+        }
+        let mut corrections = Vec::new();
+        for (user, item) in items {
+            let (stored_bytes, stored_images) = held.get(&user).copied().unwrap_or_default();
+            let (live, stale): (Vec<_>, Vec<_>) = item
+                .reservations
+                .iter()
+                .cloned()
+                .partition(|r| r.started >= stale_before);
+            let recomputed = UsageRecord {
+                held_bytes: stored_bytes + live.iter().map(|r| r.bytes).sum::<u64>(),
+                held_images: stored_images + live.iter().map(|r| r.images).sum::<u64>(),
+                reservations: live,
+                ..UsageRecord::default()
+            };
+            if (recomputed.held_bytes, recomputed.held_images, stale.len())
+                == (item.held_bytes, item.held_images, 0)
+            {
+                continue;
+            }
+            if !dry_run {
+                match self
+                    .metadata
+                    .replace_usage(&user, &recomputed, item.revision)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StorageError::ConditionFailed) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            corrections.push(UsageCorrection {
+                user: user.to_string(),
+                bytes_before: item.held_bytes,
+                images_before: item.held_images,
+                bytes_after: recomputed.held_bytes,
+                images_after: recomputed.held_images,
+                stale_reservations: stale.len(),
+            });
+        }
+        corrections.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(corrections)
     }
 
     /// Completes the encodings journaled before `older_than` (unless
@@ -211,6 +317,7 @@ impl Images {
                     unfinished_writes = report.unfinished_writes.as_ref().map_or(0, Vec::len),
                     stale_index_entries = report.stale_index_entries,
                     expired_upload_sessions = report.expired_upload_sessions,
+                    usage_corrections = report.usage_corrections.len(),
                     pending_encodings = report.pending_encodings.len(),
                     "repair pass fixed leftovers"
                 ),

@@ -222,6 +222,21 @@ pub fn image_update(message: pb::UpdateImageRequest) -> Result<ImageUpdate, Doma
     Ok(update)
 }
 
+/// A user's usage and the quotas that apply, as the API shows them.
+pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
+    let record = &usage.usage;
+    pb::Usage {
+        user_id: usage.user.to_string(),
+        bytes_held: record.held_bytes,
+        images_held: record.held_images,
+        bytes_reserved: record.reserved_bytes(),
+        images_reserved: record.reserved_images(),
+        quota_bytes: usage.limits.max_bytes,
+        quota_images: usage.limits.max_images,
+        quota_overridden: record.quota.max_bytes.is_some() || record.quota.max_images.is_some(),
+    }
+}
+
 /// The filter of a `WatchImageEvents` request: an owner that is not a
 /// valid user id, an unknown or unspecified type, or more than
 /// [`MAX_TYPE_FILTERS`] types is INVALID_ARGUMENT.

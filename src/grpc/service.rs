@@ -18,6 +18,7 @@ use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
 use crate::domain::images::{BatchUrl, DownloadRequest};
 use crate::domain::upload::message_bound;
+use crate::domain::usage::QuotaOverride;
 use crate::domain::watch::{EndReason, WatchEnd, Watches};
 use crate::domain::{DomainError, Images, UserId};
 use crate::listener::PeerInfo;
@@ -757,6 +758,47 @@ impl ImageService for ImageApi {
                 image: Some(convert::image(&record, &caller)),
             })
             .await
+        })
+        .await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.observe("GetUsage", request.metadata(), |_in_flight| async {
+            let caller = self.caller_of(&request).await?;
+            let usage = self
+                .images
+                .quotas()
+                .usage_as(&caller, &request.get_ref().user_id)
+                .await?;
+            Ok(Response::new(pb::GetUsageResponse {
+                usage: Some(convert::usage(&usage)),
+            }))
+        })
+        .await
+    }
+
+    async fn set_user_quota(
+        &self,
+        request: Request<pb::SetUserQuotaRequest>,
+    ) -> Result<Response<pb::SetUserQuotaResponse>, Status> {
+        self.observe("SetUserQuota", request.metadata(), |_in_flight| async {
+            let caller = self.caller_of(&request).await?;
+            let r = request.get_ref();
+            let quota = QuotaOverride {
+                max_bytes: r.quota_bytes,
+                max_images: r.quota_images,
+            };
+            let usage = self
+                .images
+                .quotas()
+                .set_quota_as(&caller, &r.user_id, quota)
+                .await?;
+            Ok(Response::new(pb::SetUserQuotaResponse {
+                usage: Some(convert::usage(&usage)),
+            }))
         })
         .await
     }

@@ -2,6 +2,7 @@
 use tonic::Status;
 
 use crate::domain::DomainError;
+use crate::domain::error::QuotaViolation;
 use crate::telemetry::error_chain;
 
 impl From<DomainError> for Status {
@@ -14,6 +15,7 @@ impl From<DomainError> for Status {
             DomainError::PermissionDenied(message) => Status::permission_denied(message),
             DomainError::ResourceExhausted(message) => Status::resource_exhausted(message),
             DomainError::TooLarge(message) => do_not_retry(Status::resource_exhausted(message)),
+            DomainError::QuotaExceeded(violation) => do_not_retry(quota_failure(violation)),
             DomainError::FailedPrecondition(message) => Status::failed_precondition(message),
             DomainError::AlreadyExists(message) => Status::already_exists(message),
             DomainError::Aborted(message) => Status::aborted(message),
@@ -41,6 +43,21 @@ fn do_not_retry(mut status: Status) -> Status {
         tonic::metadata::MetadataValue::from_static("-1"),
     );
     status
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure` naming the user and
+/// the quota, as `grpc-status-details-bin`.
+fn quota_failure(violation: QuotaViolation) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_quota_failure_violation(
+        violation.subject,
+        violation.description.clone(),
+    );
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        violation.description,
+        details,
+    )
 }
 
 /// The trailer through which a server tells gRPC clients when to retry.
@@ -103,6 +120,20 @@ mod tests {
         }
         named.sort();
         assert_eq!(named, rpcs);
+    }
+
+    #[test]
+    fn a_quota_refusal_carries_its_quota_failure_and_is_not_retried() {
+        use tonic_types::StatusExt;
+        let status = Status::from(DomainError::QuotaExceeded(QuotaViolation {
+            subject: "user:alice".into(),
+            description: "the quota of 10 images per user is reached".into(),
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_PUSHBACK).unwrap(), "-1");
+        let failure = status.get_details_quota_failure().unwrap();
+        assert_eq!(failure.violations[0].subject, "user:alice");
+        assert!(status.message().contains("10 images"));
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
+use crate::domain::usage::{
+    QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
+};
 use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
 
 /// Every promise of [`BlobStore`] but download URLs.
@@ -48,6 +51,9 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     open_upload_sessions_are_capped_per_owner(store).await;
     a_closed_session_counts_until_its_urls_are_over(store).await;
     journaled_writes_are_listed_by_age_until_cleared(store).await;
+    usage_changes_stay_under_the_ceiling_even_at_once(store).await;
+    a_reservation_ends_once(store).await;
+    quota_overrides_and_recomputed_usage_keep_each_other(store).await;
     journaled_encodings_are_one_entry_per_image_until_cleared(store).await;
     every_change_has_one_event_in_order_after_the_head(store).await;
     store
@@ -838,4 +844,167 @@ fn new_session(now: Timestamp) -> UploadSessionRecord {
         urls_until: None,
         cancelled: false,
     }
+}
+
+fn reservation(bytes: u64, started: Timestamp) -> UsageReservation {
+    UsageReservation {
+        id: uuid::Uuid::new_v4().to_string(),
+        bytes,
+        images: 1,
+        started,
+    }
+}
+
+fn reserving(reservation: &UsageReservation) -> UsageChange {
+    UsageChange {
+        bytes: i64::try_from(reservation.bytes).unwrap(),
+        images: 1,
+        add: Some(reservation.clone()),
+        remove: None,
+    }
+}
+
+async fn usage_changes_stay_under_the_ceiling_even_at_once(store: &dyn MetadataStore) {
+    let user = fresh_user();
+    assert_eq!(
+        store.get_usage(&user).await.unwrap(),
+        UsageRecord::default(),
+        "a user who never held anything holds nothing"
+    );
+    let ceiling = Some(UsageCeiling {
+        max_bytes: 1000,
+        max_images: 100,
+    });
+    // 16 reservations of 100 bytes at once against room for 10.
+    let attempts = (0..16).map(|_| {
+        let user = user.clone();
+        async move {
+            let change = reserving(&reservation(100, Timestamp::now()));
+            store.change_usage(&user, &change, ceiling).await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    for result in &results {
+        assert!(
+            matches!(result, Ok(()) | Err(StorageError::ConditionFailed)),
+            "{result:?}"
+        );
+    }
+    assert_eq!(admitted, 10, "exactly the room is given");
+    let usage = store.get_usage(&user).await.unwrap();
+    assert_eq!((usage.held_bytes, usage.held_images), (1000, 10));
+    assert_eq!(usage.reservations.len(), 10);
+    assert_eq!(usage.reserved_bytes(), 1000);
+    // The image ceiling holds on its own.
+    let images_only = Some(UsageCeiling {
+        max_bytes: u64::MAX,
+        max_images: 10,
+    });
+    let one_more = reserving(&reservation(1, Timestamp::now()));
+    assert!(matches!(
+        store.change_usage(&user, &one_more, images_only).await,
+        Err(StorageError::ConditionFailed)
+    ));
+    // Without a ceiling a change always applies; giving back lowers it.
+    let give_back = UsageChange {
+        bytes: -300,
+        images: -3,
+        ..UsageChange::default()
+    };
+    store.change_usage(&user, &give_back, None).await.unwrap();
+    let after = store.get_usage(&user).await.unwrap();
+    assert_eq!((after.held_bytes, after.held_images), (700, 7));
+    assert!(after.revision > usage.revision);
+}
+
+async fn a_reservation_ends_once(store: &dyn MetadataStore) {
+    let user = fresh_user();
+    let held = reservation(500, Timestamp::now());
+    store
+        .change_usage(&user, &reserving(&held), None)
+        .await
+        .unwrap();
+    let settle = UsageChange {
+        bytes: 120 - 500,
+        images: 0,
+        add: None,
+        remove: Some(held.clone()),
+    };
+    store.change_usage(&user, &settle, None).await.unwrap();
+    let usage = store.get_usage(&user).await.unwrap();
+    assert_eq!((usage.held_bytes, usage.held_images), (120, 1));
+    assert!(usage.reservations.is_empty());
+    assert!(
+        matches!(
+            store.change_usage(&user, &settle, None).await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "a reservation no longer held cannot end again"
+    );
+    assert_eq!(store.get_usage(&user).await.unwrap().held_bytes, 120);
+}
+
+async fn quota_overrides_and_recomputed_usage_keep_each_other(store: &dyn MetadataStore) {
+    let user = fresh_user();
+    let quota = QuotaOverride {
+        max_bytes: Some(5000),
+        max_images: None,
+    };
+    store.set_user_quota(&user, quota).await.unwrap();
+    let stale = reservation(700, Timestamp::from_micros(1_000_000));
+    store
+        .change_usage(&user, &reserving(&stale), None)
+        .await
+        .unwrap();
+    let read = store.get_usage(&user).await.unwrap();
+    assert_eq!(read.quota, quota);
+    assert_eq!(read.reservations, vec![stale]);
+    let recomputed = UsageRecord {
+        held_bytes: 42,
+        held_images: 1,
+        ..UsageRecord::default()
+    };
+    assert!(
+        matches!(
+            store
+                .replace_usage(&user, &recomputed, read.revision + 1)
+                .await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "a recomputation from another revision is not written"
+    );
+    store
+        .replace_usage(&user, &recomputed, read.revision)
+        .await
+        .unwrap();
+    let replaced = store.get_usage(&user).await.unwrap();
+    assert_eq!(
+        (replaced.held_bytes, replaced.held_images),
+        (42, 1),
+        "{replaced:?}"
+    );
+    assert!(replaced.reservations.is_empty());
+    assert_eq!(replaced.quota, quota, "the override stays");
+    // A user with no item yet is written from revision 0.
+    let newcomer = fresh_user();
+    store
+        .replace_usage(&newcomer, &recomputed, 0)
+        .await
+        .unwrap();
+    let listed = store.list_usage().await.unwrap();
+    for expected in [&user, &newcomer] {
+        let (_, usage) = listed
+            .iter()
+            .find(|(u, _)| u == expected)
+            .expect("every usage item is listed");
+        assert_eq!(usage.held_bytes, 42);
+    }
+    store
+        .set_user_quota(&user, QuotaOverride::default())
+        .await
+        .unwrap();
+    let cleared = store.get_usage(&user).await.unwrap();
+    assert_eq!(cleared.quota, QuotaOverride::default());
+    assert_eq!(cleared.held_bytes, 42, "setting a quota keeps the usage");
 }

@@ -20,6 +20,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// `(store, system)`: which port ("blob", "metadata") and what serves it
@@ -393,6 +394,55 @@ impl MetadataStore for InstrumentedMetadata {
             self.0.expired_upload_sessions(now),
         )
         .await
+    }
+
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
+        timed(("metadata", self.1), "get_usage", self.0.get_usage(user)).await
+    }
+
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "change_usage",
+            self.0.change_usage(user, change, ceiling),
+        )
+        .await
+    }
+
+    async fn set_user_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "set_user_quota",
+            self.0.set_user_quota(user, quota),
+        )
+        .await
+    }
+
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "replace_usage",
+            self.0.replace_usage(user, usage, expected_revision),
+        )
+        .await
+    }
+
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
+        timed(("metadata", self.1), "list_usage", self.0.list_usage()).await
     }
 
     async fn remove_stale_index_entries(

@@ -22,6 +22,7 @@ use crate::domain::ports::{
     StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// Largest piece a read yields, like a store's network reads.
@@ -364,6 +365,7 @@ struct Records {
     /// Removed sessions still charged to their owner: (owner, staged
     /// bytes, until when).
     tombstones: Vec<(UserId, u64, Timestamp)>,
+    usage: HashMap<UserId, UsageRecord>,
     /// The event log by number.
     events: BTreeMap<u64, ImageEvent>,
     /// The last number written, and the last one swept.
@@ -422,6 +424,61 @@ fn parse_cursor(cursor: &[u8]) -> Result<(i64, ImageId), StorageError> {
 
 #[async_trait]
 impl MetadataStore for MemoryMetadataStore {
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
+        Ok(self.lock().usage.get(user).cloned().unwrap_or_default())
+    }
+
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let usage = records.usage.entry(user.clone()).or_default();
+        if usage.apply(change, ceiling) {
+            Ok(())
+        } else {
+            Err(StorageError::ConditionFailed)
+        }
+    }
+
+    async fn set_user_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let usage = records.usage.entry(user.clone()).or_default();
+        usage.quota = quota;
+        usage.revision += 1;
+        Ok(())
+    }
+
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let stored = records.usage.entry(user.clone()).or_default();
+        if stored.revision != expected_revision {
+            return Err(StorageError::ConditionFailed);
+        }
+        *stored = stored.replaced_by(usage);
+        Ok(())
+    }
+
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
+        let records = self.lock();
+        Ok(records
+            .usage
+            .iter()
+            .map(|(user, usage)| (user.clone(), usage.clone()))
+            .collect())
+    }
+
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
         self.faults.check(Call::Create)?;
         let mut records = self.lock();

@@ -24,6 +24,7 @@ use super::shared::Uploads;
 use crate::domain::event::ChangeKind;
 use crate::domain::image::{Encoding, ImageRecord, ObjectName, Timestamp, Variant};
 use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
+use crate::domain::quota::held_by;
 use crate::domain::{DomainError, ImageId, UserId, VariantName};
 use crate::media::MediaError;
 use crate::media::scrub::Scrubber;
@@ -450,7 +451,15 @@ impl Uploads {
                 .replace(&next, current.revision, ChangeKind::VariantsAdded)
                 .await
             {
-                Ok(()) => return Ok(Some(next)),
+                Ok(()) => {
+                    // The new objects count in what the owner holds; past
+                    // the acknowledgement a quota no longer refuses them.
+                    let added = held_by(&next).saturating_sub(held_by(&current));
+                    if let Err(error) = self.quotas.add_bytes(&next.owner, added).await {
+                        tracing::warn!(image_id = %next.id, error = %error_chain(&error), "could not count added encodings in the owner's usage; the repair pass will");
+                    }
+                    return Ok(Some(next));
+                }
                 Err(StorageError::ConditionFailed) => continue,
                 Err(StorageError::NotFound) => return Ok(None),
                 Err(other) => return Err(other.into()),

@@ -29,6 +29,7 @@ use super::limits::Limits;
 use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
 };
+use super::quota::{QuotaHold, Quotas, held_by};
 use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
@@ -131,6 +132,7 @@ impl Uploads {
         budget: MemoryBudget,
     ) -> Self {
         Self {
+            quotas: Quotas::new(metadata.clone(), limits.quota),
             blobs,
             metadata,
             slots: Arc::new(tokio::sync::Semaphore::new(
@@ -185,6 +187,11 @@ impl Uploads {
         }
     }
 
+    /// Per-user usage and quotas, which uploads reserve from.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
     /// One of the caller's uploads, then one of the replica's upload slots.
     /// The caller's cap is checked first and refuses at once, so one user's
     /// waiting uploads are bounded like its running ones; a busy replica is
@@ -237,6 +244,15 @@ impl Uploads {
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
         let limits = &self.limits;
+        // Before anything is held: an upload past its owner's quota is
+        // refused at once.
+        let quota = self
+            .quotas
+            .reserve(
+                caller,
+                spec.declared.size.unwrap_or(limits.content.max_bytes),
+            )
+            .await?;
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
             .refusing_renders_over(
                 limits.variants.then_some(limits.render.max_memory),
@@ -309,8 +325,12 @@ impl Uploads {
         let spec = upload.spec;
         let memory = upload.memory.reservation;
         tokio::spawn(
-            async move { uploads.commit(writes, owner, spec, facts, memory).await }
-                .in_current_span(),
+            async move {
+                uploads
+                    .commit(writes, owner, spec, facts, memory, quota)
+                    .await
+            }
+            .in_current_span(),
         )
         .await
         .map_err(|e| DomainError::Internal(Box::new(e)))?
@@ -376,6 +396,7 @@ impl Uploads {
         spec: ValidSpec,
         facts: StoredFacts,
         memory: Reservation,
+        quota: QuotaHold,
     ) -> Result<ImageRecord, DomainError> {
         let described = self.describe(&mut writes, owner, spec, facts, memory).await;
         let described = writes.undo_on_error(described).await;
@@ -389,6 +410,7 @@ impl Uploads {
         match outcome {
             CreateOutcome::Created => {
                 writes.commit();
+                quota.settle(held_by(&record)).await;
                 if let Some((pending, held)) = background {
                     self.queue_encodings(record.clone(), pending, held);
                 }
@@ -397,6 +419,7 @@ impl Uploads {
             CreateOutcome::IdempotencyKeyTaken(existing) => {
                 // Nothing of this upload is referred to: it goes.
                 writes.undo().await;
+                quota.release().await;
                 self.forget_encodings(writes.id()).await;
                 if existing.uploaded_sha256() == record.uploaded_sha256() {
                     Ok(*existing)

@@ -12,6 +12,7 @@ use crate::domain::admission::Admissions;
 use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
 use crate::domain::ports::{BlobStore, MetadataStore};
+use crate::domain::quota::Quotas;
 use crate::media::variants::Renderer;
 
 /// Receives uploads and stores them: the upload slots, the memory budget
@@ -26,6 +27,7 @@ pub struct Uploads {
     pub(super) budget: MemoryBudget,
     pub(super) admissions: Admissions,
     pub(super) renderer: Renderer,
+    pub(in crate::domain) quotas: Quotas,
     /// The queue of encodings made after the acknowledgement.
     pub(super) background: Background,
 }

@@ -22,7 +22,9 @@
 //!   sessions are one Query of the items not yet expired, read up to the
 //!   cap, however many sessions the user started. A session closed while
 //!   its part URLs still live leaves its item re-keyed to when they are
-//!   over (`charge_until`): a tombstone that keeps counting until then.
+//!   over (`charge_until`): a tombstone that keeps counting until then;
+//! - a **usage item** per user, `pk = usage#{user}`, `sk = usage` (see
+//!   [`usage`]).
 //!
 //! - an **event item** per change, and on the image item the kind of its
 //!   last change (`change`) and the revision whose event is written
@@ -58,6 +60,7 @@ use time_index::MergedCursor;
 mod events;
 mod items;
 mod time_index;
+mod usage;
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
@@ -66,6 +69,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IDEMPOTENCY_SK: &str = "idempotency";
@@ -753,6 +757,40 @@ impl Access {
 
 #[async_trait]
 impl MetadataStore for DynamoMetadataStore {
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
+        self.usage_get(user).await
+    }
+
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError> {
+        self.usage_change(user, change, ceiling).await
+    }
+
+    async fn set_user_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<(), StorageError> {
+        self.usage_set_quota(user, quota).await
+    }
+
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        self.usage_replace(user, usage, expected_revision).await
+    }
+
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
+        self.usage_list().await
+    }
+
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
         let mut item = key(pending_pk(write), PENDING_SK);
         item.insert(

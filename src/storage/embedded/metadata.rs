@@ -29,6 +29,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// image id (16 bytes) → the record as JSON.
@@ -50,6 +51,8 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_ses
 /// expired entry is past the range a count reads; a few are swept by each
 /// new session of their owner.
 const OPEN_SESSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("open_upload_sessions");
+/// user id → the user's usage item as JSON (see [`UsageRecord`]).
+const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
 /// The event log: sequence number → the event as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The log's bookkeeping: [`SWEPT_THROUGH`] → the last number removed by
@@ -94,6 +97,7 @@ impl EmbeddedMetadataStore {
             txn.open_table(SESSIONS).map_err(StorageError::internal)?;
             txn.open_table(OPEN_SESSIONS)
                 .map_err(StorageError::internal)?;
+            txn.open_table(USAGE).map_err(StorageError::internal)?;
             txn.open_table(EVENTS).map_err(StorageError::internal)?;
             txn.open_table(EVENT_MARKS)
                 .map_err(StorageError::internal)?;
@@ -193,6 +197,39 @@ impl EmbeddedMetadataStore {
                 }
             }
             Ok(Ok(found))
+        })
+        .await
+    }
+
+    /// Changes the user's usage item in one transaction: `change` returns
+    /// the error that leaves it as it was.
+    async fn update_usage<F>(&self, user: &UserId, change: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(&mut UsageRecord) -> Result<(), StorageError> + Send + 'static,
+    {
+        let key = user.as_str().as_bytes().to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(USAGE)?;
+                let mut usage = match table.get(key.as_slice())? {
+                    None => UsageRecord::default(),
+                    Some(stored) => match serde_json::from_slice(stored.value()) {
+                        Ok(usage) => usage,
+                        Err(error) => return Ok(Err(StorageError::internal(error))),
+                    },
+                };
+                if let Err(error) = change(&mut usage) {
+                    return Ok(Err(error));
+                }
+                let value = match serde_json::to_vec(&usage) {
+                    Ok(value) => value,
+                    Err(error) => return Ok(Err(StorageError::internal(error))),
+                };
+                table.insert(key.as_slice(), value.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(Ok(()))
         })
         .await
     }
@@ -435,6 +472,91 @@ fn image_id_from_index_key(key: &[u8]) -> ImageId {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadataStore {
+    async fn get_usage(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
+        let key = user.as_str().as_bytes().to_vec();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let usage = match txn.open_table(USAGE)?.get(key.as_slice())? {
+                None => Ok(UsageRecord::default()),
+                Some(stored) => {
+                    serde_json::from_slice(stored.value()).map_err(StorageError::internal)
+                }
+            };
+            Ok(usage)
+        })
+        .await
+    }
+
+    async fn change_usage(
+        &self,
+        user: &UserId,
+        change: &UsageChange,
+        ceiling: Option<UsageCeiling>,
+    ) -> Result<(), StorageError> {
+        let change = change.clone();
+        self.update_usage(user, move |usage| {
+            if usage.apply(&change, ceiling) {
+                Ok(())
+            } else {
+                Err(StorageError::ConditionFailed)
+            }
+        })
+        .await
+    }
+
+    async fn set_user_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<(), StorageError> {
+        self.update_usage(user, move |usage| {
+            usage.quota = quota;
+            usage.revision += 1;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_usage(
+        &self,
+        user: &UserId,
+        usage: &UsageRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let recomputed = usage.clone();
+        self.update_usage(user, move |stored| {
+            if stored.revision != expected_revision {
+                return Err(StorageError::ConditionFailed);
+            }
+            *stored = stored.replaced_by(&recomputed);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let mut found = Vec::new();
+            for entry in txn.open_table(USAGE)?.iter()? {
+                let (key, value) = entry?;
+                let user = std::str::from_utf8(key.value())
+                    .ok()
+                    .and_then(|text| UserId::parse(text).ok());
+                let usage = serde_json::from_slice::<UsageRecord>(value.value());
+                match (user, usage) {
+                    (Some(user), Ok(usage)) => found.push((user, usage)),
+                    (_, Err(error)) => return Ok(Err(StorageError::internal(error))),
+                    (None, _) => {
+                        return Ok(Err(StorageError::internal("a usage item of no valid user")));
+                    }
+                }
+            }
+            Ok(Ok(found))
+        })
+        .await
+    }
+
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
         let key = pending_key(write);
         let value = serde_json::to_vec(write).map_err(StorageError::internal)?;

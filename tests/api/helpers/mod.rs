@@ -113,6 +113,28 @@ impl TestApp {
         Self::spawn_on(Backend::Aws, &self.data_dir, extra, Some(endpoints)).await
     }
 
+    /// The use cases over this server's stores, opened beside it as a
+    /// command does (on the embedded backend, stop the server first).
+    pub async fn images_beside(&self) -> image_service::domain::Images {
+        let config = Config::try_parse_from(&self.args).expect("the server's configuration");
+        image_service::backend::open_images(&config, None)
+            .await
+            .expect("the stores open")
+            .images
+    }
+
+    /// This server's metadata store, opened beside it (on the embedded
+    /// backend, stop the server first).
+    pub async fn metadata_beside(
+        &self,
+    ) -> std::sync::Arc<dyn image_service::domain::ports::MetadataStore> {
+        let config = Config::try_parse_from(&self.args).expect("the server's configuration");
+        image_service::backend::open_stores(&config, config.storage.backend, None)
+            .await
+            .expect("the stores open")
+            .metadata
+    }
+
     async fn spawn_on(
         backend: Backend,
         data_dir: &Path,

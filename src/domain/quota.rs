@@ -1,0 +1,339 @@
+//! Per-user usage and quotas, held across replicas by the metadata store's
+//! usage item (see [`super::usage`]).
+//!
+//! An upload reserves at its start what it may store: its declared size
+//! (or `--max-image-bytes` when it declares none) and one image, by a
+//! conditional update that refuses to take the user past the quota, so
+//! uploads running at once on any number of replicas never pass it. At its
+//! commit the reservation is settled to what was stored (the original and
+//! every variant); on any failure, a cancel or an expiry it is released
+//! ([`QuotaHold`] releases unless settled). Deletes give the bytes and the
+//! image back. What a crash leaves between a reservation and its end is
+//! corrected by the repair pass ([`super::repair`]).
+//!
+//! The variants are made after the reservation, so their bytes are added
+//! at the commit without a ceiling: a user near the quota may end past it
+//! by one image's variants (a few percent of its original), and their
+//! next upload is refused.
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::error::QuotaViolation;
+use super::image::{ImageRecord, Timestamp};
+use super::ports::{MetadataStore, StorageError};
+use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation};
+use super::{DomainError, UserId};
+
+/// The default quotas (`--quota-bytes-per-user`, `--quota-images-per-user`):
+/// 0 means none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub max_bytes: u64,
+    pub max_images: u64,
+}
+
+/// A user's usage with the quotas that apply to them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserUsage {
+    pub user: UserId,
+    pub usage: UsageRecord,
+    /// The quotas that apply (the user's override, else the defaults);
+    /// 0 means none.
+    pub limits: QuotaLimits,
+}
+
+/// How often a reservation is tried again when its conditional update lost
+/// to a concurrent change that left room (a release, a new quota).
+const RESERVE_ATTEMPTS: usize = 4;
+
+/// The quota use cases over the metadata store's usage items.
+#[derive(Clone)]
+pub struct Quotas {
+    metadata: Arc<dyn MetadataStore>,
+    defaults: QuotaLimits,
+    /// Who may read anyone's usage and set quotas (`--admins`).
+    admins: Arc<HashSet<UserId>>,
+}
+
+impl Quotas {
+    pub fn new(metadata: Arc<dyn MetadataStore>, defaults: QuotaLimits) -> Self {
+        Self {
+            metadata,
+            defaults,
+            admins: Arc::default(),
+        }
+    }
+
+    /// The same, with `admins` as the users who may act on anyone's quota.
+    pub fn with_admins(self, admins: impl IntoIterator<Item = UserId>) -> Self {
+        Self {
+            admins: Arc::new(admins.into_iter().collect()),
+            ..self
+        }
+    }
+
+    /// The usage of `user_id` (empty: the caller's) as `caller` may see
+    /// it: their own, or anyone's for an admin.
+    pub async fn usage_as(&self, caller: &UserId, user_id: &str) -> Result<UserUsage, DomainError> {
+        let user = if user_id.is_empty() {
+            caller.clone()
+        } else {
+            UserId::parse(user_id)?
+        };
+        if user != *caller && !self.admins.contains(caller) {
+            return Err(DomainError::PermissionDenied(
+                "only admins (--admins) may read another user's usage".into(),
+            ));
+        }
+        self.usage(&user).await
+    }
+
+    /// Sets the quotas of `user_id`, if `caller` is an admin.
+    pub async fn set_quota_as(
+        &self,
+        caller: &UserId,
+        user_id: &str,
+        quota: QuotaOverride,
+    ) -> Result<UserUsage, DomainError> {
+        if !self.admins.contains(caller) {
+            return Err(DomainError::PermissionDenied(
+                "only admins (--admins) may set quotas".into(),
+            ));
+        }
+        if user_id.is_empty() {
+            return Err(DomainError::invalid("user_id is required"));
+        }
+        let user = UserId::parse(user_id)?;
+        tracing::info!(%user, ?quota, "user quota set");
+        self.set_quota(&user, quota).await
+    }
+
+    /// The quotas that apply to a user with the override `quota`.
+    pub fn limits(&self, quota: QuotaOverride) -> QuotaLimits {
+        QuotaLimits {
+            max_bytes: quota.max_bytes.unwrap_or(self.defaults.max_bytes),
+            max_images: quota.max_images.unwrap_or(self.defaults.max_images),
+        }
+    }
+
+    /// The user's usage and the quotas that apply.
+    pub async fn usage(&self, user: &UserId) -> Result<UserUsage, DomainError> {
+        let usage = self.metadata.get_usage(user).await?;
+        Ok(UserUsage {
+            user: user.clone(),
+            limits: self.limits(usage.quota),
+            usage,
+        })
+    }
+
+    /// Sets the user's own quotas (`None`: the default applies again).
+    pub async fn set_quota(
+        &self,
+        user: &UserId,
+        quota: QuotaOverride,
+    ) -> Result<UserUsage, DomainError> {
+        self.metadata.set_user_quota(user, quota).await?;
+        self.usage(user).await
+    }
+
+    /// Reserves `bytes` and one image for an upload of `user`; refused with
+    /// [`DomainError::QuotaExceeded`] when it would take the user past a
+    /// quota.
+    pub async fn reserve(&self, user: &UserId, bytes: u64) -> Result<QuotaHold, DomainError> {
+        let reservation = UsageReservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            bytes,
+            images: 1,
+            started: Timestamp::now(),
+        };
+        let change = UsageChange {
+            bytes: signed(bytes),
+            images: 1,
+            add: Some(reservation.clone()),
+            remove: None,
+        };
+        for _ in 0..RESERVE_ATTEMPTS {
+            let usage = self.metadata.get_usage(user).await?;
+            let limits = self.limits(usage.quota);
+            if let Some(violation) = violation(user, &usage, limits, bytes) {
+                metrics::counter!("imageservice_quota_refusals_total").increment(1);
+                return Err(DomainError::QuotaExceeded(violation));
+            }
+            let ceiling = ceiling(limits);
+            match self.metadata.change_usage(user, &change, ceiling).await {
+                Ok(()) => {
+                    return Ok(QuotaHold {
+                        quotas: self.clone(),
+                        user: user.clone(),
+                        reservation: Some(reservation),
+                    });
+                }
+                // Another upload took the room between the read and the
+                // update: read again, which tells which quota it was.
+                Err(StorageError::ConditionFailed) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(DomainError::ResourceExhausted(
+            "the usage of this user kept changing while the upload reserved its share; \
+             retry with backoff"
+                .into(),
+        ))
+    }
+
+    /// Adds `bytes` to what the user holds, without a ceiling: for objects
+    /// stored after an upload was acknowledged (encodings made in the
+    /// background), which a quota cannot refuse any more.
+    pub async fn add_bytes(&self, user: &UserId, bytes: u64) -> Result<(), DomainError> {
+        let change = UsageChange {
+            bytes: signed(bytes),
+            ..UsageChange::default()
+        };
+        Ok(self.metadata.change_usage(user, &change, None).await?)
+    }
+
+    /// Gives back what a deleted image held. A failure is logged, not
+    /// returned: the image is gone, and the repair pass corrects the usage.
+    pub async fn give_back(&self, record: &ImageRecord) {
+        let change = UsageChange {
+            bytes: -signed(held_by(record)),
+            images: -1,
+            ..UsageChange::default()
+        };
+        if let Err(error) = self
+            .metadata
+            .change_usage(&record.owner, &change, None)
+            .await
+        {
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&error),
+                user = %record.owner,
+                "a deleted image's bytes were not given back; the repair pass will"
+            );
+        }
+    }
+
+    async fn end(&self, user: &UserId, reservation: UsageReservation, stored: Option<u64>) {
+        let images = i64::from(stored.is_some());
+        let change = UsageChange {
+            bytes: signed(stored.unwrap_or(0)) - signed(reservation.bytes),
+            images: images - signed(reservation.images),
+            add: None,
+            remove: Some(reservation),
+        };
+        let ended = match self.metadata.change_usage(user, &change, None).await {
+            // The repair pass dropped the reservation as stale (and counted
+            // the image if it was stored by then): only the image is added,
+            // which the next pass corrects if it was counted twice.
+            Err(StorageError::ConditionFailed) if stored.is_some() => {
+                let change = UsageChange {
+                    bytes: signed(stored.unwrap_or(0)),
+                    images,
+                    ..UsageChange::default()
+                };
+                self.metadata.change_usage(user, &change, None).await
+            }
+            Err(StorageError::ConditionFailed) => Ok(()),
+            other => other,
+        };
+        if let Err(error) = ended {
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&error),
+                %user,
+                "a quota reservation did not end; the repair pass will end it"
+            );
+        }
+    }
+}
+
+/// Every byte an image holds in the blob store: the original and each
+/// stored object of its variants.
+pub fn held_by(record: &ImageRecord) -> u64 {
+    record.objects().iter().map(|(_, size)| size).sum()
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The ceiling a reservation's update is conditional on; `None` when no
+/// quota applies.
+fn ceiling(limits: QuotaLimits) -> Option<UsageCeiling> {
+    let unlimited = |max: u64| if max == 0 { u64::MAX } else { max };
+    (limits.max_bytes != 0 || limits.max_images != 0).then(|| UsageCeiling {
+        max_bytes: unlimited(limits.max_bytes),
+        max_images: unlimited(limits.max_images),
+    })
+}
+
+/// Which quota a reservation of `bytes` and one image would pass.
+fn violation(
+    user: &UserId,
+    usage: &UsageRecord,
+    limits: QuotaLimits,
+    bytes: u64,
+) -> Option<QuotaViolation> {
+    let subject = format!("user:{user}");
+    if limits.max_images != 0 && usage.held_images.saturating_add(1) > limits.max_images {
+        return Some(QuotaViolation {
+            subject,
+            description: format!(
+                "the quota of {} images per user is reached ({} stored or being uploaded); \
+                 delete images to upload more",
+                limits.max_images, usage.held_images
+            ),
+        });
+    }
+    if limits.max_bytes != 0 && usage.held_bytes.saturating_add(bytes) > limits.max_bytes {
+        return Some(QuotaViolation {
+            subject,
+            description: format!(
+                "the quota of {} bytes per user would be passed: {} bytes are held \
+                 (stored or being uploaded) and this upload reserves {bytes} (its \
+                 expected_size, or the largest image allowed when it declares none)",
+                limits.max_bytes, usage.held_bytes
+            ),
+        });
+    }
+    None
+}
+
+/// An upload's reservation: released when dropped unless it was settled
+/// (so an error, a panic or a cancelled call cannot forget it).
+pub struct QuotaHold {
+    quotas: Quotas,
+    user: UserId,
+    reservation: Option<UsageReservation>,
+}
+
+impl QuotaHold {
+    /// The upload stored an image holding `bytes` in all.
+    pub async fn settle(mut self, bytes: u64) {
+        if let Some(reservation) = self.reservation.take() {
+            self.quotas.end(&self.user, reservation, Some(bytes)).await;
+        }
+    }
+
+    /// The upload stored nothing.
+    pub async fn release(mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.quotas.end(&self.user, reservation, None).await;
+        }
+    }
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let (quotas, user) = (self.quotas.clone(), self.user.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { quotas.end(&user, reservation, None).await });
+            }
+            // No runtime (a process ending): the repair pass drops it.
+            Err(_) => tracing::warn!(%user, "a quota reservation was left to the repair pass"),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Per-user usage and quotas: held across replicas, given back by deletes,
+//! corrected by the repair pass, read and set by the users allowed to.
+use std::time::Duration;
+
+use super::*;
+use tonic_types::StatusExt;
+
+/// Every flag a quota test shares: no variants (an image holds its
+/// original only, so bytes are known), and room for 16 uploads at once.
+const QUOTA_FLAGS: [&str; 4] = ["--variants", "false", "--max-uploads-per-user", "16"];
+
+async fn usage(app: &TestApp, caller: &str, user: &str) -> Result<pb::Usage, Status> {
+    let request = as_user(
+        caller,
+        pb::GetUsageRequest {
+            user_id: user.into(),
+        },
+    );
+    let response = app.client().get_usage(request).await?;
+    Ok(response.into_inner().usage.expect("a usage"))
+}
+
+async fn set_quota(
+    app: &TestApp,
+    caller: &str,
+    user: &str,
+    bytes: Option<u64>,
+    images: Option<u64>,
+) -> Result<pb::Usage, Status> {
+    let request = as_user(
+        caller,
+        pb::SetUserQuotaRequest {
+            user_id: user.into(),
+            quota_bytes: bytes,
+            quota_images: images,
+        },
+    );
+    let response = app.client().set_user_quota(request).await?;
+    Ok(response.into_inner().usage.expect("a usage"))
+}
+
+/// The bytes an image holds (no variants here: its original).
+fn size(image: &pb::Image) -> u64 {
+    u64::try_from(image.size_bytes).expect("a size")
+}
+
+/// An upload that declares its size, as the quota reserves from it.
+async fn upload_declared(app: &TestApp, user: &str, bytes: &[u8]) -> Result<pb::Image, Status> {
+    let spec = pb::ImageSpec {
+        expected_size: Some(bytes.len() as i64),
+        ..spec("quota.png")
+    };
+    app.upload(user, spec, bytes).await
+}
+
+/// A refusal past a quota: RESOURCE_EXHAUSTED, a QuotaFailure naming the
+/// user, and no retry.
+#[track_caller]
+fn assert_quota_refusal(status: &Status, user: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let failure = status
+        .get_details_quota_failure()
+        .expect("a google.rpc.QuotaFailure");
+    assert_eq!(failure.violations.len(), 1, "{failure:?}");
+    assert_eq!(failure.violations[0].subject, format!("user:{user}"));
+    assert!(
+        failure.violations[0].description.contains("quota"),
+        "{failure:?}"
+    );
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "-1",
+        "not worth retrying"
+    );
+}
+
+pub(super) async fn concurrent_uploads_on_two_replicas_never_pass_the_quota(backend: Backend) {
+    let pngs: Vec<Vec<u8>> = (0..16).map(|seed| images::png(8, 8, seed)).collect();
+    let largest = pngs.iter().map(Vec::len).max().unwrap() as u64;
+    let quota_bytes = (10 * largest).to_string();
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend([
+        "--quota-images-per-user",
+        "10",
+        "--quota-bytes-per-user",
+        &quota_bytes,
+    ]);
+    let first = TestApp::spawn_with(backend, &flags).await;
+    // The aws backend's replicas share the stores; the embedded backend
+    // has one process per data directory, whose uploads race all the same.
+    let second = match backend {
+        Backend::Aws => Some(first.replica(&flags).await),
+        Backend::Embedded => None,
+    };
+    let uploads = pngs.iter().enumerate().map(|(i, png)| {
+        let app = match (&second, i % 2) {
+            (Some(second), 1) => second,
+            _ => &first,
+        };
+        upload_declared(app, "hoarder", png)
+    });
+    let results = futures::future::join_all(uploads).await;
+    let stored: Vec<&pb::Image> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_quota_refusal(refused, "hoarder");
+    }
+    assert_eq!(stored.len(), 10, "the quota fits 10");
+    let held = usage(&first, "hoarder", "").await.unwrap();
+    assert_eq!(held.images_held, 10);
+    assert!(held.bytes_held <= 10 * largest, "{held:?}");
+    assert_eq!(
+        held.bytes_held,
+        stored.iter().map(|i| size(i)).sum::<u64>(),
+        "usage is what is stored"
+    );
+    assert_eq!((held.bytes_reserved, held.images_reserved), (0, 0));
+    assert_eq!((held.quota_bytes, held.quota_images), (10 * largest, 10));
+    // Another user is not touched by the hoarder's quota.
+    upload_declared(&first, "neighbour", &pngs[0])
+        .await
+        .unwrap();
+
+    // Deletes give the room back, on any replica.
+    let other = second.as_ref().unwrap_or(&first);
+    for image in &stored[..3] {
+        other.delete("hoarder", &image.image_id).await.unwrap();
+    }
+    let after = usage(other, "hoarder", "hoarder").await.unwrap();
+    assert_eq!(after.images_held, 7);
+    assert_eq!(
+        after.bytes_held,
+        stored[3..].iter().map(|i| size(i)).sum::<u64>()
+    );
+    for png in &pngs[..3] {
+        upload_declared(other, "hoarder", png).await.unwrap();
+    }
+    let refused = upload_declared(&first, "hoarder", &pngs[3]).await;
+    assert_quota_refusal(&assert_code(refused, Code::ResourceExhausted), "hoarder");
+    assert_eq!(usage(&first, "hoarder", "").await.unwrap().images_held, 10);
+}
+
+pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(backend: Backend) {
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(["--admins", "root,ops", "--quota-images-per-user", "5"]);
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let png = images::png(8, 8, 1);
+    let image = upload_declared(&app, "alice", &png).await.unwrap();
+
+    let own = usage(&app, "alice", "").await.unwrap();
+    assert_eq!(own.user_id, "alice");
+    assert_eq!((own.images_held, own.bytes_held), (1, size(&image)));
+    assert_eq!((own.quota_images, own.quota_bytes), (5, 0));
+    assert!(!own.quota_overridden);
+    assert_code(usage(&app, "bob", "alice").await, Code::PermissionDenied);
+    assert_eq!(usage(&app, "ops", "alice").await.unwrap(), own);
+
+    // Only an admin sets a quota; it applies at once.
+    assert_code(
+        set_quota(&app, "alice", "alice", None, Some(100)).await,
+        Code::PermissionDenied,
+    );
+    let tight = set_quota(&app, "root", "alice", Some(png.len() as u64), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (tight.quota_bytes, tight.quota_images),
+        (png.len() as u64, 5)
+    );
+    assert!(tight.quota_overridden);
+    let refused = upload_declared(&app, "alice", &images::png(8, 8, 2)).await;
+    assert_quota_refusal(&assert_code(refused, Code::ResourceExhausted), "alice");
+    upload_declared(&app, "bob", &images::png(8, 8, 2))
+        .await
+        .expect("other users keep the default");
+    // Unset, the default applies again.
+    let reset = set_quota(&app, "root", "alice", None, None).await.unwrap();
+    assert!(!reset.quota_overridden);
+    upload_declared(&app, "alice", &images::png(8, 8, 2))
+        .await
+        .unwrap();
+    assert_code(
+        set_quota(&app, "root", "", Some(1), None).await,
+        Code::InvalidArgument,
+    );
+}
+
+pub(super) async fn the_repair_pass_corrects_a_reservation_a_crash_left(backend: Backend) {
+    use image_service::domain::usage::{UsageChange, UsageReservation};
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(["--quota-bytes-per-user", "1MiB"]);
+    let mut app = TestApp::spawn_with(backend, &flags).await;
+    let image = upload_declared(&app, "carol", &images::png(8, 8, 3))
+        .await
+        .unwrap();
+    if backend == Backend::Embedded {
+        app.stop().await.unwrap();
+    }
+    let carol = image_service::domain::UserId::parse("carol").unwrap();
+    let now = image_service::domain::image::Timestamp::now().as_micros();
+    // A replica reserved 600 KiB an hour ago, longer than any upload may
+    // take (--upload-deadline), and died before its upload ended; another
+    // reserved 100 KiB just now, for an upload that may still be running.
+    let (dead, running) = (600 * 1024, 100 * 1024);
+    let metadata = app.metadata_beside().await;
+    for (bytes, started) in [(dead, now - 3_600_000_000), (running, now)] {
+        let reservation = UsageReservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            bytes,
+            images: 1,
+            started: image_service::domain::image::Timestamp::from_micros(started),
+        };
+        let change = UsageChange {
+            bytes: bytes as i64,
+            images: 1,
+            add: Some(reservation),
+            remove: None,
+        };
+        metadata.change_usage(&carol, &change, None).await.unwrap();
+    }
+    drop(metadata);
+    let before = size(&image) + dead + running;
+    {
+        let beside = app.images_beside().await;
+        let report = beside.repair(Duration::ZERO, false).await.unwrap();
+        assert_eq!(report.usage_corrections.len(), 1, "{report:?}");
+        let correction = &report.usage_corrections[0];
+        assert_eq!(correction.user, "carol");
+        assert_eq!(correction.stale_reservations, 1);
+        assert_eq!(
+            (correction.bytes_before, correction.images_before),
+            (before, 3)
+        );
+        assert_eq!(
+            (correction.bytes_after, correction.images_after),
+            (size(&image) + running, 2)
+        );
+        let report = beside.repair(Duration::ZERO, false).await.unwrap();
+        assert!(
+            report.usage_corrections.is_empty(),
+            "corrected once: {report:?}"
+        );
+    }
+    let app = match backend {
+        Backend::Embedded => app.successor(&flags).await,
+        Backend::Aws => app,
+    };
+    let held = usage(&app, "carol", "").await.unwrap();
+    assert_eq!(
+        (held.bytes_held, held.images_held, held.bytes_reserved),
+        (size(&image) + running, 2, running)
+    );
+    // The room the dead upload held is usable again: 600 KiB would not
+    // have fitted beside it.
+    let large = images::png(400, 400, 5);
+    assert!(large.len() as u64 + before > 1024 * 1024, "{}", large.len());
+    upload_declared(&app, "carol", &large).await.unwrap();
+}
