@@ -427,6 +427,28 @@ impl DynamoMetadataStore {
         Ok(())
     }
 
+    /// Writes a journal entry (an unfinished write, an image's pending
+    /// encodings): the item `pk`, its document as JSON.
+    async fn put_journal_entry(
+        &self,
+        pk: String,
+        entry: &impl serde::Serialize,
+    ) -> Result<(), StorageError> {
+        let mut item = key(pk, PENDING_SK);
+        item.insert(
+            "doc".into(),
+            s(serde_json::to_string(entry).map_err(StorageError::internal)?),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn delete_item(&self, pk: String, sk: &str) -> Result<(), StorageError> {
         self.client
             .delete_item()
@@ -792,19 +814,7 @@ impl MetadataStore for DynamoMetadataStore {
     }
 
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
-        let mut item = key(pending_pk(write), PENDING_SK);
-        item.insert(
-            "doc".into(),
-            s(serde_json::to_string(write).map_err(StorageError::internal)?),
-        );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.put_journal_entry(pending_pk(write), write).await
     }
 
     async fn clear_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {
@@ -829,19 +839,8 @@ impl MetadataStore for DynamoMetadataStore {
         &self,
         pending: &PendingEncodings,
     ) -> Result<(), StorageError> {
-        let mut item = key(encodings_pk(&pending.image_id), PENDING_SK);
-        item.insert(
-            "doc".into(),
-            s(serde_json::to_string(pending).map_err(StorageError::internal)?),
-        );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
+        self.put_journal_entry(encodings_pk(&pending.image_id), pending)
             .await
-            .map_err(classify)?;
-        Ok(())
     }
 
     async fn clear_pending_encodings(&self, image_id: &ImageId) -> Result<(), StorageError> {
