@@ -86,6 +86,74 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
         "| aws (dynalite) | {} | {rate:.0} |\n\nThe embedded backlog is imported into the data directory (records and their events in one transaction each batch), the aws one uploaded through the service. Catch-up: the time from the watch's start to its last event.\n",
         plan.aws_event_backlog
     );
+    out.push_str(&stalled(plan).await);
+    out
+}
+
+/// The peak memory of an embedded replica while `plan.stalled_edits`
+/// edits are made, with no watcher and with `plan.stalled_watchers`
+/// watchers that never read (each on a connection whose windows hold
+/// 16 KiB), under the default `--event-watcher-stall-timeout` (30 s: the
+/// edits end before any watcher is cut).
+async fn stalled(plan: &Plan) -> String {
+    let mut out = "\n| watchers that do not read | edits (2 KiB description each) | peak resident memory | above none |\n|---|---|---|---|\n".to_owned();
+    let mut baseline = None;
+    for watchers in [0, plan.stalled_watchers] {
+        let service = start_service(&[
+            "--backend".to_owned(),
+            "embedded".into(),
+            "--event-watchers".into(),
+            WATCHER.into(),
+            "--max-event-watchers".into(),
+            plan.stalled_watchers.max(1).to_string(),
+        ]);
+        let client = service.wide_client().await;
+        let image = upload(&client, small_png(9), "events")
+            .await
+            .expect("an image");
+        let mut streams = Vec::with_capacity(watchers);
+        for _ in 0..watchers {
+            let request = as_user(WATCHER, pb::WatchImageEventsRequest::default());
+            let stream = service
+                .narrow_client()
+                .await
+                .watch_image_events(request)
+                .await
+                .expect("a watch")
+                .into_inner();
+            streams.push(stream);
+        }
+        service.reset_peak();
+        let long = "x".repeat(2_000);
+        for i in 0..plan.stalled_edits {
+            let update = pb::UpdateImageRequest {
+                image_id: image.image_id.clone(),
+                description: format!("{i} {long}"),
+                ..Default::default()
+            };
+            client
+                .clone()
+                .update_image(as_user("events", update))
+                .await
+                .expect("an update");
+        }
+        let peak = service.peak_kib();
+        let above = match baseline {
+            None => {
+                baseline = Some(peak);
+                "-".to_owned()
+            }
+            Some(base) => format!("{:.1} MiB", peak.saturating_sub(base) as f64 / 1024.0),
+        };
+        let _ = writeln!(
+            out,
+            "| {watchers} | {} | {:.1} MiB | {above} |",
+            plan.stalled_edits,
+            peak as f64 / 1024.0
+        );
+        drop(streams);
+    }
+    out.push_str("\nA watcher holds at most two pages of events (`EVENT_PAGE`, 100 each) plus what its HTTP/2 windows took, until `--event-watcher-stall-timeout` cuts it; `--max-event-watchers` caps how many there are.\n");
     out
 }
 

@@ -59,6 +59,9 @@ pub struct Plan {
     event_changes: usize,
     event_backlog: usize,
     aws_event_backlog: usize,
+    /// Watchers that stop reading, and the edits made while they do.
+    stalled_watchers: usize,
+    stalled_edits: usize,
 }
 
 impl Plan {
@@ -91,6 +94,8 @@ const FULL: Plan = Plan {
     event_changes: 200,
     event_backlog: 100_000,
     aws_event_backlog: 2_000,
+    stalled_watchers: 64,
+    stalled_edits: 1_000,
 };
 
 const SMOKE: Plan = Plan {
@@ -110,6 +115,8 @@ const SMOKE: Plan = Plan {
     event_changes: 5,
     event_backlog: 200,
     aws_event_backlog: 20,
+    stalled_watchers: 2,
+    stalled_edits: 10,
 };
 
 /// The figure families in the report's order, by the name that runs one

@@ -114,6 +114,10 @@ enum Start {
 /// A cursor's bytes on a log read by time: the time before which every
 /// event was delivered (8 bytes, big-endian microseconds), then the store's
 /// position of the event it came with (empty for a start).
+/// How far ahead of this replica's clock a cursor's time may be: another
+/// replica's clock may run ahead by this much, and no more.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 fn timed_position(from: Timestamp, position: &[u8]) -> Vec<u8> {
     let mut bytes = from.as_micros().to_be_bytes().to_vec();
     bytes.extend_from_slice(position);
@@ -123,9 +127,11 @@ fn timed_position(from: Timestamp, position: &[u8]) -> Vec<u8> {
 fn split_timed(bytes: &[u8]) -> Option<(Timestamp, &[u8])> {
     let (time, position) = bytes.split_first_chunk::<8>()?;
     let time = i64::from_be_bytes(*time);
-    // A time from before 2020 or more than a day ahead is no cursor of ours.
+    // A time from before 2020, or ahead of this replica's clock by more
+    // than replicas' clocks may differ, is no cursor of ours: read from,
+    // it would skip every event until then.
     let now = Timestamp::now().as_micros();
-    (1_577_836_800_000_000..now + 86_400_000_000)
+    (1_577_836_800_000_000..now.saturating_add(CLOCK_SKEW.as_micros() as i64))
         .contains(&time)
         .then_some((Timestamp::from_micros(time), position))
 }

@@ -146,6 +146,24 @@ async fn every_change_has_one_event_in_order_after_the_head(store: &dyn Metadata
         ),
         "a position of another store is malformed"
     );
+    if store.event_lookback().is_none() {
+        // A log with one order: a position past its last event was never
+        // given (read from, it would skip every event until then).
+        let last = events[3].position.clone();
+        let mut ahead = last.clone();
+        if let Some(byte) = ahead.first_mut() {
+            *byte = byte.saturating_add(1);
+        }
+        for position in [ahead, vec![0xFF; last.len()]] {
+            assert!(
+                matches!(
+                    store.read_events(&EventStart::After(position), 10).await,
+                    Ok(EventRead::Malformed)
+                ),
+                "a position past the log's end is malformed"
+            );
+        }
+    }
 }
 
 /// Bytes of a test object: not a run of one value, so that a misplaced

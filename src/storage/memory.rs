@@ -765,10 +765,15 @@ impl MetadataStore for MemoryMetadataStore {
                 oldest: records.swept_through.to_be_bytes().to_vec(),
             });
         }
+        // A position past the last event was not made here: read from, it
+        // would skip every event until the log reached it.
+        if after > records.last_event {
+            return Ok(EventRead::Malformed);
+        }
         Ok(EventRead::Events(
             records
                 .events
-                .range(after + 1..)
+                .range(after.saturating_add(1)..)
                 .take(limit)
                 .map(|(number, event)| StoredEvent {
                     position: number.to_be_bytes().to_vec(),

@@ -137,6 +137,19 @@ impl Service {
         ImageServiceClient::new(channel).max_decoding_message_size(8 << 20)
     }
 
+    /// A client on its own connection whose flow-control windows hold
+    /// 16 KiB: what it does not read stays with the service.
+    pub async fn narrow_client(&self) -> ImageServiceClient<Channel> {
+        let channel = self
+            .endpoint()
+            .initial_stream_window_size(Some(16 << 10))
+            .initial_connection_window_size(Some(16 << 10))
+            .connect()
+            .await
+            .expect("connects");
+        ImageServiceClient::new(channel)
+    }
+
     fn endpoint(&self) -> Endpoint {
         Endpoint::from_shared(format!("http://{}", self.grpc)).expect("uri")
     }

@@ -777,11 +777,14 @@ impl MetadataStore for EmbeddedMetadataStore {
                         oldest: position(swept),
                     }));
                 }
+                // A position past the last event was not made here: read
+                // from, it would skip every event until the log reached it.
+                Some(after) if after > last_event(&txn)? => return Ok(Ok(EventRead::Malformed)),
                 Some(after) => after,
                 None => swept,
             };
             let mut events = Vec::new();
-            for entry in txn.events()?.range(after + 1..)?.take(limit) {
+            for entry in txn.events()?.range(after.saturating_add(1)..)?.take(limit) {
                 let (number, value) = entry?;
                 match serde_json::from_slice::<ImageEvent>(value.value()) {
                     Ok(event) => events.push(StoredEvent {

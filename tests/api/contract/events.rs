@@ -78,6 +78,18 @@ pub(super) async fn next_new_events(
     events
 }
 
+/// `cursor` with the 8 bytes after its version (an event's number, or its
+/// time in microseconds on a log read by time) moved `ahead`, saturating.
+fn future_cursor(cursor: &str, ahead: u64) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = URL_SAFE_NO_PAD.decode(cursor).expect("a cursor is base64");
+    let at: [u8; 8] = bytes[1..9].try_into().expect("8 bytes after the version");
+    let moved = u64::from_be_bytes(at).saturating_add(ahead);
+    bytes[1..9].copy_from_slice(&moved.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 fn keys_of(events: &[pb::ImageEvent]) -> HashSet<(String, String)> {
     events
         .iter()
@@ -233,6 +245,19 @@ pub(super) async fn only_named_services_watch_and_requests_are_checked(backend: 
     assert_code(watch(&app, "alice", "").await, Code::PermissionDenied);
     for cursor in ["garbage!", "AQ", "bmV3ZXN0", &"A".repeat(300)] {
         assert_code(watch(&app, WATCHER, cursor).await, Code::InvalidArgument);
+    }
+    // A cursor the service gave, moved past the log's end: read from, it
+    // would skip every event until then, so it is refused too.
+    app.upload_png("alice", 1).await;
+    let mut oldest = watch(&app, WATCHER, "oldest").await.unwrap();
+    let given = next_events(&mut oldest, 1).await.remove(0).cursor;
+    drop(oldest);
+    for forged in [
+        future_cursor(&given, 3_600_000_000),
+        future_cursor(&given, u64::MAX),
+    ] {
+        let refused = assert_code(watch(&app, WATCHER, &forged).await, Code::InvalidArgument);
+        assert!(refused.message().contains("cursor"), "{refused:?}");
     }
     for request in [
         pb::WatchImageEventsRequest {

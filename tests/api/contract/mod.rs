@@ -59,6 +59,7 @@ macro_rules! all_cases {
             uploads::an_upload_is_described_by_its_metadata,
             quotas::concurrent_uploads_on_two_replicas_never_pass_the_quota,
             quotas::usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas,
+            quotas::a_refused_upload_gives_its_reservation_back_before_it_answers,
             quotas::the_repair_pass_corrects_a_reservation_a_crash_left,
             uploads::every_accepted_type_is_sniffed_from_the_bytes,
             downloads::downloads_return_the_stored_bytes_in_chunks_of_at_most_one_mib,

@@ -184,6 +184,29 @@ pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(
     );
 }
 
+pub(super) async fn a_refused_upload_gives_its_reservation_back_before_it_answers(
+    backend: Backend,
+) {
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(["--quota-images-per-user", "1"]);
+    let app = TestApp::spawn_with(backend, &flags).await;
+    for round in 0..5 {
+        // A file that is not an image: refused for what it is, and the
+        // next call (a corrected upload) finds its room free at once.
+        let refused = upload_declared(&app, "alice", b"not an image at all").await;
+        assert_code(refused, Code::InvalidArgument);
+        let held = usage(&app, "alice", "").await.unwrap();
+        assert_eq!(
+            (held.images_reserved, held.bytes_reserved, held.images_held),
+            (0, 0, 0),
+            "round {round}: {held:?}"
+        );
+    }
+    upload_declared(&app, "alice", &images::png(8, 8, 1))
+        .await
+        .expect("the quota's one image is free");
+}
+
 pub(super) async fn the_repair_pass_corrects_a_reservation_a_crash_left(backend: Backend) {
     use image_service::domain::usage::{UsageChange, UsageReservation};
     let mut flags = QUOTA_FLAGS.to_vec();
