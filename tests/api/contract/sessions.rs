@@ -470,7 +470,7 @@ pub async fn expired_sessions_are_removed_with_their_bytes(backend: Backend) {
     app.assert_nothing_stored("alice").await;
 }
 
-async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status> {
+pub(super) async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status> {
     let request = pb::CancelUploadRequest {
         upload_id: upload_id.into(),
     };
