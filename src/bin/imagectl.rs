@@ -735,19 +735,8 @@ fn backoff(attempt: u32) -> Duration {
 
 /// The SHA-256 of a file, read in chunks.
 async fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let sums = Checksums::of_file(path).await?;
+    Ok(hex::encode(sums.sha256.finalize()))
 }
 
 /// An idempotency key naming this file with this metadata: running the
@@ -1034,6 +1023,35 @@ fn local_name(server_name: &str, id: &str) -> PathBuf {
     PathBuf::from(if cleaned.is_empty() { id } else { cleaned })
 }
 
+/// Appends what `request` downloads to `file`, each chunk shown to `seen`
+/// and counted on `bar`.
+async fn download_to(
+    caller: &Caller,
+    request: pb::DownloadImageRequest,
+    file: &mut tokio::fs::File,
+    bar: &ProgressBar,
+    mut seen: impl FnMut(&[u8]),
+) -> anyhow::Result<()> {
+    let mut stream = retrying(
+        "download",
+        true,
+        Some(bar),
+        rpc!(caller, download_image, request.clone()),
+    )
+    .await?
+    .into_inner();
+    stream
+        .message()
+        .await?
+        .context("the service sent no header")?;
+    while let Some(message) = stream.message().await? {
+        file.write_all(&message.chunk).await?;
+        seen(&message.chunk);
+        bar.inc(message.chunk.len() as u64);
+    }
+    Ok(())
+}
+
 /// Downloads into `OUTPUT.part` (continuing from its end when it exists),
 /// then renames it to OUTPUT: a file this command did not create is never
 /// written to.
@@ -1095,22 +1113,7 @@ async fn download(
             read_limit: 0,
             object: String::new(),
         };
-        let mut stream = retrying(
-            "download",
-            true,
-            None,
-            rpc!(caller, download_image, request.clone()),
-        )
-        .await?
-        .into_inner();
-        stream
-            .message()
-            .await?
-            .context("the service sent no header")?;
-        while let Some(message) = stream.message().await? {
-            file.write_all(&message.chunk).await?;
-            bar.inc(message.chunk.len() as u64);
-        }
+        download_to(caller, request, &mut file, &bar, |_| {}).await?;
         file.flush().await?;
     }
     bar.finish_and_clear();
@@ -1449,23 +1452,7 @@ async fn fetch_original(
             read_limit: 0,
             object: String::new(),
         };
-        let mut stream = retrying(
-            "download",
-            true,
-            Some(bar),
-            rpc!(caller, download_image, request.clone()),
-        )
-        .await?
-        .into_inner();
-        stream
-            .message()
-            .await?
-            .context("the service sent no header")?;
-        while let Some(message) = stream.message().await? {
-            file.write_all(&message.chunk).await?;
-            sums.update(&message.chunk);
-            bar.inc(message.chunk.len() as u64);
-        }
+        download_to(caller, request, &mut file, bar, |chunk| sums.update(chunk)).await?;
     }
     file.flush().await?;
     file.sync_all().await?;

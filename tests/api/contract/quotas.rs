@@ -348,14 +348,7 @@ pub(super) async fn a_sessions_bytes_are_held_from_its_start_to_its_end(backend:
 
 pub(super) async fn an_expired_sessions_bytes_are_given_back(backend: Backend) {
     let mut flags = QUOTA_FLAGS.to_vec();
-    flags.extend([
-        "--upload-session-ttl",
-        "2s",
-        "--repair-interval",
-        "300ms",
-        "--repair-grace",
-        "0s",
-    ]);
+    flags.extend(super::sessions::SHORT_LIVED_SESSIONS);
     let app = TestApp::spawn_with(backend, &flags).await;
     start_session(&app, "erin", Some(1000)).await.unwrap();
     assert_eq!(held(&app, "erin").await, (1000, 1, 1000, 1));
