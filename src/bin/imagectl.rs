@@ -1,6 +1,7 @@
 //! imagectl: image-service from a terminal. Upload files (in parallel, with
 //! progress, resuming by themselves after a broken connection), list with every filter, fetch metadata, download (resuming a
-//! partial file), get a download URL, update and delete.
+//! partial file), get a download URL, update and delete, export a user's
+//! images with their records.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -158,6 +159,23 @@ enum Command {
     Delete {
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// Export a user's images into DIR: each original as `ID.EXT` and its
+    /// record as `ID.json`, then `export.json` listing them. Every original
+    /// is checked against the record's size, SHA-256 and CRC32C before it
+    /// takes its name (bytes go to `ID.EXT.part` first), so a file under
+    /// its final name is always whole and verified. Run it again to resume:
+    /// originals already exported and still verifying are not downloaded
+    /// again, a partial one is continued.
+    Export {
+        /// Where the files go (created if missing).
+        dir: PathBuf,
+        /// Whose images; default: the caller's own.
+        #[arg(long)]
+        owner: Option<String>,
+        /// How many images are downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// Print image events as they come (for identities the service names in
     /// --event-watchers), one line each (`--json`: one JSON object a line),
@@ -531,6 +549,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Export {
+            dir,
+            owner,
+            parallel,
+        } => export(&caller, &dir, owner, parallel.max(1), cli.json).await,
         Command::Watch { from, owner, count } => {
             watch(&caller, from, owner.unwrap_or_default(), count, cli.json).await
         }
@@ -712,19 +735,8 @@ fn backoff(attempt: u32) -> Duration {
 
 /// The SHA-256 of a file, read in chunks.
 async fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let sums = Checksums::of_file(path).await?;
+    Ok(hex::encode(sums.sha256.finalize()))
 }
 
 /// An idempotency key naming this file with this metadata: running the
@@ -1011,6 +1023,35 @@ fn local_name(server_name: &str, id: &str) -> PathBuf {
     PathBuf::from(if cleaned.is_empty() { id } else { cleaned })
 }
 
+/// Appends what `request` downloads to `file`, each chunk shown to `seen`
+/// and counted on `bar`.
+async fn download_to(
+    caller: &Caller,
+    request: pb::DownloadImageRequest,
+    file: &mut tokio::fs::File,
+    bar: &ProgressBar,
+    mut seen: impl FnMut(&[u8]),
+) -> anyhow::Result<()> {
+    let mut stream = retrying(
+        "download",
+        true,
+        Some(bar),
+        rpc!(caller, download_image, request.clone()),
+    )
+    .await?
+    .into_inner();
+    stream
+        .message()
+        .await?
+        .context("the service sent no header")?;
+    while let Some(message) = stream.message().await? {
+        file.write_all(&message.chunk).await?;
+        seen(&message.chunk);
+        bar.inc(message.chunk.len() as u64);
+    }
+    Ok(())
+}
+
 /// Downloads into `OUTPUT.part` (continuing from its end when it exists),
 /// then renames it to OUTPUT: a file this command did not create is never
 /// written to.
@@ -1072,22 +1113,7 @@ async fn download(
             read_limit: 0,
             object: String::new(),
         };
-        let mut stream = retrying(
-            "download",
-            true,
-            None,
-            rpc!(caller, download_image, request.clone()),
-        )
-        .await?
-        .into_inner();
-        stream
-            .message()
-            .await?
-            .context("the service sent no header")?;
-        while let Some(message) = stream.message().await? {
-            file.write_all(&message.chunk).await?;
-            bar.inc(message.chunk.len() as u64);
-        }
+        download_to(caller, request, &mut file, &bar, |_| {}).await?;
         file.flush().await?;
     }
     bar.finish_and_clear();
@@ -1121,6 +1147,390 @@ async fn download(
         println!("{} ({})", output.display(), human_bytes(total as i64));
     }
     Ok(())
+}
+
+/// What happened to one image of an export.
+enum Exported {
+    /// Downloaded, continuing a partial file of this many bytes.
+    Fetched { resumed: u64 },
+    /// Already in the directory, and verified.
+    Kept,
+}
+
+/// `imagectl export`: every image of `owner` (default: the caller) into
+/// `dir`, `parallel` at a time, then the manifest. Ctrl-C stops at once:
+/// every file under its final name is whole, and the `.part` files are
+/// continued by the next run.
+async fn export(
+    caller: &Caller,
+    dir: &Path,
+    owner: Option<String>,
+    parallel: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let owner = match owner {
+        Some(owner) => owner,
+        // The caller's id as the service knows it (a token's subject).
+        None => {
+            retrying(
+                "usage",
+                true,
+                None,
+                rpc!(caller, get_usage, pb::GetUsageRequest::default()),
+            )
+            .await?
+            .into_inner()
+            .usage
+            .context("the service returned no usage")?
+            .user_id
+        }
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let request = pb::ListImagesRequest {
+        owner_id: owner.clone(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let mut images = list(caller, request, usize::MAX).await?;
+    // Each once, should a page walk meet one twice.
+    let mut seen = std::collections::HashSet::new();
+    images.retain(|image| seen.insert(image.image_id.clone()));
+    let total = images.iter().map(|i| i.size_bytes.max(0) as u64).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    bar.set_message(format!("0/{} images", images.len()));
+    let work = futures::stream::iter(&images)
+        .map(|image| {
+            let (bar, done, count) = (&bar, &done, images.len());
+            async move {
+                let result = export_one(caller, dir, image, bar).await;
+                let done = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                bar.set_message(format!("{done}/{count} images"));
+                if !json {
+                    bar.suspend(|| export_line(image, &result));
+                }
+                (image, result)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>();
+    let results = tokio::select! {
+        results = work => results,
+        _ = tokio::signal::ctrl_c() => {
+            bar.abandon();
+            bail!(
+                "interrupted: the files under their final names in {} are whole and verified; \
+                 run the same command again to resume",
+                dir.display()
+            );
+        }
+    };
+    bar.finish_and_clear();
+    let (mut fetched, mut kept) = (0, 0);
+    let mut ended = std::collections::HashSet::new();
+    for (image, result) in results {
+        match result {
+            Ok(Exported::Fetched { .. }) => fetched += 1,
+            Ok(Exported::Kept) => kept += 1,
+            Err(_) => continue,
+        }
+        ended.insert(image.image_id.as_str());
+    }
+    let failed = images.len() - ended.len();
+    // In the listing's order (newest first), whatever order the downloads
+    // ended in.
+    let exported: Vec<&pb::Image> = images
+        .iter()
+        .filter(|image| ended.contains(image.image_id.as_str()))
+        .collect();
+    let manifest = serde_json::json!({
+        "owner_id": owner,
+        "exported_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "complete": failed == 0,
+        "images": exported.iter().map(|image| {
+            let (original, record) = export_names(image).unwrap_or_default();
+            serde_json::json!({
+                "image_id": image.image_id,
+                "original": original,
+                "record": record,
+                "content_type": image.content_type,
+                "size_bytes": image.size_bytes,
+                "sha256": image.sha256,
+                "crc32c": image.crc32c,
+            })
+        }).collect::<Vec<_>>(),
+    });
+    write_replacing(
+        &dir.join(EXPORT_MANIFEST),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )
+    .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "owner_id": owner,
+                "dir": dir,
+                "images": images.len(),
+                "fetched": fetched,
+                "kept": kept,
+                "failed": failed,
+            })
+        );
+    } else {
+        println!(
+            "{} of {} images of {} in {} ({fetched} downloaded, {kept} already there); list in {}",
+            fetched + kept,
+            images.len(),
+            printable(&owner),
+            dir.display(),
+            EXPORT_MANIFEST
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of the {} images failed to export", images.len());
+    }
+    Ok(())
+}
+
+/// The manifest an export writes last: the images exported with their
+/// files and checksums.
+const EXPORT_MANIFEST: &str = "export.json";
+
+/// The line an export prints for each image (above the progress bar).
+fn export_line(image: &pb::Image, result: &anyhow::Result<Exported>) {
+    let file = export_names(image)
+        .map(|(original, _)| original)
+        .unwrap_or_default();
+    let size = human_bytes(image.size_bytes);
+    match result {
+        Ok(Exported::Fetched { resumed: 0 }) => println!("exported {file} ({size})"),
+        Ok(Exported::Fetched { resumed }) => println!(
+            "exported {file} ({size}, resumed from {})",
+            human_bytes(*resumed as i64)
+        ),
+        Ok(Exported::Kept) => println!("verified {file} ({size}, already exported)"),
+        Err(error) => eprintln!("imagectl: {error:#}"),
+    }
+}
+
+/// The files an image is exported to: its original, named by its id and
+/// an extension from its media type, and its record. The id comes from the
+/// service, so it must be a UUID's characters before it names a file.
+fn export_names(image: &pb::Image) -> anyhow::Result<(String, String)> {
+    let id = &image.image_id;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        bail!(
+            "the service sent an image id that cannot name a file: {}",
+            printable(id)
+        );
+    }
+    let extension = match image.content_type.strip_prefix("image/").unwrap_or("") {
+        "jpeg" => "jpg",
+        subtype if !subtype.is_empty() && subtype.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            subtype
+        }
+        _ => "bin",
+    };
+    Ok((format!("{id}.{extension}"), format!("{id}.json")))
+}
+
+/// Exports one image: its record, then its original unless the file is
+/// there and verifies. A download that does not match the record is
+/// removed; one that continued a partial file is tried once more from the
+/// start (the partial file may not have been this image's).
+async fn export_one(
+    caller: &Caller,
+    dir: &Path,
+    image: &pb::Image,
+    bar: &ProgressBar,
+) -> anyhow::Result<Exported> {
+    let id = &image.image_id;
+    let (original, record) = export_names(image)?;
+    write_replacing(
+        &dir.join(record),
+        &serde_json::to_vec_pretty(&image_json(image))?,
+    )
+    .await?;
+    let path = dir.join(original);
+    let size = image.size_bytes.max(0) as u64;
+    if let Ok(metadata) = tokio::fs::symlink_metadata(&path).await {
+        if !metadata.is_file() {
+            bail!("image {id}: {} is not a file; remove it", path.display());
+        }
+        // Anything else there (damaged, another image's) is replaced below.
+        if Checksums::of_file(&path).await?.mismatch(image).is_none() {
+            bar.inc(size);
+            return Ok(Exported::Kept);
+        }
+    }
+    let partial = partial_path(&path);
+    let mut resumed = match tokio::fs::symlink_metadata(&partial).await {
+        Ok(metadata) if !metadata.is_file() => {
+            bail!("image {id}: {} is not a file; remove it", partial.display())
+        }
+        // Longer than the image: not a beginning of it.
+        Ok(metadata) if metadata.len() <= size => metadata.len(),
+        _ => 0,
+    };
+    loop {
+        let fetched = match fetch_original(caller, image, &partial, resumed, bar).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                // Damaged bytes are not worth continuing; anything else
+                // (a broken connection) leaves the partial file to resume.
+                if error
+                    .downcast_ref::<Status>()
+                    .is_some_and(|status| status.code() == Code::DataLoss)
+                {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                }
+                let error = match error.downcast::<Status>() {
+                    Ok(status) => anyhow::anyhow!(explain(&status)),
+                    Err(error) => error,
+                };
+                return Err(error.context(format!("image {id}")));
+            }
+        };
+        match fetched {
+            None => break,
+            Some(_) if resumed > 0 => resumed = 0,
+            Some(mismatch) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                bail!(
+                    "image {id}: the downloaded original does not match its record ({mismatch}); not kept"
+                );
+            }
+        }
+    }
+    tokio::fs::rename(&partial, &path)
+        .await
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    Ok(Exported::Fetched { resumed })
+}
+
+/// Downloads the original of `image` into `partial` from `offset` (the
+/// bytes before it are those already in the file) and says how the whole
+/// file differs from the record, if it does. The file is on disk when this
+/// returns.
+async fn fetch_original(
+    caller: &Caller,
+    image: &pb::Image,
+    partial: &Path,
+    offset: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<Option<String>> {
+    let (mut sums, mut file) = if offset > 0 {
+        let sums = Checksums::of_file(partial).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(partial)
+            .await?;
+        (sums, file)
+    } else {
+        let file = tokio::fs::File::create(partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        (Checksums::default(), file)
+    };
+    bar.inc(sums.len);
+    if sums.len < image.size_bytes.max(0) as u64 {
+        let request = pb::DownloadImageRequest {
+            image_id: image.image_id.clone(),
+            variant: "original".to_owned(),
+            accept: Vec::new(),
+            read_offset: sums.len as i64,
+            read_limit: 0,
+            object: String::new(),
+        };
+        download_to(caller, request, &mut file, bar, |chunk| sums.update(chunk)).await?;
+    }
+    file.flush().await?;
+    file.sync_all().await?;
+    Ok(sums.mismatch(image))
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it, so
+/// that `path` is never half written; a file that already holds them is
+/// left alone.
+async fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if tokio::fs::read(path).await.is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let temporary = partial_path(path);
+    let mut file = tokio::fs::File::create(&temporary)
+        .await
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(bytes).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&temporary, path)
+        .await
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+}
+
+/// The length, SHA-256 and CRC32C of bytes read in order.
+#[derive(Default)]
+struct Checksums {
+    len: u64,
+    sha256: Sha256,
+    crc32c: u32,
+}
+
+impl Checksums {
+    fn update(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        self.sha256.update(bytes);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
+    }
+
+    async fn of_file(path: &Path) -> anyhow::Result<Self> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut sums = Self::default();
+        let mut buffer = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buffer).await?;
+            if n == 0 {
+                return Ok(sums);
+            }
+            sums.update(&buffer[..n]);
+        }
+    }
+
+    /// How the bytes differ from the image's original as its record
+    /// describes it; `None` when they are the same.
+    fn mismatch(self, image: &pb::Image) -> Option<String> {
+        if self.len != image.size_bytes.max(0) as u64 {
+            return Some(format!(
+                "{} bytes where the record says {}",
+                self.len, image.size_bytes
+            ));
+        }
+        let sha256 = hex::encode(self.sha256.finalize());
+        if sha256 != image.sha256 {
+            return Some(format!(
+                "SHA-256 {sha256} where the record says {}",
+                image.sha256
+            ));
+        }
+        (self.crc32c != image.crc32c).then(|| {
+            format!(
+                "CRC32C {:08x} where the record says {:08x}",
+                self.crc32c, image.crc32c
+            )
+        })
+    }
 }
 
 fn format_time(time: prost_types::Timestamp) -> String {

@@ -11,6 +11,12 @@
 //! image back. What a crash leaves between a reservation and its end is
 //! corrected by the repair pass ([`super::repair`]).
 //!
+//! An upload session reserves the same way when it starts, under an id
+//! made from the session's ([`session_reservation_id`]), and holds it while
+//! it lives: its commit settles it, its cancel or expiry (or its removal
+//! for bad content) releases it, on whichever replica that happens, and
+//! the repair pass drops it once the session is gone or closed.
+//!
 //! The variants are made after the reservation, so their bytes are added
 //! at the commit without a ceiling: a user near the quota may end past it
 //! by one image's variants (a few percent of its original), and their
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use super::error::QuotaViolation;
 use super::image::{ImageRecord, Timestamp};
 use super::ports::{MetadataStore, StorageError};
+use super::session::UploadId;
 use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation};
 use super::{DomainError, UserId};
 
@@ -140,8 +147,54 @@ impl Quotas {
     /// [`DomainError::QuotaExceeded`] when it would take the user past a
     /// quota.
     pub async fn reserve(&self, user: &UserId, bytes: u64) -> Result<QuotaHold, DomainError> {
+        self.reserve_as(user, uuid::Uuid::new_v4().to_string(), bytes)
+            .await
+    }
+
+    /// Reserves `bytes` and one image for the upload session `upload`
+    /// of `user`, held until [`Quotas::end_session`]; refused like
+    /// [`Quotas::reserve`].
+    pub async fn reserve_for_session(
+        &self,
+        user: &UserId,
+        upload: &UploadId,
+        bytes: u64,
+    ) -> Result<(), DomainError> {
+        let mut hold = self
+            .reserve_as(user, session_reservation_id(upload), bytes)
+            .await?;
+        // Kept past this call: the session ends it.
+        hold.reservation = None;
+        Ok(())
+    }
+
+    /// The hold of a session's reservation for the upload that finishes
+    /// the session: settled by its commit, and left to the session
+    /// otherwise (a failed finish may be tried again).
+    pub fn session_hold(&self, user: &UserId, upload: &UploadId) -> QuotaHold {
+        QuotaHold {
+            quotas: self.clone(),
+            user: user.clone(),
+            reservation: None,
+            session: Some(session_reservation_id(upload)),
+        }
+    }
+
+    /// Releases the reservation of the session `upload` of `user`, if it
+    /// still holds one (cancel, expiry, removal).
+    pub async fn end_session(&self, user: &UserId, upload: &UploadId) {
+        self.end_by_id(user, &session_reservation_id(upload), None)
+            .await;
+    }
+
+    async fn reserve_as(
+        &self,
+        user: &UserId,
+        id: String,
+        bytes: u64,
+    ) -> Result<QuotaHold, DomainError> {
         let reservation = UsageReservation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             bytes,
             images: 1,
             started: Timestamp::now(),
@@ -166,6 +219,7 @@ impl Quotas {
                         quotas: self.clone(),
                         user: user.clone(),
                         reservation: Some(reservation),
+                        session: None,
                     });
                 }
                 // Another upload took the room between the read and the
@@ -213,6 +267,49 @@ impl Quotas {
         }
     }
 
+    /// Ends the reservation named `id`, found in the usage item. When the
+    /// item holds none (the repair pass dropped it, or the session began
+    /// before sessions reserved), a release changes nothing and a settle
+    /// adds what was stored: only the commit that created the image
+    /// settles, once.
+    async fn end_by_id(&self, user: &UserId, id: &str, stored: Option<u64>) {
+        let usage = match self.metadata.get_usage(user).await {
+            Ok(usage) => usage,
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&error),
+                    %user,
+                    "an upload session's quota reservation did not end; the repair pass will end it"
+                );
+                return;
+            }
+        };
+        match usage.reservations.into_iter().find(|r| r.id == id) {
+            Some(reservation) => self.end(user, reservation, stored).await,
+            None => {
+                if let Some(bytes) = stored
+                    && let Err(error) = self.add_stored(user, bytes).await
+                {
+                    tracing::warn!(
+                        error = %crate::telemetry::error_chain(&error),
+                        %user,
+                        "an upload session's image was not counted; the repair pass will count it"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts an image of `bytes` stored without a reservation to end.
+    async fn add_stored(&self, user: &UserId, bytes: u64) -> Result<(), StorageError> {
+        let change = UsageChange {
+            bytes: signed(bytes),
+            images: 1,
+            ..UsageChange::default()
+        };
+        self.metadata.change_usage(user, &change, None).await
+    }
+
     async fn end(&self, user: &UserId, reservation: UsageReservation, stored: Option<u64>) {
         let images = i64::from(stored.is_some());
         let change = UsageChange {
@@ -226,12 +323,7 @@ impl Quotas {
             // the image if it was stored by then): only the image is added,
             // which the next pass corrects if it was counted twice.
             Err(StorageError::ConditionFailed) if stored.is_some() => {
-                let change = UsageChange {
-                    bytes: signed(stored.unwrap_or(0)),
-                    images,
-                    ..UsageChange::default()
-                };
-                self.metadata.change_usage(user, &change, None).await
+                self.add_stored(user, stored.unwrap_or(0)).await
             }
             Err(StorageError::ConditionFailed) => Ok(()),
             other => other,
@@ -245,6 +337,22 @@ impl Quotas {
         }
     }
 }
+
+/// The id of the reservation an upload session holds in its owner's usage
+/// item.
+pub fn session_reservation_id(upload: &UploadId) -> String {
+    format!("{SESSION_RESERVATION_PREFIX}{upload}")
+}
+
+/// The upload session whose reservation `reservation` is, if it is one.
+pub fn reserving_session(reservation: &UsageReservation) -> Option<UploadId> {
+    let id = reservation.id.strip_prefix(SESSION_RESERVATION_PREFIX)?;
+    UploadId::parse(id).ok()
+}
+
+/// What the ids of sessions' reservations begin with (a one-shot upload's
+/// is a bare UUID).
+const SESSION_RESERVATION_PREFIX: &str = "session-";
 
 /// Every byte an image holds in the blob store: the original and each
 /// stored object of its variants.
@@ -299,11 +407,14 @@ fn violation(
 }
 
 /// An upload's reservation: released when dropped unless it was settled
-/// (so an error, a panic or a cancelled call cannot forget it).
+/// (so an error, a panic or a cancelled call cannot forget it). An upload
+/// session's is only settled here: the session releases it.
 pub struct QuotaHold {
     quotas: Quotas,
     user: UserId,
     reservation: Option<UsageReservation>,
+    /// The id of the upload session's reservation this finishes.
+    session: Option<String>,
 }
 
 impl QuotaHold {
@@ -311,6 +422,9 @@ impl QuotaHold {
     pub async fn settle(mut self, bytes: u64) {
         if let Some(reservation) = self.reservation.take() {
             self.quotas.end(&self.user, reservation, Some(bytes)).await;
+        }
+        if let Some(id) = self.session.take() {
+            self.quotas.end_by_id(&self.user, &id, Some(bytes)).await;
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::image::Timestamp;
 use super::listing::ListFilter;
-use super::quota::held_by;
+use super::quota::{held_by, reserving_session};
 use super::upload::Completed;
 use super::usage::UsageRecord;
 use super::{DomainError, ImageId, Images, UserId};
@@ -233,11 +233,24 @@ impl Images {
         let mut corrections = Vec::new();
         for (user, item) in items {
             let (stored_bytes, stored_images) = held.get(&user).copied().unwrap_or_default();
-            let (live, stale): (Vec<_>, Vec<_>) = item
-                .reservations
-                .iter()
-                .cloned()
-                .partition(|r| r.started >= stale_before);
+            let (mut live, mut stale) = (Vec::new(), Vec::new());
+            for reservation in &item.reservations {
+                // A session's lasts as long as the session is open; an
+                // upload's, as long as an upload may run.
+                let alive = match reserving_session(reservation) {
+                    Some(upload) => self
+                        .metadata
+                        .get_upload_session(&upload)
+                        .await?
+                        .is_some_and(|session| session.is_open(Timestamp::now())),
+                    None => reservation.started >= stale_before,
+                };
+                if alive {
+                    live.push(reservation.clone());
+                } else {
+                    stale.push(reservation.clone());
+                }
+            }
             let recomputed = UsageRecord {
                 held_bytes: stored_bytes + live.iter().map(|r| r.bytes).sum::<u64>(),
                 held_images: stored_images + live.iter().map(|r| r.images).sum::<u64>(),

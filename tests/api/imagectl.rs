@@ -1,13 +1,14 @@
 //! imagectl against a running service: every subcommand, JSON output,
 //! resumed downloads, and the messages people see when something is refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use crate::helpers::servers::CutProxy;
 use crate::helpers::{Backend, TestApp, images, json, stdout};
 use image_service::pb;
+use sha2::{Digest, Sha256};
 
 /// Runs imagectl against `app` as `user` (when given) and returns its output.
 async fn imagectl(app: &TestApp, user: Option<&str>, args: &[&str]) -> Output {
@@ -566,4 +567,239 @@ async fn imagectl_watch_prints_events_and_the_cursor_to_resume_from() {
     // Anyone else is told who may watch.
     let refused = imagectl(&app, Some("alice"), &["watch"]).await;
     assert!(stderr_of_failure(&refused).contains("--event-watchers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_export_round_trips_every_original_on_the_embedded_backend() {
+    export_round_trips_every_original(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_export_round_trips_every_original_on_the_aws_backend() {
+    export_round_trips_every_original(Backend::Aws).await;
+}
+
+/// The files `imagectl export` wrote for `image` in `dir`: the original
+/// and the record.
+fn exported_files(dir: &Path, image: &pb::Image, extension: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{}.{extension}", image.image_id)),
+        dir.join(format!("{}.json", image.image_id)),
+    )
+}
+
+async fn export_round_trips_every_original(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // Several formats, one over a download chunk (1 MiB), one whose
+    // metadata the service removes (the stored original is what counts).
+    let uploads = [
+        ("beach.png", images::png_of_size(1536 * 1024, 3), "png"),
+        ("phone.jpg", images::phone_photo(640, 480), "jpg"),
+        ("moving.gif", images::animated_gif(32, 24), "gif"),
+    ];
+    let mut exported = Vec::new();
+    for (name, bytes, extension) in &uploads {
+        let mut spec = crate::helpers::spec(name);
+        spec.tags = vec!["export".into()];
+        let image = app.upload("alice", spec, bytes).await.unwrap();
+        let stored = app.download("alice", &image.image_id).await.unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&stored)), image.sha256);
+        exported.push((image, stored, *extension));
+    }
+    assert!(
+        exported[1].1.len() < uploads[1].1.len(),
+        "the photo's metadata was removed"
+    );
+    let bobs = app.upload_png("bob", 7).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alice");
+    let first = stdout(&imagectl(&app, Some("alice"), &["export", out.to_str().unwrap()]).await);
+    assert!(first.contains("3 of 3 images of alice"), "{first}");
+    let mut modified = Vec::new();
+    for (image, stored, extension) in &exported {
+        let (original, record) = exported_files(&out, image, extension);
+        assert!(
+            std::fs::read(&original).unwrap() == *stored,
+            "{} is the stored original byte for byte",
+            original.display()
+        );
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+        assert_eq!(record["image_id"], image.image_id.as_str());
+        assert_eq!(record["owner_id"], "alice");
+        assert_eq!(record["filename"], image.filename.as_str());
+        assert_eq!(record["content_type"], image.content_type.as_str());
+        assert_eq!(record["size_bytes"], image.size_bytes);
+        assert_eq!(record["sha256"], image.sha256.as_str());
+        assert_eq!(record["uploaded_sha256"], image.uploaded_sha256.as_str());
+        assert_eq!(record["crc32c"], image.crc32c);
+        assert_eq!(record["tags"], serde_json::json!(["export"]));
+        assert_eq!(record["width"], image.width);
+        assert_eq!(
+            record["variants"].as_array().unwrap().len(),
+            image.variants.len()
+        );
+        modified.push(std::fs::metadata(&original).unwrap().modified().unwrap());
+    }
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        3 * 2 + 1,
+        "originals, records, manifest: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with(&bobs.image_id)),
+        "another user's image is not exported"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("export.json")).unwrap()).unwrap();
+    assert_eq!(manifest["owner_id"], "alice");
+    assert_eq!(manifest["complete"], true);
+    let listed: Vec<&str> = manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["original"].as_str().unwrap())
+        .collect();
+    for (image, _, extension) in &exported {
+        assert!(listed.contains(&format!("{}.{extension}", image.image_id).as_str()));
+    }
+
+    // Again: every original verifies, nothing is downloaded.
+    let again = json(
+        &imagectl(
+            &app,
+            Some("alice"),
+            &["--json", "export", out.to_str().unwrap()],
+        )
+        .await,
+    );
+    assert_eq!(again["kept"], 3, "{again}");
+    assert_eq!(again["fetched"], 0, "{again}");
+    for ((image, _, extension), before) in exported.iter().zip(&modified) {
+        let (original, _) = exported_files(&out, image, extension);
+        assert_eq!(
+            std::fs::metadata(&original).unwrap().modified().unwrap(),
+            *before,
+            "{} was not written again",
+            original.display()
+        );
+    }
+
+    // A damaged original is fetched again; a partial file of other bytes
+    // is started over; a true half is continued.
+    let (png, png_bytes) = (
+        exported_files(&out, &exported[0].0, "png").0,
+        &exported[0].1,
+    );
+    let mut damaged = png_bytes.clone();
+    damaged[png_bytes.len() / 2] ^= 0x40;
+    std::fs::write(&png, &damaged).unwrap();
+    let (jpg, jpg_bytes) = (
+        exported_files(&out, &exported[1].0, "jpg").0,
+        &exported[1].1,
+    );
+    std::fs::remove_file(&jpg).unwrap();
+    std::fs::write(
+        out.join(format!("{}.jpg.part", exported[1].0.image_id)),
+        vec![7u8; 100],
+    )
+    .unwrap();
+    let (gif, gif_bytes) = (
+        exported_files(&out, &exported[2].0, "gif").0,
+        &exported[2].1,
+    );
+    std::fs::remove_file(&gif).unwrap();
+    std::fs::write(
+        out.join(format!("{}.gif.part", exported[2].0.image_id)),
+        &gif_bytes[..gif_bytes.len() / 2],
+    )
+    .unwrap();
+    let repaired = stdout(&imagectl(&app, Some("alice"), &["export", out.to_str().unwrap()]).await);
+    assert!(repaired.contains("3 downloaded"), "{repaired}");
+    assert!(repaired.contains("resumed from"), "{repaired}");
+    assert!(
+        std::fs::read(&png).unwrap() == *png_bytes,
+        "the damaged file was replaced"
+    );
+    assert!(
+        std::fs::read(&jpg).unwrap() == *jpg_bytes,
+        "the bad partial file was started over"
+    );
+    assert!(
+        std::fs::read(&gif).unwrap() == *gif_bytes,
+        "the partial file was continued"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Another user may export alice's images with --owner.
+    let by_bob = dir.path().join("by-bob");
+    stdout(
+        &imagectl(
+            &app,
+            Some("bob"),
+            &["export", "--owner", "alice", by_bob.to_str().unwrap()],
+        )
+        .await,
+    );
+    for (image, stored, extension) in &exported {
+        let (original, _) = exported_files(&by_bob, image, extension);
+        assert!(std::fs::read(original).unwrap() == *stored);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_export_keeps_no_original_that_does_not_match_its_record() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let good = app.upload_png("alice", 1).await;
+    let bad = app.upload_png("alice", 2).await;
+    // The stored bytes change behind the service's back (a disk's fault).
+    let object = app
+        .data_dir
+        .join(format!("blobs/images/{}/original", bad.image_id));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let failed = imagectl(
+        &app,
+        Some("alice"),
+        &["export", dir.path().to_str().unwrap()],
+    )
+    .await;
+    let message = stderr_of_failure(&failed);
+    assert!(
+        message.contains(&bad.image_id),
+        "the error names the image: {message}"
+    );
+    assert!(message.contains("1 of the 2 images failed"), "{message}");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.contains(&format!("{}.png", good.image_id)),
+        "the good image is exported: {names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("{}.png", bad.image_id))),
+        "no file of the damaged original is kept: {names:?}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("export.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], false);
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 1);
 }

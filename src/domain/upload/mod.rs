@@ -30,6 +30,7 @@ use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
 };
 use super::quota::{QuotaHold, Quotas, held_by};
+use super::session::UploadId;
 use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
@@ -229,8 +230,9 @@ impl Uploads {
     }
 
     /// Stores a new image from its validated spec and the frames after it.
-    /// `image_id`, when given, is the id the image gets (an upload
-    /// session's, fixed when it started).
+    /// `session`, when given, is the upload session it finishes: the image
+    /// gets the id fixed when it started, and settles the quota
+    /// reservation it holds rather than making one.
     async fn store_new<S>(
         &self,
         caller: &UserId,
@@ -238,7 +240,7 @@ impl Uploads {
         finished: bool,
         mut pace: Pace,
         mut frames: S,
-        image_id: Option<ImageId>,
+        session: Option<(ImageId, &UploadId)>,
     ) -> Result<ImageRecord, DomainError>
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
@@ -246,13 +248,13 @@ impl Uploads {
         let limits = &self.limits;
         // Before anything is held: an upload past its owner's quota is
         // refused at once.
-        let quota = self
-            .quotas
-            .reserve(
-                caller,
-                spec.declared.size.unwrap_or(limits.content.max_bytes),
-            )
-            .await?;
+        let (image_id, quota) = match session {
+            Some((image_id, upload)) => (Some(image_id), self.quotas.session_hold(caller, upload)),
+            None => {
+                let bytes = spec.declared.size.unwrap_or(limits.content.max_bytes);
+                (None, self.quotas.reserve(caller, bytes).await?)
+            }
+        };
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
             .refusing_renders_over(
                 limits.variants.then_some(limits.render.max_memory),

@@ -61,6 +61,8 @@ macro_rules! all_cases {
             quotas::usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas,
             quotas::a_refused_upload_gives_its_reservation_back_before_it_answers,
             quotas::the_repair_pass_corrects_a_reservation_a_crash_left,
+            quotas::a_sessions_bytes_are_held_from_its_start_to_its_end,
+            quotas::an_expired_sessions_bytes_are_given_back,
             uploads::every_accepted_type_is_sniffed_from_the_bytes,
             downloads::downloads_return_the_stored_bytes_in_chunks_of_at_most_one_mib,
             downloads::ranged_downloads_return_exactly_the_range,

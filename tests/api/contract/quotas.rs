@@ -278,3 +278,113 @@ pub(super) async fn the_repair_pass_corrects_a_reservation_a_crash_left(backend:
     assert!(large.len() as u64 + before > 1024 * 1024, "{}", large.len());
     upload_declared(&app, "carol", &large).await.unwrap();
 }
+
+/// Starts an upload session as `user`, declaring `size` when given.
+async fn start_session(app: &TestApp, user: &str, size: Option<usize>) -> Result<String, Status> {
+    let spec = pb::ImageSpec {
+        expected_size: size.map(|n| n as i64),
+        ..spec("session.png")
+    };
+    Ok(super::sessions::start(app, user, spec).await?.upload_id)
+}
+
+/// What `user` holds: bytes and images, then the reserved part of each.
+async fn held(app: &TestApp, user: &str) -> (u64, u64, u64, u64) {
+    let usage = usage(app, user, "").await.unwrap();
+    (
+        usage.bytes_held,
+        usage.images_held,
+        usage.bytes_reserved,
+        usage.images_reserved,
+    )
+}
+
+pub(super) async fn a_sessions_bytes_are_held_from_its_start_to_its_end(backend: Backend) {
+    use super::sessions::{cancel, complete, exact_parts, put, upload_urls};
+    let png = images::png(24, 24, 9);
+    let len = png.len() as u64;
+    let max = crate::helpers::TEST_MAX_IMAGE_BYTES as u64;
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(["--admins", "root"]);
+    let first = TestApp::spawn_with(backend, &flags).await;
+    // On the aws backend the session is finished by another replica.
+    let second = match backend {
+        Backend::Aws => Some(first.replica(&flags).await),
+        Backend::Embedded => None,
+    };
+    let other = second.as_ref().unwrap_or(&first);
+
+    // Started: its declared size and one image are held; cancelled: given back.
+    let id = start_session(&first, "dana", Some(png.len()))
+        .await
+        .unwrap();
+    assert_eq!(held(&first, "dana").await, (len, 1, len, 1));
+    cancel(other, "dana", &id).await.unwrap();
+    assert_eq!(held(&first, "dana").await, (0, 0, 0, 0));
+
+    // No declared size: the largest image allowed is held; a cancel after
+    // upload URLs were handed out gives it back too.
+    let id = start_session(&first, "dana", None).await.unwrap();
+    assert_eq!(held(&first, "dana").await, (max, 1, max, 1));
+    upload_urls(&first, "dana", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    cancel(&first, "dana", &id).await.unwrap();
+    assert_eq!(held(&first, "dana").await, (0, 0, 0, 0));
+
+    // Completed: the reservation becomes the bytes stored, once, however
+    // often the completion is asked for.
+    let id = start_session(&first, "dana", Some(png.len()))
+        .await
+        .unwrap();
+    let urls = upload_urls(&first, "dana", &id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    assert!(put(&urls[0], png.clone()).await.is_success());
+    let image = complete(other, "dana", &id).await.unwrap();
+    let stored = size(&image);
+    assert_eq!(held(&first, "dana").await, (stored, 1, 0, 0));
+    let again = complete(&first, "dana", &id).await.unwrap();
+    assert_eq!(again.image_id, image.image_id);
+    assert_eq!(
+        held(&first, "dana").await,
+        (stored, 1, 0, 0),
+        "counted once"
+    );
+
+    // A start past the quota is refused like an upload, and holds nothing.
+    set_quota(&first, "root", "dana", Some(stored + len), None)
+        .await
+        .unwrap();
+    let refused = start_session(&first, "dana", None).await.unwrap_err();
+    assert_quota_refusal(&refused, "dana");
+    assert_eq!(held(&first, "dana").await, (stored, 1, 0, 0));
+    let fits = start_session(&first, "dana", Some(png.len()))
+        .await
+        .unwrap();
+    let refused = start_session(&first, "dana", Some(1)).await.unwrap_err();
+    assert_quota_refusal(&refused, "dana");
+    assert_eq!(held(&first, "dana").await, (stored + len, 2, len, 1));
+    cancel(&first, "dana", &fits).await.unwrap();
+    assert_eq!(held(&first, "dana").await, (stored, 1, 0, 0));
+}
+
+pub(super) async fn an_expired_sessions_bytes_are_given_back(backend: Backend) {
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(super::sessions::SHORT_LIVED_SESSIONS);
+    let app = TestApp::spawn_with(backend, &flags).await;
+    start_session(&app, "erin", Some(1000)).await.unwrap();
+    assert_eq!(held(&app, "erin").await, (1000, 1, 1000, 1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = held(&app, "erin").await;
+        if now == (0, 0, 0, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired session still holds {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

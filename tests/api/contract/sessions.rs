@@ -12,6 +12,17 @@ use super::*;
 const SEGMENT: usize = 64 * 1024;
 const FLAGS: &[&str] = &["--upload-session-segment-size", "64KiB"];
 
+/// Sessions that expire after 2 s, and a repair pass every 300 ms that
+/// removes them.
+pub(super) const SHORT_LIVED_SESSIONS: [&str; 6] = [
+    "--upload-session-ttl",
+    "2s",
+    "--repair-interval",
+    "300ms",
+    "--repair-grace",
+    "0s",
+];
+
 pub(super) async fn start(
     app: &TestApp,
     user: &str,
@@ -424,18 +435,7 @@ pub async fn starting_a_session_validates_the_spec_and_is_idempotent(backend: Ba
 }
 
 pub async fn expired_sessions_are_removed_with_their_bytes(backend: Backend) {
-    let flags = [
-        FLAGS,
-        &[
-            "--upload-session-ttl",
-            "2s",
-            "--repair-interval",
-            "300ms",
-            "--repair-grace",
-            "0s",
-        ],
-    ]
-    .concat();
+    let flags = [FLAGS, &SHORT_LIVED_SESSIONS].concat();
     let app = TestApp::spawn_with(backend, &flags).await;
     let photo = photo();
     let id = start(&app, "alice", spec("p.jpg")).await.unwrap().upload_id;
@@ -470,7 +470,7 @@ pub async fn expired_sessions_are_removed_with_their_bytes(backend: Backend) {
     app.assert_nothing_stored("alice").await;
 }
 
-async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status> {
+pub(super) async fn cancel(app: &TestApp, user: &str, upload_id: &str) -> Result<(), Status> {
     let request = pb::CancelUploadRequest {
         upload_id: upload_id.into(),
     };

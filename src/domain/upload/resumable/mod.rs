@@ -248,6 +248,16 @@ impl Uploads {
         for _ in 0..2 {
             match self.metadata.create_upload_session(&record, quota).await {
                 Ok(SessionAdmission::Created) => {
+                    // The session's bytes count in its owner's usage while
+                    // it lives; past the quota it goes again at once.
+                    let reserved = self
+                        .quotas
+                        .reserve_for_session(caller, &id, staged_bytes)
+                        .await;
+                    if let Err(error) = reserved {
+                        self.remove_session(&record).await?;
+                        return Err(error);
+                    }
                     metrics::counter!("imageservice_upload_sessions_started_total").increment(1);
                     return Ok(record);
                 }
@@ -372,6 +382,7 @@ impl Uploads {
     /// it wrote.
     async fn remove_session(&self, session: &UploadSessionRecord) -> Result<(), DomainError> {
         self.metadata.delete_upload_session(&session.id).await?;
+        self.quotas.end_session(&session.owner, &session.id).await;
         self.blobs.delete_staged(&session.id).await?;
         self.clean_up_after_urls(session);
         Ok(())
@@ -476,6 +487,7 @@ impl Uploads {
                 }
                 Err(error) => return Err(error),
             }
+            self.quotas.end_session(&session.owner, &session.id).await;
             self.blobs.delete_staged(&session.id).await?;
             self.clean_up_after_urls(&session);
             break;
@@ -744,7 +756,7 @@ impl Uploads {
                 false,
                 Pace::new(&self.limits.pace),
                 frames,
-                Some(session.image_id),
+                Some((session.image_id, &session.id)),
             )
             .await;
         match stored {
