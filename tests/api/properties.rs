@@ -231,6 +231,35 @@ proptest! {
         }
     }
 
+    #[test]
+    fn metadata_validation_never_panics_and_keeps_display_names_safe(text in hostile_string(), tags in proptest::collection::vec(hostile_string(), 0..40)) {
+        let _ = validation::title(&text);
+        let _ = validation::description(&text);
+        let _ = validation::location(&text);
+        let _ = validation::idempotency_key(&text);
+        let _ = validation::sha256_hex(&text);
+        if let Ok(tags) = validation::tags(&tags) {
+            prop_assert!(tags.len() <= 30);
+            prop_assert!(tags.iter().all(|t| !t.is_empty() && t.chars().count() <= 64 && !t.starts_with('#')));
+        }
+        let name = validation::filename(&text);
+        prop_assert!(!name.is_empty() && name.chars().count() <= 255);
+        prop_assert!(!name.contains('/') && !name.contains('\\') && !name.starts_with('.'));
+        let unsafe_char = |c: char| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c);
+        prop_assert!(!name.chars().any(unsafe_char), "unsafe display name {:?}", name);
+    }
+}
+
+proptest! {
+    // Each case is a render through the build's JPEG decoder, which in the
+    // default build (jpeg-decoder, unoptimised in tests) takes a good part
+    // of a second: fewer cases than above, PROPTEST_CASES for more.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(250),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
     /// Damaged phone JPEGs (bytes changed, the file cut short), baseline
     /// and progressive, through whichever JPEG decoder the build uses: a
     /// render or a refusal, never a panic, a crash or an internal error.
@@ -254,24 +283,6 @@ proptest! {
             Err(MediaError::Invalid(_) | MediaError::TooLarge(_)) => {}
             Err(other) => prop_assert!(false, "undocumented rejection: {:?}", other),
         }
-    }
-
-    #[test]
-    fn metadata_validation_never_panics_and_keeps_display_names_safe(text in hostile_string(), tags in proptest::collection::vec(hostile_string(), 0..40)) {
-        let _ = validation::title(&text);
-        let _ = validation::description(&text);
-        let _ = validation::location(&text);
-        let _ = validation::idempotency_key(&text);
-        let _ = validation::sha256_hex(&text);
-        if let Ok(tags) = validation::tags(&tags) {
-            prop_assert!(tags.len() <= 30);
-            prop_assert!(tags.iter().all(|t| !t.is_empty() && t.chars().count() <= 64 && !t.starts_with('#')));
-        }
-        let name = validation::filename(&text);
-        prop_assert!(!name.is_empty() && name.chars().count() <= 255);
-        prop_assert!(!name.contains('/') && !name.contains('\\') && !name.starts_with('.'));
-        let unsafe_char = |c: char| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c);
-        prop_assert!(!name.chars().any(unsafe_char), "unsafe display name {:?}", name);
     }
 }
 

@@ -55,6 +55,19 @@ use spec::ValidSpec;
 use stored::{StoredBytes, StoredFacts};
 use writes::Writes;
 
+/// Where a new image's bytes come from.
+enum Origin<'a> {
+    /// An upload stream, with the caller's upload slot: held until the
+    /// image is stored, even when the caller goes away during its render,
+    /// so cancelling and sending again cannot stack renders past
+    /// `--max-uploads-per-user`.
+    Stream(UploadSlot),
+    /// The upload session it finishes: the image gets the id fixed when
+    /// the session started, and settles the quota reservation the session
+    /// holds rather than making one. The session's caller holds its slot.
+    Session(ImageId, &'a UploadId),
+}
+
 /// Largest upload message the transport accepts: chunks of up to 4 MiB
 /// plus framing. An upload's working set counts one of them.
 pub const MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024 + 64 * 1024;
@@ -172,8 +185,15 @@ impl Uploads {
         match first.payload {
             FramePayload::Spec(spec) => {
                 let spec = ValidSpec::parse(*spec)?;
-                self.store_new(caller, spec, first.finish, pace, frames, None)
-                    .await
+                self.store_new(
+                    caller,
+                    spec,
+                    first.finish,
+                    pace,
+                    frames,
+                    Origin::Stream(slot),
+                )
+                .await
             }
             FramePayload::Resume {
                 upload_id,
@@ -229,10 +249,9 @@ impl Uploads {
         })
     }
 
-    /// Stores a new image from its validated spec and the frames after it.
-    /// `session`, when given, is the upload session it finishes: the image
-    /// gets the id fixed when it started, and settles the quota
-    /// reservation it holds rather than making one.
+    /// Stores a new image from its validated spec and the frames after it,
+    /// for an upload stream or for the upload session it finishes (see
+    /// [`Origin`]).
     async fn store_new<S>(
         &self,
         caller: &UserId,
@@ -240,7 +259,7 @@ impl Uploads {
         finished: bool,
         mut pace: Pace,
         mut frames: S,
-        session: Option<(ImageId, &UploadId)>,
+        origin: Origin<'_>,
     ) -> Result<ImageRecord, DomainError>
     where
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
@@ -248,11 +267,15 @@ impl Uploads {
         let limits = &self.limits;
         // Before anything is held: an upload past its owner's quota is
         // refused at once.
-        let (image_id, quota) = match session {
-            Some((image_id, upload)) => (Some(image_id), self.quotas.session_hold(caller, upload)),
-            None => {
+        let (image_id, quota, slot) = match origin {
+            Origin::Session(image_id, upload) => (
+                Some(image_id),
+                self.quotas.session_hold(caller, upload),
+                None,
+            ),
+            Origin::Stream(slot) => {
                 let bytes = spec.declared.size.unwrap_or(limits.content.max_bytes);
-                (None, self.quotas.reserve(caller, bytes).await?)
+                (None, self.quotas.reserve(caller, bytes).await?, Some(slot))
             }
         };
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
@@ -300,23 +323,36 @@ impl Uploads {
             memory,
         };
 
-        let mut writes = Writes::start(
-            self.blobs.clone(),
-            self.metadata.clone(),
-            image_id,
-            upload.spec.declared.size,
-        )
-        .await?;
-        let received = if finished {
-            Ok(())
-        } else {
-            self.receive(&mut frames, &mut upload, &mut writes).await
+        let received = async move {
+            let mut writes = Writes::start(
+                self.blobs.clone(),
+                self.metadata.clone(),
+                image_id,
+                upload.spec.declared.size,
+            )
+            .await?;
+            let received = if finished {
+                Ok(())
+            } else {
+                self.receive(&mut frames, &mut upload, &mut writes).await
+            };
+            let finished = match received {
+                Ok(()) => upload.stored.finish(&mut writes, upload.inspector).await,
+                Err(error) => Err(error),
+            };
+            let facts = writes.undo_on_error(finished).await?;
+            Ok::<_, DomainError>((writes, facts, upload.spec, upload.memory.reservation))
+        }
+        .await;
+        // A refused upload gives its reservation back before the caller
+        // hears of it, so that a corrected retry finds the room.
+        let (writes, facts, spec, memory) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                quota.release().await;
+                return Err(error);
+            }
         };
-        let finished = match received {
-            Ok(()) => upload.stored.finish(&mut writes, upload.inspector).await,
-            Err(error) => Err(error),
-        };
-        let facts = writes.undo_on_error(finished).await?;
 
         // From here on the image is complete: finish it even if the caller
         // goes away, so a cancellation cannot leave bytes without metadata.
@@ -324,10 +360,10 @@ impl Uploads {
         // kept bytes).
         let uploads = self.clone();
         let owner = caller.clone();
-        let spec = upload.spec;
-        let memory = upload.memory.reservation;
         tokio::spawn(
             async move {
+                // The stream's upload slot too (see `Origin::Stream`).
+                let _slot = slot;
                 uploads
                     .commit(writes, owner, spec, facts, memory, quota)
                     .await
@@ -405,6 +441,7 @@ impl Uploads {
         let (record, outcome, background) = match described {
             Ok(described) => described,
             Err(error) => {
+                quota.release().await;
                 self.forget_encodings(writes.id()).await;
                 return Err(error);
             }

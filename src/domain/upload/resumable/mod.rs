@@ -756,7 +756,7 @@ impl Uploads {
                 false,
                 Pace::new(&self.limits.pace),
                 frames,
-                Some((session.image_id, &session.id)),
+                super::Origin::Session(session.image_id, &session.id),
             )
             .await;
         match stored {
