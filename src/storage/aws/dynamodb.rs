@@ -54,8 +54,8 @@ use super::settings::AwsSettings;
 pub use events::MIN_EVENT_RETENTION;
 pub use items::DynamoMetadataStore;
 use items::{
-    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, encode_cursor, image_id_of, image_pk,
-    key, n, s, time_key, time_shard_value,
+    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, doc_item, encode_cursor, image_id_of,
+    image_pk, key, n, s, time_key, time_shard_value,
 };
 use time_index::MergedCursor;
 
@@ -185,18 +185,6 @@ fn image_item(
     if !record.location.is_empty() {
         item.insert("location".into(), s(&record.location));
     }
-    Ok(item)
-}
-
-/// `item` with `entry` as JSON in `doc`.
-fn doc_item(
-    mut item: HashMap<String, AttributeValue>,
-    entry: &impl serde::Serialize,
-) -> Result<HashMap<String, AttributeValue>, StorageError> {
-    item.insert(
-        "doc".into(),
-        s(serde_json::to_string(entry).map_err(StorageError::internal)?),
-    );
     Ok(item)
 }
 

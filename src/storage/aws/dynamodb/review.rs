@@ -12,8 +12,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::super::errors::classify;
-use super::doc_item;
-use super::items::{DynamoMetadataStore, image_id_of, key, s, time_key};
+use super::items::{DynamoMetadataStore, doc_item, image_id_of, key, s, time_key};
 use crate::domain::ImageRecord;
 use crate::domain::audit::{ActionPage, ModerationAction};
 use crate::domain::image::ImageState;
