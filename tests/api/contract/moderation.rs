@@ -45,6 +45,20 @@ async fn set_state(
     Ok(response.into_inner().image.expect("an image"))
 }
 
+/// Quarantines an image as the moderator, with `reason`.
+async fn quarantine(app: &TestApp, image_id: &str, reason: &str) -> pb::Image {
+    set_state(
+        app,
+        MODERATOR,
+        image_id,
+        pb::ImageState::Quarantined,
+        reason,
+        "",
+    )
+    .await
+    .expect("quarantined")
+}
+
 async fn review_page(
     app: &TestApp,
     user: &str,
@@ -170,16 +184,7 @@ pub(super) async fn a_quarantined_image_is_its_owners_alone_until_approved(backe
     let url = app.download_url("bob", get_url(&id)).await.unwrap();
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
 
-    let quarantined = set_state(
-        &app,
-        MODERATOR,
-        &id,
-        pb::ImageState::Quarantined,
-        "spam",
-        "",
-    )
-    .await
-    .unwrap();
+    let quarantined = quarantine(&app, &id, "spam").await;
     assert_eq!(quarantined.state(), pb::ImageState::Quarantined);
     assert_eq!(quarantined.state_reason, "spam");
     assert!(quarantined.state_time.is_some());
@@ -531,16 +536,7 @@ pub(super) async fn state_changes_and_purges_are_events(backend: Backend) {
     let id = image.image_id.clone();
     let mut stream = watch(&app, WATCHER, "").await.expect("a watch");
 
-    let quarantined = set_state(
-        &app,
-        MODERATOR,
-        &id,
-        pb::ImageState::Quarantined,
-        "spam",
-        "",
-    )
-    .await
-    .unwrap();
+    let quarantined = quarantine(&app, &id, "spam").await;
     let purge = pb::PurgeImageRequest {
         image_id: id.clone(),
         reason: "csam".into(),
