@@ -4,9 +4,12 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/imageservice/v1/image_service.proto";
+    let protos = [
+        "proto/imageservice/v1/image_service.proto",
+        "proto/imageservice/v1/moderation_service.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile([proto], ["proto"])?;
+    let fds = protox::compile(protos, ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("image_service_descriptor.bin"),

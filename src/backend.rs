@@ -107,7 +107,8 @@ pub async fn open_images(
         key,
         limits(&config.limits),
     )
-    .with_admins(config.identity.admins()?);
+    .with_admins(config.identity.admins()?)
+    .with_moderators(config.identity.moderators()?);
     let events = &config.events;
     let watches = Watches::new(
         metadata,

@@ -456,19 +456,41 @@ pub struct AuthSettings {
         global = true
     )]
     pub admins: Vec<String>,
+
+    /// The users (ids as the identity mode names them: `x-user-id` values
+    /// or the JWT user claim, comma-separated) who may see every image
+    /// whatever its moderation state and use the moderation service
+    /// (review, set states, purge, read the audit trail).
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MODERATORS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub moderators: Vec<String>,
 }
 
 impl AuthSettings {
     /// The users of `--admins`; an id no caller could have stops the start.
     pub fn admins(&self) -> anyhow::Result<Vec<crate::domain::UserId>> {
-        self.admins
-            .iter()
-            .map(|admin| {
-                crate::domain::UserId::parse(admin)
-                    .map_err(|error| anyhow::anyhow!("--admins: {admin:?}: {error}"))
-            })
-            .collect()
+        users("--admins", &self.admins)
     }
+
+    /// The users of `--moderators`; an id no caller could have stops the
+    /// start.
+    pub fn moderators(&self) -> anyhow::Result<Vec<crate::domain::UserId>> {
+        users("--moderators", &self.moderators)
+    }
+}
+
+/// The user ids of a list flag.
+fn users(flag: &str, ids: &[String]) -> anyhow::Result<Vec<crate::domain::UserId>> {
+    ids.iter()
+        .map(|id| {
+            crate::domain::UserId::parse(id)
+                .map_err(|error| anyhow::anyhow!("{flag}: {id:?}: {error}"))
+        })
+        .collect()
 }
 
 /// What one upload, download, render or listing may take: the domain's

@@ -15,9 +15,8 @@ use tonic_health::server::HealthReporter;
 use crate::backend::{OpenedBackend, open_images};
 use crate::config::{AuthMode, AuthSettings, Backend, Config, ConnectionSettings};
 use crate::domain::Images;
-use crate::domain::ports::OpenSessions;
+use crate::domain::ports::{OpenSessions, PublicImages};
 use crate::domain::watch::Watches;
-use crate::grpc::ImageApi;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::request_memory::{HoldRequests, RequestLimits};
 use crate::grpc::response_memory::{
@@ -25,9 +24,11 @@ use crate::grpc::response_memory::{
     reflection_reserve,
 };
 use crate::grpc::service::CallLimits;
+use crate::grpc::{ImageApi, ModerationApi};
 use crate::listener::{self, AcceptSettings, Idleness, Shedding};
 use crate::pb;
 use crate::pb::image_service_server::ImageServiceServer;
+use crate::pb::moderation_service_server::ModerationServiceServer;
 use crate::storage::embedded::{self, EmbeddedBlobStore};
 use crate::tls::{Tls, TlsFiles};
 
@@ -218,6 +219,9 @@ impl Application {
         // The embedded listener refuses parts of upload sessions that are
         // no longer open: the domain's session records answer it.
         let open_sessions: Arc<dyn OpenSessions> = Arc::new(self.images.uploads().clone());
+        // ...and download URLs of images that moderation hid or removed
+        // since they were issued: the domain's records answer it too.
+        let public_images: Arc<dyn PublicImages> = Arc::new(self.images.clone());
         // Presigned downloads reserve their read-ahead from the budget.
         let read_ahead = read_ahead_from(self.images.memory().clone());
         let uploads = self.images.uploads().clone();
@@ -228,15 +232,17 @@ impl Application {
             self.auth.clone(),
         );
         let watches = self.watches.clone();
-        let api = ImageServiceServer::new(ImageApi::new(
+        let image_api = ImageApi::new(
             self.images,
             self.watches,
             self.auth,
             CallLimits {
                 max_in_flight: limits.max_in_flight_calls,
             },
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        );
+        let moderation = ModerationServiceServer::new(ModerationApi::beside(&image_api))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let api = ImageServiceServer::new(image_api).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let certificate_watch = self.tls.clone().map(|(grpc, http)| {
             tokio::spawn(async move {
                 tokio::join!(
@@ -347,6 +353,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(moderation)
             .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
         let http = listener::serve_http(
             http_incoming,
@@ -354,6 +361,7 @@ impl Application {
                 self.http_blobs.map(|blobs| {
                     embedded::downloads::routes(
                         blobs,
+                        public_images,
                         open_sessions,
                         embedded::downloads::PartUploadCaps {
                             at_once: limits.http_max_concurrent_part_uploads,

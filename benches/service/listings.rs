@@ -110,6 +110,10 @@ fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
         metadata_stripped: false,
         blurhash: String::new(),
         thumbhash: String::new(),
+        state: Default::default(),
+        state_reason: String::new(),
+        state_time: None,
+        removed_objects: Vec::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! imagectl: image-service from a terminal. Upload files (in parallel, with
 //! progress, resuming by themselves after a broken connection), list with every filter, fetch metadata, download (resuming a
 //! partial file), get a download URL, update and delete, export a user's
-//! images with their records.
+//! images with their records; and, for moderators, review, approve,
+//! quarantine and remove images.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use image_service::pb;
 use image_service::pb::image_service_client::ImageServiceClient;
+use image_service::pb::moderation_service_client::ModerationServiceClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -195,6 +197,47 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// List the images waiting for moderators (for identities the service
+    /// names in --moderators), those waiting longest first.
+    Review {
+        /// pending, quarantined or removed.
+        #[arg(long, default_value = "quarantined", value_parser = parse_state)]
+        state: pb::ImageState,
+        /// At most this many images (all pages are read until then).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Approve an image (moderators): it is visible to everyone again.
+    Approve {
+        id: String,
+        /// A reason category (a-z, 0-9, _ and -).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Only if the image's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Quarantine an image (moderators): hidden from everyone but its
+    /// owner and the moderators; its bytes are kept.
+    Quarantine {
+        id: String,
+        /// A reason category the owner sees (a-z, 0-9, _ and -): spam,
+        /// nudity, copyright, ...
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Remove an image (moderators): every byte of it is deleted, its
+    /// record stays in state removed. Final.
+    Remove {
+        id: String,
+        /// A reason category the owner sees (a-z, 0-9, _ and -).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        etag: Option<String>,
+    },
 }
 
 fn parse_attribute(text: &str) -> Result<(String, String), String> {
@@ -220,6 +263,8 @@ fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
 #[derive(Clone)]
 struct Caller {
     client: ImageServiceClient<Channel>,
+    /// The moderation service, on the same connection.
+    moderation: ModerationServiceClient<Channel>,
     identity: (&'static str, String),
 }
 
@@ -385,7 +430,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach image-service at {}", cli.addr))?;
     let caller = Caller {
-        client: ImageServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024),
+        client: ImageServiceClient::new(channel.clone()).max_decoding_message_size(8 * 1024 * 1024),
+        moderation: ModerationServiceClient::new(channel)
+            .max_decoding_message_size(8 * 1024 * 1024),
         identity,
     };
     match cli.command {
@@ -556,6 +603,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => export(&caller, &dir, owner, parallel.max(1), cli.json).await,
         Command::Watch { from, owner, count } => {
             watch(&caller, from, owner.unwrap_or_default(), count, cli.json).await
+        }
+        Command::Review { state, limit } => review(&caller, state, limit, cli.json).await,
+        Command::Approve { id, reason, etag } => {
+            let change = (id, pb::ImageState::Active, reason, etag);
+            set_state(&caller, change, cli.json).await
+        }
+        Command::Quarantine { id, reason, etag } => {
+            let change = (id, pb::ImageState::Quarantined, reason, etag);
+            set_state(&caller, change, cli.json).await
+        }
+        Command::Remove { id, reason, etag } => {
+            let change = (id, pb::ImageState::Removed, reason, etag);
+            set_state(&caller, change, cli.json).await
         }
         Command::Delete { ids } => {
             for id in ids {
@@ -1629,6 +1689,8 @@ fn event_type_name(event: &pb::ImageEvent) -> &'static str {
         pb::ImageEventType::Updated => "updated",
         pb::ImageEventType::VariantsAdded => "variants_added",
         pb::ImageEventType::Deleted => "deleted",
+        pb::ImageEventType::StateChanged => "state_changed",
+        pb::ImageEventType::Purged => "purged",
         pb::ImageEventType::Unspecified => "unknown",
     }
 }
@@ -1660,6 +1722,102 @@ fn print_event(event: &pb::ImageEvent, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name of a moderation state, as `--state` takes it.
+fn state_name(state: pb::ImageState) -> &'static str {
+    match state {
+        pb::ImageState::Active | pb::ImageState::Unspecified => "active",
+        pb::ImageState::Pending => "pending",
+        pb::ImageState::Quarantined => "quarantined",
+        pb::ImageState::Removed => "removed",
+    }
+}
+
+fn parse_state(text: &str) -> Result<pb::ImageState, String> {
+    match text {
+        "pending" => Ok(pb::ImageState::Pending),
+        "quarantined" => Ok(pb::ImageState::Quarantined),
+        "removed" => Ok(pb::ImageState::Removed),
+        _ => Err("expected pending, quarantined or removed".into()),
+    }
+}
+
+/// Sets an image's state (a moderator's `approve`, `quarantine`, `remove`)
+/// and prints the image as it is now.
+async fn set_state(
+    caller: &Caller,
+    change: (String, pb::ImageState, String, Option<String>),
+    json: bool,
+) -> anyhow::Result<()> {
+    let (image_id, state, reason, etag) = change;
+    let request = pb::SetImageStateRequest {
+        image_id,
+        state: state as i32,
+        reason,
+        etag: etag.unwrap_or_default(),
+    };
+    let mut client = caller.moderation.clone();
+    let image = client
+        .set_image_state(caller.request(request))
+        .await?
+        .into_inner()
+        .image
+        .context("the service returned no image")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&image_json(&image))?);
+    } else {
+        print_details(&image);
+    }
+    Ok(())
+}
+
+/// Prints the images in `state`, those in it longest first, up to `limit`.
+async fn review(
+    caller: &Caller,
+    state: pb::ImageState,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = caller.moderation.clone();
+    let mut images = Vec::new();
+    let mut page_token = String::new();
+    while images.len() < limit {
+        let request = pb::ListImagesForReviewRequest {
+            state: state as i32,
+            page_size: (limit - images.len()).min(1000) as i32,
+            page_token,
+        };
+        let page = client
+            .list_images_for_review(caller.request(request))
+            .await?
+            .into_inner();
+        images.extend(page.images);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    images.truncate(limit);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&images.iter().map(image_json).collect::<Vec<_>>())?
+        );
+    } else {
+        for image in &images {
+            println!(
+                "{}  {}  {:<11} {:<16} owner {}  {}",
+                image.state_time.map(format_time).unwrap_or_default(),
+                image.image_id,
+                state_name(image.state()),
+                printable(&image.state_reason),
+                printable(&image.owner_id),
+                image.etag,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn image_json(image: &pb::Image) -> serde_json::Value {
     serde_json::json!({
         "image_id": image.image_id,
@@ -1683,6 +1841,9 @@ fn image_json(image: &pb::Image) -> serde_json::Value {
         "crc32c": image.crc32c,
         "blurhash": image.blurhash,
         "thumbhash": image.thumbhash,
+        "state": state_name(image.state()),
+        "state_reason": image.state_reason,
+        "state_time": image.state_time.map(format_time),
         "variants": image.variants.iter().map(|v| serde_json::json!({
             "name": v.name,
             "content_type": v.content_type,
@@ -1753,6 +1914,16 @@ fn print_details(image: &pb::Image) {
         ("pixels", format!("{}x{}", image.width, image.height)),
         ("sha256", image.sha256.clone()),
     ];
+    if image.state() != pb::ImageState::Active {
+        rows.push((
+            "state",
+            format!(
+                "{} ({})",
+                state_name(image.state()),
+                printable(&image.state_reason)
+            ),
+        ));
+    }
     if !image.uploaded_sha256.is_empty() && image.uploaded_sha256 != image.sha256 {
         rows.push(("uploaded", format!("sha256 {}", image.uploaded_sha256)));
     }

@@ -15,7 +15,7 @@ use super::image::{ImageRecord, ObjectName, Timestamp};
 use super::{DomainError, ImageId, UserId};
 
 /// What a change did to an image, as watchers see it. New kinds may come
-/// (moderation states): consumers skip kinds they do not know.
+/// (scan results): consumers skip kinds they do not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ChangeKind {
     /// The record was stored (any upload path).
@@ -27,14 +27,21 @@ pub enum ChangeKind {
     VariantsAdded,
     /// The record and its objects went.
     Deleted,
+    /// A moderator (or a scan) set its state; to `Removed`, its objects
+    /// went and the record stays.
+    StateChanged,
+    /// A moderator removed every object of it, keeping a tombstone record.
+    Purged,
 }
 
 impl ChangeKind {
-    pub const ALL: [ChangeKind; 4] = [
+    pub const ALL: [ChangeKind; 6] = [
         ChangeKind::Created,
         ChangeKind::Updated,
         ChangeKind::VariantsAdded,
         ChangeKind::Deleted,
+        ChangeKind::StateChanged,
+        ChangeKind::Purged,
     ];
 }
 
@@ -51,8 +58,9 @@ pub struct ImageEvent {
     pub revision: u64,
     /// The record after the change; `None` for `Deleted`.
     pub image: Option<ImageRecord>,
-    /// `Deleted` only: the name of every object the image had
-    /// (`original`, `small.webp`, ...), whose keys a CDN purge needs.
+    /// `Deleted`, and a `StateChanged` or `Purged` that removed the
+    /// image's bytes: the name of every object the image had (`original`,
+    /// `small.webp`, ...), whose keys a CDN purge needs.
     pub objects: Vec<String>,
 }
 
@@ -68,14 +76,15 @@ impl ImageEvent {
             time: Timestamp::now(),
             revision: record.revision,
             image: (!deleted).then(|| record.clone()),
-            objects: if deleted {
-                record
+            objects: match kind {
+                ChangeKind::Deleted if record.bytes_removed() => record.removed_objects.clone(),
+                ChangeKind::Deleted => record
                     .objects()
                     .into_iter()
                     .map(|(name, _)| name.to_string())
-                    .collect()
-            } else {
-                Vec::new()
+                    .collect(),
+                ChangeKind::StateChanged | ChangeKind::Purged => record.removed_objects.clone(),
+                ChangeKind::Created | ChangeKind::Updated | ChangeKind::VariantsAdded => Vec::new(),
             },
         }
     }

@@ -326,6 +326,69 @@ pub struct Held {
     pub size_bytes: u64,
 }
 
+/// Where an image stands with moderation. Only `Active` images are seen by
+/// anyone but their owner and the moderators; records stored before states
+/// existed read as `Active`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageState {
+    /// Visible to every caller.
+    #[default]
+    Active,
+    /// Waiting for a check before it is shown (set by a scan hook).
+    Pending,
+    /// Hidden while moderators look at it; its bytes are kept.
+    Quarantined,
+    /// Taken down: its bytes are gone, its record stays.
+    Removed,
+}
+
+impl ImageState {
+    pub const ALL: [ImageState; 4] = [
+        ImageState::Active,
+        ImageState::Pending,
+        ImageState::Quarantined,
+        ImageState::Removed,
+    ];
+
+    /// The name used in keys, logs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Active => "active",
+            ImageState::Pending => "pending",
+            ImageState::Quarantined => "quarantined",
+            ImageState::Removed => "removed",
+        }
+    }
+
+    /// The state named by [`ImageState::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_active(&self) -> bool {
+        *self == ImageState::Active
+    }
+}
+
+impl fmt::Display for ImageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One image: the single source of truth for its metadata.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
@@ -368,6 +431,24 @@ pub struct ImageRecord {
     /// decoded, and in records made before it was kept.
     #[serde(default)]
     pub thumbhash: String,
+    /// Where the image stands with moderation (absent in records stored
+    /// before states: `Active`).
+    #[serde(default, skip_serializing_if = "ImageState::is_active")]
+    pub state: ImageState,
+    /// Why the image is in its state: a short category its owner sees
+    /// (`spam`, `nudity`, ...); empty for `Active` images.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state_reason: String,
+    /// When the image entered its state; `None` for an image that never
+    /// left `Active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<Timestamp>,
+    /// Its bytes were removed by moderation (every object, the original
+    /// included): the record is kept, holding no bytes. The names of the
+    /// objects that were removed, for a CDN purge; empty while the bytes
+    /// are held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_objects: Vec<String>,
 }
 
 impl ImageRecord {
@@ -401,7 +482,24 @@ impl ImageRecord {
             blurhash: String::new(),
             // A ThumbHash, base64.
             thumbhash: "1QcSHQRnh493V4dIh4eXh1h4kJUI".into(),
+            state: ImageState::Active,
+            state_reason: String::new(),
+            state_time: None,
+            removed_objects: Vec::new(),
         }
+    }
+
+    /// Whether `viewer` may see the image at all: an `Active` image is
+    /// anyone's to see; any other only its owner's and the moderators'
+    /// (`moderator`), for everyone else it does not exist.
+    pub fn visible_to(&self, viewer: &UserId, moderator: bool) -> bool {
+        self.state.is_active() || moderator || self.owner == *viewer
+    }
+
+    /// Whether moderation removed the image's bytes (see
+    /// [`ImageRecord::removed_objects`]).
+    pub fn bytes_removed(&self) -> bool {
+        !self.removed_objects.is_empty()
     }
 
     /// The etag callers pass back for conditional updates.
@@ -458,6 +556,7 @@ impl ImageRecord {
             &self.uploaded_sha256,
             &self.blurhash,
             &self.thumbhash,
+            &self.state_reason,
         ];
         FIXED
             + strings.iter().map(|s| s.len() + PER_STRING).sum::<usize>()
@@ -473,11 +572,20 @@ impl ImageRecord {
                 .map(|(k, v)| k.len() + v.len() + 3 * PER_STRING)
                 .sum::<usize>()
             + self.variants.len() * 96
+            + self
+                .removed_objects
+                .iter()
+                .map(|o| o.len() + PER_STRING)
+                .sum::<usize>()
     }
 
     /// Every stored object of the image, each once (entries may share
     /// one), with its size: the original first, then the variants'.
+    /// None once moderation removed them.
     pub fn objects(&self) -> Vec<(ObjectName, u64)> {
+        if self.bytes_removed() {
+            return Vec::new();
+        }
         let mut objects = vec![(ObjectName::original(), self.size_bytes)];
         for variant in &self.variants {
             let name = variant.object_name();
@@ -490,6 +598,9 @@ impl ImageRecord {
 
     /// Whether an entry of the image reads the object.
     pub fn names_object(&self, object: &ObjectName) -> bool {
+        if self.bytes_removed() {
+            return false;
+        }
         object.is_original() || self.variants.iter().any(|v| v.object_name() == *object)
     }
 }

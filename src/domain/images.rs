@@ -21,7 +21,7 @@ use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
     BlobStore, Disposition, MAX_BATCH_GET, MetadataStore, ObjectKey, PresignRequest, PresignedUrl,
-    StorageError,
+    PublicImages, StorageError,
 };
 
 /// Memory a download stream reserves for its life: the message being
@@ -44,6 +44,9 @@ pub struct Images {
     tokens: PageTokens,
     budget: MemoryBudget,
     pub(super) uploads: Uploads,
+    /// Who may see and change every image whatever its state
+    /// (`--moderators`).
+    moderators: Arc<Vec<UserId>>,
 }
 
 /// A page of a listing.
@@ -120,6 +123,18 @@ pub struct DownloadUrl {
     pub content_type: String,
 }
 
+/// What [`Images::download_url`] signs.
+#[derive(Clone, Copy, Debug)]
+pub struct UrlRequest<'a> {
+    pub image_id: &'a str,
+    /// `original` (or empty) or a variant's name.
+    pub variant: &'a str,
+    /// The media types the viewer can show (see [`Accept`]).
+    pub accept: &'a [String],
+    pub expires_in: Option<Duration>,
+    pub disposition: Disposition,
+}
+
 /// When a URL is signed and how long it lasts from then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UrlTerms {
@@ -159,7 +174,30 @@ impl Images {
             budget,
             limits,
             tokens: PageTokens::new(signing_key),
+            moderators: Arc::default(),
         }
+    }
+
+    /// The same, with `moderators` as the users who may see every image
+    /// whatever its state and use the moderators' tools.
+    pub fn with_moderators(mut self, moderators: impl IntoIterator<Item = UserId>) -> Self {
+        self.moderators = Arc::new(moderators.into_iter().collect());
+        self
+    }
+
+    /// Whether `user` is one of the moderators.
+    pub fn is_moderator(&self, user: &UserId) -> bool {
+        self.moderators.contains(user)
+    }
+
+    /// Whether `viewer` may see `record` (see [`ImageRecord::visible_to`]).
+    fn visible(&self, record: &ImageRecord, viewer: &UserId) -> bool {
+        record.visible_to(viewer, self.is_moderator(viewer))
+    }
+
+    /// The page tokens of listings, for the use cases that page like one.
+    pub(super) fn page_tokens(&self) -> &PageTokens {
+        &self.tokens
     }
 
     /// Receives an upload stream and stores the image: see [`Uploads::upload`].
@@ -201,31 +239,33 @@ impl Images {
         self.uploads.quotas()
     }
 
-    /// Any identified caller may read any image's metadata.
-    pub async fn get(&self, image_id: &str) -> Result<ImageRecord, DomainError> {
+    /// Any identified caller may read any active image's metadata; an
+    /// image in another state is its owner's and the moderators' to see,
+    /// and does not exist for anyone else.
+    pub async fn get(&self, caller: &UserId, image_id: &str) -> Result<ImageRecord, DomainError> {
         let id = ImageId::parse(image_id)?;
         self.metadata
             .get(&id)
             .await?
+            .filter(|record| self.visible(record, caller))
             .ok_or_else(DomainError::image_not_found)
     }
 
-    /// A page of images matching the request's filters, newest first.
-    pub async fn list(&self, request: &ListRequest) -> Result<ListResult, DomainError> {
+    /// A page of the images matching the request's filters that `caller`
+    /// may see, newest first.
+    pub async fn list(
+        &self,
+        caller: &UserId,
+        request: &ListRequest,
+    ) -> Result<ListResult, DomainError> {
         let filter = ListFilter::parse(request)?;
         let limit = listing::page_size(request.page_size)?;
         let fingerprint = filter.fingerprint();
-        let cursor = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(self.tokens.open(&fingerprint, &request.page_token)?)
-        };
-        let (images, next_cursor) = self.read_page(&filter, cursor, limit).await?;
+        let cursor = self.tokens.open_page(&fingerprint, &request.page_token)?;
+        let (images, next_cursor) = self.read_page(caller, &filter, cursor, limit).await?;
         Ok(ListResult {
             images,
-            next_page_token: next_cursor
-                .map(|cursor| self.tokens.seal(&fingerprint, &cursor))
-                .unwrap_or_default(),
+            next_page_token: self.tokens.seal_page(&fingerprint, next_cursor),
         })
     }
 
@@ -236,6 +276,7 @@ impl Images {
     /// for a response that keeps 2 MiB of it.
     async fn read_page(
         &self,
+        caller: &UserId,
         filter: &ListFilter,
         mut cursor: Option<Vec<u8>>,
         limit: usize,
@@ -248,6 +289,9 @@ impl Images {
             let page = self.metadata.list(filter, cursor.as_deref(), batch).await?;
             let fetched = page.records.len();
             for (i, record) in page.records.into_iter().enumerate() {
+                if !self.visible(&record, caller) {
+                    continue;
+                }
                 let size = record.approximate_encoded_len();
                 if !records.is_empty() && bytes + size > max_bytes {
                     // Cut before this record: the rest starts with it.
@@ -283,12 +327,14 @@ impl Images {
     /// must exist) chosen for a viewer that can show `accept`.
     async fn rendition(
         &self,
+        caller: &UserId,
         image_id: &str,
         variant: &str,
         accept: &[String],
     ) -> Result<(ImageRecord, Held), DomainError> {
         let accept = Accept::parse(accept)?;
-        let image = self.get(image_id).await?;
+        let image = self.get(caller, image_id).await?;
+        ensure_bytes_held(&image)?;
         let variant = VariantName::parse(variant)?;
         let held = image
             .negotiate(&variant, &accept)
@@ -300,6 +346,7 @@ impl Images {
     /// first message named it ([`Download::object`]).
     async fn pinned(
         &self,
+        caller: &UserId,
         image_id: &str,
         object: &str,
     ) -> Result<(ImageRecord, Held), DomainError> {
@@ -308,7 +355,8 @@ impl Images {
                 "object {object:?} is not an object name (`original`, `small`, `small.webp`)"
             ))
         })?;
-        let image = self.get(image_id).await?;
+        let image = self.get(caller, image_id).await?;
+        ensure_bytes_held(&image)?;
         let held = image
             .held_object(&name)
             .ok_or_else(|| DomainError::NotFound(format!("the image has no object {name}")))?;
@@ -332,9 +380,9 @@ impl Images {
             limit,
         } = *request;
         let (image, held) = if object.is_empty() {
-            self.rendition(image_id, variant, accept).await?
+            self.rendition(caller, image_id, variant, accept).await?
         } else {
-            self.pinned(image_id, object).await?
+            self.pinned(caller, image_id, object).await?
         };
         let total_size = held.size_bytes;
         let offset = u64::try_from(offset)
@@ -394,15 +442,27 @@ impl Images {
     }
 
     /// A presigned URL for a rendition, in the encoding chosen for `accept`.
+    /// Only of an active image: a URL works for whoever holds it.
     pub async fn download_url(
         &self,
-        image_id: &str,
-        variant: &str,
-        accept: &[String],
-        expires_in: Option<Duration>,
-        disposition: Disposition,
+        caller: &UserId,
+        request: &UrlRequest<'_>,
     ) -> Result<DownloadUrl, DomainError> {
-        let (image, held) = self.rendition(image_id, variant, accept).await?;
+        let UrlRequest {
+            image_id,
+            variant,
+            accept,
+            expires_in,
+            disposition,
+        } = *request;
+        let (image, held) = self.rendition(caller, image_id, variant, accept).await?;
+        if !image.state.is_active() {
+            return Err(DomainError::FailedPrecondition(format!(
+                "the image is {} ({}): only an active image has download URLs, which work for \
+                 anyone holding them; its owner may download it with DownloadImage",
+                image.state, image.state_reason
+            )));
+        }
         let terms = self.url_terms(expires_in, Timestamp::now());
         self.presign(&image, &held, terms, disposition).await
     }
@@ -469,6 +529,7 @@ impl Images {
     /// records (always at least one); the ids cut off are `unprocessed`.
     pub async fn batch_get(
         &self,
+        caller: &UserId,
         image_ids: &[String],
         url: Option<BatchUrl>,
     ) -> Result<BatchResult, DomainError> {
@@ -508,7 +569,10 @@ impl Images {
         let mut result = BatchResult::default();
         let mut bytes = 0;
         for id in ids {
-            let Some(record) = found.remove(&id) else {
+            let Some(record) = found
+                .remove(&id)
+                .filter(|record| self.visible(record, caller))
+            else {
                 result.missing.push(id.to_string());
                 continue;
             };
@@ -520,8 +584,10 @@ impl Images {
                 continue;
             }
             bytes += size;
+            // URLs only of active images: a URL works for whoever holds it.
             let held = url
                 .as_ref()
+                .filter(|_| record.state.is_active() && !record.bytes_removed())
                 .and_then(|(variant, accept, terms, disposition)| {
                     Some((record.negotiate(variant, accept)?, *terms, *disposition))
                 });
@@ -656,7 +722,7 @@ impl Images {
 
     /// Deletes bytes whose metadata is gone or was never written. A failure
     /// leaves an orphan object, invisible to callers; it is logged.
-    async fn delete_blob_logged(&self, key: &ObjectKey) {
+    pub(super) async fn delete_blob_logged(&self, key: &ObjectKey) {
         if let Err(error) = self.blobs.delete(key).await {
             tracing::warn!(key = key.as_str(), error = %crate::telemetry::error_chain(&error), "could not delete image bytes; the object is orphaned");
         }
@@ -671,10 +737,29 @@ fn ensure_owner(caller: &UserId, image: &ImageRecord) -> Result<(), DomainError>
     }
 }
 
+/// Refuses a download of an image whose bytes moderation removed.
+fn ensure_bytes_held(image: &ImageRecord) -> Result<(), DomainError> {
+    if image.bytes_removed() {
+        return Err(DomainError::FailedPrecondition(format!(
+            "the image was removed by moderation ({}): its bytes are gone",
+            image.state_reason
+        )));
+    }
+    Ok(())
+}
+
 fn not_owner() -> DomainError {
     DomainError::PermissionDenied("only the owner of an image may change or delete it".into())
 }
 
-fn stale_etag() -> DomainError {
+pub(super) fn stale_etag() -> DomainError {
     DomainError::Aborted("the image changed since the given etag; read it again and retry".into())
+}
+
+#[async_trait::async_trait]
+impl PublicImages for Images {
+    async fn is_public(&self, id: &ImageId) -> Result<bool, StorageError> {
+        let record = self.metadata.get(id).await?;
+        Ok(record.is_some_and(|r| r.state.is_active() && !r.bytes_removed()))
+    }
 }

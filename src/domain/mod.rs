@@ -5,17 +5,19 @@
 //! Its modules import only the layers below their own (`tests/layering.rs`
 //! fails on a loop):
 //! 1. What the ports speak: ids and records ([`identity`], [`image`],
-//!    [`session`], a user's [`usage`], the [`event`]s of their changes), [`error`]s, [`validation`], [`listing`] filters, the
+//!    [`session`], a user's [`usage`], the [`event`]s of their changes, the
+//!    moderation [`audit`] trail), [`error`]s, [`validation`], [`listing`] filters, the
 //!    [`signing`] of [`page_token`]s, and what a viewer [`accept`]s.
 //! 2. The [`ports`]: the storage traits.
 //! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
 //!    gathered into, the memory [`budget`] and its [`admission`] queue, the
 //!    per-user [`quota`].
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
-//!    then [`images`], then [`repair`]; [`watch`] (the event stream) beside
-//!    them.
+//!    then [`images`], then [`moderation`] and [`repair`]; [`watch`] (the
+//!    event stream) beside them.
 
 pub mod accept;
+pub mod audit;
 pub mod error;
 pub mod event;
 pub mod identity;
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod quota;
 
 pub mod images;
+pub mod moderation;
 pub mod repair;
 pub mod upload;
 pub mod watch;

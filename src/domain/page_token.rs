@@ -30,6 +30,27 @@ impl PageTokens {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
+    /// The cursor a caller's `page_token` continues from: `None` for the
+    /// first page (an empty token), else [`PageTokens::open`].
+    pub fn open_page(
+        &self,
+        fingerprint: &[u8],
+        token: &str,
+    ) -> Result<Option<Vec<u8>>, DomainError> {
+        if token.is_empty() {
+            Ok(None)
+        } else {
+            self.open(fingerprint, token).map(Some)
+        }
+    }
+
+    /// The `next_page_token` of a page that ends at `next`: empty when it
+    /// is the last.
+    pub fn seal_page(&self, fingerprint: &[u8], next: Option<Vec<u8>>) -> String {
+        next.map(|cursor| self.seal(fingerprint, &cursor))
+            .unwrap_or_default()
+    }
+
     /// The cursor inside `token`, if the token is intact and was made for the
     /// query of `fingerprint`.
     pub fn open(&self, fingerprint: &[u8], token: &str) -> Result<Vec<u8>, DomainError> {

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::audit::{ActionPage, ModerationAction};
 use super::event::{ChangeKind, EventRead, EventStart};
-use super::image::{Encoding, ObjectName, Timestamp};
+use super::image::{Encoding, ImageState, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
 use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
@@ -234,6 +235,15 @@ pub trait OpenSessions: Send + Sync + 'static {
     async fn is_open(&self, upload: &UploadId) -> Result<bool, StorageError> {
         Ok(self.open_owner(upload).await?.is_some())
     }
+}
+
+/// Which images anyone may fetch: the domain answers, for a store that
+/// serves its own download URLs (the embedded backend's HTTP listener), so
+/// that a URL issued before an image left `Active` stops working.
+#[async_trait]
+pub trait PublicImages: Send + Sync + 'static {
+    /// Whether the image exists, is `Active` and holds its bytes.
+    async fn is_public(&self, id: &ImageId) -> Result<bool, StorageError>;
 }
 
 /// An object as a listing of the store sees it.
@@ -475,6 +485,32 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// A cheap call that succeeds only if the store is reachable and usable
     /// (health checks call it every few seconds).
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// Up to `limit` records in `state` (not `Active`), those in it longest
+    /// first (by [`ImageRecord::state_time`], then id), starting after
+    /// `cursor` (a `next_cursor` of an earlier page of the same state).
+    /// Read from an index of the records not `Active`, kept with the
+    /// records like the listing indexes: its cost is the page's, however
+    /// many images there are. Never returns a record not in `state`.
+    async fn list_for_review(
+        &self,
+        state: ImageState,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError>;
+
+    /// Appends an entry to the moderation audit trail. Entries are never
+    /// changed or removed.
+    async fn append_moderation_action(&self, action: &ModerationAction)
+    -> Result<(), StorageError>;
+
+    /// Up to `limit` entries of the audit trail, oldest first (by time,
+    /// then id), after `cursor` (a `next_cursor` of an earlier page).
+    async fn list_moderation_actions(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ActionPage, StorageError>;
 
     /// Journals an unfinished write before the process depends on it.
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError>;

@@ -310,6 +310,24 @@ impl Quotas {
         self.metadata.change_usage(user, &change, None).await
     }
 
+    /// Gives back the bytes of an image whose objects moderation removed:
+    /// its record stays, counted as an image holding no bytes (as the
+    /// repair pass counts it). A failure is logged, as for
+    /// [`Quotas::give_back`].
+    pub async fn give_back_bytes(&self, owner: &UserId, bytes: u64) {
+        let change = UsageChange {
+            bytes: -signed(bytes),
+            ..UsageChange::default()
+        };
+        if let Err(error) = self.metadata.change_usage(owner, &change, None).await {
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&error),
+                user = %owner,
+                "a removed image's bytes were not given back; the repair pass will"
+            );
+        }
+    }
+
     async fn end(&self, user: &UserId, reservation: UsageReservation, stored: Option<u64>) {
         let images = i64::from(stored.is_some());
         let change = UsageChange {

@@ -1,9 +1,10 @@
 //! Protobuf messages to domain values and back.
 use std::time::Duration;
 
+use crate::domain::audit::{ActionKind, ModerationAction};
 use crate::domain::event::ChangeKind;
 use crate::domain::image::NewImage;
-use crate::domain::image::{ImageRecord, Timestamp};
+use crate::domain::image::{ImageRecord, ImageState, Timestamp};
 use crate::domain::images::ImageUpdate;
 use crate::domain::listing::ListRequest;
 use crate::domain::ports::{Disposition, ObjectKey};
@@ -80,6 +81,47 @@ pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
         metadata_stripped: record.metadata_stripped,
         blurhash: record.blurhash.clone(),
         thumbhash: record.thumbhash.clone(),
+        state: image_state(record.state) as i32,
+        state_reason: record.state_reason.clone(),
+        state_time: record.state_time.map(timestamp),
+    }
+}
+
+pub fn image_state(state: ImageState) -> pb::ImageState {
+    match state {
+        ImageState::Active => pb::ImageState::Active,
+        ImageState::Pending => pb::ImageState::Pending,
+        ImageState::Quarantined => pb::ImageState::Quarantined,
+        ImageState::Removed => pb::ImageState::Removed,
+    }
+}
+
+/// A state a caller names: `INVALID_ARGUMENT` for an unknown or unset one.
+pub fn state_of(value: i32) -> Result<ImageState, DomainError> {
+    match pb::ImageState::try_from(value) {
+        Ok(pb::ImageState::Active) => Ok(ImageState::Active),
+        Ok(pb::ImageState::Pending) => Ok(ImageState::Pending),
+        Ok(pb::ImageState::Quarantined) => Ok(ImageState::Quarantined),
+        Ok(pb::ImageState::Removed) => Ok(ImageState::Removed),
+        Ok(pb::ImageState::Unspecified) | Err(_) => Err(DomainError::invalid(format!(
+            "state {value} is not an image state: name ACTIVE, PENDING, QUARANTINED or REMOVED"
+        ))),
+    }
+}
+
+pub fn moderation_action(action: &ModerationAction) -> pb::ModerationAction {
+    pb::ModerationAction {
+        time: Some(timestamp(action.time)),
+        moderator_id: action.moderator.to_string(),
+        r#type: match action.kind {
+            ActionKind::SetState => pb::ModerationActionType::SetState,
+            ActionKind::Purge => pb::ModerationActionType::Purge,
+        } as i32,
+        image_id: action.image_id.to_string(),
+        owner_id: action.owner.to_string(),
+        from_state: image_state(action.from) as i32,
+        to_state: image_state(action.to) as i32,
+        reason: action.reason.clone(),
     }
 }
 
@@ -261,6 +303,8 @@ pub fn watch_filter(owner_id: &str, types: &[i32]) -> Result<WatchFilter, Domain
             Ok(pb::ImageEventType::Updated) => Ok(ChangeKind::Updated),
             Ok(pb::ImageEventType::VariantsAdded) => Ok(ChangeKind::VariantsAdded),
             Ok(pb::ImageEventType::Deleted) => Ok(ChangeKind::Deleted),
+            Ok(pb::ImageEventType::StateChanged) => Ok(ChangeKind::StateChanged),
+            Ok(pb::ImageEventType::Purged) => Ok(ChangeKind::Purged),
             Ok(pb::ImageEventType::Unspecified) | Err(_) => Err(DomainError::invalid(format!(
                 "types holds {value}, which is not an image event type"
             ))),
@@ -275,6 +319,8 @@ pub fn event_type(kind: ChangeKind) -> pb::ImageEventType {
         ChangeKind::Updated => pb::ImageEventType::Updated,
         ChangeKind::VariantsAdded => pb::ImageEventType::VariantsAdded,
         ChangeKind::Deleted => pb::ImageEventType::Deleted,
+        ChangeKind::StateChanged => pb::ImageEventType::StateChanged,
+        ChangeKind::Purged => pb::ImageEventType::Purged,
     }
 }
 

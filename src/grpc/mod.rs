@@ -3,11 +3,13 @@
 
 pub mod auth;
 mod convert;
+pub mod moderation;
 mod ready;
 pub mod request_memory;
 pub mod response_memory;
 pub mod service;
 mod status;
 
+pub use moderation::ModerationApi;
 pub use service::{ImageApi, RESUME_CURSOR};
 pub use status::RETRY_PUSHBACK;

@@ -83,6 +83,14 @@ const UPLOAD: &str = "/imageservice.v1.ImageService/UploadImage";
 
 /// The image service's methods other than `UploadImage`.
 const IMAGE_SERVICE: &str = "/imageservice.v1.ImageService/";
+/// The moderation service's methods: identified and sized like the image
+/// service's.
+const MODERATION_SERVICE: &str = "/imageservice.v1.ModerationService/";
+
+/// Whether `path` is a method of a service whose callers have an identity.
+fn identified(path: &str) -> bool {
+    path.starts_with(IMAGE_SERVICE) || path.starts_with(MODERATION_SERVICE)
+}
 
 /// The largest request of the image service's calls other than
 /// `UploadImage`. The largest valid ones, at every limit the service
@@ -110,7 +118,7 @@ const STILL_ARRIVING: &str = "a request message still arriving";
 pub fn largest_message(path: &str) -> u64 {
     if path == UPLOAD {
         MAX_MESSAGE_BYTES
-    } else if path.starts_with(IMAGE_SERVICE) {
+    } else if identified(path) {
         MAX_CALL_REQUEST_BYTES
     } else {
         MAX_OTHER_REQUEST_BYTES
@@ -369,7 +377,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if !request.uri().path().starts_with(IMAGE_SERVICE) {
+        if !identified(request.uri().path()) {
             let request = self.metered(request, None);
             return Box::pin(self.inner.call(request));
         }

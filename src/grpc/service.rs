@@ -16,7 +16,7 @@ use super::convert;
 use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
-use crate::domain::images::{BatchUrl, DownloadRequest};
+use crate::domain::images::{BatchUrl, DownloadRequest, UrlRequest};
 use crate::domain::upload::message_bound;
 use crate::domain::usage::QuotaOverride;
 use crate::domain::watch::{EndReason, WatchEnd, Watches};
@@ -44,12 +44,15 @@ pub struct CallLimits {
 pub const RESUME_CURSOR: &str = "x-resume-cursor";
 
 /// The gRPC face of [`Images`] and [`Watches`].
+#[derive(Clone)]
 pub struct ImageApi {
-    images: Images,
+    pub(super) images: Images,
     watches: Watches,
     auth: Arc<Authenticator>,
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
+    /// The service's full name, as in traces.
+    service: &'static str,
 }
 
 impl ImageApi {
@@ -65,6 +68,16 @@ impl ImageApi {
             auth,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
+            service: SERVICE,
+        }
+    }
+
+    /// The same calls' machinery (identity, calls in flight, memory,
+    /// traces) for another service of the package, named `service`.
+    pub(super) fn for_service(&self, service: &'static str) -> Self {
+        Self {
+            service,
+            ..self.clone()
         }
     }
 
@@ -82,7 +95,7 @@ impl ImageApi {
     /// Runs one call inside a span carrying its method and request id,
     /// counts it by status code, times it, and returns the request id to
     /// the caller (on success and on error).
-    async fn observe<T, Call, Fut>(
+    pub(super) async fn observe<T, Call, Fut>(
         &self,
         method: &'static str,
         metadata: &MetadataMap,
@@ -94,11 +107,11 @@ impl ImageApi {
     {
         let span = tracing::info_span!(
             "grpc",
-            otel.name = format!("{SERVICE}/{method}"),
+            otel.name = format!("{}/{method}", self.service),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
-            rpc.service = SERVICE,
+            rpc.service = self.service,
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
             method,
@@ -152,7 +165,11 @@ impl ImageApi {
     /// caller's share, before a large response is made (a listing, a
     /// batch): many made at once would otherwise hold memory outside the
     /// budget before any of it was counted.
-    async fn reserve_response(&self, caller: &UserId, bytes: u64) -> Result<Reservation, Status> {
+    pub(super) async fn reserve_response(
+        &self,
+        caller: &UserId,
+        bytes: u64,
+    ) -> Result<Reservation, Status> {
         Ok(self
             .images
             .memory()
@@ -164,7 +181,7 @@ impl ImageApi {
     /// budget (counted against the caller's share) until it has been sent:
     /// a caller that does not read its responses holds memory like one that
     /// does not read its downloads (see [`super::response_memory`]).
-    async fn respond<T: prost::Message>(
+    pub(super) async fn respond<T: prost::Message>(
         &self,
         caller: &UserId,
         message: T,
@@ -191,7 +208,7 @@ impl ImageApi {
 
     /// [`ImageApi::respond`] with what was reserved before the response was
     /// made, grown or shrunk to its encoded size.
-    async fn respond_within<T: prost::Message>(
+    pub(super) async fn respond_within<T: prost::Message>(
         &self,
         caller: &UserId,
         reserved: Option<Reservation>,
@@ -231,7 +248,7 @@ impl ImageApi {
     }
 
     /// The caller of `request` (see [`ImageApi::caller`]).
-    async fn caller_of<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
+    pub(super) async fn caller_of<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
         let identified = request.extensions().get();
         self.caller(request.metadata(), peer_of(request), identified)
             .await
@@ -393,7 +410,10 @@ impl ImageService for ImageApi {
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         self.observe("GetImage", request.metadata(), |_in_flight| async {
             let caller = self.caller_of(&request).await?;
-            let record = self.images.get(&request.get_ref().image_id).await?;
+            let record = self
+                .images
+                .get(&caller, &request.get_ref().image_id)
+                .await?;
             self.respond(
                 &caller,
                 pb::GetImageResponse {
@@ -425,7 +445,7 @@ impl ImageService for ImageApi {
             let memory = self
                 .reserve_response(&caller, self.images.page_memory())
                 .await?;
-            let found = self.images.batch_get(&r.image_ids, url).await?;
+            let found = self.images.batch_get(&caller, &r.image_ids, url).await?;
             self.respond_within(
                 &caller,
                 Some(memory),
@@ -464,7 +484,7 @@ impl ImageService for ImageApi {
             let memory = self
                 .reserve_response(&caller, self.images.page_memory())
                 .await?;
-            let page = self.images.list(&query).await?;
+            let page = self.images.list(&caller, &query).await?;
             self.respond_within(
                 &caller,
                 Some(memory),
@@ -553,10 +573,14 @@ impl ImageService for ImageApi {
             let r = request.get_ref();
             let expires_in = convert::expires_in(r.expires_in)?;
             let disposition = convert::disposition(r.disposition)?;
-            let url = self
-                .images
-                .download_url(&r.image_id, &r.variant, &r.accept, expires_in, disposition)
-                .await?;
+            let wanted = UrlRequest {
+                image_id: &r.image_id,
+                variant: &r.variant,
+                accept: &r.accept,
+                expires_in,
+                disposition,
+            };
+            let url = self.images.download_url(&caller, &wanted).await?;
             self.respond(
                 &caller,
                 pb::GetDownloadUrlResponse {

@@ -12,9 +12,10 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 
+use crate::domain::audit::{ActionKind, ModerationAction};
 use crate::domain::event::{ChangeKind, EventRead, EventStart, StoredEvent};
-use crate::domain::image::Timestamp;
 use crate::domain::image::{Encoding, NewImage, ObjectName};
+use crate::domain::image::{ImageState, Timestamp};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, CreateOutcome, MAX_BATCH_GET, MetadataStore, ObjectKey,
@@ -56,6 +57,8 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     quota_overrides_and_recomputed_usage_keep_each_other(store).await;
     journaled_encodings_are_one_entry_per_image_until_cleared(store).await;
     every_change_has_one_event_in_order_after_the_head(store).await;
+    the_review_lists_a_state_oldest_first_from_its_index(store).await;
+    the_audit_trail_pages_oldest_first(store).await;
     store
         .check_health()
         .await
@@ -299,6 +302,131 @@ pub fn sample_record(owner: &UserId, micros: i64) -> ImageRecord {
 
 fn now_micros() -> i64 {
     Timestamp::now().as_micros()
+}
+
+/// Every record `list_for_review` returns for `state`, a page of two at a
+/// time.
+async fn review_of(store: &dyn MetadataStore, state: ImageState) -> Vec<ImageRecord> {
+    let mut all = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .list_for_review(state, cursor.as_deref(), 2)
+            .await
+            .expect("a review page");
+        assert!(page.records.len() <= 2);
+        all.extend(page.records);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}
+
+async fn the_review_lists_a_state_oldest_first_from_its_index(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let start = now_micros();
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let record = sample_record(&owner, start + i);
+        create(store, &record).await;
+        records.push(record);
+    }
+    // Quarantined in the reverse order of their creation.
+    let mut quarantined = Vec::new();
+    for (i, record) in records.iter().rev().enumerate() {
+        let mut next = record.clone();
+        next.state = ImageState::Quarantined;
+        next.state_reason = "spam".into();
+        next.state_time = Some(Timestamp::from_micros(start + 100 + i as i64));
+        next.revision = 2;
+        store
+            .replace(&next, 1, ChangeKind::StateChanged)
+            .await
+            .expect("quarantined");
+        quarantined.push(next);
+    }
+    let ids = |records: &[ImageRecord]| -> Vec<ImageId> {
+        records
+            .iter()
+            .filter(|r| r.owner == owner)
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(
+        ids(&review_of(store, ImageState::Quarantined).await),
+        ids(&quarantined)
+    );
+    // A record that leaves the state leaves its review; one removed is in
+    // the review of its new state.
+    let mut approved = quarantined[0].clone();
+    approved.state = ImageState::Active;
+    approved.state_time = None;
+    approved.revision = 3;
+    store
+        .replace(&approved, 2, ChangeKind::StateChanged)
+        .await
+        .expect("approved");
+    let mut removed = quarantined[1].clone();
+    removed.state = ImageState::Removed;
+    removed.revision = 3;
+    store
+        .replace(&removed, 2, ChangeKind::StateChanged)
+        .await
+        .expect("removed");
+    assert_eq!(
+        ids(&review_of(store, ImageState::Quarantined).await),
+        ids(&quarantined[2..])
+    );
+    assert_eq!(
+        ids(&review_of(store, ImageState::Removed).await),
+        [removed.id]
+    );
+    // A deleted record is in no review.
+    store.delete(&removed.id, &owner).await.expect("deleted");
+    assert!(ids(&review_of(store, ImageState::Removed).await).is_empty());
+}
+
+async fn the_audit_trail_pages_oldest_first(store: &dyn MetadataStore) {
+    let start = now_micros();
+    let moderator = fresh_user();
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        let action = ModerationAction {
+            id: ImageId::new(),
+            // Two in the same microsecond: ordered by id.
+            time: Timestamp::from_micros(start + i / 2),
+            moderator: moderator.clone(),
+            kind: ActionKind::SetState,
+            image_id: ImageId::new(),
+            owner: fresh_user(),
+            from: ImageState::Active,
+            to: ImageState::Quarantined,
+            reason: format!("reason-{i}"),
+        };
+        store
+            .append_moderation_action(&action)
+            .await
+            .expect("appended");
+        appended.push(action);
+    }
+    let mut read = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .list_moderation_actions(cursor.as_deref(), 2)
+            .await
+            .expect("a page of the trail");
+        assert!(page.actions.len() <= 2);
+        read.extend(page.actions);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    read.retain(|a| a.moderator == moderator);
+    appended.sort_by_key(|a| (a.time, a.id));
+    assert_eq!(read, appended);
 }
 
 async fn create(store: &dyn MetadataStore, record: &ImageRecord) {

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::domain::audit::{ActionPage, ModerationAction};
 use crate::domain::event::{ChangeKind, EventRead, EventStart};
-use crate::domain::image::Timestamp;
+use crate::domain::image::{ImageState, Timestamp};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
@@ -272,6 +273,45 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn check_health(&self) -> Result<(), StorageError> {
         timed(("metadata", self.1), "check_health", self.0.check_health()).await
+    }
+
+    async fn list_for_review(
+        &self,
+        state: ImageState,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "list_for_review",
+            self.0.list_for_review(state, cursor, limit),
+        )
+        .await
+    }
+
+    async fn append_moderation_action(
+        &self,
+        action: &ModerationAction,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "append_moderation_action",
+            self.0.append_moderation_action(action),
+        )
+        .await
+    }
+
+    async fn list_moderation_actions(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ActionPage, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "list_moderation_actions",
+            self.0.list_moderation_actions(cursor, limit),
+        )
+        .await
     }
 
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {

@@ -6,6 +6,7 @@
 //! compensation path of the use cases (a store that fails after the bytes
 //! were written, a journal that cannot be cleared).
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::domain::audit::{ActionPage, ModerationAction, action_position, review_position};
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
-use crate::domain::image::Timestamp;
+use crate::domain::image::{ImageState, Timestamp};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     BlobStore, BlobWriter, ByteStream, CreateOutcome, ListPage, MetadataStore, ObjectKey,
@@ -366,6 +368,8 @@ struct Records {
     /// bytes, until when).
     tombstones: Vec<(UserId, u64, Timestamp)>,
     usage: HashMap<UserId, UsageRecord>,
+    /// The moderation audit trail by position.
+    actions: BTreeMap<Vec<u8>, ModerationAction>,
     /// The event log by number.
     events: BTreeMap<u64, ImageEvent>,
     /// The last number written, and the last one swept.
@@ -594,6 +598,70 @@ impl MetadataStore for MemoryMetadataStore {
 
     async fn check_health(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    async fn list_for_review(
+        &self,
+        state: ImageState,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        self.faults.check(Call::List)?;
+        let records = self.lock();
+        let mut in_state: Vec<(Vec<u8>, &ImageRecord)> = records
+            .by_time
+            .values()
+            .filter(|r| r.state == state)
+            .filter_map(|r| Some((review_position(r)?, r)))
+            .filter(|(position, _)| cursor.is_none_or(|after| position.as_slice() > after))
+            .collect();
+        in_state.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut page = ListPage::default();
+        for (position, record) in in_state {
+            page.records_read += 1;
+            if page.records.len() == limit {
+                page.next_cursor = page.record_cursors.last().cloned();
+                break;
+            }
+            page.record_cursors.push(position);
+            page.records.push(record.clone());
+        }
+        Ok(page)
+    }
+
+    async fn append_moderation_action(
+        &self,
+        action: &ModerationAction,
+    ) -> Result<(), StorageError> {
+        self.lock()
+            .actions
+            .insert(action_position(action), action.clone());
+        Ok(())
+    }
+
+    async fn list_moderation_actions(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ActionPage, StorageError> {
+        let records = self.lock();
+        let start = match cursor {
+            Some(after) => Bound::Excluded(after.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut page = ActionPage::default();
+        for action in records
+            .actions
+            .range((start, Bound::Unbounded))
+            .map(|(_, a)| a)
+        {
+            if page.actions.len() == limit {
+                page.next_cursor = page.actions.last().map(action_position);
+                break;
+            }
+            page.actions.push(action.clone());
+        }
+        Ok(page)
     }
 
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {

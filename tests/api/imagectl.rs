@@ -416,7 +416,12 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         metadata_stripped,
         blurhash,
         thumbhash,
+        state,
+        state_reason,
+        state_time,
     } = image;
+    assert_eq!(state, pb::ImageState::Active as i32);
+    assert!(state_time.is_none());
     let time = |t: Option<prost_types::Timestamp>| {
         let t = t.unwrap();
         humantime::format_rfc3339_seconds(
@@ -453,6 +458,9 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         "metadata_stripped": metadata_stripped,
         "blurhash": blurhash,
         "thumbhash": thumbhash,
+        "state": "active",
+        "state_reason": state_reason,
+        "state_time": null,
     });
     assert_eq!(got, expected);
     assert_eq!(got["attributes"]["lens"], "35mm f/1.4");
@@ -461,6 +469,58 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         details.contains("attribute    lens=35mm f/1.4"),
         "{details}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_reviews_quarantines_approves_and_removes_as_a_moderator() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--moderators", "mod"]).await;
+    let image = app.upload_png("alice", 1).await;
+    let id = image.image_id.as_str();
+
+    let refused = imagectl(&app, Some("alice"), &["quarantine", id, "--reason", "spam"]).await;
+    assert!(
+        stderr_of_failure(&refused).contains("--moderators"),
+        "{refused:?}"
+    );
+
+    let quarantined = json(
+        &imagectl(
+            &app,
+            Some("mod"),
+            &["--json", "quarantine", id, "--reason", "spam"],
+        )
+        .await,
+    );
+    assert_eq!(quarantined["state"], "quarantined");
+    assert_eq!(quarantined["state_reason"], "spam");
+    let review = stdout(&imagectl(&app, Some("mod"), &["review"]).await);
+    assert!(review.contains(id) && review.contains("spam"), "{review}");
+    let details = stdout(&imagectl(&app, Some("alice"), &["get", id]).await);
+    assert!(details.contains("quarantined (spam)"), "{details}");
+
+    let approved = json(&imagectl(&app, Some("mod"), &["--json", "approve", id]).await);
+    assert_eq!(approved["state"], "active");
+    let review = json(&imagectl(&app, Some("mod"), &["--json", "review"]).await);
+    assert_eq!(review, serde_json::json!([]));
+
+    let removed = json(
+        &imagectl(
+            &app,
+            Some("mod"),
+            &["--json", "remove", id, "--reason", "copyright"],
+        )
+        .await,
+    );
+    assert_eq!(removed["state"], "removed");
+    let listed = json(
+        &imagectl(
+            &app,
+            Some("mod"),
+            &["--json", "review", "--state", "removed"],
+        )
+        .await,
+    );
+    assert_eq!(listed[0]["image_id"], id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,7 +191,13 @@ async fn a_journal_entry_that_cannot_be_cleared_does_not_fail_the_upload() {
     fixture.faults.heal();
     let report = fixture.images.repair(Duration::ZERO, false).await.unwrap();
     assert_eq!(journal(&fixture).await, 0, "repaired: {report:?}");
-    assert!(fixture.images.get(&image.id.to_string()).await.is_ok());
+    assert!(
+        fixture
+            .images
+            .get(&image.owner, &image.id.to_string())
+            .await
+            .is_ok()
+    );
     assert_eq!(fixture.blobs.keys().len(), 3, "the image is untouched");
 }
 

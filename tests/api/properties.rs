@@ -204,7 +204,7 @@ proptest! {
             let stream = futures::stream::iter(frames.into_iter().map(Ok));
             harness.images.upload(&owner, stream).await
         });
-        let listed = harness.runtime.block_on(harness.images.list(&Default::default())).unwrap().images;
+        let listed = harness.runtime.block_on(harness.images.list(&owner, &Default::default())).unwrap().images;
         match result {
             Ok(record) => {
                 prop_assert_eq!(harness.stored_files(), before + 1);

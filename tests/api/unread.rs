@@ -342,7 +342,7 @@ async fn unread_reflection_streams_hold_their_memory_and_end_at_the_stall_timeou
             "--variants",
             "false",
             "--grpc-reflection-memory",
-            "2MiB",
+            "2304KiB",
             "--download-stall-timeout",
             "5s",
         ],
@@ -367,8 +367,9 @@ async fn unread_reflection_streams_hold_their_memory_and_end_at_the_stall_timeou
         peers.push(peer);
     }
     let held = answers.iter().filter(|answer| answer.is_none()).count();
-    // 2 MiB holds 5 streams of some 344 KiB (180 KiB of responses, and a
-    // stream window of requests sent ahead).
+    // 2.25 MiB holds 5 streams of some 430 KiB (4 responses of the
+    // descriptor set, 50 KiB with both services' files, and a stream window
+    // of requests sent ahead).
     assert!(
         (4..=5).contains(&held),
         "{held} unread reflection streams held"

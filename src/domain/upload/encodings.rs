@@ -420,7 +420,9 @@ impl Uploads {
         entries: &[Variant],
     ) -> Result<Option<ImageRecord>, DomainError> {
         for _ in 0..ADD_ATTEMPTS {
-            let Some(current) = self.metadata.get(id).await? else {
+            // A record whose bytes moderation removed takes no new ones:
+            // to the caller it is gone.
+            let Some(current) = self.metadata.get(id).await?.filter(|r| !r.bytes_removed()) else {
                 return Ok(None);
             };
             let mut next = current.clone();

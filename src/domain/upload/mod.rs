@@ -24,7 +24,7 @@ use futures::Stream;
 
 use super::admission::Admissions;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
-use super::image::{ImageRecord, Timestamp};
+use super::image::{ImageRecord, ImageState, Timestamp};
 use super::limits::Limits;
 use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
@@ -548,6 +548,10 @@ impl Uploads {
             metadata_stripped: facts.scrubbed.stripped,
             blurhash,
             thumbhash,
+            state: ImageState::Active,
+            state_reason: String::new(),
+            state_time: None,
+            removed_objects: Vec::new(),
         };
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose

@@ -24,7 +24,9 @@
 //!   its part URLs still live leaves its item re-keyed to when they are
 //!   over (`charge_until`): a tombstone that keeps counting until then;
 //! - a **usage item** per user, `pk = usage#{user}`, `sk = usage` (see
-//!   [`usage`]).
+//!   [`usage`]);
+//! - a **review item** per image not `Active`, and an **audit item** per
+//!   moderation action (see [`review`]).
 //!
 //! - an **event item** per change, and on the image item the kind of its
 //!   last change (`change`) and the revision whose event is written
@@ -52,17 +54,19 @@ use super::settings::AwsSettings;
 pub use events::MIN_EVENT_RETENTION;
 pub use items::DynamoMetadataStore;
 use items::{
-    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, encode_cursor, image_id_of, image_pk,
-    key, n, s, time_key, time_shard_value,
+    ALL, BY_TIME, IMAGE_SK, SHARDS_PK, decode, decode_cursor, doc_item, encode_cursor, image_id_of,
+    image_pk, key, n, s, time_key, time_shard_value,
 };
 use time_index::MergedCursor;
 
 mod events;
 mod items;
+mod review;
 mod time_index;
 mod usage;
+use crate::domain::audit::{ActionPage, ModerationAction};
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent};
-use crate::domain::image::Timestamp;
+use crate::domain::image::{ImageState, Timestamp};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
@@ -395,13 +399,7 @@ impl DynamoMetadataStore {
             let mut tombstone = key(pk.clone(), &open_item_sk(until, &session.id));
             tombstone.insert("staged".into(), n(session.staged_bytes));
             tombstone.insert("expires".into(), n(until.as_micros().div_euclid(1_000_000)));
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(tombstone))
-                .send()
-                .await
-                .map_err(classify)?;
+            self.put(tombstone).await?;
         }
         self.delete_item(pk, &open_session_sk(session)).await
     }
@@ -434,11 +432,11 @@ impl DynamoMetadataStore {
         pk: String,
         entry: &impl serde::Serialize,
     ) -> Result<(), StorageError> {
-        let mut item = key(pk, PENDING_SK);
-        item.insert(
-            "doc".into(),
-            s(serde_json::to_string(entry).map_err(StorageError::internal)?),
-        );
+        self.put(doc_item(key(pk, PENDING_SK), entry)?).await
+    }
+
+    /// Writes an item, replacing one with its key.
+    async fn put(&self, item: HashMap<String, AttributeValue>) -> Result<(), StorageError> {
         self.client
             .put_item()
             .table_name(&self.table)
@@ -582,6 +580,7 @@ impl DynamoMetadataStore {
             Err(other) => return Err(other),
         }
         self.delete_tag_items_logged(record, &record.tags).await;
+        self.delete_review_item_logged(record, None).await;
         self.release_idempotency_key(record).await;
         Ok(())
     }
@@ -1016,8 +1015,9 @@ impl MetadataStore for DynamoMetadataStore {
             .client
             .scan()
             .table_name(&self.table)
-            .filter_expression("begins_with(pk, :tag)")
+            .filter_expression("begins_with(pk, :tag) OR begins_with(pk, :review)")
             .expression_attribute_values(":tag", s("tag#"))
+            .expression_attribute_values(":review", s(review::REVIEW_PK_PREFIX))
             .projection_expression("pk, sk, image_id")
             .into_paginator()
             .send();
@@ -1046,6 +1046,9 @@ impl MetadataStore for DynamoMetadataStore {
             .into_iter()
             .filter(|(pk, sk, id)| match records.get(id) {
                 None => true,
+                Some(record) if review::is_review_pk(pk) => {
+                    review::review_key(record) != Some((pk.clone(), sk.clone()))
+                }
                 Some(record) => {
                     let tag = pk.strip_prefix("tag#").unwrap_or_default();
                     !record.tags.iter().any(|t| t == tag) || *sk != tag_sk(record)
@@ -1090,6 +1093,7 @@ impl MetadataStore for DynamoMetadataStore {
         }
         let written = async {
             self.put_tag_items(record, &record.tags).await?;
+            self.put_review_item(record, None).await?;
             let mut item = image_item(record, self.time_shards().await?)?;
             events::mark_change(&mut item, ChangeKind::Created);
             self.put_new(item).await
@@ -1111,6 +1115,7 @@ impl MetadataStore for DynamoMetadataStore {
             Err(error) => error,
         };
         self.delete_tag_items_logged(record, &record.tags).await;
+        self.delete_review_item_logged(record, None).await;
         self.release_idempotency_key(record).await;
         Err(announced)
     }
@@ -1150,6 +1155,7 @@ impl MetadataStore for DynamoMetadataStore {
             .cloned()
             .collect();
         self.put_tag_items(record, &added).await?;
+        self.put_review_item(record, Some(&current)).await?;
         let mut item = image_item(record, self.time_shards().await?)?;
         events::mark_change(&mut item, change);
         let put = self
@@ -1163,6 +1169,7 @@ impl MetadataStore for DynamoMetadataStore {
             .await;
         if let Err(error) = put.map_err(classify) {
             self.delete_tag_items_logged(record, &added).await;
+            self.delete_review_item_logged(record, Some(&current)).await;
             return match error {
                 StorageError::ConditionFailed if self.get(&record.id).await?.is_none() => {
                     Err(StorageError::NotFound)
@@ -1171,6 +1178,7 @@ impl MetadataStore for DynamoMetadataStore {
             };
         }
         self.delete_tag_items_logged(&current, &removed).await;
+        self.delete_review_item_logged(&current, Some(record)).await;
         // The change is made; unannounced, the call fails and the repair
         // pass announces it.
         self.announce(change, record).await
@@ -1210,6 +1218,7 @@ impl MetadataStore for DynamoMetadataStore {
             });
         }
         self.delete_tag_items_logged(&current, &current.tags).await;
+        self.delete_review_item_logged(&current, None).await;
         self.release_idempotency_key(&current).await;
         Ok(current)
     }
@@ -1315,6 +1324,30 @@ impl MetadataStore for DynamoMetadataStore {
                 Some(last) => start_key = Some(last),
             }
         }
+    }
+
+    async fn list_for_review(
+        &self,
+        state: ImageState,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        self.review_page(state, cursor, limit).await
+    }
+
+    async fn append_moderation_action(
+        &self,
+        action: &ModerationAction,
+    ) -> Result<(), StorageError> {
+        self.put_action(action).await
+    }
+
+    async fn list_moderation_actions(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ActionPage, StorageError> {
+        self.action_page(cursor, limit).await
     }
 
     async fn read_events(

@@ -20,7 +20,9 @@ use super::EmbeddedBlobStore;
 use super::blob::{PartWrite, READ_CHUNK};
 use super::urls::{UploadQuery, UrlError, UrlQuery};
 use crate::domain::image::{ObjectName, Timestamp};
-use crate::domain::ports::{BlobStore, ObjectKey, OpenSessions, StorageError, WriteSize};
+use crate::domain::ports::{
+    BlobStore, ObjectKey, OpenSessions, PublicImages, StorageError, WriteSize,
+};
 use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId};
 use crate::listener::{PeerInfo, peer_key};
@@ -52,13 +54,16 @@ pub struct PartUploadCaps {
     pub per_user: usize,
 }
 
-/// The download and upload routes, over `store`; `sessions` says which
+/// The download and upload routes, over `store`; `public` says which
+/// images a URL may still fetch (a URL of an image moderation hid or
+/// removed since it was issued is refused); `sessions` says which
 /// upload sessions may still receive parts, and whose they are; `caps`
 /// bound the part bodies received at once; `downloads` bound the
 /// downloads sent at once, each of which reserves what it reads ahead
 /// through `read_ahead`.
 pub fn routes(
     store: Arc<EmbeddedBlobStore>,
+    public: Arc<dyn PublicImages>,
     sessions: Arc<dyn OpenSessions>,
     caps: PartUploadCaps,
     downloads: DownloadCaps,
@@ -69,6 +74,7 @@ pub fn routes(
             "/blobs/images/{image_id}/{object}",
             get(presigned_download).with_state(Downloads {
                 store: store.clone(),
+                public,
                 read_ahead,
                 slots: Arc::new(Slots::new(downloads.at_once, downloads.per_peer)),
             }),
@@ -433,6 +439,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 #[derive(Clone)]
 struct Downloads {
     store: Arc<EmbeddedBlobStore>,
+    /// Whether an image is still anyone's to fetch.
+    public: Arc<dyn PublicImages>,
     read_ahead: ReserveReadAhead,
     /// Held by each download's remote address.
     slots: Arc<Slots<Option<IpAddr>>>,
@@ -448,6 +456,7 @@ struct Downloads {
 async fn presigned_download(
     State(Downloads {
         store,
+        public,
         read_ahead,
         slots,
     }): State<Downloads>,
@@ -483,6 +492,16 @@ async fn presigned_download(
             );
         }
     };
+    // A URL outlives its image's state: one of an image hidden or removed
+    // since is answered as if the image did not exist.
+    match public.is_public(&id).await {
+        Ok(true) => {}
+        Ok(false) => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        Err(error) => {
+            tracing::error!(%error, "presigned download failed");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+        }
+    }
     let size = match store.size(&key).await {
         Ok(size) => size,
         Err(StorageError::NotFound) => return plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -864,6 +883,16 @@ mod tests {
         asked: AtomicUsize,
     }
 
+    /// Every image is public: these tests send parts, not downloads.
+    struct AllPublic;
+
+    #[async_trait::async_trait]
+    impl PublicImages for AllPublic {
+        async fn is_public(&self, _id: &ImageId) -> Result<bool, StorageError> {
+            Ok(true)
+        }
+    }
+
     #[async_trait::async_trait]
     impl OpenSessions for ClosingSession {
         async fn open_owner(&self, _upload: &UploadId) -> Result<Option<UserId>, StorageError> {
@@ -893,6 +922,7 @@ mod tests {
                 listener,
                 routes(
                     store.clone(),
+                    Arc::new(AllPublic),
                     sessions,
                     PartUploadCaps {
                         at_once: 0,

@@ -9,6 +9,11 @@
 //! know whether another page follows), whatever the filters. Records and
 //! their entries change in one transaction, so the index is never stale.
 //!
+//! The images not `Active` have one more entry each, `REVIEW | state |
+//! state_time | id`, which the moderators' review reads in key order.
+//! The moderation audit trail is a table of its own, keyed by time and id,
+//! only ever appended to.
+//!
 //! Each change's event is written in the change's transaction, at the next
 //! number of one sequence ([`EVENTS`]): a change and its event are
 //! committed together or not at all, and the sequence is the log's order.
@@ -21,8 +26,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::domain::audit::{
+    ActionPage, ModerationAction, ORDER_LEN, action_position, review_position,
+};
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
-use crate::domain::image::Timestamp;
+use crate::domain::image::{ImageState, Timestamp};
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{
     CreateOutcome, ListPage, MetadataStore, PendingEncodings, PendingWrite, SessionAdmission,
@@ -53,6 +61,9 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("upload_ses
 const OPEN_SESSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("open_upload_sessions");
 /// user id → the user's usage item as JSON (see [`UsageRecord`]).
 const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
+/// The moderation audit trail: time and id (see
+/// [`crate::domain::audit::action_position`]) → the action as JSON.
+const ACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation_actions");
 /// The event log: sequence number → the event as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The log's bookkeeping: [`SWEPT_THROUGH`] → the last number removed by
@@ -66,6 +77,9 @@ const BY_OWNER: u8 = 1;
 const BY_TAG: u8 = 2;
 const BY_LOCATION: u8 = 4;
 const BY_CONTENT_TYPE: u8 = 8;
+/// The first byte of the review entries of the records not `Active`
+/// (above every combination of the listing filters).
+const REVIEW: u8 = 0x40;
 /// Page cache of the database. redb's default (1 GiB) would let the
 /// process's memory grow with the catalogue; listings touch few pages.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -99,6 +113,7 @@ impl EmbeddedMetadataStore {
                 .map_err(StorageError::internal)?;
             txn.open_table(USAGE).map_err(StorageError::internal)?;
             txn.open_table(EVENTS).map_err(StorageError::internal)?;
+            txn.open_table(ACTIONS).map_err(StorageError::internal)?;
             txn.open_table(EVENT_MARKS)
                 .map_err(StorageError::internal)?;
         }
@@ -450,7 +465,19 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
             keys.push(key);
         }
     }
+    if let Some(order) = review_position(record) {
+        keys.push([&review_prefix(record.state)[..], &order].concat());
+    }
     keys
+}
+
+/// The start of every review entry of `state`.
+fn review_prefix(state: ImageState) -> [u8; 2] {
+    let index = ImageState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or_default();
+    [REVIEW, index as u8]
 }
 
 fn idempotency_key(owner: &UserId, key: &str) -> Vec<u8> {
@@ -846,6 +873,99 @@ impl MetadataStore for EmbeddedMetadataStore {
         self.run(|db| {
             db.begin_read()?.open_table(RECORDS)?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn list_for_review(
+        &self,
+        state: ImageState,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage, StorageError> {
+        let prefix = review_prefix(state);
+        let lower = match cursor {
+            Some(cursor) if cursor.len() != ORDER_LEN => {
+                return Err(StorageError::internal("malformed review cursor"));
+            }
+            // Just after the cursor's entry.
+            Some(cursor) => [&prefix[..], cursor, &[0]].concat(),
+            None => prefix.to_vec(),
+        };
+        let upper = [&prefix[..], &[0xFF; ORDER_LEN + 1]].concat();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let index = txn.open_table(INDEX)?;
+            let records = txn.open_table(RECORDS)?;
+            let mut page = ListPage::default();
+            for entry in index.range::<&[u8]>(lower.as_slice()..upper.as_slice())? {
+                let key = entry?.0.value().to_vec();
+                if page.records.len() == limit {
+                    page.next_cursor = page.record_cursors.last().cloned();
+                    break;
+                }
+                let id = image_id_from_index_key(&key);
+                page.records_read += 1;
+                if let Some(guard) = records.get(id.as_bytes().as_slice())? {
+                    match decode(guard.value()) {
+                        Ok(record) if record.state == state => {
+                            page.records.push(record);
+                            page.record_cursors
+                                .push(key[key.len() - ORDER_LEN..].to_vec());
+                        }
+                        Ok(_) => {}
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+            }
+            Ok(Ok(page))
+        })
+        .await
+    }
+
+    async fn append_moderation_action(
+        &self,
+        action: &ModerationAction,
+    ) -> Result<(), StorageError> {
+        let key = action_position(action);
+        let value = serde_json::to_vec(action).map_err(StorageError::internal)?;
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(ACTIONS)?
+                .insert(key.as_slice(), value.as_slice())?;
+            txn.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn list_moderation_actions(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ActionPage, StorageError> {
+        let lower = match cursor {
+            Some(cursor) => [cursor, &[0]].concat(),
+            None => Vec::new(),
+        };
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let mut page = ActionPage::default();
+            for entry in txn
+                .open_table(ACTIONS)?
+                .range::<&[u8]>(lower.as_slice()..)?
+            {
+                let (_, value) = entry?;
+                if page.actions.len() == limit {
+                    page.next_cursor = page.actions.last().map(action_position);
+                    break;
+                }
+                match serde_json::from_slice(value.value()) {
+                    Ok(action) => page.actions.push(action),
+                    Err(error) => return Ok(Err(StorageError::internal(error))),
+                }
+            }
+            Ok(Ok(page))
         })
         .await
     }

@@ -19,6 +19,7 @@ mod events;
 mod feeds;
 mod late_meta;
 mod listing;
+mod moderation;
 mod negotiation;
 mod quotas;
 mod sessions;
@@ -133,6 +134,12 @@ macro_rules! all_cases {
             events::a_cursor_past_the_retention_is_out_of_range,
             events::a_slow_watcher_is_cut_with_a_cursor_that_misses_nothing,
             events::a_watch_ends_with_its_cursor_when_the_server_stops,
+            moderation::only_moderators_use_the_moderation_service,
+            moderation::a_quarantined_image_is_its_owners_alone_until_approved,
+            moderation::a_removed_image_loses_its_bytes_and_keeps_its_record,
+            moderation::the_review_pages_in_time_order_and_the_trail_keeps_every_action,
+            moderation::a_stale_etag_changes_nothing,
+            moderation::state_changes_and_purges_are_events,
         );
     };
 }

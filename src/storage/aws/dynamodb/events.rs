@@ -83,6 +83,8 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::Updated => "updated",
         ChangeKind::VariantsAdded => "variants_added",
         ChangeKind::Deleted => "deleted",
+        ChangeKind::StateChanged => "state_changed",
+        ChangeKind::Purged => "purged",
     }
 }
 

@@ -105,6 +105,18 @@ pub(super) fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
+/// `item` with `entry` as JSON in `doc`.
+pub(super) fn doc_item(
+    mut item: HashMap<String, AttributeValue>,
+    entry: &impl serde::Serialize,
+) -> Result<HashMap<String, AttributeValue>, StorageError> {
+    item.insert(
+        "doc".into(),
+        s(serde_json::to_string(entry).map_err(StorageError::internal)?),
+    );
+    Ok(item)
+}
+
 pub(super) fn decode(item: &HashMap<String, AttributeValue>) -> Result<ImageRecord, StorageError> {
     let doc = item
         .get("doc")
