@@ -35,7 +35,9 @@ type ModPath = Vec<String>;
 
 /// The modules of `domain` that are use cases: the adapters and the media
 /// functions below the domain must not name them.
-const SERVICES: &[&str] = &["images", "upload", "repair", "admission", "budget", "watch"];
+const SERVICES: &[&str] = &[
+    "images", "upload", "repair", "erasure", "admission", "budget", "watch",
+];
 
 /// What `domain` must not name: transports, adapters, wiring, generated
 /// code and test support.

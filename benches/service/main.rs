@@ -15,6 +15,7 @@
 mod background;
 mod embedded;
 mod encodings;
+mod erasure;
 mod events;
 mod feed;
 mod feed_page;
@@ -59,6 +60,8 @@ pub struct Plan {
     event_changes: usize,
     event_backlog: usize,
     aws_event_backlog: usize,
+    /// Images of the user erased by the erasure figure: embedded, aws.
+    erased: (usize, usize),
 }
 
 impl Plan {
@@ -91,6 +94,7 @@ const FULL: Plan = Plan {
     event_changes: 200,
     event_backlog: 100_000,
     aws_event_backlog: 2_000,
+    erased: (2_000, 500),
 };
 
 const SMOKE: Plan = Plan {
@@ -110,6 +114,7 @@ const SMOKE: Plan = Plan {
     event_changes: 5,
     event_backlog: 200,
     aws_event_backlog: 20,
+    erased: (20, 10),
 };
 
 /// The figure families in the report's order, by the name that runs one
@@ -123,6 +128,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("small", true),
     // The cost of per-user usage accounting on the upload path (#36).
     ("quota", true),
+    // Erasure throughput: DeleteUserData on both backends (#36).
+    ("erasure", true),
     // 6: filtered listings on both stores.
     ("listings", true),
     // 7: the embedded backend against plain files.
@@ -242,6 +249,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "memory" => memory::run(plan, stores()).await,
         "small" => small::run(plan, stores()).await,
         "quota" => quota::run(plan, stores()).await,
+        "erasure" => erasure::run(plan, stores()).await,
         "listings" => listings::run(plan, stores()).await,
         "embedded" => embedded::run(plan).await,
         "variants" => variants::run(plan),

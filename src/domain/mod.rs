@@ -12,8 +12,8 @@
 //!    gathered into, the memory [`budget`] and its [`admission`] queue, the
 //!    per-user [`quota`].
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
-//!    then [`images`], then [`repair`]; [`watch`] (the event stream) beside
-//!    them.
+//!    then [`images`], then [`repair`] and the [`erasure`] of a user's data;
+//!    [`watch`] (the event stream) beside them.
 
 pub mod accept;
 pub mod error;
@@ -35,6 +35,7 @@ pub mod chunks;
 pub mod limits;
 pub mod quota;
 
+pub mod erasure;
 pub mod images;
 pub mod repair;
 pub mod upload;

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 mod changes;
 mod downloads;
 mod encodings;
+mod erasure;
 mod events;
 mod feeds;
 mod late_meta;
@@ -130,6 +131,8 @@ macro_rules! all_cases {
             events::a_cursor_past_the_retention_is_out_of_range,
             events::a_slow_watcher_is_cut_with_a_cursor_that_misses_nothing,
             events::a_watch_ends_with_its_cursor_when_the_server_stops,
+            erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
+            erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
         );
     };
 }
