@@ -213,9 +213,8 @@ impl Application {
         // Erasures a stopped replica left marked are resumed with the
         // repair pass (the first look at once: this replica may be the one
         // that stopped).
-        let erasure_resumes = (!self.repair_interval.is_zero()).then(|| {
-            tokio::spawn(erasures.clone().resume_periodically(self.repair_interval))
-        });
+        let erasure_resumes = (!self.repair_interval.is_zero())
+            .then(|| tokio::spawn(erasures.clone().resume_periodically(self.repair_interval)));
         let metrics_upkeep = tokio::spawn(crate::telemetry::upkeep_periodically());
         let event_sweep = tokio::spawn(self.watches.clone().sweep_periodically());
         let backend_watch = tokio::spawn(watch_backends(

@@ -36,7 +36,13 @@ type ModPath = Vec<String>;
 /// The modules of `domain` that are use cases: the adapters and the media
 /// functions below the domain must not name them.
 const SERVICES: &[&str] = &[
-    "images", "upload", "repair", "erasure", "admission", "budget", "watch",
+    "images",
+    "upload",
+    "repair",
+    "erasure",
+    "admission",
+    "budget",
+    "watch",
 ];
 
 /// What `domain` must not name: transports, adapters, wiring, generated

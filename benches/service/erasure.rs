@@ -23,7 +23,10 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
         out,
         "### Erasure: a user's images deleted by DeleteUserData (small PNGs, variants off)\n"
     );
-    let _ = writeln!(out, "| backend | images | took | images/s |\n|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| backend | images | took | images/s |\n|---|---|---|---|"
+    );
     let (embedded, aws) = plan.erased;
     for (backend, args, count) in [
         ("embedded", without_variants(&[]), embedded),

@@ -828,16 +828,20 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::GetUserDataDeletionRequest>,
     ) -> Result<Response<pb::GetUserDataDeletionResponse>, Status> {
-        self.observe("GetUserDataDeletion", request.metadata(), |_in_flight| async {
-            let caller = self.caller_of(&request).await?;
-            let status = self
-                .erasures
-                .user_data_deletion(&caller, &request.get_ref().user_id)
-                .await?;
-            Ok(Response::new(pb::GetUserDataDeletionResponse {
-                deletion: Some(convert::user_data_deletion(&status)),
-            }))
-        })
+        self.observe(
+            "GetUserDataDeletion",
+            request.metadata(),
+            |_in_flight| async {
+                let caller = self.caller_of(&request).await?;
+                let status = self
+                    .erasures
+                    .user_data_deletion(&caller, &request.get_ref().user_id)
+                    .await?;
+                Ok(Response::new(pb::GetUserDataDeletionResponse {
+                    deletion: Some(convert::user_data_deletion(&status)),
+                }))
+            },
+        )
         .await
     }
 }

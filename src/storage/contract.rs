@@ -1098,9 +1098,7 @@ async fn an_erasure_mark_refuses_reservations_and_its_end_resets_the_usage(
     assert!(store.get_usage(&user).await.unwrap().erasure.is_some());
 }
 
-async fn a_users_sessions_are_found_and_their_events_lose_their_images(
-    store: &dyn MetadataStore,
-) {
+async fn a_users_sessions_are_found_and_their_events_lose_their_images(store: &dyn MetadataStore) {
     let mut session = new_session(Timestamp::now());
     let user = session.owner.clone();
     let quota = SessionQuota {
@@ -1123,7 +1121,11 @@ async fn a_users_sessions_are_found_and_their_events_lose_their_images(
         .map(|s| s.id)
         .collect();
     found.sort_by_key(|id| id.to_string());
-    assert_eq!(found.len(), 2, "every session of the user, none of another's");
+    assert_eq!(
+        found.len(),
+        2,
+        "every session of the user, none of another's"
+    );
 
     let head = store.event_head().await.unwrap();
     let record = sample_record(&user, now_micros());
@@ -1133,7 +1135,10 @@ async fn a_users_sessions_are_found_and_their_events_lose_their_images(
     create(store, &theirs).await;
     store.delete(&record.id, &user).await.unwrap();
     let redacted = store.redact_events(&user).await.unwrap();
-    assert_eq!(redacted, 1, "the created event had an image; the deleted none");
+    assert_eq!(
+        redacted, 1,
+        "the created event had an image; the deleted none"
+    );
     let events = events_of(store, EventStart::After(head.clone()), &user, 2).await;
     let kinds: Vec<(ChangeKind, bool)> = events
         .iter()

@@ -43,11 +43,7 @@ async fn delete_user_data(
         .expect("a deletion"))
 }
 
-async fn deletion(
-    app: &TestApp,
-    caller: &str,
-    user: &str,
-) -> Result<pb::UserDataDeletion, Status> {
+async fn deletion(app: &TestApp, caller: &str, user: &str) -> Result<pb::UserDataDeletion, Status> {
     let request = pb::GetUserDataDeletionRequest {
         user_id: user.into(),
     };
@@ -233,8 +229,8 @@ pub(super) async fn an_erased_user_leaves_nothing_and_others_are_untouched(backe
     assert_code(refused, Code::FailedPrecondition);
     let again = delete_user_data(&app, ADMIN, "victim").await.unwrap();
     assert_eq!(
-        (again.state(), again.request_time.clone()),
-        (pb::user_data_deletion::State::Running, started.request_time.clone()),
+        (again.state(), again.request_time),
+        (pb::user_data_deletion::State::Running, started.request_time),
         "a second call returns the erasure that runs"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,10 +259,7 @@ pub(super) async fn an_erased_user_leaves_nothing_and_others_are_untouched(backe
         assert!(tokio::time::Instant::now() < deadline, "objects left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let listed = app
-        .list_all("victim", owned_by("victim"))
-        .await
-        .unwrap();
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
     assert!(listed.is_empty());
 
     // Every event stays, the victim's without their image.
@@ -338,10 +331,7 @@ pub(super) async fn an_erased_user_leaves_nothing_and_others_are_untouched(backe
         .upload("victim", spec("again.png"), &late_png)
         .await
         .expect("uploads are allowed after the erasure");
-    let listed = app
-        .list_all("victim", owned_by("victim"))
-        .await
-        .unwrap();
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
     assert_eq!(ids(&listed), [fresh.image_id]);
 }
 
@@ -413,10 +403,7 @@ pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(ba
     let app = app.successor(&flags).await;
     let done = wait_until_done(&app, "victim").await;
     assert!(done.images_deleted > 0, "{done:?}");
-    let listed = app
-        .list_all("victim", owned_by("victim"))
-        .await
-        .unwrap();
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
     assert!(listed.is_empty());
     let left: Vec<String> = app
         .stored_objects_now()

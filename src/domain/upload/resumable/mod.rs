@@ -375,7 +375,10 @@ impl Uploads {
     /// Removes the session and every object it holds: the record first, so
     /// that a stream still writing fails its next change and removes what
     /// it wrote.
-    pub(in crate::domain) async fn remove_session(&self, session: &UploadSessionRecord) -> Result<(), DomainError> {
+    pub(in crate::domain) async fn remove_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), DomainError> {
         self.metadata.delete_upload_session(&session.id).await?;
         self.blobs.delete_staged(&session.id).await?;
         self.clean_up_after_urls(session);
