@@ -345,22 +345,9 @@ pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(ba
     };
     let victim = upload_many(&app, "victim", count).await;
     upload_many(&app, "bystander", 3).await;
-    app.stop().await.unwrap();
 
     // The real binary on the same stores, killed as a crash would.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
-    command.args(&app.args[1..]).args(["--log-format", "json"]);
-    let mut tries = 0;
-    let (mut replica, grpc) = loop {
-        if let Some(started) = crate::aws::try_spawn_service(&mut command) {
-            break started;
-        }
-        tries += 1;
-        assert!(tries < 50, "the replica never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut client =
-        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let (mut replica, mut client) = spawn_killable(&mut app).await;
     let request = pb::DeleteUserDataRequest::default();
     client
         .delete_user_data(as_user("victim", request))

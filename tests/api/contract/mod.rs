@@ -43,6 +43,33 @@ fn ids(images: &[pb::Image]) -> Vec<String> {
     images.iter().map(|i| i.image_id.clone()).collect()
 }
 
+/// The real binary on the stores of `app` (stopped first), to be killed
+/// as a crash would, and a client of it.
+async fn spawn_killable(
+    app: &mut TestApp,
+) -> (
+    std::process::Child,
+    pb::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+) {
+    app.stop().await.unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+    command.args(&app.args[1..]).args(["--log-format", "json"]);
+    // The embedded store is one process's at a time: the server stopped
+    // above may hold it for a moment after its task ends.
+    let mut tries = 0;
+    let (replica, grpc) = loop {
+        if let Some(started) = crate::aws::try_spawn_service(&mut command) {
+            break started;
+        }
+        tries += 1;
+        assert!(tries < 50, "the replica never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let client =
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    (replica, client)
+}
+
 macro_rules! contract_suite {
     ($backend:ident: $($module:ident::$case:ident),* $(,)?) => {
         $(

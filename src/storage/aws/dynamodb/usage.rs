@@ -76,6 +76,20 @@ fn room_before(max: u64, delta: i64) -> Option<u64> {
     u64::try_from(room).ok()
 }
 
+/// The condition that the item is still at `expected_revision` (0: no
+/// item yet), its value added to `values`.
+fn at_revision(
+    expected_revision: u64,
+    values: &mut HashMap<String, AttributeValue>,
+) -> &'static str {
+    if expected_revision == 0 {
+        "attribute_not_exists(rev)"
+    } else {
+        values.insert(":rev".into(), n(expected_revision));
+        "rev = :rev"
+    }
+}
+
 impl DynamoMetadataStore {
     pub(super) async fn usage_get(&self, user: &UserId) -> Result<UsageRecord, StorageError> {
         let response = self
@@ -198,12 +212,7 @@ impl DynamoMetadataStore {
             let set = usage.reservations.iter().map(|r| r.encode()).collect();
             values.insert(":r".into(), AttributeValue::Ss(set));
         }
-        let condition = if expected_revision == 0 {
-            "attribute_not_exists(rev)"
-        } else {
-            values.insert(":rev".into(), n(expected_revision));
-            "rev = :rev"
-        };
+        let condition = at_revision(expected_revision, &mut values);
         self.client
             .update_item()
             .table_name(&self.table)
@@ -237,12 +246,7 @@ impl DynamoMetadataStore {
             "SET erasure = :e, rev = :next, held_bytes = :zero, held_images = :zero \
              REMOVE erasing, reservations"
         };
-        let condition = if expected_revision == 0 {
-            "attribute_not_exists(rev)"
-        } else {
-            values.insert(":rev".into(), n(expected_revision));
-            "rev = :rev"
-        };
+        let condition = at_revision(expected_revision, &mut values);
         self.client
             .update_item()
             .table_name(&self.table)
