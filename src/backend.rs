@@ -206,6 +206,7 @@ fn limits(settings: &LimitSettings) -> Limits {
             max_bytes: settings.quota_bytes_per_user,
             max_images: settings.quota_images_per_user,
         },
+        max_running_erasures: settings.max_running_erasures as usize,
     }
 }
 

@@ -448,7 +448,8 @@ pub struct AuthSettings {
 
     /// The users (ids as the identity mode names them: `x-user-id` values
     /// or the JWT user claim, comma-separated) who may read any user's
-    /// usage (GetUsage) and set users' quotas (SetUserQuota).
+    /// usage (GetUsage), set users' quotas (SetUserQuota) and erase any
+    /// user's data (DeleteUserData, GetUserDataDeletion).
     #[arg(
         long,
         env = "IMAGE_SERVICE_ADMINS",
@@ -675,6 +676,18 @@ pub struct LimitSettings {
         global = true
     )]
     pub quota_images_per_user: u64,
+
+    /// User data erasures (DeleteUserData) one replica runs at once; more
+    /// wait for a slot, marked and reported RUNNING. Each deletes 8 images
+    /// at a time.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_RUNNING_ERASURES",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_running_erasures: u32,
 
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).

@@ -1106,6 +1106,7 @@ pub fn limits() -> crate::domain::Limits {
             },
         },
         quota: crate::domain::quota::QuotaLimits::default(),
+        max_running_erasures: 2,
         encodings: crate::domain::limits::EncodingLimits::default(),
     }
 }

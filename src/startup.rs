@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use crate::backend::{OpenedBackend, open_images};
 use crate::config::{AuthMode, AuthSettings, Backend, Config, ConnectionSettings};
 use crate::domain::Images;
+use crate::domain::erasure::Erasures;
 use crate::domain::ports::{OpenSessions, PublicImages};
 use crate::domain::watch::Watches;
 use crate::grpc::auth::Authenticator;
@@ -209,6 +210,12 @@ impl Application {
                     .repair_periodically(self.repair_interval, self.repair_grace),
             )
         });
+        let erasures = Erasures::new(self.images.clone());
+        // Erasures a stopped replica left marked are resumed with the
+        // repair pass (the first look at once: this replica may be the one
+        // that stopped).
+        let erasure_resumes = (!self.repair_interval.is_zero())
+            .then(|| tokio::spawn(erasures.clone().resume_periodically(self.repair_interval)));
         let metrics_upkeep = tokio::spawn(crate::telemetry::upkeep_periodically());
         let event_sweep = tokio::spawn(self.watches.clone().sweep_periodically());
         let backend_watch = tokio::spawn(watch_backends(
@@ -234,6 +241,7 @@ impl Application {
         let watches = self.watches.clone();
         let image_api = ImageApi::new(
             self.images,
+            erasures,
             self.watches,
             self.auth,
             CallLimits {
@@ -409,6 +417,9 @@ impl Application {
         }
         if let Some(repairs) = repairs {
             repairs.abort();
+        }
+        if let Some(resumes) = erasure_resumes {
+            resumes.abort();
         }
         health
             .set_not_serving::<ImageServiceServer<ImageApi>>()

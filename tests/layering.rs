@@ -40,6 +40,7 @@ const SERVICES: &[&str] = &[
     "moderation",
     "upload",
     "repair",
+    "erasure",
     "admission",
     "budget",
     "watch",

@@ -15,6 +15,7 @@
 mod background;
 mod embedded;
 mod encodings;
+mod erasure;
 mod events;
 mod feed;
 mod feed_page;
@@ -62,6 +63,8 @@ pub struct Plan {
     /// Watchers that stop reading, and the edits made while they do.
     stalled_watchers: usize,
     stalled_edits: usize,
+    /// Images of the user erased by the erasure figure: embedded, aws.
+    erased: (usize, usize),
 }
 
 impl Plan {
@@ -96,6 +99,7 @@ const FULL: Plan = Plan {
     aws_event_backlog: 2_000,
     stalled_watchers: 64,
     stalled_edits: 1_000,
+    erased: (2_000, 500),
 };
 
 const SMOKE: Plan = Plan {
@@ -117,6 +121,7 @@ const SMOKE: Plan = Plan {
     aws_event_backlog: 20,
     stalled_watchers: 2,
     stalled_edits: 10,
+    erased: (20, 10),
 };
 
 /// The figure families in the report's order, by the name that runs one
@@ -130,6 +135,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("small", true),
     // The cost of per-user usage accounting on the upload path (#36).
     ("quota", true),
+    // Erasure throughput: DeleteUserData on both backends (#36).
+    ("erasure", true),
     // 6: filtered listings on both stores.
     ("listings", true),
     // 7: the embedded backend against plain files.
@@ -249,6 +256,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "memory" => memory::run(plan, stores()).await,
         "small" => small::run(plan, stores()).await,
         "quota" => quota::run(plan, stores()).await,
+        "erasure" => erasure::run(plan, stores()).await,
         "listings" => listings::run(plan, stores()).await,
         "embedded" => embedded::run(plan).await,
         "variants" => variants::run(plan),

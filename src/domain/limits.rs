@@ -52,6 +52,9 @@ pub struct Limits {
     pub quota: QuotaLimits,
     /// The encodings made after the acknowledgement, and their queue.
     pub encodings: EncodingLimits,
+    /// User data erasures one replica runs at once
+    /// (`--max-running-erasures`).
+    pub max_running_erasures: usize,
 }
 
 /// The encodings each variant is kept in besides the one made before the

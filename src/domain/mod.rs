@@ -13,8 +13,8 @@
 //!    gathered into, the memory [`budget`] and its [`admission`] queue, the
 //!    per-user [`quota`].
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
-//!    then [`images`], then [`moderation`] and [`repair`]; [`watch`] (the
-//!    event stream) beside them.
+//!    then [`images`], then [`moderation`], [`repair`] and the [`erasure`]
+//!    of a user's data; [`watch`] (the event stream) beside them.
 
 pub mod accept;
 pub mod audit;
@@ -37,6 +37,7 @@ pub mod chunks;
 pub mod limits;
 pub mod quota;
 
+pub mod erasure;
 pub mod images;
 pub mod moderation;
 pub mod repair;

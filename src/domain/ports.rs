@@ -15,7 +15,7 @@ use super::event::{ChangeKind, EventRead, EventStart};
 use super::image::{Encoding, ImageState, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
-use super::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
+use super::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use super::{DomainError, ImageId, ImageRecord, UserId, VariantName};
 use crate::BoxError;
 
@@ -611,6 +611,34 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Every usage item (for the repair pass: a scan of the store).
     async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError>;
+
+    /// Sets the erasure of the user's usage item (creating the item) if
+    /// its revision is still `expected_revision` (0: no item yet):
+    /// `ConditionFailed` otherwise. The item becomes
+    /// [`UsageRecord::with_erasure`]: while `erasure` runs, every change
+    /// that adds a reservation is refused on every replica; once it is
+    /// finished, the totals and reservations are reset.
+    async fn set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Every upload session record of `owner` (open, committed or closed),
+    /// for an erasure of the user's data. Stores without an index of all
+    /// of a user's sessions scan for them: its cost is the store's size.
+    async fn upload_sessions_of(
+        &self,
+        owner: &UserId,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError>;
+
+    /// Removes the image (the record: title, tags, filename...) from every
+    /// retained event of `owner`, keeping its id, kind, time, revision and
+    /// object names; returns how many events changed. For an erasure of
+    /// the user's data, after their images are deleted. Stores without an
+    /// index of events by owner scan the log: its cost is the log's size.
+    async fn redact_events(&self, owner: &UserId) -> Result<usize, StorageError>;
 
     /// Removes index entries that point at no image (or at an image that no
     /// longer matches them), written before `older_than`; returns how many

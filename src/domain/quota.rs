@@ -115,6 +115,11 @@ impl Quotas {
         self.set_quota(&user, quota).await
     }
 
+    /// Whether `user` may act on anyone's usage and data (`--admins`).
+    pub fn is_admin(&self, user: &UserId) -> bool {
+        self.admins.contains(user)
+    }
+
     /// The quotas that apply to a user with the override `quota`.
     pub fn limits(&self, quota: QuotaOverride) -> QuotaLimits {
         QuotaLimits {
@@ -207,6 +212,9 @@ impl Quotas {
         };
         for _ in 0..RESERVE_ATTEMPTS {
             let usage = self.metadata.get_usage(user).await?;
+            if usage.is_being_erased() {
+                return Err(being_erased());
+            }
             let limits = self.limits(usage.quota);
             if let Some(violation) = violation(user, &usage, limits, bytes) {
                 metrics::counter!("imageservice_quota_refusals_total").increment(1);
@@ -223,7 +231,8 @@ impl Quotas {
                     });
                 }
                 // Another upload took the room between the read and the
-                // update: read again, which tells which quota it was.
+                // update, or an erasure was marked: read again, which
+                // tells which.
                 Err(StorageError::ConditionFailed) => continue,
                 Err(error) => return Err(error.into()),
             }
@@ -371,6 +380,14 @@ pub fn reserving_session(reservation: &UsageReservation) -> Option<UploadId> {
 /// What the ids of sessions' reservations begin with (a one-shot upload's
 /// is a bare UUID).
 const SESSION_RESERVATION_PREFIX: &str = "session-";
+
+/// The refusal of an upload while the user's data is being erased.
+pub fn being_erased() -> DomainError {
+    DomainError::FailedPrecondition(
+        "this user's data is being erased (DeleteUserData); uploads are refused until it is done"
+            .into(),
+    )
+}
 
 /// Every byte an image holds in the blob store: the original and each
 /// stored object of its variants.

@@ -1,8 +1,10 @@
 //! What one user holds, as the metadata store keeps it: one usage item per
 //! user with the bytes and images held (settled and reserved together, so
 //! that one conditional update checks a quota), the reservations of the
-//! uploads in progress, and the user's quota override.
+//! uploads in progress, the user's quota override, and the user's erasure
+//! (its marker while it runs, its audit entry after).
 
+use super::UserId;
 use super::image::Timestamp;
 
 /// A user's usage item. Absent from the store, it reads as
@@ -21,6 +23,33 @@ pub struct UsageRecord {
     /// Grows with every change, so a recomputation (the repair pass) is
     /// written only if nothing changed since it read the item.
     pub revision: u64,
+    /// The user's latest erasure (`DeleteUserData`): while it runs, the
+    /// marker that refuses every new reservation (see
+    /// [`UsageRecord::apply`]); once done, its audit entry.
+    #[serde(default)]
+    pub erasure: Option<ErasureRecord>,
+}
+
+/// An erasure of a user's data: ids, times and counts only, never what the
+/// user stored (no title, tag or filename), so it may outlive the data as
+/// the record that the erasure happened.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErasureRecord {
+    /// Who asked: the user, or an admin (`--admins`).
+    pub requested_by: UserId,
+    pub requested: Timestamp,
+    /// `None` while it runs.
+    pub finished: Option<Timestamp>,
+    /// Images deleted so far.
+    pub images_deleted: u64,
+    /// Upload sessions removed so far.
+    pub sessions_deleted: u64,
+}
+
+impl ErasureRecord {
+    pub fn is_running(&self) -> bool {
+        self.finished.is_none()
+    }
 }
 
 impl UsageRecord {
@@ -37,9 +66,12 @@ impl UsageRecord {
     /// Applies `change` if the totals after it stay within `ceiling`:
     /// what every store does in one step (a transaction, a lock, a
     /// conditional update). `false` (and nothing changed) when it would
-    /// pass the ceiling, or when it removes a reservation the item does
-    /// not hold.
+    /// pass the ceiling, when it removes a reservation the item does not
+    /// hold, or when it adds one while the user's data is being erased.
     pub fn apply(&mut self, change: &UsageChange, ceiling: Option<UsageCeiling>) -> bool {
+        if change.add.is_some() && self.is_being_erased() {
+            return false;
+        }
         if let Some(removed) = &change.remove
             && !self.reservations.contains(removed)
         {
@@ -66,6 +98,30 @@ impl UsageRecord {
 }
 
 impl UsageRecord {
+    /// Whether an erasure of the user's data runs: no upload may start.
+    pub fn is_being_erased(&self) -> bool {
+        self.erasure.as_ref().is_some_and(ErasureRecord::is_running)
+    }
+
+    /// The item after [`MetadataStore::set_erasure`] with `erasure`: a
+    /// finished erasure also resets the totals and reservations (the user
+    /// holds nothing any more), leaving the quota override and the audit.
+    ///
+    /// [`MetadataStore::set_erasure`]: super::ports::MetadataStore::set_erasure
+    pub fn with_erasure(&self, erasure: &ErasureRecord) -> UsageRecord {
+        let mut next = if erasure.is_running() {
+            self.clone()
+        } else {
+            UsageRecord {
+                quota: self.quota,
+                ..UsageRecord::default()
+            }
+        };
+        next.erasure = Some(erasure.clone());
+        next.revision = self.revision + 1;
+        next
+    }
+
     /// The item after [`MetadataStore::replace_usage`] with `recomputed`:
     /// its totals and reservations, this item's quota override, the next
     /// revision.
@@ -78,6 +134,7 @@ impl UsageRecord {
             reservations: recomputed.reservations.clone(),
             quota: self.quota,
             revision: self.revision + 1,
+            erasure: self.erasure.clone(),
         }
     }
 }
@@ -206,5 +263,40 @@ mod tests {
         assert!(!usage.apply(&settle, None), "a reservation ends once");
         assert_eq!((usage.held_bytes, usage.held_images), (40, 1));
         assert!(usage.reservations.is_empty());
+    }
+
+    #[test]
+    fn no_reservation_starts_while_the_data_is_erased_and_the_end_resets_the_usage() {
+        let mut usage = UsageRecord::default();
+        let before = reservation(10);
+        let reserve = |r: &UsageReservation| UsageChange {
+            bytes: r.bytes as i64,
+            images: 1,
+            add: Some(r.clone()),
+            remove: None,
+        };
+        assert!(usage.apply(&reserve(&before), None));
+        let mut erasure = ErasureRecord {
+            requested_by: UserId::parse("ops").unwrap(),
+            requested: Timestamp::from_micros(1_700_000_000_000_000),
+            finished: None,
+            images_deleted: 0,
+            sessions_deleted: 0,
+        };
+        usage = usage.with_erasure(&erasure);
+        assert!(usage.is_being_erased());
+        assert!(!usage.apply(&reserve(&reservation(1)), None));
+        let settle = UsageChange {
+            bytes: -2,
+            images: 0,
+            add: None,
+            remove: Some(before),
+        };
+        assert!(usage.apply(&settle, None), "an earlier upload still ends");
+        erasure.finished = Some(Timestamp::from_micros(1_700_000_001_000_000));
+        let ended = usage.with_erasure(&erasure);
+        assert_eq!((ended.held_bytes, ended.held_images), (0, 0));
+        assert_eq!(ended.erasure, Some(erasure));
+        assert_eq!(ended.revision, usage.revision + 1);
     }
 }

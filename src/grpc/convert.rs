@@ -279,6 +279,26 @@ pub fn usage(usage: &crate::domain::quota::UserUsage) -> pb::Usage {
     }
 }
 
+pub fn user_data_deletion(status: &crate::domain::erasure::ErasureStatus) -> pb::UserDataDeletion {
+    use pb::user_data_deletion::State;
+    let record = &status.record;
+    let state = if record.is_running() {
+        State::Running
+    } else {
+        State::Done
+    };
+    pb::UserDataDeletion {
+        user_id: status.user.to_string(),
+        state: state.into(),
+        requested_by: record.requested_by.to_string(),
+        request_time: Some(timestamp(record.requested)),
+        finish_time: record.finished.map(timestamp),
+        images_deleted: record.images_deleted,
+        sessions_deleted: record.sessions_deleted,
+        images_left: status.images_left,
+    }
+}
+
 /// The filter of a `WatchImageEvents` request: an owner that is not a
 /// valid user id, an unknown or unspecified type, or more than
 /// [`MAX_TYPE_FILTERS`] types is INVALID_ARGUMENT.

@@ -16,6 +16,7 @@ use super::convert;
 use super::request_memory::UploadMessages;
 use super::response_memory::HeldMemory;
 use crate::domain::budget::Reservation;
+use crate::domain::erasure::Erasures;
 use crate::domain::images::{BatchUrl, DownloadRequest, UrlRequest};
 use crate::domain::upload::message_bound;
 use crate::domain::usage::QuotaOverride;
@@ -47,6 +48,7 @@ pub const RESUME_CURSOR: &str = "x-resume-cursor";
 #[derive(Clone)]
 pub struct ImageApi {
     pub(super) images: Images,
+    erasures: Erasures,
     watches: Watches,
     auth: Arc<Authenticator>,
     limits: CallLimits,
@@ -58,12 +60,14 @@ pub struct ImageApi {
 impl ImageApi {
     pub fn new(
         images: Images,
+        erasures: Erasures,
         watches: Watches,
         auth: Arc<Authenticator>,
         limits: CallLimits,
     ) -> Self {
         Self {
             images,
+            erasures,
             watches,
             auth,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
@@ -824,6 +828,44 @@ impl ImageService for ImageApi {
                 usage: Some(convert::usage(&usage)),
             }))
         })
+        .await
+    }
+
+    async fn delete_user_data(
+        &self,
+        request: Request<pb::DeleteUserDataRequest>,
+    ) -> Result<Response<pb::DeleteUserDataResponse>, Status> {
+        self.observe("DeleteUserData", request.metadata(), |_in_flight| async {
+            let caller = self.caller_of(&request).await?;
+            let status = self
+                .erasures
+                .delete_user_data(&caller, &request.get_ref().user_id)
+                .await?;
+            Ok(Response::new(pb::DeleteUserDataResponse {
+                deletion: Some(convert::user_data_deletion(&status)),
+            }))
+        })
+        .await
+    }
+
+    async fn get_user_data_deletion(
+        &self,
+        request: Request<pb::GetUserDataDeletionRequest>,
+    ) -> Result<Response<pb::GetUserDataDeletionResponse>, Status> {
+        self.observe(
+            "GetUserDataDeletion",
+            request.metadata(),
+            |_in_flight| async {
+                let caller = self.caller_of(&request).await?;
+                let status = self
+                    .erasures
+                    .user_data_deletion(&caller, &request.get_ref().user_id)
+                    .await?;
+                Ok(Response::new(pb::GetUserDataDeletionResponse {
+                    deletion: Some(convert::user_data_deletion(&status)),
+                }))
+            },
+        )
         .await
     }
 }

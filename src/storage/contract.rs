@@ -23,7 +23,7 @@ use crate::domain::ports::{
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
 use crate::domain::usage::{
-    QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
+    ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
 };
 use crate::domain::{ImageId, ImageRecord, UserId, VariantName};
 
@@ -55,6 +55,8 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     usage_changes_stay_under_the_ceiling_even_at_once(store).await;
     a_reservation_ends_once(store).await;
     quota_overrides_and_recomputed_usage_keep_each_other(store).await;
+    an_erasure_mark_refuses_reservations_and_its_end_resets_the_usage(store).await;
+    a_users_sessions_are_found_and_their_events_lose_their_images(store).await;
     journaled_encodings_are_one_entry_per_image_until_cleared(store).await;
     every_change_has_one_event_in_order_after_the_head(store).await;
     the_review_lists_a_state_oldest_first_from_its_index(store).await;
@@ -1153,4 +1155,151 @@ async fn quota_overrides_and_recomputed_usage_keep_each_other(store: &dyn Metada
     let cleared = store.get_usage(&user).await.unwrap();
     assert_eq!(cleared.quota, QuotaOverride::default());
     assert_eq!(cleared.held_bytes, 42, "setting a quota keeps the usage");
+}
+
+async fn an_erasure_mark_refuses_reservations_and_its_end_resets_the_usage(
+    store: &dyn MetadataStore,
+) {
+    let user = fresh_user();
+    let quota = QuotaOverride {
+        max_bytes: Some(5000),
+        max_images: None,
+    };
+    store.set_user_quota(&user, quota).await.unwrap();
+    let held = reservation(300, Timestamp::now());
+    store
+        .change_usage(&user, &reserving(&held), None)
+        .await
+        .unwrap();
+    let read = store.get_usage(&user).await.unwrap();
+    let mut erasure = ErasureRecord {
+        requested_by: user.clone(),
+        requested: Timestamp::now(),
+        finished: None,
+        images_deleted: 0,
+        sessions_deleted: 0,
+    };
+    assert!(
+        matches!(
+            store.set_erasure(&user, &erasure, read.revision + 1).await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "a mark from another revision is not written"
+    );
+    store
+        .set_erasure(&user, &erasure, read.revision)
+        .await
+        .unwrap();
+    let marked = store.get_usage(&user).await.unwrap();
+    assert!(marked.is_being_erased(), "{marked:?}");
+    assert_eq!((marked.held_bytes, marked.quota), (300, quota));
+    assert!(
+        matches!(
+            store
+                .change_usage(&user, &reserving(&reservation(1, Timestamp::now())), None)
+                .await,
+            Err(StorageError::ConditionFailed)
+        ),
+        "no reservation while the data is erased"
+    );
+    // What reserved before the mark still ends, and deletes give back.
+    let released = UsageChange {
+        bytes: -300,
+        images: -1,
+        add: None,
+        remove: Some(held),
+    };
+    store.change_usage(&user, &released, None).await.unwrap();
+    let give_back = UsageChange {
+        bytes: -10,
+        images: -1,
+        ..UsageChange::default()
+    };
+    store.change_usage(&user, &give_back, None).await.unwrap();
+    let before_end = store.get_usage(&user).await.unwrap();
+    erasure.images_deleted = 7;
+    erasure.finished = Some(Timestamp::now());
+    store
+        .set_erasure(&user, &erasure, before_end.revision)
+        .await
+        .unwrap();
+    let ended = store.get_usage(&user).await.unwrap();
+    assert!(!ended.is_being_erased());
+    assert_eq!(ended.erasure.as_ref(), Some(&erasure), "the audit stays");
+    assert_eq!((ended.held_bytes, ended.held_images), (0, 0));
+    assert!(ended.reservations.is_empty());
+    assert_eq!(ended.quota, quota, "the override is the account's");
+    // A new account under the same id reserves again, keeping the audit.
+    store
+        .change_usage(&user, &reserving(&reservation(5, Timestamp::now())), None)
+        .await
+        .unwrap();
+    let again = store.get_usage(&user).await.unwrap();
+    assert_eq!(again.erasure, Some(erasure));
+    // A recomputation by the repair pass keeps the mark and the audit.
+    store
+        .replace_usage(&user, &UsageRecord::default(), again.revision)
+        .await
+        .unwrap();
+    assert!(store.get_usage(&user).await.unwrap().erasure.is_some());
+}
+
+async fn a_users_sessions_are_found_and_their_events_lose_their_images(store: &dyn MetadataStore) {
+    let mut session = new_session(Timestamp::now());
+    let user = session.owner.clone();
+    let quota = SessionQuota {
+        max_open: 10,
+        max_staged_bytes: 10_000,
+    };
+    store.create_upload_session(&session, quota).await.unwrap();
+    session.id = UploadId::new();
+    session.committed = true;
+    store.create_upload_session(&session, quota).await.unwrap();
+    store
+        .create_upload_session(&new_session(Timestamp::now()), quota)
+        .await
+        .unwrap();
+    let mut found: Vec<UploadId> = store
+        .upload_sessions_of(&user)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    found.sort_by_key(|id| id.to_string());
+    assert_eq!(
+        found.len(),
+        2,
+        "every session of the user, none of another's"
+    );
+
+    let head = store.event_head().await.unwrap();
+    let record = sample_record(&user, now_micros());
+    create(store, &record).await;
+    let other = fresh_user();
+    let theirs = sample_record(&other, now_micros());
+    create(store, &theirs).await;
+    store.delete(&record.id, &user).await.unwrap();
+    let redacted = store.redact_events(&user).await.unwrap();
+    assert_eq!(
+        redacted, 1,
+        "the created event had an image; the deleted none"
+    );
+    let events = events_of(store, EventStart::After(head.clone()), &user, 2).await;
+    let kinds: Vec<(ChangeKind, bool)> = events
+        .iter()
+        .map(|e| (e.event.kind, e.event.image.is_some()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(ChangeKind::Created, false), (ChangeKind::Deleted, false)]
+    );
+    assert_eq!(events[0].event.image_id, record.id, "ids stay");
+    assert!(!events[1].event.objects.is_empty(), "object names stay");
+    let theirs_events = events_of(store, EventStart::After(head), &other, 1).await;
+    assert!(
+        theirs_events[0].event.image.is_some(),
+        "another user's events keep their images"
+    );
+    assert_eq!(store.redact_events(&user).await.unwrap(), 0, "idempotent");
 }

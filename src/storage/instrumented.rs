@@ -21,7 +21,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
+use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// `(store, system)`: which port ("blob", "metadata") and what serves it
@@ -483,6 +483,41 @@ impl MetadataStore for InstrumentedMetadata {
 
     async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
         timed(("metadata", self.1), "list_usage", self.0.list_usage()).await
+    }
+
+    async fn set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        timed(
+            ("metadata", self.1),
+            "set_erasure",
+            self.0.set_erasure(user, erasure, expected_revision),
+        )
+        .await
+    }
+
+    async fn upload_sessions_of(
+        &self,
+        owner: &UserId,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "upload_sessions_of",
+            self.0.upload_sessions_of(owner),
+        )
+        .await
+    }
+
+    async fn redact_events(&self, owner: &UserId) -> Result<usize, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "redact_events",
+            self.0.redact_events(owner),
+        )
+        .await
     }
 
     async fn remove_stale_index_entries(

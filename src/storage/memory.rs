@@ -24,7 +24,7 @@ use crate::domain::ports::{
     StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
+use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// Largest piece a read yields, like a store's network reads.
@@ -481,6 +481,45 @@ impl MetadataStore for MemoryMetadataStore {
             .iter()
             .map(|(user, usage)| (user.clone(), usage.clone()))
             .collect())
+    }
+
+    async fn set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let stored = records.usage.entry(user.clone()).or_default();
+        if stored.revision != expected_revision {
+            return Err(StorageError::ConditionFailed);
+        }
+        *stored = stored.with_erasure(erasure);
+        Ok(())
+    }
+
+    async fn upload_sessions_of(
+        &self,
+        owner: &UserId,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        let records = self.lock();
+        Ok(records
+            .sessions
+            .values()
+            .filter(|session| session.owner == *owner)
+            .cloned()
+            .collect())
+    }
+
+    async fn redact_events(&self, owner: &UserId) -> Result<usize, StorageError> {
+        let mut records = self.lock();
+        let mut redacted = 0;
+        for event in records.events.values_mut() {
+            if event.owner == *owner && event.image.take().is_some() {
+                redacted += 1;
+            }
+        }
+        Ok(redacted)
     }
 
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {

@@ -73,7 +73,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
+use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IDEMPOTENCY_SK: &str = "idempotency";
@@ -810,6 +810,35 @@ impl MetadataStore for DynamoMetadataStore {
 
     async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
         self.usage_list().await
+    }
+
+    async fn set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        self.usage_set_erasure(user, erasure, expected_revision)
+            .await
+    }
+
+    /// A scan of the session items: sessions are keyed by id alone, and
+    /// only open ones are indexed by owner.
+    async fn upload_sessions_of(
+        &self,
+        owner: &UserId,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        let sessions: Vec<UploadSessionRecord> = self
+            .scan_docs("sk = :sk", vec![(":sk", s(SESSION_SK))])
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|session| session.owner == *owner)
+            .collect())
+    }
+
+    async fn redact_events(&self, owner: &UserId) -> Result<usize, StorageError> {
+        self.redact_owner_events(owner).await
     }
 
     async fn record_pending_write(&self, write: &PendingWrite) -> Result<(), StorageError> {

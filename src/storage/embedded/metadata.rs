@@ -37,7 +37,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::usage::{QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
+use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 /// image id (16 bytes) → the record as JSON.
@@ -580,6 +580,67 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
             }
             Ok(Ok(found))
+        })
+        .await
+    }
+
+    async fn set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let erasure = erasure.clone();
+        self.update_usage(user, move |stored| {
+            if stored.revision != expected_revision {
+                return Err(StorageError::ConditionFailed);
+            }
+            *stored = stored.with_erasure(&erasure);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_sessions_of(
+        &self,
+        owner: &UserId,
+    ) -> Result<Vec<UploadSessionRecord>, StorageError> {
+        let owner = owner.clone();
+        self.scan_json(SESSIONS, move |session: &UploadSessionRecord| {
+            session.owner == owner
+        })
+        .await
+    }
+
+    async fn redact_events(&self, owner: &UserId) -> Result<usize, StorageError> {
+        let owner = owner.clone();
+        // One transaction: a reader sees the log before or after, whole.
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            let mut redacted = 0;
+            {
+                let mut events = txn.open_table(EVENTS)?;
+                let mut changed = Vec::new();
+                for entry in events.iter()? {
+                    let (number, value) = entry?;
+                    let mut event = match serde_json::from_slice::<ImageEvent>(value.value()) {
+                        Ok(event) => event,
+                        Err(error) => return Ok(Err(StorageError::internal(error))),
+                    };
+                    if event.owner == owner && event.image.take().is_some() {
+                        match serde_json::to_vec(&event) {
+                            Ok(bytes) => changed.push((number.value(), bytes)),
+                            Err(error) => return Ok(Err(StorageError::internal(error))),
+                        }
+                    }
+                }
+                for (number, bytes) in changed {
+                    events.insert(number, bytes.as_slice())?;
+                    redacted += 1;
+                }
+            }
+            txn.commit()?;
+            Ok(Ok(redacted))
         })
         .await
     }

@@ -238,23 +238,8 @@ pub(super) async fn a_killed_replicas_encodings_are_made_by_another_replicas_rep
     backend: Backend,
 ) {
     let mut app = TestApp::spawn_with(backend, &flags(&[&JPEG_AND_WEBP, &LARGE])).await;
-    app.stop().await.unwrap();
     // The real binary on the same stores, killed as a crash would.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
-    command.args(&app.args[1..]).args(["--log-format", "json"]);
-    // The embedded store is one process's at a time: the server stopped
-    // above may hold it for a moment after its task ends.
-    let mut tries = 0;
-    let (mut replica, grpc) = loop {
-        if let Some(started) = crate::aws::try_spawn_service(&mut command) {
-            break started;
-        }
-        tries += 1;
-        assert!(tries < 50, "the replica never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut client =
-        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    let (mut replica, mut client) = spawn_killable(&mut app).await;
     let messages = upload_messages(
         spec("killed.jpg"),
         &images::phone_photo(4000, 3000),

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 mod changes;
 mod downloads;
 mod encodings;
+mod erasure;
 mod events;
 mod feeds;
 mod late_meta;
@@ -41,6 +42,33 @@ fn variant_rows(image: &pb::Image) -> Vec<(&str, &str, u32, u32)> {
 
 fn ids(images: &[pb::Image]) -> Vec<String> {
     images.iter().map(|i| i.image_id.clone()).collect()
+}
+
+/// The real binary on the stores of `app` (stopped first), to be killed
+/// as a crash would, and a client of it.
+async fn spawn_killable(
+    app: &mut TestApp,
+) -> (
+    std::process::Child,
+    pb::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+) {
+    app.stop().await.unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_image-service"));
+    command.args(&app.args[1..]).args(["--log-format", "json"]);
+    // The embedded store is one process's at a time: the server stopped
+    // above may hold it for a moment after its task ends.
+    let mut tries = 0;
+    let (replica, grpc) = loop {
+        if let Some(started) = crate::aws::try_spawn_service(&mut command) {
+            break started;
+        }
+        tries += 1;
+        assert!(tries < 50, "the replica never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let client =
+        pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
+    (replica, client)
 }
 
 macro_rules! contract_suite {
@@ -140,6 +168,8 @@ macro_rules! all_cases {
             moderation::the_review_pages_in_time_order_and_the_trail_keeps_every_action,
             moderation::a_stale_etag_changes_nothing,
             moderation::state_changes_and_purges_are_events,
+            erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
+            erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
         );
     };
 }

@@ -101,14 +101,14 @@ pub(super) fn resume_messages(
 
 /// An upload stream fed message by message, over a connection of its own
 /// through a proxy, so that the test may cut it.
-struct OpenStream {
+pub(super) struct OpenStream {
     sender: mpsc::Sender<pb::UploadImageRequest>,
     call: tokio::task::JoinHandle<Result<pb::Image, Status>>,
     proxy: crate::helpers::servers::CutProxy,
 }
 
 impl OpenStream {
-    async fn open(app: &TestApp, user: &str) -> Self {
+    pub(super) async fn open(app: &TestApp, user: &str) -> Self {
         let (sender, receiver) = mpsc::channel(4);
         let proxy = crate::helpers::servers::CutProxy::start(app.grpc_addr).await;
         let mut client = pb::image_service_client::ImageServiceClient::new(
@@ -126,7 +126,7 @@ impl OpenStream {
         }
     }
 
-    async fn send(&self, messages: Vec<pb::UploadImageRequest>) {
+    pub(super) async fn send(&self, messages: Vec<pb::UploadImageRequest>) {
         for message in messages {
             self.sender.send(message).await.expect("the stream is open");
         }
@@ -142,7 +142,7 @@ impl OpenStream {
     }
 
     /// Ends the stream without finish_write.
-    async fn close(self) -> Result<pb::Image, Status> {
+    pub(super) async fn close(self) -> Result<pb::Image, Status> {
         drop(self.sender);
         self.call.await.expect("the call ran")
     }

@@ -244,6 +244,11 @@ impl Uploads {
             urls_until: None,
             cancelled: false,
         };
+        // Not race-free, but the commit's reservation is: a session that
+        // starts as an erasure is marked stores nothing.
+        if self.metadata.get_usage(caller).await?.is_being_erased() {
+            return Err(crate::domain::quota::being_erased());
+        }
         let quota = self.limits.sessions.per_user;
         for _ in 0..2 {
             match self.metadata.create_upload_session(&record, quota).await {
@@ -380,7 +385,10 @@ impl Uploads {
     /// Removes the session and every object it holds: the record first, so
     /// that a stream still writing fails its next change and removes what
     /// it wrote.
-    async fn remove_session(&self, session: &UploadSessionRecord) -> Result<(), DomainError> {
+    pub(in crate::domain) async fn remove_session(
+        &self,
+        session: &UploadSessionRecord,
+    ) -> Result<(), DomainError> {
         self.metadata.delete_upload_session(&session.id).await?;
         self.quotas.end_session(&session.owner, &session.id).await;
         self.blobs.delete_staged(&session.id).await?;

@@ -37,7 +37,7 @@ use super::items::{
 use crate::domain::event::{ChangeKind, EventRead, EventStart, ImageEvent, StoredEvent};
 use crate::domain::image::Timestamp;
 use crate::domain::ports::StorageError;
-use crate::domain::{ImageId, ImageRecord};
+use crate::domain::{ImageId, ImageRecord, UserId};
 use crate::storage::aws::errors::classify;
 
 /// Partitions of each hour of the log.
@@ -192,6 +192,57 @@ impl DynamoMetadataStore {
             let _ = self.events_since.set(hour);
         }
         Ok(hour)
+    }
+
+    /// Removes the image from every event of `owner` still in the log, by
+    /// a scan of the whole table (event items carry no owner attribute an
+    /// index could key): read capacity proportional to the table, for an
+    /// erasure only. Each event is rewritten only if it is still there
+    /// (the TTL may remove it meanwhile).
+    pub(super) async fn redact_owner_events(&self, owner: &UserId) -> Result<usize, StorageError> {
+        let mut redacted = 0;
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(pk, :p)")
+            .expression_attribute_values(":p", s("events#"))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(classify)?.items.unwrap_or_default() {
+                let Some(doc) = item.get("doc").and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                let mut event: ImageEvent =
+                    serde_json::from_str(doc).map_err(StorageError::internal)?;
+                if event.owner != *owner || event.image.take().is_none() {
+                    continue;
+                }
+                let (Some(pk), Some(sk)) = (item.get("pk"), item.get("sk")) else {
+                    continue;
+                };
+                let doc = serde_json::to_string(&event).map_err(StorageError::internal)?;
+                let updated = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", pk.clone())
+                    .key("sk", sk.clone())
+                    .update_expression("SET doc = :d")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":d", s(doc))
+                    .send()
+                    .await
+                    .map_err(classify);
+                match updated {
+                    Ok(_) => redacted += 1,
+                    Err(StorageError::ConditionFailed) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(redacted)
     }
 
     async fn delete_event_item(&self, pk: String, sk: &str) -> Result<(), StorageError> {

@@ -2,12 +2,16 @@
 //! `held_bytes` and `held_images` (settled and reserved together), the
 //! reservations of uploads in progress as a string set (`reservations`,
 //! see [`UsageReservation::encode`]), the quota override (`quota_bytes`,
-//! `quota_images`) and its `rev`ision.
+//! `quota_images`), the user's latest erasure as JSON (`erasure`, see
+//! [`ErasureRecord`]) with `erasing` present while it runs, and its
+//! `rev`ision.
 //!
 //! Every change is one `UpdateItem`: an atomic `ADD` to the totals whose
 //! `ConditionExpression` holds the totals under the ceiling before the
 //! change (`held_bytes <= ceiling - change`), so replicas reserving at
-//! once never take a user past a quota, with no read first and no retry.
+//! once never take a user past a quota, with no read first and no retry. A
+//! reservation is also conditional on `attribute_not_exists(erasing)`: no
+//! upload starts on any replica once an erasure is marked.
 
 use std::collections::HashMap;
 
@@ -18,7 +22,7 @@ use super::items::{DynamoMetadataStore, n, s};
 use crate::domain::UserId;
 use crate::domain::ports::StorageError;
 use crate::domain::usage::{
-    QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
+    ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
 };
 
 const USAGE_PREFIX: &str = "usage#";
@@ -58,6 +62,10 @@ fn decode(item: &HashMap<String, AttributeValue>) -> UsageRecord {
             max_images: number(item, "quota_images"),
         },
         revision: number(item, "rev").unwrap_or(0),
+        erasure: item
+            .get("erasure")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|doc| serde_json::from_str(doc).ok()),
     }
 }
 
@@ -66,6 +74,20 @@ fn decode(item: &HashMap<String, AttributeValue>) -> UsageRecord {
 fn room_before(max: u64, delta: i64) -> Option<u64> {
     let room = i128::from(max) - i128::from(delta);
     u64::try_from(room).ok()
+}
+
+/// The condition that the item is still at `expected_revision` (0: no
+/// item yet), its value added to `values`.
+fn at_revision(
+    expected_revision: u64,
+    values: &mut HashMap<String, AttributeValue>,
+) -> &'static str {
+    if expected_revision == 0 {
+        "attribute_not_exists(rev)"
+    } else {
+        values.insert(":rev".into(), n(expected_revision));
+        "rev = :rev"
+    }
 }
 
 impl DynamoMetadataStore {
@@ -98,6 +120,7 @@ impl DynamoMetadataStore {
         if let Some(added) = &change.add {
             update.push_str(", reservations :add");
             values.insert(":add".into(), AttributeValue::Ss(vec![added.encode()]));
+            conditions.push("attribute_not_exists(erasing)");
         }
         if let Some(removed) = &change.remove {
             update.push_str(" DELETE reservations :del");
@@ -189,12 +212,41 @@ impl DynamoMetadataStore {
             let set = usage.reservations.iter().map(|r| r.encode()).collect();
             values.insert(":r".into(), AttributeValue::Ss(set));
         }
-        let condition = if expected_revision == 0 {
-            "attribute_not_exists(rev)"
+        let condition = at_revision(expected_revision, &mut values);
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(usage_key(user)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    pub(super) async fn usage_set_erasure(
+        &self,
+        user: &UserId,
+        erasure: &ErasureRecord,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
+        let doc = serde_json::to_string(erasure).map_err(StorageError::internal)?;
+        let mut values = HashMap::from([
+            (":e".to_owned(), s(doc)),
+            (":next".to_owned(), n(expected_revision + 1)),
+        ]);
+        let update = if erasure.is_running() {
+            values.insert(":one".into(), n(1));
+            "SET erasure = :e, erasing = :one, rev = :next"
         } else {
-            values.insert(":rev".into(), n(expected_revision));
-            "rev = :rev"
+            // Done: the user holds nothing; the audit stays.
+            values.insert(":zero".into(), n(0));
+            "SET erasure = :e, rev = :next, held_bytes = :zero, held_images = :zero \
+             REMOVE erasing, reservations"
         };
+        let condition = at_revision(expected_revision, &mut values);
         self.client
             .update_item()
             .table_name(&self.table)

@@ -1,0 +1,367 @@
+//! The erasure of a user's data (`DeleteUserData`): every image (its
+//! record, original, variants and encodings), every upload session with
+//! its staged parts, the usage counters, and the images in the user's
+//! earlier events.
+//!
+//! The journal is the user's usage item: one conditional update marks the
+//! erasure there ([`ErasureRecord`], running), and from that update on
+//! every reservation of an upload is refused on every replica (the
+//! reservation is conditional on the mark: [`UsageRecord::apply`]). The
+//! work runs in the background on the replica that took the request, at
+//! most `--max-running-erasures` at once (more wait for a slot, marked and
+//! reported RUNNING). Should the replica stop, the mark stays: a new
+//! `DeleteUserData`, or any replica's periodic pass, resumes it; each step
+//! is idempotent, so work done twice changes nothing.
+//!
+//! The steps, repeated until one round finds nothing: remove the upload
+//! sessions, delete the images through the path of `DeleteImage` (so each
+//! has its `Deleted` event with its object names, what a CDN purger needs,
+//! and gives its usage back), and wait for the uploads that reserved
+//! before the mark to end (each either stores an image, deleted by the
+//! next round, or stores nothing). Then the user's events lose their
+//! `image`, and the mark becomes the audit entry: who asked, when, when it
+//! finished, how many images and sessions went; no title, tag or filename.
+//!
+//! [`UsageRecord::apply`]: super::usage::UsageRecord::apply
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use super::image::Timestamp;
+use super::listing::ListFilter;
+use super::ports::StorageError;
+use super::usage::ErasureRecord;
+use super::{DomainError, Images, UserId};
+use crate::telemetry::error_chain;
+
+/// Images read per round of the listing an erasure deletes from.
+const ERASURE_PAGE: usize = 100;
+/// Images deleted at once by one erasure: enough to hide the stores'
+/// round trips (each delete is a few of them), few enough to leave the
+/// stores to the callers.
+const ERASURE_DELETES_IN_FLIGHT: usize = 8;
+/// How often an erasure looks again at the uploads that reserved before
+/// its mark, while it waits for them to end.
+const RESERVATION_POLL: Duration = Duration::from_millis(200);
+/// How long an erasure that found nothing left waits before its last
+/// look: longer than DynamoDB's index lag.
+const INDEX_SETTLE: Duration = Duration::from_secs(1);
+/// Attempts of a conditional update of the mark that keeps losing to
+/// concurrent changes of the usage item (deletes giving usage back).
+const MARK_ATTEMPTS: usize = 20;
+
+/// An erasure as a caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasureStatus {
+    pub user: UserId,
+    pub record: ErasureRecord,
+    /// Images the user still holds (an estimate: the usage counter, which
+    /// includes uploads in progress).
+    pub images_left: u64,
+}
+
+/// The erasure use cases, with the erasures this replica runs.
+#[derive(Clone)]
+pub struct Erasures {
+    images: Images,
+    slots: Arc<Semaphore>,
+    /// Users whose erasure runs on this replica: a second request for one
+    /// of them does not start it twice.
+    running: Arc<Mutex<HashSet<UserId>>>,
+}
+
+impl Erasures {
+    /// At most `--max-running-erasures` run at once on this replica.
+    pub fn new(images: Images) -> Self {
+        let slots = images.limits.max_running_erasures.max(1);
+        Self {
+            images,
+            slots: Arc::new(Semaphore::new(slots)),
+            running: Arc::default(),
+        }
+    }
+
+    /// Erases the data of `user_id` (empty: the caller's), if `caller` is
+    /// that user or an admin: marks the erasure (the same one again, if it
+    /// already runs), starts it in the background, and returns at once.
+    pub async fn delete_user_data(
+        &self,
+        caller: &UserId,
+        user_id: &str,
+    ) -> Result<ErasureStatus, DomainError> {
+        let user = self.authorised(caller, user_id)?;
+        let metadata = &self.images.metadata;
+        for _ in 0..MARK_ATTEMPTS {
+            let usage = metadata.get_usage(&user).await?;
+            if usage.is_being_erased() {
+                break;
+            }
+            let record = ErasureRecord {
+                requested_by: caller.clone(),
+                requested: Timestamp::now(),
+                finished: None,
+                images_deleted: 0,
+                sessions_deleted: 0,
+            };
+            match metadata.set_erasure(&user, &record, usage.revision).await {
+                Ok(()) => {
+                    tracing::info!(%user, requested_by = %caller, "user data erasure requested");
+                    metrics::counter!("imageservice_erasures_started_total").increment(1);
+                    break;
+                }
+                Err(StorageError::ConditionFailed) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let status = self.status(&user).await?;
+        if status.record.is_running() {
+            self.start(user);
+        }
+        Ok(status)
+    }
+
+    /// The latest erasure of `user_id` (empty: the caller's), as `caller`
+    /// may see it: their own, or anyone's for an admin. NOT_FOUND when
+    /// none was requested.
+    pub async fn user_data_deletion(
+        &self,
+        caller: &UserId,
+        user_id: &str,
+    ) -> Result<ErasureStatus, DomainError> {
+        let user = self.authorised(caller, user_id)?;
+        self.status(&user).await
+    }
+
+    /// Starts every erasure marked in the store that does not run on this
+    /// replica (its replica stopped, or it runs elsewhere: the work is
+    /// idempotent); returns how many.
+    pub async fn resume_unfinished(&self) -> Result<usize, DomainError> {
+        let mut resumed = 0;
+        for (user, usage) in self.images.metadata.list_usage().await? {
+            if usage.is_being_erased() && self.start(user) {
+                resumed += 1;
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Resumes unfinished erasures every `interval` (with the repair pass).
+    pub async fn resume_periodically(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.resume_unfinished().await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(resumed, "unfinished user data erasures resumed"),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "could not look for unfinished erasures; will retry")
+                }
+            }
+        }
+    }
+
+    fn authorised(&self, caller: &UserId, user_id: &str) -> Result<UserId, DomainError> {
+        let user = if user_id.is_empty() {
+            caller.clone()
+        } else {
+            UserId::parse(user_id)?
+        };
+        if user != *caller && !self.images.quotas().is_admin(caller) {
+            return Err(DomainError::PermissionDenied(
+                "only the user themselves or an admin (--admins) may erase or read the \
+                 erasure of a user's data"
+                    .into(),
+            ));
+        }
+        Ok(user)
+    }
+
+    async fn status(&self, user: &UserId) -> Result<ErasureStatus, DomainError> {
+        let usage = self.images.metadata.get_usage(user).await?;
+        let record = usage.erasure.ok_or_else(|| {
+            DomainError::NotFound("no erasure of this user's data was requested".into())
+        })?;
+        Ok(ErasureStatus {
+            user: user.clone(),
+            images_left: if record.is_running() {
+                usage.held_images
+            } else {
+                0
+            },
+            record,
+        })
+    }
+
+    /// Runs the erasure of `user` in the background unless it runs here
+    /// already; `true` if it was started.
+    fn start(&self, user: UserId) -> bool {
+        if !self.lock_running().insert(user.clone()) {
+            return false;
+        }
+        let erasures = self.clone();
+        tokio::spawn(
+            async move {
+                let result = erasures.run(&user).await;
+                erasures.lock_running().remove(&user);
+                if let Err(error) = result {
+                    tracing::warn!(%user, error = %error_chain(&error), "a user data erasure stopped; it stays marked and is resumed");
+                }
+            }
+            .in_current_span(),
+        );
+        true
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(&self, user: &UserId) -> Result<(), DomainError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| DomainError::Internal(Box::new(e)))?;
+        let started = std::time::Instant::now();
+        let mut settled = false;
+        loop {
+            // Uploads that reserved before the mark may still store an
+            // image: the usage is read before the listing, so that an
+            // upload seen ended had stored its image before the listing
+            // began. One that took longer than an upload may (its replica
+            // died) is the repair pass's to drop.
+            let usage = self.images.metadata.get_usage(user).await?;
+            if !usage.is_being_erased() {
+                return Ok(());
+            }
+            let longest = self.images.limits.pace.deadline;
+            let live = usage
+                .reservations
+                .iter()
+                .any(|r| r.started.saturating_add(longest) > Timestamp::now());
+            let sessions = self.remove_sessions(user).await?;
+            let images = self.delete_images(user).await?;
+            if sessions + images > 0 {
+                settled = false;
+                continue;
+            }
+            if live {
+                tokio::time::sleep(RESERVATION_POLL).await;
+                continue;
+            }
+            if settled {
+                break;
+            }
+            // One more round after the owner index has settled (DynamoDB's
+            // indexes are eventually consistent, within a second).
+            settled = true;
+            tokio::time::sleep(INDEX_SETTLE).await;
+        }
+        let redacted = self.images.metadata.redact_events(user).await?;
+        let record = self
+            .update_mark(user, |record| record.finished = Some(Timestamp::now()))
+            .await?;
+        if let Some(record) = record {
+            metrics::counter!("imageservice_erasures_finished_total").increment(1);
+            tracing::info!(
+                %user,
+                images_deleted = record.images_deleted,
+                sessions_deleted = record.sessions_deleted,
+                events_redacted = redacted,
+                took = ?started.elapsed(),
+                "user data erased"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every upload session of `user` with its staged parts;
+    /// returns how many there were.
+    async fn remove_sessions(&self, user: &UserId) -> Result<u64, DomainError> {
+        let sessions = self.images.metadata.upload_sessions_of(user).await?;
+        for session in &sessions {
+            self.images.uploads.remove_session(session).await?;
+        }
+        let removed = sessions.len() as u64;
+        if removed > 0 {
+            self.update_mark(user, |record| record.sessions_deleted += removed)
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes every image of `user` a listing finds; returns how many.
+    async fn delete_images(&self, user: &UserId) -> Result<u64, DomainError> {
+        let filter = ListFilter {
+            owner: Some(user.clone()),
+            ..ListFilter::default()
+        };
+        let mut total = 0;
+        loop {
+            // Always the first page: what was deleted is gone from it.
+            let page = self
+                .images
+                .metadata
+                .list(&filter, None, ERASURE_PAGE)
+                .await?;
+            if page.records.is_empty() {
+                return Ok(total);
+            }
+            let ids: Vec<String> = page.records.iter().map(|r| r.id.to_string()).collect();
+            let results: Vec<Result<(), DomainError>> = futures::stream::iter(ids)
+                .map(|id| {
+                    let (images, user) = (self.images.clone(), user.clone());
+                    async move { images.delete(&user, &id).await }
+                })
+                .buffer_unordered(ERASURE_DELETES_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut deleted = 0;
+            for result in results {
+                match result {
+                    Ok(()) => deleted += 1,
+                    // Deleted meanwhile (by the user, another replica).
+                    Err(DomainError::NotFound(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            if deleted > 0 {
+                self.update_mark(user, |record| record.images_deleted += deleted)
+                    .await?;
+            }
+            total += deleted;
+        }
+    }
+
+    /// Changes the running mark of `user` by `change`, conditional on the
+    /// usage item not changing meanwhile; `None` if there is no running
+    /// mark (finished by another replica).
+    async fn update_mark(
+        &self,
+        user: &UserId,
+        change: impl Fn(&mut ErasureRecord),
+    ) -> Result<Option<ErasureRecord>, DomainError> {
+        let metadata = &self.images.metadata;
+        for _ in 0..MARK_ATTEMPTS {
+            let usage = metadata.get_usage(user).await?;
+            let Some(mut record) = usage.erasure.filter(ErasureRecord::is_running) else {
+                return Ok(None);
+            };
+            change(&mut record);
+            match metadata.set_erasure(user, &record, usage.revision).await {
+                Ok(()) => return Ok(Some(record)),
+                Err(StorageError::ConditionFailed) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(DomainError::Aborted(
+            "the usage item of the user kept changing while the erasure recorded its progress"
+                .into(),
+        ))
+    }
+}

@@ -1,0 +1,406 @@
+//! The erasure of a user's data (`DeleteUserData`): nothing of the user is
+//! left in either store, other users are untouched, uploads are refused
+//! while it runs, the user's earlier events keep only ids, types and
+//! times, and an erasure cut by a crash is finished by the next replica.
+use std::time::Duration;
+
+use super::events::{next_events, watch};
+use super::sessions::{OpenStream, resume_messages, start};
+use super::*;
+
+/// The identity allowed to erase anyone's data, and the event watcher.
+const ADMIN: &str = "ops";
+const WATCHER: &str = "cdn-purger";
+const FLAGS: [&str; 10] = [
+    "--admins",
+    "ops",
+    "--event-watchers",
+    "cdn-purger",
+    "--variants",
+    "false",
+    "--max-uploads-per-user",
+    "16",
+    "--upload-session-segment-size",
+    "64KiB",
+];
+/// Longest an erasure may take in these tests.
+const ERASURE_WAIT: Duration = Duration::from_secs(120);
+
+async fn delete_user_data(
+    app: &TestApp,
+    caller: &str,
+    user: &str,
+) -> Result<pb::UserDataDeletion, Status> {
+    let request = pb::DeleteUserDataRequest {
+        user_id: user.into(),
+    };
+    Ok(app
+        .client()
+        .delete_user_data(as_user(caller, request))
+        .await?
+        .into_inner()
+        .deletion
+        .expect("a deletion"))
+}
+
+async fn deletion(app: &TestApp, caller: &str, user: &str) -> Result<pb::UserDataDeletion, Status> {
+    let request = pb::GetUserDataDeletionRequest {
+        user_id: user.into(),
+    };
+    Ok(app
+        .client()
+        .get_user_data_deletion(as_user(caller, request))
+        .await?
+        .into_inner()
+        .deletion
+        .expect("a deletion"))
+}
+
+/// A listing of `user`'s images only.
+fn owned_by(user: &str) -> pb::ListImagesRequest {
+    pb::ListImagesRequest {
+        owner_id: user.into(),
+        ..Default::default()
+    }
+}
+
+fn is_done(deletion: &pb::UserDataDeletion) -> bool {
+    deletion.state() == pb::user_data_deletion::State::Done
+}
+
+/// Polls until the erasure of `user` is DONE.
+async fn wait_until_done(app: &TestApp, user: &str) -> pb::UserDataDeletion {
+    let deadline = tokio::time::Instant::now() + ERASURE_WAIT;
+    loop {
+        let now = deletion(app, user, "").await.unwrap();
+        if is_done(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the erasure did not end: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user's image with a title, tags and a filename an erasure must not
+/// leave anywhere.
+fn personal_spec(user: &str, index: usize) -> pb::ImageSpec {
+    pb::ImageSpec {
+        title: format!("{user} private title {index}"),
+        tags: vec![format!("{user}-tag")],
+        ..spec(&format!("{user}-holiday-{index}.png"))
+    }
+}
+
+/// Uploads `count` small images of `user`, 16 at a time.
+async fn upload_many(app: &TestApp, user: &str, count: usize) -> Vec<pb::Image> {
+    let mut stored = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(16) {
+        let uploads = batch.iter().map(|&i| {
+            let png = images::png(4, 4, i as u32);
+            async move { app.upload(user, personal_spec(user, i), &png).await }
+        });
+        for result in futures::future::join_all(uploads).await {
+            stored.push(result.expect("stored"));
+        }
+    }
+    stored
+}
+
+/// Starts `count` upload sessions of `user`, each with parts staged in the
+/// blob store; returns their ids.
+async fn stage_sessions(app: &TestApp, user: &str, count: usize) -> Vec<String> {
+    let photo = images::photo_jpeg(1200, 900);
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let session = start(app, user, personal_spec(user, 10_000 + i))
+            .await
+            .unwrap();
+        let ended = app
+            .upload_messages(
+                user,
+                resume_messages(&session.upload_id, 0, &photo[..200_000], 8192, false),
+            )
+            .await;
+        assert_code(ended, Code::InvalidArgument);
+        ids.push(session.upload_id);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ids.iter().all(|id| {
+        app.stored_objects_now()
+            .iter()
+            .any(|o| o.contains(&format!("uploads/{id}/")))
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "parts never staged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ids
+}
+
+/// What the stores hold of `user`, read beside the server: objects whose
+/// key names one of `image_ids` or `upload_ids`, records listed by owner,
+/// session records, and events still carrying an image.
+async fn held_of(
+    app: &TestApp,
+    user: &str,
+    image_ids: &[String],
+    upload_ids: &[String],
+) -> Vec<String> {
+    let mut held: Vec<String> = app
+        .stored_objects_now()
+        .into_iter()
+        .filter(|object| {
+            image_ids.iter().any(|id| object.contains(id))
+                || upload_ids.iter().any(|id| object.contains(id))
+        })
+        .collect();
+    let metadata = app.metadata_beside().await;
+    let owner = image_service::domain::UserId::parse(user).unwrap();
+    let filter = image_service::domain::listing::ListFilter {
+        owner: Some(owner.clone()),
+        ..Default::default()
+    };
+    let page = metadata.list(&filter, None, 10).await.unwrap();
+    held.extend(page.records.iter().map(|r| format!("record {}", r.id)));
+    let sessions = metadata.upload_sessions_of(&owner).await.unwrap();
+    held.extend(sessions.iter().map(|s| format!("session {}", s.id)));
+    let usage = metadata.get_usage(&owner).await.unwrap();
+    if usage.held_images + usage.held_bytes > 0 || !usage.reservations.is_empty() {
+        held.push(format!("usage {usage:?}"));
+    }
+    held
+}
+
+pub(super) async fn an_erased_user_leaves_nothing_and_others_are_untouched(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &FLAGS).await;
+    // 1 000 images on the embedded backend; the aws test servers store
+    // one image in tens of milliseconds, so 200 keep this test near 30 s.
+    let count = match backend {
+        Backend::Embedded => 1000,
+        Backend::Aws => 200,
+    };
+    let victim = upload_many(&app, "victim", count).await;
+    let bystander = upload_many(&app, "bystander", 5).await;
+    let sessions = stage_sessions(&app, "victim", 3).await;
+    let bystander_objects: Vec<String> = app
+        .stored_objects_now()
+        .into_iter()
+        .filter(|o| bystander.iter().any(|i| o.contains(&i.image_id)))
+        .collect();
+    assert_eq!(bystander_objects.len(), 5);
+
+    // An upload in progress holds its reservation from before the mark:
+    // the erasure waits for it, deletes what it stores, and meanwhile
+    // every new upload is refused.
+    let late_png = images::png(4, 4, 99_999);
+    let mut late = upload_messages(personal_spec("victim", 99_999), &late_png, 16);
+    let last = late.split_off(1);
+    let in_flight = OpenStream::open(&app, "victim").await;
+    in_flight.send(late).await;
+    let reserved_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let usage = app
+            .client()
+            .get_usage(as_user("victim", pb::GetUsageRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        if usage.images_reserved == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < reserved_deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = delete_user_data(&app, "victim", "").await.unwrap();
+    assert_eq!(started.state(), pb::user_data_deletion::State::Running);
+    assert_eq!(
+        (started.user_id.as_str(), started.requested_by.as_str()),
+        ("victim", "victim")
+    );
+    let refused = app.upload("victim", spec("new.png"), &late_png).await;
+    let status = assert_code(refused, Code::FailedPrecondition);
+    assert!(status.message().contains("erased"), "{status:?}");
+    let refused = start(&app, "victim", spec("new.png")).await;
+    assert_code(refused, Code::FailedPrecondition);
+    let again = delete_user_data(&app, ADMIN, "victim").await.unwrap();
+    assert_eq!(
+        (again.state(), again.request_time),
+        (pb::user_data_deletion::State::Running, started.request_time),
+        "a second call returns the erasure that runs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !is_done(&deletion(&app, "victim", "").await.unwrap()),
+        "the erasure waits for the upload that reserved before it"
+    );
+    in_flight.send(last).await;
+    let committed = in_flight.close().await.expect("reserved before the mark");
+
+    let done = wait_until_done(&app, "victim").await;
+    assert_eq!(done.images_deleted, count as u64 + 1, "{done:?}");
+    assert_eq!(done.sessions_deleted, 3, "{done:?}");
+    assert_eq!(done.images_left, 0);
+    assert!(done.finish_time.is_some());
+
+    let mut victim_ids: Vec<String> = victim.iter().map(|i| i.image_id.clone()).collect();
+    victim_ids.push(committed.image_id.clone());
+    // Deletes remove their objects right after the record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app
+        .stored_objects_now()
+        .iter()
+        .any(|o| victim_ids.iter().any(|id| o.contains(id)))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "objects left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
+    assert!(listed.is_empty());
+
+    // Every event stays, the victim's without their image.
+    let mut stream = watch(&app, WATCHER, "oldest").await.unwrap();
+    // Delivery is at least once: each event once, by image, etag and type
+    // (a DELETED event has the etag of the revision it deleted).
+    let mut seen = HashSet::new();
+    let mut events = Vec::new();
+    while events.len() < 2 * (count + 1) + 5 {
+        let event = next_events(&mut stream, 1).await.remove(0);
+        if seen.insert((event.image_id.clone(), event.etag.clone(), event.r#type)) {
+            events.push(event);
+        }
+    }
+    for event in &events {
+        if event.owner_id == "victim" {
+            assert!(event.image.is_none(), "redacted: {event:?}");
+        } else {
+            let image = event.image.as_ref().expect("the bystander's image stays");
+            assert!(image.title.contains("bystander"));
+        }
+    }
+    let purges = events
+        .iter()
+        .filter(|e| e.r#type() == pb::ImageEventType::Deleted)
+        .filter(|e| e.owner_id == "victim" && !e.object_keys.is_empty())
+        .count();
+    assert_eq!(purges, count + 1, "a DELETED event with keys per image");
+    drop(stream);
+
+    // The bystander keeps everything.
+    let kept = app
+        .list_all("bystander", owned_by("bystander"))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 5);
+    for image in &bystander {
+        app.download("bystander", &image.image_id).await.unwrap();
+    }
+    let still: Vec<String> = app
+        .stored_objects_now()
+        .into_iter()
+        .filter(|o| bystander.iter().any(|i| o.contains(&i.image_id)))
+        .collect();
+    assert_eq!(still, bystander_objects);
+
+    // The audit stays, readable by the user and an admin only.
+    let audit = deletion(&app, ADMIN, "victim").await.unwrap();
+    assert_eq!(audit, done);
+    let denied = deletion(&app, "bystander", "victim").await;
+    assert_code(denied, Code::PermissionDenied);
+    let denied = delete_user_data(&app, "bystander", "victim").await;
+    assert_code(denied, Code::PermissionDenied);
+    let unknown = deletion(&app, "bystander", "").await;
+    assert_code(unknown, Code::NotFound);
+
+    // The stores, read directly, hold nothing of the victim (the
+    // embedded store opens in one process at a time).
+    let mut app = app;
+    if backend == Backend::Embedded {
+        app.stop().await.unwrap();
+    }
+    let held = held_of(&app, "victim", &victim_ids, &sessions).await;
+    assert!(held.is_empty(), "left of the victim: {held:?}");
+    let app = app.successor(&FLAGS).await;
+
+    // After DONE the id is a new, empty account that may upload again.
+    let fresh = app
+        .upload("victim", spec("again.png"), &late_png)
+        .await
+        .expect("uploads are allowed after the erasure");
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
+    assert_eq!(ids(&listed), [fresh.image_id]);
+}
+
+pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(backend: Backend) {
+    let mut app = TestApp::spawn_with(backend, &FLAGS).await;
+    // Enough that the erasure is still running when the first progress
+    // (after 100 images) shows.
+    let count = match backend {
+        Backend::Embedded => 400,
+        Backend::Aws => 250,
+    };
+    let victim = upload_many(&app, "victim", count).await;
+    upload_many(&app, "bystander", 3).await;
+
+    // The real binary on the same stores, killed as a crash would.
+    let (mut replica, mut client) = spawn_killable(&mut app).await;
+    let request = pb::DeleteUserDataRequest::default();
+    client
+        .delete_user_data(as_user("victim", request))
+        .await
+        .unwrap();
+    loop {
+        let request = pb::GetUserDataDeletionRequest::default();
+        let now = client
+            .get_user_data_deletion(as_user("victim", request))
+            .await
+            .unwrap()
+            .into_inner()
+            .deletion
+            .unwrap();
+        assert!(!is_done(&now), "the erasure ended before the crash");
+        if now.images_deleted > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    unsafe { libc::kill(replica.id() as i32, libc::SIGKILL) };
+    replica.wait().unwrap();
+
+    // Cut half-way: the mark stays, and so do some of the images.
+    let metadata = app.metadata_beside().await;
+    let owner = image_service::domain::UserId::parse("victim").unwrap();
+    let usage = metadata.get_usage(&owner).await.unwrap();
+    assert!(usage.is_being_erased(), "{usage:?}");
+    let filter = image_service::domain::listing::ListFilter {
+        owner: Some(owner),
+        ..Default::default()
+    };
+    let left = metadata.list(&filter, None, 10).await.unwrap().records;
+    assert!(!left.is_empty(), "the crash came before the end");
+    drop(metadata);
+
+    // The next replica resumes it with its first repair round.
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--repair-interval", "1h"]);
+    let app = app.successor(&flags).await;
+    let done = wait_until_done(&app, "victim").await;
+    assert!(done.images_deleted > 0, "{done:?}");
+    let listed = app.list_all("victim", owned_by("victim")).await.unwrap();
+    assert!(listed.is_empty());
+    let left: Vec<String> = app
+        .stored_objects_now()
+        .into_iter()
+        .filter(|o| victim.iter().any(|i| o.contains(&i.image_id)))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let kept = app
+        .list_all("bystander", owned_by("bystander"))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 3);
+}
