@@ -97,9 +97,15 @@ async fn download(
 /// The `VARIANTS_ADDED` events in the store's log (the service stopped).
 async fn variants_added_events(app: &TestApp) -> usize {
     use image_service::domain::event::{ChangeKind, EventRead, EventStart};
+    use image_service::domain::image::Timestamp;
     let metadata = app.metadata_beside().await;
+    // The aws store's log is read by time.
+    let start = match app.backend {
+        Backend::Embedded => EventStart::Oldest,
+        Backend::Aws => EventStart::Since(Timestamp::from_micros(0)),
+    };
     let EventRead::Events(events) = metadata
-        .read_events(&EventStart::Oldest, 1000)
+        .read_events(&start, 1000)
         .await
         .unwrap()
     else {
