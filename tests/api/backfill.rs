@@ -104,11 +104,7 @@ async fn variants_added_events(app: &TestApp) -> usize {
         Backend::Embedded => EventStart::Oldest,
         Backend::Aws => EventStart::Since(Timestamp::from_micros(0)),
     };
-    let EventRead::Events(events) = metadata
-        .read_events(&start, 1000)
-        .await
-        .unwrap()
-    else {
+    let EventRead::Events(events) = metadata.read_events(&start, 1000).await.unwrap() else {
         panic!("the log is read from its start");
     };
     events
