@@ -76,8 +76,8 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
     if checkpoint.exists() && !flags.dry_run {
         eprintln!("resuming from {}", checkpoint.display());
     }
-    let (stop, stopper) = super::stop_on_signal()?;
-    let bar = super::progress_line();
+    let (stop, stopper) = super::walk::stop_on_signal()?;
+    let bar = super::walk::progress_line();
     let dry_run = flags.dry_run;
     let describe = |s: &Summary| {
         if dry_run {
@@ -134,7 +134,7 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
             summary.run_changed
         );
     }
-    super::finish_walk(
+    super::walk::finish_walk(
         &summary.failed,
         summary.interrupted,
         &checkpoint,

@@ -45,8 +45,8 @@ pub async fn run_migrate(
         eprintln!("resuming from {}", checkpoint.display());
     }
 
-    let (stop, stopper) = super::stop_on_signal()?;
-    let bar = super::progress_line();
+    let (stop, stopper) = super::walk::stop_on_signal()?;
+    let bar = super::walk::progress_line();
     let verb = if dry_run { "to copy" } else { "copied" };
     let describe = |s: &Summary| {
         format!(
@@ -90,5 +90,5 @@ pub async fn run_migrate(
             summary.run_bytes as f64 / 1048576.0 / elapsed
         );
     }
-    super::finish_walk(&summary.failed, summary.interrupted, &checkpoint, "copied")
+    super::walk::finish_walk(&summary.failed, summary.interrupted, &checkpoint, "copied")
 }
