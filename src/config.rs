@@ -549,7 +549,9 @@ pub struct LimitSettings {
 
     /// Make `small` and `medium` variants and a BlurHash of every decodable
     /// upload (`--variants false`: store originals only).
-    #[arg(long, env = "IMAGE_SERVICE_VARIANTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    // Not global: `backfill --variants` names the variants it makes; a
+    // command takes this one before its name.
+    #[arg(long, env = "IMAGE_SERVICE_VARIANTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub variants: bool,
 
     /// A variant made of every decodable upload, as NAME=LONGEST_SIDE
@@ -983,6 +985,36 @@ pub enum Command {
         /// `--data-dir`).
         #[arg(long)]
         checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Add what images stored under an earlier configuration lack: the
+    /// encodings of `--formats`, the variants of `--variants` and the
+    /// ThumbHash, each made from the stored original as an upload's are
+    /// (the same render slots, memory budget and decode limits) and added
+    /// to the record conditionally on its revision, so an edit meanwhile
+    /// is kept. Resumable after a crash or Ctrl-C, and idempotent: a
+    /// second run changes nothing. With the embedded backend, stop the
+    /// service first (it holds the database).
+    Backfill {
+        /// The encodings each variant is wanted in, comma-separated, as
+        /// `--variant-formats` takes them (default: `--variant-formats`).
+        #[arg(long, value_name = "FORMATS", value_delimiter = ',', value_parser = parse_variant_format)]
+        formats: Vec<Encoding>,
+        /// The variants wanted besides `small` and `medium`, as
+        /// NAME=LONGEST_SIDE, comma-separated, as `--variant` takes them
+        /// (default: those of `--variant`).
+        #[arg(long, value_name = "NAME=LONGEST_SIDE", value_delimiter = ',', value_parser = parse_variant_size)]
+        variants: Vec<VariantSize>,
+        /// Count what images lack; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where progress is kept between runs (default: a file in
+        /// `--data-dir`).
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+        /// Images rendered per second at most, to run beside live
+        /// traffic; 0 renders as fast as the render slots allow.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_rate: u32,
     },
     /// Run one repair pass and print what it found: bytes without metadata,
     /// index entries without their image, unfinished uploads. With the

@@ -17,6 +17,8 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod backend;
+pub mod backfill;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod domain;

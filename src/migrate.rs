@@ -61,12 +61,10 @@ pub struct Summary {
     pub run_bytes: u64,
 }
 
-/// The checkpoint file's content.
+/// The totals kept in the checkpoint ([`crate::checkpoint`]), so that the
+/// final summary covers every run.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Checkpoint {
-    /// The source listing's cursor (hex) after the last image finished.
-    cursor: String,
-    /// Totals so far, so that the final summary covers every run.
+struct Totals {
     seen: u64,
     copied: u64,
     present: u64,
@@ -89,10 +87,10 @@ pub async fn migrate(
     stop: &AtomicBool,
     progress: &(dyn Fn(&Summary) + Sync),
 ) -> anyhow::Result<Summary> {
-    let saved: Checkpoint = match std::fs::read(checkpoint_path) {
-        Ok(bytes) if !dry_run => serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading the checkpoint {}", checkpoint_path.display()))?,
-        _ => Checkpoint::default(),
+    let (mut cursor, saved) = if dry_run {
+        (None, Totals::default())
+    } else {
+        crate::checkpoint::load::<Totals>(checkpoint_path)?
     };
     let mut summary = Summary {
         seen: saved.seen,
@@ -100,11 +98,6 @@ pub async fn migrate(
         present: saved.present,
         bytes: saved.bytes,
         ..Default::default()
-    };
-    let mut cursor = if saved.cursor.is_empty() {
-        None
-    } else {
-        Some(hex::decode(&saved.cursor).context("the checkpoint's cursor")?)
     };
     let everything = ListFilter::default();
     loop {
@@ -182,30 +175,20 @@ pub async fn migrate(
         }
     }
     if !dry_run {
-        match std::fs::remove_file(checkpoint_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("removing the checkpoint"),
-        }
+        crate::checkpoint::remove(checkpoint_path)?;
     }
     Ok(summary)
 }
 
-/// Writes the checkpoint atomically (a new file renamed over the old).
+/// Keeps the cursor after the last image finished and the totals.
 fn save(path: &Path, cursor: &[u8], summary: &Summary) -> anyhow::Result<()> {
-    let checkpoint = Checkpoint {
-        cursor: hex::encode(cursor),
+    let totals = Totals {
         seen: summary.seen,
         copied: summary.copied,
         present: summary.present,
         bytes: summary.bytes,
     };
-    let partial = path.with_extension("checkpoint.partial");
-    std::fs::write(&partial, serde_json::to_vec(&checkpoint)?)
-        .with_context(|| format!("writing the checkpoint {}", partial.display()))?;
-    std::fs::rename(&partial, path)
-        .with_context(|| format!("writing the checkpoint {}", path.display()))?;
-    Ok(())
+    crate::checkpoint::save(path, cursor, &totals)
 }
 
 enum Copied {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The commands besides the service itself, each with flags of its own.
-const COMMANDS: [&str; 3] = ["init", "repair", "migrate"];
+const COMMANDS: [&str; 4] = ["init", "repair", "migrate", "backfill"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -49,7 +49,18 @@ const SERVICES: &[&str] = &[
 /// What `domain` must not name: transports, adapters, wiring, generated
 /// code and test support.
 const OUTSIDE_DOMAIN: &[&str] = &[
-    "grpc", "http", "storage", "startup", "config", "pb", "listener", "tls", "migrate", "fixtures",
+    "grpc",
+    "http",
+    "storage",
+    "startup",
+    "config",
+    "pb",
+    "listener",
+    "tls",
+    "migrate",
+    "fixtures",
+    "backfill",
+    "checkpoint",
 ];
 
 #[test]

@@ -2,8 +2,6 @@
 //! ([`crate::migrate`]): opens both sides, shows progress, stops cleanly on
 //! Ctrl-C or SIGTERM and prints the summary.
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::{create_aws, open_stores};
 use crate::config::{Backend, Config};
@@ -47,22 +45,8 @@ pub async fn run_migrate(
         eprintln!("resuming from {}", checkpoint.display());
     }
 
-    // Ctrl-C or SIGTERM: finish the image in progress, keep the checkpoint.
-    let stop = Arc::new(AtomicBool::new(false));
-    let signal = crate::startup::shutdown_signal()?;
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            signal.await;
-            eprintln!("stopping after the image in progress…");
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
+    let (stop, stopper) = super::walk::stop_on_signal()?;
+    let bar = super::walk::progress_line();
     let verb = if dry_run { "to copy" } else { "copied" };
     let describe = |s: &Summary| {
         format!(
@@ -106,17 +90,5 @@ pub async fn run_migrate(
             summary.run_bytes as f64 / 1048576.0 / elapsed
         );
     }
-    for (id, why) in &summary.failed {
-        println!("  not copied: {id}: {why}");
-    }
-    if summary.interrupted {
-        anyhow::bail!(
-            "interrupted; run the same command again to go on from {}",
-            checkpoint.display()
-        );
-    }
-    if !summary.failed.is_empty() {
-        anyhow::bail!("{} image(s) could not be copied", summary.failed.len());
-    }
-    Ok(())
+    super::walk::finish_walk(&summary.failed, summary.interrupted, &checkpoint, "copied")
 }

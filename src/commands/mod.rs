@@ -1,10 +1,13 @@
 //! The subcommands besides serving, one module each. They open the
 //! configured backend as the server does ([`crate::backend`]), without its
 //! listeners.
+mod backfill;
 mod init;
 mod migrate;
 mod repair;
+mod walk;
 
+pub use backfill::run_backfill;
 pub use init::init_backend;
 pub use migrate::run_migrate;
 pub use repair::run_repair;
@@ -26,5 +29,21 @@ pub async fn run(command: &Command, config: &Config) -> anyhow::Result<()> {
             grace,
             json,
         } => run_repair(config, *grace, *dry_run, *json).await,
+        Command::Backfill {
+            formats,
+            variants,
+            dry_run,
+            checkpoint,
+            max_rate,
+        } => {
+            let options = backfill::Flags {
+                formats,
+                variants,
+                dry_run: *dry_run,
+                checkpoint: checkpoint.clone(),
+                max_rate: *max_rate,
+            };
+            run_backfill(config, &options).await
+        }
     }
 }

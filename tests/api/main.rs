@@ -5,6 +5,7 @@
 //! (`helpers::servers`).
 
 mod aws;
+mod backfill;
 mod contract;
 mod deployment;
 mod direct_uploads;

@@ -2,9 +2,8 @@
 //! DynamoDB (and back) with one command and loses nothing.
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 
-use crate::helpers::{Backend, TestApp, as_user, stdout};
+use crate::helpers::{Backend, TestApp, as_user, interrupt_when, stdout};
 use image_service::pb;
 
 /// `image-service migrate` with `args`, against `aws`'s servers and the
@@ -112,27 +111,10 @@ async fn a_migration_to_aws_interrupted_and_resumed_copies_every_image_once() {
     assert!(!checkpoint.exists());
 
     // Interrupted (Ctrl-C) part of the way through.
-    let mut first = migrate_command(&aws, &data_dir, &["--from", "embedded", "--to", "aws"])
+    let first = migrate_command(&aws, &data_dir, &["--from", "embedded", "--to", "aws"])
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while copied_so_far(&checkpoint) < 20 {
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the migration ended before it could be interrupted"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // SAFETY: a signal to the child this test started.
-    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGINT) };
-    let interrupted = first.wait_with_output().await.unwrap();
-    assert!(!interrupted.status.success());
-    assert!(
-        String::from_utf8_lossy(&interrupted.stderr).contains("run the same command again"),
-        "{}",
-        String::from_utf8_lossy(&interrupted.stderr)
-    );
+    interrupt_when(first, || copied_so_far(&checkpoint) >= 20).await;
     let done_before = copied_so_far(&checkpoint);
     assert!(
         (20..u64::from(IMAGES)).contains(&done_before),

@@ -52,6 +52,37 @@ impl HeldPixels {
     }
 }
 
+/// What was added to an image's record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddedToRecord {
+    /// Entries of `variants` added.
+    pub entries: usize,
+    /// Bytes of the objects the record now refers to and did not before
+    /// (counted in the owner's usage).
+    pub bytes: u64,
+    /// Whether its ThumbHash was set.
+    pub thumbhash: bool,
+}
+
+/// A stored image rendered again from its original.
+pub(super) struct StoredRender {
+    pub(super) rendered: variants::Rendered,
+    /// The EXIF orientation the original is viewed with.
+    pub(super) orientation: u8,
+    /// The memory the render holds, reserved until this is dropped.
+    pub(super) memory: crate::domain::budget::Reservation,
+}
+
+/// Whether rendering a stored original failed because of the original
+/// itself (it no longer decodes, or is over a limit), so that nothing can
+/// be made of it: the image is skipped rather than the work failed.
+pub(super) fn undecodable(error: &DomainError) -> bool {
+    matches!(
+        error,
+        DomainError::InvalidArgument(_) | DomainError::TooLarge(_) | DomainError::OutOfRange(_)
+    )
+}
+
 /// What became of an image's journaled encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completed {
@@ -66,7 +97,7 @@ pub enum Completed {
 }
 
 /// One encoding of one stored rendition, to make.
-struct Planned {
+pub(super) struct Planned {
     /// The variants whose entries read the rendition (several when they
     /// share its object).
     names: Vec<VariantName>,
@@ -103,7 +134,7 @@ fn count(outcome: &'static str) {
 
 /// The renditions the record holds in their first encoding (each object
 /// once, with the names that read it) that lack one of `encodings`.
-fn missing(
+pub(super) fn missing(
     record: &ImageRecord,
     encodings: &[Encoding],
 ) -> Vec<(Vec<VariantName>, Variant, Encoding)> {
@@ -135,7 +166,11 @@ fn missing(
 
 /// What to make of the pixels held: each missing encoding of a rendition
 /// whose pixels are held at its stored dimensions.
-fn plan(record: &ImageRecord, encodings: &[Encoding], held: &HeldPixels) -> Vec<Planned> {
+pub(super) fn plan(
+    record: &ImageRecord,
+    encodings: &[Encoding],
+    held: &HeldPixels,
+) -> Vec<Planned> {
     missing(record, encodings)
         .into_iter()
         .filter_map(|(names, first, encoding)| {
@@ -269,18 +304,19 @@ impl Uploads {
             self.metadata.clear_pending_encodings(&record.id).await?;
             return Ok(Completed::Added(0));
         }
-        let (held, _memory) = match self.render_stored(&record).await {
-            Ok(rendered) => rendered,
-            Err(
-                error @ (DomainError::InvalidArgument(_)
-                | DomainError::TooLarge(_)
-                | DomainError::OutOfRange(_)),
-            ) => {
+        let stored = match self.render_stored(&record).await {
+            Ok(stored) => stored,
+            Err(error) if undecodable(&error) => {
                 tracing::warn!(image_id = %record.id, error = %error_chain(&error), "the original no longer decodes: its encodings cannot be made");
                 self.metadata.clear_pending_encodings(&record.id).await?;
                 return Ok(Completed::Undecodable);
             }
             Err(other) => return Err(other),
+        };
+        let _memory = stored.memory;
+        let held = HeldPixels {
+            pixels: stored.rendered.pixels,
+            icc: stored.rendered.icc,
         };
         let slot = self
             .admissions
@@ -289,13 +325,13 @@ impl Uploads {
         self.make_encodings(&record, pending, held, slot).await
     }
 
-    /// The renditions' pixels of a stored image, decoded from its original
-    /// within the render slots and memory budget (the reservation held
-    /// while they are).
-    async fn render_stored(
+    /// The renditions of a stored image (pixels, encodings, placeholders),
+    /// decoded from its original within the render slots and memory budget
+    /// (the reservation held while they are).
+    pub(super) async fn render_stored(
         &self,
         record: &ImageRecord,
-    ) -> Result<(HeldPixels, crate::domain::budget::Reservation), DomainError> {
+    ) -> Result<StoredRender, DomainError> {
         let content_type = record.content_type.as_str();
         let original = ObjectKey::of(&record.id, &ObjectName::original());
         let source = self.read_all(&original, record.size_bytes).await?;
@@ -328,11 +364,11 @@ impl Uploads {
             .renderer
             .render(slot, source, content_type, orientation)
             .await?;
-        let held = HeldPixels {
-            pixels: rendered.pixels,
-            icc: rendered.icc,
-        };
-        Ok((held, memory))
+        Ok(StoredRender {
+            rendered,
+            orientation,
+            memory,
+        })
     }
 
     /// Encodes what the record lacks from `held` (in `slot`), writes the
@@ -345,6 +381,35 @@ impl Uploads {
         slot: RenderSlot,
     ) -> Result<Completed, DomainError> {
         let planned = plan(record, &pending.encodings, &held);
+        let (entries, written) = self.encode_planned(&record.id, planned, held, slot).await?;
+        let completed = match self.add_encodings(&record.id, &entries).await {
+            Ok(Some(_)) => Completed::Added(entries.len()),
+            Ok(None) => Completed::ImageGone,
+            Err(error) => {
+                // What was written is referred to by nothing: removed now,
+                // or by the repair pass.
+                self.remove_written(&written).await;
+                return Err(error);
+            }
+        };
+        if completed == Completed::ImageGone {
+            self.remove_written(&written).await;
+        }
+        self.metadata.clear_pending_encodings(&record.id).await?;
+        Ok(completed)
+    }
+
+    /// Encodes `planned` from `held` (in `slot`) and writes the objects of
+    /// those smaller than their rendition's first encoding: their entries,
+    /// and the objects written (for the caller to remove should the record
+    /// not take them). On a failure what was written is removed.
+    pub(super) async fn encode_planned(
+        &self,
+        id: &ImageId,
+        planned: Vec<Planned>,
+        held: HeldPixels,
+        slot: RenderSlot,
+    ) -> Result<(Vec<Variant>, Vec<ObjectKey>), DomainError> {
         let encoded = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             planned
@@ -373,7 +438,7 @@ impl Uploads {
                     count("not_smaller");
                     continue;
                 }
-                let key = ObjectKey::of(&record.id, &planned.object());
+                let key = ObjectKey::of(id, &planned.object());
                 write_object(self, &key, bytes).await?;
                 written.push(key);
                 for name in &planned.names {
@@ -387,24 +452,14 @@ impl Uploads {
                     });
                 }
             }
-            self.add_encodings(&record.id, &entries).await
+            Ok::<(), DomainError>(())
         }
         .await;
-        let completed = match result {
-            Ok(Some(_)) => Completed::Added(entries.len()),
-            Ok(None) => Completed::ImageGone,
-            Err(error) => {
-                // What was written is referred to by nothing: removed now,
-                // or by the repair pass.
-                self.remove_written(&written).await;
-                return Err(error);
-            }
-        };
-        if completed == Completed::ImageGone {
+        if let Err(error) = result {
             self.remove_written(&written).await;
+            return Err(error);
         }
-        self.metadata.clear_pending_encodings(&record.id).await?;
-        Ok(completed)
+        Ok((entries, written))
     }
 
     /// Adds `entries` (each an encoding of a variant whose object is
@@ -419,6 +474,22 @@ impl Uploads {
         id: &ImageId,
         entries: &[Variant],
     ) -> Result<Option<ImageRecord>, DomainError> {
+        Ok(self
+            .add_to_record(id, entries, None)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// [`Uploads::add_encodings`], which also sets the record's ThumbHash
+    /// to `thumbhash` when it has none, and places the entries of a
+    /// variant the record does not name yet among the others by size
+    /// (smallest first). The record as stored and what was added to it.
+    pub(super) async fn add_to_record(
+        &self,
+        id: &ImageId,
+        entries: &[Variant],
+        thumbhash: Option<&str>,
+    ) -> Result<Option<(ImageRecord, AddedToRecord)>, DomainError> {
         for _ in 0..ADD_ATTEMPTS {
             // A record whose bytes moderation removed takes no new ones:
             // to the caller it is gone.
@@ -426,7 +497,7 @@ impl Uploads {
                 return Ok(None);
             };
             let mut next = current.clone();
-            let mut added = false;
+            let mut added = AddedToRecord::default();
             for entry in entries {
                 let held = next
                     .variants
@@ -436,16 +507,31 @@ impl Uploads {
                     continue;
                 }
                 // After the variant's other entries: its first stays first.
+                // A new variant goes before the first larger one.
+                let longest = entry.width.max(entry.height);
                 let at = next
                     .variants
                     .iter()
                     .rposition(|v| v.name == entry.name)
-                    .map_or(next.variants.len(), |i| i + 1);
+                    .map(|i| i + 1)
+                    .or_else(|| {
+                        next.variants
+                            .iter()
+                            .position(|v| v.width.max(v.height) > longest)
+                    })
+                    .unwrap_or(next.variants.len());
                 next.variants.insert(at, entry.clone());
-                added = true;
+                added.entries += 1;
             }
-            if !added {
-                return Ok(Some(current));
+            if let Some(hash) = thumbhash
+                && next.thumbhash.is_empty()
+                && !hash.is_empty()
+            {
+                next.thumbhash = hash.to_owned();
+                added.thumbhash = true;
+            }
+            if added.entries == 0 && !added.thumbhash {
+                return Ok(Some((current, added)));
             }
             next.revision = current.revision + 1;
             match self
@@ -456,11 +542,11 @@ impl Uploads {
                 Ok(()) => {
                     // The new objects count in what the owner holds; past
                     // the acknowledgement a quota no longer refuses them.
-                    let added = held_by(&next).saturating_sub(held_by(&current));
-                    if let Err(error) = self.quotas.add_bytes(&next.owner, added).await {
+                    added.bytes = held_by(&next).saturating_sub(held_by(&current));
+                    if let Err(error) = self.quotas.add_bytes(&next.owner, added.bytes).await {
                         tracing::warn!(image_id = %next.id, error = %error_chain(&error), "could not count added encodings in the owner's usage; the repair pass will");
                     }
-                    return Ok(Some(next));
+                    return Ok(Some((next, added)));
                 }
                 Err(StorageError::ConditionFailed) => continue,
                 Err(StorageError::NotFound) => return Ok(None),
@@ -474,7 +560,7 @@ impl Uploads {
 
     /// Deletes objects no record refers to; a failure leaves them to the
     /// repair pass.
-    async fn remove_written(&self, written: &[ObjectKey]) {
+    pub(super) async fn remove_written(&self, written: &[ObjectKey]) {
         for key in written {
             if let Err(error) = self.blobs.delete(key).await {
                 tracing::warn!(key = key.as_str(), error = %error_chain(&error), "could not delete an encoding; the repair pass will");
@@ -498,7 +584,7 @@ fn stored_orientation(source: &Bytes) -> u8 {
 }
 
 /// Pixels of the largest held rendition: which render lane it takes.
-fn largest(held: &HeldPixels) -> u64 {
+pub(super) fn largest(held: &HeldPixels) -> u64 {
     held.pixels
         .iter()
         .map(|(_, p)| u64::from(p.width()) * u64::from(p.height()))
@@ -507,7 +593,11 @@ fn largest(held: &HeldPixels) -> u64 {
 }
 
 /// Writes a whole object.
-async fn write_object(uploads: &Uploads, key: &ObjectKey, bytes: Bytes) -> Result<(), DomainError> {
+pub(super) async fn write_object(
+    uploads: &Uploads,
+    key: &ObjectKey,
+    bytes: Bytes,
+) -> Result<(), DomainError> {
     let mut writer = uploads
         .blobs
         .start_write(key, Some(bytes.len() as u64))

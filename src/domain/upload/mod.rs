@@ -35,6 +35,7 @@ use super::{DomainError, ImageId, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
+mod backfill;
 mod encodings;
 mod pace;
 mod render;
@@ -45,7 +46,8 @@ mod spec;
 mod stored;
 mod writes;
 
-pub use encodings::Completed;
+pub use backfill::{Backfilled, Lacking};
+pub use encodings::{AddedToRecord, Completed};
 pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;

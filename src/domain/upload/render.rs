@@ -234,11 +234,11 @@ impl Uploads {
 }
 
 /// The stored original, as a variant could share it.
-struct Original<'a> {
-    content_type: &'a str,
-    width: u32,
-    height: u32,
-    size_bytes: u64,
+pub(super) struct Original<'a> {
+    pub(super) content_type: &'a str,
+    pub(super) width: u32,
+    pub(super) height: u32,
+    pub(super) size_bytes: u64,
 }
 
 /// `variant` as an entry that reads an object already stored, when one
@@ -246,7 +246,7 @@ struct Original<'a> {
 /// and type (the same pixels, encoded alike), or the original when it has
 /// the variant's dimensions and type and is no larger. `None` when the
 /// variant needs an object of its own.
-fn shared_object(
+pub(super) fn shared_object(
     made: &[Variant],
     original: Option<&Original<'_>>,
     variant: &Variant,

@@ -558,6 +558,31 @@ pub fn spec(filename: &str) -> pb::ImageSpec {
     }
 }
 
+/// Interrupts (SIGINT, as Ctrl-C) a command that walks every image once
+/// `ready` says it is part of the way through, and returns its output,
+/// which must say it can be run again to go on.
+pub async fn interrupt_when(
+    mut child: tokio::process::Child,
+    ready: impl Fn() -> bool,
+) -> std::process::Output {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the command ended before it could be interrupted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let interrupted = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&interrupted.stderr);
+    assert!(!interrupted.status.success(), "{stderr}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
+    interrupted
+}
+
 /// The standard output of a command that must have succeeded.
 pub fn stdout(output: &std::process::Output) -> String {
     assert!(
