@@ -52,23 +52,10 @@ pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;
 pub use shared::Uploads;
-use shared::{UPLOAD_OVERHEAD, UploadSlot};
+use shared::{Origin, UPLOAD_OVERHEAD, UploadSlot};
 use spec::ValidSpec;
 use stored::{StoredBytes, StoredFacts};
 use writes::Writes;
-
-/// Where a new image's bytes come from.
-enum Origin<'a> {
-    /// An upload stream, with the caller's upload slot: held until the
-    /// image is stored, even when the caller goes away during its render,
-    /// so cancelling and sending again cannot stack renders past
-    /// `--max-uploads-per-user`.
-    Stream(UploadSlot),
-    /// The upload session it finishes: the image gets the id fixed when
-    /// the session started, and settles the quota reservation the session
-    /// holds rather than making one. The session's caller holds its slot.
-    Session(ImageId, &'a UploadId),
-}
 
 /// Largest upload message the transport accepts: chunks of up to 4 MiB
 /// plus framing. An upload's working set counts one of them.

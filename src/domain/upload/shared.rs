@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::UserId;
 use crate::domain::admission::Admissions;
 use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
 use crate::domain::ports::{BlobStore, MetadataStore};
 use crate::domain::quota::Quotas;
+use crate::domain::session::UploadId;
+use crate::domain::{ImageId, UserId};
 use crate::media::variants::Renderer;
 
 /// Receives uploads and stores them: the upload slots, the memory budget
@@ -36,6 +37,19 @@ pub struct Uploads {
 /// inspector gathers and the structure the scrubber holds (1 MiB each at
 /// most; a HEIF's `meta` box may be larger, see [`super::SCRUBBER_SHARE`]).
 pub(super) const UPLOAD_OVERHEAD: u64 = 2 * 1024 * 1024;
+
+/// Where a new image's bytes come from.
+pub(super) enum Origin<'a> {
+    /// An upload stream, with the caller's upload slot: held until the
+    /// image is stored, even when the caller goes away during its render,
+    /// so cancelling and sending again cannot stack renders past
+    /// `--max-uploads-per-user`.
+    Stream(UploadSlot),
+    /// The upload session it finishes: the image gets the id fixed when
+    /// the session started, and settles the quota reservation the session
+    /// holds rather than making one. The session's caller holds its slot.
+    Session(ImageId, &'a UploadId),
+}
 
 /// An upload's places among the replica's and the caller's uploads.
 pub(super) struct UploadSlot {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::pace::Pace;
-use super::shared::{UPLOAD_OVERHEAD, UploadSlot, Uploads};
+use super::shared::{Origin, UPLOAD_OVERHEAD, UploadSlot, Uploads};
 use super::spec::ValidSpec;
 use super::spec::{FramePayload, UploadFrame};
 use crate::domain::budget::Reservation;
@@ -764,7 +764,7 @@ impl Uploads {
                 false,
                 Pace::new(&self.limits.pace),
                 frames,
-                super::Origin::Session(session.image_id, &session.id),
+                Origin::Session(session.image_id, &session.id),
             )
             .await;
         match stored {
