@@ -30,8 +30,7 @@ use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
 };
 use super::quota::{QuotaHold, Quotas, held_by};
-use super::session::UploadId;
-use super::{DomainError, ImageId, UserId, VariantName};
+use super::{DomainError, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
