@@ -393,6 +393,37 @@ async fn backfill_rate_of_phone_photos() {
 }
 
 /// The cases above, on one backend each.
+/// A stored original changed at rest (here a larger photo in its place) is
+/// not decoded: only the bytes its record describes are, since only their
+/// header was checked against the limits. The run goes on with the rest
+/// and names the image it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_original_changed_at_rest_is_not_decoded() {
+    let mut app = TestApp::spawn(Backend::Embedded).await;
+    let images = upload_photos(&app, 2).await;
+    app.stop().await.unwrap();
+    let changed = &images[1];
+    let object = app
+        .data_dir
+        .join(format!("blobs/images/{}/original", changed.image_id));
+    std::fs::write(&object, phone_photo(4000, 3000)).unwrap();
+
+    let run = backfill_command(&app, &["--formats", "jpeg,webp"])
+        .output()
+        .await
+        .expect("image-service backfill runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "an image was left: {out}");
+    assert!(
+        out.contains(&format!("not backfilled: {}", changed.image_id)) && out.contains("SHA-256"),
+        "{out}"
+    );
+    assert!(out.contains("1 changed"), "the other image is done: {out}");
+    let app = app.successor(&[]).await;
+    let left = app.get("bob", &changed.image_id).await.unwrap();
+    assert_eq!(left.variants, changed.variants, "its record is as it was");
+}
+
 macro_rules! on_backend {
     ($backend:ident: $($case:ident),* $(,)?) => {
         $(

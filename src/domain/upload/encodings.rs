@@ -335,6 +335,16 @@ impl Uploads {
         let content_type = record.content_type.as_str();
         let original = ObjectKey::of(&record.id, &ObjectName::original());
         let source = self.read_all(&original, record.size_bytes).await?;
+        // Only the bytes the record describes, whose header was checked
+        // against the limits when they were uploaded, are decoded: a file
+        // changed at rest (or torn) could be any size of image.
+        use sha2::Digest as _;
+        if hex::encode(sha2::Sha256::digest(&source)) != record.sha256 {
+            return Err(DomainError::DataLoss(format!(
+                "the stored original of image {} does not match its record's SHA-256;                  it is not decoded",
+                record.id
+            )));
+        }
         let orientation = stored_orientation(&source);
         let (width, height) = if (5..=8).contains(&orientation) {
             (record.height, record.width)
@@ -347,6 +357,15 @@ impl Uploads {
         self.render_fits(needed)?;
         let charge = self.budget.charge_render(&record.owner, needed).await;
         let pixels = u64::from(width) * u64::from(height);
+        // An image stored under a larger `--max-image-pixels` than today's.
+        let max_pixels = self.limits.content.max_pixels;
+        if pixels > max_pixels {
+            return Err(DomainError::ResourceExhausted(format!(
+                "image {} is {width}x{height}, over --max-image-pixels ({max_pixels}); \
+                 it is not decoded",
+                record.id
+            )));
+        }
         let slot = self
             .admissions
             .render_slot(&self.renderer, &record.owner, pixels)
