@@ -1084,10 +1084,13 @@ fn local_name(server_name: &str, id: &str) -> PathBuf {
 }
 
 /// Appends what `request` downloads to `file`, each chunk shown to `seen`
-/// and counted on `bar`.
+/// and counted on `bar`: at most `remaining` bytes, what the image's size
+/// leaves (a service that sends more is refused at the chunk that passes
+/// it, so a file never grows past the image).
 async fn download_to(
     caller: &Caller,
     request: pb::DownloadImageRequest,
+    remaining: u64,
     file: &mut tokio::fs::File,
     bar: &ProgressBar,
     mut seen: impl FnMut(&[u8]),
@@ -1104,7 +1107,14 @@ async fn download_to(
         .message()
         .await?
         .context("the service sent no header")?;
+    let mut written: u64 = 0;
     while let Some(message) = stream.message().await? {
+        written += message.chunk.len() as u64;
+        anyhow::ensure!(
+            written <= remaining,
+            "the service sent more bytes than the image holds ({remaining} left to read); \
+             nothing more is written"
+        );
         file.write_all(&message.chunk).await?;
         seen(&message.chunk);
         bar.inc(message.chunk.len() as u64);
@@ -1173,7 +1183,7 @@ async fn download(
             read_limit: 0,
             object: String::new(),
         };
-        download_to(caller, request, &mut file, &bar, |_| {}).await?;
+        download_to(caller, request, total - have, &mut file, &bar, |_| {}).await?;
         file.flush().await?;
     }
     bar.finish_and_clear();
@@ -1512,7 +1522,11 @@ async fn fetch_original(
             read_limit: 0,
             object: String::new(),
         };
-        download_to(caller, request, &mut file, bar, |chunk| sums.update(chunk)).await?;
+        let remaining = image.size_bytes.max(0) as u64 - sums.len;
+        download_to(caller, request, remaining, &mut file, bar, |chunk| {
+            sums.update(chunk)
+        })
+        .await?;
     }
     file.flush().await?;
     file.sync_all().await?;
