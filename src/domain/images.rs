@@ -11,7 +11,7 @@ use super::accept::Accept;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
 use super::event::ChangeKind;
-use super::image::{Held, ImageRecord, ObjectName, Timestamp};
+use super::image::{Held, ImageRecord, ImageState, ObjectName, Timestamp};
 use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
@@ -632,6 +632,13 @@ impl Images {
                 .await?
                 .ok_or_else(DomainError::image_not_found)?;
             ensure_owner(caller, &current)?;
+            if current.state == ImageState::Removed {
+                return Err(DomainError::FailedPrecondition(
+                    "the image was removed by moderation: its record is kept as a tombstone \
+                     and is not edited (DeleteImage removes it)"
+                        .into(),
+                ));
+            }
             if let Some(etag) = &update.expected_etag
                 && *etag != current.etag()
             {

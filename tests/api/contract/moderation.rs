@@ -329,6 +329,17 @@ pub(super) async fn a_removed_image_loses_its_bytes_and_keeps_its_record(backend
         Code::FailedPrecondition,
     );
     assert!(status.message().contains("final"), "{status:?}");
+    // Nor does its owner put text back on it: the record is a tombstone.
+    let edit = pb::UpdateImageRequest {
+        image_id: id.clone(),
+        title: "back again".into(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["title".into()],
+        }),
+        ..Default::default()
+    };
+    let status = assert_code(app.update("alice", edit).await, Code::FailedPrecondition);
+    assert!(status.message().contains("removed"), "{status:?}");
     // Its owner may still delete the record.
     app.delete("alice", &id).await.unwrap();
     assert_code(app.get("alice", &id).await, Code::NotFound);
