@@ -400,6 +400,23 @@ impl MemoryMetadataStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Replaces `user`'s usage item by `next(item)` if it is still at
+    /// `expected_revision` (`ConditionFailed` otherwise).
+    fn usage_at(
+        &self,
+        user: &UserId,
+        expected_revision: u64,
+        next: impl FnOnce(&UsageRecord) -> UsageRecord,
+    ) -> Result<(), StorageError> {
+        let mut records = self.lock();
+        let stored = records.usage.entry(user.clone()).or_default();
+        if stored.revision != expected_revision {
+            return Err(StorageError::ConditionFailed);
+        }
+        *stored = next(stored);
+        Ok(())
+    }
 }
 
 impl Records {
@@ -465,13 +482,7 @@ impl MetadataStore for MemoryMetadataStore {
         usage: &UsageRecord,
         expected_revision: u64,
     ) -> Result<(), StorageError> {
-        let mut records = self.lock();
-        let stored = records.usage.entry(user.clone()).or_default();
-        if stored.revision != expected_revision {
-            return Err(StorageError::ConditionFailed);
-        }
-        *stored = stored.replaced_by(usage);
-        Ok(())
+        self.usage_at(user, expected_revision, |stored| stored.replaced_by(usage))
     }
 
     async fn list_usage(&self) -> Result<Vec<(UserId, UsageRecord)>, StorageError> {
@@ -489,13 +500,9 @@ impl MetadataStore for MemoryMetadataStore {
         erasure: &ErasureRecord,
         expected_revision: u64,
     ) -> Result<(), StorageError> {
-        let mut records = self.lock();
-        let stored = records.usage.entry(user.clone()).or_default();
-        if stored.revision != expected_revision {
-            return Err(StorageError::ConditionFailed);
-        }
-        *stored = stored.with_erasure(erasure);
-        Ok(())
+        self.usage_at(user, expected_revision, |stored| {
+            stored.with_erasure(erasure)
+        })
     }
 
     async fn upload_sessions_of(

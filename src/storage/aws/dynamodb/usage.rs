@@ -212,18 +212,8 @@ impl DynamoMetadataStore {
             let set = usage.reservations.iter().map(|r| r.encode()).collect();
             values.insert(":r".into(), AttributeValue::Ss(set));
         }
-        let condition = at_revision(expected_revision, &mut values);
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(usage_key(user)))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_values(Some(values))
-            .send()
+        self.update_usage_at(user, update, values, expected_revision)
             .await
-            .map_err(classify)?;
-        Ok(())
     }
 
     pub(super) async fn usage_set_erasure(
@@ -246,6 +236,19 @@ impl DynamoMetadataStore {
             "SET erasure = :e, rev = :next, held_bytes = :zero, held_images = :zero \
              REMOVE erasing, reservations"
         };
+        self.update_usage_at(user, update, values, expected_revision)
+            .await
+    }
+
+    /// Applies `update` to `user`'s usage item if it is still at
+    /// `expected_revision` (`ConditionFailed` otherwise).
+    async fn update_usage_at(
+        &self,
+        user: &UserId,
+        update: impl Into<String>,
+        mut values: HashMap<String, AttributeValue>,
+        expected_revision: u64,
+    ) -> Result<(), StorageError> {
         let condition = at_revision(expected_revision, &mut values);
         self.client
             .update_item()
