@@ -114,6 +114,8 @@ fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
         state_reason: String::new(),
         state_time: None,
         removed_objects: Vec::new(),
+        pdq_hash: String::new(),
+        pdq_quality: 0,
     }
 }
 

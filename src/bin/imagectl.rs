@@ -1858,6 +1858,8 @@ fn image_json(image: &pb::Image) -> serde_json::Value {
         "state": state_name(image.state()),
         "state_reason": image.state_reason,
         "state_time": image.state_time.map(format_time),
+        "pdq_hash": image.pdq_hash,
+        "pdq_quality": image.pdq_quality,
         "variants": image.variants.iter().map(|v| serde_json::json!({
             "name": v.name,
             "content_type": v.content_type,
@@ -1967,6 +1969,7 @@ fn print_details(image: &pb::Image) {
         ("etag", image.etag.clone()),
         ("blurhash", image.blurhash.clone()),
         ("thumbhash", image.thumbhash.clone()),
+        ("pdq", pdq_row(image)),
     ]);
     for (name, value) in rows {
         println!("{name:<12} {value}");
@@ -2002,6 +2005,16 @@ fn truncate(text: &str, max: usize) -> String {
             .take(max - 1)
             .chain(std::iter::once('…'))
             .collect()
+    }
+}
+
+/// The PDQ hash with its quality, or nothing when the image has none (not
+/// decoded, or not the caller's to see).
+fn pdq_row(image: &pb::Image) -> String {
+    if image.pdq_hash.is_empty() {
+        String::new()
+    } else {
+        format!("{} (quality {})", image.pdq_hash, image.pdq_quality)
     }
 }
 

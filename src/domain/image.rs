@@ -449,6 +449,18 @@ pub struct ImageRecord {
     /// are held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_objects: Vec<String>,
+    /// The PDQ perceptual hash of the image as viewed: 64 lower-case hex
+    /// digits; empty when it was not decoded, and in records made before
+    /// it was kept. Kept in a purged tombstone, for the hash lists.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pdq_hash: String,
+    /// The PDQ hash's quality, 0-100 (0 when there is no hash).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pdq_quality: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl ImageRecord {
@@ -486,6 +498,8 @@ impl ImageRecord {
             state_reason: String::new(),
             state_time: None,
             removed_objects: Vec::new(),
+            pdq_hash: "f".repeat(64),
+            pdq_quality: 100,
         }
     }
 
@@ -557,6 +571,7 @@ impl ImageRecord {
             &self.blurhash,
             &self.thumbhash,
             &self.state_reason,
+            &self.pdq_hash,
         ];
         FIXED
             + strings.iter().map(|s| s.len() + PER_STRING).sum::<usize>()

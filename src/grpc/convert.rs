@@ -38,7 +38,9 @@ pub fn from_timestamp(
 
 /// The `Image` as `viewer` may see it: the hash of the bytes as uploaded
 /// (before identifying metadata was removed) is shown to the owner only,
-/// since anyone holding a guessed original could confirm it with that hash.
+/// since anyone holding a guessed original could confirm it with that hash;
+/// so is the perceptual hash, which would let anyone tune an image until it
+/// slips past a block list.
 pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
     pb::Image {
         image_id: record.id.to_string(),
@@ -84,7 +86,23 @@ pub fn image(record: &ImageRecord, viewer: &UserId) -> pb::Image {
         state: image_state(record.state) as i32,
         state_reason: record.state_reason.clone(),
         state_time: record.state_time.map(timestamp),
+        pdq_hash: if record.owner == *viewer {
+            record.pdq_hash.clone()
+        } else {
+            String::new()
+        },
+        pdq_quality: if record.owner == *viewer {
+            record.pdq_quality
+        } else {
+            0
+        },
     }
+}
+
+/// The `Image` as a moderator sees it: everything its owner sees, the
+/// hashes a block list or a report is matched by included.
+pub fn image_for_moderator(record: &ImageRecord) -> pb::Image {
+    image(record, &record.owner)
 }
 
 pub fn image_state(state: ImageState) -> pb::ImageState {

@@ -53,7 +53,7 @@ impl ModerationService for ModerationApi {
                     images: page
                         .images
                         .iter()
-                        .map(|record| convert::image(record, &caller))
+                        .map(convert::image_for_moderator)
                         .collect(),
                     next_page_token: page.next_page_token,
                 };
@@ -77,7 +77,7 @@ impl ModerationService for ModerationApi {
                 .moderation
                 .set_state(&caller, &r.image_id, state, &r.reason, etag)
                 .await?;
-            let image = Some(convert::image(&record, &caller));
+            let image = Some(convert::image_for_moderator(&record));
             api.respond(&caller, pb::SetImageStateResponse { image })
                 .await
         })
@@ -96,7 +96,7 @@ impl ModerationService for ModerationApi {
                 .moderation
                 .purge(&caller, &r.image_id, &r.reason)
                 .await?;
-            let image = Some(convert::image(&record, &caller));
+            let image = Some(convert::image_for_moderator(&record));
             api.respond(&caller, pb::PurgeImageResponse { image }).await
         })
         .await

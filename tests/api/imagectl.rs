@@ -419,6 +419,8 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         state,
         state_reason,
         state_time,
+        pdq_hash,
+        pdq_quality,
     } = image;
     assert_eq!(state, pb::ImageState::Active as i32);
     assert!(state_time.is_none());
@@ -461,6 +463,8 @@ async fn imagectl_get_json_carries_every_field_of_the_image() {
         "state": "active",
         "state_reason": state_reason,
         "state_time": null,
+        "pdq_hash": pdq_hash,
+        "pdq_quality": pdq_quality,
     });
     assert_eq!(got, expected);
     assert_eq!(got["attributes"]["lens"], "35mm f/1.4");

@@ -540,6 +540,8 @@ impl Uploads {
             state_reason: String::new(),
             state_time: None,
             removed_objects: Vec::new(),
+            pdq_hash: String::new(),
+            pdq_quality: 0,
         };
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose
