@@ -43,9 +43,13 @@ pub struct Summary {
     pub encodings: u64,
     pub thumbhashes: u64,
     /// Images whose record changed, the entries added to them, the
-    /// ThumbHashes set and the bytes of the objects added.
+    /// ThumbHashes set and the bytes of the objects added; the encodings
+    /// made and not kept (no smaller than the variant's first), recorded
+    /// so that no later run makes them again.
     pub changed: u64,
     pub entries: u64,
+    #[serde(default)]
+    pub declined: u64,
     pub thumbhashes_set: u64,
     pub bytes: u64,
     /// Images deleted while they were backfilled.
@@ -208,11 +212,12 @@ pub async fn backfill(
             match done {
                 None | Some(Ok(Backfilled::Complete)) => {}
                 Some(Ok(Backfilled::Added(added))) => {
-                    if added.entries > 0 || added.thumbhash {
+                    if added.entries > 0 || added.thumbhash || added.declined > 0 {
                         summary.changed += 1;
                         summary.run_changed += 1;
                     }
                     summary.entries += added.entries as u64;
+                    summary.declined += added.declined as u64;
                     summary.thumbhashes_set += u64::from(added.thumbhash);
                     summary.bytes += added.bytes;
                 }

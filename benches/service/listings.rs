@@ -116,6 +116,7 @@ fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
         removed_objects: Vec::new(),
         pdq_hash: String::new(),
         pdq_quality: 0,
+        declined_encodings: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! `cargo bench --bench service -- listings feed` (`scripts/bench
 //! listings feed`); the names are in [`FAMILIES`].
 
+mod backfill;
 mod background;
 mod embedded;
 mod encodings;
@@ -65,6 +66,8 @@ pub struct Plan {
     stalled_edits: usize,
     /// Images of the user erased by the erasure figure: embedded, aws.
     erased: (usize, usize),
+    /// Phone photos given their WebP variants by the backfill figure.
+    backfilled: usize,
 }
 
 impl Plan {
@@ -100,6 +103,7 @@ const FULL: Plan = Plan {
     stalled_watchers: 64,
     stalled_edits: 1_000,
     erased: (2_000, 500),
+    backfilled: 30,
 };
 
 const SMOKE: Plan = Plan {
@@ -122,6 +126,7 @@ const SMOKE: Plan = Plan {
     stalled_watchers: 2,
     stalled_edits: 10,
     erased: (20, 10),
+    backfilled: 3,
 };
 
 /// The figure families in the report's order, by the name that runs one
@@ -151,6 +156,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("background", false),
     // Bytes of a feed page in each encoding (#33).
     ("feed-page", false),
+    // The backfill's rate over phone photos (#33).
+    ("backfill", false),
     // 9: upload sessions.
     ("sessions", true),
     // 10: phone photo uploads against libvips + PutObject.
@@ -264,6 +271,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "decode-scale" => encodings::run_scale(plan),
         "background" => background::run(plan).await,
         "feed-page" => feed_page::run(plan),
+        "backfill" => backfill::run(plan).await,
         "sessions" => sessions::run(plan, stores()).await,
         "photos" => photos::run(plan, stores()).await,
         "feed" => feed::run(plan, stores()).await,

@@ -92,12 +92,13 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
             )
         } else {
             format!(
-                "{} images: {} changed ({} entries, {} ThumbHashes, {:.1} MiB added), {} complete, {} gone, {} failed",
+                "{} images: {} changed ({} entries, {} ThumbHashes, {:.1} MiB added; {} encodings no smaller, not kept), {} complete, {} gone, {} failed",
                 s.seen,
                 s.changed,
                 s.entries,
                 s.thumbhashes_set,
                 s.bytes as f64 / 1048576.0,
+                s.declined,
                 s.seen - s.lacking,
                 s.gone,
                 s.failed.len()

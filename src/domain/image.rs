@@ -300,6 +300,15 @@ pub struct Variant {
     pub object: Option<ObjectName>,
 }
 
+/// An encoding of a variant that was made and not kept, because it came
+/// out no smaller than the variant's first encoding: it is not made again
+/// (by the background, the repair pass or a backfill).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeclinedEncoding {
+    pub name: VariantName,
+    pub content_type: String,
+}
+
 impl Variant {
     /// The stored object its bytes are read from.
     pub fn object_name(&self) -> ObjectName {
@@ -457,6 +466,10 @@ pub struct ImageRecord {
     /// The PDQ hash's quality, 0-100 (0 when there is no hash).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pdq_quality: u32,
+    /// Encodings of variants made and not kept (no smaller than the
+    /// variant's first encoding), so that they are not made again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined_encodings: Vec<DeclinedEncoding>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -500,7 +513,19 @@ impl ImageRecord {
             removed_objects: Vec::new(),
             pdq_hash: "f".repeat(64),
             pdq_quality: 100,
+            declined_encodings: vec![DeclinedEncoding {
+                name: VariantName::parse("small").expect("a variant name"),
+                content_type: "image/avif".into(),
+            }],
         }
+    }
+
+    /// Whether the encoding `content_type` of one of the variants `names`
+    /// was made and not kept.
+    pub fn declined(&self, names: &[VariantName], content_type: &str) -> bool {
+        self.declined_encodings
+            .iter()
+            .any(|d| names.contains(&d.name) && d.content_type == content_type)
     }
 
     /// Whether `viewer` may see the image at all: an `Active` image is

@@ -32,10 +32,20 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// User + system CPU seconds of this process so far (to the microsecond).
 pub fn own_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU seconds of this process's children that have ended
+/// and been waited for (to the microsecond).
+pub fn children_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu_seconds(who: libc::c_int) -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        libc::getrusage(who, usage.as_mut_ptr());
         usage.assume_init()
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;

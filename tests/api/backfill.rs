@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::helpers::{Backend, TestApp, as_user, decoded_by_pillow, interrupt_when, stdout};
-use image_service::fixtures::phone_photo;
+use image_service::fixtures::{PHONE_SHOTS, PhoneShot, phone_photo, phone_shot};
 use image_service::pb;
 
 /// `image-service backfill` with `args`, on `app`'s stores (with the
@@ -203,6 +203,61 @@ async fn backfill_adds_the_webp_variants_once(backend: Backend) {
     assert_eq!(variants_added_events(&app).await, 4, "no new event");
     let app = app.successor(&[]).await;
     assert_eq!(catalogue(&app).await, images);
+}
+
+/// Small photos whose WebP variant comes out no larger than the JPEG one
+/// get none (never more bytes than needed), and a second run does not make
+/// it again: the first recorded that it was made and not kept.
+async fn an_encoding_not_kept_is_not_made_again(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    for seed in 1..=2 {
+        // A small, detailed scene: neither of its WebP variants is
+        // smaller than the JPEG (two per photo, four in all).
+        let shot = PhoneShot {
+            width: 504,
+            height: 378,
+            seed,
+            ..PHONE_SHOTS[0]
+        };
+        let bytes = phone_shot(&shot);
+        app.upload("alice", crate::helpers::spec("tiny.jpg"), &bytes)
+            .await
+            .unwrap();
+    }
+    app.stop().await.unwrap();
+    let objects = app.stored_objects().await;
+    let run = backfill(&app, &["--formats", "jpeg,webp"]).await;
+    let text = stdout(&run);
+    assert!(
+        text.contains("2 images: 2 changed (0 entries")
+            && text.contains("0.0 MiB added; 4 encodings no smaller, not kept"),
+        "{text}"
+    );
+    assert_eq!(app.stored_objects().await, objects, "no object kept");
+
+    let dry = backfill(&app, &["--formats", "jpeg,webp", "--dry-run"]).await;
+    assert!(
+        stdout(&dry).contains("2 images: 0 lack something"),
+        "{}",
+        stdout(&dry)
+    );
+    let again = backfill(&app, &["--formats", "jpeg,webp"]).await;
+    let text = stdout(&again);
+    assert!(
+        text.contains("2 images: 0 changed") && text.contains("2 complete"),
+        "{text}"
+    );
+    let app = app.successor(&[]).await;
+    for image in catalogue(&app).await {
+        assert!(
+            image
+                .variants
+                .iter()
+                .all(|v| v.content_type == "image/jpeg"),
+            "{:?}",
+            image.variants
+        );
+    }
 }
 
 /// Interrupted (Ctrl-C) part of the way through, then run again: every
@@ -441,6 +496,7 @@ mod embedded {
         backfill_adds_the_webp_variants_once,
         an_interrupted_backfill_resumes_where_it_stopped,
         a_new_variant_is_rendered_or_shares_a_stored_one,
+        an_encoding_not_kept_is_not_made_again,
     );
 }
 

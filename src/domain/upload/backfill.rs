@@ -155,15 +155,17 @@ impl Uploads {
             icc: rendered.icc,
         };
         let planned = plan(&with_new, &self.limits.encodings.background, &held);
+        let mut declined = Vec::new();
         if !planned.is_empty() {
             let slot = self
                 .admissions
                 .render_slot(&self.renderer, &record.owner, largest(&held))
                 .await;
             match self.encode_planned(&record.id, planned, held, slot).await {
-                Ok((encoded, more)) => {
-                    entries.extend(encoded);
-                    written.extend(more);
+                Ok(encoded) => {
+                    entries.extend(encoded.entries);
+                    written.extend(encoded.written);
+                    declined = encoded.declined;
                 }
                 Err(error) => {
                     self.remove_written(&written).await;
@@ -173,7 +175,10 @@ impl Uploads {
         }
 
         let thumbhash = lacking.thumbhash.then_some(rendered.thumbhash.as_str());
-        match self.add_to_record(&record.id, &entries, thumbhash).await {
+        match self
+            .add_to_record(&record.id, &entries, &declined, thumbhash)
+            .await
+        {
             Ok(Some((_, added))) => Ok(Backfilled::Added(added)),
             Ok(None) => {
                 self.remove_written(&written).await;

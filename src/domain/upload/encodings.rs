@@ -22,7 +22,9 @@ use tracing::Instrument as _;
 
 use super::shared::Uploads;
 use crate::domain::event::ChangeKind;
-use crate::domain::image::{Encoding, ImageRecord, ObjectName, Timestamp, Variant};
+use crate::domain::image::{
+    DeclinedEncoding, Encoding, ImageRecord, ObjectName, Timestamp, Variant,
+};
 use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
 use crate::domain::quota::held_by;
 use crate::domain::{DomainError, ImageId, UserId, VariantName};
@@ -62,6 +64,17 @@ pub struct AddedToRecord {
     pub bytes: u64,
     /// Whether its ThumbHash was set.
     pub thumbhash: bool,
+    /// Encodings of variants recorded as made and not kept.
+    pub declined: usize,
+}
+
+/// What encoding some planned renditions came to: the entries of those
+/// kept, the objects written for them, and the encodings not kept.
+#[derive(Default)]
+pub(super) struct Encoded {
+    pub(super) entries: Vec<Variant>,
+    pub(super) written: Vec<ObjectKey>,
+    pub(super) declined: Vec<DeclinedEncoding>,
 }
 
 /// A stored image rendered again from its original.
@@ -156,7 +169,10 @@ pub(super) fn missing(
                 .variants
                 .iter()
                 .any(|v| names.contains(&v.name) && v.content_type == encoding.content_type());
-            if codec(encoding).is_some_and(Codec::available) && !held {
+            if codec(encoding).is_some_and(Codec::available)
+                && !held
+                && !record.declined(&names, encoding.content_type())
+            {
                 missing.push((names.clone(), first.clone(), encoding));
             }
         }
@@ -400,8 +416,15 @@ impl Uploads {
         slot: RenderSlot,
     ) -> Result<Completed, DomainError> {
         let planned = plan(record, &pending.encodings, &held);
-        let (entries, written) = self.encode_planned(&record.id, planned, held, slot).await?;
-        let completed = match self.add_encodings(&record.id, &entries).await {
+        let Encoded {
+            entries,
+            written,
+            declined,
+        } = self.encode_planned(&record.id, planned, held, slot).await?;
+        let completed = match self
+            .add_to_record(&record.id, &entries, &declined, None)
+            .await
+        {
             Ok(Some(_)) => Completed::Added(entries.len()),
             Ok(None) => Completed::ImageGone,
             Err(error) => {
@@ -420,15 +443,16 @@ impl Uploads {
 
     /// Encodes `planned` from `held` (in `slot`) and writes the objects of
     /// those smaller than their rendition's first encoding: their entries,
-    /// and the objects written (for the caller to remove should the record
-    /// not take them). On a failure what was written is removed.
+    /// the objects written (for the caller to remove should the record not
+    /// take them), and the encodings not kept. On a failure what was
+    /// written is removed.
     pub(super) async fn encode_planned(
         &self,
         id: &ImageId,
         planned: Vec<Planned>,
         held: HeldPixels,
         slot: RenderSlot,
-    ) -> Result<(Vec<Variant>, Vec<ObjectKey>), DomainError> {
+    ) -> Result<Encoded, DomainError> {
         let encoded = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             planned
@@ -447,6 +471,7 @@ impl Uploads {
 
         let mut written = Vec::new();
         let mut entries = Vec::new();
+        let mut declined = Vec::new();
         let result = async {
             for (planned, bytes) in encoded {
                 let bytes = bytes?;
@@ -455,6 +480,10 @@ impl Uploads {
                 // would be sent more than the first encoding's.
                 if size_bytes >= planned.first_size {
                     count("not_smaller");
+                    declined.extend(planned.names.iter().map(|name| DeclinedEncoding {
+                        name: name.clone(),
+                        content_type: planned.encoding.content_type().to_owned(),
+                    }));
                     continue;
                 }
                 let key = ObjectKey::of(id, &planned.object());
@@ -478,7 +507,11 @@ impl Uploads {
             self.remove_written(&written).await;
             return Err(error);
         }
-        Ok((entries, written))
+        Ok(Encoded {
+            entries,
+            written,
+            declined,
+        })
     }
 
     /// Adds `entries` (each an encoding of a variant whose object is
@@ -494,19 +527,21 @@ impl Uploads {
         entries: &[Variant],
     ) -> Result<Option<ImageRecord>, DomainError> {
         Ok(self
-            .add_to_record(id, entries, None)
+            .add_to_record(id, entries, &[], None)
             .await?
             .map(|(record, _)| record))
     }
 
-    /// [`Uploads::add_encodings`], which also sets the record's ThumbHash
-    /// to `thumbhash` when it has none, and places the entries of a
+    /// [`Uploads::add_encodings`], which also records the encodings
+    /// `declined` (made and not kept), sets the record's ThumbHash to
+    /// `thumbhash` when it has none, and places the entries of a
     /// variant the record does not name yet among the others by size
     /// (smallest first). The record as stored and what was added to it.
     pub(super) async fn add_to_record(
         &self,
         id: &ImageId,
         entries: &[Variant],
+        declined: &[DeclinedEncoding],
         thumbhash: Option<&str>,
     ) -> Result<Option<(ImageRecord, AddedToRecord)>, DomainError> {
         for _ in 0..ADD_ATTEMPTS {
@@ -542,6 +577,12 @@ impl Uploads {
                 next.variants.insert(at, entry.clone());
                 added.entries += 1;
             }
+            for encoding in declined {
+                if !next.declined_encodings.contains(encoding) {
+                    next.declined_encodings.push(encoding.clone());
+                    added.declined += 1;
+                }
+            }
             if let Some(hash) = thumbhash
                 && next.thumbhash.is_empty()
                 && !hash.is_empty()
@@ -549,7 +590,7 @@ impl Uploads {
                 next.thumbhash = hash.to_owned();
                 added.thumbhash = true;
             }
-            if added.entries == 0 && !added.thumbhash {
+            if added.entries == 0 && !added.thumbhash && added.declined == 0 {
                 return Ok(Some((current, added)));
             }
             next.revision = current.revision + 1;

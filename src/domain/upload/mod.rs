@@ -542,6 +542,7 @@ impl Uploads {
             removed_objects: Vec::new(),
             pdq_hash: String::new(),
             pdq_quality: 0,
+            declined_encodings: Vec::new(),
         };
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose
