@@ -32,6 +32,7 @@ use super::spec::{FramePayload, UploadFrame};
 use crate::domain::budget::Reservation;
 use crate::domain::chunks::{Gatherer, exact_chunks};
 use crate::domain::image::NewImage;
+use crate::domain::scan::SCAN_REJECTED;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
@@ -85,7 +86,13 @@ fn is_bad_content(error: &DomainError) -> bool {
             | DomainError::DataLoss(_)
             | DomainError::TooLarge(_)
             | DomainError::AlreadyExists(_)
-    )
+    ) || rejected_by_the_scanner(error)
+}
+
+/// Whether the content scanner rejected the session's image: its bytes are
+/// final, and sending them again would be rejected again.
+fn rejected_by_the_scanner(error: &DomainError) -> bool {
+    matches!(error, DomainError::FailedPrecondition(message) if message.starts_with(SCAN_REJECTED))
 }
 
 fn session_not_found() -> DomainError {
