@@ -1028,8 +1028,9 @@ impl ScanSettings {
         let Some(text) = &self.scan_url else {
             return Ok(None);
         };
-        let url = reqwest::Url::parse(text)
-            .map_err(|e| format!("--scan-url (IMAGE_SERVICE_SCAN_URL): {text:?} is not a URL: {e}"))?;
+        let url = reqwest::Url::parse(text).map_err(|e| {
+            format!("--scan-url (IMAGE_SERVICE_SCAN_URL): {text:?} is not a URL: {e}")
+        })?;
         let host = url.host_str().unwrap_or_default();
         match url.scheme() {
             "https" => {}

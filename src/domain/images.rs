@@ -773,7 +773,6 @@ fn not_owner() -> DomainError {
     DomainError::PermissionDenied("only the owner of an image may change or delete it".into())
 }
 
-
 #[async_trait::async_trait]
 impl PublicImages for Images {
     async fn is_public(&self, id: &ImageId) -> Result<bool, StorageError> {

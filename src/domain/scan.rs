@@ -113,7 +113,11 @@ impl ScanHook {
     /// The verdict the policy takes when a scan cannot be made (the
     /// rendition is over `--scan-max-bytes`, or could not be read).
     pub fn failed(&self, why: &str, request_id: &str) -> Verdict {
-        tracing::warn!(image_id = request_id, error = why, "the image could not be scanned; --scan-on-failure applies");
+        tracing::warn!(
+            image_id = request_id,
+            error = why,
+            "the image could not be scanned; --scan-on-failure applies"
+        );
         metrics::counter!("imageservice_scans_total", "outcome" => "failed").increment(1);
         self.on_failure()
     }
@@ -156,16 +160,15 @@ impl ScanHook {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
-            let failure = match tokio::time::timeout(self.policy.timeout, self.scanner.scan(request))
-                .await
-            {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(failure)) => failure,
-                Err(_) => ScanFailure(format!(
-                    "no answer within {} (--scan-timeout)",
-                    humantime::format_duration(self.policy.timeout)
-                )),
-            };
+            let failure =
+                match tokio::time::timeout(self.policy.timeout, self.scanner.scan(request)).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => ScanFailure(format!(
+                        "no answer within {} (--scan-timeout)",
+                        humantime::format_duration(self.policy.timeout)
+                    )),
+                };
             if attempt >= self.policy.retries {
                 return Err(failure);
             }

@@ -216,7 +216,8 @@ impl Uploads {
             .map_err(|e| format!("reading its {rendition}: {}", error_chain(&e)))?;
         let mut bytes = BytesMut::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading its {rendition}: {}", error_chain(&e)))?;
+            let chunk =
+                chunk.map_err(|e| format!("reading its {rendition}: {}", error_chain(&e)))?;
             if (bytes.len() + chunk.len()) as u64 > max {
                 return Err(format!("its {rendition} is over --scan-max-bytes ({max})"));
             }
@@ -238,5 +239,6 @@ impl Uploads {
 /// When a record's scan is due to the repair pass: it entered `Pending`
 /// before `older_than`.
 pub fn scan_overdue(record: &ImageRecord, older_than: Timestamp) -> bool {
-    record.state == ImageState::Pending && record.state_time.unwrap_or(record.update_time) < older_than
+    record.state == ImageState::Pending
+        && record.state_time.unwrap_or(record.update_time) < older_than
 }

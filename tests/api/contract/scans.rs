@@ -164,14 +164,21 @@ pub(super) async fn a_sync_scan_allows_quarantines_or_rejects_before_the_answer(
 
     let allowed = upload(&app, "alice", 1).await.unwrap();
     assert_eq!(allowed.state(), pb::ImageState::Active);
-    assert_eq!(app.get("bob", &allowed.image_id).await.unwrap().state(), pb::ImageState::Active);
+    assert_eq!(
+        app.get("bob", &allowed.image_id).await.unwrap().state(),
+        pb::ImageState::Active
+    );
     let seen = scanner.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].image_id, allowed.image_id);
     assert_eq!(seen[0].owner, "alice");
     assert_eq!(seen[0].sha256, allowed.sha256);
     assert_eq!(seen[0].rendition, "medium", "the medium rendition is sent");
-    let medium = allowed.variants.iter().find(|v| v.name == "medium").unwrap();
+    let medium = allowed
+        .variants
+        .iter()
+        .find(|v| v.name == "medium")
+        .unwrap();
     assert_eq!(seen[0].content_type, medium.content_type);
     assert_eq!(seen[0].bytes as i64, medium.size_bytes);
 
@@ -195,7 +202,10 @@ pub(super) async fn a_sync_scan_allows_quarantines_or_rejects_before_the_answer(
     let status = assert_code(upload(&app, "alice", 3).await, Code::FailedPrecondition);
     assert!(status.message().contains("csam"), "{status:?}");
     assert_eq!(app.wait_for_stored_objects(before.len()).await, before);
-    let listed = app.list_all("alice", pb::ListImagesRequest::default()).await.unwrap();
+    let listed = app
+        .list_all("alice", pb::ListImagesRequest::default())
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2, "only the allowed and the quarantined");
     let usage = app
         .client()
@@ -258,7 +268,14 @@ pub(super) async fn a_scan_without_a_verdict_follows_scan_on_failure(backend: Ba
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/scan", closed.local_addr().unwrap());
     drop(closed);
-    let flags = ["--scan-url", &url, "--scan-on-failure", "reject", "--scan-retries", "0"];
+    let flags = [
+        "--scan-url",
+        &url,
+        "--scan-on-failure",
+        "reject",
+        "--scan-retries",
+        "0",
+    ];
     let app = TestApp::spawn_with(backend, &flags).await;
     let status = assert_code(upload(&app, "alice", 1).await, Code::FailedPrecondition);
     assert!(status.message().contains("scan-failed"), "{status:?}");
@@ -277,7 +294,10 @@ pub(super) async fn an_async_scan_acknowledges_pending_and_applies_the_verdict_l
     only_owner_and_moderators_see(&app, &image.image_id, pb::ImageState::Pending).await;
     let allowed = wait_for_verdict(&app, "alice", &image.image_id).await;
     assert_eq!(allowed.state(), pb::ImageState::Active);
-    assert_eq!(app.get("bob", &image.image_id).await.unwrap().state(), pb::ImageState::Active);
+    assert_eq!(
+        app.get("bob", &image.image_id).await.unwrap().state(),
+        pb::ImageState::Active
+    );
 
     // A rejection removes the image's bytes and keeps its record.
     scanner.answer(Answer::Reject);
@@ -328,7 +348,14 @@ pub(super) async fn an_async_scan_acknowledges_pending_and_applies_the_verdict_l
     }
     let verdicts: Vec<_> = actions
         .iter()
-        .map(|a| (a.moderator_id.as_str(), a.r#type(), a.from_state(), a.to_state()))
+        .map(|a| {
+            (
+                a.moderator_id.as_str(),
+                a.r#type(),
+                a.from_state(),
+                a.to_state(),
+            )
+        })
         .collect();
     let scan = pb::ModerationActionType::ScanVerdict;
     let pending = pb::ImageState::Pending;
@@ -368,21 +395,37 @@ pub(super) async fn a_killed_replicas_pending_scans_are_finished_by_the_repair_p
     assert_eq!(report.pending_scans, [id.clone()], "the scan is still due");
     scanner.answer(Answer::Quarantine);
     let report = app.repair_pass(false).await;
-    assert_eq!(report.pending_scans, [format!("{id}: quarantined (nudity)")]);
+    assert_eq!(
+        report.pending_scans,
+        [format!("{id}: quarantined (nudity)")]
+    );
     let report = app.repair_pass(false).await;
     assert!(report.pending_scans.is_empty(), "{report:?}");
 
-    let app = app.successor(&scanner.flags(&["--scan-mode", "async"])).await;
+    let app = app
+        .successor(&scanner.flags(&["--scan-mode", "async"]))
+        .await;
     only_owner_and_moderators_see(&app, &id, pb::ImageState::Quarantined).await;
 }
 
 pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
     for (flags, expected) in [
         (vec!["--scan-url", "not a url"], "is not a URL"),
-        (vec!["--scan-url", "ftp://scanner.internal/"], "http or https"),
-        (vec!["--scan-url", "http://scanner.internal/scan"], "--scan-allow-plaintext"),
         (
-            vec!["--scan-url", "https://scanner.internal/scan", "--scan-on-failure", "allow"],
+            vec!["--scan-url", "ftp://scanner.internal/"],
+            "http or https",
+        ),
+        (
+            vec!["--scan-url", "http://scanner.internal/scan"],
+            "--scan-allow-plaintext",
+        ),
+        (
+            vec![
+                "--scan-url",
+                "https://scanner.internal/scan",
+                "--scan-on-failure",
+                "allow",
+            ],
             "--scan-accept-unscanned",
         ),
     ] {
@@ -391,7 +434,11 @@ pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
         assert!(refusal.contains(expected), "{flags:?}: {refusal}");
     }
     for flags in [
-        vec!["--scan-url", "http://scanner.internal/scan", "--scan-allow-plaintext"],
+        vec![
+            "--scan-url",
+            "http://scanner.internal/scan",
+            "--scan-allow-plaintext",
+        ],
         vec![
             "--scan-url",
             "https://scanner.internal/scan",
@@ -400,6 +447,9 @@ pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
             "--scan-accept-unscanned",
         ],
     ] {
-        assert!(crate::helpers::start_refusal(&flags).await.is_none(), "{flags:?}");
+        assert!(
+            crate::helpers::start_refusal(&flags).await.is_none(),
+            "{flags:?}"
+        );
     }
 }

@@ -32,11 +32,11 @@ use super::spec::{FramePayload, UploadFrame};
 use crate::domain::budget::Reservation;
 use crate::domain::chunks::{Gatherer, exact_chunks};
 use crate::domain::image::NewImage;
-use crate::domain::scan::SCAN_REJECTED;
 use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
 };
+use crate::domain::scan::SCAN_REJECTED;
 use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
