@@ -392,7 +392,11 @@ pub(super) async fn a_killed_replicas_pending_scans_are_finished_by_the_repair_p
     let id = image.image_id;
 
     let report = app.repair_pass(true).await;
-    assert_eq!(report.pending_scans, [id.clone()], "the scan is still due");
+    assert_eq!(
+        report.pending_scans,
+        std::slice::from_ref(&id),
+        "the scan is still due"
+    );
     scanner.answer(Answer::Quarantine);
     let report = app.repair_pass(false).await;
     assert_eq!(
