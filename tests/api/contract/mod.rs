@@ -72,6 +72,21 @@ async fn spawn_killable(
     (replica, client)
 }
 
+/// Sends `messages` as one upload stream of `user`'s through `client`.
+async fn upload_through(
+    client: &mut pb::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    user: &str,
+    messages: Vec<pb::UploadImageRequest>,
+) -> pb::Image {
+    client
+        .upload_image(as_user(user, tokio_stream::iter(messages)))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+}
+
 macro_rules! contract_suite {
     ($backend:ident: $($module:ident::$case:ident),* $(,)?) => {
         $(

@@ -136,6 +136,17 @@ async fn upload(app: &TestApp, user: &str, seed: u32) -> Result<pb::Image, Statu
     app.upload(user, spec("scanned.png"), &png).await
 }
 
+/// A direct upload of alice's, its one part sent; its session's id.
+async fn send_direct_upload(app: &TestApp) -> String {
+    let png = images::png(80, 60, 9);
+    let session = start(app, "alice", spec("direct.png")).await.unwrap();
+    let urls = upload_urls(app, "alice", &session.upload_id, exact_parts(&[png.len()]))
+        .await
+        .unwrap();
+    assert!(put(&urls[0], png).await.is_success());
+    session.upload_id
+}
+
 /// Waits until `image_id` is no longer PENDING for its owner.
 async fn wait_for_verdict(app: &TestApp, owner: &str, image_id: &str) -> pb::Image {
     for _ in 0..200 {
@@ -222,23 +233,15 @@ pub(super) async fn a_sync_scan_allows_quarantines_or_rejects_before_the_answer(
     );
 
     // A direct upload (an upload session) is scanned too.
-    let png = images::png(80, 60, 9);
-    let session = start(&app, "alice", spec("direct.png")).await.unwrap();
-    let urls = upload_urls(&app, "alice", &session.upload_id, exact_parts(&[png.len()]))
-        .await
-        .unwrap();
-    assert!(put(&urls[0], png).await.is_success());
+    let session = send_direct_upload(&app).await;
     let status = assert_code(
-        complete(&app, "alice", &session.upload_id).await,
+        complete(&app, "alice", &session).await,
         Code::FailedPrecondition,
     );
     assert!(status.message().contains("csam"), "{status:?}");
     // The session goes with its parts: its bytes would be rejected again.
     assert_eq!(app.wait_for_stored_objects(before.len()).await, before);
-    assert_code(
-        complete(&app, "alice", &session.upload_id).await,
-        Code::NotFound,
-    );
+    assert_code(complete(&app, "alice", &session).await, Code::NotFound);
     assert_eq!(scanner.seen().len(), 4);
 }
 
@@ -322,13 +325,8 @@ pub(super) async fn an_async_scan_acknowledges_pending_and_applies_the_verdict_l
 
     // A direct upload's image is scanned after its acknowledgement too.
     scanner.answer(Answer::Quarantine);
-    let png = images::png(80, 60, 9);
-    let session = start(&app, "alice", spec("direct.png")).await.unwrap();
-    let urls = upload_urls(&app, "alice", &session.upload_id, exact_parts(&[png.len()]))
-        .await
-        .unwrap();
-    assert!(put(&urls[0], png).await.is_success());
-    let direct = complete(&app, "alice", &session.upload_id).await.unwrap();
+    let session = send_direct_upload(&app).await;
+    let direct = complete(&app, "alice", &session).await.unwrap();
     assert_eq!(direct.state(), pb::ImageState::Pending);
     let quarantined = wait_for_verdict(&app, "alice", &direct.image_id).await;
     assert_eq!(
@@ -379,13 +377,7 @@ pub(super) async fn a_killed_replicas_pending_scans_are_finished_by_the_repair_p
     scanner.answer(Answer::Slowly(Duration::from_secs(30)));
     let png = images::png(64, 48, 1);
     let messages = upload_messages(spec("killed.png"), &png, 64 * 1024);
-    let image = client
-        .upload_image(as_user("alice", tokio_stream::iter(messages)))
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let image = upload_through(&mut client, "alice", messages).await;
     assert_eq!(image.state(), pb::ImageState::Pending);
     unsafe { libc::kill(replica.id() as i32, libc::SIGKILL) };
     replica.wait().unwrap();
@@ -413,47 +405,39 @@ pub(super) async fn a_killed_replicas_pending_scans_are_finished_by_the_repair_p
 }
 
 pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
-    for (flags, expected) in [
-        (vec!["--scan-url", "not a url"], "is not a URL"),
+    let https = "https://scanner.internal/scan";
+    let plaintext = "http://scanner.internal/scan";
+    // Each setting, and what its refusal names (`None`: it starts).
+    let cases: [(&[&str], Option<&str>); 6] = [
+        (&["--scan-url", "not a url"], Some("is not a URL")),
         (
-            vec!["--scan-url", "ftp://scanner.internal/"],
-            "http or https",
+            &["--scan-url", "ftp://scanner.internal/"],
+            Some("http or https"),
+        ),
+        (&["--scan-url", plaintext], Some("--scan-allow-plaintext")),
+        (&["--scan-url", plaintext, "--scan-allow-plaintext"], None),
+        (
+            &["--scan-url", https, "--scan-on-failure", "allow"],
+            Some("--scan-accept-unscanned"),
         ),
         (
-            vec!["--scan-url", "http://scanner.internal/scan"],
-            "--scan-allow-plaintext",
-        ),
-        (
-            vec![
+            &[
                 "--scan-url",
-                "https://scanner.internal/scan",
+                https,
                 "--scan-on-failure",
                 "allow",
+                "--scan-accept-unscanned",
             ],
-            "--scan-accept-unscanned",
+            None,
         ),
-    ] {
-        let refusal = crate::helpers::start_refusal(&flags).await;
-        let refusal = refusal.unwrap_or_else(|| panic!("{flags:?} started"));
-        assert!(refusal.contains(expected), "{flags:?}: {refusal}");
-    }
-    for flags in [
-        vec![
-            "--scan-url",
-            "http://scanner.internal/scan",
-            "--scan-allow-plaintext",
-        ],
-        vec![
-            "--scan-url",
-            "https://scanner.internal/scan",
-            "--scan-on-failure",
-            "allow",
-            "--scan-accept-unscanned",
-        ],
-    ] {
-        assert!(
-            crate::helpers::start_refusal(&flags).await.is_none(),
-            "{flags:?}"
-        );
+    ];
+    for (flags, expected) in cases {
+        let refusal = crate::helpers::start_refusal(flags).await;
+        match (refusal, expected) {
+            (Some(refusal), Some(expected)) => {
+                assert!(refusal.contains(expected), "{flags:?}: {refusal}")
+            }
+            (refusal, expected) => assert_eq!(refusal.is_some(), expected.is_some(), "{flags:?}"),
+        }
     }
 }
