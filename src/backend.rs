@@ -108,7 +108,8 @@ pub async fn open_images(
         limits(&config.limits),
     )
     .with_admins(config.identity.admins()?)
-    .with_moderators(config.identity.moderators()?);
+    .with_moderators(config.identity.moderators()?)
+    .with_scan_hook(crate::scanner::hook(&config.scan)?);
     let events = &config.events;
     let watches = Watches::new(
         metadata,

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::image::Encoding;
 use crate::domain::limits::EncodingLimits;
+use crate::domain::scan::{OnFailure, ScanMode, ScanPolicy};
 use crate::media::variants::VariantSize;
 use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
@@ -52,6 +53,10 @@ pub struct Config {
     /// The event stream: who may watch, retention, delivery.
     #[command(flatten)]
     pub events: EventSettings,
+
+    /// The content scanner every new image is sent to.
+    #[command(flatten)]
+    pub scan: ScanSettings,
 
     /// Logs.
     #[command(flatten)]
@@ -947,6 +952,141 @@ impl EventSettings {
         }
         Ok(())
     }
+}
+
+/// The content scan hook (`--scan-url`, see
+/// [`crate::domain::scan`]).
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Content scanning")]
+pub struct ScanSettings {
+    /// The content scanner (an `http://` or `https://` URL) every new image
+    /// is POSTed to; none (the default): images are not scanned.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_URL", global = true)]
+    pub scan_url: Option<String>,
+
+    /// `sync`: an upload is acknowledged with the verdict applied (a
+    /// rejected image is not stored); `async`: it is acknowledged PENDING
+    /// at once and the verdict is applied when it comes.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_MODE", value_enum, default_value_t = ScanModeArg::Sync, global = true)]
+    pub scan_mode: ScanModeArg,
+
+    /// Longest wait for one attempt's answer.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub scan_timeout: Duration,
+
+    /// Attempts after the first when a scan fails (no answer, an error
+    /// status, an answer that is not a verdict), with backoff.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10), global = true)]
+    pub scan_retries: u32,
+
+    /// The verdict when a scan finds none: `quarantine`, `reject`, or
+    /// `allow` (only with --scan-accept-unscanned).
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_ON_FAILURE", value_enum, default_value_t = OnFailureArg::Quarantine, global = true)]
+    pub scan_on_failure: OnFailureArg,
+
+    /// Accepts that with --scan-on-failure allow an image the scanner did
+    /// not judge is shown to everyone.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_ACCEPT_UNSCANNED", global = true)]
+    pub scan_accept_unscanned: bool,
+
+    /// Allows an `http://` --scan-url to a host other than loopback (the
+    /// images and their owners then cross the network in clear).
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_ALLOW_PLAINTEXT", global = true)]
+    pub scan_allow_plaintext: bool,
+
+    /// Scans in flight at once on this replica: a sync upload waits for a
+    /// place; an async one past it is left PENDING for the repair pass.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_SCANS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_concurrent_scans: u32,
+
+    /// Most bytes sent per scan: the `medium` rendition, else the largest
+    /// variant, else the original; a larger one fails the scan.
+    #[arg(long, env = "IMAGE_SERVICE_SCAN_MAX_BYTES", default_value = "16MiB", value_parser = parse_byte_size, global = true)]
+    pub scan_max_bytes: u64,
+}
+
+/// `--scan-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScanModeArg {
+    Sync,
+    Async,
+}
+
+/// `--scan-on-failure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnFailureArg {
+    Quarantine,
+    Reject,
+    Allow,
+}
+
+impl ScanSettings {
+    /// The scanner's URL and the hook's policy, when `--scan-url` is set;
+    /// a URL that is not one, plaintext to another host, or an unscanned
+    /// image allowed without its acknowledgement stop the start.
+    pub fn policy(&self) -> Result<Option<(reqwest::Url, ScanPolicy)>, String> {
+        let Some(text) = &self.scan_url else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(text).map_err(|e| {
+            format!("--scan-url (IMAGE_SERVICE_SCAN_URL): {text:?} is not a URL: {e}")
+        })?;
+        let host = url.host_str().unwrap_or_default();
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback(host) || self.scan_allow_plaintext => {}
+            "http" => {
+                return Err(format!(
+                    "--scan-url (IMAGE_SERVICE_SCAN_URL): http:// to {host:?} would send every \
+                     image and its owner in clear: use https://, or accept it with \
+                     --scan-allow-plaintext"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "--scan-url (IMAGE_SERVICE_SCAN_URL): the scheme must be http or https, not {other:?}"
+                ));
+            }
+        }
+        if host.is_empty() {
+            return Err("--scan-url (IMAGE_SERVICE_SCAN_URL) names no host".into());
+        }
+        if self.scan_on_failure == OnFailureArg::Allow && !self.scan_accept_unscanned {
+            return Err(
+                "--scan-on-failure allow shows every image the scanner could not judge to \
+                 everyone: accept it with --scan-accept-unscanned, or choose quarantine or reject"
+                    .into(),
+            );
+        }
+        if self.scan_timeout.is_zero() {
+            return Err("--scan-timeout (IMAGE_SERVICE_SCAN_TIMEOUT) must be more than 0s".into());
+        }
+        let policy = ScanPolicy {
+            mode: match self.scan_mode {
+                ScanModeArg::Sync => ScanMode::Sync,
+                ScanModeArg::Async => ScanMode::Async,
+            },
+            on_failure: match self.scan_on_failure {
+                OnFailureArg::Quarantine => OnFailure::Quarantine,
+                OnFailureArg::Reject => OnFailure::Reject,
+                OnFailureArg::Allow => OnFailure::Allow,
+            },
+            timeout: self.scan_timeout,
+            retries: self.scan_retries,
+            max_bytes: self.scan_max_bytes,
+            max_concurrent: self.max_concurrent_scans as usize,
+        };
+        Ok(Some((url, policy)))
+    }
+}
+
+/// Whether `host` (of a URL) is this machine.
+fn loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Logs.

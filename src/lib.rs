@@ -32,6 +32,7 @@ pub mod media;
 pub mod migrate;
 pub mod pb;
 pub mod response_stall;
+pub mod scanner;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

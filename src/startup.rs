@@ -69,6 +69,7 @@ impl Application {
         config.limits.variant_sizes().map_err(anyhow::Error::msg)?;
         config.limits.encodings().map_err(anyhow::Error::msg)?;
         config.events.check().map_err(anyhow::Error::msg)?;
+        config.scan.policy().map_err(anyhow::Error::msg)?;
         if config.storage.backend == Backend::Aws
             && config.events.event_retention < crate::storage::aws::MIN_EVENT_RETENTION
         {

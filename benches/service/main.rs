@@ -29,6 +29,7 @@ mod photos;
 mod quota;
 mod raw;
 mod report;
+mod scan;
 mod sessions;
 mod small;
 mod throughput;
@@ -168,6 +169,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("migration", true),
     // 13: the event stream's delivery latency and catch-up.
     ("events", true),
+    // The latency the sync content scan hook adds (#35).
+    ("scan", false),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -277,6 +280,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "feed" => feed::run(plan, stores()).await,
         "migration" => migration::run(plan, stores()).await,
         "events" => events::run(plan, stores()).await,
+        "scan" => scan::run(plan).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

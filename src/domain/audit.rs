@@ -12,6 +12,9 @@ pub enum ActionKind {
     SetState,
     /// Removed every byte of the image, keeping a tombstone record.
     Purge,
+    /// The content scanner's verdict (`--scan-url`) on an image: its
+    /// actor is [`super::state_change::SCANNER_ACTOR`].
+    ScanVerdict,
 }
 
 impl ActionKind {
@@ -19,6 +22,7 @@ impl ActionKind {
         match self {
             ActionKind::SetState => "set_state",
             ActionKind::Purge => "purge",
+            ActionKind::ScanVerdict => "scan_verdict",
         }
     }
 }

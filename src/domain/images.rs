@@ -16,7 +16,9 @@ use super::limits::Limits;
 use super::listing::{self, ListFilter, ListRequest};
 use super::page_token::PageTokens;
 use super::quota::Quotas;
+use super::scan::ScanHook;
 use super::signing::SigningKey;
+use super::state_change::{StateChanges, stale_etag};
 use super::upload::{UploadFrame, Uploads};
 use super::{DomainError, ImageId, UserId, VariantName, validation};
 use crate::domain::ports::{
@@ -182,6 +184,18 @@ impl Images {
     /// whatever its state and use the moderators' tools.
     pub fn with_moderators(mut self, moderators: impl IntoIterator<Item = UserId>) -> Self {
         self.moderators = Arc::new(moderators.into_iter().collect());
+        self
+    }
+
+    /// The one path of an image's state changes, over these stores.
+    pub(super) fn state_changes(&self) -> StateChanges {
+        self.uploads.state_changes()
+    }
+
+    /// The same, with every new image sent to the content scanner `hook`
+    /// (`--scan-url`).
+    pub fn with_scan_hook(mut self, hook: Option<ScanHook>) -> Self {
+        self.uploads = self.uploads.with_scan_hook(hook);
         self
     }
 
@@ -757,10 +771,6 @@ fn ensure_bytes_held(image: &ImageRecord) -> Result<(), DomainError> {
 
 fn not_owner() -> DomainError {
     DomainError::PermissionDenied("only the owner of an image may change or delete it".into())
-}
-
-pub(super) fn stale_etag() -> DomainError {
-    DomainError::Aborted("the image changed since the given etag; read it again and retry".into())
 }
 
 #[async_trait::async_trait]

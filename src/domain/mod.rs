@@ -11,7 +11,8 @@
 //! 2. The [`ports`]: the storage traits.
 //! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
 //!    gathered into, the memory [`budget`] and its [`admission`] queue, the
-//!    per-user [`quota`].
+//!    per-user [`quota`], the one path of an image's [`state_change`]s and
+//!    the content [`scan`] hook.
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
 //!    then [`images`], then [`moderation`], [`repair`] and the [`erasure`]
 //!    of a user's data; [`watch`] (the event stream) beside them.
@@ -36,6 +37,8 @@ pub mod budget;
 pub mod chunks;
 pub mod limits;
 pub mod quota;
+pub mod scan;
+pub mod state_change;
 
 pub mod erasure;
 pub mod images;

@@ -7,21 +7,12 @@
 //! moderator), `Quarantined` (hidden, bytes kept) and `Removed` (bytes
 //! gone, record kept; final). A moderator moves an image that is not
 //! removed to `Active`, `Quarantined` or `Removed`.
-use tracing::Instrument as _;
-
-use super::audit::{ActionKind, ModerationAction};
-use super::event::ChangeKind;
-use super::image::{ImageRecord, ImageState, Timestamp};
-use super::images::{Images, ListResult, stale_etag};
+use super::audit::ModerationAction;
+use super::image::{ImageRecord, ImageState};
+use super::images::{Images, ListResult};
 use super::listing;
-use super::ports::{ObjectKey, StorageError};
-use super::quota::held_by;
+use super::state_change::{Change, valid_reason};
 use super::{DomainError, ImageId, UserId};
-
-/// Attempts of a change that keeps losing to concurrent ones.
-const ATTEMPTS: usize = 5;
-/// The longest reason category.
-pub const MAX_REASON_LEN: usize = 64;
 /// What the page tokens of the audit trail are bound to.
 const ACTIONS_FINGERPRINT: &[u8] = b"moderation_actions";
 
@@ -46,14 +37,6 @@ impl Images {
             images: self.clone(),
         }
     }
-}
-
-/// A change of an image's record made by a moderator.
-enum Change {
-    /// To a state (and reason).
-    State(ImageState, String),
-    /// Every byte removed and the descriptive metadata with them.
-    Purge(String),
 }
 
 impl Moderation {
@@ -121,7 +104,9 @@ impl Moderation {
                 ));
             }
         };
-        self.change(caller, &id, Change::State(state, reason), expected_etag)
+        self.images
+            .state_changes()
+            .change(caller, &id, Change::State(state, reason), expected_etag)
             .await
     }
 
@@ -136,7 +121,10 @@ impl Moderation {
         self.ensure_moderator(caller)?;
         let id = ImageId::parse(image_id)?;
         let reason = valid_reason(reason)?;
-        self.change(caller, &id, Change::Purge(reason), None).await
+        self.images
+            .state_changes()
+            .change(caller, &id, Change::Purge(reason), None)
+            .await
     }
 
     /// A page of the audit trail, oldest first.
@@ -159,261 +147,5 @@ impl Moderation {
             actions: page.actions,
             next_page_token: tokens.seal_page(ACTIONS_FINGERPRINT, page.next_cursor),
         })
-    }
-
-    /// Makes `change` to the image's record (conditionally on its revision,
-    /// read again on a concurrent change unless the caller named an etag),
-    /// then removes the objects it no longer holds, gives their bytes back
-    /// and records the action.
-    async fn change(
-        &self,
-        caller: &UserId,
-        id: &ImageId,
-        change: Change,
-        expected_etag: Option<&str>,
-    ) -> Result<ImageRecord, DomainError> {
-        let metadata = &self.images.metadata;
-        for _ in 0..ATTEMPTS {
-            let current = metadata
-                .get(id)
-                .await?
-                .ok_or_else(DomainError::image_not_found)?;
-            if let Some(etag) = expected_etag
-                && etag != current.etag()
-            {
-                return Err(stale_etag());
-            }
-            let Some((next, kind)) = changed(&current, &change)? else {
-                // Already so: nothing to change or to record.
-                return Ok(current);
-            };
-            match metadata.replace(&next, current.revision, kind).await {
-                Ok(()) => {
-                    self.finish(caller, &current, &next, &change).await?;
-                    return Ok(next);
-                }
-                Err(StorageError::ConditionFailed) if expected_etag.is_some() => {
-                    return Err(stale_etag());
-                }
-                Err(StorageError::ConditionFailed) => continue,
-                Err(other) => return Err(other.into()),
-            }
-        }
-        Err(DomainError::Aborted(
-            "the image is being changed concurrently; retry".into(),
-        ))
-    }
-
-    /// After a change is stored: the objects it removed go (even if the
-    /// caller goes away now), their bytes are given back, and the action is
-    /// appended to the audit trail.
-    async fn finish(
-        &self,
-        caller: &UserId,
-        before: &ImageRecord,
-        after: &ImageRecord,
-        change: &Change,
-    ) -> Result<(), DomainError> {
-        if after.bytes_removed() && !before.bytes_removed() {
-            let images = self.images.clone();
-            let before = before.clone();
-            let removal = tokio::spawn(
-                async move {
-                    images
-                        .quotas()
-                        .give_back_bytes(&before.owner, held_by(&before))
-                        .await;
-                    for (object, _) in before.objects() {
-                        images
-                            .delete_blob_logged(&ObjectKey::of(&before.id, &object))
-                            .await;
-                    }
-                }
-                .in_current_span(),
-            );
-            let _ = removal.await;
-        }
-        let (kind, reason) = match change {
-            Change::State(_, reason) => (ActionKind::SetState, reason.clone()),
-            Change::Purge(reason) => (ActionKind::Purge, reason.clone()),
-        };
-        let action = ModerationAction {
-            id: ImageId::new(),
-            time: after.update_time,
-            moderator: caller.clone(),
-            kind,
-            image_id: after.id,
-            owner: after.owner.clone(),
-            from: before.state,
-            to: after.state,
-            reason,
-        };
-        tracing::info!(image_id = %after.id, from = %before.state, to = %after.state, action = kind.as_str(), reason = %action.reason, "moderation action");
-        // Written after the change: were it to fail, the call fails with
-        // the change made, and the same call again changes nothing more.
-        Ok(self
-            .images
-            .metadata
-            .append_moderation_action(&action)
-            .await?)
-    }
-}
-
-/// The record after `change`, and the kind of its event; `None` when the
-/// record already is as the change would make it.
-fn changed(
-    current: &ImageRecord,
-    change: &Change,
-) -> Result<Option<(ImageRecord, ChangeKind)>, DomainError> {
-    if current.state == ImageState::Removed && matches!(change, Change::State(..)) {
-        return Err(DomainError::FailedPrecondition(format!(
-            "the image was removed ({}): its bytes are gone and its state is final",
-            current.state_reason
-        )));
-    }
-    let now = Timestamp::now().max(current.update_time);
-    let mut next = current.clone();
-    let kind = match change {
-        Change::State(state, reason) => {
-            if current.state == *state && current.state_reason == *reason {
-                return Ok(None);
-            }
-            next.state = *state;
-            next.state_reason.clone_from(reason);
-            ChangeKind::StateChanged
-        }
-        Change::Purge(reason) => {
-            next.state = ImageState::Removed;
-            next.state_reason.clone_from(reason);
-            next.filename.clear();
-            next.title.clear();
-            next.description.clear();
-            next.tags.clear();
-            next.location.clear();
-            next.attributes.clear();
-            next.blurhash.clear();
-            next.thumbhash.clear();
-            ChangeKind::Purged
-        }
-    };
-    if next.state != current.state {
-        next.state_time = Some(now);
-    }
-    if next.state == ImageState::Active {
-        next.state_time = None;
-    }
-    if next.state == ImageState::Removed && !current.bytes_removed() {
-        next.removed_objects = current
-            .objects()
-            .into_iter()
-            .map(|(name, _)| name.to_string())
-            .collect();
-        next.variants.clear();
-    }
-    next.revision = current.revision + 1;
-    next.update_time = now;
-    Ok(Some((next, kind)))
-}
-
-/// A reason category: 1 to [`MAX_REASON_LEN`] characters of `a-z`, `0-9`,
-/// `_` and `-` (a category, not free text: it is shown to the owner).
-fn valid_reason(reason: &str) -> Result<String, DomainError> {
-    let valid = !reason.is_empty()
-        && reason.len() <= MAX_REASON_LEN
-        && reason
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if valid {
-        Ok(reason.to_owned())
-    } else {
-        Err(DomainError::invalid(format!(
-            "reason must be a category of 1 to {MAX_REASON_LEN} characters of a-z, 0-9, _ and - \
-             (e.g. spam, nudity, copyright)"
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> ImageRecord {
-        let owner = UserId::parse("alice").unwrap();
-        let mut record = ImageRecord::sample(&owner, 1_000);
-        record.variants.push(super::super::image::Variant {
-            name: super::super::VariantName::parse("small").unwrap(),
-            content_type: "image/jpeg".into(),
-            size_bytes: 4,
-            width: 2,
-            height: 1,
-            object: None,
-        });
-        record
-    }
-
-    #[test]
-    fn removing_an_image_names_its_objects_and_holds_no_bytes() {
-        let current = record();
-        let (next, kind) = changed(&current, &Change::State(ImageState::Removed, "spam".into()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(kind, ChangeKind::StateChanged);
-        assert_eq!(next.removed_objects, ["original", "small"]);
-        assert!(next.variants.is_empty());
-        assert_eq!(held_by(&next), 0);
-        assert_eq!(next.revision, current.revision + 1);
-        assert!(next.state_time.is_some());
-        assert_eq!(next.title, current.title, "the record stays");
-    }
-
-    #[test]
-    fn a_purge_keeps_the_hashes_and_drops_the_description() {
-        let current = record();
-        let (next, kind) = changed(&current, &Change::Purge("csam".into()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(kind, ChangeKind::Purged);
-        assert_eq!(next.state, ImageState::Removed);
-        assert_eq!(next.sha256, current.sha256);
-        assert_eq!(next.uploaded_sha256, current.uploaded_sha256);
-        assert!(next.title.is_empty() && next.thumbhash.is_empty());
-        // Purging a removed image again removes nothing more.
-        let (again, _) = changed(&next, &Change::Purge("csam".into()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.removed_objects, next.removed_objects);
-    }
-
-    #[test]
-    fn a_removed_image_changes_state_no_more() {
-        let mut current = record();
-        current.state = ImageState::Removed;
-        let refused = changed(&current, &Change::State(ImageState::Active, String::new()));
-        assert!(matches!(refused, Err(DomainError::FailedPrecondition(_))));
-    }
-
-    #[test]
-    fn the_same_state_and_reason_again_changes_nothing() {
-        let current = record();
-        let (quarantined, _) = changed(
-            &current,
-            &Change::State(ImageState::Quarantined, "spam".into()),
-        )
-        .unwrap()
-        .unwrap();
-        let again = changed(
-            &quarantined,
-            &Change::State(ImageState::Quarantined, "spam".into()),
-        )
-        .unwrap();
-        assert!(again.is_none());
-    }
-
-    #[test]
-    fn reasons_are_short_categories() {
-        assert!(valid_reason("spam").is_ok());
-        for bad in ["", "Spam", "a b", "x\n", &"x".repeat(MAX_REASON_LEN + 1)] {
-            assert!(valid_reason(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -384,6 +384,46 @@ pub trait BlobWriter: Send {
     fn written_checksums(&mut self, _sha256_hex: &str, _crc32c: u32) {}
 }
 
+/// What the content scanner is sent of an image (see [`Scanner`]).
+#[derive(Clone, Debug)]
+pub struct ScanRequest {
+    pub image_id: ImageId,
+    pub owner: UserId,
+    /// The SHA-256 of the stored original, hex.
+    pub sha256: String,
+    /// The image's PDQ hash (hex) and its quality; empty when not computed.
+    pub pdq_hash: String,
+    pub pdq_quality: u32,
+    /// The rendition sent: a variant's name or `original`.
+    pub rendition: String,
+    /// The media type of `bytes`.
+    pub content_type: String,
+    pub bytes: Bytes,
+}
+
+/// The content scanner's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanAnswer {
+    Allow,
+    /// Hidden with the reason given (as the scanner said it).
+    Quarantine(String),
+    /// Refused with the reason given.
+    Reject(String),
+}
+
+/// What failed in a scan: no answer, or one that is not a verdict.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ScanFailure(pub String);
+
+/// The content scanner an upload is sent to (`--scan-url`).
+#[async_trait]
+pub trait Scanner: Send + Sync + 'static {
+    /// One attempt: the scanner's verdict on the image, or why there is
+    /// none. The caller bounds the time it takes and retries.
+    async fn scan(&self, request: &ScanRequest) -> Result<ScanAnswer, ScanFailure>;
+}
+
 /// A journaled unfinished write: see [`BlobWriter::pending_id`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingWrite {

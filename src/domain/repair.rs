@@ -5,16 +5,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::image::Timestamp;
+use super::image::{ImageState, Timestamp};
 use super::listing::ListFilter;
 use super::quota::{held_by, reserving_session};
-use super::upload::Completed;
+use super::upload::{Completed, Scanned, scan_overdue};
 use super::usage::UsageRecord;
 use super::{DomainError, ImageId, Images, UserId};
 use crate::domain::ports::{ObjectKey, StorageError, StoredObject};
 
 /// Records read per listing page while usage is recomputed.
 const USAGE_PAGE: usize = 1000;
+/// Pending images read per page of the review index.
+const SCAN_PAGE: usize = 100;
 use crate::telemetry::error_chain;
 
 /// What a repair pass found (and, unless it was a dry run, removed).
@@ -47,6 +49,13 @@ pub struct RepairReport {
     /// added N`, `image gone`, `undecodable`, or why it failed (the entry
     /// then stays for the next pass).
     pub pending_encodings: Vec<String>,
+    /// Images still `Pending` their content scan (`--scan-mode async`: a
+    /// replica stopped before the verdict, or had no place for the scan),
+    /// with what the pass did: `{id}: active`, `quarantined (reason)`,
+    /// `removed (reason)`, `moot` (deleted or decided meanwhile), `left
+    /// pending: no --scan-url`, or why it failed (the image then stays
+    /// `Pending` for the next pass).
+    pub pending_scans: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -73,6 +82,7 @@ impl RepairReport {
             && self.orphan_upload_objects.is_empty()
             && self.usage_corrections.is_empty()
             && self.pending_encodings.is_empty()
+            && self.pending_scans.is_empty()
     }
 }
 
@@ -176,6 +186,7 @@ impl Images {
 
         report.usage_corrections = self.correct_usage(grace, dry_run).await?;
         report.pending_encodings = self.complete_encodings(older_than, dry_run).await?;
+        report.pending_scans = self.complete_scans(older_than, dry_run).await?;
 
         let unfinished = report.unfinished_writes.as_ref().map_or(0, Vec::len);
         for (kind, count) in [
@@ -186,6 +197,7 @@ impl Images {
             ("orphan_upload_objects", report.orphan_upload_objects.len()),
             ("usage_correction", report.usage_corrections.len()),
             ("pending_encodings", report.pending_encodings.len()),
+            ("pending_scans", report.pending_scans.len()),
         ] {
             metrics::counter!("imageservice_repair_findings_total", "kind" => kind)
                 .increment(count as u64);
@@ -316,6 +328,49 @@ impl Images {
         Ok(done)
     }
 
+    /// Scans the images that entered `Pending` before `older_than` (unless
+    /// `dry_run`) and says what became of each, oldest first, read from the
+    /// review index of `Pending` images.
+    async fn complete_scans(
+        &self,
+        older_than: Timestamp,
+        dry_run: bool,
+    ) -> Result<Vec<String>, DomainError> {
+        let mut done = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .metadata
+                .list_for_review(ImageState::Pending, cursor.as_deref(), SCAN_PAGE)
+                .await?;
+            for record in &page.records {
+                if !scan_overdue(record, older_than) {
+                    // Oldest first: the rest are younger still.
+                    return Ok(done);
+                }
+                if dry_run {
+                    done.push(record.id.to_string());
+                    continue;
+                }
+                let outcome = match self.uploads.complete_scan(record).await {
+                    Ok(Scanned::Applied(state, reason)) if reason.is_empty() => state.to_string(),
+                    Ok(Scanned::Applied(state, reason)) => format!("{state} ({reason})"),
+                    Ok(Scanned::Moot) => "moot".to_owned(),
+                    Ok(Scanned::NoScanner) => "left pending: no --scan-url".to_owned(),
+                    Err(error) => {
+                        tracing::warn!(image_id = %record.id, error = %error_chain(&error), "could not apply a scan's verdict; the next pass will retry");
+                        "failed; left for the next pass".to_owned()
+                    }
+                };
+                done.push(format!("{}: {outcome}", record.id));
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(done),
+            }
+        }
+    }
+
     /// Runs the repair pass every `interval`, logging what it finds.
     pub async fn repair_periodically(self, interval: Duration, grace: Duration) {
         let mut ticker = tokio::time::interval(interval);
@@ -332,6 +387,7 @@ impl Images {
                     expired_upload_sessions = report.expired_upload_sessions,
                     usage_corrections = report.usage_corrections.len(),
                     pending_encodings = report.pending_encodings.len(),
+                    pending_scans = report.pending_scans.len(),
                     "repair pass fixed leftovers"
                 ),
                 Err(error) => {

@@ -134,6 +134,7 @@ pub fn moderation_action(action: &ModerationAction) -> pb::ModerationAction {
         r#type: match action.kind {
             ActionKind::SetState => pb::ModerationActionType::SetState,
             ActionKind::Purge => pb::ModerationActionType::Purge,
+            ActionKind::ScanVerdict => pb::ModerationActionType::ScanVerdict,
         } as i32,
         image_id: action.image_id.to_string(),
         owner_id: action.owner.to_string(),

@@ -122,6 +122,23 @@ fn describe() {
         "ImageService call latency by method (streams: until the handler returned)"
     );
     describe_counter!(
+        "imageservice_scans_total",
+        "content scans by the scanner's verdict, or failed"
+    );
+    describe_histogram!(
+        "imageservice_scan_duration_seconds",
+        Unit::Seconds,
+        "content scan latency, retries included"
+    );
+    describe_counter!(
+        "imageservice_scan_retries_total",
+        "content scan attempts made again after a failed one"
+    );
+    describe_counter!(
+        "imageservice_scans_left_to_repair_total",
+        "async content scans left to the repair pass (every place taken)"
+    );
+    describe_counter!(
         "imageservice_upload_bytes_total",
         Unit::Bytes,
         "image bytes received"

@@ -30,6 +30,7 @@ use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
 };
 use super::quota::{QuotaHold, Quotas, held_by};
+use super::scan::ScanHook;
 use super::{DomainError, UserId, VariantName};
 use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
@@ -40,6 +41,7 @@ mod pace;
 mod render;
 mod rescrub;
 pub mod resumable;
+mod scanning;
 mod shared;
 mod spec;
 mod stored;
@@ -47,6 +49,7 @@ mod writes;
 
 pub use backfill::{Backfilled, Lacking};
 pub use encodings::{AddedToRecord, Completed};
+pub use scanning::{Scanned, scan_overdue};
 pub use spec::{FramePayload, UploadFrame};
 
 use pace::Pace;
@@ -149,7 +152,14 @@ impl Uploads {
                 limits.encodings.max_queued_per_user,
             ),
             limits,
+            scan: None,
         }
+    }
+
+    /// The same, with every new image sent to the content scanner `hook`.
+    pub fn with_scan_hook(mut self, hook: Option<ScanHook>) -> Self {
+        self.scan = hook;
+        self
     }
 
     /// Receives an upload stream and stores the image. On any error, a
@@ -441,6 +451,7 @@ impl Uploads {
                 if let Some((pending, held)) = background {
                     self.queue_encodings(record.clone(), pending, held);
                 }
+                self.scan_after_store(&record).await;
                 Ok(record)
             }
             CreateOutcome::IdempotencyKeyTaken(existing) => {
@@ -512,7 +523,7 @@ impl Uploads {
         let background = pending.zip(held);
         let (width, height) = facts.viewed_dimensions();
         let now = Timestamp::now();
-        let record = ImageRecord {
+        let mut record = ImageRecord {
             id: *writes.id(),
             owner,
             filename: spec.filename,
@@ -544,6 +555,8 @@ impl Uploads {
             pdq_quality: 0,
             declined_encodings: Vec::new(),
         };
+        // The content scanner's verdict (`sync`), or `Pending` (`async`).
+        self.scan_before_store(&mut record).await?;
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose
             // replica went away before it could say so: the same bytes

@@ -12,6 +12,7 @@ use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
 use crate::domain::ports::{BlobStore, MetadataStore};
 use crate::domain::quota::Quotas;
+use crate::domain::scan::ScanHook;
 use crate::domain::session::UploadId;
 use crate::domain::{ImageId, UserId};
 use crate::media::variants::Renderer;
@@ -20,8 +21,8 @@ use crate::media::variants::Renderer;
 /// and the renderer they share.
 #[derive(Clone)]
 pub struct Uploads {
-    pub(super) blobs: Arc<dyn BlobStore>,
-    pub(super) metadata: Arc<dyn MetadataStore>,
+    pub(in crate::domain) blobs: Arc<dyn BlobStore>,
+    pub(in crate::domain) metadata: Arc<dyn MetadataStore>,
     pub(super) limits: Limits,
     pub(super) slots: Arc<tokio::sync::Semaphore>,
     pub(super) user_uploads: UserUploads,
@@ -31,6 +32,8 @@ pub struct Uploads {
     pub(in crate::domain) quotas: Quotas,
     /// The queue of encodings made after the acknowledgement.
     pub(super) background: Background,
+    /// The content scanner every new image is sent to (`--scan-url`).
+    pub(super) scan: Option<ScanHook>,
 }
 
 /// Memory an upload holds besides its received bytes: the header the

@@ -245,13 +245,7 @@ pub(super) async fn a_killed_replicas_encodings_are_made_by_another_replicas_rep
         &images::phone_photo(4000, 3000),
         1 << 20,
     );
-    let image = client
-        .upload_image(as_user("alice", tokio_stream::iter(messages)))
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let image = upload_through(&mut client, "alice", messages).await;
     unsafe { libc::kill(replica.id() as i32, libc::SIGKILL) };
     replica.wait().unwrap();
     let id = image.image_id;

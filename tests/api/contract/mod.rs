@@ -23,6 +23,7 @@ mod listing;
 mod moderation;
 mod negotiation;
 mod quotas;
+mod scans;
 mod sessions;
 mod uploads;
 mod variants;
@@ -69,6 +70,21 @@ async fn spawn_killable(
     let client =
         pb::image_service_client::ImageServiceClient::new(crate::helpers::connect(grpc).await);
     (replica, client)
+}
+
+/// Sends `messages` as one upload stream of `user`'s through `client`.
+async fn upload_through(
+    client: &mut pb::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    user: &str,
+    messages: Vec<pb::UploadImageRequest>,
+) -> pb::Image {
+    client
+        .upload_image(as_user(user, tokio_stream::iter(messages)))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
 }
 
 macro_rules! contract_suite {
@@ -168,6 +184,10 @@ macro_rules! all_cases {
             moderation::the_review_pages_in_time_order_and_the_trail_keeps_every_action,
             moderation::a_stale_etag_changes_nothing,
             moderation::state_changes_and_purges_are_events,
+            scans::a_sync_scan_allows_quarantines_or_rejects_before_the_answer,
+            scans::a_scan_without_a_verdict_follows_scan_on_failure,
+            scans::an_async_scan_acknowledges_pending_and_applies_the_verdict_later,
+            scans::a_killed_replicas_pending_scans_are_finished_by_the_repair_pass,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
         );
@@ -176,6 +196,9 @@ macro_rules! all_cases {
 
 mod embedded {
     all_cases!(Embedded);
+    contract_suite!(Embedded:
+        scans::unsafe_scan_settings_stop_the_start,
+    );
     #[cfg(feature = "heif")]
     contract_suite!(Embedded:
         variants::real_heic_and_avif_get_upright_variants_and_lose_their_location,

@@ -36,6 +36,7 @@ use crate::domain::image::{ImageRecord, Timestamp};
 use crate::domain::ports::{
     ObjectKey, OpenSessions, SessionAdmission, SessionQuota, StorageError, WriteSize,
 };
+use crate::domain::scan::SCAN_REJECTED;
 use crate::domain::{DomainError, ImageId, UserId};
 use crate::media::content::ContentInspector;
 use crate::telemetry::error_chain;
@@ -85,7 +86,13 @@ fn is_bad_content(error: &DomainError) -> bool {
             | DomainError::DataLoss(_)
             | DomainError::TooLarge(_)
             | DomainError::AlreadyExists(_)
-    )
+    ) || rejected_by_the_scanner(error)
+}
+
+/// Whether the content scanner rejected the session's image: its bytes are
+/// final, and sending them again would be rejected again.
+fn rejected_by_the_scanner(error: &DomainError) -> bool {
+    matches!(error, DomainError::FailedPrecondition(message) if message.starts_with(SCAN_REJECTED))
 }
 
 fn session_not_found() -> DomainError {
