@@ -24,7 +24,7 @@ pub const REFERENCE_SIDE: u32 = 512;
 
 /// Images smaller than this on a side get no hash (the reference's
 /// `MIN_HASHABLE_DIM`: an all-zero hash of quality 0).
-const MIN_HASHABLE_SIDE: u32 = 5;
+pub const MIN_HASHABLE_SIDE: u32 = 5;
 
 /// The quality Meta recommends as the least for a hash to be matched on:
 /// below it the image is too flat for its hash to mean much.

@@ -1354,15 +1354,7 @@ mod perceptual_hash {
     use crate::fixtures::{PhoneShot, phone_shot, scene};
 
     fn shot(width: u32, height: u32, quality: u8, seed: u32) -> PhoneShot {
-        PhoneShot {
-            width,
-            height,
-            progressive: false,
-            subsampled: true,
-            orientation: 1,
-            quality,
-            seed,
-        }
+        PhoneShot::upright(width, height, quality, seed)
     }
 
     fn rendered_pdq(shot: &PhoneShot) -> Pdq {

@@ -27,6 +27,7 @@ use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
 use crate::domain::quota::held_by;
 use crate::domain::{DomainError, ImageId, UserId, VariantName};
 use crate::media::MediaError;
+use crate::media::pdq::Pdq;
 use crate::media::scrub::Scrubber;
 use crate::media::variants::{self, Codec, Pixels, RenderSlot, Renderer};
 use crate::telemetry::error_chain;
@@ -62,6 +63,8 @@ pub struct AddedToRecord {
     pub bytes: u64,
     /// Whether its ThumbHash was set.
     pub thumbhash: bool,
+    /// Whether its PDQ hash was set.
+    pub pdq: bool,
 }
 
 /// A stored image rendered again from its original.
@@ -494,7 +497,7 @@ impl Uploads {
         entries: &[Variant],
     ) -> Result<Option<ImageRecord>, DomainError> {
         Ok(self
-            .add_to_record(id, entries, None)
+            .add_to_record(id, entries, None, None)
             .await?
             .map(|(record, _)| record))
     }
@@ -508,6 +511,7 @@ impl Uploads {
         id: &ImageId,
         entries: &[Variant],
         thumbhash: Option<&str>,
+        pdq: Option<Pdq>,
     ) -> Result<Option<(ImageRecord, AddedToRecord)>, DomainError> {
         for _ in 0..ADD_ATTEMPTS {
             // A record whose bytes moderation removed takes no new ones:
@@ -549,7 +553,14 @@ impl Uploads {
                 next.thumbhash = hash.to_owned();
                 added.thumbhash = true;
             }
-            if added.entries == 0 && !added.thumbhash {
+            if let Some(pdq) = pdq
+                && next.pdq_hash.is_empty()
+            {
+                next.pdq_hash = pdq.hash.to_hex();
+                next.pdq_quality = pdq.quality;
+                added.pdq = true;
+            }
+            if added.entries == 0 && !added.thumbhash && !added.pdq {
                 return Ok(Some((current, added)));
             }
             next.revision = current.revision + 1;
