@@ -38,19 +38,23 @@ pub struct Summary {
     /// Images that lacked something (in a dry run: that do).
     pub lacking: u64,
     /// What they lacked, counted before rendering: variants, encodings of
-    /// their stored renditions, ThumbHashes.
+    /// their stored renditions, ThumbHashes, PDQ hashes.
     pub variants: u64,
     pub encodings: u64,
     pub thumbhashes: u64,
+    #[serde(default)]
+    pub pdq_hashes: u64,
     /// Images whose record changed, the entries added to them, the
-    /// ThumbHashes set and the bytes of the objects added; the encodings
-    /// made and not kept (no smaller than the variant's first), recorded
-    /// so that no later run makes them again.
+    /// ThumbHashes and PDQ hashes set and the bytes of the objects added;
+    /// the encodings made and not kept (no smaller than the variant's
+    /// first), recorded so that no later run makes them again.
     pub changed: u64,
     pub entries: u64,
     #[serde(default)]
     pub declined: u64,
     pub thumbhashes_set: u64,
+    #[serde(default)]
+    pub pdq_hashes_set: u64,
     pub bytes: u64,
     /// Images deleted while they were backfilled.
     #[serde(skip)]
@@ -208,17 +212,19 @@ pub async fn backfill(
                 summary.variants += lacking.variants.len() as u64;
                 summary.encodings += lacking.encodings as u64;
                 summary.thumbhashes += u64::from(lacking.thumbhash);
+                summary.pdq_hashes += u64::from(lacking.pdq);
             }
             match done {
                 None | Some(Ok(Backfilled::Complete)) => {}
                 Some(Ok(Backfilled::Added(added))) => {
-                    if added.entries > 0 || added.thumbhash || added.declined > 0 {
+                    if added.entries > 0 || added.thumbhash || added.pdq || added.declined > 0 {
                         summary.changed += 1;
                         summary.run_changed += 1;
                     }
                     summary.entries += added.entries as u64;
                     summary.declined += added.declined as u64;
                     summary.thumbhashes_set += u64::from(added.thumbhash);
+                    summary.pdq_hashes_set += u64::from(added.pdq);
                     summary.bytes += added.bytes;
                 }
                 Some(Ok(Backfilled::ImageGone)) => summary.gone += 1,

@@ -27,7 +27,7 @@ pub fn run(plan: &Plan) -> String {
     let photos = photos(plan);
     let _ = writeln!(
         out,
-        "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash / ThumbHash ms | one render's memory: peak RSS growth / reserved |\n|---|---|---|---|---|---|---|---|"
+        "| photo | JPEG | image-service CPU ms | libvips CPU ms | ratio libvips / image-service | PSNR of `medium`, image-service / libvips | image-service: decode / resize / encode / BlurHash / ThumbHash / PDQ ms | one render's memory: peak RSS growth / reserved |\n|---|---|---|---|---|---|---|---|"
     );
     let mut vips_error = None;
     for (i, (what, jpeg, orientation)) in photos.iter().enumerate() {
@@ -44,7 +44,7 @@ pub fn run(plan: &Plan) -> String {
     }
     let _ = writeln!(
         out,
-        "\nCPU time (user + system) per photo for `small` (320) + `medium` (1080) + BlurHash + ThumbHash, the mean of {} renders each. The photos are rendered from a scene (sky, clouds, hills, a textured field, a house, trees, vignetting, sensor grain) and encoded the way phones write them, with EXIF; the synthetic row is the old noise-textured JPEG. libvips runs through pyvips with `VIPS_CONCURRENCY=1`: one `thumbnail` to 1080 (shrink-on-load, EXIF rotation) held in memory, written as JPEG Q82, and 320 made from it and written the same way, like the service. PSNR compares each `medium` with a reference: the photo decoded at full size, turned upright and resized straight to the same size with Lanczos3. Memory: how far the process's resident memory rose during one render (after handing freed memory back to the kernel), next to what the service reserves from its memory budget for that render, estimated from the header.\n",
+        "\nCPU time (user + system) per photo for `small` (320) + `medium` (1080) + BlurHash + ThumbHash + PDQ hash (from `medium`'s pixels shrunk to 512), the mean of {} renders each. The photos are rendered from a scene (sky, clouds, hills, a textured field, a house, trees, vignetting, sensor grain) and encoded the way phones write them, with EXIF; the synthetic row is the old noise-textured JPEG. libvips runs through pyvips with `VIPS_CONCURRENCY=1`: one `thumbnail` to 1080 (shrink-on-load, EXIF rotation) held in memory, written as JPEG Q82, and 320 made from it and written the same way, like the service. PSNR compares each `medium` with a reference: the photo decoded at full size, turned upright and resized straight to the same size with Lanczos3. Memory: how far the process's resident memory rose during one render (after handing freed memory back to the kernel), next to what the service reserves from its memory budget for that render, estimated from the header.\n",
         plan.renders
     );
     out
@@ -128,7 +128,7 @@ fn photo_row(
     };
     let stage = |d: Duration| ms(d) / plan.renders as f64;
     let row = format!(
-        "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} / {:.2} | {:.1} / {:.1} MiB |\n",
+        "| {what} | {:.2} MB, {:.2} bits/px | {ours:.1} | {theirs} | {} | {our_psnr:.2} / {} dB | {:.1} / {:.1} / {:.1} / {:.1} / {:.2} / {:.2} | {:.1} / {:.1} MiB |\n",
         jpeg.len() as f64 / 1e6,
         jpeg.len() as f64 * 8.0 / f64::from(reference.width() * reference.height()),
         their_psnr.map_or("–".into(), |(t, _)| format!("{:.2}", t / ours)),
@@ -138,6 +138,7 @@ fn photo_row(
         stage(profile.encode),
         stage(profile.placeholder),
         stage(profile.thumbhash),
+        stage(profile.pdq),
         peak as f64 / MIB as f64,
         reserved as f64 / MIB as f64,
     );
@@ -178,6 +179,7 @@ fn our_renders(
         profile.encode += p.encode;
         profile.placeholder += p.placeholder;
         profile.thumbhash += p.thumbhash;
+        profile.pdq += p.pdq;
         last = rendered;
     }
     let cpu_ms = (own_cpu_seconds() - before) * 1000.0 / renders as f64;

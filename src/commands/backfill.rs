@@ -82,21 +82,23 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
     let describe = |s: &Summary| {
         if dry_run {
             format!(
-                "{} images: {} lack something ({} variants, {} encodings, {} ThumbHashes to make), {} complete",
+                "{} images: {} lack something ({} variants, {} encodings, {} ThumbHashes, {} PDQ hashes to make), {} complete",
                 s.seen,
                 s.lacking,
                 s.variants,
                 s.encodings,
                 s.thumbhashes,
+                s.pdq_hashes,
                 s.seen - s.lacking
             )
         } else {
             format!(
-                "{} images: {} changed ({} entries, {} ThumbHashes, {:.1} MiB added; {} encodings no smaller, not kept), {} complete, {} gone, {} failed",
+                "{} images: {} changed ({} entries, {} ThumbHashes, {} PDQ hashes, {:.1} MiB added; {} encodings no smaller, not kept), {} complete, {} gone, {} failed",
                 s.seen,
                 s.changed,
                 s.entries,
                 s.thumbhashes_set,
+                s.pdq_hashes_set,
                 s.bytes as f64 / 1048576.0,
                 s.declined,
                 s.seen - s.lacking,

@@ -479,6 +479,57 @@ async fn an_original_changed_at_rest_is_not_decoded() {
     assert_eq!(left.variants, changed.variants, "its record is as it was");
 }
 
+/// Images stored while the service made no variants get them, their
+/// ThumbHash and their PDQ hash (the block lists and similar-image
+/// searches need one for every image) from a backfill once it does.
+async fn images_stored_without_variants_get_their_hashes(backend: Backend) {
+    let mut app = TestApp::spawn_with(backend, &["--variants", "false"]).await;
+    let stored = app
+        .upload(
+            "alice",
+            crate::helpers::spec("old.jpg"),
+            &phone_photo(1600, 1200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored.pdq_hash.as_str(), stored.thumbhash.as_str()),
+        ("", "")
+    );
+    app.stop().await.unwrap();
+    // The backfill runs with the flags the server was started with, but
+    // variants on.
+    let at = app.args.iter().position(|a| a == "--variants").unwrap();
+    app.args.drain(at..at + 2);
+    let dry = backfill(&app, &["--dry-run"]).await;
+    assert!(
+        stdout(&dry).contains("1 ThumbHashes, 1 PDQ hashes to make"),
+        "{}",
+        stdout(&dry)
+    );
+    let run = backfill(&app, &[]).await;
+    assert!(
+        stdout(&run).contains("1 ThumbHashes, 1 PDQ hashes"),
+        "{}",
+        stdout(&run)
+    );
+    let app = app.successor(&[]).await;
+    let filled = app.get("alice", &stored.image_id).await.unwrap();
+    assert_eq!(filled.pdq_hash.len(), 64, "{filled:?}");
+    assert!(filled.pdq_quality > 0, "{filled:?}");
+    // The same hash an upload of the same photo gets now.
+    let again = app
+        .upload(
+            "alice",
+            crate::helpers::spec("new.jpg"),
+            &phone_photo(1600, 1200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(filled.pdq_hash, again.pdq_hash);
+    assert_eq!(app.get("bob", &stored.image_id).await.unwrap().pdq_hash, "");
+}
+
 macro_rules! on_backend {
     ($backend:ident: $($case:ident),* $(,)?) => {
         $(
@@ -497,6 +548,7 @@ mod embedded {
         an_interrupted_backfill_resumes_where_it_stopped,
         a_new_variant_is_rendered_or_shares_a_stored_one,
         an_encoding_not_kept_is_not_made_again,
+        images_stored_without_variants_get_their_hashes,
     );
 }
 

@@ -33,12 +33,15 @@ pub struct Lacking {
     pub encodings: usize,
     /// Whether it has no ThumbHash.
     pub thumbhash: bool,
+    /// Whether it has no PDQ hash (an image too small to hash never has
+    /// one, and is rendered again only for what else it lacks).
+    pub pdq: bool,
 }
 
 impl Lacking {
     /// Whether there is nothing to make.
     pub fn is_empty(&self) -> bool {
-        self.variants.is_empty() && self.encodings == 0 && !self.thumbhash
+        self.variants.is_empty() && self.encodings == 0 && !self.thumbhash && !self.pdq
     }
 }
 
@@ -90,6 +93,7 @@ impl Uploads {
             variants,
             encodings: missing(record, &self.limits.encodings.background).len(),
             thumbhash: record.thumbhash.is_empty(),
+            pdq: record.pdq_hash.is_empty() && hashable(record),
         }
     }
 
@@ -175,8 +179,9 @@ impl Uploads {
         }
 
         let thumbhash = lacking.thumbhash.then_some(rendered.thumbhash.as_str());
+        let pdq = rendered.pdq.filter(|_| lacking.pdq);
         match self
-            .add_to_record(&record.id, &entries, &declined, thumbhash)
+            .add_to_record(&record.id, &entries, &declined, thumbhash, pdq)
             .await
         {
             Ok(Some((_, added))) => Ok(Backfilled::Added(added)),
@@ -190,6 +195,12 @@ impl Uploads {
             }
         }
     }
+}
+
+/// Whether an image of these dimensions gets a PDQ hash (see
+/// [`crate::media::pdq::hash`]): a smaller one lacks none.
+fn hashable(record: &ImageRecord) -> bool {
+    record.width.min(record.height) >= crate::media::pdq::MIN_HASHABLE_SIDE
 }
 
 /// How a new variant is kept.

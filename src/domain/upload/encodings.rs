@@ -29,6 +29,7 @@ use crate::domain::ports::{ObjectKey, PendingEncodings, StorageError};
 use crate::domain::quota::held_by;
 use crate::domain::{DomainError, ImageId, UserId, VariantName};
 use crate::media::MediaError;
+use crate::media::pdq::Pdq;
 use crate::media::scrub::Scrubber;
 use crate::media::variants::{self, Codec, Pixels, RenderSlot, Renderer};
 use crate::telemetry::error_chain;
@@ -64,6 +65,8 @@ pub struct AddedToRecord {
     pub bytes: u64,
     /// Whether its ThumbHash was set.
     pub thumbhash: bool,
+    /// Whether its PDQ hash was set.
+    pub pdq: bool,
     /// Encodings of variants recorded as made and not kept.
     pub declined: usize,
 }
@@ -422,7 +425,7 @@ impl Uploads {
             declined,
         } = self.encode_planned(&record.id, planned, held, slot).await?;
         let completed = match self
-            .add_to_record(&record.id, &entries, &declined, None)
+            .add_to_record(&record.id, &entries, &declined, None, None)
             .await
         {
             Ok(Some(_)) => Completed::Added(entries.len()),
@@ -527,7 +530,7 @@ impl Uploads {
         entries: &[Variant],
     ) -> Result<Option<ImageRecord>, DomainError> {
         Ok(self
-            .add_to_record(id, entries, &[], None)
+            .add_to_record(id, entries, &[], None, None)
             .await?
             .map(|(record, _)| record))
     }
@@ -543,6 +546,7 @@ impl Uploads {
         entries: &[Variant],
         declined: &[DeclinedEncoding],
         thumbhash: Option<&str>,
+        pdq: Option<Pdq>,
     ) -> Result<Option<(ImageRecord, AddedToRecord)>, DomainError> {
         for _ in 0..ADD_ATTEMPTS {
             // A record whose bytes moderation removed takes no new ones:
@@ -590,7 +594,14 @@ impl Uploads {
                 next.thumbhash = hash.to_owned();
                 added.thumbhash = true;
             }
-            if added.entries == 0 && !added.thumbhash && added.declined == 0 {
+            if let Some(pdq) = pdq
+                && next.pdq_hash.is_empty()
+            {
+                next.pdq_hash = pdq.hash.to_hex();
+                next.pdq_quality = pdq.quality;
+                added.pdq = true;
+            }
+            if added.entries == 0 && !added.thumbhash && !added.pdq && added.declined == 0 {
                 return Ok(Some((current, added)));
             }
             next.revision = current.revision + 1;

@@ -518,6 +518,8 @@ impl Uploads {
             variants,
             blurhash,
             thumbhash,
+            pdq_hash,
+            pdq_quality,
             held,
         } = rendered.unwrap_or_default();
         let background = pending.zip(held);
@@ -551,8 +553,8 @@ impl Uploads {
             state_reason: String::new(),
             state_time: None,
             removed_objects: Vec::new(),
-            pdq_hash: String::new(),
-            pdq_quality: 0,
+            pdq_hash,
+            pdq_quality,
             declined_encodings: Vec::new(),
         };
         // The content scanner's verdict (`sync`), or `Pending` (`async`).

@@ -137,6 +137,7 @@ macro_rules! all_cases {
             variants::small_and_animated_images_get_variants_never_upscaled,
             variants::a_heic_is_stored_without_its_location,
             variants::a_thumbhash_keeps_the_aspect_ratio_and_the_alpha,
+            variants::a_photo_gets_a_pdq_hash_only_its_owner_sees,
             uploads::images_that_cannot_be_decoded_are_refused_and_leave_nothing,
             uploads::a_pixel_bomb_is_refused_before_its_pixels_arrive,
             uploads::a_jpeg_built_to_spend_cpu_is_refused_from_its_scan_headers,

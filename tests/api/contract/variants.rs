@@ -487,3 +487,67 @@ fn has_alpha(hash: &[u8]) -> bool {
     assert_eq!(flag, a < 1.0, "the flag agrees with the average alpha");
     flag
 }
+
+/// Every decodable photo gets a PDQ perceptual hash of the image as
+/// viewed, which block lists and similar-image searches compare: a copy
+/// resized and re-encoded at another quality, or sent as a PNG, is within
+/// Meta's matching distance (31 bits); another photo is not. Only the
+/// owner sees it: to anyone else it would tell which of the owner's
+/// images look alike.
+pub(super) async fn a_photo_gets_a_pdq_hash_only_its_owner_sees(backend: Backend) {
+    use image_service::media::pdq::{PdqHash, RECOMMENDED_MAX_DISTANCE};
+    let app = TestApp::spawn(backend).await;
+    let shot = images::PhoneShot::upright;
+    let photo = images::phone_shot(&shot(1600, 1200, 92, 7));
+    let resized = images::phone_shot(&shot(800, 600, 60, 7));
+    let png = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        images::scene(1000, 750, 7)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let other = images::phone_shot(&shot(1600, 1200, 92, 8));
+    let mut hashes = Vec::new();
+    for (name, file) in [
+        ("IMG_0007.jpg", &photo),
+        ("small.jpg", &resized),
+        ("copy.png", &png),
+        ("IMG_0008.jpg", &other),
+    ] {
+        let image = app.upload("alice", spec(name), file).await.unwrap();
+        let got = app.get("alice", &image.image_id).await.unwrap();
+        assert_eq!(got.pdq_hash, image.pdq_hash, "{name}");
+        assert!(image.pdq_quality >= 50, "{name}: {}", image.pdq_quality);
+        let hash = PdqHash::from_hex(&image.pdq_hash)
+            .unwrap_or_else(|| panic!("{name}: {:?} is not 64 hex digits", image.pdq_hash));
+        assert_eq!(hash.to_hex(), image.pdq_hash, "{name}: lower case");
+
+        let seen_by_bob = app.get("bob", &image.image_id).await.unwrap();
+        assert_eq!(
+            (seen_by_bob.pdq_hash.as_str(), seen_by_bob.pdq_quality),
+            ("", 0),
+            "{name}"
+        );
+        hashes.push(hash);
+    }
+    for (copy, name) in [(1, "resized"), (2, "PNG")] {
+        let distance = hashes[0].distance(&hashes[copy]);
+        assert!(
+            distance <= RECOMMENDED_MAX_DISTANCE,
+            "the {name} copy is {distance} bits away"
+        );
+    }
+    let distance = hashes[0].distance(&hashes[3]);
+    assert!(
+        distance > RECOMMENDED_MAX_DISTANCE,
+        "another photo is only {distance} bits away"
+    );
+
+    // An image too small to hash (under 5 pixels on a side) has none.
+    let tiny = app
+        .upload("alice", spec("tiny.png"), &images::png(4, 4, 1))
+        .await
+        .unwrap();
+    assert_eq!((tiny.pdq_hash.as_str(), tiny.pdq_quality), ("", 0));
+}
