@@ -691,6 +691,20 @@ pub struct LimitSettings {
     )]
     pub max_running_erasures: u32,
 
+    /// User data erasures one replica holds in memory at once: running,
+    /// waiting for a slot, or waiting for uploads that reserved before
+    /// their mark. Past it an erasure is still marked (and reported
+    /// RUNNING), and left in the store for a later pass of this or any
+    /// replica to pick up.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ERASURES",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_queued_erasures: u32,
+
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).
     #[arg(long, env = "IMAGE_SERVICE_UPLOAD_DEADLINE", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
