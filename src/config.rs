@@ -679,9 +679,10 @@ pub struct LimitSettings {
     )]
     pub quota_images_per_user: u64,
 
-    /// User data erasures (DeleteUserData) one replica runs at once; more
-    /// wait for a slot, marked and reported RUNNING. Each deletes 8 images
-    /// at a time.
+    /// User data erasures (DeleteUserData) one replica works on at once;
+    /// more wait for a slot, marked and reported RUNNING. Each deletes 8
+    /// images at a time, and holds its slot only while it works (not while
+    /// it waits for uploads that reserved before its mark).
     #[arg(
         long,
         env = "IMAGE_SERVICE_MAX_RUNNING_ERASURES",

@@ -411,12 +411,7 @@ pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(ba
 
 /// The value of the gauge `name` on the server's `/metrics`.
 async fn gauge(app: &TestApp, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = app.metrics().await;
     body.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.trim().parse().unwrap())

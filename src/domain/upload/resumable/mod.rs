@@ -708,8 +708,15 @@ impl Uploads {
         };
         let slot = self.slot(caller).await?;
         let holder = uuid::Uuid::new_v4().to_string();
-        self.take_lease(&mut session, &holder, self.limits.pace.deadline, true)
-            .await?;
+        let deadline = self.limits.pace.deadline;
+        if let Err(error) = self.take_lease(&mut session, &holder, deadline, true).await {
+            // Cancelled since it was read: say so, rather than ask for a
+            // retry that would say it then.
+            return Err(match self.owned_session(caller, upload_id).await {
+                Err(gone @ DomainError::NotFound(_)) => gone,
+                _ => error,
+            });
+        }
         let mut keys = Vec::with_capacity(parts as usize);
         for index in 0..parts as usize {
             let key = ObjectKey::staged(&session.id, &part_name(index));
