@@ -208,6 +208,7 @@ fn limits(settings: &LimitSettings) -> Limits {
             max_images: settings.quota_images_per_user,
         },
         max_running_erasures: settings.max_running_erasures as usize,
+        max_queued_erasures: settings.max_queued_erasures as usize,
     }
 }
 

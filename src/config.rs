@@ -684,9 +684,10 @@ pub struct LimitSettings {
     )]
     pub quota_images_per_user: u64,
 
-    /// User data erasures (DeleteUserData) one replica runs at once; more
-    /// wait for a slot, marked and reported RUNNING. Each deletes 8 images
-    /// at a time.
+    /// User data erasures (DeleteUserData) one replica works on at once;
+    /// more wait for a slot, marked and reported RUNNING. Each deletes 8
+    /// images at a time, and holds its slot only while it works (not while
+    /// it waits for uploads that reserved before its mark).
     #[arg(
         long,
         env = "IMAGE_SERVICE_MAX_RUNNING_ERASURES",
@@ -695,6 +696,20 @@ pub struct LimitSettings {
         global = true
     )]
     pub max_running_erasures: u32,
+
+    /// User data erasures one replica holds in memory at once: running,
+    /// waiting for a slot, or waiting for uploads that reserved before
+    /// their mark. Past it an erasure is still marked (and reported
+    /// RUNNING), and left in the store for a later pass of this or any
+    /// replica to pick up.
+    #[arg(
+        long,
+        env = "IMAGE_SERVICE_MAX_QUEUED_ERASURES",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_queued_erasures: u32,
 
     /// Longest time an upload may take from its first message to
     /// `finish_write` (DEADLINE_EXCEEDED after it; nothing is stored).

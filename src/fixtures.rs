@@ -1107,6 +1107,7 @@ pub fn limits() -> crate::domain::Limits {
         },
         quota: crate::domain::quota::QuotaLimits::default(),
         max_running_erasures: 2,
+        max_queued_erasures: 1000,
         encodings: crate::domain::limits::EncodingLimits::default(),
     }
 }

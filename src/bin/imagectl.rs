@@ -178,6 +178,11 @@ enum Command {
         /// How many images are downloaded at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// The most images the listing may hold: past it the export stops
+        /// with an error before downloading anything (raise it for a user
+        /// who really holds more).
+        #[arg(long, default_value_t = DEFAULT_EXPORT_MAX_IMAGES)]
+        max_images: usize,
     },
     /// Print image events as they come (for identities the service names in
     /// --event-watchers), one line each (`--json`: one JSON object a line),
@@ -600,7 +605,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             owner,
             parallel,
-        } => export(&caller, &dir, owner, parallel.max(1), cli.json).await,
+            max_images,
+        } => {
+            let how = (parallel.max(1), max_images.max(1));
+            export(&caller, &dir, owner, how, cli.json).await
+        }
         Command::Watch { from, owner, count } => {
             watch(&caller, from, owner.unwrap_or_default(), count, cli.json).await
         }
@@ -660,12 +669,28 @@ async fn get(caller: &Caller, id: &str) -> Result<pb::Image, anyhow::Error> {
     .context("the service returned no image")
 }
 
+/// Pages in a row that bring no image not seen before, after which a
+/// listing is given up: a service whose pages never end.
+const MAX_PAGES_WITHOUT_PROGRESS: usize = 20;
+
+/// The images `imagectl export` lists at most by default (`--max-images`).
+const DEFAULT_EXPORT_MAX_IMAGES: usize = 100_000;
+
+/// Up to `limit` images of the listing `request`, each once, following its
+/// pages. A listing that would never end is an error: a page token the
+/// service sent before, or [`MAX_PAGES_WITHOUT_PROGRESS`] pages in a row
+/// with no new image.
 async fn list(
     caller: &Caller,
     mut request: pb::ListImagesRequest,
     limit: usize,
 ) -> anyhow::Result<Vec<pb::Image>> {
+    use std::hash::{BuildHasher as _, RandomState};
     let mut images = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    // Hashes of the tokens: a service's tokens may be long.
+    let (hasher, mut tokens) = (RandomState::new(), std::collections::HashSet::new());
+    let mut idle = 0;
     loop {
         let page = retrying(
             "list",
@@ -675,10 +700,30 @@ async fn list(
         )
         .await?
         .into_inner();
-        images.extend(page.images);
+        let before = images.len();
+        for image in page.images {
+            if ids.insert(image.image_id.clone()) {
+                images.push(image);
+            }
+        }
         if page.next_page_token.is_empty() || images.len() >= limit {
             images.truncate(limit);
             return Ok(images);
+        }
+        if !tokens.insert(hasher.hash_one(&page.next_page_token)) {
+            bail!(
+                "the service sent the token of an earlier page again after {} images: its \
+                 listing would never end; stopping",
+                images.len()
+            );
+        }
+        idle = if images.len() == before { idle + 1 } else { 0 };
+        if idle >= MAX_PAGES_WITHOUT_PROGRESS {
+            bail!(
+                "the service sent {idle} pages in a row without an image not seen before, \
+                 after {} images: its listing would never end; stopping",
+                images.len()
+            );
         }
         request.page_token = page.next_page_token;
     }
@@ -1235,7 +1280,7 @@ async fn export(
     caller: &Caller,
     dir: &Path,
     owner: Option<String>,
-    parallel: usize,
+    (parallel, max_images): (usize, usize),
     json: bool,
 ) -> anyhow::Result<()> {
     let owner = match owner {
@@ -1263,10 +1308,16 @@ async fn export(
         page_size: 1000,
         ..Default::default()
     };
-    let mut images = list(caller, request, usize::MAX).await?;
-    // Each once, should a page walk meet one twice.
-    let mut seen = std::collections::HashSet::new();
-    images.retain(|image| seen.insert(image.image_id.clone()));
+    // Each once, should a page walk meet one twice; one more than the
+    // bound tells whether the owner holds more.
+    let images = list(caller, request, max_images.saturating_add(1)).await?;
+    if images.len() > max_images {
+        bail!(
+            "{} holds more than {max_images} images (--max-images): nothing was exported; \
+             raise --max-images to export them all",
+            printable(&owner)
+        );
+    }
     let total = images.iter().map(|i| i.size_bytes.max(0) as u64).sum();
     let bar = ProgressBar::new(total);
     bar.set_style(

@@ -7,11 +7,16 @@
 //! erasure there ([`ErasureRecord`], running), and from that update on
 //! every reservation of an upload is refused on every replica (the
 //! reservation is conditional on the mark: [`UsageRecord::apply`]). The
-//! work runs in the background on the replica that took the request, at
-//! most `--max-running-erasures` at once (more wait for a slot, marked and
-//! reported RUNNING). Should the replica stop, the mark stays: a new
-//! `DeleteUserData`, or any replica's periodic pass, resumes it; each step
-//! is idempotent, so work done twice changes nothing.
+//! work runs in the background on the replica that took the request. A
+//! replica holds at most `--max-queued-erasures` in memory (running, or
+//! waiting); past it an erasure is marked all the same and left in the
+//! store, and the replica looks for such erasures again once half of its
+//! room has freed. Only the rounds of work take one of the
+//! `--max-running-erasures` slots: the waits between them (for uploads
+//! that reserved before the mark, for the owner index to settle) hold
+//! none. Should the replica stop, the mark stays: a new `DeleteUserData`,
+//! or any replica's periodic pass, resumes it; each step is idempotent, so
+//! work done twice changes nothing.
 //!
 //! The steps, repeated until one round finds nothing: remove the upload
 //! sessions, delete the images through the path of `DeleteImage` (so each
@@ -24,11 +29,12 @@
 //!
 //! [`UsageRecord::apply`]: super::usage::UsageRecord::apply
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument as _;
 
 use super::image::Timestamp;
@@ -47,8 +53,9 @@ const ERASURE_DELETES_IN_FLIGHT: usize = 8;
 /// How often an erasure looks again at the uploads that reserved before
 /// its mark, while it waits for them to end.
 const RESERVATION_POLL: Duration = Duration::from_millis(200);
-/// How long an erasure that found nothing left waits before its last
-/// look: longer than DynamoDB's index lag.
+/// How long an erasure that found nothing left, while the usage counters
+/// still count something, waits before its last look: longer than
+/// DynamoDB's index lag.
 const INDEX_SETTLE: Duration = Duration::from_secs(1);
 /// Attempts of a conditional update of the mark that keeps losing to
 /// concurrent changes of the usage item (deletes giving usage back).
@@ -69,25 +76,56 @@ pub struct ErasureStatus {
 pub struct Erasures {
     images: Images,
     slots: Arc<Semaphore>,
-    /// Users whose erasure runs on this replica: a second request for one
-    /// of them does not start it twice.
-    running: Arc<Mutex<HashSet<UserId>>>,
+    /// Users whose erasure this replica holds, running or waiting: a
+    /// second request for one of them does not start it twice. At most
+    /// `--max-queued-erasures`.
+    held: Arc<Mutex<HashSet<UserId>>>,
+    /// Set when an erasure was left in the store for want of room: the
+    /// store is looked at again once room has freed.
+    left_in_store: Arc<AtomicBool>,
+    /// A look at the store for unfinished erasures is under way.
+    looking: Arc<AtomicBool>,
+}
+
+/// What one round of an erasure found.
+enum Round {
+    /// The mark is no longer running (finished by another replica).
+    Over,
+    /// Sessions or images were removed: look again.
+    Removed,
+    /// Nothing found, and uploads that reserved before the mark still run.
+    Reserved,
+    /// Nothing found, and the usage counters (read before the listing)
+    /// count nothing: nothing is left, nor can anything come.
+    Clean,
+    /// Nothing found, though the counters still count something: the
+    /// owner index may lag.
+    Unsettled,
 }
 
 impl Erasures {
-    /// At most `--max-running-erasures` run at once on this replica.
+    /// At most `--max-running-erasures` run at once on this replica, and
+    /// `--max-queued-erasures` are held.
     pub fn new(images: Images) -> Self {
         let slots = images.limits.max_running_erasures.max(1);
         Self {
             images,
             slots: Arc::new(Semaphore::new(slots)),
-            running: Arc::default(),
+            held: Arc::default(),
+            left_in_store: Arc::default(),
+            looking: Arc::default(),
         }
+    }
+
+    fn max_held(&self) -> usize {
+        self.images.limits.max_queued_erasures.max(1)
     }
 
     /// Erases the data of `user_id` (empty: the caller's), if `caller` is
     /// that user or an admin: marks the erasure (the same one again, if it
-    /// already runs), starts it in the background, and returns at once.
+    /// already runs), starts it in the background (or, with no room left,
+    /// leaves it marked for a later look at the store), and returns at
+    /// once.
     pub async fn delete_user_data(
         &self,
         caller: &UserId,
@@ -138,8 +176,10 @@ impl Erasures {
 
     /// Starts every erasure marked in the store that does not run on this
     /// replica (its replica stopped, or it runs elsewhere: the work is
-    /// idempotent); returns how many.
+    /// idempotent), as many as there is room for; returns how many.
     pub async fn resume_unfinished(&self) -> Result<usize, DomainError> {
+        // Cleared first: an erasure left while this look runs sets it again.
+        self.left_in_store.store(false, Ordering::SeqCst);
         let mut resumed = 0;
         for (user, usage) in self.images.metadata.list_usage().await? {
             if usage.is_being_erased() && self.start(user) {
@@ -198,16 +238,29 @@ impl Erasures {
     }
 
     /// Runs the erasure of `user` in the background unless it runs here
-    /// already; `true` if it was started.
+    /// already or this replica holds as many as it may; `true` if it was
+    /// started.
     fn start(&self, user: UserId) -> bool {
-        if !self.lock_running().insert(user.clone()) {
-            return false;
+        {
+            let mut held = self.lock_held();
+            if held.contains(&user) {
+                return false;
+            }
+            if held.len() >= self.max_held() {
+                // Marked all the same: looked for again once room frees.
+                self.left_in_store.store(true, Ordering::SeqCst);
+                metrics::counter!("imageservice_erasures_left_in_store_total").increment(1);
+                tracing::info!(%user, held = held.len(), "a user data erasure is left in the store until this replica has room (--max-queued-erasures)");
+                return false;
+            }
+            held.insert(user.clone());
+            metrics::gauge!("imageservice_erasures_held").set(held.len() as f64);
         }
         let erasures = self.clone();
         tokio::spawn(
             async move {
                 let result = erasures.run(&user).await;
-                erasures.lock_running().remove(&user);
+                erasures.release(&user);
                 if let Err(error) = result {
                     tracing::warn!(%user, error = %error_chain(&error), "a user data erasure stopped; it stays marked and is resumed");
                 }
@@ -217,51 +270,97 @@ impl Erasures {
         true
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets the erasure of `user`, and looks for those left in the
+    /// store if there is room now.
+    fn release(&self, user: &UserId) {
+        {
+            let mut held = self.lock_held();
+            held.remove(user);
+            metrics::gauge!("imageservice_erasures_held").set(held.len() as f64);
+        }
+        self.look_if_room();
     }
 
-    async fn run(&self, user: &UserId) -> Result<(), DomainError> {
-        let _slot = self
-            .slots
+    /// Once half the room is free, looks (one look at a time) for the
+    /// erasures that were left in the store for want of it.
+    fn look_if_room(&self) {
+        if !self.should_look() || self.looking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let erasures = self.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    match erasures.resume_unfinished().await {
+                        Ok(resumed) => {
+                            tracing::info!(resumed, "user data erasures left in the store resumed")
+                        }
+                        Err(error) => {
+                            // The next release, or the periodic pass, looks
+                            // again.
+                            erasures.left_in_store.store(true, Ordering::SeqCst);
+                            erasures.looking.store(false, Ordering::SeqCst);
+                            tracing::warn!(error = %error_chain(&error), "could not look for the erasures left in the store; will retry");
+                            return;
+                        }
+                    }
+                    erasures.looking.store(false, Ordering::SeqCst);
+                    // Erasures left, and room freed, while it looked: the
+                    // releases that saw it looking did not look again.
+                    if !erasures.should_look() || erasures.looking.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn should_look(&self) -> bool {
+        self.left_in_store.load(Ordering::SeqCst) && self.lock_held().len() <= self.max_held() / 2
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One of the `--max-running-erasures` slots, for a round of work.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, DomainError> {
+        self.slots
             .acquire()
             .await
-            .map_err(|e| DomainError::Internal(Box::new(e)))?;
+            .map_err(|e| DomainError::Internal(Box::new(e)))
+    }
+
+    /// Rounds of work, each in a slot, until one finds nothing; the waits
+    /// between them hold no slot.
+    async fn run(&self, user: &UserId) -> Result<(), DomainError> {
         let started = std::time::Instant::now();
         let mut settled = false;
         loop {
-            // Uploads that reserved before the mark may still store an
-            // image: the usage is read before the listing, so that an
-            // upload seen ended had stored its image before the listing
-            // began. One that took longer than an upload may (its replica
-            // died) is the repair pass's to drop.
-            let usage = self.images.metadata.get_usage(user).await?;
-            if !usage.is_being_erased() {
-                return Ok(());
+            let round = {
+                let _slot = self.slot().await?;
+                self.round(user).await?
+            };
+            match round {
+                Round::Over => return Ok(()),
+                Round::Removed => settled = false,
+                Round::Reserved => {
+                    self.wait_for_reservations(user).await?;
+                    settled = false;
+                }
+                Round::Clean => break,
+                Round::Unsettled if settled => break,
+                Round::Unsettled => {
+                    // One more round after the owner index has settled
+                    // (DynamoDB's indexes are eventually consistent,
+                    // within a second).
+                    settled = true;
+                    tokio::time::sleep(INDEX_SETTLE).await;
+                }
             }
-            let longest = self.images.limits.pace.deadline;
-            let live = usage
-                .reservations
-                .iter()
-                .any(|r| r.started.saturating_add(longest) > Timestamp::now());
-            let sessions = self.remove_sessions(user).await?;
-            let images = self.delete_images(user).await?;
-            if sessions + images > 0 {
-                settled = false;
-                continue;
-            }
-            if live {
-                tokio::time::sleep(RESERVATION_POLL).await;
-                continue;
-            }
-            if settled {
-                break;
-            }
-            // One more round after the owner index has settled (DynamoDB's
-            // indexes are eventually consistent, within a second).
-            settled = true;
-            tokio::time::sleep(INDEX_SETTLE).await;
         }
+        let _slot = self.slot().await?;
         let redacted = self.images.metadata.redact_events(user).await?;
         let record = self
             .update_mark(user, |record| record.finished = Some(Timestamp::now()))
@@ -278,6 +377,57 @@ impl Erasures {
             );
         }
         Ok(())
+    }
+
+    /// Removes the sessions and images of `user` that the stores show.
+    async fn round(&self, user: &UserId) -> Result<Round, DomainError> {
+        // Uploads that reserved before the mark may still store an image:
+        // the usage is read before the listing, so that an upload seen
+        // ended had stored its image before the listing began.
+        let usage = self.images.metadata.get_usage(user).await?;
+        if !usage.is_being_erased() {
+            return Ok(Round::Over);
+        }
+        let live = self.live_reservations(&usage);
+        let sessions = self.remove_sessions(user).await?;
+        let images = self.delete_images(user).await?;
+        Ok(if sessions + images > 0 {
+            Round::Removed
+        } else if live {
+            Round::Reserved
+        } else if usage.held_images == 0 && usage.reservations.is_empty() {
+            // A stored image is counted before its record is written and
+            // until after it is deleted, and nothing new may reserve: no
+            // image is left that the index has yet to show.
+            Round::Clean
+        } else {
+            Round::Unsettled
+        })
+    }
+
+    /// Whether an upload that reserved before the mark may still store an
+    /// image. One that took longer than an upload may (its replica died)
+    /// is the repair pass's to drop.
+    fn live_reservations(&self, usage: &super::usage::UsageRecord) -> bool {
+        let longest = self.images.limits.pace.deadline;
+        let now = Timestamp::now();
+        usage
+            .reservations
+            .iter()
+            .any(|r| r.started.saturating_add(longest) > now)
+    }
+
+    /// Waits, holding no slot, until the uploads that reserved before the
+    /// mark have ended or run past `--upload-deadline` (or the erasure
+    /// was finished elsewhere).
+    async fn wait_for_reservations(&self, user: &UserId) -> Result<(), DomainError> {
+        loop {
+            tokio::time::sleep(RESERVATION_POLL).await;
+            let usage = self.images.metadata.get_usage(user).await?;
+            if !usage.is_being_erased() || !self.live_reservations(&usage) {
+                return Ok(());
+            }
+        }
     }
 
     /// Removes every upload session of `user` with its staged parts;

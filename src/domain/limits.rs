@@ -55,6 +55,9 @@ pub struct Limits {
     /// User data erasures one replica runs at once
     /// (`--max-running-erasures`).
     pub max_running_erasures: usize,
+    /// User data erasures one replica holds in memory, running or waiting
+    /// (`--max-queued-erasures`); more are left marked in the store.
+    pub max_queued_erasures: usize,
 }
 
 /// The encodings each variant is kept in besides the one made before the

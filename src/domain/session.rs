@@ -73,6 +73,11 @@ pub struct Segment {
 pub struct Lease {
     pub holder: String,
     pub until: Timestamp,
+    /// Taken to store the session's image (a stream's finish,
+    /// `CompleteUpload`): the session is claimed by that store, and a
+    /// cancel is refused until the lease has ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finishing: bool,
 }
 
 /// How the session's bytes arrive.
@@ -172,6 +177,14 @@ impl UploadSessionRecord {
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expire_time <= now
+    }
+
+    /// Whether a call is storing the session's image now (see
+    /// [`Lease::finishing`]).
+    pub fn is_finishing(&self, now: Timestamp) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| lease.finishing && lease.until > now)
     }
 
     /// Whether a stream other than `holder` may write now.

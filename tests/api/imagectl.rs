@@ -867,3 +867,128 @@ async fn imagectl_export_keeps_no_original_that_does_not_match_its_record() {
     assert_eq!(manifest["complete"], false);
     assert_eq!(manifest["images"].as_array().unwrap().len(), 1);
 }
+
+/// How a hostile service's listing never ends.
+#[derive(Clone, Copy)]
+enum Endless {
+    /// Every page holds 1 000 new images, with a new token.
+    NewImages,
+    /// Every page is empty, with a new token.
+    EmptyPages,
+    /// Every page holds a new image, with the same token.
+    SameToken,
+}
+
+/// An `ImageService` whose `ListImages` never ends; every other call is
+/// UNIMPLEMENTED.
+#[derive(Clone)]
+struct EndlessListing {
+    how: Endless,
+    pages: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tonic::server::NamedService for EndlessListing {
+    const NAME: &'static str = "imageservice.v1.ImageService";
+}
+
+impl tonic::server::UnaryService<pb::ListImagesRequest> for EndlessListing {
+    type Response = pb::ListImagesResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, _: tonic::Request<pb::ListImagesRequest>) -> Self::Future {
+        let page = self.pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let image = |n: u64| pb::Image {
+            image_id: format!("fake-{page}-{n}"),
+            owner_id: "alice".into(),
+            ..Default::default()
+        };
+        let (images, token) = match self.how {
+            Endless::NewImages => ((0..1000).map(image).collect(), format!("page-{page}")),
+            Endless::EmptyPages => (Vec::new(), format!("page-{page}")),
+            Endless::SameToken => (vec![image(0)], "again".to_owned()),
+        };
+        std::future::ready(Ok(tonic::Response::new(pb::ListImagesResponse {
+            images,
+            next_page_token: token,
+        })))
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for EndlessListing {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != "/imageservice.v1.ImageService/ListImages" {
+                return Ok(tonic::Status::unimplemented("a listing only").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(service, request).await)
+        })
+    }
+}
+
+/// Serves `how` on loopback; returns its address and its page counter.
+async fn endless_listing(how: Endless) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pages = std::sync::Arc::default();
+    let service = EndlessListing {
+        how,
+        pages: std::sync::Arc::clone(&pages),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (format!("http://{addr}"), pages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_export_stops_a_listing_that_never_ends_and_says_why() {
+    for (how, max_images, expected) in [
+        (Endless::SameToken, None, "token of an earlier page again"),
+        (Endless::EmptyPages, None, "pages in a row without an image"),
+        (
+            Endless::NewImages,
+            Some("500"),
+            "more than 500 images (--max-images)",
+        ),
+        // The default bound holds too: the export ends on its own.
+        (
+            Endless::NewImages,
+            None,
+            "more than 100000 images (--max-images)",
+        ),
+    ] {
+        let (addr, pages) = endless_listing(how).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["export", "--owner", "alice", dir.path().to_str().unwrap()];
+        if let Some(max) = max_images {
+            args.extend(["--max-images", max]);
+        }
+        let output = tokio::time::timeout(
+            Duration::from_secs(240),
+            imagectl_at(&addr, Some("alice"), &args),
+        )
+        .await
+        .expect("the export ends");
+        let message = stderr_of_failure(&output);
+        assert!(message.contains(expected), "{message}");
+        let served = pages.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(served <= 101, "{served} pages");
+        let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(written.is_empty(), "nothing is exported: {written:?}");
+    }
+}

@@ -488,12 +488,7 @@ async fn calls_carry_a_request_id_and_show_in_the_metrics() {
         .expect("a generated request id on errors too");
     assert!(uuid::Uuid::parse_str(generated.to_str().unwrap()).is_ok());
 
-    let body = reqwest::get(format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = app.metrics().await;
     for expected in [
         r#"imageservice_grpc_requests_total{method="UploadImage",code="OK"}"#,
         r#"imageservice_grpc_requests_total{method="GetImage",code="NOT_FOUND"}"#,
@@ -843,12 +838,7 @@ async fn the_periodic_repair_pass_removes_bytes_without_metadata() {
     // The pass counts its findings once it has acted on them: the count
     // may trail the removal by a moment.
     loop {
-        let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.contains(r#"imageservice_repair_findings_total{kind="orphan_object"}"#) {
             break;
         }

@@ -408,3 +408,156 @@ pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(ba
         .unwrap();
     assert_eq!(kept.len(), 3);
 }
+
+/// The value of the gauge `name` on the server's `/metrics`.
+async fn gauge(app: &TestApp, name: &str) -> f64 {
+    let body = app.metrics().await;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Erasures one replica holds in memory in the flood test.
+const HELD: usize = 6;
+/// Users who each erase their own (empty) data at once.
+const FLOOD: usize = 60;
+
+pub(super) async fn a_flood_of_erasures_stays_within_the_bound_and_each_completes(
+    backend: Backend,
+) {
+    let bound = HELD.to_string();
+    let flags = [&FLAGS[..], &["--max-queued-erasures", bound.as_str()][..]].concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let victim = upload_many(&app, "victim", 20).await;
+
+    // Every identity erases itself, 12 at a time, with the real user's
+    // erasure in the middle of the flood; the replica's hold is sampled
+    // throughout.
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let sampled = async {
+        let mut most: f64 = 0.0;
+        while flooding.load(std::sync::atomic::Ordering::SeqCst) {
+            most = most.max(gauge(&app, "imageservice_erasures_held").await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    };
+    let started = tokio::time::Instant::now();
+    let flood = async {
+        let users: Vec<String> = (0..FLOOD).map(|i| format!("flood-{i:03}")).collect();
+        for (batch, names) in users.chunks(12).enumerate() {
+            let calls = names.iter().map(|user| delete_user_data(&app, user, ""));
+            for marked in futures::future::join_all(calls).await {
+                let marked = marked.expect("every erasure is accepted");
+                assert_eq!(marked.state(), pb::user_data_deletion::State::Running);
+            }
+            if batch == 2 {
+                let marked = delete_user_data(&app, "victim", "").await.unwrap();
+                assert_eq!(marked.state(), pb::user_data_deletion::State::Running);
+            }
+        }
+        // Marked durably, even those the replica did not keep: their
+        // uploads are refused at once.
+        let refused = app
+            .upload(&users[FLOOD - 1], spec("late.png"), &images::png(4, 4, 1))
+            .await;
+        assert_code(refused, Code::FailedPrecondition);
+        for user in &users {
+            let done = wait_until_done(&app, user).await;
+            assert_eq!(done.images_deleted, 0, "{done:?}");
+        }
+        flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+        users
+    };
+    let (most, users) = tokio::join!(sampled, flood);
+    let took = started.elapsed();
+    assert!(
+        most <= HELD as f64,
+        "the replica held {most} erasures, over --max-queued-erasures {HELD}"
+    );
+    assert!(most > 0.0, "the gauge was never seen");
+
+    // The real user's erasure ended too, with everything of theirs gone.
+    let done = wait_until_done(&app, "victim").await;
+    assert_eq!(done.images_deleted, victim.len() as u64, "{done:?}");
+    assert!(
+        app.list_all("victim", owned_by("victim"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Empty users' erasures neither wait out the index nor hold a slot
+    // while they wait: a second each would take FLOOD / 2 seconds. (On
+    // the aws test servers a loaded machine makes each erasure's scans
+    // take about as long as that wait: the time tells nothing there.)
+    if backend == Backend::Embedded {
+        assert!(
+            took < Duration::from_secs((FLOOD / 4) as u64),
+            "{FLOOD} empty erasures took {took:?}"
+        );
+    }
+    assert_eq!(users.len(), FLOOD);
+}
+
+pub(super) async fn a_trickling_upload_does_not_hold_back_another_users_erasure(backend: Backend) {
+    // One slot: an erasure that held it while it waited would stop every
+    // other one for --upload-deadline.
+    let flags = [&FLAGS[..], &["--max-running-erasures", "1"][..]].concat();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let victim = upload_many(&app, "victim", 10).await;
+
+    // Two users each hold an upload open, sending nothing after its first
+    // message, and erase their data: their erasures wait for those uploads.
+    let mut trickles = Vec::new();
+    for (i, user) in ["slow-1", "slow-2"].into_iter().enumerate() {
+        let png = images::png(4, 4, 50_000 + i as u32);
+        let mut messages = upload_messages(personal_spec(user, i), &png, 16);
+        let rest = messages.split_off(1);
+        let stream = OpenStream::open(&app, user).await;
+        stream.send(messages).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let usage = app
+                .client()
+                .get_usage(as_user(user, pb::GetUsageRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .usage
+                .unwrap();
+            if usage.images_reserved == 1 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never reserved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        delete_user_data(&app, user, "").await.unwrap();
+        trickles.push((user, stream, rest));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Another user's erasure completes promptly meanwhile.
+    let started = tokio::time::Instant::now();
+    delete_user_data(&app, "victim", "").await.unwrap();
+    let done = wait_until_done(&app, "victim").await;
+    assert_eq!(done.images_deleted, victim.len() as u64, "{done:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the erasure waited {:?} behind the trickling uploads",
+        started.elapsed()
+    );
+    for (user, _, _) in &trickles {
+        let waiting = deletion(&app, user, "").await.unwrap();
+        assert!(!is_done(&waiting), "{user}'s erasure waits for its upload");
+    }
+
+    // Once the uploads end, their erasures delete what they stored.
+    for (user, stream, rest) in trickles {
+        stream.send(rest).await;
+        let stored = stream.close().await.expect("reserved before the mark");
+        let done = wait_until_done(&app, user).await;
+        assert_eq!(done.images_deleted, 1, "{done:?}");
+        let gone = app.download(user, &stored.image_id).await;
+        assert_code(gone, Code::NotFound);
+    }
+}

@@ -159,6 +159,7 @@ macro_rules! all_cases {
             sessions::each_user_has_a_bounded_number_of_open_sessions,
             sessions::each_user_has_a_bounded_number_of_staged_bytes,
             sessions::a_direct_uploads_parts_hold_no_more_than_the_session,
+            sessions::a_cancel_racing_a_complete_never_both_succeed,
             feeds::a_batch_returns_each_image_once_in_order_and_names_the_missing,
             feeds::a_batch_of_too_many_or_malformed_ids_is_refused,
             feeds::download_urls_stay_the_same_for_a_window_and_revalidate,
@@ -191,6 +192,8 @@ macro_rules! all_cases {
             scans::a_killed_replicas_pending_scans_are_finished_by_the_repair_pass,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
+            erasure::a_flood_of_erasures_stays_within_the_bound_and_each_completes,
+            erasure::a_trickling_upload_does_not_hold_back_another_users_erasure,
         );
     };
 }

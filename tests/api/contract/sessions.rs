@@ -989,3 +989,66 @@ pub async fn a_direct_uploads_parts_hold_no_more_than_the_session(backend: Backe
         }
     }
 }
+
+/// Rounds of the race between `CompleteUpload` and `CancelUpload`.
+const RACES: usize = 30;
+
+pub async fn a_cancel_racing_a_complete_never_both_succeed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, FLAGS).await;
+    let photo = images::photo_jpeg(640, 480);
+    let (mut completed, mut cancelled, mut neither) = (Vec::new(), 0, 0);
+    for round in 0..RACES {
+        let (id, urls) = direct_upload(&app, "alice", spec("race.jpg"), photo.len()).await;
+        assert!(put(&urls[0], photo.clone()).await.is_success());
+        // The cancel lands before, during or after the complete's store.
+        let delay = Duration::from_millis((round % 10) as u64 * 4);
+        let (complete, cancel) = tokio::join!(complete(&app, "alice", &id), async {
+            tokio::time::sleep(delay).await;
+            cancel(&app, "alice", &id).await
+        });
+        match (&complete, &cancel) {
+            (Ok(_), Ok(())) => panic!("round {round}: both the complete and the cancel said OK"),
+            (Ok(image), Err(refused)) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                assert!(
+                    refused.message().contains("being completed")
+                        || refused.message().contains("committed"),
+                    "{refused:?}"
+                );
+                completed.push(image.image_id.clone());
+            }
+            (Err(refused), Ok(())) => {
+                assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+                cancelled += 1;
+            }
+            // Each may lose to the other's change and say so (ABORTED).
+            (Err(_), Err(_)) => neither += 1,
+        }
+    }
+    assert!(neither < RACES, "every round ended without a winner");
+    // What the caller was told is what is stored: the images of the
+    // completes, nothing of the cancels, and the usage to match.
+    let listed = app
+        .list_all("alice", pb::ListImagesRequest::default())
+        .await;
+    let mut listed = ids(&listed.unwrap());
+    listed.sort();
+    completed.sort();
+    assert_eq!(
+        listed, completed,
+        "{cancelled} cancelled, {neither} neither"
+    );
+    let usage = app
+        .client()
+        .get_usage(as_user("alice", pb::GetUsageRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!(
+        (usage.images_held, usage.images_reserved),
+        (completed.len() as u64, 0),
+        "{usage:?}"
+    );
+}

@@ -327,6 +327,16 @@ impl TestApp {
             .into_inner())
     }
 
+    /// What the server's `/metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics is text")
+    }
+
     /// Every image the request matches, page by page.
     pub async fn list_all(
         &self,

@@ -345,13 +345,15 @@ impl Uploads {
         }
     }
 
-    /// Takes the session's lease for `holder` for `duration`: ABORTED when
-    /// another stream holds it.
+    /// Takes the session's lease for `holder` for `duration`, `finishing`
+    /// when it is taken to store the image (a cancel is refused while it
+    /// lasts): ABORTED when another stream holds it.
     async fn take_lease(
         &self,
         session: &mut UploadSessionRecord,
         holder: &str,
         duration: Duration,
+        finishing: bool,
     ) -> Result<(), DomainError> {
         let now = Timestamp::now();
         if session.leased_to_other(holder, now) {
@@ -364,6 +366,7 @@ impl Uploads {
         session.lease = Some(Lease {
             holder: holder.to_owned(),
             until: now.saturating_add(duration),
+            finishing,
         });
         self.save_session(session).await
     }
@@ -472,40 +475,50 @@ impl Uploads {
         })
     }
 
+    /// Cancels a session. The cancel and a store of the session's image
+    /// (a stream's finish, `CompleteUpload`) agree through the session's
+    /// conditional update: once a store has claimed the session (its
+    /// finishing lease), the cancel is refused; once the cancel is saved,
+    /// the store's claim fails and it stores nothing.
     pub async fn cancel_session(
         &self,
         caller: &UserId,
         upload_id: &str,
     ) -> Result<(), DomainError> {
         let mut tries = 0;
-        loop {
+        let session = loop {
             let mut session = self.owned_session(caller, upload_id).await?;
             if session.committed {
                 return Err(DomainError::FailedPrecondition(
                     "the upload session is committed: delete its image instead".into(),
                 ));
             }
-            if !session.urls_live(Timestamp::now()) {
-                self.remove_session(&session).await?;
-                break;
+            if session.is_finishing(Timestamp::now()) {
+                return Err(DomainError::FailedPrecondition(
+                    "the upload is being completed: query its status (QueryUploadStatus) and \
+                     delete its image once it is stored"
+                        .into(),
+                ));
             }
-            // Its part URLs still live: the record stays, closed, until
-            // they are over, so that its idempotency key cannot reopen them.
+            // Closed first, by a conditional update: a store that has not
+            // claimed the session yet can no longer claim it.
             session.cancelled = true;
             session.lease = None;
             match self.save_session(&mut session).await {
-                Ok(()) => {}
+                Ok(()) => break session,
                 // Changed by a call still running on it: read it again.
-                Err(DomainError::Aborted(_)) if tries < 3 => {
-                    tries += 1;
-                    continue;
-                }
+                Err(DomainError::Aborted(_)) if tries < 3 => tries += 1,
                 Err(error) => return Err(error),
             }
+        };
+        if session.urls_live(Timestamp::now()) {
+            // Its part URLs still live: the record stays, closed, until
+            // they are over, so that its idempotency key cannot reopen them.
             self.quotas.end_session(&session.owner, &session.id).await;
             self.blobs.delete_staged(&session.id).await?;
             self.clean_up_after_urls(&session);
-            break;
+        } else {
+            self.remove_session(&session).await?;
         }
         metrics::counter!("imageservice_upload_sessions_cancelled_total").increment(1);
         Ok(())
@@ -702,8 +715,15 @@ impl Uploads {
         };
         let slot = self.slot(caller).await?;
         let holder = uuid::Uuid::new_v4().to_string();
-        self.take_lease(&mut session, &holder, self.limits.pace.deadline)
-            .await?;
+        let deadline = self.limits.pace.deadline;
+        if let Err(error) = self.take_lease(&mut session, &holder, deadline, true).await {
+            // Cancelled since it was read: say so, rather than ask for a
+            // retry that would say it then.
+            return Err(match self.owned_session(caller, upload_id).await {
+                Err(gone @ DomainError::NotFound(_)) => gone,
+                _ => error,
+            });
+        }
         let mut keys = Vec::with_capacity(parts as usize);
         for index in 0..parts as usize {
             let key = ObjectKey::staged(&session.id, &part_name(index));
@@ -863,7 +883,7 @@ impl SessionStream<'_> {
         let lease_time = self.lease_time();
         let holder = self.holder.clone();
         self.uploads
-            .take_lease(&mut self.session, &holder, lease_time)
+            .take_lease(&mut self.session, &holder, lease_time, false)
             .await?;
         if self.session.delivery == Delivery::Undecided {
             self.session.delivery = Delivery::Streamed;
@@ -887,7 +907,7 @@ impl SessionStream<'_> {
         // The lease now covers the pipeline, which ends within the deadline.
         let deadline = self.uploads.limits.pace.deadline;
         self.uploads
-            .take_lease(&mut self.session, &holder, deadline)
+            .take_lease(&mut self.session, &holder, deadline, true)
             .await?;
         let chunks = self.all_bytes(&tail);
         let stored = self
@@ -1016,7 +1036,7 @@ impl SessionStream<'_> {
                 if lease_renewed.elapsed() > self.lease_time() / 2 {
                     let (lease_time, holder) = (self.lease_time(), self.holder.clone());
                     self.uploads
-                        .take_lease(&mut self.session, &holder, lease_time)
+                        .take_lease(&mut self.session, &holder, lease_time, false)
                         .await?;
                     lease_renewed = tokio::time::Instant::now();
                 }
@@ -1053,6 +1073,7 @@ impl SessionStream<'_> {
         self.session.lease = Some(Lease {
             holder: self.holder.clone(),
             until: Timestamp::now().saturating_add(self.lease_time()),
+            finishing: false,
         });
         if let Err(error) = self.uploads.save_session(&mut self.session).await {
             // Not recorded: the segment is nobody's.
