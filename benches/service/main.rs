@@ -29,6 +29,7 @@ mod quota;
 mod raw;
 mod report;
 mod sessions;
+mod similar;
 mod small;
 mod throughput;
 mod variants;
@@ -63,6 +64,8 @@ pub struct Plan {
     /// Watchers that stop reading, and the edits made while they do.
     stalled_watchers: usize,
     stalled_edits: usize,
+    /// Images searched by `FindSimilarImages`: embedded, aws.
+    similar: (usize, usize),
     /// Images of the user erased by the erasure figure: embedded, aws.
     erased: (usize, usize),
 }
@@ -99,6 +102,7 @@ const FULL: Plan = Plan {
     aws_event_backlog: 2_000,
     stalled_watchers: 64,
     stalled_edits: 1_000,
+    similar: (100_000, 10_000),
     erased: (2_000, 500),
 };
 
@@ -121,6 +125,7 @@ const SMOKE: Plan = Plan {
     aws_event_backlog: 20,
     stalled_watchers: 2,
     stalled_edits: 10,
+    similar: (300, 100),
     erased: (20, 10),
 };
 
@@ -161,6 +166,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("migration", true),
     // 13: the event stream's delivery latency and catch-up.
     ("events", true),
+    // FindSimilarImages over the PDQ band index on both stores (#35).
+    ("similar", true),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -269,6 +276,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "feed" => feed::run(plan, stores()).await,
         "migration" => migration::run(plan, stores()).await,
         "events" => events::run(plan, stores()).await,
+        "similar" => similar::run(plan, stores()).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

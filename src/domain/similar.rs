@@ -64,7 +64,10 @@ impl PdqHash {
 
     /// Every (band, value) the hash is indexed under.
     pub fn bands(&self) -> impl Iterator<Item = (u8, u8)> + '_ {
-        self.0.iter().enumerate().map(|(band, &value)| (band as u8, value))
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(band, &value)| (band as u8, value))
     }
 
     /// The Hamming distance: the bits in which the two hashes differ.
@@ -146,7 +149,14 @@ mod tests {
         let text = "0123456789abcdef".repeat(4);
         let hash = PdqHash::parse(&text.to_uppercase()).expect("hex parses");
         assert_eq!(hash.to_hex(), text);
-        for bad in ["", "0", &"g".repeat(64), &"0".repeat(63), &"0".repeat(66), &"é".repeat(32)] {
+        for bad in [
+            "",
+            "0",
+            &"g".repeat(64),
+            &"0".repeat(63),
+            &"0".repeat(66),
+            &"é".repeat(32),
+        ] {
             assert_eq!(PdqHash::parse(bad), None, "{bad:?}");
         }
     }

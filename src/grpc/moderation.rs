@@ -108,31 +108,35 @@ impl ModerationService for ModerationApi {
     ) -> Result<Response<pb::FindSimilarImagesResponse>, Status> {
         use pb::find_similar_images_request::Query;
         let api = &self.api;
-        api.observe("FindSimilarImages", request.metadata(), |_in_flight| async {
-            let caller = api.caller_of(&request).await?;
-            let r = request.get_ref();
-            let query = r.query.as_ref().map(|query| match query {
-                Query::ImageId(id) => SimilarTo::Image(id),
-                Query::PdqHash(hash) => SimilarTo::Hash(hash),
-            });
-            let memory = api
-                .reserve_response(&caller, api.images.page_memory())
-                .await?;
-            let found = self
-                .moderation
-                .find_similar(&caller, query, r.max_distance, r.page_size)
-                .await?;
-            let response = pb::FindSimilarImagesResponse {
-                images: found
-                    .iter()
-                    .map(|f| pb::SimilarImage {
-                        image: Some(convert::image_for_moderator(&f.record)),
-                        distance: f.distance,
-                    })
-                    .collect(),
-            };
-            api.respond_within(&caller, Some(memory), response).await
-        })
+        api.observe(
+            "FindSimilarImages",
+            request.metadata(),
+            |_in_flight| async {
+                let caller = api.caller_of(&request).await?;
+                let r = request.get_ref();
+                let query = r.query.as_ref().map(|query| match query {
+                    Query::ImageId(id) => SimilarTo::Image(id),
+                    Query::PdqHash(hash) => SimilarTo::Hash(hash),
+                });
+                let memory = api
+                    .reserve_response(&caller, api.images.page_memory())
+                    .await?;
+                let found = self
+                    .moderation
+                    .find_similar(&caller, query, r.max_distance, r.page_size)
+                    .await?;
+                let response = pb::FindSimilarImagesResponse {
+                    images: found
+                        .iter()
+                        .map(|f| pb::SimilarImage {
+                            image: Some(convert::image_for_moderator(&f.record)),
+                            distance: f.distance,
+                        })
+                        .collect(),
+                };
+                api.respond_within(&caller, Some(memory), response).await
+            },
+        )
         .await
     }
 

@@ -499,7 +499,10 @@ async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStor
         similar_to(store, &query, 3, 10).await,
         [(same.id, 0), (near.id, 3)]
     );
-    assert_eq!(similar_to(store, &query, MAX_DISTANCE, 1).await, [(same.id, 0)]);
+    assert_eq!(
+        similar_to(store, &query, MAX_DISTANCE, 1).await,
+        [(same.id, 0)]
+    );
     let far_hash = PdqHash::of(&far).expect("a hash");
     assert_eq!(
         similar_to(store, &far_hash, MAX_DISTANCE, 10).await,
@@ -533,7 +536,10 @@ async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStor
             .iter()
             .map(|f| (f.record.id, f.record.state))
             .collect::<Vec<_>>(),
-        [(same.id, ImageState::Removed), (edge.id, ImageState::Active)]
+        [
+            (same.id, ImageState::Removed),
+            (edge.id, ImageState::Active)
+        ]
     );
     assert_eq!(similar_to(store, &elsewhere, 0, 10).await, [(near.id, 0)]);
 

@@ -479,7 +479,14 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
     }
     if let Some(hash) = PdqHash::of(record) {
         for (band, value) in hash.bands() {
-            keys.push([&[PDQ, band, value][..], hash.as_bytes(), record.id.as_bytes()].concat());
+            keys.push(
+                [
+                    &[PDQ, band, value][..],
+                    hash.as_bytes(),
+                    record.id.as_bytes(),
+                ]
+                .concat(),
+            );
         }
     }
     keys

@@ -120,7 +120,8 @@ impl DynamoMetadataStore {
         while let Some(page) = pages.next().await {
             for item in page.map_err(classify)?.items.unwrap_or_default() {
                 let sk = item.get("sk").and_then(|v| v.as_s().ok());
-                if let (Some(id), Some(hash)) = (image_id_of(&item), sk.and_then(|sk| hash_of_sk(sk)))
+                if let (Some(id), Some(hash)) =
+                    (image_id_of(&item), sk.and_then(|sk| hash_of_sk(sk)))
                 {
                     entries.push((id, hash));
                 }
