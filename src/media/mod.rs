@@ -8,6 +8,7 @@ pub mod content;
 mod error;
 pub mod gif;
 pub mod limits;
+pub mod pdq;
 pub mod scrub;
 pub mod variants;
 

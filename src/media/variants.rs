@@ -1,5 +1,5 @@
-//! Renditions made from an uploaded image: `small` and `medium` variants and
-//! BlurHash and ThumbHash placeholders.
+//! Renditions made from an uploaded image: `small` and `medium` variants,
+//! BlurHash and ThumbHash placeholders, and the PDQ perceptual hash.
 //!
 //! Decoding only starts after the header's dimensions passed the pixel limit
 //! (see [`crate::media::content`]); it runs on the blocking pool, at most
@@ -27,6 +27,7 @@ use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::MediaError;
+use super::pdq::{self, Pdq};
 
 pub mod encode;
 #[cfg(feature = "libjpeg-turbo")]
@@ -97,6 +98,10 @@ pub struct Rendered {
     pub blurhash: String,
     /// A ThumbHash of the image as viewed, base64 (standard alphabet, padded).
     pub thumbhash: String,
+    /// The PDQ perceptual hash of the image as viewed ([`pdq`]), from the
+    /// largest rendition's pixels; `None` for an image smaller than PDQ
+    /// hashes (5 pixels on a side).
+    pub pdq: Option<Pdq>,
     /// The resized, upright pixels each rendition was encoded from, by the
     /// name of the [`Rendition`] made from them (a variant that shares a
     /// larger one's rendition has none of its own): the other encodings
@@ -354,6 +359,8 @@ pub struct RenderProfile {
     pub placeholder: Duration,
     /// The ThumbHash, from the same downscale.
     pub thumbhash: Duration,
+    /// The PDQ hash, from the largest rendition's pixels.
+    pub pdq: Duration,
 }
 
 /// [`render`], timing each stage.
@@ -413,6 +420,7 @@ fn render_as(
     let mut variants: Vec<Rendition> = Vec::with_capacity(sizes.len());
     let mut kept: Vec<(String, Pixels)> = Vec::with_capacity(sizes.len());
     let mut previous: Option<(String, Pixels)> = None;
+    let mut pdq = None;
     let mut decoded = Some(decoded);
     for VariantSize { name, longest_side } in sizes.iter().rev() {
         abandoned.check()?;
@@ -440,6 +448,9 @@ fn render_as(
                 // variant is made from them.
                 let mut resized = Pixels::from_image(decoded).resize_full(&mut resizer, target)?;
                 resized.orient(orientation);
+                lap(&mut profile.resize);
+                pdq = pdq_of(&resized, &mut resizer)?;
+                lap(&mut profile.pdq);
                 resized
             }
             (None, None) => return Err(MediaError::invalid("no image was decoded")),
@@ -478,10 +489,31 @@ fn render_as(
         variants,
         blurhash,
         thumbhash,
+        pdq,
         pixels: kept,
         icc,
     };
     Ok((rendered, profile))
+}
+
+/// The PDQ hash of the largest rendition's upright pixels, shrunk first to
+/// the side the reference hasher works on ([`pdq::REFERENCE_SIDE`]), as it
+/// shrinks every larger image: its filter then spans the same share of
+/// the picture, and costs a few milliseconds rather than a pass over
+/// every pixel of the rendition.
+fn pdq_of(pixels: &Pixels, resizer: &mut Resizer) -> Result<Option<Pdq>, MediaError> {
+    let target = fit(pixels.width(), pixels.height(), pdq::REFERENCE_SIDE);
+    let shrunk;
+    let source = if target == (pixels.width(), pixels.height()) {
+        pixels
+    } else {
+        shrunk = pixels.resize(resizer, target)?;
+        &shrunk
+    };
+    Ok(match source {
+        Pixels::Rgb(image) => pdq::hash(image.as_raw(), image.width(), image.height(), 3),
+        Pixels::Rgba(image) => pdq::hash(image.as_raw(), image.width(), image.height(), 4),
+    })
 }
 
 /// Whether an EXIF orientation turns the image by a quarter.
@@ -1311,5 +1343,87 @@ mod abandoned {
         let error = render_abandonable(&file, &abandoned).unwrap_err();
         caller.join().unwrap();
         assert!(error.to_string().contains("went away"), "{error}");
+    }
+}
+
+/// The PDQ hash the render makes, against the reference pipeline's hash of
+/// the full-size pixels and against other photos.
+#[cfg(test)]
+mod perceptual_hash {
+    use super::*;
+    use crate::fixtures::{PhoneShot, phone_shot, scene};
+
+    fn shot(width: u32, height: u32, quality: u8, seed: u32) -> PhoneShot {
+        PhoneShot {
+            width,
+            height,
+            progressive: false,
+            subsampled: true,
+            orientation: 1,
+            quality,
+            seed,
+        }
+    }
+
+    fn rendered_pdq(shot: &PhoneShot) -> Pdq {
+        let rendered = render(
+            &phone_shot(shot),
+            ImageFormat::Jpeg,
+            shot.orientation as u8,
+            1 << 30,
+        )
+        .expect("the photo renders");
+        rendered.pdq.expect("a photo has a PDQ hash")
+    }
+
+    /// The reference's way: every full-size pixel, shrunk to 512 on the
+    /// longer side, then hashed.
+    fn full_size_pdq(width: u32, height: u32, seed: u32) -> Pdq {
+        let full = Pixels::Rgb(scene(width, height, seed));
+        pdq_of(&full, &mut Resizer::new())
+            .expect("resizes")
+            .expect("hashable")
+    }
+
+    #[test]
+    fn a_photo_hashes_from_its_largest_rendition_as_from_its_full_size_pixels() {
+        let photo = shot(1600, 1200, 92, 1);
+        let rendered = rendered_pdq(&photo);
+        assert!(
+            rendered.quality >= pdq::RECOMMENDED_MIN_QUALITY,
+            "{rendered:?}"
+        );
+        let full = full_size_pdq(1600, 1200, 1);
+        let distance = rendered.hash.distance(&full.hash);
+        eprintln!("rendition vs full size: {distance} bits");
+        assert!(distance <= 8, "{distance} bits from the full-size hash");
+    }
+
+    #[test]
+    fn a_resized_reencoded_copy_is_near_and_another_photo_is_far() {
+        let original = rendered_pdq(&shot(1600, 1200, 92, 1));
+        let copy = rendered_pdq(&shot(800, 600, 60, 1));
+        let near = original.hash.distance(&copy.hash);
+        eprintln!("resized, re-encoded copy: {near} bits");
+        assert!(
+            near <= pdq::RECOMMENDED_MAX_DISTANCE,
+            "{near} bits from a resized copy"
+        );
+        for seed in [2, 3] {
+            let other = rendered_pdq(&shot(1600, 1200, 92, seed));
+            let far = original.hash.distance(&other.hash);
+            eprintln!("scene {seed}: {far} bits");
+            assert!(
+                far > pdq::RECOMMENDED_MAX_DISTANCE,
+                "{far} bits from scene {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_image_too_small_to_hash_renders_without_one() {
+        let rendered =
+            render(&crate::fixtures::jpeg(4, 4), ImageFormat::Jpeg, 1, 1 << 30).expect("renders");
+        assert_eq!(rendered.pdq, None);
     }
 }

@@ -507,6 +507,8 @@ impl Uploads {
             variants,
             blurhash,
             thumbhash,
+            pdq_hash,
+            pdq_quality,
             held,
         } = rendered.unwrap_or_default();
         let background = pending.zip(held);
@@ -540,8 +542,8 @@ impl Uploads {
             state_reason: String::new(),
             state_time: None,
             removed_objects: Vec::new(),
-            pdq_hash: String::new(),
-            pdq_quality: 0,
+            pdq_hash,
+            pdq_quality,
         };
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose

@@ -27,13 +27,17 @@ pub(super) struct Made {
     pub(super) variants: Vec<Variant>,
     pub(super) blurhash: String,
     pub(super) thumbhash: String,
+    /// The PDQ hash (64 hex digits, empty when the image has none) and its
+    /// quality.
+    pub(super) pdq_hash: String,
+    pub(super) pdq_quality: u32,
     /// The renditions' pixels, when other encodings are made of them in
     /// the background.
     pub(super) held: Option<HeldPixels>,
 }
 
 impl Uploads {
-    /// Makes the variants and placeholders (BlurHash, ThumbHash) of a
+    /// Makes the variants, placeholders (BlurHash, ThumbHash) and PDQ hash of a
     /// stored original of `owner`'s and stores the variants through the
     /// session; `None` for types that are not decoded. When it has to read the original back,
     /// it fills in missing checksums from those bytes.
@@ -118,6 +122,7 @@ impl Uploads {
             variants,
             blurhash,
             thumbhash,
+            pdq,
             pixels,
             icc,
         } = match rendered {
@@ -186,6 +191,8 @@ impl Uploads {
             variants: stored,
             blurhash,
             thumbhash,
+            pdq_hash: pdq.map(|pdq| pdq.hash.to_hex()).unwrap_or_default(),
+            pdq_quality: pdq.map_or(0, |pdq| pdq.quality),
             held,
         }))
     }
