@@ -24,6 +24,7 @@ mod moderation;
 mod negotiation;
 mod quotas;
 mod sessions;
+mod similar;
 mod uploads;
 mod variants;
 
@@ -168,6 +169,7 @@ macro_rules! all_cases {
             moderation::the_review_pages_in_time_order_and_the_trail_keeps_every_action,
             moderation::a_stale_etag_changes_nothing,
             moderation::state_changes_and_purges_are_events,
+            similar::edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
         );
