@@ -102,7 +102,7 @@ const FULL: Plan = Plan {
     aws_event_backlog: 2_000,
     stalled_watchers: 64,
     stalled_edits: 1_000,
-    similar: (100_000, 10_000),
+    similar: (100_000, 2_000),
     erased: (2_000, 500),
 };
 

@@ -40,7 +40,9 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
     let (embedded_count, aws_count) = plan.similar;
     let (records, originals) = catalogue(embedded_count);
     let dir = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
     import_embedded(dir.path(), records).await;
+    eprintln!("embedded catalogue imported in {:?}", started.elapsed());
     let embedded = start_service(&[
         "--backend".to_owned(),
         "embedded".into(),
@@ -181,12 +183,14 @@ async fn row(
         latencies.push(elapsed);
     }
     latencies.sort();
-    let _ = writeln!(
-        out,
+    let line = format!(
         "| {store} | {images} | {} | {:.2} ms | {:.2} ms | {:.1} |",
         images * 32 / 256,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         found as f64 / calls as f64
     );
+    // Printed as soon as measured: the aws catalogue takes long to fill.
+    eprintln!("{line}");
+    let _ = writeln!(out, "{line}");
 }
