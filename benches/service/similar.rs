@@ -114,6 +114,8 @@ fn catalogue(count: usize) -> (Vec<ImageRecord>, Vec<PdqHash>) {
             let mut record = catalogue_record(i, start + i as i64 * 1000);
             record.pdq_hash = planted.get(i).copied().unwrap_or_else(random_hash).to_hex();
             record.pdq_quality = 100;
+            // A record's tags are distinct, as the service stores them.
+            record.tags.dedup();
             record
         })
         .collect();
