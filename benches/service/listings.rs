@@ -79,7 +79,7 @@ pub async fn import_embedded(dir: &Path, count: usize) {
     }
 }
 
-fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
+pub fn catalogue_record(i: usize, micros: i64) -> ImageRecord {
     let time = Timestamp::from_micros(micros);
     ImageRecord {
         id: ImageId::new(),

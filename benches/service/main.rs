@@ -31,6 +31,7 @@ mod raw;
 mod report;
 mod scan;
 mod sessions;
+mod similar;
 mod small;
 mod throughput;
 mod variants;
@@ -65,6 +66,8 @@ pub struct Plan {
     /// Watchers that stop reading, and the edits made while they do.
     stalled_watchers: usize,
     stalled_edits: usize,
+    /// Images searched by `FindSimilarImages`: embedded, aws.
+    similar: (usize, usize),
     /// Images of the user erased by the erasure figure: embedded, aws.
     erased: (usize, usize),
     /// Phone photos given their WebP variants by the backfill figure.
@@ -103,6 +106,7 @@ const FULL: Plan = Plan {
     aws_event_backlog: 2_000,
     stalled_watchers: 64,
     stalled_edits: 1_000,
+    similar: (100_000, 2_000),
     erased: (2_000, 500),
     backfilled: 30,
 };
@@ -126,6 +130,7 @@ const SMOKE: Plan = Plan {
     aws_event_backlog: 20,
     stalled_watchers: 2,
     stalled_edits: 10,
+    similar: (300, 100),
     erased: (20, 10),
     backfilled: 3,
 };
@@ -171,6 +176,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("events", true),
     // The latency the sync content scan hook adds (#35).
     ("scan", false),
+    // FindSimilarImages over the PDQ band index on both stores (#35).
+    ("similar", true),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -281,6 +288,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "migration" => migration::run(plan, stores()).await,
         "events" => events::run(plan, stores()).await,
         "scan" => scan::run(plan).await,
+        "similar" => similar::run(plan, stores()).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

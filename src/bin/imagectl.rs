@@ -2,7 +2,7 @@
 //! progress, resuming by themselves after a broken connection), list with every filter, fetch metadata, download (resuming a
 //! partial file), get a download URL, update and delete, export a user's
 //! images with their records; and, for moderators, review, approve,
-//! quarantine and remove images.
+//! quarantine and remove images, and find the images like one.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -211,6 +211,24 @@ enum Command {
         /// At most this many images (all pages are read until then).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Find the images whose PDQ perceptual hash is near an image's or a
+    /// given hash (moderators): copies resized, re-encoded, cropped a
+    /// little or brightened. Nearest first, with their distance.
+    #[command(group(clap::ArgGroup::new("query").required(true).args(["id", "hash"])))]
+    Similar {
+        /// The image whose copies are wanted (not listed itself).
+        id: Option<String>,
+        /// A PDQ hash (64 hex digits) instead of an image.
+        #[arg(long)]
+        hash: Option<String>,
+        /// The largest Hamming distance, 0 to 31 (default: the service's,
+        /// 31).
+        #[arg(long)]
+        distance: Option<u32>,
+        /// At most this many images (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
     /// Approve an image (moderators): it is visible to everyone again.
     Approve {
@@ -614,6 +632,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             watch(&caller, from, owner.unwrap_or_default(), count, cli.json).await
         }
         Command::Review { state, limit } => review(&caller, state, limit, cli.json).await,
+        Command::Similar {
+            id,
+            hash,
+            distance,
+            limit,
+        } => {
+            use pb::find_similar_images_request::Query;
+            let request = pb::FindSimilarImagesRequest {
+                query: id.map(Query::ImageId).or(hash.map(Query::PdqHash)),
+                max_distance: distance,
+                page_size: limit.min(1000) as i32,
+            };
+            similar(&caller, request, cli.json).await
+        }
         Command::Approve { id, reason, etag } => {
             let change = (id, pb::ImageState::Active, reason, etag);
             set_state(&caller, change, cli.json).await
@@ -1879,6 +1911,47 @@ async fn review(
                 image.etag,
             );
         }
+    }
+    Ok(())
+}
+
+/// Prints the images a search for similar ones finds, nearest first.
+async fn similar(
+    caller: &Caller,
+    request: pb::FindSimilarImagesRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let found = caller
+        .moderation
+        .clone()
+        .find_similar_images(caller.request(request))
+        .await?
+        .into_inner()
+        .images;
+    if json {
+        let found: Vec<_> = found
+            .iter()
+            .map(|f| {
+                let image = f.image.as_ref().map(image_json);
+                serde_json::json!({"distance": f.distance, "image": image})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("no similar images");
+    }
+    for f in &found {
+        let Some(image) = &f.image else { continue };
+        println!(
+            "{:>3}  {}  {:<11} owner {}  {}",
+            f.distance,
+            image.image_id,
+            state_name(image.state()),
+            printable(&image.owner_id),
+            printable(&image.filename),
+        );
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! fails on a loop):
 //! 1. What the ports speak: ids and records ([`identity`], [`image`],
 //!    [`session`], a user's [`usage`], the [`event`]s of their changes, the
-//!    moderation [`audit`] trail), [`error`]s, [`validation`], [`listing`] filters, the
+//!    moderation [`audit`] trail, the PDQ hashes of [`similar`] images),
+//!    [`error`]s, [`validation`], [`listing`] filters, the
 //!    [`signing`] of [`page_token`]s, and what a viewer [`accept`]s.
 //! 2. The [`ports`]: the storage traits.
 //! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
@@ -27,6 +28,7 @@ pub mod listing;
 pub mod page_token;
 pub mod session;
 pub mod signing;
+pub mod similar;
 pub mod usage;
 pub mod validation;
 

@@ -11,6 +11,7 @@ use super::audit::ModerationAction;
 use super::image::{ImageRecord, ImageState};
 use super::images::{Images, ListResult};
 use super::listing;
+use super::similar::{self, PdqHash, SimilarImage};
 use super::state_change::{Change, valid_reason};
 use super::{DomainError, ImageId, UserId};
 /// What the page tokens of the audit trail are bound to.
@@ -37,6 +38,15 @@ impl Images {
             images: self.clone(),
         }
     }
+}
+
+/// What a search for similar images compares with.
+#[derive(Clone, Copy, Debug)]
+pub enum SimilarTo<'a> {
+    /// An image's hash (the image itself is left out of the answer).
+    Image(&'a str),
+    /// A PDQ hash, in hex.
+    Hash(&'a str),
 }
 
 impl Moderation {
@@ -125,6 +135,65 @@ impl Moderation {
             .state_changes()
             .change(caller, &id, Change::Purge(reason), None)
             .await
+    }
+
+    /// The images whose PDQ hash is within `max_distance` (default and
+    /// maximum [`similar::MAX_DISTANCE`]) of the query's, nearest first, at
+    /// most `page_size` (bounded like a listing's page), read from the band
+    /// index.
+    pub async fn find_similar(
+        &self,
+        caller: &UserId,
+        query: Option<SimilarTo<'_>>,
+        max_distance: Option<u32>,
+        page_size: i32,
+    ) -> Result<Vec<SimilarImage>, DomainError> {
+        self.ensure_moderator(caller)?;
+        let max_distance = match max_distance {
+            None => similar::MAX_DISTANCE,
+            Some(d) if d <= similar::MAX_DISTANCE => d,
+            Some(_) => {
+                return Err(DomainError::invalid(format!(
+                    "max_distance must be at most {}: past it two hashes may differ in every \
+                     one of the index's {} bands, and the search could miss them",
+                    similar::MAX_DISTANCE,
+                    similar::BANDS
+                )));
+            }
+        };
+        let limit = listing::page_size(page_size)?;
+        let (hash, itself) = match query {
+            None => return Err(DomainError::invalid("set image_id or pdq_hash")),
+            Some(SimilarTo::Hash(hex)) => (
+                PdqHash::parse(hex)
+                    .ok_or_else(|| DomainError::invalid("pdq_hash must be 64 hex digits"))?,
+                None,
+            ),
+            Some(SimilarTo::Image(image_id)) => {
+                let id = ImageId::parse(image_id)?;
+                let record = self
+                    .images
+                    .metadata
+                    .get(&id)
+                    .await?
+                    .ok_or_else(DomainError::image_not_found)?;
+                let hash = PdqHash::of(&record).ok_or_else(|| {
+                    DomainError::FailedPrecondition(
+                        "the image has no PDQ hash: it could not be decoded".into(),
+                    )
+                })?;
+                (hash, Some(id))
+            }
+        };
+        // One more, in case the query's own image is among them.
+        let mut found = self
+            .images
+            .metadata
+            .find_similar(&hash, max_distance, limit + usize::from(itself.is_some()))
+            .await?;
+        found.retain(|f| Some(f.record.id) != itself);
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// A page of the audit trail, oldest first.

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::service::ImageApi;
-use crate::domain::moderation::Moderation;
+use crate::domain::moderation::{Moderation, SimilarTo};
 use crate::pb;
 use crate::pb::moderation_service_server::ModerationService;
 
@@ -99,6 +99,44 @@ impl ModerationService for ModerationApi {
             let image = Some(convert::image_for_moderator(&record));
             api.respond(&caller, pb::PurgeImageResponse { image }).await
         })
+        .await
+    }
+
+    async fn find_similar_images(
+        &self,
+        request: Request<pb::FindSimilarImagesRequest>,
+    ) -> Result<Response<pb::FindSimilarImagesResponse>, Status> {
+        use pb::find_similar_images_request::Query;
+        let api = &self.api;
+        api.observe(
+            "FindSimilarImages",
+            request.metadata(),
+            |_in_flight| async {
+                let caller = api.caller_of(&request).await?;
+                let r = request.get_ref();
+                let query = r.query.as_ref().map(|query| match query {
+                    Query::ImageId(id) => SimilarTo::Image(id),
+                    Query::PdqHash(hash) => SimilarTo::Hash(hash),
+                });
+                let memory = api
+                    .reserve_response(&caller, api.images.page_memory())
+                    .await?;
+                let found = self
+                    .moderation
+                    .find_similar(&caller, query, r.max_distance, r.page_size)
+                    .await?;
+                let response = pb::FindSimilarImagesResponse {
+                    images: found
+                        .iter()
+                        .map(|f| pb::SimilarImage {
+                            image: Some(convert::image_for_moderator(&f.record)),
+                            distance: f.distance,
+                        })
+                        .collect(),
+                };
+                api.respond_within(&caller, Some(memory), response).await
+            },
+        )
         .await
     }
 

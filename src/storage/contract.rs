@@ -22,6 +22,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
+use crate::domain::similar::{MAX_DISTANCE, PdqHash};
 use crate::domain::usage::{
     ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
 };
@@ -61,6 +62,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     every_change_has_one_event_in_order_after_the_head(store).await;
     the_review_lists_a_state_oldest_first_from_its_index(store).await;
     the_audit_trail_pages_oldest_first(store).await;
+    similar_images_are_found_by_their_hashes_bands(store).await;
     store
         .check_health()
         .await
@@ -429,6 +431,123 @@ async fn the_audit_trail_pages_oldest_first(store: &dyn MetadataStore) {
     read.retain(|a| a.moderator == moderator);
     appended.sort_by_key(|a| (a.time, a.id));
     assert_eq!(read, appended);
+}
+
+/// A random PDQ hash.
+fn random_hash() -> PdqHash {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    PdqHash::from_bytes(bytes)
+}
+
+/// `hash` with one bit flipped in each of `bands`.
+fn one_bit_off_in(hash: &PdqHash, bands: std::ops::Range<usize>) -> PdqHash {
+    let mut bytes = *hash.as_bytes();
+    for band in bands {
+        bytes[band] ^= 1;
+    }
+    PdqHash::from_bytes(bytes)
+}
+
+/// The ids and distances `find_similar` answers.
+async fn similar_to(
+    store: &dyn MetadataStore,
+    hash: &PdqHash,
+    max_distance: u32,
+    limit: usize,
+) -> Vec<(ImageId, u32)> {
+    store
+        .find_similar(hash, max_distance, limit)
+        .await
+        .expect("a search for similar images")
+        .into_iter()
+        .map(|found| (found.record.id, found.distance))
+        .collect()
+}
+
+async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let start = now_micros();
+    let query = random_hash();
+    let with_hash = |i: i64, hash: &PdqHash| {
+        let mut record = sample_record(&owner, start + i);
+        record.pdq_hash = hash.to_hex();
+        record
+    };
+    let same = with_hash(0, &query);
+    // 31 bits off, one in each of 31 bands: the one band left is shared.
+    let edge = with_hash(1, &one_bit_off_in(&query, 0..31));
+    // A few bits off in one band: the other 31 are shared.
+    let mut bytes = *query.as_bytes();
+    bytes[7] ^= 0b1011;
+    let near = with_hash(2, &PdqHash::from_bytes(bytes));
+    // 32 bits off, one in every band, and an unrelated hash: not found.
+    let far = with_hash(3, &one_bit_off_in(&query, 0..32));
+    let unrelated = with_hash(4, &random_hash());
+    let mut unhashed = with_hash(5, &query);
+    unhashed.pdq_hash.clear();
+    for record in [&same, &edge, &near, &far, &unrelated, &unhashed] {
+        create(store, record).await;
+    }
+    assert_eq!(
+        similar_to(store, &query, MAX_DISTANCE, 10).await,
+        [(same.id, 0), (near.id, 3), (edge.id, 31)],
+        "nearest first, up to the distance"
+    );
+    assert_eq!(
+        similar_to(store, &query, 3, 10).await,
+        [(same.id, 0), (near.id, 3)]
+    );
+    assert_eq!(
+        similar_to(store, &query, MAX_DISTANCE, 1).await,
+        [(same.id, 0)]
+    );
+    let far_hash = PdqHash::of(&far).expect("a hash");
+    assert_eq!(
+        similar_to(store, &far_hash, MAX_DISTANCE, 10).await,
+        [(far.id, 0), (edge.id, 1)]
+    );
+
+    // A new hash moves the image in the index; a removed image keeps its
+    // hash and is found.
+    let mut moved = near.clone();
+    let elsewhere = random_hash();
+    moved.pdq_hash = elsewhere.to_hex();
+    moved.revision = 2;
+    store
+        .replace(&moved, 1, ChangeKind::Updated)
+        .await
+        .expect("replaced");
+    let mut removed = same.clone();
+    removed.state = ImageState::Removed;
+    removed.state_time = Some(Timestamp::from_micros(start + 10));
+    removed.revision = 2;
+    store
+        .replace(&removed, 1, ChangeKind::Purged)
+        .await
+        .expect("removed");
+    let found = store
+        .find_similar(&query, MAX_DISTANCE, 10)
+        .await
+        .expect("a search for similar images");
+    assert_eq!(
+        found
+            .iter()
+            .map(|f| (f.record.id, f.record.state))
+            .collect::<Vec<_>>(),
+        [
+            (same.id, ImageState::Removed),
+            (edge.id, ImageState::Active)
+        ]
+    );
+    assert_eq!(similar_to(store, &elsewhere, 0, 10).await, [(near.id, 0)]);
+
+    // A deleted record is found no more.
+    for record in [&same, &edge] {
+        store.delete(&record.id, &owner).await.expect("deleted");
+    }
+    assert!(similar_to(store, &query, MAX_DISTANCE, 10).await.is_empty());
 }
 
 async fn create(store: &dyn MetadataStore, record: &ImageRecord) {

@@ -21,6 +21,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::similar::{PdqHash, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -285,6 +286,20 @@ impl MetadataStore for InstrumentedMetadata {
             ("metadata", self.1),
             "list_for_review",
             self.0.list_for_review(state, cursor, limit),
+        )
+        .await
+    }
+
+    async fn find_similar(
+        &self,
+        hash: &PdqHash,
+        max_distance: u32,
+        limit: usize,
+    ) -> Result<Vec<SimilarImage>, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "find_similar",
+            self.0.find_similar(hash, max_distance, limit),
         )
         .await
     }

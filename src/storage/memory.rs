@@ -24,6 +24,7 @@ use crate::domain::ports::{
     StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::similar::{self, PdqHash, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -673,6 +674,29 @@ impl MetadataStore for MemoryMetadataStore {
             page.records.push(record.clone());
         }
         Ok(page)
+    }
+
+    async fn find_similar(
+        &self,
+        hash: &PdqHash,
+        max_distance: u32,
+        limit: usize,
+    ) -> Result<Vec<SimilarImage>, StorageError> {
+        self.faults.check(Call::List)?;
+        // The test double compares every record: the contract is the
+        // result, which the stores' band indexes give without a scan.
+        let records = self.lock();
+        let candidates = records
+            .by_time
+            .values()
+            .filter_map(|r| Some((r.id, PdqHash::of(r)?)));
+        Ok(similar::nearest(hash, candidates, max_distance, limit)
+            .into_iter()
+            .filter_map(|(id, _, distance)| {
+                let record = records.get(&id)?.clone();
+                Some(SimilarImage { record, distance })
+            })
+            .collect())
     }
 
     async fn append_moderation_action(

@@ -528,6 +528,33 @@ async fn imagectl_reviews_quarantines_approves_and_removes_as_a_moderator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_finds_similar_images_as_a_moderator() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--moderators", "mod"]).await;
+    let hash = "0123456789abcdef".repeat(4);
+    let refused = imagectl(&app, Some("alice"), &["similar", "--hash", &hash]).await;
+    assert!(
+        stderr_of_failure(&refused).contains("--moderators"),
+        "{refused:?}"
+    );
+    let too_far = imagectl(
+        &app,
+        Some("mod"),
+        &["similar", "--hash", &hash, "--distance", "40"],
+    )
+    .await;
+    assert!(
+        stderr_of_failure(&too_far).contains("max_distance must be at most 31"),
+        "{too_far:?}"
+    );
+    let nothing = imagectl(&app, Some("mod"), &["similar"]).await;
+    assert!(!nothing.status.success(), "{nothing:?}");
+    let found = json(&imagectl(&app, Some("mod"), &["--json", "similar", "--hash", &hash]).await);
+    assert_eq!(found, serde_json::json!([]));
+    let found = stdout(&imagectl(&app, Some("mod"), &["similar", "--hash", &hash]).await);
+    assert!(found.contains("no similar images"), "{found}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imagectl_reports_bytes_changed_in_transit_as_damage() {
     let app = TestApp::spawn(Backend::Embedded).await;
     let dir = tempfile::tempdir().unwrap();

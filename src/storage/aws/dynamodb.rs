@@ -26,7 +26,9 @@
 //! - a **usage item** per user, `pk = usage#{user}`, `sk = usage` (see
 //!   [`usage`]);
 //! - a **review item** per image not `Active`, and an **audit item** per
-//!   moderation action (see [`review`]).
+//!   moderation action (see [`review`]);
+//! - a **PDQ band item** per band of an image's PDQ hash, for the search of
+//!   similar images (see [`similar`]).
 //!
 //! - an **event item** per change, and on the image item the kind of its
 //!   last change (`change`) and the revision whose event is written
@@ -62,6 +64,7 @@ use time_index::MergedCursor;
 mod events;
 mod items;
 mod review;
+mod similar;
 mod time_index;
 mod usage;
 use crate::domain::audit::{ActionPage, ModerationAction};
@@ -73,6 +76,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::similar::{PdqHash, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -581,6 +585,7 @@ impl DynamoMetadataStore {
         }
         self.delete_tag_items_logged(record, &record.tags).await;
         self.delete_review_item_logged(record, None).await;
+        self.delete_band_items_logged(record, None).await;
         self.release_idempotency_key(record).await;
         Ok(())
     }
@@ -1044,9 +1049,12 @@ impl MetadataStore for DynamoMetadataStore {
             .client
             .scan()
             .table_name(&self.table)
-            .filter_expression("begins_with(pk, :tag) OR begins_with(pk, :review)")
+            .filter_expression(
+                "begins_with(pk, :tag) OR begins_with(pk, :review) OR begins_with(pk, :pdq)",
+            )
             .expression_attribute_values(":tag", s("tag#"))
             .expression_attribute_values(":review", s(review::REVIEW_PK_PREFIX))
+            .expression_attribute_values(":pdq", s(similar::BAND_PK_PREFIX))
             .projection_expression("pk, sk, image_id")
             .into_paginator()
             .send();
@@ -1077,6 +1085,9 @@ impl MetadataStore for DynamoMetadataStore {
                 None => true,
                 Some(record) if review::is_review_pk(pk) => {
                     review::review_key(record) != Some((pk.clone(), sk.clone()))
+                }
+                Some(record) if similar::is_band_pk(pk) => {
+                    !similar::band_keys(record).contains(&(pk.clone(), sk.clone()))
                 }
                 Some(record) => {
                     let tag = pk.strip_prefix("tag#").unwrap_or_default();
@@ -1123,6 +1134,7 @@ impl MetadataStore for DynamoMetadataStore {
         let written = async {
             self.put_tag_items(record, &record.tags).await?;
             self.put_review_item(record, None).await?;
+            self.put_band_items(record, None).await?;
             let mut item = image_item(record, self.time_shards().await?)?;
             events::mark_change(&mut item, ChangeKind::Created);
             self.put_new(item).await
@@ -1145,6 +1157,7 @@ impl MetadataStore for DynamoMetadataStore {
         };
         self.delete_tag_items_logged(record, &record.tags).await;
         self.delete_review_item_logged(record, None).await;
+        self.delete_band_items_logged(record, None).await;
         self.release_idempotency_key(record).await;
         Err(announced)
     }
@@ -1185,6 +1198,7 @@ impl MetadataStore for DynamoMetadataStore {
             .collect();
         self.put_tag_items(record, &added).await?;
         self.put_review_item(record, Some(&current)).await?;
+        self.put_band_items(record, Some(&current)).await?;
         let mut item = image_item(record, self.time_shards().await?)?;
         events::mark_change(&mut item, change);
         let put = self
@@ -1199,6 +1213,7 @@ impl MetadataStore for DynamoMetadataStore {
         if let Err(error) = put.map_err(classify) {
             self.delete_tag_items_logged(record, &added).await;
             self.delete_review_item_logged(record, Some(&current)).await;
+            self.delete_band_items_logged(record, Some(&current)).await;
             return match error {
                 StorageError::ConditionFailed if self.get(&record.id).await?.is_none() => {
                     Err(StorageError::NotFound)
@@ -1208,6 +1223,7 @@ impl MetadataStore for DynamoMetadataStore {
         }
         self.delete_tag_items_logged(&current, &removed).await;
         self.delete_review_item_logged(&current, Some(record)).await;
+        self.delete_band_items_logged(&current, Some(record)).await;
         // The change is made; unannounced, the call fails and the repair
         // pass announces it.
         self.announce(change, record).await
@@ -1248,6 +1264,7 @@ impl MetadataStore for DynamoMetadataStore {
         }
         self.delete_tag_items_logged(&current, &current.tags).await;
         self.delete_review_item_logged(&current, None).await;
+        self.delete_band_items_logged(&current, None).await;
         self.release_idempotency_key(&current).await;
         Ok(current)
     }
@@ -1362,6 +1379,15 @@ impl MetadataStore for DynamoMetadataStore {
         limit: usize,
     ) -> Result<ListPage, StorageError> {
         self.review_page(state, cursor, limit).await
+    }
+
+    async fn find_similar(
+        &self,
+        hash: &PdqHash,
+        max_distance: u32,
+        limit: usize,
+    ) -> Result<Vec<SimilarImage>, StorageError> {
+        self.similar(hash, max_distance, limit).await
     }
 
     async fn append_moderation_action(

@@ -11,6 +11,10 @@
 //!
 //! The images not `Active` have one more entry each, `REVIEW | state |
 //! state_time | id`, which the moderators' review reads in key order.
+//! A record with a PDQ hash has one entry per band of it (see
+//! [`crate::domain::similar`]), `PDQ | band | value | hash | id`: a search
+//! for similar images reads the 32 key ranges of its hash's bands and
+//! computes the distances from the keys, reading only the matches' records.
 //! The moderation audit trail is a table of its own, keyed by time and id,
 //! only ever appended to.
 //!
@@ -37,6 +41,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
+use crate::domain::similar::{self, HASH_BYTES, PdqHash, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -80,6 +85,10 @@ const BY_CONTENT_TYPE: u8 = 8;
 /// The first byte of the review entries of the records not `Active`
 /// (above every combination of the listing filters).
 const REVIEW: u8 = 0x40;
+/// The first byte of the PDQ band entries.
+const PDQ: u8 = 0x41;
+/// A PDQ band entry: [`PDQ`], band, value, hash, id.
+const PDQ_KEY_LEN: usize = 3 + HASH_BYTES + 16;
 /// Page cache of the database. redb's default (1 GiB) would let the
 /// process's memory grow with the catalogue; listings touch few pages.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -467,6 +476,18 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
     }
     if let Some(order) = review_position(record) {
         keys.push([&review_prefix(record.state)[..], &order].concat());
+    }
+    if let Some(hash) = PdqHash::of(record) {
+        for (band, value) in hash.bands() {
+            keys.push(
+                [
+                    &[PDQ, band, value][..],
+                    hash.as_bytes(),
+                    record.id.as_bytes(),
+                ]
+                .concat(),
+            );
+        }
     }
     keys
 }
@@ -980,6 +1001,49 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
             }
             Ok(Ok(page))
+        })
+        .await
+    }
+
+    async fn find_similar(
+        &self,
+        hash: &PdqHash,
+        max_distance: u32,
+        limit: usize,
+    ) -> Result<Vec<SimilarImage>, StorageError> {
+        let query = *hash;
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let index = txn.open_table(INDEX)?;
+            let mut candidates = Vec::new();
+            for (band, value) in query.bands() {
+                let lower = [PDQ, band, value];
+                let upper = [&lower[..], &[0xFF; PDQ_KEY_LEN - 2]].concat();
+                for entry in index.range::<&[u8]>(&lower[..]..upper.as_slice())? {
+                    let key = entry?.0.value().to_vec();
+                    if key.len() != PDQ_KEY_LEN {
+                        return Ok(Err(StorageError::internal("malformed PDQ band entry")));
+                    }
+                    let mut bytes = [0u8; HASH_BYTES];
+                    bytes.copy_from_slice(&key[3..3 + HASH_BYTES]);
+                    candidates.push((image_id_from_index_key(&key), PdqHash::from_bytes(bytes)));
+                }
+            }
+            let records = txn.open_table(RECORDS)?;
+            let mut found = Vec::new();
+            for (id, hash, distance) in similar::nearest(&query, candidates, max_distance, limit) {
+                let Some(guard) = records.get(id.as_bytes().as_slice())? else {
+                    continue;
+                };
+                match decode(guard.value()) {
+                    Ok(record) if PdqHash::of(&record) == Some(hash) => {
+                        found.push(SimilarImage { record, distance });
+                    }
+                    Ok(_) => {}
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
+            Ok(Ok(found))
         })
         .await
     }

@@ -25,6 +25,7 @@ mod negotiation;
 mod quotas;
 mod scans;
 mod sessions;
+mod similar;
 mod uploads;
 mod variants;
 
@@ -190,6 +191,7 @@ macro_rules! all_cases {
             scans::a_scan_without_a_verdict_follows_scan_on_failure,
             scans::an_async_scan_acknowledges_pending_and_applies_the_verdict_later,
             scans::a_killed_replicas_pending_scans_are_finished_by_the_repair_pass,
+            similar::edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
             erasure::a_flood_of_erasures_stays_within_the_bound_and_each_completes,

@@ -99,6 +99,24 @@ async fn actions(app: &TestApp, user: &str) -> Result<Vec<pb::ModerationAction>,
     }
 }
 
+/// A search for the images like `image_id`.
+fn similar_to_image(image_id: &str) -> pb::FindSimilarImagesRequest {
+    pb::FindSimilarImagesRequest {
+        query: Some(pb::find_similar_images_request::Query::ImageId(
+            image_id.into(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// A search for the images whose hash is near `hash`.
+fn similar_to_hash(hash: &str) -> pb::FindSimilarImagesRequest {
+    pb::FindSimilarImagesRequest {
+        query: Some(pb::find_similar_images_request::Query::PdqHash(hash.into())),
+        ..Default::default()
+    }
+}
+
 fn get_url(image_id: &str) -> pb::GetDownloadUrlRequest {
     pb::GetDownloadUrlRequest {
         image_id: image_id.into(),
@@ -150,6 +168,8 @@ pub(super) async fn only_moderators_use_the_moderation_service(backend: Backend)
         denied(client.purge_image(as_user(user, purge)).await);
         let trail = pb::ListModerationActionsRequest::default();
         denied(client.list_moderation_actions(as_user(user, trail)).await);
+        let similar = similar_to_image(&image.image_id);
+        denied(client.find_similar_images(as_user(user, similar)).await);
     }
     // Nothing changed, and nothing was recorded.
     let seen = app.get("bob", &image.image_id).await.unwrap();
@@ -174,6 +194,47 @@ pub(super) async fn only_moderators_use_the_moderation_service(backend: Backend)
         review_page(&app, MODERATOR, pb::ImageState::Active, 10, "").await,
         Code::InvalidArgument,
     );
+    // A search past the distance the band index guarantees, by a hash
+    // that is not one, or by nothing, is refused; an unknown image is not
+    // found; a hash nothing is near finds nothing.
+    let hash = "0123456789abcdef".repeat(4);
+    for (request, code, named) in [
+        (
+            pb::FindSimilarImagesRequest {
+                max_distance: Some(32),
+                ..similar_to_hash(&hash)
+            },
+            Code::InvalidArgument,
+            "max_distance",
+        ),
+        (similar_to_hash("0123"), Code::InvalidArgument, "pdq_hash"),
+        (
+            pb::FindSimilarImagesRequest::default(),
+            Code::InvalidArgument,
+            "pdq_hash",
+        ),
+        (
+            similar_to_image("00000000-0000-4000-8000-000000000000"),
+            Code::NotFound,
+            "",
+        ),
+    ] {
+        let refused = client
+            .find_similar_images(as_user(MODERATOR, request.clone()))
+            .await;
+        let status = assert_code(refused.map(|_| ()), code);
+        assert!(status.message().contains(named), "{request:?}: {status:?}");
+    }
+    let request = pb::FindSimilarImagesRequest {
+        max_distance: Some(0),
+        ..similar_to_hash(&hash)
+    };
+    let found = client
+        .find_similar_images(as_user(MODERATOR, request))
+        .await
+        .expect("a search")
+        .into_inner();
+    assert!(found.images.is_empty(), "{found:?}");
 }
 
 pub(super) async fn a_quarantined_image_is_its_owners_alone_until_approved(backend: Backend) {

@@ -1,0 +1,198 @@
+//! `FindSimilarImages` at a large catalogue (#35): the PDQ band index on
+//! the embedded store and on DynamoDB. The catalogue is random hashes, with
+//! a few originals that each have three edited copies (4, 10 and 20 bits
+//! off); every search is for an original's hash and finds its copies.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use clap::Parser as _;
+use futures::StreamExt;
+use image_service::domain::ImageRecord;
+use image_service::domain::image::Timestamp;
+use image_service::domain::similar::PdqHash;
+use image_service::pb;
+use image_service::pb::moderation_service_client::ModerationServiceClient;
+use image_service::testkit::as_user;
+use image_service::testkit::service::Service;
+use image_service::testkit::stats::{ms, percentile};
+
+use crate::Plan;
+use crate::harness::{Stores, start_service, time};
+use crate::listings::catalogue_record;
+
+const MODERATOR: &str = "bench-moderator";
+/// Originals searched for; each has three copies in the catalogue.
+const ORIGINALS: usize = 20;
+/// How far each copy's hash is from its original's.
+const COPIES: [usize; 3] = [4, 10, 20];
+
+pub async fn run(plan: &Plan, stores: &Stores) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### FindSimilarImages: the PDQ band index at a large catalogue\n"
+    );
+    let _ = writeln!(
+        out,
+        "| store | images | index entries read per search (expected) | p50 | p99 | found per search |\n|---|---|---|---|---|---|"
+    );
+    let (embedded_count, aws_count) = plan.similar;
+    let (records, originals) = catalogue(embedded_count);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
+    import_embedded(dir.path(), records).await;
+    eprintln!("embedded catalogue imported in {:?}", started.elapsed());
+    let embedded = start_service(&[
+        "--backend".to_owned(),
+        "embedded".into(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--moderators".into(),
+        MODERATOR.into(),
+    ]);
+    row(
+        &mut out,
+        &embedded,
+        "embedded",
+        embedded_count,
+        &originals,
+        plan.list_calls,
+    )
+    .await;
+    drop(embedded);
+
+    let mut args = stores.backend_args("similar");
+    args.extend(["--moderators".into(), MODERATOR.into()]);
+    let aws = start_service(&args);
+    let (records, originals) = catalogue(aws_count);
+    import_aws(&args, records).await;
+    row(
+        &mut out,
+        &aws,
+        "DynamoDB (dynalite)",
+        aws_count,
+        &originals,
+        plan.list_calls,
+    )
+    .await;
+    drop(aws);
+    let _ = writeln!(
+        out,
+        "\nEach search reads the 32 buckets of its hash's bands (each about 1/256 of the images) and the records of its matches only. The catalogue is written to the stores directly (`EmbeddedMetadataStore::import`; `MetadataStore::create` on DynamoDB, fewer images since dynalite is slow to fill).\n"
+    );
+    out
+}
+
+fn random_hash() -> PdqHash {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    PdqHash::from_bytes(bytes)
+}
+
+/// `hash` with `bits` bits flipped, spread over the bands.
+fn edited(hash: &PdqHash, bits: usize) -> PdqHash {
+    let mut bytes = *hash.as_bytes();
+    for bit in 0..bits {
+        bytes[(bit * 7) % 32] ^= 1 << (bit % 8);
+    }
+    PdqHash::from_bytes(bytes)
+}
+
+/// `count` records with random hashes, among them the originals (returned
+/// too) and their copies.
+fn catalogue(count: usize) -> (Vec<ImageRecord>, Vec<PdqHash>) {
+    let start = Timestamp::now().as_micros() - count as i64 * 1000;
+    let originals: Vec<PdqHash> = (0..ORIGINALS).map(|_| random_hash()).collect();
+    let planted: Vec<PdqHash> = originals
+        .iter()
+        .flat_map(|o| std::iter::once(*o).chain(COPIES.iter().map(|&bits| edited(o, bits))))
+        .collect();
+    let records = (0..count)
+        .map(|i| {
+            let mut record = catalogue_record(i, start + i as i64 * 1000);
+            record.pdq_hash = planted.get(i).copied().unwrap_or_else(random_hash).to_hex();
+            record.pdq_quality = 100;
+            // A record's tags are distinct, as the service stores them.
+            record.tags.dedup();
+            record
+        })
+        .collect();
+    (records, originals)
+}
+
+async fn import_embedded(dir: &Path, records: Vec<ImageRecord>) {
+    let store =
+        image_service::storage::embedded::EmbeddedMetadataStore::open(&dir.join("metadata.redb"))
+            .expect("opens");
+    let mut records = records;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(5_000));
+        store.import(records).await.expect("import");
+        records = rest;
+    }
+}
+
+/// Creates the records in the table the service with `args` uses.
+async fn import_aws(args: &[String], records: Vec<ImageRecord>) {
+    let mut argv = vec!["image-service".to_owned()];
+    argv.extend_from_slice(args);
+    let config = image_service::config::Config::try_parse_from(argv).expect("the service's flags");
+    let (_, metadata) = image_service::storage::aws::connect(&config.aws_settings()).await;
+    let metadata = &metadata;
+    futures::stream::iter(records)
+        .map(|record| async move {
+            image_service::domain::ports::MetadataStore::create(metadata, &record)
+                .await
+                .expect("created");
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+async fn row(
+    out: &mut String,
+    service: &Service,
+    store: &str,
+    images: usize,
+    originals: &[PdqHash],
+    calls: usize,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    let client = ModerationServiceClient::new(channel);
+    let mut latencies = Vec::with_capacity(calls);
+    let mut found = 0;
+    for i in 0..calls {
+        let request = pb::FindSimilarImagesRequest {
+            query: Some(pb::find_similar_images_request::Query::PdqHash(
+                originals[i % originals.len()].to_hex(),
+            )),
+            ..Default::default()
+        };
+        let (elapsed, response) = time(
+            client
+                .clone()
+                .find_similar_images(as_user(MODERATOR, request)),
+        )
+        .await;
+        found += response.expect("a search").into_inner().images.len();
+        latencies.push(elapsed);
+    }
+    latencies.sort();
+    let line = format!(
+        "| {store} | {images} | {} | {:.2} ms | {:.2} ms | {:.1} |",
+        images * 32 / 256,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        found as f64 / calls as f64
+    );
+    // Printed as soon as measured: the aws catalogue takes long to fill.
+    eprintln!("{line}");
+    let _ = writeln!(out, "{line}");
+}

@@ -1,0 +1,196 @@
+//! PDQ hashes as the band index of similar images sees them.
+//!
+//! A PDQ hash is 256 bits; two images look alike when their hashes differ
+//! in few bits (their Hamming distance: PDQ's authors recommend at most 31).
+//! The index splits each hash into [`BANDS`] bands of 8 bits and keeps one
+//! entry per band, keyed by the band's number and value. Two hashes within
+//! a distance of at most 31 differ in at most 31 of the 32 bands, so they
+//! agree exactly on at least one (the pigeonhole principle): reading the
+//! 32 entries' buckets of a hash finds every hash within
+//! [`MAX_DISTANCE`] of it, and no scan of the images is needed. At a
+//! distance of 32 or more two hashes may differ in every band, and the
+//! index could miss them: that is why the distance is bounded.
+//!
+//! Each entry carries the whole hash, so a query computes the exact
+//! distance of every candidate from the entries alone, and reads only the
+//! records of the matches.
+use super::ImageRecord;
+
+/// The bands a hash is split into.
+pub const BANDS: usize = 32;
+/// Bytes of a hash.
+pub const HASH_BYTES: usize = 32;
+/// The largest distance the band index finds every match within
+/// ([`BANDS`] − 1). PDQ's recommended threshold.
+pub const MAX_DISTANCE: u32 = BANDS as u32 - 1;
+
+/// A 256-bit PDQ hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PdqHash([u8; HASH_BYTES]);
+
+impl PdqHash {
+    /// The hash of 64 hex digits (either case); `None` for anything else.
+    pub fn parse(hex: &str) -> Option<Self> {
+        let text = hex.as_bytes();
+        if text.len() != 2 * HASH_BYTES {
+            return None;
+        }
+        let mut bytes = [0u8; HASH_BYTES];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            let digits = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(digits, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
+    /// The hash a record was indexed under: `None` when it has none (or a
+    /// malformed one, which no query could match either).
+    pub fn of(record: &ImageRecord) -> Option<Self> {
+        Self::parse(&record.pdq_hash)
+    }
+
+    pub fn from_bytes(bytes: [u8; HASH_BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; HASH_BYTES] {
+        &self.0
+    }
+
+    /// The value of band `band` (0 to 31): the hash's byte at that place.
+    pub fn band(&self, band: usize) -> u8 {
+        self.0[band]
+    }
+
+    /// Every (band, value) the hash is indexed under.
+    pub fn bands(&self) -> impl Iterator<Item = (u8, u8)> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(band, &value)| (band as u8, value))
+    }
+
+    /// The Hamming distance: the bits in which the two hashes differ.
+    pub fn distance(&self, other: &Self) -> u32 {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .map(|(a, b)| (a ^ b).count_ones())
+            .sum()
+    }
+
+    /// Lower-case hex, as records keep it.
+    pub fn to_hex(&self) -> String {
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    }
+}
+
+impl std::fmt::Display for PdqHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// An image found by its hash, with the distance of its hash from the
+/// query's.
+#[derive(Clone, Debug)]
+pub struct SimilarImage {
+    pub record: ImageRecord,
+    pub distance: u32,
+}
+
+/// The matches among `candidates` (an image's id and indexed hash, as a
+/// band index returns them, an image possibly under several bands): each
+/// image once, within `max_distance` of `query`, nearest first (then by
+/// id), at most `limit`.
+pub fn nearest<I>(
+    query: &PdqHash,
+    candidates: impl IntoIterator<Item = (I, PdqHash)>,
+    max_distance: u32,
+    limit: usize,
+) -> Vec<(I, PdqHash, u32)>
+where
+    I: Ord + Copy,
+{
+    let mut found: Vec<(u32, I, PdqHash)> = candidates
+        .into_iter()
+        .filter_map(|(id, hash)| {
+            let distance = query.distance(&hash);
+            (distance <= max_distance).then_some((distance, id, hash))
+        })
+        .collect();
+    found.sort();
+    found.dedup_by(|a, b| a.1 == b.1);
+    found.truncate(limit);
+    found
+        .into_iter()
+        .map(|(distance, id, hash)| (id, hash, distance))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flipped(hash: &PdqHash, bits: impl IntoIterator<Item = usize>) -> PdqHash {
+        let mut bytes = *hash.as_bytes();
+        for bit in bits {
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        PdqHash::from_bytes(bytes)
+    }
+
+    #[test]
+    fn hashes_parse_from_hex_and_print_back_lower_case() {
+        let text = "0123456789abcdef".repeat(4);
+        let hash = PdqHash::parse(&text.to_uppercase()).expect("hex parses");
+        assert_eq!(hash.to_hex(), text);
+        for bad in [
+            "",
+            "0",
+            &"g".repeat(64),
+            &"0".repeat(63),
+            &"0".repeat(66),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(PdqHash::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_distance_counts_the_bits_that_differ() {
+        let hash = PdqHash::from_bytes([0x5a; HASH_BYTES]);
+        assert_eq!(hash.distance(&hash), 0);
+        assert_eq!(hash.distance(&flipped(&hash, [0, 9, 255])), 3);
+        assert_eq!(hash.distance(&flipped(&hash, 0..256)), 256);
+    }
+
+    #[test]
+    fn hashes_within_the_bound_share_a_band_and_beyond_it_may_not() {
+        let hash = PdqHash::from_bytes([0x33; HASH_BYTES]);
+        // The worst case: the 31 bits spread over 31 bands, one each.
+        let near = flipped(&hash, (0..31).map(|band| band * 8));
+        assert_eq!(hash.distance(&near), MAX_DISTANCE);
+        assert!(hash.bands().zip(near.bands()).any(|(a, b)| a == b));
+        // One more bit, in the last band: no band is shared.
+        let far = flipped(&near, [31 * 8]);
+        assert!(hash.bands().zip(far.bands()).all(|(a, b)| a != b));
+    }
+
+    #[test]
+    fn the_nearest_come_first_once_each_within_the_distance() {
+        let query = PdqHash::from_bytes([0; HASH_BYTES]);
+        let one = flipped(&query, [3]);
+        let five = flipped(&query, 0..5);
+        let forty = flipped(&query, 0..40);
+        let candidates = [(3, five), (1, one), (3, five), (2, forty), (1, one)];
+        let found = nearest(&query, candidates, MAX_DISTANCE, 10);
+        assert_eq!(found, [(1, one, 1), (3, five, 5)]);
+        assert_eq!(nearest(&query, candidates, 4, 10), [(1, one, 1)]);
+        assert_eq!(nearest(&query, candidates, MAX_DISTANCE, 1), [(1, one, 1)]);
+    }
+}

@@ -1,0 +1,152 @@
+//! Copies of a photo found by their PDQ hashes: `FindSimilarImages` finds
+//! a photo's resized, re-encoded, cropped and brightened copies, whoever
+//! uploaded them, and not unrelated photos; a removed original is still
+//! found by its hash, a deleted copy no more; only moderators search.
+use image::{RgbImage, imageops};
+use image_service::pb::find_similar_images_request::Query;
+use image_service::pb::moderation_service_client::ModerationServiceClient;
+
+use super::*;
+
+const MODERATOR: &str = "trust-and-safety";
+
+fn jpeg(pixels: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(pixels)
+        .expect("a JPEG");
+    out
+}
+
+async fn upload_jpeg(app: &TestApp, user: &str, name: &str, bytes: &[u8]) -> pb::Image {
+    let spec = pb::ImageSpec {
+        filename: name.into(),
+        ..Default::default()
+    };
+    let image = app.upload(user, spec, bytes).await.expect("uploaded");
+    assert_eq!(image.pdq_hash.len(), 64, "{name} has a PDQ hash");
+    image
+}
+
+/// The bits in which two hex hashes differ.
+fn hamming(a: &str, b: &str) -> u32 {
+    let (a, b) = (hex::decode(a).expect("hex"), hex::decode(b).expect("hex"));
+    a.iter().zip(&b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+/// What a search finds, as `user`: (image id, distance), nearest first.
+async fn similar(
+    app: &TestApp,
+    user: &str,
+    query: Query,
+    max_distance: Option<u32>,
+) -> Result<Vec<(String, u32)>, Status> {
+    let request = pb::FindSimilarImagesRequest {
+        query: Some(query),
+        max_distance,
+        page_size: 0,
+    };
+    let mut client = ModerationServiceClient::new(crate::helpers::connect(app.grpc_addr).await);
+    let found = client
+        .find_similar_images(as_user(user, request))
+        .await?
+        .into_inner()
+        .images;
+    Ok(found
+        .into_iter()
+        .map(|f| (f.image.expect("an image").image_id, f.distance))
+        .collect())
+}
+
+pub(super) async fn edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_with(backend, &["--moderators", MODERATOR]).await;
+    let photo = images::scene(640, 480, 7);
+    let original = upload_jpeg(&app, "alice", "original.jpg", &jpeg(&photo, 90)).await;
+    let resized = imageops::resize(&photo, 320, 240, imageops::FilterType::Triangle);
+    // About 1% off each side.
+    let cropped = imageops::crop_imm(&photo, 6, 5, 628, 470).to_image();
+    let mut brightened = photo.clone();
+    for pixel in brightened.pixels_mut() {
+        pixel.0 = pixel.0.map(|c| c.saturating_add(24));
+    }
+    let mut copies = Vec::new();
+    for (name, bytes) in [
+        ("resized.jpg", jpeg(&resized, 85)),
+        ("reencoded.jpg", jpeg(&photo, 35)),
+        ("cropped.jpg", jpeg(&cropped, 90)),
+        ("brightened.jpg", jpeg(&brightened, 90)),
+    ] {
+        let copy = upload_jpeg(&app, "bob", name, &bytes).await;
+        let bits = hamming(&copy.pdq_hash, &original.pdq_hash);
+        eprintln!("{name}: {bits} bits from the original");
+        copies.push(copy.image_id);
+    }
+    let mut unrelated = Vec::new();
+    for seed in [8, 9, 10] {
+        let other = jpeg(&images::scene(640, 480, seed), 90);
+        let name = format!("other-{seed}.jpg");
+        let other = upload_jpeg(&app, "carol", &name, &other).await;
+        let bits = hamming(&other.pdq_hash, &original.pdq_hash);
+        eprintln!("{name}: {bits} bits from the original");
+        unrelated.push(other.image_id);
+    }
+
+    let by_image = Query::ImageId(original.image_id.clone());
+    let found = similar(&app, MODERATOR, by_image.clone(), None)
+        .await
+        .expect("a search");
+    let ids: HashSet<&String> = found.iter().map(|(id, _)| id).collect();
+    for copy in &copies {
+        assert!(ids.contains(copy), "the copy {copy} is found: {found:?}");
+    }
+    for other in &unrelated {
+        assert!(!ids.contains(other), "{other} is not a copy: {found:?}");
+    }
+    assert!(
+        !ids.contains(&original.image_id),
+        "the query's image is left out"
+    );
+    assert!(found.windows(2).all(|w| w[0].1 <= w[1].1), "nearest first");
+    assert!(found.iter().all(|(_, d)| *d <= 31));
+
+    // Only the moderators search.
+    for user in ["alice", "bob"] {
+        let refused = similar(&app, user, by_image.clone(), None).await;
+        assert_code(refused, Code::PermissionDenied);
+    }
+
+    // A removed original is still found by its hash (the tombstone keeps
+    // it); a deleted copy is found no more.
+    let removal = pb::SetImageStateRequest {
+        image_id: original.image_id.clone(),
+        state: pb::ImageState::Removed as i32,
+        reason: "copyright".into(),
+        etag: String::new(),
+    };
+    ModerationServiceClient::new(crate::helpers::connect(app.grpc_addr).await)
+        .set_image_state(as_user(MODERATOR, removal))
+        .await
+        .expect("removed");
+    let deleted = &copies[0];
+    app.client()
+        .delete_image(as_user(
+            "bob",
+            pb::DeleteImageRequest {
+                image_id: deleted.clone(),
+            },
+        ))
+        .await
+        .expect("deleted");
+    let by_hash = Query::PdqHash(original.pdq_hash.clone());
+    let found = similar(&app, MODERATOR, by_hash, None)
+        .await
+        .expect("a search");
+    assert_eq!(found[0], (original.image_id.clone(), 0), "{found:?}");
+    let ids: HashSet<&String> = found.iter().map(|(id, _)| id).collect();
+    assert!(!ids.contains(deleted), "{found:?}");
+    for copy in &copies[1..] {
+        assert!(ids.contains(copy), "{found:?}");
+    }
+}
