@@ -52,10 +52,13 @@ pub(super) async fn an_upload_is_described_by_its_metadata(backend: Backend) {
         fetched,
         pb::Image {
             uploaded_sha256: String::new(),
+            pdq_hash: String::new(),
+            pdq_quality: 0,
             ..image.clone()
         },
-        "any identified caller reads the same metadata, but the hash of the upload"
+        "any identified caller reads the same metadata, but the hashes of the upload"
     );
+    assert_eq!(image.pdq_hash.len(), 64, "its owner sees its PDQ hash");
     assert_eq!(app.get("alice", &image.image_id).await.unwrap(), image);
 }
 
