@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::quotas::usage;
 use super::scans::{MODERATOR, trail};
 use super::sessions::{complete, exact_parts, put, start, upload_urls};
 use super::*;
@@ -96,14 +97,7 @@ pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(b
     );
     assert_eq!(app.wait_for_stored_objects(before.len()).await, before);
     assert_lists_nothing(&app, "bob").await;
-    let usage = app
-        .client()
-        .get_usage(as_user("bob", pb::GetUsageRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .usage
-        .unwrap();
+    let usage = usage(&app, "bob", "bob").await.unwrap();
     assert_eq!(
         (usage.images_held, usage.images_reserved),
         (0, 0),
