@@ -109,7 +109,8 @@ pub async fn open_images(
     )
     .with_admins(config.identity.admins()?)
     .with_moderators(config.identity.moderators()?)
-    .with_scan_hook(crate::scanner::hook(&config.scan)?);
+    .with_scan_hook(crate::scanner::hook(&config.scan)?)
+    .with_block_list(crate::block_list::hook(&config.block).await?);
     let events = &config.events;
     let watches = Watches::new(
         metadata,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::block::{BlockAction, BlockPolicy};
 use crate::domain::image::Encoding;
 use crate::domain::limits::EncodingLimits;
 use crate::domain::scan::{OnFailure, ScanMode, ScanPolicy};
@@ -57,6 +58,10 @@ pub struct Config {
     /// The content scanner every new image is sent to.
     #[command(flatten)]
     pub scan: ScanSettings,
+
+    /// The block list every new image is checked against.
+    #[command(flatten)]
+    pub block: BlockSettings,
 
     /// Logs.
     #[command(flatten)]
@@ -1092,6 +1097,59 @@ impl ScanSettings {
             max_concurrent: self.max_concurrent_scans as usize,
         };
         Ok(Some((url, policy)))
+    }
+}
+
+/// Block lists of PDQ hashes and SHA-256s (`--block-list`, see
+/// [`crate::domain::block`]).
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Block lists")]
+pub struct BlockSettings {
+    /// A file of PDQ hashes and SHA-256s no one may upload, one a line:
+    /// `pdq:<hex> [label]` or `sha256:<hex> [label]`, `#` comments; read
+    /// again when it changes. None (the default): nothing is blocked.
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST", global = true)]
+    pub block_list: Option<std::path::PathBuf>,
+
+    /// Most entries of the block list; a longer one stops the start (or,
+    /// changed, is not used).
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub block_list_max_entries: u32,
+
+    /// How often the block list's file is checked for a change (its
+    /// modification time and size).
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub block_list_poll_interval: Duration,
+
+    /// Most bits an upload's PDQ hash may differ from a listed one and
+    /// match (0 to 64; Meta recommends 31).
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_DISTANCE", default_value_t = 31, value_parser = clap::value_parser!(u32).range(0..=64), global = true)]
+    pub block_distance: u32,
+
+    /// What becomes of a matching upload: `reject` (not stored,
+    /// FAILED_PRECONDITION) or `quarantine` (stored QUARANTINED, reason
+    /// `blocked`).
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_ACTION", value_enum, default_value_t = BlockActionArg::Reject, global = true)]
+    pub block_action: BlockActionArg,
+}
+
+/// `--block-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BlockActionArg {
+    Reject,
+    Quarantine,
+}
+
+impl BlockSettings {
+    /// The matching policy of these settings.
+    pub fn policy(&self) -> BlockPolicy {
+        BlockPolicy {
+            distance: self.block_distance,
+            action: match self.block_action {
+                BlockActionArg::Reject => BlockAction::Reject,
+                BlockActionArg::Quarantine => BlockAction::Quarantine,
+            },
+        }
     }
 }
 

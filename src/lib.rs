@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod backfill;
+pub mod block_list;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::accept::Accept;
+use super::block::BlockHook;
 use super::budget::MemoryBudget;
 use super::chunks::{MAX_DOWNLOAD_CHUNK, MIN_DOWNLOAD_CHUNK, exact_chunks};
 use super::event::ChangeKind;
@@ -196,6 +197,13 @@ impl Images {
     /// (`--scan-url`).
     pub fn with_scan_hook(mut self, hook: Option<ScanHook>) -> Self {
         self.uploads = self.uploads.with_scan_hook(hook);
+        self
+    }
+
+    /// The same, with every new image checked against the block list
+    /// `hook` (`--block-list`).
+    pub fn with_block_list(mut self, hook: Option<BlockHook>) -> Self {
+        self.uploads = self.uploads.with_block_list(hook);
         self
     }
 

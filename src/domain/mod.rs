@@ -13,7 +13,7 @@
 //! 3. What the use cases share: their [`limits`], the [`chunks`] bytes are
 //!    gathered into, the memory [`budget`] and its [`admission`] queue, the
 //!    per-user [`quota`], the one path of an image's [`state_change`]s and
-//!    the content [`scan`] hook.
+//!    the content [`scan`] hook and the [`block`] lists.
 //! 4. The use cases: [`upload`] (its sessions in [`upload::resumable`]),
 //!    then [`images`], then [`moderation`], [`repair`] and the [`erasure`]
 //!    of a user's data; [`watch`] (the event stream) beside them.
@@ -35,6 +35,7 @@ pub mod validation;
 pub mod ports;
 
 pub mod admission;
+pub mod block;
 pub mod budget;
 pub mod chunks;
 pub mod limits;

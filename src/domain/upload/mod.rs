@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use futures::Stream;
 
 use super::admission::Admissions;
+use super::block::BlockHook;
 use super::budget::{MemoryBudget, Reservation, UserUploads};
 use super::image::{ImageRecord, ImageState, Timestamp};
 use super::limits::Limits;
@@ -36,6 +37,7 @@ use crate::media::content::ContentInspector;
 use crate::media::variants::Renderer;
 
 mod backfill;
+mod blocking;
 mod encodings;
 mod pace;
 mod render;
@@ -153,12 +155,20 @@ impl Uploads {
             ),
             limits,
             scan: None,
+            block: None,
         }
     }
 
     /// The same, with every new image sent to the content scanner `hook`.
     pub fn with_scan_hook(mut self, hook: Option<ScanHook>) -> Self {
         self.scan = hook;
+        self
+    }
+
+    /// The same, with every new image checked against the block list
+    /// `hook` first.
+    pub fn with_block_list(mut self, hook: Option<BlockHook>) -> Self {
+        self.block = hook;
         self
     }
 
@@ -451,7 +461,9 @@ impl Uploads {
                 if let Some((pending, held)) = background {
                     self.queue_encodings(record.clone(), pending, held);
                 }
-                self.scan_after_store(&record).await;
+                if !self.block_after_store(&record).await {
+                    self.scan_after_store(&record).await;
+                }
                 Ok(record)
             }
             CreateOutcome::IdempotencyKeyTaken(existing) => {
@@ -557,8 +569,12 @@ impl Uploads {
             pdq_quality,
             declined_encodings: Vec::new(),
         };
-        // The content scanner's verdict (`sync`), or `Pending` (`async`).
-        self.scan_before_store(&mut record).await?;
+        // The block list first: an image it quarantines is not scanned.
+        // Then the content scanner's verdict (`sync`), or `Pending`
+        // (`async`).
+        if !self.block_before_store(&mut record)? {
+            self.scan_before_store(&mut record).await?;
+        }
         match self.metadata.create(&record).await {
             // An upload session's image, stored by an earlier attempt whose
             // replica went away before it could say so: the same bytes

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::admission::Admissions;
+use crate::domain::block::BlockHook;
 use crate::domain::budget::{MemoryBudget, UserUploads};
 use crate::domain::limits::Limits;
 use crate::domain::ports::{BlobStore, MetadataStore};
@@ -34,6 +35,8 @@ pub struct Uploads {
     pub(super) background: Background,
     /// The content scanner every new image is sent to (`--scan-url`).
     pub(super) scan: Option<ScanHook>,
+    /// The block list every new image is checked against (`--block-list`).
+    pub(super) block: Option<BlockHook>,
 }
 
 /// Memory an upload holds besides its received bytes: the header the

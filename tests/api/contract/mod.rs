@@ -12,6 +12,7 @@ use image_service::pb::upload_image_request::Data;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
+mod blocks;
 mod changes;
 mod downloads;
 mod encodings;
@@ -192,6 +193,7 @@ macro_rules! all_cases {
             scans::an_async_scan_acknowledges_pending_and_applies_the_verdict_later,
             scans::a_killed_replicas_pending_scans_are_finished_by_the_repair_pass,
             similar::edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not,
+            blocks::a_block_listed_photo_is_caught_resized_reencoded_or_copied,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
             erasure::a_flood_of_erasures_stays_within_the_bound_and_each_completes,
@@ -204,6 +206,7 @@ mod embedded {
     all_cases!(Embedded);
     contract_suite!(Embedded:
         scans::unsafe_scan_settings_stop_the_start,
+        blocks::a_malformed_block_list_stops_the_start,
     );
     #[cfg(feature = "heif")]
     contract_suite!(Embedded:

@@ -9,7 +9,7 @@ use tonic_types::StatusExt;
 /// original only, so bytes are known), and room for 16 uploads at once.
 const QUOTA_FLAGS: [&str; 4] = ["--variants", "false", "--max-uploads-per-user", "16"];
 
-async fn usage(app: &TestApp, caller: &str, user: &str) -> Result<pb::Usage, Status> {
+pub(super) async fn usage(app: &TestApp, caller: &str, user: &str) -> Result<pb::Usage, Status> {
     let request = as_user(
         caller,
         pb::GetUsageRequest {

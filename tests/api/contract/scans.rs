@@ -17,7 +17,7 @@ use image_service::pb::moderation_service_client::ModerationServiceClient;
 use super::sessions::{complete, exact_parts, put, start, upload_urls};
 use super::*;
 
-const MODERATOR: &str = "trust-and-safety";
+pub(super) const MODERATOR: &str = "trust-and-safety";
 
 /// What the test scanner answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ async fn answer(
     }
 }
 
-async fn trail(app: &TestApp) -> Vec<pb::ModerationAction> {
+pub(super) async fn trail(app: &TestApp) -> Vec<pb::ModerationAction> {
     let mut client = ModerationServiceClient::new(crate::helpers::connect(app.grpc_addr).await);
     let request = pb::ListModerationActionsRequest {
         page_size: 1000,

@@ -1,0 +1,221 @@
+//! Block lists (`--block-list`): an upload whose PDQ hash is near a listed
+//! one (a resized or re-encoded copy), or whose SHA-256 is listed (an exact
+//! copy), is rejected with nothing stored, or stored QUARANTINED with
+//! reason `blocked`, from an upload stream and an upload session alike.
+//! The list's file is read again when it changes; a malformed file stops
+//! the start, naming its line.
+use std::path::Path;
+use std::time::Duration;
+
+use super::quotas::usage;
+use super::scans::{MODERATOR, trail};
+use super::sessions::{complete, exact_parts, put, start, upload_urls};
+use super::*;
+
+/// Longer than several polls of the file (`--block-list-poll-interval`).
+const RELOAD_WAIT: Duration = Duration::from_millis(1500);
+
+async fn write_list(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    tokio::time::sleep(RELOAD_WAIT).await;
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn photo(width: u32, height: u32, quality: u8, seed: u32) -> Vec<u8> {
+    images::phone_shot(&images::PhoneShot::upright(width, height, quality, seed))
+}
+
+fn assert_blocked(result: Result<pb::Image, Status>, what: &str) {
+    let status = assert_code(result, Code::FailedPrecondition);
+    assert!(
+        status.message().contains("block list") && status.message().contains("nothing was stored"),
+        "{what}: {status:?}"
+    );
+    assert!(
+        !status.message().contains("known photo"),
+        "{what}: the entry's label is not the caller's: {status:?}"
+    );
+}
+
+/// `user` owns no image `user` lists.
+async fn assert_lists_nothing(app: &TestApp, user: &str) {
+    let listed = app
+        .list_all(user, pb::ListImagesRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        listed.iter().all(|image| image.owner_id != user),
+        "{user} owns {listed:?}"
+    );
+}
+
+pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("block-list.txt");
+    std::fs::write(&list, "# nothing is listed yet\n").unwrap();
+    let list_flag = list.to_str().unwrap();
+    let flags = [
+        "--block-list",
+        list_flag,
+        "--block-list-poll-interval",
+        "100ms",
+        "--moderators",
+        MODERATOR,
+    ];
+    let app = TestApp::spawn_with(backend, &flags).await;
+
+    let original = photo(1600, 1200, 92, 7);
+    let known = app
+        .upload("alice", spec("IMG_0007.jpg"), &original)
+        .await
+        .unwrap();
+    assert!(known.pdq_quality >= 50, "{known:?}");
+
+    // Listed: resized and re-encoded copies are refused, another photo is
+    // not; nothing of the refused ones is kept.
+    write_list(
+        &list,
+        &format!(
+            "# reported 2026-12-07\npdq:{} known photo\n",
+            known.pdq_hash
+        ),
+    )
+    .await;
+    let before = app.stored_objects().await;
+    let resized = photo(800, 600, 60, 7);
+    assert_blocked(
+        app.upload("bob", spec("small.jpg"), &resized).await,
+        "resized",
+    );
+    let requality = photo(1600, 1200, 50, 7);
+    assert_blocked(
+        app.upload("bob", spec("again.jpg"), &requality).await,
+        "re-encoded at quality 50",
+    );
+    assert_eq!(app.wait_for_stored_objects(before.len()).await, before);
+    assert_lists_nothing(&app, "bob").await;
+    let usage = usage(&app, "bob", "bob").await.unwrap();
+    assert_eq!(
+        (usage.images_held, usage.images_reserved),
+        (0, 0),
+        "{usage:?}"
+    );
+    let other = app
+        .upload("bob", spec("IMG_0008.jpg"), &photo(1600, 1200, 92, 8))
+        .await
+        .unwrap();
+    assert_eq!(other.state(), pb::ImageState::Active);
+
+    // Changed to an exact copy's SHA-256: the list is read again, the PDQ
+    // entry is gone and the SHA-256 catches the copy, from a stream and
+    // from a direct upload alike.
+    write_list(
+        &list,
+        &format!("sha256:{} known photo\n", sha256_hex(&original)),
+    )
+    .await;
+    let resized_image = app
+        .upload("bob", spec("small.jpg"), &resized)
+        .await
+        .unwrap();
+    assert_eq!(resized_image.state(), pb::ImageState::Active);
+    assert_blocked(
+        app.upload("carol", spec("copy.jpg"), &original).await,
+        "an exact copy",
+    );
+    let session = start(&app, "carol", spec("direct.jpg")).await.unwrap();
+    let urls = upload_urls(
+        &app,
+        "carol",
+        &session.upload_id,
+        exact_parts(&[original.len()]),
+    )
+    .await
+    .unwrap();
+    assert!(put(&urls[0], original.clone()).await.is_success());
+    let before = app.stored_objects().await;
+    assert_blocked(
+        complete(&app, "carol", &session.upload_id).await,
+        "a direct upload of an exact copy",
+    );
+    // The session goes with its parts.
+    let left = app.wait_for_stored_objects(before.len() - 1).await;
+    assert!(left.iter().all(|key| before.contains(key)), "{left:?}");
+    assert_lists_nothing(&app, "carol").await;
+
+    // A malformed change is not used: the list before stays.
+    write_list(&list, "sha256:not-hex\n").await;
+    assert_blocked(
+        app.upload("carol", spec("copy.jpg"), &original).await,
+        "after a malformed change",
+    );
+    drop(app);
+
+    // Quarantined instead: stored, its owner's and the moderators' alone,
+    // with an audit entry.
+    std::fs::write(&list, format!("pdq:{}\n", known.pdq_hash)).unwrap();
+    let mut flags = flags.to_vec();
+    flags.extend(["--block-action", "quarantine"]);
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let image = app
+        .upload("alice", spec("small.jpg"), &resized)
+        .await
+        .unwrap();
+    assert_eq!(
+        (image.state(), image.state_reason.as_str()),
+        (pb::ImageState::Quarantined, "blocked")
+    );
+    assert_eq!(
+        app.get(MODERATOR, &image.image_id).await.unwrap().state(),
+        pb::ImageState::Quarantined
+    );
+    assert_code(app.get("bob", &image.image_id).await, Code::NotFound);
+    let actions = trail(&app).await;
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].moderator_id, "block-list");
+    assert_eq!(actions[0].image_id, image.image_id);
+    assert_eq!(actions[0].to_state(), pb::ImageState::Quarantined);
+    assert_eq!(actions[0].reason, "blocked");
+}
+
+pub(super) async fn a_malformed_block_list_stops_the_start(_backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("block-list.txt");
+    let hash = "a".repeat(64);
+    std::fs::write(
+        &list,
+        format!("# ok\npdq:{hash} fine\npdq:{hash}0 too long\n"),
+    )
+    .unwrap();
+    let path = list.to_str().unwrap();
+    let refusal = crate::helpers::start_refusal(&["--block-list", path])
+        .await
+        .expect("a malformed list stops the start");
+    assert!(refusal.contains("line 3"), "{refusal}");
+
+    std::fs::write(&list, format!("{hash}\n")).unwrap();
+    let refusal = crate::helpers::start_refusal(&["--block-list", path])
+        .await
+        .expect("an entry without its kind stops the start");
+    assert!(
+        refusal.contains("line 1") && refusal.contains("sha256:"),
+        "{refusal}"
+    );
+
+    std::fs::write(&list, format!("sha256:{hash}\nsha256:{hash}\n")).unwrap();
+    let refusal =
+        crate::helpers::start_refusal(&["--block-list", path, "--block-list-max-entries", "1"])
+            .await
+            .expect("a list over its bound stops the start");
+    assert!(refusal.contains("--block-list-max-entries"), "{refusal}");
+
+    let refusal =
+        crate::helpers::start_refusal(&["--block-list", path, "--block-distance", "65"]).await;
+    assert!(refusal.is_some_and(|r| r.contains("--block-distance")));
+    let missing = dir.path().join("missing.txt");
+    let refusal = crate::helpers::start_refusal(&["--block-list", missing.to_str().unwrap()]).await;
+    assert!(refusal.is_some_and(|r| r.contains("missing.txt")));
+}
