@@ -218,14 +218,7 @@ pub(super) async fn a_sync_scan_allows_quarantines_or_rejects_before_the_answer(
         .await
         .unwrap();
     assert_eq!(listed.len(), 2, "only the allowed and the quarantined");
-    let usage = app
-        .client()
-        .get_usage(as_user("alice", pb::GetUsageRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .usage
-        .unwrap();
+    let usage = super::quotas::usage(&app, "alice", "alice").await.unwrap();
     assert_eq!(
         (usage.images_held, usage.images_reserved),
         (2, 0),

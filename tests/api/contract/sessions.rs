@@ -1038,14 +1038,7 @@ pub async fn a_cancel_racing_a_complete_never_both_succeed(backend: Backend) {
         listed, completed,
         "{cancelled} cancelled, {neither} neither"
     );
-    let usage = app
-        .client()
-        .get_usage(as_user("alice", pb::GetUsageRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .usage
-        .unwrap();
+    let usage = super::quotas::usage(&app, "alice", "alice").await.unwrap();
     assert_eq!(
         (usage.images_held, usage.images_reserved),
         (completed.len() as u64, 0),
