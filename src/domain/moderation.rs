@@ -165,7 +165,7 @@ impl Moderation {
         let (hash, itself) = match query {
             None => return Err(DomainError::invalid("set image_id or pdq_hash")),
             Some(SimilarTo::Hash(hex)) => (
-                PdqHash::parse(hex)
+                PdqHash::from_hex(hex)
                     .ok_or_else(|| DomainError::invalid("pdq_hash must be 64 hex digits"))?,
                 None,
             ),
@@ -177,7 +177,7 @@ impl Moderation {
                     .get(&id)
                     .await?
                     .ok_or_else(DomainError::image_not_found)?;
-                let hash = PdqHash::of(&record).ok_or_else(|| {
+                let hash = similar::hash_of(&record).ok_or_else(|| {
                     DomainError::FailedPrecondition(
                         "the image has no PDQ hash: it could not be decoded".into(),
                     )

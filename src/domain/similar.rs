@@ -24,75 +24,12 @@ pub const HASH_BYTES: usize = 32;
 /// ([`BANDS`] − 1). PDQ's recommended threshold.
 pub const MAX_DISTANCE: u32 = BANDS as u32 - 1;
 
-/// A 256-bit PDQ hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PdqHash([u8; HASH_BYTES]);
+pub use crate::media::pdq::PdqHash;
 
-impl PdqHash {
-    /// The hash of 64 hex digits (either case); `None` for anything else.
-    pub fn parse(hex: &str) -> Option<Self> {
-        let text = hex.as_bytes();
-        if text.len() != 2 * HASH_BYTES {
-            return None;
-        }
-        let mut bytes = [0u8; HASH_BYTES];
-        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-            let digits = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(digits, 16).ok()?;
-        }
-        Some(Self(bytes))
-    }
-
-    /// The hash a record was indexed under: `None` when it has none (or a
-    /// malformed one, which no query could match either).
-    pub fn of(record: &ImageRecord) -> Option<Self> {
-        Self::parse(&record.pdq_hash)
-    }
-
-    pub fn from_bytes(bytes: [u8; HASH_BYTES]) -> Self {
-        Self(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; HASH_BYTES] {
-        &self.0
-    }
-
-    /// The value of band `band` (0 to 31): the hash's byte at that place.
-    pub fn band(&self, band: usize) -> u8 {
-        self.0[band]
-    }
-
-    /// Every (band, value) the hash is indexed under.
-    pub fn bands(&self) -> impl Iterator<Item = (u8, u8)> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .map(|(band, &value)| (band as u8, value))
-    }
-
-    /// The Hamming distance: the bits in which the two hashes differ.
-    pub fn distance(&self, other: &Self) -> u32 {
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .map(|(a, b)| (a ^ b).count_ones())
-            .sum()
-    }
-
-    /// Lower-case hex, as records keep it.
-    pub fn to_hex(&self) -> String {
-        use std::fmt::Write as _;
-        self.0.iter().fold(String::with_capacity(64), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-    }
-}
-
-impl std::fmt::Display for PdqHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
+/// The hash `record` was indexed under: `None` when it has none (or a
+/// malformed one, which no query could match either).
+pub fn hash_of(record: &ImageRecord) -> Option<PdqHash> {
+    PdqHash::from_hex(&record.pdq_hash)
 }
 
 /// An image found by its hash, with the distance of its hash from the
@@ -147,7 +84,7 @@ mod tests {
     #[test]
     fn hashes_parse_from_hex_and_print_back_lower_case() {
         let text = "0123456789abcdef".repeat(4);
-        let hash = PdqHash::parse(&text.to_uppercase()).expect("hex parses");
+        let hash = PdqHash::from_hex(&text.to_uppercase()).expect("hex parses");
         assert_eq!(hash.to_hex(), text);
         for bad in [
             "",
@@ -157,7 +94,7 @@ mod tests {
             &"0".repeat(66),
             &"é".repeat(32),
         ] {
-            assert_eq!(PdqHash::parse(bad), None, "{bad:?}");
+            assert_eq!(PdqHash::from_hex(bad), None, "{bad:?}");
         }
     }
 

@@ -47,12 +47,37 @@ const DCT_SIDE: usize = 16;
 /// is bit `k % 16` of 16-bit word `k / 16`, as in the reference's
 /// `Hash256`; the hexadecimal form prints the words from the last to the
 /// first, which is this type's big-endian byte order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// The band index of similar images (`domain::similar`) splits it into its
+/// 32 bytes: [`PdqHash::bands`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PdqHash([u8; 32]);
 
 impl PdqHash {
     fn set_bit(&mut self, k: usize) {
         self.0[31 - k / 8] |= 1 << (k % 8);
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Its bytes, in the order the hexadecimal form prints them.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The value of band `band` (0 to 31): the byte at that place.
+    pub fn band(&self, band: usize) -> u8 {
+        self.0[band]
+    }
+
+    /// Every (band, value) the hash is indexed under.
+    pub fn bands(&self) -> impl Iterator<Item = (u8, u8)> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(band, &value)| (band as u8, value))
     }
 
     /// The number of bits in which the two hashes differ (0 to 256).

@@ -22,7 +22,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StorageError,
 };
 use crate::domain::session::{Delivery, UploadId, UploadSessionRecord};
-use crate::domain::similar::{MAX_DISTANCE, PdqHash};
+use crate::domain::similar::{self, MAX_DISTANCE, PdqHash};
 use crate::domain::usage::{
     ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord, UsageReservation,
 };
@@ -503,7 +503,7 @@ async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStor
         similar_to(store, &query, MAX_DISTANCE, 1).await,
         [(same.id, 0)]
     );
-    let far_hash = PdqHash::of(&far).expect("a hash");
+    let far_hash = similar::hash_of(&far).expect("a hash");
     assert_eq!(
         similar_to(store, &far_hash, MAX_DISTANCE, 10).await,
         [(far.id, 0), (edge.id, 1)]

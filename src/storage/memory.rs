@@ -689,7 +689,7 @@ impl MetadataStore for MemoryMetadataStore {
         let candidates = records
             .by_time
             .values()
-            .filter_map(|r| Some((r.id, PdqHash::of(r)?)));
+            .filter_map(|r| Some((r.id, similar::hash_of(r)?)));
         Ok(similar::nearest(hash, candidates, max_distance, limit)
             .into_iter()
             .filter_map(|(id, _, distance)| {

@@ -477,7 +477,7 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
     if let Some(order) = review_position(record) {
         keys.push([&review_prefix(record.state)[..], &order].concat());
     }
-    if let Some(hash) = PdqHash::of(record) {
+    if let Some(hash) = similar::hash_of(record) {
         for (band, value) in hash.bands() {
             keys.push(
                 [
@@ -1036,7 +1036,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                     continue;
                 };
                 match decode(guard.value()) {
-                    Ok(record) if PdqHash::of(&record) == Some(hash) => {
+                    Ok(record) if similar::hash_of(&record) == Some(hash) => {
                         found.push(SimilarImage { record, distance });
                     }
                     Ok(_) => {}

@@ -28,7 +28,7 @@ fn band_pk(band: u8, value: u8) -> String {
 
 /// The keys of a record's band items; none when it has no hash.
 pub(super) fn band_keys(record: &ImageRecord) -> Vec<(String, String)> {
-    let Some(hash) = PdqHash::of(record) else {
+    let Some(hash) = similar::hash_of(record) else {
         return Vec::new();
     };
     let sk = format!("{}#{}#{hash}", time_key(record.create_time), record.id);
@@ -47,7 +47,7 @@ pub(super) const BAND_PK_PREFIX: &str = PDQ_PREFIX;
 
 /// The hash a band item's sort key carries.
 fn hash_of_sk(sk: &str) -> Option<PdqHash> {
-    PdqHash::parse(sk.rsplit('#').next()?)
+    PdqHash::from_hex(sk.rsplit('#').next()?)
 }
 
 impl DynamoMetadataStore {
@@ -148,7 +148,7 @@ impl DynamoMetadataStore {
                 let record = records.get(&id)?;
                 // A stale item (a hash changed since, a record gone) is
                 // skipped.
-                (PdqHash::of(record) == Some(hash)).then(|| SimilarImage {
+                (similar::hash_of(record) == Some(hash)).then(|| SimilarImage {
                     record: record.clone(),
                     distance,
                 })
