@@ -59,6 +59,14 @@ pub async fn run_repair(
     for image in &report.pending_encodings {
         println!("    {image}");
     }
+    let verb = if dry_run { "would scan" } else { "scanned" };
+    println!(
+        "  {verb} {} image(s) left pending a content scan (--scan-url)",
+        report.pending_scans.len()
+    );
+    for image in &report.pending_scans {
+        println!("    {image}");
+    }
     println!(
         "  {} change(s) without their event, or delete(s) announced but not done",
         report.unannounced_changes

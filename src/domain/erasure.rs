@@ -72,6 +72,18 @@ pub struct ErasureStatus {
 }
 
 /// The erasure use cases, with the erasures this replica runs.
+/// What asking for an erasure to run here came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Started {
+    /// It runs here now.
+    Now,
+    /// It ran here already.
+    Already,
+    /// This replica holds as many as it may: it stays marked in the store
+    /// and is looked for once room frees.
+    LeftInStore,
+}
+
 #[derive(Clone)]
 pub struct Erasures {
     images: Images,
@@ -156,8 +168,8 @@ impl Erasures {
             }
         }
         let status = self.status(&user).await?;
-        if status.record.is_running() {
-            self.start(user);
+        if status.record.is_running() && self.start(user.clone()) == Started::LeftInStore {
+            tracing::info!(%user, "a user data erasure is left in the store until this replica has room (--max-queued-erasures)");
         }
         Ok(status)
     }
@@ -180,11 +192,20 @@ impl Erasures {
     pub async fn resume_unfinished(&self) -> Result<usize, DomainError> {
         // Cleared first: an erasure left while this look runs sets it again.
         self.left_in_store.store(false, Ordering::SeqCst);
-        let mut resumed = 0;
+        let (mut resumed, mut left) = (0, 0);
         for (user, usage) in self.images.metadata.list_usage().await? {
-            if usage.is_being_erased() && self.start(user) {
-                resumed += 1;
+            if usage.is_being_erased() {
+                match self.start(user) {
+                    Started::Now => resumed += 1,
+                    Started::LeftInStore => left += 1,
+                    Started::Already => {}
+                }
             }
+        }
+        if left > 0 {
+            // One line per look, not one per erasure: a look comes every
+            // time room frees.
+            tracing::debug!(resumed, left, "user data erasures still left in the store");
         }
         Ok(resumed)
     }
@@ -238,20 +259,18 @@ impl Erasures {
     }
 
     /// Runs the erasure of `user` in the background unless it runs here
-    /// already or this replica holds as many as it may; `true` if it was
-    /// started.
-    fn start(&self, user: UserId) -> bool {
+    /// already or this replica holds as many as it may.
+    fn start(&self, user: UserId) -> Started {
         {
             let mut held = self.lock_held();
             if held.contains(&user) {
-                return false;
+                return Started::Already;
             }
             if held.len() >= self.max_held() {
                 // Marked all the same: looked for again once room frees.
                 self.left_in_store.store(true, Ordering::SeqCst);
                 metrics::counter!("imageservice_erasures_left_in_store_total").increment(1);
-                tracing::info!(%user, held = held.len(), "a user data erasure is left in the store until this replica has room (--max-queued-erasures)");
-                return false;
+                return Started::LeftInStore;
             }
             held.insert(user.clone());
             metrics::gauge!("imageservice_erasures_held").set(held.len() as f64);
@@ -267,7 +286,7 @@ impl Erasures {
             }
             .in_current_span(),
         );
-        true
+        Started::Now
     }
 
     /// Forgets the erasure of `user`, and looks for those left in the
@@ -312,7 +331,7 @@ impl Erasures {
                     }
                 }
             }
-            .in_current_span(),
+            .instrument(tracing::info_span!(parent: None, "erasures_left_in_store")),
         );
     }
 

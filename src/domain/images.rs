@@ -758,9 +758,14 @@ impl Images {
     }
 }
 
+/// The owner alone changes or deletes an image. To anyone else an image
+/// that is not `Active` does not exist (NOT_FOUND), as for every read: a
+/// refusal would say it is there.
 fn ensure_owner(caller: &UserId, image: &ImageRecord) -> Result<(), DomainError> {
     if image.owner == *caller {
         Ok(())
+    } else if !image.state.is_active() {
+        Err(DomainError::image_not_found())
     } else {
         Err(not_owner())
     }

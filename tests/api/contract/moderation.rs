@@ -282,6 +282,17 @@ pub(super) async fn a_quarantined_image_is_its_owners_alone_until_approved(backe
     );
     assert_code(app.download("bob", &id).await, Code::NotFound);
     assert_code(app.download_url("bob", get_url(&id)).await, Code::NotFound);
+    // Nor by a change, which would be refused if it were seen.
+    let edit = pb::UpdateImageRequest {
+        image_id: id.clone(),
+        title: "mine now".into(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["title".into()],
+        }),
+        ..Default::default()
+    };
+    assert_code(app.update("bob", edit).await, Code::NotFound);
+    assert_code(app.delete("bob", &id).await, Code::NotFound);
     let listed = app
         .list_all(
             "bob",
