@@ -2,6 +2,7 @@
 //! it removes is visible to callers (bytes without metadata, index entries
 //! without their image, unfinished uploads), and it only touches what is
 //! older than a grace period, so work in progress is never mistaken for debris.
+use futures::StreamExt as _;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,12 +13,15 @@ use super::upload::{Completed, Scanned, scan_overdue};
 use super::usage::UsageRecord;
 use super::{DomainError, ImageId, Images, UserId};
 use crate::domain::ports::{ObjectKey, StorageError, StoredObject};
+use crate::telemetry::error_chain;
 
 /// Records read per listing page while usage is recomputed.
 const USAGE_PAGE: usize = 1000;
 /// Pending images read per page of the review index.
 const SCAN_PAGE: usize = 100;
-use crate::telemetry::error_chain;
+/// Pending scans the repair pass asks for at once (each then waits for a
+/// place among the replica's `--max-concurrent-scans`).
+const SCANS_IN_FLIGHT: usize = 64;
 
 /// What a repair pass found (and, unless it was a dry run, removed).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -343,26 +347,45 @@ impl Images {
                 .metadata
                 .list_for_review(ImageState::Pending, cursor.as_deref(), SCAN_PAGE)
                 .await?;
-            for record in &page.records {
-                if !scan_overdue(record, older_than) {
-                    // Oldest first: the rest are younger still.
-                    return Ok(done);
-                }
-                if dry_run {
-                    done.push(record.id.to_string());
-                    continue;
-                }
-                let outcome = match self.uploads.complete_scan(record).await {
-                    Ok(Scanned::Applied(state, reason)) if reason.is_empty() => state.to_string(),
-                    Ok(Scanned::Applied(state, reason)) => format!("{state} ({reason})"),
-                    Ok(Scanned::Moot) => "moot".to_owned(),
-                    Ok(Scanned::NoScanner) => "left pending: no --scan-url".to_owned(),
-                    Err(error) => {
-                        tracing::warn!(image_id = %record.id, error = %error_chain(&error), "could not apply a scan's verdict; the next pass will retry");
-                        "failed; left for the next pass".to_owned()
-                    }
-                };
-                done.push(format!("{}: {outcome}", record.id));
+            // Oldest first: past the first that is not overdue, the rest
+            // are younger still.
+            let overdue: Vec<_> = page
+                .records
+                .iter()
+                .take_while(|record| scan_overdue(record, older_than))
+                .cloned()
+                .collect();
+            let all_overdue = overdue.len() == page.records.len();
+            if dry_run {
+                done.extend(overdue.iter().map(|record| record.id.to_string()));
+            } else {
+                // Several at once: each waits for one of the replica's
+                // `--max-concurrent-scans` places, so a scanner that hangs
+                // costs the pass its timeout once per place, not per image.
+                let uploads = &self.uploads;
+                let outcomes = futures::stream::iter(overdue)
+                    .map(|record| async move {
+                        let outcome = match uploads.complete_scan(&record).await {
+                            Ok(Scanned::Applied(state, reason)) if reason.is_empty() => {
+                                state.to_string()
+                            }
+                            Ok(Scanned::Applied(state, reason)) => format!("{state} ({reason})"),
+                            Ok(Scanned::Moot) => "moot".to_owned(),
+                            Ok(Scanned::NoScanner) => "left pending: no --scan-url".to_owned(),
+                            Err(error) => {
+                                tracing::warn!(image_id = %record.id, error = %error_chain(&error), "could not apply a scan's verdict; the next pass will retry");
+                                "failed; left for the next pass".to_owned()
+                            }
+                        };
+                        format!("{}: {outcome}", record.id)
+                    })
+                    .buffered(SCANS_IN_FLIGHT)
+                    .collect::<Vec<_>>()
+                    .await;
+                done.extend(outcomes);
+            }
+            if !all_overdue {
+                return Ok(done);
             }
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
