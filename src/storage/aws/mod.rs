@@ -8,6 +8,7 @@ mod dynamodb;
 mod errors;
 mod s3;
 mod settings;
+mod watched_object;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use aws_sdk_s3::config::Region;
 pub use dynamodb::{DynamoMetadataStore, MIN_EVENT_RETENTION};
 pub use s3::S3BlobStore;
 pub use settings::{AwsSettings, PayloadSigning, S3Checksums};
+pub use watched_object::{ObjectReadError, WatchedObject};
 
 use crate::domain::ports::StorageError;
 
@@ -27,6 +29,15 @@ const FALLBACK_REGION: &str = "us-east-1";
 
 /// Connects to both stores (no network call is made until first use).
 pub async fn connect(settings: &AwsSettings) -> (S3BlobStore, DynamoMetadataStore) {
+    let (shared, region) = shared_config(settings).await;
+    let s3 = S3BlobStore::new(&shared, region.clone(), settings);
+    let dynamodb = DynamoMetadataStore::new(&shared, region, settings);
+    (s3, dynamodb)
+}
+
+/// The SDK configuration every client of the backend starts from (the
+/// standard credential chain, the timeouts), and its region.
+async fn shared_config(settings: &AwsSettings) -> (aws_config::SdkConfig, Region) {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -41,9 +52,7 @@ pub async fn connect(settings: &AwsSettings) -> (S3BlobStore, DynamoMetadataStor
         .region()
         .cloned()
         .unwrap_or_else(|| Region::new(FALLBACK_REGION));
-    let s3 = S3BlobStore::new(&shared, region.clone(), settings);
-    let dynamodb = DynamoMetadataStore::new(&shared, region, settings);
-    (s3, dynamodb)
+    (shared, region)
 }
 
 /// Creates the bucket and the table with its indexes; succeeds without
