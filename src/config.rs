@@ -1740,4 +1740,25 @@ mod tests {
         assert!(parse(&["--jwt-audience", "images", "--jwt-allow-any-audience"]).is_err());
         assert!(parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).is_ok());
     }
+
+    #[test]
+    fn a_block_list_is_an_s3_object_when_it_says_so_and_a_file_otherwise() {
+        let parse = BlockListLocation::parse;
+        assert_eq!(
+            parse("s3://lists/moderation/block-list.txt").unwrap(),
+            BlockListLocation::S3 {
+                bucket: "lists".into(),
+                key: "moderation/block-list.txt".into()
+            }
+        );
+        assert_eq!(
+            parse("/etc/block-list.txt").unwrap(),
+            BlockListLocation::File("/etc/block-list.txt".into())
+        );
+        for half in ["s3://lists", "s3://lists/", "s3:///list.txt", "s3://"] {
+            assert!(parse(half).is_err(), "{half}");
+        }
+        let object = parse("s3://lists/a b.txt").unwrap();
+        assert_eq!(object.to_string(), "s3://lists/a b.txt");
+    }
 }

@@ -45,7 +45,7 @@ impl WatchedObject {
     /// settings make (endpoint, region, credentials, checksums). No request
     /// is made until the first read.
     pub async fn new(settings: &AwsSettings, bucket: &str, key: &str) -> Self {
-        let (shared, region) = super::shared_config(settings).await;
+        let (shared, region) = settings.sdk_config().await;
         Self {
             client: super::s3::client_for(
                 &shared,

@@ -308,24 +308,32 @@ pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when
 
 pub(super) async fn an_s3_block_list_that_cannot_be_read_stops_the_start(_backend: Backend) {
     let (s3, dynamodb) = crate::aws::initialized_servers();
-    let output = crate::aws::service_command(&s3, &dynamodb)
-        .args(["--block-list", "s3://images/lists/missing.txt"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    // The process, started with `list`, exits unsuccessfully: what it says.
+    let refused_start = |list: &str, secret_key: &str| {
+        let output = crate::aws::service_command(&s3, &dynamodb)
+            .args(["--block-list", list])
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "{list}: {stderr}");
+        stderr
+    };
+    let secret_key = crate::helpers::servers::SECRET_KEY;
+    let stderr = refused_start("s3://images/lists/missing.txt", secret_key);
     assert!(
         stderr.contains("s3://images/lists/missing.txt") && stderr.contains("no such object"),
         "{stderr}"
     );
+    // Refused by the store (here: credentials it does not take).
+    let stderr = refused_start("s3://images/lists/missing.txt", "not-the-secret-key");
+    assert!(
+        stderr.contains("s3://images/lists/missing.txt") && stderr.contains("access denied"),
+        "{stderr}"
+    );
 
     // A bucket that is not there, or an address that is not an object.
-    let output = crate::aws::service_command(&s3, &dynamodb)
-        .args(["--block-list", "s3://no-such-bucket/list.txt"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = refused_start("s3://no-such-bucket/list.txt", secret_key);
     assert!(stderr.contains("s3://no-such-bucket/list.txt"), "{stderr}");
     let refusal = crate::helpers::start_refusal(&["--block-list", "s3://lists"]).await;
     assert!(
