@@ -30,13 +30,13 @@ pub enum ObjectReadError {
     Failed(String),
 }
 
-/// An S3 object and the ETag of its bytes read last.
+/// An S3 object and the version (see [`version`]) of its bytes read last.
 pub struct WatchedObject {
     client: Client,
     bucket: String,
     key: String,
-    /// The ETag of the version read last (refused ones included, so that
-    /// each version is refused once).
+    /// The version read last (refused ones included, so that each
+    /// version is refused once).
     seen: Option<String>,
 }
 
@@ -74,11 +74,12 @@ impl WatchedObject {
             .send()
             .await
             .map_err(read_error)?;
-        if head.e_tag.is_some() && head.e_tag == self.seen {
+        let head_version = version(head.e_tag, head.last_modified, head.content_length);
+        if head_version.is_some() && head_version == self.seen {
             return Ok(None);
         }
         if head.content_length.is_some_and(|n| n as u64 > max_bytes) {
-            self.seen = head.e_tag;
+            self.seen = head_version;
             return Err(ObjectReadError::TooLarge { max: max_bytes });
         }
         let object = self
@@ -89,14 +90,25 @@ impl WatchedObject {
             .send()
             .await
             .map_err(read_error)?;
+        let got_version = version(object.e_tag, object.last_modified, object.content_length);
         let read = read_bounded(object.body, max_bytes).await;
         // A version cut short is read again at the next poll; one too
         // large is refused once.
         if !matches!(read, Err(ObjectReadError::Failed(_))) {
-            self.seen = object.e_tag;
+            self.seen = got_version;
         }
         read.map(Some)
     }
+}
+
+/// What tells a version of the object: its ETag, or, from a store that
+/// gives none, its modification time and length.
+fn version(
+    e_tag: Option<String>,
+    modified: Option<aws_sdk_s3::primitives::DateTime>,
+    length: Option<i64>,
+) -> Option<String> {
+    e_tag.or_else(|| Some(format!("{:?} {:?}", modified?, length?)))
 }
 
 /// The body's bytes, refused once they pass `max_bytes` (a length the
