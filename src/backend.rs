@@ -110,7 +110,7 @@ pub async fn open_images(
     .with_admins(config.identity.admins()?)
     .with_moderators(config.identity.moderators()?)
     .with_scan_hook(crate::scanner::hook(&config.scan)?)
-    .with_block_list(crate::block_list::hook(&config.block).await?);
+    .with_block_list(block_list(config).await?);
     let events = &config.events;
     let watches = Watches::new(
         metadata,
@@ -131,6 +131,16 @@ pub async fn open_images(
         watches,
         embedded_blobs: stores.embedded_blobs,
     })
+}
+
+/// The block list's hook; an `s3://` list is read with the aws backend's
+/// S3 settings.
+async fn block_list(config: &Config) -> anyhow::Result<Option<crate::domain::block::BlockHook>> {
+    let s3 = match config.storage.backend {
+        Backend::Aws => Some(config.aws_settings()),
+        Backend::Embedded => None,
+    };
+    crate::block_list::hook(&config.block, s3.as_ref()).await
 }
 
 /// The key of page tokens and embedded download URLs: `--signing-key`, else

@@ -1105,19 +1105,21 @@ impl ScanSettings {
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Block lists")]
 pub struct BlockSettings {
-    /// A file of PDQ hashes and SHA-256s no one may upload, one a line:
+    /// A file, or on the aws backend an S3 object (`s3://BUCKET/KEY`), of
+    /// PDQ hashes and SHA-256s no one may upload, one a line:
     /// `pdq:<hex> [label]` or `sha256:<hex> [label]`, `#` comments; read
     /// again when it changes. None (the default): nothing is blocked.
-    #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST", global = true)]
-    pub block_list: Option<std::path::PathBuf>,
+    #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST", value_parser = BlockListLocation::parse, global = true)]
+    pub block_list: Option<BlockListLocation>,
 
     /// Most entries of the block list; a longer one stops the start (or,
-    /// changed, is not used).
+    /// changed, is not used). Its text may be at most 1 KiB per entry
+    /// allowed, comments included.
     #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
     pub block_list_max_entries: u32,
 
-    /// How often the block list's file is checked for a change (its
-    /// modification time and size).
+    /// How often the block list is checked for a change (a file's
+    /// modification time and size, an S3 object's ETag).
     #[arg(long, env = "IMAGE_SERVICE_BLOCK_LIST_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub block_list_poll_interval: Duration,
 
@@ -1131,6 +1133,42 @@ pub struct BlockSettings {
     /// `blocked`).
     #[arg(long, env = "IMAGE_SERVICE_BLOCK_ACTION", value_enum, default_value_t = BlockActionArg::Reject, global = true)]
     pub block_action: BlockActionArg,
+}
+
+/// Where the block list is read from (`--block-list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockListLocation {
+    File(std::path::PathBuf),
+    /// An object read with the aws backend's S3 client.
+    S3 {
+        bucket: String,
+        key: String,
+    },
+}
+
+impl BlockListLocation {
+    /// `s3://BUCKET/KEY` (both parts non-empty), else a file's path.
+    fn parse(text: &str) -> Result<Self, String> {
+        let Some(object) = text.strip_prefix("s3://") else {
+            return Ok(Self::File(text.into()));
+        };
+        match object.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
+            _ => Err(format!("{text}: an S3 object is s3://BUCKET/KEY")),
+        }
+    }
+}
+
+impl std::fmt::Display for BlockListLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
 }
 
 /// `--block-action`.
@@ -1701,5 +1739,26 @@ mod tests {
         assert!(parse(&["--tls-cert", "cert.pem"]).is_err());
         assert!(parse(&["--jwt-audience", "images", "--jwt-allow-any-audience"]).is_err());
         assert!(parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).is_ok());
+    }
+
+    #[test]
+    fn a_block_list_is_an_s3_object_when_it_says_so_and_a_file_otherwise() {
+        let parse = BlockListLocation::parse;
+        assert_eq!(
+            parse("s3://lists/moderation/block-list.txt").unwrap(),
+            BlockListLocation::S3 {
+                bucket: "lists".into(),
+                key: "moderation/block-list.txt".into()
+            }
+        );
+        assert_eq!(
+            parse("/etc/block-list.txt").unwrap(),
+            BlockListLocation::File("/etc/block-list.txt".into())
+        );
+        for half in ["s3://lists", "s3://lists/", "s3:///list.txt", "s3://"] {
+            assert!(parse(half).is_err(), "{half}");
+        }
+        let object = parse("s3://lists/a b.txt").unwrap();
+        assert_eq!(object.to_string(), "s3://lists/a b.txt");
     }
 }

@@ -38,6 +38,11 @@ pub const BLOCK_REJECTED: &str =
     "the image matches an entry of the service's block list; nothing was stored";
 /// The longest label of an entry.
 pub const MAX_LABEL_LEN: usize = 200;
+/// The bytes a list's text may take per entry it may hold: the longest
+/// entry line is `sha256:`, 64 digits, a space and a label of
+/// [`MAX_LABEL_LEN`] characters of up to 4 bytes (872 bytes and its line
+/// end), and comments share the room. A longer text is refused unread.
+pub const MAX_BYTES_PER_ENTRY: u64 = 1024;
 
 /// What becomes of an image a block list matches (`--block-action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -688,7 +688,7 @@ async fn a_table_from_before_time_shards_lists_everything_after_init_raises_them
 }
 
 /// An S3 client of the test's own, to look at what the service stored.
-async fn raw_s3(app: &TestApp) -> aws_sdk_s3::Client {
+pub(crate) async fn raw_s3(app: &TestApp) -> aws_sdk_s3::Client {
     let config = raw_config(app.s3.as_ref().unwrap()).await;
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)

@@ -133,16 +133,49 @@ fn actions_the_code_needs() -> BTreeSet<String> {
     needed
 }
 
-/// The actions the CloudFormation template's `ServicePolicy` allows.
-fn actions_the_policy_grants() -> BTreeSet<String> {
+fn template() -> Value {
     let text = std::fs::read_to_string(repo().join("deploy/aws/image-service.yaml")).unwrap();
-    let template: Value = serde_yaml_ng::from_str(&text).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+/// The `ServicePolicy`'s statements: each is there always, or, as
+/// `!If [Condition, Statement, !Ref AWS::NoValue]`, with its condition.
+fn policy_statements(template: &Value) -> Vec<(Option<String>, Value)> {
     let statements =
         template["Resources"]["ServicePolicy"]["Properties"]["PolicyDocument"]["Statement"]
             .as_sequence()
             .expect("ServicePolicy has statements");
+    statements
+        .iter()
+        .map(|statement| match statement {
+            Value::Tagged(tagged) if tagged.tag == "If" => {
+                let [condition, then, otherwise] = tagged
+                    .value
+                    .as_sequence()
+                    .expect("!If [condition, then, else]")
+                    .as_slice()
+                else {
+                    panic!("!If takes three values: {tagged:?}");
+                };
+                assert!(
+                    matches!(otherwise, Value::Tagged(no) if no.tag == "Ref" && no.value.as_str() == Some("AWS::NoValue")),
+                    "a conditional statement is absent otherwise: {otherwise:?}"
+                );
+                (
+                    Some(condition.as_str().expect("a condition's name").to_owned()),
+                    then.clone(),
+                )
+            }
+            always => (None, always.clone()),
+        })
+        .collect()
+}
+
+/// The actions the CloudFormation template's `ServicePolicy` allows (with
+/// every condition met).
+fn actions_the_policy_grants() -> BTreeSet<String> {
     let mut granted = BTreeSet::new();
-    for statement in statements {
+    for (_, statement) in policy_statements(&template()) {
         assert_eq!(statement["Effect"].as_str(), Some("Allow"));
         match &statement["Action"] {
             Value::String(action) => {
@@ -173,6 +206,39 @@ fn the_service_policy_grants_exactly_the_aws_calls_the_code_makes() {
     );
     // The repair pass's listing of unfinished uploads, refused before.
     assert!(granted.contains("s3:ListBucketMultipartUploads"));
+}
+
+/// The block list's object (`--block-list s3://…`) is readable when the
+/// stack names it, and only then: nothing else is granted on a condition.
+#[test]
+fn the_block_list_object_is_granted_only_when_the_stack_names_it() {
+    let template = template();
+    let conditional: Vec<_> = policy_statements(&template)
+        .into_iter()
+        .filter_map(|(condition, statement)| Some((condition?, statement)))
+        .collect();
+    assert_eq!(conditional.len(), 1, "{conditional:?}");
+    let (condition, statement) = &conditional[0];
+    assert_eq!(statement["Action"].as_str(), Some("s3:GetObject"));
+    assert!(
+        matches!(&statement["Resource"], Value::Tagged(r) if r.tag == "Ref" && r.value.as_str() == Some("BlockListObjectArn")),
+        "{statement:?}"
+    );
+    assert_eq!(
+        template["Parameters"]["BlockListObjectArn"]["Default"].as_str(),
+        Some(""),
+        "no block list object by default"
+    );
+    // The condition is "the parameter is not empty".
+    let Value::Tagged(not) = &template["Conditions"][condition.as_str()] else {
+        panic!("condition {condition} is missing");
+    };
+    assert!(not.tag == "Not", "{not:?}");
+    let rendered = format!("{:?}", not.value);
+    assert!(
+        rendered.contains("Equals") && rendered.contains("BlockListObjectArn"),
+        "{rendered}"
+    );
 }
 
 /// A `from` peer admits only named namespaces: a namespaceSelector that

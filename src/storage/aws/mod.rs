@@ -8,39 +8,18 @@ mod dynamodb;
 mod errors;
 mod s3;
 mod settings;
-
-use std::time::Duration;
-
-use aws_config::BehaviorVersion;
-use aws_config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::Region;
+mod watched_object;
 
 pub use dynamodb::{DynamoMetadataStore, MIN_EVENT_RETENTION};
 pub use s3::S3BlobStore;
 pub use settings::{AwsSettings, PayloadSigning, S3Checksums};
+pub use watched_object::{ObjectReadError, WatchedObject};
 
 use crate::domain::ports::StorageError;
 
-/// Region used when neither the configuration nor the AWS chain names one
-/// (typical for S3- and DynamoDB-compatible stores).
-const FALLBACK_REGION: &str = "us-east-1";
-
 /// Connects to both stores (no network call is made until first use).
 pub async fn connect(settings: &AwsSettings) -> (S3BlobStore, DynamoMetadataStore) {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .read_timeout(Duration::from_secs(30))
-            .build(),
-    );
-    if let Some(region) = &settings.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    let shared = loader.load().await;
-    let region = shared
-        .region()
-        .cloned()
-        .unwrap_or_else(|| Region::new(FALLBACK_REGION));
+    let (shared, region) = settings.sdk_config().await;
     let s3 = S3BlobStore::new(&shared, region.clone(), settings);
     let dynamodb = DynamoMetadataStore::new(&shared, region, settings);
     (s3, dynamodb)

@@ -69,7 +69,7 @@ pub struct S3BlobStore {
     payload: PayloadHash,
 }
 
-fn client_for(
+pub(super) fn client_for(
     shared: &aws_config::SdkConfig,
     region: Region,
     endpoint: Option<&str>,

@@ -1,4 +1,13 @@
 //! What the aws backend is configured with.
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::Region;
+
+/// Region used when neither the configuration nor the AWS chain names one
+/// (typical for S3- and DynamoDB-compatible stores).
+const FALLBACK_REGION: &str = "us-east-1";
 
 /// What the aws backend needs to know.
 #[derive(Clone, Debug)]
@@ -21,6 +30,28 @@ pub struct AwsSettings {
     pub time_shards: u32,
     /// How long events are kept: their items' TTL (`--event-retention`).
     pub event_retention: std::time::Duration,
+}
+
+impl AwsSettings {
+    /// The SDK configuration every client of the backend starts from (the
+    /// standard credential chain, the timeouts), and its region.
+    pub(super) async fn sdk_config(&self) -> (aws_config::SdkConfig, Region) {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .read_timeout(Duration::from_secs(30))
+                .build(),
+        );
+        if let Some(region) = &self.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let region = shared
+            .region()
+            .cloned()
+            .unwrap_or_else(|| Region::new(FALLBACK_REGION));
+        (shared, region)
+    }
 }
 
 /// When the S3 client computes and checks checksums (`--s3-checksums`).

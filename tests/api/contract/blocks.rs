@@ -3,7 +3,8 @@
 //! copy), is rejected with nothing stored, or stored QUARANTINED with
 //! reason `blocked`, from an upload stream and an upload session alike.
 //! The list's file is read again when it changes; a malformed file stops
-//! the start, naming its line.
+//! the start, naming its line. On the aws backend the list may be an S3
+//! object, read again when its ETag changes.
 use std::path::Path;
 use std::time::Duration;
 
@@ -218,4 +219,134 @@ pub(super) async fn a_malformed_block_list_stops_the_start(_backend: Backend) {
     let missing = dir.path().join("missing.txt");
     let refusal = crate::helpers::start_refusal(&["--block-list", missing.to_str().unwrap()]).await;
     assert!(refusal.is_some_and(|r| r.contains("missing.txt")));
+}
+
+/// Puts the block list object `key` of the bucket `lists` with `text`, and
+/// waits for several polls (`--block-list-poll-interval 200ms`).
+async fn put_list(s3: &aws_sdk_s3::Client, key: &str, text: String) {
+    s3.put_object()
+        .bucket("lists")
+        .key(key)
+        .body(text.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(RELOAD_WAIT).await;
+}
+
+pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when_gone(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let s3 = crate::aws::raw_s3(&app).await;
+    s3.create_bucket().bucket("lists").send().await.unwrap();
+    let (first, second) = (photo(1200, 900, 90, 21), photo(1200, 900, 90, 22));
+    let key = "moderation/block-list.txt";
+    put_list(
+        &s3,
+        key,
+        format!("sha256:{} known photo\n", sha256_hex(&first)),
+    )
+    .await;
+    let app = app
+        .successor(&[
+            "--block-list",
+            "s3://lists/moderation/block-list.txt",
+            "--block-list-poll-interval",
+            "200ms",
+            // 2 KiB of text at most.
+            "--block-list-max-entries",
+            "2",
+        ])
+        .await;
+    let refused = r#"imageservice_block_list_reloads_total{outcome="refused"}"#;
+
+    assert_blocked(app.upload("bob", spec("a.jpg"), &first).await, "listed");
+    let image = app.upload("bob", spec("b.jpg"), &second).await.unwrap();
+    assert_eq!(image.state(), pb::ImageState::Active);
+
+    // Replaced: the new entry blocks, the one removed no longer does.
+    put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&second))).await;
+    assert_blocked(
+        app.upload("carol", spec("b.jpg"), &second).await,
+        "newly listed",
+    );
+    let image = app.upload("carol", spec("a.jpg"), &first).await.unwrap();
+    assert_eq!(image.state(), pb::ImageState::Active);
+    assert_eq!(super::erasure::metric(&app, refused).await, 0.0);
+
+    // Malformed, then too long: each is refused once, the list before stays.
+    put_list(&s3, key, "sha256:not-hex\n".to_owned()).await;
+    put_list(&s3, key, format!("# {}\n", "x".repeat(3000))).await;
+    assert_blocked(
+        app.upload("dave", spec("b.jpg"), &second).await,
+        "after refused changes",
+    );
+    assert_eq!(super::erasure::metric(&app, refused).await, 2.0);
+
+    // Deleted: the list before stays, and the missing object, polled many
+    // times over, counts once.
+    s3.delete_object()
+        .bucket("lists")
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(RELOAD_WAIT).await;
+    assert_blocked(
+        app.upload("erin", spec("b.jpg"), &second).await,
+        "after the delete",
+    );
+    assert_eq!(super::erasure::metric(&app, refused).await, 3.0);
+
+    // Put back: read again.
+    put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&first))).await;
+    assert_blocked(app.upload("erin", spec("a.jpg"), &first).await, "put back");
+    let image = app.upload("erin", spec("b.jpg"), &second).await.unwrap();
+    assert_eq!(image.state(), pb::ImageState::Active);
+}
+
+pub(super) async fn an_s3_block_list_that_cannot_be_read_stops_the_start(_backend: Backend) {
+    let (s3, dynamodb) = crate::aws::initialized_servers();
+    // The process, started with `list`, exits unsuccessfully: what it says.
+    let refused_start = |list: &str, secret_key: &str| {
+        let output = crate::aws::service_command(&s3, &dynamodb)
+            .args(["--block-list", list])
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "{list}: {stderr}");
+        stderr
+    };
+    let secret_key = crate::helpers::servers::SECRET_KEY;
+    let stderr = refused_start("s3://images/lists/missing.txt", secret_key);
+    assert!(
+        stderr.contains("s3://images/lists/missing.txt") && stderr.contains("no such object"),
+        "{stderr}"
+    );
+    // Refused by the store (here: credentials it does not take).
+    let stderr = refused_start("s3://images/lists/missing.txt", "not-the-secret-key");
+    assert!(
+        stderr.contains("s3://images/lists/missing.txt") && stderr.contains("access denied"),
+        "{stderr}"
+    );
+
+    // A bucket that is not there, or an address that is not an object.
+    let stderr = refused_start("s3://no-such-bucket/list.txt", secret_key);
+    assert!(stderr.contains("s3://no-such-bucket/list.txt"), "{stderr}");
+    let refusal = crate::helpers::start_refusal(&["--block-list", "s3://lists"]).await;
+    assert!(
+        refusal.is_some_and(|r| r.contains("s3://BUCKET/KEY")),
+        "an object address without a key"
+    );
+
+    // The embedded backend has no S3 client to read it with.
+    let refusal = crate::helpers::start_refusal(&["--block-list", "s3://lists/list.txt"])
+        .await
+        .expect("an S3 block list on the embedded backend stops the start");
+    assert!(
+        refusal.contains("s3://lists/list.txt") && refusal.contains("--backend embedded"),
+        "{refusal}"
+    );
 }

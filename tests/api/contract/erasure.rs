@@ -409,8 +409,9 @@ pub(super) async fn an_erasure_cut_by_a_crash_is_finished_by_the_next_replica(ba
     assert_eq!(kept.len(), 3);
 }
 
-/// The value of the gauge `name` on the server's `/metrics`.
-async fn gauge(app: &TestApp, name: &str) -> f64 {
+/// The value of the metric `name` (with its labels, if any) on the
+/// server's `/metrics`; 0 when absent.
+pub(super) async fn metric(app: &TestApp, name: &str) -> f64 {
     let body = app.metrics().await;
     body.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
@@ -437,7 +438,7 @@ pub(super) async fn a_flood_of_erasures_stays_within_the_bound_and_each_complete
     let sampled = async {
         let mut most: f64 = 0.0;
         while flooding.load(std::sync::atomic::Ordering::SeqCst) {
-            most = most.max(gauge(&app, "imageservice_erasures_held").await);
+            most = most.max(metric(&app, "imageservice_erasures_held").await);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         most

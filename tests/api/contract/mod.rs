@@ -219,6 +219,8 @@ mod aws {
     all_cases!(Aws);
     contract_suite!(Aws:
         events::a_watcher_cut_on_one_replica_resumes_on_another_missing_nothing,
+        blocks::a_block_list_in_s3_is_read_again_when_replaced_and_kept_when_gone,
+        blocks::an_s3_block_list_that_cannot_be_read_stops_the_start,
     );
     #[cfg(feature = "heif")]
     contract_suite!(Aws:
