@@ -21,8 +21,8 @@ use super::{ImageId, UserId};
 
 pub mod queue;
 
-pub use queue::{Place, PlaceLimits};
 use queue::ScanPlaces;
+pub use queue::{Place, PlaceLimits};
 
 /// How the error of an upload the scanner rejected begins.
 pub const SCAN_REJECTED: &str = "the content scanner rejected the image";

@@ -491,7 +491,10 @@ async fn wait_for_scans(scanner: &Scanner, count: usize) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("the scanner was sent {} scans, not {count}", scanner.seen().len());
+    panic!(
+        "the scanner was sent {} scans, not {count}",
+        scanner.seen().len()
+    );
 }
 
 /// Two scan places, one of them a user's share: no scan is timed out while
@@ -533,7 +536,10 @@ pub(super) async fn one_users_backlog_of_async_scans_does_not_hold_up_another_us
     );
     let owners: Vec<String> = scanner.seen().into_iter().map(|s| s.owner).collect();
     assert_eq!(
-        (owners.len(), owners.iter().filter(|o| *o == "alice").count()),
+        (
+            owners.len(),
+            owners.iter().filter(|o| *o == "alice").count()
+        ),
         (2, 1),
         "one of Alice's scans at a time: {owners:?}"
     );
@@ -547,7 +553,9 @@ pub(super) async fn one_users_backlog_of_async_scans_does_not_hold_up_another_us
     let images: Vec<(&str, &str)> = alices.iter().map(|id| ("alice", id.as_str())).collect();
     let decided = verdicts(&app, &images).await;
     assert!(
-        decided.iter().all(|(_, state)| *state == pb::ImageState::Active),
+        decided
+            .iter()
+            .all(|(_, state)| *state == pb::ImageState::Active),
         "{decided:?}"
     );
     assert_eq!(scanner.most_in_flight("alice"), 1);
@@ -599,22 +607,34 @@ pub(super) async fn async_scans_past_the_queue_are_left_to_the_repair_pass(backe
     }
     wait_for_scans(&scanner, 1).await;
     scanner.release(Answer::Allow);
-    let queued: Vec<(&str, &str)> = alices[..3].iter().map(|id| ("alice", id.as_str())).collect();
+    let queued: Vec<(&str, &str)> = alices[..3]
+        .iter()
+        .map(|id| ("alice", id.as_str()))
+        .collect();
     let decided = verdicts(&app, &queued).await;
     assert!(
-        decided.iter().all(|(_, state)| *state == pb::ImageState::Active),
+        decided
+            .iter()
+            .all(|(_, state)| *state == pb::ImageState::Active),
         "{decided:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     for id in &alices[3..] {
         let image = app.get("alice", id).await.unwrap();
-        assert_eq!(image.state(), pb::ImageState::Pending, "left for the repair pass");
+        assert_eq!(
+            image.state(),
+            pb::ImageState::Pending,
+            "left for the repair pass"
+        );
     }
     assert_eq!(scanner.seen().len(), 3);
     app.stop().await.unwrap();
 
     let report = app.repair_pass(false).await;
-    let mut expected: Vec<String> = alices[3..].iter().map(|id| format!("{id}: active")).collect();
+    let mut expected: Vec<String> = alices[3..]
+        .iter()
+        .map(|id| format!("{id}: active"))
+        .collect();
     expected.sort();
     let mut done = report.pending_scans.clone();
     done.sort();
@@ -679,7 +699,14 @@ pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
             Some("--max-queued-scans-per-user"),
         ),
         (
-            &["--scan-url", https, "--max-concurrent-scans", "2", "--max-concurrent-scans-per-user", "2"],
+            &[
+                "--scan-url",
+                https,
+                "--max-concurrent-scans",
+                "2",
+                "--max-concurrent-scans-per-user",
+                "2",
+            ],
             None,
         ),
     ];
