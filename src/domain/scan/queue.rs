@@ -379,14 +379,13 @@ mod tests {
     /// A fake scanner: the worker's loop, each scan taking `each`, with
     /// the owners in the order their scans started and the most scans of
     /// one owner in flight at once.
-    fn worker(
-        places: &ScanPlaces,
-        each: Duration,
-    ) -> (
-        tokio::task::JoinHandle<()>,
-        Arc<Mutex<Vec<String>>>,
-        Arc<Mutex<HashMap<String, usize>>>,
-    ) {
+    struct Worker {
+        task: tokio::task::JoinHandle<()>,
+        started: Arc<Mutex<Vec<String>>>,
+        most: Arc<Mutex<HashMap<String, usize>>>,
+    }
+
+    fn worker(places: &ScanPlaces, each: Duration) -> Worker {
         let started = Arc::new(Mutex::new(Vec::new()));
         let most = Arc::new(Mutex::new(HashMap::new()));
         let (places, started_, most_) = (places.clone(), started.clone(), most.clone());
@@ -412,7 +411,11 @@ mod tests {
                 });
             }
         });
-        (task, started, most)
+        Worker {
+            task,
+            started,
+            most,
+        }
     }
 
     async fn until(mut done: impl FnMut() -> bool) {
@@ -428,7 +431,11 @@ mod tests {
     #[tokio::test]
     async fn a_user_with_a_backlog_takes_only_its_share_and_others_go_next() {
         let places = places(2, 1);
-        let (task, started, most) = worker(&places, Duration::from_millis(30));
+        let Worker {
+            task,
+            started,
+            most,
+        } = worker(&places, Duration::from_millis(30));
         for _ in 0..6 {
             assert!(places.queue(&user("alice"), ImageId::new()));
         }
@@ -451,7 +458,7 @@ mod tests {
         for name in ["alice", "alice", "alice", "bob", "bob", "carol"] {
             assert!(places.queue(&user(name), ImageId::new()));
         }
-        let (task, started, _) = worker(&places, Duration::from_millis(5));
+        let Worker { task, started, .. } = worker(&places, Duration::from_millis(5));
         drop(held);
         until(|| started.lock().unwrap().len() == 6).await;
         assert_eq!(
