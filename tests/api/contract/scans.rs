@@ -483,6 +483,19 @@ async fn verdicts(app: &TestApp, images: &[(&str, &str)]) -> Vec<(String, pb::Im
     panic!("still pending after 30 s: {images:?} but {decided:?}");
 }
 
+/// Waits until none of `owner`'s images `ids` is `PENDING`: each is
+/// `ACTIVE`.
+async fn all_become_active(app: &TestApp, owner: &str, ids: &[String]) {
+    let images: Vec<(&str, &str)> = ids.iter().map(|id| (owner, id.as_str())).collect();
+    let decided = verdicts(app, &images).await;
+    assert!(
+        decided
+            .iter()
+            .all(|(_, state)| *state == pb::ImageState::Active),
+        "{decided:?}"
+    );
+}
+
 /// Waits until the scanner has been sent `count` scans.
 async fn wait_for_scans(scanner: &Scanner, count: usize) {
     for _ in 0..400 {
@@ -550,14 +563,7 @@ pub(super) async fn one_users_backlog_of_async_scans_does_not_hold_up_another_us
 
     // Released, Alice's queue is scanned in the background, one at a time.
     scanner.release(Answer::Slowly(Duration::from_millis(100)));
-    let images: Vec<(&str, &str)> = alices.iter().map(|id| ("alice", id.as_str())).collect();
-    let decided = verdicts(&app, &images).await;
-    assert!(
-        decided
-            .iter()
-            .all(|(_, state)| *state == pb::ImageState::Active),
-        "{decided:?}"
-    );
+    all_become_active(&app, "alice", &alices).await;
     assert_eq!(scanner.most_in_flight("alice"), 1);
     assert!(*scanner.most_in_flight_in_all.lock().unwrap() <= 2);
     let mut scanned: Vec<String> = scanner.seen().into_iter().map(|s| s.image_id).collect();
@@ -607,17 +613,7 @@ pub(super) async fn async_scans_past_the_queue_are_left_to_the_repair_pass(backe
     }
     wait_for_scans(&scanner, 1).await;
     scanner.release(Answer::Allow);
-    let queued: Vec<(&str, &str)> = alices[..3]
-        .iter()
-        .map(|id| ("alice", id.as_str()))
-        .collect();
-    let decided = verdicts(&app, &queued).await;
-    assert!(
-        decided
-            .iter()
-            .all(|(_, state)| *state == pb::ImageState::Active),
-        "{decided:?}"
-    );
+    all_become_active(&app, "alice", &alices[..3]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for id in &alices[3..] {
         let image = app.get("alice", id).await.unwrap();
