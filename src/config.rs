@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::domain::block::{BlockAction, BlockPolicy};
 use crate::domain::image::Encoding;
 use crate::domain::limits::EncodingLimits;
-use crate::domain::scan::{OnFailure, ScanMode, ScanPolicy};
+use crate::domain::scan::{OnFailure, PlaceLimits, ScanMode, ScanPolicy};
 use crate::media::variants::VariantSize;
 use crate::storage::aws::{AwsSettings, PayloadSigning, S3Checksums};
 use crate::telemetry::LogFormat;
@@ -1014,10 +1014,25 @@ pub struct ScanSettings {
     #[arg(long, env = "IMAGE_SERVICE_SCAN_ALLOW_PLAINTEXT", global = true)]
     pub scan_allow_plaintext: bool,
 
-    /// Scans in flight at once on this replica: a sync upload waits for a
-    /// place; an async one past it is left PENDING for the repair pass.
+    /// Scans in flight at once on this replica: work past it waits for a
+    /// place, users taking turns (a sync upload waits; an async image is
+    /// queued).
     #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_SCANS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
     pub max_concurrent_scans: u32,
+
+    /// Of those, the scans of one user's images: past it, the user's work
+    /// waits while other users' goes first. At most --max-concurrent-scans.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_CONCURRENT_SCANS_PER_USER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub max_concurrent_scans_per_user: u32,
+
+    /// Async images queued on this replica for a scan place (their ids
+    /// alone); past it, an image stays PENDING for the repair pass.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_QUEUED_SCANS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub max_queued_scans: u32,
+
+    /// Of those, one user's images. At most --max-queued-scans.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_QUEUED_SCANS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub max_queued_scans_per_user: u32,
 
     /// Most bytes sent per scan: the `medium` rendition, else the largest
     /// variant, else the original; a larger one fails the scan.
@@ -1045,6 +1060,7 @@ impl ScanSettings {
     /// a URL that is not one, plaintext to another host, or an unscanned
     /// image allowed without its acknowledgement stop the start.
     pub fn policy(&self) -> Result<Option<(reqwest::Url, ScanPolicy)>, String> {
+        let places = self.places()?;
         let Some(text) = &self.scan_url else {
             return Ok(None);
         };
@@ -1094,9 +1110,36 @@ impl ScanSettings {
             timeout: self.scan_timeout,
             retries: self.scan_retries,
             max_bytes: self.scan_max_bytes,
-            max_concurrent: self.max_concurrent_scans as usize,
+            places,
         };
         Ok(Some((url, policy)))
+    }
+
+    /// The scan places and their queue's bounds: a user's share above the
+    /// whole stops the start.
+    fn places(&self) -> Result<PlaceLimits, String> {
+        if self.max_concurrent_scans_per_user > self.max_concurrent_scans {
+            return Err(format!(
+                "--max-concurrent-scans-per-user (IMAGE_SERVICE_MAX_CONCURRENT_SCANS_PER_USER) is \
+                 {}, more than the {} scans of --max-concurrent-scans it is a share of: lower it, \
+                 or raise --max-concurrent-scans",
+                self.max_concurrent_scans_per_user, self.max_concurrent_scans
+            ));
+        }
+        if self.max_queued_scans_per_user > self.max_queued_scans {
+            return Err(format!(
+                "--max-queued-scans-per-user (IMAGE_SERVICE_MAX_QUEUED_SCANS_PER_USER) is {}, \
+                 more than the {} images of --max-queued-scans it is a share of: lower it, or \
+                 raise --max-queued-scans",
+                self.max_queued_scans_per_user, self.max_queued_scans
+            ));
+        }
+        Ok(PlaceLimits {
+            total: self.max_concurrent_scans as usize,
+            per_user: self.max_concurrent_scans_per_user as usize,
+            max_queued: self.max_queued_scans as usize,
+            max_queued_per_user: self.max_queued_scans_per_user as usize,
+        })
     }
 }
 

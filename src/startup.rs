@@ -233,6 +233,8 @@ impl Application {
         // Presigned downloads reserve their read-ahead from the budget.
         let read_ahead = read_ahead_from(self.images.memory().clone());
         let uploads = self.images.uploads().clone();
+        // `async` scans are queued and made in turn by one worker.
+        let scan_worker = uploads.serve_scan_queue();
         let limits = self.transport;
         let hold_requests = HoldRequests::new(
             self.images.memory().clone(),
@@ -443,6 +445,13 @@ impl Application {
             grpc.abort();
             http.abort();
         }
+        // Scans still queued are dropped: their images stay PENDING, for
+        // the repair pass (those in flight end by themselves).
+        if let Some(worker) = scan_worker {
+            worker.abort();
+            let _ = worker.await;
+        }
+        uploads.stop_scan_queue();
         // Uploads acknowledged during the drain may have queued some too.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !uploads.drain_encodings(left).await {

@@ -45,6 +45,10 @@ pub async fn run(plan: &Plan) -> String {
             "sync",
             "--max-concurrent-scans",
             "256",
+            // The callers are one user: the figure is the hook's latency,
+            // not the wait for a user's share of the places.
+            "--max-concurrent-scans-per-user",
+            "256",
         ]
         .map(String::from),
     );

@@ -20,7 +20,8 @@ const USAGE_PAGE: usize = 1000;
 /// Pending images read per page of the review index.
 const SCAN_PAGE: usize = 100;
 /// Pending scans the repair pass asks for at once (each then waits for a
-/// place among the replica's `--max-concurrent-scans`).
+/// place among the replica's `--max-concurrent-scans`, within its owner's
+/// `--max-concurrent-scans-per-user`, in turn with live uploads' scans).
 const SCANS_IN_FLIGHT: usize = 64;
 
 /// What a repair pass found (and, unless it was a dry run, removed).
@@ -54,7 +55,7 @@ pub struct RepairReport {
     /// then stays for the next pass).
     pub pending_encodings: Vec<String>,
     /// Images still `Pending` their content scan (`--scan-mode async`: a
-    /// replica stopped before the verdict, or had no place for the scan),
+    /// replica stopped before the verdict, or had no room in its scan queue),
     /// with what the pass did: `{id}: active`, `quarantined (reason)`,
     /// `removed (reason)`, `moot` (deleted or decided meanwhile), `left
     /// pending: no --scan-url`, or why it failed (the image then stays
@@ -361,7 +362,9 @@ impl Images {
             } else {
                 // Several at once: each waits for one of the replica's
                 // `--max-concurrent-scans` places, so a scanner that hangs
-                // costs the pass its timeout once per place, not per image.
+                // costs the pass its timeout once per place, not per image;
+                // one user's backlog takes at most that user's share of
+                // them, and waits its turn with live uploads' scans.
                 let uploads = &self.uploads;
                 let outcomes = futures::stream::iter(overdue)
                     .map(|record| async move {

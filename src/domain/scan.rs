@@ -8,15 +8,21 @@
 //! takes the verdict `--scan-on-failure` names.
 //!
 //! Bounded: the scans in flight on a replica (`--max-concurrent-scans`),
+//! and of one user (`--max-concurrent-scans-per-user`), the `async` images
+//! queued for a place (`--max-queued-scans`, and per user; see [`queue`]),
 //! the bytes sent (`--scan-max-bytes`), each attempt's time
 //! (`--scan-timeout`) and the attempts (`--scan-retries`, with backoff).
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use super::ports::{ScanAnswer, ScanFailure, ScanRequest, Scanner};
 use super::state_change::MAX_REASON_LEN;
+use super::{ImageId, UserId};
+
+pub mod queue;
+
+use queue::ScanPlaces;
+pub use queue::{Place, PlaceLimits};
 
 /// How the error of an upload the scanner rejected begins.
 pub const SCAN_REJECTED: &str = "the content scanner rejected the image";
@@ -60,8 +66,9 @@ pub struct ScanPolicy {
     pub retries: u32,
     /// Most bytes sent: a larger rendition is not sent and the scan fails.
     pub max_bytes: u64,
-    /// Scans in flight at once on this replica.
-    pub max_concurrent: usize,
+    /// Scans in flight at once on this replica, of one user, and the
+    /// queue in front of them.
+    pub places: PlaceLimits,
 }
 
 /// What becomes of a scanned image.
@@ -79,16 +86,16 @@ pub enum Verdict {
 pub struct ScanHook {
     scanner: Arc<dyn Scanner>,
     policy: ScanPolicy,
-    permits: Arc<Semaphore>,
+    places: ScanPlaces,
 }
 
 impl ScanHook {
     pub fn new(scanner: Arc<dyn Scanner>, policy: ScanPolicy) -> Self {
-        let permits = Arc::new(Semaphore::new(policy.max_concurrent.max(1)));
+        let places = ScanPlaces::new(policy.places);
         Self {
             scanner,
             policy,
-            permits,
+            places,
         }
     }
 
@@ -96,18 +103,27 @@ impl ScanHook {
         &self.policy
     }
 
-    /// A place among the scans in flight, waited for.
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the scan permits are never closed")
+    /// A place among the scans in flight for a scan of `user`'s, waited
+    /// for in turn with other users' work (see [`queue`]).
+    pub async fn place(&self, user: &UserId) -> Place {
+        self.places.place(user).await
     }
 
-    /// A place among the scans in flight, if one is free now.
-    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+    /// Queues the `async` scan of `user`'s image `id`; false when the
+    /// queue has no room for it (the repair pass scans it).
+    pub fn queue(&self, user: &UserId, id: ImageId) -> bool {
+        self.places.queue(user, id)
+    }
+
+    /// The next queued image given a place (the scan worker's part).
+    pub async fn next_queued(&self) -> (UserId, ImageId, Place) {
+        self.places.next_queued().await
+    }
+
+    /// Drops the queued images (they stay `PENDING` for the repair pass)
+    /// and queues no more: the replica is stopping.
+    pub fn close_queue(&self) {
+        self.places.close_queue();
     }
 
     /// The verdict the policy takes when a scan cannot be made (the

@@ -5,14 +5,18 @@
 //! - `sync`: the verdict is taken before the record is stored. A rejected
 //!   image is not stored at all (the upload fails and undoes its writes);
 //!   a quarantined one is stored `Quarantined`, with an audit entry.
-//! - `async`: the record is stored `Pending` and the scan runs after the
-//!   acknowledgement, if a place among the replica's scans is free. The
-//!   verdict goes through the moderators' state change
+//! - `async`: the record is stored `Pending` and its id queued: the
+//!   replica's scan worker ([`Uploads::serve_scan_queue`]) scans it once a
+//!   place is free, users taking turns ([`crate::domain::scan::queue`]).
+//!   The verdict goes through the moderators' state change
 //!   ([`crate::domain::state_change`]): `Active`, `Quarantined`, or for a
 //!   rejection `Removed` with every byte deleted. A `Pending` record is
 //!   its own journal: in the review index of `Pending` images, it is
 //!   scanned by the repair pass ([`Uploads::complete_scan`]) if this
-//!   replica dies first or had no place for it.
+//!   replica dies (or stops) first, or its queue had no room for it.
+//!
+//! Every scan, `sync`, queued or the repair pass's, takes one of the
+//! replica's scan places in turn, within its owner's share.
 //!
 //! The scanner is sent the `medium` rendition, else the largest variant,
 //! else the original (at most `--scan-max-bytes`: a larger one fails the
@@ -27,7 +31,7 @@ use crate::domain::image::{ImageRecord, ImageState, Timestamp};
 use crate::domain::ports::{ObjectKey, ScanRequest};
 use crate::domain::scan::{PENDING_REASON, SCAN_REJECTED, ScanHook, ScanMode, Verdict};
 use crate::domain::state_change::{Change, StateChanges, scanner};
-use crate::domain::{DomainError, VariantName};
+use crate::domain::{DomainError, ImageId, VariantName};
 use crate::telemetry::error_chain;
 
 /// The rendition sent to the scanner, when it has one.
@@ -67,7 +71,7 @@ impl Uploads {
         let (state, reason) = match hook.policy().mode {
             ScanMode::Async => (ImageState::Pending, PENDING_REASON.to_owned()),
             ScanMode::Sync => {
-                let _permit = hook.permit().await;
+                let _place = hook.place(&record.owner).await;
                 match self.verdict_on(hook, record).await {
                     Verdict::Allow => return Ok(()),
                     Verdict::Quarantine(reason) => (ImageState::Quarantined, reason),
@@ -86,8 +90,8 @@ impl Uploads {
     }
 
     /// Once a new record is stored: a quarantine the `sync` scan set is
-    /// added to the audit trail; a `Pending` image is scanned now, if a
-    /// place among the replica's scans is free (else by the repair pass).
+    /// added to the audit trail; a `Pending` image is queued for its scan
+    /// (else, when the queue is full, left to the repair pass).
     pub(super) async fn scan_after_store(&self, record: &ImageRecord) {
         let Some(hook) = &self.scan else {
             return;
@@ -109,36 +113,69 @@ impl Uploads {
                 }
             }
             ImageState::Pending => {
-                let Some(permit) = hook.try_permit() else {
+                if !hook.queue(&record.owner, record.id) {
                     metrics::counter!("imageservice_scans_left_to_repair_total").increment(1);
-                    tracing::info!(image_id = %record.id, "every scan place is taken (--max-concurrent-scans): the repair pass scans the image");
-                    return;
-                };
-                let uploads = self.clone();
-                let hook = hook.clone();
-                let record = record.clone();
-                tokio::spawn(
-                    async move {
-                        let _permit = permit;
-                        if let Err(error) = uploads.apply_verdict(&hook, &record).await {
-                            tracing::warn!(image_id = %record.id, error = %error_chain(&error), "could not apply the scanner's verdict; the repair pass scans the image again");
-                        }
-                    }
-                    .in_current_span(),
-                );
+                    tracing::info!(image_id = %record.id, owner = %record.owner, "the scan queue is full (--max-queued-scans, --max-queued-scans-per-user): the repair pass scans the image");
+                }
             }
             ImageState::Active | ImageState::Removed => {}
         }
     }
 
     /// Scans a `Pending` image and applies the verdict (the repair pass's
-    /// part: a replica that died, or had no place, left it).
+    /// part: a replica that died, or had no room in its queue, left it),
+    /// in one of the replica's scan places, within its owner's share.
     pub async fn complete_scan(&self, record: &ImageRecord) -> Result<Scanned, DomainError> {
         let Some(hook) = &self.scan else {
             return Ok(Scanned::NoScanner);
         };
-        let _permit = hook.permit().await;
+        let _place = hook.place(&record.owner).await;
         self.apply_verdict(hook, record).await
+    }
+
+    /// Scans the queued `async` images as they are given places, each in
+    /// a task of its own, until the returned task is aborted (the replica
+    /// stops; see [`Self::stop_scan_queue`]). None without a scanner.
+    pub fn serve_scan_queue(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let hook = self.scan.clone()?;
+        let uploads = self.clone();
+        Some(tokio::spawn(
+            async move {
+                loop {
+                    let (_, id, place) = hook.next_queued().await;
+                    let (uploads, hook) = (uploads.clone(), hook.clone());
+                    tokio::spawn(
+                        async move {
+                            let _place = place;
+                            if let Err(error) = uploads.scan_queued(&hook, &id).await {
+                                tracing::warn!(image_id = %id, error = %error_chain(&error), "could not apply the scanner's verdict; the repair pass scans the image again");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            .in_current_span(),
+        ))
+    }
+
+    /// Drops the images still queued for a scan (they stay `PENDING`, for
+    /// the repair pass) and queues no more.
+    pub fn stop_scan_queue(&self) {
+        if let Some(hook) = &self.scan {
+            hook.close_queue();
+        }
+    }
+
+    /// Scans queued image `id`, read again: one deleted, or decided by a
+    /// moderator, while it waited is not scanned.
+    async fn scan_queued(&self, hook: &ScanHook, id: &ImageId) -> Result<Scanned, DomainError> {
+        match self.metadata.get(id).await? {
+            Some(record) if record.state == ImageState::Pending => {
+                self.apply_verdict(hook, &record).await
+            }
+            _ => Ok(Scanned::Moot),
+        }
     }
 
     async fn apply_verdict(

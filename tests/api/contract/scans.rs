@@ -5,6 +5,7 @@
 //! not stored) or after the acknowledgement (`async`: `PENDING` until
 //! then, applied by the repair pass if the replica dies first). A scan
 //! that finds no verdict follows `--scan-on-failure`.
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +30,9 @@ enum Answer {
     Slowly(Duration),
     ServerError,
     Garbage,
+    /// The scans of this owner's images wait until [`Scanner::release`];
+    /// others are allowed at once.
+    Hold(&'static str),
 }
 
 /// What the scanner was sent.
@@ -47,6 +51,12 @@ struct Scanner {
     url: String,
     answer: Arc<Mutex<Answer>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Set once held scans may answer.
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Scans being answered now, by owner, and the most ever at once.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    most_in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    most_in_flight_in_all: Arc<Mutex<usize>>,
 }
 
 impl Scanner {
@@ -57,6 +67,10 @@ impl Scanner {
             url: format!("http://{addr}/scan"),
             answer: Arc::new(Mutex::new(Answer::Allow)),
             seen: Arc::default(),
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            most_in_flight_in_all: Arc::default(),
         };
         let router = axum::Router::new()
             .route("/scan", axum::routing::post(answer))
@@ -73,11 +87,53 @@ impl Scanner {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Lets the held scans answer `then`, and answers `then` from now on.
+    fn release(&self, then: Answer) {
+        self.answer(then);
+        self.released.send_replace(true);
+    }
+
+    /// The most scans of `owner`'s images answered at once.
+    fn most_in_flight(&self, owner: &str) -> usize {
+        let most = self.most_in_flight.lock().unwrap();
+        most.get(owner).copied().unwrap_or(0)
+    }
+
+    /// A scan of `owner`'s begins; it ends when the guard is dropped.
+    fn begin(&self, owner: &str) -> Scanning {
+        {
+            let mut now = self.in_flight.lock().unwrap();
+            let count = now.entry(owner.to_owned()).or_insert(0);
+            *count += 1;
+            let mut most = self.most_in_flight.lock().unwrap();
+            let top = most.entry(owner.to_owned()).or_insert(0);
+            *top = (*top).max(*count);
+            let mut most = self.most_in_flight_in_all.lock().unwrap();
+            *most = (*most).max(now.values().sum());
+        }
+        Scanning {
+            in_flight: self.in_flight.clone(),
+            owner: owner.to_owned(),
+        }
+    }
+
     /// The server's flags for this scanner, and `more`.
     fn flags<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
         let mut flags = vec!["--scan-url", &self.url, "--moderators", MODERATOR];
         flags.extend_from_slice(more);
         flags
+    }
+}
+
+/// A scan being answered.
+struct Scanning {
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl Drop for Scanning {
+    fn drop(&mut self) {
+        *self.in_flight.lock().unwrap().get_mut(&self.owner).unwrap() -= 1;
     }
 }
 
@@ -101,7 +157,14 @@ async fn answer(
         content_type: header("content-type"),
         bytes: body.len(),
     });
-    let answer = *scanner.answer.lock().unwrap();
+    let owner = header("x-image-owner");
+    let _scanning = scanner.begin(&owner);
+    let mut answer = *scanner.answer.lock().unwrap();
+    if matches!(answer, Answer::Hold(held) if held == owner) {
+        let mut released = scanner.released.subscribe();
+        released.wait_for(|released| *released).await.unwrap();
+        answer = *scanner.answer.lock().unwrap();
+    }
     let json = |text: &'static str| ([("content-type", "application/json")], text).into_response();
     match answer {
         Answer::Allow => json(r#"{"verdict": "allow", "score": 0.01}"#),
@@ -113,6 +176,7 @@ async fn answer(
         }
         Answer::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
         Answer::Garbage => json(r#"{"verdict": "maybe"}"#),
+        Answer::Hold(_) => json(r#"{"verdict": "allow"}"#),
     }
 }
 
@@ -397,11 +461,192 @@ pub(super) async fn a_killed_replicas_pending_scans_are_finished_by_the_repair_p
     only_owner_and_moderators_see(&app, &id, pb::ImageState::Quarantined).await;
 }
 
+/// Polls each of `images` (owner, id) until none is `PENDING`; the ids in
+/// the order they were seen leave it, with their states.
+async fn verdicts(app: &TestApp, images: &[(&str, &str)]) -> Vec<(String, pb::ImageState)> {
+    let mut decided: Vec<(String, pb::ImageState)> = Vec::new();
+    for _ in 0..600 {
+        for (owner, id) in images {
+            if decided.iter().any(|(done, _)| done == id) {
+                continue;
+            }
+            let image = app.get(owner, id).await.unwrap();
+            if image.state() != pb::ImageState::Pending {
+                decided.push((id.to_string(), image.state()));
+            }
+        }
+        if decided.len() == images.len() {
+            return decided;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still pending after 30 s: {images:?} but {decided:?}");
+}
+
+/// Waits until none of `owner`'s images `ids` is `PENDING`: each is
+/// `ACTIVE`.
+async fn all_become_active(app: &TestApp, owner: &str, ids: &[String]) {
+    let images: Vec<(&str, &str)> = ids.iter().map(|id| (owner, id.as_str())).collect();
+    let decided = verdicts(app, &images).await;
+    assert!(
+        decided
+            .iter()
+            .all(|(_, state)| *state == pb::ImageState::Active),
+        "{decided:?}"
+    );
+}
+
+/// Waits until the scanner has been sent `count` scans.
+async fn wait_for_scans(scanner: &Scanner, count: usize) {
+    for _ in 0..400 {
+        if scanner.seen().len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the scanner was sent {} scans, not {count}",
+        scanner.seen().len()
+    );
+}
+
+/// Two scan places, one of them a user's share: no scan is timed out while
+/// the test holds it.
+const TWO_PLACES: [&str; 6] = [
+    "--max-concurrent-scans",
+    "2",
+    "--max-concurrent-scans-per-user",
+    "1",
+    "--scan-timeout",
+    "60s",
+];
+
+pub(super) async fn one_users_backlog_of_async_scans_does_not_hold_up_another_users(
+    backend: Backend,
+) {
+    let scanner = Scanner::start().await;
+    let mut flags = vec!["--scan-mode", "async"];
+    flags.extend(TWO_PLACES);
+    let app = TestApp::spawn_with(backend, &scanner.flags(&flags)).await;
+
+    // Alice's scans hang until released: her first holds her one place,
+    // and her other nine wait in the replica's queue.
+    scanner.answer(Answer::Hold("alice"));
+    let mut alices = Vec::new();
+    for seed in 0..10 {
+        let image = upload(&app, "alice", seed).await.unwrap();
+        assert_eq!(image.state(), pb::ImageState::Pending);
+        alices.push(image.image_id);
+    }
+    let bobs = upload(&app, "bob", 10).await.unwrap();
+    assert_eq!(bobs.state(), pb::ImageState::Pending);
+    // Bob's image takes the other place at once (no repair pass runs).
+    let bob = wait_for_verdict(&app, "bob", &bobs.image_id).await;
+    assert_eq!(bob.state(), pb::ImageState::Active);
+    assert_eq!(
+        app.get("carol", &bobs.image_id).await.unwrap().state(),
+        pb::ImageState::Active
+    );
+    let owners: Vec<String> = scanner.seen().into_iter().map(|s| s.owner).collect();
+    assert_eq!(
+        (
+            owners.len(),
+            owners.iter().filter(|o| *o == "alice").count()
+        ),
+        (2, 1),
+        "one of Alice's scans at a time: {owners:?}"
+    );
+    for id in &alices {
+        let image = app.get("alice", id).await.unwrap();
+        assert_eq!(image.state(), pb::ImageState::Pending, "{id}");
+    }
+
+    // Released, Alice's queue is scanned in the background, one at a time.
+    scanner.release(Answer::Slowly(Duration::from_millis(100)));
+    all_become_active(&app, "alice", &alices).await;
+    assert_eq!(scanner.most_in_flight("alice"), 1);
+    assert!(*scanner.most_in_flight_in_all.lock().unwrap() <= 2);
+    let mut scanned: Vec<String> = scanner.seen().into_iter().map(|s| s.image_id).collect();
+    scanned.sort();
+    let mut expected = alices.clone();
+    expected.push(bobs.image_id);
+    expected.sort();
+    assert_eq!(scanned, expected, "each image scanned once");
+}
+
+pub(super) async fn one_users_sync_scans_wait_behind_another_users(backend: Backend) {
+    let scanner = Scanner::start().await;
+    let app = TestApp::spawn_with(backend, &scanner.flags(&TWO_PLACES)).await;
+    scanner.answer(Answer::Hold("alice"));
+    let alices = futures::future::join_all((0..3).map(|seed| upload(&app, "alice", seed)));
+    let bob_then_release = async {
+        // Alice's first scan holds her share; her others wait for it.
+        wait_for_scans(&scanner, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bob = tokio::time::timeout(Duration::from_secs(20), upload(&app, "bob", 9))
+            .await
+            .expect("Bob's upload is scanned while Alice's wait")
+            .unwrap();
+        let waiting = scanner.seen().len();
+        scanner.release(Answer::Allow);
+        (bob, waiting)
+    };
+    let (alices, (bob, scans_before_release)) = tokio::join!(alices, bob_then_release);
+    assert_eq!(bob.state(), pb::ImageState::Active);
+    assert_eq!(scans_before_release, 2, "Alice's one, then Bob's");
+    for image in alices {
+        assert_eq!(image.unwrap().state(), pb::ImageState::Active);
+    }
+    assert_eq!(scanner.most_in_flight("alice"), 1);
+}
+
+pub(super) async fn async_scans_past_the_queue_are_left_to_the_repair_pass(backend: Backend) {
+    let scanner = Scanner::start().await;
+    let mut flags = vec!["--scan-mode", "async", "--max-queued-scans-per-user", "2"];
+    flags.extend(TWO_PLACES);
+    let mut app = TestApp::spawn_with(backend, &scanner.flags(&flags)).await;
+    // One of Alice's scans in flight (held), two queued, two left over.
+    scanner.answer(Answer::Hold("alice"));
+    let mut alices = Vec::new();
+    for seed in 0..5 {
+        alices.push(upload(&app, "alice", seed).await.unwrap().image_id);
+    }
+    wait_for_scans(&scanner, 1).await;
+    scanner.release(Answer::Allow);
+    all_become_active(&app, "alice", &alices[..3]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &alices[3..] {
+        let image = app.get("alice", id).await.unwrap();
+        assert_eq!(
+            image.state(),
+            pb::ImageState::Pending,
+            "left for the repair pass"
+        );
+    }
+    assert_eq!(scanner.seen().len(), 3);
+    app.stop().await.unwrap();
+
+    let report = app.repair_pass(false).await;
+    let mut expected: Vec<String> = alices[3..]
+        .iter()
+        .map(|id| format!("{id}: active"))
+        .collect();
+    expected.sort();
+    let mut done = report.pending_scans.clone();
+    done.sort();
+    assert_eq!(done, expected);
+    let app = app.successor(&scanner.flags(&flags)).await;
+    for id in &alices {
+        let image = app.get("bob", id).await.unwrap();
+        assert_eq!(image.state(), pb::ImageState::Active);
+    }
+}
+
 pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
     let https = "https://scanner.internal/scan";
     let plaintext = "http://scanner.internal/scan";
     // Each setting, and what its refusal names (`None`: it starts).
-    let cases: [(&[&str], Option<&str>); 6] = [
+    let cases: [(&[&str], Option<&str>); 10] = [
         (&["--scan-url", "not a url"], Some("is not a URL")),
         (
             &["--scan-url", "ftp://scanner.internal/"],
@@ -420,6 +665,43 @@ pub(super) async fn unsafe_scan_settings_stop_the_start(_backend: Backend) {
                 "--scan-on-failure",
                 "allow",
                 "--scan-accept-unscanned",
+            ],
+            None,
+        ),
+        // A user's share of the scan places, or of the queue, above the
+        // whole; a share of nothing.
+        (
+            &[
+                "--scan-url",
+                https,
+                "--max-concurrent-scans",
+                "2",
+                "--max-concurrent-scans-per-user",
+                "3",
+            ],
+            Some("--max-concurrent-scans-per-user"),
+        ),
+        (
+            &["--max-concurrent-scans-per-user", "0"],
+            Some("--max-concurrent-scans-per-user"),
+        ),
+        (
+            &[
+                "--max-queued-scans",
+                "10",
+                "--max-queued-scans-per-user",
+                "11",
+            ],
+            Some("--max-queued-scans-per-user"),
+        ),
+        (
+            &[
+                "--scan-url",
+                https,
+                "--max-concurrent-scans",
+                "2",
+                "--max-concurrent-scans-per-user",
+                "2",
             ],
             None,
         ),
