@@ -769,6 +769,17 @@ pub struct LimitSettings {
     #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
     pub max_page_bytes: u64,
 
+    /// Most entries of the similar-image index one FindSimilarImages search
+    /// reads, an even share of it (a 32nd) in each of the 32 buckets of the
+    /// query's hash, so that its time and memory are bounded however many
+    /// copies of one image were uploaded. A bucket holding more than its
+    /// share is read up to it and the response says the search was cut
+    /// short (`candidates_truncated`). Buckets hold about 1/256 of the
+    /// hashed images each: the default cuts no search of an evenly spread
+    /// catalogue short below about 150 000 images.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_SIMILAR_CANDIDATES", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(32..=1_000_000), global = true)]
+    pub max_similar_candidates: u32,
+
     /// Longest validity a caller may ask of a download URL (e.g. `1h`, `7d`).
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub download_url_max_expiry: Duration,

@@ -13,7 +13,9 @@
 //! state_time | id`, which the moderators' review reads in key order.
 //! A record with a PDQ hash has one entry per band of it (see
 //! [`crate::domain::similar`]), `PDQ | band | value | hash | id`: a search
-//! for similar images reads the 32 key ranges of its hash's bands and
+//! for similar images reads the 32 key ranges of its hash's bands (each up
+//! to its share of `--max-similar-candidates`, from the query's own hash on,
+//! so that its exact copies come first, then from the range's start) and
 //! computes the distances from the keys, reading only the matches' records.
 //! The moderation audit trail is a table of its own, keyed by time and id,
 //! only ever appended to.
@@ -41,7 +43,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::similar::{self, HASH_BYTES, PdqHash, SimilarImage};
+use crate::domain::similar::{self, HASH_BYTES, PdqHash, SimilarFound, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -1010,16 +1012,30 @@ impl MetadataStore for EmbeddedMetadataStore {
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
         let query = *hash;
         self.run(move |db| {
             let txn = db.begin_read()?;
             let index = txn.open_table(INDEX)?;
             let mut candidates = Vec::new();
+            let mut truncated = false;
             for (band, value) in query.bands() {
+                // The bucket from the query's own hash on, then the rest
+                // of it: its exact copies are read first.
                 let lower = [PDQ, band, value];
+                let start = [&lower[..], query.as_bytes()].concat();
                 let upper = [&lower[..], &[0xFF; PDQ_KEY_LEN - 2]].concat();
-                for entry in index.range::<&[u8]>(&lower[..]..upper.as_slice())? {
+                let entries = index
+                    .range::<&[u8]>(start.as_slice()..upper.as_slice())?
+                    .chain(index.range::<&[u8]>(&lower[..]..start.as_slice())?);
+                let mut read = 0;
+                for entry in entries {
+                    if read == per_band {
+                        truncated = true;
+                        break;
+                    }
+                    read += 1;
                     let key = entry?.0.value().to_vec();
                     if key.len() != PDQ_KEY_LEN {
                         return Ok(Err(StorageError::internal("malformed PDQ band entry")));
@@ -1043,7 +1059,10 @@ impl MetadataStore for EmbeddedMetadataStore {
                     Err(error) => return Ok(Err(error)),
                 }
             }
-            Ok(Ok(found))
+            Ok(Ok(SimilarFound {
+                images: found,
+                truncated,
+            }))
         })
         .await
     }
