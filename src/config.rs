@@ -1713,4 +1713,21 @@ mod tests {
         assert!(parse(&["--jwt-audience", "images", "--jwt-allow-any-audience"]).is_err());
         assert!(parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).is_ok());
     }
+
+    #[test]
+    fn a_similar_image_search_reads_a_bounded_share_of_each_bucket() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["image-service"], args].concat());
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.limits.max_similar_candidates, 20_000);
+        // Fewer than one entry per bucket, or an unbounded read, stops the
+        // start.
+        for refused in ["0", "31", "1000001", "-1", "lots"] {
+            assert!(
+                parse(&["--max-similar-candidates", refused]).is_err(),
+                "{refused}"
+            );
+        }
+        let config = parse(&["--max-similar-candidates", "32"]).unwrap();
+        assert_eq!(config.limits.max_similar_candidates, 32);
+    }
 }

@@ -1362,4 +1362,44 @@ mod tests {
         let many = store.get_many(&[expected.id]).await.expect("read");
         assert_eq!(many, [expected]);
     }
+
+    /// A crowded bucket is read from the query's own hash on: its exact
+    /// copies are found first, even when every bucket of the query holds
+    /// more entries of lesser hashes than its share.
+    #[tokio::test]
+    async fn a_crowded_bucket_gives_the_querys_exact_copies_first() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedMetadataStore::open(&dir.path().join("metadata.redb")).expect("opened");
+        let owner = UserId::parse("alice").expect("a user");
+        let query = PdqHash::from_bytes([0x55; HASH_BYTES]);
+        // The low bit off in bands 16 to 31 (or 0 to 15): a lesser hash
+        // that shares the query's other 16 buckets.
+        let lesser = |bands: std::ops::Range<usize>| {
+            let mut bytes = *query.as_bytes();
+            for band in bands {
+                bytes[band] ^= 1;
+            }
+            PdqHash::from_bytes(bytes)
+        };
+        let mut micros = 1_000_000;
+        for hash in [lesser(16..32), lesser(0..16)] {
+            for _ in 0..3 {
+                let mut record = sample_record(&owner, micros);
+                record.pdq_hash = hash.to_hex();
+                store.create(&record).await.expect("created");
+                micros += 1;
+            }
+        }
+        let mut copy = sample_record(&owner, micros);
+        copy.pdq_hash = query.to_hex();
+        store.create(&copy).await.expect("created");
+
+        let found = store
+            .find_similar(&query, similar::MAX_DISTANCE, 10, 2)
+            .await
+            .expect("a search");
+        assert!(found.truncated);
+        assert_eq!(found.images[0].record.id, copy.id, "{found:?}");
+        assert_eq!(found.images[0].distance, 0);
+    }
 }
