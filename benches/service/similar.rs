@@ -2,6 +2,8 @@
 //! the embedded store and on DynamoDB. The catalogue is random hashes, with
 //! a few originals that each have three edited copies (4, 10 and 20 bits
 //! off); every search is for an original's hash and finds its copies.
+//! `flood`: many copies of one photo crowd every bucket of its hash, and
+//! searches near it are bounded by `--max-similar-candidates`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -195,4 +197,108 @@ async fn row(
     // Printed as soon as measured: the aws catalogue takes long to fill.
     eprintln!("{line}");
     let _ = writeln!(out, "{line}");
+}
+
+/// The cap of a search that reads its buckets whole (the largest allowed:
+/// a share of 31 250 entries a bucket).
+const UNCAPPED: &str = "1000000";
+
+/// Many copies of one photo (one hash, as uploads of the same bytes have),
+/// and searches by that hash at once, as a moderator: the time they take
+/// and the service's peak memory, with buckets read whole and with the
+/// default cap.
+pub async fn flood(plan: &Plan) -> String {
+    let (copies, searches) = plan.similar_flood;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### FindSimilarImages near a flood of copies of one photo (embedded)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| --max-similar-candidates | copies | searches at once | wall time | per search (mean) | peak RSS over idle | found per search | cut short |\n|---|---|---|---|---|---|---|---|"
+    );
+    for copies in [copies, 4 * copies] {
+        flood_rows(&mut out, copies, searches).await;
+    }
+    let _ = writeln!(
+        out,
+        "\nEvery copy has the same hash, so each of the 32 buckets of the query holds all of them: read whole, a search reads 32 × copies entries; capped, 32 × its share (625 by default) whatever the copies. Each search asks for the default page (50 images), so the records read are 50 a search either way.\n"
+    );
+    out
+}
+
+/// The rows of `copies` copies: buckets read whole, then capped.
+async fn flood_rows(out: &mut String, copies: usize, searches: usize) {
+    let hash = random_hash();
+    let start = Timestamp::now().as_micros() - copies as i64 * 1000;
+    let records: Vec<ImageRecord> = (0..copies)
+        .map(|i| {
+            let mut record = catalogue_record(i, start + i as i64 * 1000);
+            record.pdq_hash = hash.to_hex();
+            record.pdq_quality = 100;
+            record.tags.dedup();
+            record
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    import_embedded(dir.path(), records).await;
+    for cap in [UNCAPPED, "20000"] {
+        let service = start_service(&[
+            "--backend".to_owned(),
+            "embedded".into(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--moderators".into(),
+            MODERATOR.into(),
+            "--max-similar-candidates".into(),
+            cap.into(),
+        ]);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+        let client = ModerationServiceClient::new(channel);
+        let search = || {
+            let request = pb::FindSimilarImagesRequest {
+                query: Some(pb::find_similar_images_request::Query::PdqHash(
+                    hash.to_hex(),
+                )),
+                ..Default::default()
+            };
+            let mut client = client.clone();
+            async move {
+                client
+                    .find_similar_images(as_user(MODERATOR, request))
+                    .await
+                    .expect("a search")
+                    .into_inner()
+            }
+        };
+        // Once to warm the page cache, then the measured searches at once.
+        search().await;
+        let idle = service.rss_kib();
+        service.reset_peak();
+        let (elapsed, responses) =
+            time(futures::future::join_all((0..searches).map(|_| search()))).await;
+        let peak = service.peak_kib();
+        let found: usize = responses.iter().map(|r| r.images.len()).sum();
+        let cut = responses.iter().filter(|r| r.candidates_truncated).count();
+        let line = format!(
+            "| {} | {copies} | {searches} | {:.2} s | {:.1} ms | {:.1} MiB | {:.0} | {cut} of {searches} |",
+            if cap == UNCAPPED {
+                "1000000 (buckets read whole)"
+            } else {
+                cap
+            },
+            elapsed.as_secs_f64(),
+            ms(elapsed) / searches as f64,
+            peak.saturating_sub(idle) as f64 / 1024.0,
+            found as f64 / searches as f64,
+        );
+        eprintln!("{line}");
+        let _ = writeln!(out, "{line}");
+        drop(service);
+    }
 }

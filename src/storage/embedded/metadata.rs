@@ -1019,6 +1019,7 @@ impl MetadataStore for EmbeddedMetadataStore {
             let txn = db.begin_read()?;
             let index = txn.open_table(INDEX)?;
             let mut candidates = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             let mut truncated = false;
             for (band, value) in query.bands() {
                 // The bucket from the query's own hash on, then the rest
@@ -1042,7 +1043,13 @@ impl MetadataStore for EmbeddedMetadataStore {
                     }
                     let mut bytes = [0u8; HASH_BYTES];
                     bytes.copy_from_slice(&key[3..3 + HASH_BYTES]);
-                    candidates.push((image_id_from_index_key(&key), PdqHash::from_bytes(bytes)));
+                    let (id, hash) = (image_id_from_index_key(&key), PdqHash::from_bytes(bytes));
+                    // Only the matches are kept, each once (a near copy is
+                    // in many of the buckets read): the memory of a search
+                    // follows its matches, not the entries it reads.
+                    if query.distance(&hash) <= max_distance && seen.insert(id) {
+                        candidates.push((id, hash));
+                    }
                 }
             }
             let records = txn.open_table(RECORDS)?;
