@@ -1030,13 +1030,11 @@ impl MetadataStore for EmbeddedMetadataStore {
                 let entries = index
                     .range::<&[u8]>(start.as_slice()..upper.as_slice())?
                     .chain(index.range::<&[u8]>(&lower[..]..start.as_slice())?);
-                let mut read = 0;
-                for entry in entries {
+                for (read, entry) in entries.enumerate() {
                     if read == per_band {
                         truncated = true;
                         break;
                     }
-                    read += 1;
                     let key = entry?.0.value().to_vec();
                     if key.len() != PDQ_KEY_LEN {
                         return Ok(Err(StorageError::internal("malformed PDQ band entry")));
