@@ -30,14 +30,16 @@ const ORIGINALS: usize = 20;
 const COPIES: [usize; 3] = [4, 10, 20];
 
 pub async fn run(plan: &Plan, stores: &Stores) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "### FindSimilarImages: the PDQ band index at a large catalogue\n"
-    );
-    let _ = writeln!(
-        out,
-        "| store | images | index entries read per search (expected) | p50 | p99 | found per search |\n|---|---|---|---|---|---|"
+    let mut out = section(
+        "FindSimilarImages: the PDQ band index at a large catalogue",
+        &[
+            "store",
+            "images",
+            "index entries read per search (expected)",
+            "p50",
+            "p99",
+            "found per search",
+        ],
     );
     let (embedded_count, aws_count) = plan.similar;
     let (records, originals) = catalogue(embedded_count);
@@ -45,14 +47,7 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
     let started = std::time::Instant::now();
     import_embedded(dir.path(), records).await;
     eprintln!("embedded catalogue imported in {:?}", started.elapsed());
-    let embedded = start_service(&[
-        "--backend".to_owned(),
-        "embedded".into(),
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--moderators".into(),
-        MODERATOR.into(),
-    ]);
+    let embedded = embedded_service(dir.path(), &[]);
     row(
         &mut out,
         &embedded,
@@ -105,23 +100,67 @@ fn edited(hash: &PdqHash, bits: usize) -> PdqHash {
 /// `count` records with random hashes, among them the originals (returned
 /// too) and their copies.
 fn catalogue(count: usize) -> (Vec<ImageRecord>, Vec<PdqHash>) {
-    let start = Timestamp::now().as_micros() - count as i64 * 1000;
     let originals: Vec<PdqHash> = (0..ORIGINALS).map(|_| random_hash()).collect();
     let planted: Vec<PdqHash> = originals
         .iter()
         .flat_map(|o| std::iter::once(*o).chain(COPIES.iter().map(|&bits| edited(o, bits))))
         .collect();
-    let records = (0..count)
+    let records = hashed_records(count, |i| {
+        planted.get(i).copied().unwrap_or_else(random_hash)
+    });
+    (records, originals)
+}
+
+/// `count` catalogue records, the `i`th with the hash `hash(i)`.
+fn hashed_records(count: usize, hash: impl Fn(usize) -> PdqHash) -> Vec<ImageRecord> {
+    let start = Timestamp::now().as_micros() - count as i64 * 1000;
+    (0..count)
         .map(|i| {
             let mut record = catalogue_record(i, start + i as i64 * 1000);
-            record.pdq_hash = planted.get(i).copied().unwrap_or_else(random_hash).to_hex();
+            record.pdq_hash = hash(i).to_hex();
             record.pdq_quality = 100;
             // A record's tags are distinct, as the service stores them.
             record.tags.dedup();
             record
         })
-        .collect();
-    (records, originals)
+        .collect()
+}
+
+/// The service on the embedded store in `dir`, with the moderator and
+/// `extra` flags.
+fn embedded_service(dir: &Path, extra: &[&str]) -> Service {
+    let mut args: Vec<String> = [
+        "--backend",
+        "embedded",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--moderators",
+        MODERATOR,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    start_service(&args)
+}
+
+/// A client of `service`'s moderation service.
+async fn moderation_client(
+    service: &Service,
+) -> ModerationServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    ModerationServiceClient::new(channel)
+}
+
+/// A report section: its title and its table's header.
+fn section(title: &str, columns: &[&str]) -> String {
+    let mut out = format!("### {title}\n\n| {} |\n|", columns.join(" | "));
+    out.push_str(&"---|".repeat(columns.len()));
+    out.push('\n');
+    out
 }
 
 async fn import_embedded(dir: &Path, records: Vec<ImageRecord>) {
@@ -162,12 +201,7 @@ async fn row(
     originals: &[PdqHash],
     calls: usize,
 ) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
-    let client = ModerationServiceClient::new(channel);
+    let client = moderation_client(service).await;
     let mut latencies = Vec::with_capacity(calls);
     let mut found = 0;
     for i in 0..calls {
@@ -209,14 +243,18 @@ const UNCAPPED: &str = "1000000";
 /// default cap.
 pub async fn flood(plan: &Plan) -> String {
     let (copies, searches) = plan.similar_flood;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "### FindSimilarImages near a flood of copies of one photo (embedded)\n"
-    );
-    let _ = writeln!(
-        out,
-        "| --max-similar-candidates | copies | searches at once | wall time | per search (mean) | peak RSS over idle | found per search | cut short |\n|---|---|---|---|---|---|---|---|"
+    let mut out = section(
+        "FindSimilarImages near a flood of copies of one photo (embedded)",
+        &[
+            "--max-similar-candidates",
+            "copies",
+            "searches at once",
+            "wall time",
+            "per search (mean)",
+            "peak RSS over idle",
+            "found per search",
+            "cut short",
+        ],
     );
     for copies in [copies, 4 * copies] {
         flood_rows(&mut out, copies, searches).await;
@@ -231,35 +269,11 @@ pub async fn flood(plan: &Plan) -> String {
 /// The rows of `copies` copies: buckets read whole, then capped.
 async fn flood_rows(out: &mut String, copies: usize, searches: usize) {
     let hash = random_hash();
-    let start = Timestamp::now().as_micros() - copies as i64 * 1000;
-    let records: Vec<ImageRecord> = (0..copies)
-        .map(|i| {
-            let mut record = catalogue_record(i, start + i as i64 * 1000);
-            record.pdq_hash = hash.to_hex();
-            record.pdq_quality = 100;
-            record.tags.dedup();
-            record
-        })
-        .collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    import_embedded(dir.path(), records).await;
+    import_embedded(dir.path(), hashed_records(copies, |_| hash)).await;
     for cap in [UNCAPPED, "20000"] {
-        let service = start_service(&[
-            "--backend".to_owned(),
-            "embedded".into(),
-            "--data-dir".into(),
-            dir.path().display().to_string(),
-            "--moderators".into(),
-            MODERATOR.into(),
-            "--max-similar-candidates".into(),
-            cap.into(),
-        ]);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connects");
-        let client = ModerationServiceClient::new(channel);
+        let service = embedded_service(dir.path(), &["--max-similar-candidates", cap]);
+        let client = moderation_client(&service).await;
         let search = || {
             let request = pb::FindSimilarImagesRequest {
                 query: Some(pb::find_similar_images_request::Query::PdqHash(
