@@ -188,6 +188,7 @@ fn limits(settings: &LimitSettings) -> Limits {
         // Checked at start (Application::build); commands hold no user's memory.
         max_memory_per_user: settings.memory_per_user().unwrap_or(u64::MAX),
         max_page_bytes: usize::try_from(settings.max_page_bytes).unwrap_or(usize::MAX),
+        max_similar_candidates: settings.max_similar_candidates as usize,
         keep_metadata: settings.keep_metadata,
         variants: settings.variants,
         render: RenderLimits {

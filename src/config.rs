@@ -769,6 +769,17 @@ pub struct LimitSettings {
     #[arg(long, env = "IMAGE_SERVICE_MAX_PAGE_BYTES", default_value = "2MiB", value_parser = parse_byte_size, global = true)]
     pub max_page_bytes: u64,
 
+    /// Most entries of the similar-image index one FindSimilarImages search
+    /// reads, an even share of it (a 32nd) in each of the 32 buckets of the
+    /// query's hash, so that its time and memory are bounded however many
+    /// copies of one image were uploaded. A bucket holding more than its
+    /// share is read up to it and the response says the search was cut
+    /// short (`candidates_truncated`). Buckets hold about 1/256 of the
+    /// hashed images each: the default cuts no search of an evenly spread
+    /// catalogue short below about 150 000 images.
+    #[arg(long, env = "IMAGE_SERVICE_MAX_SIMILAR_CANDIDATES", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(32..=1_000_000), global = true)]
+    pub max_similar_candidates: u32,
+
     /// Longest validity a caller may ask of a download URL (e.g. `1h`, `7d`).
     #[arg(long, env = "IMAGE_SERVICE_DOWNLOAD_URL_MAX_EXPIRY", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub download_url_max_expiry: Duration,
@@ -1803,5 +1814,22 @@ mod tests {
         }
         let object = parse("s3://lists/a b.txt").unwrap();
         assert_eq!(object.to_string(), "s3://lists/a b.txt");
+    }
+
+    #[test]
+    fn a_similar_image_search_reads_a_bounded_share_of_each_bucket() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["image-service"], args].concat());
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.limits.max_similar_candidates, 20_000);
+        // Fewer than one entry per bucket, or an unbounded read, stops the
+        // start.
+        for refused in ["0", "31", "1000001", "-1", "lots"] {
+            assert!(
+                parse(&["--max-similar-candidates", refused]).is_err(),
+                "{refused}"
+            );
+        }
+        let config = parse(&["--max-similar-candidates", "32"]).unwrap();
+        assert_eq!(config.limits.max_similar_candidates, 32);
     }
 }

@@ -1088,6 +1088,7 @@ pub fn limits() -> crate::domain::Limits {
         memory_wait: Duration::from_secs(5),
         max_memory_per_user: 1 << 30,
         max_page_bytes: 2 << 20,
+        max_similar_candidates: 20_000,
         keep_metadata: false,
         variants: true,
         render: crate::media::variants::RenderLimits {

@@ -68,6 +68,8 @@ pub struct Plan {
     stalled_edits: usize,
     /// Images searched by `FindSimilarImages`: embedded, aws.
     similar: (usize, usize),
+    /// Copies of one photo, and searches near them at once.
+    similar_flood: (usize, usize),
     /// Images of the user erased by the erasure figure: embedded, aws.
     erased: (usize, usize),
     /// Phone photos given their WebP variants by the backfill figure.
@@ -107,6 +109,7 @@ const FULL: Plan = Plan {
     stalled_watchers: 64,
     stalled_edits: 1_000,
     similar: (100_000, 2_000),
+    similar_flood: (1_500, 64),
     erased: (2_000, 500),
     backfilled: 30,
 };
@@ -131,6 +134,7 @@ const SMOKE: Plan = Plan {
     stalled_watchers: 2,
     stalled_edits: 10,
     similar: (300, 100),
+    similar_flood: (100, 4),
     erased: (20, 10),
     backfilled: 3,
 };
@@ -178,6 +182,8 @@ const FAMILIES: &[(&str, bool)] = &[
     ("scan", false),
     // FindSimilarImages over the PDQ band index on both stores (#35).
     ("similar", true),
+    // FindSimilarImages near a flood of copies of one photo (#35).
+    ("similar-flood", false),
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
@@ -289,6 +295,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "events" => events::run(plan, stores()).await,
         "scan" => scan::run(plan).await,
         "similar" => similar::run(plan, stores()).await,
+        "similar-flood" => similar::flood(plan).await,
         "hotpaths" => hotpaths::run(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }

@@ -2,6 +2,8 @@
 //! the embedded store and on DynamoDB. The catalogue is random hashes, with
 //! a few originals that each have three edited copies (4, 10 and 20 bits
 //! off); every search is for an original's hash and finds its copies.
+//! `flood`: many copies of one photo crowd every bucket of its hash, and
+//! searches near it are bounded by `--max-similar-candidates`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,14 +30,16 @@ const ORIGINALS: usize = 20;
 const COPIES: [usize; 3] = [4, 10, 20];
 
 pub async fn run(plan: &Plan, stores: &Stores) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "### FindSimilarImages: the PDQ band index at a large catalogue\n"
-    );
-    let _ = writeln!(
-        out,
-        "| store | images | index entries read per search (expected) | p50 | p99 | found per search |\n|---|---|---|---|---|---|"
+    let mut out = section(
+        "FindSimilarImages: the PDQ band index at a large catalogue",
+        &[
+            "store",
+            "images",
+            "index entries read per search (expected)",
+            "p50",
+            "p99",
+            "found per search",
+        ],
     );
     let (embedded_count, aws_count) = plan.similar;
     let (records, originals) = catalogue(embedded_count);
@@ -43,14 +47,7 @@ pub async fn run(plan: &Plan, stores: &Stores) -> String {
     let started = std::time::Instant::now();
     import_embedded(dir.path(), records).await;
     eprintln!("embedded catalogue imported in {:?}", started.elapsed());
-    let embedded = start_service(&[
-        "--backend".to_owned(),
-        "embedded".into(),
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--moderators".into(),
-        MODERATOR.into(),
-    ]);
+    let embedded = embedded_service(dir.path(), &[]);
     row(
         &mut out,
         &embedded,
@@ -103,23 +100,67 @@ fn edited(hash: &PdqHash, bits: usize) -> PdqHash {
 /// `count` records with random hashes, among them the originals (returned
 /// too) and their copies.
 fn catalogue(count: usize) -> (Vec<ImageRecord>, Vec<PdqHash>) {
-    let start = Timestamp::now().as_micros() - count as i64 * 1000;
     let originals: Vec<PdqHash> = (0..ORIGINALS).map(|_| random_hash()).collect();
     let planted: Vec<PdqHash> = originals
         .iter()
         .flat_map(|o| std::iter::once(*o).chain(COPIES.iter().map(|&bits| edited(o, bits))))
         .collect();
-    let records = (0..count)
+    let records = hashed_records(count, |i| {
+        planted.get(i).copied().unwrap_or_else(random_hash)
+    });
+    (records, originals)
+}
+
+/// `count` catalogue records, the `i`th with the hash `hash(i)`.
+fn hashed_records(count: usize, hash: impl Fn(usize) -> PdqHash) -> Vec<ImageRecord> {
+    let start = Timestamp::now().as_micros() - count as i64 * 1000;
+    (0..count)
         .map(|i| {
             let mut record = catalogue_record(i, start + i as i64 * 1000);
-            record.pdq_hash = planted.get(i).copied().unwrap_or_else(random_hash).to_hex();
+            record.pdq_hash = hash(i).to_hex();
             record.pdq_quality = 100;
             // A record's tags are distinct, as the service stores them.
             record.tags.dedup();
             record
         })
-        .collect();
-    (records, originals)
+        .collect()
+}
+
+/// The service on the embedded store in `dir`, with the moderator and
+/// `extra` flags.
+fn embedded_service(dir: &Path, extra: &[&str]) -> Service {
+    let mut args: Vec<String> = [
+        "--backend",
+        "embedded",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--moderators",
+        MODERATOR,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    start_service(&args)
+}
+
+/// A client of `service`'s moderation service.
+async fn moderation_client(
+    service: &Service,
+) -> ModerationServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    ModerationServiceClient::new(channel)
+}
+
+/// A report section: its title and its table's header.
+fn section(title: &str, columns: &[&str]) -> String {
+    let mut out = format!("### {title}\n\n| {} |\n|", columns.join(" | "));
+    out.push_str(&"---|".repeat(columns.len()));
+    out.push('\n');
+    out
 }
 
 async fn import_embedded(dir: &Path, records: Vec<ImageRecord>) {
@@ -160,12 +201,7 @@ async fn row(
     originals: &[PdqHash],
     calls: usize,
 ) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
-    let client = ModerationServiceClient::new(channel);
+    let client = moderation_client(service).await;
     let mut latencies = Vec::with_capacity(calls);
     let mut found = 0;
     for i in 0..calls {
@@ -195,4 +231,88 @@ async fn row(
     // Printed as soon as measured: the aws catalogue takes long to fill.
     eprintln!("{line}");
     let _ = writeln!(out, "{line}");
+}
+
+/// The cap of a search that reads its buckets whole (the largest allowed:
+/// a share of 31 250 entries a bucket).
+const UNCAPPED: &str = "1000000";
+
+/// Many copies of one photo (one hash, as uploads of the same bytes have),
+/// and searches by that hash at once, as a moderator: the time they take
+/// and the service's peak memory, with buckets read whole and with the
+/// default cap.
+pub async fn flood(plan: &Plan) -> String {
+    let (copies, searches) = plan.similar_flood;
+    let mut out = section(
+        "FindSimilarImages near a flood of copies of one photo (embedded)",
+        &[
+            "--max-similar-candidates",
+            "copies",
+            "searches at once",
+            "wall time",
+            "per search (mean)",
+            "peak RSS over idle",
+            "found per search",
+            "cut short",
+        ],
+    );
+    for copies in [copies, 4 * copies] {
+        flood_rows(&mut out, copies, searches).await;
+    }
+    let _ = writeln!(
+        out,
+        "\nEvery copy has the same hash, so each of the 32 buckets of the query holds all of them: read whole, a search reads 32 × copies entries; capped, 32 × its share (625 by default) whatever the copies. Each search asks for the default page (50 images), so the records read are 50 a search either way.\n"
+    );
+    out
+}
+
+/// The rows of `copies` copies: buckets read whole, then capped.
+async fn flood_rows(out: &mut String, copies: usize, searches: usize) {
+    let hash = random_hash();
+    let dir = tempfile::tempdir().expect("temp dir");
+    import_embedded(dir.path(), hashed_records(copies, |_| hash)).await;
+    for cap in [UNCAPPED, "20000"] {
+        let service = embedded_service(dir.path(), &["--max-similar-candidates", cap]);
+        let client = moderation_client(&service).await;
+        let search = || {
+            let request = pb::FindSimilarImagesRequest {
+                query: Some(pb::find_similar_images_request::Query::PdqHash(
+                    hash.to_hex(),
+                )),
+                ..Default::default()
+            };
+            let mut client = client.clone();
+            async move {
+                client
+                    .find_similar_images(as_user(MODERATOR, request))
+                    .await
+                    .expect("a search")
+                    .into_inner()
+            }
+        };
+        // Once to warm the page cache, then the measured searches at once.
+        search().await;
+        let idle = service.rss_kib();
+        service.reset_peak();
+        let (elapsed, responses) =
+            time(futures::future::join_all((0..searches).map(|_| search()))).await;
+        let peak = service.peak_kib();
+        let found: usize = responses.iter().map(|r| r.images.len()).sum();
+        let cut = responses.iter().filter(|r| r.candidates_truncated).count();
+        let line = format!(
+            "| {} | {copies} | {searches} | {:.2} s | {:.1} ms | {:.1} MiB | {:.0} | {cut} of {searches} |",
+            if cap == UNCAPPED {
+                "1000000 (buckets read whole)"
+            } else {
+                cap
+            },
+            elapsed.as_secs_f64(),
+            ms(elapsed) / searches as f64,
+            peak.saturating_sub(idle) as f64 / 1024.0,
+            found as f64 / searches as f64,
+        );
+        eprintln!("{line}");
+        let _ = writeln!(out, "{line}");
+        drop(service);
+    }
 }

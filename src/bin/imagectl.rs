@@ -1921,13 +1921,19 @@ async fn similar(
     request: pb::FindSimilarImagesRequest,
     json: bool,
 ) -> anyhow::Result<()> {
-    let found = caller
+    let response = caller
         .moderation
         .clone()
         .find_similar_images(caller.request(request))
         .await?
-        .into_inner()
-        .images;
+        .into_inner();
+    if response.candidates_truncated {
+        eprintln!(
+            "warning: the search was cut short (a bucket of the similar-image index holds more \
+             entries than --max-similar-candidates lets one search read): matches may be missing"
+        );
+    }
+    let found = response.images;
     if json {
         let found: Vec<_> = found
             .iter()

@@ -37,6 +37,10 @@ pub struct Limits {
     /// Largest `ListImages` response, in encoded bytes: a page is cut short
     /// (with a token for the rest) rather than grow past it.
     pub max_page_bytes: usize,
+    /// Band index entries one search for similar images reads, an even
+    /// share of it in each of the 32 buckets of its hash
+    /// (`--max-similar-candidates`, see [`super::similar::band_share`]).
+    pub max_similar_candidates: usize,
     /// Store JPEG, PNG and WebP originals with their identifying metadata.
     pub keep_metadata: bool,
     /// Make variants and placeholders.

@@ -11,7 +11,7 @@ use super::audit::ModerationAction;
 use super::image::{ImageRecord, ImageState};
 use super::images::{Images, ListResult};
 use super::listing;
-use super::similar::{self, PdqHash, SimilarImage};
+use super::similar::{self, PdqHash, SimilarFound};
 use super::state_change::{Change, valid_reason};
 use super::{DomainError, ImageId, UserId};
 /// What the page tokens of the audit trail are bound to.
@@ -139,15 +139,17 @@ impl Moderation {
 
     /// The images whose PDQ hash is within `max_distance` (default and
     /// maximum [`similar::MAX_DISTANCE`]) of the query's, nearest first, at
-    /// most `page_size` (bounded like a listing's page), read from the band
-    /// index.
+    /// most `page_size` (bounded like a listing's page, and so are the
+    /// records read), read from the band index: at most
+    /// `--max-similar-candidates` entries of it, shared evenly among the
+    /// buckets (see [`similar::band_share`]).
     pub async fn find_similar(
         &self,
         caller: &UserId,
         query: Option<SimilarTo<'_>>,
         max_distance: Option<u32>,
         page_size: i32,
-    ) -> Result<Vec<SimilarImage>, DomainError> {
+    ) -> Result<SimilarFound, DomainError> {
         self.ensure_moderator(caller)?;
         let max_distance = match max_distance {
             None => similar::MAX_DISTANCE,
@@ -186,13 +188,19 @@ impl Moderation {
             }
         };
         // One more, in case the query's own image is among them.
+        let per_band = similar::band_share(self.images.limits.max_similar_candidates);
         let mut found = self
             .images
             .metadata
-            .find_similar(&hash, max_distance, limit + usize::from(itself.is_some()))
+            .find_similar(
+                &hash,
+                max_distance,
+                limit + usize::from(itself.is_some()),
+                per_band,
+            )
             .await?;
-        found.retain(|f| Some(f.record.id) != itself);
-        found.truncate(limit);
+        found.images.retain(|f| Some(f.record.id) != itself);
+        found.images.truncate(limit);
         Ok(found)
     }
 

@@ -15,7 +15,7 @@ use super::event::{ChangeKind, EventRead, EventStart};
 use super::image::{Encoding, ImageState, ObjectName, Timestamp};
 use super::listing::ListFilter;
 use super::session::{UploadId, UploadSessionRecord};
-use super::similar::{PdqHash, SimilarImage};
+use super::similar::{PdqHash, SimilarFound};
 use super::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use super::{DomainError, ImageId, ImageRecord, UserId, VariantName};
 use crate::BoxError;
@@ -545,17 +545,22 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// distance, nearest first (then by id), at most `limit`. Read from a
     /// band index kept with the records like the listing indexes (one entry
     /// per band of a record's hash, carrying the whole hash: see
-    /// [`super::similar`]): its cost is the 32 buckets of `hash` and the
-    /// records of the matches, never a scan of every record. Records of
-    /// every state are found, a purged tombstone included (it keeps its
-    /// hash); a deleted record is not. Never returns a record whose hash is
-    /// not the one it was found by.
+    /// [`super::similar`]): its cost is at most `per_band` entries of each
+    /// of the 32 buckets of `hash` and the records of the matches, never a
+    /// scan of every record, however crowded a bucket is. A bucket holding
+    /// more than `per_band` entries is read up to `per_band`, in the
+    /// store's index order, and the answer says it was cut short
+    /// ([`SimilarFound::truncated`]). Records of every state are found, a
+    /// purged tombstone included (it keeps its hash); a deleted record is
+    /// not. Never returns a record whose hash is not the one it was found
+    /// by.
     async fn find_similar(
         &self,
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError>;
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError>;
 
     /// Appends an entry to the moderation audit trail. Entries are never
     /// changed or removed.

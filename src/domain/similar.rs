@@ -14,6 +14,16 @@
 //! Each entry carries the whole hash, so a query computes the exact
 //! distance of every candidate from the entries alone, and reads only the
 //! records of the matches.
+//!
+//! A search's cost follows the size of its 32 buckets, and anyone who
+//! uploads many copies of one image (or many flat images, whose hashes
+//! agree) fills the buckets of that hash. So a search reads at most
+//! `--max-similar-candidates` entries, an even share of it in each bucket
+//! ([`band_share`]): one crowded bucket cannot take the reads of the other
+//! 31, which still find every match that agrees with the query on one of
+//! their bands. A bucket holding more than its share is read in the
+//! store's index order up to the share and the search says it was cut
+//! short ([`SimilarFound::truncated`]): matches may then be missing.
 use super::ImageRecord;
 
 /// The bands a hash is split into.
@@ -38,6 +48,24 @@ pub fn hash_of(record: &ImageRecord) -> Option<PdqHash> {
 pub struct SimilarImage {
     pub record: ImageRecord,
     pub distance: u32,
+}
+
+/// What one search found.
+#[derive(Clone, Debug, Default)]
+pub struct SimilarFound {
+    /// The matches, nearest first (then by id).
+    pub images: Vec<SimilarImage>,
+    /// Some bucket of the query's held more entries than its share
+    /// ([`band_share`]), and the rest of it was not read: matches may be
+    /// missing.
+    pub truncated: bool,
+}
+
+/// The entries a search reads of each of its [`BANDS`] buckets when it
+/// reads at most `max_candidates` in all: an even share (at least one), so
+/// that one crowded bucket cannot take the reads of the others.
+pub fn band_share(max_candidates: usize) -> usize {
+    (max_candidates / BANDS).max(1)
 }
 
 /// The matches among `candidates` (an image's id and indexed hash, as a
@@ -116,6 +144,16 @@ mod tests {
         // One more bit, in the last band: no band is shared.
         let far = flipped(&near, [31 * 8]);
         assert!(hash.bands().zip(far.bands()).all(|(a, b)| a != b));
+    }
+
+    #[test]
+    fn each_band_gets_an_even_share_of_the_candidates() {
+        assert_eq!(band_share(20_000), 625);
+        assert_eq!(band_share(64), 2);
+        assert_eq!(band_share(BANDS), 1);
+        // Never nothing: a search always reads something of each bucket.
+        assert_eq!(band_share(1), 1);
+        assert!(band_share(1_000_000) * BANDS <= 1_000_000);
     }
 
     #[test]

@@ -127,12 +127,14 @@ impl ModerationService for ModerationApi {
                     .await?;
                 let response = pb::FindSimilarImagesResponse {
                     images: found
+                        .images
                         .iter()
                         .map(|f| pb::SimilarImage {
                             image: Some(convert::image_for_moderator(&f.record)),
                             distance: f.distance,
                         })
                         .collect(),
+                    candidates_truncated: found.truncated,
                 };
                 api.respond_within(&caller, Some(memory), response).await
             },

@@ -63,6 +63,7 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     the_review_lists_a_state_oldest_first_from_its_index(store).await;
     the_audit_trail_pages_oldest_first(store).await;
     similar_images_are_found_by_their_hashes_bands(store).await;
+    a_crowded_bucket_is_read_up_to_its_share(store).await;
     store
         .check_health()
         .await
@@ -433,11 +434,17 @@ async fn the_audit_trail_pages_oldest_first(store: &dyn MetadataStore) {
     assert_eq!(read, appended);
 }
 
-/// A random PDQ hash.
+/// A random PDQ hash with the top bit of every band clear: neither it nor
+/// the hashes a few low bits off it share a band with the sample records'
+/// hash (all ones), whose buckets the many sample records in the store
+/// crowd.
 fn random_hash() -> PdqHash {
     let mut bytes = [0u8; 32];
     bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    for byte in &mut bytes {
+        *byte &= 0x7F;
+    }
     PdqHash::from_bytes(bytes)
 }
 
@@ -450,6 +457,9 @@ fn one_bit_off_in(hash: &PdqHash, bands: std::ops::Range<usize>) -> PdqHash {
     PdqHash::from_bytes(bytes)
 }
 
+/// A share of each bucket no bucket of these tests fills.
+const WHOLE_BUCKETS: usize = 1000;
+
 /// The ids and distances `find_similar` answers.
 async fn similar_to(
     store: &dyn MetadataStore,
@@ -457,10 +467,13 @@ async fn similar_to(
     max_distance: u32,
     limit: usize,
 ) -> Vec<(ImageId, u32)> {
-    store
-        .find_similar(hash, max_distance, limit)
+    let found = store
+        .find_similar(hash, max_distance, limit, WHOLE_BUCKETS)
         .await
-        .expect("a search for similar images")
+        .expect("a search for similar images");
+    assert!(!found.truncated, "no bucket is crowded");
+    found
+        .images
         .into_iter()
         .map(|found| (found.record.id, found.distance))
         .collect()
@@ -528,11 +541,12 @@ async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStor
         .await
         .expect("removed");
     let found = store
-        .find_similar(&query, MAX_DISTANCE, 10)
+        .find_similar(&query, MAX_DISTANCE, 10, WHOLE_BUCKETS)
         .await
         .expect("a search for similar images");
     assert_eq!(
         found
+            .images
             .iter()
             .map(|f| (f.record.id, f.record.state))
             .collect::<Vec<_>>(),
@@ -548,6 +562,63 @@ async fn similar_images_are_found_by_their_hashes_bands(store: &dyn MetadataStor
         store.delete(&record.id, &owner).await.expect("deleted");
     }
     assert!(similar_to(store, &query, MAX_DISTANCE, 10).await.is_empty());
+}
+
+async fn a_crowded_bucket_is_read_up_to_its_share(store: &dyn MetadataStore) {
+    let owner = fresh_user();
+    let start = now_micros();
+    let query = random_hash();
+    // Many images with one hash that agrees with the query's in bands 0 to
+    // 15 only (16 bits off): they crowd those 16 buckets of the query.
+    let crowd_hash = one_bit_off_in(&query, 16..32);
+    let mut crowd = Vec::new();
+    for i in 0..40 {
+        let mut record = sample_record(&owner, start + i);
+        record.pdq_hash = crowd_hash.to_hex();
+        create(store, &record).await;
+        crowd.push(record.id);
+    }
+    // A match 8 bits off, in bands 0 to 7: it shares buckets 8 to 15 with
+    // the crowd, and buckets 16 to 31 with nothing else.
+    let mut near = sample_record(&owner, start + 100);
+    near.pdq_hash = one_bit_off_in(&query, 0..8).to_hex();
+    create(store, &near).await;
+
+    let per_band = 1;
+    let found = store
+        .find_similar(&query, MAX_DISTANCE, 100, per_band)
+        .await
+        .expect("a search for similar images");
+    assert!(found.truncated, "a bucket held more than its share");
+    let crowd_found = found
+        .images
+        .iter()
+        .filter(|f| crowd.contains(&f.record.id))
+        .count();
+    assert!(
+        (1..=per_band * similar::BANDS).contains(&crowd_found),
+        "each bucket is read up to its share: {crowd_found} of the crowd found"
+    );
+    assert!(
+        found
+            .images
+            .iter()
+            .any(|f| f.record.id == near.id && f.distance == 8),
+        "the uncrowded buckets are read whatever the crowded ones hold"
+    );
+
+    // With a share the buckets fit in, everything is found, and the
+    // search is whole.
+    let found = store
+        .find_similar(&query, MAX_DISTANCE, 100, 64)
+        .await
+        .expect("a search for similar images");
+    assert!(!found.truncated);
+    assert_eq!(found.images.len(), crowd.len() + 1);
+    assert_eq!(found.images[0].record.id, near.id, "nearest first");
+    for record in crowd.iter().chain([&near.id]) {
+        store.delete(record, &owner).await.expect("deleted");
+    }
 }
 
 async fn create(store: &dyn MetadataStore, record: &ImageRecord) {

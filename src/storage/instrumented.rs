@@ -21,7 +21,7 @@ use crate::domain::ports::{
     PendingEncodings, PendingWrite, SessionAdmission, SessionQuota, StoredObject,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::similar::{PdqHash, SimilarImage};
+use crate::domain::similar::{PdqHash, SimilarFound};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -295,11 +295,12 @@ impl MetadataStore for InstrumentedMetadata {
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
         timed(
             ("metadata", self.1),
             "find_similar",
-            self.0.find_similar(hash, max_distance, limit),
+            self.0.find_similar(hash, max_distance, limit, per_band),
         )
         .await
     }

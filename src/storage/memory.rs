@@ -24,7 +24,7 @@ use crate::domain::ports::{
     StorageError, StoredObject, WriteSize,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::similar::{self, PdqHash, SimilarImage};
+use crate::domain::similar::{self, PdqHash, SimilarFound, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -681,22 +681,40 @@ impl MetadataStore for MemoryMetadataStore {
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
         self.faults.check(Call::List)?;
-        // The test double compares every record: the contract is the
+        // The test double makes each bucket from every record, ordered as
+        // the embedded index reads it (from the query's hash on, then the
+        // rest, by hash and id), and keeps its share: the contract is the
         // result, which the stores' band indexes give without a scan.
         let records = self.lock();
-        let candidates = records
+        let hashed: Vec<(ImageId, PdqHash)> = records
             .by_time
             .values()
-            .filter_map(|r| Some((r.id, similar::hash_of(r)?)));
-        Ok(similar::nearest(hash, candidates, max_distance, limit)
+            .filter_map(|r| Some((r.id, similar::hash_of(r)?)))
+            .collect();
+        let mut candidates = Vec::new();
+        let mut truncated = false;
+        for (band, value) in hash.bands() {
+            let mut bucket: Vec<(ImageId, PdqHash)> = hashed
+                .iter()
+                .filter(|(_, h)| h.as_bytes()[usize::from(band)] == value)
+                .copied()
+                .collect();
+            bucket.sort_by_key(|(id, h)| (h.as_bytes() < hash.as_bytes(), *h.as_bytes(), *id));
+            truncated |= bucket.len() > per_band;
+            bucket.truncate(per_band);
+            candidates.extend(bucket);
+        }
+        let images = similar::nearest(hash, candidates, max_distance, limit)
             .into_iter()
             .filter_map(|(id, _, distance)| {
                 let record = records.get(&id)?.clone();
                 Some(SimilarImage { record, distance })
             })
-            .collect())
+            .collect();
+        Ok(SimilarFound { images, truncated })
     }
 
     async fn append_moderation_action(

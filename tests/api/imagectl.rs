@@ -555,6 +555,39 @@ async fn imagectl_finds_similar_images_as_a_moderator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_warns_when_a_similar_image_search_was_cut_short() {
+    // A share of one entry per bucket: three copies of one photo crowd
+    // every bucket of its hash.
+    let app = TestApp::spawn_with(
+        Backend::Embedded,
+        &["--moderators", "mod", "--max-similar-candidates", "32"],
+    )
+    .await;
+    let photo = images::jpeg(640, 480);
+    let mut hash = String::new();
+    for i in 0..3 {
+        let spec = pb::ImageSpec {
+            filename: format!("copy-{i}.jpg"),
+            ..Default::default()
+        };
+        hash = app.upload("alice", spec, &photo).await.unwrap().pdq_hash;
+    }
+    let cut = imagectl(&app, Some("mod"), &["similar", "--hash", &hash]).await;
+    assert!(cut.status.success(), "{cut:?}");
+    let warning = String::from_utf8_lossy(&cut.stderr);
+    assert!(warning.contains("cut short"), "{warning}");
+    assert!(stdout(&cut).contains("copy-"), "a copy is listed: {cut:?}");
+    let found = json(&imagectl(&app, Some("mod"), &["--json", "similar", "--hash", &hash]).await);
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+
+    // An uncrowded search says nothing of the kind.
+    let other = "0123456789abcdef".repeat(4);
+    let whole = imagectl(&app, Some("mod"), &["similar", "--hash", &other]).await;
+    assert!(whole.status.success(), "{whole:?}");
+    assert!(whole.stderr.is_empty(), "{whole:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imagectl_reports_bytes_changed_in_transit_as_damage() {
     let app = TestApp::spawn(Backend::Embedded).await;
     let dir = tempfile::tempdir().unwrap();

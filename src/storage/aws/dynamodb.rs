@@ -76,7 +76,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::similar::{PdqHash, SimilarImage};
+use crate::domain::similar::{PdqHash, SimilarFound};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -1386,8 +1386,9 @@ impl MetadataStore for DynamoMetadataStore {
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
-        self.similar(hash, max_distance, limit).await
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
+        self.similar(hash, max_distance, limit, per_band).await
     }
 
     async fn append_moderation_action(

@@ -13,7 +13,9 @@
 //! state_time | id`, which the moderators' review reads in key order.
 //! A record with a PDQ hash has one entry per band of it (see
 //! [`crate::domain::similar`]), `PDQ | band | value | hash | id`: a search
-//! for similar images reads the 32 key ranges of its hash's bands and
+//! for similar images reads the 32 key ranges of its hash's bands (each up
+//! to its share of `--max-similar-candidates`, from the query's own hash on,
+//! so that its exact copies come first, then from the range's start) and
 //! computes the distances from the keys, reading only the matches' records.
 //! The moderation audit trail is a table of its own, keyed by time and id,
 //! only ever appended to.
@@ -41,7 +43,7 @@ use crate::domain::ports::{
     SessionQuota, StorageError,
 };
 use crate::domain::session::{UploadId, UploadSessionRecord};
-use crate::domain::similar::{self, HASH_BYTES, PdqHash, SimilarImage};
+use crate::domain::similar::{self, HASH_BYTES, PdqHash, SimilarFound, SimilarImage};
 use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChange, UsageRecord};
 use crate::domain::{ImageId, ImageRecord, UserId};
 
@@ -1010,23 +1012,42 @@ impl MetadataStore for EmbeddedMetadataStore {
         hash: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
         let query = *hash;
         self.run(move |db| {
             let txn = db.begin_read()?;
             let index = txn.open_table(INDEX)?;
             let mut candidates = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut truncated = false;
             for (band, value) in query.bands() {
+                // The bucket from the query's own hash on, then the rest
+                // of it: its exact copies are read first.
                 let lower = [PDQ, band, value];
+                let start = [&lower[..], query.as_bytes()].concat();
                 let upper = [&lower[..], &[0xFF; PDQ_KEY_LEN - 2]].concat();
-                for entry in index.range::<&[u8]>(&lower[..]..upper.as_slice())? {
+                let entries = index
+                    .range::<&[u8]>(start.as_slice()..upper.as_slice())?
+                    .chain(index.range::<&[u8]>(&lower[..]..start.as_slice())?);
+                for (read, entry) in entries.enumerate() {
+                    if read == per_band {
+                        truncated = true;
+                        break;
+                    }
                     let key = entry?.0.value().to_vec();
                     if key.len() != PDQ_KEY_LEN {
                         return Ok(Err(StorageError::internal("malformed PDQ band entry")));
                     }
                     let mut bytes = [0u8; HASH_BYTES];
                     bytes.copy_from_slice(&key[3..3 + HASH_BYTES]);
-                    candidates.push((image_id_from_index_key(&key), PdqHash::from_bytes(bytes)));
+                    let (id, hash) = (image_id_from_index_key(&key), PdqHash::from_bytes(bytes));
+                    // Only the matches are kept, each once (a near copy is
+                    // in many of the buckets read): the memory of a search
+                    // follows its matches, not the entries it reads.
+                    if query.distance(&hash) <= max_distance && seen.insert(id) {
+                        candidates.push((id, hash));
+                    }
                 }
             }
             let records = txn.open_table(RECORDS)?;
@@ -1043,7 +1064,10 @@ impl MetadataStore for EmbeddedMetadataStore {
                     Err(error) => return Ok(Err(error)),
                 }
             }
-            Ok(Ok(found))
+            Ok(Ok(SimilarFound {
+                images: found,
+                truncated,
+            }))
         })
         .await
     }
@@ -1342,5 +1366,45 @@ mod tests {
         assert_eq!(read, expected);
         let many = store.get_many(&[expected.id]).await.expect("read");
         assert_eq!(many, [expected]);
+    }
+
+    /// A crowded bucket is read from the query's own hash on: its exact
+    /// copies are found first, even when every bucket of the query holds
+    /// more entries of lesser hashes than its share.
+    #[tokio::test]
+    async fn a_crowded_bucket_gives_the_querys_exact_copies_first() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedMetadataStore::open(&dir.path().join("metadata.redb")).expect("opened");
+        let owner = UserId::parse("alice").expect("a user");
+        let query = PdqHash::from_bytes([0x55; HASH_BYTES]);
+        // The low bit off in bands 16 to 31 (or 0 to 15): a lesser hash
+        // that shares the query's other 16 buckets.
+        let lesser = |bands: std::ops::Range<usize>| {
+            let mut bytes = *query.as_bytes();
+            for band in bands {
+                bytes[band] ^= 1;
+            }
+            PdqHash::from_bytes(bytes)
+        };
+        let mut micros = 1_000_000;
+        for hash in [lesser(16..32), lesser(0..16)] {
+            for _ in 0..3 {
+                let mut record = sample_record(&owner, micros);
+                record.pdq_hash = hash.to_hex();
+                store.create(&record).await.expect("created");
+                micros += 1;
+            }
+        }
+        let mut copy = sample_record(&owner, micros);
+        copy.pdq_hash = query.to_hex();
+        store.create(&copy).await.expect("created");
+
+        let found = store
+            .find_similar(&query, similar::MAX_DISTANCE, 10, 2)
+            .await
+            .expect("a search");
+        assert!(found.truncated);
+        assert_eq!(found.images[0].record.id, copy.id, "{found:?}");
+        assert_eq!(found.images[0].distance, 0);
     }
 }

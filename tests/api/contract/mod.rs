@@ -196,6 +196,7 @@ macro_rules! all_cases {
             scans::one_users_sync_scans_wait_behind_another_users,
             scans::async_scans_past_the_queue_are_left_to_the_repair_pass,
             similar::edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not,
+            similar::a_crowded_hash_cuts_the_search_short_and_other_searches_are_whole,
             blocks::a_block_listed_photo_is_caught_resized_reencoded_or_copied,
             erasure::an_erased_user_leaves_nothing_and_others_are_untouched,
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,

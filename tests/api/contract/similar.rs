@@ -1,7 +1,9 @@
 //! Copies of a photo found by their PDQ hashes: `FindSimilarImages` finds
 //! a photo's resized, re-encoded, cropped and brightened copies, whoever
 //! uploaded them, and not unrelated photos; a removed original is still
-//! found by its hash, a deleted copy no more; only moderators search.
+//! found by its hash, a deleted copy no more; only moderators search. A
+//! search reads at most its share of a bucket crowded with copies of one
+//! photo, says so, and other photos' searches are unaffected.
 use image::{RgbImage, imageops};
 use image_service::pb::find_similar_images_request::Query;
 use image_service::pb::moderation_service_client::ModerationServiceClient;
@@ -34,28 +36,43 @@ fn hamming(a: &str, b: &str) -> u32 {
     a.iter().zip(&b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
-/// What a search finds, as `user`: (image id, distance), nearest first.
-async fn similar(
+/// What a search finds, as `user`: (image id, distance), nearest first,
+/// and whether it was cut short.
+async fn search(
     app: &TestApp,
     user: &str,
     query: Query,
     max_distance: Option<u32>,
-) -> Result<Vec<(String, u32)>, Status> {
+) -> Result<(Vec<(String, u32)>, bool), Status> {
     let request = pb::FindSimilarImagesRequest {
         query: Some(query),
         max_distance,
         page_size: 0,
     };
     let mut client = ModerationServiceClient::new(crate::helpers::connect(app.grpc_addr).await);
-    let found = client
+    let response = client
         .find_similar_images(as_user(user, request))
         .await?
-        .into_inner()
-        .images;
-    Ok(found
+        .into_inner();
+    let found = response
+        .images
         .into_iter()
         .map(|f| (f.image.expect("an image").image_id, f.distance))
-        .collect())
+        .collect();
+    Ok((found, response.candidates_truncated))
+}
+
+/// What a search finds, as `user`: (image id, distance), nearest first. It
+/// was not cut short.
+async fn similar(
+    app: &TestApp,
+    user: &str,
+    query: Query,
+    max_distance: Option<u32>,
+) -> Result<Vec<(String, u32)>, Status> {
+    let (found, truncated) = search(app, user, query, max_distance).await?;
+    assert!(!truncated, "no bucket is crowded: {found:?}");
+    Ok(found)
 }
 
 pub(super) async fn edited_copies_of_a_photo_are_found_and_unrelated_photos_are_not(
@@ -149,4 +166,75 @@ pub(super) async fn edited_copies_of_a_photo_are_found_and_unrelated_photos_are_
     for copy in &copies[1..] {
         assert!(ids.contains(copy), "{found:?}");
     }
+}
+
+pub(super) async fn a_crowded_hash_cuts_the_search_short_and_other_searches_are_whole(
+    backend: Backend,
+) {
+    // 64 entries a search: each of the 32 buckets is read up to 2.
+    let app = TestApp::spawn_with(
+        backend,
+        &["--moderators", MODERATOR, "--max-similar-candidates", "64"],
+    )
+    .await;
+    // Ten copies of one photo: each bucket of its hash holds ten entries.
+    let flood = jpeg(&images::scene(640, 480, 7), 90);
+    let mut copies = Vec::new();
+    for i in 0..10 {
+        let copy = upload_jpeg(&app, "mallory", &format!("copy-{i}.jpg"), &flood).await;
+        copies.push(copy);
+    }
+    let hash = copies[0].pdq_hash.clone();
+    assert!(copies.iter().all(|c| c.pdq_hash == hash), "one hash");
+    // Another photo and a resized copy of it.
+    let other = images::scene(640, 480, 9);
+    let original = upload_jpeg(&app, "carol", "other.jpg", &jpeg(&other, 90)).await;
+    let resized = imageops::resize(&other, 320, 240, imageops::FilterType::Triangle);
+    let resized = upload_jpeg(&app, "carol", "resized.jpg", &jpeg(&resized, 85)).await;
+    eprintln!(
+        "the other photo is {} bits from the copies",
+        hamming(&original.pdq_hash, &hash)
+    );
+
+    let (found, truncated) = search(&app, MODERATOR, Query::PdqHash(hash.clone()), None)
+        .await
+        .expect("a search");
+    assert!(truncated, "the search says it was cut short: {found:?}");
+    // Every bucket holds the same ten copies, and a share of two of each
+    // is read: some copies are found, never all (the uncapped search
+    // below finds all ten).
+    assert!(
+        !found.is_empty() && found.len() < copies.len(),
+        "{} of {} copies found",
+        found.len(),
+        copies.len()
+    );
+    assert!(found.len() <= 64, "at most the cap's worth");
+    assert!(found.iter().all(|(_, d)| *d == 0), "{found:?}");
+    // The other photo's buckets are not crowded: its search is whole.
+    let by_other = Query::ImageId(original.image_id.clone());
+    let found = similar(&app, MODERATOR, by_other.clone(), None)
+        .await
+        .expect("a search");
+    assert!(
+        found.iter().any(|(id, _)| *id == resized.image_id),
+        "{found:?}"
+    );
+
+    // With the default cap the same search is whole.
+    let app = app.successor(&["--moderators", MODERATOR]).await;
+    let found = similar(&app, MODERATOR, Query::PdqHash(hash), None)
+        .await
+        .expect("a search");
+    let ids: HashSet<&String> = found.iter().map(|(id, _)| id).collect();
+    for copy in &copies {
+        assert!(ids.contains(&copy.image_id), "{found:?}");
+    }
+    let found = similar(&app, MODERATOR, by_other, None)
+        .await
+        .expect("a search");
+    assert!(
+        found.iter().any(|(id, _)| *id == resized.image_id),
+        "{found:?}"
+    );
 }

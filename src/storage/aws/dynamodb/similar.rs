@@ -5,8 +5,10 @@
 //! reader verifies them against the image items (a stale one is skipped,
 //! and removed by the repair pass). Each item carries the whole hash in its
 //! sort key, so a search reads the 32 partitions of its hash's bands (one
-//! Query each, at once), computes every candidate's distance from the items
-//! alone, and reads only the matches' image items.
+//! Query each, at once, each with a `Limit` and read no further than its
+//! share of `--max-similar-candidates`, oldest items first), computes every
+//! candidate's distance from the items alone, and reads only the matches'
+//! image items.
 //!
 //! 32 items per image are two BatchWriteItem calls on upload. A partition
 //! holds about 1/256 of the images with a hash: at 100 000 images a search
@@ -17,7 +19,7 @@ use futures::future::try_join_all;
 use super::super::errors::classify;
 use super::items::{DynamoMetadataStore, image_id_of, key, s, time_key};
 use crate::domain::ports::StorageError;
-use crate::domain::similar::{self, PdqHash, SimilarImage};
+use crate::domain::similar::{self, PdqHash, SimilarFound, SimilarImage};
 use crate::domain::{ImageId, ImageRecord};
 
 const PDQ_PREFIX: &str = "pdq#";
@@ -104,8 +106,16 @@ impl DynamoMetadataStore {
         }
     }
 
-    /// Every (image, hash) of the band items of one band's bucket.
-    async fn bucket(&self, band: u8, value: u8) -> Result<Vec<(ImageId, PdqHash)>, StorageError> {
+    /// The (image, hash) of the first `share` band items of one band's
+    /// bucket, oldest first (the sort key's order), and whether it holds
+    /// more. Pages of at most `share` + 1 items, read no further than that.
+    async fn bucket(
+        &self,
+        band: u8,
+        value: u8,
+        share: usize,
+    ) -> Result<(Vec<(ImageId, PdqHash)>, bool), StorageError> {
+        let page_limit = i32::try_from(share + 1).unwrap_or(i32::MAX);
         let mut pages = self
             .client
             .query()
@@ -114,11 +124,17 @@ impl DynamoMetadataStore {
             .expression_attribute_values(":pk", s(band_pk(band, value)))
             .projection_expression("sk, image_id")
             .consistent_read(true)
+            .limit(page_limit)
             .into_paginator()
             .send();
         let mut entries = Vec::new();
+        let mut read = 0;
         while let Some(page) = pages.next().await {
             for item in page.map_err(classify)?.items.unwrap_or_default() {
+                if read == share {
+                    return Ok((entries, true));
+                }
+                read += 1;
                 let sk = item.get("sk").and_then(|v| v.as_s().ok());
                 if let (Some(id), Some(hash)) =
                     (image_id_of(&item), sk.and_then(|sk| hash_of_sk(sk)))
@@ -127,7 +143,7 @@ impl DynamoMetadataStore {
                 }
             }
         }
-        Ok(entries)
+        Ok((entries, false))
     }
 
     pub(super) async fn similar(
@@ -135,14 +151,22 @@ impl DynamoMetadataStore {
         query: &PdqHash,
         max_distance: u32,
         limit: usize,
-    ) -> Result<Vec<SimilarImage>, StorageError> {
-        // The 32 buckets at once; every match is verified below.
-        let buckets =
-            try_join_all(query.bands().map(|(band, value)| self.bucket(band, value))).await?;
-        let matches = similar::nearest(query, buckets.into_iter().flatten(), max_distance, limit);
+        per_band: usize,
+    ) -> Result<SimilarFound, StorageError> {
+        // The 32 buckets at once, each up to its share; every match is
+        // verified below.
+        let buckets = try_join_all(
+            query
+                .bands()
+                .map(|(band, value)| self.bucket(band, value, per_band)),
+        )
+        .await?;
+        let truncated = buckets.iter().any(|(_, cut)| *cut);
+        let candidates = buckets.into_iter().flat_map(|(entries, _)| entries);
+        let matches = similar::nearest(query, candidates, max_distance, limit);
         let ids: Vec<ImageId> = matches.iter().map(|(id, _, _)| *id).collect();
         let records = self.batch_get(&ids).await?;
-        Ok(matches
+        let images = matches
             .into_iter()
             .filter_map(|(id, hash, distance)| {
                 let record = records.get(&id)?;
@@ -153,6 +177,7 @@ impl DynamoMetadataStore {
                     distance,
                 })
             })
-            .collect())
+            .collect();
+        Ok(SimilarFound { images, truncated })
     }
 }
