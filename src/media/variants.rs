@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::MediaError;
 use super::pdq::{self, Pdq};
 
+pub mod compress;
 pub mod encode;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;

@@ -9,6 +9,7 @@
 
 use image::{RgbImage, RgbaImage};
 
+use super::compress::{self, Mozjpeg};
 use crate::media::MediaError;
 
 /// Largest ICC profile embedded in a variant: a display or camera
@@ -54,6 +55,21 @@ pub enum JpegCoder {
     /// mozjpeg's full compression: its tables, trellis quantisation and
     /// optimised progressive scans.
     MozjpegTrellis,
+    /// mozjpeg with each of its settings chosen, progressive with
+    /// optimised Huffman tables.
+    MozjpegTuned(Mozjpeg),
+}
+
+impl JpegCoder {
+    /// mozjpeg's settings of this coder; `None` for jpeg-encoder.
+    pub fn mozjpeg(self) -> Option<Mozjpeg> {
+        match self {
+            Self::Baseline | Self::Progressive => None,
+            Self::Mozjpeg => Some(Mozjpeg::LIBJPEG),
+            Self::MozjpegTrellis => Some(Mozjpeg::FULL),
+            Self::MozjpegTuned(settings) => Some(settings),
+        }
+    }
 }
 
 /// A JPEG encoder and its quality (1 to 100).
@@ -211,8 +227,18 @@ pub fn jpeg(rgb: &RgbImage, icc: Option<&[u8]>, settings: Jpeg) -> Result<Vec<u8
     match settings.coder {
         JpegCoder::Baseline => jpeg_encoder(rgb, icc, settings.quality, false),
         JpegCoder::Progressive => jpeg_encoder(rgb, icc, settings.quality, true),
-        JpegCoder::Mozjpeg => mozjpeg(rgb, icc, settings.quality, false),
-        JpegCoder::MozjpegTrellis => mozjpeg(rgb, icc, settings.quality, true),
+        JpegCoder::Mozjpeg | JpegCoder::MozjpegTrellis | JpegCoder::MozjpegTuned(_) => {
+            let mozjpeg = settings.coder.mozjpeg().unwrap_or(Mozjpeg::LIBJPEG);
+            compress::compress(
+                rgb.as_raw(),
+                rgb.width(),
+                rgb.height(),
+                settings.quality,
+                mozjpeg,
+                icc,
+            )
+            .map_err(|e| failed("JPEG", e))
+        }
     }
 }
 
@@ -244,41 +270,7 @@ fn jpeg_encoder(
     Ok(out)
 }
 
-/// mozjpeg reports errors by unwinding out of the C library; they are
-/// caught here and become an internal error.
-fn mozjpeg(
-    rgb: &RgbImage,
-    icc: Option<&[u8]>,
-    quality: u8,
-    trellis: bool,
-) -> Result<Vec<u8>, MediaError> {
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    let run = || -> std::io::Result<Vec<u8>> {
-        let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
-        if !trellis {
-            // libjpeg's settings and tables (no trellis, no scan search),
-            // then progressive with optimised Huffman tables.
-            compress.set_fastest_defaults();
-            compress.set_progressive_mode();
-            compress.set_optimize_coding(true);
-        }
-        compress.set_size(width, height);
-        compress.set_quality(f32::from(quality.clamp(1, 100)));
-        compress.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));
-        let mut started = compress.start_compress(Vec::with_capacity(width * height / 4))?;
-        if let Some(icc) = icc {
-            started.write_icc_profile(icc);
-        }
-        started.write_scanlines(rgb.as_raw())?;
-        started.finish()
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(failed("JPEG", e)),
-        Err(panic) => Err(failed("JPEG", panic_message(&*panic))),
-    }
-}
-
+#[cfg(feature = "avif")]
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
@@ -455,6 +447,7 @@ mod tests {
     fn decoded(bytes: &[u8], format: image::ImageFormat) -> image::DynamicImage {
         image::load_from_memory_with_format(bytes, format).expect("decodes")
     }
+
 
     const CODERS: [JpegCoder; 4] = [
         JpegCoder::Baseline,
