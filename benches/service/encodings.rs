@@ -13,18 +13,17 @@
 //!
 //! `BENCH_ENCODINGS=webp,avif` measures only those encodings' grids (the
 //! baseline JPEG always), to explore one encoder without waiting for the
-//! others; `mozjpeg` is the grid of mozjpeg's settings taken apart (in
-//! quality steps of 2, or `BENCH_QUALITY_STEP`). `BENCH_PHOTOS=N` measures
-//! only the first N photos.
+//! others; `mozjpeg` is the grid of mozjpeg's settings taken apart.
+//! `BENCH_PHOTOS=N` measures only the first N photos.
 
 use std::fmt::Write as _;
 
 use image::RgbImage;
 use image_service::fixtures;
+use image_service::media::variants::compress::Mozjpeg;
 use image_service::media::variants::encode::{
     self, Avif, Frame, JPEG_BASELINE, Jpeg, JpegCoder, Webp,
 };
-use image_service::media::variants::compress::Mozjpeg;
 use image_service::media::variants::{DEFAULT_VARIANTS, fit};
 use image_service::testkit::process::own_cpu_seconds;
 
@@ -194,8 +193,10 @@ fn mozjpeg_tuning(m: &Mozjpeg) -> String {
 }
 
 /// mozjpeg's full compression taken apart, each with its qualities: the
-/// tables alone, then trellis on the AC coefficients, then on the DC
-/// ones and the end-of-block runs, then all but the scan search.
+/// tables alone (on libjpeg's and on mozjpeg's base), then trellis on the
+/// AC coefficients, then on the DC ones too, then on the end-of-block
+/// runs. The full mode without its scan search is trellis on AC + DC:
+/// its defaults. The full mode itself is in the `jpeg` grid.
 fn mozjpeg_grid() -> Vec<(Mozjpeg, std::ops::RangeInclusive<u8>)> {
     let tables = Mozjpeg {
         imagemagick_tables: true,
@@ -211,32 +212,20 @@ fn mozjpeg_grid() -> Vec<(Mozjpeg, std::ops::RangeInclusive<u8>)> {
         trellis: true,
         ..untrellised
     };
+    let dc = Mozjpeg {
+        trellis_dc: true,
+        ..ac
+    };
+    let eob = Mozjpeg {
+        trellis_eob: true,
+        ..dc
+    };
     vec![
-        (tables, 76..=84),
-        (untrellised, 76..=84),
-        (ac, 78..=86),
-        (
-            Mozjpeg {
-                trellis_dc: true,
-                ..ac
-            },
-            78..=86,
-        ),
-        (
-            Mozjpeg {
-                trellis_dc: true,
-                trellis_eob: true,
-                ..ac
-            },
-            78..=86,
-        ),
-        (
-            Mozjpeg {
-                scan_search: false,
-                ..Mozjpeg::FULL
-            },
-            78..=86,
-        ),
+        (tables, 76..=83),
+        (untrellised, 76..=83),
+        (ac, 78..=85),
+        (dc, 78..=85),
+        (eob, 78..=85),
     ]
 }
 
@@ -335,12 +324,8 @@ fn grid(full: bool) -> Vec<Setting> {
         grid.truncate(1);
     }
     if measured("mozjpeg") {
-        let step = std::env::var("BENCH_QUALITY_STEP")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2);
         for (tuning, qualities) in mozjpeg_grid() {
-            for quality in qualities.step_by(step) {
+            for quality in qualities {
                 grid.push(jpeg(JpegCoder::MozjpegTuned(tuning), quality));
             }
         }

@@ -11,7 +11,8 @@
 //! variants come out upright.
 //!
 //! Variants of opaque images are JPEG, which every browser and phone
-//! decodes, made by mozjpeg (progressive, optimised Huffman tables; see
+//! decodes, made by mozjpeg (progressive, optimised Huffman tables, its
+//! own quantisation tables; see
 //! [`encode::JPEG_ACKNOWLEDGED`]). Images with real transparency get
 //! lossless WebP instead, which keeps the alpha channel and is smaller than
 //! PNG. The encoders and their measured settings are in [`encode`].
