@@ -301,7 +301,7 @@ unsafe extern "C-unwind" fn term_destination(cinfo: &mut ffi::jpeg_compress_stru
 ///
 /// # Safety
 /// `cinfo.err` points at a live error manager.
-unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
+pub(super) unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
     let buffer = [0u8; 80];
     unsafe {
         if let Some(format) = (*cinfo.err).format_message {
