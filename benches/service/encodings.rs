@@ -13,12 +13,14 @@
 //!
 //! `BENCH_ENCODINGS=webp,avif` measures only those encodings' grids (the
 //! baseline JPEG always), to explore one encoder without waiting for the
-//! others.
+//! others; `mozjpeg` is the grid of mozjpeg's settings taken apart.
+//! `BENCH_PHOTOS=N` measures only the first N photos.
 
 use std::fmt::Write as _;
 
 use image::RgbImage;
 use image_service::fixtures;
+use image_service::media::variants::compress::Mozjpeg;
 use image_service::media::variants::encode::{
     self, Avif, Frame, JPEG_BASELINE, Jpeg, JpegCoder, Webp,
 };
@@ -26,7 +28,7 @@ use image_service::media::variants::{DEFAULT_VARIANTS, fit};
 use image_service::testkit::process::own_cpu_seconds;
 
 use crate::Plan;
-use crate::variants::{photos, reference_image};
+use crate::variants::{first_photos, photos, reference_image};
 
 /// One encoder's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,6 +53,7 @@ impl Setting {
                     "JPEG, mozjpeg progressive + optimised Huffman, no trellis".into()
                 }
                 JpegCoder::MozjpegTrellis => "JPEG, mozjpeg with trellis quantisation".into(),
+                JpegCoder::MozjpegTuned(m) => mozjpeg_tuning(&m),
             },
             Self::Webp(w) => format!("WebP lossy, method {}, {}", w.method, webp_tuning(w)),
             Self::Avif(a) => format!(
@@ -160,6 +163,72 @@ fn webp_tuning(w: &Webp) -> String {
     changes.join(", ")
 }
 
+/// What a mozjpeg setting takes of mozjpeg's full compression.
+fn mozjpeg_tuning(m: &Mozjpeg) -> String {
+    let mut parts = vec![
+        if m.mozjpeg_defaults {
+            "mozjpeg base"
+        } else {
+            "libjpeg base"
+        },
+        if m.imagemagick_tables {
+            "ImageMagick tables"
+        } else {
+            "libjpeg tables"
+        },
+    ];
+    parts.push(match (m.trellis, m.trellis_dc, m.trellis_eob) {
+        (false, ..) => "no trellis",
+        (true, false, false) => "trellis AC",
+        (true, true, false) => "trellis AC + DC",
+        (true, false, true) => "trellis AC + EOB",
+        (true, true, true) => "trellis AC + DC + EOB",
+    });
+    parts.push(if m.scan_search {
+        "scan search"
+    } else {
+        "fixed script"
+    });
+    format!("JPEG, mozjpeg: {}", parts.join(", "))
+}
+
+/// mozjpeg's full compression taken apart, each with its qualities: the
+/// tables alone (on libjpeg's and on mozjpeg's base), then trellis on the
+/// AC coefficients, then on the DC ones too, then on the end-of-block
+/// runs. The full mode without its scan search is trellis on AC + DC:
+/// its defaults. The full mode itself is in the `jpeg` grid.
+fn mozjpeg_grid() -> Vec<(Mozjpeg, std::ops::RangeInclusive<u8>)> {
+    let tables = Mozjpeg {
+        imagemagick_tables: true,
+        ..Mozjpeg::LIBJPEG
+    };
+    let untrellised = Mozjpeg {
+        trellis: false,
+        trellis_dc: false,
+        scan_search: false,
+        ..Mozjpeg::FULL
+    };
+    let ac = Mozjpeg {
+        trellis: true,
+        ..untrellised
+    };
+    let dc = Mozjpeg {
+        trellis_dc: true,
+        ..ac
+    };
+    let eob = Mozjpeg {
+        trellis_eob: true,
+        ..dc
+    };
+    vec![
+        (tables, 76..=83),
+        (untrellised, 76..=83),
+        (ac, 78..=85),
+        (dc, 78..=85),
+        (eob, 78..=85),
+    ]
+}
+
 /// The WebP settings measured, each over [`WEBP_QUALITIES`]: libwebp's
 /// defaults and photo preset, then one knob at a time, then the knobs
 /// that helped together.
@@ -254,6 +323,13 @@ fn grid(full: bool) -> Vec<Setting> {
     if !measured("jpeg") {
         grid.truncate(1);
     }
+    if measured("mozjpeg") {
+        for (tuning, qualities) in mozjpeg_grid() {
+            for quality in qualities {
+                grid.push(jpeg(JpegCoder::MozjpegTuned(tuning), quality));
+            }
+        }
+    }
     if measured("webp") {
         for tuning in WEBP_TUNINGS {
             for quality in WEBP_QUALITIES {
@@ -312,7 +388,10 @@ impl Totals {
 
 pub fn run(plan: &Plan) -> String {
     let full = plan.photo_shrink == 1;
-    let photos = photos(plan);
+    let photos = match std::env::var("BENCH_PHOTOS").map(|n| n.parse()) {
+        Ok(Ok(count)) => first_photos(plan, count),
+        _ => photos(plan),
+    };
     let grid = grid(full);
     let medium = medium_side();
     let mut totals = vec![Totals::default(); grid.len()];

@@ -53,16 +53,24 @@ pub fn run(plan: &Plan) -> String {
 /// The photos of this figure (and of the encodings'): the phone photos
 /// and the synthetic one, each with its description and orientation.
 pub fn photos(plan: &Plan) -> Vec<(String, Vec<u8>, u16)> {
+    first_photos(plan, usize::MAX)
+}
+
+/// The first `count` of [`photos`], the others not rendered.
+pub fn first_photos(plan: &Plan, count: usize) -> Vec<(String, Vec<u8>, u16)> {
     let mut photos: Vec<(String, Vec<u8>, u16)> = plan
         .phone_shots()
+        .take(count)
         .map(|shot| (shot.describe(), cached_shot(&shot), shot.orientation))
         .collect();
-    let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
-    photos.push((
-        format!("synthetic: {w} × {h} noise-textured, baseline, 4:2:0, Q90"),
-        fixtures::photo_jpeg(w, h),
-        1,
-    ));
+    if photos.len() < count {
+        let (w, h) = (4000 / plan.photo_shrink, 3000 / plan.photo_shrink);
+        photos.push((
+            format!("synthetic: {w} × {h} noise-textured, baseline, 4:2:0, Q90"),
+            fixtures::photo_jpeg(w, h),
+            1,
+        ));
+    }
     photos
 }
 

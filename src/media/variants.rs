@@ -11,7 +11,8 @@
 //! variants come out upright.
 //!
 //! Variants of opaque images are JPEG, which every browser and phone
-//! decodes, made by mozjpeg (progressive, optimised Huffman tables; see
+//! decodes, made by mozjpeg (progressive, optimised Huffman tables, its
+//! own quantisation tables; see
 //! [`encode::JPEG_ACKNOWLEDGED`]). Images with real transparency get
 //! lossless WebP instead, which keeps the alpha channel and is smaller than
 //! PNG. The encoders and their measured settings are in [`encode`].
@@ -29,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::MediaError;
 use super::pdq::{self, Pdq};
 
+pub mod compress;
 pub mod encode;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;

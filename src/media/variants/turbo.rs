@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use mozjpeg_sys as ffi;
 
+use super::compress::message;
+
 use crate::media::limits::MAX_JPEG_SCANS;
 
 /// Most scans a progressive JPEG may have ([`MAX_JPEG_SCANS`]).
@@ -163,21 +165,6 @@ fn fail(error: TurboError) -> ! {
     // `resume_unwind`, not `panic!`: no panic message is printed for a
     // caller's bad file.
     resume_unwind(Box::new(Unwound(error)))
-}
-
-/// The message of libjpeg's current error, formatted by libjpeg.
-///
-/// # Safety
-/// `cinfo.err` points at a live error manager.
-unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
-    let buffer = [0u8; 80];
-    unsafe {
-        if let Some(format) = (*cinfo.err).format_message {
-            format(cinfo, &buffer);
-        }
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
