@@ -13,12 +13,41 @@ use super::scans::{MODERATOR, trail};
 use super::sessions::{complete, exact_parts, put, start, upload_urls};
 use super::*;
 
-/// Longer than several polls of the file (`--block-list-poll-interval`).
+/// Longer than several polls of the object (`--block-list-poll-interval`),
+/// for a list the service is not yet started with.
 const RELOAD_WAIT: Duration = Duration::from_millis(1500);
+/// The counters of the list's reads after the first, used or refused.
+const RELOADS: [&str; 2] = [
+    r#"imageservice_block_list_reloads_total{outcome="ok"}"#,
+    r#"imageservice_block_list_reloads_total{outcome="refused"}"#,
+];
 
-async fn write_list(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    tokio::time::sleep(RELOAD_WAIT).await;
+async fn reloads(app: &TestApp) -> f64 {
+    let mut total = 0.0;
+    for counter in RELOADS {
+        total += super::erasure::metric(app, counter).await;
+    }
+    total
+}
+
+/// Makes `change` to the list `app` reads, then waits until the service has
+/// read it again (and used or refused it): however loaded the machine, the
+/// checks after it see the change.
+async fn after_reload(app: &TestApp, change: impl std::future::Future<Output = ()>) {
+    let before = reloads(app).await;
+    change.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reloads(app).await <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block list was not read again within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn write_list(app: &TestApp, path: &Path, text: &str) {
+    after_reload(app, async { std::fs::write(path, text).unwrap() }).await;
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -78,6 +107,7 @@ pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(b
     // Listed: resized and re-encoded copies are refused, another photo is
     // not; nothing of the refused ones is kept.
     write_list(
+        &app,
         &list,
         &format!(
             "# reported 2026-12-07\npdq:{} known photo\n",
@@ -114,6 +144,7 @@ pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(b
     // entry is gone and the SHA-256 catches the copy, from a stream and
     // from a direct upload alike.
     write_list(
+        &app,
         &list,
         &format!("sha256:{} known photo\n", sha256_hex(&original)),
     )
@@ -148,7 +179,7 @@ pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(b
     assert_lists_nothing(&app, "carol").await;
 
     // A malformed change is not used: the list before stays.
-    write_list(&list, "sha256:not-hex\n").await;
+    write_list(&app, &list, "sha256:not-hex\n").await;
     assert_blocked(
         app.upload("carol", spec("copy.jpg"), &original).await,
         "after a malformed change",
@@ -221,8 +252,7 @@ pub(super) async fn a_malformed_block_list_stops_the_start(_backend: Backend) {
     assert!(refusal.is_some_and(|r| r.contains("missing.txt")));
 }
 
-/// Puts the block list object `key` of the bucket `lists` with `text`, and
-/// waits for several polls (`--block-list-poll-interval 200ms`).
+/// Puts the block list object `key` of the bucket `lists` with `text`.
 async fn put_list(s3: &aws_sdk_s3::Client, key: &str, text: String) {
     s3.put_object()
         .bucket("lists")
@@ -231,7 +261,6 @@ async fn put_list(s3: &aws_sdk_s3::Client, key: &str, text: String) {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(RELOAD_WAIT).await;
 }
 
 pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when_gone(
@@ -266,7 +295,11 @@ pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when
     assert_eq!(image.state(), pb::ImageState::Active);
 
     // Replaced: the new entry blocks, the one removed no longer does.
-    put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&second))).await;
+    after_reload(
+        &app,
+        put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&second))),
+    )
+    .await;
     assert_blocked(
         app.upload("carol", spec("b.jpg"), &second).await,
         "newly listed",
@@ -276,8 +309,12 @@ pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when
     assert_eq!(super::erasure::metric(&app, refused).await, 0.0);
 
     // Malformed, then too long: each is refused once, the list before stays.
-    put_list(&s3, key, "sha256:not-hex\n".to_owned()).await;
-    put_list(&s3, key, format!("# {}\n", "x".repeat(3000))).await;
+    after_reload(&app, put_list(&s3, key, "sha256:not-hex\n".to_owned())).await;
+    after_reload(
+        &app,
+        put_list(&s3, key, format!("# {}\n", "x".repeat(3000))),
+    )
+    .await;
     assert_blocked(
         app.upload("dave", spec("b.jpg"), &second).await,
         "after refused changes",
@@ -286,12 +323,15 @@ pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when
 
     // Deleted: the list before stays, and the missing object, polled many
     // times over, counts once.
-    s3.delete_object()
-        .bucket("lists")
-        .key(key)
-        .send()
-        .await
-        .unwrap();
+    after_reload(&app, async {
+        s3.delete_object()
+            .bucket("lists")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    })
+    .await;
     tokio::time::sleep(RELOAD_WAIT).await;
     assert_blocked(
         app.upload("erin", spec("b.jpg"), &second).await,
@@ -300,7 +340,11 @@ pub(super) async fn a_block_list_in_s3_is_read_again_when_replaced_and_kept_when
     assert_eq!(super::erasure::metric(&app, refused).await, 3.0);
 
     // Put back: read again.
-    put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&first))).await;
+    after_reload(
+        &app,
+        put_list(&s3, key, format!("sha256:{}\n", sha256_hex(&first))),
+    )
+    .await;
     assert_blocked(app.upload("erin", spec("a.jpg"), &first).await, "put back");
     let image = app.upload("erin", spec("b.jpg"), &second).await.unwrap();
     assert_eq!(image.state(), pb::ImageState::Active);
