@@ -41,12 +41,14 @@ pub async fn hook(
     let policy = settings.policy();
     tracing::info!(list = %location, entries = list.len(), distance = policy.distance, action = ?policy.action, "every new image is checked against the block list");
     metrics::gauge!("imageservice_block_list_entries").set(list.len() as f64);
+    let list_len = list.len();
     let hook = BlockHook::new(list, policy);
     tokio::spawn(reload(
         hook.clone(),
         source,
         bounds,
         settings.block_list_poll_interval,
+        list_len,
     ));
     Ok(Some(hook))
 }
@@ -146,11 +148,21 @@ async fn stamp(path: &std::path::Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// The file's text, refused past `max_bytes` without reading further.
+/// The file's text, refused past `max_bytes` without reading further, and
+/// refused when it is not a regular file: a named pipe or a device could
+/// hold a read (and the replica's shutdown) for as long as nothing writes
+/// to it. Opened without blocking, so that even the open of a pipe returns.
 async fn read_file(path: &std::path::Path, max_bytes: u64) -> Result<String, String> {
-    let file = tokio::fs::File::open(path)
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .await
         .map_err(|e| e.to_string())?;
+    let meta = file.metadata().await.map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
@@ -175,7 +187,13 @@ fn too_large(max_bytes: u64) -> String {
 /// Reads the list again whenever it changes, for as long as the hook is
 /// used. A failure to read that repeats the one before is not logged
 /// again: a deleted object would otherwise be logged at every poll.
-async fn reload(hook: BlockHook, mut source: Source, bounds: Bounds, every: Duration) {
+async fn reload(
+    hook: BlockHook,
+    mut source: Source,
+    bounds: Bounds,
+    every: Duration,
+    mut entries: usize,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refusal = None;
@@ -185,10 +203,20 @@ async fn reload(hook: BlockHook, mut source: Source, bounds: Bounds, every: Dura
             Ok(None) => last_refusal = None,
             Ok(Some(list)) => {
                 last_refusal = None;
-                tracing::info!(
-                    entries = list.len(),
-                    "the block list changed and was read again"
-                );
+                if list.is_empty() && entries > 0 {
+                    // Used all the same (emptying the list may be meant),
+                    // but loudly: a broken export would switch blocking off.
+                    tracing::warn!(
+                        entries_before = entries,
+                        "the block list changed and is now empty: no upload is checked against it"
+                    );
+                } else {
+                    tracing::info!(
+                        entries = list.len(),
+                        "the block list changed and was read again"
+                    );
+                }
+                entries = list.len();
                 metrics::counter!("imageservice_block_list_reloads_total", "outcome" => "ok")
                     .increment(1);
                 metrics::gauge!("imageservice_block_list_entries").set(list.len() as f64);

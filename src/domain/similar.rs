@@ -42,6 +42,19 @@ pub fn hash_of(record: &ImageRecord) -> Option<PdqHash> {
     PdqHash::from_hex(&record.pdq_hash)
 }
 
+/// The hash `record` is in the band index under: its hash, unless it is
+/// `Removed`. A removed image (a tombstone) keeps its hash on the record,
+/// and may be the query of a search, but no longer takes a place in the
+/// buckets: purging a flood of copies frees the share of a search that
+/// they took (`--max-similar-candidates`), and tombstones, kept for good,
+/// do not make every later search read them.
+pub fn indexed_hash(record: &ImageRecord) -> Option<PdqHash> {
+    if record.state == super::image::ImageState::Removed {
+        return None;
+    }
+    hash_of(record)
+}
+
 /// An image found by its hash, with the distance of its hash from the
 /// query's.
 #[derive(Clone, Debug)]

@@ -692,7 +692,7 @@ impl MetadataStore for MemoryMetadataStore {
         let hashed: Vec<(ImageId, PdqHash)> = records
             .by_time
             .values()
-            .filter_map(|r| Some((r.id, similar::hash_of(r)?)))
+            .filter_map(|r| Some((r.id, similar::indexed_hash(r)?)))
             .collect();
         let mut candidates = Vec::new();
         let mut truncated = false;

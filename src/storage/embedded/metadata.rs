@@ -479,7 +479,7 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
     if let Some(order) = review_position(record) {
         keys.push([&review_prefix(record.state)[..], &order].concat());
     }
-    if let Some(hash) = similar::hash_of(record) {
+    if let Some(hash) = similar::indexed_hash(record) {
         for (band, value) in hash.bands() {
             keys.push(
                 [
@@ -1057,7 +1057,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                     continue;
                 };
                 match decode(guard.value()) {
-                    Ok(record) if similar::hash_of(&record) == Some(hash) => {
+                    Ok(record) if similar::indexed_hash(&record) == Some(hash) => {
                         found.push(SimilarImage { record, distance });
                     }
                     Ok(_) => {}

@@ -184,7 +184,19 @@ pub(super) async fn a_block_listed_photo_is_caught_resized_reencoded_or_copied(b
         app.upload("carol", spec("copy.jpg"), &original).await,
         "after a malformed change",
     );
+    // Nor is a named pipe in the list's place, which nothing writes to: it
+    // is refused at once, not read until something does.
+    after_reload(&app, async {
+        std::fs::remove_file(&list).unwrap();
+        make_fifo(&list);
+    })
+    .await;
+    assert_blocked(
+        app.upload("carol", spec("copy.jpg"), &original).await,
+        "after a named pipe took the list's place",
+    );
     drop(app);
+    std::fs::remove_file(&list).unwrap();
 
     // Quarantined instead: stored, its owner's and the moderators' alone,
     // with an audit entry.
@@ -250,6 +262,22 @@ pub(super) async fn a_malformed_block_list_stops_the_start(_backend: Backend) {
     let missing = dir.path().join("missing.txt");
     let refusal = crate::helpers::start_refusal(&["--block-list", missing.to_str().unwrap()]).await;
     assert!(refusal.is_some_and(|r| r.contains("missing.txt")));
+    let pipe = dir.path().join("pipe.txt");
+    make_fifo(&pipe);
+    let refusal = crate::helpers::start_refusal(&["--block-list", pipe.to_str().unwrap()]).await;
+    assert!(
+        refusal.is_some_and(|r| r.contains("pipe.txt") && r.contains("not a regular file")),
+        "a named pipe stops the start at once"
+    );
+}
+
+/// A named pipe at `path` (`mkfifo`).
+fn make_fifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
 }
 
 /// Puts the block list object `key` of the bucket `lists` with `text`.

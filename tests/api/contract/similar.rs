@@ -223,18 +223,46 @@ pub(super) async fn a_crowded_hash_cuts_the_search_short_and_other_searches_are_
 
     // With the default cap the same search is whole.
     let app = app.successor(&["--moderators", MODERATOR]).await;
-    let found = similar(&app, MODERATOR, Query::PdqHash(hash), None)
+    let found = similar(&app, MODERATOR, Query::PdqHash(hash.clone()), None)
         .await
         .expect("a search");
     let ids: HashSet<&String> = found.iter().map(|(id, _)| id).collect();
     for copy in &copies {
         assert!(ids.contains(&copy.image_id), "{found:?}");
     }
-    let found = similar(&app, MODERATOR, by_other, None)
+    let found = similar(&app, MODERATOR, by_other.clone(), None)
         .await
         .expect("a search");
     assert!(
         found.iter().any(|(id, _)| *id == resized.image_id),
         "{found:?}"
     );
+
+    // Purged, the flood leaves the buckets: under the small cap again, the
+    // search by the purged copies' hash (or by a purged copy) is whole and
+    // finds the one copy left.
+    let app = app
+        .successor(&["--moderators", MODERATOR, "--max-similar-candidates", "64"])
+        .await;
+    let mut client = ModerationServiceClient::new(crate::helpers::connect(app.grpc_addr).await);
+    for copy in &copies[1..] {
+        let purge = pb::PurgeImageRequest {
+            image_id: copy.image_id.clone(),
+            reason: "spam".into(),
+        };
+        client
+            .purge_image(as_user(MODERATOR, purge))
+            .await
+            .expect("purged");
+    }
+    for query in [
+        Query::PdqHash(hash),
+        Query::ImageId(copies[1].image_id.clone()),
+    ] {
+        let found = similar(&app, MODERATOR, query, None)
+            .await
+            .expect("a search");
+        let ids: Vec<&String> = found.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [&copies[0].image_id], "{found:?}");
+    }
 }

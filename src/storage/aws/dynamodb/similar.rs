@@ -30,7 +30,7 @@ fn band_pk(band: u8, value: u8) -> String {
 
 /// The keys of a record's band items; none when it has no hash.
 pub(super) fn band_keys(record: &ImageRecord) -> Vec<(String, String)> {
-    let Some(hash) = similar::hash_of(record) else {
+    let Some(hash) = similar::indexed_hash(record) else {
         return Vec::new();
     };
     let sk = format!("{}#{}#{hash}", time_key(record.create_time), record.id);
@@ -172,7 +172,7 @@ impl DynamoMetadataStore {
                 let record = records.get(&id)?;
                 // A stale item (a hash changed since, a record gone) is
                 // skipped.
-                (similar::hash_of(record) == Some(hash)).then(|| SimilarImage {
+                (similar::indexed_hash(record) == Some(hash)).then(|| SimilarImage {
                     record: record.clone(),
                     distance,
                 })
