@@ -128,6 +128,37 @@ impl State {
         }
     }
 
+    /// Drops the newest queued image of the user with the most queued, if
+    /// that is more than one over `mine` (the images of the user asking):
+    /// the dropped one is left to the repair pass. True when one was.
+    fn push_out_the_largest(&mut self, mine: usize) -> bool {
+        let Some((largest, count)) = self
+            .queued_by_user
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map(|(user, count)| (user.clone(), *count))
+        else {
+            return false;
+        };
+        if count <= mine + 1 {
+            return false;
+        }
+        let Some(line) = self.waiting.get_mut(&largest) else {
+            return false;
+        };
+        let Some(at) = line.iter().rposition(|w| matches!(w, Waiter::Image(_))) else {
+            return false;
+        };
+        let Some(Waiter::Image(dropped)) = line.remove(at) else {
+            return false;
+        };
+        self.unqueue(&largest);
+        self.forget_if_done(&largest);
+        metrics::counter!("imageservice_scans_left_to_repair_total").increment(1);
+        tracing::info!(image_id = %dropped, user = %largest, "the scan queue is full and this user holds the most of it: the image is left to the repair pass, for another user's");
+        true
+    }
+
     /// Takes `user` out of the turns when its line is empty.
     fn forget_if_done(&mut self, user: &UserId) {
         if self.waiting.get(user).is_some_and(VecDeque::is_empty) {
@@ -297,15 +328,19 @@ impl ScanPlaces {
     /// Queues the scan of `user`'s image `id`, for the worker to make in
     /// turn; false when the queue has no room for it (in all, or for
     /// `user`), or the replica is stopping: the image is left to the
-    /// repair pass.
+    /// repair pass. When the whole queue is full, a user with fewer images
+    /// queued than another takes the place of that user's newest one
+    /// (left to the repair pass instead): many users filling the queue
+    /// leave room for one who has little in it.
     pub fn queue(&self, user: &UserId, id: ImageId) -> bool {
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
         if state.closed {
             return false;
         }
-        let room = state.queued < limits.max_queued
-            && state.queued_by_user.get(user).copied().unwrap_or(0) < limits.max_queued_per_user;
+        let mine = state.queued_by_user.get(user).copied().unwrap_or(0);
+        let room = mine < limits.max_queued_per_user
+            && (state.queued < limits.max_queued || state.push_out_the_largest(mine));
         if !room && !state.starts_now(user, limits) {
             return false;
         }
@@ -483,7 +518,15 @@ mod tests {
         assert_eq!(queued, [true, true, true, false]);
         assert_eq!(places.queued(), 2);
         assert!(places.queue(&user("bob"), ImageId::new()));
-        assert!(!places.queue(&user("carol"), ImageId::new()), "full");
+        // Full: Carol, with nothing queued, takes the place of Alice's
+        // newest; then everyone holds one, and Dave finds no room.
+        assert!(places.queue(&user("carol"), ImageId::new()), "room made");
+        assert_eq!(places.queued(), 3);
+        assert_eq!(
+            places.shared.lock().queued_by_user.get(&user("alice")),
+            Some(&1)
+        );
+        assert!(!places.queue(&user("dave"), ImageId::new()), "full");
         places.close_queue();
         assert_eq!(places.queued(), 0);
         assert_eq!(places.shared.lock().in_flight, 0, "the ready one too");
