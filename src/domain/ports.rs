@@ -550,9 +550,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// scan of every record, however crowded a bucket is. A bucket holding
     /// more than `per_band` entries is read up to `per_band`, in the
     /// store's index order, and the answer says it was cut short
-    /// ([`SimilarFound::truncated`]). Records of every state are found, a
-    /// purged tombstone included (it keeps its hash); a deleted record is
-    /// not. Never returns a record whose hash is not the one it was found
+    /// ([`SimilarFound::truncated`]). Records in every state but `Removed`
+    /// are found: a purged tombstone keeps its hash on its record but
+    /// leaves the index ([`super::similar::indexed_hash`]); a deleted record
+    /// is not found either. Never returns a record whose hash is not the one it was found
     /// by.
     async fn find_similar(
         &self,
