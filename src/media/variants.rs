@@ -32,6 +32,7 @@ use super::pdq::{self, Pdq};
 
 pub mod compress;
 pub mod encode;
+mod libjpeg;
 #[cfg(feature = "libjpeg-turbo")]
 mod turbo;
 

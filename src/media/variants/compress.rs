@@ -6,12 +6,13 @@
 //! trellis quantisation of the AC and DC coefficients, the search for the
 //! progressive scans) can so be chosen apart (BENCHMARKS.md: Encodings).
 //!
-//! libjpeg reports errors by calling a function that must not return; it
-//! unwinds here (the C code is built with unwind tables) and is caught at
-//! the edge of [`compress`], where the compressor is destroyed.
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+//! libjpeg's errors unwind and are caught at the edge of [`compress`],
+//! where the compressor is destroyed ([`super::libjpeg`]).
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mozjpeg_sys as ffi;
+
+use super::libjpeg::{caught, install_errors, message, unwind};
 
 /// How mozjpeg codes: the settings that change a photo's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,10 +112,12 @@ pub fn compress(
     // SAFETY: the error manager is installed before anything can fail;
     // `create` allocates the compressor, destroyed below whatever happens.
     unsafe {
-        let err = ffi::jpeg_std_error(&mut state.err);
-        err.error_exit = Some(error_exit);
-        err.emit_message = Some(emit_message);
-        state.cinfo.common.err = err;
+        install_errors(
+            &mut state.cinfo.common,
+            &mut state.err,
+            error_exit,
+            emit_message,
+        );
     }
     let created = catch_unwind(AssertUnwindSafe(|| unsafe {
         ffi::jpeg_create_compress(&mut state.cinfo);
@@ -161,11 +164,7 @@ struct Destination {
 }
 
 fn unwound(payload: Box<dyn std::any::Any + Send>) -> CompressError {
-    match payload.downcast::<Unwound>() {
-        Ok(error) => CompressError(error.0),
-        // Not libjpeg's: a real bug, which must not be swallowed.
-        Err(other) => resume_unwind(other),
-    }
+    CompressError(caught::<Unwound>(payload).0)
 }
 
 /// # Safety
@@ -259,7 +258,7 @@ unsafe fn write_icc_profile(cinfo: &mut ffi::jpeg_compress_struct, icc: &[u8]) {
 }
 
 fn fail(message: String) -> ! {
-    resume_unwind(Box::new(Unwound(message)))
+    unwind(Unwound(message))
 }
 
 /// The destination of a compressor of [`compress`].
@@ -295,21 +294,6 @@ unsafe extern "C-unwind" fn term_destination(cinfo: &mut ffi::jpeg_compress_stru
     destination
         .out
         .extend_from_slice(&destination.buffer[..written]);
-}
-
-/// The message of libjpeg's current error, formatted by libjpeg.
-///
-/// # Safety
-/// `cinfo.err` points at a live error manager.
-pub(super) unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
-    let buffer = [0u8; 80];
-    unsafe {
-        if let Some(format) = (*cinfo.err).format_message {
-            format(cinfo, &buffer);
-        }
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {

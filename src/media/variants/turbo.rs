@@ -4,17 +4,16 @@
 //! `BENCHMARKS.md`, figure 8). Built from the sources `mozjpeg-sys` vendors (the
 //! decoder of mozjpeg is libjpeg-turbo's), which needs nasm at build time.
 //!
-//! libjpeg reports errors by calling a function that must not return; it
-//! unwinds here (the C code is built with unwind tables) and is caught at
-//! the edge of [`decode`], where the decoder is destroyed. Warnings (a
-//! truncated file, bad data the decoder would paper over with grey) are
-//! errors too, like jpeg-decoder's.
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+//! libjpeg's errors unwind and are caught at the edge of [`decode`], where
+//! the decoder is destroyed ([`super::libjpeg`]). Warnings (a truncated
+//! file, bad data the decoder would paper over with grey) are errors too,
+//! like jpeg-decoder's.
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mozjpeg_sys as ffi;
 
-use super::compress::message;
+use super::libjpeg::{caught, install_errors, message, unwind};
 
 use crate::media::limits::MAX_JPEG_SCANS;
 
@@ -69,10 +68,12 @@ pub fn decode(
     // SAFETY: the error manager is installed before anything can fail;
     // `create` allocates the decoder, destroyed below whatever happens.
     unsafe {
-        let err = ffi::jpeg_std_error(&mut state.err);
-        err.error_exit = Some(error_exit);
-        err.emit_message = Some(emit_message);
-        state.cinfo.common.err = err;
+        install_errors(
+            &mut state.cinfo.common,
+            &mut state.err,
+            error_exit,
+            emit_message,
+        );
     }
     let created = catch_unwind(AssertUnwindSafe(|| unsafe {
         ffi::jpeg_create_decompress(&mut state.cinfo);
@@ -108,11 +109,7 @@ struct Progress<'a> {
 }
 
 fn unwound(payload: Box<dyn std::any::Any + Send>) -> TurboError {
-    match payload.downcast::<Unwound>() {
-        Ok(error) => error.0,
-        // Not libjpeg's: a real bug, which must not be swallowed.
-        Err(other) => resume_unwind(other),
-    }
+    caught::<Unwound>(payload).0
 }
 
 /// # Safety
@@ -162,9 +159,7 @@ unsafe fn run(
 }
 
 fn fail(error: TurboError) -> ! {
-    // `resume_unwind`, not `panic!`: no panic message is printed for a
-    // caller's bad file.
-    resume_unwind(Box::new(Unwound(error)))
+    unwind(Unwound(error))
 }
 
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
