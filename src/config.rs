@@ -1207,13 +1207,36 @@ impl BlockListLocation {
             return Ok(Self::File(text.into()));
         };
         match object.split_once('/') {
-            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(Self::S3 {
-                bucket: bucket.to_owned(),
-                key: key.to_owned(),
-            }),
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+                if !is_bucket_name(bucket) {
+                    return Err(format!(
+                        "{text}: `{bucket}` is not an S3 bucket name (3 to 63 letters, \
+                         digits, dots, hyphens or underscores, starting and ending with a \
+                         letter or digit)"
+                    ));
+                }
+                Ok(Self::S3 {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
             _ => Err(format!("{text}: an S3 object is s3://BUCKET/KEY")),
         }
     }
+}
+
+/// Whether `name` can name a bucket: S3's rules, with the capitals and
+/// underscores its older buckets and some compatible stores allow, so that
+/// a typo stops the start with a message rather than with the SDK's error
+/// on the first read.
+fn is_bucket_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && edge(name.chars().next())
+        && edge(name.chars().last())
 }
 
 impl std::fmt::Display for BlockListLocation {
@@ -1811,6 +1834,16 @@ mod tests {
         );
         for half in ["s3://lists", "s3://lists/", "s3:///list.txt", "s3://"] {
             assert!(parse(half).is_err(), "{half}");
+        }
+        for bucket in ["ab", "my bucket", "lists?", "-lists", "lists.", "a:b"] {
+            let error = parse(&format!("s3://{bucket}/list.txt")).unwrap_err();
+            assert!(error.contains("is not an S3 bucket name"), "{error}");
+        }
+        for bucket in ["abc", "my-lists.example", "Legacy_Lists"] {
+            assert!(
+                parse(&format!("s3://{bucket}/list.txt")).is_ok(),
+                "{bucket}"
+            );
         }
         let object = parse("s3://lists/a b.txt").unwrap();
         assert_eq!(object.to_string(), "s3://lists/a b.txt");
