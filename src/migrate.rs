@@ -15,6 +15,16 @@
 //! - **Resumable**: the source listing's cursor after each image is kept in
 //!   a checkpoint file; after a crash or Ctrl-C, the next run goes on from
 //!   there. A finished run removes it.
+//! - **What is kept beside the images travels too**: each user's quota
+//!   override (`SetUserQuota`) and erasure record (`DeleteUserData`: the
+//!   proof that it happened) before the images, and the moderation audit
+//!   trail after them, each entry once however many runs copy it. Each
+//!   image copied adds what it holds to its owner's usage in the
+//!   destination, so quotas hold there from the first upload (an image
+//!   whose usage a crash left uncounted is counted by the repair pass).
+//!   An erasure still running in the source is copied running (its user's
+//!   uploads stay refused) and named in the summary: asking for it again
+//!   on the destination (`DeleteUserData`) finishes it.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::domain::ImageRecord;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
+use crate::domain::quota::held_by;
+use crate::domain::usage::UsageChange;
 
 /// Records listed from the source at once (and looked up in the
 /// destination with one batch read).
@@ -59,6 +71,12 @@ pub struct Summary {
     /// the runs it resumed).
     pub run_copied: u64,
     pub run_bytes: u64,
+    /// Users whose quota override or erasure record the destination holds.
+    pub users: u64,
+    /// Users whose erasure was still running in the source.
+    pub erasures_running: Vec<String>,
+    /// Entries of the moderation audit trail the destination holds.
+    pub actions: u64,
 }
 
 /// The totals kept in the checkpoint ([`crate::checkpoint`]), so that the
@@ -99,6 +117,9 @@ pub async fn migrate(
         bytes: saved.bytes,
         ..Default::default()
     };
+    copy_users(from, to, dry_run, &mut summary)
+        .await
+        .context("copying the users' quotas and erasure records")?;
     let everything = ListFilter::default();
     loop {
         let page = from
@@ -174,10 +195,80 @@ pub async fn migrate(
             None => break,
         }
     }
+    summary.actions = copy_audit_trail(from, to, dry_run)
+        .await
+        .context("copying the moderation audit trail")?;
     if !dry_run {
         crate::checkpoint::remove(checkpoint_path)?;
     }
     Ok(summary)
+}
+
+/// Copies each user's quota override and erasure record where the
+/// destination does not hold them yet. Before the images: a finished
+/// erasure written to a usage item resets its totals, which the images
+/// copied after it then add to.
+async fn copy_users(
+    from: &Side,
+    to: &Side,
+    dry_run: bool,
+    summary: &mut Summary,
+) -> Result<(), StorageError> {
+    for (user, item) in from.metadata.list_usage().await? {
+        if item.erasure.as_ref().is_some_and(|e| e.is_running()) {
+            summary.erasures_running.push(user.to_string());
+        }
+        if item.quota == Default::default() && item.erasure.is_none() {
+            continue;
+        }
+        summary.users += 1;
+        if dry_run {
+            continue;
+        }
+        let held = to.metadata.get_usage(&user).await?;
+        if held.quota != item.quota {
+            to.metadata.set_user_quota(&user, item.quota).await?;
+        }
+        if let Some(erasure) = item
+            .erasure
+            .as_ref()
+            .filter(|e| held.erasure.as_ref() != Some(e))
+        {
+            // Read again: the quota just set moved the revision.
+            let held = to.metadata.get_usage(&user).await?;
+            to.metadata
+                .set_erasure(&user, erasure, held.revision)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the moderation audit trail, oldest first; an entry the
+/// destination holds already is left as it is. Returns the entries read.
+async fn copy_audit_trail(from: &Side, to: &Side, dry_run: bool) -> Result<u64, StorageError> {
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut entries = 0;
+    loop {
+        let page = from
+            .metadata
+            .list_moderation_actions(cursor.as_deref(), PAGE)
+            .await?;
+        for action in &page.actions {
+            entries += 1;
+            if dry_run {
+                continue;
+            }
+            match to.metadata.append_moderation_action(action).await {
+                Ok(()) | Err(StorageError::AlreadyExists) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(entries),
+        }
+    }
 }
 
 /// Keeps the cursor after the last image finished and the totals.
@@ -275,7 +366,15 @@ async fn copy_verified(from: &Side, to: &Side, record: &ImageRecord) -> Result<C
         bytes += size;
     }
     match to.metadata.create(record).await {
-        Ok(CreateOutcome::Created) => Ok(Copied::Copied(bytes)),
+        Ok(CreateOutcome::Created) => {
+            let held = UsageChange {
+                bytes: i64::try_from(held_by(record)).unwrap_or(i64::MAX),
+                images: 1,
+                ..UsageChange::default()
+            };
+            to.metadata.change_usage(&record.owner, &held, None).await?;
+            Ok(Copied::Copied(bytes))
+        }
         Ok(CreateOutcome::IdempotencyKeyTaken(other)) => Err(CopyError::Image(format!(
             "its idempotency key is already taken in the destination by image {}",
             other.id

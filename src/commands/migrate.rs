@@ -90,5 +90,16 @@ pub async fn run_migrate(
             summary.run_bytes as f64 / 1048576.0 / elapsed
         );
     }
+    if !summary.interrupted {
+        println!(
+            "{} users' quota overrides and erasure records, {} audit trail entries {verb}",
+            summary.users, summary.actions
+        );
+    }
+    for user in &summary.erasures_running {
+        eprintln!(
+            "the erasure of user {user}'s data was still running in the source: call DeleteUserData for them on the destination to finish it"
+        );
+    }
     super::walk::finish_walk(&summary.failed, summary.interrupted, &checkpoint, "copied")
 }

@@ -3,8 +3,12 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::helpers::{Backend, TestApp, as_user, interrupt_when, stdout};
+use crate::helpers::{Backend, TestApp, as_user, connect, interrupt_when, stdout};
 use image_service::pb;
+use image_service::pb::moderation_service_client::ModerationServiceClient;
+
+/// Who sets quotas and who moderates, on both sides of a migration.
+const ROLES: [&str; 4] = ["--admins", "ops", "--moderators", "trust-and-safety"];
 
 /// `image-service migrate` with `args`, against `aws`'s servers and the
 /// embedded data directory `data_dir`.
@@ -208,13 +212,96 @@ async fn a_migration_to_aws_interrupted_and_resumed_copies_every_image_once() {
     );
 }
 
+/// What a migration must keep beside the images: each user's usage and
+/// quota, the erasure record of a user who left, and the audit trail.
+#[derive(Debug, PartialEq)]
+struct Kept {
+    usage: Vec<pb::Usage>,
+    erasure: pb::UserDataDeletion,
+    trail: Vec<pb::ModerationAction>,
+}
+
+async fn kept(app: &TestApp) -> Kept {
+    let mut usage = Vec::new();
+    for user in ["user-0", "user-1"] {
+        let request = pb::GetUsageRequest::default();
+        let response = app.client().get_usage(as_user(user, request)).await;
+        usage.push(response.unwrap().into_inner().usage.unwrap());
+    }
+    let request = pb::GetUserDataDeletionRequest::default();
+    let erasure = app
+        .client()
+        .get_user_data_deletion(as_user("user-2", request))
+        .await
+        .unwrap()
+        .into_inner()
+        .deletion
+        .unwrap();
+    let request = pb::ListModerationActionsRequest {
+        page_size: 1000,
+        page_token: String::new(),
+    };
+    let trail = ModerationServiceClient::new(connect(app.grpc_addr).await)
+        .list_moderation_actions(as_user("trust-and-safety", request))
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    Kept {
+        usage,
+        erasure,
+        trail,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_back_to_embedded_keeps_every_image() {
-    let aws = TestApp::spawn(Backend::Aws).await;
+    let aws = TestApp::spawn_with(Backend::Aws, &ROLES).await;
+    let mut images = Vec::new();
     for i in 0..12 {
-        aws.upload_png(&format!("user-{}", i % 3), i).await;
+        images.push(aws.upload_png(&format!("user-{}", i % 3), i).await);
+    }
+    // An admin's quota for user-0, a moderator's action on an image of
+    // user-1, and user-2 gone (an erasure: its record is the proof).
+    let quota = pb::SetUserQuotaRequest {
+        user_id: "user-0".into(),
+        quota_bytes: Some(50_000_000),
+        quota_images: Some(40),
+    };
+    aws.client()
+        .set_user_quota(as_user("ops", quota))
+        .await
+        .unwrap();
+    let quarantine = pb::SetImageStateRequest {
+        image_id: images[1].image_id.clone(),
+        state: pb::ImageState::Quarantined as i32,
+        reason: "spam".into(),
+        etag: String::new(),
+    };
+    ModerationServiceClient::new(connect(aws.grpc_addr).await)
+        .set_image_state(as_user("trust-and-safety", quarantine))
+        .await
+        .unwrap();
+    let erase = pb::DeleteUserDataRequest::default();
+    aws.client()
+        .delete_user_data(as_user("user-2", erase))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let erasure = kept(&aws).await.erasure;
+        if erasure.state() == pb::user_data_deletion::State::Done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{erasure:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let before = catalogue(&aws).await;
+    let kept_before = kept(&aws).await;
+    assert_eq!(kept_before.usage[1].images_held, 4, "{kept_before:?}");
+    assert!(kept_before.usage[0].quota_overridden, "{kept_before:?}");
+    assert_eq!(kept_before.trail.len(), 1, "{kept_before:?}");
+
     let dir = tempfile::tempdir().unwrap();
     let output = migrate(&aws, dir.path(), &["--from", "aws", "--to", "embedded"]).await;
     assert!(
@@ -222,9 +309,23 @@ async fn a_migration_back_to_embedded_keeps_every_image() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &[]).await;
+    assert!(
+        stdout(&output)
+            .contains("2 users' quota overrides and erasure records, 1 audit trail entries copied"),
+        "{}",
+        stdout(&output)
+    );
+    let mut embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &ROLES).await;
     let after = catalogue(&embedded).await;
     assert_eq!(after, before);
+    assert_eq!(kept(&embedded).await, kept_before);
+    embedded.stop().await.unwrap();
+
+    // Run again, nothing is counted twice.
+    let again = migrate(&aws, dir.path(), &["--from", "aws", "--to", "embedded"]).await;
+    assert!(again.status.success());
+    let embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &ROLES).await;
+    assert_eq!(kept(&embedded).await, kept_before);
 
     let same = migrate(&aws, dir.path(), &["--from", "aws", "--to", "aws"]).await;
     assert!(!same.status.success(), "one backend to itself is refused");
