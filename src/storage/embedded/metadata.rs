@@ -74,9 +74,12 @@ const ACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("moderation_
 /// The event log: sequence number → the event as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The log's bookkeeping: [`SWEPT_THROUGH`] → the last number removed by
-/// the retention sweep (0 when none was).
+/// the retention sweep (0 when none was); and [`REMOVED_LEFT_BANDS`].
 const EVENT_MARKS: TableDefinition<&str, u64> = TableDefinition::new("event_marks");
 const SWEPT_THROUGH: &str = "swept_through";
+/// Present once the band entries of removed images were taken out of the
+/// index ([`remove_bands_of_removed`]).
+const REMOVED_LEFT_BANDS: &str = "removed_left_bands";
 /// A position is a sequence number.
 const POSITION_LEN: usize = 8;
 
@@ -129,6 +132,7 @@ impl EmbeddedMetadataStore {
                 .map_err(StorageError::internal)?;
         }
         let last = last_event(&txn).map_err(StorageError::internal)?;
+        remove_bands_of_removed(&txn).map_err(StorageError::internal)?;
         txn.commit().map_err(StorageError::internal)?;
         Ok(Self {
             db: Arc::new(db),
@@ -480,18 +484,64 @@ fn index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
         keys.push([&review_prefix(record.state)[..], &order].concat());
     }
     if let Some(hash) = similar::indexed_hash(record) {
-        for (band, value) in hash.bands() {
-            keys.push(
-                [
-                    &[PDQ, band, value][..],
-                    hash.as_bytes(),
-                    record.id.as_bytes(),
-                ]
-                .concat(),
-            );
-        }
+        keys.extend(band_keys(&hash, &record.id));
     }
     keys
+}
+
+/// The 32 PDQ band entries of an image with `hash`.
+fn band_keys<'a>(hash: &'a PdqHash, id: &'a ImageId) -> impl Iterator<Item = Vec<u8>> + 'a {
+    hash.bands().map(move |(band, value)| {
+        [&[PDQ, band, value][..], hash.as_bytes(), id.as_bytes()].concat()
+    })
+}
+
+/// Every index entry `record` may have in the store: [`index_keys`], and
+/// for a removed image with a hash its band entries, which stores written
+/// before removed images left the band index still hold. Removing an
+/// entry that is not there does nothing.
+fn stored_index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
+    let mut keys = index_keys(record);
+    if similar::indexed_hash(record).is_none()
+        && let Some(hash) = similar::hash_of(record)
+    {
+        keys.extend(band_keys(&hash, &record.id));
+    }
+    keys
+}
+
+/// Removes the band entries of removed images, which a store written
+/// before removed images left the band index holds: once, at the first
+/// open that finds them ([`REMOVED_LEFT_BANDS`] then marks it done).
+fn remove_bands_of_removed(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut marks = txn.open_table(EVENT_MARKS)?;
+    if marks.get(REMOVED_LEFT_BANDS)?.is_some() {
+        return Ok(());
+    }
+    let mut stale = Vec::new();
+    for entry in txn.open_table(RECORDS)?.iter()? {
+        let (_, value) = entry?;
+        let Ok(record) = decode(value.value()) else {
+            continue;
+        };
+        if similar::indexed_hash(&record).is_none()
+            && let Some(hash) = similar::hash_of(&record)
+        {
+            stale.extend(band_keys(&hash, &record.id));
+        }
+    }
+    let mut index = txn.open_table(INDEX)?;
+    for key in &stale {
+        index.remove(key.as_slice())?;
+    }
+    if !stale.is_empty() {
+        tracing::info!(
+            entries = stale.len(),
+            "removed images' entries taken out of the PDQ band index"
+        );
+    }
+    marks.insert(REMOVED_LEFT_BANDS, 1)?;
+    Ok(())
 }
 
 /// The start of every review entry of `state`.
@@ -1195,7 +1245,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                     return Ok(Err(StorageError::ConditionFailed));
                 }
                 let mut index = txn.open_table(INDEX)?;
-                for key in index_keys(&current) {
+                for key in stored_index_keys(&current) {
                     index.remove(key.as_slice())?;
                 }
                 for key in index_keys(&record) {
@@ -1233,7 +1283,7 @@ impl MetadataStore for EmbeddedMetadataStore {
                 }
                 records.remove(id.as_bytes().as_slice())?;
                 let mut index = txn.open_table(INDEX)?;
-                for key in index_keys(&current) {
+                for key in stored_index_keys(&current) {
                     index.remove(key.as_slice())?;
                 }
                 if let Some(key) = &current.idempotency_key {
@@ -1336,6 +1386,70 @@ impl MetadataStore for EmbeddedMetadataStore {
 mod tests {
     use super::*;
     use crate::storage::contract::sample_record;
+
+    /// The band entries of `id` in the index.
+    fn bands_of(store: &EmbeddedMetadataStore, id: &ImageId) -> usize {
+        let txn = store.db.begin_read().expect("a read transaction");
+        let index = txn.open_table(INDEX).expect("the index");
+        index
+            .range(&[PDQ][..]..&[PDQ + 1][..])
+            .expect("a range")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .expect("an entry")
+                    .0
+                    .value()
+                    .ends_with(id.as_bytes())
+            })
+            .count()
+    }
+
+    /// A store written before removed images left the band index holds
+    /// their entries: the next open takes them out, once, and a delete
+    /// takes out what is left of one.
+    #[tokio::test]
+    async fn removed_images_band_entries_from_before_are_taken_out() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("metadata.redb");
+        let store = EmbeddedMetadataStore::open(&path).expect("opened");
+        let owner = UserId::parse("alice").expect("a user");
+        let mut removed = Vec::new();
+        for i in 0..2 {
+            let mut record = sample_record(&owner, 1_000_000 + i);
+            record.state = ImageState::Removed;
+            assert!(similar::hash_of(&record).is_some(), "a hash");
+            store.create(&record).await.expect("created");
+            assert_eq!(bands_of(&store, &record.id), 0);
+            removed.push(record);
+        }
+        // As an older store wrote them, and without the mark.
+        let txn = store.db.begin_write().expect("a write transaction");
+        {
+            let mut index = txn.open_table(INDEX).expect("the index");
+            for record in &removed {
+                let hash = similar::hash_of(record).expect("a hash");
+                for key in band_keys(&hash, &record.id) {
+                    index.insert(key.as_slice(), ()).expect("inserted");
+                }
+            }
+            let mut marks = txn.open_table(EVENT_MARKS).expect("the marks");
+            marks.remove(REMOVED_LEFT_BANDS).expect("unmarked");
+        }
+        txn.commit().expect("committed");
+        assert_eq!(bands_of(&store, &removed[0].id), 32);
+        // A delete takes out the entries of the record it deletes.
+        store.delete(&removed[0].id, &owner).await.expect("deleted");
+        assert_eq!(bands_of(&store, &removed[0].id), 0);
+        assert_eq!(bands_of(&store, &removed[1].id), 32);
+        drop(store);
+
+        let store = EmbeddedMetadataStore::open(&path).expect("opened again");
+        assert_eq!(bands_of(&store, &removed[1].id), 0);
+        let txn = store.db.begin_read().expect("a read transaction");
+        let marks = txn.open_table(EVENT_MARKS).expect("the marks");
+        assert!(marks.get(REMOVED_LEFT_BANDS).expect("read").is_some());
+    }
 
     /// A record stored before `thumbhash` was kept (its JSON has no such
     /// key) reads back with an empty one and everything else as stored.
