@@ -328,10 +328,12 @@ impl ScanPlaces {
     /// Queues the scan of `user`'s image `id`, for the worker to make in
     /// turn; false when the queue has no room for it (in all, or for
     /// `user`), or the replica is stopping: the image is left to the
-    /// repair pass. When the whole queue is full, a user with fewer images
-    /// queued than another takes the place of that user's newest one
-    /// (left to the repair pass instead): many users filling the queue
-    /// leave room for one who has little in it.
+    /// repair pass. When the whole queue is full and no place is free, a
+    /// user with at least two fewer images queued than the user with the
+    /// most takes the place of that user's newest one (left to the repair
+    /// pass instead; two fewer, so that two users never push each other
+    /// out in turn): many users filling the queue leave room for one who
+    /// has little in it.
     pub fn queue(&self, user: &UserId, id: ImageId) -> bool {
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
@@ -339,9 +341,13 @@ impl ScanPlaces {
             return false;
         }
         let mine = state.queued_by_user.get(user).copied().unwrap_or(0);
-        let room = mine < limits.max_queued_per_user
-            && (state.queued < limits.max_queued || state.push_out_the_largest(mine));
-        if !room && !state.starts_now(user, limits) {
+        let under_own = mine < limits.max_queued_per_user;
+        // Another user's image is pushed out only when this one would
+        // otherwise not be scanned: neither room nor a place free now.
+        let fits = (under_own && state.queued < limits.max_queued)
+            || state.starts_now(user, limits)
+            || (under_own && state.push_out_the_largest(mine));
+        if !fits {
             return false;
         }
         state.push(user, Waiter::Image(id));
@@ -377,9 +383,17 @@ impl ScanPlaces {
             }
             state.forget_if_done(&user);
         }
+        let ready = std::mem::take(&mut state.ready);
+        let left = state.queued + ready.len();
+        if left > 0 {
+            metrics::counter!("imageservice_scans_left_to_repair_total").increment(left as u64);
+            tracing::info!(
+                images = left,
+                "the replica is stopping: its queued scans are left to the repair pass"
+            );
+        }
         state.queued = 0;
         state.queued_by_user.clear();
-        let ready = std::mem::take(&mut state.ready);
         for (user, _) in &ready {
             state.give_back(user);
         }
@@ -531,6 +545,33 @@ mod tests {
         assert_eq!(places.queued(), 0);
         assert_eq!(places.shared.lock().in_flight, 0, "the ready one too");
         assert!(!places.queue(&user("carol"), ImageId::new()), "stopping");
+    }
+
+    #[tokio::test]
+    async fn an_image_that_starts_at_once_pushes_no_one_out() {
+        let places = ScanPlaces::new(PlaceLimits {
+            total: 2,
+            per_user: 1,
+            max_queued: 2,
+            max_queued_per_user: 2,
+        });
+        // Alice holds one place and fills the queue; one place is free.
+        for _ in 0..3 {
+            assert!(places.queue(&user("alice"), ImageId::new()));
+        }
+        assert_eq!(places.queued(), 2);
+        // Bob's image takes the free place: Alice's queued ones stay.
+        assert!(places.queue(&user("bob"), ImageId::new()));
+        assert_eq!(
+            places.shared.lock().queued_by_user.get(&user("alice")),
+            Some(&2)
+        );
+        // With no place free, Carol takes the place of Alice's newest.
+        assert!(places.queue(&user("carol"), ImageId::new()));
+        assert_eq!(
+            places.shared.lock().queued_by_user.get(&user("alice")),
+            Some(&1)
+        );
     }
 
     #[tokio::test]

@@ -124,13 +124,16 @@ impl Uploads {
 
     /// Scans a `Pending` image and applies the verdict (the repair pass's
     /// part: a replica that died, or had no room in its queue, left it),
-    /// in one of the replica's scan places, within its owner's share.
+    /// in one of the replica's scan places, within its owner's share. The
+    /// record is read again once the place is given: the wait may be long,
+    /// and one scanned meanwhile (by this replica's queue or another's),
+    /// deleted or decided by a moderator is not scanned again.
     pub async fn complete_scan(&self, record: &ImageRecord) -> Result<Scanned, DomainError> {
         let Some(hook) = &self.scan else {
             return Ok(Scanned::NoScanner);
         };
         let _place = hook.place(&record.owner).await;
-        self.apply_verdict(hook, record).await
+        self.scan_queued(hook, &record.id).await
     }
 
     /// Scans the queued `async` images as they are given places, each in
