@@ -71,7 +71,6 @@ pub struct ErasureStatus {
     pub images_left: u64,
 }
 
-/// The erasure use cases, with the erasures this replica runs.
 /// What asking for an erasure to run here came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Started {
@@ -84,6 +83,7 @@ enum Started {
     LeftInStore,
 }
 
+/// The erasure use cases, with the erasures this replica runs.
 #[derive(Clone)]
 pub struct Erasures {
     images: Images,

@@ -125,7 +125,9 @@ pub fn compress(
     if let Err(payload) = created {
         return Err(unwound(payload));
     }
-    state.cinfo.dest = &mut state.destination.manager;
+    // A pointer to the whole `Destination` (not to its first field): the
+    // callbacks reach the output and buffer through it.
+    state.cinfo.dest = (&raw mut state.destination).cast();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the compressor was created with this module's error
         // manager and destination, which outlive it; see `run`.

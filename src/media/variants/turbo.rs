@@ -82,7 +82,9 @@ pub fn decode(
         return Err(unwound(payload));
     }
     state.progress.manager.progress_monitor = Some(progress_monitor);
-    state.cinfo.common.progress = &mut state.progress.manager;
+    // A pointer to the whole `Progress`: the monitor reads `abandoned`
+    // through it.
+    state.cinfo.common.progress = (&raw mut state.progress).cast();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `source` outlives the decoder, which is destroyed
         // before this function returns; see `run`.
