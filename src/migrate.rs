@@ -22,9 +22,16 @@
 //!   image copied adds what it holds to its owner's usage in the
 //!   destination, so quotas hold there from the first upload (an image
 //!   whose usage a crash left uncounted is counted by the repair pass).
-//!   An erasure still running in the source is copied running (its user's
-//!   uploads stay refused) and named in the summary: asking for it again
-//!   on the destination (`DeleteUserData`) finishes it.
+//! - **The destination's own decisions win**: a quota override set in the
+//!   destination is kept; an erasure is copied only to a user who holds
+//!   nothing in the destination (else it would reset the usage of images
+//!   it did not erase: the user is named, to be erased there); and an
+//!   image of a user whose data the destination erased after the image
+//!   was made is not copied back. An erasure still running in the source
+//!   is copied running (its user's uploads stay refused) and named in the
+//!   summary: asking for it again on the destination (`DeleteUserData`)
+//!   finishes it.
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,11 +40,12 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::domain::ImageRecord;
+use crate::domain::image::Timestamp;
 use crate::domain::listing::ListFilter;
 use crate::domain::ports::{BlobStore, CreateOutcome, MetadataStore, ObjectKey, StorageError};
 use crate::domain::quota::held_by;
 use crate::domain::usage::UsageChange;
+use crate::domain::{ImageRecord, UserId};
 
 /// Records listed from the source at once (and looked up in the
 /// destination with one batch read).
@@ -75,6 +83,12 @@ pub struct Summary {
     pub users: u64,
     /// Users whose erasure was still running in the source.
     pub erasures_running: Vec<String>,
+    /// Users whose erasure in the source was not copied: the destination
+    /// holds data of theirs, which only an erasure there removes.
+    pub erasures_not_copied: Vec<String>,
+    /// Images not copied: their owner's data was erased in the
+    /// destination after they were made.
+    pub erased: u64,
     /// Entries of the moderation audit trail the destination holds.
     pub actions: u64,
 }
@@ -127,6 +141,9 @@ pub async fn migrate(
             .list(&everything, cursor.as_deref(), PAGE)
             .await
             .context("listing the source's images")?;
+        let erased_since = erasures_in(to, &page.records)
+            .await
+            .context("reading the destination's erasures")?;
         let ids: Vec<_> = page.records.iter().map(|r| r.id).collect();
         let present: std::collections::HashSet<_> = to
             .metadata
@@ -145,23 +162,27 @@ pub async fn migrate(
             .zip(&page.record_cursors)
             .take_while(|_| !stop.load(Ordering::Relaxed))
             .map(|(record, after)| {
-                let copy = !present.contains(&record.id) && !dry_run;
+                let erased = erased_since
+                    .get(&record.owner)
+                    .is_some_and(|since| record.create_time <= *since);
+                let copy = !present.contains(&record.id) && !erased && !dry_run;
                 async move {
                     let outcome = if copy {
                         Some(copy_image(from, to, record).await)
                     } else {
                         None
                     };
-                    (record, after, outcome)
+                    (record, after, erased, outcome)
                 }
             });
         let mut outcomes = futures::stream::iter(work).buffered(IN_FLIGHT);
         let mut handled = 0;
-        while let Some((record, after, outcome)) = outcomes.next().await {
+        while let Some((record, after, erased, outcome)) = outcomes.next().await {
             handled += 1;
             summary.seen += 1;
             match outcome {
                 None if present.contains(&record.id) => summary.present += 1,
+                None if erased => summary.erased += 1,
                 None => {
                     summary.copied += 1;
                     summary.bytes += record.objects().iter().map(|(_, size)| size).sum::<u64>();
@@ -215,33 +236,62 @@ async fn copy_users(
     summary: &mut Summary,
 ) -> Result<(), StorageError> {
     for (user, item) in from.metadata.list_usage().await? {
-        if item.erasure.as_ref().is_some_and(|e| e.is_running()) {
-            summary.erasures_running.push(user.to_string());
-        }
         if item.quota == Default::default() && item.erasure.is_none() {
             continue;
         }
-        summary.users += 1;
-        if dry_run {
-            continue;
-        }
         let held = to.metadata.get_usage(&user).await?;
-        if held.quota != item.quota {
-            to.metadata.set_user_quota(&user, item.quota).await?;
+        let mut copied = false;
+        // An override the destination has, set there, is kept.
+        if item.quota != Default::default() && held.quota == Default::default() {
+            copied = true;
+            if !dry_run {
+                to.metadata.set_user_quota(&user, item.quota).await?;
+            }
         }
-        if let Some(erasure) = item
+        let new_erasure = item
             .erasure
             .as_ref()
-            .filter(|e| held.erasure.as_ref() != Some(e))
-        {
-            // Read again: the quota just set moved the revision.
-            let held = to.metadata.get_usage(&user).await?;
-            to.metadata
-                .set_erasure(&user, erasure, held.revision)
-                .await?;
+            .filter(|e| held.erasure.as_ref() != Some(e));
+        if let Some(erasure) = new_erasure {
+            if held.held_bytes > 0 || held.held_images > 0 || held.erasure.is_some() {
+                // The user holds data in the destination (or was erased
+                // there): the record would reset the usage of images it
+                // did not erase.
+                summary.erasures_not_copied.push(user.to_string());
+            } else {
+                copied = true;
+                if erasure.is_running() {
+                    summary.erasures_running.push(user.to_string());
+                }
+                if !dry_run {
+                    // Read again: a quota just set moved the revision.
+                    let held = to.metadata.get_usage(&user).await?;
+                    to.metadata
+                        .set_erasure(&user, erasure, held.revision)
+                        .await?;
+                }
+            }
         }
+        summary.users += u64::from(copied);
     }
     Ok(())
+}
+
+/// For the owners of `records`, when the destination erased (or is
+/// erasing) their data: their images made before then are not copied
+/// back.
+async fn erasures_in(
+    to: &Side,
+    records: &[ImageRecord],
+) -> Result<HashMap<UserId, Timestamp>, StorageError> {
+    let mut erased = HashMap::new();
+    let owners: HashSet<&UserId> = records.iter().map(|r| &r.owner).collect();
+    for owner in owners {
+        if let Some(erasure) = to.metadata.get_usage(owner).await?.erasure {
+            erased.insert(owner.clone(), erasure.requested);
+        }
+    }
+    Ok(erased)
 }
 
 /// Copies the moderation audit trail, oldest first; an entry the

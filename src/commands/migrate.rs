@@ -96,6 +96,17 @@ pub async fn run_migrate(
             summary.users, summary.actions
         );
     }
+    if summary.erased > 0 {
+        println!(
+            "{} images not copied: their owners' data was erased in the destination after they were made",
+            summary.erased
+        );
+    }
+    for user in &summary.erasures_not_copied {
+        eprintln!(
+            "the erasure of user {user}'s data in the source was not copied: the destination holds data of theirs; call DeleteUserData for them on the destination"
+        );
+    }
     for user in &summary.erasures_running {
         eprintln!(
             "the erasure of user {user}'s data was still running in the source: call DeleteUserData for them on the destination to finish it"

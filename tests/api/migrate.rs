@@ -254,6 +254,32 @@ async fn kept(app: &TestApp) -> Kept {
     }
 }
 
+/// `user` erases their data on `app`, to the end.
+async fn erase(app: &TestApp, user: &str) {
+    let request = pb::DeleteUserDataRequest::default();
+    app.client()
+        .delete_user_data(as_user(user, request))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let request = pb::GetUserDataDeletionRequest::default();
+        let erasure = app
+            .client()
+            .get_user_data_deletion(as_user(user, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .deletion
+            .unwrap();
+        if erasure.state() == pb::user_data_deletion::State::Done {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{erasure:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_back_to_embedded_keeps_every_image() {
     let aws = TestApp::spawn_with(Backend::Aws, &ROLES).await;
@@ -282,20 +308,7 @@ async fn a_migration_back_to_embedded_keeps_every_image() {
         .set_image_state(as_user("trust-and-safety", quarantine))
         .await
         .unwrap();
-    let erase = pb::DeleteUserDataRequest::default();
-    aws.client()
-        .delete_user_data(as_user("user-2", erase))
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let erasure = kept(&aws).await.erasure;
-        if erasure.state() == pb::user_data_deletion::State::Done {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{erasure:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    erase(&aws, "user-2").await;
     let before = catalogue(&aws).await;
     let kept_before = kept(&aws).await;
     assert_eq!(kept_before.usage[1].images_held, 4, "{kept_before:?}");
@@ -324,8 +337,59 @@ async fn a_migration_back_to_embedded_keeps_every_image() {
     // Run again, nothing is counted twice.
     let again = migrate(&aws, dir.path(), &["--from", "aws", "--to", "embedded"]).await;
     assert!(again.status.success());
-    let embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &ROLES).await;
+    let mut embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &ROLES).await;
     assert_eq!(kept(&embedded).await, kept_before);
+
+    // What the destination decided since wins over a later run: user-1
+    // erased there, and user-0's quota set there, while user-0 left the
+    // source.
+    erase(&embedded, "user-1").await;
+    let quota = pb::SetUserQuotaRequest {
+        user_id: "user-0".into(),
+        quota_bytes: Some(1_000_000),
+        quota_images: Some(5),
+    };
+    embedded
+        .client()
+        .set_user_quota(as_user("ops", quota))
+        .await
+        .unwrap();
+    let usage_there = kept(&embedded).await.usage;
+    embedded.stop().await.unwrap();
+    erase(&aws, "user-0").await;
+    let later = migrate(&aws, dir.path(), &["--from", "aws", "--to", "embedded"]).await;
+    assert!(
+        later.status.success(),
+        "{}",
+        String::from_utf8_lossy(&later.stderr)
+    );
+    assert!(
+        stdout(&later)
+            .contains("4 images not copied: their owners' data was erased in the destination"),
+        "{}",
+        stdout(&later)
+    );
+    let stderr = String::from_utf8_lossy(&later.stderr);
+    assert!(
+        stderr.contains("the erasure of user user-0's data in the source was not copied"),
+        "{stderr}"
+    );
+    let embedded = TestApp::spawn_in(Backend::Embedded, dir.path(), &ROLES).await;
+    let erased = embedded
+        .list_all(
+            "user-1",
+            pb::ListImagesRequest {
+                owner_id: "user-1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(erased.is_empty(), "not copied back: {erased:?}");
+    let usage = kept(&embedded).await.usage;
+    assert_eq!(usage, usage_there, "the destination's quota and usage stay");
+    assert_eq!(usage[0].quota_images, 5);
+    assert_eq!(usage[0].images_held, 4, "user-0's images there are counted");
 
     let same = migrate(&aws, dir.path(), &["--from", "aws", "--to", "aws"]).await;
     assert!(!same.status.success(), "one backend to itself is refused");
