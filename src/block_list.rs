@@ -39,7 +39,13 @@ pub async fn hook(
         .and_then(|list| list.ok_or_else(|| format!("{location}: not read")))
         .map_err(|e| anyhow::anyhow!("--block-list (IMAGE_SERVICE_BLOCK_LIST): {e}"))?;
     let policy = settings.policy();
-    tracing::info!(list = %location, entries = list.len(), distance = policy.distance, action = ?policy.action, "every new image is checked against the block list");
+    if list.is_empty() {
+        // Started all the same (an empty list may be meant, to be filled
+        // later), but loudly: a broken export would leave blocking off.
+        tracing::warn!(list = %location, "the block list is empty: no upload is checked against it until it has entries");
+    } else {
+        tracing::info!(list = %location, entries = list.len(), distance = policy.distance, action = ?policy.action, "every new image is checked against the block list");
+    }
     metrics::gauge!("imageservice_block_list_entries").set(list.len() as f64);
     let list_len = list.len();
     let hook = BlockHook::new(list, policy);
