@@ -275,7 +275,7 @@ const WEBP_TUNINGS: [Webp; 12] = {
     ]
 };
 
-const WEBP_QUALITIES: [f32; 5] = [86.0, 88.0, 90.0, 92.0, 94.0];
+const WEBP_QUALITIES: [f32; 9] = [78.0, 80.0, 82.0, 84.0, 86.0, 88.0, 90.0, 92.0, 94.0];
 
 /// The AVIF speeds and qualities measured (ravif's quality scale).
 #[cfg(feature = "avif")]
