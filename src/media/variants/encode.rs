@@ -102,8 +102,10 @@ pub const MOZJPEG_TABLES: Mozjpeg = Mozjpeg {
 /// (BENCHMARKS.md: Encodings) quality 80 makes 0.77 of the baseline's
 /// bytes at its mean SSIMULACRA2 (0.08 below; each phone photo 0.4 to 1.2
 /// above at 0.83 to 0.85 of its bytes, the noise-textured one 2.6 below at
-/// 0.47) for a third of its encode CPU (11.6 against 37.1 ms per `medium`
-/// with the SIMD code), where libjpeg's tables needed 0.87 of the bytes.
+/// 0.47), where libjpeg's tables needed 0.87 of the bytes; on the feed
+/// page of 50 crops, 0.70 of the bytes at 1.1 points below. Its CPU is
+/// 14.4 against the baseline's 9.1 ms per `medium` in a release build
+/// (a debug build's pure-Rust baseline is the slower one).
 /// Trellis quantisation of the AC coefficients would save 3 % more bytes
 /// for three times the CPU; mozjpeg's full mode 5 % for five times.
 pub const JPEG_ACKNOWLEDGED: Jpeg = Jpeg {
