@@ -1,5 +1,5 @@
-//! What the compressor ([`super::compress`]) and the decoder
-//! ([`super::turbo`]) share of libjpeg's error handling.
+//! What the compressor ([`super::compress`]) and the decoder (`turbo`,
+//! with the `libjpeg-turbo` feature) share of libjpeg's error handling.
 //!
 //! libjpeg reports an error by calling its error manager's `error_exit`,
 //! which must not return. Ours unwinds with a payload of the caller's own
