@@ -31,6 +31,10 @@ async fn while_one_users_large_renders_run_another_user_uploads_and_downloads() 
     )
     .await;
     let victor_image = app.upload_png("victor", 1).await;
+    // Made before Mallory's renders start: generating it takes seconds in
+    // a debug build on a loaded machine, which would let her renders run
+    // out before Victor's upload had even been sent.
+    let photo = images::phone_photo(1600, 1200);
 
     let png = std::sync::Arc::new(large_render());
     let mallory: Vec<_> = (0..4)
@@ -58,13 +62,7 @@ async fn while_one_users_large_renders_run_another_user_uploads_and_downloads() 
     let started = Instant::now();
     let downloaded = app.download("victor", &victor_image.image_id).await;
     assert!(downloaded.is_ok(), "victor's download: {downloaded:?}");
-    let uploaded = app
-        .upload(
-            "victor",
-            spec("photo.jpg"),
-            &images::phone_photo(1600, 1200),
-        )
-        .await;
+    let uploaded = app.upload("victor", spec("photo.jpg"), &photo).await;
     let image = uploaded.expect("victor's upload while mallory's renders run");
     assert_eq!(image.variants.len(), 2, "victor's image was rendered");
     let unfinished = mallory.iter().filter(|task| !task.is_finished()).count();
