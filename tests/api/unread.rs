@@ -68,7 +68,10 @@ impl NonReader {
                 .unwrap();
             let mut calls = self.calls.clone().ready().await.expect("room for a call");
             let (response, mut body) = calls.send_request(request, false).unwrap();
-            body.send_data(framed.clone(), true).unwrap();
+            // A refusal may come, and end the stream, before the message
+            // is sent (the server answers at the headers): the send then
+            // fails and the response below carries the refusal.
+            let _ = body.send_data(framed.clone(), true);
             let response = tokio::time::timeout(Duration::from_secs(30), response)
                 .await
                 .expect("headers or a refusal")
