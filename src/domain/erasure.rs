@@ -19,9 +19,10 @@
 //! work done twice changes nothing.
 //!
 //! The steps, repeated until one round finds nothing: remove the upload
-//! sessions, delete the images through the path of `DeleteImage` (so each
-//! has its `Deleted` event with its object names, what a CDN purger needs,
-//! and gives its usage back), and wait for the uploads that reserved
+//! sessions, delete the images (each with its `Deleted` event naming its
+//! objects, what a CDN purger needs, giving its usage back; bytes before
+//! the record, so that a stop between the two leaves a record the resumed
+//! erasure finds, not bytes nothing names), and wait for the uploads that reserved
 //! before the mark to end (each either stores an image, deleted by the
 //! next round, or stores nothing). Then the user's events lose their
 //! `image`, and the mark becomes the audit entry: who asked, when, when it
@@ -37,9 +38,9 @@ use futures::StreamExt as _;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument as _;
 
-use super::image::Timestamp;
+use super::image::{ImageRecord, Timestamp};
 use super::listing::ListFilter;
-use super::ports::StorageError;
+use super::ports::{ObjectKey, StorageError};
 use super::usage::ErasureRecord;
 use super::{DomainError, Images, UserId};
 use crate::telemetry::error_chain;
@@ -481,22 +482,15 @@ impl Erasures {
             if page.records.is_empty() {
                 return Ok(total);
             }
-            let ids: Vec<String> = page.records.iter().map(|r| r.id.to_string()).collect();
-            let results: Vec<Result<(), DomainError>> = futures::stream::iter(ids)
-                .map(|id| {
-                    let (images, user) = (self.images.clone(), user.clone());
-                    async move { images.delete(&user, &id).await }
-                })
+            let results: Vec<Result<bool, DomainError>> = futures::stream::iter(page.records)
+                .map(|record| self.erase_image(user, record))
                 .buffer_unordered(ERASURE_DELETES_IN_FLIGHT)
                 .collect()
                 .await;
             let mut deleted = 0;
             for result in results {
-                match result {
-                    Ok(()) => deleted += 1,
-                    // Deleted meanwhile (by the user, another replica).
-                    Err(DomainError::NotFound(_)) => {}
-                    Err(error) => return Err(error),
+                if result? {
+                    deleted += 1;
                 }
             }
             if deleted > 0 {
@@ -505,6 +499,46 @@ impl Erasures {
             }
             total += deleted;
         }
+    }
+
+    /// Deletes one image of `user` as listed: its bytes first, then its
+    /// record (with its `Deleted` event naming the objects, for a CDN
+    /// purger), then any object the record gained meanwhile (an encoding
+    /// made in the background); `false` if the record was gone already
+    /// (deleted by the user or another replica).
+    ///
+    /// Bytes first, unlike `DeleteImage`'s order: a replica that stops
+    /// between the two leaves a record whose bytes are gone, which the
+    /// resumed erasure lists and deletes; the other order would leave
+    /// bytes that no record names, which nothing erases until the repair
+    /// pass's `--repair-grace`. Other callers see the image vanish a
+    /// moment before its record does (a read of its bytes is NOT_FOUND).
+    /// A failed delete stops the round: the erasure stays running and is
+    /// resumed.
+    async fn erase_image(&self, user: &UserId, listed: ImageRecord) -> Result<bool, DomainError> {
+        let id = listed.id;
+        let listed_objects = listed.objects();
+        for (object, _) in &listed_objects {
+            self.images
+                .blobs
+                .delete(&ObjectKey::of(&id, object))
+                .await?;
+        }
+        let deleted = match self.images.metadata.delete(&id, user).await {
+            Ok(record) => record,
+            Err(StorageError::NotFound) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        };
+        self.images.uploads.quotas().give_back(&deleted).await;
+        for (object, _) in deleted.objects() {
+            if !listed_objects.iter().any(|(seen, _)| *seen == object) {
+                self.images
+                    .blobs
+                    .delete(&ObjectKey::of(&id, &object))
+                    .await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Changes the running mark of `user` by `change`, conditional on the
