@@ -196,6 +196,7 @@ fn limits(settings: &LimitSettings) -> Limits {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
             }),
             max_memory: settings.max_render_memory,
+            max_jpeg_decode_passes: settings.max_jpeg_decode_passes,
         },
         // Checked at start (Application::build); commands make no variants.
         variant_sizes: settings

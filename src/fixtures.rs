@@ -1094,6 +1094,7 @@ pub fn limits() -> crate::domain::Limits {
         render: crate::media::variants::RenderLimits {
             max_concurrent: 2,
             max_memory: 256 << 20,
+            max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
         },
         variant_sizes: crate::media::variants::default_sizes().into(),
         sessions: crate::domain::limits::SessionLimits {

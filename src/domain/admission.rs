@@ -367,6 +367,7 @@ mod tests {
             RenderLimits {
                 max_concurrent: 1,
                 max_memory: 64 * MIB,
+                max_jpeg_decode_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
             },
             crate::media::variants::default_sizes().into(),
         );

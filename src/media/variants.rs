@@ -81,6 +81,31 @@ pub struct RenderLimits {
     pub max_concurrent: usize,
     /// Bytes one decoder may allocate for pixels.
     pub max_memory: u64,
+    /// Most passes over its coefficients a HEIF's JPEG-coded image may
+    /// take to decode (`--max-jpeg-decode-passes`; an uploaded JPEG's are
+    /// counted as it streams in).
+    pub max_jpeg_decode_passes: u32,
+}
+
+/// What one decode may take.
+#[derive(Clone, Copy, Debug)]
+struct DecodeLimits {
+    /// Bytes the decoder may allocate.
+    max_memory: u64,
+    /// See [`RenderLimits::max_jpeg_decode_passes`]: only HEIF's JPEG
+    /// items are counted at decode, so a build without `heif` reads none.
+    #[cfg_attr(not(feature = "heif"), allow(dead_code))]
+    max_jpeg_passes: u32,
+}
+
+impl DecodeLimits {
+    /// Within `max_memory`, and the default bound on a JPEG's passes.
+    fn of_memory(max_memory: u64) -> Self {
+        Self {
+            max_memory,
+            max_jpeg_passes: crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES,
+        }
+    }
 }
 
 /// One rendition, ready to store.
@@ -256,7 +281,10 @@ impl Renderer {
     ) -> Result<Rendered, MediaError> {
         let format = format_of(content_type)
             .ok_or_else(|| MediaError::invalid(format!("{content_type} is not decoded")))?;
-        let max_memory = self.limits.max_memory;
+        let limits = DecodeLimits {
+            max_memory: self.limits.max_memory,
+            max_jpeg_passes: self.limits.max_jpeg_decode_passes,
+        };
         let sizes = self.sizes.clone();
         let abandoned = Abandoned::default();
         let _on_drop = AbandonOnDrop(abandoned.clone());
@@ -266,7 +294,7 @@ impl Renderer {
                 &source,
                 format,
                 orientation,
-                max_memory,
+                limits,
                 JpegDecode::Scaled,
                 &sizes,
                 &abandoned,
@@ -287,7 +315,10 @@ impl Renderer {
         orientation: u8,
         max_memory: u64,
     ) -> Result<Rendered, MediaError> {
-        let max_memory = max_memory.min(self.limits.max_memory);
+        let limits = DecodeLimits {
+            max_memory: max_memory.min(self.limits.max_memory),
+            max_jpeg_passes: self.limits.max_jpeg_decode_passes,
+        };
         let sizes = self.sizes.clone();
         let abandoned = Abandoned::default();
         let _on_drop = AbandonOnDrop(abandoned.clone());
@@ -297,7 +328,7 @@ impl Renderer {
                 &source,
                 ImageFormat::Jpeg,
                 orientation,
-                max_memory,
+                limits,
                 JpegDecode::Whole,
                 &sizes,
                 &abandoned,
@@ -377,7 +408,7 @@ pub fn render_profiled(
         source,
         format,
         orientation,
-        max_memory,
+        DecodeLimits::of_memory(max_memory),
         JpegDecode::Scaled,
         &default_sizes(),
         &Abandoned::default(),
@@ -391,7 +422,7 @@ fn render_as(
     source: &[u8],
     format: ImageFormat,
     orientation: u8,
-    max_memory: u64,
+    limits: DecodeLimits,
     jpeg: JpegDecode,
     sizes: &[VariantSize],
     abandoned: &Abandoned,
@@ -405,14 +436,7 @@ fn render_as(
         *stage += now - clock;
         clock = now;
     };
-    let (decoded, icc) = decode(
-        source,
-        format,
-        largest_side(sizes),
-        max_memory,
-        jpeg,
-        abandoned,
-    )?;
+    let (decoded, icc) = decode(source, format, largest_side(sizes), limits, jpeg, abandoned)?;
     let icc = icc.filter(|icc| icc.len() <= MAX_VARIANT_ICC_PROFILE);
     lap(&mut profile.decode);
     let orientation = Orientation::from_exif(orientation).unwrap_or(Orientation::NoTransforms);
@@ -551,10 +575,11 @@ fn decode(
     source: &[u8],
     format: ImageFormat,
     largest: u32,
-    max_memory: u64,
+    limits: DecodeLimits,
     jpeg: JpegDecode,
     abandoned: &Abandoned,
 ) -> Result<Decoded, MediaError> {
+    let max_memory = limits.max_memory;
     if format == ImageFormat::Jpeg
         && jpeg == JpegDecode::Scaled
         && let Some(decoded) = decode_jpeg_scaled(source, largest, max_memory, abandoned)?
@@ -563,7 +588,7 @@ fn decode(
     }
     #[cfg(feature = "heif")]
     if format == ImageFormat::Avif {
-        return decode_heif(source, max_memory);
+        return decode_heif(source, limits);
     }
     let without_icc;
     let source = match format {
@@ -590,9 +615,15 @@ fn decode(
 
 /// A HEIC, HEIF or AVIF's primary image, decoded by libheif upright (its
 /// `irot`, `imir` and crop applied) and whole (the tiles of a grid
-/// assembled), within `max_memory` of libheif's allocations.
+/// assembled), within `limits.max_memory` of libheif's allocations, once
+/// its JPEG-coded images are found within the bounds of an uploaded JPEG
+/// ([`check_heif_jpeg_items`]).
 #[cfg(feature = "heif")]
-fn decode_heif(source: &[u8], max_memory: u64) -> Result<Decoded, MediaError> {
+fn decode_heif(source: &[u8], limits: DecodeLimits) -> Result<Decoded, MediaError> {
+    let DecodeLimits {
+        max_memory,
+        max_jpeg_passes,
+    } = limits;
     use libheif_rs::{ColorSpace, HeifContext, HeifErrorCode, LibHeif, RgbChroma, SecurityLimits};
     let refused = |error: libheif_rs::HeifError| match error.code {
         HeifErrorCode::MemoryAllocationError => too_large_to_decode(),
@@ -609,6 +640,7 @@ fn decode_heif(source: &[u8], max_memory: u64) -> Result<Decoded, MediaError> {
     limits.set_max_total_memory(max_memory);
     context.set_security_limits(&limits).map_err(refused)?;
     context.read_bytes(source).map_err(refused)?;
+    check_heif_jpeg_items(source, max_jpeg_passes)?;
     let handle = context.primary_image_handle().map_err(refused)?;
     let alpha = handle.has_alpha_channel();
     let chroma = if alpha {
@@ -642,6 +674,97 @@ fn decode_heif(source: &[u8], max_memory: u64) -> Result<Decoded, MediaError> {
     .ok_or_else(|| corrupt("a plane of the wrong size"))?;
     let icc = handle.color_profile_raw().map(|profile| profile.data);
     Ok((image, icc))
+}
+
+/// Refuses a HEIF with a JPEG-coded item (`jpeg`: a whole image, or a
+/// grid's tile) that an upload of that JPEG would be refused for: libheif
+/// hands such items to libjpeg, which decodes any number of scans, so a
+/// few kilobytes of narrow progressive scans would hold a render thread
+/// for minutes. Each item's data is counted as an uploaded JPEG is
+/// ([`Scrubber::check_whole_jpeg`]: at most
+/// [`crate::media::limits::MAX_JPEG_SCANS`] scans and `max_passes` passes
+/// over its coefficients). Called once libheif has read the file, which
+/// bounds its items.
+///
+/// [`Scrubber::check_whole_jpeg`]: crate::media::scrub::Scrubber::check_whole_jpeg
+#[cfg(feature = "heif")]
+fn check_heif_jpeg_items(source: &[u8], max_passes: u32) -> Result<(), MediaError> {
+    use libheif_sys as lh;
+
+    /// A context of libheif's over `source`, freed on drop.
+    struct Context(*mut lh::heif_context);
+    impl Drop for Context {
+        fn drop(&mut self) {
+            // SAFETY: allocated by `heif_context_alloc`, freed once.
+            unsafe { lh::heif_context_free(self.0) }
+        }
+    }
+    const JPEG: u32 = u32::from_be_bytes(*b"jpeg");
+    let failed = |error: lh::heif_error| {
+        // SAFETY: libheif's messages are static, NUL-terminated strings.
+        let message = if error.message.is_null() {
+            Default::default()
+        } else {
+            unsafe { std::ffi::CStr::from_ptr(error.message) }.to_string_lossy()
+        };
+        corrupt(format!("libheif could not read an item: {message}"))
+    };
+    // SAFETY: every pointer passed below is either the context allocated
+    // here (checked for null, freed on drop, after the item data it
+    // lent), `source` (which outlives the context), or an out-parameter
+    // on this stack; item data is copied out before it is released.
+    unsafe {
+        let context = Context(lh::heif_context_alloc());
+        if context.0.is_null() {
+            return Err(too_large_to_decode());
+        }
+        let read = lh::heif_context_read_from_memory_without_copy(
+            context.0,
+            source.as_ptr().cast(),
+            source.len(),
+            std::ptr::null(),
+        );
+        if read.code != lh::heif_error_code_heif_error_Ok {
+            return Err(failed(read));
+        }
+        let count = lh::heif_context_get_number_of_items(context.0);
+        // The number of items libheif read from the file: each takes bytes
+        // of it, so this is bounded by the file's size.
+        let count = usize::try_from(count).unwrap_or(0).min(source.len());
+        let mut ids: Vec<lh::heif_item_id> = vec![0; count];
+        let listed = lh::heif_context_get_list_of_item_IDs(
+            context.0,
+            ids.as_mut_ptr(),
+            i32::try_from(count).unwrap_or(i32::MAX),
+        );
+        ids.truncate(usize::try_from(listed).unwrap_or(0));
+        for id in ids {
+            if lh::heif_item_get_item_type(context.0, id) != JPEG {
+                continue;
+            }
+            let mut data: *mut u8 = std::ptr::null_mut();
+            let mut size = 0usize;
+            let got = lh::heif_item_get_item_data(
+                context.0,
+                id,
+                std::ptr::null_mut(),
+                &mut data,
+                &mut size,
+            );
+            if got.code != lh::heif_error_code_heif_error_Ok {
+                return Err(failed(got));
+            }
+            let item = if data.is_null() {
+                bytes::Bytes::new()
+            } else {
+                let copy = bytes::Bytes::copy_from_slice(std::slice::from_raw_parts(data, size));
+                lh::heif_release_item_data(context.0, &mut data);
+                copy
+            };
+            crate::media::scrub::Scrubber::check_whole_jpeg(item, max_passes)?;
+        }
+    }
+    Ok(())
 }
 
 /// A PNG's bytes without its `iCCP` chunk, when that chunk is larger than
@@ -1316,7 +1439,7 @@ mod abandoned {
             source,
             ImageFormat::Jpeg,
             1,
-            1 << 30,
+            DecodeLimits::of_memory(1 << 30),
             JpegDecode::Scaled,
             &default_sizes(),
             abandoned,
@@ -1420,5 +1543,72 @@ mod perceptual_hash {
         let rendered =
             render(&crate::fixtures::jpeg(4, 4), ImageFormat::Jpeg, 1, 1 << 30).expect("renders");
         assert_eq!(rendered.pdq, None);
+    }
+}
+
+/// A HEIF's JPEG-coded items are held to an uploaded JPEG's bounds on
+/// decode work before libheif hands them to libjpeg, which has none.
+#[cfg(all(test, feature = "heif"))]
+mod heif_jpeg_items {
+    use super::*;
+    use crate::fixtures::{heif_with_jpeg_item, narrow_scans_jpeg};
+    use crate::media::limits::DEFAULT_MAX_JPEG_DECODE_PASSES as DEFAULT;
+
+    fn render_heif(file: &[u8], max_jpeg_passes: u32) -> Result<Rendered, MediaError> {
+        let limits = DecodeLimits {
+            max_memory: 1 << 30,
+            max_jpeg_passes,
+        };
+        let (sizes, abandoned) = (default_sizes(), Abandoned::default());
+        render_as(
+            file,
+            ImageFormat::Avif,
+            1,
+            limits,
+            JpegDecode::Scaled,
+            &sizes,
+            &abandoned,
+        )
+        .map(|(rendered, _)| rendered)
+    }
+
+    #[test]
+    fn a_phone_photo_in_a_jpeg_item_renders() {
+        let jpeg = include_bytes!("../../examples/images/phone-photo.jpg");
+        for meta_last in [false, true] {
+            let file = heif_with_jpeg_item(jpeg, 480, 360, meta_last);
+            let rendered = render_heif(&file, DEFAULT).unwrap();
+            let small = &rendered.variants[0];
+            assert_eq!((small.width, small.height), (320, 240));
+        }
+    }
+
+    #[test]
+    fn a_jpeg_item_of_many_narrow_scans_is_refused_before_libjpeg_decodes_it() {
+        // 400 scans that each visit every block: about 85 passes.
+        let jpeg = narrow_scans_jpeg(1024, 1024, 400);
+        let file = heif_with_jpeg_item(&jpeg, 1024, 1024, false);
+        let error = render_heif(&file, DEFAULT).unwrap_err();
+        assert!(
+            matches!(&error, MediaError::TooLarge(m) if m.contains("--max-jpeg-decode-passes")),
+            "{error:?}"
+        );
+        // The operator's bound is the one applied: past it, libheif has it.
+        let raised = render_heif(&file, 100);
+        assert!(
+            !matches!(raised, Err(MediaError::TooLarge(_))),
+            "{raised:?}"
+        );
+    }
+
+    #[test]
+    fn a_jpeg_item_of_more_scans_than_any_decoder_takes_is_refused() {
+        let jpeg = narrow_scans_jpeg(64, 64, 600);
+        let file = heif_with_jpeg_item(&jpeg, 64, 64, false);
+        let error = render_heif(&file, u32::MAX).unwrap_err();
+        assert!(
+            matches!(&error, MediaError::TooLarge(m) | MediaError::Invalid(m) if m.contains("scans")),
+            "{error:?}"
+        );
     }
 }

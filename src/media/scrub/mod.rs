@@ -164,6 +164,25 @@ impl Scrubber {
         Ok(())
     }
 
+    /// Refuses `jpeg`, a JPEG held whole (a HEIF's JPEG-coded item, which
+    /// libheif hands to libjpeg), as an upload of it would be refused: more
+    /// than [`crate::media::limits::MAX_JPEG_SCANS`] scans, or scans that
+    /// take more than `max_passes` passes over its coefficients
+    /// (`--max-jpeg-decode-passes`), or not a JPEG from its first byte
+    /// (its headers kept apart, in a `jpgC` property, cannot be counted).
+    pub fn check_whole_jpeg(jpeg: Bytes, max_passes: u32) -> Result<(), MediaError> {
+        let mut scrubber = Self::bounded(true, u64::MAX, max_passes);
+        let mut out = Vec::new();
+        scrubber.push(jpeg, &mut out)?;
+        match scrubber.jpeg_decode_passes() {
+            Some(_) => Ok(()),
+            None => Err(MediaError::invalid(
+                "a JPEG-coded image of the HEIF is not a whole JPEG (one whose headers \
+                 are kept apart from its data is not decoded)",
+            )),
+        }
+    }
+
     /// A JPEG's decode work so far, in passes over its coefficients
     /// ([`JpegDecodeWork`]); `None` for other formats.
     pub fn jpeg_decode_passes(&self) -> Option<f64> {

@@ -607,14 +607,18 @@ mod tests {
     #[cfg(all(feature = "avif", feature = "heif"))]
     #[test]
     fn avif_decodes_with_libheif_to_the_right_size_and_keeps_alpha() {
-        let (opaque, _) =
-            super::super::decode_heif(&avif(Frame::Rgb(&rgb(64, 40)), AVIF).unwrap(), 1 << 30)
-                .unwrap();
+        let (opaque, _) = super::super::decode_heif(
+            &avif(Frame::Rgb(&rgb(64, 40)), AVIF).unwrap(),
+            super::super::DecodeLimits::of_memory(1 << 30),
+        )
+        .unwrap();
         assert_eq!((opaque.width(), opaque.height()), (64, 40));
         assert!(!opaque.color().has_alpha());
-        let (clear, _) =
-            super::super::decode_heif(&avif(Frame::Rgba(&rgba(64, 40)), AVIF).unwrap(), 1 << 30)
-                .unwrap();
+        let (clear, _) = super::super::decode_heif(
+            &avif(Frame::Rgba(&rgba(64, 40)), AVIF).unwrap(),
+            super::super::DecodeLimits::of_memory(1 << 30),
+        )
+        .unwrap();
         assert_eq!((clear.width(), clear.height()), (64, 40));
         let clear = clear.to_rgba8();
         assert!(clear.get_pixel(0, 20).0[3] < 8);
