@@ -940,3 +940,27 @@ async fn a_large_stripped_original_has_the_checksums_of_what_is_stored() {
     assert_eq!(image.size_bytes, stored.len() as i64);
     assert_eq!(image.uploaded_sha256, hex::encode(Sha256::digest(&png)));
 }
+
+/// A request asserting two users (a gateway that appends `x-user-id`
+/// rather than replacing the caller's) is refused, not read as the first.
+#[tokio::test]
+async fn a_request_with_two_user_ids_is_refused() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let list = |users: &[&str]| {
+        let mut request = tonic::Request::new(pb::ListImagesRequest::default());
+        for user in users {
+            request
+                .metadata_mut()
+                .append("x-user-id", user.parse().unwrap());
+        }
+        let mut client = app.client();
+        async move { client.list_images(request).await }
+    };
+    list(&["bob"]).await.unwrap();
+    let refused = list(&["admin", "bob"]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("more than one x-user-id"),
+        "{refused:?}"
+    );
+}

@@ -134,9 +134,18 @@ impl Authenticator {
                         ));
                     }
                 }
-                let value = metadata
-                    .get(USER_ID_HEADER)
+                // One identity: a request carrying two (a gateway that
+                // appends the header rather than replacing the caller's)
+                // is refused, not read as whichever comes first.
+                let mut values = metadata.get_all(USER_ID_HEADER).iter();
+                let value = values
+                    .next()
                     .ok_or_else(|| Status::unauthenticated("missing x-user-id metadata"))?;
+                if values.next().is_some() {
+                    return Err(Status::unauthenticated(
+                        "more than one x-user-id: a request asserts one user",
+                    ));
+                }
                 let text = value
                     .to_str()
                     .map_err(|_| Status::unauthenticated("x-user-id is not a valid user id"))?;
@@ -145,8 +154,9 @@ impl Authenticator {
             }
             Self::Jwt { keys, claims } => {
                 let invalid = || Status::unauthenticated("missing or invalid bearer token");
-                let header = metadata.get("authorization").ok_or_else(invalid)?;
-                if header.len() > MAX_TOKEN_BYTES {
+                let mut headers = metadata.get_all("authorization").iter();
+                let header = headers.next().ok_or_else(invalid)?;
+                if headers.next().is_some() || header.len() > MAX_TOKEN_BYTES {
                     return Err(invalid());
                 }
                 let header = header.to_str().map_err(|_| invalid())?;
