@@ -40,7 +40,8 @@ use tracing::Instrument as _;
 
 use super::image::{ImageRecord, Timestamp};
 use super::listing::ListFilter;
-use super::ports::{ObjectKey, StorageError};
+use super::ports::{BlobStore, MetadataStore, ObjectKey, StorageError};
+use super::quota::Quotas;
 use super::usage::ErasureRecord;
 use super::{DomainError, Images, UserId};
 use crate::telemetry::error_chain;
@@ -501,44 +502,17 @@ impl Erasures {
         }
     }
 
-    /// Deletes one image of `user` as listed: its bytes first, then its
-    /// record (with its `Deleted` event naming the objects, for a CDN
-    /// purger), then any object the record gained meanwhile (an encoding
-    /// made in the background); `false` if the record was gone already
-    /// (deleted by the user or another replica).
-    ///
-    /// Bytes first, unlike `DeleteImage`'s order: a replica that stops
-    /// between the two leaves a record whose bytes are gone, which the
-    /// resumed erasure lists and deletes; the other order would leave
-    /// bytes that no record names, which nothing erases until the repair
-    /// pass's `--repair-grace`. Other callers see the image vanish a
-    /// moment before its record does (a read of its bytes is NOT_FOUND).
-    /// A failed delete stops the round: the erasure stays running and is
-    /// resumed.
+    /// Deletes one image of `user` as listed ([`erase_image`]).
     async fn erase_image(&self, user: &UserId, listed: ImageRecord) -> Result<bool, DomainError> {
-        let id = listed.id;
-        let listed_objects = listed.objects();
-        for (object, _) in &listed_objects {
-            self.images
-                .blobs
-                .delete(&ObjectKey::of(&id, object))
-                .await?;
-        }
-        let deleted = match self.images.metadata.delete(&id, user).await {
-            Ok(record) => record,
-            Err(StorageError::NotFound) => return Ok(false),
-            Err(error) => return Err(error.into()),
-        };
-        self.images.uploads.quotas().give_back(&deleted).await;
-        for (object, _) in deleted.objects() {
-            if !listed_objects.iter().any(|(seen, _)| *seen == object) {
-                self.images
-                    .blobs
-                    .delete(&ObjectKey::of(&id, &object))
-                    .await?;
-            }
-        }
-        Ok(true)
+        let uploads = &self.images.uploads;
+        erase_image(
+            &uploads.blobs,
+            &uploads.metadata,
+            &uploads.quotas,
+            user,
+            listed,
+        )
+        .await
     }
 
     /// Changes the running mark of `user` by `change`, conditional on the
@@ -567,4 +541,43 @@ impl Erasures {
                 .into(),
         ))
     }
+}
+
+/// Deletes one image of `owner` as listed, for an erasure: its bytes
+/// first, then its record (with its `Deleted` event naming the objects,
+/// for a CDN purger), giving its usage back, then any object the record
+/// gained meanwhile (an encoding made in the background); `false` if the
+/// record was gone already (deleted by the user or another replica).
+///
+/// Bytes first, unlike `DeleteImage`'s order: a replica that stops
+/// between the two leaves a record whose bytes are gone, which the
+/// resumed erasure lists and deletes; the other order would leave bytes
+/// that no record names, which nothing erases until the repair pass's
+/// `--repair-grace`. Other callers see the image vanish a moment before
+/// its record does (a read of its bytes is NOT_FOUND). A failed delete
+/// stops the round: the erasure stays running and is resumed.
+pub(super) async fn erase_image(
+    blobs: &Arc<dyn BlobStore>,
+    metadata: &Arc<dyn MetadataStore>,
+    quotas: &Quotas,
+    owner: &UserId,
+    listed: ImageRecord,
+) -> Result<bool, DomainError> {
+    let id = listed.id;
+    let listed_objects = listed.objects();
+    for (object, _) in &listed_objects {
+        blobs.delete(&ObjectKey::of(&id, object)).await?;
+    }
+    let deleted = match metadata.delete(&id, owner).await {
+        Ok(record) => record,
+        Err(StorageError::NotFound) => return Ok(false),
+        Err(error) => return Err(error.into()),
+    };
+    quotas.give_back(&deleted).await;
+    for (object, _) in deleted.objects() {
+        if !listed_objects.iter().any(|(seen, _)| *seen == object) {
+            blobs.delete(&ObjectKey::of(&id, &object)).await?;
+        }
+    }
+    Ok(true)
 }

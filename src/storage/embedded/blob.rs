@@ -313,10 +313,19 @@ impl BlobStore for EmbeddedBlobStore {
     async fn delete_staged(&self, upload: &UploadId) -> Result<(), StorageError> {
         self.part_writes.stop(upload).await;
         let dir = self.root.join(ObjectKey::staged_prefix(upload));
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::internal(e)),
+        // A stream of the session may still write a segment while the
+        // directory goes (its record then refuses it, and it removes what
+        // it wrote): what it added is removed by the next attempt.
+        let mut attempts = 0;
+        loop {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(StorageError::internal(e)),
+            }
         }
     }
 

@@ -562,3 +562,84 @@ pub(super) async fn a_trickling_upload_does_not_hold_back_another_users_erasure(
         assert_code(gone, Code::NotFound);
     }
 }
+
+/// A session's final upload that is committing when the erasure is asked
+/// for: the erasure removes the session under it and may end first, so
+/// the commit withdraws the image it stored and says why. Whatever the
+/// timing, once both have ended nothing of the user is left.
+pub(super) async fn a_session_committing_as_the_erasure_starts_leaves_nothing(backend: Backend) {
+    // Variants on, so that the commit (a render) takes a while.
+    let flags: Vec<&str> = FLAGS
+        .chunks(2)
+        .filter(|pair| pair[0] != "--variants")
+        .flatten()
+        .copied()
+        .collect();
+    let app = TestApp::spawn_with(backend, &flags).await;
+    // A 7.7-megapixel photo: its commit (read back, scrubbed, rendered)
+    // takes long enough for the erasure to start and end within it.
+    let photo = images::photo_jpeg(3200, 2400);
+    for (round, delay) in [0u64, 200, 500, 900, 1300, 1800, 2500]
+        .into_iter()
+        .enumerate()
+    {
+        let user = format!("committer-{round}");
+        let session = start(&app, &user, personal_spec(&user, round))
+            .await
+            .unwrap();
+        let messages = resume_messages(&session.upload_id, 0, &photo, 64 * 1024, true);
+        let erase = async {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            delete_user_data(&app, &user, "").await.unwrap();
+            wait_until_done(&app, &user).await
+        };
+        let (committed, _) = tokio::join!(app.upload_messages(&user, messages), erase);
+        if let Err(status) = &committed {
+            // Refused before it stored (the session was gone), or after
+            // (the image withdrawn): either way not kept.
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::NotFound | Code::Aborted
+                ),
+                "round {round}: {status:?}"
+            );
+        }
+        let image_ids: Vec<String> = committed.iter().map(|i| i.image_id.clone()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let held = held_through_the_api(&app, &user, &image_ids, &session.upload_id).await;
+            if held.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round} (erasure {delay} ms into the commit, commit {:?}): {held:?}",
+                committed.as_ref().map(|i| &i.image_id)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What a running server shows of `user`: objects naming one of
+/// `image_ids` or the upload session, images listed, and usage.
+async fn held_through_the_api(
+    app: &TestApp,
+    user: &str,
+    image_ids: &[String],
+    upload_id: &str,
+) -> Vec<String> {
+    let mut held: Vec<String> = app
+        .stored_objects_now()
+        .into_iter()
+        .filter(|o| o.contains(upload_id) || image_ids.iter().any(|id| o.contains(id)))
+        .collect();
+    let listed = app.list_all(ADMIN, owned_by(user)).await.unwrap();
+    held.extend(listed.iter().map(|i| format!("image {}", i.image_id)));
+    let usage = super::quotas::usage(app, ADMIN, user).await.unwrap();
+    if usage.images_held + usage.bytes_held > 0 {
+        held.push(format!("usage {usage:?}"));
+    }
+    held
+}

@@ -202,6 +202,7 @@ macro_rules! all_cases {
             erasure::an_erasure_cut_by_a_crash_is_finished_by_the_next_replica,
             erasure::a_flood_of_erasures_stays_within_the_bound_and_each_completes,
             erasure::a_trickling_upload_does_not_hold_back_another_users_erasure,
+            erasure::a_session_committing_as_the_erasure_starts_leaves_nothing,
         );
     };
 }
