@@ -712,7 +712,18 @@ impl Images {
         ensure_owner(caller, &current)?;
         let deleted = match self.metadata.delete(&id, caller).await {
             Ok(record) => record,
-            Err(StorageError::ConditionFailed) => return Err(not_owner()),
+            // Another's now, or still the caller's but changed under every
+            // attempt of the store's (edits, background encodings): only
+            // the first is a refusal.
+            Err(StorageError::ConditionFailed) => {
+                return Err(match self.metadata.get(&id).await? {
+                    Some(now) if now.owner == *caller => DomainError::Aborted(
+                        "the image kept changing while it was being deleted; retry".into(),
+                    ),
+                    Some(_) => not_owner(),
+                    None => DomainError::image_not_found(),
+                });
+            }
             Err(other) => return Err(other.into()),
         };
         // The metadata is gone: finish removing the bytes even if the caller

@@ -19,8 +19,10 @@
 //!
 //! The variants are made after the reservation, so their bytes are added
 //! at the commit without a ceiling: a user near the quota may end past it
-//! by one image's variants (a few percent of its original), and their
-//! next upload is refused.
+//! by the variants of every upload they have in progress (a few percent of
+//! a photo's original, many times a small compressible one's), and their
+//! next upload is refused. Holding the settlement to the quota is the
+//! known limit left (docs/api.md: Usage and quotas).
 use std::collections::HashSet;
 use std::sync::Arc;
 

@@ -199,6 +199,53 @@ fn tag_item(record: &ImageRecord, tag: &str) -> HashMap<String, AttributeValue> 
 }
 
 impl DynamoMetadataStore {
+    /// Deletes the record as read now, if `owner` owns it, conditional on
+    /// its revision: `ConditionFailed` if it changed meanwhile (or is
+    /// another's).
+    async fn delete_at_revision(
+        &self,
+        id: &ImageId,
+        owner: &UserId,
+    ) -> Result<ImageRecord, StorageError> {
+        let current = self.get(id).await?.ok_or(StorageError::NotFound)?;
+        if current.owner != *owner {
+            return Err(StorageError::ConditionFailed);
+        }
+        // Announced first: the delete cannot be acknowledged without its
+        // event. A crash before the record goes leaves the delete
+        // announced, and the repair pass completes it.
+        let announced = self
+            .write_event(ImageEvent::of_change(ChangeKind::Deleted, &current))
+            .await?;
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(image_pk(id), IMAGE_SK)))
+            .condition_expression("attribute_exists(pk) AND #owner = :owner AND rev = :rev")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner.as_str()))
+            .expression_attribute_values(":rev", n(current.revision))
+            .send()
+            .await;
+        if let Err(error) = deleted.map_err(classify) {
+            self.retract_event(announced).await;
+            return Err(match error {
+                // Changed or gone meanwhile: read again by `delete`.
+                StorageError::ConditionFailed => match self.get(id).await? {
+                    None => StorageError::NotFound,
+                    Some(_) => StorageError::ConditionFailed,
+                },
+                other => other,
+            });
+        }
+        self.delete_tag_items_logged(&current, &current.tags).await;
+        self.delete_review_item_logged(&current, None).await;
+        self.delete_band_items_logged(&current, None).await;
+        self.release_idempotency_key(&current).await;
+        Ok(current)
+    }
+
     pub fn new(shared: &aws_config::SdkConfig, region: Region, settings: &AwsSettings) -> Self {
         let mut builder = aws_sdk_dynamodb::config::Builder::from(shared).region(region);
         if let Some(endpoint) = &settings.dynamodb_endpoint {
@@ -1230,43 +1277,23 @@ impl MetadataStore for DynamoMetadataStore {
     }
 
     async fn delete(&self, id: &ImageId, owner: &UserId) -> Result<ImageRecord, StorageError> {
-        let current = self.get(id).await?.ok_or(StorageError::NotFound)?;
-        if current.owner != *owner {
-            return Err(StorageError::ConditionFailed);
+        // A record changed between the read and the delete (an encoding
+        // stored in the background, a moderator's change) is read again:
+        // the owner's delete is not refused for it.
+        let mut attempts = 0;
+        loop {
+            match self.delete_at_revision(id, owner).await {
+                Err(StorageError::ConditionFailed) if attempts < 4 => {
+                    attempts += 1;
+                    match self.get(id).await? {
+                        Some(current) if current.owner == *owner => continue,
+                        Some(_) => return Err(StorageError::ConditionFailed),
+                        None => return Err(StorageError::NotFound),
+                    }
+                }
+                other => return other,
+            }
         }
-        // Announced first: the delete cannot be acknowledged without its
-        // event. A crash before the record goes leaves the delete
-        // announced, and the repair pass completes it.
-        let announced = self
-            .write_event(ImageEvent::of_change(ChangeKind::Deleted, &current))
-            .await?;
-        let deleted = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(image_pk(id), IMAGE_SK)))
-            .condition_expression("attribute_exists(pk) AND #owner = :owner AND rev = :rev")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_values(":owner", s(owner.as_str()))
-            .expression_attribute_values(":rev", n(current.revision))
-            .send()
-            .await;
-        if let Err(error) = deleted.map_err(classify) {
-            self.retract_event(announced).await;
-            return Err(match error {
-                // Changed or gone meanwhile: the caller reads it again.
-                StorageError::ConditionFailed => match self.get(id).await? {
-                    None => StorageError::NotFound,
-                    Some(_) => StorageError::ConditionFailed,
-                },
-                other => other,
-            });
-        }
-        self.delete_tag_items_logged(&current, &current.tags).await;
-        self.delete_review_item_logged(&current, None).await;
-        self.delete_band_items_logged(&current, None).await;
-        self.release_idempotency_key(&current).await;
-        Ok(current)
     }
 
     async fn list(

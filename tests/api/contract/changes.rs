@@ -261,3 +261,42 @@ pub(super) async fn concurrent_updates_are_never_lost(backend: Backend) {
         "{last:?}"
     );
 }
+
+/// The owner's delete of an image that changes meanwhile (their own edits
+/// here; an encoding stored in the background does the same) deletes it:
+/// it is never refused as if they were not the owner.
+pub(super) async fn an_owners_delete_racing_edits_of_the_image_succeeds(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for round in 0..10 {
+        let image = app.upload_png("alice", 100 + round).await;
+        let edits = async {
+            for edit in 0..20 {
+                let update = pb::UpdateImageRequest {
+                    image_id: image.image_id.clone(),
+                    title: format!("edit {edit}"),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["title".into()],
+                    }),
+                    ..Default::default()
+                };
+                if app.update("alice", update).await.is_err() {
+                    break; // deleted
+                }
+            }
+        };
+        let delete = async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Edits without a pause may outrun the store's retries: the
+            // answer is then ABORTED (retry), never PERMISSION_DENIED.
+            loop {
+                match app.delete("alice", &image.image_id).await {
+                    Ok(()) => break,
+                    Err(status) if status.code() == Code::Aborted => continue,
+                    Err(status) => panic!("round {round}: {status:?}"),
+                }
+            }
+        };
+        tokio::join!(edits, delete);
+        assert_code(app.get("alice", &image.image_id).await, Code::NotFound);
+    }
+}

@@ -125,6 +125,7 @@ macro_rules! all_cases {
             uploads::rejected_uploads_store_nothing,
             uploads::a_cancelled_upload_stores_nothing,
             changes::only_the_owner_may_update_or_delete,
+            changes::an_owners_delete_racing_edits_of_the_image_succeeds,
             changes::updates_change_the_masked_fields_and_move_the_indexes,
             changes::a_stale_etag_aborts_the_update,
             changes::a_deleted_image_is_gone_everywhere,
