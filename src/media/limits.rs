@@ -2,6 +2,11 @@
 //! the other does not refuse for the same reason.
 use super::MediaError;
 
+/// Largest ICC profile carried into variants (the scrubber keeps a PNG's
+/// up to this size too). Real profiles are a few KiB to a few hundred;
+/// larger ones are left out.
+pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
+
 /// Most scans a JPEG may have. Every progressive scan is a pass over all
 /// the image's coefficients: cameras write about ten, a file with
 /// thousands is built to spend CPU (libjpeg-turbo's own tools stop at

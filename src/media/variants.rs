@@ -64,9 +64,7 @@ pub fn default_sizes() -> Vec<VariantSize> {
 pub fn largest_side(sizes: &[VariantSize]) -> u32 {
     sizes.iter().map(|s| s.longest_side).max().unwrap_or(0)
 }
-/// Largest ICC profile carried into variants. Real profiles are a few KiB
-/// to a few hundred; larger ones are left out.
-pub const MAX_ICC_PROFILE: usize = 1024 * 1024;
+pub use super::limits::MAX_ICC_PROFILE;
 pub use encode::MAX_VARIANT_ICC_PROFILE;
 /// Longest side of the image both placeholders are computed from: the
 /// BlurHash keeps 4 cosine components along a side and the ThumbHash at
@@ -1548,7 +1546,8 @@ mod perceptual_hash {
 
 /// A HEIF's JPEG-coded items are held to an uploaded JPEG's bounds on
 /// decode work before libheif hands them to libjpeg, which has none.
-#[cfg(all(test, feature = "heif"))]
+#[cfg(test)]
+#[cfg(feature = "heif")]
 mod heif_jpeg_items {
     use super::*;
     use crate::fixtures::{heif_with_jpeg_item, narrow_scans_jpeg};

@@ -418,7 +418,7 @@ const MAX_ICC_NAME: usize = 80;
 
 /// Largest `iCCP` chunk read, and largest profile inflated from one: the
 /// limit of the profiles carried into variants (larger ones are dropped).
-const MAX_ICC_PROFILE: usize = crate::media::variants::MAX_ICC_PROFILE;
+const MAX_ICC_PROFILE: usize = crate::media::limits::MAX_ICC_PROFILE;
 
 pub(super) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
