@@ -199,14 +199,14 @@ fn tag_item(record: &ImageRecord, tag: &str) -> HashMap<String, AttributeValue> 
 }
 
 impl DynamoMetadataStore {
-    /// Deletes the record as read now, if `owner` owns it, conditional on
-    /// its revision: `ConditionFailed` if it changed meanwhile (or is
-    /// another's).
+    /// Deletes the record as read now, if `owner` owns it (`NotFound`,
+    /// `ConditionFailed` if another's), conditional on its revision:
+    /// `None` if it changed meanwhile, to be read again.
     async fn delete_at_revision(
         &self,
         id: &ImageId,
         owner: &UserId,
-    ) -> Result<ImageRecord, StorageError> {
+    ) -> Result<Option<ImageRecord>, StorageError> {
         let current = self.get(id).await?.ok_or(StorageError::NotFound)?;
         if current.owner != *owner {
             return Err(StorageError::ConditionFailed);
@@ -230,20 +230,17 @@ impl DynamoMetadataStore {
             .await;
         if let Err(error) = deleted.map_err(classify) {
             self.retract_event(announced).await;
-            return Err(match error {
-                // Changed or gone meanwhile: read again by `delete`.
-                StorageError::ConditionFailed => match self.get(id).await? {
-                    None => StorageError::NotFound,
-                    Some(_) => StorageError::ConditionFailed,
-                },
-                other => other,
-            });
+            return match error {
+                // Changed or gone meanwhile: the next read says which.
+                StorageError::ConditionFailed => Ok(None),
+                other => Err(other),
+            };
         }
         self.delete_tag_items_logged(&current, &current.tags).await;
         self.delete_review_item_logged(&current, None).await;
         self.delete_band_items_logged(&current, None).await;
         self.release_idempotency_key(&current).await;
-        Ok(current)
+        Ok(Some(current))
     }
 
     pub fn new(shared: &aws_config::SdkConfig, region: Region, settings: &AwsSettings) -> Self {
@@ -1280,20 +1277,13 @@ impl MetadataStore for DynamoMetadataStore {
         // A record changed between the read and the delete (an encoding
         // stored in the background, a moderator's change) is read again:
         // the owner's delete is not refused for it.
-        let mut attempts = 0;
-        loop {
-            match self.delete_at_revision(id, owner).await {
-                Err(StorageError::ConditionFailed) if attempts < 4 => {
-                    attempts += 1;
-                    match self.get(id).await? {
-                        Some(current) if current.owner == *owner => continue,
-                        Some(_) => return Err(StorageError::ConditionFailed),
-                        None => return Err(StorageError::NotFound),
-                    }
-                }
-                other => return other,
+        for _ in 0..5 {
+            if let Some(deleted) = self.delete_at_revision(id, owner).await? {
+                return Ok(deleted);
             }
         }
+        // Changed under every attempt.
+        Err(StorageError::ConditionFailed)
     }
 
     async fn list(
