@@ -52,6 +52,10 @@ pub struct Summary {
     pub entries: u64,
     #[serde(default)]
     pub declined: u64,
+    /// Entries made and not kept because their owner's byte quota had no
+    /// room for them (a later run tries again).
+    #[serde(default)]
+    pub over_quota: u64,
     pub thumbhashes_set: u64,
     #[serde(default)]
     pub pdq_hashes_set: u64,
@@ -223,6 +227,7 @@ pub async fn backfill(
                     }
                     summary.entries += added.entries as u64;
                     summary.declined += added.declined as u64;
+                    summary.over_quota += added.over_quota as u64;
                     summary.thumbhashes_set += u64::from(added.thumbhash);
                     summary.pdq_hashes_set += u64::from(added.pdq);
                     summary.bytes += added.bytes;

@@ -47,6 +47,28 @@ pub fn blank_png(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// An 8-bit RGB PNG of `width` × `height` vertical stripes of colours
+/// drawn from `seed`, deflated: every row repeats the first, so the file
+/// is a few KiB, while a JPEG of it (all edges) is many times that.
+pub fn striped_png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let row: Vec<[u8; 3]> = (0..width)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [r, g, b, _] = state.to_le_bytes();
+            [r, g, b]
+        })
+        .collect();
+    let pixels = image::RgbImage::from_fn(width, height, |x, _| image::Rgb(row[x as usize]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    pixels
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("a striped PNG encodes");
+    out.into_inner()
+}
+
 /// A PNG of at least `bytes` bytes.
 pub fn png_of_size(bytes: usize, seed: u32) -> Vec<u8> {
     let width = 512;

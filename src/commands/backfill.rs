@@ -93,7 +93,7 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
             )
         } else {
             format!(
-                "{} images: {} changed ({} entries, {} ThumbHashes, {} PDQ hashes, {:.1} MiB added; {} encodings no smaller, not kept), {} complete, {} gone, {} failed",
+                "{} images: {} changed ({} entries, {} ThumbHashes, {} PDQ hashes, {:.1} MiB added; {} encodings no smaller, not kept; {} over their owner's quota, not kept), {} complete, {} gone, {} failed",
                 s.seen,
                 s.changed,
                 s.entries,
@@ -101,6 +101,7 @@ pub async fn run_backfill(config: &Config, flags: &Flags<'_>) -> anyhow::Result<
                 s.pdq_hashes_set,
                 s.bytes as f64 / 1048576.0,
                 s.declined,
+                s.over_quota,
                 s.seen - s.lacking,
                 s.gone,
                 s.failed.len()

@@ -17,12 +17,15 @@
 //! for bad content) releases it, on whichever replica that happens, and
 //! the repair pass drops it once the session is gone or closed.
 //!
-//! The variants are made after the reservation, so their bytes are added
-//! at the commit without a ceiling: a user near the quota may end past it
-//! by the variants of every upload they have in progress (a few percent of
-//! a photo's original, many times a small compressible one's), and their
-//! next upload is refused. Holding the settlement to the quota is the
-//! known limit left (docs/api.md: Usage and quotas).
+//! The variants are made after the reservation, so the settlement may add
+//! bytes (a small compressible original's variants are many times its
+//! size). It is made before the record is stored, by a conditional update
+//! that holds it to the quota like a reservation ([`QuotaHold::settle`]):
+//! an upload whose variants would take the user past the quota is refused
+//! and its writes undone. What a settlement added is given back if the
+//! record is then not stored ([`Settled::undo`]). The encodings made after
+//! the acknowledgement are added the same way ([`Quotas::add_bytes`]): one
+//! that does not fit is not kept.
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -190,8 +193,7 @@ impl Quotas {
     /// Releases the reservation of the session `upload` of `user`, if it
     /// still holds one (cancel, expiry, removal).
     pub async fn end_session(&self, user: &UserId, upload: &UploadId) {
-        self.end_by_id(user, &session_reservation_id(upload), None)
-            .await;
+        self.end_by_id(user, &session_reservation_id(upload)).await;
     }
 
     async fn reserve_as(
@@ -246,15 +248,67 @@ impl Quotas {
         ))
     }
 
-    /// Adds `bytes` to what the user holds, without a ceiling: for objects
-    /// stored after an upload was acknowledged (encodings made in the
-    /// background), which a quota cannot refuse any more.
-    pub async fn add_bytes(&self, user: &UserId, bytes: u64) -> Result<(), DomainError> {
+    /// Adds `bytes` to what the user holds, held to the byte quota: for
+    /// objects stored after an upload was acknowledged (encodings made in
+    /// the background). [`DomainError::QuotaExceeded`] when they do not
+    /// fit; the caller does not keep them.
+    pub async fn add_bytes(&self, user: &UserId, bytes: u64) -> Result<Settled, DomainError> {
         let change = UsageChange {
             bytes: signed(bytes),
             ..UsageChange::default()
         };
-        Ok(self.metadata.change_usage(user, &change, None).await?)
+        self.change_within(user, change, None).await
+    }
+
+    /// Applies `change` (with `ends`, the id of the reservation it ends,
+    /// if the item still holds it) unless what it adds would take the user
+    /// past a quota: the reservation's `bytes`, `images` and `id` fill the
+    /// change from the item as read, and a lost race reads again.
+    async fn change_within(
+        &self,
+        user: &UserId,
+        change: UsageChange,
+        ends: Option<&str>,
+    ) -> Result<Settled, DomainError> {
+        for _ in 0..RESERVE_ATTEMPTS {
+            let usage = self.metadata.get_usage(user).await?;
+            let mut change = change.clone();
+            if let Some(id) = ends
+                && let Some(reservation) = usage.reservations.iter().find(|r| r.id == id)
+            {
+                change.bytes -= signed(reservation.bytes);
+                change.images -= signed(reservation.images);
+                change.remove = Some(reservation.clone());
+            }
+            let limits = self.limits(usage.quota);
+            let ceiling = growth_ceiling(limits, &change);
+            if ceiling.is_some() && !usage.clone().apply(&change, ceiling) {
+                metrics::counter!("imageservice_quota_refusals_total").increment(1);
+                return Err(DomainError::QuotaExceeded(growth_violation(
+                    user, &usage, limits, &change,
+                )));
+            }
+            match self.metadata.change_usage(user, &change, ceiling).await {
+                Ok(()) => {
+                    return Ok(Settled {
+                        quotas: self.clone(),
+                        user: user.clone(),
+                        bytes: change.bytes + change.remove.as_ref().map_or(0, |r| signed(r.bytes)),
+                        images: change.images
+                            + change.remove.as_ref().map_or(0, |r| signed(r.images)),
+                    });
+                }
+                // Another change between the read and the update: read
+                // again, which tells whether it still fits.
+                Err(StorageError::ConditionFailed) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(DomainError::ResourceExhausted(
+            "the usage of this user kept changing while the upload settled its share; \
+             retry with backoff"
+                .into(),
+        ))
     }
 
     /// Gives back what a deleted image held. A failure is logged, not
@@ -278,12 +332,10 @@ impl Quotas {
         }
     }
 
-    /// Ends the reservation named `id`, found in the usage item. When the
-    /// item holds none (the repair pass dropped it, or the session began
-    /// before sessions reserved), a release changes nothing and a settle
-    /// adds what was stored: only the commit that created the image
-    /// settles, once.
-    async fn end_by_id(&self, user: &UserId, id: &str, stored: Option<u64>) {
+    /// Releases the reservation named `id`, found in the usage item; when
+    /// the item holds none (the repair pass dropped it, or a commit
+    /// settled it), nothing changes.
+    async fn end_by_id(&self, user: &UserId, id: &str) {
         let usage = match self.metadata.get_usage(user).await {
             Ok(usage) => usage,
             Err(error) => {
@@ -295,30 +347,9 @@ impl Quotas {
                 return;
             }
         };
-        match usage.reservations.into_iter().find(|r| r.id == id) {
-            Some(reservation) => self.end(user, reservation, stored).await,
-            None => {
-                if let Some(bytes) = stored
-                    && let Err(error) = self.add_stored(user, bytes).await
-                {
-                    tracing::warn!(
-                        error = %crate::telemetry::error_chain(&error),
-                        %user,
-                        "an upload session's image was not counted; the repair pass will count it"
-                    );
-                }
-            }
+        if let Some(reservation) = usage.reservations.into_iter().find(|r| r.id == id) {
+            self.end(user, reservation).await;
         }
-    }
-
-    /// Counts an image of `bytes` stored without a reservation to end.
-    async fn add_stored(&self, user: &UserId, bytes: u64) -> Result<(), StorageError> {
-        let change = UsageChange {
-            bytes: signed(bytes),
-            images: 1,
-            ..UsageChange::default()
-        };
-        self.metadata.change_usage(user, &change, None).await
     }
 
     /// Gives back the bytes of an image whose objects moderation removed:
@@ -339,30 +370,22 @@ impl Quotas {
         }
     }
 
-    async fn end(&self, user: &UserId, reservation: UsageReservation, stored: Option<u64>) {
-        let images = i64::from(stored.is_some());
+    /// Releases `reservation`: the upload stored nothing.
+    async fn end(&self, user: &UserId, reservation: UsageReservation) {
         let change = UsageChange {
-            bytes: signed(stored.unwrap_or(0)) - signed(reservation.bytes),
-            images: images - signed(reservation.images),
+            bytes: -signed(reservation.bytes),
+            images: -signed(reservation.images),
             add: None,
             remove: Some(reservation),
         };
-        let ended = match self.metadata.change_usage(user, &change, None).await {
-            // The repair pass dropped the reservation as stale (and counted
-            // the image if it was stored by then): only the image is added,
-            // which the next pass corrects if it was counted twice.
-            Err(StorageError::ConditionFailed) if stored.is_some() => {
-                self.add_stored(user, stored.unwrap_or(0)).await
-            }
-            Err(StorageError::ConditionFailed) => Ok(()),
-            other => other,
-        };
-        if let Err(error) = ended {
-            tracing::warn!(
+        match self.metadata.change_usage(user, &change, None).await {
+            // The repair pass dropped it as stale.
+            Ok(()) | Err(StorageError::ConditionFailed) => {}
+            Err(error) => tracing::warn!(
                 error = %crate::telemetry::error_chain(&error),
                 %user,
                 "a quota reservation did not end; the repair pass will end it"
-            );
+            ),
         }
     }
 }
@@ -411,6 +434,49 @@ fn ceiling(limits: QuotaLimits) -> Option<UsageCeiling> {
     })
 }
 
+/// The ceiling a change that may add to the usage is conditional on: on
+/// what it adds only (a settlement below its reservation, or a quota
+/// lowered meanwhile, never refuses what gives back); `None` when it adds
+/// nothing a quota limits.
+fn growth_ceiling(limits: QuotaLimits, change: &UsageChange) -> Option<UsageCeiling> {
+    let limited = |max: u64, delta: i64| if max != 0 && delta > 0 { max } else { u64::MAX };
+    let ceiling = UsageCeiling {
+        max_bytes: limited(limits.max_bytes, change.bytes),
+        max_images: limited(limits.max_images, change.images),
+    };
+    (ceiling.max_bytes != u64::MAX || ceiling.max_images != u64::MAX).then_some(ceiling)
+}
+
+/// Which quota `change` (a settlement, or encodings added later) would
+/// pass.
+fn growth_violation(
+    user: &UserId,
+    usage: &UsageRecord,
+    limits: QuotaLimits,
+    change: &UsageChange,
+) -> QuotaViolation {
+    let subject = format!("user:{user}");
+    if change.images > 0 && limits.max_images != 0 {
+        return QuotaViolation {
+            subject,
+            description: format!(
+                "the quota of {} images per user is reached ({} stored or being uploaded); \
+                 delete images to upload more",
+                limits.max_images, usage.held_images
+            ),
+        };
+    }
+    QuotaViolation {
+        subject,
+        description: format!(
+            "the quota of {} bytes per user would be passed: {} bytes are held (stored or \
+             being uploaded), and this image's variants and encodings take {} more than \
+             its upload reserved; nothing of it was kept",
+            limits.max_bytes, usage.held_bytes, change.bytes
+        ),
+    }
+}
+
 /// Which quota a reservation of `bytes` and one image would pass.
 fn violation(
     user: &UserId,
@@ -455,20 +521,72 @@ pub struct QuotaHold {
 }
 
 impl QuotaHold {
-    /// The upload stored an image holding `bytes` in all.
-    pub async fn settle(mut self, bytes: u64) {
-        if let Some(reservation) = self.reservation.take() {
-            self.quotas.end(&self.user, reservation, Some(bytes)).await;
-        }
-        if let Some(id) = self.session.take() {
-            self.quotas.end_by_id(&self.user, &id, Some(bytes)).await;
-        }
+    /// The upload is about to store an image holding `bytes` in all: ends
+    /// its reservation (or the session's) and counts the image, unless
+    /// what it holds past the reservation would take the user past the
+    /// quota ([`DomainError::QuotaExceeded`]; the reservation stays, for
+    /// [`QuotaHold::release`] or the session). Made before the record is
+    /// stored; [`Settled::undo`] if it then is not.
+    pub async fn settle(&mut self, bytes: u64) -> Result<Settled, DomainError> {
+        let ends = match (&self.reservation, &self.session) {
+            (Some(reservation), _) => Some(reservation.id.clone()),
+            (None, Some(session)) => Some(session.clone()),
+            (None, None) => None,
+        };
+        let change = UsageChange {
+            bytes: signed(bytes),
+            images: 1,
+            ..UsageChange::default()
+        };
+        let settled = self
+            .quotas
+            .change_within(&self.user, change, ends.as_deref())
+            .await?;
+        self.reservation = None;
+        self.session = None;
+        Ok(settled)
     }
 
     /// The upload stored nothing.
     pub async fn release(mut self) {
         if let Some(reservation) = self.reservation.take() {
-            self.quotas.end(&self.user, reservation, None).await;
+            self.quotas.end(&self.user, reservation).await;
+        }
+    }
+}
+
+/// What a change held to the quota added to a user's usage (beyond the
+/// reservation it ended): given back by [`Settled::undo`] when what it
+/// counted was not kept.
+#[must_use = "a settlement whose record is not stored is undone"]
+pub struct Settled {
+    quotas: Quotas,
+    user: UserId,
+    bytes: i64,
+    images: i64,
+}
+
+impl Settled {
+    /// What was counted is not kept (the record was not stored, or was
+    /// another's): gives it back. A failure is logged; the repair pass
+    /// corrects the usage.
+    pub async fn undo(self) {
+        let change = UsageChange {
+            bytes: -self.bytes,
+            images: -self.images,
+            ..UsageChange::default()
+        };
+        if let Err(error) = self
+            .quotas
+            .metadata
+            .change_usage(&self.user, &change, None)
+            .await
+        {
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&error),
+                user = %self.user,
+                "bytes counted for an image not kept were not given back; the repair pass will"
+            );
         }
     }
 }
@@ -481,7 +599,7 @@ impl Drop for QuotaHold {
         let (quotas, user) = (self.quotas.clone(), self.user.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { quotas.end(&user, reservation, None).await });
+                runtime.spawn(async move { quotas.end(&user, reservation).await });
             }
             // No runtime (a process ending): the repair pass drops it.
             Err(_) => tracing::warn!(%user, "a quota reservation was left to the repair pass"),

@@ -260,6 +260,61 @@ async fn an_encoding_not_kept_is_not_made_again(backend: Backend) {
     }
 }
 
+/// Encodings whose bytes would take their owner past the byte quota are
+/// not kept (no entry, no object, no usage), and a later run adds them once
+/// the quota leaves room.
+async fn encodings_past_the_owners_quota_are_not_kept(backend: Backend) {
+    let flags = ["--admins", "root"];
+    let app = TestApp::spawn_with(backend, &flags).await;
+    upload_photos(&app, 2).await;
+    let held = bytes_held(&app, "alice").await;
+    let set_quota = |bytes: Option<u64>| {
+        as_user(
+            "root",
+            pb::SetUserQuotaRequest {
+                user_id: "alice".into(),
+                quota_bytes: bytes,
+                quota_images: None,
+            },
+        )
+    };
+    app.client()
+        .set_user_quota(set_quota(Some(held + 1)))
+        .await
+        .unwrap();
+    let mut app = app;
+    app.stop().await.unwrap();
+    let objects = app.stored_objects().await;
+    let run = backfill(&app, &["--formats", "jpeg,webp"]).await;
+    let text = stdout(&run);
+    assert!(
+        text.contains("2 images: 0 changed (0 entries")
+            && text.contains("4 over their owner's quota, not kept"),
+        "{text}"
+    );
+    assert_eq!(app.stored_objects().await, objects, "no object kept");
+
+    let app = app.successor(&flags).await;
+    assert_eq!(bytes_held(&app, "alice").await, held);
+    for image in catalogue(&app).await {
+        assert!(
+            image
+                .variants
+                .iter()
+                .all(|v| v.content_type == "image/jpeg"),
+            "{:?}",
+            image.variants
+        );
+    }
+    // With room, the next run adds them.
+    app.client().set_user_quota(set_quota(None)).await.unwrap();
+    let mut app = app;
+    app.stop().await.unwrap();
+    let run = backfill(&app, &["--formats", "jpeg,webp"]).await;
+    let text = stdout(&run);
+    assert!(text.contains("2 images: 2 changed (4 entries"), "{text}");
+}
+
 /// Interrupted (Ctrl-C) part of the way through, then run again: every
 /// image is done, none twice.
 async fn an_interrupted_backfill_resumes_where_it_stopped(backend: Backend) {
@@ -548,6 +603,7 @@ mod embedded {
         an_interrupted_backfill_resumes_where_it_stopped,
         a_new_variant_is_rendered_or_shares_a_stored_one,
         an_encoding_not_kept_is_not_made_again,
+        encodings_past_the_owners_quota_are_not_kept,
         images_stored_without_variants_get_their_hashes,
     );
 }
@@ -558,5 +614,6 @@ mod aws {
         backfill_adds_the_webp_variants_once,
         an_interrupted_backfill_resumes_where_it_stopped,
         edits_beside_a_running_backfill_are_kept,
+        encodings_past_the_owners_quota_are_not_kept,
     );
 }

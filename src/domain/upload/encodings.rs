@@ -69,6 +69,10 @@ pub struct AddedToRecord {
     pub pdq: bool,
     /// Encodings of variants recorded as made and not kept.
     pub declined: usize,
+    /// Entries made and not added because their bytes would have taken
+    /// the owner past the byte quota (their objects are removed; a later
+    /// backfill may add them once there is room).
+    pub over_quota: usize,
 }
 
 /// What encoding some planned renditions came to: the entries of those
@@ -548,6 +552,10 @@ impl Uploads {
         thumbhash: Option<&str>,
         pdq: Option<Pdq>,
     ) -> Result<Option<(ImageRecord, AddedToRecord)>, DomainError> {
+        // Emptied once the quota refused the entries (their objects are
+        // gone): a later attempt does not add them.
+        let mut entries = entries;
+        let mut over_quota = 0;
         for _ in 0..ADD_ATTEMPTS {
             // A record whose bytes moderation removed takes no new ones:
             // to the caller it is gone.
@@ -555,7 +563,10 @@ impl Uploads {
                 return Ok(None);
             };
             let mut next = current.clone();
-            let mut added = AddedToRecord::default();
+            let mut added = AddedToRecord {
+                over_quota,
+                ..AddedToRecord::default()
+            };
             for entry in entries {
                 let held = next
                     .variants
@@ -601,24 +612,37 @@ impl Uploads {
                 next.pdq_quality = pdq.quality;
                 added.pdq = true;
             }
+            // The new objects count in what the owner holds, before the
+            // record refers to them and held to the quota: what does not
+            // fit is not kept.
+            added.bytes = held_by(&next).saturating_sub(held_by(&current));
+            let counted = match added.bytes {
+                0 => None,
+                bytes => match self.quotas.add_bytes(&next.owner, bytes).await {
+                    Ok(counted) => Some(counted),
+                    Err(DomainError::QuotaExceeded(_)) => {
+                        self.drop_over_quota(&current, &mut next, &mut added).await;
+                        (entries, over_quota) = (&[], added.over_quota);
+                        None
+                    }
+                    Err(error) => return Err(error),
+                },
+            };
             if added.entries == 0 && !added.thumbhash && !added.pdq && added.declined == 0 {
                 return Ok(Some((current, added)));
             }
             next.revision = current.revision + 1;
-            match self
+            let replaced = self
                 .metadata
                 .replace(&next, current.revision, ChangeKind::VariantsAdded)
-                .await
+                .await;
+            if replaced.is_err()
+                && let Some(counted) = counted
             {
-                Ok(()) => {
-                    // The new objects count in what the owner holds; past
-                    // the acknowledgement a quota no longer refuses them.
-                    added.bytes = held_by(&next).saturating_sub(held_by(&current));
-                    if let Err(error) = self.quotas.add_bytes(&next.owner, added.bytes).await {
-                        tracing::warn!(image_id = %next.id, error = %error_chain(&error), "could not count added encodings in the owner's usage; the repair pass will");
-                    }
-                    return Ok(Some((next, added)));
-                }
+                counted.undo().await;
+            }
+            match replaced {
+                Ok(()) => return Ok(Some((next, added))),
                 Err(StorageError::ConditionFailed) => continue,
                 Err(StorageError::NotFound) => return Ok(None),
                 Err(other) => return Err(other.into()),
@@ -627,6 +651,37 @@ impl Uploads {
         Err(DomainError::Aborted(
             "the image kept changing while its encodings were added".into(),
         ))
+    }
+
+    /// Takes the entries `next` adds to `current` back out, as the owner's
+    /// quota has no room for them, and removes their objects (those
+    /// `current` does not read).
+    async fn drop_over_quota(
+        &self,
+        current: &ImageRecord,
+        next: &mut ImageRecord,
+        added: &mut AddedToRecord,
+    ) {
+        metrics::counter!("imageservice_quota_refusals_total").increment(1);
+        let mut unread: Vec<ObjectKey> = Vec::new();
+        for entry in &next.variants {
+            let object = entry.object_name();
+            let key = ObjectKey::of(&next.id, &object);
+            if !current.names_object(&object) && !unread.contains(&key) {
+                unread.push(key);
+            }
+        }
+        tracing::info!(
+            image_id = %next.id,
+            entries = added.entries,
+            bytes = added.bytes,
+            "encodings not kept: the owner's byte quota has no room for them"
+        );
+        next.variants = current.variants.clone();
+        added.over_quota = added.entries;
+        added.entries = 0;
+        added.bytes = 0;
+        self.remove_written(&unread).await;
     }
 
     /// Deletes objects no record refers to; a failure leaves them to the

@@ -444,7 +444,10 @@ impl Uploads {
         memory: Reservation,
         quota: QuotaHold,
     ) -> Result<ImageRecord, DomainError> {
-        let described = self.describe(&mut writes, owner, spec, facts, memory).await;
+        let mut quota = quota;
+        let described = self
+            .describe(&mut writes, owner, spec, facts, memory, &mut quota)
+            .await;
         let described = writes.undo_on_error(described).await;
         let (record, outcome, background) = match described {
             Ok(described) => described,
@@ -457,7 +460,6 @@ impl Uploads {
         match outcome {
             CreateOutcome::Created => {
                 writes.commit();
-                quota.settle(held_by(&record)).await;
                 if let Some((pending, held)) = background {
                     self.queue_encodings(record.clone(), pending, held);
                 }
@@ -492,6 +494,7 @@ impl Uploads {
         spec: ValidSpec,
         mut facts: StoredFacts,
         mut memory: Reservation,
+        quota: &mut QuotaHold,
     ) -> Result<(ImageRecord, CreateOutcome, Option<BackgroundWork>), DomainError> {
         writes.finish_original(facts.digest.as_ref()).await?;
         if writes.is_staged() {
@@ -575,19 +578,34 @@ impl Uploads {
         if !self.block_before_store(&mut record)? {
             self.scan_before_store(&mut record).await?;
         }
+        // An upload session's image, stored by an earlier attempt whose
+        // replica went away before it could say so: the same bytes made
+        // the same objects, which the stored record refers to, and that
+        // attempt counted them.
+        if writes.has_given_id()
+            && let Some(existing) = self.metadata.get(&record.id).await?
+        {
+            return Ok((existing, CreateOutcome::Created, background));
+        }
+        // Counted before the record is stored, held to the quota: past it
+        // the upload is refused and its writes undone.
+        let settled = quota.settle(held_by(&record)).await?;
         match self.metadata.create(&record).await {
-            // An upload session's image, stored by an earlier attempt whose
-            // replica went away before it could say so: the same bytes
-            // made the same objects, which the stored record refers to.
-            Err(StorageError::AlreadyExists) if writes.has_given_id() => {
-                let existing = self
-                    .metadata
-                    .get(&record.id)
-                    .await?
-                    .ok_or_else(|| DomainError::Internal("the image vanished".into()))?;
-                Ok((existing, CreateOutcome::Created, background))
+            Ok(CreateOutcome::Created) => Ok((record, CreateOutcome::Created, background)),
+            outcome => {
+                settled.undo().await;
+                match outcome {
+                    // Another attempt at the same session stored it meanwhile.
+                    Err(StorageError::AlreadyExists) if writes.has_given_id() => {
+                        let existing =
+                            self.metadata.get(&record.id).await?.ok_or_else(|| {
+                                DomainError::Internal("the image vanished".into())
+                            })?;
+                        Ok((existing, CreateOutcome::Created, background))
+                    }
+                    outcome => Ok((record, outcome?, background)),
+                }
             }
-            outcome => Ok((record, outcome?, background)),
         }
     }
 }

@@ -89,6 +89,14 @@ async fn upload_through(
         .unwrap()
 }
 
+/// A listing of `user`'s images only.
+fn owned_by(user: &str) -> pb::ListImagesRequest {
+    pb::ListImagesRequest {
+        owner_id: user.into(),
+        ..Default::default()
+    }
+}
+
 macro_rules! contract_suite {
     ($backend:ident: $($module:ident::$case:ident),* $(,)?) => {
         $(
@@ -105,6 +113,7 @@ macro_rules! all_cases {
         contract_suite!($backend:
             uploads::an_upload_is_described_by_its_metadata,
             quotas::concurrent_uploads_on_two_replicas_never_pass_the_quota,
+            quotas::variants_never_take_concurrent_uploads_past_the_byte_quota,
             quotas::usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas,
             quotas::a_refused_upload_gives_its_reservation_back_before_it_answers,
             quotas::the_repair_pass_corrects_a_reservation_a_crash_left,

@@ -139,6 +139,87 @@ pub(super) async fn concurrent_uploads_on_two_replicas_never_pass_the_quota(back
     assert_eq!(usage(&first, "hoarder", "").await.unwrap().images_held, 10);
 }
 
+/// Every byte an image holds: its original and each stored object of its
+/// variants (entries that share one object count it once).
+fn held_by(image: &pb::Image) -> u64 {
+    let mut objects = std::collections::HashMap::new();
+    for variant in &image.variants {
+        objects.insert(
+            (variant.width, variant.height, variant.content_type.clone()),
+            variant.size_bytes as u64,
+        );
+    }
+    size(image) + objects.values().sum::<u64>()
+}
+
+/// Small originals whose variants hold many times their size: the upload
+/// reserves the declared size, and the variants made after it are held to
+/// the quota too, across two replicas. Each refusal is a quota refusal
+/// that leaves nothing behind, and usage is what is stored.
+pub(super) async fn variants_never_take_concurrent_uploads_past_the_byte_quota(backend: Backend) {
+    // A few KiB of deflated PNG; its JPEG variants are many times that.
+    let png = images::striped_png(1080, 1080, 7);
+    let flags = ["--max-uploads-per-user", "16", "--admins", "root"];
+    let first = TestApp::spawn_with(backend, &flags).await;
+    let probe = upload_declared(&first, "probe", &png).await.unwrap();
+    let one = held_by(&probe);
+    assert!(
+        one > 3 * png.len() as u64,
+        "the variants hold more than the original: {one} against {}",
+        png.len()
+    );
+    // Room for four such images, and for the originals of many more.
+    let quota = 4 * one + one / 2;
+    set_quota(&first, "root", "hoarder", Some(quota), None)
+        .await
+        .unwrap();
+    let second = match backend {
+        Backend::Aws => Some(first.replica(&flags).await),
+        Backend::Embedded => None,
+    };
+    let uploads = (0..16).map(|i| {
+        let app = match (&second, i % 2) {
+            (Some(second), 1) => second,
+            _ => &first,
+        };
+        upload_declared(app, "hoarder", &png)
+    });
+    let results = futures::future::join_all(uploads).await;
+    let stored: Vec<&pb::Image> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_quota_refusal(refused, "hoarder");
+    }
+    let held = usage(&first, "hoarder", "").await.unwrap();
+    assert!(held.bytes_held <= quota, "{held:?} past {quota}");
+    assert_eq!(
+        held.bytes_held,
+        stored.iter().map(|i| held_by(i)).sum::<u64>(),
+        "usage is what is stored"
+    );
+    assert_eq!((held.bytes_reserved, held.images_reserved), (0, 0));
+    assert!(
+        (1..=4).contains(&stored.len()),
+        "four fit: {} stored",
+        stored.len()
+    );
+    assert_eq!(held.images_held, stored.len() as u64);
+    let listed = first
+        .list_all("hoarder", owned_by("hoarder"))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        stored.len(),
+        "a refused upload stores nothing"
+    );
+    // Only the stored images' objects remain (and the probe's).
+    let objects = 1 + probe.variants.len();
+    let left = first
+        .wait_for_stored_objects(objects * (stored.len() + 1))
+        .await;
+    assert_eq!(left.len(), objects * (stored.len() + 1), "{left:?}");
+}
+
 pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(backend: Backend) {
     let mut flags = QUOTA_FLAGS.to_vec();
     flags.extend(["--admins", "root,ops", "--quota-images-per-user", "5"]);
