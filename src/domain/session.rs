@@ -20,13 +20,24 @@ impl UploadId {
         Self(Uuid::new_v4())
     }
 
-    /// The id of `owner`'s session for `idempotency_key`.
-    pub fn for_idempotency_key(owner: &UserId, idempotency_key: &str) -> Self {
+    /// The id of `owner`'s session for `idempotency_key`, since the
+    /// erasure of their data asked for at `erased` (if any): a key used
+    /// again after an erasure names another session, so that no upload URL
+    /// of a session the erasure removed reaches the new one.
+    pub fn for_idempotency_key(
+        owner: &UserId,
+        idempotency_key: &str,
+        erased: Option<Timestamp>,
+    ) -> Self {
         let mut hash = Sha256::new();
         hash.update(b"imageservice upload session\0");
         hash.update(owner.as_str().as_bytes());
         hash.update([0]);
         hash.update(idempotency_key.as_bytes());
+        if let Some(erased) = erased {
+            hash.update(b"\0erased\0");
+            hash.update(erased.as_micros().to_be_bytes());
+        }
         let digest: [u8; 32] = hash.finalize().into();
         let mut bytes = [0; 16];
         bytes.copy_from_slice(&digest[..16]);

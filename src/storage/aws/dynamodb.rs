@@ -81,6 +81,15 @@ use crate::domain::usage::{ErasureRecord, QuotaOverride, UsageCeiling, UsageChan
 use crate::domain::{ImageId, ImageRecord, UserId};
 
 const IDEMPOTENCY_SK: &str = "idempotency";
+/// How long an idempotency key claimed by an upload whose image is not
+/// stored counts as that upload's: the record's writes that follow the
+/// claim take milliseconds, so an older claim was left by an attempt that
+/// died (or failed without releasing it).
+const CLAIM_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an upload waits for the image of another that claimed its
+/// idempotency key first, and how often it looks.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 const PENDING_SK: &str = "pending";
 const SESSION_SK: &str = "upload_session";
 const SHARDS_SK: &str = "time_shards";
@@ -690,17 +699,22 @@ impl DynamoMetadataStore {
     }
 
     /// Claims an idempotency key for `record`, or returns the image that
-    /// already holds it. A key left by an attempt whose image was never
-    /// written is taken over.
+    /// already holds it. An upload that claimed it and is still storing
+    /// its record is waited for (its record's writes take milliseconds), so
+    /// that concurrent uploads with one key store one image; a claim left
+    /// by an attempt that died (older than [`CLAIM_STALE_AFTER`] with no
+    /// image) is taken over.
     async fn claim_idempotency_key(
         &self,
         record: &ImageRecord,
         idempotency_key: &str,
     ) -> Result<Option<ImageRecord>, StorageError> {
         let pk = idempotency_pk(&record.owner, idempotency_key);
-        for _ in 0..3 {
-            let mut item = key(pk.clone(), IDEMPOTENCY_SK);
-            item.insert("image_id".into(), s(record.id.to_string()));
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let mut item = key(pk.clone(), IDEMPOTENCY_SK);
+        item.insert("image_id".into(), s(record.id.to_string()));
+        loop {
+            item.insert("claimed".into(), n(Timestamp::now().as_micros()));
             let put = self
                 .client
                 .put_item()
@@ -714,34 +728,56 @@ impl DynamoMetadataStore {
                 Err(StorageError::ConditionFailed) => {}
                 Err(other) => return Err(other),
             }
-            let Some(existing) = self.get_item(pk.clone(), IDEMPOTENCY_SK).await? else {
-                continue;
-            };
-            let Some(holder) = image_id_of(&existing) else {
-                return Err(StorageError::internal("idempotency item without image id"));
-            };
-            if let Some(image) = self.get_item(image_pk(&holder), IMAGE_SK).await? {
-                return Ok(Some(decode(&image)?));
+            if let Some(existing) = self.get_item(pk.clone(), IDEMPOTENCY_SK).await? {
+                let Some(holder) = image_id_of(&existing) else {
+                    return Err(StorageError::internal("idempotency item without image id"));
+                };
+                // An earlier attempt at this very image (an upload
+                // session's commit tried again).
+                if holder == record.id {
+                    return Ok(None);
+                }
+                if let Some(image) = self.get_item(image_pk(&holder), IMAGE_SK).await? {
+                    return Ok(Some(decode(&image)?));
+                }
+                // Claims made before they carried a time count as stale.
+                let claimed = existing
+                    .get("claimed")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let stale = claimed.is_none_or(|claimed| {
+                    Timestamp::now().as_micros().saturating_sub(claimed)
+                        > CLAIM_STALE_AFTER.as_micros() as i64
+                });
+                if stale {
+                    // The holder died before its image was written: take over.
+                    let takeover = self
+                        .client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(item.clone()))
+                        .condition_expression("image_id = :old")
+                        .expression_attribute_values(":old", s(holder.to_string()))
+                        .send()
+                        .await;
+                    match takeover.map_err(classify) {
+                        Ok(_) => return Ok(None),
+                        Err(StorageError::ConditionFailed) => {}
+                        Err(other) => return Err(other),
+                    }
+                }
             }
-            // The holder's image does not exist: a failed attempt. Take over.
-            let takeover = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("image_id = :old")
-                .expression_attribute_values(":old", s(holder.to_string()))
-                .send()
-                .await;
-            match takeover.map_err(classify) {
-                Ok(_) => return Ok(None),
-                Err(StorageError::ConditionFailed) => continue,
-                Err(other) => return Err(other),
+            // Held by an upload still storing its record, or released
+            // meanwhile: look again shortly.
+            if tokio::time::Instant::now() > deadline {
+                return Err(StorageError::Unavailable(
+                    "another upload with this idempotency key is still being stored; \
+                     retry to get its image"
+                        .into(),
+                ));
             }
+            tokio::time::sleep(CLAIM_POLL).await;
         }
-        Err(StorageError::Unavailable(
-            "the idempotency key is contended".into(),
-        ))
     }
 
     async fn release_idempotency_key(&self, record: &ImageRecord) {

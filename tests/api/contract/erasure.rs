@@ -56,14 +56,6 @@ async fn deletion(app: &TestApp, caller: &str, user: &str) -> Result<pb::UserDat
         .expect("a deletion"))
 }
 
-/// A listing of `user`'s images only.
-fn owned_by(user: &str) -> pb::ListImagesRequest {
-    pb::ListImagesRequest {
-        owner_id: user.into(),
-        ..Default::default()
-    }
-}
-
 fn is_done(deletion: &pb::UserDataDeletion) -> bool {
     deletion.state() == pb::user_data_deletion::State::Done
 }
@@ -620,6 +612,60 @@ pub(super) async fn a_session_committing_as_the_erasure_starts_leaves_nothing(ba
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A session's idempotency key used again after an erasure starts another
+/// session, under another id: what was sent to the session the erasure
+/// removed (or to its upload URLs) never reaches the new one.
+pub(super) async fn a_key_used_again_after_an_erasure_starts_another_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &FLAGS).await;
+    let keyed = || pb::ImageSpec {
+        idempotency_key: Some("profile-photo".into()),
+        ..personal_spec("leaver", 0)
+    };
+    let photo = images::photo_jpeg(1200, 900);
+    let before = start(&app, "leaver", keyed()).await.unwrap();
+    assert_eq!(
+        start(&app, "leaver", keyed()).await.unwrap().upload_id,
+        before.upload_id,
+        "the key names its open session"
+    );
+    let staged = app
+        .upload_messages(
+            "leaver",
+            resume_messages(&before.upload_id, 0, &photo[..100_000], 8192, false),
+        )
+        .await;
+    assert_code(staged, Code::InvalidArgument);
+    delete_user_data(&app, "leaver", "").await.unwrap();
+    wait_until_done(&app, "leaver").await;
+
+    let after = start(&app, "leaver", keyed()).await.unwrap();
+    assert_ne!(after.upload_id, before.upload_id, "another session");
+    // The old session's id reaches nothing; the new one starts empty and
+    // takes the whole photo.
+    let old = app
+        .upload_messages(
+            "leaver",
+            resume_messages(&before.upload_id, 100_000, &photo[100_000..], 8192, true),
+        )
+        .await;
+    assert_code(old, Code::NotFound);
+    let ahead = app
+        .upload_messages(
+            "leaver",
+            resume_messages(&after.upload_id, 100_000, &photo[100_000..], 8192, true),
+        )
+        .await;
+    assert!(ahead.is_err(), "nothing was staged in the new session");
+    let image = app
+        .upload_messages(
+            "leaver",
+            resume_messages(&after.upload_id, 0, &photo, 8192, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.size_bytes as usize, photo.len());
 }
 
 /// What a running server shows of `user`: objects naming one of

@@ -141,6 +141,7 @@ macro_rules! all_cases {
             downloads::presigned_urls_serve_the_bytes_with_ranges,
             downloads::presigned_urls_expire_and_resist_tampering,
             uploads::an_idempotency_key_returns_the_first_image,
+            uploads::concurrent_uploads_with_one_key_store_one_image,
             uploads::many_users_upload_at_once,
             uploads::an_upload_deleted_at_once_is_gone,
             downloads::a_download_racing_a_delete_is_whole_or_not_found,
@@ -213,6 +214,7 @@ macro_rules! all_cases {
             erasure::a_flood_of_erasures_stays_within_the_bound_and_each_completes,
             erasure::a_trickling_upload_does_not_hold_back_another_users_erasure,
             erasure::a_session_committing_as_the_erasure_starts_leaves_nothing,
+            erasure::a_key_used_again_after_an_erasure_starts_another_session,
         );
     };
 }

@@ -315,6 +315,43 @@ pub(super) async fn an_idempotency_key_returns_the_first_image(backend: Backend)
     assert_eq!(app.stored_objects().await.len(), 4, "no duplicate bytes");
 }
 
+/// Uploads sent at once with one idempotency key (a client retrying
+/// before the first answer came, on two replicas where there are) store
+/// one image, which each of them returns, and count it once.
+pub(super) async fn concurrent_uploads_with_one_key_store_one_image(backend: Backend) {
+    let first = TestApp::spawn_with(backend, &["--max-uploads-per-user", "16"]).await;
+    let second = match backend {
+        Backend::Aws => Some(first.replica(&["--max-uploads-per-user", "16"]).await),
+        Backend::Embedded => None,
+    };
+    for round in 0..3u32 {
+        let bytes = images::png(32, 32, 100 + round);
+        let key = format!("retry-{round}");
+        let uploads = (0..6).map(|i| {
+            let app = match (&second, i % 2) {
+                (Some(second), 1) => second,
+                _ => &first,
+            };
+            let spec = pb::ImageSpec {
+                idempotency_key: Some(key.clone()),
+                ..spec("k.png")
+            };
+            let bytes = &bytes;
+            async move { app.upload("alice", spec, bytes).await }
+        });
+        let results = futures::future::join_all(uploads).await;
+        let ids: std::collections::HashSet<String> = results
+            .into_iter()
+            .map(|r| r.expect("each returns the image").image_id)
+            .collect();
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+    }
+    let listed = first.list_all("alice", owned_by("alice")).await.unwrap();
+    assert_eq!(listed.len(), 3, "one image per key");
+    let usage = super::quotas::usage(&first, "alice", "").await.unwrap();
+    assert_eq!(usage.images_held, 3, "counted once each");
+}
+
 pub(super) async fn many_users_upload_at_once(backend: Backend) {
     let app = std::sync::Arc::new(TestApp::spawn(backend).await);
     let mut tasks = Vec::new();

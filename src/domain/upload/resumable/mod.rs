@@ -228,8 +228,15 @@ impl Uploads {
         // Stored as it will be used: every field of the record is then
         // within the metadata limits (the filename is cut, not refused).
         spec.filename = valid.filename.clone();
+        // Not race-free, but the commit's reservation is: a session that
+        // starts as an erasure is marked stores nothing.
+        let usage = self.metadata.get_usage(caller).await?;
+        if usage.is_being_erased() {
+            return Err(crate::domain::quota::being_erased());
+        }
+        let erased = usage.erasure.as_ref().map(|erasure| erasure.requested);
         let id = match &valid.idempotency_key {
-            Some(key) => UploadId::for_idempotency_key(caller, key),
+            Some(key) => UploadId::for_idempotency_key(caller, key, erased),
             None => UploadId::new(),
         };
         let now = Timestamp::now();
@@ -251,11 +258,6 @@ impl Uploads {
             urls_until: None,
             cancelled: false,
         };
-        // Not race-free, but the commit's reservation is: a session that
-        // starts as an erasure is marked stores nothing.
-        if self.metadata.get_usage(caller).await?.is_being_erased() {
-            return Err(crate::domain::quota::being_erased());
-        }
         let quota = self.limits.sessions.per_user;
         for _ in 0..2 {
             match self.metadata.create_upload_session(&record, quota).await {
