@@ -490,6 +490,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The record, or `None`.
     async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError>;
 
+    /// The record of `owner`'s image stored with `idempotency_key`, or
+    /// `None` (no such key, or its image is not stored yet).
+    async fn keyed_image(
+        &self,
+        owner: &UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError>;
+
     /// The records of those of `ids` that exist, in any order, read in one
     /// or two round trips rather than one per id. At most
     /// [`MAX_BATCH_GET`] distinct ids.

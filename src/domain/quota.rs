@@ -190,6 +190,18 @@ impl Quotas {
         }
     }
 
+    /// A hold of nothing, for an upload that stores nothing new (a retry
+    /// of one already stored): its settlement, should it come to one,
+    /// counts the image held to the quota.
+    pub fn nothing_reserved(&self, user: &UserId) -> QuotaHold {
+        QuotaHold {
+            quotas: self.clone(),
+            user: user.clone(),
+            reservation: None,
+            session: None,
+        }
+    }
+
     /// Releases the reservation of the session `upload` of `user`, if it
     /// still holds one (cancel, expiry, removal).
     pub async fn end_session(&self, user: &UserId, upload: &UploadId) {

@@ -232,6 +232,19 @@ impl MetadataStore for InstrumentedMetadata {
         timed(("metadata", self.1), "get", self.0.get(id)).await
     }
 
+    async fn keyed_image(
+        &self,
+        owner: &UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError> {
+        timed(
+            ("metadata", self.1),
+            "keyed_image",
+            self.0.keyed_image(owner, idempotency_key),
+        )
+        .await
+    }
+
     async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
         timed(("metadata", self.1), "get_many", self.0.get_many(ids)).await
     }

@@ -530,6 +530,19 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(redacted)
     }
 
+    async fn keyed_image(
+        &self,
+        owner: &UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError> {
+        let records = self.lock();
+        let key = (owner.clone(), idempotency_key.to_owned());
+        Ok(records
+            .idempotency
+            .get(&key)
+            .and_then(|id| records.get(id).cloned()))
+    }
+
     async fn create(&self, record: &ImageRecord) -> Result<CreateOutcome, StorageError> {
         self.faults.check(Call::Create)?;
         let mut records = self.lock();

@@ -283,7 +283,19 @@ impl Uploads {
             ),
             Origin::Stream(slot) => {
                 let bytes = spec.declared.size.unwrap_or(limits.content.max_bytes);
-                (None, self.quotas.reserve(caller, bytes).await?, Some(slot))
+                // A retry of an upload already stored (its idempotency
+                // key names an image) reserves nothing: it stores nothing
+                // new, so a user at the quota still gets their image.
+                let retry = match &spec.idempotency_key {
+                    Some(key) => self.metadata.keyed_image(caller, key).await?.is_some(),
+                    None => false,
+                };
+                let quota = if retry {
+                    self.quotas.nothing_reserved(caller)
+                } else {
+                    self.quotas.reserve(caller, bytes).await?
+                };
+                (None, quota, Some(slot))
             }
         };
         let inspector = ContentInspector::new(limits.content, spec.declared.clone())?
@@ -586,6 +598,14 @@ impl Uploads {
             && let Some(existing) = self.metadata.get(&record.id).await?
         {
             return Ok((existing, CreateOutcome::Created, background));
+        }
+        // A retry of an upload already stored counts nothing: the stored
+        // image is its answer (or, with other bytes, ALREADY_EXISTS).
+        if let Some(key) = &record.idempotency_key
+            && let Some(existing) = self.metadata.keyed_image(&record.owner, key).await?
+        {
+            let taken = CreateOutcome::IdempotencyKeyTaken(Box::new(existing));
+            return Ok((record, taken, background));
         }
         // Counted before the record is stored, held to the quota: past it
         // the upload is refused and its writes undone.

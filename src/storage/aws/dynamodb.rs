@@ -1242,6 +1242,20 @@ impl MetadataStore for DynamoMetadataStore {
         Err(announced)
     }
 
+    async fn keyed_image(
+        &self,
+        owner: &UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError> {
+        let claim = self
+            .get_item(idempotency_pk(owner, idempotency_key), IDEMPOTENCY_SK)
+            .await?;
+        match claim.as_ref().and_then(image_id_of) {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
     async fn get(&self, id: &ImageId) -> Result<Option<ImageRecord>, StorageError> {
         self.get_item(image_pk(id), IMAGE_SK)
             .await?

@@ -1203,6 +1203,24 @@ impl MetadataStore for EmbeddedMetadataStore {
         .await
     }
 
+    async fn keyed_image(
+        &self,
+        owner: &UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<ImageRecord>, StorageError> {
+        let key = self::idempotency_key(owner, idempotency_key);
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let Some(id) = txn.open_table(IDEMPOTENCY)?.get(key.as_slice())? else {
+                return Ok(Ok(None));
+            };
+            let records = txn.open_table(RECORDS)?;
+            let found = records.get(id.value())?;
+            Ok(found.map(|guard| decode(guard.value())).transpose())
+        })
+        .await
+    }
+
     async fn get_many(&self, ids: &[ImageId]) -> Result<Vec<ImageRecord>, StorageError> {
         let ids = ids.to_vec();
         self.run(move |db| {

@@ -116,6 +116,7 @@ macro_rules! all_cases {
             quotas::variants_never_take_concurrent_uploads_past_the_byte_quota,
             quotas::usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas,
             quotas::a_refused_upload_gives_its_reservation_back_before_it_answers,
+            quotas::a_retry_of_a_stored_upload_is_answered_at_the_quota,
             quotas::the_repair_pass_corrects_a_reservation_a_crash_left,
             quotas::a_sessions_bytes_are_held_from_its_start_to_its_end,
             quotas::an_expired_sessions_bytes_are_given_back,

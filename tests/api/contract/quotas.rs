@@ -265,6 +265,38 @@ pub(super) async fn usage_is_read_by_its_user_or_an_admin_who_alone_sets_quotas(
     );
 }
 
+/// A retry of an upload already stored (same idempotency key, same bytes)
+/// returns the stored image even when the user is at the quota: it stores
+/// nothing new. Other bytes under the key are still ALREADY_EXISTS, and a
+/// new upload is refused.
+pub(super) async fn a_retry_of_a_stored_upload_is_answered_at_the_quota(backend: Backend) {
+    let mut flags = QUOTA_FLAGS.to_vec();
+    flags.extend(["--quota-images-per-user", "1"]);
+    let app = TestApp::spawn_with(backend, &flags).await;
+    let keyed = || pb::ImageSpec {
+        idempotency_key: Some("avatar".into()),
+        expected_size: None,
+        ..spec("a.png")
+    };
+    let png = images::png(8, 8, 1);
+    let stored = app.upload("alice", keyed(), &png).await.unwrap();
+    for _ in 0..2 {
+        let again = app.upload("alice", keyed(), &png).await.unwrap();
+        assert_eq!(again.image_id, stored.image_id);
+    }
+    assert_code(
+        app.upload("alice", keyed(), &images::png(8, 8, 2)).await,
+        Code::AlreadyExists,
+    );
+    let refused = upload_declared(&app, "alice", &images::png(8, 8, 3)).await;
+    assert_quota_refusal(&assert_code(refused, Code::ResourceExhausted), "alice");
+    let held = usage(&app, "alice", "").await.unwrap();
+    assert_eq!(
+        (held.images_held, held.bytes_held, held.images_reserved),
+        (1, size(&stored), 0)
+    );
+}
+
 pub(super) async fn a_refused_upload_gives_its_reservation_back_before_it_answers(
     backend: Backend,
 ) {
