@@ -112,8 +112,13 @@ impl Uploads {
             Err(error) if undecodable(&error) => {
                 return Ok(Backfilled::Unrenderable(error_chain(&error)));
             }
+            // Deleted since it was listed (its owner, an erasure), or its
+            // original is missing while its record stays.
             Err(DomainError::NotFound(_)) => {
-                return Ok(Backfilled::Unrenderable("its original is missing".into()));
+                return Ok(match self.metadata.get(&record.id).await? {
+                    None => Backfilled::ImageGone,
+                    Some(_) => Backfilled::Unrenderable("its original is missing".into()),
+                });
             }
             Err(other) => return Err(other),
         };

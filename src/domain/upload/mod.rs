@@ -12,7 +12,8 @@
 //! 4. [`render`]: once the original is durable: variants and the placeholder
 //!    ([`crate::media::variants`]).
 //! 5. The record, last ([`MetadataStore::create`]): until it exists, no
-//!    caller can see the image.
+//!    caller can see the image. An erasure of the owner's data begun under
+//!    the upload withdraws it ([`erased`]).
 //!
 //! Every write goes through the upload's [`writes::Writes`], which undoes
 //! them all unless the record was stored: on an error, a panic or a
@@ -30,7 +31,7 @@ use super::limits::Limits;
 use super::ports::{
     BlobStore, CreateOutcome, MetadataStore, ObjectKey, PendingEncodings, StorageError,
 };
-use super::quota::{QuotaHold, Quotas, held_by};
+use super::quota::{self, QuotaHold, Quotas, held_by};
 use super::scan::ScanHook;
 use super::{DomainError, UserId, VariantName};
 use crate::media::content::ContentInspector;
@@ -39,6 +40,7 @@ use crate::media::variants::Renderer;
 mod backfill;
 mod blocking;
 mod encodings;
+mod erased;
 mod pace;
 mod render;
 mod rescrub;
@@ -273,6 +275,7 @@ impl Uploads {
         S: Stream<Item = Result<UploadFrame, DomainError>> + Send + Unpin,
     {
         let limits = &self.limits;
+        let began = Timestamp::now();
         // Before anything is held: an upload past its owner's quota is
         // refused at once.
         let (image_id, quota, slot) = match origin {
@@ -384,8 +387,9 @@ impl Uploads {
             async move {
                 // The stream's upload slot too (see `Origin::Stream`).
                 let _slot = slot;
+                let uploader = Uploader { owner, began };
                 uploads
-                    .commit(writes, owner, spec, facts, memory, quota)
+                    .commit(writes, uploader, spec, facts, memory, quota)
                     .await
             }
             .in_current_span(),
@@ -450,7 +454,7 @@ impl Uploads {
     async fn commit(
         &self,
         mut writes: Writes,
-        owner: UserId,
+        Uploader { owner, began }: Uploader,
         spec: ValidSpec,
         facts: StoredFacts,
         memory: Reservation,
@@ -471,7 +475,15 @@ impl Uploads {
         };
         match outcome {
             CreateOutcome::Created => {
+                let (id, session) = (*writes.id(), writes.has_given_id());
                 writes.commit();
+                // An upload session's commit looks for itself, since the
+                // session began (see `resumable`).
+                if !session && self.erased_since(&record.owner, began).await {
+                    self.forget_encodings(&id).await;
+                    self.withdraw(record).await;
+                    return Err(quota::being_erased());
+                }
                 if let Some((pending, held)) = background {
                     self.queue_encodings(record.clone(), pending, held);
                 }
@@ -628,4 +640,11 @@ impl Uploads {
             }
         }
     }
+}
+
+/// Who stores an image, and since when: an erasure of their data asked for
+/// after the upload began withdraws it (see [`erased`]).
+struct Uploader {
+    owner: UserId,
+    began: Timestamp,
 }

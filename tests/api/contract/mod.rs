@@ -216,6 +216,7 @@ macro_rules! all_cases {
             erasure::a_trickling_upload_does_not_hold_back_another_users_erasure,
             erasure::a_session_committing_as_the_erasure_starts_leaves_nothing,
             erasure::a_key_used_again_after_an_erasure_starts_another_session,
+            erasure::uploads_committing_past_the_erasure_leave_nothing,
         );
     };
 }

@@ -820,7 +820,7 @@ impl Uploads {
                 // began removed the session (and its reservation) under
                 // this commit, and may have ended before the image was
                 // stored: the image goes, as the erasure promised.
-                let erased = self.erased_since(session).await;
+                let erased = self.erased_since(&session.owner, session.create_time).await;
                 self.mark_committed(session).await;
                 if erased {
                     self.withdraw(record.clone()).await;
@@ -835,44 +835,6 @@ impl Uploads {
             Err(_) => self.release_lease(session).await,
         }
         stored
-    }
-
-    /// Whether an erasure of the session owner's data runs, or was asked
-    /// for after the session began. A failed read counts as none (the
-    /// caller's image is not thrown away for a store's hiccup); it is
-    /// logged, and the image stays unless the erasure still lists it.
-    async fn erased_since(&self, session: &UploadSessionRecord) -> bool {
-        match self.metadata.get_usage(&session.owner).await {
-            Ok(usage) => usage.erasure.is_some_and(|erasure| {
-                erasure.is_running() || erasure.requested > session.create_time
-            }),
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), upload_id = %session.id, "could not read whether the owner's data is being erased; the committed image stays");
-                false
-            }
-        }
-    }
-
-    /// Deletes an image this session stored, for an erasure that began
-    /// under it; one left behind is the erasure's or the repair pass's.
-    async fn withdraw(&self, record: ImageRecord) {
-        let (id, owner) = (record.id, record.owner.clone());
-        let erased = crate::domain::erasure::erase_image(
-            &self.blobs,
-            &self.metadata,
-            &self.quotas,
-            &owner,
-            record,
-        )
-        .await;
-        match erased {
-            Ok(_) => {
-                tracing::info!(image_id = %id, %owner, "an image stored while its owner's data was being erased was removed")
-            }
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), image_id = %id, %owner, "could not remove an image stored while its owner's data was being erased")
-            }
-        }
     }
 
     /// Removes expired sessions and everything they hold (the repair pass);
@@ -1160,7 +1122,8 @@ impl SessionStream<'_> {
             .await
         {
             tracing::info!(upload_id = %self.session.id, reason = %error, "upload session removed while its stream ran");
-            return if self.uploads.erased_since(&self.session).await {
+            let (owner, began) = (&self.session.owner, self.session.create_time);
+            return if self.uploads.erased_since(owner, began).await {
                 crate::domain::quota::being_erased()
             } else {
                 session_not_found()
