@@ -633,7 +633,7 @@ pub(super) async fn uploads_committing_past_the_erasure_leave_nothing(backend: B
         .flatten()
         .copied()
         .collect();
-    flags.extend(["--upload-deadline", "1s", "--max-concurrent-renders", "1"]);
+    flags.extend(["--upload-deadline", "3s", "--max-concurrent-renders", "1"]);
     let app = TestApp::spawn_with(backend, &flags).await;
     let photo = images::photo_jpeg(2400, 1800);
     let uploads = (0..6).map(|i| {
@@ -649,8 +649,13 @@ pub(super) async fn uploads_committing_past_the_erasure_leave_nothing(backend: B
     let (results, _) = tokio::join!(futures::future::join_all(uploads), erase);
     for result in &results {
         if let Err(status) = result {
+            // Refused by the erasure, or (on a loaded machine) not sent
+            // within the deadline: stored nothing either way.
             assert!(
-                matches!(status.code(), Code::FailedPrecondition | Code::Aborted),
+                matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::Aborted | Code::DeadlineExceeded
+                ),
                 "{status:?}"
             );
         }
