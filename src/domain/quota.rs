@@ -284,30 +284,30 @@ impl Quotas {
     ) -> Result<Settled, DomainError> {
         for _ in 0..RESERVE_ATTEMPTS {
             let usage = self.metadata.get_usage(user).await?;
-            let mut change = change.clone();
+            let mut applied = change.clone();
             if let Some(id) = ends
                 && let Some(reservation) = usage.reservations.iter().find(|r| r.id == id)
             {
-                change.bytes -= signed(reservation.bytes);
-                change.images -= signed(reservation.images);
-                change.remove = Some(reservation.clone());
+                applied.bytes -= signed(reservation.bytes);
+                applied.images -= signed(reservation.images);
+                applied.remove = Some(reservation.clone());
             }
             let limits = self.limits(usage.quota);
-            let ceiling = growth_ceiling(limits, &change);
-            if ceiling.is_some() && !usage.clone().apply(&change, ceiling) {
+            let ceiling = growth_ceiling(limits, &applied);
+            if ceiling.is_some() && !usage.clone().apply(&applied, ceiling) {
                 metrics::counter!("imageservice_quota_refusals_total").increment(1);
                 return Err(DomainError::QuotaExceeded(growth_violation(
-                    user, &usage, limits, &change,
+                    user, &usage, limits, &applied,
                 )));
             }
-            match self.metadata.change_usage(user, &change, ceiling).await {
+            match self.metadata.change_usage(user, &applied, ceiling).await {
                 Ok(()) => {
                     return Ok(Settled {
                         quotas: self.clone(),
                         user: user.clone(),
-                        bytes: change.bytes + change.remove.as_ref().map_or(0, |r| signed(r.bytes)),
-                        images: change.images
-                            + change.remove.as_ref().map_or(0, |r| signed(r.images)),
+                        // What the change adds beyond the reservation it ended.
+                        bytes: change.bytes,
+                        images: change.images,
                     });
                 }
                 // Another change between the read and the update: read
