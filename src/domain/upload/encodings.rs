@@ -246,8 +246,11 @@ impl Uploads {
 
     /// Queues the background encodings of the stored `record` from the
     /// pixels its render holds, or leaves them to the repair pass when
-    /// the queue, the owner's part of it, the owner's memory share or the
-    /// budget has no room for them.
+    /// the queue, the owner's part of it, the queue's half of the memory
+    /// budget, the owner's memory share or the budget has no room for
+    /// them. They are made one render slot short of the renderer's (at
+    /// least one), so uploads always have a slot other users' encodings
+    /// do not hold.
     pub(super) fn queue_encodings(
         &self,
         record: ImageRecord,
@@ -259,6 +262,10 @@ impl Uploads {
             return;
         };
         let bytes = held.bytes() * (1 + ENCODER_WORKING_SET);
+        let Some(share) = self.background.hold(bytes) else {
+            count("left_to_repair");
+            return;
+        };
         let charge =
             match self
                 .budget
@@ -282,6 +289,7 @@ impl Uploads {
                 // place in the queue: a drain that has taken every place
                 // finds the stores let go (the embedded one opens once).
                 let uploads = uploads;
+                let _running = uploads.background.run().await;
                 let slot = uploads
                     .admissions
                     .render_slot(&uploads.renderer, &record.owner, largest(&held))
@@ -295,6 +303,7 @@ impl Uploads {
                 }
             }
             drop(memory);
+            drop(share);
             drop(queued);
         };
         tokio::spawn(work.in_current_span());
@@ -747,7 +756,7 @@ mod tests {
 
     #[test]
     fn the_queue_holds_at_most_its_size_and_each_users_share() {
-        let queue = Background::new(3, 2);
+        let queue = Background::new(3, 2, 2, GIB);
         let (alice, bob) = (user("alice"), user("bob"));
         let first = queue.enter(&alice).expect("room");
         let _second = queue.enter(&alice).expect("room");
@@ -760,7 +769,7 @@ mod tests {
 
     #[test]
     fn a_refused_user_gives_the_queue_place_back() {
-        let queue = Background::new(2, 1);
+        let queue = Background::new(2, 1, 2, GIB);
         let _alice = queue.enter(&user("alice")).expect("room");
         assert!(queue.enter(&user("alice")).is_none());
         assert!(
@@ -769,8 +778,44 @@ mod tests {
         );
     }
 
+    const GIB: u64 = 1 << 30;
+
+    #[tokio::test]
+    async fn encodings_leave_uploads_a_render_slot() {
+        let queue = Background::new(32, 8, 4, GIB);
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            running.push(queue.run().await);
+        }
+        let fourth = tokio::time::timeout(std::time::Duration::from_millis(50), queue.run()).await;
+        assert!(
+            fourth.is_err(),
+            "3 of 4 slots at most: one stays for uploads"
+        );
+        drop(running.pop());
+        let _again = queue.run().await;
+        // With one render slot, encodings still get it in turn.
+        let _one = Background::new(32, 8, 1, GIB).run().await;
+    }
+
+    #[test]
+    fn queued_pixels_hold_at_most_half_the_budget() {
+        let queue = Background::new(32, 8, 2, GIB);
+        let mib = 1 << 20;
+        let first = queue.hold(300 * mib).expect("room");
+        assert!(queue.hold(300 * mib).is_none(), "past half of 1 GiB");
+        let _small = queue.hold(200 * mib).expect("what is left of the half");
+        drop(first);
+        assert!(queue.hold(300 * mib).is_some(), "given back with the work");
+        assert!(Background::new(32, 8, 2, GIB).hold(600 * mib).is_none());
+    }
+
     #[test]
     fn no_queue_leaves_everything_to_the_repair_pass() {
-        assert!(Background::new(0, 8).enter(&user("alice")).is_none());
+        assert!(
+            Background::new(0, 8, 2, GIB)
+                .enter(&user("alice"))
+                .is_none()
+        );
     }
 }

@@ -140,6 +140,7 @@ impl Uploads {
         limits: Limits,
         budget: MemoryBudget,
     ) -> Self {
+        let total = budget.total();
         Self {
             quotas: Quotas::new(metadata.clone(), limits.quota),
             blobs,
@@ -154,6 +155,8 @@ impl Uploads {
             background: shared::Background::new(
                 limits.encodings.max_queued,
                 limits.encodings.max_queued_per_user,
+                limits.render.max_concurrent,
+                total,
             ),
             limits,
             scan: None,

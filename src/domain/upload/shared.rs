@@ -73,16 +73,40 @@ pub(super) struct Background {
     /// Images queued of each user.
     per_user: Arc<Mutex<HashMap<UserId, usize>>>,
     max_per_user: usize,
+    /// Images being encoded at once: one render slot fewer than the
+    /// renderer has (at least one), so that however long other users'
+    /// encodings take, an upload's render always finds a slot they do
+    /// not hold.
+    running: Arc<Semaphore>,
+    /// The memory the queue may hold, in MiB: half the budget, so that
+    /// queued pixels never leave uploads without room to be admitted.
+    memory: Arc<Semaphore>,
 }
 
+/// The unit of the background's memory share.
+const MIB: u64 = 1 << 20;
+
 impl Background {
-    pub(super) fn new(max_queued: usize, max_per_user: usize) -> Self {
+    /// A queue of `max_queued` images, `max_per_user` of one user's, with
+    /// `render_slots` slots in each lane of the renderer and `budget`
+    /// bytes of memory budget (half of which it may hold).
+    pub(super) fn new(
+        max_queued: usize,
+        max_per_user: usize,
+        render_slots: usize,
+        budget: u64,
+    ) -> Self {
         let capacity = u32::try_from(max_queued.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let share = usize::try_from(budget / 2 / MIB)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Self {
             queue: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             per_user: Arc::default(),
             max_per_user,
+            running: Arc::new(Semaphore::new(render_slots.saturating_sub(1).max(1))),
+            memory: Arc::new(Semaphore::new(share)),
         }
     }
 
@@ -101,6 +125,22 @@ impl Background {
             user: user.clone(),
             _permit: permit,
         })
+    }
+
+    /// `bytes` of the queue's memory share, or `None` when what is queued
+    /// already holds too much of it.
+    pub(super) fn hold(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let mib = u32::try_from(bytes.div_ceil(MIB).max(1)).ok()?;
+        self.memory.clone().try_acquire_many_owned(mib).ok()
+    }
+
+    /// Waits for one of the encoding places beside the uploads' renders.
+    pub(super) async fn run(&self) -> OwnedSemaphorePermit {
+        self.running
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the background semaphore is never closed")
     }
 }
 
