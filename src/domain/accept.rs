@@ -178,7 +178,10 @@ impl ImageRecord {
     /// alpha-capable encoding when it has no JPEG). A viewer that accepts
     /// the original's type gets the original instead when it is no larger
     /// than the variant in either dimension and smaller in bytes (through
-    /// a wildcard, only a type every browser shows).
+    /// a wildcard, only a type every browser shows), and only when its
+    /// metadata was stripped: a variant never carries what the original
+    /// was stored with (a GIF's comment, a TIFF's tags, anything kept by
+    /// `--keep-metadata`).
     pub fn negotiate(&self, name: &VariantName, accept: &Accept) -> Option<Held> {
         if name.is_original() {
             return Some(self.original());
@@ -202,6 +205,7 @@ impl ImageRecord {
             !rank.wildcard || SHOWN_EVERYWHERE.contains(&self.content_type.as_str())
         });
         if original_shown
+            && self.metadata_stripped
             && self.width <= chosen.width
             && self.height <= chosen.height
             && self.size_bytes < chosen.size_bytes
@@ -241,6 +245,7 @@ mod tests {
             width: 640,
             height: 400,
             variants,
+            metadata_stripped: true,
             ..ImageRecord::sample(&owner, Timestamp::now().as_micros())
         }
     }
@@ -349,6 +354,22 @@ mod tests {
         assert_eq!(png(&["image/png;q=0"]).content_type, "image/jpeg");
         // Larger than the variant: never the original.
         assert_eq!(chosen(&three(), &["image/png"]), "image/jpeg");
+    }
+
+    #[test]
+    fn an_original_stored_with_its_metadata_is_never_sent_for_a_variant() {
+        let mut gif = three();
+        (gif.content_type, gif.width, gif.height, gif.size_bytes) =
+            ("image/gif".into(), 320, 200, 469);
+        gif.metadata_stripped = false;
+        let small = VariantName::parse("small").unwrap();
+        let named = gif.negotiate(&small, &accept(&["image/gif"])).unwrap();
+        assert_eq!(named.content_type, "image/jpeg");
+        let wildcard = gif.negotiate(&small, &accept(&["image/*"])).unwrap();
+        assert!(!wildcard.object.is_original());
+        gif.metadata_stripped = true;
+        let named = gif.negotiate(&small, &accept(&["image/gif"])).unwrap();
+        assert!(named.object.is_original(), "a scrubbed one still is");
     }
 
     #[test]
