@@ -72,6 +72,25 @@ impl Setting {
         }
     }
 
+    /// The same setting at another quality (clamped to 1–100).
+    pub fn at_quality(&self, quality: f64) -> Self {
+        let quality = quality.clamp(1.0, 100.0);
+        match *self {
+            Self::Jpeg(j) => Self::Jpeg(Jpeg {
+                quality: quality as u8,
+                ..j
+            }),
+            Self::Webp(w) => Self::Webp(Webp {
+                quality: quality as f32,
+                ..w
+            }),
+            Self::Avif(a) => Self::Avif(Avif {
+                quality: quality as f32,
+                ..a
+            }),
+        }
+    }
+
     pub fn encode(&self, pixels: &RgbImage) -> Vec<u8> {
         match *self {
             Self::Jpeg(settings) => encode::jpeg(pixels, None, settings),
@@ -617,18 +636,18 @@ fn report(
 
 /// One setting of a curve: its quality and mean figures.
 #[derive(Clone, Copy)]
-struct Point {
-    quality: f64,
-    relative: f64,
-    cpu_ms: f64,
-    score: f64,
-    butteraugli: f64,
+pub struct Point {
+    pub quality: f64,
+    pub relative: f64,
+    pub cpu_ms: f64,
+    pub score: f64,
+    pub butteraugli: f64,
 }
 
 /// Where a curve (in the grid's order of quality) first crosses `target`
 /// of `metric`: the quality, bytes (interpolated in log bytes) and CPU
 /// there, linear in the metric between the two settings around it.
-fn crossing(curve: &[Point], target: f64, metric: impl Fn(&Point) -> f64) -> Option<Point> {
+pub fn crossing(curve: &[Point], target: f64, metric: impl Fn(&Point) -> f64) -> Option<Point> {
     curve.windows(2).find_map(|pair| {
         let (a, b) = (pair[0], pair[1]);
         let (ma, mb) = (metric(&a), metric(&b));

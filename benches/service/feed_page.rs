@@ -13,6 +13,11 @@
 //! build; a window of a phone photo has its texture, grain and JPEG
 //! history. Each is resized straight to the variant with Lanczos3, as
 //! figure 8's reference is.
+//!
+//! Then each encoding at equal SSIMULACRA2: the `medium` page encoded at
+//! qualities around the service's setting, and its bytes where the page's
+//! mean score crosses the old JPEG's (interpolated between the two
+//! qualities around it, as the encodings family does per photo).
 
 use std::fmt::Write as _;
 
@@ -23,7 +28,7 @@ use image_service::media::variants::encode::{
 use image_service::media::variants::{DEFAULT_VARIANTS, fit};
 
 use crate::Plan;
-use crate::encodings::{Setting, lanczos3, medium_side, ssimulacra2};
+use crate::encodings::{Point, Setting, crossing, lanczos3, medium_side, ssimulacra2};
 use crate::variants::{photos, reference_image};
 
 /// Images on a feed page, as figure 11's.
@@ -73,9 +78,13 @@ pub fn run(plan: &Plan) -> String {
     ];
     let encodings = encodings();
     let mut totals = vec![[Totals::default(); 2]; encodings.len()];
+    let mut mediums = Vec::with_capacity(page);
     for upright in page_photos(plan, page) {
         for (i, (_, side)) in sizes.iter().enumerate() {
             let reference = lanczos3(&upright, fit(upright.width(), upright.height(), *side));
+            if i == 0 {
+                mediums.push(reference.clone());
+            }
             for ((_, setting), total) in encodings.iter().zip(&mut totals) {
                 let measured = setting.measure(&reference, 1);
                 let total = &mut total[i];
@@ -88,7 +97,78 @@ pub fn run(plan: &Plan) -> String {
             }
         }
     }
-    report(page, &sizes, &encodings, &totals)
+    let mut out = report(page, &sizes, &encodings, &totals);
+    out.push_str(&at_equal_score(&mediums, &encodings, &totals));
+    out
+}
+
+/// Qualities tried around each encoding's setting, as offsets: AVIF's
+/// encodes take seconds each, so it gets fewer.
+fn ladder(setting: &Setting) -> &'static [f64] {
+    match setting {
+        Setting::Avif(_) => &[-5.0, -2.0, 0.0, 3.0],
+        _ => &[-6.0, -3.0, 0.0, 3.0, 6.0],
+    }
+}
+
+/// The `medium` page of each encoding (after the old JPEG) at qualities
+/// around its setting, and where its mean SSIMULACRA2 crosses the old
+/// JPEG's page: the quality and the page's bytes there.
+fn at_equal_score(
+    mediums: &[RgbImage],
+    encodings: &[(&str, Setting)],
+    totals: &[[Totals; 2]],
+) -> String {
+    let page = mediums.len() as f64;
+    let before = totals[0][0];
+    if before.scored != mediums.len() {
+        return String::new();
+    }
+    let target = before.score / page;
+    let mut out = format!(
+        "\n**At equal SSIMULACRA2**: the `medium` page in each encoding at the qualities listed, and where its mean score crosses the old JPEG's ({target:.2}): the quality and the page's bytes there, interpolated (log bytes, linear in the score) between the two qualities around it.\n\n| encoding | qualities tried: mean SSIMULACRA2, bytes / before | quality at equal SSIMULACRA2 | bytes per page | / before | encode CPU ms per variant |\n|---|---|---|---|---|---|\n"
+    );
+    for (what, setting) in encodings.iter().skip(1) {
+        let mut curve = Vec::new();
+        for offset in ladder(setting) {
+            let setting = setting.at_quality(setting.quality() + offset);
+            let mut point = Point {
+                quality: setting.quality(),
+                relative: 0.0,
+                cpu_ms: 0.0,
+                score: 0.0,
+                butteraugli: f64::NAN,
+            };
+            let mut bytes = 0;
+            for reference in mediums {
+                let measured = setting.measure(reference, 1);
+                let Some(decoded) = measured.decoded else {
+                    return String::new();
+                };
+                bytes += measured.bytes;
+                point.cpu_ms += measured.cpu_ms / page;
+                point.score += ssimulacra2(reference, &decoded) / page;
+            }
+            point.relative = bytes as f64 / before.bytes as f64;
+            curve.push(point);
+        }
+        let tried: Vec<String> = curve
+            .iter()
+            .map(|p| format!("{}: {:.2}, {:.3}", p.quality, p.score, p.relative))
+            .collect();
+        let equal = match crossing(&curve, target, |p| p.score) {
+            Some(p) => format!(
+                "{:.1} | {:.0} | {:.3} | {:.1}",
+                p.quality,
+                p.relative * before.bytes as f64,
+                p.relative,
+                p.cpu_ms
+            ),
+            None => "– (not reached) | – | – | –".into(),
+        };
+        let _ = writeln!(out, "| {what} | {} | {equal} |", tried.join("; "));
+    }
+    out
 }
 
 /// `page` upright photos: figure 8's whole, then windows of them.

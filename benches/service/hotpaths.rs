@@ -4,11 +4,19 @@
 //! synthetic PNGs, by one and by 16 callers, then `GetImage`,
 //! `DownloadImage` and a `ListImages` page on what was stored. Not part of
 //! the generated report; run alone: `scripts/bench hotpaths`.
+//!
+//! Family `acknowledged` (also run alone): the acknowledged upload latency
+//! of the test kit's phone photos (12 MP and 8 MP) with the default
+//! settings, one caller, each upload after a pause in which whatever the
+//! service does after an acknowledgement ends. It passes no flag a build
+//! of any age lacks, so `scripts/compare-hotpaths` can run it against a
+//! build from before a change.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
+use image_service::fixtures;
 use image_service::pb;
 use image_service::testkit::as_user;
 use image_service::testkit::stats::{ms, percentile};
@@ -21,6 +29,78 @@ type Client = pb::image_service_client::ImageServiceClient<Channel>;
 
 /// Single calls timed per read path.
 const READS: usize = 200;
+
+/// Uploads timed per phone photo by the `acknowledged` family.
+const ACKNOWLEDGED: usize = 7;
+
+/// The pause before each timed upload of the `acknowledged` family: far
+/// longer than the encodings made after an acknowledgement take (about
+/// 0.1 s of CPU per photo for WebP, BENCHMARKS.md), so none overlaps the
+/// next upload.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// Acknowledged upload latency of each phone photo: a fresh
+/// embedded-backend service with the default settings, one warm-up upload
+/// per photo, then [`ACKNOWLEDGED`] timed uploads of each, one caller,
+/// each after [`SETTLE`]. Rows: the photo, the median and range in ms.
+pub async fn acknowledged(plan: &Plan) -> String {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut args = vec![
+        "--backend".to_owned(),
+        "embedded".into(),
+        "--data-dir".into(),
+        data.path().display().to_string(),
+    ];
+    // Flags for this run only (e.g. `--variant-formats jpeg`, to time a
+    // build's acknowledgement without its background encodings' CPU).
+    let extra = std::env::var("BENCH_ACKNOWLEDGED_ARGS").unwrap_or_default();
+    args.extend(extra.split_whitespace().map(str::to_owned));
+    let service = start_service(&args);
+    let client = service.wide_client().await;
+    let photos: Vec<(String, Bytes)> = plan
+        .phone_shots()
+        .map(|shot| (shot.describe(), Bytes::from(fixtures::phone_shot(&shot))))
+        .collect();
+    for (_, bytes) in &photos {
+        upload(&client, bytes.clone(), "hot").await.expect("upload");
+    }
+    let rounds = if plan.rounds > 1 { ACKNOWLEDGED } else { 1 };
+    let mut out = format!(
+        "### Acknowledged upload latency, embedded backend, default settings{}\n\n\
+         One caller; {rounds} uploads per photo, each after a {:.1} s pause. \
+         Service CPU: the service process's user + system time over the photo's uploads \
+         and pauses (what follows each acknowledgement included), per upload.\n\n\
+         | photo | median ms | min–max ms | service CPU ms per upload |\n|---|---|---|---|\n",
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" and `{extra}`")
+        },
+        SETTLE.as_secs_f64()
+    );
+    for (describe, bytes) in &photos {
+        let cpu = service.cpu_seconds();
+        let mut took: Vec<Duration> = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            tokio::time::sleep(SETTLE).await;
+            let (elapsed, result) = time(upload(&client, bytes.clone(), "hot")).await;
+            result.expect("upload");
+            took.push(elapsed);
+        }
+        // What follows the last acknowledgement, counted like the others'.
+        tokio::time::sleep(SETTLE).await;
+        let cpu_ms = (service.cpu_seconds() - cpu) * 1000.0 / rounds as f64;
+        took.sort();
+        let _ = writeln!(
+            out,
+            "| {describe} | {:.0} | {:.0}–{:.0} | {cpu_ms:.0} |",
+            ms(percentile(&took, 0.5)),
+            ms(took[0]),
+            ms(took[took.len() - 1])
+        );
+    }
+    out
+}
 
 pub async fn run(plan: &Plan) -> String {
     let photo = Bytes::from(

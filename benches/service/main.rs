@@ -187,10 +187,13 @@ const FAMILIES: &[(&str, bool)] = &[
     // The hot paths on the embedded backend, for before/after comparisons;
     // only when named, not in the report.
     ("hotpaths", false),
+    // The acknowledged latency of the phone photos with the default
+    // settings, for before/after comparisons; only when named.
+    ("acknowledged", false),
 ];
 
 /// Families run only when named.
-const ALONE: [&str; 1] = ["hotpaths"];
+const ALONE: [&str; 2] = ["hotpaths", "acknowledged"];
 
 /// Earlier names of families, still accepted.
 const ALIASES: [(&str, &str); 1] = [("renders", "variants")];
@@ -297,6 +300,7 @@ async fn section(plan: &Plan, family: &str, stores: Option<&Stores>) -> String {
         "similar" => similar::run(plan, stores()).await,
         "similar-flood" => similar::flood(plan).await,
         "hotpaths" => hotpaths::run(plan).await,
+        "acknowledged" => hotpaths::acknowledged(plan).await,
         _ => unreachable!("a family of FAMILIES"),
     }
 }
